@@ -1,0 +1,56 @@
+# Everyday verbs. `make up` runs the whole system locally, `make test` tests it.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+BRANCH ?= *
+ROLE ?= admin
+ORG ?= demo
+
+.PHONY: install up down logs token test test-unit lint format infra-up infra-down status
+
+$(VENV)/.installed: pyproject.toml uv.lock deploy/versions.env deploy/local/bootstrap.sh
+	PYTHON=$(PYTHON) bash deploy/local/bootstrap.sh
+	@touch $@
+
+install: $(VENV)/.installed  ## virtualenv with the locked dependencies
+
+infra-up:  ## local Kafka (KRaft) and SecantusDB, installed on first use
+	bash deploy/local/infra.sh up
+
+infra-down:
+	bash deploy/local/infra.sh down
+
+up: install infra-up  ## everything: infrastructure, demo data, the three services
+	bash deploy/local/services.sh up
+	@echo
+	@echo "intake    http://127.0.0.1:8001/docs"
+	@echo "routing   http://127.0.0.1:8002/docs"
+	@echo "followup  http://127.0.0.1:8003/docs"
+	@echo "token:    export TOKEN=\$$(make -s token)   (narrower: make -s token BRANCH=LZ ROLE=agent)"
+
+down:  ## stop the services, then the infrastructure
+	bash deploy/local/services.sh down
+	bash deploy/local/infra.sh down
+
+status:
+	@bash deploy/local/services.sh status; bash deploy/local/infra.sh status || true
+
+logs:  ## follow the services' and infrastructure's logs
+	tail -n 40 -F .local/logs/*.log
+
+token: install  ## a demo bearer token: make -s token BRANCH=LZ ROLE=agent
+	@$(VENV)/bin/complaints-token --org '$(ORG)' --branches '$(BRANCH)' --roles '$(ROLE)'
+
+test: install  ## the whole suite against real Kafka and MongoDB (started if needed)
+	$(VENV)/bin/pytest
+
+test-unit: install
+	$(VENV)/bin/pytest -m "not integration"
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: install
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .

@@ -1,0 +1,39 @@
+"""Follow-up service: the app factory and its lifespan."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from complaints_shared.events import Topic
+from complaints_shared.http import build_app
+from complaints_shared.runtime import service_runtime
+from fastapi import FastAPI
+
+from followup import api, store
+from followup.handlers import build_handlers
+from followup.settings import FollowupSettings
+
+
+def create_app(settings: FollowupSettings | None = None) -> FastAPI:
+    settings = settings or FollowupSettings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with service_runtime(
+            settings=settings,
+            outbox_collections=[store.CHECKS],
+            consumed_topics=[Topic.INTAKE],
+            handlers=build_handlers,
+            ensure_indexes=store.ensure_indexes,
+        ) as runtime:
+            app.state.runtime = runtime
+            yield
+
+    return build_app(
+        settings=settings,
+        title="Complaint follow-up",
+        description="Satisfaction call-backs after resolution.",
+        lifespan=lifespan,
+        routers=[api.router],
+    )

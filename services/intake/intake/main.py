@@ -1,0 +1,39 @@
+"""Intake service: the app factory and its lifespan."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from complaints_shared.events import Topic
+from complaints_shared.http import build_app
+from complaints_shared.runtime import service_runtime
+from fastapi import FastAPI
+
+from intake import api, store
+from intake.handlers import build_handlers
+from intake.settings import IntakeSettings
+
+
+def create_app(settings: IntakeSettings | None = None) -> FastAPI:
+    settings = settings or IntakeSettings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with service_runtime(
+            settings=settings,
+            outbox_collections=[store.COMPLAINTS],
+            consumed_topics=[Topic.ROUTING, Topic.FOLLOWUP],
+            handlers=build_handlers,
+            ensure_indexes=store.ensure_indexes,
+        ) as runtime:
+            app.state.runtime = runtime
+            yield
+
+    return build_app(
+        settings=settings,
+        title="Complaint intake",
+        description="The complaint of record: registration, lifecycle, timeline.",
+        lifespan=lifespan,
+        routers=[api.router],
+    )

@@ -1,0 +1,86 @@
+"""CloudEvents 1.0 in Kafka binary mode.
+
+Attributes travel as ``ce_*`` headers, the body is the JSON event data, the
+message key is the complaint id so every event of one complaint lands on the
+same partition in order.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from pydantic import BaseModel, Field, ValidationError
+
+from complaints_shared.events import EventData, EventType
+
+SPEC_VERSION = "1.0"
+CONTENT_TYPE = "application/json"
+REQUIRED_HEADERS = ("ce_id", "ce_source", "ce_type", "ce_subject", "ce_time")
+
+
+class EnvelopeError(ValueError):
+    """A Kafka record that is not a valid CloudEvent of ours."""
+
+
+class CloudEvent(BaseModel):
+    id: str
+    source: str
+    type: str
+    subject: str = Field(description="The complaint id.")
+    time: datetime
+    specversion: str = SPEC_VERSION
+    data: dict[str, Any]
+
+    @classmethod
+    def new(cls, *, event_type: EventType, source: str, data: EventData) -> CloudEvent:
+        return cls(
+            id=str(uuid.uuid4()),
+            source=source,
+            type=event_type.value,
+            subject=data.complaint_id,
+            time=datetime.now(UTC),
+            data=data.model_dump(mode="json"),
+        )
+
+
+def to_kafka_record(event: CloudEvent) -> tuple[bytes, bytes, list[tuple[str, bytes]]]:
+    """Return (key, value, headers) for producing ``event``."""
+    headers = [
+        ("ce_id", event.id.encode()),
+        ("ce_source", event.source.encode()),
+        ("ce_type", event.type.encode()),
+        ("ce_specversion", event.specversion.encode()),
+        ("ce_time", event.time.astimezone(UTC).isoformat().encode()),
+        ("ce_subject", event.subject.encode()),
+        ("content-type", CONTENT_TYPE.encode()),
+    ]
+    return event.subject.encode(), orjson.dumps(event.data), headers
+
+
+def from_kafka_record(value: bytes | None, headers: list[tuple[str, bytes]]) -> CloudEvent:
+    """Decode a binary-mode record; raises EnvelopeError when it is malformed."""
+    attributes = {name: raw.decode("utf-8", "replace") for name, raw in headers or []}
+    missing = [name for name in REQUIRED_HEADERS if name not in attributes]
+    if missing:
+        raise EnvelopeError(f"missing CloudEvents header(s) {missing}")
+    try:
+        data = orjson.loads(value) if value else None
+    except orjson.JSONDecodeError as exc:
+        raise EnvelopeError(f"event data is not JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise EnvelopeError("event data must be a JSON object")
+    try:
+        return CloudEvent(
+            id=attributes["ce_id"],
+            source=attributes["ce_source"],
+            type=attributes["ce_type"],
+            subject=attributes["ce_subject"],
+            time=attributes["ce_time"],
+            specversion=attributes.get("ce_specversion", SPEC_VERSION),
+            data=data,
+        )
+    except ValidationError as exc:
+        raise EnvelopeError(f"malformed CloudEvents attributes: {exc}") from None

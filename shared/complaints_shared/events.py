@@ -1,0 +1,457 @@
+"""Event contracts: one pydantic model per event type, the topic each lives on.
+
+These models are the contract between services. Within a version only
+additive changes are allowed (new optional fields); consumers ignore fields
+they do not know. A breaking change is a new type with a new version suffix.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+from enum import StrEnum
+
+from pydantic import BaseModel, ConfigDict, Field
+
+EVENT_TYPE_PREFIX = "org.complaintdesk."
+
+
+class Topic(StrEnum):
+    """One topic per producing service; dead letters go to ``<topic>.dlq``."""
+
+    INTAKE = "complaints.intake.v1"
+    ROUTING = "complaints.routing.v1"
+    FOLLOWUP = "complaints.followup.v1"
+
+
+def dead_letter_topic(topic: str) -> str:
+    return f"{topic}.dlq"
+
+
+class EventType(StrEnum):
+    """CloudEvents ``type`` values (reverse-DNS prefix, version suffix)."""
+
+    # intake
+    COMPLAINT_RECEIVED = f"{EVENT_TYPE_PREFIX}complaint.received.v1"
+    COMPLAINT_ACKNOWLEDGED = f"{EVENT_TYPE_PREFIX}complaint.acknowledged.v1"
+    COMPLAINT_NOTE_ADDED = f"{EVENT_TYPE_PREFIX}complaint.note_added.v1"
+    COMPLAINT_PENDING_CUSTOMER = f"{EVENT_TYPE_PREFIX}complaint.pending_customer.v1"
+    COMPLAINT_RESUMED = f"{EVENT_TYPE_PREFIX}complaint.resumed.v1"
+    COMPLAINT_RESOLVED = f"{EVENT_TYPE_PREFIX}complaint.resolved.v1"
+    COMPLAINT_REOPENED = f"{EVENT_TYPE_PREFIX}complaint.reopened.v1"
+    COMPLAINT_REJECTED = f"{EVENT_TYPE_PREFIX}complaint.rejected.v1"
+    COMPLAINT_WITHDRAWN = f"{EVENT_TYPE_PREFIX}complaint.withdrawn.v1"
+    COMPLAINT_CLOSED = f"{EVENT_TYPE_PREFIX}complaint.closed.v1"
+    # routing
+    COMPLAINT_ASSIGNED = f"{EVENT_TYPE_PREFIX}complaint.assigned.v1"
+    COMPLAINT_QUEUED = f"{EVENT_TYPE_PREFIX}complaint.queued.v1"
+    COMPLAINT_REASSIGNED = f"{EVENT_TYPE_PREFIX}complaint.reassigned.v1"
+    COMPLAINT_ESCALATED = f"{EVENT_TYPE_PREFIX}complaint.escalated.v1"
+    COMPLAINT_SLA_WARNING = f"{EVENT_TYPE_PREFIX}complaint.sla_warning.v1"
+    COMPLAINT_SLA_BREACHED = f"{EVENT_TYPE_PREFIX}complaint.sla_breached.v1"
+    COMPLAINT_RESPONSIBILITY_SET = f"{EVENT_TYPE_PREFIX}complaint.responsibility_set.v1"
+    # followup
+    FOLLOWUP_SCHEDULED = f"{EVENT_TYPE_PREFIX}followup.scheduled.v1"
+    FOLLOWUP_ATTEMPTED = f"{EVENT_TYPE_PREFIX}followup.attempted.v1"
+    FOLLOWUP_COMPLETED = f"{EVENT_TYPE_PREFIX}followup.completed.v1"
+    FOLLOWUP_CANCELLED = f"{EVENT_TYPE_PREFIX}followup.cancelled.v1"
+
+
+class Severity(StrEnum):
+    LOW = "low"
+    NORMAL = "normal"
+    HIGH = "high"
+    CRITICAL = "critical"
+
+
+SEVERITY_ORDER = [Severity.LOW, Severity.NORMAL, Severity.HIGH, Severity.CRITICAL]
+
+
+class Channel(StrEnum):
+    PHONE = "phone"
+    HOTLINE = "hotline"
+    EMAIL = "email"
+    WEB = "web"
+    CHAT = "chat"
+    SOCIAL = "social"
+    WALK_IN = "walk_in"
+    LETTER = "letter"
+    REGULATOR = "regulator"
+    OTHER = "other"
+
+
+class Category(StrEnum):
+    SERVICE_ATTITUDE = "service_attitude"
+    BILLING = "billing"
+    PRODUCT_QUALITY = "product_quality"
+    AFTER_SALES = "after_sales"
+    NETWORK = "network"
+    DELIVERY = "delivery"
+    POLICY = "policy"
+    SAFETY = "safety"
+    MEDICAL = "medical"
+    OTHER = "other"
+
+
+class Flag(StrEnum):
+    REPEAT = "repeat"
+    MEDIA_RISK = "media_risk"
+    REGULATOR_INVOLVED = "regulator_involved"
+    LEGAL_THREAT = "legal_threat"
+    VULNERABLE_CUSTOMER = "vulnerable_customer"
+    SAFETY_RISK = "safety_risk"
+
+
+class ContactChannel(StrEnum):
+    PHONE = "phone"
+    SMS = "sms"
+    EMAIL = "email"
+    OTHER = "other"
+
+
+class FollowupOutcome(StrEnum):
+    SATISFIED = "satisfied"
+    UNSATISFIED = "unsatisfied"
+    NO_RESPONSE = "no_response"
+
+
+class RemedyType(StrEnum):
+    REFUND = "refund"
+    REPLACEMENT = "replacement"
+    REPAIR = "repair"
+    APOLOGY = "apology"
+    COMPENSATION = "compensation"
+    EXPLANATION = "explanation"
+
+
+class ResponsibleParty(StrEnum):
+    COMPANY = "company"
+    STAFF = "staff"
+    SUPPLIER = "supplier"
+    CUSTOMER = "customer"
+    THIRD_PARTY = "third_party"
+    NONE = "none"
+
+
+class SlaClock(StrEnum):
+    ACKNOWLEDGE = "acknowledge"
+    RESOLVE = "resolve"
+    REGULATORY_REPORT = "regulatory_report"
+
+
+class ClosedVia(StrEnum):
+    FOLLOWUP = "followup"
+    ADMIN = "admin"
+
+
+class EventData(BaseModel):
+    """Fields every complaint event carries; unknown fields are ignored on read."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    complaint_id: str
+    org: str
+    branch: str
+
+
+class CustomerContact(BaseModel):
+    """What a follow-up agent needs to reach the customer."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    name: str
+    phone: str | None = None
+    email: str | None = None
+    external_id: str | None = None
+    preferred_channel: ContactChannel = ContactChannel.PHONE
+    language: str = "zh"
+    vip: bool = False
+
+
+class Remedy(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    type: RemedyType
+    amount: Decimal | None = None
+    currency: str | None = None
+    description: str | None = None
+
+
+# ---------------------------------------------------------------- intake --
+
+
+class ComplaintReceived(EventData):
+    """A complaint was stored by intake and is waiting to be routed."""
+
+    reference: str
+    channel: Channel
+    category: Category
+    subcategory: str | None = None
+    severity: Severity
+    flags: list[str] = Field(default_factory=list)
+    subject: str
+    description: str
+    product: str | None = None
+    customer: CustomerContact
+    received_at: datetime
+    repeat_count: int = Field(0, description="Earlier complaints of the same customer linked")
+    repeat_of: list[str] = Field(default_factory=list)
+
+
+class ComplaintAcknowledged(EventData):
+    """受理: the complaint was accepted and the customer told when to expect an answer."""
+
+    acknowledged_by: str
+    acknowledged_at: datetime
+    promised_response_at: datetime | None = None
+    message_to_customer: str | None = None
+
+
+class ComplaintNoteAdded(EventData):
+    """A note was added (internal, or visible to the customer)."""
+
+    note_id: str
+    author: str
+    visibility: str
+    text: str
+    added_at: datetime
+
+
+class ComplaintPendingCustomer(EventData):
+    """Waiting on the customer: SLA clocks pause until ``complaint.resumed``."""
+
+    reason: str
+    paused_by: str
+    paused_at: datetime
+
+
+class ComplaintResumed(EventData):
+    """The customer answered; SLA clocks run again."""
+
+    resumed_by: str
+    resumed_at: datetime
+
+
+class ComplaintResolved(EventData):
+    """The complaint was resolved; follow-up schedules a satisfaction check."""
+
+    reference: str
+    category: Category
+    severity: Severity
+    resolution_number: int = Field(description="1 for the first resolution, 2 after a reopen...")
+    summary: str
+    root_cause: str | None = None
+    responsible_department: str | None = None
+    responsible_party: ResponsibleParty | None = None
+    remedies: list[Remedy] = Field(default_factory=list)
+    customer_accepted: bool | None = None
+    department: str | None = None
+    owner_id: str | None = None
+    resolved_by: str | None = None
+    customer: CustomerContact
+    subject: str | None = None
+    resolved_at: datetime
+
+
+class ComplaintReopened(EventData):
+    """A resolved or closed complaint is open again (customer not satisfied)."""
+
+    reason: str
+    reopened_by: str
+    reopened_at: datetime
+    reopen_count: int
+
+
+class ComplaintRejected(EventData):
+    """不予受理: the complaint is not accepted for handling."""
+
+    reason_code: str
+    explanation: str
+    rejected_by: str
+    rejected_at: datetime
+
+
+class ComplaintWithdrawn(EventData):
+    """The customer withdrew the complaint."""
+
+    reason: str | None = None
+    withdrawn_by: str
+    withdrawn_at: datetime
+
+
+class ComplaintClosed(EventData):
+    """The complaint is closed (after follow-up, or by an administrator)."""
+
+    reason: str
+    closed_by: str
+    closed_via: ClosedVia = ClosedVia.FOLLOWUP
+    closed_at: datetime
+
+
+# --------------------------------------------------------------- routing --
+
+
+class ComplaintAssigned(EventData):
+    """Routing chose the handling department and owner and set the due times."""
+
+    department: str
+    department_name: str
+    owner_id: str | None
+    owner_name: str | None
+    rule_id: str
+    rule_version: int
+    assigned_at: datetime
+    acknowledge_due_at: datetime | None = None
+    resolve_due_at: datetime | None = None
+    regulatory_report_due_at: datetime | None = None
+    escalation_level: int = 0
+    sla_policy: str | None = None
+    clock_starts_at: datetime | None = None
+    duty_officer: bool = Field(False, description="Assigned out of hours to the duty officer")
+
+
+class ComplaintQueued(EventData):
+    """Nobody in the department has capacity; the complaint waits in its queue."""
+
+    department: str
+    department_name: str
+    rule_id: str
+    rule_version: int
+    queued_at: datetime
+
+
+class ComplaintReassigned(EventData):
+    """The complaint moved to another owner or department."""
+
+    from_department: str | None = None
+    from_owner_id: str | None = None
+    department: str
+    department_name: str
+    owner_id: str | None
+    owner_name: str | None
+    reason: str
+    reassigned_by: str
+    reassigned_at: datetime
+
+
+class ComplaintEscalated(EventData):
+    """The complaint went one (or more) levels up the escalation chain."""
+
+    level: int
+    escalated_to_id: str | None = None
+    escalated_to_name: str | None = None
+    escalated_to_role: str | None = None
+    reason: str = Field(description="sla_breach, manual, reopened, critical_incident ...")
+    escalated_by: str = "routing"
+    escalated_at: datetime
+    regulatory_report_due_at: datetime | None = None
+
+
+class ComplaintSlaWarning(EventData):
+    """A clock passed its warning share (80% by default) of the allowed time."""
+
+    clock: SlaClock
+    due_at: datetime
+    warned_at: datetime
+
+
+class ComplaintSlaBreached(EventData):
+    """A clock passed its due time."""
+
+    clock: SlaClock
+    due_at: datetime
+    breached_at: datetime
+    escalation_level: int | None = None
+
+
+class ComplaintResponsibilitySet(EventData):
+    """责任部门: the department (and party) responsible, distinct from the handling one."""
+
+    responsible_department: str
+    responsible_party: ResponsibleParty | None = None
+    set_by: str
+    set_at: datetime
+
+
+# -------------------------------------------------------------- followup --
+
+
+class FollowupScheduled(EventData):
+    """A satisfaction check was scheduled."""
+
+    followup_id: str
+    resolution_number: int
+    sequence: int
+    due_at: datetime
+    channel: ContactChannel
+
+
+class FollowupAttempted(EventData):
+    """An attempt to reach the customer was made."""
+
+    followup_id: str
+    resolution_number: int
+    attempt_number: int
+    reached: bool
+    channel: ContactChannel
+    attempted_by: str
+    attempted_at: datetime
+    next_attempt_at: datetime | None = None
+
+
+class FollowupCompleted(EventData):
+    """A satisfaction check ended with an outcome."""
+
+    followup_id: str
+    resolution_number: int
+    outcome: FollowupOutcome
+    score: int | None = Field(None, ge=1, le=5)
+    problem_solved: bool | None = None
+    comment: str | None = None
+    attempts: int = 1
+    channel: ContactChannel | None = None
+    completed_at: datetime
+
+
+class FollowupCancelled(EventData):
+    """Pending checks were cancelled (complaint reopened, withdrawn or closed by an admin)."""
+
+    followup_id: str
+    resolution_number: int
+    reason: str
+    cancelled_at: datetime
+
+
+EVENT_CONTRACTS: dict[EventType, tuple[Topic, type[EventData]]] = {
+    EventType.COMPLAINT_RECEIVED: (Topic.INTAKE, ComplaintReceived),
+    EventType.COMPLAINT_ACKNOWLEDGED: (Topic.INTAKE, ComplaintAcknowledged),
+    EventType.COMPLAINT_NOTE_ADDED: (Topic.INTAKE, ComplaintNoteAdded),
+    EventType.COMPLAINT_PENDING_CUSTOMER: (Topic.INTAKE, ComplaintPendingCustomer),
+    EventType.COMPLAINT_RESUMED: (Topic.INTAKE, ComplaintResumed),
+    EventType.COMPLAINT_RESOLVED: (Topic.INTAKE, ComplaintResolved),
+    EventType.COMPLAINT_REOPENED: (Topic.INTAKE, ComplaintReopened),
+    EventType.COMPLAINT_REJECTED: (Topic.INTAKE, ComplaintRejected),
+    EventType.COMPLAINT_WITHDRAWN: (Topic.INTAKE, ComplaintWithdrawn),
+    EventType.COMPLAINT_CLOSED: (Topic.INTAKE, ComplaintClosed),
+    EventType.COMPLAINT_ASSIGNED: (Topic.ROUTING, ComplaintAssigned),
+    EventType.COMPLAINT_QUEUED: (Topic.ROUTING, ComplaintQueued),
+    EventType.COMPLAINT_REASSIGNED: (Topic.ROUTING, ComplaintReassigned),
+    EventType.COMPLAINT_ESCALATED: (Topic.ROUTING, ComplaintEscalated),
+    EventType.COMPLAINT_SLA_WARNING: (Topic.ROUTING, ComplaintSlaWarning),
+    EventType.COMPLAINT_SLA_BREACHED: (Topic.ROUTING, ComplaintSlaBreached),
+    EventType.COMPLAINT_RESPONSIBILITY_SET: (Topic.ROUTING, ComplaintResponsibilitySet),
+    EventType.FOLLOWUP_SCHEDULED: (Topic.FOLLOWUP, FollowupScheduled),
+    EventType.FOLLOWUP_ATTEMPTED: (Topic.FOLLOWUP, FollowupAttempted),
+    EventType.FOLLOWUP_COMPLETED: (Topic.FOLLOWUP, FollowupCompleted),
+    EventType.FOLLOWUP_CANCELLED: (Topic.FOLLOWUP, FollowupCancelled),
+}
+
+
+def topic_of(event_type: EventType) -> Topic:
+    return EVENT_CONTRACTS[event_type][0]
+
+
+def parse_data(event_type: str, data: dict) -> EventData:
+    """Validate event data against its contract; raises KeyError for unknown types."""
+    model = EVENT_CONTRACTS[EventType(event_type)][1]
+    return model.model_validate(data)

@@ -1,0 +1,37 @@
+"""Prometheus metrics shared by the plumbing; services add their own beside these."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+EVENTS_CONSUMED = Counter(
+    "complaints_events_consumed_total",
+    "Events taken from Kafka, by outcome (handled, skipped, dead_lettered).",
+    ["service", "event_type", "outcome"],
+)
+HANDLER_RETRIES = Counter(
+    "complaints_event_handler_retries_total",
+    "Handler attempts that failed and were retried.",
+    ["service", "event_type"],
+)
+EVENTS_PUBLISHED = Counter(
+    "complaints_events_published_total",
+    "Events the outbox relay published to Kafka.",
+    ["service", "event_type"],
+)
+OUTBOX_PUBLISH_FAILURES = Counter(
+    "complaints_outbox_publish_failures_total",
+    "Outbox relay passes that could not publish (the events stay pending).",
+    ["service"],
+)
+HTTP_REQUESTS = Histogram(
+    "complaints_http_request_duration_seconds",
+    "HTTP request latency by route and status.",
+    ["service", "method", "route", "status"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+)
+DEPENDENCY_UP = Gauge(
+    "complaints_dependency_up",
+    "1 when the last readiness probe reached the dependency.",
+    ["service", "dependency"],
+)

@@ -1,0 +1,52 @@
+"""Cursor pagination: opaque cursors over a stable sort key (a field plus ``_id``)."""
+
+from __future__ import annotations
+
+import base64
+from datetime import datetime
+from typing import Any, Generic, TypeVar
+
+import orjson
+from pydantic import BaseModel
+
+from complaints_shared.problems import ProblemError
+
+Item = TypeVar("Item")
+
+
+class Page(BaseModel, Generic[Item]):
+    items: list[Item]
+    next_cursor: str | None = None
+
+
+def encode_cursor(*, sort_value: datetime, document_id: str) -> str:
+    raw = orjson.dumps([sort_value.isoformat(), document_id])
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, str]:
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        sort_value, document_id = orjson.loads(base64.urlsafe_b64decode(padded))
+        return datetime.fromisoformat(sort_value), str(document_id)
+    except (ValueError, TypeError) as exc:
+        raise ProblemError(
+            status=422,
+            title="Invalid request",
+            kind="validation-error",
+            detail="invalid field(s): cursor",
+            errors=[{"field": "cursor", "message": f"not a cursor from this API ({exc})"}],
+        ) from None
+
+
+def after_cursor(*, field: str, cursor: str | None) -> dict[str, Any]:
+    """Filter for documents strictly after ``cursor`` in (field, _id) ascending order."""
+    if cursor is None:
+        return {}
+    sort_value, document_id = decode_cursor(cursor)
+    return {
+        "$or": [
+            {field: {"$gt": sort_value}},
+            {field: sort_value, "_id": {"$gt": document_id}},
+        ]
+    }

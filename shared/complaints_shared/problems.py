@@ -1,0 +1,133 @@
+"""RFC 9457 problem details for every error a service returns."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from complaints_shared.logs import get_logger
+
+PROBLEM_MEDIA_TYPE = "application/problem+json"
+PROBLEM_TYPE_BASE = "https://complaint-desk.dev/problems/"
+
+log = get_logger(__name__)
+
+
+class ProblemError(Exception):
+    """An error that becomes a problem+json response.
+
+    ``kind`` becomes the problem ``type`` URI suffix, e.g. ``invalid-transition``.
+    """
+
+    def __init__(
+        self,
+        *,
+        status: int,
+        title: str,
+        detail: str,
+        kind: str,
+        **extensions: Any,
+    ) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.title = title
+        self.detail = detail
+        self.kind = kind
+        self.extensions = extensions
+
+
+def not_found(*, what: str, identifier: str) -> ProblemError:
+    return ProblemError(
+        status=404,
+        title="Not found",
+        detail=f"{what} {identifier!r} was not found",
+        kind="not-found",
+    )
+
+
+def problem_response(
+    *, request: Request, status: int, title: str, detail: str, kind: str, **extensions: Any
+) -> JSONResponse:
+    body = {
+        "type": f"{PROBLEM_TYPE_BASE}{kind}",
+        "title": title,
+        "status": status,
+        "detail": detail,
+        "instance": request.url.path,
+        **extensions,
+    }
+    return JSONResponse(body, status_code=status, media_type=PROBLEM_MEDIA_TYPE)
+
+
+def _field_path(location: tuple | list) -> str:
+    # Drop the "body"/"query" prefix FastAPI adds; keep the rest as a dotted path.
+    parts = [str(part) for part in location]
+    if parts and parts[0] in {"body", "query", "path", "header"}:
+        parts = parts[1:] or parts
+    return ".".join(parts)
+
+
+def install_problem_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ProblemError)
+    async def _problem(request: Request, exc: ProblemError) -> JSONResponse:
+        return problem_response(
+            request=request,
+            status=exc.status,
+            title=exc.title,
+            detail=exc.detail,
+            kind=exc.kind,
+            **exc.extensions,
+        )
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = [
+            {"field": _field_path(error.get("loc", ())), "message": error.get("msg", "invalid")}
+            for error in exc.errors()
+        ]
+        fields = ", ".join(error["field"] for error in errors)
+        return problem_response(
+            request=request,
+            status=422,
+            title="Invalid request",
+            detail=f"invalid field(s): {fields}",
+            kind="validation-error",
+            errors=errors,
+        )
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        response = problem_response(
+            request=request,
+            status=exc.status_code,
+            title=_reason(exc.status_code),
+            detail=str(exc.detail),
+            kind=_reason(exc.status_code).lower().replace(" ", "-"),
+        )
+        for name, value in (exc.headers or {}).items():
+            response.headers[name] = value
+        return response
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled_error", path=request.url.path)
+        return problem_response(
+            request=request,
+            status=500,
+            title="Internal error",
+            detail="the request could not be completed; nothing was changed by this error",
+            kind="internal-error",
+        )
+
+
+def _reason(status: int) -> str:
+    from http import HTTPStatus
+
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Error"

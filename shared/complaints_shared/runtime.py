@@ -1,0 +1,140 @@
+"""What every service runs: Mongo, producer, outbox relay, consumers, background jobs.
+
+``service_runtime`` wires them up at start-up and takes them down gracefully:
+stop taking new messages, let in-flight handlers finish and commit, flush the
+outbox relay's current publish, then close the clients.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager, suppress
+from dataclasses import dataclass, field
+
+from pymongo import AsyncMongoClient
+from pymongo.asynchronous.database import AsyncDatabase
+
+from complaints_shared.events import EventType, Topic
+from complaints_shared.kafka import EventConsumer, EventHandler, EventProducer, ensure_topics
+from complaints_shared.logs import bind_context, get_logger
+from complaints_shared.metrics import DEPENDENCY_UP
+from complaints_shared.mongo import create_mongo_client, ping, service_database
+from complaints_shared.outbox import OutboxRelay, ensure_outbox_index
+from complaints_shared.settings import ServiceSettings
+
+log = get_logger(__name__)
+
+SHUTDOWN_GRACE_S = 15.0
+
+
+@dataclass
+class Runtime:
+    """Clients and workers of one running service instance."""
+
+    settings: ServiceSettings
+    mongo: AsyncMongoClient
+    db: AsyncDatabase
+    producer: EventProducer
+    relay: OutboxRelay
+    consumer: EventConsumer | None = None
+    topics_ready: asyncio.Event = field(default_factory=asyncio.Event)
+    tasks: list[asyncio.Task] = field(default_factory=list)
+
+    async def readiness(self) -> dict[str, bool]:
+        """Probe MongoDB and Kafka; each check bounded by the readiness timeout."""
+        timeout_s = self.settings.readiness_timeout_s
+        checks = {
+            "mongodb": lambda: ping(client=self.mongo),
+            "kafka": self.producer.is_reachable,
+        }
+        results: dict[str, bool] = {}
+        for name, probe in checks.items():
+            try:
+                results[name] = bool(await asyncio.wait_for(probe(), timeout=timeout_s))
+            except Exception:
+                results[name] = False
+            DEPENDENCY_UP.labels(self.settings.service_name, name).set(int(results[name]))
+        results["topics"] = self.topics_ready.is_set()
+        return results
+
+
+HandlersFactory = Callable[[Runtime], dict[EventType, EventHandler]]
+BackgroundJob = Callable[[Runtime], Awaitable[None]]
+
+
+async def _prepare_topics_then_consume(runtime: Runtime) -> None:
+    """Create topics (retrying while Kafka is away), then run the consumer."""
+    delay_s = 0.5
+    while True:
+        try:
+            await ensure_topics(
+                settings=runtime.settings,
+                topics=[runtime.settings.topic(topic.value) for topic in Topic],
+            )
+            break
+        except Exception as exc:
+            log.warning("topics_not_ready", error=repr(exc), retry_in_s=delay_s)
+            await asyncio.sleep(delay_s)
+            delay_s = min(delay_s * 2, 10.0)
+    runtime.topics_ready.set()
+    if runtime.consumer is not None:
+        await runtime.consumer.run()
+
+
+@asynccontextmanager
+async def service_runtime(
+    *,
+    settings: ServiceSettings,
+    outbox_collections: list[str],
+    consumed_topics: list[Topic],
+    handlers: HandlersFactory,
+    ensure_indexes: Callable[..., Awaitable[None]],
+    background_jobs: list[BackgroundJob] = (),  # type: ignore[assignment]
+) -> AsyncIterator[Runtime]:
+    # Background tasks copy this context, so their logs name the service even in-process.
+    bind_context(service=settings.service_name)
+    mongo = create_mongo_client(settings=settings)
+    db = service_database(client=mongo, settings=settings)
+    producer = EventProducer(settings=settings)
+    relay = OutboxRelay(db=db, collections=outbox_collections, producer=producer, settings=settings)
+    runtime = Runtime(settings=settings, mongo=mongo, db=db, producer=producer, relay=relay)
+    for collection in outbox_collections:
+        await ensure_outbox_index(db=db, collection=collection)
+    await ensure_indexes(db=db)
+    event_handlers = handlers(runtime)
+    if event_handlers:
+        runtime.consumer = EventConsumer(
+            settings=settings,
+            topics=[settings.topic(topic.value) for topic in consumed_topics],
+            handlers=event_handlers,
+            producer=producer,
+        )
+    runtime.tasks = [
+        asyncio.create_task(_prepare_topics_then_consume(runtime), name="consumer"),
+        asyncio.create_task(relay.run(), name="outbox-relay"),
+        *(asyncio.create_task(job(runtime), name=job.__name__) for job in background_jobs),
+    ]
+    log.info("service_started", database=settings.database_name())
+    try:
+        yield runtime
+    finally:
+        await _shutdown(runtime)
+
+
+async def _shutdown(runtime: Runtime) -> None:
+    if runtime.consumer is not None:
+        await runtime.consumer.stop()
+    await runtime.relay.stop()
+    done, pending = await asyncio.wait(runtime.tasks, timeout=SHUTDOWN_GRACE_S)
+    for task in pending:
+        task.cancel()
+    for task in pending:
+        with suppress(asyncio.CancelledError, Exception):
+            await task
+    for task in done:
+        if not task.cancelled() and task.exception() is not None:
+            log.error("background_task_failed", task=task.get_name(), error=repr(task.exception()))
+    await runtime.producer.stop()
+    await runtime.mongo.close()
+    log.info("service_stopped")

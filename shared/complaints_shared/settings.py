@@ -1,0 +1,63 @@
+"""Environment-driven settings shared by every service.
+
+Every field reads from an upper-case environment variable of the same name
+(``KAFKA_BOOTSTRAP_SERVERS``, ``MONGODB_URI`` ...). Service-specific settings
+classes subclass :class:`ServiceSettings` and add their own fields.
+"""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ServiceSettings(BaseSettings):
+    """Settings every service needs: infrastructure, auth, consumer tuning."""
+
+    model_config = SettingsConfigDict(env_file=None, extra="ignore", case_sensitive=False)
+
+    service_name: str = Field("service", description="Name used in logs, metrics and ce_source.")
+    kafka_bootstrap_servers: str = Field(
+        "127.0.0.1:9092", description="Comma-separated Kafka bootstrap servers."
+    )
+    mongodb_uri: str = Field("mongodb://127.0.0.1:27017", description="MongoDB connection URI.")
+    mongodb_database: str = Field(
+        "", description="Database owned by this service; defaults to complaints_<service>."
+    )
+    topic_prefix: str = Field(
+        "", description="Prefix for every topic and consumer group (used to isolate tests)."
+    )
+    topic_partitions: int = Field(3, ge=1, description="Partitions for topics created at start-up.")
+    topic_replication_factor: int = Field(1, ge=1, description="Replication for created topics.")
+    consumer_max_attempts: int = Field(
+        5, ge=1, description="Handler attempts before a message goes to the dead-letter topic."
+    )
+    consumer_retry_backoff_s: float = Field(
+        0.2, gt=0, description="First retry delay; doubles on each further attempt."
+    )
+    outbox_poll_interval_s: float = Field(
+        1.0, gt=0, description="How often the outbox relay looks for unsent events when idle."
+    )
+    outbox_lease_s: float = Field(
+        30.0, gt=0, description="How long one relay replica owns a document's pending events."
+    )
+    kafka_request_timeout_s: float = Field(
+        10.0, gt=0, description="Producer request timeout; a slower send is retried by the relay."
+    )
+    jwt_secret: str = Field(
+        "dev-only-change-me-0123456789abcdef",
+        description="HS256 secret for bearer tokens. Change it in every real deployment.",
+    )
+    jwt_issuer: str = Field("complaint-desk", description="Expected `iss` claim.")
+    jwt_audience: str = Field("complaint-desk", description="Expected `aud` claim.")
+    log_level: str = Field("INFO", description="Root log level.")
+    readiness_timeout_s: float = Field(2.0, gt=0, description="Timeout of each /readyz probe.")
+
+    def database_name(self) -> str:
+        return self.mongodb_database or f"complaints_{self.service_name}"
+
+    def topic(self, name: str) -> str:
+        return f"{self.topic_prefix}{name}"
+
+    def consumer_group(self) -> str:
+        return f"{self.topic_prefix}{self.service_name}"

@@ -1,0 +1,185 @@
+"""At-least-once delivery: duplicates have one effect; poison messages go to the DLQ."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import UTC, datetime
+
+import pytest
+from complaints_shared.envelope import CloudEvent
+from complaints_shared.events import (
+    ComplaintReceived,
+    CustomerContact,
+    EventType,
+    Topic,
+    dead_letter_topic,
+)
+from complaints_shared.kafka import EventConsumer, EventProducer, ensure_topics
+
+from tests.conftest import System
+from tests.helpers import events_of, eventually, handled_count, read_topic, token
+from tests.test_end_to_end import BROADBAND_COMPLAINT
+
+pytestmark = pytest.mark.integration
+
+
+def _received(complaint_id: str) -> ComplaintReceived:
+    return ComplaintReceived(
+        complaint_id=complaint_id,
+        org="demo",
+        branch="LZ",
+        reference="LZ-20261123-9001",
+        channel="web",
+        category="network",
+        severity="normal",
+        subject="宽带经常断网",
+        description="晚上八点以后网速很慢并经常断网",
+        customer=CustomerContact(name="李女士", phone="13900000000"),
+        received_at=datetime.now(UTC),
+    )
+
+
+async def test_duplicate_received_event_assigns_once(system: System) -> None:
+    complaint_id = str(uuid.uuid4())
+    event = CloudEvent.new(
+        event_type=EventType.COMPLAINT_RECEIVED, source="intake", data=_received(complaint_id)
+    )
+    handled_before = handled_count("routing", EventType.COMPLAINT_RECEIVED)
+    producer = EventProducer(settings=system.intake_settings)
+    try:
+        for _ in range(2):  # the same event, delivered twice
+            await producer.publish(event, topic=system.topic(Topic.INTAKE))
+    finally:
+        await producer.stop()
+
+    db = system.mongo[system.routing_settings.database_name()]
+    assignment = await eventually(
+        lambda: db.assignments.find_one({"_id": complaint_id}), what="assignment"
+    )
+    assert assignment["department"] == "LZ:NETWORK"
+
+    def saw_assigned(records: list) -> bool:
+        return len(events_of(records, event_type=EventType.COMPLAINT_ASSIGNED)) >= 1
+
+    records = await read_topic(
+        bootstrap_servers=system.infra.kafka_bootstrap_servers,
+        topic=system.topic(Topic.ROUTING),
+        until=saw_assigned,
+    )
+    await eventually(
+        lambda: _async(
+            handled_count("routing", EventType.COMPLAINT_RECEIVED) >= handled_before + 2
+        ),
+        what="both deliveries consumed",
+    )
+    records = await read_topic(
+        bootstrap_servers=system.infra.kafka_bootstrap_servers,
+        topic=system.topic(Topic.ROUTING),
+        until=lambda rs: False,
+        timeout_s=1.0,
+    )
+    assigned = [
+        e
+        for e in events_of(records, event_type=EventType.COMPLAINT_ASSIGNED)
+        if e.subject == complaint_id
+    ]
+    assert len(assigned) == 1
+    assert await db.assignments.count_documents({"_id": complaint_id}) == 1
+
+
+async def test_failing_handler_dead_letters_and_consumer_moves_on(system: System) -> None:
+    settings = system.intake_settings.model_copy(update={"service_name": "dlq-probe"})
+    topic = system.topic("dlq-probe.v1")
+    await ensure_topics(settings=settings, topics=[topic])
+    poison_id, healthy_id = str(uuid.uuid4()), str(uuid.uuid4())
+    handled: list[str] = []
+    attempts: list[str] = []
+
+    async def handler(event: CloudEvent, data: ComplaintReceived) -> None:
+        attempts.append(data.complaint_id)
+        if data.complaint_id == poison_id:
+            raise RuntimeError(f"cannot route complaint {poison_id}")
+        handled.append(data.complaint_id)
+
+    producer = EventProducer(settings=settings)
+    consumer = EventConsumer(
+        settings=settings,
+        topics=[topic],
+        handlers={EventType.COMPLAINT_RECEIVED: handler},
+        producer=producer,
+        group_id=f"{settings.topic_prefix}dlq-probe",
+    )
+    consuming = asyncio.create_task(consumer.run())
+    try:
+        for complaint_id in (poison_id, healthy_id):
+            event = CloudEvent.new(
+                event_type=EventType.COMPLAINT_RECEIVED,
+                source="test",
+                data=_received(complaint_id),
+            )
+            await producer.publish(event, topic=topic)
+        # A record that is not a CloudEvent at all goes straight to the DLQ.
+        await producer.publish_raw(topic=topic, key=b"junk", value=b"{not json", headers=[])
+
+        await eventually(lambda: _async(healthy_id in handled), what="healthy event handled")
+        dead = await read_topic(
+            bootstrap_servers=settings.kafka_bootstrap_servers,
+            topic=dead_letter_topic(topic),
+            until=lambda records: len(records) >= 2,
+        )
+    finally:
+        await consumer.stop()
+        await consuming
+        await producer.stop()
+
+    assert attempts.count(poison_id) == settings.consumer_max_attempts
+    assert len(dead) == 2
+    headers = [dict(record.headers) for record in dead]
+    poison = next(h for h in headers if h.get("ce_subject") == poison_id.encode())
+    assert b"cannot route complaint" in poison["dlq_error"]
+    assert poison["dlq_original_topic"] == topic.encode()
+    assert poison["dlq_attempts"] == str(settings.consumer_max_attempts).encode()
+    junk = next(h for h in headers if "ce_subject" not in h)
+    assert b"missing CloudEvents header" in junk["dlq_error"]
+
+
+async def _async(value: bool) -> bool:
+    return value
+
+
+async def test_redelivered_assignment_event_is_applied_once(system: System) -> None:
+    """Intake's consumer: the same complaint.assigned twice leaves one timeline entry."""
+    admin = token(system.intake_settings)
+    created = (
+        await system.intake.post("/v1/complaints", json=BROADBAND_COMPLAINT, headers=admin)
+    ).json()
+    db = system.mongo[system.intake_settings.database_name()]
+
+    async def assigned_entries() -> list:
+        document = await db.complaints.find_one({"_id": created["id"]})
+        return [e for e in document["timeline"] if e["action"] == "assigned"]
+
+    await eventually(assigned_entries, what="assignment applied")
+    records = await read_topic(
+        bootstrap_servers=system.infra.kafka_bootstrap_servers,
+        topic=system.topic(Topic.ROUTING),
+        until=lambda rs: len(rs) >= 1,
+    )
+    original = records[0]
+    handled_before = handled_count("intake", EventType.COMPLAINT_ASSIGNED)
+    producer = EventProducer(settings=system.routing_settings)
+    try:
+        await producer.publish_raw(
+            topic=system.topic(Topic.ROUTING),
+            key=original.key,
+            value=original.value,
+            headers=list(original.headers),
+        )
+    finally:
+        await producer.stop()
+    await eventually(
+        lambda: _async(handled_count("intake", EventType.COMPLAINT_ASSIGNED) > handled_before),
+        what="redelivered event consumed",
+    )
+    assert len(await assigned_entries()) == 1

@@ -1,0 +1,129 @@
+"""The whole loop over real Kafka and MongoDB: receive → route → resolve → follow up → close."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.conftest import System
+from tests.helpers import eventually, token
+
+pytestmark = pytest.mark.integration
+
+BROADBAND_COMPLAINT = {
+    "branch": "LZ",
+    "channel": "phone",
+    "category": "billing",
+    "severity": "high",
+    "customer": {
+        "name": "马先生",
+        "phone": "+86 138 0931 0000",
+        "preferred_contact_channel": "phone",
+    },
+    "subject": "预交年费后宽带仍被停机",
+    "description": (
+        "我已预交全年宽带年费，营业员没有打印第二张欠费单，结果宽带被停，要求恢复并道歉。"
+    ),
+    "desired_outcomes": ["apology", "explanation"],
+}
+
+
+async def _assigned(system: System, complaint_id: str, headers: dict) -> dict | None:
+    response = await system.intake.get(f"/v1/complaints/{complaint_id}", headers=headers)
+    body = response.json()
+    return body if body.get("assignment") else None
+
+
+async def test_complaint_flows_from_intake_to_closure(system: System) -> None:
+    admin = token(system.intake_settings)
+    created = await system.intake.post("/v1/complaints", json=BROADBAND_COMPLAINT, headers=admin)
+    assert created.status_code == 201, created.text
+    complaint = created.json()
+    assert complaint["status"] == "received"
+    assert complaint["reference"].startswith("LZ-")
+
+    routed = await eventually(
+        lambda: _assigned(system, complaint["id"], admin), timeout_s=10, what="assignment"
+    )
+    assert routed["status"] == "assigned"
+    assert routed["assignment"]["department"] == "LZ:BILLING"
+    assert routed["assignment"]["owner_id"] in {"lz-chen", "lz-liu"}
+    assert routed["acknowledge_due_at"] is not None
+
+    assignment = await system.routing.get(f"/v1/assignments/{complaint['id']}", headers=admin)
+    assert assignment.status_code == 200
+    assert assignment.json()["rule_id"] == "demo:billing-keywords"
+
+    resolved = await system.intake.post(
+        f"/v1/complaints/{complaint['id']}/resolve",
+        json={"summary": "已恢复宽带，补打欠费单并当面致歉", "customer_accepted": True},
+        headers=admin,
+    )
+    assert resolved.status_code == 200, resolved.text
+    assert resolved.json()["status"] == "resolved"
+
+    async def check_scheduled() -> dict | None:
+        response = await system.followup.get(
+            "/v1/followups", params={"complaint_id": complaint["id"]}, headers=admin
+        )
+        items = response.json()["items"]
+        return items[0] if items else None
+
+    check = await eventually(check_scheduled, timeout_s=10, what="satisfaction check")
+    assert check["status"] == "scheduled"
+    assert check["customer"]["phone"] == "+86 138 0931 0000"
+    assert check["resolution_summary"].startswith("已恢复宽带")
+
+    outcome = await system.followup.post(
+        f"/v1/followups/{check['id']}/outcome",
+        json={"satisfied": True, "score": 5, "comment": "处理及时"},
+        headers=admin,
+    )
+    assert outcome.status_code == 200, outcome.text
+
+    async def closed() -> dict | None:
+        body = (await system.intake.get(f"/v1/complaints/{complaint['id']}", headers=admin)).json()
+        return body if body["status"] == "closed" else None
+
+    final = await eventually(closed, timeout_s=10, what="complaint closed")
+    assert final["satisfaction"]["score"] == 5
+    assert final["satisfaction"]["outcome"] == "satisfied"
+    assert final["closed_at"] is not None
+
+
+async def test_unsatisfied_outcome_reopens_the_complaint(system: System) -> None:
+    admin = token(system.intake_settings)
+    created = (
+        await system.intake.post("/v1/complaints", json=BROADBAND_COMPLAINT, headers=admin)
+    ).json()
+    await eventually(lambda: _assigned(system, created["id"], admin), what="assignment")
+    await system.intake.post(
+        f"/v1/complaints/{created['id']}/resolve", json={"summary": "已解释"}, headers=admin
+    )
+
+    async def check_id() -> str | None:
+        response = await system.followup.get(
+            "/v1/followups", params={"complaint_id": created["id"]}, headers=admin
+        )
+        items = response.json()["items"]
+        return items[0]["id"] if items else None
+
+    followup_id = await eventually(check_id, what="satisfaction check")
+    await system.followup.post(
+        f"/v1/followups/{followup_id}/outcome",
+        json={"satisfied": False, "score": 2},
+        headers=admin,
+    )
+
+    async def reopened() -> dict | None:
+        body = (await system.intake.get(f"/v1/complaints/{created['id']}", headers=admin)).json()
+        return body if body["status"] == "reopened" else None
+
+    final = await eventually(reopened, what="complaint reopened")
+    assert final["satisfaction"]["outcome"] == "unsatisfied"
+    second = await system.followup.post(
+        f"/v1/followups/{followup_id}/outcome",
+        json={"satisfied": True, "score": 5},
+        headers=admin,
+    )
+    assert second.status_code == 409
+    assert second.json()["current_status"] == "completed"

@@ -1,0 +1,58 @@
+"""No lost complaint: intake accepts while the broker is down and delivers afterwards."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from tests.conftest import System
+from tests.helpers import eventually, token
+from tests.test_end_to_end import BROADBAND_COMPLAINT
+
+pytestmark = pytest.mark.integration
+
+
+async def test_complaint_posted_while_broker_is_down_is_assigned_after_restart(
+    system: System,
+) -> None:
+    broker = system.infra.broker
+    if broker is None:
+        pytest.skip("the broker comes from KAFKA_BOOTSTRAP_SERVERS; this run cannot stop it")
+    admin = token(system.intake_settings)
+    # Make sure the pipeline is live before the outage, so the test measures recovery.
+    warm = await system.intake.post("/v1/complaints", json=BROADBAND_COMPLAINT, headers=admin)
+    await eventually(
+        lambda: _assigned(system, warm.json()["id"], admin), timeout_s=15, what="warm-up"
+    )
+
+    await asyncio.to_thread(broker.stop)
+    try:
+        created = await system.intake.post(
+            "/v1/complaints", json=BROADBAND_COMPLAINT, headers=admin
+        )
+        assert created.status_code == 201, created.text
+        complaint_id = created.json()["id"]
+        stored = await system.mongo[system.intake_settings.database_name()].complaints.find_one(
+            {"_id": complaint_id}
+        )
+        assert stored is not None and stored["status"] == "received"
+    finally:
+        await asyncio.to_thread(broker.start)
+
+    routed = await eventually(
+        lambda: _assigned(system, complaint_id, admin),
+        timeout_s=90,
+        interval_s=0.5,
+        what="assignment after the broker came back",
+    )
+    assert routed["assignment"]["department"] == "LZ:BILLING"
+    document = await system.mongo[system.intake_settings.database_name()].complaints.find_one(
+        {"_id": complaint_id}
+    )
+    assert document["outbox"] == []
+
+
+async def _assigned(system: System, complaint_id: str, headers: dict) -> dict | None:
+    body = (await system.intake.get(f"/v1/complaints/{complaint_id}", headers=headers)).json()
+    return body if body.get("assignment") else None
