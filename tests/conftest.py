@@ -7,12 +7,13 @@ and never see each other's events or documents.
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 
 import httpx
 import pytest
+from complaints_shared.clock import Clock
 from complaints_shared.settings import ServiceSettings
 from fastapi import FastAPI
 from followup.main import create_app as create_followup_app
@@ -70,6 +71,11 @@ class System:
     routing_app: FastAPI
     followup_app: FastAPI
     mongo: AsyncMongoClient
+    clock: Clock | None = None
+
+    async def serve_extra(self, stack: AsyncExitStack, app: FastAPI) -> httpx.AsyncClient:
+        """Run one more app (a second replica, say) until ``stack`` closes."""
+        return await _serve(stack, app, "extra")
 
     def topic(self, name: str) -> str:
         return self.intake_settings.topic(name)
@@ -83,22 +89,49 @@ async def _serve(stack: AsyncExitStack, app: FastAPI, name: str) -> httpx.AsyncC
     )
 
 
+SystemFactory = Callable[..., Awaitable[System]]
+
+
 @pytest.fixture
-async def system(infrastructure: Infrastructure) -> AsyncIterator[System]:
-    run_id = uuid.uuid4().hex[:10]
-    intake_settings = settings_for_test(IntakeSettings, infra=infrastructure, run_id=run_id)
-    routing_settings = settings_for_test(RoutingSettings, infra=infrastructure, run_id=run_id)
-    followup_settings = settings_for_test(FollowupSettings, infra=infrastructure, run_id=run_id)
+async def system_factory(infrastructure: Infrastructure) -> AsyncIterator[SystemFactory]:
+    """Builds a running system; keyword arguments override settings per service.
+
+    ``make(routing={"outbox_poll_interval_s": 0.1}, clock=ManualClock())`` — the
+    clock, when given, is shared by all three services. Everything is stopped and
+    the test's databases dropped afterwards.
+    """
+    stack = AsyncExitStack()
     mongo = AsyncMongoClient(infrastructure.mongodb_uri, tz_aware=True)
-    await seed_demo_org(db=mongo[routing_settings.database_name()])
-    apps = {
-        "intake": create_intake_app(intake_settings),
-        "routing": create_routing_app(routing_settings),
-        "followup": create_followup_app(followup_settings),
-    }
-    async with AsyncExitStack() as stack:
+    run_ids: list[str] = []
+
+    async def make(
+        *,
+        intake: dict | None = None,
+        routing: dict | None = None,
+        followup: dict | None = None,
+        clock: Clock | None = None,
+        seed: bool = True,
+    ) -> System:
+        run_id = uuid.uuid4().hex[:10]
+        run_ids.append(run_id)
+        intake_settings = settings_for_test(
+            IntakeSettings, infra=infrastructure, run_id=run_id, **(intake or {})
+        )
+        routing_settings = settings_for_test(
+            RoutingSettings, infra=infrastructure, run_id=run_id, **(routing or {})
+        )
+        followup_settings = settings_for_test(
+            FollowupSettings, infra=infrastructure, run_id=run_id, **(followup or {})
+        )
+        if seed:
+            await seed_demo_org(db=mongo[routing_settings.database_name()])
+        apps = {
+            "intake": create_intake_app(intake_settings, clock=clock),
+            "routing": create_routing_app(routing_settings, clock=clock),
+            "followup": create_followup_app(followup_settings, clock=clock),
+        }
         clients = {name: await _serve(stack, app, name) for name, app in apps.items()}
-        yield System(
+        return System(
             run_id=run_id,
             infra=infrastructure,
             intake_settings=intake_settings,
@@ -111,7 +144,21 @@ async def system(infrastructure: Infrastructure) -> AsyncIterator[System]:
             routing_app=apps["routing"],
             followup_app=apps["followup"],
             mongo=mongo,
+            clock=clock,
         )
-    for settings in (intake_settings, routing_settings, followup_settings):
-        await mongo.drop_database(settings.database_name())
-    await mongo.close()
+
+    try:
+        yield make
+    finally:
+        await stack.aclose()
+        for run_id in run_ids:
+            for name in await mongo.list_database_names():
+                if name.startswith(f"t_{run_id}_"):
+                    await mongo.drop_database(name)
+        await mongo.close()
+
+
+@pytest.fixture
+async def system(system_factory: SystemFactory) -> System:
+    """The three services with default test settings and the demo organisation."""
+    return await system_factory()

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
 
+from complaints_shared.clock import Clock, SystemClock
 from complaints_shared.events import EventType, Topic
 from complaints_shared.kafka import EventConsumer, EventHandler, EventProducer, ensure_topics
 from complaints_shared.logs import bind_context, get_logger
@@ -37,6 +38,7 @@ class Runtime:
     db: AsyncDatabase
     producer: EventProducer
     relay: OutboxRelay
+    clock: Clock
     consumer: EventConsumer | None = None
     topics_ready: asyncio.Event = field(default_factory=asyncio.Event)
     tasks: list[asyncio.Task] = field(default_factory=list)
@@ -91,6 +93,7 @@ async def service_runtime(
     handlers: HandlersFactory,
     ensure_indexes: Callable[..., Awaitable[None]],
     background_jobs: list[BackgroundJob] = (),  # type: ignore[assignment]
+    clock: Clock | None = None,
 ) -> AsyncIterator[Runtime]:
     # Background tasks copy this context, so their logs name the service even in-process.
     bind_context(service=settings.service_name)
@@ -98,7 +101,14 @@ async def service_runtime(
     db = service_database(client=mongo, settings=settings)
     producer = EventProducer(settings=settings)
     relay = OutboxRelay(db=db, collections=outbox_collections, producer=producer, settings=settings)
-    runtime = Runtime(settings=settings, mongo=mongo, db=db, producer=producer, relay=relay)
+    runtime = Runtime(
+        settings=settings,
+        mongo=mongo,
+        db=db,
+        producer=producer,
+        relay=relay,
+        clock=clock or SystemClock(),
+    )
     for collection in outbox_collections:
         await ensure_outbox_index(db=db, collection=collection)
     await ensure_indexes(db=db)

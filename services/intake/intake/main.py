@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+from complaints_shared.clock import Clock
 from complaints_shared.events import Topic
 from complaints_shared.http import build_app
 from complaints_shared.runtime import service_runtime
@@ -15,7 +16,8 @@ from intake.handlers import build_handlers
 from intake.settings import IntakeSettings
 
 
-def create_app(settings: IntakeSettings | None = None) -> FastAPI:
+def create_app(settings: IntakeSettings | None = None, *, clock: Clock | None = None) -> FastAPI:
+    """The ASGI app; ``clock`` lets tests move time instead of sleeping."""
     settings = settings or IntakeSettings()
 
     @asynccontextmanager
@@ -26,6 +28,7 @@ def create_app(settings: IntakeSettings | None = None) -> FastAPI:
             consumed_topics=[Topic.ROUTING, Topic.FOLLOWUP],
             handlers=build_handlers,
             ensure_indexes=store.ensure_indexes,
+            clock=clock,
         ) as runtime:
             app.state.runtime = runtime
             yield
