@@ -13,18 +13,18 @@ from dataclasses import dataclass
 
 import httpx
 import pytest
+from fastapi import FastAPI
+from pymongo import AsyncMongoClient
+
 from complaints_shared.clock import Clock
 from complaints_shared.settings import ServiceSettings
-from fastapi import FastAPI
 from followup.main import create_app as create_followup_app
 from followup.settings import FollowupSettings
 from intake.main import create_app as create_intake_app
 from intake.settings import IntakeSettings
-from pymongo import AsyncMongoClient
 from routing.demo import seed_demo_org
 from routing.main import create_app as create_routing_app
 from routing.settings import RoutingSettings
-
 from tests.infrastructure import Infrastructure, provide_infrastructure
 
 

@@ -8,8 +8,10 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
+
 from complaints_shared.auth import mint_token
 from complaints_shared.envelope import CloudEvent, from_kafka_record
+from complaints_shared.events import EVENT_TYPE_PREFIX
 from complaints_shared.metrics import EVENTS_CONSUMED
 from complaints_shared.settings import ServiceSettings
 
@@ -91,3 +93,8 @@ def events_of(records: list, *, event_type: str) -> list[CloudEvent]:
 def handled_count(service: str, event_type: str) -> float:
     """How many events of a type this process's consumers of ``service`` have handled."""
     return EVENTS_CONSUMED.labels(service, event_type, "handled")._value.get()
+
+
+def short_type(event_type: str) -> str:
+    """``org.complaintdesk.complaint.closed.v1`` → ``complaint.closed``."""
+    return event_type.removeprefix(EVENT_TYPE_PREFIX).rsplit(".v", 1)[0]

@@ -27,6 +27,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import yaml
+
 from complaints_shared.settings import ServiceSettings
 from followup.settings import FollowupSettings
 from intake.settings import IntakeSettings

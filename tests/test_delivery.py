@@ -7,6 +7,7 @@ import uuid
 from datetime import UTC, datetime
 
 import pytest
+
 from complaints_shared.envelope import CloudEvent
 from complaints_shared.events import (
     ComplaintReceived,
@@ -16,7 +17,6 @@ from complaints_shared.events import (
     dead_letter_topic,
 )
 from complaints_shared.kafka import EventConsumer, EventProducer, ensure_topics
-
 from tests.conftest import System
 from tests.helpers import events_of, eventually, handled_count, read_topic, token
 from tests.test_end_to_end import BROADBAND_COMPLAINT

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import pytest
+
 from complaints_shared.envelope import CloudEvent, EnvelopeError, from_kafka_record, to_kafka_record
 from complaints_shared.events import ComplaintClosed, EventType, parse_data
 

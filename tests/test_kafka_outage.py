@@ -28,9 +28,8 @@ async def test_complaint_posted_while_broker_is_down_is_assigned_after_restart(
 
     await asyncio.to_thread(broker.stop)
     try:
-        created = await system.intake.post(
-            "/v1/complaints", json=BROADBAND_COMPLAINT, headers=admin
-        )
+        during_outage = {**BROADBAND_COMPLAINT, "subject": "宽带停机第二次投诉"}
+        created = await system.intake.post("/v1/complaints", json=during_outage, headers=admin)
         assert created.status_code == 201, created.text
         complaint_id = created.json()["id"]
         stored = await system.mongo[system.intake_settings.database_name()].complaints.find_one(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from intake.lifecycle import OPEN_STATUSES, Command, InvalidTransition, Status, transition
 
 
@@ -56,8 +57,15 @@ def test_every_open_complaint_can_be_resolved_and_withdrawn() -> None:
         assert transition(current=status, command=Command.WITHDRAW) is Status.WITHDRAWN
 
 
-def test_terminal_states_accept_nothing_but_reopen_after_close() -> None:
+def test_rejected_and_withdrawn_accept_only_notes() -> None:
     for status in (Status.REJECTED, Status.WITHDRAWN):
-        for command in Command:
+        assert transition(current=status, command=Command.NOTE) is status
+        for command in set(Command) - {Command.NOTE}:
             with pytest.raises(InvalidTransition):
                 transition(current=status, command=command)
+
+
+def test_a_note_starts_work_on_an_acknowledged_complaint_only() -> None:
+    assert transition(current=Status.ACKNOWLEDGED, command=Command.NOTE) is Status.IN_PROGRESS
+    assert transition(current=Status.RECEIVED, command=Command.NOTE) is Status.RECEIVED
+    assert transition(current=Status.ESCALATED, command=Command.NOTE) is Status.ESCALATED

@@ -9,11 +9,11 @@ from contextlib import AbstractAsyncContextManager
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from complaints_shared.logs import configure_logging
 from complaints_shared.metrics import HTTP_REQUESTS
-from complaints_shared.problems import install_problem_handlers
+from complaints_shared.problems import install_problem_handlers, problem_response
 from complaints_shared.settings import ServiceSettings
 
 
@@ -48,6 +48,51 @@ class RequestMetricsMiddleware:
             ).observe(time.perf_counter() - started)
 
 
+class BodySizeLimitMiddleware:
+    """Refuse bodies over the limit with a 413 problem before any handler reads them."""
+
+    def __init__(self, app: ASGIApp, *, max_body_bytes: int) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
+            await self._too_large(scope, receive, send)
+            return
+        received = 0
+
+        async def counting_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.max_body_bytes:
+                raise BodyTooLarge
+            return message
+
+        try:
+            await self.app(scope, counting_receive, send)
+        except BodyTooLarge:
+            await self._too_large(scope, receive, send)
+
+    async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
+        response = problem_response(
+            request=Request(scope, receive),
+            status=413,
+            title="Request body too large",
+            kind="body-too-large",
+            detail=f"request bodies are limited to {self.max_body_bytes} bytes",
+        )
+        await response(scope, receive, send)
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
 def build_app(
     *,
     settings: ServiceSettings,
@@ -60,6 +105,7 @@ def build_app(
     app = FastAPI(title=title, description=description, version="1.0.0", lifespan=lifespan)
     app.state.settings = settings
     install_problem_handlers(app)
+    app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=settings.max_body_bytes)
     app.add_middleware(RequestMetricsMiddleware, service_name=settings.service_name)
 
     @app.get("/healthz", tags=["operations"], summary="The process is alive")

@@ -95,6 +95,12 @@ class EventProducer:
         key, value, headers = to_kafka_record(event)
         await producer.send_and_wait(topic, value=value, key=key, headers=headers)
 
+    async def send(self, event: CloudEvent, *, topic: str) -> asyncio.Future:
+        """Queue one event; the returned future resolves when the broker acknowledged it."""
+        producer = await self._connected()
+        key, value, headers = to_kafka_record(event)
+        return await producer.send(topic, value=value, key=key, headers=headers)
+
     async def publish_raw(
         self, *, topic: str, key: bytes | None, value: bytes | None, headers: list
     ) -> None:

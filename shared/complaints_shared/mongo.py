@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from bson.codec_options import CodecOptions
@@ -49,3 +49,17 @@ def merge_updates(*updates: dict[str, Any]) -> dict[str, Any]:
                 raise ValueError(f"update operator {operator} sets {sorted(clash)} twice")
             target.update(fields)
     return merged
+
+
+# BSON dates have millisecond precision, so ">= t" is exactly "> t - 1 ms". We write
+# inclusive date bounds as strict ones: SecantusDB (the local MongoDB) drops documents
+# equal to an inclusive bound when a compound index has another field after the date.
+_ONE_MS = timedelta(milliseconds=1)
+
+
+def at_or_after(moment: datetime) -> dict[str, datetime]:
+    return {"$gt": moment - _ONE_MS}
+
+
+def at_or_before(moment: datetime) -> dict[str, datetime]:
+    return {"$lt": moment + _ONE_MS}

@@ -15,8 +15,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from aiokafka.errors import KafkaError
-from pymongo import ReturnDocument
+from pymongo import UpdateOne
 from pymongo.asynchronous.database import AsyncDatabase
 
 from complaints_shared.envelope import CloudEvent
@@ -58,7 +57,13 @@ async def ensure_outbox_index(*, db: AsyncDatabase, collection: str) -> None:
 
 
 class OutboxRelay:
-    """Publishes pending outbox events of the given collections to Kafka."""
+    """Publishes pending outbox events of the given collections to Kafka.
+
+    One loop per service instance: it claims up to ``outbox_batch_size``
+    documents at a time under a lease (so several replicas never publish the
+    same document concurrently), sends all their events without waiting on each,
+    then removes, per document, the events that were acknowledged in order.
+    """
 
     def __init__(
         self,
@@ -67,14 +72,11 @@ class OutboxRelay:
         collections: list[str],
         producer: EventProducer,
         settings: ServiceSettings,
-        workers: int = 4,
     ) -> None:
         self._db = db
         self._collections = collections
         self._producer = producer
         self._settings = settings
-        self._workers = workers
-        self._owner = f"{settings.service_name}-{uuid.uuid4().hex[:8]}"
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
 
@@ -87,70 +89,99 @@ class OutboxRelay:
         self._wake.set()
 
     async def run(self) -> None:
-        await asyncio.gather(*(self._work() for _ in range(self._workers)))
-
-    async def _work(self) -> None:
         while not self._stopping.is_set():
-            published_any = False
+            self._wake.clear()
+            busy = False
             for collection in self._collections:
                 try:
-                    published_any |= await self.publish_one(collection=collection)
-                except KafkaError as exc:
+                    claimed = await self.publish_batch(collection=collection)
+                    busy |= claimed >= self._settings.outbox_batch_size
+                except Exception as exc:  # Kafka or Mongo away: keep the events, retry later
                     OUTBOX_PUBLISH_FAILURES.labels(self._settings.service_name).inc()
                     log.warning("outbox_publish_failed", error=repr(exc))
-                    await self._idle()
-                except Exception as exc:  # Mongo away or similar: keep the relay alive
-                    OUTBOX_PUBLISH_FAILURES.labels(self._settings.service_name).inc()
-                    log.error("outbox_relay_error", error=repr(exc))
-                    await self._idle()
-            if not published_any:
-                await self._idle()
+            if not busy:
+                await wait_event(self._wake, timeout_s=self._settings.outbox_poll_interval_s)
 
-    async def _idle(self) -> None:
-        await wait_event(self._wake, timeout_s=self._settings.outbox_poll_interval_s)
-        self._wake.clear()
-
-    async def publish_one(self, *, collection: str) -> bool:
-        """Claim one document with pending events, publish them, pull them; False if none."""
-        now = datetime.now(UTC)
-        lease_until = now + timedelta(seconds=self._settings.outbox_lease_s)
-        document = await self._db[collection].find_one_and_update(
-            {
-                PENDING_SINCE_FIELD: {"$lte": now},
-                "$or": [
-                    {LEASE_UNTIL_FIELD: {"$exists": False}},
-                    {LEASE_UNTIL_FIELD: None},
-                    {LEASE_UNTIL_FIELD: {"$lt": now}},
-                ],
-            },
-            {"$set": {LEASE_UNTIL_FIELD: lease_until, LEASE_OWNER_FIELD: self._owner}},
-            sort=[(PENDING_SINCE_FIELD, 1)],
-            projection={OUTBOX_FIELD: 1},
-            return_document=ReturnDocument.AFTER,
-        )
-        if document is None:
-            return False
-        published: list[str] = []
+    async def publish_batch(self, *, collection: str) -> int:
+        """Claim, publish and release one batch; returns how many documents were claimed."""
+        documents, claim = await self._claim(collection=collection)
+        if not documents:
+            return 0
+        sent: dict[Any, list[str]] = {}
         try:
+            sent = await self._send(documents)
+        finally:
+            await self._release(collection=collection, claim=claim, sent=sent, documents=documents)
+        return len(documents)
+
+    async def _claim(self, *, collection: str) -> tuple[list[dict], str]:
+        coll = self._db[collection]
+        now = datetime.now(UTC)
+        unclaimed = {
+            PENDING_SINCE_FIELD: {"$lte": now},
+            "$or": [{LEASE_UNTIL_FIELD: None}, {LEASE_UNTIL_FIELD: {"$lt": now}}],
+        }
+        candidates = (
+            await coll.find(unclaimed, projection={"_id": 1})
+            .sort(PENDING_SINCE_FIELD, 1)
+            .limit(self._settings.outbox_batch_size)
+            .to_list(None)
+        )
+        if not candidates:
+            return [], ""
+        claim = uuid.uuid4().hex
+        ids = [candidate["_id"] for candidate in candidates]
+        lease_until = now + timedelta(seconds=self._settings.outbox_lease_s)
+        # The filter repeats the "unclaimed" test, so a concurrent replica's claim wins cleanly.
+        await coll.update_many(
+            {"_id": {"$in": ids}, **unclaimed},
+            {"$set": {LEASE_UNTIL_FIELD: lease_until, LEASE_OWNER_FIELD: claim}},
+        )
+        documents = await coll.find(
+            {"_id": {"$in": ids}, LEASE_OWNER_FIELD: claim}, projection={OUTBOX_FIELD: 1}
+        ).to_list(None)
+        return documents, claim
+
+    async def _send(self, documents: list[dict]) -> dict[Any, list[str]]:
+        """Send every event; per document, the ids acknowledged in order (a prefix)."""
+        pending: list[tuple[Any, str, str, asyncio.Future]] = []
+        for document in documents:
             for entry in document.get(OUTBOX_FIELD, []):
                 event = CloudEvent.model_validate(entry)
-                await self._producer.publish(event, topic=entry["topic"])
-                EVENTS_PUBLISHED.labels(self._settings.service_name, event.type).inc()
-                published.append(event.id)
-        finally:
-            await self._release(collection=collection, document_id=document["_id"], sent=published)
-        return True
+                delivery = await self._producer.send(event, topic=entry["topic"])
+                pending.append((document["_id"], event.id, event.type, delivery))
+        results = await asyncio.gather(*(item[3] for item in pending), return_exceptions=True)
+        acknowledged: dict[Any, list[str]] = {}
+        broken: set[Any] = set()
+        for (document_id, event_id, event_type, _), result in zip(pending, results, strict=True):
+            if isinstance(result, BaseException):
+                broken.add(document_id)
+                log.warning("outbox_event_not_acknowledged", event_id=event_id, error=repr(result))
+                continue
+            EVENTS_PUBLISHED.labels(self._settings.service_name, event_type).inc()
+            if document_id not in broken:  # keep order: nothing after a failed event is dropped
+                acknowledged.setdefault(document_id, []).append(event_id)
+        return acknowledged
 
-    async def _release(self, *, collection: str, document_id: Any, sent: list[str]) -> None:
+    async def _release(
+        self, *, collection: str, claim: str, sent: dict[Any, list[str]], documents: list[dict]
+    ) -> None:
         coll = self._db[collection]
-        await coll.update_one(
-            {"_id": document_id, LEASE_OWNER_FIELD: self._owner},
+        requests = [
+            UpdateOne(
+                {"_id": document["_id"], LEASE_OWNER_FIELD: claim},
+                {
+                    "$pull": {OUTBOX_FIELD: {"id": {"$in": sent.get(document["_id"], [])}}},
+                    "$unset": {LEASE_UNTIL_FIELD: "", LEASE_OWNER_FIELD: ""},
+                },
+            )
+            for document in documents
+        ]
+        await coll.bulk_write(requests, ordered=False)
+        await coll.update_many(
             {
-                "$pull": {OUTBOX_FIELD: {"id": {"$in": sent}}},
-                "$unset": {LEASE_UNTIL_FIELD: "", LEASE_OWNER_FIELD: ""},
+                "_id": {"$in": [document["_id"] for document in documents]},
+                OUTBOX_FIELD: {"$size": 0},
             },
-        )
-        await coll.update_one(
-            {"_id": document_id, OUTBOX_FIELD: {"$size": 0}},
             {"$unset": {PENDING_SINCE_FIELD: ""}},
         )

@@ -39,14 +39,15 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
         ) from None
 
 
-def after_cursor(*, field: str, cursor: str | None) -> dict[str, Any]:
-    """Filter for documents strictly after ``cursor`` in (field, _id) ascending order."""
+def after_cursor(*, field: str, cursor: str | None, descending: bool = False) -> dict[str, Any]:
+    """Filter for documents strictly after ``cursor`` in the (field, _id) sort order."""
     if cursor is None:
         return {}
     sort_value, document_id = decode_cursor(cursor)
+    beyond = "$lt" if descending else "$gt"
     return {
         "$or": [
-            {field: {"$gt": sort_value}},
-            {field: sort_value, "_id": {"$gt": document_id}},
+            {field: {beyond: sort_value}},
+            {field: sort_value, "_id": {beyond: document_id}},
         ]
     }

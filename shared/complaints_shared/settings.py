@@ -38,6 +38,9 @@ class ServiceSettings(BaseSettings):
     outbox_poll_interval_s: float = Field(
         1.0, gt=0, description="How often the outbox relay looks for unsent events when idle."
     )
+    outbox_batch_size: int = Field(
+        100, ge=1, description="Documents the outbox relay claims and publishes per round."
+    )
     outbox_lease_s: float = Field(
         30.0, gt=0, description="How long one relay replica owns a document's pending events."
     )
@@ -51,6 +54,9 @@ class ServiceSettings(BaseSettings):
     jwt_issuer: str = Field("complaint-desk", description="Expected `iss` claim.")
     jwt_audience: str = Field("complaint-desk", description="Expected `aud` claim.")
     log_level: str = Field("INFO", description="Root log level.")
+    max_body_bytes: int = Field(
+        262_144, ge=1024, description="Largest accepted request body; larger ones get 413."
+    )
     readiness_timeout_s: float = Field(2.0, gt=0, description="Timeout of each /readyz probe.")
 
     def database_name(self) -> str:

@@ -1,46 +1,135 @@
-"""HTTP routes of intake: create, read and resolve complaints."""
+"""HTTP routes of intake: registration, lifecycle commands, search, timeline, reports."""
 
 from __future__ import annotations
 
-from complaints_shared.auth import CurrentPrincipal, Role, require_role
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Query, Request, status
+from fastapi.responses import JSONResponse
+
+from complaints_shared.auth import CurrentPrincipal, Principal, Role, require_role
+from complaints_shared.pagination import Page
 from complaints_shared.problems import ProblemError
 from complaints_shared.runtime import Runtime
-from fastapi import APIRouter, Request, status
-
-from intake import store
-from intake.models import ComplaintCreate, ComplaintRead, ResolveRequest
+from intake import commands, idempotency, reports, search, store
+from intake.lifecycle import Command
+from intake.models import (
+    AcknowledgeRequest,
+    CloseRequest,
+    ComplaintCreate,
+    ComplaintCreated,
+    ComplaintRead,
+    NoteCreate,
+    PendingCustomerRequest,
+    RejectRequest,
+    ReopenRequest,
+    ResolveRequest,
+    ResumeRequest,
+    Timeline,
+    TimelineEntry,
+    WithdrawRequest,
+)
 
 router = APIRouter(prefix="/v1/complaints", tags=["complaints"])
+reports_router = APIRouter(prefix="/v1/reports", tags=["reports"])
+
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        min_length=1,
+        max_length=200,
+        pattern=r"^[\x21-\x7e]+$",
+        description="Retry-safe creation: same key + same body replays the first response.",
+    ),
+]
 
 
 def _runtime(request: Request) -> Runtime:
     return request.app.state.runtime
 
 
-@router.post(
-    "",
-    status_code=status.HTTP_201_CREATED,
-    response_model=ComplaintRead,
-    summary="Register a complaint (201 once it is durably stored)",
-)
-async def create_complaint(
-    body: ComplaintCreate, request: Request, principal: CurrentPrincipal
-) -> ComplaintRead:
-    require_role(principal, Role.AGENT, action="registering a complaint")
-    if not principal.can_see(org=principal.org, branch=body.branch):
+def _check_branch(principal: Principal, branch: str) -> None:
+    if not principal.can_see(org=principal.org, branch=branch):
         raise ProblemError(
             status=403,
             title="Forbidden",
             kind="forbidden",
-            detail=f"the token may not register complaints for branch {body.branch!r}",
+            detail=f"the token may not register complaints for branch {branch!r}",
             field="branch",
         )
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=ComplaintCreated,
+    summary="Register a complaint (201 once durable; 200 for an exact resubmission)",
+)
+async def create_complaint(
+    body: ComplaintCreate,
+    request: Request,
+    principal: CurrentPrincipal,
+    idempotency_key: IdempotencyKey = None,
+) -> JSONResponse:
+    require_role(principal, Role.AGENT, Role.SUPERVISOR, action="registering a complaint")
+    _check_branch(principal, body.branch)
     runtime = _runtime(request)
-    document = await store.create_complaint(
-        db=runtime.db, settings=runtime.settings, principal=principal, request=body
+    reservation = None
+    complaint_id = store.new_id()
+    if idempotency_key is not None:
+        reservation = await idempotency.reserve(
+            db=runtime.db,
+            settings=runtime.settings,
+            principal=principal,
+            key=idempotency_key,
+            body_hash=idempotency.request_hash(body.model_dump(mode="json")),
+            complaint_id=complaint_id,
+        )
+        if reservation.replay_body is not None:
+            return JSONResponse(
+                reservation.replay_body,
+                status_code=reservation.replay_status or status.HTTP_201_CREATED,
+                headers={"Idempotent-Replayed": "true"},
+            )
+        complaint_id = reservation.complaint_id
+    try:
+        document, created = await store.create_complaint(
+            db=runtime.db,
+            settings=runtime.settings,
+            principal=principal,
+            request=body,
+            complaint_id=complaint_id,
+            now=runtime.clock.now(),
+        )
+    except BaseException:
+        if reservation is not None:
+            await idempotency.release(db=runtime.db, reservation=reservation)
+        raise
+    if created:
+        runtime.relay.notify()
+    payload = ComplaintCreated(
+        **store.to_read(document).model_dump(), resubmission=not created
+    ).model_dump(mode="json")
+    status_code = status.HTTP_201_CREATED if created else status.HTTP_200_OK
+    if reservation is not None:
+        await idempotency.complete(
+            db=runtime.db, reservation=reservation, status_code=status_code, body=payload
+        )
+    return JSONResponse(
+        payload, status_code=status_code, headers={"Location": f"/v1/complaints/{document['_id']}"}
     )
-    runtime.relay.notify()
-    return store.to_read(document)
+
+
+@router.get("", response_model=Page[ComplaintRead], summary="Find complaints (cursor pages)")
+async def list_complaints(
+    request: Request,
+    principal: CurrentPrincipal,
+    filters: Annotated[search.ComplaintFilters, Query()],
+) -> Page[ComplaintRead]:
+    return await search.search(db=_runtime(request).db, principal=principal, filters=filters)
 
 
 @router.get("/{complaint_id}", response_model=ComplaintRead, summary="One complaint of record")
@@ -53,22 +142,140 @@ async def get_complaint(
     return store.to_read(document)
 
 
-@router.post(
-    "/{complaint_id}/resolve",
-    response_model=ComplaintRead,
-    summary="Resolve a complaint; a satisfaction check follows",
+@router.get(
+    "/{complaint_id}/timeline",
+    response_model=Timeline,
+    summary="Every command and consumed event, with actor, time and details",
 )
-async def resolve_complaint(
-    complaint_id: str, body: ResolveRequest, request: Request, principal: CurrentPrincipal
+async def get_timeline(
+    complaint_id: str, request: Request, principal: CurrentPrincipal
+) -> Timeline:
+    document = await store.get_timeline(
+        db=_runtime(request).db, principal=principal, complaint_id=complaint_id
+    )
+    return Timeline(
+        complaint_id=complaint_id,
+        reference=document["reference"],
+        entries=[TimelineEntry.model_validate(entry) for entry in document.get("timeline", [])],
+    )
+
+
+async def _command(
+    *,
+    request: Request,
+    principal: Principal,
+    complaint_id: str,
+    command: Command,
+    build: commands.Build,
+    details: dict[str, Any] | None = None,
 ) -> ComplaintRead:
-    require_role(principal, Role.AGENT, Role.SUPERVISOR, action="resolving a complaint")
+    require_role(principal, *commands.COMMAND_ROLES[command], action=f"{command.value}")
     runtime = _runtime(request)
-    document = await store.resolve(
+    document = await commands.run_command(
         db=runtime.db,
         settings=runtime.settings,
         principal=principal,
         complaint_id=complaint_id,
-        request=body,
+        command=command,
+        build=build,
+        now=runtime.clock.now(),
+        details=details,
     )
     runtime.relay.notify()
     return store.to_read(document)
+
+
+def _command_route(
+    path: str, command: Command, body_model: type, builder: Callable, summary: str
+) -> None:
+    """Register POST /{id}/<path>: validate the body, then run the command."""
+
+    async def endpoint(
+        complaint_id: str, body: Any, request: Request, principal: CurrentPrincipal
+    ) -> ComplaintRead:
+        details = body.model_dump(mode="json", exclude_none=True)
+        return await _command(
+            request=request,
+            principal=principal,
+            complaint_id=complaint_id,
+            command=command,
+            build=builder(body, principal),
+            details=details,
+        )
+
+    endpoint.__annotations__["body"] = body_model
+    endpoint.__name__ = f"{command.value}_complaint"
+    router.add_api_route(
+        f"/{{complaint_id}}/{path}",
+        endpoint,
+        methods=["POST"],
+        response_model=ComplaintRead,
+        summary=summary,
+    )
+
+
+_command_route(
+    "acknowledge",
+    Command.ACKNOWLEDGE,
+    AcknowledgeRequest,
+    commands.acknowledge,
+    "受理: accept the complaint and record the promise made to the customer",
+)
+_command_route("notes", Command.NOTE, NoteCreate, commands.add_note, "Add a note")
+_command_route(
+    "pending-customer",
+    Command.WAIT_FOR_CUSTOMER,
+    PendingCustomerRequest,
+    commands.wait_for_customer,
+    "Wait on the customer (SLA clocks pause)",
+)
+_command_route(
+    "resume", Command.RESUME, ResumeRequest, commands.resume, "The customer answered: resume"
+)
+_command_route(
+    "resolve",
+    Command.RESOLVE,
+    ResolveRequest,
+    commands.resolve,
+    "Resolve with summary, root cause, responsibility and remedies",
+)
+_command_route(
+    "reject", Command.REJECT, RejectRequest, commands.reject, "不予受理: reject with a reason"
+)
+_command_route(
+    "withdraw", Command.WITHDRAW, WithdrawRequest, commands.withdraw, "The customer withdrew"
+)
+_command_route("reopen", Command.REOPEN, ReopenRequest, commands.reopen, "Reopen (supervisor)")
+_command_route("close", Command.CLOSE, CloseRequest, commands.close, "Close (supervisor)")
+
+
+@reports_router.get(
+    "/summary", response_model=reports.SummaryReport, summary="Complaint figures per group"
+)
+async def summary_report(
+    request: Request,
+    principal: CurrentPrincipal,
+    group_by: reports.GroupBy = reports.GroupBy.BRANCH,
+    from_: Annotated[datetime | None, Query(alias="from")] = None,
+    to: datetime | None = None,
+) -> reports.SummaryReport:
+    runtime = _runtime(request)
+    now = runtime.clock.now()
+    created_to = to or now
+    created_from = from_ or created_to - timedelta(days=30)
+    if created_from >= created_to:
+        raise ProblemError(
+            status=422,
+            title="Invalid request",
+            kind="validation-error",
+            detail="invalid field(s): from",
+            errors=[{"field": "from", "message": "must be before 'to'"}],
+        )
+    return await reports.summary(
+        db=runtime.db,
+        principal=principal,
+        created_from=created_from,
+        created_to=created_to,
+        group_by=group_by,
+        now=now,
+    )

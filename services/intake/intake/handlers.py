@@ -1,28 +1,38 @@
-"""Kafka event handlers of intake, one per consumed event type."""
+"""Kafka event handlers of intake, one per consumed event type, registered in one place."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 from complaints_shared.envelope import CloudEvent
-from complaints_shared.events import ComplaintAssigned, EventType, FollowupCompleted
+from complaints_shared.events import EventData, EventType
 from complaints_shared.kafka import EventHandler
 from complaints_shared.runtime import Runtime
+from intake import projections
 
-from intake import store
+Projection = Callable[..., Awaitable[None]]
+
+PROJECTIONS: dict[EventType, Projection] = {
+    EventType.COMPLAINT_ASSIGNED: projections.apply_assigned,
+    EventType.COMPLAINT_QUEUED: projections.apply_queued,
+    EventType.COMPLAINT_REASSIGNED: projections.apply_reassigned,
+    EventType.COMPLAINT_ESCALATED: projections.apply_escalated,
+    EventType.COMPLAINT_SLA_WARNING: projections.apply_sla_warning,
+    EventType.COMPLAINT_SLA_BREACHED: projections.apply_sla_breached,
+    EventType.COMPLAINT_RESPONSIBILITY_SET: projections.apply_responsibility_set,
+    EventType.FOLLOWUP_SCHEDULED: projections.record_followup_progress,
+    EventType.FOLLOWUP_ATTEMPTED: projections.record_followup_progress,
+    EventType.FOLLOWUP_CANCELLED: projections.record_followup_progress,
+    EventType.FOLLOWUP_COMPLETED: projections.apply_followup_completed,
+}
 
 
 def build_handlers(runtime: Runtime) -> dict[EventType, EventHandler]:
-    async def on_complaint_assigned(event: CloudEvent, data: ComplaintAssigned) -> None:
-        await store.apply_assignment(
-            db=runtime.db, settings=runtime.settings, event=event, data=data
-        )
+    def handler_for(projection: Projection) -> EventHandler:
+        async def handle(event: CloudEvent, data: EventData) -> None:
+            await projection(db=runtime.db, settings=runtime.settings, event=event, data=data)
+            runtime.relay.notify()  # a projection may have caused events (close, reopen)
 
-    async def on_followup_completed(event: CloudEvent, data: FollowupCompleted) -> None:
-        await store.apply_followup_outcome(
-            db=runtime.db, settings=runtime.settings, event=event, data=data
-        )
-        runtime.relay.notify()
+        return handle
 
-    return {
-        EventType.COMPLAINT_ASSIGNED: on_complaint_assigned,
-        EventType.FOLLOWUP_COMPLETED: on_followup_completed,
-    }
+    return {event_type: handler_for(projection) for event_type, projection in PROJECTIONS.items()}

@@ -23,6 +23,7 @@ class Command(StrEnum):
     """What can happen to a complaint, from an HTTP command or a consumed event."""
 
     ASSIGN = "assign"
+    NOTE = "note"
     ACKNOWLEDGE = "acknowledge"
     ESCALATE = "escalate"
     WAIT_FOR_CUSTOMER = "pending_customer"
@@ -51,7 +52,10 @@ _WORKING = OPEN_STATUSES - {Status.PENDING_CUSTOMER}
 
 # command -> (statuses it is legal from, resulting status; None keeps the current one)
 _RULES: dict[Command, tuple[frozenset[Status], Status | None]] = {
-    Command.ACKNOWLEDGE: (frozenset({Status.RECEIVED, Status.ASSIGNED}), Status.ACKNOWLEDGED),
+    Command.ACKNOWLEDGE: (
+        frozenset({Status.RECEIVED, Status.ASSIGNED, Status.REOPENED}),
+        Status.ACKNOWLEDGED,
+    ),
     Command.ESCALATE: (_WORKING, Status.ESCALATED),
     Command.WAIT_FOR_CUSTOMER: (_WORKING - {Status.RECEIVED}, Status.PENDING_CUSTOMER),
     Command.RESUME: (frozenset({Status.PENDING_CUSTOMER}), Status.IN_PROGRESS),
@@ -76,9 +80,15 @@ class InvalidTransition(Exception):
 def transition(*, current: Status, command: Command) -> Status:
     """Return the status after ``command``, or raise InvalidTransition.
 
-    Assignment is special: it moves a just-received (or reopened) complaint to
-    ``assigned`` and otherwise leaves a still-open complaint's status alone.
+    Assignment moves a just-received (or reopened) complaint to ``assigned`` and
+    otherwise leaves a still-open complaint's status alone. A note may be added
+    at any time; on an acknowledged, assigned or reopened complaint it marks the
+    work as started (``in_progress``).
     """
+    if command is Command.NOTE:
+        if current in {Status.ACKNOWLEDGED, Status.ASSIGNED, Status.REOPENED}:
+            return Status.IN_PROGRESS
+        return current
     if command is Command.ASSIGN:
         if current not in OPEN_STATUSES:
             raise InvalidTransition(current=current, command=command)

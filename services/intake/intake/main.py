@@ -5,15 +5,21 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+from fastapi import FastAPI
+from pymongo.asynchronous.database import AsyncDatabase
+
 from complaints_shared.clock import Clock
 from complaints_shared.events import Topic
 from complaints_shared.http import build_app
 from complaints_shared.runtime import service_runtime
-from fastapi import FastAPI
-
-from intake import api, store
+from intake import api, idempotency, store
 from intake.handlers import build_handlers
 from intake.settings import IntakeSettings
+
+
+async def ensure_indexes(*, db: AsyncDatabase) -> None:
+    await store.ensure_indexes(db=db)
+    await idempotency.ensure_indexes(db=db)
 
 
 def create_app(settings: IntakeSettings | None = None, *, clock: Clock | None = None) -> FastAPI:
@@ -27,7 +33,7 @@ def create_app(settings: IntakeSettings | None = None, *, clock: Clock | None = 
             outbox_collections=[store.COMPLAINTS],
             consumed_topics=[Topic.ROUTING, Topic.FOLLOWUP],
             handlers=build_handlers,
-            ensure_indexes=store.ensure_indexes,
+            ensure_indexes=ensure_indexes,
             clock=clock,
         ) as runtime:
             app.state.runtime = runtime
@@ -38,5 +44,5 @@ def create_app(settings: IntakeSettings | None = None, *, clock: Clock | None = 
         title="Complaint intake",
         description="The complaint of record: registration, lifecycle, timeline.",
         lifespan=lifespan,
-        routers=[api.router],
+        routers=[api.router, api.reports_router],
     )

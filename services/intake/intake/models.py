@@ -7,24 +7,32 @@ from decimal import Decimal
 from enum import StrEnum
 from typing import Annotated
 
+from pydantic import BaseModel, ConfigDict, EmailStr, Field, StringConstraints
+
 from complaints_shared.events import (
     Category,
     Channel,
     ContactChannel,
     Flag,
     FollowupOutcome,
+    RemedyType,
+    ResponsibleParty,
     Severity,
 )
-from pydantic import BaseModel, ConfigDict, EmailStr, Field, StringConstraints
-
 from intake.lifecycle import Status
 
 MAX_SUBJECT_CHARS = 200
 MAX_DESCRIPTION_CHARS = 10_000
 MAX_SUMMARY_CHARS = 4_000
+MAX_NOTE_CHARS = 4_000
+MAX_ATTACHMENTS = 20
+MAX_PAGE_SIZE = 100
 
 BranchCode = Annotated[str, StringConstraints(pattern=r"^[A-Z0-9][A-Z0-9_-]{0,31}$")]
 Text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
+ShortText = Annotated[Text, StringConstraints(max_length=200)]
+Currency = Annotated[str, StringConstraints(pattern=r"^[A-Z]{3}$")]
+Amount = Annotated[Decimal, Field(ge=0, max_digits=14, decimal_places=2)]
 
 
 class DesiredOutcome(StrEnum):
@@ -37,6 +45,22 @@ class DesiredOutcome(StrEnum):
     OTHER = "other"
 
 
+class NoteVisibility(StrEnum):
+    INTERNAL = "internal"
+    CUSTOMER = "customer"
+
+
+class RejectionReason(StrEnum):
+    """不予受理 reasons, after the 12315 acceptance rules."""
+
+    OUT_OF_SCOPE = "out_of_scope"
+    DUPLICATE = "duplicate"
+    INSUFFICIENT_INFORMATION = "insufficient_information"
+    ALREADY_IN_COURT_OR_ARBITRATION = "already_in_court_or_arbitration"
+    NOT_A_CUSTOMER = "not_a_customer"
+    OTHER = "other"
+
+
 class StrictModel(BaseModel):
     """Request bodies reject unknown fields so typos are caught, not ignored."""
 
@@ -45,7 +69,7 @@ class StrictModel(BaseModel):
 
 class Customer(StrictModel):
     name: Annotated[Text, StringConstraints(max_length=100)]
-    phone: Annotated[str, StringConstraints(pattern=r"^\+?[0-9 ()-]{5,20}$")] | None = None
+    phone: Annotated[str, StringConstraints(pattern=r"^\+?[0-9 ()-]{5,24}$")] | None = None
     email: EmailStr | None = None
     external_id: Annotated[str, StringConstraints(max_length=64)] | None = None
     preferred_contact_channel: ContactChannel = ContactChannel.PHONE
@@ -54,12 +78,24 @@ class Customer(StrictModel):
 
 
 class Money(StrictModel):
-    amount: Decimal = Field(ge=0, max_digits=14, decimal_places=2)
-    currency: Annotated[str, StringConstraints(pattern=r"^[A-Z]{3}$")] = "CNY"
+    amount: Amount
+    currency: Currency = "CNY"
+
+
+class Attachment(StrictModel):
+    """Metadata only: the file itself lives in the integrator's document store."""
+
+    name: ShortText
+    media_type: Annotated[str, StringConstraints(pattern=r"^[\w.+-]+/[\w.+-]+$")]
+    size_bytes: int = Field(ge=0, le=1_000_000_000)
+    url: Annotated[str, StringConstraints(pattern=r"^https?://", max_length=2000)]
 
 
 class ComplaintCreate(StrictModel):
-    """What an integrator sends to register a complaint."""
+    """What an integrator sends to register a complaint.
+
+    Leave ``severity`` or ``flags`` out to let intake suggest them from the text.
+    """
 
     branch: BranchCode
     channel: Channel
@@ -68,19 +104,68 @@ class ComplaintCreate(StrictModel):
     description: Annotated[Text, StringConstraints(max_length=MAX_DESCRIPTION_CHARS)]
     category: Category = Category.OTHER
     subcategory: Annotated[str, StringConstraints(max_length=64)] | None = None
-    severity: Severity = Severity.NORMAL
-    flags: list[Flag] = Field(default_factory=list, max_length=len(Flag))
+    severity: Severity | None = None
+    flags: list[Flag] | None = Field(None, max_length=len(Flag))
     occurred_at: datetime | None = None
-    location: Annotated[str, StringConstraints(max_length=200)] | None = None
-    product: Annotated[str, StringConstraints(max_length=200)] | None = None
+    location: ShortText | None = None
+    product: ShortText | None = None
     account_number: Annotated[str, StringConstraints(max_length=64)] | None = None
     disputed_amount: Money | None = None
     desired_outcomes: list[DesiredOutcome] = Field(default_factory=list, max_length=7)
+    attachments: list[Attachment] = Field(default_factory=list, max_length=MAX_ATTACHMENTS)
+
+
+class AcknowledgeRequest(StrictModel):
+    """受理: what the customer was promised, and when."""
+
+    promised_response_at: datetime | None = None
+    message_to_customer: Annotated[Text, StringConstraints(max_length=MAX_NOTE_CHARS)] | None = None
+
+
+class NoteCreate(StrictModel):
+    text: Annotated[Text, StringConstraints(max_length=MAX_NOTE_CHARS)]
+    visibility: NoteVisibility = NoteVisibility.INTERNAL
+
+
+class PendingCustomerRequest(StrictModel):
+    reason: Annotated[Text, StringConstraints(max_length=MAX_NOTE_CHARS)]
+
+
+class ResumeRequest(StrictModel):
+    comment: Annotated[Text, StringConstraints(max_length=MAX_NOTE_CHARS)] | None = None
+
+
+class RemedyIn(StrictModel):
+    type: RemedyType
+    amount: Amount | None = None
+    currency: Currency | None = None
+    description: Annotated[str, StringConstraints(max_length=500)] | None = None
 
 
 class ResolveRequest(StrictModel):
     summary: Annotated[Text, StringConstraints(max_length=MAX_SUMMARY_CHARS)]
+    root_cause: Annotated[str, StringConstraints(max_length=64)] | None = None
+    responsible_department: Annotated[str, StringConstraints(max_length=64)] | None = None
+    responsible_party: ResponsibleParty | None = None
+    remedies: list[RemedyIn] = Field(default_factory=list, max_length=10)
     customer_accepted: bool | None = None
+
+
+class RejectRequest(StrictModel):
+    reason_code: RejectionReason
+    explanation: Annotated[Text, StringConstraints(max_length=MAX_NOTE_CHARS)]
+
+
+class WithdrawRequest(StrictModel):
+    reason: Annotated[str, StringConstraints(max_length=MAX_NOTE_CHARS)] | None = None
+
+
+class ReopenRequest(StrictModel):
+    reason: Annotated[Text, StringConstraints(max_length=MAX_NOTE_CHARS)]
+
+
+class CloseRequest(StrictModel):
+    reason: Annotated[Text, StringConstraints(max_length=MAX_NOTE_CHARS)]
 
 
 class Assignment(BaseModel):
@@ -88,17 +173,52 @@ class Assignment(BaseModel):
     department_name: str
     owner_id: str | None
     owner_name: str | None
-    rule_id: str
-    rule_version: int
+    rule_id: str | None = None
+    rule_version: int | None = None
     assigned_at: datetime
+    queued: bool = False
+    duty_officer: bool = False
+
+
+class Acknowledgement(BaseModel):
+    acknowledged_by: str
+    acknowledged_at: datetime
+    promised_response_at: datetime | None = None
+    message_to_customer: str | None = None
+
+
+class Note(BaseModel):
+    id: str
+    author: str
+    visibility: NoteVisibility
+    text: str
+    added_at: datetime
+
+
+class Remedy(BaseModel):
+    type: RemedyType
+    amount: Decimal | None = None
+    currency: str | None = None
+    description: str | None = None
 
 
 class Resolution(BaseModel):
     number: int
     summary: str
+    root_cause: str | None = None
+    responsible_department: str | None = None
+    responsible_party: ResponsibleParty | None = None
+    remedies: list[Remedy] = Field(default_factory=list)
     customer_accepted: bool | None = None
     resolved_by: str
     resolved_at: datetime
+
+
+class Rejection(BaseModel):
+    reason_code: RejectionReason
+    explanation: str
+    rejected_by: str
+    rejected_at: datetime
 
 
 class Satisfaction(BaseModel):
@@ -106,8 +226,28 @@ class Satisfaction(BaseModel):
     resolution_number: int
     outcome: FollowupOutcome
     score: int | None = None
+    problem_solved: bool | None = None
     comment: str | None = None
     completed_at: datetime
+
+
+class SlaState(BaseModel):
+    """What routing reported about the clocks; flags only ever go from false to true."""
+
+    acknowledge_warning: bool = False
+    acknowledge_breached: bool = False
+    resolve_warning: bool = False
+    resolve_breached: bool = False
+    regulatory_report_warning: bool = False
+    regulatory_report_breached: bool = False
+
+
+class Suggested(BaseModel):
+    """Which values intake suggested from the text (and by which keyword rules)."""
+
+    severity: Severity | None = None
+    flags: list[Flag] = Field(default_factory=list)
+    rules: list[str] = Field(default_factory=list)
 
 
 class TimelineEntry(BaseModel):
@@ -130,6 +270,9 @@ class ComplaintRead(BaseModel):
     subcategory: str | None = None
     severity: Severity
     flags: list[Flag]
+    suggested: Suggested = Field(default_factory=Suggested)
+    repeat_count: int = 0
+    repeat_of: list[str] = Field(default_factory=list)
     customer: Customer
     subject: str
     description: str
@@ -139,11 +282,33 @@ class ComplaintRead(BaseModel):
     account_number: str | None = None
     disputed_amount: Money | None = None
     desired_outcomes: list[DesiredOutcome] = Field(default_factory=list)
+    attachments: list[Attachment] = Field(default_factory=list)
     assignment: Assignment | None = None
+    escalation_level: int = 0
+    responsible_department: str | None = None
+    acknowledgement: Acknowledgement | None = None
     acknowledge_due_at: datetime | None = None
     resolve_due_at: datetime | None = None
+    regulatory_report_due_at: datetime | None = None
+    sla: SlaState = Field(default_factory=SlaState)
+    notes: list[Note] = Field(default_factory=list)
     resolution: Resolution | None = None
+    rejection: Rejection | None = None
     satisfaction: Satisfaction | None = None
+    reopen_count: int = 0
     created_at: datetime
     updated_at: datetime
+    finished_at: datetime | None = None
     closed_at: datetime | None = None
+
+
+class ComplaintCreated(ComplaintRead):
+    """The creation response; ``resubmission`` says an earlier identical complaint was returned."""
+
+    resubmission: bool = False
+
+
+class Timeline(BaseModel):
+    complaint_id: str
+    reference: str
+    entries: list[TimelineEntry]

@@ -2,12 +2,36 @@
 
 from __future__ import annotations
 
-from complaints_shared.settings import ServiceSettings
 from pydantic import Field
+
+from complaints_shared.settings import ServiceSettings
+from intake.suggestions import DEFAULT_SUGGESTION_RULES, SuggestionRule
 
 
 class IntakeSettings(ServiceSettings):
     service_name: str = "intake"
     reference_time_zone: str = Field(
         "Asia/Shanghai", description="Time zone whose calendar day numbers reference numbers."
+    )
+    resubmission_window_s: int = Field(
+        600,
+        ge=0,
+        description="An identical complaint from the same customer within this window "
+        "returns the earlier one (200) instead of creating another.",
+    )
+    repeat_window_days: int = Field(
+        30,
+        ge=0,
+        description="A complaint finished less than this long ago still makes a new "
+        "complaint of the same customer a repeat.",
+    )
+    idempotency_key_ttl_s: int = Field(
+        86_400, ge=60, description="How long an Idempotency-Key is remembered."
+    )
+    idempotency_wait_s: float = Field(
+        5.0, gt=0, description="How long a request waits for a concurrent one with the same key."
+    )
+    suggestion_rules: list[SuggestionRule] = Field(
+        default_factory=lambda: list(DEFAULT_SUGGESTION_RULES),
+        description="Keyword rules suggesting severity and flags (JSON list).",
     )

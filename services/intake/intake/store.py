@@ -1,69 +1,114 @@
 """Data access for the complaint of record. No HTTP here.
 
-Every change goes through ``_change``: read the document, let the lifecycle
-decide, then write conditionally on the version read (optimistic concurrency)
-together with the timeline entry and the outbox events the change causes.
+Every change goes through ``change``: read the document, let the caller decide
+(using the lifecycle), then write conditionally on the version read (optimistic
+concurrency) together with the timeline entry and the outbox events it causes.
 """
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from pymongo import DESCENDING, ReturnDocument
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import DuplicateKeyError
+
 from complaints_shared.auth import Principal
-from complaints_shared.envelope import CloudEvent
 from complaints_shared.events import (
-    ComplaintAssigned,
-    ComplaintClosed,
     ComplaintReceived,
-    ComplaintReopened,
-    ComplaintResolved,
     CustomerContact,
+    EventData,
     EventType,
-    FollowupCompleted,
-    FollowupOutcome,
+    Flag,
 )
-from complaints_shared.mongo import merge_updates
+from complaints_shared.mongo import at_or_after, merge_updates
 from complaints_shared.outbox import outbox_entry, outbox_update
 from complaints_shared.problems import ProblemError, not_found
-from pymongo import ASCENDING, DESCENDING, ReturnDocument
-from pymongo.asynchronous.database import AsyncDatabase
-
-from intake.lifecycle import Command, InvalidTransition, Status, transition
-from intake.models import ComplaintCreate, ComplaintRead, ResolveRequest
+from intake.identity import customer_keys, submission_fingerprint
+from intake.lifecycle import OPEN_STATUSES, InvalidTransition, Status
+from intake.models import ComplaintCreate, ComplaintRead
 from intake.settings import IntakeSettings
+from intake.suggestions import suggest
 
 COMPLAINTS = "complaints"
 REFERENCE_COUNTERS = "reference_counters"
-APPLIED_EVENTS_KEPT = 200
-MAX_WRITE_ATTEMPTS = 5
+SUBMISSIONS = "submission_fingerprints"
+APPLIED_EVENTS_KEPT = 500
+MAX_WRITE_ATTEMPTS = 8
+MAX_REPEAT_LINKS = 20
 
 # A decision returns the extra update for the change plus the events it causes.
-Decision = tuple[dict[str, Any], list[tuple[EventType, Any]]]
+Decision = tuple[dict[str, Any], list[tuple[EventType, EventData]]]
+HIDDEN_FIELDS = {"outbox": 0, "applied_events": 0, "timeline": 0}
+
+
+# Each list filter of GET /v1/complaints narrows through one of these (org first: every
+# query is scoped to the caller's organisation); the sort key comes last.
+COMPLAINT_INDEXES: dict[str, list[tuple[str, int]]] = {
+    "org_created": [("org", 1), ("created_at", -1), ("_id", -1)],
+    "org_branch_created": [("org", 1), ("branch", 1), ("created_at", -1), ("_id", -1)],
+    "org_status_created": [("org", 1), ("status", 1), ("created_at", -1), ("_id", -1)],
+    "org_branch_status_created": [
+        ("org", 1),
+        ("branch", 1),
+        ("status", 1),
+        ("created_at", -1),
+        ("_id", -1),
+    ],
+    "org_category_created": [("org", 1), ("category", 1), ("created_at", -1)],
+    "org_severity_created": [("org", 1), ("severity", 1), ("created_at", -1)],
+    "org_channel_created": [("org", 1), ("channel", 1), ("created_at", -1)],
+    "org_flags_created": [("org", 1), ("flags", 1), ("created_at", -1)],
+    "org_department_status": [
+        ("org", 1),
+        ("assignment.department", 1),
+        ("status", 1),
+        ("created_at", -1),
+    ],
+    "org_owner_status": [("org", 1), ("assignment.owner_id", 1), ("status", 1), ("created_at", -1)],
+    "org_ack_due": [("org", 1), ("acknowledge_due_at", 1), ("_id", 1)],
+    "org_resolve_due": [("org", 1), ("resolve_due_at", 1), ("_id", 1)],
+    "org_customer_keys": [("org", 1), ("customer_keys", 1), ("created_at", -1)],
+    "org_breached": [("org", 1), ("sla_breached", 1), ("created_at", -1)],
+    "org_repeat": [("org", 1), ("repeat_count", 1), ("created_at", -1)],
+}
 
 
 async def ensure_indexes(*, db: AsyncDatabase) -> None:
     complaints = db[COMPLAINTS]
     await complaints.create_index("reference", unique=True, name="reference_unique")
-    await complaints.create_index(
-        [("org", ASCENDING), ("branch", ASCENDING), ("created_at", DESCENDING)],
-        name="org_branch_created",
-    )
-    await complaints.create_index(
-        [("org", ASCENDING), ("status", ASCENDING), ("created_at", DESCENDING)],
-        name="org_status_created",
-    )
+    for name, keys in COMPLAINT_INDEXES.items():
+        await complaints.create_index(keys, name=name)
+    await db[SUBMISSIONS].create_index("expires_at", name="expires_at")
 
 
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
-def _timeline_entry(*, actor: str, action: str, at: datetime, **details: Any) -> dict[str, Any]:
+def timeline_entry(*, actor: str, action: str, at: datetime, **details: Any) -> dict[str, Any]:
     return {"at": at, "actor": actor, "action": action, "details": details}
+
+
+def customer_contact(document: dict[str, Any]) -> CustomerContact:
+    customer = document["customer"]
+    return CustomerContact(
+        name=customer["name"],
+        phone=customer.get("phone"),
+        email=customer.get("email"),
+        external_id=customer.get("external_id"),
+        preferred_channel=customer.get("preferred_contact_channel", "phone"),
+        language=customer.get("language", "zh"),
+        vip=customer.get("vip", False),
+    )
+
+
+def event_base(document: dict[str, Any]) -> dict[str, str]:
+    return {"complaint_id": document["_id"], "org": document["org"], "branch": document["branch"]}
+
+
+def to_read(document: dict[str, Any]) -> ComplaintRead:
+    return ComplaintRead.model_validate({**document, "id": document["_id"]})
 
 
 async def next_reference(*, db: AsyncDatabase, branch: str, at: datetime, time_zone: str) -> str:
@@ -78,16 +123,94 @@ async def next_reference(*, db: AsyncDatabase, branch: str, at: datetime, time_z
     return f"{branch}-{day}-{counter['seq']:04d}"
 
 
-def _customer_contact(document: dict[str, Any]) -> CustomerContact:
-    customer = document["customer"]
-    return CustomerContact(
-        name=customer["name"],
-        phone=customer.get("phone"),
-        email=customer.get("email"),
-        preferred_channel=customer.get("preferred_contact_channel", "phone"),
-        language=customer.get("language", "zh"),
-        vip=customer.get("vip", False),
+async def get_visible(*, db: AsyncDatabase, principal: Principal, complaint_id: str) -> dict:
+    """The complaint if the caller may see it; a foreign one is simply not found."""
+    document = await db[COMPLAINTS].find_one(
+        {"_id": complaint_id, **principal.scope_filter()}, projection=HIDDEN_FIELDS
     )
+    if document is None:
+        raise not_found(what="complaint", identifier=complaint_id)
+    return document
+
+
+async def get_timeline(*, db: AsyncDatabase, principal: Principal, complaint_id: str) -> dict:
+    document = await db[COMPLAINTS].find_one(
+        {"_id": complaint_id, **principal.scope_filter()},
+        projection={"reference": 1, "timeline": 1},
+    )
+    if document is None:
+        raise not_found(what="complaint", identifier=complaint_id)
+    return document
+
+
+# ------------------------------------------------------------------ creation --
+
+
+async def claim_submission(
+    *, db: AsyncDatabase, fingerprint: str, complaint_id: str, now: datetime, window: timedelta
+) -> str | None:
+    """Claim a submission fingerprint for ``complaint_id``; returns the earlier owner if live.
+
+    The claim is one atomic upsert: of two identical concurrent submissions only
+    one can insert the fingerprint document, the other sees a duplicate key.
+    """
+    try:
+        await db[SUBMISSIONS].find_one_and_update(
+            {"_id": fingerprint, "expires_at": {"$lte": now}},
+            {"$set": {"complaint_id": complaint_id, "expires_at": now + window}},
+            upsert=True,
+        )
+        return None
+    except DuplicateKeyError:
+        live = await db[SUBMISSIONS].find_one({"_id": fingerprint})
+        return live["complaint_id"] if live else None
+
+
+async def release_submission(*, db: AsyncDatabase, fingerprint: str, complaint_id: str) -> None:
+    await db[SUBMISSIONS].delete_one({"_id": fingerprint, "complaint_id": complaint_id})
+
+
+async def find_earlier_complaints(
+    *, db: AsyncDatabase, org: str, keys: list[str], since: datetime
+) -> list[dict[str, Any]]:
+    """The customer's open complaints and those finished since ``since``, newest first."""
+    if not keys:
+        return []
+    cursor = (
+        db[COMPLAINTS]
+        .find(
+            {
+                "org": org,
+                "customer_keys": {"$in": keys},
+                "$or": [
+                    {"status": {"$in": [status.value for status in OPEN_STATUSES]}},
+                    {"finished_at": at_or_after(since)},
+                ],
+            },
+            projection={"_id": 1},
+        )
+        .sort("created_at", DESCENDING)
+        .limit(MAX_REPEAT_LINKS)
+    )
+    return await cursor.to_list(None)
+
+
+def _classify(request: ComplaintCreate, settings: IntakeSettings) -> dict[str, Any]:
+    """Severity and flags as given, or suggested from the text when left out."""
+    suggestion = suggest(
+        rules=settings.suggestion_rules,
+        subject=request.subject,
+        description=request.description,
+        channel=request.channel,
+    )
+    suggested: dict[str, Any] = {"severity": None, "flags": [], "rules": suggestion.rule_ids}
+    severity = request.severity
+    if severity is None:
+        severity = suggested["severity"] = suggestion.severity
+    flags = list(request.flags) if request.flags is not None else []
+    if request.flags is None:
+        flags = suggested["flags"] = list(suggestion.flags)
+    return {"severity": severity, "flags": flags, "suggested": suggested}
 
 
 async def create_complaint(
@@ -96,10 +219,70 @@ async def create_complaint(
     settings: IntakeSettings,
     principal: Principal,
     request: ComplaintCreate,
+    complaint_id: str,
+    now: datetime,
+) -> tuple[dict[str, Any], bool]:
+    """Store a new complaint with its ``complaint.received`` event in one insert.
+
+    Returns (document, created). An identical submission of the same customer
+    within the resubmission window returns the earlier complaint, created=False.
+    """
+    body = request.model_dump(mode="json", exclude={"severity", "flags"})
+    fingerprint = submission_fingerprint(
+        org=principal.org,
+        branch=request.branch,
+        customer=body["customer"],
+        subject=request.subject,
+        description=request.description,
+    )
+    window = timedelta(seconds=settings.resubmission_window_s)
+    earlier_id = await claim_submission(
+        db=db, fingerprint=fingerprint, complaint_id=complaint_id, now=now, window=window
+    )
+    if earlier_id is not None:
+        earlier = await db[COMPLAINTS].find_one({"_id": earlier_id}, projection=HIDDEN_FIELDS)
+        if earlier is not None:
+            # Our own id: an idempotent retry finishing a request that stored it already.
+            return earlier, earlier_id == complaint_id
+    try:
+        document = await _insert_new(
+            db=db,
+            settings=settings,
+            principal=principal,
+            request=request,
+            body=body,
+            complaint_id=complaint_id,
+            fingerprint=fingerprint,
+            now=now,
+        )
+    except BaseException:
+        await release_submission(db=db, fingerprint=fingerprint, complaint_id=complaint_id)
+        raise
+    return document, True
+
+
+async def _insert_new(
+    *,
+    db: AsyncDatabase,
+    settings: IntakeSettings,
+    principal: Principal,
+    request: ComplaintCreate,
+    body: dict[str, Any],
+    complaint_id: str,
+    fingerprint: str,
+    now: datetime,
 ) -> dict[str, Any]:
-    """Store a new complaint with its ``complaint.received`` event in one insert."""
-    now = _now()
-    complaint_id = str(uuid.uuid4())
+    keys = customer_keys(body["customer"])
+    earlier = await find_earlier_complaints(
+        db=db,
+        org=principal.org,
+        keys=keys,
+        since=now - timedelta(days=settings.repeat_window_days),
+    )
+    classification = _classify(request, settings)
+    flags: list[str] = [flag.value for flag in classification["flags"]]
+    if earlier and Flag.REPEAT.value not in flags:
+        flags.append(Flag.REPEAT.value)
     reference = await next_reference(
         db=db, branch=request.branch, at=now, time_zone=settings.reference_time_zone
     )
@@ -107,34 +290,51 @@ async def create_complaint(
         "_id": complaint_id,
         "reference": reference,
         "org": principal.org,
-        **request.model_dump(mode="json"),
+        **body,
         "occurred_at": request.occurred_at,
+        "severity": classification["severity"].value,
+        "flags": flags,
+        "suggested": classification["suggested"],
+        "repeat_count": len(earlier),
+        "repeat_of": [doc["_id"] for doc in earlier],
+        "customer_keys": keys,
+        "submission_fingerprint": fingerprint,
         "status": Status.RECEIVED.value,
         "version": 1,
         "resolution_count": 0,
+        "reopen_count": 0,
+        "escalation_level": 0,
+        "sla": {},
+        "sla_breached": False,
+        "notes": [],
         "created_at": now,
         "updated_at": now,
         "applied_events": [],
         "timeline": [
-            _timeline_entry(
-                actor=principal.subject, action="received", at=now, channel=request.channel.value
+            timeline_entry(
+                actor=principal.subject,
+                action="received",
+                at=now,
+                channel=request.channel.value,
+                reference=reference,
             )
         ],
     }
     received = ComplaintReceived(
-        complaint_id=complaint_id,
-        org=principal.org,
-        branch=request.branch,
+        **event_base(document),
         reference=reference,
         channel=request.channel,
         category=request.category,
-        severity=request.severity,
-        flags=[flag.value for flag in request.flags],
+        subcategory=request.subcategory,
+        severity=classification["severity"],
+        flags=flags,
         subject=request.subject,
         description=request.description,
         product=request.product,
-        customer=_customer_contact(document),
+        customer=customer_contact(document),
         received_at=now,
+        repeat_count=len(earlier),
+        repeat_of=document["repeat_of"],
     )
     entry = outbox_entry(event_type=EventType.COMPLAINT_RECEIVED, data=received, settings=settings)
     document["outbox"] = [entry]
@@ -143,21 +343,21 @@ async def create_complaint(
     return document
 
 
-async def get_visible(*, db: AsyncDatabase, principal: Principal, complaint_id: str) -> dict:
-    """The complaint if the caller may see it; a foreign one is simply not found."""
-    document = await db[COMPLAINTS].find_one(
-        {"_id": complaint_id, **principal.scope_filter()}, projection={"outbox": 0}
+# ------------------------------------------------------------------- changes --
+
+
+def invalid_transition(exc: InvalidTransition, *, complaint_id: str) -> ProblemError:
+    return ProblemError(
+        status=409,
+        title="Invalid transition",
+        kind="invalid-transition",
+        detail=f"complaint {complaint_id}: {exc}",
+        current_status=exc.current.value,
+        command=exc.command.value,
     )
-    if document is None:
-        raise not_found(what="complaint", identifier=complaint_id)
-    return document
 
 
-def to_read(document: dict[str, Any]) -> ComplaintRead:
-    return ComplaintRead.model_validate({**document, "id": document["_id"]})
-
-
-async def _change(
+async def change(
     *,
     db: AsyncDatabase,
     settings: IntakeSettings,
@@ -166,6 +366,7 @@ async def _change(
     actor: str,
     action: str,
     decide: Callable[[dict[str, Any]], Decision],
+    now: datetime,
     event_id: str | None = None,
     details: dict[str, Any] | None = None,
 ) -> dict[str, Any] | None:
@@ -182,7 +383,6 @@ async def _change(
         if event_id is not None and event_id in current.get("applied_events", []):
             return current
         extra_update, events = decide(current)
-        now = _now()
         entries = [
             outbox_entry(event_type=event_type, data=data, settings=settings)
             for event_type, data in events
@@ -193,7 +393,7 @@ async def _change(
                 "$set": {"updated_at": now},
                 "$inc": {"version": 1},
                 "$push": {
-                    "timeline": _timeline_entry(
+                    "timeline": timeline_entry(
                         actor=actor, action=action, at=now, **(details or {})
                     )
                 },
@@ -208,6 +408,7 @@ async def _change(
         updated = await complaints.find_one_and_update(
             {"_id": complaint_id, "version": current["version"]},
             update,
+            projection=HIDDEN_FIELDS,
             return_document=ReturnDocument.AFTER,
         )
         if updated is not None:
@@ -220,181 +421,5 @@ async def _change(
     )
 
 
-def _invalid(exc: InvalidTransition, *, complaint_id: str) -> ProblemError:
-    return ProblemError(
-        status=409,
-        title="Invalid transition",
-        kind="invalid-transition",
-        detail=f"complaint {complaint_id}: {exc}",
-        current_status=exc.current.value,
-        command=exc.command.value,
-    )
-
-
-async def resolve(
-    *,
-    db: AsyncDatabase,
-    settings: IntakeSettings,
-    principal: Principal,
-    complaint_id: str,
-    request: ResolveRequest,
-) -> dict[str, Any]:
-    """Resolve the complaint and announce it (follow-up schedules the call-back)."""
-
-    def decide(current: dict[str, Any]) -> Decision:
-        status = transition(current=Status(current["status"]), command=Command.RESOLVE)
-        now = _now()
-        number = current.get("resolution_count", 0) + 1
-        resolution = {
-            "number": number,
-            "summary": request.summary,
-            "customer_accepted": request.customer_accepted,
-            "resolved_by": principal.subject,
-            "resolved_at": now,
-        }
-        assignment = current.get("assignment") or {}
-        resolved = ComplaintResolved(
-            complaint_id=complaint_id,
-            org=current["org"],
-            branch=current["branch"],
-            reference=current["reference"],
-            category=current["category"],
-            severity=current["severity"],
-            resolution_number=number,
-            summary=request.summary,
-            department=assignment.get("department"),
-            owner_id=assignment.get("owner_id"),
-            customer=_customer_contact(current),
-            resolved_at=now,
-        )
-        update = {
-            "$set": {"status": status.value, "resolution": resolution, "resolution_count": number}
-        }
-        return update, [(EventType.COMPLAINT_RESOLVED, resolved)]
-
-    try:
-        document = await _change(
-            db=db,
-            settings=settings,
-            complaint_id=complaint_id,
-            scope=principal.scope_filter(),
-            actor=principal.subject,
-            action="resolved",
-            decide=decide,
-            details={"summary": request.summary},
-        )
-    except InvalidTransition as exc:
-        raise _invalid(exc, complaint_id=complaint_id) from None
-    if document is None:
-        raise not_found(what="complaint", identifier=complaint_id)
-    return document
-
-
-async def apply_assignment(
-    *, db: AsyncDatabase, settings: IntakeSettings, event: CloudEvent, data: ComplaintAssigned
-) -> None:
-    """Record routing's decision; a later assignment never overwrites a newer one."""
-
-    def decide(current: dict[str, Any]) -> Decision:
-        known = current.get("assignment")
-        if known is not None and known["assigned_at"] > data.assigned_at:
-            return {}, []  # out of order: keep the newer assignment, still log the event
-        try:
-            status = transition(current=Status(current["status"]), command=Command.ASSIGN)
-        except InvalidTransition:
-            status = Status(current["status"])  # already finished: record, do not reopen
-        assignment = data.model_dump(
-            include={
-                "department",
-                "department_name",
-                "owner_id",
-                "owner_name",
-                "rule_id",
-                "rule_version",
-                "assigned_at",
-            }
-        )
-        update = {
-            "$set": {
-                "status": status.value,
-                "assignment": assignment,
-                "acknowledge_due_at": data.acknowledge_due_at,
-                "resolve_due_at": data.resolve_due_at,
-            }
-        }
-        return update, []
-
-    await _change(
-        db=db,
-        settings=settings,
-        complaint_id=data.complaint_id,
-        scope={"org": data.org},
-        actor=f"routing:{event.source}",
-        action="assigned",
-        decide=decide,
-        event_id=event.id,
-        details={"department": data.department, "owner_id": data.owner_id},
-    )
-
-
-async def apply_followup_outcome(
-    *, db: AsyncDatabase, settings: IntakeSettings, event: CloudEvent, data: FollowupCompleted
-) -> None:
-    """Satisfied or unreachable closes the complaint; unsatisfied reopens it."""
-
-    def decide(current: dict[str, Any]) -> Decision:
-        satisfaction = data.model_dump(
-            include={
-                "followup_id",
-                "resolution_number",
-                "outcome",
-                "score",
-                "comment",
-                "completed_at",
-            },
-            mode="python",
-        )
-        satisfaction["outcome"] = data.outcome.value
-        set_fields: dict[str, Any] = {"satisfaction": satisfaction}
-        if data.resolution_number != current.get("resolution_count"):
-            return {"$set": set_fields}, []  # a check of an earlier resolution: record only
-        now = _now()
-        command = Command.REOPEN if data.outcome is FollowupOutcome.UNSATISFIED else Command.CLOSE
-        try:
-            status = transition(current=Status(current["status"]), command=command)
-        except InvalidTransition:
-            return {"$set": set_fields}, []
-        set_fields["status"] = status.value
-        base = {"complaint_id": current["_id"], "org": current["org"], "branch": current["branch"]}
-        if command is Command.CLOSE:
-            set_fields["closed_at"] = now
-            closed = ComplaintClosed(
-                **base,
-                reason=f"follow-up {data.outcome.value}",
-                closed_by="followup",
-                closed_at=now,
-            )
-            return {"$set": set_fields}, [(EventType.COMPLAINT_CLOSED, closed)]
-        reopened = ComplaintReopened(
-            **base,
-            reason="customer not satisfied at follow-up",
-            reopened_by="followup",
-            reopened_at=now,
-            reopen_count=current.get("reopen_count", 0) + 1,
-        )
-        return (
-            {"$set": set_fields, "$inc": {"reopen_count": 1}},
-            [(EventType.COMPLAINT_REOPENED, reopened)],
-        )
-
-    await _change(
-        db=db,
-        settings=settings,
-        complaint_id=data.complaint_id,
-        scope={"org": data.org},
-        actor=f"followup:{event.source}",
-        action=f"followup_{data.outcome.value}",
-        decide=decide,
-        event_id=event.id,
-        details={"followup_id": data.followup_id, "score": data.score},
-    )
+def new_id() -> str:
+    return str(uuid.uuid4())

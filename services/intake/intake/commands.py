@@ -1,0 +1,305 @@
+"""Lifecycle commands from the HTTP API: each is one transition, one event, one timeline entry."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+from pymongo.asynchronous.database import AsyncDatabase
+
+from complaints_shared.auth import Principal, Role
+from complaints_shared.events import (
+    ClosedVia,
+    ComplaintAcknowledged,
+    ComplaintClosed,
+    ComplaintNoteAdded,
+    ComplaintPendingCustomer,
+    ComplaintRejected,
+    ComplaintReopened,
+    ComplaintResolved,
+    ComplaintResumed,
+    ComplaintWithdrawn,
+    EventData,
+    EventType,
+    Remedy,
+)
+from complaints_shared.mongo import merge_updates
+from complaints_shared.problems import not_found
+from intake import store
+from intake.lifecycle import Command, InvalidTransition, Status, transition
+from intake.models import (
+    AcknowledgeRequest,
+    CloseRequest,
+    NoteCreate,
+    PendingCustomerRequest,
+    RejectRequest,
+    ReopenRequest,
+    ResolveRequest,
+    ResumeRequest,
+    WithdrawRequest,
+)
+from intake.settings import IntakeSettings
+
+# Who may run which command (admins may run all). Documented in docs/intake.md.
+COMMAND_ROLES: dict[Command, tuple[Role, ...]] = {
+    Command.ACKNOWLEDGE: (Role.AGENT, Role.SUPERVISOR),
+    Command.NOTE: (Role.AGENT, Role.SUPERVISOR),
+    Command.WAIT_FOR_CUSTOMER: (Role.AGENT, Role.SUPERVISOR),
+    Command.RESUME: (Role.AGENT, Role.SUPERVISOR),
+    Command.RESOLVE: (Role.AGENT, Role.SUPERVISOR),
+    Command.REJECT: (Role.AGENT, Role.SUPERVISOR),
+    Command.WITHDRAW: (Role.AGENT, Role.SUPERVISOR),
+    Command.REOPEN: (Role.SUPERVISOR,),
+    Command.CLOSE: (Role.SUPERVISOR,),
+}
+
+Outcome = tuple[dict[str, Any], list[tuple[EventType, EventData]]]
+Build = Callable[[dict[str, Any], datetime], Outcome]
+
+
+async def run_command(
+    *,
+    db: AsyncDatabase,
+    settings: IntakeSettings,
+    principal: Principal,
+    complaint_id: str,
+    command: Command,
+    build: Build,
+    now: datetime,
+    details: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Check the transition, apply ``build``'s update and events atomically, or raise 409/404."""
+
+    def decide(current: dict[str, Any]) -> store.Decision:
+        status = transition(current=Status(current["status"]), command=command)
+        update, events = build(current, now)
+        return merge_updates({"$set": {"status": status.value}}, update), events
+
+    try:
+        document = await store.change(
+            db=db,
+            settings=settings,
+            complaint_id=complaint_id,
+            scope=principal.scope_filter(),
+            actor=principal.subject,
+            action=command.value,
+            decide=decide,
+            now=now,
+            details=details,
+        )
+    except InvalidTransition as exc:
+        raise store.invalid_transition(exc, complaint_id=complaint_id) from None
+    if document is None:
+        raise not_found(what="complaint", identifier=complaint_id)
+    return document
+
+
+def acknowledge(request: AcknowledgeRequest, principal: Principal) -> Build:
+    def build(current: dict[str, Any], now: datetime) -> Outcome:
+        acknowledgement = {
+            "acknowledged_by": principal.subject,
+            "acknowledged_at": now,
+            "promised_response_at": request.promised_response_at,
+            "message_to_customer": request.message_to_customer,
+        }
+        event = ComplaintAcknowledged(**store.event_base(current), **acknowledgement)
+        # The first acknowledgement is the one the acknowledge clock measured.
+        return (
+            {"$set": {"acknowledgement": acknowledgement}, "$min": {"acknowledged_at": now}},
+            [(EventType.COMPLAINT_ACKNOWLEDGED, event)],
+        )
+
+    return build
+
+
+def add_note(request: NoteCreate, principal: Principal) -> Build:
+    def build(current: dict[str, Any], now: datetime) -> Outcome:
+        note = {
+            "id": store.new_id(),
+            "author": principal.subject,
+            "visibility": request.visibility.value,
+            "text": request.text,
+            "added_at": now,
+        }
+        event = ComplaintNoteAdded(
+            **store.event_base(current),
+            note_id=note["id"],
+            author=note["author"],
+            visibility=note["visibility"],
+            text=note["text"],
+            added_at=now,
+        )
+        return {"$push": {"notes": note}}, [(EventType.COMPLAINT_NOTE_ADDED, event)]
+
+    return build
+
+
+def wait_for_customer(request: PendingCustomerRequest, principal: Principal) -> Build:
+    def build(current: dict[str, Any], now: datetime) -> Outcome:
+        event = ComplaintPendingCustomer(
+            **store.event_base(current),
+            reason=request.reason,
+            paused_by=principal.subject,
+            paused_at=now,
+        )
+        return (
+            {"$set": {"pending_customer_since": now}},
+            [(EventType.COMPLAINT_PENDING_CUSTOMER, event)],
+        )
+
+    return build
+
+
+def resume(request: ResumeRequest, principal: Principal) -> Build:
+    def build(current: dict[str, Any], now: datetime) -> Outcome:
+        event = ComplaintResumed(
+            **store.event_base(current), resumed_by=principal.subject, resumed_at=now
+        )
+        return {"$unset": {"pending_customer_since": ""}}, [(EventType.COMPLAINT_RESUMED, event)]
+
+    return build
+
+
+def _stored_remedies(request: ResolveRequest) -> list[dict[str, Any]]:
+    remedies = []
+    for remedy in request.remedies:
+        stored: dict[str, Any] = remedy.model_dump(mode="json")
+        if remedy.amount is not None:
+            stored["currency"] = remedy.currency or "CNY"
+            # Integer minor units so reports can sum amounts exactly in MongoDB.
+            stored["amount_cents"] = int(remedy.amount * 100)
+        remedies.append(stored)
+    return remedies
+
+
+def resolve(request: ResolveRequest, principal: Principal) -> Build:
+    def build(current: dict[str, Any], now: datetime) -> Outcome:
+        number = current.get("resolution_count", 0) + 1
+        remedies = _stored_remedies(request)
+        resolution = {
+            "number": number,
+            "summary": request.summary,
+            "root_cause": request.root_cause,
+            "responsible_department": request.responsible_department,
+            "responsible_party": request.responsible_party,
+            "remedies": remedies,
+            "customer_accepted": request.customer_accepted,
+            "resolved_by": principal.subject,
+            "resolved_at": now,
+        }
+        assignment = current.get("assignment") or {}
+        event = ComplaintResolved(
+            **store.event_base(current),
+            reference=current["reference"],
+            category=current["category"],
+            severity=current["severity"],
+            resolution_number=number,
+            summary=request.summary,
+            root_cause=request.root_cause,
+            responsible_department=request.responsible_department,
+            responsible_party=request.responsible_party,
+            remedies=[Remedy.model_validate(remedy) for remedy in remedies],
+            customer_accepted=request.customer_accepted,
+            department=assignment.get("department"),
+            owner_id=assignment.get("owner_id"),
+            resolved_by=principal.subject,
+            customer=store.customer_contact(current),
+            subject=current["subject"],
+            resolved_at=now,
+        )
+        update: dict[str, Any] = {
+            "$set": {
+                "resolution": resolution,
+                "resolution_count": number,
+                "resolved_at": now,
+                "finished_at": now,
+            },
+            "$min": {"first_resolved_at": now},
+        }
+        if request.responsible_department:
+            update["$set"]["responsible_department"] = request.responsible_department
+        return update, [(EventType.COMPLAINT_RESOLVED, event)]
+
+    return build
+
+
+def reject(request: RejectRequest, principal: Principal) -> Build:
+    def build(current: dict[str, Any], now: datetime) -> Outcome:
+        rejection = {
+            "reason_code": request.reason_code.value,
+            "explanation": request.explanation,
+            "rejected_by": principal.subject,
+            "rejected_at": now,
+        }
+        event = ComplaintRejected(**store.event_base(current), **rejection)
+        return (
+            {"$set": {"rejection": rejection, "finished_at": now}},
+            [(EventType.COMPLAINT_REJECTED, event)],
+        )
+
+    return build
+
+
+def withdraw(request: WithdrawRequest, principal: Principal) -> Build:
+    def build(current: dict[str, Any], now: datetime) -> Outcome:
+        event = ComplaintWithdrawn(
+            **store.event_base(current),
+            reason=request.reason,
+            withdrawn_by=principal.subject,
+            withdrawn_at=now,
+        )
+        return (
+            {"$set": {"withdrawal_reason": request.reason, "finished_at": now}},
+            [(EventType.COMPLAINT_WITHDRAWN, event)],
+        )
+
+    return build
+
+
+def reopen(request: ReopenRequest, principal: Principal) -> Build:
+    return reopen_build(reason=request.reason, reopened_by=principal.subject)
+
+
+def reopen_build(*, reason: str, reopened_by: str) -> Build:
+    """Shared by the supervisor command and an unsatisfied follow-up."""
+
+    def build(current: dict[str, Any], now: datetime) -> Outcome:
+        event = ComplaintReopened(
+            **store.event_base(current),
+            reason=reason,
+            reopened_by=reopened_by,
+            reopened_at=now,
+            reopen_count=current.get("reopen_count", 0) + 1,
+        )
+        return (
+            {
+                "$inc": {"reopen_count": 1},
+                "$set": {"last_reopen_reason": reason},
+                "$unset": {"finished_at": "", "closed_at": ""},
+            },
+            [(EventType.COMPLAINT_REOPENED, event)],
+        )
+
+    return build
+
+
+def close(request: CloseRequest, principal: Principal) -> Build:
+    return close_build(reason=request.reason, closed_by=principal.subject, via=ClosedVia.ADMIN)
+
+
+def close_build(*, reason: str, closed_by: str, via: ClosedVia) -> Build:
+    def build(current: dict[str, Any], now: datetime) -> Outcome:
+        event = ComplaintClosed(
+            **store.event_base(current),
+            reason=reason,
+            closed_by=closed_by,
+            closed_via=via,
+            closed_at=now,
+        )
+        return (
+            {"$set": {"closed_at": now, "finished_at": now, "closed_via": via.value}},
+            [(EventType.COMPLAINT_CLOSED, event)],
+        )
+
+    return build

@@ -1,0 +1,137 @@
+"""Finding complaints: filters, substring search that works for Chinese, cursor pages."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field
+from pymongo.asynchronous.database import AsyncDatabase
+
+from complaints_shared.auth import Principal
+from complaints_shared.events import Category, Channel, Flag, Severity
+from complaints_shared.mongo import at_or_after
+from complaints_shared.pagination import Page, after_cursor, encode_cursor
+from intake import store
+from intake.identity import normalise_phone
+from intake.lifecycle import Status
+from intake.models import MAX_PAGE_SIZE, ComplaintRead
+
+
+class SortOrder(StrEnum):
+    NEWEST = "-created_at"
+    OLDEST = "created_at"
+    ACKNOWLEDGE_DUE = "acknowledge_due_at"
+    RESOLVE_DUE = "resolve_due_at"
+
+
+class ComplaintFilters(BaseModel):
+    """Query parameters of GET /v1/complaints; every given filter must hold."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    branch: list[str] = Field(default_factory=list)
+    status: list[Status] = Field(default_factory=list)
+    category: list[Category] = Field(default_factory=list)
+    severity: list[Severity] = Field(default_factory=list)
+    channel: list[Channel] = Field(default_factory=list)
+    department: str | None = None
+    owner: str | None = None
+    flag: list[Flag] = Field(default_factory=list, description="complaints carrying all of these")
+    created_from: datetime | None = None
+    created_to: datetime | None = None
+    acknowledge_due_before: datetime | None = None
+    resolve_due_before: datetime | None = None
+    breached: bool | None = None
+    repeat: bool | None = None
+    reference: str | None = None
+    customer_phone: str | None = None
+    customer_email: str | None = None
+    q: Annotated[str, Field(min_length=1, max_length=100)] | None = None
+    sort: SortOrder = SortOrder.NEWEST
+    limit: Annotated[int, Field(ge=1, le=MAX_PAGE_SIZE)] = 50
+    cursor: str | None = None
+
+
+def _in(values: list) -> dict[str, Any]:
+    return {"$in": [getattr(value, "value", value) for value in values]}
+
+
+def build_query(filters: ComplaintFilters, principal: Principal) -> dict[str, Any]:
+    query: dict[str, Any] = principal.scope_filter()
+    if filters.branch:
+        allowed = filters.branch
+        if not principal.all_branches:
+            allowed = [branch for branch in filters.branch if branch in principal.branches]
+        query["branch"] = {"$in": allowed}
+    for field in ("status", "category", "severity", "channel"):
+        values = getattr(filters, field)
+        if values:
+            query[field] = _in(values)
+    if filters.department:
+        query["assignment.department"] = filters.department
+    if filters.owner:
+        query["assignment.owner_id"] = filters.owner
+    if filters.flag:
+        query["flags"] = {"$all": [flag.value for flag in filters.flag]}
+    created: dict[str, Any] = {}
+    if filters.created_from:
+        created.update(at_or_after(filters.created_from))
+    if filters.created_to:
+        created["$lt"] = filters.created_to
+    if created:
+        query["created_at"] = created
+    if filters.acknowledge_due_before:
+        query["acknowledge_due_at"] = {"$lt": filters.acknowledge_due_before}
+    if filters.resolve_due_before:
+        query["resolve_due_at"] = {"$lt": filters.resolve_due_before}
+    if filters.breached is not None:
+        query["sla_breached"] = filters.breached
+    if filters.repeat is not None:
+        query["repeat_count"] = {"$gt": 0} if filters.repeat else 0
+    if filters.reference:
+        query["reference"] = filters.reference
+    customer_keys = []
+    if filters.customer_phone:
+        customer_keys.append(f"phone:{normalise_phone(filters.customer_phone)}")
+    if filters.customer_email:
+        customer_keys.append(f"email:{filters.customer_email.strip().casefold()}")
+    if customer_keys:
+        query["customer_keys"] = {"$all": customer_keys}
+    if filters.q:
+        # Substring match: no word segmentation needed, so Chinese works as is.
+        pattern = {"$regex": re.escape(filters.q), "$options": "i"}
+        query["$and"] = [{"$or": [{"subject": pattern}, {"description": pattern}]}]
+    return query
+
+
+async def search(
+    *, db: AsyncDatabase, principal: Principal, filters: ComplaintFilters
+) -> Page[ComplaintRead]:
+    field = filters.sort.value.lstrip("-")
+    descending = filters.sort.value.startswith("-")
+    query = build_query(filters, principal)
+    if field != "created_at":
+        # Complaints not yet given a due time have no place in a due-time ordering.
+        query.setdefault(field, {})["$ne"] = None
+    after = after_cursor(field=field, cursor=filters.cursor, descending=descending)
+    if after:
+        query.setdefault("$and", []).append(after)
+    direction = -1 if descending else 1
+    documents = (
+        await db[store.COMPLAINTS]
+        .find(query, projection=store.HIDDEN_FIELDS)
+        .sort([(field, direction), ("_id", direction)])
+        .limit(filters.limit + 1)
+        .to_list(None)
+    )
+    next_cursor = None
+    if len(documents) > filters.limit:
+        documents = documents[: filters.limit]
+        last = documents[-1]
+        next_cursor = encode_cursor(sort_value=last[field], document_id=last["_id"])
+    return Page[ComplaintRead](
+        items=[store.to_read(document) for document in documents], next_cursor=next_cursor
+    )

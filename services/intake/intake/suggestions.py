@@ -1,0 +1,89 @@
+"""Keyword rules that suggest severity and flags when the integrator leaves them out.
+
+Matching is case-insensitive substring search on subject + description, so it
+works on Chinese text without word spaces. The rules are data: the defaults
+below can be replaced as a whole through the ``SUGGESTION_RULES`` setting (JSON).
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from complaints_shared.events import SEVERITY_ORDER, Channel, Flag, Severity
+
+
+class SuggestionRule(BaseModel):
+    """If any keyword occurs (or the channel is one of ``channels``), suggest these values."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str
+    keywords: list[str] = Field(default_factory=list)
+    channels: list[Channel] = Field(default_factory=list)
+    severity: Severity | None = None
+    flags: list[Flag] = Field(default_factory=list)
+
+
+DEFAULT_SUGGESTION_RULES: list[SuggestionRule] = [
+    SuggestionRule(
+        id="regulator",
+        keywords=["12315", "12300", "消协", "消费者协会", "市场监管", "工信部", "监管部门"],
+        channels=[Channel.REGULATOR],
+        severity=Severity.HIGH,
+        flags=[Flag.REGULATOR_INVOLVED],
+    ),
+    SuggestionRule(
+        id="media",
+        keywords=["媒体", "曝光", "记者", "电视台", "微博", "抖音", "journalist", "media"],
+        severity=Severity.HIGH,
+        flags=[Flag.MEDIA_RISK],
+    ),
+    SuggestionRule(
+        id="legal",
+        keywords=["律师", "起诉", "法院", "诉讼", "仲裁", "lawyer", "lawsuit", "sue "],
+        severity=Severity.HIGH,
+        flags=[Flag.LEGAL_THREAT],
+    ),
+    SuggestionRule(
+        id="critical-harm",
+        keywords=["医疗事故", "死亡", "身亡", "重伤", "爆炸", "火灾", "中毒", "died", "death"],
+        severity=Severity.CRITICAL,
+        flags=[Flag.SAFETY_RISK],
+    ),
+    SuggestionRule(
+        id="safety",
+        keywords=["受伤", "安全隐患", "漏电", "燃气泄漏", "injury", "injured", "unsafe"],
+        severity=Severity.HIGH,
+        flags=[Flag.SAFETY_RISK],
+    ),
+    SuggestionRule(
+        id="vulnerable",
+        keywords=["老人", "残疾", "孕妇", "独居", "elderly", "disabled", "pregnant"],
+        flags=[Flag.VULNERABLE_CUSTOMER],
+    ),
+]
+
+
+class Suggestion(BaseModel):
+    severity: Severity
+    flags: list[Flag]
+    rule_ids: list[str]
+
+
+def suggest(
+    *, rules: list[SuggestionRule], subject: str, description: str, channel: Channel
+) -> Suggestion:
+    """Severity = the highest any matching rule suggests (normal if none); flags = the union."""
+    text = f"{subject}\n{description}".casefold()
+    severity = Severity.NORMAL
+    flags: list[Flag] = []
+    matched: list[str] = []
+    for rule in rules:
+        by_keyword = any(keyword.casefold() in text for keyword in rule.keywords)
+        if not (by_keyword or channel in rule.channels):
+            continue
+        matched.append(rule.id)
+        if rule.severity and SEVERITY_ORDER.index(rule.severity) > SEVERITY_ORDER.index(severity):
+            severity = rule.severity
+        flags.extend(flag for flag in rule.flags if flag not in flags)
+    return Suggestion(severity=severity, flags=flags, rule_ids=matched)

@@ -1,0 +1,260 @@
+"""Intake creation semantics: idempotency, resubmission, repeats, references, suggestions."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from pymongo.errors import DuplicateKeyError
+
+from complaints_shared.auth import Principal
+from complaints_shared.clock import ManualClock
+from complaints_shared.events import EventType, Topic
+from intake import store
+from intake.models import ComplaintCreate
+from tests.conftest import System, SystemFactory
+from tests.helpers import events_of, eventually, read_topic, token
+
+pytestmark = pytest.mark.integration
+
+
+def complaint_body(**overrides) -> dict:
+    body = {
+        "branch": "LZ",
+        "channel": "phone",
+        "category": "billing",
+        "severity": "normal",
+        "flags": [],
+        "customer": {"name": "王女士", "phone": "+86 139-0000-1111"},
+        "subject": "话费账单多扣费",
+        "description": "十月份账单多扣了三十元增值业务费，我从未订购。",
+    }
+    body.update(overrides)
+    return body
+
+
+async def test_concurrent_requests_with_one_idempotency_key_create_one_complaint(
+    system: System,
+) -> None:
+    headers = {**token(system.intake_settings), "Idempotency-Key": "order-7781-attempt"}
+    responses = await asyncio.gather(
+        *(
+            system.intake.post("/v1/complaints", json=complaint_body(), headers=headers)
+            for _ in range(6)
+        )
+    )
+    assert {response.status_code for response in responses} == {201}
+    assert len({response.json()["id"] for response in responses}) == 1
+    assert sum(r.headers.get("Idempotent-Replayed") == "true" for r in responses) == 5
+    db = system.mongo[system.intake_settings.database_name()]
+    assert await db.complaints.count_documents({}) == 1
+    first = responses[0].json()
+    replay = await system.intake.post("/v1/complaints", json=complaint_body(), headers=headers)
+    assert replay.json() == first
+
+
+async def test_idempotency_key_reused_with_another_body_is_a_422_naming_the_key(
+    system: System,
+) -> None:
+    headers = {**token(system.intake_settings), "Idempotency-Key": "k-1"}
+    first = await system.intake.post("/v1/complaints", json=complaint_body(), headers=headers)
+    assert first.status_code == 201
+    other = await system.intake.post(
+        "/v1/complaints", json=complaint_body(subject="另一件事"), headers=headers
+    )
+    assert other.status_code == 422
+    assert other.json()["errors"][0]["field"] == "Idempotency-Key"
+    assert "different request body" in other.json()["detail"]
+
+
+async def test_exact_resubmission_within_window_returns_the_existing_complaint(
+    system_factory: SystemFactory,
+) -> None:
+    clock = ManualClock(datetime(2026, 11, 23, 2, 0, tzinfo=UTC))
+    system = await system_factory(clock=clock)
+    headers = token(system.intake_settings)
+    first = await system.intake.post("/v1/complaints", json=complaint_body(), headers=headers)
+    assert first.status_code == 201 and first.json()["resubmission"] is False
+
+    clock.advance(timedelta(minutes=9))
+    again = await system.intake.post("/v1/complaints", json=complaint_body(), headers=headers)
+    assert again.status_code == 200
+    assert again.json()["resubmission"] is True
+    assert again.json()["id"] == first.json()["id"]
+
+    clock.advance(timedelta(minutes=2))  # 11 minutes after the first: a new complaint
+    later = await system.intake.post("/v1/complaints", json=complaint_body(), headers=headers)
+    assert later.status_code == 201
+    assert later.json()["id"] != first.json()["id"]
+    assert "repeat" in later.json()["flags"]
+
+
+async def test_repeat_complaints_link_the_same_customer_across_phone_formats(
+    system_factory: SystemFactory,
+) -> None:
+    clock = ManualClock(datetime(2026, 11, 2, 2, 0, tzinfo=UTC))
+    system = await system_factory(clock=clock)
+    admin = token(system.intake_settings)
+    first = (
+        await system.intake.post("/v1/complaints", json=complaint_body(), headers=admin)
+    ).json()
+    other_customer = complaint_body(
+        customer={"name": "赵先生", "phone": "13700000000"}, subject="宽带断网"
+    )
+    unrelated = await system.intake.post("/v1/complaints", json=other_customer, headers=admin)
+    assert unrelated.json()["repeat_count"] == 0
+
+    second = await system.intake.post(
+        "/v1/complaints",
+        json=complaint_body(
+            customer={"name": "王女士", "phone": "13900001111"}, subject="第二次投诉：仍然多扣费"
+        ),
+        headers=admin,
+    )
+    body = second.json()
+    assert body["repeat_count"] == 1
+    assert body["repeat_of"] == [first["id"]]
+    assert "repeat" in body["flags"]
+
+    received = await read_topic(
+        bootstrap_servers=system.infra.kafka_bootstrap_servers,
+        topic=system.topic(Topic.INTAKE),
+        until=lambda records: len(records) >= 3,
+    )
+    routed = [
+        event
+        for event in events_of(received, event_type=EventType.COMPLAINT_RECEIVED)
+        if event.subject == body["id"]
+    ]
+    assert routed[0].data["repeat_count"] == 1  # routing and reports can see it
+
+
+async def test_a_complaint_finished_outside_the_window_is_not_a_repeat(
+    system_factory: SystemFactory,
+) -> None:
+    clock = ManualClock(datetime(2026, 9, 1, 2, 0, tzinfo=UTC))
+    system = await system_factory(clock=clock)
+    admin = token(system.intake_settings)
+    first = (
+        await system.intake.post("/v1/complaints", json=complaint_body(), headers=admin)
+    ).json()
+    await system.intake.post(
+        f"/v1/complaints/{first['id']}/withdraw", json={"reason": "已自行解决"}, headers=admin
+    )
+    clock.advance(timedelta(days=31))
+    later = await system.intake.post(
+        "/v1/complaints", json=complaint_body(subject="新的问题"), headers=admin
+    )
+    assert later.json()["repeat_count"] == 0
+    assert "repeat" not in later.json()["flags"]
+
+
+async def test_reference_numbers_count_per_branch_and_local_day(
+    system_factory: SystemFactory,
+) -> None:
+    # 23:30 UTC is already 07:30 the next day in Asia/Shanghai.
+    clock = ManualClock(datetime(2026, 11, 23, 23, 30, tzinfo=UTC))
+    system = await system_factory(clock=clock)
+    admin = token(system.intake_settings)
+    references = []
+    for branch, subject in [("LZ", "一"), ("LZ", "二"), ("HOSP", "三")]:
+        response = await system.intake.post(
+            "/v1/complaints", json=complaint_body(branch=branch, subject=subject), headers=admin
+        )
+        references.append(response.json()["reference"])
+    assert references == ["LZ-20261124-0001", "LZ-20261124-0002", "HOSP-20261124-0001"]
+    found = await system.intake.get(
+        "/v1/complaints", params={"reference": references[1]}, headers=admin
+    )
+    assert [item["reference"] for item in found.json()["items"]] == [references[1]]
+
+
+async def test_severity_and_flags_are_suggested_from_chinese_text_when_left_out(
+    system: System,
+) -> None:
+    admin = token(system.intake_settings)
+    body = complaint_body(
+        description="已经向12315投诉，如果还不处理我就找媒体曝光，并请律师起诉你们。",
+    )
+    del body["severity"], body["flags"]
+    suggested = (await system.intake.post("/v1/complaints", json=body, headers=admin)).json()
+    assert suggested["severity"] == "high"
+    assert set(suggested["flags"]) == {"regulator_involved", "media_risk", "legal_threat"}
+    assert suggested["suggested"]["severity"] == "high"
+    assert set(suggested["suggested"]["rules"]) == {"regulator", "media", "legal"}
+
+    harm = complaint_body(
+        branch="HOSP",
+        subject="手术后重伤",
+        description="怀疑医疗事故",
+        severity="low",
+        customer={"name": "患者家属", "phone": "13811112222"},
+    )
+    del harm["flags"]
+    given = (await system.intake.post("/v1/complaints", json=harm, headers=admin)).json()
+    assert given["severity"] == "low"  # given values are never overridden
+    assert given["suggested"]["severity"] is None
+    assert given["flags"] == ["safety_risk"]
+
+
+async def test_a_failed_write_publishes_no_event(system: System) -> None:
+    admin = token(system.intake_settings)
+    stored = (
+        await system.intake.post("/v1/complaints", json=complaint_body(), headers=admin)
+    ).json()
+    runtime = system.intake_app.state.runtime
+    principal = Principal(subject="tester", org="demo", branches="*", roles=["admin"])
+    with pytest.raises(DuplicateKeyError):
+        await store.create_complaint(
+            db=runtime.db,
+            settings=system.intake_settings,
+            principal=principal,
+            request=ComplaintCreate.model_validate(complaint_body(subject="撞号的投诉")),
+            complaint_id=stored["id"],  # the write fails: the id is taken
+            now=datetime.now(UTC),
+        )
+
+    async def received_ids() -> list[str]:
+        records = await read_topic(
+            bootstrap_servers=system.infra.kafka_bootstrap_servers,
+            topic=system.topic(Topic.INTAKE),
+            until=lambda rs: False,
+            timeout_s=1.5,
+        )
+        return [e.subject for e in events_of(records, event_type=EventType.COMPLAINT_RECEIVED)]
+
+    ids = await eventually(received_ids, what="the stored complaint's event")
+    assert ids == [stored["id"]]
+    db = system.mongo[system.intake_settings.database_name()]
+    assert await db.complaints.count_documents({}) == 1
+
+
+async def test_invalid_input_is_rejected_without_storing_anything(system: System) -> None:
+    admin = token(system.intake_settings)
+    cases = {
+        "customer.phone": complaint_body(customer={"name": "甲", "phone": "call me"}),
+        "description": complaint_body(description="长" * 10_001),
+        "channel": complaint_body(channel="pigeon"),
+        "attachments.0.url": complaint_body(
+            attachments=[
+                {"name": "a.jpg", "media_type": "image/jpeg", "size_bytes": 1, "url": "ftp://x"}
+            ]
+        ),
+        "disputed_amount.amount": complaint_body(
+            disputed_amount={"amount": "-5", "currency": "CNY"}
+        ),
+    }
+    for field, body in cases.items():
+        response = await system.intake.post("/v1/complaints", json=body, headers=admin)
+        assert response.status_code == 422, field
+        assert field in [error["field"] for error in response.json()["errors"]], response.json()
+    too_big = await system.intake.post(
+        "/v1/complaints",
+        content=b'{"x": "' + b"a" * 300_000 + b'"}',
+        headers={**admin, "Content-Type": "application/json"},
+    )
+    assert too_big.status_code == 413
+    assert too_big.headers["content-type"].startswith("application/problem+json")
+    db = system.mongo[system.intake_settings.database_name()]
+    assert await db.complaints.count_documents({}) == 0

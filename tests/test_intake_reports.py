@@ -1,0 +1,212 @@
+"""Report figures computed in MongoDB, checked against a hand-computed fixture.
+
+Only intake runs here: the test plays routing and follow-up by publishing their
+events, so every due time and outcome is exactly the one written below.
+"""
+
+from __future__ import annotations
+
+import uuid
+from contextlib import AsyncExitStack
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from complaints_shared.clock import ManualClock
+from complaints_shared.envelope import CloudEvent
+from complaints_shared.events import (
+    ComplaintAssigned,
+    EventData,
+    EventType,
+    FollowupCompleted,
+    FollowupOutcome,
+    Topic,
+)
+from complaints_shared.kafka import EventProducer
+from intake.main import create_app as create_intake_app
+from intake.settings import IntakeSettings
+from tests.conftest import _serve, settings_for_test
+from tests.helpers import eventually, token
+from tests.test_intake_creation import complaint_body
+
+pytestmark = pytest.mark.integration
+
+T0 = datetime(2026, 11, 2, 1, 0, tzinfo=UTC)  # Monday 09:00 in Asia/Shanghai
+H = timedelta(hours=1)
+
+
+async def test_summary_report_matches_the_hand_computed_figures(infrastructure) -> None:
+    clock = ManualClock(T0)
+    settings = settings_for_test(IntakeSettings, infra=infrastructure, run_id=uuid.uuid4().hex[:10])
+    async with AsyncExitStack() as stack:
+        client = await _serve(stack, create_intake_app(settings, clock=clock), "intake")
+        admin = token(settings)
+        producer = EventProducer(settings=settings)
+        stack.push_async_callback(producer.stop)
+
+        async def at(moment: datetime, method: str, path: str, body: dict | None = None) -> dict:
+            clock.set(moment)
+            response = await client.request(method, path, json=body, headers=admin)
+            assert response.status_code in (200, 201), response.text
+            return response.json()
+
+        async def publish(event_type: EventType, topic: Topic, data: EventData) -> None:
+            event = CloudEvent.new(event_type=event_type, source="report-test", data=data)
+            await producer.publish(event, topic=settings.topic(topic))
+
+        async def assign(cid: str, branch: str, received: datetime, ack: timedelta, fix: timedelta):
+            await publish(
+                EventType.COMPLAINT_ASSIGNED,
+                Topic.ROUTING,
+                ComplaintAssigned(
+                    complaint_id=cid,
+                    org="demo",
+                    branch=branch,
+                    department=f"{branch}:CS",
+                    department_name="客服",
+                    owner_id="o1",
+                    owner_name="甲",
+                    rule_id="r",
+                    rule_version=1,
+                    assigned_at=received,
+                    acknowledge_due_at=received + ack,
+                    resolve_due_at=received + fix,
+                ),
+            )
+
+            async def applied() -> bool:
+                body = (await client.get(f"/v1/complaints/{cid}", headers=admin)).json()
+                return body["acknowledge_due_at"] is not None
+
+            await eventually(applied, what=f"assignment of {cid}")
+
+        def new(branch: str, phone: str, subject: str) -> dict:
+            return complaint_body(
+                branch=branch, subject=subject, customer={"name": "客户", "phone": phone}
+            )
+
+        # A: acknowledged and resolved on time, satisfied → closed.
+        a = (await at(T0, "POST", "/v1/complaints", new("LZ", "13900000001", "A")))["id"]
+        await assign(a, "LZ", T0, H, 24 * H)
+        await at(T0 + 0.5 * H, "POST", f"/v1/complaints/{a}/acknowledge", {})
+        await at(
+            T0 + 10 * H,
+            "POST",
+            f"/v1/complaints/{a}/resolve",
+            {
+                "summary": "退费",
+                "root_cause": "billing_error",
+                "responsible_party": "company",
+                "remedies": [{"type": "refund", "amount": "30.00"}, {"type": "apology"}],
+            },
+        )
+        # B: acknowledged and resolved late, unsatisfied → reopened.
+        b = (await at(T0 + H, "POST", "/v1/complaints", new("LZ", "13900000002", "B")))["id"]
+        await assign(b, "LZ", T0 + H, H, 24 * H)
+        await at(T0 + 3 * H, "POST", f"/v1/complaints/{b}/acknowledge", {})
+        await at(
+            T0 + 49 * H,
+            "POST",
+            f"/v1/complaints/{b}/resolve",
+            {
+                "summary": "补偿",
+                "root_cause": "network_fault",
+                "responsible_party": "third_party",
+                "remedies": [{"type": "compensation", "amount": "100.00", "currency": "CNY"}],
+            },
+        )
+        # C: never acknowledged, both due times passed, rejected.
+        c = (await at(T0 + 2 * H, "POST", "/v1/complaints", new("LZ", "13900000003", "C")))["id"]
+        await assign(c, "LZ", T0 + 2 * H, H, 24 * H)
+        await at(
+            T0 + 30 * H,
+            "POST",
+            f"/v1/complaints/{c}/reject",
+            {"reason_code": "out_of_scope", "explanation": "非本公司业务"},
+        )
+        # D: another branch, withdrawn, never assigned.
+        d = (await at(T0 + 2 * H, "POST", "/v1/complaints", new("HOSP", "13900000004", "D")))["id"]
+        await at(T0 + 4 * H, "POST", f"/v1/complaints/{d}/withdraw", {})
+        # E: A's customer again (repeat), acknowledged and resolved on time.
+        e = (await at(T0 + 5 * H, "POST", "/v1/complaints", new("LZ", "13900000001", "E")))["id"]
+        await assign(e, "LZ", T0 + 5 * H, 100 * H, 200 * H)
+        await at(T0 + 6 * H, "POST", f"/v1/complaints/{e}/acknowledge", {})
+        await at(
+            T0 + 9 * H,
+            "POST",
+            f"/v1/complaints/{e}/resolve",
+            {
+                "summary": "退费",
+                "root_cause": "billing_error",
+                "responsible_party": "company",
+                "remedies": [{"type": "refund", "amount": "12.50", "currency": "CNY"}],
+            },
+        )
+        for cid, outcome, score in [
+            (a, FollowupOutcome.SATISFIED, 5),
+            (b, FollowupOutcome.UNSATISFIED, 2),
+        ]:
+            await publish(
+                EventType.FOLLOWUP_COMPLETED,
+                Topic.FOLLOWUP,
+                FollowupCompleted(
+                    complaint_id=cid,
+                    org="demo",
+                    branch="LZ",
+                    followup_id=f"{cid}:r1:1",
+                    resolution_number=1,
+                    outcome=outcome,
+                    score=score,
+                    completed_at=T0 + 60 * H,
+                ),
+            )
+
+        async def outcomes_applied() -> bool:
+            statuses = [
+                (await client.get(f"/v1/complaints/{cid}", headers=admin)).json()["status"]
+                for cid in (a, b)
+            ]
+            return statuses == ["closed", "reopened"]
+
+        await eventually(outcomes_applied, what="follow-up outcomes applied")
+        clock.set(T0 + 72 * H)
+        report = (
+            await client.get(
+                "/v1/reports/summary",
+                params={
+                    "from": T0.isoformat(),
+                    "to": (T0 + 24 * H).isoformat(),
+                    "group_by": "branch",
+                },
+                headers=admin,
+            )
+        ).json()
+
+    groups = {group["group"]: group for group in report["groups"]}
+    lz, hosp = groups["LZ"], groups["HOSP"]
+    assert (lz["received"], lz["open"], lz["resolved"], lz["closed"]) == (4, 1, 3, 1)
+    assert (lz["rejected"], lz["withdrawn"]) == (1, 0)
+    assert lz["acknowledge_on_time_pct"] == 50.0  # A, E on time; B late; C missed
+    assert lz["resolve_on_time_pct"] == 50.0  # A, E on time; B late; C missed
+    assert lz["time_to_acknowledge"] == {"median_s": 3600.0, "p90_s": 7200.0}
+    assert lz["time_to_resolve"] == {"median_s": 36000.0, "p90_s": 172800.0}
+    assert lz["reopen_rate_pct"] == 33.33  # B of A, B, E
+    assert lz["repeat_share_pct"] == 25.0  # E of four
+    assert lz["satisfaction_average"] == 3.5
+    assert lz["satisfaction_distribution"] == {"2": 1, "5": 1}
+    assert lz["top_root_causes"] == [
+        {"value": "billing_error", "count": 2},
+        {"value": "network_fault", "count": 1},
+    ]
+    assert lz["top_responsible_parties"] == [
+        {"value": "company", "count": 2},
+        {"value": "third_party", "count": 1},
+    ]
+    remedies = {(r["type"], r["currency"]): (r["count"], r["total_amount"]) for r in lz["remedies"]}
+    assert remedies == {
+        ("refund", "CNY"): (2, "42.50"),
+        ("compensation", "CNY"): (1, "100.00"),
+        ("apology", None): (1, "0.00"),
+    }
+    assert (hosp["received"], hosp["withdrawn"], hosp["open"]) == (1, 1, 0)
+    assert hosp["acknowledge_on_time_pct"] is None
