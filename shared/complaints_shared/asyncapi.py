@@ -1,0 +1,93 @@
+"""Generates the AsyncAPI 3.0 document of our events from the pydantic contracts.
+
+``python -m complaints_shared.asyncapi > docs/asyncapi.json`` rewrites the committed
+document; a test fails when the contracts and the document drift apart.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+from complaints_shared.envelope import REQUIRED_HEADERS, SPEC_VERSION
+from complaints_shared.events import EVENT_CONTRACTS, EventType, Topic, dead_letter_topic
+
+PRODUCERS = {Topic.INTAKE: "intake", Topic.ROUTING: "routing", Topic.FOLLOWUP: "followup"}
+
+
+def _message_name(event_type: EventType) -> str:
+    return event_type.name.lower()
+
+
+def _headers_schema(event_type: EventType) -> dict[str, Any]:
+    properties: dict[str, Any] = {name: {"type": "string"} for name in REQUIRED_HEADERS}
+    properties["ce_type"] = {"type": "string", "const": event_type.value}
+    properties["ce_specversion"] = {"type": "string", "const": SPEC_VERSION}
+    properties["ce_subject"] = {"type": "string", "description": "The complaint id"}
+    properties["ce_time"] = {"type": "string", "format": "date-time"}
+    properties["content-type"] = {"type": "string", "const": "application/json"}
+    return {
+        "type": "object",
+        "required": [*REQUIRED_HEADERS, "ce_specversion"],
+        "properties": properties,
+    }
+
+
+def build_document() -> dict[str, Any]:
+    messages: dict[str, Any] = {}
+    channels: dict[str, Any] = {}
+    operations: dict[str, Any] = {}
+    for topic in Topic:
+        channel_messages = {}
+        for event_type, (event_topic, model) in EVENT_CONTRACTS.items():
+            if event_topic is not topic:
+                continue
+            name = _message_name(event_type)
+            schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+            definitions = schema.pop("$defs", {})
+            messages[name] = {
+                "name": event_type.value,
+                "title": event_type.value.removeprefix("org.complaintdesk."),
+                "summary": (model.__doc__ or "").strip().splitlines()[0],
+                "contentType": "application/json",
+                "headers": _headers_schema(event_type),
+                "payload": {"$ref": f"#/components/schemas/{model.__name__}"},
+                "bindings": {"kafka": {"key": {"type": "string", "description": "complaint id"}}},
+            }
+            messages[name]["_schemas"] = {model.__name__: schema, **definitions}
+            channel_messages[name] = {"$ref": f"#/components/messages/{name}"}
+        channels[topic.name.lower()] = {
+            "address": topic.value,
+            "description": f"Events produced by {PRODUCERS[topic]}; dead letters go to "
+            f"{dead_letter_topic(topic.value)}.",
+            "messages": channel_messages,
+        }
+        operations[f"{PRODUCERS[topic]}_publishes"] = {
+            "action": "send",
+            "channel": {"$ref": f"#/channels/{topic.name.lower()}"},
+        }
+    schemas: dict[str, Any] = {}
+    for message in messages.values():
+        schemas.update(message.pop("_schemas"))
+    return {
+        "asyncapi": "3.0.0",
+        "info": {
+            "title": "complaint-desk events",
+            "version": "1.0.0",
+            "description": "CloudEvents 1.0 in Kafka binary mode: attributes in ce_* headers, "
+            "JSON data, message key = complaint id. Additive changes only within a version.",
+        },
+        "defaultContentType": "application/json",
+        "channels": channels,
+        "operations": operations,
+        "components": {"messages": messages, "schemas": dict(sorted(schemas.items()))},
+    }
+
+
+def render() -> str:
+    return json.dumps(build_document(), indent=2, ensure_ascii=False, sort_keys=False) + "\n"
+
+
+if __name__ == "__main__":
+    sys.stdout.write(render())

@@ -1,0 +1,28 @@
+"""Unit: the committed AsyncAPI document is generated from the current event contracts."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from complaints_shared.asyncapi import build_document, render
+from complaints_shared.events import EVENT_CONTRACTS
+
+DOCUMENT = Path(__file__).resolve().parent.parent / "docs" / "asyncapi.json"
+
+
+def test_committed_asyncapi_document_matches_the_contracts() -> None:
+    assert DOCUMENT.read_text(encoding="utf-8") == render(), (
+        "docs/asyncapi.json is stale: run "
+        "`.venv/bin/python -m complaints_shared.asyncapi > docs/asyncapi.json`"
+    )
+
+
+def test_every_event_type_has_a_message_with_its_payload_schema() -> None:
+    document = build_document()
+    names = {message["name"] for message in document["components"]["messages"].values()}
+    assert names == {event_type.value for event_type in EVENT_CONTRACTS}
+    schemas = document["components"]["schemas"]
+    for _, model in EVENT_CONTRACTS.values():
+        assert set(model.model_fields) <= set(schemas[model.__name__]["properties"])
+    json.dumps(document)  # serialisable as is
