@@ -6,7 +6,7 @@ BRANCH ?= *
 ROLE ?= admin
 ORG ?= demo
 
-.PHONY: install up down logs token test test-unit lint format infra-up infra-down status
+.PHONY: install up down logs token test test-unit lint format infra-up infra-down status bench
 
 $(VENV)/.installed: pyproject.toml uv.lock deploy/versions.env deploy/local/bootstrap.sh
 	PYTHON=$(PYTHON) bash deploy/local/bootstrap.sh
@@ -46,6 +46,9 @@ test: install  ## the whole suite against real Kafka and MongoDB (started if nee
 
 test-unit: install
 	$(VENV)/bin/pytest -m "not integration"
+
+bench: install infra-up  ## throughput/latency figures (docs/performance.md); BENCH_ARGS="--soak-s 180"
+	$(VENV)/bin/python -m bench.run $(BENCH_ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check .

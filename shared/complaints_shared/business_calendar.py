@@ -63,12 +63,16 @@ class BusinessCalendar:
         known = self._working_days_by_year.get(year)
         if known is not None:
             return known
-        _ = date(year, 1, 1) in self._public_holidays  # the library fills a year on lookup
+        # A bridge holiday early in January can be paid for by a Saturday of the previous
+        # December (2012-01-03 was substituted from 2011-12-31), so look at the next year too.
+        for filled_year in (year, year + 1):
+            _ = date(filled_year, 1, 1) in self._public_holidays  # the library fills on lookup
         worked = frozenset(
-            date(int(at_year), int(month), int(day))
+            substituted
             for holiday, name in self._public_holidays.items()
-            if holiday.year == year
+            if holiday.year in (year, year + 1)
             for month, day, at_year in _SUBSTITUTED_FROM.findall(name)
+            if (substituted := date(int(at_year), int(month), int(day))).year == year
         )
         self._working_days_by_year[year] = worked
         return worked
@@ -98,12 +102,16 @@ class BusinessCalendar:
         ]
 
     def _ranges_from(self, at: datetime) -> Iterable[tuple[datetime, datetime]]:
-        """Open ranges that end after ``at``, in order, starting on ``at``'s local day."""
+        """Open ranges that end after ``at``, in order, starting on ``at``'s local day.
+
+        Yielded in UTC: Python subtracts and adds aware datetimes sharing a zone in
+        wall-clock time, which would count a range spanning a DST change an hour wrong.
+        """
         local_day = at.astimezone(self.zone).date()
         for offset in range(MAX_DAYS_SEARCHED):
             for start, end in self.opening_ranges(local_day + timedelta(days=offset)):
                 if end > at:
-                    yield max(start, at), end
+                    yield max(start, at).astimezone(UTC), end.astimezone(UTC)
         raise ValueError(f"calendar {self.time_zone} has no opening hours within 3 years")
 
     def is_open(self, at: datetime) -> bool:

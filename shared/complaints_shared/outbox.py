@@ -40,7 +40,7 @@ def outbox_entry(*, event_type: EventType, data: EventData, settings: ServiceSet
     return {**event.model_dump(), "topic": settings.topic(topic_of(event_type).value)}
 
 
-def outbox_update(entries: list[dict], *, now: datetime) -> dict[str, Any]:
+def outbox_update(entries: list[dict]) -> dict[str, Any]:
     """Update operators that append ``entries`` to a document's outbox.
 
     Merge the result into the update that changes the aggregate so both are
@@ -48,8 +48,19 @@ def outbox_update(entries: list[dict], *, now: datetime) -> dict[str, Any]:
     """
     return {
         "$push": {OUTBOX_FIELD: {"$each": entries}},
-        "$min": {PENDING_SINCE_FIELD: now},
+        "$min": {PENDING_SINCE_FIELD: _relay_time()},
     }
+
+
+def outbox_fields(entries: list[dict]) -> dict[str, Any]:
+    """The outbox fields of a document inserted together with its first events."""
+    return {OUTBOX_FIELD: entries, PENDING_SINCE_FIELD: _relay_time()}
+
+
+def _relay_time() -> datetime:
+    # Outbox bookkeeping runs on the wall clock the relay polls with, never a service's
+    # business clock: a test clock set days ahead would otherwise hide events from the relay.
+    return datetime.now(UTC)
 
 
 async def ensure_outbox_index(*, db: AsyncDatabase, collection: str) -> None:

@@ -1,56 +1,289 @@
-"""HTTP routes of follow-up."""
+"""HTTP routes of follow-up: the checks agents work, policy, contact hours, statistics."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
-from complaints_shared.auth import CurrentPrincipal, Role, require_role
+from fastapi import APIRouter, Depends, Header, Path, Query, Request
+from pydantic import Field
+
+from complaints_shared.auth import CurrentPrincipal, Principal, Role, require_role
 from complaints_shared.pagination import Page
-from fastapi import APIRouter, Query, Request
-
-from followup import store
-from followup.models import OutcomeRequest, SatisfactionCheckRead
+from complaints_shared.problems import ProblemError, not_found
+from complaints_shared.runtime import Runtime
+from followup import config_store, stats, store
+from followup.models import (
+    AttemptCreate,
+    BranchCode,
+    CheckFilters,
+    ContactHours,
+    ContactHoursRead,
+    FollowupPolicy,
+    FollowupStats,
+    History,
+    OutcomeRequest,
+    PolicyRead,
+    SatisfactionCheckRead,
+    StatsFilters,
+    StrictModel,
+)
 
 router = APIRouter(prefix="/v1/followups", tags=["followups"])
+
+BranchPath = Annotated[BranchCode, Path(description="Branch code, e.g. LZ")]
+IdempotencyKey = Annotated[
+    str | None,
+    Header(alias="Idempotency-Key", max_length=128, description="Repeat-safe attempt recording"),
+]
+
+
+class HistoryQuery(StrictModel):
+    limit: int = Field(20, ge=1, le=100)
+
+
+def _allowed(*roles: Role, action: str) -> Any:
+    """The caller, once it holds one of ``roles``: checked before the body is validated."""
+
+    async def dependency(principal: CurrentPrincipal) -> Principal:
+        require_role(principal, *roles, action=action)
+        return principal
+
+    return Annotated[Principal, Depends(dependency)]
+
+
+Agent = _allowed(Role.AGENT, Role.SUPERVISOR, action="working follow-ups")
+Supervisor = _allowed(Role.SUPERVISOR, action="reading follow-up audit trails and statistics")
+Admin = _allowed(Role.ADMIN, action="changing follow-up configuration")
+
+
+def _runtime(request: Request) -> Runtime:
+    return request.app.state.runtime
+
+
+def _visible_branch(principal: Principal, branch: str) -> None:
+    if not principal.can_see(org=principal.org, branch=branch):
+        raise not_found(what="branch", identifier=branch)
+
+
+# ----------------------------------------------------------------- listing --
 
 
 @router.get(
     "",
     response_model=Page[SatisfactionCheckRead],
-    summary="Satisfaction checks, ordered by due time",
+    summary="Satisfaction checks to work, ordered by due time",
 )
 async def list_followups(
-    request: Request,
-    principal: CurrentPrincipal,
-    complaint_id: str | None = None,
-    limit: Annotated[int, Query(ge=1, le=store.MAX_PAGE_SIZE)] = 50,
-    cursor: str | None = None,
+    request: Request, principal: Agent, filters: Annotated[CheckFilters, Query()]
 ) -> Page[SatisfactionCheckRead]:
-    return await store.list_checks(
-        db=request.app.state.runtime.db,
-        principal=principal,
-        complaint_id=complaint_id,
-        limit=limit,
-        cursor=cursor,
+    return await store.list_checks(db=_runtime(request).db, principal=principal, filters=filters)
+
+
+@router.get(
+    "/stats",
+    response_model=FollowupStats,
+    summary="Response rate, satisfaction and time to first contact, by branch/department/owner",
+)
+async def followup_stats(
+    request: Request, principal: Supervisor, filters: Annotated[StatsFilters, Query()]
+) -> FollowupStats:
+    return await stats.followup_stats(db=_runtime(request).db, principal=principal, filters=filters)
+
+
+# ------------------------------------------------------------------ policy --
+
+
+@router.get("/policy", response_model=PolicyRead, summary="The organisation's follow-up policy")
+async def get_policy(request: Request, principal: Agent) -> PolicyRead:
+    runtime = _runtime(request)
+    return await config_store.current_policy(
+        db=runtime.db, settings=runtime.settings, org=principal.org
     )
 
 
-@router.post(
-    "/{followup_id}/outcome",
-    response_model=SatisfactionCheckRead,
-    summary="Record the customer's satisfaction; closes or reopens the complaint",
+@router.put(
+    "/policy",
+    response_model=PolicyRead,
+    summary="Replace the organisation's follow-up policy (a new audited version)",
 )
-async def record_outcome(
-    followup_id: str, body: OutcomeRequest, request: Request, principal: CurrentPrincipal
+async def put_policy(body: FollowupPolicy, request: Request, principal: Admin) -> PolicyRead:
+    runtime = _runtime(request)
+    return await config_store.save_policy(
+        db=runtime.db, principal=principal, policy=body, now=runtime.clock.now()
+    )
+
+
+@router.get(
+    "/policy/history",
+    response_model=History[PolicyRead],
+    summary="Stored policy versions, newest first (the audit trail)",
+)
+async def policy_history(
+    request: Request, principal: Supervisor, query: Annotated[HistoryQuery, Query()]
+) -> History[PolicyRead]:
+    items = await config_store.policy_history(
+        db=_runtime(request).db, org=principal.org, limit=query.limit
+    )
+    return History[PolicyRead](items=items)
+
+
+# ----------------------------------------------------------- contact hours --
+
+
+@router.get(
+    "/contact-hours/{branch}",
+    response_model=ContactHoursRead,
+    summary="When the branch's customers may be called",
+)
+async def get_contact_hours(
+    branch: BranchPath, request: Request, principal: Agent
+) -> ContactHoursRead:
+    _visible_branch(principal, branch)
+    runtime = _runtime(request)
+    return await config_store.current_contact_hours(
+        db=runtime.db, settings=runtime.settings, org=principal.org, branch=branch
+    )
+
+
+@router.put(
+    "/contact-hours/{branch}",
+    response_model=ContactHoursRead,
+    summary="Replace the branch's contact hours (a new audited version)",
+)
+async def put_contact_hours(
+    branch: BranchPath, body: ContactHours, request: Request, principal: Admin
+) -> ContactHoursRead:
+    _visible_branch(principal, branch)
+    runtime = _runtime(request)
+    return await config_store.save_contact_hours(
+        db=runtime.db,
+        principal=principal,
+        branch=branch,
+        contact_hours=body,
+        now=runtime.clock.now(),
+    )
+
+
+@router.get(
+    "/contact-hours/{branch}/history",
+    response_model=History[ContactHoursRead],
+    summary="Stored contact-hour versions of the branch, newest first",
+)
+async def contact_hours_history(
+    branch: BranchPath,
+    request: Request,
+    principal: Supervisor,
+    query: Annotated[HistoryQuery, Query()],
+) -> History[ContactHoursRead]:
+    _visible_branch(principal, branch)
+    items = await config_store.contact_hours_history(
+        db=_runtime(request).db, org=principal.org, branch=branch, limit=query.limit
+    )
+    return History[ContactHoursRead](items=items)
+
+
+# ------------------------------------------------------------ one check --
+
+
+@router.get("/{followup_id}", response_model=SatisfactionCheckRead, summary="One check")
+async def get_followup(
+    followup_id: str, request: Request, principal: Agent
 ) -> SatisfactionCheckRead:
-    require_role(principal, Role.AGENT, Role.SUPERVISOR, action="recording a follow-up outcome")
-    runtime = request.app.state.runtime
-    check = await store.record_outcome(
+    document = await store.get_visible(
+        db=_runtime(request).db, principal=principal, followup_id=followup_id
+    )
+    return store.to_read(document)
+
+
+@router.post(
+    "/{followup_id}/claim",
+    response_model=SatisfactionCheckRead,
+    summary="Take a due check for a while, so nobody else calls the customer meanwhile",
+)
+async def claim_followup(
+    followup_id: str, request: Request, principal: Agent
+) -> SatisfactionCheckRead:
+    runtime = _runtime(request)
+    document = await store.claim(
+        db=runtime.db,
+        settings=runtime.settings,
+        principal=principal,
+        followup_id=followup_id,
+        now=runtime.clock.now(),
+    )
+    return store.to_read(document)
+
+
+@router.delete(
+    "/{followup_id}/claim",
+    response_model=SatisfactionCheckRead,
+    summary="Give a claimed check back to the queue",
+)
+async def release_followup(
+    followup_id: str, request: Request, principal: Agent
+) -> SatisfactionCheckRead:
+    runtime = _runtime(request)
+    document = await store.release(
+        db=runtime.db,
+        settings=runtime.settings,
+        principal=principal,
+        followup_id=followup_id,
+        now=runtime.clock.now(),
+    )
+    return store.to_read(document)
+
+
+@router.post(
+    "/{followup_id}/attempts",
+    response_model=SatisfactionCheckRead,
+    summary="Record a call: unreached schedules the next one, reached ends the check",
+)
+async def record_attempt(
+    followup_id: str,
+    body: AttemptCreate,
+    request: Request,
+    principal: Agent,
+    idempotency_key: IdempotencyKey = None,
+) -> SatisfactionCheckRead:
+    errors = body.field_errors()
+    if errors:
+        raise ProblemError(
+            status=422,
+            title="Invalid request",
+            kind="validation-error",
+            detail="invalid field(s): " + ", ".join(error["field"] for error in errors),
+            errors=errors,
+        )
+    runtime = _runtime(request)
+    document = await store.record_attempt(
         db=runtime.db,
         settings=runtime.settings,
         principal=principal,
         followup_id=followup_id,
         request=body,
+        idempotency_key=idempotency_key,
+        now=runtime.clock.now(),
     )
     runtime.relay.notify()
-    return check
+    return store.to_read(document)
+
+
+@router.post(
+    "/{followup_id}/outcome",
+    response_model=SatisfactionCheckRead,
+    summary="Shortcut: record a reached call's verdict; closes or reopens the complaint",
+)
+async def record_outcome(
+    followup_id: str, body: OutcomeRequest, request: Request, principal: Agent
+) -> SatisfactionCheckRead:
+    runtime = _runtime(request)
+    document = await store.record_outcome(
+        db=runtime.db,
+        settings=runtime.settings,
+        principal=principal,
+        followup_id=followup_id,
+        request=body,
+        now=runtime.clock.now(),
+    )
+    runtime.relay.notify()
+    return store.to_read(document)

@@ -1,17 +1,103 @@
-"""Kafka event handlers of follow-up, one per consumed event type."""
+"""Kafka event handlers of follow-up, one per consumed event type.
+
+Every handler is idempotent: checks have deterministic ids, cancellations only
+touch open checks, so a redelivered event has no second effect.
+"""
 
 from __future__ import annotations
 
 from complaints_shared.envelope import CloudEvent
-from complaints_shared.events import ComplaintResolved, EventType
+from complaints_shared.events import (
+    ClosedVia,
+    ComplaintClosed,
+    ComplaintReceived,
+    ComplaintReopened,
+    ComplaintResolved,
+    ComplaintWithdrawn,
+    EventType,
+)
 from complaints_shared.kafka import EventHandler
+from complaints_shared.logs import get_logger
 from complaints_shared.runtime import Runtime
+from followup import config_store, store
+from followup.settings import FollowupSettings
 
-from followup import store
+log = get_logger(__name__)
 
 
 def build_handlers(runtime: Runtime) -> dict[EventType, EventHandler]:
-    async def on_complaint_resolved(event: CloudEvent, data: ComplaintResolved) -> None:
-        await store.schedule_checks(db=runtime.db, settings=runtime.settings, resolved=data)
+    settings: FollowupSettings = runtime.settings  # type: ignore[assignment]
 
-    return {EventType.COMPLAINT_RESOLVED: on_complaint_resolved}
+    async def cancel_pending(*, org: str, complaint_id: str, reason: str) -> None:
+        # Every open check of the complaint: its events share a partition (keyed by complaint
+        # id), so a later resolution is handled after this event and schedules fresh checks.
+        cancelled = await store.cancel_open_checks(
+            db=runtime.db,
+            settings=settings,
+            org=org,
+            complaint_id=complaint_id,
+            only={},
+            reason=reason,
+            now=runtime.clock.now(),
+        )
+        if cancelled:
+            runtime.relay.notify()
+            log.info("followups_cancelled", count=cancelled, reason=reason)
+
+    async def on_complaint_received(event: CloudEvent, data: ComplaintReceived) -> None:
+        await store.remember_received(db=runtime.db, received=data)
+
+    async def on_complaint_resolved(event: CloudEvent, data: ComplaintResolved) -> None:
+        now = runtime.clock.now()
+        # A newer resolution replaces the checks of an older one still pending.
+        await store.cancel_open_checks(
+            db=runtime.db,
+            settings=settings,
+            org=data.org,
+            complaint_id=data.complaint_id,
+            only={"resolution_number": {"$lt": data.resolution_number}},
+            reason="superseded by a later resolution",
+            now=now,
+        )
+        policy = await config_store.current_policy(db=runtime.db, settings=settings, org=data.org)
+        hours = await config_store.current_contact_hours(
+            db=runtime.db, settings=settings, org=data.org, branch=data.branch
+        )
+        created = await store.schedule_checks(
+            db=runtime.db,
+            settings=settings,
+            resolved=data,
+            policy=policy,
+            contact_hours=hours.contact_hours,
+            now=now,
+        )
+        runtime.relay.notify()
+        log.info("followups_scheduled", count=created, resolution=data.resolution_number)
+
+    async def on_complaint_reopened(event: CloudEvent, data: ComplaintReopened) -> None:
+        await cancel_pending(
+            org=data.org, complaint_id=data.complaint_id, reason="complaint reopened"
+        )
+
+    async def on_complaint_withdrawn(event: CloudEvent, data: ComplaintWithdrawn) -> None:
+        await cancel_pending(
+            org=data.org, complaint_id=data.complaint_id, reason="complaint withdrawn"
+        )
+
+    async def on_complaint_closed(event: CloudEvent, data: ComplaintClosed) -> None:
+        # Closing after a satisfied call keeps the later checks (e.g. the one after a week).
+        if data.closed_via is not ClosedVia.ADMIN:
+            return
+        await cancel_pending(
+            org=data.org,
+            complaint_id=data.complaint_id,
+            reason="complaint closed by an administrator",
+        )
+
+    return {
+        EventType.COMPLAINT_RECEIVED: on_complaint_received,
+        EventType.COMPLAINT_RESOLVED: on_complaint_resolved,
+        EventType.COMPLAINT_REOPENED: on_complaint_reopened,
+        EventType.COMPLAINT_WITHDRAWN: on_complaint_withdrawn,
+        EventType.COMPLAINT_CLOSED: on_complaint_closed,
+    }

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
 
 from complaints_shared.clock import Clock
 from complaints_shared.events import Topic
 from complaints_shared.http import build_app
 from complaints_shared.runtime import service_runtime
-from fastapi import FastAPI
-
 from followup import api, store
+from followup.contact_hours import default_contact_hours
 from followup.handlers import build_handlers
+from followup.scheduler import CheckScheduler
 from followup.settings import FollowupSettings
 
 
@@ -22,16 +25,24 @@ def create_app(settings: FollowupSettings | None = None, *, clock: Clock | None 
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # Fail fast on bad contact-hour settings; off the loop, as the holiday tables load slowly.
+        await asyncio.to_thread(default_contact_hours, settings)
+        scheduler = CheckScheduler(settings=settings)
         async with service_runtime(
             settings=settings,
             outbox_collections=[store.CHECKS],
             consumed_topics=[Topic.INTAKE],
             handlers=build_handlers,
             ensure_indexes=store.ensure_indexes,
+            background_jobs=[scheduler.run_scheduler],
             clock=clock,
         ) as runtime:
             app.state.runtime = runtime
-            yield
+            try:
+                yield
+            finally:
+                # The runtime does not signal background jobs; stop ours before it waits for them.
+                scheduler.stop()
 
     return build_app(
         settings=settings,

@@ -1,13 +1,75 @@
-"""Satisfaction-check models owned by follow-up."""
+"""API and stored-document models of follow-up: checks, attempts, policies, contact hours."""
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, date, datetime, time
 from enum import StrEnum
-from typing import Annotated
+from itertools import pairwise
+from typing import Annotated, Generic, TypeVar
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from complaints_shared.events import CustomerContact, FollowupOutcome
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+import holidays
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from complaints_shared.events import (
+    Category,
+    ContactChannel,
+    CustomerContact,
+    FollowupOutcome,
+    Remedy,
+    ResponsibleParty,
+    Severity,
+)
+
+Item = TypeVar("Item")
+
+MAX_TEXT_CHARS = 2000
+MAX_CHECKS_PER_RESOLUTION = 5
+MAX_CHECK_AFTER_HOURS = 90 * 24
+MAX_CALENDAR_DAYS = 1000
+
+BranchCode = Annotated[str, StringConstraints(pattern=r"^[A-Z0-9][A-Z0-9_-]{0,31}$")]
+Text = Annotated[
+    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_TEXT_CHARS)
+]
+
+
+def _assume_utc(moment: datetime) -> datetime:
+    # Wire timestamps are UTC; a timestamp without an offset is read as UTC, not local time.
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+UtcDatetime = Annotated[datetime, AfterValidator(_assume_utc)]
+
+
+class StrictModel(BaseModel):
+    """Request bodies reject unknown fields so typos are caught, not ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class Weekday(StrEnum):
+    MON = "mon"
+    TUE = "tue"
+    WED = "wed"
+    THU = "thu"
+    FRI = "fri"
+    SAT = "sat"
+    SUN = "sun"
+
+    @property
+    def index(self) -> int:
+        """0 = Monday, as ``date.weekday()`` counts."""
+        return list(Weekday).index(self)
 
 
 class CheckStatus(StrEnum):
@@ -21,32 +83,308 @@ class CheckStatus(StrEnum):
 OPEN_CHECK_STATUSES = [CheckStatus.SCHEDULED, CheckStatus.DUE, CheckStatus.IN_PROGRESS]
 
 
-class OutcomeRequest(BaseModel):
-    """What the agent learned on the call-back."""
+# ------------------------------------------------------------------ policy --
 
-    model_config = ConfigDict(extra="forbid")
+
+class CheckRule(StrictModel):
+    """One satisfaction check, this long after the resolution (then moved into contact hours)."""
+
+    after_hours: float = Field(gt=0, le=MAX_CHECK_AFTER_HOURS)
+
+
+def _strictly_increasing(rules: list[CheckRule]) -> list[CheckRule]:
+    offsets = [rule.after_hours for rule in rules]
+    if any(later <= earlier for earlier, later in pairwise(offsets)):
+        raise ValueError(f"after_hours must increase from one check to the next, got {offsets}")
+    return rules
+
+
+CheckRules = Annotated[
+    list[CheckRule],
+    Field(min_length=1, max_length=MAX_CHECKS_PER_RESOLUTION),
+    AfterValidator(_strictly_increasing),
+]
+
+
+class PolicyOverride(StrictModel):
+    """Checks for complaints of a category, a severity, or both (the most specific wins)."""
+
+    category: Category | None = None
+    severity: Severity | None = None
+    checks: CheckRules
+
+    @model_validator(mode="after")
+    def _names_what_it_overrides(self) -> PolicyOverride:
+        if self.category is None and self.severity is None:
+            raise ValueError("an override needs a category, a severity or both")
+        return self
+
+
+def _distinct_overrides(overrides: list[PolicyOverride]) -> list[PolicyOverride]:
+    keys = [(override.category, override.severity) for override in overrides]
+    duplicates = sorted({f"{c}/{s}" for c, s in keys if keys.count((c, s)) > 1})
+    if duplicates:
+        raise ValueError(f"more than one override for {duplicates}")
+    return overrides
+
+
+class FollowupPolicy(StrictModel):
+    """An organisation's follow-up policy; a PUT replaces it as a whole."""
+
+    checks: CheckRules
+    overrides: Annotated[
+        list[PolicyOverride], Field(max_length=100), AfterValidator(_distinct_overrides)
+    ] = Field(default_factory=list)
+    max_attempts: int = Field(ge=1, le=10)
+    attempt_spacing_hours: float = Field(gt=0, le=168)
+    satisfied_score_threshold: int = Field(ge=1, le=5)
+
+
+class PolicyRead(BaseModel):
+    """The policy in force; version 0 is the built-in default (never stored)."""
+
+    org: str
+    version: int
+    changed_by: str | None = None
+    changed_at: datetime | None = None
+    policy: FollowupPolicy
+
+
+# ----------------------------------------------------------- contact hours --
+
+
+class ContactHours(StrictModel):
+    """When a branch's customers may be called, in the branch's own time zone."""
+
+    time_zone: str = Field(examples=["Asia/Shanghai"])
+    start: time = Field(examples=["09:00"])
+    end: time = Field(examples=["20:00"], description="00:00 means midnight")
+    weekdays: list[Weekday] = Field(min_length=1, max_length=7)
+    holiday_country: str | None = Field(
+        None, description="ISO country whose public holidays (and 调休 days) are respected"
+    )
+    holiday_subdivision: str | None = None
+    closed_days: list[date] = Field(default_factory=list, max_length=MAX_CALENDAR_DAYS)
+    working_days: list[date] = Field(
+        default_factory=list,
+        max_length=MAX_CALENDAR_DAYS,
+        description="Extra days calls are allowed (e.g. a branch's own make-up day)",
+    )
+
+    @field_validator("time_zone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown IANA time zone {value!r}") from None
+        return value
+
+    @field_validator("start", "end")
+    @classmethod
+    def _local_time(cls, value: time) -> time:
+        if value.tzinfo is not None:
+            raise ValueError("a local time of day without an offset (the time zone says where)")
+        return value
+
+    @field_validator("end")
+    @classmethod
+    def _after_start(cls, value: time, info: ValidationInfo) -> time:
+        start = info.data.get("start")
+        if start is not None and value != time(0) and value <= start:
+            raise ValueError(f"end {value} must be after start {start} (00:00 means midnight)")
+        return value
+
+    @field_validator("weekdays")
+    @classmethod
+    def _distinct_days(cls, value: list[Weekday]) -> list[Weekday]:
+        if len(set(value)) != len(value):
+            raise ValueError("each weekday may appear once")
+        return value
+
+    @field_validator("holiday_country")
+    @classmethod
+    def _supported_country(cls, value: str | None) -> str | None:
+        if value is not None and value not in holidays.list_supported_countries():
+            raise ValueError(f"no public-holiday calendar for country {value!r}")
+        return value
+
+    @field_validator("holiday_subdivision")
+    @classmethod
+    def _supported_subdivision(cls, value: str | None, info: ValidationInfo) -> str | None:
+        country = info.data.get("holiday_country")
+        if value is None:
+            return value
+        if country is None:
+            raise ValueError("a subdivision needs holiday_country")
+        if value not in holidays.list_supported_countries().get(country, []):
+            raise ValueError(f"no public-holiday calendar for {country}-{value}")
+        return value
+
+
+class ContactHoursRead(BaseModel):
+    """A branch's contact hours; version 0 means the service defaults apply."""
+
+    org: str
+    branch: str
+    version: int
+    changed_by: str | None = None
+    changed_at: datetime | None = None
+    contact_hours: ContactHours
+
+
+class History(BaseModel, Generic[Item]):
+    """Stored versions, newest first: the audit trail of a configuration."""
+
+    items: list[Item]
+
+
+# ------------------------------------------------------------------ checks --
+
+
+class AttemptCreate(StrictModel):
+    """One call (or message) to the customer; when reached, what they said."""
+
+    reached: bool
+    channel: ContactChannel | None = Field(
+        None, description="Defaults to the customer's preferred channel"
+    )
+    score: int | None = Field(None, ge=1, le=5, description="Satisfaction 1 (poor) to 5 (good)")
+    problem_solved: bool | None = None
+    comment: Text | None = None
+    note: Text | None = Field(None, description="For the next agent, e.g. 'busy, call after 18:00'")
+
+    def field_errors(self) -> list[dict[str, str]]:
+        """What a reached (or unreached) attempt must (or must not) carry."""
+        if self.reached:
+            return [
+                {"field": name, "message": "required when the customer was reached"}
+                for name in ("score", "problem_solved")
+                if getattr(self, name) is None
+            ]
+        return [
+            {"field": name, "message": "only for an attempt that reached the customer"}
+            for name in ("score", "problem_solved", "comment")
+            if getattr(self, name) is not None
+        ]
+
+
+class OutcomeRequest(StrictModel):
+    """Shortcut: the agent reached the customer and records the verdict directly."""
 
     satisfied: bool
     score: int = Field(ge=1, le=5, description="Satisfaction 1 (very poor) to 5 (very good)")
-    comment: Annotated[str, StringConstraints(max_length=2000)] | None = None
+    problem_solved: bool | None = None
+    comment: Text | None = None
+
+
+class AttemptRead(BaseModel):
+    number: int
+    reached: bool
+    channel: ContactChannel
+    attempted_by: str
+    attempted_at: datetime
+    note: str | None = None
+    score: int | None = None
+    problem_solved: bool | None = None
+    comment: str | None = None
+    next_attempt_at: datetime | None = None
 
 
 class SatisfactionCheckRead(BaseModel):
+    """A satisfaction check with what the caller needs, all taken from events."""
+
     id: str
     complaint_id: str
     reference: str
+    subject: str | None = None
     org: str
     branch: str
+    category: Category | None = None
+    severity: Severity | None = None
     resolution_number: int
     sequence: int
     status: CheckStatus
     due_at: datetime
+    channel: ContactChannel = ContactChannel.PHONE
     customer: CustomerContact
     resolution_summary: str
+    root_cause: str | None = None
+    remedies: list[Remedy] = Field(default_factory=list)
+    customer_accepted: bool | None = None
+    responsible_department: str | None = None
+    responsible_party: ResponsibleParty | None = None
     department: str | None = None
     owner_id: str | None = None
+    resolved_at: datetime | None = None
+    max_attempts: int = 1
+    attempt_count: int = 0
+    attempts: list[AttemptRead] = Field(default_factory=list)
+    claimed_by: str | None = None
+    claim_lease_until: datetime | None = None
     outcome: FollowupOutcome | None = None
     score: int | None = None
+    problem_solved: bool | None = None
     comment: str | None = None
     completed_at: datetime | None = None
+    cancelled_at: datetime | None = None
+    cancel_reason: str | None = None
     created_at: datetime
+
+
+class CheckFilters(StrictModel):
+    """Query parameters of ``GET /v1/followups``; unknown ones are rejected."""
+
+    branch: BranchCode | None = None
+    status: CheckStatus | None = None
+    due_before: UtcDatetime | None = None
+    owner: Annotated[str, StringConstraints(max_length=128)] | None = None
+    claimed_by: Annotated[str, StringConstraints(max_length=128)] | None = None
+    complaint_id: Annotated[str, StringConstraints(max_length=128)] | None = None
+    limit: int = Field(50, ge=1, le=100)
+    cursor: Annotated[str, StringConstraints(max_length=512)] | None = None
+
+
+# ------------------------------------------------------------------- stats --
+
+
+class StatsFilters(StrictModel):
+    """Query parameters of ``GET /v1/followups/stats`` (resolution time window)."""
+
+    branch: BranchCode | None = None
+    category: Category | None = None
+    resolved_from: UtcDatetime | None = None
+    resolved_to: UtcDatetime | None = None
+
+
+class StatsGroup(BaseModel):
+    """Counts and satisfaction of the (non-cancelled) checks of one group."""
+
+    key: str | None = None
+    checks: int
+    completed: int
+    reached: int
+    no_response: int
+    satisfied: int
+    unsatisfied: int
+    response_rate: float | None = Field(None, description="reached / completed")
+    satisfaction_average: float | None = Field(None, description="mean score of reached checks")
+    score_distribution: dict[str, int]
+
+
+class FirstContactStats(BaseModel):
+    """Hours from a resolution to the first call that reached the customer."""
+
+    resolutions: int
+    average_hours: float | None = None
+    median_hours: float | None = None
+    p90_hours: float | None = None
+
+
+class FollowupStats(BaseModel):
+    overall: StatsGroup
+    by_branch: list[StatsGroup]
+    by_department: list[StatsGroup]
+    by_owner: list[StatsGroup]
+    by_category: list[StatsGroup]
+    resolution_to_first_contact: FirstContactStats

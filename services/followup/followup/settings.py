@@ -1,13 +1,70 @@
-"""Follow-up settings (environment variables of the same name, upper case)."""
+"""Follow-up settings (environment variables of the same name, upper case).
+
+The policy values here are the defaults an organisation gets until an admin
+stores its own policy through ``PUT /v1/followups/policy``; the contact-hour
+values are the defaults of every branch without its own entry.
+"""
 
 from __future__ import annotations
 
-from complaints_shared.settings import ServiceSettings
+from datetime import time
+
 from pydantic import Field
+
+from complaints_shared.events import Severity
+from complaints_shared.settings import ServiceSettings
+from followup.models import Weekday
 
 
 class FollowupSettings(ServiceSettings):
     service_name: str = "followup"
+
+    # -- default policy ------------------------------------------------------------
     first_check_after_hours: float = Field(
         24.0, gt=0, description="Satisfaction check this long after resolution."
+    )
+    second_check_after_hours: float = Field(
+        168.0, gt=0, description="Second check after resolution for the severities below."
+    )
+    second_check_severities: list[Severity] = Field(
+        default_factory=lambda: [Severity.HIGH, Severity.CRITICAL],
+        description="Severities that get the second check (JSON list in the environment).",
+    )
+    max_attempts: int = Field(
+        3, ge=1, le=10, description="Unreached calls before a check ends with no_response."
+    )
+    attempt_spacing_hours: float = Field(
+        4.0, gt=0, description="Next call after an unreached one (then moved into contact hours)."
+    )
+    satisfied_score_threshold: int = Field(
+        4, ge=1, le=5, description="Lowest score (with the problem solved) counted as satisfied."
+    )
+
+    # -- default contact hours -----------------------------------------------------
+    contact_time_zone: str = Field("Asia/Shanghai", description="Branch time zone by default.")
+    contact_hours_start: time = Field(time(9), description="Local time calls may start.")
+    contact_hours_end: time = Field(
+        time(20), description="Local time calls must end (00:00 means midnight)."
+    )
+    contact_weekdays: list[Weekday] = Field(
+        default_factory=lambda: list(Weekday),
+        min_length=1,
+        description="Days customers may be called (mon..sun; JSON list in the environment).",
+    )
+    contact_holiday_country: str | None = Field(
+        "CN", description="Public holidays (and 调休 working days) of this country are respected."
+    )
+
+    # -- working the checks -------------------------------------------------------
+    claim_lease_s: float = Field(
+        900.0, gt=0, description="How long an agent's claim on a check lasts if abandoned."
+    )
+    scheduler_poll_interval_s: float = Field(
+        5.0, gt=0, description="How often the scheduler looks for due checks and expired claims."
+    )
+    scheduler_lease_s: float = Field(
+        30.0, gt=0, description="How long one replica owns a due check while it fires it."
+    )
+    scheduler_batch_size: int = Field(
+        100, ge=1, description="Due checks fired per scheduler pass before it looks again."
     )

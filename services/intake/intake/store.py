@@ -26,7 +26,7 @@ from complaints_shared.events import (
     Flag,
 )
 from complaints_shared.mongo import at_or_after, merge_updates
-from complaints_shared.outbox import outbox_entry, outbox_update
+from complaints_shared.outbox import outbox_entry, outbox_fields, outbox_update
 from complaints_shared.problems import ProblemError, not_found
 from intake.identity import customer_keys, submission_fingerprint
 from intake.lifecycle import OPEN_STATUSES, InvalidTransition, Status
@@ -337,8 +337,7 @@ async def _insert_new(
         repeat_of=document["repeat_of"],
     )
     entry = outbox_entry(event_type=EventType.COMPLAINT_RECEIVED, data=received, settings=settings)
-    document["outbox"] = [entry]
-    document["outbox_pending_since"] = now
+    document.update(outbox_fields([entry]))
     await db[COMPLAINTS].insert_one(document)
     return document
 
@@ -398,7 +397,7 @@ async def change(
                     )
                 },
             },
-            outbox_update(entries, now=now) if entries else {},
+            outbox_update(entries) if entries else {},
             (
                 {"$push": {"applied_events": {"$each": [event_id], "$slice": -APPLIED_EVENTS_KEPT}}}
                 if event_id

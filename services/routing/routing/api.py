@@ -1,14 +1,64 @@
-"""HTTP routes of routing."""
+"""HTTP routes of assignments: read, list, workload, reassign, escalate, responsibility."""
 
 from __future__ import annotations
 
-from complaints_shared.auth import CurrentPrincipal
-from fastapi import APIRouter, Request
+from typing import Annotated
 
-from routing import store
-from routing.models import AssignmentRead
+from fastapi import APIRouter, Query, Request
+
+from complaints_shared.auth import CurrentPrincipal, Role, require_role
+from complaints_shared.pagination import Page
+from complaints_shared.runtime import Runtime
+from routing import actions, store
+from routing.models import (
+    AssignmentRead,
+    AssignmentStatus,
+    EscalateRequest,
+    ReassignRequest,
+    RegulatoryReportRequest,
+    ResponsibilityRequest,
+    WorkloadRead,
+)
 
 router = APIRouter(prefix="/v1/assignments", tags=["assignments"])
+
+
+def _runtime(request: Request) -> Runtime:
+    return request.app.state.runtime
+
+
+@router.get("", response_model=Page[AssignmentRead], summary="Assignments, oldest first")
+async def list_assignments(
+    request: Request,
+    principal: CurrentPrincipal,
+    department: str | None = None,
+    owner_id: str | None = None,
+    status: AssignmentStatus | None = None,
+    limit: Annotated[int, Query(ge=1, le=store.MAX_PAGE_SIZE)] = 50,
+    cursor: str | None = None,
+) -> Page[AssignmentRead]:
+    return await store.list_assignments(
+        db=_runtime(request).db,
+        principal=principal,
+        department=department,
+        owner_id=owner_id,
+        status=status,
+        limit=limit,
+        cursor=cursor,
+    )
+
+
+@router.get("/workload", response_model=WorkloadRead, summary="Open work per department and owner")
+async def workload(
+    request: Request,
+    principal: CurrentPrincipal,
+    branch: str | None = None,
+    department: str | None = None,
+) -> WorkloadRead:
+    require_role(principal, Role.AGENT, Role.SUPERVISOR, action="reading workload")
+    return await store.workload(
+        db=_runtime(request).db, principal=principal, branch=branch, department=department
+    )
 
 
 @router.get(
@@ -18,5 +68,91 @@ async def get_assignment(
     complaint_id: str, request: Request, principal: CurrentPrincipal
 ) -> AssignmentRead:
     return await store.get_assignment(
-        db=request.app.state.runtime.db, principal=principal, complaint_id=complaint_id
+        db=_runtime(request).db, principal=principal, complaint_id=complaint_id
+    )
+
+
+@router.post(
+    "/{complaint_id}/reassign",
+    response_model=AssignmentRead,
+    summary="Move to another owner or department (reason required)",
+)
+async def reassign(
+    complaint_id: str, body: ReassignRequest, request: Request, principal: CurrentPrincipal
+) -> AssignmentRead:
+    require_role(principal, Role.SUPERVISOR, action="reassigning a complaint")
+    runtime = _runtime(request)
+    read = await actions.reassign(
+        db=runtime.db,
+        settings=runtime.settings,
+        principal=principal,
+        complaint_id=complaint_id,
+        request=body,
+        now=runtime.clock.now(),
+    )
+    runtime.relay.notify()
+    return read
+
+
+@router.post(
+    "/{complaint_id}/escalate",
+    response_model=AssignmentRead,
+    summary="One level up the handling department's escalation chain",
+)
+async def escalate(
+    complaint_id: str, body: EscalateRequest, request: Request, principal: CurrentPrincipal
+) -> AssignmentRead:
+    require_role(principal, Role.SUPERVISOR, action="escalating a complaint")
+    runtime = _runtime(request)
+    read = await actions.escalate(
+        db=runtime.db,
+        settings=runtime.settings,
+        principal=principal,
+        complaint_id=complaint_id,
+        request=body,
+        now=runtime.clock.now(),
+    )
+    runtime.relay.notify()
+    return read
+
+
+@router.post(
+    "/{complaint_id}/responsibility",
+    response_model=AssignmentRead,
+    summary="Record the responsible department (责任部门)",
+)
+async def set_responsibility(
+    complaint_id: str, body: ResponsibilityRequest, request: Request, principal: CurrentPrincipal
+) -> AssignmentRead:
+    require_role(principal, Role.SUPERVISOR, action="setting responsibility")
+    runtime = _runtime(request)
+    read = await actions.set_responsibility(
+        db=runtime.db,
+        settings=runtime.settings,
+        principal=principal,
+        complaint_id=complaint_id,
+        request=body,
+        now=runtime.clock.now(),
+    )
+    runtime.relay.notify()
+    return read
+
+
+@router.post(
+    "/{complaint_id}/regulatory-report",
+    response_model=AssignmentRead,
+    summary="The report to the authority was filed: stop its deadline",
+)
+async def file_regulatory_report(
+    complaint_id: str, body: RegulatoryReportRequest, request: Request, principal: CurrentPrincipal
+) -> AssignmentRead:
+    require_role(principal, Role.SUPERVISOR, action="recording the regulatory report")
+    runtime = _runtime(request)
+    return await actions.file_regulatory_report(
+        db=runtime.db,
+        settings=runtime.settings,
+        principal=principal,
+        complaint_id=complaint_id,
+        request=body,
+        now=runtime.clock.now(),
     )

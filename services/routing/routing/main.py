@@ -5,14 +5,15 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+from fastapi import FastAPI
+
 from complaints_shared.clock import Clock
 from complaints_shared.events import Topic
 from complaints_shared.http import build_app
 from complaints_shared.runtime import service_runtime
-from fastapi import FastAPI
-
-from routing import api, store
+from routing import api, directory_api, rules_api, store
 from routing.handlers import build_handlers
+from routing.scheduler import SlaScheduler
 from routing.settings import RoutingSettings
 
 
@@ -22,21 +23,27 @@ def create_app(settings: RoutingSettings | None = None, *, clock: Clock | None =
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        scheduler = SlaScheduler(settings=settings)
         async with service_runtime(
             settings=settings,
             outbox_collections=[store.ASSIGNMENTS],
             consumed_topics=[Topic.INTAKE],
             handlers=build_handlers,
             ensure_indexes=store.ensure_indexes,
+            background_jobs=[scheduler.run_sla_timers, scheduler.run_queue_sweeper],
             clock=clock,
         ) as runtime:
             app.state.runtime = runtime
-            yield
+            try:
+                yield
+            finally:
+                # Let the scheduler finish its pass before the runtime closes Mongo.
+                scheduler.stop()
 
     return build_app(
         settings=settings,
         title="Complaint routing",
-        description="Departments, owners, routing rules, due times.",
+        description="Directory, routing rules, owners, SLA clocks, timers and escalation.",
         lifespan=lifespan,
-        routers=[api.router],
+        routers=[api.router, directory_api.router, rules_api.router],
     )

@@ -1,12 +1,15 @@
-"""Routing rule matching: pure functions over rule data and a received complaint."""
+"""Routing rule matching: pure functions over rule data and a received complaint.
+
+Text tests are case-insensitive substring tests, so Chinese keywords match
+inside a sentence without word spaces (``账单`` in ``话费账单多扣了``).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 
-from complaints_shared.events import SEVERITY_ORDER, ComplaintReceived
-
-from routing.models import RoutingRule, RuleConditions
+from complaints_shared.events import SEVERITY_ORDER, ComplaintReceived, Severity
+from routing.models import RoutingRule, RuleConditions, RuleFlag
 
 
 def _text_of(complaint: ComplaintReceived) -> str:
@@ -14,26 +17,67 @@ def _text_of(complaint: ComplaintReceived) -> str:
     return f"{complaint.subject}\n{complaint.description}".casefold()
 
 
+def complaint_flags(complaint: ComplaintReceived) -> set[str]:
+    """The complaint's flags plus ``vip`` when the customer is a VIP."""
+    flags = {str(flag) for flag in complaint.flags}
+    if complaint.customer.vip:
+        flags.add(RuleFlag.VIP.value)
+    return flags
+
+
+def severity_at_least(severity: Severity, minimum: Severity) -> bool:
+    return SEVERITY_ORDER.index(severity) >= SEVERITY_ORDER.index(minimum)
+
+
+def _contains(text: str, needle: str) -> bool:
+    return needle.casefold() in text
+
+
+def _product_matches(conditions: RuleConditions, complaint: ComplaintReceived) -> bool:
+    if not conditions.products:
+        return True
+    if complaint.product is None:
+        return False
+    product = complaint.product.casefold()
+    return any(_contains(product, wanted) for wanted in conditions.products)
+
+
+def _flags_match(conditions: RuleConditions, complaint: ComplaintReceived) -> bool:
+    flags = complaint_flags(complaint)
+    if conditions.flags_any and not {str(flag) for flag in conditions.flags_any} & flags:
+        return False
+    return {str(flag) for flag in conditions.flags_all} <= flags
+
+
+def _keywords_match(conditions: RuleConditions, complaint: ComplaintReceived) -> bool:
+    text = _text_of(complaint)
+    if conditions.keywords_any and not any(_contains(text, k) for k in conditions.keywords_any):
+        return False
+    return all(_contains(text, keyword) for keyword in conditions.keywords_all)
+
+
 def conditions_hold(conditions: RuleConditions, complaint: ComplaintReceived) -> bool:
+    """Every condition group given must hold; an empty group does not constrain."""
     if conditions.categories and complaint.category not in conditions.categories:
         return False
-    if conditions.min_severity is not None and SEVERITY_ORDER.index(
-        complaint.severity
-    ) < SEVERITY_ORDER.index(conditions.min_severity):
+    if conditions.min_severity is not None and not severity_at_least(
+        complaint.severity, conditions.min_severity
+    ):
         return False
     if conditions.channels and complaint.channel not in conditions.channels:
         return False
-    if conditions.flags_any and not set(conditions.flags_any) & set(complaint.flags):
+    if conditions.vip is not None and complaint.customer.vip != conditions.vip:
         return False
-    if conditions.products and complaint.product not in conditions.products:
-        return False
-    text = _text_of(complaint)
-    if conditions.keywords_any and not any(k.casefold() in text for k in conditions.keywords_any):
-        return False
-    return all(k.casefold() in text for k in conditions.keywords_all)
+    return (
+        _flags_match(conditions, complaint)
+        and _product_matches(conditions, complaint)
+        and _keywords_match(conditions, complaint)
+    )
 
 
 def rule_applies(rule: RoutingRule, complaint: ComplaintReceived) -> bool:
+    if not rule.active:
+        return False
     if rule.branches and complaint.branch not in rule.branches:
         return False
     return rule.is_default or conditions_hold(rule.conditions, complaint)
@@ -41,5 +85,5 @@ def rule_applies(rule: RoutingRule, complaint: ComplaintReceived) -> bool:
 
 def matching_rules(rules: Iterable[RoutingRule], complaint: ComplaintReceived) -> list[RoutingRule]:
     """Rules that apply, in order: by position, the default rule always last."""
-    ordered = sorted(rules, key=lambda rule: (rule.is_default, rule.position))
+    ordered = sorted(rules, key=lambda rule: (rule.is_default, rule.position, rule.id))
     return [rule for rule in ordered if rule_applies(rule, complaint)]

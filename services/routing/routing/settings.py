@@ -2,8 +2,28 @@
 
 from __future__ import annotations
 
+from pydantic import Field
+
 from complaints_shared.settings import ServiceSettings
 
 
 class RoutingSettings(ServiceSettings):
     service_name: str = "routing"
+    scheduler_poll_interval_s: float = Field(
+        1.0,
+        gt=0,
+        description="How often the SLA timer scheduler looks for due timers when idle. "
+        "Deadlines themselves are stored instants compared with the clock, never sleeps.",
+    )
+    scheduler_lease_s: float = Field(
+        30.0, gt=0, description="How long one replica owns a complaint's timers while firing them."
+    )
+    scheduler_batch_size: int = Field(
+        50, ge=1, description="Complaints with due timers handled per scheduler pass."
+    )
+    queue_sweep_interval_s: float = Field(
+        10.0,
+        gt=0,
+        description="How often queued complaints are offered to departments again "
+        "(freed capacity also drains a queue at once).",
+    )

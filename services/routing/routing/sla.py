@@ -1,20 +1,306 @@
-"""Due times for acknowledgement and resolution (calendar time per severity)."""
+"""SLA policies and clocks: pure arithmetic over a branch's business calendar.
+
+A clock is stored inside the complaint's assignment document. Its timers are
+instants (``warn_at``, ``next_breach_at``) compared with the injected clock by
+the scheduler, so nothing here sleeps. Pausing keeps the remaining time in the
+clock's own basis (business or calendar) and resuming lays it out again from
+the resume instant, so a pause over a weekend costs no business time.
+"""
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+import json
+from collections.abc import Iterable, Mapping
+from datetime import date, datetime, time, timedelta
+from enum import StrEnum
+from functools import lru_cache
 
-from complaints_shared.events import Severity
+from pydantic import BaseModel, ConfigDict
 
-# (acknowledge within, resolve within); business-hour calendars refine these per branch.
-DEFAULT_DUE_WITHIN: dict[Severity, tuple[timedelta, timedelta]] = {
-    Severity.CRITICAL: (timedelta(hours=1), timedelta(hours=24)),
-    Severity.HIGH: (timedelta(hours=4), timedelta(days=3)),
-    Severity.NORMAL: (timedelta(hours=8), timedelta(days=7)),
-    Severity.LOW: (timedelta(days=2), timedelta(days=15)),
+from complaints_shared.business_calendar import BusinessCalendar
+from complaints_shared.events import Category, Severity
+from routing.models import (
+    WEEKDAY_NUMBER,
+    BranchRead,
+    ClockState,
+    DurationUnit,
+    SeverityTargets,
+    SlaDuration,
+    SlaPolicy,
+    TimeBasis,
+)
+from routing.rules import severity_at_least
+
+BUILTIN_POLICY_ID = "builtin"
+
+
+def _duration(amount: float, unit: str, basis: str) -> SlaDuration:
+    return SlaDuration(amount=amount, unit=DurationUnit(unit), basis=TimeBasis(basis))
+
+
+# The issue's defaults: critical 1 h / 24 h calendar; high 4 h / 3 business days;
+# normal same business day / 7 business days; low 2 / 15 business days.
+BUILTIN_TARGETS: dict[Severity, SeverityTargets] = {
+    Severity.CRITICAL: SeverityTargets(
+        acknowledge=_duration(1, "hours", "calendar"), resolve=_duration(24, "hours", "calendar")
+    ),
+    Severity.HIGH: SeverityTargets(
+        acknowledge=_duration(4, "hours", "business"), resolve=_duration(3, "days", "business")
+    ),
+    Severity.NORMAL: SeverityTargets(
+        acknowledge=_duration(1, "end_of_business_day", "business"),
+        resolve=_duration(7, "days", "business"),
+    ),
+    Severity.LOW: SeverityTargets(
+        acknowledge=_duration(2, "days", "business"), resolve=_duration(15, "days", "business")
+    ),
 }
 
 
-def due_times(*, severity: Severity, received_at: datetime) -> tuple[datetime, datetime]:
-    acknowledge_within, resolve_within = DEFAULT_DUE_WITHIN[severity]
-    return received_at + acknowledge_within, received_at + resolve_within
+def builtin_policy(org: str) -> SlaPolicy:
+    return SlaPolicy(
+        id=BUILTIN_POLICY_ID, org=org, name="Built-in defaults", is_default=True, version=0
+    )
+
+
+def select_policy(
+    policies: Iterable[SlaPolicy], *, org: str, requested: str | None, category: Category
+) -> SlaPolicy:
+    """The rule's named policy, else one overriding the category, else the org default."""
+    by_id = {policy.id: policy for policy in policies}
+    if requested is not None and requested in by_id:
+        return by_id[requested]
+    for policy in sorted(by_id.values(), key=lambda p: p.id):
+        if category in policy.categories:
+            return policy
+    defaults = sorted((p for p in by_id.values() if p.is_default), key=lambda p: p.id)
+    return defaults[0] if defaults else builtin_policy(org)
+
+
+def targets_for(policy: SlaPolicy, severity: Severity) -> SeverityTargets:
+    return policy.targets.get(severity) or BUILTIN_TARGETS[severity]
+
+
+def is_major_incident(
+    policy: SlaPolicy, *, severity: Severity, category: Category, flags: set[str]
+) -> bool:
+    """Critical, medical or safety complaints, as the policy defines them."""
+    criteria = policy.major_incident
+    if criteria.min_severity is not None and severity_at_least(severity, criteria.min_severity):
+        return True
+    if category in criteria.categories:
+        return True
+    return bool({str(flag) for flag in criteria.flags} & flags)
+
+
+# ---------------------------------------------------------------- calendars --
+
+
+@lru_cache(maxsize=512)
+def _calendar_from_key(key: str) -> BusinessCalendar:
+    spec = json.loads(key)
+    hours = {
+        WEEKDAY_NUMBER[weekday]: [
+            (time.fromisoformat(slot["start"]), time.fromisoformat(slot["end"])) for slot in ranges
+        ]
+        for weekday, ranges in spec["hours"].items()
+    }
+    holidays = spec["holidays"]
+    return BusinessCalendar(
+        time_zone=spec["time_zone"],
+        hours=hours,
+        country=holidays["country"],
+        subdivision=holidays["subdivision"],
+        closed_days=frozenset(_dates(holidays["closed_days"])),
+        working_days=frozenset(_dates(holidays["working_days"])),
+    )
+
+
+def _dates(values: list[str]) -> Iterable[date]:
+    return (date.fromisoformat(value) for value in values)
+
+
+def branch_calendar(branch: BranchRead) -> BusinessCalendar:
+    """The branch's calendar; cached per distinct definition (holiday tables are costly)."""
+    spec = branch.model_dump(mode="json", include={"time_zone", "hours", "holidays"})
+    return _calendar_from_key(json.dumps(spec, sort_keys=True))
+
+
+# --------------------------------------------------------------- arithmetic --
+
+
+def _unit_delta(duration: SlaDuration) -> timedelta:
+    if duration.unit is DurationUnit.MINUTES:
+        return timedelta(minutes=duration.amount)
+    if duration.unit is DurationUnit.HOURS:
+        return timedelta(hours=duration.amount)
+    return timedelta(days=duration.amount)
+
+
+def deadline(calendar: BusinessCalendar, start: datetime, duration: SlaDuration) -> datetime:
+    """When ``duration`` has passed after ``start`` in its basis."""
+    if duration.unit is DurationUnit.END_OF_BUSINESS_DAY:
+        return calendar.end_of_business_day(start)
+    if duration.basis is TimeBasis.CALENDAR:
+        return start + _unit_delta(duration)
+    if duration.unit is DurationUnit.DAYS:
+        # Counted from the opening the clock really starts at, so Friday night + 3 days
+        # is Thursday morning, not Wednesday's closing time.
+        start_at = calendar.next_open(start)
+        return (
+            calendar.add_business_days(start_at, int(duration.amount))
+            if duration.amount
+            else start_at
+        )
+    return calendar.add_business_time(start, _unit_delta(duration))
+
+
+def advance(
+    calendar: BusinessCalendar, basis: TimeBasis, start: datetime, amount: timedelta
+) -> datetime:
+    if basis is TimeBasis.CALENDAR:
+        return start + amount
+    return calendar.add_business_time(start, amount)
+
+
+def between(
+    calendar: BusinessCalendar, basis: TimeBasis, start: datetime, end: datetime
+) -> timedelta:
+    """Time in the basis from ``start`` to ``end`` (zero when ``end`` is not later)."""
+    if end <= start:
+        return timedelta(0)
+    if basis is TimeBasis.CALENDAR:
+        return end - start
+    return calendar.business_time_between(start, end)
+
+
+# ------------------------------------------------------------------- clocks --
+
+
+class TimerKind(StrEnum):
+    WARNING = "warning"
+    BREACH = "breach"
+
+
+class Clock(BaseModel):
+    """One SLA clock as stored in the assignment document (``clocks.<name>``)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    basis: TimeBasis
+    state: ClockState = ClockState.RUNNING
+    started_at: datetime
+    due_at: datetime
+    warn_at: datetime | None = None
+    next_breach_at: datetime | None = None
+    span_s: float
+    warned: bool = False
+    breach_count: int = 0
+    paused_at: datetime | None = None
+    stopped_at: datetime | None = None
+
+    def next_timer(self) -> datetime | None:
+        if self.state is not ClockState.RUNNING:
+            return None
+        pending = [at for at in (self.warn_at, self.next_breach_at) if at is not None]
+        return min(pending, default=None)
+
+    def stored(self) -> dict:
+        return self.model_dump(mode="python")
+
+
+def start_clock(
+    calendar: BusinessCalendar, *, start: datetime, duration: SlaDuration, warning_share: float
+) -> Clock:
+    """A running clock with its warning at ``warning_share`` of the allowed time."""
+    due_at = deadline(calendar, start, duration)
+    basis = duration.basis
+    span = between(calendar, basis, start, due_at)
+    warn_at = advance(calendar, basis, start, span * warning_share) if span else None
+    return Clock(
+        basis=basis,
+        started_at=start,
+        due_at=due_at,
+        warn_at=warn_at if warn_at is not None and warn_at < due_at else None,
+        next_breach_at=due_at,
+        span_s=span.total_seconds(),
+    )
+
+
+def pause_clock(clock: Clock, *, at: datetime) -> Clock:
+    if clock.state is not ClockState.RUNNING:
+        return clock
+    return clock.model_copy(update={"state": ClockState.PAUSED, "paused_at": at})
+
+
+def resume_clock(clock: Clock, *, calendar: BusinessCalendar, at: datetime) -> Clock:
+    """Lay the time that was left at the pause out again from ``at``."""
+    if clock.state is not ClockState.PAUSED or clock.paused_at is None:
+        return clock
+    paused_at = clock.paused_at
+
+    def shifted(moment: datetime | None) -> datetime | None:
+        if moment is None:
+            return None
+        left = between(calendar, clock.basis, paused_at, moment)
+        return advance(calendar, clock.basis, max(at, paused_at), left)
+
+    return clock.model_copy(
+        update={
+            "state": ClockState.RUNNING,
+            "paused_at": None,
+            "due_at": shifted(clock.due_at) if clock.breach_count == 0 else clock.due_at,
+            "warn_at": shifted(clock.warn_at),
+            "next_breach_at": shifted(clock.next_breach_at),
+        }
+    )
+
+
+def stop_clock(clock: Clock, *, at: datetime) -> Clock:
+    if clock.state is ClockState.STOPPED:
+        return clock
+    return clock.model_copy(
+        update={"state": ClockState.STOPPED, "stopped_at": at, "paused_at": None}
+    )
+
+
+def fire_due(
+    clock: Clock, *, calendar: BusinessCalendar, now: datetime, repeat: bool
+) -> tuple[Clock, TimerKind | None]:
+    """Fire at most one timer of the clock that is due at ``now``.
+
+    A breach wins over a warning that is also due (the warning would be moot).
+    With ``repeat`` the breach timer re-arms one allowed span later, so a
+    complaint left overdue keeps climbing the escalation chain.
+    """
+    if clock.state is not ClockState.RUNNING:
+        return clock, None
+    if clock.next_breach_at is not None and clock.next_breach_at <= now:
+        span = timedelta(seconds=clock.span_s)
+        next_breach_at = (
+            advance(calendar, clock.basis, clock.next_breach_at, span)
+            if repeat and clock.span_s > 0
+            else None
+        )
+        updated = clock.model_copy(
+            update={
+                "breach_count": clock.breach_count + 1,
+                "warned": True,
+                "warn_at": None,
+                "next_breach_at": next_breach_at,
+            }
+        )
+        return updated, TimerKind.BREACH
+    if clock.warn_at is not None and clock.warn_at <= now:
+        return clock.model_copy(update={"warned": True, "warn_at": None}), TimerKind.WARNING
+    return clock, None
+
+
+def next_timer_at(clocks: Mapping[str, Clock]) -> datetime | None:
+    """The earliest pending timer of all running clocks (indexed for the scheduler)."""
+    pending = [at for clock in clocks.values() if (at := clock.next_timer()) is not None]
+    return min(pending, default=None)
+
+
+def load_clocks(stored: Mapping[str, dict] | None) -> dict[str, Clock]:
+    return {name: Clock.model_validate(value) for name, value in (stored or {}).items()}

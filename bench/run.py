@@ -1,0 +1,689 @@
+"""The project's benchmark: `make bench` (see docs/performance.md for the method).
+
+Runs against the local infrastructure with the three services started as real
+uvicorn processes (production settings), each run on its own topic prefix and
+databases, and reports:
+
+1. raw floor: one Mongo insert + one Kafka produce per operation, bare asyncio;
+2. intake accept rate at increasing concurrency (rate, p50/p95/p99, errors);
+3. end-to-end POST accepted → complaint.assigned published, at half the max rate;
+4. routing drain rate of a pre-produced backlog, one replica and two;
+5. peak RSS of every service and infrastructure process (and growth under a soak).
+
+Results are printed as a table and written as JSON under bench-results/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import math
+import os
+import platform
+import random
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from pymongo import AsyncMongoClient
+
+from bench.workload import complaint_body
+from complaints_shared.auth import mint_token
+from complaints_shared.envelope import CloudEvent, from_kafka_record
+from complaints_shared.events import (
+    ComplaintReceived,
+    CustomerContact,
+    EventType,
+    Topic,
+)
+from complaints_shared.kafka import EventProducer, ensure_topics
+from complaints_shared.mongo import create_mongo_client
+from complaints_shared.settings import ServiceSettings
+
+ROOT = Path(__file__).resolve().parent.parent
+STATE = ROOT / ".local"
+RESULTS = ROOT / "bench-results"
+VENV_BIN = Path(sys.executable).parent
+PORTS = {"intake": 18001, "routing": 18002, "followup": 18003}
+
+
+def percentile(values: list[float], share: float) -> float | None:
+    """Nearest-rank percentile."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    rank = max(1, math.ceil(share * len(ordered)))
+    return ordered[rank - 1]
+
+
+def latency_summary(latencies_s: list[float]) -> dict[str, float | None]:
+    return {
+        f"p{int(share * 100)}_ms": (
+            round(value * 1000, 1)
+            if (value := percentile(latencies_s, share)) is not None
+            else None
+        )
+        for share in (0.5, 0.95, 0.99)
+    }
+
+
+# ----------------------------------------------------------------- processes --
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    try:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            text = (task / "children").read_text().split()
+            for child in map(int, text):
+                found += [child, *_children(child)]
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        pass
+    return found
+
+
+def _status_kb(pid: int, key: str) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    except FileNotFoundError:
+        return 0
+    return 0
+
+
+def rss_kb(pid: int) -> int:
+    """Resident set of a process and its children (uvicorn workers)."""
+    return sum(_status_kb(p, "VmRSS") for p in [pid, *_children(pid)])
+
+
+def peak_rss_kb(pid: int) -> int:
+    return sum(_status_kb(p, "VmHWM") for p in [pid, *_children(pid)])
+
+
+@dataclass
+class Service:
+    name: str
+    port: int
+    env: dict[str, str]
+    process: subprocess.Popen | None = None
+    log_path: Path | None = None
+
+    def start(self) -> None:
+        self.log_path = STATE / "logs" / f"bench-{self.name}-{self.port}.log"
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            [
+                str(VENV_BIN / "uvicorn"),
+                f"{self.name}.main:create_app",
+                "--factory",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--workers",
+                self.env.get("UVICORN_WORKERS", "1"),
+                "--no-access-log",
+                "--log-level",
+                "warning",
+            ],
+            env={**os.environ, **self.env},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    async def wait_ready(self, timeout_s: float = 60) -> None:
+        deadline = time.monotonic() + timeout_s
+        async with httpx.AsyncClient() as client:
+            while time.monotonic() < deadline:
+                if self.process and self.process.poll() is not None:
+                    raise RuntimeError(f"{self.name} exited; see {self.log_path}")
+                try:
+                    response = await client.get(f"http://127.0.0.1:{self.port}/readyz", timeout=2)
+                    if response.status_code == 200:
+                        return
+                except httpx.HTTPError:
+                    pass
+                await asyncio.sleep(0.2)
+        raise TimeoutError(f"{self.name} not ready after {timeout_s}s; see {self.log_path}")
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
+
+def infra_env() -> dict[str, str]:
+    values = {}
+    for line in (STATE / "infra.env").read_text().splitlines():
+        if "=" in line:
+            key, _, value = line.partition("=")
+            values[key] = value
+    return values
+
+
+def infra_pids() -> dict[str, int]:
+    pids = {}
+    for name in ("kafka", "mongo"):
+        path = STATE / "pids" / f"{name}.pid"
+        if path.exists():
+            pids[name] = int(path.read_text().strip())
+    return pids
+
+
+@dataclass
+class Run:
+    """One benchmark run: its own topic prefix, databases and service processes."""
+
+    args: argparse.Namespace
+    infra: dict[str, str]
+    run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
+    services: list[Service] = field(default_factory=list)
+
+    def env(self, service: str, prefix: str | None = None, database_suffix: str = "") -> dict:
+        prefix = prefix if prefix is not None else f"bench{self.run_id}."
+        return {
+            "KAFKA_BOOTSTRAP_SERVERS": self.infra["KAFKA_BOOTSTRAP_SERVERS"],
+            "MONGODB_URI": self.infra["MONGODB_URI"],
+            "TOPIC_PREFIX": prefix,
+            "MONGODB_DATABASE": f"bench{self.run_id}{database_suffix}_{service}",
+            "LOG_LEVEL": "WARNING",
+            "UVICORN_WORKERS": str(self.args.workers),
+            "JWT_SECRET": self.args.jwt_secret,
+        }
+
+    def settings(self) -> ServiceSettings:
+        return ServiceSettings(
+            kafka_bootstrap_servers=self.infra["KAFKA_BOOTSTRAP_SERVERS"],
+            mongodb_uri=self.infra["MONGODB_URI"],
+            topic_prefix=f"bench{self.run_id}.",
+            service_name="bench",
+            jwt_secret=self.args.jwt_secret,
+        )
+
+    def token(self) -> str:
+        settings = self.settings()
+        return mint_token(
+            secret=settings.jwt_secret,
+            subject="bench",
+            org="demo",
+            branches="*",
+            roles=["admin"],
+            issuer=settings.jwt_issuer,
+            audience=settings.jwt_audience,
+        )
+
+
+async def seed_routing(run: Run, database_suffix: str = "") -> None:
+    from routing.demo import seed_demo_org
+
+    client = AsyncMongoClient(run.infra["MONGODB_URI"], tz_aware=True)
+    try:
+        await seed_demo_org(db=client[f"bench{run.run_id}{database_suffix}_routing"])
+    finally:
+        await client.close()
+
+
+async def drop_run_databases(run: Run) -> None:
+    client = AsyncMongoClient(run.infra["MONGODB_URI"])
+    try:
+        for name in await client.list_database_names():
+            if name.startswith(f"bench{run.run_id}"):
+                await client.drop_database(name)
+    finally:
+        await client.close()
+
+
+# ------------------------------------------------------------------ measures --
+
+
+async def raw_floor(run: Run, *, concurrency: int, duration_s: float) -> dict[str, Any]:
+    """What intake must do per complaint, with nothing else: insert + produce."""
+    settings = run.settings()
+    topic = settings.topic("bench-floor.v1")
+    await ensure_topics(settings=settings, topics=[topic])
+    mongo = create_mongo_client(settings=settings)
+    collection = mongo[f"bench{run.run_id}_floor"]["complaints"]
+    producer = EventProducer(settings=settings)
+    rng = random.Random(1)
+    latencies: list[float] = []
+    deadline = time.monotonic() + duration_s
+    sequence = 0
+
+    async def worker() -> None:
+        nonlocal sequence
+        while time.monotonic() < deadline:
+            sequence += 1
+            body = complaint_body(sequence, rng)
+            complaint_id = str(uuid.uuid4())
+            document = {"_id": complaint_id, **body, "created_at": datetime.now(UTC)}
+            started = time.perf_counter()
+            await collection.insert_one(document)
+            event = CloudEvent.new(
+                event_type=EventType.COMPLAINT_RECEIVED,
+                source="bench",
+                data=_received(complaint_id, body),
+            )
+            await producer.publish(event, topic=topic)
+            latencies.append(time.perf_counter() - started)
+
+    started = time.monotonic()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    elapsed = time.monotonic() - started
+    await producer.stop()
+    await mongo.close()
+    return {
+        "concurrency": concurrency,
+        "ops": len(latencies),
+        "ops_per_s": round(len(latencies) / elapsed, 1),
+        **latency_summary(latencies),
+    }
+
+
+def _received(complaint_id: str, body: dict) -> ComplaintReceived:
+    return ComplaintReceived(
+        complaint_id=complaint_id,
+        org="demo",
+        branch=body["branch"],
+        reference=f"{body['branch']}-BENCH-{complaint_id[:6]}",
+        channel=body["channel"],
+        category=body["category"],
+        severity=body["severity"],
+        subject=body["subject"],
+        description=body["description"],
+        product=body["product"],
+        customer=CustomerContact(name=body["customer"]["name"], phone=body["customer"]["phone"]),
+        received_at=datetime.now(UTC),
+    )
+
+
+async def post_load(
+    *, url: str, token: str, concurrency: int, duration_s: float, seed: int
+) -> dict[str, Any]:
+    """Closed loop: ``concurrency`` clients POST complaints back to back for ``duration_s``."""
+    rng = random.Random(seed)
+    latencies: list[float] = []
+    errors: dict[str, int] = {}
+    deadline = time.monotonic() + duration_s
+    sequence = seed * 10_000_000
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    headers = {"Authorization": f"Bearer {token}"}
+    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=30) as client:
+
+        async def worker() -> None:
+            nonlocal sequence
+            while time.monotonic() < deadline:
+                sequence += 1
+                started = time.perf_counter()
+                try:
+                    response = await client.post(
+                        "/v1/complaints", json=complaint_body(sequence, rng), headers=headers
+                    )
+                    outcome = str(response.status_code)
+                except httpx.HTTPError as exc:
+                    outcome = type(exc).__name__
+                if outcome == "201":
+                    latencies.append(time.perf_counter() - started)
+                else:
+                    errors[outcome] = errors.get(outcome, 0) + 1
+
+        started = time.monotonic()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        elapsed = time.monotonic() - started
+    return {
+        "concurrency": concurrency,
+        "accepted": len(latencies),
+        "requests_per_s": round(len(latencies) / elapsed, 1),
+        "errors": sum(errors.values()),
+        "error_kinds": errors,
+        **latency_summary(latencies),
+    }
+
+
+async def intake_ramp(run: Run, url: str) -> tuple[list[dict], dict]:
+    """Raise concurrency until the accept rate stops growing (< 5%) or errors appear."""
+    levels: list[dict] = []
+    best: dict | None = None
+    for seed, concurrency in enumerate(run.args.concurrency, start=1):
+        result = await post_load(
+            url=url,
+            token=run.token(),
+            concurrency=concurrency,
+            duration_s=run.args.duration_s,
+            seed=seed,
+        )
+        levels.append(result)
+        print(
+            f"  intake c={concurrency}: {result['requests_per_s']} req/s, "
+            f"p99 {result['p99_ms']} ms, errors {result['errors']}",
+            flush=True,
+        )
+        if result["errors"]:
+            break
+        if best is not None and result["requests_per_s"] < best["requests_per_s"] * 1.05:
+            best = max(best, result, key=lambda r: r["requests_per_s"])
+            break
+        best = result
+    return levels, best or levels[0]
+
+
+async def end_to_end(run: Run, url: str, *, rate_per_s: float, duration_s: float) -> dict:
+    """Open loop at ``rate_per_s``: POST accepted → complaint.assigned record timestamp."""
+    topic = run.settings().topic(Topic.ROUTING.value)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=run.infra["KAFKA_BOOTSTRAP_SERVERS"], enable_auto_commit=False
+    )
+    await consumer.start()
+    partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or []]
+    if not partitions:
+        await consumer._client.force_metadata_update()
+        partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic)]
+    consumer.assign(partitions)
+    await consumer.seek_to_end(*partitions)
+    accepted_at: dict[str, float] = {}
+    assigned_at: dict[str, float] = {}
+    posting_done = asyncio.Event()
+    all_assigned = asyncio.Event()
+
+    async def collect() -> None:
+        while not all_assigned.is_set():
+            batches = await consumer.getmany(timeout_ms=200)
+            for records in batches.values():
+                for record in records:
+                    event = from_kafka_record(record.value, record.headers)
+                    if event.type == EventType.COMPLAINT_ASSIGNED:
+                        assigned_at[event.subject] = record.timestamp / 1000
+            if posting_done.is_set() and accepted_at.keys() <= assigned_at.keys():
+                all_assigned.set()
+
+    collector = asyncio.create_task(collect())
+    rng = random.Random(99)
+    headers = {"Authorization": f"Bearer {run.token()}"}
+    async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+
+        async def one(sequence: int) -> None:
+            response = await client.post(
+                "/v1/complaints", json=complaint_body(sequence, rng), headers=headers
+            )
+            if response.status_code == 201:
+                accepted_at[response.json()["id"]] = time.time()
+
+        interval = 1 / rate_per_s
+        started = time.monotonic()
+        tasks = []
+        sequence = 900_000_000
+        while time.monotonic() - started < duration_s:
+            sequence += 1
+            tasks.append(asyncio.create_task(one(sequence)))
+            next_at = started + len(tasks) * interval
+            await asyncio.sleep(max(0.0, next_at - time.monotonic()))
+        await asyncio.gather(*tasks)
+    posting_done.set()
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(all_assigned.wait(), timeout=30)
+    all_assigned.set()
+    await collector
+    await consumer.stop()
+    latencies = [
+        max(0.0, assigned_at[cid] - accepted)
+        for cid, accepted in accepted_at.items()
+        if cid in assigned_at
+    ]
+    return {
+        "rate_per_s": round(rate_per_s, 1),
+        "complaints": len(accepted_at),
+        "assigned": len(latencies),
+        **latency_summary(latencies),
+    }
+
+
+async def routing_drain(run: Run, *, replicas: int, events: int) -> dict:
+    """Pre-produce ``events`` complaint.received, then time ``replicas`` routing instances."""
+    suffix = f"drain{replicas}"
+    prefix = f"bench{run.run_id}{suffix}."
+    settings = run.settings().model_copy(update={"topic_prefix": prefix})
+    topic = settings.topic(Topic.INTAKE.value)
+    await ensure_topics(settings=settings, topics=[settings.topic(t.value) for t in Topic])
+    await seed_routing(run, database_suffix=suffix)
+    producer = EventProducer(settings=settings)
+    rng = random.Random(replicas)
+    pending = []
+    for sequence in range(events):
+        body = complaint_body(sequence, rng)
+        event = CloudEvent.new(
+            event_type=EventType.COMPLAINT_RECEIVED,
+            source="bench",
+            data=_received(str(uuid.uuid4()), body),
+        )
+        pending.append(await producer.send(event, topic=topic))
+    await asyncio.gather(*pending)
+    await producer.stop()
+    instances = [
+        Service("routing", PORTS["routing"] + 10 + index, run.env("routing", prefix, suffix))
+        for index in range(replicas)
+    ]
+    for instance in instances:
+        instance.start()
+    peak = 0
+    client = AsyncMongoClient(run.infra["MONGODB_URI"], tz_aware=True)
+    assignments = client[f"bench{run.run_id}{suffix}_routing"]["assignments"]
+    try:
+        deadline = time.monotonic() + run.args.drain_timeout_s
+        done = 0
+        while time.monotonic() < deadline:
+            done = await assignments.count_documents({})
+            peak = max(peak, *(peak_rss_kb(i.process.pid) for i in instances if i.process))
+            if done >= events:
+                break
+            await asyncio.sleep(0.5)
+        first = await assignments.find_one(sort=[("assigned_at", 1)])
+        last = await assignments.find_one(sort=[("assigned_at", -1)])
+    finally:
+        for instance in instances:
+            instance.stop()
+        await client.close()
+    span_s = (last["assigned_at"] - first["assigned_at"]).total_seconds() if first else 0
+    return {
+        "replicas": replicas,
+        "events": events,
+        "assigned": done,
+        "drain_s": round(span_s, 2),
+        "events_per_s": round(done / span_s, 1) if span_s else None,
+        "peak_rss_mb": round(peak / 1024, 1),
+    }
+
+
+async def soak(run: Run, url: str, services: list[Service], *, rate: float, seconds: float):
+    """Half load for ``seconds``; RSS after warm-up versus at the end."""
+    start_rss = {s.name: rss_kb(s.process.pid) for s in services if s.process}
+    result = await end_to_end(run, url, rate_per_s=rate, duration_s=seconds)
+    end_rss = {s.name: rss_kb(s.process.pid) for s in services if s.process}
+    growth = {
+        name: round(100 * (end_rss[name] - start_rss[name]) / start_rss[name], 1)
+        for name in start_rss
+    }
+    return {
+        "seconds": seconds,
+        "rate_per_s": rate,
+        "latency": result,
+        "rss_start_mb": {k: round(v / 1024, 1) for k, v in start_rss.items()},
+        "rss_end_mb": {k: round(v / 1024, 1) for k, v in end_rss.items()},
+        "rss_growth_pct": growth,
+    }
+
+
+# -------------------------------------------------------------------- report --
+
+
+def machine() -> dict[str, Any]:
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    versions = dict(
+        line.split("=", 1)
+        for line in (ROOT / "deploy" / "versions.env").read_text().splitlines()
+        if "=" in line and not line.startswith("#")
+    )
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+        "python": platform.python_version(),
+        "kafka": versions.get("KAFKA_VERSION"),
+        "secantusdb": versions.get("SECANTUSDB_VERSION"),
+        "kernel": platform.release(),
+    }
+
+
+def print_table(result: dict) -> None:
+    floor = result["raw_floor"]["ops_per_s"]
+    best = result["intake"]["max_sustained"]
+    ratio = best["requests_per_s"] / floor if floor else 0
+    drains = {d["replicas"]: d for d in result["routing_drain"]}
+    rows = [
+        (
+            "raw floor (insert + produce)",
+            f"{floor} ops/s",
+            f"c={result['raw_floor']['concurrency']}",
+        ),
+        (
+            "intake accept (max sustained)",
+            f"{best['requests_per_s']} req/s",
+            f"{ratio:.0%} of floor; p50/p95/p99 "
+            f"{best['p50_ms']}/{best['p95_ms']}/{best['p99_ms']} ms; errors {best['errors']}",
+        ),
+    ]
+    e2e = result["end_to_end"]
+    rows.append(
+        (
+            "received → assigned @ half rate",
+            f"p99 {e2e['p99_ms']} ms",
+            f"p50 {e2e['p50_ms']} / p95 {e2e['p95_ms']} ms at {e2e['rate_per_s']}/s",
+        )
+    )
+    for replicas, drain in sorted(drains.items()):
+        rows.append(
+            (
+                f"routing drain, {replicas} replica(s)",
+                f"{drain['events_per_s']} ev/s",
+                f"{drain['events']} events in {drain['drain_s']} s",
+            )
+        )
+    if 1 in drains and 2 in drains and drains[1]["events_per_s"]:
+        rows.append(
+            (
+                "two replicas / one",
+                f"{drains[2]['events_per_s'] / drains[1]['events_per_s']:.2f}x",
+                "",
+            )
+        )
+    for name, mb in result["peak_rss_mb"].items():
+        rows.append((f"peak RSS {name}", f"{mb} MB", ""))
+    if "soak" in result:
+        rows.append(("RSS growth over soak", json.dumps(result["soak"]["rss_growth_pct"]), ""))
+    width = max(len(row[0]) for row in rows)
+    print()
+    for label, value, note in rows:
+        print(f"{label:<{width}}  {value:>14}  {note}")
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--duration-s", type=float, default=10.0, help="per load level")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[4, 8, 16, 32, 64])
+    parser.add_argument("--backlog", type=int, default=10_000, help="events for the drain test")
+    parser.add_argument("--drain-timeout-s", type=float, default=600.0)
+    parser.add_argument("--soak-s", type=float, default=0.0, help="half-load soak (180 for RSS)")
+    parser.add_argument("--workers", type=int, default=int(os.environ.get("UVICORN_WORKERS", "1")))
+    parser.add_argument(
+        "--jwt-secret", default=os.environ.get("JWT_SECRET", "bench-secret-0123456789abcdef")
+    )
+    args = parser.parse_args()
+    run = Run(args=args, infra=infra_env())
+    print(
+        f"bench run {run.run_id}: services with {args.workers} uvicorn worker(s) each", flush=True
+    )
+    await ensure_topics(
+        settings=run.settings(), topics=[run.settings().topic(t.value) for t in Topic]
+    )
+    await seed_routing(run)
+    services = [Service(name, port, run.env(name)) for name, port in PORTS.items()]
+    result: dict[str, Any] = {
+        "started_at": datetime.now(UTC).isoformat(),
+        "machine": machine(),
+        "settings": {k: v for k, v in vars(args).items() if k != "jwt_secret"},
+    }
+    try:
+        for service in services:
+            service.start()
+        for service in services:
+            await service.wait_ready()
+        url = f"http://127.0.0.1:{PORTS['intake']}"
+        levels, best = await intake_ramp(run, url)
+        result["intake"] = {"levels": levels, "max_sustained": best}
+        print("  raw floor ...", flush=True)
+        result["raw_floor"] = await raw_floor(
+            run, concurrency=best["concurrency"], duration_s=args.duration_s
+        )
+        half = best["requests_per_s"] / 2
+        print(f"  end-to-end at {half:.1f}/s ...", flush=True)
+        result["end_to_end"] = await end_to_end(
+            run, url, rate_per_s=half, duration_s=args.duration_s
+        )
+        if args.soak_s:
+            print(f"  soak {args.soak_s}s at {half:.1f}/s ...", flush=True)
+            result["soak"] = await soak(run, url, services, rate=half, seconds=args.soak_s)
+        result["peak_rss_mb"] = {
+            s.name: round(peak_rss_kb(s.process.pid) / 1024, 1) for s in services if s.process
+        }
+    finally:
+        for service in services:
+            service.stop()
+    result["peak_rss_mb"].update(
+        {name: round(peak_rss_kb(pid) / 1024, 1) for name, pid in infra_pids().items()}
+    )
+    drains = []
+    for replicas in (1, 2):
+        print(f"  routing drain of {args.backlog} events, {replicas} replica(s) ...", flush=True)
+        drains.append(await routing_drain(run, replicas=replicas, events=args.backlog))
+    result["routing_drain"] = drains
+    result["ratios"] = {
+        "intake_over_floor": round(best["requests_per_s"] / result["raw_floor"]["ops_per_s"], 3),
+        "two_replicas_over_one": (
+            round(drains[1]["events_per_s"] / drains[0]["events_per_s"], 3)
+            if drains[0]["events_per_s"] and drains[1]["events_per_s"]
+            else None
+        ),
+    }
+    await drop_run_databases(run)
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / f"bench-{datetime.now(UTC):%Y%m%dT%H%M%SZ}.json"
+    path.write_text(json.dumps(result, indent=2, ensure_ascii=False))
+    print_table(result)
+    print(f"\nwritten: {path.relative_to(ROOT)}")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

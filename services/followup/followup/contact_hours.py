@@ -1,0 +1,124 @@
+"""When customers may be called: contact hours per branch, in the branch's time zone.
+
+Follow-up cannot read routing's directory, so it keeps its own contact-hours
+configuration per branch (service defaults from the settings, overridden per
+branch through ``PUT /v1/followups/contact-hours/{branch}``) and evaluates it
+with the shared business calendar, the same arithmetic (public holidays, 调休
+make-up days, the organisation's closed days) routing uses for SLA clocks.
+"""
+
+from __future__ import annotations
+
+from datetime import date, datetime, time, timedelta
+from functools import cached_property, lru_cache
+
+import holidays
+
+from complaints_shared.business_calendar import BusinessCalendar
+from followup.models import CheckRule, ContactHours
+from followup.settings import FollowupSettings
+
+SATURDAY = 5
+
+
+def _nearest_weekday(day: date, *, step: int) -> date:
+    day += timedelta(days=step)
+    while day.weekday() >= SATURDAY:
+        day += timedelta(days=step)
+    return day
+
+
+class ContactCalendar(BusinessCalendar):
+    """A business calendar that also closes weekend days inside a run of public holidays.
+
+    The holiday tables list only the weekdays of a holiday period, which is all an
+    office calendar needs; contact hours often include weekends, and the Sunday in
+    the middle of Golden Week is no day to call a customer either.
+    """
+
+    @cached_property
+    def _holiday_table(self) -> holidays.HolidayBase | None:
+        if self.country is None:
+            return None
+        return holidays.country_holidays(self.country, subdiv=self.subdivision)
+
+    def is_working_day(self, day: date) -> bool:
+        return super().is_working_day(day) and not self._weekend_inside_holidays(day)
+
+    def _weekend_inside_holidays(self, day: date) -> bool:
+        table = self._holiday_table
+        if table is None or day.weekday() < SATURDAY or day in self.working_days:
+            return False
+        before, after = _nearest_weekday(day, step=-1), _nearest_weekday(day, step=1)
+        return before in table and after in table
+
+
+def default_contact_hours(settings: FollowupSettings) -> ContactHours:
+    """The contact hours of every branch without its own configuration."""
+    return ContactHours(
+        time_zone=settings.contact_time_zone,
+        start=settings.contact_hours_start,
+        end=settings.contact_hours_end,
+        weekdays=settings.contact_weekdays,
+        holiday_country=settings.contact_holiday_country,
+    )
+
+
+def calendar_of(hours: ContactHours) -> ContactCalendar:
+    """The business calendar for ``hours`` (cached: holiday tables are costly to build)."""
+    return _calendar(
+        time_zone=hours.time_zone,
+        start=hours.start,
+        end=hours.end,
+        weekdays=tuple(sorted(day.index for day in hours.weekdays)),
+        country=hours.holiday_country,
+        subdivision=hours.holiday_subdivision,
+        closed_days=frozenset(hours.closed_days),
+        working_days=frozenset(hours.working_days),
+    )
+
+
+@lru_cache(maxsize=256)
+def _calendar(
+    *,
+    time_zone: str,
+    start: time,
+    end: time,
+    weekdays: tuple[int, ...],
+    country: str | None,
+    subdivision: str | None,
+    closed_days: frozenset,
+    working_days: frozenset,
+) -> ContactCalendar:
+    return ContactCalendar(
+        time_zone=time_zone,
+        hours={weekday: [(start, end)] for weekday in weekdays},
+        country=country,
+        subdivision=subdivision,
+        closed_days=closed_days,
+        working_days=working_days,
+        # A make-up working day (调休) on a day without contact hours borrows the first day's.
+        working_day_template=weekdays[0],
+    )
+
+
+def next_contact_moment(*, hours: ContactHours, at: datetime) -> datetime:
+    """``at`` itself when customers may be called then, else the next moment they may (UTC)."""
+    return calendar_of(hours).next_open(at)
+
+
+def check_due_times(
+    *, resolved_at: datetime, checks: list[CheckRule], hours: ContactHours
+) -> list[datetime]:
+    """Due time of each check: its offset after resolution, moved into contact hours."""
+    return [
+        next_contact_moment(hours=hours, at=resolved_at + timedelta(hours=rule.after_hours))
+        for rule in checks
+    ]
+
+
+def next_attempt_at(
+    *, attempted_at: datetime, spacing_hours: float, hours: ContactHours
+) -> datetime:
+    """When to call again after an unreached attempt."""
+    return next_contact_moment(hours=hours, at=attempted_at + timedelta(hours=spacing_hours))

@@ -1,0 +1,164 @@
+"""The satisfaction check's state machine: one function decides every state change.
+
+```
+scheduled ──due time──▶ due ──claim──▶ in_progress ──reached──▶ completed
+    ▲                    ▲                  │  └──unreached, last──▶ completed (no_response)
+    │                    └─lease expired────┤
+    └──────────unreached, more attempts─────┘
+scheduled / due / in_progress ──reopen, withdraw, admin close──▶ cancelled
+```
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from complaints_shared.events import FollowupOutcome
+from followup.models import CheckStatus
+
+
+class Command(StrEnum):
+    """What can happen to a check, from the scheduler, an agent or a consumed event."""
+
+    BECOME_DUE = "become_due"
+    CLAIM = "claim"
+    RELEASE = "release"
+    EXPIRE_CLAIM = "expire_claim"
+    RETRY_LATER = "retry_later"
+    GIVE_UP = "give_up"
+    RECORD_REACHED = "record_reached"
+    RECORD_OUTCOME = "record_outcome"
+    CANCEL = "cancel"
+
+
+_OPEN = frozenset({CheckStatus.SCHEDULED, CheckStatus.DUE, CheckStatus.IN_PROGRESS})
+
+# command -> (statuses it is legal from, resulting status)
+_RULES: dict[Command, tuple[frozenset[CheckStatus], CheckStatus]] = {
+    Command.BECOME_DUE: (frozenset({CheckStatus.SCHEDULED}), CheckStatus.DUE),
+    Command.CLAIM: (frozenset({CheckStatus.DUE, CheckStatus.IN_PROGRESS}), CheckStatus.IN_PROGRESS),
+    Command.RELEASE: (frozenset({CheckStatus.IN_PROGRESS}), CheckStatus.DUE),
+    Command.EXPIRE_CLAIM: (frozenset({CheckStatus.IN_PROGRESS}), CheckStatus.DUE),
+    Command.RETRY_LATER: (frozenset({CheckStatus.IN_PROGRESS}), CheckStatus.SCHEDULED),
+    Command.GIVE_UP: (frozenset({CheckStatus.IN_PROGRESS}), CheckStatus.COMPLETED),
+    Command.RECORD_REACHED: (frozenset({CheckStatus.IN_PROGRESS}), CheckStatus.COMPLETED),
+    # The outcome shortcut predates claims: it works on any open check nobody else holds.
+    Command.RECORD_OUTCOME: (_OPEN, CheckStatus.COMPLETED),
+    Command.CANCEL: (_OPEN, CheckStatus.CANCELLED),
+}
+
+# Commands only the agent holding the claim may give.
+_HOLDER_ONLY = frozenset(
+    {Command.RELEASE, Command.RETRY_LATER, Command.GIVE_UP, Command.RECORD_REACHED}
+)
+
+
+@dataclass(frozen=True)
+class CheckState:
+    """The part of a stored check the state machine looks at."""
+
+    status: CheckStatus
+    due_at: datetime
+    claimed_by: str | None = None
+    claim_lease_until: datetime | None = None
+
+    @classmethod
+    def of(cls, document: dict[str, Any]) -> CheckState:
+        return cls(
+            status=CheckStatus(document["status"]),
+            due_at=document["due_at"],
+            claimed_by=document.get("claimed_by"),
+            claim_lease_until=document.get("claim_lease_until"),
+        )
+
+    def lease_live(self, now: datetime) -> bool:
+        return self.claim_lease_until is not None and self.claim_lease_until > now
+
+
+class InvalidTransition(Exception):
+    def __init__(self, *, current: CheckStatus, command: Command, reason: str = "") -> None:
+        detail = reason or f"cannot {command.value} a check that is {current.value}"
+        super().__init__(detail)
+        self.current = current
+        self.command = command
+
+
+class NotDueYet(InvalidTransition):
+    """A scheduled check cannot be claimed before its due time."""
+
+    def __init__(self, *, due_at: datetime) -> None:
+        super().__init__(
+            current=CheckStatus.SCHEDULED,
+            command=Command.CLAIM,
+            reason=f"the check is not due until {due_at.isoformat()}",
+        )
+        self.due_at = due_at
+
+
+class ClaimHeld(InvalidTransition):
+    """Another agent holds the claim (or the caller does not hold it)."""
+
+    def __init__(
+        self,
+        *,
+        current: CheckStatus,
+        command: Command,
+        holder: str | None,
+        lease_until: datetime | None,
+    ) -> None:
+        reason = (
+            f"claimed by {holder} until {lease_until.isoformat()}"
+            if holder and lease_until
+            else f"{command.value} needs the caller's claim on the check: claim it first"
+        )
+        super().__init__(current=current, command=command, reason=reason)
+        self.holder = holder
+        self.lease_until = lease_until
+
+
+def transition(*, state: CheckState, command: Command, actor: str, now: datetime) -> CheckStatus:
+    """Return the status after ``command`` by ``actor`` at ``now``, or raise InvalidTransition."""
+    if command is Command.CLAIM and state.status is CheckStatus.SCHEDULED:
+        raise NotDueYet(due_at=state.due_at)
+    if command in _HOLDER_ONLY and state.status in {CheckStatus.SCHEDULED, CheckStatus.DUE}:
+        raise ClaimHeld(current=state.status, command=command, holder=None, lease_until=None)
+    allowed_from, target = _RULES[command]
+    if state.status not in allowed_from:
+        raise InvalidTransition(current=state.status, command=command)
+    if command is Command.BECOME_DUE and state.due_at > now:
+        raise InvalidTransition(current=state.status, command=command, reason="not due yet")
+    if command is Command.EXPIRE_CLAIM and state.lease_live(now):
+        raise InvalidTransition(current=state.status, command=command, reason="lease still live")
+    if command in _HOLDER_ONLY | {Command.CLAIM, Command.RECORD_OUTCOME}:
+        _check_claim(state=state, command=command, actor=actor, now=now)
+    return target
+
+
+def _check_claim(*, state: CheckState, command: Command, actor: str, now: datetime) -> None:
+    if state.status is not CheckStatus.IN_PROGRESS or state.claimed_by == actor:
+        return
+    live = state.lease_live(now)
+    # A holder whose lease ran out may still finish, until someone else claims the check;
+    # anyone may take over (or record the outcome of) a check whose lease ran out.
+    if command in _HOLDER_ONLY or live:
+        raise ClaimHeld(
+            current=state.status,
+            command=command,
+            holder=state.claimed_by if live else None,
+            lease_until=state.claim_lease_until if live else None,
+        )
+
+
+def unreached_command(*, attempt_number: int, max_attempts: int) -> Command:
+    """After an unreached call: try again later, or give up when this was the last attempt."""
+    return Command.GIVE_UP if attempt_number >= max_attempts else Command.RETRY_LATER
+
+
+def judge(*, score: int, problem_solved: bool, threshold: int) -> FollowupOutcome:
+    """Satisfied needs both a good score and the problem really solved."""
+    if score >= threshold and problem_solved:
+        return FollowupOutcome.SATISFIED
+    return FollowupOutcome.UNSATISFIED

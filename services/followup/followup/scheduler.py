@@ -1,0 +1,83 @@
+"""Durable timers of follow-up: scheduled checks become due, abandoned claims expire.
+
+Due times live in MongoDB (indexed by status and due time), so a restart loses
+none. Each replica polls every ``scheduler_poll_interval_s``, takes one due
+check at a time under a lease (a replica that dies mid-way loses its lease and
+another one takes over), and fires it with a version-conditional write, so a
+check fires once however many replicas run. Time is ``runtime.clock.now()``:
+business deadlines are compared, never slept on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import datetime
+
+from complaints_shared.logs import get_logger
+from complaints_shared.runtime import Runtime
+from complaints_shared.timing import wait_event
+from followup import store
+from followup.settings import FollowupSettings
+
+log = get_logger(__name__)
+
+
+class CheckScheduler:
+    """One replica's scheduler loop; ``stop()`` ends it after the pass in progress."""
+
+    def __init__(self, *, settings: FollowupSettings) -> None:
+        self._settings = settings
+        self._owner = f"{settings.service_name}-{uuid.uuid4().hex[:8]}"
+        self._stopping = asyncio.Event()
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    async def run_scheduler(self, runtime: Runtime) -> None:
+        """The background job: a pass, then wait for the next poll (or for stop)."""
+        while not self._stopping.is_set():
+            try:
+                await self.run_once(runtime)
+            except Exception as exc:  # Mongo away or similar: keep the timers alive
+                log.error("followup_scheduler_error", error=repr(exc))
+            await wait_event(self._stopping, timeout_s=self._settings.scheduler_poll_interval_s)
+
+    async def run_once(self, runtime: Runtime) -> tuple[int, int]:
+        """Fire due checks and expire abandoned claims; how many of each."""
+        now = runtime.clock.now()
+        fired = await self._fire_due(runtime, now=now)
+        expired = await self._expire_claims(runtime, now=now)
+        if fired or expired:
+            log.info("followup_scheduler_pass", fired=fired, claims_expired=expired)
+        return fired, expired
+
+    async def _fire_due(self, runtime: Runtime, *, now: datetime) -> int:
+        fired = 0
+        for _ in range(self._settings.scheduler_batch_size):
+            if self._stopping.is_set():
+                break
+            followup_id = await store.lease_due_check(
+                db=runtime.db, owner=self._owner, now=now, lease_s=self._settings.scheduler_lease_s
+            )
+            if followup_id is None:
+                break
+            fired += await store.fire_due_check(
+                db=runtime.db,
+                settings=self._settings,
+                followup_id=followup_id,
+                owner=self._owner,
+                now=now,
+            )
+        return fired
+
+    async def _expire_claims(self, runtime: Runtime, *, now: datetime) -> int:
+        expired = 0
+        followup_ids = await store.expired_claims(
+            db=runtime.db, now=now, limit=self._settings.scheduler_batch_size
+        )
+        for followup_id in followup_ids:
+            expired += await store.expire_claim(
+                db=runtime.db, settings=self._settings, followup_id=followup_id, now=now
+            )
+        return expired

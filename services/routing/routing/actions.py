@@ -1,0 +1,355 @@
+"""What supervisors do to an assignment: reassign, escalate, set responsibility, file the report.
+
+Each is one ``store.change`` with its event, so the record and the announcement
+cannot disagree; a reassignment moves the owner slot in the same write, which
+keeps both owners' loads right.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pymongo.asynchronous.database import AsyncDatabase
+
+from complaints_shared.auth import Principal
+from complaints_shared.events import (
+    ComplaintReassigned,
+    ComplaintResponsibilitySet,
+    EventType,
+    SlaClock,
+)
+from complaints_shared.mongo import merge_updates
+from complaints_shared.problems import not_found
+from routing import directory_store, lifecycle, sla, store
+from routing.errors import conflict, invalid
+from routing.models import (
+    ACTIVE_STATUSES,
+    AssignmentRead,
+    AssignmentStatus,
+    ClockState,
+    DepartmentRead,
+    EscalateRequest,
+    ReassignRequest,
+    RegulatoryReportRequest,
+    ResponsibilityRequest,
+    StaffRead,
+    StaffStatus,
+)
+from routing.settings import RoutingSettings
+from routing.store import ConcurrentChange, Decision
+
+ACTIVE = {status.value for status in ACTIVE_STATUSES}
+
+
+async def _changed(**kwargs: Any) -> dict[str, Any]:
+    try:
+        document = await store.change(**kwargs)
+    except ConcurrentChange as exc:
+        raise store.concurrent_problem(exc) from None
+    if document is None:
+        raise not_found(what="assignment", identifier=kwargs["complaint_id"])
+    return document
+
+
+async def _target_department(
+    *, db: AsyncDatabase, org: str, request: ReassignRequest, owner: StaffRead | None
+) -> DepartmentRead:
+    department_id = request.department or (owner.department_id if owner else None)
+    assert department_id is not None  # the request model demands owner_id or department
+    department = await directory_store.find_department(db=db, org=org, department_id=department_id)
+    if department is None or not department.active:
+        raise invalid("department", f"unknown or inactive department {department_id!r}")
+    return department
+
+
+def _require_visible(principal: Principal, *, branch: str, what: str, identifier: str) -> None:
+    # Naming another branch's people or departments must not reveal that they exist.
+    if not principal.can_see(org=principal.org, branch=branch):
+        raise not_found(what=what, identifier=identifier)
+
+
+async def _target_owner(
+    *, db: AsyncDatabase, principal: Principal, request: ReassignRequest
+) -> StaffRead | None:
+    if request.owner_id is None:
+        return None
+    owner = await directory_store.find_staff(db=db, org=principal.org, staff_id=request.owner_id)
+    if owner is None:
+        raise invalid("owner_id", f"unknown staff member {request.owner_id!r}")
+    _require_visible(principal, branch=owner.branch, what="staff member", identifier=owner.id)
+    if owner.status is not StaffStatus.ACTIVE:
+        raise invalid("owner_id", f"{request.owner_id} is {owner.status.value}: no new work")
+    if request.department is not None and owner.department_id != request.department:
+        raise invalid("owner_id", f"{request.owner_id} works in {owner.department_id}")
+    return owner
+
+
+async def reassign(
+    *,
+    db: AsyncDatabase,
+    settings: RoutingSettings,
+    principal: Principal,
+    complaint_id: str,
+    request: ReassignRequest,
+    now: datetime,
+) -> AssignmentRead:
+    """Transfer to a named person, or to a department where it is that owner's turn."""
+    await store.get_visible(db=db, principal=principal, complaint_id=complaint_id)
+    owner = await _target_owner(db=db, principal=principal, request=request)
+    department = await _target_department(db=db, org=principal.org, request=request, owner=owner)
+    _require_visible(
+        principal, branch=department.branch, what="department", identifier=department.id
+    )
+    previous: list[dict[str, Any]] = []
+
+    async def decide(current: dict[str, Any]) -> Decision:
+        previous.clear()
+        if current["status"] not in ACTIVE:
+            raise conflict(
+                f"complaint {complaint_id} is {current['status']}; only open or queued work moves",
+                kind="invalid-transition",
+            )
+        if owner is not None and owner.id == current.get("owner_id"):
+            raise conflict(f"complaint {complaint_id} is already with {owner.id}")
+        same_department = department.id == current["department"]
+        if owner is not None:
+            choice = await store.forced_owner(db=db, org=principal.org, staff=owner)
+        else:
+            choice = await store.pick_owner(
+                db=db,
+                org=principal.org,
+                department_id=department.id,
+                required_skill=current.get("required_skill") if same_department else None,
+                exclude=frozenset({current.get("owner_id") or ""}),
+            )
+        previous.append(current)
+        return _reassignment(current, department, choice, principal, request.reason, now)
+
+    document = await _changed(
+        db=db,
+        settings=settings,
+        complaint_id=complaint_id,
+        decide=decide,
+        now=now,
+        scope=principal.scope_filter(),
+    )
+    if document.get("owner_id"):
+        await directory_store.touch_last_assigned(
+            db=db, org=principal.org, staff_id=document["owner_id"], at=now
+        )
+    for current in previous:
+        await lifecycle.offer_freed_capacity(db=db, settings=settings, previous=current, now=now)
+    return store.to_read(document)
+
+
+def _reassignment(
+    current: dict[str, Any],
+    department: DepartmentRead,
+    choice: store.OwnerChoice | None,
+    principal: Principal,
+    reason: str,
+    now: datetime,
+) -> Decision:
+    set_fields: dict[str, Any] = {
+        "department": department.id,
+        "department_name": department.name,
+        "owner_id": choice.staff.id if choice else None,
+        "owner_name": choice.staff.name if choice else None,
+    }
+    if choice is None:
+        set_fields.update(status=AssignmentStatus.QUEUED.value, queued_at=now)
+        slot_update = store.FREE_SLOT
+    else:
+        set_fields.update(status=AssignmentStatus.OPEN.value, assigned_at=now)
+        set_fields.update(store.slot_fields(current["org"], choice.staff.id, choice.slot))
+        slot_update = {}
+    if department.id != current["department"]:
+        set_fields["required_skill"] = None
+    moved = {**current, **set_fields}
+    reassigned = ComplaintReassigned(
+        complaint_id=current["_id"],
+        org=current["org"],
+        branch=current["branch"],
+        from_department=current["department"],
+        from_owner_id=current.get("owner_id"),
+        department=department.id,
+        department_name=department.name,
+        owner_id=set_fields["owner_id"],
+        owner_name=set_fields["owner_name"],
+        reason=reason,
+        reassigned_by=principal.subject,
+        reassigned_at=now,
+    )
+    events = [(EventType.COMPLAINT_REASSIGNED, reassigned)]
+    if choice is None:
+        events.append((EventType.COMPLAINT_QUEUED, store.queued_event(moved)))
+    update = merge_updates(
+        {"$set": set_fields},
+        slot_update,
+        store.history(
+            at=now,
+            action="reassigned",
+            actor=principal.subject,
+            reason=reason,
+            from_owner_id=current.get("owner_id"),
+            owner_id=set_fields["owner_id"],
+            department=department.id,
+        ),
+    )
+    return update, events
+
+
+async def escalate(
+    *,
+    db: AsyncDatabase,
+    settings: RoutingSettings,
+    principal: Principal,
+    complaint_id: str,
+    request: EscalateRequest,
+    now: datetime,
+) -> AssignmentRead:
+    """One rung up the handling department's chain, by hand."""
+    visible = await store.get_visible(db=db, principal=principal, complaint_id=complaint_id)
+    targets = await store.escalation_targets(
+        db=db, org=principal.org, department_id=visible["department"]
+    )
+
+    async def decide(current: dict[str, Any]) -> Decision:
+        if current["status"] not in ACTIVE:
+            raise conflict(
+                f"complaint {complaint_id} is {current['status']}; finished work is not escalated",
+                kind="invalid-transition",
+            )
+        update, events = store.escalate_one_level(
+            current,
+            targets=targets,
+            reason="manual",
+            by=principal.subject,
+            at=now,
+            note=request.reason,
+        )
+        if not events:
+            raise conflict(
+                f"complaint {complaint_id} is already at the top of {current['department']}'s chain"
+            )
+        history = store.history(
+            at=now, action="escalated", actor=principal.subject, note=request.reason
+        )
+        return merge_updates(update, history), events
+
+    document = await _changed(
+        db=db,
+        settings=settings,
+        complaint_id=complaint_id,
+        decide=decide,
+        now=now,
+        scope=principal.scope_filter(),
+    )
+    return store.to_read(document)
+
+
+async def set_responsibility(
+    *,
+    db: AsyncDatabase,
+    settings: RoutingSettings,
+    principal: Principal,
+    complaint_id: str,
+    request: ResponsibilityRequest,
+    now: datetime,
+) -> AssignmentRead:
+    """责任部门 set by a supervisor; reported apart from the handling department."""
+    await store.get_visible(db=db, principal=principal, complaint_id=complaint_id)
+    department = await directory_store.find_department(
+        db=db, org=principal.org, department_id=request.responsible_department
+    )
+    if department is None:
+        raise invalid(
+            "responsible_department", f"unknown department {request.responsible_department!r}"
+        )
+    _require_visible(
+        principal, branch=department.branch, what="department", identifier=department.id
+    )
+
+    async def decide(current: dict[str, Any]) -> Decision:
+        party = request.responsible_party
+        event = ComplaintResponsibilitySet(
+            complaint_id=current["_id"],
+            org=current["org"],
+            branch=current["branch"],
+            responsible_department=department.id,
+            responsible_party=party,
+            set_by=principal.subject,
+            set_at=now,
+        )
+        update = merge_updates(
+            {
+                "$set": {
+                    "responsible_department": department.id,
+                    "responsible_party": party.value if party else None,
+                }
+            },
+            store.history(
+                at=now,
+                action="responsibility_set",
+                actor=principal.subject,
+                department=department.id,
+            ),
+        )
+        return update, [(EventType.COMPLAINT_RESPONSIBILITY_SET, event)]
+
+    document = await _changed(
+        db=db,
+        settings=settings,
+        complaint_id=complaint_id,
+        decide=decide,
+        now=now,
+        scope=principal.scope_filter(),
+    )
+    return store.to_read(document)
+
+
+async def file_regulatory_report(
+    *,
+    db: AsyncDatabase,
+    settings: RoutingSettings,
+    principal: Principal,
+    complaint_id: str,
+    request: RegulatoryReportRequest,
+    now: datetime,
+) -> AssignmentRead:
+    """The report reached the authority: its deadline timer stops."""
+
+    async def decide(current: dict[str, Any]) -> Decision:
+        clocks = sla.load_clocks(current.get("clocks"))
+        report = clocks.get(SlaClock.REGULATORY_REPORT.value)
+        if report is None:
+            raise conflict(f"complaint {complaint_id} carries no regulatory report deadline")
+        if report.state is ClockState.STOPPED:
+            return None
+        clocks[SlaClock.REGULATORY_REPORT.value] = sla.stop_clock(report, at=now)
+        update = merge_updates(
+            {
+                "$set": {
+                    **store.clock_fields(clocks),
+                    "regulatory_report_reference": request.reference,
+                }
+            },
+            store.history(
+                at=now,
+                action="regulatory_report_filed",
+                actor=principal.subject,
+                reference=request.reference,
+            ),
+        )
+        return update, []
+
+    document = await _changed(
+        db=db,
+        settings=settings,
+        complaint_id=complaint_id,
+        decide=decide,
+        now=now,
+        scope=principal.scope_filter(),
+    )
+    return store.to_read(document)

@@ -1,0 +1,243 @@
+"""HTTP routes of the directory (admin): branches, departments, staff."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request, status
+
+from complaints_shared.auth import CurrentPrincipal, Principal, Role, require_role
+from complaints_shared.runtime import Runtime
+from routing import audit, directory_store, store
+from routing.errors import forbidden
+from routing.models import (
+    BranchCreate,
+    BranchRead,
+    BranchUpdate,
+    DeactivationReport,
+    DepartmentCreate,
+    DepartmentRead,
+    DepartmentUpdate,
+    StaffCreate,
+    StaffRead,
+    StaffStatus,
+    StaffUpdate,
+)
+
+router = APIRouter(prefix="/v1/directory", tags=["directory"])
+
+
+def _admin(request: Request, principal: Principal, action: str) -> Runtime:
+    require_role(principal, Role.ADMIN, action=action)
+    return request.app.state.runtime
+
+
+async def _staff_read(runtime: Runtime, document: dict[str, Any]) -> StaffRead:
+    loads = await store.open_loads(db=runtime.db, org=document["org"], staff_ids=[document["id"]])
+    return directory_store.staff_read(document, open_load=loads[document["id"]])
+
+
+async def _offer_queue(runtime: Runtime, *, org: str, department_id: str) -> None:
+    """Someone new, more capacity, back from leave: queued work may fit now."""
+    assigned = await store.drain_queue(
+        db=runtime.db,
+        settings=runtime.settings,
+        org=org,
+        department_id=department_id,
+        now=runtime.clock.now(),
+    )
+    if assigned:
+        runtime.relay.notify()
+
+
+# ------------------------------------------------------------------ branches --
+
+
+@router.post("/branches", status_code=status.HTTP_201_CREATED, response_model=BranchRead)
+async def create_branch(
+    body: BranchCreate, request: Request, principal: CurrentPrincipal
+) -> BranchRead:
+    runtime = _admin(request, principal, "creating a branch")
+    return await directory_store.create_branch(
+        db=runtime.db, principal=principal, body=body, now=runtime.clock.now()
+    )
+
+
+@router.get("/branches", response_model=list[BranchRead])
+async def list_branches(
+    request: Request, principal: CurrentPrincipal, include_inactive: bool = False
+) -> list[BranchRead]:
+    runtime = _admin(request, principal, "listing branches")
+    return await directory_store.list_branches(
+        db=runtime.db, principal=principal, include_inactive=include_inactive
+    )
+
+
+@router.get("/branches/{code}", response_model=BranchRead)
+async def get_branch(code: str, request: Request, principal: CurrentPrincipal) -> BranchRead:
+    runtime = _admin(request, principal, "reading a branch")
+    return await directory_store.get_branch(db=runtime.db, principal=principal, code=code)
+
+
+@router.patch("/branches/{code}", response_model=BranchRead)
+async def update_branch(
+    code: str, body: BranchUpdate, request: Request, principal: CurrentPrincipal
+) -> BranchRead:
+    runtime = _admin(request, principal, "changing a branch")
+    return await directory_store.update_branch(
+        db=runtime.db, principal=principal, code=code, body=body, now=runtime.clock.now()
+    )
+
+
+@router.post("/branches/{code}/deactivate", response_model=DeactivationReport)
+async def deactivate_branch(
+    code: str, request: Request, principal: CurrentPrincipal
+) -> DeactivationReport:
+    runtime = _admin(request, principal, "deactivating a branch")
+    await directory_store.deactivate_branch(
+        db=runtime.db, principal=principal, code=code, now=runtime.clock.now()
+    )
+    work = await store.open_work(db=runtime.db, query={"org": principal.org, "branch": code})
+    return DeactivationReport(deactivated=code, open_work=work)
+
+
+# --------------------------------------------------------------- departments --
+
+
+@router.post("/departments", status_code=status.HTTP_201_CREATED, response_model=DepartmentRead)
+async def create_department(
+    body: DepartmentCreate, request: Request, principal: CurrentPrincipal
+) -> DepartmentRead:
+    runtime = _admin(request, principal, "creating a department")
+    return await directory_store.create_department(
+        db=runtime.db, principal=principal, body=body, now=runtime.clock.now()
+    )
+
+
+@router.get("/departments", response_model=list[DepartmentRead])
+async def list_departments(
+    request: Request,
+    principal: CurrentPrincipal,
+    branch: str | None = None,
+    include_inactive: bool = False,
+) -> list[DepartmentRead]:
+    runtime = _admin(request, principal, "listing departments")
+    return await directory_store.list_departments(
+        db=runtime.db, principal=principal, branch=branch, include_inactive=include_inactive
+    )
+
+
+@router.get("/departments/{department_id}", response_model=DepartmentRead)
+async def get_department(
+    department_id: str, request: Request, principal: CurrentPrincipal
+) -> DepartmentRead:
+    runtime = _admin(request, principal, "reading a department")
+    return await directory_store.get_department(
+        db=runtime.db, principal=principal, department_id=department_id
+    )
+
+
+@router.patch("/departments/{department_id}", response_model=DepartmentRead)
+async def update_department(
+    department_id: str, body: DepartmentUpdate, request: Request, principal: CurrentPrincipal
+) -> DepartmentRead:
+    runtime = _admin(request, principal, "changing a department")
+    return await directory_store.update_department(
+        db=runtime.db,
+        principal=principal,
+        department_id=department_id,
+        body=body,
+        now=runtime.clock.now(),
+    )
+
+
+@router.post("/departments/{department_id}/deactivate", response_model=DeactivationReport)
+async def deactivate_department(
+    department_id: str, request: Request, principal: CurrentPrincipal
+) -> DeactivationReport:
+    runtime = _admin(request, principal, "deactivating a department")
+    await directory_store.deactivate_department(
+        db=runtime.db, principal=principal, department_id=department_id, now=runtime.clock.now()
+    )
+    work = await store.open_work(
+        db=runtime.db, query={"org": principal.org, "department": department_id}
+    )
+    return DeactivationReport(deactivated=department_id, open_work=work)
+
+
+# --------------------------------------------------------------------- staff --
+
+
+@router.post("/staff", status_code=status.HTTP_201_CREATED, response_model=StaffRead)
+async def create_staff(
+    body: StaffCreate, request: Request, principal: CurrentPrincipal
+) -> StaffRead:
+    runtime = _admin(request, principal, "adding a staff member")
+    created = await directory_store.create_staff(
+        db=runtime.db, principal=principal, body=body, now=runtime.clock.now()
+    )
+    await _offer_queue(runtime, org=principal.org, department_id=created.department_id)
+    return created
+
+
+@router.get("/staff", response_model=list[StaffRead])
+async def list_staff(
+    request: Request,
+    principal: CurrentPrincipal,
+    branch: str | None = None,
+    department: str | None = None,
+    status: StaffStatus | None = None,
+) -> list[StaffRead]:
+    runtime = _admin(request, principal, "listing staff")
+    documents = await directory_store.list_staff(
+        db=runtime.db, principal=principal, branch=branch, department=department, status=status
+    )
+    loads = await store.open_loads(
+        db=runtime.db, org=principal.org, staff_ids=[doc["id"] for doc in documents]
+    )
+    return [directory_store.staff_read(doc, open_load=loads[doc["id"]]) for doc in documents]
+
+
+@router.get("/staff/{staff_id}", response_model=StaffRead)
+async def get_staff(staff_id: str, request: Request, principal: CurrentPrincipal) -> StaffRead:
+    runtime = _admin(request, principal, "reading a staff member")
+    document = await directory_store.get_staff_document(
+        db=runtime.db, principal=principal, staff_id=staff_id
+    )
+    return await _staff_read(runtime, document)
+
+
+@router.patch("/staff/{staff_id}", response_model=StaffRead)
+async def update_staff(
+    staff_id: str, body: StaffUpdate, request: Request, principal: CurrentPrincipal
+) -> StaffRead:
+    runtime = _admin(request, principal, "changing a staff member")
+    document = await directory_store.update_staff(
+        db=runtime.db, principal=principal, staff_id=staff_id, body=body, now=runtime.clock.now()
+    )
+    await _offer_queue(runtime, org=principal.org, department_id=document["department_id"])
+    return await _staff_read(runtime, document)
+
+
+@router.post("/staff/{staff_id}/deactivate", response_model=DeactivationReport)
+async def deactivate_staff(
+    staff_id: str, request: Request, principal: CurrentPrincipal
+) -> DeactivationReport:
+    """No new work from now on; the open work still with the person is reported."""
+    runtime = _admin(request, principal, "deactivating a staff member")
+    await directory_store.deactivate_staff(
+        db=runtime.db, principal=principal, staff_id=staff_id, now=runtime.clock.now()
+    )
+    work = await store.open_work(db=runtime.db, query={"org": principal.org, "owner_id": staff_id})
+    return DeactivationReport(deactivated=staff_id, open_work=work)
+
+
+@router.get("/audit", summary="Changes to one directory entry, newest first")
+async def audit_trail(
+    entity: str, entity_id: str, request: Request, principal: CurrentPrincipal
+) -> list[dict[str, Any]]:
+    runtime = _admin(request, principal, "reading the audit trail")
+    if not principal.all_branches:
+        # Entries of every branch sit in one trail; a branch-scoped token sees none of it.
+        raise forbidden("the audit trail needs a token for all branches of the organisation")
+    return await audit.history(db=runtime.db, org=principal.org, entity=entity, entity_id=entity_id)

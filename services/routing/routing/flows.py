@@ -1,0 +1,270 @@
+"""Routing decisions as pure functions: which rule, which department, whose turn, which clocks.
+
+The store loads the data and persists the outcome; everything that decides
+lives here so the real assignment and ``POST /v1/routing/simulate`` take the
+same path and a simulation can never drift from what would really happen.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from complaints_shared.business_calendar import BusinessCalendar
+from complaints_shared.events import ComplaintReceived, Severity, SlaClock
+from routing import sla
+from routing.escalation import EscalationTarget, branch_head_level, chain_targets
+from routing.models import (
+    DepartmentRead,
+    NotifyTarget,
+    RoutingRule,
+    SlaPolicy,
+    StaffRead,
+    StaffRole,
+    StaffStatus,
+)
+from routing.rules import complaint_flags, matching_rules
+
+URGENT = frozenset({Severity.HIGH, Severity.CRITICAL})
+NEVER = datetime.min.replace(tzinfo=UTC)
+
+
+class NoRoute(LookupError):
+    """No rule leads to an existing department: the organisation lacks a default rule."""
+
+
+@dataclass(frozen=True)
+class Candidate:
+    staff: StaffRead
+    open_load: int
+    eligible: bool
+    why_not: str | None = None
+
+
+@dataclass
+class RoutePlan:
+    """Everything decided about a complaint before an owner is picked."""
+
+    rule: RoutingRule
+    skipped_rules: list[str]
+    department: DepartmentRead
+    severity: Severity
+    policy: SlaPolicy
+    in_business_hours: bool
+    duty_officer: StaffRead | None
+    clock_starts_at: datetime
+    clocks: dict[str, sla.Clock]
+    major_incident: bool
+    escalation_targets: list[EscalationTarget]
+    escalation_level: int
+    notify: list[NotifyTarget] = field(default_factory=list)
+
+    @property
+    def escalated_to(self) -> EscalationTarget | None:
+        if self.escalation_level == 0:
+            return None
+        return self.escalation_targets[self.escalation_level - 1]
+
+
+def rule_department(
+    rule: RoutingRule, *, branch: str, departments: Iterable[DepartmentRead]
+) -> DepartmentRead | None:
+    """The rule's target as seen from the complaint's branch (None when it does not exist)."""
+    for department in departments:
+        if not department.active:
+            continue
+        if rule.action.department_id is not None:
+            if department.id == rule.action.department_id:
+                return department
+        elif department.branch == branch and department.kind == rule.action.department_kind:
+            return department
+    return None
+
+
+def choose_route(
+    complaint: ComplaintReceived,
+    *,
+    rules: Iterable[RoutingRule],
+    departments: list[DepartmentRead],
+) -> tuple[RoutingRule, DepartmentRead, list[str]]:
+    """First matching rule whose department exists; also the matches passed over."""
+    skipped: list[str] = []
+    for rule in matching_rules(rules, complaint):
+        department = rule_department(rule, branch=complaint.branch, departments=departments)
+        if department is not None:
+            return rule, department, skipped
+        skipped.append(rule.id)
+    raise NoRoute(
+        f"no routing rule with an existing department matches complaint "
+        f"{complaint.complaint_id} of org {complaint.org!r} in branch {complaint.branch!r} "
+        f"(passed over: {skipped}); add a default rule"
+    )
+
+
+def rank_candidates(
+    staff: Iterable[StaffRead], *, loads: dict[str, int], required_skill: str | None
+) -> list[Candidate]:
+    """Eligible people first: least open load, then longest since their last assignment."""
+    candidates = [
+        Candidate(person, loads.get(person.id, 0), *_eligibility(person, loads, required_skill))
+        for person in staff
+    ]
+    return sorted(
+        candidates,
+        key=lambda c: (
+            not c.eligible,
+            c.open_load,
+            c.staff.last_assigned_at or NEVER,
+            c.staff.id,
+        ),
+    )
+
+
+def _eligibility(
+    person: StaffRead, loads: dict[str, int], required_skill: str | None
+) -> tuple[bool, str | None]:
+    if person.status is not StaffStatus.ACTIVE:
+        return False, f"status {person.status.value}"
+    if required_skill and required_skill not in {*person.skills, *person.languages}:
+        return False, f"lacks skill {required_skill!r}"
+    if loads.get(person.id, 0) >= person.capacity:
+        return False, f"at capacity ({person.capacity})"
+    return True, None
+
+
+def _notify_targets(
+    roles: list[StaffRole], *, department: DepartmentRead, branch_staff: list[StaffRead]
+) -> list[NotifyTarget]:
+    targets = []
+    for role in roles:
+        people = [
+            person
+            for person in branch_staff
+            if person.role is role
+            and person.status is StaffStatus.ACTIVE
+            and (role is StaffRole.BRANCH_HEAD or person.department_id == department.id)
+        ]
+        if not people:
+            targets.append(NotifyTarget(role=role))
+        targets.extend(NotifyTarget(role=role, staff_id=p.id, name=p.name) for p in people)
+    return targets
+
+
+def _clock_start(
+    *,
+    calendar: BusinessCalendar,
+    received_at: datetime,
+    in_hours: bool,
+    urgent: bool,
+) -> datetime:
+    # Urgent complaints run from the moment they arrive; the rest wait for the next opening.
+    if in_hours or urgent:
+        return received_at
+    return calendar.next_open(received_at)
+
+
+def plan_route(
+    complaint: ComplaintReceived,
+    *,
+    rules: Iterable[RoutingRule],
+    departments: list[DepartmentRead],
+    calendar: BusinessCalendar,
+    policies: Iterable[SlaPolicy],
+    staff: list[StaffRead],
+    duty_officer: StaffRead | None,
+) -> RoutePlan:
+    """Rule, department, severity, policy, out-of-hours handling, clocks and escalation.
+
+    ``staff`` holds the people of every branch a reachable department is in.
+    """
+    rule, department, skipped = choose_route(complaint, rules=rules, departments=departments)
+    action = rule.action
+    severity = action.severity_override or complaint.severity
+    policy = sla.select_policy(
+        policies, org=complaint.org, requested=action.sla_policy, category=complaint.category
+    )
+    in_hours = calendar.is_open(complaint.received_at)
+    urgent = severity in URGENT
+    on_duty = duty_officer if duty_officer and duty_officer.status is StaffStatus.ACTIVE else None
+    use_duty_officer = not in_hours and urgent and on_duty is not None
+    clock_starts_at = _clock_start(
+        calendar=calendar, received_at=complaint.received_at, in_hours=in_hours, urgent=urgent
+    )
+    major = action.major_incident or sla.is_major_incident(
+        policy, severity=severity, category=complaint.category, flags=complaint_flags(complaint)
+    )
+    clocks = _start_clocks(
+        calendar=calendar,
+        policy=policy,
+        severity=severity,
+        clock_starts_at=clock_starts_at,
+        received_at=complaint.received_at,
+        major_incident=major,
+    )
+    # The chain and the people on it belong to the handling department's branch.
+    department_staff = [person for person in staff if person.branch == department.branch]
+    targets = chain_targets(
+        department.escalation_chain, department_code=department.code, branch_staff=department_staff
+    )
+    return RoutePlan(
+        rule=rule,
+        skipped_rules=skipped,
+        department=department,
+        severity=severity,
+        policy=policy,
+        in_business_hours=in_hours,
+        duty_officer=on_duty if use_duty_officer else None,
+        clock_starts_at=clock_starts_at,
+        clocks=clocks,
+        major_incident=major,
+        escalation_targets=targets,
+        escalation_level=branch_head_level(targets) if major else 0,
+        notify=_notify_targets(
+            action.notify_roles, department=department, branch_staff=department_staff
+        ),
+    )
+
+
+def _start_clocks(
+    *,
+    calendar: BusinessCalendar,
+    policy: SlaPolicy,
+    severity: Severity,
+    clock_starts_at: datetime,
+    received_at: datetime,
+    major_incident: bool,
+) -> dict[str, sla.Clock]:
+    targets = sla.targets_for(policy, severity)
+    share = policy.warning_share
+    clocks = {
+        SlaClock.ACKNOWLEDGE.value: sla.start_clock(
+            calendar, start=clock_starts_at, duration=targets.acknowledge, warning_share=share
+        ),
+        SlaClock.RESOLVE.value: sla.start_clock(
+            calendar, start=clock_starts_at, duration=targets.resolve, warning_share=share
+        ),
+    }
+    if major_incident:
+        # The authority's deadline runs from the report of the incident, whatever the hours.
+        clocks[SlaClock.REGULATORY_REPORT.value] = sla.start_clock(
+            calendar,
+            start=received_at,
+            duration=policy.regulatory_report_within,
+            warning_share=share,
+        )
+    return clocks
+
+
+def restart_resolve_clock(
+    *,
+    calendar: BusinessCalendar,
+    policy: SlaPolicy,
+    severity: Severity,
+    start: datetime,
+) -> sla.Clock:
+    """A reopened complaint gets a fresh resolve clock from the reopen instant."""
+    targets = sla.targets_for(policy, severity)
+    return sla.start_clock(
+        calendar, start=start, duration=targets.resolve, warning_share=policy.warning_share
+    )

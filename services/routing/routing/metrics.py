@@ -1,0 +1,21 @@
+"""Routing's own Prometheus metrics, beside the shared plumbing ones."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter
+
+ASSIGNMENTS = Counter(
+    "complaints_routing_assignments_total",
+    "Owners given a complaint, by how (rule, duty_officer, queue, reopen, reassign).",
+    ["how"],
+)
+QUEUED = Counter(
+    "complaints_routing_queued_total",
+    "Complaints that waited in a department queue because nobody had capacity.",
+    ["department"],
+)
+TIMERS_FIRED = Counter(
+    "complaints_routing_timers_fired_total",
+    "SLA timers fired, by clock and kind (warning, breach).",
+    ["clock", "kind"],
+)

@@ -1,0 +1,328 @@
+"""Data access for routing rules and SLA policies: validated on save, versioned, audited.
+
+A rule's id is ``<org>:<slug>``; every save bumps its version and stores the
+full rule as it now reads in ``rule_versions``, so an assignment's
+``(rule_id, rule_version)`` always points at the exact rule that matched.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pymongo import ASCENDING, DESCENDING, ReturnDocument
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import DuplicateKeyError
+
+from complaints_shared.auth import Principal
+from complaints_shared.problems import not_found
+from routing import audit
+from routing.directory_store import BRANCHES, DEPARTMENTS, branch_key, department_key
+from routing.errors import conflict, forbidden, invalid
+from routing.models import (
+    RoutingRule,
+    RuleCreate,
+    RuleRead,
+    RuleUpdate,
+    RuleVersionRead,
+    SlaPolicy,
+    SlaPolicyWrite,
+)
+
+RULES = "rules"
+RULE_VERSIONS = "rule_versions"
+SLA_POLICIES = "sla_policies"
+POSITION_STEP = 10
+
+
+async def ensure_indexes(*, db: AsyncDatabase) -> None:
+    await db[RULES].create_index([("org", ASCENDING), ("position", ASCENDING)], name="org_pos")
+    await db[RULE_VERSIONS].create_index(
+        [("org", ASCENDING), ("rule_id", ASCENDING), ("version", DESCENDING)],
+        name="org_rule_version",
+    )
+    await db[SLA_POLICIES].create_index("org", name="org")
+
+
+def rule_key(org: str, slug: str) -> str:
+    return f"{org}:{slug}"
+
+
+def _require_org_wide(principal: Principal, *, action: str) -> None:
+    # Rules and policies belong to the organisation, so only org-wide admins change them.
+    if not principal.all_branches:
+        raise forbidden(f"{action} needs a token for all branches of the organisation")
+
+
+def rule_read(document: dict[str, Any]) -> RuleRead:
+    return RuleRead.model_validate({**document, "id": document["_id"]})
+
+
+async def load_rules(*, db: AsyncDatabase, org: str) -> list[RoutingRule]:
+    """The organisation's active rules in order."""
+    cursor = db[RULES].find({"org": org, "active": {"$ne": False}}).sort("position", ASCENDING)
+    return [RoutingRule.model_validate({**doc, "id": doc["_id"]}) async for doc in cursor]
+
+
+async def list_rules(
+    *, db: AsyncDatabase, principal: Principal, include_inactive: bool
+) -> list[RuleRead]:
+    query: dict[str, Any] = {"org": principal.org}
+    if not include_inactive:
+        query["active"] = {"$ne": False}
+    documents = await db[RULES].find(query).to_list(None)
+    ordered = sorted(documents, key=lambda doc: (doc.get("is_default", False), doc["position"]))
+    return [rule_read(document) for document in ordered]
+
+
+async def _rule_document(*, db: AsyncDatabase, principal: Principal, rule_id: str) -> dict:
+    document = await db[RULES].find_one({"_id": rule_id, "org": principal.org})
+    if document is None:
+        raise not_found(what="routing rule", identifier=rule_id)
+    return document
+
+
+async def get_rule(*, db: AsyncDatabase, principal: Principal, rule_id: str) -> RuleRead:
+    return rule_read(await _rule_document(db=db, principal=principal, rule_id=rule_id))
+
+
+async def _validate_target(*, db: AsyncDatabase, org: str, rule: dict[str, Any]) -> None:
+    action = rule["action"]
+    if action.get("department_id"):
+        department = await db[DEPARTMENTS].find_one(
+            {"_id": department_key(org, action["department_id"]), "active": True}
+        )
+        if department is None:
+            raise invalid(
+                "action.department_id", f"unknown or inactive department {action['department_id']}"
+            )
+        return
+    query: dict[str, Any] = {"org": org, "kind": action["department_kind"], "active": True}
+    if rule["branches"]:
+        query["branch"] = {"$in": rule["branches"]}
+    if await db[DEPARTMENTS].find_one(query) is None:
+        where = f"branches {rule['branches']}" if rule["branches"] else "the organisation"
+        raise invalid(
+            "action.department_kind",
+            f"no active department of kind {action['department_kind']!r} in {where}",
+        )
+
+
+async def _validate_rule(
+    *, db: AsyncDatabase, org: str, rule: dict[str, Any], rule_id: str | None
+) -> None:
+    """References must exist; the default rule must be able to route anything."""
+    for index, branch in enumerate(rule["branches"]):
+        if await db[BRANCHES].find_one({"_id": branch_key(org, branch)}) is None:
+            raise invalid(f"branches.{index}", f"unknown branch {branch!r}")
+    await _validate_target(db=db, org=org, rule=rule)
+    policy = rule["action"].get("sla_policy")
+    if policy and await db[SLA_POLICIES].find_one({"_id": rule_key(org, policy)}) is None:
+        raise invalid("action.sla_policy", f"unknown SLA policy {policy!r}")
+    if rule.get("is_default"):
+        await _validate_default(db=db, org=org, rule=rule, rule_id=rule_id)
+
+
+async def _validate_default(
+    *, db: AsyncDatabase, org: str, rule: dict[str, Any], rule_id: str | None
+) -> None:
+    if rule["branches"]:
+        raise invalid("branches", "the default rule applies to every branch")
+    if any(rule["conditions"].values()):
+        raise invalid("conditions", "the default rule matches everything and takes no conditions")
+    if not rule["action"].get("department_id"):
+        raise invalid("action.department_id", "the default rule needs one explicit department")
+    other = await db[RULES].find_one(
+        {"org": org, "is_default": True, "active": {"$ne": False}, "_id": {"$ne": rule_id}}
+    )
+    if other is not None:
+        raise invalid("is_default", f"rule {other['_id']} is already the default rule")
+
+
+async def _next_position(*, db: AsyncDatabase, org: str) -> int:
+    last = await db[RULES].find_one(
+        {"org": org, "is_default": {"$ne": True}}, sort=[("position", DESCENDING)]
+    )
+    return (last["position"] if last else 0) + POSITION_STEP
+
+
+async def _record_version(
+    *, db: AsyncDatabase, document: dict[str, Any], change: str, actor: str, at: datetime
+) -> None:
+    rule = {key: value for key, value in document.items() if key != "_id"}
+    await db[RULE_VERSIONS].insert_one(
+        {
+            "_id": f"{document['_id']}@{document['version']}",
+            "org": document["org"],
+            "rule_id": document["_id"],
+            "version": document["version"],
+            "change": change,
+            "changed_by": actor,
+            "changed_at": at,
+            "rule": rule,
+        }
+    )
+
+
+async def create_rule(
+    *, db: AsyncDatabase, principal: Principal, body: RuleCreate, now: datetime
+) -> RuleRead:
+    _require_org_wide(principal, action="creating a routing rule")
+    rule_id = rule_key(principal.org, body.id)
+    fields = body.model_dump(mode="json", exclude={"id", "position"})
+    await _validate_rule(db=db, org=principal.org, rule=fields, rule_id=rule_id)
+    position = body.position
+    if position is None:
+        position = await _next_position(db=db, org=principal.org)
+    document = {
+        "_id": rule_id,
+        "org": principal.org,
+        **fields,
+        "position": position,
+        "version": 1,
+        "active": True,
+        "created_at": now,
+        "updated_at": now,
+        "updated_by": principal.subject,
+    }
+    try:
+        await db[RULES].insert_one(document)
+    except DuplicateKeyError:
+        raise conflict(f"routing rule {rule_id!r} already exists") from None
+    await _record_version(
+        db=db, document=document, change="created", actor=principal.subject, at=now
+    )
+    return rule_read(document)
+
+
+async def _save_version(
+    *,
+    db: AsyncDatabase,
+    current: dict[str, Any],
+    changes: dict[str, Any],
+    change: str,
+    actor: str,
+    now: datetime,
+) -> dict[str, Any]:
+    updated = await db[RULES].find_one_and_update(
+        {"_id": current["_id"], "version": current["version"]},
+        {"$set": {**changes, "updated_at": now, "updated_by": actor}, "$inc": {"version": 1}},
+        return_document=ReturnDocument.AFTER,
+    )
+    if updated is None:
+        raise conflict(f"routing rule {current['_id']!r} changed concurrently; retry")
+    await _record_version(db=db, document=updated, change=change, actor=actor, at=now)
+    return updated
+
+
+async def update_rule(
+    *, db: AsyncDatabase, principal: Principal, rule_id: str, body: RuleUpdate, now: datetime
+) -> RuleRead:
+    _require_org_wide(principal, action="changing a routing rule")
+    current = await _rule_document(db=db, principal=principal, rule_id=rule_id)
+    changes = body.model_dump(mode="json", exclude_unset=True)
+    for field, value in changes.items():
+        if value is None:
+            raise invalid(field, "may not be null")
+    merged = {**current, **changes}
+    await _validate_rule(db=db, org=principal.org, rule=merged, rule_id=rule_id)
+    updated = await _save_version(
+        db=db, current=current, changes=changes, change="updated", actor=principal.subject, now=now
+    )
+    return rule_read(updated)
+
+
+async def deactivate_rule(
+    *, db: AsyncDatabase, principal: Principal, rule_id: str, now: datetime
+) -> RuleRead:
+    _require_org_wide(principal, action="deactivating a routing rule")
+    current = await _rule_document(db=db, principal=principal, rule_id=rule_id)
+    if current.get("is_default") and current.get("active", True):
+        raise conflict(f"{rule_id} is the default rule; the organisation must keep one")
+    updated = await _save_version(
+        db=db,
+        current=current,
+        changes={"active": False},
+        change="deactivated",
+        actor=principal.subject,
+        now=now,
+    )
+    return rule_read(updated)
+
+
+async def rule_versions(
+    *, db: AsyncDatabase, principal: Principal, rule_id: str
+) -> list[RuleVersionRead]:
+    await _rule_document(db=db, principal=principal, rule_id=rule_id)
+    cursor = db[RULE_VERSIONS].find({"org": principal.org, "rule_id": rule_id})
+    documents = await cursor.sort("version", DESCENDING).to_list(None)
+    return [RuleVersionRead.model_validate(document) for document in documents]
+
+
+# -------------------------------------------------------------- SLA policies --
+
+
+def policy_read(document: dict[str, Any]) -> SlaPolicy:
+    return SlaPolicy.model_validate(document)
+
+
+async def load_policies(*, db: AsyncDatabase, org: str) -> list[SlaPolicy]:
+    return [policy_read(doc) async for doc in db[SLA_POLICIES].find({"org": org})]
+
+
+async def list_policies(*, db: AsyncDatabase, principal: Principal) -> list[SlaPolicy]:
+    policies = await load_policies(db=db, org=principal.org)
+    return sorted(policies, key=lambda policy: policy.id)
+
+
+async def get_policy(*, db: AsyncDatabase, principal: Principal, policy_id: str) -> SlaPolicy:
+    document = await db[SLA_POLICIES].find_one({"_id": rule_key(principal.org, policy_id)})
+    if document is None:
+        raise not_found(what="SLA policy", identifier=policy_id)
+    return policy_read(document)
+
+
+async def put_policy(
+    *,
+    db: AsyncDatabase,
+    principal: Principal,
+    policy_id: str,
+    body: SlaPolicyWrite,
+    now: datetime,
+) -> SlaPolicy:
+    """Create or replace a policy; its version counts the saves."""
+    _require_org_wide(principal, action="changing an SLA policy")
+    key = rule_key(principal.org, policy_id)
+    if body.is_default:
+        other = await db[SLA_POLICIES].find_one(
+            {"org": principal.org, "is_default": True, "_id": {"$ne": key}}
+        )
+        if other is not None:
+            raise invalid("is_default", f"policy {other['id']!r} is already the default")
+    fields = body.model_dump(mode="json")
+    document = await db[SLA_POLICIES].find_one_and_update(
+        {"_id": key},
+        {
+            "$set": {
+                **fields,
+                "id": policy_id,
+                "org": principal.org,
+                "updated_at": now,
+                "updated_by": principal.subject,
+            },
+            "$inc": {"version": 1},
+        },
+        upsert=True,
+        return_document=ReturnDocument.AFTER,
+    )
+    await audit.record(
+        db=db,
+        org=principal.org,
+        entity="sla_policy",
+        entity_id=policy_id,
+        action="saved",
+        actor=principal.subject,
+        at=now,
+        snapshot={key: value for key, value in document.items() if key != "_id"},
+    )
+    return policy_read(document)

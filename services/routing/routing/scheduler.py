@@ -1,0 +1,259 @@
+"""Durable SLA timers and the queue sweeper: background jobs of the routing runtime.
+
+Timers live in the assignment documents (``clocks`` with ``warn_at`` and
+``next_breach_at``), and each document carries its earliest pending instant in
+the indexed ``next_timer_at``. A pass claims due documents one at a time with
+``find_one_and_update`` (a lease, so replicas share the work), fires what is
+due against ``runtime.clock.now()`` and writes the new clock state, the
+escalation and the events in one version-checked update. Exactly once: a
+replica whose lease ran out loses the version race and fires nothing. Nothing
+is held in memory, so a restart loses no timer. The loop only polls at a short
+interval; no business deadline is ever slept on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from pymongo import ReturnDocument
+
+from complaints_shared.business_calendar import BusinessCalendar
+from complaints_shared.events import (
+    ComplaintSlaBreached,
+    ComplaintSlaWarning,
+    EventType,
+    SlaClock,
+)
+from complaints_shared.logs import get_logger
+from complaints_shared.mongo import merge_updates
+from complaints_shared.runtime import Runtime
+from complaints_shared.timing import wait_event
+from routing import sla, store
+from routing.escalation import EscalationTarget
+from routing.metrics import TIMERS_FIRED
+from routing.settings import RoutingSettings
+from routing.store import Decision, Events
+
+log = get_logger(__name__)
+
+LEASE_UNTIL = "timer_lease_until"
+LEASE_OWNER = "timer_lease_owner"
+# Breaches of these clocks climb the department's chain; the report deadline is already at the top.
+ESCALATING_CLOCKS = (SlaClock.ACKNOWLEDGE.value, SlaClock.RESOLVE.value)
+
+
+def _wall_now() -> datetime:
+    # Leases guard against a crashed replica, a matter of real elapsed time, not business time.
+    return datetime.now(UTC)
+
+
+class SlaScheduler:
+    """The two background jobs; ``stop()`` lets them finish their pass and return."""
+
+    def __init__(self, *, settings: RoutingSettings) -> None:
+        self._settings = settings
+        self._owner = f"{settings.service_name}-{uuid.uuid4().hex[:8]}"
+        self._stopping = asyncio.Event()
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    async def run_sla_timers(self, runtime: Runtime) -> None:
+        while not self._stopping.is_set():
+            try:
+                fired = await self.fire_due_timers(runtime)
+            except Exception as exc:  # Mongo away or similar: keep the loop alive
+                log.error("sla_timer_pass_failed", error=repr(exc))
+                fired = 0
+            if fired:
+                runtime.relay.notify()
+            else:
+                await wait_event(self._stopping, timeout_s=self._settings.scheduler_poll_interval_s)
+
+    async def run_queue_sweeper(self, runtime: Runtime) -> None:
+        while not self._stopping.is_set():
+            try:
+                if await self.sweep_queues(runtime):
+                    runtime.relay.notify()
+            except Exception as exc:
+                log.error("queue_sweep_failed", error=repr(exc))
+            await wait_event(self._stopping, timeout_s=self._settings.queue_sweep_interval_s)
+
+    async def fire_due_timers(self, runtime: Runtime) -> int:
+        """One pass: claim and fire due documents until none is due or the batch is full."""
+        fired = 0
+        for _ in range(self._settings.scheduler_batch_size):
+            if self._stopping.is_set():
+                break
+            claimed = await self._claim(runtime, now=runtime.clock.now())
+            if claimed is None:
+                break
+            fired += await self._fire(runtime, claimed)
+        return fired
+
+    async def sweep_queues(self, runtime: Runtime) -> int:
+        assigned = 0
+        for org, department in await store.queued_departments(db=runtime.db):
+            assigned += await store.drain_queue(
+                db=runtime.db,
+                settings=self._settings,
+                org=org,
+                department_id=department,
+                now=runtime.clock.now(),
+            )
+        return assigned
+
+    async def _claim(self, runtime: Runtime, *, now: datetime) -> dict[str, Any] | None:
+        wall_now = _wall_now()
+        return await runtime.db[store.ASSIGNMENTS].find_one_and_update(
+            {
+                "next_timer_at": {"$lte": now},
+                "$or": [
+                    {LEASE_UNTIL: {"$exists": False}},
+                    {LEASE_UNTIL: None},
+                    {LEASE_UNTIL: {"$lt": wall_now}},
+                ],
+            },
+            {
+                "$set": {
+                    LEASE_UNTIL: wall_now + timedelta(seconds=self._settings.scheduler_lease_s),
+                    LEASE_OWNER: self._owner,
+                }
+            },
+            sort=[("next_timer_at", 1)],
+            projection={"_id": 1, "org": 1, "branch": 1, "department": 1},
+            return_document=ReturnDocument.AFTER,
+        )
+
+    async def _fire(self, runtime: Runtime, claimed: dict[str, Any]) -> int:
+        db = runtime.db
+        calendar = await store.branch_calendar(db=db, org=claimed["org"], branch=claimed["branch"])
+        targets = await store.escalation_targets(
+            db=db, org=claimed["org"], department_id=claimed["department"]
+        )
+        fired: Events = []
+
+        async def decide(current: dict[str, Any]) -> Decision:
+            chain = targets
+            if current["department"] != claimed["department"]:  # reassigned since the claim
+                chain = await store.escalation_targets(
+                    db=db, org=current["org"], department_id=current["department"]
+                )
+            update, events = fire_clocks(
+                current, calendar=calendar, targets=chain, now=runtime.clock.now()
+            )
+            fired[:] = events
+            release = {"$unset": {LEASE_UNTIL: "", LEASE_OWNER: ""}}
+            return merge_updates(update, release), events
+
+        written = None
+        try:
+            written = await store.change(
+                db=db,
+                settings=self._settings,
+                complaint_id=claimed["_id"],
+                decide=decide,
+                now=runtime.clock.now(),
+            )
+        finally:
+            if written is None:
+                await self._release(runtime, claimed["_id"])
+        for _, data in fired:
+            kind = "warning" if isinstance(data, ComplaintSlaWarning) else "breach"
+            if isinstance(data, ComplaintSlaWarning | ComplaintSlaBreached):
+                TIMERS_FIRED.labels(data.clock.value, kind).inc()
+        return len(fired)
+
+    async def _release(self, runtime: Runtime, complaint_id: str) -> None:
+        await runtime.db[store.ASSIGNMENTS].update_one(
+            {"_id": complaint_id, LEASE_OWNER: self._owner},
+            {"$unset": {LEASE_UNTIL: "", LEASE_OWNER: ""}},
+        )
+
+
+def fire_clocks(
+    current: dict[str, Any],
+    *,
+    calendar: BusinessCalendar,
+    targets: list[EscalationTarget],
+    now: datetime,
+) -> tuple[dict[str, Any], Events]:
+    """Fire every timer due at ``now``: warnings, breaches, the escalations breaches cause."""
+    clocks = sla.load_clocks(current.get("clocks"))
+    level = current.get("escalation_level", 0)
+    escalated = dict(current)
+    events: Events = []
+    updates: list[dict[str, Any]] = []
+    for name in (
+        SlaClock.ACKNOWLEDGE.value,
+        SlaClock.RESOLVE.value,
+        SlaClock.REGULATORY_REPORT.value,
+    ):
+        clock = clocks.get(name)
+        if clock is None:
+            continue
+        may_climb = name in ESCALATING_CLOCKS and level < len(targets)
+        # Only the resolve clock re-arms: a complaint left overdue keeps going up the chain.
+        repeat = name == SlaClock.RESOLVE.value and level + 1 < len(targets)
+        clock, kind = sla.fire_due(clock, calendar=calendar, now=now, repeat=repeat)
+        if kind is None:
+            continue
+        clocks[name] = clock
+        if kind is sla.TimerKind.WARNING:
+            events.append((EventType.COMPLAINT_SLA_WARNING, _warning(current, name, clock, now)))
+            continue
+        if may_climb:
+            update, escalation = store.escalate_one_level(
+                escalated, targets=targets, reason="sla_breach", by="routing", at=now
+            )
+            if escalation:
+                level += 1
+                escalated["escalation_level"] = level
+                updates.append(update)
+                breach = _breach(current, name, clock, now, level)
+                events.extend([(EventType.COMPLAINT_SLA_BREACHED, breach), *escalation])
+                continue
+        events.append((EventType.COMPLAINT_SLA_BREACHED, _breach(current, name, clock, now, level)))
+    fields = store.clock_fields(clocks)
+    if any(event_type is EventType.COMPLAINT_SLA_BREACHED for event_type, _ in events):
+        fields["breached"] = True
+    return merge_updates({"$set": fields}, *_combined_escalations(updates)), events
+
+
+def _combined_escalations(updates: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Two breaches in one pass push two records and keep the higher level."""
+    if not updates:
+        return []
+    records = [update["$push"]["escalations"] for update in updates]
+    level = max(update["$set"]["escalation_level"] for update in updates)
+    return [{"$set": {"escalation_level": level}, "$push": {"escalations": {"$each": records}}}]
+
+
+def _warning(
+    current: dict[str, Any], name: str, clock: sla.Clock, now: datetime
+) -> ComplaintSlaWarning:
+    return ComplaintSlaWarning(
+        complaint_id=current["_id"],
+        org=current["org"],
+        branch=current["branch"],
+        clock=SlaClock(name),
+        due_at=clock.due_at,
+        warned_at=now,
+    )
+
+
+def _breach(
+    current: dict[str, Any], name: str, clock: sla.Clock, now: datetime, level: int
+) -> ComplaintSlaBreached:
+    return ComplaintSlaBreached(
+        complaint_id=current["_id"],
+        org=current["org"],
+        branch=current["branch"],
+        clock=SlaClock(name),
+        due_at=clock.due_at,
+        breached_at=now,
+        escalation_level=level,
+    )

@@ -1,0 +1,607 @@
+"""Integration: satisfaction checks over real Kafka and MongoDB, from resolution to outcome."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from complaints_shared.clock import ManualClock
+from complaints_shared.envelope import CloudEvent
+from complaints_shared.events import (
+    ClosedVia,
+    ComplaintClosed,
+    ComplaintReceived,
+    ComplaintResolved,
+    ComplaintWithdrawn,
+    CustomerContact,
+    EventData,
+    EventType,
+    Remedy,
+    Topic,
+)
+from complaints_shared.kafka import EventProducer
+from followup.contact_hours import check_due_times, default_contact_hours, next_attempt_at
+from followup.models import CheckRule
+from followup.settings import FollowupSettings
+from tests.conftest import System, SystemFactory
+from tests.helpers import events_of, eventually, handled_count, read_topic, token
+from tests.test_end_to_end import BROADBAND_COMPLAINT
+
+pytestmark = pytest.mark.integration
+
+FAST_SCHEDULER = {"scheduler_poll_interval_s": 0.1}
+DEFAULT_HOURS = default_contact_hours(FollowupSettings())
+
+
+# ------------------------------------------------------------------ helpers --
+
+
+def start_clock() -> ManualClock:
+    """A manual clock starting at the wall clock's now (intake stamps resolutions with it)."""
+    return ManualClock(datetime.now(UTC).replace(microsecond=0))
+
+
+def at(value: str) -> datetime:
+    return datetime.fromisoformat(value)
+
+
+def resolved(
+    *,
+    resolved_at: datetime,
+    complaint_id: str | None = None,
+    branch: str = "LZ",
+    category: str = "billing",
+    severity: str = "normal",
+    owner_id: str | None = "lz-chen",
+    resolution_number: int = 1,
+    **extra,
+) -> ComplaintResolved:
+    complaint_id = complaint_id or str(uuid.uuid4())
+    return ComplaintResolved(
+        complaint_id=complaint_id,
+        org="demo",
+        branch=branch,
+        reference=f"{branch}-20261123-{complaint_id[:4]}",
+        category=category,
+        severity=severity,
+        resolution_number=resolution_number,
+        summary="已退还多收的月租费并致歉",
+        department=f"{branch}:BILLING",
+        owner_id=owner_id,
+        customer=CustomerContact(name="李女士", phone="13900000000", preferred_channel="phone"),
+        resolved_at=resolved_at,
+        **extra,
+    )
+
+
+async def publish(system: System, *events: tuple[EventType, EventData]) -> list[CloudEvent]:
+    """Put events on intake's topic as intake would (the same CloudEvent may repeat)."""
+    producer = EventProducer(settings=system.intake_settings)
+    sent = []
+    try:
+        for event_type, data in events:
+            event = CloudEvent.new(event_type=event_type, source="intake", data=data)
+            await producer.publish(event, topic=system.topic(Topic.INTAKE))
+            sent.append(event)
+    finally:
+        await producer.stop()
+    return sent
+
+
+async def republish(system: System, event: CloudEvent) -> None:
+    producer = EventProducer(settings=system.intake_settings)
+    try:
+        await producer.publish(event, topic=system.topic(Topic.INTAKE))
+    finally:
+        await producer.stop()
+
+
+async def checks_of(
+    system: System, complaint_id: str, headers: dict, *, count: int = 1, **params
+) -> list[dict]:
+    """The complaint's checks once ``count`` exist, by resolution and sequence."""
+
+    async def listed() -> list[dict] | None:
+        response = await system.followup.get(
+            "/v1/followups", params={"complaint_id": complaint_id, **params}, headers=headers
+        )
+        items = response.json()["items"]
+        return items if len(items) >= count else None
+
+    items = await eventually(listed, what=f"{count} check(s) of {complaint_id}")
+    return sorted(items, key=lambda item: (item["resolution_number"], item["sequence"]))
+
+
+async def wait_status(system: System, followup_id: str, status: str, headers: dict) -> dict:
+    async def reached() -> dict | None:
+        body = (await system.followup.get(f"/v1/followups/{followup_id}", headers=headers)).json()
+        return body if body.get("status") == status else None
+
+    return await eventually(reached, what=f"check {followup_id} {status}")
+
+
+async def make_due(system: System, clock: ManualClock, check: dict, headers: dict) -> dict:
+    """Move the clock to the check's due time and let the scheduler fire it."""
+    clock.set(max(clock.now(), at(check["due_at"])) + timedelta(seconds=1))
+    return await wait_status(system, check["id"], "due", headers)
+
+
+async def followup_events(system: System, *, event_type: str, subject: str, count: int) -> list:
+    """The follow-up topic's events of a type for one complaint, once ``count`` are there."""
+
+    def of_subject(records: list) -> list:
+        return [e for e in events_of(records, event_type=event_type) if e.subject == subject]
+
+    records = await read_topic(
+        bootstrap_servers=system.infra.kafka_bootstrap_servers,
+        topic=system.topic(Topic.FOLLOWUP),
+        until=lambda records: len(of_subject(records)) >= count,
+    )
+    return of_subject(records)
+
+
+async def resolve_through_intake(system: System, headers: dict, *, severity: str) -> str:
+    created = await system.intake.post(
+        "/v1/complaints", json={**BROADBAND_COMPLAINT, "severity": severity}, headers=headers
+    )
+    assert created.status_code == 201, created.text
+    complaint_id = created.json()["id"]
+
+    async def assigned() -> bool:
+        body = (await system.intake.get(f"/v1/complaints/{complaint_id}", headers=headers)).json()
+        return bool(body.get("assignment"))
+
+    await eventually(assigned, what="assignment")
+    resolution = await system.intake.post(
+        f"/v1/complaints/{complaint_id}/resolve",
+        json={"summary": "已恢复宽带，补打欠费单并当面致歉", "customer_accepted": True},
+        headers=headers,
+    )
+    assert resolution.status_code == 200, resolution.text
+    return complaint_id
+
+
+async def complaint_status(system: System, complaint_id: str, headers: dict) -> dict:
+    return (await system.intake.get(f"/v1/complaints/{complaint_id}", headers=headers)).json()
+
+
+def agent(system: System, subject: str, *, branches: tuple[str, ...] | str = ("LZ",)) -> dict:
+    return token(
+        system.intake_settings,
+        branches=branches if branches == "*" else list(branches),
+        roles=("agent",),
+        subject=subject,
+    )
+
+
+async def _true(value: bool) -> bool:
+    return value
+
+
+# -------------------------------------------------------------- scheduling --
+
+
+async def test_resolved_event_delivered_twice_schedules_checks_once(
+    system_factory: SystemFactory,
+) -> None:
+    # The clock stands before the due time, so the checks stay scheduled.
+    system = await system_factory(clock=ManualClock(datetime(2026, 11, 20, tzinfo=UTC)))
+    admin = token(system.intake_settings)
+    resolved_tuesday_21_local = datetime(2026, 11, 24, 13, tzinfo=UTC)
+    event = resolved(
+        resolved_at=resolved_tuesday_21_local,
+        root_cause="营业员漏打第二张欠费单",
+        remedies=[Remedy(type="refund", amount="30.00", currency="CNY"), Remedy(type="apology")],
+    )
+    received = ComplaintReceived(
+        complaint_id=event.complaint_id,
+        org="demo",
+        branch="LZ",
+        reference=event.reference,
+        channel="phone",
+        category="billing",
+        severity="normal",
+        subject="宽带年费多扣",
+        description="预交年费后仍被扣月租",
+        customer=event.customer,
+        received_at=resolved_tuesday_21_local - timedelta(days=2),
+    )
+    handled_before = handled_count("followup", EventType.COMPLAINT_RESOLVED)
+    _, resolved_event = await publish(
+        system,
+        (EventType.COMPLAINT_RECEIVED, received),
+        (EventType.COMPLAINT_RESOLVED, event),
+    )
+    await republish(system, resolved_event)
+
+    await eventually(
+        lambda: _true(
+            handled_count("followup", EventType.COMPLAINT_RESOLVED) >= handled_before + 2
+        ),
+        what="both deliveries handled",
+    )
+    (check,) = await checks_of(system, event.complaint_id, admin)
+    # 21:00 local is after contact hours: the next day's 21:00 moves to 09:00 the day after.
+    assert at(check["due_at"]) == datetime(2026, 11, 26, 1, tzinfo=UTC)
+    assert check["status"] == "scheduled"
+    assert check["subject"] == "宽带年费多扣"  # from complaint.received: the resolution lacks it
+    assert check["reference"] == event.reference
+    assert check["customer"]["phone"] == "13900000000"
+    assert check["channel"] == "phone"
+    assert check["root_cause"] == "营业员漏打第二张欠费单"
+    assert [remedy["type"] for remedy in check["remedies"]] == ["refund", "apology"]
+    assert check["resolution_summary"].startswith("已退还")
+
+    scheduled = await followup_events(
+        system, event_type=EventType.FOLLOWUP_SCHEDULED, subject=event.complaint_id, count=1
+    )
+    records = await read_topic(
+        bootstrap_servers=system.infra.kafka_bootstrap_servers,
+        topic=system.topic(Topic.FOLLOWUP),
+        until=lambda records: False,
+        timeout_s=1.0,
+    )
+    assert len(events_of(records, event_type=EventType.FOLLOWUP_SCHEDULED)) == 1
+    assert scheduled[0].data["followup_id"] == check["id"]
+    db = system.mongo[system.followup_settings.database_name()]
+    assert await db.satisfaction_checks.count_documents({"complaint_id": event.complaint_id}) == 1
+
+
+async def test_high_severity_resolution_gets_a_second_check_a_week_later(system: System) -> None:
+    admin = token(system.intake_settings)
+    complaint_id = await resolve_through_intake(system, admin, severity="high")
+
+    first, second = await checks_of(system, complaint_id, admin, count=2)
+    resolved_at = at(first["resolved_at"])
+    assert (first["sequence"], second["sequence"]) == (1, 2)
+    a_day_then_a_week = [CheckRule(after_hours=24), CheckRule(after_hours=168)]
+    expected = check_due_times(
+        resolved_at=resolved_at, checks=a_day_then_a_week, hours=DEFAULT_HOURS
+    )
+    assert [at(first["due_at"]), at(second["due_at"])] == expected
+    assert at(second["due_at"]) - resolved_at >= timedelta(days=7)
+    for check in (first, second):
+        assert check["severity"] == "high"
+        assert check["subject"] == BROADBAND_COMPLAINT["subject"]
+        assert check["department"] == "LZ:BILLING"
+        assert check["owner_id"] in {"lz-chen", "lz-liu"}
+    scheduled = await followup_events(
+        system, event_type=EventType.FOLLOWUP_SCHEDULED, subject=complaint_id, count=2
+    )
+    assert sorted(event.data["sequence"] for event in scheduled) == [1, 2]
+
+
+# ---------------------------------------------------------------- working --
+
+
+async def test_two_agents_claiming_the_same_check_one_wins_until_the_lease_expires(
+    system_factory: SystemFactory,
+) -> None:
+    clock = start_clock()
+    system = await system_factory(clock=clock, followup=FAST_SCHEDULER)
+    event = resolved(resolved_at=clock.now() - timedelta(hours=30))
+    await publish(system, (EventType.COMPLAINT_RESOLVED, event))
+    a, b = agent(system, "agent-a"), agent(system, "agent-b")
+    (check,) = await checks_of(system, event.complaint_id, a)
+    await make_due(system, clock, check, a)
+
+    url = f"/v1/followups/{check['id']}"
+    first, second = await asyncio.gather(
+        system.followup.post(f"{url}/claim", headers=a),
+        system.followup.post(f"{url}/claim", headers=b),
+    )
+    assert sorted([first.status_code, second.status_code]) == [200, 409]
+    winner, loser = (a, b) if first.status_code == 200 else (b, a)
+    winner_name = "agent-a" if winner is a else "agent-b"
+    refused = second if first.status_code == 200 else first
+    problem = refused.json()
+    assert refused.headers["content-type"].startswith("application/problem+json")
+    assert problem["type"].endswith("/claim-held")
+    assert problem["claimed_by"] == winner_name
+    assert at(problem["lease_until"]) > clock.now()
+
+    for path, body in ((f"{url}/attempts", {"reached": False}), (f"{url}/outcome", None)):
+        body = body or {"satisfied": True, "score": 5}
+        blocked = await system.followup.post(path, json=body, headers=loser)
+        assert blocked.status_code == 409, blocked.text
+        assert blocked.json()["claimed_by"] == winner_name
+
+    clock.advance(timedelta(seconds=system.followup_settings.claim_lease_s + 1))
+    await wait_status(system, check["id"], "due", loser)  # the scheduler expired the lease
+    taken_over = await system.followup.post(f"{url}/claim", headers=loser)
+    assert taken_over.status_code == 200, taken_over.text
+    too_late = await system.followup.post(
+        f"{url}/attempts", json={"reached": False}, headers=winner
+    )
+    assert too_late.status_code == 409
+    released = await system.followup.delete(f"{url}/claim", headers=loser)
+    assert released.status_code == 200
+    assert released.json()["status"] == "due"
+    assert released.json()["claimed_by"] is None
+
+
+async def test_three_unreachable_attempts_end_in_no_response_and_close_the_complaint(
+    system_factory: SystemFactory,
+) -> None:
+    clock = start_clock()
+    system = await system_factory(clock=clock, followup=FAST_SCHEDULER)
+    admin = token(system.intake_settings)
+    caller = agent(system, "agent-a")
+    complaint_id = await resolve_through_intake(system, admin, severity="normal")
+    (check,) = await checks_of(system, complaint_id, caller)
+    url = f"/v1/followups/{check['id']}"
+
+    for number, channel in ((1, None), (2, "sms"), (3, None)):
+        await make_due(system, clock, check, caller)
+        assert (await system.followup.post(f"{url}/claim", headers=caller)).status_code == 200
+        call = {"reached": False, "note": "无人接听", **({"channel": channel} if channel else {})}
+        key = {"Idempotency-Key": f"call-{number}"}
+        response = await system.followup.post(
+            f"{url}/attempts", json=call, headers={**caller, **key}
+        )
+        assert response.status_code == 200, response.text
+        check = response.json()
+        repeated = await system.followup.post(
+            f"{url}/attempts", json=call, headers={**caller, **key}
+        )
+        assert repeated.json()["attempt_count"] == number  # a retried request counts once
+        if number < 3:
+            assert check["status"] == "scheduled"
+            expected = next_attempt_at(
+                attempted_at=clock.now(), spacing_hours=4, hours=DEFAULT_HOURS
+            )
+            assert at(check["due_at"]) == expected >= clock.now() + timedelta(hours=4)
+            assert at(check["attempts"][-1]["next_attempt_at"]) == expected
+
+    assert check["status"] == "completed"
+    assert check["outcome"] == "no_response"
+    assert [attempt["channel"] for attempt in check["attempts"]] == ["phone", "sms", "phone"]
+
+    async def closed() -> dict | None:
+        body = await complaint_status(system, complaint_id, admin)
+        return body if body["status"] == "closed" else None
+
+    final = await eventually(closed, what="complaint closed after no response")
+    assert final["satisfaction"]["outcome"] == "no_response"
+    attempted = await followup_events(
+        system, event_type=EventType.FOLLOWUP_ATTEMPTED, subject=complaint_id, count=3
+    )
+    assert [event.data["reached"] for event in attempted] == [False, False, False]
+    (completed,) = await followup_events(
+        system, event_type=EventType.FOLLOWUP_COMPLETED, subject=complaint_id, count=1
+    )
+    assert completed.data["outcome"] == "no_response"
+    assert completed.data["attempts"] == 3
+
+
+async def test_unsatisfied_customer_reopens_the_complaint_and_cancels_the_pending_check(
+    system_factory: SystemFactory,
+) -> None:
+    clock = start_clock()
+    system = await system_factory(clock=clock, followup=FAST_SCHEDULER)
+    admin = token(system.intake_settings)
+    caller = agent(system, "agent-a")
+    complaint_id = await resolve_through_intake(system, admin, severity="high")
+    first, second = await checks_of(system, complaint_id, caller, count=2)
+
+    await make_due(system, clock, first, caller)
+    url = f"/v1/followups/{first['id']}"
+    assert (await system.followup.post(f"{url}/claim", headers=caller)).status_code == 200
+    answer = {"reached": True, "score": 4, "problem_solved": False, "comment": "宽带又断了"}
+    response = await system.followup.post(f"{url}/attempts", json=answer, headers=caller)
+    assert response.status_code == 200, response.text
+    assert response.json()["outcome"] == "unsatisfied"  # a good score, but not solved
+
+    async def reopened() -> dict | None:
+        body = await complaint_status(system, complaint_id, admin)
+        # Routing may already have escalated the reopened complaint; either shows the reopen.
+        return body if body["status"] in {"reopened", "escalated"} else None
+
+    complaint = await eventually(reopened, what="complaint reopened")
+    assert complaint["satisfaction"]["outcome"] == "unsatisfied"
+    cancelled = await wait_status(system, second["id"], "cancelled", caller)
+    assert cancelled["cancel_reason"] == "complaint reopened"
+    (event,) = await followup_events(
+        system, event_type=EventType.FOLLOWUP_CANCELLED, subject=complaint_id, count=1
+    )
+    assert event.data["followup_id"] == second["id"]
+
+    # Intake stamps its outbox with the business clock and its relay polls with the wall
+    # clock: an intake command issued with the clock a day ahead would wait a day to publish.
+    clock.set(datetime.now(UTC))
+    again = await system.intake.post(
+        f"/v1/complaints/{complaint_id}/resolve",
+        json={"summary": "更换光猫后网络稳定"},
+        headers=admin,
+    )
+    assert again.status_code == 200, again.text
+    fresh = await checks_of(system, complaint_id, caller, count=2, status="scheduled")
+    assert [check["resolution_number"] for check in fresh] == [2, 2]
+    assert fresh[0]["resolution_summary"] == "更换光猫后网络稳定"
+
+
+async def test_withdrawal_and_admin_closure_cancel_checks_but_closure_after_followup_does_not(
+    system_factory: SystemFactory,
+) -> None:
+    system = await system_factory(clock=ManualClock(datetime(2026, 11, 20, tzinfo=UTC)))
+    admin = token(system.intake_settings)
+    resolved_at = datetime(2026, 11, 24, 2, tzinfo=UTC)
+    withdrawn, by_admin, after_followup = (
+        resolved(resolved_at=resolved_at, severity=severity) for severity in ("high", "low", "low")
+    )
+    await publish(system, *((EventType.COMPLAINT_RESOLVED, e) for e in (withdrawn, by_admin)))
+    await publish(system, (EventType.COMPLAINT_RESOLVED, after_followup))
+    for event, count in ((withdrawn, 2), (by_admin, 1), (after_followup, 1)):
+        await checks_of(system, event.complaint_id, admin, count=count)
+
+    later = resolved_at + timedelta(hours=1)
+    base = {"org": "demo", "branch": "LZ"}
+    closed_before = handled_count("followup", EventType.COMPLAINT_CLOSED)
+    withdrawal, *_ = await publish(
+        system,
+        (
+            EventType.COMPLAINT_WITHDRAWN,
+            ComplaintWithdrawn(
+                **base, complaint_id=withdrawn.complaint_id, withdrawn_by="cust", withdrawn_at=later
+            ),
+        ),
+        *(
+            (
+                EventType.COMPLAINT_CLOSED,
+                ComplaintClosed(
+                    **base,
+                    complaint_id=event.complaint_id,
+                    reason="closed",
+                    closed_by="someone",
+                    closed_via=via,
+                    closed_at=later,
+                ),
+            )
+            for event, via in ((by_admin, ClosedVia.ADMIN), (after_followup, ClosedVia.FOLLOWUP))
+        ),
+    )
+    await republish(system, withdrawal)
+
+    for event, count in ((withdrawn, 2), (by_admin, 1)):
+        cancelled = await checks_of(
+            system, event.complaint_id, admin, count=count, status="cancelled"
+        )
+        assert {check["cancel_reason"] for check in cancelled} <= {
+            "complaint withdrawn",
+            "complaint closed by an administrator",
+        }
+    await eventually(
+        lambda: _true(handled_count("followup", EventType.COMPLAINT_CLOSED) >= closed_before + 2),
+        what="closures handled",
+    )
+    (kept,) = await checks_of(system, after_followup.complaint_id, admin)
+    assert kept["status"] == "scheduled"
+    announced = await followup_events(
+        system, event_type=EventType.FOLLOWUP_CANCELLED, subject=withdrawn.complaint_id, count=2
+    )
+    assert len({event.data["followup_id"] for event in announced}) == 2
+
+
+# ---------------------------------------------------------------- access --
+
+
+async def test_branch_isolation_and_listing_by_due_time(system_factory: SystemFactory) -> None:
+    system = await system_factory(clock=ManualClock(datetime(2026, 11, 20, tzinfo=UTC)))
+    monday_10_local = datetime(2026, 11, 23, 2, tzinfo=UTC)
+    lz = [
+        resolved(resolved_at=monday_10_local + timedelta(hours=offset), owner_id=owner)
+        for offset, owner in ((2, "lz-chen"), (0, "lz-liu"), (1, "lz-chen"))
+    ]
+    hosp = resolved(resolved_at=monday_10_local, branch="HOSP", owner_id="hosp-wang")
+    await publish(system, *((EventType.COMPLAINT_RESOLVED, event) for event in [*lz, hosp]))
+    admin = token(system.intake_settings)
+    for event in [*lz, hosp]:
+        await checks_of(system, event.complaint_id, admin)
+    lz_agent = agent(system, "agent-a")
+
+    first_page = (
+        await system.followup.get("/v1/followups", params={"limit": 2}, headers=lz_agent)
+    ).json()
+    second_page = (
+        await system.followup.get(
+            "/v1/followups",
+            params={"limit": 2, "cursor": first_page["next_cursor"]},
+            headers=lz_agent,
+        )
+    ).json()
+    listed = first_page["items"] + second_page["items"]
+    assert second_page["next_cursor"] is None
+    assert [item["complaint_id"] for item in listed] == [
+        lz[1].complaint_id,
+        lz[2].complaint_id,
+        lz[0].complaint_id,
+    ]
+    assert all(item["branch"] == "LZ" for item in listed)
+
+    async def ids(params: dict, headers: dict = lz_agent) -> set[str]:
+        response = await system.followup.get("/v1/followups", params=params, headers=headers)
+        assert response.status_code == 200, response.text
+        return {item["complaint_id"] for item in response.json()["items"]}
+
+    assert await ids({"branch": "HOSP"}) == set()
+    assert await ids({"owner": "lz-chen"}) == {lz[0].complaint_id, lz[2].complaint_id}
+    assert await ids({"due_before": "2026-11-24T03:30:00Z"}) == {
+        lz[1].complaint_id,
+        lz[2].complaint_id,
+    }
+    assert await ids({"status": "due"}) == set()
+    assert await ids({}, admin) == {event.complaint_id for event in [*lz, hosp]}
+    other_org = token(system.intake_settings, org="other")
+    assert await ids({}, other_org) == set()
+
+    (foreign,) = await checks_of(system, hosp.complaint_id, admin)
+    url = f"/v1/followups/{foreign['id']}"
+    for headers in (lz_agent, other_org):
+        for method, path, body in (
+            ("GET", url, None),
+            ("POST", f"{url}/claim", None),
+            ("DELETE", f"{url}/claim", None),
+            ("POST", f"{url}/attempts", {"reached": False}),
+            ("POST", f"{url}/outcome", {"satisfied": True, "score": 5}),
+        ):
+            response = await system.followup.request(method, path, json=body, headers=headers)
+            assert response.status_code == 404, (method, path, response.text)
+            assert response.json()["type"].endswith("/not-found")
+    hours = await system.followup.get("/v1/followups/contact-hours/HOSP", headers=lz_agent)
+    assert hours.status_code == 404
+
+
+async def test_invalid_requests_are_problems_naming_the_field(
+    system_factory: SystemFactory,
+) -> None:
+    system = await system_factory(clock=ManualClock(datetime(2026, 11, 20, tzinfo=UTC)))
+    event = resolved(resolved_at=datetime(2026, 11, 24, 2, tzinfo=UTC))
+    await publish(system, (EventType.COMPLAINT_RESOLVED, event))
+    caller = agent(system, "agent-a")
+    (check,) = await checks_of(system, event.complaint_id, caller)
+    url = f"/v1/followups/{check['id']}"
+
+    async def problem(method: str, path: str, status: int, **kwargs) -> dict:
+        response = await system.followup.request(method, path, headers=caller, **kwargs)
+        assert response.status_code == status, response.text
+        assert response.headers["content-type"].startswith("application/problem+json")
+        return response.json()
+
+    def fields(body: dict) -> set[str]:
+        return {error["field"] for error in body["errors"]}
+
+    reached = await problem("POST", f"{url}/attempts", 422, json={"reached": True})
+    assert fields(reached) == {"score", "problem_solved"}
+    unreached = await problem(
+        "POST", f"{url}/attempts", 422, json={"reached": False, "score": 3, "mood": "angry"}
+    )
+    assert "mood" in fields(unreached)
+    bad_score = {"reached": True, "score": 9, "problem_solved": True}
+    assert fields(await problem("POST", f"{url}/attempts", 422, json=bad_score)) == {"score"}
+    assert "channel" in fields(
+        await problem("POST", f"{url}/attempts", 422, json={"reached": False, "channel": "fax"})
+    )
+    assert fields(await problem("GET", "/v1/followups", 422, params={"status": "lost"})) == {
+        "status"
+    }
+    assert "colour" in fields(await problem("GET", "/v1/followups", 422, params={"colour": "red"}))
+    assert fields(await problem("GET", "/v1/followups", 422, params={"cursor": "!!"})) == {"cursor"}
+    assert "due_before" in fields(
+        await problem("GET", "/v1/followups", 422, params={"due_before": "soon"})
+    )
+    not_due = await problem("POST", f"{url}/claim", 409)
+    assert not_due["type"].endswith("/not-due")
+    assert not_due["current_status"] == "scheduled"
+    await problem("PUT", "/v1/followups/policy", 403, json={})
+    await problem("GET", "/v1/followups/stats", 403)
+    await problem("GET", "/v1/followups/no-such-check", 404)
+    await problem("GET", "/v1/followups/contact-hours/lz", 422)
+    done = await system.followup.post(
+        f"{url}/outcome", json={"satisfied": True, "score": 5}, headers=caller
+    )
+    assert done.status_code == 200
+    again = await problem("POST", f"{url}/outcome", 409, json={"satisfied": True, "score": 5})
+    assert again["current_status"] == "completed"

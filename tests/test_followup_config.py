@@ -1,0 +1,215 @@
+"""Integration: follow-up policy and contact hours (validated, audited, applied) and statistics."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from complaints_shared.clock import ManualClock
+from complaints_shared.events import ComplaintWithdrawn, EventType
+from tests.conftest import SystemFactory
+from tests.helpers import token
+from tests.test_followup_checks import (
+    FAST_SCHEDULER,
+    agent,
+    at,
+    checks_of,
+    make_due,
+    publish,
+    resolved,
+    wait_status,
+)
+
+pytestmark = pytest.mark.integration
+
+LONDON_OFFICE = {
+    "time_zone": "Europe/London",
+    "start": "10:00",
+    "end": "16:00",
+    "weekdays": ["mon", "tue", "wed", "thu", "fri"],
+    "holiday_country": "GB",
+    "closed_days": ["2026-11-25"],
+}
+BILLING_POLICY = {
+    "checks": [{"after_hours": 48}],
+    "overrides": [
+        {"category": "billing", "checks": [{"after_hours": 2}, {"after_hours": 72}]},
+        {"category": "billing", "severity": "critical", "checks": [{"after_hours": 1}]},
+    ],
+    "max_attempts": 2,
+    "attempt_spacing_hours": 1,
+    "satisfied_score_threshold": 5,
+}
+
+
+def utc(*parts: int) -> datetime:
+    return datetime(*parts, tzinfo=UTC)
+
+
+async def test_policy_and_contact_hours_are_validated_audited_and_applied(
+    system_factory: SystemFactory,
+) -> None:
+    system = await system_factory(clock=ManualClock(utc(2026, 11, 20)))
+    admin = token(system.intake_settings, subject="admin-zhao")
+    supervisor = token(system.intake_settings, roles=("supervisor",))
+
+    default = (await system.followup.get("/v1/followups/policy", headers=admin)).json()
+    assert default["version"] == 0
+    assert default["policy"]["checks"] == [{"after_hours": 24.0}]
+    assert {o["severity"] for o in default["policy"]["overrides"]} == {"high", "critical"}
+
+    invalid = await system.followup.put(
+        "/v1/followups/policy",
+        json={**BILLING_POLICY, "checks": [{"after_hours": 48}, {"after_hours": 12}]},
+        headers=admin,
+    )
+    assert invalid.status_code == 422
+    assert {error["field"] for error in invalid.json()["errors"]} == {"checks"}
+    for _ in range(2):
+        saved = await system.followup.put(
+            "/v1/followups/policy", json=BILLING_POLICY, headers=admin
+        )
+        assert saved.status_code == 200, saved.text
+    assert saved.json()["version"] == 2
+    history = (await system.followup.get("/v1/followups/policy/history", headers=supervisor)).json()
+    assert [(v["version"], v["changed_by"]) for v in history["items"]] == [
+        (2, "admin-zhao"),
+        (1, "admin-zhao"),
+    ]
+
+    bad_hours = await system.followup.put(
+        "/v1/followups/contact-hours/LZ",
+        json={**LONDON_OFFICE, "time_zone": "Europe/Atlantis"},
+        headers=admin,
+    )
+    assert bad_hours.status_code == 422
+    assert bad_hours.json()["errors"][0]["field"] == "time_zone"
+    stored = await system.followup.put(
+        "/v1/followups/contact-hours/LZ", json=LONDON_OFFICE, headers=admin
+    )
+    assert stored.status_code == 200, stored.text
+    assert stored.json()["version"] == 1
+    hosp = (await system.followup.get("/v1/followups/contact-hours/HOSP", headers=admin)).json()
+    assert (hosp["version"], hosp["contact_hours"]["time_zone"]) == (0, "Asia/Shanghai")
+
+    monday_9_london = utc(2026, 11, 23, 9)
+    billing = resolved(resolved_at=monday_9_london)
+    critical = resolved(resolved_at=monday_9_london, severity="critical")
+    tuesday_15_london = resolved(resolved_at=utc(2026, 11, 24, 15))
+    network_hosp = resolved(resolved_at=utc(2026, 11, 23, 2), branch="HOSP", category="network")
+    await publish(
+        system,
+        *(
+            (EventType.COMPLAINT_RESOLVED, event)
+            for event in (billing, critical, tuesday_15_london, network_hosp)
+        ),
+    )
+
+    async def due_times(event, count: int = 1) -> list[datetime]:
+        return [
+            at(check["due_at"])
+            for check in await checks_of(system, event.complaint_id, admin, count=count)
+        ]
+
+    # +2 h is 11:00 in London; +72 h is 09:00 on Thursday, before the branch opens at 10:00.
+    assert await due_times(billing, 2) == [utc(2026, 11, 23, 11), utc(2026, 11, 26, 10)]
+    assert await due_times(critical) == [utc(2026, 11, 23, 10)]
+    # 17:00 is after hours and Wednesday the 25th is a closed day of the branch.
+    assert await due_times(tuesday_15_london, 2) == [utc(2026, 11, 26, 10), utc(2026, 11, 27, 15)]
+    # HOSP keeps the default (Shanghai, 09:00–20:00) and the policy's own 48 h.
+    assert await due_times(network_hosp) == [utc(2026, 11, 25, 2)]
+    (snapshot,) = await checks_of(system, critical.complaint_id, admin)
+    assert snapshot["max_attempts"] == 2
+
+
+async def test_stats_report_response_rate_satisfaction_and_time_to_first_contact(
+    system_factory: SystemFactory,
+) -> None:
+    clock = ManualClock(utc(2026, 11, 25, 6))  # Wednesday 14:00 in Shanghai
+    system = await system_factory(clock=clock, followup=FAST_SCHEDULER)
+    admin = token(system.intake_settings)
+    one_attempt = {**BILLING_POLICY, "overrides": [], "checks": [{"after_hours": 24}]}
+    one_attempt |= {"max_attempts": 1, "satisfied_score_threshold": 4}
+    assert (
+        await system.followup.put("/v1/followups/policy", json=one_attempt, headers=admin)
+    ).status_code == 200
+
+    def hours_ago(hours: int, **fields) -> object:
+        return resolved(resolved_at=clock.now() - timedelta(hours=hours), **fields)
+
+    satisfied = hours_ago(30, owner_id="lz-chen")
+    unsatisfied = hours_ago(26, owner_id="lz-liu")
+    unreachable = hours_ago(30, owner_id="lz-chen", category="network")
+    hospital = hours_ago(48, branch="HOSP", category="medical", owner_id="hosp-wang")
+    pending = hours_ago(30, owner_id="lz-liu")
+    withdrawn = hours_ago(30, owner_id="lz-liu")
+    everything = (satisfied, unsatisfied, unreachable, hospital, pending, withdrawn)
+    await publish(system, *((EventType.COMPLAINT_RESOLVED, event) for event in everything))
+    checks = {
+        event.complaint_id: (await checks_of(system, event.complaint_id, admin))[0]
+        for event in everything
+    }
+
+    def url(event) -> str:
+        return f"/v1/followups/{checks[event.complaint_id]['id']}"
+
+    caller = agent(system, "agent-a", branches="*")
+    for event, score in ((satisfied, 5), (hospital, 4)):
+        body = {"satisfied": True, "score": score, "problem_solved": True}
+        assert (
+            await system.followup.post(f"{url(event)}/outcome", json=body, headers=caller)
+        ).is_success
+    for event, attempt in (
+        (unsatisfied, {"reached": True, "score": 3, "problem_solved": True}),
+        (unreachable, {"reached": False}),
+    ):
+        await make_due(system, clock, checks[event.complaint_id], caller)
+        assert (await system.followup.post(f"{url(event)}/claim", headers=caller)).is_success
+        done = await system.followup.post(f"{url(event)}/attempts", json=attempt, headers=caller)
+        assert done.json()["status"] == "completed", done.text
+    await publish(
+        system,
+        (
+            EventType.COMPLAINT_WITHDRAWN,
+            ComplaintWithdrawn(
+                complaint_id=withdrawn.complaint_id,
+                org="demo",
+                branch="LZ",
+                withdrawn_by="customer",
+                withdrawn_at=clock.now(),
+            ),
+        ),
+    )
+    await wait_status(system, checks[withdrawn.complaint_id]["id"], "cancelled", admin)
+
+    stats = (await system.followup.get("/v1/followups/stats", headers=admin)).json()
+    overall = stats["overall"]
+    assert (overall["checks"], overall["completed"], overall["reached"]) == (5, 4, 3)
+    assert (overall["satisfied"], overall["unsatisfied"], overall["no_response"]) == (2, 1, 1)
+    assert overall["response_rate"] == 0.75
+    assert overall["satisfaction_average"] == 4.0
+    assert overall["score_distribution"] == {"1": 0, "2": 0, "3": 1, "4": 1, "5": 1}
+    by_branch = {group["key"]: group for group in stats["by_branch"]}
+    assert (by_branch["HOSP"]["checks"], by_branch["LZ"]["checks"]) == (1, 4)
+    assert by_branch["LZ"]["response_rate"] == round(2 / 3, 2)
+    by_owner = {group["key"]: group for group in stats["by_owner"]}
+    assert by_owner["lz-chen"]["satisfaction_average"] == 5.0
+    assert by_owner["lz-liu"]["unsatisfied"] == 1
+    by_category = {group["key"]: group["no_response"] for group in stats["by_category"]}
+    assert by_category == {"billing": 0, "medical": 0, "network": 1}
+    assert {g["key"] for g in stats["by_department"]} == {"LZ:BILLING", "HOSP:BILLING"}
+    # First contacts: the satisfied one 30 h after resolution, the unsatisfied one once the
+    # clock had moved to its due time, the hospital one 48 h after.
+    first_contact = stats["resolution_to_first_contact"]
+    assert first_contact["resolutions"] == 3
+    assert first_contact["median_hours"] == 30.0
+
+    lz_supervisor = token(system.intake_settings, branches=["LZ"], roles=("supervisor",))
+    lz_only = (await system.followup.get("/v1/followups/stats", headers=lz_supervisor)).json()
+    assert lz_only["overall"]["checks"] == 4
+    assert [group["key"] for group in lz_only["by_branch"]] == ["LZ"]
+    hosp_only = (
+        await system.followup.get("/v1/followups/stats", params={"branch": "HOSP"}, headers=admin)
+    ).json()
+    assert hosp_only["overall"]["checks"] == 1

@@ -1,0 +1,417 @@
+"""Integration: routing assigns, queues and reassigns, and keeps loads right (Kafka, Mongo)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from complaints_shared.clock import ManualClock
+from complaints_shared.events import (
+    ComplaintRejected,
+    ComplaintWithdrawn,
+    EventType,
+    ResponsibleParty,
+)
+from routing import sla
+from routing.models import BranchRead
+from tests.conftest import System, SystemFactory
+from tests.helpers import eventually, token
+from tests.test_routing_support import (
+    FAST_TIMERS,
+    MONDAY_10_SHANGHAI,
+    assignment_when,
+    base,
+    intake_producer,
+    of_type,
+    outbox_drained,
+    received,
+    resolved,
+    routing_db,
+    routing_events,
+)
+
+pytestmark = pytest.mark.integration
+
+BROADBAND = {
+    "branch": "LZ",
+    "channel": "phone",
+    "category": "billing",
+    "severity": "high",
+    "flags": [],
+    "customer": {"name": "马先生", "phone": "+86 138 0931 0000"},
+    "subject": "预交年费后宽带仍被停机",
+    "description": "我已预交全年宽带年费，营业员没有打印第二张欠费单，结果宽带被停。",
+}
+
+
+async def _loads(system: System, department: str) -> dict[str, int]:
+    response = await system.routing.get(
+        "/v1/assignments/workload",
+        params={"department": department},
+        headers=token(system.routing_settings, roles=("agent",)),
+    )
+    assert response.status_code == 200, response.text
+    (row,) = response.json()["departments"]
+    return {owner["id"]: owner["open_load"] for owner in row["owners"]}
+
+
+async def test_complaint_from_intake_is_assigned_with_rule_version_and_business_due_times(
+    system_factory: SystemFactory,
+) -> None:
+    system = await system_factory(clock=ManualClock(MONDAY_10_SHANGHAI))
+    admin = token(system.intake_settings)
+    created = await system.intake.post("/v1/complaints", json=BROADBAND, headers=admin)
+    assert created.status_code == 201, created.text
+    complaint_id = created.json()["id"]
+
+    document = await outbox_drained(system, complaint_id)
+    assert document["status"] == "open"
+    assert (document["department"], document["rule_id"]) == ("LZ:BILLING", "demo:billing-keywords")
+    assert document["rule_version"] == 1
+    assert document["owner_id"] in {"lz-chen", "lz-liu"}
+    assert document["sla_policy"] == "standard"
+    lz = BranchRead.model_validate(await routing_db(system).branches.find_one({"_id": "demo:LZ"}))
+    targets = sla.BUILTIN_TARGETS["high"]
+    calendar = sla.branch_calendar(lz)
+    start = document["clock_starts_at"]
+    assert document["acknowledge_due_at"] == sla.deadline(calendar, start, targets.acknowledge)
+    assert document["resolve_due_at"] == sla.deadline(calendar, start, targets.resolve)
+
+    read = await system.routing.get(f"/v1/assignments/{complaint_id}", headers=admin)
+    assert read.status_code == 200
+    body = read.json()
+    assert body["clocks"]["acknowledge"]["state"] == "running"
+    assert body["clocks"]["acknowledge"]["basis"] == "business"
+    events = await routing_events(
+        system, until=lambda events: bool(of_type(events, EventType.COMPLAINT_ASSIGNED))
+    )
+    (assigned,) = of_type(events, EventType.COMPLAINT_ASSIGNED, complaint_id)
+    assert assigned.data["owner_id"] == document["owner_id"]
+    assert assigned.data["rule_version"] == 1
+    assert assigned.data["sla_policy"] == "standard"
+    assert assigned.data["duty_officer"] is False
+
+    hosp_agent = token(system.routing_settings, branches=["HOSP"], roles=("agent",))
+    foreign = await system.routing.get(f"/v1/assignments/{complaint_id}", headers=hosp_agent)
+    assert foreign.status_code == 404
+    other_org = token(system.routing_settings, org="other")
+    assert (
+        await system.routing.get(f"/v1/assignments/{complaint_id}", headers=other_org)
+    ).status_code == 404
+
+    # Intake's own commands drive the clocks, and routing's events come back to the record.
+    async def command(name: str, body: dict) -> None:
+        response = await system.intake.post(
+            f"/v1/complaints/{complaint_id}/{name}", json=body, headers=admin
+        )
+        assert response.status_code == 200, response.text
+
+    await command("acknowledge", {"message_to_customer": "已受理，今天内答复"})
+    await assignment_when(
+        system, complaint_id, lambda d: d["clocks"]["acknowledge"]["state"] == "stopped"
+    )
+    await command("pending-customer", {"reason": "等客户提供缴费凭证"})
+    await assignment_when(system, complaint_id, lambda d: d["paused"])
+    # One hour (not days): intake stamps its outbox with the injected clock, and its relay
+    # publishes only entries stamped before the wall-clock time.
+    system.clock.advance(timedelta(hours=1))
+    await command("resume", {})
+    resumed = await assignment_when(system, complaint_id, lambda d: not d["paused"])
+    assert resumed["resolve_due_at"] == document["resolve_due_at"] + timedelta(hours=1)
+    supervisor = token(system.routing_settings, roles=("supervisor",))
+    escalated = await system.routing.post(
+        f"/v1/assignments/{complaint_id}/escalate",
+        json={"reason": "客户情绪激动"},
+        headers=supervisor,
+    )
+    assert escalated.status_code == 200, escalated.text
+    assert escalated.json()["escalations"][-1]["escalated_to_id"] == "lz-gao"
+    await command(
+        "resolve",
+        {"summary": "已恢复宽带并致歉", "responsible_department": "LZ:SALES"},
+    )
+    finished = await assignment_when(system, complaint_id, lambda d: d["status"] == "resolved")
+    assert finished["responsible_department"] == "LZ:SALES"
+
+    async def recorded() -> dict | None:
+        body = (await system.intake.get(f"/v1/complaints/{complaint_id}", headers=admin)).json()
+        current = body["resolve_due_at"] == resumed["resolve_due_at"].isoformat().replace(
+            "+00:00", "Z"
+        )
+        return body if current and body["escalation_level"] == 1 else None
+
+    record = await eventually(recorded, timeout_s=15, what="intake record updated by routing")
+    assert record["assignment"]["owner_id"] == document["owner_id"]
+    assert record["responsible_department"] == "LZ:SALES"
+
+
+async def test_duplicate_received_event_assigns_once(system: System) -> None:
+    complaint = received()
+    async with intake_producer(system) as publish:
+        event = await publish(EventType.COMPLAINT_RECEIVED, complaint)
+        await publish.replay(event)  # the very same event delivered twice
+        await publish(EventType.COMPLAINT_RECEIVED, complaint)  # re-sent under a new event id
+    document = await outbox_drained(system, complaint.complaint_id)
+    loads = await _loads(system, "LZ:BILLING")
+    assert sum(loads.values()) == 1
+    assert loads[document["owner_id"]] == 1
+    events = await routing_events(
+        system,
+        until=lambda events: bool(of_type(events, EventType.COMPLAINT_ASSIGNED)),
+        timeout_s=5,
+    )
+    assert len(of_type(events, EventType.COMPLAINT_ASSIGNED, complaint.complaint_id)) == 1
+
+
+async def test_full_department_queues_and_freed_capacity_assigns_the_next(
+    system_factory: SystemFactory,
+) -> None:
+    system = await system_factory(routing=FAST_TIMERS)
+    admin = token(system.routing_settings)
+    patched = await system.routing.patch(
+        "/v1/directory/staff/hotel-ma", json={"capacity": 1}, headers=admin
+    )
+    assert patched.status_code == 200, patched.text
+    first = received(branch="HOTEL", category="service_attitude", description="前台态度冷淡")
+    second = received(branch="HOTEL", category="service_attitude", description="房间没有打扫")
+    async with intake_producer(system) as publish:
+        await publish(EventType.COMPLAINT_RECEIVED, first)
+        await assignment_when(system, first.complaint_id, lambda d: d["status"] == "open")
+        await publish(EventType.COMPLAINT_RECEIVED, second)
+        queued = await assignment_when(system, second.complaint_id)
+        assert (queued["status"], queued["owner_id"]) == ("queued", None)
+        assert queued["department"] == "HOTEL:FRONT"
+        await publish(EventType.COMPLAINT_RESOLVED, resolved(first))
+        taken = await assignment_when(
+            system, second.complaint_id, lambda d: d["status"] == "open", what="queue drained"
+        )
+    assert taken["owner_id"] == "hotel-ma"
+    assert await _loads(system, "HOTEL:FRONT") == {"hotel-gm": 0, "hotel-ma": 1}
+    events = await routing_events(
+        system,
+        until=lambda events: len(of_type(events, EventType.COMPLAINT_ASSIGNED)) >= 2,
+    )
+    assert len(of_type(events, EventType.COMPLAINT_QUEUED, second.complaint_id)) == 1
+    assert len(of_type(events, EventType.COMPLAINT_ASSIGNED, second.complaint_id)) == 1
+    metrics = (await system.routing.get("/metrics")).text
+    assert 'complaints_routing_queued_total{department="HOTEL:FRONT"}' in metrics
+
+
+async def test_reassignment_keeps_both_owners_loads_right(system: System) -> None:
+    complaint = received()
+    async with intake_producer(system) as publish:
+        await publish(EventType.COMPLAINT_RECEIVED, complaint)
+        document = await assignment_when(system, complaint.complaint_id)
+        first_owner = document["owner_id"]
+        other = "lz-liu" if first_owner == "lz-chen" else "lz-chen"
+        supervisor = token(system.routing_settings, roles=("supervisor",))
+        path = f"/v1/assignments/{complaint.complaint_id}/reassign"
+
+        missing_reason = await system.routing.post(
+            path, json={"owner_id": other}, headers=supervisor
+        )
+        assert missing_reason.status_code == 422
+        assert missing_reason.json()["errors"][0]["field"] == "reason"
+        agent = token(system.routing_settings, roles=("agent",))
+        forbidden = await system.routing.post(
+            path, json={"owner_id": other, "reason": "休假"}, headers=agent
+        )
+        assert forbidden.status_code == 403
+        unknown = await system.routing.post(
+            path, json={"owner_id": "nobody", "reason": "调岗"}, headers=supervisor
+        )
+        assert unknown.status_code == 422 and unknown.json()["errors"][0]["field"] == "owner_id"
+        lz_supervisor = token(system.routing_settings, branches=["LZ"], roles=("supervisor",))
+        elsewhere = await system.routing.post(
+            path, json={"department": "HOSP:MED", "reason": "转医院"}, headers=lz_supervisor
+        )
+        assert elsewhere.status_code == 404
+
+        moved = await system.routing.post(
+            path, json={"owner_id": other, "reason": "原处理人休假"}, headers=supervisor
+        )
+        assert moved.status_code == 200, moved.text
+        assert moved.json()["owner_id"] == other
+        assert await _loads(system, "LZ:BILLING") == {
+            first_owner: 0,
+            other: 1,
+            "lz-gao": 0,
+            "lz-xie": 0,
+        }
+        transferred = await system.routing.post(
+            path, json={"department": "LZ:CS", "reason": "属服务态度问题"}, headers=supervisor
+        )
+        assert transferred.status_code == 200, transferred.text
+        new_owner = transferred.json()["owner_id"]
+        assert new_owner in {"lz-wang", "lz-li"}
+        assert sum((await _loads(system, "LZ:BILLING")).values()) == 0
+        assert (await _loads(system, "LZ:CS"))[new_owner] == 1
+
+        await publish(EventType.COMPLAINT_RESOLVED, resolved(complaint))
+        await assignment_when(system, complaint.complaint_id, lambda d: d["status"] == "resolved")
+    assert sum((await _loads(system, "LZ:CS")).values()) == 0
+    late = await system.routing.post(
+        path, json={"owner_id": "lz-li", "reason": "晚了"}, headers=supervisor
+    )
+    assert late.status_code == 409
+    events = await routing_events(
+        system, until=lambda events: len(of_type(events, EventType.COMPLAINT_REASSIGNED)) >= 2
+    )
+    moves = of_type(events, EventType.COMPLAINT_REASSIGNED, complaint.complaint_id)
+    assert [(m.data["from_owner_id"], m.data["owner_id"]) for m in moves] == [
+        (first_owner, other),
+        (other, new_owner),
+    ]
+    assert moves[1].data["department"] == "LZ:CS"
+    assert moves[0].data["reason"] == "原处理人休假"
+
+
+async def test_responsible_department_from_resolution_and_from_a_supervisor(
+    system: System,
+) -> None:
+    complaint = received()
+    supervisor = token(system.routing_settings, roles=("supervisor",))
+    async with intake_producer(system) as publish:
+        await publish(EventType.COMPLAINT_RECEIVED, complaint)
+        await assignment_when(system, complaint.complaint_id)
+        resolution = resolved(
+            complaint, responsible_department="SALES", responsible_party=ResponsibleParty.STAFF
+        )
+        await publish(EventType.COMPLAINT_RESOLVED, resolution)
+        document = await assignment_when(
+            system, complaint.complaint_id, lambda d: d["status"] == "resolved"
+        )
+    assert document["department"] == "LZ:BILLING"  # handled there ...
+    assert document["responsible_department"] == "LZ:SALES"  # ... but Sales was at fault
+    path = f"/v1/assignments/{complaint.complaint_id}/responsibility"
+    unknown = await system.routing.post(
+        path, json={"responsible_department": "LZ:NOPE"}, headers=supervisor
+    )
+    assert unknown.status_code == 422
+    assert unknown.json()["errors"][0]["field"] == "responsible_department"
+    changed = await system.routing.post(
+        path,
+        json={"responsible_department": "LZ:NETWORK", "responsible_party": "company"},
+        headers=supervisor,
+    )
+    assert changed.status_code == 200, changed.text
+    assert changed.json()["responsible_department"] == "LZ:NETWORK"
+    workload = await system.routing.get(
+        "/v1/assignments/workload", params={"branch": "LZ"}, headers=supervisor
+    )
+    rows = {row["department"]: row for row in workload.json()["departments"]}
+    assert rows["LZ:NETWORK"]["responsible_for"] == 1
+    assert rows["LZ:BILLING"]["responsible_for"] == 0
+    events = await routing_events(
+        system,
+        until=lambda events: len(of_type(events, EventType.COMPLAINT_RESPONSIBILITY_SET)) >= 2,
+    )
+    sets = of_type(events, EventType.COMPLAINT_RESPONSIBILITY_SET, complaint.complaint_id)
+    assert [(e.data["responsible_department"], e.data["set_by"]) for e in sets] == [
+        ("LZ:SALES", "agent-1"),
+        ("LZ:NETWORK", "tester"),
+    ]
+
+
+async def test_deactivated_person_gets_no_new_work_and_their_open_work_is_reported(
+    system: System,
+) -> None:
+    admin = token(system.routing_settings)
+    first = received()
+    async with intake_producer(system) as publish:
+        await publish(EventType.COMPLAINT_RECEIVED, first)
+        owner = (await assignment_when(system, first.complaint_id))["owner_id"]
+        report = await system.routing.post(f"/v1/directory/staff/{owner}/deactivate", headers=admin)
+        assert report.status_code == 200, report.text
+        assert [work["complaint_id"] for work in report.json()["open_work"]] == [first.complaint_id]
+        later = [received() for _ in range(3)]
+        for complaint in later:
+            await publish(EventType.COMPLAINT_RECEIVED, complaint)
+        owners = {
+            (await assignment_when(system, complaint.complaint_id))["owner_id"]
+            for complaint in later
+        }
+        assert owner not in owners
+        assert owners == {"lz-chen", "lz-liu"} - {owner}
+        withdrawn = ComplaintWithdrawn(
+            **base(later[0]), withdrawn_by="customer", withdrawn_at=datetime.now(UTC)
+        )
+        rejected = ComplaintRejected(
+            **base(later[1]),
+            reason_code="duplicate",
+            explanation="重复投诉",
+            rejected_by="agent-1",
+            rejected_at=datetime.now(UTC),
+        )
+        await publish(EventType.COMPLAINT_WITHDRAWN, withdrawn)
+        await publish(EventType.COMPLAINT_REJECTED, rejected)
+        for complaint, status in ((later[0], "withdrawn"), (later[1], "rejected")):
+            document = await assignment_when(
+                system, complaint.complaint_id, lambda d, s=status: d["status"] == s
+            )
+            assert {c["state"] for c in document["clocks"].values()} == {"stopped"}
+            assert "owner_slot" not in document
+    assert (await _loads(system, "LZ:BILLING"))[next(iter(owners))] == 1
+    staff = await system.routing.get(f"/v1/directory/staff/{owner}", headers=admin)
+    assert staff.json()["status"] == "inactive"
+    assert staff.json()["open_load"] == 1
+
+
+async def test_simulation_has_no_side_effects(system: System) -> None:
+    db = routing_db(system)
+
+    async def snapshot() -> dict:
+        names = sorted(await db.list_collection_names())
+        return {
+            name: await db[name]
+            .find({}, projection={"_id": 1, "updated_at": 1, "version": 1})
+            .sort("_id", 1)
+            .to_list(None)
+            for name in names
+        }
+
+    await eventually(lambda: _ready(system), what="routing ready")
+    before = await snapshot()
+    supervisor = token(system.routing_settings, roles=("supervisor",))
+    response = await system.routing.post(
+        "/v1/routing/simulate",
+        json={
+            "branch": "HOSP",
+            "category": "medical",
+            "severity": "critical",
+            "description": "手术失误导致重伤，怀疑医疗事故",
+            "received_at": (MONDAY_10_SHANGHAI + timedelta(hours=12)).isoformat(),
+        },
+        headers=supervisor,
+    )
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["matched_rule"]["id"] == "demo:major-medical-incident"
+    assert body["department"] == "HOSP:MED"
+    assert body["duty_officer"] and body["chosen_owner_id"] == "hosp-duty"
+    assert body["major_incident"] and body["escalated_to_id"] == "hosp-head"
+    assert {c["id"]: c["open_load"] for c in body["candidates"]} == {"hosp-lin": 0, "hosp-zhou": 0}
+    assert body["regulatory_report_due_at"] is not None
+    assert body["sla_policy"] == "medical"
+
+    in_hours = await system.routing.post(
+        "/v1/routing/simulate",
+        json={"branch": "LZ", "category": "billing", "description": "话费多扣"},
+        headers=supervisor,
+    )
+    assert in_hours.json()["chosen_owner_id"] in {"lz-chen", "lz-liu"}
+    foreign = await system.routing.post(
+        "/v1/routing/simulate",
+        json={"branch": "HOSP"},
+        headers=token(system.routing_settings, branches=["LZ"], roles=("supervisor",)),
+    )
+    assert foreign.status_code == 404
+    assert await snapshot() == before
+    events = await routing_events(system, until=lambda events: False, timeout_s=1.0)
+    assert events == []
+
+
+async def _ready(system: System) -> bool:
+    response = await system.routing.get("/readyz")
+    return response.status_code == 200

@@ -1,0 +1,274 @@
+"""Integration: the directory and rules admin APIs validate, scope, version and audit."""
+
+from __future__ import annotations
+
+import pytest
+
+from complaints_shared.events import CustomerContact, EventType
+from tests.conftest import System
+from tests.helpers import token
+from tests.test_routing_support import assignment_when, intake_producer, received
+
+pytestmark = pytest.mark.integration
+
+XIAN = {
+    "code": "XA",
+    "name": "西安分公司",
+    "time_zone": "Asia/Shanghai",
+    "hours": {day: [{"start": "08:30", "end": "17:30"}] for day in ("mon", "tue", "wed", "thu")},
+    "holidays": {
+        "country": "CN",
+        "closed_days": ["2026-12-31"],
+        "working_days": ["2026-12-27"],
+    },
+}
+
+
+def _field(response) -> str:
+    assert response.status_code == 422, response.text
+    assert response.headers["content-type"].startswith("application/problem+json")
+    return response.json()["errors"][0]["field"]
+
+
+async def test_directory_validates_references_chains_and_scopes(system: System) -> None:
+    admin = token(system.routing_settings)
+    api = system.routing
+    supervisor = token(system.routing_settings, roles=("supervisor",))
+    assert (await api.get("/v1/directory/branches", headers=supervisor)).status_code == 403
+
+    assert (
+        _field(
+            await api.post(
+                "/v1/directory/branches", json={**XIAN, "time_zone": "Mars/Base"}, headers=admin
+            )
+        )
+        == "time_zone"
+    )
+    bad_country = {**XIAN, "holidays": {"country": "XX"}}
+    assert (
+        _field(await api.post("/v1/directory/branches", json=bad_country, headers=admin))
+        == "holidays.country"
+    )
+    assert (
+        _field(await api.post("/v1/directory/branches", json={**XIAN, "hours": {}}, headers=admin))
+        == "hours"
+    )
+    overlapping = {
+        **XIAN,
+        "hours": {"mon": [{"start": "08:00", "end": "12:00"}, {"start": "11:00", "end": "17:00"}]},
+    }
+    assert (
+        _field(await api.post("/v1/directory/branches", json=overlapping, headers=admin))
+        == "hours.mon"
+    )
+    backwards = {**XIAN, "hours": {"mon": [{"start": "18:00", "end": "09:00"}]}}
+    assert _field(
+        await api.post("/v1/directory/branches", json=backwards, headers=admin)
+    ).startswith("hours.mon")
+    no_officer = {**XIAN, "duty_officer_id": "nobody"}
+    assert (
+        _field(await api.post("/v1/directory/branches", json=no_officer, headers=admin))
+        == "duty_officer_id"
+    )
+    created = await api.post("/v1/directory/branches", json=XIAN, headers=admin)
+    assert created.status_code == 201, created.text
+    assert created.json()["holidays"]["working_days"] == ["2026-12-27"]
+    assert (await api.post("/v1/directory/branches", json=XIAN, headers=admin)).status_code == 409
+
+    department = {"branch": "XA", "code": "CS", "name": "客户服务部", "kind": "customer_service"}
+    unknown_branch = {**department, "branch": "ZZ"}
+    assert (
+        _field(await api.post("/v1/directory/departments", json=unknown_branch, headers=admin))
+        == "branch"
+    )
+    empty_chain = {**department, "escalation_chain": []}
+    assert (
+        _field(await api.post("/v1/directory/departments", json=empty_chain, headers=admin))
+        == "escalation_chain"
+    )
+    ghost = {**department, "escalation_chain": [{"staff_id": "ghost"}]}
+    assert (
+        _field(await api.post("/v1/directory/departments", json=ghost, headers=admin))
+        == "escalation_chain.0.staff_id"
+    )
+    loop = {**department, "escalation_chain": [{"role": "team_lead"}, {"role": "team_lead"}]}
+    assert (
+        _field(await api.post("/v1/directory/departments", json=loop, headers=admin))
+        == "escalation_chain.1"
+    )
+    downward = {
+        **department,
+        "escalation_chain": [{"role": "department_head"}, {"role": "team_lead"}],
+    }
+    assert (
+        _field(await api.post("/v1/directory/departments", json=downward, headers=admin))
+        == "escalation_chain.1"
+    )
+    both = {**department, "escalation_chain": [{"role": "team_lead", "staff_id": "lz-gao"}]}
+    assert _field(await api.post("/v1/directory/departments", json=both, headers=admin)).startswith(
+        "escalation_chain.0"
+    )
+    made = await api.post("/v1/directory/departments", json=department, headers=admin)
+    assert made.status_code == 201, made.text
+    assert [step["role"] for step in made.json()["escalation_chain"]] == [
+        "team_lead",
+        "department_head",
+        "branch_head",
+    ]
+    twin = {**department, "code": "CS2"}
+    assert _field(await api.post("/v1/directory/departments", json=twin, headers=admin)) == "kind"
+
+    person = {"id": "xa-zhou", "branch": "XA", "department": "CS", "name": "周敏", "capacity": 5}
+    nowhere = {**person, "department": "NOPE"}
+    assert (
+        _field(await api.post("/v1/directory/staff", json=nowhere, headers=admin)) == "department"
+    )
+    assert (await api.post("/v1/directory/staff", json=person, headers=admin)).status_code == 201
+    lead = {**person, "id": "xa-lead", "name": "组长", "role": "team_lead", "capacity": 0}
+    assert (await api.post("/v1/directory/staff", json=lead, headers=admin)).status_code == 201
+    assert (
+        _field(
+            await api.patch("/v1/directory/staff/xa-zhou", json={"capacity": None}, headers=admin)
+        )
+        == "capacity"
+    )
+    chain = {"escalation_chain": [{"staff_id": "xa-lead"}, {"role": "branch_head"}]}
+    assert (
+        await api.patch("/v1/directory/departments/XA:CS", json=chain, headers=admin)
+    ).status_code == 200
+    officer = await api.patch(
+        "/v1/directory/branches/XA", json={"duty_officer_id": "xa-lead"}, headers=admin
+    )
+    assert officer.status_code == 200 and officer.json()["version"] == 2
+
+    lz_admin = token(system.routing_settings, branches=["LZ"])
+    assert (await api.get("/v1/directory/branches/XA", headers=lz_admin)).status_code == 404
+    assert (await api.get("/v1/directory/staff/xa-zhou", headers=lz_admin)).status_code == 404
+    assert (await api.get("/v1/directory/departments/XA:CS", headers=lz_admin)).status_code == 404
+    assert [
+        b["code"] for b in (await api.get("/v1/directory/branches", headers=lz_admin)).json()
+    ] == ["LZ"]
+    other_org = token(system.routing_settings, org="acme")
+    assert (await api.get("/v1/directory/branches/LZ", headers=other_org)).status_code == 404
+
+    trail = await api.get(
+        "/v1/directory/audit", params={"entity": "branch", "entity_id": "XA"}, headers=admin
+    )
+    assert [entry["action"] for entry in trail.json()] == ["updated", "created"]
+
+    complaint = received(branch="XA", category="other", description="营业厅排队太久")
+    async with intake_producer(system) as publish:
+        await publish(EventType.COMPLAINT_RECEIVED, complaint)
+    document = await assignment_when(system, complaint.complaint_id)
+    assert (document["department"], document["owner_id"]) == ("XA:CS", "xa-zhou")
+    staff = await api.get("/v1/directory/staff/xa-zhou", headers=admin)
+    assert staff.json()["open_load"] == 1
+
+
+async def test_rules_are_validated_versioned_and_recorded_on_assignments(system: System) -> None:
+    admin = token(system.routing_settings)
+    api = system.routing
+    rule = {
+        "id": "vip-billing",
+        "name": "VIP 计费投诉 → 计费账务部",
+        "position": 5,
+        "conditions": {"vip": True, "categories": ["billing"]},
+        "action": {
+            "department_id": "LZ:BILLING",
+            "required_skill": "billing",
+            "notify_roles": ["team_lead"],
+        },
+    }
+    for broken, field in [
+        ({"action": {"department_id": "LZ:NOPE"}}, "action.department_id"),
+        ({"action": {"department_kind": "astrology"}}, "action.department_kind"),
+        ({"action": {"department_kind": "billing", "sla_policy": "nope"}}, "action.sla_policy"),
+        ({"branches": ["ZZ"]}, "branches.0"),
+        ({"is_default": True, "conditions": {}}, "is_default"),
+        ({"action": {"department_kind": "billing", "department_id": "LZ:BILLING"}}, "action"),
+        ({"conditions": {"flags_any": ["angry"]}}, "conditions.flags_any.0"),
+    ]:
+        response = await api.post("/v1/routing/rules", json={**rule, **broken}, headers=admin)
+        assert _field(response) == field, broken
+    scoped_admin = token(system.routing_settings, branches=["LZ"])
+    assert (await api.post("/v1/routing/rules", json=rule, headers=scoped_admin)).status_code == 403
+    created = await api.post("/v1/routing/rules", json=rule, headers=admin)
+    assert created.status_code == 201, created.text
+    assert (created.json()["id"], created.json()["version"]) == ("demo:vip-billing", 1)
+    listed = await api.get("/v1/routing/rules", headers=admin)
+    assert listed.json()[0]["id"] == "demo:vip-billing"
+    assert listed.json()[-1]["is_default"]
+
+    vip = CustomerContact(name="贵宾", vip=True)
+    first = received(customer=vip, description="账单有问题")
+    async with intake_producer(system) as publish:
+        await publish(EventType.COMPLAINT_RECEIVED, first)
+        document = await assignment_when(system, first.complaint_id)
+        assert (document["rule_id"], document["rule_version"]) == ("demo:vip-billing", 1)
+        assert {n["staff_id"] for n in document["notify"]} == {"lz-gao"}
+
+        changed = await api.patch(
+            "/v1/routing/rules/demo:vip-billing",
+            json={"action": {**rule["action"], "sla_policy": "regulator"}},
+            headers=admin,
+        )
+        assert changed.status_code == 200, changed.text
+        assert changed.json()["version"] == 2
+        second = received(customer=vip, description="账单又错了")
+        await publish(EventType.COMPLAINT_RECEIVED, second)
+        document = await assignment_when(system, second.complaint_id)
+        assert (document["rule_version"], document["sla_policy"]) == (2, "regulator")
+
+        assert (
+            await api.delete("/v1/routing/rules/demo:default", headers=admin)
+        ).status_code == 409
+        retired = await api.delete("/v1/routing/rules/demo:vip-billing", headers=admin)
+        assert retired.json()["active"] is False
+        third = received(customer=vip, description="账单第三次出错")
+        await publish(EventType.COMPLAINT_RECEIVED, third)
+        document = await assignment_when(system, third.complaint_id)
+        assert document["rule_id"] == "demo:billing-keywords"
+
+    versions = await api.get("/v1/routing/rules/demo:vip-billing/versions", headers=admin)
+    assert [(v["version"], v["change"]) for v in versions.json()] == [
+        (3, "deactivated"),
+        (2, "updated"),
+        (1, "created"),
+    ]
+    assert versions.json()[1]["rule"]["action"]["sla_policy"] == "regulator"
+    assert versions.json()[1]["changed_by"] == "tester"
+    other_org = token(system.routing_settings, org="acme")
+    assert (
+        await api.get("/v1/routing/rules/demo:vip-billing", headers=other_org)
+    ).status_code == 404
+
+    policy = {
+        "name": "快速",
+        "targets": {
+            "normal": {
+                "acknowledge": {"amount": 30, "unit": "minutes", "basis": "business"},
+                "resolve": {"amount": 2, "unit": "days", "basis": "business"},
+            }
+        },
+        "warning_share": 0.5,
+    }
+    saved = await api.put("/v1/routing/sla-policies/fast", json=policy, headers=admin)
+    assert saved.status_code == 200, saved.text
+    assert saved.json()["version"] == 1
+    resaved = await api.put("/v1/routing/sla-policies/fast", json=policy, headers=admin)
+    assert resaved.json()["version"] == 2
+    same_day_calendar = {
+        **policy,
+        "targets": {
+            "low": {
+                "acknowledge": {"unit": "end_of_business_day", "basis": "calendar"},
+                "resolve": {"amount": 2, "unit": "days", "basis": "business"},
+            }
+        },
+    }
+    bad = await api.put("/v1/routing/sla-policies/fast", json=same_day_calendar, headers=admin)
+    assert _field(bad).startswith("targets.low.acknowledge")
+    second_default = await api.put(
+        "/v1/routing/sla-policies/other", json={**policy, "is_default": True}, headers=admin
+    )
+    assert _field(second_default) == "is_default"

@@ -1,0 +1,207 @@
+"""Unit: rule conditions (flags, VIP, products, Chinese keywords, scopes) and routing plans."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from pydantic import ValidationError
+
+from complaints_shared.events import ComplaintReceived, CustomerContact
+from routing import demo, flows, sla
+from routing.models import (
+    BranchRead,
+    DepartmentRead,
+    RoutingRule,
+    RuleConditions,
+    SlaPolicy,
+    StaffRead,
+)
+from routing.rules import conditions_hold, matching_rules
+
+NOW = datetime(2026, 11, 23, 2, 0, tzinfo=UTC)  # Monday 10:00 in Shanghai
+TUESDAY_22 = datetime(2026, 11, 24, 14, 0, tzinfo=UTC)
+
+
+def complaint(**overrides) -> ComplaintReceived:
+    values = {
+        "complaint_id": "c1",
+        "org": "demo",
+        "branch": "LZ",
+        "reference": "LZ-20261123-0001",
+        "channel": "phone",
+        "category": "other",
+        "severity": "normal",
+        "subject": "投诉",
+        "description": "",
+        "customer": CustomerContact(name="客户"),
+        "received_at": NOW,
+        **overrides,
+    }
+    return ComplaintReceived(**values)
+
+
+def demo_rules() -> list[RoutingRule]:
+    return [
+        RoutingRule(org="demo", position=index * 10, **rule)
+        for index, rule in enumerate(demo.RULES, start=1)
+    ]
+
+
+def first(received: ComplaintReceived) -> str:
+    return matching_rules(demo_rules(), received)[0].id
+
+
+def test_vip_is_a_flag_rules_can_test() -> None:
+    vip = complaint(customer=CustomerContact(name="贵宾", vip=True))
+    assert first(vip) == "vip-customers"
+    assert first(complaint()) == "branch-customer-service"
+    flagged = RuleConditions(flags_any=["vip"])
+    assert conditions_hold(flagged, vip)
+    assert not conditions_hold(flagged, complaint())
+
+
+def test_flags_any_and_all() -> None:
+    both = RuleConditions(flags_all=["repeat", "media_risk"])
+    assert conditions_hold(both, complaint(flags=["media_risk", "repeat", "legal_threat"]))
+    assert not conditions_hold(both, complaint(flags=["repeat"]))
+    regulator = complaint(flags=["regulator_involved"], description="话费账单多收")
+    assert first(regulator) == "regulator-involved"  # before the billing keywords
+
+
+def test_keywords_all_need_every_chinese_word_in_any_order() -> None:
+    rule = RuleConditions(keywords_all=["停机", "年费"])
+    assert conditions_hold(rule, complaint(description="预交了年费，宽带却被停机了"))
+    assert not conditions_hold(rule, complaint(description="宽带被停机"))
+    assert conditions_hold(RuleConditions(keywords_any=["套餐"]), complaint(subject="五个套餐"))
+
+
+def test_products_match_as_case_insensitive_substrings() -> None:
+    rule = RuleConditions(products=["宽带", "IPTV"])
+    assert conditions_hold(rule, complaint(product="家庭宽带 200M 包年"))
+    assert conditions_hold(rule, complaint(product="iptv 高清"))
+    assert not conditions_hold(rule, complaint(product="固定电话"))
+    assert not conditions_hold(rule, complaint(product=None))
+
+
+def test_vip_condition_false_excludes_vip_customers() -> None:
+    rule = RuleConditions(vip=False)
+    assert conditions_hold(rule, complaint())
+    assert not conditions_hold(rule, complaint(customer=CustomerContact(name="贵宾", vip=True)))
+
+
+def test_inactive_rules_never_match_and_default_is_last() -> None:
+    rules = demo_rules()
+    rules[3] = rules[3].model_copy(update={"active": False})  # billing-keywords
+    billing = complaint(category="billing", description="话费账单多扣")
+    ordered = matching_rules(rules, billing)
+    assert ordered[0].id == "billing-category"
+    assert ordered[-1].is_default
+
+
+def test_unknown_flags_and_conditions_are_rejected() -> None:
+    with pytest.raises(ValidationError):
+        RuleConditions(flags_any=["angry"])
+    with pytest.raises(ValidationError):
+        RuleConditions.model_validate({"keywords": ["错字"]})
+
+
+# -------------------------------------------------------------- routing plans --
+
+
+def _demo_directory() -> tuple[list[DepartmentRead], list[StaffRead], dict[str, BranchRead]]:
+    departments = [DepartmentRead.model_validate(d) for d in demo.department_documents("demo", NOW)]
+    staff = [StaffRead.model_validate(s) for s in demo.staff_documents("demo", NOW)]
+    branches = {b["code"]: BranchRead.model_validate(b) for b in demo.branch_documents("demo", NOW)}
+    return departments, staff, branches
+
+
+def plan(received: ComplaintReceived) -> flows.RoutePlan:
+    departments, staff, branches = _demo_directory()
+    branch = branches[received.branch]
+    by_id = {person.id: person for person in staff}
+    policies = [
+        SlaPolicy.model_validate(doc | {"id": doc["id"]})
+        for doc in demo.policy_documents("demo", NOW)
+    ]
+    return flows.plan_route(
+        received,
+        rules=demo_rules(),
+        departments=departments,
+        calendar=sla.branch_calendar(branch),
+        policies=policies,
+        staff=staff,
+        duty_officer=by_id.get(branch.duty_officer_id or ""),
+    )
+
+
+def test_a_kind_missing_in_the_branch_falls_through_to_the_next_rule() -> None:
+    # CEM has no billing department: the billing rules match but lead nowhere there.
+    routed = plan(complaint(branch="CEM", category="billing", description="账单多收"))
+    assert routed.skipped_rules == ["billing-keywords", "billing-category"]
+    assert routed.department.id == "CEM:SALES"
+
+
+def test_out_of_hours_normal_complaint_starts_its_clocks_at_the_next_opening() -> None:
+    routed = plan(complaint(received_at=TUESDAY_22, description="话费账单多扣"))
+    assert not routed.in_business_hours
+    assert routed.duty_officer is None
+    assert routed.clock_starts_at == datetime(2026, 11, 25, 0, 30, tzinfo=UTC)  # Wed 08:30
+    assert routed.clocks["acknowledge"].due_at == datetime(2026, 11, 25, 10, tzinfo=UTC)
+
+
+def test_out_of_hours_critical_hospital_complaint_goes_to_the_duty_officer() -> None:
+    routed = plan(
+        complaint(
+            branch="HOSP",
+            category="medical",
+            severity="critical",
+            description="手术失误导致重伤，怀疑医疗事故",
+            received_at=TUESDAY_22,
+        )
+    )
+    assert routed.rule.id == "major-medical-incident"
+    assert routed.department.id == "HOSP:MED"
+    assert routed.duty_officer is not None and routed.duty_officer.id == "hosp-duty"
+    assert routed.clock_starts_at == TUESDAY_22
+    assert routed.major_incident
+    assert routed.escalated_to is not None and routed.escalated_to.staff_id == "hosp-head"
+    report = routed.clocks["regulatory_report"]
+    assert report.due_at == TUESDAY_22 + timedelta(hours=6)
+    assert routed.clocks["acknowledge"].due_at == TUESDAY_22 + timedelta(minutes=30)
+    assert [target.staff_id for target in routed.notify] == ["hosp-head"]
+
+
+def test_in_hours_high_complaint_is_not_for_the_duty_officer() -> None:
+    routed = plan(complaint(branch="HOSP", category="service_attitude", severity="high"))
+    assert routed.in_business_hours and routed.duty_officer is None
+    assert not routed.major_incident and routed.escalation_level == 0
+
+
+def test_severity_override_and_notify_roles_come_from_the_rule() -> None:
+    routed = plan(complaint(flags=["media_risk"], description="记者要曝光"))
+    assert routed.rule.id == "regulator-involved"
+    assert routed.severity == "high"
+    assert routed.policy.id == "regulator"
+    assert {(t.role, t.staff_id) for t in routed.notify} == {
+        ("department_head", "lz-song"),
+        ("branch_head", "lz-gm"),
+    }
+
+
+def test_owner_ranking_least_load_then_longest_wait() -> None:
+    _, staff, _ = _demo_directory()
+    billing = [person for person in staff if person.department_id == "LZ:BILLING"]
+    chen, liu = (next(p for p in billing if p.id == who) for who in ("lz-chen", "lz-liu"))
+    billing = [
+        chen.model_copy(update={"last_assigned_at": NOW}),
+        liu.model_copy(update={"last_assigned_at": NOW - timedelta(hours=1)}),
+        *(p for p in billing if p.id not in {"lz-chen", "lz-liu"}),
+    ]
+    ranked = flows.rank_candidates(billing, loads={"lz-chen": 3, "lz-liu": 3}, required_skill=None)
+    assert ranked[0].staff.id == "lz-liu"  # equal load: waited longer
+    ranked = flows.rank_candidates(billing, loads={"lz-chen": 2, "lz-liu": 3}, required_skill=None)
+    assert ranked[0].staff.id == "lz-chen"
+    assert {c.staff.id: c.why_not for c in ranked}["lz-gao"] == "at capacity (0)"
+    skilled = flows.rank_candidates(billing, loads={}, required_skill="vip")
+    assert not any(candidate.eligible for candidate in skilled)
