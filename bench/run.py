@@ -236,7 +236,10 @@ async def seed_routing(run: Run, database_suffix: str = "") -> None:
 
     client = AsyncMongoClient(run.infra["MONGODB_URI"], tz_aware=True)
     try:
-        await seed_demo_org(db=client[f"bench{run.run_id}{database_suffix}_routing"])
+        db = client[f"bench{run.run_id}{database_suffix}_routing"]
+        await seed_demo_org(db=db)
+        # A large organisation: nobody runs out of capacity, so every complaint is assigned.
+        await db.staff.update_many({}, {"$set": {"capacity": 1000}})
     finally:
         await client.close()
 
@@ -384,6 +387,19 @@ async def intake_ramp(run: Run, url: str) -> tuple[list[dict], dict]:
     return levels, best or levels[0]
 
 
+async def mongo_operations(run: Run) -> int:
+    """Operations the MongoDB server has executed so far (serverStatus opcounters)."""
+    client = AsyncMongoClient(run.infra["MONGODB_URI"])
+    try:
+        counters = (await client.admin.command("serverStatus"))["opcounters"]
+        return sum(
+            counters.get(kind, 0)
+            for kind in ("insert", "query", "update", "delete", "getmore", "command")
+        )
+    finally:
+        await client.close()
+
+
 async def end_to_end(run: Run, url: str, *, rate_per_s: float, duration_s: float) -> dict:
     """Open loop at ``rate_per_s``: POST accepted → complaint.assigned record timestamp."""
     topic = run.settings().topic(Topic.ROUTING.value)
@@ -414,16 +430,25 @@ async def end_to_end(run: Run, url: str, *, rate_per_s: float, duration_s: float
                 all_assigned.set()
 
     collector = asyncio.create_task(collect())
+    operations_before = await mongo_operations(run)
     rng = random.Random(99)
     headers = {"Authorization": f"Bearer {run.token()}"}
-    async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+    errors: dict[str, int] = {}
+    limits = httpx.Limits(max_connections=None, max_keepalive_connections=64)
+    async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
 
         async def one(sequence: int) -> None:
-            response = await client.post(
-                "/v1/complaints", json=complaint_body(sequence, rng), headers=headers
-            )
-            if response.status_code == 201:
+            try:
+                response = await client.post(
+                    "/v1/complaints", json=complaint_body(sequence, rng), headers=headers
+                )
+                outcome = str(response.status_code)
+            except httpx.HTTPError as exc:
+                outcome = type(exc).__name__
+            if outcome == "201":
                 accepted_at[response.json()["id"]] = time.time()
+            else:
+                errors[outcome] = errors.get(outcome, 0) + 1
 
         interval = 1 / rate_per_s
         started = time.monotonic()
@@ -441,6 +466,7 @@ async def end_to_end(run: Run, url: str, *, rate_per_s: float, duration_s: float
     all_assigned.set()
     await collector
     await consumer.stop()
+    operations = await mongo_operations(run) - operations_before
     latencies = [
         max(0.0, assigned_at[cid] - accepted)
         for cid, accepted in accepted_at.items()
@@ -450,7 +476,12 @@ async def end_to_end(run: Run, url: str, *, rate_per_s: float, duration_s: float
         "rate_per_s": round(rate_per_s, 1),
         "complaints": len(accepted_at),
         "assigned": len(latencies),
+        "errors": sum(errors.values()),
+        "error_kinds": errors,
         **latency_summary(latencies),
+        "mongo_operations_per_complaint": (
+            round(operations / len(accepted_at), 1) if accepted_at else None
+        ),
     }
 
 
@@ -493,13 +524,24 @@ async def routing_drain(run: Run, *, replicas: int, events: int) -> dict:
             if done >= events:
                 break
             await asyncio.sleep(0.5)
-        first = await assignments.find_one(sort=[("assigned_at", 1)])
-        last = await assignments.find_one(sort=[("assigned_at", -1)])
+        span = await (
+            await assignments.aggregate(
+                [
+                    {
+                        "$group": {
+                            "_id": None,
+                            "first": {"$min": "$created_at"},
+                            "last": {"$max": "$created_at"},
+                        }
+                    }
+                ]
+            )
+        ).to_list(None)
     finally:
         for instance in instances:
             instance.stop()
         await client.close()
-    span_s = (last["assigned_at"] - first["assigned_at"]).total_seconds() if first else 0
+    span_s = (span[0]["last"] - span[0]["first"]).total_seconds() if span else 0
     return {
         "replicas": replicas,
         "events": events,

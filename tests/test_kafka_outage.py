@@ -41,7 +41,8 @@ async def test_complaint_posted_while_broker_is_down_is_assigned_after_restart(
 
     routed = await eventually(
         lambda: _assigned(system, complaint_id, admin),
-        timeout_s=90,
+        # The broker restarts, then three consumer groups rejoin and two relays reconnect.
+        timeout_s=150,
         interval_s=0.5,
         what="assignment after the broker came back",
     )

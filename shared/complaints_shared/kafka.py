@@ -28,6 +28,7 @@ from complaints_shared.timing import wait_event
 log = get_logger(__name__)
 
 EventHandler = Callable[[CloudEvent, EventData], Awaitable[None]]
+METADATA_MAX_AGE_MS = 10_000
 
 
 async def ensure_topics(*, settings: ServiceSettings, topics: Iterable[str]) -> None:
@@ -78,6 +79,8 @@ class EventProducer:
                     acks="all",
                     enable_idempotence=True,
                     linger_ms=2,
+                    # Refresh leadership soon after a broker restart instead of after 5 minutes.
+                    metadata_max_age_ms=METADATA_MAX_AGE_MS,
                     request_timeout_ms=int(self._settings.kafka_request_timeout_s * 1000),
                     client_id=self._settings.service_name,
                 )
@@ -168,6 +171,7 @@ class EventConsumer:
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             max_poll_records=200,
+            metadata_max_age_ms=METADATA_MAX_AGE_MS,
         )
         try:
             await consumer.start()

@@ -41,6 +41,8 @@ class Runtime:
     clock: Clock
     consumer: EventConsumer | None = None
     topics_ready: asyncio.Event = field(default_factory=asyncio.Event)
+    # Set first thing at shutdown: background jobs finish their pass and return.
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
     tasks: list[asyncio.Task] = field(default_factory=list)
 
     async def readiness(self) -> dict[str, bool]:
@@ -62,6 +64,7 @@ class Runtime:
 
 
 HandlersFactory = Callable[[Runtime], dict[EventType, EventHandler]]
+# A background job runs until ``runtime.stopping`` is set, then returns.
 BackgroundJob = Callable[[Runtime], Awaitable[None]]
 
 
@@ -133,6 +136,7 @@ async def service_runtime(
 
 
 async def _shutdown(runtime: Runtime) -> None:
+    runtime.stopping.set()
     if runtime.consumer is not None:
         await runtime.consumer.stop()
     await runtime.relay.stop()

@@ -38,11 +38,7 @@ def create_app(settings: FollowupSettings | None = None, *, clock: Clock | None 
             clock=clock,
         ) as runtime:
             app.state.runtime = runtime
-            try:
-                yield
-            finally:
-                # The runtime does not signal background jobs; stop ours before it waits for them.
-                scheduler.stop()
+            yield
 
     return build_app(
         settings=settings,

@@ -10,7 +10,6 @@ business deadlines are compared, never slept on.
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from datetime import datetime
 
@@ -24,24 +23,20 @@ log = get_logger(__name__)
 
 
 class CheckScheduler:
-    """One replica's scheduler loop; ``stop()`` ends it after the pass in progress."""
+    """One replica's scheduler loop; it ends after the pass in progress once the runtime stops."""
 
     def __init__(self, *, settings: FollowupSettings) -> None:
         self._settings = settings
         self._owner = f"{settings.service_name}-{uuid.uuid4().hex[:8]}"
-        self._stopping = asyncio.Event()
-
-    def stop(self) -> None:
-        self._stopping.set()
 
     async def run_scheduler(self, runtime: Runtime) -> None:
-        """The background job: a pass, then wait for the next poll (or for stop)."""
-        while not self._stopping.is_set():
+        """The background job: a pass, then wait for the next poll (or for shutdown)."""
+        while not runtime.stopping.is_set():
             try:
                 await self.run_once(runtime)
             except Exception as exc:  # Mongo away or similar: keep the timers alive
                 log.error("followup_scheduler_error", error=repr(exc))
-            await wait_event(self._stopping, timeout_s=self._settings.scheduler_poll_interval_s)
+            await wait_event(runtime.stopping, timeout_s=self._settings.scheduler_poll_interval_s)
 
     async def run_once(self, runtime: Runtime) -> tuple[int, int]:
         """Fire due checks and expire abandoned claims; how many of each."""
@@ -55,7 +50,7 @@ class CheckScheduler:
     async def _fire_due(self, runtime: Runtime, *, now: datetime) -> int:
         fired = 0
         for _ in range(self._settings.scheduler_batch_size):
-            if self._stopping.is_set():
+            if runtime.stopping.is_set():
                 break
             followup_id = await store.lease_due_check(
                 db=runtime.db, owner=self._owner, now=now, lease_s=self._settings.scheduler_lease_s

@@ -34,11 +34,7 @@ def create_app(settings: RoutingSettings | None = None, *, clock: Clock | None =
             clock=clock,
         ) as runtime:
             app.state.runtime = runtime
-            try:
-                yield
-            finally:
-                # Let the scheduler finish its pass before the runtime closes Mongo.
-                scheduler.stop()
+            yield
 
     return build_app(
         settings=settings,

@@ -13,7 +13,6 @@ interval; no business deadline is ever slept on.
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -51,18 +50,14 @@ def _wall_now() -> datetime:
 
 
 class SlaScheduler:
-    """The two background jobs; ``stop()`` lets them finish their pass and return."""
+    """The two background jobs; they finish their pass and return once the runtime stops."""
 
     def __init__(self, *, settings: RoutingSettings) -> None:
         self._settings = settings
         self._owner = f"{settings.service_name}-{uuid.uuid4().hex[:8]}"
-        self._stopping = asyncio.Event()
-
-    def stop(self) -> None:
-        self._stopping.set()
 
     async def run_sla_timers(self, runtime: Runtime) -> None:
-        while not self._stopping.is_set():
+        while not runtime.stopping.is_set():
             try:
                 fired = await self.fire_due_timers(runtime)
             except Exception as exc:  # Mongo away or similar: keep the loop alive
@@ -71,22 +66,24 @@ class SlaScheduler:
             if fired:
                 runtime.relay.notify()
             else:
-                await wait_event(self._stopping, timeout_s=self._settings.scheduler_poll_interval_s)
+                await wait_event(
+                    runtime.stopping, timeout_s=self._settings.scheduler_poll_interval_s
+                )
 
     async def run_queue_sweeper(self, runtime: Runtime) -> None:
-        while not self._stopping.is_set():
+        while not runtime.stopping.is_set():
             try:
                 if await self.sweep_queues(runtime):
                     runtime.relay.notify()
             except Exception as exc:
                 log.error("queue_sweep_failed", error=repr(exc))
-            await wait_event(self._stopping, timeout_s=self._settings.queue_sweep_interval_s)
+            await wait_event(runtime.stopping, timeout_s=self._settings.queue_sweep_interval_s)
 
     async def fire_due_timers(self, runtime: Runtime) -> int:
         """One pass: claim and fire due documents until none is due or the batch is full."""
         fired = 0
         for _ in range(self._settings.scheduler_batch_size):
-            if self._stopping.is_set():
+            if runtime.stopping.is_set():
                 break
             claimed = await self._claim(runtime, now=runtime.clock.now())
             if claimed is None:
