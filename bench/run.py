@@ -171,11 +171,14 @@ class Service:
 
 
 def infra_env() -> dict[str, str]:
+    """Where Kafka and MongoDB are: the local infrastructure, unless the environment says."""
     values = {}
     for line in (STATE / "infra.env").read_text().splitlines():
         if "=" in line:
             key, _, value = line.partition("=")
             values[key] = value
+    for key in ("KAFKA_BOOTSTRAP_SERVERS", "MONGODB_URI"):
+        values[key] = os.environ.get(key, values.get(key, ""))
     return values
 
 
@@ -400,8 +403,30 @@ async def mongo_operations(run: Run) -> int:
         await client.close()
 
 
-async def end_to_end(run: Run, url: str, *, rate_per_s: float, duration_s: float) -> dict:
-    """Open loop at ``rate_per_s``: POST accepted → complaint.assigned record timestamp."""
+async def wait_until_routed(run: Run, *, timeout_s: float = 600) -> float:
+    """Wait until routing has caught up with every complaint intake stored; seconds waited."""
+    client = AsyncMongoClient(run.infra["MONGODB_URI"])
+    started = time.monotonic()
+    try:
+        complaints = client[f"bench{run.run_id}_intake"]["complaints"]
+        assignments = client[f"bench{run.run_id}_routing"]["assignments"]
+        while time.monotonic() - started < timeout_s:
+            if await assignments.count_documents({}) >= await complaints.count_documents({}):
+                break
+            await asyncio.sleep(1.0)
+    finally:
+        await client.close()
+    return round(time.monotonic() - started, 1)
+
+
+async def end_to_end(
+    run: Run, url: str, *, rate_per_s: float, duration_s: float, first_sequence: int
+) -> dict:
+    """Open loop at ``rate_per_s``: POST accepted → complaint.assigned record timestamp.
+
+    Starts only once routing has caught up, so no earlier backlog is measured.
+    """
+    backlog_wait_s = await wait_until_routed(run)
     topic = run.settings().topic(Topic.ROUTING.value)
     consumer = AIOKafkaConsumer(
         bootstrap_servers=run.infra["KAFKA_BOOTSTRAP_SERVERS"], enable_auto_commit=False
@@ -453,7 +478,7 @@ async def end_to_end(run: Run, url: str, *, rate_per_s: float, duration_s: float
         interval = 1 / rate_per_s
         started = time.monotonic()
         tasks = []
-        sequence = 900_000_000
+        sequence = first_sequence
         while time.monotonic() - started < duration_s:
             sequence += 1
             tasks.append(asyncio.create_task(one(sequence)))
@@ -474,6 +499,7 @@ async def end_to_end(run: Run, url: str, *, rate_per_s: float, duration_s: float
     ]
     return {
         "rate_per_s": round(rate_per_s, 1),
+        "waited_for_backlog_s": backlog_wait_s,
         "complaints": len(accepted_at),
         "assigned": len(latencies),
         "errors": sum(errors.values()),
@@ -555,7 +581,9 @@ async def routing_drain(run: Run, *, replicas: int, events: int) -> dict:
 async def soak(run: Run, url: str, services: list[Service], *, rate: float, seconds: float):
     """Half load for ``seconds``; RSS after warm-up versus at the end."""
     start_rss = {s.name: rss_kb(s.process.pid) for s in services if s.process}
-    result = await end_to_end(run, url, rate_per_s=rate, duration_s=seconds)
+    result = await end_to_end(
+        run, url, rate_per_s=rate, duration_s=seconds, first_sequence=800_000_000
+    )
     end_rss = {s.name: rss_kb(s.process.pid) for s in services if s.process}
     growth = {
         name: round(100 * (end_rss[name] - start_rss[name]) / start_rss[name], 1)
@@ -692,7 +720,7 @@ async def main() -> None:
         half = best["requests_per_s"] / 2
         print(f"  end-to-end at {half:.1f}/s ...", flush=True)
         result["end_to_end"] = await end_to_end(
-            run, url, rate_per_s=half, duration_s=args.duration_s
+            run, url, rate_per_s=half, duration_s=args.duration_s, first_sequence=900_000_000
         )
         if args.soak_s:
             print(f"  soak {args.soak_s}s at {half:.1f}/s ...", flush=True)
