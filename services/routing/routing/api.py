@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
+from pydantic import BaseModel
 
-from complaints_shared.auth import CurrentPrincipal, Role, require_role
+from complaints_shared.auth import CurrentPrincipal, Principal, Role, require_role
 from complaints_shared.pagination import Page
 from complaints_shared.runtime import Runtime
 from routing import actions, store
@@ -25,6 +27,30 @@ router = APIRouter(prefix="/v1/assignments", tags=["assignments"])
 
 def _runtime(request: Request) -> Runtime:
     return request.app.state.runtime
+
+
+async def _supervisor_action(
+    request: Request,
+    principal: Principal,
+    complaint_id: str,
+    body: BaseModel,
+    action: Callable[..., Awaitable[AssignmentRead]],
+    *,
+    what: str,
+) -> AssignmentRead:
+    """Run one supervisor action on an assignment and publish what it caused at once."""
+    require_role(principal, Role.SUPERVISOR, action=what)
+    runtime = _runtime(request)
+    read = await action(
+        db=runtime.db,
+        settings=runtime.settings,
+        principal=principal,
+        complaint_id=complaint_id,
+        request=body,
+        now=runtime.clock.now(),
+    )
+    runtime.relay.notify()
+    return read
 
 
 @router.get("", response_model=Page[AssignmentRead], summary="Assignments, oldest first")
@@ -80,18 +106,9 @@ async def get_assignment(
 async def reassign(
     complaint_id: str, body: ReassignRequest, request: Request, principal: CurrentPrincipal
 ) -> AssignmentRead:
-    require_role(principal, Role.SUPERVISOR, action="reassigning a complaint")
-    runtime = _runtime(request)
-    read = await actions.reassign(
-        db=runtime.db,
-        settings=runtime.settings,
-        principal=principal,
-        complaint_id=complaint_id,
-        request=body,
-        now=runtime.clock.now(),
+    return await _supervisor_action(
+        request, principal, complaint_id, body, actions.reassign, what="reassigning a complaint"
     )
-    runtime.relay.notify()
-    return read
 
 
 @router.post(
@@ -102,18 +119,9 @@ async def reassign(
 async def escalate(
     complaint_id: str, body: EscalateRequest, request: Request, principal: CurrentPrincipal
 ) -> AssignmentRead:
-    require_role(principal, Role.SUPERVISOR, action="escalating a complaint")
-    runtime = _runtime(request)
-    read = await actions.escalate(
-        db=runtime.db,
-        settings=runtime.settings,
-        principal=principal,
-        complaint_id=complaint_id,
-        request=body,
-        now=runtime.clock.now(),
+    return await _supervisor_action(
+        request, principal, complaint_id, body, actions.escalate, what="escalating a complaint"
     )
-    runtime.relay.notify()
-    return read
 
 
 @router.post(
@@ -124,18 +132,14 @@ async def escalate(
 async def set_responsibility(
     complaint_id: str, body: ResponsibilityRequest, request: Request, principal: CurrentPrincipal
 ) -> AssignmentRead:
-    require_role(principal, Role.SUPERVISOR, action="setting responsibility")
-    runtime = _runtime(request)
-    read = await actions.set_responsibility(
-        db=runtime.db,
-        settings=runtime.settings,
-        principal=principal,
-        complaint_id=complaint_id,
-        request=body,
-        now=runtime.clock.now(),
+    return await _supervisor_action(
+        request,
+        principal,
+        complaint_id,
+        body,
+        actions.set_responsibility,
+        what="setting responsibility",
     )
-    runtime.relay.notify()
-    return read
 
 
 @router.post(
@@ -146,13 +150,11 @@ async def set_responsibility(
 async def file_regulatory_report(
     complaint_id: str, body: RegulatoryReportRequest, request: Request, principal: CurrentPrincipal
 ) -> AssignmentRead:
-    require_role(principal, Role.SUPERVISOR, action="recording the regulatory report")
-    runtime = _runtime(request)
-    return await actions.file_regulatory_report(
-        db=runtime.db,
-        settings=runtime.settings,
-        principal=principal,
-        complaint_id=complaint_id,
-        request=body,
-        now=runtime.clock.now(),
+    return await _supervisor_action(
+        request,
+        principal,
+        complaint_id,
+        body,
+        actions.file_regulatory_report,
+        what="recording the regulatory report",
     )
