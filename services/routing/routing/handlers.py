@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
 from complaints_shared.envelope import CloudEvent
 from complaints_shared.events import (
     ComplaintAcknowledged,
-    ComplaintClosed,
     ComplaintPendingCustomer,
     ComplaintReceived,
-    ComplaintRejected,
     ComplaintReopened,
     ComplaintResolved,
     ComplaintResumed,
-    ComplaintWithdrawn,
+    EventData,
     EventType,
 )
 from complaints_shared.kafka import EventHandler
@@ -76,41 +78,22 @@ def build_handlers(runtime: Runtime) -> dict[EventType, EventHandler]:
         )
         runtime.relay.notify()
 
-    async def on_complaint_rejected(event: CloudEvent, data: ComplaintRejected) -> None:
-        await lifecycle.finish(
-            db=db,
-            settings=settings,
-            event=event,
-            complaint_id=data.complaint_id,
-            status=AssignmentStatus.REJECTED,
-            at=data.rejected_at,
-            now=clock.now(),
-        )
-        runtime.relay.notify()
+    def finisher(status: AssignmentStatus, finished_at: Callable[[Any], datetime]) -> EventHandler:
+        """Rejected, withdrawn and closed all end the assignment the same way."""
 
-    async def on_complaint_withdrawn(event: CloudEvent, data: ComplaintWithdrawn) -> None:
-        await lifecycle.finish(
-            db=db,
-            settings=settings,
-            event=event,
-            complaint_id=data.complaint_id,
-            status=AssignmentStatus.WITHDRAWN,
-            at=data.withdrawn_at,
-            now=clock.now(),
-        )
-        runtime.relay.notify()
+        async def on_finished(event: CloudEvent, data: EventData) -> None:
+            await lifecycle.finish(
+                db=db,
+                settings=settings,
+                event=event,
+                complaint_id=data.complaint_id,
+                status=status,
+                at=finished_at(data),
+                now=clock.now(),
+            )
+            runtime.relay.notify()
 
-    async def on_complaint_closed(event: CloudEvent, data: ComplaintClosed) -> None:
-        await lifecycle.finish(
-            db=db,
-            settings=settings,
-            event=event,
-            complaint_id=data.complaint_id,
-            status=AssignmentStatus.CLOSED,
-            at=data.closed_at,
-            now=clock.now(),
-        )
-        runtime.relay.notify()
+        return on_finished
 
     async def on_complaint_reopened(event: CloudEvent, data: ComplaintReopened) -> None:
         await lifecycle.reopen(db=db, settings=settings, event=event, data=data, now=clock.now())
@@ -122,8 +105,12 @@ def build_handlers(runtime: Runtime) -> dict[EventType, EventHandler]:
         EventType.COMPLAINT_PENDING_CUSTOMER: on_complaint_pending_customer,
         EventType.COMPLAINT_RESUMED: on_complaint_resumed,
         EventType.COMPLAINT_RESOLVED: on_complaint_resolved,
-        EventType.COMPLAINT_REJECTED: on_complaint_rejected,
-        EventType.COMPLAINT_WITHDRAWN: on_complaint_withdrawn,
-        EventType.COMPLAINT_CLOSED: on_complaint_closed,
+        EventType.COMPLAINT_REJECTED: finisher(
+            AssignmentStatus.REJECTED, lambda data: data.rejected_at
+        ),
+        EventType.COMPLAINT_WITHDRAWN: finisher(
+            AssignmentStatus.WITHDRAWN, lambda data: data.withdrawn_at
+        ),
+        EventType.COMPLAINT_CLOSED: finisher(AssignmentStatus.CLOSED, lambda data: data.closed_at),
         EventType.COMPLAINT_REOPENED: on_complaint_reopened,
     }
