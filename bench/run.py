@@ -563,6 +563,12 @@ async def routing_drain(run: Run, *, replicas: int, events: int) -> dict:
                 ]
             )
         ).to_list(None)
+        by_status = {
+            row["_id"]: row["count"]
+            async for row in await assignments.aggregate(
+                [{"$group": {"_id": "$status", "count": {"$sum": 1}}}]
+            )
+        }
     finally:
         for instance in instances:
             instance.stop()
@@ -574,6 +580,7 @@ async def routing_drain(run: Run, *, replicas: int, events: int) -> dict:
         "assigned": done,
         "drain_s": round(span_s, 2),
         "events_per_s": round(done / span_s, 1) if span_s else None,
+        "by_status": by_status,
         "peak_rss_mb": round(peak / 1024, 1),
     }
 

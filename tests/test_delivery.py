@@ -7,6 +7,7 @@ import uuid
 from datetime import UTC, datetime
 
 import pytest
+from aiokafka.partitioner import DefaultPartitioner
 
 from complaints_shared.envelope import CloudEvent
 from complaints_shared.events import (
@@ -142,6 +143,64 @@ async def test_failing_handler_dead_letters_and_consumer_moves_on(system: System
     assert poison["dlq_attempts"] == str(settings.consumer_max_attempts).encode()
     junk = next(h for h in headers if "ce_subject" not in h)
     assert b"missing CloudEvents header" in junk["dlq_error"]
+
+
+def _ids_on_two_partitions(partitions: int) -> tuple[str, str]:
+    """Two complaint ids the producer's default partitioner puts on different partitions."""
+    partitioner = DefaultPartitioner()
+    every = list(range(partitions))
+    first = str(uuid.uuid4())
+    home = partitioner(first.encode(), every, every)
+    while True:
+        other = str(uuid.uuid4())
+        if partitioner(other.encode(), every, every) != home:
+            return first, other
+
+
+async def test_partitions_are_handled_side_by_side(system: System) -> None:
+    """A complaint whose handler waits does not hold up one on another partition."""
+    settings = system.intake_settings.model_copy(update={"service_name": "parallel-probe"})
+    topic = system.topic("parallel-probe.v1")
+    await ensure_topics(settings=settings, topics=[topic])
+    slow_id, quick_id = _ids_on_two_partitions(settings.topic_partitions)
+    quick_done = asyncio.Event()
+    handled: list[str] = []
+
+    async def handler(event: CloudEvent, data: ComplaintReceived) -> None:
+        if data.complaint_id == slow_id:
+            # Served one at a time, this would wait for an event queued behind it.
+            await asyncio.wait_for(quick_done.wait(), timeout=10)
+        else:
+            quick_done.set()
+        handled.append(data.complaint_id)
+
+    producer = EventProducer(settings=settings)
+    for complaint_id in (slow_id, quick_id):
+        event = CloudEvent.new(
+            event_type=EventType.COMPLAINT_RECEIVED, source="test", data=_received(complaint_id)
+        )
+        await producer.publish(event, topic=topic)
+    consumer = EventConsumer(
+        settings=settings,
+        topics=[topic],
+        handlers={EventType.COMPLAINT_RECEIVED: handler},
+        producer=producer,
+        group_id=f"{settings.topic_prefix}parallel-probe",
+    )
+    consuming = asyncio.create_task(consumer.run())
+    try:
+        await eventually(lambda: _async(len(handled) == 2), what="both events handled")
+    finally:
+        await consumer.stop()
+        await consuming
+        await producer.stop()
+    assert handled == [quick_id, slow_id]
+    assert not await read_topic(
+        bootstrap_servers=settings.kafka_bootstrap_servers,
+        topic=dead_letter_topic(topic),
+        until=lambda records: False,
+        timeout_s=1.0,
+    )
 
 
 async def _async(value: bool) -> bool:

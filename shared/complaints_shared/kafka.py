@@ -1,6 +1,7 @@
 """Kafka plumbing: topic creation, a producer wrapper and a consumer loop.
 
-The consumer commits an offset only after the handler's effect is stored,
+The consumer handles the partitions of a poll side by side (each in order) and
+commits the polled offsets only after every handler's effect is stored,
 retries a failing handler with exponential backoff, and moves a message that
 keeps failing (or cannot be decoded) to ``<topic>.dlq`` with the error in
 headers, then goes on with the next message.
@@ -26,6 +27,9 @@ from complaints_shared.settings import ServiceSettings
 from complaints_shared.timing import wait_event
 
 log = get_logger(__name__)
+
+# Records fetched per poll, and so at most the records redelivered after a crash.
+MAX_POLL_RECORDS = 100
 
 EventHandler = Callable[[CloudEvent, EventData], Awaitable[None]]
 METADATA_MAX_AGE_MS = 10_000
@@ -170,7 +174,7 @@ class EventConsumer:
             client_id=self._settings.service_name,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
-            max_poll_records=200,
+            max_poll_records=MAX_POLL_RECORDS,
             metadata_max_age_ms=METADATA_MAX_AGE_MS,
         )
         try:
@@ -192,18 +196,44 @@ class EventConsumer:
             log.warning("consumer_stop_failed", error=repr(exc))
 
     async def _consume(self) -> None:
-        assert self._consumer is not None
+        consumer = self._consumer
+        assert consumer is not None
         while not self._stopping.is_set():
-            batches = await self._consumer.getmany(timeout_ms=200, max_records=200)
-            if self._consumer.assignment():
+            batches = await consumer.getmany(timeout_ms=200, max_records=MAX_POLL_RECORDS)
+            if consumer.assignment():
                 self.assigned.set()
-            for partition, records in batches.items():
-                for record in records:
-                    if self._stopping.is_set():
-                        break
-                    await self._process(record)
-                    # Commit per record: its effect is stored; a crash redelivers at most one.
-                    await self._consumer.commit({partition: record.offset + 1})
+            if not batches:
+                continue
+            # Partitions are independent (a complaint's events share one), so they run side by
+            # side; within a partition records are handled in order.
+            progress: dict[TopicPartition, int] = {}
+            outcomes = await asyncio.gather(
+                *(
+                    self._process_partition(partition, records, progress)
+                    for partition, records in batches.items()
+                ),
+                return_exceptions=True,
+            )
+            if progress:
+                # Committed only once every effect up to these offsets is stored; a crash
+                # redelivers at most this poll, which the idempotent handlers absorb.
+                await consumer.commit(progress)
+            for outcome in outcomes:
+                if isinstance(outcome, BaseException):
+                    raise outcome
+
+    async def _process_partition(
+        self,
+        partition: TopicPartition,
+        records: list[ConsumerRecord],
+        progress: dict[TopicPartition, int],
+    ) -> None:
+        """Handle records in order until stopping, noting the next offset to commit."""
+        for record in records:
+            if self._stopping.is_set():
+                return
+            await self._process(record)
+            progress[partition] = record.offset + 1
 
     async def _process(self, record: ConsumerRecord) -> None:
         try:

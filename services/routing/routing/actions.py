@@ -135,10 +135,14 @@ async def reassign(
         scope=principal.scope_filter(),
     )
     if document.get("owner_id"):
-        await directory_store.touch_last_assigned(
+        await directory_store.record_assignment(
             db=db, org=principal.org, staff_id=document["owner_id"], at=now
         )
     for current in previous:
+        if current["status"] == AssignmentStatus.OPEN.value and current.get("owner_id"):
+            await directory_store.record_release(
+                db=db, org=principal.org, staff_id=current["owner_id"]
+            )
         await lifecycle.offer_freed_capacity(db=db, settings=settings, previous=current, now=now)
     return store.to_read(document)
 

@@ -19,7 +19,7 @@ from pymongo.errors import DuplicateKeyError
 
 from complaints_shared.auth import Principal
 from complaints_shared.problems import not_found
-from routing import audit
+from routing import audit, context_cache
 from routing.errors import conflict, forbidden, invalid
 from routing.models import (
     ROLE_RANK,
@@ -42,6 +42,8 @@ from routing.models import (
 BRANCHES = "branches"
 DEPARTMENTS = "departments"
 STAFF = "staff"
+# Staff field: open slots as last counted by routing; a ranking hint, never the capacity check.
+LOAD_HINT = "load_hint"
 
 
 async def ensure_indexes(*, db: AsyncDatabase) -> None:
@@ -102,7 +104,8 @@ def _without_nulls(changes: dict[str, Any], *, nullable: set[str]) -> dict[str, 
 
 
 def _audit_snapshot(document: dict[str, Any]) -> dict[str, Any]:
-    return {key: value for key, value in document.items() if key != "_id"}
+    # The load hint is bookkeeping of routing, not part of what an administrator changed.
+    return {key: value for key, value in document.items() if key not in {"_id", LOAD_HINT}}
 
 
 # ------------------------------------------------------------------ branches --
@@ -513,23 +516,37 @@ async def staff_of_branches(*, db: AsyncDatabase, org: str, branches: list[str])
     return [staff_read(doc) async for doc in db[STAFF].find(query)]
 
 
-async def staff_of_department(
-    *, db: AsyncDatabase, org: str, department_id: str
-) -> list[StaffRead]:
-    query = {"org": org, "department_id": department_id}
-    return [staff_read(doc) async for doc in db[STAFF].find(query).sort("_id", ASCENDING)]
-
-
 async def find_staff(*, db: AsyncDatabase, org: str, staff_id: str) -> StaffRead | None:
     document = await db[STAFF].find_one({"_id": staff_key(org, staff_id)})
     return staff_read(document) if document else None
 
 
-async def touch_last_assigned(*, db: AsyncDatabase, org: str, staff_id: str, at: datetime) -> None:
-    """Tie-break data only ("longest since the last assignment"); loads never live here."""
+async def record_assignment(*, db: AsyncDatabase, org: str, staff_id: str, at: datetime) -> None:
+    """Someone took one of the owner's slots: tie-break time and load hint, in one write.
+
+    ``load_hint`` only ranks candidates cheaply; the slots themselves stay the truth
+    (see ``store``), and ``store.reconcile_load_hints`` corrects any drift.
+    """
     await db[STAFF].update_one(
-        {"_id": staff_key(org, staff_id)}, {"$max": {"last_assigned_at": at}}
+        {"_id": staff_key(org, staff_id)},
+        {"$max": {"last_assigned_at": at}, "$inc": {LOAD_HINT: 1}},
     )
+
+
+async def record_release(*, db: AsyncDatabase, org: str, staff_id: str) -> None:
+    """One of the owner's slots came free (finished or moved away)."""
+    await db[STAFF].update_one(
+        {"_id": staff_key(org, staff_id), LOAD_HINT: {"$gt": 0}}, {"$inc": {LOAD_HINT: -1}}
+    )
+
+
+async def desk(*, db: AsyncDatabase, org: str, department_id: str) -> list[StaffRead]:
+    """The department's people with ``open_load`` set to their load *hint* (not exact)."""
+    query = {"org": org, "department_id": department_id}
+    return [
+        staff_read(doc, open_load=doc.get(LOAD_HINT, 0))
+        async for doc in db[STAFF].find(query).sort("_id", ASCENDING)
+    ]
 
 
 async def _audit(
@@ -551,3 +568,4 @@ async def _audit(
         at=at,
         snapshot=_audit_snapshot(document),
     )
+    await context_cache.directory_changed(db=db, org=principal.org)

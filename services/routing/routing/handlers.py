@@ -20,14 +20,21 @@ from complaints_shared.events import (
 from complaints_shared.kafka import EventHandler
 from complaints_shared.runtime import Runtime
 from routing import lifecycle, store
+from routing.context_cache import ContextCache
 from routing.models import AssignmentStatus
 
 
 def build_handlers(runtime: Runtime) -> dict[EventType, EventHandler]:
     db, settings, clock = runtime.db, runtime.settings, runtime.clock
+    contexts: ContextCache[store.RoutingContext] = ContextCache(
+        max_age_s=settings.routing_context_max_age_s
+    )
 
     async def on_complaint_received(event: CloudEvent, data: ComplaintReceived) -> None:
-        if await store.route_received(db=db, settings=settings, complaint=data, now=clock.now()):
+        routed = await store.route_received(
+            db=db, settings=settings, complaint=data, now=clock.now(), contexts=contexts
+        )
+        if routed:
             runtime.relay.notify()
 
     async def on_complaint_acknowledged(event: CloudEvent, data: ComplaintAcknowledged) -> None:

@@ -213,6 +213,10 @@ async def finish(
         event_id=event.id,
     )
     for current in freed:
+        if current["status"] == AssignmentStatus.OPEN.value and current.get("owner_id"):
+            await directory_store.record_release(
+                db=db, org=current["org"], staff_id=current["owner_id"]
+            )
         await offer_freed_capacity(db=db, settings=settings, previous=current, now=now)
 
 
@@ -250,7 +254,10 @@ async def reopen(
         db=db, org=data.org, department_id=current["department"]
     )
 
+    taken: list[store.OwnerChoice] = []
+
     async def decide(current: dict[str, Any]) -> Decision:
+        taken.clear()
         if current["status"] in ACTIVE:
             return None
         policy = sla.select_policy(
@@ -267,6 +274,8 @@ async def reopen(
             start=data.reopened_at,
         )
         owner = await _reopen_owner(db=db, current=current)
+        if owner is not None:
+            taken.append(owner)
         reopened = {**current, **store.clock_fields(clocks), "paused": False}
         set_fields: dict[str, Any] = {
             **store.clock_fields(clocks),
@@ -313,6 +322,10 @@ async def reopen(
         now=now,
         event_id=event.id,
     )
+    for owner in taken:
+        await directory_store.record_assignment(
+            db=db, org=data.org, staff_id=owner.staff.id, at=now
+        )
 
 
 async def _reopen_owner(*, db: AsyncDatabase, current: dict[str, Any]) -> store.OwnerChoice | None:

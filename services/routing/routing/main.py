@@ -30,7 +30,11 @@ def create_app(settings: RoutingSettings | None = None, *, clock: Clock | None =
             consumed_topics=[Topic.INTAKE],
             handlers=build_handlers,
             ensure_indexes=store.ensure_indexes,
-            background_jobs=[scheduler.run_sla_timers, scheduler.run_queue_sweeper],
+            background_jobs=[
+                scheduler.run_sla_timers,
+                scheduler.run_queue_sweeper,
+                scheduler.run_load_hint_reconciler,
+            ],
             clock=clock,
         ) as runtime:
             app.state.runtime = runtime

@@ -19,3 +19,12 @@ TIMERS_FIRED = Counter(
     "SLA timers fired, by clock and kind (warning, breach).",
     ["clock", "kind"],
 )
+ROUTING_CONTEXT_READS = Counter(
+    "complaints_routing_context_reads_total",
+    "Routing contexts (rules, policies, branch, departments, people) by source: cache or load.",
+    ["source"],
+)
+LOAD_HINTS_CORRECTED = Counter(
+    "complaints_routing_load_hints_corrected_total",
+    "Owners' load hints found drifted from their counted open slots and corrected.",
+)

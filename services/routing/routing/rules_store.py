@@ -16,7 +16,7 @@ from pymongo.errors import DuplicateKeyError
 
 from complaints_shared.auth import Principal
 from complaints_shared.problems import not_found
-from routing import audit
+from routing import audit, context_cache
 from routing.directory_store import BRANCHES, DEPARTMENTS, branch_key, department_key
 from routing.errors import conflict, forbidden, invalid
 from routing.models import (
@@ -162,6 +162,7 @@ async def _record_version(
             "rule": rule,
         }
     )
+    await context_cache.directory_changed(db=db, org=document["org"])
 
 
 async def create_rule(
@@ -325,4 +326,5 @@ async def put_policy(
         at=now,
         snapshot={key: value for key, value in document.items() if key != "_id"},
     )
+    await context_cache.directory_changed(db=db, org=principal.org)
     return policy_read(document)

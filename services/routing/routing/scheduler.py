@@ -1,4 +1,4 @@
-"""Durable SLA timers and the queue sweeper: background jobs of the routing runtime.
+"""Durable SLA timers, the queue sweeper and the load-hint recount: routing's background jobs.
 
 Timers live in the assignment documents (``clocks`` with ``warn_at`` and
 ``next_breach_at``), and each document carries its earliest pending instant in
@@ -50,7 +50,7 @@ def _wall_now() -> datetime:
 
 
 class SlaScheduler:
-    """The two background jobs; they finish their pass and return once the runtime stops."""
+    """The background jobs; each finishes its pass and returns once the runtime stops."""
 
     def __init__(self, *, settings: RoutingSettings) -> None:
         self._settings = settings
@@ -78,6 +78,18 @@ class SlaScheduler:
             except Exception as exc:
                 log.error("queue_sweep_failed", error=repr(exc))
             await wait_event(runtime.stopping, timeout_s=self._settings.queue_sweep_interval_s)
+
+    async def run_load_hint_reconciler(self, runtime: Runtime) -> None:
+        while not runtime.stopping.is_set():
+            await wait_event(
+                runtime.stopping, timeout_s=self._settings.load_hint_reconcile_interval_s
+            )
+            if runtime.stopping.is_set():
+                return
+            try:
+                await store.reconcile_load_hints(db=runtime.db)
+            except Exception as exc:
+                log.error("load_hint_reconcile_failed", error=repr(exc))
 
     async def fire_due_timers(self, runtime: Runtime) -> int:
         """One pass: claim and fire due documents until none is due or the batch is full."""

@@ -27,3 +27,15 @@ class RoutingSettings(ServiceSettings):
         description="How often queued complaints are offered to departments again "
         "(freed capacity also drains a queue at once).",
     )
+    routing_context_max_age_s: float = Field(
+        60.0,
+        gt=0,
+        description="Longest a cached routing context (rules, policies, branch, departments, "
+        "people) is reused; any change made through the API invalidates it at once.",
+    )
+    load_hint_reconcile_interval_s: float = Field(
+        60.0,
+        gt=0,
+        description="How often owners' load hints are recounted from the open assignments "
+        "(they only drift after a crash between two writes).",
+    )

@@ -5,13 +5,17 @@ clocks and their next timer, the escalation history and the outbox of events
 the changes cause. Every change goes through :func:`change`: read, decide,
 write conditionally on the version read, together with the events.
 
-Loads are derived, never counted: an owner's open load is the number of open
-assignments holding one of the owner's *slots*. Slots are numbered per owner
+An owner's open load is the number of open assignments holding one of the
+owner's *slots*. Slots are numbered per owner
 and a unique index on ``owner_slot`` lets each number be held once, so two
 replicas assigning at the same moment cannot both take an owner's last free
 place (the loser's write fails and it chooses again); finishing a complaint
 frees its slot in the same write that records the finish, so no decrement can
-be lost.
+be lost. The staff document also carries a *load hint*, moved after each of those
+writes, so that owner choice ranks people without counting their assignments;
+the hint only orders candidates (the slots still decide), owner choice counts
+before it queues anything, and a periodic pass corrects hints a crash left
+behind.
 """
 
 from __future__ import annotations
@@ -43,9 +47,10 @@ from complaints_shared.outbox import outbox_entry, outbox_fields, outbox_update
 from complaints_shared.pagination import Page, after_cursor, encode_cursor
 from complaints_shared.problems import ProblemError, not_found
 from routing import audit, directory_store, flows, rules_store, sla
+from routing.context_cache import ContextCache
 from routing.escalation import EscalationTarget, chain_targets, target_at
 from routing.metrics import ASSIGNMENTS as ASSIGNED_METRIC
-from routing.metrics import QUEUED
+from routing.metrics import LOAD_HINTS_CORRECTED, QUEUED
 from routing.models import (
     ACTIVE_STATUSES,
     AssignmentRead,
@@ -220,6 +225,56 @@ async def free_slot(*, db: AsyncDatabase, org: str, owner_id: str, limit: int | 
     return number
 
 
+async def likely_free_slot(
+    *, db: AsyncDatabase, org: str, owner_id: str, guess: int, limit: int | None
+) -> int | None:
+    """A free slot, trying ``guess`` (the load hint) with one indexed lookup first.
+
+    Without gaps an owner holding n slots holds 0..n-1, so slot n is free; when the
+    guess is taken (a gap below, or a stale hint) the owner's slots are scanned.
+    """
+    if limit is None or guess < limit:
+        taken = await db[ASSIGNMENTS].find_one(
+            {"owner_slot": slot_key(org, owner_id, guess)}, projection={"_id": 1}
+        )
+        if taken is None:
+            return guess
+    return await free_slot(db=db, org=org, owner_id=owner_id, limit=limit)
+
+
+async def reconcile_load_hints(*, db: AsyncDatabase) -> int:
+    """Set load hints that drifted (a crash between two writes) to the counted loads.
+
+    Hints are read before counting and each is replaced only if still the value read,
+    so an assignment landing meanwhile is never overwritten with an older count.
+    """
+    staff = directory_store.STAFF
+    hint = directory_store.LOAD_HINT
+    people = await db[staff].find({}, projection={"org": 1, "id": 1, hint: 1}).to_list(None)
+    pipeline = [
+        {"$match": {"status": AssignmentStatus.OPEN.value, "owner_id": {"$ne": None}}},
+        {"$group": {"_id": {"org": "$org", "owner": "$owner_id"}, "open": {"$sum": 1}}},
+    ]
+    counted = {
+        (row["_id"]["org"], row["_id"]["owner"]): row["open"]
+        async for row in await db[ASSIGNMENTS].aggregate(pipeline)
+    }
+    corrected = 0
+    for person in people:
+        actual = counted.get((person["org"], person["id"]), 0)
+        if person.get(hint, 0) == actual:
+            continue
+        seen = person.get(hint, {"$exists": False})
+        result = await db[staff].update_one(
+            {"_id": person["_id"], hint: seen}, {"$set": {hint: actual}}
+        )
+        corrected += result.modified_count
+    if corrected:
+        LOAD_HINTS_CORRECTED.inc(corrected)
+        log.warning("load_hints_corrected", count=corrected)
+    return corrected
+
+
 @dataclass(frozen=True)
 class OwnerChoice:
     staff: StaffRead
@@ -229,7 +284,8 @@ class OwnerChoice:
 async def ranked_candidates(
     *, db: AsyncDatabase, org: str, department_id: str, required_skill: str | None
 ) -> list[flows.Candidate]:
-    staff = await directory_store.staff_of_department(db=db, org=org, department_id=department_id)
+    """Exact ranking (loads counted from the assignments): for reports and simulations."""
+    staff = await directory_store.desk(db=db, org=org, department_id=department_id)
     loads = await open_loads(db=db, org=org, staff_ids=[person.id for person in staff])
     return flows.rank_candidates(staff, loads=loads, required_skill=required_skill)
 
@@ -242,15 +298,46 @@ async def pick_owner(
     required_skill: str | None,
     exclude: frozenset[str] = frozenset(),
 ) -> OwnerChoice | None:
-    """The owner whose turn it is, with a free slot under their capacity; None: queue it."""
-    candidates = await ranked_candidates(
-        db=db, org=org, department_id=department_id, required_skill=required_skill
+    """The owner whose turn it is, with a free slot under their capacity; None: queue it.
+
+    Candidates are ranked by their load hints first (no counting), and the slot's unique
+    index keeps the capacity exact whatever a hint says. Only when the hints find nobody
+    are the loads counted from the assignments, so a complaint is never queued on a
+    stale hint.
+    """
+    staff = await directory_store.desk(db=db, org=org, department_id=department_id)
+    hints = {person.id: person.open_load for person in staff}
+    choice = await _first_with_slot(
+        db=db, org=org, staff=staff, loads=hints, required_skill=required_skill, exclude=exclude
     )
-    for candidate in candidates:
+    if choice is not None:
+        return choice
+    loads = await open_loads(db=db, org=org, staff_ids=list(hints))
+    if loads == hints:
+        return None
+    return await _first_with_slot(
+        db=db, org=org, staff=staff, loads=loads, required_skill=required_skill, exclude=exclude
+    )
+
+
+async def _first_with_slot(
+    *,
+    db: AsyncDatabase,
+    org: str,
+    staff: list[StaffRead],
+    loads: dict[str, int],
+    required_skill: str | None,
+    exclude: frozenset[str],
+) -> OwnerChoice | None:
+    for candidate in flows.rank_candidates(staff, loads=loads, required_skill=required_skill):
         if not candidate.eligible or candidate.staff.id in exclude:
             continue
-        slot = await free_slot(
-            db=db, org=org, owner_id=candidate.staff.id, limit=candidate.staff.capacity
+        slot = await likely_free_slot(
+            db=db,
+            org=org,
+            owner_id=candidate.staff.id,
+            guess=candidate.open_load,
+            limit=candidate.staff.capacity,
         )
         if slot is not None:
             return OwnerChoice(candidate.staff, slot)
@@ -560,13 +647,26 @@ async def _owner_for_plan(
 
 
 async def route_received(
-    *, db: AsyncDatabase, settings: RoutingSettings, complaint: ComplaintReceived, now: datetime
+    *,
+    db: AsyncDatabase,
+    settings: RoutingSettings,
+    complaint: ComplaintReceived,
+    now: datetime,
+    contexts: ContextCache[RoutingContext] | None = None,
 ) -> bool:
     """Route a received complaint exactly once; False when it was routed before."""
     assignments = db[ASSIGNMENTS]
     if await assignments.find_one({"_id": complaint.complaint_id}, projection={"_id": 1}):
         return False
-    context = await load_context(db=db, complaint=complaint)
+    if contexts is None:
+        context = await load_context(db=db, complaint=complaint)
+    else:
+        context = await contexts.get(
+            db=db,
+            org=complaint.org,
+            branch=complaint.branch,
+            load=lambda: load_context(db=db, complaint=complaint),
+        )
     plan = plan_for(complaint, context)
     for _ in range(MAX_WRITE_ATTEMPTS):
         owner, how = await _owner_for_plan(db=db, complaint=complaint, plan=plan)
@@ -600,7 +700,7 @@ async def _after_assignment(
         log.info("complaint_queued", department=document["department"])
         return
     ASSIGNED_METRIC.labels(how).inc()
-    await directory_store.touch_last_assigned(
+    await directory_store.record_assignment(
         db=db, org=document["org"], staff_id=document["owner_id"], at=now
     )
     log.info(

@@ -1,0 +1,76 @@
+"""A per-process cache of what routing decisions read from the directory, rules and policies.
+
+Every received complaint needs the organisation's rules and SLA policies, the
+branch with its calendar, the reachable departments and their people: six
+reads that change only when an administrator edits something. Each such edit
+bumps the organisation's *directory version* (one small document per
+organisation), so a cached context is reused only while that version is
+unchanged: one read instead of six, and a change made through any replica is
+seen by every replica at its next complaint. ``max_age_s`` bounds how long a
+context lives even so (edits made to the database by hand carry no version).
+
+Loads and the "longest since the last assignment" tie-break are never cached:
+owner choice reads the department's people afresh (see ``store.pick_owner``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+from pymongo.asynchronous.database import AsyncDatabase
+
+from routing.metrics import ROUTING_CONTEXT_READS
+
+DIRECTORY_VERSIONS = "directory_versions"
+
+Context = TypeVar("Context")
+
+
+async def directory_changed(*, db: AsyncDatabase, org: str) -> None:
+    """Call after any directory, rule or policy write: cached contexts of ``org`` go stale."""
+    await db[DIRECTORY_VERSIONS].update_one({"_id": org}, {"$inc": {"version": 1}}, upsert=True)
+
+
+async def directory_version(*, db: AsyncDatabase, org: str) -> int:
+    document = await db[DIRECTORY_VERSIONS].find_one({"_id": org})
+    return document["version"] if document else 0
+
+
+@dataclass
+class _Entry(Generic[Context]):
+    version: int
+    loaded_at: float
+    context: Context
+
+
+class ContextCache(Generic[Context]):
+    """Contexts keyed by (org, branch), valid while the org's directory version holds."""
+
+    def __init__(self, *, max_age_s: float) -> None:
+        self._max_age_s = max_age_s
+        self._entries: dict[tuple[str, str], _Entry[Context]] = {}
+
+    async def get(
+        self,
+        *,
+        db: AsyncDatabase,
+        org: str,
+        branch: str,
+        load: Callable[[], Awaitable[Context]],
+    ) -> Context:
+        # The version is read before loading: a change that lands during the load leaves
+        # the entry one version behind, so the next complaint loads again.
+        version = await directory_version(db=db, org=org)
+        key = (org, branch)
+        entry = self._entries.get(key)
+        now = time.monotonic()
+        if entry and entry.version == version and now - entry.loaded_at < self._max_age_s:
+            ROUTING_CONTEXT_READS.labels("cache").inc()
+            return entry.context
+        ROUTING_CONTEXT_READS.labels("load").inc()
+        context = await load()
+        self._entries[key] = _Entry(version=version, loaded_at=now, context=context)
+        return context

@@ -1,0 +1,141 @@
+"""Integration: owner choice on load hints and cached contexts stays exact (Kafka, Mongo).
+
+Routing ranks people by a load hint kept on the staff document and reuses the
+directory it read for earlier complaints; neither may change a decision: a hint
+that drifted never queues a complaint someone has room for nor overfills an
+owner, and a directory change is seen by the very next complaint.
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from complaints_shared.events import EventType
+from routing import store
+from tests.conftest import System, SystemFactory
+from tests.helpers import token
+from tests.test_routing_support import (
+    FAST_TIMERS,
+    assignment_when,
+    intake_producer,
+    received,
+    resolved,
+    routing_db,
+)
+
+pytestmark = pytest.mark.integration
+
+
+def _hotel(description: str):
+    return received(branch="HOTEL", category="service_attitude", description=description)
+
+
+async def _hint(system: System, staff_id: str) -> int | None:
+    document = await routing_db(system).staff.find_one({"_id": f"demo:{staff_id}"})
+    return document.get("load_hint")
+
+
+async def _set_capacity(system: System, staff_id: str, capacity: int) -> None:
+    patched = await system.routing.patch(
+        f"/v1/directory/staff/{staff_id}",
+        json={"capacity": capacity},
+        headers=token(system.routing_settings),
+    )
+    assert patched.status_code == 200, patched.text
+
+
+async def _context_reads(system: System) -> dict[str, float]:
+    text = (await system.routing.get("/metrics")).text
+    pattern = r'complaints_routing_context_reads_total\{source="(\w+)"\} ([0-9.e+]+)'
+    return {source: float(value) for source, value in re.findall(pattern, text)}
+
+
+async def test_hints_follow_assignments_and_finishes(system_factory: SystemFactory) -> None:
+    system = await system_factory(routing=FAST_TIMERS)
+    first, second = _hotel("前台态度冷淡"), _hotel("房间没有打扫")
+    async with intake_producer(system) as publish:
+        for complaint in (first, second):
+            await publish(EventType.COMPLAINT_RECEIVED, complaint)
+            document = await assignment_when(
+                system, complaint.complaint_id, lambda d: d["status"] == "open"
+            )
+            assert document["owner_id"] == "hotel-ma"
+        assert await _hint(system, "hotel-ma") == 2
+        await publish(EventType.COMPLAINT_RESOLVED, resolved(first))
+        await assignment_when(system, first.complaint_id, lambda d: d["status"] == "resolved")
+    assert await _hint(system, "hotel-ma") == 1
+    # Nothing drifted, so the recount changes nothing.
+    assert await store.reconcile_load_hints(db=routing_db(system)) == 0
+
+
+async def test_a_hint_stuck_high_does_not_queue_work_someone_has_room_for(
+    system_factory: SystemFactory,
+) -> None:
+    system = await system_factory(routing=FAST_TIMERS)
+    await _set_capacity(system, "hotel-ma", 1)
+    # As if routing crashed after counting five assignments that never happened.
+    await routing_db(system).staff.update_one({"_id": "demo:hotel-ma"}, {"$set": {"load_hint": 5}})
+    complaint = _hotel("空调坏了没人修")
+    async with intake_producer(system) as publish:
+        await publish(EventType.COMPLAINT_RECEIVED, complaint)
+        document = await assignment_when(system, complaint.complaint_id)
+    assert (document["status"], document["owner_id"]) == ("open", "hotel-ma")
+    assert await store.reconcile_load_hints(db=routing_db(system)) == 1
+    assert await _hint(system, "hotel-ma") == 1
+
+
+async def test_a_hint_stuck_low_does_not_overfill_an_owner(system_factory: SystemFactory) -> None:
+    system = await system_factory(routing=FAST_TIMERS)
+    await _set_capacity(system, "hotel-ma", 1)
+    first, second = _hotel("前台态度冷淡"), _hotel("早餐太差")
+    async with intake_producer(system) as publish:
+        await publish(EventType.COMPLAINT_RECEIVED, first)
+        await assignment_when(system, first.complaint_id, lambda d: d["status"] == "open")
+        # As if the count of the first assignment had been lost.
+        await routing_db(system).staff.update_one(
+            {"_id": "demo:hotel-ma"}, {"$set": {"load_hint": 0}}
+        )
+        await publish(EventType.COMPLAINT_RECEIVED, second)
+        queued = await assignment_when(system, second.complaint_id)
+    assert (queued["status"], queued["owner_id"]) == ("queued", None)
+    open_slots = await routing_db(system).assignments.count_documents(
+        {"owner_id": "hotel-ma", "status": "open"}
+    )
+    assert open_slots == 1
+
+
+async def test_a_rule_change_reaches_the_next_complaint_through_the_cache(
+    system_factory: SystemFactory,
+) -> None:
+    system = await system_factory()
+
+    def by_keyword(description: str):
+        # "话费" matches the keyword rule; category "other" keeps the category rule out.
+        return received(category="other", description=f"{description}，话费不对")
+
+    before = await _context_reads(system)
+    first, second, third = by_keyword("上个月"), by_keyword("这个月"), by_keyword("下个月")
+    async with intake_producer(system) as publish:
+        await publish(EventType.COMPLAINT_RECEIVED, first)
+        routed = await assignment_when(system, first.complaint_id)
+        assert routed["department"] == "LZ:BILLING"
+
+        changed = await system.routing.patch(
+            "/v1/routing/rules/demo:billing-keywords",
+            json={"action": {"department_kind": "sales"}},
+            headers=token(system.routing_settings),
+        )
+        assert changed.status_code == 200, changed.text
+        await publish(EventType.COMPLAINT_RECEIVED, second)
+        routed = await assignment_when(system, second.complaint_id)
+        assert (routed["department"], routed["rule_version"]) == ("LZ:SALES", 2)
+
+        await publish(EventType.COMPLAINT_RECEIVED, third)
+        routed = await assignment_when(system, third.complaint_id)
+        assert routed["department"] == "LZ:SALES"
+    after = await _context_reads(system)
+    # Loaded for the first complaint and again after the change; the third one reused it.
+    assert after.get("load", 0) - before.get("load", 0) == 2
+    assert after.get("cache", 0) - before.get("cache", 0) == 1
