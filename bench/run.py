@@ -545,11 +545,12 @@ async def routing_drain(run: Run, *, replicas: int, events: int) -> dict:
         deadline = time.monotonic() + run.args.drain_timeout_s
         done = 0
         while time.monotonic() < deadline:
-            done = await assignments.count_documents({})
+            # Counting costs the local server a scan; every 2 s keeps it to a few percent.
+            done = await assignments.estimated_document_count()
             peak = max(peak, *(peak_rss_kb(i.process.pid) for i in instances if i.process))
             if done >= events:
                 break
-            await asyncio.sleep(0.5)
+            await asyncio.sleep(2.0)
         span = await (
             await assignments.aggregate(
                 [

@@ -631,9 +631,12 @@ start_mongo_process() {
 # --------------------------------------------------------------- commands --
 
 write_env_file() {
+    # retryWrites=false: SecantusDB's retryable-write bookkeeping costs 10-25 ms per
+    # single-document write and grows with use (docs/mongodb-compatibility.md); one local node
+    # has no failover for a retry to survive anyway. Real MongoDB keeps the driver's default.
     cat >"$STATE/infra.env" <<EOF
 KAFKA_BOOTSTRAP_SERVERS=$HOST:$KAFKA_PORT
-MONGODB_URI=mongodb://$HOST:$MONGO_PORT
+MONGODB_URI=mongodb://$HOST:$MONGO_PORT/?retryWrites=false
 EOF
 }
 

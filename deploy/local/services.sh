@@ -42,7 +42,7 @@ load_infra_env() {
         set +a
     fi
     export KAFKA_BOOTSTRAP_SERVERS=${kafka:-${KAFKA_BOOTSTRAP_SERVERS:-127.0.0.1:9092}}
-    export MONGODB_URI=${mongo:-${MONGODB_URI:-mongodb://127.0.0.1:27017}}
+    export MONGODB_URI=${mongo:-${MONGODB_URI:-mongodb://127.0.0.1:27017/?retryWrites=false}}
 }
 
 start_service() {

@@ -7,6 +7,7 @@ from typing import Any
 
 from bson.codec_options import CodecOptions
 from pymongo import AsyncMongoClient
+from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 
 from complaints_shared.settings import ServiceSettings
@@ -63,3 +64,66 @@ def at_or_after(moment: datetime) -> dict[str, datetime]:
 
 def at_or_before(moment: datetime) -> dict[str, datetime]:
     return {"$lt": moment + _ONE_MS}
+
+
+def lease_free(field: str, now: datetime) -> dict[str, Any]:
+    """Matches a lease that is missing, null or expired: ``field`` is not at or after ``now``.
+
+    The same documents as ``$or: [missing, null, < now]``, without an ``$or``:
+    SecantusDB (the local MongoDB) answers any top-level ``$or`` with a full
+    collection scan, whatever the other, indexed, conditions.
+    """
+    return {field: {"$not": {"$gte": now}}}
+
+
+async def update_and_read(
+    collection: AsyncCollection,
+    query: dict[str, Any],
+    update: dict[str, Any],
+    *,
+    projection: dict[str, Any] | None = None,
+) -> dict[str, Any] | None:
+    """Apply ``update`` to the document ``query`` pins by ``_id``, then read it back.
+
+    Used instead of ``find_one_and_update(..., AFTER)``: SecantusDB runs
+    findAndModify in time proportional to the collection while ``update_one``
+    by ``_id`` is constant. The conditions in ``query`` (a version, a lease)
+    are checked atomically by the update; the document read back is the one
+    written or, if another writer came in between, a later version of it.
+    None when nothing matched.
+    """
+    result = await collection.update_one(query, update)
+    if result.matched_count == 0:
+        return None
+    return await collection.find_one({"_id": query["_id"]}, projection=projection)
+
+
+async def claim_first(
+    collection: AsyncCollection,
+    query: dict[str, Any],
+    update: dict[str, Any],
+    *,
+    sort: list[tuple[str, int]],
+    projection: dict[str, Any] | None = None,
+) -> dict[str, Any] | None:
+    """Take the first document matching ``query`` (in ``sort`` order) with ``update``.
+
+    Read the candidate, then update it only if it still matches, so of two
+    replicas racing for the same document exactly one wins; the loser tries
+    the next candidate. The same result as a sorted ``find_one_and_update``
+    without findAndModify (see :func:`update_and_read`).
+    """
+    for _ in range(CLAIM_ATTEMPTS):
+        candidate = await collection.find_one(query, projection={"_id": 1}, sort=sort)
+        if candidate is None:
+            return None
+        claimed = await update_and_read(
+            collection, {**query, "_id": candidate["_id"]}, update, projection=projection
+        )
+        if claimed is not None:
+            return claimed
+    return None
+
+
+# Lost races in a row before a claimer gives up for this pass (it polls again anyway).
+CLAIM_ATTEMPTS = 5

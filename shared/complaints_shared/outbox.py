@@ -23,6 +23,7 @@ from complaints_shared.events import EventData, EventType, topic_of
 from complaints_shared.kafka import EventProducer
 from complaints_shared.logs import get_logger
 from complaints_shared.metrics import EVENTS_PUBLISHED, OUTBOX_PUBLISH_FAILURES
+from complaints_shared.mongo import lease_free
 from complaints_shared.settings import ServiceSettings
 from complaints_shared.timing import wait_event
 
@@ -128,10 +129,7 @@ class OutboxRelay:
     async def _claim(self, *, collection: str) -> tuple[list[dict], str]:
         coll = self._db[collection]
         now = datetime.now(UTC)
-        unclaimed = {
-            PENDING_SINCE_FIELD: {"$lte": now},
-            "$or": [{LEASE_UNTIL_FIELD: None}, {LEASE_UNTIL_FIELD: {"$lt": now}}],
-        }
+        unclaimed = {PENDING_SINCE_FIELD: {"$lte": now}, **lease_free(LEASE_UNTIL_FIELD, now)}
         candidates = (
             await coll.find(unclaimed, projection={"_id": 1})
             .sort(PENDING_SINCE_FIELD, 1)

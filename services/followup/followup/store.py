@@ -12,7 +12,7 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
-from pymongo import ASCENDING, ReturnDocument
+from pymongo import ASCENDING
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
@@ -29,7 +29,13 @@ from complaints_shared.events import (
     FollowupScheduled,
 )
 from complaints_shared.logs import get_logger
-from complaints_shared.mongo import at_or_before, merge_updates
+from complaints_shared.mongo import (
+    at_or_before,
+    claim_first,
+    lease_free,
+    merge_updates,
+    update_and_read,
+)
 from complaints_shared.outbox import outbox_entry, outbox_fields, outbox_update
 from complaints_shared.pagination import Page, after_cursor, encode_cursor
 from complaints_shared.problems import ProblemError, not_found
@@ -146,7 +152,8 @@ async def _change(
             outbox_entry(event_type=event_type, data=data, settings=settings)
             for event_type, data in events
         ]
-        updated = await checks.find_one_and_update(
+        updated = await update_and_read(
+            checks,
             # Checks stored before versioning match version None (the field is missing).
             {"_id": followup_id, "version": current.get("version")},
             merge_updates(
@@ -155,7 +162,6 @@ async def _change(
                 outbox_update(entries) if entries else {},
             ),
             projection={"outbox": 0},
-            return_document=ReturnDocument.AFTER,
         )
         if updated is not None:
             return updated
@@ -770,16 +776,10 @@ async def lease_due_check(
     due = {
         "status": CheckStatus.SCHEDULED.value,
         "due_at": at_or_before(now),
-        "$or": [
-            {"timer_lease_until": {"$exists": False}},
-            {"timer_lease_until": None},
-            {"timer_lease_until": {"$lt": now}},
-        ],
+        **lease_free("timer_lease_until", now),
     }
-    # Most polls find nothing: ask with a cheap read before taking a lease with a write.
-    if await db[CHECKS].find_one(due, projection={"_id": 1}) is None:
-        return None
-    document = await db[CHECKS].find_one_and_update(
+    document = await claim_first(
+        db[CHECKS],
         due,
         {
             "$set": {

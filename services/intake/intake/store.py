@@ -25,7 +25,7 @@ from complaints_shared.events import (
     EventType,
     Flag,
 )
-from complaints_shared.mongo import at_or_after, merge_updates
+from complaints_shared.mongo import at_or_after, merge_updates, update_and_read
 from complaints_shared.outbox import outbox_entry, outbox_fields, outbox_update
 from complaints_shared.problems import ProblemError, not_found
 from intake.identity import customer_keys, submission_fingerprint
@@ -155,7 +155,7 @@ async def claim_submission(
     one can insert the fingerprint document, the other sees a duplicate key.
     """
     try:
-        await db[SUBMISSIONS].find_one_and_update(
+        await db[SUBMISSIONS].update_one(
             {"_id": fingerprint, "expires_at": {"$lte": now}},
             {"$set": {"complaint_id": complaint_id, "expires_at": now + window}},
             upsert=True,
@@ -173,26 +173,30 @@ async def release_submission(*, db: AsyncDatabase, fingerprint: str, complaint_i
 async def find_earlier_complaints(
     *, db: AsyncDatabase, org: str, keys: list[str], since: datetime
 ) -> list[dict[str, Any]]:
-    """The customer's open complaints and those finished since ``since``, newest first."""
+    """The customer's open complaints and those finished since ``since``, newest first.
+
+    Two indexed reads merged here rather than one ``$or``, which the local
+    MongoDB (SecantusDB) would answer by scanning every complaint.
+    """
     if not keys:
         return []
-    cursor = (
-        db[COMPLAINTS]
-        .find(
-            {
-                "org": org,
-                "customer_keys": {"$in": keys},
-                "$or": [
-                    {"status": {"$in": [status.value for status in OPEN_STATUSES]}},
-                    {"finished_at": at_or_after(since)},
-                ],
-            },
-            projection={"_id": 1},
+    customer = {"org": org, "customer_keys": {"$in": keys}}
+    conditions = [
+        {"status": {"$in": [status.value for status in OPEN_STATUSES]}},
+        {"finished_at": at_or_after(since)},
+    ]
+    found: dict[str, dict[str, Any]] = {}
+    for condition in conditions:
+        cursor = (
+            db[COMPLAINTS]
+            .find({**customer, **condition}, projection={"_id": 1, "created_at": 1})
+            .sort("created_at", DESCENDING)
+            .limit(MAX_REPEAT_LINKS)
         )
-        .sort("created_at", DESCENDING)
-        .limit(MAX_REPEAT_LINKS)
-    )
-    return await cursor.to_list(None)
+        async for document in cursor:
+            found[document["_id"]] = document
+    newest_first = sorted(found.values(), key=lambda d: d["created_at"], reverse=True)
+    return [{"_id": document["_id"]} for document in newest_first[:MAX_REPEAT_LINKS]]
 
 
 def _classify(request: ComplaintCreate, settings: IntakeSettings) -> dict[str, Any]:
@@ -404,11 +408,11 @@ async def change(
                 else {}
             ),
         )
-        updated = await complaints.find_one_and_update(
+        updated = await update_and_read(
+            complaints,
             {"_id": complaint_id, "version": current["version"]},
             update,
             projection=HIDDEN_FIELDS,
-            return_document=ReturnDocument.AFTER,
         )
         if updated is not None:
             return updated

@@ -17,8 +17,6 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from pymongo import ReturnDocument
-
 from complaints_shared.business_calendar import BusinessCalendar
 from complaints_shared.events import (
     ComplaintSlaBreached,
@@ -27,7 +25,7 @@ from complaints_shared.events import (
     SlaClock,
 )
 from complaints_shared.logs import get_logger
-from complaints_shared.mongo import merge_updates
+from complaints_shared.mongo import claim_first, lease_free, merge_updates
 from complaints_shared.runtime import Runtime
 from complaints_shared.timing import wait_event
 from routing import sla, store
@@ -117,15 +115,9 @@ class SlaScheduler:
 
     async def _claim(self, runtime: Runtime, *, now: datetime) -> dict[str, Any] | None:
         wall_now = _wall_now()
-        return await runtime.db[store.ASSIGNMENTS].find_one_and_update(
-            {
-                "next_timer_at": {"$lte": now},
-                "$or": [
-                    {LEASE_UNTIL: {"$exists": False}},
-                    {LEASE_UNTIL: None},
-                    {LEASE_UNTIL: {"$lt": wall_now}},
-                ],
-            },
+        return await claim_first(
+            runtime.db[store.ASSIGNMENTS],
+            {"next_timer_at": {"$lte": now}, **lease_free(LEASE_UNTIL, wall_now)},
             {
                 "$set": {
                     LEASE_UNTIL: wall_now + timedelta(seconds=self._settings.scheduler_lease_s),
@@ -134,7 +126,6 @@ class SlaScheduler:
             },
             sort=[("next_timer_at", 1)],
             projection={"_id": 1, "org": 1, "branch": 1, "department": 1},
-            return_document=ReturnDocument.AFTER,
         )
 
     async def _fire(self, runtime: Runtime, claimed: dict[str, Any]) -> int:

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from pymongo import ASCENDING, DESCENDING, ReturnDocument
+from pymongo import ASCENDING, DESCENDING
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
@@ -42,7 +42,7 @@ from complaints_shared.events import (
     EventType,
 )
 from complaints_shared.logs import get_logger
-from complaints_shared.mongo import merge_updates
+from complaints_shared.mongo import merge_updates, update_and_read
 from complaints_shared.outbox import outbox_entry, outbox_fields, outbox_update
 from complaints_shared.pagination import Page, after_cursor, encode_cursor
 from complaints_shared.problems import ProblemError, not_found
@@ -166,10 +166,8 @@ async def change(
             ),
         )
         try:
-            updated = await assignments.find_one_and_update(
-                {"_id": complaint_id, "version": current["version"]},
-                merged,
-                return_document=ReturnDocument.AFTER,
+            updated = await update_and_read(
+                assignments, {"_id": complaint_id, "version": current["version"]}, merged
             )
         except DuplicateKeyError:
             continue
