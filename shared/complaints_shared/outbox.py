@@ -3,9 +3,9 @@
 A write that changes an aggregate pushes the events it causes into that same
 document's ``outbox`` array in the same atomic update, so an event exists if
 and only if the change was stored (no multi-document transaction needed, which
-keeps it correct on a standalone MongoDB too). The relay claims documents with
-pending events under a lease, publishes them in order, then pulls exactly the
-published ones. If Kafka is down the events simply stay until it is back.
+keeps it correct on a standalone MongoDB too). The relay of the replica that
+holds the collection's lease publishes pending events in order, then removes
+exactly the published ones. If Kafka is down the events simply stay until it is back.
 """
 
 from __future__ import annotations
@@ -17,13 +17,13 @@ from typing import Any
 
 from pymongo import UpdateOne
 from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import DuplicateKeyError
 
 from complaints_shared.envelope import CloudEvent
 from complaints_shared.events import EventData, EventType, topic_of
 from complaints_shared.kafka import EventProducer
 from complaints_shared.logs import get_logger
 from complaints_shared.metrics import EVENTS_PUBLISHED, OUTBOX_PUBLISH_FAILURES
-from complaints_shared.mongo import lease_free
 from complaints_shared.settings import ServiceSettings
 from complaints_shared.timing import wait_event
 
@@ -31,8 +31,8 @@ log = get_logger(__name__)
 
 OUTBOX_FIELD = "outbox"
 PENDING_SINCE_FIELD = "outbox_pending_since"
-LEASE_UNTIL_FIELD = "outbox_lease_until"
-LEASE_OWNER_FIELD = "outbox_lease_owner"
+# One document per outbox collection: which relay replica publishes it, and until when.
+LEASES = "outbox_leases"
 
 
 def outbox_entry(*, event_type: EventType, data: EventData, settings: ServiceSettings) -> dict:
@@ -71,10 +71,16 @@ async def ensure_outbox_index(*, db: AsyncDatabase, collection: str) -> None:
 class OutboxRelay:
     """Publishes pending outbox events of the given collections to Kafka.
 
-    One loop per service instance: it claims up to ``outbox_batch_size``
-    documents at a time under a lease (so several replicas never publish the
-    same document concurrently), sends all their events without waiting on each,
-    then removes, per document, the events that were acknowledged in order.
+    One loop per service instance. Of several replicas, one at a time publishes
+    a collection: the one holding that collection's lease in ``outbox_leases``
+    (renewed while it runs, given up at shutdown, taken over by another replica
+    once it expires). The leader reads up to ``outbox_batch_size`` documents with
+    pending events, sends all their events without waiting on each, then removes
+    from each document the events acknowledged in order, in one write per
+    document. Events written by a standby replica are published by the leader's
+    next poll (``outbox_poll_interval_s``). A leader that stalls past its lease
+    can overlap with its successor; that only duplicates deliveries, which the
+    idempotent consumers absorb.
     """
 
     def __init__(
@@ -89,6 +95,10 @@ class OutboxRelay:
         self._collections = collections
         self._producer = producer
         self._settings = settings
+        self._owner = f"{settings.service_name}-{uuid.uuid4().hex[:12]}"
+        self._lease = timedelta(seconds=settings.outbox_lease_s)
+        self._held_until: dict[str, datetime] = {}
+        self._standby_until: dict[str, datetime] = {}
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
 
@@ -101,55 +111,83 @@ class OutboxRelay:
         self._wake.set()
 
     async def run(self) -> None:
-        while not self._stopping.is_set():
-            self._wake.clear()
-            busy = False
-            for collection in self._collections:
-                try:
-                    claimed = await self.publish_batch(collection=collection)
-                    busy |= claimed >= self._settings.outbox_batch_size
-                except Exception as exc:  # Kafka or Mongo away: keep the events, retry later
-                    OUTBOX_PUBLISH_FAILURES.labels(self._settings.service_name).inc()
-                    log.warning("outbox_publish_failed", error=repr(exc))
-            if not busy:
-                await wait_event(self._wake, timeout_s=self._settings.outbox_poll_interval_s)
+        try:
+            while not self._stopping.is_set():
+                self._wake.clear()
+                busy = False
+                for collection in self._collections:
+                    try:
+                        published = await self.publish_batch(collection=collection)
+                        busy |= published >= self._settings.outbox_batch_size
+                    except Exception as exc:  # Kafka or Mongo away: keep the events, retry later
+                        OUTBOX_PUBLISH_FAILURES.labels(self._settings.service_name).inc()
+                        log.warning("outbox_publish_failed", error=repr(exc))
+                if not busy:
+                    await wait_event(self._wake, timeout_s=self._settings.outbox_poll_interval_s)
+        finally:
+            await self._give_up_leases()
 
     async def publish_batch(self, *, collection: str) -> int:
-        """Claim, publish and release one batch; returns how many documents were claimed."""
-        documents, claim = await self._claim(collection=collection)
+        """Publish and release one batch if this replica leads; how many documents it held."""
+        if not await self._lead(collection):
+            return 0
+        coll = self._db[collection]
+        documents = (
+            await coll.find(
+                {PENDING_SINCE_FIELD: {"$lte": _relay_time()}}, projection={OUTBOX_FIELD: 1}
+            )
+            .sort(PENDING_SINCE_FIELD, 1)
+            .limit(self._settings.outbox_batch_size)
+            .to_list(None)
+        )
         if not documents:
             return 0
         sent: dict[Any, list[str]] = {}
         try:
             sent = await self._send(documents)
         finally:
-            await self._release(collection=collection, claim=claim, sent=sent, documents=documents)
+            await self._release(collection=collection, sent=sent, documents=documents)
         return len(documents)
 
-    async def _claim(self, *, collection: str) -> tuple[list[dict], str]:
-        coll = self._db[collection]
-        now = datetime.now(UTC)
-        unclaimed = {PENDING_SINCE_FIELD: {"$lte": now}, **lease_free(LEASE_UNTIL_FIELD, now)}
-        candidates = (
-            await coll.find(unclaimed, projection={"_id": 1})
-            .sort(PENDING_SINCE_FIELD, 1)
-            .limit(self._settings.outbox_batch_size)
-            .to_list(None)
-        )
-        if not candidates:
-            return [], ""
-        claim = uuid.uuid4().hex
-        ids = [candidate["_id"] for candidate in candidates]
-        lease_until = now + timedelta(seconds=self._settings.outbox_lease_s)
-        # The filter repeats the "unclaimed" test, so a concurrent replica's claim wins cleanly.
-        await coll.update_many(
-            {"_id": {"$in": ids}, **unclaimed},
-            {"$set": {LEASE_UNTIL_FIELD: lease_until, LEASE_OWNER_FIELD: claim}},
-        )
-        documents = await coll.find(
-            {"_id": {"$in": ids}, LEASE_OWNER_FIELD: claim}, projection={OUTBOX_FIELD: 1}
-        ).to_list(None)
-        return documents, claim
+    async def _lead(self, collection: str) -> bool:
+        """Whether this replica publishes ``collection`` now (holds, renews or takes its lease)."""
+        now = _relay_time()
+        held = self._held_until.get(collection)
+        if held is not None and held - now > self._lease / 2:
+            return True
+        standby = self._standby_until.get(collection)
+        if held is None and standby is not None and now < standby:
+            return False
+        leases = self._db[LEASES]
+        until = now + self._lease
+        lease = {"$set": {"owner": self._owner, "until": until}}
+        if held is not None:
+            renewed = await leases.update_one({"_id": collection, "owner": self._owner}, lease)
+            if renewed.matched_count:
+                self._held_until[collection] = until
+                return True
+        self._held_until.pop(collection, None)
+        taken = await leases.update_one({"_id": collection, "until": {"$lt": now}}, lease)
+        if not taken.matched_count:
+            try:
+                await leases.insert_one({"_id": collection, "owner": self._owner, "until": until})
+            except DuplicateKeyError:
+                current = await leases.find_one({"_id": collection})
+                # Someone else leads: ask again when their lease would run out.
+                self._standby_until[collection] = current["until"] if current else now
+                return False
+        log.info("outbox_lead_taken", collection=collection, owner=self._owner)
+        self._held_until[collection] = until
+        return True
+
+    async def _give_up_leases(self) -> None:
+        """At shutdown: let a peer take over at once instead of after the lease runs out."""
+        for collection in list(self._held_until):
+            try:
+                await self._db[LEASES].delete_one({"_id": collection, "owner": self._owner})
+            except Exception as exc:  # Mongo away: the lease simply expires
+                log.warning("outbox_lease_not_released", error=repr(exc))
+        self._held_until.clear()
 
     async def _send(self, documents: list[dict]) -> dict[Any, list[str]]:
         """Send every event; per document, the ids acknowledged in order (a prefix)."""
@@ -173,24 +211,43 @@ class OutboxRelay:
         return acknowledged
 
     async def _release(
-        self, *, collection: str, claim: str, sent: dict[Any, list[str]], documents: list[dict]
+        self, *, collection: str, sent: dict[Any, list[str]], documents: list[dict]
     ) -> None:
+        """Remove the acknowledged events: one write per document in the usual case."""
         coll = self._db[collection]
-        requests = [
-            UpdateOne(
-                {"_id": document["_id"], LEASE_OWNER_FIELD: claim},
-                {
-                    "$pull": {OUTBOX_FIELD: {"id": {"$in": sent.get(document["_id"], [])}}},
-                    "$unset": {LEASE_UNTIL_FIELD: "", LEASE_OWNER_FIELD: ""},
-                },
-            )
-            for document in documents
-        ]
-        await coll.bulk_write(requests, ordered=False)
+        cleared, pulled, requests = [], [], []
+        for document in documents:
+            acknowledged = sent.get(document["_id"], [])
+            if not acknowledged:
+                continue
+            read = len(document.get(OUTBOX_FIELD, []))
+            if len(acknowledged) == read:
+                # All sent, and if no event was added since the read: empty it and stop pending.
+                cleared.append(document["_id"])
+                requests.append(
+                    UpdateOne(
+                        {"_id": document["_id"], OUTBOX_FIELD: {"$size": read}},
+                        {"$set": {OUTBOX_FIELD: []}, "$unset": {PENDING_SINCE_FIELD: ""}},
+                    )
+                )
+            else:
+                pulled.append(document["_id"])
+                requests.append(UpdateOne({"_id": document["_id"]}, _pull(acknowledged)))
+        if not requests:
+            return
+        result = await coll.bulk_write(requests, ordered=False)
+        if result.matched_count == len(requests):
+            return
+        # Some outbox grew while its events were sent: remove just what was sent, and stop
+        # pending only where nothing is left (pulling an id already gone changes nothing).
+        await coll.bulk_write(
+            [UpdateOne({"_id": i}, _pull(sent[i])) for i in cleared], ordered=False
+        )
         await coll.update_many(
-            {
-                "_id": {"$in": [document["_id"] for document in documents]},
-                OUTBOX_FIELD: {"$size": 0},
-            },
+            {"_id": {"$in": cleared}, OUTBOX_FIELD: {"$size": 0}},
             {"$unset": {PENDING_SINCE_FIELD: ""}},
         )
+
+
+def _pull(event_ids: list[str]) -> dict[str, Any]:
+    return {"$pull": {OUTBOX_FIELD: {"id": {"$in": event_ids}}}}

@@ -36,13 +36,19 @@ class ServiceSettings(BaseSettings):
         0.2, gt=0, description="First retry delay; doubles on each further attempt."
     )
     outbox_poll_interval_s: float = Field(
-        1.0, gt=0, description="How often the outbox relay looks for unsent events when idle."
+        0.5,
+        gt=0,
+        description="How often the outbox relay looks for unsent events when idle; also the "
+        "longest an event written by a standby replica waits for the leading relay.",
     )
     outbox_batch_size: int = Field(
         100, ge=1, description="Documents the outbox relay claims and publishes per round."
     )
     outbox_lease_s: float = Field(
-        30.0, gt=0, description="How long one relay replica owns a document's pending events."
+        15.0,
+        gt=0,
+        description="How long one replica's relay leads publishing a collection's outbox "
+        "without renewing; a crashed leader is replaced after at most this long.",
     )
     kafka_request_timeout_s: float = Field(
         10.0, gt=0, description="Producer request timeout; a slower send is retried by the relay."
