@@ -25,7 +25,7 @@ from complaints_shared.events import (
     EventType,
     Flag,
 )
-from complaints_shared.mongo import at_or_after, merge_updates, update_and_read
+from complaints_shared.mongo import merge_updates, update_and_read
 from complaints_shared.outbox import outbox_entry, outbox_fields, outbox_update
 from complaints_shared.problems import ProblemError, not_found
 from intake.identity import customer_keys, submission_fingerprint
@@ -39,6 +39,8 @@ REFERENCE_COUNTERS = "reference_counters"
 SUBMISSIONS = "submission_fingerprints"
 APPLIED_EVENTS_KEPT = 500
 MAX_WRITE_ATTEMPTS = 8
+# A customer's newest complaints looked at for repeats (a shared switchboard number has many).
+REPEAT_LOOKBACK = 200
 MAX_REPEAT_LINKS = 20
 
 # A decision returns the extra update for the change plus the events it causes.
@@ -175,28 +177,30 @@ async def find_earlier_complaints(
 ) -> list[dict[str, Any]]:
     """The customer's open complaints and those finished since ``since``, newest first.
 
-    Two indexed reads merged here rather than one ``$or``, which the local
-    MongoDB (SecantusDB) would answer by scanning every complaint.
+    One indexed read of the customer's newest complaints, filtered here: adding
+    the status or finish conditions to the query (or an ``$or`` of them) makes the
+    local MongoDB (SecantusDB) scan every complaint (docs/mongodb-compatibility.md).
+    Only the newest ``REPEAT_LOOKBACK`` complaints of a customer are considered.
     """
     if not keys:
         return []
-    customer = {"org": org, "customer_keys": {"$in": keys}}
-    conditions = [
-        {"status": {"$in": [status.value for status in OPEN_STATUSES]}},
-        {"finished_at": at_or_after(since)},
-    ]
-    found: dict[str, dict[str, Any]] = {}
-    for condition in conditions:
-        cursor = (
-            db[COMPLAINTS]
-            .find({**customer, **condition}, projection={"_id": 1, "created_at": 1})
-            .sort("created_at", DESCENDING)
-            .limit(MAX_REPEAT_LINKS)
+    cursor = (
+        db[COMPLAINTS]
+        .find(
+            {"org": org, "customer_keys": {"$in": keys}},
+            projection={"_id": 1, "status": 1, "finished_at": 1},
         )
-        async for document in cursor:
-            found[document["_id"]] = document
-    newest_first = sorted(found.values(), key=lambda d: d["created_at"], reverse=True)
-    return [{"_id": document["_id"]} for document in newest_first[:MAX_REPEAT_LINKS]]
+        .sort("created_at", DESCENDING)
+        .limit(REPEAT_LOOKBACK)
+    )
+    open_statuses = {status.value for status in OPEN_STATUSES}
+    earlier = [
+        {"_id": document["_id"]}
+        async for document in cursor
+        if document["status"] in open_statuses
+        or (document.get("finished_at") is not None and document["finished_at"] >= since)
+    ]
+    return earlier[:MAX_REPEAT_LINKS]
 
 
 def _classify(request: ComplaintCreate, settings: IntakeSettings) -> dict[str, Any]:
