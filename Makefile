@@ -47,7 +47,7 @@ test: install  ## the whole suite against real Kafka and MongoDB (started if nee
 test-unit: install
 	$(VENV)/bin/pytest -m "not integration"
 
-bench: install infra-up  ## throughput/latency figures (docs/performance.md); BENCH_ARGS="--soak-s 180"
+bench: install infra-up  ## throughput/latency figures (docs/performance.md); BENCH_ARGS="--backlog 2000"
 	$(VENV)/bin/python -m bench.run $(BENCH_ARGS)
 
 lint: install

@@ -49,6 +49,7 @@ from complaints_shared.events import (
 from complaints_shared.kafka import EventProducer, ensure_topics
 from complaints_shared.mongo import create_mongo_client
 from complaints_shared.settings import ServiceSettings
+from intake.store import COMPLAINT_INDEXES
 
 ROOT = Path(__file__).resolve().parent.parent
 STATE = ROOT / ".local"
@@ -109,6 +110,21 @@ def rss_kb(pid: int) -> int:
 
 def peak_rss_kb(pid: int) -> int:
     return sum(_status_kb(p, "VmHWM") for p in [pid, *_children(pid)])
+
+
+def cpu_s(pid: int | None) -> float:
+    """CPU seconds (user + system) a process has used so far; 0 when unknown."""
+    if pid is None:
+        return 0.0
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except FileNotFoundError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def database_pid() -> int | None:
+    return infra_pids().get("mongo")
 
 
 @dataclass
@@ -260,13 +276,22 @@ async def drop_run_databases(run: Run) -> None:
 # ------------------------------------------------------------------ measures --
 
 
-async def raw_floor(run: Run, *, concurrency: int, duration_s: float) -> dict[str, Any]:
-    """What intake must do per complaint, with nothing else: insert + produce."""
+async def raw_floor(
+    run: Run, *, concurrency: int, duration_s: float, indexed: bool = False
+) -> dict[str, Any]:
+    """What intake must do per complaint, with nothing else: insert + produce.
+
+    ``indexed``: into a collection with the indexes intake keeps on its complaints
+    (search, reports, repeat detection), which every insert must maintain.
+    """
     settings = run.settings()
     topic = settings.topic("bench-floor.v1")
     await ensure_topics(settings=settings, topics=[topic])
     mongo = create_mongo_client(settings=settings)
-    collection = mongo[f"bench{run.run_id}_floor"]["complaints"]
+    collection = mongo[f"bench{run.run_id}_floor"]["indexed" if indexed else "complaints"]
+    if indexed:
+        for name, keys in COMPLAINT_INDEXES.items():
+            await collection.create_index(keys, name=name)
     producer = EventProducer(settings=settings)
     rng = random.Random(1)
     latencies: list[float] = []
@@ -297,6 +322,7 @@ async def raw_floor(run: Run, *, concurrency: int, duration_s: float) -> dict[st
     await mongo.close()
     return {
         "concurrency": concurrency,
+        "indexed": indexed,
         "ops": len(latencies),
         "ops_per_s": round(len(latencies) / elapsed, 1),
         **latency_summary(latencies),
@@ -350,9 +376,11 @@ async def post_load(
                 else:
                     errors[outcome] = errors.get(outcome, 0) + 1
 
+        database_cpu = cpu_s(database_pid())
         started = time.monotonic()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         elapsed = time.monotonic() - started
+        database_cpu = cpu_s(database_pid()) - database_cpu
     return {
         "concurrency": concurrency,
         "accepted": len(latencies),
@@ -360,6 +388,11 @@ async def post_load(
         "errors": sum(errors.values()),
         "error_kinds": errors,
         **latency_summary(latencies),
+        # The whole pipeline's share (routing and follow-up work on the same server meanwhile).
+        "database_cpu_ms_per_request": (
+            round(1000 * database_cpu / len(latencies), 1) if latencies else None
+        ),
+        "database_cpu_share": round(database_cpu / elapsed, 2),
     }
 
 
@@ -378,6 +411,7 @@ async def intake_ramp(run: Run, url: str) -> tuple[list[dict], dict]:
         levels.append(result)
         print(
             f"  intake c={concurrency}: {result['requests_per_s']} req/s, "
+            f"database {result['database_cpu_ms_per_request']} ms CPU/request, "
             f"p99 {result['p99_ms']} ms, errors {result['errors']}",
             flush=True,
         )
@@ -536,6 +570,7 @@ async def routing_drain(run: Run, *, replicas: int, events: int) -> dict:
         Service("routing", PORTS["routing"] + 10 + index, run.env("routing", prefix, suffix))
         for index in range(replicas)
     ]
+    database_cpu = cpu_s(database_pid())
     for instance in instances:
         instance.start()
     peak = 0
@@ -564,6 +599,7 @@ async def routing_drain(run: Run, *, replicas: int, events: int) -> dict:
                 ]
             )
         ).to_list(None)
+        database_cpu = cpu_s(database_pid()) - database_cpu
         by_status = {
             row["_id"]: row["count"]
             async for row in await assignments.aggregate(
@@ -582,6 +618,7 @@ async def routing_drain(run: Run, *, replicas: int, events: int) -> dict:
         "drain_s": round(span_s, 2),
         "events_per_s": round(done / span_s, 1) if span_s else None,
         "by_status": by_status,
+        "database_cpu_ms_per_event": round(1000 * database_cpu / done, 1) if done else None,
         "peak_rss_mb": round(peak / 1024, 1),
     }
 
@@ -647,10 +684,17 @@ def print_table(result: dict) -> None:
             f"c={result['raw_floor']['concurrency']}",
         ),
         (
+            "raw floor, intake's indexes",
+            f"{result['raw_floor_indexed']['ops_per_s']} ops/s",
+            f"intake is {best['requests_per_s'] / result['raw_floor_indexed']['ops_per_s']:.0%} "
+            "of it",
+        ),
+        (
             "intake accept (max sustained)",
             f"{best['requests_per_s']} req/s",
             f"{ratio:.0%} of floor; p50/p95/p99 "
-            f"{best['p50_ms']}/{best['p95_ms']}/{best['p99_ms']} ms; errors {best['errors']}",
+            f"{best['p50_ms']}/{best['p95_ms']}/{best['p99_ms']} ms; errors {best['errors']}; "
+            f"database {best['database_cpu_ms_per_request']} ms CPU per complaint",
         ),
     ]
     e2e = result["end_to_end"]
@@ -661,6 +705,15 @@ def print_table(result: dict) -> None:
             f"p50 {e2e['p50_ms']} / p95 {e2e['p95_ms']} ms at {e2e['rate_per_s']}/s",
         )
     )
+    for extra in result.get("end_to_end_by_rate", []):
+        rows.append(
+            (
+                f"received → assigned @ {extra['rate_per_s']}/s",
+                f"p99 {extra['p99_ms']} ms",
+                f"p50 {extra['p50_ms']} / p95 {extra['p95_ms']} ms; "
+                f"{extra['assigned']}/{extra['complaints']} assigned",
+            )
+        )
     for replicas, drain in sorted(drains.items()):
         rows.append(
             (
@@ -680,7 +733,14 @@ def print_table(result: dict) -> None:
     for name, mb in result["peak_rss_mb"].items():
         rows.append((f"peak RSS {name}", f"{mb} MB", ""))
     if "soak" in result:
-        rows.append(("RSS growth over soak", json.dumps(result["soak"]["rss_growth_pct"]), ""))
+        soaked = result["soak"]
+        rows.append(
+            (
+                f"soak {soaked['seconds']:.0f} s @ {soaked['rate_per_s']}/s",
+                f"p99 {soaked['latency']['p99_ms']} ms",
+                f"RSS growth % {json.dumps(soaked['rss_growth_pct'])}",
+            )
+        )
     width = max(len(row[0]) for row in rows)
     print()
     for label, value, note in rows:
@@ -690,13 +750,25 @@ def print_table(result: dict) -> None:
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration-s", type=float, default=10.0, help="per load level")
-    parser.add_argument("--concurrency", type=int, nargs="+", default=[4, 8, 16, 32, 64])
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[2, 4, 8, 16])
     parser.add_argument("--backlog", type=int, default=10_000, help="events for the drain test")
     parser.add_argument("--drain-timeout-s", type=float, default=600.0)
-    parser.add_argument("--soak-s", type=float, default=0.0, help="half-load soak (180 for RSS)")
+    parser.add_argument(
+        "--soak-s", type=float, default=180.0, help="half-load soak for RSS growth (0: none)"
+    )
+    parser.add_argument(
+        "--soak-rate", type=float, default=0.0, help="soak rate per s (default: half the best)"
+    )
+    parser.add_argument(
+        "--e2e-rates",
+        type=float,
+        nargs="*",
+        default=[5.0, 10.0, 15.0],
+        help="further end-to-end rates per s, to show where the latency target holds",
+    )
     parser.add_argument("--workers", type=int, default=int(os.environ.get("UVICORN_WORKERS", "1")))
     parser.add_argument(
-        "--jwt-secret", default=os.environ.get("JWT_SECRET", "bench-secret-0123456789abcdef")
+        "--jwt-secret", default=os.environ.get("JWT_SECRET", "bench-secret-0123456789abcdef-0123")
     )
     args = parser.parse_args()
     run = Run(args=args, infra=infra_env())
@@ -725,14 +797,31 @@ async def main() -> None:
         result["raw_floor"] = await raw_floor(
             run, concurrency=best["concurrency"], duration_s=args.duration_s
         )
+        result["raw_floor_indexed"] = await raw_floor(
+            run, concurrency=best["concurrency"], duration_s=args.duration_s, indexed=True
+        )
         half = best["requests_per_s"] / 2
         print(f"  end-to-end at {half:.1f}/s ...", flush=True)
         result["end_to_end"] = await end_to_end(
             run, url, rate_per_s=half, duration_s=args.duration_s, first_sequence=900_000_000
         )
+        sweep = []
+        for index, rate in enumerate(args.e2e_rates, start=1):
+            print(f"  end-to-end at {rate:.1f}/s ...", flush=True)
+            sweep.append(
+                await end_to_end(
+                    run,
+                    url,
+                    rate_per_s=rate,
+                    duration_s=args.duration_s,
+                    first_sequence=900_000_000 + index * 1_000_000,
+                )
+            )
+        result["end_to_end_by_rate"] = sweep
         if args.soak_s:
-            print(f"  soak {args.soak_s}s at {half:.1f}/s ...", flush=True)
-            result["soak"] = await soak(run, url, services, rate=half, seconds=args.soak_s)
+            rate = args.soak_rate or half
+            print(f"  soak {args.soak_s}s at {rate:.1f}/s ...", flush=True)
+            result["soak"] = await soak(run, url, services, rate=rate, seconds=args.soak_s)
         result["peak_rss_mb"] = {
             s.name: round(peak_rss_kb(s.process.pid) / 1024, 1) for s in services if s.process
         }
@@ -749,6 +838,9 @@ async def main() -> None:
     result["routing_drain"] = drains
     result["ratios"] = {
         "intake_over_floor": round(best["requests_per_s"] / result["raw_floor"]["ops_per_s"], 3),
+        "intake_over_indexed_floor": round(
+            best["requests_per_s"] / result["raw_floor_indexed"]["ops_per_s"], 3
+        ),
         "two_replicas_over_one": (
             round(drains[1]["events_per_s"] / drains[0]["events_per_s"], 3)
             if drains[0]["events_per_s"] and drains[1]["events_per_s"]
