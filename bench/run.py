@@ -750,7 +750,7 @@ def print_table(result: dict) -> None:
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration-s", type=float, default=10.0, help="per load level")
-    parser.add_argument("--concurrency", type=int, nargs="+", default=[2, 4, 8, 16])
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[2, 4, 8, 16, 32, 64])
     parser.add_argument("--backlog", type=int, default=10_000, help="events for the drain test")
     parser.add_argument("--drain-timeout-s", type=float, default=600.0)
     parser.add_argument(
