@@ -6,7 +6,7 @@ BRANCH ?= *
 ROLE ?= admin
 ORG ?= demo
 
-.PHONY: install up down logs token test test-unit lint format infra-up infra-down status bench
+.PHONY: install up down logs token test test-unit lint format infra-up infra-down infra-reset status bench
 
 $(VENV)/.installed: pyproject.toml uv.lock deploy/versions.env deploy/local/bootstrap.sh
 	PYTHON=$(PYTHON) bash deploy/local/bootstrap.sh
@@ -19,6 +19,9 @@ infra-up:  ## local Kafka (KRaft) and SecantusDB, installed on first use
 
 infra-down:
 	bash deploy/local/infra.sh down
+
+infra-reset:  ## stop the local infrastructure and delete its data (fresh start for make bench)
+	bash deploy/local/infra.sh reset
 
 up: install infra-up  ## everything: infrastructure, demo data, the three services
 	bash deploy/local/services.sh up

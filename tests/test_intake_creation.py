@@ -170,6 +170,27 @@ async def test_reference_numbers_count_per_branch_and_local_day(
     assert [item["reference"] for item in found.json()["items"]] == [references[1]]
 
 
+async def test_the_first_complaints_of_a_day_racing_each_get_their_own_number(
+    system: System,
+) -> None:
+    """Creating a day's counter is a race between its first requests; none may fail."""
+    db = system.mongo[system.intake_settings.database_name()]
+    at = datetime(2026, 12, 1, 2, 0, tzinfo=UTC)
+    branches = [f"RACE{n}" for n in range(20)]
+
+    async def first_of_the_day(branch: str) -> list[str]:
+        return await asyncio.gather(
+            *(
+                store.next_reference(db=db, branch=branch, at=at, time_zone="Asia/Shanghai")
+                for _ in range(8)
+            )
+        )
+
+    numbered = await asyncio.gather(*(first_of_the_day(branch) for branch in branches))
+    for branch, references in zip(branches, numbered, strict=True):
+        assert sorted(references) == [f"{branch}-20261201-{n:04d}" for n in range(1, 9)]
+
+
 async def test_severity_and_flags_are_suggested_from_chinese_text_when_left_out(
     system: System,
 ) -> None:

@@ -5,6 +5,7 @@
 #
 #   infra.sh up            install (cached), start both, wait until ready
 #   infra.sh down          stop both (SIGTERM, then SIGKILL after 30 s)
+#   infra.sh reset         stop both and delete their data (topics, databases, logs)
 #   infra.sh status        running/stopped + PID for each; exit 3 if any stopped
 #   infra.sh env           print KAFKA_BOOTSTRAP_SERVERS / MONGODB_URI
 #   infra.sh stop-kafka    stop only the broker (for broker-outage tests)
@@ -673,6 +674,13 @@ cmd_down() {
     wait "$kafka_job"
 }
 
+cmd_reset() {
+    cmd_down
+    # Data only: the downloaded jars and SecantusDB's venv stay in the cache.
+    rm -rf "$KAFKA_DIR" "$MONGO_DIR" "$LOGS" "$STATE/infra.env"
+    log "reset: Kafka and SecantusDB data deleted; '$0 up' starts them empty"
+}
+
 cmd_start_kafka() {
     take_state_lock
     require_java17
@@ -724,7 +732,7 @@ main() {
     local verb=${1:-}
     (($#)) && shift
     case $verb in
-    up | down | status | env | start-kafka | stop-kafka | kafka-tool) ;;
+    up | down | reset | status | env | start-kafka | stop-kafka | kafka-tool) ;;
     -h | --help | help | "")
         usage
         [[ -n $verb ]]
@@ -739,6 +747,7 @@ main() {
     case $verb in
     up) cmd_up ;;
     down) cmd_down ;;
+    reset) cmd_reset ;;
     status) cmd_status ;;
     env) cmd_env ;;
     start-kafka) cmd_start_kafka ;;

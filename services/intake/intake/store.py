@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
+from contextlib import suppress
 from datetime import datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -42,6 +43,7 @@ MAX_WRITE_ATTEMPTS = 8
 # A customer's newest complaints looked at for repeats (a shared switchboard number has many).
 REPEAT_LOOKBACK = 200
 MAX_REPEAT_LINKS = 20
+REFERENCE_ATTEMPTS = 5
 
 # A decision returns the extra update for the change plus the events it causes.
 Decision = tuple[dict[str, Any], list[tuple[EventType, EventData]]]
@@ -116,13 +118,19 @@ def to_read(document: dict[str, Any]) -> ComplaintRead:
 async def next_reference(*, db: AsyncDatabase, branch: str, at: datetime, time_zone: str) -> str:
     """Reference numbers count per branch and local calendar day: ``LZ-20261123-0007``."""
     day = at.astimezone(ZoneInfo(time_zone)).strftime("%Y%m%d")
-    counter = await db[REFERENCE_COUNTERS].find_one_and_update(
-        {"_id": f"{branch}-{day}"},
-        {"$inc": {"seq": 1}},
-        upsert=True,
-        return_document=ReturnDocument.AFTER,
-    )
-    return f"{branch}-{day}-{counter['seq']:04d}"
+    counters, key = db[REFERENCE_COUNTERS], f"{branch}-{day}"
+    for _ in range(REFERENCE_ATTEMPTS):
+        counter = await counters.find_one_and_update(
+            {"_id": key}, {"$inc": {"seq": 1}}, return_document=ReturnDocument.AFTER
+        )
+        if counter is not None:
+            return f"{branch}-{day}-{counter['seq']:04d}"
+        # The day's first complaint creates the counter. Not as an upsert of the $inc:
+        # SecantusDB answers the loser of two racing upserts with no document after
+        # counting it, which would leave a gap in the numbers.
+        with suppress(DuplicateKeyError):
+            await counters.insert_one({"_id": key, "seq": 0})
+    raise RuntimeError(f"reference counter {branch}-{day} could not be incremented")
 
 
 async def get_visible(*, db: AsyncDatabase, principal: Principal, complaint_id: str) -> dict:
