@@ -6,7 +6,7 @@ BRANCH ?= *
 ROLE ?= admin
 ORG ?= demo
 
-.PHONY: install up down logs token test test-unit lint format infra-up infra-down infra-reset status bench
+.PHONY: install up down logs token test test-unit lint format infra-up infra-down infra-reset status bench bench-profile
 
 $(VENV)/.installed: pyproject.toml uv.lock deploy/versions.env deploy/local/bootstrap.sh
 	PYTHON=$(PYTHON) bash deploy/local/bootstrap.sh
@@ -52,6 +52,9 @@ test-unit: install
 
 bench: install infra-up  ## throughput/latency figures (docs/performance.md); BENCH_ARGS="--backlog 2000"
 	$(VENV)/bin/python -m bench.run $(BENCH_ARGS)
+
+bench-profile: install infra-up  ## py-spy profile of intake and the database under POST load
+	$(VENV)/bin/python -m bench.profile $(BENCH_ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check .
