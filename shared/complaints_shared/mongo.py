@@ -98,6 +98,10 @@ async def update_and_read(
     return await collection.find_one({"_id": query["_id"]}, projection=projection)
 
 
+# Lost races in a row before a claimer gives up for this pass (it polls again anyway).
+CLAIM_ATTEMPTS = 5
+
+
 async def claim_first(
     collection: AsyncCollection,
     query: dict[str, Any],
@@ -123,7 +127,3 @@ async def claim_first(
         if claimed is not None:
             return claimed
     return None
-
-
-# Lost races in a row before a claimer gives up for this pass (it polls again anyway).
-CLAIM_ATTEMPTS = 5
