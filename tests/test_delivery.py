@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 
 import pytest
@@ -17,7 +19,8 @@ from complaints_shared.events import (
     Topic,
     dead_letter_topic,
 )
-from complaints_shared.kafka import EventConsumer, EventProducer, ensure_topics
+from complaints_shared.kafka import EventConsumer, EventHandler, EventProducer, ensure_topics
+from complaints_shared.settings import ServiceSettings
 from tests.conftest import System
 from tests.helpers import events_of, eventually, handled_count, read_topic, token
 from tests.test_end_to_end import BROADBAND_COMPLAINT
@@ -90,9 +93,7 @@ async def test_duplicate_received_event_assigns_once(system: System) -> None:
 
 
 async def test_failing_handler_dead_letters_and_consumer_moves_on(system: System) -> None:
-    settings = system.intake_settings.model_copy(update={"service_name": "dlq-probe"})
-    topic = system.topic("dlq-probe.v1")
-    await ensure_topics(settings=settings, topics=[topic])
+    settings, topic = await _probe_topic(system, "dlq-probe")
     poison_id, healthy_id = str(uuid.uuid4()), str(uuid.uuid4())
     handled: list[str] = []
     attempts: list[str] = []
@@ -104,34 +105,19 @@ async def test_failing_handler_dead_letters_and_consumer_moves_on(system: System
         handled.append(data.complaint_id)
 
     producer = EventProducer(settings=settings)
-    consumer = EventConsumer(
-        settings=settings,
-        topics=[topic],
-        handlers={EventType.COMPLAINT_RECEIVED: handler},
-        producer=producer,
-        group_id=f"{settings.topic_prefix}dlq-probe",
-    )
-    consuming = asyncio.create_task(consumer.run())
     try:
-        for complaint_id in (poison_id, healthy_id):
-            event = CloudEvent.new(
-                event_type=EventType.COMPLAINT_RECEIVED,
-                source="test",
-                data=_received(complaint_id),
-            )
-            await producer.publish(event, topic=topic)
-        # A record that is not a CloudEvent at all goes straight to the DLQ.
-        await producer.publish_raw(topic=topic, key=b"junk", value=b"{not json", headers=[])
+        async with _consuming(settings, topic, handler, producer):
+            await _publish_received(producer, topic, [poison_id, healthy_id])
+            # A record that is not a CloudEvent at all goes straight to the DLQ.
+            await producer.publish_raw(topic=topic, key=b"junk", value=b"{not json", headers=[])
 
-        await eventually(lambda: _async(healthy_id in handled), what="healthy event handled")
-        dead = await read_topic(
-            bootstrap_servers=settings.kafka_bootstrap_servers,
-            topic=dead_letter_topic(topic),
-            until=lambda records: len(records) >= 2,
-        )
+            await eventually(lambda: _async(healthy_id in handled), what="healthy event handled")
+            dead = await read_topic(
+                bootstrap_servers=settings.kafka_bootstrap_servers,
+                topic=dead_letter_topic(topic),
+                until=lambda records: len(records) >= 2,
+            )
     finally:
-        await consumer.stop()
-        await consuming
         await producer.stop()
 
     assert attempts.count(poison_id) == settings.consumer_max_attempts
@@ -159,9 +145,7 @@ def _ids_on_two_partitions(partitions: int) -> tuple[str, str]:
 
 async def test_partitions_are_handled_side_by_side(system: System) -> None:
     """A complaint whose handler waits does not hold up one on another partition."""
-    settings = system.intake_settings.model_copy(update={"service_name": "parallel-probe"})
-    topic = system.topic("parallel-probe.v1")
-    await ensure_topics(settings=settings, topics=[topic])
+    settings, topic = await _probe_topic(system, "parallel-probe")
     slow_id, quick_id = _ids_on_two_partitions(settings.topic_partitions)
     quick_done = asyncio.Event()
     handled: list[str] = []
@@ -175,24 +159,12 @@ async def test_partitions_are_handled_side_by_side(system: System) -> None:
         handled.append(data.complaint_id)
 
     producer = EventProducer(settings=settings)
-    for complaint_id in (slow_id, quick_id):
-        event = CloudEvent.new(
-            event_type=EventType.COMPLAINT_RECEIVED, source="test", data=_received(complaint_id)
-        )
-        await producer.publish(event, topic=topic)
-    consumer = EventConsumer(
-        settings=settings,
-        topics=[topic],
-        handlers={EventType.COMPLAINT_RECEIVED: handler},
-        producer=producer,
-        group_id=f"{settings.topic_prefix}parallel-probe",
-    )
-    consuming = asyncio.create_task(consumer.run())
     try:
-        await eventually(lambda: _async(len(handled) == 2), what="both events handled")
+        # Both are published before the consumer starts, so one poll fetches them together.
+        await _publish_received(producer, topic, [slow_id, quick_id])
+        async with _consuming(settings, topic, handler, producer):
+            await eventually(lambda: _async(len(handled) == 2), what="both events handled")
     finally:
-        await consumer.stop()
-        await consuming
         await producer.stop()
     assert handled == [quick_id, slow_id]
     assert not await read_topic(
@@ -201,6 +173,42 @@ async def test_partitions_are_handled_side_by_side(system: System) -> None:
         until=lambda records: False,
         timeout_s=1.0,
     )
+
+
+async def _probe_topic(system: System, name: str) -> tuple[ServiceSettings, str]:
+    """Settings of a consumer of its own (service ``name``) and a fresh topic for it."""
+    settings = system.intake_settings.model_copy(update={"service_name": name})
+    topic = system.topic(f"{name}.v1")
+    await ensure_topics(settings=settings, topics=[topic])
+    return settings, topic
+
+
+@asynccontextmanager
+async def _consuming(
+    settings: ServiceSettings, topic: str, handler: EventHandler, producer: EventProducer
+) -> AsyncIterator[None]:
+    """A consumer of ``topic`` running ``handler`` for complaint.received, for the block."""
+    consumer = EventConsumer(
+        settings=settings,
+        topics=[topic],
+        handlers={EventType.COMPLAINT_RECEIVED: handler},
+        producer=producer,
+        group_id=f"{settings.topic_prefix}{settings.service_name}",
+    )
+    consuming = asyncio.create_task(consumer.run())
+    try:
+        yield
+    finally:
+        await consumer.stop()
+        await consuming
+
+
+async def _publish_received(producer: EventProducer, topic: str, complaint_ids: list[str]) -> None:
+    for complaint_id in complaint_ids:
+        event = CloudEvent.new(
+            event_type=EventType.COMPLAINT_RECEIVED, source="test", data=_received(complaint_id)
+        )
+        await producer.publish(event, topic=topic)
 
 
 async def _async(value: bool) -> bool:

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from datetime import UTC, datetime
+from dataclasses import dataclass
 
 import pytest
+from pymongo.asynchronous.collection import AsyncCollection
+from pymongo.asynchronous.database import AsyncDatabase
 
-from complaints_shared.events import ComplaintReceived, CustomerContact, EventType
+from complaints_shared.events import EventType, Topic
 from complaints_shared.kafka import EventProducer, ensure_topics
 from complaints_shared.outbox import (
     LEASES,
@@ -26,13 +28,23 @@ from complaints_shared.outbox import (
 from complaints_shared.settings import ServiceSettings
 from tests.conftest import System
 from tests.helpers import eventually, read_topic
+from tests.test_routing_support import received
 
 pytestmark = pytest.mark.integration
 
 
-def _settings(system: System) -> ServiceSettings:
-    """Topics and collections of this test alone."""
-    return system.intake_settings.model_copy(
+@dataclass
+class Probe:
+    """Settings, topic, database and collection of one test alone."""
+
+    settings: ServiceSettings
+    topic: str
+    db: AsyncDatabase
+    collection: AsyncCollection
+
+
+async def _probe(system: System) -> Probe:
+    settings = system.intake_settings.model_copy(
         update={
             "service_name": "relay-probe",
             "topic_prefix": f"relay{uuid.uuid4().hex[:8]}.",
@@ -40,24 +52,15 @@ def _settings(system: System) -> ServiceSettings:
             "outbox_lease_s": 5,
         }
     )
+    topic = settings.topic(Topic.INTAKE.value)
+    await ensure_topics(settings=settings, topics=[topic])
+    db = system.mongo[settings.database_name()]
+    return Probe(settings, topic, db, db[f"relay_{uuid.uuid4().hex[:8]}"])
 
 
 def _entry(settings: ServiceSettings) -> dict:
-    complaint_id = str(uuid.uuid4())
-    data = ComplaintReceived(
-        complaint_id=complaint_id,
-        org="demo",
-        branch="LZ",
-        reference=f"LZ-RELAY-{complaint_id[:6]}",
-        channel="web",
-        category="billing",
-        severity="normal",
-        subject="账单有误",
-        description="本月多扣了话费",
-        customer=CustomerContact(name="周女士", phone="13900000001"),
-        received_at=datetime.now(UTC),
-    )
-    return outbox_entry(event_type=EventType.COMPLAINT_RECEIVED, data=data, settings=settings)
+    """A pending complaint.received, as intake would store it."""
+    return outbox_entry(event_type=EventType.COMPLAINT_RECEIVED, data=received(), settings=settings)
 
 
 async def _published_ids(settings: ServiceSettings, topic: str, expected: int) -> list[str]:
@@ -81,11 +84,8 @@ async def _all_sent(collection) -> bool:
 
 
 async def test_one_replica_leads_and_hands_over_at_shutdown(system: System) -> None:
-    settings = _settings(system)
-    topic = settings.topic("complaints.intake.v1")
-    await ensure_topics(settings=settings, topics=[topic])
-    db = system.mongo[settings.database_name()]
-    collection = db[f"relay_{uuid.uuid4().hex[:8]}"]
+    probe = await _probe(system)
+    settings, topic, db, collection = probe.settings, probe.topic, probe.db, probe.collection
     producers = [EventProducer(settings=settings) for _ in range(2)]
     relays = [
         OutboxRelay(db=db, collections=[collection.name], producer=producer, settings=settings)
@@ -143,11 +143,8 @@ class _WriterDuringSend(EventProducer):
 
 
 async def test_an_event_added_while_a_batch_is_sent_stays_pending(system: System) -> None:
-    settings = _settings(system)
-    topic = settings.topic("complaints.intake.v1")
-    await ensure_topics(settings=settings, topics=[topic])
-    db = system.mongo[settings.database_name()]
-    collection = db[f"relay_{uuid.uuid4().hex[:8]}"]
+    probe = await _probe(system)
+    settings, db, collection = probe.settings, probe.db, probe.collection
     document_id = str(uuid.uuid4())
     first = _entry(settings)
     await collection.insert_one({"_id": document_id, **outbox_fields([first])})

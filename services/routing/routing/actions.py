@@ -139,10 +139,6 @@ async def reassign(
             db=db, org=principal.org, staff_id=document["owner_id"], at=now
         )
     for current in previous:
-        if current["status"] == AssignmentStatus.OPEN.value and current.get("owner_id"):
-            await directory_store.record_release(
-                db=db, org=principal.org, staff_id=current["owner_id"]
-            )
         await lifecycle.offer_freed_capacity(db=db, settings=settings, previous=current, now=now)
     return store.to_read(document)
 

@@ -213,19 +213,18 @@ async def finish(
         event_id=event.id,
     )
     for current in freed:
-        if current["status"] == AssignmentStatus.OPEN.value and current.get("owner_id"):
-            await directory_store.record_release(
-                db=db, org=current["org"], staff_id=current["owner_id"]
-            )
         await offer_freed_capacity(db=db, settings=settings, previous=current, now=now)
 
 
 async def offer_freed_capacity(
     *, db: AsyncDatabase, settings: RoutingSettings, previous: dict[str, Any], now: datetime
 ) -> None:
-    """A slot came free: the department (and the owner's own one) may take queued work."""
+    """The assignment left ``previous``: release its owner's slot (if it held one) in the load
+    hint, then the department (and the owner's own one) may take queued work."""
     departments = {previous["department"]}
     owner_id = previous.get("owner_id")
+    if owner_id and previous["status"] == AssignmentStatus.OPEN.value:
+        await directory_store.record_release(db=db, org=previous["org"], staff_id=owner_id)
     if owner_id:
         owner = await directory_store.find_staff(db=db, org=previous["org"], staff_id=owner_id)
         if owner is not None:
