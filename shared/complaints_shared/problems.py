@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from aiokafka.errors import KafkaError
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pymongo.errors import PyMongoError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from complaints_shared.failures import is_dependency_unavailable, redacted_error
 from complaints_shared.logs import get_logger
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
@@ -112,16 +115,65 @@ def install_problem_handlers(app: FastAPI) -> None:
             response.headers[name] = value
         return response
 
+    async def _dependency_error(request: Request, exc: Exception) -> JSONResponse:
+        if is_dependency_unavailable(exc):
+            return unavailable_response(request=request, exc=exc)
+        return _internal_error(request=request, exc=exc)
+
+    # Registered per class so the response is final (the catch-all below is Starlette's
+    # last resort, which re-raises after answering).
+    app.add_exception_handler(PyMongoError, _dependency_error)
+    app.add_exception_handler(KafkaError, _dependency_error)
+    app.add_exception_handler(TimeoutError, _dependency_error)
+
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled_error", path=request.url.path)
-        return problem_response(
-            request=request,
-            status=500,
-            title="Internal error",
-            detail="the request could not be completed; nothing was changed by this error",
-            kind="internal-error",
-        )
+        return await _dependency_error(request, exc)
+
+
+def unavailable_response(*, request: Request, exc: BaseException) -> JSONResponse:
+    """503 with ``Retry-After``: a dependency is away; the same request can be sent again."""
+    retry_after_s = _retry_after_s(request)
+    log.warning(
+        "dependency_unavailable",
+        path=request.url.path,
+        method=request.method,
+        error=redacted_error(exc),
+    )
+    response = problem_response(
+        request=request,
+        status=503,
+        title="Service unavailable",
+        detail="a service this request needs (database or message broker) is unreachable "
+        f"right now; retry after {retry_after_s} seconds",
+        kind="dependency-unavailable",
+    )
+    response.headers["Retry-After"] = str(retry_after_s)
+    return response
+
+
+def _internal_error(*, request: Request, exc: Exception) -> JSONResponse:
+    log.error(
+        "unhandled_error",
+        path=request.url.path,
+        method=request.method,
+        exc_info=(type(exc), exc, exc.__traceback__),
+    )
+    return problem_response(
+        request=request,
+        status=500,
+        title="Internal error",
+        # The failure may come after a write, so we cannot promise nothing changed.
+        detail="an unexpected error stopped the request; part of it may already be stored. "
+        "Read the resource's current state before repeating a change (a creation retried "
+        "with the same Idempotency-Key is safe)",
+        kind="internal-error",
+    )
+
+
+def _retry_after_s(request: Request) -> int:
+    settings = getattr(request.app.state, "settings", None)
+    return int(getattr(settings, "unavailable_retry_after_s", 5))
 
 
 def _reason(status: int) -> str:

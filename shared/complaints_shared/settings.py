@@ -63,6 +63,11 @@ class ServiceSettings(BaseSettings):
     max_body_bytes: int = Field(
         262_144, ge=1024, description="Largest accepted request body; larger ones get 413."
     )
+    unavailable_retry_after_s: int = Field(
+        5,
+        ge=1,
+        description="`Retry-After` of the 503 answered while MongoDB or Kafka is unreachable.",
+    )
     readiness_timeout_s: float = Field(2.0, gt=0, description="Timeout of each /readyz probe.")
 
     def database_name(self) -> str:

@@ -41,6 +41,7 @@ from complaints_shared.events import (
     EventData,
     EventType,
 )
+from complaints_shared.failures import TransientFailure
 from complaints_shared.logs import get_logger
 from complaints_shared.mongo import merge_updates, update_and_read
 from complaints_shared.outbox import outbox_entry, outbox_fields, outbox_update
@@ -82,7 +83,7 @@ Decision = tuple[dict[str, Any], Events] | None
 Decide = Callable[[dict[str, Any]], Awaitable[Decision]]
 
 
-class ConcurrentChange(RuntimeError):
+class ConcurrentChange(TransientFailure):
     """The assignment kept changing underneath; the caller retries (Kafka) or answers 409."""
 
 
