@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime, time
+from datetime import date, datetime, time
 from enum import StrEnum
 from itertools import pairwise
 from typing import Annotated, Generic, TypeVar
@@ -20,6 +20,7 @@ from pydantic import (
     model_validator,
 )
 
+from complaints_shared.datetimes import UtcDatetime
 from complaints_shared.events import (
     Category,
     ContactChannel,
@@ -41,14 +42,6 @@ BranchCode = Annotated[str, StringConstraints(pattern=r"^[A-Z0-9][A-Z0-9_-]{0,31
 Text = Annotated[
     str, StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_TEXT_CHARS)
 ]
-
-
-def _assume_utc(moment: datetime) -> datetime:
-    # Wire timestamps are UTC; a timestamp without an offset is read as UTC, not local time.
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-
-
-UtcDatetime = Annotated[datetime, AfterValidator(_assume_utc)]
 
 
 class StrictModel(BaseModel):

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request, status
 from fastapi.responses import JSONResponse
 
 from complaints_shared.auth import CurrentPrincipal, Principal, Role, require_role
+from complaints_shared.datetimes import UtcDatetime
 from complaints_shared.pagination import Page
 from complaints_shared.problems import ProblemError
 from complaints_shared.runtime import Runtime
@@ -256,8 +257,8 @@ async def summary_report(
     request: Request,
     principal: CurrentPrincipal,
     group_by: reports.GroupBy = reports.GroupBy.BRANCH,
-    from_: Annotated[datetime | None, Query(alias="from")] = None,
-    to: datetime | None = None,
+    from_: Annotated[UtcDatetime | None, Query(alias="from")] = None,
+    to: UtcDatetime | None = None,
 ) -> reports.SummaryReport:
     runtime = _runtime(request)
     now = runtime.clock.now()

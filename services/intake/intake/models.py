@@ -9,6 +9,7 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, EmailStr, Field, StringConstraints
 
+from complaints_shared.datetimes import UtcDatetime
 from complaints_shared.events import (
     Category,
     Channel,
@@ -106,7 +107,7 @@ class ComplaintCreate(StrictModel):
     subcategory: Annotated[str, StringConstraints(max_length=64)] | None = None
     severity: Severity | None = None
     flags: list[Flag] | None = Field(None, max_length=len(Flag))
-    occurred_at: datetime | None = None
+    occurred_at: UtcDatetime | None = None
     location: ShortText | None = None
     product: ShortText | None = None
     account_number: Annotated[str, StringConstraints(max_length=64)] | None = None
@@ -118,7 +119,7 @@ class ComplaintCreate(StrictModel):
 class AcknowledgeRequest(StrictModel):
     """受理: what the customer was promised, and when."""
 
-    promised_response_at: datetime | None = None
+    promised_response_at: UtcDatetime | None = None
     message_to_customer: Annotated[Text, StringConstraints(max_length=MAX_NOTE_CHARS)] | None = None
 
 
@@ -183,7 +184,7 @@ class Assignment(BaseModel):
 class Acknowledgement(BaseModel):
     acknowledged_by: str
     acknowledged_at: datetime
-    promised_response_at: datetime | None = None
+    promised_response_at: UtcDatetime | None = None
     message_to_customer: str | None = None
 
 
@@ -276,7 +277,7 @@ class ComplaintRead(BaseModel):
     customer: Customer
     subject: str
     description: str
-    occurred_at: datetime | None = None
+    occurred_at: UtcDatetime | None = None
     location: str | None = None
     product: str | None = None
     account_number: str | None = None

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any
 
@@ -11,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from pymongo.asynchronous.database import AsyncDatabase
 
 from complaints_shared.auth import Principal
+from complaints_shared.datetimes import UtcDatetime
 from complaints_shared.events import Category, Channel, Flag, Severity
 from complaints_shared.mongo import at_or_after
 from complaints_shared.pagination import Page, after_cursor, encode_cursor
@@ -40,10 +40,10 @@ class ComplaintFilters(BaseModel):
     department: str | None = None
     owner: str | None = None
     flag: list[Flag] = Field(default_factory=list, description="complaints carrying all of these")
-    created_from: datetime | None = None
-    created_to: datetime | None = None
-    acknowledge_due_before: datetime | None = None
-    resolve_due_before: datetime | None = None
+    created_from: UtcDatetime | None = None
+    created_to: UtcDatetime | None = None
+    acknowledge_due_before: UtcDatetime | None = None
+    resolve_due_before: UtcDatetime | None = None
     breached: bool | None = None
     repeat: bool | None = None
     reference: str | None = None

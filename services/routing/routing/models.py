@@ -11,7 +11,6 @@ from enum import StrEnum
 from typing import Annotated
 
 from pydantic import (
-    AwareDatetime,
     BaseModel,
     ConfigDict,
     Field,
@@ -19,6 +18,7 @@ from pydantic import (
     model_validator,
 )
 
+from complaints_shared.datetimes import UtcDatetime
 from complaints_shared.events import (
     Category,
     Channel,
@@ -592,7 +592,7 @@ class SimulateRequest(StrictModel):
     description: Annotated[str, StringConstraints(max_length=10_000)] = ""
     product: str | None = None
     customer: SimulatedCustomer = Field(default_factory=SimulatedCustomer)
-    received_at: AwareDatetime | None = Field(None, description="Default: now")
+    received_at: UtcDatetime | None = Field(None, description="Default: now")
 
 
 class CandidateRead(BaseModel):

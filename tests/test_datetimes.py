@@ -1,0 +1,136 @@
+"""Every datetime the three APIs accept is offset-aware or refused with a 422 naming the field.
+
+The datetime inputs are found by walking each service's OpenAPI document, so a
+query parameter or body field added later is covered without touching this test.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.conftest import System
+from tests.helpers import token
+from tests.test_intake_creation import complaint_body
+
+pytestmark = pytest.mark.integration
+
+NAIVE = "2026-01-01T00:00:00"
+Location = tuple[str, str, str, tuple[str | int, ...]]  # method, path, "query"/"body", field
+
+
+def _resolve(spec: dict[str, Any], schema: dict[str, Any]) -> dict[str, Any]:
+    while "$ref" in schema:
+        name = schema["$ref"].rsplit("/", 1)[-1]
+        schema = spec["components"]["schemas"][name]
+    return schema
+
+
+def _is_datetime(spec: dict[str, Any], schema: dict[str, Any]) -> bool:
+    schema = _resolve(spec, schema)
+    if schema.get("format") == "date-time":
+        return True
+    return any(_is_datetime(spec, option) for option in schema.get("anyOf", []))
+
+
+def _datetime_fields(
+    spec: dict[str, Any], schema: dict[str, Any], prefix: tuple[str | int, ...], seen: frozenset
+) -> Iterator[tuple[str | int, ...]]:
+    """Paths to every date-time leaf of a request body schema (array items as index 0)."""
+    if _is_datetime(spec, schema):
+        yield prefix
+        return
+    ref = schema.get("$ref")
+    if ref in seen:
+        return
+    seen = seen | {ref} if ref else seen
+    schema = _resolve(spec, schema)
+    for option in [*schema.get("anyOf", []), *schema.get("allOf", [])]:
+        yield from _datetime_fields(spec, option, prefix, seen)
+    for name, child in schema.get("properties", {}).items():
+        yield from _datetime_fields(spec, child, (*prefix, name), seen)
+    if "items" in schema:
+        yield from _datetime_fields(spec, schema["items"], (*prefix, 0), seen)
+
+
+def datetime_inputs(spec: dict[str, Any]) -> Iterator[Location]:
+    for path, operations in spec["paths"].items():
+        for method, operation in operations.items():
+            for parameter in operation.get("parameters", []):
+                if parameter["in"] == "query" and _is_datetime(spec, parameter["schema"]):
+                    yield method, path, "query", (parameter["name"],)
+            body = operation.get("requestBody", {}).get("content", {}).get("application/json")
+            if body is not None:
+                for field in _datetime_fields(spec, body["schema"], (), frozenset()):
+                    yield method, path, "body", field
+
+
+def _nest(field: tuple[str | int, ...], value: Any) -> Any:
+    """A JSON value holding ``value`` at ``field``."""
+    for part in reversed(field):
+        value = [value] if isinstance(part, int) else {part: value}
+    return value
+
+
+async def test_naive_datetimes_are_refused_on_every_input_of_the_three_services(
+    system: System,
+) -> None:
+    checked: set[tuple[str, str, str]] = set()
+    for name, client, settings in (
+        ("intake", system.intake, system.intake_settings),
+        ("routing", system.routing, system.routing_settings),
+        ("followup", system.followup, system.followup_settings),
+    ):
+        headers = token(settings)
+        spec = (await client.get("/openapi.json")).json()
+        for method, path, where, field in datetime_inputs(spec):
+            url = path.replace("{", "").replace("}", "")  # any id: validation comes first
+            if where == "query":
+                response = await client.request(
+                    method, url, params={field[0]: NAIVE}, headers=headers
+                )
+            else:
+                response = await client.request(
+                    method, url, json=_nest(field, NAIVE), headers=headers
+                )
+            dotted = ".".join(str(part) for part in field)
+            assert response.status_code == 422, (name, method, path, dotted, response.text)
+            problem = response.json()
+            assert response.headers["content-type"].startswith("application/problem+json")
+            timezone_errors = [
+                error
+                for error in problem["errors"]
+                if error["field"] == dotted and "timezone" in error["message"]
+            ]
+            assert timezone_errors, (name, method, path, dotted, problem)
+            checked.add((name, path, dotted))
+    # The walk really found the known inputs (a broken walk would check nothing).
+    assert {
+        ("intake", "/v1/reports/summary", "from"),
+        ("intake", "/v1/reports/summary", "to"),
+        ("intake", "/v1/complaints", "created_from"),
+        ("intake", "/v1/complaints", "occurred_at"),
+        ("intake", "/v1/complaints/{complaint_id}/acknowledge", "promised_response_at"),
+        ("routing", "/v1/routing/simulate", "received_at"),
+        ("followup", "/v1/followups", "due_before"),
+        ("followup", "/v1/followups/stats", "resolved_from"),
+    } <= checked
+
+
+async def test_aware_datetimes_are_normalised_to_utc(system: System) -> None:
+    headers = token(system.intake_settings)
+    body = {**complaint_body(), "occurred_at": "2026-01-01T08:00:00+08:00"}
+    created = await system.intake.post("/v1/complaints", json=body, headers=headers)
+    assert created.status_code == 201, created.text
+    assert created.json()["occurred_at"].startswith("2026-01-01T00:00:00")
+    stored = await system.intake.get(f"/v1/complaints/{created.json()['id']}", headers=headers)
+    assert stored.json()["occurred_at"].startswith("2026-01-01T00:00:00")
+    report = await system.intake.get(
+        "/v1/reports/summary",
+        params={"from": "2026-01-01T00:00:00+08:00", "to": "2030-01-01T00:00:00Z"},
+        headers=headers,
+    )
+    assert report.status_code == 200, report.text
+    assert report.json()["from"].startswith("2025-12-31T16:00:00")
