@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, suppress
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -9,6 +12,7 @@ from bson.codec_options import CodecOptions
 from pymongo import AsyncMongoClient
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import DuplicateKeyError, PyMongoError
 
 from complaints_shared.settings import ServiceSettings
 
@@ -127,3 +131,36 @@ async def claim_first(
         if claimed is not None:
             return claimed
     return None
+
+
+def is_id_clash(exc: DuplicateKeyError) -> bool:
+    """The duplicate is the document's ``_id`` (not another unique index)."""
+    return "_id" in ((exc.details or {}).get("keyPattern") or {})
+
+
+@asynccontextmanager
+async def lease_kept(
+    collection: AsyncCollection, query: dict[str, Any], *, field: str, lease_s: float
+) -> AsyncIterator[None]:
+    """Renew the lease ``field`` of the document ``query`` matches while the body runs.
+
+    A slow holder keeps its claim instead of having a retry take it over; a holder
+    that died stops renewing, and its lease runs out after at most ``lease_s``.
+    ``query`` should name the holder, so a lease taken over is never renewed.
+    """
+
+    async def renew() -> None:
+        while True:
+            await asyncio.sleep(lease_s / 3)
+            # A missed renewal is made up by the next; the lease covers two of them.
+            with suppress(PyMongoError):
+                until = datetime.now(UTC) + timedelta(seconds=lease_s)
+                await collection.update_one(query, {"$set": {field: until}})
+
+    renewal = asyncio.create_task(renew())
+    try:
+        yield
+    finally:
+        renewal.cancel()
+        with suppress(asyncio.CancelledError):
+            await renewal

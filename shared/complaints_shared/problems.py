@@ -23,7 +23,8 @@ log = get_logger(__name__)
 class ProblemError(Exception):
     """An error that becomes a problem+json response.
 
-    ``kind`` becomes the problem ``type`` URI suffix, e.g. ``invalid-transition``.
+    ``kind`` becomes the problem ``type`` URI suffix, e.g. ``invalid-transition``;
+    ``headers`` go on the response as they are (``Retry-After``).
     """
 
     def __init__(
@@ -33,6 +34,7 @@ class ProblemError(Exception):
         title: str,
         detail: str,
         kind: str,
+        headers: dict[str, str] | None = None,
         **extensions: Any,
     ) -> None:
         super().__init__(detail)
@@ -40,6 +42,7 @@ class ProblemError(Exception):
         self.title = title
         self.detail = detail
         self.kind = kind
+        self.headers = headers or {}
         self.extensions = extensions
 
 
@@ -77,7 +80,7 @@ def _field_path(location: tuple | list) -> str:
 def install_problem_handlers(app: FastAPI) -> None:
     @app.exception_handler(ProblemError)
     async def _problem(request: Request, exc: ProblemError) -> JSONResponse:
-        return problem_response(
+        response = problem_response(
             request=request,
             status=exc.status,
             title=exc.title,
@@ -85,6 +88,8 @@ def install_problem_handlers(app: FastAPI) -> None:
             kind=exc.kind,
             **exc.extensions,
         )
+        response.headers.update(exc.headers)
+        return response
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:

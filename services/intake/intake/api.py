@@ -97,28 +97,32 @@ async def create_complaint(
             )
         complaint_id = reservation.complaint_id
     try:
-        document, created = await store.create_complaint(
-            db=runtime.db,
-            settings=runtime.settings,
-            principal=principal,
-            request=body,
-            complaint_id=complaint_id,
-            now=runtime.clock.now(),
-        )
+        # The key stays ours until its response is recorded, however slow the request.
+        async with idempotency.held(
+            db=runtime.db, settings=runtime.settings, reservation=reservation
+        ):
+            document, created = await store.create_complaint(
+                db=runtime.db,
+                settings=runtime.settings,
+                principal=principal,
+                request=body,
+                complaint_id=complaint_id,
+                now=runtime.clock.now(),
+            )
+            if created:
+                runtime.relay.notify()
+            payload = ComplaintCreated(
+                **store.to_read(document).model_dump(), resubmission=not created
+            ).model_dump(mode="json")
+            status_code = status.HTTP_201_CREATED if created else status.HTTP_200_OK
+            if reservation is not None:
+                await idempotency.complete(
+                    db=runtime.db, reservation=reservation, status_code=status_code, body=payload
+                )
     except BaseException:
         if reservation is not None:
             await idempotency.release(db=runtime.db, reservation=reservation)
         raise
-    if created:
-        runtime.relay.notify()
-    payload = ComplaintCreated(
-        **store.to_read(document).model_dump(), resubmission=not created
-    ).model_dump(mode="json")
-    status_code = status.HTTP_201_CREATED if created else status.HTTP_200_OK
-    if reservation is not None:
-        await idempotency.complete(
-            db=runtime.db, reservation=reservation, status_code=status_code, body=payload
-        )
     return JSONResponse(
         payload, status_code=status_code, headers={"Location": f"/v1/complaints/{document['_id']}"}
     )

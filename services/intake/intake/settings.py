@@ -29,7 +29,17 @@ class IntakeSettings(ServiceSettings):
         86_400, ge=60, description="How long an Idempotency-Key is remembered."
     )
     idempotency_wait_s: float = Field(
-        5.0, gt=0, description="How long a request waits for a concurrent one with the same key."
+        5.0,
+        gt=0,
+        description="How long a request waits for a concurrent one with the same "
+        "Idempotency-Key or the same submission before answering 409 with Retry-After.",
+    )
+    creation_lease_s: float = Field(
+        30.0,
+        gt=0,
+        description="How long a registration holds its Idempotency-Key and submission claims "
+        "without renewing them; a running request renews every third of it, so only a "
+        "request that died is taken over.",
     )
     suggestion_rules: list[SuggestionRule] = Field(
         default_factory=lambda: list(DEFAULT_SUGGESTION_RULES),

@@ -7,10 +7,13 @@ concurrency) together with the timeline entry and the outbox events it causes.
 
 from __future__ import annotations
 
+import asyncio
+import time
 import uuid
 from collections.abc import Callable
 from contextlib import suppress
-from datetime import datetime, timedelta
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -26,9 +29,10 @@ from complaints_shared.events import (
     EventType,
     Flag,
 )
-from complaints_shared.mongo import merge_updates, update_and_read
+from complaints_shared.mongo import is_id_clash, lease_kept, merge_updates, update_and_read
 from complaints_shared.outbox import outbox_entry, outbox_fields, outbox_update
 from complaints_shared.problems import ProblemError, not_found
+from intake import idempotency
 from intake.identity import customer_keys, submission_fingerprint
 from intake.lifecycle import OPEN_STATUSES, InvalidTransition, Status
 from intake.models import ComplaintCreate, ComplaintRead
@@ -156,28 +160,85 @@ async def get_timeline(*, db: AsyncDatabase, principal: Principal, complaint_id:
 # ------------------------------------------------------------------ creation --
 
 
+@dataclass
+class SubmissionClaim:
+    """Create the complaint ``complaint_id`` (as ``holder``), or return ``existing``."""
+
+    complaint_id: str
+    holder: str | None = None
+    existing: dict[str, Any] | None = None
+
+
 async def claim_submission(
-    *, db: AsyncDatabase, fingerprint: str, complaint_id: str, now: datetime, window: timedelta
-) -> str | None:
-    """Claim a submission fingerprint for ``complaint_id``; returns the earlier owner if live.
+    *,
+    db: AsyncDatabase,
+    settings: IntakeSettings,
+    fingerprint: str,
+    complaint_id: str,
+    now: datetime,
+) -> SubmissionClaim:
+    """Claim a submission fingerprint for ``complaint_id``, or find the complaint that has it.
 
-    The claim is one atomic upsert: of two identical concurrent submissions only
-    one can insert the fingerprint document, the other sees a duplicate key.
+    The claim is one atomic upsert: of identical concurrent submissions only one can
+    insert the fingerprint document, the others see a duplicate key and wait for the
+    winner's complaint (a 409 with Retry-After if it takes longer than
+    ``IDEMPOTENCY_WAIT_S``). A winner that died or failed before storing it (its lease
+    ran out or was given up) is taken over *with its complaint id*, so however the
+    winner ended, one complaint exists.
     """
-    try:
-        await db[SUBMISSIONS].update_one(
-            {"_id": fingerprint, "expires_at": {"$lte": now}},
-            {"$set": {"complaint_id": complaint_id, "expires_at": now + window}},
-            upsert=True,
+    claims = db[SUBMISSIONS]
+    holder = idempotency.new_holder()
+    deadline = time.monotonic() + settings.idempotency_wait_s
+    while True:
+        try:
+            await claims.update_one(
+                {"_id": fingerprint, "expires_at": {"$lte": now}},
+                {
+                    "$set": {
+                        "complaint_id": complaint_id,
+                        "holder": holder,
+                        "lease_until": idempotency.lease_until(settings),
+                        "expires_at": now + timedelta(seconds=settings.resubmission_window_s),
+                    }
+                },
+                upsert=True,
+            )
+            return SubmissionClaim(complaint_id=complaint_id, holder=holder)
+        except DuplicateKeyError:
+            pass
+        live = await claims.find_one({"_id": fingerprint})
+        if live is None:  # expired and removed meanwhile: claim afresh
+            continue
+        existing = await db[COMPLAINTS].find_one(
+            {"_id": live["complaint_id"]}, projection=HIDDEN_FIELDS
         )
-        return None
-    except DuplicateKeyError:
-        live = await db[SUBMISSIONS].find_one({"_id": fingerprint})
-        return live["complaint_id"] if live else None
+        if existing is not None:
+            return SubmissionClaim(complaint_id=live["complaint_id"], existing=existing)
+        if idempotency.lease_expired(live):
+            taken = await claims.update_one(
+                {
+                    "_id": fingerprint,
+                    "holder": live.get("holder"),
+                    "lease_until": live.get("lease_until"),
+                },
+                {"$set": {"holder": holder, "lease_until": idempotency.lease_until(settings)}},
+            )
+            if taken.modified_count == 1:
+                return SubmissionClaim(complaint_id=live["complaint_id"], holder=holder)
+            continue
+        if time.monotonic() > deadline:
+            raise idempotency.in_progress(
+                "an identical complaint of this customer is still being registered; "
+                f"retry in {idempotency.RETRY_AFTER_S} s"
+            )
+        await asyncio.sleep(idempotency.POLL_S)
 
 
-async def release_submission(*, db: AsyncDatabase, fingerprint: str, complaint_id: str) -> None:
-    await db[SUBMISSIONS].delete_one({"_id": fingerprint, "complaint_id": complaint_id})
+async def release_submission(*, db: AsyncDatabase, fingerprint: str, holder: str) -> None:
+    """Give up the claim's lease after a failure; the claim and its complaint id stay."""
+    await db[SUBMISSIONS].update_one(
+        {"_id": fingerprint, "holder": holder}, {"$set": {"lease_until": datetime.now(UTC)}}
+    )
 
 
 async def find_earlier_complaints(
@@ -251,28 +312,41 @@ async def create_complaint(
         subject=request.subject,
         description=request.description,
     )
-    window = timedelta(seconds=settings.resubmission_window_s)
-    earlier_id = await claim_submission(
-        db=db, fingerprint=fingerprint, complaint_id=complaint_id, now=now, window=window
+    claim = await claim_submission(
+        db=db, settings=settings, fingerprint=fingerprint, complaint_id=complaint_id, now=now
     )
-    if earlier_id is not None:
-        earlier = await db[COMPLAINTS].find_one({"_id": earlier_id}, projection=HIDDEN_FIELDS)
-        if earlier is not None:
-            # Our own id: an idempotent retry finishing a request that stored it already.
-            return earlier, earlier_id == complaint_id
+    if claim.existing is not None:
+        # Our own id: an idempotent retry finishing a request that stored it already.
+        return claim.existing, claim.complaint_id == complaint_id
+    assert claim.holder is not None
     try:
-        document = await _insert_new(
-            db=db,
-            settings=settings,
-            principal=principal,
-            request=request,
-            body=body,
-            complaint_id=complaint_id,
-            fingerprint=fingerprint,
-            now=now,
+        async with lease_kept(
+            db[SUBMISSIONS],
+            {"_id": fingerprint, "holder": claim.holder},
+            field="lease_until",
+            lease_s=settings.creation_lease_s,
+        ):
+            document = await _insert_new(
+                db=db,
+                settings=settings,
+                principal=principal,
+                request=request,
+                body=body,
+                complaint_id=claim.complaint_id,
+                fingerprint=fingerprint,
+                now=now,
+            )
+    except DuplicateKeyError as exc:
+        # The claim's earlier holder stored this very submission after all (it was slow).
+        existing = await db[COMPLAINTS].find_one(
+            {"_id": claim.complaint_id}, projection=HIDDEN_FIELDS
         )
+        if not is_id_clash(exc) or (existing or {}).get("submission_fingerprint") != fingerprint:
+            await release_submission(db=db, fingerprint=fingerprint, holder=claim.holder)
+            raise
+        return existing, claim.complaint_id == complaint_id
     except BaseException:
-        await release_submission(db=db, fingerprint=fingerprint, complaint_id=complaint_id)
+        await release_submission(db=db, fingerprint=fingerprint, holder=claim.holder)
         raise
     return document, True
 

@@ -43,7 +43,7 @@ from complaints_shared.events import (
 )
 from complaints_shared.failures import TransientFailure
 from complaints_shared.logs import get_logger
-from complaints_shared.mongo import merge_updates, update_and_read
+from complaints_shared.mongo import is_id_clash, merge_updates, update_and_read
 from complaints_shared.outbox import outbox_entry, outbox_fields, outbox_update
 from complaints_shared.pagination import Page, after_cursor, encode_cursor
 from complaints_shared.problems import ProblemError, not_found
@@ -627,10 +627,6 @@ def _initial_events(
     return document, events
 
 
-def _is_id_clash(exc: DuplicateKeyError) -> bool:
-    return "_id" in ((exc.details or {}).get("keyPattern") or {})
-
-
 async def _owner_for_plan(
     *, db: AsyncDatabase, complaint: ComplaintReceived, plan: flows.RoutePlan
 ) -> tuple[OwnerChoice | None, str]:
@@ -683,7 +679,7 @@ async def route_received(
         try:
             await assignments.insert_one(document)
         except DuplicateKeyError as exc:
-            if _is_id_clash(exc):
+            if is_id_clash(exc):
                 return False  # a redelivery, or another replica got there first
             continue  # the slot went to someone else's complaint: choose again
         await _after_assignment(db=db, document=document, how=how, now=now)

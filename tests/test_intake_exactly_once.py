@@ -1,0 +1,175 @@
+"""Exactly one complaint per submission: concurrent duplicates, keys, slow first requests.
+
+Identical submissions racing each other, with or without an ``Idempotency-Key``,
+store one complaint; a retry arriving while the first request is still running
+waits or gets a 409 with ``Retry-After`` (never a 500, never a second complaint),
+however long the first request takes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from complaints_shared.auth import Principal, Role
+from complaints_shared.problems import ProblemError
+from intake import idempotency, store
+from tests.conftest import System, SystemFactory
+from tests.helpers import token
+from tests.test_intake_creation import complaint_body
+
+pytestmark = pytest.mark.integration
+
+LEASE_S = 0.6
+
+
+async def _complaints(system: System) -> int:
+    return await system.mongo[system.intake_settings.database_name()].complaints.count_documents({})
+
+
+async def test_twenty_concurrent_identical_submissions_without_a_key_store_one_complaint(
+    system: System,
+) -> None:
+    headers = token(system.intake_settings)
+    responses = await asyncio.gather(
+        *(
+            system.intake.post("/v1/complaints", json=complaint_body(), headers=headers)
+            for _ in range(20)
+        )
+    )
+    statuses = sorted(response.status_code for response in responses)
+    assert statuses == [200] * 19 + [201], [r.text for r in responses if r.status_code >= 300]
+    assert len({response.json()["id"] for response in responses}) == 1
+    assert sum(response.json()["resubmission"] for response in responses) == 19
+    assert await _complaints(system) == 1
+
+
+async def test_twenty_concurrent_submissions_with_one_key_store_one_complaint(
+    system: System,
+) -> None:
+    headers = {**token(system.intake_settings), "Idempotency-Key": "call-2026-0117"}
+    responses = await asyncio.gather(
+        *(
+            system.intake.post("/v1/complaints", json=complaint_body(), headers=headers)
+            for _ in range(20)
+        )
+    )
+    assert {response.status_code for response in responses} == {201}
+    assert len({response.json()["id"] for response in responses}) == 1
+    assert await _complaints(system) == 1
+
+
+@dataclass
+class Gate:
+    entered: asyncio.Event = field(default_factory=asyncio.Event)
+    release: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+@pytest.fixture
+async def slow_first_request(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Gate]:
+    """Holds the first registration inside its database work until ``release`` is set."""
+    gate = Gate()
+    original = store.find_earlier_complaints
+
+    async def held_open(**kwargs):
+        if not gate.entered.is_set():
+            gate.entered.set()
+            await asyncio.wait_for(gate.release.wait(), timeout=30)
+        return await original(**kwargs)
+
+    monkeypatch.setattr(store, "find_earlier_complaints", held_open)
+    yield gate
+    gate.release.set()
+
+
+async def _retries_while_first_runs(
+    system: System, headers: dict[str, str], gate: Gate
+) -> tuple[asyncio.Task, list]:
+    first = asyncio.create_task(
+        system.intake.post("/v1/complaints", json=complaint_body(), headers=headers)
+    )
+    await asyncio.wait_for(gate.entered.wait(), timeout=10)
+    retries = [await system.intake.post("/v1/complaints", json=complaint_body(), headers=headers)]
+    # The first request outlives its lease several times over: it renews the lease, so
+    # the retry still must not take its complaint over.
+    await asyncio.sleep(3 * LEASE_S)
+    retries.append(
+        await system.intake.post("/v1/complaints", json=complaint_body(), headers=headers)
+    )
+    gate.release.set()
+    return first, retries
+
+
+SLOW = {"creation_lease_s": LEASE_S, "idempotency_wait_s": 0.3}
+
+
+async def test_a_retry_with_the_key_during_a_slow_first_request_gets_409_then_the_replay(
+    system_factory: SystemFactory, slow_first_request: Gate
+) -> None:
+    system = await system_factory(intake=SLOW)
+    headers = {**token(system.intake_settings), "Idempotency-Key": "slow-line-42"}
+    first, retries = await _retries_while_first_runs(system, headers, slow_first_request)
+    for retry in retries:
+        assert retry.status_code == 409, retry.text
+        assert retry.headers["Retry-After"] == "1"
+        assert retry.json()["type"].endswith("/request-in-progress")
+    created = await first
+    assert created.status_code == 201, created.text
+    replay = await system.intake.post("/v1/complaints", json=complaint_body(), headers=headers)
+    assert replay.status_code == 201
+    assert replay.headers["Idempotent-Replayed"] == "true"
+    assert replay.json()["id"] == created.json()["id"]
+    assert await _complaints(system) == 1
+
+
+async def test_an_identical_submission_during_a_slow_first_one_gets_409_then_the_first(
+    system_factory: SystemFactory, slow_first_request: Gate
+) -> None:
+    system = await system_factory(intake=SLOW)
+    headers = token(system.intake_settings)
+    first, retries = await _retries_while_first_runs(system, headers, slow_first_request)
+    for retry in retries:
+        assert retry.status_code == 409, retry.text
+        assert retry.headers["Retry-After"] == "1"
+    created = await first
+    assert created.status_code == 201, created.text
+    again = await system.intake.post("/v1/complaints", json=complaint_body(), headers=headers)
+    assert again.status_code == 200
+    assert again.json()["id"] == created.json()["id"]
+    assert await _complaints(system) == 1
+
+
+async def test_a_failed_holder_never_releases_a_key_taken_over_by_a_retry(system: System) -> None:
+    db = system.mongo[system.intake_settings.database_name()]
+    settings = system.intake_settings.model_copy(update={"idempotency_wait_s": 0.2})
+    principal = _principal()
+    reserve = {
+        "db": db,
+        "settings": settings,
+        "principal": principal,
+        "key": "k-takeover",
+        "body_hash": "h",
+    }
+    first = await idempotency.reserve(**reserve, complaint_id="c-1")
+    # The first holder stops renewing (it hangs, or its process died): its lease runs out.
+    await db.idempotency_keys.update_one(
+        {"_id": first.key_id}, {"$set": {"lease_until": datetime.now(UTC) - timedelta(seconds=1)}}
+    )
+    retry = await idempotency.reserve(**reserve, complaint_id="c-2")
+    assert retry.complaint_id == "c-1"  # the retry continues the same complaint
+    assert retry.holder != first.holder
+    await idempotency.release(db=db, reservation=first)  # the first one fails late
+    stored = await db.idempotency_keys.find_one({"_id": first.key_id})
+    assert stored["holder"] == retry.holder
+    assert stored["lease_until"] > datetime.now(UTC)
+    with pytest.raises(ProblemError) as busy:
+        await idempotency.reserve(**reserve, complaint_id="c-3")
+    assert busy.value.status == 409 and busy.value.headers["Retry-After"] == "1"
+
+
+def _principal() -> Principal:
+    return Principal(subject="tester", org="demo", branches="*", roles=[Role.AGENT])
