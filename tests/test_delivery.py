@@ -10,8 +10,9 @@ from datetime import UTC, datetime
 
 import pytest
 from aiokafka.partitioner import DefaultPartitioner
+from pymongo.errors import AutoReconnect
 
-from complaints_shared.envelope import CloudEvent
+from complaints_shared.envelope import CloudEvent, to_kafka_record
 from complaints_shared.events import (
     ComplaintReceived,
     CustomerContact,
@@ -19,7 +20,9 @@ from complaints_shared.events import (
     Topic,
     dead_letter_topic,
 )
+from complaints_shared.failures import Rejected
 from complaints_shared.kafka import EventConsumer, EventHandler, EventProducer, ensure_topics
+from complaints_shared.metrics import PARTITION_STALLED
 from complaints_shared.settings import ServiceSettings
 from tests.conftest import System
 from tests.helpers import events_of, eventually, handled_count, read_topic, token
@@ -101,7 +104,7 @@ async def test_failing_handler_dead_letters_and_consumer_moves_on(system: System
     async def handler(event: CloudEvent, data: ComplaintReceived) -> None:
         attempts.append(data.complaint_id)
         if data.complaint_id == poison_id:
-            raise RuntimeError(f"cannot route complaint {poison_id}")
+            raise RuntimeError(f"cannot route complaint for {data.customer.phone}")
         handled.append(data.complaint_id)
 
     producer = EventProducer(settings=settings)
@@ -124,11 +127,137 @@ async def test_failing_handler_dead_letters_and_consumer_moves_on(system: System
     assert len(dead) == 2
     headers = [dict(record.headers) for record in dead]
     poison = next(h for h in headers if h.get("ce_subject") == poison_id.encode())
-    assert b"cannot route complaint" in poison["dlq_error"]
+    assert poison["dlq_reason"] == b"retries_exhausted"
+    # The error names the exception and where it was raised, never the message's values.
+    assert poison["dlq_error"].startswith(b"RuntimeError at test_delivery.py")
+    assert b"13900000000" not in b"".join(poison.values())
     assert poison["dlq_original_topic"] == topic.encode()
     assert poison["dlq_attempts"] == str(settings.consumer_max_attempts).encode()
     junk = next(h for h in headers if "ce_subject" not in h)
+    assert junk["dlq_reason"] == b"invalid_envelope"
     assert b"missing CloudEvents header" in junk["dlq_error"]
+
+
+async def test_refused_and_malformed_events_dead_letter_at_once_and_the_partition_goes_on(
+    system: System,
+) -> None:
+    """Permanent failures are not retried; the next record of the same partition is handled."""
+    settings, topic = await _probe_topic(system, "refusal-probe")
+    key = str(uuid.uuid4())  # one key: every record below shares a partition
+    refused_id, after_id = str(uuid.uuid4()), str(uuid.uuid4())
+    attempts: list[str] = []
+
+    async def handler(event: CloudEvent, data: ComplaintReceived) -> None:
+        attempts.append(data.complaint_id)
+        if data.complaint_id == refused_id:
+            raise Rejected(f"organisation {data.org!r} has no directory")
+
+    refused = CloudEvent.new(
+        event_type=EventType.COMPLAINT_RECEIVED, source="test", data=_received(refused_id)
+    )
+    malformed = CloudEvent.new(
+        event_type=EventType.COMPLAINT_RECEIVED, source="test", data=_received(str(uuid.uuid4()))
+    )
+    # A contract break: the phone number where the customer's name belongs, no channel.
+    malformed.data["customer"]["name"] = {"phone": "13900000000"}
+    del malformed.data["channel"]
+    after = CloudEvent.new(
+        event_type=EventType.COMPLAINT_RECEIVED, source="test", data=_received(after_id)
+    )
+    producer = EventProducer(settings=settings)
+    try:
+        async with _consuming(settings, topic, handler, producer):
+            for event in (refused, malformed, after):
+                _, value, headers = to_kafka_record(event)
+                await producer.publish_raw(
+                    topic=topic, key=key.encode(), value=value, headers=headers
+                )
+            await eventually(lambda: _async(after_id in attempts), what="next record handled")
+            dead = await read_topic(
+                bootstrap_servers=settings.kafka_bootstrap_servers,
+                topic=dead_letter_topic(topic),
+                until=lambda records: len(records) >= 2,
+            )
+    finally:
+        await producer.stop()
+
+    assert attempts == [refused_id, after_id]
+    by_id = {dict(r.headers)["ce_id"].decode(): dict(r.headers) for r in dead}
+    assert by_id[refused.id]["dlq_reason"] == b"rejected"
+    assert by_id[refused.id]["dlq_attempts"] == b"1"
+    assert by_id[refused.id]["dlq_error"] == b"Rejected: organisation 'demo' has no directory"
+    invalid = by_id[malformed.id]
+    assert invalid["dlq_reason"] == b"invalid_data"
+    assert invalid["dlq_attempts"] == b"0"
+    assert b"customer.name: string_type" in invalid["dlq_error"]
+    assert b"channel: missing" in invalid["dlq_error"]
+    assert b"13900000000" not in invalid["dlq_error"]
+    assert all(r.key == key.encode() for r in dead)
+
+
+async def test_transient_failure_stalls_only_its_partition_and_never_dead_letters(
+    system: System,
+) -> None:
+    """A database outage for one complaint's partition: retried past the attempt limit,
+    in order, while another partition flows; nothing reaches the DLQ."""
+    settings, topic = await _probe_topic(system, "stall-probe")
+    settings = settings.model_copy(update={"consumer_retry_backoff_max_s": 0.2})
+    stalled_id, other_id = _ids_on_two_partitions(settings.topic_partitions)
+    follower_id = str(uuid.uuid4())  # published with the stalled one's key
+    outage = asyncio.Event()
+    outage.set()
+    attempts: list[str] = []
+    handled: list[str] = []
+
+    async def handler(event: CloudEvent, data: ComplaintReceived) -> None:
+        attempts.append(data.complaint_id)
+        if data.complaint_id == stalled_id and outage.is_set():
+            raise AutoReconnect("connection refused")
+        handled.append(data.complaint_id)
+
+    def stalled_gauge() -> float:
+        return sum(
+            sample.value
+            for metric in PARTITION_STALLED.collect()
+            for sample in metric.samples
+            if sample.labels["service"] == settings.service_name
+        )
+
+    producer = EventProducer(settings=settings)
+    try:
+        async with _consuming(settings, topic, handler, producer):
+            stalled = CloudEvent.new(
+                event_type=EventType.COMPLAINT_RECEIVED, source="test", data=_received(stalled_id)
+            )
+            follower = CloudEvent.new(
+                event_type=EventType.COMPLAINT_RECEIVED, source="test", data=_received(follower_id)
+            )
+            for event in (stalled, follower):
+                _, value, headers = to_kafka_record(event)
+                await producer.publish_raw(
+                    topic=topic, key=stalled_id.encode(), value=value, headers=headers
+                )
+            await _publish_received(producer, topic, [other_id])
+
+            await eventually(lambda: _async(other_id in handled), what="other partition flows")
+            await eventually(
+                lambda: _async(attempts.count(stalled_id) > 2 * settings.consumer_max_attempts),
+                what="retries past the attempt limit",
+            )
+            assert stalled_gauge() == 1
+            assert follower_id not in attempts  # order kept within the partition
+            outage.clear()
+            await eventually(lambda: _async(follower_id in handled), what="partition resumed")
+            assert stalled_gauge() == 0
+    finally:
+        await producer.stop()
+    assert handled == [other_id, stalled_id, follower_id]
+    assert not await read_topic(
+        bootstrap_servers=settings.kafka_bootstrap_servers,
+        topic=dead_letter_topic(topic),
+        until=lambda records: False,
+        timeout_s=1.0,
+    )
 
 
 def _ids_on_two_partitions(partitions: int) -> tuple[str, str]:

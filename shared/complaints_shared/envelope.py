@@ -83,4 +83,5 @@ def from_kafka_record(value: bytes | None, headers: list[tuple[str, bytes]]) -> 
             data=data,
         )
     except ValidationError as exc:
-        raise EnvelopeError(f"malformed CloudEvents attributes: {exc}") from None
+        fields = sorted({str(error["loc"][0]) for error in exc.errors() if error["loc"]})
+        raise EnvelopeError(f"malformed CloudEvents attribute(s) {fields}") from None

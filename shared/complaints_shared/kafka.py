@@ -1,28 +1,47 @@
 """Kafka plumbing: topic creation, a producer wrapper and a consumer loop.
 
-The consumer handles the partitions of a poll side by side (each in order) and
-commits the polled offsets only after every handler's effect is stored,
-retries a failing handler with exponential backoff, and moves a message that
-keeps failing (or cannot be decoded) to ``<topic>.dlq`` with the error in
-headers, then goes on with the next message.
+The consumer handles partitions side by side (each in order) and commits a
+partition's offsets only after every handler's effect is stored. Failures are
+classified (``complaints_shared.failures``): a transient one (database or broker
+away, step-down, timeout, concurrent change) stalls only its partition, retried
+with capped, jittered backoff for as long as it lasts; a permanent one (bad
+envelope, bad data, a handler's ``Rejected``, or an unexpected error on every
+attempt) moves the record to ``<topic>.dlq`` with a reason code and a redacted
+error, and the partition goes on with the next record. ``complaints-dlq``
+(``complaints_shared.dlq``) lists, inspects and replays dead letters.
 """
 
 from __future__ import annotations
 
 import asyncio
-import traceback
+import random
+import time
 from collections.abc import Awaitable, Callable, Iterable
 from contextlib import suppress
+from datetime import UTC, datetime
+from enum import StrEnum
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka import (
+    AIOKafkaConsumer,
+    AIOKafkaProducer,
+    ConsumerRebalanceListener,
+    ConsumerRecord,
+    TopicPartition,
+)
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+from aiokafka.errors import CommitFailedError, KafkaError, TopicAlreadyExistsError
 from pydantic import ValidationError
 
 from complaints_shared.envelope import CloudEvent, EnvelopeError, from_kafka_record, to_kafka_record
 from complaints_shared.events import EventData, EventType, Topic, dead_letter_topic, parse_data
+from complaints_shared.failures import Rejected, is_transient, redacted_error
 from complaints_shared.logs import bound_context, get_logger
-from complaints_shared.metrics import EVENTS_CONSUMED, HANDLER_RETRIES
+from complaints_shared.metrics import (
+    DEAD_LETTERS,
+    EVENTS_CONSUMED,
+    HANDLER_RETRIES,
+    PARTITION_STALLED,
+)
 from complaints_shared.settings import ServiceSettings
 from complaints_shared.timing import wait_event
 
@@ -125,8 +144,31 @@ class EventProducer:
             self._producer = None
 
 
+class DeadLetterReason(StrEnum):
+    """Why a record went to ``<topic>.dlq`` (header ``dlq_reason``)."""
+
+    INVALID_ENVELOPE = "invalid_envelope"  # not a CloudEvent of ours: headers, JSON
+    INVALID_DATA = "invalid_data"  # the data does not match the event type's contract
+    REJECTED = "rejected"  # the handler refused it (``Rejected``): fix the cause, replay
+    RETRIES_EXHAUSTED = "retries_exhausted"  # an unexpected error, every attempt failed
+
+
+class _DeadLetter(Exception):
+    def __init__(self, reason: DeadLetterReason, error: str, attempts: int) -> None:
+        super().__init__(error)
+        self.reason = reason
+        self.error = error
+        self.attempts = attempts
+
+
 class EventConsumer:
-    """Consumes topics in a consumer group and dispatches to one handler per event type."""
+    """Consumes topics in a consumer group and dispatches to one handler per event type.
+
+    Each partition's records are handled in order by a task of their own while the
+    partition is paused in the consumer; the poll loop keeps polling (so the group
+    keeps its members) and other partitions keep flowing. A task's offsets are
+    committed when it has stored every effect, then its partition is resumed.
+    """
 
     def __init__(
         self,
@@ -144,6 +186,8 @@ class EventConsumer:
         self._group_id = group_id or settings.consumer_group()
         self._consumer: AIOKafkaConsumer | None = None
         self._stopping = asyncio.Event()
+        self._in_flight: dict[TopicPartition, asyncio.Task[None]] = {}
+        self._progress: dict[TopicPartition, int] = {}
         self.assigned = asyncio.Event()
 
     async def run(self) -> None:
@@ -168,7 +212,6 @@ class EventConsumer:
         if self._consumer is not None:
             return
         consumer = AIOKafkaConsumer(
-            *self._topics,
             bootstrap_servers=self._settings.kafka_bootstrap_servers,
             group_id=self._group_id,
             client_id=self._settings.service_name,
@@ -177,6 +220,7 @@ class EventConsumer:
             max_poll_records=MAX_POLL_RECORDS,
             metadata_max_age_ms=METADATA_MAX_AGE_MS,
         )
+        consumer.subscribe(self._topics, listener=_FinishBeforeRevoke(self))
         try:
             await consumer.start()
         except BaseException:
@@ -188,8 +232,10 @@ class EventConsumer:
     async def _close_consumer(self) -> None:
         if self._consumer is None:
             return
-        consumer, self._consumer = self._consumer, None
+        consumer = self._consumer
         self.assigned.clear()
+        await self._finish_partitions(set(self._in_flight))
+        self._consumer = None
         try:
             await consumer.stop()
         except KafkaError as exc:
@@ -202,93 +248,178 @@ class EventConsumer:
             batches = await consumer.getmany(timeout_ms=200, max_records=MAX_POLL_RECORDS)
             if consumer.assignment():
                 self.assigned.set()
-            if not batches:
-                continue
-            # Partitions are independent (a complaint's events share one), so they run side by
-            # side; within a partition records are handled in order.
-            progress: dict[TopicPartition, int] = {}
-            outcomes = await asyncio.gather(
-                *(
-                    self._process_partition(partition, records, progress)
-                    for partition, records in batches.items()
-                ),
-                return_exceptions=True,
-            )
-            if progress:
-                # Committed only once every effect up to these offsets is stored; a crash
-                # redelivers at most this poll, which the idempotent handlers absorb.
-                await consumer.commit(progress)
-            for outcome in outcomes:
-                if isinstance(outcome, BaseException):
-                    raise outcome
+            for partition, records in batches.items():
+                # No more records of this partition until its task has stored their effects.
+                consumer.pause(partition)
+                self._in_flight[partition] = asyncio.create_task(
+                    self._process_partition(partition, records),
+                    name=f"consume-{partition.topic}-{partition.partition}",
+                )
+            finished = {tp for tp, task in self._in_flight.items() if task.done()}
+            if finished:
+                await self._commit_and_resume(finished)
+
+    async def _commit_and_resume(self, partitions: set[TopicPartition]) -> None:
+        consumer = self._consumer
+        assert consumer is not None
+        tasks = [self._in_flight.pop(tp) for tp in partitions]
+        offsets = {tp: self._progress.pop(tp) for tp in partitions if tp in self._progress}
+        if offsets:
+            # Committed only once every effect up to these offsets is stored; a crash
+            # redelivers at most the records after them, which idempotent handlers absorb.
+            try:
+                await consumer.commit(offsets)
+            except CommitFailedError as exc:
+                # The group rebalanced meanwhile: the partitions' next owner redelivers.
+                log.warning("consumer_commit_failed", error=repr(exc), partitions=len(offsets))
+        assigned = consumer.assignment()
+        consumer.resume(*(tp for tp in partitions if tp in assigned))
+        for task in tasks:
+            if not task.cancelled() and task.exception() is not None:
+                raise task.exception()  # type: ignore[misc]
+
+    async def _finish_partitions(self, partitions: set[TopicPartition]) -> None:
+        """Let the tasks of ``partitions`` end, then commit what they stored."""
+        tasks = [self._in_flight[tp] for tp in partitions if tp in self._in_flight]
+        if not tasks:
+            return
+        if not self._stopping.is_set():
+            # Leaving these partitions (rebalance, broker error): a stalled task stops
+            # retrying; its record is redelivered to whoever owns the partition next.
+            # When stopping, tasks return by themselves at their next record or retry pause.
+            for task in tasks:
+                task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        consumer = self._consumer
+        offsets = {tp: self._progress.pop(tp) for tp in partitions if tp in self._progress}
+        for tp in partitions:
+            self._in_flight.pop(tp, None)
+        if consumer is None or not offsets:
+            return
+        try:
+            await consumer.commit(offsets)
+        except KafkaError as exc:
+            log.warning("consumer_commit_failed", error=repr(exc), partitions=len(offsets))
 
     async def _process_partition(
-        self,
-        partition: TopicPartition,
-        records: list[ConsumerRecord],
-        progress: dict[TopicPartition, int],
+        self, partition: TopicPartition, records: list[ConsumerRecord]
     ) -> None:
         """Handle records in order until stopping, noting the next offset to commit."""
         for record in records:
             if self._stopping.is_set():
                 return
-            await self._process(record)
-            progress[partition] = record.offset + 1
+            if not await self._process(record):
+                return
+            self._progress[partition] = record.offset + 1
 
-    async def _process(self, record: ConsumerRecord) -> None:
+    async def _process(self, record: ConsumerRecord) -> bool:
+        """Handle or dead-letter one record; False when stopping left it unfinished."""
+        try:
+            event, data, handler = self._decode(record)
+            if handler is None:
+                EVENTS_CONSUMED.labels(self._settings.service_name, event.type, "skipped").inc()
+                return True
+            with bound_context(
+                complaint_id=event.subject, event_id=event.id, event_type=event.type
+            ):
+                return await self._handle_until_done(record, event, data, handler)
+        except _DeadLetter as dead:
+            return await self._dead_letter(record, dead)
+
+    def _decode(
+        self, record: ConsumerRecord
+    ) -> tuple[CloudEvent, EventData | None, EventHandler | None]:
         try:
             event = from_kafka_record(record.value, record.headers)
         except EnvelopeError as exc:
-            await self._dead_letter(record, event_type="unknown", error=str(exc), attempts=0)
-            return
-        with bound_context(complaint_id=event.subject, event_id=event.id, event_type=event.type):
-            handler = self._handlers.get(event.type)  # type: ignore[call-overload]
-            if handler is None:
-                EVENTS_CONSUMED.labels(self._settings.service_name, event.type, "skipped").inc()
-                return
-            try:
-                data = parse_data(event.type, event.data)
-            except ValidationError as exc:
-                await self._dead_letter(record, event_type=event.type, error=str(exc), attempts=0)
-                return
-            await self._handle_with_retries(record, event, data, handler)
+            # Our own message: names headers and positions, never values.
+            error = f"EnvelopeError: {exc}"[:500]
+            raise _DeadLetter(DeadLetterReason.INVALID_ENVELOPE, error, 0) from exc
+        handler = self._handlers.get(event.type)  # type: ignore[call-overload]
+        if handler is None:
+            return event, None, None
+        try:
+            return event, parse_data(event.type, event.data), handler
+        except ValidationError as exc:
+            raise _DeadLetter(DeadLetterReason.INVALID_DATA, redacted_error(exc), 0) from exc
 
-    async def _handle_with_retries(
+    async def _handle_until_done(
         self, record: ConsumerRecord, event: CloudEvent, data: EventData, handler: EventHandler
-    ) -> None:
-        attempts = self._settings.consumer_max_attempts
-        delay_s = self._settings.consumer_retry_backoff_s
-        for attempt in range(1, attempts + 1):
+    ) -> bool:
+        """Run the handler until it succeeds, refuses, or keeps failing unexpectedly.
+
+        A transient failure (dependency away, concurrent change) stalls the partition and
+        is retried without limit; only unexpected errors count towards the attempt limit.
+        """
+        settings = self._settings
+        service = settings.service_name
+        attempts = failed = 0
+        stalled_since: float | None = None
+        while True:
+            attempts += 1
             try:
                 await handler(event, data)
+            except Rejected as exc:
+                raise _DeadLetter(DeadLetterReason.REJECTED, redacted_error(exc), attempts) from exc
             except Exception as exc:
-                if attempt == attempts:
-                    log.error("handler_failed", attempts=attempt, error=repr(exc))
-                    error = "".join(traceback.format_exception_only(exc)).strip()
-                    await self._dead_letter(
-                        record, event_type=event.type, error=error, attempts=attempt
-                    )
-                    return
-                HANDLER_RETRIES.labels(self._settings.service_name, event.type).inc()
-                log.warning("handler_retry", attempt=attempt, error=repr(exc), delay_s=delay_s)
-                await asyncio.sleep(delay_s)
-                delay_s *= 2
+                transient = is_transient(exc)
+                if not transient:
+                    failed += 1
+                    if failed >= settings.consumer_max_attempts:
+                        log.error("handler_failed", attempts=attempts, error=redacted_error(exc))
+                        raise _DeadLetter(
+                            DeadLetterReason.RETRIES_EXHAUSTED, redacted_error(exc), attempts
+                        ) from exc
+                if transient and stalled_since is None:
+                    stalled_since = time.monotonic()
+                    PARTITION_STALLED.labels(service, record.topic, str(record.partition)).set(1)
+                delay_s = retry_delay_s(
+                    attempt=attempts if transient else failed,
+                    first_s=settings.consumer_retry_backoff_s,
+                    max_s=settings.consumer_retry_backoff_max_s,
+                )
+                HANDLER_RETRIES.labels(
+                    service, event.type, "transient" if transient else "error"
+                ).inc()
+                log.warning(
+                    "partition_stalled" if transient else "handler_retry",
+                    topic=record.topic,
+                    partition=record.partition,
+                    offset=record.offset,
+                    attempt=attempts,
+                    stalled_for_s=_elapsed(stalled_since),
+                    error=redacted_error(exc),
+                    retry_in_s=round(delay_s, 2),
+                )
+                if await self._sleep_unless_stopping(delay_s):
+                    return False
             else:
-                EVENTS_CONSUMED.labels(self._settings.service_name, event.type, "handled").inc()
-                return
+                EVENTS_CONSUMED.labels(service, event.type, "handled").inc()
+                if stalled_since is not None:
+                    PARTITION_STALLED.labels(service, record.topic, str(record.partition)).set(0)
+                    log.info(
+                        "partition_resumed",
+                        topic=record.topic,
+                        partition=record.partition,
+                        attempts=attempts,
+                        stalled_for_s=_elapsed(stalled_since),
+                    )
+                return True
 
-    async def _dead_letter(
-        self, record: ConsumerRecord, *, event_type: str, error: str, attempts: int
-    ) -> None:
+    async def _dead_letter(self, record: ConsumerRecord, dead: _DeadLetter) -> bool:
         """Publish the original record to the DLQ; keep trying until Kafka takes it."""
         headers = [
-            *(record.headers or []),
-            ("dlq_error", error[:4000].encode("utf-8", "replace")),
+            # A replayed record that fails again carries only its latest failure.
+            *((name, value) for name, value in record.headers or [] if not name.startswith("dlq_")),
+            ("dlq_reason", dead.reason.value.encode()),
+            ("dlq_error", dead.error.encode("utf-8", "replace")),
+            ("dlq_attempts", str(dead.attempts).encode()),
             ("dlq_original_topic", record.topic.encode()),
             ("dlq_original_partition", str(record.partition).encode()),
             ("dlq_original_offset", str(record.offset).encode()),
             ("dlq_consumer_group", self._group_id.encode()),
-            ("dlq_attempts", str(attempts).encode()),
+            ("dlq_service", self._settings.service_name.encode()),
+            ("dlq_failed_at", datetime.now(UTC).isoformat().encode()),
         ]
         delay_s = 0.5
         while True:
@@ -302,16 +433,62 @@ class EventConsumer:
                 break
             except KafkaError as exc:
                 log.warning("dead_letter_publish_failed", error=repr(exc), retry_in_s=delay_s)
-                await asyncio.sleep(delay_s)
+                if await self._sleep_unless_stopping(delay_s):
+                    return False
                 delay_s = min(delay_s * 2, 10.0)
+        event_type = _header(record, "ce_type") or "unknown"
         EVENTS_CONSUMED.labels(self._settings.service_name, event_type, "dead_lettered").inc()
-        log.error("dead_lettered", topic=record.topic, offset=record.offset, error=error[:500])
+        DEAD_LETTERS.labels(self._settings.service_name, record.topic, dead.reason.value).inc()
+        log.error(
+            "dead_lettered",
+            topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
+            event_id=_header(record, "ce_id"),
+            reason=dead.reason.value,
+            attempts=dead.attempts,
+            error=dead.error,
+        )
+        return True
 
-    async def _sleep_unless_stopping(self, delay_s: float) -> None:
+    async def _sleep_unless_stopping(self, delay_s: float) -> bool:
+        """Sleep; True when stopping cut it short."""
         await wait_event(self._stopping, timeout_s=delay_s)
+        return self._stopping.is_set()
+
+
+class _FinishBeforeRevoke(ConsumerRebalanceListener):
+    """Partitions leaving this member first finish (or give up) their task and commit."""
+
+    def __init__(self, consumer: EventConsumer) -> None:
+        self._consumer = consumer
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        await self._consumer._finish_partitions(set(revoked))
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        return None
+
+
+def retry_delay_s(*, attempt: int, first_s: float, max_s: float) -> float:
+    """Capped exponential backoff with full jitter in its upper half (spreads replicas)."""
+    ceiling = min(max_s, first_s * 2 ** min(attempt - 1, 30))
+    return ceiling / 2 + random.uniform(0, ceiling / 2)
+
+
+def _elapsed(since: float | None) -> float:
+    return 0.0 if since is None else round(time.monotonic() - since, 1)
+
+
+def _header(record: ConsumerRecord, name: str) -> str | None:
+    for key, value in record.headers or []:
+        if key == name:
+            return value.decode("utf-8", "replace")
+    return None
 
 
 __all__ = [
+    "DeadLetterReason",
     "EventConsumer",
     "EventHandler",
     "EventProducer",

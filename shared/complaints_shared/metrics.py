@@ -11,8 +11,19 @@ EVENTS_CONSUMED = Counter(
 )
 HANDLER_RETRIES = Counter(
     "complaints_event_handler_retries_total",
-    "Handler attempts that failed and were retried.",
-    ["service", "event_type"],
+    "Handler attempts that failed and were retried, by failure (transient, error).",
+    ["service", "event_type", "failure"],
+)
+PARTITION_STALLED = Gauge(
+    "complaints_consumer_partition_stalled",
+    "1 while a partition waits for a transient failure (database, broker) to pass.",
+    ["service", "topic", "partition"],
+)
+DEAD_LETTERS = Counter(
+    "complaints_dead_letters_total",
+    "Records moved to <topic>.dlq, by reason (invalid_envelope, invalid_data, rejected, "
+    "retries_exhausted).",
+    ["service", "topic", "reason"],
 )
 EVENTS_PUBLISHED = Counter(
     "complaints_events_published_total",

@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse
 from pymongo.errors import PyMongoError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from complaints_shared.failures import is_dependency_unavailable, redacted_error
+from complaints_shared.failures import TransientFailure, is_dependency_unavailable, redacted_error
 from complaints_shared.logs import get_logger
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
@@ -44,6 +44,18 @@ class ProblemError(Exception):
         self.kind = kind
         self.headers = headers or {}
         self.extensions = extensions
+
+
+class ConcurrentUpdate(ProblemError, TransientFailure):
+    """A document kept changing under an optimistic write.
+
+    A 409 problem for an HTTP caller; a transient failure the consumer loop retries.
+    """
+
+    def __init__(self, *, detail: str) -> None:
+        super().__init__(
+            status=409, title="Concurrent update", detail=detail, kind="concurrent-update"
+        )
 
 
 def not_found(*, what: str, identifier: str) -> ProblemError:

@@ -30,10 +30,20 @@ class ServiceSettings(BaseSettings):
     topic_partitions: int = Field(3, ge=1, description="Partitions for topics created at start-up.")
     topic_replication_factor: int = Field(1, ge=1, description="Replication for created topics.")
     consumer_max_attempts: int = Field(
-        5, ge=1, description="Handler attempts before a message goes to the dead-letter topic."
+        5,
+        ge=1,
+        description="Attempts of a handler failing with an unexpected error before the "
+        "message goes to the dead-letter topic (retries_exhausted). Transient failures "
+        "(database or broker away) are retried without limit and never dead-lettered.",
     )
     consumer_retry_backoff_s: float = Field(
         0.2, gt=0, description="First retry delay; doubles on each further attempt."
+    )
+    consumer_retry_backoff_max_s: float = Field(
+        10.0,
+        gt=0,
+        description="Longest delay between two attempts of a stalled partition, so it "
+        "resumes within about this long after the dependency is back.",
     )
     outbox_poll_interval_s: float = Field(
         0.5,

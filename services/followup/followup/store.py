@@ -38,7 +38,7 @@ from complaints_shared.mongo import (
 )
 from complaints_shared.outbox import outbox_entry, outbox_fields, outbox_update
 from complaints_shared.pagination import Page, after_cursor, encode_cursor
-from complaints_shared.problems import ProblemError, not_found
+from complaints_shared.problems import ConcurrentUpdate, ProblemError, not_found
 from followup import config_store
 from followup.contact_hours import check_due_times, next_attempt_at
 from followup.lifecycle import (
@@ -165,11 +165,8 @@ async def _change(
         )
         if updated is not None:
             return updated
-    raise ProblemError(
-        status=409,
-        title="Concurrent update",
-        kind="concurrent-update",
-        detail=f"satisfaction check {followup_id} kept changing underneath this request; retry",
+    raise ConcurrentUpdate(
+        detail=f"satisfaction check {followup_id} kept changing underneath this request; retry"
     )
 
 

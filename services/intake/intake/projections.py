@@ -29,12 +29,10 @@ from complaints_shared.events import (
     FollowupOutcome,
     FollowupScheduled,
 )
-from complaints_shared.logs import get_logger
+from complaints_shared.failures import Rejected
 from intake import commands, store
 from intake.lifecycle import Command, InvalidTransition, Status, transition
 from intake.settings import IntakeSettings
-
-log = get_logger(__name__)
 
 
 async def _apply(
@@ -60,7 +58,11 @@ async def _apply(
         details=details,
     )
     if document is None:
-        log.warning("event_for_unknown_complaint", action=action)
+        # Not ours to guess: the record was lost (restored from an older backup) or the
+        # event names another organisation. The DLQ keeps it until an operator replays it.
+        raise Rejected(
+            f"complaint {data.complaint_id} of organisation {data.org!r} is not on record here"
+        )
 
 
 def _status_after(current: dict[str, Any], command: Command) -> Status:

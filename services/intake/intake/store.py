@@ -31,7 +31,7 @@ from complaints_shared.events import (
 )
 from complaints_shared.mongo import is_id_clash, lease_kept, merge_updates, update_and_read
 from complaints_shared.outbox import outbox_entry, outbox_fields, outbox_update
-from complaints_shared.problems import ProblemError, not_found
+from complaints_shared.problems import ConcurrentUpdate, ProblemError, not_found
 from intake import idempotency
 from intake.identity import customer_keys, submission_fingerprint
 from intake.lifecycle import OPEN_STATUSES, InvalidTransition, Status
@@ -502,11 +502,8 @@ async def change(
         )
         if updated is not None:
             return updated
-    raise ProblemError(
-        status=409,
-        title="Concurrent update",
-        kind="concurrent-update",
-        detail=f"complaint {complaint_id} kept changing underneath this request; retry it",
+    raise ConcurrentUpdate(
+        detail=f"complaint {complaint_id} kept changing underneath this request; retry it"
     )
 
 
