@@ -6,7 +6,7 @@ BRANCH ?= *
 ROLE ?= admin
 ORG ?= demo
 
-.PHONY: install up down logs token test test-unit lint format infra-up infra-down infra-reset status bench bench-profile
+.PHONY: install up down logs token dlq test test-unit lint format infra-up infra-down infra-reset status bench bench-profile
 
 $(VENV)/.installed: pyproject.toml uv.lock deploy/versions.env deploy/local/bootstrap.sh
 	PYTHON=$(PYTHON) bash deploy/local/bootstrap.sh
@@ -43,6 +43,9 @@ logs:  ## follow the services' and infrastructure's logs
 
 token: install  ## a demo bearer token: make -s token BRANCH=LZ ROLE=agent
 	@$(VENV)/bin/complaints-token --org '$(ORG)' --branches '$(BRANCH)' --roles '$(ROLE)'
+
+dlq: install  ## dead letters: make dlq ARGS="list" (inspect, replay --complaint-id ...; docs/operations.md)
+	$(VENV)/bin/complaints-dlq $(ARGS)
 
 test: install  ## the whole suite against real Kafka and MongoDB (started if needed)
 	$(VENV)/bin/pytest

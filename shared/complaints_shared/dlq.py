@@ -1,0 +1,423 @@
+"""The operator's dead-letter tool: list, inspect (redacted) and replay dead letters.
+
+``complaints-dlq list|inspect|replay`` reads ``<topic>.dlq`` from the beginning (no
+consumer group, nothing is committed), selects by topic, reason, event type, complaint
+id and dead-letter time, and replays to the original topic with the original key and
+headers (so the original ``ce_id``: consumers recognise an event they already applied).
+Every replay is recorded in ``<topic>.dlq.replayed`` (key ``<partition>:<offset>`` of
+the dead letter), and a dead letter recorded there is not sent again: running the same
+replay twice re-sends nothing. A crash between the send and the record re-sends that one
+dead letter on the next run, which the idempotent consumers absorb.
+
+Settings come from the environment like a service's: ``KAFKA_BOOTSTRAP_SERVERS``,
+``TOPIC_PREFIX``. See docs/operations.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import Iterable, Sequence
+from contextlib import suppress
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+
+from complaints_shared.events import EVENT_TYPE_PREFIX, Topic, dead_letter_topic
+from complaints_shared.settings import ServiceSettings
+
+REPLAYED_SUFFIX = ".replayed"
+# Names the dead letter a record was replayed from; not a dlq_* header, so it survives
+# a second dead-lettering and ties the new dead letter to the old one.
+REPLAY_OF_HEADER = "replay_of"
+READ_TIMEOUT_S = 30.0
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """One record of a ``<topic>.dlq``, as the consumer loop wrote it."""
+
+    dlq_topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: tuple[tuple[str, bytes], ...]
+    timestamp_ms: int
+
+    def header(self, name: str) -> str | None:
+        for key, value in self.headers:
+            if key == name:
+                return value.decode("utf-8", "replace")
+        return None
+
+    @property
+    def ref(self) -> str:
+        """``<partition>:<offset>`` within its DLQ topic: how replays are recorded."""
+        return f"{self.partition}:{self.offset}"
+
+    @property
+    def original_topic(self) -> str:
+        return self.header("dlq_original_topic") or self.dlq_topic.removesuffix(".dlq")
+
+    @property
+    def event_type(self) -> str:
+        return self.header("ce_type") or "unknown"
+
+    @property
+    def complaint_id(self) -> str | None:
+        subject = self.header("ce_subject")
+        if subject:
+            return subject
+        return self.key.decode("utf-8", "replace") if self.key else None
+
+    @property
+    def failed_at(self) -> datetime:
+        stamped = self.header("dlq_failed_at")
+        if stamped:
+            return datetime.fromisoformat(stamped)
+        return datetime.fromtimestamp(self.timestamp_ms / 1000, UTC)
+
+    def summary(self, *, replayed: bool) -> dict[str, Any]:
+        return {
+            "dlq": f"{self.dlq_topic}@{self.ref}",
+            "failed_at": self.failed_at.isoformat(),
+            "reason": self.header("dlq_reason") or "unknown",
+            "event_type": short_type(self.event_type),
+            "complaint_id": self.complaint_id,
+            "event_id": self.header("ce_id"),
+            "attempts": int(self.header("dlq_attempts") or 0),
+            "service": self.header("dlq_service") or self.header("dlq_consumer_group"),
+            "replayed": replayed,
+        }
+
+    def redacted(self, *, replayed: bool) -> dict[str, Any]:
+        """Everything an operator needs to judge the failure; data as field shapes only."""
+        return {
+            **self.summary(replayed=replayed),
+            "error": self.header("dlq_error"),
+            "original": {
+                "topic": self.original_topic,
+                "partition": self.header("dlq_original_partition"),
+                "offset": self.header("dlq_original_offset"),
+            },
+            "consumer_group": self.header("dlq_consumer_group"),
+            "headers": {
+                name: value.decode("utf-8", "replace")
+                for name, value in self.headers
+                if name.startswith("ce_") or name in ("content-type", REPLAY_OF_HEADER)
+            },
+            "data_shape": _data_shape(self.value),
+        }
+
+
+@dataclass
+class Selection:
+    """Which dead letters an operator means; every given criterion must hold."""
+
+    reasons: set[str] = field(default_factory=set)
+    event_types: set[str] = field(default_factory=set)
+    complaint_ids: set[str] = field(default_factory=set)
+    since: datetime | None = None
+    until: datetime | None = None
+
+    def matches(self, letter: DeadLetter) -> bool:
+        if self.reasons and letter.header("dlq_reason") not in self.reasons:
+            return False
+        if self.event_types and not (
+            {letter.event_type, short_type(letter.event_type)} & self.event_types
+        ):
+            return False
+        if self.complaint_ids and letter.complaint_id not in self.complaint_ids:
+            return False
+        if self.since is not None and letter.failed_at < self.since:
+            return False
+        return self.until is None or letter.failed_at < self.until
+
+
+@dataclass(frozen=True)
+class ReplayResult:
+    replayed: list[DeadLetter]
+    already_replayed: list[DeadLetter]
+
+
+def short_type(event_type: str) -> str:
+    """``org.complaintdesk.complaint.received.v1`` → ``complaint.received``."""
+    return event_type.removeprefix(EVENT_TYPE_PREFIX).rsplit(".v", 1)[0]
+
+
+def service_dead_letter_topics(settings: ServiceSettings) -> list[str]:
+    return [dead_letter_topic(settings.topic(topic.value)) for topic in Topic]
+
+
+async def read_dead_letters(*, settings: ServiceSettings, dlq_topic: str) -> list[DeadLetter]:
+    """Every record of ``dlq_topic``, oldest first per partition."""
+    return [
+        DeadLetter(
+            dlq_topic=dlq_topic,
+            partition=record.partition,
+            offset=record.offset,
+            key=record.key,
+            value=record.value,
+            headers=tuple(record.headers or ()),
+            timestamp_ms=record.timestamp,
+        )
+        for record in await _read_whole_topic(settings=settings, topic=dlq_topic)
+    ]
+
+
+async def replayed_refs(*, settings: ServiceSettings, dlq_topic: str) -> set[str]:
+    """The dead letters of ``dlq_topic`` already replayed (``<partition>:<offset>``)."""
+    records = await _read_whole_topic(settings=settings, topic=dlq_topic + REPLAYED_SUFFIX)
+    return {record.key.decode() for record in records if record.key}
+
+
+async def replay(
+    *, settings: ServiceSettings, letters: Sequence[DeadLetter], dry_run: bool = False
+) -> ReplayResult:
+    """Send each dead letter not yet replayed to its original topic, then record it."""
+    by_topic: dict[str, list[DeadLetter]] = {}
+    for letter in letters:
+        by_topic.setdefault(letter.dlq_topic, []).append(letter)
+    replayed: list[DeadLetter] = []
+    already: list[DeadLetter] = []
+    pending: list[DeadLetter] = []
+    for dlq_topic, topic_letters in by_topic.items():
+        done = await replayed_refs(settings=settings, dlq_topic=dlq_topic)
+        for letter in topic_letters:
+            (already if letter.ref in done else pending).append(letter)
+    if dry_run or not pending:
+        return ReplayResult(replayed=pending if dry_run else [], already_replayed=already)
+    await _ensure_topics(
+        settings=settings, topics={letter.dlq_topic + REPLAYED_SUFFIX for letter in pending}
+    )
+    producer = AIOKafkaProducer(
+        bootstrap_servers=settings.kafka_bootstrap_servers,
+        acks="all",
+        enable_idempotence=True,
+        client_id="complaints-dlq",
+    )
+    await producer.start()
+    try:
+        for letter in pending:
+            await producer.send_and_wait(
+                letter.original_topic,
+                key=letter.key,
+                value=letter.value,
+                headers=_replay_headers(letter),
+            )
+            await producer.send_and_wait(
+                letter.dlq_topic + REPLAYED_SUFFIX,
+                key=letter.ref.encode(),
+                value=orjson.dumps(
+                    {
+                        "event_id": letter.header("ce_id"),
+                        "original_topic": letter.original_topic,
+                        "replayed_at": datetime.now(UTC).isoformat(),
+                    }
+                ),
+            )
+            replayed.append(letter)
+    finally:
+        await producer.stop()
+    return ReplayResult(replayed=replayed, already_replayed=already)
+
+
+def _replay_headers(letter: DeadLetter) -> list[tuple[str, bytes]]:
+    # The original ce_* headers (and so its ce_id) unchanged; the failure stays in the DLQ.
+    kept = [
+        (name, value)
+        for name, value in letter.headers
+        if not name.startswith("dlq_") and name != REPLAY_OF_HEADER
+    ]
+    return [*kept, (REPLAY_OF_HEADER, f"{letter.dlq_topic}@{letter.ref}".encode())]
+
+
+def _data_shape(value: bytes | None) -> Any:
+    """The data's structure with each value replaced by its type (and length for text)."""
+    try:
+        data = orjson.loads(value) if value else None
+    except orjson.JSONDecodeError:
+        return f"<not JSON, {len(value or b'')} bytes>"
+    return _shape(data)
+
+
+def _shape(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {key: _shape(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_shape(item) for item in value[:3]] + (["…"] if len(value) > 3 else [])
+    if isinstance(value, str):
+        return f"<str {len(value)}>"
+    if value is None:
+        return None
+    return f"<{type(value).__name__}>"
+
+
+async def _read_whole_topic(*, settings: ServiceSettings, topic: str) -> list:
+    """Records of ``topic`` from the beginning to its end as of now; none when it is absent."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap_servers,
+        enable_auto_commit=False,
+        client_id="complaints-dlq",
+    )
+    await consumer.start()
+    try:
+        # topics() fetches metadata without keeping it; partitions_for_topic needs it kept.
+        await consumer._client.force_metadata_update()
+        partitions = consumer.partitions_for_topic(topic)
+        if not partitions:
+            return []
+        assignment = [TopicPartition(topic, partition) for partition in sorted(partitions)]
+        consumer.assign(assignment)
+        await consumer.seek_to_beginning(*assignment)
+        ends = await consumer.end_offsets(assignment)
+        records: list = []
+        remaining = {tp for tp in assignment if ends[tp] > 0}
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + READ_TIMEOUT_S
+        while remaining:
+            if loop.time() > deadline:
+                raise TimeoutError(f"could not read {topic} to its end in {READ_TIMEOUT_S} s")
+            batches = await consumer.getmany(*remaining, timeout_ms=500)
+            for tp, batch in batches.items():
+                records.extend(record for record in batch if record.offset < ends[tp])
+            remaining = {tp for tp in remaining if await consumer.position(tp) < ends[tp]}
+        return sorted(records, key=lambda record: (record.partition, record.offset))
+    finally:
+        await consumer.stop()
+
+
+async def _ensure_topics(*, settings: ServiceSettings, topics: Iterable[str]) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
+    await admin.start()
+    try:
+        missing = set(topics) - set(await admin.list_topics())
+        if missing:
+            with suppress(TopicAlreadyExistsError):
+                await admin.create_topics(
+                    [
+                        NewTopic(
+                            name=name,
+                            num_partitions=1,
+                            replication_factor=settings.topic_replication_factor,
+                        )
+                        for name in sorted(missing)
+                    ]
+                )
+    finally:
+        await admin.close()
+
+
+def _aware(text: str) -> datetime:
+    moment = datetime.fromisoformat(text)
+    if moment.tzinfo is None:
+        raise argparse.ArgumentTypeError(f"{text!r} has no UTC offset (e.g. 2026-12-01T08:00Z)")
+    return moment
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="complaints-dlq",
+        description="List, inspect and replay dead letters (docs/operations.md).",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    for name, help_text in (
+        ("list", "one line per dead letter: where, when, why, which event"),
+        ("inspect", "each selected dead letter in full, its data redacted to field shapes"),
+        ("replay", "send selected dead letters to their original topic, each at most once"),
+    ):
+        command = commands.add_parser(name, help=help_text)
+        command.add_argument(
+            "--topic",
+            action="append",
+            choices=[topic.value for topic in Topic],
+            help="original topic (repeatable); default: all",
+        )
+        command.add_argument("--reason", action="append", default=[], help="dlq_reason")
+        command.add_argument(
+            "--event-type", action="append", default=[], help="e.g. complaint.received"
+        )
+        command.add_argument("--complaint-id", action="append", default=[])
+        command.add_argument(
+            "--since", type=_aware, help="dead-lettered at or after (ISO 8601 with offset)"
+        )
+        command.add_argument("--until", type=_aware, help="dead-lettered before")
+        command.add_argument(
+            "--include-replayed",
+            action="store_true",
+            help="list/inspect: also dead letters already replayed",
+        )
+        if name == "replay":
+            command.add_argument(
+                "--dry-run", action="store_true", help="show what would be replayed"
+            )
+    return parser
+
+
+async def run_command(argv: Sequence[str], *, settings: ServiceSettings | None = None) -> int:
+    args = _parser().parse_args(argv)
+    settings = settings or ServiceSettings()
+    topics = [
+        dead_letter_topic(settings.topic(topic))
+        for topic in (args.topic or [topic.value for topic in Topic])
+    ]
+    selection = Selection(
+        reasons=set(args.reason),
+        event_types=set(args.event_type),
+        complaint_ids=set(args.complaint_id),
+        since=args.since,
+        until=args.until,
+    )
+    letters: list[DeadLetter] = []
+    done: set[tuple[str, str]] = set()
+    for topic in topics:
+        letters.extend(
+            letter
+            for letter in await read_dead_letters(settings=settings, dlq_topic=topic)
+            if selection.matches(letter)
+        )
+        done.update((topic, ref) for ref in await replayed_refs(settings=settings, dlq_topic=topic))
+    if args.command == "replay":
+        result = await replay(settings=settings, letters=letters, dry_run=args.dry_run)
+        verb = "would replay" if args.dry_run else "replayed"
+        for letter in result.replayed:
+            _print({"action": verb, **letter.summary(replayed=not args.dry_run)})
+        print(
+            f"{verb} {len(result.replayed)}, already replayed {len(result.already_replayed)}",
+            file=sys.stderr,
+        )
+        return 0
+    shown = 0
+    for letter in letters:
+        replayed = (letter.dlq_topic, letter.ref) in done
+        if replayed and not args.include_replayed:
+            continue
+        shown += 1
+        _print(
+            letter.redacted(replayed=replayed)
+            if args.command == "inspect"
+            else letter.summary(replayed=replayed)
+        )
+    print(f"{shown} dead letter(s)", file=sys.stderr)
+    return 0
+
+
+def _print(document: dict[str, Any]) -> None:
+    print(json.dumps(document, ensure_ascii=False))
+
+
+def main() -> None:
+    """CLI entry point (``complaints-dlq``)."""
+    sys.exit(asyncio.run(run_command(sys.argv[1:])))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,202 @@
+"""Dead letters against the real services: poison records and operator replays."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from complaints_shared.dlq import read_dead_letters, run_command
+from complaints_shared.envelope import CloudEvent, to_kafka_record
+from complaints_shared.events import EventType, Topic, dead_letter_topic
+from complaints_shared.kafka import EventProducer
+from tests.conftest import System
+from tests.helpers import eventually, handled_count, token
+from tests.test_delivery import _received
+from tests.test_end_to_end import BROADBAND_COMPLAINT
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+async def test_poison_records_dead_letter_with_their_reason_and_the_partition_goes_on(
+    system: System,
+) -> None:
+    complaint_id = str(uuid.uuid4())
+    key = complaint_id.encode()  # all three on the complaint's partition, in this order
+    good = CloudEvent.new(
+        event_type=EventType.COMPLAINT_RECEIVED, source="intake", data=_received(complaint_id)
+    )
+    bad_data = CloudEvent.new(
+        event_type=EventType.COMPLAINT_RECEIVED, source="intake", data=_received(complaint_id)
+    )
+    bad_data.data["received_at"] = "yesterday"
+    bad_data.data["customer"]["phone"] = ["13900000000"]
+    topic = system.topic(Topic.INTAKE)
+    producer = EventProducer(settings=system.intake_settings)
+    try:
+        await producer.publish_raw(
+            topic=topic, key=key, value=b'{"complaint_id": 1}', headers=[("ce_type", b"x")]
+        )
+        _, value, headers = to_kafka_record(bad_data)
+        await producer.publish_raw(topic=topic, key=key, value=value, headers=headers)
+        _, value, headers = to_kafka_record(good)
+        await producer.publish_raw(topic=topic, key=key, value=value, headers=headers)
+    finally:
+        await producer.stop()
+
+    routing_db = system.mongo[system.routing_settings.database_name()]
+    assignment = await eventually(
+        lambda: routing_db.assignments.find_one({"_id": complaint_id}), what="good one assigned"
+    )
+    assert assignment["department"] == "LZ:NETWORK"
+
+    async def routing_dead_letters() -> list:
+        letters = await read_dead_letters(
+            settings=system.routing_settings, dlq_topic=dead_letter_topic(topic)
+        )
+        group = system.routing_settings.consumer_group()
+        mine = [letter for letter in letters if letter.header("dlq_consumer_group") == group]
+        return mine if len(mine) == 2 else []
+
+    dead = await eventually(routing_dead_letters, what="both poison records dead-lettered")
+    by_reason = {letter.header("dlq_reason"): letter for letter in dead}
+    assert set(by_reason) == {"invalid_envelope", "invalid_data"}
+    assert "missing CloudEvents header" in by_reason["invalid_envelope"].header("dlq_error")
+    invalid = by_reason["invalid_data"].header("dlq_error")
+    assert "received_at: datetime_from_date_parsing" in invalid
+    assert "customer.phone: string_type" in invalid
+    assert "13900000000" not in invalid and "yesterday" not in invalid
+    assert by_reason["invalid_data"].header("ce_id") == bad_data.id
+
+
+async def test_replay_after_restoring_a_lost_record_applies_once_and_twice_changes_nothing(
+    system: System, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Intake refuses routing's event for a complaint it lost; restored, a replay applies it
+    once, and the same replay again sends nothing and changes nothing."""
+    started = datetime.now(UTC)
+    admin = token(system.intake_settings)
+    created = await system.intake.post("/v1/complaints", json=BROADBAND_COMPLAINT, headers=admin)
+    complaint_id = created.json()["id"]
+    complaints = system.mongo[system.intake_settings.database_name()].complaints
+
+    async def timeline_actions() -> list[str]:
+        document = await complaints.find_one({"_id": complaint_id})
+        return [entry["action"] for entry in document["timeline"]] if document else []
+
+    await eventually(lambda: _has(timeline_actions, "assigned"), what="assignment on record")
+    # The record is lost (say, the database was restored from a backup taken before it).
+    backup = await complaints.find_one({"_id": complaint_id})
+    await complaints.delete_one({"_id": complaint_id})
+
+    supervisor = token(system.routing_settings, roles=("supervisor",))
+    owner = (await system.routing.get(f"/v1/assignments/{complaint_id}", headers=supervisor)).json()
+    other = "lz-liu" if owner["owner_id"] == "lz-chen" else "lz-chen"
+    moved = await system.routing.post(
+        f"/v1/assignments/{complaint_id}/reassign",
+        json={"owner_id": other, "reason": "原处理人休假"},
+        headers=supervisor,
+    )
+    assert moved.status_code == 200, moved.text
+
+    dlq_args = ["--topic", Topic.ROUTING.value, "--complaint-id", complaint_id]
+
+    async def listed() -> list[dict]:
+        capsys.readouterr()
+        await run_command(["list", *dlq_args], settings=system.intake_settings)
+        return [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+
+    [letter] = await eventually(listed, what="refused event dead-lettered")
+    assert letter["reason"] == "rejected"
+    assert letter["event_type"] == "complaint.reassigned"
+    assert letter["service"] == "intake"
+    assert letter["attempts"] == 1
+
+    # The console script (make dlq) shows the same, redacted: no customer data anywhere.
+    inspected = _console(system, ["inspect", *dlq_args])
+    [detail] = [json.loads(line) for line in inspected.splitlines()]
+    assert detail["error"].startswith(f"Rejected: complaint {complaint_id}")
+    assert detail["data_shape"]["complaint_id"] == f"<str {len(complaint_id)}>"
+    assert "马先生" not in inspected and "0931" not in inspected
+
+    await complaints.insert_one(backup)  # the operator restores the record
+    window = ["--since", started.isoformat(), "--until", (started + timedelta(hours=1)).isoformat()]
+    capsys.readouterr()
+    await run_command(
+        ["replay", *dlq_args, "--event-type", "complaint.reassigned", *window],
+        settings=system.intake_settings,
+    )
+    first = capsys.readouterr()
+    assert "replayed 1, already replayed 0" in first.err
+    assert json.loads(first.out)["event_id"] == letter["event_id"]
+
+    async def reassigned_once() -> bool:
+        document = await complaints.find_one({"_id": complaint_id})
+        return document["assignment"]["owner_id"] == other
+
+    await eventually(reassigned_once, what="replayed reassignment applied")
+    await run_command(["replay", *dlq_args], settings=system.intake_settings)
+    assert "replayed 0, already replayed 1" in capsys.readouterr().err
+    assert not await listed()  # replayed letters are hidden from list by default
+
+    # Even a second send (a replay that crashed before recording itself) has no effect:
+    # the replay kept the original ce_id and key, which intake has applied already.
+    [dead] = [
+        letter
+        for letter in await read_dead_letters(
+            settings=system.intake_settings,
+            dlq_topic=dead_letter_topic(system.topic(Topic.ROUTING)),
+        )
+        if letter.complaint_id == complaint_id
+    ]
+    assert dead.key == complaint_id.encode()
+    handled_before = handled_count("intake", EventType.COMPLAINT_REASSIGNED)
+    producer = EventProducer(settings=system.intake_settings)
+    try:
+        await producer.publish_raw(
+            topic=system.topic(Topic.ROUTING),
+            key=dead.key,
+            value=dead.value,
+            headers=[(n, v) for n, v in dead.headers if not n.startswith("dlq_")],
+        )
+    finally:
+        await producer.stop()
+    await eventually(
+        lambda: _async(handled_count("intake", EventType.COMPLAINT_REASSIGNED) > handled_before),
+        what="second send consumed",
+    )
+    assert (await timeline_actions()).count("reassigned") == 1
+
+
+def _console(system: System, args: list[str]) -> str:
+    env = {
+        **os.environ,
+        "KAFKA_BOOTSTRAP_SERVERS": system.infra.kafka_bootstrap_servers,
+        "TOPIC_PREFIX": system.intake_settings.topic_prefix,
+    }
+    completed = subprocess.run(
+        [str(Path(sys.executable).parent / "complaints-dlq"), *args],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    return completed.stdout
+
+
+async def _has(probe, action: str) -> bool:
+    return action in await probe()
+
+
+async def _async(value: bool) -> bool:
+    return value
