@@ -103,7 +103,10 @@ def redacted_error(exc: BaseException, *, limit: int = 500) -> str:
     else:
         text = type(exc).__name__
         if isinstance(exc, OperationFailure):
-            text += f" code={exc.code} ({(exc.details or {}).get('codeName', '')})"
+            text += f" code={exc.code}"
+            code_name = (exc.details or {}).get("codeName")
+            if code_name:
+                text += f" ({code_name})"
         frame = _raising_frame(exc)
         if frame:
             text += f" at {frame}"

@@ -46,3 +46,9 @@ DEPENDENCY_UP = Gauge(
     "1 when the last readiness probe reached the dependency.",
     ["service", "dependency"],
 )
+TIMER_FAILURES = Counter(
+    "complaints_timer_failures_total",
+    "Timer documents (SLA assignments, follow-up checks) that failed to fire and were "
+    "postponed with backoff; the pass went on with the others.",
+    ["service", "timer"],
+)

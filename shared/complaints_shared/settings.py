@@ -45,6 +45,15 @@ class ServiceSettings(BaseSettings):
         description="Longest delay between two attempts of a stalled partition, so it "
         "resumes within about this long after the dependency is back.",
     )
+    timer_retry_backoff_s: float = Field(
+        5.0,
+        gt=0,
+        description="Delay before a timer document that failed to fire (an SLA assignment, "
+        "a follow-up check) is tried again; doubles per failure.",
+    )
+    timer_retry_backoff_max_s: float = Field(
+        300.0, gt=0, description="Longest delay between two tries of a failing timer document."
+    )
     outbox_poll_interval_s: float = Field(
         0.5,
         gt=0,

@@ -5,7 +5,8 @@ none. Each replica polls every ``scheduler_poll_interval_s``, takes one due
 check at a time under a lease (a replica that dies mid-way loses its lease and
 another one takes over), and fires it with a version-conditional write, so a
 check fires once however many replicas run. Time is ``runtime.clock.now()``:
-business deadlines are compared, never slept on.
+business deadlines are compared, never slept on. A check that fails to fire is
+recorded and postponed with backoff (``complaints_shared.timers``); the pass goes on.
 """
 
 from __future__ import annotations
@@ -13,8 +14,11 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
+from complaints_shared.failures import is_dependency_unavailable, redacted_error
 from complaints_shared.logs import get_logger
+from complaints_shared.metrics import TIMER_FAILURES
 from complaints_shared.runtime import Runtime
+from complaints_shared.timers import record_timer_failure
 from complaints_shared.timing import wait_event
 from followup import store
 from followup.settings import FollowupSettings
@@ -57,13 +61,26 @@ class CheckScheduler:
             )
             if followup_id is None:
                 break
-            fired += await store.fire_due_check(
-                db=runtime.db,
-                settings=self._settings,
-                followup_id=followup_id,
-                owner=self._owner,
-                now=now,
-            )
+            try:
+                fired += await store.fire_due_check(
+                    db=runtime.db,
+                    settings=self._settings,
+                    followup_id=followup_id,
+                    owner=self._owner,
+                    now=now,
+                )
+            except Exception as exc:
+                # Recorded and postponed, so the next due check fires in this pass.
+                await record_timer_failure(
+                    runtime.db[store.CHECKS],
+                    document_id=followup_id,
+                    exc=exc,
+                    lease_field="timer_lease_until",
+                    owner_filter={"timer_lease_owner": self._owner},
+                    lease_now=now,
+                    settings=self._settings,
+                    timer="followup_check",
+                )
         return fired
 
     async def _expire_claims(self, runtime: Runtime, *, now: datetime) -> int:
@@ -72,7 +89,14 @@ class CheckScheduler:
             db=runtime.db, now=now, limit=self._settings.scheduler_batch_size
         )
         for followup_id in followup_ids:
-            expired += await store.expire_claim(
-                db=runtime.db, settings=self._settings, followup_id=followup_id, now=now
-            )
+            try:
+                expired += await store.expire_claim(
+                    db=runtime.db, settings=self._settings, followup_id=followup_id, now=now
+                )
+            except Exception as exc:
+                if is_dependency_unavailable(exc):
+                    raise
+                # Tried again next pass; the other abandoned claims still expire in this one.
+                TIMER_FAILURES.labels(self._settings.service_name, "followup_claim").inc()
+                log.error("claim_expiry_failed", followup_id=followup_id, error=redacted_error(exc))
         return expired

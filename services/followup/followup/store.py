@@ -39,6 +39,7 @@ from complaints_shared.mongo import (
 from complaints_shared.outbox import outbox_entry, outbox_fields, outbox_update
 from complaints_shared.pagination import Page, after_cursor, encode_cursor
 from complaints_shared.problems import ConcurrentUpdate, ProblemError, not_found
+from complaints_shared.timers import FAILURE_FIELDS
 from followup import config_store
 from followup.contact_hours import check_due_times, next_attempt_at
 from followup.lifecycle import (
@@ -69,7 +70,8 @@ SNAPSHOTS = "complaint_snapshots"
 MAX_WRITE_ATTEMPTS = 5
 SYSTEM_ACTOR = "followup"
 CLAIM_FIELDS = {"claimed_by": "", "claim_lease_until": ""}
-TIMER_FIELDS = {"timer_lease_owner": "", "timer_lease_until": ""}
+# A fired or released check also drops the failures its earlier tries recorded.
+TIMER_FIELDS = {"timer_lease_owner": "", "timer_lease_until": "", **FAILURE_FIELDS}
 OPEN = [status.value for status in OPEN_CHECK_STATUSES]
 
 # A decision returns the update for the change plus the events it causes.

@@ -8,7 +8,8 @@ due against ``runtime.clock.now()`` and writes the new clock state, the
 escalation and the events in one version-checked update. Exactly once: a
 replica whose lease ran out loses the version race and fires nothing. Nothing
 is held in memory, so a restart loses no timer. The loop only polls at a short
-interval; no business deadline is ever slept on.
+interval; no business deadline is ever slept on. A document that fails to fire is
+recorded and postponed with backoff (``complaints_shared.timers``); the pass goes on.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from complaints_shared.events import (
 from complaints_shared.logs import get_logger
 from complaints_shared.mongo import claim_first, lease_free, merge_updates
 from complaints_shared.runtime import Runtime
+from complaints_shared.timers import FAILURE_FIELDS, record_timer_failure
 from complaints_shared.timing import wait_event
 from routing import sla, store
 from routing.escalation import EscalationTarget
@@ -98,7 +100,20 @@ class SlaScheduler:
             claimed = await self._claim(runtime, now=runtime.clock.now())
             if claimed is None:
                 break
-            fired += await self._fire(runtime, claimed)
+            try:
+                fired += await self._fire(runtime, claimed)
+            except Exception as exc:
+                # Recorded and postponed, so the next due document fires in this pass.
+                await record_timer_failure(
+                    runtime.db[store.ASSIGNMENTS],
+                    document_id=claimed["_id"],
+                    exc=exc,
+                    lease_field=LEASE_UNTIL,
+                    owner_filter={LEASE_OWNER: self._owner},
+                    lease_now=_wall_now(),
+                    settings=self._settings,
+                    timer="sla",
+                )
         return fired
 
     async def sweep_queues(self, runtime: Runtime) -> int:
@@ -146,21 +161,18 @@ class SlaScheduler:
                 current, calendar=calendar, targets=chain, now=runtime.clock.now()
             )
             fired[:] = events
-            release = {"$unset": {LEASE_UNTIL: "", LEASE_OWNER: ""}}
+            release = {"$unset": {LEASE_UNTIL: "", LEASE_OWNER: "", **FAILURE_FIELDS}}
             return merge_updates(update, release), events
 
-        written = None
-        try:
-            written = await store.change(
-                db=db,
-                settings=self._settings,
-                complaint_id=claimed["_id"],
-                decide=decide,
-                now=runtime.clock.now(),
-            )
-        finally:
-            if written is None:
-                await self._release(runtime, claimed["_id"])
+        written = await store.change(
+            db=db,
+            settings=self._settings,
+            complaint_id=claimed["_id"],
+            decide=decide,
+            now=runtime.clock.now(),
+        )
+        if written is None:
+            await self._release(runtime, claimed["_id"])
         for _, data in fired:
             kind = "warning" if isinstance(data, ComplaintSlaWarning) else "breach"
             if isinstance(data, ComplaintSlaWarning | ComplaintSlaBreached):

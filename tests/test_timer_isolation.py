@@ -1,0 +1,133 @@
+"""A timer document that cannot fire is recorded and postponed; the others fire on time."""
+
+from __future__ import annotations
+
+import time
+from datetime import timedelta
+
+import pytest
+
+from complaints_shared.clock import ManualClock
+from complaints_shared.events import EventType
+from complaints_shared.metrics import TIMER_FAILURES
+from tests.conftest import SystemFactory
+from tests.helpers import eventually, token
+from tests.test_followup_checks import at, checks_of, publish, resolved, start_clock
+from tests.test_routing_support import (
+    FAST_TIMERS,
+    MONDAY_10_SHANGHAI,
+    assignment_when,
+    intake_producer,
+    received,
+    routing_db,
+)
+
+pytestmark = pytest.mark.integration
+
+MINUTE = timedelta(minutes=1)
+# Both schedulers poll every 50 ms here; a healthy document fires within a few polls.
+USUAL_FIRING_S = 3.0
+RETRY = {"timer_retry_backoff_s": 0.5, "timer_retry_backoff_max_s": 2.0}
+
+
+def _failures(service: str, timer: str) -> float:
+    return TIMER_FAILURES.labels(service, timer)._value.get()
+
+
+async def test_a_malformed_assignment_does_not_delay_other_sla_deadlines(
+    system_factory: SystemFactory,
+) -> None:
+    clock = ManualClock(MONDAY_10_SHANGHAI)
+    system = await system_factory(clock=clock, routing={**FAST_TIMERS, **RETRY})
+    broken, healthy = received(received_at=clock.now()), received(received_at=clock.now())
+    async with intake_producer(system) as publish_received:
+        await publish_received(EventType.COMPLAINT_RECEIVED, broken)
+        await publish_received(EventType.COMPLAINT_RECEIVED, healthy)
+    healthy_doc = await assignment_when(system, healthy.complaint_id)
+    broken_doc = await assignment_when(system, broken.complaint_id)
+    assignments = routing_db(system).assignments
+    good_clocks = broken_doc["clocks"]
+    # Corrupted (a bad migration, say) and due first: it is claimed before the healthy one.
+    await assignments.update_one(
+        {"_id": broken.complaint_id},
+        {
+            "$set": {
+                "clocks.acknowledge": {"due_at": "not a date"},
+                "next_timer_at": healthy_doc["next_timer_at"] - MINUTE,
+            }
+        },
+    )
+    failures_before = _failures("routing", "sla")
+
+    clock.set(healthy_doc["clocks"]["acknowledge"]["warn_at"] + MINUTE)
+    started = time.monotonic()
+    await assignment_when(
+        system,
+        healthy.complaint_id,
+        lambda d: d["clocks"]["acknowledge"]["warned"],
+        what="healthy warning fired",
+    )
+    assert time.monotonic() - started < USUAL_FIRING_S
+
+    recorded = await assignment_when(
+        system, broken.complaint_id, lambda d: d.get("timer_failures", 0) >= 1, what="failure"
+    )
+    assert "due_at: datetime_from_date_parsing" in recorded["timer_last_error"]
+    assert "not a date" not in recorded["timer_last_error"]
+    assert recorded["timer_lease_until"] == recorded["timer_retry_at"]  # postponed, not lost
+    assert _failures("routing", "sla") > failures_before
+
+    # Repaired, it fires at its next retry and carries no failure any more.
+    await assignments.update_one({"_id": broken.complaint_id}, {"$set": {"clocks": good_clocks}})
+    repaired = await assignment_when(
+        system,
+        broken.complaint_id,
+        lambda d: d["clocks"]["acknowledge"]["warned"],
+        what="repaired document fired",
+    )
+    assert "timer_failures" not in repaired and "timer_last_error" not in repaired
+
+
+async def test_a_malformed_followup_check_does_not_delay_other_checks(
+    system_factory: SystemFactory,
+) -> None:
+    clock = start_clock()
+    system = await system_factory(
+        clock=clock, followup={"scheduler_poll_interval_s": 0.05, **RETRY}
+    )
+    admin = token(system.intake_settings)
+    broken, healthy = (resolved(resolved_at=clock.now() - timedelta(hours=20)) for _ in range(2))
+    await publish(
+        system,
+        (EventType.COMPLAINT_RESOLVED, broken),
+        (EventType.COMPLAINT_RESOLVED, healthy),
+    )
+    [broken_check] = await checks_of(system, broken.complaint_id, admin)
+    [healthy_check] = await checks_of(system, healthy.complaint_id, admin)
+    checks = system.mongo[system.followup_settings.database_name()].satisfaction_checks
+    healthy_due = at(healthy_check["due_at"])
+    await checks.update_one(
+        {"_id": broken_check["id"]},
+        {"$set": {"history": "corrupted", "due_at": healthy_due - MINUTE}},
+    )
+    failures_before = _failures("followup", "followup_check")
+
+    clock.set(healthy_due + MINUTE)
+    started = time.monotonic()
+
+    async def healthy_is_due() -> bool:
+        document = await checks.find_one({"_id": healthy_check["id"]})
+        return document["status"] == "due"
+
+    await eventually(healthy_is_due, what="healthy check due")
+    assert time.monotonic() - started < USUAL_FIRING_S
+
+    async def broken_recorded() -> dict | None:
+        document = await checks.find_one({"_id": broken_check["id"]})
+        return document if document.get("timer_failures", 0) >= 1 else None
+
+    recorded = await eventually(broken_recorded, what="failure recorded")
+    assert recorded["status"] == "scheduled"
+    assert recorded["timer_last_error"].startswith("WriteError code=")
+    assert recorded["timer_lease_until"] == recorded["timer_retry_at"]
+    assert _failures("followup", "followup_check") > failures_before
