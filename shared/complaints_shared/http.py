@@ -112,7 +112,11 @@ def build_app(
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/readyz", tags=["operations"], summary="Kafka and MongoDB are reachable")
+    @app.get(
+        "/readyz",
+        tags=["operations"],
+        summary="Kafka and MongoDB are reachable and every background loop is running",
+    )
     async def readyz(request: Request) -> JSONResponse:
         checks = await request.app.state.runtime.readiness()
         ready = all(checks.values())

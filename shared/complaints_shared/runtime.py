@@ -60,7 +60,19 @@ class Runtime:
                 results[name] = False
             DEPENDENCY_UP.labels(self.settings.service_name, name).set(int(results[name]))
         results["topics"] = self.topics_ready.is_set()
+        results.update(self.loops_alive())
         return results
+
+    def loops_alive(self) -> dict[str, bool]:
+        """Each background loop (consumer, outbox relay, schedulers): still running?
+
+        A loop returns only at shutdown; one that ended earlier (crashed, cancelled) leaves
+        the service unable to do its work, so readiness fails until it is replaced.
+        """
+        return {
+            f"loop:{task.get_name()}": not task.done() or self.stopping.is_set()
+            for task in self.tasks
+        }
 
 
 HandlersFactory = Callable[[Runtime], dict[EventType, EventHandler]]
@@ -128,11 +140,24 @@ async def service_runtime(
         asyncio.create_task(relay.run(), name="outbox-relay"),
         *(asyncio.create_task(job(runtime), name=job.__name__) for job in background_jobs),
     ]
+    for task in runtime.tasks:
+        task.add_done_callback(lambda done, runtime=runtime: _report_ended(runtime, done))
     log.info("service_started", database=settings.database_name())
     try:
         yield runtime
     finally:
         await _shutdown(runtime)
+
+
+def _report_ended(runtime: Runtime, task: asyncio.Task) -> None:
+    if runtime.stopping.is_set():
+        return
+    error = None if task.cancelled() else task.exception()
+    log.error(
+        "background_loop_died",
+        task=task.get_name(),
+        error=repr(error) if error else "cancelled" if task.cancelled() else "returned",
+    )
 
 
 async def _shutdown(runtime: Runtime) -> None:
