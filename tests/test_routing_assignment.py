@@ -226,7 +226,12 @@ async def test_reassignment_keeps_both_owners_loads_right(system: System) -> Non
         elsewhere = await system.routing.post(
             path, json={"department": "HOSP:MED", "reason": "转医院"}, headers=lz_supervisor
         )
-        assert elsewhere.status_code == 404
+        nowhere = await system.routing.post(
+            path, json={"department": "LZ:NOWHERE", "reason": "转医院"}, headers=lz_supervisor
+        )
+        # Another branch's department answers exactly like one that does not exist.
+        assert elsewhere.status_code == nowhere.status_code == 422
+        assert elsewhere.json()["errors"][0]["field"] == "department"
 
         moved = await system.routing.post(
             path, json={"owner_id": other, "reason": "原处理人休假"}, headers=supervisor

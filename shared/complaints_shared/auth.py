@@ -1,44 +1,70 @@
-"""JWT bearer auth (HS256): who is calling, for which organisation and branches.
+"""Bearer tokens: verify the signature and claims, then say who is calling.
 
-Claims: ``sub`` (who), ``org`` (organisation code), ``branches`` (a list of
-branch codes, or ``"*"`` for all branches of the organisation), ``roles``.
-Role mapping: ``agent`` works complaints, ``supervisor`` also reopens, closes
-and reassigns, ``admin`` may do everything including directory and rules.
+Two ways to verify, chosen by the settings:
+
+- the shared secret (``JWT_SECRET``, HS256 only): development and tests;
+- an OIDC identity provider's keys (``JWT_JWKS_URL``, or ``JWT_OIDC_DISCOVERY`` from
+  ``JWT_ISSUER``): only the asymmetric algorithms of ``JWT_ALGORITHMS``, each key bound to
+  its own algorithm, so neither ``alg: none`` nor an HS256 token signed with a public key
+  passes. Keys come from PyJWT's ``PyJWKClient``: the set is cached, an unknown ``kid``
+  refetches it (at most once per cooldown), so a rotated key works without a restart.
+
+Either way ``exp``, ``nbf``, ``iss`` and ``aud`` are checked with ``JWT_LEEWAY_S`` of clock
+skew. The claims then map onto a :class:`Principal` (claim names configurable for identity
+providers that use others, see docs/security.md): ``org`` (organisation code), ``branches``
+(a list of branch codes, or ``"*"`` for all branches) and ``roles`` (``agent``,
+``supervisor``, ``admin``). Anything else is a 401 problem naming the claim.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import sys
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
+import httpx
 import jwt
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
-from complaints_shared.problems import ProblemError
+from complaints_shared.problems import ProblemError, not_found
 from complaints_shared.settings import ServiceSettings
 
 ALL_BRANCHES = "*"
+BRANCH_CODE_PATTERN = r"^[A-Z0-9][A-Z0-9_-]{0,31}$"
+SECRET_ALGORITHM = "HS256"
+# Refused whatever JWT_ALGORITHMS says: no signature at all, or a shared-secret family
+# whose "secret" an attacker could take from the published public key.
+FORBIDDEN_ALGORITHMS = {"none", "HS256", "HS384", "HS512"}
+DISCOVERY_PATH = "/.well-known/openid-configuration"
 
 
 class Role(StrEnum):
+    """What a caller may do; ``admin`` may do everything."""
+
     AGENT = "agent"
     SUPERVISOR = "supervisor"
     ADMIN = "admin"
 
 
-class Principal(BaseModel):
-    """The authenticated caller."""
+BranchCode = Annotated[str, StringConstraints(pattern=BRANCH_CODE_PATTERN)]
 
-    subject: str
-    org: str
-    branches: list[str] | str
-    roles: list[Role]
+
+class Principal(BaseModel):
+    """The authenticated caller, from a verified token's claims."""
+
+    model_config = ConfigDict(frozen=True)
+
+    subject: Annotated[str, StringConstraints(min_length=1)]
+    org: Annotated[str, StringConstraints(min_length=1)]
+    # A list of codes or "*": a bare string such as "LZ" is refused, never iterated.
+    branches: Annotated[tuple[BranchCode, ...], Field(min_length=1)] | Literal["*"]
+    roles: tuple[Role, ...] = ()
 
     @property
     def all_branches(self) -> bool:
@@ -47,14 +73,250 @@ class Principal(BaseModel):
     def can_see(self, *, org: str, branch: str) -> bool:
         return org == self.org and (self.all_branches or branch in self.branches)
 
+    def require_branch(
+        self, branch: str, *, what: str = "branch", identifier: str = "", field: str | None = None
+    ) -> None:
+        """404 unless the token covers ``branch``: another branch's things do not exist for it."""
+        if not self.can_see(org=self.org, branch=branch):
+            problem = not_found(what=what, identifier=identifier or branch)
+            if field is not None:
+                problem.extensions["field"] = field
+            raise problem
+
     def scope_filter(self) -> dict[str, Any]:
         """A MongoDB filter restricting documents (with org/branch fields) to this caller."""
         if self.all_branches:
             return {"org": self.org}
         return {"org": self.org, "branch": {"$in": list(self.branches)}}
 
-    def has_any_role(self, *roles: Role) -> bool:
+    def has_any_role(self, roles: frozenset[Role] | set[Role]) -> bool:
         return Role.ADMIN in self.roles or any(role in self.roles for role in roles)
+
+
+def unauthorized(detail: str, *, claim: str | None = None) -> ProblemError:
+    extensions = {"claim": claim} if claim else {}
+    return ProblemError(
+        status=401,
+        title="Unauthorized",
+        detail=detail,
+        kind="unauthorized",
+        headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
+        **extensions,
+    )
+
+
+def _key_source_unavailable(detail: str, *, retry_after_s: int) -> ProblemError:
+    return ProblemError(
+        status=503,
+        title="Service unavailable",
+        detail=f"the identity provider's keys cannot be fetched right now ({detail}); "
+        f"retry after {retry_after_s} seconds",
+        kind="dependency-unavailable",
+        headers={"Retry-After": str(retry_after_s)},
+    )
+
+
+# ---------------------------------------------------------------- claim mapping --
+
+
+class ClaimMapping(BaseModel):
+    """Where the principal's fields sit in the token, and how provider roles map onto ours."""
+
+    subject: str = "sub"
+    org: str = "org"
+    branches: str = "branches"
+    roles: str = "roles"
+    role_map: dict[str, Role] = Field(default_factory=dict)
+
+    @classmethod
+    def from_settings(cls, settings: ServiceSettings) -> ClaimMapping:
+        return cls(
+            subject=settings.jwt_claim_subject,
+            org=settings.jwt_claim_org,
+            branches=settings.jwt_claim_branches,
+            roles=settings.jwt_claim_roles,
+            role_map=settings.jwt_role_map,
+        )
+
+    def principal(self, claims: dict[str, Any]) -> Principal:
+        """The principal the claims describe, or a 401 naming the first bad claim."""
+        values = {
+            "subject": _claim(claims, self.subject),
+            "org": _claim(claims, self.org),
+            "branches": _claim(claims, self.branches),
+            "roles": self._roles(_claim(claims, self.roles)),
+        }
+        for field, value in values.items():
+            if value is None and field != "roles":
+                claim = getattr(self, field)
+                raise unauthorized(f"the token has no {claim!r} claim", claim=claim)
+        if values["roles"] is None:
+            values["roles"] = ()
+        try:
+            return Principal.model_validate(values)
+        except ValidationError as exc:
+            error = exc.errors()[0]
+            claim = getattr(self, str(error["loc"][0]))
+            raise unauthorized(
+                f"invalid {claim!r} claim: {_claim_rule(str(error['loc'][0]))}", claim=claim
+            ) from None
+
+    def _roles(self, raw: Any) -> Any:
+        if not self.role_map or not isinstance(raw, list):
+            return raw
+        # A provider's token carries other applications' roles too: keep only ours.
+        return [
+            self.role_map[role] for role in raw if isinstance(role, str) and role in self.role_map
+        ]
+
+
+def _claim(claims: dict[str, Any], path: str) -> Any:
+    """``realm_access.roles`` reaches nested claims; an exact key with dots wins."""
+    if path in claims:
+        return claims[path]
+    value: Any = claims
+    for part in path.split("."):
+        if not isinstance(value, dict) or part not in value:
+            return None
+        value = value[part]
+    return value
+
+
+def _claim_rule(field: str) -> str:
+    return {
+        "subject": "a non-empty string",
+        "org": "a non-empty string",
+        "branches": f'a non-empty list of branch codes ({BRANCH_CODE_PATTERN}) or "*"',
+        "roles": "a list of roles: " + ", ".join(role.value for role in Role),
+    }[field]
+
+
+# ------------------------------------------------------------------ verifying --
+
+
+class TokenVerifier:
+    """Checks signature and registered claims of bearer tokens for one service."""
+
+    def __init__(self, settings: ServiceSettings) -> None:
+        self._settings = settings
+        self.mapping = ClaimMapping.from_settings(settings)
+        self.algorithms = _asymmetric_algorithms(settings.jwt_algorithms)
+        self.uses_jwks = bool(settings.jwt_jwks_url or settings.jwt_oidc_discovery)
+        self._jwks: jwt.PyJWKClient | None = None
+        self._jwks_lock = asyncio.Lock()
+        if settings.jwt_jwks_url:
+            self._jwks = self._client(settings.jwt_jwks_url)
+
+    async def principal(self, token: str) -> Principal:
+        return self.mapping.principal(await self.claims(token))
+
+    async def claims(self, token: str) -> dict[str, Any]:
+        """The verified claims of ``token``; 401 for any flaw, 503 if keys are unreachable."""
+        if self.uses_jwks:
+            key: Any = await self._signing_key(token)
+            algorithms = self.algorithms
+        else:
+            key, algorithms = self._settings.jwt_secret, [SECRET_ALGORITHM]
+        try:
+            return jwt.decode(
+                token,
+                key,
+                algorithms=algorithms,
+                audience=self._settings.jwt_audience,
+                issuer=self._settings.jwt_issuer,
+                leeway=self._settings.jwt_leeway_s,
+                options={"require": ["exp", "iss", "aud"]},
+            )
+        except jwt.PyJWTError as exc:
+            raise unauthorized(f"invalid token: {exc}") from None
+
+    async def _signing_key(self, token: str) -> jwt.PyJWK:
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.PyJWTError as exc:
+            raise unauthorized(f"invalid token: {exc}") from None
+        if header.get("alg") not in self.algorithms:
+            raise unauthorized(
+                f"invalid token: algorithm {header.get('alg')!r} is not accepted "
+                f"(accepted: {', '.join(self.algorithms)})"
+            )
+        client = await self._client_for_issuer()
+        try:
+            # PyJWKClient fetches with blocking urllib: keep it off the event loop.
+            return await asyncio.to_thread(client.get_signing_key_from_jwt, token)
+        except jwt.PyJWKClientConnectionError as exc:
+            raise _key_source_unavailable(str(exc), retry_after_s=self._retry_after_s()) from None
+        except jwt.PyJWTError as exc:
+            raise unauthorized(f"invalid token: {exc}") from None
+
+    async def _client_for_issuer(self) -> jwt.PyJWKClient:
+        if self._jwks is not None:
+            return self._jwks
+        async with self._jwks_lock:
+            if self._jwks is None:
+                self._jwks = self._client(await self._discover_jwks_url())
+        return self._jwks
+
+    async def _discover_jwks_url(self) -> str:
+        issuer = self._settings.jwt_issuer
+        url = issuer.rstrip("/") + DISCOVERY_PATH
+        try:
+            async with httpx.AsyncClient(timeout=self._settings.jwt_jwks_timeout_s) as client:
+                response = await client.get(url)
+                response.raise_for_status()
+                document = response.json()
+        except (httpx.HTTPError, ValueError) as exc:
+            raise _key_source_unavailable(
+                f"discovery at {url}: {exc}", retry_after_s=self._retry_after_s()
+            ) from None
+        # OIDC Discovery 1.0 §4.3: the document must name exactly the issuer we asked.
+        if document.get("issuer") != issuer or not document.get("jwks_uri"):
+            raise _key_source_unavailable(
+                f"discovery at {url} names issuer {document.get('issuer')!r} "
+                f"and jwks_uri {document.get('jwks_uri')!r}",
+                retry_after_s=self._retry_after_s(),
+            )
+        return str(document["jwks_uri"])
+
+    def _client(self, url: str) -> jwt.PyJWKClient:
+        return jwt.PyJWKClient(
+            url,
+            cache_jwk_set=True,
+            lifespan=self._settings.jwt_jwks_cache_s,
+            cooldown_duration=self._settings.jwt_jwks_refresh_cooldown_s,
+            timeout=self._settings.jwt_jwks_timeout_s,
+        )
+
+    def _retry_after_s(self) -> int:
+        return max(1, round(self._settings.jwt_jwks_refresh_cooldown_s))
+
+
+def _asymmetric_algorithms(configured: str) -> list[str]:
+    algorithms = [name.strip() for name in configured.split(",") if name.strip()]
+    refused = [name for name in algorithms if name in FORBIDDEN_ALGORITHMS]
+    if refused or not algorithms:
+        raise ValueError(
+            f"JWT_ALGORITHMS={configured!r}: list asymmetric algorithms only "
+            f"(refused: {', '.join(refused) or 'an empty list'})"
+        )
+    return algorithms
+
+
+_bearer = HTTPBearer(auto_error=False)
+
+
+async def current_principal(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> Principal:
+    """FastAPI dependency: the caller from a valid bearer token, else 401."""
+    if credentials is None or credentials.scheme.lower() != "bearer":
+        raise unauthorized("a bearer token is required (Authorization: Bearer <jwt>)")
+    verifier: TokenVerifier = request.app.state.token_verifier
+    return await verifier.principal(credentials.credentials)
+
+
+CurrentPrincipal = Annotated[Principal, Depends(current_principal)]
 
 
 def mint_token(
@@ -68,6 +330,7 @@ def mint_token(
     issuer: str = "complaint-desk",
     audience: str = "complaint-desk",
 ) -> str:
+    """A token signed with the shared secret (development, tests, ``make token``)."""
     now = datetime.now(UTC)
     claims = {
         "sub": subject,
@@ -79,64 +342,7 @@ def mint_token(
         "iat": now,
         "exp": now + ttl,
     }
-    return jwt.encode(claims, secret, algorithm="HS256")
-
-
-def _unauthorized(detail: str) -> ProblemError:
-    return ProblemError(
-        status=401,
-        title="Unauthorized",
-        detail=detail,
-        kind="unauthorized",
-    )
-
-
-_bearer = HTTPBearer(auto_error=False)
-
-
-async def current_principal(
-    request: Request,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-) -> Principal:
-    """FastAPI dependency: the caller from a valid bearer token, else 401."""
-    if credentials is None or credentials.scheme.lower() != "bearer":
-        raise _unauthorized("a bearer token is required (Authorization: Bearer <jwt>)")
-    settings: ServiceSettings = request.app.state.settings
-    try:
-        claims = jwt.decode(
-            credentials.credentials,
-            settings.jwt_secret,
-            algorithms=["HS256"],
-            audience=settings.jwt_audience,
-            issuer=settings.jwt_issuer,
-            options={"require": ["exp", "sub", "iss", "aud"]},
-        )
-    except jwt.PyJWTError as exc:
-        raise _unauthorized(f"invalid token: {exc}") from None
-    try:
-        return Principal(
-            subject=claims["sub"],
-            org=claims["org"],
-            branches=claims["branches"],
-            roles=claims.get("roles", []),
-        )
-    except (KeyError, ValueError) as exc:
-        raise _unauthorized(f"token claims are incomplete or invalid: {exc}") from None
-
-
-CurrentPrincipal = Annotated[Principal, Depends(current_principal)]
-
-
-def require_role(principal: Principal, *roles: Role, action: str) -> None:
-    if not principal.has_any_role(*roles):
-        wanted = " or ".join(role.value for role in roles)
-        held = [role.value for role in principal.roles]
-        raise ProblemError(
-            status=403,
-            title="Forbidden",
-            kind="forbidden",
-            detail=f"{action} needs role {wanted}; the token has {held}",
-        )
+    return jwt.encode(claims, secret, algorithm=SECRET_ALGORITHM)
 
 
 def main(argv: list[str] | None = None) -> None:

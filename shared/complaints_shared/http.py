@@ -11,6 +11,8 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from complaints_shared.access import public
+from complaints_shared.auth import TokenVerifier
 from complaints_shared.logs import configure_logging
 from complaints_shared.metrics import HTTP_REQUESTS
 from complaints_shared.problems import install_problem_handlers, problem_response
@@ -104,11 +106,17 @@ def build_app(
     configure_logging(service_name=settings.service_name, level=settings.log_level)
     app = FastAPI(title=title, description=description, version="1.0.0", lifespan=lifespan)
     app.state.settings = settings
+    app.state.token_verifier = TokenVerifier(settings)
     install_problem_handlers(app)
     app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=settings.max_body_bytes)
     app.add_middleware(RequestMetricsMiddleware, service_name=settings.service_name)
 
-    @app.get("/healthz", tags=["operations"], summary="The process is alive")
+    @app.get(
+        "/healthz",
+        tags=["operations"],
+        summary="The process is alive",
+        dependencies=[public("liveness probe of the orchestrator")],
+    )
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
@@ -116,6 +124,7 @@ def build_app(
         "/readyz",
         tags=["operations"],
         summary="Kafka and MongoDB are reachable and every background loop is running",
+        dependencies=[public("readiness probe of the orchestrator")],
     )
     async def readyz(request: Request) -> JSONResponse:
         checks = await request.app.state.runtime.readiness()
@@ -125,7 +134,12 @@ def build_app(
             status_code=200 if ready else 503,
         )
 
-    @app.get("/metrics", tags=["operations"], summary="Prometheus metrics")
+    @app.get(
+        "/metrics",
+        tags=["operations"],
+        summary="Prometheus metrics",
+        dependencies=[public("Prometheus scrape; counts and latencies only, no complaint data")],
+    )
     async def metrics() -> Response:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 

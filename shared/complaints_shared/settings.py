@@ -74,10 +74,56 @@ class ServiceSettings(BaseSettings):
     )
     jwt_secret: str = Field(
         "dev-only-change-me-0123456789abcdef",
-        description="HS256 secret for bearer tokens. Change it in every real deployment.",
+        description="HS256 secret for bearer tokens when no JWKS is configured (development "
+        "and tests). Change it in every deployment that uses it.",
     )
     jwt_issuer: str = Field("complaint-desk", description="Expected `iss` claim.")
     jwt_audience: str = Field("complaint-desk", description="Expected `aud` claim.")
+    jwt_jwks_url: str = Field(
+        "",
+        description="The identity provider's JWKS; when set, only tokens signed by its keys "
+        "(asymmetric algorithms) are accepted and the shared secret is not.",
+    )
+    jwt_oidc_discovery: bool = Field(
+        False,
+        description="Find the JWKS through `<JWT_ISSUER>/.well-known/openid-configuration` "
+        "(when JWT_JWKS_URL is not set).",
+    )
+    jwt_algorithms: str = Field(
+        "RS256,PS256,ES256",
+        description="Comma-separated signature algorithms accepted from the JWKS; "
+        "`none` and the HS family are refused.",
+    )
+    jwt_leeway_s: float = Field(
+        30.0, ge=0, le=300, description="Clock skew tolerated on `exp`, `nbf` and `iat`."
+    )
+    jwt_jwks_cache_s: float = Field(
+        300.0, gt=0, description="How long a fetched key set is used before it is fetched again."
+    )
+    jwt_jwks_refresh_cooldown_s: float = Field(
+        10.0,
+        ge=0,
+        description="An unknown `kid` refetches the key set at most this often (a rotated key "
+        "is accepted within this long; random kids cannot flood the identity provider).",
+    )
+    jwt_jwks_timeout_s: float = Field(
+        5.0, gt=0, description="Timeout of a key set or discovery request."
+    )
+    jwt_claim_subject: str = Field("sub", description="Claim naming the caller.")
+    jwt_claim_org: str = Field("org", description="Claim with the organisation code.")
+    jwt_claim_branches: str = Field(
+        "branches", description="Claim with the branch codes (a list) or `*` (all branches)."
+    )
+    jwt_claim_roles: str = Field(
+        "roles",
+        description="Claim with the roles; a dotted path reaches nested claims "
+        "(`realm_access.roles`).",
+    )
+    jwt_role_map: dict[str, str] = Field(
+        default_factory=dict,
+        description="Identity-provider role → our role (JSON); when set, roles not in the map "
+        "are ignored instead of refused.",
+    )
     log_level: str = Field("INFO", description="Root log level.")
     max_body_bytes: int = Field(
         262_144, ge=1024, description="Largest accepted request body; larger ones get 413."

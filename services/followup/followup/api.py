@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
-from fastapi import APIRouter, Depends, Header, Path, Query, Request
+from fastapi import APIRouter, Header, Path, Query, Request
 from pydantic import Field
 
-from complaints_shared.auth import CurrentPrincipal, Principal, Role, require_role
+from complaints_shared.access import Scope, allow
+from complaints_shared.auth import Role
 from complaints_shared.pagination import Page
-from complaints_shared.problems import ProblemError, not_found
+from complaints_shared.problems import ProblemError
 from complaints_shared.runtime import Runtime
 from followup import config_store, stats, store
 from followup.models import (
@@ -41,28 +42,24 @@ class HistoryQuery(StrictModel):
     limit: int = Field(20, ge=1, le=100)
 
 
-def _allowed(*roles: Role, action: str) -> Any:
-    """The caller, once it holds one of ``roles``: checked before the body is validated."""
-
-    async def dependency(principal: CurrentPrincipal) -> Principal:
-        require_role(principal, *roles, action=action)
-        return principal
-
-    return Annotated[Principal, Depends(dependency)]
-
-
-Agent = _allowed(Role.AGENT, Role.SUPERVISOR, action="working follow-ups")
-Supervisor = _allowed(Role.SUPERVISOR, action="reading follow-up audit trails and statistics")
-Admin = _allowed(Role.ADMIN, action="changing follow-up configuration")
+# Access is checked before the body is validated (FastAPI solves dependencies first).
+Agent = allow(Role.AGENT, Role.SUPERVISOR, scope=Scope.BRANCH, action="working follow-ups")
+Supervisor = allow(
+    Role.SUPERVISOR, scope=Scope.BRANCH, action="reading follow-up statistics and audit trails"
+)
+BranchAdmin = allow(Role.ADMIN, scope=Scope.BRANCH, action="changing a branch's contact hours")
+# The follow-up policy governs every branch: reading and changing it is organisation scope.
+PolicyReader = allow(
+    Role.AGENT, Role.SUPERVISOR, scope=Scope.ORGANISATION, action="reading the follow-up policy"
+)
+PolicyAuditor = allow(
+    Role.SUPERVISOR, scope=Scope.ORGANISATION, action="reading the follow-up policy's history"
+)
+PolicyAdmin = allow(Role.ADMIN, scope=Scope.ORGANISATION, action="changing the follow-up policy")
 
 
 def _runtime(request: Request) -> Runtime:
     return request.app.state.runtime
-
-
-def _visible_branch(principal: Principal, branch: str) -> None:
-    if not principal.can_see(org=principal.org, branch=branch):
-        raise not_found(what="branch", identifier=branch)
 
 
 # ----------------------------------------------------------------- listing --
@@ -94,7 +91,7 @@ async def followup_stats(
 
 
 @router.get("/policy", response_model=PolicyRead, summary="The organisation's follow-up policy")
-async def get_policy(request: Request, principal: Agent) -> PolicyRead:
+async def get_policy(request: Request, principal: PolicyReader) -> PolicyRead:
     runtime = _runtime(request)
     return await config_store.current_policy(
         db=runtime.db, settings=runtime.settings, org=principal.org
@@ -106,7 +103,7 @@ async def get_policy(request: Request, principal: Agent) -> PolicyRead:
     response_model=PolicyRead,
     summary="Replace the organisation's follow-up policy (a new audited version)",
 )
-async def put_policy(body: FollowupPolicy, request: Request, principal: Admin) -> PolicyRead:
+async def put_policy(body: FollowupPolicy, request: Request, principal: PolicyAdmin) -> PolicyRead:
     runtime = _runtime(request)
     return await config_store.save_policy(
         db=runtime.db, principal=principal, policy=body, now=runtime.clock.now()
@@ -119,7 +116,7 @@ async def put_policy(body: FollowupPolicy, request: Request, principal: Admin) -
     summary="Stored policy versions, newest first (the audit trail)",
 )
 async def policy_history(
-    request: Request, principal: Supervisor, query: Annotated[HistoryQuery, Query()]
+    request: Request, principal: PolicyAuditor, query: Annotated[HistoryQuery, Query()]
 ) -> History[PolicyRead]:
     items = await config_store.policy_history(
         db=_runtime(request).db, org=principal.org, limit=query.limit
@@ -138,7 +135,7 @@ async def policy_history(
 async def get_contact_hours(
     branch: BranchPath, request: Request, principal: Agent
 ) -> ContactHoursRead:
-    _visible_branch(principal, branch)
+    principal.require_branch(branch)
     runtime = _runtime(request)
     return await config_store.current_contact_hours(
         db=runtime.db, settings=runtime.settings, org=principal.org, branch=branch
@@ -151,9 +148,9 @@ async def get_contact_hours(
     summary="Replace the branch's contact hours (a new audited version)",
 )
 async def put_contact_hours(
-    branch: BranchPath, body: ContactHours, request: Request, principal: Admin
+    branch: BranchPath, body: ContactHours, request: Request, principal: BranchAdmin
 ) -> ContactHoursRead:
-    _visible_branch(principal, branch)
+    principal.require_branch(branch)
     runtime = _runtime(request)
     return await config_store.save_contact_hours(
         db=runtime.db,
@@ -175,7 +172,7 @@ async def contact_hours_history(
     principal: Supervisor,
     query: Annotated[HistoryQuery, Query()],
 ) -> History[ContactHoursRead]:
-    _visible_branch(principal, branch)
+    principal.require_branch(branch)
     items = await config_store.contact_hours_history(
         db=_runtime(request).db, org=principal.org, branch=branch, limit=query.limit
     )

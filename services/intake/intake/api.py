@@ -9,7 +9,8 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, Query, Request, status
 from fastapi.responses import JSONResponse
 
-from complaints_shared.auth import CurrentPrincipal, Principal, Role, require_role
+from complaints_shared.access import Scope, allow
+from complaints_shared.auth import Principal, Role
 from complaints_shared.datetimes import UtcDatetime
 from complaints_shared.pagination import Page
 from complaints_shared.problems import ProblemError
@@ -48,19 +49,13 @@ IdempotencyKey = Annotated[
 ]
 
 
+Registrar = allow(Role.AGENT, Role.SUPERVISOR, scope=Scope.BRANCH, action="registering a complaint")
+Reader = allow(Role.AGENT, Role.SUPERVISOR, scope=Scope.BRANCH, action="reading complaints")
+ReportReader = allow(Role.SUPERVISOR, scope=Scope.BRANCH, action="reading complaint reports")
+
+
 def _runtime(request: Request) -> Runtime:
     return request.app.state.runtime
-
-
-def _check_branch(principal: Principal, branch: str) -> None:
-    if not principal.can_see(org=principal.org, branch=branch):
-        raise ProblemError(
-            status=403,
-            title="Forbidden",
-            kind="forbidden",
-            detail=f"the token may not register complaints for branch {branch!r}",
-            field="branch",
-        )
 
 
 @router.post(
@@ -72,11 +67,10 @@ def _check_branch(principal: Principal, branch: str) -> None:
 async def create_complaint(
     body: ComplaintCreate,
     request: Request,
-    principal: CurrentPrincipal,
+    principal: Registrar,
     idempotency_key: IdempotencyKey = None,
 ) -> JSONResponse:
-    require_role(principal, Role.AGENT, Role.SUPERVISOR, action="registering a complaint")
-    _check_branch(principal, body.branch)
+    principal.require_branch(body.branch, field="branch")
     runtime = _runtime(request)
     reservation = None
     complaint_id = store.new_id()
@@ -131,16 +125,14 @@ async def create_complaint(
 @router.get("", response_model=Page[ComplaintRead], summary="Find complaints (cursor pages)")
 async def list_complaints(
     request: Request,
-    principal: CurrentPrincipal,
+    principal: Reader,
     filters: Annotated[search.ComplaintFilters, Query()],
 ) -> Page[ComplaintRead]:
     return await search.search(db=_runtime(request).db, principal=principal, filters=filters)
 
 
 @router.get("/{complaint_id}", response_model=ComplaintRead, summary="One complaint of record")
-async def get_complaint(
-    complaint_id: str, request: Request, principal: CurrentPrincipal
-) -> ComplaintRead:
+async def get_complaint(complaint_id: str, request: Request, principal: Reader) -> ComplaintRead:
     document = await store.get_visible(
         db=_runtime(request).db, principal=principal, complaint_id=complaint_id
     )
@@ -152,9 +144,7 @@ async def get_complaint(
     response_model=Timeline,
     summary="Every command and consumed event, with actor, time and details",
 )
-async def get_timeline(
-    complaint_id: str, request: Request, principal: CurrentPrincipal
-) -> Timeline:
+async def get_timeline(complaint_id: str, request: Request, principal: Reader) -> Timeline:
     document = await store.get_timeline(
         db=_runtime(request).db, principal=principal, complaint_id=complaint_id
     )
@@ -174,7 +164,6 @@ async def _command(
     build: commands.Build,
     details: dict[str, Any] | None = None,
 ) -> ComplaintRead:
-    require_role(principal, *commands.COMMAND_ROLES[command], action=f"{command.value}")
     runtime = _runtime(request)
     document = await commands.run_command(
         db=runtime.db,
@@ -193,10 +182,10 @@ async def _command(
 def _command_route(
     path: str, command: Command, body_model: type, builder: Callable, summary: str
 ) -> None:
-    """Register POST /{id}/<path>: validate the body, then run the command."""
+    """Register POST /{id}/<path>: the command's roles, then the body, then the command."""
 
     async def endpoint(
-        complaint_id: str, body: Any, request: Request, principal: CurrentPrincipal
+        complaint_id: str, body: Any, request: Request, principal: Principal
     ) -> ComplaintRead:
         details = body.model_dump(mode="json", exclude_none=True)
         return await _command(
@@ -209,6 +198,11 @@ def _command_route(
         )
 
     endpoint.__annotations__["body"] = body_model
+    endpoint.__annotations__["principal"] = allow(
+        *commands.COMMAND_ROLES[command],
+        scope=Scope.BRANCH,
+        action=f"the complaint command {command.value!r}",
+    )
     endpoint.__name__ = f"{command.value}_complaint"
     router.add_api_route(
         f"/{{complaint_id}}/{path}",
@@ -259,7 +253,7 @@ _command_route("close", Command.CLOSE, CloseRequest, commands.close, "Close (sup
 )
 async def summary_report(
     request: Request,
-    principal: CurrentPrincipal,
+    principal: ReportReader,
     group_by: reports.GroupBy = reports.GroupBy.BRANCH,
     from_: Annotated[UtcDatetime | None, Query(alias="from")] = None,
     to: UtcDatetime | None = None,

@@ -53,20 +53,16 @@ async def _changed(**kwargs: Any) -> dict[str, Any]:
 
 
 async def _target_department(
-    *, db: AsyncDatabase, org: str, request: ReassignRequest, owner: StaffRead | None
+    *, db: AsyncDatabase, principal: Principal, request: ReassignRequest, owner: StaffRead | None
 ) -> DepartmentRead:
     department_id = request.department or (owner.department_id if owner else None)
     assert department_id is not None  # the request model demands owner_id or department
-    department = await directory_store.find_department(db=db, org=org, department_id=department_id)
+    department = await directory_store.visible_department(
+        db=db, principal=principal, department_id=department_id
+    )
     if department is None or not department.active:
         raise invalid("department", f"unknown or inactive department {department_id!r}")
     return department
-
-
-def _require_visible(principal: Principal, *, branch: str, what: str, identifier: str) -> None:
-    # Naming another branch's people or departments must not reveal that they exist.
-    if not principal.can_see(org=principal.org, branch=branch):
-        raise not_found(what=what, identifier=identifier)
 
 
 async def _target_owner(
@@ -74,10 +70,12 @@ async def _target_owner(
 ) -> StaffRead | None:
     if request.owner_id is None:
         return None
-    owner = await directory_store.find_staff(db=db, org=principal.org, staff_id=request.owner_id)
-    if owner is None:
+    document = await directory_store.visible_staff(
+        db=db, principal=principal, staff_id=request.owner_id
+    )
+    if document is None:
         raise invalid("owner_id", f"unknown staff member {request.owner_id!r}")
-    _require_visible(principal, branch=owner.branch, what="staff member", identifier=owner.id)
+    owner = directory_store.staff_read(document)
     if owner.status is not StaffStatus.ACTIVE:
         raise invalid("owner_id", f"{request.owner_id} is {owner.status.value}: no new work")
     if request.department is not None and owner.department_id != request.department:
@@ -97,10 +95,7 @@ async def reassign(
     """Transfer to a named person, or to a department where it is that owner's turn."""
     await store.get_visible(db=db, principal=principal, complaint_id=complaint_id)
     owner = await _target_owner(db=db, principal=principal, request=request)
-    department = await _target_department(db=db, org=principal.org, request=request, owner=owner)
-    _require_visible(
-        principal, branch=department.branch, what="department", identifier=department.id
-    )
+    department = await _target_department(db=db, principal=principal, request=request, owner=owner)
     previous: list[dict[str, Any]] = []
 
     async def decide(current: dict[str, Any]) -> Decision:
@@ -260,16 +255,13 @@ async def set_responsibility(
 ) -> AssignmentRead:
     """责任部门 set by a supervisor; reported apart from the handling department."""
     await store.get_visible(db=db, principal=principal, complaint_id=complaint_id)
-    department = await directory_store.find_department(
-        db=db, org=principal.org, department_id=request.responsible_department
+    department = await directory_store.visible_department(
+        db=db, principal=principal, department_id=request.responsible_department
     )
     if department is None:
         raise invalid(
             "responsible_department", f"unknown department {request.responsible_department!r}"
         )
-    _require_visible(
-        principal, branch=department.branch, what="department", identifier=department.id
-    )
 
     async def decide(current: dict[str, Any]) -> Decision:
         party = request.responsible_party

@@ -8,7 +8,8 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel
 
-from complaints_shared.auth import CurrentPrincipal, Principal, Role, require_role
+from complaints_shared.access import Scope, allow
+from complaints_shared.auth import Principal, Role
 from complaints_shared.pagination import Page
 from complaints_shared.runtime import Runtime
 from routing import actions, store
@@ -24,6 +25,11 @@ from routing.models import (
 
 router = APIRouter(prefix="/v1/assignments", tags=["assignments"])
 
+Reader = allow(Role.AGENT, Role.SUPERVISOR, scope=Scope.BRANCH, action="reading assignments")
+Supervisor = allow(
+    Role.SUPERVISOR, scope=Scope.BRANCH, action="moving, escalating or annotating assignments"
+)
+
 
 def _runtime(request: Request) -> Runtime:
     return request.app.state.runtime
@@ -35,11 +41,8 @@ async def _supervisor_action(
     complaint_id: str,
     body: BaseModel,
     action: Callable[..., Awaitable[AssignmentRead]],
-    *,
-    what: str,
 ) -> AssignmentRead:
     """Run one supervisor action on an assignment and publish what it caused at once."""
-    require_role(principal, Role.SUPERVISOR, action=what)
     runtime = _runtime(request)
     read = await action(
         db=runtime.db,
@@ -56,7 +59,7 @@ async def _supervisor_action(
 @router.get("", response_model=Page[AssignmentRead], summary="Assignments, oldest first")
 async def list_assignments(
     request: Request,
-    principal: CurrentPrincipal,
+    principal: Reader,
     department: str | None = None,
     owner_id: str | None = None,
     status: AssignmentStatus | None = None,
@@ -77,11 +80,10 @@ async def list_assignments(
 @router.get("/workload", response_model=WorkloadRead, summary="Open work per department and owner")
 async def workload(
     request: Request,
-    principal: CurrentPrincipal,
+    principal: Reader,
     branch: str | None = None,
     department: str | None = None,
 ) -> WorkloadRead:
-    require_role(principal, Role.AGENT, Role.SUPERVISOR, action="reading workload")
     return await store.workload(
         db=_runtime(request).db, principal=principal, branch=branch, department=department
     )
@@ -90,9 +92,7 @@ async def workload(
 @router.get(
     "/{complaint_id}", response_model=AssignmentRead, summary="Who handles a complaint, by when"
 )
-async def get_assignment(
-    complaint_id: str, request: Request, principal: CurrentPrincipal
-) -> AssignmentRead:
+async def get_assignment(complaint_id: str, request: Request, principal: Reader) -> AssignmentRead:
     return await store.get_assignment(
         db=_runtime(request).db, principal=principal, complaint_id=complaint_id
     )
@@ -104,11 +104,9 @@ async def get_assignment(
     summary="Move to another owner or department (reason required)",
 )
 async def reassign(
-    complaint_id: str, body: ReassignRequest, request: Request, principal: CurrentPrincipal
+    complaint_id: str, body: ReassignRequest, request: Request, principal: Supervisor
 ) -> AssignmentRead:
-    return await _supervisor_action(
-        request, principal, complaint_id, body, actions.reassign, what="reassigning a complaint"
-    )
+    return await _supervisor_action(request, principal, complaint_id, body, actions.reassign)
 
 
 @router.post(
@@ -117,11 +115,9 @@ async def reassign(
     summary="One level up the handling department's escalation chain",
 )
 async def escalate(
-    complaint_id: str, body: EscalateRequest, request: Request, principal: CurrentPrincipal
+    complaint_id: str, body: EscalateRequest, request: Request, principal: Supervisor
 ) -> AssignmentRead:
-    return await _supervisor_action(
-        request, principal, complaint_id, body, actions.escalate, what="escalating a complaint"
-    )
+    return await _supervisor_action(request, principal, complaint_id, body, actions.escalate)
 
 
 @router.post(
@@ -130,7 +126,7 @@ async def escalate(
     summary="Record the responsible department (责任部门)",
 )
 async def set_responsibility(
-    complaint_id: str, body: ResponsibilityRequest, request: Request, principal: CurrentPrincipal
+    complaint_id: str, body: ResponsibilityRequest, request: Request, principal: Supervisor
 ) -> AssignmentRead:
     return await _supervisor_action(
         request,
@@ -138,7 +134,6 @@ async def set_responsibility(
         complaint_id,
         body,
         actions.set_responsibility,
-        what="setting responsibility",
     )
 
 
@@ -148,7 +143,7 @@ async def set_responsibility(
     summary="The report to the authority was filed: stop its deadline",
 )
 async def file_regulatory_report(
-    complaint_id: str, body: RegulatoryReportRequest, request: Request, principal: CurrentPrincipal
+    complaint_id: str, body: RegulatoryReportRequest, request: Request, principal: Supervisor
 ) -> AssignmentRead:
     return await _supervisor_action(
         request,
@@ -156,5 +151,4 @@ async def file_regulatory_report(
         complaint_id,
         body,
         actions.file_regulatory_report,
-        what="recording the regulatory report",
     )

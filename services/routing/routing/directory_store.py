@@ -20,7 +20,7 @@ from pymongo.errors import DuplicateKeyError
 from complaints_shared.auth import Principal
 from complaints_shared.problems import not_found
 from routing import audit, context_cache
-from routing.errors import conflict, forbidden, invalid
+from routing.errors import conflict, invalid
 from routing.models import (
     ROLE_RANK,
     BranchCreate,
@@ -72,11 +72,6 @@ def staff_key(org: str, staff_id: str) -> str:
 def split_department_id(department_id: str) -> tuple[str, str]:
     branch, _, code = department_id.partition(":")
     return branch, code
-
-
-def _require_visible(principal: Principal, *, branch: str, what: str, identifier: str) -> None:
-    if not principal.can_see(org=principal.org, branch=branch):
-        raise not_found(what=what, identifier=identifier)
 
 
 async def _write_versioned(
@@ -142,10 +137,36 @@ def _check_hours(hours: dict[Weekday, list[OpeningRange]]) -> None:
                 raise invalid(f"hours.{weekday.value}", "opening ranges overlap")
 
 
-async def _check_duty_officer(*, db: AsyncDatabase, org: str, staff_id: str | None) -> None:
+async def visible_staff(
+    *, db: AsyncDatabase, principal: Principal, staff_id: str
+) -> dict[str, Any] | None:
+    """The staff member, if the caller's branches cover them; otherwise as if unknown.
+
+    Every reference to a person in a write goes through here, so naming another branch's
+    people answers exactly like naming nobody: the id's existence elsewhere never shows.
+    """
+    document = await db[STAFF].find_one({"_id": staff_key(principal.org, staff_id)})
+    if document is None or not principal.can_see(org=principal.org, branch=document["branch"]):
+        return None
+    return document
+
+
+async def visible_department(
+    *, db: AsyncDatabase, principal: Principal, department_id: str
+) -> DepartmentRead | None:
+    """The department, if the caller's branches cover it; otherwise as if unknown."""
+    document = await db[DEPARTMENTS].find_one({"_id": department_key(principal.org, department_id)})
+    if document is None or not principal.can_see(org=principal.org, branch=document["branch"]):
+        return None
+    return department_read(document)
+
+
+async def _check_duty_officer(
+    *, db: AsyncDatabase, principal: Principal, staff_id: str | None
+) -> None:
     if staff_id is None:
         return
-    person = await db[STAFF].find_one({"_id": staff_key(org, staff_id)})
+    person = await visible_staff(db=db, principal=principal, staff_id=staff_id)
     if person is None:
         raise invalid("duty_officer_id", f"unknown staff member {staff_id!r}")
     if person["status"] == StaffStatus.INACTIVE.value:
@@ -159,12 +180,10 @@ def branch_read(document: dict[str, Any]) -> BranchRead:
 async def create_branch(
     *, db: AsyncDatabase, principal: Principal, body: BranchCreate, now: datetime
 ) -> BranchRead:
-    if not principal.can_see(org=principal.org, branch=body.code):
-        raise forbidden(f"the token may not manage branch {body.code!r}")
     _check_time_zone(body.time_zone)
     _check_hours(body.hours)
     _check_holidays(body.holidays)
-    await _check_duty_officer(db=db, org=principal.org, staff_id=body.duty_officer_id)
+    await _check_duty_officer(db=db, principal=principal, staff_id=body.duty_officer_id)
     document = {
         "_id": branch_key(principal.org, body.code),
         "org": principal.org,
@@ -183,7 +202,7 @@ async def create_branch(
 
 
 async def _branch_document(*, db: AsyncDatabase, principal: Principal, code: str) -> dict:
-    _require_visible(principal, branch=code, what="branch", identifier=code)
+    principal.require_branch(code)
     document = await db[BRANCHES].find_one({"_id": branch_key(principal.org, code)})
     if document is None:
         raise not_found(what="branch", identifier=code)
@@ -218,7 +237,7 @@ async def update_branch(
     _check_hours(merged.hours)
     _check_holidays(merged.holidays)
     if "duty_officer_id" in changes:
-        await _check_duty_officer(db=db, org=principal.org, staff_id=merged.duty_officer_id)
+        await _check_duty_officer(db=db, principal=principal, staff_id=merged.duty_officer_id)
     updated = await _write_versioned(
         db=db, collection=BRANCHES, current=current, changes={**changes, "updated_at": now}
     )
@@ -244,7 +263,9 @@ def department_read(document: dict[str, Any]) -> DepartmentRead:
     return DepartmentRead.model_validate(document)
 
 
-async def _check_chain(*, db: AsyncDatabase, org: str, chain: list[EscalationStep]) -> None:
+async def _check_chain(
+    *, db: AsyncDatabase, principal: Principal, chain: list[EscalationStep]
+) -> None:
     """Chains go up: no person or role twice (a cycle), never back down a rank."""
     if not chain:
         raise invalid("escalation_chain", "an escalation chain needs at least one step")
@@ -253,7 +274,7 @@ async def _check_chain(*, db: AsyncDatabase, org: str, chain: list[EscalationSte
     for index, step in enumerate(chain):
         field = f"escalation_chain.{index}"
         if step.staff_id is not None:
-            person = await db[STAFF].find_one({"_id": staff_key(org, step.staff_id)})
+            person = await visible_staff(db=db, principal=principal, staff_id=step.staff_id)
             if person is None:
                 raise invalid(f"{field}.staff_id", f"unknown staff member {step.staff_id!r}")
             key, rank = f"staff:{step.staff_id}", ROLE_RANK[person["role"]]
@@ -284,11 +305,11 @@ async def _check_kind_free(
 async def create_department(
     *, db: AsyncDatabase, principal: Principal, body: DepartmentCreate, now: datetime
 ) -> DepartmentRead:
-    _require_visible(principal, branch=body.branch, what="branch", identifier=body.branch)
+    principal.require_branch(body.branch, field="branch")
     branch = await db[BRANCHES].find_one({"_id": branch_key(principal.org, body.branch)})
     if branch is None or not branch.get("active", True):
         raise invalid("branch", f"unknown or inactive branch {body.branch!r}")
-    await _check_chain(db=db, org=principal.org, chain=body.escalation_chain)
+    await _check_chain(db=db, principal=principal, chain=body.escalation_chain)
     await _check_kind_free(db=db, org=principal.org, branch=body.branch, kind=body.kind)
     department_id = f"{body.branch}:{body.code}"
     document = {
@@ -313,7 +334,7 @@ async def _department_document(
     *, db: AsyncDatabase, principal: Principal, department_id: str
 ) -> dict[str, Any]:
     branch, _ = split_department_id(department_id)
-    _require_visible(principal, branch=branch, what="department", identifier=department_id)
+    principal.require_branch(branch, what="department", identifier=department_id)
     document = await db[DEPARTMENTS].find_one({"_id": department_key(principal.org, department_id)})
     if document is None:
         raise not_found(what="department", identifier=department_id)
@@ -332,7 +353,7 @@ async def list_departments(
 ) -> list[DepartmentRead]:
     query: dict[str, Any] = principal.scope_filter()
     if branch is not None:
-        _require_visible(principal, branch=branch, what="branch", identifier=branch)
+        principal.require_branch(branch, field="branch")
         query["branch"] = branch
     if not include_inactive:
         query["active"] = True
@@ -351,7 +372,7 @@ async def update_department(
     current = await _department_document(db=db, principal=principal, department_id=department_id)
     changes = _without_nulls(body.model_dump(mode="json", exclude_unset=True), nullable=set())
     if body.escalation_chain is not None:
-        await _check_chain(db=db, org=principal.org, chain=body.escalation_chain)
+        await _check_chain(db=db, principal=principal, chain=body.escalation_chain)
     if body.kind is not None:
         await _check_kind_free(
             db=db,
@@ -398,7 +419,7 @@ async def _check_staff_department(
 async def create_staff(
     *, db: AsyncDatabase, principal: Principal, body: StaffCreate, now: datetime
 ) -> StaffRead:
-    _require_visible(principal, branch=body.branch, what="branch", identifier=body.branch)
+    principal.require_branch(body.branch, field="branch")
     branch = await db[BRANCHES].find_one({"_id": branch_key(principal.org, body.branch)})
     if branch is None or not branch.get("active", True):
         raise invalid("branch", f"unknown or inactive branch {body.branch!r}")
@@ -444,7 +465,7 @@ async def list_staff(
 ) -> list[dict[str, Any]]:
     query: dict[str, Any] = principal.scope_filter()
     if branch is not None:
-        _require_visible(principal, branch=branch, what="branch", identifier=branch)
+        principal.require_branch(branch, field="branch")
         query["branch"] = branch
     if department is not None:
         query["department_id"] = department
@@ -519,6 +540,14 @@ async def staff_of_branches(*, db: AsyncDatabase, org: str, branches: list[str])
 async def find_staff(*, db: AsyncDatabase, org: str, staff_id: str) -> StaffRead | None:
     document = await db[STAFF].find_one({"_id": staff_key(org, staff_id)})
     return staff_read(document) if document else None
+
+
+async def visible_staff_ids(
+    *, db: AsyncDatabase, principal: Principal, staff_ids: list[str]
+) -> set[str]:
+    """Those of ``staff_ids`` the caller's branches cover."""
+    query = {**principal.scope_filter(), "id": {"$in": sorted(set(staff_ids))}}
+    return {doc["id"] async for doc in db[STAFF].find(query, projection={"id": 1})}
 
 
 async def record_assignment(*, db: AsyncDatabase, org: str, staff_id: str, at: datetime) -> None:

@@ -18,7 +18,3 @@ def invalid(field: str, message: str) -> ProblemError:
 
 def conflict(detail: str, *, kind: str = "conflict") -> ProblemError:
     return ProblemError(status=409, title="Conflict", kind=kind, detail=detail)
-
-
-def forbidden(detail: str) -> ProblemError:
-    return ProblemError(status=403, title="Forbidden", kind="forbidden", detail=detail)

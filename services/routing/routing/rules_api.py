@@ -4,14 +4,16 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request, status
 
-from complaints_shared.auth import CurrentPrincipal, Principal, Role, require_role
+from complaints_shared.access import Scope, allow
+from complaints_shared.auth import Role
 from complaints_shared.events import ComplaintReceived, CustomerContact
-from complaints_shared.problems import ProblemError, not_found
+from complaints_shared.problems import ProblemError
 from complaints_shared.runtime import Runtime
-from routing import flows, rules_store, store
+from routing import directory_store, flows, rules_store, store
 from routing.models import (
     CandidateRead,
     MatchedRuleRead,
+    NotifyTarget,
     RuleCreate,
     RuleRead,
     RuleUpdate,
@@ -21,13 +23,18 @@ from routing.models import (
     SlaPolicy,
     SlaPolicyWrite,
     Slug,
+    StaffRead,
 )
 
 router = APIRouter(prefix="/v1/routing", tags=["routing rules"])
 
 
-def _admin(request: Request, principal: Principal, action: str) -> Runtime:
-    require_role(principal, Role.ADMIN, action=action)
+RuleAdmin = allow(Role.ADMIN, scope=Scope.ORGANISATION, action="managing routing rules")
+PolicyAdmin = allow(Role.ADMIN, scope=Scope.ORGANISATION, action="managing SLA policies")
+Simulator = allow(Role.SUPERVISOR, scope=Scope.BRANCH, action="simulating routing")
+
+
+def _runtime(request: Request) -> Runtime:
     return request.app.state.runtime
 
 
@@ -36,41 +43,41 @@ def _admin(request: Request, principal: Principal, action: str) -> Runtime:
 
 @router.get("/rules", response_model=list[RuleRead], summary="The rules in matching order")
 async def list_rules(
-    request: Request, principal: CurrentPrincipal, include_inactive: bool = False
+    request: Request, principal: RuleAdmin, include_inactive: bool = False
 ) -> list[RuleRead]:
-    runtime = _admin(request, principal, "listing routing rules")
+    runtime = _runtime(request)
     return await rules_store.list_rules(
         db=runtime.db, principal=principal, include_inactive=include_inactive
     )
 
 
 @router.post("/rules", status_code=status.HTTP_201_CREATED, response_model=RuleRead)
-async def create_rule(body: RuleCreate, request: Request, principal: CurrentPrincipal) -> RuleRead:
-    runtime = _admin(request, principal, "creating a routing rule")
+async def create_rule(body: RuleCreate, request: Request, principal: RuleAdmin) -> RuleRead:
+    runtime = _runtime(request)
     return await rules_store.create_rule(
         db=runtime.db, principal=principal, body=body, now=runtime.clock.now()
     )
 
 
 @router.get("/rules/{rule_id}", response_model=RuleRead)
-async def get_rule(rule_id: str, request: Request, principal: CurrentPrincipal) -> RuleRead:
-    runtime = _admin(request, principal, "reading a routing rule")
+async def get_rule(rule_id: str, request: Request, principal: RuleAdmin) -> RuleRead:
+    runtime = _runtime(request)
     return await rules_store.get_rule(db=runtime.db, principal=principal, rule_id=rule_id)
 
 
 @router.patch("/rules/{rule_id}", response_model=RuleRead, summary="Change a rule: a new version")
 async def update_rule(
-    rule_id: str, body: RuleUpdate, request: Request, principal: CurrentPrincipal
+    rule_id: str, body: RuleUpdate, request: Request, principal: RuleAdmin
 ) -> RuleRead:
-    runtime = _admin(request, principal, "changing a routing rule")
+    runtime = _runtime(request)
     return await rules_store.update_rule(
         db=runtime.db, principal=principal, rule_id=rule_id, body=body, now=runtime.clock.now()
     )
 
 
 @router.delete("/rules/{rule_id}", response_model=RuleRead, summary="Deactivate (kept for audit)")
-async def deactivate_rule(rule_id: str, request: Request, principal: CurrentPrincipal) -> RuleRead:
-    runtime = _admin(request, principal, "deactivating a routing rule")
+async def deactivate_rule(rule_id: str, request: Request, principal: RuleAdmin) -> RuleRead:
+    runtime = _runtime(request)
     return await rules_store.deactivate_rule(
         db=runtime.db, principal=principal, rule_id=rule_id, now=runtime.clock.now()
     )
@@ -78,9 +85,9 @@ async def deactivate_rule(rule_id: str, request: Request, principal: CurrentPrin
 
 @router.get("/rules/{rule_id}/versions", response_model=list[RuleVersionRead])
 async def rule_versions(
-    rule_id: str, request: Request, principal: CurrentPrincipal
+    rule_id: str, request: Request, principal: RuleAdmin
 ) -> list[RuleVersionRead]:
-    runtime = _admin(request, principal, "reading a rule's history")
+    runtime = _runtime(request)
     return await rules_store.rule_versions(db=runtime.db, principal=principal, rule_id=rule_id)
 
 
@@ -88,22 +95,22 @@ async def rule_versions(
 
 
 @router.get("/sla-policies", response_model=list[SlaPolicy])
-async def list_policies(request: Request, principal: CurrentPrincipal) -> list[SlaPolicy]:
-    runtime = _admin(request, principal, "listing SLA policies")
+async def list_policies(request: Request, principal: PolicyAdmin) -> list[SlaPolicy]:
+    runtime = _runtime(request)
     return await rules_store.list_policies(db=runtime.db, principal=principal)
 
 
 @router.get("/sla-policies/{policy_id}", response_model=SlaPolicy)
-async def get_policy(policy_id: str, request: Request, principal: CurrentPrincipal) -> SlaPolicy:
-    runtime = _admin(request, principal, "reading an SLA policy")
+async def get_policy(policy_id: str, request: Request, principal: PolicyAdmin) -> SlaPolicy:
+    runtime = _runtime(request)
     return await rules_store.get_policy(db=runtime.db, principal=principal, policy_id=policy_id)
 
 
 @router.put("/sla-policies/{policy_id}", response_model=SlaPolicy, summary="Create or replace")
 async def put_policy(
-    policy_id: Slug, body: SlaPolicyWrite, request: Request, principal: CurrentPrincipal
+    policy_id: Slug, body: SlaPolicyWrite, request: Request, principal: PolicyAdmin
 ) -> SlaPolicy:
-    runtime = _admin(request, principal, "changing an SLA policy")
+    runtime = _runtime(request)
     return await rules_store.put_policy(
         db=runtime.db, principal=principal, policy_id=policy_id, body=body, now=runtime.clock.now()
     )
@@ -137,13 +144,9 @@ def _as_received(body: SimulateRequest, *, org: str, runtime: Runtime) -> Compla
     response_model=SimulationRead,
     summary="Where a complaint would go, to whom and by when; nothing is stored or sent",
 )
-async def simulate(
-    body: SimulateRequest, request: Request, principal: CurrentPrincipal
-) -> SimulationRead:
-    require_role(principal, Role.SUPERVISOR, action="simulating routing")
-    if not principal.can_see(org=principal.org, branch=body.branch):
-        raise not_found(what="branch", identifier=body.branch)
-    runtime: Runtime = request.app.state.runtime
+async def simulate(body: SimulateRequest, request: Request, principal: Simulator) -> SimulationRead:
+    principal.require_branch(body.branch, field="branch")
+    runtime = _runtime(request)
     complaint = _as_received(body, org=principal.org, runtime=runtime)
     context = await store.load_context(db=runtime.db, complaint=complaint)
     try:
@@ -159,12 +162,29 @@ async def simulate(
         required_skill=plan.rule.action.required_skill,
     )
     chosen = plan.duty_officer or next((c.staff for c in candidates if c.eligible), None)
-    return _simulation(plan, candidates, chosen)
+    # A rule may send the branch's complaints to another branch's department (or name
+    # another branch's people): the simulation shows where, but only the people the token
+    # may see.
+    named = [c.staff.id for c in candidates] + [t.staff_id for t in plan.notify if t.staff_id]
+    if chosen is not None:
+        named.append(chosen.id)
+    if plan.escalated_to is not None and plan.escalated_to.staff_id:
+        named.append(plan.escalated_to.staff_id)
+    shown = await directory_store.visible_staff_ids(
+        db=runtime.db, principal=principal, staff_ids=named
+    )
+    return _simulation(plan, candidates, chosen, shown)
 
 
-def _simulation(plan: flows.RoutePlan, candidates: list[flows.Candidate], chosen) -> SimulationRead:
+def _simulation(
+    plan: flows.RoutePlan,
+    candidates: list[flows.Candidate],
+    chosen: StaffRead | None,
+    shown: set[str],
+) -> SimulationRead:
     escalated_to = plan.escalated_to
     regulatory = plan.clocks.get("regulatory_report")
+    chosen_shown = chosen if chosen is not None and chosen.id in shown else None
     return SimulationRead(
         matched_rule=MatchedRuleRead(
             id=plan.rule.id, version=plan.rule.version, name=plan.rule.name
@@ -184,9 +204,10 @@ def _simulation(plan: flows.RoutePlan, candidates: list[flows.Candidate], chosen
                 why_not=c.why_not,
             )
             for c in candidates
+            if c.staff.id in shown
         ],
-        chosen_owner_id=chosen.id if chosen else None,
-        chosen_owner_name=chosen.name if chosen else None,
+        chosen_owner_id=chosen_shown.id if chosen_shown else None,
+        chosen_owner_name=chosen_shown.name if chosen_shown else None,
         queued=chosen is None,
         duty_officer=plan.duty_officer is not None,
         in_business_hours=plan.in_business_hours,
@@ -198,6 +219,13 @@ def _simulation(plan: flows.RoutePlan, candidates: list[flows.Candidate], chosen
         regulatory_report_due_at=regulatory.due_at if regulatory else None,
         major_incident=plan.major_incident,
         escalation_level=plan.escalation_level,
-        escalated_to_id=escalated_to.staff_id if escalated_to else None,
-        notify=plan.notify,
+        escalated_to_id=(
+            escalated_to.staff_id if escalated_to and escalated_to.staff_id in shown else None
+        ),
+        notify=[
+            target
+            if target.staff_id is None or target.staff_id in shown
+            else NotifyTarget(role=target.role)
+            for target in plan.notify
+        ],
     )

@@ -17,8 +17,8 @@ from pymongo.errors import DuplicateKeyError
 from complaints_shared.auth import Principal
 from complaints_shared.problems import not_found
 from routing import audit, context_cache
-from routing.directory_store import BRANCHES, DEPARTMENTS, branch_key, department_key
-from routing.errors import conflict, forbidden, invalid
+from routing.directory_store import BRANCHES, DEPARTMENTS, branch_key, visible_department
+from routing.errors import conflict, invalid
 from routing.models import (
     RoutingRule,
     RuleCreate,
@@ -46,12 +46,6 @@ async def ensure_indexes(*, db: AsyncDatabase) -> None:
 
 def rule_key(org: str, slug: str) -> str:
     return f"{org}:{slug}"
-
-
-def _require_org_wide(principal: Principal, *, action: str) -> None:
-    # Rules and policies belong to the organisation, so only org-wide admins change them.
-    if not principal.all_branches:
-        raise forbidden(f"{action} needs a token for all branches of the organisation")
 
 
 def rule_read(document: dict[str, Any]) -> RuleRead:
@@ -86,18 +80,24 @@ async def get_rule(*, db: AsyncDatabase, principal: Principal, rule_id: str) -> 
     return rule_read(await _rule_document(db=db, principal=principal, rule_id=rule_id))
 
 
-async def _validate_target(*, db: AsyncDatabase, org: str, rule: dict[str, Any]) -> None:
+async def _validate_target(
+    *, db: AsyncDatabase, principal: Principal, rule: dict[str, Any]
+) -> None:
     action = rule["action"]
     if action.get("department_id"):
-        department = await db[DEPARTMENTS].find_one(
-            {"_id": department_key(org, action["department_id"]), "active": True}
+        department = await visible_department(
+            db=db, principal=principal, department_id=action["department_id"]
         )
-        if department is None:
+        if department is None or not department.active:
             raise invalid(
                 "action.department_id", f"unknown or inactive department {action['department_id']}"
             )
         return
-    query: dict[str, Any] = {"org": org, "kind": action["department_kind"], "active": True}
+    query: dict[str, Any] = {
+        **principal.scope_filter(),
+        "kind": action["department_kind"],
+        "active": True,
+    }
     if rule["branches"]:
         query["branch"] = {"$in": rule["branches"]}
     if await db[DEPARTMENTS].find_one(query) is None:
@@ -109,13 +109,17 @@ async def _validate_target(*, db: AsyncDatabase, org: str, rule: dict[str, Any])
 
 
 async def _validate_rule(
-    *, db: AsyncDatabase, org: str, rule: dict[str, Any], rule_id: str | None
+    *, db: AsyncDatabase, principal: Principal, rule: dict[str, Any], rule_id: str | None
 ) -> None:
-    """References must exist; the default rule must be able to route anything."""
+    """References must exist (for the caller); the default rule must be able to route anything."""
+    org = principal.org
     for index, branch in enumerate(rule["branches"]):
-        if await db[BRANCHES].find_one({"_id": branch_key(org, branch)}) is None:
+        known = principal.can_see(org=org, branch=branch) and await db[BRANCHES].find_one(
+            {"_id": branch_key(org, branch)}
+        )
+        if not known:
             raise invalid(f"branches.{index}", f"unknown branch {branch!r}")
-    await _validate_target(db=db, org=org, rule=rule)
+    await _validate_target(db=db, principal=principal, rule=rule)
     policy = rule["action"].get("sla_policy")
     if policy and await db[SLA_POLICIES].find_one({"_id": rule_key(org, policy)}) is None:
         raise invalid("action.sla_policy", f"unknown SLA policy {policy!r}")
@@ -168,10 +172,9 @@ async def _record_version(
 async def create_rule(
     *, db: AsyncDatabase, principal: Principal, body: RuleCreate, now: datetime
 ) -> RuleRead:
-    _require_org_wide(principal, action="creating a routing rule")
     rule_id = rule_key(principal.org, body.id)
     fields = body.model_dump(mode="json", exclude={"id", "position"})
-    await _validate_rule(db=db, org=principal.org, rule=fields, rule_id=rule_id)
+    await _validate_rule(db=db, principal=principal, rule=fields, rule_id=rule_id)
     position = body.position
     if position is None:
         position = await _next_position(db=db, org=principal.org)
@@ -219,14 +222,13 @@ async def _save_version(
 async def update_rule(
     *, db: AsyncDatabase, principal: Principal, rule_id: str, body: RuleUpdate, now: datetime
 ) -> RuleRead:
-    _require_org_wide(principal, action="changing a routing rule")
     current = await _rule_document(db=db, principal=principal, rule_id=rule_id)
     changes = body.model_dump(mode="json", exclude_unset=True)
     for field, value in changes.items():
         if value is None:
             raise invalid(field, "may not be null")
     merged = {**current, **changes}
-    await _validate_rule(db=db, org=principal.org, rule=merged, rule_id=rule_id)
+    await _validate_rule(db=db, principal=principal, rule=merged, rule_id=rule_id)
     updated = await _save_version(
         db=db, current=current, changes=changes, change="updated", actor=principal.subject, now=now
     )
@@ -236,7 +238,6 @@ async def update_rule(
 async def deactivate_rule(
     *, db: AsyncDatabase, principal: Principal, rule_id: str, now: datetime
 ) -> RuleRead:
-    _require_org_wide(principal, action="deactivating a routing rule")
     current = await _rule_document(db=db, principal=principal, rule_id=rule_id)
     if current.get("is_default") and current.get("active", True):
         raise conflict(f"{rule_id} is the default rule; the organisation must keep one")
@@ -292,7 +293,6 @@ async def put_policy(
     now: datetime,
 ) -> SlaPolicy:
     """Create or replace a policy; its version counts the saves."""
-    _require_org_wide(principal, action="changing an SLA policy")
     key = rule_key(principal.org, policy_id)
     if body.is_default:
         other = await db[SLA_POLICIES].find_one(
