@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import AsyncExitStack
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 
 import httpx
@@ -100,6 +100,13 @@ async def system_factory(infrastructure: Infrastructure) -> AsyncIterator[System
     clock, when given, is shared by all three services. Everything is stopped and
     the test's databases dropped afterwards.
     """
+    async with running_systems(infrastructure) as make:
+        yield make
+
+
+@asynccontextmanager
+async def running_systems(infrastructure: Infrastructure) -> AsyncIterator[SystemFactory]:
+    """What ``system_factory`` yields, for fixtures of a wider scope (a module's system)."""
     stack = AsyncExitStack()
     mongo = AsyncMongoClient(infrastructure.mongodb_uri, tz_aware=True)
     run_ids: list[str] = []

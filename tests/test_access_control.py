@@ -1,0 +1,559 @@
+"""Access over every route of every service, verified with tokens of a real OIDC provider.
+
+The walker takes each operation of each app (``app.routes``, included routers expanded)
+and proves its declaration holds: no or flawed tokens are 401, a token without the
+declared roles is 403, a branch admin on organisation configuration is 403, and a
+branch-A token on branch-B data is 404 (or, for a listing, an answer without B's data).
+A route without a declaration, or without a probe here, fails.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from cryptography.hazmat.primitives import serialization
+
+from complaints_shared.access import Access, Operation, Public, Scope, operations
+from complaints_shared.auth import Role
+from complaints_shared.role_matrix import DOCUMENT, SERVICES, render, service_apps
+from tests.conftest import System, running_systems
+from tests.helpers import eventually, token
+from tests.identity_provider import IdentityProvider
+from tests.infrastructure import Infrastructure
+from tests.test_end_to_end import BROADBAND_COMPLAINT
+
+ROOT = Path(__file__).resolve().parent.parent
+BRANCH_A, BRANCH_B = "LZ", "HOSP"
+APPS = service_apps()
+OPERATIONS = [
+    pytest.param(service, operation, id=f"{service} {operation.method} {operation.path}")
+    for service, app in APPS.items()
+    for operation in operations(app)
+    if not operation.documentation
+]
+
+HOSPITAL_COMPLAINT = {
+    "branch": BRANCH_B,
+    "channel": "walk_in",
+    "category": "service_attitude",
+    "severity": "normal",
+    "customer": {"name": "刘女士", "phone": "13909310001", "preferred_contact_channel": "phone"},
+    "subject": "挂号窗口态度差",
+    "description": "挂号窗口工作人员态度恶劣，要求道歉。",
+}
+
+
+@dataclass
+class World:
+    """A running system in JWKS mode with one complaint of branch B worked to follow-up."""
+
+    system: System
+    idp: IdentityProvider
+    complaint_id: str
+    followup_id: str
+
+    def client(self, service: str) -> httpx.AsyncClient:
+        return getattr(self.system, service)
+
+    def headers(self, **claims: Any) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.idp.token('k1', **claims)}"}
+
+
+@dataclass
+class Probe:
+    """A request touching branch B: its data, or naming it in a filter or body."""
+
+    path: str
+    json: Any = None
+    params: dict[str, Any] | None = None
+    listing: bool = False
+
+
+def _probe(path: str, **kwargs: Any) -> Callable[[World], Probe]:
+    return lambda world: Probe(
+        path.format(complaint=world.complaint_id, followup=world.followup_id), **kwargs
+    )
+
+
+CONTACT_HOURS = {
+    "time_zone": "Asia/Shanghai",
+    "start": "09:00",
+    "end": "20:00",
+    "weekdays": ["mon"],
+}
+# Every operation of every service, keyed "METHOD /path": what it looks like aimed at branch B.
+PROBES: dict[str, Callable[[World], Probe]] = {
+    # intake
+    "POST /v1/complaints": _probe("/v1/complaints", json=HOSPITAL_COMPLAINT),
+    "GET /v1/complaints": _probe("/v1/complaints", params={"branch": BRANCH_B}, listing=True),
+    "GET /v1/complaints/{complaint_id}": _probe("/v1/complaints/{complaint}"),
+    "GET /v1/complaints/{complaint_id}/timeline": _probe("/v1/complaints/{complaint}/timeline"),
+    "POST /v1/complaints/{complaint_id}/acknowledge": _probe(
+        "/v1/complaints/{complaint}/acknowledge", json={}
+    ),
+    "POST /v1/complaints/{complaint_id}/notes": _probe(
+        "/v1/complaints/{complaint}/notes", json={"text": "回访前核实"}
+    ),
+    "POST /v1/complaints/{complaint_id}/pending-customer": _probe(
+        "/v1/complaints/{complaint}/pending-customer", json={"reason": "等待患者回电"}
+    ),
+    "POST /v1/complaints/{complaint_id}/resume": _probe(
+        "/v1/complaints/{complaint}/resume", json={}
+    ),
+    "POST /v1/complaints/{complaint_id}/resolve": _probe(
+        "/v1/complaints/{complaint}/resolve", json={"summary": "已致歉"}
+    ),
+    "POST /v1/complaints/{complaint_id}/reject": _probe(
+        "/v1/complaints/{complaint}/reject", json={"reason_code": "other", "explanation": "x"}
+    ),
+    "POST /v1/complaints/{complaint_id}/withdraw": _probe(
+        "/v1/complaints/{complaint}/withdraw", json={}
+    ),
+    "POST /v1/complaints/{complaint_id}/reopen": _probe(
+        "/v1/complaints/{complaint}/reopen", json={"reason": "患者不满意"}
+    ),
+    "POST /v1/complaints/{complaint_id}/close": _probe(
+        "/v1/complaints/{complaint}/close", json={"reason": "结案"}
+    ),
+    "GET /v1/reports/summary": _probe("/v1/reports/summary", listing=True),
+    # routing: assignments
+    "GET /v1/assignments": _probe("/v1/assignments", listing=True),
+    "GET /v1/assignments/workload": _probe(
+        "/v1/assignments/workload", params={"branch": BRANCH_B}, listing=True
+    ),
+    "GET /v1/assignments/{complaint_id}": _probe("/v1/assignments/{complaint}"),
+    "POST /v1/assignments/{complaint_id}/reassign": _probe(
+        "/v1/assignments/{complaint}/reassign", json={"owner_id": "lz-wang", "reason": "调岗"}
+    ),
+    "POST /v1/assignments/{complaint_id}/escalate": _probe(
+        "/v1/assignments/{complaint}/escalate", json={"reason": "超时"}
+    ),
+    "POST /v1/assignments/{complaint_id}/responsibility": _probe(
+        "/v1/assignments/{complaint}/responsibility", json={"responsible_department": "LZ:CS"}
+    ),
+    "POST /v1/assignments/{complaint_id}/regulatory-report": _probe(
+        "/v1/assignments/{complaint}/regulatory-report", json={}
+    ),
+    # routing: directory
+    "POST /v1/directory/branches": _probe(
+        "/v1/directory/branches", json={"code": "NEW", "name": "新网点", "time_zone": "UTC"}
+    ),
+    "GET /v1/directory/branches": _probe("/v1/directory/branches", listing=True),
+    "GET /v1/directory/branches/{code}": _probe(f"/v1/directory/branches/{BRANCH_B}"),
+    "PATCH /v1/directory/branches/{code}": _probe(
+        f"/v1/directory/branches/{BRANCH_B}", json={"name": "医院"}
+    ),
+    "POST /v1/directory/branches/{code}/deactivate": _probe(
+        f"/v1/directory/branches/{BRANCH_B}/deactivate"
+    ),
+    "POST /v1/directory/departments": _probe(
+        "/v1/directory/departments",
+        json={"branch": BRANCH_B, "code": "NEW", "name": "新科室", "kind": "new"},
+    ),
+    "GET /v1/directory/departments": _probe(
+        "/v1/directory/departments", params={"branch": BRANCH_B}, listing=True
+    ),
+    "GET /v1/directory/departments/{department_id}": _probe("/v1/directory/departments/HOSP:PRO"),
+    "PATCH /v1/directory/departments/{department_id}": _probe(
+        "/v1/directory/departments/HOSP:PRO", json={"name": "病人关系办公室"}
+    ),
+    "POST /v1/directory/departments/{department_id}/deactivate": _probe(
+        "/v1/directory/departments/HOSP:PRO/deactivate"
+    ),
+    "POST /v1/directory/staff": _probe(
+        "/v1/directory/staff",
+        json={"id": "hosp-new", "branch": BRANCH_B, "department": "PRO", "name": "新人"},
+    ),
+    "GET /v1/directory/staff": _probe(
+        "/v1/directory/staff", params={"branch": BRANCH_B}, listing=True
+    ),
+    "GET /v1/directory/staff/{staff_id}": _probe("/v1/directory/staff/hosp-sun"),
+    "PATCH /v1/directory/staff/{staff_id}": _probe(
+        "/v1/directory/staff/hosp-sun", json={"capacity": 5}
+    ),
+    "POST /v1/directory/staff/{staff_id}/deactivate": _probe(
+        "/v1/directory/staff/hosp-sun/deactivate"
+    ),
+    "GET /v1/directory/audit": _probe(
+        "/v1/directory/audit", params={"entity": "branch", "entity_id": BRANCH_B}
+    ),
+    # routing: rules, SLA policies, simulation
+    "GET /v1/routing/rules": _probe("/v1/routing/rules"),
+    "POST /v1/routing/rules": _probe(
+        "/v1/routing/rules",
+        json={"id": "new-rule", "name": "新规则", "action": {"department_id": "HOSP:PRO"}},
+    ),
+    "GET /v1/routing/rules/{rule_id}": _probe("/v1/routing/rules/demo:default"),
+    "PATCH /v1/routing/rules/{rule_id}": _probe(
+        "/v1/routing/rules/demo:default", json={"name": "兜底"}
+    ),
+    "DELETE /v1/routing/rules/{rule_id}": _probe("/v1/routing/rules/demo:medical-category"),
+    "GET /v1/routing/rules/{rule_id}/versions": _probe("/v1/routing/rules/demo:default/versions"),
+    "GET /v1/routing/sla-policies": _probe("/v1/routing/sla-policies"),
+    "GET /v1/routing/sla-policies/{policy_id}": _probe("/v1/routing/sla-policies/medical"),
+    "PUT /v1/routing/sla-policies/{policy_id}": _probe(
+        "/v1/routing/sla-policies/medical", json={"name": "x"}
+    ),
+    "POST /v1/routing/simulate": _probe("/v1/routing/simulate", json={"branch": BRANCH_B}),
+    # followup
+    "GET /v1/followups": _probe("/v1/followups", params={"branch": BRANCH_B}, listing=True),
+    "GET /v1/followups/stats": _probe(
+        "/v1/followups/stats", params={"branch": BRANCH_B}, listing=True
+    ),
+    "GET /v1/followups/policy": _probe("/v1/followups/policy"),
+    "PUT /v1/followups/policy": _probe("/v1/followups/policy", json={"checks": []}),
+    "GET /v1/followups/policy/history": _probe("/v1/followups/policy/history"),
+    "GET /v1/followups/contact-hours/{branch}": _probe(f"/v1/followups/contact-hours/{BRANCH_B}"),
+    "PUT /v1/followups/contact-hours/{branch}": _probe(
+        f"/v1/followups/contact-hours/{BRANCH_B}", json=CONTACT_HOURS
+    ),
+    "GET /v1/followups/contact-hours/{branch}/history": _probe(
+        f"/v1/followups/contact-hours/{BRANCH_B}/history"
+    ),
+    "GET /v1/followups/{followup_id}": _probe("/v1/followups/{followup}"),
+    "POST /v1/followups/{followup_id}/claim": _probe("/v1/followups/{followup}/claim"),
+    "DELETE /v1/followups/{followup_id}/claim": _probe("/v1/followups/{followup}/claim"),
+    "POST /v1/followups/{followup_id}/attempts": _probe(
+        "/v1/followups/{followup}/attempts", json={"reached": False}
+    ),
+    "POST /v1/followups/{followup_id}/outcome": _probe(
+        "/v1/followups/{followup}/outcome", json={"satisfied": True, "score": 5}
+    ),
+}
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _forged(header: dict[str, Any], claims: dict[str, Any], key: bytes | None) -> str:
+    """A token built by hand: PyJWT itself refuses to sign these two attacks."""
+    signing_input = f"{_b64(json.dumps(header).encode())}.{_b64(json.dumps(claims).encode())}"
+    if key is None:
+        return signing_input + "."
+    signature = hmac.new(key, signing_input.encode(), hashlib.sha256).digest()
+    return f"{signing_input}.{_b64(signature)}"
+
+
+def flawed_tokens(idp: IdentityProvider) -> dict[str, str]:
+    """Tokens that must never pass, each with the flaw in its name."""
+    now = int(time.time())
+    public_pem = (
+        idp.keys["k1"]
+        .private_key.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
+    return {
+        "expired": idp.token("k1", iat=now - 7200, exp=now - 3600),
+        "not yet valid": idp.token("k1", nbf=now + 3600),
+        "wrong audience": idp.token("k1", aud="another-application"),
+        "wrong issuer": idp.token("k1", iss="https://idp.example/other-realm"),
+        "alg none": _forged({"alg": "none", "typ": "JWT", "kid": "k1"}, idp.claims(), None),
+        "HS256 signed with the public key": _forged(
+            {"alg": "HS256", "typ": "JWT", "kid": "k1"}, idp.claims(), public_pem
+        ),
+        "signed by an unpublished key": idp.token("unpublished"),
+        "branches as a string": idp.token("k1", branches=BRANCH_A),
+        "garbage": "not-a-jwt",
+    }
+
+
+@pytest.fixture(scope="module")
+async def world(infrastructure: Infrastructure) -> AsyncIterator[World]:
+    idp = IdentityProvider().start()
+    idp.add_key("k1")
+    idp.add_key("unpublished", publish=False)
+    oidc = {"jwt_jwks_url": idp.jwks_url, "jwt_issuer": idp.issuer}
+    try:
+        async with running_systems(infrastructure) as make:
+            system = await make(intake=oidc, routing=oidc, followup=oidc)
+            admin = {"Authorization": f"Bearer {idp.token('k1')}"}
+            created = await system.intake.post(
+                "/v1/complaints", json=HOSPITAL_COMPLAINT, headers=admin
+            )
+            assert created.status_code == 201, created.text
+            complaint_id = created.json()["id"]
+
+            async def assigned() -> bool:
+                response = await system.routing.get(
+                    f"/v1/assignments/{complaint_id}", headers=admin
+                )
+                return response.status_code == 200
+
+            await eventually(assigned, what="the hospital complaint's assignment")
+            path = f"/v1/complaints/{complaint_id}"
+            for command, body in (("acknowledge", {}), ("resolve", {"summary": "已当面致歉"})):
+                response = await system.intake.post(f"{path}/{command}", json=body, headers=admin)
+                assert response.status_code == 200, response.text
+
+            async def followup_id() -> str | None:
+                response = await system.followup.get(
+                    "/v1/followups", params={"complaint_id": complaint_id}, headers=admin
+                )
+                items = response.json()["items"]
+                return items[0]["id"] if items else None
+
+            found = await eventually(followup_id, what="the hospital complaint's follow-up")
+            yield World(system=system, idp=idp, complaint_id=complaint_id, followup_id=found)
+    finally:
+        idp.stop()
+
+
+def test_every_service_under_services_is_walked() -> None:
+    assert sorted(path.name for path in (ROOT / "services").iterdir() if path.is_dir()) == sorted(
+        SERVICES
+    )
+
+
+def test_only_fastapi_documentation_routes_go_without_a_declaration() -> None:
+    for app in APPS.values():
+        undeclared = [op for op in operations(app) if op.documentation]
+        assert {op.path for op in undeclared} <= {
+            "/openapi.json",
+            "/docs",
+            "/docs/oauth2-redirect",
+            "/redoc",
+        }
+
+
+def test_security_document_role_matrix_is_current() -> None:
+    text = DOCUMENT.read_text(encoding="utf-8")
+    assert render(APPS) in text, (
+        "docs/security.md's role matrix is stale: run `.venv/bin/python -m "
+        "complaints_shared.role_matrix`"
+    )
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(("service", "operation"), OPERATIONS)
+async def test_every_operation_enforces_its_declared_access(
+    world: World, service: str, operation: Operation
+) -> None:
+    where = f"{service} {operation.method} {operation.path}"
+    declaration = operation.declaration
+    assert declaration is not None, (
+        f"{where} declares {len(operation.declarations)} access rules: declare exactly one "
+        "(complaints_shared.access.allow(...), or public(...) for an operational probe)"
+    )
+    if isinstance(declaration, Public):
+        assert not operation.path.startswith("/v1/"), f"{where}: API routes are never public"
+        return
+    assert isinstance(declaration, Access)
+    probe_for = PROBES.get(f"{operation.method} {operation.path}")
+    assert probe_for is not None, f"{where}: add a probe aimed at branch {BRANCH_B} to PROBES"
+    probe = probe_for(world)
+    client = world.client(service)
+
+    async def call(headers: dict[str, str]) -> httpx.Response:
+        return await client.request(
+            operation.method, probe.path, json=probe.json, params=probe.params, headers=headers
+        )
+
+    missing = await call({})
+    assert missing.status_code == 401, f"{where} without a token: {missing.status_code}"
+    assert missing.headers["content-type"].startswith("application/problem+json")
+    for flaw, flawed in flawed_tokens(world.idp).items():
+        response = await call({"Authorization": f"Bearer {flawed}"})
+        assert response.status_code == 401, f"{where} with a token {flaw}: {response.text}"
+
+    no_role = await call(world.headers(roles=[]))
+    assert no_role.status_code == 403, f"{where} without a role: {no_role.status_code}"
+    for role in Role:
+        if not declaration.permits(role):
+            response = await call(world.headers(roles=[role.value]))
+            assert response.status_code == 403, f"{where} as {role}: {response.status_code}"
+
+    branch_admin = await call(world.headers(branches=[BRANCH_A], roles=["admin"]))
+    if declaration.scope is Scope.ORGANISATION:
+        assert branch_admin.status_code == 403, f"{where} by a branch admin: {branch_admin.text}"
+    elif probe.listing:
+        assert branch_admin.status_code == 404 or (
+            branch_admin.is_success and BRANCH_B not in branch_admin.text
+        ), f"{where}: branch {BRANCH_A} sees {BRANCH_B}: {branch_admin.text[:300]}"
+    else:
+        assert branch_admin.status_code == 404, (
+            f"{where}: branch {BRANCH_A} on {BRANCH_B}'s data: {branch_admin.status_code}"
+        )
+
+    if operation.method == "GET":
+        # The probe really reaches branch B's data: an organisation-wide admin gets it.
+        everything = await call(world.headers())
+        assert everything.status_code == 200, f"{where} for an org-wide admin: {everything.text}"
+        if probe.listing:
+            assert BRANCH_B in everything.text, f"{where}: the probe shows no {BRANCH_B} data"
+
+
+# ------------------------------------------------------- cross-branch references --
+
+
+def _same_answer(foreign: httpx.Response, unknown: httpx.Response, *, field: str) -> None:
+    """Naming another branch's id answers exactly like naming an id that does not exist."""
+    assert foreign.status_code == unknown.status_code == 422, (foreign.text, unknown.text)
+    assert foreign.json()["errors"][0]["field"] == unknown.json()["errors"][0]["field"] == field
+    assert foreign.json()["type"] == unknown.json()["type"]
+
+
+@pytest.mark.integration
+async def test_a_branch_admin_cannot_name_another_branchs_people_in_the_directory(
+    system: System,
+) -> None:
+    lz_admin = token(system.routing_settings, branches=[BRANCH_A], roles=("admin",))
+    routing = system.routing
+
+    async def duty_officer(staff_id: str) -> httpx.Response:
+        return await routing.patch(
+            f"/v1/directory/branches/{BRANCH_A}",
+            json={"duty_officer_id": staff_id},
+            headers=lz_admin,
+        )
+
+    _same_answer(
+        await duty_officer("hosp-duty"), await duty_officer("nobody"), field="duty_officer_id"
+    )
+
+    async def chain(staff_id: str) -> httpx.Response:
+        return await routing.patch(
+            "/v1/directory/departments/LZ:CS",
+            json={"escalation_chain": [{"staff_id": "lz-hu"}, {"staff_id": staff_id}]},
+            headers=lz_admin,
+        )
+
+    _same_answer(
+        await chain("hosp-head"), await chain("nobody"), field="escalation_chain.1.staff_id"
+    )
+
+    async def new_department(staff_id: str) -> httpx.Response:
+        body = {
+            "branch": BRANCH_A,
+            "code": f"D{staff_id.upper().replace('-', '')}",
+            "name": "新部门",
+            "kind": "special",
+            "escalation_chain": [{"staff_id": staff_id}],
+        }
+        return await routing.post("/v1/directory/departments", json=body, headers=lz_admin)
+
+    _same_answer(
+        await new_department("hosp-head"),
+        await new_department("nobody"),
+        field="escalation_chain.0.staff_id",
+    )
+    # The branch's own people are fine, and nothing of the refused changes was stored.
+    assert (await duty_officer("lz-hu")).status_code == 200
+    department = await routing.get("/v1/directory/departments/LZ:CS", headers=lz_admin)
+    assert {"staff_id": "hosp-head"} not in department.json()["escalation_chain"]
+
+
+@pytest.mark.integration
+async def test_a_branch_supervisor_cannot_send_work_to_another_branch(system: System) -> None:
+    admin = token(system.intake_settings)
+    created = await system.intake.post("/v1/complaints", json=BROADBAND_COMPLAINT, headers=admin)
+    complaint_id = created.json()["id"]
+
+    async def assigned() -> bool:
+        return (
+            await system.routing.get(f"/v1/assignments/{complaint_id}", headers=admin)
+        ).is_success
+
+    await eventually(assigned, what="the assignment")
+    lz_supervisor = token(system.routing_settings, branches=[BRANCH_A], roles=("supervisor",))
+    path = f"/v1/assignments/{complaint_id}"
+
+    async def reassign(body: dict[str, str]) -> httpx.Response:
+        return await system.routing.post(
+            f"{path}/reassign", json={**body, "reason": "转交"}, headers=lz_supervisor
+        )
+
+    _same_answer(
+        await reassign({"owner_id": "hosp-sun"}),
+        await reassign({"owner_id": "nobody"}),
+        field="owner_id",
+    )
+    _same_answer(
+        await reassign({"department": "HOSP:PRO"}),
+        await reassign({"department": "LZ:NOWHERE"}),
+        field="department",
+    )
+
+    async def responsibility(department: str) -> httpx.Response:
+        return await system.routing.post(
+            f"{path}/responsibility",
+            json={"responsible_department": department},
+            headers=lz_supervisor,
+        )
+
+    _same_answer(
+        await responsibility("HOSP:MED"),
+        await responsibility("LZ:NOWHERE"),
+        field="responsible_department",
+    )
+    unchanged = (await system.routing.get(path, headers=admin)).json()
+    assert unchanged["department"].startswith(f"{BRANCH_A}:")
+
+
+@pytest.mark.integration
+async def test_simulation_shows_a_branch_token_only_its_own_people(system: System) -> None:
+    admin = token(system.routing_settings)
+    # An organisation rule sends LZ's product-quality complaints to the hospital's desk.
+    rule = {
+        "id": "lz-to-hospital",
+        "name": "兰州产品质量转医院",
+        "branches": [BRANCH_A],
+        "conditions": {"categories": ["product_quality"]},
+        "action": {"department_id": "HOSP:PRO"},
+        "position": 1,
+    }
+    created = await system.routing.post("/v1/routing/rules", json=rule, headers=admin)
+    assert created.status_code == 201, created.text
+    request = {"branch": BRANCH_A, "category": "product_quality", "description": "质量问题"}
+
+    full = await system.routing.post("/v1/routing/simulate", json=request, headers=admin)
+    assert full.status_code == 200, full.text
+    assert full.json()["department"] == "HOSP:PRO"
+    assert {c["id"] for c in full.json()["candidates"]} >= {"hosp-sun"}
+
+    lz_supervisor = token(system.routing_settings, branches=[BRANCH_A], roles=("supervisor",))
+    scoped = await system.routing.post("/v1/routing/simulate", json=request, headers=lz_supervisor)
+    assert scoped.status_code == 200, scoped.text
+    body = scoped.json()
+    assert body["department"] == "HOSP:PRO"
+    assert body["candidates"] == []
+    assert body["chosen_owner_id"] is None and body["chosen_owner_name"] is None
+    assert "hosp-" not in scoped.text
+    assert body["queued"] == full.json()["queued"]
+
+
+@pytest.mark.integration
+async def test_branch_admin_keeps_its_branch_but_not_the_organisation(system: System) -> None:
+    lz_admin = token(system.followup_settings, branches=[BRANCH_A], roles=("admin",))
+    policy = await system.followup.get(
+        "/v1/followups/policy", headers=token(system.followup_settings)
+    )
+    replaced = await system.followup.put(
+        "/v1/followups/policy", json=policy.json()["policy"], headers=lz_admin
+    )
+    assert replaced.status_code == 403
+    assert "all branches" in replaced.json()["detail"]
+    hours = await system.followup.get(f"/v1/followups/contact-hours/{BRANCH_A}", headers=lz_admin)
+    assert hours.status_code == 200
+    own = await system.followup.put(
+        f"/v1/followups/contact-hours/{BRANCH_A}",
+        json={"time_zone": "Asia/Shanghai", "start": "09:00", "end": "18:00", "weekdays": ["mon"]},
+        headers=lz_admin,
+    )
+    assert own.status_code == 200, own.text
+    new_branch = await system.routing.post(
+        "/v1/directory/branches",
+        json={"code": "XN", "name": "新区", "time_zone": "Asia/Shanghai"},
+        headers=token(system.routing_settings, branches=[BRANCH_A, "XN"], roles=("admin",)),
+    )
+    assert new_branch.status_code == 403
