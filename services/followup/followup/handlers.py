@@ -1,7 +1,8 @@
 """Kafka event handlers of follow-up, one per consumed event type.
 
-Every handler is idempotent: checks have deterministic ids, cancellations only
-touch open checks, so a redelivered event has no second effect.
+Every handler is idempotent: checks have deterministic ids, and a cancellation is
+a change through the aggregate kernel carrying the event id, so a redelivered
+event has no second effect.
 """
 
 from __future__ import annotations
@@ -28,7 +29,9 @@ log = get_logger(__name__)
 def build_handlers(runtime: Runtime) -> dict[EventType, EventHandler]:
     settings: FollowupSettings = runtime.settings  # type: ignore[assignment]
 
-    async def cancel_pending(*, org: str, complaint_id: str, reason: str) -> None:
+    async def cancel_pending(
+        *, event: CloudEvent, org: str, complaint_id: str, reason: str
+    ) -> None:
         # Every open check of the complaint: its events share a partition (keyed by complaint
         # id), so a later resolution is handled after this event and schedules fresh checks.
         cancelled = await store.cancel_open_checks(
@@ -39,6 +42,7 @@ def build_handlers(runtime: Runtime) -> dict[EventType, EventHandler]:
             only={},
             reason=reason,
             now=runtime.clock.now(),
+            event_id=event.id,
         )
         if cancelled:
             runtime.relay.notify()
@@ -58,6 +62,7 @@ def build_handlers(runtime: Runtime) -> dict[EventType, EventHandler]:
             only={"resolution_number": {"$lt": data.resolution_number}},
             reason="superseded by a later resolution",
             now=now,
+            event_id=event.id,
         )
         policy = await config_store.current_policy(db=runtime.db, settings=settings, org=data.org)
         hours = await config_store.current_contact_hours(
@@ -76,12 +81,12 @@ def build_handlers(runtime: Runtime) -> dict[EventType, EventHandler]:
 
     async def on_complaint_reopened(event: CloudEvent, data: ComplaintReopened) -> None:
         await cancel_pending(
-            org=data.org, complaint_id=data.complaint_id, reason="complaint reopened"
+            event=event, org=data.org, complaint_id=data.complaint_id, reason="complaint reopened"
         )
 
     async def on_complaint_withdrawn(event: CloudEvent, data: ComplaintWithdrawn) -> None:
         await cancel_pending(
-            org=data.org, complaint_id=data.complaint_id, reason="complaint withdrawn"
+            event=event, org=data.org, complaint_id=data.complaint_id, reason="complaint withdrawn"
         )
 
     async def on_complaint_closed(event: CloudEvent, data: ComplaintClosed) -> None:
@@ -89,6 +94,7 @@ def build_handlers(runtime: Runtime) -> dict[EventType, EventHandler]:
         if data.closed_via is not ClosedVia.ADMIN:
             return
         await cancel_pending(
+            event=event,
             org=data.org,
             complaint_id=data.complaint_id,
             reason="complaint closed by an administrator",

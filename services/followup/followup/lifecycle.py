@@ -1,4 +1,8 @@
-"""The satisfaction check's state machine: one function decides every state change.
+"""The satisfaction check's state machine: one table and one function decide every change.
+
+``TABLE`` maps (status, command) to the next status; ``transition`` adds what
+depends on time and on who asks (a check not due yet, a claim held by someone
+else). Refusals are 409 problems naming the status and the command.
 
 ```
 scheduled ──due time──▶ due ──claim──▶ in_progress ──reached──▶ completed
@@ -6,6 +10,7 @@ scheduled ──due time──▶ due ──claim──▶ in_progress ──rea
     │                    └─lease expired────┤
     └──────────unreached, more attempts─────┘
 scheduled / due / in_progress ──reopen, withdraw, admin close──▶ cancelled
+(new) ──schedule──▶ scheduled
 ```
 """
 
@@ -17,12 +22,16 @@ from enum import StrEnum
 from typing import Any
 
 from complaints_shared.events import FollowupOutcome
+from complaints_shared.transitions import InvalidTransition, TransitionTable
 from followup.models import CheckStatus
+
+WHAT = "satisfaction check"
 
 
 class Command(StrEnum):
     """What can happen to a check, from the scheduler, an agent or a consumed event."""
 
+    SCHEDULE = "schedule"
     BECOME_DUE = "become_due"
     CLAIM = "claim"
     RELEASE = "release"
@@ -34,21 +43,27 @@ class Command(StrEnum):
     CANCEL = "cancel"
 
 
-_OPEN = frozenset({CheckStatus.SCHEDULED, CheckStatus.DUE, CheckStatus.IN_PROGRESS})
+SCHEDULED, DUE, IN_PROGRESS = CheckStatus.SCHEDULED, CheckStatus.DUE, CheckStatus.IN_PROGRESS
+COMPLETED, CANCELLED = CheckStatus.COMPLETED, CheckStatus.CANCELLED
+_OPEN = (SCHEDULED, DUE, IN_PROGRESS)
 
-# command -> (statuses it is legal from, resulting status)
-_RULES: dict[Command, tuple[frozenset[CheckStatus], CheckStatus]] = {
-    Command.BECOME_DUE: (frozenset({CheckStatus.SCHEDULED}), CheckStatus.DUE),
-    Command.CLAIM: (frozenset({CheckStatus.DUE, CheckStatus.IN_PROGRESS}), CheckStatus.IN_PROGRESS),
-    Command.RELEASE: (frozenset({CheckStatus.IN_PROGRESS}), CheckStatus.DUE),
-    Command.EXPIRE_CLAIM: (frozenset({CheckStatus.IN_PROGRESS}), CheckStatus.DUE),
-    Command.RETRY_LATER: (frozenset({CheckStatus.IN_PROGRESS}), CheckStatus.SCHEDULED),
-    Command.GIVE_UP: (frozenset({CheckStatus.IN_PROGRESS}), CheckStatus.COMPLETED),
-    Command.RECORD_REACHED: (frozenset({CheckStatus.IN_PROGRESS}), CheckStatus.COMPLETED),
+# (status, command) -> resulting status; None is a check not created yet.
+_RULES: dict[tuple[CheckStatus | None, Command], CheckStatus] = {
+    (None, Command.SCHEDULE): SCHEDULED,
+    (SCHEDULED, Command.BECOME_DUE): DUE,
+    (DUE, Command.CLAIM): IN_PROGRESS,
+    (IN_PROGRESS, Command.CLAIM): IN_PROGRESS,
+    (IN_PROGRESS, Command.RELEASE): DUE,
+    (IN_PROGRESS, Command.EXPIRE_CLAIM): DUE,
+    (IN_PROGRESS, Command.RETRY_LATER): SCHEDULED,
+    (IN_PROGRESS, Command.GIVE_UP): COMPLETED,
+    (IN_PROGRESS, Command.RECORD_REACHED): COMPLETED,
     # The outcome shortcut predates claims: it works on any open check nobody else holds.
-    Command.RECORD_OUTCOME: (_OPEN, CheckStatus.COMPLETED),
-    Command.CANCEL: (_OPEN, CheckStatus.CANCELLED),
+    **{(status, Command.RECORD_OUTCOME): COMPLETED for status in _OPEN},
+    **{(status, Command.CANCEL): CANCELLED for status in _OPEN},
 }
+
+TABLE: TransitionTable[CheckStatus, Command] = TransitionTable(what=WHAT, rules=_RULES)
 
 # Commands only the agent holding the claim may give.
 _HOLDER_ONLY = frozenset(
@@ -78,28 +93,28 @@ class CheckState:
         return self.claim_lease_until is not None and self.claim_lease_until > now
 
 
-class InvalidTransition(Exception):
-    def __init__(self, *, current: CheckStatus, command: Command, reason: str = "") -> None:
-        detail = reason or f"cannot {command.value} a check that is {current.value}"
-        super().__init__(detail)
-        self.current = current
-        self.command = command
+def _refused(current: CheckStatus, command: Command, reason: str) -> InvalidTransition:
+    return InvalidTransition(current=current, command=command, what=WHAT, reason=reason)
 
 
 class NotDueYet(InvalidTransition):
-    """A scheduled check cannot be claimed before its due time."""
+    """A scheduled check cannot be claimed before its due time (409 ``not-due``)."""
 
     def __init__(self, *, due_at: datetime) -> None:
         super().__init__(
             current=CheckStatus.SCHEDULED,
             command=Command.CLAIM,
+            what=WHAT,
             reason=f"the check is not due until {due_at.isoformat()}",
+            title="Not due yet",
+            kind="not-due",
+            due_at=due_at.isoformat(),
         )
         self.due_at = due_at
 
 
 class ClaimHeld(InvalidTransition):
-    """Another agent holds the claim (or the caller does not hold it)."""
+    """Someone else holds the claim, or the caller holds none (409 claim-held / claim-required)."""
 
     def __init__(
         self,
@@ -114,7 +129,16 @@ class ClaimHeld(InvalidTransition):
             if holder and lease_until
             else f"{command.value} needs the caller's claim on the check: claim it first"
         )
-        super().__init__(current=current, command=command, reason=reason)
+        super().__init__(
+            current=current,
+            command=command,
+            what=WHAT,
+            reason=reason,
+            title="Claimed by someone else" if holder else "Claim required",
+            kind="claim-held" if holder else "claim-required",
+            claimed_by=holder,
+            lease_until=lease_until.isoformat() if lease_until else None,
+        )
         self.holder = holder
         self.lease_until = lease_until
 
@@ -125,13 +149,11 @@ def transition(*, state: CheckState, command: Command, actor: str, now: datetime
         raise NotDueYet(due_at=state.due_at)
     if command in _HOLDER_ONLY and state.status in {CheckStatus.SCHEDULED, CheckStatus.DUE}:
         raise ClaimHeld(current=state.status, command=command, holder=None, lease_until=None)
-    allowed_from, target = _RULES[command]
-    if state.status not in allowed_from:
-        raise InvalidTransition(current=state.status, command=command)
+    target = TABLE.next(current=state.status, command=command)
     if command is Command.BECOME_DUE and state.due_at > now:
-        raise InvalidTransition(current=state.status, command=command, reason="not due yet")
+        raise _refused(state.status, command, "not due yet")
     if command is Command.EXPIRE_CLAIM and state.lease_live(now):
-        raise InvalidTransition(current=state.status, command=command, reason="lease still live")
+        raise _refused(state.status, command, "lease still live")
     if command in _HOLDER_ONLY | {Command.CLAIM, Command.RECORD_OUTCOME}:
         _check_claim(state=state, command=command, actor=actor, now=now)
     return target

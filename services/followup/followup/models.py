@@ -129,7 +129,9 @@ class FollowupPolicy(StrictModel):
         list[PolicyOverride], Field(max_length=100), AfterValidator(_distinct_overrides)
     ] = Field(default_factory=list)
     max_attempts: int = Field(ge=1, le=10)
-    attempt_spacing_hours: float = Field(gt=0, le=168)
+    attempt_spacing_hours: float = Field(
+        ge=0, le=168, description="hours between unreached calls; 0 = no minimum spacing"
+    )
     satisfied_score_threshold: int = Field(ge=1, le=5)
 
 
@@ -284,6 +286,15 @@ class AttemptRead(BaseModel):
     next_attempt_at: datetime | None = None
 
 
+class CheckHistoryEntry(BaseModel):
+    """One change of a check: the transition table's command, the status after it, who, when."""
+
+    at: datetime
+    action: str
+    status: CheckStatus
+    actor: str
+
+
 class SatisfactionCheckRead(BaseModel):
     """A satisfaction check with what the caller needs, all taken from events."""
 
@@ -313,6 +324,7 @@ class SatisfactionCheckRead(BaseModel):
     max_attempts: int = 1
     attempt_count: int = 0
     attempts: list[AttemptRead] = Field(default_factory=list)
+    history: list[CheckHistoryEntry] = Field(default_factory=list)
     claimed_by: str | None = None
     claim_lease_until: datetime | None = None
     outcome: FollowupOutcome | None = None

@@ -34,7 +34,11 @@ class FollowupSettings(ServiceSettings):
         3, ge=1, le=10, description="Unreached calls before a check ends with no_response."
     )
     attempt_spacing_hours: float = Field(
-        4.0, gt=0, description="Next call after an unreached one (then moved into contact hours)."
+        4.0,
+        ge=0,
+        le=168,
+        description="Next call after an unreached one (then moved into contact hours); "
+        "0 = no minimum spacing.",
     )
     satisfied_score_threshold: int = Field(
         4, ge=1, le=5, description="Lowest score (with the problem solved) counted as satisfied."

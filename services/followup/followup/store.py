@@ -1,14 +1,14 @@
-"""Data access for satisfaction checks. No HTTP here.
+"""Data access for satisfaction checks.
 
-Every change of a check goes through ``_change``: read the document, let the
-state machine decide, then write conditionally on the version read (optimistic
-concurrency) together with the check's history entry and the outbox events the
-change causes, in one atomic update.
+Every change of a check goes through the aggregate kernel
+(``complaints_shared.aggregate``): read the document, let the state machine
+(``followup.lifecycle``) decide, then write conditionally on the version read
+together with the check's history entry and the outbox events the change
+causes, in one atomic update. Refusals are the table's 409 problems.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -16,11 +16,12 @@ from pymongo import ASCENDING
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
+from complaints_shared import aggregate
+from complaints_shared.aggregate import Aggregate, Decide, Decision
 from complaints_shared.auth import Principal
 from complaints_shared.events import (
     ComplaintReceived,
     ComplaintResolved,
-    EventData,
     EventType,
     FollowupAttempted,
     FollowupCancelled,
@@ -29,25 +30,18 @@ from complaints_shared.events import (
     FollowupScheduled,
 )
 from complaints_shared.logs import get_logger
-from complaints_shared.mongo import (
-    at_or_before,
-    claim_first,
-    lease_free,
-    merge_updates,
-    update_and_read,
-)
-from complaints_shared.outbox import outbox_entry, outbox_fields, outbox_update
-from complaints_shared.pagination import Page, after_cursor, encode_cursor
-from complaints_shared.problems import ConcurrentUpdate, ProblemError, not_found
+from complaints_shared.mongo import at_or_before, claim_first, lease_free, merge_updates
+from complaints_shared.outbox import outbox_entry, outbox_fields
+from complaints_shared.pagination import Page
+from complaints_shared.problems import not_found
 from complaints_shared.timers import FAILURE_FIELDS
 from followup import config_store
 from followup.contact_hours import check_due_times, next_attempt_at
 from followup.lifecycle import (
+    TABLE,
     CheckState,
-    ClaimHeld,
     Command,
     InvalidTransition,
-    NotDueYet,
     judge,
     transition,
     unreached_command,
@@ -66,16 +60,13 @@ from followup.policy import checks_for
 from followup.settings import FollowupSettings
 
 CHECKS = "satisfaction_checks"
+CHECK = Aggregate(collection=CHECKS, what="satisfaction check", max_write_attempts=5)
 SNAPSHOTS = "complaint_snapshots"
-MAX_WRITE_ATTEMPTS = 5
 SYSTEM_ACTOR = "followup"
 CLAIM_FIELDS = {"claimed_by": "", "claim_lease_until": ""}
 # A fired or released check also drops the failures its earlier tries recorded.
 TIMER_FIELDS = {"timer_lease_owner": "", "timer_lease_until": "", **FAILURE_FIELDS}
 OPEN = [status.value for status in OPEN_CHECK_STATUSES]
-
-# A decision returns the update for the change plus the events it causes.
-Decision = tuple[dict[str, Any], list[tuple[EventType, EventData]]]
 
 log = get_logger(__name__)
 
@@ -139,67 +130,20 @@ async def _change(
     settings: FollowupSettings,
     followup_id: str,
     scope: dict[str, Any],
-    decide: Callable[[dict[str, Any]], Decision],
+    decide: Decide,
+    event_id: str | None = None,
+    now: datetime,
 ) -> dict[str, Any] | None:
     """Apply one decided change atomically; the new document, None when not visible."""
-    checks = db[CHECKS]
-    for _ in range(MAX_WRITE_ATTEMPTS):
-        current = await checks.find_one({"_id": followup_id, **scope}, projection={"outbox": 0})
-        if current is None:
-            return None
-        update, events = decide(current)
-        if not update:
-            return current  # nothing to do (an idempotent repeat)
-        entries = [
-            outbox_entry(event_type=event_type, data=data, settings=settings)
-            for event_type, data in events
-        ]
-        updated = await update_and_read(
-            checks,
-            # Checks stored before versioning match version None (the field is missing).
-            {"_id": followup_id, "version": current.get("version")},
-            merge_updates(
-                update,
-                {"$inc": {"version": 1}},
-                outbox_update(entries) if entries else {},
-            ),
-            projection={"outbox": 0},
-        )
-        if updated is not None:
-            return updated
-    raise ConcurrentUpdate(
-        detail=f"satisfaction check {followup_id} kept changing underneath this request; retry"
-    )
-
-
-def transition_problem(exc: InvalidTransition, *, followup_id: str) -> ProblemError:
-    """A refused transition as a 409 problem that says who or what is in the way."""
-    common = {"current_status": exc.current.value, "command": exc.command.value}
-    if isinstance(exc, ClaimHeld):
-        return ProblemError(
-            status=409,
-            title="Claimed by someone else" if exc.holder else "Claim required",
-            kind="claim-held" if exc.holder else "claim-required",
-            detail=f"satisfaction check {followup_id}: {exc}",
-            claimed_by=exc.holder,
-            lease_until=exc.lease_until.isoformat() if exc.lease_until else None,
-            **common,
-        )
-    if isinstance(exc, NotDueYet):
-        return ProblemError(
-            status=409,
-            title="Not due yet",
-            kind="not-due",
-            detail=f"satisfaction check {followup_id}: {exc}",
-            due_at=exc.due_at.isoformat(),
-            **common,
-        )
-    return ProblemError(
-        status=409,
-        title="Invalid transition",
-        kind="invalid-transition",
-        detail=f"satisfaction check {followup_id}: {exc}",
-        **common,
+    return await aggregate.change(
+        db=db,
+        settings=settings,
+        aggregate=CHECK,
+        aggregate_id=followup_id,
+        decide=decide,
+        now=now,
+        scope=scope,
+        event_id=event_id,
     )
 
 
@@ -277,6 +221,7 @@ def _new_check(
 ) -> dict[str, Any]:
     event = resolved.model_dump(mode="json")
     rules = policy.policy
+    status = TABLE.next(current=None, command=Command.SCHEDULE)
     return {
         "_id": check_id(
             complaint_id=resolved.complaint_id,
@@ -288,7 +233,7 @@ def _new_check(
         "resolution_summary": resolved.summary,
         "resolved_at": resolved.resolved_at,
         "sequence": sequence,
-        "status": CheckStatus.SCHEDULED.value,
+        "status": status.value,
         "due_at": due_at,
         "channel": resolved.customer.preferred_channel.value,
         "policy_version": policy.version,
@@ -298,9 +243,7 @@ def _new_check(
         "attempt_count": 0,
         "attempts": [],
         "history": [
-            _history_entry(
-                action="schedule", status=CheckStatus.SCHEDULED, actor=SYSTEM_ACTOR, at=now
-            )
+            _history_entry(action=Command.SCHEDULE.value, status=status, actor=SYSTEM_ACTOR, at=now)
         ],
         "version": 1,
         "created_at": now,
@@ -359,12 +302,22 @@ async def cancel_open_checks(
     only: dict[str, Any],
     reason: str,
     now: datetime,
+    event_id: str | None = None,
 ) -> int:
-    """Cancel the complaint's open checks matching ``only``; each announces its cancellation."""
+    """Cancel the complaint's open checks matching ``only``; each announces its cancellation.
+
+    ``event_id`` (the consumed event causing it) makes a redelivery change nothing.
+    """
     query = {"org": org, "complaint_id": complaint_id, "status": {"$in": OPEN}, **only}
     followup_ids = [doc["_id"] async for doc in db[CHECKS].find(query, projection={"_id": 1})]
+    cancelled: list[str] = []
 
-    def decide(current: dict[str, Any]) -> Decision:
+    async def counted(document: dict[str, Any]) -> None:
+        cancelled.append(document["_id"])
+
+    def decide(current: dict[str, Any]) -> Decision | None:
+        if not TABLE.allows(current=CheckStatus(current["status"]), command=Command.CANCEL):
+            return None  # finished meanwhile: nothing left to cancel
         status = transition(
             state=CheckState.of(current), command=Command.CANCEL, actor=SYSTEM_ACTOR, now=now
         )
@@ -379,19 +332,20 @@ async def cancel_open_checks(
             ),
             {"$unset": {**CLAIM_FIELDS, **TIMER_FIELDS}},
         )
-        cancelled = FollowupCancelled(**_identity(current), reason=reason, cancelled_at=now)
-        return update, [(EventType.FOLLOWUP_CANCELLED, cancelled)]
+        announced = FollowupCancelled(**_identity(current), reason=reason, cancelled_at=now)
+        return Decision(update, [(EventType.FOLLOWUP_CANCELLED, announced)], [counted])
 
-    cancelled = 0
     for followup_id in followup_ids:
-        try:
-            await _change(
-                db=db, settings=settings, followup_id=followup_id, scope={}, decide=decide
-            )
-        except InvalidTransition:
-            continue  # finished meanwhile: nothing left to cancel
-        cancelled += 1
-    return cancelled
+        await _change(
+            db=db,
+            settings=settings,
+            followup_id=followup_id,
+            scope={},
+            decide=decide,
+            event_id=event_id,
+            now=now,
+        )
+    return len(cancelled)
 
 
 # ------------------------------------------------------------------ reading --
@@ -399,16 +353,13 @@ async def cancel_open_checks(
 
 async def get_visible(*, db: AsyncDatabase, principal: Principal, followup_id: str) -> dict:
     """The check if the caller may see it; a foreign one is simply not found."""
-    document = await db[CHECKS].find_one(
-        {"_id": followup_id, **principal.scope_filter()}, projection={"outbox": 0}
+    return await aggregate.get_visible(
+        db=db, aggregate=CHECK, principal=principal, aggregate_id=followup_id
     )
-    if document is None:
-        raise not_found(what="satisfaction check", identifier=followup_id)
-    return document
 
 
 def _list_query(*, principal: Principal, filters: CheckFilters) -> dict[str, Any]:
-    conditions: list[dict[str, Any]] = [principal.scope_filter()]
+    query = aggregate.visibility(principal)
     wanted = {
         "branch": filters.branch,
         "status": filters.status.value if filters.status else None,
@@ -416,33 +367,24 @@ def _list_query(*, principal: Principal, filters: CheckFilters) -> dict[str, Any
         "claimed_by": filters.claimed_by,
         "complaint_id": filters.complaint_id,
     }
-    conditions += [{field: value} for field, value in wanted.items() if value is not None]
+    conditions = [{field: value} for field, value in wanted.items() if value is not None]
     if filters.due_before is not None:
         conditions.append({"due_at": {"$lt": filters.due_before}})
-    cursor = after_cursor(field="due_at", cursor=filters.cursor)
-    if cursor:
-        conditions.append(cursor)
-    return {"$and": conditions}
+    return {"$and": [query, *conditions]} if conditions else query
 
 
 async def list_checks(
     *, db: AsyncDatabase, principal: Principal, filters: CheckFilters
 ) -> Page[SatisfactionCheckRead]:
     """Checks the caller may see, ordered by due time."""
-    documents = (
-        await db[CHECKS]
-        .find(_list_query(principal=principal, filters=filters), projection={"outbox": 0})
-        .sort([("due_at", ASCENDING), ("_id", ASCENDING)])
-        .limit(filters.limit + 1)
-        .to_list(None)
-    )
-    next_cursor = None
-    if len(documents) > filters.limit:
-        documents = documents[: filters.limit]
-        last = documents[-1]
-        next_cursor = encode_cursor(sort_value=last["due_at"], document_id=last["_id"])
-    return Page[SatisfactionCheckRead](
-        items=[to_read(document) for document in documents], next_cursor=next_cursor
+    return await aggregate.page(
+        collection=db[CHECKS],
+        query=_list_query(principal=principal, filters=filters),
+        sort_field="due_at",
+        limit=filters.limit,
+        cursor=filters.cursor,
+        to_item=to_read,
+        projection=CHECK.hidden,
     )
 
 
@@ -459,18 +401,17 @@ async def _change_visible(
     settings: FollowupSettings,
     principal: Principal,
     followup_id: str,
-    decide: Callable[[dict[str, Any]], Decision],
+    decide: Decide,
+    now: datetime,
 ) -> dict[str, Any]:
-    try:
-        document = await _change(
-            db=db,
-            settings=settings,
-            followup_id=followup_id,
-            scope=principal.scope_filter(),
-            decide=decide,
-        )
-    except InvalidTransition as exc:
-        raise transition_problem(exc, followup_id=followup_id) from None
+    document = await _change(
+        db=db,
+        settings=settings,
+        followup_id=followup_id,
+        scope=aggregate.visibility(principal),
+        decide=decide,
+        now=now,
+    )
     if document is None:
         raise not_found(what="satisfaction check", identifier=followup_id)
     return document
@@ -499,10 +440,15 @@ async def claim(
             claimed_by=principal.subject,
             claim_lease_until=lease_until,
         )
-        return update, []
+        return Decision(update)
 
     return await _change_visible(
-        db=db, settings=settings, principal=principal, followup_id=followup_id, decide=decide
+        db=db,
+        settings=settings,
+        principal=principal,
+        followup_id=followup_id,
+        decide=decide,
+        now=now,
     )
 
 
@@ -524,10 +470,15 @@ async def release(
             _moved(command=Command.RELEASE, status=status, actor=principal.subject, now=now),
             {"$unset": CLAIM_FIELDS},
         )
-        return update, []
+        return Decision(update)
 
     return await _change_visible(
-        db=db, settings=settings, principal=principal, followup_id=followup_id, decide=decide
+        db=db,
+        settings=settings,
+        principal=principal,
+        followup_id=followup_id,
+        decide=decide,
+        now=now,
     )
 
 
@@ -603,10 +554,13 @@ def _complete(
         channel=attempt["channel"],
         completed_at=now,
     )
-    return update, [
-        (EventType.FOLLOWUP_ATTEMPTED, _attempted_event(current, attempt)),
-        (EventType.FOLLOWUP_COMPLETED, completed),
-    ]
+    return Decision(
+        update,
+        [
+            (EventType.FOLLOWUP_ATTEMPTED, _attempted_event(current, attempt)),
+            (EventType.FOLLOWUP_COMPLETED, completed),
+        ],
+    )
 
 
 def _rules(current: dict[str, Any], settings: FollowupSettings) -> dict[str, Any]:
@@ -651,7 +605,7 @@ def _retry_later(
         {"$push": {"attempts": attempt}, "$inc": {"attempt_count": 1}},
         {"$unset": CLAIM_FIELDS},
     )
-    return update, [(EventType.FOLLOWUP_ATTEMPTED, _attempted_event(current, attempt))]
+    return Decision(update, [(EventType.FOLLOWUP_ATTEMPTED, _attempted_event(current, attempt))])
 
 
 def _already_recorded(current: dict[str, Any], idempotency_key: str | None) -> bool:
@@ -676,9 +630,9 @@ async def record_attempt(
         db=db, settings=settings, org=visible["org"], branch=visible["branch"]
     )
 
-    def decide(current: dict[str, Any]) -> Decision:
+    def decide(current: dict[str, Any]) -> Decision | None:
         if _already_recorded(current, idempotency_key):
-            return {}, []
+            return None
         rules = _rules(current, settings)
         attempt = _attempt(
             current=current,
@@ -724,7 +678,12 @@ async def record_attempt(
         )
 
     return await _change_visible(
-        db=db, settings=settings, principal=principal, followup_id=followup_id, decide=decide
+        db=db,
+        settings=settings,
+        principal=principal,
+        followup_id=followup_id,
+        decide=decide,
+        now=now,
     )
 
 
@@ -761,7 +720,12 @@ async def record_outcome(
         )
 
     return await _change_visible(
-        db=db, settings=settings, principal=principal, followup_id=followup_id, decide=decide
+        db=db,
+        settings=settings,
+        principal=principal,
+        followup_id=followup_id,
+        decide=decide,
+        now=now,
     )
 
 
@@ -797,9 +761,9 @@ async def fire_due_check(
 ) -> bool:
     """Turn a leased check ``due``; False when it changed meanwhile (cancelled, say)."""
 
-    def decide(current: dict[str, Any]) -> Decision:
+    def decide(current: dict[str, Any]) -> Decision | None:
         if current.get("timer_lease_owner") != owner:
-            return {}, []  # our lease ran out and another replica took the check over
+            return None  # our lease ran out and another replica took the check over
         status = transition(
             state=CheckState.of(current), command=Command.BECOME_DUE, actor=SYSTEM_ACTOR, now=now
         )
@@ -807,11 +771,11 @@ async def fire_due_check(
             _moved(command=Command.BECOME_DUE, status=status, actor=SYSTEM_ACTOR, now=now),
             {"$unset": TIMER_FIELDS},
         )
-        return update, []
+        return Decision(update)
 
     try:
         document = await _change(
-            db=db, settings=settings, followup_id=followup_id, scope={}, decide=decide
+            db=db, settings=settings, followup_id=followup_id, scope={}, decide=decide, now=now
         )
     except InvalidTransition:
         await db[CHECKS].update_one(
@@ -846,10 +810,12 @@ async def expire_claim(
             _moved(command=Command.EXPIRE_CLAIM, status=status, actor=SYSTEM_ACTOR, now=now),
             {"$unset": CLAIM_FIELDS},
         )
-        return update, []
+        return Decision(update)
 
     try:
-        await _change(db=db, settings=settings, followup_id=followup_id, scope={}, decide=decide)
+        await _change(
+            db=db, settings=settings, followup_id=followup_id, scope={}, decide=decide, now=now
+        )
     except InvalidTransition:
         return False  # renewed or finished meanwhile
     return True

@@ -1,8 +1,9 @@
 """What supervisors do to an assignment: reassign, escalate, set responsibility, file the report.
 
-Each is one ``store.change`` with its event, so the record and the announcement
-cannot disagree; a reassignment moves the owner slot in the same write, which
-keeps both owners' loads right.
+Each is one change through the aggregate kernel with its event, so the record and
+the announcement cannot disagree, and each asks the transition table first (an
+illegal one is a 409 naming the status and the command); a reassignment moves
+the owner slot in the same write, which keeps both owners' loads right.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import Any
 
 from pymongo.asynchronous.database import AsyncDatabase
 
+from complaints_shared.aggregate import Decision
 from complaints_shared.auth import Principal
 from complaints_shared.events import (
     ComplaintReassigned,
@@ -21,12 +23,11 @@ from complaints_shared.events import (
 )
 from complaints_shared.mongo import merge_updates
 from complaints_shared.problems import not_found
-from routing import directory_store, lifecycle, sla, store
+from routing import directory_store, lifecycle, projections, sla, store
 from routing.errors import conflict, invalid
+from routing.lifecycle import Command
 from routing.models import (
-    ACTIVE_STATUSES,
     AssignmentRead,
-    AssignmentStatus,
     ClockState,
     DepartmentRead,
     EscalateRequest,
@@ -37,16 +38,10 @@ from routing.models import (
     StaffStatus,
 )
 from routing.settings import RoutingSettings
-from routing.store import ConcurrentChange, Decision
-
-ACTIVE = {status.value for status in ACTIVE_STATUSES}
 
 
 async def _changed(**kwargs: Any) -> dict[str, Any]:
-    try:
-        document = await store.change(**kwargs)
-    except ConcurrentChange as exc:
-        raise store.concurrent_problem(exc) from None
+    document = await store.change(**kwargs)
     if document is None:
         raise not_found(what="assignment", identifier=kwargs["complaint_id"])
     return document
@@ -96,15 +91,17 @@ async def reassign(
     await store.get_visible(db=db, principal=principal, complaint_id=complaint_id)
     owner = await _target_owner(db=db, principal=principal, request=request)
     department = await _target_department(db=db, principal=principal, request=request, owner=owner)
-    previous: list[dict[str, Any]] = []
+
+    async def after_move(document: dict[str, Any], previous: dict[str, Any]) -> None:
+        if document.get("owner_id"):
+            await directory_store.record_assignment(
+                db=db, org=principal.org, staff_id=document["owner_id"], at=now
+            )
+        await projections.offer_freed_capacity(db=db, settings=settings, previous=previous, now=now)
 
     async def decide(current: dict[str, Any]) -> Decision:
-        previous.clear()
-        if current["status"] not in ACTIVE:
-            raise conflict(
-                f"complaint {complaint_id} is {current['status']}; only open or queued work moves",
-                kind="invalid-transition",
-            )
+        # Illegal on finished work whatever the outcome: ask before choosing anyone.
+        lifecycle.moved(current, Command.REASSIGN)
         if owner is not None and owner.id == current.get("owner_id"):
             raise conflict(f"complaint {complaint_id} is already with {owner.id}")
         same_department = department.id == current["department"]
@@ -118,8 +115,9 @@ async def reassign(
                 required_skill=current.get("required_skill") if same_department else None,
                 exclude=frozenset({current.get("owner_id") or ""}),
             )
-        previous.append(current)
-        return _reassignment(current, department, choice, principal, request.reason, now)
+        decision = _reassignment(current, department, choice, principal, request.reason, now)
+        decision.effects = [lambda document: after_move(document, current)]
+        return decision
 
     document = await _changed(
         db=db,
@@ -129,12 +127,6 @@ async def reassign(
         now=now,
         scope=principal.scope_filter(),
     )
-    if document.get("owner_id"):
-        await directory_store.record_assignment(
-            db=db, org=principal.org, staff_id=document["owner_id"], at=now
-        )
-    for current in previous:
-        await lifecycle.offer_freed_capacity(db=db, settings=settings, previous=current, now=now)
     return store.to_read(document)
 
 
@@ -152,11 +144,13 @@ def _reassignment(
         "owner_id": choice.staff.id if choice else None,
         "owner_name": choice.staff.name if choice else None,
     }
+    command = Command.REASSIGN if choice is not None else Command.REASSIGN_TO_QUEUE
+    set_fields.update(lifecycle.moved(current, command)["$set"])
     if choice is None:
-        set_fields.update(status=AssignmentStatus.QUEUED.value, queued_at=now)
+        set_fields.update(queued_at=now)
         slot_update = store.FREE_SLOT
     else:
-        set_fields.update(status=AssignmentStatus.OPEN.value, assigned_at=now)
+        set_fields.update(assigned_at=now)
         set_fields.update(store.slot_fields(current["org"], choice.staff.id, choice.slot))
         slot_update = {}
     if department.id != current["department"]:
@@ -192,7 +186,7 @@ def _reassignment(
             department=department.id,
         ),
     )
-    return update, events
+    return Decision(update, events)
 
 
 async def escalate(
@@ -211,11 +205,7 @@ async def escalate(
     )
 
     async def decide(current: dict[str, Any]) -> Decision:
-        if current["status"] not in ACTIVE:
-            raise conflict(
-                f"complaint {complaint_id} is {current['status']}; finished work is not escalated",
-                kind="invalid-transition",
-            )
+        status = lifecycle.moved(current, Command.ESCALATE)
         update, events = store.escalate_one_level(
             current,
             targets=targets,
@@ -231,7 +221,7 @@ async def escalate(
         history = store.history(
             at=now, action="escalated", actor=principal.subject, note=request.reason
         )
-        return merge_updates(update, history), events
+        return Decision(merge_updates(status, update, history), events)
 
     document = await _changed(
         db=db,
@@ -264,6 +254,7 @@ async def set_responsibility(
         )
 
     async def decide(current: dict[str, Any]) -> Decision:
+        status = lifecycle.moved(current, Command.SET_RESPONSIBILITY)
         party = request.responsible_party
         event = ComplaintResponsibilitySet(
             complaint_id=current["_id"],
@@ -275,6 +266,7 @@ async def set_responsibility(
             set_at=now,
         )
         update = merge_updates(
+            status,
             {
                 "$set": {
                     "responsible_department": department.id,
@@ -288,7 +280,7 @@ async def set_responsibility(
                 department=department.id,
             ),
         )
-        return update, [(EventType.COMPLAINT_RESPONSIBILITY_SET, event)]
+        return Decision(update, [(EventType.COMPLAINT_RESPONSIBILITY_SET, event)])
 
     document = await _changed(
         db=db,
@@ -312,7 +304,8 @@ async def file_regulatory_report(
 ) -> AssignmentRead:
     """The report reached the authority: its deadline timer stops."""
 
-    async def decide(current: dict[str, Any]) -> Decision:
+    async def decide(current: dict[str, Any]) -> Decision | None:
+        status = lifecycle.moved(current, Command.FILE_REGULATORY_REPORT)
         clocks = sla.load_clocks(current.get("clocks"))
         report = clocks.get(SlaClock.REGULATORY_REPORT.value)
         if report is None:
@@ -321,6 +314,7 @@ async def file_regulatory_report(
             return None
         clocks[SlaClock.REGULATORY_REPORT.value] = sla.stop_clock(report, at=now)
         update = merge_updates(
+            status,
             {
                 "$set": {
                     **store.clock_fields(clocks),
@@ -334,7 +328,7 @@ async def file_regulatory_report(
                 reference=request.reference,
             ),
         )
-        return update, []
+        return Decision(update)
 
     document = await _changed(
         db=db,

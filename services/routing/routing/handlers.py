@@ -19,9 +19,9 @@ from complaints_shared.events import (
 )
 from complaints_shared.kafka import EventHandler
 from complaints_shared.runtime import Runtime
-from routing import lifecycle, store
+from routing import projections, store
 from routing.context_cache import ContextCache
-from routing.models import AssignmentStatus
+from routing.lifecycle import Command
 
 
 def build_handlers(runtime: Runtime) -> dict[EventType, EventHandler]:
@@ -38,7 +38,7 @@ def build_handlers(runtime: Runtime) -> dict[EventType, EventHandler]:
             runtime.relay.notify()
 
     async def on_complaint_acknowledged(event: CloudEvent, data: ComplaintAcknowledged) -> None:
-        await lifecycle.acknowledge(
+        await projections.acknowledge(
             db=db,
             settings=settings,
             event=event,
@@ -50,7 +50,7 @@ def build_handlers(runtime: Runtime) -> dict[EventType, EventHandler]:
     async def on_complaint_pending_customer(
         event: CloudEvent, data: ComplaintPendingCustomer
     ) -> None:
-        await lifecycle.pause(
+        await projections.pause(
             db=db,
             settings=settings,
             event=event,
@@ -60,7 +60,7 @@ def build_handlers(runtime: Runtime) -> dict[EventType, EventHandler]:
         )
 
     async def on_complaint_resumed(event: CloudEvent, data: ComplaintResumed) -> None:
-        await lifecycle.resume(
+        await projections.resume(
             db=db,
             settings=settings,
             event=event,
@@ -73,28 +73,28 @@ def build_handlers(runtime: Runtime) -> dict[EventType, EventHandler]:
         runtime.relay.notify()
 
     async def on_complaint_resolved(event: CloudEvent, data: ComplaintResolved) -> None:
-        await lifecycle.finish(
+        await projections.finish(
             db=db,
             settings=settings,
             event=event,
             complaint_id=data.complaint_id,
-            status=AssignmentStatus.RESOLVED,
+            command=Command.RESOLVE,
             at=data.resolved_at,
             now=clock.now(),
             resolved=data,
         )
         runtime.relay.notify()
 
-    def finisher(status: AssignmentStatus, finished_at: Callable[[Any], datetime]) -> EventHandler:
+    def finisher(command: Command, finished_at: Callable[[Any], datetime]) -> EventHandler:
         """Rejected, withdrawn and closed all end the assignment the same way."""
 
         async def on_finished(event: CloudEvent, data: EventData) -> None:
-            await lifecycle.finish(
+            await projections.finish(
                 db=db,
                 settings=settings,
                 event=event,
                 complaint_id=data.complaint_id,
-                status=status,
+                command=command,
                 at=finished_at(data),
                 now=clock.now(),
             )
@@ -103,7 +103,7 @@ def build_handlers(runtime: Runtime) -> dict[EventType, EventHandler]:
         return on_finished
 
     async def on_complaint_reopened(event: CloudEvent, data: ComplaintReopened) -> None:
-        await lifecycle.reopen(db=db, settings=settings, event=event, data=data, now=clock.now())
+        await projections.reopen(db=db, settings=settings, event=event, data=data, now=clock.now())
         runtime.relay.notify()
 
     return {
@@ -112,12 +112,8 @@ def build_handlers(runtime: Runtime) -> dict[EventType, EventHandler]:
         EventType.COMPLAINT_PENDING_CUSTOMER: on_complaint_pending_customer,
         EventType.COMPLAINT_RESUMED: on_complaint_resumed,
         EventType.COMPLAINT_RESOLVED: on_complaint_resolved,
-        EventType.COMPLAINT_REJECTED: finisher(
-            AssignmentStatus.REJECTED, lambda data: data.rejected_at
-        ),
-        EventType.COMPLAINT_WITHDRAWN: finisher(
-            AssignmentStatus.WITHDRAWN, lambda data: data.withdrawn_at
-        ),
-        EventType.COMPLAINT_CLOSED: finisher(AssignmentStatus.CLOSED, lambda data: data.closed_at),
+        EventType.COMPLAINT_REJECTED: finisher(Command.REJECT, lambda data: data.rejected_at),
+        EventType.COMPLAINT_WITHDRAWN: finisher(Command.WITHDRAW, lambda data: data.withdrawn_at),
+        EventType.COMPLAINT_CLOSED: finisher(Command.CLOSE, lambda data: data.closed_at),
         EventType.COMPLAINT_REOPENED: on_complaint_reopened,
     }

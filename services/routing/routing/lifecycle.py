@@ -1,342 +1,105 @@
-"""The complaint's life as routing follows it: clocks stop, pause, resume and restart.
+"""The assignment's transition table: every change of an assignment's status is decided here.
 
-Each function applies one consumed intake event to the assignment through
-``store.change`` with the event id, so a redelivered event has no second
-effect. Finishing a complaint frees its owner slot in the same write, then
-offers the freed capacity to the department queue.
+```
+            ┌──assign──▶ open ◀──assign (from the queue)── queued ◀──queue── (new)
+ (new) ─────┤            │  ▲ reassign / reassign_to_queue ▲ │
+            └──queue───▶ queued ─────────────────────────────┘
+ open / queued ──resolve──▶ resolved ──close──▶ closed
+ open / queued ──reject──▶ rejected      open / queued ──withdraw──▶ withdrawn
+ open / queued ──close──▶ closed (an administrator's close)
+ resolved / closed ──reopen──▶ open     resolved / closed ──reopen_to_queue──▶ queued
+```
+
+Commands that keep the status (acknowledge, pause, resume, escalate, fire_timers)
+are legal only while the complaint is being worked (open or queued); responsibility
+and the regulatory report may be recorded at any time. ``None`` is an assignment
+not created yet.
 """
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Any
+from enum import StrEnum
 
-from pymongo.asynchronous.database import AsyncDatabase
+from complaints_shared.transitions import TransitionTable
+from routing.models import AssignmentStatus
 
-from complaints_shared.envelope import CloudEvent
-from complaints_shared.events import (
-    ComplaintReopened,
-    ComplaintResolved,
-    ComplaintResponsibilitySet,
-    EventType,
-    Severity,
-    SlaClock,
+QUEUED = AssignmentStatus.QUEUED
+OPEN = AssignmentStatus.OPEN
+RESOLVED = AssignmentStatus.RESOLVED
+CLOSED = AssignmentStatus.CLOSED
+REJECTED = AssignmentStatus.REJECTED
+WITHDRAWN = AssignmentStatus.WITHDRAWN
+
+ACTIVE = (QUEUED, OPEN)
+FINISHED = (RESOLVED, CLOSED, REJECTED, WITHDRAWN)
+
+
+class Command(StrEnum):
+    """What can happen to an assignment: from routing itself, a supervisor or intake's events."""
+
+    ASSIGN = "assign"
+    QUEUE = "queue"
+    REASSIGN = "reassign"
+    REASSIGN_TO_QUEUE = "reassign_to_queue"
+    ACKNOWLEDGE = "acknowledge"
+    PAUSE = "pause"
+    RESUME = "resume"
+    ESCALATE = "escalate"
+    FIRE_TIMERS = "fire_timers"
+    SET_RESPONSIBILITY = "set_responsibility"
+    FILE_REGULATORY_REPORT = "file_regulatory_report"
+    RESOLVE = "resolve"
+    REJECT = "reject"
+    WITHDRAW = "withdraw"
+    CLOSE = "close"
+    REOPEN = "reopen"
+    REOPEN_TO_QUEUE = "reopen_to_queue"
+
+
+# Commands that leave an active assignment's status as it is.
+_WHILE_ACTIVE = (
+    Command.ACKNOWLEDGE,
+    Command.PAUSE,
+    Command.RESUME,
+    Command.ESCALATE,
+    Command.FIRE_TIMERS,
 )
-from complaints_shared.mongo import merge_updates
-from routing import directory_store, flows, rules_store, sla, store
-from routing.models import ACTIVE_STATUSES, AssignmentStatus, ClockState, StaffStatus
-from routing.settings import RoutingSettings
-from routing.store import Decision
+# Facts that may be recorded whatever the status.
+_ANY_TIME = (Command.SET_RESPONSIBILITY, Command.FILE_REGULATORY_REPORT)
 
-# Waiting on the customer pauses these; the authority's report deadline keeps running.
-CUSTOMER_CLOCKS = (SlaClock.ACKNOWLEDGE.value, SlaClock.RESOLVE.value)
-ACTIVE = {status.value for status in ACTIVE_STATUSES}
+_RULES: dict[tuple[AssignmentStatus | None, Command], AssignmentStatus] = {
+    (None, Command.ASSIGN): OPEN,
+    (None, Command.QUEUE): QUEUED,
+    (QUEUED, Command.ASSIGN): OPEN,
+    **{(state, Command.REASSIGN): OPEN for state in ACTIVE},
+    **{(state, Command.REASSIGN_TO_QUEUE): QUEUED for state in ACTIVE},
+    **{(state, command): state for state in ACTIVE for command in _WHILE_ACTIVE},
+    **{(state, command): state for state in (*ACTIVE, *FINISHED) for command in _ANY_TIME},
+    **{(state, Command.RESOLVE): RESOLVED for state in ACTIVE},
+    **{(state, Command.REJECT): REJECTED for state in ACTIVE},
+    **{(state, Command.WITHDRAW): WITHDRAWN for state in ACTIVE},
+    **{(state, Command.CLOSE): CLOSED for state in (*ACTIVE, RESOLVED)},
+    **{(state, Command.REOPEN): OPEN for state in (RESOLVED, CLOSED)},
+    **{(state, Command.REOPEN_TO_QUEUE): QUEUED for state in (RESOLVED, CLOSED)},
+}
 
-
-def _actor(event: CloudEvent) -> str:
-    return f"intake:{event.source}"
-
-
-async def acknowledge(
-    *,
-    db: AsyncDatabase,
-    settings: RoutingSettings,
-    event: CloudEvent,
-    complaint_id: str,
-    at: datetime,
-    now: datetime,
-) -> None:
-    """受理 stops the acknowledge clock; the resolve clock runs on."""
-
-    async def decide(current: dict[str, Any]) -> Decision:
-        clocks = sla.load_clocks(current.get("clocks"))
-        ack = clocks.get(SlaClock.ACKNOWLEDGE.value)
-        if ack is None or ack.state is ClockState.STOPPED:
-            return None
-        clocks[SlaClock.ACKNOWLEDGE.value] = sla.stop_clock(ack, at=at)
-        update = merge_updates(
-            {"$set": {**store.clock_fields(clocks), "acknowledged_at": at}},
-            store.history(at=now, action="acknowledged", actor=_actor(event)),
-        )
-        return update, []
-
-    await store.change(
-        db=db,
-        settings=settings,
-        complaint_id=complaint_id,
-        decide=decide,
-        now=now,
-        event_id=event.id,
-    )
+TABLE: TransitionTable[AssignmentStatus, Command] = TransitionTable(what="assignment", rules=_RULES)
 
 
-async def pause(
-    *,
-    db: AsyncDatabase,
-    settings: RoutingSettings,
-    event: CloudEvent,
-    complaint_id: str,
-    at: datetime,
-    now: datetime,
-) -> None:
-    """Waiting on the customer: the customer-facing clocks stand still."""
-
-    async def decide(current: dict[str, Any]) -> Decision:
-        if current["status"] not in ACTIVE or current.get("paused"):
-            return None
-        clocks = sla.load_clocks(current.get("clocks"))
-        for name in CUSTOMER_CLOCKS:
-            if name in clocks:
-                clocks[name] = sla.pause_clock(clocks[name], at=at)
-        update = merge_updates(
-            {"$set": {**store.clock_fields(clocks), "paused": True, "paused_at": at}},
-            store.history(at=now, action="paused", actor=_actor(event)),
-        )
-        return update, []
-
-    await store.change(
-        db=db,
-        settings=settings,
-        complaint_id=complaint_id,
-        decide=decide,
-        now=now,
-        event_id=event.id,
-    )
+def status_of(document: dict | None) -> AssignmentStatus | None:
+    return AssignmentStatus(document["status"]) if document is not None else None
 
 
-async def resume(
-    *,
-    db: AsyncDatabase,
-    settings: RoutingSettings,
-    event: CloudEvent,
-    complaint_id: str,
-    org: str,
-    branch: str,
-    at: datetime,
-    now: datetime,
-) -> None:
-    """The customer answered: lay the remaining time out again and announce the new due times."""
-    calendar = await store.branch_calendar(db=db, org=org, branch=branch)
-
-    async def decide(current: dict[str, Any]) -> Decision:
-        if not current.get("paused"):
-            return None
-        clocks = sla.load_clocks(current.get("clocks"))
-        for name in CUSTOMER_CLOCKS:
-            if name in clocks:
-                clocks[name] = sla.resume_clock(clocks[name], calendar=calendar, at=at)
-        fields = store.clock_fields(clocks)
-        update = merge_updates(
-            {"$set": {**fields, "paused": False, "paused_at": None}},
-            store.history(at=now, action="resumed", actor=_actor(event)),
-        )
-        if current["status"] != AssignmentStatus.OPEN.value:
-            return update, []
-        announced = store.assigned_event({**current, **fields})
-        return update, [(EventType.COMPLAINT_ASSIGNED, announced)]
-
-    await store.change(
-        db=db,
-        settings=settings,
-        complaint_id=complaint_id,
-        decide=decide,
-        now=now,
-        event_id=event.id,
-    )
+def transition(*, current: AssignmentStatus | None, command: Command) -> AssignmentStatus:
+    """The status after ``command``, or raise InvalidTransition (a 409 naming both)."""
+    return TABLE.next(current=current, command=command)
 
 
-def _responsibility(current: dict[str, Any], department: str | None) -> str | None:
-    """Normalise a responsible department given as a code of the complaint's branch."""
-    if department is None:
-        return None
-    if ":" in department:
-        return department
-    return f"{current['branch']}:{department}"
+def moved(document: dict, command: Command) -> dict:
+    """The update setting the assignment's status after ``command`` (raises when illegal)."""
+    return {"$set": {"status": transition(current=status_of(document), command=command).value}}
 
 
-async def finish(
-    *,
-    db: AsyncDatabase,
-    settings: RoutingSettings,
-    event: CloudEvent,
-    complaint_id: str,
-    status: AssignmentStatus,
-    at: datetime,
-    now: datetime,
-    resolved: ComplaintResolved | None = None,
-) -> None:
-    """Resolved, rejected, withdrawn or closed: every clock stops and the slot is freed."""
-    freed: list[dict[str, Any]] = []
-
-    async def decide(current: dict[str, Any]) -> Decision:
-        freed.clear()
-        clocks = {
-            name: sla.stop_clock(clock, at=at)
-            for name, clock in sla.load_clocks(current.get("clocks")).items()
-        }
-        set_fields: dict[str, Any] = {**store.clock_fields(clocks), "status": status.value}
-        if status is not AssignmentStatus.CLOSED or current["status"] in ACTIVE:
-            set_fields["finished_at"] = at
-        events = []
-        if resolved is not None and resolved.responsible_department:
-            department = _responsibility(current, resolved.responsible_department)
-            set_fields["responsible_department"] = department
-            set_fields["responsible_party"] = (
-                resolved.responsible_party.value if resolved.responsible_party else None
-            )
-            responsibility = ComplaintResponsibilitySet(
-                complaint_id=current["_id"],
-                org=current["org"],
-                branch=current["branch"],
-                responsible_department=department,
-                responsible_party=resolved.responsible_party,
-                set_by=resolved.resolved_by or _actor(event),
-                set_at=at,
-            )
-            events.append((EventType.COMPLAINT_RESPONSIBILITY_SET, responsibility))
-        if current["status"] == status.value and not events:
-            return None
-        freed.append(current)
-        update = merge_updates(
-            {"$set": set_fields},
-            store.FREE_SLOT,
-            store.history(at=now, action=status.value, actor=_actor(event)),
-        )
-        return update, events
-
-    await store.change(
-        db=db,
-        settings=settings,
-        complaint_id=complaint_id,
-        decide=decide,
-        now=now,
-        event_id=event.id,
-    )
-    for current in freed:
-        await offer_freed_capacity(db=db, settings=settings, previous=current, now=now)
-
-
-async def offer_freed_capacity(
-    *, db: AsyncDatabase, settings: RoutingSettings, previous: dict[str, Any], now: datetime
-) -> None:
-    """The assignment left ``previous``: release its owner's slot (if it held one) in the load
-    hint, then the department (and the owner's own one) may take queued work."""
-    departments = {previous["department"]}
-    owner_id = previous.get("owner_id")
-    if owner_id and previous["status"] == AssignmentStatus.OPEN.value:
-        await directory_store.record_release(db=db, org=previous["org"], staff_id=owner_id)
-    if owner_id:
-        owner = await directory_store.find_staff(db=db, org=previous["org"], staff_id=owner_id)
-        if owner is not None:
-            departments.add(owner.department_id)
-    for department in sorted(departments):
-        await store.drain_queue(
-            db=db, settings=settings, org=previous["org"], department_id=department, now=now
-        )
-
-
-async def reopen(
-    *,
-    db: AsyncDatabase,
-    settings: RoutingSettings,
-    event: CloudEvent,
-    data: ComplaintReopened,
-    now: datetime,
-) -> None:
-    """Open again: back to the owner, a fresh resolve clock, and one level up the chain."""
-    current = await db[store.ASSIGNMENTS].find_one({"_id": data.complaint_id})
-    if current is None:
-        return
-    calendar = await store.branch_calendar(db=db, org=data.org, branch=data.branch)
-    policies = await rules_store.load_policies(db=db, org=data.org)
-    targets = await store.escalation_targets(
-        db=db, org=data.org, department_id=current["department"]
-    )
-
-    taken: list[store.OwnerChoice] = []
-
-    async def decide(current: dict[str, Any]) -> Decision:
-        taken.clear()
-        if current["status"] in ACTIVE:
-            return None
-        policy = sla.select_policy(
-            policies,
-            org=data.org,
-            requested=current.get("sla_policy"),
-            category=current["category"],
-        )
-        clocks = sla.load_clocks(current.get("clocks"))
-        clocks[SlaClock.RESOLVE.value] = flows.restart_resolve_clock(
-            calendar=calendar,
-            policy=policy,
-            severity=Severity(current["severity"]),
-            start=data.reopened_at,
-        )
-        owner = await _reopen_owner(db=db, current=current)
-        if owner is not None:
-            taken.append(owner)
-        reopened = {**current, **store.clock_fields(clocks), "paused": False}
-        set_fields: dict[str, Any] = {
-            **store.clock_fields(clocks),
-            "paused": False,
-            "finished_at": None,
-            "reopen_count": data.reopen_count,
-        }
-        if owner is None:
-            set_fields.update(status=AssignmentStatus.QUEUED.value, owner_id=None, owner_name=None)
-            set_fields["queued_at"] = now
-        else:
-            set_fields.update(
-                status=AssignmentStatus.OPEN.value,
-                owner_id=owner.staff.id,
-                owner_name=owner.staff.name,
-                **store.slot_fields(current["org"], owner.staff.id, owner.slot),
-            )
-            if owner.staff.id != current.get("owner_id"):
-                set_fields["assigned_at"] = now
-        reopened.update(set_fields)
-        escalation_update, escalation_events = store.escalate_one_level(
-            reopened, targets=targets, reason="reopened", by=data.reopened_by, at=now
-        )
-        reopened["escalation_level"] = escalation_update.get("$set", {}).get(
-            "escalation_level", reopened.get("escalation_level", 0)
-        )
-        announced = (
-            (EventType.COMPLAINT_QUEUED, store.queued_event(reopened))
-            if owner is None
-            else (EventType.COMPLAINT_ASSIGNED, store.assigned_event(reopened))
-        )
-        update = merge_updates(
-            {"$set": set_fields},
-            escalation_update,
-            store.history(at=now, action="reopened", actor=_actor(event), reason=data.reason),
-        )
-        return update, [*escalation_events, announced]
-
-    await store.change(
-        db=db,
-        settings=settings,
-        complaint_id=data.complaint_id,
-        decide=decide,
-        now=now,
-        event_id=event.id,
-    )
-    for owner in taken:
-        await directory_store.record_assignment(
-            db=db, org=data.org, staff_id=owner.staff.id, at=now
-        )
-
-
-async def _reopen_owner(*, db: AsyncDatabase, current: dict[str, Any]) -> store.OwnerChoice | None:
-    """The previous owner if still active (they know the case), else whoever's turn it is."""
-    owner_id = current.get("owner_id")
-    if owner_id:
-        owner = await directory_store.find_staff(db=db, org=current["org"], staff_id=owner_id)
-        if owner is not None and owner.status is StaffStatus.ACTIVE:
-            return await store.forced_owner(db=db, org=current["org"], staff=owner)
-    return await store.pick_owner(
-        db=db,
-        org=current["org"],
-        department_id=current["department"],
-        required_skill=current.get("required_skill"),
-    )
+def applies(document: dict, command: Command) -> bool:
+    """Whether an event asking for ``command`` has anything to do with this assignment."""
+    return TABLE.allows(current=status_of(document), command=command)

@@ -2,10 +2,11 @@
 
 Timers live in the assignment documents (``clocks`` with ``warn_at`` and
 ``next_breach_at``), and each document carries its earliest pending instant in
-the indexed ``next_timer_at``. A pass claims due documents one at a time with
-``find_one_and_update`` (a lease, so replicas share the work), fires what is
-due against ``runtime.clock.now()`` and writes the new clock state, the
-escalation and the events in one version-checked update. Exactly once: a
+the indexed ``next_timer_at``. A pass claims due documents one at a time under a
+lease (``claim_first``, so replicas share the work), fires what is due against
+``runtime.clock.now()`` and writes the new clock state, the escalation and the
+events in one version-checked change through the aggregate kernel (the
+transition table's ``fire_timers``, legal only while the complaint is worked). Exactly once: a
 replica whose lease ran out loses the version race and fires nothing. Nothing
 is held in memory, so a restart loses no timer. The loop only polls at a short
 interval; no business deadline is ever slept on. A document that fails to fire is
@@ -18,6 +19,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from complaints_shared.aggregate import Decision, Events
 from complaints_shared.business_calendar import BusinessCalendar
 from complaints_shared.events import (
     ComplaintSlaBreached,
@@ -30,11 +32,11 @@ from complaints_shared.mongo import claim_first, lease_free, merge_updates
 from complaints_shared.runtime import Runtime
 from complaints_shared.timers import FAILURE_FIELDS, record_timer_failure
 from complaints_shared.timing import wait_event
-from routing import sla, store
+from routing import lifecycle, sla, store
 from routing.escalation import EscalationTarget
+from routing.lifecycle import Command
 from routing.metrics import TIMERS_FIRED
 from routing.settings import RoutingSettings
-from routing.store import Decision, Events
 
 log = get_logger(__name__)
 
@@ -150,8 +152,11 @@ class SlaScheduler:
             db=db, org=claimed["org"], department_id=claimed["department"]
         )
         fired: Events = []
+        released: list[bool] = []
 
-        async def decide(current: dict[str, Any]) -> Decision:
+        async def decide(current: dict[str, Any]) -> Decision | None:
+            if not lifecycle.applies(current, Command.FIRE_TIMERS):
+                return None  # finished meanwhile: its clocks are stopped
             chain = targets
             if current["department"] != claimed["department"]:  # reassigned since the claim
                 chain = await store.escalation_targets(
@@ -162,16 +167,21 @@ class SlaScheduler:
             )
             fired[:] = events
             release = {"$unset": {LEASE_UNTIL: "", LEASE_OWNER: "", **FAILURE_FIELDS}}
-            return merge_updates(update, release), events
+            status = lifecycle.moved(current, Command.FIRE_TIMERS)
+            return Decision(merge_updates(status, update, release), events, [note_release])
 
-        written = await store.change(
+        async def note_release(document: dict[str, Any]) -> None:
+            released.append(True)
+
+        await store.change(
             db=db,
             settings=self._settings,
             complaint_id=claimed["_id"],
             decide=decide,
             now=runtime.clock.now(),
         )
-        if written is None:
+        if not released:  # finished or gone meanwhile: nothing fired, give the lease back
+            fired.clear()
             await self._release(runtime, claimed["_id"])
         for _, data in fired:
             kind = "warning" if isinstance(data, ComplaintSlaWarning) else "breach"

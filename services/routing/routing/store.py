@@ -21,7 +21,6 @@ behind.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -30,6 +29,8 @@ from pymongo import ASCENDING, DESCENDING
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
+from complaints_shared import aggregate
+from complaints_shared.aggregate import Aggregate, Decide, Decision, Events
 from complaints_shared.auth import Principal
 from complaints_shared.business_calendar import BusinessCalendar
 from complaints_shared.events import (
@@ -38,16 +39,14 @@ from complaints_shared.events import (
     ComplaintEscalated,
     ComplaintQueued,
     ComplaintReceived,
-    EventData,
     EventType,
 )
-from complaints_shared.failures import TransientFailure
 from complaints_shared.logs import get_logger
-from complaints_shared.mongo import is_id_clash, merge_updates, update_and_read
-from complaints_shared.outbox import outbox_entry, outbox_fields, outbox_update
-from complaints_shared.pagination import Page, after_cursor, encode_cursor
-from complaints_shared.problems import ProblemError, not_found
-from routing import audit, directory_store, flows, rules_store, sla
+from complaints_shared.mongo import is_id_clash, merge_updates
+from complaints_shared.outbox import outbox_entry, outbox_fields
+from complaints_shared.pagination import Page
+from complaints_shared.problems import ConcurrentUpdate, not_found
+from routing import audit, directory_store, flows, lifecycle, rules_store, sla
 from routing.context_cache import ContextCache
 from routing.escalation import EscalationTarget, chain_targets, target_at
 from routing.metrics import ASSIGNMENTS as ASSIGNED_METRIC
@@ -70,21 +69,13 @@ from routing.models import (
 from routing.settings import RoutingSettings
 
 ASSIGNMENTS = "assignments"
+ASSIGNMENT = Aggregate(collection=ASSIGNMENTS, what="assignment", applied_events_kept=200)
 MAX_WRITE_ATTEMPTS = 10
-APPLIED_EVENTS_KEPT = 200
 HISTORY_KEPT = 200
 MAX_PAGE_SIZE = 200
 DRAIN_BATCH = 100
 
 log = get_logger(__name__)
-
-Events = list[tuple[EventType, EventData]]
-Decision = tuple[dict[str, Any], Events] | None
-Decide = Callable[[dict[str, Any]], Awaitable[Decision]]
-
-
-class ConcurrentChange(TransientFailure):
-    """The assignment kept changing underneath; the caller retries (Kafka) or answers 409."""
 
 
 async def ensure_indexes(*, db: AsyncDatabase) -> None:
@@ -135,46 +126,21 @@ async def change(
     scope: dict[str, Any] | None = None,
     event_id: str | None = None,
 ) -> dict[str, Any] | None:
-    """Apply one decided change atomically with its events; returns the new document.
+    """One change of an assignment through the aggregate kernel (``complaints_shared.aggregate``).
 
-    ``decide`` returns None for "nothing to do". ``event_id`` makes the change
-    idempotent for consumed events. A slot taken by someone else between the
-    decision and the write (duplicate key) simply means: decide again.
+    A slot taken by someone else between the decision and the write (the unique
+    index refuses it) makes the kernel decide again.
     """
-    assignments = db[ASSIGNMENTS]
-    for _ in range(MAX_WRITE_ATTEMPTS):
-        current = await assignments.find_one({"_id": complaint_id, **(scope or {})})
-        if current is None:
-            return None
-        if event_id is not None and event_id in current.get("applied_events", []):
-            return current
-        decision = await decide(current)
-        if decision is None:
-            return current
-        update, events = decision
-        entries = [
-            outbox_entry(event_type=event_type, data=data, settings=settings)
-            for event_type, data in events
-        ]
-        merged = merge_updates(
-            update,
-            {"$set": {"updated_at": now}, "$inc": {"version": 1}},
-            outbox_update(entries) if entries else {},
-            (
-                {"$push": {"applied_events": {"$each": [event_id], "$slice": -APPLIED_EVENTS_KEPT}}}
-                if event_id
-                else {}
-            ),
-        )
-        try:
-            updated = await update_and_read(
-                assignments, {"_id": complaint_id, "version": current["version"]}, merged
-            )
-        except DuplicateKeyError:
-            continue
-        if updated is not None:
-            return updated
-    raise ConcurrentChange(f"assignment {complaint_id} kept changing; retry")
+    return await aggregate.change(
+        db=db,
+        settings=settings,
+        aggregate=ASSIGNMENT,
+        aggregate_id=complaint_id,
+        decide=decide,
+        now=now,
+        scope=scope,
+        event_id=event_id,
+    )
 
 
 # ------------------------------------------------------------------- slots --
@@ -585,7 +551,7 @@ def _new_document(
     }
     if owner is None:
         document.update(
-            status=AssignmentStatus.QUEUED.value,
+            status=lifecycle.transition(current=None, command=lifecycle.Command.QUEUE).value,
             owner_id=None,
             owner_name=None,
             assigned_at=None,
@@ -593,7 +559,7 @@ def _new_document(
         )
     else:
         document.update(
-            status=AssignmentStatus.OPEN.value,
+            status=lifecycle.transition(current=None, command=lifecycle.Command.ASSIGN).value,
             owner_id=owner.staff.id,
             owner_name=owner.staff.name,
             assigned_at=now,
@@ -684,7 +650,8 @@ async def route_received(
             continue  # the slot went to someone else's complaint: choose again
         await _after_assignment(db=db, document=document, how=how, now=now)
         return True
-    raise ConcurrentChange(f"could not find a free owner slot for {complaint.complaint_id}")
+    # Every free slot went to someone else's complaint, time after time.
+    raise ConcurrentUpdate(detail=f"assignment {complaint.complaint_id}: no owner slot held still")
 
 
 async def _after_assignment(
@@ -710,11 +677,14 @@ async def assign_from_queue(
     *, db: AsyncDatabase, settings: RoutingSettings, complaint_id: str, now: datetime
 ) -> bool:
     """Give a queued complaint to whoever has capacity now; False if nobody has."""
-    chosen: list[OwnerChoice] = []
+    assigned: list[str] = []
 
-    async def decide(current: dict[str, Any]) -> Decision:
-        chosen.clear()
-        if current["status"] != AssignmentStatus.QUEUED.value:
+    async def after(document: dict[str, Any]) -> None:
+        assigned.append(document["owner_id"])
+        await _after_assignment(db=db, document=document, how="queue", now=now)
+
+    async def decide(current: dict[str, Any]) -> Decision | None:
+        if not lifecycle.applies(current, lifecycle.Command.ASSIGN):
             return None
         choice = await pick_owner(
             db=db,
@@ -724,35 +694,21 @@ async def assign_from_queue(
         )
         if choice is None:
             return None
-        chosen.append(choice)
-        assigned = {
-            **current,
-            "status": AssignmentStatus.OPEN.value,
+        owner = {
             "owner_id": choice.staff.id,
             "owner_name": choice.staff.name,
             "assigned_at": now,
         }
         update = merge_updates(
-            {
-                "$set": {
-                    "status": AssignmentStatus.OPEN.value,
-                    "owner_id": choice.staff.id,
-                    "owner_name": choice.staff.name,
-                    "assigned_at": now,
-                    **slot_fields(current["org"], choice.staff.id, choice.slot),
-                }
-            },
+            lifecycle.moved(current, lifecycle.Command.ASSIGN),
+            {"$set": {**owner, **slot_fields(current["org"], choice.staff.id, choice.slot)}},
             history(at=now, action="assigned_from_queue", actor="routing", owner=choice.staff.id),
         )
-        return update, [(EventType.COMPLAINT_ASSIGNED, assigned_event(assigned))]
+        announced = assigned_event({**current, **update["$set"]})
+        return Decision(update, [(EventType.COMPLAINT_ASSIGNED, announced)], [after])
 
-    document = await change(
-        db=db, settings=settings, complaint_id=complaint_id, decide=decide, now=now
-    )
-    if not chosen or document is None or document.get("owner_id") != chosen[0].staff.id:
-        return False
-    await _after_assignment(db=db, document=document, how="queue", now=now)
-    return True
+    await change(db=db, settings=settings, complaint_id=complaint_id, decide=decide, now=now)
+    return bool(assigned)
 
 
 async def drain_queue(
@@ -798,12 +754,9 @@ async def queued_departments(*, db: AsyncDatabase) -> list[tuple[str, str]]:
 
 
 async def get_visible(*, db: AsyncDatabase, principal: Principal, complaint_id: str) -> dict:
-    document = await db[ASSIGNMENTS].find_one(
-        {"_id": complaint_id, **principal.scope_filter()}, projection={"outbox": 0}
+    return await aggregate.get_visible(
+        db=db, aggregate=ASSIGNMENT, principal=principal, aggregate_id=complaint_id
     )
-    if document is None:
-        raise not_found(what="assignment", identifier=complaint_id)
-    return document
 
 
 def to_read(document: dict[str, Any]) -> AssignmentRead:
@@ -826,29 +779,21 @@ async def list_assignments(
     limit: int,
     cursor: str | None,
 ) -> Page[AssignmentRead]:
-    query: dict[str, Any] = {
-        **principal.scope_filter(),
-        **after_cursor(field="created_at", cursor=cursor),
-    }
+    query: dict[str, Any] = aggregate.visibility(principal)
     for field, value in (("department", department), ("owner_id", owner_id)):
         if value is not None:
             query[field] = value
     if status is not None:
         query["status"] = status.value
-    page_size = min(limit, MAX_PAGE_SIZE)
-    documents = (
-        await db[ASSIGNMENTS]
-        .find(query, projection={"outbox": 0})
-        .sort([("created_at", ASCENDING), ("_id", ASCENDING)])
-        .limit(page_size + 1)
-        .to_list(None)
+    return await aggregate.page(
+        collection=db[ASSIGNMENTS],
+        query=query,
+        sort_field="created_at",
+        limit=min(limit, MAX_PAGE_SIZE),
+        cursor=cursor,
+        to_item=to_read,
+        projection=ASSIGNMENT.hidden,
     )
-    next_cursor = None
-    if len(documents) > page_size:
-        documents = documents[:page_size]
-        last = documents[-1]
-        next_cursor = encode_cursor(sort_value=last["created_at"], document_id=last["_id"])
-    return Page[AssignmentRead](items=[to_read(doc) for doc in documents], next_cursor=next_cursor)
 
 
 async def open_work(*, db: AsyncDatabase, query: dict[str, Any]) -> list[OpenWork]:
@@ -952,9 +897,3 @@ async def workload(
             )
         )
     return WorkloadRead(departments=result)
-
-
-def concurrent_problem(exc: ConcurrentChange) -> ProblemError:
-    return ProblemError(
-        status=409, title="Concurrent update", kind="concurrent-update", detail=str(exc)
-    )

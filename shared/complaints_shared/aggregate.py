@@ -1,0 +1,241 @@
+"""The aggregate kernel: how every service reads and changes the documents it owns.
+
+An aggregate (the complaint of record, an assignment, a satisfaction check) is
+one MongoDB document carrying a ``version``, the ids of the consumed events it
+has applied and an ``outbox`` of events waiting for the relay. A change is:
+
+1. read the document (within the caller's visibility, if any);
+2. skip it when ``event_id`` was applied before (a redelivered event has no
+   second effect);
+3. ``decide``: the caller's pure-ish function returns a :class:`Decision` (the
+   update, the events it causes, the effects to run afterwards) or None for
+   "nothing to do"; it may raise (an ``InvalidTransition`` is a 409);
+4. write the update, the events and the applied event id in one update
+   conditional on the version read; a lost race (or a unique index refusing the
+   write, e.g. an owner slot taken meanwhile) decides again on the new version;
+5. after the write, run the decision's effects with the stored document.
+
+Effects are what cannot be in the same atomic write and what a periodic pass
+repairs if a crash loses them (load hints, offering freed capacity to a queue).
+
+The write is ``update_one`` then a read by ``_id`` (``complaints_shared.mongo.
+update_and_read``), not ``find_one_and_update``: the local MongoDB (SecantusDB)
+runs findAndModify in time proportional to the collection
+(docs/mongodb-compatibility.md). This module is the only place that chooses.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, TypeVar
+
+from pymongo.asynchronous.collection import AsyncCollection
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import DuplicateKeyError
+
+from complaints_shared.auth import Principal
+from complaints_shared.events import EventData, EventType
+from complaints_shared.mongo import merge_updates, update_and_read
+from complaints_shared.outbox import outbox_entry, outbox_update
+from complaints_shared.pagination import Page, decode_cursor, encode_cursor
+from complaints_shared.problems import ConcurrentUpdate, not_found
+from complaints_shared.settings import ServiceSettings
+from complaints_shared.transitions import InvalidTransition
+
+Item = TypeVar("Item")
+Events = list[tuple[EventType, EventData]]
+Effect = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+@dataclass
+class Decision:
+    """What one change does: the update, the events it announces, what runs after the write."""
+
+    update: dict[str, Any]
+    events: Sequence[tuple[EventType, EventData]] = ()
+    effects: Sequence[Effect] = field(default_factory=list)
+
+
+Decide = Callable[[dict[str, Any]], "Decision | Awaitable[Decision | None] | None"]
+
+
+@dataclass(frozen=True)
+class Aggregate:
+    """A kind of aggregate: where it is stored and how it is named in problems."""
+
+    collection: str
+    what: str
+    # Consumed event ids remembered per document; older ones are assumed long delivered.
+    applied_events_kept: int = 200
+    max_write_attempts: int = 10
+    # Fields never shown to a reader of the aggregate.
+    hidden: Mapping[str, int] = field(default_factory=lambda: {"outbox": 0})
+
+
+def visibility(principal: Principal) -> dict[str, Any]:
+    """The filter that keeps a caller to their organisation and branches."""
+    return principal.scope_filter()
+
+
+async def change(
+    *,
+    db: AsyncDatabase,
+    settings: ServiceSettings,
+    aggregate: Aggregate,
+    aggregate_id: str,
+    decide: Decide,
+    now: datetime,
+    scope: Mapping[str, Any] | None = None,
+    event_id: str | None = None,
+) -> dict[str, Any] | None:
+    """Apply one decided change atomically with its events; the stored document after it.
+
+    Returns the document as read when there was nothing to do (``decide`` said None,
+    or ``event_id`` was applied before), None when no document matches ``scope``.
+    """
+    collection = db[aggregate.collection]
+    for _ in range(aggregate.max_write_attempts):
+        current = await collection.find_one({"_id": aggregate_id, **(scope or {})})
+        if current is None:
+            return None
+        if event_id is not None and event_id in current.get("applied_events", []):
+            return _shown(current, aggregate)
+        try:
+            decision = await _decided(decide, current)
+        except InvalidTransition as exc:
+            raise exc.about(what=aggregate.what, identifier=aggregate_id) from None
+        if decision is None:
+            return _shown(current, aggregate)
+        update = _with_bookkeeping(
+            decision, aggregate=aggregate, settings=settings, now=now, event_id=event_id
+        )
+        try:
+            # Versions missing on documents stored before versioning match None.
+            condition = {"_id": aggregate_id, "version": current.get("version")}
+            updated = await update_and_read(
+                collection, condition, update, projection=dict(aggregate.hidden)
+            )
+        except DuplicateKeyError:
+            continue
+        if updated is None:
+            continue
+        for effect in decision.effects:
+            await effect(updated)
+        return updated
+    raise ConcurrentUpdate(
+        detail=f"{aggregate.what} {aggregate_id} kept changing underneath this request; retry it"
+    )
+
+
+async def _decided(decide: Decide, current: dict[str, Any]) -> Decision | None:
+    decision = decide(current)
+    if inspect.isawaitable(decision):
+        decision = await decision
+    return decision
+
+
+def _with_bookkeeping(
+    decision: Decision,
+    *,
+    aggregate: Aggregate,
+    settings: ServiceSettings,
+    now: datetime,
+    event_id: str | None,
+) -> dict[str, Any]:
+    entries = [
+        outbox_entry(event_type=event_type, data=data, settings=settings)
+        for event_type, data in decision.events
+    ]
+    applied = {"$each": [event_id], "$slice": -aggregate.applied_events_kept}
+    return merge_updates(
+        decision.update,
+        {"$set": {"updated_at": now}, "$inc": {"version": 1}},
+        outbox_update(entries) if entries else {},
+        {"$push": {"applied_events": applied}} if event_id else {},
+    )
+
+
+def _shown(document: dict[str, Any], aggregate: Aggregate) -> dict[str, Any]:
+    hidden = {name for name, shown in aggregate.hidden.items() if not shown}
+    return {name: value for name, value in document.items() if name not in hidden}
+
+
+# -------------------------------------------------------------------- reads --
+
+
+async def get_visible(
+    *,
+    db: AsyncDatabase,
+    aggregate: Aggregate,
+    principal: Principal,
+    aggregate_id: str,
+    projection: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The aggregate if the caller may see it; another organisation's or branch's is a 404."""
+    document = await db[aggregate.collection].find_one(
+        {"_id": aggregate_id, **visibility(principal)},
+        projection=dict(projection or aggregate.hidden),
+    )
+    if document is None:
+        raise not_found(what=aggregate.what, identifier=aggregate_id)
+    return document
+
+
+def after_cursor(*, field: str, cursor: str | None, descending: bool = False) -> dict[str, Any]:
+    """Documents strictly after ``cursor`` in the (field, _id) order.
+
+    The range on ``field`` stands beside the tie-break's ``$or`` (inside an ``$and``,
+    never at the top level, which the local MongoDB answers with a collection scan).
+    """
+    if cursor is None:
+        return {}
+    sort_value, document_id = decode_cursor(cursor)
+    beyond, reached = ("$lt", "$lte") if descending else ("$gt", "$gte")
+    return {
+        field: {reached: sort_value},
+        "$and": [
+            {
+                "$or": [
+                    {field: {beyond: sort_value}},
+                    {"_id": {beyond: document_id}},
+                ]
+            }
+        ],
+    }
+
+
+async def page(
+    *,
+    collection: AsyncCollection,
+    query: Mapping[str, Any],
+    sort_field: str,
+    limit: int,
+    cursor: str | None,
+    to_item: Callable[[dict[str, Any]], Item],
+    descending: bool = False,
+    projection: Mapping[str, Any] | None = None,
+) -> Page[Item]:
+    """One cursor page of ``query`` in (``sort_field``, ``_id``) order."""
+    position = after_cursor(field=sort_field, cursor=cursor, descending=descending)
+    if not position:
+        combined: dict[str, Any] = dict(query)
+    elif position.keys() & query.keys():
+        combined = {"$and": [dict(query), position]}
+    else:
+        combined = {**query, **position}
+    order = -1 if descending else 1
+    documents = (
+        await collection.find(combined, projection=dict(projection) if projection else None)
+        .sort([(sort_field, order), ("_id", order)])
+        .limit(limit + 1)
+        .to_list(None)
+    )
+    next_cursor = None
+    if len(documents) > limit:
+        documents = documents[:limit]
+        last = documents[-1]
+        next_cursor = encode_cursor(sort_value=last[sort_field], document_id=last["_id"])
+    return Page(items=[to_item(document) for document in documents], next_cursor=next_cursor)
