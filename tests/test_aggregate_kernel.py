@@ -1,0 +1,257 @@
+"""Integration: the shared aggregate kernel against the real MongoDB.
+
+One change loop serves every aggregate of every service: a consumed event applied
+twice has one effect, a lost version race decides again on the new document, the
+events land in the outbox in the same write, effects run once after the write, a
+caller sees only their organisation's and branches' documents, and cursor pages
+walk ties on the sort key without gaps or repeats.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from pymongo import AsyncMongoClient
+from pymongo.asynchronous.database import AsyncDatabase
+
+from complaints_shared import aggregate
+from complaints_shared.aggregate import Aggregate, ConcurrentChange, Decision
+from complaints_shared.auth import Principal, Role
+from complaints_shared.events import ComplaintNoteAdded, EventType
+from complaints_shared.problems import ProblemError
+from complaints_shared.settings import ServiceSettings
+from complaints_shared.transitions import InvalidTransition
+from routing.lifecycle import Command
+from routing.models import AssignmentStatus
+from tests.infrastructure import Infrastructure
+
+pytestmark = pytest.mark.integration
+
+NOW = datetime(2026, 11, 30, 2, tzinfo=UTC)
+THING = Aggregate(collection="things", what="thing", applied_events_kept=3)
+
+
+@pytest.fixture
+async def db(infrastructure: Infrastructure) -> AsyncIterator[AsyncDatabase]:
+    client = AsyncMongoClient(infrastructure.mongodb_uri, tz_aware=True)
+    name = f"t_kernel_{uuid.uuid4().hex[:10]}"
+    try:
+        yield client[name]
+    finally:
+        await client.drop_database(name)
+        await client.close()
+
+
+SETTINGS = ServiceSettings(service_name="kernel-probe")
+
+
+async def _thing(db: AsyncDatabase, *, branch: str = "LZ", **fields: Any) -> str:
+    thing_id = str(uuid.uuid4())
+    await db[THING.collection].insert_one(
+        {"_id": thing_id, "org": "demo", "branch": branch, "count": 0, "version": 1, **fields}
+    )
+    return thing_id
+
+
+def _note(thing_id: str) -> ComplaintNoteAdded:
+    return ComplaintNoteAdded(
+        complaint_id=thing_id,
+        org="demo",
+        branch="LZ",
+        note_id="n-1",
+        author="agent-1",
+        visibility="internal",
+        text="已联系客户",
+        added_at=NOW,
+    )
+
+
+def _count_up(thing_id: str, effects: list[int]) -> Any:
+    async def after(document: dict[str, Any]) -> None:
+        effects.append(document["count"])
+
+    def decide(current: dict[str, Any]) -> Decision:
+        return Decision(
+            {"$inc": {"count": 1}},
+            [(EventType.COMPLAINT_NOTE_ADDED, _note(thing_id))],
+            [after],
+        )
+
+    return decide
+
+
+async def test_an_event_applied_twice_has_one_effect(db: AsyncDatabase) -> None:
+    thing_id = await _thing(db)
+    effects: list[int] = []
+    for _ in range(2):  # the same consumed event, redelivered
+        document = await aggregate.change(
+            db=db,
+            settings=SETTINGS,
+            aggregate=THING,
+            aggregate_id=thing_id,
+            decide=_count_up(thing_id, effects),
+            now=NOW,
+            event_id="event-1",
+        )
+        assert document is not None and document["count"] == 1
+    stored = await db[THING.collection].find_one({"_id": thing_id})
+    assert stored["count"] == 1
+    assert stored["version"] == 2
+    assert stored["applied_events"] == ["event-1"]
+    assert [entry["type"] for entry in stored["outbox"]] == [
+        "org.complaintdesk.complaint.note_added.v1"
+    ]
+    assert effects == [1]  # after the write, with the stored document, once
+
+
+async def test_only_the_newest_applied_event_ids_are_kept(db: AsyncDatabase) -> None:
+    thing_id = await _thing(db)
+    for number in range(5):
+        await aggregate.change(
+            db=db,
+            settings=SETTINGS,
+            aggregate=THING,
+            aggregate_id=thing_id,
+            decide=_count_up(thing_id, []),
+            now=NOW,
+            event_id=f"event-{number}",
+        )
+    stored = await db[THING.collection].find_one({"_id": thing_id})
+    assert stored["applied_events"] == ["event-2", "event-3", "event-4"]
+    assert stored["count"] == 5
+
+
+async def test_a_lost_version_race_decides_again_on_the_new_document(db: AsyncDatabase) -> None:
+    thing_id = await _thing(db)
+    seen_counts: list[int] = []
+
+    async def decide(current: dict[str, Any]) -> Decision:
+        seen_counts.append(current["count"])
+        if len(seen_counts) == 1:  # someone else writes between our read and our write
+            await db[THING.collection].update_one(
+                {"_id": thing_id}, {"$inc": {"count": 10, "version": 1}}
+            )
+        return Decision({"$set": {"count": current["count"] + 1}})
+
+    document = await aggregate.change(
+        db=db, settings=SETTINGS, aggregate=THING, aggregate_id=thing_id, decide=decide, now=NOW
+    )
+    assert seen_counts == [0, 10]
+    assert document is not None and document["count"] == 11
+    assert document["updated_at"] == NOW
+
+
+async def test_a_document_that_never_stops_changing_is_a_409(db: AsyncDatabase) -> None:
+    thing_id = await _thing(db)
+
+    async def decide(current: dict[str, Any]) -> Decision:
+        await db[THING.collection].update_one({"_id": thing_id}, {"$inc": {"version": 1}})
+        return Decision({"$inc": {"count": 1}})
+
+    with pytest.raises(ConcurrentChange) as raised:
+        await aggregate.change(
+            db=db, settings=SETTINGS, aggregate=THING, aggregate_id=thing_id, decide=decide, now=NOW
+        )
+    assert raised.value.status == 409
+    assert thing_id in raised.value.detail
+    assert (await db[THING.collection].find_one({"_id": thing_id}))["count"] == 0
+
+
+async def test_nothing_to_do_and_refusals_write_nothing(db: AsyncDatabase) -> None:
+    thing_id = await _thing(db, status=AssignmentStatus.CLOSED.value)
+    unchanged = await aggregate.change(
+        db=db,
+        settings=SETTINGS,
+        aggregate=THING,
+        aggregate_id=thing_id,
+        decide=lambda current: None,
+        now=NOW,
+        event_id="event-1",
+    )
+    assert unchanged is not None and unchanged["version"] == 1
+
+    def refuse(current: dict[str, Any]) -> Decision:
+        raise InvalidTransition(
+            current=AssignmentStatus(current["status"]), command=Command.ESCALATE, what="thing"
+        )
+
+    with pytest.raises(InvalidTransition) as raised:
+        await aggregate.change(
+            db=db, settings=SETTINGS, aggregate=THING, aggregate_id=thing_id, decide=refuse, now=NOW
+        )
+    assert raised.value.detail == f"thing {thing_id}: cannot escalate a thing that is closed"
+    stored = await db[THING.collection].find_one({"_id": thing_id})
+    assert stored["version"] == 1
+    assert "applied_events" not in stored and "outbox" not in stored
+
+
+async def test_visibility_scoped_reads_and_changes(db: AsyncDatabase) -> None:
+    lanzhou = await _thing(db, branch="LZ")
+    xian = await _thing(db, branch="XA")
+    agent = Principal(subject="a", org="demo", branches=["LZ"], roles=[Role.AGENT])
+    stranger = Principal(subject="s", org="other", branches="*", roles=[Role.ADMIN])
+
+    seen = await aggregate.get_visible(
+        db=db, aggregate=THING, principal=agent, aggregate_id=lanzhou
+    )
+    assert seen["_id"] == lanzhou and "outbox" not in seen
+    for principal, thing_id in ((agent, xian), (stranger, lanzhou)):
+        with pytest.raises(ProblemError) as raised:
+            await aggregate.get_visible(
+                db=db, aggregate=THING, principal=principal, aggregate_id=thing_id
+            )
+        assert raised.value.status == 404
+        assert thing_id in raised.value.detail
+    foreign = await aggregate.change(
+        db=db,
+        settings=SETTINGS,
+        aggregate=THING,
+        aggregate_id=xian,
+        decide=_count_up(xian, []),
+        now=NOW,
+        scope=aggregate.visibility(agent),
+    )
+    assert foreign is None
+    assert (await db[THING.collection].find_one({"_id": xian}))["count"] == 0
+
+
+@pytest.mark.parametrize("descending", [False, True])
+async def test_cursor_pages_walk_ties_without_gaps_or_repeats(
+    db: AsyncDatabase, descending: bool
+) -> None:
+    # Three documents share each instant, so pages must break ties on _id.
+    instants = [NOW + timedelta(minutes=minute) for minute in range(4)]
+    expected = []
+    for at in instants:
+        for _ in range(3):
+            expected.append((at, await _thing(db, created_at=at)))
+    await _thing(db, branch="XA", created_at=NOW)  # another branch: never listed
+    expected.sort(reverse=descending)
+    agent = Principal(subject="a", org="demo", branches=["LZ"], roles=[Role.AGENT])
+
+    walked: list[str] = []
+    cursor = None
+    while True:
+        page = await aggregate.page(
+            collection=db[THING.collection],
+            query={
+                "$and": [
+                    aggregate.visibility(agent),
+                    {"created_at": {"$lt": NOW + timedelta(hours=1)}},
+                ]
+            },
+            sort_field="created_at",
+            limit=5,
+            cursor=cursor,
+            to_item=lambda document: document["_id"],
+            descending=descending,
+        )
+        walked.extend(page.items)
+        cursor = page.next_cursor
+        if cursor is None:
+            break
+    assert walked == [thing_id for _, thing_id in expected]
