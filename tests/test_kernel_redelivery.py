@@ -1,0 +1,116 @@
+"""Integration: a redelivered event is applied once, in every service that consumes events.
+
+Each service changes its aggregates through the shared kernel with the consumed
+event's id; these tests redeliver the very same CloudEvent over real Kafka and
+check that the record, the history and the announced events show one effect.
+(Intake's side: ``tests/test_delivery.py::test_redelivered_assignment_event_is_applied_once``.)
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from complaints_shared.clock import ManualClock
+from complaints_shared.events import (
+    ComplaintPendingCustomer,
+    ComplaintReopened,
+    ComplaintResumed,
+    EventType,
+)
+from tests.conftest import System, SystemFactory
+from tests.helpers import eventually, handled_count, token
+from tests.test_followup_checks import checks_of, followup_events, publish, republish, resolved
+from tests.test_routing_support import assignment_when, base, intake_producer, received
+
+pytestmark = pytest.mark.integration
+
+
+async def _handled(service: str, event_type: EventType, at_least: float) -> bool:
+    return handled_count(service, event_type) >= at_least
+
+
+async def test_routing_redelivered_pending_customer_after_resume_does_not_pause_again(
+    system: System,
+) -> None:
+    complaint = received()
+    now = datetime.now(UTC)
+    async with intake_producer(system) as publish_intake:
+        await publish_intake(EventType.COMPLAINT_RECEIVED, complaint)
+        await assignment_when(system, complaint.complaint_id, what="routed")
+        paused = await publish_intake(
+            EventType.COMPLAINT_PENDING_CUSTOMER,
+            ComplaintPendingCustomer(
+                **base(complaint), reason="等客户提供账单", paused_by="agent-1", paused_at=now
+            ),
+        )
+        await assignment_when(system, complaint.complaint_id, lambda doc: doc["paused"])
+        await publish_intake(
+            EventType.COMPLAINT_RESUMED,
+            ComplaintResumed(**base(complaint), resumed_by="agent-1", resumed_at=now),
+        )
+        await assignment_when(system, complaint.complaint_id, lambda doc: not doc["paused"])
+        handled_before = handled_count("routing", EventType.COMPLAINT_PENDING_CUSTOMER)
+        await publish_intake.replay(paused)  # the pause, delivered again after the resume
+        await eventually(
+            lambda: _handled("routing", EventType.COMPLAINT_PENDING_CUSTOMER, handled_before + 1),
+            what="redelivered pause consumed",
+        )
+
+    assignment = await assignment_when(system, complaint.complaint_id)
+    assert assignment["paused"] is False
+    actions = [entry["action"] for entry in assignment["history"]]
+    assert actions.count("paused") == 1
+    assert actions.count("resumed") == 1
+    assert assignment["applied_events"].count(paused.id) == 1
+    clock = assignment["clocks"]["resolve"]
+    assert clock["state"] == "running"
+
+
+async def test_followup_redelivered_reopen_cancels_each_check_once(
+    system_factory: SystemFactory,
+) -> None:
+    # The clock stands before the due times, so the checks stay scheduled until cancelled.
+    system = await system_factory(clock=ManualClock(datetime(2026, 11, 20, tzinfo=UTC)))
+    admin = token(system.intake_settings)
+    resolution = resolved(resolved_at=datetime(2026, 11, 24, 2, tzinfo=UTC), severity="high")
+    await publish(system, (EventType.COMPLAINT_RESOLVED, resolution))
+    first, second = await checks_of(system, resolution.complaint_id, admin, count=2)
+
+    handled_before = handled_count("followup", EventType.COMPLAINT_REOPENED)
+    (reopen,) = await publish(
+        system,
+        (
+            EventType.COMPLAINT_REOPENED,
+            ComplaintReopened(
+                complaint_id=resolution.complaint_id,
+                org="demo",
+                branch="LZ",
+                reason="客户不满意",
+                reopened_by="followup",
+                reopened_at=resolution.resolved_at + timedelta(days=1),
+                reopen_count=1,
+            ),
+        ),
+    )
+    await republish(system, reopen)
+    await eventually(
+        lambda: _handled("followup", EventType.COMPLAINT_REOPENED, handled_before + 2),
+        what="both deliveries of the reopen consumed",
+    )
+
+    cancelled = await followup_events(
+        system,
+        event_type=EventType.FOLLOWUP_CANCELLED,
+        subject=resolution.complaint_id,
+        count=2,
+    )
+    assert sorted(event.data["followup_id"] for event in cancelled) == [first["id"], second["id"]]
+    for check in (first, second):
+        body = (await system.followup.get(f"/v1/followups/{check['id']}", headers=admin)).json()
+        assert body["status"] == "cancelled"
+        assert [entry["action"] for entry in body["history"]] == ["schedule", "cancel"]
+    db = system.mongo[system.followup_settings.database_name()]
+    stored = await db.satisfaction_checks.find_one({"_id": first["id"]})
+    assert stored["applied_events"] == [reopen.id]
