@@ -124,6 +124,71 @@ async def policy_history(
     return History[PolicyRead](items=items)
 
 
+@router.get(
+    "/policy/branches/{branch}",
+    response_model=PolicyRead,
+    summary="The policy a branch's resolutions get: its own, else the organisation's",
+)
+async def get_branch_policy(branch: BranchPath, request: Request, principal: Agent) -> PolicyRead:
+    _visible_branch(principal, branch)
+    runtime = _runtime(request)
+    return await config_store.policy_for_branch(
+        db=runtime.db, settings=runtime.settings, org=principal.org, branch=branch
+    )
+
+
+@router.put(
+    "/policy/branches/{branch}",
+    response_model=PolicyRead,
+    summary="Give the branch its own follow-up policy (a new audited version)",
+)
+async def put_branch_policy(
+    branch: BranchPath, body: FollowupPolicy, request: Request, principal: Admin
+) -> PolicyRead:
+    _visible_branch(principal, branch)
+    runtime = _runtime(request)
+    return await config_store.save_policy(
+        db=runtime.db, principal=principal, policy=body, now=runtime.clock.now(), branch=branch
+    )
+
+
+@router.delete(
+    "/policy/branches/{branch}",
+    response_model=PolicyRead,
+    summary="The branch follows the organisation's policy again; answers the policy now in force",
+)
+async def delete_branch_policy(
+    branch: BranchPath, request: Request, principal: Admin
+) -> PolicyRead:
+    _visible_branch(principal, branch)
+    runtime = _runtime(request)
+    return await config_store.follow_organisation_policy(
+        db=runtime.db,
+        settings=runtime.settings,
+        principal=principal,
+        branch=branch,
+        now=runtime.clock.now(),
+    )
+
+
+@router.get(
+    "/policy/branches/{branch}/history",
+    response_model=History[PolicyRead],
+    summary="The branch's own policy versions, newest first (null policy: back to the default)",
+)
+async def branch_policy_history(
+    branch: BranchPath,
+    request: Request,
+    principal: Supervisor,
+    query: Annotated[HistoryQuery, Query()],
+) -> History[PolicyRead]:
+    _visible_branch(principal, branch)
+    items = await config_store.policy_history(
+        db=_runtime(request).db, org=principal.org, limit=query.limit, branch=branch
+    )
+    return History[PolicyRead](items=items)
+
+
 # ----------------------------------------------------------- contact hours --
 
 

@@ -64,7 +64,9 @@ def build_handlers(runtime: Runtime) -> dict[EventType, EventHandler]:
             now=now,
             event_id=event.id,
         )
-        policy = await config_store.current_policy(db=runtime.db, settings=settings, org=data.org)
+        policy = await config_store.policy_for_branch(
+            db=runtime.db, settings=settings, org=data.org, branch=data.branch
+        )
         hours = await config_store.current_contact_hours(
             db=runtime.db, settings=settings, org=data.org, branch=data.branch
         )

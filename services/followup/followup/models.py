@@ -136,13 +136,18 @@ class FollowupPolicy(StrictModel):
 
 
 class PolicyRead(BaseModel):
-    """The policy in force; version 0 is the built-in default (never stored)."""
+    """A stored policy version; version 0 is the built-in default (never stored)."""
 
     org: str
+    branch: str | None = Field(
+        None, description="The branch this version belongs to; null: the organisation's default"
+    )
     version: int
     changed_by: str | None = None
     changed_at: datetime | None = None
-    policy: FollowupPolicy
+    policy: FollowupPolicy | None = Field(
+        description="null only in a branch's history: from then on it followed the organisation"
+    )
 
 
 # ----------------------------------------------------------- contact hours --

@@ -237,6 +237,7 @@ def _new_check(
         "due_at": due_at,
         "channel": resolved.customer.preferred_channel.value,
         "policy_version": policy.version,
+        "policy_branch": policy.branch,
         "max_attempts": rules.max_attempts,
         "attempt_spacing_hours": rules.attempt_spacing_hours,
         "satisfied_score_threshold": rules.satisfied_score_threshold,

@@ -181,8 +181,12 @@ def plan_route(
     rule, department, skipped = choose_route(complaint, rules=rules, departments=departments)
     action = rule.action
     severity = action.severity_override or complaint.severity
+    # A retired policy stays on the assignments that have it, but is never given anew.
     policy = sla.select_policy(
-        policies, org=complaint.org, requested=action.sla_policy, category=complaint.category
+        [policy for policy in policies if policy.in_force],
+        org=complaint.org,
+        requested=action.sla_policy,
+        category=complaint.category,
     )
     in_hours = calendar.is_open(complaint.received_at)
     urgent = severity in URGENT

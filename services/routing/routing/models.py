@@ -440,6 +440,14 @@ class SlaPolicy(SlaPolicyBase):
     version: int = 1
     updated_at: datetime | None = None
     updated_by: str | None = None
+    retired_at: datetime | None = Field(
+        None, description="Set when retired: kept for history, never chosen for new complaints"
+    )
+    retired_by: str | None = None
+
+    @property
+    def in_force(self) -> bool:
+        return self.retired_at is None
 
 
 # ------------------------------------------------------------ assignments --

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request, status
+from fastapi import APIRouter, Request, Response, status
 
 from complaints_shared.access import Scope, allow
 from complaints_shared.auth import Role
@@ -114,6 +114,45 @@ async def put_policy(
     return await rules_store.put_policy(
         db=runtime.db, principal=principal, policy_id=policy_id, body=body, now=runtime.clock.now()
     )
+
+
+@router.post(
+    "/sla-policies/{policy_id}/retire",
+    response_model=SlaPolicy,
+    summary="Retire: kept for history, never given to a new complaint",
+)
+async def retire_policy(policy_id: str, request: Request, principal: CurrentPrincipal) -> SlaPolicy:
+    runtime = _admin(request, principal, "retiring an SLA policy")
+    return await rules_store.retire_policy(
+        db=runtime.db, principal=principal, policy_id=policy_id, now=runtime.clock.now()
+    )
+
+
+@router.post(
+    "/sla-policies/{policy_id}/reinstate",
+    response_model=SlaPolicy,
+    summary="Undo a retirement",
+)
+async def reinstate_policy(
+    policy_id: str, request: Request, principal: CurrentPrincipal
+) -> SlaPolicy:
+    runtime = _admin(request, principal, "reinstating an SLA policy")
+    return await rules_store.reinstate_policy(
+        db=runtime.db, principal=principal, policy_id=policy_id, now=runtime.clock.now()
+    )
+
+
+@router.delete(
+    "/sla-policies/{policy_id}",
+    status_code=204,
+    summary="Delete a retired policy no assignment or rule refers to (else 409)",
+)
+async def delete_policy(policy_id: str, request: Request, principal: CurrentPrincipal) -> Response:
+    runtime = _admin(request, principal, "deleting an SLA policy")
+    await rules_store.delete_policy(
+        db=runtime.db, principal=principal, policy_id=policy_id, now=runtime.clock.now()
+    )
+    return Response(status_code=204)
 
 
 # ---------------------------------------------------------------- simulation --

@@ -32,6 +32,8 @@ from routing.models import (
 RULES = "rules"
 RULE_VERSIONS = "rule_versions"
 SLA_POLICIES = "sla_policies"
+# The assignments collection (owned by ``routing.store``), asked before a policy is deleted.
+ASSIGNMENTS = "assignments"
 POSITION_STEP = 10
 
 
@@ -42,6 +44,10 @@ async def ensure_indexes(*, db: AsyncDatabase) -> None:
         name="org_rule_version",
     )
     await db[SLA_POLICIES].create_index("org", name="org")
+    # Deleting a policy asks whether any assignment still refers to it.
+    await db[ASSIGNMENTS].create_index(
+        [("org", ASCENDING), ("sla_policy", ASCENDING)], name="org_sla_policy"
+    )
 
 
 def rule_key(org: str, slug: str) -> str:
@@ -121,8 +127,12 @@ async def _validate_rule(
             raise invalid(f"branches.{index}", f"unknown branch {branch!r}")
     await _validate_target(db=db, principal=principal, rule=rule)
     policy = rule["action"].get("sla_policy")
-    if policy and await db[SLA_POLICIES].find_one({"_id": rule_key(org, policy)}) is None:
-        raise invalid("action.sla_policy", f"unknown SLA policy {policy!r}")
+    if policy:
+        stored = await db[SLA_POLICIES].find_one({"_id": rule_key(org, policy)})
+        if stored is None:
+            raise invalid("action.sla_policy", f"unknown SLA policy {policy!r}")
+        if stored.get("retired_at") is not None:
+            raise invalid("action.sla_policy", f"SLA policy {policy!r} is retired")
     if rule.get("is_default"):
         await _validate_default(db=db, org=org, rule=rule, rule_id=rule_id)
 
@@ -296,7 +306,7 @@ async def put_policy(
     key = rule_key(principal.org, policy_id)
     if body.is_default:
         other = await db[SLA_POLICIES].find_one(
-            {"org": principal.org, "is_default": True, "_id": {"$ne": key}}
+            {"org": principal.org, "is_default": True, "retired_at": None, "_id": {"$ne": key}}
         )
         if other is not None:
             raise invalid("is_default", f"policy {other['id']!r} is already the default")
@@ -328,3 +338,110 @@ async def put_policy(
     )
     await context_cache.directory_changed(db=db, org=principal.org)
     return policy_read(document)
+
+
+async def _policy_document(*, db: AsyncDatabase, org: str, policy_id: str) -> dict[str, Any]:
+    document = await db[SLA_POLICIES].find_one({"_id": rule_key(org, policy_id)})
+    if document is None:
+        raise not_found(what="SLA policy", identifier=policy_id)
+    return document
+
+
+async def _set_retirement(
+    *,
+    db: AsyncDatabase,
+    principal: Principal,
+    policy_id: str,
+    retired: bool,
+    now: datetime,
+) -> SlaPolicy:
+    action = "retiring" if retired else "reinstating"
+    _require_org_wide(principal, action=f"{action} an SLA policy")
+    current = await _policy_document(db=db, org=principal.org, policy_id=policy_id)
+    if (current.get("retired_at") is not None) == retired:
+        return policy_read(current)  # already so: a repeated request changes nothing
+    if not retired and current.get("is_default"):
+        other = await db[SLA_POLICIES].find_one(
+            {"org": principal.org, "is_default": True, "retired_at": None}
+        )
+        if other is not None:
+            raise conflict(f"policy {other['id']!r} is the default now; {policy_id!r} cannot be")
+    fields = (
+        {"retired_at": now, "retired_by": principal.subject}
+        if retired
+        else {"retired_at": None, "retired_by": None}
+    )
+    await db[SLA_POLICIES].update_one(
+        {"_id": current["_id"]}, {"$set": fields, "$inc": {"version": 1}}
+    )
+    document = await _policy_document(db=db, org=principal.org, policy_id=policy_id)
+    await audit.record(
+        db=db,
+        org=principal.org,
+        entity="sla_policy",
+        entity_id=policy_id,
+        action="retired" if retired else "reinstated",
+        actor=principal.subject,
+        at=now,
+        snapshot={key: value for key, value in document.items() if key != "_id"},
+    )
+    await context_cache.directory_changed(db=db, org=principal.org)
+    return policy_read(document)
+
+
+async def retire_policy(
+    *, db: AsyncDatabase, principal: Principal, policy_id: str, now: datetime
+) -> SlaPolicy:
+    """No new assignment uses the policy from now on; assignments that have it keep it."""
+    return await _set_retirement(
+        db=db, principal=principal, policy_id=policy_id, retired=True, now=now
+    )
+
+
+async def reinstate_policy(
+    *, db: AsyncDatabase, principal: Principal, policy_id: str, now: datetime
+) -> SlaPolicy:
+    """Undo a retirement: new complaints may be given the policy again."""
+    return await _set_retirement(
+        db=db, principal=principal, policy_id=policy_id, retired=False, now=now
+    )
+
+
+async def delete_policy(
+    *, db: AsyncDatabase, principal: Principal, policy_id: str, now: datetime
+) -> None:
+    """Remove a retired policy no assignment and no rule refers to any more."""
+    _require_org_wide(principal, action="deleting an SLA policy")
+    current = await _policy_document(db=db, org=principal.org, policy_id=policy_id)
+    if current.get("retired_at") is None:
+        raise conflict(
+            f"SLA policy {policy_id!r} is in force: retire it first", kind="policy-in-force"
+        )
+    referring = await db[ASSIGNMENTS].count_documents(
+        {"org": principal.org, "sla_policy": policy_id}
+    )
+    if referring:
+        raise conflict(
+            f"SLA policy {policy_id!r} is referred to by {referring} assignment(s); "
+            "it stays (retired) for their history",
+            kind="policy-in-use",
+        )
+    rule = await db[RULES].find_one(
+        {"org": principal.org, "action.sla_policy": policy_id}, projection={"_id": 1}
+    )
+    if rule is not None:
+        raise conflict(
+            f"SLA policy {policy_id!r} is named by rule {rule['_id']!r}", kind="policy-in-use"
+        )
+    await db[SLA_POLICIES].delete_one({"_id": current["_id"]})
+    await audit.record(
+        db=db,
+        org=principal.org,
+        entity="sla_policy",
+        entity_id=policy_id,
+        action="deleted",
+        actor=principal.subject,
+        at=now,
+        snapshot={key: value for key, value in current.items() if key != "_id"},
+    )
+    await context_cache.directory_changed(db=db, org=principal.org)
