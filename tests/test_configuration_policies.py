@@ -1,0 +1,245 @@
+"""Integration: configuration an organisation manages over time, over real Kafka and MongoDB.
+
+A branch can call back differently from the rest of the organisation (per-branch
+follow-up policy over the organisation's default); an SLA policy can be retired
+(kept for history and for the assignments that have it, never given anew) and is
+never deleted while anything refers to it; a satisfaction check shows its history.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from complaints_shared.clock import ManualClock
+from complaints_shared.events import EventType
+from tests.conftest import System, SystemFactory
+from tests.helpers import token
+from tests.test_followup_checks import (
+    FAST_SCHEDULER,
+    agent,
+    at,
+    checks_of,
+    make_due,
+    publish,
+    resolved,
+    wait_status,
+)
+from tests.test_routing_support import assignment_when, intake_producer, received
+
+pytestmark = pytest.mark.integration
+
+# A hospital calls back within two hours and keeps trying, without waiting between calls.
+HOSPITAL_POLICY = {
+    "checks": [{"after_hours": 2}],
+    "max_attempts": 5,
+    "attempt_spacing_hours": 0,
+    "satisfied_score_threshold": 5,
+}
+# Monday 23 November 2026, 10:00 in Shanghai: inside the default contact hours.
+MONDAY_10_SHANGHAI = datetime(2026, 11, 23, 2, tzinfo=UTC)
+
+
+async def test_a_branch_policy_schedules_its_complaints_while_another_branch_keeps_the_default(
+    system_factory: SystemFactory,
+) -> None:
+    system = await system_factory(clock=ManualClock(datetime(2026, 11, 20, tzinfo=UTC)))
+    admin = token(system.intake_settings, subject="admin-zhao")
+    lanzhou_agent = agent(system, "agent-lz")
+
+    saved = await system.followup.put(
+        "/v1/followups/policy/branches/HOSP", json=HOSPITAL_POLICY, headers=admin
+    )
+    assert saved.status_code == 200, saved.text
+    assert (saved.json()["branch"], saved.json()["version"]) == ("HOSP", 1)
+    invalid = await system.followup.put(
+        "/v1/followups/policy/branches/HOSP",
+        json={**HOSPITAL_POLICY, "attempt_spacing_hours": -1},
+        headers=admin,
+    )
+    assert invalid.status_code == 422
+    assert invalid.json()["errors"][0]["field"] == "attempt_spacing_hours"
+    hospital = (
+        await system.followup.get("/v1/followups/policy/branches/HOSP", headers=admin)
+    ).json()
+    assert hospital["policy"]["max_attempts"] == 5
+    lanzhou = (await system.followup.get("/v1/followups/policy/branches/LZ", headers=admin)).json()
+    assert (lanzhou["branch"], lanzhou["version"]) == (None, 0)  # the organisation's default
+    organisation = (await system.followup.get("/v1/followups/policy", headers=admin)).json()
+    assert organisation["policy"] == lanzhou["policy"]
+    foreign = await system.followup.get("/v1/followups/policy/branches/HOSP", headers=lanzhou_agent)
+    assert foreign.status_code == 404
+
+    at_hospital = resolved(resolved_at=MONDAY_10_SHANGHAI, branch="HOSP", category="network")
+    at_lanzhou = resolved(resolved_at=MONDAY_10_SHANGHAI, branch="LZ")
+    await publish(
+        system,
+        (EventType.COMPLAINT_RESOLVED, at_hospital),
+        (EventType.COMPLAINT_RESOLVED, at_lanzhou),
+    )
+    (hospital_check,) = await checks_of(system, at_hospital.complaint_id, admin)
+    (lanzhou_check,) = await checks_of(system, at_lanzhou.complaint_id, admin)
+    assert at(hospital_check["due_at"]) == MONDAY_10_SHANGHAI + timedelta(hours=2)
+    assert hospital_check["max_attempts"] == 5
+    assert at(lanzhou_check["due_at"]) == MONDAY_10_SHANGHAI + timedelta(hours=24)
+    assert lanzhou_check["max_attempts"] == 3
+
+    back = await system.followup.delete("/v1/followups/policy/branches/HOSP", headers=admin)
+    assert back.status_code == 200, back.text
+    assert (back.json()["branch"], back.json()["version"]) == (None, 0)
+    history = (
+        await system.followup.get("/v1/followups/policy/branches/HOSP/history", headers=admin)
+    ).json()["items"]
+    assert [(item["version"], item["policy"] is None) for item in history] == [
+        (2, True),
+        (1, False),
+    ]
+    later = resolved(resolved_at=MONDAY_10_SHANGHAI, branch="HOSP", category="network")
+    await publish(system, (EventType.COMPLAINT_RESOLVED, later))
+    (later_check,) = await checks_of(system, later.complaint_id, admin)
+    assert at(later_check["due_at"]) == MONDAY_10_SHANGHAI + timedelta(hours=24)
+
+
+async def test_attempt_spacing_zero_calls_again_without_waiting(
+    system_factory: SystemFactory,
+) -> None:
+    clock = ManualClock(MONDAY_10_SHANGHAI - timedelta(hours=1))
+    system = await system_factory(clock=clock, followup=FAST_SCHEDULER)
+    admin = token(system.intake_settings)
+    caller = agent(system, "agent-hosp", branches=("HOSP",))
+    saved = await system.followup.put("/v1/followups/policy", json=HOSPITAL_POLICY, headers=admin)
+    assert saved.status_code == 200, saved.text
+    event = resolved(resolved_at=MONDAY_10_SHANGHAI, branch="HOSP", category="network")
+    await publish(system, (EventType.COMPLAINT_RESOLVED, event))
+    (check,) = await checks_of(system, event.complaint_id, admin)
+
+    await make_due(system, clock, check, caller)
+    url = f"/v1/followups/{check['id']}"
+    assert (await system.followup.post(f"{url}/claim", headers=caller)).status_code == 200
+    unreached = await system.followup.post(
+        f"{url}/attempts", json={"reached": False}, headers=caller
+    )
+    assert unreached.status_code == 200, unreached.text
+    body = unreached.json()
+    assert body["status"] == "scheduled"
+    (attempt,) = body["attempts"]
+    # Inside contact hours, no minimum spacing: the next call may be made at once.
+    assert at(attempt["next_attempt_at"]) == at(attempt["attempted_at"])
+    assert at(body["due_at"]) == at(attempt["attempted_at"])
+
+
+async def test_a_check_shows_every_change_in_its_history(system_factory: SystemFactory) -> None:
+    clock = ManualClock(MONDAY_10_SHANGHAI)
+    system = await system_factory(clock=clock, followup=FAST_SCHEDULER)
+    caller = agent(system, "agent-a")
+    event = resolved(resolved_at=MONDAY_10_SHANGHAI - timedelta(days=1))
+    await publish(system, (EventType.COMPLAINT_RESOLVED, event))
+    (check,) = await checks_of(system, event.complaint_id, caller)
+    url = f"/v1/followups/{check['id']}"
+
+    await make_due(system, clock, check, caller)
+    assert (await system.followup.post(f"{url}/claim", headers=caller)).status_code == 200
+    unreached = await system.followup.post(
+        f"{url}/attempts", json={"reached": False}, headers=caller
+    )
+    assert unreached.status_code == 200, unreached.text
+    await make_due(system, clock, unreached.json(), caller)
+    assert (await system.followup.post(f"{url}/claim", headers=caller)).status_code == 200
+    answer = {"reached": True, "score": 5, "problem_solved": True}
+    assert (await system.followup.post(f"{url}/attempts", json=answer, headers=caller)).is_success
+
+    body = await wait_status(system, check["id"], "completed", caller)
+    steps = [(entry["action"], entry["status"], entry["actor"]) for entry in body["history"]]
+    assert steps == [
+        ("schedule", "scheduled", "followup"),
+        ("become_due", "due", "followup"),
+        ("claim", "in_progress", "agent-a"),
+        ("retry_later", "scheduled", "agent-a"),
+        ("become_due", "due", "followup"),
+        ("claim", "in_progress", "agent-a"),
+        ("record_reached", "completed", "agent-a"),
+    ]
+    times = [at(entry["at"]) for entry in body["history"]]
+    assert times == sorted(times)
+
+
+# ------------------------------------------------------------- SLA policies --
+
+BILLING_FAST = {
+    "name": "账务快速时限",
+    "categories": ["billing"],
+    "targets": {
+        "normal": {
+            "acknowledge": {"amount": 30, "unit": "minutes", "basis": "calendar"},
+            "resolve": {"amount": 2, "unit": "days", "basis": "calendar"},
+        }
+    },
+}
+
+
+async def _routed(system: System, publish_intake, **overrides) -> dict:
+    complaint = received(**overrides)
+    await publish_intake(EventType.COMPLAINT_RECEIVED, complaint)
+    return await assignment_when(system, complaint.complaint_id, what="routed")
+
+
+async def test_a_retired_sla_policy_is_kept_for_its_assignments_but_never_given_anew(
+    system: System,
+) -> None:
+    admin = token(system.routing_settings, subject="admin-zhao")
+    api = system.routing
+    created = await api.put(
+        "/v1/routing/sla-policies/billing-fast", json=BILLING_FAST, headers=admin
+    )
+    assert created.status_code == 200, created.text
+
+    async with intake_producer(system) as publish_intake:
+        before = await _routed(system, publish_intake, received_at=MONDAY_10_SHANGHAI)
+        assert before["sla_policy"] == "billing-fast"
+        assert before["acknowledge_due_at"] == MONDAY_10_SHANGHAI + timedelta(minutes=30)
+
+        retired = await api.post("/v1/routing/sla-policies/billing-fast/retire", headers=admin)
+        assert retired.status_code == 200, retired.text
+        assert retired.json()["retired_by"] == "admin-zhao"
+        assert retired.json()["retired_at"] is not None
+        listed = (await api.get("/v1/routing/sla-policies", headers=admin)).json()
+        assert "billing-fast" in {policy["id"] for policy in listed}  # kept for history
+
+        after = await _routed(system, publish_intake, received_at=MONDAY_10_SHANGHAI)
+        assert after["sla_policy"] == "standard"
+    kept = await assignment_when(system, before["_id"])
+    assert kept["sla_policy"] == "billing-fast"
+    assert kept["acknowledge_due_at"] == before["acknowledge_due_at"]
+
+    in_use = await api.delete("/v1/routing/sla-policies/billing-fast", headers=admin)
+    assert in_use.status_code == 409
+    assert in_use.json()["type"].endswith("/policy-in-use")
+    assert "1 assignment(s)" in in_use.json()["detail"]
+    assert (
+        await api.get("/v1/routing/sla-policies/billing-fast", headers=admin)
+    ).status_code == 200
+    rule = {
+        "id": "billing-fast",
+        "name": "账务快速",
+        "conditions": {"categories": ["billing"]},
+        "action": {"department_kind": "billing", "sla_policy": "billing-fast"},
+    }
+    naming = await api.post("/v1/routing/rules", json=rule, headers=admin)
+    assert naming.status_code == 422
+    assert naming.json()["errors"][0]["field"] == "action.sla_policy"
+
+    unused = await api.put("/v1/routing/sla-policies/unused", json=BILLING_FAST, headers=admin)
+    assert unused.status_code == 200
+    in_force = await api.delete("/v1/routing/sla-policies/unused", headers=admin)
+    assert in_force.status_code == 409
+    assert in_force.json()["type"].endswith("/policy-in-force")
+    assert (await api.post("/v1/routing/sla-policies/unused/retire", headers=admin)).is_success
+    assert (await api.delete("/v1/routing/sla-policies/unused", headers=admin)).status_code == 204
+    assert (await api.get("/v1/routing/sla-policies/unused", headers=admin)).status_code == 404
+    trail = await api.get(
+        "/v1/directory/audit",
+        params={"entity": "sla_policy", "entity_id": "unused"},
+        headers=admin,
+    )
+    assert [entry["action"] for entry in trail.json()][:3] == ["deleted", "retired", "saved"]
