@@ -91,6 +91,12 @@ CONTACT_HOURS = {
     "end": "20:00",
     "weekdays": ["mon"],
 }
+BRANCH_POLICY = {
+    "checks": [{"after_hours": 2}],
+    "max_attempts": 5,
+    "attempt_spacing_hours": 0,
+    "satisfied_score_threshold": 5,
+}
 # Every operation of every service, keyed "METHOD /path": what it looks like aimed at branch B.
 PROBES: dict[str, Callable[[World], Probe]] = {
     # intake
@@ -204,6 +210,13 @@ PROBES: dict[str, Callable[[World], Probe]] = {
     "PUT /v1/routing/sla-policies/{policy_id}": _probe(
         "/v1/routing/sla-policies/medical", json={"name": "x"}
     ),
+    "POST /v1/routing/sla-policies/{policy_id}/retire": _probe(
+        "/v1/routing/sla-policies/medical/retire"
+    ),
+    "POST /v1/routing/sla-policies/{policy_id}/reinstate": _probe(
+        "/v1/routing/sla-policies/medical/reinstate"
+    ),
+    "DELETE /v1/routing/sla-policies/{policy_id}": _probe("/v1/routing/sla-policies/medical"),
     "POST /v1/routing/simulate": _probe("/v1/routing/simulate", json={"branch": BRANCH_B}),
     # followup
     "GET /v1/followups": _probe("/v1/followups", params={"branch": BRANCH_B}, listing=True),
@@ -213,6 +226,18 @@ PROBES: dict[str, Callable[[World], Probe]] = {
     "GET /v1/followups/policy": _probe("/v1/followups/policy"),
     "PUT /v1/followups/policy": _probe("/v1/followups/policy", json={"checks": []}),
     "GET /v1/followups/policy/history": _probe("/v1/followups/policy/history"),
+    "GET /v1/followups/policy/branches/{branch}": _probe(
+        f"/v1/followups/policy/branches/{BRANCH_B}"
+    ),
+    "PUT /v1/followups/policy/branches/{branch}": _probe(
+        f"/v1/followups/policy/branches/{BRANCH_B}", json=BRANCH_POLICY
+    ),
+    "DELETE /v1/followups/policy/branches/{branch}": _probe(
+        f"/v1/followups/policy/branches/{BRANCH_B}"
+    ),
+    "GET /v1/followups/policy/branches/{branch}/history": _probe(
+        f"/v1/followups/policy/branches/{BRANCH_B}/history"
+    ),
     "GET /v1/followups/contact-hours/{branch}": _probe(f"/v1/followups/contact-hours/{BRANCH_B}"),
     "PUT /v1/followups/contact-hours/{branch}": _probe(
         f"/v1/followups/contact-hours/{BRANCH_B}", json=CONTACT_HOURS

@@ -56,6 +56,10 @@ PolicyAuditor = allow(
     Role.SUPERVISOR, scope=Scope.ORGANISATION, action="reading the follow-up policy's history"
 )
 PolicyAdmin = allow(Role.ADMIN, scope=Scope.ORGANISATION, action="changing the follow-up policy")
+# A branch's own follow-up policy is the branch's, like its contact hours.
+BranchPolicyAdmin = allow(
+    Role.ADMIN, scope=Scope.BRANCH, action="changing a branch's follow-up policy"
+)
 
 
 def _runtime(request: Request) -> Runtime:
@@ -130,7 +134,7 @@ async def policy_history(
     summary="The policy a branch's resolutions get: its own, else the organisation's",
 )
 async def get_branch_policy(branch: BranchPath, request: Request, principal: Agent) -> PolicyRead:
-    _visible_branch(principal, branch)
+    principal.require_branch(branch)
     runtime = _runtime(request)
     return await config_store.policy_for_branch(
         db=runtime.db, settings=runtime.settings, org=principal.org, branch=branch
@@ -143,9 +147,9 @@ async def get_branch_policy(branch: BranchPath, request: Request, principal: Age
     summary="Give the branch its own follow-up policy (a new audited version)",
 )
 async def put_branch_policy(
-    branch: BranchPath, body: FollowupPolicy, request: Request, principal: Admin
+    branch: BranchPath, body: FollowupPolicy, request: Request, principal: BranchPolicyAdmin
 ) -> PolicyRead:
-    _visible_branch(principal, branch)
+    principal.require_branch(branch)
     runtime = _runtime(request)
     return await config_store.save_policy(
         db=runtime.db, principal=principal, policy=body, now=runtime.clock.now(), branch=branch
@@ -158,9 +162,9 @@ async def put_branch_policy(
     summary="The branch follows the organisation's policy again; answers the policy now in force",
 )
 async def delete_branch_policy(
-    branch: BranchPath, request: Request, principal: Admin
+    branch: BranchPath, request: Request, principal: BranchPolicyAdmin
 ) -> PolicyRead:
-    _visible_branch(principal, branch)
+    principal.require_branch(branch)
     runtime = _runtime(request)
     return await config_store.follow_organisation_policy(
         db=runtime.db,
@@ -182,7 +186,7 @@ async def branch_policy_history(
     principal: Supervisor,
     query: Annotated[HistoryQuery, Query()],
 ) -> History[PolicyRead]:
-    _visible_branch(principal, branch)
+    principal.require_branch(branch)
     items = await config_store.policy_history(
         db=_runtime(request).db, org=principal.org, limit=query.limit, branch=branch
     )

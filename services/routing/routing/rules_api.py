@@ -121,8 +121,8 @@ async def put_policy(
     response_model=SlaPolicy,
     summary="Retire: kept for history, never given to a new complaint",
 )
-async def retire_policy(policy_id: str, request: Request, principal: CurrentPrincipal) -> SlaPolicy:
-    runtime = _admin(request, principal, "retiring an SLA policy")
+async def retire_policy(policy_id: str, request: Request, principal: PolicyAdmin) -> SlaPolicy:
+    runtime = _runtime(request)
     return await rules_store.retire_policy(
         db=runtime.db, principal=principal, policy_id=policy_id, now=runtime.clock.now()
     )
@@ -133,10 +133,8 @@ async def retire_policy(policy_id: str, request: Request, principal: CurrentPrin
     response_model=SlaPolicy,
     summary="Undo a retirement",
 )
-async def reinstate_policy(
-    policy_id: str, request: Request, principal: CurrentPrincipal
-) -> SlaPolicy:
-    runtime = _admin(request, principal, "reinstating an SLA policy")
+async def reinstate_policy(policy_id: str, request: Request, principal: PolicyAdmin) -> SlaPolicy:
+    runtime = _runtime(request)
     return await rules_store.reinstate_policy(
         db=runtime.db, principal=principal, policy_id=policy_id, now=runtime.clock.now()
     )
@@ -147,8 +145,8 @@ async def reinstate_policy(
     status_code=204,
     summary="Delete a retired policy no assignment or rule refers to (else 409)",
 )
-async def delete_policy(policy_id: str, request: Request, principal: CurrentPrincipal) -> Response:
-    runtime = _admin(request, principal, "deleting an SLA policy")
+async def delete_policy(policy_id: str, request: Request, principal: PolicyAdmin) -> Response:
+    runtime = _runtime(request)
     await rules_store.delete_policy(
         db=runtime.db, principal=principal, policy_id=policy_id, now=runtime.clock.now()
     )

@@ -355,8 +355,6 @@ async def _set_retirement(
     retired: bool,
     now: datetime,
 ) -> SlaPolicy:
-    action = "retiring" if retired else "reinstating"
-    _require_org_wide(principal, action=f"{action} an SLA policy")
     current = await _policy_document(db=db, org=principal.org, policy_id=policy_id)
     if (current.get("retired_at") is not None) == retired:
         return policy_read(current)  # already so: a repeated request changes nothing
@@ -411,7 +409,6 @@ async def delete_policy(
     *, db: AsyncDatabase, principal: Principal, policy_id: str, now: datetime
 ) -> None:
     """Remove a retired policy no assignment and no rule refers to any more."""
-    _require_org_wide(principal, action="deleting an SLA policy")
     current = await _policy_document(db=db, org=principal.org, policy_id=policy_id)
     if current.get("retired_at") is None:
         raise conflict(
