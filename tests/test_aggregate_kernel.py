@@ -19,10 +19,10 @@ from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
 
 from complaints_shared import aggregate
-from complaints_shared.aggregate import Aggregate, ConcurrentChange, Decision
+from complaints_shared.aggregate import Aggregate, Decision
 from complaints_shared.auth import Principal, Role
 from complaints_shared.events import ComplaintNoteAdded, EventType
-from complaints_shared.problems import ProblemError
+from complaints_shared.problems import ConcurrentUpdate, ProblemError
 from complaints_shared.settings import ServiceSettings
 from complaints_shared.transitions import InvalidTransition
 from routing.lifecycle import Command
@@ -152,7 +152,7 @@ async def test_a_document_that_never_stops_changing_is_a_409(db: AsyncDatabase) 
         await db[THING.collection].update_one({"_id": thing_id}, {"$inc": {"version": 1}})
         return Decision({"$inc": {"count": 1}})
 
-    with pytest.raises(ConcurrentChange) as raised:
+    with pytest.raises(ConcurrentUpdate) as raised:
         await aggregate.change(
             db=db, settings=SETTINGS, aggregate=THING, aggregate_id=thing_id, decide=decide, now=NOW
         )
