@@ -34,17 +34,17 @@ async def test_every_command_in_a_full_lifecycle_emits_one_event_and_one_entry(
         {"promised_response_at": "2026-11-24T10:00:00Z", "message_to_customer": "今天内回复您"},
         agent,
     )
-    assert acked["status"] == "acknowledged"
+    assert acked["status"] == "open" and acked["acknowledged_at"]
     assert acked["acknowledgement"]["message_to_customer"] == "今天内回复您"
     noted = await _post(system, f"{base}/notes", {"text": "已调取账单明细"}, agent)
-    assert noted["status"] == "in_progress"
+    assert noted["status"] == "open" and noted["work_started_at"]
     assert noted["notes"][0]["visibility"] == "internal"
     waiting = await _post(
         system, f"{base}/pending-customer", {"reason": "等客户提供缴费凭证"}, agent
     )
     assert waiting["status"] == "pending_customer"
     resumed = await _post(system, f"{base}/resume", {"comment": "凭证已收到"}, agent)
-    assert resumed["status"] == "in_progress"
+    assert resumed["status"] == "open"
     resolved = await _post(
         system,
         f"{base}/resolve",
@@ -100,15 +100,20 @@ async def test_every_command_in_a_full_lifecycle_emits_one_event_and_one_entry(
     actions = [entry["action"] for entry in timeline]
     for action in [
         "received",
-        "acknowledge",
-        "note",
-        "pending_customer",
-        "resume",
-        "reopen",
-        "close",
+        "acknowledged",
+        "note_added",
+        "paused_for_customer",
+        "resumed",
+        "reopened",
+        "closed",
     ]:
         assert action in actions, action
-    assert actions.count("resolve") == 2
+    assert actions.count("resolved") == 2
+    commands = [entry for entry in timeline if entry["actor"] == "tester"]
+    assert all(entry["cause"] == "command" and entry["event_id"] is None for entry in commands)
+    assert all(entry["event_id"] for entry in timeline if entry["cause"] != "command")
+    (closing,) = [entry for entry in timeline if entry["action"] == "closed"]
+    assert (closing["status_from"], closing["status_to"]) == ("resolved", "closed")
     assert all(entry["actor"] for entry in timeline)
 
 
@@ -124,7 +129,7 @@ async def test_illegal_transitions_are_409_problems_naming_state_and_command(
     )
     assert close_early.status_code == 409
     problem = close_early.json()
-    assert problem["current_status"] in {"received", "assigned"}
+    assert problem["current_status"] in {"received", "open"}
     assert problem["command"] == "close"
     assert problem["type"].endswith("/invalid-transition")
 

@@ -58,7 +58,7 @@ async def test_filters_combine(system: System) -> None:
     assert await _find(system, admin, category=["policy", "billing"], q="宽带") == ["套餐捆绑"]
     assert await _find(system, admin, customer_phone="+86 139 0000 0002") == ["营业员态度差"]
     assert await _find(system, admin, status="closed") == []
-    assert len(await _find(system, admin, status=["received", "assigned"])) == 5
+    assert len(await _find(system, admin, status=["received", "open"])) == 5
     assert await _find(system, admin, repeat="true") == []
     bad = await system.intake.get("/v1/complaints", params={"status": "lost"}, headers=admin)
     assert bad.status_code == 422

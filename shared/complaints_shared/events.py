@@ -205,6 +205,7 @@ class ComplaintAcknowledged(EventData):
     acknowledged_at: datetime
     promised_response_at: datetime | None = None
     message_to_customer: str | None = None
+    late: bool = Field(False, description="Acknowledged after the acknowledge deadline")
 
 
 class ComplaintNoteAdded(EventData):
@@ -308,6 +309,11 @@ class ComplaintAssigned(EventData):
     sla_policy: str | None = None
     clock_starts_at: datetime | None = None
     duty_officer: bool = Field(False, description="Assigned out of hours to the duty officer")
+    severity: Severity | None = Field(
+        None, description="The severity routing works to (a rule may have raised it)"
+    )
+    flags: list[str] | None = Field(None, description="The flags routing applied")
+    major_incident: bool = False
 
 
 class ComplaintQueued(EventData):
@@ -318,6 +324,11 @@ class ComplaintQueued(EventData):
     rule_id: str
     rule_version: int
     queued_at: datetime
+    severity: Severity | None = Field(
+        None, description="The severity routing works to (a rule may have raised it)"
+    )
+    flags: list[str] | None = Field(None, description="The flags routing applied")
+    major_incident: bool = False
 
 
 class ComplaintReassigned(EventData):

@@ -6,9 +6,13 @@ import time
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 
-from fastapi import APIRouter, FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.dependencies.models import Dependant
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from fastapi.routing import APIRoute
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from complaints_shared.access import public
@@ -95,6 +99,52 @@ class BodyTooLarge(Exception):
     pass
 
 
+_QUERY_NAMES_ATTRIBUTE = "declared_query_names"
+
+
+def _declared_query_names(route: APIRoute) -> frozenset[str]:
+    """Every query parameter a route declares, its dependencies' and query models' included.
+
+    Worked out once per route and kept on it (routes are not hashable).
+    """
+    known = getattr(route, _QUERY_NAMES_ATTRIBUTE, None)
+    if known is not None:
+        return known
+    names: set[str] = set()
+    pending: list[Dependant] = [route.dependant]
+    while pending:
+        current = pending.pop()
+        pending.extend(current.dependencies)
+        for param in current.query_params:
+            annotation = param.field_info.annotation
+            if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+                names.update(field.alias or name for name, field in annotation.model_fields.items())
+            else:
+                names.add(param.alias)
+    known = frozenset(names)
+    setattr(route, _QUERY_NAMES_ATTRIBUTE, known)
+    return known
+
+
+async def reject_unknown_query_parameters(request: Request) -> None:
+    """A query parameter no route declares is a 422 naming it, never silently ignored.
+
+    ``?branch=LZ`` on a route without a branch filter would otherwise answer for
+    every branch, which the caller cannot tell from a filtered answer.
+    """
+    route = request.scope.get("route")
+    if not isinstance(route, APIRoute):
+        return
+    unknown = sorted(set(request.query_params) - _declared_query_names(route))
+    if unknown:
+        raise RequestValidationError(
+            [
+                {"type": "extra_forbidden", "loc": ("query", name), "msg": "unknown parameter"}
+                for name in unknown
+            ]
+        )
+
+
 def build_app(
     *,
     settings: ServiceSettings,
@@ -104,7 +154,13 @@ def build_app(
     routers: list[APIRouter],
 ) -> FastAPI:
     configure_logging(service_name=settings.service_name, level=settings.log_level)
-    app = FastAPI(title=title, description=description, version="1.0.0", lifespan=lifespan)
+    app = FastAPI(
+        title=title,
+        description=description,
+        version="1.0.0",
+        lifespan=lifespan,
+        dependencies=[Depends(reject_unknown_query_parameters)],
+    )
     app.state.settings = settings
     app.state.token_verifier = TokenVerifier(settings)
     install_problem_handlers(app)

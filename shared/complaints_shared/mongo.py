@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager, suppress
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import bson
 from bson.codec_options import CodecOptions
 from pymongo import AsyncMongoClient
 from pymongo.asynchronous.collection import AsyncCollection
@@ -29,10 +30,20 @@ def create_mongo_client(*, settings: ServiceSettings) -> AsyncMongoClient:
     )
 
 
+STORED_CODEC = CodecOptions(tz_aware=True, tzinfo=UTC)
+
+
+def as_stored(document: dict[str, Any]) -> dict[str, Any]:
+    """``document`` exactly as the database will return it (BSON dates keep milliseconds).
+
+    A response built from a document just written must equal a later read of it,
+    field for field, so the writer answers from this round trip, not its own copy.
+    """
+    return bson.decode(bson.encode(document), codec_options=STORED_CODEC)
+
+
 def service_database(*, client: AsyncMongoClient, settings: ServiceSettings) -> AsyncDatabase:
-    return client.get_database(
-        settings.database_name(), codec_options=CodecOptions(tz_aware=True, tzinfo=UTC)
-    )
+    return client.get_database(settings.database_name(), codec_options=STORED_CODEC)
 
 
 async def ping(*, client: AsyncMongoClient) -> bool:

@@ -257,6 +257,7 @@ async def summary_report(
     group_by: reports.GroupBy = reports.GroupBy.BRANCH,
     from_: Annotated[UtcDatetime | None, Query(alias="from")] = None,
     to: UtcDatetime | None = None,
+    branch: Annotated[list[str], Query(description="Only these branches (repeatable)")] = [],  # noqa: B006
 ) -> reports.SummaryReport:
     runtime = _runtime(request)
     now = runtime.clock.now()
@@ -276,5 +277,6 @@ async def summary_report(
         created_from=created_from,
         created_to=created_to,
         group_by=group_by,
+        branches=branch,
         now=now,
     )

@@ -27,7 +27,7 @@ from complaints_shared.events import (
 from complaints_shared.mongo import merge_updates
 from complaints_shared.problems import not_found
 from intake import store
-from intake.lifecycle import Command, InvalidTransition, Status, transition
+from intake.lifecycle import COMMAND_ACTIONS, Command, InvalidTransition, Status, transition
 from intake.models import (
     AcknowledgeRequest,
     CloseRequest,
@@ -74,7 +74,7 @@ async def run_command(
     def decide(current: dict[str, Any]) -> store.Decision:
         status = transition(current=Status(current["status"]), command=command)
         update, events = build(current, now)
-        return merge_updates({"$set": {"status": status.value}}, update), events
+        return store.Decision(update, events, status)
 
     try:
         document = await store.change(
@@ -83,7 +83,7 @@ async def run_command(
             complaint_id=complaint_id,
             scope=principal.scope_filter(),
             actor=principal.subject,
-            action=command.value,
+            action=COMMAND_ACTIONS[command],
             decide=decide,
             now=now,
             details=details,
@@ -95,18 +95,33 @@ async def run_command(
     return document
 
 
+def _work_started(now: datetime) -> dict[str, Any]:
+    """The first note, wait or resolution is when work on the complaint visibly started."""
+    return {"$min": {"work_started_at": now}}
+
+
 def acknowledge(request: AcknowledgeRequest, principal: Principal) -> Build:
     def build(current: dict[str, Any], now: datetime) -> Outcome:
+        if current.get("acknowledged_at") is not None:
+            raise InvalidTransition(
+                current=Status(current["status"]),
+                command=Command.ACKNOWLEDGE,
+                reason=f"the complaint was already acknowledged at "
+                f"{current['acknowledged_at'].isoformat()}",
+            )
+        due = current.get("acknowledge_due_at")
+        breached = (current.get("sla") or {}).get("acknowledge_breached", False)
         acknowledgement = {
             "acknowledged_by": principal.subject,
             "acknowledged_at": now,
             "promised_response_at": request.promised_response_at,
             "message_to_customer": request.message_to_customer,
+            # Late still counts: it stops routing's acknowledge clock all the same.
+            "late": breached or (due is not None and now > due),
         }
         event = ComplaintAcknowledged(**store.event_base(current), **acknowledgement)
-        # The first acknowledgement is the one the acknowledge clock measured.
         return (
-            {"$set": {"acknowledgement": acknowledgement}, "$min": {"acknowledged_at": now}},
+            {"$set": {"acknowledgement": acknowledgement, "acknowledged_at": now}},
             [(EventType.COMPLAINT_ACKNOWLEDGED, event)],
         )
 
@@ -130,7 +145,8 @@ def add_note(request: NoteCreate, principal: Principal) -> Build:
             text=note["text"],
             added_at=now,
         )
-        return {"$push": {"notes": note}}, [(EventType.COMPLAINT_NOTE_ADDED, event)]
+        update = merge_updates({"$push": {"notes": note}}, _work_started(now))
+        return update, [(EventType.COMPLAINT_NOTE_ADDED, event)]
 
     return build
 
@@ -143,10 +159,8 @@ def wait_for_customer(request: PendingCustomerRequest, principal: Principal) -> 
             paused_by=principal.subject,
             paused_at=now,
         )
-        return (
-            {"$set": {"pending_customer_since": now}},
-            [(EventType.COMPLAINT_PENDING_CUSTOMER, event)],
-        )
+        update = merge_updates({"$set": {"pending_customer_since": now}}, _work_started(now))
+        return update, [(EventType.COMPLAINT_PENDING_CUSTOMER, event)]
 
     return build
 
@@ -177,6 +191,7 @@ def resolve(request: ResolveRequest, principal: Principal) -> Build:
     def build(current: dict[str, Any], now: datetime) -> Outcome:
         number = current.get("resolution_count", 0) + 1
         remedies = _stored_remedies(request)
+        due = current.get("resolve_due_at")
         resolution = {
             "number": number,
             "summary": request.summary,
@@ -187,6 +202,10 @@ def resolve(request: ResolveRequest, principal: Principal) -> Build:
             "customer_accepted": request.customer_accepted,
             "resolved_by": principal.subject,
             "resolved_at": now,
+            # This cycle's deadline (from registration, or from the reopen): the on-time
+            # figure of each cycle is judged against its own due time.
+            "resolve_due_at": due,
+            "on_time": None if due is None else now <= due,
         }
         assignment = current.get("assignment") or {}
         event = ComplaintResolved(
@@ -208,17 +227,31 @@ def resolve(request: ResolveRequest, principal: Principal) -> Build:
             subject=current["subject"],
             resolved_at=now,
         )
-        update: dict[str, Any] = {
-            "$set": {
-                "resolution": resolution,
-                "resolution_count": number,
-                "resolved_at": now,
-                "finished_at": now,
-            },
-            "$min": {"first_resolved_at": now},
+        fields: dict[str, Any] = {
+            "resolution": resolution,
+            "resolution_count": number,
+            "resolved_at": now,
+            "finished_at": now,
         }
+        # Named at resolution, responsibility is a fact of the record like one set in routing.
         if request.responsible_department:
-            update["$set"]["responsible_department"] = request.responsible_department
+            fields["responsible_department"] = request.responsible_department
+            fields["responsibility"] = {
+                "department": request.responsible_department,
+                "party": request.responsible_party,
+                "set_by": principal.subject,
+                "set_at": now,
+            }
+        if request.responsible_party:
+            fields["responsible_party"] = request.responsible_party.value
+        update = merge_updates(
+            {
+                "$set": fields,
+                "$push": {"resolutions": resolution},
+                "$min": {"first_resolved_at": now},
+            },
+            _work_started(now),
+        )
         return update, [(EventType.COMPLAINT_RESOLVED, event)]
 
     return build
@@ -276,7 +309,8 @@ def reopen_build(*, reason: str, reopened_by: str) -> Build:
             {
                 "$inc": {"reopen_count": 1},
                 "$set": {"last_reopen_reason": reason},
-                "$unset": {"finished_at": "", "closed_at": ""},
+                # The new cycle's resolve deadline is routing's to announce.
+                "$unset": {"finished_at": "", "closed_at": "", "resolve_due_at": ""},
             },
             [(EventType.COMPLAINT_REOPENED, event)],
         )

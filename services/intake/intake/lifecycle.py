@@ -1,4 +1,12 @@
-"""The complaint lifecycle: one function decides every state change."""
+"""The complaint's workflow: one table decides every status change.
+
+The status is the workflow only. What happened along the way (acknowledged,
+escalated, work started, responsibility, SLA breaches) are facts on the record,
+never statuses, so they cannot block a later command: acknowledging an
+escalated or breached complaint is as legal as acknowledging a fresh one.
+Routing's events map onto intake's own commands (an assignment is ``assign``);
+escalations, SLA warnings and breaches, responsibility are facts only.
+"""
 
 from __future__ import annotations
 
@@ -7,10 +15,7 @@ from enum import StrEnum
 
 class Status(StrEnum):
     RECEIVED = "received"
-    ACKNOWLEDGED = "acknowledged"
-    ASSIGNED = "assigned"
-    IN_PROGRESS = "in_progress"
-    ESCALATED = "escalated"
+    OPEN = "open"
     PENDING_CUSTOMER = "pending_customer"
     RESOLVED = "resolved"
     CLOSED = "closed"
@@ -23,9 +28,8 @@ class Command(StrEnum):
     """What can happen to a complaint, from an HTTP command or a consumed event."""
 
     ASSIGN = "assign"
-    NOTE = "note"
     ACKNOWLEDGE = "acknowledge"
-    ESCALATE = "escalate"
+    NOTE = "note"
     WAIT_FOR_CUSTOMER = "pending_customer"
     RESUME = "resume"
     RESOLVE = "resolve"
@@ -35,67 +39,97 @@ class Command(StrEnum):
     WITHDRAW = "withdraw"
 
 
-OPEN_STATUSES = frozenset(
-    {
-        Status.RECEIVED,
-        Status.ACKNOWLEDGED,
-        Status.ASSIGNED,
-        Status.IN_PROGRESS,
-        Status.ESCALATED,
-        Status.PENDING_CUSTOMER,
-        Status.REOPENED,
-    }
-)
+OPEN_STATUSES = frozenset({Status.RECEIVED, Status.OPEN, Status.PENDING_CUSTOMER, Status.REOPENED})
 TERMINAL_STATUSES = frozenset({Status.CLOSED, Status.REJECTED, Status.WITHDRAWN})
+# Finished for now: the complaint left the open states (resolved may still reopen).
+FINISHED_STATUSES = frozenset({Status.RESOLVED}) | TERMINAL_STATUSES
 
-_WORKING = OPEN_STATUSES - {Status.PENDING_CUSTOMER}
+_R, _O, _P, _RE = Status.RECEIVED, Status.OPEN, Status.PENDING_CUSTOMER, Status.REOPENED
 
-# command -> (statuses it is legal from, resulting status; None keeps the current one)
-_RULES: dict[Command, tuple[frozenset[Status], Status | None]] = {
-    Command.ACKNOWLEDGE: (
-        frozenset({Status.RECEIVED, Status.ASSIGNED, Status.REOPENED}),
-        Status.ACKNOWLEDGED,
-    ),
-    Command.ESCALATE: (_WORKING, Status.ESCALATED),
-    Command.WAIT_FOR_CUSTOMER: (_WORKING - {Status.RECEIVED}, Status.PENDING_CUSTOMER),
-    Command.RESUME: (frozenset({Status.PENDING_CUSTOMER}), Status.IN_PROGRESS),
-    Command.RESOLVE: (OPEN_STATUSES, Status.RESOLVED),
-    Command.CLOSE: (frozenset({Status.RESOLVED}), Status.CLOSED),
-    Command.REOPEN: (frozenset({Status.RESOLVED, Status.CLOSED}), Status.REOPENED),
-    Command.REJECT: (
-        frozenset({Status.RECEIVED, Status.ACKNOWLEDGED, Status.ASSIGNED}),
-        Status.REJECTED,
-    ),
-    Command.WITHDRAW: (OPEN_STATUSES, Status.WITHDRAWN),
+
+def _stay(command: Command, states: frozenset[Status]) -> dict[tuple[Status, Command], Status]:
+    return {(state, command): state for state in states}
+
+
+# (state, command) -> next state. A pair that is not here is illegal (409).
+TRANSITIONS: dict[tuple[Status, Command], Status] = {
+    # Routing took the complaint: a received one is now being handled.
+    (_R, Command.ASSIGN): _O,
+    **_stay(Command.ASSIGN, frozenset({_O, _P, _RE})),
+    # 受理 from any open state; the acknowledgement itself is a fact (once, see commands).
+    (_R, Command.ACKNOWLEDGE): _O,
+    **_stay(Command.ACKNOWLEDGE, frozenset({_O, _P, _RE})),
+    # Notes never change the workflow; they may be added even to a finished complaint.
+    **_stay(Command.NOTE, frozenset(Status)),
+    (_O, Command.WAIT_FOR_CUSTOMER): _P,
+    (_RE, Command.WAIT_FOR_CUSTOMER): _P,
+    (_P, Command.RESUME): _O,
+    **{(state, Command.RESOLVE): Status.RESOLVED for state in OPEN_STATUSES},
+    (Status.RESOLVED, Command.CLOSE): Status.CLOSED,
+    (Status.RESOLVED, Command.REOPEN): _RE,
+    (Status.CLOSED, Command.REOPEN): _RE,
+    # 不予受理 is decided before the complaint is worked on.
+    (_R, Command.REJECT): Status.REJECTED,
+    (_O, Command.REJECT): Status.REJECTED,
+    **{(state, Command.WITHDRAW): Status.WITHDRAWN for state in OPEN_STATUSES},
 }
 
 
 class InvalidTransition(Exception):
-    def __init__(self, *, current: Status, command: Command) -> None:
-        super().__init__(f"cannot {command.value} a complaint that is {current.value}")
+    def __init__(self, *, current: Status, command: Command, reason: str | None = None) -> None:
+        message = reason or f"cannot {command.value} a complaint that is {current.value}"
+        super().__init__(message)
         self.current = current
         self.command = command
 
 
 def transition(*, current: Status, command: Command) -> Status:
-    """Return the status after ``command``, or raise InvalidTransition.
+    """The status after ``command``, or InvalidTransition naming both."""
+    try:
+        return TRANSITIONS[(current, command)]
+    except KeyError:
+        raise InvalidTransition(current=current, command=command) from None
 
-    Assignment moves a just-received (or reopened) complaint to ``assigned`` and
-    otherwise leaves a still-open complaint's status alone. A note may be added
-    at any time; on an acknowledged, assigned or reopened complaint it marks the
-    work as started (``in_progress``).
-    """
-    if command is Command.NOTE:
-        if current in {Status.ACKNOWLEDGED, Status.ASSIGNED, Status.REOPENED}:
-            return Status.IN_PROGRESS
-        return current
-    if command is Command.ASSIGN:
-        if current not in OPEN_STATUSES:
-            raise InvalidTransition(current=current, command=command)
-        if current in {Status.RECEIVED, Status.REOPENED}:
-            return Status.ASSIGNED
-        return current
-    allowed_from, target = _RULES[command]
-    if current not in allowed_from:
-        raise InvalidTransition(current=current, command=command)
-    return target or current
+
+def is_legal(*, current: Status, command: Command) -> bool:
+    return (current, command) in TRANSITIONS
+
+
+class Action(StrEnum):
+    """The timeline's vocabulary: what happened, past tense, words joined by ``_``."""
+
+    RECEIVED = "received"
+    ACKNOWLEDGED = "acknowledged"
+    NOTE_ADDED = "note_added"
+    PAUSED_FOR_CUSTOMER = "paused_for_customer"
+    RESUMED = "resumed"
+    RESOLVED = "resolved"
+    REJECTED = "rejected"
+    WITHDRAWN = "withdrawn"
+    REOPENED = "reopened"
+    CLOSED = "closed"
+    ASSIGNED = "assigned"
+    QUEUED = "queued"
+    REASSIGNED = "reassigned"
+    ESCALATED = "escalated"
+    SLA_WARNED = "sla_warned"
+    SLA_BREACHED = "sla_breached"
+    RESPONSIBILITY_SET = "responsibility_set"
+    FOLLOWUP_SCHEDULED = "followup_scheduled"
+    FOLLOWUP_ATTEMPTED = "followup_attempted"
+    FOLLOWUP_CANCELLED = "followup_cancelled"
+    FOLLOWUP_COMPLETED = "followup_completed"
+
+
+# The timeline word of each HTTP command.
+COMMAND_ACTIONS: dict[Command, Action] = {
+    Command.ACKNOWLEDGE: Action.ACKNOWLEDGED,
+    Command.NOTE: Action.NOTE_ADDED,
+    Command.WAIT_FOR_CUSTOMER: Action.PAUSED_FOR_CUSTOMER,
+    Command.RESUME: Action.RESUMED,
+    Command.RESOLVE: Action.RESOLVED,
+    Command.REJECT: Action.REJECTED,
+    Command.WITHDRAW: Action.WITHDRAWN,
+    Command.REOPEN: Action.REOPENED,
+    Command.CLOSE: Action.CLOSED,
+}

@@ -182,10 +182,34 @@ class Assignment(BaseModel):
 
 
 class Acknowledgement(BaseModel):
+    """受理, once: who, when, what the customer was promised, and whether it was late."""
+
     acknowledged_by: str
     acknowledged_at: datetime
     promised_response_at: UtcDatetime | None = None
     message_to_customer: str | None = None
+    late: bool = Field(False, description="After the acknowledge deadline (it still stops it)")
+
+
+class Escalation(BaseModel):
+    """The highest escalation routing reported."""
+
+    level: int
+    escalated_to_id: str | None = None
+    escalated_to_name: str | None = None
+    escalated_to_role: str | None = None
+    reason: str
+    escalated_by: str
+    escalated_at: datetime
+
+
+class Responsibility(BaseModel):
+    """责任部门 as last set (at resolution, or by a supervisor in routing)."""
+
+    department: str
+    party: ResponsibleParty | None = None
+    set_by: str
+    set_at: datetime
 
 
 class Note(BaseModel):
@@ -213,6 +237,10 @@ class Resolution(BaseModel):
     customer_accepted: bool | None = None
     resolved_by: str
     resolved_at: datetime
+    resolve_due_at: datetime | None = Field(
+        None, description="This cycle's resolve deadline when the resolution was recorded"
+    )
+    on_time: bool | None = Field(None, description="Resolved by that deadline (None: unknown)")
 
 
 class Rejection(BaseModel):
@@ -252,9 +280,17 @@ class Suggested(BaseModel):
 
 
 class TimelineEntry(BaseModel):
+    """One thing that happened; a status change names the statuses it went from and to."""
+
     at: datetime
     actor: str
-    action: str
+    action: str = Field(description="A word of the documented vocabulary (docs/intake.md)")
+    cause: str = Field(
+        "command", description="`command` (HTTP) or the consumed event's type that caused it"
+    )
+    event_id: str | None = Field(None, description="The causing event's id")
+    status_from: Status | None = None
+    status_to: Status | None = None
     details: dict = Field(default_factory=dict)
 
 
@@ -285,15 +321,24 @@ class ComplaintRead(BaseModel):
     desired_outcomes: list[DesiredOutcome] = Field(default_factory=list)
     attachments: list[Attachment] = Field(default_factory=list)
     assignment: Assignment | None = None
+    major_incident: bool = False
     escalation_level: int = 0
+    escalation: Escalation | None = None
     responsible_department: str | None = None
+    responsible_party: ResponsibleParty | None = None
+    responsibility: Responsibility | None = None
+    acknowledged_at: datetime | None = None
     acknowledgement: Acknowledgement | None = None
+    work_started_at: datetime | None = None
     acknowledge_due_at: datetime | None = None
     resolve_due_at: datetime | None = None
     regulatory_report_due_at: datetime | None = None
     sla: SlaState = Field(default_factory=SlaState)
     notes: list[Note] = Field(default_factory=list)
-    resolution: Resolution | None = None
+    resolution: Resolution | None = Field(None, description="The latest resolution")
+    resolutions: list[Resolution] = Field(
+        default_factory=list, description="Every resolution, one per cycle (reopens start one)"
+    )
     rejection: Rejection | None = None
     satisfaction: Satisfaction | None = None
     reopen_count: int = 0

@@ -3,7 +3,10 @@
 Each function is idempotent (the event id is remembered on the document) and
 safe against late delivery: assignments keep the newest, escalation levels only
 rise, SLA flags only go from false to true, and a follow-up outcome for an
-earlier resolution is recorded without changing the status.
+earlier resolution is recorded without changing the status. Events never set a
+status of their own: an assignment is intake's ``assign`` command and a
+follow-up outcome its ``close`` or ``reopen``, each through the transition table;
+everything else routing reports is a fact on the record.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 
 from complaints_shared.envelope import CloudEvent
 from complaints_shared.events import (
+    EVENT_TYPE_PREFIX,
     ClosedVia,
     ComplaintAssigned,
     ComplaintEscalated,
@@ -23,6 +27,7 @@ from complaints_shared.events import (
     ComplaintSlaBreached,
     ComplaintSlaWarning,
     EventData,
+    Flag,
     FollowupAttempted,
     FollowupCancelled,
     FollowupCompleted,
@@ -31,7 +36,7 @@ from complaints_shared.events import (
 )
 from complaints_shared.failures import Rejected
 from intake import commands, store
-from intake.lifecycle import Command, InvalidTransition, Status, transition
+from intake.lifecycle import Action, Command, Status, is_legal, transition
 from intake.settings import IntakeSettings
 
 
@@ -41,7 +46,7 @@ async def _apply(
     settings: IntakeSettings,
     event: CloudEvent,
     data: EventData,
-    action: str,
+    action: Action,
     decide: Any,
     details: dict[str, Any] | None = None,
 ) -> None:
@@ -54,6 +59,7 @@ async def _apply(
         action=action,
         decide=decide,
         now=event.time,
+        cause=cause_of(event),
         event_id=event.id,
         details=details,
     )
@@ -65,13 +71,29 @@ async def _apply(
         )
 
 
-def _status_after(current: dict[str, Any], command: Command) -> Status:
-    """The status after a command caused by an event; an inapplicable one changes nothing."""
+def cause_of(event: CloudEvent) -> str:
+    """The timeline's cause of an event's change: its type without prefix and version."""
+    return event.type.removeprefix(EVENT_TYPE_PREFIX).rsplit(".v", 1)[0]
+
+
+def _status_after(current: dict[str, Any], command: Command) -> Status | None:
+    """The status after a command caused by an event; None when the table does not allow it
+    (an event already happened elsewhere, so it is recorded without a status change)."""
     status = Status(current["status"])
-    try:
-        return transition(current=status, command=command)
-    except InvalidTransition:
-        return status
+    if not is_legal(current=status, command=command):
+        return None
+    return transition(current=status, command=command)
+
+
+def _classification(data: ComplaintAssigned | ComplaintQueued) -> dict[str, Any]:
+    """Severity and flags as routing applies them (a rule may have raised the severity)."""
+    fields: dict[str, Any] = {"major_incident": data.major_incident}
+    if data.severity is not None:
+        fields["severity"] = data.severity.value
+    if data.flags is not None:
+        known = {flag.value for flag in Flag}
+        fields["flags"] = [flag for flag in data.flags if flag in known]
+    return fields
 
 
 def _is_newer(current: dict[str, Any], at: Any) -> bool:
@@ -84,7 +106,7 @@ async def apply_assigned(
 ) -> None:
     def decide(current: dict[str, Any]) -> store.Decision:
         if not _is_newer(current, data.assigned_at):
-            return {}, []  # a reassignment already superseded this
+            return store.UNCHANGED  # a reassignment already superseded this
         assignment = data.model_dump(
             include={
                 "department",
@@ -98,21 +120,22 @@ async def apply_assigned(
             }
         )
         fields = {
-            "status": _status_after(current, Command.ASSIGN).value,
             "assignment": {**assignment, "queued": False},
             "acknowledge_due_at": data.acknowledge_due_at,
             "resolve_due_at": data.resolve_due_at,
+            **_classification(data),
         }
         if data.regulatory_report_due_at is not None:
             fields["regulatory_report_due_at"] = data.regulatory_report_due_at
-        return {"$set": fields, "$max": {"escalation_level": data.escalation_level}}, []
+        update = {"$set": fields, "$max": {"escalation_level": data.escalation_level}}
+        return store.Decision(update, status=_status_after(current, Command.ASSIGN))
 
     await _apply(
         db=db,
         settings=settings,
         event=event,
         data=data,
-        action="assigned",
+        action=Action.ASSIGNED,
         decide=decide,
         details={
             "department": data.department,
@@ -128,7 +151,7 @@ async def apply_queued(
 ) -> None:
     def decide(current: dict[str, Any]) -> store.Decision:
         if not _is_newer(current, data.queued_at):
-            return {}, []
+            return store.UNCHANGED
         queued = {
             "department": data.department,
             "department_name": data.department_name,
@@ -139,14 +162,15 @@ async def apply_queued(
             "assigned_at": data.queued_at,
             "queued": True,
         }
-        return {"$set": {"assignment": queued}}, []
+        update = {"$set": {"assignment": queued, **_classification(data)}}
+        return store.Decision(update, status=_status_after(current, Command.ASSIGN))
 
     await _apply(
         db=db,
         settings=settings,
         event=event,
         data=data,
-        action="queued",
+        action=Action.QUEUED,
         decide=decide,
         details={"department": data.department},
     )
@@ -157,7 +181,7 @@ async def apply_reassigned(
 ) -> None:
     def decide(current: dict[str, Any]) -> store.Decision:
         if not _is_newer(current, data.reassigned_at):
-            return {}, []
+            return store.UNCHANGED
         previous = current.get("assignment") or {}
         assignment = {
             **previous,
@@ -168,14 +192,14 @@ async def apply_reassigned(
             "assigned_at": data.reassigned_at,
             "queued": data.owner_id is None,
         }
-        return {"$set": {"assignment": assignment}}, []
+        return store.Decision({"$set": {"assignment": assignment}})
 
     await _apply(
         db=db,
         settings=settings,
         event=event,
         data=data,
-        action="reassigned",
+        action=Action.REASSIGNED,
         decide=decide,
         details={
             "from_owner_id": data.from_owner_id,
@@ -191,17 +215,32 @@ async def apply_escalated(
     *, db: AsyncDatabase, settings: IntakeSettings, event: CloudEvent, data: ComplaintEscalated
 ) -> None:
     def decide(current: dict[str, Any]) -> store.Decision:
-        fields: dict[str, Any] = {"status": _status_after(current, Command.ESCALATE).value}
+        fields: dict[str, Any] = {}
         if data.regulatory_report_due_at is not None:
             fields["regulatory_report_due_at"] = data.regulatory_report_due_at
-        return {"$set": fields, "$max": {"escalation_level": data.level}}, []
+        if data.level >= current.get("escalation_level", 0):
+            fields["escalation"] = data.model_dump(
+                include={
+                    "level",
+                    "escalated_to_id",
+                    "escalated_to_name",
+                    "escalated_to_role",
+                    "reason",
+                    "escalated_by",
+                    "escalated_at",
+                }
+            )
+        update: dict[str, Any] = {"$max": {"escalation_level": data.level}}
+        if fields:
+            update["$set"] = fields
+        return store.Decision(update)
 
     await _apply(
         db=db,
         settings=settings,
         event=event,
         data=data,
-        action="escalated",
+        action=Action.ESCALATED,
         decide=decide,
         details={
             "level": data.level,
@@ -215,14 +254,14 @@ async def apply_sla_warning(
     *, db: AsyncDatabase, settings: IntakeSettings, event: CloudEvent, data: ComplaintSlaWarning
 ) -> None:
     def decide(current: dict[str, Any]) -> store.Decision:
-        return {"$set": {f"sla.{data.clock.value}_warning": True}}, []
+        return store.Decision({"$set": {f"sla.{data.clock.value}_warning": True}})
 
     await _apply(
         db=db,
         settings=settings,
         event=event,
         data=data,
-        action="sla_warning",
+        action=Action.SLA_WARNED,
         decide=decide,
         details={"clock": data.clock.value, "due_at": data.due_at},
     )
@@ -236,14 +275,14 @@ async def apply_sla_breached(
         update: dict[str, Any] = {"$set": fields}
         if data.escalation_level is not None:
             update["$max"] = {"escalation_level": data.escalation_level}
-        return update, []
+        return store.Decision(update)
 
     await _apply(
         db=db,
         settings=settings,
         event=event,
         data=data,
-        action="sla_breached",
+        action=Action.SLA_BREACHED,
         decide=decide,
         details={"clock": data.clock.value, "due_at": data.due_at},
     )
@@ -257,19 +296,31 @@ async def apply_responsibility_set(
     data: ComplaintResponsibilitySet,
 ) -> None:
     def decide(current: dict[str, Any]) -> store.Decision:
-        fields: dict[str, Any] = {"responsible_department": data.responsible_department}
-        if data.responsible_party is not None:
-            fields["responsible_party"] = data.responsible_party.value
-        return {"$set": fields}, []
+        party = data.responsible_party.value if data.responsible_party else None
+        fields: dict[str, Any] = {
+            "responsible_department": data.responsible_department,
+            "responsible_party": party,
+            "responsibility": {
+                "department": data.responsible_department,
+                "party": party,
+                "set_by": data.set_by,
+                "set_at": data.set_at,
+            },
+        }
+        return store.Decision({"$set": fields})
 
     await _apply(
         db=db,
         settings=settings,
         event=event,
         data=data,
-        action="responsibility_set",
+        action=Action.RESPONSIBILITY_SET,
         decide=decide,
-        details={"responsible_department": data.responsible_department, "by": data.set_by},
+        details={
+            "responsible_department": data.responsible_department,
+            "responsible_party": data.responsible_party,
+            "by": data.set_by,
+        },
     )
 
 
@@ -281,11 +332,11 @@ async def record_followup_progress(
     data: FollowupScheduled | FollowupAttempted | FollowupCancelled,
 ) -> None:
     """Scheduled, attempted and cancelled checks only go on the timeline."""
-    action = event.type.removeprefix("org.complaintdesk.").removesuffix(".v1")
+    action = Action(cause_of(event).replace(".", "_"))
     details = data.model_dump(mode="json", exclude={"complaint_id", "org", "branch"})
 
     def decide(current: dict[str, Any]) -> store.Decision:
-        return {}, []
+        return store.UNCHANGED
 
     await _apply(
         db=db,
@@ -316,38 +367,40 @@ async def apply_followup_completed(
             },
         )
         satisfaction["outcome"] = data.outcome.value
-        recorded: store.Decision = ({"$set": {"satisfaction": satisfaction}}, [])
+        recorded = store.Decision({"$set": {"satisfaction": satisfaction}})
         if data.resolution_number != current.get("resolution_count"):
             return recorded  # a check of an earlier resolution: record only
         unsatisfied = data.outcome is FollowupOutcome.UNSATISFIED
         command = Command.REOPEN if unsatisfied else Command.CLOSE
-        status = Status(current["status"])
-        try:
-            new_status = transition(current=status, command=command)
-        except InvalidTransition:
+        new_status = _status_after(current, command)
+        if new_status is None:
             return recorded
         if unsatisfied:
-            build = commands.reopen_build(
-                reason="customer not satisfied at follow-up", reopened_by="followup"
-            )
+            reason = "customer not satisfied at follow-up"
+            build = commands.reopen_build(reason=reason, reopened_by="followup")
+            entry = (Action.REOPENED, {"reason": reason})
         else:
+            reason = f"follow-up {data.outcome.value}"
             build = commands.close_build(
-                reason=f"follow-up {data.outcome.value}",
-                closed_by="followup",
-                via=ClosedVia.FOLLOWUP,
+                reason=reason, closed_by="followup", via=ClosedVia.FOLLOWUP
             )
+            entry = (Action.CLOSED, {"reason": reason, "closed_via": ClosedVia.FOLLOWUP.value})
         update, events = build(current, event.time)
-        update.setdefault("$set", {}).update(
-            {"status": new_status.value, "satisfaction": satisfaction}
-        )
-        return update, events
+        update.setdefault("$set", {})["satisfaction"] = satisfaction
+        # The outcome's own entry first, then the closure or reopening it caused.
+        return store.Decision(update, events, new_status, [entry])
 
     await _apply(
         db=db,
         settings=settings,
         event=event,
         data=data,
-        action=f"followup_{data.outcome.value}",
+        action=Action.FOLLOWUP_COMPLETED,
         decide=decide,
-        details={"followup_id": data.followup_id, "score": data.score, "attempts": data.attempts},
+        details={
+            "followup_id": data.followup_id,
+            "outcome": data.outcome.value,
+            "score": data.score,
+            "attempts": data.attempts,
+        },
     )

@@ -61,12 +61,16 @@ class GroupSummary(BaseModel):
     group: str | None
     received: int
     open: int
-    resolved: int
+    resolved: int = Field(description="Complaints resolved at least once")
+    resolutions: int = Field(description="Resolutions recorded, every cycle counted")
     closed: int
     rejected: int
     withdrawn: int
     acknowledge_on_time_pct: float | None
-    resolve_on_time_pct: float | None
+    resolve_on_time_pct: float | None = Field(
+        description="Per resolution cycle: cycles resolved by their own due time ÷ cycles "
+        "resolved with a known due time plus unresolved cycles that passed theirs"
+    )
     time_to_acknowledge: Durations
     time_to_resolve: Durations
     reopen_rate_pct: float | None
@@ -83,6 +87,7 @@ class SummaryReport(BaseModel):
     from_: datetime = Field(alias="from")
     to: datetime
     group_by: GroupBy
+    branches: list[str] = Field(description="The branch filter applied (empty: every branch)")
     groups: list[GroupSummary]
 
     model_config = {"populate_by_name": True}
@@ -116,21 +121,32 @@ def _on_time(done: str, due: str, now: datetime) -> tuple[dict[str, Any], dict[s
 
 def _pipeline(*, match: dict[str, Any], key: str, now: datetime) -> list[dict[str, Any]]:
     ack_on_time, ack_measurable = _on_time("acknowledged_at", "acknowledge_due_at", now)
-    res_on_time, res_measurable = _on_time("first_resolved_at", "resolve_due_at", now)
     open_values = [status.value for status in OPEN_STATUSES]
+    is_open = {"$in": ["$status", open_values]}
+    unresolved_values = [*open_values, Status.REJECTED.value, Status.WITHDRAWN.value]
     figures = {
         "$group": {
             "_id": key,
             "received": {"$sum": 1},
-            "open": _count_if({"$in": ["$status", open_values]}),
+            "open": _count_if(is_open),
             "resolved": _count_if(_exists("first_resolved_at")),
+            "resolutions": {"$sum": {"$ifNull": ["$resolution_count", 0]}},
             "closed": _count_if({"$eq": ["$status", Status.CLOSED.value]}),
             "rejected": _count_if({"$eq": ["$status", Status.REJECTED.value]}),
             "withdrawn": _count_if({"$eq": ["$status", Status.WITHDRAWN.value]}),
             "ack_on_time": _count_if(ack_on_time),
             "ack_measurable": _count_if(ack_measurable),
-            "resolve_on_time": _count_if(res_on_time),
-            "resolve_measurable": _count_if(res_measurable),
+            # A cycle without a resolution counts as missed once its due time passed before
+            # it ended: still open past it, or rejected or withdrawn after it.
+            "cycles_missed": _count_if(
+                {
+                    "$and": [
+                        {"$in": ["$status", unresolved_values]},
+                        _exists("resolve_due_at"),
+                        {"$lt": ["$resolve_due_at", {"$ifNull": ["$finished_at", now]}]},
+                    ]
+                }
+            ),
             "ack_ms": _percentiles("created_at", "acknowledged_at"),
             "resolve_ms": _percentiles("created_at", "first_resolved_at"),
             "reopened": _count_if({"$gt": ["$reopen_count", 0]}),
@@ -160,11 +176,28 @@ def _pipeline(*, match: dict[str, Any], key: str, now: datetime) -> list[dict[st
                     },
                 ],
                 "root_causes": ranked("resolution.root_cause"),
-                "parties": ranked("resolution.responsible_party"),
+                "parties": ranked("responsible_party"),
                 "responsible_departments": ranked("responsible_department"),
+                # Every resolution cycle, so a reopen keeps the earlier cycle's figures.
+                "cycles": [
+                    {"$match": {"resolutions.0": {"$exists": True}}},
+                    {"$project": {"group": key, "resolutions": 1}},
+                    {"$unwind": "$resolutions"},
+                    {
+                        "$group": {
+                            "_id": "$group",
+                            "on_time": _count_if({"$eq": ["$resolutions.on_time", True]}),
+                            "measurable": _count_if(
+                                {"$in": ["$resolutions.on_time", [True, False]]}
+                            ),
+                        }
+                    },
+                ],
                 "remedies": [
-                    {"$match": {"resolution.remedies.0": {"$exists": True}}},
-                    {"$project": {"group": key, "remedies": "$resolution.remedies"}},
+                    {"$match": {"resolutions.remedies.0": {"$exists": True}}},
+                    {"$project": {"group": key, "resolutions": 1}},
+                    {"$unwind": "$resolutions"},
+                    {"$project": {"group": 1, "remedies": "$resolutions.remedies"}},
                     {"$unwind": "$remedies"},
                     {
                         "$group": {
@@ -218,17 +251,21 @@ def _group_summary(figures: dict[str, Any], facets: dict[str, Any]) -> GroupSumm
         if row["_id"]["group"] == group
     ]
     remedies.sort(key=lambda total: (total.type, total.currency or ""))
+    cycles = next((row for row in facets["cycles"] if row["_id"] == group), {})
+    resolve_on_time = cycles.get("on_time", 0)
+    resolve_measurable = cycles.get("measurable", 0) + figures["cycles_missed"]
     average = figures["satisfaction_average"]
     return GroupSummary(
         group=group,
         received=figures["received"],
         open=figures["open"],
         resolved=figures["resolved"],
+        resolutions=figures["resolutions"],
         closed=figures["closed"],
         rejected=figures["rejected"],
         withdrawn=figures["withdrawn"],
         acknowledge_on_time_pct=_pct(figures["ack_on_time"], figures["ack_measurable"]),
-        resolve_on_time_pct=_pct(figures["resolve_on_time"], figures["resolve_measurable"]),
+        resolve_on_time_pct=_pct(resolve_on_time, resolve_measurable),
         time_to_acknowledge=_durations(figures["ack_ms"]),
         time_to_resolve=_durations(figures["resolve_ms"]),
         reopen_rate_pct=_pct(figures["reopened"], figures["resolved"]),
@@ -249,6 +286,7 @@ async def summary(
     created_from: datetime,
     created_to: datetime,
     group_by: GroupBy,
+    branches: list[str],
     now: datetime,
 ) -> SummaryReport:
     """Figures for complaints received in [created_from, created_to), per group."""
@@ -256,8 +294,18 @@ async def summary(
         **principal.scope_filter(),
         "created_at": {**at_or_after(created_from), "$lt": created_to},
     }
+    if branches:
+        # Within the caller's scope: a branch the token may not see simply has no data.
+        visible = [b for b in branches if principal.all_branches or b in principal.branches]
+        match["branch"] = {"$in": visible}
     pipeline = _pipeline(match=match, key=GROUP_FIELDS[group_by], now=now)
     facets = (await (await db[store.COMPLAINTS].aggregate(pipeline)).to_list(None))[0]
     groups = [_group_summary(figures, facets) for figures in facets["figures"]]
     groups.sort(key=lambda summary: (-summary.received, str(summary.group)))
-    return SummaryReport(**{"from": created_from}, to=created_to, group_by=group_by, groups=groups)
+    return SummaryReport(
+        **{"from": created_from},
+        to=created_to,
+        group_by=group_by,
+        branches=branches,
+        groups=groups,
+    )

@@ -12,12 +12,12 @@ import time
 import uuid
 from collections.abc import Callable
 from contextlib import suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from pymongo import DESCENDING, ReturnDocument
+from pymongo import ReturnDocument
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
@@ -29,12 +29,18 @@ from complaints_shared.events import (
     EventType,
     Flag,
 )
-from complaints_shared.mongo import is_id_clash, lease_kept, merge_updates, update_and_read
+from complaints_shared.mongo import (
+    as_stored,
+    is_id_clash,
+    lease_kept,
+    merge_updates,
+    update_and_read,
+)
 from complaints_shared.outbox import outbox_entry, outbox_fields, outbox_update
 from complaints_shared.problems import ConcurrentUpdate, ProblemError, not_found
 from intake import idempotency
 from intake.identity import customer_keys, submission_fingerprint
-from intake.lifecycle import OPEN_STATUSES, InvalidTransition, Status
+from intake.lifecycle import OPEN_STATUSES, Action, InvalidTransition, Status
 from intake.models import ComplaintCreate, ComplaintRead
 from intake.settings import IntakeSettings
 from intake.suggestions import suggest
@@ -44,13 +50,14 @@ REFERENCE_COUNTERS = "reference_counters"
 SUBMISSIONS = "submission_fingerprints"
 APPLIED_EVENTS_KEPT = 500
 MAX_WRITE_ATTEMPTS = 8
-# A customer's newest complaints looked at for repeats (a shared switchboard number has many).
-REPEAT_LOOKBACK = 200
+# Earlier complaints named in ``repeat_of`` (newest first); ``repeat_count`` counts them all.
 MAX_REPEAT_LINKS = 20
+# The ``repeat_keys`` bucket of an open complaint (a finished one: the day it finished).
+REPEAT_OPEN = "open"
+# The timeline's ``cause`` of a change asked for over HTTP (else the consumed event's type).
+COMMAND_CAUSE = "command"
 REFERENCE_ATTEMPTS = 5
 
-# A decision returns the extra update for the change plus the events it causes.
-Decision = tuple[dict[str, Any], list[tuple[EventType, EventData]]]
 HIDDEN_FIELDS = {"outbox": 0, "applied_events": 0, "timeline": 0}
 
 
@@ -81,6 +88,7 @@ COMPLAINT_INDEXES: dict[str, list[tuple[str, int]]] = {
     "org_ack_due": [("org", 1), ("acknowledge_due_at", 1), ("_id", 1)],
     "org_resolve_due": [("org", 1), ("resolve_due_at", 1), ("_id", 1)],
     "org_customer_keys": [("org", 1), ("customer_keys", 1), ("created_at", -1)],
+    "org_repeat_keys": [("org", 1), ("repeat_keys", 1)],
     "org_breached": [("org", 1), ("sla_breached", 1), ("created_at", -1)],
     "org_repeat": [("org", 1), ("repeat_count", 1), ("created_at", -1)],
 }
@@ -94,8 +102,24 @@ async def ensure_indexes(*, db: AsyncDatabase) -> None:
     await db[SUBMISSIONS].create_index("expires_at", name="expires_at")
 
 
-def timeline_entry(*, actor: str, action: str, at: datetime, **details: Any) -> dict[str, Any]:
-    return {"at": at, "actor": actor, "action": action, "details": details}
+def timeline_entry(
+    *,
+    actor: str,
+    action: str,
+    at: datetime,
+    cause: str = COMMAND_CAUSE,
+    event_id: str | None = None,
+    details: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """One line of the complaint's history; ``action`` is a word of ``Action``."""
+    return {
+        "at": at,
+        "actor": actor,
+        "action": action,
+        "cause": cause,
+        "event_id": event_id,
+        "details": details or {},
+    }
 
 
 def customer_contact(document: dict[str, Any]) -> CustomerContact:
@@ -241,35 +265,50 @@ async def release_submission(*, db: AsyncDatabase, fingerprint: str, holder: str
     )
 
 
+def repeat_keys(customer_keys: list[str], *, status: Status, at: datetime) -> list[str]:
+    """The keys repeat detection finds a complaint by: ``<customer key>|open`` while it is
+    open, ``<customer key>|<UTC day it finished>`` once resolved, closed, rejected or
+    withdrawn (a reopen makes it open again)."""
+    bucket = REPEAT_OPEN if status in OPEN_STATUSES else at.astimezone(UTC).strftime("%Y%m%d")
+    return [f"{key}|{bucket}" for key in customer_keys]
+
+
+def _repeat_buckets(*, since: datetime, now: datetime) -> list[str]:
+    first, last = since.astimezone(UTC).date(), now.astimezone(UTC).date()
+    days = [(first + timedelta(days=n)).strftime("%Y%m%d") for n in range((last - first).days + 1)]
+    return [REPEAT_OPEN, *days]
+
+
 async def find_earlier_complaints(
-    *, db: AsyncDatabase, org: str, keys: list[str], since: datetime
+    *, db: AsyncDatabase, org: str, keys: list[str], since: datetime, now: datetime
 ) -> list[dict[str, Any]]:
     """The customer's open complaints and those finished since ``since``, newest first.
 
-    One indexed read of the customer's newest complaints, filtered here: adding
-    the status or finish conditions to the query (or an ``$or`` of them) makes the
-    local MongoDB (SecantusDB) scan every complaint (docs/mongodb-compatibility.md).
-    Only the newest ``REPEAT_LOOKBACK`` complaints of a customer are considered.
+    One equality ``$in`` on the multikey index ``(org, repeat_keys)``, however many
+    complaints the customer has: the keys name the customer and either ``open`` or
+    the day the complaint finished, so "open, or finished within the window" is the
+    customer's keys × (``open`` + each day of the window). A range or a status
+    condition next to the customer keys would make SecantusDB scan the collection
+    (docs/mongodb-compatibility.md). The window's first day is trimmed exactly here.
     """
     if not keys:
         return []
-    cursor = (
+    wanted = [f"{key}|{bucket}" for key in keys for bucket in _repeat_buckets(since=since, now=now)]
+    candidates = await (
         db[COMPLAINTS]
         .find(
-            {"org": org, "customer_keys": {"$in": keys}},
-            projection={"_id": 1, "status": 1, "finished_at": 1},
+            {"org": org, "repeat_keys": {"$in": wanted}},
+            projection={"_id": 1, "created_at": 1, "finished_at": 1},
         )
-        .sort("created_at", DESCENDING)
-        .limit(REPEAT_LOOKBACK)
+        .to_list(None)
     )
-    open_statuses = {status.value for status in OPEN_STATUSES}
     earlier = [
-        {"_id": document["_id"]}
-        async for document in cursor
-        if document["status"] in open_statuses
-        or (document.get("finished_at") is not None and document["finished_at"] >= since)
+        document
+        for document in candidates
+        if document.get("finished_at") is None or document["finished_at"] >= since
     ]
-    return earlier[:MAX_REPEAT_LINKS]
+    earlier.sort(key=lambda document: (document["created_at"], document["_id"]), reverse=True)
+    return earlier
 
 
 def _classify(request: ComplaintCreate, settings: IntakeSettings) -> dict[str, Any]:
@@ -368,8 +407,10 @@ async def _insert_new(
         org=principal.org,
         keys=keys,
         since=now - timedelta(days=settings.repeat_window_days),
+        now=now,
     )
     classification = _classify(request, settings)
+    links = [doc["_id"] for doc in earlier[:MAX_REPEAT_LINKS]]
     flags: list[str] = [flag.value for flag in classification["flags"]]
     if earlier and Flag.REPEAT.value not in flags:
         flags.append(Flag.REPEAT.value)
@@ -386,10 +427,11 @@ async def _insert_new(
         "flags": flags,
         "suggested": classification["suggested"],
         "repeat_count": len(earlier),
-        "repeat_of": [doc["_id"] for doc in earlier],
+        "repeat_of": links,
         "customer_keys": keys,
         "submission_fingerprint": fingerprint,
         "status": Status.RECEIVED.value,
+        "repeat_keys": repeat_keys(keys, status=Status.RECEIVED, at=now),
         "version": 1,
         "resolution_count": 0,
         "reopen_count": 0,
@@ -403,10 +445,9 @@ async def _insert_new(
         "timeline": [
             timeline_entry(
                 actor=principal.subject,
-                action="received",
+                action=Action.RECEIVED,
                 at=now,
-                channel=request.channel.value,
-                reference=reference,
+                details={"channel": request.channel.value, "reference": reference},
             )
         ],
     }
@@ -429,7 +470,7 @@ async def _insert_new(
     entry = outbox_entry(event_type=EventType.COMPLAINT_RECEIVED, data=received, settings=settings)
     document.update(outbox_fields([entry]))
     await db[COMPLAINTS].insert_one(document)
-    return document
+    return as_stored(document)
 
 
 # ------------------------------------------------------------------- changes --
@@ -446,6 +487,31 @@ def invalid_transition(exc: InvalidTransition, *, complaint_id: str) -> ProblemE
     )
 
 
+@dataclass(frozen=True)
+class Decision:
+    """What one change does to a complaint.
+
+    ``status`` is the next status as ``lifecycle.transition`` decided it (None keeps
+    the current one); ``entries`` are timeline entries (action, details) written after
+    the caller's own entry, and a status change is recorded on the last entry.
+    """
+
+    update: dict[str, Any]
+    events: list[tuple[EventType, EventData]] = field(default_factory=list)
+    status: Status | None = None
+    entries: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+
+
+UNCHANGED = Decision({})
+
+
+def _status_update(*, current: dict[str, Any], next_status: Status | None, now: datetime) -> dict:
+    if next_status is None or next_status.value == current["status"]:
+        return {}
+    keys = repeat_keys(current.get("customer_keys", []), status=next_status, at=now)
+    return {"$set": {"status": next_status.value, "repeat_keys": keys}}
+
+
 async def change(
     *,
     db: AsyncDatabase,
@@ -456,13 +522,17 @@ async def change(
     action: str,
     decide: Callable[[dict[str, Any]], Decision],
     now: datetime,
+    cause: str = COMMAND_CAUSE,
     event_id: str | None = None,
     details: dict[str, Any] | None = None,
 ) -> dict[str, Any] | None:
     """Apply one decided change atomically; returns the new document.
 
-    ``event_id`` makes the change idempotent for consumed events: a document
-    that already applied it is returned unchanged (None when it does not exist).
+    Every change writes its timeline entries with the actor, the cause (``command``
+    or the consumed event's type) and the causing event id; a status change is
+    recorded on the entry that caused it (``status_from`` / ``status_to``).
+    ``event_id`` makes the change idempotent for consumed events: a document that
+    already applied it is returned unchanged (None when it does not exist).
     """
     complaints = db[COMPLAINTS]
     for _ in range(MAX_WRITE_ATTEMPTS):
@@ -471,23 +541,31 @@ async def change(
             return None
         if event_id is not None and event_id in current.get("applied_events", []):
             return current
-        extra_update, events = decide(current)
-        entries = [
+        decision = decide(current)
+        status_from = Status(current["status"])
+        entries = [(action, details or {}), *decision.entries]
+        timeline = [
+            timeline_entry(
+                actor=actor, action=name, at=now, cause=cause, event_id=event_id, details=extra
+            )
+            for name, extra in entries
+        ]
+        if decision.status is not None and decision.status is not status_from:
+            timeline[-1]["status_from"] = status_from.value
+            timeline[-1]["status_to"] = decision.status.value
+        outbox = [
             outbox_entry(event_type=event_type, data=data, settings=settings)
-            for event_type, data in events
+            for event_type, data in decision.events
         ]
         update = merge_updates(
-            extra_update,
+            decision.update,
+            _status_update(current=current, next_status=decision.status, now=now),
             {
                 "$set": {"updated_at": now},
                 "$inc": {"version": 1},
-                "$push": {
-                    "timeline": timeline_entry(
-                        actor=actor, action=action, at=now, **(details or {})
-                    )
-                },
+                "$push": {"timeline": {"$each": timeline}},
             },
-            outbox_update(entries) if entries else {},
+            outbox_update(outbox) if outbox else {},
             (
                 {"$push": {"applied_events": {"$each": [event_id], "$slice": -APPLIED_EVENTS_KEPT}}}
                 if event_id

@@ -425,7 +425,17 @@ def assigned_event(document: dict[str, Any]) -> ComplaintAssigned:
         sla_policy=document.get("sla_policy"),
         clock_starts_at=document.get("clock_starts_at"),
         duty_officer=document.get("duty_officer", False),
+        **_applied_classification(document),
     )
+
+
+def _applied_classification(document: dict[str, Any]) -> dict[str, Any]:
+    """Severity and flags as routing applies them, so intake's record tells the same."""
+    return {
+        "severity": document.get("severity"),
+        "flags": document.get("flags"),
+        "major_incident": document.get("major_incident", False),
+    }
 
 
 def queued_event(document: dict[str, Any]) -> ComplaintQueued:
@@ -436,6 +446,7 @@ def queued_event(document: dict[str, Any]) -> ComplaintQueued:
         rule_id=document["rule_id"],
         rule_version=document["rule_version"],
         queued_at=document["queued_at"],
+        **_applied_classification(document),
     )
 
 

@@ -1,0 +1,286 @@
+"""Integration: the complaint of record tells what happened, through all three services.
+
+Acknowledgement is a fact that stays possible after notes, waits, escalations and
+breaches; every status change is on the timeline with its cause; severity,
+flags, responsibility and escalation as routing applies them reach the record.
+"""
+
+from __future__ import annotations
+
+import uuid
+from contextlib import AsyncExitStack
+from datetime import timedelta
+
+import pytest
+
+from complaints_shared.clock import ManualClock
+from intake.main import create_app as create_intake_app
+from intake.settings import IntakeSettings
+from tests.conftest import System, SystemFactory, _serve, settings_for_test
+from tests.helpers import eventually, token
+from tests.test_intake_creation import complaint_body
+from tests.test_routing_support import (
+    FAST_TIMERS,
+    MONDAY_10_SHANGHAI,
+    TUESDAY_22_SHANGHAI,
+    assignment_when,
+)
+
+pytestmark = pytest.mark.integration
+
+MINUTE = timedelta(minutes=1)
+
+
+async def _create(system: System, headers: dict, **overrides) -> dict:
+    response = await system.intake.post(
+        "/v1/complaints", json=complaint_body(**overrides), headers=headers
+    )
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+async def _post(system: System, path: str, body: dict, headers: dict) -> dict:
+    response = await system.intake.post(path, json=body, headers=headers)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+async def _record_when(system: System, cid: str, headers: dict, holds, *, what: str) -> dict:
+    async def probe() -> dict | None:
+        body = (await system.intake.get(f"/v1/complaints/{cid}", headers=headers)).json()
+        return body if holds(body) else None
+
+    return await eventually(probe, timeout_s=20, what=what)
+
+
+async def _timeline(system: System, cid: str, headers: dict) -> list[dict]:
+    response = await system.intake.get(f"/v1/complaints/{cid}/timeline", headers=headers)
+    return response.json()["entries"]
+
+
+async def _ack_clock_stopped(system: System, cid: str) -> dict:
+    return await assignment_when(
+        system,
+        cid,
+        lambda doc: doc["clocks"]["acknowledge"]["state"] == "stopped",
+        what="routing's acknowledge clock stopped",
+    )
+
+
+async def test_acknowledge_after_a_note_and_after_pending_and_resume(system: System) -> None:
+    agent = token(system.intake_settings, branches=["LZ"], roles=("agent",))
+    noted = await _create(system, agent, subject="话费多扣一")
+    waited = await _create(system, agent, subject="话费多扣二")
+    for cid in (noted["id"], waited["id"]):
+        await _record_when(system, cid, agent, lambda c: c["assignment"], what="assignment")
+
+    after_note = await _post(system, f"/v1/complaints/{noted['id']}/notes", {"text": "查账"}, agent)
+    assert after_note["status"] == "open" and after_note["work_started_at"]
+    acked = await _post(system, f"/v1/complaints/{noted['id']}/acknowledge", {}, agent)
+    assert acked["status"] == "open"
+    assert acked["acknowledgement"]["acknowledged_by"] == "tester"
+    assert acked["acknowledgement"]["late"] is False
+
+    base = f"/v1/complaints/{waited['id']}"
+    await _post(system, f"{base}/pending-customer", {"reason": "等缴费凭证"}, agent)
+    await _post(system, f"{base}/resume", {}, agent)
+    acked = await _post(
+        system,
+        f"{base}/acknowledge",
+        {"promised_response_at": "2026-12-01T10:00:00Z", "message_to_customer": "明天答复"},
+        agent,
+    )
+    assert acked["acknowledged_at"] and acked["status"] == "open"
+    assert acked["acknowledgement"]["promised_response_at"] == "2026-12-01T10:00:00Z"
+
+    again = await system.intake.post(f"{base}/acknowledge", json={}, headers=agent)
+    assert again.status_code == 409
+    problem = again.json()
+    assert (problem["current_status"], problem["command"]) == ("open", "acknowledge")
+    assert "already acknowledged" in problem["detail"]
+    for cid in (noted["id"], waited["id"]):
+        await _ack_clock_stopped(system, cid)
+
+
+async def test_an_escalated_and_breached_complaint_is_acknowledged_late_and_its_clock_stops(
+    system_factory: SystemFactory,
+) -> None:
+    clock = ManualClock(MONDAY_10_SHANGHAI)
+    system = await system_factory(clock=clock, routing=FAST_TIMERS)
+    agent = token(system.intake_settings, branches=["LZ"], roles=("agent",))
+    cid = (await _create(system, agent, severity="high"))["id"]
+    assignment = await assignment_when(system, cid)
+    clock.set(assignment["acknowledge_due_at"] + MINUTE)
+    breached = await _record_when(
+        system,
+        cid,
+        agent,
+        lambda c: c["sla"]["acknowledge_breached"] and (c["escalation"] or {}).get("level") == 1,
+        what="breach and escalation on the record",
+    )
+    assert breached["status"] == "open"  # breach and escalation are facts, not statuses
+    assert breached["escalation"]["reason"] == "sla_breach"
+
+    acked = await _post(system, f"/v1/complaints/{cid}/acknowledge", {}, agent)
+    assert acked["acknowledgement"]["late"] is True
+    assert acked["acknowledged_at"] == clock.now().isoformat().replace("+00:00", "Z")
+    stopped = await _ack_clock_stopped(system, cid)
+    assert stopped["clocks"]["acknowledge"]["stopped_at"] == clock.now()
+    assert stopped["clocks"]["resolve"]["state"] == "running"
+
+
+async def test_a_hospital_major_incident_is_acknowledged_and_shows_routings_severity(
+    system_factory: SystemFactory,
+) -> None:
+    clock = ManualClock(TUESDAY_22_SHANGHAI)  # out of hours: the duty officer takes it
+    system = await system_factory(clock=clock, routing=FAST_TIMERS)
+    duty = token(system.intake_settings, branches=["HOSP"], roles=("agent",))
+    incident = await _create(
+        system,
+        duty,
+        branch="HOSP",
+        category="medical",
+        severity="normal",  # given by the caller; the keyword rule raises it to critical
+        subject="急诊误诊",
+        description="急诊误诊为胃炎，实为心梗，延误治疗",
+    )
+    cid = incident["id"]
+    record = await _record_when(
+        system,
+        cid,
+        duty,
+        lambda c: c["severity"] == "critical" and c["escalation_level"] == 2,
+        what="routing's severity and escalation on the record",
+    )
+    assert record["major_incident"] is True
+    assert record["status"] == "open"
+    assert record["escalation"]["reason"] == "critical_incident"
+    assert record["regulatory_report_due_at"] is not None
+
+    acked = await _post(system, f"/v1/complaints/{cid}/acknowledge", {}, duty)
+    assert acked["acknowledged_at"] is not None
+    await _ack_clock_stopped(system, cid)
+
+    found = await system.intake.get("/v1/complaints", params={"severity": "critical"}, headers=duty)
+    assert [item["id"] for item in found.json()["items"]] == [cid]
+    window = {"from": (clock.now() - MINUTE).isoformat(), "to": (clock.now() + MINUTE).isoformat()}
+    report = await system.intake.get(
+        "/v1/reports/summary", params={"group_by": "severity", **window}, headers=duty
+    )
+    groups = {group["group"]: group for group in report.json()["groups"]}
+    assert groups["critical"]["received"] == 1 and "normal" not in groups
+    assert groups["critical"]["acknowledge_on_time_pct"] == 100.0
+
+
+async def _followup_check(system: System, cid: str, headers: dict) -> str:
+    async def probe() -> str | None:
+        response = await system.followup.get(
+            "/v1/followups", params={"complaint_id": cid}, headers=headers
+        )
+        items = response.json()["items"]
+        return items[0]["id"] if items else None
+
+    return await eventually(probe, timeout_s=15, what="satisfaction check")
+
+
+@pytest.mark.parametrize(
+    ("satisfied", "action", "status_to"),
+    [(True, "closed", "closed"), (False, "reopened", "reopened")],
+)
+async def test_closure_and_reopening_by_followup_are_on_the_timeline(
+    system: System, satisfied: bool, action: str, status_to: str
+) -> None:
+    admin = token(system.intake_settings)
+    cid = (await _create(system, admin))["id"]
+    await _record_when(system, cid, admin, lambda c: c["assignment"], what="assignment")
+    await _post(system, f"/v1/complaints/{cid}/resolve", {"summary": "已退费"}, admin)
+    check_id = await _followup_check(system, cid, admin)
+    outcome = await system.followup.post(
+        f"/v1/followups/{check_id}/outcome",
+        json={"satisfied": satisfied, "score": 5 if satisfied else 2},
+        headers=admin,
+    )
+    assert outcome.status_code == 200, outcome.text
+    await _record_when(system, cid, admin, lambda c: c["status"] == status_to, what=status_to)
+
+    entries = await _timeline(system, cid, admin)
+    actions = [entry["action"] for entry in entries]
+    completed = entries[actions.index("followup_completed")]
+    (changed,) = [entry for entry in entries if entry["action"] == action]
+    assert actions.index("followup_completed") < actions.index(action)
+    assert (changed["status_from"], changed["status_to"]) == ("resolved", status_to)
+    assert changed["actor"] == "followup"
+    assert changed["cause"] == "followup.completed"
+    assert changed["event_id"] == completed["event_id"] is not None
+    # Every status change on the timeline names where it came from.
+    statuses = [entry["status_to"] for entry in entries if entry.get("status_to")]
+    assert statuses[:2] == ["open", "resolved"] and statuses[-1] == status_to
+
+
+async def test_responsibility_set_in_routing_reaches_the_record_and_the_report(
+    system: System,
+) -> None:
+    admin = token(system.intake_settings)
+    supervisor = token(system.routing_settings, roles=("supervisor",))
+    cid = (await _create(system, admin))["id"]
+    await assignment_when(system, cid)
+    response = await system.routing.post(
+        f"/v1/assignments/{cid}/responsibility",
+        json={"responsible_department": "LZ:NETWORK", "responsible_party": "supplier"},
+        headers=supervisor,
+    )
+    assert response.status_code == 200, response.text
+    record = await _record_when(
+        system, cid, admin, lambda c: c["responsibility"], what="responsibility on the record"
+    )
+    assert (record["responsible_department"], record["responsible_party"]) == (
+        "LZ:NETWORK",
+        "supplier",
+    )
+    assert record["responsibility"]["set_by"]
+    entries = await _timeline(system, cid, admin)
+    assert "responsibility_set" in [entry["action"] for entry in entries]
+    report = (await system.intake.get("/v1/reports/summary", headers=admin)).json()
+    (lz,) = report["groups"]
+    assert lz["top_responsible_departments"] == [{"value": "LZ:NETWORK", "count": 1}]
+    assert lz["top_responsible_parties"] == [{"value": "supplier", "count": 1}]
+
+
+async def test_unknown_query_parameters_are_422_problems_on_every_service(
+    system: System,
+) -> None:
+    admin = token(system.intake_settings)
+    cid = (await _create(system, admin))["id"]
+    for client, path in [
+        (system.intake, "/v1/reports/summary"),
+        (system.intake, "/v1/complaints"),
+        (system.intake, f"/v1/complaints/{cid}"),
+        (system.intake, f"/v1/complaints/{cid}/timeline"),
+        (system.routing, "/v1/assignments"),
+        (system.followup, "/v1/followups"),
+    ]:
+        response = await client.get(path, params={"brnach": "LZ"}, headers=admin)
+        assert response.status_code == 422, (path, response.text)
+        problem = response.json()
+        assert problem["errors"] == [{"field": "brnach", "message": "unknown parameter"}], path
+    known = await system.intake.get("/v1/reports/summary", params={"branch": "LZ"}, headers=admin)
+    assert known.status_code == 200
+
+
+async def test_the_201_body_equals_a_later_get_field_for_field(infrastructure) -> None:
+    settings = settings_for_test(IntakeSettings, infra=infrastructure, run_id=uuid.uuid4().hex[:10])
+    clock = ManualClock(MONDAY_10_SHANGHAI + timedelta(microseconds=123_456))
+    async with AsyncExitStack() as stack:
+        client = await _serve(stack, create_intake_app(settings, clock=clock), "intake")
+        admin = token(settings)
+        created = await client.post(
+            "/v1/complaints",
+            json=complaint_body(occurred_at="2026-11-22T08:30:15.987654+08:00"),
+            headers=admin,
+        )
+        assert created.status_code == 201, created.text
+        body = created.json()
+        later = (await client.get(f"/v1/complaints/{body['id']}", headers=admin)).json()
+    assert body.pop("resubmission") is False
+    assert body == later
+    assert body["created_at"] == "2026-11-23T02:00:00.123000Z"
