@@ -149,7 +149,7 @@ async def test_a_hospital_major_incident_is_acknowledged_and_shows_routings_seve
         system,
         cid,
         duty,
-        lambda c: c["severity"] == "critical" and c["escalation_level"] == 2,
+        lambda c: c["severity"] == "critical" and (c["escalation"] or {}).get("level") == 2,
         what="routing's severity and escalation on the record",
     )
     assert record["major_incident"] is True
