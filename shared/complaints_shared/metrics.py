@@ -41,6 +41,10 @@ HTTP_REQUESTS = Histogram(
     ["service", "method", "route", "status"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
 )
+MONGO_RETRIES = Counter(
+    "complaints_mongo_retries_total",
+    "Idempotent database operations repeated after their connection dropped.",
+)
 DEPENDENCY_UP = Gauge(
     "complaints_dependency_up",
     "1 when the last readiness probe reached the dependency.",

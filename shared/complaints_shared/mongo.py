@@ -3,30 +3,54 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import bson
 from bson.codec_options import CodecOptions
 from pymongo import AsyncMongoClient
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import DuplicateKeyError, PyMongoError
+from pymongo.errors import (
+    AutoReconnect,
+    DuplicateKeyError,
+    PyMongoError,
+    ServerSelectionTimeoutError,
+)
 
+from complaints_shared.logs import get_logger
+from complaints_shared.metrics import MONGO_RETRIES
 from complaints_shared.settings import ServiceSettings
+
+T = TypeVar("T")
+log = get_logger(__name__)
+
+# Tries of an idempotent operation whose connection dropped; the driver has replaced
+# the pool's connections by the second.
+RETRY_ATTEMPTS = 3
+RETRY_DELAY_S = 0.05
 
 
 def create_mongo_client(*, settings: ServiceSettings) -> AsyncMongoClient:
-    """A client that returns timezone-aware UTC datetimes and fails fast when Mongo is away."""
+    """A client that returns timezone-aware UTC datetimes, fails fast when Mongo is away
+    and never reuses a connection a peer may have dropped for idleness.
+
+    The driver retries a read once on a network error (``retryReads``) and, where the
+    connection string allows it, a write once (``retryWrites``, de-duplicated by the
+    server); :func:`retrying` covers the rest of what is idempotent.
+    """
     return AsyncMongoClient(
         settings.mongodb_uri,
         tz_aware=True,
         tzinfo=UTC,
         appname=settings.service_name,
-        serverSelectionTimeoutMS=5000,
-        connectTimeoutMS=5000,
+        maxIdleTimeMS=settings.mongodb_max_idle_time_ms,
+        heartbeatFrequencyMS=settings.mongodb_heartbeat_frequency_ms,
+        serverSelectionTimeoutMS=settings.mongodb_server_selection_timeout_ms,
+        connectTimeoutMS=settings.mongodb_connect_timeout_ms,
+        retryReads=True,
     )
 
 
@@ -40,6 +64,32 @@ def as_stored(document: dict[str, Any]) -> dict[str, Any]:
     field for field, so the writer answers from this round trip, not its own copy.
     """
     return bson.decode(bson.encode(document), codec_options=STORED_CODEC)
+
+
+async def retrying(operation: Callable[..., Awaitable[T]], /, *args: Any, **kwargs: Any) -> T:
+    """``await operation(*args, **kwargs)`` (idempotent by construction), again if its
+    connection dropped.
+
+    For reads and for writes that have the same effect when repeated: an insert with a
+    deterministic ``_id`` (the repeat is a duplicate key the caller recognises), an
+    update conditional on a version, holder or state it sets itself, a ``$set`` of the
+    same values. A connection that a server, balancer or failover closed fails the
+    operation before or after the server applied it; repeating it is right either way.
+    A server selection timeout has already waited and is not repeated; what still
+    fails propagates and the request answers 503 with ``Retry-After``. Anything not
+    idempotent must not go through here (it becomes that 503 at once).
+    """
+    attempt = 1
+    while True:
+        try:
+            return await operation(*args, **kwargs)
+        except AutoReconnect as exc:
+            if attempt == RETRY_ATTEMPTS or isinstance(exc, ServerSelectionTimeoutError):
+                raise
+            MONGO_RETRIES.inc()
+            log.info("mongo_retry", attempt=attempt, error=type(exc).__name__)
+        await asyncio.sleep(RETRY_DELAY_S * attempt)
+        attempt += 1
 
 
 def service_database(*, client: AsyncMongoClient, settings: ServiceSettings) -> AsyncDatabase:

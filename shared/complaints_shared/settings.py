@@ -21,6 +21,28 @@ class ServiceSettings(BaseSettings):
         "127.0.0.1:9092", description="Comma-separated Kafka bootstrap servers."
     )
     mongodb_uri: str = Field("mongodb://127.0.0.1:27017", description="MongoDB connection URI.")
+    mongodb_max_idle_time_ms: int = Field(
+        60_000,
+        ge=1,
+        description="A pooled connection idle this long is closed and replaced by the client, "
+        "before a server, balancer or firewall drops it silently (SecantusDB closes idle "
+        "connections after 300 s, cloud balancers after 240-350 s): keep it below them.",
+    )
+    mongodb_heartbeat_frequency_ms: int = Field(
+        10_000,
+        ge=500,
+        description="How often the client checks the server; also keeps its monitoring "
+        "connections busy, so keep it below every idle limit too.",
+    )
+    mongodb_server_selection_timeout_ms: int = Field(
+        5_000,
+        ge=1,
+        description="How long an operation waits for a usable server (failover, restart) "
+        "before it fails; a request then answers 503 with Retry-After.",
+    )
+    mongodb_connect_timeout_ms: int = Field(
+        5_000, ge=1, description="Timeout of opening one connection to the server."
+    )
     mongodb_database: str = Field(
         "", description="Database owned by this service; defaults to complaints_<service>."
     )

@@ -27,7 +27,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
 from complaints_shared.auth import Principal
-from complaints_shared.mongo import lease_kept
+from complaints_shared.mongo import lease_kept, retrying
 from complaints_shared.problems import ProblemError
 from intake.settings import IntakeSettings
 
@@ -109,25 +109,25 @@ async def reserve(
     holder = new_holder()
     deadline = time.monotonic() + settings.idempotency_wait_s
     while True:
+        reservation = {
+            "_id": key_id,
+            "request_hash": body_hash,
+            "complaint_id": complaint_id,
+            "state": "pending",
+            "holder": holder,
+            "lease_until": lease_until(settings),
+            "expires_at": datetime.now(UTC) + timedelta(seconds=settings.idempotency_key_ttl_s),
+        }
         try:
-            await keys.insert_one(
-                {
-                    "_id": key_id,
-                    "request_hash": body_hash,
-                    "complaint_id": complaint_id,
-                    "state": "pending",
-                    "holder": holder,
-                    "lease_until": lease_until(settings),
-                    "expires_at": datetime.now(UTC)
-                    + timedelta(seconds=settings.idempotency_key_ttl_s),
-                }
-            )
+            await retrying(keys.insert_one, reservation)
             return Reservation(key_id=key_id, complaint_id=complaint_id, holder=holder)
         except DuplicateKeyError:
             pass
         existing = await keys.find_one({"_id": key_id})
         if existing is None:  # expired between our insert and this read: start afresh
             continue
+        if existing.get("holder") == holder:  # ours, stored before a dropped reply
+            return Reservation(key_id=key_id, complaint_id=existing["complaint_id"], holder=holder)
         if existing["request_hash"] != body_hash:
             raise _conflict(key)
         if existing["state"] == "done":
@@ -153,7 +153,8 @@ async def _take_over(
     """Continue the work of a holder that died or gave up: same complaint id, new holder."""
     if not lease_expired(existing):
         return False
-    result = await db[IDEMPOTENCY_KEYS].update_one(
+    result = await retrying(
+        db[IDEMPOTENCY_KEYS].update_one,
         {
             "_id": existing["_id"],
             "state": "pending",
@@ -162,7 +163,12 @@ async def _take_over(
         },
         {"$set": {"holder": holder, "lease_until": lease_until(settings)}},
     )
-    return result.modified_count == 1
+    # Repeated after a dropped reply, the update matches nothing: the key is ours anyway.
+    return result.modified_count == 1 or await _holds(db=db, key_id=existing["_id"], holder=holder)
+
+
+async def _holds(*, db: AsyncDatabase, key_id: str, holder: str) -> bool:
+    return await db[IDEMPOTENCY_KEYS].find_one({"_id": key_id, "holder": holder}) is not None
 
 
 @asynccontextmanager
@@ -186,7 +192,8 @@ async def complete(
     *, db: AsyncDatabase, reservation: Reservation, status_code: int, body: dict[str, Any]
 ) -> None:
     """Remember the response so a retry with the same key replays it exactly."""
-    await db[IDEMPOTENCY_KEYS].update_one(
+    await retrying(
+        db[IDEMPOTENCY_KEYS].update_one,
         {"_id": reservation.key_id, "state": "pending"},
         {
             "$set": {"state": "done", "status_code": status_code, "response_body": body},
@@ -202,7 +209,8 @@ async def release(*, db: AsyncDatabase, reservation: Reservation) -> None:
     the complaint after all, and the retry must find it rather than create another.
     Only the current holder's lease is given up, never one a retry took over.
     """
-    await db[IDEMPOTENCY_KEYS].update_one(
+    await retrying(
+        db[IDEMPOTENCY_KEYS].update_one,
         {"_id": reservation.key_id, "state": "pending", "holder": reservation.holder},
         {"$set": {"lease_until": datetime.now(UTC)}},
     )

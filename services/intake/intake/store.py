@@ -34,6 +34,7 @@ from complaints_shared.mongo import (
     is_id_clash,
     lease_kept,
     merge_updates,
+    retrying,
     update_and_read,
 )
 from complaints_shared.outbox import outbox_entry, outbox_fields, outbox_update
@@ -148,8 +149,13 @@ async def next_reference(*, db: AsyncDatabase, branch: str, at: datetime, time_z
     day = at.astimezone(ZoneInfo(time_zone)).strftime("%Y%m%d")
     counters, key = db[REFERENCE_COUNTERS], f"{branch}-{day}"
     for _ in range(REFERENCE_ATTEMPTS):
-        counter = await counters.find_one_and_update(
-            {"_id": key}, {"$inc": {"seq": 1}}, return_document=ReturnDocument.AFTER
+        # Repeated after a dropped connection that had counted already, a number is
+        # skipped (a gap, never a duplicate): no worse than the failed request it saves.
+        counter = await retrying(
+            counters.find_one_and_update,
+            {"_id": key},
+            {"$inc": {"seq": 1}},
+            return_document=ReturnDocument.AFTER,
         )
         if counter is not None:
             return f"{branch}-{day}-{counter['seq']:04d}"
@@ -157,7 +163,7 @@ async def next_reference(*, db: AsyncDatabase, branch: str, at: datetime, time_z
         # SecantusDB answers the loser of two racing upserts with no document after
         # counting it, which would leave a gap in the numbers.
         with suppress(DuplicateKeyError):
-            await counters.insert_one({"_id": key, "seq": 0})
+            await retrying(counters.insert_one, {"_id": key, "seq": 0})
     raise RuntimeError(f"reference counter {branch}-{day} could not be incremented")
 
 
@@ -214,17 +220,17 @@ async def claim_submission(
     holder = idempotency.new_holder()
     deadline = time.monotonic() + settings.idempotency_wait_s
     while True:
+        claim = {
+            "complaint_id": complaint_id,
+            "holder": holder,
+            "lease_until": idempotency.lease_until(settings),
+            "expires_at": now + timedelta(seconds=settings.resubmission_window_s),
+        }
         try:
-            await claims.update_one(
+            await retrying(
+                claims.update_one,
                 {"_id": fingerprint, "expires_at": {"$lte": now}},
-                {
-                    "$set": {
-                        "complaint_id": complaint_id,
-                        "holder": holder,
-                        "lease_until": idempotency.lease_until(settings),
-                        "expires_at": now + timedelta(seconds=settings.resubmission_window_s),
-                    }
-                },
+                {"$set": claim},
                 upsert=True,
             )
             return SubmissionClaim(complaint_id=complaint_id, holder=holder)
@@ -233,13 +239,16 @@ async def claim_submission(
         live = await claims.find_one({"_id": fingerprint})
         if live is None:  # expired and removed meanwhile: claim afresh
             continue
+        if live.get("holder") == holder:  # our own claim, stored before a dropped reply
+            return SubmissionClaim(complaint_id=live["complaint_id"], holder=holder)
         existing = await db[COMPLAINTS].find_one(
             {"_id": live["complaint_id"]}, projection=HIDDEN_FIELDS
         )
         if existing is not None:
             return SubmissionClaim(complaint_id=live["complaint_id"], existing=existing)
         if idempotency.lease_expired(live):
-            taken = await claims.update_one(
+            taken = await retrying(
+                claims.update_one,
                 {
                     "_id": fingerprint,
                     "holder": live.get("holder"),
@@ -249,7 +258,7 @@ async def claim_submission(
             )
             if taken.modified_count == 1:
                 return SubmissionClaim(complaint_id=live["complaint_id"], holder=holder)
-            continue
+            continue  # lost the race, or ours already (the next read tells)
         if time.monotonic() > deadline:
             raise idempotency.in_progress(
                 "an identical complaint of this customer is still being registered; "
@@ -260,8 +269,10 @@ async def claim_submission(
 
 async def release_submission(*, db: AsyncDatabase, fingerprint: str, holder: str) -> None:
     """Give up the claim's lease after a failure; the claim and its complaint id stay."""
-    await db[SUBMISSIONS].update_one(
-        {"_id": fingerprint, "holder": holder}, {"$set": {"lease_until": datetime.now(UTC)}}
+    await retrying(
+        db[SUBMISSIONS].update_one,
+        {"_id": fingerprint, "holder": holder},
+        {"$set": {"lease_until": datetime.now(UTC)}},
     )
 
 
@@ -469,7 +480,8 @@ async def _insert_new(
     )
     entry = outbox_entry(event_type=EventType.COMPLAINT_RECEIVED, data=received, settings=settings)
     document.update(outbox_fields([entry]))
-    await db[COMPLAINTS].insert_one(document)
+    # A repeat after a dropped reply is a duplicate ``_id``: create_complaint finds it.
+    await retrying(db[COMPLAINTS].insert_one, document)
     return as_stored(document)
 
 

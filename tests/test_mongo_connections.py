@@ -1,0 +1,108 @@
+"""The database connection survives idleness and dropped connections: no 5xx afterwards.
+
+Intake talks to the real database through a TCP proxy the test controls: the proxy
+closes connections idle longer than its limit (as SecantusDB does after 300 s and
+balancers and firewalls do after a few minutes), or severs all of them at once (a
+restart, a failover). A burst of 40 concurrent registrations follows; none may fail.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+from pymongo.uri_parser import parse_uri
+
+from tests.conftest import System, SystemFactory
+from tests.helpers import eventually, token
+from tests.tcp_proxy import TcpProxy
+from tests.test_intake_creation import complaint_body
+
+pytestmark = pytest.mark.integration
+
+BURST = 40
+
+
+async def _proxy(mongodb_uri: str, **options) -> TcpProxy:
+    host, port = parse_uri(mongodb_uri)["nodelist"][0]
+    return await TcpProxy(target_host=host, target_port=port, **options).start()
+
+
+def _through(proxy: TcpProxy, mongodb_uri: str) -> str:
+    """The same connection string, reaching the database only through the proxy."""
+    host, port = parse_uri(mongodb_uri)["nodelist"][0]
+    uri = mongodb_uri.replace(f"{host}:{port}", f"127.0.0.1:{proxy.port}", 1)
+    # Talk to this address only: a replica-set member list would bypass the proxy.
+    separator = "&" if "?" in uri else ("?" if uri.count("/") > 2 else "/?")
+    return f"{uri}{separator}directConnection=true"
+
+
+async def _burst(system: System, label: str) -> list[int]:
+    headers = token(system.intake_settings)
+    responses = await asyncio.gather(
+        *(
+            system.intake.post(
+                "/v1/complaints",
+                json=complaint_body(
+                    customer={"name": "客户", "phone": f"1390000{number:04d}"},
+                    subject=f"{label} 第{number}件",
+                ),
+                headers=headers,
+            )
+            for number in range(BURST)
+        )
+    )
+    return [response.status_code for response in responses]
+
+
+async def _complaints(system: System) -> int:
+    db = system.mongo[system.intake_settings.database_name()]
+    return await db.complaints.count_documents({})
+
+
+@pytest.fixture
+async def idle_closing_proxy(infrastructure) -> AsyncIterator[TcpProxy]:
+    proxy = await _proxy(infrastructure.mongodb_uri, idle_close_s=1.5)
+    yield proxy
+    await proxy.stop()
+
+
+@pytest.fixture
+async def severable_proxy(infrastructure) -> AsyncIterator[TcpProxy]:
+    proxy = await _proxy(infrastructure.mongodb_uri)
+    yield proxy
+    await proxy.stop()
+
+
+async def test_a_burst_after_an_idle_spell_longer_than_the_peer_idle_limit_has_no_5xx(
+    idle_closing_proxy: TcpProxy, system_factory: SystemFactory, infrastructure
+) -> None:
+    # The documented rule: the client's idle limit and heartbeat stay below the peer's.
+    system = await system_factory(
+        intake={
+            "mongodb_uri": _through(idle_closing_proxy, infrastructure.mongodb_uri),
+            "mongodb_max_idle_time_ms": 1000,
+            "mongodb_heartbeat_frequency_ms": 500,
+        }
+    )
+    assert await _burst(system, "第一批") == [201] * BURST  # fills the pool
+    await eventually(
+        lambda: asyncio.sleep(0, result=idle_closing_proxy.closed_idle > 0),
+        timeout_s=10,
+        what="the proxy closing idle connections",
+    )
+    assert await _burst(system, "安静之后") == [201] * BURST
+    assert await _complaints(system) == 2 * BURST
+
+
+async def test_a_burst_after_every_connection_was_severed_has_no_5xx(
+    severable_proxy: TcpProxy, system_factory: SystemFactory, infrastructure
+) -> None:
+    system = await system_factory(
+        intake={"mongodb_uri": _through(severable_proxy, infrastructure.mongodb_uri)}
+    )
+    assert await _burst(system, "第一批") == [201] * BURST
+    assert severable_proxy.sever_all() > 0
+    assert await _burst(system, "断开之后") == [201] * BURST
+    assert await _complaints(system) == 2 * BURST
