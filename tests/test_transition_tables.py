@@ -22,11 +22,21 @@ from routing.models import AssignmentStatus
 QUEUED, OPEN = AssignmentStatus.QUEUED, AssignmentStatus.OPEN
 RESOLVED, CLOSED = AssignmentStatus.RESOLVED, AssignmentStatus.CLOSED
 REJECTED, WITHDRAWN = AssignmentStatus.REJECTED, AssignmentStatus.WITHDRAWN
+UNROUTABLE = AssignmentStatus.UNROUTABLE
 
 ASSIGNMENT_LEGAL = [
     (None, A.ASSIGN, OPEN),
     (None, A.QUEUE, QUEUED),
     (QUEUED, A.ASSIGN, OPEN),
+    (None, A.NO_ROUTE, UNROUTABLE),
+    (RESOLVED, A.NO_ROUTE, UNROUTABLE),
+    (CLOSED, A.NO_ROUTE, UNROUTABLE),
+    (UNROUTABLE, A.ASSIGN, OPEN),
+    (UNROUTABLE, A.QUEUE, QUEUED),
+    (UNROUTABLE, A.RESOLVE, RESOLVED),
+    (UNROUTABLE, A.REJECT, REJECTED),
+    (UNROUTABLE, A.WITHDRAW, WITHDRAWN),
+    (UNROUTABLE, A.CLOSE, CLOSED),
     (QUEUED, A.REASSIGN, OPEN),
     (OPEN, A.REASSIGN, OPEN),
     (QUEUED, A.REASSIGN_TO_QUEUE, QUEUED),
@@ -92,6 +102,10 @@ def test_the_assignment_table_holds_exactly_the_listed_pairs() -> None:
         (REJECTED, A.REOPEN),
         (WITHDRAWN, A.PAUSE),
         (WITHDRAWN, A.REASSIGN_TO_QUEUE),
+        (OPEN, A.NO_ROUTE),
+        (UNROUTABLE, A.ESCALATE),
+        (UNROUTABLE, A.REASSIGN),
+        (UNROUTABLE, A.ACKNOWLEDGE),
     ],
 )
 def test_illegal_assignment_transitions_are_409s_naming_state_and_command(

@@ -45,6 +45,7 @@ class EventType(StrEnum):
     # routing
     COMPLAINT_ASSIGNED = f"{EVENT_TYPE_PREFIX}complaint.assigned.v1"
     COMPLAINT_QUEUED = f"{EVENT_TYPE_PREFIX}complaint.queued.v1"
+    COMPLAINT_UNROUTABLE = f"{EVENT_TYPE_PREFIX}complaint.unroutable.v1"
     COMPLAINT_REASSIGNED = f"{EVENT_TYPE_PREFIX}complaint.reassigned.v1"
     COMPLAINT_ESCALATED = f"{EVENT_TYPE_PREFIX}complaint.escalated.v1"
     COMPLAINT_SLA_WARNING = f"{EVENT_TYPE_PREFIX}complaint.sla_warning.v1"
@@ -331,6 +332,19 @@ class ComplaintQueued(EventData):
     major_incident: bool = False
 
 
+class ComplaintUnroutable(EventData):
+    """No routing rule leads to an active department for this complaint (no matching and no
+    default rule). Routing keeps it, unowned, until a rule or department that covers it is
+    added (then ``complaint.assigned`` / ``complaint.queued`` follow) or a supervisor
+    reassigns it (``complaint.reassigned``)."""
+
+    reason: str = Field(description="Why no rule applies, naming the rules passed over")
+    passed_over_rules: list[str] = Field(
+        default_factory=list, description="Matching rules whose department does not exist"
+    )
+    unroutable_at: datetime
+
+
 class ComplaintReassigned(EventData):
     """The complaint moved to another owner or department."""
 
@@ -446,6 +460,7 @@ EVENT_CONTRACTS: dict[EventType, tuple[Topic, type[EventData]]] = {
     EventType.COMPLAINT_CLOSED: (Topic.INTAKE, ComplaintClosed),
     EventType.COMPLAINT_ASSIGNED: (Topic.ROUTING, ComplaintAssigned),
     EventType.COMPLAINT_QUEUED: (Topic.ROUTING, ComplaintQueued),
+    EventType.COMPLAINT_UNROUTABLE: (Topic.ROUTING, ComplaintUnroutable),
     EventType.COMPLAINT_REASSIGNED: (Topic.ROUTING, ComplaintReassigned),
     EventType.COMPLAINT_ESCALATED: (Topic.ROUTING, ComplaintEscalated),
     EventType.COMPLAINT_SLA_WARNING: (Topic.ROUTING, ComplaintSlaWarning),

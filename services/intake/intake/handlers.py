@@ -15,6 +15,7 @@ Projection = Callable[..., Awaitable[None]]
 PROJECTIONS: dict[EventType, Projection] = {
     EventType.COMPLAINT_ASSIGNED: projections.apply_assigned,
     EventType.COMPLAINT_QUEUED: projections.apply_queued,
+    EventType.COMPLAINT_UNROUTABLE: projections.apply_unroutable,
     EventType.COMPLAINT_REASSIGNED: projections.apply_reassigned,
     EventType.COMPLAINT_ESCALATED: projections.apply_escalated,
     EventType.COMPLAINT_SLA_WARNING: projections.apply_sla_warning,

@@ -110,6 +110,7 @@ class Action(StrEnum):
     CLOSED = "closed"
     ASSIGNED = "assigned"
     QUEUED = "queued"
+    FOUND_UNROUTABLE = "found_unroutable"
     REASSIGNED = "reassigned"
     ESCALATED = "escalated"
     SLA_WARNED = "sla_warned"

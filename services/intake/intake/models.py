@@ -181,6 +181,15 @@ class Assignment(BaseModel):
     duty_officer: bool = False
 
 
+class Unroutable(BaseModel):
+    """Routing found no rule for the complaint (no matching, no default rule): nobody owns it
+    until an administrator adds one or a supervisor assigns it."""
+
+    reason: str
+    passed_over_rules: list[str] = Field(default_factory=list)
+    since: datetime
+
+
 class Acknowledgement(BaseModel):
     """受理, once: who, when, what the customer was promised, and whether it was late."""
 
@@ -322,6 +331,7 @@ class ComplaintRead(BaseModel):
     attachments: list[Attachment] = Field(default_factory=list)
     assignment: Assignment | None = None
     major_incident: bool = False
+    unroutable: Unroutable | None = None
     escalation_level: int = 0
     escalation: Escalation | None = None
     responsible_department: str | None = None

@@ -26,6 +26,7 @@ from complaints_shared.events import (
     ComplaintResponsibilitySet,
     ComplaintSlaBreached,
     ComplaintSlaWarning,
+    ComplaintUnroutable,
     EventData,
     Flag,
     FollowupAttempted,
@@ -38,6 +39,9 @@ from complaints_shared.failures import Rejected
 from intake import commands, store
 from intake.lifecycle import Action, Command, Status, is_legal, transition
 from intake.settings import IntakeSettings
+
+# Routed at last: the record no longer says it is unroutable.
+ROUTED = {"unroutable": ""}
 
 
 async def _apply(
@@ -127,7 +131,11 @@ async def apply_assigned(
         }
         if data.regulatory_report_due_at is not None:
             fields["regulatory_report_due_at"] = data.regulatory_report_due_at
-        update = {"$set": fields, "$max": {"escalation_level": data.escalation_level}}
+        update = {
+            "$set": fields,
+            "$max": {"escalation_level": data.escalation_level},
+            "$unset": ROUTED,
+        }
         return store.Decision(update, status=_status_after(current, Command.ASSIGN))
 
     await _apply(
@@ -162,7 +170,7 @@ async def apply_queued(
             "assigned_at": data.queued_at,
             "queued": True,
         }
-        update = {"$set": {"assignment": queued, **_classification(data)}}
+        update = {"$set": {"assignment": queued, **_classification(data)}, "$unset": ROUTED}
         return store.Decision(update, status=_status_after(current, Command.ASSIGN))
 
     await _apply(
@@ -173,6 +181,32 @@ async def apply_queued(
         action=Action.QUEUED,
         decide=decide,
         details={"department": data.department},
+    )
+
+
+async def apply_unroutable(
+    *, db: AsyncDatabase, settings: IntakeSettings, event: CloudEvent, data: ComplaintUnroutable
+) -> None:
+    """No rule routes the complaint: the record says so (and why) until it is routed."""
+
+    def decide(current: dict[str, Any]) -> store.Decision:
+        if current.get("assignment") is not None:
+            return store.UNCHANGED  # routed meanwhile (a late, redelivered announcement)
+        unroutable = {
+            "reason": data.reason,
+            "passed_over_rules": data.passed_over_rules,
+            "since": data.unroutable_at,
+        }
+        return store.Decision({"$set": {"unroutable": unroutable}})
+
+    await _apply(
+        db=db,
+        settings=settings,
+        event=event,
+        data=data,
+        action=Action.FOUND_UNROUTABLE,
+        decide=decide,
+        details={"reason": data.reason},
     )
 
 
@@ -192,7 +226,7 @@ async def apply_reassigned(
             "assigned_at": data.reassigned_at,
             "queued": data.owner_id is None,
         }
-        return store.Decision({"$set": {"assignment": assignment}})
+        return store.Decision({"$set": {"assignment": assignment}, "$unset": ROUTED})
 
     await _apply(
         db=db,

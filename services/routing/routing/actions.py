@@ -23,7 +23,7 @@ from complaints_shared.events import (
 )
 from complaints_shared.mongo import merge_updates
 from complaints_shared.problems import not_found
-from routing import directory_store, lifecycle, projections, sla, store
+from routing import directory_store, lifecycle, projections, sla, store, unroutable
 from routing.errors import conflict, invalid
 from routing.lifecycle import Command
 from routing.models import (
@@ -87,10 +87,27 @@ async def reassign(
     request: ReassignRequest,
     now: datetime,
 ) -> AssignmentRead:
-    """Transfer to a named person, or to a department where it is that owner's turn."""
-    await store.get_visible(db=db, principal=principal, complaint_id=complaint_id)
+    """Transfer to a named person, or to a department where it is that owner's turn.
+
+    An unroutable complaint is routed there (clocks, policy and escalation as if a rule
+    had chosen that department).
+    """
+    visible = await store.get_visible(db=db, principal=principal, complaint_id=complaint_id)
     owner = await _target_owner(db=db, principal=principal, request=request)
     department = await _target_department(db=db, principal=principal, request=request, owner=owner)
+    if visible["status"] == unroutable.STATE:
+        routed = await unroutable.leave(
+            db=db,
+            settings=settings,
+            complaint_id=complaint_id,
+            now=now,
+            actor=principal.subject,
+            reason=request.reason,
+            department=department,
+            owner=owner,
+        )
+        if routed is not None:
+            return store.to_read(routed)
 
     async def after_move(document: dict[str, Any], previous: dict[str, Any]) -> None:
         if document.get("owner_id"):

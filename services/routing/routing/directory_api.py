@@ -9,7 +9,7 @@ from fastapi import APIRouter, Request, status
 from complaints_shared.access import Scope, allow
 from complaints_shared.auth import Role
 from complaints_shared.runtime import Runtime
-from routing import audit, directory_store, store
+from routing import audit, directory_store, store, unroutable
 from routing.models import (
     BranchCreate,
     BranchRead,
@@ -114,9 +114,11 @@ async def create_department(
     body: DepartmentCreate, request: Request, principal: BranchAdmin
 ) -> DepartmentRead:
     runtime = _runtime(request)
-    return await directory_store.create_department(
+    created = await directory_store.create_department(
         db=runtime.db, principal=principal, body=body, now=runtime.clock.now()
     )
+    await unroutable.retry_after_change(runtime, org=principal.org)
+    return created
 
 
 @router.get("/departments", response_model=list[DepartmentRead])
@@ -147,13 +149,15 @@ async def update_department(
     department_id: str, body: DepartmentUpdate, request: Request, principal: BranchAdmin
 ) -> DepartmentRead:
     runtime = _runtime(request)
-    return await directory_store.update_department(
+    updated = await directory_store.update_department(
         db=runtime.db,
         principal=principal,
         department_id=department_id,
         body=body,
         now=runtime.clock.now(),
     )
+    await unroutable.retry_after_change(runtime, org=principal.org)
+    return updated
 
 
 @router.post("/departments/{department_id}/deactivate", response_model=DeactivationReport)

@@ -31,7 +31,14 @@ NEVER = datetime.min.replace(tzinfo=UTC)
 
 
 class NoRoute(LookupError):
-    """No rule leads to an existing department: the organisation lacks a default rule."""
+    """No rule leads to an existing department: the organisation lacks a default rule.
+
+    ``passed_over`` names the matching rules whose department does not exist.
+    """
+
+    def __init__(self, message: str, *, passed_over: list[str]) -> None:
+        super().__init__(message)
+        self.passed_over = passed_over
 
 
 @dataclass(frozen=True)
@@ -98,7 +105,8 @@ def choose_route(
     raise NoRoute(
         f"no routing rule with an existing department matches complaint "
         f"{complaint.complaint_id} of org {complaint.org!r} in branch {complaint.branch!r} "
-        f"(passed over: {skipped}); add a default rule"
+        f"(passed over: {skipped}); add a default rule",
+        passed_over=skipped,
     )
 
 

@@ -19,7 +19,7 @@ from complaints_shared.events import (
 )
 from complaints_shared.kafka import EventHandler
 from complaints_shared.runtime import Runtime
-from routing import projections, store
+from routing import flows, projections, store, unroutable
 from routing.context_cache import ContextCache
 from routing.lifecycle import Command
 
@@ -31,9 +31,15 @@ def build_handlers(runtime: Runtime) -> dict[EventType, EventHandler]:
     )
 
     async def on_complaint_received(event: CloudEvent, data: ComplaintReceived) -> None:
-        routed = await store.route_received(
-            db=db, settings=settings, complaint=data, now=clock.now(), contexts=contexts
-        )
+        try:
+            routed = await store.route_received(
+                db=db, settings=settings, complaint=data, now=clock.now(), contexts=contexts
+            )
+        except flows.NoRoute as no_route:
+            # Not a failure to retry: a state the complaint waits in until a rule covers it.
+            routed = await unroutable.enter(
+                db=db, settings=settings, complaint=data, no_route=no_route, now=clock.now()
+            )
         if routed:
             runtime.relay.notify()
 

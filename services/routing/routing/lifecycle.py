@@ -4,16 +4,19 @@
             ┌──assign──▶ open ◀──assign (from the queue)── queued ◀──queue── (new)
  (new) ─────┤            │  ▲ reassign / reassign_to_queue ▲ │
             └──queue───▶ queued ─────────────────────────────┘
- open / queued ──resolve──▶ resolved ──close──▶ closed
- open / queued ──reject──▶ rejected      open / queued ──withdraw──▶ withdrawn
- open / queued ──close──▶ closed (an administrator's close)
+ (new) ──no_route──▶ unroutable ──assign──▶ open     unroutable ──queue──▶ queued
+ open / queued / unroutable ──resolve──▶ resolved ──close──▶ closed
+ open / queued / unroutable ──reject──▶ rejected   … ──withdraw──▶ withdrawn
+ open / queued / unroutable ──close──▶ closed (an administrator's close)
  resolved / closed ──reopen──▶ open     resolved / closed ──reopen_to_queue──▶ queued
+ resolved / closed ──no_route──▶ unroutable (reopened, it never had a route)
 ```
 
 Commands that keep the status (acknowledge, pause, resume, escalate, fire_timers)
-are legal only while the complaint is being worked (open or queued); responsibility
-and the regulatory report may be recorded at any time. ``None`` is an assignment
-not created yet.
+are legal only while the complaint is being worked (open or queued); an unroutable
+complaint has no clocks and no chain yet, so they have nothing to do there.
+Responsibility and the regulatory report may be recorded at any time. ``None`` is an
+assignment not created yet. ``routing.unroutable`` enters and leaves ``unroutable``.
 """
 
 from __future__ import annotations
@@ -29,8 +32,11 @@ RESOLVED = AssignmentStatus.RESOLVED
 CLOSED = AssignmentStatus.CLOSED
 REJECTED = AssignmentStatus.REJECTED
 WITHDRAWN = AssignmentStatus.WITHDRAWN
+UNROUTABLE = AssignmentStatus.UNROUTABLE
 
 ACTIVE = (QUEUED, OPEN)
+# Not finished: being worked, or waiting for a rule to route it.
+UNFINISHED = (*ACTIVE, UNROUTABLE)
 FINISHED = (RESOLVED, CLOSED, REJECTED, WITHDRAWN)
 
 
@@ -39,6 +45,7 @@ class Command(StrEnum):
 
     ASSIGN = "assign"
     QUEUE = "queue"
+    NO_ROUTE = "no_route"
     REASSIGN = "reassign"
     REASSIGN_TO_QUEUE = "reassign_to_queue"
     ACKNOWLEDGE = "acknowledge"
@@ -71,14 +78,17 @@ _RULES: dict[tuple[AssignmentStatus | None, Command], AssignmentStatus] = {
     (None, Command.ASSIGN): OPEN,
     (None, Command.QUEUE): QUEUED,
     (QUEUED, Command.ASSIGN): OPEN,
+    **{(state, Command.NO_ROUTE): UNROUTABLE for state in (None, RESOLVED, CLOSED)},
+    (UNROUTABLE, Command.ASSIGN): OPEN,
+    (UNROUTABLE, Command.QUEUE): QUEUED,
     **{(state, Command.REASSIGN): OPEN for state in ACTIVE},
     **{(state, Command.REASSIGN_TO_QUEUE): QUEUED for state in ACTIVE},
     **{(state, command): state for state in ACTIVE for command in _WHILE_ACTIVE},
-    **{(state, command): state for state in (*ACTIVE, *FINISHED) for command in _ANY_TIME},
-    **{(state, Command.RESOLVE): RESOLVED for state in ACTIVE},
-    **{(state, Command.REJECT): REJECTED for state in ACTIVE},
-    **{(state, Command.WITHDRAW): WITHDRAWN for state in ACTIVE},
-    **{(state, Command.CLOSE): CLOSED for state in (*ACTIVE, RESOLVED)},
+    **{(state, command): state for state in (*UNFINISHED, *FINISHED) for command in _ANY_TIME},
+    **{(state, Command.RESOLVE): RESOLVED for state in UNFINISHED},
+    **{(state, Command.REJECT): REJECTED for state in UNFINISHED},
+    **{(state, Command.WITHDRAW): WITHDRAWN for state in UNFINISHED},
+    **{(state, Command.CLOSE): CLOSED for state in (*UNFINISHED, RESOLVED)},
     **{(state, Command.REOPEN): OPEN for state in (RESOLVED, CLOSED)},
     **{(state, Command.REOPEN_TO_QUEUE): QUEUED for state in (RESOLVED, CLOSED)},
 }

@@ -9,6 +9,10 @@ ASSIGNMENTS = Counter(
     "Owners given a complaint, by how (rule, duty_officer, queue, reopen, reassign).",
     ["how"],
 )
+UNROUTABLE = Counter(
+    "complaints_routing_unroutable_total",
+    "Complaints no rule could route on arrival (kept as unroutable until one can).",
+)
 QUEUED = Counter(
     "complaints_routing_queued_total",
     "Complaints that waited in a department queue because nobody had capacity.",

@@ -248,7 +248,7 @@ class StaffRead(StaffBase):
 class OpenWork(BaseModel):
     complaint_id: str
     status: str
-    department: str
+    department: str | None
     owner_id: str | None
     assigned_at: datetime | None = None
 
@@ -454,6 +454,8 @@ class SlaPolicy(SlaPolicyBase):
 
 
 class AssignmentStatus(StrEnum):
+    # No rule leads to an active department yet: kept until one does, or a supervisor assigns.
+    UNROUTABLE = "unroutable"
     QUEUED = "queued"
     OPEN = "open"
     RESOLVED = "resolved"
@@ -462,7 +464,7 @@ class AssignmentStatus(StrEnum):
     WITHDRAWN = "withdrawn"
 
 
-ACTIVE_STATUSES = (AssignmentStatus.QUEUED, AssignmentStatus.OPEN)
+ACTIVE_STATUSES = (AssignmentStatus.UNROUTABLE, AssignmentStatus.QUEUED, AssignmentStatus.OPEN)
 
 
 class ClockState(StrEnum):
@@ -513,8 +515,21 @@ class HistoryEntry(BaseModel):
     details: dict = Field(default_factory=dict)
 
 
+class UnroutableRead(BaseModel):
+    """Why no rule routes the complaint, since when."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    reason: str
+    passed_over_rules: list[str] = Field(default_factory=list)
+    since: datetime
+
+
 class AssignmentRead(BaseModel):
-    """Who handles a complaint, by when, how far it has been escalated."""
+    """Who handles a complaint, by when, how far it has been escalated.
+
+    An ``unroutable`` complaint has no department, owner or rule yet, only ``unroutable``.
+    """
 
     model_config = ConfigDict(extra="ignore")
 
@@ -522,12 +537,13 @@ class AssignmentRead(BaseModel):
     org: str
     branch: str
     status: AssignmentStatus
-    department: str
-    department_name: str
+    unroutable: UnroutableRead | None = None
+    department: str | None
+    department_name: str | None
     owner_id: str | None
     owner_name: str | None
-    rule_id: str
-    rule_version: int
+    rule_id: str | None
+    rule_version: int | None
     severity: Severity
     category: Category
     sla_policy: str | None = None
@@ -674,3 +690,6 @@ class DepartmentWorkload(BaseModel):
 
 class WorkloadRead(BaseModel):
     departments: list[DepartmentWorkload]
+    unroutable: int = Field(
+        0, description="Complaints no rule routes yet (no department); see ?status=unroutable"
+    )

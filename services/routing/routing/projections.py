@@ -207,7 +207,7 @@ async def finish(
             for name, clock in sla.load_clocks(current.get("clocks")).items()
         }
         set_fields: dict[str, Any] = store.clock_fields(clocks)
-        if current["status"] in lifecycle.ACTIVE:
+        if current["status"] in lifecycle.UNFINISHED:
             set_fields["finished_at"] = at
         events = []
         if resolved is not None and resolved.responsible_department:
@@ -249,7 +249,7 @@ async def offer_freed_capacity(
 ) -> None:
     """The assignment left ``previous``: release its owner's slot (if it held one) in the load
     hint, then the department (and the owner's own one) may take queued work."""
-    departments = {previous["department"]}
+    departments = {previous["department"]} - {None}  # an unroutable one had none
     owner_id = previous.get("owner_id")
     if owner_id and previous["status"] == AssignmentStatus.OPEN.value:
         await directory_store.record_release(db=db, org=previous["org"], staff_id=owner_id)
@@ -290,6 +290,16 @@ async def reopen(
     async def decide(current: dict[str, Any]) -> Decision | None:
         if not _applies(current, Command.REOPEN, event):
             return None
+        if current.get("department") is None:  # it never had a route: wait for one again
+            return Decision(
+                merge_updates(
+                    lifecycle.moved(current, Command.NO_ROUTE),
+                    {"$set": {"finished_at": None, "reopen_count": data.reopen_count}},
+                    store.history(
+                        at=now, action="reopened", actor=_actor(event), reason=data.reason
+                    ),
+                )
+            )
         policy = sla.select_policy(
             policies,
             org=data.org,

@@ -9,7 +9,7 @@ from complaints_shared.auth import Role
 from complaints_shared.events import ComplaintReceived, CustomerContact
 from complaints_shared.problems import ProblemError
 from complaints_shared.runtime import Runtime
-from routing import directory_store, flows, rules_store, store
+from routing import directory_store, flows, rules_store, store, unroutable
 from routing.models import (
     CandidateRead,
     MatchedRuleRead,
@@ -54,9 +54,11 @@ async def list_rules(
 @router.post("/rules", status_code=status.HTTP_201_CREATED, response_model=RuleRead)
 async def create_rule(body: RuleCreate, request: Request, principal: RuleAdmin) -> RuleRead:
     runtime = _runtime(request)
-    return await rules_store.create_rule(
+    created = await rules_store.create_rule(
         db=runtime.db, principal=principal, body=body, now=runtime.clock.now()
     )
+    await unroutable.retry_after_change(runtime, org=principal.org)
+    return created
 
 
 @router.get("/rules/{rule_id}", response_model=RuleRead)
@@ -70,9 +72,11 @@ async def update_rule(
     rule_id: str, body: RuleUpdate, request: Request, principal: RuleAdmin
 ) -> RuleRead:
     runtime = _runtime(request)
-    return await rules_store.update_rule(
+    updated = await rules_store.update_rule(
         db=runtime.db, principal=principal, rule_id=rule_id, body=body, now=runtime.clock.now()
     )
+    await unroutable.retry_after_change(runtime, org=principal.org)
+    return updated
 
 
 @router.delete("/rules/{rule_id}", response_model=RuleRead, summary="Deactivate (kept for audit)")

@@ -32,7 +32,7 @@ from complaints_shared.mongo import claim_first, lease_free, merge_updates
 from complaints_shared.runtime import Runtime
 from complaints_shared.timers import FAILURE_FIELDS, record_timer_failure
 from complaints_shared.timing import wait_event
-from routing import lifecycle, sla, store
+from routing import context_cache, lifecycle, sla, store, unroutable
 from routing.escalation import EscalationTarget
 from routing.lifecycle import Command
 from routing.metrics import TIMERS_FIRED
@@ -57,6 +57,8 @@ class SlaScheduler:
     def __init__(self, *, settings: RoutingSettings) -> None:
         self._settings = settings
         self._owner = f"{settings.service_name}-{uuid.uuid4().hex[:8]}"
+        # Directory version per organisation when its unroutable complaints were last tried.
+        self._directory_seen: dict[str, int] = {}
 
     async def run_sla_timers(self, runtime: Runtime) -> None:
         while not runtime.stopping.is_set():
@@ -128,7 +130,21 @@ class SlaScheduler:
                 department_id=department,
                 now=runtime.clock.now(),
             )
-        return assigned
+        return assigned + await self._retry_unroutable(runtime)
+
+    async def _retry_unroutable(self, runtime: Runtime) -> int:
+        """Unroutable complaints of organisations whose rules or directory changed since the
+        last look (an edit's own immediate retry may have been lost to a crash)."""
+        routed = 0
+        for org in await unroutable.unroutable_orgs(db=runtime.db):
+            version = await context_cache.directory_version(db=runtime.db, org=org)
+            if self._directory_seen.get(org) == version:
+                continue
+            routed += await unroutable.retry_org(
+                db=runtime.db, settings=self._settings, org=org, now=runtime.clock.now()
+            )
+            self._directory_seen[org] = version
+        return routed
 
     async def _claim(self, runtime: Runtime, *, now: datetime) -> dict[str, Any] | None:
         wall_now = _wall_now()

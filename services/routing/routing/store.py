@@ -110,9 +110,13 @@ async def ensure_indexes(*, db: AsyncDatabase) -> None:
     )
 
 
+def history_entry(*, at: datetime, action: str, actor: str, **details: Any) -> dict[str, Any]:
+    return {"at": at, "action": action, "actor": actor, "details": details}
+
+
 def history(*, at: datetime, action: str, actor: str, **details: Any) -> dict[str, Any]:
     """An update appending one entry to the assignment's own bounded history."""
-    entry = {"at": at, "action": action, "actor": actor, "details": details}
+    entry = history_entry(at=at, action=action, actor=actor, **details)
     return {"$push": {"history": {"$each": [entry], "$slice": -HISTORY_KEPT}}}
 
 
@@ -519,7 +523,7 @@ def clock_fields(clocks: dict[str, sla.Clock]) -> dict[str, Any]:
 # ---------------------------------------------------------------- routing --
 
 
-def _new_document(
+def new_document(
     complaint: ComplaintReceived,
     plan: flows.RoutePlan,
     *,
@@ -580,7 +584,7 @@ def _new_document(
     return document
 
 
-def _initial_events(
+def initial_events(
     document: dict[str, Any], plan: flows.RoutePlan, *, now: datetime
 ) -> tuple[dict[str, Any], Events]:
     """The events of a new assignment; a major incident is escalated in the same write."""
@@ -604,7 +608,7 @@ def _initial_events(
     return document, events
 
 
-async def _owner_for_plan(
+async def owner_for_plan(
     *, db: AsyncDatabase, complaint: ComplaintReceived, plan: flows.RoutePlan
 ) -> tuple[OwnerChoice | None, str]:
     if plan.duty_officer is not None:
@@ -641,9 +645,9 @@ async def route_received(
         )
     plan = plan_for(complaint, context)
     for _ in range(MAX_WRITE_ATTEMPTS):
-        owner, how = await _owner_for_plan(db=db, complaint=complaint, plan=plan)
-        document, events = _initial_events(
-            _new_document(complaint, plan, owner=owner, now=now), plan, now=now
+        owner, how = await owner_for_plan(db=db, complaint=complaint, plan=plan)
+        document, events = initial_events(
+            new_document(complaint, plan, owner=owner, now=now), plan, now=now
         )
         document.update(
             outbox_fields(
@@ -659,13 +663,13 @@ async def route_received(
             if is_id_clash(exc):
                 return False  # a redelivery, or another replica got there first
             continue  # the slot went to someone else's complaint: choose again
-        await _after_assignment(db=db, document=document, how=how, now=now)
+        await after_assignment(db=db, document=document, how=how, now=now)
         return True
     # Every free slot went to someone else's complaint, time after time.
     raise ConcurrentUpdate(detail=f"assignment {complaint.complaint_id}: no owner slot held still")
 
 
-async def _after_assignment(
+async def after_assignment(
     *, db: AsyncDatabase, document: dict[str, Any], how: str, now: datetime
 ) -> None:
     if document["status"] == AssignmentStatus.QUEUED.value:
@@ -692,7 +696,7 @@ async def assign_from_queue(
 
     async def after(document: dict[str, Any]) -> None:
         assigned.append(document["owner_id"])
-        await _after_assignment(db=db, document=document, how="queue", now=now)
+        await after_assignment(db=db, document=document, how="queue", now=now)
 
     async def decide(current: dict[str, Any]) -> Decision | None:
         if not lifecycle.applies(current, lifecycle.Command.ASSIGN):
@@ -907,4 +911,17 @@ async def workload(
                 owners=owners,
             )
         )
-    return WorkloadRead(departments=result)
+    return WorkloadRead(
+        departments=result,
+        unroutable=0
+        if department is not None
+        else await _unroutable_count(db=db, principal=principal, branch=branch),
+    )
+
+
+async def _unroutable_count(*, db: AsyncDatabase, principal: Principal, branch: str | None) -> int:
+    """Complaints waiting for a rule, which no department's row shows."""
+    query = {**principal.scope_filter(), "status": AssignmentStatus.UNROUTABLE.value}
+    if branch is not None:
+        query = {"$and": [query, {"branch": branch}]}
+    return await db[ASSIGNMENTS].count_documents(query)

@@ -1,0 +1,235 @@
+"""Unroutable complaints: kept in an explicit state until a rule or a supervisor routes them.
+
+A complaint no rule can route (no matching and no default rule leads to an active
+department) is not an error to retry or dead-letter: :func:`enter` stores its
+assignment in the ``unroutable`` state with the reason and announces
+``complaint.unroutable``, so intake shows it and routing's views count it.
+:func:`leave` routes it as soon as that is possible: by the rules, when an
+administrator adds or changes a rule or department (:func:`retry_org`, also run by
+the periodic sweep), or by a supervisor naming a department or owner (reassign).
+The clocks then run from the moment the complaint was received, like any other.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import DuplicateKeyError
+
+from complaints_shared.aggregate import Decision
+from complaints_shared.events import (
+    SEVERITY_ORDER,
+    ComplaintReceived,
+    ComplaintUnroutable,
+    EventType,
+)
+from complaints_shared.logs import get_logger
+from complaints_shared.mongo import is_id_clash, merge_updates
+from complaints_shared.outbox import outbox_entry, outbox_fields
+from complaints_shared.runtime import Runtime
+from routing import directory_store, flows, lifecycle, store
+from routing.lifecycle import Command
+from routing.metrics import UNROUTABLE
+from routing.models import AssignmentStatus, DepartmentRead, RoutingRule, RuleAction, StaffRead
+from routing.settings import RoutingSettings
+
+log = get_logger(__name__)
+
+STATE = AssignmentStatus.UNROUTABLE.value
+# Unroutable complaints of one organisation re-tried per rule or directory change.
+RETRY_BATCH = 200
+# What routing an unroutable complaint keeps of its document (the rest is the new plan's);
+# the status moves through the transition table.
+KEPT_FIELDS = frozenset(
+    {"_id", "status", "history", "applied_events", "version", "created_at", "updated_at"}
+)
+
+
+async def enter(
+    *,
+    db: AsyncDatabase,
+    settings: RoutingSettings,
+    complaint: ComplaintReceived,
+    no_route: flows.NoRoute,
+    now: datetime,
+) -> bool:
+    """Store the complaint as unroutable with the reason; False when it was stored before."""
+    reason = str(no_route)
+    document: dict[str, Any] = {
+        "_id": complaint.complaint_id,
+        "org": complaint.org,
+        "branch": complaint.branch,
+        "reference": complaint.reference,
+        "category": complaint.category.value,
+        "channel": complaint.channel.value,
+        "received_severity": complaint.severity.value,
+        "severity": complaint.severity.value,
+        "priority": SEVERITY_ORDER.index(complaint.severity),
+        "flags": sorted(flows.complaint_flags(complaint)),
+        "status": lifecycle.transition(current=None, command=Command.NO_ROUTE).value,
+        "unroutable": {
+            "reason": reason,
+            "passed_over_rules": no_route.passed_over,
+            "since": now,
+        },
+        # What routing it later needs: the complaint as it was received.
+        "received": complaint.model_dump(mode="json"),
+        "department": None,
+        "department_name": None,
+        "owner_id": None,
+        "owner_name": None,
+        "rule_id": None,
+        "rule_version": None,
+        "received_at": complaint.received_at,
+        "escalation_level": 0,
+        "escalations": [],
+        "paused": False,
+        "breached": False,
+        "history": [store.history_entry(at=now, action=STATE, actor="routing", reason=reason)],
+        "applied_events": [],
+        "version": 1,
+        "created_at": now,
+        "updated_at": now,
+    }
+    event = ComplaintUnroutable(
+        complaint_id=complaint.complaint_id,
+        org=complaint.org,
+        branch=complaint.branch,
+        reason=reason,
+        passed_over_rules=no_route.passed_over,
+        unroutable_at=now,
+    )
+    document.update(
+        outbox_fields(
+            [outbox_entry(event_type=EventType.COMPLAINT_UNROUTABLE, data=event, settings=settings)]
+        )
+    )
+    try:
+        await db[store.ASSIGNMENTS].insert_one(document)
+    except DuplicateKeyError as exc:
+        if is_id_clash(exc):
+            return False  # a redelivery, or another replica got there first
+        raise
+    UNROUTABLE.inc()
+    log.warning("complaint_unroutable", org=complaint.org, branch=complaint.branch)
+    return True
+
+
+def supervisor_rule(*, org: str, department: DepartmentRead) -> RoutingRule:
+    """A supervisor's choice of department, applied as the one rule for this complaint."""
+    return RoutingRule(
+        id=f"{org}:supervisor-assignment",
+        org=org,
+        position=0,
+        name="supervisor assignment",
+        is_default=True,
+        action=RuleAction(department_id=department.id),
+    )
+
+
+async def leave(
+    *,
+    db: AsyncDatabase,
+    settings: RoutingSettings,
+    complaint_id: str,
+    now: datetime,
+    actor: str = "routing",
+    reason: str | None = None,
+    department: DepartmentRead | None = None,
+    owner: StaffRead | None = None,
+) -> dict[str, Any] | None:
+    """Route an unroutable complaint: by the rules, or to ``department`` (and ``owner``).
+
+    Returns the routed assignment, or None when it is not unroutable (any more) or
+    still no rule routes it. The same plan as a complaint routed on arrival: SLA
+    policy, clocks from its receipt, major-incident escalation, owner by turn.
+    """
+    current = await db[store.ASSIGNMENTS].find_one({"_id": complaint_id, "status": STATE})
+    if current is None:
+        return None
+    complaint = ComplaintReceived.model_validate(current["received"])
+    context = await store.load_context(db=db, complaint=complaint)
+    if department is not None:
+        context.rules = [supervisor_rule(org=complaint.org, department=department)]
+        context.departments = [department]
+        context.staff += await directory_store.staff_of_branches(
+            db=db, org=complaint.org, branches=[department.branch]
+        )
+    try:
+        plan = store.plan_for(complaint, context)
+    except flows.NoRoute:
+        return None
+    routed: list[dict[str, Any]] = []
+
+    async def decide(current: dict[str, Any]) -> Decision | None:
+        if current["status"] != STATE:
+            return None  # routed meanwhile, by another replica or a supervisor
+        if owner is not None:
+            choice, how = await store.forced_owner(db=db, org=complaint.org, staff=owner), "manual"
+        else:
+            choice, how = await store.owner_for_plan(db=db, complaint=complaint, plan=plan)
+        planned, events = store.initial_events(
+            store.new_document(complaint, plan, owner=choice, now=now), plan, now=now
+        )
+        fields = {key: value for key, value in planned.items() if key not in KEPT_FIELDS}
+
+        async def after(document: dict[str, Any]) -> None:
+            routed.append(document)
+            await store.after_assignment(db=db, document=document, how=how, now=now)
+            log.info("unroutable_routed", department=document["department"], how=how)
+
+        update = merge_updates(
+            lifecycle.moved(current, Command.ASSIGN if choice else Command.QUEUE),
+            {"$set": fields},
+            {"$unset": {"unroutable": ""}},
+            store.history(
+                at=now,
+                action="routed",
+                actor=actor,
+                reason=reason,
+                rule_id=plan.rule.id,
+                department=plan.department.id,
+            ),
+        )
+        return Decision(update, events, [after])
+
+    await store.change(db=db, settings=settings, complaint_id=complaint_id, decide=decide, now=now)
+    return routed[0] if routed else None
+
+
+async def retry_org(
+    *, db: AsyncDatabase, settings: RoutingSettings, org: str, now: datetime
+) -> int:
+    """Route what the organisation's rules and departments now allow; the number routed."""
+    waiting = (
+        await db[store.ASSIGNMENTS]
+        .find({"status": STATE, "org": org}, projection={"_id": 1})
+        .sort("created_at", 1)
+        .limit(RETRY_BATCH)
+        .to_list(None)
+    )
+    routed = 0
+    for document in waiting:
+        if await leave(db=db, settings=settings, complaint_id=document["_id"], now=now):
+            routed += 1
+    return routed
+
+
+async def retry_after_change(runtime: Runtime, *, org: str) -> None:
+    """After a rule or department edit: route what it now covers, announce it at once.
+
+    Staff edits do not make a route appear (a rule leads to a department, whoever works
+    there; an empty department queues), so they do not call this.
+    """
+    routed = await retry_org(
+        db=runtime.db, settings=runtime.settings, org=org, now=runtime.clock.now()
+    )
+    if routed:
+        runtime.relay.notify()
+
+
+async def unroutable_orgs(*, db: AsyncDatabase) -> list[str]:
+    """Organisations with unroutable complaints, for the periodic sweep."""
+    return sorted(await db[store.ASSIGNMENTS].distinct("org", {"status": STATE}))

@@ -1,0 +1,156 @@
+"""A complaint no rule can route is a visible state, not a dead letter, and leaves it when it can.
+
+An organisation without a default rule (here: a new organisation with no rules at
+all) registers a complaint: routing keeps it as ``unroutable`` with the reason,
+intake shows that on the record and the timeline within seconds, routing's views
+count it, and nothing reaches the dead-letter topic. Adding a rule routes it; a
+supervisor's reassignment routes one the rules still cannot.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from complaints_shared.events import EventType, Topic, dead_letter_topic
+from tests.conftest import System
+from tests.helpers import events_of, eventually, read_topic, token
+from tests.test_intake_creation import complaint_body
+
+pytestmark = pytest.mark.integration
+
+ORG = "acme"
+BRANCH = {"code": "HZ", "name": "杭州门店"}
+DEPARTMENT = {"branch": "HZ", "code": "SVC", "name": "客户服务部", "kind": "customer_service"}
+AGENT = {"id": "hz-li", "branch": "HZ", "department": "SVC", "name": "李娜", "capacity": 5}
+DEFAULT_RULE = {
+    "id": "everything",
+    "name": "其余投诉 → 杭州客户服务部",
+    "is_default": True,
+    "action": {"department_id": "HZ:SVC"},
+}
+
+
+async def _record(system: System, complaint_id: str) -> dict:
+    response = await system.intake.get(
+        f"/v1/complaints/{complaint_id}", headers=token(system.intake_settings, org=ORG)
+    )
+    return response.json()
+
+
+async def _register(system: System, branch: str, subject: str) -> str:
+    created = await system.intake.post(
+        "/v1/complaints",
+        json=complaint_body(branch=branch, subject=subject),
+        headers=token(system.intake_settings, org=ORG),
+    )
+    assert created.status_code == 201, created.text
+    return created.json()["id"]
+
+
+async def _visibly_unroutable(system: System, complaint_id: str) -> dict:
+    async def unroutable() -> dict | None:
+        record = await _record(system, complaint_id)
+        return record if record.get("unroutable") else None
+
+    return await eventually(unroutable, timeout_s=10, what="the record showing unroutable")
+
+
+async def _routed(system: System, complaint_id: str) -> dict:
+    async def routed() -> dict | None:
+        record = await _record(system, complaint_id)
+        return record if record.get("assignment") and not record.get("unroutable") else None
+
+    return await eventually(routed, timeout_s=10, what="the record showing the assignment")
+
+
+async def test_an_unroutable_complaint_is_visible_and_routed_once_a_rule_covers_it(
+    system: System,
+) -> None:
+    admin = token(system.routing_settings, org=ORG)
+    complaint_id = await _register(system, "HZ", "门店服务态度差")
+
+    record = await _visibly_unroutable(system, complaint_id)
+    assert "add a default rule" in record["unroutable"]["reason"]
+    assert record["assignment"] is None
+    assert record["status"] == "received"
+    timeline = await system.intake.get(
+        f"/v1/complaints/{complaint_id}/timeline", headers=token(system.intake_settings, org=ORG)
+    )
+    assert "found_unroutable" in [entry["action"] for entry in timeline.json()["entries"]]
+
+    assignment = await system.routing.get(f"/v1/assignments/{complaint_id}", headers=admin)
+    assert assignment.json()["status"] == "unroutable"
+    assert assignment.json()["department"] is None
+    listed = await system.routing.get("/v1/assignments?status=unroutable", headers=admin)
+    assert [item["complaint_id"] for item in listed.json()["items"]] == [complaint_id]
+    workload = await system.routing.get("/v1/assignments/workload", headers=admin)
+    assert workload.json()["unroutable"] == 1
+
+    # The directory alone does not route it: no rule leads there yet.
+    for path, body in (
+        ("/v1/directory/branches", BRANCH),
+        ("/v1/directory/departments", DEPARTMENT),
+        ("/v1/directory/staff", AGENT),
+    ):
+        made = await system.routing.post(path, json=body, headers=admin)
+        assert made.status_code == 201, made.text
+    assert (await _record(system, complaint_id))["unroutable"] is not None
+
+    rule = await system.routing.post("/v1/routing/rules", json=DEFAULT_RULE, headers=admin)
+    assert rule.status_code == 201, rule.text
+    routed = await _routed(system, complaint_id)
+    assert routed["assignment"]["department"] == "HZ:SVC"
+    assert routed["assignment"]["owner_id"] == "hz-li"
+    assert routed["acknowledge_due_at"] is not None
+    assert (await system.routing.get("/v1/assignments/workload", headers=admin)).json()[
+        "unroutable"
+    ] == 0
+
+    dead = await read_topic(
+        bootstrap_servers=system.infra.kafka_bootstrap_servers,
+        topic=dead_letter_topic(system.topic(Topic.INTAKE)),
+        until=lambda records: False,
+        timeout_s=1.0,
+    )
+    assert dead == []
+    announced = await read_topic(
+        bootstrap_servers=system.infra.kafka_bootstrap_servers,
+        topic=system.topic(Topic.ROUTING),
+        until=lambda records: len(records) >= 2,
+    )
+    assert [e.subject for e in events_of(announced, event_type=EventType.COMPLAINT_UNROUTABLE)] == [
+        complaint_id
+    ]
+    assert [e.subject for e in events_of(announced, event_type=EventType.COMPLAINT_ASSIGNED)] == [
+        complaint_id
+    ]
+
+
+async def test_a_supervisor_reassigning_an_unroutable_complaint_routes_it(system: System) -> None:
+    admin = token(system.routing_settings, org=ORG)
+    for path, body in (
+        ("/v1/directory/branches", BRANCH),
+        ("/v1/directory/departments", DEPARTMENT),
+        ("/v1/directory/staff", AGENT),
+    ):
+        made = await system.routing.post(path, json=body, headers=admin)
+        assert made.status_code == 201, made.text
+    # The organisation has people and a department but no rule at all yet.
+    complaint_id = await _register(system, "HZ", "退货被拒")
+    await _visibly_unroutable(system, complaint_id)
+
+    supervisor = token(system.routing_settings, org=ORG, roles=("supervisor",))
+    escalated = await system.routing.post(
+        f"/v1/assignments/{complaint_id}/escalate", json={"reason": "没人处理"}, headers=supervisor
+    )
+    assert escalated.status_code == 409
+    moved = await system.routing.post(
+        f"/v1/assignments/{complaint_id}/reassign",
+        json={"department": "HZ:SVC", "reason": "宁波暂由杭州客服处理"},
+        headers=supervisor,
+    )
+    assert moved.status_code == 200, moved.text
+    assert (moved.json()["status"], moved.json()["owner_id"]) == ("open", "hz-li")
+    assert moved.json()["resolve_due_at"] is not None
+    routed = await _routed(system, complaint_id)
+    assert routed["assignment"]["department"] == "HZ:SVC"
