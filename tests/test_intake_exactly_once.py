@@ -24,7 +24,7 @@ from tests.test_intake_creation import complaint_body
 
 pytestmark = pytest.mark.integration
 
-LEASE_S = 0.6
+LEASE_S = 1.5  # renewed every 0.5 s; generous, so a loaded machine still renews in time
 
 
 async def _complaints(system: System) -> int:
@@ -94,9 +94,9 @@ async def _retries_while_first_runs(
     )
     await asyncio.wait_for(gate.entered.wait(), timeout=10)
     retries = [await system.intake.post("/v1/complaints", json=complaint_body(), headers=headers)]
-    # The first request outlives its lease several times over: it renews the lease, so
+    # The first request outlives its lease twice over: it renews the lease, so
     # the retry still must not take its complaint over.
-    await asyncio.sleep(3 * LEASE_S)
+    await asyncio.sleep(2 * LEASE_S)
     retries.append(
         await system.intake.post("/v1/complaints", json=complaint_body(), headers=headers)
     )
