@@ -1,0 +1,282 @@
+"""Fault tests against real processes: the database killed, the broker stopped.
+
+The test starts a private Kafka broker and SecantusDB server (tests/private_infrastructure.py)
+and overrides this module's ``infrastructure``, so the three services of each test run
+against processes it may kill. Figures (recovery time, counts) are printed as one JSON line
+per test (``pytest -s``) and quoted in docs/operations.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import httpx
+import pytest
+
+from complaints_shared.dlq import read_dead_letters, service_dead_letter_topics
+from complaints_shared.events import EventType, Topic
+from tests.conftest import System, SystemFactory
+from tests.helpers import events_of, eventually, read_topic, token
+from tests.infrastructure import Infrastructure
+from tests.private_infrastructure import (
+    PrivateInfrastructure,
+    start_private_infrastructure,
+    stop_private_infrastructure,
+)
+from tests.test_end_to_end import BROADBAND_COMPLAINT
+
+pytestmark = pytest.mark.integration
+
+OUTAGE_S = float(os.environ.get("FAULT_OUTAGE_S", "60"))
+COMPLAINTS_IN_FLIGHT = 200
+# From the dependency's return until every complaint is assigned, at most.
+RECOVERY_DEADLINE_S = 180.0
+# POSTs go on this long after the dependency is back; recovery is measured from its return.
+LOAD_AFTER_RECOVERY_S = 3.0
+# After the database answers again, the client pools need a moment to notice.
+RECONNECT_GRACE_S = 15.0
+
+
+@pytest.fixture(scope="module")
+def private_infrastructure() -> Iterator[PrivateInfrastructure]:
+    infra = start_private_infrastructure()
+    try:
+        yield infra
+    finally:
+        stop_private_infrastructure(infra)
+
+
+@pytest.fixture(scope="module")
+def infrastructure(private_infrastructure: PrivateInfrastructure) -> Infrastructure:
+    """This module's services use the private processes, never the session's."""
+    return Infrastructure(
+        kafka_bootstrap_servers=private_infrastructure.kafka_bootstrap_servers,
+        mongodb_uri=private_infrastructure.mongodb_uri,
+        source="private",
+        broker=None,
+        closers=[],
+    )
+
+
+@dataclass
+class PostLoad:
+    """Complaints POSTed by a load generator: status codes with their times, ids created."""
+
+    statuses: list[tuple[float, int]] = field(default_factory=list)
+    created: set[str] = field(default_factory=set)
+
+    def count(self) -> Counter:
+        return Counter(status for _, status in self.statuses)
+
+
+async def _post(system: System, load: PostLoad, headers: dict) -> None:
+    # A distinct subject each: identical submissions would return the earlier complaint.
+    body = {**BROADBAND_COMPLAINT, "subject": f"宽带停机投诉 {uuid.uuid4().hex[:8]}"}
+    try:
+        response = await system.intake.post("/v1/complaints", json=body, headers=headers)
+    except httpx.HTTPError:  # in-process transport: only a crash of the app itself
+        load.statuses.append((time.monotonic(), 599))
+        return
+    load.statuses.append((time.monotonic(), response.status_code))
+    if response.status_code == 201:
+        load.created.add(response.json()["id"])
+
+
+async def _post_many(system: System, load: PostLoad, count: int, *, concurrency: int) -> None:
+    headers = token(system.intake_settings)
+    gate = asyncio.Semaphore(concurrency)
+
+    async def one() -> None:
+        async with gate:
+            await _post(system, load, headers)
+
+    await asyncio.gather(*(one() for _ in range(count)))
+
+
+async def _post_steadily(
+    system: System, load: PostLoad, stop: asyncio.Event, *, every_s: float
+) -> None:
+    """A POST every ``every_s`` (not waiting for earlier ones) until ``stop`` is set."""
+    headers = token(system.intake_settings)
+    in_flight: set[asyncio.Task] = set()
+    while not stop.is_set():
+        task = asyncio.create_task(_post(system, load, headers))
+        in_flight.add(task)
+        task.add_done_callback(in_flight.discard)
+        await asyncio.wait([asyncio.ensure_future(stop.wait())], timeout=every_s)
+    await asyncio.gather(*in_flight)
+
+
+async def _unassigned(system: System) -> int:
+    complaints = system.mongo[system.intake_settings.database_name()].complaints
+    return await complaints.count_documents({"assignment": None})
+
+
+async def _assert_each_assigned_exactly_once(system: System, load: PostLoad) -> tuple[int, int]:
+    """Every stored complaint (at least every 201) routed once: one assignment in routing,
+    one routing decision event, one ``assigned`` (or ``queued``) entry on the record.
+
+    Returns the complaints stored and the routing events published more than once.
+    """
+    complaints = system.mongo[system.intake_settings.database_name()].complaints
+    stored = {
+        document["_id"]: document
+        async for document in complaints.find({}, projection={"timeline": 1, "assignment": 1})
+    }
+    lost = load.created - set(stored)
+    assert not lost, f"answered 201 but not stored: {sorted(lost)[:5]}"
+    for complaint_id, document in stored.items():
+        assert document["assignment"], complaint_id
+        actions = [entry["action"] for entry in document["timeline"]]
+        assert actions.count("assigned") + actions.count("queued") == 1, (complaint_id, actions)
+    assignments = system.mongo[system.routing_settings.database_name()].assignments
+    assert await assignments.count_documents({}) == len(stored)
+
+    # Routing assigns an owner, or queues the complaint in its department when every owner
+    # is at capacity (200 billing complaints fill the demo branch): one decision each.
+    decisions = (EventType.COMPLAINT_ASSIGNED, EventType.COMPLAINT_QUEUED)
+
+    def routed(records: list) -> list:
+        return [event for kind in decisions for event in events_of(records, event_type=kind)]
+
+    records = await read_topic(
+        bootstrap_servers=system.infra.kafka_bootstrap_servers,
+        topic=system.topic(Topic.ROUTING),
+        until=lambda records: len(routed(records)) >= len(stored),
+        timeout_s=60,
+    )
+    # The relay publishes at least once: an event whose "sent" mark the outage swallowed is
+    # published again with the same id, which consumers recognise. Distinct ids count.
+    for kind in decisions:
+        distinct = {(event.subject, event.id) for event in events_of(records, event_type=kind)}
+        per_complaint = Counter(subject for subject, _ in distinct)
+        assert set(per_complaint.values()) <= {1}, (kind, per_complaint.most_common(3))
+    assert {event.subject for event in routed(records)} == set(stored)
+    return len(stored), len(routed(records)) - len({event.id for event in routed(records)})
+
+
+async def _dead_letters(system: System) -> list:
+    letters = []
+    for topic in service_dead_letter_topics(system.intake_settings):
+        letters.extend(await read_dead_letters(settings=system.intake_settings, dlq_topic=topic))
+    return letters
+
+
+async def _warm(system: System) -> None:
+    """The pipeline is live end to end before the fault, so the test measures recovery."""
+    load = PostLoad()
+    await _post_many(system, load, 1, concurrency=1)
+    assert len(load.created) == 1, load.statuses
+    await eventually(
+        lambda: _none_unassigned(system), timeout_s=60, interval_s=0.2, what="warm-up routed"
+    )
+
+
+async def _none_unassigned(system: System) -> bool:
+    return await _unassigned(system) == 0
+
+
+async def test_database_killed_for_a_minute_while_complaints_are_routed(
+    system_factory: SystemFactory, private_infrastructure: PrivateInfrastructure
+) -> None:
+    system = await system_factory()
+    await _warm(system)
+    load = PostLoad()
+    await _post_many(system, load, COMPLAINTS_IN_FLIGHT, concurrency=20)
+    assert load.count() == {201: COMPLAINTS_IN_FLIGHT}
+
+    stop_load = asyncio.Event()
+    unrouted_at_kill = await _unassigned(system)
+    killed_at = time.monotonic()
+    await asyncio.to_thread(private_infrastructure.kill_database)
+    steady = asyncio.create_task(_post_steadily(system, load, stop_load, every_s=0.5))
+    await asyncio.sleep(OUTAGE_S)
+    await asyncio.to_thread(private_infrastructure.up)  # the same data directory
+    back_at = time.monotonic()
+    # The load goes on a little (intake takes complaints again), then stops, so "every
+    # complaint assigned" is a state the pipeline can reach.
+    await asyncio.sleep(LOAD_AFTER_RECOVERY_S)
+    stop_load.set()
+    await steady
+
+    await eventually(
+        lambda: _none_unassigned(system),
+        timeout_s=RECOVERY_DEADLINE_S,
+        interval_s=0.5,
+        what="every complaint assigned after the database came back",
+    )
+    all_assigned_at = time.monotonic()
+
+    counts = load.count()
+    assert set(counts) <= {201, 503}, counts
+    assert any(status == 201 and at > back_at for at, status in load.statuses)
+    late_503 = [at for at, status in load.statuses if status == 503 and at > back_at]
+    assert all(at < back_at + RECONNECT_GRACE_S for at in late_503)
+    assert all(killed_at <= at for at, status in load.statuses if status == 503)
+    complaints, republished = await _assert_each_assigned_exactly_once(system, load)
+    assert await _dead_letters(system) == []
+    _report(
+        "database_killed",
+        outage_s=OUTAGE_S,
+        complaints=complaints,
+        posted_before_kill=COMPLAINTS_IN_FLIGHT,
+        unrouted_at_kill=unrouted_at_kill,
+        posts_201=counts[201],
+        posts_503=counts[503],
+        last_503_after_back_s=round(max(late_503, default=back_at) - back_at, 1),
+        recovery_s=round(all_assigned_at - back_at, 1),
+        routing_events_republished=republished,
+        dead_letters=0,
+    )
+
+
+async def test_broker_stopped_for_a_minute_under_post_load(
+    system_factory: SystemFactory, private_infrastructure: PrivateInfrastructure
+) -> None:
+    system = await system_factory()
+    await _warm(system)
+    load = PostLoad()
+    stop_load = asyncio.Event()
+    steady = asyncio.create_task(_post_steadily(system, load, stop_load, every_s=0.2))
+    await asyncio.sleep(2)
+    await asyncio.to_thread(private_infrastructure.stop_broker)
+    stopped_at = time.monotonic()
+    await asyncio.sleep(max(0.0, OUTAGE_S - (time.monotonic() - stopped_at)))
+    await asyncio.to_thread(private_infrastructure.start_broker)
+    back_at = time.monotonic()
+    await asyncio.sleep(LOAD_AFTER_RECOVERY_S)
+    stop_load.set()
+    await steady
+    posted_during_outage = sum(1 for at, _ in load.statuses if stopped_at <= at <= back_at)
+
+    await eventually(
+        lambda: _none_unassigned(system),
+        timeout_s=RECOVERY_DEADLINE_S,
+        interval_s=0.5,
+        what="every complaint assigned after the broker came back",
+    )
+    all_assigned_at = time.monotonic()
+    assert load.count() == {201: len(load.statuses)}
+    complaints, republished = await _assert_each_assigned_exactly_once(system, load)
+    assert await _dead_letters(system) == []
+    _report(
+        "broker_stopped",
+        outage_s=round(back_at - stopped_at, 1),
+        complaints=complaints,
+        posts_201=len(load.created),
+        posted_during_outage=posted_during_outage,
+        recovery_s=round(all_assigned_at - back_at, 1),
+        routing_events_republished=republished,
+        dead_letters=0,
+    )
+
+
+def _report(name: str, **figures: object) -> None:
+    print(json.dumps({"fault_test": name, **figures}))
