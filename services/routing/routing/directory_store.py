@@ -445,8 +445,8 @@ async def create_staff(
 
 
 async def _staff_document(*, db: AsyncDatabase, principal: Principal, staff_id: str) -> dict:
-    document = await db[STAFF].find_one({"_id": staff_key(principal.org, staff_id)})
-    if document is None or not principal.can_see(org=principal.org, branch=document["branch"]):
+    document = await visible_staff(db=db, principal=principal, staff_id=staff_id)
+    if document is None:
         raise not_found(what="staff member", identifier=staff_id)
     return document
 
