@@ -22,8 +22,9 @@ from typing import Any
 import httpx
 import pytest
 from cryptography.hazmat.primitives import serialization
+from fastapi import APIRouter, FastAPI
 
-from complaints_shared.access import Access, Operation, Public, Scope, operations
+from complaints_shared.access import Access, Operation, Public, Scope, allow, operations
 from complaints_shared.auth import Role
 from complaints_shared.role_matrix import DOCUMENT, SERVICES, render, service_apps
 from tests.conftest import System, running_systems
@@ -349,6 +350,34 @@ def test_only_fastapi_documentation_routes_go_without_a_declaration() -> None:
             "/docs/oauth2-redirect",
             "/redoc",
         }
+
+
+# Module level: the annotations of this module are resolved from its globals.
+ThingReader = allow(Role.AGENT, scope=Scope.BRANCH, action="reading things")
+
+
+def test_the_walk_finds_routes_without_a_declaration_in_included_routers() -> None:
+    router = APIRouter(prefix="/v1/things")
+
+    @router.get("")
+    async def undeclared() -> dict[str, str]:
+        return {}
+
+    @router.get("/{thing_id}")
+    async def declared(thing_id: str, principal: ThingReader) -> dict[str, str]:
+        return {}
+
+    app = FastAPI()
+    app.include_router(router)
+    found = {(op.method, op.path): op for op in operations(app) if not op.documentation}
+    assert found[("GET", "/v1/things")].declaration is None
+    assert found[("GET", "/v1/things/{thing_id}")].declaration == Access(
+        frozenset({Role.AGENT}), Scope.BRANCH, "reading things"
+    )
+    with pytest.raises(ValueError, match="declares no access"):
+        render({"things": app})
+    with pytest.raises(ValueError, match="at least one role"):
+        allow(scope=Scope.BRANCH, action="reading without roles")
 
 
 def test_security_document_role_matrix_is_current() -> None:
