@@ -56,9 +56,9 @@ PolicyAuditor = allow(
     Role.SUPERVISOR, scope=Scope.ORGANISATION, action="reading the follow-up policy's history"
 )
 PolicyAdmin = allow(Role.ADMIN, scope=Scope.ORGANISATION, action="changing the follow-up policy")
-# A branch's own follow-up policy is the branch's, like its contact hours.
+# A branch's own policy departs from the organisation's: the organisation decides that too.
 BranchPolicyAdmin = allow(
-    Role.ADMIN, scope=Scope.BRANCH, action="changing a branch's follow-up policy"
+    Role.ADMIN, scope=Scope.ORGANISATION, action="changing a branch's follow-up policy"
 )
 
 
