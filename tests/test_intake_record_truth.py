@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import uuid
 from contextlib import AsyncExitStack
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -285,3 +285,75 @@ async def test_the_201_body_equals_a_later_get_field_for_field(infrastructure) -
     assert body.pop("resubmission") is False
     assert body == later
     assert body["created_at"] == "2026-11-23T02:00:00.123000Z"
+
+
+async def test_reference_numbers_count_the_day_in_the_branchs_own_time_zone(
+    system_factory: SystemFactory,
+) -> None:
+    # 03:00 UTC on 24 November: still the 23rd in New York, already the 24th in Shanghai.
+    clock = ManualClock(datetime(2026, 11, 24, 3, 0, tzinfo=UTC))
+    system = await system_factory(clock=clock)
+    admin = token(system.routing_settings)
+    created = await system.routing.post(
+        "/v1/directory/branches",
+        json={"code": "NYC", "name": "纽约办事处", "time_zone": "America/New_York"},
+        headers=admin,
+    )
+    assert created.status_code == 201, created.text
+    intake_db = system.mongo[system.intake_settings.database_name()]
+
+    async def known(version: int):
+        document = await intake_db.branches.find_one({"_id": "demo:NYC"})
+        return document if document and document["version"] == version else None
+
+    assert (await eventually(lambda: known(1), what="branch.updated in intake"))[
+        "time_zone"
+    ] == "America/New_York"
+    nyc = await _create(system, admin, branch="NYC", subject="海外账单")
+    lz = await _create(system, admin, branch="LZ", subject="本地账单")
+    assert nyc["reference"] == "NYC-20261123-0001"
+    assert lz["reference"] == "LZ-20261124-0001"  # not announced yet: REFERENCE_TIME_ZONE
+
+    moved = await system.routing.patch(
+        "/v1/directory/branches/NYC", json={"time_zone": "Asia/Tokyo"}, headers=admin
+    )
+    assert moved.status_code == 200, moved.text
+    await eventually(lambda: known(2), what="the branch's new time zone in intake")
+    later = await _create(system, admin, branch="NYC", subject="再次投诉")
+    assert later["reference"] == "NYC-20261124-0001"
+
+
+async def test_repeat_detection_finds_an_open_complaint_behind_hundreds_of_newer_ones(
+    infrastructure,
+) -> None:
+    """The customer's open complaint from long ago still makes the next one a repeat,
+    however many of their complaints were registered (and finished) since."""
+    settings = settings_for_test(IntakeSettings, infra=infrastructure, run_id=uuid.uuid4().hex[:10])
+    start = MONDAY_10_SHANGHAI
+    clock = ManualClock(start)
+    customer = {"name": "总机", "phone": "0931-8888888"}
+    async with AsyncExitStack() as stack:
+        client = await _serve(stack, create_intake_app(settings, clock=clock), "intake")
+        admin = token(settings)
+
+        async def register(subject: str) -> dict:
+            response = await client.post(
+                "/v1/complaints",
+                json=complaint_body(subject=subject, customer=customer),
+                headers=admin,
+            )
+            assert response.status_code == 201, response.text
+            return response.json()
+
+        oldest = await register("第一次投诉")
+        for n in range(230):
+            clock.set(start + timedelta(minutes=n + 1))
+            cid = (await register(f"第{n + 2}次投诉"))["id"]
+            withdrawn = await client.post(f"/v1/complaints/{cid}/withdraw", json={}, headers=admin)
+            assert withdrawn.status_code == 200, withdrawn.text
+        # Past the repeat window of every withdrawn one; the oldest is still open.
+        clock.set(start + timedelta(days=settings.repeat_window_days + 1))
+        latest = await register("又来投诉")
+    assert latest["repeat_count"] == 1
+    assert latest["repeat_of"] == [oldest["id"]]
+    assert "repeat" in latest["flags"]

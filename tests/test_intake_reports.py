@@ -210,3 +210,98 @@ async def test_summary_report_matches_the_hand_computed_figures(infrastructure) 
     }
     assert (hosp["received"], hosp["withdrawn"], hosp["open"]) == (1, 1, 0)
     assert hosp["acknowledge_on_time_pct"] is None
+
+
+async def test_every_resolution_cycle_counts_in_remedies_and_on_time_figures(
+    infrastructure,
+) -> None:
+    """Resolved late with a compensation, reopened, resolved in time with more remedies:
+    both compensations count, one cycle late and one on time; ``branch`` filters."""
+    clock = ManualClock(T0)
+    settings = settings_for_test(IntakeSettings, infra=infrastructure, run_id=uuid.uuid4().hex[:10])
+    async with AsyncExitStack() as stack:
+        client = await _serve(stack, create_intake_app(settings, clock=clock), "intake")
+        admin = token(settings)
+        producer = EventProducer(settings=settings)
+        stack.push_async_callback(producer.stop)
+
+        async def at(moment: datetime, path: str, body: dict) -> dict:
+            clock.set(moment)
+            response = await client.post(path, json=body, headers=admin)
+            assert response.status_code in (200, 201), response.text
+            return response.json()
+
+        async def announce(cid: str, branch: str, resolve_due_at: datetime) -> None:
+            assigned = ComplaintAssigned(
+                complaint_id=cid,
+                org="demo",
+                branch=branch,
+                department=f"{branch}:CS",
+                department_name="客服",
+                owner_id="o1",
+                owner_name="甲",
+                rule_id="r",
+                rule_version=1,
+                assigned_at=T0,
+                acknowledge_due_at=T0 + H,
+                resolve_due_at=resolve_due_at,
+            )
+            event = CloudEvent.new(
+                event_type=EventType.COMPLAINT_ASSIGNED, source="report-test", data=assigned
+            )
+            await producer.publish(event, topic=settings.topic(Topic.ROUTING))
+
+            async def applied() -> bool:
+                body = (await client.get(f"/v1/complaints/{cid}", headers=admin)).json()
+                return body["resolve_due_at"] == resolve_due_at.isoformat().replace("+00:00", "Z")
+
+            await eventually(applied, what=f"resolve due time {resolve_due_at} of {cid}")
+
+        lz = (await at(T0, "/v1/complaints", complaint_body(subject="F")))["id"]
+        await announce(lz, "LZ", T0 + 24 * H)
+        compensation = {"type": "compensation", "amount": "50.00", "currency": "CNY"}
+        first = await at(
+            T0 + 30 * H,
+            f"/v1/complaints/{lz}/resolve",
+            {"summary": "赔偿", "remedies": [compensation]},
+        )
+        assert first["resolution"]["on_time"] is False
+        reopened = await at(T0 + 31 * H, f"/v1/complaints/{lz}/reopen", {"reason": "仍有问题"})
+        assert reopened["resolve_due_at"] is None  # the new cycle's is routing's to announce
+        await announce(lz, "LZ", T0 + 55 * H)
+        second = await at(
+            T0 + 40 * H,
+            f"/v1/complaints/{lz}/resolve",
+            {
+                "summary": "再赔偿并退费",
+                "remedies": [
+                    {"type": "compensation", "amount": "20.00", "currency": "CNY"},
+                    {"type": "refund", "amount": "5.00", "currency": "CNY"},
+                ],
+            },
+        )
+        assert second["resolution"]["on_time"] is True
+        assert [r["number"] for r in second["resolutions"]] == [1, 2]
+        hosp = (await at(T0, "/v1/complaints", complaint_body(branch="HOSP", subject="G")))["id"]
+        await at(
+            T0 + H,
+            f"/v1/complaints/{hosp}/resolve",
+            {"summary": "退费", "remedies": [{"type": "refund", "amount": "7.00"}]},
+        )
+        window = {"from": T0.isoformat(), "to": (T0 + 24 * H).isoformat()}
+        filtered = await client.get(
+            "/v1/reports/summary", params={**window, "branch": "LZ"}, headers=admin
+        )
+        everything = await client.get("/v1/reports/summary", params=window, headers=admin)
+
+    assert filtered.status_code == 200, filtered.text
+    report = filtered.json()
+    assert report["branches"] == ["LZ"]
+    (group,) = report["groups"]
+    assert (group["group"], group["resolved"], group["resolutions"]) == ("LZ", 1, 2)
+    assert group["resolve_on_time_pct"] == 50.0  # cycle 1 late, cycle 2 on time
+    remedies = {
+        (r["type"], r["currency"]): (r["count"], r["total_amount"]) for r in group["remedies"]
+    }
+    assert remedies == {("compensation", "CNY"): (2, "70.00"), ("refund", "CNY"): (1, "5.00")}
+    assert {g["group"] for g in everything.json()["groups"]} == {"LZ", "HOSP"}

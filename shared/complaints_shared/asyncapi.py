@@ -24,7 +24,10 @@ def _headers_schema(event_type: EventType) -> dict[str, Any]:
     properties: dict[str, Any] = {name: {"type": "string"} for name in REQUIRED_HEADERS}
     properties["ce_type"] = {"type": "string", "const": event_type.value}
     properties["ce_specversion"] = {"type": "string", "const": SPEC_VERSION}
-    properties["ce_subject"] = {"type": "string", "description": "The complaint id"}
+    properties["ce_subject"] = {
+        "type": "string",
+        "description": "The complaint id (branch:<org>:<code> for branch.updated)",
+    }
     properties["ce_time"] = {"type": "string", "format": "date-time"}
     properties["content-type"] = {"type": "string", "const": "application/json"}
     return {

@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 from pydantic import BaseModel, Field, ValidationError
 
-from complaints_shared.events import EventData, EventType
+from complaints_shared.events import EventPayload, EventType
 
 SPEC_VERSION = "1.0"
 CONTENT_TYPE = "application/json"
@@ -29,18 +29,18 @@ class CloudEvent(BaseModel):
     id: str
     source: str
     type: str
-    subject: str = Field(description="The complaint id.")
+    subject: str = Field(description="The complaint id (``branch:<org>:<code>`` for a branch).")
     time: datetime
     specversion: str = SPEC_VERSION
     data: dict[str, Any]
 
     @classmethod
-    def new(cls, *, event_type: EventType, source: str, data: EventData) -> CloudEvent:
+    def new(cls, *, event_type: EventType, source: str, data: EventPayload) -> CloudEvent:
         return cls(
             id=str(uuid.uuid4()),
             source=source,
             type=event_type.value,
-            subject=data.complaint_id,
+            subject=data.cloudevent_subject(),
             time=datetime.now(UTC),
             data=data.model_dump(mode="json"),
         )

@@ -51,6 +51,7 @@ class EventType(StrEnum):
     COMPLAINT_SLA_WARNING = f"{EVENT_TYPE_PREFIX}complaint.sla_warning.v1"
     COMPLAINT_SLA_BREACHED = f"{EVENT_TYPE_PREFIX}complaint.sla_breached.v1"
     COMPLAINT_RESPONSIBILITY_SET = f"{EVENT_TYPE_PREFIX}complaint.responsibility_set.v1"
+    BRANCH_UPDATED = f"{EVENT_TYPE_PREFIX}branch.updated.v1"
     # followup
     FOLLOWUP_SCHEDULED = f"{EVENT_TYPE_PREFIX}followup.scheduled.v1"
     FOLLOWUP_ATTEMPTED = f"{EVENT_TYPE_PREFIX}followup.attempted.v1"
@@ -145,14 +146,25 @@ class ClosedVia(StrEnum):
     ADMIN = "admin"
 
 
-class EventData(BaseModel):
-    """Fields every complaint event carries; unknown fields are ignored on read."""
+class EventPayload(BaseModel):
+    """The data of any event; unknown fields are ignored on read."""
 
     model_config = ConfigDict(extra="ignore")
+
+    def cloudevent_subject(self) -> str:
+        """The CloudEvents subject and Kafka key: what the event's order is kept per."""
+        raise NotImplementedError
+
+
+class EventData(EventPayload):
+    """Fields every complaint event carries; ordered per complaint."""
 
     complaint_id: str
     org: str
     branch: str
+
+    def cloudevent_subject(self) -> str:
+        return self.complaint_id
 
 
 class CustomerContact(BaseModel):
@@ -398,6 +410,25 @@ class ComplaintResponsibilitySet(EventData):
     set_at: datetime
 
 
+class BranchUpdated(EventPayload):
+    """A branch was created or changed in routing's directory: the facts other services need.
+
+    Subject and key ``branch:<org>:<code>``, so a branch's versions arrive in order;
+    consumers keep the highest ``version``.
+    """
+
+    org: str
+    branch: str = Field(description="The branch code")
+    name: str
+    time_zone: str = Field(description="IANA time zone of the branch (reference numbers' day)")
+    active: bool = True
+    version: int
+    updated_at: datetime
+
+    def cloudevent_subject(self) -> str:
+        return f"branch:{self.org}:{self.branch}"
+
+
 # -------------------------------------------------------------- followup --
 
 
@@ -447,7 +478,7 @@ class FollowupCancelled(EventData):
     cancelled_at: datetime
 
 
-EVENT_CONTRACTS: dict[EventType, tuple[Topic, type[EventData]]] = {
+EVENT_CONTRACTS: dict[EventType, tuple[Topic, type[EventPayload]]] = {
     EventType.COMPLAINT_RECEIVED: (Topic.INTAKE, ComplaintReceived),
     EventType.COMPLAINT_ACKNOWLEDGED: (Topic.INTAKE, ComplaintAcknowledged),
     EventType.COMPLAINT_NOTE_ADDED: (Topic.INTAKE, ComplaintNoteAdded),
@@ -466,6 +497,7 @@ EVENT_CONTRACTS: dict[EventType, tuple[Topic, type[EventData]]] = {
     EventType.COMPLAINT_SLA_WARNING: (Topic.ROUTING, ComplaintSlaWarning),
     EventType.COMPLAINT_SLA_BREACHED: (Topic.ROUTING, ComplaintSlaBreached),
     EventType.COMPLAINT_RESPONSIBILITY_SET: (Topic.ROUTING, ComplaintResponsibilitySet),
+    EventType.BRANCH_UPDATED: (Topic.ROUTING, BranchUpdated),
     EventType.FOLLOWUP_SCHEDULED: (Topic.FOLLOWUP, FollowupScheduled),
     EventType.FOLLOWUP_ATTEMPTED: (Topic.FOLLOWUP, FollowupAttempted),
     EventType.FOLLOWUP_COMPLETED: (Topic.FOLLOWUP, FollowupCompleted),
@@ -477,7 +509,7 @@ def topic_of(event_type: EventType) -> Topic:
     return EVENT_CONTRACTS[event_type][0]
 
 
-def parse_data(event_type: str, data: dict) -> EventData:
+def parse_data(event_type: str, data: dict) -> EventPayload:
     """Validate event data against its contract; raises KeyError for unknown types."""
     model = EVENT_CONTRACTS[EventType(event_type)][1]
     return model.model_validate(data)

@@ -33,7 +33,7 @@ from aiokafka.errors import CommitFailedError, KafkaError, TopicAlreadyExistsErr
 from pydantic import ValidationError
 
 from complaints_shared.envelope import CloudEvent, EnvelopeError, from_kafka_record, to_kafka_record
-from complaints_shared.events import EventData, EventType, Topic, dead_letter_topic, parse_data
+from complaints_shared.events import EventPayload, EventType, Topic, dead_letter_topic, parse_data
 from complaints_shared.failures import Rejected, is_transient, redacted_error
 from complaints_shared.logs import bound_context, get_logger
 from complaints_shared.metrics import (
@@ -50,7 +50,7 @@ log = get_logger(__name__)
 # Records fetched per poll, and so at most the records redelivered after a crash.
 MAX_POLL_RECORDS = 100
 
-EventHandler = Callable[[CloudEvent, EventData], Awaitable[None]]
+EventHandler = Callable[[CloudEvent, EventPayload], Awaitable[None]]
 METADATA_MAX_AGE_MS = 10_000
 
 
@@ -328,7 +328,7 @@ class EventConsumer:
 
     def _decode(
         self, record: ConsumerRecord
-    ) -> tuple[CloudEvent, EventData | None, EventHandler | None]:
+    ) -> tuple[CloudEvent, EventPayload | None, EventHandler | None]:
         try:
             event = from_kafka_record(record.value, record.headers)
         except EnvelopeError as exc:
@@ -344,7 +344,7 @@ class EventConsumer:
             raise _DeadLetter(DeadLetterReason.INVALID_DATA, redacted_error(exc), 0) from exc
 
     async def _handle_until_done(
-        self, record: ConsumerRecord, event: CloudEvent, data: EventData, handler: EventHandler
+        self, record: ConsumerRecord, event: CloudEvent, data: EventPayload, handler: EventHandler
     ) -> bool:
         """Run the handler until it succeeds, refuses, or keeps failing unexpectedly.
 

@@ -20,7 +20,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
 from complaints_shared.envelope import CloudEvent
-from complaints_shared.events import EventData, EventType, topic_of
+from complaints_shared.events import EventPayload, EventType, topic_of
 from complaints_shared.kafka import EventProducer
 from complaints_shared.logs import get_logger
 from complaints_shared.metrics import EVENTS_PUBLISHED, OUTBOX_PUBLISH_FAILURES
@@ -35,7 +35,7 @@ PENDING_SINCE_FIELD = "outbox_pending_since"
 LEASES = "outbox_leases"
 
 
-def outbox_entry(*, event_type: EventType, data: EventData, settings: ServiceSettings) -> dict:
+def outbox_entry(*, event_type: EventType, data: EventPayload, settings: ServiceSettings) -> dict:
     """A pending event, as stored in the aggregate's ``outbox`` array."""
     event = CloudEvent.new(event_type=event_type, source=settings.service_name, data=data)
     return {**event.model_dump(), "topic": settings.topic(topic_of(event_type).value)}

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 
 from complaints_shared.envelope import CloudEvent
-from complaints_shared.events import EventData, EventType
+from complaints_shared.events import EventPayload, EventType
 from complaints_shared.kafka import EventHandler
 from complaints_shared.runtime import Runtime
 from intake import projections
@@ -21,6 +21,7 @@ PROJECTIONS: dict[EventType, Projection] = {
     EventType.COMPLAINT_SLA_WARNING: projections.apply_sla_warning,
     EventType.COMPLAINT_SLA_BREACHED: projections.apply_sla_breached,
     EventType.COMPLAINT_RESPONSIBILITY_SET: projections.apply_responsibility_set,
+    EventType.BRANCH_UPDATED: projections.apply_branch_updated,
     EventType.FOLLOWUP_SCHEDULED: projections.record_followup_progress,
     EventType.FOLLOWUP_ATTEMPTED: projections.record_followup_progress,
     EventType.FOLLOWUP_CANCELLED: projections.record_followup_progress,
@@ -30,7 +31,7 @@ PROJECTIONS: dict[EventType, Projection] = {
 
 def build_handlers(runtime: Runtime) -> dict[EventType, EventHandler]:
     def handler_for(projection: Projection) -> EventHandler:
-        async def handle(event: CloudEvent, data: EventData) -> None:
+        async def handle(event: CloudEvent, data: EventPayload) -> None:
             await projection(db=runtime.db, settings=runtime.settings, event=event, data=data)
             runtime.relay.notify()  # a projection may have caused events (close, reopen)
 

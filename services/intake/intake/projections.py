@@ -18,6 +18,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from complaints_shared.envelope import CloudEvent
 from complaints_shared.events import (
     EVENT_TYPE_PREFIX,
+    BranchUpdated,
     ClosedVia,
     ComplaintAssigned,
     ComplaintEscalated,
@@ -438,3 +439,10 @@ async def apply_followup_completed(
             "attempts": data.attempts,
         },
     )
+
+
+async def apply_branch_updated(
+    *, db: AsyncDatabase, settings: IntakeSettings, event: CloudEvent, data: BranchUpdated
+) -> None:
+    """Routing's directory owns branches; intake keeps the facts it needs (the time zone)."""
+    await store.record_branch(db=db, branch=data)

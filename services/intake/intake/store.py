@@ -23,6 +23,7 @@ from pymongo.errors import DuplicateKeyError
 
 from complaints_shared.auth import Principal
 from complaints_shared.events import (
+    BranchUpdated,
     ComplaintReceived,
     CustomerContact,
     EventData,
@@ -47,6 +48,8 @@ from intake.settings import IntakeSettings
 from intake.suggestions import suggest
 
 COMPLAINTS = "complaints"
+# What intake knows of routing's branches (from ``branch.updated``): their time zones.
+BRANCHES = "branches"
 REFERENCE_COUNTERS = "reference_counters"
 SUBMISSIONS = "submission_fingerprints"
 APPLIED_EVENTS_KEPT = 500
@@ -142,6 +145,43 @@ def event_base(document: dict[str, Any]) -> dict[str, str]:
 
 def to_read(document: dict[str, Any]) -> ComplaintRead:
     return ComplaintRead.model_validate({**document, "id": document["_id"]})
+
+
+def branch_key(org: str, code: str) -> str:
+    return f"{org}:{code}"
+
+
+async def record_branch(*, db: AsyncDatabase, branch: BranchUpdated) -> None:
+    """Keep the newest version of a branch routing announced; older or repeated ones are no-ops.
+
+    The upsert only matches an older version: a newer or equal one already stored makes
+    it try an insert of the same ``_id``, which the unique ``_id`` refuses.
+    """
+    with suppress(DuplicateKeyError):
+        await db[BRANCHES].update_one(
+            {"_id": branch_key(branch.org, branch.branch), "version": {"$lt": branch.version}},
+            {
+                "$set": {
+                    "org": branch.org,
+                    "code": branch.branch,
+                    "time_zone": branch.time_zone,
+                    "active": branch.active,
+                    "version": branch.version,
+                    "updated_at": branch.updated_at,
+                }
+            },
+            upsert=True,
+        )
+
+
+async def reference_time_zone(
+    *, db: AsyncDatabase, settings: IntakeSettings, org: str, branch: str
+) -> str:
+    """The branch's own time zone once routing announced it, else ``REFERENCE_TIME_ZONE``."""
+    known = await db[BRANCHES].find_one(
+        {"_id": branch_key(org, branch)}, projection={"time_zone": 1}
+    )
+    return known["time_zone"] if known else settings.reference_time_zone
 
 
 async def next_reference(*, db: AsyncDatabase, branch: str, at: datetime, time_zone: str) -> str:
@@ -425,9 +465,10 @@ async def _insert_new(
     flags: list[str] = [flag.value for flag in classification["flags"]]
     if earlier and Flag.REPEAT.value not in flags:
         flags.append(Flag.REPEAT.value)
-    reference = await next_reference(
-        db=db, branch=request.branch, at=now, time_zone=settings.reference_time_zone
+    time_zone = await reference_time_zone(
+        db=db, settings=settings, org=principal.org, branch=request.branch
     )
+    reference = await next_reference(db=db, branch=request.branch, at=now, time_zone=time_zone)
     document: dict[str, Any] = {
         "_id": complaint_id,
         "reference": reference,

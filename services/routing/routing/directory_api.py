@@ -64,7 +64,11 @@ async def create_branch(
 ) -> BranchRead:
     runtime = _runtime(request)
     return await directory_store.create_branch(
-        db=runtime.db, principal=principal, body=body, now=runtime.clock.now()
+        db=runtime.db,
+        settings=runtime.settings,
+        principal=principal,
+        body=body,
+        now=runtime.clock.now(),
     )
 
 
@@ -90,7 +94,12 @@ async def update_branch(
 ) -> BranchRead:
     runtime = _runtime(request)
     return await directory_store.update_branch(
-        db=runtime.db, principal=principal, code=code, body=body, now=runtime.clock.now()
+        db=runtime.db,
+        settings=runtime.settings,
+        principal=principal,
+        code=code,
+        body=body,
+        now=runtime.clock.now(),
     )
 
 
@@ -100,7 +109,11 @@ async def deactivate_branch(
 ) -> DeactivationReport:
     runtime = _runtime(request)
     await directory_store.deactivate_branch(
-        db=runtime.db, principal=principal, code=code, now=runtime.clock.now()
+        db=runtime.db,
+        settings=runtime.settings,
+        principal=principal,
+        code=code,
+        now=runtime.clock.now(),
     )
     work = await store.open_work(db=runtime.db, query={"org": principal.org, "branch": code})
     return DeactivationReport(deactivated=code, open_work=work)

@@ -18,7 +18,17 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
 from complaints_shared.auth import Principal
+from complaints_shared.events import BranchUpdated, EventType
+from complaints_shared.mongo import merge_updates
+from complaints_shared.outbox import (
+    OUTBOX_FIELD,
+    PENDING_SINCE_FIELD,
+    outbox_entry,
+    outbox_fields,
+    outbox_update,
+)
 from complaints_shared.problems import not_found
+from complaints_shared.settings import ServiceSettings
 from routing import audit, context_cache
 from routing.errors import conflict, invalid
 from routing.models import (
@@ -75,12 +85,20 @@ def split_department_id(department_id: str) -> tuple[str, str]:
 
 
 async def _write_versioned(
-    *, db: AsyncDatabase, collection: str, current: dict[str, Any], changes: dict[str, Any]
+    *,
+    db: AsyncDatabase,
+    collection: str,
+    current: dict[str, Any],
+    changes: dict[str, Any],
+    announce: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Apply ``changes`` only if nobody changed the document since it was read."""
+    """Apply ``changes`` only if nobody changed the document since it was read.
+
+    ``announce`` is the outbox update of the events the change causes, in the same write.
+    """
     updated = await db[collection].find_one_and_update(
         {"_id": current["_id"], "version": current["version"]},
-        {"$set": changes, "$inc": {"version": 1}},
+        merge_updates({"$set": changes, "$inc": {"version": 1}}, announce or {}),
         return_document=ReturnDocument.AFTER,
     )
     if updated is None:
@@ -99,8 +117,9 @@ def _without_nulls(changes: dict[str, Any], *, nullable: set[str]) -> dict[str, 
 
 
 def _audit_snapshot(document: dict[str, Any]) -> dict[str, Any]:
-    # The load hint is bookkeeping of routing, not part of what an administrator changed.
-    return {key: value for key, value in document.items() if key not in {"_id", LOAD_HINT}}
+    # The load hint and the outbox are bookkeeping, not part of what an administrator changed.
+    bookkeeping = {"_id", LOAD_HINT, OUTBOX_FIELD, PENDING_SINCE_FIELD}
+    return {key: value for key, value in document.items() if key not in bookkeeping}
 
 
 # ------------------------------------------------------------------ branches --
@@ -177,8 +196,28 @@ def branch_read(document: dict[str, Any]) -> BranchRead:
     return BranchRead.model_validate(document)
 
 
+def _branch_updated(document: dict[str, Any], *, settings: ServiceSettings) -> dict[str, Any]:
+    """The outbox entry announcing the branch as ``document`` shows it (intake numbers
+    references in the branch's time zone from it)."""
+    event = BranchUpdated(
+        org=document["org"],
+        branch=document["code"],
+        name=document["name"],
+        time_zone=document["time_zone"],
+        active=document.get("active", True),
+        version=document["version"],
+        updated_at=document["updated_at"],
+    )
+    return outbox_entry(event_type=EventType.BRANCH_UPDATED, data=event, settings=settings)
+
+
 async def create_branch(
-    *, db: AsyncDatabase, principal: Principal, body: BranchCreate, now: datetime
+    *,
+    db: AsyncDatabase,
+    settings: ServiceSettings,
+    principal: Principal,
+    body: BranchCreate,
+    now: datetime,
 ) -> BranchRead:
     _check_time_zone(body.time_zone)
     _check_hours(body.hours)
@@ -193,6 +232,7 @@ async def create_branch(
         "created_at": now,
         "updated_at": now,
     }
+    document.update(outbox_fields([_branch_updated(document, settings=settings)]))
     try:
         await db[BRANCHES].insert_one(document)
     except DuplicateKeyError:
@@ -226,7 +266,13 @@ async def list_branches(
 
 
 async def update_branch(
-    *, db: AsyncDatabase, principal: Principal, code: str, body: BranchUpdate, now: datetime
+    *,
+    db: AsyncDatabase,
+    settings: ServiceSettings,
+    principal: Principal,
+    code: str,
+    body: BranchUpdate,
+    now: datetime,
 ) -> BranchRead:
     current = await _branch_document(db=db, principal=principal, code=code)
     changes = _without_nulls(
@@ -238,19 +284,36 @@ async def update_branch(
     _check_holidays(merged.holidays)
     if "duty_officer_id" in changes:
         await _check_duty_officer(db=db, principal=principal, staff_id=merged.duty_officer_id)
+    changes = {**changes, "updated_at": now}
+    announced = {**current, **changes, "version": current["version"] + 1}
     updated = await _write_versioned(
-        db=db, collection=BRANCHES, current=current, changes={**changes, "updated_at": now}
+        db=db,
+        collection=BRANCHES,
+        current=current,
+        changes=changes,
+        announce=outbox_update([_branch_updated(announced, settings=settings)]),
     )
     await _audit(db, principal, "branch", code, "updated", now, updated)
     return branch_read(updated)
 
 
 async def deactivate_branch(
-    *, db: AsyncDatabase, principal: Principal, code: str, now: datetime
+    *,
+    db: AsyncDatabase,
+    settings: ServiceSettings,
+    principal: Principal,
+    code: str,
+    now: datetime,
 ) -> BranchRead:
     current = await _branch_document(db=db, principal=principal, code=code)
+    changes = {"active": False, "updated_at": now}
+    announced = {**current, **changes, "version": current["version"] + 1}
     updated = await _write_versioned(
-        db=db, collection=BRANCHES, current=current, changes={"active": False, "updated_at": now}
+        db=db,
+        collection=BRANCHES,
+        current=current,
+        changes=changes,
+        announce=outbox_update([_branch_updated(announced, settings=settings)]),
     )
     await _audit(db, principal, "branch", code, "deactivated", now, updated)
     return branch_read(updated)

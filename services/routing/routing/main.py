@@ -11,7 +11,7 @@ from complaints_shared.clock import Clock
 from complaints_shared.events import Topic
 from complaints_shared.http import build_app
 from complaints_shared.runtime import service_runtime
-from routing import api, directory_api, rules_api, store
+from routing import api, directory_api, directory_store, rules_api, store
 from routing.handlers import build_handlers
 from routing.scheduler import SlaScheduler
 from routing.settings import RoutingSettings
@@ -26,7 +26,7 @@ def create_app(settings: RoutingSettings | None = None, *, clock: Clock | None =
         scheduler = SlaScheduler(settings=settings)
         async with service_runtime(
             settings=settings,
-            outbox_collections=[store.ASSIGNMENTS],
+            outbox_collections=[store.ASSIGNMENTS, directory_store.BRANCHES],
             consumed_topics=[Topic.INTAKE],
             handlers=build_handlers,
             ensure_indexes=store.ensure_indexes,
