@@ -157,8 +157,13 @@ async def test_a_hospital_major_incident_is_acknowledged_and_shows_routings_seve
     assert record["escalation"]["reason"] == "critical_incident"
     assert record["regulatory_report_due_at"] is not None
 
+    waiting = {"escalated": "true", "acknowledged": "false"}
+    found = await system.intake.get("/v1/complaints", params=waiting, headers=duty)
+    assert [item["id"] for item in found.json()["items"]] == [cid]
     acked = await _post(system, f"/v1/complaints/{cid}/acknowledge", {}, duty)
     assert acked["acknowledged_at"] is not None
+    found = await system.intake.get("/v1/complaints", params=waiting, headers=duty)
+    assert found.json()["items"] == []
     await _ack_clock_stopped(system, cid)
 
     found = await system.intake.get("/v1/complaints", params={"severity": "critical"}, headers=duty)

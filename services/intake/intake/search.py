@@ -45,6 +45,8 @@ class ComplaintFilters(BaseModel):
     acknowledge_due_before: UtcDatetime | None = None
     resolve_due_before: UtcDatetime | None = None
     breached: bool | None = None
+    acknowledged: bool | None = Field(None, description="受理 recorded (a fact, not a status)")
+    escalated: bool | None = Field(None, description="escalated at least one level")
     repeat: bool | None = None
     reference: str | None = None
     customer_phone: str | None = None
@@ -89,6 +91,10 @@ def build_query(filters: ComplaintFilters, principal: Principal) -> dict[str, An
         query["resolve_due_at"] = {"$lt": filters.resolve_due_before}
     if filters.breached is not None:
         query["sla_breached"] = filters.breached
+    if filters.acknowledged is not None:
+        query["acknowledged_at"] = {"$ne": None} if filters.acknowledged else None
+    if filters.escalated is not None:
+        query["escalation_level"] = {"$gt": 0} if filters.escalated else 0
     if filters.repeat is not None:
         query["repeat_count"] = {"$gt": 0} if filters.repeat else 0
     if filters.reference:
