@@ -18,10 +18,20 @@ from complaints_shared.events import (
     ComplaintReopened,
     ComplaintResumed,
     EventType,
+    Topic,
 )
+from complaints_shared.kafka import EventProducer
 from tests.conftest import System, SystemFactory
-from tests.helpers import eventually, handled_count, token
-from tests.test_followup_checks import checks_of, followup_events, publish, republish, resolved
+from tests.helpers import eventually, handled_count, read_topic, token
+from tests.test_followup_checks import (
+    checks_of,
+    complaint_status,
+    followup_events,
+    publish,
+    republish,
+    resolve_through_intake,
+    resolved,
+)
 from tests.test_routing_support import assignment_when, base, intake_producer, received
 
 pytestmark = pytest.mark.integration
@@ -114,3 +124,59 @@ async def test_followup_redelivered_reopen_cancels_each_check_once(
     db = system.mongo[system.followup_settings.database_name()]
     stored = await db.satisfaction_checks.find_one({"_id": first["id"]})
     assert stored["applied_events"] == [reopen.id]
+
+
+async def test_intake_redelivered_followup_outcome_reopens_the_complaint_once(
+    system: System,
+) -> None:
+    admin = token(system.intake_settings)
+    complaint_id = await resolve_through_intake(system, admin, severity="normal")
+    (check,) = await checks_of(system, complaint_id, admin)
+    verdict = {"satisfied": False, "score": 2, "comment": "宽带还是断"}
+    outcome = await system.followup.post(
+        f"/v1/followups/{check['id']}/outcome", json=verdict, headers=admin
+    )
+    assert outcome.status_code == 200, outcome.text
+
+    async def reopened() -> dict | None:
+        body = await complaint_status(system, complaint_id, admin)
+        return body if body["status"] == "reopened" else None
+
+    await eventually(reopened, what="complaint reopened by the follow-up")
+    records = await read_topic(
+        bootstrap_servers=system.infra.kafka_bootstrap_servers,
+        topic=system.topic(Topic.FOLLOWUP),
+        until=lambda rs: any(
+            dict(r.headers).get("ce_type", b"").endswith(b"completed.v1") for r in rs
+        ),
+    )
+    (completed,) = [
+        record
+        for record in records
+        if dict(record.headers).get("ce_type", b"").endswith(b"completed.v1")
+    ]
+    handled_before = handled_count("intake", EventType.FOLLOWUP_COMPLETED)
+    producer = EventProducer(settings=system.followup_settings)
+    try:  # the very same record, delivered again
+        await producer.publish_raw(
+            topic=system.topic(Topic.FOLLOWUP),
+            key=completed.key,
+            value=completed.value,
+            headers=list(completed.headers),
+        )
+    finally:
+        await producer.stop()
+    await eventually(
+        lambda: _handled("intake", EventType.FOLLOWUP_COMPLETED, handled_before + 1),
+        what="redelivered outcome consumed",
+    )
+
+    complaint = await complaint_status(system, complaint_id, admin)
+    assert complaint["status"] == "reopened"
+    assert complaint["reopen_count"] == 1
+    timeline = (
+        await system.intake.get(f"/v1/complaints/{complaint_id}/timeline", headers=admin)
+    ).json()
+    actions = [entry["action"] for entry in timeline["entries"]]
+    assert actions.count("followup_completed") == 1
+    assert actions.count("reopened") == 1

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 from datetime import datetime
-from typing import Any, Generic, TypeVar
+from typing import Generic, TypeVar
 
 import orjson
 from pydantic import BaseModel
@@ -37,17 +37,3 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
             detail="invalid field(s): cursor",
             errors=[{"field": "cursor", "message": f"not a cursor from this API ({exc})"}],
         ) from None
-
-
-def after_cursor(*, field: str, cursor: str | None, descending: bool = False) -> dict[str, Any]:
-    """Filter for documents strictly after ``cursor`` in the (field, _id) sort order."""
-    if cursor is None:
-        return {}
-    sort_value, document_id = decode_cursor(cursor)
-    beyond = "$lt" if descending else "$gt"
-    return {
-        "$or": [
-            {field: {beyond: sort_value}},
-            {field: sort_value, "_id": {beyond: document_id}},
-        ]
-    }

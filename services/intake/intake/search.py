@@ -9,11 +9,12 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field
 from pymongo.asynchronous.database import AsyncDatabase
 
+from complaints_shared import aggregate
 from complaints_shared.auth import Principal
 from complaints_shared.datetimes import UtcDatetime
 from complaints_shared.events import Category, Channel, Flag, Severity
 from complaints_shared.mongo import at_or_after
-from complaints_shared.pagination import Page, after_cursor, encode_cursor
+from complaints_shared.pagination import Page
 from intake import store
 from intake.identity import normalise_phone
 from intake.lifecycle import Status
@@ -122,22 +123,13 @@ async def search(
     if field != "created_at":
         # Complaints not yet given a due time have no place in a due-time ordering.
         query.setdefault(field, {})["$ne"] = None
-    after = after_cursor(field=field, cursor=filters.cursor, descending=descending)
-    if after:
-        query.setdefault("$and", []).append(after)
-    direction = -1 if descending else 1
-    documents = (
-        await db[store.COMPLAINTS]
-        .find(query, projection=store.HIDDEN_FIELDS)
-        .sort([(field, direction), ("_id", direction)])
-        .limit(filters.limit + 1)
-        .to_list(None)
-    )
-    next_cursor = None
-    if len(documents) > filters.limit:
-        documents = documents[: filters.limit]
-        last = documents[-1]
-        next_cursor = encode_cursor(sort_value=last[field], document_id=last["_id"])
-    return Page[ComplaintRead](
-        items=[store.to_read(document) for document in documents], next_cursor=next_cursor
+    return await aggregate.page(
+        collection=db[store.COMPLAINTS],
+        query=query,
+        sort_field=field,
+        limit=filters.limit,
+        cursor=filters.cursor,
+        to_item=store.to_read,
+        descending=descending,
+        projection=store.HIDDEN_FIELDS,
     )

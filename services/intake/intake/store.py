@@ -1,8 +1,9 @@
 """Data access for the complaint of record. No HTTP here.
 
-Every change goes through ``change``: read the document, let the caller decide
+Every change goes through ``change``, a complaint's use of the shared aggregate
+kernel (``complaints_shared.aggregate``): read the document, let the caller decide
 (using the lifecycle), then write conditionally on the version read (optimistic
-concurrency) together with the timeline entry and the outbox events it causes.
+concurrency) together with the timeline entries and the outbox events it causes.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from pymongo import ReturnDocument
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
+from complaints_shared import aggregate
+from complaints_shared.aggregate import Aggregate
 from complaints_shared.auth import Principal
 from complaints_shared.events import (
     BranchUpdated,
@@ -36,10 +39,9 @@ from complaints_shared.mongo import (
     lease_kept,
     merge_updates,
     retrying,
-    update_and_read,
 )
-from complaints_shared.outbox import outbox_entry, outbox_fields, outbox_update
-from complaints_shared.problems import ConcurrentUpdate, ProblemError, not_found
+from complaints_shared.outbox import outbox_entry, outbox_fields
+from complaints_shared.problems import ProblemError
 from intake import idempotency
 from intake.identity import customer_keys, submission_fingerprint
 from intake.lifecycle import OPEN_STATUSES, Action, InvalidTransition, Status
@@ -63,6 +65,13 @@ COMMAND_CAUSE = "command"
 REFERENCE_ATTEMPTS = 5
 
 HIDDEN_FIELDS = {"outbox": 0, "applied_events": 0, "timeline": 0}
+COMPLAINT = Aggregate(
+    collection=COMPLAINTS,
+    what="complaint",
+    applied_events_kept=APPLIED_EVENTS_KEPT,
+    max_write_attempts=MAX_WRITE_ATTEMPTS,
+    hidden=HIDDEN_FIELDS,
+)
 
 
 # Each list filter of GET /v1/complaints narrows through one of these (org first: every
@@ -209,22 +218,19 @@ async def next_reference(*, db: AsyncDatabase, branch: str, at: datetime, time_z
 
 async def get_visible(*, db: AsyncDatabase, principal: Principal, complaint_id: str) -> dict:
     """The complaint if the caller may see it; a foreign one is simply not found."""
-    document = await db[COMPLAINTS].find_one(
-        {"_id": complaint_id, **principal.scope_filter()}, projection=HIDDEN_FIELDS
+    return await aggregate.get_visible(
+        db=db, aggregate=COMPLAINT, principal=principal, aggregate_id=complaint_id
     )
-    if document is None:
-        raise not_found(what="complaint", identifier=complaint_id)
-    return document
 
 
 async def get_timeline(*, db: AsyncDatabase, principal: Principal, complaint_id: str) -> dict:
-    document = await db[COMPLAINTS].find_one(
-        {"_id": complaint_id, **principal.scope_filter()},
+    return await aggregate.get_visible(
+        db=db,
+        aggregate=COMPLAINT,
+        principal=principal,
+        aggregate_id=complaint_id,
         projection={"reference": 1, "timeline": 1},
     )
-    if document is None:
-        raise not_found(what="complaint", identifier=complaint_id)
-    return document
 
 
 # ------------------------------------------------------------------ creation --
@@ -587,13 +593,8 @@ async def change(
     ``event_id`` makes the change idempotent for consumed events: a document that
     already applied it is returned unchanged (None when it does not exist).
     """
-    complaints = db[COMPLAINTS]
-    for _ in range(MAX_WRITE_ATTEMPTS):
-        current = await complaints.find_one({"_id": complaint_id, **scope})
-        if current is None:
-            return None
-        if event_id is not None and event_id in current.get("applied_events", []):
-            return current
+
+    def timeline_and_status(current: dict[str, Any]) -> aggregate.Decision:
         decision = decide(current)
         status_from = Status(current["status"])
         entries = [(action, details or {}), *decision.entries]
@@ -606,35 +607,22 @@ async def change(
         if decision.status is not None and decision.status is not status_from:
             timeline[-1]["status_from"] = status_from.value
             timeline[-1]["status_to"] = decision.status.value
-        outbox = [
-            outbox_entry(event_type=event_type, data=data, settings=settings)
-            for event_type, data in decision.events
-        ]
         update = merge_updates(
             decision.update,
             _status_update(current=current, next_status=decision.status, now=now),
-            {
-                "$set": {"updated_at": now},
-                "$inc": {"version": 1},
-                "$push": {"timeline": {"$each": timeline}},
-            },
-            outbox_update(outbox) if outbox else {},
-            (
-                {"$push": {"applied_events": {"$each": [event_id], "$slice": -APPLIED_EVENTS_KEPT}}}
-                if event_id
-                else {}
-            ),
+            {"$push": {"timeline": {"$each": timeline}}},
         )
-        updated = await update_and_read(
-            complaints,
-            {"_id": complaint_id, "version": current["version"]},
-            update,
-            projection=HIDDEN_FIELDS,
-        )
-        if updated is not None:
-            return updated
-    raise ConcurrentUpdate(
-        detail=f"complaint {complaint_id} kept changing underneath this request; retry it"
+        return aggregate.Decision(update, decision.events)
+
+    return await aggregate.change(
+        db=db,
+        settings=settings,
+        aggregate=COMPLAINT,
+        aggregate_id=complaint_id,
+        decide=timeline_and_status,
+        now=now,
+        scope=scope,
+        event_id=event_id,
     )
 
 
