@@ -1,31 +1,16 @@
 """Shared fixtures: real infrastructure once per session, a fresh system per test.
 
-Each test gets its own topic prefix and databases, so tests can run in any order
-and never see each other's events or documents.
+What the fixtures build (systems, settings, infrastructure) lives in ``tests/support``.
 """
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Iterator
 
-import httpx
 import pytest
-from fastapi import FastAPI
-from pymongo import AsyncMongoClient
 
-from complaints_shared.clock import Clock
-from complaints_shared.settings import ServiceSettings
-from followup.main import create_app as create_followup_app
-from followup.settings import FollowupSettings
-from intake.main import create_app as create_intake_app
-from intake.settings import IntakeSettings
-from routing.demo import seed_demo_org
-from routing.main import create_app as create_routing_app
-from routing.settings import RoutingSettings
-from tests.infrastructure import Infrastructure, provide_infrastructure
+from tests.support.infrastructure import Infrastructure, provide_infrastructure
+from tests.support.system import System, SystemFactory, running_systems
 
 
 @pytest.fixture(scope="session")
@@ -34,62 +19,6 @@ def infrastructure() -> Iterator[Infrastructure]:
     yield infra
     for close in infra.closers:
         close()
-
-
-def settings_for_test(
-    settings_class: type[ServiceSettings], *, infra: Infrastructure, run_id: str, **overrides
-) -> ServiceSettings:
-    """Settings for one service of one test: own database and topic prefix, fast retries."""
-    service = settings_class.model_fields["service_name"].default
-    values = {
-        "kafka_bootstrap_servers": infra.kafka_bootstrap_servers,
-        "mongodb_uri": infra.mongodb_uri,
-        "mongodb_database": f"t_{run_id}_{service}",
-        "topic_prefix": f"t{run_id}.",
-        "outbox_poll_interval_s": 0.2,
-        "consumer_retry_backoff_s": 0.05,
-        "consumer_max_attempts": 3,
-        "kafka_request_timeout_s": 5.0,
-        **overrides,
-    }
-    return settings_class(**values)
-
-
-@dataclass
-class System:
-    """The three services of one test, reachable in-process over ASGI."""
-
-    run_id: str
-    infra: Infrastructure
-    intake_settings: IntakeSettings
-    routing_settings: RoutingSettings
-    followup_settings: FollowupSettings
-    intake: httpx.AsyncClient
-    routing: httpx.AsyncClient
-    followup: httpx.AsyncClient
-    intake_app: FastAPI
-    routing_app: FastAPI
-    followup_app: FastAPI
-    mongo: AsyncMongoClient
-    clock: Clock | None = None
-
-    async def serve_extra(self, stack: AsyncExitStack, app: FastAPI) -> httpx.AsyncClient:
-        """Run one more app (a second replica, say) until ``stack`` closes."""
-        return await _serve(stack, app, "extra")
-
-    def topic(self, name: str) -> str:
-        return self.intake_settings.topic(name)
-
-
-async def _serve(stack: AsyncExitStack, app: FastAPI, name: str) -> httpx.AsyncClient:
-    await stack.enter_async_context(app.router.lifespan_context(app))
-    transport = httpx.ASGITransport(app=app)
-    return await stack.enter_async_context(
-        httpx.AsyncClient(transport=transport, base_url=f"http://{name}")
-    )
-
-
-SystemFactory = Callable[..., Awaitable[System]]
 
 
 @pytest.fixture
@@ -102,67 +31,6 @@ async def system_factory(infrastructure: Infrastructure) -> AsyncIterator[System
     """
     async with running_systems(infrastructure) as make:
         yield make
-
-
-@asynccontextmanager
-async def running_systems(infrastructure: Infrastructure) -> AsyncIterator[SystemFactory]:
-    """What ``system_factory`` yields, for fixtures of a wider scope (a module's system)."""
-    stack = AsyncExitStack()
-    mongo = AsyncMongoClient(infrastructure.mongodb_uri, tz_aware=True)
-    run_ids: list[str] = []
-
-    async def make(
-        *,
-        intake: dict | None = None,
-        routing: dict | None = None,
-        followup: dict | None = None,
-        clock: Clock | None = None,
-        seed: bool = True,
-    ) -> System:
-        run_id = uuid.uuid4().hex[:10]
-        run_ids.append(run_id)
-        intake_settings = settings_for_test(
-            IntakeSettings, infra=infrastructure, run_id=run_id, **(intake or {})
-        )
-        routing_settings = settings_for_test(
-            RoutingSettings, infra=infrastructure, run_id=run_id, **(routing or {})
-        )
-        followup_settings = settings_for_test(
-            FollowupSettings, infra=infrastructure, run_id=run_id, **(followup or {})
-        )
-        if seed:
-            await seed_demo_org(db=mongo[routing_settings.database_name()])
-        apps = {
-            "intake": create_intake_app(intake_settings, clock=clock),
-            "routing": create_routing_app(routing_settings, clock=clock),
-            "followup": create_followup_app(followup_settings, clock=clock),
-        }
-        clients = {name: await _serve(stack, app, name) for name, app in apps.items()}
-        return System(
-            run_id=run_id,
-            infra=infrastructure,
-            intake_settings=intake_settings,
-            routing_settings=routing_settings,
-            followup_settings=followup_settings,
-            intake=clients["intake"],
-            routing=clients["routing"],
-            followup=clients["followup"],
-            intake_app=apps["intake"],
-            routing_app=apps["routing"],
-            followup_app=apps["followup"],
-            mongo=mongo,
-            clock=clock,
-        )
-
-    try:
-        yield make
-    finally:
-        await stack.aclose()
-        for run_id in run_ids:
-            for name in await mongo.list_database_names():
-                if name.startswith(f"t_{run_id}_"):
-                    await mongo.drop_database(name)
-        await mongo.close()
 
 
 @pytest.fixture

@@ -27,11 +27,11 @@ from fastapi import APIRouter, FastAPI
 from complaints_shared.access import Access, Operation, Public, Scope, allow, operations
 from complaints_shared.auth import Role
 from complaints_shared.role_matrix import DOCUMENT, SERVICES, render, service_apps
-from tests.conftest import System, running_systems
-from tests.helpers import eventually, token
-from tests.identity_provider import IdentityProvider
-from tests.infrastructure import Infrastructure
-from tests.test_end_to_end import BROADBAND_COMPLAINT
+from tests.support.http import BROADBAND_COMPLAINT, token
+from tests.support.identity_provider import IdentityProvider
+from tests.support.infrastructure import Infrastructure
+from tests.support.system import System, running_systems
+from tests.support.waits import eventually
 
 ROOT = Path(__file__).resolve().parent.parent
 BRANCH_A, BRANCH_B = "LZ", "HOSP"

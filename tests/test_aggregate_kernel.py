@@ -27,7 +27,7 @@ from complaints_shared.settings import ServiceSettings
 from complaints_shared.transitions import InvalidTransition
 from routing.lifecycle import Command
 from routing.models import AssignmentStatus
-from tests.infrastructure import Infrastructure
+from tests.support.infrastructure import Infrastructure
 
 pytestmark = pytest.mark.integration
 

@@ -14,19 +14,12 @@ import pytest
 
 from complaints_shared.clock import ManualClock
 from complaints_shared.events import EventType
-from tests.conftest import System, SystemFactory
-from tests.helpers import token
-from tests.test_followup_checks import (
-    FAST_SCHEDULER,
-    agent,
-    at,
-    checks_of,
-    make_due,
-    publish,
-    resolved,
-    wait_status,
-)
-from tests.test_routing_support import assignment_when, intake_producer, received
+from tests.support.events import received, resolved
+from tests.support.followup import FAST_SCHEDULER, at, checks_of, make_due, wait_status
+from tests.support.http import agent, token
+from tests.support.kafka import intake_producer, publish
+from tests.support.routing import assignment_when
+from tests.support.system import System, SystemFactory
 
 pytestmark = pytest.mark.integration
 

@@ -11,9 +11,8 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import System
-from tests.helpers import token
-from tests.test_intake_creation import complaint_body
+from tests.support.http import complaint_body, token
+from tests.support.system import System
 
 pytestmark = pytest.mark.integration
 

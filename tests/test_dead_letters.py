@@ -16,10 +16,11 @@ from complaints_shared.dlq import read_dead_letters, run_command
 from complaints_shared.envelope import CloudEvent, to_kafka_record
 from complaints_shared.events import EventType, Topic, dead_letter_topic
 from complaints_shared.kafka import EventProducer
-from tests.conftest import System
-from tests.helpers import eventually, handled_count, token
-from tests.test_delivery import _received
-from tests.test_end_to_end import BROADBAND_COMPLAINT
+from tests.support.events import NETWORK_DROPOUTS, received
+from tests.support.http import BROADBAND_COMPLAINT, token
+from tests.support.kafka import handled_count
+from tests.support.system import System
+from tests.support.waits import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -32,10 +33,14 @@ async def test_poison_records_dead_letter_with_their_reason_and_the_partition_go
     complaint_id = str(uuid.uuid4())
     key = complaint_id.encode()  # all three on the complaint's partition, in this order
     good = CloudEvent.new(
-        event_type=EventType.COMPLAINT_RECEIVED, source="intake", data=_received(complaint_id)
+        event_type=EventType.COMPLAINT_RECEIVED,
+        source="intake",
+        data=received(complaint_id=complaint_id, **NETWORK_DROPOUTS),
     )
     bad_data = CloudEvent.new(
-        event_type=EventType.COMPLAINT_RECEIVED, source="intake", data=_received(complaint_id)
+        event_type=EventType.COMPLAINT_RECEIVED,
+        source="intake",
+        data=received(complaint_id=complaint_id, **NETWORK_DROPOUTS),
     )
     bad_data.data["received_at"] = "yesterday"
     bad_data.data["customer"]["phone"] = ["13900000000"]
@@ -170,7 +175,7 @@ async def test_replay_after_restoring_a_lost_record_applies_once_and_twice_chang
     finally:
         await producer.stop()
     await eventually(
-        lambda: _async(handled_count("intake", EventType.COMPLAINT_REASSIGNED) > handled_before),
+        lambda: handled_count("intake", EventType.COMPLAINT_REASSIGNED) > handled_before,
         what="second send consumed",
     )
     assert (await timeline_actions()).count("reassigned") == 1
@@ -196,7 +201,3 @@ def _console(system: System, args: list[str]) -> str:
 
 async def _has(probe, action: str) -> bool:
     return action in await probe()
-
-
-async def _async(value: bool) -> bool:
-    return value

@@ -6,7 +6,6 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime
 
 import pytest
 from aiokafka.partitioner import DefaultPartitioner
@@ -15,7 +14,6 @@ from pymongo.errors import AutoReconnect
 from complaints_shared.envelope import CloudEvent, to_kafka_record
 from complaints_shared.events import (
     ComplaintReceived,
-    CustomerContact,
     EventType,
     Topic,
     dead_letter_topic,
@@ -24,33 +22,21 @@ from complaints_shared.failures import Rejected
 from complaints_shared.kafka import EventConsumer, EventHandler, EventProducer, ensure_topics
 from complaints_shared.metrics import PARTITION_STALLED
 from complaints_shared.settings import ServiceSettings
-from tests.conftest import System
-from tests.helpers import events_of, eventually, handled_count, read_topic, token
-from tests.test_end_to_end import BROADBAND_COMPLAINT
+from tests.support.events import NETWORK_DROPOUTS, received
+from tests.support.http import BROADBAND_COMPLAINT, token
+from tests.support.kafka import events_of, handled_count, read_topic
+from tests.support.system import System
+from tests.support.waits import eventually
 
 pytestmark = pytest.mark.integration
-
-
-def _received(complaint_id: str) -> ComplaintReceived:
-    return ComplaintReceived(
-        complaint_id=complaint_id,
-        org="demo",
-        branch="LZ",
-        reference="LZ-20261123-9001",
-        channel="web",
-        category="network",
-        severity="normal",
-        subject="宽带经常断网",
-        description="晚上八点以后网速很慢并经常断网",
-        customer=CustomerContact(name="李女士", phone="13900000000"),
-        received_at=datetime.now(UTC),
-    )
 
 
 async def test_duplicate_received_event_assigns_once(system: System) -> None:
     complaint_id = str(uuid.uuid4())
     event = CloudEvent.new(
-        event_type=EventType.COMPLAINT_RECEIVED, source="intake", data=_received(complaint_id)
+        event_type=EventType.COMPLAINT_RECEIVED,
+        source="intake",
+        data=received(complaint_id=complaint_id, **NETWORK_DROPOUTS),
     )
     handled_before = handled_count("routing", EventType.COMPLAINT_RECEIVED)
     producer = EventProducer(settings=system.intake_settings)
@@ -75,9 +61,7 @@ async def test_duplicate_received_event_assigns_once(system: System) -> None:
         until=saw_assigned,
     )
     await eventually(
-        lambda: _async(
-            handled_count("routing", EventType.COMPLAINT_RECEIVED) >= handled_before + 2
-        ),
+        lambda: handled_count("routing", EventType.COMPLAINT_RECEIVED) >= handled_before + 2,
         what="both deliveries consumed",
     )
     records = await read_topic(
@@ -114,7 +98,7 @@ async def test_failing_handler_dead_letters_and_consumer_moves_on(system: System
             # A record that is not a CloudEvent at all goes straight to the DLQ.
             await producer.publish_raw(topic=topic, key=b"junk", value=b"{not json", headers=[])
 
-            await eventually(lambda: _async(healthy_id in handled), what="healthy event handled")
+            await eventually(lambda: healthy_id in handled, what="healthy event handled")
             dead = await read_topic(
                 bootstrap_servers=settings.kafka_bootstrap_servers,
                 topic=dead_letter_topic(topic),
@@ -153,16 +137,18 @@ async def test_refused_and_malformed_events_dead_letter_at_once_and_the_partitio
             raise Rejected(f"organisation {data.org!r} has no directory")
 
     refused = CloudEvent.new(
-        event_type=EventType.COMPLAINT_RECEIVED, source="test", data=_received(refused_id)
+        event_type=EventType.COMPLAINT_RECEIVED,
+        source="test",
+        data=received(complaint_id=refused_id),
     )
     malformed = CloudEvent.new(
-        event_type=EventType.COMPLAINT_RECEIVED, source="test", data=_received(str(uuid.uuid4()))
+        event_type=EventType.COMPLAINT_RECEIVED, source="test", data=received()
     )
     # A contract break: the phone number where the customer's name belongs, no channel.
     malformed.data["customer"]["name"] = {"phone": "13900000000"}
     del malformed.data["channel"]
     after = CloudEvent.new(
-        event_type=EventType.COMPLAINT_RECEIVED, source="test", data=_received(after_id)
+        event_type=EventType.COMPLAINT_RECEIVED, source="test", data=received(complaint_id=after_id)
     )
     producer = EventProducer(settings=settings)
     try:
@@ -172,7 +158,7 @@ async def test_refused_and_malformed_events_dead_letter_at_once_and_the_partitio
                 await producer.publish_raw(
                     topic=topic, key=key.encode(), value=value, headers=headers
                 )
-            await eventually(lambda: _async(after_id in attempts), what="next record handled")
+            await eventually(lambda: after_id in attempts, what="next record handled")
             dead = await read_topic(
                 bootstrap_servers=settings.kafka_bootstrap_servers,
                 topic=dead_letter_topic(topic),
@@ -227,10 +213,14 @@ async def test_transient_failure_stalls_only_its_partition_and_never_dead_letter
     try:
         async with _consuming(settings, topic, handler, producer):
             stalled = CloudEvent.new(
-                event_type=EventType.COMPLAINT_RECEIVED, source="test", data=_received(stalled_id)
+                event_type=EventType.COMPLAINT_RECEIVED,
+                source="test",
+                data=received(complaint_id=stalled_id),
             )
             follower = CloudEvent.new(
-                event_type=EventType.COMPLAINT_RECEIVED, source="test", data=_received(follower_id)
+                event_type=EventType.COMPLAINT_RECEIVED,
+                source="test",
+                data=received(complaint_id=follower_id),
             )
             for event in (stalled, follower):
                 _, value, headers = to_kafka_record(event)
@@ -239,15 +229,15 @@ async def test_transient_failure_stalls_only_its_partition_and_never_dead_letter
                 )
             await _publish_received(producer, topic, [other_id])
 
-            await eventually(lambda: _async(other_id in handled), what="other partition flows")
+            await eventually(lambda: other_id in handled, what="other partition flows")
             await eventually(
-                lambda: _async(attempts.count(stalled_id) > 2 * settings.consumer_max_attempts),
+                lambda: attempts.count(stalled_id) > 2 * settings.consumer_max_attempts,
                 what="retries past the attempt limit",
             )
             assert stalled_gauge() == 1
             assert follower_id not in attempts  # order kept within the partition
             outage.clear()
-            await eventually(lambda: _async(follower_id in handled), what="partition resumed")
+            await eventually(lambda: follower_id in handled, what="partition resumed")
             assert stalled_gauge() == 0
     finally:
         await producer.stop()
@@ -292,7 +282,7 @@ async def test_partitions_are_handled_side_by_side(system: System) -> None:
         # Both are published before the consumer starts, so one poll fetches them together.
         await _publish_received(producer, topic, [slow_id, quick_id])
         async with _consuming(settings, topic, handler, producer):
-            await eventually(lambda: _async(len(handled) == 2), what="both events handled")
+            await eventually(lambda: len(handled) == 2, what="both events handled")
     finally:
         await producer.stop()
     assert handled == [quick_id, slow_id]
@@ -335,13 +325,11 @@ async def _consuming(
 async def _publish_received(producer: EventProducer, topic: str, complaint_ids: list[str]) -> None:
     for complaint_id in complaint_ids:
         event = CloudEvent.new(
-            event_type=EventType.COMPLAINT_RECEIVED, source="test", data=_received(complaint_id)
+            event_type=EventType.COMPLAINT_RECEIVED,
+            source="test",
+            data=received(complaint_id=complaint_id),
         )
         await producer.publish(event, topic=topic)
-
-
-async def _async(value: bool) -> bool:
-    return value
 
 
 async def test_redelivered_assignment_event_is_applied_once(system: System) -> None:
@@ -375,7 +363,7 @@ async def test_redelivered_assignment_event_is_applied_once(system: System) -> N
     finally:
         await producer.stop()
     await eventually(
-        lambda: _async(handled_count("intake", EventType.COMPLAINT_ASSIGNED) > handled_before),
+        lambda: handled_count("intake", EventType.COMPLAINT_ASSIGNED) > handled_before,
         what="redelivered event consumed",
     )
     assert len(await assigned_entries()) == 1

@@ -4,27 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import System
-from tests.helpers import eventually, token
+from tests.support.http import BROADBAND_COMPLAINT, token
+from tests.support.system import System
+from tests.support.waits import eventually
 
 pytestmark = pytest.mark.integration
-
-BROADBAND_COMPLAINT = {
-    "branch": "LZ",
-    "channel": "phone",
-    "category": "billing",
-    "severity": "high",
-    "customer": {
-        "name": "马先生",
-        "phone": "+86 138 0931 0000",
-        "preferred_contact_channel": "phone",
-    },
-    "subject": "预交年费后宽带仍被停机",
-    "description": (
-        "我已预交全年宽带年费，营业员没有打印第二张欠费单，结果宽带被停，要求恢复并道歉。"
-    ),
-    "desired_outcomes": ["apology", "explanation"],
-}
 
 
 async def _assigned(system: System, complaint_id: str, headers: dict) -> dict | None:

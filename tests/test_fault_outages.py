@@ -22,15 +22,16 @@ import pytest
 
 from complaints_shared.dlq import read_dead_letters, service_dead_letter_topics
 from complaints_shared.events import EventType, Topic
-from tests.conftest import System, SystemFactory
-from tests.helpers import events_of, eventually, read_topic, token
-from tests.infrastructure import Infrastructure
-from tests.private_infrastructure import (
+from tests.support.http import BROADBAND_COMPLAINT, token
+from tests.support.infrastructure import Infrastructure
+from tests.support.kafka import events_of, read_topic
+from tests.support.private_infrastructure import (
     PrivateInfrastructure,
     start_private_infrastructure,
     stop_private_infrastructure,
 )
-from tests.test_end_to_end import BROADBAND_COMPLAINT
+from tests.support.system import System, SystemFactory
+from tests.support.waits import eventually
 
 pytestmark = pytest.mark.integration
 

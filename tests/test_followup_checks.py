@@ -3,183 +3,45 @@
 from __future__ import annotations
 
 import asyncio
-import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from complaints_shared.clock import ManualClock
-from complaints_shared.envelope import CloudEvent
 from complaints_shared.events import (
     ClosedVia,
     ComplaintClosed,
-    ComplaintReceived,
-    ComplaintResolved,
     ComplaintWithdrawn,
-    CustomerContact,
-    EventData,
     EventType,
     Remedy,
     Topic,
 )
-from complaints_shared.kafka import EventProducer
-from followup.contact_hours import check_due_times, default_contact_hours, next_attempt_at
+from followup.contact_hours import check_due_times, next_attempt_at
 from followup.models import CheckRule
-from followup.settings import FollowupSettings
-from tests.conftest import System, SystemFactory
-from tests.helpers import events_of, eventually, handled_count, read_topic, token
-from tests.test_end_to_end import BROADBAND_COMPLAINT
+from tests.support.events import received, resolved
+from tests.support.followup import (
+    DEFAULT_HOURS,
+    FAST_SCHEDULER,
+    at,
+    checks_of,
+    make_due,
+    resolve_through_intake,
+    start_clock,
+    wait_status,
+)
+from tests.support.http import BROADBAND_COMPLAINT, agent, complaint_of, token
+from tests.support.kafka import (
+    events_of,
+    followup_events,
+    handled_count,
+    publish,
+    read_topic,
+    republish,
+)
+from tests.support.system import System, SystemFactory
+from tests.support.waits import eventually
 
 pytestmark = pytest.mark.integration
-
-FAST_SCHEDULER = {"scheduler_poll_interval_s": 0.1}
-DEFAULT_HOURS = default_contact_hours(FollowupSettings())
-
-
-# ------------------------------------------------------------------ helpers --
-
-
-def start_clock() -> ManualClock:
-    """A manual clock starting at the wall clock's now (intake stamps resolutions with it)."""
-    return ManualClock(datetime.now(UTC).replace(microsecond=0))
-
-
-def at(value: str) -> datetime:
-    return datetime.fromisoformat(value)
-
-
-def resolved(
-    *,
-    resolved_at: datetime,
-    complaint_id: str | None = None,
-    branch: str = "LZ",
-    category: str = "billing",
-    severity: str = "normal",
-    owner_id: str | None = "lz-chen",
-    resolution_number: int = 1,
-    **extra,
-) -> ComplaintResolved:
-    complaint_id = complaint_id or str(uuid.uuid4())
-    return ComplaintResolved(
-        complaint_id=complaint_id,
-        org="demo",
-        branch=branch,
-        reference=f"{branch}-20261123-{complaint_id[:4]}",
-        category=category,
-        severity=severity,
-        resolution_number=resolution_number,
-        summary="已退还多收的月租费并致歉",
-        department=f"{branch}:BILLING",
-        owner_id=owner_id,
-        customer=CustomerContact(name="李女士", phone="13900000000", preferred_channel="phone"),
-        resolved_at=resolved_at,
-        **extra,
-    )
-
-
-async def publish(system: System, *events: tuple[EventType, EventData]) -> list[CloudEvent]:
-    """Put events on intake's topic as intake would (the same CloudEvent may repeat)."""
-    producer = EventProducer(settings=system.intake_settings)
-    sent = []
-    try:
-        for event_type, data in events:
-            event = CloudEvent.new(event_type=event_type, source="intake", data=data)
-            await producer.publish(event, topic=system.topic(Topic.INTAKE))
-            sent.append(event)
-    finally:
-        await producer.stop()
-    return sent
-
-
-async def republish(system: System, event: CloudEvent) -> None:
-    producer = EventProducer(settings=system.intake_settings)
-    try:
-        await producer.publish(event, topic=system.topic(Topic.INTAKE))
-    finally:
-        await producer.stop()
-
-
-async def checks_of(
-    system: System, complaint_id: str, headers: dict, *, count: int = 1, **params
-) -> list[dict]:
-    """The complaint's checks once ``count`` exist, by resolution and sequence."""
-
-    async def listed() -> list[dict] | None:
-        response = await system.followup.get(
-            "/v1/followups", params={"complaint_id": complaint_id, **params}, headers=headers
-        )
-        items = response.json()["items"]
-        return items if len(items) >= count else None
-
-    items = await eventually(listed, what=f"{count} check(s) of {complaint_id}")
-    return sorted(items, key=lambda item: (item["resolution_number"], item["sequence"]))
-
-
-async def wait_status(system: System, followup_id: str, status: str, headers: dict) -> dict:
-    async def reached() -> dict | None:
-        body = (await system.followup.get(f"/v1/followups/{followup_id}", headers=headers)).json()
-        return body if body.get("status") == status else None
-
-    return await eventually(reached, what=f"check {followup_id} {status}")
-
-
-async def make_due(system: System, clock: ManualClock, check: dict, headers: dict) -> dict:
-    """Move the clock to the check's due time and let the scheduler fire it."""
-    clock.set(max(clock.now(), at(check["due_at"])) + timedelta(seconds=1))
-    return await wait_status(system, check["id"], "due", headers)
-
-
-async def followup_events(system: System, *, event_type: str, subject: str, count: int) -> list:
-    """The follow-up topic's events of a type for one complaint, once ``count`` are there."""
-
-    def of_subject(records: list) -> list:
-        return [e for e in events_of(records, event_type=event_type) if e.subject == subject]
-
-    records = await read_topic(
-        bootstrap_servers=system.infra.kafka_bootstrap_servers,
-        topic=system.topic(Topic.FOLLOWUP),
-        until=lambda records: len(of_subject(records)) >= count,
-    )
-    return of_subject(records)
-
-
-async def resolve_through_intake(system: System, headers: dict, *, severity: str) -> str:
-    created = await system.intake.post(
-        "/v1/complaints", json={**BROADBAND_COMPLAINT, "severity": severity}, headers=headers
-    )
-    assert created.status_code == 201, created.text
-    complaint_id = created.json()["id"]
-
-    async def assigned() -> bool:
-        body = (await system.intake.get(f"/v1/complaints/{complaint_id}", headers=headers)).json()
-        return bool(body.get("assignment"))
-
-    await eventually(assigned, what="assignment")
-    resolution = await system.intake.post(
-        f"/v1/complaints/{complaint_id}/resolve",
-        json={"summary": "已恢复宽带，补打欠费单并当面致歉", "customer_accepted": True},
-        headers=headers,
-    )
-    assert resolution.status_code == 200, resolution.text
-    return complaint_id
-
-
-async def complaint_status(system: System, complaint_id: str, headers: dict) -> dict:
-    return (await system.intake.get(f"/v1/complaints/{complaint_id}", headers=headers)).json()
-
-
-def agent(system: System, subject: str, *, branches: tuple[str, ...] | str = ("LZ",)) -> dict:
-    return token(
-        system.intake_settings,
-        branches=branches if branches == "*" else list(branches),
-        roles=("agent",),
-        subject=subject,
-    )
-
-
-async def _true(value: bool) -> bool:
-    return value
-
 
 # -------------------------------------------------------------- scheduling --
 
@@ -196,14 +58,9 @@ async def test_resolved_event_delivered_twice_schedules_checks_once(
         root_cause="营业员漏打第二张欠费单",
         remedies=[Remedy(type="refund", amount="30.00", currency="CNY"), Remedy(type="apology")],
     )
-    received = ComplaintReceived(
+    complaint = received(
         complaint_id=event.complaint_id,
-        org="demo",
-        branch="LZ",
         reference=event.reference,
-        channel="phone",
-        category="billing",
-        severity="normal",
         subject="宽带年费多扣",
         description="预交年费后仍被扣月租",
         customer=event.customer,
@@ -212,15 +69,13 @@ async def test_resolved_event_delivered_twice_schedules_checks_once(
     handled_before = handled_count("followup", EventType.COMPLAINT_RESOLVED)
     _, resolved_event = await publish(
         system,
-        (EventType.COMPLAINT_RECEIVED, received),
+        (EventType.COMPLAINT_RECEIVED, complaint),
         (EventType.COMPLAINT_RESOLVED, event),
     )
     await republish(system, resolved_event)
 
     await eventually(
-        lambda: _true(
-            handled_count("followup", EventType.COMPLAINT_RESOLVED) >= handled_before + 2
-        ),
+        lambda: handled_count("followup", EventType.COMPLAINT_RESOLVED) >= handled_before + 2,
         what="both deliveries handled",
     )
     (check,) = await checks_of(system, event.complaint_id, admin)
@@ -361,7 +216,7 @@ async def test_three_unreachable_attempts_end_in_no_response_and_close_the_compl
     assert [attempt["channel"] for attempt in check["attempts"]] == ["phone", "sms", "phone"]
 
     async def closed() -> dict | None:
-        body = await complaint_status(system, complaint_id, admin)
+        body = await complaint_of(system, complaint_id, admin)
         return body if body["status"] == "closed" else None
 
     final = await eventually(closed, what="complaint closed after no response")
@@ -396,7 +251,7 @@ async def test_unsatisfied_customer_reopens_the_complaint_and_cancels_the_pendin
     assert response.json()["outcome"] == "unsatisfied"  # a good score, but not solved
 
     async def reopened() -> dict | None:
-        body = await complaint_status(system, complaint_id, admin)
+        body = await complaint_of(system, complaint_id, admin)
         return body if body["status"] == "reopened" else None
 
     complaint = await eventually(reopened, what="complaint reopened")
@@ -473,7 +328,7 @@ async def test_withdrawal_and_admin_closure_cancel_checks_but_closure_after_foll
             "complaint closed by an administrator",
         }
     await eventually(
-        lambda: _true(handled_count("followup", EventType.COMPLAINT_CLOSED) >= closed_before + 2),
+        lambda: handled_count("followup", EventType.COMPLAINT_CLOSED) >= closed_before + 2,
         what="closures handled",
     )
     (kept,) = await checks_of(system, after_followup.complaint_id, admin)

@@ -8,18 +8,11 @@ import pytest
 
 from complaints_shared.clock import ManualClock
 from complaints_shared.events import ComplaintWithdrawn, EventType
-from tests.conftest import SystemFactory
-from tests.helpers import token
-from tests.test_followup_checks import (
-    FAST_SCHEDULER,
-    agent,
-    at,
-    checks_of,
-    make_due,
-    publish,
-    resolved,
-    wait_status,
-)
+from tests.support.events import resolved
+from tests.support.followup import FAST_SCHEDULER, at, checks_of, make_due, wait_status
+from tests.support.http import agent, token
+from tests.support.kafka import publish
+from tests.support.system import SystemFactory
 
 pytestmark = pytest.mark.integration
 

@@ -9,9 +9,12 @@ import pytest
 
 from complaints_shared.events import EventType
 from followup.main import create_app as create_followup_app
-from tests.conftest import SystemFactory
-from tests.helpers import eventually, token
-from tests.test_followup_checks import at, checks_of, publish, resolved, start_clock
+from tests.support.events import resolved
+from tests.support.followup import at, checks_of, start_clock
+from tests.support.http import token
+from tests.support.kafka import publish
+from tests.support.system import SystemFactory
+from tests.support.waits import eventually
 
 pytestmark = pytest.mark.integration
 

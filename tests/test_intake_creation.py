@@ -13,25 +13,12 @@ from complaints_shared.clock import ManualClock
 from complaints_shared.events import EventType, Topic
 from intake import store
 from intake.models import ComplaintCreate
-from tests.conftest import System, SystemFactory
-from tests.helpers import events_of, eventually, read_topic, token
+from tests.support.http import complaint_body, token
+from tests.support.kafka import events_of, read_topic
+from tests.support.system import System, SystemFactory
+from tests.support.waits import eventually
 
 pytestmark = pytest.mark.integration
-
-
-def complaint_body(**overrides) -> dict:
-    body = {
-        "branch": "LZ",
-        "channel": "phone",
-        "category": "billing",
-        "severity": "normal",
-        "flags": [],
-        "customer": {"name": "王女士", "phone": "+86 139-0000-1111"},
-        "subject": "话费账单多扣费",
-        "description": "十月份账单多扣了三十元增值业务费，我从未订购。",
-    }
-    body.update(overrides)
-    return body
 
 
 async def test_concurrent_requests_with_one_idempotency_key_create_one_complaint(

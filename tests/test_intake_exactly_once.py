@@ -18,9 +18,8 @@ import pytest
 from complaints_shared.auth import Principal, Role
 from complaints_shared.problems import ProblemError
 from intake import idempotency, store
-from tests.conftest import System, SystemFactory
-from tests.helpers import token
-from tests.test_intake_creation import complaint_body
+from tests.support.http import complaint_body, token
+from tests.support.system import System, SystemFactory
 
 pytestmark = pytest.mark.integration
 

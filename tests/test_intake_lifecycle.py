@@ -6,9 +6,10 @@ import pytest
 
 from complaints_shared.envelope import from_kafka_record
 from complaints_shared.events import Topic
-from tests.conftest import System
-from tests.helpers import eventually, read_topic, short_type, token
-from tests.test_intake_creation import complaint_body
+from tests.support.http import complaint_body, token
+from tests.support.kafka import read_topic, short_type
+from tests.support.system import System
+from tests.support.waits import eventually
 
 pytestmark = pytest.mark.integration
 

@@ -6,36 +6,20 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from complaints_shared.envelope import CloudEvent
 from complaints_shared.events import (
     ComplaintAssigned,
     ComplaintEscalated,
     ComplaintReassigned,
     ComplaintSlaBreached,
-    EventData,
     EventType,
     SlaClock,
-    Topic,
 )
-from complaints_shared.kafka import EventProducer
-from tests.conftest import System
-from tests.helpers import eventually, handled_count, token
-from tests.test_intake_creation import complaint_body
+from tests.support.http import complaint_body, token
+from tests.support.kafka import handled_count, publish, republish
+from tests.support.system import System
+from tests.support.waits import eventually
 
 pytestmark = pytest.mark.integration
-
-
-async def _publish(system: System, events: list[tuple[EventType, EventData]]) -> list[CloudEvent]:
-    producer = EventProducer(settings=system.routing_settings)
-    sent = []
-    try:
-        for event_type, data in events:
-            event = CloudEvent.new(event_type=event_type, source="routing-test", data=data)
-            await producer.publish(event, topic=system.topic(Topic.ROUTING))
-            sent.append(event)
-    finally:
-        await producer.stop()
-    return sent
 
 
 async def test_late_and_repeated_routing_events_leave_the_newest_state(system: System) -> None:
@@ -90,24 +74,19 @@ async def test_late_and_repeated_routing_events_leave_the_newest_state(system: S
         **base, clock=SlaClock.ACKNOWLEDGE, due_at=later, breached_at=later, escalation_level=2
     )
     before = handled_count("intake", EventType.COMPLAINT_REASSIGNED)
-    events = await _publish(
+    events = await publish(
         system,
-        [
-            (EventType.COMPLAINT_REASSIGNED, reassigned),
-            (EventType.COMPLAINT_ESCALATED, level_two),
-            (EventType.COMPLAINT_ASSIGNED, stale_assignment),  # late: older than the reassignment
-            (EventType.COMPLAINT_ESCALATED, level_one),  # late: lower level
-            (EventType.COMPLAINT_SLA_BREACHED, breached),
-        ],
+        (EventType.COMPLAINT_REASSIGNED, reassigned),
+        (EventType.COMPLAINT_ESCALATED, level_two),
+        (EventType.COMPLAINT_ASSIGNED, stale_assignment),  # late: older than the reassignment
+        (EventType.COMPLAINT_ESCALATED, level_one),  # late: lower level
+        (EventType.COMPLAINT_SLA_BREACHED, breached),
+        service="routing",
     )
     # The same reassignment delivered again (at-least-once) after everything else.
-    producer = EventProducer(settings=system.routing_settings)
-    try:
-        await producer.publish(events[0], topic=system.topic(Topic.ROUTING))
-    finally:
-        await producer.stop()
+    await republish(system, events[0], service="routing")
     await eventually(
-        lambda: _true(handled_count("intake", EventType.COMPLAINT_REASSIGNED) >= before + 2),
+        lambda: handled_count("intake", EventType.COMPLAINT_REASSIGNED) >= before + 2,
         what="both reassignment deliveries consumed",
     )
     final = await eventually(
@@ -152,17 +131,10 @@ async def test_followup_outcome_for_an_earlier_resolution_does_not_close(system:
         score=5,
         completed_at=datetime.now(UTC),
     )
-    producer = EventProducer(settings=system.followup_settings)
     before = handled_count("intake", EventType.FOLLOWUP_COMPLETED)
-    try:
-        event = CloudEvent.new(
-            event_type=EventType.FOLLOWUP_COMPLETED, source="followup-test", data=stale
-        )
-        await producer.publish(event, topic=system.topic(Topic.FOLLOWUP))
-    finally:
-        await producer.stop()
+    await publish(system, (EventType.FOLLOWUP_COMPLETED, stale), service="followup")
     await eventually(
-        lambda: _true(handled_count("intake", EventType.FOLLOWUP_COMPLETED) > before),
+        lambda: handled_count("intake", EventType.FOLLOWUP_COMPLETED) > before,
         what="stale outcome consumed",
     )
     document = (await system.intake.get(f"/v1/complaints/{cid}", headers=admin)).json()
@@ -173,7 +145,3 @@ async def test_followup_outcome_for_an_earlier_resolution_does_not_close(system:
 async def _complaint(system: System, cid: str, headers: dict, condition) -> dict | None:
     body = (await system.intake.get(f"/v1/complaints/{cid}", headers=headers)).json()
     return body if condition(body) else None
-
-
-async def _true(value: bool) -> bool:
-    return value

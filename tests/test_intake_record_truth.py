@@ -16,15 +16,15 @@ import pytest
 from complaints_shared.clock import ManualClock
 from intake.main import create_app as create_intake_app
 from intake.settings import IntakeSettings
-from tests.conftest import System, SystemFactory, _serve, settings_for_test
-from tests.helpers import eventually, token
-from tests.test_intake_creation import complaint_body
-from tests.test_routing_support import (
+from tests.support.http import complaint_body, token
+from tests.support.routing import (
     FAST_TIMERS,
     MONDAY_10_SHANGHAI,
     TUESDAY_22_SHANGHAI,
     assignment_when,
 )
+from tests.support.system import System, SystemFactory, serve, settings_for_test
+from tests.support.waits import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -277,7 +277,7 @@ async def test_the_201_body_equals_a_later_get_field_for_field(infrastructure) -
     settings = settings_for_test(IntakeSettings, infra=infrastructure, run_id=uuid.uuid4().hex[:10])
     clock = ManualClock(MONDAY_10_SHANGHAI + timedelta(microseconds=123_456))
     async with AsyncExitStack() as stack:
-        client = await _serve(stack, create_intake_app(settings, clock=clock), "intake")
+        client = await serve(stack, create_intake_app(settings, clock=clock), "intake")
         admin = token(settings)
         created = await client.post(
             "/v1/complaints",
@@ -338,7 +338,7 @@ async def test_repeat_detection_finds_an_open_complaint_behind_hundreds_of_newer
     clock = ManualClock(start)
     customer = {"name": "总机", "phone": "0931-8888888"}
     async with AsyncExitStack() as stack:
-        client = await _serve(stack, create_intake_app(settings, clock=clock), "intake")
+        client = await serve(stack, create_intake_app(settings, clock=clock), "intake")
         admin = token(settings)
 
         async def register(subject: str) -> dict:

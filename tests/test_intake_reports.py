@@ -25,9 +25,9 @@ from complaints_shared.events import (
 from complaints_shared.kafka import EventProducer
 from intake.main import create_app as create_intake_app
 from intake.settings import IntakeSettings
-from tests.conftest import _serve, settings_for_test
-from tests.helpers import eventually, token
-from tests.test_intake_creation import complaint_body
+from tests.support.http import complaint_body, token
+from tests.support.system import serve, settings_for_test
+from tests.support.waits import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -39,7 +39,7 @@ async def test_summary_report_matches_the_hand_computed_figures(infrastructure) 
     clock = ManualClock(T0)
     settings = settings_for_test(IntakeSettings, infra=infrastructure, run_id=uuid.uuid4().hex[:10])
     async with AsyncExitStack() as stack:
-        client = await _serve(stack, create_intake_app(settings, clock=clock), "intake")
+        client = await serve(stack, create_intake_app(settings, clock=clock), "intake")
         admin = token(settings)
         producer = EventProducer(settings=settings)
         stack.push_async_callback(producer.stop)
@@ -220,7 +220,7 @@ async def test_every_resolution_cycle_counts_in_remedies_and_on_time_figures(
     clock = ManualClock(T0)
     settings = settings_for_test(IntakeSettings, infra=infrastructure, run_id=uuid.uuid4().hex[:10])
     async with AsyncExitStack() as stack:
-        client = await _serve(stack, create_intake_app(settings, clock=clock), "intake")
+        client = await serve(stack, create_intake_app(settings, clock=clock), "intake")
         admin = token(settings)
         producer = EventProducer(settings=settings)
         stack.push_async_callback(producer.stop)

@@ -6,9 +6,9 @@ import asyncio
 
 import pytest
 
-from tests.conftest import System
-from tests.helpers import eventually, token
-from tests.test_end_to_end import BROADBAND_COMPLAINT
+from tests.support.http import BROADBAND_COMPLAINT, token
+from tests.support.system import System
+from tests.support.waits import eventually
 
 pytestmark = pytest.mark.integration
 

@@ -21,18 +21,20 @@ from complaints_shared.events import (
     Topic,
 )
 from complaints_shared.kafka import EventProducer
-from tests.conftest import System, SystemFactory
-from tests.helpers import eventually, handled_count, read_topic, token
-from tests.test_followup_checks import (
-    checks_of,
-    complaint_status,
+from tests.support.events import base, received, resolved
+from tests.support.followup import checks_of, resolve_through_intake
+from tests.support.http import complaint_of, token
+from tests.support.kafka import (
     followup_events,
+    handled_count,
+    intake_producer,
     publish,
+    read_topic,
     republish,
-    resolve_through_intake,
-    resolved,
 )
-from tests.test_routing_support import assignment_when, base, intake_producer, received
+from tests.support.routing import assignment_when
+from tests.support.system import System, SystemFactory
+from tests.support.waits import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -139,7 +141,7 @@ async def test_intake_redelivered_followup_outcome_reopens_the_complaint_once(
     assert outcome.status_code == 200, outcome.text
 
     async def reopened() -> dict | None:
-        body = await complaint_status(system, complaint_id, admin)
+        body = await complaint_of(system, complaint_id, admin)
         return body if body["status"] == "reopened" else None
 
     await eventually(reopened, what="complaint reopened by the follow-up")
@@ -171,7 +173,7 @@ async def test_intake_redelivered_followup_outcome_reopens_the_complaint_once(
         what="redelivered outcome consumed",
     )
 
-    complaint = await complaint_status(system, complaint_id, admin)
+    complaint = await complaint_of(system, complaint_id, admin)
     assert complaint["status"] == "reopened"
     assert complaint["reopen_count"] == 1
     timeline = (

@@ -14,10 +14,10 @@ from collections.abc import AsyncIterator
 import pytest
 from pymongo.uri_parser import parse_uri
 
-from tests.conftest import System, SystemFactory
-from tests.helpers import eventually, token
-from tests.tcp_proxy import TcpProxy
-from tests.test_intake_creation import complaint_body
+from tests.support.http import complaint_body, token
+from tests.support.system import System, SystemFactory
+from tests.support.tcp_proxy import TcpProxy
+from tests.support.waits import eventually
 
 pytestmark = pytest.mark.integration
 

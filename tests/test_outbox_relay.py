@@ -26,9 +26,10 @@ from complaints_shared.outbox import (
     outbox_update,
 )
 from complaints_shared.settings import ServiceSettings
-from tests.conftest import System
-from tests.helpers import eventually, read_topic
-from tests.test_routing_support import received
+from tests.support.events import received
+from tests.support.kafka import read_topic
+from tests.support.system import System
+from tests.support.waits import eventually
 
 pytestmark = pytest.mark.integration
 

@@ -15,34 +15,20 @@ from complaints_shared.events import (
 )
 from routing import sla
 from routing.models import BranchRead
-from tests.conftest import System, SystemFactory
-from tests.helpers import eventually, token
-from tests.test_routing_support import (
+from tests.support.events import base, received, resolved
+from tests.support.http import BROADBAND_COMPLAINT, token
+from tests.support.kafka import intake_producer, of_type, routing_events
+from tests.support.routing import (
     FAST_TIMERS,
     MONDAY_10_SHANGHAI,
     assignment_when,
-    base,
-    intake_producer,
-    of_type,
     outbox_drained,
-    received,
-    resolved,
     routing_db,
-    routing_events,
 )
+from tests.support.system import System, SystemFactory
+from tests.support.waits import eventually
 
 pytestmark = pytest.mark.integration
-
-BROADBAND = {
-    "branch": "LZ",
-    "channel": "phone",
-    "category": "billing",
-    "severity": "high",
-    "flags": [],
-    "customer": {"name": "马先生", "phone": "+86 138 0931 0000"},
-    "subject": "预交年费后宽带仍被停机",
-    "description": "我已预交全年宽带年费，营业员没有打印第二张欠费单，结果宽带被停。",
-}
 
 
 async def _loads(system: System, department: str) -> dict[str, int]:
@@ -61,7 +47,7 @@ async def test_complaint_from_intake_is_assigned_with_rule_version_and_business_
 ) -> None:
     system = await system_factory(clock=ManualClock(MONDAY_10_SHANGHAI))
     admin = token(system.intake_settings)
-    created = await system.intake.post("/v1/complaints", json=BROADBAND, headers=admin)
+    created = await system.intake.post("/v1/complaints", json=BROADBAND_COMPLAINT, headers=admin)
     assert created.status_code == 201, created.text
     complaint_id = created.json()["id"]
 

@@ -5,9 +5,11 @@ from __future__ import annotations
 import pytest
 
 from complaints_shared.events import CustomerContact, EventType
-from tests.conftest import System
-from tests.helpers import token
-from tests.test_routing_support import assignment_when, intake_producer, received
+from tests.support.events import received
+from tests.support.http import token
+from tests.support.kafka import intake_producer
+from tests.support.routing import assignment_when
+from tests.support.system import System
 
 pytestmark = pytest.mark.integration
 

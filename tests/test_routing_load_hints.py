@@ -14,16 +14,11 @@ import pytest
 
 from complaints_shared.events import EventType
 from routing import store
-from tests.conftest import System, SystemFactory
-from tests.helpers import token
-from tests.test_routing_support import (
-    FAST_TIMERS,
-    assignment_when,
-    intake_producer,
-    received,
-    resolved,
-    routing_db,
-)
+from tests.support.events import received, resolved
+from tests.support.http import token
+from tests.support.kafka import intake_producer
+from tests.support.routing import FAST_TIMERS, assignment_when, routing_db
+from tests.support.system import System, SystemFactory
 
 pytestmark = pytest.mark.integration
 

@@ -1,4 +1,5 @@
-"""Unit: rule conditions (flags, VIP, products, Chinese keywords, scopes) and routing plans."""
+"""Unit: rule matching and conditions (flags, VIP, products, Chinese keywords without word
+spaces, branch scopes, order) and routing plans."""
 
 from __future__ import annotations
 
@@ -18,27 +19,24 @@ from routing.models import (
     StaffRead,
 )
 from routing.rules import conditions_hold, matching_rules
+from tests.support.events import received
 
 NOW = datetime(2026, 11, 23, 2, 0, tzinfo=UTC)  # Monday 10:00 in Shanghai
 TUESDAY_22 = datetime(2026, 11, 24, 14, 0, tzinfo=UTC)
 
 
+# A complaint only the branch's default rule matches, until a test adds what another looks for.
+NEUTRAL = {
+    "category": "other",
+    "subject": "投诉",
+    "description": "",
+    "customer": CustomerContact(name="客户"),
+    "received_at": NOW,
+}
+
+
 def complaint(**overrides) -> ComplaintReceived:
-    values = {
-        "complaint_id": "c1",
-        "org": "demo",
-        "branch": "LZ",
-        "reference": "LZ-20261123-0001",
-        "channel": "phone",
-        "category": "other",
-        "severity": "normal",
-        "subject": "投诉",
-        "description": "",
-        "customer": CustomerContact(name="客户"),
-        "received_at": NOW,
-        **overrides,
-    }
-    return ComplaintReceived(**values)
+    return received(**(NEUTRAL | overrides))
 
 
 def demo_rules() -> list[RoutingRule]:
@@ -48,8 +46,8 @@ def demo_rules() -> list[RoutingRule]:
     ]
 
 
-def first(received: ComplaintReceived) -> str:
-    return matching_rules(demo_rules(), received)[0].id
+def first(event: ComplaintReceived) -> str:
+    return matching_rules(demo_rules(), event)[0].id
 
 
 def test_vip_is_a_flag_rules_can_test() -> None:
@@ -106,6 +104,49 @@ def test_unknown_flags_and_conditions_are_rejected() -> None:
         RuleConditions.model_validate({"keywords": ["错字"]})
 
 
+def test_chinese_keyword_inside_a_sentence_matches() -> None:
+    billing = complaint(description="我上个月的话费账单多扣了两百元")
+    assert first(billing) == "billing-keywords"
+
+
+def test_branch_scoped_rule_applies_only_in_its_branch() -> None:
+    text = {"description": "手术后出现重伤，怀疑医疗事故"}
+    assert first(complaint(branch="HOSP", **text)) == "major-medical-incident"
+    assert first(complaint(branch="LZ", **text)) != "major-medical-incident"
+
+
+def test_keyword_match_is_case_insensitive_for_latin_text() -> None:
+    assert first(complaint(subject="BILLING error on invoice")) == "billing-keywords"
+
+
+def test_default_rule_matches_last_whatever_its_position() -> None:
+    rules = demo_rules()
+    rules[-1] = rules[-1].model_copy(update={"position": -5})
+    ordered = matching_rules(rules, complaint(description="毫无关键词"))
+    assert ordered[-1].is_default
+    assert ordered[0].id == "branch-customer-service"
+
+
+def test_min_severity_channels_flags_and_all_keywords() -> None:
+    rule = demo_rules()[0].conditions.model_copy(
+        update={
+            "keywords_any": [],
+            "min_severity": "high",
+            "channels": ["regulator"],
+            "flags_any": ["media_risk"],
+            "keywords_all": ["宽带", "停机"],
+        }
+    )
+    matching = complaint(
+        severity="critical", channel="regulator", flags=["media_risk"], description="宽带无故停机"
+    )
+    assert conditions_hold(rule, matching)
+    assert not conditions_hold(rule, matching.model_copy(update={"severity": "normal"}))
+    assert not conditions_hold(rule, matching.model_copy(update={"channel": "web"}))
+    assert not conditions_hold(rule, matching.model_copy(update={"flags": []}))
+    assert not conditions_hold(rule, matching.model_copy(update={"description": "宽带很慢"}))
+
+
 # -------------------------------------------------------------- routing plans --
 
 
@@ -116,16 +157,16 @@ def _demo_directory() -> tuple[list[DepartmentRead], list[StaffRead], dict[str, 
     return departments, staff, branches
 
 
-def plan(received: ComplaintReceived) -> flows.RoutePlan:
+def plan(event: ComplaintReceived) -> flows.RoutePlan:
     departments, staff, branches = _demo_directory()
-    branch = branches[received.branch]
+    branch = branches[event.branch]
     by_id = {person.id: person for person in staff}
     policies = [
         SlaPolicy.model_validate(doc | {"id": doc["id"]})
         for doc in demo.policy_documents("demo", NOW)
     ]
     return flows.plan_route(
-        received,
+        event,
         rules=demo_rules(),
         departments=departments,
         calendar=sla.branch_calendar(branch),

@@ -11,18 +11,12 @@ import pytest
 from complaints_shared.clock import ManualClock
 from complaints_shared.events import EventType
 from routing.main import create_app as create_routing_app
-from tests.conftest import System, SystemFactory
-from tests.helpers import eventually, token
-from tests.test_routing_support import (
-    FAST_TIMERS,
-    MONDAY_10_SHANGHAI,
-    intake_producer,
-    of_type,
-    received,
-    resolved,
-    routing_db,
-    routing_events,
-)
+from tests.support.events import received, resolved
+from tests.support.http import token
+from tests.support.kafka import intake_producer, of_type, routing_events
+from tests.support.routing import FAST_TIMERS, MONDAY_10_SHANGHAI, routing_db
+from tests.support.system import System, SystemFactory
+from tests.support.waits import eventually
 
 pytestmark = pytest.mark.integration
 

@@ -22,21 +22,17 @@ from complaints_shared.events import (
 from routing import sla
 from routing.main import create_app as create_routing_app
 from routing.models import BranchRead, TimeBasis
-from tests.conftest import SystemFactory
-from tests.helpers import token
-from tests.test_routing_support import (
+from tests.support.events import base, received, resolved
+from tests.support.http import token
+from tests.support.kafka import intake_producer, of_type, routing_events
+from tests.support.routing import (
     FAST_TIMERS,
     MONDAY_10_SHANGHAI,
     TUESDAY_22_SHANGHAI,
     assignment_when,
-    base,
-    intake_producer,
-    of_type,
-    received,
-    resolved,
     routing_db,
-    routing_events,
 )
+from tests.support.system import SystemFactory
 
 pytestmark = pytest.mark.integration
 

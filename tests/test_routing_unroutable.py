@@ -12,9 +12,10 @@ from __future__ import annotations
 import pytest
 
 from complaints_shared.events import EventType, Topic, dead_letter_topic
-from tests.conftest import System
-from tests.helpers import events_of, eventually, read_topic, token
-from tests.test_intake_creation import complaint_body
+from tests.support.http import complaint_body, token
+from tests.support.kafka import events_of, read_topic
+from tests.support.system import System
+from tests.support.waits import eventually
 
 pytestmark = pytest.mark.integration
 

@@ -10,17 +10,13 @@ import pytest
 from complaints_shared.clock import ManualClock
 from complaints_shared.events import EventType
 from complaints_shared.metrics import TIMER_FAILURES
-from tests.conftest import SystemFactory
-from tests.helpers import eventually, token
-from tests.test_followup_checks import at, checks_of, publish, resolved, start_clock
-from tests.test_routing_support import (
-    FAST_TIMERS,
-    MONDAY_10_SHANGHAI,
-    assignment_when,
-    intake_producer,
-    received,
-    routing_db,
-)
+from tests.support.events import received, resolved
+from tests.support.followup import at, checks_of, start_clock
+from tests.support.http import token
+from tests.support.kafka import intake_producer, publish
+from tests.support.routing import FAST_TIMERS, MONDAY_10_SHANGHAI, assignment_when, routing_db
+from tests.support.system import SystemFactory
+from tests.support.waits import eventually
 
 pytestmark = pytest.mark.integration
 

@@ -11,8 +11,8 @@ import pytest
 from complaints_shared.auth import Role, TokenVerifier, mint_token
 from complaints_shared.problems import ProblemError
 from complaints_shared.settings import ServiceSettings
-from tests.helpers import eventually
-from tests.identity_provider import AUDIENCE, IdentityProvider
+from tests.support.identity_provider import AUDIENCE, IdentityProvider
+from tests.support.waits import eventually
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.infrastructure import INFRA_SCRIPT
+from tests.support.infrastructure import INFRA_SCRIPT
 
 # Enough for a single-node broker of a test; the shared sets keep their own heap.
 PRIVATE_KAFKA_HEAP = "384m"

@@ -1,0 +1,77 @@
+"""Talking to the services over HTTP: bearer tokens and complaint request bodies."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from complaints_shared.auth import mint_token
+from complaints_shared.settings import ServiceSettings
+from tests.support.system import System
+
+
+def token(
+    settings: ServiceSettings,
+    *,
+    org: str = "demo",
+    branches: list[str] | str = "*",
+    roles: tuple[str, ...] = ("admin",),
+    subject: str = "tester",
+) -> dict[str, str]:
+    """Authorization headers of a bearer token the services accept (org-wide admin by default)."""
+    jwt = mint_token(
+        secret=settings.jwt_secret,
+        subject=subject,
+        org=org,
+        branches=branches,
+        roles=list(roles),
+        issuer=settings.jwt_issuer,
+        audience=settings.jwt_audience,
+    )
+    return {"Authorization": f"Bearer {jwt}"}
+
+
+def agent(system: System, subject: str, *, branches: tuple[str, ...] | str = ("LZ",)) -> dict:
+    """Headers of an agent of ``branches`` (Lanzhou by default)."""
+    return token(
+        system.intake_settings,
+        branches=branches if branches == "*" else list(branches),
+        roles=("agent",),
+        subject=subject,
+    )
+
+
+def complaint_body(**overrides: Any) -> dict:
+    """A ``POST /v1/complaints`` body: a normal billing complaint in Lanzhou unless overridden."""
+    body = {
+        "branch": "LZ",
+        "channel": "phone",
+        "category": "billing",
+        "severity": "normal",
+        "flags": [],
+        "customer": {"name": "王女士", "phone": "+86 139-0000-1111"},
+        "subject": "话费账单多扣费",
+        "description": "十月份账单多扣了三十元增值业务费，我从未订购。",
+    }
+    body.update(overrides)
+    return body
+
+
+# The walk-through's complaint (README): a high-severity broadband billing complaint.
+BROADBAND_COMPLAINT = complaint_body(
+    severity="high",
+    customer={
+        "name": "马先生",
+        "phone": "+86 138 0931 0000",
+        "preferred_contact_channel": "phone",
+    },
+    subject="预交年费后宽带仍被停机",
+    description=(
+        "我已预交全年宽带年费，营业员没有打印第二张欠费单，结果宽带被停，要求恢复并道歉。"
+    ),
+    desired_outcomes=["apology", "explanation"],
+)
+
+
+async def complaint_of(system: System, complaint_id: str, headers: dict) -> dict:
+    """The complaint of record as intake answers it."""
+    return (await system.intake.get(f"/v1/complaints/{complaint_id}", headers=headers)).json()

@@ -1,0 +1,50 @@
+"""Reading routing's state in tests: assignments, timers and the times they are set at.
+
+Intake's events are produced straight onto the test's intake topic (``support.kafka``),
+so each test controls ``received_at`` and the lifecycle events exactly, with a
+ManualClock shared by all services to move time instead of sleeping.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+from tests.support.system import System
+from tests.support.waits import eventually
+
+# Scheduler settings that make timers fire within a tenth of a second of the clock moving.
+FAST_TIMERS = {"scheduler_poll_interval_s": 0.05, "queue_sweep_interval_s": 0.2}
+
+# Monday 23 November 2026, 10:00 in Shanghai (02:00 UTC): the LZ branch is open.
+MONDAY_10_SHANGHAI = datetime(2026, 11, 23, 2, 0, tzinfo=UTC)
+# Tuesday 24 November 2026, 22:00 in Shanghai: every office is closed.
+TUESDAY_22_SHANGHAI = datetime(2026, 11, 24, 14, 0, tzinfo=UTC)
+
+
+def routing_db(system: System):
+    return system.mongo[system.routing_settings.database_name()]
+
+
+async def assignment_when(
+    system: System,
+    complaint_id: str,
+    holds: Callable[[dict], bool] = lambda doc: True,
+    *,
+    what: str = "assignment",
+    timeout_s: float = 30.0,
+) -> dict:
+    """The assignment document once ``holds`` is true of it."""
+
+    async def probe() -> dict | None:
+        document = await routing_db(system).assignments.find_one({"_id": complaint_id})
+        return document if document is not None and holds(document) else None
+
+    return await eventually(probe, timeout_s=timeout_s, interval_s=0.05, what=what)
+
+
+async def outbox_drained(system: System, complaint_id: str) -> dict:
+    """The assignment once the relay published every pending event."""
+    return await assignment_when(
+        system, complaint_id, lambda doc: not doc.get("outbox"), what="outbox drained"
+    )
