@@ -8,6 +8,7 @@ import pytest
 from pydantic import ValidationError
 
 from complaints_shared.events import Category, FollowupOutcome, Severity
+from complaints_shared.models import Weekday
 from followup.contact_hours import (
     check_due_times,
     default_contact_hours,
@@ -30,7 +31,6 @@ from followup.models import (
     ContactHours,
     FollowupPolicy,
     PolicyOverride,
-    Weekday,
 )
 from followup.policy import checks_for, default_policy
 from followup.settings import FollowupSettings

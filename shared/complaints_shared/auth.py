@@ -32,11 +32,11 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
+from complaints_shared.models import CODE_PATTERN, Code
 from complaints_shared.problems import ProblemError, not_found
 from complaints_shared.settings import ServiceSettings
 
 ALL_BRANCHES = "*"
-BRANCH_CODE_PATTERN = r"^[A-Z0-9][A-Z0-9_-]{0,31}$"
 SECRET_ALGORITHM = "HS256"
 # Refused whatever JWT_ALGORITHMS says: no signature at all, or a shared-secret family
 # whose "secret" an attacker could take from the published public key.
@@ -52,9 +52,6 @@ class Role(StrEnum):
     ADMIN = "admin"
 
 
-BranchCode = Annotated[str, StringConstraints(pattern=BRANCH_CODE_PATTERN)]
-
-
 class Principal(BaseModel):
     """The authenticated caller, from a verified token's claims."""
 
@@ -63,7 +60,7 @@ class Principal(BaseModel):
     subject: Annotated[str, StringConstraints(min_length=1)]
     org: Annotated[str, StringConstraints(min_length=1)]
     # A list of codes or "*": a bare string such as "LZ" is refused, never iterated.
-    branches: Annotated[tuple[BranchCode, ...], Field(min_length=1)] | Literal["*"]
+    branches: Annotated[tuple[Code, ...], Field(min_length=1)] | Literal["*"]
     roles: tuple[Role, ...] = ()
 
     @property
@@ -186,7 +183,7 @@ def _claim_rule(field: str) -> str:
     return {
         "subject": "a non-empty string",
         "org": "a non-empty string",
-        "branches": f'a non-empty list of branch codes ({BRANCH_CODE_PATTERN}) or "*"',
+        "branches": f'a non-empty list of branch codes ({CODE_PATTERN}) or "*"',
         "roles": "a list of roles: " + ", ".join(role.value for role in Role),
     }[field]
 

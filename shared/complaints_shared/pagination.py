@@ -9,7 +9,7 @@ from typing import Generic, TypeVar
 import orjson
 from pydantic import BaseModel
 
-from complaints_shared.problems import ProblemError
+from complaints_shared.problems import invalid_fields
 
 Item = TypeVar("Item")
 
@@ -30,10 +30,5 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
         sort_value, document_id = orjson.loads(base64.urlsafe_b64decode(padded))
         return datetime.fromisoformat(sort_value), str(document_id)
     except (ValueError, TypeError) as exc:
-        raise ProblemError(
-            status=422,
-            title="Invalid request",
-            kind="validation-error",
-            detail="invalid field(s): cursor",
-            errors=[{"field": "cursor", "message": f"not a cursor from this API ({exc})"}],
-        ) from None
+        message = f"not a cursor from this API ({exc})"
+        raise invalid_fields([{"field": "cursor", "message": message}]) from None

@@ -67,6 +67,28 @@ def not_found(*, what: str, identifier: str) -> ProblemError:
     )
 
 
+def invalid(field: str, message: str) -> ProblemError:
+    """A body that is well-formed but refers to something wrong (unknown, cyclic, empty)."""
+    return invalid_fields([{"field": field, "message": message}], detail=f"{field}: {message}")
+
+
+def invalid_fields(errors: list[dict[str, str]], *, detail: str | None = None) -> ProblemError:
+    """A 422 naming each offending field (``{"field": ..., "message": ...}``) as validation does."""
+    named = detail or ", ".join(error["field"] for error in errors)
+    return ProblemError(
+        status=422,
+        title="Invalid request",
+        kind="validation-error",
+        detail=f"invalid field(s): {named}",
+        errors=errors,
+    )
+
+
+def conflict(detail: str, *, kind: str = "conflict") -> ProblemError:
+    """A request that contradicts what is stored (a duplicate, a reference still in use)."""
+    return ProblemError(status=409, title="Conflict", kind=kind, detail=detail)
+
+
 def problem_response(
     *, request: Request, status: int, title: str, detail: str, kind: str, **extensions: Any
 ) -> JSONResponse:

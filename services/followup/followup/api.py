@@ -2,21 +2,22 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Path, Query, Request
 from pydantic import Field
 
 from complaints_shared.access import Scope, allow
 from complaints_shared.auth import Role
+from complaints_shared.models import StrictModel
 from complaints_shared.pagination import Page
-from complaints_shared.problems import ProblemError
+from complaints_shared.problems import invalid_fields, not_found
 from complaints_shared.runtime import Runtime
-from followup import config_store, stats, store
+from followup import commands, config_store, reports, store
 from followup.models import (
     AttemptCreate,
-    BranchCode,
     CheckFilters,
+    Code,
     ContactHours,
     ContactHoursRead,
     FollowupPolicy,
@@ -26,12 +27,11 @@ from followup.models import (
     PolicyRead,
     SatisfactionCheckRead,
     StatsFilters,
-    StrictModel,
 )
 
 router = APIRouter(prefix="/v1/followups", tags=["followups"])
 
-BranchPath = Annotated[BranchCode, Path(description="Branch code, e.g. LZ")]
+BranchPath = Annotated[Code, Path(description="Branch code, e.g. LZ")]
 IdempotencyKey = Annotated[
     str | None,
     Header(alias="Idempotency-Key", max_length=128, description="Repeat-safe attempt recording"),
@@ -66,6 +66,13 @@ def _runtime(request: Request) -> Runtime:
     return request.app.state.runtime
 
 
+def _changed(document: dict[str, Any] | None, *, followup_id: str) -> SatisfactionCheckRead:
+    """A command's result; None is a check the caller cannot see, a 404 like a foreign id."""
+    if document is None:
+        raise not_found(what="satisfaction check", identifier=followup_id)
+    return store.to_read(document)
+
+
 # ----------------------------------------------------------------- listing --
 
 
@@ -88,7 +95,9 @@ async def list_followups(
 async def followup_stats(
     request: Request, principal: Supervisor, filters: Annotated[StatsFilters, Query()]
 ) -> FollowupStats:
-    return await stats.followup_stats(db=_runtime(request).db, principal=principal, filters=filters)
+    return await reports.followup_stats(
+        db=_runtime(request).db, principal=principal, filters=filters
+    )
 
 
 # ------------------------------------------------------------------ policy --
@@ -270,14 +279,14 @@ async def claim_followup(
     followup_id: str, request: Request, principal: Agent
 ) -> SatisfactionCheckRead:
     runtime = _runtime(request)
-    document = await store.claim(
+    document = await commands.claim(
         db=runtime.db,
         settings=runtime.settings,
         principal=principal,
         followup_id=followup_id,
         now=runtime.clock.now(),
     )
-    return store.to_read(document)
+    return _changed(document, followup_id=followup_id)
 
 
 @router.delete(
@@ -289,14 +298,14 @@ async def release_followup(
     followup_id: str, request: Request, principal: Agent
 ) -> SatisfactionCheckRead:
     runtime = _runtime(request)
-    document = await store.release(
+    document = await commands.release(
         db=runtime.db,
         settings=runtime.settings,
         principal=principal,
         followup_id=followup_id,
         now=runtime.clock.now(),
     )
-    return store.to_read(document)
+    return _changed(document, followup_id=followup_id)
 
 
 @router.post(
@@ -313,15 +322,9 @@ async def record_attempt(
 ) -> SatisfactionCheckRead:
     errors = body.field_errors()
     if errors:
-        raise ProblemError(
-            status=422,
-            title="Invalid request",
-            kind="validation-error",
-            detail="invalid field(s): " + ", ".join(error["field"] for error in errors),
-            errors=errors,
-        )
+        raise invalid_fields(errors)
     runtime = _runtime(request)
-    document = await store.record_attempt(
+    document = await commands.record_attempt(
         db=runtime.db,
         settings=runtime.settings,
         principal=principal,
@@ -331,7 +334,7 @@ async def record_attempt(
         now=runtime.clock.now(),
     )
     runtime.relay.notify()
-    return store.to_read(document)
+    return _changed(document, followup_id=followup_id)
 
 
 @router.post(
@@ -343,7 +346,7 @@ async def record_outcome(
     followup_id: str, body: OutcomeRequest, request: Request, principal: Agent
 ) -> SatisfactionCheckRead:
     runtime = _runtime(request)
-    document = await store.record_outcome(
+    document = await commands.record_outcome(
         db=runtime.db,
         settings=runtime.settings,
         principal=principal,
@@ -352,4 +355,4 @@ async def record_outcome(
         now=runtime.clock.now(),
     )
     runtime.relay.notify()
-    return store.to_read(document)
+    return _changed(document, followup_id=followup_id)

@@ -20,7 +20,7 @@ from complaints_shared.events import (
 from complaints_shared.kafka import EventHandler
 from complaints_shared.logs import get_logger
 from complaints_shared.runtime import Runtime
-from followup import config_store, store
+from followup import config_store, projections, store
 from followup.settings import FollowupSettings
 
 log = get_logger(__name__)
@@ -34,7 +34,7 @@ def build_handlers(runtime: Runtime) -> dict[EventType, EventHandler]:
     ) -> None:
         # Every open check of the complaint: its events share a partition (keyed by complaint
         # id), so a later resolution is handled after this event and schedules fresh checks.
-        cancelled = await store.cancel_open_checks(
+        cancelled = await projections.cancel_open_checks(
             db=runtime.db,
             settings=settings,
             org=org,
@@ -54,7 +54,7 @@ def build_handlers(runtime: Runtime) -> dict[EventType, EventHandler]:
     async def on_complaint_resolved(event: CloudEvent, data: ComplaintResolved) -> None:
         now = runtime.clock.now()
         # A newer resolution replaces the checks of an older one still pending.
-        await store.cancel_open_checks(
+        await projections.cancel_open_checks(
             db=runtime.db,
             settings=settings,
             org=data.org,
@@ -70,7 +70,7 @@ def build_handlers(runtime: Runtime) -> dict[EventType, EventHandler]:
         hours = await config_store.current_contact_hours(
             db=runtime.db, settings=settings, org=data.org, branch=data.branch
         )
-        created = await store.schedule_checks(
+        created = await projections.schedule_checks(
             db=runtime.db,
             settings=settings,
             resolved=data,

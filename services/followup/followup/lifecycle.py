@@ -2,7 +2,9 @@
 
 ``TABLE`` maps (status, command) to the next status; ``transition`` adds what
 depends on time and on who asks (a check not due yet, a claim held by someone
-else). Refusals are 409 problems naming the status and the command.
+else). Refusals are 409 problems naming the status and the command. Beside the
+table: the update that records a move and the events a check announces, and the
+decisions that finish a check or send it back to the schedule after a call.
 
 ```
 scheduled ──due time──▶ due ──claim──▶ in_progress ──reached──▶ completed
@@ -21,11 +23,22 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from complaints_shared.events import FollowupOutcome
+from complaints_shared.aggregate import Decision
+from complaints_shared.events import (
+    EventType,
+    FollowupAttempted,
+    FollowupCompleted,
+    FollowupOutcome,
+)
+from complaints_shared.mongo import merge_updates
 from complaints_shared.transitions import InvalidTransition, TransitionTable
-from followup.models import CheckStatus
+from followup.contact_hours import next_attempt_at
+from followup.models import CheckStatus, ContactHours
 
 WHAT = "satisfaction check"
+SYSTEM_ACTOR = "followup"
+# The claim's fields, dropped whenever a check leaves the agent who held it.
+CLAIM_FIELDS = {"claimed_by": "", "claim_lease_until": ""}
 
 
 class Command(StrEnum):
@@ -184,3 +197,150 @@ def judge(*, score: int, problem_solved: bool, threshold: int) -> FollowupOutcom
     if score >= threshold and problem_solved:
         return FollowupOutcome.SATISFIED
     return FollowupOutcome.UNSATISFIED
+
+
+# ------------------------------------------------------ updates and events --
+
+
+def history_entry(*, action: str, status: CheckStatus, actor: str, at: datetime) -> dict:
+    return {"at": at, "action": action, "status": status.value, "actor": actor}
+
+
+def moved(
+    *, command: Command, status: CheckStatus, actor: str, now: datetime, **fields: Any
+) -> dict[str, Any]:
+    """The update that puts a check in ``status`` and records why in its history."""
+    return {
+        "$set": {"status": status.value, **fields},
+        "$push": {
+            "history": history_entry(action=command.value, status=status, actor=actor, at=now)
+        },
+    }
+
+
+def identity(document: dict[str, Any]) -> dict[str, Any]:
+    """The fields every follow-up event carries to name its check."""
+    return {
+        "complaint_id": document["complaint_id"],
+        "org": document["org"],
+        "branch": document["branch"],
+        "followup_id": document["_id"],
+        "resolution_number": document["resolution_number"],
+    }
+
+
+def attempted_event(current: dict[str, Any], attempt: dict[str, Any]) -> FollowupAttempted:
+    return FollowupAttempted(
+        **identity(current),
+        attempt_number=attempt["number"],
+        reached=attempt["reached"],
+        channel=attempt["channel"],
+        attempted_by=attempt["attempted_by"],
+        attempted_at=attempt["attempted_at"],
+        next_attempt_at=attempt.get("next_attempt_at"),
+    )
+
+
+# ---------------------------------------------------------- after a call --
+
+
+def new_attempt(
+    *,
+    current: dict[str, Any],
+    actor: str,
+    now: datetime,
+    reached: bool,
+    channel: str | None,
+    idempotency_key: str | None,
+    **details: Any,
+) -> dict[str, Any]:
+    """The check's next attempt as it is stored (numbered after the ones recorded)."""
+    return {
+        "number": current.get("attempt_count", 0) + 1,
+        "reached": reached,
+        "channel": channel or current.get("channel", "phone"),
+        "attempted_by": actor,
+        "attempted_at": now,
+        "idempotency_key": idempotency_key,
+        **details,
+    }
+
+
+def complete(
+    *,
+    current: dict[str, Any],
+    command: Command,
+    attempt: dict[str, Any],
+    outcome: FollowupOutcome,
+    now: datetime,
+) -> Decision:
+    """Finish the check with ``outcome``: the attempt, then the completion, in one write."""
+    status = transition(
+        state=CheckState.of(current), command=command, actor=attempt["attempted_by"], now=now
+    )
+    verdict = {
+        "outcome": outcome.value,
+        "score": attempt.get("score"),
+        "problem_solved": attempt.get("problem_solved"),
+        "comment": attempt.get("comment"),
+    }
+    update = merge_updates(
+        moved(
+            command=command,
+            status=status,
+            actor=attempt["attempted_by"],
+            now=now,
+            completed_at=now,
+            completed_by=attempt["attempted_by"],
+            **verdict,
+        ),
+        {"$push": {"attempts": attempt}, "$inc": {"attempt_count": 1}},
+        {"$unset": CLAIM_FIELDS},
+        {"$min": {"first_contact_at": now}} if attempt["reached"] else {},
+    )
+    completed = FollowupCompleted(
+        **identity(current),
+        **verdict,
+        attempts=attempt["number"],
+        channel=attempt["channel"],
+        completed_at=now,
+    )
+    return Decision(
+        update,
+        [
+            (EventType.FOLLOWUP_ATTEMPTED, attempted_event(current, attempt)),
+            (EventType.FOLLOWUP_COMPLETED, completed),
+        ],
+    )
+
+
+def retry_later(
+    *,
+    current: dict[str, Any],
+    attempt: dict[str, Any],
+    hours: ContactHours,
+    now: datetime,
+    spacing_hours: float,
+) -> Decision:
+    """Unreached, attempts left: back to the schedule at the next allowed moment."""
+    status = transition(
+        state=CheckState.of(current),
+        command=Command.RETRY_LATER,
+        actor=attempt["attempted_by"],
+        now=now,
+    )
+    attempt["next_attempt_at"] = next_attempt_at(
+        attempted_at=now, spacing_hours=spacing_hours, hours=hours
+    )
+    update = merge_updates(
+        moved(
+            command=Command.RETRY_LATER,
+            status=status,
+            actor=attempt["attempted_by"],
+            now=now,
+            due_at=attempt["next_attempt_at"],
+        ),
+        {"$push": {"attempts": attempt}, "$inc": {"attempt_count": 1}},
+        {"$unset": CLAIM_FIELDS},
+    )
+    return Decision(update, [(EventType.FOLLOWUP_ATTEMPTED, attempted_event(current, attempt))])

@@ -12,7 +12,6 @@ import holidays
 from pydantic import (
     AfterValidator,
     BaseModel,
-    ConfigDict,
     Field,
     StringConstraints,
     ValidationInfo,
@@ -30,6 +29,7 @@ from complaints_shared.events import (
     ResponsibleParty,
     Severity,
 )
+from complaints_shared.models import Code, StrictModel, Weekday
 
 Item = TypeVar("Item")
 
@@ -38,31 +38,9 @@ MAX_CHECKS_PER_RESOLUTION = 5
 MAX_CHECK_AFTER_HOURS = 90 * 24
 MAX_CALENDAR_DAYS = 1000
 
-BranchCode = Annotated[str, StringConstraints(pattern=r"^[A-Z0-9][A-Z0-9_-]{0,31}$")]
 Text = Annotated[
     str, StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_TEXT_CHARS)
 ]
-
-
-class StrictModel(BaseModel):
-    """Request bodies reject unknown fields so typos are caught, not ignored."""
-
-    model_config = ConfigDict(extra="forbid")
-
-
-class Weekday(StrEnum):
-    MON = "mon"
-    TUE = "tue"
-    WED = "wed"
-    THU = "thu"
-    FRI = "fri"
-    SAT = "sat"
-    SUN = "sun"
-
-    @property
-    def index(self) -> int:
-        """0 = Monday, as ``date.weekday()`` counts."""
-        return list(Weekday).index(self)
 
 
 class CheckStatus(StrEnum):
@@ -345,7 +323,7 @@ class SatisfactionCheckRead(BaseModel):
 class CheckFilters(StrictModel):
     """Query parameters of ``GET /v1/followups``; unknown ones are rejected."""
 
-    branch: BranchCode | None = None
+    branch: Code | None = None
     status: CheckStatus | None = None
     due_before: UtcDatetime | None = None
     owner: Annotated[str, StringConstraints(max_length=128)] | None = None
@@ -361,7 +339,7 @@ class CheckFilters(StrictModel):
 class StatsFilters(StrictModel):
     """Query parameters of ``GET /v1/followups/stats`` (resolution time window)."""
 
-    branch: BranchCode | None = None
+    branch: Code | None = None
     category: Category | None = None
     resolved_from: UtcDatetime | None = None
     resolved_to: UtcDatetime | None = None

@@ -12,18 +12,116 @@ recorded and postponed with backoff (``complaints_shared.timers``); the pass goe
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
+from datetime import datetime, timedelta
+from typing import Any
 
+from pymongo import ASCENDING
+from pymongo.asynchronous.database import AsyncDatabase
+
+from complaints_shared.aggregate import Decision
 from complaints_shared.failures import is_dependency_unavailable, redacted_error
 from complaints_shared.logs import get_logger
 from complaints_shared.metrics import TIMER_FAILURES
+from complaints_shared.mongo import at_or_before, claim_first, lease_free, merge_updates
 from complaints_shared.runtime import Runtime
 from complaints_shared.timers import record_timer_failure
 from complaints_shared.timing import wait_event
+from complaints_shared.transitions import InvalidTransition
 from followup import store
+from followup.lifecycle import CLAIM_FIELDS, SYSTEM_ACTOR, CheckState, Command, moved, transition
+from followup.models import CheckStatus
 from followup.settings import FollowupSettings
 
 log = get_logger(__name__)
+
+
+async def lease_due_check(
+    *, db: AsyncDatabase, owner: str, now: datetime, lease_s: float
+) -> str | None:
+    """Take the earliest due scheduled check under a lease; its id, None when none is due."""
+    due = {
+        "status": CheckStatus.SCHEDULED.value,
+        "due_at": at_or_before(now),
+        **lease_free("timer_lease_until", now),
+    }
+    document = await claim_first(
+        db[store.CHECKS],
+        due,
+        {
+            "$set": {
+                "timer_lease_owner": owner,
+                "timer_lease_until": now + timedelta(seconds=lease_s),
+            }
+        },
+        sort=[("due_at", ASCENDING)],
+        projection={"_id": 1},
+    )
+    return document["_id"] if document else None
+
+
+async def fire_due_check(
+    *, db: AsyncDatabase, settings: FollowupSettings, followup_id: str, owner: str, now: datetime
+) -> bool:
+    """Turn a leased check ``due``; False when it changed meanwhile (cancelled, say)."""
+
+    def decide(current: dict[str, Any]) -> Decision | None:
+        if current.get("timer_lease_owner") != owner:
+            return None  # our lease ran out and another replica took the check over
+        status = transition(
+            state=CheckState.of(current), command=Command.BECOME_DUE, actor=SYSTEM_ACTOR, now=now
+        )
+        update = merge_updates(
+            moved(command=Command.BECOME_DUE, status=status, actor=SYSTEM_ACTOR, now=now),
+            {"$unset": store.TIMER_FIELDS},
+        )
+        return Decision(update)
+
+    try:
+        document = await store.change(
+            db=db, settings=settings, followup_id=followup_id, scope={}, decide=decide, now=now
+        )
+    except InvalidTransition:
+        await db[store.CHECKS].update_one(
+            {"_id": followup_id, "timer_lease_owner": owner}, {"$unset": store.TIMER_FIELDS}
+        )
+        return False
+    return document is not None and document["status"] == CheckStatus.DUE.value
+
+
+async def expired_claims(*, db: AsyncDatabase, now: datetime, limit: int) -> list[str]:
+    """Checks whose agent walked away: the claim's lease ran out."""
+    cursor = db[store.CHECKS].find(
+        {"status": CheckStatus.IN_PROGRESS.value, "claim_lease_until": {"$lt": now}},
+        projection={"_id": 1},
+    )
+    return [document["_id"] for document in await cursor.limit(limit).to_list(None)]
+
+
+async def expire_claim(
+    *, db: AsyncDatabase, settings: FollowupSettings, followup_id: str, now: datetime
+) -> bool:
+    """Put an abandoned check back in the queue (``due``) for any agent to claim."""
+
+    def decide(current: dict[str, Any]) -> Decision:
+        status = transition(
+            state=CheckState.of(current),
+            command=Command.EXPIRE_CLAIM,
+            actor=SYSTEM_ACTOR,
+            now=now,
+        )
+        update = merge_updates(
+            moved(command=Command.EXPIRE_CLAIM, status=status, actor=SYSTEM_ACTOR, now=now),
+            {"$unset": CLAIM_FIELDS},
+        )
+        return Decision(update)
+
+    try:
+        await store.change(
+            db=db, settings=settings, followup_id=followup_id, scope={}, decide=decide, now=now
+        )
+    except InvalidTransition:
+        return False  # renewed or finished meanwhile
+    return True
 
 
 class CheckScheduler:
@@ -56,13 +154,13 @@ class CheckScheduler:
         for _ in range(self._settings.scheduler_batch_size):
             if runtime.stopping.is_set():
                 break
-            followup_id = await store.lease_due_check(
+            followup_id = await lease_due_check(
                 db=runtime.db, owner=self._owner, now=now, lease_s=self._settings.scheduler_lease_s
             )
             if followup_id is None:
                 break
             try:
-                fired += await store.fire_due_check(
+                fired += await fire_due_check(
                     db=runtime.db,
                     settings=self._settings,
                     followup_id=followup_id,
@@ -85,12 +183,12 @@ class CheckScheduler:
 
     async def _expire_claims(self, runtime: Runtime, *, now: datetime) -> int:
         expired = 0
-        followup_ids = await store.expired_claims(
+        followup_ids = await expired_claims(
             db=runtime.db, now=now, limit=self._settings.scheduler_batch_size
         )
         for followup_id in followup_ids:
             try:
-                expired += await store.expire_claim(
+                expired += await expire_claim(
                     db=runtime.db, settings=self._settings, followup_id=followup_id, now=now
                 )
             except Exception as exc:

@@ -12,8 +12,8 @@ from datetime import time
 from pydantic import Field
 
 from complaints_shared.events import Severity
+from complaints_shared.models import Weekday
 from complaints_shared.settings import ServiceSettings
-from followup.models import Weekday
 
 
 class FollowupSettings(ServiceSettings):

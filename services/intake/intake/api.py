@@ -13,7 +13,7 @@ from complaints_shared.access import Scope, allow
 from complaints_shared.auth import Principal, Role
 from complaints_shared.datetimes import UtcDatetime
 from complaints_shared.pagination import Page
-from complaints_shared.problems import ProblemError
+from complaints_shared.problems import invalid_fields
 from complaints_shared.runtime import Runtime
 from intake import commands, idempotency, reports, search, store
 from intake.lifecycle import Command
@@ -264,13 +264,7 @@ async def summary_report(
     created_to = to or now
     created_from = from_ or created_to - timedelta(days=30)
     if created_from >= created_to:
-        raise ProblemError(
-            status=422,
-            title="Invalid request",
-            kind="validation-error",
-            detail="invalid field(s): from",
-            errors=[{"field": "from", "message": "must be before 'to'"}],
-        )
+        raise invalid_fields([{"field": "from", "message": "must be before 'to'"}])
     return await reports.summary(
         db=runtime.db,
         principal=principal,

@@ -7,7 +7,7 @@ from decimal import Decimal
 from enum import StrEnum
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, EmailStr, Field, StringConstraints
+from pydantic import BaseModel, EmailStr, Field, StringConstraints
 
 from complaints_shared.datetimes import UtcDatetime
 from complaints_shared.events import (
@@ -20,6 +20,7 @@ from complaints_shared.events import (
     ResponsibleParty,
     Severity,
 )
+from complaints_shared.models import Code, StrictModel
 from intake.lifecycle import Status
 
 MAX_SUBJECT_CHARS = 200
@@ -29,7 +30,6 @@ MAX_NOTE_CHARS = 4_000
 MAX_ATTACHMENTS = 20
 MAX_PAGE_SIZE = 100
 
-BranchCode = Annotated[str, StringConstraints(pattern=r"^[A-Z0-9][A-Z0-9_-]{0,31}$")]
 Text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
 ShortText = Annotated[Text, StringConstraints(max_length=200)]
 Currency = Annotated[str, StringConstraints(pattern=r"^[A-Z]{3}$")]
@@ -62,12 +62,6 @@ class RejectionReason(StrEnum):
     OTHER = "other"
 
 
-class StrictModel(BaseModel):
-    """Request bodies reject unknown fields so typos are caught, not ignored."""
-
-    model_config = ConfigDict(extra="forbid")
-
-
 class Customer(StrictModel):
     name: Annotated[Text, StringConstraints(max_length=100)]
     phone: Annotated[str, StringConstraints(pattern=r"^\+?[0-9 ()-]{5,24}$")] | None = None
@@ -98,7 +92,7 @@ class ComplaintCreate(StrictModel):
     Leave ``severity`` or ``flags`` out to let intake suggest them from the text.
     """
 
-    branch: BranchCode
+    branch: Code
     channel: Channel
     customer: Customer
     subject: Annotated[Text, StringConstraints(max_length=MAX_SUBJECT_CHARS)]

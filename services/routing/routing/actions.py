@@ -22,9 +22,8 @@ from complaints_shared.events import (
     SlaClock,
 )
 from complaints_shared.mongo import merge_updates
-from complaints_shared.problems import not_found
+from complaints_shared.problems import conflict, invalid, not_found
 from routing import directory_store, lifecycle, projections, sla, store, unroutable
-from routing.errors import conflict, invalid
 from routing.lifecycle import Command
 from routing.models import (
     AssignmentRead,

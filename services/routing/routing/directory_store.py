@@ -27,10 +27,9 @@ from complaints_shared.outbox import (
     outbox_fields,
     outbox_update,
 )
-from complaints_shared.problems import not_found
+from complaints_shared.problems import conflict, invalid, not_found
 from complaints_shared.settings import ServiceSettings
 from routing import audit, context_cache
-from routing.errors import conflict, invalid
 from routing.models import (
     ROLE_RANK,
     BranchCreate,

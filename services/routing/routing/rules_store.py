@@ -15,10 +15,9 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
 from complaints_shared.auth import Principal
-from complaints_shared.problems import not_found
+from complaints_shared.problems import conflict, invalid, not_found
 from routing import audit, context_cache
 from routing.directory_store import BRANCHES, DEPARTMENTS, branch_key, visible_department
-from routing.errors import conflict, invalid
 from routing.models import (
     RoutingRule,
     RuleCreate,

@@ -1,0 +1,253 @@
+"""What agents ask of a satisfaction check: claim, release, record a call or its outcome.
+
+Each command is one change through the aggregate kernel (``store.change``) within
+the caller's visibility; the check's transition table and decisions
+(``followup.lifecycle``) decide it. A command returns the changed document, or
+None when the caller cannot see the check (the route answers 404).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+from pymongo.asynchronous.database import AsyncDatabase
+
+from complaints_shared import aggregate
+from complaints_shared.aggregate import Decide, Decision
+from complaints_shared.auth import Principal
+from complaints_shared.events import FollowupOutcome
+from complaints_shared.mongo import merge_updates
+from followup import config_store, store
+from followup.lifecycle import (
+    CLAIM_FIELDS,
+    CheckState,
+    Command,
+    complete,
+    judge,
+    moved,
+    new_attempt,
+    retry_later,
+    transition,
+    unreached_command,
+)
+from followup.models import AttemptCreate, OutcomeRequest
+from followup.settings import FollowupSettings
+
+
+async def _change_visible(
+    *,
+    db: AsyncDatabase,
+    settings: FollowupSettings,
+    principal: Principal,
+    followup_id: str,
+    decide: Decide,
+    now: datetime,
+) -> dict[str, Any] | None:
+    return await store.change(
+        db=db,
+        settings=settings,
+        followup_id=followup_id,
+        scope=aggregate.visibility(principal),
+        decide=decide,
+        now=now,
+    )
+
+
+async def claim(
+    *,
+    db: AsyncDatabase,
+    settings: FollowupSettings,
+    principal: Principal,
+    followup_id: str,
+    now: datetime,
+) -> dict[str, Any] | None:
+    """Give the caller the check for ``claim_lease_s`` (renewed when they claim again)."""
+
+    def decide(current: dict[str, Any]) -> Decision:
+        status = transition(
+            state=CheckState.of(current), command=Command.CLAIM, actor=principal.subject, now=now
+        )
+        lease_until = now + timedelta(seconds=settings.claim_lease_s)
+        update = moved(
+            command=Command.CLAIM,
+            status=status,
+            actor=principal.subject,
+            now=now,
+            claimed_by=principal.subject,
+            claim_lease_until=lease_until,
+        )
+        return Decision(update)
+
+    return await _change_visible(
+        db=db,
+        settings=settings,
+        principal=principal,
+        followup_id=followup_id,
+        decide=decide,
+        now=now,
+    )
+
+
+async def release(
+    *,
+    db: AsyncDatabase,
+    settings: FollowupSettings,
+    principal: Principal,
+    followup_id: str,
+    now: datetime,
+) -> dict[str, Any] | None:
+    """Give a claimed check back to the queue before the lease runs out."""
+
+    def decide(current: dict[str, Any]) -> Decision:
+        status = transition(
+            state=CheckState.of(current), command=Command.RELEASE, actor=principal.subject, now=now
+        )
+        update = merge_updates(
+            moved(command=Command.RELEASE, status=status, actor=principal.subject, now=now),
+            {"$unset": CLAIM_FIELDS},
+        )
+        return Decision(update)
+
+    return await _change_visible(
+        db=db,
+        settings=settings,
+        principal=principal,
+        followup_id=followup_id,
+        decide=decide,
+        now=now,
+    )
+
+
+def _rules(current: dict[str, Any], settings: FollowupSettings) -> dict[str, Any]:
+    """The policy values a check was scheduled under (the defaults for checks stored before)."""
+    return {
+        "max_attempts": current.get("max_attempts", settings.max_attempts),
+        "attempt_spacing_hours": current.get(
+            "attempt_spacing_hours", settings.attempt_spacing_hours
+        ),
+        "satisfied_score_threshold": current.get(
+            "satisfied_score_threshold", settings.satisfied_score_threshold
+        ),
+    }
+
+
+def _already_recorded(current: dict[str, Any], idempotency_key: str | None) -> bool:
+    if idempotency_key is None:
+        return False
+    return any(a.get("idempotency_key") == idempotency_key for a in current.get("attempts", []))
+
+
+async def record_attempt(
+    *,
+    db: AsyncDatabase,
+    settings: FollowupSettings,
+    principal: Principal,
+    followup_id: str,
+    request: AttemptCreate,
+    idempotency_key: str | None,
+    now: datetime,
+) -> dict[str, Any] | None:
+    """Record one call by the agent holding the claim; ends the check when it can."""
+    visible = await store.get_visible(db=db, principal=principal, followup_id=followup_id)
+    hours = await config_store.current_contact_hours(
+        db=db, settings=settings, org=visible["org"], branch=visible["branch"]
+    )
+
+    def decide(current: dict[str, Any]) -> Decision | None:
+        if _already_recorded(current, idempotency_key):
+            return None
+        rules = _rules(current, settings)
+        attempt = new_attempt(
+            current=current,
+            actor=principal.subject,
+            now=now,
+            reached=request.reached,
+            channel=request.channel,
+            idempotency_key=idempotency_key,
+            note=request.note,
+        )
+        if request.reached:
+            assert request.score is not None and request.problem_solved is not None
+            attempt |= request.model_dump(include={"score", "problem_solved", "comment"})
+            outcome = judge(
+                score=request.score,
+                problem_solved=request.problem_solved,
+                threshold=rules["satisfied_score_threshold"],
+            )
+            return complete(
+                current=current,
+                command=Command.RECORD_REACHED,
+                attempt=attempt,
+                outcome=outcome,
+                now=now,
+            )
+        command = unreached_command(
+            attempt_number=attempt["number"], max_attempts=rules["max_attempts"]
+        )
+        if command is Command.GIVE_UP:
+            return complete(
+                current=current,
+                command=command,
+                attempt=attempt,
+                outcome=FollowupOutcome.NO_RESPONSE,
+                now=now,
+            )
+        return retry_later(
+            current=current,
+            attempt=attempt,
+            hours=hours.contact_hours,
+            now=now,
+            spacing_hours=rules["attempt_spacing_hours"],
+        )
+
+    return await _change_visible(
+        db=db,
+        settings=settings,
+        principal=principal,
+        followup_id=followup_id,
+        decide=decide,
+        now=now,
+    )
+
+
+async def record_outcome(
+    *,
+    db: AsyncDatabase,
+    settings: FollowupSettings,
+    principal: Principal,
+    followup_id: str,
+    request: OutcomeRequest,
+    now: datetime,
+) -> dict[str, Any] | None:
+    """Shortcut: a reached attempt with the agent's verdict, on an open check nobody else holds."""
+
+    def decide(current: dict[str, Any]) -> Decision:
+        attempt = new_attempt(
+            current=current,
+            actor=principal.subject,
+            now=now,
+            reached=True,
+            channel=None,
+            idempotency_key=None,
+            score=request.score,
+            problem_solved=request.problem_solved,
+            comment=request.comment,
+        )
+        outcome = FollowupOutcome.SATISFIED if request.satisfied else FollowupOutcome.UNSATISFIED
+        return complete(
+            current=current,
+            command=Command.RECORD_OUTCOME,
+            attempt=attempt,
+            outcome=outcome,
+            now=now,
+        )
+
+    return await _change_visible(
+        db=db,
+        settings=settings,
+        principal=principal,
+        followup_id=followup_id,
+        decide=decide,
+        now=now,
+    )
