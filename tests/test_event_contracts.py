@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 from pathlib import Path
 
+import pytest
+
 from complaints_shared.asyncapi import build_document, render
-from complaints_shared.events import EVENT_CONTRACTS
+from complaints_shared.events import EVENT_CONTRACTS, EventPayload
 
 DOCUMENT = Path(__file__).resolve().parent.parent / "docs" / "asyncapi.json"
 
@@ -26,3 +29,10 @@ def test_every_event_type_has_a_message_with_its_payload_schema() -> None:
     for _, model in EVENT_CONTRACTS.values():
         assert set(model.model_fields) <= set(schemas[model.__name__]["properties"])
     json.dumps(document)  # serialisable as is
+
+
+def test_an_event_type_must_say_what_its_order_is_kept_per() -> None:
+    with pytest.raises(TypeError, match="cloudevent_subject"):
+        EventPayload()
+    for _, model in EVENT_CONTRACTS.values():
+        assert not inspect.isabstract(model), f"{model.__name__} names no subject"

@@ -7,6 +7,7 @@ from datetime import UTC, date, datetime, timedelta
 import pytest
 
 from complaints_shared.events import Category, Severity
+from complaints_shared.models import Weekday
 from routing import sla
 from routing.models import (
     BranchRead,
@@ -17,7 +18,6 @@ from routing.models import (
     SlaDuration,
     SlaPolicy,
     TimeBasis,
-    Weekday,
 )
 
 NINE_TO_SIX = {

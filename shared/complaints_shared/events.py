@@ -7,6 +7,7 @@ they do not know. A breaking change is a new type with a new version suffix.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from datetime import datetime
 from decimal import Decimal
 from enum import StrEnum
@@ -146,14 +147,18 @@ class ClosedVia(StrEnum):
     ADMIN = "admin"
 
 
-class EventPayload(BaseModel):
-    """The data of any event; unknown fields are ignored on read."""
+class EventPayload(BaseModel, ABC):
+    """The data of any event; unknown fields are ignored on read.
+
+    Abstract (pydantic's model metaclass is an ``ABCMeta``): every event type says
+    what its order is kept per, or it cannot be instantiated.
+    """
 
     model_config = ConfigDict(extra="ignore")
 
+    @abstractmethod
     def cloudevent_subject(self) -> str:
         """The CloudEvents subject and Kafka key: what the event's order is kept per."""
-        raise NotImplementedError
 
 
 class EventData(EventPayload):

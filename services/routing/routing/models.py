@@ -27,8 +27,8 @@ from complaints_shared.events import (
     Severity,
     SlaClock,
 )
+from complaints_shared.models import Code, StrictModel, Weekday
 
-Code = Annotated[str, StringConstraints(pattern=r"^[A-Z0-9][A-Z0-9_-]{0,31}$")]
 Slug = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
 Kind = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,47}$")]
 Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
@@ -37,12 +37,6 @@ DepartmentId = Annotated[
     str,
     StringConstraints(pattern=r"^[A-Z0-9][A-Z0-9_-]{0,31}:[A-Z0-9][A-Z0-9_-]{0,31}$"),
 ]
-
-
-class StrictModel(BaseModel):
-    """Request bodies reject unknown fields so typos are caught, not ignored."""
-
-    model_config = ConfigDict(extra="forbid")
 
 
 # --------------------------------------------------------------- directory --
@@ -68,19 +62,6 @@ class StaffStatus(StrEnum):
     ACTIVE = "active"
     ON_LEAVE = "on_leave"
     INACTIVE = "inactive"
-
-
-class Weekday(StrEnum):
-    MON = "mon"
-    TUE = "tue"
-    WED = "wed"
-    THU = "thu"
-    FRI = "fri"
-    SAT = "sat"
-    SUN = "sun"
-
-
-WEEKDAY_NUMBER = {weekday: number for number, weekday in enumerate(Weekday)}
 
 
 class OpeningRange(StrictModel):

@@ -19,8 +19,8 @@ from pydantic import BaseModel, ConfigDict
 
 from complaints_shared.business_calendar import BusinessCalendar
 from complaints_shared.events import Category, Severity
+from complaints_shared.models import Weekday
 from routing.models import (
-    WEEKDAY_NUMBER,
     BranchRead,
     ClockState,
     DurationUnit,
@@ -100,7 +100,7 @@ def is_major_incident(
 def _calendar_from_key(key: str) -> BusinessCalendar:
     spec = json.loads(key)
     hours = {
-        WEEKDAY_NUMBER[weekday]: [
+        Weekday(weekday).index: [
             (time.fromisoformat(slot["start"]), time.fromisoformat(slot["end"])) for slot in ranges
         ]
         for weekday, ranges in spec["hours"].items()
