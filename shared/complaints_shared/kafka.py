@@ -29,7 +29,16 @@ from aiokafka import (
     TopicPartition,
 )
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import CommitFailedError, KafkaError, TopicAlreadyExistsError
+from aiokafka.errors import (
+    CommitFailedError,
+    InvalidProducerEpoch,
+    InvalidProducerIdMapping,
+    KafkaError,
+    OutOfOrderSequenceNumber,
+    ProducerFenced,
+    TopicAlreadyExistsError,
+    UnknownProducerId,
+)
 from pydantic import ValidationError
 
 from complaints_shared.envelope import CloudEvent, EnvelopeError, from_kafka_record, to_kafka_record
@@ -52,6 +61,20 @@ MAX_POLL_RECORDS = 100
 
 EventHandler = Callable[[CloudEvent, EventPayload], Awaitable[None]]
 METADATA_MAX_AGE_MS = 10_000
+# Deliveries failing with these mean the producer's idempotence state (its producer id and
+# per-partition sequence numbers) no longer matches the broker's, typically after a broker
+# restart lost a batch in flight. aiokafka neither bumps the epoch nor resets the sequence the
+# way the Java client does, so every later batch to that partition fails the same way, forever.
+# The only way out is a new producer, which gets a new producer id.
+PRODUCER_STATE_LOST = (
+    OutOfOrderSequenceNumber,
+    UnknownProducerId,
+    InvalidProducerEpoch,
+    InvalidProducerIdMapping,
+    ProducerFenced,
+)
+# How long a discarded producer may take to fail or flush what it still holds.
+DISCARDED_PRODUCER_STOP_S = 10.0
 
 
 async def ensure_topics(*, settings: ServiceSettings, topics: Iterable[str]) -> None:
@@ -85,14 +108,23 @@ def service_topics(settings: ServiceSettings) -> list[str]:
 
 
 class EventProducer:
-    """Idempotent producer that connects lazily, so a service can start while Kafka is down."""
+    """Idempotent producer that connects lazily, so a service can start while Kafka is down.
+
+    A producer whose idempotence state the broker no longer accepts (``PRODUCER_STATE_LOST``),
+    or whose sender task died, is discarded; the next send starts a fresh one. The events it
+    failed stay wherever their caller keeps them (an outbox, an uncommitted offset) and are
+    sent again by the new producer.
+    """
 
     def __init__(self, *, settings: ServiceSettings) -> None:
         self._settings = settings
         self._producer: AIOKafkaProducer | None = None
         self._lock = asyncio.Lock()
+        self._stopping: set[asyncio.Task[None]] = set()
 
     async def _connected(self) -> AIOKafkaProducer:
+        if self._producer is not None and _sender_died(self._producer):
+            self._discard(self._producer, reason="sender_task_died")
         if self._producer is not None:
             return self._producer
         async with self._lock:
@@ -115,23 +147,42 @@ class EventProducer:
                 self._producer = producer
         return self._producer
 
+    def _discard(self, producer: AIOKafkaProducer, *, reason: str) -> None:
+        """Stop using ``producer``; the next send connects a new one."""
+        if self._producer is not producer:
+            return  # already replaced
+        self._producer = None
+        log.warning("producer_discarded", reason=reason)
+        task = asyncio.get_running_loop().create_task(_stop_quietly(producer))
+        self._stopping.add(task)
+        task.add_done_callback(self._stopping.discard)
+
+    def _watch(self, producer: AIOKafkaProducer, delivery: asyncio.Future) -> asyncio.Future:
+        def check(done: asyncio.Future) -> None:
+            if not done.cancelled() and isinstance(done.exception(), PRODUCER_STATE_LOST):
+                self._discard(producer, reason=type(done.exception()).__name__)
+
+        delivery.add_done_callback(check)
+        return delivery
+
     async def publish(self, event: CloudEvent, *, topic: str) -> None:
         """Send one event and wait for the broker's acknowledgement."""
-        producer = await self._connected()
         key, value, headers = to_kafka_record(event)
-        await producer.send_and_wait(topic, value=value, key=key, headers=headers)
+        await self.publish_raw(topic=topic, key=key, value=value, headers=headers)
 
     async def send(self, event: CloudEvent, *, topic: str) -> asyncio.Future:
         """Queue one event; the returned future resolves when the broker acknowledged it."""
         producer = await self._connected()
         key, value, headers = to_kafka_record(event)
-        return await producer.send(topic, value=value, key=key, headers=headers)
+        delivery = await producer.send(topic, value=value, key=key, headers=headers)
+        return self._watch(producer, delivery)
 
     async def publish_raw(
         self, *, topic: str, key: bytes | None, value: bytes | None, headers: list
     ) -> None:
         producer = await self._connected()
-        await producer.send_and_wait(topic, value=value, key=key, headers=headers)
+        delivery = await producer.send(topic, value=value, key=key, headers=headers)
+        await self._watch(producer, delivery)
 
     async def is_reachable(self) -> bool:
         producer = await self._connected()
@@ -142,6 +193,21 @@ class EventProducer:
         if self._producer is not None:
             await self._producer.stop()
             self._producer = None
+        if self._stopping:
+            await asyncio.gather(*self._stopping, return_exceptions=True)
+
+
+def _sender_died(producer: AIOKafkaProducer) -> bool:
+    # aiokafka keeps no public flag for it; a dead sender fails every later send.
+    task = producer._sender.sender_task
+    return task is not None and task.done()
+
+
+async def _stop_quietly(producer: AIOKafkaProducer) -> None:
+    try:
+        await asyncio.wait_for(producer.stop(), timeout=DISCARDED_PRODUCER_STOP_S)
+    except Exception as exc:  # it was broken already; its unsent events are retried elsewhere
+        log.info("discarded_producer_stop_failed", error=repr(exc))
 
 
 class DeadLetterReason(StrEnum):
