@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import date, time, timedelta
 
 from complaints_shared.business_calendar import BusinessCalendar
+from tests.support.clock import utc
 
 SHANGHAI = BusinessCalendar(time_zone="Asia/Shanghai", country="CN")
-
-
-def utc(*parts: int) -> datetime:
-    return datetime(*parts, tzinfo=UTC)
 
 
 def test_friday_afternoon_plus_two_business_hours_lands_on_monday() -> None:

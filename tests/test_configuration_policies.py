@@ -14,8 +14,9 @@ import pytest
 
 from complaints_shared.clock import ManualClock
 from complaints_shared.events import EventType
+from tests.support.clock import at
 from tests.support.events import received, resolved
-from tests.support.followup import FAST_SCHEDULER, at, checks_of, make_due, wait_status
+from tests.support.followup import FAST_SCHEDULER, checks_of, make_due, wait_status
 from tests.support.http import agent, token
 from tests.support.kafka import intake_producer, publish
 from tests.support.routing import assignment_when

@@ -4,17 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from tests.support.http import BROADBAND_COMPLAINT, token
+from tests.support.http import BROADBAND_COMPLAINT, assigned, token
 from tests.support.system import System
 from tests.support.waits import eventually
 
 pytestmark = pytest.mark.integration
-
-
-async def _assigned(system: System, complaint_id: str, headers: dict) -> dict | None:
-    response = await system.intake.get(f"/v1/complaints/{complaint_id}", headers=headers)
-    body = response.json()
-    return body if body.get("assignment") else None
 
 
 async def test_complaint_flows_from_intake_to_closure(system: System) -> None:
@@ -26,7 +20,7 @@ async def test_complaint_flows_from_intake_to_closure(system: System) -> None:
     assert complaint["reference"].startswith("LZ-")
 
     routed = await eventually(
-        lambda: _assigned(system, complaint["id"], admin), timeout_s=10, what="assignment"
+        lambda: assigned(system, complaint["id"], admin), timeout_s=10, what="assignment"
     )
     assert routed["status"] == "open"
     assert routed["assignment"]["department"] == "LZ:BILLING"
@@ -79,7 +73,7 @@ async def test_unsatisfied_outcome_reopens_the_complaint(system: System) -> None
     created = (
         await system.intake.post("/v1/complaints", json=BROADBAND_COMPLAINT, headers=admin)
     ).json()
-    await eventually(lambda: _assigned(system, created["id"], admin), what="assignment")
+    await eventually(lambda: assigned(system, created["id"], admin), what="assignment")
     await system.intake.post(
         f"/v1/complaints/{created['id']}/resolve", json={"summary": "已解释"}, headers=admin
     )

@@ -18,15 +18,14 @@ from complaints_shared.events import (
 )
 from followup.contact_hours import check_due_times, next_attempt_at
 from followup.models import CheckRule
+from tests.support.clock import at, start_clock
 from tests.support.events import received, resolved
 from tests.support.followup import (
     DEFAULT_HOURS,
     FAST_SCHEDULER,
-    at,
     checks_of,
     make_due,
     resolve_through_intake,
-    start_clock,
     wait_status,
 )
 from tests.support.http import BROADBAND_COMPLAINT, agent, complaint_of, token

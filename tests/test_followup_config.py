@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 import pytest
 
 from complaints_shared.clock import ManualClock
 from complaints_shared.events import ComplaintWithdrawn, EventType
+from tests.support.clock import at, utc
 from tests.support.events import resolved
-from tests.support.followup import FAST_SCHEDULER, at, checks_of, make_due, wait_status
+from tests.support.followup import FAST_SCHEDULER, checks_of, make_due, wait_status
 from tests.support.http import agent, token
 from tests.support.kafka import publish
 from tests.support.system import SystemFactory
@@ -34,10 +35,6 @@ BILLING_POLICY = {
     "attempt_spacing_hours": 1,
     "satisfied_score_threshold": 5,
 }
-
-
-def utc(*parts: int) -> datetime:
-    return datetime(*parts, tzinfo=UTC)
 
 
 async def test_policy_and_contact_hours_are_validated_audited_and_applied(

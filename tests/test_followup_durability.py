@@ -9,8 +9,9 @@ import pytest
 
 from complaints_shared.events import EventType
 from followup.main import create_app as create_followup_app
+from tests.support.clock import at, start_clock
 from tests.support.events import resolved
-from tests.support.followup import at, checks_of, start_clock
+from tests.support.followup import checks_of
 from tests.support.http import token
 from tests.support.kafka import publish
 from tests.support.system import SystemFactory

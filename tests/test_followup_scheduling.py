@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import date, time, timedelta
 
 import pytest
 from pydantic import ValidationError
@@ -34,6 +34,7 @@ from followup.models import (
 )
 from followup.policy import checks_for, default_policy
 from followup.settings import FollowupSettings
+from tests.support.clock import utc
 
 SETTINGS = FollowupSettings()
 SHANGHAI = default_contact_hours(SETTINGS)  # 09:00–20:00 every day, Chinese holidays
@@ -44,10 +45,6 @@ LONDON_OFFICE = ContactHours(
     weekdays=[Weekday.MON, Weekday.TUE, Weekday.WED, Weekday.THU, Weekday.FRI],
     holiday_country="GB",
 )
-
-
-def utc(*parts: int) -> datetime:
-    return datetime(*parts, tzinfo=UTC)
 
 
 def hours(*offsets: float) -> list[CheckRule]:

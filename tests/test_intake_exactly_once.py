@@ -18,16 +18,12 @@ import pytest
 from complaints_shared.auth import Principal, Role
 from complaints_shared.problems import ProblemError
 from intake import idempotency, store
-from tests.support.http import complaint_body, token
+from tests.support.http import complaint_body, complaint_count, token
 from tests.support.system import System, SystemFactory
 
 pytestmark = pytest.mark.integration
 
 LEASE_S = 1.5  # renewed every 0.5 s; generous, so a loaded machine still renews in time
-
-
-async def _complaints(system: System) -> int:
-    return await system.mongo[system.intake_settings.database_name()].complaints.count_documents({})
 
 
 async def test_twenty_concurrent_identical_submissions_without_a_key_store_one_complaint(
@@ -44,7 +40,7 @@ async def test_twenty_concurrent_identical_submissions_without_a_key_store_one_c
     assert statuses == [200] * 19 + [201], [r.text for r in responses if r.status_code >= 300]
     assert len({response.json()["id"] for response in responses}) == 1
     assert sum(response.json()["resubmission"] for response in responses) == 19
-    assert await _complaints(system) == 1
+    assert await complaint_count(system) == 1
 
 
 async def test_twenty_concurrent_submissions_with_one_key_store_one_complaint(
@@ -59,7 +55,7 @@ async def test_twenty_concurrent_submissions_with_one_key_store_one_complaint(
     )
     assert {response.status_code for response in responses} == {201}
     assert len({response.json()["id"] for response in responses}) == 1
-    assert await _complaints(system) == 1
+    assert await complaint_count(system) == 1
 
 
 @dataclass
@@ -122,7 +118,7 @@ async def test_a_retry_with_the_key_during_a_slow_first_request_gets_409_then_th
     assert replay.status_code == 201
     assert replay.headers["Idempotent-Replayed"] == "true"
     assert replay.json()["id"] == created.json()["id"]
-    assert await _complaints(system) == 1
+    assert await complaint_count(system) == 1
 
 
 async def test_an_identical_submission_during_a_slow_first_one_gets_409_then_the_first(
@@ -139,7 +135,7 @@ async def test_an_identical_submission_during_a_slow_first_one_gets_409_then_the
     again = await system.intake.post("/v1/complaints", json=complaint_body(), headers=headers)
     assert again.status_code == 200
     assert again.json()["id"] == created.json()["id"]
-    assert await _complaints(system) == 1
+    assert await complaint_count(system) == 1
 
 
 async def test_a_failed_holder_never_releases_a_key_taken_over_by_a_retry(system: System) -> None:

@@ -6,18 +6,12 @@ import pytest
 
 from complaints_shared.envelope import from_kafka_record
 from complaints_shared.events import Topic
-from tests.support.http import complaint_body, token
+from tests.support.http import command, complaint_body, token
 from tests.support.kafka import read_topic, short_type
 from tests.support.system import System
 from tests.support.waits import eventually
 
 pytestmark = pytest.mark.integration
-
-
-async def _post(system: System, path: str, body: dict, headers: dict) -> dict:
-    response = await system.intake.post(path, json=body, headers=headers)
-    assert response.status_code == 200, response.text
-    return response.json()
 
 
 async def test_every_command_in_a_full_lifecycle_emits_one_event_and_one_entry(
@@ -29,7 +23,7 @@ async def test_every_command_in_a_full_lifecycle_emits_one_event_and_one_entry(
     cid = created.json()["id"]
     base = f"/v1/complaints/{cid}"
 
-    acked = await _post(
+    acked = await command(
         system,
         f"{base}/acknowledge",
         {"promised_response_at": "2026-11-24T10:00:00Z", "message_to_customer": "今天内回复您"},
@@ -37,16 +31,16 @@ async def test_every_command_in_a_full_lifecycle_emits_one_event_and_one_entry(
     )
     assert acked["status"] == "open" and acked["acknowledged_at"]
     assert acked["acknowledgement"]["message_to_customer"] == "今天内回复您"
-    noted = await _post(system, f"{base}/notes", {"text": "已调取账单明细"}, agent)
+    noted = await command(system, f"{base}/notes", {"text": "已调取账单明细"}, agent)
     assert noted["status"] == "open" and noted["work_started_at"]
     assert noted["notes"][0]["visibility"] == "internal"
-    waiting = await _post(
+    waiting = await command(
         system, f"{base}/pending-customer", {"reason": "等客户提供缴费凭证"}, agent
     )
     assert waiting["status"] == "pending_customer"
-    resumed = await _post(system, f"{base}/resume", {"comment": "凭证已收到"}, agent)
+    resumed = await command(system, f"{base}/resume", {"comment": "凭证已收到"}, agent)
     assert resumed["status"] == "open"
-    resolved = await _post(
+    resolved = await command(
         system,
         f"{base}/resolve",
         {
@@ -65,11 +59,11 @@ async def test_every_command_in_a_full_lifecycle_emits_one_event_and_one_entry(
     assert resolved["status"] == "resolved"
     assert resolved["resolution"]["remedies"][0]["amount"] == "30.00"
     assert resolved["responsible_department"] == "LZ:BILLING"
-    reopened = await _post(system, f"{base}/reopen", {"reason": "客户来电称仍被扣费"}, supervisor)
+    reopened = await command(system, f"{base}/reopen", {"reason": "客户来电称仍被扣费"}, supervisor)
     assert reopened["status"] == "reopened" and reopened["reopen_count"] == 1
-    again = await _post(system, f"{base}/resolve", {"summary": "关闭增值业务"}, agent)
+    again = await command(system, f"{base}/resolve", {"summary": "关闭增值业务"}, agent)
     assert again["resolution"]["number"] == 2
-    closed = await _post(system, f"{base}/close", {"reason": "客户电话确认满意"}, supervisor)
+    closed = await command(system, f"{base}/close", {"reason": "客户电话确认满意"}, supervisor)
     assert closed["status"] == "closed" and closed["closed_at"]
 
     expected = [
@@ -134,7 +128,7 @@ async def test_illegal_transitions_are_409_problems_naming_state_and_command(
     assert problem["command"] == "close"
     assert problem["type"].endswith("/invalid-transition")
 
-    await _post(
+    await command(
         system,
         f"/v1/complaints/{cid}/reject",
         {"reason_code": "out_of_scope", "explanation": "不属于本公司业务范围"},
@@ -158,7 +152,7 @@ async def test_roles_decide_who_may_reopen_and_close(system: System) -> None:
     cid = (await system.intake.post("/v1/complaints", json=complaint_body(), headers=agent)).json()[
         "id"
     ]
-    await _post(system, f"/v1/complaints/{cid}/resolve", {"summary": "已处理"}, agent)
+    await command(system, f"/v1/complaints/{cid}/resolve", {"summary": "已处理"}, agent)
     for path in ("reopen", "close"):
         response = await system.intake.post(
             f"/v1/complaints/{cid}/{path}", json={"reason": "x"}, headers=agent

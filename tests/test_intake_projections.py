@@ -14,7 +14,7 @@ from complaints_shared.events import (
     EventType,
     SlaClock,
 )
-from tests.support.http import complaint_body, token
+from tests.support.http import complaint_body, complaint_when, token
 from tests.support.kafka import handled_count, publish, republish
 from tests.support.system import System
 from tests.support.waits import eventually
@@ -28,9 +28,8 @@ async def test_late_and_repeated_routing_events_leave_the_newest_state(system: S
         await system.intake.post("/v1/complaints", json=complaint_body(), headers=admin)
     ).json()
     cid = created["id"]
-    await eventually(
-        lambda: _complaint(system, cid, admin, lambda c: c["assignment"] is not None),
-        what="routing's own assignment",
+    await complaint_when(
+        system, cid, admin, lambda c: c["assignment"] is not None, what="routing's own assignment"
     )
     base = {"complaint_id": cid, "org": "demo", "branch": "LZ"}
     later = datetime.now(UTC) + timedelta(minutes=5)
@@ -89,9 +88,8 @@ async def test_late_and_repeated_routing_events_leave_the_newest_state(system: S
         lambda: handled_count("intake", EventType.COMPLAINT_REASSIGNED) >= before + 2,
         what="both reassignment deliveries consumed",
     )
-    final = await eventually(
-        lambda: _complaint(system, cid, admin, lambda c: c["sla"]["acknowledge_breached"]),
-        what="breach applied",
+    final = await complaint_when(
+        system, cid, admin, lambda c: c["sla"]["acknowledge_breached"], what="breach applied"
     )
     assert final["assignment"]["owner_id"] == "lz-liu"
     assert final["assignment"]["department"] == "LZ:BILLING"
@@ -140,8 +138,3 @@ async def test_followup_outcome_for_an_earlier_resolution_does_not_close(system:
     document = (await system.intake.get(f"/v1/complaints/{cid}", headers=admin)).json()
     assert document["status"] == "resolved"
     assert document["satisfaction"]["resolution_number"] == 1
-
-
-async def _complaint(system: System, cid: str, headers: dict, condition) -> dict | None:
-    body = (await system.intake.get(f"/v1/complaints/{cid}", headers=headers)).json()
-    return body if condition(body) else None

@@ -16,7 +16,7 @@ import pytest
 from complaints_shared.clock import ManualClock
 from intake.main import create_app as create_intake_app
 from intake.settings import IntakeSettings
-from tests.support.http import complaint_body, token
+from tests.support.http import command, complaint_body, complaint_when, token
 from tests.support.routing import (
     FAST_TIMERS,
     MONDAY_10_SHANGHAI,
@@ -39,20 +39,6 @@ async def _create(system: System, headers: dict, **overrides) -> dict:
     return response.json()
 
 
-async def _post(system: System, path: str, body: dict, headers: dict) -> dict:
-    response = await system.intake.post(path, json=body, headers=headers)
-    assert response.status_code == 200, response.text
-    return response.json()
-
-
-async def _record_when(system: System, cid: str, headers: dict, holds, *, what: str) -> dict:
-    async def probe() -> dict | None:
-        body = (await system.intake.get(f"/v1/complaints/{cid}", headers=headers)).json()
-        return body if holds(body) else None
-
-    return await eventually(probe, timeout_s=20, what=what)
-
-
 async def _timeline(system: System, cid: str, headers: dict) -> list[dict]:
     response = await system.intake.get(f"/v1/complaints/{cid}/timeline", headers=headers)
     return response.json()["entries"]
@@ -72,19 +58,23 @@ async def test_acknowledge_after_a_note_and_after_pending_and_resume(system: Sys
     noted = await _create(system, agent, subject="话费多扣一")
     waited = await _create(system, agent, subject="话费多扣二")
     for cid in (noted["id"], waited["id"]):
-        await _record_when(system, cid, agent, lambda c: c["assignment"], what="assignment")
+        await complaint_when(
+            system, cid, agent, lambda c: c["assignment"], what="assignment", timeout_s=20
+        )
 
-    after_note = await _post(system, f"/v1/complaints/{noted['id']}/notes", {"text": "查账"}, agent)
+    after_note = await command(
+        system, f"/v1/complaints/{noted['id']}/notes", {"text": "查账"}, agent
+    )
     assert after_note["status"] == "open" and after_note["work_started_at"]
-    acked = await _post(system, f"/v1/complaints/{noted['id']}/acknowledge", {}, agent)
+    acked = await command(system, f"/v1/complaints/{noted['id']}/acknowledge", {}, agent)
     assert acked["status"] == "open"
     assert acked["acknowledgement"]["acknowledged_by"] == "tester"
     assert acked["acknowledgement"]["late"] is False
 
     base = f"/v1/complaints/{waited['id']}"
-    await _post(system, f"{base}/pending-customer", {"reason": "等缴费凭证"}, agent)
-    await _post(system, f"{base}/resume", {}, agent)
-    acked = await _post(
+    await command(system, f"{base}/pending-customer", {"reason": "等缴费凭证"}, agent)
+    await command(system, f"{base}/resume", {}, agent)
+    acked = await command(
         system,
         f"{base}/acknowledge",
         {"promised_response_at": "2026-12-01T10:00:00Z", "message_to_customer": "明天答复"},
@@ -111,17 +101,18 @@ async def test_an_escalated_and_breached_complaint_is_acknowledged_late_and_its_
     cid = (await _create(system, agent, severity="high"))["id"]
     assignment = await assignment_when(system, cid)
     clock.set(assignment["acknowledge_due_at"] + MINUTE)
-    breached = await _record_when(
+    breached = await complaint_when(
         system,
         cid,
         agent,
         lambda c: c["sla"]["acknowledge_breached"] and (c["escalation"] or {}).get("level") == 1,
         what="breach and escalation on the record",
+        timeout_s=20,
     )
     assert breached["status"] == "open"  # breach and escalation are facts, not statuses
     assert breached["escalation"]["reason"] == "sla_breach"
 
-    acked = await _post(system, f"/v1/complaints/{cid}/acknowledge", {}, agent)
+    acked = await command(system, f"/v1/complaints/{cid}/acknowledge", {}, agent)
     assert acked["acknowledgement"]["late"] is True
     assert acked["acknowledged_at"] == clock.now().isoformat().replace("+00:00", "Z")
     stopped = await _ack_clock_stopped(system, cid)
@@ -145,12 +136,13 @@ async def test_a_hospital_major_incident_is_acknowledged_and_shows_routings_seve
         description="急诊误诊为胃炎，实为心梗，延误治疗",
     )
     cid = incident["id"]
-    record = await _record_when(
+    record = await complaint_when(
         system,
         cid,
         duty,
         lambda c: c["severity"] == "critical" and (c["escalation"] or {}).get("level") == 2,
         what="routing's severity and escalation on the record",
+        timeout_s=20,
     )
     assert record["major_incident"] is True
     assert record["status"] == "open"
@@ -160,7 +152,7 @@ async def test_a_hospital_major_incident_is_acknowledged_and_shows_routings_seve
     waiting = {"escalated": "true", "acknowledged": "false"}
     found = await system.intake.get("/v1/complaints", params=waiting, headers=duty)
     assert [item["id"] for item in found.json()["items"]] == [cid]
-    acked = await _post(system, f"/v1/complaints/{cid}/acknowledge", {}, duty)
+    acked = await command(system, f"/v1/complaints/{cid}/acknowledge", {}, duty)
     assert acked["acknowledged_at"] is not None
     found = await system.intake.get("/v1/complaints", params=waiting, headers=duty)
     assert found.json()["items"] == []
@@ -198,8 +190,10 @@ async def test_closure_and_reopening_by_followup_are_on_the_timeline(
 ) -> None:
     admin = token(system.intake_settings)
     cid = (await _create(system, admin))["id"]
-    await _record_when(system, cid, admin, lambda c: c["assignment"], what="assignment")
-    await _post(system, f"/v1/complaints/{cid}/resolve", {"summary": "已退费"}, admin)
+    await complaint_when(
+        system, cid, admin, lambda c: c["assignment"], what="assignment", timeout_s=20
+    )
+    await command(system, f"/v1/complaints/{cid}/resolve", {"summary": "已退费"}, admin)
     check_id = await _followup_check(system, cid, admin)
     outcome = await system.followup.post(
         f"/v1/followups/{check_id}/outcome",
@@ -207,7 +201,9 @@ async def test_closure_and_reopening_by_followup_are_on_the_timeline(
         headers=admin,
     )
     assert outcome.status_code == 200, outcome.text
-    await _record_when(system, cid, admin, lambda c: c["status"] == status_to, what=status_to)
+    await complaint_when(
+        system, cid, admin, lambda c: c["status"] == status_to, what=status_to, timeout_s=20
+    )
 
     entries = await _timeline(system, cid, admin)
     actions = [entry["action"] for entry in entries]
@@ -236,8 +232,13 @@ async def test_responsibility_set_in_routing_reaches_the_record_and_the_report(
         headers=supervisor,
     )
     assert response.status_code == 200, response.text
-    record = await _record_when(
-        system, cid, admin, lambda c: c["responsibility"], what="responsibility on the record"
+    record = await complaint_when(
+        system,
+        cid,
+        admin,
+        lambda c: c["responsibility"],
+        what="responsibility on the record",
+        timeout_s=20,
     )
     assert (record["responsible_department"], record["responsible_party"]) == (
         "LZ:NETWORK",

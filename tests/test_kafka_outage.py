@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from tests.support.http import BROADBAND_COMPLAINT, token
+from tests.support.http import BROADBAND_COMPLAINT, assigned, token
 from tests.support.system import System
 from tests.support.waits import eventually
 
@@ -23,7 +23,7 @@ async def test_complaint_posted_while_broker_is_down_is_assigned_after_restart(
     # Make sure the pipeline is live before the outage, so the test measures recovery.
     warm = await system.intake.post("/v1/complaints", json=BROADBAND_COMPLAINT, headers=admin)
     await eventually(
-        lambda: _assigned(system, warm.json()["id"], admin), timeout_s=15, what="warm-up"
+        lambda: assigned(system, warm.json()["id"], admin), timeout_s=15, what="warm-up"
     )
 
     await asyncio.to_thread(broker.stop)
@@ -40,7 +40,7 @@ async def test_complaint_posted_while_broker_is_down_is_assigned_after_restart(
         await asyncio.to_thread(broker.start)
 
     routed = await eventually(
-        lambda: _assigned(system, complaint_id, admin),
+        lambda: assigned(system, complaint_id, admin),
         # The broker restarts, then three consumer groups rejoin and two relays reconnect.
         timeout_s=150,
         interval_s=0.5,
@@ -51,8 +51,3 @@ async def test_complaint_posted_while_broker_is_down_is_assigned_after_restart(
         {"_id": complaint_id}
     )
     assert document["outbox"] == []
-
-
-async def _assigned(system: System, complaint_id: str, headers: dict) -> dict | None:
-    body = (await system.intake.get(f"/v1/complaints/{complaint_id}", headers=headers)).json()
-    return body if body.get("assignment") else None

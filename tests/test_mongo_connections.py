@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 import pytest
 from pymongo.uri_parser import parse_uri
 
-from tests.support.http import complaint_body, token
+from tests.support.http import complaint_body, complaint_count, token
 from tests.support.system import System, SystemFactory
 from tests.support.tcp_proxy import TcpProxy
 from tests.support.waits import eventually
@@ -56,11 +56,6 @@ async def _burst(system: System, label: str) -> list[int]:
     return [response.status_code for response in responses]
 
 
-async def _complaints(system: System) -> int:
-    db = system.mongo[system.intake_settings.database_name()]
-    return await db.complaints.count_documents({})
-
-
 @pytest.fixture
 async def idle_closing_proxy(infrastructure) -> AsyncIterator[TcpProxy]:
     proxy = await _proxy(infrastructure.mongodb_uri, idle_close_s=1.5)
@@ -93,7 +88,7 @@ async def test_a_burst_after_an_idle_spell_longer_than_the_peer_idle_limit_has_n
         what="the proxy closing idle connections",
     )
     assert await _burst(system, "安静之后") == [201] * BURST
-    assert await _complaints(system) == 2 * BURST
+    assert await complaint_count(system) == 2 * BURST
 
 
 async def test_a_burst_after_every_connection_was_severed_has_no_5xx(
@@ -105,4 +100,4 @@ async def test_a_burst_after_every_connection_was_severed_has_no_5xx(
     assert await _burst(system, "第一批") == [201] * BURST
     assert severable_proxy.sever_all() > 0
     assert await _burst(system, "断开之后") == [201] * BURST
-    assert await _complaints(system) == 2 * BURST
+    assert await complaint_count(system) == 2 * BURST

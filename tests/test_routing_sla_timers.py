@@ -22,6 +22,7 @@ from complaints_shared.events import (
 from routing import sla
 from routing.main import create_app as create_routing_app
 from routing.models import BranchRead, TimeBasis
+from tests.support.clock import at
 from tests.support.events import base, received, resolved
 from tests.support.http import token
 from tests.support.kafka import intake_producer, of_type, routing_events
@@ -37,10 +38,6 @@ from tests.support.system import SystemFactory
 pytestmark = pytest.mark.integration
 
 MINUTE = timedelta(minutes=1)
-
-
-def _at(value: str) -> datetime:
-    return datetime.fromisoformat(value)
 
 
 def _clock_of(document: dict, name: str) -> dict:
@@ -183,7 +180,7 @@ async def test_acknowledge_pause_resume_resolve_and_reopen_drive_the_clocks(
     )
     assert of_type(events, EventType.COMPLAINT_SLA_BREACHED) == []
     announced = of_type(events, EventType.COMPLAINT_ASSIGNED, cid)
-    assert [_at(a.data["resolve_due_at"]) for a in announced] == [
+    assert [at(a.data["resolve_due_at"]) for a in announced] == [
         original_resolve_due,
         expected_due,
         document["resolve_due_at"],
@@ -253,10 +250,10 @@ async def test_hospital_major_incident_reaches_the_head_with_a_six_hour_report_d
     (assigned,) = of_type(events, EventType.COMPLAINT_ASSIGNED, incident.complaint_id)
     assert assigned.data["duty_officer"] is True
     assert assigned.data["escalation_level"] == 2
-    assert _at(assigned.data["regulatory_report_due_at"]) == report_due
+    assert at(assigned.data["regulatory_report_due_at"]) == report_due
     (escalated,) = of_type(events, EventType.COMPLAINT_ESCALATED, incident.complaint_id)
     assert escalated.data["escalated_to_id"] == "hosp-head"
-    assert _at(escalated.data["regulatory_report_due_at"]) == report_due
+    assert at(escalated.data["regulatory_report_due_at"]) == report_due
     breaches = of_type(events, EventType.COMPLAINT_SLA_BREACHED, incident.complaint_id)
     assert {e.data["clock"] for e in breaches} >= {"acknowledge", "regulatory_report"}
     warnings = of_type(events, EventType.COMPLAINT_SLA_WARNING, reported.complaint_id)

@@ -10,8 +10,9 @@ import pytest
 from complaints_shared.clock import ManualClock
 from complaints_shared.events import EventType
 from complaints_shared.metrics import TIMER_FAILURES
+from tests.support.clock import at, start_clock
 from tests.support.events import received, resolved
-from tests.support.followup import at, checks_of, start_clock
+from tests.support.followup import checks_of
 from tests.support.http import token
 from tests.support.kafka import intake_producer, publish
 from tests.support.routing import FAST_TIMERS, MONDAY_10_SHANGHAI, assignment_when, routing_db

@@ -3,7 +3,8 @@
 - ``system``: the three services of one test in-process (``System``, ``running_systems``);
 - ``events``: one builder per event a test publishes itself (``received``, ``resolved``);
 - ``kafka``: publishing as a service would, reading topics, counting handled events;
-- ``http``: bearer tokens and complaint request bodies;
+- ``http``: bearer tokens, complaint request bodies, intake's answers;
+- ``clock``: aware UTC datetimes and a manual clock;
 - ``waits``: ``eventually``, polling with a deadline;
 - ``routing`` / ``followup``: reading each service's state in tests;
 - ``infrastructure``, ``private_infrastructure``, ``tcp_proxy``, ``identity_provider``:

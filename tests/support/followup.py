@@ -2,26 +2,18 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 from complaints_shared.clock import ManualClock
 from followup.contact_hours import default_contact_hours
 from followup.settings import FollowupSettings
-from tests.support.http import BROADBAND_COMPLAINT
+from tests.support.clock import at
+from tests.support.http import BROADBAND_COMPLAINT, assigned
 from tests.support.system import System
 from tests.support.waits import eventually
 
 FAST_SCHEDULER = {"scheduler_poll_interval_s": 0.1}
 DEFAULT_HOURS = default_contact_hours(FollowupSettings())
-
-
-def start_clock() -> ManualClock:
-    """A manual clock starting at the wall clock's now (intake stamps resolutions with it)."""
-    return ManualClock(datetime.now(UTC).replace(microsecond=0))
-
-
-def at(value: str) -> datetime:
-    return datetime.fromisoformat(value)
 
 
 async def checks_of(
@@ -62,11 +54,7 @@ async def resolve_through_intake(system: System, headers: dict, *, severity: str
     assert created.status_code == 201, created.text
     complaint_id = created.json()["id"]
 
-    async def assigned() -> bool:
-        body = (await system.intake.get(f"/v1/complaints/{complaint_id}", headers=headers)).json()
-        return bool(body.get("assignment"))
-
-    await eventually(assigned, what="assignment")
+    await eventually(lambda: assigned(system, complaint_id, headers), what="assignment")
     resolution = await system.intake.post(
         f"/v1/complaints/{complaint_id}/resolve",
         json={"summary": "已恢复宽带，补打欠费单并当面致歉", "customer_accepted": True},

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from complaints_shared.auth import mint_token
 from complaints_shared.settings import ServiceSettings
 from tests.support.system import System
+from tests.support.waits import eventually
 
 
 def token(
@@ -75,3 +77,39 @@ BROADBAND_COMPLAINT = complaint_body(
 async def complaint_of(system: System, complaint_id: str, headers: dict) -> dict:
     """The complaint of record as intake answers it."""
     return (await system.intake.get(f"/v1/complaints/{complaint_id}", headers=headers)).json()
+
+
+async def complaint_when(
+    system: System,
+    complaint_id: str,
+    headers: dict,
+    holds: Callable[[dict], Any],
+    *,
+    what: str,
+    timeout_s: float = 10.0,
+) -> dict:
+    """The complaint of record once ``holds`` is true of it."""
+
+    async def probe() -> dict | None:
+        body = await complaint_of(system, complaint_id, headers)
+        return body if holds(body) else None
+
+    return await eventually(probe, timeout_s=timeout_s, what=what)
+
+
+async def assigned(system: System, complaint_id: str, headers: dict) -> dict | None:
+    """The complaint once routing's assignment reached it, else None (a probe to poll)."""
+    body = await complaint_of(system, complaint_id, headers)
+    return body if body.get("assignment") else None
+
+
+async def command(system: System, path: str, body: dict, headers: dict) -> dict:
+    """POST a command to intake (``/v1/complaints/{id}/resolve``, say); it must succeed."""
+    response = await system.intake.post(path, json=body, headers=headers)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+async def complaint_count(system: System) -> int:
+    """How many complaints intake's database holds."""
+    return await system.mongo[system.intake_settings.database_name()].complaints.count_documents({})
