@@ -24,7 +24,7 @@ from complaints_shared.metrics import PARTITION_STALLED
 from complaints_shared.settings import ServiceSettings
 from tests.support.events import NETWORK_DROPOUTS, received
 from tests.support.http import BROADBAND_COMPLAINT, token
-from tests.support.kafka import events_of, handled_count, read_topic
+from tests.support.kafka import events_of, handled_count, intake_producer, read_topic, redeliver
 from tests.support.system import System
 from tests.support.waits import eventually
 
@@ -39,12 +39,9 @@ async def test_duplicate_received_event_assigns_once(system: System) -> None:
         data=received(complaint_id=complaint_id, **NETWORK_DROPOUTS),
     )
     handled_before = handled_count("routing", EventType.COMPLAINT_RECEIVED)
-    producer = EventProducer(settings=system.intake_settings)
-    try:
+    async with intake_producer(system) as publish:
         for _ in range(2):  # the same event, delivered twice
-            await producer.publish(event, topic=system.topic(Topic.INTAKE))
-    finally:
-        await producer.stop()
+            await publish.replay(event)
 
     db = system.mongo[system.routing_settings.database_name()]
     assignment = await eventually(
@@ -352,16 +349,7 @@ async def test_redelivered_assignment_event_is_applied_once(system: System) -> N
     )
     original = records[0]
     handled_before = handled_count("intake", EventType.COMPLAINT_ASSIGNED)
-    producer = EventProducer(settings=system.routing_settings)
-    try:
-        await producer.publish_raw(
-            topic=system.topic(Topic.ROUTING),
-            key=original.key,
-            value=original.value,
-            headers=list(original.headers),
-        )
-    finally:
-        await producer.stop()
+    await redeliver(system, original, service="routing")
     await eventually(
         lambda: handled_count("intake", EventType.COMPLAINT_ASSIGNED) > handled_before,
         what="redelivered event consumed",

@@ -20,7 +20,6 @@ from complaints_shared.events import (
     EventType,
     Topic,
 )
-from complaints_shared.kafka import EventProducer
 from tests.support.events import base, received, resolved
 from tests.support.followup import checks_of, resolve_through_intake
 from tests.support.http import complaint_of, token
@@ -30,6 +29,7 @@ from tests.support.kafka import (
     intake_producer,
     publish,
     read_topic,
+    redeliver,
     republish,
 )
 from tests.support.routing import assignment_when
@@ -158,16 +158,7 @@ async def test_intake_redelivered_followup_outcome_reopens_the_complaint_once(
         if dict(record.headers).get("ce_type", b"").endswith(b"completed.v1")
     ]
     handled_before = handled_count("intake", EventType.FOLLOWUP_COMPLETED)
-    producer = EventProducer(settings=system.followup_settings)
-    try:  # the very same record, delivered again
-        await producer.publish_raw(
-            topic=system.topic(Topic.FOLLOWUP),
-            key=completed.key,
-            value=completed.value,
-            headers=list(completed.headers),
-        )
-    finally:
-        await producer.stop()
+    await redeliver(system, completed, service="followup")  # the very same record, again
     await eventually(
         lambda: _handled("intake", EventType.FOLLOWUP_COMPLETED, handled_before + 1),
         what="redelivered outcome consumed",

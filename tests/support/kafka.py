@@ -75,6 +75,20 @@ async def republish(system: System, event: CloudEvent, *, service: str = "intake
         await send.replay(event)
 
 
+async def redeliver(system: System, record, *, service: str) -> None:
+    """Put a record read from ``service``'s topic there once more, byte for byte."""
+    producer = EventProducer(settings=getattr(system, f"{service}_settings"))
+    try:
+        await producer.publish_raw(
+            topic=system.topic(TOPIC_OF[service]),
+            key=record.key,
+            value=record.value,
+            headers=list(record.headers),
+        )
+    finally:
+        await producer.stop()
+
+
 async def read_topic(
     *, bootstrap_servers: str, topic: str, until: Callable[[list], bool], timeout_s: float = 10.0
 ) -> list:
