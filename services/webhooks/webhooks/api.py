@@ -1,0 +1,408 @@
+"""HTTP routes of webhooks: subscriptions, their secrets, delivery logs and replays.
+
+Every route needs an admin token. A subscription belongs to one organisation and
+either one branch or (``branch: null``) all of them; a token limited to some
+branches sees and manages only subscriptions of those branches, others are 404.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import timedelta
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Path, Query, Request, Response
+from pydantic import Field
+
+from complaints_shared.auth import CurrentPrincipal, Principal, Role, require_role
+from complaints_shared.envelope import CloudEvent
+from complaints_shared.events import EVENT_CONTRACTS
+from complaints_shared.pagination import Page
+from complaints_shared.problems import ProblemError, not_found
+from complaints_shared.runtime import Runtime
+from webhooks import store
+from webhooks.handlers import order_key
+from webhooks.models import (
+    PING_EVENT_TYPE,
+    DeliveryFilters,
+    DeliveryRead,
+    EventTypeInfo,
+    RedeliverRange,
+    RedeliveryAccepted,
+    SecretRotated,
+    StrictModel,
+    SubscriptionCreate,
+    SubscriptionCreated,
+    SubscriptionRead,
+    SubscriptionStatus,
+    SubscriptionUpdate,
+)
+from webhooks.scheduler import Dispatcher
+from webhooks.settings import WebhooksSettings
+from webhooks.signing import new_secret, structured_body
+from webhooks.targets import TargetRefused, parse_target
+
+router = APIRouter(prefix="/v1/webhooks", tags=["webhooks"])
+
+SubscriptionId = Annotated[str, Path(max_length=64, description="Subscription id (whs_...)")]
+DeliveryId = Annotated[str, Path(max_length=64, description="Delivery id = webhook-id (msg_...)")]
+
+
+class ListQuery(StrictModel):
+    limit: int = Field(50, ge=1, le=200)
+    cursor: str | None = None
+
+
+async def _admin(principal: CurrentPrincipal) -> Principal:
+    require_role(principal, Role.ADMIN, action="managing webhook subscriptions")
+    return principal
+
+
+Admin = Annotated[Principal, Depends(_admin)]
+
+
+def _runtime(request: Request) -> Runtime:
+    return request.app.state.runtime
+
+
+def _settings(request: Request) -> WebhooksSettings:
+    return request.app.state.settings
+
+
+def _dispatcher(request: Request) -> Dispatcher:
+    return request.app.state.dispatcher
+
+
+def _invalid(field: str, message: str) -> ProblemError:
+    return ProblemError(
+        status=422,
+        title="Invalid request",
+        kind="validation-error",
+        detail=f"invalid field(s): {field}",
+        errors=[{"field": field, "message": message}],
+    )
+
+
+def _checked_url(url: str, settings: WebhooksSettings) -> str:
+    try:
+        parse_target(url, settings=settings)
+    except TargetRefused as exc:
+        raise _invalid("target_url", str(exc)) from None
+    return url
+
+
+async def _subscription(request: Request, principal: Principal, subscription_id: str) -> dict:
+    found = await store.get_subscription(
+        db=_runtime(request).db, scope=principal.scope_filter(), subscription_id=subscription_id
+    )
+    if found is None:
+        raise not_found(what="subscription", identifier=subscription_id)
+    return found
+
+
+# ------------------------------------------------------------------ catalogue --
+
+
+@router.get(
+    "/event-types",
+    response_model=list[EventTypeInfo],
+    summary="Event types a subscription can ask for (contracts in docs/asyncapi.json)",
+)
+async def event_types(principal: Admin) -> list[EventTypeInfo]:
+    return [
+        EventTypeInfo(
+            type=event_type.value,
+            topic=topic.value,
+            description=(model.__doc__ or "").strip().splitlines()[0],
+        )
+        for event_type, (topic, model) in EVENT_CONTRACTS.items()
+    ]
+
+
+# -------------------------------------------------------------- subscriptions --
+
+
+@router.post(
+    "/subscriptions",
+    status_code=201,
+    response_model=SubscriptionCreated,
+    summary="Subscribe a target URL; the signing secret is in this response only",
+)
+async def create_subscription(
+    body: SubscriptionCreate, request: Request, principal: Admin
+) -> SubscriptionCreated:
+    runtime = _runtime(request)
+    _checked_url(body.target_url, _settings(request))
+    if body.branch is None and not principal.all_branches:
+        raise _invalid(
+            "branch",
+            f"a token for branches {principal.branches} must name one of them; "
+            "all-branch subscriptions need a token for every branch",
+        )
+    if body.branch is not None and not principal.can_see(org=principal.org, branch=body.branch):
+        raise not_found(what="branch", identifier=body.branch)
+    now = runtime.clock.now()
+    secret = new_secret()
+    document: dict[str, Any] = {
+        "_id": store.new_subscription_id(),
+        "org": principal.org,
+        "branch": body.branch,
+        "target_url": body.target_url,
+        "event_types": body.event_types,
+        "description": body.description,
+        "status": body.status.value,
+        "status_reason": None,
+        "signing_secrets": [{"secret": secret, "created_at": now, "expires_at": None}],
+        "failure_streak": 0,
+        "created_by": principal.subject,
+        "created_at": now,
+        "updated_at": now,
+    }
+    await store.insert_subscription(db=runtime.db, document=document)
+    return SubscriptionCreated.model_validate({**store.public(document), "secret": secret})
+
+
+@router.get(
+    "/subscriptions",
+    response_model=Page[SubscriptionRead],
+    summary="Subscriptions the caller's branches cover, oldest first",
+)
+async def list_subscriptions(
+    request: Request, principal: Admin, query: Annotated[ListQuery, Query()]
+) -> Page[SubscriptionRead]:
+    documents, next_cursor = await store.list_subscriptions(
+        db=_runtime(request).db, principal=principal, limit=query.limit, cursor=query.cursor
+    )
+    return Page[SubscriptionRead](
+        items=[SubscriptionRead.model_validate(store.public(doc)) for doc in documents],
+        next_cursor=next_cursor,
+    )
+
+
+@router.get(
+    "/subscriptions/{subscription_id}",
+    response_model=SubscriptionRead,
+    summary="One subscription (never its secret)",
+)
+async def get_subscription(
+    subscription_id: SubscriptionId, request: Request, principal: Admin
+) -> SubscriptionRead:
+    found = await _subscription(request, principal, subscription_id)
+    return SubscriptionRead.model_validate(store.public(found))
+
+
+@router.patch(
+    "/subscriptions/{subscription_id}",
+    response_model=SubscriptionRead,
+    summary="Change URL, event types, description or status; re-activating replays the backlog",
+)
+async def update_subscription(
+    subscription_id: SubscriptionId, body: SubscriptionUpdate, request: Request, principal: Admin
+) -> SubscriptionRead:
+    runtime = _runtime(request)
+    current = await _subscription(request, principal, subscription_id)
+    now = runtime.clock.now()
+    changes: dict[str, Any] = {"updated_at": now}
+    unset: dict[str, Any] = {}
+    if body.target_url is not None:
+        changes["target_url"] = _checked_url(body.target_url, _settings(request))
+    if body.event_types is not None:
+        changes["event_types"] = body.event_types
+    if body.description is not None:
+        changes["description"] = body.description
+    reactivated = False
+    if body.status is not None and body.status.value != current["status"]:
+        changes["status"] = body.status.value
+        changes["status_reason"] = (
+            None if body.status is SubscriptionStatus.ACTIVE else (f"paused by {principal.subject}")
+        )
+        if body.status is SubscriptionStatus.ACTIVE:
+            reactivated = True
+            changes["failure_streak"] = 0
+            unset["failing_since"] = ""
+    updated = await store.update_subscription(
+        db=runtime.db,
+        scope=principal.scope_filter(),
+        subscription_id=subscription_id,
+        changes=changes,
+        unset=unset,
+    )
+    if updated is None:
+        raise not_found(what="subscription", identifier=subscription_id)
+    if reactivated:
+        await store.release_held(db=runtime.db, subscription_id=subscription_id, now=now)
+        _dispatcher(request).notify()
+    return SubscriptionRead.model_validate(store.public(updated))
+
+
+@router.delete(
+    "/subscriptions/{subscription_id}",
+    status_code=204,
+    summary="Remove a subscription and its delivery log",
+)
+async def delete_subscription(
+    subscription_id: SubscriptionId, request: Request, principal: Admin
+) -> Response:
+    deleted = await store.delete_subscription(
+        db=_runtime(request).db, scope=principal.scope_filter(), subscription_id=subscription_id
+    )
+    if not deleted:
+        raise not_found(what="subscription", identifier=subscription_id)
+    return Response(status_code=204)
+
+
+@router.post(
+    "/subscriptions/{subscription_id}/secret/rotate",
+    response_model=SecretRotated,
+    summary="New signing secret (shown once); the previous one keeps signing for the overlap",
+)
+async def rotate_secret(
+    subscription_id: SubscriptionId, request: Request, principal: Admin
+) -> SecretRotated:
+    runtime = _runtime(request)
+    settings = _settings(request)
+    scope = principal.scope_filter()
+    current = await store.get_subscription(
+        db=runtime.db, scope=scope, subscription_id=subscription_id, with_secrets=True
+    )
+    if current is None:
+        raise not_found(what="subscription", identifier=subscription_id)
+    now = runtime.clock.now()
+    overlap_until = now + timedelta(seconds=settings.secret_rotation_overlap_s)
+    secret = new_secret()
+    # The current secret signs until the overlap ends; secrets already past theirs are dropped.
+    kept = [
+        {**entry, "expires_at": overlap_until}
+        for entry in current.get("signing_secrets", [])
+        if entry.get("expires_at") is None
+    ]
+    secrets = [{"secret": secret, "created_at": now, "expires_at": None}, *kept]
+    replaced = await store.replace_secrets(
+        db=runtime.db,
+        scope=scope,
+        subscription_id=subscription_id,
+        secrets=secrets,
+        now=now,
+        previous_expires_at=overlap_until,
+    )
+    if not replaced:
+        raise not_found(what="subscription", identifier=subscription_id)
+    return SecretRotated(secret=secret, previous_secret_expires_at=overlap_until)
+
+
+@router.post(
+    "/subscriptions/{subscription_id}/ping",
+    status_code=202,
+    response_model=DeliveryRead,
+    summary="Send a signed test event (also while paused); follow it in the delivery log",
+)
+async def ping(subscription_id: SubscriptionId, request: Request, principal: Admin) -> DeliveryRead:
+    runtime = _runtime(request)
+    subscription = await _subscription(request, principal, subscription_id)
+    now = runtime.clock.now()
+    event = CloudEvent(
+        id=str(uuid.uuid4()),
+        source="/complaint-desk/webhooks",
+        type=PING_EVENT_TYPE,
+        subject=subscription_id,
+        time=now,
+        data={"subscription_id": subscription_id, "org": subscription["org"], "ping": True},
+    )
+    delivery = store.new_delivery(
+        delivery_id=store.delivery_id(subscription_id=subscription_id, event_id=event.id),
+        subscription=subscription,
+        org=subscription["org"],
+        branch=subscription.get("branch"),
+        event_id=event.id,
+        event_type=event.type,
+        complaint_id=None,
+        body=structured_body(event),
+        order_key=order_key(event, arrival=0),
+        now=now,
+    )
+    await store.insert_deliveries(db=runtime.db, deliveries=[delivery])
+    _dispatcher(request).notify()
+    return DeliveryRead.model_validate(store.public(delivery))
+
+
+# ----------------------------------------------------------------- deliveries --
+
+
+@router.get(
+    "/subscriptions/{subscription_id}/deliveries",
+    response_model=Page[DeliveryRead],
+    summary="The delivery log, newest first: status, attempts, response code, latency, next try",
+)
+async def list_deliveries(
+    subscription_id: SubscriptionId,
+    request: Request,
+    principal: Admin,
+    filters: Annotated[DeliveryFilters, Query()],
+) -> Page[DeliveryRead]:
+    await _subscription(request, principal, subscription_id)
+    return await store.list_deliveries(
+        db=_runtime(request).db, subscription_id=subscription_id, filters=filters
+    )
+
+
+@router.get(
+    "/subscriptions/{subscription_id}/deliveries/{delivery_id}",
+    response_model=DeliveryRead,
+    summary="One delivery with its attempt log",
+)
+async def get_delivery(
+    subscription_id: SubscriptionId, delivery_id: DeliveryId, request: Request, principal: Admin
+) -> DeliveryRead:
+    await _subscription(request, principal, subscription_id)
+    found = await store.get_delivery(
+        db=_runtime(request).db, subscription_id=subscription_id, delivery_id=delivery_id
+    )
+    if found is None:
+        raise not_found(what="delivery", identifier=delivery_id)
+    return DeliveryRead.model_validate(store.public(found))
+
+
+@router.post(
+    "/subscriptions/{subscription_id}/deliveries/{delivery_id}/redeliver",
+    status_code=202,
+    response_model=RedeliveryAccepted,
+    summary="Send one delivery again (same webhook-id), with a fresh retry schedule",
+)
+async def redeliver_one(
+    subscription_id: SubscriptionId, delivery_id: DeliveryId, request: Request, principal: Admin
+) -> RedeliveryAccepted:
+    runtime = _runtime(request)
+    await _subscription(request, principal, subscription_id)
+    queued = await store.redeliver_one(
+        db=runtime.db,
+        subscription_id=subscription_id,
+        delivery_id=delivery_id,
+        now=runtime.clock.now(),
+    )
+    if not queued:
+        raise not_found(what="delivery", identifier=delivery_id)
+    _dispatcher(request).notify()
+    return RedeliveryAccepted(queued=1)
+
+
+@router.post(
+    "/subscriptions/{subscription_id}/redeliver",
+    status_code=202,
+    response_model=RedeliveryAccepted,
+    summary="Send again the deliveries recorded in a time range (default: the failed ones)",
+)
+async def redeliver_range(
+    subscription_id: SubscriptionId, body: RedeliverRange, request: Request, principal: Admin
+) -> RedeliveryAccepted:
+    runtime = _runtime(request)
+    await _subscription(request, principal, subscription_id)
+    queued = await store.redeliver_range(
+        db=runtime.db,
+        subscription_id=subscription_id,
+        created_from=body.created_from,
+        created_to=body.created_to,
+        statuses=body.statuses,
+        now=runtime.clock.now(),
+    )
+    _dispatcher(request).notify()
+    return RedeliveryAccepted(queued=queued)

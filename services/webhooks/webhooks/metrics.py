@@ -1,0 +1,31 @@
+"""Prometheus metrics of webhook deliveries (labelled by subscription id)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+DELIVERY_ATTEMPTS = Counter(
+    "complaints_webhook_attempts_total",
+    "Delivery attempts by outcome: delivered (2xx), failed (will retry or gave up), gone (410).",
+    ["subscription", "outcome"],
+)
+DELIVERIES_FINISHED = Counter(
+    "complaints_webhook_deliveries_total",
+    "Deliveries finished: delivered, or failed after the whole retry schedule.",
+    ["subscription", "status"],
+)
+DELIVERY_LATENCY = Histogram(
+    "complaints_webhook_attempt_duration_seconds",
+    "Duration of one attempt, request sent to response (or error).",
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
+)
+BACKLOG = Gauge(
+    "complaints_webhook_backlog",
+    "Pending deliveries per subscription (recomputed every BACKLOG_REFRESH_S).",
+    ["subscription"],
+)
+SUBSCRIPTIONS_PAUSED = Counter(
+    "complaints_webhook_subscriptions_stopped_total",
+    "Subscriptions stopped by the service: auto_paused (failure threshold) or disabled (410).",
+    ["reason"],
+)

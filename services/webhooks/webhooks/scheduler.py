@@ -1,0 +1,284 @@
+"""The delivery dispatcher: durable timers claimed with leases, attempts side by side.
+
+Every pending delivery carries ``next_attempt_at`` in MongoDB. Each replica
+claims due ones (earliest first) under a lease of the request timeout plus a
+margin, and runs each attempt as its own task: at most
+``max_concurrent_deliveries`` in flight, and at most
+``max_concurrent_per_subscription`` per subscription (a saturated
+subscription's deliveries are not even claimed), so a slow or dead target only
+ever holds its own slots while every attempt is bounded by
+``request_timeout_s``. A replica killed mid-attempt loses its leases; the
+attempts in flight are repeated once the leases expire, nothing else.
+
+Order: a claimed delivery with an earlier pending delivery of the same chain
+(subscription + complaint) waits behind it and is woken when that one finishes.
+Time is ``runtime.clock.now()``: retry deadlines are compared, never slept on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import uuid
+from collections import Counter
+from contextlib import suppress
+from datetime import datetime, timedelta
+from typing import Any
+
+from complaints_shared.logs import bound_context, get_logger
+from complaints_shared.runtime import Runtime
+from complaints_shared.timing import wait_event
+from webhooks import store
+from webhooks.metrics import (
+    BACKLOG,
+    DELIVERIES_FINISHED,
+    DELIVERY_ATTEMPTS,
+    DELIVERY_LATENCY,
+    SUBSCRIPTIONS_PAUSED,
+)
+from webhooks.models import PING_EVENT_TYPE, DeliveryStatus, SubscriptionStatus
+from webhooks.sender import AttemptResult, Sender
+from webhooks.settings import WebhooksSettings
+from webhooks.signing import signed_headers
+
+log = get_logger(__name__)
+
+
+def retry_delay_s(*, settings: WebhooksSettings, retry_index: int, rng: random.Random) -> float:
+    """Delay before retry number ``retry_index`` (0-based) with ± jitter."""
+    base = settings.retry_schedule_s[retry_index]
+    jitter = settings.retry_jitter_ratio
+    return base * (1 + rng.uniform(-jitter, jitter)) if jitter else base
+
+
+class Dispatcher:
+    """One replica's dispatcher loop; it lets attempts in flight finish at shutdown."""
+
+    def __init__(self, *, settings: WebhooksSettings) -> None:
+        self._settings = settings
+        self._owner = f"{settings.service_name}-{uuid.uuid4().hex[:8]}"
+        self._sender = Sender(settings=settings)
+        self._wake = asyncio.Event()
+        self._in_flight: dict[str, asyncio.Task] = {}
+        self._per_subscription: Counter[str] = Counter()
+        self._rng = random.Random()
+        self._lease_s = settings.request_timeout_s + settings.lease_margin_s
+
+    def notify(self) -> None:
+        """New deliveries were recorded: look for due work now, not at the next poll."""
+        self._wake.set()
+
+    async def run_dispatcher(self, runtime: Runtime) -> None:
+        """The background job: claim due deliveries while there are free slots, then wait."""
+        try:
+            while not runtime.stopping.is_set():
+                self._wake.clear()
+                try:
+                    await self._claim_and_start(runtime)
+                except Exception as exc:  # Mongo away or similar: keep the timers alive
+                    log.error("webhook_dispatcher_error", error=repr(exc))
+                await wait_event(self._wake, timeout_s=self._settings.dispatcher_poll_interval_s)
+        finally:
+            await self._drain()
+
+    async def run_backlog_gauge(self, runtime: Runtime) -> None:
+        """The background job keeping the per-subscription backlog gauge current."""
+        known: set[str] = set()
+        while not runtime.stopping.is_set():
+            try:
+                counts = await store.backlog_by_subscription(db=runtime.db)
+                for subscription_id in known - counts.keys():
+                    BACKLOG.labels(subscription_id).set(0)
+                for subscription_id, count in counts.items():
+                    BACKLOG.labels(subscription_id).set(count)
+                known |= counts.keys()
+            except Exception as exc:
+                log.warning("webhook_backlog_gauge_failed", error=repr(exc))
+            await wait_event(runtime.stopping, timeout_s=self._settings.backlog_refresh_s)
+
+    async def _claim_and_start(self, runtime: Runtime) -> None:
+        while (
+            len(self._in_flight) < self._settings.max_concurrent_deliveries
+            and not runtime.stopping.is_set()
+        ):
+            saturated = [
+                subscription_id
+                for subscription_id, count in self._per_subscription.items()
+                if count >= self._settings.max_concurrent_per_subscription
+            ]
+            delivery = await store.claim_due(
+                db=runtime.db,
+                owner=self._owner,
+                now=runtime.clock.now(),
+                lease_s=self._lease_s,
+                skip_subscriptions=saturated,
+            )
+            if delivery is None:
+                return
+            self._start(runtime, delivery)
+
+    def _start(self, runtime: Runtime, delivery: dict[str, Any]) -> None:
+        subscription_id = delivery["subscription_id"]
+        self._per_subscription[subscription_id] += 1
+        task = asyncio.create_task(self._attempt_safely(runtime, delivery))
+        self._in_flight[delivery["_id"]] = task
+
+        def finished(_: asyncio.Task) -> None:
+            self._in_flight.pop(delivery["_id"], None)
+            self._per_subscription[subscription_id] -= 1
+            if self._per_subscription[subscription_id] <= 0:
+                del self._per_subscription[subscription_id]
+            self._wake.set()  # a slot is free
+
+        task.add_done_callback(finished)
+
+    async def _drain(self) -> None:
+        if self._in_flight:
+            await asyncio.wait(list(self._in_flight.values()), timeout=self._lease_s)
+        for task in list(self._in_flight.values()):
+            task.cancel()
+            with suppress(asyncio.CancelledError, Exception):
+                await task
+        await self._sender.close()
+
+    async def _attempt_safely(self, runtime: Runtime, delivery: dict[str, Any]) -> None:
+        with bound_context(
+            delivery_id=delivery["_id"],
+            subscription_id=delivery["subscription_id"],
+            complaint_id=delivery.get("complaint_id"),
+        ):
+            try:
+                await self._attempt(runtime, delivery)
+            except Exception as exc:  # the lease runs out and the attempt is repeated
+                log.error("webhook_attempt_error", error=repr(exc))
+
+    async def _attempt(self, runtime: Runtime, delivery: dict[str, Any]) -> None:
+        db = runtime.db
+        subscription = await store.get_subscription(
+            db=db, scope={}, subscription_id=delivery["subscription_id"], with_secrets=True
+        )
+        is_ping = delivery["event_type"] == PING_EVENT_TYPE
+        if subscription is None:
+            return  # deleted meanwhile: its deliveries are deleted with it
+        if subscription["status"] != SubscriptionStatus.ACTIVE.value and not is_ping:
+            await store.hold_while_off(db=db, delivery=delivery, owner=self._owner)
+            return
+        now = runtime.clock.now()
+        earlier = await store.earlier_pending(db=db, delivery=delivery)
+        if earlier is not None:
+            recheck = now + timedelta(seconds=self._lease_s)
+            until = max(earlier.get("next_attempt_at") or recheck, recheck)
+            await store.hold_behind(
+                db=db, delivery=delivery, owner=self._owner, until=until, now=now
+            )
+            return
+        headers = signed_headers(
+            webhook_id=delivery["_id"],
+            body=delivery["body"],
+            live_secrets=store.live_secrets(subscription, now=now),
+            at=now,
+        )
+        result = await self._sender.send(
+            url=subscription["target_url"], headers=headers, body=delivery["body"]
+        )
+        DELIVERY_LATENCY.observe(result.latency_ms / 1000)
+        await self._record(runtime, delivery, subscription, result, is_ping=is_ping)
+
+    async def _record(
+        self,
+        runtime: Runtime,
+        delivery: dict[str, Any],
+        subscription: dict[str, Any],
+        result: AttemptResult,
+        *,
+        is_ping: bool,
+    ) -> None:
+        db = runtime.db
+        settings = self._settings
+        now = runtime.clock.now()
+        subscription_id = subscription["_id"]
+        attempt = {
+            "at": now,
+            "response_code": result.response_code,
+            "latency_ms": result.latency_ms,
+            "error": result.error,
+            "response_excerpt": result.response_excerpt,
+        }
+        retry_index = delivery.get("retry_index", 0)
+        if result.delivered:
+            status, next_at = DeliveryStatus.DELIVERED, None
+        elif result.gone:
+            # Kept pending without a timer: replayed if the subscription is re-enabled.
+            status, next_at = DeliveryStatus.PENDING, None
+        elif retry_index < len(settings.retry_schedule_s):
+            delay_s = retry_delay_s(settings=settings, retry_index=retry_index, rng=self._rng)
+            status, next_at = DeliveryStatus.PENDING, now + timedelta(seconds=delay_s)
+            retry_index += 1
+        else:
+            status, next_at = DeliveryStatus.FAILED, None
+        recorded = await store.finish_attempt(
+            db=db,
+            delivery=delivery,
+            owner=self._owner,
+            attempt=attempt,
+            keep=settings.attempts_kept,
+            status=status,
+            next_attempt_at=next_at,
+            retry_index=retry_index,
+            now=now,
+        )
+        if not recorded:
+            log.warning("webhook_lease_lost", response_code=result.response_code)
+            return
+        outcome = "delivered" if result.delivered else "gone" if result.gone else "failed"
+        DELIVERY_ATTEMPTS.labels(subscription_id, outcome).inc()
+        log.info(
+            "webhook_attempt",
+            outcome=outcome,
+            response_code=result.response_code,
+            latency_ms=result.latency_ms,
+            error=result.error,
+            next_attempt_at=next_at.isoformat() if next_at else None,
+        )
+        if status is not DeliveryStatus.PENDING:
+            DELIVERIES_FINISHED.labels(subscription_id, status.value).inc()
+            await store.wake_chain(db=db, delivery=delivery, now=now)
+            self._wake.set()
+        if is_ping:
+            return  # a test ping says nothing about the subscription's health
+        if result.delivered:
+            await store.record_success(db=db, subscription_id=subscription_id, now=now)
+        elif result.gone:
+            await self._disable(runtime, subscription_id=subscription_id, now=now)
+        else:
+            await self._count_failure(runtime, subscription_id=subscription_id, now=now)
+
+    async def _disable(self, runtime: Runtime, *, subscription_id: str, now: datetime) -> None:
+        disabled = await store.disable(
+            db=runtime.db,
+            subscription_id=subscription_id,
+            reason="the receiver answered 410 Gone",
+            now=now,
+        )
+        if disabled:
+            SUBSCRIPTIONS_PAUSED.labels("disabled").inc()
+            log.warning("webhook_subscription_disabled", reason="410 Gone")
+
+    async def _count_failure(
+        self, runtime: Runtime, *, subscription_id: str, now: datetime
+    ) -> None:
+        await store.record_failure_streak(db=runtime.db, subscription_id=subscription_id, now=now)
+        threshold = self._settings.auto_pause_after_failures
+        window_s = self._settings.auto_pause_after_s
+        paused = await store.pause_if_failing(
+            db=runtime.db,
+            subscription_id=subscription_id,
+            min_failures=threshold,
+            failing_since_before=now - timedelta(seconds=window_s),
+            reason=f"paused automatically: {threshold}+ failed attempts in a row over "
+            f"{window_s:g} s or more",
+            now=now,
+        )
+        if paused:
+            SUBSCRIPTIONS_PAUSED.labels("auto_paused").inc()
+            log.warning("webhook_subscription_auto_paused", failures=threshold)

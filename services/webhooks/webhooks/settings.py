@@ -1,0 +1,99 @@
+"""Webhooks settings (environment variables of the same name, upper case).
+
+The retry schedule, the auto-pause threshold and the secret rotation overlap are
+documented in ``docs/webhooks.md``; change them there too.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from pydantic import Field, model_validator
+
+from complaints_shared.settings import ServiceSettings
+
+# 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h: eight attempts spread over about 27.6 hours.
+DEFAULT_RETRY_SCHEDULE_S = [5.0, 300.0, 1_800.0, 7_200.0, 18_000.0, 36_000.0, 36_000.0]
+
+
+class DeploymentEnvironment(StrEnum):
+    PRODUCTION = "production"
+    DEVELOPMENT = "development"
+
+
+class WebhooksSettings(ServiceSettings):
+    service_name: str = "webhooks"
+
+    # -- where deliveries may go ---------------------------------------------------
+    deployment_environment: DeploymentEnvironment = Field(
+        DeploymentEnvironment.PRODUCTION,
+        description="`development` accepts http:// targets (and loopback ones if allowed).",
+    )
+    allow_loopback_targets: bool = Field(
+        False,
+        description="Deliver to 127.0.0.0/8 and ::1; only valid with "
+        "DEPLOYMENT_ENVIRONMENT=development (a local receiver).",
+    )
+    allow_private_targets: bool = Field(
+        False,
+        description="Deliver to private and shared address ranges (10/8, 172.16/12, "
+        "192.168/16, 100.64/10, fc00::/7): on-premise receivers. Link-local and cloud "
+        "metadata addresses stay refused.",
+    )
+
+    # -- how deliveries are made ---------------------------------------------------
+    request_timeout_s: float = Field(
+        10.0, gt=0, description="Whole-request timeout of one attempt (connect to last byte)."
+    )
+    max_concurrent_deliveries: int = Field(
+        64, ge=1, description="Attempts in flight per replica, all subscriptions together."
+    )
+    max_concurrent_per_subscription: int = Field(
+        4, ge=1, description="Attempts in flight per replica to one subscription's target."
+    )
+    retry_schedule_s: list[float] = Field(
+        default_factory=lambda: list(DEFAULT_RETRY_SCHEDULE_S),
+        min_length=1,
+        description="Delay before each retry (JSON list); after the last one a delivery fails.",
+    )
+    retry_jitter_ratio: float = Field(
+        0.2, ge=0, le=0.5, description="Each retry delay is moved by up to ± this fraction."
+    )
+    auto_pause_after_failures: int = Field(
+        10, ge=1, description="Failed attempts in a row (no success between) before auto-pause…"
+    )
+    auto_pause_after_s: float = Field(
+        86_400.0, ge=0, description="…and failing for at least this long since the last success."
+    )
+    secret_rotation_overlap_s: float = Field(
+        86_400.0, ge=0, description="How long the previous signing secret still signs."
+    )
+    response_excerpt_bytes: int = Field(
+        256, ge=0, le=4096, description="Bytes of a receiver's response body kept per attempt."
+    )
+    attempts_kept: int = Field(
+        10, ge=1, le=50, description="Attempts (newest) kept in each delivery's log."
+    )
+
+    # -- the dispatcher's own timing (not business deadlines) ---------------------
+    dispatcher_poll_interval_s: float = Field(
+        1.0, gt=0, description="Idle poll for due deliveries (new events wake it at once)."
+    )
+    lease_margin_s: float = Field(
+        30.0, gt=0, description="A claimed delivery's lease is the request timeout plus this."
+    )
+    backlog_refresh_s: float = Field(
+        15.0, gt=0, description="How often the per-subscription backlog gauge is recomputed."
+    )
+
+    @model_validator(mode="after")
+    def _loopback_only_in_development(self) -> WebhooksSettings:
+        if self.allow_loopback_targets and (
+            self.deployment_environment is not DeploymentEnvironment.DEVELOPMENT
+        ):
+            raise ValueError("ALLOW_LOOPBACK_TARGETS=true needs DEPLOYMENT_ENVIRONMENT=development")
+        return self
+
+    @property
+    def development(self) -> bool:
+        return self.deployment_environment is DeploymentEnvironment.DEVELOPMENT

@@ -1,0 +1,534 @@
+"""Persistence of webhooks: subscriptions and deliveries (no HTTP, no decisions).
+
+A delivery is one event for one subscription. It is written before any attempt,
+with an id derived from (subscription, event), so a redelivered Kafka record
+records nothing twice. Its ``next_attempt_at`` is the durable timer the
+dispatcher claims under a lease; a delivery without one is delivered, failed,
+or held while its subscription is paused or disabled.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from datetime import datetime, timedelta
+from typing import Any
+
+from pymongo import ASCENDING, DESCENDING
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import BulkWriteError
+
+from complaints_shared.auth import Principal
+from complaints_shared.mongo import at_or_after, at_or_before, claim_first, lease_free
+from complaints_shared.pagination import Page, after_cursor, encode_cursor
+from webhooks.models import (
+    DeliveryFilters,
+    DeliveryRead,
+    DeliveryStatus,
+    SubscriptionStatus,
+    event_type_matches,
+)
+
+SUBSCRIPTIONS = "subscriptions"
+DELIVERIES = "deliveries"
+DUPLICATE_KEY = 11000
+# The API shows everything of a subscription but its secrets.
+PUBLIC_SUBSCRIPTION = {"signing_secrets": 0}
+# The delivery log never needs the body.
+PUBLIC_DELIVERY = {"body": 0, "lease_owner": 0, "lease_until": 0, "wakes": 0}
+
+
+async def ensure_indexes(*, db: AsyncDatabase) -> None:
+    subscriptions = db[SUBSCRIPTIONS]
+    await subscriptions.create_index([("org", ASCENDING), ("status", ASCENDING)], name="org_status")
+    await subscriptions.create_index(
+        [("org", ASCENDING), ("created_at", ASCENDING), ("_id", ASCENDING)], name="org_created"
+    )
+    deliveries = db[DELIVERIES]
+    # The dispatcher's question: which pending deliveries are due.
+    await deliveries.create_index(
+        [("status", ASCENDING), ("next_attempt_at", ASCENDING)], name="status_next_attempt"
+    )
+    # Order within (subscription, complaint): is an earlier one still pending?
+    await deliveries.create_index(
+        [
+            ("subscription_id", ASCENDING),
+            ("chain", ASCENDING),
+            ("status", ASCENDING),
+            ("order_key", ASCENDING),
+        ],
+        name="subscription_chain_order",
+    )
+    await deliveries.create_index(
+        [("subscription_id", ASCENDING), ("created_at", DESCENDING), ("_id", DESCENDING)],
+        name="subscription_log",
+    )
+
+
+# ---------------------------------------------------------------- subscriptions --
+
+
+def new_subscription_id() -> str:
+    return f"whs_{uuid.uuid4().hex}"
+
+
+async def insert_subscription(*, db: AsyncDatabase, document: dict[str, Any]) -> None:
+    await db[SUBSCRIPTIONS].insert_one(document)
+
+
+async def get_subscription(
+    *, db: AsyncDatabase, scope: dict[str, Any], subscription_id: str, with_secrets: bool = False
+) -> dict[str, Any] | None:
+    """The subscription if ``scope`` (a caller's filter, or ``{}``) covers it."""
+    return await db[SUBSCRIPTIONS].find_one(
+        {**scope, "_id": subscription_id},
+        projection=None if with_secrets else PUBLIC_SUBSCRIPTION,
+    )
+
+
+async def list_subscriptions(
+    *, db: AsyncDatabase, principal: Principal, limit: int, cursor: str | None
+) -> tuple[list[dict[str, Any]], str | None]:
+    query = {**principal.scope_filter(), **after_cursor(field="created_at", cursor=cursor)}
+    documents = (
+        await db[SUBSCRIPTIONS]
+        .find(query, projection=PUBLIC_SUBSCRIPTION)
+        .sort([("created_at", ASCENDING), ("_id", ASCENDING)])
+        .limit(limit + 1)
+        .to_list()
+    )
+    next_cursor = None
+    if len(documents) > limit:
+        documents = documents[:limit]
+        last = documents[-1]
+        next_cursor = encode_cursor(sort_value=last["created_at"], document_id=last["_id"])
+    return documents, next_cursor
+
+
+async def update_subscription(
+    *,
+    db: AsyncDatabase,
+    scope: dict[str, Any],
+    subscription_id: str,
+    changes: dict[str, Any],
+    unset: dict[str, Any] | None = None,
+) -> dict[str, Any] | None:
+    update: dict[str, Any] = {"$set": changes}
+    if unset:
+        update["$unset"] = unset
+    result = await db[SUBSCRIPTIONS].update_one({**scope, "_id": subscription_id}, update)
+    if result.matched_count == 0:
+        return None
+    return await get_subscription(db=db, scope=scope, subscription_id=subscription_id)
+
+
+async def replace_secrets(
+    *,
+    db: AsyncDatabase,
+    scope: dict[str, Any],
+    subscription_id: str,
+    secrets: list[dict[str, Any]],
+    now: datetime,
+    previous_expires_at: datetime,
+) -> bool:
+    result = await db[SUBSCRIPTIONS].update_one(
+        {**scope, "_id": subscription_id},
+        {
+            "$set": {
+                "signing_secrets": secrets,
+                "secret_rotated_at": now,
+                "previous_secret_expires_at": previous_expires_at,
+                "updated_at": now,
+            }
+        },
+    )
+    return result.matched_count == 1
+
+
+async def delete_subscription(
+    *, db: AsyncDatabase, scope: dict[str, Any], subscription_id: str
+) -> bool:
+    result = await db[SUBSCRIPTIONS].delete_one({**scope, "_id": subscription_id})
+    if result.deleted_count == 0:
+        return False
+    await db[DELIVERIES].delete_many({"subscription_id": subscription_id})
+    return True
+
+
+def live_secrets(subscription: dict[str, Any], *, now: datetime) -> list[str]:
+    """Secrets that still sign: the current one and a rotated one inside its overlap."""
+    return [
+        entry["secret"]
+        for entry in subscription.get("signing_secrets", [])
+        if entry.get("expires_at") is None or entry["expires_at"] > now
+    ]
+
+
+async def subscriptions_for_event(
+    *, db: AsyncDatabase, org: str, branch: str, event_type: str
+) -> list[dict[str, Any]]:
+    """Subscriptions that record this event: active or paused (their backlog is kept)."""
+    candidates = await (
+        db[SUBSCRIPTIONS]
+        .find(
+            {
+                "org": org,
+                "status": {
+                    "$in": [SubscriptionStatus.ACTIVE.value, SubscriptionStatus.PAUSED.value]
+                },
+            },
+            projection={"branch": 1, "event_types": 1},
+        )
+        .to_list()
+    )
+    return [
+        candidate
+        for candidate in candidates
+        if candidate.get("branch") in (None, branch)
+        and any(event_type_matches(pattern, event_type) for pattern in candidate["event_types"])
+    ]
+
+
+async def record_failure_streak(*, db: AsyncDatabase, subscription_id: str, now: datetime) -> None:
+    await db[SUBSCRIPTIONS].update_one(
+        {"_id": subscription_id},
+        {"$inc": {"failure_streak": 1}, "$min": {"failing_since": now}},
+    )
+
+
+async def record_success(*, db: AsyncDatabase, subscription_id: str, now: datetime) -> None:
+    await db[SUBSCRIPTIONS].update_one(
+        {"_id": subscription_id, "failure_streak": {"$gt": 0}},
+        {"$set": {"failure_streak": 0, "last_success_at": now}, "$unset": {"failing_since": ""}},
+    )
+
+
+async def pause_if_failing(
+    *,
+    db: AsyncDatabase,
+    subscription_id: str,
+    min_failures: int,
+    failing_since_before: datetime,
+    reason: str,
+    now: datetime,
+) -> bool:
+    """Pause an active subscription past the auto-pause threshold; True when this paused it."""
+    result = await db[SUBSCRIPTIONS].update_one(
+        {
+            "_id": subscription_id,
+            "status": SubscriptionStatus.ACTIVE.value,
+            "failure_streak": {"$gte": min_failures},
+            "failing_since": at_or_before(failing_since_before),
+        },
+        {"$set": {"status": SubscriptionStatus.PAUSED.value, "status_reason": reason}},
+    )
+    return result.modified_count == 1
+
+
+async def disable(*, db: AsyncDatabase, subscription_id: str, reason: str, now: datetime) -> bool:
+    result = await db[SUBSCRIPTIONS].update_one(
+        {"_id": subscription_id, "status": {"$ne": SubscriptionStatus.DISABLED.value}},
+        {
+            "$set": {
+                "status": SubscriptionStatus.DISABLED.value,
+                "status_reason": reason,
+                "updated_at": now,
+            }
+        },
+    )
+    return result.modified_count == 1
+
+
+# ------------------------------------------------------------------ deliveries --
+
+
+def delivery_id(*, subscription_id: str, event_id: str) -> str:
+    """Deterministic (a redelivered event records nothing twice); also the webhook-id."""
+    digest = hashlib.sha256(f"{subscription_id}|{event_id}".encode()).hexdigest()
+    return f"msg_{digest[:32]}"
+
+
+def new_delivery(
+    *,
+    delivery_id: str,
+    subscription: dict[str, Any],
+    org: str,
+    branch: str | None,
+    event_id: str,
+    event_type: str,
+    complaint_id: str | None,
+    body: str,
+    order_key: str,
+    now: datetime,
+) -> dict[str, Any]:
+    return {
+        "_id": delivery_id,
+        "org": org,
+        "branch": branch,
+        "subscription_id": subscription["_id"],
+        # Deliveries of one chain go out one at a time, in order_key order.
+        "chain": complaint_id or delivery_id,
+        "order_key": order_key,
+        "event_id": event_id,
+        "event_type": event_type,
+        "complaint_id": complaint_id,
+        "body": body,
+        "status": DeliveryStatus.PENDING.value,
+        "attempts": 0,
+        "retry_index": 0,
+        "next_attempt_at": now,
+        "wakes": 0,
+        "attempt_log": [],
+        "created_at": now,
+    }
+
+
+async def insert_deliveries(*, db: AsyncDatabase, deliveries: list[dict[str, Any]]) -> int:
+    """Insert what is not recorded yet; how many were new."""
+    if not deliveries:
+        return 0
+    try:
+        result = await db[DELIVERIES].insert_many(deliveries, ordered=False)
+        return len(result.inserted_ids)
+    except BulkWriteError as exc:
+        errors = exc.details.get("writeErrors", [])
+        if any(error.get("code") != DUPLICATE_KEY for error in errors):
+            raise
+        return exc.details.get("nInserted", 0)
+
+
+async def claim_due(
+    *,
+    db: AsyncDatabase,
+    owner: str,
+    now: datetime,
+    lease_s: float,
+    skip_subscriptions: list[str],
+) -> dict[str, Any] | None:
+    """Take the earliest due pending delivery (not of a saturated subscription) under a lease."""
+    query: dict[str, Any] = {
+        "status": DeliveryStatus.PENDING.value,
+        "next_attempt_at": at_or_before(now),
+        **lease_free("lease_until", now),
+    }
+    if skip_subscriptions:
+        query["subscription_id"] = {"$nin": skip_subscriptions}
+    return await claim_first(
+        db[DELIVERIES],
+        query,
+        {"$set": {"lease_owner": owner, "lease_until": now + timedelta(seconds=lease_s)}},
+        sort=[("next_attempt_at", ASCENDING)],
+    )
+
+
+async def earlier_pending(*, db: AsyncDatabase, delivery: dict[str, Any]) -> dict[str, Any] | None:
+    """An earlier delivery of the same chain that is still pending (it goes first)."""
+    return await db[DELIVERIES].find_one(
+        {
+            "subscription_id": delivery["subscription_id"],
+            "chain": delivery["chain"],
+            "status": DeliveryStatus.PENDING.value,
+            "order_key": {"$lt": delivery["order_key"]},
+        },
+        projection={"next_attempt_at": 1},
+        sort=[("order_key", ASCENDING)],
+    )
+
+
+def _leased(delivery: dict[str, Any], owner: str) -> dict[str, Any]:
+    return {"_id": delivery["_id"], "lease_owner": owner, "status": DeliveryStatus.PENDING.value}
+
+
+_RELEASE = {"lease_owner": "", "lease_until": ""}
+
+
+async def hold_behind(
+    *, db: AsyncDatabase, delivery: dict[str, Any], owner: str, until: datetime, now: datetime
+) -> None:
+    """Wait behind an earlier pending delivery of the chain until it finishes (or ``until``).
+
+    Written only if no finisher woke the chain since the claim (``wakes`` unchanged);
+    otherwise the earlier one has just finished and the delivery is due at once.
+    """
+    result = await db[DELIVERIES].update_one(
+        {**_leased(delivery, owner), "wakes": delivery.get("wakes", 0)},
+        {"$set": {"next_attempt_at": until, "blocked": True}, "$unset": _RELEASE},
+    )
+    if result.matched_count == 0:
+        await db[DELIVERIES].update_one(
+            _leased(delivery, owner), {"$set": {"next_attempt_at": now}, "$unset": _RELEASE}
+        )
+
+
+async def hold_while_off(*, db: AsyncDatabase, delivery: dict[str, Any], owner: str) -> None:
+    """Keep a delivery of a paused or disabled subscription for replay (no timer)."""
+    await db[DELIVERIES].update_one(
+        _leased(delivery, owner),
+        {"$unset": {**_RELEASE, "next_attempt_at": "", "blocked": ""}},
+    )
+
+
+def _attempt_update(
+    *, attempt: dict[str, Any], keep: int, set_fields: dict[str, Any], unset: dict[str, Any]
+) -> dict[str, Any]:
+    return {
+        "$set": {
+            "last_response_code": attempt.get("response_code"),
+            "last_latency_ms": attempt.get("latency_ms"),
+            "last_error": attempt.get("error"),
+            **set_fields,
+        },
+        "$unset": {**_RELEASE, "blocked": "", **unset},
+        "$inc": {"attempts": 1},
+        "$push": {"attempt_log": {"$each": [attempt], "$slice": -keep}},
+    }
+
+
+async def finish_attempt(
+    *,
+    db: AsyncDatabase,
+    delivery: dict[str, Any],
+    owner: str,
+    attempt: dict[str, Any],
+    keep: int,
+    status: DeliveryStatus,
+    next_attempt_at: datetime | None,
+    retry_index: int,
+    now: datetime,
+) -> bool:
+    """Record an attempt's outcome; False when the lease was lost (another replica repeats it)."""
+    set_fields: dict[str, Any] = {"status": status.value, "retry_index": retry_index}
+    unset: dict[str, Any] = {}
+    if status is DeliveryStatus.DELIVERED:
+        set_fields["delivered_at"] = now
+    if next_attempt_at is None:
+        unset["next_attempt_at"] = ""
+    else:
+        set_fields["next_attempt_at"] = next_attempt_at
+    result = await db[DELIVERIES].update_one(
+        _leased(delivery, owner),
+        _attempt_update(attempt=attempt, keep=keep, set_fields=set_fields, unset=unset),
+    )
+    return result.modified_count == 1
+
+
+async def wake_chain(*, db: AsyncDatabase, delivery: dict[str, Any], now: datetime) -> None:
+    """After a delivery finished: the later ones of its chain may go now.
+
+    First mark every later pending one as woken (so one deciding to wait right
+    now notices), then make the waiting ones due.
+    """
+    later = {
+        "subscription_id": delivery["subscription_id"],
+        "chain": delivery["chain"],
+        "status": DeliveryStatus.PENDING.value,
+        "order_key": {"$gt": delivery["order_key"]},
+    }
+    await db[DELIVERIES].update_many(later, {"$inc": {"wakes": 1}})
+    await db[DELIVERIES].update_many(
+        {**later, "blocked": True},
+        {"$set": {"next_attempt_at": now}, "$unset": {"blocked": ""}},
+    )
+
+
+async def release_held(*, db: AsyncDatabase, subscription_id: str, now: datetime) -> int:
+    """A re-enabled subscription's backlog becomes due (order is kept by the chains)."""
+    result = await db[DELIVERIES].update_many(
+        {"subscription_id": subscription_id, "status": DeliveryStatus.PENDING.value},
+        {"$set": {"next_attempt_at": now}, "$unset": {"blocked": ""}},
+    )
+    return result.modified_count
+
+
+async def list_deliveries(
+    *, db: AsyncDatabase, subscription_id: str, filters: DeliveryFilters
+) -> Page[DeliveryRead]:
+    query: dict[str, Any] = {
+        "subscription_id": subscription_id,
+        **after_cursor(field="created_at", cursor=filters.cursor, descending=True),
+    }
+    if filters.status is not None:
+        query["status"] = filters.status.value
+    documents = (
+        await db[DELIVERIES]
+        .find(query, projection=PUBLIC_DELIVERY)
+        .sort([("created_at", DESCENDING), ("_id", DESCENDING)])
+        .limit(filters.limit + 1)
+        .to_list()
+    )
+    next_cursor = None
+    if len(documents) > filters.limit:
+        documents = documents[: filters.limit]
+        last = documents[-1]
+        next_cursor = encode_cursor(sort_value=last["created_at"], document_id=last["_id"])
+    return Page[DeliveryRead](
+        items=[DeliveryRead.model_validate(_with_id(doc)) for doc in documents],
+        next_cursor=next_cursor,
+    )
+
+
+async def get_delivery(
+    *, db: AsyncDatabase, subscription_id: str, delivery_id: str
+) -> dict[str, Any] | None:
+    return await db[DELIVERIES].find_one(
+        {"_id": delivery_id, "subscription_id": subscription_id}, projection=PUBLIC_DELIVERY
+    )
+
+
+def _requeue(now: datetime) -> dict[str, Any]:
+    return {
+        "$set": {"status": DeliveryStatus.PENDING.value, "next_attempt_at": now, "retry_index": 0},
+        "$unset": {"blocked": ""},
+        "$inc": {"redeliveries": 1},
+    }
+
+
+async def redeliver_one(
+    *, db: AsyncDatabase, subscription_id: str, delivery_id: str, now: datetime
+) -> bool:
+    result = await db[DELIVERIES].update_one(
+        {"_id": delivery_id, "subscription_id": subscription_id}, _requeue(now)
+    )
+    return result.matched_count == 1
+
+
+async def redeliver_range(
+    *,
+    db: AsyncDatabase,
+    subscription_id: str,
+    created_from: datetime,
+    created_to: datetime,
+    statuses: list[DeliveryStatus],
+    now: datetime,
+) -> int:
+    result = await db[DELIVERIES].update_many(
+        {
+            "subscription_id": subscription_id,
+            "created_at": {**at_or_after(created_from), "$lt": created_to},
+            "status": {"$in": [status.value for status in statuses]},
+        },
+        _requeue(now),
+    )
+    return result.modified_count
+
+
+async def backlog_by_subscription(*, db: AsyncDatabase) -> dict[str, int]:
+    """Pending deliveries per subscription (for the backlog gauge)."""
+    rows = await (
+        await db[DELIVERIES].aggregate(
+            [
+                {"$match": {"status": DeliveryStatus.PENDING.value}},
+                {"$group": {"_id": "$subscription_id", "count": {"$sum": 1}}},
+            ]
+        )
+    ).to_list()
+    return {row["_id"]: row["count"] for row in rows}
+
+
+def _with_id(document: dict[str, Any]) -> dict[str, Any]:
+    return {**document, "id": document["_id"]}
+
+
+def public(document: dict[str, Any]) -> dict[str, Any]:
+    """A stored document with ``id`` for the API models."""
+    return _with_id(document)

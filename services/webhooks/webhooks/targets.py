@@ -1,0 +1,117 @@
+"""Which target URLs and addresses deliveries may go to (server-side request forgery guard).
+
+Checked twice: the URL when a subscription is saved (scheme, literal addresses), and
+every address the host resolves to right before each attempt, so a name that
+resolves (or is re-pointed) to an internal address is refused too. The attempt
+then connects to the address that was checked, never resolving the name again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import socket
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from webhooks.settings import WebhooksSettings
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+# Cloud instance metadata endpoints: never a webhook target, whatever the settings.
+METADATA_ADDRESSES = {
+    ipaddress.ip_address("169.254.169.254"),  # AWS, GCP, Azure, OpenStack
+    ipaddress.ip_address("169.254.170.2"),  # AWS ECS task metadata
+    ipaddress.ip_address("100.100.100.200"),  # Alibaba Cloud
+    ipaddress.ip_address("fd00:ec2::254"),  # AWS over IPv6
+}
+SHARED_ADDRESS_SPACE = ipaddress.ip_network("100.64.0.0/10")  # carrier-grade NAT
+
+
+class TargetRefused(ValueError):
+    """A target URL or address deliveries may not go to; the message says why."""
+
+
+@dataclass(frozen=True)
+class Target:
+    scheme: str
+    host: str
+    port: int
+
+
+def parse_target(url: str, *, settings: WebhooksSettings) -> Target:
+    """Validate a subscription's URL; a literal IP address is checked here as well."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise TargetRefused(f"not a valid URL: {exc}") from None
+    if parts.scheme not in {"https", "http"} or not parts.hostname:
+        raise TargetRefused("must be an absolute http(s) URL with a host")
+    if parts.scheme == "http" and not settings.development:
+        raise TargetRefused("must use https (http is accepted in development only)")
+    if parts.username or parts.password:
+        raise TargetRefused("must not carry credentials; receivers verify the signature")
+    if parts.fragment:
+        raise TargetRefused("must not have a #fragment")
+    host = parts.hostname
+    literal = _literal_address(host)
+    if literal is not None:
+        check_address(literal, settings=settings)
+    elif host == "localhost" or host.endswith(".localhost"):
+        check_address(ipaddress.ip_address("127.0.0.1"), settings=settings)
+    return Target(scheme=parts.scheme, host=host, port=port or _default_port(parts.scheme))
+
+
+def check_address(address: IPAddress, *, settings: WebhooksSettings) -> None:
+    """Refuse an address the settings do not allow; see the module docstring."""
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    if address in METADATA_ADDRESSES:
+        raise TargetRefused(f"{address} is a cloud metadata address")
+    if address.is_loopback:
+        if settings.allow_loopback_targets:
+            return
+        raise TargetRefused(f"{address} is a loopback address")
+    if address.is_link_local:
+        raise TargetRefused(f"{address} is a link-local address")
+    if address.is_unspecified or address.is_multicast or address.is_reserved:
+        raise TargetRefused(f"{address} is not a unicast address")
+    if address.is_private or address in SHARED_ADDRESS_SPACE:
+        if settings.allow_private_targets:
+            return
+        raise TargetRefused(f"{address} is a private address (ALLOW_PRIVATE_TARGETS is off)")
+    if not address.is_global:
+        raise TargetRefused(f"{address} is not a public address")
+
+
+async def resolve_checked(target: Target, *, settings: WebhooksSettings) -> str:
+    """Resolve the host, check every address it has, and return the first to connect to."""
+    literal = _literal_address(target.host)
+    if literal is not None:
+        check_address(literal, settings=settings)
+        return str(literal)
+    try:
+        infos = await asyncio.get_running_loop().getaddrinfo(
+            target.host, target.port, type=socket.SOCK_STREAM
+        )
+    except socket.gaierror as exc:
+        raise TargetRefused(f"{target.host} does not resolve: {exc.strerror}") from None
+    addresses = [ipaddress.ip_address(info[4][0].split("%", 1)[0]) for info in infos]
+    if not addresses:
+        raise TargetRefused(f"{target.host} does not resolve")
+    for address in addresses:
+        # Any internal address refuses the host: the resolver may hand out either one.
+        check_address(address, settings=settings)
+    return str(addresses[0])
+
+
+def _literal_address(host: str) -> IPAddress | None:
+    try:
+        return ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return None
+
+
+def _default_port(scheme: str) -> int:
+    return 443 if scheme == "https" else 80

@@ -1,0 +1,213 @@
+"""Webhook subscriptions API: branch scoping, secrets shown once, problem+json on bad input."""
+
+from __future__ import annotations
+
+from contextlib import AsyncExitStack
+
+import pytest
+
+from tests.conftest import SystemFactory
+from tests.helpers import token
+from tests.webhooks_support import serve_webhooks
+
+pytestmark = pytest.mark.integration
+
+RECEIVED = "org.complaintdesk.complaint.received.v1"
+PATH = "/v1/webhooks/subscriptions"
+
+
+async def test_branch_admins_see_and_manage_only_their_branchs_subscriptions(
+    system_factory: SystemFactory,
+) -> None:
+    system = await system_factory()
+    org_admin = token(system.intake_settings)
+    lz_admin = token(system.intake_settings, branches=["LZ"], subject="lz-admin")
+    bj_admin = token(system.intake_settings, branches=["BJ"], subject="bj-admin")
+    lz_agent = token(system.intake_settings, branches=["LZ"], roles=("agent",))
+    other_org = token(system.intake_settings, org="other")
+    async with AsyncExitStack() as stack:
+        webhooks = await serve_webhooks(stack, system)
+        client = webhooks.client
+        body = {"target_url": "https://crm.example.com/hooks", "event_types": [RECEIVED]}
+
+        lz = await client.post(PATH, json={**body, "branch": "LZ"}, headers=lz_admin)
+        assert lz.status_code == 201, lz.text
+        everywhere = await client.post(PATH, json=body, headers=org_admin)
+        assert everywhere.status_code == 201, everywhere.text
+        lz_id, org_id = lz.json()["id"], everywhere.json()["id"]
+
+        foreign_branch = await client.post(PATH, json={**body, "branch": "BJ"}, headers=lz_admin)
+        assert foreign_branch.status_code == 404
+        all_branches = await client.post(PATH, json=body, headers=lz_admin)
+        assert all_branches.status_code == 422
+        assert all_branches.json()["errors"][0]["field"] == "branch"
+
+        listed = (await client.get(PATH, headers=lz_admin)).json()["items"]
+        assert [item["id"] for item in listed] == [lz_id]
+        assert {
+            item["id"] for item in (await client.get(PATH, headers=org_admin)).json()["items"]
+        } == {
+            lz_id,
+            org_id,
+        }
+        assert (await client.get(PATH, headers=bj_admin)).json()["items"] == []
+        assert (await client.get(PATH, headers=other_org)).json()["items"] == []
+
+        for headers, subscription_id in [
+            (bj_admin, lz_id),
+            (lz_admin, org_id),
+            (other_org, lz_id),
+        ]:
+            for method, suffix in [
+                ("GET", ""),
+                ("PATCH", ""),
+                ("DELETE", ""),
+                ("POST", "/secret/rotate"),
+                ("POST", "/ping"),
+                ("GET", "/deliveries"),
+            ]:
+                response = await client.request(
+                    method,
+                    f"{PATH}/{subscription_id}{suffix}",
+                    json={"description": "x"} if method == "PATCH" else None,
+                    headers=headers,
+                )
+                assert response.status_code == 404, (method, suffix, response.text)
+                assert response.headers["content-type"] == "application/problem+json"
+
+        forbidden = await client.get(PATH, headers=lz_agent)
+        assert forbidden.status_code == 403
+        assert (await client.get(PATH)).status_code == 401
+
+        paused = await client.patch(f"{PATH}/{lz_id}", json={"status": "paused"}, headers=lz_admin)
+        assert paused.status_code == 200 and paused.json()["status"] == "paused"
+        deleted = await client.delete(f"{PATH}/{lz_id}", headers=lz_admin)
+        assert deleted.status_code == 204
+        assert (await client.get(f"{PATH}/{lz_id}", headers=org_admin)).status_code == 404
+
+
+async def test_the_secret_is_shown_once_and_never_again(system_factory: SystemFactory) -> None:
+    system = await system_factory(seed=False)
+    admin = token(system.intake_settings)
+    async with AsyncExitStack() as stack:
+        webhooks = await serve_webhooks(stack, system)
+        created = await webhooks.client.post(
+            PATH,
+            json={"target_url": "https://crm.example.com/h", "event_types": ["*"]},
+            headers=admin,
+        )
+        secret = created.json()["secret"]
+        assert secret.startswith("whsec_")
+        subscription_id = created.json()["id"]
+        responses = [
+            await webhooks.client.get(PATH, headers=admin),
+            await webhooks.client.get(f"{PATH}/{subscription_id}", headers=admin),
+            await webhooks.client.patch(
+                f"{PATH}/{subscription_id}", json={"description": "CRM"}, headers=admin
+            ),
+        ]
+    for response in responses:
+        assert response.status_code == 200
+        assert secret not in response.text and 'secret"' not in response.text
+
+
+BAD_SUBSCRIPTIONS = [
+    ({"target_url": "not a url", "event_types": [RECEIVED]}, "target_url"),
+    ({"target_url": "ftp://crm.example.com/h", "event_types": [RECEIVED]}, "target_url"),
+    ({"target_url": "http://crm.example.com/h", "event_types": [RECEIVED]}, "target_url"),
+    ({"target_url": "https://127.0.0.1/h", "event_types": [RECEIVED]}, "target_url"),
+    ({"target_url": "https://localhost/h", "event_types": [RECEIVED]}, "target_url"),
+    ({"target_url": "https://169.254.169.254/latest", "event_types": [RECEIVED]}, "target_url"),
+    ({"target_url": "https://10.1.2.3/h", "event_types": [RECEIVED]}, "target_url"),
+    ({"target_url": "https://[::1]/h", "event_types": [RECEIVED]}, "target_url"),
+    ({"target_url": "https://u:p@crm.example.com/h", "event_types": [RECEIVED]}, "target_url"),
+    ({"target_url": "https://crm.example.com/h", "event_types": []}, "event_types"),
+    (
+        {"target_url": "https://crm.example.com/h", "event_types": ["complaint.received"]},
+        "event_types.0",
+    ),
+    (
+        {"target_url": "https://crm.example.com/h", "event_types": ["org.example.*"]},
+        "event_types.0",
+    ),
+    (
+        {"target_url": "https://crm.example.com/h", "event_types": ["*"], "branch": "lz"},
+        "branch",
+    ),
+    (
+        {"target_url": "https://crm.example.com/h", "event_types": ["*"], "status": "disabled"},
+        "status",
+    ),
+    ({"target_url": "https://crm.example.com/h", "event_types": ["*"], "x": 1}, "x"),
+    ({"event_types": ["*"]}, "target_url"),
+]
+
+
+async def test_bad_subscriptions_are_refused_with_a_problem_naming_the_field(
+    system_factory: SystemFactory,
+) -> None:
+    system = await system_factory(seed=False)
+    admin = token(system.intake_settings)
+    async with AsyncExitStack() as stack:
+        # Production rules: https only, no loopback, no private ranges.
+        webhooks = await serve_webhooks(
+            stack, system, deployment_environment="production", allow_loopback_targets=False
+        )
+        for body, field in BAD_SUBSCRIPTIONS:
+            response = await webhooks.client.post(PATH, json=body, headers=admin)
+            assert response.status_code == 422, (body, response.text)
+            assert response.headers["content-type"] == "application/problem+json"
+            problem = response.json()
+            assert field in [error["field"] for error in problem["errors"]], (body, problem)
+            assert field in problem["detail"]
+        listed = await webhooks.client.get(PATH, headers=admin)
+    assert listed.json()["items"] == [], "nothing was stored"
+
+
+async def test_other_bad_inputs_are_4xx_problems(system_factory: SystemFactory) -> None:
+    system = await system_factory(seed=False)
+    admin = token(system.intake_settings)
+    async with AsyncExitStack() as stack:
+        webhooks = await serve_webhooks(stack, system)
+        client = webhooks.client
+        created = await client.post(
+            PATH,
+            json={"target_url": "https://a.example.com/h", "event_types": ["*"]},
+            headers=admin,
+        )
+        path = f"{PATH}/{created.json()['id']}"
+        cases = [
+            await client.patch(path, json={"status": "disabled"}, headers=admin),
+            await client.patch(path, json={"target_url": "https://10.0.0.1/"}, headers=admin),
+            await client.patch(path, json={"event_types": ["nope"]}, headers=admin),
+            await client.get(f"{path}/deliveries", params={"limit": 0}, headers=admin),
+            await client.get(f"{path}/deliveries", params={"cursor": "%%%"}, headers=admin),
+            await client.get(f"{path}/deliveries", params={"status": "lost"}, headers=admin),
+            await client.post(
+                f"{path}/redeliver",
+                json={"from": "2026-01-02T00:00:00", "to": "2026-01-03T00:00:00Z"},
+                headers=admin,
+            ),
+            await client.post(
+                f"{path}/redeliver",
+                json={"from": "2026-01-03T00:00:00Z", "to": "2026-01-02T00:00:00Z"},
+                headers=admin,
+            ),
+            await client.post(PATH, content=b"{not json", headers=admin),
+        ]
+        missing = await client.get(f"{PATH}/whs_missing/deliveries/msg_x", headers=admin)
+    for response in cases:
+        assert response.status_code == 422, (response.request.url, response.text)
+        assert response.headers["content-type"] == "application/problem+json"
+    assert missing.status_code == 404
+
+
+async def test_the_event_catalogue_lists_every_contract(system_factory: SystemFactory) -> None:
+    system = await system_factory(seed=False)
+    async with AsyncExitStack() as stack:
+        webhooks = await serve_webhooks(stack, system)
+        response = await webhooks.client.get(
+            "/v1/webhooks/event-types", headers=token(system.intake_settings)
+        )
+    types = {entry["type"] for entry in response.json()}
+    assert RECEIVED in types and "org.complaintdesk.followup.completed.v1" in types

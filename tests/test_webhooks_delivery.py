@@ -1,0 +1,372 @@
+"""Webhook deliveries over real Kafka, MongoDB and HTTP: order, signatures, retries, isolation."""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import uuid
+from contextlib import AsyncExitStack
+from datetime import datetime, timedelta
+
+import orjson
+import pytest
+from cloudevents.v1.http import from_http
+from standardwebhooks import Webhook, WebhookVerificationError
+
+from complaints_shared.clock import ManualClock
+from tests.conftest import SystemFactory
+from tests.helpers import eventually, short_type, token
+from tests.webhooks_support import (
+    BROADBAND_COMPLAINT,
+    Received,
+    receiver,
+    serve_webhooks,
+    silent_target,
+    subscribe,
+)
+
+pytestmark = pytest.mark.integration
+
+LIFE = [
+    "complaint.received",
+    "complaint.assigned",
+    "complaint.resolved",
+    "followup.scheduled",
+    "followup.completed",
+    "complaint.closed",
+]
+
+
+async def _complaint(system, headers: dict, **changes) -> str:
+    # A distinct description each time: an identical one would be the same complaint resubmitted.
+    description = f"{BROADBAND_COMPLAINT['description']}（{uuid.uuid4().hex[:8]}）"
+    created = await system.intake.post(
+        "/v1/complaints",
+        json={**BROADBAND_COMPLAINT, "description": description, **changes},
+        headers=headers,
+    )
+    assert created.status_code == 201, created.text
+    return created.json()["id"]
+
+
+async def _deliveries(webhooks, headers, subscription_id: str, **params) -> list[dict]:
+    response = await webhooks.client.get(
+        f"/v1/webhooks/subscriptions/{subscription_id}/deliveries",
+        params={"limit": 200, **params},
+        headers=headers,
+    )
+    assert response.status_code == 200, response.text
+    return response.json()["items"]
+
+
+async def test_a_complaints_whole_life_arrives_in_order_signed_and_as_cloudevents(
+    system_factory: SystemFactory,
+) -> None:
+    system = await system_factory()
+    admin = token(system.intake_settings)
+    async with AsyncExitStack() as stack:
+        hooks = await stack.enter_async_context(receiver())
+        webhooks = await serve_webhooks(stack, system)
+        subscription = await subscribe(webhooks, admin, url=hooks.url, event_types=["*"])
+        complaint_id = await _complaint(system, admin)
+
+        async def assigned() -> bool:
+            body = (await system.intake.get(f"/v1/complaints/{complaint_id}", headers=admin)).json()
+            return bool(body.get("assignment"))
+
+        await eventually(assigned, what="assignment")
+        resolved = await system.intake.post(
+            f"/v1/complaints/{complaint_id}/resolve",
+            json={"summary": "已恢复宽带并致歉", "customer_accepted": True},
+            headers=admin,
+        )
+        assert resolved.status_code == 200, resolved.text
+
+        async def check_id() -> str | None:
+            response = await system.followup.get(
+                "/v1/followups", params={"complaint_id": complaint_id}, headers=admin
+            )
+            items = response.json()["items"]
+            return items[0]["id"] if items else None
+
+        followup_id = await eventually(check_id, what="satisfaction check")
+        outcome = await system.followup.post(
+            f"/v1/followups/{followup_id}/outcome",
+            json={"satisfied": True, "score": 5},
+            headers=admin,
+        )
+        assert outcome.status_code == 200, outcome.text
+
+        def types() -> list[str]:
+            return [short_type(body["type"]) for body in hooks.bodies()]
+
+        await eventually(
+            lambda: asyncio.sleep(0, "complaint.closed" in types()),
+            timeout_s=20,
+            what="complaint.closed delivered",
+        )
+        log = await _deliveries(webhooks, admin, subscription["id"])
+
+    arrived = types()
+    # A high-severity resolution schedules two checks, so types may repeat: compare first arrivals.
+    first_arrivals = sorted(LIFE, key=lambda event_type: arrived.index(event_type))
+    assert first_arrivals == LIFE, arrived
+    times = [body["time"] for body in hooks.bodies()]
+    assert times == sorted(times), "deliveries of one complaint arrive in event order"
+    verifier = Webhook(subscription["secret"])
+    for request in hooks.requests:
+        assert request.headers["content-type"] == "application/cloudevents+json"
+        verified = verifier.verify(request.body, request.headers)
+        event = from_http(request.headers, request.body)
+        assert event["id"] == verified["id"]
+        assert event["subject"] == complaint_id
+        assert event["specversion"] == "1.0"
+        assert event.data["complaint_id"] == complaint_id
+    assert len({r.webhook_id for r in hooks.requests}) == len(hooks.requests)
+    assert {entry["status"] for entry in log} == {"delivered"}
+    assert all(entry["last_response_code"] == 200 for entry in log)
+
+
+async def test_a_failing_receiver_gets_each_retry_until_it_answers_2xx(
+    system_factory: SystemFactory,
+) -> None:
+    system = await system_factory()
+    admin = token(system.intake_settings)
+    async with AsyncExitStack() as stack:
+        hooks = await stack.enter_async_context(receiver(lambda n: 500 if n < 3 else 200))
+        webhooks = await serve_webhooks(stack, system, retry_schedule_s=[0.3, 0.3, 0.3, 0.3])
+        subscription = await subscribe(
+            webhooks, admin, url=hooks.url, event_types=["org.complaintdesk.complaint.received.v1"]
+        )
+        await _complaint(system, admin)
+        await eventually(lambda: asyncio.sleep(0, hooks.delivered_ids()), what="a 2xx answer")
+
+        async def delivered() -> list[dict]:
+            log = await _deliveries(webhooks, admin, subscription["id"])
+            return log if log and log[0]["status"] == "delivered" else []
+
+        [entry] = await eventually(delivered, what="delivery recorded as delivered")
+    assert [r.status for r in hooks.requests] == [500, 500, 500, 200]
+    assert len({r.webhook_id for r in hooks.requests}) == 1, "webhook-id is stable across retries"
+    assert len({r.body for r in hooks.requests}) == 1
+    assert entry["id"] == hooks.requests[0].webhook_id
+    assert entry["attempts"] == 4
+    assert entry["last_response_code"] == 200
+    assert entry["next_attempt_at"] is None
+    assert [a["response_code"] for a in entry["attempt_log"]] == [500, 500, 500, 200]
+    gaps = [
+        b.arrived_at - a.arrived_at
+        for a, b in zip(hooks.requests, hooks.requests[1:], strict=False)
+    ]
+    assert all(gap >= 0.25 for gap in gaps), f"each retry waits its delay: {gaps}"
+
+
+async def test_a_410_answer_disables_the_subscription_and_keeps_its_backlog(
+    system_factory: SystemFactory,
+) -> None:
+    system = await system_factory()
+    admin = token(system.intake_settings)
+    answers = {"status": 410}
+    async with AsyncExitStack() as stack:
+        hooks = await stack.enter_async_context(receiver(lambda n: answers["status"]))
+        webhooks = await serve_webhooks(stack, system)
+        subscription = await subscribe(
+            webhooks, admin, url=hooks.url, event_types=["org.complaintdesk.complaint.received.v1"]
+        )
+        path = f"/v1/webhooks/subscriptions/{subscription['id']}"
+
+        async def status() -> str:
+            return (await webhooks.client.get(path, headers=admin)).json()["status"]
+
+        first = await _complaint(system, admin)
+        await eventually(lambda: _is(status, "disabled"), what="subscription disabled")
+        current = (await webhooks.client.get(path, headers=admin)).json()
+        assert "410" in current["status_reason"]
+        second = await _complaint(system, admin)
+        await eventually(lambda: _has_complaint_received(system, admin, second), what="routing")
+        assert len(hooks.requests) == 1, "nothing is sent to a disabled subscription"
+        [held] = await _deliveries(webhooks, admin, subscription["id"])
+        assert held["status"] == "pending" and held["next_attempt_at"] is None
+        assert held["last_response_code"] == 410
+
+        answers["status"] = 200
+        enabled = await webhooks.client.patch(path, json={"status": "active"}, headers=admin)
+        assert enabled.status_code == 200, enabled.text
+        await eventually(lambda: asyncio.sleep(0, hooks.delivered_ids()), what="backlog replayed")
+    assert [body["subject"] for body in hooks.bodies()] == [first, first]
+
+
+async def _is(probe, expected: str) -> bool:
+    return await probe() == expected
+
+
+async def _has_complaint_received(system, headers, complaint_id: str) -> bool:
+    body = (await system.intake.get(f"/v1/complaints/{complaint_id}", headers=headers)).json()
+    return bool(body.get("assignment"))
+
+
+async def test_a_dead_target_does_not_delay_a_healthy_one(system_factory: SystemFactory) -> None:
+    system = await system_factory()
+    admin = token(system.intake_settings)
+    received_only = ["org.complaintdesk.complaint.received.v1"]
+    async with AsyncExitStack() as stack:
+        healthy = await stack.enter_async_context(receiver())
+        dead_url = await stack.enter_async_context(silent_target())
+        webhooks = await serve_webhooks(
+            stack,
+            system,
+            request_timeout_s=2.0,
+            max_concurrent_per_subscription=2,
+            retry_schedule_s=[0.1] * 20,
+        )
+        await subscribe(webhooks, admin, url=healthy.url, event_types=received_only)
+
+        async def latencies(count: int) -> list[float]:
+            start = len(healthy.requests)
+            for _ in range(count):
+                await _complaint(system, admin)
+                await asyncio.sleep(0.25)
+            await eventually(
+                lambda: asyncio.sleep(0, len(healthy.requests) >= start + count),
+                timeout_s=20,
+                what=f"{count} deliveries to the healthy receiver",
+            )
+            return [
+                request.arrived_at - _event_time(request.body)
+                for request in healthy.requests[start:]
+            ]
+
+        baseline = await latencies(8)
+        dead = await subscribe(webhooks, admin, url=dead_url, event_types=received_only)
+        beside_dead = await latencies(12)
+
+        async def timed_out() -> list[dict]:
+            log = await _deliveries(webhooks, admin, dead["id"])
+            return [entry for entry in log if entry["attempts"] > 0]
+
+        failed = await eventually(timed_out, timeout_s=10, what="dead target attempts")
+        dead_log = await _deliveries(webhooks, admin, dead["id"])
+    assert len(dead_log) == 12 and all(entry["status"] == "pending" for entry in dead_log)
+    assert all("no answer within 2 s" in entry["last_error"] for entry in failed)
+    normal = max(statistics.quantiles(baseline, n=10)[-1], 0.2)
+    # Each dead attempt holds its slot for 2 s; the healthy receiver must not notice.
+    assert max(beside_dead) < normal * 3 + 0.5, (baseline, beside_dead)
+    assert max(beside_dead) < 1.5, beside_dead
+
+
+def _event_time(body: bytes) -> float:
+    return datetime.fromisoformat(orjson.loads(body)["time"]).timestamp()
+
+
+async def test_a_rotated_secret_keeps_the_previous_one_valid_for_the_overlap(
+    system_factory: SystemFactory,
+) -> None:
+    system = await system_factory()
+    admin = token(system.intake_settings)
+    clock = ManualClock()
+    async with AsyncExitStack() as stack:
+        hooks = await stack.enter_async_context(receiver())
+        webhooks = await serve_webhooks(stack, system, clock=clock, secret_rotation_overlap_s=60)
+        subscription = await subscribe(webhooks, admin, url=hooks.url)
+        path = f"/v1/webhooks/subscriptions/{subscription['id']}"
+
+        async def ping() -> Received:
+            count = len(hooks.requests)
+            response = await webhooks.client.post(f"{path}/ping", headers=admin)
+            assert response.status_code == 202, response.text
+            await eventually(lambda: asyncio.sleep(0, len(hooks.requests) > count), what="ping")
+            return hooks.requests[-1]
+
+        rotated = await webhooks.client.post(f"{path}/secret/rotate", headers=admin)
+        assert rotated.status_code == 200, rotated.text
+        new_secret = rotated.json()["secret"]
+        assert new_secret != subscription["secret"]
+        during = await ping()
+        clock.advance(timedelta(seconds=61))
+        after = await ping()
+        shown = (await webhooks.client.get(path, headers=admin)).json()
+    old, new = Webhook(subscription["secret"]), Webhook(new_secret)
+    assert new.verify(during.body, during.headers)["type"].endswith("webhook.ping.v1")
+    assert old.verify(during.body, during.headers), "the old secret verifies during the overlap"
+    assert len(during.headers["webhook-signature"].split(" ")) == 2
+    assert new.verify(after.body, after.headers)
+    with pytest.raises(WebhookVerificationError):
+        old.verify(after.body, after.headers)
+    assert "secret" not in shown and "signing_secrets" not in shown
+    assert new_secret not in str(shown) and subscription["secret"] not in str(shown)
+
+
+async def test_a_failing_target_is_paused_automatically_and_replayed_in_order_when_enabled(
+    system_factory: SystemFactory,
+) -> None:
+    system = await system_factory()
+    admin = token(system.intake_settings)
+    answers = {"status": 503}
+    async with AsyncExitStack() as stack:
+        hooks = await stack.enter_async_context(receiver(lambda n: answers["status"]))
+        webhooks = await serve_webhooks(
+            stack, system, auto_pause_after_failures=3, auto_pause_after_s=0
+        )
+        subscription = await subscribe(webhooks, admin, url=hooks.url)
+        path = f"/v1/webhooks/subscriptions/{subscription['id']}"
+        complaint_id = await _complaint(system, admin)
+
+        async def paused() -> dict | None:
+            body = (await webhooks.client.get(path, headers=admin)).json()
+            return body if body["status"] == "paused" else None
+
+        stopped = await eventually(paused, what="auto-pause")
+        assert "automatically" in stopped["status_reason"]
+        await eventually(lambda: _has_complaint_received(system, admin, complaint_id), what="route")
+        log = await _deliveries(webhooks, admin, subscription["id"])
+        assert {entry["status"] for entry in log} == {"pending"}
+        answers["status"] = 204
+        await webhooks.client.patch(path, json={"status": "active"}, headers=admin)
+
+        async def all_delivered() -> list[dict]:
+            entries = await _deliveries(webhooks, admin, subscription["id"])
+            done = all(entry["status"] == "delivered" for entry in entries)
+            return entries if done and len(entries) >= 2 else []
+
+        await eventually(all_delivered, timeout_s=15, what="backlog delivered")
+    delivered = [r for r in hooks.requests if r.status == 204]
+    times = [orjson.loads(r.body)["time"] for r in delivered]
+    assert times == sorted(times), "the replayed backlog keeps event order"
+
+
+async def test_one_delivery_or_a_time_range_can_be_sent_again(
+    system_factory: SystemFactory,
+) -> None:
+    system = await system_factory()
+    admin = token(system.intake_settings)
+    async with AsyncExitStack() as stack:
+        hooks = await stack.enter_async_context(receiver())
+        webhooks = await serve_webhooks(stack, system)
+        subscription = await subscribe(webhooks, admin, url=hooks.url)
+        path = f"/v1/webhooks/subscriptions/{subscription['id']}"
+        for _ in range(2):
+            assert (await webhooks.client.post(f"{path}/ping", headers=admin)).status_code == 202
+        await eventually(lambda: asyncio.sleep(0, len(hooks.delivered_ids()) == 2), what="pings")
+        [_newest, oldest] = await _deliveries(webhooks, admin, subscription["id"])
+        again = await webhooks.client.post(
+            f"{path}/deliveries/{oldest['id']}/redeliver", headers=admin
+        )
+        assert again.status_code == 202, again.text
+        await eventually(lambda: asyncio.sleep(0, len(hooks.requests) == 3), what="redelivery")
+        assert hooks.requests[-1].webhook_id == oldest["id"]
+        assert hooks.requests[-1].body == hooks.requests[0].body
+        window = await webhooks.client.post(
+            f"{path}/redeliver",
+            json={
+                "from": oldest["created_at"],
+                "to": "2100-01-01T00:00:00Z",
+                "statuses": ["delivered"],
+            },
+            headers=admin,
+        )
+        assert window.status_code == 202 and window.json() == {"queued": 2}
+        await eventually(lambda: asyncio.sleep(0, len(hooks.requests) == 5), what="range")
+        missing = await webhooks.client.post(
+            f"{path}/deliveries/msg_unknown/redeliver", headers=admin
+        )
+        assert missing.status_code == 404

@@ -1,0 +1,91 @@
+"""Which targets deliveries may go to: the server-side request forgery guard (pure logic)."""
+
+from __future__ import annotations
+
+import ipaddress
+import random
+
+import pytest
+
+from webhooks.scheduler import retry_delay_s
+from webhooks.settings import DEFAULT_RETRY_SCHEDULE_S, WebhooksSettings
+from webhooks.targets import Target, TargetRefused, check_address, parse_target, resolve_checked
+
+PRODUCTION = WebhooksSettings()
+ON_PREMISE = WebhooksSettings(allow_private_targets=True)
+DEVELOPMENT = WebhooksSettings(deployment_environment="development", allow_loopback_targets=True)
+
+
+@pytest.mark.parametrize(
+    "address",
+    [
+        "127.0.0.1",
+        "::1",
+        "10.0.0.7",
+        "172.16.3.4",
+        "192.168.1.1",
+        "100.64.0.1",
+        "169.254.169.254",
+        "169.254.1.1",
+        "fe80::1",
+        "fd00:ec2::254",
+        "0.0.0.0",
+        "224.0.0.1",
+        "::ffff:10.0.0.1",
+        "::ffff:169.254.169.254",
+    ],
+)
+def test_production_refuses_internal_addresses(address: str) -> None:
+    with pytest.raises(TargetRefused):
+        check_address(ipaddress.ip_address(address), settings=PRODUCTION)
+
+
+def test_public_addresses_are_allowed() -> None:
+    for address in ["93.184.216.34", "2606:2800:220:1::1", "8.8.8.8"]:
+        check_address(ipaddress.ip_address(address), settings=PRODUCTION)
+
+
+def test_on_premise_setting_allows_private_ranges_but_never_metadata_or_link_local() -> None:
+    for address in ["10.0.0.7", "192.168.1.1", "100.64.0.1", "fd12::1"]:
+        check_address(ipaddress.ip_address(address), settings=ON_PREMISE)
+    for address in ["169.254.169.254", "169.254.1.1", "fe80::1", "127.0.0.1", "100.100.100.200"]:
+        with pytest.raises(TargetRefused):
+            check_address(ipaddress.ip_address(address), settings=ON_PREMISE)
+
+
+def test_loopback_only_in_development_and_only_by_setting() -> None:
+    check_address(ipaddress.ip_address("127.0.0.1"), settings=DEVELOPMENT)
+    with pytest.raises(TargetRefused):
+        check_address(
+            ipaddress.ip_address("127.0.0.1"),
+            settings=WebhooksSettings(deployment_environment="development"),
+        )
+    with pytest.raises(ValueError, match="DEPLOYMENT_ENVIRONMENT=development"):
+        WebhooksSettings(allow_loopback_targets=True)
+
+
+def test_https_is_required_outside_development() -> None:
+    assert parse_target("https://crm.example.com/h", settings=PRODUCTION) == Target(
+        scheme="https", host="crm.example.com", port=443
+    )
+    with pytest.raises(TargetRefused, match="https"):
+        parse_target("http://crm.example.com/h", settings=PRODUCTION)
+    assert parse_target("http://127.0.0.1:9000/h", settings=DEVELOPMENT).port == 9000
+
+
+async def test_a_name_resolving_to_an_internal_address_is_refused_at_delivery() -> None:
+    with pytest.raises(TargetRefused, match="loopback"):
+        await resolve_checked(Target("https", "localhost", 443), settings=PRODUCTION)
+    assert await resolve_checked(Target("http", "localhost", 80), settings=DEVELOPMENT) in {
+        "127.0.0.1",
+        "::1",
+    }
+
+
+def test_the_default_retry_schedule_spans_more_than_a_day_with_bounded_jitter() -> None:
+    assert sum(DEFAULT_RETRY_SCHEDULE_S) >= 24 * 3600
+    rng = random.Random(7)
+    for index, base in enumerate(DEFAULT_RETRY_SCHEDULE_S):
+        delays = [retry_delay_s(settings=PRODUCTION, retry_index=index, rng=rng) for _ in range(50)]
+        assert all(base * 0.8 <= delay <= base * 1.2 for delay in delays)
+        assert len(set(delays)) > 1, "jitter spreads retries of many deliveries"
