@@ -23,12 +23,13 @@ infra-down:
 infra-reset:  ## stop the local infrastructure and delete its data (fresh start for make bench)
 	bash deploy/local/infra.sh reset
 
-up: install infra-up  ## everything: infrastructure, demo data, the three services
+up: install infra-up  ## everything: infrastructure, demo data, the four services
 	bash deploy/local/services.sh up
 	@echo
 	@echo "intake    http://127.0.0.1:8001/docs"
 	@echo "routing   http://127.0.0.1:8002/docs"
 	@echo "followup  http://127.0.0.1:8003/docs"
+	@echo "webhooks  http://127.0.0.1:8004/docs"
 	@echo "token:    export TOKEN=\$$(make -s token)   (narrower: make -s token BRANCH=LZ ROLE=agent)"
 
 down:  ## stop the services, then the infrastructure

@@ -126,7 +126,7 @@ def environment_of(service: dict[str, Any]) -> dict[str, str]:
 
 
 def test_the_app_services_are_found_in_the_compose_file() -> None:
-    assert {"intake", "routing", "followup"} <= set(SERVERS), sorted(SERVERS)
+    assert {"intake", "routing", "followup", "webhooks"} <= set(SERVERS), sorted(SERVERS)
     assert GATEWAY in SERVICES
 
 

@@ -2,6 +2,7 @@
 # Runs the three services locally as background uvicorn processes.
 #
 #   services.sh up      start intake (8001), routing (8002), followup (8003),
+#                       webhooks (8004, development mode: http and loopback targets),
 #                       seed the demo organisation if absent, wait for /readyz
 #   services.sh down    stop exactly the processes recorded in .local/pids
 #   services.sh status  running/stopped per service
@@ -16,7 +17,7 @@ PIDS=$STATE/pids
 LOGS=$STATE/logs
 VENV=${VENV:-$ROOT/.venv}
 READY_TIMEOUT_S=${SERVICES_READY_TIMEOUT:-60}
-SERVICES=("intake:8001" "routing:8002" "followup:8003")
+SERVICES=("intake:8001" "routing:8002" "followup:8003" "webhooks:8004")
 
 log() { printf '[services] %s\n' "$*"; }
 die() {
@@ -45,14 +46,25 @@ load_infra_env() {
     export MONGODB_URI=${mongo:-${MONGODB_URI:-mongodb://127.0.0.1:27017/?retryWrites=false}}
 }
 
+# Extra environment of one service. Locally, webhooks runs in development mode so a
+# receiver on this machine (http://127.0.0.1:...) can be subscribed.
+service_env() {
+    if [[ $1 == webhooks ]]; then
+        printf '%s\n' "DEPLOYMENT_ENVIRONMENT=${DEPLOYMENT_ENVIRONMENT:-development}" \
+            "ALLOW_LOOPBACK_TARGETS=${ALLOW_LOOPBACK_TARGETS:-true}"
+    fi
+}
+
 start_service() {
     local name=$1 port=$2
+    local -a extra_env
+    mapfile -t extra_env < <(service_env "$name")
     if is_running "$name"; then
         log "$name already running (pid $(pid_of "$name"))"
         return
     fi
     rm -f "$PIDS/$name.pid"
-    setsid "$VENV/bin/uvicorn" "$name.main:create_app" --factory \
+    setsid env "${extra_env[@]}" "$VENV/bin/uvicorn" "$name.main:create_app" --factory \
         --host "${SERVICE_HOST:-127.0.0.1}" --port "$port" \
         --workers "${UVICORN_WORKERS:-1}" --no-access-log \
         >>"$LOGS/$name.log" 2>&1 </dev/null &
