@@ -8,7 +8,6 @@ from typing import Annotated
 
 from pydantic import (
     AfterValidator,
-    AwareDatetime,
     BaseModel,
     ConfigDict,
     Field,
@@ -16,6 +15,7 @@ from pydantic import (
     field_validator,
 )
 
+from complaints_shared.datetimes import UtcDatetime
 from complaints_shared.events import EVENT_TYPE_PREFIX, EventType
 
 BranchCode = Annotated[str, StringConstraints(pattern=r"^[A-Z0-9][A-Z0-9_-]{0,31}$")]
@@ -191,8 +191,8 @@ class DeliveryFilters(StrictModel):
 
 
 class RedeliverRange(StrictModel):
-    created_from: AwareDatetime = Field(alias="from")
-    created_to: AwareDatetime = Field(alias="to")
+    created_from: UtcDatetime = Field(alias="from")
+    created_to: UtcDatetime = Field(alias="to")
     statuses: list[DeliveryStatus] = Field(
         default_factory=lambda: [DeliveryStatus.FAILED],
         min_length=1,
