@@ -6,7 +6,7 @@ import asyncio
 import statistics
 import uuid
 from contextlib import AsyncExitStack
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 import orjson
 import pytest
@@ -370,3 +370,37 @@ async def test_one_delivery_or_a_time_range_can_be_sent_again(
             f"{path}/deliveries/msg_unknown/redeliver", headers=admin
         )
         assert missing.status_code == 404
+
+
+async def test_a_broken_delivery_is_recorded_and_postponed_while_the_others_go_out(
+    system_factory: SystemFactory,
+) -> None:
+    system = await system_factory(seed=False)
+    admin = token(system.intake_settings)
+    async with AsyncExitStack() as stack:
+        hooks = await stack.enter_async_context(receiver())
+        webhooks = await serve_webhooks(stack, system, timer_retry_backoff_s=30)
+        subscription = await subscribe(webhooks, admin, url=hooks.url)
+        deliveries = webhooks.app.state.runtime.db["deliveries"]
+        await deliveries.insert_one(
+            {
+                "_id": "msg_broken",
+                "subscription_id": subscription["id"],
+                "chain": "msg_broken",
+                "order_key": "0",
+                "event_type": "org.complaintdesk.complaint.received.v1",
+                "status": "pending",
+                "next_attempt_at": datetime.now(UTC),
+                # no body: it cannot be signed or sent
+            }
+        )
+        path = f"/v1/webhooks/subscriptions/{subscription['id']}"
+        assert (await webhooks.client.post(f"{path}/ping", headers=admin)).status_code == 202
+        await eventually(lambda: asyncio.sleep(0, hooks.delivered_ids()), what="the ping")
+        broken = await eventually(
+            lambda: deliveries.find_one({"_id": "msg_broken", "timer_failures": 1}),
+            what="the broken delivery's failure recorded",
+        )
+    assert "KeyError" in broken["timer_last_error"]
+    assert broken["lease_until"] > datetime.now(UTC) + timedelta(seconds=20), "postponed"
+    assert broken["status"] == "pending"

@@ -13,6 +13,8 @@ attempts in flight are repeated once the leases expire, nothing else.
 Order: a claimed delivery with an earlier pending delivery of the same chain
 (subscription + complaint) waits behind it and is woken when that one finishes.
 Time is ``runtime.clock.now()``: retry deadlines are compared, never slept on.
+A delivery that cannot even be attempted (a broken document, say) is recorded and
+postponed with backoff (``complaints_shared.timers``); the others go on.
 """
 
 from __future__ import annotations
@@ -25,8 +27,10 @@ from contextlib import suppress
 from datetime import datetime, timedelta
 from typing import Any
 
+from complaints_shared.failures import redacted_error
 from complaints_shared.logs import bound_context, get_logger
 from complaints_shared.runtime import Runtime
+from complaints_shared.timers import record_timer_failure
 from complaints_shared.timing import wait_event
 from webhooks import store
 from webhooks.metrics import (
@@ -149,8 +153,24 @@ class Dispatcher:
         ):
             try:
                 await self._attempt(runtime, delivery)
-            except Exception as exc:  # the lease runs out and the attempt is repeated
-                log.error("webhook_attempt_error", error=repr(exc))
+            except Exception as exc:
+                await self._postpone(runtime, delivery, exc)
+
+    async def _postpone(self, runtime: Runtime, delivery: dict[str, Any], exc: Exception) -> None:
+        """Record why this delivery could not be handled; it is tried again after a backoff."""
+        try:
+            await record_timer_failure(
+                runtime.db[store.DELIVERIES],
+                document_id=delivery["_id"],
+                exc=exc,
+                lease_field="lease_until",
+                owner_filter={"lease_owner": self._owner},
+                lease_now=runtime.clock.now(),
+                settings=self._settings,
+                timer="webhook_delivery",
+            )
+        except Exception as unrecorded:  # the database is away: the lease runs out by itself
+            log.warning("webhook_attempt_unrecorded", error=redacted_error(unrecorded))
 
     async def _attempt(self, runtime: Runtime, delivery: dict[str, Any]) -> None:
         db = runtime.db
