@@ -62,6 +62,8 @@ class World:
     idp: IdentityProvider
     complaint_id: str
     followup_id: str
+    subscription_id: str
+    delivery_id: str
 
     def client(self, service: str) -> httpx.AsyncClient:
         return getattr(self.system, service)
@@ -82,7 +84,13 @@ class Probe:
 
 def _probe(path: str, **kwargs: Any) -> Callable[[World], Probe]:
     return lambda world: Probe(
-        path.format(complaint=world.complaint_id, followup=world.followup_id), **kwargs
+        path.format(
+            complaint=world.complaint_id,
+            followup=world.followup_id,
+            subscription=world.subscription_id,
+            delivery=world.delivery_id,
+        ),
+        **kwargs,
     )
 
 
@@ -255,6 +263,40 @@ PROBES: dict[str, Callable[[World], Probe]] = {
     "POST /v1/followups/{followup_id}/outcome": _probe(
         "/v1/followups/{followup}/outcome", json={"satisfied": True, "score": 5}
     ),
+    # webhooks
+    "POST /v1/webhooks/subscriptions": _probe(
+        "/v1/webhooks/subscriptions",
+        json={"target_url": "https://crm.example.com/h", "event_types": ["*"], "branch": BRANCH_B},
+    ),
+    "GET /v1/webhooks/subscriptions": _probe("/v1/webhooks/subscriptions", listing=True),
+    "GET /v1/webhooks/subscriptions/{subscription_id}": _probe(
+        "/v1/webhooks/subscriptions/{subscription}"
+    ),
+    "PATCH /v1/webhooks/subscriptions/{subscription_id}": _probe(
+        "/v1/webhooks/subscriptions/{subscription}", json={"description": "医院 CRM"}
+    ),
+    "DELETE /v1/webhooks/subscriptions/{subscription_id}": _probe(
+        "/v1/webhooks/subscriptions/{subscription}"
+    ),
+    "POST /v1/webhooks/subscriptions/{subscription_id}/secret/rotate": _probe(
+        "/v1/webhooks/subscriptions/{subscription}/secret/rotate"
+    ),
+    "POST /v1/webhooks/subscriptions/{subscription_id}/ping": _probe(
+        "/v1/webhooks/subscriptions/{subscription}/ping"
+    ),
+    "GET /v1/webhooks/subscriptions/{subscription_id}/deliveries": _probe(
+        "/v1/webhooks/subscriptions/{subscription}/deliveries"
+    ),
+    "GET /v1/webhooks/subscriptions/{subscription_id}/deliveries/{delivery_id}": _probe(
+        "/v1/webhooks/subscriptions/{subscription}/deliveries/{delivery}"
+    ),
+    "POST /v1/webhooks/subscriptions/{subscription_id}/deliveries/{delivery_id}/redeliver": _probe(
+        "/v1/webhooks/subscriptions/{subscription}/deliveries/{delivery}/redeliver"
+    ),
+    "POST /v1/webhooks/subscriptions/{subscription_id}/redeliver": _probe(
+        "/v1/webhooks/subscriptions/{subscription}/redeliver",
+        json={"from": "2026-01-01T00:00:00Z", "to": "2100-01-01T00:00:00Z"},
+    ),
 }
 
 
@@ -302,7 +344,7 @@ async def world(infrastructure: Infrastructure) -> AsyncIterator[World]:
     oidc = {"jwt_jwks_url": idp.jwks_url, "jwt_issuer": idp.issuer}
     try:
         async with running_systems(infrastructure) as make:
-            system = await make(intake=oidc, routing=oidc, followup=oidc)
+            system = await make(intake=oidc, routing=oidc, followup=oidc, webhooks=oidc)
             admin = {"Authorization": f"Bearer {idp.token('k1')}"}
             created = await system.intake.post(
                 "/v1/complaints", json=HOSPITAL_COMPLAINT, headers=admin
@@ -330,7 +372,30 @@ async def world(infrastructure: Infrastructure) -> AsyncIterator[World]:
                 return items[0]["id"] if items else None
 
             found = await eventually(followup_id, what="the hospital complaint's follow-up")
-            yield World(system=system, idp=idp, complaint_id=complaint_id, followup_id=found)
+            subscription = await system.webhooks.post(
+                "/v1/webhooks/subscriptions",
+                # Nothing listens there: the ping stays pending, which is all the probes need.
+                json={
+                    "target_url": "http://127.0.0.1:9/h",
+                    "event_types": ["*"],
+                    "branch": BRANCH_B,
+                },
+                headers=admin,
+            )
+            assert subscription.status_code == 201, subscription.text
+            subscription_id = subscription.json()["id"]
+            ping = await system.webhooks.post(
+                f"/v1/webhooks/subscriptions/{subscription_id}/ping", headers=admin
+            )
+            assert ping.status_code == 202, ping.text
+            yield World(
+                system=system,
+                idp=idp,
+                complaint_id=complaint_id,
+                followup_id=found,
+                subscription_id=subscription_id,
+                delivery_id=ping.json()["id"],
+            )
     finally:
         idp.stop()
 

@@ -200,14 +200,3 @@ async def test_other_bad_inputs_are_4xx_problems(system_factory: SystemFactory) 
         assert response.status_code == 422, (response.request.url, response.text)
         assert response.headers["content-type"] == "application/problem+json"
     assert missing.status_code == 404
-
-
-async def test_the_event_catalogue_lists_every_contract(system_factory: SystemFactory) -> None:
-    system = await system_factory(seed=False)
-    async with AsyncExitStack() as stack:
-        webhooks = await serve_webhooks(stack, system)
-        response = await webhooks.client.get(
-            "/v1/webhooks/event-types", headers=token(system.intake_settings)
-        )
-    types = {entry["type"] for entry in response.json()}
-    assert RECEIVED in types and "org.complaintdesk.followup.completed.v1" in types

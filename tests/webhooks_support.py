@@ -15,7 +15,7 @@ from fastapi import FastAPI
 from starlette.requests import Request
 from starlette.responses import Response
 
-from tests.conftest import System, _serve, settings_for_test
+from tests.conftest import WEBHOOKS_TEST_DEFAULTS, System, _serve, settings_for_test
 from tests.helpers import eventually
 from webhooks.main import create_app
 from webhooks.settings import WebhooksSettings
@@ -121,15 +121,7 @@ async def silent_target() -> AsyncIterator[str]:
 
 def webhooks_settings(system: System, **overrides) -> WebhooksSettings:
     """The webhooks service of ``system``'s test: its topics, its own database, fast retries."""
-    values = {
-        "deployment_environment": "development",
-        "allow_loopback_targets": True,
-        "retry_schedule_s": [0.2, 0.2, 0.2, 0.2, 0.2],
-        "retry_jitter_ratio": 0.0,
-        "dispatcher_poll_interval_s": 0.2,
-        "request_timeout_s": 3.0,
-        **overrides,
-    }
+    values = {**WEBHOOKS_TEST_DEFAULTS, **overrides}
     return settings_for_test(WebhooksSettings, infra=system.infra, run_id=system.run_id, **values)
 
 

@@ -26,6 +26,8 @@ from routing.demo import seed_demo_org
 from routing.main import create_app as create_routing_app
 from routing.settings import RoutingSettings
 from tests.support.infrastructure import Infrastructure
+from webhooks.main import create_app as create_webhooks_app
+from webhooks.settings import WebhooksSettings
 
 
 def settings_for_test(
@@ -64,6 +66,9 @@ class System:
     followup_app: FastAPI
     mongo: AsyncMongoClient
     clock: Clock | None = None
+    # The webhooks service runs only when a test asks for it (``make(webhooks={...})``).
+    webhooks_settings: WebhooksSettings | None = None
+    webhooks: httpx.AsyncClient | None = None
 
     async def serve_extra(self, stack: AsyncExitStack, app: FastAPI) -> httpx.AsyncClient:
         """Run one more app (a second replica, say) until ``stack`` closes."""
@@ -71,6 +76,17 @@ class System:
 
     def topic(self, name: str) -> str:
         return self.intake_settings.topic(name)
+
+
+# Webhooks in tests: a receiver on 127.0.0.1 is allowed, retries come fast.
+WEBHOOKS_TEST_DEFAULTS = {
+    "deployment_environment": "development",
+    "allow_loopback_targets": True,
+    "retry_schedule_s": [0.2, 0.2, 0.2, 0.2, 0.2],
+    "retry_jitter_ratio": 0.0,
+    "dispatcher_poll_interval_s": 0.2,
+    "request_timeout_s": 3.0,
+}
 
 
 async def serve(stack: AsyncExitStack, app: FastAPI, name: str) -> httpx.AsyncClient:
@@ -102,6 +118,7 @@ async def running_systems(infrastructure: Infrastructure) -> AsyncIterator[Syste
         intake: dict | None = None,
         routing: dict | None = None,
         followup: dict | None = None,
+        webhooks: dict | None = None,
         clock: Clock | None = None,
         seed: bool = True,
     ) -> System:
@@ -123,6 +140,15 @@ async def running_systems(infrastructure: Infrastructure) -> AsyncIterator[Syste
             "routing": create_routing_app(routing_settings, clock=clock),
             "followup": create_followup_app(followup_settings, clock=clock),
         }
+        webhooks_settings = None
+        if webhooks is not None:
+            webhooks_settings = settings_for_test(
+                WebhooksSettings,
+                infra=infrastructure,
+                run_id=run_id,
+                **{**WEBHOOKS_TEST_DEFAULTS, **webhooks},
+            )
+            apps["webhooks"] = create_webhooks_app(webhooks_settings, clock=clock)
         clients = {name: await serve(stack, app, name) for name, app in apps.items()}
         return System(
             run_id=run_id,
@@ -138,6 +164,8 @@ async def running_systems(infrastructure: Infrastructure) -> AsyncIterator[Syste
             followup_app=apps["followup"],
             mongo=mongo,
             clock=clock,
+            webhooks_settings=webhooks_settings,
+            webhooks=clients.get("webhooks"),
         )
 
     try:

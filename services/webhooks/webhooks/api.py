@@ -1,7 +1,7 @@
 """HTTP routes of webhooks: subscriptions, their secrets, delivery logs and replays.
 
-Every route needs an admin token. A subscription belongs to one organisation and
-either one branch or (``branch: null``) all of them; a token limited to some
+Every route is an admin's, branch-scoped: a subscription belongs to one organisation
+and either one branch or (``branch: null``) all of them; a token limited to some
 branches sees and manages only subscriptions of those branches, others are 404.
 """
 
@@ -11,12 +11,12 @@ import uuid
 from datetime import timedelta
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Path, Query, Request, Response
+from fastapi import APIRouter, Path, Query, Request, Response
 from pydantic import Field
 
-from complaints_shared.auth import CurrentPrincipal, Principal, Role, require_role
+from complaints_shared.access import Scope, allow
+from complaints_shared.auth import Principal, Role
 from complaints_shared.envelope import CloudEvent
-from complaints_shared.events import EVENT_CONTRACTS
 from complaints_shared.pagination import Page
 from complaints_shared.problems import ProblemError, not_found
 from complaints_shared.runtime import Runtime
@@ -26,7 +26,6 @@ from webhooks.models import (
     PING_EVENT_TYPE,
     DeliveryFilters,
     DeliveryRead,
-    EventTypeInfo,
     RedeliverRange,
     RedeliveryAccepted,
     SecretRotated,
@@ -53,12 +52,7 @@ class ListQuery(StrictModel):
     cursor: str | None = None
 
 
-async def _admin(principal: CurrentPrincipal) -> Principal:
-    require_role(principal, Role.ADMIN, action="managing webhook subscriptions")
-    return principal
-
-
-Admin = Annotated[Principal, Depends(_admin)]
+Admin = allow(Role.ADMIN, scope=Scope.BRANCH, action="managing webhook subscriptions")
 
 
 def _runtime(request: Request) -> Runtime:
@@ -98,25 +92,6 @@ async def _subscription(request: Request, principal: Principal, subscription_id:
     if found is None:
         raise not_found(what="subscription", identifier=subscription_id)
     return found
-
-
-# ------------------------------------------------------------------ catalogue --
-
-
-@router.get(
-    "/event-types",
-    response_model=list[EventTypeInfo],
-    summary="Event types a subscription can ask for (contracts in docs/asyncapi.json)",
-)
-async def event_types(principal: Admin) -> list[EventTypeInfo]:
-    return [
-        EventTypeInfo(
-            type=event_type.value,
-            topic=topic.value,
-            description=(model.__doc__ or "").strip().splitlines()[0],
-        )
-        for event_type, (topic, model) in EVENT_CONTRACTS.items()
-    ]
 
 
 # -------------------------------------------------------------- subscriptions --

@@ -51,8 +51,8 @@ def event_type_matches(pattern: str, event_type: str) -> bool:
 def validate_event_type_pattern(pattern: str) -> str:
     if not any(event_type_matches(pattern, known.value) for known in EventType):
         raise ValueError(
-            f"{pattern!r} matches no event type of the catalogue (see GET "
-            "/v1/webhooks/event-types; a prefix ends with '*')"
+            f"{pattern!r} matches no event type of the catalogue (docs/asyncapi.json; "
+            "a prefix ends with '*')"
         )
     return pattern
 
@@ -212,9 +212,3 @@ class RedeliverRange(StrictModel):
 
 class RedeliveryAccepted(BaseModel):
     queued: int = Field(description="Deliveries queued to be sent again.")
-
-
-class EventTypeInfo(BaseModel):
-    type: str
-    topic: str
-    description: str
