@@ -102,7 +102,7 @@ async def test_a_complaints_whole_life_arrives_in_order_signed_and_as_cloudevent
 
         await eventually(
             lambda: asyncio.sleep(0, "complaint.closed" in types()),
-            timeout_s=20,
+            timeout_s=40,
             what="complaint.closed delivered",
         )
         log = await _deliveries(webhooks, admin, subscription["id"])

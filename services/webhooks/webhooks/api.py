@@ -294,6 +294,7 @@ async def ping(subscription_id: SubscriptionId, request: Request, principal: Adm
         body=structured_body(event),
         order_key=order_key(event, arrival=0),
         now=now,
+        due_at=now,
     )
     await store.insert_deliveries(db=runtime.db, deliveries=[delivery])
     _dispatcher(request).notify()

@@ -9,6 +9,7 @@ a redelivered event records nothing twice. The dispatcher is woken at once.
 from __future__ import annotations
 
 import itertools
+from datetime import timedelta
 
 from complaints_shared.envelope import CloudEvent
 from complaints_shared.events import EventData, EventType
@@ -30,6 +31,7 @@ def order_key(event: CloudEvent, *, arrival: int) -> str:
 
 def build_handlers(runtime: Runtime, *, dispatcher: Dispatcher) -> dict[EventType, EventHandler]:
     arrivals = itertools.count()
+    settle = timedelta(seconds=runtime.settings.order_settle_s)  # type: ignore[attr-defined]
 
     async def record(event: CloudEvent, data: EventData) -> None:
         subscriptions = await store.subscriptions_for_event(
@@ -54,6 +56,7 @@ def build_handlers(runtime: Runtime, *, dispatcher: Dispatcher) -> dict[EventTyp
                 body=body,
                 order_key=key,
                 now=now,
+                due_at=now + settle,
             )
             for subscription in subscriptions
         ]

@@ -75,6 +75,13 @@ class WebhooksSettings(ServiceSettings):
         10, ge=1, le=50, description="Attempts (newest) kept in each delivery's log."
     )
 
+    order_settle_s: float = Field(
+        0.2,
+        ge=0,
+        description="A recorded event waits this long before its first attempt, so an earlier "
+        "event of the same complaint consumed late from another topic still goes first.",
+    )
+
     # -- the dispatcher's own timing (not business deadlines) ---------------------
     dispatcher_poll_interval_s: float = Field(
         1.0, gt=0, description="Idle poll for due deliveries (new events wake it at once)."

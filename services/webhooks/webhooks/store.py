@@ -260,6 +260,7 @@ def new_delivery(
     body: str,
     order_key: str,
     now: datetime,
+    due_at: datetime,
 ) -> dict[str, Any]:
     return {
         "_id": delivery_id,
@@ -276,7 +277,7 @@ def new_delivery(
         "status": DeliveryStatus.PENDING.value,
         "attempts": 0,
         "retry_index": 0,
-        "next_attempt_at": now,
+        "next_attempt_at": due_at,
         "wakes": 0,
         "attempt_log": [],
         "created_at": now,
