@@ -60,6 +60,9 @@ bench: install infra-up  ## throughput/latency figures (docs/performance.md); BE
 bench-profile: install infra-up  ## py-spy profile of intake and the database under POST load
 	$(VENV)/bin/python -m bench.profile $(BENCH_ARGS)
 
+bench-webhooks: install infra-up  ## webhook deliveries/s and event-to-2xx latency, 1 and 50 subscriptions
+	$(VENV)/bin/python -m bench.webhooks $(BENCH_ARGS)
+
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
