@@ -37,7 +37,6 @@ from complaints_shared.kafka import ensure_topics
 
 PORT = 18004
 RNG = random.Random(14)
-SETTLE_S = 0.0  # measured without the cross-topic settle pause; see docs/performance.md
 
 
 class Receiver:
@@ -172,7 +171,6 @@ async def main() -> None:
         **run.env("webhooks"),
         "DEPLOYMENT_ENVIRONMENT": "development",
         "ALLOW_LOOPBACK_TARGETS": "true",
-        "ORDER_SETTLE_S": str(SETTLE_S),
     }
     service = Service("webhooks", PORT, env)
     producer = AIOKafkaProducer(

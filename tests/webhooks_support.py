@@ -17,6 +17,7 @@ from starlette.responses import Response
 
 from tests.conftest import WEBHOOKS_TEST_DEFAULTS, System, _serve, settings_for_test
 from tests.helpers import eventually
+from tests.infrastructure import Infrastructure
 from webhooks.main import create_app
 from webhooks.settings import WebhooksSettings
 
@@ -119,7 +120,18 @@ async def silent_target() -> AsyncIterator[str]:
         server.close()
 
 
-def webhooks_settings(system: System, **overrides) -> WebhooksSettings:
+@dataclass
+class Isolation:
+    """What a test's services share: the infrastructure and a run id (topics, databases).
+
+    A ``System`` is one; a test of the webhooks service alone makes one of its own.
+    """
+
+    infra: Infrastructure
+    run_id: str
+
+
+def webhooks_settings(system: System | Isolation, **overrides) -> WebhooksSettings:
     """The webhooks service of ``system``'s test: its topics, its own database, fast retries."""
     values = {**WEBHOOKS_TEST_DEFAULTS, **overrides}
     return settings_for_test(WebhooksSettings, infra=system.infra, run_id=system.run_id, **values)
@@ -133,7 +145,7 @@ class Webhooks:
 
 
 async def serve_webhooks(
-    stack: AsyncExitStack, system: System, *, clock=None, **overrides
+    stack: AsyncExitStack, system: System | Isolation, *, clock=None, **overrides
 ) -> Webhooks:
     settings = webhooks_settings(system, **overrides)
     app = create_app(settings, clock=clock)

@@ -145,12 +145,8 @@ async def create_subscription(
 async def list_subscriptions(
     request: Request, principal: Admin, query: Annotated[ListQuery, Query()]
 ) -> Page[SubscriptionRead]:
-    documents, next_cursor = await store.list_subscriptions(
+    return await store.list_subscriptions(
         db=_runtime(request).db, principal=principal, limit=query.limit, cursor=query.cursor
-    )
-    return Page[SubscriptionRead](
-        items=[SubscriptionRead.model_validate(store.public(doc)) for doc in documents],
-        next_cursor=next_cursor,
     )
 
 
@@ -290,11 +286,13 @@ async def ping(subscription_id: SubscriptionId, request: Request, principal: Adm
         branch=subscription.get("branch"),
         event_id=event.id,
         event_type=event.type,
+        # Not an event of the catalogue: no place in a complaint's order, nothing to wait for.
+        event_time=None,
+        subject=None,
         complaint_id=None,
         body=structured_body(event),
-        order_key=order_key(event, arrival=0),
+        order_key=order_key(event, recorded_ns=0),
         now=now,
-        due_at=now,
     )
     await store.insert_deliveries(db=runtime.db, deliveries=[delivery])
     _dispatcher(request).notify()

@@ -3,16 +3,18 @@
 One handler serves every event type: it finds the organisation's subscriptions
 that want the event and records one delivery per subscription before the
 consumer commits the offset. Delivery ids derive from (subscription, event), so
-a redelivered event records nothing twice. The dispatcher is woken at once.
+a redelivered event records nothing twice. The dispatcher is woken at once; it
+sends a delivery once the consumed-through moment (``webhooks.watermark``) has
+passed the event's time, so an earlier event of the same subject from another
+topic is recorded first and goes first.
 """
 
 from __future__ import annotations
 
-import itertools
-from datetime import timedelta
+import time
 
 from complaints_shared.envelope import CloudEvent
-from complaints_shared.events import EventData, EventType
+from complaints_shared.events import EventData, EventPayload, EventType
 from complaints_shared.kafka import EventHandler
 from complaints_shared.logs import get_logger
 from complaints_shared.runtime import Runtime
@@ -23,40 +25,60 @@ from webhooks.signing import structured_body
 log = get_logger(__name__)
 
 
-def order_key(event: CloudEvent, *, arrival: int) -> str:
-    """Sorts a complaint's deliveries by event time, then by the order they were consumed."""
+def order_key(event: CloudEvent, *, recorded_ns: int) -> str:
+    """Sorts a subject's deliveries by event time, then by when they were recorded.
+
+    Events of one topic can share a millisecond (``followup.attempted`` and
+    ``followup.completed`` of one call); they are consumed in publication order, and the
+    recording time keeps that order across restarts and replicas, unlike a counter.
+    """
     micros = int(event.time.timestamp() * 1_000_000)
-    return f"{micros:017d}.{arrival:012d}"
+    return f"{micros:017d}.{recorded_ns:020d}"
+
+
+class RecordingClock:
+    """Wall-clock nanoseconds, strictly increasing within the process."""
+
+    def __init__(self) -> None:
+        self._last_ns = 0
+
+    def next_ns(self) -> int:
+        self._last_ns = max(time.time_ns(), self._last_ns + 1)
+        return self._last_ns
 
 
 def build_handlers(runtime: Runtime, *, dispatcher: Dispatcher) -> dict[EventType, EventHandler]:
-    arrivals = itertools.count()
-    settle = timedelta(seconds=runtime.settings.order_settle_s)  # type: ignore[attr-defined]
+    recording = RecordingClock()
 
-    async def record(event: CloudEvent, data: EventData) -> None:
+    async def record(event: CloudEvent, data: EventPayload) -> None:
+        # Every catalogue event names its organisation and branch (complaint and branch events).
+        org: str = data.org  # type: ignore[attr-defined]
+        branch: str = data.branch  # type: ignore[attr-defined]
         subscriptions = await store.subscriptions_for_event(
-            db=runtime.db, org=data.org, branch=data.branch, event_type=event.type
+            db=runtime.db, org=org, branch=branch, event_type=event.type
         )
         if not subscriptions:
             return
         now = runtime.clock.now()
         body = structured_body(event)
-        key = order_key(event, arrival=next(arrivals))
+        key = order_key(event, recorded_ns=recording.next_ns())
+        complaint_id = data.complaint_id if isinstance(data, EventData) else None
         deliveries = [
             store.new_delivery(
                 delivery_id=store.delivery_id(
                     subscription_id=subscription["_id"], event_id=event.id
                 ),
                 subscription=subscription,
-                org=data.org,
-                branch=data.branch,
+                org=org,
+                branch=branch,
                 event_id=event.id,
                 event_type=event.type,
-                complaint_id=data.complaint_id,
+                event_time=event.time,
+                subject=event.subject,
+                complaint_id=complaint_id,
                 body=body,
                 order_key=key,
                 now=now,
-                due_at=now + settle,
             )
             for subscription in subscriptions
         ]

@@ -32,7 +32,11 @@ def create_app(settings: WebhooksSettings | None = None, *, clock: Clock | None 
             consumed_topics=list(Topic),
             handlers=partial(build_handlers, dispatcher=dispatcher),
             ensure_indexes=store.ensure_indexes,
-            background_jobs=[dispatcher.run_dispatcher, dispatcher.run_backlog_gauge],
+            background_jobs=[
+                dispatcher.run_dispatcher,
+                dispatcher.run_backlog_gauge,
+                dispatcher.watermark.run_watermark,
+            ],
             clock=clock,
         ) as runtime:
             app.state.runtime = runtime

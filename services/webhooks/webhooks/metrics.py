@@ -29,3 +29,8 @@ SUBSCRIPTIONS_PAUSED = Counter(
     "Subscriptions stopped by the service: auto_paused (failure threshold) or disabled (410).",
     ["reason"],
 )
+ORDER_WATERMARK_LAG = Gauge(
+    "complaints_webhook_order_watermark_lag_seconds",
+    "How far behind now the consumed-through moment is: events newer than it wait, so "
+    "an earlier event of their complaint from a lagging topic goes first.",
+)

@@ -10,8 +10,10 @@ ever holds its own slots while every attempt is bounded by
 ``request_timeout_s``. A replica killed mid-attempt loses its leases; the
 attempts in flight are repeated once the leases expire, nothing else.
 
-Order: a claimed delivery with an earlier pending delivery of the same chain
-(subscription + complaint) waits behind it and is woken when that one finishes.
+Order: a delivery of an event is claimed only once every event that was in Kafka
+before it happened is recorded (``webhooks.watermark``); a claimed delivery with an
+earlier pending delivery of the same chain (subscription + subject) then waits
+behind it and is woken when that one finishes.
 Time is ``runtime.clock.now()``: retry deadlines are compared, never slept on.
 A delivery that cannot even be attempted (a broken document, say) is recorded and
 postponed with backoff (``complaints_shared.timers``); the others go on.
@@ -24,7 +26,7 @@ import random
 import uuid
 from collections import Counter
 from contextlib import suppress
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from complaints_shared.failures import redacted_error
@@ -44,8 +46,12 @@ from webhooks.models import PING_EVENT_TYPE, DeliveryStatus, SubscriptionStatus
 from webhooks.sender import AttemptResult, Sender
 from webhooks.settings import WebhooksSettings
 from webhooks.signing import signed_headers
+from webhooks.watermark import ConsumedWatermark
 
 log = get_logger(__name__)
+
+# Before the first watermark observation: only deliveries of no event (pings) may go.
+NOTHING_RECORDED = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def retry_delay_s(*, settings: WebhooksSettings, retry_index: int, rng: random.Random) -> float:
@@ -60,6 +66,9 @@ class Dispatcher:
 
     def __init__(self, *, settings: WebhooksSettings) -> None:
         self._settings = settings
+        # Deliveries of events are held until the consumer group has recorded every
+        # topic past their time; until the first observation, none is.
+        self.watermark = ConsumedWatermark(settings=settings, on_advance=self.notify)
         self._owner = f"{settings.service_name}-{uuid.uuid4().hex[:8]}"
         self._sender = Sender(settings=settings)
         self._wake = asyncio.Event()
@@ -116,6 +125,7 @@ class Dispatcher:
                 now=runtime.clock.now(),
                 lease_s=self._lease_s,
                 skip_subscriptions=saturated,
+                recorded_through=self.watermark.through or NOTHING_RECORDED,
             )
             if delivery is None:
                 return

@@ -75,19 +75,19 @@ class WebhooksSettings(ServiceSettings):
         10, ge=1, le=50, description="Attempts (newest) kept in each delivery's log."
     )
 
-    order_settle_s: float = Field(
-        0.2,
-        ge=0,
-        description="A recorded event waits this long before its first attempt, so an earlier "
-        "event of the same complaint consumed late from another topic still goes first.",
-    )
-
     # -- the dispatcher's own timing (not business deadlines) ---------------------
     dispatcher_poll_interval_s: float = Field(
         1.0, gt=0, description="Idle poll for due deliveries (new events wake it at once)."
     )
     lease_margin_s: float = Field(
         30.0, gt=0, description="A claimed delivery's lease is the request timeout plus this."
+    )
+    order_watermark_interval_s: float = Field(
+        0.1,
+        gt=0,
+        description="How often the consumed-through moment that releases deliveries in event "
+        "order is observed (webhooks.watermark); a new event waits about this long plus the "
+        "consumer's commit.",
     )
     backlog_refresh_s: float = Field(
         15.0, gt=0, description="How often the per-subscription backlog gauge is recomputed."

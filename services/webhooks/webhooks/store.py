@@ -18,13 +18,15 @@ from pymongo import ASCENDING, DESCENDING
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError
 
+from complaints_shared import aggregate
 from complaints_shared.auth import Principal
 from complaints_shared.mongo import at_or_after, at_or_before, claim_first, lease_free
-from complaints_shared.pagination import Page, after_cursor, encode_cursor
+from complaints_shared.pagination import Page
 from webhooks.models import (
     DeliveryFilters,
     DeliveryRead,
     DeliveryStatus,
+    SubscriptionRead,
     SubscriptionStatus,
     event_type_matches,
 )
@@ -88,21 +90,16 @@ async def get_subscription(
 
 async def list_subscriptions(
     *, db: AsyncDatabase, principal: Principal, limit: int, cursor: str | None
-) -> tuple[list[dict[str, Any]], str | None]:
-    query = {**principal.scope_filter(), **after_cursor(field="created_at", cursor=cursor)}
-    documents = (
-        await db[SUBSCRIPTIONS]
-        .find(query, projection=PUBLIC_SUBSCRIPTION)
-        .sort([("created_at", ASCENDING), ("_id", ASCENDING)])
-        .limit(limit + 1)
-        .to_list()
+) -> Page[SubscriptionRead]:
+    return await aggregate.page(
+        collection=db[SUBSCRIPTIONS],
+        query=principal.scope_filter(),
+        sort_field="created_at",
+        limit=limit,
+        cursor=cursor,
+        to_item=lambda document: SubscriptionRead.model_validate(_with_id(document)),
+        projection=PUBLIC_SUBSCRIPTION,
     )
-    next_cursor = None
-    if len(documents) > limit:
-        documents = documents[:limit]
-        last = documents[-1]
-        next_cursor = encode_cursor(sort_value=last["created_at"], document_id=last["_id"])
-    return documents, next_cursor
 
 
 async def update_subscription(
@@ -256,19 +253,22 @@ def new_delivery(
     branch: str | None,
     event_id: str,
     event_type: str,
+    event_time: datetime | None,
+    subject: str | None,
     complaint_id: str | None,
     body: str,
     order_key: str,
     now: datetime,
-    due_at: datetime,
 ) -> dict[str, Any]:
-    return {
+    """A pending delivery, due now; one of an event (``event_time``) waits for the watermark."""
+    document: dict[str, Any] = {
         "_id": delivery_id,
         "org": org,
         "branch": branch,
         "subscription_id": subscription["_id"],
-        # Deliveries of one chain go out one at a time, in order_key order.
-        "chain": complaint_id or delivery_id,
+        # Deliveries of one chain (a subject: complaint or branch) go out one at a time,
+        # in order_key order; a test ping is a chain of its own.
+        "chain": subject or delivery_id,
         "order_key": order_key,
         "event_id": event_id,
         "event_type": event_type,
@@ -277,11 +277,14 @@ def new_delivery(
         "status": DeliveryStatus.PENDING.value,
         "attempts": 0,
         "retry_index": 0,
-        "next_attempt_at": due_at,
+        "next_attempt_at": now,
         "wakes": 0,
         "attempt_log": [],
         "created_at": now,
     }
+    if event_time is not None:
+        document["event_time"] = event_time
+    return document
 
 
 async def insert_deliveries(*, db: AsyncDatabase, deliveries: list[dict[str, Any]]) -> int:
@@ -305,11 +308,18 @@ async def claim_due(
     now: datetime,
     lease_s: float,
     skip_subscriptions: list[str],
+    recorded_through: datetime,
 ) -> dict[str, Any] | None:
-    """Take the earliest due pending delivery (not of a saturated subscription) under a lease."""
+    """Take the earliest due pending delivery (not of a saturated subscription) under a lease.
+
+    Only deliveries of events before ``recorded_through`` (``webhooks.watermark``) and those
+    of no event (test pings) are taken: an earlier event of a later one may still be on its
+    way. Strictly before, at the millisecond precision dates are stored with.
+    """
     query: dict[str, Any] = {
         "status": DeliveryStatus.PENDING.value,
         "next_attempt_at": at_or_before(now),
+        "event_time": {"$not": {"$gte": recorded_through}},
         **lease_free("lease_until", now),
     }
     if skip_subscriptions:
@@ -444,27 +454,18 @@ async def release_held(*, db: AsyncDatabase, subscription_id: str, now: datetime
 async def list_deliveries(
     *, db: AsyncDatabase, subscription_id: str, filters: DeliveryFilters
 ) -> Page[DeliveryRead]:
-    query: dict[str, Any] = {
-        "subscription_id": subscription_id,
-        **after_cursor(field="created_at", cursor=filters.cursor, descending=True),
-    }
+    query: dict[str, Any] = {"subscription_id": subscription_id}
     if filters.status is not None:
         query["status"] = filters.status.value
-    documents = (
-        await db[DELIVERIES]
-        .find(query, projection=PUBLIC_DELIVERY)
-        .sort([("created_at", DESCENDING), ("_id", DESCENDING)])
-        .limit(filters.limit + 1)
-        .to_list()
-    )
-    next_cursor = None
-    if len(documents) > filters.limit:
-        documents = documents[: filters.limit]
-        last = documents[-1]
-        next_cursor = encode_cursor(sort_value=last["created_at"], document_id=last["_id"])
-    return Page[DeliveryRead](
-        items=[DeliveryRead.model_validate(_with_id(doc)) for doc in documents],
-        next_cursor=next_cursor,
+    return await aggregate.page(
+        collection=db[DELIVERIES],
+        query=query,
+        sort_field="created_at",
+        limit=filters.limit,
+        cursor=filters.cursor,
+        to_item=lambda document: DeliveryRead.model_validate(_with_id(document)),
+        descending=True,
+        projection=PUBLIC_DELIVERY,
     )
 
 

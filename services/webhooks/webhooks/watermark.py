@@ -1,0 +1,134 @@
+"""How far the webhooks consumer group has recorded the event topics, as a moment in time.
+
+A complaint's events come from three topics that the consumer reads side by side, so
+one topic can be behind another: a routing event can be recorded while the intake
+event it reacted to still waits behind other records of its partition. The order
+contract (docs/webhooks.md, "Order") is kept by releasing an event's deliveries only
+once every event that was in Kafka before it happened has been recorded too.
+
+This job observes, every ``order_watermark_interval_s``: the moment ``M`` (wall clock,
+like events' ``time``), then the end offset of every partition of the consumed topics,
+then the offsets the group has committed (committed = deliveries stored). Once the
+committed offsets reach the end offsets read at ``M``, every record in Kafka before
+``M`` is recorded, and ``through`` becomes ``M``: deliveries of events with
+``time <= through`` may go. Under steady load the observations queue up and each is
+reached in turn, so ``through`` trails the consumer's lag, never waits for an idle
+topic. Group offsets make it true across replicas, whichever replica consumed what.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+
+from complaints_shared.events import Topic
+from complaints_shared.logs import get_logger
+from complaints_shared.runtime import Runtime
+from complaints_shared.timing import wait_event
+from webhooks.metrics import ORDER_WATERMARK_LAG
+from webhooks.settings import WebhooksSettings
+
+log = get_logger(__name__)
+
+# Observations not reached yet (at 0.1 s apart, a minute of consumer lag); older ones
+# are dropped, which only makes ``through`` wait for a newer one.
+MAX_PENDING_OBSERVATIONS = 600
+
+Offsets = dict[TopicPartition, int]
+
+
+def reached(*, ends: Offsets, committed: Offsets) -> bool:
+    """Has the group committed every partition up to these end offsets?"""
+    return all(end == 0 or committed.get(tp, -1) >= end for tp, end in ends.items())
+
+
+class ConsumedWatermark:
+    """``through``: every event in Kafka before this moment has its deliveries recorded."""
+
+    def __init__(self, *, settings: WebhooksSettings, on_advance: Callable[[], None]) -> None:
+        self._settings = settings
+        self._on_advance = on_advance
+        self._topics = [settings.topic(topic.value) for topic in Topic]
+        self._observations: deque[tuple[datetime, Offsets]] = deque(maxlen=MAX_PENDING_OBSERVATIONS)
+        self.through: datetime | None = None
+
+    def advance(self, *, ends_at: datetime, ends: Offsets, committed: Offsets) -> None:
+        """Queue the observation (``ends`` read at ``ends_at``), then take every one reached."""
+        self._observations.append((ends_at, ends))
+        newest: datetime | None = None
+        # End offsets only grow, so the observations are reached oldest first.
+        while self._observations and reached(ends=self._observations[0][1], committed=committed):
+            newest = self._observations.popleft()[0]
+        if newest is not None:
+            self.through = newest
+            self._on_advance()
+
+    async def run_watermark(self, runtime: Runtime) -> None:
+        """The background job: observe until the service stops (Kafka away: keep trying)."""
+        while not runtime.topics_ready.is_set():
+            if await wait_event(runtime.stopping, timeout_s=0.5):
+                return
+        interval_s = self._settings.order_watermark_interval_s
+        admin: AIOKafkaAdminClient | None = None
+        offsets: AIOKafkaConsumer | None = None
+        try:
+            while not runtime.stopping.is_set():
+                try:
+                    if admin is None or offsets is None:
+                        admin, offsets = await self._connect()
+                    async with asyncio.timeout(self._settings.kafka_request_timeout_s):
+                        await self._observe(admin, offsets)
+                except Exception as exc:  # broker away: reconnect and observe again
+                    log.warning("webhook_watermark_unobserved", error=repr(exc))
+                    await _close(admin, offsets)
+                    admin = offsets = None
+                if self.through is not None:
+                    lag_s = (datetime.now(UTC) - self.through).total_seconds()
+                    ORDER_WATERMARK_LAG.set(max(lag_s, 0.0))
+                await wait_event(runtime.stopping, timeout_s=interval_s)
+        finally:
+            await _close(admin, offsets)
+
+    async def _connect(self) -> tuple[AIOKafkaAdminClient, AIOKafkaConsumer]:
+        servers = self._settings.kafka_bootstrap_servers
+        admin = AIOKafkaAdminClient(bootstrap_servers=servers)
+        # No group: it only reads end offsets and never joins the service's group.
+        offsets = AIOKafkaConsumer(bootstrap_servers=servers, enable_auto_commit=False)
+        try:
+            await admin.start()
+            await offsets.start()
+        except BaseException:
+            await _close(admin, offsets)
+            raise
+        return admin, offsets
+
+    async def _observe(self, admin: AIOKafkaAdminClient, offsets: AIOKafkaConsumer) -> None:
+        ends_at = datetime.now(UTC)  # taken before the end offsets are read
+        described = await admin.describe_topics(self._topics)
+        missing = [topic["topic"] for topic in described if topic["error_code"]]
+        if missing or len(described) != len(self._topics):
+            raise RuntimeError(f"topics not described: {missing or self._topics}")
+        partitions = [
+            TopicPartition(topic["topic"], partition["partition"])
+            for topic in described
+            for partition in topic["partitions"]
+        ]
+        ends = await offsets.end_offsets(partitions)
+        group = await admin.list_consumer_group_offsets(self._settings.consumer_group())
+        committed = {tp: position.offset for tp, position in group.items()}
+        self.advance(ends_at=ends_at, ends=ends, committed=committed)
+
+
+async def _close(admin: AIOKafkaAdminClient | None, offsets: AIOKafkaConsumer | None) -> None:
+    for client in (offsets, admin):
+        if client is None:
+            continue
+        try:
+            await (client.stop() if isinstance(client, AIOKafkaConsumer) else client.close())
+        except Exception as exc:
+            log.warning("webhook_watermark_close_failed", error=repr(exc))

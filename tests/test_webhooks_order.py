@@ -1,0 +1,139 @@
+"""Order across topics: a complaint's events reach a subscriber in the order they happened.
+
+A complaint's events come from three topics (intake, routing, follow-up), which the
+webhooks consumer reads side by side; one topic can lag behind another. These tests
+make the intake topic lag on purpose (a backlog of another organisation's events on
+the same partition) so that a later routing event is recorded before the earlier
+intake one, and check that the receiver still gets them in the order they happened.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
+from datetime import UTC, datetime
+
+import orjson
+import pytest
+from aiokafka import AIOKafkaProducer
+from pymongo import AsyncMongoClient
+
+from complaints_shared.envelope import CloudEvent, to_kafka_record
+from complaints_shared.events import (
+    ComplaintNoteAdded,
+    ComplaintSlaWarning,
+    EventPayload,
+    EventType,
+    SlaClock,
+    Topic,
+)
+from tests.helpers import eventually, short_type, token
+from tests.infrastructure import Infrastructure
+from tests.webhooks_support import Isolation, receiver, serve_webhooks, subscribe
+
+pytestmark = pytest.mark.integration
+
+# Records of another organisation ahead of the complaint's event on the intake partition:
+# enough that the consumer needs a while to work through them.
+BACKLOG = 300
+PARTITION = 0
+
+
+def _note(*, org: str, complaint_id: str, text: str) -> ComplaintNoteAdded:
+    now = datetime.now(UTC)
+    return ComplaintNoteAdded(
+        complaint_id=complaint_id,
+        org=org,
+        branch="LZ",
+        note_id=uuid.uuid4().hex,
+        author="agent-7",
+        visibility="internal",
+        text=text,
+        added_at=now,
+    )
+
+
+async def _publish(
+    producer: AIOKafkaProducer, *, topic: str, event_type: EventType, data: EventPayload
+) -> asyncio.Future:
+    event = CloudEvent.new(event_type=event_type, source="/test", data=data)
+    key, value, headers = to_kafka_record(event)
+    return await producer.send(topic, value, key=key, headers=headers, partition=PARTITION)
+
+
+@pytest.fixture
+async def alone(infrastructure: Infrastructure) -> AsyncIterator[Isolation]:
+    """The webhooks service without the other three: nothing else consumes the backlog."""
+    isolation = Isolation(infra=infrastructure, run_id=uuid.uuid4().hex[:10])
+    yield isolation
+    mongo = AsyncMongoClient(infrastructure.mongodb_uri)
+    try:
+        await mongo.drop_database(f"t_{isolation.run_id}_webhooks")
+    finally:
+        await mongo.close()
+
+
+async def test_an_earlier_event_consumed_late_from_another_topic_still_arrives_first(
+    alone: Isolation,
+) -> None:
+    complaint_id = f"cmp_{uuid.uuid4().hex[:12]}"
+    async with AsyncExitStack() as stack:
+        hooks = await stack.enter_async_context(receiver())
+        webhooks = await serve_webhooks(stack, alone)
+        settings = webhooks.settings
+        admin = token(settings)
+        await subscribe(
+            webhooks,
+            admin,
+            url=hooks.url,
+            event_types=[EventType.COMPLAINT_NOTE_ADDED.value, EventType.COMPLAINT_SLA_WARNING],
+        )
+        producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers)
+        await producer.start()
+        stack.push_async_callback(producer.stop)
+        intake_topic = settings.topic(Topic.INTAKE.value)
+        for number in range(BACKLOG):
+            other = _note(org="elsewhere", complaint_id=f"cmp_other_{number}", text="backlog")
+            await _publish(
+                producer, topic=intake_topic, event_type=EventType.COMPLAINT_NOTE_ADDED, data=other
+            )
+        # The note is in the log before the warning happens: it must be delivered first.
+        noted = await _publish(
+            producer,
+            topic=intake_topic,
+            event_type=EventType.COMPLAINT_NOTE_ADDED,
+            data=_note(org="demo", complaint_id=complaint_id, text="客户来电催办"),
+        )
+        await noted
+        now = datetime.now(UTC)
+        warning = ComplaintSlaWarning(
+            complaint_id=complaint_id,
+            org="demo",
+            branch="LZ",
+            clock=SlaClock.RESOLVE,
+            due_at=now,
+            warned_at=now,
+        )
+        warned = await _publish(
+            producer,
+            topic=settings.topic(Topic.ROUTING.value),
+            event_type=EventType.COMPLAINT_SLA_WARNING,
+            data=warning,
+        )
+        await warned
+        await eventually(
+            lambda: asyncio.sleep(0, len(hooks.delivered_ids()) == 2),
+            timeout_s=60,
+            what="both events delivered",
+        )
+        deliveries = webhooks.app.state.runtime.db["deliveries"]
+        recorded = {
+            short_type(document["event_type"]): document["created_at"]
+            async for document in deliveries.find({"complaint_id": complaint_id})
+        }
+    # The set-up did what it says: the later event was recorded first.
+    assert recorded["complaint.sla_warning"] < recorded["complaint.note_added"], recorded
+    arrived = [short_type(orjson.loads(request.body)["type"]) for request in hooks.requests]
+    assert arrived == ["complaint.note_added", "complaint.sla_warning"]
