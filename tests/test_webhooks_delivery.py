@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 import orjson
 import pytest
 from cloudevents.v1.http import from_http
+from prometheus_client.parser import text_string_to_metric_families
 from standardwebhooks import Webhook, WebhookVerificationError
 
 from complaints_shared.clock import ManualClock
@@ -111,8 +112,9 @@ async def test_a_complaints_whole_life_arrives_in_order_signed_and_as_cloudevent
     # A high-severity resolution schedules two checks, so types may repeat: compare first arrivals.
     first_arrivals = sorted(LIFE, key=lambda event_type: arrived.index(event_type))
     assert first_arrivals == LIFE, arrived
-    times = [body["time"] for body in hooks.bodies()]
-    assert times == sorted(times), "deliveries of one complaint arrive in event order"
+    # Every event here reacts to the one before it or shares its topic: all in time order.
+    times = [datetime.fromisoformat(body["time"]) for body in hooks.bodies()]
+    assert times == sorted(times), f"deliveries of one complaint arrive in event order: {arrived}"
     verifier = Webhook(subscription["secret"])
     for request in hooks.requests:
         assert request.headers["content-type"] == "application/cloudevents+json"
@@ -260,6 +262,8 @@ def _event_time(body: bytes) -> float:
 
 async def test_a_rotated_secret_keeps_the_previous_one_valid_for_the_overlap(
     system_factory: SystemFactory,
+    capfd: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     system = await system_factory()
     admin = token(system.intake_settings)
@@ -294,6 +298,11 @@ async def test_a_rotated_secret_keeps_the_previous_one_valid_for_the_overlap(
         old.verify(after.body, after.headers)
     assert "secret" not in shown and "signing_secrets" not in shown
     assert new_secret not in str(shown) and subscription["secret"] not in str(shown)
+    captured = capfd.readouterr()
+    logged = captured.out + captured.err + caplog.text
+    assert "webhook_attempt" in logged, "the service's log lines were captured"
+    for secret in (subscription["secret"], new_secret):
+        assert secret.removeprefix("whsec_") not in logged, "a secret never appears in logs"
 
 
 async def test_a_failing_target_is_paused_automatically_and_replayed_in_order_when_enabled(
@@ -305,7 +314,11 @@ async def test_a_failing_target_is_paused_automatically_and_replayed_in_order_wh
     async with AsyncExitStack() as stack:
         hooks = await stack.enter_async_context(receiver(lambda n: answers["status"]))
         webhooks = await serve_webhooks(
-            stack, system, auto_pause_after_failures=3, auto_pause_after_s=0
+            stack,
+            system,
+            auto_pause_after_failures=3,
+            auto_pause_after_s=0,
+            backlog_refresh_s=0.2,
         )
         subscription = await subscribe(webhooks, admin, url=hooks.url)
         path = f"/v1/webhooks/subscriptions/{subscription['id']}"
@@ -320,6 +333,14 @@ async def test_a_failing_target_is_paused_automatically_and_replayed_in_order_wh
         await eventually(lambda: _has_complaint_received(system, admin, complaint_id), what="route")
         log = await _deliveries(webhooks, admin, subscription["id"])
         assert {entry["status"] for entry in log} == {"pending"}
+
+        async def backlog_shown() -> dict[str, float] | None:
+            samples = await _subscription_metrics(webhooks, subscription["id"])
+            shown = samples.get("complaints_webhook_backlog")
+            return samples if shown == len(log) else None
+
+        samples = await eventually(backlog_shown, what="the backlog gauge of the subscription")
+        assert samples["complaints_webhook_attempts_total|failed"] >= 3
         answers["status"] = 204
         await webhooks.client.patch(path, json={"status": "active"}, headers=admin)
 
@@ -330,8 +351,21 @@ async def test_a_failing_target_is_paused_automatically_and_replayed_in_order_wh
 
         await eventually(all_delivered, timeout_s=15, what="backlog delivered")
     delivered = [r for r in hooks.requests if r.status == 204]
-    times = [orjson.loads(r.body)["time"] for r in delivered]
+    times = [datetime.fromisoformat(orjson.loads(r.body)["time"]) for r in delivered]
     assert times == sorted(times), "the replayed backlog keeps event order"
+
+
+async def _subscription_metrics(webhooks, subscription_id: str) -> dict[str, float]:
+    """The subscription's samples on /metrics: name (``|outcome`` or ``|status``) → value."""
+    text = (await webhooks.client.get("/metrics")).text
+    samples: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.labels.get("subscription") != subscription_id:
+                continue
+            detail = sample.labels.get("outcome") or sample.labels.get("status")
+            samples[f"{sample.name}|{detail}" if detail else sample.name] = sample.value
+    return samples
 
 
 async def test_one_delivery_or_a_time_range_can_be_sent_again(
