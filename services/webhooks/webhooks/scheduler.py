@@ -277,7 +277,8 @@ class Dispatcher:
         if is_ping:
             return  # a test ping says nothing about the subscription's health
         if result.delivered:
-            await store.record_success(db=db, subscription_id=subscription_id, now=now)
+            if subscription.get("failure_streak", 0) > 0:  # else there is nothing to reset
+                await store.record_success(db=db, subscription_id=subscription_id, now=now)
         elif result.gone:
             await self._disable(runtime, subscription_id=subscription_id, now=now)
         else:

@@ -435,7 +435,9 @@ async def wake_chain(*, db: AsyncDatabase, delivery: dict[str, Any], now: dateti
         "status": DeliveryStatus.PENDING.value,
         "order_key": {"$gt": delivery["order_key"]},
     }
-    await db[DELIVERIES].update_many(later, {"$inc": {"wakes": 1}})
+    woken = await db[DELIVERIES].update_many(later, {"$inc": {"wakes": 1}})
+    if woken.matched_count == 0:
+        return  # the chain's last one: nobody waits (the usual case)
     await db[DELIVERIES].update_many(
         {**later, "blocked": True},
         {"$set": {"next_attempt_at": now}, "$unset": {"blocked": ""}},
@@ -478,9 +480,11 @@ async def get_delivery(
 
 
 def _requeue(now: datetime) -> dict[str, Any]:
+    # Dropping the lease too: an attempt in flight then records nothing (its lease is
+    # gone) instead of overwriting the request to send again.
     return {
         "$set": {"status": DeliveryStatus.PENDING.value, "next_attempt_at": now, "retry_index": 0},
-        "$unset": {"blocked": ""},
+        "$unset": {"blocked": "", **_RELEASE},
         "$inc": {"redeliveries": 1},
     }
 
