@@ -6,9 +6,9 @@ from contextlib import AsyncExitStack
 
 import pytest
 
-from tests.conftest import SystemFactory
-from tests.helpers import token
-from tests.webhooks_support import serve_webhooks
+from tests.support.http import token
+from tests.support.system import SystemFactory
+from tests.support.webhooks import serve_webhooks
 
 pytestmark = pytest.mark.integration
 

@@ -20,9 +20,10 @@ import httpx
 import orjson
 import pytest
 
-from tests.conftest import System, SystemFactory
-from tests.helpers import eventually, token
-from tests.webhooks_support import BROADBAND_COMPLAINT, receiver
+from tests.support.http import BROADBAND_COMPLAINT, token
+from tests.support.system import System, SystemFactory
+from tests.support.waits import eventually
+from tests.support.webhooks import receiver
 
 pytestmark = pytest.mark.integration
 

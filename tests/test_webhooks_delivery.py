@@ -15,10 +15,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from standardwebhooks import Webhook, WebhookVerificationError
 
 from complaints_shared.clock import ManualClock
-from tests.conftest import SystemFactory
-from tests.helpers import eventually, short_type, token
-from tests.webhooks_support import (
-    BROADBAND_COMPLAINT,
+from tests.support.http import BROADBAND_COMPLAINT, token
+from tests.support.kafka import short_type
+from tests.support.system import SystemFactory
+from tests.support.waits import eventually
+from tests.support.webhooks import (
     Received,
     receiver,
     serve_webhooks,

@@ -29,9 +29,11 @@ from complaints_shared.events import (
     SlaClock,
     Topic,
 )
-from tests.helpers import eventually, short_type, token
-from tests.infrastructure import Infrastructure
-from tests.webhooks_support import Isolation, receiver, serve_webhooks, subscribe
+from tests.support.http import token
+from tests.support.infrastructure import Infrastructure
+from tests.support.kafka import short_type
+from tests.support.waits import eventually
+from tests.support.webhooks import Isolation, receiver, serve_webhooks, subscribe
 
 pytestmark = pytest.mark.integration
 

@@ -17,6 +17,7 @@ from pydantic import Field
 from complaints_shared.access import Scope, allow
 from complaints_shared.auth import Principal, Role
 from complaints_shared.envelope import CloudEvent
+from complaints_shared.models import StrictModel
 from complaints_shared.pagination import Page
 from complaints_shared.problems import ProblemError, not_found
 from complaints_shared.runtime import Runtime
@@ -29,7 +30,6 @@ from webhooks.models import (
     RedeliverRange,
     RedeliveryAccepted,
     SecretRotated,
-    StrictModel,
     SubscriptionCreate,
     SubscriptionCreated,
     SubscriptionRead,

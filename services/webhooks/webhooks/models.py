@@ -17,16 +17,12 @@ from pydantic import (
 
 from complaints_shared.datetimes import UtcDatetime
 from complaints_shared.events import EVENT_TYPE_PREFIX, EventType
+from complaints_shared.models import Code, StrictModel
 
-BranchCode = Annotated[str, StringConstraints(pattern=r"^[A-Z0-9][A-Z0-9_-]{0,31}$")]
 TargetUrl = Annotated[str, StringConstraints(min_length=8, max_length=2048)]
 # The test ping is delivered like an event but is not one of the catalogue's.
 PING_EVENT_TYPE = f"{EVENT_TYPE_PREFIX}webhook.ping.v1"
 ALL_EVENTS = "*"
-
-
-class StrictModel(BaseModel):
-    model_config = ConfigDict(extra="forbid")
 
 
 class SubscriptionStatus(StrEnum):
@@ -77,7 +73,7 @@ class SubscriptionCreate(SubscriptionBase):
         description="Exact types, prefixes ending in '*' (org.complaintdesk.complaint.*), "
         "or '*' for all.",
     )
-    branch: BranchCode | None = Field(
+    branch: Code | None = Field(
         None,
         description="Only events of this branch; none means every branch of the organisation "
         "(needs a token for all branches).",

@@ -15,9 +15,9 @@ from fastapi import FastAPI
 from starlette.requests import Request
 from starlette.responses import Response
 
-from tests.conftest import WEBHOOKS_TEST_DEFAULTS, System, _serve, settings_for_test
-from tests.helpers import eventually
-from tests.infrastructure import Infrastructure
+from tests.support.infrastructure import Infrastructure
+from tests.support.system import WEBHOOKS_TEST_DEFAULTS, System, serve, settings_for_test
+from tests.support.waits import eventually
 from webhooks.main import create_app
 from webhooks.settings import WebhooksSettings
 
@@ -149,7 +149,7 @@ async def serve_webhooks(
 ) -> Webhooks:
     settings = webhooks_settings(system, **overrides)
     app = create_app(settings, clock=clock)
-    client = await _serve(stack, app, "webhooks")
+    client = await serve(stack, app, "webhooks")
     # Subscriptions made before the consumer holds its partitions would still see every
     # event (it reads from the earliest offset), but waiting keeps timings honest.
     runtime = app.state.runtime
@@ -171,14 +171,3 @@ async def subscribe(
     )
     assert response.status_code == 201, response.text
     return response.json()
-
-
-BROADBAND_COMPLAINT = {
-    "branch": "LZ",
-    "channel": "phone",
-    "category": "billing",
-    "severity": "high",
-    "customer": {"name": "马先生", "phone": "+86 138 0931 0000"},
-    "subject": "预交年费后宽带仍被停机",
-    "description": "我已预交全年宽带年费，营业员没有打印第二张欠费单，结果宽带被停。",
-}
