@@ -16,7 +16,7 @@ import pytest
 from complaints_shared.clock import ManualClock
 from intake.main import create_app as create_intake_app
 from intake.settings import IntakeSettings
-from tests.support.http import command, complaint_body, complaint_when, token
+from tests.support.http import command, complaint_body, complaint_when, create_complaint, token
 from tests.support.routing import (
     FAST_TIMERS,
     MONDAY_10_SHANGHAI,
@@ -29,14 +29,6 @@ from tests.support.waits import eventually
 pytestmark = pytest.mark.integration
 
 MINUTE = timedelta(minutes=1)
-
-
-async def _create(system: System, headers: dict, **overrides) -> dict:
-    response = await system.intake.post(
-        "/v1/complaints", json=complaint_body(**overrides), headers=headers
-    )
-    assert response.status_code == 201, response.text
-    return response.json()
 
 
 async def _timeline(system: System, cid: str, headers: dict) -> list[dict]:
@@ -55,8 +47,8 @@ async def _ack_clock_stopped(system: System, cid: str) -> dict:
 
 async def test_acknowledge_after_a_note_and_after_pending_and_resume(system: System) -> None:
     agent = token(system.intake_settings, branches=["LZ"], roles=("agent",))
-    noted = await _create(system, agent, subject="话费多扣一")
-    waited = await _create(system, agent, subject="话费多扣二")
+    noted = await create_complaint(system, agent, subject="话费多扣一")
+    waited = await create_complaint(system, agent, subject="话费多扣二")
     for cid in (noted["id"], waited["id"]):
         await complaint_when(
             system, cid, agent, lambda c: c["assignment"], what="assignment", timeout_s=20
@@ -98,7 +90,7 @@ async def test_an_escalated_and_breached_complaint_is_acknowledged_late_and_its_
     clock = ManualClock(MONDAY_10_SHANGHAI)
     system = await system_factory(clock=clock, routing=FAST_TIMERS)
     agent = token(system.intake_settings, branches=["LZ"], roles=("agent",))
-    cid = (await _create(system, agent, severity="high"))["id"]
+    cid = (await create_complaint(system, agent, severity="high"))["id"]
     assignment = await assignment_when(system, cid)
     clock.set(assignment["acknowledge_due_at"] + MINUTE)
     breached = await complaint_when(
@@ -126,7 +118,7 @@ async def test_a_hospital_major_incident_is_acknowledged_and_shows_routings_seve
     clock = ManualClock(TUESDAY_22_SHANGHAI)  # out of hours: the duty officer takes it
     system = await system_factory(clock=clock, routing=FAST_TIMERS)
     duty = token(system.intake_settings, branches=["HOSP"], roles=("agent",))
-    incident = await _create(
+    incident = await create_complaint(
         system,
         duty,
         branch="HOSP",
@@ -189,7 +181,7 @@ async def test_closure_and_reopening_by_followup_are_on_the_timeline(
     system: System, satisfied: bool, action: str, status_to: str
 ) -> None:
     admin = token(system.intake_settings)
-    cid = (await _create(system, admin))["id"]
+    cid = (await create_complaint(system, admin))["id"]
     await complaint_when(
         system, cid, admin, lambda c: c["assignment"], what="assignment", timeout_s=20
     )
@@ -224,7 +216,7 @@ async def test_responsibility_set_in_routing_reaches_the_record_and_the_report(
 ) -> None:
     admin = token(system.intake_settings)
     supervisor = token(system.routing_settings, roles=("supervisor",))
-    cid = (await _create(system, admin))["id"]
+    cid = (await create_complaint(system, admin))["id"]
     await assignment_when(system, cid)
     response = await system.routing.post(
         f"/v1/assignments/{cid}/responsibility",
@@ -257,7 +249,7 @@ async def test_unknown_query_parameters_are_422_problems_on_every_service(
     system: System,
 ) -> None:
     admin = token(system.intake_settings)
-    cid = (await _create(system, admin))["id"]
+    cid = (await create_complaint(system, admin))["id"]
     for client, path in [
         (system.intake, "/v1/reports/summary"),
         (system.intake, "/v1/complaints"),
@@ -315,8 +307,8 @@ async def test_reference_numbers_count_the_day_in_the_branchs_own_time_zone(
     assert (await eventually(lambda: known(1), what="branch.updated in intake"))[
         "time_zone"
     ] == "America/New_York"
-    nyc = await _create(system, admin, branch="NYC", subject="海外账单")
-    lz = await _create(system, admin, branch="LZ", subject="本地账单")
+    nyc = await create_complaint(system, admin, branch="NYC", subject="海外账单")
+    lz = await create_complaint(system, admin, branch="LZ", subject="本地账单")
     assert nyc["reference"] == "NYC-20261123-0001"
     assert lz["reference"] == "LZ-20261124-0001"  # not announced yet: REFERENCE_TIME_ZONE
 
@@ -325,7 +317,7 @@ async def test_reference_numbers_count_the_day_in_the_branchs_own_time_zone(
     )
     assert moved.status_code == 200, moved.text
     await eventually(lambda: known(2), what="the branch's new time zone in intake")
-    later = await _create(system, admin, branch="NYC", subject="再次投诉")
+    later = await create_complaint(system, admin, branch="NYC", subject="再次投诉")
     assert later["reference"] == "NYC-20261124-0001"
 
 

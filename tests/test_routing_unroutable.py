@@ -12,7 +12,7 @@ from __future__ import annotations
 import pytest
 
 from complaints_shared.events import EventType, Topic, dead_letter_topic
-from tests.support.http import complaint_body, token
+from tests.support.http import create_complaint, token
 from tests.support.kafka import events_of, read_topic
 from tests.support.system import System
 from tests.support.waits import eventually
@@ -38,16 +38,6 @@ async def _record(system: System, complaint_id: str) -> dict:
     return response.json()
 
 
-async def _register(system: System, branch: str, subject: str) -> str:
-    created = await system.intake.post(
-        "/v1/complaints",
-        json=complaint_body(branch=branch, subject=subject),
-        headers=token(system.intake_settings, org=ORG),
-    )
-    assert created.status_code == 201, created.text
-    return created.json()["id"]
-
-
 async def _visibly_unroutable(system: System, complaint_id: str) -> dict:
     async def unroutable() -> dict | None:
         record = await _record(system, complaint_id)
@@ -68,7 +58,10 @@ async def test_an_unroutable_complaint_is_visible_and_routed_once_a_rule_covers_
     system: System,
 ) -> None:
     admin = token(system.routing_settings, org=ORG)
-    complaint_id = await _register(system, "HZ", "门店服务态度差")
+    acme_admin = token(system.intake_settings, org=ORG)
+    complaint_id = (
+        await create_complaint(system, acme_admin, branch="HZ", subject="门店服务态度差")
+    )["id"]
 
     record = await _visibly_unroutable(system, complaint_id)
     assert "add a default rule" in record["unroutable"]["reason"]
@@ -137,7 +130,10 @@ async def test_a_supervisor_reassigning_an_unroutable_complaint_routes_it(system
         made = await system.routing.post(path, json=body, headers=admin)
         assert made.status_code == 201, made.text
     # The organisation has people and a department but no rule at all yet.
-    complaint_id = await _register(system, "HZ", "退货被拒")
+    acme_admin = token(system.intake_settings, org=ORG)
+    complaint_id = (await create_complaint(system, acme_admin, branch="HZ", subject="退货被拒"))[
+        "id"
+    ]
     await _visibly_unroutable(system, complaint_id)
 
     supervisor = token(system.routing_settings, org=ORG, roles=("supervisor",))

@@ -8,7 +8,7 @@ from complaints_shared.clock import ManualClock
 from followup.contact_hours import default_contact_hours
 from followup.settings import FollowupSettings
 from tests.support.clock import at
-from tests.support.http import BROADBAND_COMPLAINT, assigned
+from tests.support.http import BROADBAND_COMPLAINT, assigned, command, create_complaint
 from tests.support.system import System
 from tests.support.waits import eventually
 
@@ -48,17 +48,16 @@ async def make_due(system: System, clock: ManualClock, check: dict, headers: dic
 
 async def resolve_through_intake(system: System, headers: dict, *, severity: str) -> str:
     """A complaint created, routed and resolved through intake's API; its id."""
-    created = await system.intake.post(
-        "/v1/complaints", json={**BROADBAND_COMPLAINT, "severity": severity}, headers=headers
+    created = await create_complaint(
+        system, headers, **{**BROADBAND_COMPLAINT, "severity": severity}
     )
-    assert created.status_code == 201, created.text
-    complaint_id = created.json()["id"]
+    complaint_id = created["id"]
 
     await eventually(lambda: assigned(system, complaint_id, headers), what="assignment")
-    resolution = await system.intake.post(
+    await command(
+        system,
         f"/v1/complaints/{complaint_id}/resolve",
-        json={"summary": "已恢复宽带，补打欠费单并当面致歉", "customer_accepted": True},
-        headers=headers,
+        {"summary": "已恢复宽带，补打欠费单并当面致歉", "customer_accepted": True},
+        headers,
     )
-    assert resolution.status_code == 200, resolution.text
     return complaint_id

@@ -74,6 +74,15 @@ BROADBAND_COMPLAINT = complaint_body(
 )
 
 
+async def create_complaint(system: System, headers: dict, **overrides: Any) -> dict:
+    """A complaint registered through intake's API (``complaint_body`` with ``overrides``)."""
+    response = await system.intake.post(
+        "/v1/complaints", json=complaint_body(**overrides), headers=headers
+    )
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
 async def complaint_of(system: System, complaint_id: str, headers: dict) -> dict:
     """The complaint of record as intake answers it."""
     return (await system.intake.get(f"/v1/complaints/{complaint_id}", headers=headers)).json()
