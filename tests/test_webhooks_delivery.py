@@ -26,6 +26,7 @@ from tests.support.webhooks import (
     silent_target,
     subscribe,
 )
+from webhooks import store
 
 pytestmark = pytest.mark.integration
 
@@ -374,6 +375,57 @@ async def _subscription_metrics(webhooks, subscription_id: str) -> dict[str, flo
             detail = sample.labels.get("outcome") or sample.labels.get("status")
             samples[f"{sample.name}|{detail}" if detail else sample.name] = sample.value
     return samples
+
+
+async def test_auto_pause_needs_both_the_failures_in_a_row_and_the_time_failing(
+    system_factory: SystemFactory,
+) -> None:
+    system = await system_factory(seed=False)
+    admin = token(system.intake_settings)
+    async with AsyncExitStack() as stack:
+        webhooks = await serve_webhooks(stack, system)
+        db = webhooks.app.state.runtime.db
+        subscription = await subscribe(webhooks, admin, url="http://127.0.0.1:9/hooks")
+        subscription_id = subscription["id"]
+        first_failure = datetime.now(UTC)
+
+        async def fail_three_times() -> None:
+            # One failed attempt a minute: failing for 2 minutes at the third.
+            for minute in range(3):
+                await store.record_failure_streak(
+                    db=db,
+                    subscription_id=subscription_id,
+                    now=first_failure + timedelta(minutes=minute),
+                )
+
+        await fail_three_times()
+
+        async def pause(*, min_failures: int, window: timedelta) -> bool:
+            now = first_failure + timedelta(minutes=3)
+            return await store.pause_if_failing(
+                db=db,
+                subscription_id=subscription_id,
+                min_failures=min_failures,
+                failing_since_before=now - window,
+                reason="test",
+                now=now,
+            )
+
+        assert not await pause(min_failures=4, window=timedelta(minutes=1)), "too few failures"
+        assert not await pause(min_failures=3, window=timedelta(hours=1)), "failing too briefly"
+        assert (await store.get_subscription(db=db, scope={}, subscription_id=subscription_id))[
+            "status"
+        ] == "active"
+        await store.record_success(db=db, subscription_id=subscription_id, now=first_failure)
+        assert not await pause(min_failures=3, window=timedelta(minutes=1)), "a success resets"
+        await fail_three_times()
+        assert await pause(min_failures=3, window=timedelta(minutes=1))
+        shown = (
+            await webhooks.client.get(
+                f"/v1/webhooks/subscriptions/{subscription_id}", headers=admin
+            )
+        ).json()
+    assert shown["status"] == "paused" and shown["failure_streak"] == 3
 
 
 async def test_one_delivery_or_a_time_range_can_be_sent_again(

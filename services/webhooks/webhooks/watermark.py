@@ -39,6 +39,10 @@ log = get_logger(__name__)
 # are dropped, which only makes ``through`` wait for a newer one.
 MAX_PENDING_OBSERVATIONS = 600
 
+# While Kafka is away: retry after 0.5 s, doubling up to 10 s.
+RETRY_FIRST_S = 0.5
+RETRY_MAX_S = 10.0
+
 Offsets = dict[TopicPartition, int]
 
 
@@ -74,23 +78,26 @@ class ConsumedWatermark:
             if await wait_event(runtime.stopping, timeout_s=0.5):
                 return
         interval_s = self._settings.order_watermark_interval_s
+        pause_s = interval_s
         admin: AIOKafkaAdminClient | None = None
         offsets: AIOKafkaConsumer | None = None
         try:
             while not runtime.stopping.is_set():
                 try:
-                    if admin is None or offsets is None:
-                        admin, offsets = await self._connect()
                     async with asyncio.timeout(self._settings.kafka_request_timeout_s):
+                        if admin is None or offsets is None:
+                            admin, offsets = await self._connect()
                         await self._observe(admin, offsets)
-                except Exception as exc:  # broker away: reconnect and observe again
-                    log.warning("webhook_watermark_unobserved", error=repr(exc))
+                    pause_s = interval_s
+                except Exception as exc:  # broker away: reconnect, backing off, and observe again
+                    pause_s = min(max(pause_s * 2, RETRY_FIRST_S), RETRY_MAX_S)
+                    log.warning("webhook_watermark_unobserved", error=repr(exc), retry_in_s=pause_s)
                     await _close(admin, offsets)
                     admin = offsets = None
                 if self.through is not None:
                     lag_s = (datetime.now(UTC) - self.through).total_seconds()
                     ORDER_WATERMARK_LAG.set(max(lag_s, 0.0))
-                await wait_event(runtime.stopping, timeout_s=interval_s)
+                await wait_event(runtime.stopping, timeout_s=pause_s)
         finally:
             await _close(admin, offsets)
 

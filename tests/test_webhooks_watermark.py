@@ -1,0 +1,62 @@
+"""The consumed-through watermark that keeps cross-topic order (pure logic, no Kafka).
+
+``through`` may only become a moment once the consumer group has committed every
+partition up to the end offsets that were read at that moment.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from aiokafka import TopicPartition
+
+from webhooks.settings import WebhooksSettings
+from webhooks.watermark import ConsumedWatermark
+
+INTAKE = TopicPartition("complaints.intake.v1", 0)
+ROUTING = TopicPartition("complaints.routing.v1", 0)
+FOLLOWUP = TopicPartition("complaints.followup.v1", 0)
+T0 = datetime(2026, 12, 1, 3, 0, tzinfo=UTC)
+
+
+def _watermark() -> tuple[ConsumedWatermark, list[None]]:
+    advanced: list[None] = []
+    watermark = ConsumedWatermark(
+        settings=WebhooksSettings(), on_advance=lambda: advanced.append(None)
+    )
+    return watermark, advanced
+
+
+def _at(seconds: float) -> datetime:
+    return T0 + timedelta(seconds=seconds)
+
+
+def test_nothing_is_released_until_every_partition_is_committed_to_its_end() -> None:
+    watermark, advanced = _watermark()
+    ends = {INTAKE: 40, ROUTING: 7, FOLLOWUP: 0}
+    # Routing is done but intake lags: an earlier intake event may still be unrecorded.
+    watermark.advance(ends_at=_at(0), ends=ends, committed={INTAKE: 39, ROUTING: 7})
+    assert watermark.through is None and not advanced
+    watermark.advance(ends_at=_at(0.1), ends=ends, committed={INTAKE: 40, ROUTING: 7})
+    # An empty partition (end 0) needs no commit; the first observation was reached too,
+    # and the newest reached one counts.
+    assert watermark.through == _at(0.1)
+    assert len(advanced) == 1
+
+
+def test_under_steady_load_each_observation_is_reached_in_turn() -> None:
+    watermark, _ = _watermark()
+    # The log grows between observations; the group trails one observation behind.
+    watermark.advance(ends_at=_at(0), ends={INTAKE: 10}, committed={INTAKE: 5})
+    watermark.advance(ends_at=_at(1), ends={INTAKE: 20}, committed={INTAKE: 12})
+    assert watermark.through == _at(0)
+    watermark.advance(ends_at=_at(2), ends={INTAKE: 30}, committed={INTAKE: 25})
+    assert watermark.through == _at(1)
+    watermark.advance(ends_at=_at(3), ends={INTAKE: 40}, committed={INTAKE: 40})
+    assert watermark.through == _at(3)
+
+
+def test_a_partition_the_group_never_committed_holds_the_watermark() -> None:
+    watermark, _ = _watermark()
+    watermark.advance(ends_at=_at(0), ends={INTAKE: 3, ROUTING: 1}, committed={INTAKE: 3})
+    assert watermark.through is None
