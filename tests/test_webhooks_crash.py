@@ -20,7 +20,7 @@ import httpx
 import orjson
 import pytest
 
-from tests.support.http import BROADBAND_COMPLAINT, token
+from tests.support.http import BROADBAND_COMPLAINT, create_complaint, token
 from tests.support.system import System, SystemFactory
 from tests.support.waits import eventually
 from tests.support.webhooks import receiver
@@ -131,13 +131,8 @@ async def test_a_killed_webhooks_process_delivers_everything_after_restart(
                 assert created.status_code == 201, created.text
             complaint_ids = []
             for number in range(COMPLAINTS):
-                response = await system.intake.post(
-                    "/v1/complaints",
-                    json={**BROADBAND_COMPLAINT, "description": f"第{number}号：宽带被停"},
-                    headers=admin,
-                )
-                assert response.status_code == 201, response.text
-                complaint_ids.append(response.json()["id"])
+                body = {**BROADBAND_COMPLAINT, "description": f"第{number}号：宽带被停"}
+                complaint_ids.append((await create_complaint(system, admin, **body))["id"])
             await eventually(
                 lambda: asyncio.sleep(0, len(hooks.requests) >= 5),
                 timeout_s=20,

@@ -15,7 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from standardwebhooks import Webhook, WebhookVerificationError
 
 from complaints_shared.clock import ManualClock
-from tests.support.http import BROADBAND_COMPLAINT, token
+from tests.support.http import BROADBAND_COMPLAINT, create_complaint, token
 from tests.support.kafka import short_type
 from tests.support.system import SystemFactory
 from tests.support.waits import eventually
@@ -43,13 +43,8 @@ LIFE = [
 async def _complaint(system, headers: dict, **changes) -> str:
     # A distinct description each time: an identical one would be the same complaint resubmitted.
     description = f"{BROADBAND_COMPLAINT['description']}（{uuid.uuid4().hex[:8]}）"
-    created = await system.intake.post(
-        "/v1/complaints",
-        json={**BROADBAND_COMPLAINT, "description": description, **changes},
-        headers=headers,
-    )
-    assert created.status_code == 201, created.text
-    return created.json()["id"]
+    body = {**BROADBAND_COMPLAINT, "description": description, **changes}
+    return (await create_complaint(system, headers, **body))["id"]
 
 
 async def _deliveries(webhooks, headers, subscription_id: str, **params) -> list[dict]:
