@@ -21,12 +21,13 @@ from pymongo.asynchronous.database import AsyncDatabase
 from complaints_shared import aggregate
 from complaints_shared.aggregate import Aggregate, Decision
 from complaints_shared.auth import Principal, Role
-from complaints_shared.events import ComplaintNoteAdded, EventType
+from complaints_shared.events import EventType
 from complaints_shared.problems import ConcurrentUpdate, ProblemError
 from complaints_shared.settings import ServiceSettings
 from complaints_shared.transitions import InvalidTransition
 from routing.lifecycle import Command
 from routing.models import AssignmentStatus
+from tests.support.events import note_added
 from tests.support.infrastructure import Infrastructure
 
 pytestmark = pytest.mark.integration
@@ -57,19 +58,6 @@ async def _thing(db: AsyncDatabase, *, branch: str = "LZ", **fields: Any) -> str
     return thing_id
 
 
-def _note(thing_id: str) -> ComplaintNoteAdded:
-    return ComplaintNoteAdded(
-        complaint_id=thing_id,
-        org="demo",
-        branch="LZ",
-        note_id="n-1",
-        author="agent-1",
-        visibility="internal",
-        text="已联系客户",
-        added_at=NOW,
-    )
-
-
 def _count_up(thing_id: str, effects: list[int]) -> Any:
     async def after(document: dict[str, Any]) -> None:
         effects.append(document["count"])
@@ -77,7 +65,12 @@ def _count_up(thing_id: str, effects: list[int]) -> Any:
     def decide(current: dict[str, Any]) -> Decision:
         return Decision(
             {"$inc": {"count": 1}},
-            [(EventType.COMPLAINT_NOTE_ADDED, _note(thing_id))],
+            [
+                (
+                    EventType.COMPLAINT_NOTE_ADDED,
+                    note_added(complaint_id=thing_id, note_id="n-1", added_at=NOW),
+                )
+            ],
             [after],
         )
 

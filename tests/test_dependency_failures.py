@@ -3,7 +3,6 @@ without field values."""
 
 from __future__ import annotations
 
-import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -24,14 +23,9 @@ from complaints_shared.failures import (
 )
 from complaints_shared.http import build_app
 from complaints_shared.settings import ServiceSettings
+from tests.support.private_infrastructure import free_port
 
 PHONE = "13800138000"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @asynccontextmanager
@@ -75,7 +69,7 @@ def _assert_unavailable(response: httpx.Response, *, retry_after: str = "5") -> 
 
 
 async def test_unreachable_database_answers_503_with_retry_after() -> None:
-    client = AsyncMongoClient(f"mongodb://127.0.0.1:{_free_port()}", serverSelectionTimeoutMS=300)
+    client = AsyncMongoClient(f"mongodb://127.0.0.1:{free_port()}", serverSelectionTimeoutMS=300)
     router = APIRouter()
 
     @router.post("/v1/things")

@@ -83,7 +83,7 @@ async def test_a_burst_after_an_idle_spell_longer_than_the_peer_idle_limit_has_n
     )
     assert await _burst(system, "第一批") == [201] * BURST  # fills the pool
     await eventually(
-        lambda: asyncio.sleep(0, result=idle_closing_proxy.closed_idle > 0),
+        lambda: idle_closing_proxy.closed_idle > 0,
         timeout_s=10,
         what="the proxy closing idle connections",
     )

@@ -27,7 +27,7 @@ from complaints_shared.outbox import (
 )
 from complaints_shared.settings import ServiceSettings
 from tests.support.events import received
-from tests.support.kafka import read_topic
+from tests.support.kafka import outbox_sent, read_topic
 from tests.support.system import System
 from tests.support.waits import eventually
 
@@ -80,10 +80,6 @@ async def _published_ids(settings: ServiceSettings, topic: str, expected: int) -
     return [dict(record.headers)["ce_id"].decode() for record in records]
 
 
-async def _all_sent(collection) -> bool:
-    return await collection.count_documents({PENDING_SINCE_FIELD: {"$exists": True}}) == 0
-
-
 async def test_one_replica_leads_and_hands_over_at_shutdown(system: System) -> None:
     probe = await _probe(system)
     settings, topic, db, collection = probe.settings, probe.topic, probe.db, probe.collection
@@ -99,7 +95,7 @@ async def test_one_replica_leads_and_hands_over_at_shutdown(system: System) -> N
             await collection.insert_one({"_id": str(uuid.uuid4()), **outbox_fields([entry])})
             for relay in relays:  # both replicas are woken, as writers on each would do
                 relay.notify()
-        await eventually(lambda: _all_sent(collection), what="first batch published")
+        await eventually(lambda: outbox_sent(collection), what="first batch published")
         lease = await db[LEASES].find_one({"_id": collection.name})
         assert lease is not None
         published = await _published_ids(settings, topic, expected=len(first))
@@ -112,7 +108,7 @@ async def test_one_replica_leads_and_hands_over_at_shutdown(system: System) -> N
 
         later = _entry(settings)
         await collection.insert_one({"_id": str(uuid.uuid4()), **outbox_fields([later])})
-        await eventually(lambda: _all_sent(collection), what="the standby took over")
+        await eventually(lambda: outbox_sent(collection), what="the standby took over")
         published = await _published_ids(settings, topic, expected=len(first) + 1)
         assert published.count(later["id"]) == 1
         lease = await db[LEASES].find_one({"_id": collection.name})

@@ -20,14 +20,13 @@ from complaints_shared.envelope import CloudEvent
 from complaints_shared.events import EventType, Topic
 from complaints_shared.kafka import EventProducer, ensure_topics
 from complaints_shared.outbox import (
-    PENDING_SINCE_FIELD,
     OutboxRelay,
     outbox_entry,
     outbox_fields,
 )
 from complaints_shared.settings import ServiceSettings
 from tests.support.events import received
-from tests.support.kafka import read_topic
+from tests.support.kafka import outbox_sent, read_topic
 from tests.support.system import System
 from tests.support.waits import eventually
 
@@ -103,14 +102,14 @@ async def test_outbox_relay_publishes_after_the_broker_rejected_its_sequence(
         warm = _entry(settings)
         await collection.insert_one({"_id": "warm", **outbox_fields([warm])})
         relay.notify()
-        await eventually(lambda: _all_sent(collection), what="warm-up event published")
+        await eventually(lambda: outbox_sent(collection), what="warm-up event published")
         _break_sequences(producer, topic=topic, partitions=settings.topic_partitions)
 
         entries = [_entry(settings) for _ in range(5)]
         for number, entry in enumerate(entries):
             await collection.insert_one({"_id": f"c{number}", **outbox_fields([entry])})
         relay.notify()
-        await eventually(lambda: _all_sent(collection), timeout_s=30, what="events published")
+        await eventually(lambda: outbox_sent(collection), timeout_s=30, what="events published")
         records = await read_topic(
             bootstrap_servers=settings.kafka_bootstrap_servers,
             topic=topic,
@@ -126,7 +125,3 @@ async def test_outbox_relay_publishes_after_the_broker_rejected_its_sequence(
 
 def _event(entry: dict) -> CloudEvent:
     return CloudEvent.model_validate(entry)
-
-
-async def _all_sent(collection) -> bool:
-    return await collection.count_documents({PENDING_SINCE_FIELD: {"$exists": True}}) == 0

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,6 +20,7 @@ import orjson
 import pytest
 
 from tests.support.http import BROADBAND_COMPLAINT, create_complaint, token
+from tests.support.private_infrastructure import free_port
 from tests.support.system import System, SystemFactory
 from tests.support.waits import eventually
 from tests.support.webhooks import receiver
@@ -30,12 +30,6 @@ pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[1]
 COMPLAINTS = 30
 PER_SUBSCRIPTION = 4
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _environment(system: System) -> dict[str, str]:
@@ -114,7 +108,7 @@ async def test_a_killed_webhooks_process_delivers_everything_after_restart(
 
     deliveries = system.mongo[f"t_{system.run_id}_webhooks"]["deliveries"]
     service = WebhooksProcess(
-        env=_environment(system), port=_free_port(), log_path=tmp_path / "webhooks.log"
+        env=_environment(system), port=free_port(), log_path=tmp_path / "webhooks.log"
     )
     async with receiver(slow_ok) as hooks:
         try:

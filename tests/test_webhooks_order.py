@@ -22,13 +22,13 @@ from pymongo import AsyncMongoClient
 
 from complaints_shared.envelope import CloudEvent, to_kafka_record
 from complaints_shared.events import (
-    ComplaintNoteAdded,
     ComplaintSlaWarning,
     EventPayload,
     EventType,
     SlaClock,
     Topic,
 )
+from tests.support.events import note_added
 from tests.support.http import token
 from tests.support.infrastructure import Infrastructure
 from tests.support.kafka import short_type
@@ -41,20 +41,6 @@ pytestmark = pytest.mark.integration
 # enough that the consumer needs a while to work through them.
 BACKLOG = 300
 PARTITION = 0
-
-
-def _note(*, org: str, complaint_id: str, text: str) -> ComplaintNoteAdded:
-    now = datetime.now(UTC)
-    return ComplaintNoteAdded(
-        complaint_id=complaint_id,
-        org=org,
-        branch="LZ",
-        note_id=uuid.uuid4().hex,
-        author="agent-7",
-        visibility="internal",
-        text=text,
-        added_at=now,
-    )
 
 
 async def _publish(
@@ -97,7 +83,12 @@ async def test_an_earlier_event_consumed_late_from_another_topic_still_arrives_f
         stack.push_async_callback(producer.stop)
         intake_topic = settings.topic(Topic.INTAKE.value)
         for number in range(BACKLOG):
-            other = _note(org="elsewhere", complaint_id=f"cmp_other_{number}", text="backlog")
+            other = note_added(
+                org="elsewhere",
+                complaint_id=f"cmp_other_{number}",
+                author="agent-7",
+                text="backlog",
+            )
             await _publish(
                 producer, topic=intake_topic, event_type=EventType.COMPLAINT_NOTE_ADDED, data=other
             )
@@ -106,7 +97,7 @@ async def test_an_earlier_event_consumed_late_from_another_topic_still_arrives_f
             producer,
             topic=intake_topic,
             event_type=EventType.COMPLAINT_NOTE_ADDED,
-            data=_note(org="demo", complaint_id=complaint_id, text="客户来电催办"),
+            data=note_added(complaint_id=complaint_id, author="agent-7", text="客户来电催办"),
         )
         await noted
         now = datetime.now(UTC)

@@ -11,7 +11,12 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from complaints_shared.events import ComplaintReceived, ComplaintResolved, CustomerContact
+from complaints_shared.events import (
+    ComplaintNoteAdded,
+    ComplaintReceived,
+    ComplaintResolved,
+    CustomerContact,
+)
 
 # What makes a complaint one the demo organisation's rules send to LZ:NETWORK.
 NETWORK_DROPOUTS: dict[str, Any] = {
@@ -90,3 +95,19 @@ def resolved(complaint: ComplaintReceived | None = None, **overrides: Any) -> Co
         **overrides,
     }
     return ComplaintResolved(**values)
+
+
+def note_added(**overrides: Any) -> ComplaintNoteAdded:
+    """A ``complaint.note_added``: an internal note of agent-1 on a demo complaint in LZ, now."""
+    values: dict[str, Any] = {
+        "complaint_id": str(uuid.uuid4()),
+        "org": "demo",
+        "branch": "LZ",
+        "note_id": uuid.uuid4().hex,
+        "author": "agent-1",
+        "visibility": "internal",
+        "text": "已联系客户",
+        "added_at": datetime.now(UTC),
+        **overrides,
+    }
+    return ComplaintNoteAdded(**values)

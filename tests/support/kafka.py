@@ -17,6 +17,7 @@ from complaints_shared.envelope import CloudEvent, from_kafka_record
 from complaints_shared.events import EVENT_TYPE_PREFIX, EventData, EventType, Topic
 from complaints_shared.kafka import EventProducer
 from complaints_shared.metrics import EVENTS_CONSUMED
+from complaints_shared.outbox import PENDING_SINCE_FIELD
 from tests.support.system import System
 from tests.support.waits import eventually
 
@@ -87,6 +88,11 @@ async def redeliver(system: System, record, *, service: str) -> None:
         )
     finally:
         await producer.stop()
+
+
+async def outbox_sent(collection) -> bool:
+    """Whether the relay published every pending outbox entry of ``collection``."""
+    return await collection.count_documents({PENDING_SINCE_FIELD: {"$exists": True}}) == 0
 
 
 async def read_topic(
