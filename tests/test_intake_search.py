@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from intake import store
 from tests.support.http import complaint_body, token
 from tests.support.system import System
 
@@ -120,3 +121,118 @@ async def test_branch_scoped_token_sees_only_its_branch_on_every_endpoint(
         assert response.status_code == 404, path
     report = (await system.intake.get("/v1/reports/summary", headers=hosp)).json()
     assert [group["group"] for group in report["groups"]] == ["HOSP"]
+
+
+SEARCHABLE = [
+    ("LZ", "晚上经常断网", "每天晚上八点以后网速不到1M，经常断网。", "13900000011"),
+    ("LZ", "网络时断时续", "断了又连，网速很慢，宽带时好时坏。", "13900000012"),
+    ("HOSP", "候诊室断网", "医院的免费WiFi经常断网", "13900000013"),
+    ("LZ", "5G套餐降速", "办理的ＶＩＰ５Ｇ套餐每月20GB后降速", "13900000014"),
+]
+
+
+async def _seed_searchable(system: System) -> dict[str, dict]:
+    admin = token(system.intake_settings)
+    created = {}
+    for branch, subject, description, phone in SEARCHABLE:
+        body = complaint_body(
+            branch=branch,
+            subject=subject,
+            description=description,
+            category="network",
+            customer={"name": "客户", "phone": phone},
+        )
+        response = await system.intake.post("/v1/complaints", json=body, headers=admin)
+        assert response.status_code == 201, response.text
+        created[subject] = response.json()
+    return created
+
+
+async def test_two_character_chinese_search_is_one_gram_and_combines_with_branch(
+    system: System,
+) -> None:
+    await _seed_searchable(system)
+    admin = token(system.intake_settings)
+    assert set(await _find(system, admin, q="断网")) == {"晚上经常断网", "候诊室断网"}
+    assert await _find(system, admin, q="断网", branch="LZ") == ["晚上经常断网"]
+    hosp = token(system.intake_settings, branches=["HOSP"], roles=("agent",))
+    assert await _find(system, hosp, q="断网") == ["候诊室断网"]
+    assert await _find(system, admin, q="停机") == []
+
+
+async def test_longer_queries_match_only_the_whole_substring(system: System) -> None:
+    await _seed_searchable(system)
+    admin = token(system.intake_settings)
+    assert await _find(system, admin, q="经常断网。") == ["晚上经常断网"]
+    # 网速 and 很慢 are in more than one text; only one holds 网速很慢 whole.
+    assert await _find(system, admin, q="网速很慢") == ["网络时断时续"]
+    assert await _find(system, admin, q="时好时坏，") == []
+    assert await _find(system, admin, q="免费wifi经常") == ["候诊室断网"]
+
+
+async def test_search_mixes_latin_and_digits_and_folds_full_width(system: System) -> None:
+    await _seed_searchable(system)
+    admin = token(system.intake_settings)
+    assert await _find(system, admin, q="不到1m") == ["晚上经常断网"]
+    # The description says ＶＩＰ５Ｇ in full-width letters: both forms find it.
+    assert await _find(system, admin, q="vip5g") == ["5G套餐降速"]
+    assert await _find(system, admin, q="ＶＩＰ５") == ["5G套餐降速"]
+    assert await _find(system, admin, q="20GB后") == ["5G套餐降速"]
+
+
+async def test_search_finds_reference_numbers_and_customer_phones(system: System) -> None:
+    created = await _seed_searchable(system)
+    admin = token(system.intake_settings)
+    reference = created["候诊室断网"]["reference"]
+    assert await _find(system, admin, q=reference) == ["候诊室断网"]
+    assert await _find(system, admin, q=reference.rsplit("-", 1)[-1] + "x") == []
+    assert await _find(system, admin, q="13900000014") == ["5G套餐降速"]
+
+
+async def test_one_character_search_is_a_bounded_substring_scan(system: System) -> None:
+    await _seed_searchable(system)
+    admin = token(system.intake_settings)
+    assert set(await _find(system, admin, q="续")) == {"网络时断时续"}
+    assert set(await _find(system, admin, q="断")) == {"晚上经常断网", "网络时断时续", "候诊室断网"}
+    assert await _find(system, admin, q="断", branch="HOSP") == ["候诊室断网"]
+
+
+async def test_a_search_page_fills_past_documents_that_hold_the_grams_but_not_the_text(
+    system: System,
+) -> None:
+    admin = token(system.intake_settings)
+    # 网速 and 很慢 and 速很 are in every one of these; only two hold 网速很慢.
+    texts = ["网速很慢", "网速很快，不是很慢", "网速很慢啊", "网速很好，很慢的是客服"]
+    for index, text in enumerate(texts * 3):
+        body = complaint_body(
+            branch="LZ",
+            subject=f"投诉{index}",
+            description=text,
+            customer={"name": "客户", "phone": f"1390000{index:04d}"},
+        )
+        response = await system.intake.post("/v1/complaints", json=body, headers=admin)
+        assert response.status_code == 201, response.text
+    seen: list[str] = []
+    cursor = None
+    while True:
+        params = {"q": "网速很慢", "limit": 1, **({"cursor": cursor} if cursor else {})}
+        page = (await system.intake.get("/v1/complaints", params=params, headers=admin)).json()
+        seen += [item["description"] for item in page["items"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert sorted(seen) == sorted(["网速很慢", "网速很慢啊"] * 3)
+
+
+async def test_complaints_stored_before_search_grams_get_them_at_startup(system: System) -> None:
+    created = await _seed_searchable(system)
+    db = system.mongo[system.intake_settings.database_name()]
+    # As a complaint stored by an earlier version looks: no grams.
+    await db.complaints.update_many(
+        {}, {"$unset": {"search_grams": "", "search_grams_version": ""}}
+    )
+    admin = token(system.intake_settings)
+    assert await _find(system, admin, q="断网") == []
+    assert await store.backfill_search_grams(db=db) == len(created)
+    assert set(await _find(system, admin, q="断网")) == {"晚上经常断网", "候诊室断网"}
+    assert await store.backfill_search_grams(db=db) == 0

@@ -207,6 +207,10 @@ def after_cursor(*, field: str, cursor: str | None, descending: bool = False) ->
     }
 
 
+# Reads of one page whose condition is partly checked in the service (``page``'s ``keep``).
+MAX_FILTERED_READS = 10
+
+
 async def page(
     *,
     collection: AsyncCollection,
@@ -217,25 +221,48 @@ async def page(
     to_item: Callable[[dict[str, Any]], Item],
     descending: bool = False,
     projection: Mapping[str, Any] | None = None,
+    keep: Callable[[dict[str, Any]], bool] | None = None,
+    max_time_ms: int | None = None,
 ) -> Page[Item]:
-    """One cursor page of ``query`` in (``sort_field``, ``_id``) order."""
-    position = after_cursor(field=sort_field, cursor=cursor, descending=descending)
-    if not position:
-        combined: dict[str, Any] = dict(query)
-    elif position.keys() & query.keys():
-        combined = {"$and": [dict(query), position]}
-    else:
-        combined = {**query, **position}
+    """One cursor page of ``query`` in (``sort_field``, ``_id``) order.
+
+    ``keep`` is a condition the query cannot say (a substring verified in the service):
+    documents it refuses are skipped and the page is filled from further reads, each
+    continuing after the last document read; after ``MAX_FILTERED_READS`` reads the page
+    ends short, its cursor after the last document read (a page may hold fewer items than
+    ``limit``; only a missing cursor means the end). ``max_time_ms`` bounds every read
+    (``ExecutionTimeout`` beyond it).
+    """
     order = -1 if descending else 1
-    documents = (
-        await collection.find(combined, projection=dict(projection) if projection else None)
-        .sort([(sort_field, order), ("_id", order)])
-        .limit(limit + 1)
-        .to_list(None)
-    )
-    next_cursor = None
-    if len(documents) > limit:
-        documents = documents[:limit]
+    kept: list[dict[str, Any]] = []
+    reads = 0
+    # Over-read when filtering in the service, so one read usually fills the page.
+    batch = limit + 1 if keep is None else 4 * (limit + 1)
+    while True:
+        position = after_cursor(field=sort_field, cursor=cursor, descending=descending)
+        if not position:
+            combined: dict[str, Any] = dict(query)
+        elif position.keys() & query.keys():
+            combined = {"$and": [dict(query), position]}
+        else:
+            combined = {**query, **position}
+        found = collection.find(combined, projection=dict(projection) if projection else None)
+        if max_time_ms is not None:
+            found = found.max_time_ms(max_time_ms)
+        documents = (
+            await found.sort([(sort_field, order), ("_id", order)]).limit(batch).to_list(None)
+        )
+        reads += 1
+        kept += documents if keep is None else [d for d in documents if keep(d)]
+        if len(kept) > limit or len(documents) < batch:
+            break
         last = documents[-1]
+        cursor = encode_cursor(sort_value=last[sort_field], document_id=last["_id"])
+        if reads == MAX_FILTERED_READS:
+            return Page(items=[to_item(document) for document in kept], next_cursor=cursor)
+    next_cursor = None
+    if len(kept) > limit:
+        kept = kept[:limit]
+        last = kept[-1]
         next_cursor = encode_cursor(sort_value=last[sort_field], document_id=last["_id"])
-    return Page(items=[to_item(document) for document in documents], next_cursor=next_cursor)
+    return Page(items=[to_item(document) for document in kept], next_cursor=next_cursor)

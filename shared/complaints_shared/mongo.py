@@ -16,6 +16,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import (
     AutoReconnect,
     DuplicateKeyError,
+    OperationFailure,
     PyMongoError,
     ServerSelectionTimeoutError,
 )
@@ -55,6 +56,28 @@ def create_mongo_client(*, settings: ServiceSettings) -> AsyncMongoClient:
 
 
 STORED_CODEC = CodecOptions(tz_aware=True, tzinfo=UTC)
+
+
+# createIndex refusing a name that exists with other keys or options.
+_INDEX_CONFLICTS = {85, 86}  # IndexOptionsConflict, IndexKeySpecsConflict
+
+
+async def ensure_index(
+    collection: AsyncCollection, keys: Any, *, name: str, **options: Any
+) -> None:
+    """Create the index ``name``, replacing one of that name defined differently before.
+
+    Redefining an index (a tie-break added, sparse made partial) keeps its name, which
+    ``create_index`` refuses on a database that has the old definition.
+    """
+    try:
+        await collection.create_index(keys, name=name, **options)
+    except OperationFailure as exc:
+        if exc.code not in _INDEX_CONFLICTS:
+            raise
+        log.info("index_redefined", collection=collection.name, index=name)
+        await collection.drop_index(name)
+        await collection.create_index(keys, name=name, **options)
 
 
 def as_stored(document: dict[str, Any]) -> dict[str, Any]:

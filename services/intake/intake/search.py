@@ -1,4 +1,5 @@
-"""Finding complaints: filters, substring search that works for Chinese, cursor pages."""
+"""Finding complaints: filters, substring search that works for Chinese (``intake.grams``),
+cursor pages."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import ExecutionTimeout
 
 from complaints_shared import aggregate
 from complaints_shared.auth import Principal
@@ -15,10 +17,15 @@ from complaints_shared.datetimes import UtcDatetime
 from complaints_shared.events import Category, Channel, Flag, Severity
 from complaints_shared.mongo import at_or_after
 from complaints_shared.pagination import Page
-from intake import store
+from complaints_shared.problems import ProblemError
+from intake import grams, store
 from intake.identity import normalise_phone
 from intake.lifecycle import Status
 from intake.models import MAX_PAGE_SIZE, ComplaintRead
+
+# A one-character q is a bounded scan; beyond this the search answers 503 (search_too_slow).
+REGEX_MAX_TIME_MS = 2000
+RETRY_AFTER_S = 5
 
 
 class SortOrder(StrEnum):
@@ -108,10 +115,30 @@ def build_query(filters: ComplaintFilters, principal: Principal) -> dict[str, An
     if customer_keys:
         query["customer_keys"] = {"$all": customer_keys}
     if filters.q:
-        # Substring match: no word segmentation needed, so Chinese works as is.
-        pattern = {"$regex": re.escape(filters.q), "$options": "i"}
-        query["$and"] = [{"$or": [{"subject": pattern}, {"description": pattern}]}]
+        gram = grams.lookup_gram(filters.q)
+        if gram is not None:
+            # One gram on the multikey index; the whole of q is verified by ``search``.
+            query[grams.FIELD] = gram
+        else:
+            # One character has no gram: a substring scan of what the other filters select,
+            # bounded by REGEX_MAX_TIME_MS.
+            pattern = {"$regex": re.escape(filters.q), "$options": "i"}
+            query["$and"] = [
+                {"$or": [{field: pattern} for field in ("subject", "description", "reference")]}
+            ]
     return query
+
+
+def search_too_slow(q: str) -> ProblemError:
+    return ProblemError(
+        status=503,
+        title="Search too slow",
+        kind="search-timeout",
+        detail=f"searching for {q!r} took longer than {REGEX_MAX_TIME_MS} ms: search for two "
+        "or more characters, or narrow it with other filters (branch, status, created_from)",
+        headers={"Retry-After": str(RETRY_AFTER_S)},
+        errors=[{"field": "q", "message": "a one-character search scans what the filters select"}],
+    )
 
 
 async def search(
@@ -123,13 +150,20 @@ async def search(
     if field != "created_at":
         # Complaints not yet given a due time have no place in a due-time ordering.
         query.setdefault(field, {})["$ne"] = None
-    return await aggregate.page(
-        collection=db[store.COMPLAINTS],
-        query=query,
-        sort_field=field,
-        limit=filters.limit,
-        cursor=filters.cursor,
-        to_item=store.to_read,
-        descending=descending,
-        projection=store.HIDDEN_FIELDS,
-    )
+    q = filters.q
+    by_gram = q is not None and grams.lookup_gram(q) is not None
+    try:
+        return await aggregate.page(
+            collection=db[store.COMPLAINTS],
+            query=query,
+            sort_field=field,
+            limit=filters.limit,
+            cursor=filters.cursor,
+            to_item=store.to_read,
+            descending=descending,
+            projection=store.HIDDEN_FIELDS,
+            keep=(lambda document: grams.matches(document, q)) if by_gram and q else None,
+            max_time_ms=REGEX_MAX_TIME_MS if q and not by_gram else None,
+        )
+    except ExecutionTimeout:
+        raise search_too_slow(q or "") from None

@@ -18,7 +18,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from pymongo import ReturnDocument
+from pymongo import ReturnDocument, UpdateOne
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
@@ -35,6 +35,7 @@ from complaints_shared.events import (
 )
 from complaints_shared.mongo import (
     as_stored,
+    ensure_index,
     is_id_clash,
     lease_kept,
     merge_updates,
@@ -42,7 +43,7 @@ from complaints_shared.mongo import (
 )
 from complaints_shared.outbox import outbox_entry, outbox_fields
 from complaints_shared.problems import ProblemError
-from intake import idempotency
+from intake import grams, idempotency
 from intake.identity import customer_keys, submission_fingerprint
 from intake.lifecycle import OPEN_STATUSES, Action, InvalidTransition, Status
 from intake.models import ComplaintCreate, ComplaintRead
@@ -64,7 +65,13 @@ REPEAT_OPEN = "open"
 COMMAND_CAUSE = "command"
 REFERENCE_ATTEMPTS = 5
 
-HIDDEN_FIELDS = {"outbox": 0, "applied_events": 0, "timeline": 0}
+HIDDEN_FIELDS = {
+    "outbox": 0,
+    "applied_events": 0,
+    "timeline": 0,
+    grams.FIELD: 0,
+    grams.VERSION_FIELD: 0,
+}
 COMPLAINT = Aggregate(
     collection=COMPLAINTS,
     what="complaint",
@@ -75,7 +82,9 @@ COMPLAINT = Aggregate(
 
 
 # Each list filter of GET /v1/complaints narrows through one of these (org first: every
-# query is scoped to the caller's organisation); the sort key comes last.
+# query is scoped to the caller's organisation); the sort key comes last, then the ``_id``
+# tie-break every page sorts on. docs/performance.md lists each query shape and its index;
+# tests/test_index_coverage.py checks that every shape has one.
 COMPLAINT_INDEXES: dict[str, list[tuple[str, int]]] = {
     "org_created": [("org", 1), ("created_at", -1), ("_id", -1)],
     "org_branch_created": [("org", 1), ("branch", 1), ("created_at", -1), ("_id", -1)],
@@ -87,32 +96,80 @@ COMPLAINT_INDEXES: dict[str, list[tuple[str, int]]] = {
         ("created_at", -1),
         ("_id", -1),
     ],
-    "org_category_created": [("org", 1), ("category", 1), ("created_at", -1)],
-    "org_severity_created": [("org", 1), ("severity", 1), ("created_at", -1)],
-    "org_channel_created": [("org", 1), ("channel", 1), ("created_at", -1)],
-    "org_flags_created": [("org", 1), ("flags", 1), ("created_at", -1)],
+    "org_category_created": [("org", 1), ("category", 1), ("created_at", -1), ("_id", -1)],
+    "org_severity_created": [("org", 1), ("severity", 1), ("created_at", -1), ("_id", -1)],
+    "org_channel_created": [("org", 1), ("channel", 1), ("created_at", -1), ("_id", -1)],
+    "org_flags_created": [("org", 1), ("flags", 1), ("created_at", -1), ("_id", -1)],
     "org_department_status": [
         ("org", 1),
         ("assignment.department", 1),
         ("status", 1),
         ("created_at", -1),
+        ("_id", -1),
     ],
-    "org_owner_status": [("org", 1), ("assignment.owner_id", 1), ("status", 1), ("created_at", -1)],
+    "org_owner_status": [
+        ("org", 1),
+        ("assignment.owner_id", 1),
+        ("status", 1),
+        ("created_at", -1),
+        ("_id", -1),
+    ],
     "org_ack_due": [("org", 1), ("acknowledge_due_at", 1), ("_id", 1)],
     "org_resolve_due": [("org", 1), ("resolve_due_at", 1), ("_id", 1)],
-    "org_customer_keys": [("org", 1), ("customer_keys", 1), ("created_at", -1)],
+    "org_customer_keys": [("org", 1), ("customer_keys", 1), ("created_at", -1), ("_id", -1)],
     "org_repeat_keys": [("org", 1), ("repeat_keys", 1)],
-    "org_breached": [("org", 1), ("sla_breached", 1), ("created_at", -1)],
-    "org_repeat": [("org", 1), ("repeat_count", 1), ("created_at", -1)],
+    "org_breached": [("org", 1), ("sla_breached", 1), ("created_at", -1), ("_id", -1)],
+    "org_repeat": [("org", 1), ("repeat_count", 1), ("created_at", -1), ("_id", -1)],
+    # Substring search (``intake.grams``): one gram, then the branch filter most searches carry.
+    "org_grams_branch_created": [
+        ("org", 1),
+        (grams.FIELD, 1),
+        ("branch", 1),
+        ("created_at", -1),
+        ("_id", -1),
+    ],
 }
+BACKFILL_BATCH = 500
 
 
 async def ensure_indexes(*, db: AsyncDatabase) -> None:
     complaints = db[COMPLAINTS]
-    await complaints.create_index("reference", unique=True, name="reference_unique")
+    await ensure_index(complaints, "reference", unique=True, name="reference_unique")
     for name, keys in COMPLAINT_INDEXES.items():
-        await complaints.create_index(keys, name=name)
-    await db[SUBMISSIONS].create_index("expires_at", name="expires_at")
+        await ensure_index(complaints, keys, name=name)
+    await ensure_index(db[SUBMISSIONS], "expires_at", name="expires_at")
+    await backfill_search_grams(db=db)
+
+
+async def backfill_search_grams(*, db: AsyncDatabase) -> int:
+    """Give complaints stored before ``grams.VERSION`` their grams; how many it changed.
+
+    Runs at every start and is cheap once done: the complaints still to do are those
+    without the current version (one indexed read when there are none on MongoDB; a
+    scan on the local server). Several replicas starting together write the same values.
+    """
+    complaints = db[COMPLAINTS]
+    outdated = {grams.VERSION_FIELD: {"$ne": grams.VERSION}}
+    changed = 0
+    while True:
+        batch = (
+            await complaints.find(
+                outdated,
+                projection={"subject": 1, "description": 1, "reference": 1, "customer_keys": 1},
+            )
+            .limit(BACKFILL_BATCH)
+            .to_list(None)
+        )
+        if not batch:
+            return changed
+        result = await complaints.bulk_write(
+            [
+                UpdateOne({"_id": document["_id"]}, {"$set": grams.search_fields(document)})
+                for document in batch
+            ],
+            ordered=False,
+        )
+        changed += result.modified_count
 
 
 def timeline_entry(
@@ -525,6 +582,7 @@ async def _insert_new(
         repeat_count=len(earlier),
         repeat_of=document["repeat_of"],
     )
+    document.update(grams.search_fields(document))
     entry = outbox_entry(event_type=EventType.COMPLAINT_RECEIVED, data=received, settings=settings)
     document.update(outbox_fields([entry]))
     # A repeat after a dropped reply is a duplicate ``_id``: create_complaint finds it.

@@ -150,7 +150,10 @@ class SlaScheduler:
         wall_now = _wall_now()
         return await claim_first(
             runtime.db[store.ASSIGNMENTS],
-            {"next_timer_at": {"$lte": now}, **lease_free(LEASE_UNTIL, wall_now)},
+            {
+                "next_timer_at": {**store.TIMER_DUE["next_timer_at"], "$lte": now},
+                **lease_free(LEASE_UNTIL, wall_now),
+            },
             {
                 "$set": {
                     LEASE_UNTIL: wall_now + timedelta(seconds=self._settings.scheduler_lease_s),

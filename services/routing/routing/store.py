@@ -42,7 +42,7 @@ from complaints_shared.events import (
     EventType,
 )
 from complaints_shared.logs import get_logger
-from complaints_shared.mongo import is_id_clash, merge_updates
+from complaints_shared.mongo import ensure_index, is_id_clash, merge_updates
 from complaints_shared.outbox import outbox_entry, outbox_fields
 from complaints_shared.pagination import Page
 from complaints_shared.problems import ConcurrentUpdate, not_found
@@ -69,6 +69,8 @@ from routing.models import (
 from routing.settings import RoutingSettings
 
 ASSIGNMENTS = "assignments"
+# The assignments that have a timer running (the partial filter of ``timers_due``).
+TIMER_DUE = {"next_timer_at": {"$type": "date"}}
 ASSIGNMENT = Aggregate(collection=ASSIGNMENTS, what="assignment", applied_events_kept=200)
 MAX_WRITE_ATTEMPTS = 10
 HISTORY_KEPT = 200
@@ -85,7 +87,11 @@ async def ensure_indexes(*, db: AsyncDatabase) -> None:
     assignments = db[ASSIGNMENTS]
     # One holder per owner slot: the capacity guarantee under concurrent replicas.
     await assignments.create_index("owner_slot", unique=True, sparse=True, name="owner_slot_unique")
-    await assignments.create_index("next_timer_at", sparse=True, name="timers_due")
+    # Partial, not sparse: a finished assignment keeps ``next_timer_at: null``, which a sparse
+    # index would hold forever. The timer query repeats TIMER_DUE so MongoDB may use it.
+    await ensure_index(
+        assignments, "next_timer_at", name="timers_due", partialFilterExpression=TIMER_DUE
+    )
     await assignments.create_index(
         [("org", ASCENDING), ("owner_id", ASCENDING), ("status", ASCENDING)],
         name="org_owner_status",

@@ -1,0 +1,127 @@
+"""Where a complaint's MongoDB operations go: ``python -m bench.ops`` (docs/performance.md).
+
+Starts the three services on a run of their own (as ``bench.run`` does), turns on the
+database profiler for their databases, posts ``--complaints`` complaints one every
+``1 / --rate`` seconds, waits until every one is assigned and prints the operations per
+complaint by service, collection and command, most first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import os
+import random
+import time
+
+import httpx
+from pymongo import AsyncMongoClient
+
+from bench.run import PORTS, Run, Service, drop_run_databases, infra_env, seed_routing
+from bench.workload import complaint_body
+from complaints_shared.events import Topic
+from complaints_shared.kafka import ensure_topics
+
+SERVICES = ("intake", "routing", "followup")
+
+
+def shape(condition: object) -> str:
+    """A filter's field names and operators, without values."""
+    if isinstance(condition, dict):
+        return (
+            "{"
+            + ", ".join(
+                f"{key}: {shape(value)}" if key.startswith("$") or isinstance(value, dict) else key
+                for key, value in condition.items()
+            )
+            + "}"
+        )
+    if isinstance(condition, list):
+        return "[" + ", ".join(shape(item) for item in condition[:2]) + "]"
+    return "·"
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--complaints", type=int, default=100)
+    parser.add_argument("--rate", type=float, default=5.0)
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--shapes", action="store_true", help="one line per filter shape")
+    parser.add_argument(
+        "--jwt-secret", default=os.environ.get("JWT_SECRET", "bench-secret-0123456789abcdef-0123")
+    )
+    args = parser.parse_args()
+    run = Run(args=args, infra=infra_env())
+    settings = run.settings()
+    await ensure_topics(settings=settings, topics=[settings.topic(t.value) for t in Topic])
+    await seed_routing(run)
+    services = [Service(name, port, run.env(name)) for name, port in PORTS.items()]
+    client = AsyncMongoClient(run.infra["MONGODB_URI"], tz_aware=True)
+    databases = {name: client[f"bench{run.run_id}_{name}"] for name in SERVICES}
+    try:
+        for service in services:
+            service.start()
+        for service in services:
+            await service.wait_ready()
+        # Settled: startup work (indexes, backfills) is not a complaint's.
+        await asyncio.sleep(3)
+        for db in databases.values():
+            await db.command("profile", 2)
+        rng = random.Random(7)
+        headers = {"Authorization": f"Bearer {run.token()}"}
+        started = time.monotonic()
+        async with httpx.AsyncClient(
+            base_url=f"http://127.0.0.1:{PORTS['intake']}", timeout=30
+        ) as http:
+            for sequence in range(args.complaints):
+                response = await http.post(
+                    "/v1/complaints", json=complaint_body(sequence, rng), headers=headers
+                )
+                response.raise_for_status()
+                await asyncio.sleep(
+                    max(0.0, started + (sequence + 1) / args.rate - time.monotonic())
+                )
+        assignments = databases["routing"]["assignments"]
+        complaints = databases["intake"]["complaints"]
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            assigned = await complaints.count_documents({"assignment.owner_id": {"$ne": None}})
+            if (
+                assigned >= args.complaints
+                and await assignments.count_documents({}) >= args.complaints
+            ):
+                break
+            await asyncio.sleep(1)
+        # Let the relays release what they published.
+        await asyncio.sleep(3)
+        elapsed = time.monotonic() - started
+        for db in databases.values():
+            await db.command("profile", 0)
+        counts: collections.Counter = collections.Counter()
+        for name, db in databases.items():
+            async for entry in db["system.profile"].find({}):
+                namespace = entry.get("ns", "").split(".", 1)[-1]
+                if namespace.startswith("system."):
+                    continue
+                command = entry.get("op", "?")
+                body = entry.get("command") or {}
+                if command == "command" and body:
+                    command = next(iter(body))
+                if args.shapes:
+                    command += " " + shape(body.get("filter") or body.get("q") or body.get("query"))
+                counts[(name, namespace, command)] += 1
+    finally:
+        for service in services:
+            service.stop()
+        await client.close()
+    total = sum(counts.values())
+    per_complaint = total / args.complaints
+    print(f"{args.complaints} complaints in {elapsed:.1f} s: {per_complaint:.1f} operations each")
+    for (service, namespace, command), count in counts.most_common():
+        print(f"  {count / args.complaints:6.2f}  {service:<9} {namespace:<28} {command}")
+    await drop_run_databases(run)
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

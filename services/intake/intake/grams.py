@@ -1,0 +1,72 @@
+"""Substring search without word segmentation: character bigrams in a multikey index.
+
+Chinese has no spaces to split words on, so ``q`` matches substrings. Every complaint
+carries ``search_grams``: the distinct two-character windows of its subject, description,
+reference number and customer keys (after ``normalise``). A two-character ``q`` is one
+gram, an equality on the multikey index; a longer ``q`` is looked up by one of its grams
+and the whole of it is verified in the service (``matches``), since a document can hold
+every gram of ``q`` without holding ``q``. A one-character ``q`` has no gram: search falls
+back to a bounded ``$regex`` (``intake.search``).
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from typing import Any
+
+FIELD = "search_grams"
+# Bump when ``document_grams`` changes: startup recomputes every older complaint's grams.
+VERSION = 1
+VERSION_FIELD = "search_grams_version"
+
+
+def normalise(text: str) -> str:
+    """Compatibility forms folded (full-width Ａ１ is A1) and case folded, as search compares."""
+    return unicodedata.normalize("NFKC", text).casefold()
+
+
+def bigrams(text: str) -> set[str]:
+    normal = normalise(text)
+    return {normal[i : i + 2] for i in range(len(normal) - 1)}
+
+
+def searchable_texts(document: dict[str, Any]) -> list[str]:
+    """What ``q`` searches: subject, description, reference and the customer keys' values."""
+    keys = [key.partition(":")[2] for key in document.get("customer_keys", [])]
+    return [
+        document.get("subject") or "",
+        document.get("description") or "",
+        document.get("reference") or "",
+        *keys,
+    ]
+
+
+def document_grams(document: dict[str, Any]) -> list[str]:
+    """The ``search_grams`` of a stored complaint (sorted: stable documents, stable tests)."""
+    grams: set[str] = set()
+    for text in searchable_texts(document):
+        grams |= bigrams(text)
+    return sorted(grams)
+
+
+def search_fields(document: dict[str, Any]) -> dict[str, Any]:
+    return {FIELD: document_grams(document), VERSION_FIELD: VERSION}
+
+
+def lookup_gram(q: str) -> str | None:
+    """The one gram a search for ``q`` is looked up by (None: ``q`` is a single character).
+
+    The gram with the rarest-looking characters would select fewest candidates, but
+    nothing here knows the frequencies; the last gram is as good as any and keeps the
+    choice deterministic.
+    """
+    normal = normalise(q)
+    if len(normal) < 2:
+        return None
+    return normal[-2:]
+
+
+def matches(document: dict[str, Any], q: str) -> bool:
+    """Whether ``q`` is a substring of one of the searchable texts (as ``normalise`` folds)."""
+    wanted = normalise(q)
+    return any(wanted in normalise(text) for text in searchable_texts(document))
