@@ -39,7 +39,7 @@ from pymongo.errors import DuplicateKeyError
 from complaints_shared.auth import Principal
 from complaints_shared.events import EventData, EventType
 from complaints_shared.mongo import merge_updates, update_and_read
-from complaints_shared.outbox import outbox_entry, outbox_update
+from complaints_shared.outbox import outbox_entry, outbox_update, record_written
 from complaints_shared.pagination import Page, decode_cursor, encode_cursor
 from complaints_shared.problems import ConcurrentUpdate, not_found
 from complaints_shared.settings import ServiceSettings
@@ -122,6 +122,8 @@ async def change(
             continue
         if updated is None:
             continue
+        if decision.events:
+            record_written(aggregate.collection)
         for effect in decision.effects:
             await effect(updated)
         return updated

@@ -11,7 +11,11 @@ exactly the published ones. If Kafka is down the events simply stay until it is 
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -58,6 +62,28 @@ def outbox_fields(entries: list[dict]) -> dict[str, Any]:
     return {OUTBOX_FIELD: entries, PENDING_SINCE_FIELD: _relay_time()}
 
 
+# The collections whose documents got events in this task, while ``tracking_writes`` runs.
+_written: ContextVar[set[str] | None] = ContextVar("outbox_written", default=None)
+
+
+def record_written(collection: str) -> None:
+    """Note that a write just added events to a document of ``collection``."""
+    written = _written.get()
+    if written is not None:
+        written.add(collection)
+
+
+@contextmanager
+def tracking_writes() -> Iterator[set[str]]:
+    """The collections given events by writes within the block (to notify just those)."""
+    written: set[str] = set()
+    token = _written.set(written)
+    try:
+        yield written
+    finally:
+        _written.reset(token)
+
+
 def _relay_time() -> datetime:
     # Outbox bookkeeping runs on the wall clock the relay polls with, never a service's
     # business clock: a test clock set days ahead would otherwise hide events from the relay.
@@ -101,9 +127,13 @@ class OutboxRelay:
         self._standby_until: dict[str, datetime] = {}
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
+        # Collections to read at the next wake-up; every one at each poll interval.
+        self._dirty: set[str] = set(collections)
 
-    def notify(self) -> None:
-        """Tell the relay that a write just added events (publish now, not at the next poll)."""
+    def notify(self, *collections: str) -> None:
+        """Tell the relay that a write just added events to ``collections`` (all when none
+        are named): publish now, not at the next poll, reading only those collections."""
+        self._dirty.update(collections or self._collections)
         self._wake.set()
 
     async def stop(self) -> None:
@@ -111,19 +141,28 @@ class OutboxRelay:
         self._wake.set()
 
     async def run(self) -> None:
+        interval_s = self._settings.outbox_poll_interval_s
+        next_poll = time.monotonic()
         try:
             while not self._stopping.is_set():
                 self._wake.clear()
-                busy = False
-                for collection in self._collections:
+                if time.monotonic() >= next_poll:
+                    # Events written by another replica, or left by a failure: read them all.
+                    self._dirty.update(self._collections)
+                    next_poll = time.monotonic() + interval_s
+                due = [c for c in self._collections if c in self._dirty]
+                self._dirty.difference_update(due)
+                for collection in due:
                     try:
                         published = await self.publish_batch(collection=collection)
-                        busy |= published >= self._settings.outbox_batch_size
+                        if published >= self._settings.outbox_batch_size:
+                            self._dirty.add(collection)
                     except Exception as exc:  # Kafka or Mongo away: keep the events, retry later
                         OUTBOX_PUBLISH_FAILURES.labels(self._settings.service_name).inc()
                         log.warning("outbox_publish_failed", error=repr(exc))
-                if not busy:
-                    await wait_event(self._wake, timeout_s=self._settings.outbox_poll_interval_s)
+                if not self._dirty:
+                    wait_s = max(0.0, next_poll - time.monotonic())
+                    await wait_event(self._wake, timeout_s=wait_s)
         finally:
             await self._give_up_leases()
 

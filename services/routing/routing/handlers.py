@@ -41,7 +41,7 @@ def build_handlers(runtime: Runtime) -> dict[EventType, EventHandler]:
                 db=db, settings=settings, complaint=data, no_route=no_route, now=clock.now()
             )
         if routed:
-            runtime.relay.notify()
+            runtime.relay.notify(store.ASSIGNMENTS)
 
     async def on_complaint_acknowledged(event: CloudEvent, data: ComplaintAcknowledged) -> None:
         await projections.acknowledge(
