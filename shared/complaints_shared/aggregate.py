@@ -90,11 +90,15 @@ async def change(
     now: datetime,
     scope: Mapping[str, Any] | None = None,
     event_id: str | None = None,
+    read_back: bool = True,
 ) -> dict[str, Any] | None:
     """Apply one decided change atomically with its events; the stored document after it.
 
     Returns the document as read when there was nothing to do (``decide`` said None,
     or ``event_id`` was applied before), None when no document matches ``scope``.
+    ``read_back=False`` (a consumer that only needs the change made) saves the read
+    after the write: the document as read before the change is returned instead,
+    unless the decision has effects, which are given the stored document.
     """
     collection = db[aggregate.collection]
     for _ in range(aggregate.max_write_attempts):
@@ -115,9 +119,13 @@ async def change(
         try:
             # Versions missing on documents stored before versioning match None.
             condition = {"_id": aggregate_id, "version": current.get("version")}
-            updated = await update_and_read(
-                collection, condition, update, projection=dict(aggregate.hidden)
-            )
+            if read_back or decision.effects:
+                updated = await update_and_read(
+                    collection, condition, update, projection=dict(aggregate.hidden)
+                )
+            else:
+                written = await collection.update_one(condition, update)
+                updated = _shown(current, aggregate) if written.matched_count else None
         except DuplicateKeyError:
             continue
         if updated is None:

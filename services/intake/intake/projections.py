@@ -67,6 +67,8 @@ async def _apply(
         cause=cause_of(event),
         event_id=event.id,
         details=details,
+        # A consumer needs the change made, not the document: no read after the write.
+        read_back=False,
     )
     if document is None:
         # Not ours to guess: the record was lost (restored from an older backup) or the

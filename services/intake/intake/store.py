@@ -693,8 +693,10 @@ async def change(
     cause: str = COMMAND_CAUSE,
     event_id: str | None = None,
     details: dict[str, Any] | None = None,
+    read_back: bool = True,
 ) -> dict[str, Any] | None:
-    """Apply one decided change atomically; returns the new document.
+    """Apply one decided change atomically; returns the new document (with
+    ``read_back=False`` the document before it: see ``aggregate.change``).
 
     Every change writes its timeline entries with the actor, the cause (``command``
     or the consumed event's type) and the causing event id; a status change is
@@ -732,6 +734,7 @@ async def change(
         now=now,
         scope=scope,
         event_id=event_id,
+        read_back=read_back,
     )
 
 

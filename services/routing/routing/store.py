@@ -636,10 +636,12 @@ async def route_received(
     now: datetime,
     contexts: ContextCache[RoutingContext] | None = None,
 ) -> bool:
-    """Route a received complaint exactly once; False when it was routed before."""
+    """Route a received complaint exactly once; False when it was routed before.
+
+    A redelivery is told by the insert (its ``_id`` is taken), not by a read before it:
+    planning reads only, so a complaint routed before costs one refused insert.
+    """
     assignments = db[ASSIGNMENTS]
-    if await assignments.find_one({"_id": complaint.complaint_id}, projection={"_id": 1}):
-        return False
     if contexts is None:
         context = await load_context(db=db, complaint=complaint)
     else:
