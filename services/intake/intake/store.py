@@ -566,23 +566,56 @@ async def _insert_new(
     fingerprint: str,
     now: datetime,
 ) -> dict[str, Any]:
-    keys = customer_keys(body["customer"])
     earlier = await find_earlier_complaints(
         db=db,
         org=principal.org,
-        keys=keys,
+        keys=customer_keys(body["customer"]),
         since=now - timedelta(days=settings.repeat_window_days),
         now=now,
     )
-    classification = _classify(request, settings)
-    links = [doc["_id"] for doc in earlier[:MAX_REPEAT_LINKS]]
-    flags: list[str] = [flag.value for flag in classification["flags"]]
-    if earlier and Flag.REPEAT.value not in flags:
-        flags.append(Flag.REPEAT.value)
     time_zone = await reference_time_zone(
         db=db, settings=settings, org=principal.org, branch=request.branch
     )
     reference = await next_reference(db=db, branch=request.branch, at=now, time_zone=time_zone)
+    document = new_document(
+        settings=settings,
+        principal=principal,
+        request=request,
+        body=body,
+        complaint_id=complaint_id,
+        fingerprint=fingerprint,
+        reference=reference,
+        earlier=[doc["_id"] for doc in earlier],
+        now=now,
+    )
+    # A repeat after a dropped reply is a duplicate ``_id``: create_complaint finds it.
+    await retrying(db[COMPLAINTS].insert_one, document)
+    return as_stored(document)
+
+
+def new_document(
+    *,
+    settings: IntakeSettings,
+    principal: Principal,
+    request: ComplaintCreate,
+    body: dict[str, Any],
+    complaint_id: str,
+    fingerprint: str,
+    reference: str,
+    earlier: list[str],
+    now: datetime,
+) -> dict[str, Any]:
+    """A new complaint as stored, with its ``complaint.received`` in the outbox.
+
+    ``earlier``: the ids of the customer's earlier complaints that make it a repeat,
+    newest first. Pure, so the benchmark seeds complaints of exactly this shape.
+    """
+    keys = customer_keys(body["customer"])
+    classification = _classify(request, settings)
+    links = earlier[:MAX_REPEAT_LINKS]
+    flags: list[str] = [flag.value for flag in classification["flags"]]
+    if earlier and Flag.REPEAT.value not in flags:
+        flags.append(Flag.REPEAT.value)
     document: dict[str, Any] = {
         "_id": complaint_id,
         "reference": reference,
@@ -631,14 +664,12 @@ async def _insert_new(
         customer=customer_contact(document),
         received_at=now,
         repeat_count=len(earlier),
-        repeat_of=document["repeat_of"],
+        repeat_of=links,
     )
     document.update(grams.search_fields(document))
     entry = outbox_entry(event_type=EventType.COMPLAINT_RECEIVED, data=received, settings=settings)
     document.update(outbox_fields([entry]))
-    # A repeat after a dropped reply is a duplicate ``_id``: create_complaint finds it.
-    await retrying(db[COMPLAINTS].insert_one, document)
-    return as_stored(document)
+    return document
 
 
 # ------------------------------------------------------------------- changes --

@@ -1,0 +1,275 @@
+"""Search and reports over a large database: ``python -m bench.search`` (docs/performance.md).
+
+Seeds ``--complaints`` complaints (default 100,000) into a fresh intake database with bulk
+writes, each built by intake's own ``store.new_document`` from the benchmark's varied bodies
+(``bench/workload.py``), registered over ``--days`` days; then starts intake as a real uvicorn
+process on that database and times, with ``--repeats`` requests each: the first page of
+``q=断网&branch=LZ``, the first page of every documented filter and sort, a second page, and
+``GET /v1/reports/summary``. Results are printed and written to
+``bench-results/search-<time>.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import time
+import uuid
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import httpx
+from pymongo import AsyncMongoClient
+
+from bench.run import (
+    PORTS,
+    RESULTS,
+    ROOT,
+    Run,
+    Service,
+    drop_run_databases,
+    infra_env,
+    latency_summary,
+    machine,
+)
+from bench.workload import complaint_body
+from complaints_shared.auth import Principal
+from complaints_shared.events import Topic
+from complaints_shared.kafka import ensure_topics
+from intake import store
+from intake.identity import submission_fingerprint
+from intake.models import ComplaintCreate
+from intake.settings import IntakeSettings
+
+SEED_BATCH = 1000
+# The filters and sorts of GET /v1/complaints (docs/intake.md), each timed on its first page.
+FILTERS: dict[str, dict[str, Any]] = {
+    "q=断网&branch=LZ": {"q": "断网", "branch": "LZ"},
+    "q=断网": {"q": "断网"},
+    "q=经常断网 (longer)": {"q": "经常断网"},
+    "q=断 (one character)": {"q": "断", "branch": "LZ"},
+    "newest first (no filter)": {},
+    "oldest first": {"sort": "created_at"},
+    "branch": {"branch": "LZ"},
+    "status": {"status": "received"},
+    "branch+status": {"branch": "HOSP", "status": "received"},
+    "category": {"category": "billing"},
+    "severity": {"severity": "high"},
+    "channel": {"channel": "web"},
+    "flag": {"flag": "repeat"},
+    "repeat": {"repeat": "true"},
+    "breached": {"breached": "false"},
+    "department": {"department": "LZ:NETWORK"},
+    "owner": {"owner": "lz-yang"},
+    "reference": {},  # filled in with a seeded reference
+    "customer_phone": {},  # filled in with a seeded phone
+    "created_from (last 7 days)": {},  # filled in relative to the seeding
+    "acknowledge_due_at sort": {"sort": "acknowledge_due_at"},
+    "resolve_due_at sort": {"sort": "resolve_due_at"},
+    "acknowledge_due_before": {},  # filled in relative to the seeding
+}
+
+
+def seeding_settings(run: Run) -> IntakeSettings:
+    return IntakeSettings(
+        kafka_bootstrap_servers=run.infra["KAFKA_BOOTSTRAP_SERVERS"],
+        mongodb_uri=run.infra["MONGODB_URI"],
+        topic_prefix=f"bench{run.run_id}.",
+        service_name="intake",
+        jwt_secret=run.args.jwt_secret,
+    )
+
+
+def seeded_complaint(
+    *,
+    settings: IntakeSettings,
+    principal: Principal,
+    sequence: int,
+    rng: random.Random,
+    now: datetime,
+    numbers: Counter,
+) -> dict[str, Any]:
+    """One complaint exactly as intake stores it (``store.new_document``), its
+    ``complaint.received`` already published, and routed as intake's projection records it."""
+    request = ComplaintCreate.model_validate(complaint_body(sequence, rng))
+    body = request.model_dump(mode="json", exclude={"severity", "flags"})
+    day = now.astimezone(ZoneInfo(settings.reference_time_zone)).strftime("%Y%m%d")
+    numbers[(request.branch, day)] += 1
+    document = store.new_document(
+        settings=settings,
+        principal=principal,
+        request=request,
+        body=body,
+        complaint_id=str(uuid.uuid4()),
+        fingerprint=submission_fingerprint(
+            org=principal.org,
+            branch=request.branch,
+            customer=body["customer"],
+            subject=request.subject,
+            description=request.description,
+        ),
+        reference=f"{request.branch}-{day}-{numbers[(request.branch, day)]:04d}",
+        earlier=[],
+        now=now,
+    )
+    # Published long ago; the due times routing's assignment gave it (1 and 7 days).
+    document["outbox"] = []
+    del document["outbox_pending_since"]
+    document["acknowledge_due_at"] = now + timedelta(days=1)
+    document["resolve_due_at"] = now + timedelta(days=7)
+    return document
+
+
+async def seed(run: Run, *, complaints: int, days: int) -> dict[str, Any]:
+    settings = seeding_settings(run)
+    principal = Principal(subject="bench", org="demo", branches="*", roles=("admin",))
+    client = AsyncMongoClient(run.infra["MONGODB_URI"], tz_aware=True)
+    db = client[run.env("intake")["MONGODB_DATABASE"]]
+    rng = random.Random(15)
+    numbers: Counter = Counter()
+    end = datetime.now(UTC)
+    step = timedelta(days=days) / complaints
+    samples: dict[str, Any] = {}
+    started = time.monotonic()
+    try:
+        # The service's own index set, built before the inserts maintain it (measured on
+        # SecantusDB: building 19 indexes over existing documents is slower than that).
+        await store.ensure_indexes(db=db)
+        indexed_s = time.monotonic() - started
+        for first in range(0, complaints, SEED_BATCH):
+            batch = [
+                seeded_complaint(
+                    settings=settings,
+                    principal=principal,
+                    sequence=sequence,
+                    rng=rng,
+                    now=end - step * (complaints - sequence),
+                    numbers=numbers,
+                )
+                for sequence in range(first, min(first + SEED_BATCH, complaints))
+            ]
+            await db[store.COMPLAINTS].insert_many(batch, ordered=False)
+            samples = {"reference": batch[-1]["reference"], "phone": batch[-1]["customer"]["phone"]}
+        inserted_s = time.monotonic() - started - indexed_s
+    finally:
+        await client.close()
+    print(
+        f"  seeded {complaints} complaints: insert {inserted_s:.0f} s, indexes {indexed_s:.0f} s",
+        flush=True,
+    )
+    return {
+        "complaints": complaints,
+        "days": days,
+        "insert_s": round(inserted_s, 1),
+        "index_s": round(indexed_s, 1),
+        "end": end,
+        **samples,
+    }
+
+
+async def timed(
+    client: httpx.AsyncClient, path: str, params: dict[str, Any], repeats: int
+) -> dict[str, Any]:
+    latencies, statuses, items, cursor = [], Counter(), 0, None
+    for _ in range(repeats):
+        started = time.perf_counter()
+        response = await client.get(path, params=params)
+        latencies.append(time.perf_counter() - started)
+        statuses[response.status_code] += 1
+        if response.status_code == 200 and path == "/v1/complaints":
+            items = len(response.json()["items"])
+            cursor = response.json()["next_cursor"]
+    return {
+        "params": params,
+        **latency_summary(latencies),
+        "statuses": dict(statuses),
+        "items": items,
+        "next_cursor": cursor,
+    }
+
+
+async def measure(run: Run, seeded: dict[str, Any]) -> dict[str, Any]:
+    end: datetime = seeded["end"]
+    filters = dict(FILTERS)
+    filters["reference"] = {"reference": seeded["reference"]}
+    filters["customer_phone"] = {"customer_phone": seeded["phone"]}
+    filters["created_from (last 7 days)"] = {"created_from": (end - timedelta(days=7)).isoformat()}
+    filters["acknowledge_due_before"] = {
+        "acknowledge_due_before": (end - timedelta(days=30)).isoformat(),
+        "sort": "acknowledge_due_at",
+    }
+    repeats = run.args.repeats
+    results: dict[str, Any] = {}
+    headers = {"Authorization": f"Bearer {run.token()}"}
+    base = f"http://127.0.0.1:{PORTS['intake']}"
+    async with httpx.AsyncClient(base_url=base, headers=headers, timeout=120) as client:
+        for label, params in filters.items():
+            results[label] = await timed(client, "/v1/complaints", params, repeats)
+            print(f"  {label}: p95 {results[label]['p95_ms']} ms {results[label]['statuses']}")
+        cursor = results["newest first (no filter)"]["next_cursor"]
+        results["second page (no filter)"] = await timed(
+            client, "/v1/complaints", {"cursor": cursor}, repeats
+        )
+        cursor = results["q=断网&branch=LZ"]["next_cursor"]
+        if cursor:
+            results["second page of q=断网&branch=LZ"] = await timed(
+                client, "/v1/complaints", {"q": "断网", "branch": "LZ", "cursor": cursor}, repeats
+            )
+        window = {"from": (end - timedelta(days=seeded["days"])).isoformat(), "to": end.isoformat()}
+        for group_by in ("branch", "category"):
+            label = f"reports/summary by {group_by} ({seeded['days']} days)"
+            results[label] = await timed(
+                client,
+                "/v1/reports/summary",
+                {**window, "group_by": group_by},
+                max(1, repeats // 4),
+            )
+            print(f"  {label}: p95 {results[label]['p95_ms']} ms {results[label]['statuses']}")
+    return results
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--complaints", type=int, default=100_000)
+    parser.add_argument("--days", type=int, default=90, help="registration dates spread over")
+    parser.add_argument("--repeats", type=int, default=20, help="requests per measured query")
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--keep", action="store_true", help="keep the seeded database")
+    parser.add_argument(
+        "--jwt-secret", default=os.environ.get("JWT_SECRET", "bench-secret-0123456789abcdef-0123")
+    )
+    args = parser.parse_args()
+    run = Run(args=args, infra=infra_env())
+    print(f"bench search run {run.run_id}: {args.complaints} complaints", flush=True)
+    settings = run.settings()
+    await ensure_topics(settings=settings, topics=[settings.topic(t.value) for t in Topic])
+    seeded = await seed(run, complaints=args.complaints, days=args.days)
+    intake = Service("intake", PORTS["intake"], run.env("intake"))
+    try:
+        intake.start()
+        await intake.wait_ready(timeout_s=600)
+        results = await measure(run, seeded)
+    finally:
+        intake.stop()
+        if not args.keep:
+            await drop_run_databases(run)
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / f"search-{datetime.now(UTC):%Y%m%dT%H%M%SZ}.json"
+    report = {
+        "started_at": seeded["end"].isoformat(),
+        "machine": machine(),
+        "settings": {k: v for k, v in vars(args).items() if k != "jwt_secret"},
+        "seeded": {k: v for k, v in seeded.items() if k != "end"},
+        "results": results,
+    }
+    path.write_text(json.dumps(report, indent=2, ensure_ascii=False, default=str))
+    print(f"\nwritten: {path.relative_to(ROOT)}")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
