@@ -96,13 +96,16 @@ async def ensure_indexes(*, db: AsyncDatabase) -> None:
         [("org", ASCENDING), ("owner_id", ASCENDING), ("status", ASCENDING)],
         name="org_owner_status",
     )
-    await assignments.create_index(
+    # The queue's order, then the ``_id`` tie-break its pages sort on.
+    await ensure_index(
+        assignments,
         [
             ("org", ASCENDING),
             ("department", ASCENDING),
             ("status", ASCENDING),
             ("priority", DESCENDING),
             ("queued_at", ASCENDING),
+            ("_id", ASCENDING),
         ],
         name="org_department_queue",
     )
