@@ -137,10 +137,8 @@ async def seed(run: Run, *, complaints: int, days: int) -> dict[str, Any]:
     samples: dict[str, Any] = {}
     started = time.monotonic()
     try:
-        # The service's own index set, built before the inserts maintain it (measured on
-        # SecantusDB: building 19 indexes over existing documents is slower than that).
-        await store.ensure_indexes(db=db)
-        indexed_s = time.monotonic() - started
+        # Bulk insert first, the service's own index set after (its ensure_indexes): on
+        # SecantusDB a batch insert maintaining the multikey grams index is far slower.
         for first in range(0, complaints, SEED_BATCH):
             batch = [
                 seeded_complaint(
@@ -155,7 +153,9 @@ async def seed(run: Run, *, complaints: int, days: int) -> dict[str, Any]:
             ]
             await db[store.COMPLAINTS].insert_many(batch, ordered=False)
             samples = {"reference": batch[-1]["reference"], "phone": batch[-1]["customer"]["phone"]}
-        inserted_s = time.monotonic() - started - indexed_s
+        inserted_s = time.monotonic() - started
+        await store.ensure_indexes(db=db)
+        indexed_s = time.monotonic() - started - inserted_s
     finally:
         await client.close()
     print(
