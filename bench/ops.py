@@ -18,7 +18,16 @@ import time
 import httpx
 from pymongo import AsyncMongoClient
 
-from bench.run import PORTS, Run, Service, drop_run_databases, infra_env, seed_routing
+from bench.run import (
+    PORTS,
+    Run,
+    Service,
+    cpu_s,
+    database_pid,
+    drop_run_databases,
+    infra_env,
+    seed_routing,
+)
 from bench.workload import complaint_body
 from complaints_shared.events import Topic
 from complaints_shared.kafka import ensure_topics
@@ -49,6 +58,11 @@ async def main() -> None:
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--shapes", action="store_true", help="one line per filter shape")
     parser.add_argument(
+        "--cpu-only",
+        action="store_true",
+        help="profiler off (it costs the server CPU itself): database CPU per complaint only",
+    )
+    parser.add_argument(
         "--jwt-secret", default=os.environ.get("JWT_SECRET", "bench-secret-0123456789abcdef-0123")
     )
     args = parser.parse_args()
@@ -67,9 +81,10 @@ async def main() -> None:
         # Settled: startup work (indexes, backfills) is not a complaint's.
         await asyncio.sleep(3)
         for db in databases.values():
-            await db.command("profile", 2)
+            await db.command("profile", 0 if args.cpu_only else 2)
         rng = random.Random(7)
         headers = {"Authorization": f"Bearer {run.token()}"}
+        database_cpu = cpu_s(database_pid())
         started = time.monotonic()
         async with httpx.AsyncClient(
             base_url=f"http://127.0.0.1:{PORTS['intake']}", timeout=30
@@ -96,6 +111,7 @@ async def main() -> None:
         # Let the relays release what they published.
         await asyncio.sleep(3)
         elapsed = time.monotonic() - started
+        database_cpu = cpu_s(database_pid()) - database_cpu
         for db in databases.values():
             await db.command("profile", 0)
         counts: collections.Counter = collections.Counter()
@@ -117,7 +133,11 @@ async def main() -> None:
         await client.close()
     total = sum(counts.values())
     per_complaint = total / args.complaints
-    print(f"{args.complaints} complaints in {elapsed:.1f} s: {per_complaint:.1f} operations each")
+    print(
+        f"{args.complaints} complaints in {elapsed:.1f} s: {per_complaint:.1f} operations and "
+        f"{1000 * database_cpu / args.complaints:.1f} ms database CPU each"
+        + ("" if args.cpu_only else " (the profiler's own work included)")
+    )
     for (service, namespace, command), count in counts.most_common():
         print(f"  {count / args.complaints:6.2f}  {service:<9} {namespace:<28} {command}")
     await drop_run_databases(run)
