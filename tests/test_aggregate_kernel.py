@@ -25,8 +25,8 @@ from complaints_shared.events import EventType
 from complaints_shared.problems import ConcurrentUpdate, ProblemError
 from complaints_shared.settings import ServiceSettings
 from complaints_shared.transitions import InvalidTransition
-from routing.lifecycle import Command
-from routing.models import AssignmentStatus
+from routing.assignments.lifecycle import Command
+from routing.assignments.models import AssignmentStatus
 from tests.support.events import note_added
 from tests.support.infrastructure import Infrastructure
 

@@ -13,8 +13,8 @@ from complaints_shared.events import (
     EventType,
     ResponsibleParty,
 )
-from routing import sla
-from routing.models import BranchRead
+from routing.directory.models import BranchRead
+from routing.sla import clocks as sla
 from tests.support.events import base, received, resolved
 from tests.support.http import BROADBAND_COMPLAINT, token
 from tests.support.kafka import intake_producer, of_type, routing_events

@@ -13,7 +13,7 @@ import re
 import pytest
 
 from complaints_shared.events import EventType
-from routing import store
+from routing.assignments import owners
 from tests.support.events import received, resolved
 from tests.support.http import token
 from tests.support.kafka import intake_producer
@@ -71,7 +71,7 @@ async def test_hints_follow_assignments_and_finishes(system_factory: SystemFacto
         await assignment_when(system, first.complaint_id, lambda d: d["status"] == "resolved")
     await _hint_becomes(system, "hotel-ma", 1)
     # Nothing drifted, so the recount changes nothing.
-    assert await store.reconcile_load_hints(db=routing_db(system)) == 0
+    assert await owners.reconcile_load_hints(db=routing_db(system)) == 0
 
 
 async def test_a_hint_stuck_high_does_not_queue_work_someone_has_room_for(
@@ -86,7 +86,7 @@ async def test_a_hint_stuck_high_does_not_queue_work_someone_has_room_for(
         await publish(EventType.COMPLAINT_RECEIVED, complaint)
         document = await assignment_when(system, complaint.complaint_id)
     assert (document["status"], document["owner_id"]) == ("open", "hotel-ma")
-    assert await store.reconcile_load_hints(db=routing_db(system)) == 1
+    assert await owners.reconcile_load_hints(db=routing_db(system)) == 1
     assert await _hint(system, "hotel-ma") == 1
 
 

@@ -9,16 +9,13 @@ import pytest
 from pydantic import ValidationError
 
 from complaints_shared.events import ComplaintReceived, CustomerContact
-from routing import demo, flows, sla
-from routing.models import (
-    BranchRead,
-    DepartmentRead,
-    RoutingRule,
-    RuleConditions,
-    SlaPolicy,
-    StaffRead,
-)
-from routing.rules import conditions_hold, matching_rules
+from routing import demo
+from routing.assignments import planning
+from routing.directory.models import BranchRead, DepartmentRead, StaffRead
+from routing.rules.matching import conditions_hold, matching_rules
+from routing.rules.models import RoutingRule, RuleConditions
+from routing.sla import clocks as sla
+from routing.sla.models import SlaPolicy
 from tests.support.events import received
 
 NOW = datetime(2026, 11, 23, 2, 0, tzinfo=UTC)  # Monday 10:00 in Shanghai
@@ -157,7 +154,7 @@ def _demo_directory() -> tuple[list[DepartmentRead], list[StaffRead], dict[str, 
     return departments, staff, branches
 
 
-def plan(event: ComplaintReceived) -> flows.RoutePlan:
+def plan(event: ComplaintReceived) -> planning.RoutePlan:
     departments, staff, branches = _demo_directory()
     branch = branches[event.branch]
     by_id = {person.id: person for person in staff}
@@ -165,7 +162,7 @@ def plan(event: ComplaintReceived) -> flows.RoutePlan:
         SlaPolicy.model_validate(doc | {"id": doc["id"]})
         for doc in demo.policy_documents("demo", NOW)
     ]
-    return flows.plan_route(
+    return planning.plan_route(
         event,
         rules=demo_rules(),
         departments=departments,
@@ -239,10 +236,14 @@ def test_owner_ranking_least_load_then_longest_wait() -> None:
         liu.model_copy(update={"last_assigned_at": NOW - timedelta(hours=1)}),
         *(p for p in billing if p.id not in {"lz-chen", "lz-liu"}),
     ]
-    ranked = flows.rank_candidates(billing, loads={"lz-chen": 3, "lz-liu": 3}, required_skill=None)
+    ranked = planning.rank_candidates(
+        billing, loads={"lz-chen": 3, "lz-liu": 3}, required_skill=None
+    )
     assert ranked[0].staff.id == "lz-liu"  # equal load: waited longer
-    ranked = flows.rank_candidates(billing, loads={"lz-chen": 2, "lz-liu": 3}, required_skill=None)
+    ranked = planning.rank_candidates(
+        billing, loads={"lz-chen": 2, "lz-liu": 3}, required_skill=None
+    )
     assert ranked[0].staff.id == "lz-chen"
     assert {c.staff.id: c.why_not for c in ranked}["lz-gao"] == "at capacity (0)"
-    skilled = flows.rank_candidates(billing, loads={}, required_skill="vip")
+    skilled = planning.rank_candidates(billing, loads={}, required_skill="vip")
     assert not any(candidate.eligible for candidate in skilled)

@@ -8,17 +8,10 @@ import pytest
 
 from complaints_shared.events import Category, Severity
 from complaints_shared.models import Weekday
-from routing import sla
-from routing.models import (
-    BranchRead,
-    ClockState,
-    DurationUnit,
-    HolidayCalendar,
-    OpeningRange,
-    SlaDuration,
-    SlaPolicy,
-    TimeBasis,
-)
+from routing.assignments.models import ClockState
+from routing.directory.models import BranchRead, HolidayCalendar, OpeningRange
+from routing.sla import clocks as sla
+from routing.sla.models import DurationUnit, SlaDuration, SlaPolicy, TimeBasis
 
 NINE_TO_SIX = {
     day: [OpeningRange(start="09:00", end="18:00")]

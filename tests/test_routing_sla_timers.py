@@ -19,9 +19,10 @@ from complaints_shared.events import (
     ComplaintResumed,
     EventType,
 )
-from routing import sla
+from routing.directory.models import BranchRead
 from routing.main import create_app as create_routing_app
-from routing.models import BranchRead, TimeBasis
+from routing.sla import clocks as sla
+from routing.sla.models import TimeBasis
 from tests.support.clock import at
 from tests.support.events import base, received, resolved
 from tests.support.http import token

@@ -15,9 +15,9 @@ from complaints_shared.transitions import InvalidTransition
 from followup import lifecycle as check_lifecycle
 from followup.lifecycle import CheckState
 from followup.models import CheckStatus
-from routing import lifecycle as assignment_lifecycle
-from routing.lifecycle import Command as A
-from routing.models import AssignmentStatus
+from routing.assignments import lifecycle as assignment_lifecycle
+from routing.assignments.lifecycle import Command as A
+from routing.assignments.models import AssignmentStatus
 
 QUEUED, OPEN = AssignmentStatus.QUEUED, AssignmentStatus.OPEN
 RESOLVED, CLOSED = AssignmentStatus.RESOLVED, AssignmentStatus.CLOSED

@@ -19,15 +19,14 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError
 
 from complaints_shared.mongo import create_mongo_client, service_database
-from routing import directory_store, rules_store, store
-from routing.models import (
-    BranchCreate,
-    DepartmentCreate,
-    RoutingRule,
-    SlaPolicyWrite,
-    StaffCreate,
-)
+from routing.assignments import store
+from routing.directory import store as directory_store
+from routing.directory.models import BranchCreate, DepartmentCreate, StaffCreate
+from routing.rules import store as rules_store
+from routing.rules.models import RoutingRule
 from routing.settings import RoutingSettings
+from routing.sla import store as policy_store
+from routing.sla.models import SlaPolicyWrite
 
 DEMO_ORG = "demo"
 
@@ -471,7 +470,7 @@ async def seed_demo_org(*, db: AsyncDatabase, org: str = DEMO_ORG) -> dict[str, 
         "branches": await _seed(db, directory_store.BRANCHES, branch_documents(org, now)),
         "departments": await _seed(db, directory_store.DEPARTMENTS, department_documents(org, now)),
         "staff": await _seed(db, directory_store.STAFF, staff_documents(org, now)),
-        "sla_policies": await _seed(db, rules_store.SLA_POLICIES, policy_documents(org, now)),
+        "sla_policies": await _seed(db, policy_store.SLA_POLICIES, policy_documents(org, now)),
         "rules": await _seed(db, rules_store.RULES, rule_documents(org, now)),
     }
     await _record_rule_versions(db, org)

@@ -19,23 +19,23 @@ from complaints_shared.events import (
 )
 from complaints_shared.kafka import EventHandler
 from complaints_shared.runtime import Runtime
-from routing import flows, projections, store, unroutable
+from routing.assignments import placement, planning, projections, routing_context, store, unroutable
+from routing.assignments.lifecycle import Command
 from routing.context_cache import ContextCache
-from routing.lifecycle import Command
 
 
 def build_handlers(runtime: Runtime) -> dict[EventType, EventHandler]:
     db, settings, clock = runtime.db, runtime.settings, runtime.clock
-    contexts: ContextCache[store.RoutingContext] = ContextCache(
+    contexts: ContextCache[routing_context.RoutingContext] = ContextCache(
         max_age_s=settings.routing_context_max_age_s
     )
 
     async def on_complaint_received(event: CloudEvent, data: ComplaintReceived) -> None:
         try:
-            routed = await store.route_received(
+            routed = await placement.route_received(
                 db=db, settings=settings, complaint=data, now=clock.now(), contexts=contexts
             )
-        except flows.NoRoute as no_route:
+        except planning.NoRoute as no_route:
             # Not a failure to retry: a state the complaint waits in until a rule covers it.
             routed = await unroutable.enter(
                 db=db, settings=settings, complaint=data, no_route=no_route, now=clock.now()

@@ -11,10 +11,15 @@ from complaints_shared.clock import Clock
 from complaints_shared.events import Topic
 from complaints_shared.http import build_app
 from complaints_shared.runtime import service_runtime
-from routing import api, directory_api, directory_store, rules_api, store
+from routing.assignments import api as assignment_api
+from routing.assignments import store
+from routing.assignments.scheduler import SlaScheduler
+from routing.directory import api as directory_api
+from routing.directory import store as directory_store
 from routing.handlers import build_handlers
-from routing.scheduler import SlaScheduler
+from routing.rules import api as rules_api
 from routing.settings import RoutingSettings
+from routing.sla import api as policy_api
 
 
 def create_app(settings: RoutingSettings | None = None, *, clock: Clock | None = None) -> FastAPI:
@@ -45,5 +50,5 @@ def create_app(settings: RoutingSettings | None = None, *, clock: Clock | None =
         title="Complaint routing",
         description="Directory, routing rules, owners, SLA clocks, timers and escalation.",
         lifespan=lifespan,
-        routers=[api.router, directory_api.router, rules_api.router],
+        routers=[assignment_api.router, directory_api.router, rules_api.router, policy_api.router],
     )

@@ -12,8 +12,8 @@ from complaints_shared.access import Scope, allow
 from complaints_shared.auth import Principal, Role
 from complaints_shared.pagination import Page
 from complaints_shared.runtime import Runtime
-from routing import actions, store
-from routing.models import (
+from routing.assignments import commands, store
+from routing.assignments.models import (
     AssignmentRead,
     AssignmentStatus,
     EscalateRequest,
@@ -106,7 +106,7 @@ async def get_assignment(complaint_id: str, request: Request, principal: Reader)
 async def reassign(
     complaint_id: str, body: ReassignRequest, request: Request, principal: Supervisor
 ) -> AssignmentRead:
-    return await _supervisor_action(request, principal, complaint_id, body, actions.reassign)
+    return await _supervisor_action(request, principal, complaint_id, body, commands.reassign)
 
 
 @router.post(
@@ -117,7 +117,7 @@ async def reassign(
 async def escalate(
     complaint_id: str, body: EscalateRequest, request: Request, principal: Supervisor
 ) -> AssignmentRead:
-    return await _supervisor_action(request, principal, complaint_id, body, actions.escalate)
+    return await _supervisor_action(request, principal, complaint_id, body, commands.escalate)
 
 
 @router.post(
@@ -133,7 +133,7 @@ async def set_responsibility(
         principal,
         complaint_id,
         body,
-        actions.set_responsibility,
+        commands.set_responsibility,
     )
 
 
@@ -150,5 +150,5 @@ async def file_regulatory_report(
         principal,
         complaint_id,
         body,
-        actions.file_regulatory_report,
+        commands.file_regulatory_report,
     )

@@ -32,11 +32,13 @@ from complaints_shared.mongo import claim_first, lease_free, merge_updates
 from complaints_shared.runtime import Runtime
 from complaints_shared.timers import FAILURE_FIELDS, record_timer_failure
 from complaints_shared.timing import wait_event
-from routing import context_cache, lifecycle, sla, store, unroutable
-from routing.escalation import EscalationTarget
-from routing.lifecycle import Command
+from routing import context_cache
+from routing.assignments import lifecycle, owners, queue, routing_context, store, unroutable
+from routing.assignments.lifecycle import Command
+from routing.directory.escalation import EscalationTarget
 from routing.metrics import TIMERS_FIRED
 from routing.settings import RoutingSettings
+from routing.sla import clocks as sla_clocks
 
 log = get_logger(__name__)
 
@@ -91,7 +93,7 @@ class SlaScheduler:
             if runtime.stopping.is_set():
                 return
             try:
-                await store.reconcile_load_hints(db=runtime.db)
+                await owners.reconcile_load_hints(db=runtime.db)
             except Exception as exc:
                 log.error("load_hint_reconcile_failed", error=repr(exc))
 
@@ -123,7 +125,7 @@ class SlaScheduler:
     async def sweep_queues(self, runtime: Runtime) -> int:
         assigned = 0
         for org, department in await store.queued_departments(db=runtime.db):
-            assigned += await store.drain_queue(
+            assigned += await queue.drain_queue(
                 db=runtime.db,
                 settings=self._settings,
                 org=org,
@@ -166,8 +168,10 @@ class SlaScheduler:
 
     async def _fire(self, runtime: Runtime, claimed: dict[str, Any]) -> int:
         db = runtime.db
-        calendar = await store.branch_calendar(db=db, org=claimed["org"], branch=claimed["branch"])
-        targets = await store.escalation_targets(
+        calendar = await routing_context.branch_calendar(
+            db=db, org=claimed["org"], branch=claimed["branch"]
+        )
+        targets = await routing_context.escalation_targets(
             db=db, org=claimed["org"], department_id=claimed["department"]
         )
         fired: Events = []
@@ -178,7 +182,7 @@ class SlaScheduler:
                 return None  # finished meanwhile: its clocks are stopped
             chain = targets
             if current["department"] != claimed["department"]:  # reassigned since the claim
-                chain = await store.escalation_targets(
+                chain = await routing_context.escalation_targets(
                     db=db, org=current["org"], department_id=current["department"]
                 )
             update, events = fire_clocks(
@@ -223,7 +227,7 @@ def fire_clocks(
     now: datetime,
 ) -> tuple[dict[str, Any], Events]:
     """Fire every timer due at ``now``: warnings, breaches, the escalations breaches cause."""
-    clocks = sla.load_clocks(current.get("clocks"))
+    clocks = sla_clocks.load_clocks(current.get("clocks"))
     level = current.get("escalation_level", 0)
     escalated = dict(current)
     events: Events = []
@@ -239,15 +243,15 @@ def fire_clocks(
         may_climb = name in ESCALATING_CLOCKS and level < len(targets)
         # Only the resolve clock re-arms: a complaint left overdue keeps going up the chain.
         repeat = name == SlaClock.RESOLVE.value and level + 1 < len(targets)
-        clock, kind = sla.fire_due(clock, calendar=calendar, now=now, repeat=repeat)
+        clock, kind = sla_clocks.fire_due(clock, calendar=calendar, now=now, repeat=repeat)
         if kind is None:
             continue
         clocks[name] = clock
-        if kind is sla.TimerKind.WARNING:
+        if kind is sla_clocks.TimerKind.WARNING:
             events.append((EventType.COMPLAINT_SLA_WARNING, _warning(current, name, clock, now)))
             continue
         if may_climb:
-            update, escalation = store.escalate_one_level(
+            update, escalation = lifecycle.escalate_one_level(
                 escalated, targets=targets, reason="sla_breach", by="routing", at=now
             )
             if escalation:
@@ -258,7 +262,7 @@ def fire_clocks(
                 events.extend([(EventType.COMPLAINT_SLA_BREACHED, breach), *escalation])
                 continue
         events.append((EventType.COMPLAINT_SLA_BREACHED, _breach(current, name, clock, now, level)))
-    fields = store.clock_fields(clocks)
+    fields = lifecycle.clock_fields(clocks)
     if any(event_type is EventType.COMPLAINT_SLA_BREACHED for event_type, _ in events):
         fields["breached"] = True
     return merge_updates({"$set": fields}, *_combined_escalations(updates)), events
@@ -274,7 +278,7 @@ def _combined_escalations(updates: list[dict[str, Any]]) -> list[dict[str, Any]]
 
 
 def _warning(
-    current: dict[str, Any], name: str, clock: sla.Clock, now: datetime
+    current: dict[str, Any], name: str, clock: sla_clocks.Clock, now: datetime
 ) -> ComplaintSlaWarning:
     return ComplaintSlaWarning(
         complaint_id=current["_id"],
@@ -287,7 +291,7 @@ def _warning(
 
 
 def _breach(
-    current: dict[str, Any], name: str, clock: sla.Clock, now: datetime, level: int
+    current: dict[str, Any], name: str, clock: sla_clocks.Clock, now: datetime, level: int
 ) -> ComplaintSlaBreached:
     return ComplaintSlaBreached(
         complaint_id=current["_id"],

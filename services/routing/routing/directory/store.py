@@ -19,6 +19,7 @@ from pymongo.errors import DuplicateKeyError
 
 from complaints_shared.auth import Principal
 from complaints_shared.events import BranchUpdated, EventType
+from complaints_shared.models import Weekday
 from complaints_shared.mongo import merge_updates
 from complaints_shared.outbox import (
     OUTBOX_FIELD,
@@ -30,7 +31,7 @@ from complaints_shared.outbox import (
 from complaints_shared.problems import conflict, invalid, not_found
 from complaints_shared.settings import ServiceSettings
 from routing import audit, context_cache
-from routing.models import (
+from routing.directory.models import (
     ROLE_RANK,
     BranchCreate,
     BranchRead,
@@ -45,7 +46,6 @@ from routing.models import (
     StaffRead,
     StaffStatus,
     StaffUpdate,
-    Weekday,
 )
 
 BRANCHES = "branches"
@@ -616,7 +616,8 @@ async def record_assignment(*, db: AsyncDatabase, org: str, staff_id: str, at: d
     """Someone took one of the owner's slots: tie-break time and load hint, in one write.
 
     ``load_hint`` only ranks candidates cheaply; the slots themselves stay the truth
-    (see ``store``), and ``store.reconcile_load_hints`` corrects any drift.
+    (see ``routing.assignments.owners``), and ``owners.reconcile_load_hints`` corrects
+    any drift.
     """
     await db[STAFF].update_one(
         {"_id": staff_key(org, staff_id)},

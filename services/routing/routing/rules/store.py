@@ -1,4 +1,4 @@
-"""Data access for routing rules and SLA policies: validated on save, versioned, audited.
+"""Data access for routing rules: validated on save, versioned, audited.
 
 A rule's id is ``<org>:<slug>``; every save bumps its version and stores the
 full rule as it now reads in ``rule_versions``, so an assignment's
@@ -16,23 +16,13 @@ from pymongo.errors import DuplicateKeyError
 
 from complaints_shared.auth import Principal
 from complaints_shared.problems import conflict, invalid, not_found
-from routing import audit, context_cache
-from routing.directory_store import BRANCHES, DEPARTMENTS, branch_key, visible_department
-from routing.models import (
-    RoutingRule,
-    RuleCreate,
-    RuleRead,
-    RuleUpdate,
-    RuleVersionRead,
-    SlaPolicy,
-    SlaPolicyWrite,
-)
+from routing import context_cache
+from routing.directory.store import BRANCHES, DEPARTMENTS, branch_key, visible_department
+from routing.rules.models import RoutingRule, RuleCreate, RuleRead, RuleUpdate, RuleVersionRead
+from routing.sla import store as policy_store
 
 RULES = "rules"
 RULE_VERSIONS = "rule_versions"
-SLA_POLICIES = "sla_policies"
-# The assignments collection (owned by ``routing.store``), asked before a policy is deleted.
-ASSIGNMENTS = "assignments"
 POSITION_STEP = 10
 
 
@@ -41,11 +31,6 @@ async def ensure_indexes(*, db: AsyncDatabase) -> None:
     await db[RULE_VERSIONS].create_index(
         [("org", ASCENDING), ("rule_id", ASCENDING), ("version", DESCENDING)],
         name="org_rule_version",
-    )
-    await db[SLA_POLICIES].create_index("org", name="org")
-    # Deleting a policy asks whether any assignment still refers to it.
-    await db[ASSIGNMENTS].create_index(
-        [("org", ASCENDING), ("sla_policy", ASCENDING)], name="org_sla_policy"
     )
 
 
@@ -127,7 +112,7 @@ async def _validate_rule(
     await _validate_target(db=db, principal=principal, rule=rule)
     policy = rule["action"].get("sla_policy")
     if policy:
-        stored = await db[SLA_POLICIES].find_one({"_id": rule_key(org, policy)})
+        stored = await policy_store.find_policy_document(db=db, org=org, policy_id=policy)
         if stored is None:
             raise invalid("action.sla_policy", f"unknown SLA policy {policy!r}")
         if stored.get("retired_at") is not None:
@@ -268,176 +253,3 @@ async def rule_versions(
     cursor = db[RULE_VERSIONS].find({"org": principal.org, "rule_id": rule_id})
     documents = await cursor.sort("version", DESCENDING).to_list(None)
     return [RuleVersionRead.model_validate(document) for document in documents]
-
-
-# -------------------------------------------------------------- SLA policies --
-
-
-def policy_read(document: dict[str, Any]) -> SlaPolicy:
-    return SlaPolicy.model_validate(document)
-
-
-async def load_policies(*, db: AsyncDatabase, org: str) -> list[SlaPolicy]:
-    return [policy_read(doc) async for doc in db[SLA_POLICIES].find({"org": org})]
-
-
-async def list_policies(*, db: AsyncDatabase, principal: Principal) -> list[SlaPolicy]:
-    policies = await load_policies(db=db, org=principal.org)
-    return sorted(policies, key=lambda policy: policy.id)
-
-
-async def get_policy(*, db: AsyncDatabase, principal: Principal, policy_id: str) -> SlaPolicy:
-    document = await db[SLA_POLICIES].find_one({"_id": rule_key(principal.org, policy_id)})
-    if document is None:
-        raise not_found(what="SLA policy", identifier=policy_id)
-    return policy_read(document)
-
-
-async def put_policy(
-    *,
-    db: AsyncDatabase,
-    principal: Principal,
-    policy_id: str,
-    body: SlaPolicyWrite,
-    now: datetime,
-) -> SlaPolicy:
-    """Create or replace a policy; its version counts the saves."""
-    key = rule_key(principal.org, policy_id)
-    if body.is_default:
-        other = await db[SLA_POLICIES].find_one(
-            {"org": principal.org, "is_default": True, "retired_at": None, "_id": {"$ne": key}}
-        )
-        if other is not None:
-            raise invalid("is_default", f"policy {other['id']!r} is already the default")
-    fields = body.model_dump(mode="json")
-    document = await db[SLA_POLICIES].find_one_and_update(
-        {"_id": key},
-        {
-            "$set": {
-                **fields,
-                "id": policy_id,
-                "org": principal.org,
-                "updated_at": now,
-                "updated_by": principal.subject,
-            },
-            "$inc": {"version": 1},
-        },
-        upsert=True,
-        return_document=ReturnDocument.AFTER,
-    )
-    await audit.record(
-        db=db,
-        org=principal.org,
-        entity="sla_policy",
-        entity_id=policy_id,
-        action="saved",
-        actor=principal.subject,
-        at=now,
-        snapshot={key: value for key, value in document.items() if key != "_id"},
-    )
-    await context_cache.directory_changed(db=db, org=principal.org)
-    return policy_read(document)
-
-
-async def _policy_document(*, db: AsyncDatabase, org: str, policy_id: str) -> dict[str, Any]:
-    document = await db[SLA_POLICIES].find_one({"_id": rule_key(org, policy_id)})
-    if document is None:
-        raise not_found(what="SLA policy", identifier=policy_id)
-    return document
-
-
-async def _set_retirement(
-    *,
-    db: AsyncDatabase,
-    principal: Principal,
-    policy_id: str,
-    retired: bool,
-    now: datetime,
-) -> SlaPolicy:
-    current = await _policy_document(db=db, org=principal.org, policy_id=policy_id)
-    if (current.get("retired_at") is not None) == retired:
-        return policy_read(current)  # already so: a repeated request changes nothing
-    if not retired and current.get("is_default"):
-        other = await db[SLA_POLICIES].find_one(
-            {"org": principal.org, "is_default": True, "retired_at": None}
-        )
-        if other is not None:
-            raise conflict(f"policy {other['id']!r} is the default now; {policy_id!r} cannot be")
-    fields = (
-        {"retired_at": now, "retired_by": principal.subject}
-        if retired
-        else {"retired_at": None, "retired_by": None}
-    )
-    await db[SLA_POLICIES].update_one(
-        {"_id": current["_id"]}, {"$set": fields, "$inc": {"version": 1}}
-    )
-    document = await _policy_document(db=db, org=principal.org, policy_id=policy_id)
-    await audit.record(
-        db=db,
-        org=principal.org,
-        entity="sla_policy",
-        entity_id=policy_id,
-        action="retired" if retired else "reinstated",
-        actor=principal.subject,
-        at=now,
-        snapshot={key: value for key, value in document.items() if key != "_id"},
-    )
-    await context_cache.directory_changed(db=db, org=principal.org)
-    return policy_read(document)
-
-
-async def retire_policy(
-    *, db: AsyncDatabase, principal: Principal, policy_id: str, now: datetime
-) -> SlaPolicy:
-    """No new assignment uses the policy from now on; assignments that have it keep it."""
-    return await _set_retirement(
-        db=db, principal=principal, policy_id=policy_id, retired=True, now=now
-    )
-
-
-async def reinstate_policy(
-    *, db: AsyncDatabase, principal: Principal, policy_id: str, now: datetime
-) -> SlaPolicy:
-    """Undo a retirement: new complaints may be given the policy again."""
-    return await _set_retirement(
-        db=db, principal=principal, policy_id=policy_id, retired=False, now=now
-    )
-
-
-async def delete_policy(
-    *, db: AsyncDatabase, principal: Principal, policy_id: str, now: datetime
-) -> None:
-    """Remove a retired policy no assignment and no rule refers to any more."""
-    current = await _policy_document(db=db, org=principal.org, policy_id=policy_id)
-    if current.get("retired_at") is None:
-        raise conflict(
-            f"SLA policy {policy_id!r} is in force: retire it first", kind="policy-in-force"
-        )
-    referring = await db[ASSIGNMENTS].count_documents(
-        {"org": principal.org, "sla_policy": policy_id}
-    )
-    if referring:
-        raise conflict(
-            f"SLA policy {policy_id!r} is referred to by {referring} assignment(s); "
-            "it stays (retired) for their history",
-            kind="policy-in-use",
-        )
-    rule = await db[RULES].find_one(
-        {"org": principal.org, "action.sla_policy": policy_id}, projection={"_id": 1}
-    )
-    if rule is not None:
-        raise conflict(
-            f"SLA policy {policy_id!r} is named by rule {rule['_id']!r}", kind="policy-in-use"
-        )
-    await db[SLA_POLICIES].delete_one({"_id": current["_id"]})
-    await audit.record(
-        db=db,
-        org=principal.org,
-        entity="sla_policy",
-        entity_id=policy_id,
-        action="deleted",
-        actor=principal.subject,
-        at=now,
-        snapshot={key: value for key, value in current.items() if key != "_id"},
-    )
-    await context_cache.directory_changed(db=db, org=principal.org)

@@ -20,16 +20,10 @@ from pydantic import BaseModel, ConfigDict
 from complaints_shared.business_calendar import BusinessCalendar
 from complaints_shared.events import Category, Severity
 from complaints_shared.models import Weekday
-from routing.models import (
-    BranchRead,
-    ClockState,
-    DurationUnit,
-    SeverityTargets,
-    SlaDuration,
-    SlaPolicy,
-    TimeBasis,
-)
-from routing.rules import severity_at_least
+from routing.assignments.models import ClockState
+from routing.directory.models import BranchRead
+from routing.rules.matching import severity_at_least
+from routing.sla.models import DurationUnit, SeverityTargets, SlaDuration, SlaPolicy, TimeBasis
 
 BUILTIN_POLICY_ID = "builtin"
 

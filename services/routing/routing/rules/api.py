@@ -1,44 +1,41 @@
-"""HTTP routes of routing rules, SLA policies and the side-effect-free simulation."""
+"""HTTP routes of routing rules and the side-effect-free simulation."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request, Response, status
+from fastapi import APIRouter, Request, status
 
 from complaints_shared.access import Scope, allow
 from complaints_shared.auth import Role
 from complaints_shared.events import ComplaintReceived, CustomerContact
 from complaints_shared.problems import ProblemError
 from complaints_shared.runtime import Runtime
-from routing import directory_store, flows, rules_store, store, unroutable
-from routing.models import (
+from routing.assignments import owners, planning, routing_context, unroutable
+from routing.assignments.models import NotifyTarget
+from routing.directory import store as directory_store
+from routing.directory.models import StaffRead
+from routing.rules import store as rules_store
+from routing.rules.models import (
     CandidateRead,
     MatchedRuleRead,
-    NotifyTarget,
     RuleCreate,
     RuleRead,
     RuleUpdate,
     RuleVersionRead,
     SimulateRequest,
     SimulationRead,
-    SlaPolicy,
-    SlaPolicyWrite,
-    Slug,
-    StaffRead,
 )
 
 router = APIRouter(prefix="/v1/routing", tags=["routing rules"])
 
 
 RuleAdmin = allow(Role.ADMIN, scope=Scope.ORGANISATION, action="managing routing rules")
-PolicyAdmin = allow(Role.ADMIN, scope=Scope.ORGANISATION, action="managing SLA policies")
+
+
 Simulator = allow(Role.SUPERVISOR, scope=Scope.BRANCH, action="simulating routing")
 
 
 def _runtime(request: Request) -> Runtime:
     return request.app.state.runtime
-
-
-# --------------------------------------------------------------------- rules --
 
 
 @router.get("/rules", response_model=list[RuleRead], summary="The rules in matching order")
@@ -95,71 +92,6 @@ async def rule_versions(
     return await rules_store.rule_versions(db=runtime.db, principal=principal, rule_id=rule_id)
 
 
-# -------------------------------------------------------------- SLA policies --
-
-
-@router.get("/sla-policies", response_model=list[SlaPolicy])
-async def list_policies(request: Request, principal: PolicyAdmin) -> list[SlaPolicy]:
-    runtime = _runtime(request)
-    return await rules_store.list_policies(db=runtime.db, principal=principal)
-
-
-@router.get("/sla-policies/{policy_id}", response_model=SlaPolicy)
-async def get_policy(policy_id: str, request: Request, principal: PolicyAdmin) -> SlaPolicy:
-    runtime = _runtime(request)
-    return await rules_store.get_policy(db=runtime.db, principal=principal, policy_id=policy_id)
-
-
-@router.put("/sla-policies/{policy_id}", response_model=SlaPolicy, summary="Create or replace")
-async def put_policy(
-    policy_id: Slug, body: SlaPolicyWrite, request: Request, principal: PolicyAdmin
-) -> SlaPolicy:
-    runtime = _runtime(request)
-    return await rules_store.put_policy(
-        db=runtime.db, principal=principal, policy_id=policy_id, body=body, now=runtime.clock.now()
-    )
-
-
-@router.post(
-    "/sla-policies/{policy_id}/retire",
-    response_model=SlaPolicy,
-    summary="Retire: kept for history, never given to a new complaint",
-)
-async def retire_policy(policy_id: str, request: Request, principal: PolicyAdmin) -> SlaPolicy:
-    runtime = _runtime(request)
-    return await rules_store.retire_policy(
-        db=runtime.db, principal=principal, policy_id=policy_id, now=runtime.clock.now()
-    )
-
-
-@router.post(
-    "/sla-policies/{policy_id}/reinstate",
-    response_model=SlaPolicy,
-    summary="Undo a retirement",
-)
-async def reinstate_policy(policy_id: str, request: Request, principal: PolicyAdmin) -> SlaPolicy:
-    runtime = _runtime(request)
-    return await rules_store.reinstate_policy(
-        db=runtime.db, principal=principal, policy_id=policy_id, now=runtime.clock.now()
-    )
-
-
-@router.delete(
-    "/sla-policies/{policy_id}",
-    status_code=204,
-    summary="Delete a retired policy no assignment or rule refers to (else 409)",
-)
-async def delete_policy(policy_id: str, request: Request, principal: PolicyAdmin) -> Response:
-    runtime = _runtime(request)
-    await rules_store.delete_policy(
-        db=runtime.db, principal=principal, policy_id=policy_id, now=runtime.clock.now()
-    )
-    return Response(status_code=204)
-
-
-# ---------------------------------------------------------------- simulation --
-
-
 def _as_received(body: SimulateRequest, *, org: str, runtime: Runtime) -> ComplaintReceived:
     return ComplaintReceived(
         complaint_id="simulation",
@@ -189,14 +121,14 @@ async def simulate(body: SimulateRequest, request: Request, principal: Simulator
     principal.require_branch(body.branch, field="branch")
     runtime = _runtime(request)
     complaint = _as_received(body, org=principal.org, runtime=runtime)
-    context = await store.load_context(db=runtime.db, complaint=complaint)
+    context = await routing_context.load_context(db=runtime.db, complaint=complaint)
     try:
-        plan = store.plan_for(complaint, context)
-    except flows.NoRoute as exc:
+        plan = routing_context.plan_for(complaint, context)
+    except planning.NoRoute as exc:
         raise ProblemError(
             status=422, title="Unroutable", kind="unroutable", detail=str(exc)
         ) from None
-    candidates = await store.ranked_candidates(
+    candidates = await owners.ranked_candidates(
         db=runtime.db,
         org=principal.org,
         department_id=plan.department.id,
@@ -218,8 +150,8 @@ async def simulate(body: SimulateRequest, request: Request, principal: Simulator
 
 
 def _simulation(
-    plan: flows.RoutePlan,
-    candidates: list[flows.Candidate],
+    plan: planning.RoutePlan,
+    candidates: list[planning.Candidate],
     chosen: StaffRead | None,
     shown: set[str],
 ) -> SimulationRead:

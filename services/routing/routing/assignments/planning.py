@@ -13,18 +13,13 @@ from datetime import UTC, datetime
 
 from complaints_shared.business_calendar import BusinessCalendar
 from complaints_shared.events import ComplaintReceived, Severity, SlaClock
-from routing import sla
-from routing.escalation import EscalationTarget, branch_head_level, chain_targets
-from routing.models import (
-    DepartmentRead,
-    NotifyTarget,
-    RoutingRule,
-    SlaPolicy,
-    StaffRead,
-    StaffRole,
-    StaffStatus,
-)
-from routing.rules import complaint_flags, matching_rules
+from routing.assignments.models import NotifyTarget
+from routing.directory.escalation import EscalationTarget, branch_head_level, chain_targets
+from routing.directory.models import DepartmentRead, StaffRead, StaffRole, StaffStatus
+from routing.rules.matching import complaint_flags, matching_rules
+from routing.rules.models import RoutingRule
+from routing.sla import clocks as sla_clocks
+from routing.sla.models import SlaPolicy
 
 URGENT = frozenset({Severity.HIGH, Severity.CRITICAL})
 NEVER = datetime.min.replace(tzinfo=UTC)
@@ -61,7 +56,7 @@ class RoutePlan:
     in_business_hours: bool
     duty_officer: StaffRead | None
     clock_starts_at: datetime
-    clocks: dict[str, sla.Clock]
+    clocks: dict[str, sla_clocks.Clock]
     major_incident: bool
     escalation_targets: list[EscalationTarget]
     escalation_level: int
@@ -190,7 +185,7 @@ def plan_route(
     action = rule.action
     severity = action.severity_override or complaint.severity
     # A retired policy stays on the assignments that have it, but is never given anew.
-    policy = sla.select_policy(
+    policy = sla_clocks.select_policy(
         [policy for policy in policies if policy.in_force],
         org=complaint.org,
         requested=action.sla_policy,
@@ -203,7 +198,7 @@ def plan_route(
     clock_starts_at = _clock_start(
         calendar=calendar, received_at=complaint.received_at, in_hours=in_hours, urgent=urgent
     )
-    major = action.major_incident or sla.is_major_incident(
+    major = action.major_incident or sla_clocks.is_major_incident(
         policy, severity=severity, category=complaint.category, flags=complaint_flags(complaint)
     )
     clocks = _start_clocks(
@@ -246,20 +241,20 @@ def _start_clocks(
     clock_starts_at: datetime,
     received_at: datetime,
     major_incident: bool,
-) -> dict[str, sla.Clock]:
-    targets = sla.targets_for(policy, severity)
+) -> dict[str, sla_clocks.Clock]:
+    targets = sla_clocks.targets_for(policy, severity)
     share = policy.warning_share
     clocks = {
-        SlaClock.ACKNOWLEDGE.value: sla.start_clock(
+        SlaClock.ACKNOWLEDGE.value: sla_clocks.start_clock(
             calendar, start=clock_starts_at, duration=targets.acknowledge, warning_share=share
         ),
-        SlaClock.RESOLVE.value: sla.start_clock(
+        SlaClock.RESOLVE.value: sla_clocks.start_clock(
             calendar, start=clock_starts_at, duration=targets.resolve, warning_share=share
         ),
     }
     if major_incident:
         # The authority's deadline runs from the report of the incident, whatever the hours.
-        clocks[SlaClock.REGULATORY_REPORT.value] = sla.start_clock(
+        clocks[SlaClock.REGULATORY_REPORT.value] = sla_clocks.start_clock(
             calendar,
             start=received_at,
             duration=policy.regulatory_report_within,
@@ -274,9 +269,9 @@ def restart_resolve_clock(
     policy: SlaPolicy,
     severity: Severity,
     start: datetime,
-) -> sla.Clock:
+) -> sla_clocks.Clock:
     """A reopened complaint gets a fresh resolve clock from the reopen instant."""
-    targets = sla.targets_for(policy, severity)
-    return sla.start_clock(
+    targets = sla_clocks.targets_for(policy, severity)
+    return sla_clocks.start_clock(
         calendar, start=start, duration=targets.resolve, warning_share=policy.warning_share
     )

@@ -29,10 +29,13 @@ from complaints_shared.logs import get_logger
 from complaints_shared.mongo import is_id_clash, merge_updates
 from complaints_shared.outbox import outbox_entry, outbox_fields
 from complaints_shared.runtime import Runtime
-from routing import directory_store, flows, lifecycle, store
-from routing.lifecycle import Command
+from routing.assignments import lifecycle, owners, placement, planning, routing_context, store
+from routing.assignments.lifecycle import Command
+from routing.assignments.models import AssignmentStatus
+from routing.directory import store as directory_store
+from routing.directory.models import DepartmentRead, StaffRead
 from routing.metrics import UNROUTABLE
-from routing.models import AssignmentStatus, DepartmentRead, RoutingRule, RuleAction, StaffRead
+from routing.rules.models import RoutingRule, RuleAction
 from routing.settings import RoutingSettings
 
 log = get_logger(__name__)
@@ -52,7 +55,7 @@ async def enter(
     db: AsyncDatabase,
     settings: RoutingSettings,
     complaint: ComplaintReceived,
-    no_route: flows.NoRoute,
+    no_route: planning.NoRoute,
     now: datetime,
 ) -> bool:
     """Store the complaint as unroutable with the reason; False when it was stored before."""
@@ -67,7 +70,7 @@ async def enter(
         "received_severity": complaint.severity.value,
         "severity": complaint.severity.value,
         "priority": SEVERITY_ORDER.index(complaint.severity),
-        "flags": sorted(flows.complaint_flags(complaint)),
+        "flags": sorted(planning.complaint_flags(complaint)),
         "status": lifecycle.transition(current=None, command=Command.NO_ROUTE).value,
         "unroutable": {
             "reason": reason,
@@ -107,7 +110,7 @@ async def enter(
         )
     )
     try:
-        await db[store.ASSIGNMENTS].insert_one(document)
+        await store.insert(db=db, document=document)
     except DuplicateKeyError as exc:
         if is_id_clash(exc):
             return False  # a redelivery, or another replica got there first
@@ -150,7 +153,7 @@ async def leave(
     if current is None:
         return None
     complaint = ComplaintReceived.model_validate(current["received"])
-    context = await store.load_context(db=db, complaint=complaint)
+    context = await routing_context.load_context(db=db, complaint=complaint)
     if department is not None:
         context.rules = [supervisor_rule(org=complaint.org, department=department)]
         context.departments = [department]
@@ -158,8 +161,8 @@ async def leave(
             db=db, org=complaint.org, branches=[department.branch]
         )
     try:
-        plan = store.plan_for(complaint, context)
-    except flows.NoRoute:
+        plan = routing_context.plan_for(complaint, context)
+    except planning.NoRoute:
         return None
     routed: list[dict[str, Any]] = []
 
@@ -167,17 +170,17 @@ async def leave(
         if current["status"] != STATE:
             return None  # routed meanwhile, by another replica or a supervisor
         if owner is not None:
-            choice, how = await store.forced_owner(db=db, org=complaint.org, staff=owner), "manual"
+            choice, how = await owners.forced_owner(db=db, org=complaint.org, staff=owner), "manual"
         else:
-            choice, how = await store.owner_for_plan(db=db, complaint=complaint, plan=plan)
-        planned, events = store.initial_events(
-            store.new_document(complaint, plan, owner=choice, now=now), plan, now=now
+            choice, how = await owners.owner_for_plan(db=db, complaint=complaint, plan=plan)
+        planned, events = placement.initial_events(
+            placement.new_document(complaint, plan, owner=choice, now=now), plan, now=now
         )
         fields = {key: value for key, value in planned.items() if key not in KEPT_FIELDS}
 
         async def after(document: dict[str, Any]) -> None:
             routed.append(document)
-            await store.after_assignment(db=db, document=document, how=how, now=now)
+            await placement.after_assignment(db=db, document=document, how=how, now=now)
             log.info("unroutable_routed", department=document["department"], how=how)
 
         update = merge_updates(

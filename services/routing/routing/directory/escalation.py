@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from routing.models import EscalationStep, StaffRead, StaffRole, StaffStatus
+from routing.directory.models import EscalationStep, StaffRead, StaffRole, StaffStatus
 
 
 @dataclass(frozen=True)

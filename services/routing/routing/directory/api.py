@@ -9,8 +9,10 @@ from fastapi import APIRouter, Request, status
 from complaints_shared.access import Scope, allow
 from complaints_shared.auth import Role
 from complaints_shared.runtime import Runtime
-from routing import audit, directory_store, store, unroutable
-from routing.models import (
+from routing import audit
+from routing.assignments import queue, store, unroutable
+from routing.directory import store as directory_store
+from routing.directory.models import (
     BranchCreate,
     BranchRead,
     BranchUpdate,
@@ -44,7 +46,7 @@ async def _staff_read(runtime: Runtime, document: dict[str, Any]) -> StaffRead:
 
 async def _offer_queue(runtime: Runtime, *, org: str, department_id: str) -> None:
     """Someone new, more capacity, back from leave: queued work may fit now."""
-    assigned = await store.drain_queue(
+    assigned = await queue.drain_queue(
         db=runtime.db,
         settings=runtime.settings,
         org=org,

@@ -2,20 +2,21 @@
 
 Each function applies one consumed intake event through the aggregate kernel
 with the event id, so a redelivered event has no second effect, and asks the
-transition table (``routing.lifecycle``) first: an event with nothing to do in
-the assignment's status (a late acknowledgement of a resolved complaint) is
+transition table (``routing.assignments.lifecycle``) first: an event with nothing
+to do in the assignment's status (a late acknowledgement of a resolved complaint) is
 remembered as applied and changes nothing. Finishing a complaint frees its owner
 slot in the same write, then offers the freed capacity to the department queue.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
 from pymongo.asynchronous.database import AsyncDatabase
 
-from complaints_shared.aggregate import Decision
+from complaints_shared.aggregate import Decide, Decision
 from complaints_shared.envelope import CloudEvent
 from complaints_shared.events import (
     ComplaintReopened,
@@ -27,10 +28,14 @@ from complaints_shared.events import (
 )
 from complaints_shared.logs import get_logger
 from complaints_shared.mongo import merge_updates
-from routing import directory_store, flows, lifecycle, rules_store, sla, store
-from routing.lifecycle import Command
-from routing.models import AssignmentStatus, ClockState, StaffStatus
+from routing.assignments import lifecycle, owners, planning, queue, routing_context, store
+from routing.assignments.lifecycle import Command
+from routing.assignments.models import AssignmentStatus, ClockState
+from routing.directory import store as directory_store
+from routing.directory.models import StaffStatus
 from routing.settings import RoutingSettings
+from routing.sla import clocks as sla_clocks
+from routing.sla import store as policy_store
 
 # Waiting on the customer pauses these; the authority's report deadline keeps running.
 CUSTOMER_CLOCKS = (SlaClock.ACKNOWLEDGE.value, SlaClock.RESOLVE.value)
@@ -61,6 +66,67 @@ def _applies(current: dict[str, Any], command: Command, event: CloudEvent) -> bo
     return False
 
 
+async def _apply(
+    *,
+    db: AsyncDatabase,
+    settings: RoutingSettings,
+    event: CloudEvent,
+    complaint_id: str,
+    decide: Decide,
+    now: datetime,
+) -> None:
+    """One consumed event through the aggregate kernel, remembered by its id."""
+    await store.change(
+        db=db,
+        settings=settings,
+        complaint_id=complaint_id,
+        decide=decide,
+        now=now,
+        event_id=event.id,
+    )
+
+
+# Moves the loaded clocks in place; the other fields to set, or None: nothing to do.
+ClockChange = Callable[[dict[str, Any], dict[str, sla_clocks.Clock]], dict[str, Any] | None]
+
+
+async def _change_clocks(
+    *,
+    db: AsyncDatabase,
+    settings: RoutingSettings,
+    event: CloudEvent,
+    complaint_id: str,
+    command: Command,
+    action: str,
+    change: ClockChange,
+    now: datetime,
+    announce: bool = False,
+) -> None:
+    """Apply one of intake's clock events; ``announce``: an open assignment's new due times."""
+
+    def decide(current: dict[str, Any]) -> Decision | None:
+        if not _applies(current, command, event):
+            return None
+        clocks = sla_clocks.load_clocks(current.get("clocks"))
+        fields = change(current, clocks)
+        if fields is None:
+            return None
+        due_times = lifecycle.clock_fields(clocks)
+        update = merge_updates(
+            lifecycle.moved(current, command),
+            {"$set": {**due_times, **fields}},
+            store.history(at=now, action=action, actor=_actor(event)),
+        )
+        if not announce or current["status"] != AssignmentStatus.OPEN.value:
+            return Decision(update)
+        announced = lifecycle.assigned_event({**current, **due_times})
+        return Decision(update, [(EventType.COMPLAINT_ASSIGNED, announced)])
+
+    await _apply(
+        db=db, settings=settings, event=event, complaint_id=complaint_id, decide=decide, now=now
+    )
+
+
 async def acknowledge(
     *,
     db: AsyncDatabase,
@@ -72,28 +138,24 @@ async def acknowledge(
 ) -> None:
     """受理 stops the acknowledge clock; the resolve clock runs on."""
 
-    def decide(current: dict[str, Any]) -> Decision | None:
-        if not _applies(current, Command.ACKNOWLEDGE, event):
-            return None
-        clocks = sla.load_clocks(current.get("clocks"))
+    def stop_acknowledge_clock(
+        current: dict[str, Any], clocks: dict[str, sla_clocks.Clock]
+    ) -> dict[str, Any] | None:
         ack = clocks.get(SlaClock.ACKNOWLEDGE.value)
         if ack is None or ack.state is ClockState.STOPPED:
             return None
-        clocks[SlaClock.ACKNOWLEDGE.value] = sla.stop_clock(ack, at=at)
-        update = merge_updates(
-            lifecycle.moved(current, Command.ACKNOWLEDGE),
-            {"$set": {**store.clock_fields(clocks), "acknowledged_at": at}},
-            store.history(at=now, action="acknowledged", actor=_actor(event)),
-        )
-        return Decision(update)
+        clocks[SlaClock.ACKNOWLEDGE.value] = sla_clocks.stop_clock(ack, at=at)
+        return {"acknowledged_at": at}
 
-    await store.change(
+    await _change_clocks(
         db=db,
         settings=settings,
+        event=event,
         complaint_id=complaint_id,
-        decide=decide,
+        command=Command.ACKNOWLEDGE,
+        action="acknowledged",
+        change=stop_acknowledge_clock,
         now=now,
-        event_id=event.id,
     )
 
 
@@ -108,27 +170,25 @@ async def pause(
 ) -> None:
     """Waiting on the customer: the customer-facing clocks stand still."""
 
-    def decide(current: dict[str, Any]) -> Decision | None:
-        if not _applies(current, Command.PAUSE, event) or current.get("paused"):
+    def pause_customer_clocks(
+        current: dict[str, Any], clocks: dict[str, sla_clocks.Clock]
+    ) -> dict[str, Any] | None:
+        if current.get("paused"):
             return None
-        clocks = sla.load_clocks(current.get("clocks"))
         for name in CUSTOMER_CLOCKS:
             if name in clocks:
-                clocks[name] = sla.pause_clock(clocks[name], at=at)
-        update = merge_updates(
-            lifecycle.moved(current, Command.PAUSE),
-            {"$set": {**store.clock_fields(clocks), "paused": True, "paused_at": at}},
-            store.history(at=now, action="paused", actor=_actor(event)),
-        )
-        return Decision(update)
+                clocks[name] = sla_clocks.pause_clock(clocks[name], at=at)
+        return {"paused": True, "paused_at": at}
 
-    await store.change(
+    await _change_clocks(
         db=db,
         settings=settings,
+        event=event,
         complaint_id=complaint_id,
-        decide=decide,
+        command=Command.PAUSE,
+        action="paused",
+        change=pause_customer_clocks,
         now=now,
-        event_id=event.id,
     )
 
 
@@ -144,33 +204,28 @@ async def resume(
     now: datetime,
 ) -> None:
     """The customer answered: lay the remaining time out again and announce the new due times."""
-    calendar = await store.branch_calendar(db=db, org=org, branch=branch)
+    calendar = await routing_context.branch_calendar(db=db, org=org, branch=branch)
 
-    def decide(current: dict[str, Any]) -> Decision | None:
-        if not _applies(current, Command.RESUME, event) or not current.get("paused"):
+    def resume_customer_clocks(
+        current: dict[str, Any], clocks: dict[str, sla_clocks.Clock]
+    ) -> dict[str, Any] | None:
+        if not current.get("paused"):
             return None
-        clocks = sla.load_clocks(current.get("clocks"))
         for name in CUSTOMER_CLOCKS:
             if name in clocks:
-                clocks[name] = sla.resume_clock(clocks[name], calendar=calendar, at=at)
-        fields = store.clock_fields(clocks)
-        update = merge_updates(
-            lifecycle.moved(current, Command.RESUME),
-            {"$set": {**fields, "paused": False, "paused_at": None}},
-            store.history(at=now, action="resumed", actor=_actor(event)),
-        )
-        if current["status"] != AssignmentStatus.OPEN.value:
-            return Decision(update)
-        announced = store.assigned_event({**current, **fields})
-        return Decision(update, [(EventType.COMPLAINT_ASSIGNED, announced)])
+                clocks[name] = sla_clocks.resume_clock(clocks[name], calendar=calendar, at=at)
+        return {"paused": False, "paused_at": None}
 
-    await store.change(
+    await _change_clocks(
         db=db,
         settings=settings,
+        event=event,
         complaint_id=complaint_id,
-        decide=decide,
+        command=Command.RESUME,
+        action="resumed",
+        change=resume_customer_clocks,
         now=now,
-        event_id=event.id,
+        announce=True,
     )
 
 
@@ -197,16 +252,16 @@ async def finish(
     """Resolved, rejected, withdrawn or closed: every clock stops and the slot is freed."""
 
     async def offer(document: dict[str, Any], previous: dict[str, Any]) -> None:
-        await offer_freed_capacity(db=db, settings=settings, previous=previous, now=now)
+        await queue.offer_freed_capacity(db=db, settings=settings, previous=previous, now=now)
 
     def decide(current: dict[str, Any]) -> Decision | None:
         if not _applies(current, command, event):
             return None
         clocks = {
-            name: sla.stop_clock(clock, at=at)
-            for name, clock in sla.load_clocks(current.get("clocks")).items()
+            name: sla_clocks.stop_clock(clock, at=at)
+            for name, clock in sla_clocks.load_clocks(current.get("clocks")).items()
         }
-        set_fields: dict[str, Any] = store.clock_fields(clocks)
+        set_fields: dict[str, Any] = lifecycle.clock_fields(clocks)
         if current["status"] in lifecycle.UNFINISHED:
             set_fields["finished_at"] = at
         events = []
@@ -229,38 +284,14 @@ async def finish(
         update = merge_updates(
             lifecycle.moved(current, command),
             {"$set": set_fields},
-            store.FREE_SLOT,
+            owners.FREE_SLOT,
             store.history(at=now, action=FINISHING[command].value, actor=_actor(event)),
         )
         return Decision(update, events, [lambda document: offer(document, current)])
 
-    await store.change(
-        db=db,
-        settings=settings,
-        complaint_id=complaint_id,
-        decide=decide,
-        now=now,
-        event_id=event.id,
+    await _apply(
+        db=db, settings=settings, event=event, complaint_id=complaint_id, decide=decide, now=now
     )
-
-
-async def offer_freed_capacity(
-    *, db: AsyncDatabase, settings: RoutingSettings, previous: dict[str, Any], now: datetime
-) -> None:
-    """The assignment left ``previous``: release its owner's slot (if it held one) in the load
-    hint, then the department (and the owner's own one) may take queued work."""
-    departments = {previous["department"]} - {None}  # an unroutable one had none
-    owner_id = previous.get("owner_id")
-    if owner_id and previous["status"] == AssignmentStatus.OPEN.value:
-        await directory_store.record_release(db=db, org=previous["org"], staff_id=owner_id)
-    if owner_id:
-        owner = await directory_store.find_staff(db=db, org=previous["org"], staff_id=owner_id)
-        if owner is not None:
-            departments.add(owner.department_id)
-    for department in sorted(departments):
-        await store.drain_queue(
-            db=db, settings=settings, org=previous["org"], department_id=department, now=now
-        )
 
 
 async def reopen(
@@ -275,9 +306,9 @@ async def reopen(
     current = await db[store.ASSIGNMENTS].find_one({"_id": data.complaint_id})
     if current is None:
         return
-    calendar = await store.branch_calendar(db=db, org=data.org, branch=data.branch)
-    policies = await rules_store.load_policies(db=db, org=data.org)
-    targets = await store.escalation_targets(
+    calendar = await routing_context.branch_calendar(db=db, org=data.org, branch=data.branch)
+    policies = await policy_store.load_policies(db=db, org=data.org)
+    targets = await routing_context.escalation_targets(
         db=db, org=data.org, department_id=current["department"]
     )
 
@@ -300,14 +331,14 @@ async def reopen(
                     ),
                 )
             )
-        policy = sla.select_policy(
+        policy = sla_clocks.select_policy(
             policies,
             org=data.org,
             requested=current.get("sla_policy"),
             category=current["category"],
         )
-        clocks = sla.load_clocks(current.get("clocks"))
-        clocks[SlaClock.RESOLVE.value] = flows.restart_resolve_clock(
+        clocks = sla_clocks.load_clocks(current.get("clocks"))
+        clocks[SlaClock.RESOLVE.value] = planning.restart_resolve_clock(
             calendar=calendar,
             policy=policy,
             severity=Severity(current["severity"]),
@@ -317,7 +348,7 @@ async def reopen(
         command = Command.REOPEN if owner is not None else Command.REOPEN_TO_QUEUE
         set_fields: dict[str, Any] = {
             **lifecycle.moved(current, command)["$set"],
-            **store.clock_fields(clocks),
+            **lifecycle.clock_fields(clocks),
             "paused": False,
             "finished_at": None,
             "reopen_count": data.reopen_count,
@@ -328,21 +359,21 @@ async def reopen(
             set_fields.update(
                 owner_id=owner.staff.id,
                 owner_name=owner.staff.name,
-                **store.slot_fields(current["org"], owner.staff.id, owner.slot),
+                **owners.slot_fields(current["org"], owner.staff.id, owner.slot),
             )
             if owner.staff.id != current.get("owner_id"):
                 set_fields["assigned_at"] = now
         reopened = {**current, **set_fields}
-        escalation_update, escalation_events = store.escalate_one_level(
+        escalation_update, escalation_events = lifecycle.escalate_one_level(
             reopened, targets=targets, reason="reopened", by=data.reopened_by, at=now
         )
         reopened["escalation_level"] = escalation_update.get("$set", {}).get(
             "escalation_level", reopened.get("escalation_level", 0)
         )
         announced = (
-            (EventType.COMPLAINT_QUEUED, store.queued_event(reopened))
+            (EventType.COMPLAINT_QUEUED, lifecycle.queued_event(reopened))
             if owner is None
-            else (EventType.COMPLAINT_ASSIGNED, store.assigned_event(reopened))
+            else (EventType.COMPLAINT_ASSIGNED, lifecycle.assigned_event(reopened))
         )
         update = merge_updates(
             {"$set": set_fields},
@@ -351,24 +382,24 @@ async def reopen(
         )
         return Decision(update, [*escalation_events, announced], [count_assignment])
 
-    await store.change(
+    await _apply(
         db=db,
         settings=settings,
+        event=event,
         complaint_id=data.complaint_id,
         decide=decide,
         now=now,
-        event_id=event.id,
     )
 
 
-async def _reopen_owner(*, db: AsyncDatabase, current: dict[str, Any]) -> store.OwnerChoice | None:
+async def _reopen_owner(*, db: AsyncDatabase, current: dict[str, Any]) -> owners.OwnerChoice | None:
     """The previous owner if still active (they know the case), else whoever's turn it is."""
     owner_id = current.get("owner_id")
     if owner_id:
         owner = await directory_store.find_staff(db=db, org=current["org"], staff_id=owner_id)
         if owner is not None and owner.status is StaffStatus.ACTIVE:
-            return await store.forced_owner(db=db, org=current["org"], staff=owner)
-    return await store.pick_owner(
+            return await owners.forced_owner(db=db, org=current["org"], staff=owner)
+    return await owners.pick_owner(
         db=db,
         org=current["org"],
         department_id=current["department"],

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from complaints_shared.events import SEVERITY_ORDER, ComplaintReceived, Severity
-from routing.models import RoutingRule, RuleConditions, RuleFlag
+from routing.rules.models import RoutingRule, RuleConditions, RuleFlag
 
 
 def _text_of(complaint: ComplaintReceived) -> str:

@@ -23,20 +23,20 @@ from complaints_shared.events import (
 )
 from complaints_shared.mongo import merge_updates
 from complaints_shared.problems import conflict, invalid, not_found
-from routing import directory_store, lifecycle, projections, sla, store, unroutable
-from routing.lifecycle import Command
-from routing.models import (
+from routing.assignments import lifecycle, owners, queue, routing_context, store, unroutable
+from routing.assignments.lifecycle import Command
+from routing.assignments.models import (
     AssignmentRead,
     ClockState,
-    DepartmentRead,
     EscalateRequest,
     ReassignRequest,
     RegulatoryReportRequest,
     ResponsibilityRequest,
-    StaffRead,
-    StaffStatus,
 )
+from routing.directory import store as directory_store
+from routing.directory.models import DepartmentRead, StaffRead, StaffStatus
 from routing.settings import RoutingSettings
+from routing.sla import clocks as sla_clocks
 
 
 async def _changed(**kwargs: Any) -> dict[str, Any]:
@@ -113,7 +113,7 @@ async def reassign(
             await directory_store.record_assignment(
                 db=db, org=principal.org, staff_id=document["owner_id"], at=now
             )
-        await projections.offer_freed_capacity(db=db, settings=settings, previous=previous, now=now)
+        await queue.offer_freed_capacity(db=db, settings=settings, previous=previous, now=now)
 
     async def decide(current: dict[str, Any]) -> Decision:
         # Illegal on finished work whatever the outcome: ask before choosing anyone.
@@ -122,9 +122,9 @@ async def reassign(
             raise conflict(f"complaint {complaint_id} is already with {owner.id}")
         same_department = department.id == current["department"]
         if owner is not None:
-            choice = await store.forced_owner(db=db, org=principal.org, staff=owner)
+            choice = await owners.forced_owner(db=db, org=principal.org, staff=owner)
         else:
-            choice = await store.pick_owner(
+            choice = await owners.pick_owner(
                 db=db,
                 org=principal.org,
                 department_id=department.id,
@@ -149,7 +149,7 @@ async def reassign(
 def _reassignment(
     current: dict[str, Any],
     department: DepartmentRead,
-    choice: store.OwnerChoice | None,
+    choice: owners.OwnerChoice | None,
     principal: Principal,
     reason: str,
     now: datetime,
@@ -164,10 +164,10 @@ def _reassignment(
     set_fields.update(lifecycle.moved(current, command)["$set"])
     if choice is None:
         set_fields.update(queued_at=now)
-        slot_update = store.FREE_SLOT
+        slot_update = owners.FREE_SLOT
     else:
         set_fields.update(assigned_at=now)
-        set_fields.update(store.slot_fields(current["org"], choice.staff.id, choice.slot))
+        set_fields.update(owners.slot_fields(current["org"], choice.staff.id, choice.slot))
         slot_update = {}
     if department.id != current["department"]:
         set_fields["required_skill"] = None
@@ -188,7 +188,7 @@ def _reassignment(
     )
     events = [(EventType.COMPLAINT_REASSIGNED, reassigned)]
     if choice is None:
-        events.append((EventType.COMPLAINT_QUEUED, store.queued_event(moved)))
+        events.append((EventType.COMPLAINT_QUEUED, lifecycle.queued_event(moved)))
     update = merge_updates(
         {"$set": set_fields},
         slot_update,
@@ -216,13 +216,13 @@ async def escalate(
 ) -> AssignmentRead:
     """One rung up the handling department's chain, by hand."""
     visible = await store.get_visible(db=db, principal=principal, complaint_id=complaint_id)
-    targets = await store.escalation_targets(
+    targets = await routing_context.escalation_targets(
         db=db, org=principal.org, department_id=visible["department"]
     )
 
     async def decide(current: dict[str, Any]) -> Decision:
         status = lifecycle.moved(current, Command.ESCALATE)
-        update, events = store.escalate_one_level(
+        update, events = lifecycle.escalate_one_level(
             current,
             targets=targets,
             reason="manual",
@@ -322,18 +322,18 @@ async def file_regulatory_report(
 
     async def decide(current: dict[str, Any]) -> Decision | None:
         status = lifecycle.moved(current, Command.FILE_REGULATORY_REPORT)
-        clocks = sla.load_clocks(current.get("clocks"))
+        clocks = sla_clocks.load_clocks(current.get("clocks"))
         report = clocks.get(SlaClock.REGULATORY_REPORT.value)
         if report is None:
             raise conflict(f"complaint {complaint_id} carries no regulatory report deadline")
         if report.state is ClockState.STOPPED:
             return None
-        clocks[SlaClock.REGULATORY_REPORT.value] = sla.stop_clock(report, at=now)
+        clocks[SlaClock.REGULATORY_REPORT.value] = sla_clocks.stop_clock(report, at=now)
         update = merge_updates(
             status,
             {
                 "$set": {
-                    **store.clock_fields(clocks),
+                    **lifecycle.clock_fields(clocks),
                     "regulatory_report_reference": request.reference,
                 }
             },

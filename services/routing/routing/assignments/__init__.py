@@ -1,0 +1,1 @@
+"""The assignment, routing's aggregate per complaint: routing, owners, clocks, escalation."""

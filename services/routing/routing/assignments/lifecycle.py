@@ -1,0 +1,247 @@
+"""The assignment's transition table: every change of an assignment's status is decided here.
+
+```
+            ┌──assign──▶ open ◀──assign (from the queue)── queued ◀──queue── (new)
+ (new) ─────┤            │  ▲ reassign / reassign_to_queue ▲ │
+            └──queue───▶ queued ─────────────────────────────┘
+ (new) ──no_route──▶ unroutable ──assign──▶ open     unroutable ──queue──▶ queued
+ open / queued / unroutable ──resolve──▶ resolved ──close──▶ closed
+ open / queued / unroutable ──reject──▶ rejected   … ──withdraw──▶ withdrawn
+ open / queued / unroutable ──close──▶ closed (an administrator's close)
+ resolved / closed ──reopen──▶ open     resolved / closed ──reopen_to_queue──▶ queued
+ resolved / closed ──no_route──▶ unroutable (reopened, it never had a route)
+```
+
+Commands that keep the status (acknowledge, pause, resume, escalate, fire_timers)
+are legal only while the complaint is being worked (open or queued); an unroutable
+complaint has no clocks and no chain yet, so they have nothing to do there.
+Responsibility and the regulatory report may be recorded at any time. ``None`` is an
+assignment not created yet. ``routing.assignments.unroutable`` enters and leaves
+``unroutable``.
+
+Beside the table: the updates every change writes with its status (the clocks and
+the due times derived from them, one rung up the escalation chain) and the events
+an assignment announces, built from the document as it is after the change.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from complaints_shared.aggregate import Events
+from complaints_shared.events import (
+    ComplaintAssigned,
+    ComplaintEscalated,
+    ComplaintQueued,
+    EventType,
+)
+from complaints_shared.transitions import TransitionTable
+from routing.assignments.models import AssignmentStatus
+from routing.directory.escalation import EscalationTarget, target_at
+from routing.sla import clocks as sla_clocks
+
+QUEUED = AssignmentStatus.QUEUED
+OPEN = AssignmentStatus.OPEN
+RESOLVED = AssignmentStatus.RESOLVED
+CLOSED = AssignmentStatus.CLOSED
+REJECTED = AssignmentStatus.REJECTED
+WITHDRAWN = AssignmentStatus.WITHDRAWN
+UNROUTABLE = AssignmentStatus.UNROUTABLE
+
+ACTIVE = (QUEUED, OPEN)
+# Not finished: being worked, or waiting for a rule to route it.
+UNFINISHED = (*ACTIVE, UNROUTABLE)
+FINISHED = (RESOLVED, CLOSED, REJECTED, WITHDRAWN)
+
+
+class Command(StrEnum):
+    """What can happen to an assignment: from routing itself, a supervisor or intake's events."""
+
+    ASSIGN = "assign"
+    QUEUE = "queue"
+    NO_ROUTE = "no_route"
+    REASSIGN = "reassign"
+    REASSIGN_TO_QUEUE = "reassign_to_queue"
+    ACKNOWLEDGE = "acknowledge"
+    PAUSE = "pause"
+    RESUME = "resume"
+    ESCALATE = "escalate"
+    FIRE_TIMERS = "fire_timers"
+    SET_RESPONSIBILITY = "set_responsibility"
+    FILE_REGULATORY_REPORT = "file_regulatory_report"
+    RESOLVE = "resolve"
+    REJECT = "reject"
+    WITHDRAW = "withdraw"
+    CLOSE = "close"
+    REOPEN = "reopen"
+    REOPEN_TO_QUEUE = "reopen_to_queue"
+
+
+# Commands that leave an active assignment's status as it is.
+_WHILE_ACTIVE = (
+    Command.ACKNOWLEDGE,
+    Command.PAUSE,
+    Command.RESUME,
+    Command.ESCALATE,
+    Command.FIRE_TIMERS,
+)
+# Facts that may be recorded whatever the status.
+_ANY_TIME = (Command.SET_RESPONSIBILITY, Command.FILE_REGULATORY_REPORT)
+
+_RULES: dict[tuple[AssignmentStatus | None, Command], AssignmentStatus] = {
+    (None, Command.ASSIGN): OPEN,
+    (None, Command.QUEUE): QUEUED,
+    (QUEUED, Command.ASSIGN): OPEN,
+    **{(state, Command.NO_ROUTE): UNROUTABLE for state in (None, RESOLVED, CLOSED)},
+    (UNROUTABLE, Command.ASSIGN): OPEN,
+    (UNROUTABLE, Command.QUEUE): QUEUED,
+    **{(state, Command.REASSIGN): OPEN for state in ACTIVE},
+    **{(state, Command.REASSIGN_TO_QUEUE): QUEUED for state in ACTIVE},
+    **{(state, command): state for state in ACTIVE for command in _WHILE_ACTIVE},
+    **{(state, command): state for state in (*UNFINISHED, *FINISHED) for command in _ANY_TIME},
+    **{(state, Command.RESOLVE): RESOLVED for state in UNFINISHED},
+    **{(state, Command.REJECT): REJECTED for state in UNFINISHED},
+    **{(state, Command.WITHDRAW): WITHDRAWN for state in UNFINISHED},
+    **{(state, Command.CLOSE): CLOSED for state in (*UNFINISHED, RESOLVED)},
+    **{(state, Command.REOPEN): OPEN for state in (RESOLVED, CLOSED)},
+    **{(state, Command.REOPEN_TO_QUEUE): QUEUED for state in (RESOLVED, CLOSED)},
+}
+
+TABLE: TransitionTable[AssignmentStatus, Command] = TransitionTable(what="assignment", rules=_RULES)
+
+
+def status_of(document: dict | None) -> AssignmentStatus | None:
+    return AssignmentStatus(document["status"]) if document is not None else None
+
+
+def transition(*, current: AssignmentStatus | None, command: Command) -> AssignmentStatus:
+    """The status after ``command``, or raise InvalidTransition (a 409 naming both)."""
+    return TABLE.next(current=current, command=command)
+
+
+def moved(document: dict, command: Command) -> dict:
+    """The update setting the assignment's status after ``command`` (raises when illegal)."""
+    return {"$set": {"status": transition(current=status_of(document), command=command).value}}
+
+
+def applies(document: dict, command: Command) -> bool:
+    """Whether an event asking for ``command`` has anything to do with this assignment."""
+    return TABLE.allows(current=status_of(document), command=command)
+
+
+# ------------------------------------------------------ updates and events --
+
+
+def _base(document: dict[str, Any]) -> dict[str, str]:
+    return {"complaint_id": document["_id"], "org": document["org"], "branch": document["branch"]}
+
+
+def assigned_event(document: dict[str, Any]) -> ComplaintAssigned:
+    """The full current assignment; re-published unchanged but for new due times."""
+    return ComplaintAssigned(
+        **_base(document),
+        department=document["department"],
+        department_name=document["department_name"],
+        owner_id=document.get("owner_id"),
+        owner_name=document.get("owner_name"),
+        rule_id=document["rule_id"],
+        rule_version=document["rule_version"],
+        assigned_at=document["assigned_at"],
+        acknowledge_due_at=document.get("acknowledge_due_at"),
+        resolve_due_at=document.get("resolve_due_at"),
+        regulatory_report_due_at=document.get("regulatory_report_due_at"),
+        escalation_level=document.get("escalation_level", 0),
+        sla_policy=document.get("sla_policy"),
+        clock_starts_at=document.get("clock_starts_at"),
+        duty_officer=document.get("duty_officer", False),
+        **_applied_classification(document),
+    )
+
+
+def _applied_classification(document: dict[str, Any]) -> dict[str, Any]:
+    """Severity and flags as routing applies them, so intake's record tells the same."""
+    return {
+        "severity": document.get("severity"),
+        "flags": document.get("flags"),
+        "major_incident": document.get("major_incident", False),
+    }
+
+
+def queued_event(document: dict[str, Any]) -> ComplaintQueued:
+    return ComplaintQueued(
+        **_base(document),
+        department=document["department"],
+        department_name=document["department_name"],
+        rule_id=document["rule_id"],
+        rule_version=document["rule_version"],
+        queued_at=document["queued_at"],
+        **_applied_classification(document),
+    )
+
+
+def escalation_record(
+    target: EscalationTarget, *, reason: str, by: str, at: datetime, note: str | None = None
+) -> dict[str, Any]:
+    return {
+        "level": target.level,
+        "escalated_to_id": target.staff_id,
+        "escalated_to_name": target.name,
+        "escalated_to_role": target.role.value if target.role else None,
+        "reason": reason,
+        "note": note,
+        "escalated_by": by,
+        "escalated_at": at,
+    }
+
+
+def escalated_event(
+    document: dict[str, Any], record: dict[str, Any], *, regulatory_due: datetime | None = None
+) -> ComplaintEscalated:
+    return ComplaintEscalated(
+        **_base(document),
+        level=record["level"],
+        escalated_to_id=record["escalated_to_id"],
+        escalated_to_name=record["escalated_to_name"],
+        escalated_to_role=record["escalated_to_role"],
+        reason=record["reason"],
+        escalated_by=record["escalated_by"],
+        escalated_at=record["escalated_at"],
+        regulatory_report_due_at=regulatory_due,
+    )
+
+
+def escalate_one_level(
+    current: dict[str, Any],
+    *,
+    targets: list[EscalationTarget],
+    reason: str,
+    by: str,
+    at: datetime,
+    note: str | None = None,
+) -> tuple[dict[str, Any], Events]:
+    """The update and event taking the complaint one rung up its chain; nothing at the top."""
+    level = current.get("escalation_level", 0) + 1
+    target = target_at(targets, level)
+    if target is None:
+        return {}, []
+    record = escalation_record(target, reason=reason, by=by, at=at, note=note)
+    update = {"$set": {"escalation_level": level}, "$push": {"escalations": record}}
+    return update, [(EventType.COMPLAINT_ESCALATED, escalated_event(current, record))]
+
+
+def clock_fields(clocks: dict[str, sla_clocks.Clock]) -> dict[str, Any]:
+    """The clocks and what is derived from them, always written together."""
+
+    def due(name: str) -> datetime | None:
+        clock = clocks.get(name)
+        return clock.due_at if clock is not None else None
+
+    return {
+        "clocks": {name: clock.stored() for name, clock in clocks.items()},
+        "next_timer_at": sla_clocks.next_timer_at(clocks),
+        "acknowledge_due_at": due("acknowledge"),
+        "resolve_due_at": due("resolve"),
+        "regulatory_report_due_at": due("regulatory_report"),
+    }

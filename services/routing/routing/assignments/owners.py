@@ -1,0 +1,197 @@
+"""Owner choice: slots, load hints and the owner whose turn it is.
+
+An owner's open load is the number of open assignments holding one of the
+owner's *slots*. Slots are numbered per owner
+and a unique index on ``owner_slot`` lets each number be held once, so two
+replicas assigning at the same moment cannot both take an owner's last free
+place (the loser's write fails and it chooses again); finishing a complaint
+frees its slot in the same write that records the finish, so no decrement can
+be lost. The staff document also carries a *load hint*, moved after each of those
+writes, so that owner choice ranks people without counting their assignments;
+the hint only orders candidates (the slots still decide), owner choice counts
+before it queues anything, and a periodic pass corrects hints a crash left
+behind.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from pymongo.asynchronous.database import AsyncDatabase
+
+from complaints_shared.events import ComplaintReceived
+from complaints_shared.logs import get_logger
+from routing.assignments import planning, store
+from routing.assignments.models import AssignmentStatus
+from routing.directory import store as directory_store
+from routing.directory.models import StaffRead
+from routing.metrics import LOAD_HINTS_CORRECTED
+
+log = get_logger(__name__)
+
+
+def slot_key(org: str, owner_id: str, number: int) -> str:
+    return f"{org}:{owner_id}#{number}"
+
+
+def slot_fields(org: str, owner_id: str, number: int) -> dict[str, Any]:
+    return {"owner_slot": slot_key(org, owner_id, number), "owner_slot_no": number}
+
+
+FREE_SLOT = {"$unset": {"owner_slot": "", "owner_slot_no": ""}}
+
+
+async def free_slot(*, db: AsyncDatabase, org: str, owner_id: str, limit: int | None) -> int | None:
+    """The owner's lowest free slot number (below ``limit`` for automatic assignment)."""
+    cursor = db[store.ASSIGNMENTS].find(
+        {"org": org, "owner_id": owner_id, "status": AssignmentStatus.OPEN.value},
+        projection={"owner_slot_no": 1},
+    )
+    used = {doc.get("owner_slot_no") async for doc in cursor}
+    number = 0
+    while number in used:
+        number += 1
+    if limit is not None and number >= limit:
+        return None
+    return number
+
+
+async def likely_free_slot(
+    *, db: AsyncDatabase, org: str, owner_id: str, guess: int, limit: int | None
+) -> int | None:
+    """A free slot, trying ``guess`` (the load hint) with one indexed lookup first.
+
+    Without gaps an owner holding n slots holds 0..n-1, so slot n is free; when the
+    guess is taken (a gap below, or a stale hint) the owner's slots are scanned.
+    """
+    if limit is None or guess < limit:
+        taken = await db[store.ASSIGNMENTS].find_one(
+            {"owner_slot": slot_key(org, owner_id, guess)}, projection={"_id": 1}
+        )
+        if taken is None:
+            return guess
+    return await free_slot(db=db, org=org, owner_id=owner_id, limit=limit)
+
+
+async def reconcile_load_hints(*, db: AsyncDatabase) -> int:
+    """Set load hints that drifted (a crash between two writes) to the counted loads.
+
+    Hints are read before counting and each is replaced only if still the value read,
+    so an assignment landing meanwhile is never overwritten with an older count.
+    """
+    staff = directory_store.STAFF
+    hint = directory_store.LOAD_HINT
+    people = await db[staff].find({}, projection={"org": 1, "id": 1, hint: 1}).to_list(None)
+    pipeline = [
+        {"$match": {"status": AssignmentStatus.OPEN.value, "owner_id": {"$ne": None}}},
+        {"$group": {"_id": {"org": "$org", "owner": "$owner_id"}, "open": {"$sum": 1}}},
+    ]
+    counted = {
+        (row["_id"]["org"], row["_id"]["owner"]): row["open"]
+        async for row in await db[store.ASSIGNMENTS].aggregate(pipeline)
+    }
+    corrected = 0
+    for person in people:
+        actual = counted.get((person["org"], person["id"]), 0)
+        if person.get(hint, 0) == actual:
+            continue
+        seen = person.get(hint, {"$exists": False})
+        result = await db[staff].update_one(
+            {"_id": person["_id"], hint: seen}, {"$set": {hint: actual}}
+        )
+        corrected += result.modified_count
+    if corrected:
+        LOAD_HINTS_CORRECTED.inc(corrected)
+        log.warning("load_hints_corrected", count=corrected)
+    return corrected
+
+
+@dataclass(frozen=True)
+class OwnerChoice:
+    staff: StaffRead
+    slot: int
+
+
+async def ranked_candidates(
+    *, db: AsyncDatabase, org: str, department_id: str, required_skill: str | None
+) -> list[planning.Candidate]:
+    """Exact ranking (loads counted from the assignments): for reports and simulations."""
+    staff = await directory_store.desk(db=db, org=org, department_id=department_id)
+    loads = await store.open_loads(db=db, org=org, staff_ids=[person.id for person in staff])
+    return planning.rank_candidates(staff, loads=loads, required_skill=required_skill)
+
+
+async def pick_owner(
+    *,
+    db: AsyncDatabase,
+    org: str,
+    department_id: str,
+    required_skill: str | None,
+    exclude: frozenset[str] = frozenset(),
+) -> OwnerChoice | None:
+    """The owner whose turn it is, with a free slot under their capacity; None: queue it.
+
+    Candidates are ranked by their load hints first (no counting), and the slot's unique
+    index keeps the capacity exact whatever a hint says. Only when the hints find nobody
+    are the loads counted from the assignments, so a complaint is never queued on a
+    stale hint.
+    """
+    staff = await directory_store.desk(db=db, org=org, department_id=department_id)
+    hints = {person.id: person.open_load for person in staff}
+    choice = await _first_with_slot(
+        db=db, org=org, staff=staff, loads=hints, required_skill=required_skill, exclude=exclude
+    )
+    if choice is not None:
+        return choice
+    loads = await store.open_loads(db=db, org=org, staff_ids=list(hints))
+    if loads == hints:
+        return None
+    return await _first_with_slot(
+        db=db, org=org, staff=staff, loads=loads, required_skill=required_skill, exclude=exclude
+    )
+
+
+async def _first_with_slot(
+    *,
+    db: AsyncDatabase,
+    org: str,
+    staff: list[StaffRead],
+    loads: dict[str, int],
+    required_skill: str | None,
+    exclude: frozenset[str],
+) -> OwnerChoice | None:
+    for candidate in planning.rank_candidates(staff, loads=loads, required_skill=required_skill):
+        if not candidate.eligible or candidate.staff.id in exclude:
+            continue
+        slot = await likely_free_slot(
+            db=db,
+            org=org,
+            owner_id=candidate.staff.id,
+            guess=candidate.open_load,
+            limit=candidate.staff.capacity,
+        )
+        if slot is not None:
+            return OwnerChoice(candidate.staff, slot)
+    return None
+
+
+async def forced_owner(*, db: AsyncDatabase, org: str, staff: StaffRead) -> OwnerChoice:
+    """A slot for a person chosen on purpose (duty officer, supervisor, reopen): no cap."""
+    slot = await free_slot(db=db, org=org, owner_id=staff.id, limit=None)
+    assert slot is not None
+    return OwnerChoice(staff, slot)
+
+
+async def owner_for_plan(
+    *, db: AsyncDatabase, complaint: ComplaintReceived, plan: planning.RoutePlan
+) -> tuple[OwnerChoice | None, str]:
+    if plan.duty_officer is not None:
+        return await forced_owner(db=db, org=complaint.org, staff=plan.duty_officer), "duty_officer"
+    choice = await pick_owner(
+        db=db,
+        org=complaint.org,
+        department_id=plan.department.id,
+        required_skill=plan.rule.action.required_skill,
+    )
+    return choice, "rule" if choice else "queue"

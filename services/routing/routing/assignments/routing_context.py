@@ -1,0 +1,106 @@
+"""What one routing decision reads: rules, departments, people, calendar, policies.
+
+The real assignment, a retry of an unroutable complaint and ``POST
+/v1/routing/simulate`` all load the same context and plan with it, so a
+simulation cannot drift from what would really happen.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+from pymongo.asynchronous.database import AsyncDatabase
+
+from complaints_shared.business_calendar import BusinessCalendar
+from complaints_shared.events import ComplaintReceived
+from routing.assignments import planning
+from routing.directory import store as directory_store
+from routing.directory.escalation import EscalationTarget, chain_targets
+from routing.directory.models import BranchRead, DepartmentRead, StaffRead
+from routing.rules import store as rules_store
+from routing.rules.models import RoutingRule
+from routing.sla import clocks as sla_clocks
+from routing.sla import store as policy_store
+from routing.sla.models import SlaPolicy
+
+
+@dataclass
+class RoutingContext:
+    """What one routing decision reads from the directory, the rules and the policies."""
+
+    rules: list[RoutingRule]
+    departments: list[DepartmentRead]
+    calendar: BusinessCalendar
+    policies: list[SlaPolicy]
+    staff: list[StaffRead]
+    duty_officer: StaffRead | None
+
+
+def default_branch(org: str, code: str) -> BranchRead:
+    """A branch missing from the directory still gets business hours (the defaults)."""
+    return BranchRead(org=org, code=code, name=code)
+
+
+async def branch_calendar(*, db: AsyncDatabase, org: str, branch: str) -> BusinessCalendar:
+    found = await directory_store.find_branch(db=db, org=org, code=branch)
+    return sla_clocks.branch_calendar(found or default_branch(org, branch))
+
+
+async def load_context(*, db: AsyncDatabase, complaint: ComplaintReceived) -> RoutingContext:
+    """Everything a routing decision reads, fetched in two concurrent rounds."""
+    org = complaint.org
+    rules, branch, policies = await asyncio.gather(
+        rules_store.load_rules(db=db, org=org),
+        directory_store.find_branch(db=db, org=org, code=complaint.branch),
+        policy_store.load_policies(db=db, org=org),
+    )
+    branch = branch or default_branch(org, complaint.branch)
+    explicit = sorted({r.action.department_id for r in rules if r.action.department_id})
+    # A department id starts with its branch code, so the people can be fetched alongside.
+    branches = [complaint.branch, *(department_id.split(":")[0] for department_id in explicit)]
+    departments, staff, duty_officer = await asyncio.gather(
+        directory_store.departments_for_routing(
+            db=db, org=org, branch=complaint.branch, department_ids=explicit
+        ),
+        directory_store.staff_of_branches(db=db, org=org, branches=branches),
+        _duty_officer(db=db, org=org, branch=branch),
+    )
+    return RoutingContext(
+        rules=rules,
+        departments=departments,
+        calendar=sla_clocks.branch_calendar(branch),
+        policies=policies,
+        staff=staff,
+        duty_officer=duty_officer,
+    )
+
+
+async def _duty_officer(*, db: AsyncDatabase, org: str, branch: BranchRead) -> StaffRead | None:
+    if branch.duty_officer_id is None:
+        return None
+    return await directory_store.find_staff(db=db, org=org, staff_id=branch.duty_officer_id)
+
+
+def plan_for(complaint: ComplaintReceived, context: RoutingContext) -> planning.RoutePlan:
+    return planning.plan_route(
+        complaint,
+        rules=context.rules,
+        departments=context.departments,
+        calendar=context.calendar,
+        policies=context.policies,
+        staff=context.staff,
+        duty_officer=context.duty_officer,
+    )
+
+
+async def escalation_targets(
+    *, db: AsyncDatabase, org: str, department_id: str
+) -> list[EscalationTarget]:
+    department = await directory_store.find_department(db=db, org=org, department_id=department_id)
+    if department is None:
+        return []
+    staff = await directory_store.staff_of_branches(db=db, org=org, branches=[department.branch])
+    return chain_targets(
+        department.escalation_chain, department_code=department.code, branch_staff=staff
+    )

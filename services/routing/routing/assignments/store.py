@@ -1,0 +1,330 @@
+"""Data access for assignments: the aggregate routing owns per complaint. Persistence only.
+
+One document per complaint holds the handling department and owner, the SLA
+clocks and their next timer, the escalation history and the outbox of events
+the changes cause. Every change goes through :func:`change`: read, decide,
+write conditionally on the version read, together with the events.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pymongo import ASCENDING, DESCENDING
+from pymongo.asynchronous.database import AsyncDatabase
+
+from complaints_shared import aggregate
+from complaints_shared.aggregate import Aggregate, Decide
+from complaints_shared.auth import Principal
+from complaints_shared.mongo import ensure_index
+from complaints_shared.pagination import Page
+from complaints_shared.problems import not_found
+from routing import audit
+from routing.assignments.models import (
+    ACTIVE_STATUSES,
+    AssignmentRead,
+    AssignmentStatus,
+    DepartmentWorkload,
+    OwnerWorkload,
+    WorkloadRead,
+)
+from routing.directory import store as directory_store
+from routing.directory.models import OpenWork, StaffStatus
+from routing.rules import store as rules_store
+from routing.settings import RoutingSettings
+from routing.sla import store as policy_store
+
+ASSIGNMENTS = "assignments"
+# The assignments that have a timer running (the partial filter of ``timers_due``).
+TIMER_DUE = {"next_timer_at": {"$type": "date"}}
+ASSIGNMENT = Aggregate(collection=ASSIGNMENTS, what="assignment", applied_events_kept=200)
+HISTORY_KEPT = 200
+MAX_PAGE_SIZE = 200
+
+
+async def ensure_indexes(*, db: AsyncDatabase) -> None:
+    await directory_store.ensure_indexes(db=db)
+    await rules_store.ensure_indexes(db=db)
+    await policy_store.ensure_indexes(db=db)
+    await audit.ensure_indexes(db=db)
+    assignments = db[ASSIGNMENTS]
+    # One holder per owner slot: the capacity guarantee under concurrent replicas.
+    await assignments.create_index("owner_slot", unique=True, sparse=True, name="owner_slot_unique")
+    # Partial, not sparse: a finished assignment keeps ``next_timer_at: null``, which a sparse
+    # index would hold forever. The timer query repeats TIMER_DUE so MongoDB may use it.
+    await ensure_index(
+        assignments, "next_timer_at", name="timers_due", partialFilterExpression=TIMER_DUE
+    )
+    await assignments.create_index(
+        [("org", ASCENDING), ("owner_id", ASCENDING), ("status", ASCENDING)],
+        name="org_owner_status",
+    )
+    # The queue's order, then the ``_id`` tie-break its pages sort on.
+    await ensure_index(
+        assignments,
+        [
+            ("org", ASCENDING),
+            ("department", ASCENDING),
+            ("status", ASCENDING),
+            ("priority", DESCENDING),
+            ("queued_at", ASCENDING),
+            ("_id", ASCENDING),
+        ],
+        name="org_department_queue",
+    )
+    # The periodic sweep looks for queued complaints of every organisation.
+    await assignments.create_index(
+        [("status", ASCENDING), ("org", ASCENDING), ("department", ASCENDING)],
+        name="status_org_department",
+    )
+    await assignments.create_index(
+        [("org", ASCENDING), ("created_at", ASCENDING), ("_id", ASCENDING)], name="org_created"
+    )
+
+
+def history_entry(*, at: datetime, action: str, actor: str, **details: Any) -> dict[str, Any]:
+    return {"at": at, "action": action, "actor": actor, "details": details}
+
+
+def history(*, at: datetime, action: str, actor: str, **details: Any) -> dict[str, Any]:
+    """An update appending one entry to the assignment's own bounded history."""
+    entry = history_entry(at=at, action=action, actor=actor, **details)
+    return {"$push": {"history": {"$each": [entry], "$slice": -HISTORY_KEPT}}}
+
+
+async def change(
+    *,
+    db: AsyncDatabase,
+    settings: RoutingSettings,
+    complaint_id: str,
+    decide: Decide,
+    now: datetime,
+    scope: dict[str, Any] | None = None,
+    event_id: str | None = None,
+) -> dict[str, Any] | None:
+    """One change of an assignment through the aggregate kernel (``complaints_shared.aggregate``).
+
+    A slot taken by someone else between the decision and the write (the unique
+    index refuses it) makes the kernel decide again.
+    """
+    return await aggregate.change(
+        db=db,
+        settings=settings,
+        aggregate=ASSIGNMENT,
+        aggregate_id=complaint_id,
+        decide=decide,
+        now=now,
+        scope=scope,
+        event_id=event_id,
+    )
+
+
+async def open_loads(*, db: AsyncDatabase, org: str, staff_ids: list[str]) -> dict[str, int]:
+    """Open complaints per owner, derived from the assignments themselves (never drifts)."""
+    pipeline = [
+        {
+            "$match": {
+                "org": org,
+                "owner_id": {"$in": staff_ids},
+                "status": AssignmentStatus.OPEN.value,
+            }
+        },
+        {"$group": {"_id": "$owner_id", "open": {"$sum": 1}}},
+    ]
+    loads = dict.fromkeys(staff_ids, 0)
+    async for row in await db[ASSIGNMENTS].aggregate(pipeline):
+        loads[row["_id"]] = row["open"]
+    return loads
+
+
+async def insert(*, db: AsyncDatabase, document: dict[str, Any]) -> None:
+    """Store a new assignment; DuplicateKeyError when its id or its owner slot is taken."""
+    await db[ASSIGNMENTS].insert_one(document)
+
+
+async def queued_in_department(
+    *, db: AsyncDatabase, org: str, department_id: str, limit: int
+) -> list[dict[str, Any]]:
+    """The department's queue in the order it is served: most severe first, then oldest."""
+    cursor = (
+        db[ASSIGNMENTS]
+        .find(
+            {"org": org, "department": department_id, "status": AssignmentStatus.QUEUED.value},
+            projection={"_id": 1, "required_skill": 1},
+        )
+        .sort([("priority", DESCENDING), ("queued_at", ASCENDING), ("_id", ASCENDING)])
+        .limit(limit)
+    )
+    return await cursor.to_list(None)
+
+
+async def queued_departments(*, db: AsyncDatabase) -> list[tuple[str, str]]:
+    """(org, department) pairs with complaints waiting, for the periodic sweep."""
+    pipeline = [
+        {"$match": {"status": AssignmentStatus.QUEUED.value}},
+        {"$group": {"_id": {"org": "$org", "department": "$department"}}},
+    ]
+    return [
+        (row["_id"]["org"], row["_id"]["department"])
+        async for row in await db[ASSIGNMENTS].aggregate(pipeline)
+    ]
+
+
+async def get_visible(*, db: AsyncDatabase, principal: Principal, complaint_id: str) -> dict:
+    return await aggregate.get_visible(
+        db=db, aggregate=ASSIGNMENT, principal=principal, aggregate_id=complaint_id
+    )
+
+
+def to_read(document: dict[str, Any]) -> AssignmentRead:
+    return AssignmentRead.model_validate({**document, "complaint_id": document["_id"]})
+
+
+async def get_assignment(
+    *, db: AsyncDatabase, principal: Principal, complaint_id: str
+) -> AssignmentRead:
+    return to_read(await get_visible(db=db, principal=principal, complaint_id=complaint_id))
+
+
+async def list_assignments(
+    *,
+    db: AsyncDatabase,
+    principal: Principal,
+    department: str | None,
+    owner_id: str | None,
+    status: AssignmentStatus | None,
+    limit: int,
+    cursor: str | None,
+) -> Page[AssignmentRead]:
+    query: dict[str, Any] = aggregate.visibility(principal)
+    for field, value in (("department", department), ("owner_id", owner_id)):
+        if value is not None:
+            query[field] = value
+    if status is not None:
+        query["status"] = status.value
+    return await aggregate.page(
+        collection=db[ASSIGNMENTS],
+        query=query,
+        sort_field="created_at",
+        limit=min(limit, MAX_PAGE_SIZE),
+        cursor=cursor,
+        to_item=to_read,
+        projection=ASSIGNMENT.hidden,
+    )
+
+
+async def open_work(*, db: AsyncDatabase, query: dict[str, Any]) -> list[OpenWork]:
+    """Complaints still queued or open that match ``query`` (reported on deactivation)."""
+    cursor = db[ASSIGNMENTS].find(
+        {**query, "status": {"$in": [status.value for status in ACTIVE_STATUSES]}},
+        projection={"status": 1, "department": 1, "owner_id": 1, "assigned_at": 1},
+    )
+    return [
+        OpenWork(
+            complaint_id=doc["_id"],
+            status=doc["status"],
+            department=doc["department"],
+            owner_id=doc.get("owner_id"),
+            assigned_at=doc.get("assigned_at"),
+        )
+        async for doc in cursor.sort("_id", ASCENDING)
+    ]
+
+
+async def _department_counts(
+    *, db: AsyncDatabase, org: str, department_ids: list[str]
+) -> dict[str, dict[str, int]]:
+    def count_if(condition: Any) -> dict[str, Any]:
+        return {"$sum": {"$cond": [condition, 1, 0]}}
+
+    open_status = {"$eq": ["$status", AssignmentStatus.OPEN.value]}
+    active = {"$in": ["$status", [status.value for status in ACTIVE_STATUSES]]}
+    pipeline = [
+        {"$match": {"org": org, "department": {"$in": department_ids}}},
+        {
+            "$group": {
+                "_id": "$department",
+                "open": count_if(open_status),
+                "queued": count_if({"$eq": ["$status", AssignmentStatus.QUEUED.value]}),
+                "paused": count_if({"$and": [active, {"$eq": ["$paused", True]}]}),
+                "breached": count_if({"$and": [active, {"$eq": ["$breached", True]}]}),
+                "escalated": count_if({"$and": [active, {"$gt": ["$escalation_level", 0]}]}),
+            }
+        },
+    ]
+    counts = {row["_id"]: row async for row in await db[ASSIGNMENTS].aggregate(pipeline)}
+    responsible = [
+        {"$match": {"org": org, "responsible_department": {"$in": department_ids}}},
+        {"$group": {"_id": "$responsible_department", "n": {"$sum": 1}}},
+    ]
+    async for row in await db[ASSIGNMENTS].aggregate(responsible):
+        counts.setdefault(row["_id"], {})["responsible_for"] = row["n"]
+    return counts
+
+
+async def workload(
+    *, db: AsyncDatabase, principal: Principal, branch: str | None, department: str | None
+) -> WorkloadRead:
+    """Open, queued, paused, breached and escalated complaints per department and owner."""
+    departments = await directory_store.list_departments(
+        db=db, principal=principal, branch=branch, include_inactive=False
+    )
+    if department is not None:
+        departments = [d for d in departments if d.id == department]
+        if not departments:
+            raise not_found(what="department", identifier=department)
+    ids = [d.id for d in departments]
+    counts = await _department_counts(db=db, org=principal.org, department_ids=ids)
+    people = [
+        directory_store.staff_read(doc)
+        async for doc in db[directory_store.STAFF].find(
+            {"org": principal.org, "department_id": {"$in": ids}}
+        )
+    ]
+    loads = await open_loads(db=db, org=principal.org, staff_ids=[p.id for p in people])
+    result = []
+    for dept in departments:
+        row = counts.get(dept.id, {})
+        owners = [
+            OwnerWorkload(
+                id=p.id,
+                name=p.name,
+                role=p.role,
+                status=p.status,
+                capacity=p.capacity,
+                open_load=loads[p.id],
+                spare=max(p.capacity - loads[p.id], 0) if p.status is StaffStatus.ACTIVE else 0,
+                last_assigned_at=p.last_assigned_at,
+            )
+            for p in sorted(people, key=lambda person: person.id)
+            if p.department_id == dept.id
+        ]
+        result.append(
+            DepartmentWorkload(
+                department=dept.id,
+                department_name=dept.name,
+                branch=dept.branch,
+                open=row.get("open", 0),
+                queued=row.get("queued", 0),
+                paused=row.get("paused", 0),
+                breached=row.get("breached", 0),
+                escalated=row.get("escalated", 0),
+                responsible_for=row.get("responsible_for", 0),
+                owners=owners,
+            )
+        )
+    return WorkloadRead(
+        departments=result,
+        unroutable=0
+        if department is not None
+        else await _unroutable_count(db=db, principal=principal, branch=branch),
+    )
+
+
+async def _unroutable_count(*, db: AsyncDatabase, principal: Principal, branch: str | None) -> int:
+    """Complaints waiting for a rule, which no department's row shows."""
+    query = {**principal.scope_filter(), "status": AssignmentStatus.UNROUTABLE.value}
+    if branch is not None:
+        query = {"$and": [query, {"branch": branch}]}
+    return await db[ASSIGNMENTS].count_documents(query)

@@ -1,0 +1,1 @@
+"""The organisation directory: branches, departments, staff, escalation chains."""

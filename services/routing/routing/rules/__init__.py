@@ -1,0 +1,1 @@
+"""Routing rules: matching, validated and versioned storage, the simulation."""

@@ -1,0 +1,1 @@
+"""SLA policies and the clock arithmetic over a branch's business calendar."""

@@ -1,0 +1,79 @@
+"""HTTP routes of SLA policies (admin, token for all branches)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request, Response
+
+from complaints_shared.access import Scope, allow
+from complaints_shared.auth import Role
+from complaints_shared.runtime import Runtime
+from routing.models import Slug
+from routing.sla import store as policy_store
+from routing.sla.models import SlaPolicy, SlaPolicyWrite
+
+router = APIRouter(prefix="/v1/routing", tags=["SLA policies"])
+
+PolicyAdmin = allow(Role.ADMIN, scope=Scope.ORGANISATION, action="managing SLA policies")
+
+
+def _runtime(request: Request) -> Runtime:
+    return request.app.state.runtime
+
+
+@router.get("/sla-policies", response_model=list[SlaPolicy])
+async def list_policies(request: Request, principal: PolicyAdmin) -> list[SlaPolicy]:
+    runtime = _runtime(request)
+    return await policy_store.list_policies(db=runtime.db, principal=principal)
+
+
+@router.get("/sla-policies/{policy_id}", response_model=SlaPolicy)
+async def get_policy(policy_id: str, request: Request, principal: PolicyAdmin) -> SlaPolicy:
+    runtime = _runtime(request)
+    return await policy_store.get_policy(db=runtime.db, principal=principal, policy_id=policy_id)
+
+
+@router.put("/sla-policies/{policy_id}", response_model=SlaPolicy, summary="Create or replace")
+async def put_policy(
+    policy_id: Slug, body: SlaPolicyWrite, request: Request, principal: PolicyAdmin
+) -> SlaPolicy:
+    runtime = _runtime(request)
+    return await policy_store.put_policy(
+        db=runtime.db, principal=principal, policy_id=policy_id, body=body, now=runtime.clock.now()
+    )
+
+
+@router.post(
+    "/sla-policies/{policy_id}/retire",
+    response_model=SlaPolicy,
+    summary="Retire: kept for history, never given to a new complaint",
+)
+async def retire_policy(policy_id: str, request: Request, principal: PolicyAdmin) -> SlaPolicy:
+    runtime = _runtime(request)
+    return await policy_store.retire_policy(
+        db=runtime.db, principal=principal, policy_id=policy_id, now=runtime.clock.now()
+    )
+
+
+@router.post(
+    "/sla-policies/{policy_id}/reinstate",
+    response_model=SlaPolicy,
+    summary="Undo a retirement",
+)
+async def reinstate_policy(policy_id: str, request: Request, principal: PolicyAdmin) -> SlaPolicy:
+    runtime = _runtime(request)
+    return await policy_store.reinstate_policy(
+        db=runtime.db, principal=principal, policy_id=policy_id, now=runtime.clock.now()
+    )
+
+
+@router.delete(
+    "/sla-policies/{policy_id}",
+    status_code=204,
+    summary="Delete a retired policy no assignment or rule refers to (else 409)",
+)
+async def delete_policy(policy_id: str, request: Request, principal: PolicyAdmin) -> Response:
+    runtime = _runtime(request)
+    await policy_store.delete_policy(
+        db=runtime.db, principal=principal, policy_id=policy_id, now=runtime.clock.now()
+    )
+    return Response(status_code=204)

@@ -1,0 +1,212 @@
+"""SLA policies: stored per organisation, retired and reinstated, deleted when unreferenced.
+
+A policy in use is never changed under an assignment: retiring keeps it for the
+assignments that name it, and deleting asks the assignments and the rules first.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pymongo import ASCENDING, ReturnDocument
+from pymongo.asynchronous.database import AsyncDatabase
+
+from complaints_shared.auth import Principal
+from complaints_shared.problems import conflict, invalid, not_found
+from routing import audit, context_cache
+from routing.sla.models import SlaPolicy, SlaPolicyWrite
+
+SLA_POLICIES = "sla_policies"
+# Asked before a policy is deleted; owned by ``routing.assignments.store`` and
+# ``routing.rules.store``, which depend on this module, not the other way round.
+ASSIGNMENTS = "assignments"
+RULES = "rules"
+
+
+async def ensure_indexes(*, db: AsyncDatabase) -> None:
+    await db[SLA_POLICIES].create_index("org", name="org")
+    # Deleting a policy asks whether any assignment still refers to it.
+    await db[ASSIGNMENTS].create_index(
+        [("org", ASCENDING), ("sla_policy", ASCENDING)], name="org_sla_policy"
+    )
+
+
+def policy_key(org: str, policy_id: str) -> str:
+    return f"{org}:{policy_id}"
+
+
+async def find_policy_document(
+    *, db: AsyncDatabase, org: str, policy_id: str
+) -> dict[str, Any] | None:
+    return await db[SLA_POLICIES].find_one({"_id": policy_key(org, policy_id)})
+
+
+def policy_read(document: dict[str, Any]) -> SlaPolicy:
+    return SlaPolicy.model_validate(document)
+
+
+async def load_policies(*, db: AsyncDatabase, org: str) -> list[SlaPolicy]:
+    return [policy_read(doc) async for doc in db[SLA_POLICIES].find({"org": org})]
+
+
+async def list_policies(*, db: AsyncDatabase, principal: Principal) -> list[SlaPolicy]:
+    policies = await load_policies(db=db, org=principal.org)
+    return sorted(policies, key=lambda policy: policy.id)
+
+
+async def get_policy(*, db: AsyncDatabase, principal: Principal, policy_id: str) -> SlaPolicy:
+    document = await db[SLA_POLICIES].find_one({"_id": policy_key(principal.org, policy_id)})
+    if document is None:
+        raise not_found(what="SLA policy", identifier=policy_id)
+    return policy_read(document)
+
+
+async def put_policy(
+    *,
+    db: AsyncDatabase,
+    principal: Principal,
+    policy_id: str,
+    body: SlaPolicyWrite,
+    now: datetime,
+) -> SlaPolicy:
+    """Create or replace a policy; its version counts the saves."""
+    key = policy_key(principal.org, policy_id)
+    if body.is_default:
+        other = await db[SLA_POLICIES].find_one(
+            {"org": principal.org, "is_default": True, "retired_at": None, "_id": {"$ne": key}}
+        )
+        if other is not None:
+            raise invalid("is_default", f"policy {other['id']!r} is already the default")
+    fields = body.model_dump(mode="json")
+    document = await db[SLA_POLICIES].find_one_and_update(
+        {"_id": key},
+        {
+            "$set": {
+                **fields,
+                "id": policy_id,
+                "org": principal.org,
+                "updated_at": now,
+                "updated_by": principal.subject,
+            },
+            "$inc": {"version": 1},
+        },
+        upsert=True,
+        return_document=ReturnDocument.AFTER,
+    )
+    await audit.record(
+        db=db,
+        org=principal.org,
+        entity="sla_policy",
+        entity_id=policy_id,
+        action="saved",
+        actor=principal.subject,
+        at=now,
+        snapshot={key: value for key, value in document.items() if key != "_id"},
+    )
+    await context_cache.directory_changed(db=db, org=principal.org)
+    return policy_read(document)
+
+
+async def _policy_document(*, db: AsyncDatabase, org: str, policy_id: str) -> dict[str, Any]:
+    document = await db[SLA_POLICIES].find_one({"_id": policy_key(org, policy_id)})
+    if document is None:
+        raise not_found(what="SLA policy", identifier=policy_id)
+    return document
+
+
+async def _set_retirement(
+    *,
+    db: AsyncDatabase,
+    principal: Principal,
+    policy_id: str,
+    retired: bool,
+    now: datetime,
+) -> SlaPolicy:
+    current = await _policy_document(db=db, org=principal.org, policy_id=policy_id)
+    if (current.get("retired_at") is not None) == retired:
+        return policy_read(current)  # already so: a repeated request changes nothing
+    if not retired and current.get("is_default"):
+        other = await db[SLA_POLICIES].find_one(
+            {"org": principal.org, "is_default": True, "retired_at": None}
+        )
+        if other is not None:
+            raise conflict(f"policy {other['id']!r} is the default now; {policy_id!r} cannot be")
+    fields = (
+        {"retired_at": now, "retired_by": principal.subject}
+        if retired
+        else {"retired_at": None, "retired_by": None}
+    )
+    await db[SLA_POLICIES].update_one(
+        {"_id": current["_id"]}, {"$set": fields, "$inc": {"version": 1}}
+    )
+    document = await _policy_document(db=db, org=principal.org, policy_id=policy_id)
+    await audit.record(
+        db=db,
+        org=principal.org,
+        entity="sla_policy",
+        entity_id=policy_id,
+        action="retired" if retired else "reinstated",
+        actor=principal.subject,
+        at=now,
+        snapshot={key: value for key, value in document.items() if key != "_id"},
+    )
+    await context_cache.directory_changed(db=db, org=principal.org)
+    return policy_read(document)
+
+
+async def retire_policy(
+    *, db: AsyncDatabase, principal: Principal, policy_id: str, now: datetime
+) -> SlaPolicy:
+    """No new assignment uses the policy from now on; assignments that have it keep it."""
+    return await _set_retirement(
+        db=db, principal=principal, policy_id=policy_id, retired=True, now=now
+    )
+
+
+async def reinstate_policy(
+    *, db: AsyncDatabase, principal: Principal, policy_id: str, now: datetime
+) -> SlaPolicy:
+    """Undo a retirement: new complaints may be given the policy again."""
+    return await _set_retirement(
+        db=db, principal=principal, policy_id=policy_id, retired=False, now=now
+    )
+
+
+async def delete_policy(
+    *, db: AsyncDatabase, principal: Principal, policy_id: str, now: datetime
+) -> None:
+    """Remove a retired policy no assignment and no rule refers to any more."""
+    current = await _policy_document(db=db, org=principal.org, policy_id=policy_id)
+    if current.get("retired_at") is None:
+        raise conflict(
+            f"SLA policy {policy_id!r} is in force: retire it first", kind="policy-in-force"
+        )
+    referring = await db[ASSIGNMENTS].count_documents(
+        {"org": principal.org, "sla_policy": policy_id}
+    )
+    if referring:
+        raise conflict(
+            f"SLA policy {policy_id!r} is referred to by {referring} assignment(s); "
+            "it stays (retired) for their history",
+            kind="policy-in-use",
+        )
+    rule = await db[RULES].find_one(
+        {"org": principal.org, "action.sla_policy": policy_id}, projection={"_id": 1}
+    )
+    if rule is not None:
+        raise conflict(
+            f"SLA policy {policy_id!r} is named by rule {rule['_id']!r}", kind="policy-in-use"
+        )
+    await db[SLA_POLICIES].delete_one({"_id": current["_id"]})
+    await audit.record(
+        db=db,
+        org=principal.org,
+        entity="sla_policy",
+        entity_id=policy_id,
+        action="deleted",
+        actor=principal.subject,
+        at=now,
+        snapshot={key: value for key, value in current.items() if key != "_id"},
+    )
+    await context_cache.directory_changed(db=db, org=principal.org)
