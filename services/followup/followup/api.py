@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Path, Query, Request
 from pydantic import Field
 
 from complaints_shared.access import Scope, allow
-from complaints_shared.auth import Role
+from complaints_shared.auth import Principal, Role
 from complaints_shared.models import StrictModel
 from complaints_shared.pagination import Page
 from complaints_shared.problems import invalid_fields, not_found
@@ -66,10 +67,27 @@ def _runtime(request: Request) -> Runtime:
     return request.app.state.runtime
 
 
-def _changed(document: dict[str, Any] | None, *, followup_id: str) -> SatisfactionCheckRead:
-    """A command's result; None is a check the caller cannot see, a 404 like a foreign id."""
+async def _command(
+    request: Request,
+    principal: Principal,
+    followup_id: str,
+    command: Callable[..., Awaitable[dict[str, Any] | None]],
+    /,
+    **arguments: Any,
+) -> SatisfactionCheckRead:
+    """Run one of the check's commands for the caller; a check it cannot see is a 404."""
+    runtime = _runtime(request)
+    document = await command(
+        db=runtime.db,
+        settings=runtime.settings,
+        principal=principal,
+        followup_id=followup_id,
+        now=runtime.clock.now(),
+        **arguments,
+    )
     if document is None:
         raise not_found(what="satisfaction check", identifier=followup_id)
+    runtime.relay.notify()  # wakes the relay for the events the change stored, if any
     return store.to_read(document)
 
 
@@ -278,15 +296,7 @@ async def get_followup(
 async def claim_followup(
     followup_id: str, request: Request, principal: Agent
 ) -> SatisfactionCheckRead:
-    runtime = _runtime(request)
-    document = await commands.claim(
-        db=runtime.db,
-        settings=runtime.settings,
-        principal=principal,
-        followup_id=followup_id,
-        now=runtime.clock.now(),
-    )
-    return _changed(document, followup_id=followup_id)
+    return await _command(request, principal, followup_id, commands.claim)
 
 
 @router.delete(
@@ -297,15 +307,7 @@ async def claim_followup(
 async def release_followup(
     followup_id: str, request: Request, principal: Agent
 ) -> SatisfactionCheckRead:
-    runtime = _runtime(request)
-    document = await commands.release(
-        db=runtime.db,
-        settings=runtime.settings,
-        principal=principal,
-        followup_id=followup_id,
-        now=runtime.clock.now(),
-    )
-    return _changed(document, followup_id=followup_id)
+    return await _command(request, principal, followup_id, commands.release)
 
 
 @router.post(
@@ -323,18 +325,14 @@ async def record_attempt(
     errors = body.field_errors()
     if errors:
         raise invalid_fields(errors)
-    runtime = _runtime(request)
-    document = await commands.record_attempt(
-        db=runtime.db,
-        settings=runtime.settings,
-        principal=principal,
-        followup_id=followup_id,
+    return await _command(
+        request,
+        principal,
+        followup_id,
+        commands.record_attempt,
         request=body,
         idempotency_key=idempotency_key,
-        now=runtime.clock.now(),
     )
-    runtime.relay.notify()
-    return _changed(document, followup_id=followup_id)
 
 
 @router.post(
@@ -345,14 +343,4 @@ async def record_attempt(
 async def record_outcome(
     followup_id: str, body: OutcomeRequest, request: Request, principal: Agent
 ) -> SatisfactionCheckRead:
-    runtime = _runtime(request)
-    document = await commands.record_outcome(
-        db=runtime.db,
-        settings=runtime.settings,
-        principal=principal,
-        followup_id=followup_id,
-        request=body,
-        now=runtime.clock.now(),
-    )
-    runtime.relay.notify()
-    return _changed(document, followup_id=followup_id)
+    return await _command(request, principal, followup_id, commands.record_outcome, request=body)

@@ -25,7 +25,7 @@ from complaints_shared.events import (
     Remedy,
 )
 from complaints_shared.mongo import merge_updates
-from complaints_shared.problems import not_found
+from complaints_shared.problems import ProblemError, not_found
 from intake import store
 from intake.lifecycle import COMMAND_ACTIONS, Command, InvalidTransition, Status, transition
 from intake.models import (
@@ -56,6 +56,18 @@ COMMAND_ROLES: dict[Command, tuple[Role, ...]] = {
 
 Outcome = tuple[dict[str, Any], list[tuple[EventType, EventData]]]
 Build = Callable[[dict[str, Any], datetime], Outcome]
+
+
+def _refused(exc: InvalidTransition, *, complaint_id: str) -> ProblemError:
+    """The lifecycle's refusal as the 409 problem naming the status and the command."""
+    return ProblemError(
+        status=409,
+        title="Invalid transition",
+        kind="invalid-transition",
+        detail=f"complaint {complaint_id}: {exc}",
+        current_status=exc.current.value,
+        command=exc.command.value,
+    )
 
 
 async def run_command(
@@ -89,7 +101,7 @@ async def run_command(
             details=details,
         )
     except InvalidTransition as exc:
-        raise store.invalid_transition(exc, complaint_id=complaint_id) from None
+        raise _refused(exc, complaint_id=complaint_id) from None
     if document is None:
         raise not_found(what="complaint", identifier=complaint_id)
     return document

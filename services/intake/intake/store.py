@@ -43,10 +43,9 @@ from complaints_shared.mongo import (
     retrying,
 )
 from complaints_shared.outbox import outbox_entry, outbox_fields
-from complaints_shared.problems import ProblemError
 from intake import grams, idempotency
 from intake.identity import customer_keys, submission_fingerprint
-from intake.lifecycle import OPEN_STATUSES, Action, InvalidTransition, Status
+from intake.lifecycle import OPEN_STATUSES, Action, Status
 from intake.models import ComplaintCreate, ComplaintRead
 from intake.settings import IntakeSettings
 from intake.suggestions import suggest
@@ -673,17 +672,6 @@ def new_document(
 
 
 # ------------------------------------------------------------------- changes --
-
-
-def invalid_transition(exc: InvalidTransition, *, complaint_id: str) -> ProblemError:
-    return ProblemError(
-        status=409,
-        title="Invalid transition",
-        kind="invalid-transition",
-        detail=f"complaint {complaint_id}: {exc}",
-        current_status=exc.current.value,
-        command=exc.command.value,
-    )
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,9 @@ from typing import Any
 from pymongo import ASCENDING, DESCENDING
 from pymongo.asynchronous.database import AsyncDatabase
 
+from complaints_shared.auth import Principal
+from routing import context_cache
+
 AUDIT_LOG = "audit_log"
 
 
@@ -41,6 +44,30 @@ async def record(
             "snapshot": snapshot,
         }
     )
+
+
+async def record_change(
+    *,
+    db: AsyncDatabase,
+    principal: Principal,
+    entity: str,
+    entity_id: str,
+    action: str,
+    at: datetime,
+    snapshot: dict[str, Any],
+) -> None:
+    """An administrator's change: recorded, and every replica's routing contexts reload."""
+    await record(
+        db=db,
+        org=principal.org,
+        entity=entity,
+        entity_id=entity_id,
+        action=action,
+        actor=principal.subject,
+        at=at,
+        snapshot=snapshot,
+    )
+    await context_cache.directory_changed(db=db, org=principal.org)
 
 
 async def history(

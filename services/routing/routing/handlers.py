@@ -8,12 +8,9 @@ from typing import Any
 
 from complaints_shared.envelope import CloudEvent
 from complaints_shared.events import (
-    ComplaintAcknowledged,
-    ComplaintPendingCustomer,
     ComplaintReceived,
     ComplaintReopened,
     ComplaintResolved,
-    ComplaintResumed,
     EventData,
     EventType,
 )
@@ -43,40 +40,22 @@ def build_handlers(runtime: Runtime) -> dict[EventType, EventHandler]:
         if routed:
             runtime.relay.notify(store.ASSIGNMENTS)
 
-    async def on_complaint_acknowledged(event: CloudEvent, data: ComplaintAcknowledged) -> None:
-        await projections.acknowledge(
-            db=db,
-            settings=settings,
-            event=event,
-            complaint_id=data.complaint_id,
-            at=data.acknowledged_at,
-            now=clock.now(),
-        )
+    def clock_event(command: Command, at: Callable[[Any], datetime]) -> EventHandler:
+        """Acknowledged, pending customer and resumed move the clocks the same way."""
 
-    async def on_complaint_pending_customer(
-        event: CloudEvent, data: ComplaintPendingCustomer
-    ) -> None:
-        await projections.pause(
-            db=db,
-            settings=settings,
-            event=event,
-            complaint_id=data.complaint_id,
-            at=data.paused_at,
-            now=clock.now(),
-        )
+        async def on_clock_event(event: CloudEvent, data: EventData) -> None:
+            await projections.change_clocks(
+                db=db,
+                settings=settings,
+                event=event,
+                data=data,
+                command=command,
+                at=at(data),
+                now=clock.now(),
+            )
+            runtime.relay.notify()
 
-    async def on_complaint_resumed(event: CloudEvent, data: ComplaintResumed) -> None:
-        await projections.resume(
-            db=db,
-            settings=settings,
-            event=event,
-            complaint_id=data.complaint_id,
-            org=data.org,
-            branch=data.branch,
-            at=data.resumed_at,
-            now=clock.now(),
-        )
-        runtime.relay.notify()
+        return on_clock_event
 
     async def on_complaint_resolved(event: CloudEvent, data: ComplaintResolved) -> None:
         await projections.finish(
@@ -114,9 +93,13 @@ def build_handlers(runtime: Runtime) -> dict[EventType, EventHandler]:
 
     return {
         EventType.COMPLAINT_RECEIVED: on_complaint_received,
-        EventType.COMPLAINT_ACKNOWLEDGED: on_complaint_acknowledged,
-        EventType.COMPLAINT_PENDING_CUSTOMER: on_complaint_pending_customer,
-        EventType.COMPLAINT_RESUMED: on_complaint_resumed,
+        EventType.COMPLAINT_ACKNOWLEDGED: clock_event(
+            Command.ACKNOWLEDGE, lambda data: data.acknowledged_at
+        ),
+        EventType.COMPLAINT_PENDING_CUSTOMER: clock_event(
+            Command.PAUSE, lambda data: data.paused_at
+        ),
+        EventType.COMPLAINT_RESUMED: clock_event(Command.RESUME, lambda data: data.resumed_at),
         EventType.COMPLAINT_RESOLVED: on_complaint_resolved,
         EventType.COMPLAINT_REJECTED: finisher(Command.REJECT, lambda data: data.rejected_at),
         EventType.COMPLAINT_WITHDRAWN: finisher(Command.WITHDRAW, lambda data: data.withdrawn_at),

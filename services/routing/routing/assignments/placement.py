@@ -17,6 +17,7 @@ from complaints_shared.events import (
     SEVERITY_ORDER,
     ComplaintReceived,
     EventType,
+    Severity,
 )
 from complaints_shared.logs import get_logger
 from complaints_shared.mongo import is_id_clash
@@ -34,6 +35,37 @@ log = get_logger(__name__)
 MAX_WRITE_ATTEMPTS = 10
 
 
+def received_fields(complaint: ComplaintReceived, *, severity: Severity) -> dict[str, Any]:
+    """What every assignment keeps of the complaint as received; ``severity`` as applied."""
+    return {
+        "_id": complaint.complaint_id,
+        "org": complaint.org,
+        "branch": complaint.branch,
+        "reference": complaint.reference,
+        "category": complaint.category.value,
+        "channel": complaint.channel.value,
+        "received_severity": complaint.severity.value,
+        "severity": severity.value,
+        "priority": SEVERITY_ORDER.index(severity),
+        "flags": sorted(planning.complaint_flags(complaint)),
+        "received_at": complaint.received_at,
+    }
+
+
+def fresh_fields(*, now: datetime) -> dict[str, Any]:
+    """A new assignment: nothing escalated, paused or breached, no event applied yet."""
+    return {
+        "escalation_level": 0,
+        "escalations": [],
+        "paused": False,
+        "breached": False,
+        "applied_events": [],
+        "version": 1,
+        "created_at": now,
+        "updated_at": now,
+    }
+
+
 def new_document(
     complaint: ComplaintReceived,
     plan: planning.RoutePlan,
@@ -43,16 +75,7 @@ def new_document(
 ) -> dict[str, Any]:
     department = plan.department
     document: dict[str, Any] = {
-        "_id": complaint.complaint_id,
-        "org": complaint.org,
-        "branch": complaint.branch,
-        "reference": complaint.reference,
-        "category": complaint.category.value,
-        "channel": complaint.channel.value,
-        "received_severity": complaint.severity.value,
-        "severity": plan.severity.value,
-        "priority": SEVERITY_ORDER.index(plan.severity),
-        "flags": sorted(planning.complaint_flags(complaint)),
+        **received_fields(complaint, severity=plan.severity),
         "department": department.id,
         "department_name": department.name,
         "rule_id": plan.rule.id,
@@ -60,20 +83,12 @@ def new_document(
         "required_skill": plan.rule.action.required_skill,
         "sla_policy": plan.policy.id,
         "notify": [target.model_dump(mode="json") for target in plan.notify],
-        "received_at": complaint.received_at,
         "clock_starts_at": plan.clock_starts_at,
         "duty_officer": plan.duty_officer is not None,
         "major_incident": plan.major_incident,
-        "escalation_level": 0,
-        "escalations": [],
-        "paused": False,
-        "breached": False,
         **lifecycle.clock_fields(plan.clocks),
+        **fresh_fields(now=now),
         "history": [],
-        "applied_events": [],
-        "version": 1,
-        "created_at": now,
-        "updated_at": now,
     }
     if owner is None:
         document.update(

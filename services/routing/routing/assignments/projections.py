@@ -11,17 +11,20 @@ slot in the same write, then offers the freed capacity to the department queue.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from pymongo.asynchronous.database import AsyncDatabase
 
 from complaints_shared.aggregate import Decide, Decision
+from complaints_shared.business_calendar import BusinessCalendar
 from complaints_shared.envelope import CloudEvent
 from complaints_shared.events import (
     ComplaintReopened,
     ComplaintResolved,
     ComplaintResponsibilitySet,
+    EventData,
     EventType,
     Severity,
     SlaClock,
@@ -46,6 +49,8 @@ FINISHING = {
     Command.WITHDRAW: AssignmentStatus.WITHDRAWN,
     Command.CLOSE: AssignmentStatus.CLOSED,
 }
+
+Clocks = dict[str, sla_clocks.Clock]
 
 log = get_logger(__name__)
 
@@ -86,146 +91,103 @@ async def _apply(
     )
 
 
-# Moves the loaded clocks in place; the other fields to set, or None: nothing to do.
-ClockChange = Callable[[dict[str, Any], dict[str, sla_clocks.Clock]], dict[str, Any] | None]
+def _stop_acknowledge_clock(
+    current: dict[str, Any], clocks: Clocks, *, at: datetime, calendar: BusinessCalendar | None
+) -> dict[str, Any] | None:
+    """受理 stops the acknowledge clock; the resolve clock runs on."""
+    ack = clocks.get(SlaClock.ACKNOWLEDGE.value)
+    if ack is None or ack.state is ClockState.STOPPED:
+        return None
+    clocks[SlaClock.ACKNOWLEDGE.value] = sla_clocks.stop_clock(ack, at=at)
+    return {"acknowledged_at": at}
 
 
-async def _change_clocks(
+def _pause_customer_clocks(
+    current: dict[str, Any], clocks: Clocks, *, at: datetime, calendar: BusinessCalendar | None
+) -> dict[str, Any] | None:
+    """Waiting on the customer: the customer-facing clocks stand still."""
+    if current.get("paused"):
+        return None
+    for name in CUSTOMER_CLOCKS:
+        if name in clocks:
+            clocks[name] = sla_clocks.pause_clock(clocks[name], at=at)
+    return {"paused": True, "paused_at": at}
+
+
+def _resume_customer_clocks(
+    current: dict[str, Any], clocks: Clocks, *, at: datetime, calendar: BusinessCalendar | None
+) -> dict[str, Any] | None:
+    """The customer answered: lay the remaining time out again."""
+    if not current.get("paused"):
+        return None
+    assert calendar is not None
+    for name in CUSTOMER_CLOCKS:
+        if name in clocks:
+            clocks[name] = sla_clocks.resume_clock(clocks[name], calendar=calendar, at=at)
+    return {"paused": False, "paused_at": None}
+
+
+@dataclass(frozen=True)
+class ClockEvent:
+    """What one of intake's clock events does to the assignment."""
+
+    action: str  # as the assignment's history names it
+    # Moves the loaded clocks in place; the other fields to set, or None: nothing to do.
+    change: Callable[..., dict[str, Any] | None]
+    announces: bool = False  # an open assignment announces its new due times
+    needs_calendar: bool = False
+
+
+CLOCK_EVENTS = {
+    Command.ACKNOWLEDGE: ClockEvent("acknowledged", _stop_acknowledge_clock),
+    Command.PAUSE: ClockEvent("paused", _pause_customer_clocks),
+    Command.RESUME: ClockEvent(
+        "resumed", _resume_customer_clocks, announces=True, needs_calendar=True
+    ),
+}
+
+
+async def change_clocks(
     *,
     db: AsyncDatabase,
     settings: RoutingSettings,
     event: CloudEvent,
-    complaint_id: str,
+    data: EventData,
     command: Command,
-    action: str,
-    change: ClockChange,
+    at: datetime,
     now: datetime,
-    announce: bool = False,
 ) -> None:
-    """Apply one of intake's clock events; ``announce``: an open assignment's new due times."""
+    """Apply one of intake's clock events (acknowledged, pending customer, resumed)."""
+    clock_event = CLOCK_EVENTS[command]
+    calendar = None
+    if clock_event.needs_calendar:
+        calendar = await routing_context.branch_calendar(db=db, org=data.org, branch=data.branch)
 
     def decide(current: dict[str, Any]) -> Decision | None:
         if not _applies(current, command, event):
             return None
         clocks = sla_clocks.load_clocks(current.get("clocks"))
-        fields = change(current, clocks)
+        fields = clock_event.change(current, clocks, at=at, calendar=calendar)
         if fields is None:
             return None
         due_times = lifecycle.clock_fields(clocks)
         update = merge_updates(
             lifecycle.moved(current, command),
             {"$set": {**due_times, **fields}},
-            store.history(at=now, action=action, actor=_actor(event)),
+            store.history(at=now, action=clock_event.action, actor=_actor(event)),
         )
-        if not announce or current["status"] != AssignmentStatus.OPEN.value:
+        if not clock_event.announces or current["status"] != AssignmentStatus.OPEN.value:
             return Decision(update)
         announced = lifecycle.assigned_event({**current, **due_times})
         return Decision(update, [(EventType.COMPLAINT_ASSIGNED, announced)])
 
     await _apply(
-        db=db, settings=settings, event=event, complaint_id=complaint_id, decide=decide, now=now
-    )
-
-
-async def acknowledge(
-    *,
-    db: AsyncDatabase,
-    settings: RoutingSettings,
-    event: CloudEvent,
-    complaint_id: str,
-    at: datetime,
-    now: datetime,
-) -> None:
-    """受理 stops the acknowledge clock; the resolve clock runs on."""
-
-    def stop_acknowledge_clock(
-        current: dict[str, Any], clocks: dict[str, sla_clocks.Clock]
-    ) -> dict[str, Any] | None:
-        ack = clocks.get(SlaClock.ACKNOWLEDGE.value)
-        if ack is None or ack.state is ClockState.STOPPED:
-            return None
-        clocks[SlaClock.ACKNOWLEDGE.value] = sla_clocks.stop_clock(ack, at=at)
-        return {"acknowledged_at": at}
-
-    await _change_clocks(
         db=db,
         settings=settings,
         event=event,
-        complaint_id=complaint_id,
-        command=Command.ACKNOWLEDGE,
-        action="acknowledged",
-        change=stop_acknowledge_clock,
+        complaint_id=data.complaint_id,
+        decide=decide,
         now=now,
-    )
-
-
-async def pause(
-    *,
-    db: AsyncDatabase,
-    settings: RoutingSettings,
-    event: CloudEvent,
-    complaint_id: str,
-    at: datetime,
-    now: datetime,
-) -> None:
-    """Waiting on the customer: the customer-facing clocks stand still."""
-
-    def pause_customer_clocks(
-        current: dict[str, Any], clocks: dict[str, sla_clocks.Clock]
-    ) -> dict[str, Any] | None:
-        if current.get("paused"):
-            return None
-        for name in CUSTOMER_CLOCKS:
-            if name in clocks:
-                clocks[name] = sla_clocks.pause_clock(clocks[name], at=at)
-        return {"paused": True, "paused_at": at}
-
-    await _change_clocks(
-        db=db,
-        settings=settings,
-        event=event,
-        complaint_id=complaint_id,
-        command=Command.PAUSE,
-        action="paused",
-        change=pause_customer_clocks,
-        now=now,
-    )
-
-
-async def resume(
-    *,
-    db: AsyncDatabase,
-    settings: RoutingSettings,
-    event: CloudEvent,
-    complaint_id: str,
-    org: str,
-    branch: str,
-    at: datetime,
-    now: datetime,
-) -> None:
-    """The customer answered: lay the remaining time out again and announce the new due times."""
-    calendar = await routing_context.branch_calendar(db=db, org=org, branch=branch)
-
-    def resume_customer_clocks(
-        current: dict[str, Any], clocks: dict[str, sla_clocks.Clock]
-    ) -> dict[str, Any] | None:
-        if not current.get("paused"):
-            return None
-        for name in CUSTOMER_CLOCKS:
-            if name in clocks:
-                clocks[name] = sla_clocks.resume_clock(clocks[name], calendar=calendar, at=at)
-        return {"paused": False, "paused_at": None}
-
-    await _change_clocks(
-        db=db,
-        settings=settings,
-        event=event,
-        complaint_id=complaint_id,
-        command=Command.RESUME,
-        action="resumed",
-        change=resume_customer_clocks,
-        now=now,
-        announce=True,
     )
 
 

@@ -20,7 +20,6 @@ from pymongo.errors import DuplicateKeyError
 
 from complaints_shared.aggregate import Decision
 from complaints_shared.events import (
-    SEVERITY_ORDER,
     ComplaintReceived,
     ComplaintUnroutable,
     EventType,
@@ -61,16 +60,7 @@ async def enter(
     """Store the complaint as unroutable with the reason; False when it was stored before."""
     reason = str(no_route)
     document: dict[str, Any] = {
-        "_id": complaint.complaint_id,
-        "org": complaint.org,
-        "branch": complaint.branch,
-        "reference": complaint.reference,
-        "category": complaint.category.value,
-        "channel": complaint.channel.value,
-        "received_severity": complaint.severity.value,
-        "severity": complaint.severity.value,
-        "priority": SEVERITY_ORDER.index(complaint.severity),
-        "flags": sorted(planning.complaint_flags(complaint)),
+        **placement.received_fields(complaint, severity=complaint.severity),
         "status": lifecycle.transition(current=None, command=Command.NO_ROUTE).value,
         "unroutable": {
             "reason": reason,
@@ -85,16 +75,8 @@ async def enter(
         "owner_name": None,
         "rule_id": None,
         "rule_version": None,
-        "received_at": complaint.received_at,
-        "escalation_level": 0,
-        "escalations": [],
-        "paused": False,
-        "breached": False,
+        **placement.fresh_fields(now=now),
         "history": [store.history_entry(at=now, action=STATE, actor="routing", reason=reason)],
-        "applied_events": [],
-        "version": 1,
-        "created_at": now,
-        "updated_at": now,
     }
     event = ComplaintUnroutable(
         complaint_id=complaint.complaint_id,

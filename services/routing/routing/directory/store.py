@@ -30,7 +30,7 @@ from complaints_shared.outbox import (
 )
 from complaints_shared.problems import conflict, invalid, not_found
 from complaints_shared.settings import ServiceSettings
-from routing import audit, context_cache
+from routing import audit
 from routing.directory.models import (
     ROLE_RANK,
     BranchCreate,
@@ -650,14 +650,12 @@ async def _audit(
     at: datetime,
     document: dict[str, Any],
 ) -> None:
-    await audit.record(
+    await audit.record_change(
         db=db,
-        org=principal.org,
+        principal=principal,
         entity=entity,
         entity_id=entity_id,
         action=action,
-        actor=principal.subject,
         at=at,
         snapshot=_audit_snapshot(document),
     )
-    await context_cache.directory_changed(db=db, org=principal.org)

@@ -14,7 +14,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 
 from complaints_shared.auth import Principal
 from complaints_shared.problems import conflict, invalid, not_found
-from routing import audit, context_cache
+from routing import audit
 from routing.sla.models import SlaPolicy, SlaPolicyWrite
 
 SLA_POLICIES = "sla_policies"
@@ -40,6 +40,10 @@ async def find_policy_document(
     *, db: AsyncDatabase, org: str, policy_id: str
 ) -> dict[str, Any] | None:
     return await db[SLA_POLICIES].find_one({"_id": policy_key(org, policy_id)})
+
+
+def _without_id(document: dict[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in document.items() if key != "_id"}
 
 
 def policy_read(document: dict[str, Any]) -> SlaPolicy:
@@ -94,17 +98,15 @@ async def put_policy(
         upsert=True,
         return_document=ReturnDocument.AFTER,
     )
-    await audit.record(
+    await audit.record_change(
         db=db,
-        org=principal.org,
+        principal=principal,
         entity="sla_policy",
         entity_id=policy_id,
         action="saved",
-        actor=principal.subject,
         at=now,
-        snapshot={key: value for key, value in document.items() if key != "_id"},
+        snapshot=_without_id(document),
     )
-    await context_cache.directory_changed(db=db, org=principal.org)
     return policy_read(document)
 
 
@@ -141,17 +143,15 @@ async def _set_retirement(
         {"_id": current["_id"]}, {"$set": fields, "$inc": {"version": 1}}
     )
     document = await _policy_document(db=db, org=principal.org, policy_id=policy_id)
-    await audit.record(
+    await audit.record_change(
         db=db,
-        org=principal.org,
+        principal=principal,
         entity="sla_policy",
         entity_id=policy_id,
         action="retired" if retired else "reinstated",
-        actor=principal.subject,
         at=now,
-        snapshot={key: value for key, value in document.items() if key != "_id"},
+        snapshot=_without_id(document),
     )
-    await context_cache.directory_changed(db=db, org=principal.org)
     return policy_read(document)
 
 
@@ -199,14 +199,12 @@ async def delete_policy(
             f"SLA policy {policy_id!r} is named by rule {rule['_id']!r}", kind="policy-in-use"
         )
     await db[SLA_POLICIES].delete_one({"_id": current["_id"]})
-    await audit.record(
+    await audit.record_change(
         db=db,
-        org=principal.org,
+        principal=principal,
         entity="sla_policy",
         entity_id=policy_id,
         action="deleted",
-        actor=principal.subject,
         at=now,
-        snapshot={key: value for key, value in current.items() if key != "_id"},
+        snapshot=_without_id(current),
     )
-    await context_cache.directory_changed(db=db, org=principal.org)
