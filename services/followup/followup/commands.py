@@ -36,14 +36,15 @@ from followup.settings import FollowupSettings
 
 
 async def _change_visible(
-    *,
     db: AsyncDatabase,
     settings: FollowupSettings,
     principal: Principal,
     followup_id: str,
     decide: Decide,
     now: datetime,
+    /,
 ) -> dict[str, Any] | None:
+    """One change within the caller's visibility; None when the caller cannot see the check."""
     return await store.change(
         db=db,
         settings=settings,
@@ -79,14 +80,7 @@ async def claim(
         )
         return Decision(update)
 
-    return await _change_visible(
-        db=db,
-        settings=settings,
-        principal=principal,
-        followup_id=followup_id,
-        decide=decide,
-        now=now,
-    )
+    return await _change_visible(db, settings, principal, followup_id, decide, now)
 
 
 async def release(
@@ -109,14 +103,7 @@ async def release(
         )
         return Decision(update)
 
-    return await _change_visible(
-        db=db,
-        settings=settings,
-        principal=principal,
-        followup_id=followup_id,
-        decide=decide,
-        now=now,
-    )
+    return await _change_visible(db, settings, principal, followup_id, decide, now)
 
 
 def _rules(current: dict[str, Any], settings: FollowupSettings) -> dict[str, Any]:
@@ -201,14 +188,7 @@ async def record_attempt(
             spacing_hours=rules["attempt_spacing_hours"],
         )
 
-    return await _change_visible(
-        db=db,
-        settings=settings,
-        principal=principal,
-        followup_id=followup_id,
-        decide=decide,
-        now=now,
-    )
+    return await _change_visible(db, settings, principal, followup_id, decide, now)
 
 
 async def record_outcome(
@@ -243,11 +223,4 @@ async def record_outcome(
             now=now,
         )
 
-    return await _change_visible(
-        db=db,
-        settings=settings,
-        principal=principal,
-        followup_id=followup_id,
-        decide=decide,
-        now=now,
-    )
+    return await _change_visible(db, settings, principal, followup_id, decide, now)

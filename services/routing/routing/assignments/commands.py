@@ -13,7 +13,7 @@ from typing import Any
 
 from pymongo.asynchronous.database import AsyncDatabase
 
-from complaints_shared.aggregate import Decision
+from complaints_shared.aggregate import Decide, Decision
 from complaints_shared.auth import Principal
 from complaints_shared.events import (
     ComplaintReassigned,
@@ -39,11 +39,27 @@ from routing.settings import RoutingSettings
 from routing.sla import clocks as sla_clocks
 
 
-async def _changed(**kwargs: Any) -> dict[str, Any]:
-    document = await store.change(**kwargs)
+async def _changed(
+    db: AsyncDatabase,
+    settings: RoutingSettings,
+    principal: Principal,
+    complaint_id: str,
+    decide: Decide,
+    now: datetime,
+    /,
+) -> AssignmentRead:
+    """One supervisor action within the caller's visibility; another branch's id is a 404."""
+    document = await store.change(
+        db=db,
+        settings=settings,
+        complaint_id=complaint_id,
+        decide=decide,
+        now=now,
+        scope=principal.scope_filter(),
+    )
     if document is None:
-        raise not_found(what="assignment", identifier=kwargs["complaint_id"])
-    return document
+        raise not_found(what="assignment", identifier=complaint_id)
+    return store.to_read(document)
 
 
 async def _target_department(
@@ -135,15 +151,7 @@ async def reassign(
         decision.effects = [lambda document: after_move(document, current)]
         return decision
 
-    document = await _changed(
-        db=db,
-        settings=settings,
-        complaint_id=complaint_id,
-        decide=decide,
-        now=now,
-        scope=principal.scope_filter(),
-    )
-    return store.to_read(document)
+    return await _changed(db, settings, principal, complaint_id, decide, now)
 
 
 def _reassignment(
@@ -239,15 +247,7 @@ async def escalate(
         )
         return Decision(merge_updates(status, update, history), events)
 
-    document = await _changed(
-        db=db,
-        settings=settings,
-        complaint_id=complaint_id,
-        decide=decide,
-        now=now,
-        scope=principal.scope_filter(),
-    )
-    return store.to_read(document)
+    return await _changed(db, settings, principal, complaint_id, decide, now)
 
 
 async def set_responsibility(
@@ -298,15 +298,7 @@ async def set_responsibility(
         )
         return Decision(update, [(EventType.COMPLAINT_RESPONSIBILITY_SET, event)])
 
-    document = await _changed(
-        db=db,
-        settings=settings,
-        complaint_id=complaint_id,
-        decide=decide,
-        now=now,
-        scope=principal.scope_filter(),
-    )
-    return store.to_read(document)
+    return await _changed(db, settings, principal, complaint_id, decide, now)
 
 
 async def file_regulatory_report(
@@ -346,12 +338,4 @@ async def file_regulatory_report(
         )
         return Decision(update)
 
-    document = await _changed(
-        db=db,
-        settings=settings,
-        complaint_id=complaint_id,
-        decide=decide,
-        now=now,
-        scope=principal.scope_filter(),
-    )
-    return store.to_read(document)
+    return await _changed(db, settings, principal, complaint_id, decide, now)

@@ -6,20 +6,9 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Annotated
 
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    StringConstraints,
-    model_validator,
-)
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
-from complaints_shared.events import (
-    Category,
-    ResponsibleParty,
-    Severity,
-    SlaClock,
-)
+from complaints_shared.events import Category, ResponsibleParty, Severity, SlaClock
 from complaints_shared.models import StrictModel
 from routing.directory.models import StaffRole, StaffStatus
 from routing.models import DepartmentId, Reason, Slug

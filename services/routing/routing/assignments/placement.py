@@ -13,12 +13,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
 from complaints_shared.aggregate import Events
-from complaints_shared.events import (
-    SEVERITY_ORDER,
-    ComplaintReceived,
-    EventType,
-    Severity,
-)
+from complaints_shared.events import SEVERITY_ORDER, ComplaintReceived, EventType, Severity
 from complaints_shared.logs import get_logger
 from complaints_shared.mongo import is_id_clash
 from complaints_shared.outbox import outbox_entry, outbox_fields

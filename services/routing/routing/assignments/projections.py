@@ -72,13 +72,13 @@ def _applies(current: dict[str, Any], command: Command, event: CloudEvent) -> bo
 
 
 async def _apply(
-    *,
     db: AsyncDatabase,
     settings: RoutingSettings,
     event: CloudEvent,
     complaint_id: str,
     decide: Decide,
     now: datetime,
+    /,
 ) -> None:
     """One consumed event through the aggregate kernel, remembered by its id."""
     await store.change(
@@ -181,14 +181,7 @@ async def change_clocks(
         announced = lifecycle.assigned_event({**current, **due_times})
         return Decision(update, [(EventType.COMPLAINT_ASSIGNED, announced)])
 
-    await _apply(
-        db=db,
-        settings=settings,
-        event=event,
-        complaint_id=data.complaint_id,
-        decide=decide,
-        now=now,
-    )
+    await _apply(db, settings, event, data.complaint_id, decide, now)
 
 
 def _responsibility(current: dict[str, Any], department: str | None) -> str | None:
@@ -251,9 +244,7 @@ async def finish(
         )
         return Decision(update, events, [lambda document: offer(document, current)])
 
-    await _apply(
-        db=db, settings=settings, event=event, complaint_id=complaint_id, decide=decide, now=now
-    )
+    await _apply(db, settings, event, complaint_id, decide, now)
 
 
 async def reopen(
@@ -344,14 +335,7 @@ async def reopen(
         )
         return Decision(update, [*escalation_events, announced], [count_assignment])
 
-    await _apply(
-        db=db,
-        settings=settings,
-        event=event,
-        complaint_id=data.complaint_id,
-        decide=decide,
-        now=now,
-    )
+    await _apply(db, settings, event, data.complaint_id, decide, now)
 
 
 async def _reopen_owner(*, db: AsyncDatabase, current: dict[str, Any]) -> owners.OwnerChoice | None:

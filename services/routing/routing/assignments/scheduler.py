@@ -21,12 +21,7 @@ from typing import Any
 
 from complaints_shared.aggregate import Decision, Events
 from complaints_shared.business_calendar import BusinessCalendar
-from complaints_shared.events import (
-    ComplaintSlaBreached,
-    ComplaintSlaWarning,
-    EventType,
-    SlaClock,
-)
+from complaints_shared.events import ComplaintSlaBreached, ComplaintSlaWarning, EventType, SlaClock
 from complaints_shared.logs import get_logger
 from complaints_shared.mongo import claim_first, lease_free, merge_updates
 from complaints_shared.runtime import Runtime

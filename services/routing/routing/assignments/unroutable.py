@@ -19,11 +19,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
 from complaints_shared.aggregate import Decision
-from complaints_shared.events import (
-    ComplaintReceived,
-    ComplaintUnroutable,
-    EventType,
-)
+from complaints_shared.events import ComplaintReceived, ComplaintUnroutable, EventType
 from complaints_shared.logs import get_logger
 from complaints_shared.mongo import is_id_clash, merge_updates
 from complaints_shared.outbox import outbox_entry, outbox_fields

@@ -6,21 +6,10 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Annotated
 
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    StringConstraints,
-    model_validator,
-)
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from complaints_shared.datetimes import UtcDatetime
-from complaints_shared.events import (
-    Category,
-    Channel,
-    Flag,
-    Severity,
-)
+from complaints_shared.events import Category, Channel, Flag, Severity
 from complaints_shared.models import Code, StrictModel
 from routing.directory.models import StaffRole
 from routing.models import DepartmentId, Kind, Name, Slug

@@ -5,16 +5,9 @@ from __future__ import annotations
 from datetime import datetime
 from enum import StrEnum
 
-from pydantic import (
-    ConfigDict,
-    Field,
-    model_validator,
-)
+from pydantic import ConfigDict, Field, model_validator
 
-from complaints_shared.events import (
-    Category,
-    Severity,
-)
+from complaints_shared.events import Category, Severity
 from complaints_shared.models import StrictModel
 from routing.models import Name
 from routing.rules.models import RuleFlag
