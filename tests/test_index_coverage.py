@@ -22,7 +22,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 
 from intake.store import COMPLAINT_INDEXES
 from intake.store import ensure_indexes as ensure_intake_indexes
-from routing.store import ensure_indexes as ensure_routing_indexes
+from routing.assignments.store import ensure_indexes as ensure_routing_indexes
 from tests.support.http import token
 from tests.support.system import System
 from tests.support.waits import eventually
