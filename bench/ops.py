@@ -31,6 +31,7 @@ from bench.run import (
 from bench.workload import complaint_body
 from complaints_shared.events import Topic
 from complaints_shared.kafka import ensure_topics
+from complaints_shared.outbox import PENDING_SINCE_FIELD
 
 SERVICES = ("intake", "routing", "followup")
 
@@ -108,8 +109,15 @@ async def main() -> None:
             ):
                 break
             await asyncio.sleep(1)
-        # Let the relays release what they published.
-        await asyncio.sleep(3)
+        # The relays' releases of what they published belong to the complaint too.
+        pending = {PENDING_SINCE_FIELD: {"$exists": True}}
+        while time.monotonic() < deadline:
+            if not (
+                await complaints.count_documents(pending)
+                or await assignments.count_documents(pending)
+            ):
+                break
+            await asyncio.sleep(0.2)
         elapsed = time.monotonic() - started
         database_cpu = cpu_s(database_pid()) - database_cpu
         for db in databases.values():
