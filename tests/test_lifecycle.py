@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 
+from complaints_shared.transitions import InvalidTransition
 from intake.lifecycle import (
     COMMAND_ACTIONS,
     OPEN_STATUSES,
     TRANSITIONS,
     Action,
     Command,
-    InvalidTransition,
     Status,
     transition,
 )

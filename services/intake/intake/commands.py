@@ -25,9 +25,10 @@ from complaints_shared.events import (
     Remedy,
 )
 from complaints_shared.mongo import merge_updates
-from complaints_shared.problems import ProblemError, not_found
+from complaints_shared.problems import not_found
+from complaints_shared.transitions import InvalidTransition
 from intake import store
-from intake.lifecycle import COMMAND_ACTIONS, Command, InvalidTransition, Status, transition
+from intake.lifecycle import COMMAND_ACTIONS, Command, Status, transition
 from intake.models import (
     AcknowledgeRequest,
     CloseRequest,
@@ -56,18 +57,6 @@ COMMAND_ROLES: dict[Command, tuple[Role, ...]] = {
 
 Outcome = tuple[dict[str, Any], list[tuple[EventType, EventData]]]
 Build = Callable[[dict[str, Any], datetime], Outcome]
-
-
-def _refused(exc: InvalidTransition, *, complaint_id: str) -> ProblemError:
-    """The lifecycle's refusal as the 409 problem naming the status and the command."""
-    return ProblemError(
-        status=409,
-        title="Invalid transition",
-        kind="invalid-transition",
-        detail=f"complaint {complaint_id}: {exc}",
-        current_status=exc.current.value,
-        command=exc.command.value,
-    )
 
 
 async def run_command(
@@ -101,7 +90,7 @@ async def run_command(
             details=details,
         )
     except InvalidTransition as exc:
-        raise _refused(exc, complaint_id=complaint_id) from None
+        raise exc.about(what="complaint", identifier=complaint_id) from None
     if document is None:
         raise not_found(what="complaint", identifier=complaint_id)
     return document
@@ -118,6 +107,7 @@ def acknowledge(request: AcknowledgeRequest, principal: Principal) -> Build:
             raise InvalidTransition(
                 current=Status(current["status"]),
                 command=Command.ACKNOWLEDGE,
+                what="complaint",
                 reason=f"the complaint was already acknowledged at "
                 f"{current['acknowledged_at'].isoformat()}",
             )

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from enum import StrEnum
 
+from complaints_shared.transitions import TransitionTable
+
 
 class Status(StrEnum):
     RECEIVED = "received"
@@ -75,24 +77,16 @@ TRANSITIONS: dict[tuple[Status, Command], Status] = {
 }
 
 
-class InvalidTransition(Exception):
-    def __init__(self, *, current: Status, command: Command, reason: str | None = None) -> None:
-        message = reason or f"cannot {command.value} a complaint that is {current.value}"
-        super().__init__(message)
-        self.current = current
-        self.command = command
+TABLE: TransitionTable[Status, Command] = TransitionTable(what="complaint", rules=TRANSITIONS)
 
 
 def transition(*, current: Status, command: Command) -> Status:
-    """The status after ``command``, or InvalidTransition naming both."""
-    try:
-        return TRANSITIONS[(current, command)]
-    except KeyError:
-        raise InvalidTransition(current=current, command=command) from None
+    """The status after ``command``, or InvalidTransition (a 409 naming both)."""
+    return TABLE.next(current=current, command=command)
 
 
 def is_legal(*, current: Status, command: Command) -> bool:
-    return (current, command) in TRANSITIONS
+    return TABLE.allows(current=current, command=command)
 
 
 class Action(StrEnum):
