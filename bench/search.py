@@ -1,7 +1,7 @@
 """Search and reports over a large database: ``python -m bench.search`` (docs/performance.md).
 
 Seeds ``--complaints`` complaints (default 100,000) into a fresh intake database with bulk
-writes, each built by intake's own ``store.new_document`` from the benchmark's varied bodies
+writes, each built by intake's own ``registration.new_document`` from the benchmark's varied bodies
 (``bench/workload.py``), registered over ``--days`` days; then starts intake as a real uvicorn
 process on that database and times, with ``--repeats`` requests each: the first page of
 ``q=断网&branch=LZ``, the first page of every documented filter and sort, a second page, and
@@ -41,7 +41,7 @@ from bench.workload import complaint_body
 from complaints_shared.auth import Principal
 from complaints_shared.events import Topic
 from complaints_shared.kafka import ensure_topics
-from intake import store
+from intake import registration, store
 from intake.identity import submission_fingerprint
 from intake.models import ComplaintCreate
 from intake.settings import IntakeSettings
@@ -94,13 +94,13 @@ def seeded_complaint(
     now: datetime,
     numbers: Counter,
 ) -> dict[str, Any]:
-    """One complaint exactly as intake stores it (``store.new_document``), its
+    """One complaint exactly as intake stores it (``registration.new_document``), its
     ``complaint.received`` already published, and routed as intake's projection records it."""
     request = ComplaintCreate.model_validate(complaint_body(sequence, rng))
     body = request.model_dump(mode="json", exclude={"severity", "flags"})
     day = now.astimezone(ZoneInfo(settings.reference_time_zone)).strftime("%Y%m%d")
     numbers[(request.branch, day)] += 1
-    document = store.new_document(
+    document = registration.new_document(
         settings=settings,
         principal=principal,
         request=request,

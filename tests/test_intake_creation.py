@@ -11,7 +11,7 @@ from pymongo.errors import DuplicateKeyError
 from complaints_shared.auth import Principal
 from complaints_shared.clock import ManualClock
 from complaints_shared.events import EventType, Topic
-from intake import store
+from intake import reference_numbers, registration
 from intake.models import ComplaintCreate
 from tests.support.http import complaint_body, token
 from tests.support.kafka import events_of, read_topic
@@ -168,7 +168,9 @@ async def test_the_first_complaints_of_a_day_racing_each_get_their_own_number(
     async def first_of_the_day(branch: str) -> list[str]:
         return await asyncio.gather(
             *(
-                store.next_reference(db=db, branch=branch, at=at, time_zone="Asia/Shanghai")
+                reference_numbers.next_reference(
+                    db=db, branch=branch, at=at, time_zone="Asia/Shanghai"
+                )
                 for _ in range(8)
             )
         )
@@ -214,7 +216,7 @@ async def test_a_failed_write_publishes_no_event(system: System) -> None:
     runtime = system.intake_app.state.runtime
     principal = Principal(subject="tester", org="demo", branches="*", roles=["admin"])
     with pytest.raises(DuplicateKeyError):
-        await store.create_complaint(
+        await registration.create_complaint(
             db=runtime.db,
             settings=system.intake_settings,
             principal=principal,

@@ -15,7 +15,7 @@ from complaints_shared.datetimes import UtcDatetime
 from complaints_shared.pagination import Page
 from complaints_shared.problems import invalid_fields
 from complaints_shared.runtime import Runtime
-from intake import commands, idempotency, reports, search, store
+from intake import commands, idempotency, registration, reports, search, store
 from intake.lifecycle import Command
 from intake.models import (
     AcknowledgeRequest,
@@ -95,7 +95,7 @@ async def create_complaint(
         async with idempotency.held(
             db=runtime.db, settings=runtime.settings, reservation=reservation
         ):
-            document, created = await store.create_complaint(
+            document, created = await registration.create_complaint(
                 db=runtime.db,
                 settings=runtime.settings,
                 principal=principal,

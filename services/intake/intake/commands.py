@@ -28,7 +28,14 @@ from complaints_shared.mongo import merge_updates
 from complaints_shared.problems import not_found
 from complaints_shared.transitions import InvalidTransition
 from intake import store
-from intake.lifecycle import COMMAND_ACTIONS, Command, Status, transition
+from intake.lifecycle import (
+    COMMAND_ACTIONS,
+    Command,
+    Status,
+    customer_contact,
+    event_base,
+    transition,
+)
 from intake.models import (
     AcknowledgeRequest,
     CloseRequest,
@@ -121,7 +128,7 @@ def acknowledge(request: AcknowledgeRequest, principal: Principal) -> Build:
             # Late still counts: it stops routing's acknowledge clock all the same.
             "late": breached or (due is not None and now > due),
         }
-        event = ComplaintAcknowledged(**store.event_base(current), **acknowledgement)
+        event = ComplaintAcknowledged(**event_base(current), **acknowledgement)
         return (
             {"$set": {"acknowledgement": acknowledgement, "acknowledged_at": now}},
             [(EventType.COMPLAINT_ACKNOWLEDGED, event)],
@@ -140,7 +147,7 @@ def add_note(request: NoteCreate, principal: Principal) -> Build:
             "added_at": now,
         }
         event = ComplaintNoteAdded(
-            **store.event_base(current),
+            **event_base(current),
             note_id=note["id"],
             author=note["author"],
             visibility=note["visibility"],
@@ -156,7 +163,7 @@ def add_note(request: NoteCreate, principal: Principal) -> Build:
 def wait_for_customer(request: PendingCustomerRequest, principal: Principal) -> Build:
     def build(current: dict[str, Any], now: datetime) -> Outcome:
         event = ComplaintPendingCustomer(
-            **store.event_base(current),
+            **event_base(current),
             reason=request.reason,
             paused_by=principal.subject,
             paused_at=now,
@@ -170,7 +177,7 @@ def wait_for_customer(request: PendingCustomerRequest, principal: Principal) -> 
 def resume(request: ResumeRequest, principal: Principal) -> Build:
     def build(current: dict[str, Any], now: datetime) -> Outcome:
         event = ComplaintResumed(
-            **store.event_base(current), resumed_by=principal.subject, resumed_at=now
+            **event_base(current), resumed_by=principal.subject, resumed_at=now
         )
         return {"$unset": {"pending_customer_since": ""}}, [(EventType.COMPLAINT_RESUMED, event)]
 
@@ -211,7 +218,7 @@ def resolve(request: ResolveRequest, principal: Principal) -> Build:
         }
         assignment = current.get("assignment") or {}
         event = ComplaintResolved(
-            **store.event_base(current),
+            **event_base(current),
             reference=current["reference"],
             category=current["category"],
             severity=current["severity"],
@@ -225,7 +232,7 @@ def resolve(request: ResolveRequest, principal: Principal) -> Build:
             department=assignment.get("department"),
             owner_id=assignment.get("owner_id"),
             resolved_by=principal.subject,
-            customer=store.customer_contact(current),
+            customer=customer_contact(current),
             subject=current["subject"],
             resolved_at=now,
         )
@@ -267,7 +274,7 @@ def reject(request: RejectRequest, principal: Principal) -> Build:
             "rejected_by": principal.subject,
             "rejected_at": now,
         }
-        event = ComplaintRejected(**store.event_base(current), **rejection)
+        event = ComplaintRejected(**event_base(current), **rejection)
         return (
             {"$set": {"rejection": rejection, "finished_at": now}},
             [(EventType.COMPLAINT_REJECTED, event)],
@@ -279,7 +286,7 @@ def reject(request: RejectRequest, principal: Principal) -> Build:
 def withdraw(request: WithdrawRequest, principal: Principal) -> Build:
     def build(current: dict[str, Any], now: datetime) -> Outcome:
         event = ComplaintWithdrawn(
-            **store.event_base(current),
+            **event_base(current),
             reason=request.reason,
             withdrawn_by=principal.subject,
             withdrawn_at=now,
@@ -301,7 +308,7 @@ def reopen_build(*, reason: str, reopened_by: str) -> Build:
 
     def build(current: dict[str, Any], now: datetime) -> Outcome:
         event = ComplaintReopened(
-            **store.event_base(current),
+            **event_base(current),
             reason=reason,
             reopened_by=reopened_by,
             reopened_at=now,
@@ -327,7 +334,7 @@ def close(request: CloseRequest, principal: Principal) -> Build:
 def close_build(*, reason: str, closed_by: str, via: ClosedVia) -> Build:
     def build(current: dict[str, Any], now: datetime) -> Outcome:
         event = ComplaintClosed(
-            **store.event_base(current),
+            **event_base(current),
             reason=reason,
             closed_by=closed_by,
             closed_via=via,

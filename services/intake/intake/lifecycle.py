@@ -5,13 +5,16 @@ escalated, work started, responsibility, SLA breaches) are facts on the record,
 never statuses, so they cannot block a later command: acknowledging an
 escalated or breached complaint is as legal as acknowledging a fresh one.
 Routing's events map onto intake's own commands (an assignment is ``assign``);
-escalations, SLA warnings and breaches, responsibility are facts only.
+escalations, SLA warnings and breaches, responsibility are facts only. Beside the
+table: the fields every event of a complaint carries (``event_base``, ``customer_contact``).
 """
 
 from __future__ import annotations
 
 from enum import StrEnum
+from typing import Any
 
+from complaints_shared.events import CustomerContact
 from complaints_shared.transitions import TransitionTable
 
 
@@ -128,3 +131,22 @@ COMMAND_ACTIONS: dict[Command, Action] = {
     Command.REOPEN: Action.REOPENED,
     Command.CLOSE: Action.CLOSED,
 }
+
+
+def customer_contact(document: dict[str, Any]) -> CustomerContact:
+    """The customer as the complaint's events carry them."""
+    customer = document["customer"]
+    return CustomerContact(
+        name=customer["name"],
+        phone=customer.get("phone"),
+        email=customer.get("email"),
+        external_id=customer.get("external_id"),
+        preferred_channel=customer.get("preferred_contact_channel", "phone"),
+        language=customer.get("language", "zh"),
+        vip=customer.get("vip", False),
+    )
+
+
+def event_base(document: dict[str, Any]) -> dict[str, str]:
+    """The fields every event of a complaint starts with."""
+    return {"complaint_id": document["_id"], "org": document["org"], "branch": document["branch"]}

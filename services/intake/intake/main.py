@@ -12,13 +12,14 @@ from complaints_shared.clock import Clock
 from complaints_shared.events import Topic
 from complaints_shared.http import build_app
 from complaints_shared.runtime import service_runtime
-from intake import api, idempotency, store
+from intake import api, idempotency, store, submissions
 from intake.handlers import build_handlers
 from intake.settings import IntakeSettings
 
 
 async def ensure_indexes(*, db: AsyncDatabase) -> None:
     await store.ensure_indexes(db=db)
+    await submissions.ensure_indexes(db=db)
     await idempotency.ensure_indexes(db=db)
 
 

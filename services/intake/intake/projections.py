@@ -37,7 +37,7 @@ from complaints_shared.events import (
     FollowupScheduled,
 )
 from complaints_shared.failures import Rejected
-from intake import commands, store
+from intake import commands, reference_numbers, store
 from intake.lifecycle import Action, Command, Status, is_legal, transition
 from intake.settings import IntakeSettings
 
@@ -447,4 +447,4 @@ async def apply_branch_updated(
     *, db: AsyncDatabase, settings: IntakeSettings, event: CloudEvent, data: BranchUpdated
 ) -> None:
     """Routing's directory owns branches; intake keeps the facts it needs (the time zone)."""
-    await store.record_branch(db=db, branch=data)
+    await reference_numbers.record_branch(db=db, branch=data)

@@ -1,0 +1,137 @@
+"""Reference numbers: ``LZ-20261123-0007``, counted per branch and the branch's local day.
+
+The day is the branch's own calendar day, so intake keeps what routing announced of its
+branches (``branch.updated``): their time zones.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import OrderedDict
+from contextlib import suppress
+from datetime import datetime
+from zoneinfo import ZoneInfo
+
+from pymongo import ReturnDocument
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import DuplicateKeyError
+
+from complaints_shared.events import BranchUpdated
+from complaints_shared.mongo import retrying
+from intake.settings import IntakeSettings
+
+# What intake knows of routing's branches (from ``branch.updated``): their time zones.
+BRANCHES = "branches"
+REFERENCE_COUNTERS = "reference_counters"
+REFERENCE_ATTEMPTS = 5
+# Reference numbers a process reserves per counter write (``next_reference``).
+REFERENCE_BLOCK = 20
+# Blocks (branch-days) a process remembers; an evicted block's unused numbers are skipped.
+BLOCKS_KEPT = 1024
+# How long a process keeps a branch's time zone (``reference_time_zone``).
+TIME_ZONE_KEPT_S = 30.0
+# Per process: (database, counter key) -> [next number, last number of the block].
+_blocks: OrderedDict[tuple[str, str], list[int]] = OrderedDict()
+_block_locks: dict[tuple[str, str], asyncio.Lock] = {}
+# Per process: (database, branch key) -> (time zone, kept until on the monotonic clock).
+_time_zones: dict[tuple[str, str], tuple[str, float]] = {}
+
+
+def branch_key(org: str, code: str) -> str:
+    return f"{org}:{code}"
+
+
+async def record_branch(*, db: AsyncDatabase, branch: BranchUpdated) -> None:
+    """Keep the newest version of a branch routing announced; older or repeated ones are no-ops.
+
+    The upsert only matches an older version: a newer or equal one already stored makes
+    it try an insert of the same ``_id``, which the unique ``_id`` refuses.
+    """
+    _time_zones.pop((db.name, branch_key(branch.org, branch.branch)), None)
+    with suppress(DuplicateKeyError):
+        await db[BRANCHES].update_one(
+            {"_id": branch_key(branch.org, branch.branch), "version": {"$lt": branch.version}},
+            {
+                "$set": {
+                    "org": branch.org,
+                    "code": branch.branch,
+                    "time_zone": branch.time_zone,
+                    "active": branch.active,
+                    "version": branch.version,
+                    "updated_at": branch.updated_at,
+                }
+            },
+            upsert=True,
+        )
+    # Again after the write: a read racing it may have kept the old zone meanwhile.
+    _time_zones.pop((db.name, branch_key(branch.org, branch.branch)), None)
+
+
+async def reference_time_zone(
+    *, db: AsyncDatabase, settings: IntakeSettings, org: str, branch: str
+) -> str:
+    """The branch's own time zone once routing announced it, else ``REFERENCE_TIME_ZONE``.
+
+    Kept per process for ``TIME_ZONE_KEPT_S`` (one read per branch, not per complaint);
+    ``record_branch`` forgets it at once in the process that consumed the change, other
+    replicas within that time.
+    """
+    slot = (db.name, branch_key(org, branch))
+    kept = _time_zones.get(slot)
+    if kept is not None and kept[1] > time.monotonic():
+        return kept[0]
+    known = await db[BRANCHES].find_one(
+        {"_id": branch_key(org, branch)}, projection={"time_zone": 1}
+    )
+    time_zone = known["time_zone"] if known else settings.reference_time_zone
+    _time_zones[slot] = (time_zone, time.monotonic() + TIME_ZONE_KEPT_S)
+    return time_zone
+
+
+async def next_reference(*, db: AsyncDatabase, branch: str, at: datetime, time_zone: str) -> str:
+    """Reference numbers count per branch and local calendar day: ``LZ-20261123-0007``.
+
+    A process reserves ``REFERENCE_BLOCK`` numbers at a time with one counter write and
+    hands them out in order, so the counter is written once per block, not per complaint.
+    Replicas hold different blocks (numbers are unique, not in registration order across
+    replicas), and a block's unused numbers are skipped when its process stops: gaps,
+    never duplicates.
+    """
+    day = at.astimezone(ZoneInfo(time_zone)).strftime("%Y%m%d")
+    key = f"{branch}-{day}"
+    slot = (db.name, key)
+    async with _block_locks.setdefault(slot, asyncio.Lock()):
+        block = _blocks.get(slot)
+        if block is None or block[0] > block[1]:
+            last = await _reserve_block(db=db, key=key)
+            block = _blocks[slot] = [last - REFERENCE_BLOCK + 1, last]
+            _blocks.move_to_end(slot)
+            while len(_blocks) > BLOCKS_KEPT:
+                forgotten, _ = _blocks.popitem(last=False)
+                _block_locks.pop(forgotten, None)
+        number = block[0]
+        block[0] += 1
+    return f"{key}-{number:04d}"
+
+
+async def _reserve_block(*, db: AsyncDatabase, key: str) -> int:
+    """The last number of a newly reserved block of the counter ``key``."""
+    counters = db[REFERENCE_COUNTERS]
+    for _ in range(REFERENCE_ATTEMPTS):
+        # Repeated after a dropped connection that had counted already, a block is
+        # skipped (a gap, never a duplicate): no worse than the failed request it saves.
+        counter = await retrying(
+            counters.find_one_and_update,
+            {"_id": key},
+            {"$inc": {"seq": REFERENCE_BLOCK}},
+            return_document=ReturnDocument.AFTER,
+        )
+        if counter is not None:
+            return counter["seq"]
+        # The day's first complaint creates the counter. Not as an upsert of the $inc:
+        # SecantusDB answers the loser of two racing upserts with no document after
+        # counting it, which would leave a gap in the numbers.
+        with suppress(DuplicateKeyError):
+            await retrying(counters.insert_one, {"_id": key, "seq": 0})
+    raise RuntimeError(f"reference counter {key} could not be incremented")

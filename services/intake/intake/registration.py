@@ -1,0 +1,220 @@
+"""Registration: a new complaint stored once, with its ``complaint.received`` event.
+
+Severity and flags are suggested from the text when left out; the customer's earlier
+complaints make it a repeat; the reference number counts per branch and local day; an
+identical submission within the resubmission window finds the first one's complaint.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import DuplicateKeyError
+
+from complaints_shared.auth import Principal
+from complaints_shared.events import ComplaintReceived, EventType, Flag
+from complaints_shared.mongo import is_id_clash
+from complaints_shared.outbox import outbox_entry, outbox_fields
+from intake import grams, reference_numbers, store, submissions
+from intake.identity import customer_keys, submission_fingerprint
+from intake.lifecycle import Action, Status, customer_contact, event_base
+from intake.models import ComplaintCreate
+from intake.repeats import MAX_REPEAT_LINKS, repeat_keys
+from intake.settings import IntakeSettings
+from intake.suggestions import suggest
+
+
+def _classify(request: ComplaintCreate, settings: IntakeSettings) -> dict[str, Any]:
+    """Severity and flags as given, or suggested from the text when left out."""
+    suggestion = suggest(
+        rules=settings.suggestion_rules,
+        subject=request.subject,
+        description=request.description,
+        channel=request.channel,
+    )
+    suggested: dict[str, Any] = {"severity": None, "flags": [], "rules": suggestion.rule_ids}
+    severity = request.severity
+    if severity is None:
+        severity = suggested["severity"] = suggestion.severity
+    flags = list(request.flags) if request.flags is not None else []
+    if request.flags is None:
+        flags = suggested["flags"] = list(suggestion.flags)
+    return {"severity": severity, "flags": flags, "suggested": suggested}
+
+
+async def create_complaint(
+    *,
+    db: AsyncDatabase,
+    settings: IntakeSettings,
+    principal: Principal,
+    request: ComplaintCreate,
+    complaint_id: str,
+    now: datetime,
+) -> tuple[dict[str, Any], bool]:
+    """Store a new complaint with its ``complaint.received`` event in one insert.
+
+    Returns (document, created). An identical submission of the same customer
+    within the resubmission window returns the earlier complaint, created=False.
+    """
+    body = request.model_dump(mode="json", exclude={"severity", "flags"})
+    fingerprint = submission_fingerprint(
+        org=principal.org,
+        branch=request.branch,
+        customer=body["customer"],
+        subject=request.subject,
+        description=request.description,
+    )
+    claim = await submissions.claim_submission(
+        db=db, settings=settings, fingerprint=fingerprint, complaint_id=complaint_id, now=now
+    )
+    if claim.existing is not None:
+        # Our own id: an idempotent retry finishing a request that stored it already.
+        return claim.existing, claim.complaint_id == complaint_id
+    assert claim.holder is not None
+    try:
+        async with submissions.held(
+            db=db, settings=settings, fingerprint=fingerprint, holder=claim.holder
+        ):
+            document = await _insert_new(
+                db=db,
+                settings=settings,
+                principal=principal,
+                request=request,
+                body=body,
+                complaint_id=claim.complaint_id,
+                fingerprint=fingerprint,
+                now=now,
+            )
+    except DuplicateKeyError as exc:
+        # The claim's earlier holder stored this very submission after all (it was slow).
+        existing = await store.find(db=db, complaint_id=claim.complaint_id)
+        if not is_id_clash(exc) or (existing or {}).get("submission_fingerprint") != fingerprint:
+            await submissions.release_submission(
+                db=db, fingerprint=fingerprint, holder=claim.holder
+            )
+            raise
+        return existing, claim.complaint_id == complaint_id
+    except BaseException:
+        await submissions.release_submission(db=db, fingerprint=fingerprint, holder=claim.holder)
+        raise
+    return document, True
+
+
+async def _insert_new(
+    *,
+    db: AsyncDatabase,
+    settings: IntakeSettings,
+    principal: Principal,
+    request: ComplaintCreate,
+    body: dict[str, Any],
+    complaint_id: str,
+    fingerprint: str,
+    now: datetime,
+) -> dict[str, Any]:
+    earlier = await store.find_earlier_complaints(
+        db=db,
+        org=principal.org,
+        keys=customer_keys(body["customer"]),
+        since=now - timedelta(days=settings.repeat_window_days),
+        now=now,
+    )
+    time_zone = await reference_numbers.reference_time_zone(
+        db=db, settings=settings, org=principal.org, branch=request.branch
+    )
+    reference = await reference_numbers.next_reference(
+        db=db, branch=request.branch, at=now, time_zone=time_zone
+    )
+    document = new_document(
+        settings=settings,
+        principal=principal,
+        request=request,
+        body=body,
+        complaint_id=complaint_id,
+        fingerprint=fingerprint,
+        reference=reference,
+        earlier=[doc["_id"] for doc in earlier],
+        now=now,
+    )
+    # A repeat after a dropped reply is a duplicate ``_id``: create_complaint finds it.
+    return await store.insert(db=db, document=document)
+
+
+def new_document(
+    *,
+    settings: IntakeSettings,
+    principal: Principal,
+    request: ComplaintCreate,
+    body: dict[str, Any],
+    complaint_id: str,
+    fingerprint: str,
+    reference: str,
+    earlier: list[str],
+    now: datetime,
+) -> dict[str, Any]:
+    """A new complaint as stored, with its ``complaint.received`` in the outbox.
+
+    ``earlier``: the ids of the customer's earlier complaints that make it a repeat,
+    newest first. Pure, so the benchmark seeds complaints of exactly this shape.
+    """
+    keys = customer_keys(body["customer"])
+    classification = _classify(request, settings)
+    links = earlier[:MAX_REPEAT_LINKS]
+    flags: list[str] = [flag.value for flag in classification["flags"]]
+    if earlier and Flag.REPEAT.value not in flags:
+        flags.append(Flag.REPEAT.value)
+    document: dict[str, Any] = {
+        "_id": complaint_id,
+        "reference": reference,
+        "org": principal.org,
+        **body,
+        "occurred_at": request.occurred_at,
+        "severity": classification["severity"].value,
+        "flags": flags,
+        "suggested": classification["suggested"],
+        "repeat_count": len(earlier),
+        "repeat_of": links,
+        "customer_keys": keys,
+        "submission_fingerprint": fingerprint,
+        "status": Status.RECEIVED.value,
+        "repeat_keys": repeat_keys(keys, status=Status.RECEIVED, at=now),
+        "version": 1,
+        "resolution_count": 0,
+        "reopen_count": 0,
+        "escalation_level": 0,
+        "sla": {},
+        "sla_breached": False,
+        "notes": [],
+        "created_at": now,
+        "updated_at": now,
+        "applied_events": [],
+        "timeline": [
+            store.timeline_entry(
+                actor=principal.subject,
+                action=Action.RECEIVED,
+                at=now,
+                details={"channel": request.channel.value, "reference": reference},
+            )
+        ],
+    }
+    received = ComplaintReceived(
+        **event_base(document),
+        reference=reference,
+        channel=request.channel,
+        category=request.category,
+        subcategory=request.subcategory,
+        severity=classification["severity"],
+        flags=flags,
+        subject=request.subject,
+        description=request.description,
+        product=request.product,
+        customer=customer_contact(document),
+        received_at=now,
+        repeat_count=len(earlier),
+        repeat_of=links,
+    )
+    document.update(grams.search_fields(document))
+    entry = outbox_entry(event_type=EventType.COMPLAINT_RECEIVED, data=received, settings=settings)
+    document.update(outbox_fields([entry]))
+    return document
