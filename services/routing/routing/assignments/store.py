@@ -30,6 +30,7 @@ from routing.assignments.models import (
     WorkloadRead,
 )
 from routing.directory import store as directory_store
+from routing.directory.departments import list_departments
 from routing.directory.models import OpenWork, StaffStatus
 from routing.rules import store as rules_store
 from routing.settings import RoutingSettings
@@ -267,7 +268,7 @@ async def workload(
     *, db: AsyncDatabase, principal: Principal, branch: str | None, department: str | None
 ) -> WorkloadRead:
     """Open, queued, paused, breached and escalated complaints per department and owner."""
-    departments = await directory_store.list_departments(
+    departments = await list_departments(
         db=db, principal=principal, branch=branch, include_inactive=False
     )
     if department is not None:

@@ -11,6 +11,7 @@ from complaints_shared.auth import Role
 from complaints_shared.runtime import Runtime
 from routing import audit
 from routing.assignments import queue, store, unroutable
+from routing.directory import branches, departments, staff
 from routing.directory import store as directory_store
 from routing.directory.models import (
     BranchCreate,
@@ -65,7 +66,7 @@ async def create_branch(
     body: BranchCreate, request: Request, principal: BranchOpener
 ) -> BranchRead:
     runtime = _runtime(request)
-    return await directory_store.create_branch(
+    return await branches.create_branch(
         db=runtime.db,
         settings=runtime.settings,
         principal=principal,
@@ -79,7 +80,7 @@ async def list_branches(
     request: Request, principal: BranchAdmin, include_inactive: bool = False
 ) -> list[BranchRead]:
     runtime = _runtime(request)
-    return await directory_store.list_branches(
+    return await branches.list_branches(
         db=runtime.db, principal=principal, include_inactive=include_inactive
     )
 
@@ -87,7 +88,7 @@ async def list_branches(
 @router.get("/branches/{code}", response_model=BranchRead)
 async def get_branch(code: str, request: Request, principal: BranchAdmin) -> BranchRead:
     runtime = _runtime(request)
-    return await directory_store.get_branch(db=runtime.db, principal=principal, code=code)
+    return await branches.get_branch(db=runtime.db, principal=principal, code=code)
 
 
 @router.patch("/branches/{code}", response_model=BranchRead)
@@ -95,7 +96,7 @@ async def update_branch(
     code: str, body: BranchUpdate, request: Request, principal: BranchAdmin
 ) -> BranchRead:
     runtime = _runtime(request)
-    return await directory_store.update_branch(
+    return await branches.update_branch(
         db=runtime.db,
         settings=runtime.settings,
         principal=principal,
@@ -110,7 +111,7 @@ async def deactivate_branch(
     code: str, request: Request, principal: BranchOpener
 ) -> DeactivationReport:
     runtime = _runtime(request)
-    await directory_store.deactivate_branch(
+    await branches.deactivate_branch(
         db=runtime.db,
         settings=runtime.settings,
         principal=principal,
@@ -129,7 +130,7 @@ async def create_department(
     body: DepartmentCreate, request: Request, principal: BranchAdmin
 ) -> DepartmentRead:
     runtime = _runtime(request)
-    created = await directory_store.create_department(
+    created = await departments.create_department(
         db=runtime.db, principal=principal, body=body, now=runtime.clock.now()
     )
     await unroutable.retry_after_change(runtime, org=principal.org)
@@ -144,7 +145,7 @@ async def list_departments(
     include_inactive: bool = False,
 ) -> list[DepartmentRead]:
     runtime = _runtime(request)
-    return await directory_store.list_departments(
+    return await departments.list_departments(
         db=runtime.db, principal=principal, branch=branch, include_inactive=include_inactive
     )
 
@@ -154,7 +155,7 @@ async def get_department(
     department_id: str, request: Request, principal: BranchAdmin
 ) -> DepartmentRead:
     runtime = _runtime(request)
-    return await directory_store.get_department(
+    return await departments.get_department(
         db=runtime.db, principal=principal, department_id=department_id
     )
 
@@ -164,7 +165,7 @@ async def update_department(
     department_id: str, body: DepartmentUpdate, request: Request, principal: BranchAdmin
 ) -> DepartmentRead:
     runtime = _runtime(request)
-    updated = await directory_store.update_department(
+    updated = await departments.update_department(
         db=runtime.db,
         principal=principal,
         department_id=department_id,
@@ -180,7 +181,7 @@ async def deactivate_department(
     department_id: str, request: Request, principal: BranchAdmin
 ) -> DeactivationReport:
     runtime = _runtime(request)
-    await directory_store.deactivate_department(
+    await departments.deactivate_department(
         db=runtime.db, principal=principal, department_id=department_id, now=runtime.clock.now()
     )
     work = await store.open_work(
@@ -195,7 +196,7 @@ async def deactivate_department(
 @router.post("/staff", status_code=status.HTTP_201_CREATED, response_model=StaffRead)
 async def create_staff(body: StaffCreate, request: Request, principal: BranchAdmin) -> StaffRead:
     runtime = _runtime(request)
-    created = await directory_store.create_staff(
+    created = await staff.create_staff(
         db=runtime.db, principal=principal, body=body, now=runtime.clock.now()
     )
     await _offer_queue(runtime, org=principal.org, department_id=created.department_id)
@@ -211,7 +212,7 @@ async def list_staff(
     status: StaffStatus | None = None,
 ) -> list[StaffRead]:
     runtime = _runtime(request)
-    documents = await directory_store.list_staff(
+    documents = await staff.list_staff(
         db=runtime.db, principal=principal, branch=branch, department=department, status=status
     )
     loads = await store.open_loads(
@@ -223,9 +224,7 @@ async def list_staff(
 @router.get("/staff/{staff_id}", response_model=StaffRead)
 async def get_staff(staff_id: str, request: Request, principal: BranchAdmin) -> StaffRead:
     runtime = _runtime(request)
-    document = await directory_store.get_staff_document(
-        db=runtime.db, principal=principal, staff_id=staff_id
-    )
+    document = await staff.get_staff_document(db=runtime.db, principal=principal, staff_id=staff_id)
     return await _staff_read(runtime, document)
 
 
@@ -234,7 +233,7 @@ async def update_staff(
     staff_id: str, body: StaffUpdate, request: Request, principal: BranchAdmin
 ) -> StaffRead:
     runtime = _runtime(request)
-    document = await directory_store.update_staff(
+    document = await staff.update_staff(
         db=runtime.db, principal=principal, staff_id=staff_id, body=body, now=runtime.clock.now()
     )
     await _offer_queue(runtime, org=principal.org, department_id=document["department_id"])
@@ -247,7 +246,7 @@ async def deactivate_staff(
 ) -> DeactivationReport:
     """No new work from now on; the open work still with the person is reported."""
     runtime = _runtime(request)
-    await directory_store.deactivate_staff(
+    await staff.deactivate_staff(
         db=runtime.db, principal=principal, staff_id=staff_id, now=runtime.clock.now()
     )
     work = await store.open_work(db=runtime.db, query={"org": principal.org, "owner_id": staff_id})

@@ -1,0 +1,208 @@
+"""Branches as their administrators keep them: validated writes, scoped reads.
+
+A branch's time zone, opening hours and holiday calendar are checked before they are
+stored (a 422 naming the field); every change announces ``branch.updated`` in the same
+write (intake numbers references in the branch's time zone).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, time
+from itertools import pairwise
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import holidays
+from pymongo import ASCENDING
+from pymongo.asynchronous.database import AsyncDatabase
+
+from complaints_shared.auth import Principal
+from complaints_shared.events import BranchUpdated, EventType
+from complaints_shared.models import Weekday
+from complaints_shared.outbox import outbox_entry, outbox_fields, outbox_update
+from complaints_shared.problems import invalid, not_found
+from complaints_shared.settings import ServiceSettings
+from routing.directory import store
+from routing.directory.models import (
+    BranchCreate,
+    BranchRead,
+    BranchUpdate,
+    HolidayCalendar,
+    OpeningRange,
+    StaffStatus,
+)
+
+
+def _check_time_zone(time_zone: str) -> None:
+    try:
+        ZoneInfo(time_zone)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise invalid("time_zone", f"unknown IANA time zone {time_zone!r}") from None
+
+
+def _check_holidays(calendar: HolidayCalendar) -> None:
+    if calendar.country is None:
+        return
+    try:
+        holidays.country_holidays(calendar.country, subdiv=calendar.subdivision, language="en_US")
+    except NotImplementedError as exc:
+        field = "holidays.subdivision" if "subdivision" in str(exc) else "holidays.country"
+        raise invalid(field, str(exc)) from None
+    both = set(calendar.closed_days) & set(calendar.working_days)
+    if both:
+        days = ", ".join(sorted(day.isoformat() for day in both))
+        raise invalid("holidays.working_days", f"{days} also listed as closed days")
+
+
+def _check_hours(hours: dict[Weekday, list[OpeningRange]]) -> None:
+    if not any(hours.values()):
+        raise invalid("hours", "a branch needs opening hours on at least one weekday")
+    for weekday, ranges in hours.items():
+        ordered = sorted(ranges, key=lambda slot: slot.start)
+        for earlier, later in pairwise(ordered):
+            if earlier.end == time(0) or later.start < earlier.end:
+                raise invalid(f"hours.{weekday.value}", "opening ranges overlap")
+
+
+async def _check_duty_officer(
+    *, db: AsyncDatabase, principal: Principal, staff_id: str | None
+) -> None:
+    if staff_id is None:
+        return
+    person = await store.visible_staff(db=db, principal=principal, staff_id=staff_id)
+    if person is None:
+        raise invalid("duty_officer_id", f"unknown staff member {staff_id!r}")
+    if person["status"] == StaffStatus.INACTIVE.value:
+        raise invalid("duty_officer_id", f"staff member {staff_id!r} is inactive")
+
+
+def _branch_updated(document: dict[str, Any], *, settings: ServiceSettings) -> dict[str, Any]:
+    """The outbox entry announcing the branch as ``document`` shows it (intake numbers
+    references in the branch's time zone from it)."""
+    event = BranchUpdated(
+        org=document["org"],
+        branch=document["code"],
+        name=document["name"],
+        time_zone=document["time_zone"],
+        active=document.get("active", True),
+        version=document["version"],
+        updated_at=document["updated_at"],
+    )
+    return outbox_entry(event_type=EventType.BRANCH_UPDATED, data=event, settings=settings)
+
+
+async def create_branch(
+    *,
+    db: AsyncDatabase,
+    settings: ServiceSettings,
+    principal: Principal,
+    body: BranchCreate,
+    now: datetime,
+) -> BranchRead:
+    _check_time_zone(body.time_zone)
+    _check_hours(body.hours)
+    _check_holidays(body.holidays)
+    await _check_duty_officer(db=db, principal=principal, staff_id=body.duty_officer_id)
+    document = {
+        "_id": store.branch_key(principal.org, body.code),
+        "org": principal.org,
+        **body.model_dump(mode="json"),
+        "active": True,
+        "version": 1,
+        "created_at": now,
+        "updated_at": now,
+    }
+    document.update(outbox_fields([_branch_updated(document, settings=settings)]))
+    await store.insert_entry(
+        db=db,
+        principal=principal,
+        entry=store.BRANCH,
+        entry_id=body.code,
+        document=document,
+        at=now,
+    )
+    return store.branch_read(document)
+
+
+async def _branch_document(*, db: AsyncDatabase, principal: Principal, code: str) -> dict:
+    principal.require_branch(code)
+    document = await db[store.BRANCHES].find_one({"_id": store.branch_key(principal.org, code)})
+    if document is None:
+        raise not_found(what="branch", identifier=code)
+    return document
+
+
+async def get_branch(*, db: AsyncDatabase, principal: Principal, code: str) -> BranchRead:
+    return store.branch_read(await _branch_document(db=db, principal=principal, code=code))
+
+
+async def list_branches(
+    *, db: AsyncDatabase, principal: Principal, include_inactive: bool
+) -> list[BranchRead]:
+    query: dict[str, Any] = {"org": principal.org}
+    if not principal.all_branches:
+        query["code"] = {"$in": list(principal.branches)}
+    if not include_inactive:
+        query["active"] = True
+    documents = await db[store.BRANCHES].find(query).sort("code", ASCENDING).to_list(None)
+    return [store.branch_read(document) for document in documents]
+
+
+async def update_branch(
+    *,
+    db: AsyncDatabase,
+    settings: ServiceSettings,
+    principal: Principal,
+    code: str,
+    body: BranchUpdate,
+    now: datetime,
+) -> BranchRead:
+    current = await _branch_document(db=db, principal=principal, code=code)
+    changes = store.without_nulls(
+        body.model_dump(mode="json", exclude_unset=True), nullable={"duty_officer_id"}
+    )
+    merged = BranchRead.model_validate({**current, **changes})
+    _check_time_zone(merged.time_zone)
+    _check_hours(merged.hours)
+    _check_holidays(merged.holidays)
+    if "duty_officer_id" in changes:
+        await _check_duty_officer(db=db, principal=principal, staff_id=merged.duty_officer_id)
+    changes = {**changes, "updated_at": now}
+    announced = {**current, **changes, "version": current["version"] + 1}
+    updated = await store.change_entry(
+        db=db,
+        principal=principal,
+        entry=store.BRANCH,
+        entry_id=code,
+        current=current,
+        changes=changes,
+        action="updated",
+        at=now,
+        announce=outbox_update([_branch_updated(announced, settings=settings)]),
+    )
+    return store.branch_read(updated)
+
+
+async def deactivate_branch(
+    *,
+    db: AsyncDatabase,
+    settings: ServiceSettings,
+    principal: Principal,
+    code: str,
+    now: datetime,
+) -> BranchRead:
+    current = await _branch_document(db=db, principal=principal, code=code)
+    changes = {"active": False, "updated_at": now}
+    announced = {**current, **changes, "version": current["version"] + 1}
+    updated = await store.change_entry(
+        db=db,
+        principal=principal,
+        entry=store.BRANCH,
+        entry_id=code,
+        current=current,
+        changes=changes,
+        action="deactivated",
+        at=now,
+        announce=outbox_update([_branch_updated(announced, settings=settings)]),
+    )
+    return store.branch_read(updated)

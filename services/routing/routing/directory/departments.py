@@ -1,0 +1,175 @@
+"""Departments as their branch's administrators keep them: validated writes, scoped reads.
+
+An escalation chain only goes up (no person or role twice, never down a rank), and a
+branch has one active department of each kind.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pymongo import ASCENDING
+from pymongo.asynchronous.database import AsyncDatabase
+
+from complaints_shared.auth import Principal
+from complaints_shared.problems import invalid, not_found
+from routing.directory import store
+from routing.directory.models import (
+    ROLE_RANK,
+    DepartmentCreate,
+    DepartmentRead,
+    DepartmentUpdate,
+    EscalationStep,
+)
+
+
+async def _check_chain(
+    *, db: AsyncDatabase, principal: Principal, chain: list[EscalationStep]
+) -> None:
+    """Chains go up: no person or role twice (a cycle), never back down a rank."""
+    if not chain:
+        raise invalid("escalation_chain", "an escalation chain needs at least one step")
+    seen: set[str] = set()
+    highest_rank = 0
+    for index, step in enumerate(chain):
+        field = f"escalation_chain.{index}"
+        if step.staff_id is not None:
+            person = await store.visible_staff(db=db, principal=principal, staff_id=step.staff_id)
+            if person is None:
+                raise invalid(f"{field}.staff_id", f"unknown staff member {step.staff_id!r}")
+            key, rank = f"staff:{step.staff_id}", ROLE_RANK[person["role"]]
+        else:
+            assert step.role is not None  # the model guarantees one of the two
+            key, rank = f"role:{step.role.value}", ROLE_RANK[step.role]
+        if key in seen:
+            raise invalid(field, f"{key} appears twice: the chain would loop")
+        if rank < highest_rank:
+            raise invalid(field, f"{key} ranks below an earlier step: escalation would go down")
+        seen.add(key)
+        highest_rank = max(highest_rank, rank)
+
+
+async def _check_kind_free(
+    *, db: AsyncDatabase, org: str, branch: str, kind: str, except_code: str | None = None
+) -> None:
+    query: dict[str, Any] = {"org": org, "branch": branch, "kind": kind, "active": True}
+    if except_code is not None:
+        query["code"] = {"$ne": except_code}
+    other = await db[store.DEPARTMENTS].find_one(query)
+    if other is not None:
+        raise invalid(
+            "kind", f"branch {branch} already has department {other['id']} of kind {kind!r}"
+        )
+
+
+async def create_department(
+    *, db: AsyncDatabase, principal: Principal, body: DepartmentCreate, now: datetime
+) -> DepartmentRead:
+    principal.require_branch(body.branch, field="branch")
+    await store.require_active_branch(db=db, org=principal.org, code=body.branch)
+    await _check_chain(db=db, principal=principal, chain=body.escalation_chain)
+    await _check_kind_free(db=db, org=principal.org, branch=body.branch, kind=body.kind)
+    department_id = f"{body.branch}:{body.code}"
+    document = {
+        "_id": store.department_key(principal.org, department_id),
+        "id": department_id,
+        "org": principal.org,
+        **body.model_dump(mode="json"),
+        "active": True,
+        "version": 1,
+        "created_at": now,
+        "updated_at": now,
+    }
+    await store.insert_entry(
+        db=db,
+        principal=principal,
+        entry=store.DEPARTMENT,
+        entry_id=department_id,
+        document=document,
+        at=now,
+    )
+    return store.department_read(document)
+
+
+async def _department_document(
+    *, db: AsyncDatabase, principal: Principal, department_id: str
+) -> dict[str, Any]:
+    branch, _ = store.split_department_id(department_id)
+    principal.require_branch(branch, what="department", identifier=department_id)
+    document = await db[store.DEPARTMENTS].find_one(
+        {"_id": store.department_key(principal.org, department_id)}
+    )
+    if document is None:
+        raise not_found(what="department", identifier=department_id)
+    return document
+
+
+async def get_department(
+    *, db: AsyncDatabase, principal: Principal, department_id: str
+) -> DepartmentRead:
+    document = await _department_document(db=db, principal=principal, department_id=department_id)
+    return store.department_read(document)
+
+
+async def list_departments(
+    *, db: AsyncDatabase, principal: Principal, branch: str | None, include_inactive: bool
+) -> list[DepartmentRead]:
+    query: dict[str, Any] = principal.scope_filter()
+    if branch is not None:
+        principal.require_branch(branch, field="branch")
+        query["branch"] = branch
+    if not include_inactive:
+        query["active"] = True
+    documents = await db[store.DEPARTMENTS].find(query).sort("_id", ASCENDING).to_list(None)
+    return [store.department_read(document) for document in documents]
+
+
+async def update_department(
+    *,
+    db: AsyncDatabase,
+    principal: Principal,
+    department_id: str,
+    body: DepartmentUpdate,
+    now: datetime,
+) -> DepartmentRead:
+    current = await _department_document(db=db, principal=principal, department_id=department_id)
+    changes = store.without_nulls(body.model_dump(mode="json", exclude_unset=True), nullable=set())
+    if body.escalation_chain is not None:
+        await _check_chain(db=db, principal=principal, chain=body.escalation_chain)
+    if body.kind is not None:
+        await _check_kind_free(
+            db=db,
+            org=principal.org,
+            branch=current["branch"],
+            kind=body.kind,
+            except_code=current["code"],
+        )
+    updated = await store.change_entry(
+        db=db,
+        principal=principal,
+        entry=store.DEPARTMENT,
+        entry_id=department_id,
+        current=current,
+        changes={**changes, "updated_at": now},
+        action="updated",
+        at=now,
+    )
+    return store.department_read(updated)
+
+
+async def deactivate_department(
+    *, db: AsyncDatabase, principal: Principal, department_id: str, now: datetime
+) -> DepartmentRead:
+    current = await _department_document(db=db, principal=principal, department_id=department_id)
+    updated = await store.change_entry(
+        db=db,
+        principal=principal,
+        entry=store.DEPARTMENT,
+        entry_id=department_id,
+        current=current,
+        changes={"active": False, "updated_at": now},
+        action="deactivated",
+        at=now,
+    )
+    return store.department_read(updated)

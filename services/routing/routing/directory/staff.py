@@ -1,0 +1,127 @@
+"""Staff as their branch's administrators keep them: validated writes, scoped reads.
+
+A person belongs to an active department of their branch; naming another branch's
+people answers exactly like naming nobody.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pymongo import ASCENDING
+from pymongo.asynchronous.database import AsyncDatabase
+
+from complaints_shared.auth import Principal
+from complaints_shared.problems import invalid, not_found
+from routing.directory import store
+from routing.directory.models import StaffCreate, StaffRead, StaffStatus, StaffUpdate
+
+
+async def _check_staff_department(
+    *, db: AsyncDatabase, org: str, branch: str, department: str
+) -> None:
+    document = await db[store.DEPARTMENTS].find_one(
+        {"_id": store.department_key(org, f"{branch}:{department}")}
+    )
+    if document is None or not document.get("active", True):
+        raise invalid("department", f"branch {branch} has no active department {department!r}")
+
+
+async def create_staff(
+    *, db: AsyncDatabase, principal: Principal, body: StaffCreate, now: datetime
+) -> StaffRead:
+    principal.require_branch(body.branch, field="branch")
+    await store.require_active_branch(db=db, org=principal.org, code=body.branch)
+    await _check_staff_department(
+        db=db, org=principal.org, branch=body.branch, department=body.department
+    )
+    document = {
+        "_id": store.staff_key(principal.org, body.id),
+        "org": principal.org,
+        **body.model_dump(mode="json"),
+        "department_id": f"{body.branch}:{body.department}",
+        "last_assigned_at": None,
+        "version": 1,
+        "created_at": now,
+        "updated_at": now,
+    }
+    await store.insert_entry(
+        db=db,
+        principal=principal,
+        entry=store.STAFF_MEMBER,
+        entry_id=body.id,
+        document=document,
+        at=now,
+    )
+    return store.staff_read(document)
+
+
+async def _staff_document(*, db: AsyncDatabase, principal: Principal, staff_id: str) -> dict:
+    document = await store.visible_staff(db=db, principal=principal, staff_id=staff_id)
+    if document is None:
+        raise not_found(what="staff member", identifier=staff_id)
+    return document
+
+
+async def get_staff_document(*, db: AsyncDatabase, principal: Principal, staff_id: str) -> dict:
+    return await _staff_document(db=db, principal=principal, staff_id=staff_id)
+
+
+async def list_staff(
+    *,
+    db: AsyncDatabase,
+    principal: Principal,
+    branch: str | None,
+    department: str | None,
+    status: StaffStatus | None,
+) -> list[dict[str, Any]]:
+    query: dict[str, Any] = principal.scope_filter()
+    if branch is not None:
+        principal.require_branch(branch, field="branch")
+        query["branch"] = branch
+    if department is not None:
+        query["department_id"] = department
+    if status is not None:
+        query["status"] = status.value
+    return await db[store.STAFF].find(query).sort("_id", ASCENDING).to_list(None)
+
+
+async def update_staff(
+    *, db: AsyncDatabase, principal: Principal, staff_id: str, body: StaffUpdate, now: datetime
+) -> dict[str, Any]:
+    current = await _staff_document(db=db, principal=principal, staff_id=staff_id)
+    changes = store.without_nulls(body.model_dump(mode="json", exclude_unset=True), nullable=set())
+    if body.department is not None:
+        await _check_staff_department(
+            db=db, org=principal.org, branch=current["branch"], department=body.department
+        )
+        changes["department_id"] = f"{current['branch']}:{body.department}"
+    updated = await store.change_entry(
+        db=db,
+        principal=principal,
+        entry=store.STAFF_MEMBER,
+        entry_id=staff_id,
+        current=current,
+        changes={**changes, "updated_at": now},
+        action="updated",
+        at=now,
+    )
+    return updated
+
+
+async def deactivate_staff(
+    *, db: AsyncDatabase, principal: Principal, staff_id: str, now: datetime
+) -> dict[str, Any]:
+    current = await _staff_document(db=db, principal=principal, staff_id=staff_id)
+    updated = await store.change_entry(
+        db=db,
+        principal=principal,
+        entry=store.STAFF_MEMBER,
+        entry_id=staff_id,
+        current=current,
+        changes={"status": StaffStatus.INACTIVE.value, "updated_at": now},
+        action="deactivated",
+        at=now,
+    )
+    return updated
