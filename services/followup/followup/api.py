@@ -14,7 +14,7 @@ from complaints_shared.models import StrictModel
 from complaints_shared.pagination import Page
 from complaints_shared.problems import invalid_fields, not_found
 from complaints_shared.runtime import Runtime
-from followup import commands, config_store, reports, store
+from followup import commands, reports, store
 from followup.models import (
     AttemptCreate,
     CheckFilters,
@@ -124,9 +124,7 @@ async def followup_stats(
 @router.get("/policy", response_model=PolicyRead, summary="The organisation's follow-up policy")
 async def get_policy(request: Request, principal: PolicyReader) -> PolicyRead:
     runtime = _runtime(request)
-    return await config_store.current_policy(
-        db=runtime.db, settings=runtime.settings, org=principal.org
-    )
+    return await store.current_policy(db=runtime.db, settings=runtime.settings, org=principal.org)
 
 
 @router.put(
@@ -136,7 +134,7 @@ async def get_policy(request: Request, principal: PolicyReader) -> PolicyRead:
 )
 async def put_policy(body: FollowupPolicy, request: Request, principal: PolicyAdmin) -> PolicyRead:
     runtime = _runtime(request)
-    return await config_store.save_policy(
+    return await store.save_policy(
         db=runtime.db, principal=principal, policy=body, now=runtime.clock.now()
     )
 
@@ -149,7 +147,7 @@ async def put_policy(body: FollowupPolicy, request: Request, principal: PolicyAd
 async def policy_history(
     request: Request, principal: PolicyAuditor, query: Annotated[HistoryQuery, Query()]
 ) -> History[PolicyRead]:
-    items = await config_store.policy_history(
+    items = await store.policy_history(
         db=_runtime(request).db, org=principal.org, limit=query.limit
     )
     return History[PolicyRead](items=items)
@@ -163,7 +161,7 @@ async def policy_history(
 async def get_branch_policy(branch: BranchPath, request: Request, principal: Agent) -> PolicyRead:
     principal.require_branch(branch)
     runtime = _runtime(request)
-    return await config_store.policy_for_branch(
+    return await store.policy_for_branch(
         db=runtime.db, settings=runtime.settings, org=principal.org, branch=branch
     )
 
@@ -178,7 +176,7 @@ async def put_branch_policy(
 ) -> PolicyRead:
     principal.require_branch(branch)
     runtime = _runtime(request)
-    return await config_store.save_policy(
+    return await store.save_policy(
         db=runtime.db, principal=principal, policy=body, now=runtime.clock.now(), branch=branch
     )
 
@@ -193,7 +191,7 @@ async def delete_branch_policy(
 ) -> PolicyRead:
     principal.require_branch(branch)
     runtime = _runtime(request)
-    return await config_store.follow_organisation_policy(
+    return await store.follow_organisation_policy(
         db=runtime.db,
         settings=runtime.settings,
         principal=principal,
@@ -214,7 +212,7 @@ async def branch_policy_history(
     query: Annotated[HistoryQuery, Query()],
 ) -> History[PolicyRead]:
     principal.require_branch(branch)
-    items = await config_store.policy_history(
+    items = await store.policy_history(
         db=_runtime(request).db, org=principal.org, limit=query.limit, branch=branch
     )
     return History[PolicyRead](items=items)
@@ -233,7 +231,7 @@ async def get_contact_hours(
 ) -> ContactHoursRead:
     principal.require_branch(branch)
     runtime = _runtime(request)
-    return await config_store.current_contact_hours(
+    return await store.current_contact_hours(
         db=runtime.db, settings=runtime.settings, org=principal.org, branch=branch
     )
 
@@ -248,7 +246,7 @@ async def put_contact_hours(
 ) -> ContactHoursRead:
     principal.require_branch(branch)
     runtime = _runtime(request)
-    return await config_store.save_contact_hours(
+    return await store.save_contact_hours(
         db=runtime.db,
         principal=principal,
         branch=branch,
@@ -269,7 +267,7 @@ async def contact_hours_history(
     query: Annotated[HistoryQuery, Query()],
 ) -> History[ContactHoursRead]:
     principal.require_branch(branch)
-    items = await config_store.contact_hours_history(
+    items = await store.contact_hours_history(
         db=_runtime(request).db, org=principal.org, branch=branch, limit=query.limit
     )
     return History[ContactHoursRead](items=items)

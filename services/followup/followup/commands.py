@@ -18,7 +18,7 @@ from complaints_shared.aggregate import Decide, Decision
 from complaints_shared.auth import Principal
 from complaints_shared.events import FollowupOutcome
 from complaints_shared.mongo import merge_updates
-from followup import config_store, store
+from followup import store
 from followup.lifecycle import (
     CLAIM_FIELDS,
     CheckState,
@@ -137,7 +137,7 @@ async def record_attempt(
 ) -> dict[str, Any] | None:
     """Record one call by the agent holding the claim; ends the check when it can."""
     visible = await store.get_visible(db=db, principal=principal, followup_id=followup_id)
-    hours = await config_store.current_contact_hours(
+    hours = await store.current_contact_hours(
         db=db, settings=settings, org=visible["org"], branch=visible["branch"]
     )
 

@@ -20,7 +20,7 @@ from complaints_shared.events import (
 from complaints_shared.kafka import EventHandler
 from complaints_shared.logs import get_logger
 from complaints_shared.runtime import Runtime
-from followup import config_store, projections, store
+from followup import projections, store
 from followup.settings import FollowupSettings
 
 log = get_logger(__name__)
@@ -64,10 +64,10 @@ def build_handlers(runtime: Runtime) -> dict[EventType, EventHandler]:
             now=now,
             event_id=event.id,
         )
-        policy = await config_store.policy_for_branch(
+        policy = await store.policy_for_branch(
             db=runtime.db, settings=settings, org=data.org, branch=data.branch
         )
-        hours = await config_store.current_contact_hours(
+        hours = await store.current_contact_hours(
             db=runtime.db, settings=settings, org=data.org, branch=data.branch
         )
         created = await projections.schedule_checks(
