@@ -20,6 +20,7 @@ from complaints_shared.auth import TokenVerifier
 from complaints_shared.logs import configure_logging
 from complaints_shared.metrics import HTTP_REQUESTS
 from complaints_shared.problems import install_problem_handlers, problem_response
+from complaints_shared.runtime import runtime_of
 from complaints_shared.settings import ServiceSettings
 
 
@@ -183,7 +184,7 @@ def build_app(
         dependencies=[public("readiness probe of the orchestrator")],
     )
     async def readyz(request: Request) -> JSONResponse:
-        checks = await request.app.state.runtime.readiness()
+        checks = await runtime_of(request).readiness()
         ready = all(checks.values())
         return JSONResponse(
             {"status": "ready" if ready else "not_ready", "checks": checks},

@@ -2,7 +2,8 @@
 
 ``service_runtime`` wires them up at start-up and takes them down gracefully:
 stop taking new messages, let in-flight handlers finish and commit, flush the
-outbox relay's current publish, then close the clients.
+outbox relay's current publish, then close the clients. It keeps the runtime on
+the app it serves, where routes find it (``runtime_of``).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 
+from fastapi import FastAPI, Request
 from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
 
@@ -102,6 +104,7 @@ async def _prepare_topics_then_consume(runtime: Runtime) -> None:
 @asynccontextmanager
 async def service_runtime(
     *,
+    app: FastAPI,
     settings: ServiceSettings,
     outbox_collections: list[str],
     consumed_topics: list[Topic],
@@ -143,10 +146,16 @@ async def service_runtime(
     for task in runtime.tasks:
         task.add_done_callback(lambda done, runtime=runtime: _report_ended(runtime, done))
     log.info("service_started", database=settings.database_name())
+    app.state.runtime = runtime
     try:
         yield runtime
     finally:
         await _shutdown(runtime)
+
+
+def runtime_of(request: Request) -> Runtime:
+    """The runtime of the service answering ``request`` (kept on its app by ``service_runtime``)."""
+    return request.app.state.runtime
 
 
 def _report_ended(runtime: Runtime, task: asyncio.Task) -> None:

@@ -13,7 +13,7 @@ from complaints_shared.auth import Principal, Role
 from complaints_shared.models import StrictModel
 from complaints_shared.pagination import Page
 from complaints_shared.problems import invalid_fields, not_found
-from complaints_shared.runtime import Runtime
+from complaints_shared.runtime import runtime_of
 from followup import commands, reports, store
 from followup.models import (
     AttemptCreate,
@@ -63,10 +63,6 @@ BranchPolicyAdmin = allow(
 )
 
 
-def _runtime(request: Request) -> Runtime:
-    return request.app.state.runtime
-
-
 async def _command(
     request: Request,
     principal: Principal,
@@ -76,7 +72,7 @@ async def _command(
     **arguments: Any,
 ) -> SatisfactionCheckRead:
     """Run one of the check's commands for the caller; a check it cannot see is a 404."""
-    runtime = _runtime(request)
+    runtime = runtime_of(request)
     document = await command(
         db=runtime.db,
         settings=runtime.settings,
@@ -102,7 +98,7 @@ async def _command(
 async def list_followups(
     request: Request, principal: Agent, filters: Annotated[CheckFilters, Query()]
 ) -> Page[SatisfactionCheckRead]:
-    return await store.list_checks(db=_runtime(request).db, principal=principal, filters=filters)
+    return await store.list_checks(db=runtime_of(request).db, principal=principal, filters=filters)
 
 
 @router.get(
@@ -114,7 +110,7 @@ async def followup_stats(
     request: Request, principal: Supervisor, filters: Annotated[StatsFilters, Query()]
 ) -> FollowupStats:
     return await reports.followup_stats(
-        db=_runtime(request).db, principal=principal, filters=filters
+        db=runtime_of(request).db, principal=principal, filters=filters
     )
 
 
@@ -123,7 +119,7 @@ async def followup_stats(
 
 @router.get("/policy", response_model=PolicyRead, summary="The organisation's follow-up policy")
 async def get_policy(request: Request, principal: PolicyReader) -> PolicyRead:
-    runtime = _runtime(request)
+    runtime = runtime_of(request)
     return await store.current_policy(db=runtime.db, settings=runtime.settings, org=principal.org)
 
 
@@ -133,7 +129,7 @@ async def get_policy(request: Request, principal: PolicyReader) -> PolicyRead:
     summary="Replace the organisation's follow-up policy (a new audited version)",
 )
 async def put_policy(body: FollowupPolicy, request: Request, principal: PolicyAdmin) -> PolicyRead:
-    runtime = _runtime(request)
+    runtime = runtime_of(request)
     return await store.save_policy(
         db=runtime.db, principal=principal, policy=body, now=runtime.clock.now()
     )
@@ -148,7 +144,7 @@ async def policy_history(
     request: Request, principal: PolicyAuditor, query: Annotated[HistoryQuery, Query()]
 ) -> History[PolicyRead]:
     items = await store.policy_history(
-        db=_runtime(request).db, org=principal.org, limit=query.limit
+        db=runtime_of(request).db, org=principal.org, limit=query.limit
     )
     return History[PolicyRead](items=items)
 
@@ -160,7 +156,7 @@ async def policy_history(
 )
 async def get_branch_policy(branch: BranchPath, request: Request, principal: Agent) -> PolicyRead:
     principal.require_branch(branch)
-    runtime = _runtime(request)
+    runtime = runtime_of(request)
     return await store.policy_for_branch(
         db=runtime.db, settings=runtime.settings, org=principal.org, branch=branch
     )
@@ -175,7 +171,7 @@ async def put_branch_policy(
     branch: BranchPath, body: FollowupPolicy, request: Request, principal: BranchPolicyAdmin
 ) -> PolicyRead:
     principal.require_branch(branch)
-    runtime = _runtime(request)
+    runtime = runtime_of(request)
     return await store.save_policy(
         db=runtime.db, principal=principal, policy=body, now=runtime.clock.now(), branch=branch
     )
@@ -190,7 +186,7 @@ async def delete_branch_policy(
     branch: BranchPath, request: Request, principal: BranchPolicyAdmin
 ) -> PolicyRead:
     principal.require_branch(branch)
-    runtime = _runtime(request)
+    runtime = runtime_of(request)
     return await store.follow_organisation_policy(
         db=runtime.db,
         settings=runtime.settings,
@@ -213,7 +209,7 @@ async def branch_policy_history(
 ) -> History[PolicyRead]:
     principal.require_branch(branch)
     items = await store.policy_history(
-        db=_runtime(request).db, org=principal.org, limit=query.limit, branch=branch
+        db=runtime_of(request).db, org=principal.org, limit=query.limit, branch=branch
     )
     return History[PolicyRead](items=items)
 
@@ -230,7 +226,7 @@ async def get_contact_hours(
     branch: BranchPath, request: Request, principal: Agent
 ) -> ContactHoursRead:
     principal.require_branch(branch)
-    runtime = _runtime(request)
+    runtime = runtime_of(request)
     return await store.current_contact_hours(
         db=runtime.db, settings=runtime.settings, org=principal.org, branch=branch
     )
@@ -245,7 +241,7 @@ async def put_contact_hours(
     branch: BranchPath, body: ContactHours, request: Request, principal: BranchAdmin
 ) -> ContactHoursRead:
     principal.require_branch(branch)
-    runtime = _runtime(request)
+    runtime = runtime_of(request)
     return await store.save_contact_hours(
         db=runtime.db,
         principal=principal,
@@ -268,7 +264,7 @@ async def contact_hours_history(
 ) -> History[ContactHoursRead]:
     principal.require_branch(branch)
     items = await store.contact_hours_history(
-        db=_runtime(request).db, org=principal.org, branch=branch, limit=query.limit
+        db=runtime_of(request).db, org=principal.org, branch=branch, limit=query.limit
     )
     return History[ContactHoursRead](items=items)
 
@@ -281,7 +277,7 @@ async def get_followup(
     followup_id: str, request: Request, principal: Agent
 ) -> SatisfactionCheckRead:
     document = await store.get_visible(
-        db=_runtime(request).db, principal=principal, followup_id=followup_id
+        db=runtime_of(request).db, principal=principal, followup_id=followup_id
     )
     return store.to_read(document)
 

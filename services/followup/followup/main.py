@@ -29,6 +29,7 @@ def create_app(settings: FollowupSettings | None = None, *, clock: Clock | None 
         await asyncio.to_thread(default_contact_hours, settings)
         scheduler = CheckScheduler(settings=settings)
         async with service_runtime(
+            app=app,
             settings=settings,
             outbox_collections=[store.CHECKS],
             consumed_topics=[Topic.INTAKE],
@@ -36,8 +37,7 @@ def create_app(settings: FollowupSettings | None = None, *, clock: Clock | None 
             ensure_indexes=store.ensure_indexes,
             background_jobs=[scheduler.run_scheduler],
             clock=clock,
-        ) as runtime:
-            app.state.runtime = runtime
+        ):
             yield
 
     return build_app(

@@ -14,7 +14,7 @@ from complaints_shared.auth import Principal, Role
 from complaints_shared.datetimes import UtcDatetime
 from complaints_shared.pagination import Page
 from complaints_shared.problems import invalid_fields
-from complaints_shared.runtime import Runtime
+from complaints_shared.runtime import runtime_of
 from intake import commands, idempotency, registration, reports, search, store
 from intake.lifecycle import Command
 from intake.models import (
@@ -54,10 +54,6 @@ Reader = allow(Role.AGENT, Role.SUPERVISOR, scope=Scope.BRANCH, action="reading 
 ReportReader = allow(Role.SUPERVISOR, scope=Scope.BRANCH, action="reading complaint reports")
 
 
-def _runtime(request: Request) -> Runtime:
-    return request.app.state.runtime
-
-
 @router.post(
     "",
     status_code=status.HTTP_201_CREATED,
@@ -71,7 +67,7 @@ async def create_complaint(
     idempotency_key: IdempotencyKey = None,
 ) -> JSONResponse:
     principal.require_branch(body.branch, field="branch")
-    runtime = _runtime(request)
+    runtime = runtime_of(request)
     reservation = None
     complaint_id = store.new_id()
     if idempotency_key is not None:
@@ -128,13 +124,13 @@ async def list_complaints(
     principal: Reader,
     filters: Annotated[search.ComplaintFilters, Query()],
 ) -> Page[ComplaintRead]:
-    return await search.search(db=_runtime(request).db, principal=principal, filters=filters)
+    return await search.search(db=runtime_of(request).db, principal=principal, filters=filters)
 
 
 @router.get("/{complaint_id}", response_model=ComplaintRead, summary="One complaint of record")
 async def get_complaint(complaint_id: str, request: Request, principal: Reader) -> ComplaintRead:
     document = await store.get_visible(
-        db=_runtime(request).db, principal=principal, complaint_id=complaint_id
+        db=runtime_of(request).db, principal=principal, complaint_id=complaint_id
     )
     return store.to_read(document)
 
@@ -146,7 +142,7 @@ async def get_complaint(complaint_id: str, request: Request, principal: Reader) 
 )
 async def get_timeline(complaint_id: str, request: Request, principal: Reader) -> Timeline:
     document = await store.get_timeline(
-        db=_runtime(request).db, principal=principal, complaint_id=complaint_id
+        db=runtime_of(request).db, principal=principal, complaint_id=complaint_id
     )
     return Timeline(
         complaint_id=complaint_id,
@@ -164,7 +160,7 @@ async def _command(
     build: commands.Build,
     details: dict[str, Any] | None = None,
 ) -> ComplaintRead:
-    runtime = _runtime(request)
+    runtime = runtime_of(request)
     document = await commands.run_command(
         db=runtime.db,
         settings=runtime.settings,
@@ -259,7 +255,7 @@ async def summary_report(
     to: UtcDatetime | None = None,
     branch: Annotated[list[str], Query(description="Only these branches (repeatable)")] = [],  # noqa: B006
 ) -> reports.SummaryReport:
-    runtime = _runtime(request)
+    runtime = runtime_of(request)
     now = runtime.clock.now()
     created_to = to or now
     created_from = from_ or created_to - timedelta(days=30)

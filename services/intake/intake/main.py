@@ -30,14 +30,14 @@ def create_app(settings: IntakeSettings | None = None, *, clock: Clock | None = 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with service_runtime(
+            app=app,
             settings=settings,
             outbox_collections=[store.COMPLAINTS],
             consumed_topics=[Topic.ROUTING, Topic.FOLLOWUP],
             handlers=build_handlers,
             ensure_indexes=ensure_indexes,
             clock=clock,
-        ) as runtime:
-            app.state.runtime = runtime
+        ):
             yield
 
     return build_app(

@@ -30,6 +30,7 @@ def create_app(settings: RoutingSettings | None = None, *, clock: Clock | None =
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         scheduler = SlaScheduler(settings=settings)
         async with service_runtime(
+            app=app,
             settings=settings,
             outbox_collections=[store.ASSIGNMENTS, directory_store.BRANCHES],
             consumed_topics=[Topic.INTAKE],
@@ -41,8 +42,7 @@ def create_app(settings: RoutingSettings | None = None, *, clock: Clock | None =
                 scheduler.run_load_hint_reconciler,
             ],
             clock=clock,
-        ) as runtime:
-            app.state.runtime = runtime
+        ):
             yield
 
     return build_app(

@@ -20,7 +20,7 @@ from complaints_shared.envelope import CloudEvent
 from complaints_shared.models import StrictModel
 from complaints_shared.pagination import Page
 from complaints_shared.problems import ProblemError, not_found
-from complaints_shared.runtime import Runtime
+from complaints_shared.runtime import runtime_of
 from webhooks import store
 from webhooks.handlers import order_key
 from webhooks.models import (
@@ -55,10 +55,6 @@ class ListQuery(StrictModel):
 Admin = allow(Role.ADMIN, scope=Scope.BRANCH, action="managing webhook subscriptions")
 
 
-def _runtime(request: Request) -> Runtime:
-    return request.app.state.runtime
-
-
 def _settings(request: Request) -> WebhooksSettings:
     return request.app.state.settings
 
@@ -87,7 +83,7 @@ def _checked_url(url: str, settings: WebhooksSettings) -> str:
 
 async def _subscription(request: Request, principal: Principal, subscription_id: str) -> dict:
     found = await store.get_subscription(
-        db=_runtime(request).db, scope=principal.scope_filter(), subscription_id=subscription_id
+        db=runtime_of(request).db, scope=principal.scope_filter(), subscription_id=subscription_id
     )
     if found is None:
         raise not_found(what="subscription", identifier=subscription_id)
@@ -106,7 +102,7 @@ async def _subscription(request: Request, principal: Principal, subscription_id:
 async def create_subscription(
     body: SubscriptionCreate, request: Request, principal: Admin
 ) -> SubscriptionCreated:
-    runtime = _runtime(request)
+    runtime = runtime_of(request)
     _checked_url(body.target_url, _settings(request))
     if body.branch is None and not principal.all_branches:
         raise _invalid(
@@ -146,7 +142,7 @@ async def list_subscriptions(
     request: Request, principal: Admin, query: Annotated[ListQuery, Query()]
 ) -> Page[SubscriptionRead]:
     return await store.list_subscriptions(
-        db=_runtime(request).db, principal=principal, limit=query.limit, cursor=query.cursor
+        db=runtime_of(request).db, principal=principal, limit=query.limit, cursor=query.cursor
     )
 
 
@@ -170,7 +166,7 @@ async def get_subscription(
 async def update_subscription(
     subscription_id: SubscriptionId, body: SubscriptionUpdate, request: Request, principal: Admin
 ) -> SubscriptionRead:
-    runtime = _runtime(request)
+    runtime = runtime_of(request)
     current = await _subscription(request, principal, subscription_id)
     now = runtime.clock.now()
     changes: dict[str, Any] = {"updated_at": now}
@@ -215,7 +211,7 @@ async def delete_subscription(
     subscription_id: SubscriptionId, request: Request, principal: Admin
 ) -> Response:
     deleted = await store.delete_subscription(
-        db=_runtime(request).db, scope=principal.scope_filter(), subscription_id=subscription_id
+        db=runtime_of(request).db, scope=principal.scope_filter(), subscription_id=subscription_id
     )
     if not deleted:
         raise not_found(what="subscription", identifier=subscription_id)
@@ -230,7 +226,7 @@ async def delete_subscription(
 async def rotate_secret(
     subscription_id: SubscriptionId, request: Request, principal: Admin
 ) -> SecretRotated:
-    runtime = _runtime(request)
+    runtime = runtime_of(request)
     settings = _settings(request)
     scope = principal.scope_filter()
     current = await store.get_subscription(
@@ -268,7 +264,7 @@ async def rotate_secret(
     summary="Send a signed test event (also while paused); follow it in the delivery log",
 )
 async def ping(subscription_id: SubscriptionId, request: Request, principal: Admin) -> DeliveryRead:
-    runtime = _runtime(request)
+    runtime = runtime_of(request)
     subscription = await _subscription(request, principal, subscription_id)
     now = runtime.clock.now()
     event = CloudEvent(
@@ -315,7 +311,7 @@ async def list_deliveries(
 ) -> Page[DeliveryRead]:
     await _subscription(request, principal, subscription_id)
     return await store.list_deliveries(
-        db=_runtime(request).db, subscription_id=subscription_id, filters=filters
+        db=runtime_of(request).db, subscription_id=subscription_id, filters=filters
     )
 
 
@@ -329,7 +325,7 @@ async def get_delivery(
 ) -> DeliveryRead:
     await _subscription(request, principal, subscription_id)
     found = await store.get_delivery(
-        db=_runtime(request).db, subscription_id=subscription_id, delivery_id=delivery_id
+        db=runtime_of(request).db, subscription_id=subscription_id, delivery_id=delivery_id
     )
     if found is None:
         raise not_found(what="delivery", identifier=delivery_id)
@@ -345,7 +341,7 @@ async def get_delivery(
 async def redeliver_one(
     subscription_id: SubscriptionId, delivery_id: DeliveryId, request: Request, principal: Admin
 ) -> RedeliveryAccepted:
-    runtime = _runtime(request)
+    runtime = runtime_of(request)
     await _subscription(request, principal, subscription_id)
     queued = await store.redeliver_one(
         db=runtime.db,
@@ -368,7 +364,7 @@ async def redeliver_one(
 async def redeliver_range(
     subscription_id: SubscriptionId, body: RedeliverRange, request: Request, principal: Admin
 ) -> RedeliveryAccepted:
-    runtime = _runtime(request)
+    runtime = runtime_of(request)
     await _subscription(request, principal, subscription_id)
     queued = await store.redeliver_range(
         db=runtime.db,

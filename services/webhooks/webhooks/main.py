@@ -27,6 +27,7 @@ def create_app(settings: WebhooksSettings | None = None, *, clock: Clock | None 
         dispatcher = Dispatcher(settings=settings)
         app.state.dispatcher = dispatcher
         async with service_runtime(
+            app=app,
             settings=settings,
             outbox_collections=[],
             consumed_topics=list(Topic),
@@ -38,8 +39,7 @@ def create_app(settings: WebhooksSettings | None = None, *, clock: Clock | None 
                 dispatcher.watermark.run_watermark,
             ],
             clock=clock,
-        ) as runtime:
-            app.state.runtime = runtime
+        ):
             yield
 
     return build_app(

@@ -11,7 +11,7 @@ from pydantic import BaseModel
 from complaints_shared.access import Scope, allow
 from complaints_shared.auth import Principal, Role
 from complaints_shared.pagination import Page
-from complaints_shared.runtime import Runtime
+from complaints_shared.runtime import runtime_of
 from routing.assignments import commands, store
 from routing.assignments.models import (
     AssignmentRead,
@@ -31,10 +31,6 @@ Supervisor = allow(
 )
 
 
-def _runtime(request: Request) -> Runtime:
-    return request.app.state.runtime
-
-
 async def _supervisor_action(
     request: Request,
     principal: Principal,
@@ -43,7 +39,7 @@ async def _supervisor_action(
     action: Callable[..., Awaitable[AssignmentRead]],
 ) -> AssignmentRead:
     """Run one supervisor action on an assignment and publish what it caused at once."""
-    runtime = _runtime(request)
+    runtime = runtime_of(request)
     read = await action(
         db=runtime.db,
         settings=runtime.settings,
@@ -67,7 +63,7 @@ async def list_assignments(
     cursor: str | None = None,
 ) -> Page[AssignmentRead]:
     return await store.list_assignments(
-        db=_runtime(request).db,
+        db=runtime_of(request).db,
         principal=principal,
         department=department,
         owner_id=owner_id,
@@ -85,7 +81,7 @@ async def workload(
     department: str | None = None,
 ) -> WorkloadRead:
     return await store.workload(
-        db=_runtime(request).db, principal=principal, branch=branch, department=department
+        db=runtime_of(request).db, principal=principal, branch=branch, department=department
     )
 
 
@@ -94,7 +90,7 @@ async def workload(
 )
 async def get_assignment(complaint_id: str, request: Request, principal: Reader) -> AssignmentRead:
     return await store.get_assignment(
-        db=_runtime(request).db, principal=principal, complaint_id=complaint_id
+        db=runtime_of(request).db, principal=principal, complaint_id=complaint_id
     )
 
 

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Request, status
 
 from complaints_shared.access import Scope, allow
 from complaints_shared.auth import Role
-from complaints_shared.runtime import Runtime
+from complaints_shared.runtime import Runtime, runtime_of
 from routing import audit
 from routing.assignments import queue, store, unroutable
 from routing.directory import branches, departments, staff
@@ -36,10 +36,6 @@ Auditor = allow(Role.ADMIN, scope=Scope.ORGANISATION, action="reading the direct
 BranchAdmin = allow(Role.ADMIN, scope=Scope.BRANCH, action="managing a branch's directory")
 
 
-def _runtime(request: Request) -> Runtime:
-    return request.app.state.runtime
-
-
 async def _staff_read(runtime: Runtime, document: dict[str, Any]) -> StaffRead:
     loads = await store.open_loads(db=runtime.db, org=document["org"], staff_ids=[document["id"]])
     return directory_store.staff_read(document, open_load=loads[document["id"]])
@@ -65,7 +61,7 @@ async def _offer_queue(runtime: Runtime, *, org: str, department_id: str) -> Non
 async def create_branch(
     body: BranchCreate, request: Request, principal: BranchOpener
 ) -> BranchRead:
-    runtime = _runtime(request)
+    runtime = runtime_of(request)
     return await branches.create_branch(
         db=runtime.db,
         settings=runtime.settings,
@@ -79,7 +75,7 @@ async def create_branch(
 async def list_branches(
     request: Request, principal: BranchAdmin, include_inactive: bool = False
 ) -> list[BranchRead]:
-    runtime = _runtime(request)
+    runtime = runtime_of(request)
     return await branches.list_branches(
         db=runtime.db, principal=principal, include_inactive=include_inactive
     )
@@ -87,7 +83,7 @@ async def list_branches(
 
 @router.get("/branches/{code}", response_model=BranchRead)
 async def get_branch(code: str, request: Request, principal: BranchAdmin) -> BranchRead:
-    runtime = _runtime(request)
+    runtime = runtime_of(request)
     return await branches.get_branch(db=runtime.db, principal=principal, code=code)
 
 
@@ -95,7 +91,7 @@ async def get_branch(code: str, request: Request, principal: BranchAdmin) -> Bra
 async def update_branch(
     code: str, body: BranchUpdate, request: Request, principal: BranchAdmin
 ) -> BranchRead:
-    runtime = _runtime(request)
+    runtime = runtime_of(request)
     return await branches.update_branch(
         db=runtime.db,
         settings=runtime.settings,
@@ -110,7 +106,7 @@ async def update_branch(
 async def deactivate_branch(
     code: str, request: Request, principal: BranchOpener
 ) -> DeactivationReport:
-    runtime = _runtime(request)
+    runtime = runtime_of(request)
     await branches.deactivate_branch(
         db=runtime.db,
         settings=runtime.settings,
@@ -129,7 +125,7 @@ async def deactivate_branch(
 async def create_department(
     body: DepartmentCreate, request: Request, principal: BranchAdmin
 ) -> DepartmentRead:
-    runtime = _runtime(request)
+    runtime = runtime_of(request)
     created = await departments.create_department(
         db=runtime.db, principal=principal, body=body, now=runtime.clock.now()
     )
@@ -144,7 +140,7 @@ async def list_departments(
     branch: str | None = None,
     include_inactive: bool = False,
 ) -> list[DepartmentRead]:
-    runtime = _runtime(request)
+    runtime = runtime_of(request)
     return await departments.list_departments(
         db=runtime.db, principal=principal, branch=branch, include_inactive=include_inactive
     )
@@ -154,7 +150,7 @@ async def list_departments(
 async def get_department(
     department_id: str, request: Request, principal: BranchAdmin
 ) -> DepartmentRead:
-    runtime = _runtime(request)
+    runtime = runtime_of(request)
     return await departments.get_department(
         db=runtime.db, principal=principal, department_id=department_id
     )
@@ -164,7 +160,7 @@ async def get_department(
 async def update_department(
     department_id: str, body: DepartmentUpdate, request: Request, principal: BranchAdmin
 ) -> DepartmentRead:
-    runtime = _runtime(request)
+    runtime = runtime_of(request)
     updated = await departments.update_department(
         db=runtime.db,
         principal=principal,
@@ -180,7 +176,7 @@ async def update_department(
 async def deactivate_department(
     department_id: str, request: Request, principal: BranchAdmin
 ) -> DeactivationReport:
-    runtime = _runtime(request)
+    runtime = runtime_of(request)
     await departments.deactivate_department(
         db=runtime.db, principal=principal, department_id=department_id, now=runtime.clock.now()
     )
@@ -195,7 +191,7 @@ async def deactivate_department(
 
 @router.post("/staff", status_code=status.HTTP_201_CREATED, response_model=StaffRead)
 async def create_staff(body: StaffCreate, request: Request, principal: BranchAdmin) -> StaffRead:
-    runtime = _runtime(request)
+    runtime = runtime_of(request)
     created = await staff.create_staff(
         db=runtime.db, principal=principal, body=body, now=runtime.clock.now()
     )
@@ -211,7 +207,7 @@ async def list_staff(
     department: str | None = None,
     status: StaffStatus | None = None,
 ) -> list[StaffRead]:
-    runtime = _runtime(request)
+    runtime = runtime_of(request)
     documents = await staff.list_staff(
         db=runtime.db, principal=principal, branch=branch, department=department, status=status
     )
@@ -223,7 +219,7 @@ async def list_staff(
 
 @router.get("/staff/{staff_id}", response_model=StaffRead)
 async def get_staff(staff_id: str, request: Request, principal: BranchAdmin) -> StaffRead:
-    runtime = _runtime(request)
+    runtime = runtime_of(request)
     document = await staff.get_staff_document(db=runtime.db, principal=principal, staff_id=staff_id)
     return await _staff_read(runtime, document)
 
@@ -232,7 +228,7 @@ async def get_staff(staff_id: str, request: Request, principal: BranchAdmin) -> 
 async def update_staff(
     staff_id: str, body: StaffUpdate, request: Request, principal: BranchAdmin
 ) -> StaffRead:
-    runtime = _runtime(request)
+    runtime = runtime_of(request)
     document = await staff.update_staff(
         db=runtime.db, principal=principal, staff_id=staff_id, body=body, now=runtime.clock.now()
     )
@@ -245,7 +241,7 @@ async def deactivate_staff(
     staff_id: str, request: Request, principal: BranchAdmin
 ) -> DeactivationReport:
     """No new work from now on; the open work still with the person is reported."""
-    runtime = _runtime(request)
+    runtime = runtime_of(request)
     await staff.deactivate_staff(
         db=runtime.db, principal=principal, staff_id=staff_id, now=runtime.clock.now()
     )
@@ -258,5 +254,5 @@ async def audit_trail(
     entity: str, entity_id: str, request: Request, principal: Auditor
 ) -> list[dict[str, Any]]:
     # Entries of every branch sit in one trail: organisation scope.
-    runtime = _runtime(request)
+    runtime = runtime_of(request)
     return await audit.history(db=runtime.db, org=principal.org, entity=entity, entity_id=entity_id)

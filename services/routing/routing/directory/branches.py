@@ -103,23 +103,18 @@ async def create_branch(
     _check_hours(body.hours)
     _check_holidays(body.holidays)
     await _check_duty_officer(db=db, principal=principal, staff_id=body.duty_officer_id)
-    document = {
-        "_id": store.branch_key(principal.org, body.code),
-        "org": principal.org,
-        **body.model_dump(mode="json"),
-        "active": True,
-        "version": 1,
-        "created_at": now,
-        "updated_at": now,
-    }
+    document = store.new_entry(
+        key=store.branch_key(principal.org, body.code),
+        fields={
+            "org": principal.org,
+            **body.model_dump(mode="json"),
+            "active": True,
+        },
+        now=now,
+    )
     document.update(outbox_fields([_branch_updated(document, settings=settings)]))
     await store.insert_entry(
-        db=db,
-        principal=principal,
-        entry=store.BRANCH,
-        entry_id=body.code,
-        document=document,
-        at=now,
+        db=db, principal=principal, entry=store.BRANCH, document=document, at=now
     )
     return store.branch_read(document)
 
@@ -173,7 +168,6 @@ async def update_branch(
         db=db,
         principal=principal,
         entry=store.BRANCH,
-        entry_id=code,
         current=current,
         changes=changes,
         action="updated",
@@ -198,7 +192,6 @@ async def deactivate_branch(
         db=db,
         principal=principal,
         entry=store.BRANCH,
-        entry_id=code,
         current=current,
         changes=changes,
         action="deactivated",

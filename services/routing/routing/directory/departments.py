@@ -71,23 +71,18 @@ async def create_department(
     await _check_chain(db=db, principal=principal, chain=body.escalation_chain)
     await _check_kind_free(db=db, org=principal.org, branch=body.branch, kind=body.kind)
     department_id = f"{body.branch}:{body.code}"
-    document = {
-        "_id": store.department_key(principal.org, department_id),
-        "id": department_id,
-        "org": principal.org,
-        **body.model_dump(mode="json"),
-        "active": True,
-        "version": 1,
-        "created_at": now,
-        "updated_at": now,
-    }
+    document = store.new_entry(
+        key=store.department_key(principal.org, department_id),
+        fields={
+            "id": department_id,
+            "org": principal.org,
+            **body.model_dump(mode="json"),
+            "active": True,
+        },
+        now=now,
+    )
     await store.insert_entry(
-        db=db,
-        principal=principal,
-        entry=store.DEPARTMENT,
-        entry_id=department_id,
-        document=document,
-        at=now,
+        db=db, principal=principal, entry=store.DEPARTMENT, document=document, at=now
     )
     return store.department_read(document)
 
@@ -149,7 +144,6 @@ async def update_department(
         db=db,
         principal=principal,
         entry=store.DEPARTMENT,
-        entry_id=department_id,
         current=current,
         changes={**changes, "updated_at": now},
         action="updated",
@@ -166,7 +160,6 @@ async def deactivate_department(
         db=db,
         principal=principal,
         entry=store.DEPARTMENT,
-        entry_id=department_id,
         current=current,
         changes={"active": False, "updated_at": now},
         action="deactivated",

@@ -36,23 +36,18 @@ async def create_staff(
     await _check_staff_department(
         db=db, org=principal.org, branch=body.branch, department=body.department
     )
-    document = {
-        "_id": store.staff_key(principal.org, body.id),
-        "org": principal.org,
-        **body.model_dump(mode="json"),
-        "department_id": f"{body.branch}:{body.department}",
-        "last_assigned_at": None,
-        "version": 1,
-        "created_at": now,
-        "updated_at": now,
-    }
+    document = store.new_entry(
+        key=store.staff_key(principal.org, body.id),
+        fields={
+            "org": principal.org,
+            **body.model_dump(mode="json"),
+            "department_id": f"{body.branch}:{body.department}",
+            "last_assigned_at": None,
+        },
+        now=now,
+    )
     await store.insert_entry(
-        db=db,
-        principal=principal,
-        entry=store.STAFF_MEMBER,
-        entry_id=body.id,
-        document=document,
-        at=now,
+        db=db, principal=principal, entry=store.STAFF_MEMBER, document=document, at=now
     )
     return store.staff_read(document)
 
@@ -101,7 +96,6 @@ async def update_staff(
         db=db,
         principal=principal,
         entry=store.STAFF_MEMBER,
-        entry_id=staff_id,
         current=current,
         changes={**changes, "updated_at": now},
         action="updated",
@@ -118,7 +112,6 @@ async def deactivate_staff(
         db=db,
         principal=principal,
         entry=store.STAFF_MEMBER,
-        entry_id=staff_id,
         current=current,
         changes={"status": StaffStatus.INACTIVE.value, "updated_at": now},
         action="deactivated",

@@ -61,16 +61,23 @@ def split_department_id(department_id: str) -> tuple[str, str]:
 
 @dataclass(frozen=True)
 class Entry:
-    """A kind of directory entry: where it is stored, what the audit trail and a 409 call it."""
+    """A kind of directory entry: where it is stored, the field that names it, what the
+    audit trail and a 409 call it."""
 
     collection: str
+    id_field: str
     entity: str
     what: str
 
 
-BRANCH = Entry(collection=BRANCHES, entity="branch", what="branch")
-DEPARTMENT = Entry(collection=DEPARTMENTS, entity="department", what="department")
-STAFF_MEMBER = Entry(collection=STAFF, entity="staff", what="staff member")
+BRANCH = Entry(collection=BRANCHES, id_field="code", entity="branch", what="branch")
+DEPARTMENT = Entry(collection=DEPARTMENTS, id_field="id", entity="department", what="department")
+STAFF_MEMBER = Entry(collection=STAFF, id_field="id", entity="staff", what="staff member")
+
+
+def new_entry(*, key: str, fields: dict[str, Any], now: datetime) -> dict[str, Any]:
+    """A new entry as stored: its fields, version 1, created and last changed ``now``."""
+    return {"_id": key, **fields, "version": 1, "created_at": now, "updated_at": now}
 
 
 async def insert_entry(
@@ -78,7 +85,6 @@ async def insert_entry(
     db: AsyncDatabase,
     principal: Principal,
     entry: Entry,
-    entry_id: str,
     document: dict[str, Any],
     at: datetime,
 ) -> None:
@@ -86,12 +92,11 @@ async def insert_entry(
     try:
         await db[entry.collection].insert_one(document)
     except DuplicateKeyError:
-        raise conflict(f"{entry.what} {entry_id!r} already exists") from None
+        raise conflict(f"{entry.what} {document[entry.id_field]!r} already exists") from None
     await _audit(
         db=db,
         principal=principal,
         entry=entry,
-        entry_id=entry_id,
         action="created",
         at=at,
         document=document,
@@ -103,7 +108,6 @@ async def change_entry(
     db: AsyncDatabase,
     principal: Principal,
     entry: Entry,
-    entry_id: str,
     current: dict[str, Any],
     changes: dict[str, Any],
     action: str,
@@ -128,7 +132,6 @@ async def change_entry(
         db=db,
         principal=principal,
         entry=entry,
-        entry_id=entry_id,
         action=action,
         at=at,
         document=updated,
@@ -149,7 +152,6 @@ async def _audit(
     db: AsyncDatabase,
     principal: Principal,
     entry: Entry,
-    entry_id: str,
     action: str,
     at: datetime,
     document: dict[str, Any],
@@ -160,7 +162,7 @@ async def _audit(
         db=db,
         principal=principal,
         entity=entry.entity,
-        entity_id=entry_id,
+        entity_id=document[entry.id_field],
         action=action,
         at=at,
         snapshot={key: value for key, value in document.items() if key not in bookkeeping},

@@ -8,7 +8,7 @@ from complaints_shared.access import Scope, allow
 from complaints_shared.auth import Role
 from complaints_shared.events import ComplaintReceived, CustomerContact
 from complaints_shared.problems import ProblemError
-from complaints_shared.runtime import Runtime
+from complaints_shared.runtime import Runtime, runtime_of
 from routing.assignments import owners, planning, routing_context, unroutable
 from routing.assignments.models import NotifyTarget
 from routing.directory import store as directory_store
@@ -34,15 +34,11 @@ RuleAdmin = allow(Role.ADMIN, scope=Scope.ORGANISATION, action="managing routing
 Simulator = allow(Role.SUPERVISOR, scope=Scope.BRANCH, action="simulating routing")
 
 
-def _runtime(request: Request) -> Runtime:
-    return request.app.state.runtime
-
-
 @router.get("/rules", response_model=list[RuleRead], summary="The rules in matching order")
 async def list_rules(
     request: Request, principal: RuleAdmin, include_inactive: bool = False
 ) -> list[RuleRead]:
-    runtime = _runtime(request)
+    runtime = runtime_of(request)
     return await rules_store.list_rules(
         db=runtime.db, principal=principal, include_inactive=include_inactive
     )
@@ -50,7 +46,7 @@ async def list_rules(
 
 @router.post("/rules", status_code=status.HTTP_201_CREATED, response_model=RuleRead)
 async def create_rule(body: RuleCreate, request: Request, principal: RuleAdmin) -> RuleRead:
-    runtime = _runtime(request)
+    runtime = runtime_of(request)
     created = await rules_store.create_rule(
         db=runtime.db, principal=principal, body=body, now=runtime.clock.now()
     )
@@ -60,7 +56,7 @@ async def create_rule(body: RuleCreate, request: Request, principal: RuleAdmin) 
 
 @router.get("/rules/{rule_id}", response_model=RuleRead)
 async def get_rule(rule_id: str, request: Request, principal: RuleAdmin) -> RuleRead:
-    runtime = _runtime(request)
+    runtime = runtime_of(request)
     return await rules_store.get_rule(db=runtime.db, principal=principal, rule_id=rule_id)
 
 
@@ -68,7 +64,7 @@ async def get_rule(rule_id: str, request: Request, principal: RuleAdmin) -> Rule
 async def update_rule(
     rule_id: str, body: RuleUpdate, request: Request, principal: RuleAdmin
 ) -> RuleRead:
-    runtime = _runtime(request)
+    runtime = runtime_of(request)
     updated = await rules_store.update_rule(
         db=runtime.db, principal=principal, rule_id=rule_id, body=body, now=runtime.clock.now()
     )
@@ -78,7 +74,7 @@ async def update_rule(
 
 @router.delete("/rules/{rule_id}", response_model=RuleRead, summary="Deactivate (kept for audit)")
 async def deactivate_rule(rule_id: str, request: Request, principal: RuleAdmin) -> RuleRead:
-    runtime = _runtime(request)
+    runtime = runtime_of(request)
     return await rules_store.deactivate_rule(
         db=runtime.db, principal=principal, rule_id=rule_id, now=runtime.clock.now()
     )
@@ -88,7 +84,7 @@ async def deactivate_rule(rule_id: str, request: Request, principal: RuleAdmin) 
 async def rule_versions(
     rule_id: str, request: Request, principal: RuleAdmin
 ) -> list[RuleVersionRead]:
-    runtime = _runtime(request)
+    runtime = runtime_of(request)
     return await rules_store.rule_versions(db=runtime.db, principal=principal, rule_id=rule_id)
 
 
@@ -119,7 +115,7 @@ def _as_received(body: SimulateRequest, *, org: str, runtime: Runtime) -> Compla
 )
 async def simulate(body: SimulateRequest, request: Request, principal: Simulator) -> SimulationRead:
     principal.require_branch(body.branch, field="branch")
-    runtime = _runtime(request)
+    runtime = runtime_of(request)
     complaint = _as_received(body, org=principal.org, runtime=runtime)
     context = await routing_context.load_context(db=runtime.db, complaint=complaint)
     try:

@@ -6,7 +6,7 @@ from fastapi import APIRouter, Request, Response
 
 from complaints_shared.access import Scope, allow
 from complaints_shared.auth import Role
-from complaints_shared.runtime import Runtime
+from complaints_shared.runtime import runtime_of
 from routing.models import Slug
 from routing.sla import store as policy_store
 from routing.sla.models import SlaPolicy, SlaPolicyWrite
@@ -16,19 +16,15 @@ router = APIRouter(prefix="/v1/routing", tags=["SLA policies"])
 PolicyAdmin = allow(Role.ADMIN, scope=Scope.ORGANISATION, action="managing SLA policies")
 
 
-def _runtime(request: Request) -> Runtime:
-    return request.app.state.runtime
-
-
 @router.get("/sla-policies", response_model=list[SlaPolicy])
 async def list_policies(request: Request, principal: PolicyAdmin) -> list[SlaPolicy]:
-    runtime = _runtime(request)
+    runtime = runtime_of(request)
     return await policy_store.list_policies(db=runtime.db, principal=principal)
 
 
 @router.get("/sla-policies/{policy_id}", response_model=SlaPolicy)
 async def get_policy(policy_id: str, request: Request, principal: PolicyAdmin) -> SlaPolicy:
-    runtime = _runtime(request)
+    runtime = runtime_of(request)
     return await policy_store.get_policy(db=runtime.db, principal=principal, policy_id=policy_id)
 
 
@@ -36,7 +32,7 @@ async def get_policy(policy_id: str, request: Request, principal: PolicyAdmin) -
 async def put_policy(
     policy_id: Slug, body: SlaPolicyWrite, request: Request, principal: PolicyAdmin
 ) -> SlaPolicy:
-    runtime = _runtime(request)
+    runtime = runtime_of(request)
     return await policy_store.put_policy(
         db=runtime.db, principal=principal, policy_id=policy_id, body=body, now=runtime.clock.now()
     )
@@ -48,7 +44,7 @@ async def put_policy(
     summary="Retire: kept for history, never given to a new complaint",
 )
 async def retire_policy(policy_id: str, request: Request, principal: PolicyAdmin) -> SlaPolicy:
-    runtime = _runtime(request)
+    runtime = runtime_of(request)
     return await policy_store.retire_policy(
         db=runtime.db, principal=principal, policy_id=policy_id, now=runtime.clock.now()
     )
@@ -60,7 +56,7 @@ async def retire_policy(policy_id: str, request: Request, principal: PolicyAdmin
     summary="Undo a retirement",
 )
 async def reinstate_policy(policy_id: str, request: Request, principal: PolicyAdmin) -> SlaPolicy:
-    runtime = _runtime(request)
+    runtime = runtime_of(request)
     return await policy_store.reinstate_policy(
         db=runtime.db, principal=principal, policy_id=policy_id, now=runtime.clock.now()
     )
@@ -72,7 +68,7 @@ async def reinstate_policy(policy_id: str, request: Request, principal: PolicyAd
     summary="Delete a retired policy no assignment or rule refers to (else 409)",
 )
 async def delete_policy(policy_id: str, request: Request, principal: PolicyAdmin) -> Response:
-    runtime = _runtime(request)
+    runtime = runtime_of(request)
     await policy_store.delete_policy(
         db=runtime.db, principal=principal, policy_id=policy_id, now=runtime.clock.now()
     )
