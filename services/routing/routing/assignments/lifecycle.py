@@ -35,7 +35,10 @@ from complaints_shared.events import (
     ComplaintAssigned,
     ComplaintEscalated,
     ComplaintQueued,
+    ComplaintSlaBreached,
+    ComplaintSlaWarning,
     EventType,
+    SlaClock,
 )
 from complaints_shared.transitions import TransitionTable
 from routing.assignments.models import AssignmentStatus
@@ -178,6 +181,26 @@ def queued_event(document: dict[str, Any]) -> ComplaintQueued:
         rule_version=document["rule_version"],
         queued_at=document["queued_at"],
         **_applied_classification(document),
+    )
+
+
+def _clock_due(document: dict[str, Any], name: str, clock: sla_clocks.Clock) -> dict[str, Any]:
+    return {**_base(document), "clock": SlaClock(name), "due_at": clock.due_at}
+
+
+def sla_warning_event(
+    document: dict[str, Any], *, name: str, clock: sla_clocks.Clock, now: datetime
+) -> ComplaintSlaWarning:
+    """The clock ``name`` passed its warning threshold."""
+    return ComplaintSlaWarning(**_clock_due(document, name, clock), warned_at=now)
+
+
+def sla_breached_event(
+    document: dict[str, Any], *, name: str, clock: sla_clocks.Clock, now: datetime, level: int
+) -> ComplaintSlaBreached:
+    """The clock ``name`` ran out; ``level`` is the escalation level the breach led to."""
+    return ComplaintSlaBreached(
+        **_clock_due(document, name, clock), breached_at=now, escalation_level=level
     )
 
 

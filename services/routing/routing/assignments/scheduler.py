@@ -243,7 +243,8 @@ def fire_clocks(
             continue
         clocks[name] = clock
         if kind is sla_clocks.TimerKind.WARNING:
-            events.append((EventType.COMPLAINT_SLA_WARNING, _warning(current, name, clock, now)))
+            warning = lifecycle.sla_warning_event(current, name=name, clock=clock, now=now)
+            events.append((EventType.COMPLAINT_SLA_WARNING, warning))
             continue
         if may_climb:
             update, escalation = lifecycle.escalate_one_level(
@@ -253,10 +254,13 @@ def fire_clocks(
                 level += 1
                 escalated["escalation_level"] = level
                 updates.append(update)
-                breach = _breach(current, name, clock, now, level)
+                breach = lifecycle.sla_breached_event(
+                    current, name=name, clock=clock, now=now, level=level
+                )
                 events.extend([(EventType.COMPLAINT_SLA_BREACHED, breach), *escalation])
                 continue
-        events.append((EventType.COMPLAINT_SLA_BREACHED, _breach(current, name, clock, now, level)))
+        breach = lifecycle.sla_breached_event(current, name=name, clock=clock, now=now, level=level)
+        events.append((EventType.COMPLAINT_SLA_BREACHED, breach))
     fields = lifecycle.clock_fields(clocks)
     if any(event_type is EventType.COMPLAINT_SLA_BREACHED for event_type, _ in events):
         fields["breached"] = True
@@ -270,30 +274,3 @@ def _combined_escalations(updates: list[dict[str, Any]]) -> list[dict[str, Any]]
     records = [update["$push"]["escalations"] for update in updates]
     level = max(update["$set"]["escalation_level"] for update in updates)
     return [{"$set": {"escalation_level": level}, "$push": {"escalations": {"$each": records}}}]
-
-
-def _warning(
-    current: dict[str, Any], name: str, clock: sla_clocks.Clock, now: datetime
-) -> ComplaintSlaWarning:
-    return ComplaintSlaWarning(
-        complaint_id=current["_id"],
-        org=current["org"],
-        branch=current["branch"],
-        clock=SlaClock(name),
-        due_at=clock.due_at,
-        warned_at=now,
-    )
-
-
-def _breach(
-    current: dict[str, Any], name: str, clock: sla_clocks.Clock, now: datetime, level: int
-) -> ComplaintSlaBreached:
-    return ComplaintSlaBreached(
-        complaint_id=current["_id"],
-        org=current["org"],
-        branch=current["branch"],
-        clock=SlaClock(name),
-        due_at=clock.due_at,
-        breached_at=now,
-        escalation_level=level,
-    )

@@ -162,19 +162,15 @@ async def update_branch(
     _check_holidays(merged.holidays)
     if "duty_officer_id" in changes:
         await _check_duty_officer(db=db, principal=principal, staff_id=merged.duty_officer_id)
-    changes = {**changes, "updated_at": now}
-    announced = {**current, **changes, "version": current["version"] + 1}
-    updated = await store.change_entry(
+    return await _change_branch(
         db=db,
+        settings=settings,
         principal=principal,
-        entry=store.BRANCH,
         current=current,
         changes=changes,
         action="updated",
-        at=now,
-        announce=outbox_update([_branch_updated(announced, settings=settings)]),
+        now=now,
     )
-    return store.branch_read(updated)
 
 
 async def deactivate_branch(
@@ -186,7 +182,29 @@ async def deactivate_branch(
     now: datetime,
 ) -> BranchRead:
     current = await _branch_document(db=db, principal=principal, code=code)
-    changes = {"active": False, "updated_at": now}
+    return await _change_branch(
+        db=db,
+        settings=settings,
+        principal=principal,
+        current=current,
+        changes={"active": False},
+        action="deactivated",
+        now=now,
+    )
+
+
+async def _change_branch(
+    *,
+    db: AsyncDatabase,
+    settings: ServiceSettings,
+    principal: Principal,
+    current: dict[str, Any],
+    changes: dict[str, Any],
+    action: str,
+    now: datetime,
+) -> BranchRead:
+    """Write a change of the branch and announce the branch as it now is, in one write."""
+    changes = {**changes, "updated_at": now}
     announced = {**current, **changes, "version": current["version"] + 1}
     updated = await store.change_entry(
         db=db,
@@ -194,7 +212,7 @@ async def deactivate_branch(
         entry=store.BRANCH,
         current=current,
         changes=changes,
-        action="deactivated",
+        action=action,
         at=now,
         announce=outbox_update([_branch_updated(announced, settings=settings)]),
     )

@@ -42,8 +42,25 @@ async def find_policy_document(
     return await db[SLA_POLICIES].find_one({"_id": policy_key(org, policy_id)})
 
 
-def _without_id(document: dict[str, Any]) -> dict[str, Any]:
-    return {key: value for key, value in document.items() if key != "_id"}
+async def _audit(
+    *,
+    db: AsyncDatabase,
+    principal: Principal,
+    policy_id: str,
+    action: str,
+    at: datetime,
+    document: dict[str, Any],
+) -> None:
+    """An administrator's change of a policy, in the audit trail (the stored key left out)."""
+    await audit.record_change(
+        db=db,
+        principal=principal,
+        entity="sla_policy",
+        entity_id=policy_id,
+        action=action,
+        at=at,
+        snapshot={key: value for key, value in document.items() if key != "_id"},
+    )
 
 
 def policy_read(document: dict[str, Any]) -> SlaPolicy:
@@ -98,14 +115,8 @@ async def put_policy(
         upsert=True,
         return_document=ReturnDocument.AFTER,
     )
-    await audit.record_change(
-        db=db,
-        principal=principal,
-        entity="sla_policy",
-        entity_id=policy_id,
-        action="saved",
-        at=now,
-        snapshot=_without_id(document),
+    await _audit(
+        db=db, principal=principal, policy_id=policy_id, action="saved", at=now, document=document
     )
     return policy_read(document)
 
@@ -143,14 +154,13 @@ async def _set_retirement(
         {"_id": current["_id"]}, {"$set": fields, "$inc": {"version": 1}}
     )
     document = await _policy_document(db=db, org=principal.org, policy_id=policy_id)
-    await audit.record_change(
+    await _audit(
         db=db,
         principal=principal,
-        entity="sla_policy",
-        entity_id=policy_id,
+        policy_id=policy_id,
         action="retired" if retired else "reinstated",
         at=now,
-        snapshot=_without_id(document),
+        document=document,
     )
     return policy_read(document)
 
@@ -199,12 +209,6 @@ async def delete_policy(
             f"SLA policy {policy_id!r} is named by rule {rule['_id']!r}", kind="policy-in-use"
         )
     await db[SLA_POLICIES].delete_one({"_id": current["_id"]})
-    await audit.record_change(
-        db=db,
-        principal=principal,
-        entity="sla_policy",
-        entity_id=policy_id,
-        action="deleted",
-        at=now,
-        snapshot=_without_id(current),
+    await _audit(
+        db=db, principal=principal, policy_id=policy_id, action="deleted", at=now, document=current
     )
