@@ -1,13 +1,8 @@
-"""Character bigrams for substring search (pure functions), and the bounded fallback's 503."""
+"""Character bigrams for substring search (pure functions)."""
 
 from __future__ import annotations
 
-import pytest
-from pymongo.errors import ExecutionTimeout
-
-from complaints_shared.auth import Principal
-from complaints_shared.problems import ProblemError
-from intake import grams, search
+from intake import grams
 
 
 def test_grams_are_the_two_character_windows_of_every_searchable_text() -> None:
@@ -31,33 +26,3 @@ def test_a_query_is_looked_up_by_one_gram_and_verified_whole() -> None:
     assert grams.lookup_gram("网速很慢") in grams.document_grams(document)
     assert not grams.matches(document, "网速很慢")
     assert grams.matches(document, "不是很")
-
-
-class _TimingOutCursor:
-    def max_time_ms(self, _ms: int) -> _TimingOutCursor:
-        return self
-
-    def sort(self, _keys: list) -> _TimingOutCursor:
-        return self
-
-    def limit(self, _n: int) -> _TimingOutCursor:
-        return self
-
-    async def to_list(self, _length: int | None) -> list:
-        raise ExecutionTimeout("operation exceeded time limit", 50)
-
-
-class _Collection:
-    def find(self, *_args: object, **_kwargs: object) -> _TimingOutCursor:
-        return _TimingOutCursor()
-
-
-async def test_a_one_character_search_past_its_time_limit_is_a_503_naming_q() -> None:
-    db = {"complaints": _Collection()}
-    principal = Principal(subject="u", org="demo", branches="*")
-    with pytest.raises(ProblemError) as raised:
-        await search.search(db=db, principal=principal, filters=search.ComplaintFilters(q="断"))
-    problem = raised.value
-    assert problem.status == 503
-    assert int(problem.headers["Retry-After"]) > 0
-    assert problem.extensions["errors"][0]["field"] == "q"

@@ -28,8 +28,9 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from contextlib import aclosing
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 from pymongo.asynchronous.collection import AsyncCollection
@@ -38,7 +39,7 @@ from pymongo.errors import DuplicateKeyError
 
 from complaints_shared.auth import Principal
 from complaints_shared.events import EventData, EventType
-from complaints_shared.mongo import merge_updates, update_and_read
+from complaints_shared.mongo import merge_updates, sorted_batches, update_and_read
 from complaints_shared.outbox import outbox_entry, outbox_update, record_written
 from complaints_shared.pagination import Page, decode_cursor, encode_cursor
 from complaints_shared.problems import ConcurrentUpdate, not_found
@@ -194,29 +195,6 @@ async def get_visible(
     return document
 
 
-def after_cursor(*, field: str, cursor: str | None, descending: bool = False) -> dict[str, Any]:
-    """Documents strictly after ``cursor`` in the (field, _id) order.
-
-    The range on ``field`` stands beside the tie-break's ``$or`` (inside an ``$and``,
-    never at the top level, which the local MongoDB answers with a collection scan).
-    """
-    if cursor is None:
-        return {}
-    sort_value, document_id = decode_cursor(cursor)
-    beyond, reached = ("$lt", "$lte") if descending else ("$gt", "$gte")
-    return {
-        field: {reached: sort_value},
-        "$and": [
-            {
-                "$or": [
-                    {field: {beyond: sort_value}},
-                    {"_id": {beyond: document_id}},
-                ]
-            }
-        ],
-    }
-
-
 # Reads of one page whose condition is partly checked in the service (``page``'s ``keep``).
 MAX_FILTERED_READS = 10
 
@@ -233,43 +211,45 @@ async def page(
     projection: Mapping[str, Any] | None = None,
     keep: Callable[[dict[str, Any]], bool] | None = None,
     max_time_ms: int | None = None,
+    window: timedelta | None = None,
+    indexes: list[list[str]] | None = None,
 ) -> Page[Item]:
-    """One cursor page of ``query`` in (``sort_field``, ``_id``) order.
+    """One cursor page of ``query`` in (``sort_field``, ``_id``) order (a date field).
 
     ``keep`` is a condition the query cannot say (a substring verified in the service):
-    documents it refuses are skipped and the page is filled from further reads, each
-    continuing after the last document read; after ``MAX_FILTERED_READS`` reads the page
-    ends short, its cursor after the last document read (a page may hold fewer items than
-    ``limit``; only a missing cursor means the end). ``max_time_ms`` bounds every read
-    (``ExecutionTimeout`` beyond it).
+    documents it refuses are skipped and the page is filled from further reads; after
+    ``MAX_FILTERED_READS`` reads the page ends short, its cursor after the last document
+    read (a page may hold fewer items than ``limit``; only a missing cursor means the end).
+    ``max_time_ms`` bounds every read (``ExecutionTimeout`` beyond it). ``window`` and
+    ``indexes`` let the reads be shaped for the local server
+    (``complaints_shared.mongo.sorted_batches``).
     """
-    order = -1 if descending else 1
     kept: list[dict[str, Any]] = []
     reads = 0
     # Over-read when filtering in the service, so one read usually fills the page.
     batch = limit + 1 if keep is None else 4 * (limit + 1)
-    while True:
-        position = after_cursor(field=sort_field, cursor=cursor, descending=descending)
-        if not position:
-            combined: dict[str, Any] = dict(query)
-        elif position.keys() & query.keys():
-            combined = {"$and": [dict(query), position]}
-        else:
-            combined = {**query, **position}
-        found = collection.find(combined, projection=dict(projection) if projection else None)
-        if max_time_ms is not None:
-            found = found.max_time_ms(max_time_ms)
-        documents = (
-            await found.sort([(sort_field, order), ("_id", order)]).limit(batch).to_list(None)
-        )
-        reads += 1
-        kept += documents if keep is None else [d for d in documents if keep(d)]
-        if len(kept) > limit or len(documents) < batch:
-            break
-        last = documents[-1]
-        cursor = encode_cursor(sort_value=last[sort_field], document_id=last["_id"])
-        if reads == MAX_FILTERED_READS:
-            return Page(items=[to_item(document) for document in kept], next_cursor=cursor)
+    batches = sorted_batches(
+        collection,
+        dict(query),
+        field=sort_field,
+        descending=descending,
+        after=decode_cursor(cursor) if cursor is not None else None,
+        batch=batch,
+        window=window,
+        indexes=indexes,
+        projection=dict(projection) if projection else None,
+        max_time_ms=max_time_ms,
+    )
+    async with aclosing(batches):
+        async for documents in batches:
+            reads += 1
+            kept += documents if keep is None else [d for d in documents if keep(d)]
+            if len(kept) > limit:
+                break
+            if keep is not None and reads == MAX_FILTERED_READS and documents:
+                last = documents[-1]
+                next_cursor = encode_cursor(sort_value=last[sort_field], document_id=last["_id"])
+                return Page(items=[to_item(document) for document in kept], next_cursor=next_cursor)
     next_cursor = None
     if len(kept) > limit:
         kept = kept[:limit]

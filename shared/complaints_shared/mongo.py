@@ -248,3 +248,349 @@ async def lease_kept(
         renewal.cancel()
         with suppress(asyncio.CancelledError):
             await renewal
+
+
+# ------------------------------------------------------------ sorted reads --
+#
+# A page is the first N documents of a filter in (date field, _id) order. MongoDB walks an
+# index in that order and stops after N. SecantusDB (the local MongoDB) serves a find from
+# an index only when the filter is equalities on an index's leading fields plus at most one
+# operator field (a range or ``$in``) on the next key, with no top-level ``$and``/``$or``,
+# and otherwise falls back to the first field with an index of its own (the organisation:
+# every complaint); either way it reads every document the index selects, sorts them and
+# only then applies the limit. So on it a page costs what its filter selects, not N.
+# ``sorted_batches`` is the one place that shapes reads for it (docs/mongodb-compatibility.md):
+# the filter's equalities that lead an index (``$in`` split into one equality read per
+# value), the sort key bounded to a window that widens until the page is full, the other
+# equalities checked on what was read. On MongoDB it sends the filter whole.
+
+# Beyond this many equality reads per window (the product of the split ``$in`` lists) the
+# ``$in`` values are checked on what was read instead.
+MAX_SPLIT_READS = 12
+# How much a window may widen from one read to the next.
+WINDOW_GROWTH = (2.0, 16.0)
+# Descending windows stop at this date and read what remains unbounded; ascending ones at
+# this far past the present.
+WINDOWS_FROM = datetime(1970, 1, 1, tzinfo=UTC)
+WINDOWS_AHEAD = timedelta(days=3660)
+_RANGE_OPERATORS = {"$gt", "$gte", "$lt", "$lte"}
+_local_planner: dict[int, bool] = {}
+
+
+async def reads_shaped_for_local_server(client: AsyncMongoClient) -> bool:
+    """Whether ``client`` talks to SecantusDB (``buildInfo`` names its version)."""
+    known = _local_planner.get(id(client))
+    if known is None:
+        info = await client.admin.command("buildInfo")
+        known = _local_planner[id(client)] = "secantusVersion" in info
+    return known
+
+
+def _ms(moment: datetime) -> datetime:
+    """``moment`` as BSON stores it: UTC, to the millisecond."""
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.replace(microsecond=moment.microsecond // 1000 * 1000)
+
+
+class _Reversed:
+    """A sort key in reverse order."""
+
+    __slots__ = ("key",)
+
+    def __init__(self, key: Any) -> None:
+        self.key = key
+
+    def __lt__(self, other: _Reversed) -> bool:
+        return other.key < self.key
+
+    def __le__(self, other: _Reversed) -> bool:
+        return other.key <= self.key
+
+    def __gt__(self, other: _Reversed) -> bool:
+        return other.key > self.key
+
+
+def _order_key(document: dict[str, Any], field: str) -> tuple[datetime, Any]:
+    return _ms(document[field]), document["_id"]
+
+
+def _path(document: Any, path: str) -> list[Any]:
+    """The values at a dotted ``path``, through arrays as MongoDB reads them."""
+    values = [document]
+    for part in path.split("."):
+        found = []
+        for value in values:
+            for item in value if isinstance(value, list) else [value]:
+                if isinstance(item, dict):
+                    found.append(item.get(part))
+        values = found
+    flat = []
+    for value in values:
+        flat += [value, *value] if isinstance(value, list) else [value]
+    return flat or [None]
+
+
+def _same(left: Any, right: Any) -> bool:
+    # MongoDB tells a boolean from a number; Python's ``False == 0`` does not.
+    if isinstance(left, bool) or isinstance(right, bool):
+        return type(left) is type(right) and left == right
+    return left == right
+
+
+def _holds(document: dict[str, Any], residual: dict[str, list[Any]]) -> bool:
+    return all(
+        any(_same(value, wanted) for value in _path(document, path) for wanted in allowed)
+        for path, allowed in residual.items()
+    )
+
+
+def _equality_values(condition: Any) -> list[Any] | None:
+    """The values an equality-like condition accepts (``x``, ``$eq``, ``$in``, a one-value
+    ``$all``), or None for anything else."""
+    scalar = (str, int, float, bool, type(None))
+    if isinstance(condition, scalar):
+        return [condition]
+    if not isinstance(condition, dict) or len(condition) != 1:
+        return None
+    ((operator, operand),) = condition.items()
+    if operator == "$eq" and isinstance(operand, scalar):
+        return [operand]
+    if operator == "$in" and isinstance(operand, list):
+        return operand if all(isinstance(v, scalar) for v in operand) else None
+    if operator == "$all" and isinstance(operand, list) and len(operand) == 1:
+        return operand if isinstance(operand[0], scalar) else None
+    return None
+
+
+def _bounds(condition: Any) -> tuple[datetime | None, datetime | None, dict[str, Any]] | None:
+    """(strictly after, strictly before, the rest) of a condition on the date sort key;
+    None if it is not ranges over dates."""
+    if condition is None:
+        return None, None, {}
+    if not isinstance(condition, dict):
+        return None
+    after = before = None
+    rest = {}
+    for operator, operand in condition.items():
+        if operator not in _RANGE_OPERATORS:
+            rest[operator] = operand
+            continue
+        if not isinstance(operand, datetime):
+            return None
+        moment = _ms(operand)
+        if operator in ("$gt", "$gte"):
+            moment = moment - _ONE_MS if operator == "$gte" else moment
+            after = moment if after is None else max(after, moment)
+        else:
+            moment = moment + _ONE_MS if operator == "$lte" else moment
+            before = moment if before is None else min(before, moment)
+    return after, before, rest
+
+
+def _best_index(
+    equalities: dict[str, list[Any]], field: str, indexes: list[list[str]]
+) -> list[str]:
+    """The most equality fields some index has before ``field`` (none: empty)."""
+    best: list[str] = []
+    for keys in indexes:
+        if field not in keys:
+            continue
+        leading = keys[: keys.index(field)]
+        if leading and all(key in equalities for key in leading) and len(leading) > len(best):
+            best = leading
+    return best
+
+
+async def sorted_batches(
+    collection: AsyncCollection,
+    query: dict[str, Any],
+    *,
+    field: str,
+    descending: bool,
+    after: tuple[datetime, Any] | None,
+    batch: int,
+    window: timedelta | None = None,
+    indexes: list[list[str]] | None = None,
+    projection: dict[str, Any] | None = None,
+    max_time_ms: int | None = None,
+) -> AsyncIterator[list[dict[str, Any]]]:
+    """The documents of ``query`` in (``field``, ``_id``) order strictly after ``after``,
+    batch by batch (each in order, about ``batch`` long); the caller stops reading when it
+    has enough. ``field`` holds dates.
+
+    The position is a range on ``field`` (ties at the cursor's millisecond are dropped
+    here), never an ``$or`` on the tie-break. On the local server (see above) a query
+    whose equalities lead one of ``indexes`` (key field lists) is read in windows of
+    ``field`` starting ``window`` wide from the position or the present.
+    """
+    conditions = dict(query)
+    bounds = _bounds(conditions.pop(field, None))
+    if bounds is None:
+        raise ValueError(f"the sort key {field} may only be bounded by dates")
+    lower, upper, rest = bounds
+    if after is not None:
+        at = _ms(after[0])
+        if descending:
+            upper = at + _ONE_MS if upper is None else min(upper, at + _ONE_MS)
+        else:
+            lower = at - _ONE_MS if lower is None else max(lower, at - _ONE_MS)
+    position = (_ms(after[0]), after[1]) if after is not None else None
+    reads: list[dict[str, Any]] = [{**conditions, **({field: rest} if rest else {})}]
+    residual: dict[str, list[Any]] = {}
+    spans = [(lower, upper, True)]
+    database = collection.database
+    if window is not None and await reads_shaped_for_local_server(database.client):
+        planned = _plan(conditions, rest, field=field, indexes=indexes or [])
+        if planned is not None:
+            reads, residual = planned
+            spans = None
+    # The residual equalities are checked on the documents, so their fields are read (and
+    # hidden again after the check when the projection hides them).
+    hidden_again = set()
+    if projection and any(projection.values()):
+        projection = {**projection, field: 1, **{path: 1 for path in residual}}
+    elif projection:
+        hidden_again = {path for path in residual if path in projection}
+        projection = {path: 0 for path in projection if path not in hidden_again} or None
+    if not reads:
+        return  # an empty ``$in``
+    order = -1 if descending else 1
+    seen: set[Any] = set()
+
+    def rank(key: tuple[datetime, Any]) -> Any:
+        """Sorts in the read's order."""
+        return _Reversed(key) if descending else key
+
+    async def span(low: datetime | None, high: datetime | None) -> AsyncIterator[list]:
+        """Everything in (low, high) after ``position``, in order."""
+        nonlocal position
+        limit = batch
+        while True:
+            window_range = {
+                **({"$gt": low} if low is not None else {}),
+                **({"$lt": high} if high is not None else {}),
+            }
+            results = []
+            for read in reads:
+                own = {**read.get(field, {}), **window_range}
+                if window_range and own.get("$ne", False) is None:
+                    del own["$ne"]  # a range over dates excludes null already
+                found = collection.find(
+                    {**read, **({field: own} if own else {})},
+                    projection=projection,
+                    sort=[(field, order), ("_id", order)],
+                    limit=limit,
+                )
+                if max_time_ms is not None:
+                    found = found.max_time_ms(max_time_ms)
+                results.append(await found.to_list(None))
+            merged = {doc["_id"]: doc for documents in results for doc in documents}
+            ordered = sorted(
+                merged.values(), key=lambda d: _order_key(d, field), reverse=descending
+            )
+            # A read that hit its limit has more beyond its last document: what the
+            # other reads returned past that point waits for the next read.
+            full = [documents[-1] for documents in results if len(documents) == limit]
+            if full:
+                stop = min((_order_key(doc, field) for doc in full), key=rank)
+                ordered = [d for d in ordered if rank(_order_key(d, field)) <= rank(stop)]
+            fresh = [
+                d
+                for d in ordered
+                if d["_id"] not in seen
+                and (position is None or rank(_order_key(d, field)) > rank(position))
+            ]
+            if fresh:
+                position = _order_key(fresh[-1], field)
+                seen.update(d["_id"] for d in fresh)
+                kept = [d for d in fresh if _holds(d, residual)]
+                for document in kept:
+                    for path in hidden_again:
+                        document.pop(path, None)
+                yield kept
+            if not full:
+                return
+            if not fresh:
+                limit *= 4  # more documents share one millisecond than a read returns
+                continue
+            if descending:
+                high = position[0] + _ONE_MS
+            else:
+                low = position[0] - _ONE_MS
+
+    if spans is not None:
+        for low, high, _ in spans:
+            async for documents in span(low, high):
+                yield documents
+        return
+    now = _ms(datetime.now(UTC))
+    width = window
+    near = upper if descending else lower
+    if not descending and near is None:
+        # No lower anchor for an ascending read: one read of what the filter selects.
+        async for documents in span(None, upper):
+            yield documents
+        return
+    while True:
+        last = False
+        if descending:
+            far = (near if near is not None else now) - width
+            if lower is not None and far <= lower:
+                far, last = lower, True
+            elif lower is None and far < WINDOWS_FROM:
+                far, last = None, True
+            low, high = far, near
+        else:
+            far = near + width
+            if upper is not None and far >= upper:
+                far, last = upper, True
+            elif upper is None and far > now + WINDOWS_AHEAD:
+                far, last = None, True
+            low, high = near, far
+        count = len(seen)
+        async for documents in span(low, high):
+            yield documents
+        if last:
+            return
+        found = len(seen) - count
+        growth = WINDOW_GROWTH[1] if found == 0 else 1.5 * batch / found
+        width *= min(max(growth, WINDOW_GROWTH[0]), WINDOW_GROWTH[1])
+        near = far + _ONE_MS if descending else far - _ONE_MS
+
+
+def _plan(
+    conditions: dict[str, Any],
+    rest: dict[str, Any],
+    *,
+    field: str,
+    indexes: list[list[str]],
+) -> tuple[list[dict[str, Any]], dict[str, list[Any]]] | None:
+    """The equality reads (one per combination of split ``$in`` values) of a windowed read
+    and the equalities checked on what they return; None when the local server cannot
+    serve the query windowed (an operator other than equalities, no fitting index)."""
+    if any(key.startswith("$") for key in conditions) or set(rest) - {"$ne"}:
+        return None
+    if rest and rest["$ne"] is not None:
+        return None  # ``$ne: null`` is implied by a range over dates; nothing else is
+    equalities: dict[str, list[Any]] = {}
+    for path, condition in conditions.items():
+        values = _equality_values(condition)
+        if values is None:
+            return None
+        equalities[path] = values
+    leading = _best_index(equalities, field, indexes)
+    if not leading:
+        return None
+    combinations = 1
+    for path in leading:
+        combinations *= len(equalities[path])
+    if combinations == 0:
+        return [], {}
+    if combinations > MAX_SPLIT_READS:
+        return None
+    reads: list[dict[str, Any]] = [{}]
+    for path in leading:
+        reads = [{**read, path: value} for read in reads for value in equalities[path]]
+    residual = {path: values for path, values in equalities.items() if path not in leading}
+    return reads, residual

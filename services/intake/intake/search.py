@@ -3,13 +3,12 @@ cursor pages."""
 
 from __future__ import annotations
 
-import re
+from datetime import timedelta
 from enum import StrEnum
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import ExecutionTimeout
 
 from complaints_shared import aggregate
 from complaints_shared.auth import Principal
@@ -17,15 +16,21 @@ from complaints_shared.datetimes import UtcDatetime
 from complaints_shared.events import Category, Channel, Flag, Severity
 from complaints_shared.mongo import at_or_after
 from complaints_shared.pagination import Page
-from complaints_shared.problems import ProblemError
 from intake import grams, store
 from intake.identity import normalise_phone
 from intake.lifecycle import Status
 from intake.models import MAX_PAGE_SIZE, ComplaintRead
 
-# A one-character q is a bounded scan; beyond this the search answers 503 (search_too_slow).
-REGEX_MAX_TIME_MS = 2000
-RETRY_AFTER_S = 5
+# The first window of a page's reads on the local server (``mongo.sorted_batches``); each
+# later one widens by what the earlier found.
+FIRST_WINDOW = timedelta(hours=2)
+# Every index of complaints, by key fields: the reads are shaped around them.
+INDEXES = [[key for key, _ in keys] for keys in store.COMPLAINT_INDEXES.values()] + [
+    [key for key, _ in store.REFERENCE_INDEX]
+]
+# The department and owner indexes have status before the date: a list without a status
+# filter asks for every status, so the index still leads to the sort.
+BY_STATUS = ("assignment.department", "assignment.owner_id")
 
 
 class SortOrder(StrEnum):
@@ -119,26 +124,10 @@ def build_query(filters: ComplaintFilters, principal: Principal) -> dict[str, An
         if gram is not None:
             # One gram on the multikey index; the whole of q is verified by ``search``.
             query[grams.FIELD] = gram
-        else:
-            # One character has no gram: a substring scan of what the other filters select,
-            # bounded by REGEX_MAX_TIME_MS.
-            pattern = {"$regex": re.escape(filters.q), "$options": "i"}
-            query["$and"] = [
-                {"$or": [{field: pattern} for field in ("subject", "description", "reference")]}
-            ]
+        # One character has no gram: ``search`` verifies it on what the other filters select.
+    if "status" not in query and any(path in query for path in BY_STATUS):
+        query.setdefault("status", _in(list(Status)))
     return query
-
-
-def search_too_slow(q: str) -> ProblemError:
-    return ProblemError(
-        status=503,
-        title="Search too slow",
-        kind="search-timeout",
-        detail=f"searching for {q!r} took longer than {REGEX_MAX_TIME_MS} ms: search for two "
-        "or more characters, or narrow it with other filters (branch, status, created_from)",
-        headers={"Retry-After": str(RETRY_AFTER_S)},
-        errors=[{"field": "q", "message": "a one-character search scans what the filters select"}],
-    )
 
 
 async def search(
@@ -151,19 +140,18 @@ async def search(
         # Complaints not yet given a due time have no place in a due-time ordering.
         query.setdefault(field, {})["$ne"] = None
     q = filters.q
-    by_gram = q is not None and grams.lookup_gram(q) is not None
-    try:
-        return await aggregate.page(
-            collection=db[store.COMPLAINTS],
-            query=query,
-            sort_field=field,
-            limit=filters.limit,
-            cursor=filters.cursor,
-            to_item=store.to_read,
-            descending=descending,
-            projection=store.HIDDEN_FIELDS,
-            keep=(lambda document: grams.matches(document, q)) if by_gram and q else None,
-            max_time_ms=REGEX_MAX_TIME_MS if q and not by_gram else None,
-        )
-    except ExecutionTimeout:
-        raise search_too_slow(q or "") from None
+    # A two-character q is its gram; a longer one, or one character, is verified here.
+    verify = q is not None and len(grams.normalise(q)) != 2
+    return await aggregate.page(
+        collection=db[store.COMPLAINTS],
+        query=query,
+        sort_field=field,
+        limit=filters.limit,
+        cursor=filters.cursor,
+        to_item=store.to_read,
+        descending=descending,
+        projection=store.HIDDEN_FIELDS,
+        keep=(lambda document: grams.matches(document, q)) if q and verify else None,
+        window=FIRST_WINDOW,
+        indexes=INDEXES,
+    )

@@ -98,12 +98,14 @@ COMPLAINT_INDEXES: dict[str, list[tuple[str, int]]] = {
         ("_id", -1),
     ],
 }
+# Reference numbers are unique per organisation; a search by reference names the org.
+REFERENCE_INDEX = [("org", 1), ("reference", 1)]
 BACKFILL_BATCH = 500
 
 
 async def ensure_indexes(*, db: AsyncDatabase) -> None:
     complaints = db[COMPLAINTS]
-    await ensure_index(complaints, "reference", unique=True, name="reference_unique")
+    await ensure_index(complaints, REFERENCE_INDEX, unique=True, name="reference_unique")
     for name, keys in COMPLAINT_INDEXES.items():
         await ensure_index(complaints, keys, name=name)
     await backfill_search_grams(db=db)

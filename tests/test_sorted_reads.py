@@ -1,0 +1,204 @@
+"""Sorted reads shaped for the local server (``complaints_shared.mongo.sorted_batches``).
+
+Whatever shape the reads take (windows over the date, ``$in`` split into one equality read
+per value, the other equalities checked on what was read), walking page after page returns
+exactly the documents of the filter in (date, ``_id``) order, each once: ties in one
+millisecond, documents years apart, one dated in the future, both directions, bounds on the
+date. And every read a windowed walk sends is what the local server answers from an index:
+equalities on an index's leading fields plus one range on the date, nothing else.
+"""
+
+from __future__ import annotations
+
+import random
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from pymongo import AsyncMongoClient, monitoring
+from pymongo.asynchronous.database import AsyncDatabase
+
+from complaints_shared.mongo import STORED_CODEC, sorted_batches
+from tests.support.infrastructure import Infrastructure
+
+pytestmark = pytest.mark.integration
+
+INDEXES = [
+    ["org", "created_at", "_id"],
+    ["org", "branch", "created_at", "_id"],
+    ["org", "branch", "status", "created_at", "_id"],
+    ["org", "tags", "created_at", "_id"],
+]
+NOW = datetime.now(UTC).replace(microsecond=0)
+TIE = NOW - timedelta(minutes=30)
+
+
+class Finds(monitoring.CommandListener):
+    def __init__(self) -> None:
+        self.filters: list[dict[str, Any]] = []
+
+    def started(self, event: monitoring.CommandStartedEvent) -> None:
+        if event.command_name == "find":
+            self.filters.append(dict(event.command.get("filter") or {}))
+
+    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+        pass
+
+    def failed(self, event: monitoring.CommandFailedEvent) -> None:
+        pass
+
+
+@pytest.fixture
+async def finds() -> Finds:
+    return Finds()
+
+
+@pytest.fixture
+async def db(infrastructure: Infrastructure, finds: Finds) -> AsyncIterator[AsyncDatabase]:
+    client = AsyncMongoClient(infrastructure.mongodb_uri, tz_aware=True, event_listeners=[finds])
+    name = f"t_sorted_{uuid.uuid4().hex[:10]}"
+    db = client.get_database(name, codec_options=STORED_CODEC)
+    rng = random.Random(7)
+    documents = []
+    moments = (
+        [NOW - timedelta(minutes=rng.randrange(600)) for _ in range(120)]  # the last hours
+        + [TIE] * 6  # one millisecond, six documents
+        + [NOW - timedelta(days=rng.randrange(2, 60)) for _ in range(60)]
+        + [NOW - timedelta(days=3 * 365 + rng.randrange(30)) for _ in range(8)]  # years ago
+        + [NOW + timedelta(hours=2)]  # a clock ahead of this one
+    )
+    for moment in moments:
+        documents.append(
+            {
+                "_id": str(uuid.uuid4()),
+                "org": rng.choice(["o", "o", "o", "x"]),
+                "branch": rng.choice("ABC"),
+                "status": rng.choice(["new", "open", "done"]),
+                "tags": rng.sample(["red", "blue", "green"], rng.randrange(3)),
+                "created_at": moment,
+                "hidden": "never shown",
+            }
+        )
+    try:
+        await db.things.insert_many(documents)
+        for keys in INDEXES:
+            await db.things.create_index(
+                [(key, -1 if key in ("created_at", "_id") else 1) for key in keys]
+            )
+        yield db
+    finally:
+        await client.drop_database(name)
+        await client.close()
+
+
+def _expected(documents: list[dict[str, Any]], wanted: Any, descending: bool) -> list[str]:
+    chosen = [d for d in documents if wanted(d)]
+    chosen.sort(key=lambda d: (d["created_at"], d["_id"]), reverse=descending)
+    return [d["_id"] for d in chosen]
+
+
+async def _walk(
+    db: AsyncDatabase, query: dict[str, Any], *, descending: bool, page: int, window: Any
+) -> list[str]:
+    """Every document, page by page, each page a new read after the last one's position."""
+    seen: list[str] = []
+    after = None
+    while True:
+        taken: list[dict[str, Any]] = []
+        batches = sorted_batches(
+            db.things,
+            query,
+            field="created_at",
+            descending=descending,
+            after=after,
+            batch=page + 1,
+            window=window,
+            indexes=INDEXES,
+            projection={"hidden": 0},
+        )
+        async for documents in batches:
+            taken += documents
+            if len(taken) > page:
+                break
+        await batches.aclose()
+        assert all("hidden" not in d and "created_at" in d for d in taken)
+        seen += [d["_id"] for d in taken[:page]]
+        if len(taken) <= page:
+            return seen
+        last = taken[page - 1]
+        after = (last["created_at"], last["_id"])
+
+
+FILTERS = [
+    ({"org": "o"}, lambda d: d["org"] == "o"),
+    (
+        {"org": "o", "branch": {"$in": ["A", "C"]}},
+        lambda d: d["org"] == "o" and d["branch"] in "AC",
+    ),
+    (
+        {"org": "o", "branch": "B", "status": {"$in": ["new", "open"]}},
+        lambda d: d["org"] == "o" and d["branch"] == "B" and d["status"] != "done",
+    ),
+    # No index leads with status: checked on what (org, created_at) reads.
+    ({"org": "o", "status": "done"}, lambda d: d["org"] == "o" and d["status"] == "done"),
+    ({"org": "o", "tags": {"$all": ["red"]}}, lambda d: d["org"] == "o" and "red" in d["tags"]),
+    (
+        {"org": "o", "tags": {"$in": ["red", "blue"]}},
+        lambda d: d["org"] == "o" and bool({"red", "blue"} & set(d["tags"])),
+    ),
+    ({"org": "o", "branch": {"$in": []}}, lambda d: False),
+    (
+        {"org": "o", "created_at": {"$gte": TIE, "$lt": NOW}},
+        lambda d: d["org"] == "o" and TIE <= d["created_at"] < NOW,
+    ),
+    (
+        {"org": "o", "created_at": {"$lte": TIE, "$ne": None}},
+        lambda d: d["org"] == "o" and d["created_at"] <= TIE,
+    ),
+]
+
+
+@pytest.mark.parametrize("descending", [True, False])
+@pytest.mark.parametrize("window", [timedelta(minutes=20), None])
+async def test_every_page_walk_returns_the_filter_in_order_each_document_once(
+    db: AsyncDatabase, finds: Finds, descending: bool, window: timedelta | None
+) -> None:
+    documents = await db.things.find({}).to_list(None)
+    finds.filters.clear()
+    for query, wanted in FILTERS:
+        expected = _expected(documents, wanted, descending)
+        for page in (3, 25):
+            walked = await _walk(db, query, descending=descending, page=page, window=window)
+            assert walked == expected, (query, page)
+    if window is not None and descending:
+        # The windowed reads: equalities, then one range on the date, and no operator else.
+        for sent in finds.filters:
+            operators = [key for key, value in sent.items() if isinstance(value, dict)]
+            assert operators == ["created_at"], sent
+            assert set(sent["created_at"]) <= {"$gt", "$lt"}, sent
+            leading = [key for key in sent if key != "created_at"]
+            assert any(
+                sorted(keys[: len(leading)]) == sorted(leading)
+                and keys[len(leading)] == "created_at"
+                for keys in INDEXES
+            ), sent
+
+
+async def test_a_window_far_from_the_documents_widens_until_it_reaches_them(
+    db: AsyncDatabase, finds: Finds
+) -> None:
+    oldest = await db.things.find({"org": "o"}).sort("created_at", 1).limit(3).to_list(None)
+    before = oldest[-1]["created_at"]
+    finds.filters.clear()
+    walked = await _walk(
+        db,
+        {"org": "o", "created_at": {"$lt": before}},
+        descending=True,
+        page=10,
+        window=timedelta(seconds=1),
+    )
+    assert walked == [d["_id"] for d in oldest[:2]][::-1]
+    # From one second to three years in reads that widen at least twofold each time.
+    assert len(finds.filters) < 40
