@@ -12,7 +12,7 @@ from complaints_shared.clock import Clock
 from complaints_shared.events import Topic
 from complaints_shared.http import build_app
 from complaints_shared.runtime import service_runtime
-from intake import api, idempotency, store, submissions
+from intake import api, idempotency, rollup, store, submissions
 from intake.handlers import build_handlers
 from intake.settings import IntakeSettings
 
@@ -21,6 +21,7 @@ async def ensure_indexes(*, db: AsyncDatabase) -> None:
     await store.ensure_indexes(db=db)
     await submissions.ensure_indexes(db=db)
     await idempotency.ensure_indexes(db=db)
+    await rollup.ensure_indexes(db=db)
 
 
 def create_app(settings: IntakeSettings | None = None, *, clock: Clock | None = None) -> FastAPI:
@@ -36,6 +37,7 @@ def create_app(settings: IntakeSettings | None = None, *, clock: Clock | None = 
             consumed_topics=[Topic.ROUTING, Topic.FOLLOWUP],
             handlers=build_handlers,
             ensure_indexes=ensure_indexes,
+            background_jobs=[rollup.run_rollup],
             clock=clock,
         ):
             yield

@@ -6,7 +6,8 @@ reshapes the few result rows into the response.
 
 from __future__ import annotations
 
-from datetime import datetime
+from collections import defaultdict
+from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
@@ -15,10 +16,11 @@ from pymongo.asynchronous.database import AsyncDatabase
 
 from complaints_shared.auth import Principal
 from complaints_shared.mongo import at_or_after
-from intake import store
+from intake import rollup, store
 from intake.lifecycle import OPEN_STATUSES, Status
 
 TOP_N = 5
+_ONE_MS = timedelta(milliseconds=1)
 
 
 class GroupBy(StrEnum):
@@ -279,6 +281,132 @@ def _group_summary(figures: dict[str, Any], facets: dict[str, Any]) -> GroupSumm
     )
 
 
+def _tally_summary(group: Any, tally: dict[str, Any], now: datetime) -> GroupSummary:
+    """``_group_summary`` of a rollup tally (``intake.rollup``): the same figures."""
+    ack_measurable = tally["ack_done"] + sum(due < now for due in tally["ack_pending_due"])
+    missed = tally["missed_finished"] + sum(due < now for due in tally["open_resolve_due"])
+    average = tally["score_sum"] / tally["score_count"] if tally["score_count"] else None
+
+    def durations(values: list[int]) -> Durations:
+        median, p90 = rollup.percentile(values, 0.5), rollup.percentile(values, 0.9)
+        if median is None or p90 is None:
+            return Durations()
+        return Durations(median_s=median / 1000, p90_s=p90 / 1000)
+
+    def top(counts: dict[str, int]) -> list[RankedCount]:
+        ranked = sorted(counts.items(), key=lambda item: (-item[1], item[0]))[:TOP_N]
+        return [RankedCount(value=value, count=count) for value, count in ranked]
+
+    remedies = [
+        RemedyTotal(
+            type=kind,
+            currency=currency,
+            count=count,
+            total_amount=f"{cents // 100}.{cents % 100:02d}",
+        )
+        for kind, currency, count, cents in tally["remedies"].values()
+    ]
+    remedies.sort(key=lambda total: (total.type, total.currency or ""))
+    return GroupSummary(
+        group=group,
+        received=tally["received"],
+        open=tally["open"],
+        resolved=tally["resolved"],
+        resolutions=tally["resolutions"],
+        closed=tally["closed"],
+        rejected=tally["rejected"],
+        withdrawn=tally["withdrawn"],
+        acknowledge_on_time_pct=_pct(tally["ack_on_time"], ack_measurable),
+        resolve_on_time_pct=_pct(tally["cycles_on_time"], tally["cycles_measurable"] + missed),
+        time_to_acknowledge=durations(tally["ack_ms"]),
+        time_to_resolve=durations(tally["resolve_ms"]),
+        reopen_rate_pct=_pct(tally["reopened"], tally["resolved"]),
+        repeat_share_pct=_pct(tally["repeats"], tally["received"]),
+        satisfaction_average=round(average, 2) if average is not None else None,
+        satisfaction_distribution=dict(sorted(tally["scores"].items())),
+        top_root_causes=top(tally["root_causes"]),
+        top_responsible_parties=top(tally["parties"]),
+        top_responsible_departments=top(tally["responsible_departments"]),
+        remedies=remedies,
+    )
+
+
+def _next_day(moment: datetime) -> datetime:
+    day = rollup.day_of(moment)
+    return day if day == moment else day + rollup.DAY
+
+
+async def _live(
+    *,
+    db: AsyncDatabase,
+    org: str,
+    start: datetime,
+    end: datetime,
+    branches: list[str] | None,
+) -> list[dict[str, Any]]:
+    """The complaints of [start, end) (of ``branches``; None: every branch), as tallies read
+    them; one read per branch, which the local server answers from ``org_branch_created``."""
+    created = {**at_or_after(start), "$lt": end}
+    queries = (
+        [{"org": org, "created_at": created}]
+        if branches is None
+        else [{"org": org, "branch": branch, "created_at": created} for branch in branches]
+    )
+    found: list[dict[str, Any]] = []
+    for query in queries:
+        found += await db[store.COMPLAINTS].find(query, projection=rollup.FIELDS).to_list(None)
+    return found
+
+
+async def _from_tallies(
+    *,
+    db: AsyncDatabase,
+    org: str,
+    since: datetime,
+    created_from: datetime,
+    created_to: datetime,
+    group_by: GroupBy,
+    allowed: list[str] | None,
+) -> dict[Any, dict[str, Any]]:
+    """Per group, the tally of [created_from, created_to): the rollup's whole days, and
+    from the complaints the edges and the days changed after the watermark ``since``."""
+    first_day, last_day = _next_day(created_from), rollup.day_of(created_to)
+    dimension = group_by.value
+    merged: dict[Any, dict[str, Any]] = defaultdict(rollup.empty_tally)
+
+    def counted(branch: str) -> bool:
+        return allowed is None or branch in allowed
+
+    changed = await (
+        db[store.COMPLAINTS]
+        .find({"updated_at": {"$gt": since}}, projection={"org": 1, "branch": 1, "created_at": 1})
+        .to_list(None)
+    )
+    stale = {
+        (c["branch"], rollup.day_of(c["created_at"]))
+        for c in changed
+        if c["org"] == org
+        and counted(c["branch"])
+        and first_day <= rollup.day_of(c["created_at"]) < last_day
+    }
+    tallies = db[rollup.TALLIES].find(
+        {"org": org, "dimension": dimension, "day": {"$gt": first_day - _ONE_MS, "$lt": last_day}},
+        projection={"branch": 1, "day": 1, "groups": 1},
+    )
+    async for document in tallies:
+        if counted(document["branch"]) and (document["branch"], document["day"]) not in stale:
+            for group in document["groups"]:
+                rollup.merge(merged[group["value"]], rollup.load(group["tally"]))
+    spans = [(created_from, first_day, allowed), (last_day, created_to, allowed)]
+    spans += [(day, day + rollup.DAY, [branch]) for branch, day in stale]
+    for start, end, branches in spans:
+        if start < end:
+            live = await _live(db=db, org=org, start=start, end=end, branches=branches)
+            for group, tally in rollup.tallies_by_group(live, dimension).items():
+                rollup.merge(merged[group], tally)
+    return merged
+
+
 async def summary(
     *,
     db: AsyncDatabase,
@@ -289,18 +417,37 @@ async def summary(
     branches: list[str],
     now: datetime,
 ) -> SummaryReport:
-    """Figures for complaints received in [created_from, created_to), per group."""
-    match = {
-        **principal.scope_filter(),
-        "created_at": {**at_or_after(created_from), "$lt": created_to},
-    }
+    """Figures for complaints received in [created_from, created_to), per group.
+
+    From the rollup (``intake.rollup``) once it is built and the window holds a whole day;
+    else, and as the reference the rollup is tested against, by :func:`live_groups`.
+    """
+    allowed = None if principal.all_branches else list(principal.branches)
     if branches:
         # Within the caller's scope: a branch the token may not see simply has no data.
-        visible = [b for b in branches if principal.all_branches or b in principal.branches]
-        match["branch"] = {"$in": visible}
-    pipeline = _pipeline(match=match, key=GROUP_FIELDS[group_by], now=now)
-    facets = (await (await db[store.COMPLAINTS].aggregate(pipeline)).to_list(None))[0]
-    groups = [_group_summary(figures, facets) for figures in facets["figures"]]
+        allowed = [b for b in branches if allowed is None or b in allowed]
+    since = await rollup.watermark(db=db)
+    if since is None or _next_day(created_from) >= rollup.day_of(created_to):
+        groups = await live_groups(
+            db=db,
+            principal=principal,
+            created_from=created_from,
+            created_to=created_to,
+            group_by=group_by,
+            branches=branches,
+            now=now,
+        )
+    else:
+        tallies = await _from_tallies(
+            db=db,
+            org=principal.org,
+            since=since,
+            created_from=created_from,
+            created_to=created_to,
+            group_by=group_by,
+            allowed=allowed,
+        )
+        groups = [_tally_summary(group, tally, now) for group, tally in tallies.items()]
     groups.sort(key=lambda summary: (-summary.received, str(summary.group)))
     return SummaryReport(
         **{"from": created_from},
@@ -309,3 +456,26 @@ async def summary(
         branches=branches,
         groups=groups,
     )
+
+
+async def live_groups(
+    *,
+    db: AsyncDatabase,
+    principal: Principal,
+    created_from: datetime,
+    created_to: datetime,
+    group_by: GroupBy,
+    branches: list[str],
+    now: datetime,
+) -> list[GroupSummary]:
+    """The figures by one aggregation over every complaint of the window."""
+    match = {
+        **principal.scope_filter(),
+        "created_at": {**at_or_after(created_from), "$lt": created_to},
+    }
+    if branches:
+        visible = [b for b in branches if principal.all_branches or b in principal.branches]
+        match["branch"] = {"$in": visible}
+    pipeline = _pipeline(match=match, key=GROUP_FIELDS[group_by], now=now)
+    facets = (await (await db[store.COMPLAINTS].aggregate(pipeline)).to_list(None))[0]
+    return [_group_summary(figures, facets) for figures in facets["figures"]]

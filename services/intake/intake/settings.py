@@ -45,3 +45,9 @@ class IntakeSettings(ServiceSettings):
         default_factory=lambda: list(DEFAULT_SUGGESTION_RULES),
         description="Keyword rules suggesting severity and flags (JSON list).",
     )
+    report_rollup_interval_s: float = Field(
+        10.0,
+        gt=0,
+        description="How often the report rollup re-tallies the days whose complaints "
+        "changed (intake.rollup); the report counts newer changes from the complaints.",
+    )
