@@ -41,7 +41,7 @@ from bench.workload import complaint_body
 from complaints_shared.auth import Principal
 from complaints_shared.events import Topic
 from complaints_shared.kafka import ensure_topics
-from intake import registration, store
+from intake import registration, rollup, store
 from intake.identity import submission_fingerprint
 from intake.models import ComplaintCreate
 from intake.settings import IntakeSettings
@@ -204,6 +204,24 @@ async def seed(run: Run, *, complaints: int, days: int) -> dict[str, Any]:
     return seeded
 
 
+async def rollup_built(run: Run, timeout_s: float = 900) -> float:
+    """Seconds until intake's report rollup has its first watermark (``intake.rollup``):
+    its first pass reads every complaint once."""
+    client = AsyncMongoClient(run.infra["MONGODB_URI"], tz_aware=True)
+    db = client[run.env("intake")["MONGODB_DATABASE"]]
+    started = time.monotonic()
+    try:
+        while await rollup.watermark(db=db) is None:
+            if time.monotonic() - started > timeout_s:
+                raise TimeoutError(f"no report rollup after {timeout_s} s")
+            await asyncio.sleep(1)
+    finally:
+        await client.close()
+    built = time.monotonic() - started
+    print(f"  report rollup built in {built:.0f} s", flush=True)
+    return round(built, 1)
+
+
 async def timed(
     client: httpx.AsyncClient, path: str, params: dict[str, Any], repeats: int
 ) -> dict[str, Any]:
@@ -293,6 +311,7 @@ async def main() -> None:
     try:
         intake.start()
         await intake.wait_ready(timeout_s=600)
+        seeded["rollup_s"] = await rollup_built(run)
         results = await measure(run, seeded)
     finally:
         intake.stop()

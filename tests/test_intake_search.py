@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import pytest
 
-from intake import store
+from intake import rollup, store
 from tests.support.http import complaint_body, token
 from tests.support.system import System
+from tests.support.waits import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -236,3 +239,45 @@ async def test_complaints_stored_before_search_grams_get_them_at_startup(system:
     assert await store.backfill_search_grams(db=db) == len(created)
     assert set(await _find(system, admin, q="断网")) == {"晚上经常断网", "候诊室断网"}
     assert await store.backfill_search_grams(db=db) == 0
+
+
+async def test_oldest_first_and_due_time_lists_read_from_the_rollups_floor(
+    system: System,
+) -> None:
+    """Ascending lists on the local server start at the lowest date the report rollup has
+    seen (``intake.rollup.floor``); they list the same complaints in the same order as
+    before the rollup's first pass, page after page."""
+    ids = await _seed(system)
+    admin = token(system.intake_settings)
+    db = system.mongo[system.intake_settings.database_name()]
+
+    async def walk(**params) -> list[str]:
+        seen, cursor = [], None
+        while True:
+            asked = {**params, "limit": 2, **({"cursor": cursor} if cursor else {})}
+            page = (await system.intake.get("/v1/complaints", params=asked, headers=admin)).json()
+            seen += [item["id"] for item in page["items"]]
+            cursor = page["next_cursor"]
+            if cursor is None:
+                return seen
+
+    newest_first = await walk()
+    assert sorted(newest_first) == sorted(ids.values())
+    await rollup.refresh(db=db, now=datetime.now(UTC))
+    assert await rollup.floor(db=db, org="demo", field="created_at") is not None
+    assert await walk(sort="created_at") == newest_first[::-1]
+    await eventually_assigned(system, admin, ids.values())
+    documents = await db.complaints.find({}, {"acknowledge_due_at": 1}).to_list(None)
+    by_due = sorted(documents, key=lambda d: (d["acknowledge_due_at"], d["_id"]))
+    assert await walk(sort="acknowledge_due_at") == [d["_id"] for d in by_due]
+
+
+async def eventually_assigned(system: System, admin: dict, ids) -> None:
+    async def assigned() -> bool:
+        for complaint_id in ids:
+            body = (await system.intake.get(f"/v1/complaints/{complaint_id}", headers=admin)).json()
+            if body["acknowledge_due_at"] is None:
+                return False
+        return True
+
+    await eventually(assigned, what="every complaint assigned")

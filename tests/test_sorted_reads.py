@@ -30,6 +30,7 @@ INDEXES = [
     ["org", "branch", "created_at", "_id"],
     ["org", "branch", "status", "created_at", "_id"],
     ["org", "tags", "created_at", "_id"],
+    ["org", "code"],  # a reference number: read by equality, not in windows
 ]
 NOW = datetime.now(UTC).replace(microsecond=0)
 TIE = NOW - timedelta(minutes=30)
@@ -69,7 +70,7 @@ async def db(infrastructure: Infrastructure, finds: Finds) -> AsyncIterator[Asyn
         + [NOW - timedelta(days=3 * 365 + rng.randrange(30)) for _ in range(8)]  # years ago
         + [NOW + timedelta(hours=2)]  # a clock ahead of this one
     )
-    for moment in moments:
+    for number, moment in enumerate(moments):
         documents.append(
             {
                 "_id": str(uuid.uuid4()),
@@ -78,6 +79,7 @@ async def db(infrastructure: Infrastructure, finds: Finds) -> AsyncIterator[Asyn
                 "status": rng.choice(["new", "open", "done"]),
                 "tags": rng.sample(["red", "blue", "green"], rng.randrange(3)),
                 "created_at": moment,
+                "code": f"c{number % 50}",
                 "hidden": "never shown",
             }
         )
@@ -100,7 +102,13 @@ def _expected(documents: list[dict[str, Any]], wanted: Any, descending: bool) ->
 
 
 async def _walk(
-    db: AsyncDatabase, query: dict[str, Any], *, descending: bool, page: int, window: Any
+    db: AsyncDatabase,
+    query: dict[str, Any],
+    *,
+    descending: bool,
+    page: int,
+    window: Any,
+    floor: Any = None,
 ) -> list[str]:
     """Every document, page by page, each page a new read after the last one's position."""
     seen: list[str] = []
@@ -117,6 +125,7 @@ async def _walk(
             window=window,
             indexes=INDEXES,
             projection={"hidden": 0},
+            floor=floor,
         )
         async for documents in batches:
             taken += documents
@@ -149,6 +158,7 @@ FILTERS = [
         lambda d: d["org"] == "o" and bool({"red", "blue"} & set(d["tags"])),
     ),
     ({"org": "o", "branch": {"$in": []}}, lambda d: False),
+    ({"org": "o", "code": "c7"}, lambda d: d["org"] == "o" and d["code"] == "c7"),
     (
         {"org": "o", "created_at": {"$gte": TIE, "$lt": NOW}},
         lambda d: d["org"] == "o" and TIE <= d["created_at"] < NOW,
@@ -166,15 +176,27 @@ async def test_every_page_walk_returns_the_filter_in_order_each_document_once(
     db: AsyncDatabase, finds: Finds, descending: bool, window: timedelta | None
 ) -> None:
     documents = await db.things.find({}).to_list(None)
+    oldest = min(d["created_at"] for d in documents)
+
+    async def floor() -> datetime:
+        return oldest - timedelta(days=3)  # a bound, not the minimum itself
+
     finds.filters.clear()
     for query, wanted in FILTERS:
         expected = _expected(documents, wanted, descending)
         for page in (3, 25):
-            walked = await _walk(db, query, descending=descending, page=page, window=window)
+            walked = await _walk(
+                db, query, descending=descending, page=page, window=window, floor=floor
+            )
             assert walked == expected, (query, page)
-    if window is not None and descending:
-        # The windowed reads: equalities, then one range on the date, and no operator else.
+    if window is not None:
+        # The windowed reads (ascending ones from the floor): equalities, then one range
+        # on the date, and no operator else.
         for sent in finds.filters:
+            if sent.keys() == {"org", "code"} or (
+                sent.keys() == {"org", "code", "created_at"} and len(sent["created_at"]) == 1
+            ):
+                continue  # the equality read on ("org", "code") and its later pages
             operators = [key for key, value in sent.items() if isinstance(value, dict)]
             assert operators == ["created_at"], sent
             assert set(sent["created_at"]) <= {"$gt", "$lt"}, sent

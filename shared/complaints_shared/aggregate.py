@@ -213,6 +213,7 @@ async def page(
     max_time_ms: int | None = None,
     window: timedelta | None = None,
     indexes: list[list[str]] | None = None,
+    floor: Callable[[], Awaitable[datetime | None]] | None = None,
 ) -> Page[Item]:
     """One cursor page of ``query`` in (``sort_field``, ``_id``) order (a date field).
 
@@ -239,6 +240,7 @@ async def page(
         indexes=indexes,
         projection=dict(projection) if projection else None,
         max_time_ms=max_time_ms,
+        floor=floor,
     )
     async with aclosing(batches):
         async for documents in batches:

@@ -154,6 +154,13 @@ def at_or_before(moment: datetime) -> dict[str, datetime]:
     return {"$lt": moment + _ONE_MS}
 
 
+def more_than_none() -> dict[str, int]:
+    """A count above zero. ``{"$gt": 0}`` on a compound index's field followed by other keys
+    makes SecantusDB read every entry *equal* to the bound too (all the zeros); for whole
+    counts ``$gte: 1`` is the same set of documents."""
+    return {"$gte": 1}
+
+
 def lease_free(field: str, now: datetime) -> dict[str, Any]:
     """Matches a lease that is missing, null or expired: ``field`` is not at or after ``now``.
 
@@ -414,6 +421,7 @@ async def sorted_batches(
     indexes: list[list[str]] | None = None,
     projection: dict[str, Any] | None = None,
     max_time_ms: int | None = None,
+    floor: Callable[[], Awaitable[datetime | None]] | None = None,
 ) -> AsyncIterator[list[dict[str, Any]]]:
     """The documents of ``query`` in (``field``, ``_id``) order strictly after ``after``,
     batch by batch (each in order, about ``batch`` long); the caller stops reading when it
@@ -422,7 +430,9 @@ async def sorted_batches(
     The position is a range on ``field`` (ties at the cursor's millisecond are dropped
     here), never an ``$or`` on the tie-break. On the local server (see above) a query
     whose equalities lead one of ``indexes`` (key field lists) is read in windows of
-    ``field`` starting ``window`` wide from the position or the present.
+    ``field`` starting ``window`` wide from the position or the present; an ascending read
+    from the start needs ``floor``, which gives a date no document's ``field`` is below
+    (None: unknown, and the read is one read of everything the filter selects).
     """
     conditions = dict(query)
     bounds = _bounds(conditions.pop(field, None))
@@ -527,6 +537,9 @@ async def sorted_batches(
     now = _ms(datetime.now(UTC))
     width = window
     near = upper if descending else lower
+    if not descending and near is None and floor is not None:
+        lowest = await floor()
+        near = _ms(lowest) - _ONE_MS if lowest is not None else None
     if not descending and near is None:
         # No lower anchor for an ascending read: one read of what the filter selects.
         async for documents in span(None, upper):
@@ -548,12 +561,12 @@ async def sorted_batches(
             elif upper is None and far > now + WINDOWS_AHEAD:
                 far, last = None, True
             low, high = near, far
-        count = len(seen)
+        found = 0
         async for documents in span(low, high):
+            found += len(documents)
             yield documents
         if last:
             return
-        found = len(seen) - count
         growth = WINDOW_GROWTH[1] if found == 0 else 1.5 * batch / found
         width *= min(max(growth, WINDOW_GROWTH[0]), WINDOW_GROWTH[1])
         near = far + _ONE_MS if descending else far - _ONE_MS
@@ -580,7 +593,10 @@ def _plan(
             return None
         equalities[path] = values
     leading = _best_index(equalities, field, indexes)
-    if not leading:
+    covering = any(set(keys[: len(equalities)]) == set(equalities) for keys in indexes)
+    if not leading or (covering and len(leading) < len(equalities)):
+        # An index that holds every equality but not the date (a reference number) selects
+        # fewer documents than windows over a shorter prefix would read.
         return None
     combinations = 1
     for path in leading:

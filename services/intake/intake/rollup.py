@@ -41,6 +41,10 @@ from intake.lifecycle import OPEN_STATUSES, Status
 log = get_logger(__name__)
 
 TALLIES = "report_tallies"
+# Per organisation, a lower bound of each date an ascending list sorts by (search reads
+# from there on the local server: ``intake.search``).
+FLOORS = "search_floors"
+FLOOR_FIELDS = ("created_at", "acknowledge_due_at", "resolve_due_at")
 STATE = "report_rollup"
 WATERMARK_ID = "watermark"
 LEASE_ID = "lease"
@@ -85,6 +89,8 @@ FIELDS = {
         "resolutions.remedies",
     )
 }
+# What the job and the report read of a complaint changed since the watermark.
+CHANGE_FIELDS = dict.fromkeys(("org", "branch", *FLOOR_FIELDS), 1)
 OPEN_VALUES = {status.value for status in OPEN_STATUSES}
 UNRESOLVED_VALUES = OPEN_VALUES | {Status.REJECTED.value, Status.WITHDRAWN.value}
 RANKED = {
@@ -335,19 +341,50 @@ async def refresh(*, db: AsyncDatabase, now: datetime) -> int:
             await _write(db=db, org=org, branch=branch, day=day, complaints=found, now=now)
         done = len(days)
     else:
-        changed = await (
-            db[store.COMPLAINTS]
-            .find(query, projection={"org": 1, "branch": 1, "created_at": 1})
-            .to_list(None)
-        )
-        keys = {(c["org"], c["branch"], day_of(c["created_at"])) for c in changed}
+        complaints = await db[store.COMPLAINTS].find(query, projection=CHANGE_FIELDS).to_list(None)
+        keys = {(c["org"], c["branch"], day_of(c["created_at"])) for c in complaints}
         for org, branch, day in keys:
             await retally(db=db, org=org, branch=branch, day=day, now=now)
         done = len(keys)
+    for org, lowest in floors_of(complaints).items():
+        await db[FLOORS].update_one({"_id": org}, {"$min": lowest}, upsert=True)
     await db[STATE].update_one(
         {"_id": WATERMARK_ID}, {"$set": {"until": until, "passed_at": now}}, upsert=True
     )
     return done
+
+
+def floors_of(complaints: Iterable[dict[str, Any]]) -> dict[str, dict[str, datetime]]:
+    """Per organisation, the lowest of each ``FLOOR_FIELDS`` date among ``complaints``."""
+    floors: dict[str, dict[str, datetime]] = defaultdict(dict)
+    for complaint in complaints:
+        lowest = floors[complaint["org"]]
+        for name in FLOOR_FIELDS:
+            value = complaint.get(name)
+            if isinstance(value, datetime) and (name not in lowest or value < lowest[name]):
+                lowest[name] = value
+    return floors
+
+
+async def floor(*, db: AsyncDatabase, org: str, field: str) -> datetime | None:
+    """A date no complaint of ``org`` has a lower ``field`` than (None: not known yet).
+
+    The job lowers the stored floor with every complaint it reads, and never raises it (a
+    value that went up or away leaves it lower than needed, still a bound); what changed
+    after its watermark is read here.
+    """
+    since = await watermark(db=db)
+    stored = await db[FLOORS].find_one({"_id": org})
+    if since is None or stored is None:
+        return None
+    changed = await (
+        db[store.COMPLAINTS]
+        .find({"updated_at": {"$gt": since}}, projection=CHANGE_FIELDS)
+        .to_list(None)
+    )
+    lowest = [stored.get(field), floors_of(changed).get(org, {}).get(field)]
+    known = [value for value in lowest if value is not None]
+    return min(known) if known else None
 
 
 async def _take_lease(*, db: AsyncDatabase, owner: str) -> bool:

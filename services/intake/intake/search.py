@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 from enum import StrEnum
+from functools import partial
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -14,9 +15,9 @@ from complaints_shared import aggregate
 from complaints_shared.auth import Principal
 from complaints_shared.datetimes import UtcDatetime
 from complaints_shared.events import Category, Channel, Flag, Severity
-from complaints_shared.mongo import at_or_after
+from complaints_shared.mongo import at_or_after, more_than_none
 from complaints_shared.pagination import Page
-from intake import grams, store
+from intake import grams, rollup, store
 from intake.identity import normalise_phone
 from intake.lifecycle import Status
 from intake.models import MAX_PAGE_SIZE, ComplaintRead
@@ -107,9 +108,9 @@ def build_query(filters: ComplaintFilters, principal: Principal) -> dict[str, An
     if filters.acknowledged is not None:
         query["acknowledged_at"] = {"$ne": None} if filters.acknowledged else None
     if filters.escalated is not None:
-        query["escalation_level"] = {"$gt": 0} if filters.escalated else 0
+        query["escalation_level"] = more_than_none() if filters.escalated else 0
     if filters.repeat is not None:
-        query["repeat_count"] = {"$gt": 0} if filters.repeat else 0
+        query["repeat_count"] = more_than_none() if filters.repeat else 0
     if filters.reference:
         query["reference"] = filters.reference
     customer_keys = []
@@ -154,4 +155,5 @@ async def search(
         keep=(lambda document: grams.matches(document, q)) if q and verify else None,
         window=FIRST_WINDOW,
         indexes=INDEXES,
+        floor=partial(rollup.floor, db=db, org=principal.org, field=field),
     )
