@@ -593,7 +593,9 @@ def _plan(
             return None
         equalities[path] = values
     leading = _best_index(equalities, field, indexes)
-    covering = any(set(keys[: len(equalities)]) == set(equalities) for keys in indexes)
+    covering = any(
+        field not in keys and set(keys[: len(equalities)]) == set(equalities) for keys in indexes
+    )
     if not leading or (covering and len(leading) < len(equalities)):
         # An index that holds every equality but not the date (a reference number) selects
         # fewer documents than windows over a shorter prefix would read.

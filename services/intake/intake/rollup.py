@@ -51,6 +51,8 @@ LEASE_ID = "lease"
 ROLLUP_LAG = timedelta(seconds=30)
 ROLLUP_LEASE = timedelta(seconds=60)
 DAY = timedelta(days=1)
+# Before every complaint's ``updated_at`` (set at registration and by every change).
+BEGINNING = datetime(1970, 1, 1, tzinfo=UTC)
 # The report's group-by dimensions, as complaint field paths.
 DIMENSIONS = {
     "branch": "branch",
@@ -329,10 +331,10 @@ async def refresh(*, db: AsyncDatabase, now: datetime) -> int:
     """One pass: re-tally every (org, branch, day) changed since the watermark; how many."""
     since = await watermark(db=db)
     until = now - ROLLUP_LAG
-    query = {} if since is None else {"updated_at": {"$gt": since}}
+    query = {"updated_at": {"$gt": since or BEGINNING}}
     if since is None:
         # The first build reads every complaint once and tallies all days from that read.
-        complaints = await db[store.COMPLAINTS].find({}, projection=FIELDS).to_list(None)
+        complaints = await db[store.COMPLAINTS].find(query, projection=FIELDS).to_list(None)
         days: dict[tuple[str, str, datetime], list[dict[str, Any]]] = defaultdict(list)
         for complaint in complaints:
             key = (complaint["org"], complaint["branch"], day_of(complaint["created_at"]))
