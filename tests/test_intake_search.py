@@ -241,12 +241,13 @@ async def test_complaints_stored_before_search_grams_get_them_at_startup(system:
     assert await store.backfill_search_grams(db=db) == 0
 
 
-async def test_oldest_first_and_due_time_lists_read_from_the_rollups_floor(
+async def test_lists_read_from_the_rollups_floor_and_branches(
     system: System,
 ) -> None:
     """Ascending lists on the local server start at the lowest date the report rollup has
-    seen (``intake.rollup.floor``); they list the same complaints in the same order as
-    before the rollup's first pass, page after page."""
+    seen (``intake.rollup.floor``), and a search without a branch filter asks for every
+    branch it has seen; they list the same complaints in the same order as before the
+    rollup's first pass, page after page."""
     ids = await _seed(system)
     admin = token(system.intake_settings)
     db = system.mongo[system.intake_settings.database_name()]
@@ -263,7 +264,11 @@ async def test_oldest_first_and_due_time_lists_read_from_the_rollups_floor(
 
     newest_first = await walk()
     assert sorted(newest_first) == sorted(ids.values())
+    broadband = await walk(q="宽带")
     await rollup.refresh(db=db, now=datetime.now(UTC))
+    # Every branch with complaints, each read in date order: the same complaints.
+    assert await rollup.known_branches(db=db, org="demo") == ["HOSP", "LZ"]
+    assert await walk(q="宽带") == broadband
     assert await rollup.floor(db=db, org="demo", field="created_at") is not None
     assert await walk(sort="created_at") == newest_first[::-1]
     await eventually_assigned(system, admin, ids.values())

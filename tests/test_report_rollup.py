@@ -181,6 +181,9 @@ async def test_the_rollup_report_equals_the_single_aggregation(infrastructure) -
         assert await rollup.refresh(db=db, now=now) == 5  # (branch, day)s with complaints
         assert await rollup.watermark(db=db) == now - rollup.ROLLUP_LAG
         assert await db[rollup.TALLIES].count_documents({"dimension": "branch"}) == 5
+        assert await rollup.floor(db=db, org="demo", field="created_at") == T0
+        assert await rollup.floor(db=db, org="demo", field="acknowledge_due_at") == T0 + H
+        assert await rollup.known_branches(db=db, org="demo") == ["HOSP", "LZ"]
         await _compare(db, now)
 
         # A change the rollup has not seen: its day is counted from the complaints.

@@ -227,8 +227,8 @@ async def page(
     """
     kept: list[dict[str, Any]] = []
     reads = 0
-    # Over-read when filtering in the service, so one read usually fills the page.
-    batch = limit + 1 if keep is None else 4 * (limit + 1)
+    # Reads sized to the page; when ``keep`` refuses some, later reads fill it.
+    batch = limit + 1
     batches = sorted_batches(
         collection,
         dict(query),

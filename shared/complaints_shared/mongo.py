@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
 from datetime import UTC, datetime, timedelta
@@ -398,13 +399,17 @@ def _bounds(condition: Any) -> tuple[datetime | None, datetime | None, dict[str,
 def _best_index(
     equalities: dict[str, list[Any]], field: str, indexes: list[list[str]]
 ) -> list[str]:
-    """The most equality fields some index has before ``field`` (none: empty)."""
+    """The most equality fields some index has before ``field`` whose values make at most
+    ``MAX_SPLIT_READS`` equality reads (none: empty)."""
     best: list[str] = []
     for keys in indexes:
         if field not in keys:
             continue
         leading = keys[: keys.index(field)]
-        if leading and all(key in equalities for key in leading) and len(leading) > len(best):
+        if not leading or not all(key in equalities for key in leading):
+            continue
+        reads = math.prod(len(equalities[key]) for key in leading)
+        if len(leading) > len(best) and reads <= MAX_SPLIT_READS:
             best = leading
     return best
 
@@ -600,13 +605,8 @@ def _plan(
         # An index that holds every equality but not the date (a reference number) selects
         # fewer documents than windows over a shorter prefix would read.
         return None
-    combinations = 1
-    for path in leading:
-        combinations *= len(equalities[path])
-    if combinations == 0:
-        return [], {}
-    if combinations > MAX_SPLIT_READS:
-        return None
+    if any(not equalities[path] for path in leading):
+        return [], {}  # an empty ``$in``
     reads: list[dict[str, Any]] = [{}]
     for path in leading:
         reads = [{**read, path: value} for read in reads for value in equalities[path]]

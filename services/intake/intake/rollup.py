@@ -41,8 +41,8 @@ from intake.lifecycle import OPEN_STATUSES, Status
 log = get_logger(__name__)
 
 TALLIES = "report_tallies"
-# Per organisation, a lower bound of each date an ascending list sorts by (search reads
-# from there on the local server: ``intake.search``).
+# Per organisation, a lower bound of each date an ascending list sorts by and the branches
+# with complaints (search reads from there on the local server: ``intake.search``).
 FLOORS = "search_floors"
 FLOOR_FIELDS = ("created_at", "acknowledge_due_at", "resolve_due_at")
 STATE = "report_rollup"
@@ -348,19 +348,20 @@ async def refresh(*, db: AsyncDatabase, now: datetime) -> int:
         for org, branch, day in keys:
             await retally(db=db, org=org, branch=branch, day=day, now=now)
         done = len(keys)
-    for org, lowest in floors_of(complaints).items():
-        await db[FLOORS].update_one({"_id": org}, {"$min": lowest}, upsert=True)
+    await _lower_floors(db=db, complaints=complaints)
     await db[STATE].update_one(
         {"_id": WATERMARK_ID}, {"$set": {"until": until, "passed_at": now}}, upsert=True
     )
     return done
 
 
-def floors_of(complaints: Iterable[dict[str, Any]]) -> dict[str, dict[str, datetime]]:
-    """Per organisation, the lowest of each ``FLOOR_FIELDS`` date among ``complaints``."""
-    floors: dict[str, dict[str, datetime]] = defaultdict(dict)
+def floors_of(complaints: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per organisation, the lowest of each ``FLOOR_FIELDS`` date among ``complaints`` and
+    their branches (``branches``, a set)."""
+    floors: dict[str, dict[str, Any]] = defaultdict(lambda: {"branches": set()})
     for complaint in complaints:
         lowest = floors[complaint["org"]]
+        lowest["branches"].add(complaint["branch"])
         for name in FLOOR_FIELDS:
             value = complaint.get(name)
             if isinstance(value, datetime) and (name not in lowest or value < lowest[name]):
@@ -368,12 +369,22 @@ def floors_of(complaints: Iterable[dict[str, Any]]) -> dict[str, dict[str, datet
     return floors
 
 
-async def floor(*, db: AsyncDatabase, org: str, field: str) -> datetime | None:
-    """A date no complaint of ``org`` has a lower ``field`` than (None: not known yet).
+async def _lower_floors(*, db: AsyncDatabase, complaints: list[dict[str, Any]]) -> None:
+    for org, lowest in floors_of(complaints).items():
+        branches = sorted(lowest.pop("branches"))
+        update: dict[str, Any] = {"$addToSet": {"branches": {"$each": branches}}}
+        if lowest:
+            update["$min"] = lowest
+        await db[FLOORS].update_one({"_id": org}, update, upsert=True)
 
-    The job lowers the stored floor with every complaint it reads, and never raises it (a
-    value that went up or away leaves it lower than needed, still a bound); what changed
-    after its watermark is read here.
+
+async def bounds(*, db: AsyncDatabase, org: str) -> dict[str, Any] | None:
+    """What no complaint of ``org`` lies outside: per ``FLOOR_FIELDS`` date a value none is
+    below, and ``branches``, every branch it has a complaint in (None: not known yet).
+
+    The job lowers the stored floors and adds branches with every complaint it reads, and
+    never raises or removes them (a value that went up or away leaves a floor lower than
+    needed, still a bound); what changed after its watermark is read here.
     """
     since = await watermark(db=db)
     stored = await db[FLOORS].find_one({"_id": org})
@@ -384,9 +395,26 @@ async def floor(*, db: AsyncDatabase, org: str, field: str) -> datetime | None:
         .find({"updated_at": {"$gt": since}}, projection=CHANGE_FIELDS)
         .to_list(None)
     )
-    lowest = [stored.get(field), floors_of(changed).get(org, {}).get(field)]
-    known = [value for value in lowest if value is not None]
-    return min(known) if known else None
+    recent = floors_of(changed).get(org, {"branches": set()})
+    found: dict[str, Any] = {
+        "branches": sorted(set(stored.get("branches", [])) | recent["branches"])
+    }
+    for name in FLOOR_FIELDS:
+        known = [value for value in (stored.get(name), recent.get(name)) if value is not None]
+        found[name] = min(known) if known else None
+    return found
+
+
+async def floor(*, db: AsyncDatabase, org: str, field: str) -> datetime | None:
+    """A date no complaint of ``org`` has a lower ``field`` than (None: not known yet)."""
+    found = await bounds(db=db, org=org)
+    return found[field] if found is not None else None
+
+
+async def known_branches(*, db: AsyncDatabase, org: str) -> list[str] | None:
+    """Every branch ``org`` has a complaint in (None: not known yet)."""
+    found = await bounds(db=db, org=org)
+    return found["branches"] if found is not None else None
 
 
 async def _take_lease(*, db: AsyncDatabase, owner: str) -> bool:

@@ -137,6 +137,12 @@ async def search(
     field = filters.sort.value.lstrip("-")
     descending = filters.sort.value.startswith("-")
     query = build_query(filters, principal)
+    if grams.FIELD in query and "branch" not in query:
+        # Every branch the organisation has complaints in: the gram index has the branch
+        # before the date, so each branch's matches are read in date order.
+        branches = await rollup.known_branches(db=db, org=principal.org)
+        if branches is not None:
+            query["branch"] = {"$in": branches}
     if field != "created_at":
         # Complaints not yet given a due time have no place in a due-time ordering.
         query.setdefault(field, {})["$ne"] = None
