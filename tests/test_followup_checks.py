@@ -12,6 +12,7 @@ from complaints_shared.events import (
     ClosedVia,
     ComplaintClosed,
     ComplaintWithdrawn,
+    CustomerContact,
     EventType,
     Remedy,
     Topic,
@@ -52,18 +53,17 @@ async def test_resolved_event_delivered_twice_schedules_checks_once(
     system = await system_factory(clock=ManualClock(datetime(2026, 11, 20, tzinfo=UTC)))
     admin = token(system.intake_settings)
     resolved_tuesday_21_local = datetime(2026, 11, 24, 13, tzinfo=UTC)
+    complaint = received(
+        subject="宽带年费多扣",
+        description="预交年费后仍被扣月租",
+        customer=CustomerContact(name="李女士", phone="13900000000", preferred_channel="phone"),
+        received_at=resolved_tuesday_21_local - timedelta(days=2),
+    )
     event = resolved(
+        complaint,
         resolved_at=resolved_tuesday_21_local,
         root_cause="营业员漏打第二张欠费单",
         remedies=[Remedy(type="refund", amount="30.00", currency="CNY"), Remedy(type="apology")],
-    )
-    complaint = received(
-        complaint_id=event.complaint_id,
-        reference=event.reference,
-        subject="宽带年费多扣",
-        description="预交年费后仍被扣月租",
-        customer=event.customer,
-        received_at=resolved_tuesday_21_local - timedelta(days=2),
     )
     handled_before = handled_count("followup", EventType.COMPLAINT_RESOLVED)
     _, resolved_event = await publish(
@@ -81,7 +81,7 @@ async def test_resolved_event_delivered_twice_schedules_checks_once(
     # 21:00 local is after contact hours: the next day's 21:00 moves to 09:00 the day after.
     assert at(check["due_at"]) == datetime(2026, 11, 26, 1, tzinfo=UTC)
     assert check["status"] == "scheduled"
-    assert check["subject"] == "宽带年费多扣"  # from complaint.received: the resolution lacks it
+    assert check["subject"] == "宽带年费多扣"  # from the resolution, as intake sends it
     assert check["reference"] == event.reference
     assert check["customer"]["phone"] == "13900000000"
     assert check["channel"] == "phone"

@@ -1,16 +1,19 @@
 """Integration: the outbox relay against real MongoDB and Kafka.
 
 One replica's relay leads a collection's outbox at a time, hands over at
-shutdown, and never drops an event added while a batch was in flight.
+shutdown, never drops an event added while a batch was in flight, and polls
+less while its polls find nothing.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from dataclasses import dataclass
 
 import pytest
+from pymongo import AsyncMongoClient, monitoring
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 
@@ -159,3 +162,54 @@ async def test_an_event_added_while_a_batch_is_sent_stays_pending(system: System
         assert document[OUTBOX_FIELD] == [] and PENDING_SINCE_FIELD not in document
     finally:
         await producer.stop()
+
+
+class _FindCounter(monitoring.CommandListener):
+    """Counts the relay's reads of one collection, as the server receives them."""
+
+    def __init__(self, collection: str) -> None:
+        self.collection = collection
+        self.finds = 0
+
+    def started(self, event: monitoring.CommandStartedEvent) -> None:
+        if event.command_name == "find" and event.command.get("find") == self.collection:
+            self.finds += 1
+
+    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+        pass
+
+    def failed(self, event: monitoring.CommandFailedEvent) -> None:
+        pass
+
+
+async def test_idle_polls_back_off_yet_find_an_unannounced_event(system: System) -> None:
+    """Polls that find nothing space out up to the idle interval; an event written by
+    another replica (no notify) is still published within that interval."""
+    probe = await _probe(system)
+    settings = probe.settings.model_copy(update={"outbox_idle_poll_interval_s": 0.8})
+    counter = _FindCounter(probe.collection.name)
+    client = AsyncMongoClient(settings.mongodb_uri, event_listeners=[counter])
+    db = client[probe.db.name]
+    producer = EventProducer(settings=settings)
+    relay = OutboxRelay(
+        db=db, collections=[probe.collection.name], producer=producer, settings=settings
+    )
+    task = asyncio.create_task(relay.run())
+    try:
+        await asyncio.sleep(3.0)  # idle: 30 polls at the shortest interval, ~7 backing off
+        idle_polls = counter.finds
+        assert 3 <= idle_polls <= 10, idle_polls
+
+        written_at = time.monotonic()
+        unannounced = _entry(settings)
+        await probe.collection.insert_one(
+            {"_id": str(uuid.uuid4()), **outbox_fields([unannounced])}
+        )
+        await eventually(lambda: outbox_sent(probe.collection), what="unannounced event sent")
+        assert time.monotonic() - written_at < 0.8 + 0.7  # the idle interval, plus a send
+        assert await _published_ids(settings, probe.topic, expected=1) == [unannounced["id"]]
+    finally:
+        await relay.stop()
+        await task
+        await producer.stop()
+        await client.close()

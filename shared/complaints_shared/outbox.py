@@ -103,10 +103,14 @@ class OutboxRelay:
     once it expires). The leader reads up to ``outbox_batch_size`` documents with
     pending events, sends all their events without waiting on each, then removes
     from each document the events acknowledged in order, in one write per
-    document. Events written by a standby replica are published by the leader's
-    next poll (``outbox_poll_interval_s``). A leader that stalls past its lease
-    can overlap with its successor; that only duplicates deliveries, which the
-    idempotent consumers absorb.
+    document. Writes of this replica wake it at once (``notify``); events
+    written by a standby replica or left by a failure are found by polling.
+    A poll costs a read even when it finds nothing, so each empty poll of a
+    collection doubles its pause from ``outbox_poll_interval_s`` up to
+    ``outbox_idle_poll_interval_s``, and a poll that finds events nobody
+    announced (or a failure) brings it back to the shortest. A leader that
+    stalls past its lease can overlap with its successor; that only
+    duplicates deliveries, which the idempotent consumers absorb.
     """
 
     def __init__(
@@ -127,13 +131,19 @@ class OutboxRelay:
         self._standby_until: dict[str, datetime] = {}
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
-        # Collections to read at the next wake-up; every one at each poll interval.
+        # Collections to read at the next wake-up, and those a write of ours announced.
         self._dirty: set[str] = set(collections)
+        self._announced: set[str] = set()
+        # Per collection: the pause between polls, and when the next poll is due.
+        self._poll_interval_s = {c: settings.outbox_poll_interval_s for c in collections}
+        self._next_poll = {c: time.monotonic() for c in collections}
 
     def notify(self, *collections: str) -> None:
         """Tell the relay that a write just added events to ``collections`` (all when none
         are named): publish now, not at the next poll, reading only those collections."""
-        self._dirty.update(collections or self._collections)
+        named = collections or self._collections
+        self._dirty.update(named)
+        self._announced.update(named)
         self._wake.set()
 
     async def stop(self) -> None:
@@ -141,30 +151,51 @@ class OutboxRelay:
         self._wake.set()
 
     async def run(self) -> None:
-        interval_s = self._settings.outbox_poll_interval_s
-        next_poll = time.monotonic()
         try:
             while not self._stopping.is_set():
                 self._wake.clear()
-                if time.monotonic() >= next_poll:
-                    # Events written by another replica, or left by a failure: read them all.
-                    self._dirty.update(self._collections)
-                    next_poll = time.monotonic() + interval_s
+                now = time.monotonic()
+                polled = {c for c in self._collections if now >= self._next_poll[c]}
+                self._dirty.update(polled)
                 due = [c for c in self._collections if c in self._dirty]
+                announced = self._announced & set(due)
                 self._dirty.difference_update(due)
+                self._announced.difference_update(due)
                 for collection in due:
                     try:
                         published = await self.publish_batch(collection=collection)
-                        if published >= self._settings.outbox_batch_size:
-                            self._dirty.add(collection)
                     except Exception as exc:  # Kafka or Mongo away: keep the events, retry later
                         OUTBOX_PUBLISH_FAILURES.labels(self._settings.service_name).inc()
                         log.warning("outbox_publish_failed", error=repr(exc))
+                        self._poll_again(collection, found_unannounced=True)
+                        continue
+                    if published >= self._settings.outbox_batch_size:
+                        self._dirty.add(collection)
+                    if collection in polled:
+                        self._poll_again(
+                            collection,
+                            found_unannounced=published > 0 and collection not in announced,
+                            empty=published == 0,
+                        )
                 if not self._dirty:
-                    wait_s = max(0.0, next_poll - time.monotonic())
+                    wait_s = max(0.0, min(self._next_poll.values()) - time.monotonic())
                     await wait_event(self._wake, timeout_s=wait_s)
         finally:
             await self._give_up_leases()
+
+    def _poll_again(self, collection: str, *, found_unannounced: bool, empty: bool = False) -> None:
+        """Schedule the next poll: soon after a surprise, later after each empty poll."""
+        shortest = self._settings.outbox_poll_interval_s
+        if found_unannounced:
+            interval = shortest
+        elif empty:
+            interval = min(
+                self._poll_interval_s[collection] * 2, self._settings.outbox_idle_poll_interval_s
+            )
+        else:
+            interval = self._poll_interval_s[collection]
+        self._poll_interval_s[collection] = max(interval, shortest)
+        self._next_poll[collection] = time.monotonic() + self._poll_interval_s[collection]
 
     async def publish_batch(self, *, collection: str) -> int:
         """Publish and release one batch if this replica leads; how many documents it held."""

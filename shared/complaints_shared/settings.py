@@ -79,8 +79,16 @@ class ServiceSettings(BaseSettings):
     outbox_poll_interval_s: float = Field(
         0.5,
         gt=0,
-        description="How often the outbox relay looks for unsent events when idle; also the "
-        "longest an event written by a standby replica waits for the leading relay.",
+        description="How often the outbox relay looks for events nobody told it about (written "
+        "by a standby replica, or left by a failure) while such events keep turning up; writes "
+        "of its own replica wake it at once.",
+    )
+    outbox_idle_poll_interval_s: float = Field(
+        2.0,
+        gt=0,
+        description="Longest pause between the relay's polls of a collection: each poll that "
+        "finds nothing doubles the pause from outbox_poll_interval_s up to this; also the "
+        "longest the first event a standby replica writes after a quiet spell waits.",
     )
     outbox_batch_size: int = Field(
         100, ge=1, description="Documents the outbox relay claims and publishes per round."

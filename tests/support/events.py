@@ -69,6 +69,7 @@ def resolved(complaint: ComplaintReceived | None = None, **overrides: Any) -> Co
             "category": complaint.category,
             "severity": complaint.severity,
             "customer": complaint.customer,
+            "subject": complaint.subject,  # as intake's resolution carries it
         }
     else:
         complaint_id = overrides.pop("complaint_id", None) or str(uuid.uuid4())

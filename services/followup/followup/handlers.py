@@ -11,7 +11,6 @@ from complaints_shared.envelope import CloudEvent
 from complaints_shared.events import (
     ClosedVia,
     ComplaintClosed,
-    ComplaintReceived,
     ComplaintReopened,
     ComplaintResolved,
     ComplaintWithdrawn,
@@ -47,9 +46,6 @@ def build_handlers(runtime: Runtime) -> dict[EventType, EventHandler]:
         if cancelled:
             runtime.relay.notify()
             log.info("followups_cancelled", count=cancelled, reason=reason)
-
-    async def on_complaint_received(event: CloudEvent, data: ComplaintReceived) -> None:
-        await store.remember_received(db=runtime.db, received=data)
 
     async def on_complaint_resolved(event: CloudEvent, data: ComplaintResolved) -> None:
         now = runtime.clock.now()
@@ -103,7 +99,6 @@ def build_handlers(runtime: Runtime) -> dict[EventType, EventHandler]:
         )
 
     return {
-        EventType.COMPLAINT_RECEIVED: on_complaint_received,
         EventType.COMPLAINT_RESOLVED: on_complaint_resolved,
         EventType.COMPLAINT_REOPENED: on_complaint_reopened,
         EventType.COMPLAINT_WITHDRAWN: on_complaint_withdrawn,

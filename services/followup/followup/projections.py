@@ -121,10 +121,6 @@ async def schedule_checks(
     rules = checks_for(policy.policy, category=resolved.category, severity=resolved.severity)
     due_times = check_due_times(resolved_at=resolved.resolved_at, checks=rules, hours=contact_hours)
     subject = resolved.subject
-    if subject is None:
-        subject = await store.remembered_subject(
-            db=db, org=resolved.org, complaint_id=resolved.complaint_id
-        )
     created = 0
     for sequence, due_at in enumerate(due_times, start=1):
         document = _new_check(

@@ -29,7 +29,6 @@ from pymongo.errors import DuplicateKeyError
 from complaints_shared import aggregate
 from complaints_shared.aggregate import Aggregate, Decide
 from complaints_shared.auth import Principal
-from complaints_shared.events import ComplaintReceived
 from complaints_shared.pagination import Page
 from complaints_shared.problems import ProblemError
 from complaints_shared.timers import FAILURE_FIELDS
@@ -48,7 +47,6 @@ from followup.settings import FollowupSettings
 
 CHECKS = "satisfaction_checks"
 CHECK = Aggregate(collection=CHECKS, what="satisfaction check", max_write_attempts=5)
-SNAPSHOTS = "complaint_snapshots"
 POLICIES = "followup_policies"
 CONTACT_HOURS = "contact_hours"
 # A fired or released check also drops the failures its earlier tries recorded.
@@ -136,33 +134,6 @@ async def has_later_resolution(
         projection={"_id": 1},
     )
     return later is not None
-
-
-# ------------------------------------------------------- complaint snapshots --
-
-
-async def remember_received(*, db: AsyncDatabase, received: ComplaintReceived) -> None:
-    """Keep the complaint's subject for the call-back, in case the resolution omits it."""
-    await db[SNAPSHOTS].update_one(
-        {"_id": received.complaint_id},
-        {
-            "$setOnInsert": {
-                "org": received.org,
-                "branch": received.branch,
-                "reference": received.reference,
-                "subject": received.subject,
-                "received_at": received.received_at,
-            }
-        },
-        upsert=True,
-    )
-
-
-async def remembered_subject(*, db: AsyncDatabase, org: str, complaint_id: str) -> str | None:
-    snapshot = await db[SNAPSHOTS].find_one(
-        {"_id": complaint_id, "org": org}, projection={"subject": 1}
-    )
-    return snapshot.get("subject") if snapshot else None
 
 
 # ------------------------------------------------------------------ reading --

@@ -24,7 +24,8 @@ from routing.context_cache import ContextCache
 def build_handlers(runtime: Runtime) -> dict[EventType, EventHandler]:
     db, settings, clock = runtime.db, runtime.settings, runtime.clock
     contexts: ContextCache[routing_context.RoutingContext] = ContextCache(
-        max_age_s=settings.routing_context_max_age_s
+        max_age_s=settings.routing_context_max_age_s,
+        version_check_s=settings.routing_directory_check_s,
     )
 
     async def on_complaint_received(event: CloudEvent, data: ComplaintReceived) -> None:

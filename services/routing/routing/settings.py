@@ -31,7 +31,15 @@ class RoutingSettings(ServiceSettings):
         60.0,
         gt=0,
         description="Longest a cached routing context (rules, policies, branch, departments, "
-        "people) is reused; any change made through the API invalidates it at once.",
+        "people) is reused; any change made through the API invalidates it (see "
+        "routing_directory_check_s).",
+    )
+    routing_directory_check_s: float = Field(
+        1.0,
+        ge=0,
+        description="How often routing reads an organisation's directory version to notice "
+        "changes made through another replica (changes made through this one are seen at "
+        "once); 0 reads it for every complaint.",
     )
     load_hint_reconcile_interval_s: float = Field(
         60.0,

@@ -129,18 +129,26 @@ async def pick_owner(
     department_id: str,
     required_skill: str | None,
     exclude: frozenset[str] = frozenset(),
+    trust_hints: bool = False,
 ) -> OwnerChoice | None:
     """The owner whose turn it is, with a free slot under their capacity; None: queue it.
 
     Candidates are ranked by their load hints first (no counting), and the slot's unique
     index keeps the capacity exact whatever a hint says. Only when the hints find nobody
     are the loads counted from the assignments, so a complaint is never queued on a
-    stale hint.
+    stale hint. ``trust_hints``: take the slot the hint names without looking it up,
+    for a caller whose insert chooses again when that slot turns out to be held.
     """
     staff = await directory_store.desk(db=db, org=org, department_id=department_id)
     hints = {person.id: person.open_load for person in staff}
     choice = await _first_with_slot(
-        db=db, org=org, staff=staff, loads=hints, required_skill=required_skill, exclude=exclude
+        db=db,
+        org=org,
+        staff=staff,
+        loads=hints,
+        required_skill=required_skill,
+        exclude=exclude,
+        trust_hints=trust_hints,
     )
     if choice is not None:
         return choice
@@ -160,10 +168,13 @@ async def _first_with_slot(
     loads: dict[str, int],
     required_skill: str | None,
     exclude: frozenset[str],
+    trust_hints: bool = False,
 ) -> OwnerChoice | None:
     for candidate in planning.rank_candidates(staff, loads=loads, required_skill=required_skill):
         if not candidate.eligible or candidate.staff.id in exclude:
             continue
+        if trust_hints:  # eligible: the hint is under the capacity
+            return OwnerChoice(candidate.staff, candidate.open_load)
         slot = await likely_free_slot(
             db=db,
             org=org,
@@ -184,7 +195,11 @@ async def forced_owner(*, db: AsyncDatabase, org: str, staff: StaffRead) -> Owne
 
 
 async def owner_for_plan(
-    *, db: AsyncDatabase, complaint: ComplaintReceived, plan: planning.RoutePlan
+    *,
+    db: AsyncDatabase,
+    complaint: ComplaintReceived,
+    plan: planning.RoutePlan,
+    trust_hints: bool = False,
 ) -> tuple[OwnerChoice | None, str]:
     if plan.duty_officer is not None:
         return await forced_owner(db=db, org=complaint.org, staff=plan.duty_officer), "duty_officer"
@@ -193,5 +208,6 @@ async def owner_for_plan(
         org=complaint.org,
         department_id=plan.department.id,
         required_skill=plan.rule.action.required_skill,
+        trust_hints=trust_hints,
     )
     return choice, "rule" if choice else "queue"

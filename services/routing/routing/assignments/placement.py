@@ -155,8 +155,11 @@ async def route_received(
             load=lambda: routing_context.load_context(db=db, complaint=complaint),
         )
     plan = routing_context.plan_for(complaint, context)
-    for _ in range(MAX_WRITE_ATTEMPTS):
-        owner, how = await owners.owner_for_plan(db=db, complaint=complaint, plan=plan)
+    for attempt in range(MAX_WRITE_ATTEMPTS):
+        # First the slot the load hint names, unchecked: the insert tells if it is held.
+        owner, how = await owners.owner_for_plan(
+            db=db, complaint=complaint, plan=plan, trust_hints=attempt == 0
+        )
         document, events = initial_events(
             new_document(complaint, plan, owner=owner, now=now), plan, now=now
         )
