@@ -191,7 +191,8 @@ class Service:
 def infra_env() -> dict[str, str]:
     """Where Kafka and MongoDB are: the local infrastructure, unless the environment says."""
     values = {}
-    for line in (STATE / "infra.env").read_text().splitlines():
+    local = STATE / "infra.env"
+    for line in local.read_text().splitlines() if local.exists() else []:
         if "=" in line:
             key, _, value = line.partition("=")
             values[key] = value

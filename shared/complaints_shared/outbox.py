@@ -19,7 +19,6 @@ from contextvars import ContextVar
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from pymongo import UpdateOne
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
@@ -102,8 +101,8 @@ class OutboxRelay:
     (renewed while it runs, given up at shutdown, taken over by another replica
     once it expires). The leader reads up to ``outbox_batch_size`` documents with
     pending events, sends all their events without waiting on each, then removes
-    from each document the events acknowledged in order, in one write per
-    document. Writes of this replica wake it at once (``notify``); events
+    from each document the events acknowledged in order, in one write for the
+    whole batch. Writes of this replica wake it at once (``notify``); events
     written by a standby replica or left by a failure are found by polling.
     A poll costs a read even when it finds nothing, so each empty poll of a
     collection doubles its pause from ``outbox_poll_interval_s`` up to
@@ -216,7 +215,7 @@ class OutboxRelay:
         try:
             sent = await self._send(documents)
         finally:
-            await self._release(collection=collection, sent=sent, documents=documents)
+            await self._release(collection=collection, sent=sent)
         return len(documents)
 
     async def _lead(self, collection: str) -> bool:
@@ -280,44 +279,30 @@ class OutboxRelay:
                 acknowledged.setdefault(document_id, []).append(event_id)
         return acknowledged
 
-    async def _release(
-        self, *, collection: str, sent: dict[Any, list[str]], documents: list[dict]
-    ) -> None:
-        """Remove the acknowledged events: one write per document in the usual case."""
-        coll = self._db[collection]
-        cleared, pulled, requests = [], [], []
-        for document in documents:
-            acknowledged = sent.get(document["_id"], [])
-            if not acknowledged:
-                continue
-            read = len(document.get(OUTBOX_FIELD, []))
-            if len(acknowledged) == read:
-                # All sent, and if no event was added since the read: empty it and stop pending.
-                cleared.append(document["_id"])
-                requests.append(
-                    UpdateOne(
-                        {"_id": document["_id"], OUTBOX_FIELD: {"$size": read}},
-                        {"$set": {OUTBOX_FIELD: []}, "$unset": {PENDING_SINCE_FIELD: ""}},
-                    )
-                )
-            else:
-                pulled.append(document["_id"])
-                requests.append(UpdateOne({"_id": document["_id"]}, _pull(acknowledged)))
-        if not requests:
-            return
-        result = await coll.bulk_write(requests, ordered=False)
-        if result.matched_count == len(requests):
-            return
-        # Some outbox grew while its events were sent: remove just what was sent, and stop
-        # pending only where nothing is left (pulling an id already gone changes nothing).
-        await coll.bulk_write(
-            [UpdateOne({"_id": i}, _pull(sent[i])) for i in cleared], ordered=False
-        )
-        await coll.update_many(
-            {"_id": {"$in": cleared}, OUTBOX_FIELD: {"$size": 0}},
-            {"$unset": {PENDING_SINCE_FIELD: ""}},
-        )
+    async def _release(self, *, collection: str, sent: dict[Any, list[str]]) -> None:
+        """Remove the acknowledged events from every document of the batch in one write.
 
-
-def _pull(event_ids: list[str]) -> dict[str, Any]:
-    return {"$pull": {OUTBOX_FIELD: {"id": {"$in": event_ids}}}}
+        Per document the update keeps what was not sent (events added while the batch
+        was in flight among them) and stops pending only where nothing is left, each
+        document atomically.
+        """
+        if not sent:
+            return
+        published = [event_id for event_ids in sent.values() for event_id in event_ids]
+        kept = {
+            "$filter": {
+                "input": f"${OUTBOX_FIELD}",
+                "cond": {"$not": [{"$in": ["$$this.id", published]}]},
+            }
+        }
+        still_pending = {
+            "$cond": [
+                {"$eq": [{"$size": f"${OUTBOX_FIELD}"}, 0]},
+                "$$REMOVE",
+                f"${PENDING_SINCE_FIELD}",
+            ]
+        }
+        await self._db[collection].update_many(
+            {"_id": {"$in": list(sent)}},
+            [{"$set": {OUTBOX_FIELD: kept}}, {"$set": {PENDING_SINCE_FIELD: still_pending}}],
+        )
