@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -126,7 +127,34 @@ def cpu_s(pid: int | None) -> float:
 
 
 def database_pid() -> int | None:
-    return infra_pids().get("mongo")
+    """The local MongoDB server's process: from the local state, else the one listening on
+    MONGODB_URI's port (a set started elsewhere); None when it is not on this machine."""
+    pid = infra_pids().get("mongo")
+    if pid is not None:
+        return pid
+    port = urlsplit(os.environ.get("MONGODB_URI", "")).port or 27017
+    return _listening_pid(port)
+
+
+def _listening_pid(port: int) -> int | None:
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            rows = Path(table).read_text().splitlines()[1:]
+        except FileNotFoundError:
+            continue
+        for row in rows:
+            fields = row.split()
+            if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:  # LISTEN
+                inodes.add(fields[9])
+    for fd_dir in Path("/proc").glob("[0-9]*/fd"):
+        try:
+            for fd in fd_dir.iterdir():
+                if os.readlink(fd).removeprefix("socket:[").removesuffix("]") in inodes:
+                    return int(fd_dir.parent.name)
+        except OSError:
+            continue
+    return None
 
 
 @dataclass

@@ -11,7 +11,7 @@ from pymongo.errors import DuplicateKeyError
 from complaints_shared.auth import Principal
 from complaints_shared.clock import ManualClock
 from complaints_shared.events import EventType, Topic
-from intake import reference_numbers, registration
+from intake import reference_numbers, registration, submissions
 from intake.models import ComplaintCreate
 from tests.support.http import complaint_body, token
 from tests.support.kafka import events_of, read_topic
@@ -75,6 +75,38 @@ async def test_exact_resubmission_within_window_returns_the_existing_complaint(
     assert later.status_code == 201
     assert later.json()["id"] != first.json()["id"]
     assert "repeat" in later.json()["flags"]
+
+
+async def test_open_claims_of_the_former_fingerprint_collection_carry_over_at_start(
+    system: System,
+) -> None:
+    """Complaints stored before the insert became the claim kept theirs in
+    ``submission_fingerprints``: an identical submission within the window still finds them."""
+    headers = token(system.intake_settings)
+    db = system.mongo[system.intake_settings.database_name()]
+    first = (
+        await system.intake.post("/v1/complaints", json=complaint_body(), headers=headers)
+    ).json()
+    stored = await db.complaints.find_one({"_id": first["id"]})
+    # As the earlier version stored it: the claim in its own collection, none on the complaint.
+    await db.complaints.update_one(
+        {"_id": first["id"]},
+        {"$unset": {submissions.RESUBMISSION_KEY: "", submissions.RESUBMISSION_UNTIL: ""}},
+    )
+    await db[submissions.LEGACY_SUBMISSIONS].insert_one(
+        {
+            "_id": stored[submissions.RESUBMISSION_KEY],
+            "complaint_id": first["id"],
+            "expires_at": stored[submissions.RESUBMISSION_UNTIL],
+        }
+    )
+    assert await submissions.carry_over_legacy_claims(db=db) == 1
+    assert submissions.LEGACY_SUBMISSIONS not in await db.list_collection_names()
+    assert await submissions.carry_over_legacy_claims(db=db) == 0  # done once
+
+    again = await system.intake.post("/v1/complaints", json=complaint_body(), headers=headers)
+    assert again.status_code == 200, again.text
+    assert again.json()["resubmission"] is True and again.json()["id"] == first["id"]
 
 
 async def test_repeat_complaints_link_the_same_customer_across_phone_formats(

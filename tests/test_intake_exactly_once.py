@@ -1,9 +1,9 @@
 """Exactly one complaint per submission: concurrent duplicates, keys, slow first requests.
 
 Identical submissions racing each other, with or without an ``Idempotency-Key``,
-store one complaint; a retry arriving while the first request is still running
-waits or gets a 409 with ``Retry-After`` (never a 500, never a second complaint),
-however long the first request takes.
+store one complaint. With a key, a retry arriving while the first request is still
+running waits or gets a 409 with ``Retry-After`` (never a 500, never a second
+complaint), however long the first request takes; without one, the first stored wins.
 """
 
 from __future__ import annotations
@@ -121,20 +121,22 @@ async def test_a_retry_with_the_key_during_a_slow_first_request_gets_409_then_th
     assert await complaint_count(system) == 1
 
 
-async def test_an_identical_submission_during_a_slow_first_one_gets_409_then_the_first(
+async def test_an_identical_submission_during_a_slow_first_one_is_stored_once(
     system_factory: SystemFactory, slow_first_request: Gate
 ) -> None:
+    """Without a key the insert is the claim: the first stored wins, whichever request
+    that is, and the slow first request returns that complaint as a resubmission."""
     system = await system_factory(intake=SLOW)
     headers = token(system.intake_settings)
     first, retries = await _retries_while_first_runs(system, headers, slow_first_request)
-    for retry in retries:
-        assert retry.status_code == 409, retry.text
-        assert retry.headers["Retry-After"] == "1"
-    created = await first
-    assert created.status_code == 201, created.text
-    again = await system.intake.post("/v1/complaints", json=complaint_body(), headers=headers)
-    assert again.status_code == 200
-    assert again.json()["id"] == created.json()["id"]
+    stored, again = retries
+    assert stored.status_code == 201, stored.text
+    assert again.status_code == 200 and again.json()["resubmission"] is True
+    assert again.json()["id"] == stored.json()["id"]
+    late = await first
+    assert late.status_code == 200, late.text
+    assert late.json()["resubmission"] is True
+    assert late.json()["id"] == stored.json()["id"]
     assert await complaint_count(system) == 1
 
 

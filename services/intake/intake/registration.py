@@ -17,6 +17,7 @@ from complaints_shared.auth import Principal
 from complaints_shared.events import ComplaintReceived, EventType, Flag
 from complaints_shared.mongo import is_id_clash
 from complaints_shared.outbox import outbox_entry, outbox_fields
+from complaints_shared.problems import ConcurrentUpdate
 from intake import grams, reference_numbers, store, submissions
 from intake.identity import customer_keys, submission_fingerprint
 from intake.lifecycle import Action, Status, customer_contact, event_base
@@ -24,6 +25,9 @@ from intake.models import ComplaintCreate
 from intake.repeats import MAX_REPEAT_LINKS, repeat_keys
 from intake.settings import IntakeSettings
 from intake.suggestions import suggest
+
+# Inserts tried when the index refuses the claim and the earlier claim turns out closed.
+SUBMISSION_ATTEMPTS = 5
 
 
 def _classify(request: ComplaintCreate, settings: IntakeSettings) -> dict[str, Any]:
@@ -55,8 +59,9 @@ async def create_complaint(
 ) -> tuple[dict[str, Any], bool]:
     """Store a new complaint with its ``complaint.received`` event in one insert.
 
-    Returns (document, created). An identical submission of the same customer
-    within the resubmission window returns the earlier complaint, created=False.
+    Returns (document, created). An identical submission of the same customer within
+    the resubmission window returns the earlier complaint, created=False: the insert
+    is the submission's claim (``intake.submissions``), so the first stored wins.
     """
     body = request.model_dump(mode="json", exclude={"severity", "flags"})
     fingerprint = submission_fingerprint(
@@ -66,43 +71,36 @@ async def create_complaint(
         subject=request.subject,
         description=request.description,
     )
-    claim = await submissions.claim_submission(
-        db=db, settings=settings, fingerprint=fingerprint, complaint_id=complaint_id, now=now
+    document = await _prepare(
+        db=db,
+        settings=settings,
+        principal=principal,
+        request=request,
+        body=body,
+        complaint_id=complaint_id,
+        fingerprint=fingerprint,
+        now=now,
     )
-    if claim.existing is not None:
-        # Our own id: an idempotent retry finishing a request that stored it already.
-        return claim.existing, claim.complaint_id == complaint_id
-    assert claim.holder is not None
-    try:
-        async with submissions.held(
-            db=db, settings=settings, fingerprint=fingerprint, holder=claim.holder
-        ):
-            document = await _insert_new(
-                db=db,
-                settings=settings,
-                principal=principal,
-                request=request,
-                body=body,
-                complaint_id=claim.complaint_id,
-                fingerprint=fingerprint,
-                now=now,
-            )
-    except DuplicateKeyError as exc:
-        # The claim's earlier holder stored this very submission after all (it was slow).
-        existing = await store.find(db=db, complaint_id=claim.complaint_id)
-        if not is_id_clash(exc) or (existing or {}).get("submission_fingerprint") != fingerprint:
-            await submissions.release_submission(
-                db=db, fingerprint=fingerprint, holder=claim.holder
-            )
-            raise
-        return existing, claim.complaint_id == complaint_id
-    except BaseException:
-        await submissions.release_submission(db=db, fingerprint=fingerprint, holder=claim.holder)
-        raise
-    return document, True
+    for _ in range(SUBMISSION_ATTEMPTS):
+        try:
+            return await store.insert(db=db, document=document), True
+        except DuplicateKeyError as exc:
+            if is_id_clash(exc):
+                # Our own id: a retry finishing a request that stored it already (a dropped
+                # reply, or an Idempotency-Key taken over from a request that failed late).
+                existing = await store.find(db=db, complaint_id=complaint_id)
+                if (existing or {}).get("submission_fingerprint") != fingerprint:
+                    raise
+                return existing, True
+        earlier = await submissions.earlier_submission(db=db, fingerprint=fingerprint, now=now)
+        if earlier is not None:
+            return earlier, False
+    raise ConcurrentUpdate(
+        detail="identical submissions of this customer kept racing each other; retry it"
+    )
 
 
-async def _insert_new(
+async def _prepare(
     *,
     db: AsyncDatabase,
     settings: IntakeSettings,
@@ -113,6 +111,7 @@ async def _insert_new(
     fingerprint: str,
     now: datetime,
 ) -> dict[str, Any]:
+    """The complaint to insert: its repeat links, reference number and first event."""
     earlier = await store.find_earlier_complaints(
         db=db,
         org=principal.org,
@@ -126,7 +125,7 @@ async def _insert_new(
     reference = await reference_numbers.next_reference(
         db=db, branch=request.branch, at=now, time_zone=time_zone
     )
-    document = new_document(
+    return new_document(
         settings=settings,
         principal=principal,
         request=request,
@@ -137,8 +136,6 @@ async def _insert_new(
         earlier=[doc["_id"] for doc in earlier],
         now=now,
     )
-    # A repeat after a dropped reply is a duplicate ``_id``: create_complaint finds it.
-    return await store.insert(db=db, document=document)
 
 
 def new_document(
@@ -177,6 +174,7 @@ def new_document(
         "repeat_of": links,
         "customer_keys": keys,
         "submission_fingerprint": fingerprint,
+        **submissions.claim_fields(settings=settings, fingerprint=fingerprint, now=now),
         "status": Status.RECEIVED.value,
         "repeat_keys": repeat_keys(keys, status=Status.RECEIVED, at=now),
         "version": 1,

@@ -1,125 +1,85 @@
-"""Submission fingerprints: an identical complaint of the same customer is registered once.
+"""Submission claims: an identical complaint of the same customer is registered once.
 
 Within ``RESUBMISSION_WINDOW_S`` a submission with the same fingerprint
 (``identity.submission_fingerprint``) finds the complaint the first one registered
-instead of creating another. The claim document holds the complaint id and, while
-the complaint is being stored, a holder's lease (as ``idempotency`` keys do).
+instead of creating another. The complaint's own insert is the claim: while its
+window is open the complaint holds the fingerprint in ``resubmission_key``, under a
+unique index, so of identical submissions racing each other the first *stored* wins
+and the others are refused by the index and return it. No claim document is written
+beside the complaint. A window that has closed is given up by the next identical
+submission, which then registers a new complaint.
 """
 
 from __future__ import annotations
 
-import asyncio
-import time
-from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass
+from contextlib import suppress
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
-from complaints_shared.mongo import ensure_index, lease_kept, retrying
-from intake import idempotency, store
+from complaints_shared.mongo import ensure_index
+from intake import store
 from intake.settings import IntakeSettings
 
-SUBMISSIONS = "submission_fingerprints"
+RESUBMISSION_KEY = "resubmission_key"
+RESUBMISSION_UNTIL = "resubmission_until"
+# Earlier versions kept one claim document per submission here; carried over at start-up.
+LEGACY_SUBMISSIONS = "submission_fingerprints"
 
 
 async def ensure_indexes(*, db: AsyncDatabase) -> None:
-    await ensure_index(db[SUBMISSIONS], "expires_at", name="expires_at")
-
-
-@dataclass
-class SubmissionClaim:
-    """Create the complaint ``complaint_id`` (as ``holder``), or return ``existing``."""
-
-    complaint_id: str
-    holder: str | None = None
-    existing: dict[str, Any] | None = None
-
-
-async def claim_submission(
-    *,
-    db: AsyncDatabase,
-    settings: IntakeSettings,
-    fingerprint: str,
-    complaint_id: str,
-    now: datetime,
-) -> SubmissionClaim:
-    """Claim a submission fingerprint for ``complaint_id``, or find the complaint that has it.
-
-    The claim is one atomic upsert: of identical concurrent submissions only one can
-    insert the fingerprint document, the others see a duplicate key and wait for the
-    winner's complaint (a 409 with Retry-After if it takes longer than
-    ``IDEMPOTENCY_WAIT_S``). A winner that died or failed before storing it (its lease
-    ran out or was given up) is taken over *with its complaint id*, so however the
-    winner ended, one complaint exists.
-    """
-    claims = db[SUBMISSIONS]
-    holder = idempotency.new_holder()
-    deadline = time.monotonic() + settings.idempotency_wait_s
-    while True:
-        claim = {
-            "complaint_id": complaint_id,
-            "holder": holder,
-            "lease_until": idempotency.lease_until(settings),
-            "expires_at": now + timedelta(seconds=settings.resubmission_window_s),
-        }
-        try:
-            await retrying(
-                claims.update_one,
-                {"_id": fingerprint, "expires_at": {"$lte": now}},
-                {"$set": claim},
-                upsert=True,
-            )
-            return SubmissionClaim(complaint_id=complaint_id, holder=holder)
-        except DuplicateKeyError:
-            pass
-        live = await claims.find_one({"_id": fingerprint})
-        if live is None:  # expired and removed meanwhile: claim afresh
-            continue
-        if live.get("holder") == holder:  # our own claim, stored before a dropped reply
-            return SubmissionClaim(complaint_id=live["complaint_id"], holder=holder)
-        existing = await store.find(db=db, complaint_id=live["complaint_id"])
-        if existing is not None:
-            return SubmissionClaim(complaint_id=live["complaint_id"], existing=existing)
-        if idempotency.lease_expired(live):
-            taken = await retrying(
-                claims.update_one,
-                {
-                    "_id": fingerprint,
-                    "holder": live.get("holder"),
-                    "lease_until": live.get("lease_until"),
-                },
-                {"$set": {"holder": holder, "lease_until": idempotency.lease_until(settings)}},
-            )
-            if taken.modified_count == 1:
-                return SubmissionClaim(complaint_id=live["complaint_id"], holder=holder)
-            continue  # lost the race, or ours already (the next read tells)
-        if time.monotonic() > deadline:
-            raise idempotency.in_progress(
-                "an identical complaint of this customer is still being registered; "
-                f"retry in {idempotency.RETRY_AFTER_S} s"
-            )
-        await asyncio.sleep(idempotency.POLL_S)
-
-
-async def release_submission(*, db: AsyncDatabase, fingerprint: str, holder: str) -> None:
-    """Give up the claim's lease after a failure; the claim and its complaint id stay."""
-    await retrying(
-        db[SUBMISSIONS].update_one,
-        {"_id": fingerprint, "holder": holder},
-        {"$set": {"lease_until": datetime.now(UTC)}},
+    await ensure_index(
+        db[store.COMPLAINTS],
+        RESUBMISSION_KEY,
+        unique=True,
+        name="resubmission_unique",
+        partialFilterExpression={RESUBMISSION_KEY: {"$exists": True}},
     )
+    await carry_over_legacy_claims(db=db)
 
 
-def held(
-    *, db: AsyncDatabase, settings: IntakeSettings, fingerprint: str, holder: str
-) -> AbstractAsyncContextManager[None]:
-    """The claim's lease renewed while the complaint is being stored (``lease_kept``)."""
-    return lease_kept(
-        db[SUBMISSIONS],
-        {"_id": fingerprint, "holder": holder},
-        field="lease_until",
-        lease_s=settings.creation_lease_s,
+def claim_fields(*, settings: IntakeSettings, fingerprint: str, now: datetime) -> dict[str, Any]:
+    """The fields a new complaint claims its submission with, until its window closes."""
+    return {
+        RESUBMISSION_KEY: fingerprint,
+        RESUBMISSION_UNTIL: now + timedelta(seconds=settings.resubmission_window_s),
+    }
+
+
+async def earlier_submission(
+    *, db: AsyncDatabase, fingerprint: str, now: datetime
+) -> dict[str, Any] | None:
+    """After the index refused a new complaint's claim: the complaint that holds it while
+    its window is open. A closed window is given up here and None returned, as when the
+    claim went away meanwhile: the caller inserts again."""
+    complaints = db[store.COMPLAINTS]
+    holder = await complaints.find_one(
+        {RESUBMISSION_KEY: fingerprint}, projection=store.HIDDEN_FIELDS
     )
+    if holder is None:
+        return None
+    if holder[RESUBMISSION_UNTIL] > now:
+        return holder
+    await complaints.update_one(
+        {"_id": holder["_id"], RESUBMISSION_KEY: fingerprint},
+        {"$unset": {RESUBMISSION_KEY: "", RESUBMISSION_UNTIL: ""}},
+    )
+    return None
+
+
+async def carry_over_legacy_claims(*, db: AsyncDatabase) -> int:
+    """Move the open claims of the former ``submission_fingerprints`` collection onto their
+    complaints, then drop it; how many moved. A no-op once done (the collection is gone)."""
+    legacy = db[LEGACY_SUBMISSIONS]
+    moved = 0
+    async for claim in legacy.find({"expires_at": {"$gt": datetime.now(UTC)}}):
+        with suppress(DuplicateKeyError):  # claimed already by a complaint stored since
+            result = await db[store.COMPLAINTS].update_one(
+                {"_id": claim["complaint_id"], RESUBMISSION_KEY: {"$exists": False}},
+                {"$set": {RESUBMISSION_KEY: claim["_id"], RESUBMISSION_UNTIL: claim["expires_at"]}},
+            )
+            moved += result.modified_count
+    await legacy.drop()
+    return moved
