@@ -27,6 +27,7 @@ from complaints_shared.outbox import (
     outbox_entry,
     outbox_fields,
     outbox_update,
+    record_written,
 )
 from complaints_shared.settings import ServiceSettings
 from tests.support.events import received
@@ -152,28 +153,33 @@ async def test_an_event_added_while_a_batch_is_sent_stays_pending(system: System
     relay = OutboxRelay(db=db, collections=[collection.name], producer=producer, settings=settings)
     try:
         assert await relay.publish_batch(collection=collection.name) == 1
+        await relay.release_published(collection=collection.name)
         document = await collection.find_one({"_id": document_id})
         assert producer.added is not None
         assert [entry["id"] for entry in document[OUTBOX_FIELD]] == [producer.added["id"]]
         assert PENDING_SINCE_FIELD in document  # still pending: the relay comes back for it
 
         assert await relay.publish_batch(collection=collection.name) == 1
+        await relay.release_published(collection=collection.name)
         document = await collection.find_one({"_id": document_id})
         assert document[OUTBOX_FIELD] == [] and PENDING_SINCE_FIELD not in document
     finally:
         await producer.stop()
 
 
-class _FindCounter(monitoring.CommandListener):
-    """Counts the relay's reads of one collection, as the server receives them."""
+class _CommandCounter(monitoring.CommandListener):
+    """Counts the relay's reads and writes of one collection, as the server receives them."""
 
     def __init__(self, collection: str) -> None:
         self.collection = collection
         self.finds = 0
+        self.updates = 0
 
     def started(self, event: monitoring.CommandStartedEvent) -> None:
         if event.command_name == "find" and event.command.get("find") == self.collection:
             self.finds += 1
+        if event.command_name == "update" and event.command.get("update") == self.collection:
+            self.updates += 1
 
     def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
         pass
@@ -187,7 +193,7 @@ async def test_idle_polls_back_off_yet_find_an_unannounced_event(system: System)
     another replica (no notify) is still published within that interval."""
     probe = await _probe(system)
     settings = probe.settings.model_copy(update={"outbox_idle_poll_interval_s": 0.8})
-    counter = _FindCounter(probe.collection.name)
+    counter = _CommandCounter(probe.collection.name)
     client = AsyncMongoClient(settings.mongodb_uri, event_listeners=[counter])
     db = client[probe.db.name]
     producer = EventProducer(settings=settings)
@@ -213,3 +219,84 @@ async def test_idle_polls_back_off_yet_find_an_unannounced_event(system: System)
         await task
         await producer.stop()
         await client.close()
+
+
+async def _counted_relay(probe: Probe, **settings: float) -> tuple[OutboxRelay, _CommandCounter]:
+    counter = _CommandCounter(probe.collection.name)
+    client = AsyncMongoClient(probe.settings.mongodb_uri, event_listeners=[counter])
+    relay = OutboxRelay(
+        db=client[probe.db.name],
+        collections=[probe.collection.name],
+        producer=EventProducer(settings=probe.settings),
+        settings=probe.settings.model_copy(update=settings),
+    )
+    return relay, counter
+
+
+async def test_published_events_are_released_together_and_before_stopping(system: System) -> None:
+    """Events published within ``outbox_release_delay_s`` leave their documents in one
+    write; a relay that stops releases what it published first."""
+    probe = await _probe(system)
+    relay, counter = await _counted_relay(probe, outbox_release_delay_s=3.0)
+    task = asyncio.create_task(relay.run())
+    try:
+        entries = [_entry(probe.settings) for _ in range(6)]
+        for entry in entries:  # one at a time, each announced: six reads, six sends
+            await probe.collection.insert_one({"_id": str(uuid.uuid4()), **outbox_fields([entry])})
+            relay.notify()
+            await asyncio.sleep(0.05)
+        published = await _published_ids(probe.settings, probe.topic, expected=len(entries))
+        assert sorted(published) == sorted(entry["id"] for entry in entries)  # once each
+        await eventually(lambda: outbox_sent(probe.collection), what="all released")
+        assert counter.updates == 1  # one write released the six documents
+
+        last = _entry(probe.settings)
+        await probe.collection.insert_one({"_id": str(uuid.uuid4()), **outbox_fields([last])})
+        relay.notify()
+        await eventually(
+            lambda: _count_published(probe, len(entries) + 1), what="the last one published"
+        )
+    finally:
+        await relay.stop()
+        await task
+    assert await outbox_sent(probe.collection)  # released at shutdown, not left to the delay
+    assert counter.updates == 2
+
+
+async def test_a_document_given_new_events_is_released_at_once(system: System) -> None:
+    """A write that adds events to a document whose release is still to come has the published
+    ones released at once, so the new events go out without waiting for the delay."""
+    probe = await _probe(system)
+    relay, _ = await _counted_relay(probe, outbox_release_delay_s=30)
+    task = asyncio.create_task(relay.run())
+    try:
+        document_id = str(uuid.uuid4())
+        first = _entry(probe.settings)
+        await probe.collection.insert_one({"_id": document_id, **outbox_fields([first])})
+        relay.notify()
+        await eventually(lambda: _count_published(probe, 1), what="the first event published")
+
+        second = _entry(probe.settings)
+        await probe.collection.update_one({"_id": document_id}, outbox_update([second]))
+        # What the aggregate kernel does after such a write (no notify needed besides).
+        record_written(probe.collection.name, database=probe.db.name, document_id=document_id)
+        await eventually(
+            lambda: _count_published(probe, 2), what="the new event published", timeout_s=5
+        )
+        stored = await probe.collection.find_one({"_id": document_id})
+        assert [entry["id"] for entry in stored[OUTBOX_FIELD]] == [second["id"]]  # first released
+        published = await _published_ids(probe.settings, probe.topic, expected=2)
+        assert sorted(published) == sorted([first["id"], second["id"]])  # once each
+    finally:
+        await relay.stop()
+        await task
+
+
+async def _count_published(probe: Probe, expected: int) -> bool:
+    records = await read_topic(
+        bootstrap_servers=probe.settings.kafka_bootstrap_servers,
+        topic=probe.topic,
+        until=lambda records: len(records) >= expected,
+        timeout_s=0.5,
+    )
+    return len(records) >= expected

@@ -132,7 +132,7 @@ async def change(
         if updated is None:
             continue
         if decision.events:
-            record_written(aggregate.collection)
+            record_written(aggregate.collection, database=db.name, document_id=aggregate_id)
         for effect in decision.effects:
             await effect(updated)
         return updated

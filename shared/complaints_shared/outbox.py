@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -65,11 +66,17 @@ def outbox_fields(entries: list[dict]) -> dict[str, Any]:
 _written: ContextVar[set[str] | None] = ContextVar("outbox_written", default=None)
 
 
-def record_written(collection: str) -> None:
+# The relays of this process, told when a document whose release they hold gets new events.
+_relays: weakref.WeakSet[OutboxRelay] = weakref.WeakSet()
+
+
+def record_written(collection: str, *, database: str, document_id: Any) -> None:
     """Note that a write just added events to a document of ``collection``."""
     written = _written.get()
     if written is not None:
         written.add(collection)
+    for relay in _relays:
+        relay.document_written(database=database, collection=collection, document_id=document_id)
 
 
 @contextmanager
@@ -100,9 +107,13 @@ class OutboxRelay:
     a collection: the one holding that collection's lease in ``outbox_leases``
     (renewed while it runs, given up at shutdown, taken over by another replica
     once it expires). The leader reads up to ``outbox_batch_size`` documents with
-    pending events, sends all their events without waiting on each, then removes
-    from each document the events acknowledged in order, in one write for the
-    whole batch. Writes of this replica wake it at once (``notify``); events
+    pending events and sends all their events without waiting on each. The
+    events acknowledged (in order, per document) are removed later, together:
+    every ``outbox_release_delay_s`` one write releases all that was published
+    meanwhile, instead of one write per batch; until then those documents are
+    left out of the relay's reads, and a relay that stops releases them first.
+    (A crash before the release only publishes them again, which the idempotent
+    consumers absorb.) Writes of this replica wake it at once (``notify``); events
     written by a standby replica or left by a failure are found by polling.
     A poll costs a read even when it finds nothing, so each empty poll of a
     collection doubles its pause from ``outbox_poll_interval_s`` up to
@@ -136,6 +147,11 @@ class OutboxRelay:
         # Per collection: the pause between polls, and when the next poll is due.
         self._poll_interval_s = {c: settings.outbox_poll_interval_s for c in collections}
         self._next_poll = {c: time.monotonic() for c in collections}
+        # Per collection: events published but not yet removed (document id -> event ids),
+        # and since when (monotonic) the oldest of them waits.
+        self._unreleased: dict[str, dict[Any, list[str]]] = {c: {} for c in collections}
+        self._unreleased_since: dict[str, float] = {}
+        _relays.add(self)
 
     def notify(self, *collections: str) -> None:
         """Tell the relay that a write just added events to ``collections`` (all when none
@@ -145,6 +161,13 @@ class OutboxRelay:
         self._announced.update(named)
         self._wake.set()
 
+    def document_written(self, *, database: str, collection: str, document_id: Any) -> None:
+        """A write added events to a document: if its release is pending here, release now,
+        so its new events are not held back until the delay ends."""
+        if database == self._db.name and document_id in self._unreleased.get(collection, {}):
+            self._unreleased_since[collection] = float("-inf")
+            self.notify(collection)
+
     async def stop(self) -> None:
         self._stopping.set()
         self._wake.set()
@@ -153,6 +176,7 @@ class OutboxRelay:
         try:
             while not self._stopping.is_set():
                 self._wake.clear()
+                await self._release_due()
                 now = time.monotonic()
                 polled = {c for c in self._collections if now >= self._next_poll[c]}
                 self._dirty.update(polled)
@@ -177,10 +201,38 @@ class OutboxRelay:
                             empty=published == 0,
                         )
                 if not self._dirty:
-                    wait_s = max(0.0, min(self._next_poll.values()) - time.monotonic())
-                    await wait_event(self._wake, timeout_s=wait_s)
+                    wake_at = min(self._next_poll.values())
+                    if self._unreleased_since:
+                        release_at = min(self._unreleased_since.values())
+                        wake_at = min(wake_at, release_at + self._settings.outbox_release_delay_s)
+                    await wait_event(self._wake, timeout_s=max(0.0, wake_at - time.monotonic()))
         finally:
+            await self._release_due(everything=True)
             await self._give_up_leases()
+
+    async def _release_due(self, *, everything: bool = False) -> None:
+        """Release what waited ``outbox_release_delay_s`` (all of it when stopping)."""
+        now = time.monotonic()
+        for collection, since in list(self._unreleased_since.items()):
+            if everything or now - since >= self._settings.outbox_release_delay_s:
+                try:
+                    await self.release_published(collection=collection)
+                except Exception as exc:  # Mongo away: try again after another delay
+                    self._unreleased_since[collection] = time.monotonic()
+                    log.warning("outbox_release_failed", error=repr(exc))
+
+    async def release_published(self, *, collection: str) -> None:
+        """Remove every published, not yet removed event of ``collection`` in one write."""
+        waiting = self._unreleased[collection]
+        if not waiting:
+            self._unreleased_since.pop(collection, None)
+            return
+        released = dict(waiting)
+        await self._release(collection=collection, sent=released)
+        for document_id in released:
+            waiting.pop(document_id, None)
+        if not waiting:
+            self._unreleased_since.pop(collection, None)
 
     def _poll_again(self, collection: str, *, found_unannounced: bool, empty: bool = False) -> None:
         """Schedule the next poll: soon after a surprise, later after each empty poll."""
@@ -197,14 +249,17 @@ class OutboxRelay:
         self._next_poll[collection] = time.monotonic() + self._poll_interval_s[collection]
 
     async def publish_batch(self, *, collection: str) -> int:
-        """Publish and release one batch if this replica leads; how many documents it held."""
+        """Publish one batch if this replica leads; how many documents it held. Their
+        release follows after ``outbox_release_delay_s`` (at once when it is 0)."""
         if not await self._lead(collection):
             return 0
-        coll = self._db[collection]
+        waiting = self._unreleased[collection]
+        query: dict[str, Any] = {PENDING_SINCE_FIELD: {"$lte": _relay_time()}}
+        if waiting:  # published already, their release still to come
+            query["_id"] = {"$nin": list(waiting)}
         documents = (
-            await coll.find(
-                {PENDING_SINCE_FIELD: {"$lte": _relay_time()}}, projection={OUTBOX_FIELD: 1}
-            )
+            await self._db[collection]
+            .find(query, projection={OUTBOX_FIELD: 1})
             .sort(PENDING_SINCE_FIELD, 1)
             .limit(self._settings.outbox_batch_size)
             .to_list(None)
@@ -215,7 +270,14 @@ class OutboxRelay:
         try:
             sent = await self._send(documents)
         finally:
-            await self._release(collection=collection, sent=sent)
+            for document_id, event_ids in sent.items():
+                waiting.setdefault(document_id, []).extend(event_ids)
+            if waiting:
+                self._unreleased_since.setdefault(collection, time.monotonic())
+            if self._settings.outbox_release_delay_s == 0 or (
+                len(waiting) >= self._settings.outbox_batch_size
+            ):
+                await self.release_published(collection=collection)
         return len(documents)
 
     async def _lead(self, collection: str) -> bool:

@@ -90,6 +90,13 @@ class ServiceSettings(BaseSettings):
         "finds nothing doubles the pause from outbox_poll_interval_s up to this; also the "
         "longest the first event a standby replica writes after a quiet spell waits.",
     )
+    outbox_release_delay_s: float = Field(
+        1.0,
+        ge=0,
+        description="How long the relay collects published events before removing them from "
+        "their documents in one write (0: one write per batch). A crash within it only "
+        "publishes them again.",
+    )
     outbox_batch_size: int = Field(
         100, ge=1, description="Documents the outbox relay claims and publishes per round."
     )
