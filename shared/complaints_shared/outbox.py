@@ -201,7 +201,10 @@ class OutboxRelay:
                             empty=published == 0,
                         )
                 if not self._dirty:
-                    wake_at = min(self._next_poll.values())
+                    wake_at = min(
+                        self._next_poll.values(),
+                        default=time.monotonic() + self._settings.outbox_idle_poll_interval_s,
+                    )
                     if self._unreleased_since:
                         release_at = min(self._unreleased_since.values())
                         wake_at = min(wake_at, release_at + self._settings.outbox_release_delay_s)
