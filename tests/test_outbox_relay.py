@@ -11,12 +11,15 @@ import asyncio
 import time
 import uuid
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 import pytest
 from pymongo import AsyncMongoClient, monitoring
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 
+from complaints_shared import aggregate
+from complaints_shared.aggregate import Aggregate, Decision
 from complaints_shared.events import EventType, Topic
 from complaints_shared.kafka import EventProducer, ensure_topics
 from complaints_shared.outbox import (
@@ -290,6 +293,56 @@ async def test_a_document_given_new_events_is_released_at_once(system: System) -
     finally:
         await relay.stop()
         await task
+
+
+async def test_the_next_write_of_a_document_removes_what_the_relay_published(
+    system: System,
+) -> None:
+    """A kernel write of a document drops the events the relay already published from its
+    outbox in the same write, so the relay owes no write of its own for them."""
+    probe = await _probe(system)
+    relay, counter = await _counted_relay(probe, outbox_release_delay_s=30)
+    kind = Aggregate(collection=probe.collection.name, what="probe")
+    task = asyncio.create_task(relay.run())
+    try:
+        document_id = str(uuid.uuid4())
+        first = _entry(probe.settings)
+        await probe.collection.insert_one(
+            {"_id": document_id, "version": 1, **outbox_fields([first])}
+        )
+        relay.notify()
+        await eventually(
+            lambda: relay.owed(collection=probe.collection.name) == 1, what="first published"
+        )
+
+        def decide(current: dict) -> Decision:
+            return Decision(
+                {"$set": {"seen": True}}, events=[(EventType.COMPLAINT_RECEIVED, received())]
+            )
+
+        await aggregate.change(
+            db=probe.db,
+            settings=probe.settings,
+            aggregate=kind,
+            aggregate_id=document_id,
+            decide=decide,
+            now=datetime.now(UTC),
+        )
+        stored = await probe.collection.find_one({"_id": document_id})
+        (second,) = stored[OUTBOX_FIELD]  # the first is gone, the new one waits
+        assert second["id"] != first["id"] and PENDING_SINCE_FIELD in stored
+        assert relay.owed(collection=probe.collection.name) == 0
+
+        relay.notify()
+        await eventually(lambda: _count_published(probe, 2), what="the new event published")
+        assert counter.updates == 0  # the relay wrote nothing for the first event
+    finally:
+        await relay.stop()
+        await task
+    assert counter.updates == 1  # the second one, released at shutdown
+    assert await outbox_sent(probe.collection)
+    published = await _published_ids(probe.settings, probe.topic, expected=2)
+    assert sorted(published) == sorted([first["id"], second["id"]])  # once each
 
 
 async def _count_published(probe: Probe, expected: int) -> bool:

@@ -15,6 +15,12 @@ has applied and an ``outbox`` of events waiting for the relay. A change is:
    write, e.g. an owner slot taken meanwhile) decides again on the new version;
 5. after the write, run the decision's effects with the stored document.
 
+Every write that adds events to an aggregate's outbox goes through here (or is its
+insert), so the version guards the ``outbox`` too. That lets a write also remove the
+events the relay of this process has published from the document, instead of the
+relay's own write later: a new complaint's ``complaint.received`` leaves its outbox
+in the write that records routing's assignment.
+
 Effects are what cannot be in the same atomic write and what a periodic pass
 repairs if a crash loses them (load hints, offering freed capacity to a queue).
 
@@ -40,7 +46,14 @@ from pymongo.errors import DuplicateKeyError
 from complaints_shared.auth import Principal
 from complaints_shared.events import EventData, EventType
 from complaints_shared.mongo import merge_updates, sorted_batches, update_and_read
-from complaints_shared.outbox import outbox_entry, outbox_update, record_written
+from complaints_shared.outbox import (
+    outbox_entry,
+    outbox_rewrite,
+    outbox_update,
+    record_written,
+    settle_published,
+    take_published,
+)
 from complaints_shared.pagination import Page, decode_cursor, encode_cursor
 from complaints_shared.problems import ConcurrentUpdate, not_found
 from complaints_shared.settings import ServiceSettings
@@ -102,43 +115,60 @@ async def change(
     unless the decision has effects, which are given the stored document.
     """
     collection = db[aggregate.collection]
-    for _ in range(aggregate.max_write_attempts):
-        current = await collection.find_one({"_id": aggregate_id, **(scope or {})})
-        if current is None:
-            return None
-        if event_id is not None and event_id in current.get("applied_events", []):
-            return _shown(current, aggregate)
-        try:
-            decision = await _decided(decide, current)
-        except InvalidTransition as exc:
-            raise exc.about(what=aggregate.what, identifier=aggregate_id) from None
-        if decision is None:
-            return _shown(current, aggregate)
-        update = _with_bookkeeping(
-            decision, aggregate=aggregate, settings=settings, now=now, event_id=event_id
+    where = {"database": db.name, "collection": aggregate.collection, "document_id": aggregate_id}
+    published: list[str] | None = None  # taken over from the relay at the first write
+    written = False
+    try:
+        for _ in range(aggregate.max_write_attempts):
+            current = await collection.find_one({"_id": aggregate_id, **(scope or {})})
+            if current is None:
+                return None
+            if event_id is not None and event_id in current.get("applied_events", []):
+                return _shown(current, aggregate)
+            try:
+                decision = await _decided(decide, current)
+            except InvalidTransition as exc:
+                raise exc.about(what=aggregate.what, identifier=aggregate_id) from None
+            if decision is None:
+                return _shown(current, aggregate)
+            if published is None:
+                published = take_published(**where)
+            update = _with_bookkeeping(
+                decision,
+                aggregate=aggregate,
+                settings=settings,
+                now=now,
+                event_id=event_id,
+                current=current,
+                published=published,
+            )
+            try:
+                # Versions missing on documents stored before versioning match None.
+                condition = {"_id": aggregate_id, "version": current.get("version")}
+                if read_back or decision.effects:
+                    updated = await update_and_read(
+                        collection, condition, update, projection=dict(aggregate.hidden)
+                    )
+                else:
+                    result = await collection.update_one(condition, update)
+                    updated = _shown(current, aggregate) if result.matched_count else None
+            except DuplicateKeyError:
+                continue
+            if updated is None:
+                continue
+            written = True
+            if decision.events:
+                record_written(aggregate.collection, database=db.name, document_id=aggregate_id)
+            for effect in decision.effects:
+                await effect(updated)
+            return updated
+        raise ConcurrentUpdate(
+            detail=f"{aggregate.what} {aggregate_id} kept changing underneath this request; "
+            "retry it"
         )
-        try:
-            # Versions missing on documents stored before versioning match None.
-            condition = {"_id": aggregate_id, "version": current.get("version")}
-            if read_back or decision.effects:
-                updated = await update_and_read(
-                    collection, condition, update, projection=dict(aggregate.hidden)
-                )
-            else:
-                written = await collection.update_one(condition, update)
-                updated = _shown(current, aggregate) if written.matched_count else None
-        except DuplicateKeyError:
-            continue
-        if updated is None:
-            continue
-        if decision.events:
-            record_written(aggregate.collection, database=db.name, document_id=aggregate_id)
-        for effect in decision.effects:
-            await effect(updated)
-        return updated
-    raise ConcurrentUpdate(
-        detail=f"{aggregate.what} {aggregate_id} kept changing underneath this request; retry it"
-    )
+    finally:
+        if published:
+            settle_published(**where, event_ids=published, removed=written)
 
 
 async def _decided(decide: Decide, current: dict[str, Any]) -> Decision | None:
@@ -155,16 +185,22 @@ def _with_bookkeeping(
     settings: ServiceSettings,
     now: datetime,
     event_id: str | None,
+    current: dict[str, Any],
+    published: list[str],
 ) -> dict[str, Any]:
     entries = [
         outbox_entry(event_type=event_type, data=data, settings=settings)
         for event_type, data in decision.events
     ]
+    if published:  # the document's outbox is rewritten without what the relay published
+        outbox = outbox_rewrite(current, published=published, entries=entries)
+    else:
+        outbox = outbox_update(entries) if entries else {}
     applied = {"$each": [event_id], "$slice": -aggregate.applied_events_kept}
     return merge_updates(
         decision.update,
         {"$set": {"updated_at": now}, "$inc": {"version": 1}},
-        outbox_update(entries) if entries else {},
+        outbox,
         {"$push": {"applied_events": applied}} if event_id else {},
     )
 

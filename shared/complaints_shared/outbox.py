@@ -57,6 +57,21 @@ def outbox_update(entries: list[dict]) -> dict[str, Any]:
     }
 
 
+def outbox_rewrite(
+    document: dict[str, Any], *, published: list[str], entries: list[dict]
+) -> dict[str, Any]:
+    """Update operators that drop the ``published`` events from ``document``'s outbox (as
+    read) and append ``entries``: only for a write conditional on the version read."""
+    gone = set(published)
+    kept = [entry for entry in document.get(OUTBOX_FIELD, []) if entry["id"] not in gone]
+    outbox = [*kept, *entries]
+    if not outbox:
+        return {"$set": {OUTBOX_FIELD: []}, "$unset": {PENDING_SINCE_FIELD: ""}}
+    if entries:
+        return {"$set": {OUTBOX_FIELD: outbox}, "$min": {PENDING_SINCE_FIELD: _relay_time()}}
+    return {"$set": {OUTBOX_FIELD: outbox}}
+
+
 def outbox_fields(entries: list[dict]) -> dict[str, Any]:
     """The outbox fields of a document inserted together with its first events."""
     return {OUTBOX_FIELD: entries, PENDING_SINCE_FIELD: _relay_time()}
@@ -68,6 +83,32 @@ _written: ContextVar[set[str] | None] = ContextVar("outbox_written", default=Non
 
 # The relays of this process, told when a document whose release they hold gets new events.
 _relays: weakref.WeakSet[OutboxRelay] = weakref.WeakSet()
+
+
+def take_published(*, database: str, collection: str, document_id: Any) -> list[str]:
+    """The events of a document a relay of this process published but has not removed yet,
+    handed to a write of that document about to happen, which removes them itself (one
+    write fewer). The caller must end the hand-over with ``settle_published``."""
+    for relay in _relays:
+        taken = relay.hand_over(database=database, collection=collection, document_id=document_id)
+        if taken:
+            return taken
+    return []
+
+
+def settle_published(
+    *, database: str, collection: str, document_id: Any, event_ids: list[str], removed: bool
+) -> None:
+    """End a ``take_published``: the write removed the events, or (``removed=False``) it did
+    not happen and the relay removes them as before."""
+    for relay in _relays:
+        relay.handed_back(
+            database=database,
+            collection=collection,
+            document_id=document_id,
+            event_ids=event_ids,
+            removed=removed,
+        )
 
 
 def record_written(collection: str, *, database: str, document_id: Any) -> None:
@@ -151,6 +192,8 @@ class OutboxRelay:
         # and since when (monotonic) the oldest of them waits.
         self._unreleased: dict[str, dict[Any, list[str]]] = {c: {} for c in collections}
         self._unreleased_since: dict[str, float] = {}
+        # Documents whose published events a write of this process is removing right now.
+        self._handed_over: dict[str, set[Any]] = {c: set() for c in collections}
         _relays.add(self)
 
     def notify(self, *collections: str) -> None:
@@ -160,6 +203,40 @@ class OutboxRelay:
         self._dirty.update(named)
         self._announced.update(named)
         self._wake.set()
+
+    def owed(self, *, collection: str) -> int:
+        """Documents of ``collection`` whose published events this relay still removes."""
+        return len(self._unreleased.get(collection, {}))
+
+    def hand_over(self, *, database: str, collection: str, document_id: Any) -> list[str]:
+        """Give a writer of the document the published events it will remove (see
+        ``take_published``); the document stays out of reads until it is settled."""
+        waiting = self._unreleased.get(collection)
+        if database != self._db.name or not waiting or document_id not in waiting:
+            return []
+        event_ids = waiting.pop(document_id)
+        self._handed_over[collection].add(document_id)
+        if not waiting:
+            self._unreleased_since.pop(collection, None)
+        return event_ids
+
+    def handed_back(
+        self,
+        *,
+        database: str,
+        collection: str,
+        document_id: Any,
+        event_ids: list[str],
+        removed: bool,
+    ) -> None:
+        handed = self._handed_over.get(collection)
+        if database != self._db.name or not handed or document_id not in handed:
+            return
+        handed.discard(document_id)
+        if not removed:
+            self._unreleased[collection].setdefault(document_id, []).extend(event_ids)
+            self._unreleased_since.setdefault(collection, time.monotonic())
+            self._wake.set()
 
     def document_written(self, *, database: str, collection: str, document_id: Any) -> None:
         """A write added events to a document: if its release is pending here, release now,
@@ -258,8 +335,9 @@ class OutboxRelay:
             return 0
         waiting = self._unreleased[collection]
         query: dict[str, Any] = {PENDING_SINCE_FIELD: {"$lte": _relay_time()}}
-        if waiting:  # published already, their release still to come
-            query["_id"] = {"$nin": list(waiting)}
+        published = [*waiting, *self._handed_over[collection]]
+        if published:  # published already, their removal still to come
+            query["_id"] = {"$nin": published}
         documents = (
             await self._db[collection]
             .find(query, projection={OUTBOX_FIELD: 1})
