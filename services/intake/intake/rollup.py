@@ -48,6 +48,8 @@ FLOOR_FIELDS = ("created_at", "acknowledge_due_at", "resolve_due_at")
 STATE = "report_rollup"
 WATERMARK_ID = "watermark"
 LEASE_ID = "lease"
+# Bump when what a pass writes changes (tallies, floors): the next pass rebuilds it all.
+VERSION = 2
 ROLLUP_LAG = timedelta(seconds=30)
 ROLLUP_LEASE = timedelta(seconds=60)
 DAY = timedelta(days=1)
@@ -322,9 +324,10 @@ async def _write(
 
 
 async def watermark(*, db: AsyncDatabase) -> datetime | None:
-    """Every change stamped at or before this is in the tallies (None: not built yet)."""
+    """Every change stamped at or before this is in the tallies (None: not built yet, or
+    built by an earlier ``VERSION``: the next pass builds everything again)."""
     state = await db[STATE].find_one({"_id": WATERMARK_ID})
-    return state["until"] if state else None
+    return state["until"] if state and state.get("version") == VERSION else None
 
 
 async def refresh(*, db: AsyncDatabase, now: datetime) -> int:
@@ -350,7 +353,9 @@ async def refresh(*, db: AsyncDatabase, now: datetime) -> int:
         done = len(keys)
     await _lower_floors(db=db, complaints=complaints)
     await db[STATE].update_one(
-        {"_id": WATERMARK_ID}, {"$set": {"until": until, "passed_at": now}}, upsert=True
+        {"_id": WATERMARK_ID},
+        {"$set": {"until": until, "passed_at": now, "version": VERSION}},
+        upsert=True,
     )
     return done
 
