@@ -277,6 +277,7 @@ async def page(
         projection=dict(projection) if projection else None,
         max_time_ms=max_time_ms,
         floor=floor,
+        wanted=keep,
     )
     async with aclosing(batches):
         async for documents in batches:

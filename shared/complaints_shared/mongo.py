@@ -427,6 +427,7 @@ async def sorted_batches(
     projection: dict[str, Any] | None = None,
     max_time_ms: int | None = None,
     floor: Callable[[], Awaitable[datetime | None]] | None = None,
+    wanted: Callable[[dict[str, Any]], bool] | None = None,
 ) -> AsyncIterator[list[dict[str, Any]]]:
     """The documents of ``query`` in (``field``, ``_id``) order strictly after ``after``,
     batch by batch (each in order, about ``batch`` long); the caller stops reading when it
@@ -437,7 +438,9 @@ async def sorted_batches(
     whose equalities lead one of ``indexes`` (key field lists) is read in windows of
     ``field`` starting ``window`` wide from the position or the present; an ascending read
     from the start needs ``floor``, which gives a date no document's ``field`` is below
-    (None: unknown, and the read is one read of everything the filter selects).
+    (None: unknown, and the read is one read of everything the filter selects). ``wanted``
+    says which documents the caller will keep of those yielded: windows widen by how many
+    of those each found.
     """
     conditions = dict(query)
     bounds = _bounds(conditions.pop(field, None))
@@ -550,6 +553,7 @@ async def sorted_batches(
         async for documents in span(None, upper):
             yield documents
         return
+    gathered = 0
     while True:
         last = False
         if descending:
@@ -568,11 +572,13 @@ async def sorted_batches(
             low, high = near, far
         found = 0
         async for documents in span(low, high):
-            found += len(documents)
+            found += len(documents) if wanted is None else sum(map(wanted, documents))
             yield documents
         if last:
             return
-        growth = WINDOW_GROWTH[1] if found == 0 else 1.5 * batch / found
+        gathered += found
+        # Wide enough for what is still missing at this window's density, and a quarter.
+        growth = WINDOW_GROWTH[1] if found == 0 else 1.25 * max(batch - gathered, 1) / found
         width *= min(max(growth, WINDOW_GROWTH[0]), WINDOW_GROWTH[1])
         near = far + _ONE_MS if descending else far - _ONE_MS
 
