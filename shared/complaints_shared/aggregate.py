@@ -87,6 +87,8 @@ class Aggregate:
     max_write_attempts: int = 10
     # Fields never shown to a reader of the aggregate.
     hidden: Mapping[str, int] = field(default_factory=lambda: {"outbox": 0})
+    # Fields no decision reads, left out of the kernel's read (they only grow or are derived).
+    unread: tuple[str, ...] = ()
 
 
 def visibility(principal: Principal) -> dict[str, Any]:
@@ -120,7 +122,10 @@ async def change(
     written = False
     try:
         for _ in range(aggregate.max_write_attempts):
-            current = await collection.find_one({"_id": aggregate_id, **(scope or {})})
+            current = await collection.find_one(
+                {"_id": aggregate_id, **(scope or {})},
+                projection={name: 0 for name in aggregate.unread} or None,
+            )
             if current is None:
                 return None
             if event_id is not None and event_id in current.get("applied_events", []):

@@ -47,6 +47,8 @@ COMPLAINT = Aggregate(
     applied_events_kept=APPLIED_EVENTS_KEPT,
     max_write_attempts=MAX_WRITE_ATTEMPTS,
     hidden=HIDDEN_FIELDS,
+    # The timeline is only appended to; the grams are derived from the text.
+    unread=("timeline", grams.FIELD),
 )
 
 
