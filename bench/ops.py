@@ -123,6 +123,7 @@ async def main() -> None:
         for db in databases.values():
             await db.command("profile", 0)
         counts: collections.Counter = collections.Counter()
+        millis: collections.Counter = collections.Counter()
         for name, db in databases.items():
             async for entry in db["system.profile"].find({}):
                 namespace = entry.get("ns", "").split(".", 1)[-1]
@@ -135,6 +136,7 @@ async def main() -> None:
                 if args.shapes:
                     command += " " + shape(body.get("filter") or body.get("q") or body.get("query"))
                 counts[(name, namespace, command)] += 1
+                millis[(name, namespace, command)] += entry.get("millis", 0)
     finally:
         for service in services:
             service.stop()
@@ -146,8 +148,14 @@ async def main() -> None:
         f"{1000 * database_cpu / args.complaints:.1f} ms database CPU each"
         + ("" if args.cpu_only else " (the profiler's own work included)")
     )
-    for (service, namespace, command), count in counts.most_common():
-        print(f"  {count / args.complaints:6.2f}  {service:<9} {namespace:<28} {command}")
+    print("  ops/complaint  server ms/complaint (the profiler's own timing)")
+    for key, count in counts.most_common():
+        service, namespace, command = key
+        spent = millis[key] / args.complaints
+        print(
+            f"  {count / args.complaints:6.2f}  {spent:6.2f} ms  {service:<9} {namespace:<28} "
+            f"{command}"
+        )
     await drop_run_databases(run)
 
 
