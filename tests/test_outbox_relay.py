@@ -205,16 +205,26 @@ async def test_idle_polls_back_off_yet_find_an_unannounced_event(system: System)
     )
     task = asyncio.create_task(relay.run())
     try:
-        await asyncio.sleep(3.0)  # idle: 30 polls at the shortest interval, ~7 backing off
+        started = time.monotonic()
+        await eventually(
+            lambda: relay.poll_interval_s(collection=probe.collection.name) == 0.8,
+            what="polls backed off to the idle interval",
+        )
+        # Empty polls after 0, 0.1, 0.3, 0.7 s: at the shortest interval it would be one per 0.1 s.
         idle_polls = counter.finds
-        assert 3 <= idle_polls <= 10, idle_polls
+        assert idle_polls <= 6, idle_polls
+        assert time.monotonic() - started < 3
+        await asyncio.sleep(0.8 * 2)  # two idle intervals: two more polls, not sixteen
+        assert counter.finds - idle_polls <= 3, counter.finds
 
         written_at = time.monotonic()
         unannounced = _entry(settings)
         await probe.collection.insert_one(
             {"_id": str(uuid.uuid4()), **outbox_fields([unannounced])}
         )
-        await eventually(lambda: outbox_sent(probe.collection), what="unannounced event sent")
+        await eventually(
+            lambda: _count_published(probe, 1), what="unannounced event published", interval_s=0.05
+        )
         assert time.monotonic() - written_at < 0.8 + 0.7  # the idle interval, plus a send
         assert await _published_ids(settings, probe.topic, expected=1) == [unannounced["id"]]
     finally:

@@ -204,6 +204,10 @@ class OutboxRelay:
         self._announced.update(named)
         self._wake.set()
 
+    def poll_interval_s(self, *, collection: str) -> float:
+        """The pause before the relay's next poll of ``collection``."""
+        return self._poll_interval_s[collection]
+
     def owed(self, *, collection: str) -> int:
         """Documents of ``collection`` whose published events this relay still removes."""
         return len(self._unreleased.get(collection, {}))
