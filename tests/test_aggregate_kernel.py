@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from pymongo import AsyncMongoClient
+from pymongo import AsyncMongoClient, monitoring
 from pymongo.asynchronous.database import AsyncDatabase
 
 from complaints_shared import aggregate
@@ -34,6 +34,7 @@ pytestmark = pytest.mark.integration
 
 NOW = datetime(2026, 11, 30, 2, tzinfo=UTC)
 THING = Aggregate(collection="things", what="thing", applied_events_kept=3)
+REMEMBERED_THING = Aggregate(collection="things", what="thing", decide_on_inserted=True)
 
 
 @pytest.fixture
@@ -248,3 +249,83 @@ async def test_cursor_pages_walk_ties_without_gaps_or_repeats(
         if cursor is None:
             break
     assert walked == [thing_id for _, thing_id in expected]
+
+
+async def test_the_first_change_after_an_insert_decides_on_the_inserted_copy(
+    infrastructure: Infrastructure,
+) -> None:
+    """A document this process inserted is changed once without reading it first; a copy
+    another writer has overtaken costs one refused write, then the change decides again
+    on the stored document; a scope the copy is outside of is left to the read; an
+    aggregate that does not allow it always reads."""
+    reads: list[str] = []
+
+    class Reads(monitoring.CommandListener):
+        def started(self, event: monitoring.CommandStartedEvent) -> None:
+            if event.command_name == "find" and event.command.get("find") == THING.collection:
+                reads.append(event.command["filter"]["_id"])
+
+        def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+            pass
+
+        def failed(self, event: monitoring.CommandFailedEvent) -> None:
+            pass
+
+    client = AsyncMongoClient(infrastructure.mongodb_uri, tz_aware=True, event_listeners=[Reads()])
+    db = client[f"t_kernel_{uuid.uuid4().hex[:10]}"]
+    try:
+
+        async def inserted(**fields: Any) -> str:
+            document = {"_id": str(uuid.uuid4()), "org": "demo", "count": 0, "version": 1}
+            await db[THING.collection].insert_one(document | fields)
+            aggregate.inserted(db=db, aggregate=REMEMBERED_THING, document=document | fields)
+            return document["_id"]
+
+        def count_up(current: dict[str, Any]) -> Decision:
+            return Decision({"$set": {"count": current["count"] + 1}})
+
+        async def change(thing_id: str, **scope: Any) -> dict[str, Any] | None:
+            return await aggregate.change(
+                db=db,
+                settings=SETTINGS,
+                aggregate=REMEMBERED_THING,
+                aggregate_id=thing_id,
+                decide=count_up,
+                now=NOW,
+                scope=scope or None,
+                read_back=False,
+            )
+
+        fresh = await inserted()
+        await change(fresh, org="demo")
+        assert reads == []  # decided on the inserted copy
+        await change(fresh)
+        assert reads == [fresh]  # the copy serves one change only
+        assert (await db[THING.collection].find_one({"_id": fresh}))["count"] == 2
+
+        overtaken = await inserted()
+        await db[THING.collection].update_one(
+            {"_id": overtaken}, {"$set": {"count": 10}, "$inc": {"version": 1}}
+        )
+        reads.clear()
+        await change(overtaken)
+        assert reads == [overtaken]  # the version refused the copy's write: read, decide again
+        assert (await db[THING.collection].find_one({"_id": overtaken}))["count"] == 11
+
+        elsewhere = await inserted(org="other")
+        reads.clear()
+        assert await change(elsewhere, org="demo") is None  # outside the scope: not found
+        assert reads == [elsewhere]
+        assert (await db[THING.collection].find_one({"_id": elsewhere}))["count"] == 0
+
+        plain = str(uuid.uuid4())
+        await db[THING.collection].insert_one({"_id": plain, "count": 0, "version": 1})
+        aggregate.inserted(db=db, aggregate=THING, document={"_id": plain, "version": 1})
+        reads.clear()
+        await aggregate.change(
+            db=db, settings=SETTINGS, aggregate=THING, aggregate_id=plain, decide=count_up, now=NOW
+        )
+        assert reads == [plain, plain]  # read before (and after) the write, as always
+    finally:
+        await client.drop_database(db.name)
+        await client.close()

@@ -276,30 +276,54 @@ async def test_published_events_are_released_together_and_before_stopping(system
     assert counter.updates == 2
 
 
-async def test_a_document_given_new_events_is_released_at_once(system: System) -> None:
-    """A write that adds events to a document whose release is still to come has the published
-    ones released at once, so the new events go out without waiting for the delay."""
+async def test_written_events_go_out_from_the_announcement_without_a_read(
+    system: System,
+) -> None:
+    """A write hands the relay the document's outbox as written: the relay publishes the
+    new events at once without reading the document, leaves out what it published
+    already (its release still to come) and what it removed lately, and releases the
+    document's events together later."""
     probe = await _probe(system)
-    relay, _ = await _counted_relay(probe, outbox_release_delay_s=30)
+    # Polls as rare as they come: after the first, every read would be one too many.
+    relay, counter = await _counted_relay(
+        probe, outbox_release_delay_s=3.0, outbox_poll_interval_s=60, outbox_idle_poll_interval_s=60
+    )
     task = asyncio.create_task(relay.run())
     try:
+        await eventually(lambda: counter.finds >= 1, what="the first poll")
         document_id = str(uuid.uuid4())
         first = _entry(probe.settings)
-        await probe.collection.insert_one({"_id": document_id, **outbox_fields([first])})
-        relay.notify()
+        document = {"_id": document_id, **outbox_fields([first])}
+        await probe.collection.insert_one(document)
+        record_written(
+            probe.collection.name, database=probe.db.name, document_id=document_id, outbox=[first]
+        )
         await eventually(lambda: _count_published(probe, 1), what="the first event published")
 
         second = _entry(probe.settings)
         await probe.collection.update_one({"_id": document_id}, outbox_update([second]))
-        # What the aggregate kernel does after such a write (no notify needed besides).
-        record_written(probe.collection.name, database=probe.db.name, document_id=document_id)
-        await eventually(
-            lambda: _count_published(probe, 2), what="the new event published", timeout_s=5
+        # What the aggregate kernel does after such a write: the outbox as it wrote it.
+        record_written(
+            probe.collection.name,
+            database=probe.db.name,
+            document_id=document_id,
+            outbox=[first, second],
         )
-        stored = await probe.collection.find_one({"_id": document_id})
-        assert [entry["id"] for entry in stored[OUTBOX_FIELD]] == [second["id"]]  # first released
+        await eventually(lambda: _count_published(probe, 2), what="the second event published")
+        await eventually(lambda: outbox_sent(probe.collection), what="both released")
+        assert counter.updates == 1  # one write released both
+
+        # A stale announcement (its writer read the document before the release) sends
+        # nothing again.
+        record_written(
+            probe.collection.name,
+            database=probe.db.name,
+            document_id=document_id,
+            outbox=[first, second],
+        )
         published = await _published_ids(probe.settings, probe.topic, expected=2)
         assert sorted(published) == sorted([first["id"], second["id"]])  # once each
+        assert counter.finds == 1  # the first poll only: nothing was read back
     finally:
         await relay.stop()
         await task

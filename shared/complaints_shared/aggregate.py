@@ -21,6 +21,13 @@ events the relay of this process has published from the document, instead of the
 relay's own write later: a new complaint's ``complaint.received`` leaves its outbox
 in the write that records routing's assignment.
 
+A document this process has just inserted (``inserted``) is remembered for a
+while as stored where the aggregate allows it (``decide_on_inserted``), and its
+first change decides on that copy instead of reading it:
+the write is conditional on the version all the same, so a copy another writer has
+overtaken costs one refused write and then a read. A new complaint's first change
+is routing's assignment, a second or so after its insert.
+
 Effects are what cannot be in the same atomic write and what a periodic pass
 repairs if a crash loses them (load hints, offering freed capacity to a queue).
 
@@ -33,6 +40,8 @@ runs findAndModify in time proportional to the collection
 from __future__ import annotations
 
 import inspect
+import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass, field
@@ -45,8 +54,10 @@ from pymongo.errors import DuplicateKeyError
 
 from complaints_shared.auth import Principal
 from complaints_shared.events import EventData, EventType
-from complaints_shared.mongo import merge_updates, sorted_batches, update_and_read
+from complaints_shared.mongo import as_stored, merge_updates, sorted_batches, update_and_read
 from complaints_shared.outbox import (
+    OUTBOX_FIELD,
+    outbox_after,
     outbox_entry,
     outbox_rewrite,
     outbox_update,
@@ -89,6 +100,61 @@ class Aggregate:
     hidden: Mapping[str, int] = field(default_factory=lambda: {"outbox": 0})
     # Fields no decision reads, left out of the kernel's read (they only grow or are derived).
     unread: tuple[str, ...] = ()
+    # The first change after an insert of this process decides on the inserted copy
+    # (``inserted``). Only where every write of a field a decision reads goes through
+    # ``change`` (and so moves the version): a lease or claim written beside the kernel
+    # would leave the copy stale with the version unchanged.
+    decide_on_inserted: bool = False
+
+
+# Documents this process inserted lately, as stored: (database, collection, id) ->
+# (when, document). At most this many, for at most this long.
+RECENTLY_INSERTED_KEPT = 4096
+RECENTLY_INSERTED_S = 60.0
+_recently_inserted: OrderedDict[tuple[str, str, Any], tuple[float, dict[str, Any]]] = OrderedDict()
+
+
+def inserted(*, db: AsyncDatabase, aggregate: Aggregate, document: dict[str, Any]) -> None:
+    """Note that ``document`` was just inserted: its events go to the relay as written,
+    and (``decide_on_inserted``) its first change decides on this copy instead of
+    reading the document."""
+    if aggregate.decide_on_inserted:
+        _remember(db=db, aggregate=aggregate, document=document)
+    if document.get(OUTBOX_FIELD):
+        record_written(
+            aggregate.collection,
+            database=db.name,
+            document_id=document["_id"],
+            outbox=document[OUTBOX_FIELD],
+        )
+
+
+def _remember(*, db: AsyncDatabase, aggregate: Aggregate, document: dict[str, Any]) -> None:
+    key = (db.name, aggregate.collection, document["_id"])
+    now = time.monotonic()
+    stored = as_stored({k: v for k, v in document.items() if k not in aggregate.unread})
+    _recently_inserted[key] = (now, stored)
+    _recently_inserted.move_to_end(key)
+    while _recently_inserted and (
+        len(_recently_inserted) > RECENTLY_INSERTED_KEPT
+        or now - next(iter(_recently_inserted.values()))[0] > RECENTLY_INSERTED_S
+    ):
+        _recently_inserted.popitem(last=False)
+
+
+def _just_inserted(
+    *, db: AsyncDatabase, aggregate: Aggregate, aggregate_id: str, scope: Mapping[str, Any]
+) -> dict[str, Any] | None:
+    """The remembered copy of a document inserted lately (once: it is forgotten), if it
+    is within ``scope`` (equalities only; anything else is left to the read)."""
+    remembered = _recently_inserted.pop((db.name, aggregate.collection, aggregate_id), None)
+    if remembered is None or time.monotonic() - remembered[0] > RECENTLY_INSERTED_S:
+        return None
+    document = remembered[1]
+    for name, wanted in scope.items():
+        if isinstance(wanted, Mapping) or document.get(name) != wanted:
+            return None
+    return document
 
 
 def visibility(principal: Principal) -> dict[str, Any]:
@@ -120,12 +186,16 @@ async def change(
     where = {"database": db.name, "collection": aggregate.collection, "document_id": aggregate_id}
     published: list[str] | None = None  # taken over from the relay at the first write
     written = False
+    remembered = _just_inserted(
+        db=db, aggregate=aggregate, aggregate_id=aggregate_id, scope=scope or {}
+    )
     try:
         for _ in range(aggregate.max_write_attempts):
-            current = await collection.find_one(
+            current = remembered or await collection.find_one(
                 {"_id": aggregate_id, **(scope or {})},
                 projection={name: 0 for name in aggregate.unread} or None,
             )
+            remembered = None
             if current is None:
                 return None
             if event_id is not None and event_id in current.get("applied_events", []):
@@ -138,7 +208,7 @@ async def change(
                 return _shown(current, aggregate)
             if published is None:
                 published = take_published(**where)
-            update = _with_bookkeeping(
+            update, outbox = _with_bookkeeping(
                 decision,
                 aggregate=aggregate,
                 settings=settings,
@@ -163,7 +233,9 @@ async def change(
                 continue
             written = True
             if decision.events:
-                record_written(aggregate.collection, database=db.name, document_id=aggregate_id)
+                record_written(
+                    aggregate.collection, database=db.name, document_id=aggregate_id, outbox=outbox
+                )
             for effect in decision.effects:
                 await effect(updated)
             return updated
@@ -192,7 +264,9 @@ def _with_bookkeeping(
     event_id: str | None,
     current: dict[str, Any],
     published: list[str],
-) -> dict[str, Any]:
+) -> tuple[dict[str, Any], list[dict]]:
+    """The update of the change with its bookkeeping, and the outbox it leaves (as far as
+    this writer knows: the relay may have removed some of it meanwhile)."""
     entries = [
         outbox_entry(event_type=event_type, data=data, settings=settings)
         for event_type, data in decision.events
@@ -202,12 +276,13 @@ def _with_bookkeeping(
     else:
         outbox = outbox_update(entries) if entries else {}
     applied = {"$each": [event_id], "$slice": -aggregate.applied_events_kept}
-    return merge_updates(
+    update = merge_updates(
         decision.update,
         {"$set": {"updated_at": now}, "$inc": {"version": 1}},
         outbox,
         {"$push": {"applied_events": applied}} if event_id else {},
     )
+    return update, outbox_after(current, published=published, entries=entries)
 
 
 def _shown(document: dict[str, Any], aggregate: Aggregate) -> dict[str, Any]:

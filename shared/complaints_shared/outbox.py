@@ -6,6 +6,10 @@ and only if the change was stored (no multi-document transaction needed, which
 keeps it correct on a standalone MongoDB too). The relay of the replica that
 holds the collection's lease publishes pending events in order, then removes
 exactly the published ones. If Kafka is down the events simply stay until it is back.
+
+Every write that adds events announces the document's outbox as it wrote it
+(``record_written``), so the relay of the same process publishes it without reading
+the document back; polls find what other replicas wrote and what a failure left.
 """
 
 from __future__ import annotations
@@ -14,9 +18,7 @@ import asyncio
 import time
 import uuid
 import weakref
-from collections.abc import Iterator
-from contextlib import contextmanager
-from contextvars import ContextVar
+from collections import OrderedDict
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -37,6 +39,9 @@ OUTBOX_FIELD = "outbox"
 PENDING_SINCE_FIELD = "outbox_pending_since"
 # One document per outbox collection: which relay replica publishes it, and until when.
 LEASES = "outbox_leases"
+# How many removed event ids, and for how long, the relay remembers (``_note_removed``).
+REMOVED_KEPT = 20_000
+REMOVED_KEPT_S = 120.0
 
 
 def outbox_entry(*, event_type: EventType, data: EventPayload, settings: ServiceSettings) -> dict:
@@ -57,14 +62,21 @@ def outbox_update(entries: list[dict]) -> dict[str, Any]:
     }
 
 
+def outbox_after(
+    document: dict[str, Any], *, published: list[str], entries: list[dict]
+) -> list[dict]:
+    """``document``'s outbox (as read) without the ``published`` events, plus ``entries``."""
+    gone = set(published)
+    kept = [entry for entry in document.get(OUTBOX_FIELD, []) if entry["id"] not in gone]
+    return [*kept, *entries]
+
+
 def outbox_rewrite(
     document: dict[str, Any], *, published: list[str], entries: list[dict]
 ) -> dict[str, Any]:
     """Update operators that drop the ``published`` events from ``document``'s outbox (as
     read) and append ``entries``: only for a write conditional on the version read."""
-    gone = set(published)
-    kept = [entry for entry in document.get(OUTBOX_FIELD, []) if entry["id"] not in gone]
-    outbox = [*kept, *entries]
+    outbox = outbox_after(document, published=published, entries=entries)
     if not outbox:
         return {"$set": {OUTBOX_FIELD: []}, "$unset": {PENDING_SINCE_FIELD: ""}}
     if entries:
@@ -75,10 +87,6 @@ def outbox_rewrite(
 def outbox_fields(entries: list[dict]) -> dict[str, Any]:
     """The outbox fields of a document inserted together with its first events."""
     return {OUTBOX_FIELD: entries, PENDING_SINCE_FIELD: _relay_time()}
-
-
-# The collections whose documents got events in this task, while ``tracking_writes`` runs.
-_written: ContextVar[set[str] | None] = ContextVar("outbox_written", default=None)
 
 
 # The relays of this process, told when a document whose release they hold gets new events.
@@ -111,24 +119,13 @@ def settle_published(
         )
 
 
-def record_written(collection: str, *, database: str, document_id: Any) -> None:
-    """Note that a write just added events to a document of ``collection``."""
-    written = _written.get()
-    if written is not None:
-        written.add(collection)
+def record_written(collection: str, *, database: str, document_id: Any, outbox: list[dict]) -> None:
+    """Announce a write that just added events to a document of ``collection``, with the
+    document's ``outbox`` as written: this process's relay publishes from it, unread."""
     for relay in _relays:
-        relay.document_written(database=database, collection=collection, document_id=document_id)
-
-
-@contextmanager
-def tracking_writes() -> Iterator[set[str]]:
-    """The collections given events by writes within the block (to notify just those)."""
-    written: set[str] = set()
-    token = _written.set(written)
-    try:
-        yield written
-    finally:
-        _written.reset(token)
+        relay.document_written(
+            database=database, collection=collection, document_id=document_id, outbox=outbox
+        )
 
 
 def _relay_time() -> datetime:
@@ -154,8 +151,10 @@ class OutboxRelay:
     meanwhile, instead of one write per batch; until then those documents are
     left out of the relay's reads, and a relay that stops releases them first.
     (A crash before the release only publishes them again, which the idempotent
-    consumers absorb.) Writes of this replica wake it at once (``notify``); events
-    written by a standby replica or left by a failure are found by polling.
+    consumers absorb.) A write of this process hands it the document's outbox as
+    written (``record_written``): the leader publishes that at once without reading
+    the document; events written by a standby replica or left by a failure are found
+    by polling, and ``notify`` asks for a read now.
     A poll costs a read even when it finds nothing, so each empty poll of a
     collection doubles its pause from ``outbox_poll_interval_s`` up to
     ``outbox_idle_poll_interval_s``, and a poll that finds events nobody
@@ -193,7 +192,13 @@ class OutboxRelay:
         self._unreleased: dict[str, dict[Any, list[str]]] = {c: {} for c in collections}
         self._unreleased_since: dict[str, float] = {}
         # Documents whose published events a write of this process is removing right now.
-        self._handed_over: dict[str, set[Any]] = {c: set() for c in collections}
+        self._handed_over: dict[str, dict[Any, list[str]]] = {c: {} for c in collections}
+        # Per collection: documents written by this process (id -> outbox as written), to
+        # publish without reading them.
+        self._written: dict[str, dict[Any, list[dict]]] = {c: {} for c in collections}
+        # Events removed lately (id -> when): an announcement that still lists one (its
+        # writer read the document before the removal) does not send it again.
+        self._removed: OrderedDict[str, float] = OrderedDict()
         _relays.add(self)
 
     def notify(self, *collections: str) -> None:
@@ -219,7 +224,7 @@ class OutboxRelay:
         if database != self._db.name or not waiting or document_id not in waiting:
             return []
         event_ids = waiting.pop(document_id)
-        self._handed_over[collection].add(document_id)
+        self._handed_over[collection][document_id] = event_ids
         if not waiting:
             self._unreleased_since.pop(collection, None)
         return event_ids
@@ -236,18 +241,22 @@ class OutboxRelay:
         handed = self._handed_over.get(collection)
         if database != self._db.name or not handed or document_id not in handed:
             return
-        handed.discard(document_id)
-        if not removed:
+        handed.pop(document_id)
+        if removed:
+            self._note_removed(event_ids)
+        else:
             self._unreleased[collection].setdefault(document_id, []).extend(event_ids)
             self._unreleased_since.setdefault(collection, time.monotonic())
             self._wake.set()
 
-    def document_written(self, *, database: str, collection: str, document_id: Any) -> None:
-        """A write added events to a document: if its release is pending here, release now,
-        so its new events are not held back until the delay ends."""
-        if database == self._db.name and document_id in self._unreleased.get(collection, {}):
-            self._unreleased_since[collection] = float("-inf")
-            self.notify(collection)
+    def document_written(
+        self, *, database: str, collection: str, document_id: Any, outbox: list[dict]
+    ) -> None:
+        """A write of this process added events to a document: publish its ``outbox`` as
+        written (the events not published yet) without reading the document."""
+        if database == self._db.name and collection in self._written:
+            self._written[collection][document_id] = outbox
+            self._wake.set()
 
     async def stop(self) -> None:
         self._stopping.set()
@@ -265,6 +274,14 @@ class OutboxRelay:
                 announced = self._announced & set(due)
                 self._dirty.difference_update(due)
                 self._announced.difference_update(due)
+                for collection in self._collections:
+                    if self._written[collection]:
+                        try:
+                            await self.publish_written(collection=collection)
+                        except Exception as exc:  # the events stay stored: read them soon
+                            OUTBOX_PUBLISH_FAILURES.labels(self._settings.service_name).inc()
+                            log.warning("outbox_publish_failed", error=repr(exc))
+                            self._poll_again(collection, found_unannounced=True)
                 for collection in due:
                     try:
                         published = await self.publish_batch(collection=collection)
@@ -313,8 +330,9 @@ class OutboxRelay:
             return
         released = dict(waiting)
         await self._release(collection=collection, sent=released)
-        for document_id in released:
+        for document_id, event_ids in released.items():
             waiting.pop(document_id, None)
+            self._note_removed(event_ids)
         if not waiting:
             self._unreleased_since.pop(collection, None)
 
@@ -333,13 +351,13 @@ class OutboxRelay:
         self._next_poll[collection] = time.monotonic() + self._poll_interval_s[collection]
 
     async def publish_batch(self, *, collection: str) -> int:
-        """Publish one batch if this replica leads; how many documents it held. Their
-        release follows after ``outbox_release_delay_s`` (at once when it is 0)."""
+        """Publish one batch read from the database if this replica leads; how many
+        documents it held. Their release follows after ``outbox_release_delay_s`` (at
+        once when it is 0)."""
         if not await self._lead(collection):
             return 0
-        waiting = self._unreleased[collection]
         query: dict[str, Any] = {PENDING_SINCE_FIELD: {"$lte": _relay_time()}}
-        published = [*waiting, *self._handed_over[collection]]
+        published = [*self._unreleased[collection], *self._handed_over[collection]]
         if published:  # published already, their removal still to come
             query["_id"] = {"$nin": published}
         documents = (
@@ -349,8 +367,37 @@ class OutboxRelay:
             .limit(self._settings.outbox_batch_size)
             .to_list(None)
         )
-        if not documents:
+        await self._publish(collection=collection, documents=documents)
+        return len(documents)
+
+    async def publish_written(self, *, collection: str) -> int:
+        """Publish what writes of this process announced (``document_written``) if this
+        replica leads, leaving out what was published or removed already; how many
+        documents had events to send. A standby drops the announcements: the leader's
+        polls find those events."""
+        announced, self._written[collection] = self._written[collection], {}
+        if not await self._lead(collection):
             return 0
+        waiting = self._unreleased[collection]
+        handed = self._handed_over[collection]
+        documents = []
+        for document_id, outbox in announced.items():
+            known = {*waiting.get(document_id, ()), *handed.get(document_id, ())}
+            entries = [
+                entry
+                for entry in outbox
+                if entry["id"] not in known and entry["id"] not in self._removed
+            ]
+            if entries:
+                documents.append({"_id": document_id, OUTBOX_FIELD: entries})
+        await self._publish(collection=collection, documents=documents)
+        return len(documents)
+
+    async def _publish(self, *, collection: str, documents: list[dict]) -> None:
+        """Send the events of ``documents`` and note what to release."""
+        if not documents:
+            return
+        waiting = self._unreleased[collection]
         sent: dict[Any, list[str]] = {}
         try:
             sent = await self._send(documents)
@@ -363,7 +410,18 @@ class OutboxRelay:
                 len(waiting) >= self._settings.outbox_batch_size
             ):
                 await self.release_published(collection=collection)
-        return len(documents)
+
+    def _note_removed(self, event_ids: list[str]) -> None:
+        now = time.monotonic()
+        for event_id in event_ids:
+            self._removed[event_id] = now
+            self._removed.move_to_end(event_id)
+        # A writer's read is older than its write by far less than this.
+        while self._removed and (
+            len(self._removed) > REMOVED_KEPT
+            or now - next(iter(self._removed.values())) > REMOVED_KEPT_S
+        ):
+            self._removed.popitem(last=False)
 
     async def _lead(self, collection: str) -> bool:
         """Whether this replica publishes ``collection`` now (holds, renews or takes its lease)."""

@@ -83,7 +83,6 @@ async def _command(
     )
     if document is None:
         raise not_found(what="satisfaction check", identifier=followup_id)
-    runtime.relay.notify()  # wakes the relay for the events the change stored, if any
     return store.to_read(document)
 
 

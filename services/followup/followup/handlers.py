@@ -44,7 +44,6 @@ def build_handlers(runtime: Runtime) -> dict[EventType, EventHandler]:
             event_id=event.id,
         )
         if cancelled:
-            runtime.relay.notify()
             log.info("followups_cancelled", count=cancelled, reason=reason)
 
     async def on_complaint_resolved(event: CloudEvent, data: ComplaintResolved) -> None:
@@ -74,7 +73,6 @@ def build_handlers(runtime: Runtime) -> dict[EventType, EventHandler]:
             contact_hours=hours.contact_hours,
             now=now,
         )
-        runtime.relay.notify()
         log.info("followups_scheduled", count=created, resolution=data.resolution_number)
 
     async def on_complaint_reopened(event: CloudEvent, data: ComplaintReopened) -> None:

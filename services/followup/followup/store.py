@@ -110,6 +110,7 @@ async def insert_check(*, db: AsyncDatabase, document: dict[str, Any]) -> bool:
         await db[CHECKS].insert_one(document)
     except DuplicateKeyError:
         return False
+    aggregate.inserted(db=db, aggregate=CHECK, document=document)
     return True
 
 

@@ -99,8 +99,6 @@ async def create_complaint(
                 complaint_id=complaint_id,
                 now=runtime.clock.now(),
             )
-            if created:
-                runtime.relay.notify()
             payload = ComplaintCreated(
                 **store.to_read(document).model_dump(), resubmission=not created
             ).model_dump(mode="json")
@@ -171,7 +169,6 @@ async def _command(
         now=runtime.clock.now(),
         details=details,
     )
-    runtime.relay.notify()
     return store.to_read(document)
 
 

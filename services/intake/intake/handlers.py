@@ -7,7 +7,6 @@ from collections.abc import Awaitable, Callable
 from complaints_shared.envelope import CloudEvent
 from complaints_shared.events import EventPayload, EventType
 from complaints_shared.kafka import EventHandler
-from complaints_shared.outbox import tracking_writes
 from complaints_shared.runtime import Runtime
 from intake import projections
 
@@ -33,11 +32,7 @@ PROJECTIONS: dict[EventType, Projection] = {
 def build_handlers(runtime: Runtime) -> dict[EventType, EventHandler]:
     def handler_for(projection: Projection) -> EventHandler:
         async def handle(event: CloudEvent, data: EventPayload) -> None:
-            # A few projections cause events (close, reopen); most cause none.
-            with tracking_writes() as written:
-                await projection(db=runtime.db, settings=runtime.settings, event=event, data=data)
-            if written:
-                runtime.relay.notify(*written)
+            await projection(db=runtime.db, settings=runtime.settings, event=event, data=data)
 
         return handle
 

@@ -49,6 +49,9 @@ COMPLAINT = Aggregate(
     hidden=HIDDEN_FIELDS,
     # The timeline is only appended to; the grams are derived from the text.
     unread=("timeline", grams.FIELD),
+    # Beside the kernel only the relay (the outbox) and the end of a resubmission window
+    # write a complaint, neither a field a decision reads.
+    decide_on_inserted=True,
 )
 
 
@@ -176,6 +179,7 @@ async def find(*, db: AsyncDatabase, complaint_id: str) -> dict[str, Any] | None
 async def insert(*, db: AsyncDatabase, document: dict[str, Any]) -> dict[str, Any]:
     """Store a new complaint (``registration.new_document``); returns it as stored."""
     await retrying(db[COMPLAINTS].insert_one, document)
+    aggregate.inserted(db=db, aggregate=COMPLAINT, document=document)
     return as_stored(document)
 
 

@@ -16,7 +16,7 @@ from complaints_shared.events import (
 )
 from complaints_shared.kafka import EventHandler
 from complaints_shared.runtime import Runtime
-from routing.assignments import placement, planning, projections, routing_context, store, unroutable
+from routing.assignments import placement, planning, projections, routing_context, unroutable
 from routing.assignments.lifecycle import Command
 from routing.context_cache import ContextCache
 
@@ -30,16 +30,14 @@ def build_handlers(runtime: Runtime) -> dict[EventType, EventHandler]:
 
     async def on_complaint_received(event: CloudEvent, data: ComplaintReceived) -> None:
         try:
-            routed = await placement.route_received(
+            await placement.route_received(
                 db=db, settings=settings, complaint=data, now=clock.now(), contexts=contexts
             )
         except planning.NoRoute as no_route:
             # Not a failure to retry: a state the complaint waits in until a rule covers it.
-            routed = await unroutable.enter(
+            await unroutable.enter(
                 db=db, settings=settings, complaint=data, no_route=no_route, now=clock.now()
             )
-        if routed:
-            runtime.relay.notify(store.ASSIGNMENTS)
 
     def clock_event(command: Command, at: Callable[[Any], datetime]) -> EventHandler:
         """Acknowledged, pending customer and resumed move the clocks the same way."""
@@ -54,7 +52,6 @@ def build_handlers(runtime: Runtime) -> dict[EventType, EventHandler]:
                 at=at(data),
                 now=clock.now(),
             )
-            runtime.relay.notify()
 
         return on_clock_event
 
@@ -69,7 +66,6 @@ def build_handlers(runtime: Runtime) -> dict[EventType, EventHandler]:
             now=clock.now(),
             resolved=data,
         )
-        runtime.relay.notify()
 
     def finisher(command: Command, finished_at: Callable[[Any], datetime]) -> EventHandler:
         """Rejected, withdrawn and closed all end the assignment the same way."""
@@ -84,13 +80,11 @@ def build_handlers(runtime: Runtime) -> dict[EventType, EventHandler]:
                 at=finished_at(data),
                 now=clock.now(),
             )
-            runtime.relay.notify()
 
         return on_finished
 
     async def on_complaint_reopened(event: CloudEvent, data: ComplaintReopened) -> None:
         await projections.reopen(db=db, settings=settings, event=event, data=data, now=clock.now())
-        runtime.relay.notify()
 
     return {
         EventType.COMPLAINT_RECEIVED: on_complaint_received,

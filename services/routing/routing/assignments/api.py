@@ -38,7 +38,7 @@ async def _supervisor_action(
     body: BaseModel,
     action: Callable[..., Awaitable[AssignmentRead]],
 ) -> AssignmentRead:
-    """Run one supervisor action on an assignment and publish what it caused at once."""
+    """Run one supervisor action on an assignment (its events go to the relay as written)."""
     runtime = runtime_of(request)
     read = await action(
         db=runtime.db,
@@ -48,7 +48,6 @@ async def _supervisor_action(
         request=body,
         now=runtime.clock.now(),
     )
-    runtime.relay.notify()
     return read
 
 

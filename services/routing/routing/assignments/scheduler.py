@@ -64,9 +64,7 @@ class SlaScheduler:
             except Exception as exc:  # Mongo away or similar: keep the loop alive
                 log.error("sla_timer_pass_failed", error=repr(exc))
                 fired = 0
-            if fired:
-                runtime.relay.notify()
-            else:
+            if not fired:
                 await wait_event(
                     runtime.stopping, timeout_s=self._settings.scheduler_poll_interval_s
                 )
@@ -74,8 +72,7 @@ class SlaScheduler:
     async def run_queue_sweeper(self, runtime: Runtime) -> None:
         while not runtime.stopping.is_set():
             try:
-                if await self.sweep_queues(runtime):
-                    runtime.relay.notify()
+                await self.sweep_queues(runtime)
             except Exception as exc:
                 log.error("queue_sweep_failed", error=repr(exc))
             await wait_event(runtime.stopping, timeout_s=self._settings.queue_sweep_interval_s)

@@ -142,6 +142,7 @@ async def open_loads(*, db: AsyncDatabase, org: str, staff_ids: list[str]) -> di
 async def insert(*, db: AsyncDatabase, document: dict[str, Any]) -> None:
     """Store a new assignment; DuplicateKeyError when its id or its owner slot is taken."""
     await db[ASSIGNMENTS].insert_one(document)
+    aggregate.inserted(db=db, aggregate=ASSIGNMENT, document=document)
 
 
 async def queued_in_department(

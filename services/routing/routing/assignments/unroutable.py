@@ -199,16 +199,12 @@ async def retry_org(
 
 
 async def retry_after_change(runtime: Runtime, *, org: str) -> None:
-    """After a rule or department edit: route what it now covers, announce it at once.
+    """After a rule or department edit: route what it now covers.
 
     Staff edits do not make a route appear (a rule leads to a department, whoever works
     there; an empty department queues), so they do not call this.
     """
-    routed = await retry_org(
-        db=runtime.db, settings=runtime.settings, org=org, now=runtime.clock.now()
-    )
-    if routed:
-        runtime.relay.notify()
+    await retry_org(db=runtime.db, settings=runtime.settings, org=org, now=runtime.clock.now())
 
 
 async def unroutable_orgs(*, db: AsyncDatabase) -> list[str]:

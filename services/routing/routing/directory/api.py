@@ -43,15 +43,13 @@ async def _staff_read(runtime: Runtime, document: dict[str, Any]) -> StaffRead:
 
 async def _offer_queue(runtime: Runtime, *, org: str, department_id: str) -> None:
     """Someone new, more capacity, back from leave: queued work may fit now."""
-    assigned = await queue.drain_queue(
+    await queue.drain_queue(
         db=runtime.db,
         settings=runtime.settings,
         org=org,
         department_id=department_id,
         now=runtime.clock.now(),
     )
-    if assigned:
-        runtime.relay.notify()
 
 
 # ------------------------------------------------------------------ branches --
