@@ -82,12 +82,37 @@ async def test_a_burst_after_an_idle_spell_longer_than_the_peer_idle_limit_has_n
         }
     )
     assert await _burst(system, "第一批") == [201] * BURST  # fills the pool
+    # The idle spell: the pooled connections go, closed by whichever limit strikes first
+    # (the driver's own pruning at 1 s races the peer's 1.5 s; either must leave no 5xx).
+    await eventually(
+        lambda: idle_closing_proxy.closed_idle + idle_closing_proxy.closed_by_client > 0,
+        timeout_s=10,
+        what="idle connections closed",
+    )
+    assert await _burst(system, "安静之后") == [201] * BURST
+    assert await complaint_count(system) == 2 * BURST
+
+
+async def test_connections_the_peer_closed_before_the_driver_pruned_them_cost_no_5xx(
+    idle_closing_proxy: TcpProxy, system_factory: SystemFactory, infrastructure
+) -> None:
+    """The rule broken: the driver keeps idle connections longer than the peer does, so
+    every pooled one is closed under it; the driver finds them dead and opens new ones."""
+    system = await system_factory(
+        intake={
+            "mongodb_uri": _through(idle_closing_proxy, infrastructure.mongodb_uri),
+            "mongodb_max_idle_time_ms": 60_000,
+            "mongodb_heartbeat_frequency_ms": 500,
+        }
+    )
+    assert await _burst(system, "第一批") == [201] * BURST
     await eventually(
         lambda: idle_closing_proxy.closed_idle > 0,
         timeout_s=10,
         what="the proxy closing idle connections",
     )
-    assert await _burst(system, "安静之后") == [201] * BURST
+    assert idle_closing_proxy.closed_by_client == 0  # the peer, not the driver, closed them
+    assert await _burst(system, "被关之后") == [201] * BURST
     assert await complaint_count(system) == 2 * BURST
 
 

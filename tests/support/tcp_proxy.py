@@ -35,6 +35,8 @@ class TcpProxy:
         self.idle_close_s = idle_close_s
         self.links: set[_Link] = set()
         self.closed_idle = 0
+        # Connections the client closed itself (a driver pruning its idle pool).
+        self.closed_by_client = 0
         self.severed = 0
         self._server: asyncio.Server | None = None
         self._reaper: asyncio.Task | None = None
@@ -86,16 +88,19 @@ class TcpProxy:
         link = _Link(client_writer, server_writer)
         self.links.add(link)
         await asyncio.gather(
-            self._pipe(link, client_reader, server_writer),
+            self._pipe(link, client_reader, server_writer, from_client=True),
             self._pipe(link, server_reader, client_writer),
         )
         self.links.discard(link)
         link.close()
 
-    async def _pipe(self, link: _Link, reader, writer) -> None:
+    async def _pipe(self, link: _Link, reader, writer, *, from_client: bool = False) -> None:
         with contextlib.suppress(Exception):
             while chunk := await reader.read(65536):
                 link.last_active = time.monotonic()
                 writer.write(chunk)
                 await writer.drain()
+        if from_client and link in self.links:  # the client ended it, not the proxy
+            self.links.discard(link)
+            self.closed_by_client += 1
         link.close()
