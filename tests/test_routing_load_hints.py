@@ -1,19 +1,24 @@
 """Integration: owner choice on load hints and cached contexts stays exact (Kafka, Mongo).
 
-Routing ranks people by a load hint kept on the staff document and reuses the
-directory it read for earlier complaints; neither may change a decision: a hint
+Routing ranks people by a load hint kept on the staff document, reuses the
+directory it read for earlier complaints and keeps a department's people for a
+second, applying its own assignments to that copy; none may change a decision: a hint
 that drifted never queues a complaint someone has room for nor overfills an
 owner, and a directory change is seen by the very next complaint.
 """
 
 from __future__ import annotations
 
+import asyncio
 import re
+from datetime import UTC, datetime
 
 import pytest
+from pymongo import AsyncMongoClient, monitoring
 
 from complaints_shared.events import EventType
 from routing.assignments import owners
+from routing.directory import store as directory_store
 from tests.support.events import received, resolved
 from tests.support.http import token
 from tests.support.kafka import intake_producer
@@ -143,3 +148,57 @@ async def test_a_rule_change_reaches_the_next_complaint_through_the_cache(
     # Loaded for the first complaint and again after the change; the third one reused it.
     assert after.get("load", 0) - before.get("load", 0) == 2
     assert after.get("cache", 0) - before.get("cache", 0) == 1
+
+
+async def test_the_desk_is_kept_a_moment_and_follows_this_processs_own_assignments(
+    system_factory: SystemFactory,
+) -> None:
+    """Owner choice reads a department's people at most once per ``DESK_MAX_AGE_S``; the
+    kept copy takes this process's assignments at once (loads and the tie-break stay
+    exact here), and a directory change made here is read at once."""
+    system = await system_factory()
+    reads: list[str] = []
+
+    class StaffReads(monitoring.CommandListener):
+        def started(self, event: monitoring.CommandStartedEvent) -> None:
+            command = event.command
+            desk_read = command.get("find") == "staff" and "department_id" in command.get(
+                "filter", {}
+            )
+            if event.command_name == "find" and desk_read:
+                reads.append(command["filter"]["department_id"])
+
+        def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+            pass
+
+        def failed(self, event: monitoring.CommandFailedEvent) -> None:
+            pass
+
+    client = AsyncMongoClient(
+        system.routing_settings.mongodb_uri, tz_aware=True, event_listeners=[StaffReads()]
+    )
+    db = client[routing_db(system).name]
+    person = await db.staff.find_one({"_id": "demo:hotel-ma"})
+    department = person["department_id"]
+    reads.clear()
+    directory_store.forget_desks()
+    desk = await directory_store.desk(db=db, org="demo", department_id=department)
+    hint = next(p for p in desk if p.id == "hotel-ma").open_load
+    assert len(reads) == 1
+    now = datetime.now(UTC)
+    await directory_store.record_assignment(db=db, org="demo", staff_id="hotel-ma", at=now)
+    kept = await directory_store.desk(db=db, org="demo", department_id=department)
+    assert len(reads) == 1  # the kept copy, with the assignment applied as the database has it
+    ma = next(p for p in kept if p.id == "hotel-ma")
+    assert (ma.open_load, ma.last_assigned_at) == (hint + 1, now)
+    stored = await db.staff.find_one({"_id": "demo:hotel-ma"})
+    assert stored["load_hint"] == hint + 1
+
+    await _set_capacity(system, "hotel-ma", 7)  # a directory change made here
+    changed = await directory_store.desk(db=db, org="demo", department_id=department)
+    assert len(reads) == 2
+    assert next(p for p in changed if p.id == "hotel-ma").capacity == 7
+    await asyncio.sleep(directory_store.DESK_MAX_AGE_S)  # the copy's age is the point here
+    await directory_store.desk(db=db, org="demo", department_id=department)
+    assert len(reads) == 3  # too old: read again (other replicas' assignments show)
+    await client.close()

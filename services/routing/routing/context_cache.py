@@ -11,8 +11,10 @@ its next complaint, one made through another replica within ``version_check_s``.
 ``max_age_s`` bounds how long a context lives even so (edits made to the
 database by hand carry no version).
 
-Loads and the "longest since the last assignment" tie-break are never cached:
-owner choice reads the department's people afresh (see ``store.pick_owner``).
+Loads and the "longest since the last assignment" tie-break change with every
+assignment: they are not part of a context. Owner choice reads the department's
+people through ``directory.store.desk``, which keeps them for a second at most and
+applies this process's own assignments to its copy.
 """
 
 from __future__ import annotations
@@ -40,6 +42,11 @@ async def directory_changed(*, db: AsyncDatabase, org: str) -> None:
     """Call after any directory, rule or policy write: cached contexts of ``org`` go stale."""
     await db[DIRECTORY_VERSIONS].update_one({"_id": org}, {"$inc": {"version": 1}}, upsert=True)
     _changed_here[org] = time.monotonic()
+
+
+def changed_here_since(*, org: str, since: float) -> bool:
+    """Whether this process changed ``org``'s directory after ``since`` (monotonic)."""
+    return _changed_here.get(org, float("-inf")) >= since
 
 
 async def directory_version(*, db: AsyncDatabase, org: str) -> int:

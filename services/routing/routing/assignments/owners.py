@@ -102,6 +102,7 @@ async def reconcile_load_hints(*, db: AsyncDatabase) -> int:
         )
         corrected += result.modified_count
     if corrected:
+        directory_store.forget_desks()
         LOAD_HINTS_CORRECTED.inc(corrected)
         log.warning("load_hints_corrected", count=corrected)
     return corrected
@@ -117,7 +118,7 @@ async def ranked_candidates(
     *, db: AsyncDatabase, org: str, department_id: str, required_skill: str | None
 ) -> list[planning.Candidate]:
     """Exact ranking (loads counted from the assignments): for reports and simulations."""
-    staff = await directory_store.desk(db=db, org=org, department_id=department_id)
+    staff = await directory_store.desk(db=db, org=org, department_id=department_id, fresh=True)
     loads = await store.open_loads(db=db, org=org, staff_ids=[person.id for person in staff])
     return planning.rank_candidates(staff, loads=loads, required_skill=required_skill)
 

@@ -9,6 +9,7 @@ the owners' load hints. The administrator's validated writes per resource are
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -21,7 +22,7 @@ from complaints_shared.auth import Principal
 from complaints_shared.mongo import merge_updates
 from complaints_shared.outbox import OUTBOX_FIELD, PENDING_SINCE_FIELD, record_written
 from complaints_shared.problems import conflict, invalid
-from routing import audit
+from routing import audit, context_cache
 from routing.directory.models import BranchRead, DepartmentRead, StaffRead
 
 BRANCHES = "branches"
@@ -293,6 +294,7 @@ async def record_assignment(*, db: AsyncDatabase, org: str, staff_id: str, at: d
         {"_id": staff_key(org, staff_id)},
         {"$max": {"last_assigned_at": at}, "$inc": {LOAD_HINT: 1}},
     )
+    _adjust_desks(db=db, org=org, staff_id=staff_id, load=1, assigned_at=at)
 
 
 async def record_release(*, db: AsyncDatabase, org: str, staff_id: str) -> None:
@@ -300,12 +302,69 @@ async def record_release(*, db: AsyncDatabase, org: str, staff_id: str) -> None:
     await db[STAFF].update_one(
         {"_id": staff_key(org, staff_id), LOAD_HINT: {"$gt": 0}}, {"$inc": {LOAD_HINT: -1}}
     )
+    _adjust_desks(db=db, org=org, staff_id=staff_id, load=-1)
 
 
-async def desk(*, db: AsyncDatabase, org: str, department_id: str) -> list[StaffRead]:
-    """The department's people with ``open_load`` set to their load *hint* (not exact)."""
+# Desks this process read lately: (database, org, department) -> (read at, people by id).
+# Routing ranks a department's people for every complaint. Their load hints and
+# tie-break times change with every assignment, so this process applies its own changes
+# to its copy (``record_assignment``, ``record_release``) and reads the desk again after
+# ``DESK_MAX_AGE_S`` (other replicas' assignments, corrected hints), or at once after a
+# directory change made here. Hints only rank candidates: the owner slots keep every
+# capacity exact whatever a copy says (``routing.assignments.owners``).
+DESK_MAX_AGE_S = 1.0
+DESKS_KEPT = 1000
+_desks: dict[tuple[str, str, str], tuple[float, dict[str, StaffRead]]] = {}
+
+
+async def desk(
+    *, db: AsyncDatabase, org: str, department_id: str, fresh: bool = False
+) -> list[StaffRead]:
+    """The department's people with ``open_load`` set to their load *hint* (not exact),
+    as kept by this process for up to ``DESK_MAX_AGE_S`` (``fresh``: read now)."""
+    key = (db.name, org, department_id)
+    kept = _desks.get(key)
+    now = time.monotonic()
+    if (
+        not fresh
+        and kept is not None
+        and now - kept[0] < DESK_MAX_AGE_S
+        and not context_cache.changed_here_since(org=org, since=kept[0])
+    ):
+        return list(kept[1].values())
     query = {"org": org, "department_id": department_id}
-    return [
+    people = [
         staff_read(doc, open_load=doc.get(LOAD_HINT, 0))
         async for doc in db[STAFF].find(query).sort("_id", ASCENDING)
     ]
+    if len(_desks) >= DESKS_KEPT:  # stale ones first; they would be read again anyway
+        for stale in [k for k, (read_at, _) in _desks.items() if now - read_at >= DESK_MAX_AGE_S]:
+            del _desks[stale]
+    _desks[key] = (now, {person.id: person for person in people})
+    return people
+
+
+def _adjust_desks(
+    *,
+    db: AsyncDatabase,
+    org: str,
+    staff_id: str,
+    load: int,
+    assigned_at: datetime | None = None,
+) -> None:
+    """Apply this process's own load change to the desks it keeps (as the write did)."""
+    for (database, desk_org, _), (_, people) in _desks.items():
+        person = people.get(staff_id) if (database, desk_org) == (db.name, org) else None
+        if person is None:
+            continue
+        update: dict[str, Any] = {"open_load": max(0, person.open_load + load)}
+        if assigned_at is not None and (
+            person.last_assigned_at is None or assigned_at > person.last_assigned_at
+        ):
+            update["last_assigned_at"] = assigned_at
+        people[staff_id] = person.model_copy(update=update)
+
+
+def forget_desks() -> None:
+    """Drop every kept desk (the hints were corrected in the database)."""
+    _desks.clear()
