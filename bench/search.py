@@ -2,12 +2,12 @@
 
 Seeds ``--complaints`` complaints (default 100,000) into a fresh intake database with bulk
 writes, each built by intake's own ``registration.new_document`` from the benchmark's varied bodies
-(``bench/workload.py``), registered over ``--days`` days; then starts intake as a real uvicorn
-process on that database and times, with ``--repeats`` requests each: the first page of
-``q=断网&branch=LZ``, the first page of every documented filter and sort, a second page, and
-``GET /v1/reports/summary``. Results are printed and written to
-``bench-results/search-<time>.json``. Seeding 100,000 takes minutes (the index builds):
-``--keep`` keeps the database and ``--reuse RUN_ID`` measures it again.
+(``bench/workload.py``), with its search posting (``postings.posting``), registered over
+``--days`` days; then starts intake as a real uvicorn process on that database and times, with
+``--repeats`` requests each: the first page of ``q=断网&branch=LZ``, the first page of every
+documented filter and sort, a second page, and ``GET /v1/reports/summary``. Results are
+printed and written to ``bench-results/search-<time>.json``. Seeding 100,000 takes minutes
+(the index builds): ``--keep`` keeps the database and ``--reuse RUN_ID`` measures it again.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ from bench.workload import complaint_body
 from complaints_shared.auth import Principal
 from complaints_shared.events import Topic
 from complaints_shared.kafka import ensure_topics
-from intake import registration, rollup, store
+from intake import postings, registration, rollup, store
 from intake.identity import submission_fingerprint
 from intake.models import ComplaintCreate
 from intake.settings import IntakeSettings
@@ -167,8 +167,9 @@ async def seed(run: Run, *, complaints: int, days: int) -> dict[str, Any]:
     samples: dict[str, Any] = {}
     started = time.monotonic()
     try:
-        # Bulk insert first, the service's own index set after (its ensure_indexes): on
-        # SecantusDB a batch insert maintaining the multikey grams index is far slower.
+        # Bulk insert first (each complaint and its search posting, as registration writes
+        # them), the service's own index set after (its ensure_indexes): on SecantusDB a
+        # batch insert maintaining the multikey grams index is far slower.
         for first in range(0, complaints, SEED_BATCH):
             batch = [
                 seeded_complaint(
@@ -182,9 +183,13 @@ async def seed(run: Run, *, complaints: int, days: int) -> dict[str, Any]:
                 for sequence in range(first, min(first + SEED_BATCH, complaints))
             ]
             await db[store.COMPLAINTS].insert_many(batch, ordered=False)
+            await db[postings.POSTINGS].insert_many(
+                [postings.posting(document) for document in batch], ordered=False
+            )
             samples = {"reference": batch[-1]["reference"], "phone": batch[-1]["customer"]["phone"]}
         inserted_s = time.monotonic() - started
         await store.ensure_indexes(db=db)
+        await postings.ensure_indexes(db=db)
         indexed_s = time.monotonic() - started - inserted_s
         seeded = {
             "complaints": complaints,

@@ -2,12 +2,13 @@
 
 The local server's planner is not MongoDB's (docs/mongodb-compatibility.md), so its
 ``explain`` cannot say whether MongoDB would use an index. Instead the system runs a
-complaint's whole life (registration, routing, every search filter and sort, a second
-page, the report, acknowledgement, resolution, the follow-up check) with the database
-profiler on, and each recorded filter and sort is checked against the indexes the
-services defined, by MongoDB's rules: equalities (``$in`` and ``$all`` count) on the
-index's leading fields, then the sort keys in index order (all forward or all reversed),
-a range on the field after; a partial index only when the query repeats its filter.
+complaint's whole life (registration, routing, every search filter and sort, ``q`` through
+the search postings, a second page, the report, acknowledgement, resolution, the follow-up
+check) with the database profiler on, and each recorded filter and sort is checked against
+the indexes the services defined, by MongoDB's rules: equalities (``$in`` and ``$all``
+count) on the index's leading fields, then the sort keys in index order (all forward or all
+reversed), a range on the field after; a partial index only when the query repeats its
+filter.
 
 Collections whose size is the organisation's configuration, not its complaints, may be
 scanned; they are named in ``CONFIGURATION``. Anything else unserved fails the test.
@@ -198,7 +199,9 @@ async def test_every_query_a_complaints_life_issues_is_served_by_an_index(system
                     unserved.add(f"{collection} {shape(query)} sort {sort}")
     # The profiler saw the whole life: every collection that grows with complaints was queried
     # (about 90 queries in all since the write path was trimmed; 100+ before).
-    assert {"complaints", "assignments", "satisfaction_checks"} <= collections_seen
+    assert {"complaints", "search_postings", "assignments", "satisfaction_checks"} <= (
+        collections_seen
+    )
     assert checked > 60
     assert not unserved, "\n".join(sorted(unserved))
 

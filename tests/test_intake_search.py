@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from intake import rollup, store
+from intake import rollup
 from tests.support.http import complaint_body, token
 from tests.support.system import System
 from tests.support.waits import eventually
@@ -225,20 +225,6 @@ async def test_a_search_page_fills_past_documents_that_hold_the_grams_but_not_th
         if cursor is None:
             break
     assert sorted(seen) == sorted(["网速很慢", "网速很慢啊"] * 3)
-
-
-async def test_complaints_stored_before_search_grams_get_them_at_startup(system: System) -> None:
-    created = await _seed_searchable(system)
-    db = system.mongo[system.intake_settings.database_name()]
-    # As a complaint stored by an earlier version looks: no grams.
-    await db.complaints.update_many(
-        {}, {"$unset": {"search_grams": "", "search_grams_version": ""}}
-    )
-    admin = token(system.intake_settings)
-    assert await _find(system, admin, q="断网") == []
-    assert await store.backfill_search_grams(db=db) == len(created)
-    assert set(await _find(system, admin, q="断网")) == {"晚上经常断网", "候诊室断网"}
-    assert await store.backfill_search_grams(db=db) == 0
 
 
 async def test_lists_read_from_the_rollups_floor_and_branches(

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 import pytest
 from pymongo.uri_parser import parse_uri
 
+from intake import postings
 from tests.support.http import complaint_body, complaint_count, token
 from tests.support.system import System, SystemFactory
 from tests.support.tcp_proxy import TcpProxy
@@ -126,3 +127,6 @@ async def test_a_burst_after_every_connection_was_severed_has_no_5xx(
     assert severable_proxy.sever_all() > 0
     assert await _burst(system, "断开之后") == [201] * BURST
     assert await complaint_count(system) == 2 * BURST
+    # Each complaint's search posting too: its write after the insert is repeated as well.
+    db = system.mongo[system.intake_settings.database_name()]
+    assert await db[postings.POSTINGS].count_documents({}) == 2 * BURST

@@ -313,6 +313,8 @@ async def get_visible(
 
 # Reads of one page whose condition is partly checked in the service (``page``'s ``keep``).
 MAX_FILTERED_READS = 10
+# Pages' worth of documents a read of ``page`` takes when they are to be expanded.
+EXPANDED_READ_FACTOR = 4
 
 
 async def page(
@@ -330,6 +332,7 @@ async def page(
     window: timedelta | None = None,
     indexes: list[list[str]] | None = None,
     floor: Callable[[], Awaitable[datetime | None]] | None = None,
+    expand: Callable[[list[dict[str, Any]]], Awaitable[list[dict[str, Any]]]] | None = None,
 ) -> Page[Item]:
     """One cursor page of ``query`` in (``sort_field``, ``_id``) order (a date field).
 
@@ -340,11 +343,19 @@ async def page(
     ``max_time_ms`` bounds every read (``ExecutionTimeout`` beyond it). ``window`` and
     ``indexes`` let the reads be shaped for the local server
     (``complaints_shared.mongo.sorted_batches``).
+
+    ``expand`` pages over another collection in the same order: ``query`` selects small
+    documents (``sort_field`` and ``_id``, e.g. search postings) and ``expand`` turns a
+    run of them into the documents they stand for, in the same order, leaving out those
+    it does not find (a condition only they hold); the items are those, the cursor their
+    position. Each read takes ``EXPANDED_READ_FACTOR`` pages' worth, expanded a page's
+    worth at a time as far as the page needs. Like ``keep``, it may end a page short
+    after ``MAX_FILTERED_READS`` reads.
     """
     kept: list[dict[str, Any]] = []
     reads = 0
-    # Reads sized to the page; when ``keep`` refuses some, later reads fill it.
-    batch = limit + 1
+    # Reads sized to the page; when ``keep`` or ``expand`` refuses some, later reads fill it.
+    batch = limit + 1 if expand is None else (limit + 1) * EXPANDED_READ_FACTOR
     batches = sorted_batches(
         collection,
         dict(query),
@@ -357,15 +368,24 @@ async def page(
         projection=dict(projection) if projection else None,
         max_time_ms=max_time_ms,
         floor=floor,
-        wanted=keep,
+        # Windows widen by what the caller keeps; of a batch to expand, that is known later.
+        wanted=keep if expand is None else None,
     )
+    filtered = keep is not None or expand is not None
     async with aclosing(batches):
         async for documents in batches:
             reads += 1
-            kept += documents if keep is None else [d for d in documents if keep(d)]
+            if expand is None:
+                kept += documents if keep is None else [d for d in documents if keep(d)]
+            else:
+                for start in range(0, len(documents), limit + 1):
+                    found = await expand(documents[start : start + limit + 1])
+                    kept += found if keep is None else [d for d in found if keep(d)]
+                    if len(kept) > limit:
+                        break
             if len(kept) > limit:
                 break
-            if keep is not None and reads == MAX_FILTERED_READS and documents:
+            if filtered and reads == MAX_FILTERED_READS and documents:
                 last = documents[-1]
                 next_cursor = encode_cursor(sort_value=last[sort_field], document_id=last["_id"])
                 return Page(items=[to_item(document) for document in kept], next_cursor=next_cursor)

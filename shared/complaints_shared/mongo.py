@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager, suppress
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
@@ -223,6 +223,19 @@ async def claim_first(
         if claimed is not None:
             return claimed
     return None
+
+
+def by_ids(ids: list[Any], query: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The documents ``ids`` among those ``query`` selects: the ``_id`` condition first.
+
+    On MongoDB the order of a filter's fields means nothing. SecantusDB answers a filter
+    that no compound index serves (``_id: {$in}`` beside equalities or another ``$in``)
+    through the first of its fields with an index of its own: ``_id`` first is a point
+    lookup per id, ``org`` first reads every document of the organisation (measured, 51
+    ids among 4,000 documents: 5 ms against 355 ms).
+    """
+    rest = {field: condition for field, condition in (query or {}).items() if field != "_id"}
+    return {"_id": {"$in": list(ids)}, **rest}
 
 
 def is_id_clash(exc: DuplicateKeyError) -> bool:

@@ -1,12 +1,13 @@
 """Substring search without word segmentation: character bigrams in a multikey index.
 
-Chinese has no spaces to split words on, so ``q`` matches substrings. Every complaint
-carries ``search_grams``: the distinct two-character windows of its subject, description,
-reference number and customer keys (after ``normalise``). A two-character ``q`` is one
-gram, an equality on the multikey index; a longer ``q`` is looked up by one of its grams
-and the whole of it is verified in the service (``matches``), since a document can hold
-every gram of ``q`` without holding ``q``. A one-character ``q`` has no gram: search falls
-back to a bounded ``$regex`` (``intake.search``).
+Chinese has no spaces to split words on, so ``q`` matches substrings. Every complaint's
+search posting (``intake.postings``) carries ``search_grams``: the distinct two-character
+windows of its subject, description, reference number and customer keys (after
+``normalise``). A two-character ``q`` is one gram, an equality on the multikey index; a
+longer ``q`` is looked up by one of its grams and the whole of it is verified in the
+service (``matches``), since a document can hold every gram of ``q`` without holding
+``q``. A one-character ``q`` has no gram: search verifies it on the complaints the other
+filters select (``intake.search``).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import unicodedata
 from typing import Any
 
 FIELD = "search_grams"
-# Bump when ``document_grams`` changes: startup recomputes every older complaint's grams.
+# Bump when ``document_grams`` changes: startup rewrites every older posting.
 VERSION = 1
 VERSION_FIELD = "search_grams_version"
 
@@ -42,7 +43,7 @@ def searchable_texts(document: dict[str, Any]) -> list[str]:
 
 
 def document_grams(document: dict[str, Any]) -> list[str]:
-    """The ``search_grams`` of a stored complaint (sorted: stable documents, stable tests)."""
+    """The ``search_grams`` of a complaint (sorted: stable documents, stable tests)."""
     grams: set[str] = set()
     for text in searchable_texts(document):
         grams |= bigrams(text)

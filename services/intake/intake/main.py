@@ -12,13 +12,14 @@ from complaints_shared.clock import Clock
 from complaints_shared.events import Topic
 from complaints_shared.http import build_app
 from complaints_shared.runtime import service_runtime
-from intake import api, idempotency, rollup, store, submissions
+from intake import api, idempotency, postings, rollup, store, submissions
 from intake.handlers import build_handlers
 from intake.settings import IntakeSettings
 
 
 async def ensure_indexes(*, db: AsyncDatabase) -> None:
     await store.ensure_indexes(db=db)
+    await postings.ensure_indexes(db=db)
     await submissions.ensure_indexes(db=db)
     await idempotency.ensure_indexes(db=db)
     await rollup.ensure_indexes(db=db)

@@ -18,7 +18,7 @@ from complaints_shared.events import ComplaintReceived, EventType, Flag
 from complaints_shared.mongo import is_id_clash
 from complaints_shared.outbox import outbox_entry, outbox_fields
 from complaints_shared.problems import ConcurrentUpdate
-from intake import grams, reference_numbers, store, submissions
+from intake import postings, reference_numbers, store, submissions
 from intake.identity import customer_keys, submission_fingerprint
 from intake.lifecycle import Action, Status, customer_contact, event_base
 from intake.models import ComplaintCreate
@@ -62,7 +62,32 @@ async def create_complaint(
     Returns (document, created). An identical submission of the same customer within
     the resubmission window returns the earlier complaint, created=False: the insert
     is the submission's claim (``intake.submissions``), so the first stored wins.
+    The complaint's search posting (``intake.postings``) is written after the insert,
+    and again for a complaint found stored already: a request that failed between the
+    two leaves its retry, or a resubmission, to finish it.
     """
+    document, created = await _register(
+        db=db,
+        settings=settings,
+        principal=principal,
+        request=request,
+        complaint_id=complaint_id,
+        now=now,
+    )
+    await postings.write(db=db, document=document)
+    return document, created
+
+
+async def _register(
+    *,
+    db: AsyncDatabase,
+    settings: IntakeSettings,
+    principal: Principal,
+    request: ComplaintCreate,
+    complaint_id: str,
+    now: datetime,
+) -> tuple[dict[str, Any], bool]:
+    """The complaint stored for this submission, and whether this request stored it."""
     body = request.model_dump(mode="json", exclude={"severity", "flags"})
     fingerprint = submission_fingerprint(
         org=principal.org,
@@ -212,7 +237,6 @@ def new_document(
         repeat_count=len(earlier),
         repeat_of=links,
     )
-    document.update(grams.search_fields(document))
     entry = outbox_entry(event_type=EventType.COMPLAINT_RECEIVED, data=received, settings=settings)
     document.update(outbox_fields([entry]))
     return document

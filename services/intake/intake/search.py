@@ -15,9 +15,9 @@ from complaints_shared import aggregate
 from complaints_shared.auth import Principal
 from complaints_shared.datetimes import UtcDatetime
 from complaints_shared.events import Category, Channel, Flag, Severity
-from complaints_shared.mongo import at_or_after, more_than_none
+from complaints_shared.mongo import at_or_after, by_ids, more_than_none
 from complaints_shared.pagination import Page
-from intake import grams, rollup, store
+from intake import grams, postings, rollup, store
 from intake.identity import normalise_phone
 from intake.lifecycle import Status
 from intake.models import MAX_PAGE_SIZE, ComplaintRead
@@ -32,6 +32,9 @@ INDEXES = [[key for key, _ in keys] for keys in store.COMPLAINT_INDEXES.values()
 # The department and owner indexes have status before the date: a list without a status
 # filter asks for every status, so the index still leads to the sort.
 BY_STATUS = ("assignment.department", "assignment.owner_id")
+# Filters that select a handful of complaints by themselves: a ``q`` next to one is
+# verified on those rather than looked up in the postings.
+SELECTIVE = {"reference", "customer_keys"}
 
 
 class SortOrder(StrEnum):
@@ -120,12 +123,7 @@ def build_query(filters: ComplaintFilters, principal: Principal) -> dict[str, An
         customer_keys.append(f"email:{filters.customer_email.strip().casefold()}")
     if customer_keys:
         query["customer_keys"] = {"$all": customer_keys}
-    if filters.q:
-        gram = grams.lookup_gram(filters.q)
-        if gram is not None:
-            # One gram on the multikey index; the whole of q is verified by ``search``.
-            query[grams.FIELD] = gram
-        # One character has no gram: ``search`` verifies it on what the other filters select.
+    # ``q`` is not a condition on complaints: ``search`` looks it up in the postings.
     if "status" not in query and any(path in query for path in BY_STATUS):
         query.setdefault("status", _in(list(Status)))
     return query
@@ -137,29 +135,63 @@ async def search(
     field = filters.sort.value.lstrip("-")
     descending = filters.sort.value.startswith("-")
     query = build_query(filters, principal)
-    if grams.FIELD in query and "branch" not in query:
-        # Every branch the organisation has complaints in: the gram index has the branch
-        # before the date, so each branch's matches are read in date order.
-        branches = await rollup.known_branches(db=db, org=principal.org)
-        if branches is not None:
-            query["branch"] = {"$in": branches}
     if field != "created_at":
         # Complaints not yet given a due time have no place in a due-time ordering.
         query.setdefault(field, {})["$ne"] = None
     q = filters.q
-    # A two-character q is its gram; a longer one, or one character, is verified here.
-    verify = q is not None and len(grams.normalise(q)) != 2
-    return await aggregate.page(
-        collection=db[store.COMPLAINTS],
-        query=query,
+    gram = grams.lookup_gram(q) if q else None
+    read_complaints = partial(
+        aggregate.page,
         sort_field=field,
         limit=filters.limit,
         cursor=filters.cursor,
         to_item=store.to_read,
         descending=descending,
-        projection=store.HIDDEN_FIELDS,
-        keep=(lambda document: grams.matches(document, q)) if q and verify else None,
         window=FIRST_WINDOW,
-        indexes=INDEXES,
         floor=partial(rollup.floor, db=db, org=principal.org, field=field),
+    )
+    if gram is None or field != "created_at" or SELECTIVE & query.keys():
+        # No q, no gram (one character), a due-time order (postings hold only the
+        # registration time), or a filter that selects a handful of complaints by itself:
+        # the complaints the other filters select, q verified on each (a page reads at most
+        # ``aggregate.MAX_FILTERED_READS`` times).
+        return await read_complaints(
+            collection=db[store.COMPLAINTS],
+            query=query,
+            projection=store.HIDDEN_FIELDS,
+            keep=(lambda document: grams.matches(document, q)) if q else None,
+            indexes=INDEXES,
+        )
+    # The postings of the gram in date order, each batch read as the complaints it names
+    # that the other filters select, in the same order.
+    postings_query = {
+        "org": principal.org,
+        grams.FIELD: gram,
+        **{key: query[key] for key in ("branch", "created_at") if key in query},
+    }
+    if "branch" not in postings_query:
+        # Every branch the organisation has complaints in: the postings' index has the
+        # branch before the date, so each branch's matches are read in date order.
+        branches = await rollup.known_branches(db=db, org=principal.org)
+        if branches is not None:
+            postings_query["branch"] = {"$in": branches}
+
+    async def complaints_of(batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        ids = [posting["_id"] for posting in batch]
+        found = await (
+            db[store.COMPLAINTS]
+            .find(by_ids(ids, query), projection=store.HIDDEN_FIELDS)
+            .to_list(None)
+        )
+        by_id = {document["_id"]: document for document in found}
+        return [by_id[complaint_id] for complaint_id in ids if complaint_id in by_id]
+
+    return await read_complaints(
+        collection=db[postings.POSTINGS],
+        query=postings_query,
+        projection={"created_at": 1},
+        # A two-character q is its gram; a longer one is verified whole on each complaint.
+        keep=None if len(grams.normalise(q)) == 2 else lambda document: grams.matches(document, q),
+        indexes=[postings.POSTING_KEYS],
+        expand=complaints_of,
     )

@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from pymongo import UpdateOne
 from pymongo.asynchronous.database import AsyncDatabase
 
 from complaints_shared import aggregate
@@ -22,7 +21,6 @@ from complaints_shared.aggregate import Aggregate
 from complaints_shared.auth import Principal
 from complaints_shared.events import EventData, EventType
 from complaints_shared.mongo import as_stored, ensure_index, merge_updates, retrying
-from intake import grams
 from intake.lifecycle import Status
 from intake.models import ComplaintRead
 from intake.repeats import repeat_buckets, repeat_keys
@@ -34,21 +32,15 @@ MAX_WRITE_ATTEMPTS = 8
 # The timeline's ``cause`` of a change asked for over HTTP (else the consumed event's type).
 COMMAND_CAUSE = "command"
 
-HIDDEN_FIELDS = {
-    "outbox": 0,
-    "applied_events": 0,
-    "timeline": 0,
-    grams.FIELD: 0,
-    grams.VERSION_FIELD: 0,
-}
+HIDDEN_FIELDS = {"outbox": 0, "applied_events": 0, "timeline": 0}
 COMPLAINT = Aggregate(
     collection=COMPLAINTS,
     what="complaint",
     applied_events_kept=APPLIED_EVENTS_KEPT,
     max_write_attempts=MAX_WRITE_ATTEMPTS,
     hidden=HIDDEN_FIELDS,
-    # The timeline is only appended to; the grams are derived from the text.
-    unread=("timeline", grams.FIELD),
+    # The timeline is only appended to. (The search grams live in ``intake.postings``.)
+    unread=("timeline",),
     # Beside the kernel only the relay (the outbox) and the end of a resubmission window
     # write a complaint, neither a field a decision reads.
     decide_on_inserted=True,
@@ -94,18 +86,9 @@ COMPLAINT_INDEXES: dict[str, list[tuple[str, int]]] = {
     "org_repeat_keys": [("org", 1), ("repeat_keys", 1)],
     "org_breached": [("org", 1), ("sla_breached", 1), ("created_at", -1), ("_id", -1)],
     "org_repeat": [("org", 1), ("repeat_count", 1), ("created_at", -1), ("_id", -1)],
-    # Substring search (``intake.grams``): one gram, then the branch filter most searches carry.
-    "org_grams_branch_created": [
-        ("org", 1),
-        (grams.FIELD, 1),
-        ("branch", 1),
-        ("created_at", -1),
-        ("_id", -1),
-    ],
 }
 # Reference numbers are unique per organisation; a search by reference names the org.
 REFERENCE_INDEX = [("org", 1), ("reference", 1)]
-BACKFILL_BATCH = 500
 
 
 async def ensure_indexes(*, db: AsyncDatabase) -> None:
@@ -113,38 +96,6 @@ async def ensure_indexes(*, db: AsyncDatabase) -> None:
     await ensure_index(complaints, REFERENCE_INDEX, unique=True, name="reference_unique")
     for name, keys in COMPLAINT_INDEXES.items():
         await ensure_index(complaints, keys, name=name)
-    await backfill_search_grams(db=db)
-
-
-async def backfill_search_grams(*, db: AsyncDatabase) -> int:
-    """Give complaints stored before ``grams.VERSION`` their grams; how many it changed.
-
-    Runs at every start and is cheap once done: the complaints still to do are those
-    without the current version (one indexed read when there are none on MongoDB; a
-    scan on the local server). Several replicas starting together write the same values.
-    """
-    complaints = db[COMPLAINTS]
-    outdated = {grams.VERSION_FIELD: {"$ne": grams.VERSION}}
-    changed = 0
-    while True:
-        batch = (
-            await complaints.find(
-                outdated,
-                projection={"subject": 1, "description": 1, "reference": 1, "customer_keys": 1},
-            )
-            .limit(BACKFILL_BATCH)
-            .to_list(None)
-        )
-        if not batch:
-            return changed
-        result = await complaints.bulk_write(
-            [
-                UpdateOne({"_id": document["_id"]}, {"$set": grams.search_fields(document)})
-                for document in batch
-            ],
-            ordered=False,
-        )
-        changed += result.modified_count
 
 
 def timeline_entry(
