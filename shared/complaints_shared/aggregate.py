@@ -313,8 +313,6 @@ async def get_visible(
 
 # Reads of one page whose condition is partly checked in the service (``page``'s ``keep``).
 MAX_FILTERED_READS = 10
-# Pages' worth of documents a read of ``page`` takes when they are to be expanded.
-EXPANDED_READ_FACTOR = 4
 
 
 async def page(
@@ -333,6 +331,7 @@ async def page(
     indexes: list[list[str]] | None = None,
     floor: Callable[[], Awaitable[datetime | None]] | None = None,
     expand: Callable[[list[dict[str, Any]]], Awaitable[list[dict[str, Any]]]] | None = None,
+    read_factor: int = 1,
 ) -> Page[Item]:
     """One cursor page of ``query`` in (``sort_field``, ``_id``) order (a date field).
 
@@ -348,14 +347,16 @@ async def page(
     documents (``sort_field`` and ``_id``, e.g. search postings) and ``expand`` turns a
     run of them into the documents they stand for, in the same order, leaving out those
     it does not find (a condition only they hold); the items are those, the cursor their
-    position. Each read takes ``EXPANDED_READ_FACTOR`` pages' worth, expanded a page's
-    worth at a time as far as the page needs. Like ``keep``, it may end a page short
-    after ``MAX_FILTERED_READS`` reads.
+    position. What a read returns is expanded a page's worth at a time, as far as the
+    page needs. Like ``keep``, it may end a page short after ``MAX_FILTERED_READS`` reads.
+    ``read_factor``: pages' worth of documents a read takes, for a caller that expects
+    ``keep`` or ``expand`` to refuse most of them.
     """
     kept: list[dict[str, Any]] = []
+    kept_ids: set[Any] = set()
     reads = 0
     # Reads sized to the page; when ``keep`` or ``expand`` refuses some, later reads fill it.
-    batch = limit + 1 if expand is None else (limit + 1) * EXPANDED_READ_FACTOR
+    batch = (limit + 1) * read_factor
     batches = sorted_batches(
         collection,
         dict(query),
@@ -368,8 +369,8 @@ async def page(
         projection=dict(projection) if projection else None,
         max_time_ms=max_time_ms,
         floor=floor,
-        # Windows widen by what the caller keeps; of a batch to expand, that is known later.
-        wanted=keep if expand is None else None,
+        # Windows widen by what the page keeps (of expanded documents: once expanded).
+        wanted=keep if expand is None else (lambda document: document["_id"] in kept_ids),
     )
     filtered = keep is not None or expand is not None
     async with aclosing(batches):
@@ -380,7 +381,9 @@ async def page(
             else:
                 for start in range(0, len(documents), limit + 1):
                     found = await expand(documents[start : start + limit + 1])
-                    kept += found if keep is None else [d for d in found if keep(d)]
+                    found = found if keep is None else [d for d in found if keep(d)]
+                    kept += found
+                    kept_ids.update(document["_id"] for document in found)
                     if len(kept) > limit:
                         break
             if len(kept) > limit:

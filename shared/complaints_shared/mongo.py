@@ -454,8 +454,8 @@ async def sorted_batches(
     ``field`` starting ``window`` wide from the position or the present; an ascending read
     from the start needs ``floor``, which gives a date no document's ``field`` is below
     (None: unknown, and the read is one read of everything the filter selects). ``wanted``
-    says which documents the caller will keep of those yielded: windows widen by how many
-    of those each found.
+    says which documents the caller kept of those yielded (asked once it has had them):
+    windows widen by how many of those each found.
     """
     conditions = dict(query)
     bounds = _bounds(conditions.pop(field, None))
@@ -589,8 +589,9 @@ async def sorted_batches(
             low, high = near, far
         found = 0
         async for documents in span(low, high):
-            found += len(documents) if wanted is None else sum(map(wanted, documents))
             yield documents
+            # Asked once the caller has had them: what it keeps may depend on what it did.
+            found += len(documents) if wanted is None else sum(map(wanted, documents))
         if last:
             return
         gathered += found

@@ -35,6 +35,9 @@ BY_STATUS = ("assignment.department", "assignment.owner_id")
 # Filters that select a handful of complaints by themselves: a ``q`` next to one is
 # verified on those rather than looked up in the postings.
 SELECTIVE = {"reference", "customer_keys"}
+# Pages' worth of postings a read takes when the complaints' other filters are checked on
+# what they name.
+FILTERED_READ_FACTOR = 4
 
 
 class SortOrder(StrEnum):
@@ -194,4 +197,6 @@ async def search(
         keep=None if len(grams.normalise(q)) == 2 else lambda document: grams.matches(document, q),
         indexes=[postings.POSTING_KEYS],
         expand=complaints_of,
+        # Conditions the postings do not hold may refuse most of what a read returns.
+        read_factor=FILTERED_READ_FACTOR if set(query) - set(postings_query) else 1,
     )
