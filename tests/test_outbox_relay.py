@@ -31,6 +31,8 @@ from complaints_shared.outbox import (
     outbox_fields,
     outbox_update,
     record_written,
+    settle_published,
+    take_published,
 )
 from complaints_shared.settings import ServiceSettings
 from tests.support.events import received
@@ -324,6 +326,52 @@ async def test_written_events_go_out_from_the_announcement_without_a_read(
         published = await _published_ids(probe.settings, probe.topic, expected=2)
         assert sorted(published) == sorted([first["id"], second["id"]])  # once each
         assert counter.finds == 1  # the first poll only: nothing was read back
+    finally:
+        await relay.stop()
+        await task
+
+
+async def test_two_writers_handed_one_documents_events_keep_them_from_being_sent_again(
+    system: System,
+) -> None:
+    """Writes of one document running together (a command and a projection) are each
+    handed what the relay had published when they asked; one settling first leaves the
+    other's events known, so an announcement that still lists them sends nothing twice."""
+    probe = await _probe(system)
+    relay, _ = await _counted_relay(probe, outbox_release_delay_s=30)
+    task = asyncio.create_task(relay.run())
+    where = {
+        "database": probe.db.name,
+        "collection": probe.collection.name,
+        "document_id": str(uuid.uuid4()),
+    }
+
+    def announce(*outbox: dict) -> None:
+        record_written(
+            where["collection"],
+            database=where["database"],
+            document_id=where["document_id"],
+            outbox=list(outbox),
+        )
+
+    try:
+        first, second, third = (_entry(probe.settings) for _ in range(3))
+        await probe.collection.insert_one({"_id": where["document_id"], **outbox_fields([first])})
+        announce(first)
+        await eventually(lambda: relay.owed(collection=probe.collection.name) == 1, what="first")
+        held_by_one = take_published(**where)  # a writer still deciding
+        assert held_by_one == [first["id"]]
+        announce(first, second)  # another write (handed nothing) added the second
+        await eventually(lambda: _count_published(probe, 2), what="the second published")
+        held_by_other = take_published(**where)
+        assert held_by_other == [second["id"]]
+        settle_published(**where, event_ids=held_by_other, removed=True)  # it wrote first
+        announce(first, third)  # a write that read the document before the first's removal
+        await eventually(lambda: _count_published(probe, 3), what="the third published")
+        settle_published(**where, event_ids=held_by_one, removed=False)  # its write failed
+        published = await _published_ids(probe.settings, probe.topic, expected=3)
+        assert sorted(published) == sorted(entry["id"] for entry in (first, second, third))
+        assert relay.owed(collection=probe.collection.name) == 1  # the first, to release
     finally:
         await relay.stop()
         await task

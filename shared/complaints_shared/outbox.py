@@ -191,7 +191,8 @@ class OutboxRelay:
         # and since when (monotonic) the oldest of them waits.
         self._unreleased: dict[str, dict[Any, list[str]]] = {c: {} for c in collections}
         self._unreleased_since: dict[str, float] = {}
-        # Documents whose published events a write of this process is removing right now.
+        # Documents whose published events writes of this process are removing right now
+        # (several writers of one document each hold what they were handed).
         self._handed_over: dict[str, dict[Any, list[str]]] = {c: {} for c in collections}
         # Per collection: documents written by this process (id -> outbox as written), to
         # publish without reading them.
@@ -224,7 +225,7 @@ class OutboxRelay:
         if database != self._db.name or not waiting or document_id not in waiting:
             return []
         event_ids = waiting.pop(document_id)
-        self._handed_over[collection][document_id] = event_ids
+        self._handed_over[collection].setdefault(document_id, []).extend(event_ids)
         if not waiting:
             self._unreleased_since.pop(collection, None)
         return event_ids
@@ -241,7 +242,13 @@ class OutboxRelay:
         handed = self._handed_over.get(collection)
         if database != self._db.name or not handed or document_id not in handed:
             return
-        handed.pop(document_id)
+        held = handed[document_id]
+        if any(event_id not in held for event_id in event_ids):
+            return  # handed over by another relay of this process (a second replica)
+        for event_id in event_ids:
+            held.remove(event_id)
+        if not held:
+            del handed[document_id]
         if removed:
             self._note_removed(event_ids)
         else:

@@ -3,25 +3,25 @@
 One posting per complaint, ``{_id: complaint id, org, branch, created_at, search_grams,
 search_grams_version}``, indexed ``(org, search_grams, branch, created_at, _id)``. The
 grams never change after registration (subject, description, reference and customer are
-fixed at intake; so are ``branch`` and ``created_at``), so a posting is written once, right
-after its complaint's insert, and never updated. Kept in the complaint, its ~100 multikey
+fixed at intake; so are ``branch`` and ``created_at``), so a posting is written once, just
+before its complaint's insert, and never updated. Kept in the complaint, its ~100 multikey
 entries were rewritten by every later update of the complaint on the local server
-(docs/mongodb-compatibility.md); here they cost one insert per complaint.
+(docs/mongodb-compatibility.md); here they cost one write per complaint.
 
-The write is idempotent (an insert whose duplicate is the same posting) and repeated if
-its connection drops; a crash between the complaint's insert and its posting is repaired
-at the next start (``backfill``), which also moves the grams complaints stored before
-carried in the document into postings, and rewrites postings of an older grams version.
+Written first, a posting exists for every stored complaint; a crash before the insert
+leaves a posting without a complaint, which searches skip. The write replaces by ``_id``
+(a retry that finds its complaint stored writes it again from the stored one) and is
+repeated if its connection drops. Every start runs ``backfill``, which gives complaints
+stored before postings existed theirs (moving the grams out of the document) and rewrites
+postings of an older grams version.
 """
 
 from __future__ import annotations
 
-from contextlib import suppress
 from typing import Any
 
 from pymongo import ReplaceOne
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import DuplicateKeyError
 
 from complaints_shared.mongo import ensure_index, retrying
 from intake import grams, store
@@ -67,9 +67,18 @@ def posting(document: dict[str, Any]) -> dict[str, Any]:
 
 
 async def write(*, db: AsyncDatabase, document: dict[str, Any]) -> None:
-    """Store the complaint's posting; a posting already there is the same one."""
-    with suppress(DuplicateKeyError):
-        await retrying(db[POSTINGS].insert_one, posting(document))
+    """Store (or replace) the posting of ``document``: a complaint about to be inserted,
+    or one stored already, whose posting then ends up matching it."""
+    await retrying(
+        db[POSTINGS].replace_one, {"_id": document["_id"]}, posting(document), upsert=True
+    )
+
+
+async def discard(*, db: AsyncDatabase, complaint_id: str) -> None:
+    """Remove the posting of a complaint that was not stored after all (a resubmission
+    folded into an earlier one). One left behind does no harm: searches skip postings
+    whose complaint they do not find."""
+    await retrying(db[POSTINGS].delete_one, {"_id": complaint_id})
 
 
 async def ensure_indexes(*, db: AsyncDatabase) -> None:

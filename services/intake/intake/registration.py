@@ -62,32 +62,10 @@ async def create_complaint(
     Returns (document, created). An identical submission of the same customer within
     the resubmission window returns the earlier complaint, created=False: the insert
     is the submission's claim (``intake.submissions``), so the first stored wins.
-    The complaint's search posting (``intake.postings``) is written after the insert,
-    and again for a complaint found stored already: a request that failed between the
-    two leaves its retry, or a resubmission, to finish it.
+    The complaint's search posting (``intake.postings``) is written before the insert,
+    so a stored complaint always has it; a retry that finds its complaint stored already
+    writes it again from the stored one.
     """
-    document, created = await _register(
-        db=db,
-        settings=settings,
-        principal=principal,
-        request=request,
-        complaint_id=complaint_id,
-        now=now,
-    )
-    await postings.write(db=db, document=document)
-    return document, created
-
-
-async def _register(
-    *,
-    db: AsyncDatabase,
-    settings: IntakeSettings,
-    principal: Principal,
-    request: ComplaintCreate,
-    complaint_id: str,
-    now: datetime,
-) -> tuple[dict[str, Any], bool]:
-    """The complaint stored for this submission, and whether this request stored it."""
     body = request.model_dump(mode="json", exclude={"severity", "flags"})
     fingerprint = submission_fingerprint(
         org=principal.org,
@@ -106,6 +84,7 @@ async def _register(
         fingerprint=fingerprint,
         now=now,
     )
+    await postings.write(db=db, document=document)
     for _ in range(SUBMISSION_ATTEMPTS):
         try:
             return await store.insert(db=db, document=document), True
@@ -116,9 +95,13 @@ async def _register(
                 existing = await store.find(db=db, complaint_id=complaint_id)
                 if (existing or {}).get("submission_fingerprint") != fingerprint:
                     raise
+                # This attempt's posting (another reference, another time) gave way to
+                # the stored complaint's.
+                await postings.write(db=db, document=existing)
                 return existing, True
         earlier = await submissions.earlier_submission(db=db, fingerprint=fingerprint, now=now)
         if earlier is not None:
+            await postings.discard(db=db, complaint_id=complaint_id)
             return earlier, False
     raise ConcurrentUpdate(
         detail="identical submissions of this customer kept racing each other; retry it"
