@@ -109,8 +109,8 @@ class Aggregate:
 
 # Documents this process inserted lately, as stored: (database, collection, id) ->
 # (when, document). At most this many, for at most this long.
-RECENTLY_INSERTED_KEPT = 4096
-RECENTLY_INSERTED_S = 60.0
+RECENTLY_INSERTED_KEPT = 1024
+RECENTLY_INSERTED_S = 10.0
 _recently_inserted: OrderedDict[tuple[str, str, Any], tuple[float, dict[str, Any]]] = OrderedDict()
 
 

@@ -198,6 +198,10 @@ async def update_and_read(
 CLAIM_ATTEMPTS = 5
 
 
+# Candidates a claim reads at once where it checks the lease in the service (local server).
+CLAIM_CANDIDATES = 20
+
+
 async def claim_first(
     collection: AsyncCollection,
     query: dict[str, Any],
@@ -205,6 +209,7 @@ async def claim_first(
     *,
     sort: list[tuple[str, int]],
     projection: dict[str, Any] | None = None,
+    lease: tuple[str, datetime] | None = None,
 ) -> dict[str, Any] | None:
     """Take the first document matching ``query`` (in ``sort`` order) with ``update``.
 
@@ -212,17 +217,44 @@ async def claim_first(
     replicas racing for the same document exactly one wins; the loser tries
     the next candidate. The same result as a sorted ``find_one_and_update``
     without findAndModify (see :func:`update_and_read`).
+
+    ``lease`` = (field, now) also requires that lease to be free (``lease_free``). The
+    update checks it atomically. On MongoDB the read asks for it too; SecantusDB scans
+    the whole collection for a condition on a field outside the index the rest of the
+    query runs on (the follow-up timers: 77 ms at 6,000 checks, 0.7 ms without it), so
+    there the read leaves it out and the first ``CLAIM_CANDIDATES`` are checked here.
     """
+    free = lease_free(*lease) if lease else {}
+    local = lease is not None and await reads_shaped_for_local_server(collection.database.client)
     for _ in range(CLAIM_ATTEMPTS):
-        candidate = await collection.find_one(query, projection={"_id": 1}, sort=sort)
-        if candidate is None:
+        if local:
+            assert lease is not None
+            field, now = lease
+            found = await collection.find(
+                query, projection={"_id": 1, field: 1}, sort=sort, limit=CLAIM_CANDIDATES
+            ).to_list(None)
+            candidates = [c["_id"] for c in found if not _lease_held(c.get(field), now)]
+        else:
+            first = await collection.find_one({**query, **free}, projection={"_id": 1}, sort=sort)
+            candidates = [first["_id"]] if first else []
+        if not candidates:
             return None
-        claimed = await update_and_read(
-            collection, {**query, "_id": candidate["_id"]}, update, projection=projection
-        )
-        if claimed is not None:
-            return claimed
+        for candidate in candidates:
+            claimed = await update_and_read(
+                collection, {**query, **free, "_id": candidate}, update, projection=projection
+            )
+            if claimed is not None:
+                return claimed
     return None
+
+
+def _lease_held(until: Any, now: datetime) -> bool:
+    """What ``lease_free`` refuses: a lease until ``now`` or later."""
+    if not isinstance(until, datetime):
+        return False
+    if until.tzinfo is None:
+        until = until.replace(tzinfo=UTC)
+    return until >= now
 
 
 def by_ids(ids: list[Any], query: Mapping[str, Any] | None = None) -> dict[str, Any]:

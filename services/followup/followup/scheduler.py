@@ -22,7 +22,7 @@ from complaints_shared.aggregate import Decision
 from complaints_shared.failures import is_dependency_unavailable, redacted_error
 from complaints_shared.logs import get_logger
 from complaints_shared.metrics import TIMER_FAILURES
-from complaints_shared.mongo import at_or_before, claim_first, lease_free, merge_updates
+from complaints_shared.mongo import at_or_before, claim_first, merge_updates
 from complaints_shared.runtime import Runtime
 from complaints_shared.timers import record_timer_failure
 from complaints_shared.timing import wait_event
@@ -39,11 +39,7 @@ async def lease_due_check(
     *, db: AsyncDatabase, owner: str, now: datetime, lease_s: float
 ) -> str | None:
     """Take the earliest due scheduled check under a lease; its id, None when none is due."""
-    due = {
-        "status": CheckStatus.SCHEDULED.value,
-        "due_at": at_or_before(now),
-        **lease_free("timer_lease_until", now),
-    }
+    due = {"status": CheckStatus.SCHEDULED.value, "due_at": at_or_before(now)}
     document = await claim_first(
         db[store.CHECKS],
         due,
@@ -55,6 +51,7 @@ async def lease_due_check(
         },
         sort=[("due_at", ASCENDING)],
         projection={"_id": 1},
+        lease=("timer_lease_until", now),
     )
     return document["_id"] if document else None
 

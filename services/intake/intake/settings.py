@@ -46,8 +46,9 @@ class IntakeSettings(ServiceSettings):
         description="Keyword rules suggesting severity and flags (JSON list).",
     )
     report_rollup_interval_s: float = Field(
-        10.0,
+        60.0,
         gt=0,
         description="How often the report rollup re-tallies the days whose complaints "
-        "changed (intake.rollup); the report counts newer changes from the complaints.",
+        "changed (intake.rollup); the report counts newer changes from the complaints. "
+        "Each pass re-reads every complaint of today, so shorter costs the database more.",
     )

@@ -23,7 +23,7 @@ from complaints_shared.aggregate import Decision, Events
 from complaints_shared.business_calendar import BusinessCalendar
 from complaints_shared.events import ComplaintSlaBreached, ComplaintSlaWarning, EventType, SlaClock
 from complaints_shared.logs import get_logger
-from complaints_shared.mongo import claim_first, lease_free, merge_updates
+from complaints_shared.mongo import claim_first, merge_updates
 from complaints_shared.runtime import Runtime
 from complaints_shared.timers import FAILURE_FIELDS, record_timer_failure
 from complaints_shared.timing import wait_event
@@ -144,10 +144,7 @@ class SlaScheduler:
         wall_now = _wall_now()
         return await claim_first(
             runtime.db[store.ASSIGNMENTS],
-            {
-                "next_timer_at": {**store.TIMER_DUE["next_timer_at"], "$lte": now},
-                **lease_free(LEASE_UNTIL, wall_now),
-            },
+            {"next_timer_at": {"$lte": now}},
             {
                 "$set": {
                     LEASE_UNTIL: wall_now + timedelta(seconds=self._settings.scheduler_lease_s),
@@ -156,6 +153,7 @@ class SlaScheduler:
             },
             sort=[("next_timer_at", 1)],
             projection={"_id": 1, "org": 1, "branch": 1, "department": 1},
+            lease=(LEASE_UNTIL, wall_now),
         )
 
     async def _fire(self, runtime: Runtime, claimed: dict[str, Any]) -> int:

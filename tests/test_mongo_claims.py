@@ -1,0 +1,99 @@
+"""Integration: ``claim_first`` against the real database (the schedulers' way to take work).
+
+The earliest due document whose lease is free is taken, exactly once among racing
+claimers, whether the lease is checked by the read (MongoDB) or on the candidates in the
+service (the local server, where the read would otherwise scan the collection).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from pymongo import ASCENDING, AsyncMongoClient
+from pymongo.asynchronous.collection import AsyncCollection
+
+from complaints_shared.mongo import claim_first
+from tests.support.infrastructure import Infrastructure
+
+pytestmark = pytest.mark.integration
+
+NOW = datetime.now(UTC).replace(microsecond=0)
+
+
+@pytest.fixture
+async def checks(infrastructure: Infrastructure) -> AsyncIterator[AsyncCollection]:
+    client = AsyncMongoClient(infrastructure.mongodb_uri, tz_aware=True)
+    db = client[f"t_claims_{uuid.uuid4().hex[:10]}"]
+    await db.checks.create_index([("status", ASCENDING), ("due_at", ASCENDING)])
+    try:
+        yield db.checks
+    finally:
+        await client.drop_database(db.name)
+        await client.close()
+
+
+async def _claim(checks: AsyncCollection, owner: str) -> str | None:
+    claimed = await claim_first(
+        checks,
+        {"status": "scheduled", "due_at": {"$lt": NOW}},
+        {"$set": {"lease_owner": owner, "lease_until": NOW + timedelta(seconds=30)}},
+        sort=[("due_at", ASCENDING)],
+        projection={"_id": 1},
+        lease=("lease_until", NOW),
+    )
+    return claimed["_id"] if claimed else None
+
+
+async def test_the_earliest_due_document_with_a_free_lease_is_taken(
+    checks: AsyncCollection,
+) -> None:
+    minutes = [timedelta(minutes=m) for m in range(1, 6)]
+    await checks.insert_many(
+        [
+            # the two earliest are held by someone else
+            {
+                "_id": "held-1",
+                "status": "scheduled",
+                "due_at": NOW - minutes[4],
+                "lease_until": NOW + timedelta(seconds=10),
+            },
+            {
+                "_id": "held-2",
+                "status": "scheduled",
+                "due_at": NOW - minutes[3],
+                "lease_until": NOW + timedelta(seconds=10),
+            },
+            {
+                "_id": "expired",
+                "status": "scheduled",
+                "due_at": NOW - minutes[2],
+                "lease_until": NOW - timedelta(seconds=1),
+            },
+            {"_id": "free", "status": "scheduled", "due_at": NOW - minutes[1]},
+            {"_id": "done", "status": "done", "due_at": NOW - minutes[0]},
+            {"_id": "later", "status": "scheduled", "due_at": NOW + minutes[0]},
+        ]
+    )
+    assert await _claim(checks, "me") == "expired"  # an expired lease is free
+    assert await _claim(checks, "me") == "free"
+    assert await _claim(checks, "me") is None  # the rest are held, finished or not due
+    held = await checks.find_one({"_id": "held-1"})
+    assert "lease_owner" not in held  # untouched
+
+
+async def test_racing_claimers_take_each_document_once(checks: AsyncCollection) -> None:
+    await checks.insert_many(
+        [
+            {"_id": f"c{n}", "status": "scheduled", "due_at": NOW - timedelta(seconds=n + 1)}
+            for n in range(8)
+        ]
+    )
+    taken = await asyncio.gather(*(_claim(checks, f"owner-{n}") for n in range(12)))
+    claimed = [item for item in taken if item is not None]
+    assert sorted(claimed) == sorted(f"c{n}" for n in range(8))  # each once, none missed
+    owners = {doc["_id"]: doc["lease_owner"] async for doc in checks.find({})}
+    assert len(owners) == 8
