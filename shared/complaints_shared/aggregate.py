@@ -56,11 +56,11 @@ from complaints_shared.auth import Principal
 from complaints_shared.events import EventData, EventType
 from complaints_shared.mongo import as_stored, merge_updates, sorted_batches, update_and_read
 from complaints_shared.outbox import (
-    OUTBOX_FIELD,
     outbox_after,
     outbox_entry,
     outbox_rewrite,
     outbox_update,
+    record_stored,
     record_written,
     settle_published,
     take_published,
@@ -120,13 +120,7 @@ def inserted(*, db: AsyncDatabase, aggregate: Aggregate, document: dict[str, Any
     reading the document."""
     if aggregate.decide_on_inserted:
         _remember(db=db, aggregate=aggregate, document=document)
-    if document.get(OUTBOX_FIELD):
-        record_written(
-            aggregate.collection,
-            database=db.name,
-            document_id=document["_id"],
-            outbox=document[OUTBOX_FIELD],
-        )
+    record_stored(aggregate.collection, database=db.name, document=document)
 
 
 def _remember(*, db: AsyncDatabase, aggregate: Aggregate, document: dict[str, Any]) -> None:

@@ -128,6 +128,18 @@ def record_written(collection: str, *, database: str, document_id: Any, outbox: 
         )
 
 
+def record_stored(collection: str, *, database: str, document: dict[str, Any]) -> None:
+    """Announce the events a document just written whole (an insert, or as read back after
+    its write) carries, if any (``record_written``)."""
+    if document.get(OUTBOX_FIELD):
+        record_written(
+            collection,
+            database=database,
+            document_id=document["_id"],
+            outbox=document[OUTBOX_FIELD],
+        )
+
+
 def _relay_time() -> datetime:
     # Outbox bookkeeping runs on the wall clock the relay polls with, never a service's
     # business clock: a test clock set days ahead would otherwise hide events from the relay.

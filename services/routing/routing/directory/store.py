@@ -20,7 +20,7 @@ from pymongo.errors import DuplicateKeyError
 
 from complaints_shared.auth import Principal
 from complaints_shared.mongo import merge_updates
-from complaints_shared.outbox import OUTBOX_FIELD, PENDING_SINCE_FIELD, record_written
+from complaints_shared.outbox import OUTBOX_FIELD, PENDING_SINCE_FIELD, record_stored
 from complaints_shared.problems import conflict, invalid
 from routing import audit, context_cache
 from routing.directory.models import BranchRead, DepartmentRead, StaffRead
@@ -82,17 +82,6 @@ DEPARTMENT = Entry(collection=DEPARTMENTS, id_field="id", entity="department", w
 STAFF_MEMBER = Entry(collection=STAFF, id_field="id", entity="staff", what="staff member")
 
 
-def _announce_events(*, db: AsyncDatabase, entry: Entry, document: dict[str, Any]) -> None:
-    """Hand the events a write stored with the entry to this process's relay."""
-    if document.get(OUTBOX_FIELD):
-        record_written(
-            entry.collection,
-            database=db.name,
-            document_id=document["_id"],
-            outbox=document[OUTBOX_FIELD],
-        )
-
-
 def new_entry(*, key: str, fields: dict[str, Any], now: datetime) -> dict[str, Any]:
     """A new entry as stored: its fields, version 1, created and last changed ``now``."""
     return {"_id": key, **fields, "version": 1, "created_at": now, "updated_at": now}
@@ -111,7 +100,7 @@ async def insert_entry(
         await db[entry.collection].insert_one(document)
     except DuplicateKeyError:
         raise conflict(f"{entry.what} {document[entry.id_field]!r} already exists") from None
-    _announce_events(db=db, entry=entry, document=document)
+    record_stored(entry.collection, database=db.name, document=document)
     await _audit(
         db=db,
         principal=principal,
@@ -147,7 +136,7 @@ async def change_entry(
             f"{entry.collection[:-1]} {current['_id']!r} changed while this request was "
             "validated; retry"
         )
-    _announce_events(db=db, entry=entry, document=updated)
+    record_stored(entry.collection, database=db.name, document=updated)
     await _audit(
         db=db,
         principal=principal,
