@@ -215,8 +215,9 @@ class OutboxRelay:
         _relays.add(self)
 
     def notify(self, *collections: str) -> None:
-        """Tell the relay that a write just added events to ``collections`` (all when none
-        are named): publish now, not at the next poll, reading only those collections."""
+        """Ask for a read of ``collections`` (all when none are named) now, not at the next
+        poll: for events written without an announcement (``record_written``), such as
+        documents a test or a repair stored directly."""
         named = collections or self._collections
         self._dirty.update(named)
         self._announced.update(named)
