@@ -201,6 +201,42 @@ async def test_the_rollup_report_equals_the_single_aggregation(infrastructure) -
         assert retallied["groups"][0]["tally"]["open"] == 2  # A reopened, B never acknowledged
         await _compare(db, now + 2 * H)
 
+        # Changed again soon after its re-tally: the day is noted, not read whole again until
+        # RETALLY_AFTER has passed, and the report counts it from its complaints meanwhile.
+        # Intake's projection stamped the assignments with the wall clock, weeks after this
+        # test's: brought back before the watermark, so that only the change below is after it.
+        await db["complaints"].update_many(
+            {"updated_at": {"$gt": now + 3 * H}}, {"$set": {"updated_at": now + H}}
+        )
+        soon = now + 2 * H + timedelta(minutes=1)
+        clock.set(soon)
+        await at(
+            soon,
+            f"/v1/complaints/{a}/resolve",
+            resolution("billing_error", "company", {"type": "apology"}),
+        )
+        assert await rollup.refresh(db=db, now=soon + rollup.ROLLUP_LAG) == 0
+        assert ("LZ", first_day["day"]) in await rollup.changed_days(db=db, org="demo")
+        assert await db[rollup.TALLIES].find_one(first_day) == retallied
+        await _compare(db, soon + rollup.ROLLUP_LAG)
+        cooled = now + 2 * H + rollup.RETALLY_AFTER
+        assert await rollup.refresh(db=db, now=cooled) >= 1
+        assert ("LZ", first_day["day"]) not in await rollup.changed_days(db=db, org="demo")
+        assert (await db[rollup.TALLIES].find_one(first_day))["tallied_at"] == cooled
+        await _compare(db, cooled)
+        # A day re-tallied long ago and unchanged since is forgotten.
+        forgotten = {"_id": "demo|LZ|2026-10-01", "org": "demo", "branch": "LZ"}
+        await db[rollup.DAYS_CHANGED].insert_one(
+            {
+                **forgotten,
+                "day": datetime(2026, 10, 1, tzinfo=UTC),
+                "changed": False,
+                "tallied_at": cooled - rollup.RETALLY_AFTER,
+            }
+        )
+        await rollup.refresh(db=db, now=cooled + timedelta(seconds=1))
+        assert await db[rollup.DAYS_CHANGED].find_one({"_id": forgotten["_id"]}) is None
+
         # Tallies of an earlier version are not trusted: the aggregation answers until the
         # next pass has built everything again.
         await db[rollup.STATE].update_one({"_id": rollup.WATERMARK_ID}, {"$set": {"version": 1}})

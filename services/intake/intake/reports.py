@@ -369,7 +369,8 @@ async def _from_tallies(
     allowed: list[str] | None,
 ) -> dict[Any, dict[str, Any]]:
     """Per group, the tally of [created_from, created_to): the rollup's whole days, and
-    from the complaints the edges and the days changed after the watermark ``since``."""
+    from the complaints the edges and the days changed after the watermark ``since`` or
+    not re-tallied yet since a change (``rollup.changed_days``)."""
     first_day, last_day = _next_day(created_from), rollup.day_of(created_to)
     dimension = group_by.value
     merged: dict[Any, dict[str, Any]] = defaultdict(rollup.empty_tally)
@@ -382,12 +383,10 @@ async def _from_tallies(
         .find({"updated_at": {"$gt": since}}, projection={"org": 1, "branch": 1, "created_at": 1})
         .to_list(None)
     )
+    seen = {(c["branch"], rollup.day_of(c["created_at"])) for c in changed if c["org"] == org}
+    seen |= await rollup.changed_days(db=db, org=org)
     stale = {
-        (c["branch"], rollup.day_of(c["created_at"]))
-        for c in changed
-        if c["org"] == org
-        and counted(c["branch"])
-        and first_day <= rollup.day_of(c["created_at"]) < last_day
+        (branch, day) for branch, day in seen if counted(branch) and first_day <= day < last_day
     }
     tallies = db[rollup.TALLIES].find(
         {"org": org, "dimension": dimension, "day": {"$gt": first_day - _ONE_MS, "$lt": last_day}},

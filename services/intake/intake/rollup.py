@@ -13,10 +13,14 @@ complaint changed after the rollup's watermark. Same figures as the single aggre
 path: the job finds changes by ``updated_at``, which every change sets.
 
 The job (:func:`run_rollup`, one replica at a time under a lease) refreshes from a
-watermark kept in the database: it re-tallies every (org, branch, day) holding a complaint
-whose ``updated_at`` is past the watermark, then moves the watermark to the pass's start
-minus ``ROLLUP_LAG`` (a change stamped before that but committed late, or by a replica
-whose clock is behind, is still picked up by the next pass).
+watermark kept in the database: it notes as changed (``report_days_changed``) every
+(org, branch, day) holding a complaint whose ``updated_at`` is past the watermark, then
+moves the watermark to the pass's start minus ``ROLLUP_LAG`` (a change stamped before that
+but committed late, or by a replica whose clock is behind, is still picked up by the next
+pass). A changed day is re-tallied, which reads all its complaints, at once unless it was
+re-tallied within ``RETALLY_AFTER``: a day receiving complaints (today) is read whole once
+every ten minutes, not at every pass. Until then the report counts that day from its
+complaints, as it does for a day changed after the watermark.
 """
 
 from __future__ import annotations
@@ -45,11 +49,16 @@ TALLIES = "report_tallies"
 # with complaints (search reads from there on the local server: ``intake.search``).
 FLOORS = "search_floors"
 FLOOR_FIELDS = ("created_at", "acknowledge_due_at", "resolve_due_at")
+# The (org, branch, day)s changed since their tallies (``changed``), and those re-tallied
+# within ``RETALLY_AFTER`` (``tallied_at``); a few documents per branch at any time.
+DAYS_CHANGED = "report_days_changed"
+RETALLY_AFTER = timedelta(minutes=10)
 STATE = "report_rollup"
 WATERMARK_ID = "watermark"
 LEASE_ID = "lease"
-# Bump when what a pass writes changes (tallies, floors): the next pass rebuilds it all.
-VERSION = 2
+# Bump when what a pass writes changes (tallies, floors, what a report may trust): the next
+# pass rebuilds it all, and replicas of another version count from the complaints meanwhile.
+VERSION = 3
 ROLLUP_LAG = timedelta(seconds=30)
 ROLLUP_LEASE = timedelta(seconds=60)
 DAY = timedelta(days=1)
@@ -128,6 +137,9 @@ async def ensure_indexes(*, db: AsyncDatabase) -> None:
     await ensure_index(
         db[TALLIES], [("org", 1), ("dimension", 1), ("day", 1)], name="org_dimension_day"
     )
+    # The report's days still to re-tally (the job reads the whole collection: a few
+    # documents per branch).
+    await ensure_index(db[DAYS_CHANGED], [("org", 1), ("changed", 1)], name="org_changed")
     # What changed since the watermark (the job, and the report for what the job has not
     # tallied yet).
     await ensure_index(db[store.COMPLAINTS], [("updated_at", 1)], name="updated")
@@ -307,7 +319,7 @@ async def _write(
     now: datetime,
 ) -> None:
     for dimension in DIMENSIONS:
-        key = f"{org}|{branch}|{day:%Y-%m-%d}|{dimension}"
+        key = f"{_day_key(org, branch, day)}|{dimension}"
         if not complaints:
             await db[TALLIES].delete_one({"_id": key})
             continue
@@ -330,13 +342,19 @@ async def watermark(*, db: AsyncDatabase) -> datetime | None:
     return state["until"] if state and state.get("version") == VERSION else None
 
 
+def _day_key(org: str, branch: str, day: datetime) -> str:
+    return f"{org}|{branch}|{day:%Y-%m-%d}"
+
+
 async def refresh(*, db: AsyncDatabase, now: datetime) -> int:
-    """One pass: re-tally every (org, branch, day) changed since the watermark; how many."""
+    """One pass: note the (org, branch, day)s changed since the watermark, re-tally those
+    changed and not re-tallied within ``RETALLY_AFTER``; how many it re-tallied."""
     since = await watermark(db=db)
     until = now - ROLLUP_LAG
     query = {"updated_at": {"$gt": since or BEGINNING}}
     if since is None:
         # The first build reads every complaint once and tallies all days from that read.
+        await db[DAYS_CHANGED].delete_many({})
         complaints = await db[store.COMPLAINTS].find(query, projection=FIELDS).to_list(None)
         days: dict[tuple[str, str, datetime], list[dict[str, Any]]] = defaultdict(list)
         for complaint in complaints:
@@ -349,8 +367,12 @@ async def refresh(*, db: AsyncDatabase, now: datetime) -> int:
         complaints = await db[store.COMPLAINTS].find(query, projection=CHANGE_FIELDS).to_list(None)
         keys = {(c["org"], c["branch"], day_of(c["created_at"])) for c in complaints}
         for org, branch, day in keys:
-            await retally(db=db, org=org, branch=branch, day=day, now=now)
-        done = len(keys)
+            await db[DAYS_CHANGED].update_one(
+                {"_id": _day_key(org, branch, day)},
+                {"$set": {"org": org, "branch": branch, "day": day, "changed": True}},
+                upsert=True,
+            )
+        done = await _retally_changed(db=db, now=now)
     await _lower_floors(db=db, complaints=complaints)
     await db[STATE].update_one(
         {"_id": WATERMARK_ID},
@@ -358,6 +380,34 @@ async def refresh(*, db: AsyncDatabase, now: datetime) -> int:
         upsert=True,
     )
     return done
+
+
+async def _retally_changed(*, db: AsyncDatabase, now: datetime) -> int:
+    """Re-tally the changed days not re-tallied within ``RETALLY_AFTER``; forget the days
+    re-tallied before that and unchanged since. How many it re-tallied."""
+    done = 0
+    cooled = now - RETALLY_AFTER
+    for day in await db[DAYS_CHANGED].find({}).to_list(None):
+        tallied_at = day.get("tallied_at")
+        if tallied_at is not None and tallied_at > cooled:
+            continue  # changed or not, read whole again only once it has cooled
+        if not day.get("changed"):
+            await db[DAYS_CHANGED].delete_one({"_id": day["_id"], "changed": False})
+            continue
+        await retally(db=db, org=day["org"], branch=day["branch"], day=day["day"], now=now)
+        # Nothing else writes here meanwhile: one job at a time, under the lease.
+        await db[DAYS_CHANGED].update_one(
+            {"_id": day["_id"]}, {"$set": {"changed": False, "tallied_at": now}}
+        )
+        done += 1
+    return done
+
+
+async def changed_days(*, db: AsyncDatabase, org: str) -> set[tuple[str, datetime]]:
+    """The (branch, day)s of ``org`` whose tallies the job has not brought up to date with
+    the changes it has seen (each counted from its complaints meanwhile)."""
+    found = db[DAYS_CHANGED].find({"org": org, "changed": True}, projection={"branch": 1, "day": 1})
+    return {(day["branch"], day["day"]) async for day in found}
 
 
 def floors_of(complaints: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:
