@@ -42,8 +42,9 @@ class RoutingSettings(ServiceSettings):
         "once); 0 reads it for every complaint.",
     )
     load_hint_reconcile_interval_s: float = Field(
-        60.0,
+        600.0,
         gt=0,
         description="How often owners' load hints are recounted from the open assignments "
-        "(they only drift after a crash between two writes).",
+        "(they only drift after a crash between two writes, and only order candidates); "
+        "each recount reads every open assignment.",
     )
