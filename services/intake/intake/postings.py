@@ -22,6 +22,7 @@ from typing import Any
 
 from pymongo import ReplaceOne
 from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import DuplicateKeyError
 
 from complaints_shared.mongo import ensure_index, retrying
 from intake import grams, store
@@ -69,9 +70,12 @@ def posting(document: dict[str, Any]) -> dict[str, Any]:
 async def write(*, db: AsyncDatabase, document: dict[str, Any]) -> None:
     """Store (or replace) the posting of ``document``: a complaint about to be inserted,
     or one stored already, whose posting then ends up matching it."""
-    await retrying(
-        db[POSTINGS].replace_one, {"_id": document["_id"]}, posting(document), upsert=True
-    )
+    stored = posting(document)
+    try:
+        # Almost always new: an insert costs the local server ~20% less than an upsert.
+        await retrying(db[POSTINGS].insert_one, stored)
+    except DuplicateKeyError:
+        await retrying(db[POSTINGS].replace_one, {"_id": stored["_id"]}, stored, upsert=True)
 
 
 async def discard(*, db: AsyncDatabase, complaint_id: str) -> None:
