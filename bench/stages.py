@@ -1,0 +1,170 @@
+"""Where received → assigned time goes, stage by stage: ``python -m bench.stages``
+(docs/performance.md).
+
+Starts the three services on a run of their own (as ``bench.run`` does), posts complaints
+open loop at ``--rate`` for ``--seconds`` per round and reads intake's and routing's topics.
+Per complaint: the POST (sent → 201), intake's relay (201 → the ``complaint.received``
+record's timestamp, negative when the relay publishes before the response is read), and
+routing (``complaint.received`` → ``complaint.assigned`` record timestamps). Prints their
+percentiles per round and the slowest complaints with the wall time they were posted, so a
+periodic stall shows as a cluster.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import time
+from datetime import datetime
+
+import httpx
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from bench.run import (
+    PORTS,
+    Run,
+    Service,
+    drop_run_databases,
+    infra_env,
+    percentile,
+    seed_routing,
+)
+from bench.workload import complaint_body
+from complaints_shared.envelope import from_kafka_record
+from complaints_shared.events import EventType, Topic
+from complaints_shared.kafka import ensure_topics
+
+
+class Stamps:
+    """Record timestamps of ``complaint.received`` and ``complaint.assigned`` per complaint."""
+
+    def __init__(self) -> None:
+        self.received: dict[str, float] = {}
+        self.assigned: dict[str, float] = {}
+
+    async def collect(self, consumer: AIOKafkaConsumer, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            for records in (await consumer.getmany(timeout_ms=200)).values():
+                for record in records:
+                    event = from_kafka_record(record.value, record.headers)
+                    if event.type == EventType.COMPLAINT_RECEIVED:
+                        self.received[event.subject] = record.timestamp / 1000
+                    elif event.type == EventType.COMPLAINT_ASSIGNED:
+                        self.assigned[event.subject] = record.timestamp / 1000
+
+
+def _line(name: str, seconds: list[float]) -> str:
+    ms = [1000 * value for value in seconds]
+    figures = "  ".join(
+        f"{label} {percentile(ms, share):7.1f}"
+        for label, share in (("p50", 0.5), ("p95", 0.95), ("p99", 0.99))
+    )
+    return f"  {name:<24} {figures}  max {max(ms):7.1f} ms"
+
+
+async def _round(
+    run: Run, stamps: Stamps, *, rate: float, seconds: float, first: int
+) -> dict[str, tuple[float, float]]:
+    """Post open loop for ``seconds``; per accepted complaint, (sent, answered) wall times."""
+    accepted: dict[str, tuple[float, float]] = {}
+    rng = random.Random(first)
+    headers = {"Authorization": f"Bearer {run.token()}"}
+    async with httpx.AsyncClient(
+        base_url=f"http://127.0.0.1:{PORTS['intake']}", timeout=60
+    ) as http:
+
+        async def one(sequence: int) -> None:
+            sent = time.time()
+            response = await http.post(
+                "/v1/complaints", json=complaint_body(sequence, rng), headers=headers
+            )
+            if response.status_code == 201:
+                accepted[response.json()["id"]] = (sent, time.time())
+
+        tasks: list[asyncio.Task] = []
+        started = time.monotonic()
+        while time.monotonic() - started < seconds:
+            tasks.append(asyncio.create_task(one(first + len(tasks))))
+            await asyncio.sleep(max(0.0, started + len(tasks) / rate - time.monotonic()))
+        await asyncio.gather(*tasks)
+    for _ in range(150):  # up to 30 s for the last ones to be assigned
+        if accepted.keys() <= stamps.assigned.keys():
+            break
+        await asyncio.sleep(0.2)
+    return accepted
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rate", type=float, default=15.0)
+    parser.add_argument("--seconds", type=float, default=30.0, help="per round")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument(
+        "--jwt-secret", default=os.environ.get("JWT_SECRET", "bench-secret-0123456789abcdef-0123")
+    )
+    args = parser.parse_args()
+    run = Run(args=args, infra=infra_env())
+    settings = run.settings()
+    await ensure_topics(settings=settings, topics=[settings.topic(t.value) for t in Topic])
+    await seed_routing(run)
+    services = [Service(name, port, run.env(name)) for name, port in PORTS.items()]
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=run.infra["KAFKA_BOOTSTRAP_SERVERS"], enable_auto_commit=False
+    )
+    stamps, stop = Stamps(), asyncio.Event()
+    collector: asyncio.Task | None = None
+    try:
+        for service in services:
+            service.start()
+        for service in services:
+            await service.wait_ready()
+        await consumer.start()
+        await consumer._client.force_metadata_update()
+        partitions = [
+            TopicPartition(settings.topic(topic.value), partition)
+            for topic in (Topic.INTAKE, Topic.ROUTING)
+            for partition in consumer.partitions_for_topic(settings.topic(topic.value)) or ()
+        ]
+        consumer.assign(partitions)
+        await consumer.seek_to_end(*partitions)
+        collector = asyncio.create_task(stamps.collect(consumer, stop))
+        for number in range(args.rounds):
+            accepted = await _round(
+                run, stamps, rate=args.rate, seconds=args.seconds, first=number * 1_000_000
+            )
+            ids = [c for c in accepted if c in stamps.received and c in stamps.assigned]
+            print(f"round {number + 1}: {len(accepted)} accepted, {len(ids)} assigned")
+            if not ids:
+                continue
+            sent = {c: accepted[c][0] for c in ids}
+            answered = {c: accepted[c][1] for c in ids}
+            print(_line("POST", [answered[c] - sent[c] for c in ids]))
+            print(_line("201 → received event", [stamps.received[c] - answered[c] for c in ids]))
+            print(
+                _line(
+                    "received → assigned",
+                    [stamps.assigned[c] - stamps.received[c] for c in ids],
+                )
+            )
+            print(_line("201 → assigned", [stamps.assigned[c] - answered[c] for c in ids]))
+            for c in sorted(ids, key=lambda c: stamps.assigned[c] - answered[c])[-5:]:
+                print(
+                    f"    posted {datetime.fromtimestamp(sent[c]):%H:%M:%S.%f}"[:-3]
+                    + f"  POST {1000 * (answered[c] - sent[c]):5.0f} ms"
+                    + f"  routing {1000 * (stamps.assigned[c] - stamps.received[c]):5.0f} ms"
+                )
+    finally:
+        stop.set()
+        if collector is not None:
+            await collector
+        await consumer.stop()
+        for service in services:
+            service.stop()
+        await drop_run_databases(run)
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

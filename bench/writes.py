@@ -1,0 +1,169 @@
+"""What each of a complaint's operations costs the database server, one at a time:
+``python -m bench.writes`` (docs/performance.md).
+
+Builds a scratch database with intake's collections and their real indexes
+(``store.ensure_indexes``, ``postings.ensure_indexes``), stores ``--stored`` complaints in the
+service's own shape (``bench.search.seeded_complaint``), then runs each operation
+``--repeats`` times in a row and prints the server's CPU per operation (from /proc, so the
+local server only) and the client's wall time. ``--fold-facets`` replaces the six facet
+indexes (category, severity, channel, flags, breached, repeat) by one multikey index first,
+to see what the number of indexes costs the writes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from pymongo import AsyncMongoClient
+from pymongo.asynchronous.database import AsyncDatabase
+
+from bench.run import cpu_s, database_pid, infra_env
+from bench.search import seeded_complaint
+from complaints_shared.auth import Principal
+from intake import postings, store
+from intake.settings import IntakeSettings
+
+DATABASE = "bench_writes"
+FACET_INDEXES = (
+    "org_category_created",
+    "org_severity_created",
+    "org_channel_created",
+    "org_flags_created",
+    "org_breached",
+    "org_repeat",
+)
+
+
+async def _fold_facets(db: AsyncDatabase) -> None:
+    for name in FACET_INDEXES:
+        await db[store.COMPLAINTS].drop_index(name)
+    await db[store.COMPLAINTS].create_index(
+        [("org", 1), ("facets", 1), ("created_at", -1), ("_id", -1)], name="org_facets_created"
+    )
+
+
+def _facets(document: dict[str, Any]) -> list[str]:
+    return [
+        f"category:{document.get('category')}",
+        f"severity:{document.get('severity')}",
+        f"channel:{document.get('channel')}",
+        *(f"flag:{flag}" for flag in document.get("flags") or []),
+    ]
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--stored", type=int, default=2000)
+    parser.add_argument("--repeats", type=int, default=300)
+    parser.add_argument("--fold-facets", action="store_true")
+    args = parser.parse_args()
+    uri = infra_env()["MONGODB_URI"]
+    client = AsyncMongoClient(uri, tz_aware=True)
+    await client.drop_database(DATABASE)
+    db = client[DATABASE]
+    await store.ensure_indexes(db=db)
+    await postings.ensure_indexes(db=db)
+    if args.fold_facets:
+        await _fold_facets(db)
+    settings = IntakeSettings(
+        kafka_bootstrap_servers="unused:9092",
+        mongodb_uri=uri,
+        service_name="intake",
+        jwt_secret=os.environ.get("JWT_SECRET", "bench-secret-0123456789abcdef-0123"),
+    )
+    principal = Principal(subject="bench", org="demo", branches="*", roles=("admin",))
+    rng, numbers, now = random.Random(1), Counter(), datetime.now(UTC)
+
+    def complaint(sequence: int) -> dict[str, Any]:
+        document = seeded_complaint(
+            settings=settings,
+            principal=principal,
+            sequence=sequence,
+            rng=rng,
+            now=now,
+            numbers=numbers,
+        )
+        document["version"] = 1
+        del document["assignment"]  # as stored before routing's decision is projected
+        if args.fold_facets:
+            document["facets"] = _facets(document)
+        return document
+
+    server = database_pid()
+    try:
+        await db[store.COMPLAINTS].insert_many([complaint(n) for n in range(args.stored)])
+        new = [complaint(1_000_000 + n) for n in range(args.repeats)]
+        upserted = [complaint(2_000_000 + n) for n in range(args.repeats)]
+        complaints, postings_ = db[store.COMPLAINTS], db[postings.POSTINGS]
+        assignment = {
+            "department": "LZ:NETWORK",
+            "department_name": "Network",
+            "owner_id": "lz-o1",
+            "owner_name": "lz-o1",
+            "queued": False,
+            "assigned_at": now,
+        }
+
+        def projection(n: int) -> Awaitable[Any]:
+            # The shape of intake's projection of complaint.assigned through the kernel.
+            return complaints.update_one(
+                {"_id": new[n]["_id"], "version": 1},
+                {
+                    "$set": {
+                        "assignment": assignment,
+                        "acknowledge_due_at": now,
+                        "resolve_due_at": now,
+                        "status": "assigned",
+                        "updated_at": datetime.now(UTC),
+                    },
+                    "$inc": {"version": 1},
+                    "$push": {"timeline": {"at": now, "action": "assigned"}},
+                },
+            )
+
+        operations: list[tuple[str, Callable[[int], Awaitable[Any]]]] = [
+            ("complaint insert", lambda n: complaints.insert_one(new[n])),
+            ("posting insert", lambda n: postings_.insert_one(postings.posting(new[n]))),
+            (
+                "posting upsert (replace_one)",
+                lambda n: postings_.replace_one(
+                    {"_id": upserted[n]["_id"]}, postings.posting(upserted[n]), upsert=True
+                ),
+            ),
+            ("assignment projection (update)", projection),
+            ("read by _id", lambda n: complaints.find_one({"_id": new[n]["_id"]})),
+            (
+                "repeat lookup",
+                lambda n: complaints.find(
+                    {"org": "demo", "repeat_keys": {"$in": [f"p:{n}", f"e:{n}"]}}
+                ).to_list(None),
+            ),
+        ]
+        indexes = len(await complaints.index_information())
+        print(
+            f"{args.stored} complaints stored, {indexes} complaint indexes"
+            + (" (facets folded)" if args.fold_facets else "")
+        )
+        for label, operation in operations:
+            cpu, started = cpu_s(server), time.perf_counter()
+            for n in range(args.repeats):
+                await operation(n)
+            print(
+                f"  {label:<32} {1000 * (cpu_s(server) - cpu) / args.repeats:6.2f} ms server CPU"
+                f"  {1000 * (time.perf_counter() - started) / args.repeats:6.2f} ms wall"
+            )
+    finally:
+        await client.drop_database(DATABASE)
+        await client.close()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
