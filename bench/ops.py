@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
-import os
 import random
 import time
 
@@ -20,17 +19,13 @@ from pymongo import AsyncMongoClient
 
 from bench.run import (
     PORTS,
-    Run,
-    Service,
+    add_jwt_secret_argument,
     cpu_s,
     database_pid,
     drop_run_databases,
-    infra_env,
-    seed_routing,
+    prepared_run,
 )
 from bench.workload import complaint_body
-from complaints_shared.events import Topic
-from complaints_shared.kafka import ensure_topics
 from complaints_shared.outbox import PENDING_SINCE_FIELD
 
 SERVICES = ("intake", "routing", "followup")
@@ -63,15 +58,9 @@ async def main() -> None:
         action="store_true",
         help="profiler off (it costs the server CPU itself): database CPU per complaint only",
     )
-    parser.add_argument(
-        "--jwt-secret", default=os.environ.get("JWT_SECRET", "bench-secret-0123456789abcdef-0123")
-    )
+    add_jwt_secret_argument(parser)
     args = parser.parse_args()
-    run = Run(args=args, infra=infra_env())
-    settings = run.settings()
-    await ensure_topics(settings=settings, topics=[settings.topic(t.value) for t in Topic])
-    await seed_routing(run)
-    services = [Service(name, port, run.env(name)) for name, port in PORTS.items()]
+    run, services = await prepared_run(args)
     client = AsyncMongoClient(run.infra["MONGODB_URI"], tz_aware=True)
     databases = {name: client[f"bench{run.run_id}_{name}"] for name in SERVICES}
     try:

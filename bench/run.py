@@ -294,6 +294,22 @@ async def seed_routing(run: Run, database_suffix: str = "") -> None:
         await client.close()
 
 
+def add_jwt_secret_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--jwt-secret", default=os.environ.get("JWT_SECRET", "bench-secret-0123456789abcdef-0123")
+    )
+
+
+async def prepared_run(args: argparse.Namespace) -> tuple[Run, list[Service]]:
+    """A run of its own: its topics created, routing's directory seeded, and its three
+    services (not started yet)."""
+    run = Run(args=args, infra=infra_env())
+    settings = run.settings()
+    await ensure_topics(settings=settings, topics=[settings.topic(t.value) for t in Topic])
+    await seed_routing(run)
+    return run, [Service(name, port, run.env(name)) for name, port in PORTS.items()]
+
+
 async def drop_run_databases(run: Run) -> None:
     client = AsyncMongoClient(run.infra["MONGODB_URI"])
     try:
@@ -836,19 +852,12 @@ async def main() -> None:
         help="further end-to-end rates per s, to show where the latency target holds",
     )
     parser.add_argument("--workers", type=int, default=int(os.environ.get("UVICORN_WORKERS", "1")))
-    parser.add_argument(
-        "--jwt-secret", default=os.environ.get("JWT_SECRET", "bench-secret-0123456789abcdef-0123")
-    )
+    add_jwt_secret_argument(parser)
     args = parser.parse_args()
-    run = Run(args=args, infra=infra_env())
+    run, services = await prepared_run(args)
     print(
         f"bench run {run.run_id}: services with {args.workers} uvicorn worker(s) each", flush=True
     )
-    await ensure_topics(
-        settings=run.settings(), topics=[run.settings().topic(t.value) for t in Topic]
-    )
-    await seed_routing(run)
-    services = [Service(name, port, run.env(name)) for name, port in PORTS.items()]
     result: dict[str, Any] = {
         "started_at": datetime.now(UTC).isoformat(),
         "machine": machine(),

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import random
 import time
 from datetime import datetime
@@ -25,16 +24,14 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from bench.run import (
     PORTS,
     Run,
-    Service,
+    add_jwt_secret_argument,
     drop_run_databases,
-    infra_env,
     percentile,
-    seed_routing,
+    prepared_run,
 )
 from bench.workload import complaint_body
 from complaints_shared.envelope import from_kafka_record
 from complaints_shared.events import EventType, Topic
-from complaints_shared.kafka import ensure_topics
 
 
 class Stamps:
@@ -101,16 +98,14 @@ async def main() -> None:
     parser.add_argument("--rate", type=float, default=15.0)
     parser.add_argument("--seconds", type=float, default=30.0, help="per round")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--workers", type=int, default=1)
     parser.add_argument(
-        "--jwt-secret", default=os.environ.get("JWT_SECRET", "bench-secret-0123456789abcdef-0123")
+        "--settle-s", type=float, default=0.0, help="wait after the services are ready"
     )
+    parser.add_argument("--workers", type=int, default=1)
+    add_jwt_secret_argument(parser)
     args = parser.parse_args()
-    run = Run(args=args, infra=infra_env())
+    run, services = await prepared_run(args)
     settings = run.settings()
-    await ensure_topics(settings=settings, topics=[settings.topic(t.value) for t in Topic])
-    await seed_routing(run)
-    services = [Service(name, port, run.env(name)) for name, port in PORTS.items()]
     consumer = AIOKafkaConsumer(
         bootstrap_servers=run.infra["KAFKA_BOOTSTRAP_SERVERS"], enable_auto_commit=False
     )
@@ -131,6 +126,7 @@ async def main() -> None:
         consumer.assign(partitions)
         await consumer.seek_to_end(*partitions)
         collector = asyncio.create_task(stamps.collect(consumer, stop))
+        await asyncio.sleep(args.settle_s)
         for number in range(args.rounds):
             accepted = await _round(
                 run, stamps, rate=args.rate, seconds=args.seconds, first=number * 1_000_000

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from datetime import date, time, timedelta
 
 from complaints_shared.business_calendar import BusinessCalendar
@@ -52,3 +54,25 @@ def test_split_opening_hours_and_end_of_day() -> None:
     assert calendar.add_business_time(monday_11_local, timedelta(hours=2)) == utc(2026, 11, 30, 7)
     assert calendar.end_of_business_day(monday_11_local) == utc(2026, 11, 30, 10)
     assert calendar.add_business_days(monday_11_local, 1) == utc(2026, 12, 7, 3)
+
+
+def test_warm_up_loads_the_holiday_rules_a_first_complaint_would_otherwise_wait_for() -> None:
+    """The holidays library imports its country modules on first use (0.3–0.8 s); a fresh
+    interpreter shows it lazy, and loaded once ``warm_up`` has run."""
+    probe = (
+        "import sys\n"
+        "from datetime import UTC, datetime\n"
+        "from complaints_shared import business_calendar\n"
+        "{warm}\n"
+        "print('holidays.countries.china' in sys.modules)\n"
+    )
+    results = [
+        subprocess.run(
+            [sys.executable, "-c", probe.format(warm=warm)],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        for warm in ("", "business_calendar.warm_up(now=datetime.now(UTC))")
+    ]
+    assert results == ["False", "True"]

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 
 from fastapi import FastAPI
 
+from complaints_shared import business_calendar
 from complaints_shared.clock import Clock
 from complaints_shared.events import Topic
 from complaints_shared.http import build_app
@@ -28,6 +31,8 @@ def create_app(settings: RoutingSettings | None = None, *, clock: Clock | None =
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # The holiday tables load slowly: at start and off the loop, not in a complaint's routing.
+        await asyncio.to_thread(business_calendar.warm_up, now=datetime.now(UTC))
         scheduler = SlaScheduler(settings=settings)
         async with service_runtime(
             app=app,
