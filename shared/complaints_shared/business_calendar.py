@@ -170,13 +170,11 @@ class BusinessCalendar:
 
 
 def warm_up(*, now: datetime) -> None:
-    """Load the default country's holiday rules and fill this year and the next, at start.
+    """Load the ``holidays`` library's country rules once, at start.
 
-    The ``holidays`` library imports a country's module on first use (compiling its source
-    where no bytecode is cached): 0.3–0.8 s measured, which stalled whichever complaint
-    first needed a business calendar (``python -m bench.stages``: one stall of ~0.4–0.8 s
-    some seconds into the first load). Other countries still load on their first use.
+    The library imports its country modules on first use (compiling their source where no
+    bytecode is cached): 0.3–0.8 s measured, which stalled whichever complaint first needed
+    a business calendar (``python -m bench.stages``: one stall of ~0.4–0.8 s some seconds
+    into the first load). Each calendar still fills its own years on first use (far less).
     """
-    calendar = BusinessCalendar()
-    for year in (now.year, now.year + 1):
-        calendar.is_working_day(date(year, 1, 1))
+    BusinessCalendar().is_working_day(now.date())
