@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager, suppress
@@ -16,10 +17,12 @@ from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import (
     AutoReconnect,
+    BulkWriteError,
     DuplicateKeyError,
     OperationFailure,
     PyMongoError,
     ServerSelectionTimeoutError,
+    WriteError,
 )
 
 from complaints_shared.logs import get_logger
@@ -268,6 +271,108 @@ def by_ids(ids: list[Any], query: Mapping[str, Any] | None = None) -> dict[str, 
     """
     rest = {field: condition for field, condition in (query or {}).items() if field != "_id"}
     return {"_id": {"$in": list(ids)}, **rest}
+
+
+# Documents one ``insert_many`` of ``insert_batched`` takes at most.
+INSERT_BATCH_MAX = 100
+# Duplicate key codes a write error may carry (as PyMongo's own insert_one reads them).
+_DUPLICATE_KEY_CODES = {11000, 11001, 12582}
+
+
+@dataclasses.dataclass
+class _WaitingInserts:
+    """A collection's inserts waiting for the one ``insert_many`` in flight."""
+
+    collection: AsyncCollection
+    waiting: list[tuple[dict[str, Any], asyncio.Future[None]]] = dataclasses.field(
+        default_factory=list
+    )
+    sender: asyncio.Task[None] | None = None
+
+
+# Per event loop, client and collection; an entry lives while its inserts are in flight.
+_waiting_inserts: dict[tuple[int, int, str], _WaitingInserts] = {}
+
+
+async def insert_batched(collection: AsyncCollection, document: dict[str, Any]) -> None:
+    """``collection.insert_one(document)``, sent in one ``insert_many`` with the inserts of
+    the same collection that arrive while one is in flight (a group commit).
+
+    Each caller gets what its own insert would have given: None, or the
+    ``DuplicateKeyError`` / ``WriteError`` of its document alone (the batch is unordered,
+    so one document's clash stops no other), or the error of the whole batch (a dropped
+    connection: the caller's ``retrying`` repeats its own insert, as with insert_one).
+    Nothing waits for company: an insert arriving with none in flight is sent at once, so
+    batches only form while the server is busy, and then each document costs it less
+    (SecantusDB: 1.2 ms instead of 1.9–2.2 per complaint in batches of 10, since its
+    per-statement work on every index is paid once; docs/mongodb-compatibility.md).
+    """
+    loop = asyncio.get_running_loop()
+    key = (id(loop), id(collection.database.client), collection.full_name)
+    inserts = _waiting_inserts.get(key)
+    if inserts is None or inserts.sender is None or inserts.sender.done():
+        inserts = _waiting_inserts[key] = _WaitingInserts(collection)
+        inserts.sender = loop.create_task(_send_inserts(key, inserts))
+    done: asyncio.Future[None] = loop.create_future()
+    inserts.waiting.append((document, done))
+    await done
+
+
+async def _send_inserts(key: tuple[int, int, str], inserts: _WaitingInserts) -> None:
+    """Send what waits, one ``insert_many`` at a time, until nothing does."""
+    try:
+        while inserts.waiting:
+            batch = inserts.waiting[:INSERT_BATCH_MAX]
+            del inserts.waiting[: len(batch)]
+            await _insert_batch(inserts.collection, batch)
+    finally:
+        if _waiting_inserts.get(key) is inserts:
+            del _waiting_inserts[key]
+        for _, done in inserts.waiting:  # only when cancelled (the loop is closing)
+            if not done.done():
+                done.cancel()
+
+
+async def _insert_batch(
+    collection: AsyncCollection, batch: list[tuple[dict[str, Any], asyncio.Future[None]]]
+) -> None:
+    errors: dict[int, BaseException] = {}
+    try:
+        await collection.insert_many([document for document, _ in batch], ordered=False)
+    except BulkWriteError as exc:
+        for error in exc.details.get("writeErrors", []):
+            kind = DuplicateKeyError if error.get("code") in _DUPLICATE_KEY_CODES else WriteError
+            errors[error["index"]] = kind(error.get("errmsg"), error.get("code"), error)
+        if exc.details.get("writeConcernErrors"):
+            errors = {index: errors.get(index, exc) for index in range(len(batch))}
+    except AutoReconnect as exc:  # the connection or the server went: each caller retries
+        errors = dict.fromkeys(range(len(batch)), exc)
+    except Exception as exc:
+        if len(batch) == 1:
+            errors = {0: exc}
+        else:  # refused whole (a document that cannot be encoded): each on its own
+            await asyncio.gather(*(_insert_one(collection, *waiting) for waiting in batch))
+            return
+    for index, (_, done) in enumerate(batch):
+        if done.done():
+            continue  # its caller was cancelled
+        if index in errors:
+            done.set_exception(errors[index])
+        else:
+            done.set_result(None)
+
+
+async def _insert_one(
+    collection: AsyncCollection, document: dict[str, Any], done: asyncio.Future[None]
+) -> None:
+    try:
+        await collection.insert_one(document)
+    except Exception as exc:
+        if not done.done():
+            done.set_exception(exc)
+    else:
+        if not done.done():
+            done.set_result(None)
 
 
 def is_id_clash(exc: DuplicateKeyError) -> bool:

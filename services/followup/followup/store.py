@@ -29,6 +29,7 @@ from pymongo.errors import DuplicateKeyError
 from complaints_shared import aggregate
 from complaints_shared.aggregate import Aggregate, Decide
 from complaints_shared.auth import Principal
+from complaints_shared.mongo import insert_batched
 from complaints_shared.pagination import Page
 from complaints_shared.problems import ProblemError
 from complaints_shared.timers import FAILURE_FIELDS
@@ -107,7 +108,7 @@ async def change(
 async def insert_check(*, db: AsyncDatabase, document: dict[str, Any]) -> bool:
     """Store a new check; False when it exists already (its event was delivered before)."""
     try:
-        await db[CHECKS].insert_one(document)
+        await insert_batched(db[CHECKS], document)
     except DuplicateKeyError:
         return False
     aggregate.inserted(db=db, aggregate=CHECK, document=document)

@@ -27,7 +27,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
 from complaints_shared.auth import Principal
-from complaints_shared.mongo import lease_kept, retrying
+from complaints_shared.mongo import insert_batched, lease_kept, retrying
 from complaints_shared.problems import ProblemError
 from intake.settings import IntakeSettings
 
@@ -119,7 +119,7 @@ async def reserve(
             "expires_at": datetime.now(UTC) + timedelta(seconds=settings.idempotency_key_ttl_s),
         }
         try:
-            await retrying(keys.insert_one, reservation)
+            await retrying(insert_batched, keys, reservation)
             return Reservation(key_id=key_id, complaint_id=complaint_id, holder=holder)
         except DuplicateKeyError:
             pass

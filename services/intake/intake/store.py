@@ -20,7 +20,13 @@ from complaints_shared import aggregate
 from complaints_shared.aggregate import Aggregate
 from complaints_shared.auth import Principal
 from complaints_shared.events import EventData, EventType
-from complaints_shared.mongo import as_stored, ensure_index, merge_updates, retrying
+from complaints_shared.mongo import (
+    as_stored,
+    ensure_index,
+    insert_batched,
+    merge_updates,
+    retrying,
+)
 from intake.lifecycle import Status
 from intake.models import ComplaintRead
 from intake.repeats import repeat_buckets, repeat_keys
@@ -129,7 +135,7 @@ async def find(*, db: AsyncDatabase, complaint_id: str) -> dict[str, Any] | None
 
 async def insert(*, db: AsyncDatabase, document: dict[str, Any]) -> dict[str, Any]:
     """Store a new complaint (``registration.new_document``); returns it as stored."""
-    await retrying(db[COMPLAINTS].insert_one, document)
+    await retrying(insert_batched, db[COMPLAINTS], document)
     aggregate.inserted(db=db, aggregate=COMPLAINT, document=document)
     return as_stored(document)
 

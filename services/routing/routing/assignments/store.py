@@ -17,7 +17,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from complaints_shared import aggregate
 from complaints_shared.aggregate import Aggregate, Decide
 from complaints_shared.auth import Principal
-from complaints_shared.mongo import ensure_index
+from complaints_shared.mongo import ensure_index, insert_batched
 from complaints_shared.pagination import Page
 from complaints_shared.problems import not_found
 from routing import audit
@@ -139,7 +139,7 @@ async def open_loads(*, db: AsyncDatabase, org: str, staff_ids: list[str]) -> di
 
 async def insert(*, db: AsyncDatabase, document: dict[str, Any]) -> None:
     """Store a new assignment; DuplicateKeyError when its id or its owner slot is taken."""
-    await db[ASSIGNMENTS].insert_one(document)
+    await insert_batched(db[ASSIGNMENTS], document)
     aggregate.inserted(db=db, aggregate=ASSIGNMENT, document=document)
 
 
