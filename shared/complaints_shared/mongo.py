@@ -290,8 +290,9 @@ class _WaitingInserts:
     sender: asyncio.Task[None] | None = None
 
 
-# Per event loop, client and collection; an entry lives while its inserts are in flight.
-_waiting_inserts: dict[tuple[int, int, str], _WaitingInserts] = {}
+# Per event loop, client, collection and the options its documents are sent with; an entry
+# lives while its inserts are in flight.
+_waiting_inserts: dict[tuple[Any, ...], _WaitingInserts] = {}
 
 
 async def insert_batched(collection: AsyncCollection, document: dict[str, Any]) -> None:
@@ -308,7 +309,13 @@ async def insert_batched(collection: AsyncCollection, document: dict[str, Any]) 
     per-statement work on every index is paid once; docs/mongodb-compatibility.md).
     """
     loop = asyncio.get_running_loop()
-    key = (id(loop), id(collection.database.client), collection.full_name)
+    key = (
+        id(loop),
+        id(collection.database.client),
+        collection.full_name,
+        repr(collection.codec_options),
+        repr(collection.write_concern.document),
+    )
     inserts = _waiting_inserts.get(key)
     if inserts is None or inserts.sender is None or inserts.sender.done():
         inserts = _waiting_inserts[key] = _WaitingInserts(collection)
@@ -318,7 +325,7 @@ async def insert_batched(collection: AsyncCollection, document: dict[str, Any]) 
     await done
 
 
-async def _send_inserts(key: tuple[int, int, str], inserts: _WaitingInserts) -> None:
+async def _send_inserts(key: tuple[Any, ...], inserts: _WaitingInserts) -> None:
     """Send what waits, one ``insert_many`` at a time, until nothing does."""
     try:
         while inserts.waiting:
