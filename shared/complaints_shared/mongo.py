@@ -361,12 +361,7 @@ async def _insert_batch(
             await asyncio.gather(*(_insert_one(collection, *waiting) for waiting in batch))
             return
     for index, (_, done) in enumerate(batch):
-        if done.done():
-            continue  # its caller was cancelled
-        if index in errors:
-            done.set_exception(errors[index])
-        else:
-            done.set_result(None)
+        _settle(done, errors.get(index))
 
 
 async def _insert_one(
@@ -375,11 +370,19 @@ async def _insert_one(
     try:
         await collection.insert_one(document)
     except Exception as exc:
-        if not done.done():
-            done.set_exception(exc)
+        _settle(done, exc)
     else:
-        if not done.done():
-            done.set_result(None)
+        _settle(done, None)
+
+
+def _settle(done: asyncio.Future[None], error: BaseException | None) -> None:
+    """Give a waiting caller its insert's outcome (unless it was cancelled meanwhile)."""
+    if done.done():
+        return
+    if error is None:
+        done.set_result(None)
+    else:
+        done.set_exception(error)
 
 
 def is_id_clash(exc: DuplicateKeyError) -> bool:
