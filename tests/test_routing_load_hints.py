@@ -202,3 +202,66 @@ async def test_the_desk_is_kept_a_moment_and_follows_this_processs_own_assignmen
     await directory_store.desk(db=db, org="demo", department_id=department)
     assert len(reads) == 3  # too old: read again (other replicas' assignments show)
     await client.close()
+
+
+async def test_a_hint_behind_tries_the_slots_above_it_before_reading_every_assignment(
+    system_factory: SystemFactory,
+) -> None:
+    """Another replica took the next slots since this one read its desk: the slots above
+    the hint are tried in the same indexed read; only when they are all taken are the
+    owner's open assignments read, and a gap below is then found."""
+    system = await system_factory()
+    finds: list[dict] = []
+
+    class AssignmentFinds(monitoring.CommandListener):
+        def started(self, event: monitoring.CommandStartedEvent) -> None:
+            if event.command_name == "find" and event.command.get("find") == "assignments":
+                finds.append(event.command["filter"])
+
+        def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+            pass
+
+        def failed(self, event: monitoring.CommandFailedEvent) -> None:
+            pass
+
+    client = AsyncMongoClient(
+        system.routing_settings.mongodb_uri, tz_aware=True, event_listeners=[AssignmentFinds()]
+    )
+    db = client[routing_db(system).name]
+
+    async def hold(*numbers: int) -> None:
+        await db.assignments.insert_many(
+            [
+                {
+                    "_id": f"held-{n}",
+                    "org": "demo",
+                    "owner_id": "owner-x",
+                    "status": "open",
+                    **owners.slot_fields("demo", "owner-x", n),
+                }
+                for n in numbers
+            ]
+        )
+
+    await hold(0, 1, 2)  # the hint says 1: slots 1 and 2 went to another replica meanwhile
+    slot = await owners.likely_free_slot(db=db, org="demo", owner_id="owner-x", guess=1, limit=9)
+    assert slot == 3
+    assert len(finds) == 1 and "owner_slot" in finds[0]
+
+    await hold(3, 4, 5, 6)
+    await db.assignments.delete_one({"_id": "held-0"})  # a gap below the hint
+    finds.clear()
+    slot = await owners.likely_free_slot(db=db, org="demo", owner_id="owner-x", guess=3, limit=9)
+    assert slot == 0
+    assert len(finds) == 2 and finds[1].get("owner_id") == "owner-x"
+
+    # Never at or beyond the capacity, whatever the hint says.
+    assert (
+        await owners.likely_free_slot(db=db, org="demo", owner_id="owner-x", guess=7, limit=7) == 0
+    )
+    await hold(0)
+    assert (
+        await owners.likely_free_slot(db=db, org="demo", owner_id="owner-x", guess=5, limit=7)
+        is None
+    )
+    await client.close()

@@ -57,20 +57,33 @@ async def free_slot(*, db: AsyncDatabase, org: str, owner_id: str, limit: int | 
     return number
 
 
+# Slots from the load hint up that one indexed read tries before the owner's slots are read.
+LIKELY_SLOTS = 4
+
+
 async def likely_free_slot(
     *, db: AsyncDatabase, org: str, owner_id: str, guess: int, limit: int | None
 ) -> int | None:
-    """A free slot, trying ``guess`` (the load hint) with one indexed lookup first.
+    """A free slot, trying ``guess`` (the load hint) and the few above it with one indexed
+    read first.
 
-    Without gaps an owner holding n slots holds 0..n-1, so slot n is free; when the
-    guess is taken (a gap below, or a stale hint) the owner's slots are scanned.
+    Without gaps an owner holding n slots holds 0..n-1, so slot n is free. A hint that is
+    behind (another replica took the next slots since this one read the desk) is behind by
+    a few: the slots above it are tried in the same read. Only when all of them are taken
+    (a gap below, or a hint far off) are the owner's open assignments read, every one.
     """
-    if limit is None or guess < limit:
-        taken = await db[store.ASSIGNMENTS].find_one(
-            {"owner_slot": slot_key(org, owner_id, guess)}, projection={"_id": 1}
-        )
-        if taken is None:
-            return guess
+    numbers = [n for n in range(guess, guess + LIKELY_SLOTS) if limit is None or n < limit]
+    if numbers:
+        keys = {slot_key(org, owner_id, n): n for n in numbers}
+        taken = {
+            doc["owner_slot"]
+            async for doc in db[store.ASSIGNMENTS].find(
+                {"owner_slot": {"$in": list(keys)}}, projection={"owner_slot": 1, "_id": 0}
+            )
+        }
+        free = [n for key, n in keys.items() if key not in taken]
+        if free:
+            return free[0]
     return await free_slot(db=db, org=org, owner_id=owner_id, limit=limit)
 
 
