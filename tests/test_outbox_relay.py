@@ -278,6 +278,45 @@ async def test_published_events_are_released_together_and_before_stopping(system
     assert counter.updates == 2
 
 
+async def test_each_document_waits_the_release_delay_from_its_own_publication(
+    system: System,
+) -> None:
+    """A release takes the documents whose events went out the delay ago or earlier, not
+    the younger ones beside them: a document's next write (routing's decision, for a
+    complaint) keeps the whole delay to take its events out itself. The relay's polls
+    meanwhile send none of the owed events again."""
+    probe = await _probe(system)
+    relay, counter = await _counted_relay(probe, outbox_release_delay_s=2.0)
+    task = asyncio.create_task(relay.run())
+    name = probe.collection.name
+
+    async def released(document_id: str) -> bool:
+        stored = await probe.collection.find_one({"_id": document_id})
+        return PENDING_SINCE_FIELD not in stored
+
+    try:
+        older, younger = str(uuid.uuid4()), str(uuid.uuid4())
+        entries = [_entry(probe.settings) for _ in range(2)]
+        await probe.collection.insert_one({"_id": older, **outbox_fields([entries[0]])})
+        relay.notify()
+        await eventually(lambda: relay.owed(collection=name) == 1, what="the older published")
+        await asyncio.sleep(1.2)
+        await probe.collection.insert_one({"_id": younger, **outbox_fields([entries[1]])})
+        relay.notify()
+        await eventually(lambda: relay.owed(collection=name) == 2, what="the younger published")
+
+        await eventually(lambda: released(older), timeout_s=5, what="the older released")
+        assert not await released(younger)  # out for about 1.3 s of its 2
+        assert counter.updates == 1 and relay.owed(collection=name) == 1
+        await eventually(lambda: released(younger), timeout_s=5, what="the younger released")
+        assert counter.updates == 2
+        published = await _published_ids(probe.settings, probe.topic, expected=2)
+        assert sorted(published) == sorted(entry["id"] for entry in entries)  # once each
+    finally:
+        await relay.stop()
+        await task
+
+
 async def test_written_events_go_out_from_the_announcement_without_a_read(
     system: System,
 ) -> None:

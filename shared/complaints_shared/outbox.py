@@ -30,6 +30,7 @@ from complaints_shared.events import EventPayload, EventType, topic_of
 from complaints_shared.kafka import EventProducer
 from complaints_shared.logs import get_logger
 from complaints_shared.metrics import EVENTS_PUBLISHED, OUTBOX_PUBLISH_FAILURES
+from complaints_shared.mongo import by_ids
 from complaints_shared.settings import ServiceSettings
 from complaints_shared.timing import wait_event
 
@@ -42,6 +43,9 @@ LEASES = "outbox_leases"
 # How many removed event ids, and for how long, the relay remembers (``_note_removed``).
 REMOVED_KEPT = 20_000
 REMOVED_KEPT_S = 120.0
+# A release is written once the longest-waiting document has waited this many delays, and
+# takes every document that has waited one: one write per quarter of the delay at most.
+RELEASE_DUE_FACTOR = 1.25
 
 
 def outbox_entry(*, event_type: EventType, data: EventPayload, settings: ServiceSettings) -> dict:
@@ -159,9 +163,14 @@ class OutboxRelay:
     once it expires). The leader reads up to ``outbox_batch_size`` documents with
     pending events and sends all their events without waiting on each. The
     events acknowledged (in order, per document) are removed later, together:
-    every ``outbox_release_delay_s`` one write releases all that was published
-    meanwhile, instead of one write per batch; until then those documents are
-    left out of the relay's reads, and a relay that stops releases them first.
+    every ``outbox_release_delay_s`` (or once ``outbox_release_max_documents`` wait)
+    one write releases all that was published meanwhile, instead of one write per
+    batch; until then those documents are left out of the relay's reads, and a relay
+    that stops releases them first. Most never need it: a document's next write (a
+    complaint's is routing's decision) takes its published events out with it. The
+    delay is long enough to cover that next write even when the pipeline runs seconds
+    behind: a release of its own rewrites every index entry of the document on the
+    local server (docs/mongodb-compatibility.md).
     (A crash before the release only publishes them again, which the idempotent
     consumers absorb.) A write of this process hands it the document's outbox as
     written (``record_written``): the leader publishes that at once without reading
@@ -200,9 +209,11 @@ class OutboxRelay:
         self._poll_interval_s = {c: settings.outbox_poll_interval_s for c in collections}
         self._next_poll = {c: time.monotonic() for c in collections}
         # Per collection: events published but not yet removed (document id -> event ids),
-        # and since when (monotonic) the oldest of them waits.
+        # since when (monotonic) each document waits, in that order, and when a release
+        # that failed is tried again.
         self._unreleased: dict[str, dict[Any, list[str]]] = {c: {} for c in collections}
-        self._unreleased_since: dict[str, float] = {}
+        self._unreleased_since: dict[str, dict[Any, float]] = {c: {} for c in collections}
+        self._release_retry_at: dict[str, float] = {}
         # Documents whose published events writes of this process are removing right now
         # (several writers of one document each hold what they were handed).
         self._handed_over: dict[str, dict[Any, list[str]]] = {c: {} for c in collections}
@@ -238,9 +249,8 @@ class OutboxRelay:
         if database != self._db.name or not waiting or document_id not in waiting:
             return []
         event_ids = waiting.pop(document_id)
+        self._unreleased_since[collection].pop(document_id, None)
         self._handed_over[collection].setdefault(document_id, []).extend(event_ids)
-        if not waiting:
-            self._unreleased_since.pop(collection, None)
         return event_ids
 
     def handed_back(
@@ -265,8 +275,7 @@ class OutboxRelay:
         if removed:
             self._note_removed(event_ids)
         else:
-            self._unreleased[collection].setdefault(document_id, []).extend(event_ids)
-            self._unreleased_since.setdefault(collection, time.monotonic())
+            self._owe(collection, {document_id: event_ids})
             self._wake.set()
 
     def document_written(
@@ -323,38 +332,75 @@ class OutboxRelay:
                         self._next_poll.values(),
                         default=time.monotonic() + self._settings.outbox_idle_poll_interval_s,
                     )
-                    if self._unreleased_since:
-                        release_at = min(self._unreleased_since.values())
-                        wake_at = min(wake_at, release_at + self._settings.outbox_release_delay_s)
+                    release_at = self._next_release_at()
+                    if release_at is not None:
+                        wake_at = min(wake_at, release_at)
                     await wait_event(self._wake, timeout_s=max(0.0, wake_at - time.monotonic()))
         finally:
             await self._release_due(everything=True)
             await self._give_up_leases()
 
+    def _owe(self, collection: str, sent: dict[Any, list[str]]) -> None:
+        """Note published events to remove; each document waits from its first of them."""
+        waiting = self._unreleased[collection]
+        since = self._unreleased_since[collection]
+        now = time.monotonic()
+        for document_id, event_ids in sent.items():
+            waiting.setdefault(document_id, []).extend(event_ids)
+            since.setdefault(document_id, now)
+
+    def _next_release_at(self) -> float | None:
+        """When the next release is due: once the longest-waiting document of a collection
+        has waited the delay and a quarter, so one write takes all that waited the delay
+        (or at the retry time of a release that failed)."""
+        times = []
+        for collection, since in self._unreleased_since.items():
+            if since:
+                oldest = next(iter(since.values()))
+                due = oldest + RELEASE_DUE_FACTOR * self._settings.outbox_release_delay_s
+                times.append(max(due, self._release_retry_at.get(collection, due)))
+        return min(times, default=None)
+
     async def _release_due(self, *, everything: bool = False) -> None:
         """Release what waited ``outbox_release_delay_s`` (all of it when stopping)."""
         now = time.monotonic()
-        for collection, since in list(self._unreleased_since.items()):
-            if everything or now - since >= self._settings.outbox_release_delay_s:
+        delay = self._settings.outbox_release_delay_s
+        for collection, since in self._unreleased_since.items():
+            if not since or (not everything and now < self._release_retry_at.get(collection, now)):
+                continue
+            if everything or now - next(iter(since.values())) >= RELEASE_DUE_FACTOR * delay:
                 try:
-                    await self.release_published(collection=collection)
+                    await self.release_published(
+                        collection=collection, waited_s=None if everything else delay
+                    )
                 except Exception as exc:  # Mongo away: try again after another delay
-                    self._unreleased_since[collection] = time.monotonic()
+                    self._release_retry_at[collection] = time.monotonic() + delay
                     log.warning("outbox_release_failed", error=repr(exc))
 
-    async def release_published(self, *, collection: str) -> None:
-        """Remove every published, not yet removed event of ``collection`` in one write."""
+    async def release_published(self, *, collection: str, waited_s: float | None = None) -> None:
+        """Remove the published, not yet removed events of ``collection`` in one write: of
+        the documents that waited ``waited_s`` or longer (all when None)."""
         waiting = self._unreleased[collection]
-        if not waiting:
-            self._unreleased_since.pop(collection, None)
+        since = self._unreleased_since[collection]
+        now = time.monotonic()
+        released = {
+            document_id: list(event_ids)
+            for document_id, event_ids in waiting.items()
+            if waited_s is None or now - since[document_id] >= waited_s
+        }
+        self._release_retry_at.pop(collection, None)
+        if not released:
             return
-        released = dict(waiting)
         await self._release(collection=collection, sent=released)
         for document_id, event_ids in released.items():
-            waiting.pop(document_id, None)
+            # Events noted meanwhile (a writer gave back what it could not remove) stay.
+            left = [e for e in waiting.get(document_id, ()) if e not in event_ids]
+            if left:
+                waiting[document_id] = left
+            else:
+                waiting.pop(document_id, None)
+                since.pop(document_id, None)
             self._note_removed(event_ids)
-        if not waiting:
-            self._unreleased_since.pop(collection, None)
 
     def _poll_again(self, collection: str, *, found_unannounced: bool, empty: bool = False) -> None:
         """Schedule the next poll: soon after a surprise, later after each empty poll."""
@@ -376,17 +422,35 @@ class OutboxRelay:
         once when it is 0)."""
         if not await self._lead(collection):
             return 0
+        pending = self._db[collection]
         query: dict[str, Any] = {PENDING_SINCE_FIELD: {"$lte": _relay_time()}}
-        published = [*self._unreleased[collection], *self._handed_over[collection]]
-        if published:  # published already, their removal still to come
-            query["_id"] = {"$nin": published}
-        documents = (
-            await self._db[collection]
-            .find(query, projection={OUTBOX_FIELD: 1})
-            .sort(PENDING_SINCE_FIELD, 1)
-            .limit(self._settings.outbox_batch_size)
-            .to_list(None)
-        )
+        batch = self._settings.outbox_batch_size
+        # Documents published already (their removal still to come) are left out here, not
+        # by a ``$nin`` of hundreds of ids (the local server compares every document with
+        # the whole list), and their outboxes are not read.
+        published = {*self._unreleased[collection], *self._handed_over[collection]}
+        if not published:
+            documents = await (
+                pending.find(query, projection={OUTBOX_FIELD: 1})
+                .sort(PENDING_SINCE_FIELD, 1)
+                .limit(batch)
+                .to_list(None)
+            )
+        else:
+            oldest = await (
+                pending.find(query, projection={"_id": 1})
+                .sort(PENDING_SINCE_FIELD, 1)
+                .limit(batch + len(published))
+                .to_list(None)
+            )
+            ids = [found["_id"] for found in oldest if found["_id"] not in published][:batch]
+            found = (
+                await pending.find(by_ids(ids, query), projection={OUTBOX_FIELD: 1}).to_list(None)
+                if ids
+                else []
+            )
+            by_id = {document["_id"]: document for document in found}
+            documents = [by_id[document_id] for document_id in ids if document_id in by_id]
         await self._publish(collection=collection, documents=documents)
         return len(documents)
 
@@ -417,17 +481,13 @@ class OutboxRelay:
         """Send the events of ``documents`` and note what to release."""
         if not documents:
             return
-        waiting = self._unreleased[collection]
         sent: dict[Any, list[str]] = {}
         try:
             sent = await self._send(documents)
         finally:
-            for document_id, event_ids in sent.items():
-                waiting.setdefault(document_id, []).extend(event_ids)
-            if waiting:
-                self._unreleased_since.setdefault(collection, time.monotonic())
+            self._owe(collection, sent)
             if self._settings.outbox_release_delay_s == 0 or (
-                len(waiting) >= self._settings.outbox_batch_size
+                len(self._unreleased[collection]) >= self._settings.outbox_release_max_documents
             ):
                 await self.release_published(collection=collection)
 

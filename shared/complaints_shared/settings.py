@@ -91,11 +91,17 @@ class ServiceSettings(BaseSettings):
         "longest the first event a standby replica writes after a quiet spell waits.",
     )
     outbox_release_delay_s: float = Field(
-        1.0,
+        5.0,
         ge=0,
         description="How long the relay collects published events before removing them from "
-        "their documents in one write (0: one write per batch). A crash within it only "
-        "publishes them again.",
+        "their documents in one write (0: one write per batch), unless a document's next "
+        "write takes them out first. A crash within it only publishes them again.",
+    )
+    outbox_release_max_documents: int = Field(
+        500,
+        ge=1,
+        description="Documents whose published events the relay collects at most before it "
+        "removes them, whatever outbox_release_delay_s says.",
     )
     outbox_batch_size: int = Field(
         100, ge=1, description="Documents the outbox relay claims and publishes per round."
