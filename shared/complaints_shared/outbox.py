@@ -43,6 +43,10 @@ LEASES = "outbox_leases"
 # How many removed event ids, and for how long, the relay remembers (``_note_removed``).
 REMOVED_KEPT = 20_000
 REMOVED_KEPT_S = 120.0
+# A document a poll finds pending for less than this may be a write of this process whose
+# announcement is on its way (under load, seconds after the document was built): only older
+# ones make the polls hurry.
+IN_FLIGHT_S = 1.0
 # A release is written once the longest-waiting document has waited this many delays, and
 # takes every document that has waited one: one write per quarter of the delay at most.
 RELEASE_DUE_FACTOR = 1.25
@@ -144,6 +148,11 @@ def record_stored(collection: str, *, database: str, document: dict[str, Any]) -
         )
 
 
+def _aware(moment: datetime) -> datetime:
+    """A stored date as UTC (a client without ``tz_aware`` reads it naive)."""
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
 def _relay_time() -> datetime:
     # Outbox bookkeeping runs on the wall clock the relay polls with, never a service's
     # business clock: a test clock set days ahead would otherwise hide events from the relay.
@@ -179,7 +188,9 @@ class OutboxRelay:
     A poll costs a read even when it finds nothing, so each empty poll of a
     collection doubles its pause from ``outbox_poll_interval_s`` up to
     ``outbox_idle_poll_interval_s``, and a poll that finds events nobody
-    announced (or a failure) brings it back to the shortest. A leader that
+    announced (or a failure) brings it back to the shortest. Events pending for
+    less than ``IN_FLIGHT_S`` count as nothing found: under load they are mostly
+    writes of this process whose announcement is on its way. A leader that
     stalls past its lease can overlap with its successor; that only
     duplicates deliveries, which the idempotent consumers absorb.
     """
@@ -208,6 +219,8 @@ class OutboxRelay:
         # Per collection: the pause between polls, and when the next poll is due.
         self._poll_interval_s = {c: settings.outbox_poll_interval_s for c in collections}
         self._next_poll = {c: time.monotonic() for c in collections}
+        # Per collection: documents the last poll found that were pending for a while.
+        self._surprises: dict[str, int] = {}
         # Per collection: events published but not yet removed (document id -> event ids),
         # since when (monotonic) each document waits, in that order, and when a release
         # that failed is tried again.
@@ -322,10 +335,11 @@ class OutboxRelay:
                     if published >= self._settings.outbox_batch_size:
                         self._dirty.add(collection)
                     if collection in polled:
+                        surprises = self._surprises.pop(collection, 0)
                         self._poll_again(
                             collection,
-                            found_unannounced=published > 0 and collection not in announced,
-                            empty=published == 0,
+                            found_unannounced=surprises > 0 and collection not in announced,
+                            empty=surprises == 0,
                         )
                 if not self._dirty:
                     wake_at = min(
@@ -431,7 +445,7 @@ class OutboxRelay:
         published = {*self._unreleased[collection], *self._handed_over[collection]}
         if not published:
             documents = await (
-                pending.find(query, projection={OUTBOX_FIELD: 1})
+                pending.find(query, projection={OUTBOX_FIELD: 1, PENDING_SINCE_FIELD: 1})
                 .sort(PENDING_SINCE_FIELD, 1)
                 .limit(batch)
                 .to_list(None)
@@ -445,12 +459,18 @@ class OutboxRelay:
             )
             ids = [found["_id"] for found in oldest if found["_id"] not in published][:batch]
             found = (
-                await pending.find(by_ids(ids, query), projection={OUTBOX_FIELD: 1}).to_list(None)
+                await pending.find(
+                    by_ids(ids, query), projection={OUTBOX_FIELD: 1, PENDING_SINCE_FIELD: 1}
+                ).to_list(None)
                 if ids
                 else []
             )
             by_id = {document["_id"]: document for document in found}
             documents = [by_id[document_id] for document_id in ids if document_id in by_id]
+        settled = _relay_time() - timedelta(seconds=IN_FLIGHT_S)
+        self._surprises[collection] = sum(
+            1 for document in documents if _aware(document[PENDING_SINCE_FIELD]) <= settled
+        )
         await self._publish(collection=collection, documents=documents)
         return len(documents)
 

@@ -91,7 +91,7 @@ class ServiceSettings(BaseSettings):
         "longest the first event a standby replica writes after a quiet spell waits.",
     )
     outbox_release_delay_s: float = Field(
-        5.0,
+        3.0,
         ge=0,
         description="How long the relay collects published events before removing them from "
         "their documents in one write (0: one write per batch), unless a document's next "
