@@ -171,15 +171,16 @@ class OutboxRelay:
     (renewed while it runs, given up at shutdown, taken over by another replica
     once it expires). The leader reads up to ``outbox_batch_size`` documents with
     pending events and sends all their events without waiting on each. The
-    events acknowledged (in order, per document) are removed later, together:
-    every ``outbox_release_delay_s`` (or once ``outbox_release_max_documents`` wait)
-    one write releases all that was published meanwhile, instead of one write per
-    batch; until then those documents are left out of the relay's reads, and a relay
-    that stops releases them first. Most never need it: a document's next write (a
-    complaint's is routing's decision) takes its published events out with it. The
-    delay is long enough to cover that next write even when the pipeline runs seconds
-    behind: a release of its own rewrites every index entry of the document on the
-    local server (docs/mongodb-compatibility.md).
+    events acknowledged (in order, per document) are removed later, together: a
+    document's published events wait ``outbox_release_delay_s`` from their
+    publication, and one write releases every document that has waited that long
+    (all of them once ``outbox_release_max_documents`` wait), instead of one write
+    per batch; until then those documents are left out of the relay's reads, and a
+    relay that stops releases them first. Most never need it: a document's next
+    write (a complaint's is routing's decision) takes its published events out with
+    it. The delay is long enough to cover that next write even when the pipeline runs
+    a second or two behind: a release of its own rewrites every index entry of the
+    document on the local server (docs/mongodb-compatibility.md).
     (A crash before the release only publishes them again, which the idempotent
     consumers absorb.) A write of this process hands it the document's outbox as
     written (``record_written``): the leader publishes that at once without reading
