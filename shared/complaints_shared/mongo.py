@@ -251,13 +251,14 @@ async def claim_first(
     return None
 
 
+def as_utc(moment: datetime) -> datetime:
+    """A date as read from MongoDB, in UTC (a client without ``tz_aware`` reads it naive)."""
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
 def _lease_held(until: Any, now: datetime) -> bool:
     """What ``lease_free`` refuses: a lease until ``now`` or later."""
-    if not isinstance(until, datetime):
-        return False
-    if until.tzinfo is None:
-        until = until.replace(tzinfo=UTC)
-    return until >= now
+    return isinstance(until, datetime) and as_utc(until) >= now
 
 
 def by_ids(ids: list[Any], query: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -458,8 +459,7 @@ async def reads_shaped_for_local_server(client: AsyncMongoClient) -> bool:
 
 def _ms(moment: datetime) -> datetime:
     """``moment`` as BSON stores it: UTC, to the millisecond."""
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
+    moment = as_utc(moment)
     return moment.replace(microsecond=moment.microsecond // 1000 * 1000)
 
 

@@ -30,7 +30,7 @@ from complaints_shared.events import EventPayload, EventType, topic_of
 from complaints_shared.kafka import EventProducer
 from complaints_shared.logs import get_logger
 from complaints_shared.metrics import EVENTS_PUBLISHED, OUTBOX_PUBLISH_FAILURES
-from complaints_shared.mongo import by_ids
+from complaints_shared.mongo import as_utc, by_ids
 from complaints_shared.settings import ServiceSettings
 from complaints_shared.timing import wait_event
 
@@ -146,11 +146,6 @@ def record_stored(collection: str, *, database: str, document: dict[str, Any]) -
             document_id=document["_id"],
             outbox=document[OUTBOX_FIELD],
         )
-
-
-def _aware(moment: datetime) -> datetime:
-    """A stored date as UTC (a client without ``tz_aware`` reads it naive)."""
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def _relay_time() -> datetime:
@@ -470,7 +465,7 @@ class OutboxRelay:
             documents = [by_id[document_id] for document_id in ids if document_id in by_id]
         settled = _relay_time() - timedelta(seconds=IN_FLIGHT_S)
         self._surprises[collection] = sum(
-            1 for document in documents if _aware(document[PENDING_SINCE_FIELD]) <= settled
+            1 for document in documents if as_utc(document[PENDING_SINCE_FIELD]) <= settled
         )
         await self._publish(collection=collection, documents=documents)
         return len(documents)
