@@ -11,7 +11,7 @@ import asyncio
 import time
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from pymongo import AsyncMongoClient, monitoring
@@ -23,6 +23,7 @@ from complaints_shared.aggregate import Aggregate, Decision
 from complaints_shared.events import EventType, Topic
 from complaints_shared.kafka import EventProducer, ensure_topics
 from complaints_shared.outbox import (
+    IN_FLIGHT_S,
     LEASES,
     OUTBOX_FIELD,
     PENDING_SINCE_FIELD,
@@ -234,6 +235,38 @@ async def test_idle_polls_back_off_yet_find_an_unannounced_event(system: System)
         await task
         await producer.stop()
         await client.close()
+
+
+async def test_only_events_pending_a_while_make_the_polls_hurry(system: System) -> None:
+    """A poll that finds a document written a moment ago (under load mostly a write of this
+    process whose announcement is on its way) publishes it and keeps backing off; one pending
+    for longer than ``IN_FLIGHT_S`` was left by someone else, and the polls hurry."""
+    probe = await _probe(system)
+    relay, _ = await _counted_relay(probe, outbox_idle_poll_interval_s=0.5)
+    name = probe.collection.name
+    task = asyncio.create_task(relay.run())
+    try:
+        await eventually(lambda: relay.poll_interval_s(collection=name) == 0.5, what="backed off")
+        young = _entry(probe.settings)
+        await probe.collection.insert_one({"_id": str(uuid.uuid4()), **outbox_fields([young])})
+        await eventually(lambda: _count_published(probe, 1), what="the young one published")
+        assert relay.poll_interval_s(collection=name) == 0.5
+
+        left = _entry(probe.settings)
+        fields = {
+            **outbox_fields([left]),
+            PENDING_SINCE_FIELD: datetime.now(UTC) - timedelta(seconds=IN_FLIGHT_S + 5),
+        }
+        await probe.collection.insert_one({"_id": str(uuid.uuid4()), **fields})
+        shortest = probe.settings.outbox_poll_interval_s
+        await eventually(
+            lambda: relay.poll_interval_s(collection=name) == shortest, what="the polls hurry"
+        )
+        published = await _published_ids(probe.settings, probe.topic, expected=2)
+        assert sorted(published) == sorted([young["id"], left["id"]])  # once each
+    finally:
+        await relay.stop()
+        await task
 
 
 async def _counted_relay(probe: Probe, **settings: float) -> tuple[OutboxRelay, _CommandCounter]:
