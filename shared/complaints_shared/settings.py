@@ -93,9 +93,9 @@ class ServiceSettings(BaseSettings):
     outbox_release_delay_s: float = Field(
         3.0,
         ge=0,
-        description="How long the relay collects published events before removing them from "
-        "their documents in one write (0: one write per batch), unless a document's next "
-        "write takes them out first. A crash within it only publishes them again.",
+        description="How long a document's published events wait for its next write to take "
+        "them out before the relay removes them, in one write for all that have waited it "
+        "(0: one write per batch). A crash within it only publishes them again.",
     )
     outbox_release_max_documents: int = Field(
         500,
