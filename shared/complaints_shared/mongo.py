@@ -328,6 +328,7 @@ async def insert_batched(collection: AsyncCollection, document: dict[str, Any]) 
 
 async def _send_inserts(key: tuple[Any, ...], inserts: _WaitingInserts) -> None:
     """Send what waits, one ``insert_many`` at a time, until nothing does."""
+    batch: list[tuple[dict[str, Any], asyncio.Future[None]]] = []
     try:
         while inserts.waiting:
             batch = inserts.waiting[:INSERT_BATCH_MAX]
@@ -336,7 +337,8 @@ async def _send_inserts(key: tuple[Any, ...], inserts: _WaitingInserts) -> None:
     finally:
         if _waiting_inserts.get(key) is inserts:
             del _waiting_inserts[key]
-        for _, done in inserts.waiting:  # only when cancelled (the loop is closing)
+        # Only when cancelled (the loop is closing): the batch in flight and what waits.
+        for _, done in [*batch, *inserts.waiting]:
             if not done.done():
                 done.cancel()
 
