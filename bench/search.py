@@ -42,7 +42,7 @@ from bench.workload import complaint_body
 from complaints_shared.auth import Principal
 from complaints_shared.events import Topic
 from complaints_shared.kafka import ensure_topics
-from intake import postings, registration, rollup, store
+from intake import filter_keys, postings, registration, rollup, store
 from intake.identity import submission_fingerprint
 from intake.models import ComplaintCreate
 from intake.settings import IntakeSettings
@@ -141,6 +141,7 @@ def seeded_complaint(
         "duty_officer": False,
         "queued": False,
     }
+    document.update(filter_keys.stored_fields(document))
     return document
 
 

@@ -5,9 +5,7 @@ Builds a scratch database with intake's collections and their real indexes
 (``store.ensure_indexes``, ``postings.ensure_indexes``), stores ``--stored`` complaints in the
 service's own shape (``bench.search.seeded_complaint``), then runs each operation
 ``--repeats`` times in a row and prints the server's CPU per operation (from /proc, so the
-local server only) and the client's wall time. ``--fold-facets`` replaces the six facet
-indexes (category, severity, channel, flags, breached, repeat) by one multikey index first,
-to see what the number of indexes costs the writes.
+local server only) and the client's wall time.
 """
 
 from __future__ import annotations
@@ -23,47 +21,20 @@ from datetime import UTC, datetime
 from typing import Any
 
 from pymongo import AsyncMongoClient
-from pymongo.asynchronous.database import AsyncDatabase
 
 from bench.run import cpu_s, database_pid, infra_env
 from bench.search import seeded_complaint
 from complaints_shared.auth import Principal
-from intake import postings, store
+from intake import filter_keys, postings, store
 from intake.settings import IntakeSettings
 
 DATABASE = "bench_writes"
-FACET_INDEXES = (
-    "org_category_created",
-    "org_severity_created",
-    "org_channel_created",
-    "org_flags_created",
-    "org_breached",
-    "org_repeat",
-)
-
-
-async def _fold_facets(db: AsyncDatabase) -> None:
-    for name in FACET_INDEXES:
-        await db[store.COMPLAINTS].drop_index(name)
-    await db[store.COMPLAINTS].create_index(
-        [("org", 1), ("facets", 1), ("created_at", -1), ("_id", -1)], name="org_facets_created"
-    )
-
-
-def _facets(document: dict[str, Any]) -> list[str]:
-    return [
-        f"category:{document.get('category')}",
-        f"severity:{document.get('severity')}",
-        f"channel:{document.get('channel')}",
-        *(f"flag:{flag}" for flag in document.get("flags") or []),
-    ]
 
 
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--stored", type=int, default=2000)
     parser.add_argument("--repeats", type=int, default=300)
-    parser.add_argument("--fold-facets", action="store_true")
     args = parser.parse_args()
     uri = infra_env()["MONGODB_URI"]
     client = AsyncMongoClient(uri, tz_aware=True)
@@ -71,8 +42,6 @@ async def main() -> None:
     db = client[DATABASE]
     await store.ensure_indexes(db=db)
     await postings.ensure_indexes(db=db)
-    if args.fold_facets:
-        await _fold_facets(db)
     settings = IntakeSettings(
         kafka_bootstrap_servers="unused:9092",
         mongodb_uri=uri,
@@ -93,8 +62,7 @@ async def main() -> None:
         )
         document["version"] = 1
         del document["assignment"]  # as stored before routing's decision is projected
-        if args.fold_facets:
-            document["facets"] = _facets(document)
+        document.update(filter_keys.stored_fields(document))
         return document
 
     server = database_pid()
@@ -114,19 +82,19 @@ async def main() -> None:
 
         def projection(n: int) -> Awaitable[Any]:
             # The shape of intake's projection of complaint.assigned through the kernel.
-            return complaints.update_one(
-                {"_id": new[n]["_id"], "version": 1},
-                {
-                    "$set": {
-                        "assignment": assignment,
-                        "acknowledge_due_at": now,
-                        "resolve_due_at": now,
-                        "status": "assigned",
-                        "updated_at": datetime.now(UTC),
-                    },
-                    "$inc": {"version": 1},
-                    "$push": {"timeline": {"at": now, "action": "assigned"}},
+            update = {
+                "$set": {
+                    "assignment": assignment,
+                    "acknowledge_due_at": now,
+                    "resolve_due_at": now,
+                    "status": "assigned",
+                    "updated_at": datetime.now(UTC),
                 },
+                "$inc": {"version": 1},
+                "$push": {"timeline": {"at": now, "action": "assigned"}},
+            }
+            return complaints.update_one(
+                {"_id": new[n]["_id"], "version": 1}, filter_keys.with_keys(new[n], update)
             )
 
         operations: list[tuple[str, Callable[[int], Awaitable[Any]]]] = [
@@ -148,10 +116,7 @@ async def main() -> None:
             ),
         ]
         indexes = len(await complaints.index_information())
-        print(
-            f"{args.stored} complaints stored, {indexes} complaint indexes"
-            + (" (facets folded)" if args.fold_facets else "")
-        )
+        print(f"{args.stored} complaints stored, {indexes} complaint indexes")
         for label, operation in operations:
             cpu, started = cpu_s(server), time.perf_counter()
             for n in range(args.repeats):

@@ -18,7 +18,7 @@ from complaints_shared.events import ComplaintReceived, EventType, Flag
 from complaints_shared.mongo import is_id_clash
 from complaints_shared.outbox import outbox_entry, outbox_fields
 from complaints_shared.problems import ConcurrentUpdate
-from intake import postings, reference_numbers, store, submissions
+from intake import filter_keys, postings, reference_numbers, store, submissions
 from intake.identity import customer_keys, submission_fingerprint
 from intake.lifecycle import Action, Status, customer_contact, event_base
 from intake.models import ComplaintCreate
@@ -222,4 +222,5 @@ def new_document(
     )
     entry = outbox_entry(event_type=EventType.COMPLAINT_RECEIVED, data=received, settings=settings)
     document.update(outbox_fields([entry]))
+    document.update(filter_keys.stored_fields(document))
     return document

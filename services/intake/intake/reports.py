@@ -16,7 +16,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 
 from complaints_shared.auth import Principal
 from complaints_shared.mongo import at_or_after
-from intake import rollup, store
+from intake import filter_keys, rollup, store
 from intake.lifecycle import OPEN_STATUSES, Status
 
 TOP_N = 5
@@ -345,12 +345,15 @@ async def _live(
     branches: list[str] | None,
 ) -> list[dict[str, Any]]:
     """The complaints of [start, end) (of ``branches``; None: every branch), as tallies read
-    them; one read per branch, which the local server answers from ``org_branch_created``."""
+    them; one read per branch, through the branch's filter key (``intake.filter_keys``)."""
     created = {**at_or_after(start), "$lt": end}
     queries = (
         [{"org": org, "created_at": created}]
         if branches is None
-        else [{"org": org, "branch": branch, "created_at": created} for branch in branches]
+        else [
+            filter_keys.narrowed({"org": org, "branch": branch, "created_at": created})
+            for branch in branches
+        ]
     )
     found: list[dict[str, Any]] = []
     for query in queries:
@@ -475,6 +478,6 @@ async def live_groups(
     if branches:
         visible = [b for b in branches if principal.all_branches or b in principal.branches]
         match["branch"] = {"$in": visible}
-    pipeline = _pipeline(match=match, key=GROUP_FIELDS[group_by], now=now)
+    pipeline = _pipeline(match=filter_keys.narrowed(match), key=GROUP_FIELDS[group_by], now=now)
     facets = (await (await db[store.COMPLAINTS].aggregate(pipeline)).to_list(None))[0]
     return [_group_summary(figures, facets) for figures in facets["figures"]]

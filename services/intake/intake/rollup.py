@@ -39,7 +39,7 @@ from complaints_shared.logs import get_logger
 from complaints_shared.mongo import ensure_index, lease_free, lease_kept
 from complaints_shared.runtime import Runtime
 from complaints_shared.timing import wait_event
-from intake import store
+from intake import filter_keys, store
 from intake.lifecycle import OPEN_STATUSES, Status
 
 log = get_logger(__name__)
@@ -298,7 +298,13 @@ async def retally(
     complaints = await (
         db[store.COMPLAINTS]
         .find(
-            {"org": org, "branch": branch, "created_at": {"$gt": day - _ONE_MS, "$lt": day + DAY}},
+            filter_keys.narrowed(
+                {
+                    "org": org,
+                    "branch": branch,
+                    "created_at": {"$gt": day - _ONE_MS, "$lt": day + DAY},
+                }
+            ),
             projection=FIELDS,
         )
         .to_list(None)

@@ -17,7 +17,7 @@ from complaints_shared.datetimes import UtcDatetime
 from complaints_shared.events import Category, Channel, Flag, Severity
 from complaints_shared.mongo import at_or_after, by_ids, more_than_none
 from complaints_shared.pagination import Page
-from intake import grams, postings, rollup, store
+from intake import filter_keys, grams, postings, rollup, store
 from intake.identity import normalise_phone
 from intake.lifecycle import Status
 from intake.models import MAX_PAGE_SIZE, ComplaintRead
@@ -29,9 +29,6 @@ FIRST_WINDOW = timedelta(hours=2)
 INDEXES = [[key for key, _ in keys] for keys in store.COMPLAINT_INDEXES.values()] + [
     [key for key, _ in store.REFERENCE_INDEX]
 ]
-# The department and owner indexes have status before the date: a list without a status
-# filter asks for every status, so the index still leads to the sort.
-BY_STATUS = ("assignment.department", "assignment.owner_id")
 # Filters that select a handful of complaints by themselves: a ``q`` next to one is
 # verified on those rather than looked up in the postings.
 SELECTIVE = {"reference", "customer_keys"}
@@ -127,9 +124,7 @@ def build_query(filters: ComplaintFilters, principal: Principal) -> dict[str, An
     if customer_keys:
         query["customer_keys"] = {"$all": customer_keys}
     # ``q`` is not a condition on complaints: ``search`` looks it up in the postings.
-    if "status" not in query and any(path in query for path in BY_STATUS):
-        query.setdefault("status", _in(list(Status)))
-    return query
+    return filter_keys.narrowed(query)
 
 
 async def search(
@@ -198,5 +193,7 @@ async def search(
         indexes=[postings.POSTING_KEYS],
         expand=complaints_of,
         # Conditions the postings do not hold may refuse most of what a read returns.
-        read_factor=FILTERED_READ_FACTOR if set(query) - set(postings_query) else 1,
+        read_factor=(
+            FILTERED_READ_FACTOR if set(query) - set(postings_query) - {filter_keys.FIELD} else 1
+        ),
     )

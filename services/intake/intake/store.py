@@ -27,6 +27,7 @@ from complaints_shared.mongo import (
     merge_updates,
     retrying,
 )
+from intake import filter_keys
 from intake.lifecycle import Status
 from intake.models import ComplaintRead
 from intake.repeats import repeat_buckets, repeat_keys
@@ -53,46 +54,34 @@ COMPLAINT = Aggregate(
 )
 
 
-# Each list filter of GET /v1/complaints narrows through one of these (org first: every
-# query is scoped to the caller's organisation); the sort key comes last, then the ``_id``
-# tie-break every page sorts on. docs/performance.md lists each query shape and its index;
-# tests/test_index_coverage.py checks that every shape has one.
+# The lists of GET /v1/complaints read through these (org first: every query is scoped to
+# the caller's organisation); the sort key comes last, then the ``_id`` tie-break every
+# page sorts on. Every filter by value (branch, status, category, department, owner, flag,
+# customer...) goes through the one index of ``intake.filter_keys``. docs/performance.md
+# lists each query shape and its index; tests/test_index_coverage.py checks that every
+# shape has one.
 COMPLAINT_INDEXES: dict[str, list[tuple[str, int]]] = {
     "org_created": [("org", 1), ("created_at", -1), ("_id", -1)],
-    "org_branch_created": [("org", 1), ("branch", 1), ("created_at", -1), ("_id", -1)],
-    "org_status_created": [("org", 1), ("status", 1), ("created_at", -1), ("_id", -1)],
-    "org_branch_status_created": [
-        ("org", 1),
-        ("branch", 1),
-        ("status", 1),
-        ("created_at", -1),
-        ("_id", -1),
-    ],
-    "org_category_created": [("org", 1), ("category", 1), ("created_at", -1), ("_id", -1)],
-    "org_severity_created": [("org", 1), ("severity", 1), ("created_at", -1), ("_id", -1)],
-    "org_channel_created": [("org", 1), ("channel", 1), ("created_at", -1), ("_id", -1)],
-    "org_flags_created": [("org", 1), ("flags", 1), ("created_at", -1), ("_id", -1)],
-    "org_department_status": [
-        ("org", 1),
-        ("assignment.department", 1),
-        ("status", 1),
-        ("created_at", -1),
-        ("_id", -1),
-    ],
-    "org_owner_status": [
-        ("org", 1),
-        ("assignment.owner_id", 1),
-        ("status", 1),
-        ("created_at", -1),
-        ("_id", -1),
-    ],
+    "org_filter_keys_created": filter_keys.INDEX,
     "org_ack_due": [("org", 1), ("acknowledge_due_at", 1), ("_id", 1)],
     "org_resolve_due": [("org", 1), ("resolve_due_at", 1), ("_id", 1)],
-    "org_customer_keys": [("org", 1), ("customer_keys", 1), ("created_at", -1), ("_id", -1)],
     "org_repeat_keys": [("org", 1), ("repeat_keys", 1)],
-    "org_breached": [("org", 1), ("sla_breached", 1), ("created_at", -1), ("_id", -1)],
-    "org_repeat": [("org", 1), ("repeat_count", 1), ("created_at", -1), ("_id", -1)],
 }
+# An index per filter, before ``intake.filter_keys``: dropped at start.
+RETIRED_INDEXES = (
+    "org_branch_created",
+    "org_status_created",
+    "org_branch_status_created",
+    "org_category_created",
+    "org_severity_created",
+    "org_channel_created",
+    "org_flags_created",
+    "org_department_status",
+    "org_owner_status",
+    "org_customer_keys",
+    "org_breached",
+    "org_repeat",
+)
 # Reference numbers are unique per organisation; a search by reference names the org.
 REFERENCE_INDEX = [("org", 1), ("reference", 1)]
 
@@ -102,6 +91,13 @@ async def ensure_indexes(*, db: AsyncDatabase) -> None:
     await ensure_index(complaints, REFERENCE_INDEX, unique=True, name="reference_unique")
     for name, keys in COMPLAINT_INDEXES.items():
         await ensure_index(complaints, keys, name=name)
+    existing = await complaints.index_information()
+    for name in RETIRED_INDEXES:
+        if name in existing:
+            # Before the backfill: each of its writes has fewer index entries to rewrite.
+            await complaints.drop_index(name)
+    # Before the service serves a list (start-up waits for this): lists select by the keys.
+    await filter_keys.backfill(db=db, collection=COMPLAINTS)
 
 
 def timeline_entry(
@@ -260,7 +256,7 @@ async def change(
             _status_update(current=current, next_status=decision.status, now=now),
             {"$push": {"timeline": {"$each": timeline}}},
         )
-        return aggregate.Decision(update, decision.events)
+        return aggregate.Decision(filter_keys.with_keys(current, update), decision.events)
 
     return await aggregate.change(
         db=db,
