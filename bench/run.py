@@ -50,6 +50,7 @@ from complaints_shared.events import (
 from complaints_shared.kafka import EventProducer, ensure_topics
 from complaints_shared.mongo import create_mongo_client
 from complaints_shared.settings import ServiceSettings
+from intake import filter_keys
 from intake.store import COMPLAINT_INDEXES
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -351,7 +352,8 @@ async def raw_floor(
             sequence += 1
             body = complaint_body(sequence, rng)
             complaint_id = str(uuid.uuid4())
-            document = {"_id": complaint_id, **body, "created_at": datetime.now(UTC)}
+            document = {"_id": complaint_id, **body, "status": "received"}
+            document.update(filter_keys.stored_fields(document), created_at=datetime.now(UTC))
             started = time.perf_counter()
             await collection.insert_one(document)
             event = CloudEvent.new(

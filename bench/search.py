@@ -70,6 +70,10 @@ FILTERS: dict[str, dict[str, Any]] = {
     "flag": {"flag": "repeat"},
     "repeat": {"repeat": "true"},
     "breached": {"breached": "false"},
+    "acknowledged (none is)": {"acknowledged": "true"},
+    "not acknowledged": {"acknowledged": "false"},
+    "escalated (none is)": {"escalated": "true"},
+    "not escalated": {"escalated": "false"},
     "department": {"department": "LZ:NETWORK"},
     "owner": {"owner": "lz-yang"},
     "reference": {},  # filled in with a seeded reference

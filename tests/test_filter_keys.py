@@ -3,6 +3,7 @@ given at start to complaints stored without them, and what every list by value r
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -48,6 +49,11 @@ def test_a_complaints_keys_name_each_value_a_list_selects_it_by() -> None:
     queued = {**COMPLAINT, "assignment": {"department": "LZ:NETWORK", "owner_id": None}}
     assert not any(key.startswith("o") for key in filter_keys.keys_of(queued))
     assert "x:breached" in filter_keys.keys_of({**COMPLAINT, "sla_breached": True})
+    handled = {**COMPLAINT, "acknowledged_at": datetime(2026, 12, 1, tzinfo=UTC)}
+    assert {"a:acknowledged", "e:escalated"} <= set(
+        filter_keys.keys_of({**handled, "escalation_level": 1})
+    )
+    assert not {"a:acknowledged", "e:escalated"} & set(filter_keys.keys_of(COMPLAINT))
 
 
 def test_a_write_that_moves_a_source_field_sets_the_keys_of_the_document_it_makes() -> None:
@@ -65,6 +71,9 @@ def test_a_write_that_moves_a_source_field_sets_the_keys_of_the_document_it_make
     assert current["assignment"]["owner_id"] == "lz-o1"  # the caller's copy is left alone
     unassigned = filter_keys.with_keys(current, {"$unset": {"assignment": ""}})
     assert "d:LZ:NETWORK" not in unassigned["$set"][filter_keys.FIELD]
+    escalated = filter_keys.with_keys(current, {"$max": {"escalation_level": 2}})
+    assert "e:escalated" in escalated["$set"][filter_keys.FIELD]
+    assert escalated["$max"] == {"escalation_level": 2}
     # A write that moves none of them (a note) leaves the keys alone.
     note = {"$push": {"notes": {"text": "回访"}}}
     assert filter_keys.with_keys(current, note) == note
@@ -85,6 +94,12 @@ def test_a_list_reads_through_the_key_of_its_most_selective_filter() -> None:
         "$in": ["bs:LZ|open", "bs:LZ|resolved"]
     }
     assert key({"branch": {"$in": []}, "status": {"$in": ["open"]}}) == {"$in": []}
+    # Past the pairs the local server's reads split over, the branches alone.
+    branches = [f"B{n}" for n in range(4)]
+    statuses = ["received", "open", "pending_customer", "reopened"]
+    assert key({"branch": {"$in": branches}, "status": {"$in": statuses}}) == {
+        "$in": [f"b:{branch}" for branch in branches]
+    }
     assert key({"category": {"$in": ["network"]}, "severity": {"$in": ["high"]}}) == {
         "$in": ["c:network"]
     }
@@ -96,9 +111,21 @@ def test_a_list_reads_through_the_key_of_its_most_selective_filter() -> None:
     assert key({"customer_keys": {"$all": ["phone:1"]}, "category": {"$in": ["x"]}}) == {
         "$in": ["k:phone:1"]
     }
-    assert key({"sla_breached": True}) == "x:breached"
+    assert key({"sla_breached": True}) == {"$in": ["x:breached"]}
     assert key({"sla_breached": False}) is None
-    assert key({"repeat_count": {"$gte": 1}}) == "r:repeat"
+    # A condition other than an equality is replaced by its key, whatever else is asked.
+    for condition, wanted in (
+        ({"repeat_count": {"$gte": 1}}, "r:repeat"),
+        ({"escalation_level": {"$gte": 1}}, "e:escalated"),
+        ({"acknowledged_at": {"$ne": None}}, "a:acknowledged"),
+    ):
+        query = {"org": "o", "branch": {"$in": ["LZ"]}, **condition}
+        assert filter_keys.narrowed(query) == {
+            "org": "o",
+            "branch": {"$in": ["LZ"]},
+            filter_keys.FIELD: wanted,
+        }
+    assert key({"escalation_level": 0, "acknowledged_at": None}) is None
     assert key({"repeat_count": 0}) is None
     assert key({"status": {"$in": ["open"]}, "channel": {"$in": ["web"]}}) == {"$in": ["ch:web"]}
     # The conditions themselves stay: the key only chooses the index.

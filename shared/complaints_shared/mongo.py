@@ -517,7 +517,7 @@ def _holds(document: dict[str, Any], residual: dict[str, list[Any]]) -> bool:
     )
 
 
-def _equality_values(condition: Any) -> list[Any] | None:
+def equality_values(condition: Any) -> list[Any] | None:
     """The values an equality-like condition accepts (``x``, ``$eq``, ``$in``, a one-value
     ``$all``), or None for anything else."""
     scalar = (str, int, float, bool, type(None))
@@ -766,7 +766,7 @@ def _plan(
         return None  # ``$ne: null`` is implied by a range over dates; nothing else is
     equalities: dict[str, list[Any]] = {}
     for path, condition in conditions.items():
-        values = _equality_values(condition)
+        values = equality_values(condition)
         if values is None:
             return None
         equalities[path] = values

@@ -2,12 +2,13 @@
 
 Every complaint carries ``filter_keys``: one string per value a list filter of
 GET /v1/complaints selects it by (``b:LZ`` its branch, ``s:open`` its status, ``bs:LZ|open``
-both, ``d:<department>``, ``f:<flag>``, ...). One index ``(org, filter_keys, created_at,
-_id)`` serves each of those filters in date order, where an index per filter did before.
-On the local server every update of a complaint rewrites every index entry it has and
-walks the index catalogue per statement, so the twelve indexes the keys replace cost
-about a tenth of a complaint's database work (docs/performance.md); on MongoDB one index
-instead of twelve is less to keep in memory.
+both, ``d:<department>``, ``f:<flag>``, ``a:acknowledged``, ...). One index ``(org,
+filter_keys, created_at, _id)`` serves each of those filters in date order, where an index
+per filter did before (MongoDB's attribute pattern). On the local server every update of a
+complaint rewrites every index entry it has and walks the index catalogue per statement:
+the twelve indexes the keys replaced cost about 4 ms of a complaint's 25–35 ms of database
+work (docs/performance.md). On MongoDB one index instead of twelve is less to keep in
+memory and to write.
 
 The keys are derived: ``store.change`` recomputes them in every write of the kernel
 (``with_keys``), registration stores them with the new complaint, and ``backfill`` gives
@@ -23,12 +24,12 @@ from typing import Any
 from pymongo import UpdateOne
 from pymongo.asynchronous.database import AsyncDatabase
 
-from complaints_shared.mongo import retrying
+from complaints_shared.mongo import MAX_SPLIT_READS, equality_values, more_than_none, retrying
 
 FIELD = "filter_keys"
 VERSION_FIELD = "filter_keys_version"
 # Raised whenever ``keys_of`` changes: the backfill then rewrites every complaint's keys.
-VERSION = 1
+VERSION = 2
 INDEX = [("org", 1), (FIELD, 1), ("created_at", -1), ("_id", -1)]
 # The fields the keys are derived from (what the backfill reads).
 SOURCE_FIELDS = (
@@ -42,6 +43,8 @@ SOURCE_FIELDS = (
     "sla_breached",
     "repeat_count",
     "customer_keys",
+    "acknowledged_at",
+    "escalation_level",
 )
 BACKFILL_BATCH = 500
 
@@ -60,9 +63,13 @@ def keys_of(document: dict[str, Any]) -> list[str]:
             keys.add(f"{prefix}:{assignment[name]}")
             keys.add(f"{prefix}s:{assignment[name]}|{status}")
     if document.get("sla_breached"):
-        keys.add("x:breached")
+        keys.add("x:breached")  # ``breached=false`` (most complaints) is not worth a key
     if document.get("repeat_count"):
         keys.add("r:repeat")
+    if document.get("acknowledged_at") is not None:
+        keys.add("a:acknowledged")
+    if document.get("escalation_level"):
+        keys.add("e:escalated")
     keys.update(f"k:{key}" for key in document.get("customer_keys") or [])
     return sorted(keys)
 
@@ -74,13 +81,20 @@ def stored_fields(document: dict[str, Any]) -> dict[str, Any]:
 
 def with_keys(current: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     """``update`` (of the document ``current``) with the keys of the document it makes
-    set too, when they differ from the stored ones. The sources are only ever ``$set`` or
-    ``$unset`` (never ``$inc``, ``$push``...), so the result is known here."""
+    set too, when they differ from the stored ones. The sources are written with ``$set``,
+    ``$unset`` and (the escalation level) ``$max``, never by position in an array, so the
+    result is known here."""
     after = dict(current)
     for path, value in update.get("$set", {}).items():
         _put(after, path, value)
     for path in update.get("$unset", {}):
         _put(after, path, None)
+    for path, value in update.get("$max", {}).items():
+        if "." not in path:
+            after[path] = value if after.get(path) is None else max(after[path], value)
+    for path, value in update.get("$inc", {}).items():
+        if "." not in path:
+            after[path] = (after.get(path) or 0) + value
     keys = keys_of(after)
     if keys == current.get(FIELD) and current.get(VERSION_FIELD) == VERSION:
         return update
@@ -102,68 +116,60 @@ def _put(document: dict[str, Any], path: str, value: Any) -> None:
 
 def narrowed(query: dict[str, Any]) -> dict[str, Any]:
     """``query`` (conditions on the complaint's own fields: a list, a report's read) with
-    the most selective of its filters also said as filter keys, so the keys' index serves
-    it; the conditions stay as they are (checked on what the index selects; an empty
-    ``$in`` selects nothing either way)."""
-    given = {path: _values(query.get(path)) for path in _PATHS}
-    given = {path: values for path, values in given.items() if values is not None}
-    status = given.get("status")
-    for path, prefix in (
-        ("customer_keys", "k"),
-        ("assignment.owner_id", "o"),
-        ("assignment.department", "d"),
-    ):
-        if path in given:
-            if status is None or path == "customer_keys":
-                return {**query, FIELD: _in(f"{prefix}:{value}" for value in given[path])}
-            pairs = itertools.product(given[path], status)
+    one of its filters said as filter keys, so the keys' index serves it: a condition that
+    is not an equality (escalated, acknowledged, repeat) is replaced by its key, which says
+    it whole; else the most selective equality is said as keys too and stays as it is
+    (checked on what the index selects; an empty ``$in`` selects nothing either way)."""
+    # The local server plans no second operator (a range, ``$ne``) beside the keys' ``$in``
+    # and the page's date range: it would read every complaint of the organisation.
+    for path, condition, key in _REPLACED:
+        if query.get(path) == condition:
+            return {**{k: v for k, v in query.items() if k != path}, FIELD: key}
+    status = _asked(query, "status")
+    for path, prefix in _MOST_SELECTIVE_FIRST:
+        values = _asked(query, path)
+        if values is None:
+            continue
+        # Paired with the statuses while the local server's reads split over the pairs.
+        if prefix in _WITH_STATUS and status and len(values) * len(status) <= MAX_SPLIT_READS:
+            pairs = itertools.product(values, status)
             return {**query, FIELD: _in(f"{prefix}s:{value}|{s}" for value, s in pairs)}
-    if "branch" in given and status is not None:
-        pairs = itertools.product(given["branch"], status)
-        return {**query, FIELD: _in(f"bs:{branch}|{s}" for branch, s in pairs)}
-    if query.get("sla_breached") is True:
-        return {**query, FIELD: "x:breached"}
-    if query.get("repeat_count", 0) != 0:
-        return {**query, FIELD: "r:repeat"}
-    for path, prefix in (
-        ("flags", "f"),
-        ("branch", "b"),
-        ("category", "c"),
-        ("severity", "v"),
-        ("channel", "ch"),
-        ("status", "s"),
-    ):
-        if path in given:
-            return {**query, FIELD: _in(f"{prefix}:{value}" for value in given[path])}
+        return {**query, FIELD: _in(f"{prefix}:{value}" for value in values)}
     return query
 
 
-# The fields ``narrowed`` can say as keys by their values.
-_PATHS = (
-    "branch",
-    "status",
-    "category",
-    "severity",
-    "channel",
-    "flags",
-    "customer_keys",
-    "assignment.department",
-    "assignment.owner_id",
+# Conditions said whole by a key: (field, condition, key).
+_REPLACED = (
+    ("escalation_level", more_than_none(), "e:escalated"),
+    ("acknowledged_at", {"$ne": None}, "a:acknowledged"),
+    ("repeat_count", more_than_none(), "r:repeat"),
 )
+# The equalities ``narrowed`` says as keys, the most selective first: (field, key prefix).
+_MOST_SELECTIVE_FIRST = (
+    ("customer_keys", "k"),
+    ("assignment.owner_id", "o"),
+    ("assignment.department", "d"),
+    ("sla_breached", "x"),
+    ("flags", "f"),
+    ("branch", "b"),
+    ("category", "c"),
+    ("severity", "v"),
+    ("channel", "ch"),
+    ("status", "s"),
+)
+# Prefixes whose keys come paired with the status too (``os:<owner>|open``).
+_WITH_STATUS = {"o", "d", "b"}
 
 
-def _values(condition: Any) -> list[Any] | None:
-    """The values an equality (``x``, ``$in``) accepts; for ``$all``, one of the values
-    every match holds (its first). None for anything else."""
-    if isinstance(condition, str):
-        return [condition]
-    if isinstance(condition, dict) and len(condition) == 1:
-        ((operator, operand),) = condition.items()
-        if operator == "$in" and isinstance(operand, list):
-            return operand
-        if operator == "$all" and isinstance(operand, list) and operand:
-            return operand[:1]
-    return None
+def _asked(query: dict[str, Any], path: str) -> list[Any] | None:
+    """The values ``query`` asks ``path`` to have as an equality, ``$in`` or ``$all`` (of
+    ``$all``, one that every match has); None if it asks none that way."""
+    condition = query.get(path)
+    if path == "sla_breached":
+        return ["breached"] if condition is True else None
+    if isinstance(condition, dict) and set(condition) == {"$all"} and condition["$all"]:
+        return condition["$all"][:1]
+    return None if condition is None else equality_values(condition)
 
 
 def _in(keys: Iterable[str]) -> dict[str, list[str]]:
