@@ -82,8 +82,8 @@ def stored_fields(document: dict[str, Any]) -> dict[str, Any]:
 def with_keys(current: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     """``update`` (of the document ``current``) with the keys of the document it makes
     set too, when they differ from the stored ones. The sources are written with ``$set``,
-    ``$unset`` and (the escalation level) ``$max``, never by position in an array, so the
-    result is known here."""
+    ``$unset`` or (top-level counters such as the escalation level) ``$max`` and ``$inc``,
+    never by position in an array, so the result is known here."""
     after = dict(current)
     for path, value in update.get("$set", {}).items():
         _put(after, path, value)
