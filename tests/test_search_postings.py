@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from pymongo.asynchronous.database import AsyncDatabase
 
-from intake import grams, postings
+from intake import grams, postings, repair
 from intake.main import ensure_indexes
 from tests.support.http import complaint_body, token
 from tests.support.system import System
@@ -76,7 +76,7 @@ async def test_a_lost_posting_is_restored_at_start_and_a_resubmission_leaves_non
     assert await _found(system, q="断网") == []
     await ensure_indexes(db=db)  # what every start runs
     assert await _found(system, q="断网") == [second["id"], first["id"]]
-    assert await postings.backfill(db=db) == 0
+    assert (await repair.at_start(db=db))["postings"] == 0
     # A resubmission's posting is written before its insert finds the earlier complaint,
     # then removed: only stored complaints keep one.
     body = complaint_body(
@@ -118,8 +118,8 @@ async def test_complaints_with_grams_of_their_own_are_moved_to_postings_at_start
     assert await _found(system, q="经常断网") == newest_first
     # A posting of an older grams version is rewritten.
     await db[postings.POSTINGS].update_many({}, {"$set": {grams.VERSION_FIELD: 0}})
-    assert await postings.backfill(db=db) == 3
-    assert await postings.backfill(db=db) == 0
+    assert (await repair.at_start(db=db))["postings"] == 3
+    assert (await repair.at_start(db=db))["postings"] == 0
 
 
 async def _walk(system: System, **params: Any) -> list[list[str]]:

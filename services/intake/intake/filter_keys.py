@@ -11,7 +11,7 @@ work (docs/performance.md). On MongoDB one index instead of twelve is less to ke
 memory and to write.
 
 The keys are derived: ``store.change`` recomputes them in every write of the kernel
-(``with_keys``), registration stores them with the new complaint, and ``backfill`` gives
+(``with_keys``), registration stores them with the new complaint, and ``backfill_batch`` gives
 them to complaints stored before they existed (or under an older ``VERSION``).
 """
 
@@ -28,10 +28,10 @@ from complaints_shared.mongo import MAX_SPLIT_READS, equality_values, more_than_
 
 FIELD = "filter_keys"
 VERSION_FIELD = "filter_keys_version"
-# Raised whenever ``keys_of`` changes: the backfill then rewrites every complaint's keys.
+# Raised whenever ``keys_of`` changes: the next start then rewrites every complaint's keys.
 VERSION = 2
 INDEX = [("org", 1), (FIELD, 1), ("created_at", -1), ("_id", -1)]
-# The fields the keys are derived from (what the backfill reads).
+# The fields the keys are derived from (what ``backfill_batch`` reads).
 SOURCE_FIELDS = (
     "branch",
     "status",
@@ -46,7 +46,6 @@ SOURCE_FIELDS = (
     "acknowledged_at",
     "escalation_level",
 )
-BACKFILL_BATCH = 500
 
 
 def keys_of(document: dict[str, Any]) -> list[str]:
@@ -176,31 +175,24 @@ def _in(keys: Iterable[str]) -> dict[str, list[str]]:
     return {"$in": list(dict.fromkeys(keys))}
 
 
-async def backfill(*, db: AsyncDatabase, collection: str) -> int:
-    """Give every complaint without current keys its keys; how many it wrote.
+async def backfill_batch(*, db: AsyncDatabase, collection: str, batch: list[dict[str, Any]]) -> int:
+    """Of a batch of complaints (``_id`` and ``VERSION_FIELD``, read by the start-up pass
+    ``intake.repair.at_start``), give those without current keys theirs; how many it wrote.
 
-    Runs at every start: one read of the complaints whose ``VERSION_FIELD`` is not
-    ``VERSION`` (a scan on the local server; none once done). Each write is conditional on
-    the version read, so a change meanwhile (which writes the keys itself) wins. Not a
-    change of the complaint: ``updated_at`` and the version stay.
+    Each write is conditional on the version read, so a change meanwhile (which writes the
+    keys itself) wins. Not a change of the complaint: ``updated_at`` and the version stay.
     """
+    stale = [complaint["_id"] for complaint in batch if complaint.get(VERSION_FIELD) != VERSION]
+    if not stale:
+        return 0
     complaints = db[collection]
-    written = 0
-    batch: list[UpdateOne] = []
-    found = complaints.find(
-        {VERSION_FIELD: {"$ne": VERSION}},
-        projection={"version": 1, FIELD: 1, **{name: 1 for name in SOURCE_FIELDS}},
-    )
-    async for complaint in found:
-        batch.append(
-            UpdateOne(
-                {"_id": complaint["_id"], "version": complaint["version"]},
-                {"$set": stored_fields(complaint)},
-            )
-        )
-        if len(batch) == BACKFILL_BATCH:
-            written += (await retrying(complaints.bulk_write, batch, ordered=False)).modified_count
-            batch = []
-    if batch:
-        written += (await retrying(complaints.bulk_write, batch, ordered=False)).modified_count
-    return written
+    sources = await complaints.find(
+        {"_id": {"$in": stale}}, projection={"version": 1, **dict.fromkeys(SOURCE_FIELDS, 1)}
+    ).to_list(None)
+    if not sources:
+        return 0
+    writes = [
+        UpdateOne({"_id": c["_id"], "version": c["version"]}, {"$set": stored_fields(c)})
+        for c in sources
+    ]
+    return (await retrying(complaints.bulk_write, writes, ordered=False)).modified_count

@@ -12,7 +12,7 @@ from complaints_shared.clock import Clock
 from complaints_shared.events import Topic
 from complaints_shared.http import build_app
 from complaints_shared.runtime import service_runtime
-from intake import api, idempotency, postings, rollup, store, submissions
+from intake import api, idempotency, postings, repair, rollup, store, submissions
 from intake.handlers import build_handlers
 from intake.settings import IntakeSettings
 
@@ -23,6 +23,7 @@ async def ensure_indexes(*, db: AsyncDatabase) -> None:
     await submissions.ensure_indexes(db=db)
     await idempotency.ensure_indexes(db=db)
     await rollup.ensure_indexes(db=db)
+    await repair.at_start(db=db)
 
 
 def create_app(settings: IntakeSettings | None = None, *, clock: Clock | None = None) -> FastAPI:

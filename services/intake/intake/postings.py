@@ -11,7 +11,8 @@ entries were rewritten by every later update of the complaint on the local serve
 Written first, a posting exists for every stored complaint; a crash before the insert
 leaves a posting without a complaint, which searches skip. The write replaces by ``_id``
 (a retry that finds its complaint stored writes it again from the stored one) and is
-repeated if its connection drops. Every start runs ``backfill``, which gives complaints
+repeated if its connection drops. Every start runs ``backfill_batch`` over every complaint
+(``intake.repair``), which gives complaints
 stored before postings existed theirs (moving the grams out of the document) and rewrites
 postings of an older grams version.
 """
@@ -53,7 +54,6 @@ SOURCE_FIELDS = {
     "reference": 1,
     "customer_keys": 1,
 }
-BACKFILL_BATCH = 500
 
 
 def posting(document: dict[str, Any]) -> dict[str, Any]:
@@ -94,32 +94,13 @@ async def ensure_indexes(*, db: AsyncDatabase) -> None:
         # Dropped before the backfill unsets the grams: each such update then has ~100
         # fewer index entries to rewrite.
         await complaints.drop_index(LEGACY_COMPLAINT_INDEX)
-    await backfill(db=db)
 
 
-async def backfill(*, db: AsyncDatabase) -> int:
-    """Give every complaint its posting at ``grams.VERSION`` and take grams stored in
-    complaints out of them; how many postings it wrote.
-
-    Runs at every start: one read of every complaint's ``_id`` (a scan, as the in-document
-    backfill before it was), and per batch of them one read of their postings by ``_id``.
-    Several replicas starting together write the same postings.
-    """
-    complaints = db[store.COMPLAINTS]
-    written = 0
-    batch: list[dict[str, Any]] = []
-    found = complaints.find({}, projection={"_id": 1, grams.VERSION_FIELD: 1})
-    async for complaint in found:
-        batch.append(complaint)
-        if len(batch) == BACKFILL_BATCH:
-            written += await _backfill_batch(db=db, batch=batch)
-            batch = []
-    if batch:
-        written += await _backfill_batch(db=db, batch=batch)
-    return written
-
-
-async def _backfill_batch(*, db: AsyncDatabase, batch: list[dict[str, Any]]) -> int:
+async def backfill_batch(*, db: AsyncDatabase, batch: list[dict[str, Any]]) -> int:
+    """Of a batch of complaints (``_id`` and ``grams.VERSION_FIELD``, read by the start-up
+    pass ``intake.repair.at_start``), give those without a posting at ``grams.VERSION`` one and
+    take grams stored in complaints out of them; how many postings it wrote. Several
+    replicas starting together write the same postings."""
     complaints = db[store.COMPLAINTS]
     ids = [complaint["_id"] for complaint in batch]
     current = await (

@@ -94,10 +94,8 @@ async def ensure_indexes(*, db: AsyncDatabase) -> None:
     existing = await complaints.index_information()
     for name in RETIRED_INDEXES:
         if name in existing:
-            # Before the backfill: each of its writes has fewer index entries to rewrite.
+            # Before ``intake.repair`` writes keys: fewer index entries to rewrite each time.
             await complaints.drop_index(name)
-    # Before the service serves a list (start-up waits for this): lists select by the keys.
-    await filter_keys.backfill(db=db, collection=COMPLAINTS)
 
 
 def timeline_entry(
