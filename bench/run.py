@@ -184,6 +184,10 @@ class Service:
                 "--no-access-log",
                 "--log-level",
                 "warning",
+                # As compose runs them: uvicorn's default (5 s) closes idle keep-alive
+                # connections, and a POST sent on one as it closes fails with a read error.
+                "--timeout-keep-alive",
+                "75",
             ],
             env={**os.environ, **self.env},
             stdout=log,

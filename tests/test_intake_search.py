@@ -198,6 +198,20 @@ async def test_one_character_search_is_a_bounded_substring_scan(system: System) 
     assert set(await _find(system, admin, q="续")) == {"网络时断时续"}
     assert set(await _find(system, admin, q="断")) == {"晚上经常断网", "网络时断时续", "候诊室断网"}
     assert await _find(system, admin, q="断", branch="HOSP") == ["候诊室断网"]
+    # Verified on the searchable texts, then read whole: pages of one hold every field,
+    # and the cursor walks past the complaints the character is not in.
+    seen, cursor = [], None
+    while True:
+        params = {"q": "断", "limit": 1, **({"cursor": cursor} if cursor else {})}
+        response = await system.intake.get("/v1/complaints", params=params, headers=admin)
+        assert response.status_code == 200, response.text
+        page = response.json()
+        assert all(item["customer"]["name"] == "客户" and item["status"] for item in page["items"])
+        seen += [item["subject"] for item in page["items"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert sorted(seen) == sorted(["晚上经常断网", "网络时断时续", "候诊室断网"])
 
 
 async def test_a_search_page_fills_past_documents_that_hold_the_grams_but_not_the_text(

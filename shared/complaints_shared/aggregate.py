@@ -326,6 +326,7 @@ async def page(
     floor: Callable[[], Awaitable[datetime | None]] | None = None,
     expand: Callable[[list[dict[str, Any]]], Awaitable[list[dict[str, Any]]]] | None = None,
     read_factor: int = 1,
+    expand_factor: int = 1,
 ) -> Page[Item]:
     """One cursor page of ``query`` in (``sort_field``, ``_id``) order (a date field).
 
@@ -344,7 +345,9 @@ async def page(
     position. What a read returns is expanded a page's worth at a time, as far as the
     page needs. Like ``keep``, it may end a page short after ``MAX_FILTERED_READS`` reads.
     ``read_factor``: pages' worth of documents a read takes, for a caller that expects
-    ``keep`` or ``expand`` to refuse most of them.
+    ``keep`` or ``expand`` to refuse most of them. ``expand_factor``: pages' worth of
+    documents one call of ``expand`` is given, for an ``expand`` that refuses most of them
+    before reading anything (each call is at least one read).
     """
     kept: list[dict[str, Any]] = []
     kept_ids: set[Any] = set()
@@ -373,8 +376,9 @@ async def page(
             if expand is None:
                 kept += documents if keep is None else [d for d in documents if keep(d)]
             else:
-                for start in range(0, len(documents), limit + 1):
-                    found = await expand(documents[start : start + limit + 1])
+                run = (limit + 1) * expand_factor
+                for start in range(0, len(documents), run):
+                    found = await expand(documents[start : start + run])
                     found = found if keep is None else [d for d in found if keep(d)]
                     kept += found
                     kept_ids.update(document["_id"] for document in found)

@@ -31,6 +31,10 @@ def bigrams(text: str) -> set[str]:
     return {normal[i : i + 2] for i in range(len(normal) - 1)}
 
 
+# The fields ``searchable_texts`` reads: a projection that ``matches`` can verify on.
+TEXT_FIELDS = {"subject": 1, "description": 1, "reference": 1, "customer_keys": 1}
+
+
 def searchable_texts(document: dict[str, Any]) -> list[str]:
     """What ``q`` searches: subject, description, reference and the customer keys' values."""
     keys = [key.partition(":")[2] for key in document.get("customer_keys", [])]

@@ -45,15 +45,7 @@ ORG_CREATED_INDEX = [("org", 1), ("created_at", -1), ("_id", -1)]
 # Complaints carried their grams under this index before postings existed.
 LEGACY_COMPLAINT_INDEX = "org_grams_branch_created"
 # What a posting is built from: the searchable texts and the fields a search narrows by.
-SOURCE_FIELDS = {
-    "org": 1,
-    "branch": 1,
-    "created_at": 1,
-    "subject": 1,
-    "description": 1,
-    "reference": 1,
-    "customer_keys": 1,
-}
+SOURCE_FIELDS = {"org": 1, "branch": 1, "created_at": 1, **grams.TEXT_FIELDS}
 
 
 def posting(document: dict[str, Any]) -> dict[str, Any]:
