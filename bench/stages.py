@@ -93,6 +93,31 @@ async def _round(
     return accepted
 
 
+def _print_series(
+    ids: list[str],
+    *,
+    sent: dict[str, float],
+    answered: dict[str, float],
+    stamps: Stamps,
+    window_s: float,
+) -> None:
+    """Per window of posting time: how many, POST p99, 201 → assigned p99 (stalls show
+    as windows far above the rest, steady queueing as a slow rise)."""
+    start = min(sent.values())
+    windows: dict[int, list[str]] = {}
+    for c in ids:
+        windows.setdefault(int((sent[c] - start) // window_s), []).append(c)
+    for number in sorted(windows):
+        members = windows[number]
+        post = [1000 * (answered[c] - sent[c]) for c in members]
+        assigned = [1000 * (stamps.assigned[c] - answered[c]) for c in members]
+        print(
+            f"    {datetime.fromtimestamp(start + number * window_s):%H:%M:%S}"
+            f"  {len(members):4d}  POST p99 {percentile(post, 0.99):6.0f} ms"
+            f"  201 → assigned p99 {percentile(assigned, 0.99):6.0f} ms"
+        )
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rate", type=float, default=15.0)
@@ -102,6 +127,12 @@ async def main() -> None:
         "--settle-s", type=float, default=0.0, help="wait after the services are ready"
     )
     parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument(
+        "--series-s",
+        type=float,
+        default=0.0,
+        help="also print POST and 201 → assigned p99 per window of this many seconds",
+    )
     add_jwt_secret_argument(parser)
     args = parser.parse_args()
     run, services = await prepared_run(args)
@@ -146,6 +177,10 @@ async def main() -> None:
                 )
             )
             print(_line("201 → assigned", [stamps.assigned[c] - answered[c] for c in ids]))
+            if args.series_s > 0:
+                _print_series(
+                    ids, sent=sent, answered=answered, stamps=stamps, window_s=args.series_s
+                )
             for c in sorted(ids, key=lambda c: stamps.assigned[c] - answered[c])[-5:]:
                 print(
                     f"    posted {datetime.fromtimestamp(sent[c]):%H:%M:%S.%f}"[:-3]

@@ -1,4 +1,5 @@
-"""Sorted reads shaped for the local server (``complaints_shared.mongo.sorted_batches``).
+"""Sorted reads shaped for the local server (``complaints_shared.mongo.sorted_batches``),
+and the windowed scans of background jobs (``windows_of``).
 
 Whatever shape the reads take (windows over the date, ``$in`` split into one equality read
 per value, the other equalities checked on what was read), walking page after page returns
@@ -20,7 +21,7 @@ import pytest
 from pymongo import AsyncMongoClient, monitoring
 from pymongo.asynchronous.database import AsyncDatabase
 
-from complaints_shared.mongo import STORED_CODEC, sorted_batches
+from complaints_shared.mongo import STORED_CODEC, sorted_batches, windows_of
 from tests.support.infrastructure import Infrastructure
 
 pytestmark = pytest.mark.integration
@@ -224,3 +225,52 @@ async def test_a_window_far_from_the_documents_widens_until_it_reaches_them(
     assert walked == [d["_id"] for d in oldest[:2]][::-1]
     # From one second to three years in reads that widen at least twofold each time.
     assert len(finds.filters) < 40
+
+
+@pytest.mark.parametrize(
+    ("start", "end"),
+    [(None, None), (TIE, None), (NOW - timedelta(days=30), TIE), (None, NOW)],
+)
+async def test_a_windowed_scan_reads_every_document_once_in_short_reads(
+    db: AsyncDatabase, finds: Finds, start: datetime | None, end: datetime | None
+) -> None:
+    documents = await db.things.find({"org": "o"}).to_list(None)
+    expected = sorted(
+        d["_id"]
+        for d in documents
+        if (start is None or d["created_at"] >= start) and (end is None or d["created_at"] < end)
+    )
+    finds.filters.clear()
+    reads: list[list[dict[str, Any]]] = []
+    async for found in windows_of(
+        db.things,
+        {"org": "o"},
+        field="created_at",
+        batch=8,
+        width=timedelta(minutes=1),
+        start=start,
+        end=end,
+        projection={"hidden": 0},
+    ):
+        reads.append(found)
+    scanned = sorted(d["_id"] for found in reads for d in found)
+    assert scanned == expected  # the tie, years ago, a clock ahead: each once
+    assert all("hidden" not in d for found in reads for d in found)
+    # Each read is one equality and one range on the date (what an index serves), and the
+    # windows follow the documents' density: never much more than the batch at once.
+    for sent in finds.filters:
+        assert sent.keys() == {"org", "created_at"}, sent
+        assert set(sent["created_at"]) <= {"$gt", "$lt"}, sent
+    assert max(map(len, reads)) <= 4 * 8 + 6, [len(found) for found in reads]
+
+
+async def test_a_windowed_scan_refuses_a_bound_in_the_query(db: AsyncDatabase) -> None:
+    with pytest.raises(ValueError, match="created_at"):
+        async for _ in windows_of(
+            db.things,
+            {"org": "o", "created_at": {"$gt": TIE}},
+            field="created_at",
+            batch=8,
+            width=timedelta(minutes=1),
+        ):
+            pass

@@ -785,3 +785,63 @@ def _plan(
         reads = [{**read, path: value} for read in reads for value in equalities[path]]
     residual = {path: values for path, values in equalities.items() if path not in leading}
     return reads, residual
+
+
+# ``windows_of``: how much a window may shrink or widen from one read to the next, and how
+# much it widens after an empty one.
+SCAN_WINDOW_CHANGE = (0.25, 4.0)
+SCAN_WINDOW_EMPTY_GROWTH = 4.0
+
+
+async def windows_of(
+    collection: AsyncCollection,
+    query: dict[str, Any],
+    *,
+    field: str,
+    batch: int,
+    width: timedelta,
+    start: datetime | None = None,
+    end: datetime | None = None,
+    projection: dict[str, Any] | None = None,
+) -> AsyncIterator[list[dict[str, Any]]]:
+    """Every document of ``query`` whose date ``field`` is in [``start``, ``end``) (None:
+    unbounded), in reads of about ``batch`` documents each: a background job pacing itself
+    between reads (``timing.Pacer``) then never holds the database for long.
+
+    Each read is a window of ``field`` (its index serves it, after ``query``'s equalities),
+    from the end down: ``width`` wide at first, then sized by what the last one held. A
+    sort with a limit would not do: the local server reads all that the filter selects
+    before it applies the limit (docs/mongodb-compatibility.md). Without ``end`` the first
+    read takes everything from the present on (dates set by a clock running ahead). A
+    document whose ``field`` changes during the scan may be read twice or not at all:
+    callers read changes again from a watermark set before they started.
+    """
+    if field in query:
+        raise ValueError(f"{field} is bounded by start and end, not by the query")
+
+    async def read(bounds: dict[str, datetime]) -> list[dict[str, Any]]:
+        return await collection.find({**query, field: bounds}, projection=projection).to_list(None)
+
+    high = _ms(end) if end is not None else _ms(datetime.now(UTC))
+    lowest = _ms(start) if start is not None else WINDOWS_FROM
+    if end is None:
+        ahead = await read(at_or_after(max(high, lowest)))
+        if ahead:
+            yield ahead
+    while high > lowest:
+        low = max(high - width, lowest)
+        last = low == lowest
+        # Strict bounds only: inclusive ones drop documents on the bound on the local server.
+        bounds = {"$lt": high} if last and start is None else {**at_or_after(low), "$lt": high}
+        found = await read(bounds)
+        if found:
+            yield found
+        if last:
+            return
+        if found:
+            shrink, widen = SCAN_WINDOW_CHANGE
+            width *= min(max(batch / len(found), shrink), widen)
+        else:
+            width *= SCAN_WINDOW_EMPTY_GROWTH
+        width = max(width, _ONE_MS)
+        high = low

@@ -103,6 +103,14 @@ class ServiceSettings(BaseSettings):
         description="Documents whose published events the relay collects at most before it "
         "removes them, whatever outbox_release_delay_s says.",
     )
+    background_work_share: float = Field(
+        0.2,
+        gt=0,
+        le=1,
+        description="Share of the wall time a background job's pass (the report rollup, the "
+        "load-hint recount) spends working while it runs, read and written in short steps; "
+        "it waits the rest, so a large pass never holds up requests and events (1: no pauses).",
+    )
     outbox_batch_size: int = Field(
         100, ge=1, description="Documents the outbox relay claims and publishes per round."
     )

@@ -10,17 +10,21 @@ tallies of the window's whole days and tallies what the rollup cannot vouch for 
 complaints themselves: the partial days at the window's edges and every day holding a
 complaint changed after the rollup's watermark. Same figures as the single aggregation
 (``tests/test_report_rollup.py`` compares them), and no work on the per-complaint write
-path: the job finds changes by ``updated_at``, which every change sets.
+path: the job finds changes by ``updated_at``, which every change sets. It reads
+complaints in windows of about ``READ_BATCH`` and pauses after each read and each day's
+writes (``timing.Pacer``, ``background_work_share`` of the time): read whole at once, a
+pass held the database, and every request and event behind it, for up to 2 s.
 
 The job (:func:`run_rollup`, one replica at a time under a lease) refreshes from a
 watermark kept in the database: it notes as changed (``report_days_changed``) every
 (org, branch, day) holding a complaint whose ``updated_at`` is past the watermark, then
 moves the watermark to the pass's start minus ``ROLLUP_LAG`` (a change stamped before that
 but committed late, or by a replica whose clock is behind, is still picked up by the next
-pass). A changed day is re-tallied, which reads all its complaints, at once unless it was
-re-tallied within ``RETALLY_AFTER``: a day receiving complaints (today) is read whole once
-every ten minutes, not at every pass. Until then the report counts that day from its
-complaints, as it does for a day changed after the watermark.
+pass). A changed day is re-tallied, which reads all its complaints, once it is over and unless it
+was re-tallied within ``RETALLY_AFTER``: today, still receiving complaints, is not read whole
+at all until it ends, and a past day changed again and again is read whole at most once every
+ten minutes. Until then the report counts that day from its complaints, as it does for a day
+changed after the watermark (and for a window's partial days, today among them).
 """
 
 from __future__ import annotations
@@ -36,9 +40,9 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
 from complaints_shared.logs import get_logger
-from complaints_shared.mongo import ensure_index, lease_free, lease_kept
+from complaints_shared.mongo import ensure_index, lease_free, lease_kept, windows_of
 from complaints_shared.runtime import Runtime
-from complaints_shared.timing import wait_event
+from complaints_shared.timing import Pacer, wait_event
 from intake import filter_keys, store
 from intake.lifecycle import OPEN_STATUSES, Status
 
@@ -60,10 +64,14 @@ LEASE_ID = "lease"
 # pass rebuilds it all, and replicas of another version count from the complaints meanwhile.
 VERSION = 3
 ROLLUP_LAG = timedelta(seconds=30)
+# The job reads complaints in windows of about this many (``mongo.windows_of``) and pauses
+# between them (``timing.Pacer``): its first window of changes is this wide, of a day's
+# complaints that.
+READ_BATCH = 200
+CHANGES_WINDOW = timedelta(seconds=10)
+DAY_WINDOW = timedelta(hours=1)
 ROLLUP_LEASE = timedelta(seconds=60)
 DAY = timedelta(days=1)
-# Before every complaint's ``updated_at`` (set at registration and by every change).
-BEGINNING = datetime(1970, 1, 1, tzinfo=UTC)
 # The report's group-by dimensions, as complaint field paths.
 DIMENSIONS = {
     "branch": "branch",
@@ -292,24 +300,31 @@ def percentile(values: list[int], share: float) -> int | None:
 
 
 async def retally(
-    *, db: AsyncDatabase, org: str, branch: str, day: datetime, now: datetime
+    *,
+    db: AsyncDatabase,
+    org: str,
+    branch: str,
+    day: datetime,
+    now: datetime,
+    pacer: Pacer | None = None,
 ) -> None:
     """Replace the tallies of one (org, branch, day) with what its complaints say now."""
-    complaints = await (
-        db[store.COMPLAINTS]
-        .find(
-            filter_keys.narrowed(
-                {
-                    "org": org,
-                    "branch": branch,
-                    "created_at": {"$gt": day - _ONE_MS, "$lt": day + DAY},
-                }
-            ),
-            projection=FIELDS,
-        )
-        .to_list(None)
-    )
+    pacer = pacer or Pacer(share=1)
+    complaints: list[dict[str, Any]] = []
+    async for found in windows_of(
+        db[store.COMPLAINTS],
+        filter_keys.narrowed({"org": org, "branch": branch}),
+        field="created_at",
+        start=day,
+        end=day + DAY,
+        batch=READ_BATCH,
+        width=DAY_WINDOW,
+        projection=FIELDS,
+    ):
+        complaints += found
+        await pacer.pause()
     await _write(db=db, org=org, branch=branch, day=day, complaints=complaints, now=now)
+    await pacer.pause()
 
 
 _ONE_MS = timedelta(milliseconds=1)
@@ -352,25 +367,40 @@ def _day_key(org: str, branch: str, day: datetime) -> str:
     return f"{org}|{branch}|{day:%Y-%m-%d}"
 
 
-async def refresh(*, db: AsyncDatabase, now: datetime) -> int:
+async def refresh(*, db: AsyncDatabase, now: datetime, pacer: Pacer | None = None) -> int:
     """One pass: note the (org, branch, day)s changed since the watermark, re-tally those
-    changed and not re-tallied within ``RETALLY_AFTER``; how many it re-tallied."""
+    changed, over and not re-tallied within ``RETALLY_AFTER``; how many it re-tallied. Complaints
+    are read in windows, with ``pacer``'s pause after each read."""
+    pacer = pacer or Pacer(share=1)
     since = await watermark(db=db)
     until = now - ROLLUP_LAG
-    query = {"updated_at": {"$gt": since or BEGINNING}}
+    read: dict[Any, dict[str, Any]] = {}
+    async for found in windows_of(
+        db[store.COMPLAINTS],
+        {},
+        field="updated_at",
+        start=since + _ONE_MS if since is not None else None,
+        batch=READ_BATCH,
+        width=CHANGES_WINDOW,
+        projection=FIELDS if since is None else CHANGE_FIELDS,
+    ):
+        # Once each: a change stamped by a replica whose clock is behind may move a
+        # complaint into a window still to come.
+        read.update((complaint["_id"], complaint) for complaint in found)
+        await pacer.pause()
+    complaints = list(read.values())
     if since is None:
         # The first build reads every complaint once and tallies all days from that read.
         await db[DAYS_CHANGED].delete_many({})
-        complaints = await db[store.COMPLAINTS].find(query, projection=FIELDS).to_list(None)
         days: dict[tuple[str, str, datetime], list[dict[str, Any]]] = defaultdict(list)
         for complaint in complaints:
             key = (complaint["org"], complaint["branch"], day_of(complaint["created_at"]))
             days[key].append(complaint)
         for (org, branch, day), found in days.items():
             await _write(db=db, org=org, branch=branch, day=day, complaints=found, now=now)
+            await pacer.pause()
         done = len(days)
     else:
-        complaints = await db[store.COMPLAINTS].find(query, projection=CHANGE_FIELDS).to_list(None)
         keys = {(c["org"], c["branch"], day_of(c["created_at"])) for c in complaints}
         for org, branch, day in keys:
             await db[DAYS_CHANGED].update_one(
@@ -378,7 +408,7 @@ async def refresh(*, db: AsyncDatabase, now: datetime) -> int:
                 {"$set": {"org": org, "branch": branch, "day": day, "changed": True}},
                 upsert=True,
             )
-        done = await _retally_changed(db=db, now=now)
+        done = await _retally_changed(db=db, now=now, pacer=pacer)
     await _lower_floors(db=db, complaints=complaints)
     await db[STATE].update_one(
         {"_id": WATERMARK_ID},
@@ -388,19 +418,26 @@ async def refresh(*, db: AsyncDatabase, now: datetime) -> int:
     return done
 
 
-async def _retally_changed(*, db: AsyncDatabase, now: datetime) -> int:
-    """Re-tally the changed days not re-tallied within ``RETALLY_AFTER``; forget the days
-    re-tallied before that and unchanged since. How many it re-tallied."""
+async def _retally_changed(*, db: AsyncDatabase, now: datetime, pacer: Pacer) -> int:
+    """Re-tally the changed days that are over and not re-tallied within ``RETALLY_AFTER``;
+    forget the days re-tallied before that and unchanged since. How many it re-tallied."""
     done = 0
     cooled = now - RETALLY_AFTER
     for day in await db[DAYS_CHANGED].find({}).to_list(None):
+        if day["day"] + DAY > now:
+            # Not over: re-read whole it would be out of date at its next complaint, and a
+            # report counts it from its complaints anyway (a window ending now holds part of
+            # it, and it stays noted as changed). Re-tallied at the first pass after it ends.
+            continue
         tallied_at = day.get("tallied_at")
         if tallied_at is not None and tallied_at > cooled:
             continue  # changed or not, read whole again only once it has cooled
         if not day.get("changed"):
             await db[DAYS_CHANGED].delete_one({"_id": day["_id"], "changed": False})
             continue
-        await retally(db=db, org=day["org"], branch=day["branch"], day=day["day"], now=now)
+        await retally(
+            db=db, org=day["org"], branch=day["branch"], day=day["day"], now=now, pacer=pacer
+        )
         # Nothing else writes here meanwhile: one job at a time, under the lease.
         await db[DAYS_CHANGED].update_one(
             {"_id": day["_id"]}, {"$set": {"changed": False, "tallied_at": now}}
@@ -502,8 +539,11 @@ async def run_rollup(runtime: Runtime) -> None:
             if await _take_lease(db=runtime.db, owner=owner):
                 held = {"_id": LEASE_ID, "holder": owner}
                 lease_s = ROLLUP_LEASE.total_seconds()
+                pacer = Pacer(
+                    share=runtime.settings.background_work_share, stopping=runtime.stopping
+                )
                 async with lease_kept(runtime.db[STATE], held, field="until", lease_s=lease_s):
-                    changed = await refresh(db=runtime.db, now=runtime.clock.now())
+                    changed = await refresh(db=runtime.db, now=runtime.clock.now(), pacer=pacer)
                 if changed:
                     log.info("report_rollup_refreshed", days=changed)
         except Exception as exc:

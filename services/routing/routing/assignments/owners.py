@@ -22,6 +22,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 
 from complaints_shared.events import ComplaintReceived
 from complaints_shared.logs import get_logger
+from complaints_shared.timing import Pacer
 from routing.assignments import planning, store
 from routing.assignments.models import AssignmentStatus
 from routing.directory import store as directory_store
@@ -87,26 +88,24 @@ async def likely_free_slot(
     return await free_slot(db=db, org=org, owner_id=owner_id, limit=limit)
 
 
-async def reconcile_load_hints(*, db: AsyncDatabase) -> int:
+async def reconcile_load_hints(*, db: AsyncDatabase, pacer: Pacer | None = None) -> int:
     """Set load hints that drifted (a crash between two writes) to the counted loads.
 
-    Hints are read before counting and each is replaced only if still the value read,
-    so an assignment landing meanwhile is never overwritten with an older count.
+    Each hint is read before its person's open assignments are counted and replaced only
+    if still the value read, so an assignment landing meanwhile is never overwritten with
+    an older count. One count per person, with ``pacer``'s pause after each: a count of
+    every open assignment at once held the database for as long as it took.
     """
+    pacer = pacer or Pacer(share=1)
     staff = directory_store.STAFF
     hint = directory_store.LOAD_HINT
     people = await db[staff].find({}, projection={"org": 1, "id": 1, hint: 1}).to_list(None)
-    pipeline = [
-        {"$match": {"status": AssignmentStatus.OPEN.value, "owner_id": {"$ne": None}}},
-        {"$group": {"_id": {"org": "$org", "owner": "$owner_id"}, "open": {"$sum": 1}}},
-    ]
-    counted = {
-        (row["_id"]["org"], row["_id"]["owner"]): row["open"]
-        async for row in await db[store.ASSIGNMENTS].aggregate(pipeline)
-    }
     corrected = 0
     for person in people:
-        actual = counted.get((person["org"], person["id"]), 0)
+        actual = await db[store.ASSIGNMENTS].count_documents(
+            {"org": person["org"], "owner_id": person["id"], "status": AssignmentStatus.OPEN.value}
+        )
+        await pacer.pause()
         if person.get(hint, 0) == actual:
             continue
         seen = person.get(hint, {"$exists": False})

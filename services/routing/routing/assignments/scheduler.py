@@ -26,7 +26,7 @@ from complaints_shared.logs import get_logger
 from complaints_shared.mongo import claim_first, merge_updates
 from complaints_shared.runtime import Runtime
 from complaints_shared.timers import FAILURE_FIELDS, record_timer_failure
-from complaints_shared.timing import wait_event
+from complaints_shared.timing import Pacer, wait_event
 from routing import context_cache
 from routing.assignments import lifecycle, owners, queue, routing_context, store, unroutable
 from routing.assignments.lifecycle import Command
@@ -85,7 +85,8 @@ class SlaScheduler:
             if runtime.stopping.is_set():
                 return
             try:
-                await owners.reconcile_load_hints(db=runtime.db)
+                pacer = Pacer(share=self._settings.background_work_share, stopping=runtime.stopping)
+                await owners.reconcile_load_hints(db=runtime.db, pacer=pacer)
             except Exception as exc:
                 log.error("load_hint_reconcile_failed", error=repr(exc))
 
