@@ -27,6 +27,7 @@ from complaints_shared.outbox import (
     LEASES,
     OUTBOX_FIELD,
     PENDING_SINCE_FIELD,
+    RELEASE_STATEMENT_SIZE,
     OutboxRelay,
     outbox_entry,
     outbox_fields,
@@ -171,6 +172,69 @@ async def test_an_event_added_while_a_batch_is_sent_stays_pending(system: System
         assert document[OUTBOX_FIELD] == [] and PENDING_SINCE_FIELD not in document
     finally:
         await producer.stop()
+
+
+class _UpdateStatements(monitoring.CommandListener):
+    """The statements of each ``update`` command the server receives."""
+
+    def __init__(self) -> None:
+        self.commands: list[list[dict]] = []
+
+    def started(self, event: monitoring.CommandStartedEvent) -> None:
+        if event.command_name == "update":
+            self.commands.append(list(event.command["updates"]))
+
+    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+        pass
+
+    def failed(self, event: monitoring.CommandFailedEvent) -> None:
+        pass
+
+
+async def test_a_release_is_one_command_of_short_statements(system: System) -> None:
+    """The local server locks a collection's writes for a whole statement: a release of
+    many documents is one command whose statements each take a few of them."""
+    probe = await _probe(system)
+    statements = _UpdateStatements()
+    client = AsyncMongoClient(
+        system.intake_settings.mongodb_uri, tz_aware=True, event_listeners=[statements]
+    )
+    collection = client[probe.db.name][probe.collection.name]
+    producer = EventProducer(settings=probe.settings)
+    relay = OutboxRelay(
+        db=client[probe.db.name],
+        collections=[collection.name],
+        producer=producer,
+        settings=probe.settings,
+    )
+    try:
+        ids = [str(uuid.uuid4()) for _ in range(2 * RELEASE_STATEMENT_SIZE + 2)]
+        await collection.insert_many(
+            [{"_id": document_id, **outbox_fields([_entry(probe.settings)])} for document_id in ids]
+        )
+        assert await relay.publish_batch(collection=collection.name) == len(ids)
+        # One document gets an event after the batch was sent: it must stay pending.
+        added = _entry(probe.settings)
+        await collection.update_one({"_id": ids[7]}, outbox_update([added]))
+        statements.commands.clear()
+        await relay.release_published(collection=collection.name)
+        assert len(statements.commands) == 1
+        assert [len(statement["q"]["_id"]["$in"]) for statement in statements.commands[0]] == [
+            RELEASE_STATEMENT_SIZE,
+            RELEASE_STATEMENT_SIZE,
+            2,
+        ]
+        documents = {d["_id"]: d async for d in collection.find({})}
+        for document_id in ids:
+            document = documents[document_id]
+            if document_id == ids[7]:
+                assert [entry["id"] for entry in document[OUTBOX_FIELD]] == [added["id"]]
+                assert PENDING_SINCE_FIELD in document
+            else:
+                assert document[OUTBOX_FIELD] == [] and PENDING_SINCE_FIELD not in document
+    finally:
+        await producer.stop()
+        await client.close()
 
 
 class _CommandCounter(monitoring.CommandListener):
