@@ -49,7 +49,13 @@ class ServiceSettings(BaseSettings):
     topic_prefix: str = Field(
         "", description="Prefix for every topic and consumer group (used to isolate tests)."
     )
-    topic_partitions: int = Field(3, ge=1, description="Partitions for topics created at start-up.")
+    topic_partitions: int = Field(
+        6,
+        ge=1,
+        description="Partitions for topics created at start-up: how many records of a topic one "
+        "replica handles side by side (each partition's in order), and the most replicas of a "
+        "service that consume it.",
+    )
     topic_replication_factor: int = Field(1, ge=1, description="Replication for created topics.")
     consumer_max_attempts: int = Field(
         5,
