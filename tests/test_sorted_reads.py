@@ -257,7 +257,8 @@ async def test_a_windowed_scan_reads_every_document_once_in_short_reads(
     assert scanned == expected  # the tie, years ago, a clock ahead: each once
     assert all("hidden" not in d for found in reads for d in found)
     # Each read is one equality and one range on the date (what an index serves), and the
-    # windows follow the documents' density: never much more than the batch at once.
+    # windows follow the documents' density: at most four batches' worth (a window widens at
+    # most fourfold) plus the six documents of one millisecond.
     for sent in finds.filters:
         assert sent.keys() == {"org", "created_at"}, sent
         assert set(sent["created_at"]) <= {"$gt", "$lt"}, sent

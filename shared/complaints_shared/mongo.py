@@ -829,8 +829,8 @@ async def windows_of(
         if ahead:
             yield ahead
     while high > lowest:
-        low = max(high - width, lowest)
-        last = low == lowest
+        last = width >= high - lowest  # (never a date before year 1 from a wide window)
+        low = lowest if last else high - width
         # Strict bounds only: inclusive ones drop documents on the bound on the local server.
         bounds = {"$lt": high} if last and start is None else {**at_or_after(low), "$lt": high}
         found = await read(bounds)
