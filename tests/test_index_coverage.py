@@ -23,6 +23,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 
 from intake.store import COMPLAINT_INDEXES
 from intake.store import ensure_indexes as ensure_intake_indexes
+from intake.submissions import ensure_indexes as ensure_submission_indexes
 from routing.assignments.store import ensure_indexes as ensure_routing_indexes
 from tests.support.http import token
 from tests.support.system import System
@@ -222,6 +223,9 @@ async def _a_complaints_life(system: System) -> None:
         response = await system.intake.post("/v1/complaints", json=body, headers=admin)
         assert response.status_code == 201, response.text
         ids.append(response.json())
+        # The same again: the claim refuses it, and the earlier complaint is looked up.
+        again = await system.intake.post("/v1/complaints", json=body, headers=admin)
+        assert again.status_code == 200 and again.json()["id"] == ids[-1]["id"], again.text
 
     async def assigned() -> bool:
         for complaint in ids:
@@ -310,10 +314,21 @@ async def test_an_index_redefined_under_its_name_replaces_the_old_one(system: Sy
     )
     await routing_db.assignments.drop_index("timers_due")
     await routing_db.assignments.create_index("next_timer_at", sparse=True, name="timers_due")
+    # The claim's index was partial on ``$exists``, which the local server reads by a scan.
+    await intake_db.complaints.drop_index("resubmission_unique")
+    await intake_db.complaints.create_index(
+        "resubmission_key",
+        unique=True,
+        name="resubmission_unique",
+        partialFilterExpression={"resubmission_key": {"$exists": True}},
+    )
     await ensure_intake_indexes(db=intake_db)
+    await ensure_submission_indexes(db=intake_db)
     await ensure_routing_indexes(db=routing_db)
     complaints = await intake_db.complaints.index_information()
     assert complaints["org_ack_due"]["key"] == COMPLAINT_INDEXES["org_ack_due"]
+    claims = complaints["resubmission_unique"]
+    assert claims["unique"] and claims["sparse"] and "partialFilterExpression" not in claims
     timers = (await routing_db.assignments.index_information())["timers_due"]
     assert timers["key"] == [("next_timer_at", 1)]
     assert "sparse" not in timers and "partialFilterExpression" not in timers
