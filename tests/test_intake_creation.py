@@ -212,6 +212,63 @@ async def test_the_first_complaints_of_a_day_racing_each_get_their_own_number(
         assert sorted(references) == [f"{branch}-20261201-{n:04d}" for n in range(1, 9)]
 
 
+async def test_a_counter_behind_the_stored_numbers_costs_no_complaint(
+    system_factory: SystemFactory,
+) -> None:
+    """A reference counter lost or restored from an older backup hands out numbers that are
+    stored already: each complaint still gets 201 with a free number, which its record, its
+    event and its search posting carry."""
+    clock = ManualClock(datetime(2026, 11, 23, 2, 0, tzinfo=UTC))
+    system = await system_factory(clock=clock)
+    admin = token(system.intake_settings)
+    db = system.mongo[system.intake_settings.database_name()]
+
+    async def post(subject: str) -> dict:
+        body = complaint_body(subject=subject)
+        response = await system.intake.post("/v1/complaints", json=body, headers=admin)
+        assert response.status_code == 201, response.text
+        return response.json()
+
+    before = [await post(subject) for subject in ("宽带断了", "电话没人接", "账单多扣了钱")]
+    assert [c["reference"] for c in before] == [f"LZ-20261123-000{n}" for n in (1, 2, 3)]
+    # The counter as an older backup had it, and a process started since (no block held).
+    await db[reference_numbers.REFERENCE_COUNTERS].update_one(
+        {"_id": "LZ-20261123"}, {"$set": {"seq": 0}}
+    )
+    reference_numbers._blocks.clear()
+
+    after = await asyncio.gather(*(post(subject) for subject in ("路由器坏了", "网速很慢")))
+    references = [c["reference"] for c in before + after]
+    assert len(set(references)) == 5
+    assert all(int(c["reference"].rsplit("-", 1)[1]) > 3 for c in after)
+    assert await db.complaints.count_documents({}) == 5
+    counter = await db[reference_numbers.REFERENCE_COUNTERS].find_one({"_id": "LZ-20261123"})
+    assert counter["seq"] >= max(int(r.rsplit("-", 1)[1]) for r in references)
+    for complaint in after:
+        stored = await db.complaints.find_one({"_id": complaint["id"]})
+        assert stored["reference"] == complaint["reference"]
+        assert stored["timeline"][0]["details"]["reference"] == complaint["reference"]
+        found = await system.intake.get(
+            "/v1/complaints", params={"q": complaint["reference"]}, headers=admin
+        )
+        assert [item["id"] for item in found.json()["items"]] == [complaint["id"]]
+
+    def numbered(records: list) -> dict[str, str]:
+        received = events_of(records, event_type=EventType.COMPLAINT_RECEIVED)
+        return {event.subject: event.data["reference"] for event in received}
+
+    records = await read_topic(
+        bootstrap_servers=system.infra.kafka_bootstrap_servers,
+        topic=system.topic(Topic.INTAKE),
+        until=lambda records: {c["id"] for c in after} <= numbered(records).keys(),
+    )
+    assert all(numbered(records)[c["id"]] == c["reference"] for c in after)
+    # Numbers go on from where the counter now stands: the next one is free at once.
+    assert int((await post("又断网了"))["reference"].rsplit("-", 1)[1]) > max(
+        int(r.rsplit("-", 1)[1]) for r in references
+    )
+
+
 async def test_severity_and_flags_are_suggested_from_chinese_text_when_left_out(
     system: System,
 ) -> None:

@@ -390,7 +390,12 @@ def _settle(done: asyncio.Future[None], error: BaseException | None) -> None:
 
 def is_id_clash(exc: DuplicateKeyError) -> bool:
     """The duplicate is the document's ``_id`` (not another unique index)."""
-    return "_id" in ((exc.details or {}).get("keyPattern") or {})
+    return clashes_on(exc, "_id")
+
+
+def clashes_on(exc: DuplicateKeyError, field: str) -> bool:
+    """The unique index that refused the write holds ``field``."""
+    return field in ((exc.details or {}).get("keyPattern") or {})
 
 
 @asynccontextmanager

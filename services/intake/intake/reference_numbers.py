@@ -19,6 +19,7 @@ from pymongo.errors import DuplicateKeyError
 
 from complaints_shared.events import BranchUpdated
 from complaints_shared.mongo import retrying
+from intake import store
 from intake.settings import IntakeSettings
 
 # What intake knows of routing's branches (from ``branch.updated``): their time zones.
@@ -113,6 +114,34 @@ async def next_reference(*, db: AsyncDatabase, branch: str, at: datetime, time_z
         number = block[0]
         block[0] += 1
     return f"{key}-{number:04d}"
+
+
+async def skip_taken(*, db: AsyncDatabase, org: str, reference: str) -> None:
+    """After ``reference`` turned out stored already: move its counter past every number of
+    its branch-day stored in ``org``, and forget this process's block of it, so the next
+    ``next_reference`` hands out a free number.
+
+    The counter can only be behind when it was lost or restored from a backup older than
+    the complaints (or complaints were imported): a rare path, which reads the references
+    of one branch-day through ``reference_unique``.
+    """
+    key = reference.rsplit("-", 1)[0]
+    # Every "<key>-<number>" lies strictly between "<key>-" and "<key>." ("." follows "-").
+    stored = await (
+        db[store.COMPLAINTS]
+        .find({"org": org, "reference": {"$gt": f"{key}-", "$lt": f"{key}."}}, {"reference": 1})
+        .to_list(None)
+    )
+    numbers = [document["reference"].rsplit("-", 1)[1] for document in stored]
+    highest = max((int(number) for number in numbers if number.isdigit()), default=0)
+    counters, past = db[REFERENCE_COUNTERS], {"$max": {"seq": highest}}
+    try:
+        await retrying(counters.update_one, {"_id": key}, past, upsert=True)
+    except DuplicateKeyError:  # created meanwhile by the day's first complaint
+        await retrying(counters.update_one, {"_id": key}, past)
+    slot = (db.name, key)
+    async with _block_locks.setdefault(slot, asyncio.Lock()):
+        _blocks.pop(slot, None)
 
 
 async def _reserve_block(*, db: AsyncDatabase, key: str) -> int:

@@ -15,7 +15,7 @@ from pymongo.errors import DuplicateKeyError
 
 from complaints_shared.auth import Principal
 from complaints_shared.events import ComplaintReceived, EventType, Flag
-from complaints_shared.mongo import is_id_clash
+from complaints_shared.mongo import clashes_on, is_id_clash
 from complaints_shared.outbox import outbox_entry, outbox_fields
 from complaints_shared.problems import ConcurrentUpdate
 from intake import filter_keys, postings, reference_numbers, store, submissions
@@ -26,7 +26,8 @@ from intake.repeats import MAX_REPEAT_LINKS, repeat_keys
 from intake.settings import IntakeSettings
 from intake.suggestions import suggest
 
-# Inserts tried when the index refuses the claim and the earlier claim turns out closed.
+# Inserts tried when an index refuses one: the claim, whose earlier holder turns out
+# closed, or the reference number, taken already.
 SUBMISSION_ATTEMPTS = 5
 
 
@@ -99,6 +100,24 @@ async def create_complaint(
                 # the stored complaint's.
                 await postings.write(db=db, document=existing)
                 return existing, True
+            if clashes_on(exc, "reference"):
+                # The counter was behind the numbers stored (lost, or restored from an older
+                # backup): it moves past them and the complaint takes a free number.
+                await reference_numbers.skip_taken(
+                    db=db, org=principal.org, reference=document["reference"]
+                )
+                document = await _prepare(
+                    db=db,
+                    settings=settings,
+                    principal=principal,
+                    request=request,
+                    body=body,
+                    complaint_id=complaint_id,
+                    fingerprint=fingerprint,
+                    now=now,
+                )
+                await postings.write(db=db, document=document)
+                continue
         earlier = await submissions.earlier_submission(db=db, fingerprint=fingerprint, now=now)
         if earlier is not None:
             await postings.discard(db=db, complaint_id=complaint_id)
