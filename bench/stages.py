@@ -25,6 +25,8 @@ from bench.run import (
     PORTS,
     Run,
     add_jwt_secret_argument,
+    cpu_s,
+    database_pid,
     drop_run_databases,
     percentile,
     prepared_run,
@@ -128,6 +130,13 @@ async def main() -> None:
     )
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="complaints stored before the services start (as bench.search seeds them), "
+        "to see whether a complaint costs more in a fuller database",
+    )
+    parser.add_argument(
         "--series-s",
         type=float,
         default=0.0,
@@ -136,6 +145,10 @@ async def main() -> None:
     add_jwt_secret_argument(parser)
     args = parser.parse_args()
     run, services = await prepared_run(args)
+    if args.seed:
+        from bench.search import seed
+
+        await seed(run, complaints=args.seed, days=30)
     settings = run.settings()
     consumer = AIOKafkaConsumer(
         bootstrap_servers=run.infra["KAFKA_BOOTSTRAP_SERVERS"], enable_auto_commit=False
@@ -159,11 +172,16 @@ async def main() -> None:
         collector = asyncio.create_task(stamps.collect(consumer, stop))
         await asyncio.sleep(args.settle_s)
         for number in range(args.rounds):
+            database_cpu = cpu_s(database_pid())
             accepted = await _round(
                 run, stamps, rate=args.rate, seconds=args.seconds, first=number * 1_000_000
             )
+            database_cpu = cpu_s(database_pid()) - database_cpu
             ids = [c for c in accepted if c in stamps.received and c in stamps.assigned]
-            print(f"round {number + 1}: {len(accepted)} accepted, {len(ids)} assigned")
+            print(
+                f"round {number + 1}: {len(accepted)} accepted, {len(ids)} assigned;"
+                f" database {1000 * database_cpu / max(1, len(accepted)):.1f} ms CPU per complaint"
+            )
             if not ids:
                 continue
             sent = {c: accepted[c][0] for c in ids}

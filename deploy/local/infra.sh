@@ -21,6 +21,7 @@
 #   LOCAL_KAFKA_PORT             broker port            (default 9092)
 #   LOCAL_KAFKA_CONTROLLER_PORT  KRaft controller port  (default 9093)
 #   LOCAL_MONGO_PORT             SecantusDB port        (default 27017)
+#   LOCAL_MONGO_CACHE_SIZE       SecantusDB's WiredTiger cache (default 256M)
 #   KAFKA_HEAP                   broker -Xmx            (default 768m)
 #   KAFKA_DIST_DIR               unpacked official Kafka binary distribution
 #                                (kafka_2.13-$KAFKA_VERSION) whose libs/ is used
@@ -40,6 +41,7 @@ CACHE=${COMPLAINTS_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/complaint-desk}
 KAFKA_PORT=${LOCAL_KAFKA_PORT:-9092}
 KAFKA_CONTROLLER_PORT=${LOCAL_KAFKA_CONTROLLER_PORT:-9093}
 MONGO_PORT=${LOCAL_MONGO_PORT:-27017}
+MONGO_CACHE_SIZE=${LOCAL_MONGO_CACHE_SIZE:-256M}
 KAFKA_HEAP=${KAFKA_HEAP:-768m}
 KAFKA_READY_TIMEOUT=${KAFKA_READY_TIMEOUT:-90}
 MONGO_READY_TIMEOUT=${MONGO_READY_TIMEOUT:-30}
@@ -570,8 +572,8 @@ log_level = "INFO"
 standalone = true
 
 [storage]
-# WiredTiger cache; the 1G default is more than a dev box needs.
-cache_size = "256M"
+# WiredTiger cache (LOCAL_MONGO_CACHE_SIZE); the 1G default is more than a dev box needs.
+cache_size = "$MONGO_CACHE_SIZE"
 EOF
 }
 
