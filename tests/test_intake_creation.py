@@ -11,7 +11,7 @@ from pymongo.errors import DuplicateKeyError
 from complaints_shared.auth import Principal
 from complaints_shared.clock import ManualClock
 from complaints_shared.events import EventType, Topic
-from intake import reference_numbers, registration, submissions
+from intake import reference_numbers, registration, repair, submissions
 from intake.models import ComplaintCreate
 from tests.support.http import complaint_body, token
 from tests.support.kafka import events_of, read_topic
@@ -167,6 +167,39 @@ async def test_a_complaint_finished_outside_the_window_is_not_a_repeat(
     )
     assert later.json()["repeat_count"] == 0
     assert "repeat" not in later.json()["flags"]
+
+
+async def test_keys_stored_by_day_before_weeks_still_find_the_customer_after_a_start(
+    system_factory: SystemFactory,
+) -> None:
+    """Finished complaints were found by the day they finished, now by the week: the start-up
+    repair rewrites what an earlier version stored, so its customers' repeats are still seen."""
+    clock = ManualClock(datetime(2026, 11, 2, 2, 0, tzinfo=UTC))
+    system = await system_factory(clock=clock)
+    admin = token(system.intake_settings)
+    db = system.mongo[system.intake_settings.database_name()]
+    first = (
+        await system.intake.post("/v1/complaints", json=complaint_body(), headers=admin)
+    ).json()
+    withdrawn = await system.intake.post(
+        f"/v1/complaints/{first['id']}/withdraw", json={"reason": "已自行解决"}, headers=admin
+    )
+    assert withdrawn.status_code == 200, withdrawn.text
+    weekly = (await db.complaints.find_one({"_id": first["id"]}))["repeat_keys"]
+    assert weekly and all(key.endswith("|w20261102") for key in weekly)
+    by_day = [key.rsplit("|", 1)[0] + "|20261102" for key in weekly]
+    await db.complaints.update_one({"_id": first["id"]}, {"$set": {"repeat_keys": by_day}})
+
+    assert (await repair.at_start(db=db))["repeat_keys"] == 1
+    assert (await db.complaints.find_one({"_id": first["id"]}))["repeat_keys"] == weekly
+    assert (await repair.at_start(db=db))["repeat_keys"] == 0  # done once
+
+    clock.advance(timedelta(days=20))
+    later = await system.intake.post(
+        "/v1/complaints", json=complaint_body(subject="又是同样的问题"), headers=admin
+    )
+    assert later.status_code == 201, later.text
+    assert later.json()["repeat_count"] == 1 and later.json()["repeat_of"] == [first["id"]]
 
 
 async def test_reference_numbers_count_per_branch_and_local_day(
