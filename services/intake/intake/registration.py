@@ -75,17 +75,23 @@ async def create_complaint(
         subject=request.subject,
         description=request.description,
     )
-    document = await _prepare(
-        db=db,
-        settings=settings,
-        principal=principal,
-        request=request,
-        body=body,
-        complaint_id=complaint_id,
-        fingerprint=fingerprint,
-        now=now,
-    )
-    await postings.write(db=db, document=document)
+
+    async def prepared() -> dict[str, Any]:
+        """The document to insert, its search posting written already."""
+        document = await _prepare(
+            db=db,
+            settings=settings,
+            principal=principal,
+            request=request,
+            body=body,
+            complaint_id=complaint_id,
+            fingerprint=fingerprint,
+            now=now,
+        )
+        await postings.write(db=db, document=document)
+        return document
+
+    document = await prepared()
     for _ in range(SUBMISSION_ATTEMPTS):
         try:
             return await store.insert(db=db, document=document), True
@@ -106,17 +112,7 @@ async def create_complaint(
                 await reference_numbers.skip_taken(
                     db=db, org=principal.org, reference=document["reference"]
                 )
-                document = await _prepare(
-                    db=db,
-                    settings=settings,
-                    principal=principal,
-                    request=request,
-                    body=body,
-                    complaint_id=complaint_id,
-                    fingerprint=fingerprint,
-                    now=now,
-                )
-                await postings.write(db=db, document=document)
+                document = await prepared()
                 continue
         earlier = await submissions.earlier_submission(db=db, fingerprint=fingerprint, now=now)
         if earlier is not None:
