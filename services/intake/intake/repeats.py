@@ -39,9 +39,7 @@ def repeat_keys(customer_keys: list[str], *, status: Status, at: datetime) -> li
     """The keys repeat detection finds a complaint by: ``<customer key>|open`` while it is
     open, ``<customer key>|w<Monday of the UTC week it finished>`` once resolved, closed,
     rejected or withdrawn (a reopen makes it open again)."""
-    if status in OPEN_STATUSES:
-        return [f"{key}|{REPEAT_OPEN}" for key in customer_keys]
-    bucket = finished_bucket(at.astimezone(UTC).date())
+    bucket = REPEAT_OPEN if status in OPEN_STATUSES else finished_bucket(at.astimezone(UTC).date())
     return [f"{key}|{bucket}" for key in customer_keys]
 
 
@@ -49,9 +47,9 @@ def repeat_buckets(*, since: datetime, now: datetime) -> list[str]:
     """The buckets of complaints open now or finished in a UTC week from ``since``'s to
     ``now``'s (the first week reaches back before ``since``: the caller trims it)."""
     first, last = since.astimezone(UTC).date(), now.astimezone(UTC).date()
-    weeks = range(0, (last - first).days + first.weekday() + 1, WEEK_DAYS)
-    start = first - timedelta(days=first.weekday())
-    return [REPEAT_OPEN, *(finished_bucket(start + timedelta(days=n)) for n in weeks)]
+    monday = first - timedelta(days=first.weekday())
+    weeks = (last - monday).days // WEEK_DAYS + 1
+    return [REPEAT_OPEN, *(finished_bucket(monday + timedelta(weeks=n)) for n in range(weeks))]
 
 
 def current_keys(keys: list[str]) -> list[str] | None:
