@@ -54,6 +54,20 @@ class Stamps:
                         self.assigned[event.subject] = record.timestamp / 1000
 
 
+async def _outbox_releases() -> dict[str, float]:
+    """Per service and remover (``write`` or ``relay``), documents whose published events
+    were removed so far (``complaints_outbox_documents_released_total``)."""
+    counts: dict[str, float] = {}
+    async with httpx.AsyncClient(timeout=10) as http:
+        for name, port in PORTS.items():
+            text = (await http.get(f"http://127.0.0.1:{port}/metrics")).text
+            for line in text.splitlines():
+                if line.startswith("complaints_outbox_documents_released_total{"):
+                    by = line.split('by="', 1)[1].split('"', 1)[0]
+                    counts[f"{name} {by}"] = float(line.rsplit(" ", 1)[1])
+    return counts
+
+
 def _line(name: str, seconds: list[float]) -> str:
     ms = [1000 * value for value in seconds]
     figures = "  ".join(
@@ -173,6 +187,7 @@ async def main() -> None:
         await asyncio.sleep(args.settle_s)
         for number in range(args.rounds):
             database_cpu = cpu_s(database_pid())
+            releases = await _outbox_releases()
             accepted = await _round(
                 run, stamps, rate=args.rate, seconds=args.seconds, first=number * 1_000_000
             )
@@ -181,6 +196,18 @@ async def main() -> None:
             print(
                 f"round {number + 1}: {len(accepted)} accepted, {len(ids)} assigned;"
                 f" database {1000 * database_cpu / max(1, len(accepted)):.1f} ms CPU per complaint"
+            )
+            released = {
+                key: count - releases.get(key, 0.0)
+                for key, count in (await _outbox_releases()).items()
+            }
+            print(
+                "  outbox releases per complaint: "
+                + ", ".join(
+                    f"{key} {count / max(1, len(accepted)):.2f}"
+                    for key, count in sorted(released.items())
+                    if count
+                )
             )
             if not ids:
                 continue

@@ -35,6 +35,13 @@ OUTBOX_PUBLISH_FAILURES = Counter(
     "Outbox relay passes that could not publish (the events stay pending).",
     ["service"],
 )
+OUTBOX_DOCUMENTS_RELEASED = Counter(
+    "complaints_outbox_documents_released_total",
+    "Documents whose published events were removed from their outbox, by whom: with the "
+    "document's next write (write) or by a release of the relay's own (relay, one more "
+    "write of the document).",
+    ["service", "by"],
+)
 HTTP_REQUESTS = Histogram(
     "complaints_http_request_duration_seconds",
     "HTTP request latency by route and status.",
