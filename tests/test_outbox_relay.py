@@ -27,6 +27,7 @@ from complaints_shared.outbox import (
     LEASES,
     OUTBOX_FIELD,
     PENDING_SINCE_FIELD,
+    RELEASE_HELD_MARGIN,
     RELEASE_STATEMENT_SIZE,
     OutboxRelay,
     outbox_entry,
@@ -561,6 +562,58 @@ async def test_the_next_write_of_a_document_removes_what_the_relay_published(
     assert await outbox_sent(probe.collection)
     published = await _published_ids(probe.settings, probe.topic, expected=2)
     assert sorted(published) == sorted([first["id"], second["id"]])  # once each
+
+
+async def test_a_document_whose_next_write_runs_behind_waits_for_it(system: System) -> None:
+    """While writes of this process keep taking published events out of the collection's
+    documents, one at a time and each later than the release delay (a pipeline running
+    behind), the relay writes nothing of its own for the documents they have not reached:
+    each leaves with its own next write. A document no write takes is released once the
+    writes stop coming, not before."""
+    probe = await _probe(system)
+    delay = 1.0
+    relay, counter = await _counted_relay(probe, outbox_release_delay_s=delay)
+    name = probe.collection.name
+    task = asyncio.create_task(relay.run())
+
+    async def pending(document_id: str) -> bool:
+        stored = await probe.collection.find_one({"_id": document_id})
+        return PENDING_SINCE_FIELD in stored
+
+    try:
+        taken_by_writes = [str(uuid.uuid4()) for _ in range(5)]
+        left_alone = str(uuid.uuid4())
+        for document_id in [*taken_by_writes, left_alone]:
+            entry = _entry(probe.settings)
+            await probe.collection.insert_one({"_id": document_id, **outbox_fields([entry])})
+            record_written(name, database=probe.db.name, document_id=document_id, outbox=[entry])
+        await eventually(lambda: relay.owed(collection=name) == 6, what="all six published")
+
+        for document_id in taken_by_writes:  # the last one 4 s after its publication
+            await asyncio.sleep(0.8)
+            where = {"database": probe.db.name, "collection": name, "document_id": document_id}
+            taken = take_published(**where)
+            assert len(taken) == 1, "the relay released it before its write"
+            (event_id,) = taken
+            await probe.collection.update_one(
+                {"_id": document_id},
+                {"$set": {OUTBOX_FIELD: []}, "$unset": {PENDING_SINCE_FIELD: ""}},
+            )
+            settle_published(**where, event_ids=[event_id], removed=True)
+            assert counter.updates == 0  # the relay waited for every write
+        writes_stopped = time.monotonic()
+        assert await pending(left_alone)
+
+        await eventually(lambda: relay.owed(collection=name) == 0, timeout_s=8, what="released")
+        assert not await pending(left_alone)
+        assert counter.updates == 1  # the one document no write took
+        # Released once the writes had stopped for the margin, not as soon as it was due.
+        assert time.monotonic() - writes_stopped >= (RELEASE_HELD_MARGIN - 0.5) * delay
+        published = await _published_ids(probe.settings, probe.topic, expected=6)
+        assert len(published) == len(set(published)) == 6  # once each
+    finally:
+        await relay.stop()
+        await task
 
 
 async def _count_published(probe: Probe, expected: int) -> bool:

@@ -30,7 +30,11 @@ from complaints_shared.envelope import CloudEvent
 from complaints_shared.events import EventPayload, EventType, topic_of
 from complaints_shared.kafka import EventProducer
 from complaints_shared.logs import get_logger
-from complaints_shared.metrics import EVENTS_PUBLISHED, OUTBOX_PUBLISH_FAILURES
+from complaints_shared.metrics import (
+    EVENTS_PUBLISHED,
+    OUTBOX_DOCUMENTS_RELEASED,
+    OUTBOX_PUBLISH_FAILURES,
+)
 from complaints_shared.mongo import as_utc, by_ids
 from complaints_shared.settings import ServiceSettings
 from complaints_shared.timing import wait_event
@@ -53,6 +57,13 @@ IN_FLIGHT_S = 1.0
 RELEASE_DUE_FACTOR = 1.25
 # Documents per statement of a release (``OutboxRelay._release``).
 RELEASE_STATEMENT_SIZE = 5
+# While writes of this process are still taking published events out of a collection's
+# documents (``take_published``: one within this many release delays) but have not reached
+# documents published this many delays after a document yet, its release waits for them
+# (``OutboxRelay._held``): the writes follow several partitions, some further behind.
+RELEASE_HELD_MARGIN = 3
+# ... up to this many release delays.
+RELEASE_HELD_FACTOR = 20
 
 
 def outbox_entry(*, event_type: EventType, data: EventPayload, settings: ServiceSettings) -> dict:
@@ -176,9 +187,12 @@ class OutboxRelay:
     per batch; until then those documents are left out of the relay's reads, and a
     relay that stops releases them first. Most never need it: a document's next
     write (a complaint's is routing's decision) takes its published events out with
-    it. The delay is long enough to cover that next write even when the pipeline runs
-    a second or two behind: a release of its own rewrites every index entry of the
-    document on the local server (docs/mongodb-compatibility.md).
+    it. The delay covers that next write when the pipeline runs a second or two
+    behind, and while such writes keep coming but have not reached a document yet,
+    it waits for them longer (``_held``): a release of its own rewrites every index
+    entry of the document on the local server (docs/mongodb-compatibility.md), which
+    would make every complaint dearer just when the database is behind. Releases run
+    beside publication, never in its way.
     (A crash before the release only publishes them again, which the idempotent
     consumers absorb.) A write of this process hands it the document's outbox as
     written (``record_written``): the leader publishes that at once without reading
@@ -226,9 +240,17 @@ class OutboxRelay:
         self._unreleased: dict[str, dict[Any, list[str]]] = {c: {} for c in collections}
         self._unreleased_since: dict[str, dict[Any, float]] = {c: {} for c in collections}
         self._release_retry_at: dict[str, float] = {}
+        # Collections whose every published event goes at the next release (the cap
+        # reached, or no delay), and the release running in the background, if any.
+        self._release_all: set[str] = set()
+        self._releasing: asyncio.Task | None = None
         # Documents whose published events writes of this process are removing right now
         # (several writers of one document each hold what they were handed).
         self._handed_over: dict[str, dict[Any, list[str]]] = {c: {} for c in collections}
+        # Per collection: the publication time (monotonic) of the latest-published document
+        # a write took events from, and when that happened (``_held``).
+        self._taken_up_to: dict[str, float] = {}
+        self._taken_at: dict[str, float] = {}
         # Per collection: documents written by this process (id -> outbox as written), to
         # publish without reading them.
         self._written: dict[str, dict[Any, list[dict]]] = {c: {} for c in collections}
@@ -261,7 +283,12 @@ class OutboxRelay:
         if database != self._db.name or not waiting or document_id not in waiting:
             return []
         event_ids = waiting.pop(document_id)
-        self._unreleased_since[collection].pop(document_id, None)
+        published_at = self._unreleased_since[collection].pop(document_id, None)
+        if published_at is not None:
+            self._taken_up_to[collection] = max(
+                published_at, self._taken_up_to.get(collection, published_at)
+            )
+            self._taken_at[collection] = time.monotonic()
         self._handed_over[collection].setdefault(document_id, []).extend(event_ids)
         return event_ids
 
@@ -285,6 +312,7 @@ class OutboxRelay:
         if not held:
             del handed[document_id]
         if removed:
+            OUTBOX_DOCUMENTS_RELEASED.labels(self._settings.service_name, "write").inc()
             self._note_removed(event_ids)
         else:
             self._owe(collection, {document_id: event_ids})
@@ -307,7 +335,7 @@ class OutboxRelay:
         try:
             while not self._stopping.is_set():
                 self._wake.clear()
-                await self._release_due()
+                self._start_release()
                 now = time.monotonic()
                 polled = {c for c in self._collections if now >= self._next_poll[c]}
                 self._dirty.update(polled)
@@ -350,7 +378,9 @@ class OutboxRelay:
                         wake_at = min(wake_at, release_at)
                     await wait_event(self._wake, timeout_s=max(0.0, wake_at - time.monotonic()))
         finally:
-            await self._release_due(everything=True)
+            if self._releasing is not None:
+                await self._releasing
+            await self._release_each({c: None for c in self._collections if self._unreleased[c]})
             await self._give_up_leases()
 
     def _owe(self, collection: str, sent: dict[Any, list[str]]) -> None:
@@ -362,49 +392,114 @@ class OutboxRelay:
             waiting.setdefault(document_id, []).extend(event_ids)
             since.setdefault(document_id, now)
 
+    def _held(self, collection: str, *, published_at: float, now: float) -> bool:
+        """Whether a document published at ``published_at`` that waited the release delay
+        still waits for its next write, because the pipeline runs behind.
+
+        Writes of this process that take published events out (a complaint's is
+        routing's decision) reach documents roughly in the order they were published.
+        While they keep coming and have not yet reached documents published well after
+        this one (``RELEASE_HELD_MARGIN``), its next write is most likely on its way, only
+        late: a release of its own now would be one more write of the document for every
+        complaint exactly while the database is the bottleneck, which keeps the pipeline
+        behind (docs/performance.md). Once the writes have passed it by, or stopped
+        (routing down, or a collection whose documents are seldom written again), or it
+        waited ``RELEASE_HELD_FACTOR`` delays, it is released as before;
+        ``outbox_release_max_documents`` bounds how many wait.
+        """
+        delay = self._settings.outbox_release_delay_s
+        taken_at = self._taken_at.get(collection)
+        margin = RELEASE_HELD_MARGIN * delay
+        return (
+            taken_at is not None
+            and now - taken_at < margin
+            and self._taken_up_to[collection] < published_at + margin
+            and now - published_at < RELEASE_HELD_FACTOR * delay
+        )
+
     def _next_release_at(self) -> float | None:
         """When the next release is due: once the longest-waiting document of a collection
         has waited the delay and a quarter, so one write takes all that waited the delay
-        (or at the retry time of a release that failed)."""
+        (or at the retry time of a release that failed); while it is held (``_held``),
+        a quarter of the delay later, to look again. None while a release runs: its end
+        wakes the relay."""
+        if self._releasing is not None and not self._releasing.done():
+            return None
         times = []
-        for collection, since in self._unreleased_since.items():
-            if since:
-                oldest = next(iter(since.values()))
-                due = oldest + RELEASE_DUE_FACTOR * self._settings.outbox_release_delay_s
-                times.append(max(due, self._release_retry_at.get(collection, due)))
-        return min(times, default=None)
-
-    async def _release_due(self, *, everything: bool = False) -> None:
-        """Release what waited ``outbox_release_delay_s`` (all of it when stopping)."""
         now = time.monotonic()
         delay = self._settings.outbox_release_delay_s
         for collection, since in self._unreleased_since.items():
-            if not since or (not everything and now < self._release_retry_at.get(collection, now)):
+            if not since:
                 continue
-            if everything or now - next(iter(since.values())) >= RELEASE_DUE_FACTOR * delay:
-                try:
-                    await self.release_published(
-                        collection=collection, waited_s=None if everything else delay
-                    )
-                except Exception as exc:  # Mongo away: try again after another delay
-                    self._release_retry_at[collection] = time.monotonic() + delay
-                    log.warning("outbox_release_failed", error=repr(exc))
+            if collection in self._release_all:
+                due = now
+            else:
+                oldest = next(iter(since.values()))
+                due = oldest + RELEASE_DUE_FACTOR * delay
+                if due <= now and self._held(collection, published_at=oldest, now=now):
+                    due = now + (RELEASE_DUE_FACTOR - 1) * delay
+            times.append(max(due, self._release_retry_at.get(collection, due)))
+        return min(times, default=None)
+
+    def _start_release(self) -> None:
+        """Start the releases that are due, in the background, unless one still runs: the
+        relay goes on publishing while a release waits for the database (under load a
+        release of hundreds of documents held publication up for seconds)."""
+        if self._releasing is not None and not self._releasing.done():
+            return
+        now = time.monotonic()
+        delay = self._settings.outbox_release_delay_s
+        due: dict[str, float | None] = {}
+        for collection, since in self._unreleased_since.items():
+            if not since:
+                self._release_all.discard(collection)
+                continue
+            if now < self._release_retry_at.get(collection, now):
+                continue
+            oldest = next(iter(since.values()))
+            if collection in self._release_all:
+                due[collection] = None
+            elif now - oldest >= RELEASE_DUE_FACTOR * delay and not self._held(
+                collection, published_at=oldest, now=now
+            ):
+                due[collection] = delay
+        self._release_all.difference_update(due)
+        if due:
+            self._releasing = asyncio.create_task(self._release_each(due))
+            self._releasing.add_done_callback(lambda _: self._wake.set())
+
+    async def _release_each(self, due: dict[str, float | None]) -> None:
+        """Per collection, release what waited the time given (None: everything)."""
+        for collection, waited_s in due.items():
+            try:
+                await self.release_published(collection=collection, waited_s=waited_s)
+            except Exception as exc:  # Mongo away: try again after another delay
+                delay = self._settings.outbox_release_delay_s
+                self._release_retry_at[collection] = time.monotonic() + delay
+                if waited_s is None:
+                    self._release_all.add(collection)
+                log.warning("outbox_release_failed", error=repr(exc))
 
     async def release_published(self, *, collection: str, waited_s: float | None = None) -> None:
         """Remove the published, not yet removed events of ``collection`` in one write: of
-        the documents that waited ``waited_s`` or longer (all when None)."""
+        the documents that waited ``waited_s`` or longer and are not held (all when None)."""
         waiting = self._unreleased[collection]
         since = self._unreleased_since[collection]
         now = time.monotonic()
         released = {
             document_id: list(event_ids)
             for document_id, event_ids in waiting.items()
-            if waited_s is None or now - since[document_id] >= waited_s
+            if waited_s is None
+            or (
+                now - since[document_id] >= waited_s
+                and not self._held(collection, published_at=since[document_id], now=now)
+            )
         }
         self._release_retry_at.pop(collection, None)
         if not released:
             return
         await self._release(collection=collection, sent=released)
+        OUTBOX_DOCUMENTS_RELEASED.labels(self._settings.service_name, "relay").inc(len(released))
         for document_id, event_ids in released.items():
             # Events noted meanwhile (a writer gave back what it could not remove) stay.
             left = [e for e in waiting.get(document_id, ()) if e not in event_ids]
@@ -508,7 +603,8 @@ class OutboxRelay:
             if self._settings.outbox_release_delay_s == 0 or (
                 len(self._unreleased[collection]) >= self._settings.outbox_release_max_documents
             ):
-                await self.release_published(collection=collection)
+                self._release_all.add(collection)
+                self._wake.set()
 
     def _note_removed(self, event_ids: list[str]) -> None:
         now = time.monotonic()

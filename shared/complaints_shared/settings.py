@@ -104,10 +104,11 @@ class ServiceSettings(BaseSettings):
         "(0: one write per batch). A crash within it only publishes them again.",
     )
     outbox_release_max_documents: int = Field(
-        500,
+        2000,
         ge=1,
         description="Documents whose published events the relay collects at most before it "
-        "removes them, whatever outbox_release_delay_s says.",
+        "removes them, whatever outbox_release_delay_s says (and while the pipeline runs "
+        "behind). Each of the relay's polls reads every document still pending, these too.",
     )
     background_work_share: float = Field(
         0.2,
