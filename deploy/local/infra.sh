@@ -21,7 +21,8 @@
 #   LOCAL_KAFKA_PORT             broker port            (default 9092)
 #   LOCAL_KAFKA_CONTROLLER_PORT  KRaft controller port  (default 9093)
 #   LOCAL_MONGO_PORT             SecantusDB port        (default 27017)
-#   LOCAL_MONGO_CACHE_SIZE       SecantusDB's WiredTiger cache (default 256M)
+#   LOCAL_MONGO_CACHE_SIZE       SecantusDB's WiredTiger cache (default as mongod
+#                                sizes its own: half of (RAM - 1 GB), at least 256M)
 #   KAFKA_HEAP                   broker -Xmx            (default 768m)
 #   KAFKA_DIST_DIR               unpacked official Kafka binary distribution
 #                                (kafka_2.13-$KAFKA_VERSION) whose libs/ is used
@@ -41,7 +42,21 @@ CACHE=${COMPLAINTS_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/complaint-desk}
 KAFKA_PORT=${LOCAL_KAFKA_PORT:-9092}
 KAFKA_CONTROLLER_PORT=${LOCAL_KAFKA_CONTROLLER_PORT:-9093}
 MONGO_PORT=${LOCAL_MONGO_PORT:-27017}
-MONGO_CACHE_SIZE=${LOCAL_MONGO_CACHE_SIZE:-256M}
+# mongod's own default for its WiredTiger cache: half of (RAM - 1 GB), at least 256 MB.
+# A cache too small for what a run writes makes the server evict all the time: with 256M
+# every write got dearer once ~3,000 complaints were stored (docs/local-infrastructure.md).
+default_mongo_cache_size() {
+    local total_kb
+    total_kb=$(awk '/^MemTotal:/ {print $2}' /proc/meminfo 2>/dev/null || true)
+    if [[ -z $total_kb ]]; then
+        echo 1G
+        return
+    fi
+    local mb=$(((total_kb / 1024 - 1024) / 2))
+    ((mb < 256)) && mb=256
+    echo "${mb}M"
+}
+MONGO_CACHE_SIZE=${LOCAL_MONGO_CACHE_SIZE:-$(default_mongo_cache_size)}
 KAFKA_HEAP=${KAFKA_HEAP:-768m}
 KAFKA_READY_TIMEOUT=${KAFKA_READY_TIMEOUT:-90}
 MONGO_READY_TIMEOUT=${MONGO_READY_TIMEOUT:-30}
@@ -572,7 +587,7 @@ log_level = "INFO"
 standalone = true
 
 [storage]
-# WiredTiger cache (LOCAL_MONGO_CACHE_SIZE); the 1G default is more than a dev box needs.
+# WiredTiger cache (LOCAL_MONGO_CACHE_SIZE; by default sized as mongod sizes its own).
 cache_size = "$MONGO_CACHE_SIZE"
 EOF
 }

@@ -158,10 +158,11 @@ async def find_earlier_complaints(
 
     One equality ``$in`` on the multikey index ``(org, repeat_keys)``, however many
     complaints the customer has: the keys name the customer and either ``open`` or
-    the day the complaint finished, so "open, or finished within the window" is the
-    customer's keys × (``open`` + each day of the window). A range or a status
-    condition next to the customer keys would make SecantusDB scan the collection
-    (docs/mongodb-compatibility.md). The window's first day is trimmed exactly here.
+    the UTC week the complaint finished (``repeats.repeat_keys``), so "open, or finished
+    within the window" is the customer's keys × (``open`` + each week the window
+    touches). A range or a status condition next to the customer keys would make
+    SecantusDB scan the collection (docs/mongodb-compatibility.md). What the first week
+    brings in from before the window is trimmed exactly here.
     """
     if not keys:
         return []
