@@ -20,6 +20,7 @@ from datetime import datetime
 
 import httpx
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from prometheus_client.parser import text_string_to_metric_families
 
 from bench.run import (
     PORTS,
@@ -61,10 +62,11 @@ async def _outbox_releases() -> dict[str, float]:
     async with httpx.AsyncClient(timeout=10) as http:
         for name, port in PORTS.items():
             text = (await http.get(f"http://127.0.0.1:{port}/metrics")).text
-            for line in text.splitlines():
-                if line.startswith("complaints_outbox_documents_released_total{"):
-                    by = line.split('by="', 1)[1].split('"', 1)[0]
-                    counts[f"{name} {by}"] = float(line.rsplit(" ", 1)[1])
+            for family in text_string_to_metric_families(text):
+                if family.name == "complaints_outbox_documents_released":
+                    for sample in family.samples:
+                        if sample.name.endswith("_total"):
+                            counts[f"{name} {sample.labels['by']}"] = sample.value
     return counts
 
 
