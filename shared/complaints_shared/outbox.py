@@ -417,29 +417,33 @@ class OutboxRelay:
             and now - published_at < RELEASE_HELD_FACTOR * delay
         )
 
+    def _release_due_at(self, collection: str, *, now: float) -> float | None:
+        """When ``collection``'s next release is due (None: nothing owed): at once for a
+        full release (``_release_all``), else once the longest-waiting document has waited
+        the delay and a quarter, so one write takes all that waited the delay; while that
+        document is held (``_held``), a quarter of the delay later, to look again; never
+        before the retry time of a release that failed."""
+        since = self._unreleased_since[collection]
+        if not since:
+            return None
+        delay = self._settings.outbox_release_delay_s
+        if collection in self._release_all:
+            due = now
+        else:
+            oldest = next(iter(since.values()))
+            due = oldest + RELEASE_DUE_FACTOR * delay
+            if due <= now and self._held(collection, published_at=oldest, now=now):
+                due = now + (RELEASE_DUE_FACTOR - 1) * delay
+        return max(due, self._release_retry_at.get(collection, due))
+
     def _next_release_at(self) -> float | None:
-        """When the next release is due: once the longest-waiting document of a collection
-        has waited the delay and a quarter, so one write takes all that waited the delay
-        (or at the retry time of a release that failed); while it is held (``_held``),
-        a quarter of the delay later, to look again. None while a release runs: its end
-        wakes the relay."""
+        """When the relay must wake for a release; None while one runs (its end wakes the
+        relay) or when nothing is owed."""
         if self._releasing is not None and not self._releasing.done():
             return None
-        times = []
         now = time.monotonic()
-        delay = self._settings.outbox_release_delay_s
-        for collection, since in self._unreleased_since.items():
-            if not since:
-                continue
-            if collection in self._release_all:
-                due = now
-            else:
-                oldest = next(iter(since.values()))
-                due = oldest + RELEASE_DUE_FACTOR * delay
-                if due <= now and self._held(collection, published_at=oldest, now=now):
-                    due = now + (RELEASE_DUE_FACTOR - 1) * delay
-            times.append(max(due, self._release_retry_at.get(collection, due)))
-        return min(times, default=None)
+        times = [self._release_due_at(c, now=now) for c in self._collections]
+        return min((t for t in times if t is not None), default=None)
 
     def _start_release(self) -> None:
         """Start the releases that are due, in the background, unless one still runs: the
@@ -448,21 +452,14 @@ class OutboxRelay:
         if self._releasing is not None and not self._releasing.done():
             return
         now = time.monotonic()
-        delay = self._settings.outbox_release_delay_s
         due: dict[str, float | None] = {}
-        for collection, since in self._unreleased_since.items():
-            if not since:
+        for collection in self._collections:
+            due_at = self._release_due_at(collection, now=now)
+            if due_at is None:
                 self._release_all.discard(collection)
-                continue
-            if now < self._release_retry_at.get(collection, now):
-                continue
-            oldest = next(iter(since.values()))
-            if collection in self._release_all:
-                due[collection] = None
-            elif now - oldest >= RELEASE_DUE_FACTOR * delay and not self._held(
-                collection, published_at=oldest, now=now
-            ):
-                due[collection] = delay
+            elif due_at <= now:
+                full = collection in self._release_all
+                due[collection] = None if full else self._settings.outbox_release_delay_s
         self._release_all.difference_update(due)
         if due:
             self._releasing = asyncio.create_task(self._release_each(due))
