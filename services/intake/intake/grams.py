@@ -3,10 +3,13 @@
 Chinese has no spaces to split words on, so ``q`` matches substrings. Every complaint's
 search posting (``intake.postings``) carries ``search_grams``: the distinct two-character
 windows of its subject, description, reference number and customer keys (after
-``normalise``). A two-character ``q`` is one gram, an equality on the multikey index; a
-longer ``q`` is looked up by one of its grams and the whole of it is verified in the
-service (``matches``), since a document can hold every gram of ``q`` without holding
-``q``. A one-character ``q`` has no gram: search verifies it on the complaints the other
+``normalise``) made of letters, digits and marks only (``indexed``): a window across
+punctuation or a space (``，我``, ``t ``, ``-2``) is a quarter of a Chinese text's windows
+and would only ever be looked up by a ``q`` that has an indexed window too. A two-character
+``q`` is one gram, an equality on the multikey index; a longer ``q`` is looked up by one of
+its grams and the whole of it is verified in the service (``matches``), since a document
+can hold every gram of ``q`` without holding ``q``. A ``q`` of one character, or without an
+indexed window (``，，``, ``¥5``), has no gram: search verifies it on the complaints the other
 filters select (``intake.search``).
 """
 
@@ -16,7 +19,10 @@ import unicodedata
 from typing import Any
 
 FIELD = "search_grams"
-# Bump when ``document_grams`` changes: startup rewrites every older posting.
+# Bump when ``document_grams`` gives a posting grams an older one lacks: startup rewrites
+# every older posting before the service serves. Not bumped when grams were only left out
+# (``indexed``): an older posting holds every gram a search now looks up, and rewriting
+# 100,000 postings would hold the start for minutes.
 VERSION = 1
 VERSION_FIELD = "search_grams_version"
 
@@ -26,9 +32,22 @@ def normalise(text: str) -> str:
     return unicodedata.normalize("NFKC", text).casefold()
 
 
+# Unicode general categories (first letter) of the characters a gram is made of: letters,
+# marks (the vowel signs of Indic scripts, ...) and numbers. Not punctuation, symbols,
+# separators or controls.
+_INDEXED_CATEGORIES = frozenset("LMN")
+
+
+def indexed(gram: str) -> bool:
+    """Whether ``gram`` is a window that postings hold and searches look up."""
+    return all(unicodedata.category(character)[0] in _INDEXED_CATEGORIES for character in gram)
+
+
 def bigrams(text: str) -> set[str]:
+    """The indexed two-character windows of ``text`` (after ``normalise``)."""
     normal = normalise(text)
-    return {normal[i : i + 2] for i in range(len(normal) - 1)}
+    windows = {normal[i : i + 2] for i in range(len(normal) - 1)}
+    return {window for window in windows if indexed(window)}
 
 
 # The fields ``searchable_texts`` reads: a projection that ``matches`` can verify on.
@@ -59,16 +78,18 @@ def search_fields(document: dict[str, Any]) -> dict[str, Any]:
 
 
 def lookup_gram(q: str) -> str | None:
-    """The one gram a search for ``q`` is looked up by (None: ``q`` is a single character).
+    """The one gram a search for ``q`` is looked up by (None: ``q`` is a single character
+    or has no indexed window).
 
     The gram with the rarest-looking characters would select fewest candidates, but
-    nothing here knows the frequencies; the last gram is as good as any and keeps the
-    choice deterministic.
+    nothing here knows the frequencies; the last indexed window is as good as any and
+    keeps the choice deterministic.
     """
     normal = normalise(q)
-    if len(normal) < 2:
-        return None
-    return normal[-2:]
+    for start in range(len(normal) - 2, -1, -1):
+        if indexed(window := normal[start : start + 2]):
+            return window
+    return None
 
 
 def matches(document: dict[str, Any], q: str) -> bool:

@@ -165,7 +165,7 @@ async def search(
         return [by_id[complaint_id] for complaint_id in ids if complaint_id in by_id]
 
     if gram is None or field != "created_at" or SELECTIVE & query.keys():
-        # No q, no gram (one character), a due-time order (postings hold only the
+        # No q, no gram (one character, or none indexed), a due-time order (postings hold only the
         # registration time), or a filter that selects a handful of complaints by itself:
         # the complaints the other filters select, q verified on each (a page reads at most
         # ``aggregate.MAX_FILTERED_READS`` times).
@@ -210,8 +210,8 @@ async def search(
         collection=db[postings.POSTINGS],
         query=postings_query,
         projection={"created_at": 1},
-        # A two-character q is its gram; a longer one is verified whole on each complaint.
-        keep=None if len(grams.normalise(q)) == 2 else lambda document: grams.matches(document, q),
+        # A q that is its gram needs no more; a longer one is verified whole on each complaint.
+        keep=None if grams.normalise(q) == gram else lambda document: grams.matches(document, q),
         indexes=[postings.POSTING_KEYS],
         expand=complaints_of,
         # Conditions the postings do not hold may refuse most of what a read returns.
