@@ -178,7 +178,7 @@ async def test_queries_across_punctuation_are_found_though_postings_leave_those_
 ) -> None:
     created = await _seed_searchable(system)
     admin = token(system.intake_settings)
-    # Looked up by 经常 (1m and m，are not held or not indexed), verified whole.
+    # Looked up by 经常, the last window postings hold (m，and ，经 are left out), verified whole.
     assert await _find(system, admin, q="1M，经常") == ["晚上经常断网"]
     assert await _find(system, admin, q="连，网速") == ["网络时断时续"]
     # No indexed window at all: verified on what the other filters select.
