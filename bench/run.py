@@ -588,7 +588,7 @@ async def end_to_end(
         for cid, accepted in accepted_at.items()
         if cid in assigned_at
     ]
-    return {
+    result = {
         "rate_per_s": round(rate_per_s, 1),
         "waited_for_backlog_s": backlog_wait_s,
         "complaints": len(accepted_at),
@@ -606,6 +606,27 @@ async def end_to_end(
         ),
         "database_cpu_share": round(database_cpu / measured_s, 2),
     }
+    if duration_s >= 3 * SERIES_WINDOW_S:
+        result["p99_ms_by_window"] = _p99_by_window(accepted_at, assigned_at)
+    return result
+
+
+# A long run's p99 per window of acceptance time: a stall shows as one window far above the
+# rest, a pipeline falling behind as a rise.
+SERIES_WINDOW_S = 20.0
+
+
+def _p99_by_window(
+    accepted_at: dict[str, float], assigned_at: dict[str, float]
+) -> list[float | None]:
+    start = min(accepted_at.values(), default=0.0)
+    windows: dict[int, list[float]] = {}
+    for cid, accepted in accepted_at.items():
+        if cid in assigned_at:
+            number = int((accepted - start) // SERIES_WINDOW_S)
+            windows.setdefault(number, []).append(1000 * max(0.0, assigned_at[cid] - accepted))
+    p99s = [percentile(windows.get(n, []), 0.99) for n in range(max(windows, default=-1) + 1)]
+    return [round(ms, 1) if ms is not None else None for ms in p99s]
 
 
 async def routing_drain(run: Run, *, replicas: int, events: int) -> dict:
@@ -832,6 +853,17 @@ def print_table(result: dict) -> None:
                 f"RSS growth % {json.dumps(soaked['rss_growth_pct'])}",
             )
         )
+        if "p99_ms_by_window" in soaked["latency"]:
+            rows.append(
+                (
+                    f"soak p99 per {SERIES_WINDOW_S:.0f} s",
+                    "",
+                    " ".join(
+                        f"{ms:.0f}" if ms is not None else "-"
+                        for ms in soaked["latency"]["p99_ms_by_window"]
+                    ),
+                )
+            )
     width = max(len(row[0]) for row in rows)
     print()
     for label, value, note in rows:
