@@ -616,16 +616,26 @@ async def end_to_end(
 SERIES_WINDOW_S = 20.0
 
 
+def by_window(moments: dict[str, float], *, window_s: float) -> list[list[str]]:
+    """The ids of ``moments`` (wall times) per window of ``window_s``, from the earliest on
+    (an empty list for a window with none)."""
+    start = min(moments.values(), default=0.0)
+    windows: list[list[str]] = []
+    for key, moment in moments.items():
+        number = int((moment - start) // window_s)
+        windows.extend([] for _ in range(number + 1 - len(windows)))
+        windows[number].append(key)
+    return windows
+
+
 def _p99_by_window(
     accepted_at: dict[str, float], assigned_at: dict[str, float]
 ) -> list[float | None]:
-    start = min(accepted_at.values(), default=0.0)
-    windows: dict[int, list[float]] = {}
-    for cid, accepted in accepted_at.items():
-        if cid in assigned_at:
-            number = int((accepted - start) // SERIES_WINDOW_S)
-            windows.setdefault(number, []).append(1000 * max(0.0, assigned_at[cid] - accepted))
-    p99s = [percentile(windows.get(n, []), 0.99) for n in range(max(windows, default=-1) + 1)]
+    assigned = {cid: at for cid, at in accepted_at.items() if cid in assigned_at}
+    p99s = [
+        percentile([1000 * max(0.0, assigned_at[c] - assigned[c]) for c in members], 0.99)
+        for members in by_window(assigned, window_s=SERIES_WINDOW_S)
+    ]
     return [round(ms, 1) if ms is not None else None for ms in p99s]
 
 

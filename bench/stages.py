@@ -26,6 +26,7 @@ from bench.run import (
     PORTS,
     Run,
     add_jwt_secret_argument,
+    by_window,
     cpu_s,
     database_pid,
     drop_run_databases,
@@ -112,7 +113,6 @@ async def _round(
 
 
 def _print_series(
-    ids: list[str],
     *,
     sent: dict[str, float],
     answered: dict[str, float],
@@ -122,11 +122,9 @@ def _print_series(
     """Per window of posting time: how many, POST p99, 201 → assigned p99 (stalls show
     as windows far above the rest, steady queueing as a slow rise)."""
     start = min(sent.values())
-    windows: dict[int, list[str]] = {}
-    for c in ids:
-        windows.setdefault(int((sent[c] - start) // window_s), []).append(c)
-    for number in sorted(windows):
-        members = windows[number]
+    for number, members in enumerate(by_window(sent, window_s=window_s)):
+        if not members:
+            continue
         post = [1000 * (answered[c] - sent[c]) for c in members]
         assigned = [1000 * (stamps.assigned[c] - answered[c]) for c in members]
         print(
@@ -225,9 +223,7 @@ async def main() -> None:
             )
             print(_line("201 → assigned", [stamps.assigned[c] - answered[c] for c in ids]))
             if args.series_s > 0:
-                _print_series(
-                    ids, sent=sent, answered=answered, stamps=stamps, window_s=args.series_s
-                )
+                _print_series(sent=sent, answered=answered, stamps=stamps, window_s=args.series_s)
             for c in sorted(ids, key=lambda c: stamps.assigned[c] - answered[c])[-5:]:
                 print(
                     f"    posted {datetime.fromtimestamp(sent[c]):%H:%M:%S.%f}"[:-3]
