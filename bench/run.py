@@ -506,6 +506,34 @@ async def wait_until_routed(run: Run, *, timeout_s: float = 600) -> float:
     return round(time.monotonic() - started, 1)
 
 
+# A long run's p99 per window of acceptance time: a stall shows as one window far above the
+# rest, a pipeline falling behind as a rise.
+SERIES_WINDOW_S = 20.0
+
+
+def by_window(moments: dict[str, float], *, window_s: float) -> list[list[str]]:
+    """The ids of ``moments`` (wall times) per window of ``window_s``, from the earliest on
+    (an empty list for a window with none)."""
+    start = min(moments.values(), default=0.0)
+    windows: list[list[str]] = []
+    for key, moment in moments.items():
+        number = int((moment - start) // window_s)
+        windows.extend([] for _ in range(number + 1 - len(windows)))
+        windows[number].append(key)
+    return windows
+
+
+def _p99_by_window(
+    accepted_at: dict[str, float], assigned_at: dict[str, float]
+) -> list[float | None]:
+    measured = {cid: at for cid, at in accepted_at.items() if cid in assigned_at}
+    p99s = [
+        percentile([1000 * max(0.0, assigned_at[c] - measured[c]) for c in members], 0.99)
+        for members in by_window(measured, window_s=SERIES_WINDOW_S)
+    ]
+    return [round(ms, 1) if ms is not None else None for ms in p99s]
+
+
 async def end_to_end(
     run: Run, url: str, *, rate_per_s: float, duration_s: float, first_sequence: int
 ) -> dict:
@@ -609,34 +637,6 @@ async def end_to_end(
     if duration_s >= 3 * SERIES_WINDOW_S:
         result["p99_ms_by_window"] = _p99_by_window(accepted_at, assigned_at)
     return result
-
-
-# A long run's p99 per window of acceptance time: a stall shows as one window far above the
-# rest, a pipeline falling behind as a rise.
-SERIES_WINDOW_S = 20.0
-
-
-def by_window(moments: dict[str, float], *, window_s: float) -> list[list[str]]:
-    """The ids of ``moments`` (wall times) per window of ``window_s``, from the earliest on
-    (an empty list for a window with none)."""
-    start = min(moments.values(), default=0.0)
-    windows: list[list[str]] = []
-    for key, moment in moments.items():
-        number = int((moment - start) // window_s)
-        windows.extend([] for _ in range(number + 1 - len(windows)))
-        windows[number].append(key)
-    return windows
-
-
-def _p99_by_window(
-    accepted_at: dict[str, float], assigned_at: dict[str, float]
-) -> list[float | None]:
-    assigned = {cid: at for cid, at in accepted_at.items() if cid in assigned_at}
-    p99s = [
-        percentile([1000 * max(0.0, assigned_at[c] - assigned[c]) for c in members], 0.99)
-        for members in by_window(assigned, window_s=SERIES_WINDOW_S)
-    ]
-    return [round(ms, 1) if ms is not None else None for ms in p99s]
 
 
 async def routing_drain(run: Run, *, replicas: int, events: int) -> dict:
