@@ -523,6 +523,22 @@ def by_window(moments: dict[str, float], *, window_s: float) -> list[list[str]]:
     return windows
 
 
+async def _busy_by_window(server: int | None, *, done: asyncio.Event) -> list[float]:
+    """The database's share of a core per ``SERIES_WINDOW_S`` of wall time, from the first
+    POST until ``done`` (the last window as long as it lasted, unless under a second): beside
+    the p99 per window, whether a slow window had a busier server."""
+    shares: list[float] = []
+    cpu, at = cpu_s(server), time.monotonic()
+    while not done.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(done.wait(), timeout=SERIES_WINDOW_S)
+        cpu_now, now = cpu_s(server), time.monotonic()
+        if now - at >= 1.0:
+            shares.append(round((cpu_now - cpu) / (now - at), 2))
+        cpu, at = cpu_now, now
+    return shares
+
+
 def _p99_by_window(
     accepted_at: dict[str, float], assigned_at: dict[str, float]
 ) -> list[float | None]:
@@ -573,6 +589,10 @@ async def end_to_end(
     operations_before = await mongo_operations(run)
     database_cpu = cpu_s(database_pid())
     measured_from = time.monotonic()
+    series = duration_s >= 3 * SERIES_WINDOW_S
+    busy = (
+        asyncio.create_task(_busy_by_window(database_pid(), done=posting_done)) if series else None
+    )
     rng = random.Random(99)
     headers = {"Authorization": f"Bearer {run.token()}"}
     errors: dict[str, int] = {}
@@ -634,8 +654,9 @@ async def end_to_end(
         ),
         "database_cpu_share": round(database_cpu / measured_s, 2),
     }
-    if duration_s >= 3 * SERIES_WINDOW_S:
+    if busy is not None:
         result["p99_ms_by_window"] = _p99_by_window(accepted_at, assigned_at)
+        result["database_busy_by_window"] = await busy
     return result
 
 
@@ -871,6 +892,17 @@ def print_table(result: dict) -> None:
                     " ".join(
                         f"{ms:.0f}" if ms is not None else "-"
                         for ms in soaked["latency"]["p99_ms_by_window"]
+                    ),
+                )
+            )
+        if "database_busy_by_window" in soaked["latency"]:
+            rows.append(
+                (
+                    f"soak database busy per {SERIES_WINDOW_S:.0f} s",
+                    "",
+                    " ".join(
+                        f"{100 * share:.0f}%"
+                        for share in soaked["latency"]["database_busy_by_window"]
                     ),
                 )
             )
