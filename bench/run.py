@@ -523,7 +523,7 @@ def by_window(moments: dict[str, float], *, window_s: float) -> list[list[str]]:
     return windows
 
 
-async def _busy_by_window(server: int | None, *, done: asyncio.Event) -> list[float]:
+async def _busy_by_window(server: int, *, done: asyncio.Event) -> list[float]:
     """The database's share of a core per ``SERIES_WINDOW_S`` of wall time, from the first
     POST until ``done`` (the last window as long as it lasted, unless under a second): beside
     the p99 per window, whether a slow window had a busier server."""
@@ -587,11 +587,14 @@ async def end_to_end(
 
     collector = asyncio.create_task(collect())
     operations_before = await mongo_operations(run)
-    database_cpu = cpu_s(database_pid())
+    server = database_pid()  # None when the database is not a local process
+    database_cpu = cpu_s(server)
     measured_from = time.monotonic()
     series = duration_s >= 3 * SERIES_WINDOW_S
     busy = (
-        asyncio.create_task(_busy_by_window(database_pid(), done=posting_done)) if series else None
+        asyncio.create_task(_busy_by_window(server, done=posting_done))
+        if series and server is not None
+        else None
     )
     rng = random.Random(99)
     headers = {"Authorization": f"Bearer {run.token()}"}
@@ -628,7 +631,7 @@ async def end_to_end(
     all_assigned.set()
     await collector
     await consumer.stop()
-    database_cpu = cpu_s(database_pid()) - database_cpu
+    database_cpu = cpu_s(server) - database_cpu
     measured_s = time.monotonic() - measured_from
     operations = await mongo_operations(run) - operations_before
     latencies = [
@@ -654,8 +657,9 @@ async def end_to_end(
         ),
         "database_cpu_share": round(database_cpu / measured_s, 2),
     }
-    if busy is not None:
+    if series:
         result["p99_ms_by_window"] = _p99_by_window(accepted_at, assigned_at)
+    if busy is not None:
         result["database_busy_by_window"] = await busy
     return result
 
