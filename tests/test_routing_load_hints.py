@@ -260,3 +260,152 @@ async def test_a_hint_behind_tries_the_slots_above_it_before_reading_every_assig
         is None
     )
     await client.close()
+
+
+async def test_a_duty_officers_slot_is_found_without_reading_their_open_assignments(
+    system_factory: SystemFactory,
+) -> None:
+    """A person chosen on purpose (the duty officer of the night, a supervisor, a reopen)
+    has no cap and may hold hundreds of open complaints: their slot is found at their load
+    hint in one indexed read, as for automatic choice, and their open assignments are read
+    only when the hint is off. Reading them every time made each night-time complaint dearer
+    than the last (docs/performance.md)."""
+    system = await system_factory()
+    assignment_finds = Finds("assignments")
+    finds = assignment_finds.filters
+    client = AsyncMongoClient(
+        system.routing_settings.mongodb_uri, tz_aware=True, event_listeners=[assignment_finds]
+    )
+    db = client[routing_db(system).name]
+    held = 300
+    await db.assignments.insert_many(
+        [
+            {
+                "_id": f"night-{n}",
+                "org": "demo",
+                "owner_id": "hosp-duty",
+                "status": "open",
+                **owners.slot_fields("demo", "hosp-duty", n),
+            }
+            for n in range(held)
+        ]
+    )
+    await db.staff.update_one({"_id": "demo:hosp-duty"}, {"$set": {"load_hint": held}})
+    directory_store.forget_desks()
+    duty = await directory_store.find_staff(db=db, org="demo", staff_id="hosp-duty")
+    assert duty is not None
+
+    choice = await owners.forced_owner(db=db, org="demo", staff=duty)
+    assert (choice.staff.id, choice.slot) == ("hosp-duty", held)
+    assert len(finds) == 1 and "owner_slot" in finds[0]  # the slots at the hint, no more
+
+    # A hint that is off (a crash between two writes): the open assignments are read and
+    # the lowest free slot is still found, never one that is held.
+    await db.assignments.delete_one({"_id": "night-7"})
+    await db.staff.update_one({"_id": "demo:hosp-duty"}, {"$set": {"load_hint": 0}})
+    directory_store.forget_desks()
+    finds.clear()
+    choice = await owners.forced_owner(db=db, org="demo", staff=duty)
+    assert choice.slot == 7
+    assert len(finds) == 2 and finds[1].get("owner_id") == "hosp-duty"
+    await client.close()
+
+
+class Aggregates(monitoring.CommandListener):
+    """How many aggregations a client runs on one collection."""
+
+    def __init__(self, collection: str) -> None:
+        self.collection = collection
+        self.count = 0
+
+    def started(self, event: monitoring.CommandStartedEvent) -> None:
+        if event.command_name == "aggregate" and event.command.get("aggregate") == self.collection:
+            self.count += 1
+
+    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+        pass
+
+    def failed(self, event: monitoring.CommandFailedEvent) -> None:
+        pass
+
+
+async def test_a_full_department_is_counted_now_and_then_not_for_every_complaint(
+    system_factory: SystemFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When every hint says full, the open assignments are counted so that nothing is queued
+    on a hint that drifted; the counts then stand in the desk, across its reads, for up to
+    ``COUNTED_LOADS_KEPT_S``, so the next complaints of a full department are queued without
+    counting every open assignment again. A slot freed here or elsewhere shows at once or at
+    the next read of the desk, and a count that has stood its time is made again."""
+    system = await system_factory()
+    aggregates = Aggregates("assignments")
+    client = AsyncMongoClient(
+        system.routing_settings.mongodb_uri, tz_aware=True, event_listeners=[aggregates]
+    )
+    db = client[routing_db(system).name]
+    department = (await db.staff.find_one({"_id": "demo:hotel-ma"}))["department_id"]
+    people = [p["id"] async for p in db.staff.find({"org": "demo", "department_id": department})]
+    assert "hotel-ma" in people
+    await db.staff.update_many(
+        {"org": "demo", "department_id": department}, {"$set": {"capacity": 1, "load_hint": 1}}
+    )
+
+    async def hold(person: str) -> None:
+        await db.assignments.insert_one(
+            {
+                "_id": f"full-{person}",
+                "org": "demo",
+                "owner_id": person,
+                "status": "open",
+                **owners.slot_fields("demo", person, 0),
+            }
+        )
+
+    for person in people:
+        await hold(person)
+    directory_store.forget_desks()
+
+    async def pick() -> owners.OwnerChoice | None:
+        return await owners.pick_owner(
+            db=db, org="demo", department_id=department, required_skill=None
+        )
+
+    assert await pick() is None
+    assert aggregates.count == 1  # every hint said full: counted, and they were right
+    for _ in range(5):
+        assert await pick() is None
+    await asyncio.sleep(directory_store.DESK_MAX_AGE_S)  # the desk is read again: nothing freed
+    assert await pick() is None
+    assert aggregates.count == 1  # the counts stand
+
+    await db.assignments.delete_one({"_id": "full-hotel-ma"})  # hotel-ma finishes one here
+    await directory_store.record_release(db=db, org="demo", staff_id="hotel-ma")
+    choice = await pick()
+    assert choice is not None and (choice.staff.id, choice.slot) == ("hotel-ma", 0)
+    await hold("hotel-ma")
+    await directory_store.record_assignment(
+        db=db, org="demo", staff_id="hotel-ma", at=datetime.now(UTC)
+    )
+    assert await pick() is None
+    assert aggregates.count == 1
+
+    # Another replica frees hotel-ma's slot: the hint goes down, seen at the next read.
+    await db.assignments.delete_one({"_id": "full-hotel-ma"})
+    await db.staff.update_one({"_id": "demo:hotel-ma"}, {"$inc": {"load_hint": -1}})
+    await asyncio.sleep(directory_store.DESK_MAX_AGE_S)
+    choice = await pick()
+    assert choice is not None and (choice.staff.id, choice.slot) == ("hotel-ma", 0)
+    assert aggregates.count == 1
+
+    # Full again (taken elsewhere): counted again, and again once the counts stood their time.
+    await hold("hotel-ma")
+    await db.staff.update_one({"_id": "demo:hotel-ma"}, {"$inc": {"load_hint": 1}})
+    monkeypatch.setattr(directory_store, "COUNTED_LOADS_KEPT_S", directory_store.DESK_MAX_AGE_S)
+    await asyncio.sleep(directory_store.DESK_MAX_AGE_S)
+    assert await pick() is None
+    assert await pick() is None
+    assert aggregates.count == 2
+    await asyncio.sleep(directory_store.COUNTED_LOADS_KEPT_S)
+    assert await pick() is None
+    assert aggregates.count == 3
+    await client.close()

@@ -149,7 +149,12 @@ async def pick_owner(
     Candidates are ranked by their load hints first (no counting), and the slot's unique
     index keeps the capacity exact whatever a hint says. Only when the hints find nobody
     are the loads counted from the assignments, so a complaint is never queued on a
-    stale hint. ``trust_hints``: take the slot the hint names without looking it up,
+    stale hint; the counts replace the hints in this process's desk, so while the
+    department stays full its next complaints are queued on loads counted within the
+    desk's second (plus this process's own changes) without counting every open
+    assignment again for each. Capacity freed anywhere drains the queue at once
+    (``queue.offer_freed_capacity``), and the queue sweep counts again.
+    ``trust_hints``: take the slot the hint names without looking it up,
     for a caller whose insert chooses again when that slot turns out to be held.
     """
     staff = await directory_store.desk(db=db, org=org, department_id=department_id)
@@ -165,7 +170,10 @@ async def pick_owner(
     )
     if choice is not None:
         return choice
+    if directory_store.desk_counted(db=db, org=org, department_id=department_id):
+        return None
     loads = await store.open_loads(db=db, org=org, staff_ids=list(hints))
+    directory_store.count_into_desk(db=db, org=org, department_id=department_id, loads=loads)
     if loads == hints:
         return None
     return await _first_with_slot(
@@ -201,8 +209,16 @@ async def _first_with_slot(
 
 
 async def forced_owner(*, db: AsyncDatabase, org: str, staff: StaffRead) -> OwnerChoice:
-    """A slot for a person chosen on purpose (duty officer, supervisor, reopen): no cap."""
-    slot = await free_slot(db=db, org=org, owner_id=staff.id, limit=None)
+    """A slot for a person chosen on purpose (duty officer, supervisor, reopen): no cap.
+
+    Found as for automatic choice: the slot the person's load hint names (their desk, as
+    this process keeps it) or one just above it, in one indexed read. Reading every open
+    assignment of theirs instead made each complaint dearer than the last for a duty
+    officer who takes every urgent complaint of the night (docs/performance.md).
+    """
+    desk = await directory_store.desk(db=db, org=org, department_id=staff.department_id)
+    hint = next((person.open_load for person in desk if person.id == staff.id), 0)
+    slot = await likely_free_slot(db=db, org=org, owner_id=staff.id, guess=hint, limit=None)
     assert slot is not None
     return OwnerChoice(staff, slot)
 

@@ -304,13 +304,33 @@ async def record_release(*, db: AsyncDatabase, org: str, staff_id: str) -> None:
 DESK_MAX_AGE_S = 1.0
 DESKS_KEPT = 1000
 _desks: dict[tuple[str, str, str], tuple[float, dict[str, StaffRead]]] = {}
+# The load hints of each kept desk as the database has them (read, then this process's own
+# changes), whatever the desk's people show in their place (counted loads).
+_desk_hints: dict[tuple[str, str, str], dict[str, int]] = {}
+# Loads counted from the assignments stand for this long in a department's desk, across its
+# reads (``count_into_desk``): a full department is counted at most this often, as often as
+# the queue sweep tries its queue again. Counting reads every open assignment of the
+# department's people (up to their capacity each): once a second for a full department of
+# one person at 1,000 took half the local server under load (docs/performance.md).
+COUNTED_LOADS_KEPT_S = 10.0
+
+
+@dataclass
+class _Counted:
+    at: float  # monotonic
+    hints: dict[str, int]  # the hints the count replaced
+    loads: dict[str, int]
+
+
+_counted: dict[tuple[str, str, str], _Counted] = {}
 
 
 async def desk(
     *, db: AsyncDatabase, org: str, department_id: str, fresh: bool = False
 ) -> list[StaffRead]:
     """The department's people with ``open_load`` set to their load *hint* (not exact),
-    as kept by this process for up to ``DESK_MAX_AGE_S`` (``fresh``: read now)."""
+    as kept by this process for up to ``DESK_MAX_AGE_S`` (``fresh``: read now), or to the
+    loads counted lately where those still stand (``count_into_desk``)."""
     key = (db.name, org, department_id)
     kept = _desks.get(key)
     now = time.monotonic()
@@ -326,11 +346,70 @@ async def desk(
         staff_read(doc, open_load=doc.get(LOAD_HINT, 0))
         async for doc in db[STAFF].find(query).sort("_id", ASCENDING)
     ]
+    hints = {person.id: person.open_load for person in people}
+    people = _with_counted_loads(key, people, now=now)
     if len(_desks) >= DESKS_KEPT:  # stale ones first; they would be read again anyway
         for stale in [k for k, (read_at, _) in _desks.items() if now - read_at >= DESK_MAX_AGE_S]:
             del _desks[stale]
+            _desk_hints.pop(stale, None)
     _desks[key] = (now, {person.id: person for person in people})
+    _desk_hints[key] = hints
     return people
+
+
+def _with_counted_loads(
+    key: tuple[str, str, str], people: list[StaffRead], *, now: float
+) -> list[StaffRead]:
+    """``people`` as just read, with the loads counted lately in place of their hints, moved
+    by what the hints moved since (assignments here or elsewhere). A hint that went down
+    (a slot freed anywhere) or a count too old ends the counts: hints again, counted anew
+    when they find nobody."""
+    counted = _counted.get(key)
+    if counted is None:
+        return people
+    hints = {person.id: person.open_load for person in people}
+    if now - counted.at >= COUNTED_LOADS_KEPT_S or any(
+        hints.get(staff_id, 0) < hint for staff_id, hint in counted.hints.items()
+    ):
+        del _counted[key]
+        return people
+    return [
+        person.model_copy(
+            update={
+                "open_load": counted.loads[person.id]
+                + person.open_load
+                - counted.hints.get(person.id, 0)
+            }
+        )
+        if person.id in counted.loads
+        else person
+        for person in people
+    ]
+
+
+def count_into_desk(
+    *, db: AsyncDatabase, org: str, department_id: str, loads: dict[str, int]
+) -> None:
+    """Put loads just counted from the assignments into the kept desk in place of the
+    hints, for up to ``COUNTED_LOADS_KEPT_S``: followed by this process's own changes at
+    once and by the hints' moves at each read of the desk."""
+    key = (db.name, org, department_id)
+    kept = _desks.get(key)
+    if kept is None:
+        return
+    _, people = kept
+    stored = _desk_hints.get(key, {})
+    hints = {staff_id: stored.get(staff_id, 0) for staff_id in loads if staff_id in people}
+    for staff_id, load in loads.items():
+        if staff_id in people:
+            people[staff_id] = people[staff_id].model_copy(update={"open_load": load})
+    _counted[key] = _Counted(at=time.monotonic(), hints=hints, loads=dict(loads))
+
+
+def desk_counted(*, db: AsyncDatabase, org: str, department_id: str) -> bool:
+    """Whether the department's desk holds loads counted lately (``count_into_desk``)."""
+    counted = _counted.get((db.name, org, department_id))
+    return counted is not None and time.monotonic() - counted.at < COUNTED_LOADS_KEPT_S
 
 
 def _adjust_desks(
@@ -342,10 +421,14 @@ def _adjust_desks(
     assigned_at: datetime | None = None,
 ) -> None:
     """Apply this process's own load change to the desks it keeps (as the write did)."""
-    for (database, desk_org, _), (_, people) in _desks.items():
+    for key, (_, people) in _desks.items():
+        database, desk_org, _ = key
         person = people.get(staff_id) if (database, desk_org) == (db.name, org) else None
         if person is None:
             continue
+        hints = _desk_hints.get(key)
+        if hints is not None and staff_id in hints:
+            hints[staff_id] = max(0, hints[staff_id] + load)
         update: dict[str, Any] = {"open_load": max(0, person.open_load + load)}
         if assigned_at is not None and (
             person.last_assigned_at is None or assigned_at > person.last_assigned_at
@@ -357,3 +440,5 @@ def _adjust_desks(
 def forget_desks() -> None:
     """Drop every kept desk (the hints were corrected in the database)."""
     _desks.clear()
+    _desk_hints.clear()
+    _counted.clear()
