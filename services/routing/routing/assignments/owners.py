@@ -149,11 +149,11 @@ async def pick_owner(
     Candidates are ranked by their load hints first (no counting), and the slot's unique
     index keeps the capacity exact whatever a hint says. Only when the hints find nobody
     are the loads counted from the assignments, so a complaint is never queued on a
-    stale hint; the counts replace the hints in this process's desk, so while the
-    department stays full its next complaints are queued on loads counted within the
-    desk's second (plus this process's own changes) without counting every open
-    assignment again for each. Capacity freed anywhere drains the queue at once
-    (``queue.offer_freed_capacity``), and the queue sweep counts again.
+    stale hint. The counts then stand in this process's desk for up to
+    ``directory_store.COUNTED_LOADS_KEPT_S`` (``count_into_desk``), so while the department
+    stays full its next complaints are queued without counting every open assignment
+    again for each. Capacity freed anywhere drains the queue at once
+    (``queue.offer_freed_capacity``) and ends the counts.
     ``trust_hints``: take the slot the hint names without looking it up,
     for a caller whose insert chooses again when that slot turns out to be held.
     """

@@ -310,8 +310,9 @@ _desk_hints: dict[tuple[str, str, str], dict[str, int]] = {}
 # Loads counted from the assignments stand for this long in a department's desk, across its
 # reads (``count_into_desk``): a full department is counted at most this often, as often as
 # the queue sweep tries its queue again. Counting reads every open assignment of the
-# department's people (up to their capacity each): once a second for a full department of
-# one person at 1,000 took half the local server under load (docs/performance.md).
+# department's people (up to their capacity each): counted once a second, a full department
+# of one person at 1,000 was in 6 of 10 stack dumps of the local server under load
+# (docs/performance.md).
 COUNTED_LOADS_KEPT_S = 10.0
 
 
