@@ -12,9 +12,11 @@ from __future__ import annotations
 import asyncio
 import re
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 from pymongo import AsyncMongoClient, monitoring
+from pymongo.asynchronous.database import AsyncDatabase
 
 from complaints_shared.events import EventType
 from routing.assignments import owners
@@ -52,6 +54,25 @@ class Finds(monitoring.CommandListener):
 
     def failed(self, event: monitoring.CommandFailedEvent) -> None:
         pass
+
+
+def _watched(system: System, listener: Finds) -> tuple[AsyncMongoClient, AsyncDatabase]:
+    """A client of routing's database whose commands ``listener`` sees, and that database."""
+    client = AsyncMongoClient(
+        system.routing_settings.mongodb_uri, tz_aware=True, event_listeners=[listener]
+    )
+    return client, client[routing_db(system).name]
+
+
+def _open_assignment(assignment_id: str, *, owner_id: str, slot: int) -> dict[str, Any]:
+    """An open assignment of ``owner_id`` holding their slot ``slot``, as a test stores it."""
+    return {
+        "_id": assignment_id,
+        "org": "demo",
+        "owner_id": owner_id,
+        "status": "open",
+        **owners.slot_fields("demo", owner_id, slot),
+    }
 
 
 def _hotel(description: str):
@@ -183,10 +204,7 @@ async def test_the_desk_is_kept_a_moment_and_follows_this_processs_own_assignmen
     exact here), and a directory change made here is read at once."""
     system = await system_factory()
     staff_finds = Finds("staff")
-    client = AsyncMongoClient(
-        system.routing_settings.mongodb_uri, tz_aware=True, event_listeners=[staff_finds]
-    )
-    db = client[routing_db(system).name]
+    client, db = _watched(system, staff_finds)
     person = await db.staff.find_one({"_id": "demo:hotel-ma"})
     department = person["department_id"]
     staff_finds.filters.clear()
@@ -226,23 +244,11 @@ async def test_a_hint_behind_tries_the_slots_above_it_before_reading_every_assig
     system = await system_factory()
     assignment_finds = Finds("assignments")
     finds = assignment_finds.filters
-    client = AsyncMongoClient(
-        system.routing_settings.mongodb_uri, tz_aware=True, event_listeners=[assignment_finds]
-    )
-    db = client[routing_db(system).name]
+    client, db = _watched(system, assignment_finds)
 
     async def hold(*numbers: int) -> None:
         await db.assignments.insert_many(
-            [
-                {
-                    "_id": f"held-{n}",
-                    "org": "demo",
-                    "owner_id": "owner-x",
-                    "status": "open",
-                    **owners.slot_fields("demo", "owner-x", n),
-                }
-                for n in numbers
-            ]
+            [_open_assignment(f"held-{n}", owner_id="owner-x", slot=n) for n in numbers]
         )
 
     await hold(0, 1, 2)  # the hint says 1: slots 1 and 2 went to another replica meanwhile
@@ -280,22 +286,10 @@ async def test_a_duty_officers_slot_is_found_without_reading_their_open_assignme
     system = await system_factory()
     assignment_finds = Finds("assignments")
     finds = assignment_finds.filters
-    client = AsyncMongoClient(
-        system.routing_settings.mongodb_uri, tz_aware=True, event_listeners=[assignment_finds]
-    )
-    db = client[routing_db(system).name]
+    client, db = _watched(system, assignment_finds)
     held = 300
     await db.assignments.insert_many(
-        [
-            {
-                "_id": f"night-{n}",
-                "org": "demo",
-                "owner_id": "hosp-duty",
-                "status": "open",
-                **owners.slot_fields("demo", "hosp-duty", n),
-            }
-            for n in range(held)
-        ]
+        [_open_assignment(f"night-{n}", owner_id="hosp-duty", slot=n) for n in range(held)]
     )
     await db.staff.update_one({"_id": "demo:hosp-duty"}, {"$set": {"load_hint": held}})
     directory_store.forget_desks()
@@ -329,10 +323,7 @@ async def test_a_full_department_is_counted_now_and_then_not_for_every_complaint
     system = await system_factory()
     aggregations = Finds("assignments", command="aggregate")
     counts = aggregations.filters
-    client = AsyncMongoClient(
-        system.routing_settings.mongodb_uri, tz_aware=True, event_listeners=[aggregations]
-    )
-    db = client[routing_db(system).name]
+    client, db = _watched(system, aggregations)
     department = (await db.staff.find_one({"_id": "demo:hotel-ma"}))["department_id"]
     people = [p["id"] async for p in db.staff.find({"org": "demo", "department_id": department})]
     assert "hotel-ma" in people
@@ -341,15 +332,7 @@ async def test_a_full_department_is_counted_now_and_then_not_for_every_complaint
     )
 
     async def hold(person: str) -> None:
-        await db.assignments.insert_one(
-            {
-                "_id": f"full-{person}",
-                "org": "demo",
-                "owner_id": person,
-                "status": "open",
-                **owners.slot_fields("demo", person, 0),
-            }
-        )
+        await db.assignments.insert_one(_open_assignment(f"full-{person}", owner_id=person, slot=0))
 
     for person in people:
         await hold(person)
