@@ -125,6 +125,48 @@ async def test_hints_follow_assignments_and_finishes(system_factory: SystemFacto
     assert await owners.reconcile_load_hints(db=routing_db(system)) == 0
 
 
+async def test_slots_freed_out_of_order_are_taken_again_first(
+    system_factory: SystemFactory,
+) -> None:
+    """Work finishes out of order, so an owner's free slots are gaps below the load hint.
+    Each finish records its slot on the staff document and the next assignments take those
+    slots, lowest first, so an owner's slot numbers stay 0..load-1."""
+    system = await system_factory(routing=FAST_TIMERS)
+    complaints = [_hotel(f"第{n}次投诉：热水不热") for n in range(5)]
+    slots: dict[str, int] = {}
+    async with intake_producer(system) as publish:
+        for complaint in complaints:
+            await publish(EventType.COMPLAINT_RECEIVED, complaint)
+            document = await assignment_when(
+                system, complaint.complaint_id, lambda d: d["status"] == "open"
+            )
+            assert document["owner_id"] == "hotel-ma"
+            slots[complaint.complaint_id] = document["owner_slot_no"]
+        assert sorted(slots.values()) == [0, 1, 2, 3, 4]
+        finished = [c for c in complaints if slots[c.complaint_id] in (3, 1)]
+        for complaint in finished:
+            await publish(EventType.COMPLAINT_RESOLVED, resolved(complaint))
+            await assignment_when(
+                system, complaint.complaint_id, lambda d: d["status"] == "resolved"
+            )
+        await _hint_becomes(system, "hotel-ma", 3)
+        staff = await routing_db(system).staff.find_one({"_id": "demo:hotel-ma"})
+        assert staff["freed_slots"] == [1, 3]
+
+        later = [_hotel("空调一直在响"), _hotel("早餐供应不足")]
+        taken = []
+        for complaint in later:
+            await publish(EventType.COMPLAINT_RECEIVED, complaint)
+            document = await assignment_when(
+                system, complaint.complaint_id, lambda d: d["status"] == "open"
+            )
+            taken.append((document["owner_id"], document["owner_slot_no"]))
+    assert taken == [("hotel-ma", 1), ("hotel-ma", 3)]
+    await _hint_becomes(system, "hotel-ma", 5)
+    staff = await routing_db(system).staff.find_one({"_id": "demo:hotel-ma"})
+    assert staff["freed_slots"] == []
+
+
 async def test_a_hint_stuck_high_does_not_queue_work_someone_has_room_for(
     system_factory: SystemFactory,
 ) -> None:
@@ -217,7 +259,9 @@ async def test_the_desk_is_kept_a_moment_and_follows_this_processs_own_assignmen
     hint = next(p for p in desk if p.id == "hotel-ma").open_load
     assert desk_reads() == 1
     now = datetime.now(UTC)
-    await directory_store.record_assignment(db=db, org="demo", staff_id="hotel-ma", at=now)
+    await directory_store.record_assignment(
+        db=db, org="demo", staff_id="hotel-ma", slot=hint, at=now
+    )
     kept = await directory_store.desk(db=db, org="demo", department_id=department)
     assert desk_reads() == 1  # the kept copy, with the assignment applied as the database has it
     ma = next(p for p in kept if p.id == "hotel-ma")
@@ -252,26 +296,30 @@ async def test_a_hint_behind_tries_the_slots_above_it_before_reading_every_assig
         )
 
     await hold(0, 1, 2)  # the hint says 1: slots 1 and 2 went to another replica meanwhile
-    slot = await owners.likely_free_slot(db=db, org="demo", owner_id="owner-x", guess=1, limit=9)
+    slot = await owners.likely_free_slot(
+        db=db, org="demo", owner_id="owner-x", guess=1, freed=[], limit=9
+    )
     assert slot == 3
     assert len(finds) == 1 and "owner_slot" in finds[0]
 
     await hold(3, 4, 5, 6)
     await db.assignments.delete_one({"_id": "held-0"})  # a gap below the hint
     finds.clear()
-    slot = await owners.likely_free_slot(db=db, org="demo", owner_id="owner-x", guess=3, limit=9)
+    slot = await owners.likely_free_slot(
+        db=db, org="demo", owner_id="owner-x", guess=3, freed=[], limit=9
+    )
     assert slot == 0
     assert len(finds) == 2 and finds[1].get("owner_id") == "owner-x"
 
-    # Never at or beyond the capacity, whatever the hint says.
-    assert (
-        await owners.likely_free_slot(db=db, org="demo", owner_id="owner-x", guess=7, limit=7) == 0
-    )
+    # Never at or beyond the capacity, whatever the hints say.
+    async def likely(guess: int, freed: list[int]) -> int | None:
+        return await owners.likely_free_slot(
+            db=db, org="demo", owner_id="owner-x", guess=guess, freed=freed, limit=7
+        )
+
+    assert await likely(7, [8]) == 0
     await hold(0)
-    assert (
-        await owners.likely_free_slot(db=db, org="demo", owner_id="owner-x", guess=5, limit=7)
-        is None
-    )
+    assert await likely(5, [7, 9]) is None
     await client.close()
 
 
@@ -309,6 +357,69 @@ async def test_a_duty_officers_slot_is_found_without_reading_their_open_assignme
     choice = await owners.forced_owner(db=db, org="demo", staff=duty)
     assert choice.slot == 7
     assert len(finds) == 2 and finds[1].get("owner_id") == "hosp-duty"
+    await client.close()
+
+
+async def test_a_gap_below_the_hint_is_found_without_reading_the_owners_assignments(
+    system_factory: SystemFactory,
+) -> None:
+    """An owner with 300 open complaints finishes some out of order. Trying the slots at the
+    load hint found none of those gaps, so nearly every assignment read all 300 open
+    assignments (docs/performance.md); the slots freed lately are tried in the same indexed
+    read instead, both by this process's copy of the desk and by one read afresh, and only
+    the lowest ``FREED_SLOTS_KEPT`` are kept."""
+    system = await system_factory()
+    assignment_finds = Finds("assignments")
+    finds = assignment_finds.filters
+    client, db = _watched(system, assignment_finds)
+    held = 300
+    await db.assignments.insert_many(
+        [_open_assignment(f"busy-{n}", owner_id="hosp-duty", slot=n) for n in range(held)]
+    )
+    await db.staff.update_one({"_id": "demo:hosp-duty"}, {"$set": {"load_hint": held}})
+    directory_store.forget_desks()
+    duty = await directory_store.find_staff(db=db, org="demo", staff_id="hosp-duty")
+    assert duty is not None
+    await directory_store.desk(db=db, org="demo", department_id=duty.department_id)
+
+    async def finish(*numbers: int) -> None:
+        for n in numbers:
+            await db.assignments.update_one(
+                {"_id": f"busy-{n}"}, {"$set": {"status": "resolved"}, **owners.FREE_SLOT}
+            )
+            await directory_store.record_release(db=db, org="demo", staff_id="hosp-duty", slot=n)
+
+    async def take() -> int:
+        choice = await owners.forced_owner(db=db, org="demo", staff=duty)
+        await db.assignments.insert_one(
+            _open_assignment(f"new-{choice.slot}", owner_id="hosp-duty", slot=choice.slot)
+        )
+        await directory_store.record_assignment(
+            db=db, org="demo", staff_id="hosp-duty", slot=choice.slot, at=datetime.now(UTC)
+        )
+        return choice.slot
+
+    await finish(170, 42, 255)
+    stored = await db.staff.find_one({"_id": "demo:hosp-duty"})
+    assert (stored["freed_slots"], stored["load_hint"]) == ([42, 170, 255], held - 3)
+    finds.clear()
+    assert await take() == 42  # from this process's copy of the desk
+    directory_store.forget_desks()
+    assert await take() == 170  # from the staff document, read afresh
+    assert len(finds) == 2 and all("owner_slot" in f for f in finds)  # one indexed read each
+    stored = await db.staff.find_one({"_id": "demo:hosp-duty"})
+    assert stored["freed_slots"] == [255]
+
+    # Another replica took 255 meanwhile: the slots at the hint are tried in the same read.
+    await db.assignments.insert_one(_open_assignment("elsewhere", owner_id="hosp-duty", slot=255))
+    finds.clear()
+    choice = await owners.forced_owner(db=db, org="demo", staff=duty)
+    assert choice.slot == held and len(finds) == 1
+
+    # Only the lowest are kept; a gap dropped from the list is still found by the full read.
+    await finish(*range(100, 120))
+    stored = await db.staff.find_one({"_id": "demo:hosp-duty"})
+    assert stored["freed_slots"] == list(range(100, 100 + directory_store.FREED_SLOTS_KEPT))
     await client.close()
 
 
@@ -353,12 +464,12 @@ async def test_a_full_department_is_counted_now_and_then_not_for_every_complaint
     assert len(counts) == 1  # the counts stand
 
     await db.assignments.delete_one({"_id": "full-hotel-ma"})  # hotel-ma finishes one here
-    await directory_store.record_release(db=db, org="demo", staff_id="hotel-ma")
+    await directory_store.record_release(db=db, org="demo", staff_id="hotel-ma", slot=0)
     choice = await pick()
     assert choice is not None and (choice.staff.id, choice.slot) == ("hotel-ma", 0)
     await hold("hotel-ma")
     await directory_store.record_assignment(
-        db=db, org="demo", staff_id="hotel-ma", at=datetime.now(UTC)
+        db=db, org="demo", staff_id="hotel-ma", slot=0, at=datetime.now(UTC)
     )
     assert await pick() is None
     assert len(counts) == 1

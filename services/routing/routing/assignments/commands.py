@@ -127,7 +127,11 @@ async def reassign(
     async def after_move(document: dict[str, Any], previous: dict[str, Any]) -> None:
         if document.get("owner_id"):
             await directory_store.record_assignment(
-                db=db, org=principal.org, staff_id=document["owner_id"], at=now
+                db=db,
+                org=principal.org,
+                staff_id=document["owner_id"],
+                slot=document.get("owner_slot_no"),
+                at=now,
             )
         await queue.offer_freed_capacity(db=db, settings=settings, previous=previous, now=now)
 

@@ -63,17 +63,27 @@ LIKELY_SLOTS = 4
 
 
 async def likely_free_slot(
-    *, db: AsyncDatabase, org: str, owner_id: str, guess: int, limit: int | None
+    *,
+    db: AsyncDatabase,
+    org: str,
+    owner_id: str,
+    guess: int,
+    freed: list[int],
+    limit: int | None,
 ) -> int | None:
-    """A free slot, trying ``guess`` (the load hint) and the few above it with one indexed
-    read first.
+    """The lowest free slot among those freed lately (``freed``), ``guess`` (the load hint)
+    and the few above it, tried in one indexed read first.
 
-    Without gaps an owner holding n slots holds 0..n-1, so slot n is free. A hint that is
-    behind (another replica took the next slots since this one read the desk) is behind by
-    a few: the slots above it are tried in the same read. Only when all of them are taken
-    (a gap below, or a hint far off) are the owner's open assignments read, every one.
+    Without gaps an owner holding n slots holds 0..n-1, so slot n is free. But work
+    finishes out of order, so an owner's free slots are mostly gaps below the hint: those
+    the staff document recorded as they came free (``directory_store.FREED_SLOTS``). A
+    hint that is behind (another replica took the next slots since this one read the
+    desk) is behind by a few: the slots above it are tried in the same read. Only when
+    all of them are taken (more gaps than were recorded, or hints far off) are the owner's
+    open assignments read, every one.
     """
-    numbers = [n for n in range(guess, guess + LIKELY_SLOTS) if limit is None or n < limit]
+    tried = {*freed, *range(guess, guess + LIKELY_SLOTS)}
+    numbers = sorted(n for n in tried if limit is None or n < limit)
     if numbers:
         keys = {slot_key(org, owner_id, n): n for n in numbers}
         taken = {
@@ -154,8 +164,9 @@ async def pick_owner(
     stays full its next complaints are queued without counting every open assignment
     again for each. Capacity freed anywhere drains the queue at once
     (``queue.offer_freed_capacity``) and ends the counts.
-    ``trust_hints``: take the slot the hint names without looking it up,
-    for a caller whose insert chooses again when that slot turns out to be held.
+    ``trust_hints``: take the lowest slot the hints name (a freed one, else the load
+    hint's) without looking it up, for a caller whose insert chooses again when that slot
+    turns out to be held.
     """
     staff = await directory_store.desk(db=db, org=org, department_id=department_id)
     hints = {person.id: person.open_load for person in staff}
@@ -194,13 +205,15 @@ async def _first_with_slot(
     for candidate in planning.rank_candidates(staff, loads=loads, required_skill=required_skill):
         if not candidate.eligible or candidate.staff.id in exclude:
             continue
+        freed = directory_store.freed_slots(db=db, person=candidate.staff)
         if trust_hints:  # eligible: the hint is under the capacity
-            return OwnerChoice(candidate.staff, candidate.open_load)
+            return OwnerChoice(candidate.staff, min([*freed, candidate.open_load]))
         slot = await likely_free_slot(
             db=db,
             org=org,
             owner_id=candidate.staff.id,
             guess=candidate.open_load,
+            freed=freed,
             limit=candidate.staff.capacity,
         )
         if slot is not None:
@@ -211,14 +224,21 @@ async def _first_with_slot(
 async def forced_owner(*, db: AsyncDatabase, org: str, staff: StaffRead) -> OwnerChoice:
     """A slot for a person chosen on purpose (duty officer, supervisor, reopen): no cap.
 
-    Found as for automatic choice: the slot the person's load hint names (their desk, as
-    this process keeps it) or one just above it, in one indexed read. Reading every open
+    Found as for automatic choice (``likely_free_slot``, with the person's hints as this
+    process's copy of their desk has them), in one indexed read. Reading every open
     assignment of theirs instead made each complaint dearer than the last for a duty
     officer who takes every urgent complaint of the night (docs/performance.md).
     """
     desk = await directory_store.desk(db=db, org=org, department_id=staff.department_id)
-    hint = next((person.open_load for person in desk if person.id == staff.id), 0)
-    slot = await likely_free_slot(db=db, org=org, owner_id=staff.id, guess=hint, limit=None)
+    kept = next((person for person in desk if person.id == staff.id), staff)
+    slot = await likely_free_slot(
+        db=db,
+        org=org,
+        owner_id=staff.id,
+        guess=kept.open_load,
+        freed=directory_store.freed_slots(db=db, person=kept),
+        limit=None,
+    )
     assert slot is not None
     return OwnerChoice(staff, slot)
 

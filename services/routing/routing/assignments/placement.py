@@ -192,7 +192,11 @@ async def after_assignment(
         return
     ASSIGNED_METRIC.labels(how).inc()
     await directory_store.record_assignment(
-        db=db, org=document["org"], staff_id=document["owner_id"], at=now
+        db=db,
+        org=document["org"],
+        staff_id=document["owner_id"],
+        slot=document.get("owner_slot_no"),
+        at=now,
     )
     log.info(
         "complaint_assigned",

@@ -268,7 +268,11 @@ async def reopen(
     async def count_assignment(document: dict[str, Any]) -> None:
         if document.get("owner_id"):
             await directory_store.record_assignment(
-                db=db, org=data.org, staff_id=document["owner_id"], at=now
+                db=db,
+                org=data.org,
+                staff_id=document["owner_id"],
+                slot=document.get("owner_slot_no"),
+                at=now,
             )
 
     async def decide(current: dict[str, Any]) -> Decision | None:

@@ -91,7 +91,9 @@ async def offer_freed_capacity(
     departments = {previous["department"]} - {None}  # an unroutable one had none
     owner_id = previous.get("owner_id")
     if owner_id and previous["status"] == AssignmentStatus.OPEN.value:
-        await directory_store.record_release(db=db, org=previous["org"], staff_id=owner_id)
+        await directory_store.record_release(
+            db=db, org=previous["org"], staff_id=owner_id, slot=previous.get("owner_slot_no")
+        )
     if owner_id:
         owner = await directory_store.find_staff(db=db, org=previous["org"], staff_id=owner_id)
         if owner is not None:

@@ -30,6 +30,11 @@ DEPARTMENTS = "departments"
 STAFF = "staff"
 # Staff field: open slots as last counted by routing; a ranking hint, never the capacity check.
 LOAD_HINT = "load_hint"
+# Staff field: the lowest slot numbers freed lately, a hint as the load hint is. Work
+# finishes out of order, so an owner's free slots are mostly gaps below the load hint,
+# which the slots at the hint never find (``owners.likely_free_slot``).
+FREED_SLOTS = "freed_slots"
+FREED_SLOTS_KEPT = 16
 
 
 async def ensure_indexes(*, db: AsyncDatabase) -> None:
@@ -165,8 +170,8 @@ async def _audit(
     at: datetime,
     document: dict[str, Any],
 ) -> None:
-    # The load hint and the outbox are bookkeeping, not part of what an administrator changed.
-    bookkeeping = {"_id", LOAD_HINT, OUTBOX_FIELD, PENDING_SINCE_FIELD}
+    # The load hints and the outbox are bookkeeping, not part of what an administrator changed.
+    bookkeeping = {"_id", LOAD_HINT, FREED_SLOTS, OUTBOX_FIELD, PENDING_SINCE_FIELD}
     await audit.record_change(
         db=db,
         principal=principal,
@@ -272,26 +277,30 @@ async def find_staff(*, db: AsyncDatabase, org: str, staff_id: str) -> StaffRead
 # ---------------------------------------------------------------- load hints --
 
 
-async def record_assignment(*, db: AsyncDatabase, org: str, staff_id: str, at: datetime) -> None:
-    """Someone took one of the owner's slots: tie-break time and load hint, in one write.
+async def record_assignment(
+    *, db: AsyncDatabase, org: str, staff_id: str, slot: int | None, at: datetime
+) -> None:
+    """Someone took the owner's slot ``slot``: tie-break time and load hints, in one write.
 
-    ``load_hint`` only ranks candidates cheaply; the slots themselves stay the truth
-    (see ``routing.assignments.owners``), and ``owners.reconcile_load_hints`` corrects
-    any drift.
+    ``load_hint`` and ``freed_slots`` only rank candidates and suggest slots cheaply; the
+    slots themselves stay the truth (see ``routing.assignments.owners``), and
+    ``owners.reconcile_load_hints`` corrects any drift of the load hint.
     """
-    await db[STAFF].update_one(
-        {"_id": staff_key(org, staff_id)},
-        {"$max": {"last_assigned_at": at}, "$inc": {LOAD_HINT: 1}},
-    )
-    _adjust_desks(db=db, org=org, staff_id=staff_id, load=1, assigned_at=at)
+    update: dict[str, Any] = {"$max": {"last_assigned_at": at}, "$inc": {LOAD_HINT: 1}}
+    if slot is not None:
+        update["$pull"] = {FREED_SLOTS: slot}
+    await db[STAFF].update_one({"_id": staff_key(org, staff_id)}, update)
+    _adjust_desks(db=db, org=org, staff_id=staff_id, load=1, slot=slot, assigned_at=at)
 
 
-async def record_release(*, db: AsyncDatabase, org: str, staff_id: str) -> None:
-    """One of the owner's slots came free (finished or moved away)."""
-    await db[STAFF].update_one(
-        {"_id": staff_key(org, staff_id), LOAD_HINT: {"$gt": 0}}, {"$inc": {LOAD_HINT: -1}}
-    )
-    _adjust_desks(db=db, org=org, staff_id=staff_id, load=-1)
+async def record_release(*, db: AsyncDatabase, org: str, staff_id: str, slot: int | None) -> None:
+    """The owner's slot ``slot`` came free (finished or moved away): kept among the lowest
+    ``FREED_SLOTS_KEPT`` freed, for the next assignment to try first."""
+    update: dict[str, Any] = {"$inc": {LOAD_HINT: -1}}
+    if slot is not None:
+        update["$push"] = {FREED_SLOTS: {"$each": [slot], "$sort": 1, "$slice": FREED_SLOTS_KEPT}}
+    await db[STAFF].update_one({"_id": staff_key(org, staff_id), LOAD_HINT: {"$gt": 0}}, update)
+    _adjust_desks(db=db, org=org, staff_id=staff_id, load=-1, slot=slot)
 
 
 # Desks this process read lately: (database, org, department) -> (read at, people by id).
@@ -307,6 +316,8 @@ _desks: dict[tuple[str, str, str], tuple[float, dict[str, StaffRead]]] = {}
 # The load hints of each kept desk as the database has them (read, then this process's own
 # changes), whatever the desk's people show in their place (counted loads).
 _desk_hints: dict[tuple[str, str, str], dict[str, int]] = {}
+# The freed slots of each kept desk's people (``FREED_SLOTS``), followed as the hints are.
+_desk_freed: dict[tuple[str, str, str], dict[str, list[int]]] = {}
 # Loads counted from the assignments stand for this long in a department's desk, across its
 # reads (``count_into_desk``): a full department is counted at most this often, as often as
 # the queue sweep tries its queue again. Counting reads every open assignment of the
@@ -343,19 +354,25 @@ async def desk(
     ):
         return list(kept[1].values())
     query = {"org": org, "department_id": department_id}
-    people = [
-        staff_read(doc, open_load=doc.get(LOAD_HINT, 0))
-        async for doc in db[STAFF].find(query).sort("_id", ASCENDING)
-    ]
+    documents = await db[STAFF].find(query).sort("_id", ASCENDING).to_list(None)
+    people = [staff_read(doc, open_load=doc.get(LOAD_HINT, 0)) for doc in documents]
     hints = {person.id: person.open_load for person in people}
     people = _with_counted_loads(key, people, now=now)
     if len(_desks) >= DESKS_KEPT:  # stale ones first; they would be read again anyway
         for stale in [k for k, (read_at, _) in _desks.items() if now - read_at >= DESK_MAX_AGE_S]:
             del _desks[stale]
             _desk_hints.pop(stale, None)
+            _desk_freed.pop(stale, None)
     _desks[key] = (now, {person.id: person for person in people})
     _desk_hints[key] = hints
+    _desk_freed[key] = {doc["id"]: list(doc.get(FREED_SLOTS, [])) for doc in documents}
     return people
+
+
+def freed_slots(*, db: AsyncDatabase, person: StaffRead) -> list[int]:
+    """The lowest slot numbers ``person`` freed lately, as their kept desk has them."""
+    key = (db.name, person.org, person.department_id)
+    return list(_desk_freed.get(key, {}).get(person.id, []))
 
 
 def _with_counted_loads(
@@ -419,9 +436,11 @@ def _adjust_desks(
     org: str,
     staff_id: str,
     load: int,
+    slot: int | None,
     assigned_at: datetime | None = None,
 ) -> None:
-    """Apply this process's own load change to the desks it keeps (as the write did)."""
+    """Apply this process's own load change to the desks it keeps (as the write did): one
+    slot more (``load`` 1, ``slot`` taken) or one less (``load`` -1, ``slot`` freed)."""
     for key, (_, people) in _desks.items():
         database, desk_org, _ = key
         person = people.get(staff_id) if (database, desk_org) == (db.name, org) else None
@@ -430,6 +449,11 @@ def _adjust_desks(
         hints = _desk_hints.get(key)
         if hints is not None and staff_id in hints:
             hints[staff_id] = max(0, hints[staff_id] + load)
+        freed = _desk_freed.get(key, {}).get(staff_id)
+        if freed is not None and slot is not None:
+            taken = load > 0
+            freed[:] = [n for n in freed if n != slot] if taken else sorted({*freed, slot})
+            del freed[FREED_SLOTS_KEPT:]
         update: dict[str, Any] = {"open_load": max(0, person.open_load + load)}
         if assigned_at is not None and (
             person.last_assigned_at is None or assigned_at > person.last_assigned_at
@@ -442,4 +466,5 @@ def forget_desks() -> None:
     """Drop every kept desk (the hints were corrected in the database)."""
     _desks.clear()
     _desk_hints.clear()
+    _desk_freed.clear()
     _counted.clear()
