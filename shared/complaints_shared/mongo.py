@@ -274,6 +274,32 @@ def by_ids(ids: list[Any], query: Mapping[str, Any] | None = None) -> dict[str, 
     return {"_id": {"$in": list(ids)}, **rest}
 
 
+async def count_each(
+    collection: AsyncCollection, *, field: str, values: list[Any], query: Mapping[str, Any]
+) -> dict[Any, int]:
+    """How many documents ``query`` selects for each of ``values`` of ``field`` (0 for none).
+
+    On MongoDB one ``$in`` of the values and a ``$group``. SecantusDB answers an ``$in``
+    with an equality after it on the same compound index (``{org, owner_id: {$in}, status}``
+    on ``(org, owner_id, status)``) by reading every document of the organisation: 446 ms
+    against 36 ms for the equality, one owner's 1,000 documents among 13,000
+    (docs/mongodb-compatibility.md). There it is one count per value, each an equality.
+    """
+    wanted = list(dict.fromkeys(values))
+    counts = dict.fromkeys(wanted, 0)
+    if await reads_shaped_for_local_server(collection.database.client):
+        for value in wanted:
+            counts[value] = await collection.count_documents({**query, field: value})
+        return counts
+    pipeline = [
+        {"$match": {**query, field: {"$in": wanted}}},
+        {"$group": {"_id": f"${field}", "count": {"$sum": 1}}},
+    ]
+    async for row in await collection.aggregate(pipeline):
+        counts[row["_id"]] = row["count"]
+    return counts
+
+
 # Documents one ``insert_many`` of ``insert_batched`` takes at most.
 INSERT_BATCH_MAX = 100
 # Duplicate key codes a write error may carry (as PyMongo's own insert_one reads them).

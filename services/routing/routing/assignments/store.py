@@ -17,7 +17,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from complaints_shared import aggregate
 from complaints_shared.aggregate import Aggregate, Decide
 from complaints_shared.auth import Principal
-from complaints_shared.mongo import ensure_index, insert_batched
+from complaints_shared.mongo import count_each, ensure_index, insert_batched
 from complaints_shared.pagination import Page
 from complaints_shared.problems import not_found
 from routing import audit
@@ -121,20 +121,12 @@ async def change(
 
 async def open_loads(*, db: AsyncDatabase, org: str, staff_ids: list[str]) -> dict[str, int]:
     """Open complaints per owner, derived from the assignments themselves (never drifts)."""
-    pipeline = [
-        {
-            "$match": {
-                "org": org,
-                "owner_id": {"$in": staff_ids},
-                "status": AssignmentStatus.OPEN.value,
-            }
-        },
-        {"$group": {"_id": "$owner_id", "open": {"$sum": 1}}},
-    ]
-    loads = dict.fromkeys(staff_ids, 0)
-    async for row in await db[ASSIGNMENTS].aggregate(pipeline):
-        loads[row["_id"]] = row["open"]
-    return loads
+    return await count_each(
+        db[ASSIGNMENTS],
+        field="owner_id",
+        values=staff_ids,
+        query={"org": org, "status": AssignmentStatus.OPEN.value},
+    )
 
 
 async def insert(*, db: AsyncDatabase, document: dict[str, Any]) -> None:
