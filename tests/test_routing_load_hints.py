@@ -21,6 +21,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from complaints_shared.events import EventType
 from routing.assignments import owners
 from routing.directory import store as directory_store
+from routing.directory.models import StaffRead
 from tests.support.events import received, resolved
 from tests.support.http import token
 from tests.support.kafka import intake_producer
@@ -73,6 +74,19 @@ def _open_assignment(assignment_id: str, *, owner_id: str, slot: int) -> dict[st
         "status": "open",
         **owners.slot_fields("demo", owner_id, slot),
     }
+
+
+async def _duty_officer_holding(db: AsyncDatabase, held: int, *, prefix: str) -> StaffRead:
+    """The hospital's duty officer with ``held`` open assignments in slots 0..held-1 (ids
+    ``<prefix>-<n>``) and a load hint that says so; no desk kept."""
+    await db.assignments.insert_many(
+        [_open_assignment(f"{prefix}-{n}", owner_id="hosp-duty", slot=n) for n in range(held)]
+    )
+    await db.staff.update_one({"_id": "demo:hosp-duty"}, {"$set": {"load_hint": held}})
+    directory_store.forget_desks()
+    duty = await directory_store.find_staff(db=db, org="demo", staff_id="hosp-duty")
+    assert duty is not None
+    return duty
 
 
 def _hotel(description: str):
@@ -336,13 +350,7 @@ async def test_a_duty_officers_slot_is_found_without_reading_their_open_assignme
     finds = assignment_finds.filters
     client, db = _watched(system, assignment_finds)
     held = 300
-    await db.assignments.insert_many(
-        [_open_assignment(f"night-{n}", owner_id="hosp-duty", slot=n) for n in range(held)]
-    )
-    await db.staff.update_one({"_id": "demo:hosp-duty"}, {"$set": {"load_hint": held}})
-    directory_store.forget_desks()
-    duty = await directory_store.find_staff(db=db, org="demo", staff_id="hosp-duty")
-    assert duty is not None
+    duty = await _duty_officer_holding(db, held, prefix="night")
 
     choice = await owners.forced_owner(db=db, org="demo", staff=duty)
     assert (choice.staff.id, choice.slot) == ("hosp-duty", held)
@@ -373,13 +381,7 @@ async def test_a_gap_below_the_hint_is_found_without_reading_the_owners_assignme
     finds = assignment_finds.filters
     client, db = _watched(system, assignment_finds)
     held = 300
-    await db.assignments.insert_many(
-        [_open_assignment(f"busy-{n}", owner_id="hosp-duty", slot=n) for n in range(held)]
-    )
-    await db.staff.update_one({"_id": "demo:hosp-duty"}, {"$set": {"load_hint": held}})
-    directory_store.forget_desks()
-    duty = await directory_store.find_staff(db=db, org="demo", staff_id="hosp-duty")
-    assert duty is not None
+    duty = await _duty_officer_holding(db, held, prefix="busy")
     await directory_store.desk(db=db, org="demo", department_id=duty.department_id)
 
     async def finish(*numbers: int) -> None:
