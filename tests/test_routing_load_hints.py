@@ -12,14 +12,17 @@ from __future__ import annotations
 import asyncio
 import re
 from datetime import UTC, datetime
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from pymongo import AsyncMongoClient, monitoring
 from pymongo.asynchronous.database import AsyncDatabase
 
+from complaints_shared.clock import SystemClock
 from complaints_shared.events import EventType
-from routing.assignments import owners
+from routing.assignments import owners, queue
+from routing.assignments.scheduler import SlaScheduler
 from routing.directory import store as directory_store
 from routing.directory.models import StaffRead
 from tests.support.events import received, resolved
@@ -283,13 +286,15 @@ async def test_the_desk_is_kept_a_moment_and_follows_this_processs_own_assignmen
     stored = await db.staff.find_one({"_id": "demo:hotel-ma"})
     assert stored["load_hint"] == hint + 1
 
-    await _set_capacity(system, "hotel-ma", 7)  # a directory change made here
+    # A directory change made here is read at once: by this call, or already by the
+    # service offering the department's queue the room (the same process keeps one copy).
+    await _set_capacity(system, "hotel-ma", 7)
     changed = await directory_store.desk(db=db, org="demo", department_id=department)
-    assert desk_reads() == 2
     assert next(p for p in changed if p.id == "hotel-ma").capacity == 7
+    reads = desk_reads()
     await asyncio.sleep(directory_store.DESK_MAX_AGE_S)  # the copy's age is the point here
     await directory_store.desk(db=db, org="demo", department_id=department)
-    assert desk_reads() == 3  # too old: read again (other replicas' assignments show)
+    assert desk_reads() == reads + 1  # too old: read again (other replicas' assignments show)
     await client.close()
 
 
@@ -522,3 +527,94 @@ async def test_a_full_department_is_counted_now_and_then_not_for_every_complaint
     choice = await pick()
     assert choice is not None and (choice.staff.id, choice.slot) == ("hotel-ma", 0)
     await client.close()
+
+
+async def test_a_full_departments_queue_is_not_read_until_someone_has_room(
+    system_factory: SystemFactory,
+) -> None:
+    """The sweep offers every department with a queue again. Where nobody is under capacity
+    nothing can be assigned, so the queue is not read (on the local server, a read of the
+    whole queue at every sweep, longer as a full department's queue grew); more capacity
+    drains it at once."""
+    system = await system_factory()
+    await _set_capacity(system, "hotel-ma", 1)
+    first, *waiting = _hotel("前台态度冷淡"), _hotel("房间没有打扫"), _hotel("早餐供应太少")
+    async with intake_producer(system) as publish:
+        await publish(EventType.COMPLAINT_RECEIVED, first)
+        await assignment_when(system, first.complaint_id, lambda d: d["status"] == "open")
+        for complaint in waiting:
+            await publish(EventType.COMPLAINT_RECEIVED, complaint)
+            queued = await assignment_when(system, complaint.complaint_id)
+            assert (queued["status"], queued["owner_id"]) == ("queued", None)
+    department = queued["department"]
+    finds = Finds("assignments")
+    client, db = _watched(system, finds)
+    try:
+        directory_store.forget_desks()
+        for _ in range(3):  # as three sweeps would
+            drained = await queue.drain_queue(
+                db=db,
+                settings=system.routing_settings,
+                org="demo",
+                department_id=department,
+                now=datetime.now(UTC),
+            )
+            assert drained == 0
+        assert [f for f in finds.filters if f.get("status") == "queued"] == []
+        assert not await owners.has_room(db=db, org="demo", department_id=department)
+
+        await _set_capacity(system, "hotel-ma", 3)  # the directory's change offers the queue
+        for complaint in waiting:
+            taken = await assignment_when(
+                system, complaint.complaint_id, lambda d: d["status"] == "open", what="drained"
+            )
+            assert taken["owner_id"] == "hotel-ma"
+        held = {"department": department, "owner_id": "hotel-ma", "status": "open"}
+        assert await db.assignments.count_documents(held) == 3
+    finally:
+        await client.close()
+
+
+async def test_the_sweep_looks_for_queues_now_and_then_and_drains_those_it_knows(
+    system_factory: SystemFactory,
+) -> None:
+    """Which departments have a queue (a read of every queued complaint) is looked up every
+    ``queue_census_interval_s``; the sweeps between offer the departments found, so room
+    that nothing drained (a crash between a finish and its drain) is still used."""
+    system = await system_factory()
+    await _set_capacity(system, "hotel-ma", 1)
+    first, waiting = _hotel("前台态度冷淡"), _hotel("房间没有打扫")
+    async with intake_producer(system) as publish:
+        await publish(EventType.COMPLAINT_RECEIVED, first)
+        await assignment_when(system, first.complaint_id, lambda d: d["status"] == "open")
+        await publish(EventType.COMPLAINT_RECEIVED, waiting)
+        queued = await assignment_when(system, waiting.complaint_id)
+        assert queued["status"] == "queued"
+    censuses, finds = Finds("assignments", command="aggregate"), Finds("assignments")
+    client = AsyncMongoClient(
+        system.routing_settings.mongodb_uri, tz_aware=True, event_listeners=[censuses, finds]
+    )
+    db = client[routing_db(system).name]
+    settings = system.routing_settings.model_copy(update={"queue_census_interval_s": 3600.0})
+    scheduler = SlaScheduler(settings=settings)
+    runtime = SimpleNamespace(db=db, clock=SystemClock())
+
+    def looked(listener: Finds) -> int:
+        return sum(condition.get("status") == "queued" for condition in listener.filters)
+
+    try:
+        directory_store.forget_desks()
+        for _ in range(3):
+            assert await scheduler.sweep_queues(runtime) == 0
+        assert looked(censuses) == 1  # at the first sweep only
+        assert looked(finds) == 0  # the department is full: its queue is not read
+
+        # Room that no drain was told of: the directory changed behind routing's back.
+        await db.staff.update_one({"_id": "demo:hotel-ma"}, {"$set": {"capacity": 2}})
+        directory_store.forget_desks()
+        assert await scheduler.sweep_queues(runtime) == 1
+        assert looked(censuses) == 1
+        taken = await assignment_when(system, waiting.complaint_id, lambda d: d["status"] == "open")
+        assert taken["owner_id"] == "hotel-ma"
+    finally:
+        await client.close()

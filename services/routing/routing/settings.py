@@ -27,6 +27,12 @@ class RoutingSettings(ServiceSettings):
         description="How often queued complaints are offered to departments again "
         "(freed capacity also drains a queue at once).",
     )
+    queue_census_interval_s: float = Field(
+        60.0,
+        gt=0,
+        description="How often the sweep looks up which departments have a queue (a read of "
+        "every queued complaint); between looks it offers the departments it last found.",
+    )
     routing_context_max_age_s: float = Field(
         60.0,
         gt=0,

@@ -181,15 +181,43 @@ async def pick_owner(
     )
     if choice is not None:
         return choice
-    if directory_store.desk_counted(db=db, org=org, department_id=department_id):
-        return None
-    loads = await store.open_loads(db=db, org=org, staff_ids=list(hints))
-    directory_store.count_into_desk(db=db, org=org, department_id=department_id, loads=loads)
-    if loads == hints:
+    loads = await _counted_loads(db=db, org=org, department_id=department_id, hints=hints)
+    if loads is None:
         return None
     return await _first_with_slot(
         db=db, org=org, staff=staff, loads=loads, required_skill=required_skill, exclude=exclude
     )
+
+
+async def has_room(*, db: AsyncDatabase, org: str, department_id: str) -> bool:
+    """Whether anyone of the department is active and under capacity, as ``pick_owner``
+    sees it (the load hints, else the loads counted from the assignments, which then
+    stand). False means no queued complaint of the department can be assigned now,
+    whatever skill it needs; True only that one may be."""
+    staff = await directory_store.desk(db=db, org=org, department_id=department_id)
+    hints = {person.id: person.open_load for person in staff}
+    if _anyone_eligible(staff, hints):
+        return True
+    loads = await _counted_loads(db=db, org=org, department_id=department_id, hints=hints)
+    return loads is not None and _anyone_eligible(staff, loads)
+
+
+def _anyone_eligible(staff: list[StaffRead], loads: dict[str, int]) -> bool:
+    candidates = planning.rank_candidates(staff, loads=loads, required_skill=None)
+    return any(candidate.eligible for candidate in candidates)
+
+
+async def _counted_loads(
+    *, db: AsyncDatabase, org: str, department_id: str, hints: dict[str, int]
+) -> dict[str, int] | None:
+    """The department's loads counted from its open assignments, once the hints found
+    nobody with room; None when they were counted lately (the desk already holds those
+    counts) or agree with the hints."""
+    if directory_store.desk_counted(db=db, org=org, department_id=department_id):
+        return None
+    loads = await store.open_loads(db=db, org=org, staff_ids=list(hints))
+    directory_store.count_into_desk(db=db, org=org, department_id=department_id, loads=loads)
+    return None if loads == hints else loads
 
 
 async def _first_with_slot(

@@ -70,7 +70,14 @@ async def drain_queue(
 
     A complaint waiting for a skill nobody free has does not hold up the ones behind it;
     one that needs no skill and still finds nobody means the department is full.
+
+    A department with nobody under capacity is not read at all: the periodic sweep
+    offers every department with a queue again, and the local server reads a queue
+    whole before its sort and limit, so each sweep cost more the longer a full
+    department's queue grew (docs/performance.md).
     """
+    if not await owners.has_room(db=db, org=org, department_id=department_id):
+        return 0
     queued = await store.queued_in_department(
         db=db, org=org, department_id=department_id, limit=DRAIN_BATCH
     )
