@@ -252,11 +252,25 @@ class Run:
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
     services: list[Service] = field(default_factory=list)
 
+    def mongodb_uri(self, service: str) -> str:
+        """Where ``service``'s database lives: ``BENCH_<SERVICE>_MONGODB_URI`` (a server of
+        its own, docs/scaling.md), else the infrastructure's one server."""
+        return os.environ.get(f"BENCH_{service.upper()}_MONGODB_URI") or self.infra["MONGODB_URI"]
+
+    def database_pids(self) -> list[int]:
+        """The local database servers the run's services use (their CPU is the database's)."""
+        pids = {database_pid()}
+        for service in PORTS:
+            uri = self.mongodb_uri(service)
+            if uri != self.infra["MONGODB_URI"]:
+                pids.add(_listening_pid(urlsplit(uri).port or 27017))
+        return sorted(pid for pid in pids if pid is not None)
+
     def env(self, service: str, prefix: str | None = None, database_suffix: str = "") -> dict:
         prefix = prefix if prefix is not None else f"bench{self.run_id}."
         return {
             "KAFKA_BOOTSTRAP_SERVERS": self.infra["KAFKA_BOOTSTRAP_SERVERS"],
-            "MONGODB_URI": self.infra["MONGODB_URI"],
+            "MONGODB_URI": self.mongodb_uri(service),
             "TOPIC_PREFIX": prefix,
             "MONGODB_DATABASE": f"bench{self.run_id}{database_suffix}_{service}",
             "LOG_LEVEL": "WARNING",
@@ -289,7 +303,7 @@ class Run:
 async def seed_routing(run: Run, database_suffix: str = "") -> None:
     from routing.demo import seed_demo_org
 
-    client = AsyncMongoClient(run.infra["MONGODB_URI"], tz_aware=True)
+    client = AsyncMongoClient(run.mongodb_uri("routing"), tz_aware=True)
     try:
         db = client[f"bench{run.run_id}{database_suffix}_routing"]
         await seed_demo_org(db=db)
@@ -318,13 +332,14 @@ async def prepared_run(args: argparse.Namespace) -> tuple[Run, list[Service]]:
 
 
 async def drop_run_databases(run: Run) -> None:
-    client = AsyncMongoClient(run.infra["MONGODB_URI"])
-    try:
-        for name in await client.list_database_names():
-            if name.startswith(f"bench{run.run_id}"):
-                await client.drop_database(name)
-    finally:
-        await client.close()
+    for uri in sorted({run.mongodb_uri(service) for service in PORTS}):
+        client = AsyncMongoClient(uri)
+        try:
+            for name in await client.list_database_names():
+                if name.startswith(f"bench{run.run_id}"):
+                    await client.drop_database(name)
+        finally:
+            await client.close()
 
 
 # ------------------------------------------------------------------ measures --

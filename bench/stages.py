@@ -8,6 +8,10 @@ record's timestamp, negative when the relay publishes before the response is rea
 routing (``complaint.received`` → ``complaint.assigned`` record timestamps). Prints their
 percentiles per round and the slowest complaints with the wall time they were posted, so a
 periodic stall shows as a cluster.
+
+``BENCH_<SERVICE>_MONGODB_URI`` (e.g. ``BENCH_ROUTING_MONGODB_URI``) gives a service's
+database a server of its own; the database CPU printed is then that of every local server
+the run uses (docs/scaling.md).
 """
 
 from __future__ import annotations
@@ -25,13 +29,14 @@ from prometheus_client.parser import text_string_to_metric_families
 from bench.run import (
     PORTS,
     Run,
+    Service,
     add_jwt_secret_argument,
     by_window,
     cpu_s,
-    database_pid,
     drop_run_databases,
     percentile,
     prepared_run,
+    rss_kb,
 )
 from bench.workload import complaint_body
 from complaints_shared.envelope import from_kafka_record
@@ -112,25 +117,42 @@ async def _round(
     return accepted
 
 
+MemorySamples = list[tuple[float, dict[str, int]]]
+
+
+async def _sample_memory(services: list[Service], samples: MemorySamples, every_s: float) -> None:
+    """Every ``every_s``: the resident set (MB) of each service's processes."""
+    while True:
+        rss = {s.name: rss_kb(s.process.pid) // 1024 for s in services if s.process is not None}
+        samples.append((time.time(), rss))
+        await asyncio.sleep(every_s)
+
+
 def _print_series(
     *,
     sent: dict[str, float],
     answered: dict[str, float],
     stamps: Stamps,
     window_s: float,
+    memory: MemorySamples,
 ) -> None:
     """Per window of posting time: how many, POST p99, 201 → assigned p99 (stalls show
-    as windows far above the rest, steady queueing as a slow rise)."""
+    as windows far above the rest, steady queueing as a slow rise), and each service's
+    resident set at the window's end (a leak shows as a steady rise)."""
     start = min(sent.values())
     for number, members in enumerate(by_window(sent, window_s=window_s)):
         if not members:
             continue
         post = [1000 * (answered[c] - sent[c]) for c in members]
         assigned = [1000 * (stamps.assigned[c] - answered[c]) for c in members]
+        end = start + (number + 1) * window_s
+        rss = next((taken for at, taken in reversed(memory) if at <= end), {})
         print(
             f"    {datetime.fromtimestamp(start + number * window_s):%H:%M:%S}"
             f"  {len(members):4d}  POST p99 {percentile(post, 0.99):6.0f} ms"
             f"  201 → assigned p99 {percentile(assigned, 0.99):6.0f} ms"
+            + "  RSS MB "
+            + " ".join(f"{name} {mb}" for name, mb in rss.items())
         )
 
 
@@ -169,6 +191,8 @@ async def main() -> None:
     )
     stamps, stop = Stamps(), asyncio.Event()
     collector: asyncio.Task | None = None
+    sampler: asyncio.Task | None = None
+    memory: MemorySamples = []
     try:
         for service in services:
             service.start()
@@ -184,14 +208,16 @@ async def main() -> None:
         consumer.assign(partitions)
         await consumer.seek_to_end(*partitions)
         collector = asyncio.create_task(stamps.collect(consumer, stop))
+        if args.series_s > 0:
+            sampler = asyncio.create_task(_sample_memory(services, memory, args.series_s / 4))
         await asyncio.sleep(args.settle_s)
         for number in range(args.rounds):
-            database_cpu = cpu_s(database_pid())
+            database_cpu = sum(cpu_s(pid) for pid in run.database_pids())
             releases = await _outbox_releases()
             accepted = await _round(
                 run, stamps, rate=args.rate, seconds=args.seconds, first=number * 1_000_000
             )
-            database_cpu = cpu_s(database_pid()) - database_cpu
+            database_cpu = sum(cpu_s(pid) for pid in run.database_pids()) - database_cpu
             ids = [c for c in accepted if c in stamps.received and c in stamps.assigned]
             print(
                 f"round {number + 1}: {len(accepted)} accepted, {len(ids)} assigned;"
@@ -223,7 +249,13 @@ async def main() -> None:
             )
             print(_line("201 → assigned", [stamps.assigned[c] - answered[c] for c in ids]))
             if args.series_s > 0:
-                _print_series(sent=sent, answered=answered, stamps=stamps, window_s=args.series_s)
+                _print_series(
+                    sent=sent,
+                    answered=answered,
+                    stamps=stamps,
+                    window_s=args.series_s,
+                    memory=memory,
+                )
             for c in sorted(ids, key=lambda c: stamps.assigned[c] - answered[c])[-5:]:
                 print(
                     f"    posted {datetime.fromtimestamp(sent[c]):%H:%M:%S.%f}"[:-3]
@@ -232,6 +264,8 @@ async def main() -> None:
                 )
     finally:
         stop.set()
+        if sampler is not None:
+            sampler.cancel()
         if collector is not None:
             await collector
         await consumer.stop()
