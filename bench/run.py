@@ -959,6 +959,9 @@ async def main() -> None:
     print(
         f"bench run {run.run_id}: services with {args.workers} uvicorn worker(s) each", flush=True
     )
+    if any(run.mongodb_uri(service) != run.infra["MONGODB_URI"] for service in PORTS):
+        # The database figures here (CPU, busy share, operations) read one server only.
+        print("BENCH_<SERVICE>_MONGODB_URI is set: database figures count MONGODB_URI's server")
     result: dict[str, Any] = {
         "started_at": datetime.now(UTC).isoformat(),
         "machine": machine(),
