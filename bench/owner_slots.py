@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from pymongo import AsyncMongoClient, monitoring
+from pymongo.asynchronous.database import AsyncDatabase
 
 from bench.run import cpu_s, database_pid, infra_env
 from routing.assignments import owners
@@ -50,7 +51,7 @@ class FullReads(monitoring.CommandListener):
         pass
 
 
-def _assignment(number: int, slot: int, now: datetime) -> dict[str, Any]:
+def open_assignment(number: int, slot: int, now: datetime) -> dict[str, Any]:
     """An open assignment of about the size routing stores (history, subject, SLA fields)."""
     return {
         "_id": f"c-{number}",
@@ -74,14 +75,8 @@ def _assignment(number: int, slot: int, now: datetime) -> dict[str, Any]:
     }
 
 
-async def _one_mode(*, uri: str, load: int, cycles: int, keep_freed: bool, seed: int) -> None:
-    full_reads = FullReads()
-    client = AsyncMongoClient(uri, tz_aware=True, event_listeners=[full_reads])
-    await client.drop_database(DATABASE)
-    db = client[DATABASE]
-    await assignment_store.ensure_indexes(db=db)
-    await directory_store.ensure_indexes(db=db)
-    now = datetime.now(UTC)
+async def store_owner(db: AsyncDatabase, *, capacity: int, load_hint: int) -> None:
+    """The department's one person (``OWNER``), as the directory stores staff."""
     await db[directory_store.STAFF].insert_one(
         {
             "_id": directory_store.staff_key(ORG, OWNER),
@@ -91,12 +86,23 @@ async def _one_mode(*, uri: str, load: int, cycles: int, keep_freed: bool, seed:
             "department": "NETWORK",
             "department_id": DEPARTMENT,
             "name": "忙碌的处理人",
-            "capacity": 1000,
-            directory_store.LOAD_HINT: load,
+            "capacity": capacity,
+            directory_store.LOAD_HINT: load_hint,
         }
     )
+
+
+async def _one_mode(*, uri: str, load: int, cycles: int, keep_freed: bool, seed: int) -> None:
+    full_reads = FullReads()
+    client = AsyncMongoClient(uri, tz_aware=True, event_listeners=[full_reads])
+    await client.drop_database(DATABASE)
+    db = client[DATABASE]
+    await assignment_store.ensure_indexes(db=db)
+    await directory_store.ensure_indexes(db=db)
+    now = datetime.now(UTC)
+    await store_owner(db, capacity=1000, load_hint=load)
     await db[assignment_store.ASSIGNMENTS].insert_many(
-        [_assignment(n, n, now) for n in range(load)]
+        [open_assignment(n, n, now) for n in range(load)]
     )
     directory_store.forget_desks()
     rng = random.Random(seed)
@@ -127,7 +133,7 @@ async def _one_mode(*, uri: str, load: int, cycles: int, keep_freed: bool, seed:
         if full_reads.count > before:
             documents_read += len(open_ids)
         new_id = f"c-{load + cycle}"
-        await db[assignment_store.ASSIGNMENTS].insert_one(_assignment(load + cycle, slot, now))
+        await db[assignment_store.ASSIGNMENTS].insert_one(open_assignment(load + cycle, slot, now))
         await directory_store.record_assignment(db=db, org=ORG, staff_id=OWNER, slot=slot, at=now)
         open_ids.append(new_id)
         slots[new_id] = slot

@@ -18,11 +18,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 from pymongo import AsyncMongoClient
 
+from bench.owner_slots import DEPARTMENT, ORG, OWNER, open_assignment, store_owner
 from bench.run import cpu_s, database_pid, infra_env
 from routing.assignments import owners, queue
 from routing.assignments import store as assignment_store
@@ -30,33 +31,17 @@ from routing.directory import store as directory_store
 from routing.settings import RoutingSettings
 
 DATABASE = "bench_queue_sweep"
-ORG, OWNER, DEPARTMENT = "demo", "only-owner", "LZ:NETWORK"
 
 
 def _assignment(number: int, now: datetime, *, slot: int | None) -> dict[str, Any]:
-    """An assignment of about the size routing stores: open in ``slot``, else queued."""
-    document: dict[str, Any] = {
-        "_id": f"c-{number}",
-        "org": ORG,
-        "branch": "LZ",
-        "department": DEPARTMENT,
-        "priority": number % 3,
-        "category": "network",
-        "subject": "家里宽带断网三天，客服一直说在处理",
-        "resolve_due_at": now + timedelta(days=2),
-        "created_at": now,
-        "history": [{"at": now, "action": "received", "actor": "routing"}],
-        "version": 1,
-    }
-    if slot is None:
-        return {**document, "status": "queued", "owner_id": None, "queued_at": now}
-    return {
-        **document,
-        "status": "open",
-        "owner_id": OWNER,
-        "assigned_at": now,
-        **owners.slot_fields(ORG, OWNER, slot),
-    }
+    """An assignment of about the size routing stores: the owner's, open in ``slot``, else
+    queued for the department."""
+    document = open_assignment(number, slot or 0, now)
+    if slot is not None:
+        return document
+    for field in ("owner_id", "owner_name", "assigned_at", *owners.slot_fields(ORG, OWNER, 0)):
+        document.pop(field, None)
+    return {**document, "status": "queued", "priority": number % 3, "queued_at": now}
 
 
 async def _one_size(*, uri: str, capacity: int, queued: int, sweeps: int) -> None:
@@ -65,19 +50,7 @@ async def _one_size(*, uri: str, capacity: int, queued: int, sweeps: int) -> Non
     db = client[DATABASE]
     await assignment_store.ensure_indexes(db=db)
     now = datetime.now(UTC)
-    await db[directory_store.STAFF].insert_one(
-        {
-            "_id": directory_store.staff_key(ORG, OWNER),
-            "id": OWNER,
-            "org": ORG,
-            "branch": "LZ",
-            "department": "NETWORK",
-            "department_id": DEPARTMENT,
-            "name": "唯一的处理人",
-            "capacity": capacity,
-            directory_store.LOAD_HINT: capacity,
-        }
-    )
+    await store_owner(db, capacity=capacity, load_hint=capacity)
     documents = [_assignment(n, now, slot=n) for n in range(capacity)]
     documents += [_assignment(capacity + n, now, slot=None) for n in range(queued)]
     for start in range(0, len(documents), 1000):
