@@ -20,7 +20,7 @@ from pymongo import AsyncMongoClient, monitoring
 from pymongo.asynchronous.database import AsyncDatabase
 
 from complaints_shared.clock import SystemClock
-from complaints_shared.events import EventType
+from complaints_shared.events import ComplaintReceived, EventType
 from routing.assignments import owners, queue
 from routing.assignments.scheduler import SlaScheduler
 from routing.directory import store as directory_store
@@ -94,6 +94,22 @@ async def _duty_officer_holding(db: AsyncDatabase, held: int, *, prefix: str) ->
 
 def _hotel(description: str):
     return received(branch="HOTEL", category="service_attitude", description=description)
+
+
+async def _queued_behind_a_full_desk(system: System, *descriptions: str) -> list[ComplaintReceived]:
+    """hotel-ma (the hotel front desk's one person with capacity) at capacity 1 with one open
+    complaint, and a complaint of each description queued behind it at the front desk."""
+    await _set_capacity(system, "hotel-ma", 1)
+    first, waiting = _hotel("前台态度冷淡"), [_hotel(text) for text in descriptions]
+    async with intake_producer(system) as publish:
+        await publish(EventType.COMPLAINT_RECEIVED, first)
+        await assignment_when(system, first.complaint_id, lambda d: d["status"] == "open")
+        for complaint in waiting:
+            await publish(EventType.COMPLAINT_RECEIVED, complaint)
+            queued = await assignment_when(system, complaint.complaint_id)
+            assert (queued["status"], queued["owner_id"]) == ("queued", None)
+            assert queued["department"] == "HOTEL:FRONT"
+    return waiting
 
 
 async def _hint_becomes(system: System, staff_id: str, expected: int) -> None:
@@ -537,16 +553,8 @@ async def test_a_full_departments_queue_is_not_read_until_someone_has_room(
     whole queue at every sweep, longer as a full department's queue grew); more capacity
     drains it at once."""
     system = await system_factory()
-    await _set_capacity(system, "hotel-ma", 1)
-    first, *waiting = _hotel("前台态度冷淡"), _hotel("房间没有打扫"), _hotel("早餐供应太少")
-    async with intake_producer(system) as publish:
-        await publish(EventType.COMPLAINT_RECEIVED, first)
-        await assignment_when(system, first.complaint_id, lambda d: d["status"] == "open")
-        for complaint in waiting:
-            await publish(EventType.COMPLAINT_RECEIVED, complaint)
-            queued = await assignment_when(system, complaint.complaint_id)
-            assert (queued["status"], queued["owner_id"]) == ("queued", None)
-    department = queued["department"]
+    waiting = await _queued_behind_a_full_desk(system, "房间没有打扫", "早餐供应太少")
+    department = "HOTEL:FRONT"
     finds = Finds("assignments")
     client, db = _watched(system, finds)
     try:
@@ -582,14 +590,7 @@ async def test_the_sweep_looks_for_queues_now_and_then_and_drains_those_it_knows
     ``queue_census_interval_s``; the sweeps between offer the departments found, so room
     that nothing drained (a crash between a finish and its drain) is still used."""
     system = await system_factory()
-    await _set_capacity(system, "hotel-ma", 1)
-    first, waiting = _hotel("前台态度冷淡"), _hotel("房间没有打扫")
-    async with intake_producer(system) as publish:
-        await publish(EventType.COMPLAINT_RECEIVED, first)
-        await assignment_when(system, first.complaint_id, lambda d: d["status"] == "open")
-        await publish(EventType.COMPLAINT_RECEIVED, waiting)
-        queued = await assignment_when(system, waiting.complaint_id)
-        assert queued["status"] == "queued"
+    (waiting,) = await _queued_behind_a_full_desk(system, "房间没有打扫")
     censuses, finds = Finds("assignments", command="aggregate"), Finds("assignments")
     client = AsyncMongoClient(
         system.routing_settings.mongodb_uri, tz_aware=True, event_listeners=[censuses, finds]
