@@ -128,6 +128,26 @@ async def _sample_memory(services: list[Service], samples: MemorySamples, every_
         await asyncio.sleep(every_s)
 
 
+def _print_stalls(
+    *, sent: dict[str, float], answered: dict[str, float], stamps: Stamps, over_ms: float
+) -> None:
+    """Each second of posting time in which some complaint took over ``over_ms`` from 201 to
+    assigned: how many did and the slowest. A stall shows as a few seconds holding most of
+    them, repeating if periodic; spread-out queueing as many seconds with one or two."""
+    slow: dict[int, list[float]] = {}
+    for c, at in sent.items():
+        took = 1000 * (stamps.assigned[c] - answered[c])
+        if took > over_ms:
+            slow.setdefault(int(at), []).append(took)
+    total = sum(len(times) for times in slow.values())
+    print(f"  over {over_ms:.0f} ms: {total} of {len(sent)} in {len(slow)} seconds of posting")
+    for second in sorted(slow, key=lambda s: -len(slow[s]))[:12]:
+        print(
+            f"    {datetime.fromtimestamp(second):%H:%M:%S}  {len(slow[second]):3d} over,"
+            f" slowest {max(slow[second]):6.0f} ms"
+        )
+
+
 def _print_series(
     *,
     sent: dict[str, float],
@@ -177,6 +197,12 @@ async def main() -> None:
         type=float,
         default=0.0,
         help="also print POST and 201 → assigned p99 per window of this many seconds",
+    )
+    parser.add_argument(
+        "--stalls-ms",
+        type=float,
+        default=0.0,
+        help="also print the seconds of posting in which complaints took over this long",
     )
     add_jwt_secret_argument(parser)
     args = parser.parse_args()
@@ -256,6 +282,8 @@ async def main() -> None:
                     window_s=args.series_s,
                     memory=memory,
                 )
+            if args.stalls_ms > 0:
+                _print_stalls(sent=sent, answered=answered, stamps=stamps, over_ms=args.stalls_ms)
             for c in sorted(ids, key=lambda c: stamps.assigned[c] - answered[c])[-5:]:
                 print(
                     f"    posted {datetime.fromtimestamp(sent[c]):%H:%M:%S.%f}"[:-3]

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import pytest
+from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.partitioner import DefaultPartitioner
 from pymongo.errors import AutoReconnect
 
@@ -317,6 +318,53 @@ async def test_a_handled_partition_takes_its_next_record_at_once(system: System)
         await producer.stop()
     # Resumed only when the consumer's next poll returned, a hop took ~500 ms; now ~10 ms.
     assert per_hop_s < 0.1, f"{per_hop_s * 1000:.0f} ms per record"
+
+
+async def test_handled_offsets_are_committed_each_interval_and_all_at_stop(
+    system: System,
+) -> None:
+    """A consumer commits what it handled every ``consumer_commit_interval_s``, not after
+    every record, and commits everything handled when it stops (nothing redelivered after
+    a clean restart)."""
+    records = 6
+    # An hour: nothing committed while running; a fifth of a second: everything, soon.
+    assert await _committed_while_running(system, interval_s=3600.0, records=records) == (0, 6)
+    assert await _committed_while_running(system, interval_s=0.2, records=records) == (6, 6)
+
+
+async def _committed_while_running(
+    system: System, *, interval_s: float, records: int
+) -> tuple[int, int]:
+    """Records committed once ``records`` are handled (and a moment more), then after stop."""
+    settings, topic = await _probe_topic(system, f"commit-probe-{int(interval_s * 10)}")
+    settings = settings.model_copy(update={"consumer_commit_interval_s": interval_s})
+    group = f"{settings.topic_prefix}{settings.service_name}"
+    handled: list[str] = []
+
+    async def handler(event: CloudEvent, data: ComplaintReceived) -> None:
+        handled.append(data.complaint_id)
+
+    producer = EventProducer(settings=settings)
+    try:
+        async with _consuming(settings, topic, handler, producer):
+            await _publish_received(producer, topic, [str(uuid.uuid4()) for _ in range(records)])
+            await eventually(lambda: len(handled) == records, what="every record handled")
+            await asyncio.sleep(1.5)  # a commit due at the short interval has landed by now
+            running = await _committed(settings, group)
+    finally:
+        await producer.stop()
+    return running, await _committed(settings, group)
+
+
+async def _committed(settings: ServiceSettings, group: str) -> int:
+    """How many records the group has committed, over every partition."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
+    await admin.start()
+    try:
+        offsets = await admin.list_consumer_group_offsets(group)
+    finally:
+        await admin.close()
+    return sum(max(0, position.offset) for position in offsets.values())
 
 
 async def _probe_topic(system: System, name: str) -> tuple[ServiceSettings, str]:

@@ -232,8 +232,9 @@ class EventConsumer:
 
     Each partition's records are handled in order by a task of their own while the
     partition is paused in the consumer; the poll loop keeps polling (so the group
-    keeps its members) and other partitions keep flowing. A task's offsets are
-    committed when it has stored every effect, then its partition is resumed.
+    keeps its members) and other partitions keep flowing. A partition is resumed as soon
+    as its task has stored every effect; the offsets handled are committed every
+    ``consumer_commit_interval_s`` and whenever partitions are given up.
     """
 
     def __init__(
@@ -253,7 +254,10 @@ class EventConsumer:
         self._consumer: AIOKafkaConsumer | None = None
         self._stopping = asyncio.Event()
         self._in_flight: dict[TopicPartition, asyncio.Task[None]] = {}
+        # The next offset of each partition whose records up to it are handled and not yet
+        # committed (``_commit_handled``, ``_finish_partitions``).
         self._progress: dict[TopicPartition, int] = {}
+        self._committed_at = time.monotonic()
         self.assigned = asyncio.Event()
 
     async def run(self) -> None:
@@ -300,7 +304,7 @@ class EventConsumer:
             return
         consumer = self._consumer
         self.assigned.clear()
-        await self._finish_partitions(set(self._in_flight))
+        await self._finish_partitions(set(self._in_flight) | set(self._progress))
         self._consumer = None
         try:
             await consumer.stop()
@@ -323,7 +327,8 @@ class EventConsumer:
                 )
             finished = {tp for tp, task in self._in_flight.items() if task.done()}
             if finished:
-                await self._commit_and_resume(finished)
+                self._resume(finished)
+            await self._commit_handled()
 
     async def _fetch(self, consumer: AIOKafkaConsumer) -> dict[TopicPartition, list]:
         """Records fetched within 200 ms, or none as soon as a partition's task ends: its
@@ -344,30 +349,45 @@ class EventConsumer:
                 await asyncio.wait({fetch})
         return {} if fetch.cancelled() else fetch.result()
 
-    async def _commit_and_resume(self, partitions: set[TopicPartition]) -> None:
+    def _resume(self, partitions: set[TopicPartition]) -> None:
+        """Resume the partitions whose tasks ended; a task's error ends the loop."""
         consumer = self._consumer
         assert consumer is not None
         tasks = [self._in_flight.pop(tp) for tp in partitions]
-        offsets = {tp: self._progress.pop(tp) for tp in partitions if tp in self._progress}
-        if offsets:
-            # Committed only once every effect up to these offsets is stored; a crash
-            # redelivers at most the records after them, which idempotent handlers absorb.
-            try:
-                await consumer.commit(offsets)
-            except CommitFailedError as exc:
-                # The group rebalanced meanwhile: the partitions' next owner redelivers.
-                log.warning("consumer_commit_failed", error=repr(exc), partitions=len(offsets))
         assigned = consumer.assignment()
         consumer.resume(*(tp for tp in partitions if tp in assigned))
         for task in tasks:
             if not task.cancelled() and task.exception() is not None:
                 raise task.exception()  # type: ignore[misc]
 
-    async def _finish_partitions(self, partitions: set[TopicPartition]) -> None:
-        """Let the tasks of ``partitions`` end, then commit what they stored."""
-        tasks = [self._in_flight[tp] for tp in partitions if tp in self._in_flight]
-        if not tasks:
+    async def _commit_handled(self) -> None:
+        """Commit the offsets handled since the last commit, once the interval has passed.
+
+        Every effect up to these offsets is stored: a crash redelivers at most the records
+        handled since the last commit, which idempotent handlers absorb. Committing after
+        every poll meant a request to the broker per record at ordinary rates.
+        """
+        consumer = self._consumer
+        assert consumer is not None
+        if not self._progress:
             return
+        if time.monotonic() - self._committed_at < self._settings.consumer_commit_interval_s:
+            return
+        offsets = dict(self._progress)
+        self._committed_at = time.monotonic()
+        try:
+            await consumer.commit(offsets)
+        except CommitFailedError as exc:
+            # The group rebalanced meanwhile: the partitions' next owner redelivers.
+            log.warning("consumer_commit_failed", error=repr(exc), partitions=len(offsets))
+        for tp, offset in offsets.items():
+            # Partitions handled further while the commit was on its way stay due.
+            if self._progress.get(tp) == offset:
+                del self._progress[tp]
+
+    async def _finish_partitions(self, partitions: set[TopicPartition]) -> None:
+        """Let the tasks of ``partitions`` end, then commit what was handled on them."""
+        tasks = [self._in_flight[tp] for tp in partitions if tp in self._in_flight]
         if not self._stopping.is_set():
             # Leaving these partitions (rebalance, broker error): a stalled task stops
             # retrying; its record is redelivered to whoever owns the partition next.

@@ -64,6 +64,14 @@ class ServiceSettings(BaseSettings):
         "message goes to the dead-letter topic (retries_exhausted). Transient failures "
         "(database or broker away) are retried without limit and never dead-lettered.",
     )
+    consumer_commit_interval_s: float = Field(
+        1.0,
+        ge=0,
+        description="How often a consumer commits the offsets of the records it has handled "
+        "(0: after every poll). A crash redelivers at most about this long of handled records, "
+        "which the idempotent handlers absorb; a commit per record cost the broker a request "
+        "each. Partitions given up (rebalance, shutdown) are always committed first.",
+    )
     consumer_retry_backoff_s: float = Field(
         0.2, gt=0, description="First retry delay; doubles on each further attempt."
     )

@@ -82,6 +82,14 @@ class WebhooksSettings(ServiceSettings):
     lease_margin_s: float = Field(
         30.0, gt=0, description="A claimed delivery's lease is the request timeout plus this."
     )
+    # The order watermark (``webhooks.watermark``) releases a delivery once the group has
+    # committed past its event, so this consumer commits after every poll, not once a second.
+    consumer_commit_interval_s: float = Field(
+        0.0,
+        ge=0,
+        description="As for every service, but 0 (after every poll): each commit releases "
+        "the deliveries waiting for the order watermark.",
+    )
     order_watermark_interval_s: float = Field(
         0.1,
         gt=0,
