@@ -335,7 +335,8 @@ async def test_handled_offsets_are_committed_each_interval_and_all_at_stop(
 async def _committed_while_running(
     system: System, *, interval_s: float, records: int
 ) -> tuple[int, int]:
-    """Records committed once ``records`` are handled (and a moment more), then after stop."""
+    """Records committed while running (read until all are, for up to 3 s after they are
+    handled), then after the stop."""
     settings, topic = await _probe_topic(system, f"commit-probe-{int(interval_s * 10)}")
     settings = settings.model_copy(update={"consumer_commit_interval_s": interval_s})
     group = f"{settings.topic_prefix}{settings.service_name}"
@@ -349,8 +350,11 @@ async def _committed_while_running(
         async with _consuming(settings, topic, handler, producer):
             await _publish_received(producer, topic, [str(uuid.uuid4()) for _ in range(records)])
             await eventually(lambda: len(handled) == records, what="every record handled")
-            await asyncio.sleep(1.5)  # a commit due at the short interval has landed by now
+            deadline = time.monotonic() + 3.0
             running = await _committed(settings, group)
+            while running < records and time.monotonic() < deadline:
+                await asyncio.sleep(0.1)
+                running = await _committed(settings, group)
     finally:
         await producer.stop()
     return running, await _committed(settings, group)
