@@ -373,16 +373,19 @@ class EventConsumer:
             return
         if time.monotonic() - self._committed_at < self._settings.consumer_commit_interval_s:
             return
-        offsets = dict(self._progress)
+        # A partition no longer assigned is its next owner's to redeliver from its last commit.
+        assigned = consumer.assignment()
+        offsets = {tp: offset for tp, offset in self._progress.items() if tp in assigned}
         self._committed_at = time.monotonic()
         try:
-            await consumer.commit(offsets)
+            if offsets:
+                await consumer.commit(offsets)
         except CommitFailedError as exc:
             # The group rebalanced meanwhile: the partitions' next owner redelivers.
             log.warning("consumer_commit_failed", error=repr(exc), partitions=len(offsets))
-        for tp, offset in offsets.items():
+        for tp, offset in list(self._progress.items()):
             # Partitions handled further while the commit was on its way stay due.
-            if self._progress.get(tp) == offset:
+            if tp not in assigned or offsets.get(tp) == offset:
                 del self._progress[tp]
 
     async def _finish_partitions(self, partitions: set[TopicPartition]) -> None:
