@@ -127,6 +127,31 @@ def cpu_s(pid: int | None) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def cpu_by_process(run: Run) -> dict[str, float]:
+    """CPU seconds used so far by each local process of a run: the database server(s), the
+    broker, each service (with its workers) and this load generator, which shares the
+    machine's cores with them."""
+    cpu = {
+        "database": sum(cpu_s(pid) for pid in run.database_pids()),
+        "broker": cpu_s(infra_pids().get("kafka")),
+    }
+    for service in run.services:
+        if service.process is not None:
+            pid = service.process.pid
+            cpu[service.name] = sum(cpu_s(p) for p in [pid, *_children(pid)])
+    cpu["load generator"] = time.process_time()
+    return cpu
+
+
+def cpu_ms_per(before: dict[str, float], after: dict[str, float], count: int) -> dict[str, float]:
+    """Each process's CPU between two ``cpu_by_process`` readings, per complaint (ms)."""
+    return {
+        name: round(1000 * (after[name] - before[name]) / count, 1)
+        for name in after
+        if name in before and count
+    }
+
+
 def database_pid() -> int | None:
     """The local MongoDB server's process: from the local state, else the one listening on
     MONGODB_URI's port (a set started elsewhere); None when it is not on this machine."""
@@ -328,7 +353,8 @@ async def prepared_run(args: argparse.Namespace) -> tuple[Run, list[Service]]:
     settings = run.settings()
     await ensure_topics(settings=settings, topics=[settings.topic(t.value) for t in Topic])
     await seed_routing(run)
-    return run, [Service(name, port, run.env(name)) for name, port in PORTS.items()]
+    run.services = [Service(name, port, run.env(name)) for name, port in PORTS.items()]
+    return run, run.services
 
 
 async def drop_run_databases(run: Run) -> None:
@@ -606,6 +632,7 @@ async def end_to_end(
     operations_before = await mongo_operations(run)
     server = database_pid()  # None when the database is not a local process
     database_cpu = cpu_s(server)
+    cpu_before = cpu_by_process(run)
     measured_from = time.monotonic()
     series = duration_s >= 3 * SERIES_WINDOW_S
     busy = (
@@ -649,6 +676,7 @@ async def end_to_end(
     await collector
     await consumer.stop()
     database_cpu = cpu_s(server) - database_cpu
+    cpu_per_complaint = cpu_ms_per(cpu_before, cpu_by_process(run), len(accepted_at))
     measured_s = time.monotonic() - measured_from
     operations = await mongo_operations(run) - operations_before
     latencies = [
@@ -673,6 +701,9 @@ async def end_to_end(
             round(1000 * database_cpu / len(accepted_at), 1) if accepted_at else None
         ),
         "database_cpu_share": round(database_cpu / measured_s, 2),
+        # Every local process the same way (the services, the broker, the load generator):
+        # on a small machine they share its cores with the database.
+        "cpu_ms_per_complaint": cpu_per_complaint,
     }
     if series:
         result["p99_ms_by_window"] = _p99_by_window(accepted_at, assigned_at)
@@ -903,6 +934,16 @@ def print_table(result: dict) -> None:
                 f"soak {soaked['seconds']:.0f} s @ {soaked['rate_per_s']}/s",
                 f"p99 {soaked['latency']['p99_ms']} ms",
                 f"RSS growth % {json.dumps(soaked['rss_growth_pct'])}",
+            )
+        )
+        rows.append(
+            (
+                "soak CPU per complaint",
+                "",
+                ", ".join(
+                    f"{name} {ms} ms"
+                    for name, ms in soaked["latency"].get("cpu_ms_per_complaint", {}).items()
+                ),
             )
         )
         if "p99_ms_by_window" in soaked["latency"]:

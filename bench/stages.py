@@ -32,7 +32,8 @@ from bench.run import (
     Service,
     add_jwt_secret_argument,
     by_window,
-    cpu_s,
+    cpu_by_process,
+    cpu_ms_per,
     drop_run_databases,
     percentile,
     prepared_run,
@@ -238,16 +239,21 @@ async def main() -> None:
             sampler = asyncio.create_task(_sample_memory(services, memory, args.series_s / 4))
         await asyncio.sleep(args.settle_s)
         for number in range(args.rounds):
-            database_cpu = sum(cpu_s(pid) for pid in run.database_pids())
+            cpu_before = cpu_by_process(run)
             releases = await _outbox_releases()
             accepted = await _round(
                 run, stamps, rate=args.rate, seconds=args.seconds, first=number * 1_000_000
             )
-            database_cpu = sum(cpu_s(pid) for pid in run.database_pids()) - database_cpu
+            cpu_per_complaint = cpu_ms_per(cpu_before, cpu_by_process(run), len(accepted))
             ids = [c for c in accepted if c in stamps.received and c in stamps.assigned]
             print(
                 f"round {number + 1}: {len(accepted)} accepted, {len(ids)} assigned;"
-                f" database {1000 * database_cpu / max(1, len(accepted)):.1f} ms CPU per complaint"
+                f" database {cpu_per_complaint.get('database', 0.0):.1f} ms CPU per complaint"
+            )
+            print(
+                "  CPU per complaint: "
+                + ", ".join(f"{name} {ms:.1f}" for name, ms in cpu_per_complaint.items())
+                + " ms"
             )
             released = {
                 key: count - releases.get(key, 0.0)
