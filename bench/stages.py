@@ -9,6 +9,10 @@ routing (``complaint.received`` → ``complaint.assigned`` record timestamps). P
 percentiles per round and the slowest complaints with the wall time they were posted, so a
 periodic stall shows as a cluster.
 
+``--lists-per-s`` also sends that many ``GET /v1/complaints`` a second while posting, in
+turn of the ``LISTS`` shapes (newest first, oldest first, due first, a ``q`` without a branch
+filter), and prints each shape's latency: what a list costs with writes beside it.
+
 ``BENCH_<SERVICE>_MONGODB_URI`` (e.g. ``BENCH_ROUTING_MONGODB_URI``) gives a service's
 database a server of its own; the database CPU printed is then that of every local server
 the run uses (docs/scaling.md).
@@ -42,6 +46,14 @@ from bench.run import (
 from bench.workload import complaint_body
 from complaints_shared.envelope import from_kafka_record
 from complaints_shared.events import EventType, Topic
+
+# The list shapes ``--lists-per-s`` sends, in turn: label → query parameters.
+LISTS = {
+    "newest first": {},
+    "oldest first": {"sort": "created_at"},
+    "acknowledge due first": {"sort": "acknowledge_due_at"},
+    "q=断网, no branch": {"q": "断网"},
+}
 
 
 class Stamps:
@@ -119,6 +131,36 @@ async def _round(
 
 
 MemorySamples = list[tuple[float, dict[str, int]]]
+
+
+ListLatencies = dict[str, list[float]]
+
+
+async def _send_lists(run: Run, rate: float, latencies: ListLatencies, stop: asyncio.Event) -> None:
+    """Open loop until ``stop``: ``rate`` lists a second, the ``LISTS`` shapes in turn; each
+    shape's latencies (s) of its 200s, and of anything else under ``<label> <status or error>``."""
+    headers = {"Authorization": f"Bearer {run.token()}"}
+    shapes = list(LISTS.items())
+    async with httpx.AsyncClient(
+        base_url=f"http://127.0.0.1:{PORTS['intake']}", timeout=60
+    ) as http:
+
+        async def one(label: str, params: dict[str, str]) -> None:
+            sent = time.perf_counter()
+            try:
+                response = await http.get("/v1/complaints", params=params, headers=headers)
+                key = label if response.status_code == 200 else f"{label} {response.status_code}"
+            except httpx.HTTPError as exc:
+                key = f"{label} {type(exc).__name__}"
+            latencies.setdefault(key, []).append(time.perf_counter() - sent)
+
+        tasks: list[asyncio.Task] = []
+        started = time.monotonic()
+        while not stop.is_set():
+            label, params = shapes[len(tasks) % len(shapes)]
+            tasks.append(asyncio.create_task(one(label, params)))
+            await asyncio.sleep(max(0.0, started + len(tasks) / rate - time.monotonic()))
+        await asyncio.gather(*tasks)
 
 
 async def _sample_memory(services: list[Service], samples: MemorySamples, every_s: float) -> None:
@@ -205,6 +247,12 @@ async def main() -> None:
         default=0.0,
         help="also print the seconds of posting in which complaints took over this long",
     )
+    parser.add_argument(
+        "--lists-per-s",
+        type=float,
+        default=0.0,
+        help="also send this many GET /v1/complaints a second while posting (LISTS, in turn)",
+    )
     add_jwt_secret_argument(parser)
     args = parser.parse_args()
     run, services = await prepared_run(args)
@@ -241,9 +289,21 @@ async def main() -> None:
         for number in range(args.rounds):
             cpu_before = cpu_by_process(run)
             releases = await _outbox_releases()
-            accepted = await _round(
-                run, stamps, rate=args.rate, seconds=args.seconds, first=number * 1_000_000
+            lists: ListLatencies = {}
+            lists_done = asyncio.Event()
+            lister = (
+                asyncio.create_task(_send_lists(run, args.lists_per_s, lists, lists_done))
+                if args.lists_per_s > 0
+                else None
             )
+            try:
+                accepted = await _round(
+                    run, stamps, rate=args.rate, seconds=args.seconds, first=number * 1_000_000
+                )
+            finally:
+                lists_done.set()
+                if lister is not None:
+                    await lister
             cpu_per_complaint = cpu_ms_per(cpu_before, cpu_by_process(run), len(accepted))
             ids = [c for c in accepted if c in stamps.received and c in stamps.assigned]
             print(
@@ -280,6 +340,8 @@ async def main() -> None:
                 )
             )
             print(_line("201 → assigned", [stamps.assigned[c] - answered[c] for c in ids]))
+            for label, seconds in lists.items():
+                print(_line(f"GET {label} ({len(seconds)})", seconds))
             if args.series_s > 0:
                 _print_series(
                     sent=sent,

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import uuid
+from contextlib import AsyncExitStack
 from datetime import UTC, datetime
 
 import pytest
+from pymongo import AsyncMongoClient
 
 from intake import rollup
+from intake.main import create_app as create_intake_app
+from intake.settings import IntakeSettings
 from tests.support.http import complaint_body, token
-from tests.support.system import System
+from tests.support.system import System, serve, settings_for_test
 from tests.support.waits import eventually
 
 pytestmark = pytest.mark.integration
@@ -296,6 +301,64 @@ async def test_lists_read_from_the_rollups_floor_and_branches(
     broadband_by_due = [d["_id"] for d in by_due if d["_id"] in set(broadband)]
     assert len(broadband_by_due) == 2
     assert await walk(q="宽带", sort="acknowledge_due_at") == broadband_by_due
+
+
+async def test_a_complaint_stored_after_the_rollups_pass_is_listed_at_once(
+    system_factory,
+) -> None:
+    """Every write of a complaint lowers the floors first where needed (``intake.floors``):
+    a complaint in a branch the rollup's pass has not seen is found by a ``q`` without a
+    branch filter and listed oldest-first at once, with no pass in between."""
+    system = await system_factory(intake={"report_rollup_interval_s": 3600})
+    ids = await _seed(system)
+    admin = token(system.intake_settings)
+    db = system.mongo[system.intake_settings.database_name()]
+    await rollup.refresh(db=db, now=datetime.now(UTC))
+    passed = await rollup.watermark(db=db)
+    assert await rollup.known_branches(db=db, org="demo") == ["HOSP", "LZ"]
+
+    body = complaint_body(
+        branch="XJ",
+        subject="乌鲁木齐宽带断网",
+        description="宽带断网三天",
+        customer={"name": "客户", "phone": "13900000009"},
+    )
+    response = await system.intake.post("/v1/complaints", json=body, headers=admin)
+    assert response.status_code == 201, response.text
+    new_id = response.json()["id"]
+
+    assert await rollup.known_branches(db=db, org="demo") == ["HOSP", "LZ", "XJ"]
+    found = await system.intake.get("/v1/complaints", params={"q": "宽带"}, headers=admin)
+    assert new_id in [item["id"] for item in found.json()["items"]]
+    oldest_first = await system.intake.get(
+        "/v1/complaints", params={"sort": "created_at", "limit": 100}, headers=admin
+    )
+    assert [item["id"] for item in oldest_first.json()["items"]][-1] == new_id
+    assert len(oldest_first.json()["items"]) == len(ids) + 1
+    assert await rollup.watermark(db=db) == passed  # no pass of the job in between
+
+
+async def test_due_time_lists_answer_before_any_due_time_is_known(infrastructure) -> None:
+    """Intake alone (no routing: no complaint gets a due time), asked for due-time lists
+    before and after the rollup's first pass: 200 and empty (it answered 500: the one read
+    a list without a floor makes lost its ``due time present`` condition)."""
+    settings = settings_for_test(IntakeSettings, infra=infrastructure, run_id=uuid.uuid4().hex[:10])
+    mongo = AsyncMongoClient(settings.mongodb_uri, tz_aware=True)
+    async with AsyncExitStack() as stack:
+        stack.push_async_callback(mongo.close)
+        stack.push_async_callback(mongo.drop_database, settings.database_name())
+        client = await serve(stack, create_intake_app(settings), "intake")
+        admin = token(settings)
+        body = complaint_body(branch="LZ", customer={"name": "客户", "phone": "13900000007"})
+        assert (await client.post("/v1/complaints", json=body, headers=admin)).status_code == 201
+        db = mongo[settings.database_name()]
+        for passed in (False, True):
+            if passed:
+                await rollup.refresh(db=db, now=datetime.now(UTC))
+            for sort in ("acknowledge_due_at", "resolve_due_at"):
+                response = await client.get("/v1/complaints", params={"sort": sort}, headers=admin)
+                assert response.status_code == 200, (sort, passed, response.text)
+                assert response.json()["items"] == [], sort
 
 
 async def eventually_assigned(system: System, admin: dict, ids) -> None:

@@ -275,3 +275,85 @@ async def test_a_windowed_scan_refuses_a_bound_in_the_query(db: AsyncDatabase) -
             width=timedelta(minutes=1),
         ):
             pass
+
+
+async def test_a_page_after_a_dense_one_reads_a_window_holding_about_a_page(
+    db: AsyncDatabase, finds: Finds
+) -> None:
+    """A first window of fixed width read everything written within it (two hours of
+    complaints at 20/s is 144,000): the next page of the same shape starts with a window
+    sized by the density the last one found, and returns the same documents."""
+    now = datetime.now(UTC).replace(microsecond=0)
+    dense = [
+        {"_id": f"d{number:05d}", "org": "o", "created_at": now - timedelta(milliseconds=100 * n)}
+        for number, n in enumerate(range(3000))  # ten a second over the last five minutes
+    ]
+    await db.dense.insert_many(dense)
+    await db.dense.create_index([("org", 1), ("created_at", -1), ("_id", -1)])
+
+    async def first_page() -> list[str]:
+        batches = sorted_batches(
+            db.dense,
+            {"org": "o"},
+            field="created_at",
+            descending=True,
+            after=None,
+            batch=20,
+            window=timedelta(hours=2),
+            indexes=[["org", "created_at", "_id"]],
+        )
+        taken: list[str] = []
+        async for documents in batches:
+            taken += [d["_id"] for d in documents]
+            if len(taken) >= 20:
+                break
+        await batches.aclose()
+        return taken[:20]
+
+    def first_window_s() -> float:
+        sent = finds.filters[0]["created_at"]
+        return (now - sent["$gt"]).total_seconds()
+
+    finds.filters.clear()
+    first = await first_page()
+    assert first == [d["_id"] for d in dense[:20]]
+    assert first_window_s() >= 7000  # unknown density: the caller's two hours
+    finds.filters.clear()
+    assert await first_page() == first
+    # About a page at ten a second (2.5 s, and the time since the documents were written).
+    assert first_window_s() < 60
+
+
+async def test_an_unanchored_ascending_read_leaves_out_documents_without_the_sort_key(
+    db: AsyncDatabase,
+) -> None:
+    """No floor and no bound: one read of what the filter selects, and a ``$ne: null`` on
+    the sort key (complaints not yet given a due time) still holds, as a range implies it
+    elsewhere (a due-time list before any due time was known answered 500)."""
+    now = datetime.now(UTC).replace(microsecond=0)
+    await db.due.insert_many(
+        [
+            {"_id": "a", "org": "o", "due_at": now + timedelta(hours=2)},
+            {"_id": "b", "org": "o"},
+            {"_id": "c", "org": "o", "due_at": now - timedelta(hours=1)},
+            {"_id": "d", "org": "o", "due_at": None},
+        ]
+    )
+    await db.due.create_index([("org", 1), ("due_at", 1), ("_id", 1)])
+    for floor in (None, _no_floor):
+        batches = sorted_batches(
+            db.due,
+            {"org": "o", "due_at": {"$ne": None}},
+            field="due_at",
+            descending=False,
+            after=None,
+            batch=10,
+            window=timedelta(hours=2),
+            indexes=[["org", "due_at", "_id"]],
+            floor=floor,
+        )
+        assert [d["_id"] async for documents in batches for d in documents] == ["c", "a"]
+
+
+async def _no_floor() -> None:
+    return None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import math
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager, suppress
 from datetime import UTC, datetime, timedelta
@@ -477,6 +478,15 @@ WINDOWS_FROM = datetime(1970, 1, 1, tzinfo=UTC)
 WINDOWS_AHEAD = timedelta(days=3660)
 # A windowed read returns up to this many times the batch (see ``span``).
 WINDOW_READ_FACTOR = 8
+# Per read shape (collection, sort key and equality reads): the most documents a millisecond
+# of the sort key held in a window of the shape's last page. The next page's first window
+# is sized to hold about a page at that density (never below ``MIN_FIRST_WINDOW``, never
+# above the caller's ``window``): a fixed first window read everything written within it,
+# whatever the rate (two hours of complaints at 20/s is 144,000; docs/performance.md).
+# Denser than it was, a first window reads more than a page; sparser, it is widened.
+DENSITIES_KEPT = 1000
+MIN_FIRST_WINDOW = timedelta(seconds=1)
+_densities: OrderedDict[str, float] = OrderedDict()
 _RANGE_OPERATORS = {"$gt", "$gte", "$lt", "$lte"}
 _local_planner: dict[int, bool] = {}
 
@@ -688,7 +698,9 @@ async def sorted_batches(
             }
             results = []
             for read in reads:
-                own = {**read.get(field, {}), **window_range}
+                # A planned read holds equalities only: the sort key's own condition (a
+                # ``$ne: null``) is added here, where no range implies it.
+                own = {**(rest or {}), **read.get(field, {}), **window_range}
                 if window_range and own.get("$ne", False) is None:
                     del own["$ne"]  # a range over dates excludes null already
                 found = collection.find(
@@ -740,7 +752,8 @@ async def sorted_batches(
                 yield documents
         return
     now = _ms(datetime.now(UTC))
-    width = window
+    shape = f"{collection.full_name}|{field}|{reads!r}"
+    width = _first_width(shape, window=window, batch=batch)
     near = upper if descending else lower
     if not descending and near is None and floor is not None:
         lowest = await floor()
@@ -751,34 +764,74 @@ async def sorted_batches(
             yield documents
         return
     gathered = 0
-    while True:
-        last = False
-        if descending:
-            far = (near if near is not None else now) - width
-            if lower is not None and far <= lower:
-                far, last = lower, True
-            elif lower is None and far < WINDOWS_FROM:
-                far, last = None, True
-            low, high = far, near
-        else:
-            far = near + width
-            if upper is not None and far >= upper:
-                far, last = upper, True
-            elif upper is None and far > now + WINDOWS_AHEAD:
-                far, last = None, True
-            low, high = near, far
-        found = 0
-        async for documents in span(low, high):
-            yield documents
-            # Asked once the caller has had them: what it keeps may depend on what it did.
-            found += len(documents) if wanted is None else sum(map(wanted, documents))
-        if last:
-            return
-        gathered += found
-        # Wide enough for what is still missing at this window's density, and a quarter.
-        growth = WINDOW_GROWTH[1] if found == 0 else 1.25 * max(batch - gathered, 1) / found
-        width *= min(max(growth, WINDOW_GROWTH[0]), WINDOW_GROWTH[1])
-        near = far + _ONE_MS if descending else far - _ONE_MS
+    # The densest window of this page, including the one the caller stopped reading in
+    # (up to the last document it was given: it stops once it has enough).
+    densest, read, start, reached = 0.0, 0, None, None
+    try:
+        while True:
+            last = False
+            if descending:
+                start = near if near is not None else now  # open upwards: counted from now
+                far = start - width
+                if lower is not None and far <= lower:
+                    far, last = lower, True
+                elif lower is None and far < WINDOWS_FROM:
+                    far, last = None, True
+                low, high = far, near
+            else:
+                start = near
+                far = near + width
+                if upper is not None and far >= upper:
+                    far, last = upper, True
+                elif upper is None and far > now + WINDOWS_AHEAD:
+                    far, last = None, True
+                low, high = near, far
+            found, read, reached = 0, 0, None
+            async for documents in span(low, high):
+                read += len(documents)
+                reached = documents[-1][field] if documents else reached
+                yield documents
+                # Asked once the caller has had them: what it keeps may depend on what it did.
+                found += len(documents) if wanted is None else sum(map(wanted, documents))
+            densest = max(densest, _density(read, start, far))
+            read = 0
+            if last:
+                return
+            gathered += found
+            # Wide enough for what is still missing at this window's density, and a quarter.
+            growth = WINDOW_GROWTH[1] if found == 0 else 1.25 * max(batch - gathered, 1) / found
+            width *= min(max(growth, WINDOW_GROWTH[0]), WINDOW_GROWTH[1])
+            near = far + _ONE_MS if descending else far - _ONE_MS
+    finally:
+        densest = max(densest, _density(read, start, reached))
+        if densest:
+            _remember_density(shape, densest)
+
+
+def _density(read: int, start: datetime | None, end: datetime | None) -> float:
+    """Documents per millisecond of the sort key between ``start`` and ``end`` (either way)."""
+    if not read or start is None or end is None:
+        return 0.0
+    if end.tzinfo is None:  # a document read without ``STORED_CODEC``
+        end = end.replace(tzinfo=UTC)
+    spanned = abs(start - end) / _ONE_MS
+    return read / spanned if spanned else 0.0
+
+
+def _first_width(shape: str, *, window: timedelta, batch: int) -> timedelta:
+    """The first window of a read of ``shape``: about a page at its last known density."""
+    density = _densities.get(shape)
+    if density is None:
+        return window
+    holding_a_page = timedelta(milliseconds=1.25 * batch / density)
+    return min(window, max(MIN_FIRST_WINDOW, holding_a_page))
+
+
+def _remember_density(shape: str, density: float) -> None:
+    _densities[shape] = density
+    _densities.move_to_end(shape)
+    while len(_densities) > DENSITIES_KEPT:
+        _densities.popitem(last=False)
 
 
 def _plan(

@@ -43,16 +43,12 @@ from complaints_shared.logs import get_logger
 from complaints_shared.mongo import ensure_index, lease_free, lease_kept, windows_of
 from complaints_shared.runtime import Runtime
 from complaints_shared.timing import Pacer, wait_event
-from intake import filter_keys, store
+from intake import filter_keys, floors, store
 from intake.lifecycle import OPEN_STATUSES, Status
 
 log = get_logger(__name__)
 
 TALLIES = "report_tallies"
-# Per organisation, a lower bound of each date an ascending list sorts by and the branches
-# with complaints (search reads from there on the local server: ``intake.search``).
-FLOORS = "search_floors"
-FLOOR_FIELDS = ("created_at", "acknowledge_due_at", "resolve_due_at")
 # The (org, branch, day)s changed since their tallies (``changed``), and those re-tallied
 # within ``RETALLY_AFTER`` (``tallied_at``); a few documents per branch at any time.
 DAYS_CHANGED = "report_days_changed"
@@ -111,7 +107,7 @@ FIELDS = {
     )
 }
 # What the job and the report read of a complaint changed since the watermark.
-CHANGE_FIELDS = dict.fromkeys(("org", "branch", *FLOOR_FIELDS), 1)
+CHANGE_FIELDS = dict.fromkeys(floors.SOURCE_FIELDS, 1)
 OPEN_VALUES = {status.value for status in OPEN_STATUSES}
 UNRESOLVED_VALUES = OPEN_VALUES | {Status.REJECTED.value, Status.WITHDRAWN.value}
 RANKED = {
@@ -409,7 +405,7 @@ async def refresh(*, db: AsyncDatabase, now: datetime, pacer: Pacer | None = Non
                 upsert=True,
             )
         done = await _retally_changed(db=db, now=now, pacer=pacer)
-    await _lower_floors(db=db, complaints=complaints)
+    await floors.lower(db=db, complaints=complaints)
     await db[STATE].update_one(
         {"_id": WATERMARK_ID},
         {"$set": {"until": until, "passed_at": now, "version": VERSION}},
@@ -453,54 +449,17 @@ async def changed_days(*, db: AsyncDatabase, org: str) -> set[tuple[str, datetim
     return {(day["branch"], day["day"]) async for day in found}
 
 
-def floors_of(complaints: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Per organisation, the lowest of each ``FLOOR_FIELDS`` date among ``complaints`` and
-    their branches (``branches``, a set)."""
-    floors: dict[str, dict[str, Any]] = defaultdict(lambda: {"branches": set()})
-    for complaint in complaints:
-        lowest = floors[complaint["org"]]
-        lowest["branches"].add(complaint["branch"])
-        for name in FLOOR_FIELDS:
-            value = complaint.get(name)
-            if isinstance(value, datetime) and (name not in lowest or value < lowest[name]):
-                lowest[name] = value
-    return floors
-
-
-async def _lower_floors(*, db: AsyncDatabase, complaints: list[dict[str, Any]]) -> None:
-    for org, lowest in floors_of(complaints).items():
-        branches = sorted(lowest.pop("branches"))
-        update: dict[str, Any] = {"$addToSet": {"branches": {"$each": branches}}}
-        if lowest:
-            update["$min"] = lowest
-        await db[FLOORS].update_one({"_id": org}, update, upsert=True)
-
-
 async def bounds(*, db: AsyncDatabase, org: str) -> dict[str, Any] | None:
-    """What no complaint of ``org`` lies outside: per ``FLOOR_FIELDS`` date a value none is
-    below, and ``branches``, every branch it has a complaint in (None: not known yet).
+    """What no complaint of ``org`` lies outside: per ``floors.FLOOR_FIELDS`` date a value none is
+    below, and ``branches``, every branch it has a complaint in (None: not known yet, until
+    the job's first pass has read every complaint stored before the floors were kept).
 
-    The job lowers the stored floors and adds branches with every complaint it reads, and
-    never raises or removes them (a value that went up or away leaves a floor lower than
-    needed, still a bound); what changed after its watermark is read here.
+    Every write of a complaint lowers them first where needed (``intake.floors``), so the
+    stored ones are the answer.
     """
-    since = await watermark(db=db)
-    stored = await db[FLOORS].find_one({"_id": org})
-    if since is None or stored is None:
+    if await watermark(db=db) is None:
         return None
-    changed = await (
-        db[store.COMPLAINTS]
-        .find({"updated_at": {"$gt": since}}, projection=CHANGE_FIELDS)
-        .to_list(None)
-    )
-    recent = floors_of(changed).get(org, {"branches": set()})
-    found: dict[str, Any] = {
-        "branches": sorted(set(stored.get("branches", [])) | recent["branches"])
-    }
-    for name in FLOOR_FIELDS:
-        known = [value for value in (stored.get(name), recent.get(name)) if value is not None]
-        found[name] = min(known) if known else None
-    return found
+    return await floors.stored(db=db, org=org)
 
 
 async def floor(*, db: AsyncDatabase, org: str, field: str) -> datetime | None:

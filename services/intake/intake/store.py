@@ -27,7 +27,7 @@ from complaints_shared.mongo import (
     merge_updates,
     retrying,
 )
-from intake import filter_keys
+from intake import filter_keys, floors
 from intake.lifecycle import Status
 from intake.models import ComplaintRead
 from intake.repeats import repeat_buckets, repeat_keys
@@ -129,6 +129,7 @@ async def find(*, db: AsyncDatabase, complaint_id: str) -> dict[str, Any] | None
 
 async def insert(*, db: AsyncDatabase, document: dict[str, Any]) -> dict[str, Any]:
     """Store a new complaint (``registration.new_document``); returns it as stored."""
+    await floors.cover(db=db, complaint=document)
     await retrying(insert_batched, db[COMPLAINTS], document)
     aggregate.inserted(db=db, aggregate=COMPLAINT, document=document)
     return as_stored(document)
@@ -237,7 +238,7 @@ async def change(
     already applied it is returned unchanged (None when it does not exist).
     """
 
-    def timeline_and_status(current: dict[str, Any]) -> aggregate.Decision:
+    async def timeline_and_status(current: dict[str, Any]) -> aggregate.Decision:
         decision = decide(current)
         status_from = Status(current["status"])
         entries = [(action, details or {}), *decision.entries]
@@ -255,6 +256,8 @@ async def change(
             _status_update(current=current, next_status=decision.status, now=now),
             {"$push": {"timeline": {"$each": timeline}}},
         )
+        # Before the write: a list after it finds the complaint within the floors.
+        await floors.cover(db=db, complaint=floors.values_written(current, update))
         return aggregate.Decision(filter_keys.with_keys(current, update), decision.events)
 
     return await aggregate.change(
