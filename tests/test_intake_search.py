@@ -262,13 +262,14 @@ async def test_a_search_page_fills_past_documents_that_hold_the_grams_but_not_th
     assert sorted(seen) == sorted(["网速很慢", "网速很慢啊"] * 3)
 
 
-async def test_lists_read_from_the_rollups_floor_and_branches(
+async def test_lists_read_from_the_floor_and_branches(
     system: System,
 ) -> None:
-    """Ascending lists on the local server start at the lowest date the report rollup has
-    seen (``intake.rollup.floor``), and a search without a branch filter asks for every
-    branch it has seen; they list the same complaints in the same order as before the
-    rollup's first pass, page after page."""
+    """Ascending lists on the local server start at the organisation's floor
+    (``intake.rollup.floor``: ``intake.floors``, known once the rollup's first pass has read
+    every complaint), and a search without a branch filter asks for every branch it has
+    complaints in; they list the same complaints in the same order as before the rollup's
+    first pass, page after page."""
     ids = await _seed(system)
     admin = token(system.intake_settings)
     db = system.mongo[system.intake_settings.database_name()]
