@@ -789,7 +789,7 @@ async def sorted_batches(
             found, read, reached = 0, 0, None
             async for documents in span(low, high):
                 read += len(documents)
-                reached = documents[-1][field] if documents else reached
+                reached = documents[-1].get(field) if documents else reached
                 yield documents
                 # Asked once the caller has had them: what it keeps may depend on what it did.
                 found += len(documents) if wanted is None else sum(map(wanted, documents))
@@ -809,8 +809,9 @@ async def sorted_batches(
 
 
 def _density(read: int, start: datetime | None, end: datetime | None) -> float:
-    """Documents per millisecond of the sort key between ``start`` and ``end`` (either way)."""
-    if not read or start is None or end is None:
+    """Documents per millisecond of the sort key between ``start`` and ``end`` (either way;
+    0 when unknown)."""
+    if not read or not isinstance(start, datetime) or not isinstance(end, datetime):
         return 0.0
     if end.tzinfo is None:  # a document read without ``STORED_CODEC``
         end = end.replace(tzinfo=UTC)
