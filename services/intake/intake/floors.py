@@ -51,9 +51,8 @@ def floors_of(complaints: Iterable[Mapping[str, Any]]) -> dict[str, dict[str, An
         lowest = floors[complaint["org"]]
         lowest["branches"].add(complaint["branch"])
         for name in FLOOR_FIELDS:
-            value = complaint.get(name)
-            if isinstance(value, datetime) and (name not in lowest or value < lowest[name]):
-                lowest[name] = value
+            if _below(complaint.get(name), lowest.get(name)):
+                lowest[name] = complaint[name]
     return floors
 
 
@@ -107,11 +106,12 @@ def values_written(current: Mapping[str, Any], update: Mapping[str, Any]) -> dic
 def _covers(known: Mapping[str, Any], complaint: Mapping[str, Any]) -> bool:
     if complaint["branch"] not in known["branches"]:
         return False
-    for name in FLOOR_FIELDS:
-        value = complaint.get(name)
-        if isinstance(value, datetime) and (known.get(name) is None or value < known[name]):
-            return False
-    return True
+    return not any(_below(complaint.get(name), known.get(name)) for name in FLOOR_FIELDS)
+
+
+def _below(value: Any, floor: datetime | None) -> bool:
+    """Whether the date ``value`` needs a floor lower than ``floor`` (None: none yet)."""
+    return isinstance(value, datetime) and (floor is None or value < floor)
 
 
 def _remember(*, db: AsyncDatabase, org: str, lowest: Mapping[str, Any]) -> dict[str, Any]:
@@ -121,9 +121,8 @@ def _remember(*, db: AsyncDatabase, org: str, lowest: Mapping[str, Any]) -> dict
     known = _known.pop(key, None) or {"branches": set()}
     known["branches"].update(lowest.get("branches", ()))
     for name in FLOOR_FIELDS:
-        value = lowest.get(name)
-        if isinstance(value, datetime) and (known.get(name) is None or value < known[name]):
-            known[name] = value
+        if _below(lowest.get(name), known.get(name)):
+            known[name] = lowest[name]
     _known[key] = known
     while len(_known) > KNOWN_KEPT:
         _known.popitem(last=False)
