@@ -9,9 +9,10 @@ routing (``complaint.received`` → ``complaint.assigned`` record timestamps). P
 percentiles per round and the slowest complaints with the wall time they were posted, so a
 periodic stall shows as a cluster.
 
-``--lists-per-s`` also sends that many ``GET /v1/complaints`` a second while posting, in
-turn of the ``LISTS`` shapes (newest first, oldest first, due first, a ``q`` without a branch
-filter), and prints each shape's latency: what a list costs with writes beside it.
+``--lists-per-s`` also sends that many reads a second while posting, in turn of the ``LISTS``
+shapes (``GET /v1/complaints`` newest first, oldest first, due first, a ``q`` without a
+branch filter, and the report summary of the last 30 days), and prints each shape's
+latency: what a list or a report costs with writes beside it.
 
 ``BENCH_<SERVICE>_MONGODB_URI`` (e.g. ``BENCH_ROUTING_MONGODB_URI``) gives a service's
 database a server of its own; the database CPU printed is then that of every local server
@@ -47,12 +48,13 @@ from bench.workload import complaint_body
 from complaints_shared.envelope import from_kafka_record
 from complaints_shared.events import EventType, Topic
 
-# The list shapes ``--lists-per-s`` sends, in turn: label → query parameters.
+# The reads ``--lists-per-s`` sends, in turn: label → (path, query parameters).
 LISTS = {
-    "newest first": {},
-    "oldest first": {"sort": "created_at"},
-    "acknowledge due first": {"sort": "acknowledge_due_at"},
-    "q=断网, no branch": {"q": "断网"},
+    "newest first": ("/v1/complaints", {}),
+    "oldest first": ("/v1/complaints", {"sort": "created_at"}),
+    "acknowledge due first": ("/v1/complaints", {"sort": "acknowledge_due_at"}),
+    "q=断网, no branch": ("/v1/complaints", {"q": "断网"}),
+    "report, last 30 days": ("/v1/reports/summary", {}),
 }
 
 
@@ -137,7 +139,7 @@ ListLatencies = dict[str, list[float]]
 
 
 async def _send_lists(run: Run, rate: float, latencies: ListLatencies, stop: asyncio.Event) -> None:
-    """Open loop until ``stop``: ``rate`` lists a second, the ``LISTS`` shapes in turn; each
+    """Open loop until ``stop``: ``rate`` reads a second, the ``LISTS`` shapes in turn; each
     shape's latencies (s) of its 200s, and of anything else under ``<label> <status or error>``."""
     headers = {"Authorization": f"Bearer {run.token()}"}
     shapes = list(LISTS.items())
@@ -145,10 +147,10 @@ async def _send_lists(run: Run, rate: float, latencies: ListLatencies, stop: asy
         base_url=f"http://127.0.0.1:{PORTS['intake']}", timeout=60
     ) as http:
 
-        async def one(label: str, params: dict[str, str]) -> None:
+        async def one(label: str, path: str, params: dict[str, str]) -> None:
             sent = time.perf_counter()
             try:
-                response = await http.get("/v1/complaints", params=params, headers=headers)
+                response = await http.get(path, params=params, headers=headers)
                 key = label if response.status_code == 200 else f"{label} {response.status_code}"
             except httpx.HTTPError as exc:
                 key = f"{label} {type(exc).__name__}"
@@ -157,8 +159,8 @@ async def _send_lists(run: Run, rate: float, latencies: ListLatencies, stop: asy
         tasks: list[asyncio.Task] = []
         started = time.monotonic()
         while not stop.is_set():
-            label, params = shapes[len(tasks) % len(shapes)]
-            tasks.append(asyncio.create_task(one(label, params)))
+            label, (path, params) = shapes[len(tasks) % len(shapes)]
+            tasks.append(asyncio.create_task(one(label, path, params)))
             await asyncio.sleep(max(0.0, started + len(tasks) / rate - time.monotonic()))
         await asyncio.gather(*tasks)
 
@@ -251,7 +253,7 @@ async def main() -> None:
         "--lists-per-s",
         type=float,
         default=0.0,
-        help="also send this many GET /v1/complaints a second while posting (LISTS, in turn)",
+        help="also send this many lists and reports a second while posting (LISTS, in turn)",
     )
     add_jwt_secret_argument(parser)
     args = parser.parse_args()
