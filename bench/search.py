@@ -5,8 +5,11 @@ writes, each built by intake's own ``registration.new_document`` from the benchm
 (``bench/workload.py``), with its search posting (``postings.posting``), registered over
 ``--days`` days; then starts intake as a real uvicorn process on that database and times, with
 ``--repeats`` requests each: the first page of ``q=断网&branch=LZ``, the first page of every
-documented filter and sort, a second page, and ``GET /v1/reports/summary``. Results are
-printed and written to ``bench-results/search-<time>.json``. Seeding 100,000 takes minutes
+documented filter and sort, a second page, and ``GET /v1/reports/summary``; then, for
+``--changes-s`` seconds, the summary (the last 30 days, and today) every two seconds while
+``--changes-per-s`` complaints of the last week a second are acknowledged through the API, as
+a working organisation changes its open complaints. Results are printed and written to
+``bench-results/search-<time>.json``. Seeding 100,000 takes minutes
 (the index builds): ``--keep`` keeps the database and ``--reuse RUN_ID`` measures it again.
 """
 
@@ -294,12 +297,76 @@ async def measure(run: Run, seeded: dict[str, Any]) -> dict[str, Any]:
     return results
 
 
+async def beside_changes(run: Run, seeded: dict[str, Any]) -> dict[str, Any]:
+    """The summary asked every 2 s while complaints registered in the last week are
+    acknowledged, ``--changes-per-s`` a second for ``--changes-s`` seconds: what a report
+    costs once the rollup's days keep changing (docs/performance.md, "Reports beside
+    writes")."""
+    rate, seconds = run.args.changes_per_s, run.args.changes_s
+    end: datetime = seeded["end"]
+    mongo = AsyncMongoClient(run.infra["MONGODB_URI"], tz_aware=True)
+    try:
+        db = mongo[run.env("intake")["MONGODB_DATABASE"]]
+        recent = {"created_at": {"$gte": end - timedelta(days=7)}, "status": "received"}
+        waiting = [c["_id"] async for c in db[store.COMPLAINTS].find(recent, projection={"_id": 1})]
+    finally:
+        await mongo.close()
+    random.Random(time.time_ns()).shuffle(waiting)
+    today = end.replace(hour=0, minute=0, second=0, microsecond=0)
+    shapes = {"summary (last 30 days)": {}, "summary (today)": {"from": today.isoformat()}}
+    latencies: dict[str, list[float]] = {label: [] for label in shapes}
+    statuses: dict[str, Counter] = {label: Counter() for label in (*shapes, "acknowledge")}
+    headers = {"Authorization": f"Bearer {run.token()}"}
+    base = f"http://127.0.0.1:{PORTS['intake']}"
+    stop = time.monotonic() + seconds
+    async with httpx.AsyncClient(base_url=base, headers=headers, timeout=120) as client:
+
+        async def acknowledge() -> None:
+            while waiting and time.monotonic() < stop:
+                started = time.monotonic()
+                response = await client.post(f"/v1/complaints/{waiting.pop()}/acknowledge", json={})
+                statuses["acknowledge"][response.status_code] += 1
+                await asyncio.sleep(max(0.0, 1 / rate - (time.monotonic() - started)))
+
+        async def ask() -> None:
+            while time.monotonic() < stop:
+                for label, params in shapes.items():
+                    started = time.perf_counter()
+                    response = await client.get("/v1/reports/summary", params=params)
+                    latencies[label].append(time.perf_counter() - started)
+                    statuses[label][response.status_code] += 1
+                await asyncio.sleep(2)
+
+        await asyncio.gather(acknowledge(), ask())
+    results = {
+        label: {**latency_summary(latencies[label]), "asked": len(latencies[label])}
+        for label in shapes
+    }
+    for label, result in results.items():
+        print(f"  {label} beside {rate}/s acknowledgements: {result} {dict(statuses[label])}")
+    print(f"  acknowledgements: {dict(statuses['acknowledge'])}")
+    return {
+        "changes_per_s": rate,
+        "seconds": seconds,
+        "results": results,
+        "statuses": {label: dict(counted) for label, counted in statuses.items()},
+    }
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--complaints", type=int, default=100_000)
     parser.add_argument("--days", type=int, default=90, help="registration dates spread over")
     parser.add_argument("--repeats", type=int, default=20, help="requests per measured query")
     parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument(
+        "--changes-s",
+        type=float,
+        default=150,
+        help="seconds of reports beside acknowledgements (0: none); long enough for two "
+        "passes of the report rollup",
+    )
+    parser.add_argument("--changes-per-s", type=float, default=2.0)
     parser.add_argument("--keep", action="store_true", help="keep the seeded database")
     parser.add_argument(
         "--reuse",
@@ -324,6 +391,8 @@ async def main() -> None:
         await intake.wait_ready(timeout_s=600)
         seeded["rollup_s"] = await rollup_built(run)
         results = await measure(run, seeded)
+        if args.changes_s > 0:
+            results["beside changes"] = await beside_changes(run, seeded)
     finally:
         intake.stop()
         if not args.keep:

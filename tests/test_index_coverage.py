@@ -52,10 +52,10 @@ CONFIGURATION = {
     "scheduler_leases",
     "reference_counters",
 }
-# Read whole by a background job that may run while the profiler is on, and bounded by the
-# configuration, not the complaints: the report rollup's days changed since their last tally,
-# a few per branch (``intake.rollup``: a day leaves once re-tallied and cooled).
-BOUNDED_BOOKKEEPING = {"report_days_changed"}
+# Read whole by a background job that may run while the profiler is on, and bounded by one
+# pass, not by the complaints: the report rollup's journal (``intake.rollup``: the changes of
+# the pass being applied, dropped once it is).
+BOUNDED_BOOKKEEPING = {"report_journal"}
 RANGE = {"$lt", "$lte", "$gt", "$gte"}
 EQUALITY = {"$eq", "$in", "$all"}
 

@@ -2,11 +2,12 @@
 
 Complaints over three days go through acknowledgement (on time and late), resolution with
 remedies, a reopen cycle, rejection, withdrawal and due times passing unacknowledged. The
-report from the rollup's tallies (whole days) plus the complaints themselves (the edges of
-the window, days changed after the watermark) must equal ``reports.live_groups``, the one
-aggregation over every complaint, for every grouping, window, branch filter and a
-branch-scoped caller: before the first refresh, after it, after a change the rollup has not
-seen yet, and after the next refresh.
+report from the rollup's tallies plus the corrections for complaints changed after the
+watermark and the window's edges must equal ``reports.live_groups``, the one aggregation over
+every complaint, for every grouping, window, branch filter and a branch-scoped caller: before
+the first pass, after it, after a change the rollup has not seen yet, after the next pass,
+while a pass broken off is pending and after it is applied again, and after the audit of a
+day over counts a change committed late. The tallies then equal a build from the complaints.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ WINDOWS = [
     (T0 + 0.5 * H, T0 + 59 * H),  # edges inside the first and the last day
     (datetime(2026, 11, 3, tzinfo=UTC), datetime(2026, 11, 4, tzinfo=UTC)),  # one whole day
     (T0, T0 + 5 * H),  # less than a day: the aggregation alone
+    (datetime(2026, 11, 4, tzinfo=UTC), T0 + 100 * H),  # today, to beyond the present
 ]
 
 
@@ -73,10 +75,11 @@ async def _compare(db, now: datetime) -> int:
 
 
 async def test_the_rollup_report_equals_the_single_aggregation(infrastructure, monkeypatch) -> None:
-    # The job reads in windows of about two complaints here, so every pass takes many reads.
+    # The job reads in windows of about two complaints here, so every pass takes many reads,
+    # and writes its journal a change per document.
     monkeypatch.setattr(rollup, "READ_BATCH", 2)
     monkeypatch.setattr(rollup, "CHANGES_WINDOW", timedelta(seconds=1))
-    monkeypatch.setattr(rollup, "DAY_WINDOW", timedelta(minutes=20))
+    monkeypatch.setattr(rollup, "JOURNAL_CHUNK", 1)
     clock = ManualClock(T0)
     settings = settings_for_test(
         IntakeSettings,
@@ -182,86 +185,142 @@ async def test_the_rollup_report_equals_the_single_aggregation(infrastructure, m
 
         now = T0 + 60 * H
         clock.set(now)
-        assert await _compare(db, now) == 2 * 6 * 4 * 3  # no rollup yet: the aggregation
-        # The (branch, day)s with complaints, but today's: still receiving complaints, it
-        # is counted from them until it is over.
+        assert await _compare(db, now) == 2 * 6 * len(WINDOWS) * 3  # no rollup: the aggregation
+        # The build tallies every (branch, day) with complaints, today's too, and keeps a row
+        # per complaint.
         paced = Pacer(share=0.5)
-        assert await rollup.refresh(db=db, now=now, pacer=paced) == 4
+        assert await rollup.refresh(db=db, now=now, pacer=paced) == 6
         assert await rollup.watermark(db=db) == now - rollup.ROLLUP_LAG
-        assert await db[rollup.TALLIES].count_documents({"dimension": "branch"}) == 4
-        today = datetime(2026, 11, 4, tzinfo=UTC)
-        assert await rollup.changed_days(db=db, org="demo") == {("LZ", today)}
+        assert await db[rollup.TALLIES].count_documents({"dimension": "branch"}) == 5
+        assert await db[rollup.ROWS].count_documents({}) == 6
         assert await rollup.floor(db=db, org="demo", field="created_at") == T0
         assert await rollup.floor(db=db, org="demo", field="acknowledge_due_at") == T0 + H
         assert await rollup.known_branches(db=db, org="demo") == ["HOSP", "LZ"]
         await _compare(db, now)
+        # A window from today's start to the present is counted from the tallies alone.
+        today = datetime(2026, 11, 4, tzinfo=UTC)
+        await _today_from_tallies(db, monkeypatch, today=today, now=now)
 
-        # A change the rollup has not seen: its day is counted from the complaints.
+        # A change the rollup has not seen: the report takes its row out and counts it now.
         await at(now + H, f"/v1/complaints/{a}/reopen", {"reason": "又扣费了"})
         await _compare(db, now + 2 * H)
-        # A's branch and day, and those of complaints whose assignment intake's projection
-        # stamped with the wall clock, far after this test's clock.
-        assert await rollup.refresh(db=db, now=now + 2 * H) >= 1
+        # The next pass moves A's day on by that change alone. (Intake's projection stamped
+        # the assignments with the wall clock, weeks after this test's: read again by every
+        # pass, they change nothing.)
+        assert await rollup.refresh(db=db, now=now + 2 * H) == 1
         first_day = {
             "branch": "LZ",
             "dimension": "branch",
             "day": datetime(2026, 11, 2, tzinfo=UTC),
         }
-        retallied = await db[rollup.TALLIES].find_one(first_day)
-        assert retallied["groups"][0]["tally"]["open"] == 2  # A reopened, B never acknowledged
+        moved = await db[rollup.TALLIES].find_one(first_day)
+        assert moved["groups"][0]["tally"]["open"] == 2  # A reopened, B never acknowledged
+        seq = (await rollup.state(db=db))["seq"]
+        assert moved["seq"] == seq
         await _compare(db, now + 2 * H)
+        # A note changes nothing a report counts: no pass is applied for it.
+        await at(now + 2 * H, f"/v1/complaints/{b}/notes", {"text": "客户来电催办"})
+        assert await rollup.refresh(db=db, now=now + 3 * H) == 0
+        assert (await rollup.state(db=db))["seq"] == seq
 
-        # Changed again soon after its re-tally: the day is noted, not read whole again until
-        # RETALLY_AFTER has passed, and the report counts it from its complaints meanwhile.
-        # Intake's projection stamped the assignments with the wall clock, weeks after this
-        # test's: brought back before the watermark, so that only the change below is after it.
-        await db["complaints"].update_many(
-            {"updated_at": {"$gt": now + 3 * H}}, {"$set": {"updated_at": now + H}}
-        )
-        soon = now + 2 * H + timedelta(minutes=1)
-        clock.set(soon)
-        await at(
-            soon,
-            f"/v1/complaints/{a}/resolve",
-            resolution("billing_error", "company", {"type": "apology"}),
-        )
-        assert await rollup.refresh(db=db, now=soon + rollup.ROLLUP_LAG) == 0
-        assert ("LZ", first_day["day"]) in await rollup.changed_days(db=db, org="demo")
-        assert await db[rollup.TALLIES].find_one(first_day) == retallied
-        await _compare(db, soon + rollup.ROLLUP_LAG)
-        cooled = now + 2 * H + rollup.RETALLY_AFTER
-        assert await rollup.refresh(db=db, now=cooled) >= 1
-        assert ("LZ", first_day["day"]) not in await rollup.changed_days(db=db, org="demo")
-        assert (await db[rollup.TALLIES].find_one(first_day))["tallied_at"] == cooled
-        await _compare(db, cooled)
-        # A day re-tallied long ago and unchanged since is forgotten.
-        forgotten = {"_id": "demo|LZ|2026-10-01", "org": "demo", "branch": "LZ"}
-        await db[rollup.DAYS_CHANGED].insert_one(
+        # A pass broken off after some of its writes: reports read around it (from the
+        # complaints), and the next pass applies it again from its journal, once.
+        await at(now + 3 * H, f"/v1/complaints/{a}/resolve", resolution("billing_error", "company"))
+        await at(now + 3 * H, f"/v1/complaints/{f}/acknowledge")
+        written = rollup._write_tally
+
+        async def breaks_off(**kwargs) -> None:
+            if kwargs["dimension"] == "channel":
+                raise ConnectionError("the database went away")
+            await written(**kwargs)
+
+        monkeypatch.setattr(rollup, "_write_tally", breaks_off)
+        with pytest.raises(ConnectionError):
+            await rollup.refresh(db=db, now=now + 4 * H)
+        monkeypatch.setattr(rollup, "_write_tally", written)
+        pending = (await rollup.state(db=db, whole=True))["pending"]
+        assert pending["seq"] == seq + 1
+        assert await db[rollup.JOURNAL].count_documents({"seq": seq + 1}) == 2
+        monkeypatch.setattr(reports, "TALLY_WAIT_S", 0)
+        await _compare(db, now + 4 * H)
+        assert await rollup.refresh(db=db, now=now + 5 * H) == 0
+        state = await rollup.state(db=db, whole=True)
+        assert state["seq"] == seq + 1 and "pending" not in state
+        assert state["until"] == pending["settled"]["until"] + H
+        assert await db[rollup.JOURNAL].count_documents({}) == 0
+        await _compare(db, now + 5 * H)
+        # A change committed late: stamped before the watermark, written after the pass that
+        # set it had read. No pass reads it; the audit of its day, once over, counts it.
+        late = (await rollup.watermark(db=db)) - H
+        await db["complaints"].update_one(
+            {"_id": b},
             {
-                **forgotten,
-                "day": datetime(2026, 10, 1, tzinfo=UTC),
-                "changed": False,
-                "tallied_at": cooled - rollup.RETALLY_AFTER,
-            }
+                "$set": {"status": "withdrawn", "finished_at": late, "updated_at": late},
+                "$inc": {"version": 1},
+            },
         )
-        await rollup.refresh(db=db, now=cooled + timedelta(seconds=1))
-        assert await db[rollup.DAYS_CHANGED].find_one({"_id": forgotten["_id"]}) is None
-
-        # Today is re-tallied at the first pass after it ends.
-        assert ("LZ", today) in await rollup.changed_days(db=db, org="demo")
-        over = today + timedelta(days=1, minutes=1)
-        assert await rollup.refresh(db=db, now=over) >= 1
-        assert ("LZ", today) not in await rollup.changed_days(db=db, org="demo")
-        assert (await db[rollup.TALLIES].find_one({"branch": "LZ", "day": today}))[
-            "tallied_at"
-        ] == over
-        await _compare(db, over)
+        assert await rollup.refresh(db=db, now=now + 5 * H + timedelta(minutes=1)) == 0
+        await db[rollup.STATE].update_one(
+            {"_id": rollup.WATERMARK_ID}, {"$set": {"audited_until": T0 - timedelta(hours=1)}}
+        )
+        assert await rollup.refresh(db=db, now=now + 5 * H + timedelta(minutes=2)) == 1
+        assert (await rollup.state(db=db))["audited_until"] == today
+        await _compare(db, now + 5 * H)
+        # Counted once: the tallies equal a build from the complaints.
+        built = await _tallies(db)
+        await db[rollup.STATE].update_one({"_id": rollup.WATERMARK_ID}, {"$set": {"version": 3}})
+        assert await rollup.refresh(db=db, now=now + 5 * H) == 6
+        assert await _tallies(db) == built
 
         # Tallies of an earlier version are not trusted: the aggregation answers until the
         # next pass has built everything again.
         await db[rollup.STATE].update_one({"_id": rollup.WATERMARK_ID}, {"$set": {"version": 1}})
         assert await rollup.watermark(db=db) is None
         assert await rollup.floor(db=db, org="demo", field="created_at") is None
-        await _compare(db, now + 3 * H)
-        assert await rollup.refresh(db=db, now=now + 3 * H) == 5
-        await _compare(db, now + 3 * H)
+        await _compare(db, now + 6 * H)
+        assert await rollup.refresh(db=db, now=now + 6 * H) == 6
+        await _compare(db, now + 6 * H)
+
+
+async def _tallies(db) -> dict[str, list]:
+    """Every tally document's groups, by id, without the pass that wrote it."""
+    found = {}
+    async for document in db[rollup.TALLIES].find({}):
+        found[document["_id"]] = sorted(
+            (
+                str(group["value"]),
+                {
+                    k: sorted(map(str, v)) if isinstance(v, list) else v
+                    for k, v in group["tally"].items()
+                },
+            )
+            for group in document["groups"]
+        )
+    return found
+
+
+async def _today_from_tallies(db, monkeypatch, *, today: datetime, now: datetime) -> None:
+    read_live = []
+    live = reports._live
+
+    async def counted(**kwargs):
+        read_live.append(kwargs)
+        return await live(**kwargs)
+
+    monkeypatch.setattr(reports, "_live", counted)
+    for created_from in (today, today - timedelta(days=2)):
+        asked = {
+            "db": db,
+            "principal": ADMIN,
+            "created_from": created_from,
+            "created_to": now,
+            "group_by": reports.GroupBy.BRANCH,
+            "branches": [],
+            "now": now,
+        }
+        report = await reports.summary(**asked)
+        expected = await reports.live_groups(**asked)
+        expected.sort(key=lambda summary: (-summary.received, str(summary.group)))
+        assert [g.model_dump() for g in report.groups] == [g.model_dump() for g in expected]
+    assert read_live == []
+    monkeypatch.setattr(reports, "_live", live)

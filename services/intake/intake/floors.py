@@ -127,3 +127,8 @@ def _remember(*, db: AsyncDatabase, org: str, lowest: Mapping[str, Any]) -> dict
     while len(_known) > KNOWN_KEPT:
         _known.popitem(last=False)
     return known
+
+
+async def organisations(*, db: AsyncDatabase) -> list[str]:
+    """Every organisation with a complaint (one floors document each)."""
+    return [found["_id"] async for found in db[FLOORS].find({}, projection={"_id": 1})]

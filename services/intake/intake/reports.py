@@ -6,6 +6,7 @@ reshapes the few result rows into the response.
 
 from __future__ import annotations
 
+import asyncio
 from collections import defaultdict
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -15,9 +16,12 @@ from pydantic import BaseModel, Field
 from pymongo.asynchronous.database import AsyncDatabase
 
 from complaints_shared.auth import Principal
+from complaints_shared.logs import get_logger
 from complaints_shared.mongo import at_or_after
 from intake import filter_keys, rollup, store
 from intake.lifecycle import OPEN_STATUSES, Status
+
+log = get_logger(__name__)
 
 TOP_N = 5
 _ONE_MS = timedelta(milliseconds=1)
@@ -365,48 +369,142 @@ async def _from_tallies(
     *,
     db: AsyncDatabase,
     org: str,
-    since: datetime,
+    kept: dict[str, Any],
+    days: tuple[datetime, datetime],
     created_from: datetime,
     created_to: datetime,
     group_by: GroupBy,
     allowed: list[str] | None,
-) -> dict[Any, dict[str, Any]]:
-    """Per group, the tally of [created_from, created_to): the rollup's whole days, and
-    from the complaints the edges and the days changed after the watermark ``since`` or
-    not re-tallied yet since a change (``rollup.changed_days``)."""
-    first_day, last_day = _next_day(created_from), rollup.day_of(created_to)
+) -> dict[Any, dict[str, Any]] | None:
+    """Per group, the tally of [created_from, created_to): the rollup's tallies of ``days``
+    (whole days, from the first up to the last, exclusive), corrected for every complaint
+    changed after the rollup's watermark (its row out, the complaint in), and the window's
+    edges outside ``days`` from the complaints. None when what was read does not fit
+    together: a pass of the rollup wrote some of it after the watermark ``kept`` was read."""
+    first_day, end_day = days
     dimension = group_by.value
     merged: dict[Any, dict[str, Any]] = defaultdict(rollup.empty_tally)
+    taken: list[dict[str, Any]] = []
 
-    def counted(branch: str) -> bool:
-        return allowed is None or branch in allowed
+    def tallied(row: dict[str, Any]) -> bool:
+        in_scope = allowed is None or row["branch"] in allowed
+        return (
+            row["org"] == org
+            and in_scope
+            and first_day <= rollup.day_of(row["created_at"]) < end_day
+        )
 
-    changed = await (
-        db[store.COMPLAINTS]
-        .find({"updated_at": {"$gt": since}}, projection={"org": 1, "branch": 1, "created_at": 1})
-        .to_list(None)
-    )
-    seen = {(c["branch"], rollup.day_of(c["created_at"])) for c in changed if c["org"] == org}
-    seen |= await rollup.changed_days(db=db, org=org)
-    stale = {
-        (branch, day) for branch, day in seen if counted(branch) and first_day <= day < last_day
-    }
     tallies = db[rollup.TALLIES].find(
-        {"org": org, "dimension": dimension, "day": {"$gt": first_day - _ONE_MS, "$lt": last_day}},
-        projection={"branch": 1, "day": 1, "groups": 1},
+        {"org": org, "dimension": dimension, "day": {"$gt": first_day - _ONE_MS, "$lt": end_day}},
+        projection={"branch": 1, "groups": 1, "seq": 1},
     )
     async for document in tallies:
-        if counted(document["branch"]) and (document["branch"], document["day"]) not in stale:
+        written_by = document.get("seq")  # None: by a replica of another rollup version
+        if written_by is None or written_by > kept["seq"]:
+            return None
+        if allowed is None or document["branch"] in allowed:
             for group in document["groups"]:
                 rollup.merge(merged[group["value"]], rollup.load(group["tally"]))
-    spans = [(created_from, first_day, allowed), (last_day, created_to, allowed)]
-    spans += [(day, day + rollup.DAY, [branch]) for branch, day in stale]
-    for start, end, branches in spans:
+    changed = await (
+        db[store.COMPLAINTS]
+        .find({"updated_at": {"$gt": kept["until"]}}, projection=rollup.READ_FIELDS)
+        .to_list(None)
+    )
+    # A complaint the last pass read at the version it has now is counted as it is (unless
+    # registered after the window, by a clock running ahead).
+    known = rollup.read_versions(kept)
+    changed = [
+        complaint
+        for complaint in changed
+        if complaint["org"] == org
+        and (not rollup.read_before(known, complaint) or complaint["created_at"] >= created_to)
+    ]
+    rows = await rollup.rows_of(db=db, ids=[complaint["_id"] for complaint in changed])
+    for row in rows.values():
+        if row["seq"] > kept["seq"]:
+            return None
+        if tallied(row):
+            taken.append(row)
+    counted = [
+        complaint
+        for complaint in changed
+        if tallied(complaint) and created_from <= complaint["created_at"] < created_to
+    ]
+    for group, tally in rollup.tallies_by_group(counted, dimension).items():
+        rollup.merge(merged[group], tally)
+    for group, tally in rollup.tallies_by_group(taken, dimension).items():
+        rollup.remove(merged[group], tally)
+    for start, end in ((created_from, first_day), (end_day, created_to)):
         if start < end:
-            live = await _live(db=db, org=org, start=start, end=end, branches=branches)
+            live = await _live(db=db, org=org, start=start, end=end, branches=allowed)
             for group, tally in rollup.tallies_by_group(live, dimension).items():
                 rollup.merge(merged[group], tally)
-    return merged
+    return {group: tally for group, tally in merged.items() if tally["received"] > 0}
+
+
+def _tallied_days(
+    *, created_from: datetime, created_to: datetime, now: datetime
+) -> tuple[datetime, datetime]:
+    """The days [first, end) of the window the rollup's tallies can count whole: those
+    inside it, and the last one too when the window reaches the present (no complaint is
+    registered after now, and one stamped ahead by a fast clock has changed since the
+    watermark, so the report takes it out again)."""
+    first_day, last_day = _next_day(created_from), rollup.day_of(created_to)
+    if created_to >= now and last_day >= first_day:
+        return first_day, last_day + rollup.DAY
+    return first_day, last_day
+
+
+# A report whose reads a rollup pass wrote into waits for the pass to end (at most
+# ``TALLY_WAIT_S``, looking every ``TALLY_LOOK_S``) and reads again, at most ``TALLY_READS``
+# times, then counts from the complaints alone; a pass's writes take about a second.
+TALLY_READS = 3
+TALLY_WAIT_S = 3.0
+TALLY_LOOK_S = 0.05
+
+
+async def _read_tallies(
+    *,
+    db: AsyncDatabase,
+    org: str,
+    days: tuple[datetime, datetime],
+    created_from: datetime,
+    created_to: datetime,
+    group_by: GroupBy,
+    allowed: list[str] | None,
+) -> dict[Any, dict[str, Any]] | None:
+    """:func:`_from_tallies`, read again while a rollup pass writes into what it reads; None
+    before the rollup's first pass, or when passes kept writing (then logged)."""
+    for _ in range(TALLY_READS):
+        kept = await rollup.state(db=db, whole=True)
+        if kept is None:
+            return None
+        tallies = await _from_tallies(
+            db=db,
+            org=org,
+            kept=kept,
+            days=days,
+            created_from=created_from,
+            created_to=created_to,
+            group_by=group_by,
+            allowed=allowed,
+        )
+        if tallies is not None:
+            return tallies
+        await _pass_applied(db=db, after=kept["seq"])
+    log.warning("report_counted_from_complaints", reason="rollup pass in progress", org=org)
+    return None
+
+
+async def _pass_applied(*, db: AsyncDatabase, after: int) -> None:
+    """Wait until a rollup pass after ``after`` is applied, at most ``TALLY_WAIT_S``."""
+    waited = 0.0
+    while waited < TALLY_WAIT_S:
+        kept = await rollup.state(db=db)
+        if kept is None or kept["seq"] > after:
+            return
+        await asyncio.sleep(TALLY_LOOK_S)
+        waited += TALLY_LOOK_S
 
 
 async def summary(
@@ -421,15 +519,29 @@ async def summary(
 ) -> SummaryReport:
     """Figures for complaints received in [created_from, created_to), per group.
 
-    From the rollup (``intake.rollup``) once it is built and the window holds a whole day;
-    else, and as the reference the rollup is tested against, by :func:`live_groups`.
+    From the rollup (``intake.rollup``) once it is built and the window holds a day it can
+    count whole; else, and as the reference the rollup is tested against, by
+    :func:`live_groups`.
     """
     allowed = None if principal.all_branches else list(principal.branches)
     if branches:
         # Within the caller's scope: a branch the token may not see simply has no data.
         allowed = [b for b in branches if allowed is None or b in allowed]
-    since = await rollup.watermark(db=db)
-    if since is None or _next_day(created_from) >= rollup.day_of(created_to):
+    days = _tallied_days(created_from=created_from, created_to=created_to, now=now)
+    tallies = None
+    if days[0] < days[1]:
+        tallies = await _read_tallies(
+            db=db,
+            org=principal.org,
+            days=days,
+            created_from=created_from,
+            created_to=created_to,
+            group_by=group_by,
+            allowed=allowed,
+        )
+    if tallies is not None:
+        groups = [_tally_summary(group, tally, now) for group, tally in tallies.items()]
+    else:
         groups = await live_groups(
             db=db,
             principal=principal,
@@ -439,17 +551,6 @@ async def summary(
             branches=branches,
             now=now,
         )
-    else:
-        tallies = await _from_tallies(
-            db=db,
-            org=principal.org,
-            since=since,
-            created_from=created_from,
-            created_to=created_to,
-            group_by=group_by,
-            allowed=allowed,
-        )
-        groups = [_tally_summary(group, tally, now) for group, tally in tallies.items()]
     groups.sort(key=lambda summary: (-summary.received, str(summary.group)))
     return SummaryReport(
         **{"from": created_from},

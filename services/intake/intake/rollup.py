@@ -4,38 +4,47 @@
 the window, which on the local server costs ~0.3 ms per complaint (25 s at 100,000). So a
 background job keeps *tallies*: per (org, branch, day, grouping dimension) one document
 holding, per group value, everything the report's figures are made of in a form that adds
-up (counts, sums, and the lists a figure needs whole: durations for the percentiles, due
-times whose "has it passed?" depends on when the report is asked). The report adds the
-tallies of the window's whole days and tallies what the rollup cannot vouch for from the
-complaints themselves: the partial days at the window's edges and every day holding a
-complaint changed after the rollup's watermark. Same figures as the single aggregation
-(``tests/test_report_rollup.py`` compares them), and no work on the per-complaint write
-path: the job finds changes by ``updated_at``, which every change sets. It reads
-complaints in windows of about ``READ_BATCH`` and pauses after each read and each day's
-writes (``timing.Pacer``, ``background_work_share`` of the time): read whole at once, a
-pass held the database, and every request and event behind it, for up to 2 s.
+up and takes away (counts, sums, and the lists a figure needs whole: durations for the
+percentiles, due times whose "has it passed?" depends on when the report is asked). Beside
+them it keeps a *row* per complaint (``report_rows``): the complaint as the tallies count it.
 
-The job (:func:`run_rollup`, one replica at a time under a lease) refreshes from a
-watermark kept in the database: it notes as changed (``report_days_changed``) every
-(org, branch, day) holding a complaint whose ``updated_at`` is past the watermark, then
-moves the watermark to the pass's start minus ``ROLLUP_LAG`` (a change stamped before that
-but committed late, or by a replica whose clock is behind, is still picked up by the next
-pass). A changed day is re-tallied, which reads all its complaints, once it is over and unless it
-was re-tallied within ``RETALLY_AFTER``: today, still receiving complaints, is not read whole
-at all until it ends, and a past day changed again and again is read whole at most once every
-ten minutes. Until then the report counts that day from its complaints, as it does for a day
-changed after the watermark (and for a window's partial days, today among them).
+The job (:func:`run_rollup`, one replica at a time under a lease) moves the tallies on from a
+watermark kept in the database: it reads every complaint whose ``updated_at`` is past the
+watermark, takes each one's row out of its day's tallies and counts the complaint as it is
+now, writes the rows, then moves the watermark to the pass's start minus ``ROLLUP_LAG`` (a
+change stamped before that but committed late, or by a replica whose clock is behind, is
+still read by the next pass; reading one again whose row already says the same changes
+nothing; one the last pass read at the version it has now is not even looked up,
+``read_versions``). A pass costs what changed since the last; a day is read whole once, by
+the first pass after it ends (:func:`_audit`), which counts any change committed too late for
+the passes that should have read it. Until 3 December today was counted from its complaints
+by every report, and a past day changed again and again was read whole every ten minutes and
+counted from its complaints by every report meanwhile (docs/performance.md, "Reports beside
+writes").
+
+The report adds the tallies of the window's days and corrects them for what changed after
+the watermark the same way: each such complaint's row out, the complaint in
+(``reports._from_tallies``). So its cost is the days' tally documents plus the complaints
+changed in the last pass or two, whatever a day holds.
+
+A pass writes its changes to several documents, so it is made safe to break off: it first
+writes what it will apply (``report_journal``: each complaint's old and new row) and notes
+itself pending; each tally document it writes carries the pass's number (``seq``), and so
+does each row. A pass broken off is applied again from the journal by the next, skipping the
+tally documents that already carry its number. A report that reads a tally document or a row
+of a pass later than the watermark it read reads again.
 """
 
 from __future__ import annotations
 
 import math
 import uuid
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from pymongo import ReplaceOne
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
@@ -43,29 +52,32 @@ from complaints_shared.logs import get_logger
 from complaints_shared.mongo import ensure_index, lease_free, lease_kept, windows_of
 from complaints_shared.runtime import Runtime
 from complaints_shared.timing import Pacer, wait_event
-from intake import filter_keys, floors, store
+from intake import floors, store
 from intake.lifecycle import OPEN_STATUSES, Status
 
 log = get_logger(__name__)
 
 TALLIES = "report_tallies"
-# The (org, branch, day)s changed since their tallies (``changed``), and those re-tallied
-# within ``RETALLY_AFTER`` (``tallied_at``); a few documents per branch at any time.
-DAYS_CHANGED = "report_days_changed"
-RETALLY_AFTER = timedelta(minutes=10)
+# Per complaint, what the tallies count of it (``FIELDS``) and the pass that wrote it.
+ROWS = "report_rows"
+# The pass being applied: its changes, each complaint's old row and new one.
+JOURNAL = "report_journal"
+JOURNAL_CHUNK = 200
+# Kept by versions before 4 (the days changed since their last tally); dropped by a build.
+RETIRED = ("report_days_changed",)
 STATE = "report_rollup"
 WATERMARK_ID = "watermark"
 LEASE_ID = "lease"
-# Bump when what a pass writes changes (tallies, floors, what a report may trust): the next
-# pass rebuilds it all, and replicas of another version count from the complaints meanwhile.
-VERSION = 3
+# Bump when what a pass writes changes (tallies, rows, floors, what a report may trust): the
+# next pass rebuilds it all, and replicas of another version count from the complaints
+# meanwhile.
+VERSION = 4
 ROLLUP_LAG = timedelta(seconds=30)
 # The job reads complaints in windows of about this many (``mongo.windows_of``) and pauses
-# between them (``timing.Pacer``): its first window of changes is this wide, of a day's
-# complaints that.
+# between them (``timing.Pacer``); its first window of changes is this wide.
 READ_BATCH = 200
 CHANGES_WINDOW = timedelta(seconds=10)
-DAY_WINDOW = timedelta(hours=1)
+AUDIT_WINDOW = timedelta(hours=1)
 ROLLUP_LEASE = timedelta(seconds=60)
 DAY = timedelta(days=1)
 # The report's group-by dimensions, as complaint field paths.
@@ -77,7 +89,7 @@ DIMENSIONS = {
     "channel": "channel",
     "owner": "assignment.owner_id",
 }
-# What a tally reads of a complaint.
+# What a tally reads of a complaint: a row (the floors' dates among them).
 FIELDS = {
     name: 1
     for name in (
@@ -106,8 +118,8 @@ FIELDS = {
         "resolutions.remedies",
     )
 }
-# What the job and the report read of a complaint changed since the watermark.
-CHANGE_FIELDS = dict.fromkeys(floors.SOURCE_FIELDS, 1)
+# What a pass reads: the row and the version (``read_versions``).
+READ_FIELDS = {**FIELDS, "version": 1}
 OPEN_VALUES = {status.value for status in OPEN_STATUSES}
 UNRESOLVED_VALUES = OPEN_VALUES | {Status.REJECTED.value, Status.WITHDRAWN.value}
 RANKED = {
@@ -141,11 +153,8 @@ async def ensure_indexes(*, db: AsyncDatabase) -> None:
     await ensure_index(
         db[TALLIES], [("org", 1), ("dimension", 1), ("day", 1)], name="org_dimension_day"
     )
-    # The report's days still to re-tally (the job reads the whole collection: a few
-    # documents per branch).
-    await ensure_index(db[DAYS_CHANGED], [("org", 1), ("changed", 1)], name="org_changed")
     # What changed since the watermark (the job, and the report for what the job has not
-    # tallied yet).
+    # tallied yet). The rows are read by ``_id``; the journal, one pass long, whole.
     await ensure_index(db[store.COMPLAINTS], [("updated_at", 1)], name="updated")
 
 
@@ -256,6 +265,30 @@ def merge(into: dict[str, Any], tally: dict[str, Any]) -> None:
         counted[3] += cents
 
 
+def remove(tally: dict[str, Any], counted: dict[str, Any]) -> None:
+    """Take ``counted`` (complaints ``tally`` counts, as :func:`add` counted them) out."""
+    for name in COUNTS:
+        tally[name] -= counted[name]
+    tally["score_sum"] -= counted["score_sum"]
+    for name in LISTS:
+        if counted[name]:
+            left = Counter(tally[name])
+            left.subtract(counted[name])
+            tally[name] = list(left.elements())
+    for name in PAIRS:
+        for key, count in counted[name].items():
+            tally[name][key] = tally[name].get(key, 0) - count
+            if tally[name][key] <= 0:
+                del tally[name][key]
+    for key, (_, _, count, cents) in counted["remedies"].items():
+        left = tally["remedies"].get(key)
+        if left is not None:
+            left[2] -= count
+            left[3] -= cents
+            if left[2] <= 0:
+                del tally["remedies"][key]
+
+
 def _stored(tally: dict[str, Any]) -> dict[str, Any]:
     return {
         **{name: tally[name] for name in (*COUNTS, "score_sum", *LISTS)},
@@ -295,80 +328,305 @@ def percentile(values: list[int], share: float) -> int | None:
 # ---------------------------------------------------------------- the job --
 
 
-async def retally(
-    *,
-    db: AsyncDatabase,
-    org: str,
-    branch: str,
-    day: datetime,
-    now: datetime,
-    pacer: Pacer | None = None,
-) -> None:
-    """Replace the tallies of one (org, branch, day) with what its complaints say now."""
-    pacer = pacer or Pacer(share=1)
-    complaints: list[dict[str, Any]] = []
-    async for found in windows_of(
-        db[store.COMPLAINTS],
-        filter_keys.narrowed({"org": org, "branch": branch}),
-        field="created_at",
-        start=day,
-        end=day + DAY,
-        batch=READ_BATCH,
-        width=DAY_WINDOW,
-        projection=FIELDS,
-    ):
-        complaints += found
-        await pacer.pause()
-    await _write(db=db, org=org, branch=branch, day=day, complaints=complaints, now=now)
-    await pacer.pause()
-
-
 _ONE_MS = timedelta(milliseconds=1)
 
 
-async def _write(
-    *,
-    db: AsyncDatabase,
-    org: str,
-    branch: str,
-    day: datetime,
-    complaints: list[dict[str, Any]],
-    now: datetime,
-) -> None:
-    for dimension in DIMENSIONS:
-        key = f"{_day_key(org, branch, day)}|{dimension}"
-        if not complaints:
-            await db[TALLIES].delete_one({"_id": key})
-            continue
-        groups = tallies_by_group(complaints, dimension)
-        document = {
-            "org": org,
-            "branch": branch,
-            "day": day,
-            "dimension": dimension,
-            "groups": [{"value": value, "tally": _stored(t)} for value, t in groups.items()],
-            "tallied_at": now,
-        }
-        await db[TALLIES].replace_one({"_id": key}, document, upsert=True)
-
-
-async def watermark(*, db: AsyncDatabase) -> datetime | None:
-    """Every change stamped at or before this is in the tallies (None: not built yet, or
-    built by an earlier ``VERSION``: the next pass builds everything again)."""
-    state = await db[STATE].find_one({"_id": WATERMARK_ID})
-    return state["until"] if state and state.get("version") == VERSION else None
+def row_of(document: dict[str, Any]) -> dict[str, Any]:
+    """A complaint or a stored row as the tallies count it (``FIELDS``: no id, version or
+    pass)."""
+    return {key: value for key, value in document.items() if key not in ("_id", "version", "seq")}
 
 
 def _day_key(org: str, branch: str, day: datetime) -> str:
     return f"{org}|{branch}|{day:%Y-%m-%d}"
 
 
+def _tally_id(org: str, branch: str, day: datetime, dimension: str) -> str:
+    return f"{_day_key(org, branch, day)}|{dimension}"
+
+
+def _day_of_row(row: dict[str, Any]) -> tuple[str, str, datetime]:
+    return row["org"], row["branch"], day_of(row["created_at"])
+
+
+async def state(*, db: AsyncDatabase, whole: bool = False) -> dict[str, Any] | None:
+    """The job's state: ``until`` (every change stamped at or before it is in the tallies and
+    the rows), ``seq`` (the last pass applied) and, ``whole``, ``read_versions`` (the version
+    of each complaint the last pass read) and ``pending`` (a pass broken off); None until a
+    pass of this ``VERSION`` has built everything (one of an earlier version is rebuilt by
+    the next pass)."""
+    projection = None if whole else {"read_versions": 0, "pending": 0}
+    found = await db[STATE].find_one({"_id": WATERMARK_ID}, projection=projection)
+    return found if found and found.get("version") == VERSION else None
+
+
+async def watermark(*, db: AsyncDatabase) -> datetime | None:
+    """Every change stamped at or before this is in the tallies (None: not built yet, or
+    built by an earlier ``VERSION``: the next pass builds everything again)."""
+    found = await state(db=db)
+    return found["until"] if found else None
+
+
+def read_versions(kept: dict[str, Any]) -> dict[Any, int]:
+    """Per complaint the last pass read, the version it read (``state(whole=True)``)."""
+    return dict(kept.get("read_versions") or [])
+
+
+def read_before(known: dict[Any, int], complaint: dict[str, Any]) -> bool:
+    """The last pass read ``complaint`` at the version it has now, so its row says the same."""
+    version = complaint.get("version")
+    return version is not None and known.get(complaint["_id"]) == version
+
+
+async def rows_of(
+    *, db: AsyncDatabase, ids: list[Any], pacer: Pacer | None = None
+) -> dict[Any, dict[str, Any]]:
+    """The stored rows of these complaints, by id (with the ``seq`` of the pass that wrote
+    each); one read per ``READ_BATCH`` ids, with ``pacer``'s pause after each."""
+    found: dict[Any, dict[str, Any]] = {}
+    for first in range(0, len(ids), READ_BATCH):
+        batch = {"_id": {"$in": ids[first : first + READ_BATCH]}}
+        async for row in db[ROWS].find(batch):
+            found[row["_id"]] = row
+        if pacer is not None:
+            await pacer.pause()
+    return found
+
+
+async def _build(
+    *,
+    db: AsyncDatabase,
+    complaints: list[dict[str, Any]],
+    until: datetime,
+    now: datetime,
+    pacer: Pacer,
+) -> int:
+    """Tally every complaint and write its row, from one read of them all."""
+    for name in (*RETIRED, ROWS, JOURNAL):
+        await db.drop_collection(name)
+    days: dict[tuple[str, str, datetime], list[dict[str, Any]]] = defaultdict(list)
+    for complaint in complaints:
+        days[_day_of_row(complaint)].append(complaint)
+    for (org, branch, day), found in days.items():
+        for dimension in DIMENSIONS:
+            groups = tallies_by_group(found, dimension)
+            await _write_tally(
+                db=db, key=(org, branch, day), dimension=dimension, groups=groups, seq=0, now=now
+            )
+        await pacer.pause()
+    for first in range(0, len(complaints), READ_BATCH * 5):
+        batch = complaints[first : first + READ_BATCH * 5]
+        await db[ROWS].insert_many(
+            [{"_id": c["_id"], **row_of(c), "seq": 0} for c in batch], ordered=False
+        )
+        await pacer.pause()
+    await db[STATE].update_one(
+        {"_id": WATERMARK_ID},
+        {
+            "$set": {
+                "until": until,
+                "passed_at": now,
+                "version": VERSION,
+                "seq": 0,
+                "read_versions": [],
+                # The build read every day whole.
+                "audited_until": day_of(until),
+            },
+            "$unset": {"pending": ""},
+        },
+        upsert=True,
+    )
+    return len(complaints)
+
+
+async def _write_tally(
+    *,
+    db: AsyncDatabase,
+    key: tuple[str, str, datetime],
+    dimension: str,
+    groups: dict[Any, dict[str, Any]],
+    seq: int,
+    now: datetime,
+) -> None:
+    """Replace the tally document of ``key`` (org, branch, day) and ``dimension``."""
+    org, branch, day = key
+    # A document left with no group stays (carrying ``seq``): a pass applied again after a
+    # break must see that it was written.
+    document = {
+        "org": org,
+        "branch": branch,
+        "day": day,
+        "dimension": dimension,
+        "groups": [
+            {"value": value, "tally": _stored(tally)}
+            for value, tally in groups.items()
+            if tally["received"] > 0
+        ],
+        "seq": seq,
+        "tallied_at": now,
+    }
+    await db[TALLIES].replace_one(
+        {"_id": _tally_id(org, branch, day, dimension)}, document, upsert=True
+    )
+
+
+async def _apply(
+    *, db: AsyncDatabase, seq: int, entries: list[dict[str, Any]], now: datetime
+) -> None:
+    """Apply pass ``seq``'s ``entries`` (each a complaint's ``old`` row, None for one new to
+    the tallies, and its ``new`` one): each old row out of its day's tallies, each new one in,
+    then the rows. A tally document already carrying ``seq`` was written by this pass before a
+    break, and is left as it is."""
+    taken: dict[tuple[str, str, datetime], list[dict[str, Any]]] = defaultdict(list)
+    counted: dict[tuple[str, str, datetime], list[dict[str, Any]]] = defaultdict(list)
+    for entry in entries:
+        if entry["old"] is not None:
+            taken[_day_of_row(entry["old"])].append(entry["old"])
+        counted[_day_of_row(entry["new"])].append(entry["new"])
+    for org, branch, day in taken.keys() | counted.keys():
+        ids = [_tally_id(org, branch, day, dimension) for dimension in DIMENSIONS]
+        stored = {d["_id"]: d async for d in db[TALLIES].find({"_id": {"$in": ids}})}
+        for dimension in DIMENSIONS:
+            document = stored.get(_tally_id(org, branch, day, dimension))
+            if document is not None and document.get("seq") == seq:
+                continue
+            groups: dict[Any, dict[str, Any]] = defaultdict(empty_tally)
+            for group in document["groups"] if document else []:
+                groups[group["value"]] = load(group["tally"])
+            for value, tally in tallies_by_group(taken[(org, branch, day)], dimension).items():
+                remove(groups[value], tally)
+            for value, tally in tallies_by_group(counted[(org, branch, day)], dimension).items():
+                merge(groups[value], tally)
+            await _write_tally(
+                db=db, key=(org, branch, day), dimension=dimension, groups=groups, seq=seq, now=now
+            )
+    for first in range(0, len(entries), READ_BATCH * 5):
+        await db[ROWS].bulk_write(
+            [
+                ReplaceOne({"_id": entry["id"]}, {**entry["new"], "seq": seq}, upsert=True)
+                for entry in entries[first : first + READ_BATCH * 5]
+            ],
+            ordered=False,
+        )
+
+
+async def _finish(*, db: AsyncDatabase, seq: int, settled: dict[str, Any], now: datetime) -> None:
+    """Pass ``seq`` is applied: set what it ``settled`` (the watermark...) and drop its
+    journal."""
+    await db[STATE].update_one(
+        {"_id": WATERMARK_ID},
+        {"$set": {**settled, "seq": seq, "passed_at": now}, "$unset": {"pending": ""}},
+    )
+    await db[JOURNAL].delete_many({"seq": seq})
+
+
+async def _apply_pending(*, db: AsyncDatabase, pending: dict[str, Any], now: datetime) -> int:
+    """Apply again, from its journal, a pass that was broken off; how many changes it held."""
+    seq = pending["seq"]
+    entries: list[dict[str, Any]] = []
+    async for chunk in db[JOURNAL].find({"seq": seq}).sort("_id", 1):
+        entries += chunk["entries"]
+    await _apply(db=db, seq=seq, entries=entries, now=now)
+    await _finish(db=db, seq=seq, settled=pending["settled"], now=now)
+    log.info("report_rollup_pass_resumed", seq=seq, changes=len(entries))
+    return len(entries)
+
+
+async def _move_on(
+    *,
+    db: AsyncDatabase,
+    current: dict[str, Any],
+    read: dict[Any, dict[str, Any]],
+    settled: dict[str, Any],
+    now: datetime,
+    pacer: Pacer,
+) -> int:
+    """Apply to the tallies and the rows what the complaints ``read`` (with their
+    ``version``) changed, as one pass, then set what the pass ``settled``; how many
+    complaints' figures changed. A complaint the last pass read at the version it has now
+    has a row that says the same (``read_versions``) and is not looked up. The rows are
+    read with ``pacer``'s pauses; the writes are not paused (reports read around a pass until
+    it is applied)."""
+    known = read_versions(current)
+    unsure = [cid for cid, complaint in read.items() if not read_before(known, complaint)]
+    stored = await rows_of(db=db, ids=unsure, pacer=pacer)
+    entries = []
+    for complaint_id in unsure:
+        new, old = row_of(read[complaint_id]), stored.get(complaint_id)
+        old = row_of(old) if old is not None else None
+        if new != old:  # a note, say, changes nothing the report counts
+            entries.append({"id": complaint_id, "old": old, "new": new})
+    if not entries:
+        await db[STATE].update_one({"_id": WATERMARK_ID}, {"$set": {**settled, "passed_at": now}})
+        return 0
+    seq = current["seq"] + 1
+    # What a pass broken off before this point wrote is of no use: it was never applied.
+    await db[JOURNAL].delete_many({})
+    await db[JOURNAL].insert_many(
+        [
+            {
+                "_id": f"{seq}|{first:08d}",
+                "seq": seq,
+                "entries": entries[first : first + JOURNAL_CHUNK],
+            }
+            for first in range(0, len(entries), JOURNAL_CHUNK)
+        ]
+    )
+    await db[STATE].update_one(
+        {"_id": WATERMARK_ID}, {"$set": {"pending": {"seq": seq, "settled": settled}}}
+    )
+    await _apply(db=db, seq=seq, entries=entries, now=now)
+    await _finish(db=db, seq=seq, settled=settled, now=now)
+    return len(entries)
+
+
+async def _audit(
+    *, db: AsyncDatabase, current: dict[str, Any], day: datetime, now: datetime, pacer: Pacer
+) -> int:
+    """Compare every complaint registered on ``day`` with its row and apply what differs:
+    a change stamped before a watermark but committed after the pass that set it read (a
+    request held up for longer than ``ROLLUP_LAG``) is counted here, once the day is over."""
+    read: dict[Any, dict[str, Any]] = {}
+    for org in await floors.organisations(db=db):
+        async for found in windows_of(
+            db[store.COMPLAINTS],
+            {"org": org},
+            field="created_at",
+            start=day,
+            end=day + DAY,
+            batch=READ_BATCH,
+            width=AUDIT_WINDOW,
+            projection=READ_FIELDS,
+        ):
+            read.update((complaint["_id"], complaint) for complaint in found)
+            await pacer.pause()
+    # Every row of the day is looked up: the versions the last pass read say nothing here.
+    settled = {"audited_until": day + DAY}
+    changed = await _move_on(
+        db=db,
+        current={**current, "read_versions": []},
+        read=read,
+        settled=settled,
+        now=now,
+        pacer=pacer,
+    )
+    if changed:
+        log.warning("report_rollup_audit_mended", day=day.date().isoformat(), complaints=changed)
+    return changed
+
+
 async def refresh(*, db: AsyncDatabase, now: datetime, pacer: Pacer | None = None) -> int:
-    """One pass: note the (org, branch, day)s changed since the watermark, re-tally those
-    changed, over and not re-tallied within ``RETALLY_AFTER``; how many it re-tallied. Complaints
-    are read in windows, with ``pacer``'s pause after each read."""
+    """One pass: read the complaints changed since the watermark and move the tallies and
+    the rows on by what changed in them; how many complaints' figures it changed (every
+    complaint on a build). Then audit every day that ended since the last audit
+    (:func:`_audit`). Complaints are read in windows, with ``pacer``'s pause after each
+    read."""
     pacer = pacer or Pacer(share=1)
-    since = await watermark(db=db)
+    current = await state(db=db, whole=True)
+    if current is not None and current.get("pending"):
+        await _apply_pending(db=db, pending=current["pending"], now=now)
+        current = await state(db=db, whole=True)
+    since = current["until"] if current is not None else None
     until = now - ROLLUP_LAG
     read: dict[Any, dict[str, Any]] = {}
     async for found in windows_of(
@@ -378,75 +636,30 @@ async def refresh(*, db: AsyncDatabase, now: datetime, pacer: Pacer | None = Non
         start=since + _ONE_MS if since is not None else None,
         batch=READ_BATCH,
         width=CHANGES_WINDOW,
-        projection=FIELDS if since is None else CHANGE_FIELDS,
+        projection=READ_FIELDS,
     ):
         # Once each: a change stamped by a replica whose clock is behind may move a
         # complaint into a window still to come.
         read.update((complaint["_id"], complaint) for complaint in found)
         await pacer.pause()
-    complaints = list(read.values())
-    if since is None:
-        # The first build reads every complaint once and tallies all days from that read.
-        await db[DAYS_CHANGED].delete_many({})
-        days: dict[tuple[str, str, datetime], list[dict[str, Any]]] = defaultdict(list)
-        for complaint in complaints:
-            key = (complaint["org"], complaint["branch"], day_of(complaint["created_at"]))
-            days[key].append(complaint)
-        for (org, branch, day), found in days.items():
-            await _write(db=db, org=org, branch=branch, day=day, complaints=found, now=now)
-            await pacer.pause()
-        done = len(days)
-    else:
-        keys = {(c["org"], c["branch"], day_of(c["created_at"])) for c in complaints}
-        for org, branch, day in keys:
-            await db[DAYS_CHANGED].update_one(
-                {"_id": _day_key(org, branch, day)},
-                {"$set": {"org": org, "branch": branch, "day": day, "changed": True}},
-                upsert=True,
-            )
-        done = await _retally_changed(db=db, now=now, pacer=pacer)
-    await floors.lower(db=db, complaints=complaints)
-    await db[STATE].update_one(
-        {"_id": WATERMARK_ID},
-        {"$set": {"until": until, "passed_at": now, "version": VERSION}},
-        upsert=True,
+    await floors.lower(db=db, complaints=read.values())
+    if current is None:
+        return await _build(
+            db=db, complaints=list(read.values()), until=until, now=now, pacer=pacer
+        )
+    versions = [[cid, complaint.get("version")] for cid, complaint in read.items()]
+    settled = {"until": until, "read_versions": versions}
+    changed = await _move_on(
+        db=db, current=current, read=read, settled=settled, now=now, pacer=pacer
     )
-    return done
-
-
-async def _retally_changed(*, db: AsyncDatabase, now: datetime, pacer: Pacer) -> int:
-    """Re-tally the changed days that are over and not re-tallied within ``RETALLY_AFTER``;
-    forget the days re-tallied before that and unchanged since. How many it re-tallied."""
-    done = 0
-    cooled = now - RETALLY_AFTER
-    for day in await db[DAYS_CHANGED].find({}).to_list(None):
-        if day["day"] + DAY > now:
-            # Not over: re-read whole it would be out of date at its next complaint, and a
-            # report counts it from its complaints anyway (a window ending now holds part of
-            # it, and it stays noted as changed). Re-tallied at the first pass after it ends.
-            continue
-        tallied_at = day.get("tallied_at")
-        if tallied_at is not None and tallied_at > cooled:
-            continue  # changed or not, read whole again only once it has cooled
-        if not day.get("changed"):
-            await db[DAYS_CHANGED].delete_one({"_id": day["_id"], "changed": False})
-            continue
-        await retally(
-            db=db, org=day["org"], branch=day["branch"], day=day["day"], now=now, pacer=pacer
-        )
-        # Nothing else writes here meanwhile: one job at a time, under the lease.
-        await db[DAYS_CHANGED].update_one(
-            {"_id": day["_id"]}, {"$set": {"changed": False, "tallied_at": now}}
-        )
-        done += 1
-    return done
-
-
-async def changed_days(*, db: AsyncDatabase, org: str) -> set[tuple[str, datetime]]:
-    """The (branch, day)s of ``org`` whose tallies the job has not brought up to date with
-    the changes it has seen (each counted from its complaints meanwhile)."""
-    found = db[DAYS_CHANGED].find({"org": org, "changed": True}, projection={"branch": 1, "day": 1})
-    return {(day["branch"], day["day"]) async for day in found}
+    await pacer.pause()
+    audited_until = current.get("audited_until") or day_of(until)
+    while audited_until + DAY <= until:
+        current = await state(db=db, whole=True)
+        assert current is not None  # this job alone writes it, under the lease
+        changed += await _audit(db=db, current=current, day=audited_until, now=now, pacer=pacer)
+        audited_until += DAY
+    return changed
 
 
 async def bounds(*, db: AsyncDatabase, org: str) -> dict[str, Any] | None:
@@ -504,7 +717,7 @@ async def run_rollup(runtime: Runtime) -> None:
                 async with lease_kept(runtime.db[STATE], held, field="until", lease_s=lease_s):
                     changed = await refresh(db=runtime.db, now=runtime.clock.now(), pacer=pacer)
                 if changed:
-                    log.info("report_rollup_refreshed", days=changed)
+                    log.info("report_rollup_refreshed", complaints=changed)
         except Exception as exc:
             log.error("report_rollup_failed", error=repr(exc))
         await wait_event(runtime.stopping, timeout_s=interval_s)

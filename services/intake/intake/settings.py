@@ -46,9 +46,9 @@ class IntakeSettings(ServiceSettings):
         description="Keyword rules suggesting severity and flags (JSON list).",
     )
     report_rollup_interval_s: float = Field(
-        60.0,
+        15.0,
         gt=0,
-        description="How often the report rollup re-tallies the days whose complaints "
-        "changed (intake.rollup); the report counts newer changes from the complaints. "
-        "Each pass re-reads every complaint of today, so shorter costs the database more.",
+        description="How often the report rollup moves its tallies on by what changed "
+        "(intake.rollup). A report reads the complaints changed since the last pass but 30 s, "
+        "so a shorter interval makes reports cheaper; each pass reads those 30 s again.",
     )

@@ -1,0 +1,96 @@
+"""Tally arithmetic of the report rollup (``intake.rollup``): what is counted can be taken out.
+
+The job and the report move a tally on by taking a complaint's old row out and counting the
+complaint as it is now, so taking out what was counted must leave exactly the tally of the
+rest: counts, sums, the durations and due times (repeated values too), the ranked values and
+the remedies.
+"""
+
+from __future__ import annotations
+
+import random
+from datetime import UTC, datetime, timedelta
+
+from intake import rollup
+
+T0 = datetime(2026, 11, 2, 1, 0, tzinfo=UTC)
+
+
+def _complaint(rng: random.Random, number: int) -> dict:
+    created = T0 + timedelta(minutes=rng.randrange(0, 600))
+    complaint: dict = {
+        "org": "demo",
+        "branch": rng.choice(["LZ", "HOSP"]),
+        "created_at": created,
+        "status": rng.choice(["received", "assigned", "resolved", "closed", "rejected"]),
+        "category": rng.choice(["billing", "network", "服务态度"]),
+        "severity": "normal",
+        "channel": "phone",
+        "acknowledge_due_at": created + timedelta(hours=1),
+        "resolve_due_at": created + timedelta(hours=rng.choice([5, 24])),
+        "resolution_count": rng.randrange(0, 3),
+        "reopen_count": rng.randrange(0, 2),
+        "repeat_count": rng.randrange(0, 2),
+    }
+    if number % 2:
+        # Whole minutes, so that several complaints share a duration.
+        complaint["acknowledged_at"] = created + timedelta(minutes=rng.randrange(1, 4))
+    if number % 3 == 0:
+        complaint["first_resolved_at"] = created + timedelta(hours=rng.randrange(1, 3))
+        complaint["finished_at"] = complaint["first_resolved_at"]
+        complaint["satisfaction"] = {"score": rng.randrange(1, 6)}
+        complaint["resolution"] = {"root_cause": rng.choice(["计费错误", "network_fault"])}
+        complaint["responsible_party"] = rng.choice(["company", "third_party"])
+        complaint["resolutions"] = [
+            {
+                "on_time": rng.choice([True, False, None]),
+                "remedies": [
+                    {"type": "refund", "currency": "CNY", "amount_cents": rng.randrange(0, 5000)}
+                ],
+            }
+        ]
+    return complaint
+
+
+def _normal(groups: dict) -> dict:
+    """Groups with a tally in a form that compares whatever order lists were built in."""
+    return {
+        value: {
+            **tally,
+            **{name: sorted(tally[name]) for name in rollup.LISTS},
+            "score_sum": round(tally["score_sum"], 6),
+        }
+        for value, tally in groups.items()
+        if tally["received"] > 0
+    }
+
+
+def test_taking_counted_complaints_out_leaves_the_tally_of_the_rest() -> None:
+    rng = random.Random(3)
+    complaints = [_complaint(rng, number) for number in range(200)]
+    taken, kept = complaints[::3], [c for i, c in enumerate(complaints) if i % 3]
+    for dimension in rollup.DIMENSIONS:
+        groups = rollup.tallies_by_group(complaints, dimension)
+        for value, tally in rollup.tallies_by_group(taken, dimension).items():
+            rollup.remove(groups[value], tally)
+        assert _normal(groups) == _normal(rollup.tallies_by_group(kept, dimension)), dimension
+
+
+def test_a_group_whose_complaints_all_left_counts_nothing() -> None:
+    rng = random.Random(4)
+    complaints = [_complaint(rng, number) for number in range(12)]
+    tally = rollup.tallies_by_group(complaints, "branch")
+    for value, counted in rollup.tallies_by_group(complaints, "branch").items():
+        rollup.remove(tally[value], counted)
+        assert tally[value] == {
+            **rollup.empty_tally(),
+            "score_sum": tally[value]["score_sum"],
+        }
+        assert abs(tally[value]["score_sum"]) < 1e-9
+
+
+def test_a_stored_tally_loads_back_to_what_was_stored() -> None:
+    rng = random.Random(5)
+    complaints = [_complaint(rng, number) for number in range(30)]
+    for value, tally in rollup.tallies_by_group(complaints, "department").items():
+        assert rollup.load(rollup._stored(tally)) == tally, value
