@@ -419,7 +419,7 @@ async def _from_tallies(
         if complaint["org"] == org
         and (not rollup.read_before(known, complaint) or complaint["created_at"] >= created_to)
     ]
-    rows = await rollup.rows_of(db=db, ids=[complaint["_id"] for complaint in changed])
+    rows = await rollup.rows_of(db=db, complaints=changed, registered=(kept["until"], None))
     for row in rows.values():
         if row["seq"] > kept["seq"]:
             return None
