@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import defaultdict
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
@@ -365,24 +366,32 @@ async def _live(
     return found
 
 
+@dataclass(frozen=True)
+class _Asked:
+    """What a report counts: ``org``'s complaints registered in [created_from, created_to),
+    of the ``allowed`` branches (None: every one), by ``group_by``; ``days`` (first, end) are
+    the days of the window the rollup's tallies count whole (:func:`_tallied_days`)."""
+
+    org: str
+    created_from: datetime
+    created_to: datetime
+    days: tuple[datetime, datetime]
+    group_by: GroupBy
+    allowed: list[str] | None
+
+
 async def _from_tallies(
-    *,
-    db: AsyncDatabase,
-    org: str,
-    kept: dict[str, Any],
-    days: tuple[datetime, datetime],
-    created_from: datetime,
-    created_to: datetime,
-    group_by: GroupBy,
-    allowed: list[str] | None,
+    *, db: AsyncDatabase, asked: _Asked, kept: dict[str, Any]
 ) -> dict[Any, dict[str, Any]] | None:
-    """Per group, the tally of [created_from, created_to): the rollup's tallies of ``days``
-    (whole days, from the first up to the last, exclusive), corrected for every complaint
-    changed after the rollup's watermark (its row out, the complaint in), and the window's
-    edges outside ``days`` from the complaints. None when what was read does not fit
-    together: a pass of the rollup wrote some of it after the watermark ``kept`` was read."""
-    first_day, end_day = days
-    dimension = group_by.value
+    """Per group, the tally of what is ``asked``: the rollup's tallies of its whole days,
+    corrected for every complaint changed after the rollup's watermark (its row out, the
+    complaint in), and the window's edges outside those days from the complaints. None when
+    what was read does not fit together: a pass of the rollup wrote some of it after the
+    watermark ``kept`` was read."""
+    org, allowed = asked.org, asked.allowed
+    created_from, created_to = asked.created_from, asked.created_to
+    first_day, end_day = asked.days
+    dimension = asked.group_by.value
     merged: dict[Any, dict[str, Any]] = defaultdict(rollup.empty_tally)
     taken: list[dict[str, Any]] = []
 
@@ -463,36 +472,18 @@ TALLY_WAIT_S = 3.0
 TALLY_LOOK_S = 0.05
 
 
-async def _read_tallies(
-    *,
-    db: AsyncDatabase,
-    org: str,
-    days: tuple[datetime, datetime],
-    created_from: datetime,
-    created_to: datetime,
-    group_by: GroupBy,
-    allowed: list[str] | None,
-) -> dict[Any, dict[str, Any]] | None:
+async def _read_tallies(*, db: AsyncDatabase, asked: _Asked) -> dict[Any, dict[str, Any]] | None:
     """:func:`_from_tallies`, read again while a rollup pass writes into what it reads; None
     before the rollup's first pass, or when passes kept writing (then logged)."""
     for _ in range(TALLY_READS):
         kept = await rollup.state(db=db, whole=True)
         if kept is None:
             return None
-        tallies = await _from_tallies(
-            db=db,
-            org=org,
-            kept=kept,
-            days=days,
-            created_from=created_from,
-            created_to=created_to,
-            group_by=group_by,
-            allowed=allowed,
-        )
+        tallies = await _from_tallies(db=db, asked=asked, kept=kept)
         if tallies is not None:
             return tallies
         await _pass_applied(db=db, after=kept["seq"])
-    log.warning("report_counted_from_complaints", reason="rollup pass in progress", org=org)
+    log.warning("report_counted_from_complaints", reason="rollup pass in progress", org=asked.org)
     return None
 
 
@@ -527,18 +518,17 @@ async def summary(
     if branches:
         # Within the caller's scope: a branch the token may not see simply has no data.
         allowed = [b for b in branches if allowed is None or b in allowed]
-    days = _tallied_days(created_from=created_from, created_to=created_to, now=now)
+    asked = _Asked(
+        org=principal.org,
+        created_from=created_from,
+        created_to=created_to,
+        days=_tallied_days(created_from=created_from, created_to=created_to, now=now),
+        group_by=group_by,
+        allowed=allowed,
+    )
     tallies = None
-    if days[0] < days[1]:
-        tallies = await _read_tallies(
-            db=db,
-            org=principal.org,
-            days=days,
-            created_from=created_from,
-            created_to=created_to,
-            group_by=group_by,
-            allowed=allowed,
-        )
+    if asked.days[0] < asked.days[1]:
+        tallies = await _read_tallies(db=db, asked=asked)
     if tallies is not None:
         groups = [_tally_summary(group, tally, now) for group, tally in tallies.items()]
     else:
