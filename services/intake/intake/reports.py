@@ -1,7 +1,9 @@
-"""留档分析: summary figures per branch, department, category... computed in MongoDB.
+"""留档分析: summary figures per branch, department, category...
 
-One aggregation with ``$facet`` computes every figure per group; Python only
-reshapes the few result rows into the response.
+Once the report rollup is built (``intake.rollup``), from its per-day tallies corrected for
+what changed since its last pass (:func:`_from_tallies`); before that, and as the reference
+the tallies are tested against, from one aggregation with ``$facet`` over every complaint of
+the window (:func:`live_groups`).
 """
 
 from __future__ import annotations

@@ -343,12 +343,8 @@ def row_of(document: dict[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in document.items() if key not in ("_id", "version", "seq")}
 
 
-def _day_key(org: str, branch: str, day: datetime) -> str:
-    return f"{org}|{branch}|{day:%Y-%m-%d}"
-
-
 def _tally_id(org: str, branch: str, day: datetime, dimension: str) -> str:
-    return f"{_day_key(org, branch, day)}|{dimension}"
+    return f"{org}|{branch}|{day:%Y-%m-%d}|{dimension}"
 
 
 def _day_of_row(row: dict[str, Any]) -> tuple[str, str, datetime]:
