@@ -22,7 +22,8 @@ import pytest
 
 from complaints_shared.dlq import read_dead_letters, service_dead_letter_topics
 from complaints_shared.events import EventType, Topic
-from tests.support.http import BROADBAND_COMPLAINT, token
+from intake import rollup
+from tests.support.http import BROADBAND_COMPLAINT, complaint_when, token
 from tests.support.infrastructure import Infrastructure
 from tests.support.kafka import events_of, read_topic
 from tests.support.private_infrastructure import (
@@ -170,14 +171,58 @@ async def _dead_letters(system: System) -> list:
     return letters
 
 
-async def _warm(system: System) -> None:
-    """The pipeline is live end to end before the fault, so the test measures recovery."""
+async def _warm(system: System) -> str:
+    """The pipeline is live end to end before the fault, so the test measures recovery; the
+    complaint it routed."""
     load = PostLoad()
     await _post_many(system, load, 1, concurrency=1)
     assert len(load.created) == 1, load.statuses
     await eventually(
         lambda: _none_unassigned(system), timeout_s=60, interval_s=0.2, what="warm-up routed"
     )
+    (complaint_id,) = load.created
+    return complaint_id
+
+
+async def _reassign_elsewhere(system: System, complaint_id: str) -> str:
+    """A supervisor moves the complaint to another department through routing's API; the
+    department it went to."""
+    assignments = system.mongo[system.routing_settings.database_name()].assignments
+    current = (await assignments.find_one({"_id": complaint_id}))["department"]
+    department = "LZ:CS" if current != "LZ:CS" else "LZ:BILLING"
+    supervisor = token(system.routing_settings, roles=("supervisor",))
+    response = await system.routing.post(
+        f"/v1/assignments/{complaint_id}/reassign",
+        json={"department": department, "reason": "转客服部处理"},
+        headers=supervisor,
+    )
+    assert response.status_code == 200, response.text
+    return department
+
+
+async def _assert_reports_count_what_the_records_say(system: System) -> None:
+    """Once a rollup pass has read every change, the report by owner and by department
+    counts each complaint where its record says it is (the tallies themselves, not only the
+    report's corrections for what changed after the pass)."""
+    db = system.mongo[system.intake_settings.database_name()]
+    latest = await db.complaints.find_one(sort=[("updated_at", -1)])
+
+    async def read_by_a_pass() -> bool:
+        state = await db[rollup.STATE].find_one({"_id": rollup.WATERMARK_ID})
+        return state is not None and state["until"] > latest["updated_at"]
+
+    await eventually(read_by_a_pass, timeout_s=120, interval_s=0.5, what="a rollup pass after")
+    admin = token(system.intake_settings)
+    for group_by, field_name in (("owner", "owner_id"), ("department", "department")):
+        counted = Counter()
+        async for complaint in db.complaints.find({}, projection={"assignment": 1}):
+            counted[complaint["assignment"][field_name]] += 1
+        response = await system.intake.get(
+            "/v1/reports/summary", params={"group_by": group_by}, headers=admin
+        )
+        assert response.status_code == 200, response.text
+        reported = {group["group"]: group["received"] for group in response.json()["groups"]}
+        assert reported == dict(counted), group_by
 
 
 async def _none_unassigned(system: System) -> bool:
@@ -241,14 +286,19 @@ async def test_database_killed_for_a_minute_while_complaints_are_routed(
 async def test_broker_stopped_for_a_minute_under_post_load(
     system_factory: SystemFactory, private_infrastructure: PrivateInfrastructure
 ) -> None:
-    system = await system_factory()
-    await _warm(system)
+    # The report rollup keeps passing while the broker is away (it needs only the database).
+    system = await system_factory(intake={"report_rollup_interval_s": 1.0})
+    warm = await _warm(system)
     load = PostLoad()
     stop_load = asyncio.Event()
     steady = asyncio.create_task(_post_steadily(system, load, stop_load, every_s=0.2))
     await asyncio.sleep(2)
     await asyncio.to_thread(private_infrastructure.stop_broker)
     stopped_at = time.monotonic()
+    # Routing's change waits in its outbox and reaches intake after the broker is back, long
+    # after the rollup's watermark passed the time it was made.
+    await asyncio.sleep(2)
+    moved_to = await _reassign_elsewhere(system, warm)
     await asyncio.sleep(max(0.0, OUTAGE_S - (time.monotonic() - stopped_at)))
     await asyncio.to_thread(private_infrastructure.start_broker)
     back_at = time.monotonic()
@@ -267,6 +317,15 @@ async def test_broker_stopped_for_a_minute_under_post_load(
     assert load.count() == {201: len(load.statuses)}
     complaints, republished = await _assert_each_assigned_exactly_once(system, load)
     assert await _dead_letters(system) == []
+    await complaint_when(
+        system,
+        warm,
+        token(system.intake_settings),
+        lambda complaint: complaint["assignment"]["department"] == moved_to,
+        what="the reassignment made while the broker was away on the record",
+        timeout_s=60,
+    )
+    await _assert_reports_count_what_the_records_say(system)
     _report(
         "broker_stopped",
         outage_s=round(back_at - stopped_at, 1),

@@ -6,8 +6,9 @@ report from the rollup's tallies plus the corrections for complaints changed aft
 watermark and the window's edges must equal ``reports.live_groups``, the one aggregation over
 every complaint, for every grouping, window, branch filter and a branch-scoped caller: before
 the first pass, after it, after a change the rollup has not seen yet, after the next pass,
-while a pass broken off is pending and after it is applied again, and after the audit of a
-day over counts a change committed late. The tallies then equal a build from the complaints.
+while a pass broken off is pending and after it is applied again, after an event consumed
+late (intake down while routing moved a complaint of a day long over), and after the audit of
+a day over counts a change committed late. The tallies then equal a build from the complaints.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from pymongo import AsyncMongoClient
 from complaints_shared.auth import Principal
 from complaints_shared.clock import ManualClock
 from complaints_shared.envelope import CloudEvent
-from complaints_shared.events import ComplaintAssigned, EventType, Topic
+from complaints_shared.events import ComplaintAssigned, ComplaintReassigned, EventType, Topic
 from complaints_shared.kafka import EventProducer
 from complaints_shared.mongo import service_database
 from complaints_shared.timing import Pacer
@@ -204,9 +205,7 @@ async def test_the_rollup_report_equals_the_single_aggregation(infrastructure, m
         # A change the rollup has not seen: the report takes its row out and counts it now.
         await at(now + H, f"/v1/complaints/{a}/reopen", {"reason": "又扣费了"})
         await _compare(db, now + 2 * H)
-        # The next pass moves A's day on by that change alone. (Intake's projection stamped
-        # the assignments with the wall clock, weeks after this test's: read again by every
-        # pass, they change nothing.)
+        # The next pass moves A's day on by that change alone.
         assert await rollup.refresh(db=db, now=now + 2 * H) == 1
         first_day = {
             "branch": "LZ",
@@ -249,6 +248,40 @@ async def test_the_rollup_report_equals_the_single_aggregation(infrastructure, m
         assert state["until"] == pending["settled"]["until"] + H
         assert await db[rollup.JOURNAL].count_documents({}) == 0
         await _compare(db, now + 5 * H)
+        # An event consumed late: routing moved B to another owner ten minutes before the
+        # last pass, and intake, down or behind meanwhile, projects it only now. The record
+        # changed now, so the reports and the next pass read it; B's day, audited long ago,
+        # is not read again.
+        present = now + 5 * H + timedelta(seconds=30)
+        clock.set(present)
+        moved_at = now + 5 * H - timedelta(minutes=10)
+        reassigned = ComplaintReassigned(
+            complaint_id=b,
+            org="demo",
+            branch="LZ",
+            from_department="LZ:CS",
+            from_owner_id="o2",
+            department="LZ:CS",
+            department_name="客服",
+            owner_id="o3",
+            owner_name="o3",
+            reason="workload",
+            reassigned_by="supervisor",
+            reassigned_at=moved_at,
+        )
+        event = CloudEvent.new(
+            event_type=EventType.COMPLAINT_REASSIGNED, source="rollup-test", data=reassigned
+        ).model_copy(update={"time": moved_at})
+        await producer.publish(event, topic=settings.topic(Topic.ROUTING))
+
+        async def reassigned_applied() -> bool:
+            body = (await client.get(f"/v1/complaints/{b}", headers=admin)).json()
+            return body["assignment"]["owner_id"] == "o3"
+
+        await eventually(reassigned_applied, what=f"reassignment of {b}")
+        await _compare(db, present)
+        assert await rollup.refresh(db=db, now=present + timedelta(seconds=30)) == 1
+        await _compare(db, present + timedelta(seconds=30))
         # A change committed late: stamped before the watermark, written after the pass that
         # set it had read. No pass reads it; the audit of its day, once over, counts it.
         late = (await rollup.watermark(db=db)) - H

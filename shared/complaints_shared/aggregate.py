@@ -175,6 +175,10 @@ async def change(
     ``read_back=False`` (a consumer that only needs the change made) saves the read
     after the write: the document as read before the change is returned instead,
     unless the decision has effects, which are given the stored document.
+
+    ``now`` is stamped as the document's ``updated_at``: give the time of this write, not
+    the time a consumed event happened, so that a reader of what changed since a time
+    (intake's report rollup) finds a change made late, after an outage, too.
     """
     collection = db[aggregate.collection]
     where = {"database": db.name, "collection": aggregate.collection, "document_id": aggregate_id}

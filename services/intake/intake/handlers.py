@@ -32,7 +32,13 @@ PROJECTIONS: dict[EventType, Projection] = {
 def build_handlers(runtime: Runtime) -> dict[EventType, EventHandler]:
     def handler_for(projection: Projection) -> EventHandler:
         async def handle(event: CloudEvent, data: EventPayload) -> None:
-            await projection(db=runtime.db, settings=runtime.settings, event=event, data=data)
+            await projection(
+                db=runtime.db,
+                settings=runtime.settings,
+                event=event,
+                data=data,
+                now=runtime.clock.now(),
+            )
 
         return handle
 

@@ -7,10 +7,15 @@ earlier resolution is recorded without changing the status. Events never set a
 status of their own: an assignment is intake's ``assign`` command and a
 follow-up outcome its ``close`` or ``reopen``, each through the transition table;
 everything else routing reports is a fact on the record.
+
+The timeline gives the time the event happened; ``updated_at`` is when intake applied it
+(``now``), since what reads the complaints changed since a time (the report rollup, the
+reports' corrections) must find an event consumed late, after an outage, too.
 """
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from pymongo.asynchronous.database import AsyncDatabase
@@ -50,6 +55,7 @@ async def _apply(
     db: AsyncDatabase,
     settings: IntakeSettings,
     event: CloudEvent,
+    now: datetime,
     data: EventData,
     action: Action,
     decide: Any,
@@ -63,7 +69,8 @@ async def _apply(
         actor=event.source,
         action=action,
         decide=decide,
-        now=event.time,
+        now=now,
+        happened_at=event.time,
         cause=cause_of(event),
         event_id=event.id,
         details=details,
@@ -109,7 +116,12 @@ def _is_newer(current: dict[str, Any], at: Any) -> bool:
 
 
 async def apply_assigned(
-    *, db: AsyncDatabase, settings: IntakeSettings, event: CloudEvent, data: ComplaintAssigned
+    *,
+    db: AsyncDatabase,
+    settings: IntakeSettings,
+    event: CloudEvent,
+    data: ComplaintAssigned,
+    now: datetime,
 ) -> None:
     def decide(current: dict[str, Any]) -> store.Decision:
         if not _is_newer(current, data.assigned_at):
@@ -145,6 +157,7 @@ async def apply_assigned(
         db=db,
         settings=settings,
         event=event,
+        now=now,
         data=data,
         action=Action.ASSIGNED,
         decide=decide,
@@ -158,7 +171,12 @@ async def apply_assigned(
 
 
 async def apply_queued(
-    *, db: AsyncDatabase, settings: IntakeSettings, event: CloudEvent, data: ComplaintQueued
+    *,
+    db: AsyncDatabase,
+    settings: IntakeSettings,
+    event: CloudEvent,
+    data: ComplaintQueued,
+    now: datetime,
 ) -> None:
     def decide(current: dict[str, Any]) -> store.Decision:
         if not _is_newer(current, data.queued_at):
@@ -180,6 +198,7 @@ async def apply_queued(
         db=db,
         settings=settings,
         event=event,
+        now=now,
         data=data,
         action=Action.QUEUED,
         decide=decide,
@@ -188,7 +207,12 @@ async def apply_queued(
 
 
 async def apply_unroutable(
-    *, db: AsyncDatabase, settings: IntakeSettings, event: CloudEvent, data: ComplaintUnroutable
+    *,
+    db: AsyncDatabase,
+    settings: IntakeSettings,
+    event: CloudEvent,
+    data: ComplaintUnroutable,
+    now: datetime,
 ) -> None:
     """No rule routes the complaint: the record says so (and why) until it is routed."""
 
@@ -206,6 +230,7 @@ async def apply_unroutable(
         db=db,
         settings=settings,
         event=event,
+        now=now,
         data=data,
         action=Action.FOUND_UNROUTABLE,
         decide=decide,
@@ -214,7 +239,12 @@ async def apply_unroutable(
 
 
 async def apply_reassigned(
-    *, db: AsyncDatabase, settings: IntakeSettings, event: CloudEvent, data: ComplaintReassigned
+    *,
+    db: AsyncDatabase,
+    settings: IntakeSettings,
+    event: CloudEvent,
+    data: ComplaintReassigned,
+    now: datetime,
 ) -> None:
     def decide(current: dict[str, Any]) -> store.Decision:
         if not _is_newer(current, data.reassigned_at):
@@ -235,6 +265,7 @@ async def apply_reassigned(
         db=db,
         settings=settings,
         event=event,
+        now=now,
         data=data,
         action=Action.REASSIGNED,
         decide=decide,
@@ -249,7 +280,12 @@ async def apply_reassigned(
 
 
 async def apply_escalated(
-    *, db: AsyncDatabase, settings: IntakeSettings, event: CloudEvent, data: ComplaintEscalated
+    *,
+    db: AsyncDatabase,
+    settings: IntakeSettings,
+    event: CloudEvent,
+    data: ComplaintEscalated,
+    now: datetime,
 ) -> None:
     def decide(current: dict[str, Any]) -> store.Decision:
         fields: dict[str, Any] = {}
@@ -276,6 +312,7 @@ async def apply_escalated(
         db=db,
         settings=settings,
         event=event,
+        now=now,
         data=data,
         action=Action.ESCALATED,
         decide=decide,
@@ -288,7 +325,12 @@ async def apply_escalated(
 
 
 async def apply_sla_warning(
-    *, db: AsyncDatabase, settings: IntakeSettings, event: CloudEvent, data: ComplaintSlaWarning
+    *,
+    db: AsyncDatabase,
+    settings: IntakeSettings,
+    event: CloudEvent,
+    data: ComplaintSlaWarning,
+    now: datetime,
 ) -> None:
     def decide(current: dict[str, Any]) -> store.Decision:
         return store.Decision({"$set": {f"sla.{data.clock.value}_warning": True}})
@@ -297,6 +339,7 @@ async def apply_sla_warning(
         db=db,
         settings=settings,
         event=event,
+        now=now,
         data=data,
         action=Action.SLA_WARNED,
         decide=decide,
@@ -305,7 +348,12 @@ async def apply_sla_warning(
 
 
 async def apply_sla_breached(
-    *, db: AsyncDatabase, settings: IntakeSettings, event: CloudEvent, data: ComplaintSlaBreached
+    *,
+    db: AsyncDatabase,
+    settings: IntakeSettings,
+    event: CloudEvent,
+    data: ComplaintSlaBreached,
+    now: datetime,
 ) -> None:
     def decide(current: dict[str, Any]) -> store.Decision:
         fields = {f"sla.{data.clock.value}_breached": True, "sla_breached": True}
@@ -318,6 +366,7 @@ async def apply_sla_breached(
         db=db,
         settings=settings,
         event=event,
+        now=now,
         data=data,
         action=Action.SLA_BREACHED,
         decide=decide,
@@ -331,6 +380,7 @@ async def apply_responsibility_set(
     settings: IntakeSettings,
     event: CloudEvent,
     data: ComplaintResponsibilitySet,
+    now: datetime,
 ) -> None:
     def decide(current: dict[str, Any]) -> store.Decision:
         party = data.responsible_party.value if data.responsible_party else None
@@ -350,6 +400,7 @@ async def apply_responsibility_set(
         db=db,
         settings=settings,
         event=event,
+        now=now,
         data=data,
         action=Action.RESPONSIBILITY_SET,
         decide=decide,
@@ -367,6 +418,7 @@ async def record_followup_progress(
     settings: IntakeSettings,
     event: CloudEvent,
     data: FollowupScheduled | FollowupAttempted | FollowupCancelled,
+    now: datetime,
 ) -> None:
     """Scheduled, attempted and cancelled checks only go on the timeline."""
     action = Action(cause_of(event).replace(".", "_"))
@@ -379,6 +431,7 @@ async def record_followup_progress(
         db=db,
         settings=settings,
         event=event,
+        now=now,
         data=data,
         action=action,
         decide=decide,
@@ -387,7 +440,12 @@ async def record_followup_progress(
 
 
 async def apply_followup_completed(
-    *, db: AsyncDatabase, settings: IntakeSettings, event: CloudEvent, data: FollowupCompleted
+    *,
+    db: AsyncDatabase,
+    settings: IntakeSettings,
+    event: CloudEvent,
+    data: FollowupCompleted,
+    now: datetime,
 ) -> None:
     """Satisfied or unreachable closes the complaint; unsatisfied reopens it."""
 
@@ -431,6 +489,7 @@ async def apply_followup_completed(
         db=db,
         settings=settings,
         event=event,
+        now=now,
         data=data,
         action=Action.FOLLOWUP_COMPLETED,
         decide=decide,
@@ -444,7 +503,13 @@ async def apply_followup_completed(
 
 
 async def apply_branch_updated(
-    *, db: AsyncDatabase, settings: IntakeSettings, event: CloudEvent, data: BranchUpdated
+    *,
+    db: AsyncDatabase,
+    settings: IntakeSettings,
+    event: CloudEvent,
+    data: BranchUpdated,
+    now: datetime,
 ) -> None:
-    """Routing's directory owns branches; intake keeps the facts it needs (the time zone)."""
+    """Routing's directory owns branches; intake keeps the facts it needs (the time zone).
+    The branch is not a complaint: nothing here is stamped with ``now``."""
     await reference_numbers.record_branch(db=db, branch=data)

@@ -13,7 +13,8 @@ watermark kept in the database: it reads every complaint whose ``updated_at`` is
 watermark, takes each one's row out of its day's tallies and counts the complaint as it is
 now, writes the rows, then moves the watermark to the pass's start minus ``ROLLUP_LAG`` (a
 change stamped before that but committed late, or by a replica whose clock is behind, is
-still read by the next pass; reading one again whose row already says the same changes
+still read by the next pass; an event's change is stamped when intake applies it, however
+late, not with the event's time; reading one again whose row already says the same changes
 nothing; one the last pass read at the version it has now is not even looked up,
 ``read_versions``). A pass costs what changed since the last; a day is read whole once, by
 the first pass after it ends (:func:`_audit`), which counts any change committed too late for
@@ -70,8 +71,10 @@ WATERMARK_ID = "watermark"
 LEASE_ID = "lease"
 # Bump when what a pass writes changes (tallies, rows, floors, what a report may trust): the
 # next pass rebuilds it all, and replicas of another version count from the complaints
-# meanwhile.
-VERSION = 4
+# meanwhile. 5: until 3 December intake stamped an event's change with the event's time, so
+# one consumed more than ``ROLLUP_LAG`` late (after an outage) was never read by a pass;
+# version 4's tallies may lack such changes and are built again.
+VERSION = 5
 ROLLUP_LAG = timedelta(seconds=30)
 # The job reads complaints in windows of about this many (``mongo.windows_of``) and pauses
 # between them (``timing.Pacer``); its first window of changes is this wide.

@@ -223,6 +223,7 @@ async def change(
     action: str,
     decide: Callable[[dict[str, Any]], Decision],
     now: datetime,
+    happened_at: datetime | None = None,
     cause: str = COMMAND_CAUSE,
     event_id: str | None = None,
     details: dict[str, Any] | None = None,
@@ -236,7 +237,13 @@ async def change(
     recorded on the entry that caused it (``status_from`` / ``status_to``).
     ``event_id`` makes the change idempotent for consumed events: a document that
     already applied it is returned unchanged (None when it does not exist).
+
+    ``now`` is when the record changes here, stamped as ``updated_at``: the report rollup
+    and the reports read the complaints changed since a time by it. ``happened_at``, for
+    a consumed event, is when the change happened elsewhere: the time of its timeline
+    entries and of a status change's repeat keys (``now`` when not given).
     """
+    at = happened_at or now
 
     async def timeline_and_status(current: dict[str, Any]) -> aggregate.Decision:
         decision = decide(current)
@@ -244,7 +251,7 @@ async def change(
         entries = [(action, details or {}), *decision.entries]
         timeline = [
             timeline_entry(
-                actor=actor, action=name, at=now, cause=cause, event_id=event_id, details=extra
+                actor=actor, action=name, at=at, cause=cause, event_id=event_id, details=extra
             )
             for name, extra in entries
         ]
@@ -253,7 +260,7 @@ async def change(
             timeline[-1]["status_to"] = decision.status.value
         update = merge_updates(
             decision.update,
-            _status_update(current=current, next_status=decision.status, now=now),
+            _status_update(current=current, next_status=decision.status, now=at),
             {"$push": {"timeline": {"$each": timeline}}},
         )
         # Before the write: a list after it finds the complaint within the floors.
