@@ -43,6 +43,9 @@ HOSP_ONLY = Principal(subject="h", org="demo", branches=("HOSP",), roles=("super
 WINDOWS = [
     (T0 - 30 * H, T0 + 100 * H),  # whole days and both edges
     (T0 + 0.5 * H, T0 + 59 * H),  # edges inside the first and the last day
+    # Edges whose shorter side is outside the window: the first day's tally less A and B,
+    # the second's less its evening.
+    (T0 + 2.5 * H, T0 + 36 * H),
     (datetime(2026, 11, 3, tzinfo=UTC), datetime(2026, 11, 4, tzinfo=UTC)),  # one whole day
     (T0, T0 + 5 * H),  # less than a day: the aggregation alone
     (datetime(2026, 11, 4, tzinfo=UTC), T0 + 100 * H),  # today, to beyond the present
@@ -198,7 +201,7 @@ async def test_the_rollup_report_equals_the_single_aggregation(infrastructure, m
         assert await rollup.floor(db=db, org="demo", field="acknowledge_due_at") == T0 + H
         assert await rollup.known_branches(db=db, org="demo") == ["HOSP", "LZ"]
         await _compare(db, now)
-        # A window from today's start to the present is counted from the tallies alone.
+        # A window from a midnight to the present is counted from the tallies alone.
         today = datetime(2026, 11, 4, tzinfo=UTC)
         await _today_from_tallies(db, monkeypatch, today=today, now=now)
 
@@ -310,6 +313,9 @@ async def test_the_rollup_report_equals_the_single_aggregation(infrastructure, m
         g = await new(now + 5 * H + timedelta(minutes=1), "HOSP", "13900000007")
         assert await rollup.refresh(db=db, now=now + 5 * H + timedelta(minutes=1, seconds=10)) == 1
         assert (await rollup.watermark(db=db)) < now + 5 * H + timedelta(minutes=1)
+        # Asked at a present before G's registration (G stamped by a clock running ahead):
+        # today's tallies count G, a window ending at that present does not.
+        await _today_from_tallies(db, monkeypatch, today=today, now=now + 5 * H)
         await at(now + 5 * H + timedelta(minutes=2), f"/v1/complaints/{g}/acknowledge")
         await _compare(db, now + 5 * H + timedelta(minutes=2))
 
@@ -341,15 +347,18 @@ async def _tallies(db) -> dict[str, list]:
 
 
 async def _today_from_tallies(db, monkeypatch, *, today: datetime, now: datetime) -> None:
-    read_live = []
-    live = reports._live
+    """Windows from a midnight to the present are counted from tallies alone; one starting
+    three hours into a day reads the rows of those three hours, the shorter side."""
+    read_rows = []
+    rows_registered = rollup.rows_registered
 
-    async def counted(**kwargs):
-        read_live.append(kwargs)
-        return await live(**kwargs)
+    async def spied(**kwargs):
+        read_rows.append((kwargs["start"], kwargs["end"]))
+        return await rows_registered(**kwargs)
 
-    monkeypatch.setattr(reports, "_live", counted)
-    for created_from in (today, today - timedelta(days=2)):
+    monkeypatch.setattr(rollup, "rows_registered", spied)
+    two_days_before = today - timedelta(days=2)
+    for created_from in (today, two_days_before, two_days_before + 3 * H):
         asked = {
             "db": db,
             "principal": ADMIN,
@@ -363,5 +372,5 @@ async def _today_from_tallies(db, monkeypatch, *, today: datetime, now: datetime
         expected = await reports.live_groups(**asked)
         expected.sort(key=lambda summary: (-summary.received, str(summary.group)))
         assert [g.model_dump() for g in report.groups] == [g.model_dump() for g in expected]
-    assert read_live == []
-    monkeypatch.setattr(reports, "_live", live)
+    assert read_rows == [(two_days_before, two_days_before + 3 * H)]
+    monkeypatch.setattr(rollup, "rows_registered", rows_registered)

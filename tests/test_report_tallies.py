@@ -11,7 +11,7 @@ from __future__ import annotations
 import random
 from datetime import UTC, datetime, timedelta
 
-from intake import rollup
+from intake import reports, rollup
 
 T0 = datetime(2026, 11, 2, 1, 0, tzinfo=UTC)
 
@@ -76,6 +76,37 @@ def test_taking_counted_complaints_out_leaves_the_tally_of_the_rest() -> None:
         assert _normal(groups) == _normal(rollup.tallies_by_group(kept, dimension)), dimension
 
 
+def test_due_times_counted_once_passed_tell_the_same_and_can_be_taken_out() -> None:
+    rng = random.Random(6)
+    complaints = [_complaint(rng, number) for number in range(200)]
+    taken, kept = complaints[::3], [c for i, c in enumerate(complaints) if i % 3]
+    # Some acknowledge and resolve due times passed before it, some not.
+    before = T0 + timedelta(hours=6)
+    for dimension in rollup.DIMENSIONS:
+        groups = rollup.tallies_by_group(complaints, dimension)
+        for value, tally in groups.items():
+            folded = {**tally, **{name: list(tally[name]) for name in rollup.LISTS}}
+            rollup.fold(folded, before=before)
+            for now in (before, before + timedelta(hours=20)):
+                shown = reports._tally_summary(value, folded, now)
+                assert shown == reports._tally_summary(value, tally, now), (dimension, value)
+            groups[value] = folded
+        for value, tally in rollup.tallies_by_group(taken, dimension).items():
+            rollup.remove(groups[value], tally)
+        rest = rollup.tallies_by_group(kept, dimension)
+        for tally in rest.values():
+            rollup.fold(tally, before=before)
+        assert _normal(groups) == _normal(rest), dimension
+    counted = rollup.tallies_by_group(kept, "branch")
+    for tally in counted.values():
+        rollup.fold(tally, before=before)
+    assert all(
+        tally["ack_pending_passed"] and tally["ack_pending_due"] for tally in counted.values()
+    )
+    assert any(tally["open_resolve_passed"] for tally in counted.values())
+    assert any(tally["open_resolve_due"] for tally in counted.values())
+
+
 def test_a_group_whose_complaints_all_left_counts_nothing() -> None:
     rng = random.Random(4)
     complaints = [_complaint(rng, number) for number in range(12)]
@@ -94,3 +125,31 @@ def test_a_stored_tally_loads_back_to_what_was_stored() -> None:
     complaints = [_complaint(rng, number) for number in range(30)]
     for value, tally in rollup.tallies_by_group(complaints, "department").items():
         assert rollup.load(rollup._stored(tally)) == tally, value
+
+
+def test_a_reports_edges_read_the_shorter_side_of_their_day() -> None:
+    day = datetime(2026, 11, 2, tzinfo=UTC)
+    days = (day + rollup.DAY, day + 3 * rollup.DAY)
+    H = timedelta(hours=1)
+
+    def edges(created_from: datetime, created_to: datetime) -> list:
+        return reports._edges(created_from=created_from, created_to=created_to, days=days)
+
+    # Starting late in its day: the rows of its last hours; early: the day's tally less the
+    # rows of the hours before.
+    assert edges(day + 20 * H, days[1]) == [
+        reports._Edge(day=day, rows=(day + 20 * H, days[0]), less=False)
+    ]
+    assert edges(day + 3 * H, days[1]) == [
+        reports._Edge(day=day, rows=(day, day + 3 * H), less=True)
+    ]
+    # Ending early in its day: the rows of those hours; late: the day's tally less the rest.
+    last = days[1]
+    assert edges(days[0], last + 2 * H) == [
+        reports._Edge(day=last, rows=(last, last + 2 * H), less=False)
+    ]
+    assert edges(days[0], last + 22 * H) == [
+        reports._Edge(day=last, rows=(last + 22 * H, last + rollup.DAY), less=True)
+    ]
+    # Windows on midnights have no edges.
+    assert edges(*days) == []

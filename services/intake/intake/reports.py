@@ -290,8 +290,13 @@ def _group_summary(figures: dict[str, Any], facets: dict[str, Any]) -> GroupSumm
 
 def _tally_summary(group: Any, tally: dict[str, Any], now: datetime) -> GroupSummary:
     """``_group_summary`` of a rollup tally (``intake.rollup``): the same figures."""
-    ack_measurable = tally["ack_done"] + sum(due < now for due in tally["ack_pending_due"])
-    missed = tally["missed_finished"] + sum(due < now for due in tally["open_resolve_due"])
+    ack_passed = tally["ack_pending_passed"] + sum(due < now for due in tally["ack_pending_due"])
+    ack_measurable = tally["ack_done"] + ack_passed
+    missed = (
+        tally["missed_finished"]
+        + tally["open_resolve_passed"]
+        + sum(due < now for due in tally["open_resolve_due"])
+    )
     average = tally["score_sum"] / tally["score_count"] if tally["score_count"] else None
 
     def durations(values: list[int]) -> Durations:
@@ -343,31 +348,6 @@ def _next_day(moment: datetime) -> datetime:
     return day if day == moment else day + rollup.DAY
 
 
-async def _live(
-    *,
-    db: AsyncDatabase,
-    org: str,
-    start: datetime,
-    end: datetime,
-    branches: list[str] | None,
-) -> list[dict[str, Any]]:
-    """The complaints of [start, end) (of ``branches``; None: every branch), as tallies read
-    them; one read per branch, through the branch's filter key (``intake.filter_keys``)."""
-    created = {**at_or_after(start), "$lt": end}
-    queries = (
-        [{"org": org, "created_at": created}]
-        if branches is None
-        else [
-            filter_keys.narrowed({"org": org, "branch": branch, "created_at": created})
-            for branch in branches
-        ]
-    )
-    found: list[dict[str, Any]] = []
-    for query in queries:
-        found += await db[store.COMPLAINTS].find(query, projection=rollup.FIELDS).to_list(None)
-    return found
-
-
 @dataclass(frozen=True)
 class _Asked:
     """What a report counts: ``org``'s complaints registered in [created_from, created_to),
@@ -382,12 +362,45 @@ class _Asked:
     allowed: list[str] | None
 
 
+@dataclass(frozen=True)
+class _Edge:
+    """A part of a report's window outside the days it counts whole, within one ``day``:
+    counted from the rollup's rows registered in ``rows`` (start, end), which are either
+    that part (``less`` False) or the rest of the day, taken from the day's tallies (``less``
+    True), whichever spans less of the day."""
+
+    day: datetime
+    rows: tuple[datetime, datetime]
+    less: bool
+
+
+def _edges(
+    *, created_from: datetime, created_to: datetime, days: tuple[datetime, datetime]
+) -> list[_Edge]:
+    """The edges of [created_from, created_to) outside the whole ``days`` (first, end)."""
+    first_day, end_day = days
+    edges = []
+    if created_from < first_day:
+        day = first_day - rollup.DAY
+        if created_from - day < first_day - created_from:
+            edges.append(_Edge(day=day, rows=(day, created_from), less=True))
+        else:
+            edges.append(_Edge(day=day, rows=(created_from, first_day), less=False))
+    if end_day < created_to:
+        day_end = end_day + rollup.DAY
+        if day_end - created_to < created_to - end_day:
+            edges.append(_Edge(day=end_day, rows=(created_to, day_end), less=True))
+        else:
+            edges.append(_Edge(day=end_day, rows=(end_day, created_to), less=False))
+    return edges
+
+
 async def _from_tallies(
     *, db: AsyncDatabase, asked: _Asked, kept: dict[str, Any]
 ) -> dict[Any, dict[str, Any]] | None:
-    """Per group, the tally of what is ``asked``: the rollup's tallies of its whole days,
-    corrected for every complaint changed after the rollup's watermark (its row out, the
-    complaint in), and the window's edges outside those days from the complaints. None when
+    """Per group, the tally of what is ``asked``: the rollup's tallies of its whole days, the
+    window's edges outside them from the rollup's rows (:func:`_edges`), corrected for every
+    complaint changed after the rollup's watermark (its row out, the complaint in). None when
     what was read does not fit together: a pass of the rollup wrote some of it after the
     watermark ``kept`` was read."""
     org, allowed = asked.org, asked.allowed
@@ -396,18 +409,29 @@ async def _from_tallies(
     dimension = asked.group_by.value
     merged: dict[Any, dict[str, Any]] = defaultdict(rollup.empty_tally)
     taken: list[dict[str, Any]] = []
+    edges = _edges(created_from=created_from, created_to=created_to, days=asked.days)
+    less = [edge.day for edge in edges if edge.less]
+    days_read = (min([first_day, *less]), max([end_day, *(day + rollup.DAY for day in less)]))
 
-    def tallied(row: dict[str, Any]) -> bool:
-        in_scope = allowed is None or row["branch"] in allowed
-        return (
-            row["org"] == org
-            and in_scope
-            and first_day <= rollup.day_of(row["created_at"]) < end_day
-        )
+    def in_scope(row: dict[str, Any]) -> bool:
+        return row["org"] == org and (allowed is None or row["branch"] in allowed)
+
+    def in_window(row: dict[str, Any]) -> bool:
+        return created_from <= row["created_at"] < created_to
+
+    def counted_here(row: dict[str, Any]) -> bool:
+        """Whether what was read (whole days, edges) counts a stored ``row``."""
+        whole_day = first_day <= rollup.day_of(row["created_at"]) < end_day
+        return in_scope(row) and (in_window(row) or whole_day)
 
     tallies = db[rollup.TALLIES].find(
-        {"org": org, "dimension": dimension, "day": {"$gt": first_day - _ONE_MS, "$lt": end_day}},
-        projection={"branch": 1, "groups": 1, "seq": 1},
+        {
+            "org": org,
+            "dimension": dimension,
+            "day": {"$gt": days_read[0] - _ONE_MS, "$lt": days_read[1]},
+        },
+        # Whole documents: the local server spends twice as long projecting the groups as
+        # sending them (docs/mongodb-compatibility.md), and nothing else is in them.
     )
     async for document in tallies:
         written_by = document.get("seq")  # None: by a replica of another rollup version
@@ -416,6 +440,16 @@ async def _from_tallies(
         if allowed is None or document["branch"] in allowed:
             for group in document["groups"]:
                 rollup.merge(merged[group["value"]], rollup.load(group["tally"]))
+    for edge in edges:
+        start, end = edge.rows
+        edge_rows = await rollup.rows_registered(
+            db=db, org=org, start=start, end=end, branches=allowed
+        )
+        if any(row["seq"] > kept["seq"] for row in edge_rows):
+            return None
+        apply = rollup.remove if edge.less else rollup.merge
+        for group, tally in rollup.tallies_by_group(edge_rows, dimension).items():
+            apply(merged[group], tally)
     changed = await (
         db[store.COMPLAINTS]
         .find({"updated_at": {"$gt": kept["until"]}}, projection=rollup.READ_FIELDS)
@@ -434,22 +468,13 @@ async def _from_tallies(
     for row in rows.values():
         if row["seq"] > kept["seq"]:
             return None
-        if tallied(row):
+        if counted_here(row):
             taken.append(row)
-    counted = [
-        complaint
-        for complaint in changed
-        if tallied(complaint) and created_from <= complaint["created_at"] < created_to
-    ]
+    counted = [complaint for complaint in changed if in_scope(complaint) and in_window(complaint)]
     for group, tally in rollup.tallies_by_group(counted, dimension).items():
         rollup.merge(merged[group], tally)
     for group, tally in rollup.tallies_by_group(taken, dimension).items():
         rollup.remove(merged[group], tally)
-    for start, end in ((created_from, first_day), (end_day, created_to)):
-        if start < end:
-            live = await _live(db=db, org=org, start=start, end=end, branches=allowed)
-            for group, tally in rollup.tallies_by_group(live, dimension).items():
-                rollup.merge(merged[group], tally)
     return {group: tally for group, tally in merged.items() if tally["received"] > 0}
 
 

@@ -23,10 +23,12 @@ by every report, and a past day changed again and again was read whole every ten
 counted from its complaints by every report meanwhile (docs/performance.md, "Reports beside
 writes").
 
-The report adds the tallies of the window's days and corrects them for what changed after
-the watermark the same way: each such complaint's row out, the complaint in
-(``reports._from_tallies``). So its cost is the days' tally documents plus the complaints
-changed in the last pass or two, whatever a day holds.
+The report adds the tallies of the window's days, counts a part day at its edges from the
+rows (those of the part, or the day's tally less those of the rest, whichever spans less of
+the day), and corrects them for what changed after the watermark the same way: each such
+complaint's row out, the complaint in (``reports._from_tallies``). So its cost is the days'
+tally documents, the rows of at most half a day at each edge, and the complaints changed in
+the last pass or two, whatever a day holds.
 
 A pass writes its changes to several documents, so it is made safe to break off: it first
 writes what it will apply (``report_journal``: each complaint's old and new row) and notes
@@ -50,7 +52,13 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
 from complaints_shared.logs import get_logger
-from complaints_shared.mongo import ensure_index, lease_free, lease_kept, windows_of
+from complaints_shared.mongo import (
+    at_or_after,
+    ensure_index,
+    lease_free,
+    lease_kept,
+    windows_of,
+)
 from complaints_shared.runtime import Runtime
 from complaints_shared.timing import Pacer, wait_event
 from intake import floors, store
@@ -73,8 +81,9 @@ LEASE_ID = "lease"
 # next pass rebuilds it all, and replicas of another version count from the complaints
 # meanwhile. 5: until 3 December intake stamped an event's change with the event's time, so
 # one consumed more than ``ROLLUP_LAG`` late (after an outage) was never read by a pass;
-# version 4's tallies may lack such changes and are built again.
-VERSION = 5
+# version 4's tallies may lack such changes and are built again. 6: due times passed are
+# counted, not listed (``DUE_LISTS``).
+VERSION = 6
 ROLLUP_LAG = timedelta(seconds=30)
 # The job reads complaints in windows of about this many (``mongo.windows_of``) and pauses
 # between them (``timing.Pacer``); its first window of changes is this wide.
@@ -146,8 +155,13 @@ COUNTS = (
     "score_count",
     "cycles_on_time",
     "cycles_measurable",
+    "ack_pending_passed",
+    "open_resolve_passed",
 )
 LISTS = ("ack_pending_due", "open_resolve_due", "ack_ms", "resolve_ms")
+# Due times of what is still pending, listed until they have passed, then counted: a report
+# asks how many have passed by its present, and one that passed stays passed (:func:`fold`).
+DUE_LISTS = {"ack_pending_due": "ack_pending_passed", "open_resolve_due": "open_resolve_passed"}
 # Counted by value; stored as [value, count] pairs (values may hold dots).
 PAIRS = ("scores", *RANKED)
 
@@ -275,7 +289,8 @@ def merge(into: dict[str, Any], tally: dict[str, Any]) -> None:
 
 
 def remove(tally: dict[str, Any], counted: dict[str, Any]) -> None:
-    """Take ``counted`` (complaints ``tally`` counts, as :func:`add` counted them) out."""
+    """Take ``counted`` (complaints ``tally`` counts, as :func:`add` counted them) out. A due
+    time not in ``tally``'s list was folded into its count of those passed (:func:`fold`)."""
     for name in COUNTS:
         tally[name] -= counted[name]
     tally["score_sum"] -= counted["score_sum"]
@@ -283,6 +298,8 @@ def remove(tally: dict[str, Any], counted: dict[str, Any]) -> None:
         if counted[name]:
             left = Counter(tally[name])
             left.subtract(counted[name])
+            if name in DUE_LISTS:
+                tally[DUE_LISTS[name]] += sum(count for count in left.values() if count < 0)
             tally[name] = list(left.elements())
     for name in PAIRS:
         for key, count in counted[name].items():
@@ -296,6 +313,19 @@ def remove(tally: dict[str, Any], counted: dict[str, Any]) -> None:
             left[3] -= cents
             if left[2] <= 0:
                 del tally["remedies"][key]
+
+
+def fold(tally: dict[str, Any], *, before: datetime) -> None:
+    """Count the due times in ``tally``'s lists that passed before ``before`` instead of
+    listing them. A report asked at ``before`` or later tells the same; the stored tallies of
+    past days shrink to their counts (a 30-day report's read of them took a fifth of the
+    time, docs/performance.md)."""
+    for name, passed in DUE_LISTS.items():
+        due = tally[name]
+        left = [moment for moment in due if moment >= before]
+        if len(left) < len(due):
+            tally[passed] += len(due) - len(left)
+            tally[name] = left
 
 
 def _stored(tally: dict[str, Any]) -> dict[str, Any]:
@@ -426,6 +456,23 @@ async def rows_of(
     return found
 
 
+async def rows_registered(
+    *,
+    db: AsyncDatabase,
+    org: str,
+    start: datetime,
+    end: datetime,
+    branches: list[str] | None,
+) -> list[dict[str, Any]]:
+    """The stored rows of ``org``'s complaints registered in [start, end), of ``branches``
+    (None: every branch): what the tallies count of them, with the ``seq`` of the pass that
+    wrote each. One read through the index ``created``."""
+    query: dict[str, Any] = {"org": org, "created_at": {**at_or_after(start), "$lt": end}}
+    if branches is not None:
+        query["branch"] = {"$in": branches}
+    return await db[ROWS].find(query).to_list(None)
+
+
 async def _build(
     *,
     db: AsyncDatabase,
@@ -482,8 +529,11 @@ async def _write_tally(
     seq: int,
     now: datetime,
 ) -> None:
-    """Replace the tally document of ``key`` (org, branch, day) and ``dimension``."""
+    """Replace the tally document of ``key`` (org, branch, day) and ``dimension``, with the
+    due times passed before the watermark the pass sets counted (:func:`fold`)."""
     org, branch, day = key
+    for tally in groups.values():
+        fold(tally, before=now - ROLLUP_LAG)
     # A document left with no group stays (carrying ``seq``): a pass applied again after a
     # break must see that it was written.
     document = {
