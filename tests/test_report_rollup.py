@@ -319,6 +319,22 @@ async def test_the_rollup_report_equals_the_single_aggregation(infrastructure, m
         await at(now + 5 * H + timedelta(minutes=2), f"/v1/complaints/{g}/acknowledge")
         await _compare(db, now + 5 * H + timedelta(minutes=2))
 
+        # A tally document of another version (a replica of the version before, building
+        # anew during a rolling deploy, lists its due times as dates) is not read: the
+        # aggregation answers.
+        older = {"branch": "LZ", "dimension": "owner", "day": datetime(2026, 11, 2, tzinfo=UTC)}
+        stored = await db[rollup.TALLIES].find_one(older)
+        groups = [
+            {**group, "tally": {**group["tally"], "open_resolve_due": [T0 + 5 * H]}}
+            for group in stored["groups"]
+        ]
+        await db[rollup.TALLIES].replace_one(
+            {"_id": stored["_id"]},
+            {**stored, "groups": groups, "version": rollup.VERSION - 1},
+        )
+        await _compare(db, now + 5 * H + timedelta(minutes=2))
+        await db[rollup.TALLIES].replace_one({"_id": stored["_id"]}, stored)
+
         # Tallies of an earlier version are not trusted: the aggregation answers until the
         # next pass has built everything again.
         await db[rollup.STATE].update_one({"_id": rollup.WATERMARK_ID}, {"$set": {"version": 1}})

@@ -290,12 +290,14 @@ def _group_summary(figures: dict[str, Any], facets: dict[str, Any]) -> GroupSumm
 
 def _tally_summary(group: Any, tally: dict[str, Any], now: datetime) -> GroupSummary:
     """``_group_summary`` of a rollup tally (``intake.rollup``): the same figures."""
-    ack_passed = tally["ack_pending_passed"] + sum(due < now for due in tally["ack_pending_due"])
+    ack_passed = tally["ack_pending_passed"] + rollup.due_passed(
+        tally["ack_pending_due"], before=now
+    )
     ack_measurable = tally["ack_done"] + ack_passed
     missed = (
         tally["missed_finished"]
         + tally["open_resolve_passed"]
-        + sum(due < now for due in tally["open_resolve_due"])
+        + rollup.due_passed(tally["open_resolve_due"], before=now)
     )
     average = tally["score_sum"] / tally["score_count"] if tally["score_count"] else None
 
@@ -434,8 +436,12 @@ async def _from_tallies(
         # sending them (docs/mongodb-compatibility.md), and nothing else is in them.
     )
     async for document in tallies:
-        written_by = document.get("seq")  # None: by a replica of another rollup version
+        # Written by a pass after the watermark read, or by a replica of another rollup
+        # version building anew (a rolling deploy): what was read does not fit together.
+        written_by = document.get("seq")
         if written_by is None or written_by > kept["seq"]:
+            return None
+        if document.get("version") != rollup.VERSION:
             return None
         if allowed is None or document["branch"] in allowed:
             for group in document["groups"]:

@@ -41,8 +41,11 @@ of a pass later than the watermark it read reads again.
 from __future__ import annotations
 
 import math
+import sys
 import uuid
-from collections import Counter, defaultdict
+from array import array
+from bisect import bisect_left
+from collections import defaultdict
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -82,8 +85,9 @@ LEASE_ID = "lease"
 # meanwhile. 5: until 3 December intake stamped an event's change with the event's time, so
 # one consumed more than ``ROLLUP_LAG`` late (after an outage) was never read by a pass;
 # version 4's tallies may lack such changes and are built again. 6: due times passed are
-# counted, not listed (``DUE_LISTS``).
-VERSION = 6
+# counted, not listed (``DUE_LISTS``). 7: the lists stored packed (``_packed``); each tally
+# document carries the version that wrote it.
+VERSION = 7
 ROLLUP_LAG = timedelta(seconds=30)
 # The job reads complaints in windows of about this many (``mongo.windows_of``) and pauses
 # between them (``timing.Pacer``); its first window of changes is this wide.
@@ -158,6 +162,8 @@ COUNTS = (
     "ack_pending_passed",
     "open_resolve_passed",
 )
+# Whole lists of integers: durations and due times in milliseconds (a due time since
+# 1970-01-01 UTC, ``epoch_ms``). Stored sorted and packed (:func:`_packed`).
 LISTS = ("ack_pending_due", "open_resolve_due", "ack_ms", "resolve_ms")
 # Due times of what is still pending, listed until they have passed, then counted: a report
 # asks how many have passed by its present, and one that passed stays passed (:func:`fold`).
@@ -167,16 +173,17 @@ PAIRS = ("scores", *RANKED)
 
 
 async def ensure_indexes(*, db: AsyncDatabase) -> None:
-    await ensure_index(
-        db[TALLIES], [("org", 1), ("dimension", 1), ("day", 1)], name="org_dimension_day"
-    )
     # What changed since the watermark (the job, and the report for what the job has not
     # tallied yet). The journal, one pass long, is read whole.
     await ensure_index(db[store.COMPLAINTS], [("updated_at", 1)], name="updated")
-    await _ensure_rows_index(db=db)
+    await _ensure_own_indexes(db=db)
 
 
-async def _ensure_rows_index(*, db: AsyncDatabase) -> None:
+async def _ensure_own_indexes(*, db: AsyncDatabase) -> None:
+    """The indexes of the collections a build drops and writes anew."""
+    await ensure_index(
+        db[TALLIES], [("org", 1), ("dimension", 1), ("day", 1)], name="org_dimension_day"
+    )
     # Rows are read by ``_id`` and, those of recent complaints, by registration time.
     await ensure_index(db[ROWS], [("created_at", 1)], name="created")
 
@@ -198,8 +205,23 @@ def _number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
+_ONE_MS = timedelta(milliseconds=1)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
 def _ms(later: datetime, earlier: datetime) -> int:
-    return (later - earlier) // timedelta(milliseconds=1)
+    return (later - earlier) // _ONE_MS
+
+
+def epoch_ms(moment: datetime) -> int:
+    """``moment`` as a due time in a tally's lists: milliseconds since 1970-01-01 UTC."""
+    return _ms(moment, _EPOCH)
+
+
+def due_passed(due: list[int], *, before: datetime) -> int:
+    """How many of the due times ``due`` (``epoch_ms``) passed before ``before``."""
+    at = epoch_ms(before)
+    return sum(moment < at for moment in due)
 
 
 def empty_tally() -> dict[str, Any]:
@@ -234,12 +256,12 @@ def add(tally: dict[str, Any], complaint: dict[str, Any]) -> None:
             tally["ack_done"] += 1
             tally["ack_on_time"] += acknowledged <= ack_due
         else:
-            tally["ack_pending_due"].append(ack_due)  # measurable once passed
+            tally["ack_pending_due"].append(epoch_ms(ack_due))  # measurable once passed
     if status in UNRESOLVED_VALUES and resolve_due is not None:
         if finished is not None:
             tally["missed_finished"] += resolve_due < finished
         else:
-            tally["open_resolve_due"].append(resolve_due)  # missed once passed
+            tally["open_resolve_due"].append(epoch_ms(resolve_due))  # missed once passed
     if acknowledged is not None:
         tally["ack_ms"].append(_ms(acknowledged, created))
     if first_resolved is not None:
@@ -296,11 +318,9 @@ def remove(tally: dict[str, Any], counted: dict[str, Any]) -> None:
     tally["score_sum"] -= counted["score_sum"]
     for name in LISTS:
         if counted[name]:
-            left = Counter(tally[name])
-            left.subtract(counted[name])
+            missing = _take_out(tally[name], counted[name])
             if name in DUE_LISTS:
-                tally[DUE_LISTS[name]] += sum(count for count in left.values() if count < 0)
-            tally[name] = list(left.elements())
+                tally[DUE_LISTS[name]] -= missing
     for name in PAIRS:
         for key, count in counted[name].items():
             tally[name][key] = tally[name].get(key, 0) - count
@@ -315,22 +335,58 @@ def remove(tally: dict[str, Any], counted: dict[str, Any]) -> None:
                 del tally["remedies"][key]
 
 
+def _take_out(values: list[int], taken: list[int]) -> int:
+    """Take each of ``taken`` out of ``values`` once (sorting ``values`` in place); how many
+    of them ``values`` did not hold. A removal is a search and a move in C, not a walk of a
+    day's list in Python per pass (docs/performance.md, "Packed lists")."""
+    values.sort()  # stored sorted, so this is one walk of the runs
+    missing = 0
+    for value in taken:
+        at = bisect_left(values, value)
+        if at < len(values) and values[at] == value:
+            del values[at]
+        else:
+            missing += 1
+    return missing
+
+
 def fold(tally: dict[str, Any], *, before: datetime) -> None:
     """Count the due times in ``tally``'s lists that passed before ``before`` instead of
     listing them. A report asked at ``before`` or later tells the same; the stored tallies of
     past days shrink to their counts (a 30-day report's read of them took a fifth of the
     time, docs/performance.md)."""
+    at = epoch_ms(before)
     for name, passed in DUE_LISTS.items():
         due = tally[name]
-        left = [moment for moment in due if moment >= before]
-        if len(left) < len(due):
-            tally[passed] += len(due) - len(left)
-            tally[name] = left
+        due.sort()
+        gone = bisect_left(due, at)
+        if gone:
+            tally[passed] += gone
+            del due[:gone]
+
+
+def _packed(values: list[int]) -> bytes:
+    """``values`` sorted, as one binary of little-endian 64-bit integers. A full day's list
+    as a BSON array is an element per value to encode and decode on both sides of every
+    pass; as one binary it is a copy."""
+    packed = array("q", sorted(values))
+    if sys.byteorder != "little":
+        packed.byteswap()
+    return packed.tobytes()
+
+
+def _unpacked(stored: bytes) -> list[int]:
+    values = array("q")
+    values.frombytes(stored)
+    if sys.byteorder != "little":
+        values.byteswap()
+    return values.tolist()
 
 
 def _stored(tally: dict[str, Any]) -> dict[str, Any]:
     return {
-        **{name: tally[name] for name in (*COUNTS, "score_sum", *LISTS)},
+        **{name: tally[name] for name in (*COUNTS, "score_sum")},
+        **{name: _packed(tally[name]) for name in LISTS},
         **{name: [[key, count] for key, count in tally[name].items()] for name in PAIRS},
         "remedies": list(tally["remedies"].values()),
     }
@@ -338,7 +394,8 @@ def _stored(tally: dict[str, Any]) -> dict[str, Any]:
 
 def load(stored: dict[str, Any]) -> dict[str, Any]:
     return {
-        **{name: stored[name] for name in (*COUNTS, "score_sum", *LISTS)},
+        **{name: stored[name] for name in (*COUNTS, "score_sum")},
+        **{name: _unpacked(stored[name]) for name in LISTS},
         **{name: dict(stored[name]) for name in PAIRS},
         "remedies": {
             f"{kind}\x00{currency or ''}": [kind, currency, count, cents]
@@ -365,9 +422,6 @@ def percentile(values: list[int], share: float) -> int | None:
 
 
 # ---------------------------------------------------------------- the job --
-
-
-_ONE_MS = timedelta(milliseconds=1)
 
 
 def row_of(document: dict[str, Any]) -> dict[str, Any]:
@@ -482,9 +536,10 @@ async def _build(
     pacer: Pacer,
 ) -> int:
     """Tally every complaint and write its row, from one read of them all."""
-    for name in (*RETIRED, ROWS, JOURNAL):
+    # Nothing an earlier version wrote is kept (its tallies are of another form).
+    for name in (*RETIRED, TALLIES, ROWS, JOURNAL):
         await db.drop_collection(name)
-    await _ensure_rows_index(db=db)
+    await _ensure_own_indexes(db=db)
     days: dict[tuple[str, str, datetime], list[dict[str, Any]]] = defaultdict(list)
     for complaint in complaints:
         days[_day_of_row(complaint)].append(complaint)
@@ -547,6 +602,7 @@ async def _write_tally(
             if tally["received"] > 0
         ],
         "seq": seq,
+        "version": VERSION,
         "tallied_at": now,
     }
     await db[TALLIES].replace_one(
