@@ -439,9 +439,11 @@ async def _from_tallies(
         # Written by a pass after the watermark read, or by a replica of another rollup
         # version building anew (a rolling deploy): what was read does not fit together.
         written_by = document.get("seq")
-        if written_by is None or written_by > kept["seq"]:
-            return None
-        if document.get("version") != rollup.VERSION:
+        if (
+            written_by is None
+            or written_by > kept["seq"]
+            or document.get("version") != rollup.VERSION
+        ):
             return None
         if allowed is None or document["branch"] in allowed:
             for group in document["groups"]:
