@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 from pymongo import AsyncMongoClient, monitoring
 from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import AutoReconnect
 
 from complaints_shared.clock import SystemClock
 from complaints_shared.events import ComplaintReceived, EventType
@@ -619,3 +620,94 @@ async def test_the_sweep_looks_for_queues_now_and_then_and_drains_those_it_knows
         assert taken["owner_id"] == "hotel-ma"
     finally:
         await client.close()
+
+
+async def test_a_drain_passes_over_complaints_another_drain_took_since_it_read_the_queue(
+    system_factory: SystemFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each finish drains its department, so drains run side by side (on two replicas, or
+    one replica's handlers). A drain whose first queued complaints another drain has taken
+    since it read the queue goes on with the rest: the room of the finish that started it
+    is used, not left until a census finds the queue."""
+    system = await system_factory()
+    first, second, third = await _queued_behind_a_full_desk(
+        system, "房间没有打扫", "早餐供应太少", "空调坏了"
+    )
+    db = routing_db(system)
+    # Room for two that no drain was told of: one for the other drain, one for this one.
+    await db.staff.update_one({"_id": "demo:hotel-ma"}, {"$set": {"capacity": 3}})
+    directory_store.forget_desks()
+    read_queue = queue.store.queued_in_department
+    raced: list[queue.Served] = []
+
+    async def read_then_lose_the_first(**kwargs: Any) -> list[dict[str, Any]]:
+        waiting = await read_queue(**kwargs)
+        if not raced:  # the other drain takes the head of the queue just read
+            raced.append(
+                await queue.assign_from_queue(
+                    db=db,
+                    settings=system.routing_settings,
+                    complaint_id=first.complaint_id,
+                    now=datetime.now(UTC),
+                )
+            )
+        return waiting
+
+    monkeypatch.setattr(queue.store, "queued_in_department", read_then_lose_the_first)
+    drained = await queue.drain_queue(
+        db=db,
+        settings=system.routing_settings,
+        org="demo",
+        department_id="HOTEL:FRONT",
+        now=datetime.now(UTC),
+    )
+    assert raced == [queue.Served.ASSIGNED]
+    assert drained == 1
+    states = {
+        doc["_id"]: (doc["status"], doc.get("owner_slot"))
+        async for doc in db.assignments.find(
+            {"_id": {"$in": [c.complaint_id for c in (first, second, third)]}}
+        )
+    }
+    assert states[second.complaint_id][0] == "open"
+    assert states[third.complaint_id] == ("queued", None)  # hotel-ma is at 3 again
+    held = {states[c.complaint_id][1] for c in (first, second)}
+    assert held == {"demo:hotel-ma#1", "demo:hotel-ma#2"}
+
+
+async def test_a_drain_an_error_cut_short_is_offered_again_at_the_next_sweep(
+    system_factory: SystemFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A finish's drain that fails (the database away) is not run again with its event,
+    whose change is already stored. The next sweep of the process offers that department
+    again, though the census, which last looked before the queue formed, does not know it."""
+    system = await system_factory()
+    db = routing_db(system)
+    settings = system.routing_settings.model_copy(update={"queue_census_interval_s": 3600.0})
+    scheduler = SlaScheduler(settings=settings)
+    runtime = SimpleNamespace(db=db, clock=SystemClock())
+    assert await scheduler.sweep_queues(runtime) == 0  # the census: no queue anywhere yet
+    (waiting,) = await _queued_behind_a_full_desk(system, "房间没有打扫")
+    await db.staff.update_one({"_id": "demo:hotel-ma"}, {"$set": {"capacity": 2}})
+    directory_store.forget_desks()
+    read_queue = queue.store.queued_in_department
+    failures: list[str] = []
+
+    async def fail_once(**kwargs: Any) -> list[dict[str, Any]]:
+        if not failures:
+            failures.append(kwargs["department_id"])
+            raise AutoReconnect("connection closed")
+        return await read_queue(**kwargs)
+
+    monkeypatch.setattr(queue.store, "queued_in_department", fail_once)
+    with pytest.raises(AutoReconnect):
+        await queue.drain_queue(
+            db=db, settings=settings, org="demo", department_id="HOTEL:FRONT", now=datetime.now(UTC)
+        )
+    assert queue.drains_cut_short(db=db) == [("demo", "HOTEL:FRONT")]
+    assert (await db.assignments.find_one({"_id": waiting.complaint_id}))["status"] == "queued"
+
+    assert await scheduler.sweep_queues(runtime) == 1
+    taken = await db.assignments.find_one({"_id": waiting.complaint_id})
+    assert (taken["status"], taken["owner_id"]) == ("open", "hotel-ma")
+    assert queue.drains_cut_short(db=db) == []

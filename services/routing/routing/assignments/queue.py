@@ -2,12 +2,16 @@
 
 Capacity frees when an assignment finishes or moves away (offered to the
 department and to the owner's own one at once), when people are added or come
-back, and on the periodic sweep that repairs what a crash may have lost.
+back, and on the periodic sweep that repairs what a crash may have lost. Drains run
+side by side (each finish starts one, on any replica), so a drain finds complaints of
+its queue taken by another since it read them: it passes over those, and only an
+owner choice that finds nobody with room ends it.
 """
 
 from __future__ import annotations
 
 from datetime import datetime
+from enum import Enum
 from typing import Any
 
 from pymongo.asynchronous.database import AsyncDatabase
@@ -21,20 +25,34 @@ from routing.directory import store as directory_store
 from routing.settings import RoutingSettings
 
 DRAIN_BATCH = 100
+# Departments whose drain an error cut short in this process (the database away
+# mid-drain), by database: its next queue sweep offers them again, without waiting
+# for the census to find their queue (``scheduler.SlaScheduler.sweep_queues``).
+_cut_short: set[tuple[str, str, str]] = set()
+
+
+class Served(Enum):
+    """What offering one queued complaint to its department came to."""
+
+    ASSIGNED = "assigned"
+    GONE = "gone"  # not waiting any more: another drain took it, or it finished or moved
+    NO_ROOM = "no_room"  # nobody with room (and the skill it needs, if any)
 
 
 async def assign_from_queue(
     *, db: AsyncDatabase, settings: RoutingSettings, complaint_id: str, now: datetime
-) -> bool:
-    """Give a queued complaint to whoever has capacity now; False if nobody has."""
-    assigned: list[str] = []
+) -> Served:
+    """Give a queued complaint to whoever has capacity now."""
+    served = [Served.GONE]  # stays so when the complaint is gone
 
     async def after(document: dict[str, Any]) -> None:
-        assigned.append(document["owner_id"])
+        served[0] = Served.ASSIGNED
         await placement.after_assignment(db=db, document=document, how="queue", now=now)
 
     async def decide(current: dict[str, Any]) -> Decision | None:
+        # Decided again on the new version after a lost race, so each decision says anew.
         if not lifecycle.applies(current, lifecycle.Command.ASSIGN):
+            served[0] = Served.GONE
             return None
         choice = await owners.pick_owner(
             db=db,
@@ -43,6 +61,7 @@ async def assign_from_queue(
             required_skill=current.get("required_skill"),
         )
         if choice is None:
+            served[0] = Served.NO_ROOM
             return None
         owner = {
             "owner_id": choice.staff.id,
@@ -60,7 +79,7 @@ async def assign_from_queue(
         return Decision(update, [(EventType.COMPLAINT_ASSIGNED, announced)], [after])
 
     await store.change(db=db, settings=settings, complaint_id=complaint_id, decide=decide, now=now)
-    return bool(assigned)
+    return served[0]
 
 
 async def drain_queue(
@@ -68,14 +87,32 @@ async def drain_queue(
 ) -> int:
     """Assign queued complaints of a department, most severe first, while capacity lasts.
 
-    A complaint waiting for a skill nobody free has does not hold up the ones behind it;
-    one that needs no skill and still finds nobody means the department is full.
+    A complaint taken meanwhile (by a drain of another finish, here or on another
+    replica) is passed over, as is one waiting for a skill nobody free has; one that
+    needs no skill and still finds nobody means the department is full. Ending at a
+    complaint taken meanwhile instead lost the room of the finish that started this
+    drain whenever another drain had read the same queue first.
 
     A department with nobody under capacity is not read at all: the periodic sweep
     offers every department with a queue again, and the local server reads a queue
     whole before its sort and limit, so each sweep cost more the longer a full
     department's queue grew (docs/performance.md).
     """
+    department = (db.name, org, department_id)
+    try:
+        assigned = await _drain(
+            db=db, settings=settings, org=org, department_id=department_id, now=now
+        )
+    except Exception:
+        _cut_short.add(department)
+        raise
+    _cut_short.discard(department)
+    return assigned
+
+
+async def _drain(
+    *, db: AsyncDatabase, settings: RoutingSettings, org: str, department_id: str, now: datetime
+) -> int:
     if not await owners.has_room(db=db, org=org, department_id=department_id):
         return 0
     queued = await store.queued_in_department(
@@ -83,11 +120,19 @@ async def drain_queue(
     )
     assigned = 0
     for waiting in queued:
-        if await assign_from_queue(db=db, settings=settings, complaint_id=waiting["_id"], now=now):
+        served = await assign_from_queue(
+            db=db, settings=settings, complaint_id=waiting["_id"], now=now
+        )
+        if served is Served.ASSIGNED:
             assigned += 1
-        elif not waiting.get("required_skill"):
+        elif served is Served.NO_ROOM and not waiting.get("required_skill"):
             break
     return assigned
+
+
+def drains_cut_short(*, db: AsyncDatabase) -> list[tuple[str, str]]:
+    """(org, department) pairs of ``db`` whose last drain here an error cut short."""
+    return sorted((org, department) for name, org, department in _cut_short if name == db.name)
 
 
 async def offer_freed_capacity(

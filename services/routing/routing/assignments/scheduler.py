@@ -121,13 +121,16 @@ class SlaScheduler:
 
     async def sweep_queues(self, runtime: Runtime) -> int:
         """Offer each department with a queue its queue again: the repair for a drain a
-        crash lost (freed capacity and directory changes drain at once).
+        crash or an error lost (freed capacity and directory changes drain at once).
 
         Which departments have a queue is looked up (the census) every
         ``queue_census_interval_s``, not at every sweep: the look reads every queued
         complaint on the local server, 0.3 s of its time at 10,000 queued (a major
         incident's backlog), and the sweep ran every 10 s. Between looks the sweep offers
-        the departments last found; a full one costs no read (``queue.drain_queue``).
+        the departments last found, and those whose drain an error cut short here since
+        (``queue.drains_cut_short``), so that room freed during a database outage is used
+        at the first sweep after it, not the next census; a full department costs no read
+        (``queue.drain_queue``).
         """
         census_due = self._census_at is None or (
             time.monotonic() - self._census_at >= self._settings.queue_census_interval_s
@@ -135,8 +138,9 @@ class SlaScheduler:
         if census_due:
             self._queued_departments = await store.queued_departments(db=runtime.db)
             self._census_at = time.monotonic()
+        offered = sorted({*self._queued_departments, *queue.drains_cut_short(db=runtime.db)})
         assigned = 0
-        for org, department in self._queued_departments:
+        for org, department in offered:
             assigned += await queue.drain_queue(
                 db=runtime.db,
                 settings=self._settings,
