@@ -16,6 +16,7 @@ import pytest
 from pymongo import ASCENDING, AsyncMongoClient
 from pymongo.asynchronous.collection import AsyncCollection
 
+from complaints_shared import mongo
 from complaints_shared.mongo import claim_first
 from tests.support.infrastructure import Infrastructure
 
@@ -97,3 +98,25 @@ async def test_racing_claimers_take_each_document_once(checks: AsyncCollection) 
     assert sorted(claimed) == sorted(f"c{n}" for n in range(8))  # each once, none missed
     owners = {doc["_id"]: doc["lease_owner"] async for doc in checks.find({})}
     assert len(owners) == 8
+
+
+async def test_a_free_document_behind_more_held_ones_than_a_read_takes_is_still_taken(
+    checks: AsyncCollection,
+) -> None:
+    """Documents that keep failing are held until their retry; however many are due
+    first (more than the local server's claim reads at once), the next free one is taken."""
+    held = mongo.CLAIM_CANDIDATES * 2 + 3
+    await checks.insert_many(
+        [
+            {
+                "_id": f"held-{n:03}",
+                "status": "scheduled",
+                "due_at": NOW - timedelta(hours=1) + timedelta(seconds=n),
+                "lease_until": NOW + timedelta(minutes=5),
+            }
+            for n in range(held)
+        ]
+        + [{"_id": "free", "status": "scheduled", "due_at": NOW - timedelta(minutes=1)}]
+    )
+    assert await _claim(checks, "me") == "free"
+    assert await _claim(checks, "me") is None

@@ -22,7 +22,7 @@ from pymongo.errors import AutoReconnect
 
 from complaints_shared.clock import SystemClock
 from complaints_shared.events import ComplaintReceived, EventType
-from routing.assignments import owners, queue
+from routing.assignments import owed_drains, owners, queue
 from routing.assignments.scheduler import SlaScheduler
 from routing.directory import store as directory_store
 from routing.directory.models import StaffRead
@@ -688,6 +688,8 @@ async def test_a_drain_an_error_cut_short_is_offered_again_at_the_next_sweep(
     runtime = SimpleNamespace(db=db, clock=SystemClock())
     assert await scheduler.sweep_queues(runtime) == 0  # the census: no queue anywhere yet
     (waiting,) = await _queued_behind_a_full_desk(system, "房间没有打扫")
+    # As if queued by another replica: this process owes the department nothing yet.
+    monkeypatch.setattr(owed_drains, "_owed", {})
     await db.staff.update_one({"_id": "demo:hotel-ma"}, {"$set": {"capacity": 2}})
     directory_store.forget_desks()
     read_queue = queue.store.queued_in_department
@@ -704,10 +706,99 @@ async def test_a_drain_an_error_cut_short_is_offered_again_at_the_next_sweep(
         await queue.drain_queue(
             db=db, settings=settings, org="demo", department_id="HOTEL:FRONT", now=datetime.now(UTC)
         )
-    assert queue.drains_cut_short(db=db) == [("demo", "HOTEL:FRONT")]
+    assert owed_drains.departments(db=db) == [("demo", "HOTEL:FRONT")]
     assert (await db.assignments.find_one({"_id": waiting.complaint_id}))["status"] == "queued"
 
     assert await scheduler.sweep_queues(runtime) == 1
     taken = await db.assignments.find_one({"_id": waiting.complaint_id})
     assert (taken["status"], taken["owner_id"]) == ("open", "hotel-ma")
-    assert queue.drains_cut_short(db=db) == []
+    assert owed_drains.departments(db=db) == []
+
+
+async def test_a_complaint_queued_after_a_drain_looked_is_offered_at_the_next_sweep(
+    system_factory: SystemFactory,
+) -> None:
+    """Owner choice found the department full, and a slot freed (on another replica) was
+    drained a moment before the complaint was stored as queued: nothing else would offer
+    it before the next census. The process that queued it owes the department a drain."""
+    system = await system_factory()
+    db = routing_db(system)
+    settings = system.routing_settings.model_copy(update={"queue_census_interval_s": 3600.0})
+    scheduler = SlaScheduler(settings=settings)
+    runtime = SimpleNamespace(db=db, clock=SystemClock())
+    assert await scheduler.sweep_queues(runtime) == 0  # the census: no queue anywhere yet
+    (waiting,) = await _queued_behind_a_full_desk(system, "房间没有打扫")
+    assert ("demo", "HOTEL:FRONT") in owed_drains.departments(db=db)
+    # The room the other replica's drain found nothing to fill with.
+    await db.staff.update_one({"_id": "demo:hotel-ma"}, {"$set": {"capacity": 2}})
+    directory_store.forget_desks()
+
+    assert await scheduler.sweep_queues(runtime) == 1
+    taken = await db.assignments.find_one({"_id": waiting.complaint_id})
+    assert (taken["status"], taken["owner_id"]) == ("open", "hotel-ma")
+    assert owed_drains.departments(db=db) == []
+
+
+async def test_complaints_waiting_for_a_skill_nobody_free_has_hide_none_behind_them(
+    system_factory: SystemFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The queue is read a batch at a time; a whole batch passed over (skills nobody with
+    room has, or a complaint whose assignment fails for a fault of its own) is followed by
+    the next, so a complaint behind it that anyone could take is taken."""
+    monkeypatch.setattr(queue, "DRAIN_BATCH", 2)
+    system = await system_factory()
+    db = routing_db(system)
+    cantonese, broken, anyone = await _queued_behind_a_full_desk(
+        system, "房间没有打扫", "早餐供应太少", "空调坏了"
+    )
+    await db.assignments.update_one(
+        {"_id": cantonese.complaint_id}, {"$set": {"required_skill": "粤语"}}
+    )
+    # A queued complaint that cannot be announced (its branch lost): its own fault only.
+    await db.assignments.update_one({"_id": broken.complaint_id}, {"$unset": {"branch": ""}})
+    await db.staff.update_one({"_id": "demo:hotel-ma"}, {"$set": {"capacity": 2}})
+    directory_store.forget_desks()
+
+    drained = await queue.drain_queue(
+        db=db,
+        settings=system.routing_settings,
+        org="demo",
+        department_id="HOTEL:FRONT",
+        now=datetime.now(UTC),
+    )
+    assert drained == 1
+    states = {
+        doc["_id"]: doc["status"]
+        async for doc in db.assignments.find(
+            {"_id": {"$in": [c.complaint_id for c in (cantonese, broken, anyone)]}}
+        )
+    }
+    assert states == {
+        cantonese.complaint_id: "queued",
+        broken.complaint_id: "queued",
+        anyone.complaint_id: "open",
+    }
+
+
+async def test_a_finish_whose_release_fails_still_owes_its_department_a_drain(
+    system_factory: SystemFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The department is owed its drain before the finish's first write after the change
+    (the load hint's release), so a failure there too leaves it to the next sweep."""
+    system = await system_factory()
+    db = routing_db(system)
+    monkeypatch.setattr(owed_drains, "_owed", {})
+
+    async def unreachable(**kwargs: Any) -> None:
+        raise AutoReconnect("connection closed")
+
+    monkeypatch.setattr(queue.directory_store, "record_release", unreachable)
+    previous = _open_assignment("finished-1", owner_id="hotel-ma", slot=0)
+    with pytest.raises(AutoReconnect):
+        await queue.offer_freed_capacity(
+            db=db,
+            settings=system.routing_settings,
+            previous={**previous, "department": "HOTEL:FRONT"},
+            now=datetime.now(UTC),
+        )
+    assert owed_drains.departments(db=db) == [("demo", "HOTEL:FRONT")]

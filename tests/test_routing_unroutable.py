@@ -9,11 +9,17 @@ supervisor's reassignment routes one the rules still cannot.
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 
+from complaints_shared.clock import SystemClock
 from complaints_shared.events import EventType, Topic, dead_letter_topic
+from routing.assignments import unroutable
+from routing.assignments.scheduler import SlaScheduler
 from tests.support.http import create_complaint, token
 from tests.support.kafka import events_of, read_topic
+from tests.support.routing import routing_db
 from tests.support.system import System
 from tests.support.waits import eventually
 
@@ -151,3 +157,56 @@ async def test_a_supervisor_reassigning_an_unroutable_complaint_routes_it(system
     assert moved.json()["resolve_due_at"] is not None
     routed = await _routed(system, complaint_id)
     assert routed["assignment"]["department"] == "HZ:SVC"
+
+
+async def test_the_sweep_retries_every_unroutable_complaint_not_only_the_oldest(
+    system: System, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An edit's own request retries the oldest few; those may stay unroutable (a category
+    the new rule does not cover) while a newer one is covered now. The queue sweep goes
+    through every one after the change."""
+    monkeypatch.setattr(unroutable, "RETRY_BATCH", 2)
+    admin = token(system.routing_settings, org=ORG)
+    acme_admin = token(system.intake_settings, org=ORG)
+    for path, body in (
+        ("/v1/directory/branches", BRANCH),
+        ("/v1/directory/departments", DEPARTMENT),
+        ("/v1/directory/staff", AGENT),
+    ):
+        made = await system.routing.post(path, json=body, headers=admin)
+        assert made.status_code == 201, made.text
+    scheduler = SlaScheduler(settings=system.routing_settings)
+    runtime = SimpleNamespace(db=routing_db(system), clock=SystemClock())
+    await scheduler.sweep_queues(runtime)  # has looked at the organisation's version already
+    older = [
+        (await create_complaint(system, acme_admin, branch="HZ", category="billing", subject=s))[
+            "id"
+        ]
+        for s in ("发票开错了", "多收了运费")
+    ]
+    for complaint_id in older:
+        await _visibly_unroutable(system, complaint_id)
+    newer = (
+        await create_complaint(
+            system, acme_admin, branch="HZ", category="product_quality", subject="买的电饭煲坏了"
+        )
+    )["id"]
+    await _visibly_unroutable(system, newer)
+
+    quality = {
+        "id": "quality",
+        "name": "质量投诉 → 杭州客户服务部",
+        "conditions": {"categories": ["product_quality"]},
+        "action": {"department_id": "HZ:SVC"},
+    }
+    rule = await system.routing.post("/v1/routing/rules", json=quality, headers=admin)
+    assert rule.status_code == 201, rule.text
+    db = routing_db(system)
+    assert (await db.assignments.find_one({"_id": newer}))["status"] == "unroutable"
+
+    await scheduler.sweep_queues(runtime)  # (or the service's own sweep, whichever first)
+    assert (await db.assignments.find_one({"_id": newer}))["status"] == "open"
+    routed = await _routed(system, newer)
+    assert routed["assignment"]["department"] == "HZ:SVC"
+    for complaint_id in older:
+        assert (await db.assignments.find_one({"_id": complaint_id}))["status"] == "unroutable"

@@ -23,10 +23,19 @@ from complaints_shared.events import (
 )
 from complaints_shared.mongo import merge_updates
 from complaints_shared.problems import conflict, invalid, not_found
-from routing.assignments import lifecycle, owners, queue, routing_context, store, unroutable
+from routing.assignments import (
+    lifecycle,
+    owed_drains,
+    owners,
+    queue,
+    routing_context,
+    store,
+    unroutable,
+)
 from routing.assignments.lifecycle import Command
 from routing.assignments.models import (
     AssignmentRead,
+    AssignmentStatus,
     ClockState,
     EscalateRequest,
     ReassignRequest,
@@ -125,6 +134,8 @@ async def reassign(
             return store.to_read(routed)
 
     async def after_move(document: dict[str, Any], previous: dict[str, Any]) -> None:
+        if document["status"] == AssignmentStatus.QUEUED.value:
+            owed_drains.owe(db=db, org=principal.org, department_id=document["department"])
         if document.get("owner_id"):
             await directory_store.record_assignment(
                 db=db,

@@ -18,7 +18,7 @@ from complaints_shared.logs import get_logger
 from complaints_shared.mongo import is_id_clash
 from complaints_shared.outbox import outbox_entry, outbox_fields
 from complaints_shared.problems import ConcurrentUpdate
-from routing.assignments import lifecycle, owners, planning, routing_context, store
+from routing.assignments import lifecycle, owed_drains, owners, planning, routing_context, store
 from routing.assignments.models import AssignmentStatus
 from routing.context_cache import ContextCache
 from routing.directory import store as directory_store
@@ -187,6 +187,7 @@ async def after_assignment(
     *, db: AsyncDatabase, document: dict[str, Any], how: str, now: datetime
 ) -> None:
     if document["status"] == AssignmentStatus.QUEUED.value:
+        owed_drains.owe(db=db, org=document["org"], department_id=document["department"])
         QUEUED.labels(document["department"]).inc()
         log.info("complaint_queued", department=document["department"])
         return

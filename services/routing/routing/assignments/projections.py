@@ -31,7 +31,15 @@ from complaints_shared.events import (
 )
 from complaints_shared.logs import get_logger
 from complaints_shared.mongo import merge_updates
-from routing.assignments import lifecycle, owners, planning, queue, routing_context, store
+from routing.assignments import (
+    lifecycle,
+    owed_drains,
+    owners,
+    planning,
+    queue,
+    routing_context,
+    store,
+)
 from routing.assignments.lifecycle import Command
 from routing.assignments.models import AssignmentStatus, ClockState
 from routing.directory import store as directory_store
@@ -266,6 +274,8 @@ async def reopen(
     )
 
     async def count_assignment(document: dict[str, Any]) -> None:
+        if document["status"] == AssignmentStatus.QUEUED.value:
+            owed_drains.owe(db=db, org=data.org, department_id=document["department"])
         if document.get("owner_id"):
             await directory_store.record_assignment(
                 db=db,

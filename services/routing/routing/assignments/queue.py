@@ -18,17 +18,17 @@ from pymongo.asynchronous.database import AsyncDatabase
 
 from complaints_shared.aggregate import Decision
 from complaints_shared.events import EventType
+from complaints_shared.failures import is_transient, redacted_error
+from complaints_shared.logs import get_logger
 from complaints_shared.mongo import merge_updates
-from routing.assignments import lifecycle, owners, placement, store
+from routing.assignments import lifecycle, owed_drains, owners, placement, store
 from routing.assignments.models import AssignmentStatus
 from routing.directory import store as directory_store
 from routing.settings import RoutingSettings
 
+log = get_logger(__name__)
+
 DRAIN_BATCH = 100
-# Departments whose drain an error cut short in this process (the database away
-# mid-drain), by database: its next queue sweep offers them again, without waiting
-# for the census to find their queue (``scheduler.SlaScheduler.sweep_queues``).
-_cut_short: set[tuple[str, str, str]] = set()
 
 
 class Served(Enum):
@@ -88,25 +88,27 @@ async def drain_queue(
     """Assign queued complaints of a department, most severe first, while capacity lasts.
 
     A complaint taken meanwhile (by a drain of another finish, here or on another
-    replica) is passed over, as is one waiting for a skill nobody free has; one that
-    needs no skill and still finds nobody means the department is full. Ending at a
-    complaint taken meanwhile instead lost the room of the finish that started this
-    drain whenever another drain had read the same queue first.
+    replica) is passed over, as is one waiting for a skill nobody free has (or one whose
+    assignment fails for a fault of its own); one that needs no skill and still finds
+    nobody means the department is full. Ending at a complaint taken meanwhile instead
+    lost the room of the finish that started this drain whenever another drain had read
+    the same queue first. The queue is read ``DRAIN_BATCH`` at a time, so a batch of
+    complaints all waiting for skills nobody free has does not hide those behind it.
 
     A department with nobody under capacity is not read at all: the periodic sweep
     offers every department with a queue again, and the local server reads a queue
     whole before its sort and limit, so each sweep cost more the longer a full
     department's queue grew (docs/performance.md).
     """
-    department = (db.name, org, department_id)
+    since = owed_drains.mark()
     try:
         assigned = await _drain(
             db=db, settings=settings, org=org, department_id=department_id, now=now
         )
     except Exception:
-        _cut_short.add(department)
+        owed_drains.owe(db=db, org=org, department_id=department_id)
         raise
-    _cut_short.discard(department)
+    owed_drains.settle(db=db, org=org, department_id=department_id, since=since)
     return assigned
 
 
@@ -115,32 +117,45 @@ async def _drain(
 ) -> int:
     if not await owners.has_room(db=db, org=org, department_id=department_id):
         return 0
-    queued = await store.queued_in_department(
-        db=db, org=org, department_id=department_id, limit=DRAIN_BATCH
-    )
-    assigned = 0
-    for waiting in queued:
-        served = await assign_from_queue(
-            db=db, settings=settings, complaint_id=waiting["_id"], now=now
+    assigned = passed_over = 0
+    while True:
+        # Those passed over are still queued, first in the order: the next batch skips them.
+        queued = await store.queued_in_department(
+            db=db, org=org, department_id=department_id, limit=DRAIN_BATCH, skip=passed_over
         )
-        if served is Served.ASSIGNED:
-            assigned += 1
-        elif served is Served.NO_ROOM and not waiting.get("required_skill"):
-            break
-    return assigned
-
-
-def drains_cut_short(*, db: AsyncDatabase) -> list[tuple[str, str]]:
-    """(org, department) pairs of ``db`` whose last drain here an error cut short."""
-    return sorted((org, department) for name, org, department in _cut_short if name == db.name)
+        for waiting in queued:
+            try:
+                served = await assign_from_queue(
+                    db=db, settings=settings, complaint_id=waiting["_id"], now=now
+                )
+            except Exception as exc:
+                if is_transient(exc):  # the database away, a race lost time after time
+                    raise
+                # This complaint's own fault: it stays queued, the ones behind it go on.
+                log.error("queued_assignment_failed", error=redacted_error(exc))
+                passed_over += 1
+                continue
+            if served is Served.ASSIGNED:
+                assigned += 1
+            elif served is Served.NO_ROOM:
+                if not waiting.get("required_skill"):
+                    return assigned  # nobody has room at all
+                passed_over += 1
+        if len(queued) < DRAIN_BATCH:
+            return assigned
 
 
 async def offer_freed_capacity(
     *, db: AsyncDatabase, settings: RoutingSettings, previous: dict[str, Any], now: datetime
 ) -> None:
     """The assignment left ``previous``: release its owner's slot (if it held one) in the load
-    hint, then the department (and the owner's own one) may take queued work."""
+    hint, then the department (and the owner's own one) may take queued work.
+
+    The department is owed its drain before anything is written, so that an error in any
+    step leaves it to the next queue sweep (``owed_drains``)."""
     departments = {previous["department"]} - {None}  # an unroutable one had none
+    for department in departments:
+        owed_drains.owe(db=db, org=previous["org"], department_id=department)
     owner_id = previous.get("owner_id")
     if owner_id and previous["status"] == AssignmentStatus.OPEN.value:
         await directory_store.record_release(

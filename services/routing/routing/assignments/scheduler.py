@@ -23,13 +23,22 @@ from typing import Any
 from complaints_shared.aggregate import Decision, Events
 from complaints_shared.business_calendar import BusinessCalendar
 from complaints_shared.events import ComplaintSlaBreached, ComplaintSlaWarning, EventType, SlaClock
+from complaints_shared.failures import is_dependency_unavailable, redacted_error
 from complaints_shared.logs import get_logger
 from complaints_shared.mongo import claim_first, merge_updates
 from complaints_shared.runtime import Runtime
 from complaints_shared.timers import FAILURE_FIELDS, record_timer_failure
 from complaints_shared.timing import Pacer, wait_event
 from routing import context_cache
-from routing.assignments import lifecycle, owners, queue, routing_context, store, unroutable
+from routing.assignments import (
+    lifecycle,
+    owed_drains,
+    owners,
+    queue,
+    routing_context,
+    store,
+    unroutable,
+)
 from routing.assignments.lifecycle import Command
 from routing.directory.escalation import EscalationTarget
 from routing.metrics import TIMERS_FIRED
@@ -127,10 +136,10 @@ class SlaScheduler:
         ``queue_census_interval_s``, not at every sweep: the look reads every queued
         complaint on the local server, 0.3 s of its time at 10,000 queued (a major
         incident's backlog), and the sweep ran every 10 s. Between looks the sweep offers
-        the departments last found, and those whose drain an error cut short here since
-        (``queue.drains_cut_short``), so that room freed during a database outage is used
-        at the first sweep after it, not the next census; a full department costs no read
-        (``queue.drain_queue``).
+        the departments last found, and those this process owes a drain since
+        (``owed_drains``: a drain an error cut short, a complaint just queued), so that
+        room left unused is taken at the next sweep, not the next census; a full
+        department costs no read (``queue.drain_queue``).
         """
         census_due = self._census_at is None or (
             time.monotonic() - self._census_at >= self._settings.queue_census_interval_s
@@ -138,29 +147,43 @@ class SlaScheduler:
         if census_due:
             self._queued_departments = await store.queued_departments(db=runtime.db)
             self._census_at = time.monotonic()
-        offered = sorted({*self._queued_departments, *queue.drains_cut_short(db=runtime.db)})
+        offered = sorted({*self._queued_departments, *owed_drains.departments(db=runtime.db)})
         assigned = 0
         for org, department in offered:
-            assigned += await queue.drain_queue(
-                db=runtime.db,
-                settings=self._settings,
-                org=org,
-                department_id=department,
-                now=runtime.clock.now(),
-            )
+            try:
+                assigned += await queue.drain_queue(
+                    db=runtime.db,
+                    settings=self._settings,
+                    org=org,
+                    department_id=department,
+                    now=runtime.clock.now(),
+                )
+            except Exception as exc:
+                if is_dependency_unavailable(exc):  # every department would fail alike
+                    raise
+                # One department's failure leaves the others their turn.
+                log.error("queue_drain_failed", department=department, error=redacted_error(exc))
         return assigned + await self._retry_unroutable(runtime)
 
     async def _retry_unroutable(self, runtime: Runtime) -> int:
-        """Unroutable complaints of organisations whose rules or directory changed since the
-        last look (an edit's own immediate retry may have been lost to a crash)."""
+        """Every unroutable complaint of organisations whose rules or directory changed since
+        the last look (an edit's own request retries the oldest ``unroutable.RETRY_BATCH``,
+        and may have been cut short by a crash)."""
         routed = 0
         for org in await unroutable.unroutable_orgs(db=runtime.db):
             version = await context_cache.directory_version(db=runtime.db, org=org)
             if self._directory_seen.get(org) == version:
                 continue
-            routed += await unroutable.retry_org(
-                db=runtime.db, settings=self._settings, org=org, now=runtime.clock.now()
-            )
+            try:
+                routed += await unroutable.retry_org(
+                    db=runtime.db, settings=self._settings, org=org, now=runtime.clock.now()
+                )
+            except Exception as exc:
+                if is_dependency_unavailable(exc):
+                    raise
+                # Tried again at the next sweep (the version stays unseen); other orgs go on.
+                log.error("unroutable_retry_failed", org=org, error=redacted_error(exc))
+                continue
             self._directory_seen[org] = version
         return routed
 

@@ -136,9 +136,10 @@ async def insert(*, db: AsyncDatabase, document: dict[str, Any]) -> None:
 
 
 async def queued_in_department(
-    *, db: AsyncDatabase, org: str, department_id: str, limit: int
+    *, db: AsyncDatabase, org: str, department_id: str, limit: int, skip: int = 0
 ) -> list[dict[str, Any]]:
-    """The department's queue in the order it is served: most severe first, then oldest."""
+    """The department's queue in the order it is served: most severe first, then oldest
+    (the first ``skip`` left out)."""
     cursor = (
         db[ASSIGNMENTS]
         .find(
@@ -146,6 +147,7 @@ async def queued_in_department(
             projection={"_id": 1, "required_skill": 1},
         )
         .sort([("priority", DESCENDING), ("queued_at", ASCENDING), ("_id", ASCENDING)])
+        .skip(skip)
         .limit(limit)
     )
     return await cursor.to_list(None)

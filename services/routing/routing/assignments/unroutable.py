@@ -20,6 +20,7 @@ from pymongo.errors import DuplicateKeyError
 
 from complaints_shared.aggregate import Decision
 from complaints_shared.events import ComplaintReceived, ComplaintUnroutable, EventType
+from complaints_shared.failures import is_transient, redacted_error
 from complaints_shared.logs import get_logger
 from complaints_shared.mongo import is_id_clash, merge_updates
 from complaints_shared.outbox import outbox_entry, outbox_fields
@@ -36,7 +37,8 @@ from routing.settings import RoutingSettings
 log = get_logger(__name__)
 
 STATE = AssignmentStatus.UNROUTABLE.value
-# Unroutable complaints of one organisation re-tried per rule or directory change.
+# Unroutable complaints of one organisation an edit's own request retries (the oldest);
+# the queue sweep of each replica retries every one after a change.
 RETRY_BATCH = 200
 # What routing an unroutable complaint keeps of its document (the rest is the new plan's);
 # the status moves through the transition table.
@@ -181,30 +183,57 @@ async def leave(
 
 
 async def retry_org(
-    *, db: AsyncDatabase, settings: RoutingSettings, org: str, now: datetime
+    *,
+    db: AsyncDatabase,
+    settings: RoutingSettings,
+    org: str,
+    now: datetime,
+    limit: int | None = None,
 ) -> int:
-    """Route what the organisation's rules and departments now allow; the number routed."""
+    """Route what the organisation's rules and departments now allow, oldest first: every
+    unroutable complaint of it, or the first ``limit``; the number routed.
+
+    Every one, not a batch of the oldest: those may stay unroutable (a category no rule
+    covers yet) while newer ones are covered now, and a sweep that tried only them found
+    nothing to route after every change.
+    """
     waiting = (
-        await db[store.ASSIGNMENTS]
+        db[store.ASSIGNMENTS]
         .find({"status": STATE, "org": org}, projection={"_id": 1})
-        .sort("created_at", 1)
-        .limit(RETRY_BATCH)
-        .to_list(None)
+        .sort([("created_at", 1), ("_id", 1)])
+        .batch_size(RETRY_BATCH)
     )
+    if limit is not None:
+        waiting = waiting.limit(limit)
     routed = 0
-    for document in waiting:
-        if await leave(db=db, settings=settings, complaint_id=document["_id"], now=now):
-            routed += 1
+    async with waiting:
+        async for document in waiting:
+            try:
+                if await leave(db=db, settings=settings, complaint_id=document["_id"], now=now):
+                    routed += 1
+            except Exception as exc:
+                if is_transient(exc):
+                    raise
+                # This complaint's own fault: it stays unroutable, the others go on.
+                log.error("unroutable_retry_failed", error=redacted_error(exc))
     return routed
 
 
 async def retry_after_change(runtime: Runtime, *, org: str) -> None:
-    """After a rule or department edit: route what it now covers.
+    """After a rule or department edit: route what it now covers, the oldest
+    ``RETRY_BATCH`` within the request; the queue sweep retries every one since the
+    edit changed the organisation's directory version.
 
     Staff edits do not make a route appear (a rule leads to a department, whoever works
     there; an empty department queues), so they do not call this.
     """
-    await retry_org(db=runtime.db, settings=runtime.settings, org=org, now=runtime.clock.now())
+    await retry_org(
+        db=runtime.db,
+        settings=runtime.settings,
+        org=org,
+        now=runtime.clock.now(),
+        limit=RETRY_BATCH,
+    )
 
 
 async def unroutable_orgs(*, db: AsyncDatabase) -> list[str]:
