@@ -3,7 +3,8 @@
 The walker takes each operation of each app (``app.routes``, included routers expanded)
 and proves its declaration holds: no or flawed tokens are 401, a token without the
 declared roles is 403, a branch admin on organisation configuration is 403, and a
-branch-A token on branch-B data is 404 (or, for a listing, an answer without B's data).
+branch-A token on branch-B data is 404 (a filter naming branch B too; a listing that does not
+name it answers without B's data).
 A route without a declaration, or without a probe here, fails.
 """
 
@@ -495,6 +496,12 @@ async def test_every_operation_enforces_its_declared_access(
     branch_admin = await call(world.headers(branches=[BRANCH_A], roles=["admin"]))
     if declaration.scope is Scope.ORGANISATION:
         assert branch_admin.status_code == 403, f"{where} by a branch admin: {branch_admin.text}"
+    elif (probe.params or {}).get("branch") == BRANCH_B:
+        # Naming another branch in a filter: a 404 naming the field, never a quiet empty answer.
+        assert branch_admin.status_code == 404, (
+            f"{where}: filter on {BRANCH_B}: {branch_admin.text}"
+        )
+        assert branch_admin.json()["field"] == "branch", f"{where}: {branch_admin.text}"
     elif probe.listing:
         assert branch_admin.status_code == 404 or (
             branch_admin.is_success and BRANCH_B not in branch_admin.text
@@ -676,3 +683,28 @@ async def test_branch_admin_keeps_its_branch_but_not_the_organisation(system: Sy
         headers=token(system.routing_settings, branches=[BRANCH_A, "XN"], roles=("admin",)),
     )
     assert new_branch.status_code == 403
+
+
+# ------------------------------- another branch, and the organisation, seen from a branch --
+
+
+@pytest.mark.integration
+async def test_naming_another_branch_in_a_list_filter_is_a_404_naming_the_field(
+    system: System,
+) -> None:
+    lz_supervisor = token(system.intake_settings, branches=[BRANCH_A], roles=("supervisor",))
+    # Each filter names the token's own branch and another: the other one decides.
+    filtered = [
+        (system.intake, "/v1/complaints", {"branch": [BRANCH_A, BRANCH_B]}),
+        (system.intake, "/v1/reports/summary", {"branch": [BRANCH_A, BRANCH_B]}),
+        (system.followup, "/v1/followups", {"branch": BRANCH_B}),
+        (system.followup, "/v1/followups/stats", {"branch": BRANCH_B}),
+        (system.routing, "/v1/assignments/workload", {"branch": BRANCH_B}),
+    ]
+    for client, path, params in filtered:
+        foreign = await client.get(path, params=params, headers=lz_supervisor)
+        assert foreign.status_code == 404, f"{path}: {foreign.status_code} {foreign.text[:200]}"
+        assert foreign.json()["field"] == "branch", path
+        assert BRANCH_B in foreign.json()["detail"], path
+        own = await client.get(path, params={"branch": BRANCH_A}, headers=lz_supervisor)
+        assert own.status_code == 200, f"{path}: {own.text[:200]}"
