@@ -708,3 +708,38 @@ async def test_naming_another_branch_in_a_list_filter_is_a_404_naming_the_field(
         assert BRANCH_B in foreign.json()["detail"], path
         own = await client.get(path, params={"branch": BRANCH_A}, headers=lz_supervisor)
         assert own.status_code == 200, f"{path}: {own.text[:200]}"
+
+
+@pytest.mark.integration
+async def test_a_branch_reads_the_policy_it_inherits_without_the_organisations_audit_data(
+    system: System,
+) -> None:
+    organisation_admin = token(system.followup_settings, subject="org-admin-zhao")
+    saved = await system.followup.put(
+        "/v1/followups/policy", json=BRANCH_POLICY, headers=organisation_admin
+    )
+    assert saved.status_code == 200, saved.text
+    lz_agent = token(system.followup_settings, branches=[BRANCH_A], roles=("agent",))
+    path = f"/v1/followups/policy/branches/{BRANCH_A}"
+
+    inherited = await system.followup.get(path, headers=lz_agent)
+    assert inherited.status_code == 200, inherited.text
+    body = inherited.json()
+    assert (body["branch"], body["inherited"]) == (BRANCH_A, True)
+    assert body["policy"] == saved.json()["policy"]
+    assert (body["version"], body["changed_by"], body["changed_at"]) == (None, None, None)
+    assert "org-admin-zhao" not in inherited.text
+
+    another_admin = token(system.followup_settings, subject="org-admin-qian")
+    own_policy = await system.followup.put(
+        path, json={**BRANCH_POLICY, "max_attempts": 2}, headers=another_admin
+    )
+    assert own_policy.status_code == 200, own_policy.text
+    own = (await system.followup.get(path, headers=lz_agent)).json()
+    assert (own["inherited"], own["version"], own["changed_by"]) == (False, 1, "org-admin-qian")
+    assert own["policy"] == own_policy.json()["policy"]
+
+    back = await system.followup.delete(path, headers=another_admin)
+    assert back.status_code == 200, back.text
+    assert (back.json()["inherited"], back.json()["version"]) == (True, None)
+    assert "org-admin-zhao" not in back.text
