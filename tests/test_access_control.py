@@ -743,3 +743,38 @@ async def test_a_branch_reads_the_policy_it_inherits_without_the_organisations_a
     assert back.status_code == 200, back.text
     assert (back.json()["inherited"], back.json()["version"]) == (True, None)
     assert "org-admin-zhao" not in back.text
+
+
+@pytest.mark.integration
+async def test_workload_counts_responsibility_only_from_the_tokens_branches(
+    system: System,
+) -> None:
+    admin = token(system.routing_settings)
+    created = await system.intake.post("/v1/complaints", json=BROADBAND_COMPLAINT, headers=admin)
+    complaint_id = created.json()["id"]
+
+    async def assigned() -> bool:
+        return (
+            await system.routing.get(f"/v1/assignments/{complaint_id}", headers=admin)
+        ).is_success
+
+    await eventually(assigned, what="the Lanzhou assignment")
+    # An organisation-wide supervisor holds the hospital's desk responsible for Lanzhou's case.
+    blamed = await system.routing.post(
+        f"/v1/assignments/{complaint_id}/responsibility",
+        json={"responsible_department": "HOSP:PRO"},
+        headers=admin,
+    )
+    assert blamed.status_code == 200, blamed.text
+
+    async def responsible_for(headers: dict[str, str]) -> int:
+        response = await system.routing.get(
+            "/v1/assignments/workload", params={"department": "HOSP:PRO"}, headers=headers
+        )
+        assert response.status_code == 200, response.text
+        (department,) = response.json()["departments"]
+        return department["responsible_for"]
+
+    hosp_supervisor = token(system.routing_settings, branches=[BRANCH_B], roles=("supervisor",))
+    assert await responsible_for(admin) == 1
+    assert await responsible_for(hosp_supervisor) == 0
