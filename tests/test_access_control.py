@@ -778,3 +778,43 @@ async def test_workload_counts_responsibility_only_from_the_tokens_branches(
     hosp_supervisor = token(system.routing_settings, branches=[BRANCH_B], roles=("supervisor",))
     assert await responsible_for(admin) == 1
     assert await responsible_for(hosp_supervisor) == 0
+
+
+@pytest.mark.integration
+async def test_a_repeat_across_branches_is_counted_but_names_only_complaints_the_token_sees(
+    system: System,
+) -> None:
+    admin = token(system.intake_settings)
+    lz_agent = token(system.intake_settings, branches=[BRANCH_A], roles=("agent",))
+    at_hospital = await system.intake.post("/v1/complaints", json=HOSPITAL_COMPLAINT, headers=admin)
+    assert at_hospital.status_code == 201, at_hospital.text
+    hospital_id = at_hospital.json()["id"]
+    # The same customer complains in Lanzhou, twice.
+    same_customer = {**BROADBAND_COMPLAINT, "customer": HOSPITAL_COMPLAINT["customer"]}
+    first = await system.intake.post("/v1/complaints", json=same_customer, headers=lz_agent)
+    assert first.status_code == 201, first.text
+    assert (first.json()["repeat_count"], first.json()["repeat_of"]) == (1, [])
+    assert "repeat" in first.json()["flags"]
+    assert hospital_id not in first.text
+    first_id = first.json()["id"]
+    second = await system.intake.post(
+        "/v1/complaints", json={**same_customer, "subject": "还是没有恢复"}, headers=lz_agent
+    )
+    assert second.status_code == 201, second.text
+    assert (second.json()["repeat_count"], second.json()["repeat_of"]) == (2, [first_id])
+    second_id = second.json()["id"]
+
+    # Reading it back, one by one or listed, shows the same; the organisation sees every link.
+    read = await system.intake.get(f"/v1/complaints/{second_id}", headers=lz_agent)
+    assert (read.json()["repeat_count"], read.json()["repeat_of"]) == (2, [first_id])
+    listed = await system.intake.get("/v1/complaints", params={"repeat": "true"}, headers=lz_agent)
+    assert listed.status_code == 200, listed.text
+    assert hospital_id not in listed.text
+    assert {item["id"] for item in listed.json()["items"]} == {first_id, second_id}
+    noted = await system.intake.post(
+        f"/v1/complaints/{second_id}/notes", json={"text": "客户第三次来电"}, headers=lz_agent
+    )
+    assert noted.status_code == 200, noted.text
+    assert noted.json()["repeat_of"] == [first_id]
+    everything = await system.intake.get(f"/v1/complaints/{second_id}", headers=admin)
+    assert everything.json()["repeat_of"] == [first_id, hospital_id]
