@@ -3,7 +3,8 @@
 The walker takes each operation of each app (``app.routes``, included routers expanded)
 and proves its declaration holds: no or flawed tokens are 401, a token without the
 declared roles is 403, a branch admin on organisation configuration is 403, and a
-branch-A token on branch-B data is 404 (or, for a listing, an answer without B's data).
+branch-A token on branch-B data is 404 (a filter naming branch B too; a listing that does not
+name it answers without B's data).
 A route without a declaration, or without a probe here, fails.
 """
 
@@ -495,6 +496,12 @@ async def test_every_operation_enforces_its_declared_access(
     branch_admin = await call(world.headers(branches=[BRANCH_A], roles=["admin"]))
     if declaration.scope is Scope.ORGANISATION:
         assert branch_admin.status_code == 403, f"{where} by a branch admin: {branch_admin.text}"
+    elif (probe.params or {}).get("branch") == BRANCH_B:
+        # Naming another branch in a filter: a 404 naming the field, never a quiet empty answer.
+        assert branch_admin.status_code == 404, (
+            f"{where}: filter on {BRANCH_B}: {branch_admin.text}"
+        )
+        assert branch_admin.json()["field"] == "branch", f"{where}: {branch_admin.text}"
     elif probe.listing:
         assert branch_admin.status_code == 404 or (
             branch_admin.is_success and BRANCH_B not in branch_admin.text
@@ -676,3 +683,138 @@ async def test_branch_admin_keeps_its_branch_but_not_the_organisation(system: Sy
         headers=token(system.routing_settings, branches=[BRANCH_A, "XN"], roles=("admin",)),
     )
     assert new_branch.status_code == 403
+
+
+# ------------------------------- another branch, and the organisation, seen from a branch --
+
+
+@pytest.mark.integration
+async def test_naming_another_branch_in_a_list_filter_is_a_404_naming_the_field(
+    system: System,
+) -> None:
+    lz_supervisor = token(system.intake_settings, branches=[BRANCH_A], roles=("supervisor",))
+    # Each filter names the token's own branch and another: the other one decides.
+    filtered = [
+        (system.intake, "/v1/complaints", {"branch": [BRANCH_A, BRANCH_B]}),
+        (system.intake, "/v1/reports/summary", {"branch": [BRANCH_A, BRANCH_B]}),
+        (system.followup, "/v1/followups", {"branch": BRANCH_B}),
+        (system.followup, "/v1/followups/stats", {"branch": BRANCH_B}),
+        (system.routing, "/v1/assignments/workload", {"branch": BRANCH_B}),
+    ]
+    for client, path, params in filtered:
+        foreign = await client.get(path, params=params, headers=lz_supervisor)
+        assert foreign.status_code == 404, f"{path}: {foreign.status_code} {foreign.text[:200]}"
+        assert foreign.json()["field"] == "branch", path
+        assert BRANCH_B in foreign.json()["detail"], path
+        own = await client.get(path, params={"branch": BRANCH_A}, headers=lz_supervisor)
+        assert own.status_code == 200, f"{path}: {own.text[:200]}"
+
+
+@pytest.mark.integration
+async def test_a_branch_reads_the_policy_it_inherits_without_the_organisations_audit_data(
+    system: System,
+) -> None:
+    organisation_admin = token(system.followup_settings, subject="org-admin-zhao")
+    saved = await system.followup.put(
+        "/v1/followups/policy", json=BRANCH_POLICY, headers=organisation_admin
+    )
+    assert saved.status_code == 200, saved.text
+    lz_agent = token(system.followup_settings, branches=[BRANCH_A], roles=("agent",))
+    path = f"/v1/followups/policy/branches/{BRANCH_A}"
+
+    inherited = await system.followup.get(path, headers=lz_agent)
+    assert inherited.status_code == 200, inherited.text
+    body = inherited.json()
+    assert (body["branch"], body["inherited"]) == (BRANCH_A, True)
+    assert body["policy"] == saved.json()["policy"]
+    assert (body["version"], body["changed_by"], body["changed_at"]) == (None, None, None)
+    assert "org-admin-zhao" not in inherited.text
+
+    another_admin = token(system.followup_settings, subject="org-admin-qian")
+    own_policy = await system.followup.put(
+        path, json={**BRANCH_POLICY, "max_attempts": 2}, headers=another_admin
+    )
+    assert own_policy.status_code == 200, own_policy.text
+    own = (await system.followup.get(path, headers=lz_agent)).json()
+    assert (own["inherited"], own["version"], own["changed_by"]) == (False, 1, "org-admin-qian")
+    assert own["policy"] == own_policy.json()["policy"]
+
+    back = await system.followup.delete(path, headers=another_admin)
+    assert back.status_code == 200, back.text
+    assert (back.json()["inherited"], back.json()["version"]) == (True, None)
+    assert "org-admin-zhao" not in back.text
+
+
+@pytest.mark.integration
+async def test_workload_counts_responsibility_only_from_the_tokens_branches(
+    system: System,
+) -> None:
+    admin = token(system.routing_settings)
+    created = await system.intake.post("/v1/complaints", json=BROADBAND_COMPLAINT, headers=admin)
+    complaint_id = created.json()["id"]
+
+    async def assigned() -> bool:
+        return (
+            await system.routing.get(f"/v1/assignments/{complaint_id}", headers=admin)
+        ).is_success
+
+    await eventually(assigned, what="the Lanzhou assignment")
+    # An organisation-wide supervisor holds the hospital's desk responsible for Lanzhou's case.
+    blamed = await system.routing.post(
+        f"/v1/assignments/{complaint_id}/responsibility",
+        json={"responsible_department": "HOSP:PRO"},
+        headers=admin,
+    )
+    assert blamed.status_code == 200, blamed.text
+
+    async def responsible_for(headers: dict[str, str]) -> int:
+        response = await system.routing.get(
+            "/v1/assignments/workload", params={"department": "HOSP:PRO"}, headers=headers
+        )
+        assert response.status_code == 200, response.text
+        (department,) = response.json()["departments"]
+        return department["responsible_for"]
+
+    hosp_supervisor = token(system.routing_settings, branches=[BRANCH_B], roles=("supervisor",))
+    assert await responsible_for(admin) == 1
+    assert await responsible_for(hosp_supervisor) == 0
+
+
+@pytest.mark.integration
+async def test_a_repeat_across_branches_is_counted_but_names_only_complaints_the_token_sees(
+    system: System,
+) -> None:
+    admin = token(system.intake_settings)
+    lz_agent = token(system.intake_settings, branches=[BRANCH_A], roles=("agent",))
+    at_hospital = await system.intake.post("/v1/complaints", json=HOSPITAL_COMPLAINT, headers=admin)
+    assert at_hospital.status_code == 201, at_hospital.text
+    hospital_id = at_hospital.json()["id"]
+    # The same customer complains in Lanzhou, twice.
+    same_customer = {**BROADBAND_COMPLAINT, "customer": HOSPITAL_COMPLAINT["customer"]}
+    first = await system.intake.post("/v1/complaints", json=same_customer, headers=lz_agent)
+    assert first.status_code == 201, first.text
+    assert (first.json()["repeat_count"], first.json()["repeat_of"]) == (1, [])
+    assert "repeat" in first.json()["flags"]
+    assert hospital_id not in first.text
+    first_id = first.json()["id"]
+    second = await system.intake.post(
+        "/v1/complaints", json={**same_customer, "subject": "还是没有恢复"}, headers=lz_agent
+    )
+    assert second.status_code == 201, second.text
+    assert (second.json()["repeat_count"], second.json()["repeat_of"]) == (2, [first_id])
+    second_id = second.json()["id"]
+
+    # Reading it back, one by one or listed, shows the same; the organisation sees every link.
+    read = await system.intake.get(f"/v1/complaints/{second_id}", headers=lz_agent)
+    assert (read.json()["repeat_count"], read.json()["repeat_of"]) == (2, [first_id])
+    listed = await system.intake.get("/v1/complaints", params={"repeat": "true"}, headers=lz_agent)
+    assert listed.status_code == 200, listed.text
+    assert hospital_id not in listed.text
+    assert {item["id"] for item in listed.json()["items"]} == {first_id, second_id}
+    noted = await system.intake.post(
+        f"/v1/complaints/{second_id}/notes", json={"text": "客户第三次来电"}, headers=lz_agent
+    )
+    assert noted.status_code == 200, noted.text
+    assert noted.json()["repeat_of"] == [first_id]
+    everything = await system.intake.get(f"/v1/complaints/{second_id}", headers=admin)
+    assert everything.json()["repeat_of"] == [first_id, hospital_id]

@@ -59,7 +59,8 @@ async def test_a_branch_policy_schedules_its_complaints_while_another_branch_kee
     ).json()
     assert hospital["policy"]["max_attempts"] == 5
     lanzhou = (await system.followup.get("/v1/followups/policy/branches/LZ", headers=admin)).json()
-    assert (lanzhou["branch"], lanzhou["version"]) == (None, 0)  # the organisation's default
+    # The organisation's default, inherited: its rules, not its audit data.
+    assert (lanzhou["branch"], lanzhou["inherited"], lanzhou["version"]) == ("LZ", True, None)
     organisation = (await system.followup.get("/v1/followups/policy", headers=admin)).json()
     assert organisation["policy"] == lanzhou["policy"]
     foreign = await system.followup.get("/v1/followups/policy/branches/HOSP", headers=lanzhou_agent)
@@ -81,7 +82,7 @@ async def test_a_branch_policy_schedules_its_complaints_while_another_branch_kee
 
     back = await system.followup.delete("/v1/followups/policy/branches/HOSP", headers=admin)
     assert back.status_code == 200, back.text
-    assert (back.json()["branch"], back.json()["version"]) == (None, 0)
+    assert (back.json()["branch"], back.json()["inherited"]) == ("HOSP", True)
     history = (
         await system.followup.get("/v1/followups/policy/branches/HOSP/history", headers=admin)
     ).json()["items"]

@@ -22,6 +22,7 @@ import argparse
 import asyncio
 import os
 import sys
+from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Annotated, Any, Literal
@@ -79,6 +80,12 @@ class Principal(BaseModel):
             if field is not None:
                 problem.extensions["field"] = field
             raise problem
+
+    def require_branches(self, branches: Iterable[str], *, field: str) -> None:
+        """:meth:`require_branch` for every branch a filter names: one outside the token is a
+        404 naming ``field``, never a quietly empty answer."""
+        for branch in branches:
+            self.require_branch(branch, field=field)
 
     def scope_filter(self) -> dict[str, Any]:
         """A MongoDB filter restricting documents (with org/branch fields) to this caller."""

@@ -17,6 +17,7 @@ from complaints_shared.runtime import runtime_of
 from followup import commands, reports, store
 from followup.models import (
     AttemptCreate,
+    BranchPolicyRead,
     CheckFilters,
     Code,
     ContactHours,
@@ -150,15 +151,18 @@ async def policy_history(
 
 @router.get(
     "/policy/branches/{branch}",
-    response_model=PolicyRead,
-    summary="The policy a branch's resolutions get: its own, else the organisation's",
+    response_model=BranchPolicyRead,
+    summary="The policy a branch's resolutions get: its own, else the organisation's rules",
 )
-async def get_branch_policy(branch: BranchPath, request: Request, principal: Agent) -> PolicyRead:
+async def get_branch_policy(
+    branch: BranchPath, request: Request, principal: Agent
+) -> BranchPolicyRead:
     principal.require_branch(branch)
     runtime = runtime_of(request)
-    return await store.policy_for_branch(
+    in_force = await store.policy_for_branch(
         db=runtime.db, settings=runtime.settings, org=principal.org, branch=branch
     )
+    return BranchPolicyRead.in_force(in_force, branch=branch)
 
 
 @router.put(
@@ -178,21 +182,22 @@ async def put_branch_policy(
 
 @router.delete(
     "/policy/branches/{branch}",
-    response_model=PolicyRead,
+    response_model=BranchPolicyRead,
     summary="The branch follows the organisation's policy again; answers the policy now in force",
 )
 async def delete_branch_policy(
     branch: BranchPath, request: Request, principal: BranchPolicyAdmin
-) -> PolicyRead:
+) -> BranchPolicyRead:
     principal.require_branch(branch)
     runtime = runtime_of(request)
-    return await store.follow_organisation_policy(
+    in_force = await store.follow_organisation_policy(
         db=runtime.db,
         settings=runtime.settings,
         principal=principal,
         branch=branch,
         now=runtime.clock.now(),
     )
+    return BranchPolicyRead.in_force(in_force, branch=branch)
 
 
 @router.get(

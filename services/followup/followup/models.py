@@ -128,6 +128,40 @@ class PolicyRead(BaseModel):
     )
 
 
+class BranchPolicyRead(BaseModel):
+    """The policy a branch's resolutions get now, as anyone working the branch may read it.
+
+    A branch without a policy of its own inherits the organisation's: its rules are shown,
+    marked ``inherited``, but not the organisation's version, author or time of change, which
+    are the organisation's configuration (``GET /v1/followups/policy`` and its history).
+    """
+
+    org: str
+    branch: str
+    inherited: bool = Field(
+        description="true: the branch has no policy of its own and follows the organisation's"
+    )
+    version: int | None = Field(None, description="The branch's own version; null when inherited")
+    changed_by: str | None = Field(None, description="Who set the branch's own policy")
+    changed_at: datetime | None = None
+    policy: FollowupPolicy
+
+    @classmethod
+    def in_force(cls, stored: PolicyRead, *, branch: str) -> BranchPolicyRead:
+        """The branch's view of ``stored``, the policy its resolutions are scheduled under."""
+        if stored.branch is None:
+            return cls(org=stored.org, branch=branch, inherited=True, policy=stored.policy)
+        return cls(
+            org=stored.org,
+            branch=branch,
+            inherited=False,
+            version=stored.version,
+            changed_by=stored.changed_by,
+            changed_at=stored.changed_at,
+            policy=stored.policy,
+        )
+
+
 # ----------------------------------------------------------- contact hours --
 
 

@@ -40,6 +40,7 @@ def _match(*, principal: Principal, filters: StatsFilters) -> dict[str, Any]:
         {"status": {"$ne": CheckStatus.CANCELLED.value}},
     ]
     if filters.branch is not None:
+        principal.require_branch(filters.branch, field="branch")
         conditions.append({"branch": filters.branch})
     if filters.category is not None:
         conditions.append({"category": filters.category.value})

@@ -150,6 +150,8 @@ async def get_visible(*, db: AsyncDatabase, principal: Principal, followup_id: s
 
 def _list_query(*, principal: Principal, filters: CheckFilters) -> dict[str, Any]:
     query = aggregate.visibility(principal)
+    if filters.branch is not None:
+        principal.require_branch(filters.branch, field="branch")
     wanted = {
         "branch": filters.branch,
         "status": filters.status.value if filters.status else None,

@@ -54,6 +54,14 @@ Reader = allow(Role.AGENT, Role.SUPERVISOR, scope=Scope.BRANCH, action="reading 
 ReportReader = allow(Role.SUPERVISOR, scope=Scope.BRANCH, action="reading complaint reports")
 
 
+async def _shown(request: Request, principal: Principal, document: dict[str, Any]) -> ComplaintRead:
+    """The complaint as the caller may read it (``store.shown_to``)."""
+    (complaint,) = await store.shown_to(
+        db=runtime_of(request).db, principal=principal, complaints=[store.to_read(document)]
+    )
+    return complaint
+
+
 @router.post(
     "",
     status_code=status.HTTP_201_CREATED,
@@ -99,9 +107,10 @@ async def create_complaint(
                 complaint_id=complaint_id,
                 now=runtime.clock.now(),
             )
-            payload = ComplaintCreated(
-                **store.to_read(document).model_dump(), resubmission=not created
-            ).model_dump(mode="json")
+            shown = await _shown(request, principal, document)
+            payload = ComplaintCreated(**shown.model_dump(), resubmission=not created).model_dump(
+                mode="json"
+            )
             status_code = status.HTTP_201_CREATED if created else status.HTTP_200_OK
             if reservation is not None:
                 await idempotency.complete(
@@ -122,7 +131,10 @@ async def list_complaints(
     principal: Reader,
     filters: Annotated[search.ComplaintFilters, Query()],
 ) -> Page[ComplaintRead]:
-    return await search.search(db=runtime_of(request).db, principal=principal, filters=filters)
+    db = runtime_of(request).db
+    page = await search.search(db=db, principal=principal, filters=filters)
+    items = await store.shown_to(db=db, principal=principal, complaints=page.items)
+    return page.model_copy(update={"items": items})
 
 
 @router.get("/{complaint_id}", response_model=ComplaintRead, summary="One complaint of record")
@@ -130,7 +142,7 @@ async def get_complaint(complaint_id: str, request: Request, principal: Reader) 
     document = await store.get_visible(
         db=runtime_of(request).db, principal=principal, complaint_id=complaint_id
     )
-    return store.to_read(document)
+    return await _shown(request, principal, document)
 
 
 @router.get(
@@ -169,7 +181,7 @@ async def _command(
         now=runtime.clock.now(),
         details=details,
     )
-    return store.to_read(document)
+    return await _shown(request, principal, document)
 
 
 def _command_route(

@@ -549,10 +549,8 @@ async def summary(
     count whole; else, and as the reference the rollup is tested against, by
     :func:`live_groups`.
     """
-    allowed = None if principal.all_branches else list(principal.branches)
-    if branches:
-        # Within the caller's scope: a branch the token may not see simply has no data.
-        allowed = [b for b in branches if allowed is None or b in allowed]
+    principal.require_branches(branches, field="branch")
+    allowed = branches or (None if principal.all_branches else list(principal.branches))
     asked = _Asked(
         org=principal.org,
         created_from=created_from,
@@ -602,8 +600,8 @@ async def live_groups(
         "created_at": {**at_or_after(created_from), "$lt": created_to},
     }
     if branches:
-        visible = [b for b in branches if principal.all_branches or b in principal.branches]
-        match["branch"] = {"$in": visible}
+        principal.require_branches(branches, field="branch")
+        match["branch"] = {"$in": branches}
     pipeline = _pipeline(match=filter_keys.narrowed(match), key=GROUP_FIELDS[group_by], now=now)
     facets = (await (await db[store.COMPLAINTS].aggregate(pipeline)).to_list(None))[0]
     return [_group_summary(figures, facets) for figures in facets["figures"]]

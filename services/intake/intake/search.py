@@ -82,10 +82,8 @@ def _in(values: list) -> dict[str, Any]:
 def build_query(filters: ComplaintFilters, principal: Principal) -> dict[str, Any]:
     query: dict[str, Any] = principal.scope_filter()
     if filters.branch:
-        allowed = filters.branch
-        if not principal.all_branches:
-            allowed = [branch for branch in filters.branch if branch in principal.branches]
-        query["branch"] = {"$in": allowed}
+        principal.require_branches(filters.branch, field="branch")
+        query["branch"] = {"$in": filters.branch}
     for field in ("status", "category", "severity", "channel"):
         values = getattr(filters, field)
         if values:

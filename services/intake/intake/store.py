@@ -22,6 +22,7 @@ from complaints_shared.auth import Principal
 from complaints_shared.events import EventData, EventType
 from complaints_shared.mongo import (
     as_stored,
+    by_ids,
     ensure_index,
     insert_batched,
     merge_updates,
@@ -120,6 +121,31 @@ def timeline_entry(
 
 def to_read(document: dict[str, Any]) -> ComplaintRead:
     return ComplaintRead.model_validate({**document, "id": document["_id"]})
+
+
+async def shown_to(
+    *, db: AsyncDatabase, principal: Principal, complaints: list[ComplaintRead]
+) -> list[ComplaintRead]:
+    """``complaints`` as the caller may read them: ``repeat_of`` names only earlier complaints
+    of the token's branches. Repeat detection is organisation-wide and ``repeat_count`` counts
+    every earlier complaint, but another branch's complaint ids are not the caller's to see."""
+    linked = {earlier for complaint in complaints for earlier in complaint.repeat_of}
+    if principal.all_branches or not linked:
+        return complaints
+    visible = {
+        document["_id"]
+        async for document in db[COMPLAINTS].find(
+            by_ids(sorted(linked), principal.scope_filter()), projection={"_id": 1}
+        )
+    }
+    return [
+        complaint
+        if visible.issuperset(complaint.repeat_of)
+        else complaint.model_copy(
+            update={"repeat_of": [earlier for earlier in complaint.repeat_of if earlier in visible]}
+        )
+        for complaint in complaints
+    ]
 
 
 async def find(*, db: AsyncDatabase, complaint_id: str) -> dict[str, Any] | None:

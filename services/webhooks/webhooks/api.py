@@ -110,8 +110,8 @@ async def create_subscription(
             f"a token for branches {principal.branches} must name one of them; "
             "all-branch subscriptions need a token for every branch",
         )
-    if body.branch is not None and not principal.can_see(org=principal.org, branch=body.branch):
-        raise not_found(what="branch", identifier=body.branch)
+    if body.branch is not None:
+        principal.require_branch(body.branch, field="branch")
     now = runtime.clock.now()
     secret = new_secret()
     document: dict[str, Any] = {

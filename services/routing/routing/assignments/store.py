@@ -227,15 +227,18 @@ async def open_work(*, db: AsyncDatabase, query: dict[str, Any]) -> list[OpenWor
 
 
 async def _department_counts(
-    *, db: AsyncDatabase, org: str, department_ids: list[str]
+    *, db: AsyncDatabase, principal: Principal, department_ids: list[str]
 ) -> dict[str, dict[str, int]]:
+    """Per department: the work it handles (whichever branch a rule sent it from: its people
+    carry it), and how many complaints of the caller's branches name it responsible."""
+
     def count_if(condition: Any) -> dict[str, Any]:
         return {"$sum": {"$cond": [condition, 1, 0]}}
 
     open_status = {"$eq": ["$status", AssignmentStatus.OPEN.value]}
     active = {"$in": ["$status", [status.value for status in ACTIVE_STATUSES]]}
     pipeline = [
-        {"$match": {"org": org, "department": {"$in": department_ids}}},
+        {"$match": {"org": principal.org, "department": {"$in": department_ids}}},
         {
             "$group": {
                 "_id": "$department",
@@ -249,7 +252,8 @@ async def _department_counts(
     ]
     counts = {row["_id"]: row async for row in await db[ASSIGNMENTS].aggregate(pipeline)}
     responsible = [
-        {"$match": {"org": org, "responsible_department": {"$in": department_ids}}},
+        # Another branch's complaints blaming the department are that branch's business.
+        {"$match": {**principal.scope_filter(), "responsible_department": {"$in": department_ids}}},
         {"$group": {"_id": "$responsible_department", "n": {"$sum": 1}}},
     ]
     async for row in await db[ASSIGNMENTS].aggregate(responsible):
@@ -269,7 +273,7 @@ async def workload(
         if not departments:
             raise not_found(what="department", identifier=department)
     ids = [d.id for d in departments]
-    counts = await _department_counts(db=db, org=principal.org, department_ids=ids)
+    counts = await _department_counts(db=db, principal=principal, department_ids=ids)
     people = [
         directory_store.staff_read(doc)
         async for doc in db[directory_store.STAFF].find(
