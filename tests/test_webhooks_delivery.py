@@ -191,8 +191,14 @@ async def test_a_410_answer_disables_the_subscription_and_keeps_its_backlog(
         second = await _complaint(system, admin)
         await eventually(lambda: _has_complaint_received(system, admin, second), what="routing")
         assert len(hooks.requests) == 1, "nothing is sent to a disabled subscription"
-        [held] = await _deliveries(webhooks, admin, subscription["id"])
-        assert held["status"] == "pending" and held["next_attempt_at"] is None
+
+        async def held_entry() -> dict | None:
+            # Recorded due (the subscription disabled first), held at its next claim.
+            [entry] = await _deliveries(webhooks, admin, subscription["id"])
+            return entry if entry["next_attempt_at"] is None else None
+
+        held = await eventually(held_entry, what="the delivery held")
+        assert held["status"] == "pending"
         assert held["last_response_code"] == 410
 
         answers["status"] = 200

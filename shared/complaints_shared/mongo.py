@@ -159,6 +159,21 @@ def at_or_before(moment: datetime) -> dict[str, datetime]:
     return {"$lt": moment + _ONE_MS}
 
 
+# Before any date the services store.
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def any_date() -> dict[str, datetime]:
+    """A date field that is set: ``{"$gt": 1970-01-01}``, the same documents as
+    ``{"$type": "date"}`` here (no stored date is older).
+
+    ``$exists``, ``$ne: null`` and ``$type`` make SecantusDB (the local MongoDB) scan the
+    collection even on the last field of an index whose other fields the query gives as
+    equalities; a range is read from the index, there as on MongoDB.
+    """
+    return {"$gt": _EPOCH}
+
+
 def more_than_none() -> dict[str, int]:
     """A count above zero. ``{"$gt": 0}`` on a compound index's field followed by other keys
     makes SecantusDB read every entry *equal* to the bound too (all the zeros); for whole

@@ -123,8 +123,9 @@ class ServiceSettings(BaseSettings):
         gt=0,
         le=1,
         description="Share of the wall time a background job's pass (the report rollup, the "
-        "load-hint recount) spends working while it runs, read and written in short steps; "
-        "it waits the rest, so a large pass never holds up requests and events (1: no pauses).",
+        "load-hint recount, the webhooks' repair pass) spends working while it runs, read and "
+        "written in short steps; it waits the rest, so a large pass never holds up requests "
+        "and events (1: no pauses).",
     )
     outbox_batch_size: int = Field(
         100, ge=1, description="Documents the outbox relay claims and publishes per round."

@@ -177,14 +177,12 @@ async def update_subscription(
         changes["event_types"] = body.event_types
     if body.description is not None:
         changes["description"] = body.description
-    reactivated = False
     if body.status is not None and body.status.value != current["status"]:
         changes["status"] = body.status.value
         changes["status_reason"] = (
             None if body.status is SubscriptionStatus.ACTIVE else (f"paused by {principal.subject}")
         )
         if body.status is SubscriptionStatus.ACTIVE:
-            reactivated = True
             changes["failure_streak"] = 0
             unset["failing_since"] = ""
     updated = await store.update_subscription(
@@ -196,7 +194,9 @@ async def update_subscription(
     )
     if updated is None:
         raise not_found(what="subscription", identifier=subscription_id)
-    if reactivated:
+    if body.status is SubscriptionStatus.ACTIVE:
+        # Also when it was active already: a retry completes a release that a failure or a
+        # crash after the status was written cut short (retries keep their backoff).
         await store.release_held(db=runtime.db, subscription_id=subscription_id, now=now)
         _dispatcher(request).notify()
     return SubscriptionRead.model_validate(store.public(updated))

@@ -29,6 +29,11 @@ SUBSCRIPTIONS_PAUSED = Counter(
     "Subscriptions stopped by the service: auto_paused (failure threshold) or disabled (410).",
     ["reason"],
 )
+STRANDED_REPAIRED = Counter(
+    "complaints_webhook_stranded_repaired_total",
+    "Pending deliveries the repair pass found without a timer under an active subscription "
+    "and made due (left by a crash or an error between two writes; normally 0).",
+)
 ORDER_WATERMARK_LAG = Gauge(
     "complaints_webhook_order_watermark_lag_seconds",
     "How far behind now the consumed-through moment is: events newer than it wait, so "

@@ -17,6 +17,10 @@ behind it and is woken when that one finishes.
 Time is ``runtime.clock.now()``: retry deadlines are compared, never slept on.
 A delivery that cannot even be attempted (a broken document, say) is recorded and
 postponed with backoff (``complaints_shared.timers``); the others go on.
+
+Held deliveries (of a paused or disabled subscription) have no timer, and no write
+leaves one without a timer under an active subscription; should a crash between two
+writes do it anyway, the repair pass (every ``stranded_repair_interval_s``) makes it due.
 """
 
 from __future__ import annotations
@@ -29,17 +33,18 @@ from contextlib import suppress
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from complaints_shared.failures import redacted_error
+from complaints_shared.failures import is_dependency_unavailable, redacted_error
 from complaints_shared.logs import bound_context, get_logger
 from complaints_shared.runtime import Runtime
 from complaints_shared.timers import record_timer_failure
-from complaints_shared.timing import wait_event
+from complaints_shared.timing import Pacer, wait_event
 from webhooks import store
 from webhooks.metrics import (
     BACKLOG,
     DELIVERIES_FINISHED,
     DELIVERY_ATTEMPTS,
     DELIVERY_LATENCY,
+    STRANDED_REPAIRED,
     SUBSCRIPTIONS_PAUSED,
 )
 from webhooks.models import PING_EVENT_TYPE, DeliveryStatus, SubscriptionStatus
@@ -108,6 +113,55 @@ class Dispatcher:
             except Exception as exc:
                 log.warning("webhook_backlog_gauge_failed", error=repr(exc))
             await wait_event(runtime.stopping, timeout_s=self._settings.backlog_refresh_s)
+
+    async def run_stranded_repair(self, runtime: Runtime) -> None:
+        """The background job: a repair pass at start and every ``stranded_repair_interval_s``."""
+        while not runtime.stopping.is_set():
+            try:
+                pacer = Pacer(share=self._settings.background_work_share, stopping=runtime.stopping)
+                await self.repair_stranded(runtime, pacer=pacer)
+            except Exception as exc:  # Mongo away or similar: the next pass repairs
+                log.error("webhook_stranded_repair_failed", error=repr(exc))
+            await wait_event(runtime.stopping, timeout_s=self._settings.stranded_repair_interval_s)
+
+    async def repair_stranded(self, runtime: Runtime, *, pacer: Pacer | None = None) -> int:
+        """Make due the pending deliveries without a timer of active subscriptions; how many.
+
+        None should exist: a re-activation releases its held deliveries, and a hold racing
+        with it makes the delivery due instead. This heals what a crash or a database error
+        between two writes leaves (a re-activation whose release never ran), within one
+        interval. One index probe per active subscription, which finds nothing normally;
+        a subscription that fails is logged and the others go on.
+        """
+        pacer = pacer or Pacer(share=1)
+        repaired = 0
+        for subscription_id in await store.active_subscription_ids(db=runtime.db):
+            try:
+                released = await store.make_held_due(
+                    db=runtime.db, subscription_id=subscription_id, now=runtime.clock.now()
+                )
+            except Exception as exc:
+                if is_dependency_unavailable(exc):
+                    raise  # every subscription would fail alike: the next pass repairs
+                log.error(
+                    "webhook_stranded_repair_failed",
+                    subscription_id=subscription_id,
+                    error=redacted_error(exc),
+                )
+                continue
+            finally:
+                await pacer.pause()
+            if released:
+                STRANDED_REPAIRED.inc(released)
+                log.warning(
+                    "webhook_stranded_deliveries_due",
+                    subscription_id=subscription_id,
+                    count=released,
+                )
+                repaired += released
+        if repaired:
+            self._wake.set()
+        return repaired
 
     async def _claim_and_start(self, runtime: Runtime) -> None:
         while (
@@ -190,10 +244,10 @@ class Dispatcher:
         is_ping = delivery["event_type"] == PING_EVENT_TYPE
         if subscription is None:
             return  # deleted meanwhile: its deliveries are deleted with it
-        if subscription["status"] != SubscriptionStatus.ACTIVE.value and not is_ping:
-            await store.hold_while_off(db=db, delivery=delivery, owner=self._owner)
-            return
         now = runtime.clock.now()
+        if subscription["status"] != SubscriptionStatus.ACTIVE.value and not is_ping:
+            await store.hold_while_off(db=db, delivery=delivery, owner=self._owner, now=now)
+            return
         earlier = await store.earlier_pending(db=db, delivery=delivery)
         if earlier is not None:
             recheck = now + timedelta(seconds=self._lease_s)
@@ -234,12 +288,19 @@ class Dispatcher:
             "error": result.error,
             "response_excerpt": result.response_excerpt,
         }
+        if result.gone and not is_ping:
+            # Disabled before the attempt is recorded, and the delivery keeps a timer (due
+            # now): its next claim finds the subscription disabled and holds it. A crash or
+            # an error between the writes leaves it under lease with its timer, never
+            # without one under an active subscription (it is held or sent again).
+            await self._disable(runtime, subscription_id=subscription_id, now=now)
         retry_index = delivery.get("retry_index", 0)
         if result.delivered:
             status, next_at = DeliveryStatus.DELIVERED, None
+        elif result.gone and is_ping:
+            status, next_at = DeliveryStatus.FAILED, None  # a test: nothing to replay
         elif result.gone:
-            # Kept pending without a timer: replayed if the subscription is re-enabled.
-            status, next_at = DeliveryStatus.PENDING, None
+            status, next_at = DeliveryStatus.PENDING, now
         elif retry_index < len(settings.retry_schedule_s):
             delay_s = retry_delay_s(settings=settings, retry_index=retry_index, rng=self._rng)
             status, next_at = DeliveryStatus.PENDING, now + timedelta(seconds=delay_s)
@@ -279,9 +340,7 @@ class Dispatcher:
         if result.delivered:
             if subscription.get("failure_streak", 0) > 0:  # else there is nothing to reset
                 await store.record_success(db=db, subscription_id=subscription_id, now=now)
-        elif result.gone:
-            await self._disable(runtime, subscription_id=subscription_id, now=now)
-        else:
+        elif not result.gone:  # a 410 disabled the subscription above
             await self._count_failure(runtime, subscription_id=subscription_id, now=now)
 
     async def _disable(self, runtime: Runtime, *, subscription_id: str, now: datetime) -> None:

@@ -100,6 +100,13 @@ class WebhooksSettings(ServiceSettings):
     backlog_refresh_s: float = Field(
         15.0, gt=0, description="How often the per-subscription backlog gauge is recomputed."
     )
+    stranded_repair_interval_s: float = Field(
+        60.0,
+        gt=0,
+        description="How often each replica looks for pending deliveries without a timer "
+        "under an active subscription (a crash or an error between two writes can leave one) "
+        "and makes them due: one index probe per active subscription.",
+    )
 
     @model_validator(mode="after")
     def _loopback_only_in_development(self) -> WebhooksSettings:

@@ -4,7 +4,9 @@ A delivery is one event for one subscription. It is written before any attempt,
 with an id derived from (subscription, event), so a redelivered Kafka record
 records nothing twice. Its ``next_attempt_at`` is the durable timer the
 dispatcher claims under a lease; a delivery without one is delivered, failed,
-or held while its subscription is paused or disabled.
+or held while its subscription is paused or disabled. A pending one without a
+timer under an active subscription is stranded (no write leaves one on purpose);
+the dispatcher's repair pass makes it due.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from pymongo.errors import BulkWriteError
 
 from complaints_shared import aggregate
 from complaints_shared.auth import Principal
-from complaints_shared.mongo import at_or_after, at_or_before, claim_first, lease_free
+from complaints_shared.mongo import any_date, at_or_after, at_or_before, claim_first, lease_free
 from complaints_shared.pagination import Page
 from webhooks.models import (
     DeliveryFilters,
@@ -46,6 +48,8 @@ async def ensure_indexes(*, db: AsyncDatabase) -> None:
     await subscriptions.create_index(
         [("org", ASCENDING), ("created_at", ASCENDING), ("_id", ASCENDING)], name="org_created"
     )
+    # The repair pass's question: which subscriptions are active (of every organisation).
+    await subscriptions.create_index([("status", ASCENDING)], name="status")
     deliveries = db[DELIVERIES]
     # The dispatcher's question: which pending deliveries are due.
     await deliveries.create_index(
@@ -64,6 +68,12 @@ async def ensure_indexes(*, db: AsyncDatabase) -> None:
     await deliveries.create_index(
         [("subscription_id", ASCENDING), ("created_at", DESCENDING), ("_id", DESCENDING)],
         name="subscription_log",
+    )
+    # A subscription's held deliveries (pending, ``next_attempt_at`` missing), which
+    # re-activation and the repair pass make due, found without reading its other ones.
+    await deliveries.create_index(
+        [("subscription_id", ASCENDING), ("status", ASCENDING), ("next_attempt_at", ASCENDING)],
+        name="subscription_held",
     )
 
 
@@ -350,6 +360,11 @@ def _leased(delivery: dict[str, Any], owner: str) -> dict[str, Any]:
     return {"_id": delivery["_id"], "lease_owner": owner, "status": DeliveryStatus.PENDING.value}
 
 
+def _not_woken(delivery: dict[str, Any]) -> dict[str, Any]:
+    """``wakes`` as the claim read it: nothing woke or released the delivery since."""
+    return {"wakes": delivery.get("wakes", {"$exists": False})}
+
+
 _RELEASE = {"lease_owner": "", "lease_until": ""}
 
 
@@ -362,20 +377,38 @@ async def hold_behind(
     otherwise the earlier one has just finished and the delivery is due at once.
     """
     result = await db[DELIVERIES].update_one(
-        {**_leased(delivery, owner), "wakes": delivery.get("wakes", 0)},
+        {**_leased(delivery, owner), **_not_woken(delivery)},
         {"$set": {"next_attempt_at": until, "blocked": True}, "$unset": _RELEASE},
     )
     if result.matched_count == 0:
-        await db[DELIVERIES].update_one(
-            _leased(delivery, owner), {"$set": {"next_attempt_at": now}, "$unset": _RELEASE}
-        )
+        await _due_now(db=db, delivery=delivery, owner=owner, now=now)
 
 
-async def hold_while_off(*, db: AsyncDatabase, delivery: dict[str, Any], owner: str) -> None:
-    """Keep a delivery of a paused or disabled subscription for replay (no timer)."""
+async def hold_while_off(
+    *, db: AsyncDatabase, delivery: dict[str, Any], owner: str, now: datetime
+) -> None:
+    """Keep a delivery of a paused or disabled subscription for replay (no timer).
+
+    Written only if nothing woke the delivery since the claim (``wakes`` unchanged): a
+    re-activation marks the deliveries with a timer (every one under a lease) before it
+    releases the held ones (``release_held``), so a hold decided on the subscription as
+    read before that makes the delivery due instead of leaving it without a timer under
+    an active subscription.
+    """
+    result = await db[DELIVERIES].update_one(
+        {**_leased(delivery, owner), **_not_woken(delivery)},
+        {"$unset": {**_RELEASE, "next_attempt_at": "", "blocked": ""}},
+    )
+    if result.matched_count == 0:
+        await _due_now(db=db, delivery=delivery, owner=owner, now=now)
+
+
+async def _due_now(
+    *, db: AsyncDatabase, delivery: dict[str, Any], owner: str, now: datetime
+) -> None:
     await db[DELIVERIES].update_one(
         _leased(delivery, owner),
-        {"$unset": {**_RELEASE, "next_attempt_at": "", "blocked": ""}},
+        {"$set": {"next_attempt_at": now}, "$unset": {**_RELEASE, "blocked": ""}},
     )
 
 
@@ -445,12 +478,45 @@ async def wake_chain(*, db: AsyncDatabase, delivery: dict[str, Any], now: dateti
 
 
 async def release_held(*, db: AsyncDatabase, subscription_id: str, now: datetime) -> int:
-    """A re-enabled subscription's backlog becomes due (order is kept by the chains)."""
+    """A re-activated subscription's held backlog becomes due (order is kept by the chains).
+
+    Called once the status is active. First its deliveries with a timer, which include every
+    one under a lease, are marked woken, so a dispatcher that read the subscription as
+    paused and is about to hold one makes it due instead (``hold_while_off``); then the held
+    ones get their timer. Retries waiting for their backoff keep their time. Harmless to
+    repeat: asking again (or the repair pass) completes a release that a failure or a
+    crash cut short.
+    """
+    await db[DELIVERIES].update_many(
+        {
+            "subscription_id": subscription_id,
+            "status": DeliveryStatus.PENDING.value,
+            "next_attempt_at": any_date(),
+        },
+        {"$inc": {"wakes": 1}},
+    )
+    return await make_held_due(db=db, subscription_id=subscription_id, now=now)
+
+
+async def make_held_due(*, db: AsyncDatabase, subscription_id: str, now: datetime) -> int:
+    """The subscription's pending deliveries without a timer become due; how many."""
     result = await db[DELIVERIES].update_many(
-        {"subscription_id": subscription_id, "status": DeliveryStatus.PENDING.value},
-        {"$set": {"next_attempt_at": now}, "$unset": {"blocked": ""}},
+        {
+            "subscription_id": subscription_id,
+            "status": DeliveryStatus.PENDING.value,
+            "next_attempt_at": None,  # null or missing: a held delivery has it unset
+        },
+        {"$set": {"next_attempt_at": now}},
     )
     return result.modified_count
+
+
+async def active_subscription_ids(*, db: AsyncDatabase) -> list[str]:
+    """Every active subscription, of every organisation (for the repair pass)."""
+    found = db[SUBSCRIPTIONS].find(
+        {"status": SubscriptionStatus.ACTIVE.value}, projection={"_id": 1}
+    )
+    return [document["_id"] async for document in found]
 
 
 async def list_deliveries(

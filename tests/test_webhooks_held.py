@@ -1,0 +1,355 @@
+"""No pending delivery is left without a timer under an active subscription.
+
+A delivery held while its subscription is paused or disabled has no ``next_attempt_at``;
+only a re-activation makes it due again. These tests drive, against the real database
+and broker, the ways one could be stranded: a hold racing a re-activation, a release
+that fails after the status was written, a 410 whose disabling fails, and the repair
+pass that heals whatever a crash between two writes still leaves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from pymongo import AsyncMongoClient
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import AutoReconnect, OperationFailure
+
+from complaints_shared.mongo import STORED_CODEC
+from tests.support.http import token
+from tests.support.infrastructure import Infrastructure
+from tests.support.waits import eventually
+from tests.support.webhooks import Isolation, Webhooks, receiver, serve_webhooks, subscribe
+from webhooks import store
+from webhooks.scheduler import NOTHING_RECORDED
+from webhooks.signing import new_secret
+
+pytestmark = pytest.mark.integration
+
+RECEIVED = "org.complaintdesk.complaint.received.v1"
+
+
+@pytest.fixture
+async def alone(infrastructure: Infrastructure) -> AsyncIterator[Isolation]:
+    """The webhooks service on its own database and topics, without the other services."""
+    isolation = Isolation(infra=infrastructure, run_id=uuid.uuid4().hex[:10])
+    yield isolation
+    mongo = AsyncMongoClient(infrastructure.mongodb_uri)
+    try:
+        await mongo.drop_database(_database_name(isolation))
+    finally:
+        await mongo.close()
+
+
+def _database_name(isolation: Isolation) -> str:
+    return f"t_{isolation.run_id}_webhooks"
+
+
+def _delivery(
+    subscription_id: str, *, chain: str, order_key: str, next_attempt_at: datetime | None
+) -> dict[str, Any]:
+    """A pending delivery of a complaint event; ``next_attempt_at`` None: held (no timer).
+
+    Of no event time, so the dispatcher need not wait for the order watermark.
+    """
+    now = datetime.now(UTC)
+    document = store.new_delivery(
+        delivery_id=f"msg_{uuid.uuid4().hex}",
+        subscription={"_id": subscription_id},
+        org="demo",
+        branch="LZ",
+        event_id=str(uuid.uuid4()),
+        event_type=RECEIVED,
+        event_time=None,
+        subject=chain,
+        complaint_id=chain,
+        body=f'{{"chain": "{chain}", "order": "{order_key}"}}',
+        order_key=order_key,
+        now=now,
+    )
+    if next_attempt_at is None:
+        del document["next_attempt_at"]
+    else:
+        document["next_attempt_at"] = next_attempt_at
+    return document
+
+
+async def _insert(db: AsyncDatabase, *deliveries: dict[str, Any]) -> list[str]:
+    assert await store.insert_deliveries(db=db, deliveries=list(deliveries)) == len(deliveries)
+    return [delivery["_id"] for delivery in deliveries]
+
+
+async def _stored(db: AsyncDatabase, delivery_id: str) -> dict[str, Any]:
+    found = await db[store.DELIVERIES].find_one({"_id": delivery_id})
+    assert found is not None, delivery_id
+    return found
+
+
+async def _status(webhooks: Webhooks, headers: dict, subscription_id: str) -> str:
+    path = f"/v1/webhooks/subscriptions/{subscription_id}"
+    return (await webhooks.client.get(path, headers=headers)).json()["status"]
+
+
+async def _set_status(webhooks: Webhooks, headers: dict, subscription_id: str, status: str):
+    return await webhooks.client.patch(
+        f"/v1/webhooks/subscriptions/{subscription_id}", json={"status": status}, headers=headers
+    )
+
+
+async def test_a_hold_racing_a_reactivation_leaves_the_delivery_due_and_its_chain_delivered(
+    alone: Isolation,
+) -> None:
+    mongo = AsyncMongoClient(alone.infra.mongodb_uri, tz_aware=True)
+    try:
+        db = mongo.get_database(_database_name(alone), codec_options=STORED_CODEC)
+        await store.ensure_indexes(db=db)
+        async with AsyncExitStack() as stack:
+            hooks = await stack.enter_async_context(receiver())
+            now = datetime.now(UTC)
+            subscription_id = store.new_subscription_id()
+            await store.insert_subscription(
+                db=db,
+                document={
+                    "_id": subscription_id,
+                    "org": "demo",
+                    "branch": None,
+                    "target_url": hooks.url,
+                    "event_types": ["*"],
+                    "description": None,
+                    "status": "paused",
+                    "status_reason": "paused by tester",
+                    "signing_secrets": [
+                        {"secret": new_secret(), "created_at": now, "expires_at": None}
+                    ],
+                    "failure_streak": 0,
+                    "created_at": now,
+                    "updated_at": now,
+                },
+            )
+            first, later = await _insert(
+                db,
+                _delivery(subscription_id, chain="cmp_1", order_key="1", next_attempt_at=now),
+                _delivery(subscription_id, chain="cmp_1", order_key="2", next_attempt_at=None),
+            )
+            # The race, step by step: a dispatcher claims the first delivery and reads the
+            # subscription as paused; an admin re-activates it; then the dispatcher holds.
+            claimed = await store.claim_due(
+                db=db,
+                owner="dispatcher-a",
+                now=now,
+                lease_s=60,
+                skip_subscriptions=[],
+                recorded_through=NOTHING_RECORDED,
+            )
+            assert claimed is not None and claimed["_id"] == first
+            assert await store.update_subscription(
+                db=db, scope={}, subscription_id=subscription_id, changes={"status": "active"}
+            )
+            await store.release_held(db=db, subscription_id=subscription_id, now=datetime.now(UTC))
+            await store.hold_while_off(
+                db=db, delivery=claimed, owner="dispatcher-a", now=datetime.now(UTC)
+            )
+            after_race = await _stored(db, first)
+            assert after_race["status"] == "pending"
+            assert after_race.get("next_attempt_at") is not None, "due, not stranded"
+            assert "lease_owner" not in after_race
+
+            await serve_webhooks(stack, alone)
+            await eventually(
+                lambda: asyncio.sleep(0, len(hooks.delivered_ids()) == 2),
+                what="the delivery and the rest of its chain delivered",
+            )
+    finally:
+        await mongo.close()
+    assert [request.webhook_id for request in hooks.requests] == [first, later]
+
+
+async def test_asking_again_to_activate_releases_what_a_failed_release_left_held(
+    alone: Isolation, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with AsyncExitStack() as stack:
+        hooks = await stack.enter_async_context(receiver())
+        # No repair pass after the one at start: the second request alone must release.
+        webhooks = await serve_webhooks(stack, alone, stranded_repair_interval_s=3600)
+        admin = token(webhooks.settings)
+        db = webhooks.app.state.runtime.db
+        subscription_id = (await subscribe(webhooks, admin, url=hooks.url))["id"]
+        assert (await _set_status(webhooks, admin, subscription_id, "paused")).status_code == 200
+        retry_at = datetime.now(UTC).replace(microsecond=0) + timedelta(hours=1)
+        held, waiting = await _insert(
+            db,
+            _delivery(subscription_id, chain="cmp_1", order_key="1", next_attempt_at=None),
+            _delivery(subscription_id, chain="cmp_2", order_key="1", next_attempt_at=retry_at),
+        )
+        release_held = store.release_held
+        calls: list[str] = []
+
+        async def fails_once(**arguments: Any) -> int:
+            calls.append(arguments["subscription_id"])
+            if len(calls) == 1:
+                raise AutoReconnect("connection closed (injected)")
+            return await release_held(**arguments)
+
+        monkeypatch.setattr(store, "release_held", fails_once)
+        failed = await _set_status(webhooks, admin, subscription_id, "active")
+        assert failed.status_code == 503, failed.text
+        assert await _status(webhooks, admin, subscription_id) == "active"
+        assert "next_attempt_at" not in await _stored(db, held), "the set-up: still held"
+
+        again = await _set_status(webhooks, admin, subscription_id, "active")
+        assert again.status_code == 200, again.text
+        await eventually(lambda: asyncio.sleep(0, held in hooks.delivered_ids()), what="release")
+        waiting_after = await _stored(db, waiting)
+    assert len(calls) == 2
+    assert waiting_after["next_attempt_at"] == retry_at, "a retry keeps its backoff"
+    assert [request.webhook_id for request in hooks.requests] == [held]
+
+
+async def test_a_410_whose_disabling_fails_is_sent_again_until_the_subscription_is_disabled(
+    alone: Isolation, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    answers = {"status": 410}
+    async with AsyncExitStack() as stack:
+        hooks = await stack.enter_async_context(receiver(lambda n: answers["status"]))
+        webhooks = await serve_webhooks(
+            stack,
+            alone,
+            request_timeout_s=1.0,
+            lease_margin_s=0.5,
+            stranded_repair_interval_s=3600,
+        )
+        admin = token(webhooks.settings)
+        db = webhooks.app.state.runtime.db
+        subscription_id = (await subscribe(webhooks, admin, url=hooks.url))["id"]
+        disable = store.disable
+        calls: list[str] = []
+
+        async def fails_once(**arguments: Any) -> bool:
+            calls.append(arguments["subscription_id"])
+            if len(calls) == 1:
+                raise AutoReconnect("connection closed (injected)")
+            return await disable(**arguments)
+
+        monkeypatch.setattr(store, "disable", fails_once)
+        [delivery_id] = await _insert(
+            db,
+            _delivery(
+                subscription_id, chain="cmp_1", order_key="1", next_attempt_at=datetime.now(UTC)
+            ),
+        )
+
+        async def disabled() -> bool:
+            return await _status(webhooks, admin, subscription_id) == "disabled"
+
+        await eventually(disabled, what="the subscription disabled after the 410 sent again")
+
+        async def held() -> dict[str, Any] | None:
+            stored = await _stored(db, delivery_id)
+            return stored if "next_attempt_at" not in stored else None
+
+        stored = await eventually(held, what="the delivery held for a re-activation")
+        assert stored["status"] == "pending" and stored["last_response_code"] == 410
+        assert "lease_owner" not in stored
+        assert [request.status for request in hooks.requests] == [410, 410]
+
+        answers["status"] = 200
+        enabled = await _set_status(webhooks, admin, subscription_id, "active")
+        assert enabled.status_code == 200, enabled.text
+        await eventually(
+            lambda: asyncio.sleep(0, delivery_id in hooks.delivered_ids()), what="replayed"
+        )
+    assert len(calls) == 2
+
+
+async def test_a_ping_answered_410_fails_and_leaves_the_subscription_active(
+    alone: Isolation,
+) -> None:
+    async with AsyncExitStack() as stack:
+        hooks = await stack.enter_async_context(receiver(lambda n: 410))
+        webhooks = await serve_webhooks(stack, alone)
+        admin = token(webhooks.settings)
+        subscription_id = (await subscribe(webhooks, admin, url=hooks.url))["id"]
+        path = f"/v1/webhooks/subscriptions/{subscription_id}"
+        assert (await webhooks.client.post(f"{path}/ping", headers=admin)).status_code == 202
+
+        async def finished() -> dict[str, Any] | None:
+            response = await webhooks.client.get(f"{path}/deliveries", headers=admin)
+            [entry] = response.json()["items"]
+            return entry if entry["status"] != "pending" else None
+
+        entry = await eventually(finished, what="the ping's outcome recorded")
+        status = await _status(webhooks, admin, subscription_id)
+    assert entry["status"] == "failed" and entry["last_response_code"] == 410
+    assert entry["next_attempt_at"] is None
+    assert status == "active", "a test ping says nothing about the subscription"
+
+
+async def test_the_repair_pass_makes_stranded_deliveries_due_and_leaves_held_ones_held(
+    alone: Isolation,
+) -> None:
+    async with AsyncExitStack() as stack:
+        hooks = await stack.enter_async_context(receiver())
+        webhooks = await serve_webhooks(stack, alone, stranded_repair_interval_s=0.3)
+        admin = token(webhooks.settings)
+        db = webhooks.app.state.runtime.db
+        active_id = (await subscribe(webhooks, admin, url=hooks.url))["id"]
+        paused_id = (await subscribe(webhooks, admin, url=hooks.url))["id"]
+        assert (await _set_status(webhooks, admin, paused_id, "paused")).status_code == 200
+        retry_at = datetime.now(UTC).replace(microsecond=0) + timedelta(hours=1)
+        # What a crash between two writes leaves: pending, no timer, subscription active.
+        stranded, held, waiting = await _insert(
+            db,
+            _delivery(active_id, chain="cmp_1", order_key="1", next_attempt_at=None),
+            _delivery(paused_id, chain="cmp_2", order_key="1", next_attempt_at=None),
+            _delivery(active_id, chain="cmp_3", order_key="1", next_attempt_at=retry_at),
+        )
+        await eventually(
+            lambda: asyncio.sleep(0, stranded in hooks.delivered_ids()),
+            what="the stranded delivery made due by the background pass and delivered",
+        )
+        # The pass that released it went through every active subscription's deliveries.
+        after = {delivery_id: await _stored(db, delivery_id) for delivery_id in (held, waiting)}
+    assert "next_attempt_at" not in after[held], "a paused subscription's delivery stays held"
+    assert after[waiting]["next_attempt_at"] == retry_at, "a retry keeps its backoff"
+    assert [request.webhook_id for request in hooks.requests] == [stranded]
+
+
+async def test_a_subscription_the_repair_pass_fails_on_does_not_stop_the_others(
+    alone: Isolation, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with AsyncExitStack() as stack:
+        hooks = await stack.enter_async_context(receiver())
+        webhooks = await serve_webhooks(stack, alone, stranded_repair_interval_s=3600)
+        admin = token(webhooks.settings)
+        runtime = webhooks.app.state.runtime
+        broken_id = (await subscribe(webhooks, admin, url=hooks.url))["id"]
+        healthy_id = (await subscribe(webhooks, admin, url=hooks.url))["id"]
+        [stranded] = await _insert(
+            runtime.db, _delivery(healthy_id, chain="cmp_1", order_key="1", next_attempt_at=None)
+        )
+        active_subscription_ids = store.active_subscription_ids
+        make_held_due = store.make_held_due
+
+        async def broken_first(**arguments: Any) -> list[str]:
+            found = await active_subscription_ids(**arguments)
+            assert set(found) == {broken_id, healthy_id}
+            return [broken_id, healthy_id]
+
+        async def broken_for_one(**arguments: Any) -> int:
+            if arguments["subscription_id"] == broken_id:
+                raise OperationFailure("injected")
+            return await make_held_due(**arguments)
+
+        monkeypatch.setattr(store, "active_subscription_ids", broken_first)
+        monkeypatch.setattr(store, "make_held_due", broken_for_one)
+        repaired = await webhooks.app.state.dispatcher.repair_stranded(runtime)
+        await eventually(
+            lambda: asyncio.sleep(0, stranded in hooks.delivered_ids()), what="the healthy one"
+        )
+    assert repaired == 1
