@@ -9,11 +9,13 @@ walk ties on the sort key without gaps or repeats.
 
 from __future__ import annotations
 
+import base64
 import uuid
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
+import orjson
 import pytest
 from pymongo import AsyncMongoClient, monitoring
 from pymongo.asynchronous.database import AsyncDatabase
@@ -22,6 +24,7 @@ from complaints_shared import aggregate
 from complaints_shared.aggregate import Aggregate, Decision
 from complaints_shared.auth import Principal, Role
 from complaints_shared.events import EventType
+from complaints_shared.pagination import decode_cursor, encode_cursor
 from complaints_shared.problems import ConcurrentUpdate, ProblemError
 from complaints_shared.settings import ServiceSettings
 from complaints_shared.transitions import InvalidTransition
@@ -249,6 +252,37 @@ async def test_cursor_pages_walk_ties_without_gaps_or_repeats(
         if cursor is None:
             break
     assert walked == [thing_id for _, thing_id in expected]
+
+
+def forged_cursor(sort_value: str) -> str:
+    raw = orjson.dumps([sort_value, "x"])
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+@pytest.mark.parametrize(
+    "sort_value",
+    [
+        "9999-12-31T23:59:59.999+00:00",  # a millisecond later overflowed (a 500)
+        "0001-01-01T00:00:00+00:00",  # a millisecond earlier overflowed
+        "9999-12-31T23:00:00-05:00",  # overflowed on conversion to UTC
+        "2201-01-01T00:00:00+00:00",
+        "1969-12-31T23:59:59+00:00",
+    ],
+)
+def test_a_cursor_with_a_date_outside_1970_to_2200_is_a_422_naming_cursor(
+    sort_value: str,
+) -> None:
+    with pytest.raises(ProblemError) as raised:
+        decode_cursor(forged_cursor(sort_value))
+    assert raised.value.status == 422
+    assert [error["field"] for error in raised.value.extensions["errors"]] == ["cursor"]
+
+
+def test_a_cursor_holds_its_date_in_utc() -> None:
+    shanghai = datetime(2026, 11, 30, 10, tzinfo=timezone(timedelta(hours=8)))
+    at, document_id = decode_cursor(encode_cursor(sort_value=shanghai, document_id="c-1"))
+    assert (at, at.utcoffset(), document_id) == (NOW, timedelta(0), "c-1")
+    assert decode_cursor(forged_cursor("2026-11-30T02:00:00"))[0] == NOW  # naive: as stored
 
 
 async def test_the_first_change_after_an_insert_decides_on_the_inserted_copy(

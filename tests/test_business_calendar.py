@@ -6,7 +6,19 @@ import subprocess
 import sys
 from datetime import date, time, timedelta
 
-from complaints_shared.business_calendar import BusinessCalendar
+import pytest
+from pydantic import TypeAdapter, ValidationError
+
+from complaints_shared.business_calendar import (
+    MAX_CLOSURE_DAYS,
+    BeyondHorizon,
+    BusinessCalendar,
+    HolidayCountry,
+    LocalTime,
+    TimeZoneName,
+    closure_problem,
+    supported_subdivision,
+)
 from tests.support.clock import utc
 
 SHANGHAI = BusinessCalendar(time_zone="Asia/Shanghai", country="CN")
@@ -54,6 +66,71 @@ def test_split_opening_hours_and_end_of_day() -> None:
     assert calendar.add_business_time(monday_11_local, timedelta(hours=2)) == utc(2026, 11, 30, 7)
     assert calendar.end_of_business_day(monday_11_local) == utc(2026, 11, 30, 10)
     assert calendar.add_business_days(monday_11_local, 1) == utc(2026, 12, 7, 3)
+
+
+def test_time_between_far_apart_moments_is_counted_not_given_up_on() -> None:
+    # Five years: beyond the three the calendar searches for a next opening.
+    span = SHANGHAI.business_time_between(utc(2026, 1, 1), utc(2031, 1, 1))
+    assert timedelta(hours=9 * 240 * 5) < span < timedelta(hours=9 * 260 * 5)
+
+
+def test_running_out_of_horizon_is_a_value_error_of_its_own() -> None:
+    with pytest.raises(BeyondHorizon):
+        SHANGHAI.add_business_time(utc(2026, 1, 1), timedelta(hours=10_000))
+    with pytest.raises(BeyondHorizon):
+        SHANGHAI.add_business_days(utc(2026, 1, 1), 1000)
+    assert issubclass(BeyondHorizon, ValueError)
+
+
+def _mondays(first: date, count: int) -> frozenset[date]:
+    return frozenset(first + timedelta(weeks=week) for week in range(count))
+
+
+def test_closed_days_that_close_a_calendar_for_over_a_year_are_a_problem() -> None:
+    mondays_only = {0: [(time(9), time(18))]}
+    first_monday = date(2026, 11, 30)
+    three_years = BusinessCalendar(
+        hours=mondays_only, country=None, closed_days=_mondays(first_monday, 157)
+    )
+    first, length = three_years.longest_closure()
+    assert first == first_monday - timedelta(days=6)  # from the Tuesday after the last opening
+    assert length > MAX_CLOSURE_DAYS
+    assert "2026-11-24" in closure_problem(three_years)
+    with pytest.raises(BeyondHorizon):
+        three_years.next_open(utc(2026, 12, 1))
+
+    half_a_year = BusinessCalendar(
+        hours=mondays_only, country=None, closed_days=_mondays(first_monday, 26)
+    )
+    assert half_a_year.longest_closure() == (first_monday - timedelta(days=6), 27 * 7 - 1)
+    assert closure_problem(half_a_year) is None
+    assert closure_problem(SHANGHAI) is None  # no closed days at all
+
+
+@pytest.mark.parametrize("zone", ["Asia", "Asia/", "x" * 300, "../etc/passwd", "", "localtime"])
+def test_a_time_zone_is_a_known_iana_name_or_a_validation_error(zone: str) -> None:
+    # ``ZoneInfo`` itself raises IsADirectoryError for ``Asia`` and OSError for 300 characters.
+    with pytest.raises(ValidationError):
+        TypeAdapter(TimeZoneName).validate_python(zone)
+    assert TypeAdapter(TimeZoneName).validate_python("Europe/London") == "Europe/London"
+
+
+@pytest.mark.parametrize("country", ["countries", "__init__", "cn", "Germany", "XX"])
+def test_a_holiday_country_is_one_the_library_lists_or_a_validation_error(country: str) -> None:
+    # ``holidays.country_holidays`` raises TypeError for module attributes like ``countries``.
+    with pytest.raises(ValidationError):
+        TypeAdapter(HolidayCountry).validate_python(country)
+    assert TypeAdapter(HolidayCountry).validate_python("CN") == "CN"
+    assert supported_subdivision("GB", "ENG") == "ENG"
+    for country_code, subdivision in (("GB", "__init__"), (None, "ENG")):
+        with pytest.raises(ValueError):
+            supported_subdivision(country_code, subdivision)
+
+
+def test_a_local_time_has_no_offset() -> None:
+    with pytest.raises(ValidationError):
+        TypeAdapter(LocalTime).validate_python("12:00+01:00")
+    assert TypeAdapter(LocalTime).validate_python("12:00") == time(12)
 
 
 def test_warm_up_loads_the_holiday_rules_a_first_complaint_would_otherwise_wait_for() -> None:

@@ -14,12 +14,13 @@ import pytest
 
 from complaints_shared.clock import ManualClock
 from complaints_shared.events import EventType
+from routing.sla.clocks import HORIZON
 from tests.support.clock import at
 from tests.support.events import received, resolved
 from tests.support.followup import FAST_SCHEDULER, checks_of, make_due, wait_status
 from tests.support.http import agent, token
 from tests.support.kafka import intake_producer, publish
-from tests.support.routing import assignment_when
+from tests.support.routing import assignment_when, routing_db
 from tests.support.system import System, SystemFactory
 
 pytestmark = pytest.mark.integration
@@ -238,3 +239,56 @@ async def test_a_retired_sla_policy_is_kept_for_its_assignments_but_never_given_
         headers=admin,
     )
     assert [entry["action"] for entry in trail.json()][:3] == ["deleted", "retired", "saved"]
+
+
+async def test_a_policy_stored_with_a_target_beyond_the_limits_still_routes_complaints(
+    system: System,
+) -> None:
+    """Saved before the limits: 10,000 business hours is over four years of Shanghai's hours,
+    more than the business calendar searches. Simulating answered 500, and every complaint
+    given the policy failed in the consumer until it was dead-lettered."""
+    long_resolve = {"amount": 10_000, "unit": "hours", "basis": "business"}
+    await routing_db(system).sla_policies.insert_one(
+        {
+            "_id": "demo:legacy-long",
+            "id": "legacy-long",
+            "org": "demo",
+            "name": "旧的长时限",
+            "categories": ["billing"],
+            "targets": {
+                "normal": {
+                    "acknowledge": {"amount": 4, "unit": "hours", "basis": "business"},
+                    "resolve": long_resolve,
+                }
+            },
+            "version": 1,
+        }
+    )
+    admin = token(system.routing_settings)
+    simulated = await system.routing.post(
+        "/v1/routing/simulate",
+        json={"branch": "LZ", "category": "billing", "received_at": MONDAY_10_SHANGHAI.isoformat()},
+        headers=admin,
+    )
+    assert simulated.status_code == 200, simulated.text
+    plan = simulated.json()
+    assert plan["sla_policy"] == "legacy-long"
+    assert at(plan["resolve_due_at"]) == at(plan["clock_starts_at"]) + HORIZON
+
+    async with intake_producer(system) as publish_intake:
+        routed = await _routed(system, publish_intake, received_at=MONDAY_10_SHANGHAI)
+    assert routed["sla_policy"] == "legacy-long"
+    assert routed["resolve_due_at"] == routed["clock_starts_at"] + HORIZON
+    resaved = await system.routing.put(
+        "/v1/routing/sla-policies/legacy-long",
+        json={
+            "name": "旧的长时限",
+            "targets": {"normal": {"acknowledge": long_resolve, "resolve": long_resolve}},
+        },
+        headers=admin,
+    )
+    assert resaved.status_code == 422
+    assert {error["field"] for error in resaved.json()["errors"]} == {
+        "targets.normal.acknowledge.amount",
+        "targets.normal.resolve.amount",
+    }

@@ -1,4 +1,5 @@
-"""Every datetime the three APIs accept is offset-aware or refused with a 422 naming the field.
+"""Every datetime the APIs accept is offset-aware and of the years 1970 to 2200 (UTC), or
+refused with a 422 naming the field.
 
 The datetime inputs are found by walking each service's OpenAPI document, so a
 query parameter or body field added later is covered without touching this test.
@@ -7,16 +8,28 @@ query parameter or body field added later is covered without touching this test.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import UTC, date, datetime
 from typing import Any
 
 import pytest
+from pydantic import TypeAdapter, ValidationError
 
+from complaints_shared.datetimes import CalendarDay, UtcDatetime
 from tests.support.http import complaint_body, token
-from tests.support.system import System
+from tests.support.system import System, SystemFactory
 
 pytestmark = pytest.mark.integration
 
 NAIVE = "2026-01-01T00:00:00"
+# Each overflowed (OverflowError: a 500) or was accepted and overflowed later, in arithmetic.
+OUT_OF_RANGE = [
+    "9999-12-31T23:00:00-05:00",  # year 10000 in UTC
+    "0001-01-01T00:00:00+05:00",  # year 0 in UTC
+    "9999-12-31T23:59:59.999Z",
+    "0001-01-01T00:00:00Z",
+    "2201-01-01T00:00:00Z",
+    "1970-01-01T07:59:59+08:00",  # 1969 in UTC
+]
 Location = tuple[str, str, str, tuple[str | int, ...]]  # method, path, "query"/"body", field
 
 
@@ -71,6 +84,28 @@ def _nest(field: tuple[str | int, ...], value: Any) -> Any:
     for part in reversed(field):
         value = [value] if isinstance(part, int) else {part: value}
     return value
+
+
+@pytest.mark.parametrize("value", OUT_OF_RANGE)
+def test_datetimes_outside_1970_to_2200_utc_are_refused(value: str) -> None:
+    with pytest.raises(ValidationError) as raised:
+        TypeAdapter(UtcDatetime).validate_python(value)
+    assert "1970" in raised.value.errors()[0]["msg"]
+
+
+def test_the_range_ends_are_accepted_and_converted_to_utc() -> None:
+    adapter = TypeAdapter(UtcDatetime)
+    assert adapter.validate_python("1970-01-01T08:00:00+08:00") == datetime(1970, 1, 1, tzinfo=UTC)
+    latest = adapter.validate_python("2200-12-31T18:59:59.999999-05:00")
+    assert latest == datetime(2200, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)
+
+
+def test_calendar_days_are_of_the_same_years() -> None:
+    adapter = TypeAdapter(CalendarDay)
+    assert adapter.validate_python("2200-12-31") == date(2200, 12, 31)
+    for day in ("0001-01-01", "1969-12-31", "2201-01-01", "9999-12-31"):
+        with pytest.raises(ValidationError):
+            adapter.validate_python(day)
 
 
 async def test_naive_datetimes_are_refused_on_every_input_of_the_three_services(
@@ -133,3 +168,46 @@ async def test_aware_datetimes_are_normalised_to_utc(system: System) -> None:
     )
     assert report.status_code == 200, report.text
     assert report.json()["from"].startswith("2025-12-31T16:00:00")
+
+
+async def test_out_of_range_datetimes_are_refused_on_every_input_of_the_four_services(
+    system_factory: SystemFactory,
+) -> None:
+    system = await system_factory(webhooks={})
+    checked: set[tuple[str, str, str]] = set()
+    for name, client, settings in (
+        ("intake", system.intake, system.intake_settings),
+        ("routing", system.routing, system.routing_settings),
+        ("followup", system.followup, system.followup_settings),
+        ("webhooks", system.webhooks, system.webhooks_settings),
+    ):
+        headers = token(settings)
+        spec = (await client.get("/openapi.json")).json()
+        for method, path, where, field in datetime_inputs(spec):
+            url = path.replace("{", "").replace("}", "")  # any id: validation comes first
+            dotted = ".".join(str(part) for part in field)
+            for value in OUT_OF_RANGE:
+                if where == "query":
+                    response = await client.request(
+                        method, url, params={field[0]: value}, headers=headers
+                    )
+                else:
+                    response = await client.request(
+                        method, url, json=_nest(field, value), headers=headers
+                    )
+                assert response.status_code == 422, (name, path, dotted, value, response.text)
+                assert response.headers["content-type"].startswith("application/problem+json")
+                named = [
+                    error
+                    for error in response.json()["errors"]
+                    if error["field"] == dotted and "1970" in error["message"]
+                ]
+                assert named, (name, path, dotted, value, response.json())
+            checked.add((name, path, dotted))
+    assert {
+        ("intake", "/v1/complaints", "created_from"),
+        ("intake", "/v1/reports/summary", "to"),
+        ("routing", "/v1/routing/simulate", "received_at"),
+        ("followup", "/v1/followups/stats", "resolved_to"),
+        ("webhooks", "/v1/webhooks/subscriptions/{subscription_id}/redeliver", "from"),
+    } <= checked

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 
 import pytest
 
@@ -111,6 +111,33 @@ async def test_policy_and_contact_hours_are_validated_audited_and_applied(
     assert await due_times(network_hosp) == [utc(2026, 11, 25, 2)]
     (snapshot,) = await checks_of(system, critical.complaint_id, admin)
     assert snapshot["max_attempts"] == 2
+
+
+async def test_contact_hours_that_would_break_scheduling_are_422s_naming_the_field(
+    system_factory: SystemFactory,
+) -> None:
+    """Each was stored (or failed with a 500); Mondays only with three years of Mondays
+    closed left an unreached call nothing to be retried at (a 500 on the attempt)."""
+    system = await system_factory(clock=ManualClock(utc(2026, 11, 20)))
+    branch_admin = token(system.intake_settings, branches=["LZ"])
+    first_monday = date(2026, 11, 23)
+    mondays = [(first_monday + timedelta(weeks=week)).isoformat() for week in range(157)]
+    for change, field in [
+        ({"time_zone": "Asia"}, "time_zone"),
+        ({"time_zone": "Europe/" + "x" * 300}, "time_zone"),
+        ({"start": "10:00+01:00"}, "start"),
+        ({"holiday_country": "__init__"}, "holiday_country"),
+        ({"closed_days": ["9999-12-31"]}, "closed_days.0"),
+        ({"weekdays": ["mon"], "closed_days": mondays}, "closed_days"),
+    ]:
+        response = await system.followup.put(
+            "/v1/followups/contact-hours/LZ", json={**LONDON_OFFICE, **change}, headers=branch_admin
+        )
+        assert response.status_code == 422, (change, response.text)
+        assert response.headers["content-type"].startswith("application/problem+json")
+        assert [error["field"] for error in response.json()["errors"]] == [field], change
+    stored = await system.followup.get("/v1/followups/contact-hours/LZ", headers=branch_admin)
+    assert stored.json()["version"] == 0
 
 
 async def test_stats_report_response_rate_satisfaction_and_time_to_first_contact(

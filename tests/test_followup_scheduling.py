@@ -9,7 +9,9 @@ from pydantic import ValidationError
 
 from complaints_shared.events import Category, FollowupOutcome, Severity
 from complaints_shared.models import Weekday
+from complaints_shared.problems import ProblemError
 from followup.contact_hours import (
+    check_closures,
     check_due_times,
     default_contact_hours,
     next_attempt_at,
@@ -148,6 +150,14 @@ def test_midnight_end_means_open_until_the_end_of_the_day() -> None:
         ({"weekdays": ["funday"]}, "weekdays.0"),
         ({"holiday_country": "XX"}, "holiday_country"),
         ({"colour": "red"}, "colour"),
+        # These raised IsADirectoryError, OSError and a TypeError (a 500), not a 422.
+        ({"time_zone": "Asia"}, "time_zone"),
+        ({"time_zone": "x" * 300}, "time_zone"),
+        ({"end": "20:00+01:00"}, "end"),
+        ({"holiday_country": "countries"}, "holiday_country"),
+        ({"holiday_country": "GB", "holiday_subdivision": "__init__"}, "holiday_subdivision"),
+        ({"closed_days": ["2026-12-31", "0001-01-01"]}, "closed_days.1"),
+        ({"working_days": ["9999-12-31"]}, "working_days.0"),
     ],
 )
 def test_invalid_contact_hours_name_the_field(change: dict, field: str) -> None:
@@ -155,6 +165,21 @@ def test_invalid_contact_hours_name_the_field(change: dict, field: str) -> None:
     with pytest.raises(ValidationError) as raised:
         ContactHours.model_validate(body)
     assert field in {".".join(map(str, error["loc"])) for error in raised.value.errors()}
+
+
+def test_contact_hours_closed_for_over_a_year_are_refused_naming_closed_days() -> None:
+    """Mondays only, and every Monday of three years closed: no unreached call could be
+    retried (the calendar gave up with a ValueError, a 500)."""
+    first_monday = date(2026, 11, 30)
+    mondays = [first_monday + timedelta(weeks=week) for week in range(157)]
+    closed = SHANGHAI.model_copy(update={"weekdays": [Weekday.MON], "closed_days": mondays})
+    with pytest.raises(ProblemError) as raised:
+        check_closures(closed)
+    assert raised.value.status == 422
+    assert [error["field"] for error in raised.value.extensions["errors"]] == ["closed_days"]
+    a_season = closed.model_copy(update={"closed_days": mondays[:13]})
+    check_closures(a_season)
+    assert next_contact_moment(hours=a_season, at=utc(2026, 12, 1)) == utc(2027, 3, 1, 1)
 
 
 # ------------------------------------------------------------------- policy --

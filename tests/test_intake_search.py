@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import uuid
 from contextlib import AsyncExitStack
 from datetime import UTC, datetime
@@ -48,6 +49,22 @@ async def _find(system: System, headers: dict, **params) -> list[str]:
     response = await system.intake.get("/v1/complaints", params=params, headers=headers)
     assert response.status_code == 200, response.text
     return [item["subject"] for item in response.json()["items"]]
+
+
+async def test_a_forged_cursor_far_in_the_past_or_future_is_a_422_naming_cursor(
+    system: System,
+) -> None:
+    await _seed(system)
+    admin = token(system.intake_settings)
+    for sort_value in ("9999-12-31T23:59:59.999+00:00", "0001-01-01T00:00:00+00:00"):
+        raw = f'["{sort_value}", "x"]'.encode()
+        cursor = base64.urlsafe_b64encode(raw).decode().rstrip("=")
+        for sort in ("-created_at", "created_at"):
+            response = await system.intake.get(
+                "/v1/complaints", params={"cursor": cursor, "sort": sort}, headers=admin
+            )
+            assert response.status_code == 422, (sort_value, sort, response.text)
+            assert [error["field"] for error in response.json()["errors"]] == ["cursor"]
 
 
 async def test_substring_search_works_on_chinese_and_ignores_case(system: System) -> None:

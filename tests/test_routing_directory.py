@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from datetime import date, timedelta
+
 import pytest
 
 from complaints_shared.events import CustomerContact, EventType
@@ -274,3 +277,67 @@ async def test_rules_are_validated_versioned_and_recorded_on_assignments(system:
         "/v1/routing/sla-policies/other", json={**policy, "is_default": True}, headers=admin
     )
     assert _field(second_default) == "is_default"
+
+
+async def test_inputs_that_used_to_fail_deeper_are_422s_naming_the_field(system: System) -> None:
+    """Each of these passed validation and then failed with a 500: comparing an aware with
+    a naive time, loading a time zone or a holiday table by a bad name, a calendar closed
+    for years, an integer too large for BSON, a target the calendar cannot lay out, text
+    the driver cannot encode."""
+    lz_admin = token(system.routing_settings, branches=["LZ"])
+    admin = token(system.routing_settings)
+    api = system.routing
+    before = (await api.get("/v1/directory/branches/LZ", headers=lz_admin)).json()
+
+    mondays_only = {"mon": [{"start": "09:00", "end": "18:00"}]}
+    first_monday = date(2026, 11, 30)
+    three_years_of_mondays = [
+        (first_monday + timedelta(weeks=week)).isoformat() for week in range(157)
+    ]
+    for change, field in [
+        ({"time_zone": "Asia"}, "time_zone"),
+        ({"time_zone": "x" * 300}, "time_zone"),
+        ({"hours": {"mon": [{"start": "12:00+01:00", "end": "18:00"}]}}, "hours.mon.0.start"),
+        ({"holidays": {"country": "countries"}}, "holidays.country"),
+        ({"holidays": {"country": "__init__"}}, "holidays.country"),
+        ({"holidays": {"country": "GB", "subdivision": "__init__"}}, "holidays.subdivision"),
+        ({"holidays": {"closed_days": ["9999-12-31"]}}, "holidays.closed_days.0"),
+        (
+            {"hours": mondays_only, "holidays": {"closed_days": three_years_of_mondays}},
+            "holidays.closed_days",
+        ),
+    ]:
+        response = await api.patch("/v1/directory/branches/LZ", json=change, headers=lz_admin)
+        assert _field(response) == field, (change, response.text)
+    after = (await api.get("/v1/directory/branches/LZ", headers=lz_admin)).json()
+    assert after["version"] == before["version"]
+
+    rule = {"id": "far", "name": "远", "action": {"department_kind": "billing"}}
+    too_far = {**rule, "position": 2**63}
+    assert _field(await api.post("/v1/routing/rules", json=too_far, headers=admin)) == "position"
+    assert (
+        _field(
+            await api.patch(
+                "/v1/routing/rules/demo:default", json={"position": -(2**63)}, headers=admin
+            )
+        )
+        == "position"
+    )
+    # httpx would refuse to encode the surrogate itself: the body is sent as escaped JSON.
+    lone = {**rule, "action": {**rule["action"], "required_skill": "\ud800"}}
+    response = await api.post(
+        "/v1/routing/rules",
+        content=json.dumps(lone),
+        headers={**admin, "content-type": "application/json"},
+    )
+    assert _field(response) == "action.required_skill"
+
+    hours = {"amount": 10_000, "unit": "hours", "basis": "business"}
+    policy = {"name": "太长", "targets": {"high": {"acknowledge": hours, "resolve": hours}}}
+    response = await api.put("/v1/routing/sla-policies/long", json=policy, headers=admin)
+    assert _field(response) == "targets.high.acknowledge.amount"
+    assert {error["field"] for error in response.json()["errors"]} == {
+        "targets.high.acknowledge.amount",
+        "targets.high.resolve.amount",
+    }
+    assert (await api.get("/v1/routing/sla-policies/long", headers=admin)).status_code == 404

@@ -3,6 +3,7 @@ spaces, branch scopes, order) and routing plans."""
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -13,7 +14,14 @@ from routing import demo
 from routing.assignments import planning
 from routing.directory.models import BranchRead, DepartmentRead, StaffRead
 from routing.rules.matching import conditions_hold, matching_rules
-from routing.rules.models import RoutingRule, RuleConditions
+from routing.rules.models import (
+    MAX_POSITION,
+    RoutingRule,
+    RuleConditions,
+    RuleCreate,
+    RuleUpdate,
+    SimulateRequest,
+)
 from routing.sla import clocks as sla
 from routing.sla.models import SlaPolicy
 from tests.support.events import received
@@ -99,6 +107,43 @@ def test_unknown_flags_and_conditions_are_rejected() -> None:
         RuleConditions(flags_any=["angry"])
     with pytest.raises(ValidationError):
         RuleConditions.model_validate({"keywords": ["错字"]})
+
+
+@pytest.mark.parametrize("position", [2**63, -(2**63) - 1, MAX_POSITION + 1, -MAX_POSITION - 1])
+def test_a_rule_position_beyond_a_billion_either_way_is_refused(position: int) -> None:
+    # 2**63 does not fit a BSON integer: the driver raised OverflowError when storing it.
+    rule = {"id": "far", "name": "远", "action": {"department_kind": "billing"}}
+    for model, body in ((RuleCreate, rule), (RuleUpdate, {})):
+        with pytest.raises(ValidationError) as raised:
+            model.model_validate({**body, "position": position})
+        assert [error["loc"] for error in raised.value.errors()] == [("position",)]
+    assert RuleUpdate(position=MAX_POSITION).position == MAX_POSITION
+
+
+def test_text_with_an_unpaired_surrogate_is_refused_in_every_field_naming_it() -> None:
+    """Plain ``str`` fields took ``"\\ud800"`` from JSON; storing it failed in the driver."""
+    rule = {"id": "r", "name": "规则", "action": {"department_kind": "billing"}}
+    cases = [
+        (RuleCreate, {**rule, "action": {**rule["action"], "required_skill": "\ud800"}}),
+        (RuleCreate, {**rule, "conditions": {"keywords_any": ["ok", "a\udfffb"]}}),
+        (SimulateRequest, {"branch": "LZ", "product": "\udc00"}),
+        (SimulateRequest, {"branch": "LZ", "customer": {"language": "\ud83d"}}),
+    ]
+    located = []
+    for model, body in cases:
+        with pytest.raises(ValidationError) as raised:
+            model.model_validate(body)
+        (error,) = raised.value.errors()
+        located.append(error["loc"])
+    assert located == [
+        ("action", "required_skill"),
+        ("conditions", "keywords_any", 1),
+        ("product",),
+        ("customer", "language"),
+    ]
+    # A pair of surrogates in JSON is one character, as the request body decoder reads it.
+    paired = json.loads('{"branch": "LZ", "product": "表情 \\ud83d\\ude00"}')
+    assert SimulateRequest.model_validate(paired).product == "表情 😀"
 
 
 def test_chinese_keyword_inside_a_sentence_matches() -> None:

@@ -11,7 +11,14 @@ from complaints_shared.models import Weekday
 from routing.assignments.models import ClockState
 from routing.directory.models import BranchRead, HolidayCalendar, OpeningRange
 from routing.sla import clocks as sla
-from routing.sla.models import DurationUnit, SlaDuration, SlaPolicy, TimeBasis
+from routing.sla.models import (
+    MAX_AMOUNTS,
+    DurationUnit,
+    SlaDuration,
+    SlaPolicy,
+    SlaPolicyWrite,
+    TimeBasis,
+)
 
 NINE_TO_SIX = {
     day: [OpeningRange(start="09:00", end="18:00")]
@@ -193,6 +200,54 @@ def test_stopped_clocks_have_no_timers() -> None:
     assert sla.next_timer_at(clocks) == clocks["acknowledge"].warn_at
     clocks["acknowledge"] = sla.stop_clock(clocks["acknowledge"], at=MONDAY_10)
     assert sla.next_timer_at(clocks) == clocks["resolve"].warn_at
+
+
+def test_a_target_the_calendar_has_no_room_for_is_due_at_the_horizon() -> None:
+    """A policy stored before the limits (10,000 business hours is over four years of
+    Shanghai's) still gives complaints clocks instead of failing each one."""
+    stored = SlaDuration(amount=10_000, unit=DurationUnit.HOURS, basis=TimeBasis.BUSINESS)
+    clock = sla.start_clock(SHANGHAI, start=MONDAY_10, duration=stored, warning_share=0.8)
+    assert clock.due_at == MONDAY_10 + sla.HORIZON
+    assert MONDAY_10 < clock.warn_at < clock.due_at
+    breached, kind = sla.fire_due(clock, calendar=SHANGHAI, now=clock.due_at, repeat=True)
+    assert kind is sla.TimerKind.BREACH
+    assert clock.due_at < breached.next_breach_at <= clock.due_at + sla.HORIZON
+    days = SlaDuration(amount=2000, unit=DurationUnit.DAYS, basis=TimeBasis.BUSINESS)
+    assert sla.deadline(SHANGHAI, MONDAY_10, days) == MONDAY_10 + sla.HORIZON
+
+
+@pytest.mark.parametrize(("unit", "basis"), list(MAX_AMOUNTS))
+def test_the_longest_target_a_policy_may_set_is_laid_out_by_a_working_calendar(
+    unit: DurationUnit, basis: TimeBasis
+) -> None:
+    longest = SlaDuration(amount=MAX_AMOUNTS[unit, basis], unit=unit, basis=basis)
+    assert sla.deadline(SHANGHAI, MONDAY_10, longest) < MONDAY_10 + sla.HORIZON
+
+
+def test_policy_targets_beyond_the_limits_name_their_amount() -> None:
+    def target(amount: float, unit: str, basis: str = "business") -> dict:
+        return {"amount": amount, "unit": unit, "basis": basis}
+
+    policy = SlaPolicyWrite.model_validate(
+        {
+            "name": "太长",
+            "targets": {
+                "high": {"acknowledge": target(2000, "hours"), "resolve": target(10_000, "hours")},
+                "low": {"acknowledge": target(365, "days"), "resolve": target(366, "days")},
+            },
+            "regulatory_report_within": target(367, "days", "calendar"),
+        }
+    )
+    assert policy.field_errors() == [
+        {"field": "targets.high.resolve.amount", "message": "at most 2000 hours in business time"},
+        {"field": "targets.low.resolve.amount", "message": "at most 365 days in business time"},
+        {
+            "field": "regulatory_report_within.amount",
+            "message": "at most 366 days in calendar time",
+        },
+    ]
+    # A stored policy is read as it was saved, whatever the limits.
+    assert SlaPolicy.model_validate({**policy.model_dump(), "id": "long", "org": "demo"})
 
 
 def test_policy_choice_rule_then_category_then_default() -> None:

@@ -12,21 +12,87 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
-from functools import cached_property
-from zoneinfo import ZoneInfo
+from functools import cache, cached_property
+from typing import Annotated
+from zoneinfo import ZoneInfo, available_timezones
 
 import holidays
+from pydantic import AfterValidator
 
 # The holidays library names a bridge day "Day off (substituted from MM/DD/YYYY)":
 # the date in brackets is the weekend day that is worked instead.
 _SUBSTITUTED_FROM = re.compile(r"substituted from (\d{2})/(\d{2})/(\d{4})")
+# How far ahead the arithmetic looks for open time before it gives up (``BeyondHorizon``).
 MAX_DAYS_SEARCHED = 3 * 366
+# The most days in a row a calendar may be closed (``longest_closure``): a longer closure is a
+# mistake, and one this long still leaves the arithmetic two years of its horizon.
+MAX_CLOSURE_DAYS = 366
 
 OpeningHours = Mapping[int, Sequence[tuple[time, time]]]
 
 WEEKDAYS_9_TO_18: dict[int, list[tuple[time, time]]] = {
     weekday: [(time(9), time(18))] for weekday in range(5)
 }
+
+
+class BeyondHorizon(ValueError):
+    """The calendar has not enough open time within ``MAX_DAYS_SEARCHED`` days of a start."""
+
+
+@cache
+def _time_zones() -> frozenset[str]:
+    # ``localtime`` is whatever zone the host is set to: not a zone a branch can name.
+    return frozenset(available_timezones()) - {"localtime"}
+
+
+def known_time_zone(name: str) -> str:
+    """``name`` when it is an IANA zone, else ValueError.
+
+    Checked against the zone list rather than by loading it: ``ZoneInfo`` answers a
+    directory (``Asia``) or an over-long name with an ``OSError``, not a ValueError.
+    """
+    if name not in _time_zones():
+        raise ValueError(f"unknown IANA time zone {name!r}")
+    return name
+
+
+def supported_country(code: str) -> str:
+    """``code`` when the ``holidays`` library has its public holidays, else ValueError.
+
+    Checked against the library's list: ``country_holidays`` looks the code up as a module
+    attribute, so a name like ``countries`` or ``__init__`` fails with a TypeError.
+    """
+    if code not in holidays.list_supported_countries():
+        raise ValueError(f"no public-holiday calendar for country {code!r}")
+    return code
+
+
+def supported_subdivision(country: str | None, subdivision: str) -> str:
+    """``subdivision`` when ``country``'s holiday calendar has it, else ValueError."""
+    if country is None:
+        raise ValueError("a subdivision needs a country")
+    if subdivision not in holidays.list_supported_countries().get(country, []):
+        raise ValueError(f"no public-holiday calendar for {country}-{subdivision}")
+    return subdivision
+
+
+def _without_offset(value: time) -> time:
+    if value.tzinfo is not None:
+        raise ValueError("a local time of day without an offset (the time zone says where)")
+    return value
+
+
+# The field types of the APIs that configure calendars (routing's branches, follow-up's
+# contact hours): a bad value is a 422 naming the field, never an error in the arithmetic.
+TimeZoneName = Annotated[str, AfterValidator(known_time_zone)]
+"""An IANA time zone name (``Asia/Shanghai``)."""
+
+LocalTime = Annotated[time, AfterValidator(_without_offset)]
+"""A time of day in the calendar's own zone: ``09:00``, never ``09:00+01:00`` (an aware
+time cannot be compared with a naive one: a TypeError)."""
+
+HolidayCountry = Annotated[str, AfterValidator(supported_country)]
+"""A country whose public holidays the ``holidays`` library has (``CN``)."""
 
 
 @dataclass(frozen=True)
@@ -101,18 +167,28 @@ class BusinessCalendar:
             for start, end in sorted(ranges)
         ]
 
-    def _ranges_from(self, at: datetime) -> Iterable[tuple[datetime, datetime]]:
-        """Open ranges that end after ``at``, in order, starting on ``at``'s local day.
+    def _ranges_from(
+        self, at: datetime, *, until: datetime | None = None
+    ) -> Iterable[tuple[datetime, datetime]]:
+        """Open ranges that end after ``at``, in order, starting on ``at``'s local day:
+        up to ``until``'s local day when given, else for ``MAX_DAYS_SEARCHED`` days, then
+        ``BeyondHorizon``.
 
         Yielded in UTC: Python subtracts and adds aware datetimes sharing a zone in
         wall-clock time, which would count a range spanning a DST change an hour wrong.
         """
         local_day = at.astimezone(self.zone).date()
-        for offset in range(MAX_DAYS_SEARCHED):
+        days = MAX_DAYS_SEARCHED
+        if until is not None:
+            days = (until.astimezone(self.zone).date() - local_day).days + 1
+        for offset in range(days):
             for start, end in self.opening_ranges(local_day + timedelta(days=offset)):
                 if end > at:
                     yield max(start, at).astimezone(UTC), end.astimezone(UTC)
-        raise ValueError(f"calendar {self.time_zone} has no opening hours within 3 years")
+        if until is None:
+            raise BeyondHorizon(
+                f"calendar {self.time_zone} has not enough opening hours within 3 years of {at}"
+            )
 
     def is_open(self, at: datetime) -> bool:
         first_start, _ = next(iter(self._ranges_from(at)))
@@ -138,7 +214,7 @@ class BusinessCalendar:
         if end <= start:
             return timedelta(0)
         total = timedelta(0)
-        for range_start, range_end in self._ranges_from(start):
+        for range_start, range_end in self._ranges_from(start, until=end):
             if range_start >= end:
                 break
             total += min(range_end, end) - range_start
@@ -166,7 +242,51 @@ class BusinessCalendar:
                     )
                     closing = ranges[-1][1]
                     return min(max(wanted, ranges[0][0]), closing).astimezone(UTC)
-        raise ValueError(f"calendar {self.time_zone} has no working day within 3 years")
+        raise BeyondHorizon(
+            f"calendar {self.time_zone} has no {days} working days within 3 years of {start}"
+        )
+
+    def longest_closure(self) -> tuple[date, int] | None:
+        """The longest run of days without opening that one of the calendar's own closed
+        days is part of: (its first day, its length), or None without closed days.
+
+        Only closed days can close a calendar for long (weekends and holiday periods end
+        within weeks), so the runs around them are all that is walked; a run is measured
+        only until it is longer than ``MAX_CLOSURE_DAYS``.
+        """
+        longest: tuple[date, int] | None = None
+        walked_to = date.min
+        for closed in sorted(self.closed_days):
+            if closed <= walked_to:
+                continue  # inside the run measured last
+            first = last = closed
+            while (closed - first).days <= MAX_CLOSURE_DAYS and not self.is_working_day(
+                first - timedelta(days=1)
+            ):
+                first -= timedelta(days=1)
+            while (last - first).days <= MAX_CLOSURE_DAYS and not self.is_working_day(
+                last + timedelta(days=1)
+            ):
+                last += timedelta(days=1)
+            walked_to = last
+            length = (last - first).days + 1
+            if longest is None or length > longest[1]:
+                longest = (first, length)
+        return longest
+
+
+def closure_problem(calendar: BusinessCalendar) -> str | None:
+    """Why ``calendar``'s closed days cannot be kept (None: they can): a run of more than
+    ``MAX_CLOSURE_DAYS`` days without opening, in which no deadline or call time could be
+    found (the arithmetic would give up there with ``BeyondHorizon``)."""
+    closure = calendar.longest_closure()
+    if closure is None or closure[1] <= MAX_CLOSURE_DAYS:
+        return None
+    first, _ = closure
+    return (
+        f"with the closed days the calendar has no opening for more than {MAX_CLOSURE_DAYS} "
+        f"days in a row from {first.isoformat()}"
+    )
 
 
 def warm_up(*, now: datetime) -> None:

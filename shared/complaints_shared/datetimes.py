@@ -1,20 +1,50 @@
-"""The one datetime type every API accepts: offset-aware, normalised to UTC.
+"""The one datetime type every API accepts: offset-aware, normalised to UTC, in a sane range.
 
 A timestamp without an offset is ambiguous (the caller's local time? UTC?), so
 it is refused with a 422 naming the field instead of being guessed at; an aware
 one is converted to UTC so stored values and comparisons never mix offsets.
+
+Only the years 1970 to 2200 (UTC) are accepted, dates included. Nothing the services
+handle lies outside them, and the arithmetic done on accepted values (a millisecond
+either side of a cursor, thirty days before a report's end, a deadline years after a
+receipt in business time) stays far from Python's year 1 and 9999, where it would
+overflow into a 500.
 """
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Annotated
 
 from pydantic import AfterValidator, AwareDatetime
 
+EARLIEST_YEAR = 1970
+LATEST_YEAR = 2200
+EARLIEST = datetime(EARLIEST_YEAR, 1, 1, tzinfo=UTC)
+# The first moment after the range.
+AFTER_LATEST = datetime(LATEST_YEAR + 1, 1, 1, tzinfo=UTC)
+RANGE = f"between {EARLIEST_YEAR}-01-01T00:00:00Z and {LATEST_YEAR}-12-31T23:59:59Z"
 
-def _to_utc(moment: datetime) -> datetime:
-    return moment.astimezone(UTC)
+
+def in_range(moment: datetime) -> datetime:
+    """``moment`` in UTC (a naive one is taken as UTC), or ValueError outside the range."""
+    try:
+        utc = moment.astimezone(UTC) if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+    except OverflowError:  # an offset that crosses year 1 or 9999
+        utc = None
+    if utc is None or not EARLIEST <= utc < AFTER_LATEST:
+        raise ValueError(f"must be {RANGE} (after conversion to UTC)")
+    return utc
 
 
-UtcDatetime = Annotated[AwareDatetime, AfterValidator(_to_utc)]
+def _day_in_range(day: date) -> date:
+    if not EARLIEST_YEAR <= day.year <= LATEST_YEAR:
+        raise ValueError(f"must be a day of the years {EARLIEST_YEAR} to {LATEST_YEAR}")
+    return day
+
+
+UtcDatetime = Annotated[AwareDatetime, AfterValidator(in_range)]
+"""An aware datetime of the years 1970 to 2200, converted to UTC."""
+
+CalendarDay = Annotated[date, AfterValidator(_day_in_range)]
+"""A calendar day of the years 1970 to 2200 (a branch's closed or make-up working day)."""

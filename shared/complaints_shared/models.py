@@ -1,11 +1,16 @@
-"""Model building blocks every service's API uses: strict bodies, codes, weekdays."""
+"""Model building blocks every service's API uses: strict bodies, codes, weekdays.
+
+The calendar field types (time zones, local times, holiday countries) are in
+``complaints_shared.business_calendar``, with the arithmetic they feed.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from enum import StrEnum
-from typing import Annotated
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, StringConstraints
+from pydantic import BaseModel, ConfigDict, StringConstraints, field_validator
 
 CODE_PATTERN = r"^[A-Z0-9][A-Z0-9_-]{0,31}$"
 
@@ -13,10 +18,55 @@ Code = Annotated[str, StringConstraints(pattern=CODE_PATTERN)]
 """A branch or department code: upper-case letters and digits, ``_`` and ``-`` (``LZ``)."""
 
 
+def _unpaired_surrogate(value: Any, path: str = "") -> str | None:
+    """Where in ``value`` a string holds an unpaired surrogate (``""``: the value itself).
+
+    JSON may spell one (``"\\ud800"``) and Python keeps it in a ``str``, but it is no
+    Unicode text: encoding it to UTF-8 (a hash, orjson, BSON) raises a UnicodeEncodeError.
+    """
+    if isinstance(value, str):
+        if value.isascii():
+            return None
+        try:
+            value.encode()
+        except UnicodeEncodeError:
+            return path
+        return None
+    if isinstance(value, BaseModel):
+        value = dict(value)
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            where = f"{path}.{key}" if path else str(key)
+            if _unpaired_surrogate(key) is not None:
+                return where
+            found = _unpaired_surrogate(item, where)
+            if found is not None:
+                return found
+        return None
+    if isinstance(value, list | tuple | set | frozenset):
+        for index, item in enumerate(value):
+            found = _unpaired_surrogate(item, f"{path}.{index}" if path else str(index))
+            if found is not None:
+                return found
+    return None
+
+
 class StrictModel(BaseModel):
-    """Request bodies reject unknown fields so typos are caught, not ignored."""
+    """Request bodies reject unknown fields so typos are caught, not ignored, and text that
+    is not Unicode (an unpaired surrogate) so it never reaches an encoder as a 500."""
 
     model_config = ConfigDict(extra="forbid")
+
+    @field_validator("*")
+    @classmethod
+    def _unicode_text(cls, value: Any) -> Any:
+        where = _unpaired_surrogate(value)
+        if where is None:
+            return value
+        inside = f" (at {where})" if where else ""
+        raise ValueError(
+            f"text holds an unpaired UTF-16 surrogate{inside}, which is not Unicode text"
+        )
 
 
 class Weekday(StrEnum):

@@ -808,21 +808,25 @@ async def sorted_batches(
     try:
         while True:
             last = False
+            # The width grows sixteenfold a window, so the end is compared before it is
+            # computed: ``start - width`` could fall before year 1 (an OverflowError).
             if descending:
                 start = near if near is not None else now  # open upwards: counted from now
-                far = start - width
-                if lower is not None and far <= lower:
+                if lower is not None and width >= start - lower:
                     far, last = lower, True
-                elif lower is None and far < WINDOWS_FROM:
+                elif lower is None and width > start - WINDOWS_FROM:
                     far, last = None, True
+                else:
+                    far = start - width
                 low, high = far, near
             else:
                 start = near
-                far = near + width
-                if upper is not None and far >= upper:
+                if upper is not None and width >= upper - near:
                     far, last = upper, True
-                elif upper is None and far > now + WINDOWS_AHEAD:
+                elif upper is None and width > now + WINDOWS_AHEAD - near:
                     far, last = None, True
+                else:
+                    far = near + width
                 low, high = near, far
             found, read, reached = 0, 0, None
             async for documents in span(low, high):

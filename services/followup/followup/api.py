@@ -15,6 +15,7 @@ from complaints_shared.pagination import Page
 from complaints_shared.problems import invalid_fields, not_found
 from complaints_shared.runtime import runtime_of
 from followup import commands, reports, store
+from followup.contact_hours import check_closures
 from followup.models import (
     AttemptCreate,
     BranchPolicyRead,
@@ -245,6 +246,7 @@ async def put_contact_hours(
     branch: BranchPath, body: ContactHours, request: Request, principal: BranchAdmin
 ) -> ContactHoursRead:
     principal.require_branch(branch)
+    check_closures(body)
     runtime = runtime_of(request)
     return await store.save_contact_hours(
         db=runtime.db,

@@ -14,7 +14,8 @@ from functools import cached_property, lru_cache
 
 import holidays
 
-from complaints_shared.business_calendar import BusinessCalendar
+from complaints_shared.business_calendar import BusinessCalendar, closure_problem
+from complaints_shared.problems import invalid
 from followup.models import CheckRule, ContactHours
 from followup.settings import FollowupSettings
 
@@ -100,6 +101,14 @@ def _calendar(
         # A make-up working day (调休) on a day without contact hours borrows the first day's.
         working_day_template=weekdays[0],
     )
+
+
+def check_closures(hours: ContactHours) -> None:
+    """A 422 naming ``closed_days`` when they leave customers uncallable for over a year: no
+    check could be scheduled and no unreached call retried in such a stretch."""
+    problem = closure_problem(calendar_of(hours))
+    if problem is not None:
+        raise invalid("closed_days", problem)
 
 
 def next_contact_moment(*, hours: ContactHours, at: datetime) -> datetime:

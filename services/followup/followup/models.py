@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from datetime import date, datetime, time
+from datetime import datetime, time
 from enum import StrEnum
 from itertools import pairwise
 from typing import Annotated, Generic, TypeVar
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-import holidays
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -19,7 +17,13 @@ from pydantic import (
     model_validator,
 )
 
-from complaints_shared.datetimes import UtcDatetime
+from complaints_shared.business_calendar import (
+    HolidayCountry,
+    LocalTime,
+    TimeZoneName,
+    supported_subdivision,
+)
+from complaints_shared.datetimes import CalendarDay, UtcDatetime
 from complaints_shared.events import (
     Category,
     ContactChannel,
@@ -168,36 +172,20 @@ class BranchPolicyRead(BaseModel):
 class ContactHours(StrictModel):
     """When a branch's customers may be called, in the branch's own time zone."""
 
-    time_zone: str = Field(examples=["Asia/Shanghai"])
-    start: time = Field(examples=["09:00"])
-    end: time = Field(examples=["20:00"], description="00:00 means midnight")
+    time_zone: TimeZoneName = Field(examples=["Asia/Shanghai"])
+    start: LocalTime = Field(examples=["09:00"])
+    end: LocalTime = Field(examples=["20:00"], description="00:00 means midnight")
     weekdays: list[Weekday] = Field(min_length=1, max_length=7)
-    holiday_country: str | None = Field(
+    holiday_country: HolidayCountry | None = Field(
         None, description="ISO country whose public holidays (and 调休 days) are respected"
     )
     holiday_subdivision: str | None = None
-    closed_days: list[date] = Field(default_factory=list, max_length=MAX_CALENDAR_DAYS)
-    working_days: list[date] = Field(
+    closed_days: list[CalendarDay] = Field(default_factory=list, max_length=MAX_CALENDAR_DAYS)
+    working_days: list[CalendarDay] = Field(
         default_factory=list,
         max_length=MAX_CALENDAR_DAYS,
         description="Extra days calls are allowed (e.g. a branch's own make-up day)",
     )
-
-    @field_validator("time_zone")
-    @classmethod
-    def _known_zone(cls, value: str) -> str:
-        try:
-            ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError):
-            raise ValueError(f"unknown IANA time zone {value!r}") from None
-        return value
-
-    @field_validator("start", "end")
-    @classmethod
-    def _local_time(cls, value: time) -> time:
-        if value.tzinfo is not None:
-            raise ValueError("a local time of day without an offset (the time zone says where)")
-        return value
 
     @field_validator("end")
     @classmethod
@@ -214,24 +202,12 @@ class ContactHours(StrictModel):
             raise ValueError("each weekday may appear once")
         return value
 
-    @field_validator("holiday_country")
-    @classmethod
-    def _supported_country(cls, value: str | None) -> str | None:
-        if value is not None and value not in holidays.list_supported_countries():
-            raise ValueError(f"no public-holiday calendar for country {value!r}")
-        return value
-
     @field_validator("holiday_subdivision")
     @classmethod
     def _supported_subdivision(cls, value: str | None, info: ValidationInfo) -> str | None:
-        country = info.data.get("holiday_country")
-        if value is None:
+        if value is None or "holiday_country" not in info.data:  # a bad country is named already
             return value
-        if country is None:
-            raise ValueError("a subdivision needs holiday_country")
-        if value not in holidays.list_supported_countries().get(country, []):
-            raise ValueError(f"no public-holiday calendar for {country}-{value}")
-        return value
+        return supported_subdivision(info.data["holiday_country"], value)
 
 
 class ContactHoursRead(BaseModel):

@@ -10,13 +10,12 @@ from __future__ import annotations
 from datetime import datetime, time
 from itertools import pairwise
 from typing import Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-import holidays
 from pymongo import ASCENDING
 from pymongo.asynchronous.database import AsyncDatabase
 
 from complaints_shared.auth import Principal
+from complaints_shared.business_calendar import closure_problem
 from complaints_shared.events import BranchUpdated, EventType
 from complaints_shared.models import Weekday
 from complaints_shared.outbox import outbox_entry, outbox_fields, outbox_update
@@ -24,6 +23,7 @@ from complaints_shared.problems import invalid, not_found
 from complaints_shared.settings import ServiceSettings
 from routing.directory import store
 from routing.directory.models import (
+    BranchBase,
     BranchCreate,
     BranchRead,
     BranchUpdate,
@@ -31,27 +31,23 @@ from routing.directory.models import (
     OpeningRange,
     StaffStatus,
 )
-
-
-def _check_time_zone(time_zone: str) -> None:
-    try:
-        ZoneInfo(time_zone)
-    except (ZoneInfoNotFoundError, ValueError):
-        raise invalid("time_zone", f"unknown IANA time zone {time_zone!r}") from None
+from routing.sla.clocks import branch_calendar
 
 
 def _check_holidays(calendar: HolidayCalendar) -> None:
-    if calendar.country is None:
-        return
-    try:
-        holidays.country_holidays(calendar.country, subdiv=calendar.subdivision, language="en_US")
-    except NotImplementedError as exc:
-        field = "holidays.subdivision" if "subdivision" in str(exc) else "holidays.country"
-        raise invalid(field, str(exc)) from None
+    # The zone, the country and its subdivision are checked by the models' field types.
     both = set(calendar.closed_days) & set(calendar.working_days)
     if both:
         days = ", ".join(sorted(day.isoformat() for day in both))
         raise invalid("holidays.working_days", f"{days} also listed as closed days")
+
+
+def _check_closures(branch: BranchBase) -> None:
+    """Closed days that shut the branch for over a year would leave complaints without
+    SLA deadlines (checked once the hours are known to be valid)."""
+    problem = closure_problem(branch_calendar(branch))
+    if problem is not None:
+        raise invalid("holidays.closed_days", problem)
 
 
 def _check_hours(hours: dict[Weekday, list[OpeningRange]]) -> None:
@@ -99,9 +95,9 @@ async def create_branch(
     body: BranchCreate,
     now: datetime,
 ) -> BranchRead:
-    _check_time_zone(body.time_zone)
     _check_hours(body.hours)
     _check_holidays(body.holidays)
+    _check_closures(body)
     await _check_duty_officer(db=db, principal=principal, staff_id=body.duty_officer_id)
     document = store.new_entry(
         key=store.branch_key(principal.org, body.code),
@@ -157,9 +153,9 @@ async def update_branch(
         body.model_dump(mode="json", exclude_unset=True), nullable={"duty_officer_id"}
     )
     merged = BranchRead.model_validate({**current, **changes})
-    _check_time_zone(merged.time_zone)
     _check_hours(merged.hours)
     _check_holidays(merged.holidays)
+    _check_closures(merged)
     if "duty_officer_id" in changes:
         await _check_duty_officer(db=db, principal=principal, staff_id=merged.duty_officer_id)
     return await _change_branch(

@@ -7,12 +7,27 @@ forbid unknown fields so a typo is a 422 naming it, not a silently ignored key.
 
 from __future__ import annotations
 
-from datetime import date, datetime, time
+from datetime import datetime, time
 from enum import StrEnum
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
+from complaints_shared.business_calendar import (
+    HolidayCountry,
+    LocalTime,
+    TimeZoneName,
+    supported_subdivision,
+)
+from complaints_shared.datetimes import CalendarDay
 from complaints_shared.events import Category
 from complaints_shared.models import Code, StrictModel, Weekday
 from routing.models import Kind, Name, Slug
@@ -43,8 +58,8 @@ class StaffStatus(StrEnum):
 class OpeningRange(StrictModel):
     """A local opening range [start, end); an end of 00:00 means midnight (24:00)."""
 
-    start: time
-    end: time
+    start: LocalTime
+    end: LocalTime
 
     @model_validator(mode="after")
     def _ordered(self) -> OpeningRange:
@@ -61,17 +76,28 @@ def _weekdays_9_to_18() -> dict[Weekday, list[OpeningRange]]:
 class HolidayCalendar(StrictModel):
     """Public holidays of a country (``holidays`` library) plus the organisation's own days."""
 
-    country: str | None = Field("CN", description="ISO 3166 code; null: no public holidays")
+    country: HolidayCountry | None = Field(
+        "CN", description="ISO 3166 code; null: no public holidays"
+    )
     subdivision: str | None = None
-    closed_days: list[date] = Field(default_factory=list, description="Extra closed days")
-    working_days: list[date] = Field(
+    closed_days: list[CalendarDay] = Field(
+        default_factory=list, description="Extra closed days (years 1970 to 2200)"
+    )
+    working_days: list[CalendarDay] = Field(
         default_factory=list, description="Make-up working days (调休) beyond the official ones"
     )
+
+    @field_validator("subdivision")
+    @classmethod
+    def _supported_subdivision(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None or "country" not in info.data:  # an unknown country is named already
+            return value
+        return supported_subdivision(info.data["country"], value)
 
 
 class BranchBase(StrictModel):
     name: Name
-    time_zone: str = "Asia/Shanghai"
+    time_zone: TimeZoneName = "Asia/Shanghai"
     hours: dict[Weekday, list[OpeningRange]] = Field(
         default_factory=_weekdays_9_to_18, description="Opening hours per weekday, local time"
     )
@@ -85,7 +111,7 @@ class BranchCreate(BranchBase):
 
 class BranchUpdate(StrictModel):
     name: Name | None = None
-    time_zone: str | None = None
+    time_zone: TimeZoneName | None = None
     hours: dict[Weekday, list[OpeningRange]] | None = None
     holidays: HolidayCalendar | None = None
     duty_officer_id: Slug | None = None

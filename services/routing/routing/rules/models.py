@@ -29,6 +29,12 @@ class RuleFlag(StrEnum):
 
 Keyword = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)]
 
+# A rule's position is stored as a BSON integer, which holds at most 64 bits (2**63 is an
+# OverflowError in the driver). Positions an administrator gives stay within a billion
+# either way, so the ones given after the last (``POSITION_STEP`` further) keep room too.
+MAX_POSITION = 1_000_000_000
+Position = Annotated[int, Field(ge=-MAX_POSITION, le=MAX_POSITION)]
+
 
 class RuleConditions(StrictModel):
     """All given groups must hold; within a group any value matches (``*_all``: every one)."""
@@ -79,7 +85,9 @@ class RuleBase(StrictModel):
 
 class RuleCreate(RuleBase):
     id: Slug
-    position: int | None = Field(None, description="Order within the organisation; default: last")
+    position: Position | None = Field(
+        None, description="Order within the organisation (±1,000,000,000); default: last"
+    )
 
 
 class RuleUpdate(StrictModel):
@@ -87,7 +95,7 @@ class RuleUpdate(StrictModel):
     branches: list[Code] | None = None
     conditions: RuleConditions | None = None
     action: RuleAction | None = None
-    position: int | None = None
+    position: Position | None = None
 
 
 class RoutingRule(RuleBase):

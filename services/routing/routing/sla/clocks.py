@@ -17,15 +17,23 @@ from functools import lru_cache
 
 from pydantic import BaseModel, ConfigDict
 
-from complaints_shared.business_calendar import BusinessCalendar
+from complaints_shared.business_calendar import MAX_DAYS_SEARCHED, BeyondHorizon, BusinessCalendar
 from complaints_shared.events import Category, Severity
+from complaints_shared.logs import get_logger
 from complaints_shared.models import Weekday
 from routing.assignments.models import ClockState
-from routing.directory.models import BranchRead
+from routing.directory.models import BranchBase
 from routing.rules.matching import severity_at_least
 from routing.sla.models import DurationUnit, SeverityTargets, SlaDuration, SlaPolicy, TimeBasis
 
 BUILTIN_POLICY_ID = "builtin"
+# The furthest a deadline is laid out: business time the branch's calendar has no room for
+# within the days it searches (a target stored before ``sla.models.MAX_AMOUNTS`` existed, a
+# branch open a few hours a week) is due this long after its start instead of failing every
+# complaint that gets it (the consumer would retry, then dead-letter each one).
+HORIZON = timedelta(days=MAX_DAYS_SEARCHED)
+
+log = get_logger(__name__)
 
 
 def _duration(amount: float, unit: str, basis: str) -> SlaDuration:
@@ -114,7 +122,7 @@ def _dates(values: list[str]) -> Iterable[date]:
     return (date.fromisoformat(value) for value in values)
 
 
-def branch_calendar(branch: BranchRead) -> BusinessCalendar:
+def branch_calendar(branch: BranchBase) -> BusinessCalendar:
     """The branch's calendar; cached per distinct definition (holiday tables are costly)."""
     spec = branch.model_dump(mode="json", include={"time_zone", "hours", "holidays"})
     return _calendar_from_key(json.dumps(spec, sort_keys=True))
@@ -131,30 +139,40 @@ def _unit_delta(duration: SlaDuration) -> timedelta:
     return timedelta(days=duration.amount)
 
 
+def _at_horizon(calendar: BusinessCalendar, start: datetime, exc: BeyondHorizon) -> datetime:
+    log.warning("sla_deadline_at_horizon", time_zone=calendar.time_zone, error=str(exc))
+    return start + HORIZON
+
+
 def deadline(calendar: BusinessCalendar, start: datetime, duration: SlaDuration) -> datetime:
-    """When ``duration`` has passed after ``start`` in its basis."""
+    """When ``duration`` has passed after ``start`` in its basis (``HORIZON`` at most)."""
     if duration.unit is DurationUnit.END_OF_BUSINESS_DAY:
         return calendar.end_of_business_day(start)
     if duration.basis is TimeBasis.CALENDAR:
         return start + _unit_delta(duration)
-    if duration.unit is DurationUnit.DAYS:
-        # Counted from the opening the clock really starts at, so Friday night + 3 days
-        # is Thursday morning, not Wednesday's closing time.
-        start_at = calendar.next_open(start)
-        return (
-            calendar.add_business_days(start_at, int(duration.amount))
-            if duration.amount
-            else start_at
-        )
-    return calendar.add_business_time(start, _unit_delta(duration))
+    if duration.unit is not DurationUnit.DAYS:
+        return advance(calendar, duration.basis, start, _unit_delta(duration))
+    # Counted from the opening the clock really starts at, so Friday night + 3 days
+    # is Thursday morning, not Wednesday's closing time.
+    start_at = calendar.next_open(start)
+    if not duration.amount:
+        return start_at
+    try:
+        return calendar.add_business_days(start_at, int(duration.amount))
+    except BeyondHorizon as exc:
+        return _at_horizon(calendar, start_at, exc)
 
 
 def advance(
     calendar: BusinessCalendar, basis: TimeBasis, start: datetime, amount: timedelta
 ) -> datetime:
+    """``amount`` of time in ``basis`` after ``start`` (``HORIZON`` at most)."""
     if basis is TimeBasis.CALENDAR:
         return start + amount
-    return calendar.add_business_time(start, amount)
+    try:
+        return calendar.add_business_time(start, amount)
+    except BeyondHorizon as exc:
+        return _at_horizon(calendar, start, exc)
 
 
 def between(

@@ -25,6 +25,21 @@ class DurationUnit(StrEnum):
     END_OF_BUSINESS_DAY = "end_of_business_day"
 
 
+# The longest target a policy may set per unit and basis. A business calendar open at least
+# three days and fifteen hours a week lays these out within the three years it searches
+# (``business_calendar.MAX_DAYS_SEARCHED``); calendar targets stay within a year. Checked when
+# a policy is saved; a target stored before that is due three years after its start at most
+# (``sla.clocks``).
+MAX_AMOUNTS: dict[tuple[DurationUnit, TimeBasis], float] = {
+    (DurationUnit.MINUTES, TimeBasis.BUSINESS): 10_000,
+    (DurationUnit.HOURS, TimeBasis.BUSINESS): 2_000,
+    (DurationUnit.DAYS, TimeBasis.BUSINESS): 365,
+    (DurationUnit.MINUTES, TimeBasis.CALENDAR): 10_000,
+    (DurationUnit.HOURS, TimeBasis.CALENDAR): 366 * 24,
+    (DurationUnit.DAYS, TimeBasis.CALENDAR): 366,
+}
+
+
 class SlaDuration(StrictModel):
     """An allowed time: ``4 hours business``, ``3 days business``, ``24 hours calendar``."""
 
@@ -40,6 +55,13 @@ class SlaDuration(StrictModel):
         if self.unit is DurationUnit.DAYS and self.basis is TimeBasis.BUSINESS and not whole:
             raise ValueError("business days must be a whole number; use hours for less")
         return self
+
+    def beyond_limit(self) -> str | None:
+        """Why the amount is more than ``MAX_AMOUNTS`` allows (None: it is not)."""
+        limit = MAX_AMOUNTS.get((self.unit, self.basis))
+        if limit is None or self.amount <= limit:
+            return None
+        return f"at most {limit:g} {self.unit.value} in {self.basis.value} time"
 
 
 class SeverityTargets(StrictModel):
@@ -73,6 +95,23 @@ class SlaPolicyBase(StrictModel):
 
 class SlaPolicyWrite(SlaPolicyBase):
     """Body of ``PUT /v1/routing/sla-policies/{id}``."""
+
+    def field_errors(self) -> list[dict[str, str]]:
+        """Each target longer than ``MAX_AMOUNTS`` allows, naming its ``amount``.
+
+        Checked on the body only: a policy stored before the limits still loads.
+        """
+        durations = {
+            f"targets.{severity.value}.{name}": getattr(targets, name)
+            for severity, targets in self.targets.items()
+            for name in ("acknowledge", "resolve")
+        }
+        durations["regulatory_report_within"] = self.regulatory_report_within
+        return [
+            {"field": f"{path}.amount", "message": problem}
+            for path, duration in durations.items()
+            if (problem := duration.beyond_limit()) is not None
+        ]
 
 
 class SlaPolicy(SlaPolicyBase):

@@ -13,7 +13,7 @@ from pymongo import ASCENDING, ReturnDocument
 from pymongo.asynchronous.database import AsyncDatabase
 
 from complaints_shared.auth import Principal
-from complaints_shared.problems import conflict, invalid, not_found
+from complaints_shared.problems import conflict, invalid, invalid_fields, not_found
 from routing import audit
 from routing.sla.models import SlaPolicy, SlaPolicyWrite
 
@@ -92,6 +92,8 @@ async def put_policy(
     now: datetime,
 ) -> SlaPolicy:
     """Create or replace a policy; its version counts the saves."""
+    if errors := body.field_errors():
+        raise invalid_fields(errors)
     key = policy_key(principal.org, policy_id)
     if body.is_default:
         other = await db[SLA_POLICIES].find_one(
