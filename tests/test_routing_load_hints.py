@@ -675,6 +675,15 @@ async def test_a_drain_passes_over_complaints_another_drain_took_since_it_read_t
     assert held == {"demo:hotel-ma#1", "demo:hotel-ma#2"}
 
 
+async def _swept_before_any_queue(system: System) -> tuple[SlaScheduler, SimpleNamespace]:
+    """A queue sweeper of the system's database whose census (one an hour) found no queue."""
+    settings = system.routing_settings.model_copy(update={"queue_census_interval_s": 3600.0})
+    scheduler = SlaScheduler(settings=settings)
+    runtime = SimpleNamespace(db=routing_db(system), clock=SystemClock())
+    assert await scheduler.sweep_queues(runtime) == 0
+    return scheduler, runtime
+
+
 async def test_a_drain_an_error_cut_short_is_offered_again_at_the_next_sweep(
     system_factory: SystemFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -683,10 +692,7 @@ async def test_a_drain_an_error_cut_short_is_offered_again_at_the_next_sweep(
     again, though the census, which last looked before the queue formed, does not know it."""
     system = await system_factory()
     db = routing_db(system)
-    settings = system.routing_settings.model_copy(update={"queue_census_interval_s": 3600.0})
-    scheduler = SlaScheduler(settings=settings)
-    runtime = SimpleNamespace(db=db, clock=SystemClock())
-    assert await scheduler.sweep_queues(runtime) == 0  # the census: no queue anywhere yet
+    scheduler, runtime = await _swept_before_any_queue(system)
     (waiting,) = await _queued_behind_a_full_desk(system, "房间没有打扫")
     # As if queued by another replica: this process owes the department nothing yet.
     monkeypatch.setattr(owed_drains, "_owed", {})
@@ -704,7 +710,11 @@ async def test_a_drain_an_error_cut_short_is_offered_again_at_the_next_sweep(
     monkeypatch.setattr(queue.store, "queued_in_department", fail_once)
     with pytest.raises(AutoReconnect):
         await queue.drain_queue(
-            db=db, settings=settings, org="demo", department_id="HOTEL:FRONT", now=datetime.now(UTC)
+            db=db,
+            settings=system.routing_settings,
+            org="demo",
+            department_id="HOTEL:FRONT",
+            now=datetime.now(UTC),
         )
     assert owed_drains.departments(db=db) == [("demo", "HOTEL:FRONT")]
     assert (await db.assignments.find_one({"_id": waiting.complaint_id}))["status"] == "queued"
@@ -723,10 +733,7 @@ async def test_a_complaint_queued_after_a_drain_looked_is_offered_at_the_next_sw
     it before the next census. The process that queued it owes the department a drain."""
     system = await system_factory()
     db = routing_db(system)
-    settings = system.routing_settings.model_copy(update={"queue_census_interval_s": 3600.0})
-    scheduler = SlaScheduler(settings=settings)
-    runtime = SimpleNamespace(db=db, clock=SystemClock())
-    assert await scheduler.sweep_queues(runtime) == 0  # the census: no queue anywhere yet
+    scheduler, runtime = await _swept_before_any_queue(system)
     (waiting,) = await _queued_behind_a_full_desk(system, "房间没有打扫")
     assert ("demo", "HOTEL:FRONT") in owed_drains.departments(db=db)
     # The room the other replica's drain found nothing to fill with.

@@ -60,6 +60,17 @@ async def _routed(system: System, complaint_id: str) -> dict:
     return await eventually(routed, timeout_s=10, what="the record showing the assignment")
 
 
+async def _hangzhou_service_desk(system: System, admin: dict) -> None:
+    """The branch, its customer-service department and one agent (no rule leads there)."""
+    for path, body in (
+        ("/v1/directory/branches", BRANCH),
+        ("/v1/directory/departments", DEPARTMENT),
+        ("/v1/directory/staff", AGENT),
+    ):
+        made = await system.routing.post(path, json=body, headers=admin)
+        assert made.status_code == 201, made.text
+
+
 async def test_an_unroutable_complaint_is_visible_and_routed_once_a_rule_covers_it(
     system: System,
 ) -> None:
@@ -87,13 +98,7 @@ async def test_an_unroutable_complaint_is_visible_and_routed_once_a_rule_covers_
     assert workload.json()["unroutable"] == 1
 
     # The directory alone does not route it: no rule leads there yet.
-    for path, body in (
-        ("/v1/directory/branches", BRANCH),
-        ("/v1/directory/departments", DEPARTMENT),
-        ("/v1/directory/staff", AGENT),
-    ):
-        made = await system.routing.post(path, json=body, headers=admin)
-        assert made.status_code == 201, made.text
+    await _hangzhou_service_desk(system, admin)
     assert (await _record(system, complaint_id))["unroutable"] is not None
 
     rule = await system.routing.post("/v1/routing/rules", json=DEFAULT_RULE, headers=admin)
@@ -128,13 +133,7 @@ async def test_an_unroutable_complaint_is_visible_and_routed_once_a_rule_covers_
 
 async def test_a_supervisor_reassigning_an_unroutable_complaint_routes_it(system: System) -> None:
     admin = token(system.routing_settings, org=ORG)
-    for path, body in (
-        ("/v1/directory/branches", BRANCH),
-        ("/v1/directory/departments", DEPARTMENT),
-        ("/v1/directory/staff", AGENT),
-    ):
-        made = await system.routing.post(path, json=body, headers=admin)
-        assert made.status_code == 201, made.text
+    await _hangzhou_service_desk(system, admin)
     # The organisation has people and a department but no rule at all yet.
     acme_admin = token(system.intake_settings, org=ORG)
     complaint_id = (await create_complaint(system, acme_admin, branch="HZ", subject="退货被拒"))[
@@ -168,13 +167,7 @@ async def test_the_sweep_retries_every_unroutable_complaint_not_only_the_oldest(
     monkeypatch.setattr(unroutable, "RETRY_BATCH", 2)
     admin = token(system.routing_settings, org=ORG)
     acme_admin = token(system.intake_settings, org=ORG)
-    for path, body in (
-        ("/v1/directory/branches", BRANCH),
-        ("/v1/directory/departments", DEPARTMENT),
-        ("/v1/directory/staff", AGENT),
-    ):
-        made = await system.routing.post(path, json=body, headers=admin)
-        assert made.status_code == 201, made.text
+    await _hangzhou_service_desk(system, admin)
     scheduler = SlaScheduler(settings=system.routing_settings)
     runtime = SimpleNamespace(db=routing_db(system), clock=SystemClock())
     await scheduler.sweep_queues(runtime)  # has looked at the organisation's version already
