@@ -379,7 +379,10 @@ async def test_branch_isolation_and_listing_by_due_time(system_factory: SystemFa
         assert response.status_code == 200, response.text
         return {item["complaint_id"] for item in response.json()["items"]}
 
-    assert await ids({"branch": "HOSP"}) == set()
+    other_branch = await system.followup.get(
+        "/v1/followups", params={"branch": "HOSP"}, headers=lz_agent
+    )
+    assert (other_branch.status_code, other_branch.json()["field"]) == (404, "branch")
     assert await ids({"owner": "lz-chen"}) == {lz[0].complaint_id, lz[2].complaint_id}
     assert await ids({"due_before": "2026-11-24T03:30:00Z"}) == {
         lz[1].complaint_id,

@@ -7,12 +7,15 @@ hand systems to tests live in ``tests/conftest.py``; this module holds what they
 
 from __future__ import annotations
 
+import asyncio
 import uuid
+import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 
 import httpx
+from aiokafka.admin import AIOKafkaAdminClient
 from fastapi import FastAPI
 from pymongo import AsyncMongoClient
 
@@ -177,3 +180,30 @@ async def running_systems(infrastructure: Infrastructure) -> AsyncIterator[Syste
                 if name.startswith(f"t_{run_id}_"):
                     await mongo.drop_database(name)
         await mongo.close()
+        await _delete_topics(infrastructure, prefixes=[f"t{run_id}." for run_id in run_ids])
+
+
+# Topic deletion is tidying: a broker a fault test left stopped must not hold up the run.
+TOPIC_DELETION_TIMEOUT_S = 10.0
+
+
+async def _delete_topics(infrastructure: Infrastructure, *, prefixes: list[str]) -> None:
+    """Delete the topics of these systems (each service's topics and dead-letter topics).
+
+    A broker keeps files open for every partition it holds: left behind, one run of the
+    suite's topics (about 7,000 partitions) made a second run on the same broker fail
+    with "Too many open files".
+    """
+    if not prefixes:
+        return
+    admin = AIOKafkaAdminClient(bootstrap_servers=infrastructure.kafka_bootstrap_servers)
+    try:
+        async with asyncio.timeout(TOPIC_DELETION_TIMEOUT_S):
+            await admin.start()
+            names = [name for name in await admin.list_topics() if name.startswith(tuple(prefixes))]
+            if names:
+                await admin.delete_topics(names)
+    except Exception as exc:  # the broker away: the next run's topics are its own anyway
+        warnings.warn(f"topics of {prefixes} not deleted: {exc!r}", stacklevel=1)
+    finally:
+        await admin.close()
