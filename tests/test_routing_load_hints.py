@@ -27,6 +27,7 @@ from routing.assignments.scheduler import SlaScheduler
 from routing.directory import store as directory_store
 from routing.directory.models import StaffRead
 from tests.support.events import received, resolved
+from tests.support.faults import FailsFirst
 from tests.support.http import token
 from tests.support.kafka import intake_producer
 from tests.support.routing import FAST_TIMERS, assignment_when, routing_db
@@ -698,16 +699,9 @@ async def test_a_drain_an_error_cut_short_is_offered_again_at_the_next_sweep(
     monkeypatch.setattr(owed_drains, "_owed", {})
     await db.staff.update_one({"_id": "demo:hotel-ma"}, {"$set": {"capacity": 2}})
     directory_store.forget_desks()
-    read_queue = queue.store.queued_in_department
-    failures: list[str] = []
-
-    async def fail_once(**kwargs: Any) -> list[dict[str, Any]]:
-        if not failures:
-            failures.append(kwargs["department_id"])
-            raise AutoReconnect("connection closed")
-        return await read_queue(**kwargs)
-
-    monkeypatch.setattr(queue.store, "queued_in_department", fail_once)
+    monkeypatch.setattr(
+        queue.store, "queued_in_department", FailsFirst(queue.store.queued_in_department)
+    )
     with pytest.raises(AutoReconnect):
         await queue.drain_queue(
             db=db,
@@ -795,11 +789,9 @@ async def test_a_finish_whose_release_fails_still_owes_its_department_a_drain(
     system = await system_factory()
     db = routing_db(system)
     monkeypatch.setattr(owed_drains, "_owed", {})
-
-    async def unreachable(**kwargs: Any) -> None:
-        raise AutoReconnect("connection closed")
-
-    monkeypatch.setattr(queue.directory_store, "record_release", unreachable)
+    monkeypatch.setattr(
+        queue.directory_store, "record_release", FailsFirst(queue.directory_store.record_release)
+    )
     previous = _open_assignment("finished-1", owner_id="hotel-ma", slot=0)
     with pytest.raises(AutoReconnect):
         await queue.offer_freed_capacity(

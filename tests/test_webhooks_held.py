@@ -19,9 +19,10 @@ from typing import Any
 import pytest
 from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import AutoReconnect, OperationFailure
+from pymongo.errors import OperationFailure
 
 from complaints_shared.mongo import STORED_CODEC
+from tests.support.faults import FailsFirst
 from tests.support.http import token
 from tests.support.infrastructure import Infrastructure
 from tests.support.waits import eventually
@@ -187,16 +188,8 @@ async def test_asking_again_to_activate_releases_what_a_failed_release_left_held
             _delivery(subscription_id, chain="cmp_1", order_key="1", next_attempt_at=None),
             _delivery(subscription_id, chain="cmp_2", order_key="1", next_attempt_at=retry_at),
         )
-        release_held = store.release_held
-        calls: list[str] = []
-
-        async def fails_once(**arguments: Any) -> int:
-            calls.append(arguments["subscription_id"])
-            if len(calls) == 1:
-                raise AutoReconnect("connection closed (injected)")
-            return await release_held(**arguments)
-
-        monkeypatch.setattr(store, "release_held", fails_once)
+        release_held = FailsFirst(store.release_held)
+        monkeypatch.setattr(store, "release_held", release_held)
         failed = await _set_status(webhooks, admin, subscription_id, "active")
         assert failed.status_code == 503, failed.text
         assert await _status(webhooks, admin, subscription_id) == "active"
@@ -206,7 +199,7 @@ async def test_asking_again_to_activate_releases_what_a_failed_release_left_held
         assert again.status_code == 200, again.text
         await eventually(lambda: asyncio.sleep(0, held in hooks.delivered_ids()), what="release")
         waiting_after = await _stored(db, waiting)
-    assert len(calls) == 2
+    assert len(release_held.calls) == 2
     assert waiting_after["next_attempt_at"] == retry_at, "a retry keeps its backoff"
     assert [request.webhook_id for request in hooks.requests] == [held]
 
@@ -227,16 +220,8 @@ async def test_a_410_whose_disabling_fails_is_sent_again_until_the_subscription_
         admin = token(webhooks.settings)
         db = webhooks.app.state.runtime.db
         subscription_id = (await subscribe(webhooks, admin, url=hooks.url))["id"]
-        disable = store.disable
-        calls: list[str] = []
-
-        async def fails_once(**arguments: Any) -> bool:
-            calls.append(arguments["subscription_id"])
-            if len(calls) == 1:
-                raise AutoReconnect("connection closed (injected)")
-            return await disable(**arguments)
-
-        monkeypatch.setattr(store, "disable", fails_once)
+        disable = FailsFirst(store.disable)
+        monkeypatch.setattr(store, "disable", disable)
         [delivery_id] = await _insert(
             db,
             _delivery(
@@ -264,7 +249,7 @@ async def test_a_410_whose_disabling_fails_is_sent_again_until_the_subscription_
         await eventually(
             lambda: asyncio.sleep(0, delivery_id in hooks.delivered_ids()), what="replayed"
         )
-    assert len(calls) == 2
+    assert len(disable.calls) == 2
 
 
 async def test_a_ping_answered_410_fails_and_leaves_the_subscription_active(

@@ -1,0 +1,24 @@
+"""Faults injected into one function of the code under test (the rest runs for real)."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from pymongo.errors import AutoReconnect
+
+
+class FailsFirst:
+    """``function`` whose first ``times`` calls raise a dropped database connection; every
+    call's keyword arguments are kept in ``calls``. Set it in place with ``monkeypatch``."""
+
+    def __init__(self, function: Callable[..., Awaitable[Any]], *, times: int = 1) -> None:
+        self.function = function
+        self.times = times
+        self.calls: list[dict[str, Any]] = []
+
+    async def __call__(self, **arguments: Any) -> Any:
+        self.calls.append(arguments)
+        if len(self.calls) <= self.times:
+            raise AutoReconnect("connection closed (injected)")
+        return await self.function(**arguments)
