@@ -10,13 +10,14 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 
 from tests.support.infrastructure import Infrastructure, provide_infrastructure
-from tests.support.system import System, SystemFactory, running_systems
+from tests.support.system import System, SystemFactory, delete_test_topics, running_systems
 
 
 @pytest.fixture(scope="session")
 def infrastructure() -> Iterator[Infrastructure]:
     infra = provide_infrastructure()
     yield infra
+    delete_test_topics(infra)
     for close in infra.closers:
         close()
 

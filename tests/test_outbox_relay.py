@@ -60,7 +60,8 @@ async def _probe(system: System) -> Probe:
     settings = system.intake_settings.model_copy(
         update={
             "service_name": "relay-probe",
-            "topic_prefix": f"relay{uuid.uuid4().hex[:8]}.",
+            # Under the system's own prefix: its topics go with the system's.
+            "topic_prefix": f"{system.intake_settings.topic_prefix}relay{uuid.uuid4().hex[:8]}.",
             "outbox_poll_interval_s": 0.1,
             "outbox_lease_s": 5,
         }

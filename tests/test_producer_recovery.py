@@ -37,7 +37,8 @@ def _settings(system: System) -> ServiceSettings:
     return system.intake_settings.model_copy(
         update={
             "service_name": "producer-probe",
-            "topic_prefix": f"prod{uuid.uuid4().hex[:8]}.",
+            # Under the system's own prefix: its topics go with the system's.
+            "topic_prefix": f"{system.intake_settings.topic_prefix}prod{uuid.uuid4().hex[:8]}.",
             "outbox_poll_interval_s": 0.1,
         }
     )

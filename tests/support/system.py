@@ -49,7 +49,19 @@ def settings_for_test(
         "kafka_request_timeout_s": 5.0,
         **overrides,
     }
-    return settings_class(**values)
+    settings = settings_class(**values)
+    TEST_TOPIC_PREFIXES.add(settings.topic_prefix)
+    return settings
+
+
+# Every topic prefix handed to a test's settings: what a system made is deleted as it stops,
+# what a test made on its own at the session's end (``delete_test_topics``).
+TEST_TOPIC_PREFIXES: set[str] = set()
+
+
+def delete_test_topics(infrastructure: Infrastructure) -> None:
+    """At the session's end: the topics of every test settings built, whoever made them."""
+    asyncio.run(_delete_topics(infrastructure, prefixes=sorted(TEST_TOPIC_PREFIXES)))
 
 
 @dataclass
