@@ -31,6 +31,7 @@ from complaints_shared.role_matrix import DOCUMENT, SERVICES, render, service_ap
 from tests.support.http import BROADBAND_COMPLAINT, token
 from tests.support.identity_provider import IdentityProvider
 from tests.support.infrastructure import Infrastructure
+from tests.support.routing import assignment_when
 from tests.support.system import System, running_systems
 from tests.support.waits import eventually
 
@@ -752,13 +753,7 @@ async def test_workload_counts_responsibility_only_from_the_tokens_branches(
     admin = token(system.routing_settings)
     created = await system.intake.post("/v1/complaints", json=BROADBAND_COMPLAINT, headers=admin)
     complaint_id = created.json()["id"]
-
-    async def assigned() -> bool:
-        return (
-            await system.routing.get(f"/v1/assignments/{complaint_id}", headers=admin)
-        ).is_success
-
-    await eventually(assigned, what="the Lanzhou assignment")
+    await assignment_when(system, complaint_id, what="the Lanzhou assignment")
     # An organisation-wide supervisor holds the hospital's desk responsible for Lanzhou's case.
     blamed = await system.routing.post(
         f"/v1/assignments/{complaint_id}/responsibility",
