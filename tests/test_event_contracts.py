@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from complaints_shared.asyncapi import build_document, render
-from complaints_shared.events import EVENT_CONTRACTS, EventPayload
+from complaints_shared.events import EVENT_CONTRACTS, EventPayload, EventType, parse_data
+from tests.support.events import received
 
 DOCUMENT = Path(__file__).resolve().parent.parent / "docs" / "asyncapi.json"
 
@@ -36,3 +37,11 @@ def test_an_event_type_must_say_what_its_order_is_kept_per() -> None:
         EventPayload()
     for _, model in EVENT_CONTRACTS.values():
         assert not inspect.isabstract(model), f"{model.__name__} names no subject"
+
+
+def test_a_complaint_received_without_repeat_links_is_read_with_their_branches_unknown() -> None:
+    published = received(repeat_count=1, repeat_of=["cmp-earlier"]).model_dump(mode="json")
+    del published["repeat_links"]
+    read = parse_data(EventType.COMPLAINT_RECEIVED.value, published)
+    assert read.repeat_of == ["cmp-earlier"]
+    assert read.repeat_links is None, "absent means unknown, not 'no links'"

@@ -147,6 +147,8 @@ async def test_repeat_complaints_link_the_same_customer_across_phone_formats(
         if event.subject == body["id"]
     ]
     assert routed[0].data["repeat_count"] == 1  # routing and reports can see it
+    # Which branch each earlier complaint is of, so a branch's webhook can leave others' out.
+    assert routed[0].data["repeat_links"] == [{"complaint_id": first["id"], "branch": "LZ"}]
 
 
 async def test_a_complaint_finished_outside_the_window_is_not_a_repeat(

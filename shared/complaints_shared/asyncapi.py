@@ -14,6 +14,9 @@ from complaints_shared.envelope import REQUIRED_HEADERS, SPEC_VERSION
 from complaints_shared.events import EVENT_CONTRACTS, EventType, Topic, dead_letter_topic
 
 PRODUCERS = {Topic.INTAKE: "intake", Topic.ROUTING: "routing", Topic.FOLLOWUP: "followup"}
+# The contracts' version: the minor part counts additive changes (1.1.0: repeat_links of
+# complaint.received); a breaking change is a new event type (a `.v2` suffix) instead.
+CONTRACT_VERSION = "1.1.0"
 
 
 def _message_name(event_type: EventType) -> str:
@@ -77,7 +80,7 @@ def build_document() -> dict[str, Any]:
         "asyncapi": "3.0.0",
         "info": {
             "title": "complaint-desk events",
-            "version": "1.0.0",
+            "version": CONTRACT_VERSION,
             "description": "CloudEvents 1.0 in Kafka binary mode: attributes in ce_* headers, "
             "JSON data, message key = complaint id. Additive changes only within a version.",
         },

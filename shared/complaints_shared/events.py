@@ -1,8 +1,10 @@
 """Event contracts: one pydantic model per event type, the topic each lives on.
 
 These models are the contract between services. Within a version only
-additive changes are allowed (new optional fields); consumers ignore fields
-they do not know. A breaking change is a new type with a new version suffix.
+additive changes are allowed (new optional fields, each raising the minor part of
+``asyncapi.CONTRACT_VERSION``); consumers ignore fields they do not know, and read an
+event published before a field existed safely. A breaking change is a new type with a
+new version suffix.
 """
 
 from __future__ import annotations
@@ -198,6 +200,15 @@ class Remedy(BaseModel):
 # ---------------------------------------------------------------- intake --
 
 
+class RepeatLink(BaseModel):
+    """One earlier complaint a new one repeats, and the branch it is of."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    complaint_id: str
+    branch: str
+
+
 class ComplaintReceived(EventData):
     """A complaint was stored by intake and is waiting to be routed."""
 
@@ -212,8 +223,18 @@ class ComplaintReceived(EventData):
     product: str | None = None
     customer: CustomerContact
     received_at: datetime
-    repeat_count: int = Field(0, description="Earlier complaints of the same customer linked")
-    repeat_of: list[str] = Field(default_factory=list)
+    repeat_count: int = Field(
+        0, description="The customer's earlier complaints, in every branch of the organisation"
+    )
+    repeat_of: list[str] = Field(
+        default_factory=list,
+        description="Ids of the customer's newest earlier complaints, newest first",
+    )
+    repeat_links: list[RepeatLink] | None = Field(
+        None,
+        description="The complaints of repeat_of, in the same order, each with its branch "
+        "(since contract 1.1.0; absent from earlier events, whose links' branches are unknown)",
+    )
 
 
 class ComplaintAcknowledged(EventData):

@@ -14,7 +14,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
 from complaints_shared.auth import Principal
-from complaints_shared.events import ComplaintReceived, EventType, Flag
+from complaints_shared.events import ComplaintReceived, EventType, Flag, RepeatLink
 from complaints_shared.mongo import clashes_on, is_id_clash
 from complaints_shared.outbox import outbox_entry, outbox_fields
 from complaints_shared.problems import ConcurrentUpdate
@@ -156,7 +156,7 @@ async def _prepare(
         complaint_id=complaint_id,
         fingerprint=fingerprint,
         reference=reference,
-        earlier=[doc["_id"] for doc in earlier],
+        earlier=[RepeatLink(complaint_id=doc["_id"], branch=doc["branch"]) for doc in earlier],
         now=now,
     )
 
@@ -170,17 +170,19 @@ def new_document(
     complaint_id: str,
     fingerprint: str,
     reference: str,
-    earlier: list[str],
+    earlier: list[RepeatLink],
     now: datetime,
 ) -> dict[str, Any]:
     """A new complaint as stored, with its ``complaint.received`` in the outbox.
 
-    ``earlier``: the ids of the customer's earlier complaints that make it a repeat,
-    newest first. Pure, so the benchmark seeds complaints of exactly this shape.
+    ``earlier``: the customer's earlier complaints that make it a repeat, newest first,
+    each with its branch (the event says it, so a branch's webhook can leave the others'
+    out). Pure, so the benchmark seeds complaints of exactly this shape.
     """
     keys = customer_keys(body["customer"])
     classification = _classify(request, settings)
-    links = earlier[:MAX_REPEAT_LINKS]
+    repeat_links = earlier[:MAX_REPEAT_LINKS]
+    links = [link.complaint_id for link in repeat_links]
     flags: list[str] = [flag.value for flag in classification["flags"]]
     if earlier and Flag.REPEAT.value not in flags:
         flags.append(Flag.REPEAT.value)
@@ -234,6 +236,7 @@ def new_document(
         received_at=now,
         repeat_count=len(earlier),
         repeat_of=links,
+        repeat_links=repeat_links,
     )
     entry = outbox_entry(event_type=EventType.COMPLAINT_RECEIVED, data=received, settings=settings)
     document.update(outbox_fields([entry]))

@@ -198,7 +198,7 @@ async def find_earlier_complaints(
         db[COMPLAINTS]
         .find(
             {"org": org, "repeat_keys": {"$in": wanted}},
-            projection={"_id": 1, "created_at": 1, "finished_at": 1},
+            projection={"_id": 1, "branch": 1, "created_at": 1, "finished_at": 1},
         )
         .to_list(None)
     )

@@ -2,11 +2,14 @@
 
 One handler serves every event type: it finds the organisation's subscriptions
 that want the event and records one delivery per subscription before the
-consumer commits the offset. Delivery ids derive from (subscription, event), so
-a redelivered event records nothing twice. The dispatcher is woken at once; it
-sends a delivery once the consumed-through moment (``webhooks.watermark``) has
-passed the event's time, so an earlier event of the same subject from another
-topic is recorded first and goes first.
+consumer commits the offset. A subscription of every branch gets the event as
+published; one of a branch gets it without other branches' data
+(``webhooks.visibility``), each distinct body rendered once per event. Delivery
+ids derive from (subscription, event), so a redelivered event records nothing
+twice. The dispatcher is woken at once; it sends a delivery once the
+consumed-through moment (``webhooks.watermark``) has passed the event's time,
+so an earlier event of the same subject from another topic is recorded first
+and goes first.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from complaints_shared.logs import get_logger
 from complaints_shared.runtime import Runtime
 from webhooks import store
 from webhooks.scheduler import Dispatcher
-from webhooks.signing import structured_body
+from webhooks.visibility import DeliveredBodies
 
 log = get_logger(__name__)
 
@@ -60,7 +63,7 @@ def build_handlers(runtime: Runtime, *, dispatcher: Dispatcher) -> dict[EventTyp
         if not subscriptions:
             return
         now = runtime.clock.now()
-        body = structured_body(event)
+        bodies = DeliveredBodies(event, data)
         key = order_key(event, recorded_ns=recording.next_ns())
         complaint_id = data.complaint_id if isinstance(data, EventData) else None
         deliveries = [
@@ -76,7 +79,7 @@ def build_handlers(runtime: Runtime, *, dispatcher: Dispatcher) -> dict[EventTyp
                 event_time=event.time,
                 subject=event.subject,
                 complaint_id=complaint_id,
-                body=body,
+                body=bodies.for_subscription(subscription),
                 order_key=key,
                 now=now,
             )
