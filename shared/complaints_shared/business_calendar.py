@@ -17,7 +17,8 @@ from typing import Annotated
 from zoneinfo import ZoneInfo, available_timezones
 
 import holidays
-from pydantic import AfterValidator
+
+from complaints_shared.stored import request_only
 
 # The holidays library names a bridge day "Day off (substituted from MM/DD/YYYY)":
 # the date in brackets is the weekend day that is worked instead.
@@ -84,14 +85,15 @@ def _without_offset(value: time) -> time:
 
 # The field types of the APIs that configure calendars (routing's branches, follow-up's
 # contact hours): a bad value is a 422 naming the field, never an error in the arithmetic.
-TimeZoneName = Annotated[str, AfterValidator(known_time_zone)]
+# Checks of requests only: a value stored before them is read as stored.
+TimeZoneName = Annotated[str, request_only(known_time_zone)]
 """An IANA time zone name (``Asia/Shanghai``)."""
 
-LocalTime = Annotated[time, AfterValidator(_without_offset)]
+LocalTime = Annotated[time, request_only(_without_offset)]
 """A time of day in the calendar's own zone: ``09:00``, never ``09:00+01:00`` (an aware
 time cannot be compared with a naive one: a TypeError)."""
 
-HolidayCountry = Annotated[str, AfterValidator(supported_country)]
+HolidayCountry = Annotated[str, request_only(supported_country)]
 """A country whose public holidays the ``holidays`` library has (``CN``)."""
 
 

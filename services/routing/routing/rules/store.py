@@ -16,6 +16,7 @@ from pymongo.errors import DuplicateKeyError
 
 from complaints_shared.auth import Principal
 from complaints_shared.problems import conflict, invalid, not_found
+from complaints_shared.stored import from_stored
 from routing import context_cache
 from routing.directory.store import BRANCHES, DEPARTMENTS, branch_key, visible_department
 from routing.rules.models import RoutingRule, RuleCreate, RuleRead, RuleUpdate, RuleVersionRead
@@ -39,13 +40,13 @@ def rule_key(org: str, slug: str) -> str:
 
 
 def rule_read(document: dict[str, Any]) -> RuleRead:
-    return RuleRead.model_validate({**document, "id": document["_id"]})
+    return from_stored(RuleRead, {**document, "id": document["_id"]})
 
 
 async def load_rules(*, db: AsyncDatabase, org: str) -> list[RoutingRule]:
     """The organisation's active rules in order."""
     cursor = db[RULES].find({"org": org, "active": {"$ne": False}}).sort("position", ASCENDING)
-    return [RoutingRule.model_validate({**doc, "id": doc["_id"]}) async for doc in cursor]
+    return [from_stored(RoutingRule, {**doc, "id": doc["_id"]}) async for doc in cursor]
 
 
 async def list_rules(
@@ -252,4 +253,4 @@ async def rule_versions(
     await _rule_document(db=db, principal=principal, rule_id=rule_id)
     cursor = db[RULE_VERSIONS].find({"org": principal.org, "rule_id": rule_id})
     documents = await cursor.sort("version", DESCENDING).to_list(None)
-    return [RuleVersionRead.model_validate(document) for document in documents]
+    return [from_stored(RuleVersionRead, document) for document in documents]

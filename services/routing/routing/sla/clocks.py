@@ -21,6 +21,7 @@ from complaints_shared.business_calendar import MAX_DAYS_SEARCHED, BeyondHorizon
 from complaints_shared.events import Category, Severity
 from complaints_shared.logs import get_logger
 from complaints_shared.models import Weekday
+from complaints_shared.stored import from_stored
 from routing.assignments.models import ClockState
 from routing.directory.models import BranchBase
 from routing.rules.matching import severity_at_least
@@ -32,6 +33,8 @@ BUILTIN_POLICY_ID = "builtin"
 # branch open a few hours a week) is due this long after its start instead of failing every
 # complaint that gets it (the consumer would retry, then dead-letter each one).
 HORIZON = timedelta(days=MAX_DAYS_SEARCHED)
+# The fields of a branch its business calendar is made of.
+CALENDAR_FIELDS = frozenset({"time_zone", "hours", "holidays"})
 
 log = get_logger(__name__)
 
@@ -124,7 +127,7 @@ def _dates(values: list[str]) -> Iterable[date]:
 
 def branch_calendar(branch: BranchBase) -> BusinessCalendar:
     """The branch's calendar; cached per distinct definition (holiday tables are costly)."""
-    spec = branch.model_dump(mode="json", include={"time_zone", "hours", "holidays"})
+    spec = branch.model_dump(mode="json", include=CALENDAR_FIELDS)
     return _calendar_from_key(json.dumps(spec, sort_keys=True))
 
 
@@ -315,4 +318,4 @@ def next_timer_at(clocks: Mapping[str, Clock]) -> datetime | None:
 
 
 def load_clocks(stored: Mapping[str, dict] | None) -> dict[str, Clock]:
-    return {name: Clock.model_validate(value) for name, value in (stored or {}).items()}
+    return {name: from_stored(Clock, value) for name, value in (stored or {}).items()}
