@@ -13,6 +13,10 @@ converted (a date is a date, a datetime is in UTC), but nothing is refused for b
 outside what a request may set now. Requests are validated without a context (FastAPI's
 bodies and query models), so every check applies to them. A route's response is the model
 instance read here, which FastAPI does not validate again.
+
+Computations that consume such values degrade instead of failing, logging a warning
+(``business_calendar``: a zone that no longer loads, a calendar without opening within
+its horizon; ``routing.sla.clocks``: ``sla_deadline_at_horizon``).
 """
 
 from __future__ import annotations

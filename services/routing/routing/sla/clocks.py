@@ -147,14 +147,32 @@ def _at_horizon(calendar: BusinessCalendar, start: datetime, exc: BeyondHorizon)
     return start + HORIZON
 
 
+def clock_start(calendar: BusinessCalendar, at: datetime) -> datetime:
+    """The next opening from ``at`` (``at`` itself when open); ``at`` (logged) when the
+    calendar has none within its horizon (a branch stored closed for years)."""
+    try:
+        return calendar.next_open(at)
+    except BeyondHorizon as exc:
+        log.warning("sla_clock_start_without_opening", time_zone=calendar.time_zone, error=str(exc))
+        return at
+
+
 def deadline(calendar: BusinessCalendar, start: datetime, duration: SlaDuration) -> datetime:
-    """When ``duration`` has passed after ``start`` in its basis (``HORIZON`` at most)."""
+    """When ``duration`` has passed after ``start`` in its basis (``HORIZON`` at most, also
+    when the calendar has no opening within it)."""
+    try:
+        return _deadline(calendar, start, duration)
+    except BeyondHorizon as exc:
+        return _at_horizon(calendar, start, exc)
+
+
+def _deadline(calendar: BusinessCalendar, start: datetime, duration: SlaDuration) -> datetime:
     if duration.unit is DurationUnit.END_OF_BUSINESS_DAY:
         return calendar.end_of_business_day(start)
     if duration.basis is TimeBasis.CALENDAR:
         return start + _unit_delta(duration)
     if duration.unit is not DurationUnit.DAYS:
-        return advance(calendar, duration.basis, start, _unit_delta(duration))
+        return calendar.add_business_time(start, _unit_delta(duration))
     # Counted from the opening the clock really starts at, so Friday night + 3 days
     # is Thursday morning, not Wednesday's closing time.
     start_at = calendar.next_open(start)
