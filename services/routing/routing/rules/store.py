@@ -15,6 +15,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
 from complaints_shared.auth import Principal
+from complaints_shared.logs import get_logger
 from complaints_shared.problems import conflict, invalid, not_found
 from complaints_shared.stored import from_stored
 from routing import context_cache
@@ -25,6 +26,10 @@ from routing.sla import store as policy_store
 RULES = "rules"
 RULE_VERSIONS = "rule_versions"
 POSITION_STEP = 10
+# The largest integer BSON stores (64 bits, signed).
+MAX_BSON_INT = 2**63 - 1
+
+log = get_logger(__name__)
 
 
 async def ensure_indexes(*, db: AsyncDatabase) -> None:
@@ -139,10 +144,16 @@ async def _validate_default(
 
 
 async def _next_position(*, db: AsyncDatabase, org: str) -> int:
+    """``POSITION_STEP`` after the last rule; at the last one's (logged) when a position
+    stored before positions were bounded leaves no room below BSON's 64-bit limit."""
     last = await db[RULES].find_one(
         {"org": org, "is_default": {"$ne": True}}, sort=[("position", DESCENDING)]
     )
-    return (last["position"] if last else 0) + POSITION_STEP
+    position = (last["position"] if last else 0) + POSITION_STEP
+    if position > MAX_BSON_INT:
+        log.warning("rule_position_at_limit", org=org, last_rule=last["_id"])
+        return last["position"]
+    return position
 
 
 async def _record_version(
