@@ -4,6 +4,14 @@ A calendar knows the opening hours per weekday, the country's public holidays
 (from the maintained ``holidays`` library), the organisation's own closed days
 and its make-up working days (调休: a weekend day worked to pay for a bridge
 holiday). Used by routing for SLA clocks and by follow-up for contact hours.
+
+The field types below check what a request may configure; a calendar stored before a
+check existed is read back as stored (``complaints_shared.stored``), so the arithmetic
+takes what they would refuse without failing: a zone that no longer loads is counted in
+UTC, a holiday country the library does not know has no public holidays (each logged
+once per calendar), an offset stored with an opening time is ignored, a closed day
+outside the years 1970-2200 closes nothing the closure check walks. Callers degrade on
+``BeyondHorizon`` (``routing.sla.clocks``, ``followup.contact_hours``).
 """
 
 from __future__ import annotations
@@ -11,13 +19,16 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import UTC, date, datetime, time, timedelta, tzinfo
 from functools import cache, cached_property
 from typing import Annotated
-from zoneinfo import ZoneInfo, available_timezones
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 import holidays
-from pydantic import AfterValidator
+
+from complaints_shared.datetimes import EARLIEST_YEAR, LATEST_YEAR
+from complaints_shared.logs import get_logger
+from complaints_shared.stored import request_only
 
 # The holidays library names a bridge day "Day off (substituted from MM/DD/YYYY)":
 # the date in brackets is the weekend day that is worked instead.
@@ -29,6 +40,8 @@ MAX_DAYS_SEARCHED = 3 * 366
 MAX_CLOSURE_DAYS = 366
 
 OpeningHours = Mapping[int, Sequence[tuple[time, time]]]
+
+log = get_logger(__name__)
 
 WEEKDAYS_9_TO_18: dict[int, list[tuple[time, time]]] = {
     weekday: [(time(9), time(18))] for weekday in range(5)
@@ -84,14 +97,15 @@ def _without_offset(value: time) -> time:
 
 # The field types of the APIs that configure calendars (routing's branches, follow-up's
 # contact hours): a bad value is a 422 naming the field, never an error in the arithmetic.
-TimeZoneName = Annotated[str, AfterValidator(known_time_zone)]
+# Checks of requests only: a value stored before them is read as stored.
+TimeZoneName = Annotated[str, request_only(known_time_zone)]
 """An IANA time zone name (``Asia/Shanghai``)."""
 
-LocalTime = Annotated[time, AfterValidator(_without_offset)]
+LocalTime = Annotated[time, request_only(_without_offset)]
 """A time of day in the calendar's own zone: ``09:00``, never ``09:00+01:00`` (an aware
 time cannot be compared with a naive one: a TypeError)."""
 
-HolidayCountry = Annotated[str, AfterValidator(supported_country)]
+HolidayCountry = Annotated[str, request_only(supported_country)]
 """A country whose public holidays the ``holidays`` library has (``CN``)."""
 
 
@@ -109,14 +123,45 @@ class BusinessCalendar:
     working_day_template: int = 0
 
     @cached_property
-    def zone(self) -> ZoneInfo:
-        return ZoneInfo(self.time_zone)
+    def zone(self) -> tzinfo:
+        """The calendar's zone; UTC (logged) for a stored name that does not load here."""
+        try:
+            return ZoneInfo(self.time_zone)
+        except (ZoneInfoNotFoundError, ValueError, OSError) as exc:
+            log.warning("calendar_time_zone_unavailable", time_zone=self.time_zone, error=repr(exc))
+            return UTC
+
+    def holiday_table(self, **options: str) -> holidays.HolidayBase | None:
+        """The country's public holidays; None without a country, or (logged) for a stored
+        one the library does not know (``country_holidays`` raises NotImplementedError, or
+        a TypeError for a module attribute that is no country)."""
+        if self.country is None:
+            return None
+        try:
+            return holidays.country_holidays(self.country, subdiv=self.subdivision, **options)
+        except (NotImplementedError, TypeError, AttributeError) as exc:
+            log.warning(
+                "calendar_holidays_unavailable",
+                country=self.country,
+                subdivision=self.subdivision,
+                error=repr(exc),
+            )
+            return None
 
     @cached_property
     def _public_holidays(self) -> holidays.HolidayBase | None:
-        if self.country is None:
-            return None
-        return holidays.country_holidays(self.country, subdiv=self.subdivision, language="en_US")
+        return self.holiday_table(language="en_US")
+
+    @cached_property
+    def _local_hours(self) -> dict[int, list[tuple[time, time]]]:
+        """The opening hours, sorted, without offsets: the zone says where (an offset
+        stored before they were refused, ``09:00+01:00``, is 09:00 in the zone)."""
+        return {
+            weekday: sorted(
+                (start.replace(tzinfo=None), end.replace(tzinfo=None)) for start, end in ranges
+            )
+            for weekday, ranges in self.hours.items()
+        }
 
     @cached_property
     def _working_days_by_year(self) -> dict[int, frozenset[date]]:
@@ -156,7 +201,8 @@ class BusinessCalendar:
         """The day's open ranges as aware datetimes in the calendar's zone."""
         if not self.is_working_day(day):
             return []
-        ranges = self.hours.get(day.weekday()) or self.hours.get(self.working_day_template, [])
+        hours = self._local_hours
+        ranges = hours.get(day.weekday()) or hours.get(self.working_day_template, [])
         return [
             (
                 datetime.combine(day, start, tzinfo=self.zone),
@@ -164,7 +210,7 @@ class BusinessCalendar:
                 if end != time(0)
                 else datetime.combine(day + timedelta(days=1), time(0), tzinfo=self.zone),
             )
-            for start, end in sorted(ranges)
+            for start, end in ranges
         ]
 
     def _ranges_from(
@@ -191,7 +237,10 @@ class BusinessCalendar:
             )
 
     def is_open(self, at: datetime) -> bool:
-        first_start, _ = next(iter(self._ranges_from(at)))
+        try:
+            first_start, _ = next(iter(self._ranges_from(at)))
+        except BeyondHorizon:
+            return False  # no opening for years: closed now too
         return first_start <= at
 
     def next_open(self, at: datetime) -> datetime:
@@ -252,13 +301,15 @@ class BusinessCalendar:
 
         Only closed days can close a calendar for long (weekends and holiday periods end
         within weeks), so the runs around them are all that is walked; a run is measured
-        only until it is longer than ``MAX_CLOSURE_DAYS``.
+        only until it is longer than ``MAX_CLOSURE_DAYS``. Closed days outside the years
+        1970-2200 (stored before they were refused) are left out: no arithmetic reaches them,
+        and walking from year 1 or 9999 would step out of the calendar.
         """
         longest: tuple[date, int] | None = None
         walked_to = date.min
         for closed in sorted(self.closed_days):
-            if closed <= walked_to:
-                continue  # inside the run measured last
+            if closed <= walked_to or not EARLIEST_YEAR <= closed.year <= LATEST_YEAR:
+                continue  # inside the run measured last, or out of reach
             first = last = closed
             while (closed - first).days <= MAX_CLOSURE_DAYS and not self.is_working_day(
                 first - timedelta(days=1)

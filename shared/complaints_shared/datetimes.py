@@ -9,6 +9,9 @@ handle lies outside them, and the arithmetic done on accepted values (a millisec
 either side of a cursor, thirty days before a report's end, a deadline years after a
 receipt in business time) stays far from Python's year 1 and 9999, where it would
 overflow into a 500.
+
+The range is a check of requests (``stored.request_only``): a date an earlier version
+stored outside it is read back as stored, converted to UTC (``stored.from_stored``).
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ from datetime import UTC, date, datetime
 from typing import Annotated
 
 from pydantic import AfterValidator, AwareDatetime
+
+from complaints_shared.stored import request_only
 
 EARLIEST_YEAR = 1970
 LATEST_YEAR = 2200
@@ -43,8 +48,16 @@ def _day_in_range(day: date) -> date:
     return day
 
 
-UtcDatetime = Annotated[AwareDatetime, AfterValidator(in_range)]
-"""An aware datetime of the years 1970 to 2200, converted to UTC."""
+def _as_utc(moment: datetime) -> datetime:
+    try:
+        return moment.astimezone(UTC)
+    except OverflowError:  # stored with an offset that crosses year 1 or 9999: kept as is
+        return moment
 
-CalendarDay = Annotated[date, AfterValidator(_day_in_range)]
-"""A calendar day of the years 1970 to 2200 (a branch's closed or make-up working day)."""
+
+UtcDatetime = Annotated[AwareDatetime, request_only(in_range), AfterValidator(_as_utc)]
+"""An aware datetime converted to UTC; in a request, of the years 1970 to 2200."""
+
+CalendarDay = Annotated[date, request_only(_day_in_range)]
+"""A calendar day (a branch's closed or make-up working day); in a request, of the years
+1970 to 2200."""

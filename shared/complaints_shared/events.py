@@ -16,6 +16,8 @@ from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from complaints_shared.stored import from_stored
+
 EVENT_TYPE_PREFIX = "org.complaintdesk."
 
 
@@ -536,6 +538,10 @@ def topic_of(event_type: EventType) -> Topic:
 
 
 def parse_data(event_type: str, data: dict) -> EventPayload:
-    """Validate event data against its contract; raises KeyError for unknown types."""
+    """Validate event data against its contract; raises KeyError for unknown types.
+
+    Read as stored (``stored.from_stored``): an event another version published is not
+    refused by a check added to requests since.
+    """
     model = EVENT_CONTRACTS[EventType(event_type)][1]
-    return model.model_validate(data)
+    return from_stored(model, data)

@@ -10,7 +10,9 @@ from collections.abc import Mapping
 from enum import StrEnum
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, StringConstraints, field_validator
+from pydantic import BaseModel, ConfigDict, StringConstraints, ValidationInfo, field_validator
+
+from complaints_shared.stored import is_stored
 
 CODE_PATTERN = r"^[A-Z0-9][A-Z0-9_-]{0,31}$"
 
@@ -53,13 +55,19 @@ def _unpaired_surrogate(value: Any, path: str = "") -> str | None:
 
 class StrictModel(BaseModel):
     """Request bodies reject unknown fields so typos are caught, not ignored, and text that
-    is not Unicode (an unpaired surrogate) so it never reaches an encoder as a 500."""
+    is not Unicode (an unpaired surrogate) so it never reaches an encoder as a 500.
+
+    The text check is one of requests: stored text was encoded once, so a model read with
+    ``stored.from_stored`` does not walk it again.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
     @field_validator("*")
     @classmethod
-    def _unicode_text(cls, value: Any) -> Any:
+    def _unicode_text(cls, value: Any, info: ValidationInfo) -> Any:
+        if is_stored(info):
+            return value
         where = _unpaired_surrogate(value)
         if where is None:
             return value

@@ -37,6 +37,7 @@ from complaints_shared.metrics import (
 )
 from complaints_shared.mongo import as_utc, by_ids
 from complaints_shared.settings import ServiceSettings
+from complaints_shared.stored import from_stored
 from complaints_shared.timing import wait_event
 
 log = get_logger(__name__)
@@ -660,7 +661,7 @@ class OutboxRelay:
         pending: list[tuple[Any, str, str, asyncio.Future]] = []
         for document in documents:
             for entry in document.get(OUTBOX_FIELD, []):
-                event = CloudEvent.model_validate(entry)
+                event = from_stored(CloudEvent, entry)
                 delivery = await self._producer.send(event, topic=entry["topic"])
                 pending.append((document["_id"], event.id, event.type, delivery))
         results = await asyncio.gather(*(item[3] for item in pending), return_exceptions=True)

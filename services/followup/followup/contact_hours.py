@@ -14,12 +14,15 @@ from functools import cached_property, lru_cache
 
 import holidays
 
-from complaints_shared.business_calendar import BusinessCalendar, closure_problem
+from complaints_shared.business_calendar import BeyondHorizon, BusinessCalendar, closure_problem
+from complaints_shared.logs import get_logger
 from complaints_shared.problems import invalid
 from followup.models import CheckRule, ContactHours
 from followup.settings import FollowupSettings
 
 SATURDAY = 5
+
+log = get_logger(__name__)
 
 
 def _nearest_weekday(day: date, *, step: int) -> date:
@@ -39,9 +42,7 @@ class ContactCalendar(BusinessCalendar):
 
     @cached_property
     def _holiday_table(self) -> holidays.HolidayBase | None:
-        if self.country is None:
-            return None
-        return holidays.country_holidays(self.country, subdiv=self.subdivision)
+        return self.holiday_table()
 
     def is_working_day(self, day: date) -> bool:
         return super().is_working_day(day) and not self._weekend_inside_holidays(day)
@@ -112,8 +113,18 @@ def check_closures(hours: ContactHours) -> None:
 
 
 def next_contact_moment(*, hours: ContactHours, at: datetime) -> datetime:
-    """``at`` itself when customers may be called then, else the next moment they may (UTC)."""
-    return calendar_of(hours).next_open(at)
+    """``at`` itself when customers may be called then, else the next moment they may (UTC).
+
+    Contact hours stored before long closures were refused may have no such moment within
+    the three years the calendar searches: then ``at`` itself (logged), so the check is
+    still scheduled and the call still retried rather than the complaint's event failing.
+    """
+    calendar = calendar_of(hours)
+    try:
+        return calendar.next_open(at)
+    except BeyondHorizon as exc:
+        log.warning("contact_moment_beyond_horizon", time_zone=hours.time_zone, error=str(exc))
+        return at
 
 
 def check_due_times(

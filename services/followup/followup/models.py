@@ -34,6 +34,7 @@ from complaints_shared.events import (
     Severity,
 )
 from complaints_shared.models import Code, StrictModel, Weekday
+from complaints_shared.stored import is_stored
 
 Item = TypeVar("Item")
 
@@ -205,8 +206,8 @@ class ContactHours(StrictModel):
     @field_validator("holiday_subdivision")
     @classmethod
     def _supported_subdivision(cls, value: str | None, info: ValidationInfo) -> str | None:
-        if value is None or "holiday_country" not in info.data:  # a bad country is named already
-            return value
+        if value is None or is_stored(info) or "holiday_country" not in info.data:
+            return value  # a stored one is read as stored; an unknown country is named already
         return supported_subdivision(info.data["holiday_country"], value)
 
 

@@ -32,6 +32,7 @@ from complaints_shared.auth import Principal
 from complaints_shared.mongo import insert_batched
 from complaints_shared.pagination import Page
 from complaints_shared.problems import ProblemError
+from complaints_shared.stored import from_stored
 from complaints_shared.timers import FAILURE_FIELDS
 from followup.contact_hours import default_contact_hours
 from followup.models import (
@@ -181,7 +182,7 @@ async def list_checks(
 
 
 def to_read(document: dict[str, Any]) -> SatisfactionCheckRead:
-    return SatisfactionCheckRead.model_validate({**document, "id": document["_id"]})
+    return from_stored(SatisfactionCheckRead, {**document, "id": document["_id"]})
 
 
 # ------------------------------------------------- versioned configuration --
@@ -258,7 +259,7 @@ async def current_policy(*, db: AsyncDatabase, settings: FollowupSettings, org: 
     stored = await _latest(db[POLICIES], _policy_key(org, None))
     if stored is None:
         return PolicyRead(org=org, version=0, policy=default_policy(settings))
-    return PolicyRead.model_validate(stored)
+    return from_stored(PolicyRead, stored)
 
 
 async def policy_for_branch(
@@ -268,7 +269,7 @@ async def policy_for_branch(
     stored = await _latest(db[POLICIES], _policy_key(org, branch))
     if stored is None or stored.get("policy") is None:
         return await current_policy(db=db, settings=settings, org=org)
-    return PolicyRead.model_validate(stored)
+    return from_stored(PolicyRead, stored)
 
 
 async def save_policy(
@@ -288,7 +289,7 @@ async def save_policy(
         principal=principal,
         now=now,
     )
-    return PolicyRead.model_validate(document)
+    return from_stored(PolicyRead, document)
 
 
 async def follow_organisation_policy(
@@ -310,7 +311,7 @@ async def policy_history(
     *, db: AsyncDatabase, org: str, limit: int, branch: str | None = None
 ) -> list[PolicyRead]:
     documents = await _history(db[POLICIES], key=_policy_key(org, branch), limit=limit)
-    return [PolicyRead.model_validate(document) for document in documents]
+    return [from_stored(PolicyRead, document) for document in documents]
 
 
 # ------------------------------------------------------------ contact hours --
@@ -325,7 +326,7 @@ async def current_contact_hours(
         return ContactHoursRead(
             org=org, branch=branch, version=0, contact_hours=default_contact_hours(settings)
         )
-    return ContactHoursRead.model_validate(stored)
+    return from_stored(ContactHoursRead, stored)
 
 
 async def save_contact_hours(
@@ -344,7 +345,7 @@ async def save_contact_hours(
         principal=principal,
         now=now,
     )
-    return ContactHoursRead.model_validate(document)
+    return from_stored(ContactHoursRead, document)
 
 
 async def contact_hours_history(
@@ -352,4 +353,4 @@ async def contact_hours_history(
 ) -> list[ContactHoursRead]:
     key = {"org": org, "branch": branch}
     documents = await _history(db[CONTACT_HOURS], key=key, limit=limit)
-    return [ContactHoursRead.model_validate(document) for document in documents]
+    return [from_stored(ContactHoursRead, document) for document in documents]

@@ -15,6 +15,7 @@ from complaints_shared.datetimes import UtcDatetime
 from complaints_shared.pagination import Page
 from complaints_shared.problems import invalid_fields
 from complaints_shared.runtime import runtime_of
+from complaints_shared.stored import from_stored
 from intake import commands, idempotency, registration, reports, search, store
 from intake.lifecycle import Command
 from intake.models import (
@@ -108,9 +109,8 @@ async def create_complaint(
                 now=runtime.clock.now(),
             )
             shown = await _shown(request, principal, document)
-            payload = ComplaintCreated(**shown.model_dump(), resubmission=not created).model_dump(
-                mode="json"
-            )
+            answer = {**shown.model_dump(), "resubmission": not created}
+            payload = from_stored(ComplaintCreated, answer).model_dump(mode="json")
             status_code = status.HTTP_201_CREATED if created else status.HTTP_200_OK
             if reservation is not None:
                 await idempotency.complete(
@@ -157,7 +157,7 @@ async def get_timeline(complaint_id: str, request: Request, principal: Reader) -
     return Timeline(
         complaint_id=complaint_id,
         reference=document["reference"],
-        entries=[TimelineEntry.model_validate(entry) for entry in document.get("timeline", [])],
+        entries=[from_stored(TimelineEntry, entry) for entry in document.get("timeline", [])],
     )
 
 

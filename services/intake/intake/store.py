@@ -28,6 +28,7 @@ from complaints_shared.mongo import (
     merge_updates,
     retrying,
 )
+from complaints_shared.stored import from_stored
 from intake import filter_keys, floors
 from intake.lifecycle import Status
 from intake.models import ComplaintRead
@@ -120,7 +121,7 @@ def timeline_entry(
 
 
 def to_read(document: dict[str, Any]) -> ComplaintRead:
-    return ComplaintRead.model_validate({**document, "id": document["_id"]})
+    return from_stored(ComplaintRead, {**document, "id": document["_id"]})
 
 
 async def shown_to(

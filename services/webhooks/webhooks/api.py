@@ -21,6 +21,7 @@ from complaints_shared.models import StrictModel
 from complaints_shared.pagination import Page
 from complaints_shared.problems import ProblemError, not_found
 from complaints_shared.runtime import runtime_of
+from complaints_shared.stored import from_stored
 from webhooks import store
 from webhooks.handlers import order_key
 from webhooks.models import (
@@ -130,7 +131,7 @@ async def create_subscription(
         "updated_at": now,
     }
     await store.insert_subscription(db=runtime.db, document=document)
-    return SubscriptionCreated.model_validate({**store.public(document), "secret": secret})
+    return from_stored(SubscriptionCreated, {**store.public(document), "secret": secret})
 
 
 @router.get(
@@ -155,7 +156,7 @@ async def get_subscription(
     subscription_id: SubscriptionId, request: Request, principal: Admin
 ) -> SubscriptionRead:
     found = await _subscription(request, principal, subscription_id)
-    return SubscriptionRead.model_validate(store.public(found))
+    return from_stored(SubscriptionRead, store.public(found))
 
 
 @router.patch(
@@ -199,7 +200,7 @@ async def update_subscription(
         # crash after the status was written cut short (retries keep their backoff).
         await store.release_held(db=runtime.db, subscription_id=subscription_id, now=now)
         _dispatcher(request).notify()
-    return SubscriptionRead.model_validate(store.public(updated))
+    return from_stored(SubscriptionRead, store.public(updated))
 
 
 @router.delete(
@@ -292,7 +293,7 @@ async def ping(subscription_id: SubscriptionId, request: Request, principal: Adm
     )
     await store.insert_deliveries(db=runtime.db, deliveries=[delivery])
     _dispatcher(request).notify()
-    return DeliveryRead.model_validate(store.public(delivery))
+    return from_stored(DeliveryRead, store.public(delivery))
 
 
 # ----------------------------------------------------------------- deliveries --
@@ -329,7 +330,7 @@ async def get_delivery(
     )
     if found is None:
         raise not_found(what="delivery", identifier=delivery_id)
-    return DeliveryRead.model_validate(store.public(found))
+    return from_stored(DeliveryRead, store.public(found))
 
 
 @router.post(

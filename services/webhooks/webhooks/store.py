@@ -24,6 +24,7 @@ from complaints_shared import aggregate
 from complaints_shared.auth import Principal
 from complaints_shared.mongo import any_date, at_or_after, at_or_before, claim_first, lease_free
 from complaints_shared.pagination import Page
+from complaints_shared.stored import from_stored
 from webhooks.models import (
     DeliveryFilters,
     DeliveryRead,
@@ -107,7 +108,7 @@ async def list_subscriptions(
         sort_field="created_at",
         limit=limit,
         cursor=cursor,
-        to_item=lambda document: SubscriptionRead.model_validate(_with_id(document)),
+        to_item=lambda document: from_stored(SubscriptionRead, _with_id(document)),
         projection=PUBLIC_SUBSCRIPTION,
     )
 
@@ -531,7 +532,7 @@ async def list_deliveries(
         sort_field="created_at",
         limit=filters.limit,
         cursor=filters.cursor,
-        to_item=lambda document: DeliveryRead.model_validate(_with_id(document)),
+        to_item=lambda document: from_stored(DeliveryRead, _with_id(document)),
         descending=True,
         projection=PUBLIC_DELIVERY,
     )

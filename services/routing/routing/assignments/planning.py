@@ -164,7 +164,7 @@ def _clock_start(
     # Urgent complaints run from the moment they arrive; the rest wait for the next opening.
     if in_hours or urgent:
         return received_at
-    return calendar.next_open(received_at)
+    return sla_clocks.clock_start(calendar, received_at)
 
 
 def plan_route(

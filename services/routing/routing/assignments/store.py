@@ -20,6 +20,7 @@ from complaints_shared.auth import Principal
 from complaints_shared.mongo import count_each, ensure_index, insert_batched
 from complaints_shared.pagination import Page
 from complaints_shared.problems import not_found
+from complaints_shared.stored import from_stored
 from routing import audit
 from routing.assignments.models import (
     ACTIVE_STATUSES,
@@ -172,7 +173,7 @@ async def get_visible(*, db: AsyncDatabase, principal: Principal, complaint_id: 
 
 
 def to_read(document: dict[str, Any]) -> AssignmentRead:
-    return AssignmentRead.model_validate({**document, "complaint_id": document["_id"]})
+    return from_stored(AssignmentRead, {**document, "complaint_id": document["_id"]})
 
 
 async def get_assignment(

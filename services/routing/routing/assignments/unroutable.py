@@ -25,6 +25,7 @@ from complaints_shared.logs import get_logger
 from complaints_shared.mongo import is_id_clash, merge_updates
 from complaints_shared.outbox import outbox_entry, outbox_fields
 from complaints_shared.runtime import Runtime
+from complaints_shared.stored import from_stored
 from routing.assignments import lifecycle, owners, placement, planning, routing_context, store
 from routing.assignments.lifecycle import Command
 from routing.assignments.models import AssignmentStatus
@@ -132,7 +133,7 @@ async def leave(
     current = await db[store.ASSIGNMENTS].find_one({"_id": complaint_id, "status": STATE})
     if current is None:
         return None
-    complaint = ComplaintReceived.model_validate(current["received"])
+    complaint = from_stored(ComplaintReceived, current["received"])
     context = await routing_context.load_context(db=db, complaint=complaint)
     if department is not None:
         context.rules = [supervisor_rule(org=complaint.org, department=department)]

@@ -21,6 +21,7 @@ from complaints_shared.models import Weekday
 from complaints_shared.outbox import outbox_entry, outbox_fields, outbox_update
 from complaints_shared.problems import invalid, not_found
 from complaints_shared.settings import ServiceSettings
+from complaints_shared.stored import from_stored
 from routing.directory import store
 from routing.directory.models import (
     BranchBase,
@@ -31,7 +32,7 @@ from routing.directory.models import (
     OpeningRange,
     StaffStatus,
 )
-from routing.sla.clocks import branch_calendar
+from routing.sla.clocks import CALENDAR_FIELDS, branch_calendar
 
 
 def _check_holidays(calendar: HolidayCalendar) -> None:
@@ -152,10 +153,16 @@ async def update_branch(
     changes = store.without_nulls(
         body.model_dump(mode="json", exclude_unset=True), nullable={"duty_officer_id"}
     )
-    merged = BranchRead.model_validate({**current, **changes})
-    _check_hours(merged.hours)
-    _check_holidays(merged.holidays)
-    _check_closures(merged)
+    # The body's fields were checked as a request; the rest is read as stored, and the
+    # branch is checked for what the change touches (a calendar kept from before a check
+    # was added does not refuse a new name).
+    merged = from_stored(BranchRead, {**current, **changes})
+    if "hours" in changes:
+        _check_hours(merged.hours)
+    if "holidays" in changes:
+        _check_holidays(merged.holidays)
+    if changes.keys() & CALENDAR_FIELDS:
+        _check_closures(merged)
     if "duty_officer_id" in changes:
         await _check_duty_officer(db=db, principal=principal, staff_id=merged.duty_officer_id)
     return await _change_branch(

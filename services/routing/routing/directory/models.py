@@ -30,6 +30,7 @@ from complaints_shared.business_calendar import (
 from complaints_shared.datetimes import CalendarDay
 from complaints_shared.events import Category
 from complaints_shared.models import Code, StrictModel, Weekday
+from complaints_shared.stored import is_stored
 from routing.models import Kind, Name, Slug
 
 
@@ -90,8 +91,8 @@ class HolidayCalendar(StrictModel):
     @field_validator("subdivision")
     @classmethod
     def _supported_subdivision(cls, value: str | None, info: ValidationInfo) -> str | None:
-        if value is None or "country" not in info.data:  # an unknown country is named already
-            return value
+        if value is None or is_stored(info) or "country" not in info.data:
+            return value  # a stored one is read as stored; an unknown country is named already
         return supported_subdivision(info.data["country"], value)
 
 

@@ -22,6 +22,7 @@ from complaints_shared.auth import Principal
 from complaints_shared.mongo import merge_updates
 from complaints_shared.outbox import OUTBOX_FIELD, PENDING_SINCE_FIELD, record_stored
 from complaints_shared.problems import conflict, invalid
+from complaints_shared.stored import from_stored
 from routing import audit, context_cache
 from routing.directory.models import BranchRead, DepartmentRead, StaffRead
 
@@ -187,15 +188,15 @@ async def _audit(
 
 
 def branch_read(document: dict[str, Any]) -> BranchRead:
-    return BranchRead.model_validate(document)
+    return from_stored(BranchRead, document)
 
 
 def department_read(document: dict[str, Any]) -> DepartmentRead:
-    return DepartmentRead.model_validate(document)
+    return from_stored(DepartmentRead, document)
 
 
 def staff_read(document: dict[str, Any], *, open_load: int = 0) -> StaffRead:
-    return StaffRead.model_validate({**document, "open_load": open_load})
+    return from_stored(StaffRead, {**document, "open_load": open_load})
 
 
 async def visible_staff(

@@ -15,7 +15,9 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
 from complaints_shared.auth import Principal
+from complaints_shared.logs import get_logger
 from complaints_shared.problems import conflict, invalid, not_found
+from complaints_shared.stored import from_stored
 from routing import context_cache
 from routing.directory.store import BRANCHES, DEPARTMENTS, branch_key, visible_department
 from routing.rules.models import RoutingRule, RuleCreate, RuleRead, RuleUpdate, RuleVersionRead
@@ -24,6 +26,10 @@ from routing.sla import store as policy_store
 RULES = "rules"
 RULE_VERSIONS = "rule_versions"
 POSITION_STEP = 10
+# The largest integer BSON stores (64 bits, signed).
+MAX_BSON_INT = 2**63 - 1
+
+log = get_logger(__name__)
 
 
 async def ensure_indexes(*, db: AsyncDatabase) -> None:
@@ -39,13 +45,13 @@ def rule_key(org: str, slug: str) -> str:
 
 
 def rule_read(document: dict[str, Any]) -> RuleRead:
-    return RuleRead.model_validate({**document, "id": document["_id"]})
+    return from_stored(RuleRead, {**document, "id": document["_id"]})
 
 
 async def load_rules(*, db: AsyncDatabase, org: str) -> list[RoutingRule]:
     """The organisation's active rules in order."""
     cursor = db[RULES].find({"org": org, "active": {"$ne": False}}).sort("position", ASCENDING)
-    return [RoutingRule.model_validate({**doc, "id": doc["_id"]}) async for doc in cursor]
+    return [from_stored(RoutingRule, {**doc, "id": doc["_id"]}) async for doc in cursor]
 
 
 async def list_rules(
@@ -138,10 +144,16 @@ async def _validate_default(
 
 
 async def _next_position(*, db: AsyncDatabase, org: str) -> int:
+    """``POSITION_STEP`` after the last rule; at the last one's (logged) when a position
+    stored before positions were bounded leaves no room below BSON's 64-bit limit."""
     last = await db[RULES].find_one(
         {"org": org, "is_default": {"$ne": True}}, sort=[("position", DESCENDING)]
     )
-    return (last["position"] if last else 0) + POSITION_STEP
+    position = (last["position"] if last else 0) + POSITION_STEP
+    if position > MAX_BSON_INT:
+        log.warning("rule_position_at_limit", org=org, last_rule=last["_id"])
+        return last["position"]
+    return position
 
 
 async def _record_version(
@@ -252,4 +264,4 @@ async def rule_versions(
     await _rule_document(db=db, principal=principal, rule_id=rule_id)
     cursor = db[RULE_VERSIONS].find({"org": principal.org, "rule_id": rule_id})
     documents = await cursor.sort("version", DESCENDING).to_list(None)
-    return [RuleVersionRead.model_validate(document) for document in documents]
+    return [from_stored(RuleVersionRead, document) for document in documents]

@@ -21,6 +21,7 @@ from complaints_shared.business_calendar import MAX_DAYS_SEARCHED, BeyondHorizon
 from complaints_shared.events import Category, Severity
 from complaints_shared.logs import get_logger
 from complaints_shared.models import Weekday
+from complaints_shared.stored import from_stored
 from routing.assignments.models import ClockState
 from routing.directory.models import BranchBase
 from routing.rules.matching import severity_at_least
@@ -32,6 +33,8 @@ BUILTIN_POLICY_ID = "builtin"
 # branch open a few hours a week) is due this long after its start instead of failing every
 # complaint that gets it (the consumer would retry, then dead-letter each one).
 HORIZON = timedelta(days=MAX_DAYS_SEARCHED)
+# The fields of a branch its business calendar is made of.
+CALENDAR_FIELDS = frozenset({"time_zone", "hours", "holidays"})
 
 log = get_logger(__name__)
 
@@ -124,7 +127,7 @@ def _dates(values: list[str]) -> Iterable[date]:
 
 def branch_calendar(branch: BranchBase) -> BusinessCalendar:
     """The branch's calendar; cached per distinct definition (holiday tables are costly)."""
-    spec = branch.model_dump(mode="json", include={"time_zone", "hours", "holidays"})
+    spec = branch.model_dump(mode="json", include=CALENDAR_FIELDS)
     return _calendar_from_key(json.dumps(spec, sort_keys=True))
 
 
@@ -144,14 +147,32 @@ def _at_horizon(calendar: BusinessCalendar, start: datetime, exc: BeyondHorizon)
     return start + HORIZON
 
 
+def clock_start(calendar: BusinessCalendar, at: datetime) -> datetime:
+    """The next opening from ``at`` (``at`` itself when open); ``at`` (logged) when the
+    calendar has none within its horizon (a branch stored closed for years)."""
+    try:
+        return calendar.next_open(at)
+    except BeyondHorizon as exc:
+        log.warning("sla_clock_start_without_opening", time_zone=calendar.time_zone, error=str(exc))
+        return at
+
+
 def deadline(calendar: BusinessCalendar, start: datetime, duration: SlaDuration) -> datetime:
-    """When ``duration`` has passed after ``start`` in its basis (``HORIZON`` at most)."""
+    """When ``duration`` has passed after ``start`` in its basis (``HORIZON`` at most, also
+    when the calendar has no opening within it)."""
+    try:
+        return _deadline(calendar, start, duration)
+    except BeyondHorizon as exc:
+        return _at_horizon(calendar, start, exc)
+
+
+def _deadline(calendar: BusinessCalendar, start: datetime, duration: SlaDuration) -> datetime:
     if duration.unit is DurationUnit.END_OF_BUSINESS_DAY:
         return calendar.end_of_business_day(start)
     if duration.basis is TimeBasis.CALENDAR:
         return start + _unit_delta(duration)
     if duration.unit is not DurationUnit.DAYS:
-        return advance(calendar, duration.basis, start, _unit_delta(duration))
+        return calendar.add_business_time(start, _unit_delta(duration))
     # Counted from the opening the clock really starts at, so Friday night + 3 days
     # is Thursday morning, not Wednesday's closing time.
     start_at = calendar.next_open(start)
@@ -315,4 +336,4 @@ def next_timer_at(clocks: Mapping[str, Clock]) -> datetime | None:
 
 
 def load_clocks(stored: Mapping[str, dict] | None) -> dict[str, Clock]:
-    return {name: Clock.model_validate(value) for name, value in (stored or {}).items()}
+    return {name: from_stored(Clock, value) for name, value in (stored or {}).items()}

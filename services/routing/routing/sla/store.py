@@ -14,6 +14,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 
 from complaints_shared.auth import Principal
 from complaints_shared.problems import conflict, invalid, invalid_fields, not_found
+from complaints_shared.stored import from_stored
 from routing import audit
 from routing.sla.models import SlaPolicy, SlaPolicyWrite
 
@@ -64,7 +65,7 @@ async def _audit(
 
 
 def policy_read(document: dict[str, Any]) -> SlaPolicy:
-    return SlaPolicy.model_validate(document)
+    return from_stored(SlaPolicy, document)
 
 
 async def load_policies(*, db: AsyncDatabase, org: str) -> list[SlaPolicy]:
