@@ -13,6 +13,7 @@ import pytest
 
 from complaints_shared.clock import ManualClock
 from complaints_shared.events import EventType
+from intake import reference_numbers
 from routing import context_cache
 from routing.sla.clocks import HORIZON
 from tests.support.clock import at, utc
@@ -210,3 +211,23 @@ async def test_contact_hours_stored_with_values_now_refused_are_served_and_sched
     history = await system.followup.get("/v1/followups/contact-hours/LZ/history", headers=admin)
     assert history.status_code == 200, history.text
     assert [item["version"] for item in history.json()["items"]] == [1]
+
+
+async def test_a_branch_zone_intake_keeps_that_no_longer_loads_numbers_by_the_utc_day(
+    system_factory: SystemFactory,
+) -> None:
+    """Intake numbers complaints by the branch's local day from the zone routing announced;
+    a zone the host no longer loads counts days in UTC instead of failing every POST."""
+    # 23:30 UTC: already the next day in Asia/Shanghai, still this one in UTC.
+    system = await system_factory(clock=ManualClock(datetime(2026, 11, 23, 23, 30, tzinfo=UTC)))
+    admin = token(system.intake_settings)
+    intake_db = system.mongo[system.intake_settings.database_name()]
+    await intake_db[reference_numbers.BRANCHES].update_one(
+        {"_id": reference_numbers.branch_key("demo", "HOSP")},
+        {"$set": {"org": "demo", "code": "HOSP", "time_zone": "Mars/Olympus_Mons", "version": 99}},
+        upsert=True,
+    )
+    reference_numbers._time_zones.clear()
+
+    created = await create_complaint(system, admin, branch="HOSP", subject="挂号系统又崩了")
+    assert created["reference"] == "HOSP-20261123-0001"

@@ -97,6 +97,17 @@ def _without_offset(value: time) -> time:
 
 # The field types of the APIs that configure calendars (routing's branches, follow-up's
 # contact hours): a bad value is a 422 naming the field, never an error in the arithmetic.
+@cache
+def zone_or_utc(name: str) -> tzinfo:
+    """The zone ``name``; UTC (logged) for a stored name that does not load here (a zone the
+    host's time-zone data no longer has, a name stored before ``known_time_zone``)."""
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError, OSError) as exc:
+        log.warning("calendar_time_zone_unavailable", time_zone=name, error=repr(exc))
+        return UTC
+
+
 # Checks of requests only: a value stored before them is read as stored.
 TimeZoneName = Annotated[str, request_only(known_time_zone)]
 """An IANA time zone name (``Asia/Shanghai``)."""
@@ -125,11 +136,7 @@ class BusinessCalendar:
     @cached_property
     def zone(self) -> tzinfo:
         """The calendar's zone; UTC (logged) for a stored name that does not load here."""
-        try:
-            return ZoneInfo(self.time_zone)
-        except (ZoneInfoNotFoundError, ValueError, OSError) as exc:
-            log.warning("calendar_time_zone_unavailable", time_zone=self.time_zone, error=repr(exc))
-            return UTC
+        return zone_or_utc(self.time_zone)
 
     def holiday_table(self, **options: str) -> holidays.HolidayBase | None:
         """The country's public holidays; None without a country, or (logged) for a stored

@@ -11,12 +11,12 @@ import time
 from collections import OrderedDict
 from contextlib import suppress
 from datetime import datetime
-from zoneinfo import ZoneInfo
 
 from pymongo import ReturnDocument
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
+from complaints_shared.business_calendar import zone_or_utc
 from complaints_shared.events import BranchUpdated
 from complaints_shared.mongo import retrying
 from intake import store
@@ -99,7 +99,7 @@ async def next_reference(*, db: AsyncDatabase, branch: str, at: datetime, time_z
     replicas), and a block's unused numbers are skipped when its process stops: gaps,
     never duplicates.
     """
-    day = at.astimezone(ZoneInfo(time_zone)).strftime("%Y%m%d")
+    day = at.astimezone(zone_or_utc(time_zone)).strftime("%Y%m%d")
     key = f"{branch}-{day}"
     slot = (db.name, key)
     async with _block_locks.setdefault(slot, asyncio.Lock()):
