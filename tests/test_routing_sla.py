@@ -174,6 +174,30 @@ def test_a_calendar_clock_pauses_by_the_hour() -> None:
     assert resumed.warn_at == MONDAY_10 + timedelta(hours=18, minutes=120)
 
 
+def test_a_clock_stopped_while_paused_is_met_and_due_with_the_wait_left_out() -> None:
+    clock = _high_clock(MONDAY_10)  # due Thursday 10:00
+    paused = sla.pause_clock(clock, at=shanghai(2026, 11, 24, 12))
+    # The customer answers three weeks later and the complaint is resolved at once.
+    stopped = sla.stop_clock(paused, at=shanghai(2026, 12, 15, 9), calendar=SHANGHAI)
+    assert stopped.state is ClockState.STOPPED and stopped.paused_at is None
+    # 16 business hours were left at the pause: Tuesday 15 December 9 h + Wednesday 7 h.
+    assert stopped.due_at == shanghai(2026, 12, 16, 16)
+    assert sla.met(stopped)
+    with pytest.raises(ValueError, match="calendar"):
+        sla.stop_clock(paused, at=shanghai(2026, 12, 15, 9))
+
+
+def test_a_due_time_passed_before_the_pause_stays_passed() -> None:
+    clock = _high_clock(MONDAY_10)
+    # Paused a minute after its due time, before the scheduler fired the breach.
+    paused = sla.pause_clock(clock, at=clock.due_at + timedelta(minutes=1))
+    resumed = sla.resume_clock(paused, calendar=SHANGHAI, at=shanghai(2026, 12, 7, 9))
+    assert resumed.due_at == clock.due_at
+    assert resumed.next_breach_at == clock.due_at  # the breach fires at once
+    stopped = sla.stop_clock(paused, at=shanghai(2026, 12, 7, 9), calendar=SHANGHAI)
+    assert stopped.due_at == clock.due_at and not sla.met(stopped)
+
+
 def test_a_breach_wins_over_a_due_warning_and_re_arms_only_when_asked() -> None:
     clock = _high_clock(MONDAY_10)
     late = clock.due_at + timedelta(minutes=1)

@@ -55,6 +55,7 @@ class EventType(StrEnum):
     COMPLAINT_ESCALATED = f"{EVENT_TYPE_PREFIX}complaint.escalated.v1"
     COMPLAINT_SLA_WARNING = f"{EVENT_TYPE_PREFIX}complaint.sla_warning.v1"
     COMPLAINT_SLA_BREACHED = f"{EVENT_TYPE_PREFIX}complaint.sla_breached.v1"
+    COMPLAINT_SLA_STOPPED = f"{EVENT_TYPE_PREFIX}complaint.sla_stopped.v1"
     COMPLAINT_RESPONSIBILITY_SET = f"{EVENT_TYPE_PREFIX}complaint.responsibility_set.v1"
     BRANCH_UPDATED = f"{EVENT_TYPE_PREFIX}branch.updated.v1"
     # followup
@@ -357,6 +358,12 @@ class ComplaintAssigned(EventData):
     major_incident: bool = False
 
 
+QUEUED_DUE_DESCRIPTION = (
+    "As on complaint.assigned (None in events published before queued ones carried it: "
+    "the due times known stay)"
+)
+
+
 class ComplaintQueued(EventData):
     """Nobody in the department has capacity; the complaint waits in its queue."""
 
@@ -370,6 +377,10 @@ class ComplaintQueued(EventData):
     )
     flags: list[str] | None = Field(None, description="The flags routing applied")
     major_incident: bool = False
+    # The clocks run while the complaint waits in the queue.
+    acknowledge_due_at: datetime | None = Field(None, description=QUEUED_DUE_DESCRIPTION)
+    resolve_due_at: datetime | None = Field(None, description=QUEUED_DUE_DESCRIPTION)
+    regulatory_report_due_at: datetime | None = Field(None, description=QUEUED_DUE_DESCRIPTION)
 
 
 class ComplaintUnroutable(EventData):
@@ -412,12 +423,18 @@ class ComplaintEscalated(EventData):
     regulatory_report_due_at: datetime | None = None
 
 
+CYCLE_DESCRIPTION = "The complaint's cycle: 0 from registration, n since the nth reopen"
+# Warnings and breaches published before they carried their cycle.
+CYCLE_OR_NONE = f"{CYCLE_DESCRIPTION} (None: an event published before it was carried)"
+
+
 class ComplaintSlaWarning(EventData):
     """A clock passed its warning share (80% by default) of the allowed time."""
 
     clock: SlaClock
     due_at: datetime
     warned_at: datetime
+    reopen_count: int | None = Field(None, description=CYCLE_OR_NONE)
 
 
 class ComplaintSlaBreached(EventData):
@@ -427,6 +444,28 @@ class ComplaintSlaBreached(EventData):
     due_at: datetime
     breached_at: datetime
     escalation_level: int | None = None
+    reopen_count: int | None = Field(None, description=CYCLE_OR_NONE)
+
+
+class ComplaintSlaStopped(EventData):
+    """Routing's verdict on an acknowledge or resolve clock that stopped: was it met?
+
+    Published when 受理 stops the acknowledge clock, and when a resolution (or a rejection,
+    withdrawal or closure) stops the resolve clock. Judged on routing's clock: business
+    hours, and no time counted while the complaint waited on the customer.
+    """
+
+    clock: SlaClock
+    due_at: datetime = Field(
+        description="The clock's final due time: its target laid out with every pause left out"
+    )
+    stopped_at: datetime
+    on_time: bool = Field(description="Stopped by its due time (stopped_at <= due_at)")
+    breached: bool = Field(description="A breach of this clock was announced before it stopped")
+    reopen_count: int = Field(0, description=CYCLE_DESCRIPTION)
+    resolution_number: int | None = Field(
+        None, description="The resolution that stopped the resolve clock (None: something else)"
+    )
 
 
 class ComplaintResponsibilitySet(EventData):
@@ -524,6 +563,7 @@ EVENT_CONTRACTS: dict[EventType, tuple[Topic, type[EventPayload]]] = {
     EventType.COMPLAINT_ESCALATED: (Topic.ROUTING, ComplaintEscalated),
     EventType.COMPLAINT_SLA_WARNING: (Topic.ROUTING, ComplaintSlaWarning),
     EventType.COMPLAINT_SLA_BREACHED: (Topic.ROUTING, ComplaintSlaBreached),
+    EventType.COMPLAINT_SLA_STOPPED: (Topic.ROUTING, ComplaintSlaStopped),
     EventType.COMPLAINT_RESPONSIBILITY_SET: (Topic.ROUTING, ComplaintResponsibilitySet),
     EventType.BRANCH_UPDATED: (Topic.ROUTING, BranchUpdated),
     EventType.FOLLOWUP_SCHEDULED: (Topic.FOLLOWUP, FollowupScheduled),

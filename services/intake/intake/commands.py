@@ -108,6 +108,19 @@ def _work_started(now: datetime) -> dict[str, Any]:
     return {"$min": {"work_started_at": now}}
 
 
+def standing_still(document: dict[str, Any], *, since: datetime) -> list[str]:
+    """The due times of ``document`` that a wait on the customer from ``since`` leaves
+    unknown: routing pauses the acknowledge (unless acknowledged: then it is stopped) and
+    resolve clocks, so a due time still to come then moves by however long the customer
+    takes. The record drops it until routing announces it again on resume, and a complaint
+    waiting on the customer is not overdue in the due-time lists or the reports. One that
+    had passed before the wait stays: that clock was overdue already."""
+    names = ["resolve_due_at"]
+    if document.get("acknowledged_at") is None:
+        names.insert(0, "acknowledge_due_at")
+    return [name for name in names if (due := document.get(name)) is not None and due > since]
+
+
 def acknowledge(request: AcknowledgeRequest, principal: Principal) -> Build:
     def build(current: dict[str, Any], now: datetime) -> Outcome:
         if current.get("acknowledged_at") is not None:
@@ -125,7 +138,8 @@ def acknowledge(request: AcknowledgeRequest, principal: Principal) -> Build:
             "acknowledged_at": now,
             "promised_response_at": request.promised_response_at,
             "message_to_customer": request.message_to_customer,
-            # Late still counts: it stops routing's acknowledge clock all the same.
+            # Late still counts: it stops routing's acknowledge clock all the same. Provisional:
+            # routing's verdict on its clock (complaint.sla_stopped) replaces it.
             "late": breached or (due is not None and now > due),
         }
         event = ComplaintAcknowledged(**event_base(current), **acknowledgement)
@@ -169,6 +183,9 @@ def wait_for_customer(request: PendingCustomerRequest, principal: Principal) -> 
             paused_at=now,
         )
         update = merge_updates({"$set": {"pending_customer_since": now}}, _work_started(now))
+        paused = standing_still(current, since=now)
+        if paused:
+            update["$unset"] = dict.fromkeys(paused, "")
         return update, [(EventType.COMPLAINT_PENDING_CUSTOMER, event)]
 
     return build
@@ -212,7 +229,9 @@ def resolve(request: ResolveRequest, principal: Principal) -> Build:
             "resolved_by": principal.subject,
             "resolved_at": now,
             # This cycle's deadline (from registration, or from the reopen): the on-time
-            # figure of each cycle is judged against its own due time.
+            # figure of each cycle is judged against its own due time. Provisional (unknown
+            # while the clock is paused): routing's verdict (complaint.sla_stopped) replaces
+            # both with its clock's final due time and whether it was met.
             "resolve_due_at": due,
             "on_time": None if due is None else now <= due,
         }
@@ -303,6 +322,11 @@ def reopen(request: ReopenRequest, principal: Principal) -> Build:
     return reopen_build(reason=request.reason, reopened_by=principal.subject)
 
 
+# A reopen starts a cycle with a fresh resolve clock: ``sla_breached`` (the ``breached``
+# filter) tells of the current cycle, as routing's ``breached`` does (docs/intake.md).
+NEW_CYCLE_SLA = {"sla_breached": False, "sla.resolve_warning": False, "sla.resolve_breached": False}
+
+
 def reopen_build(*, reason: str, reopened_by: str) -> Build:
     """Shared by the supervisor command and an unsatisfied follow-up."""
 
@@ -317,7 +341,7 @@ def reopen_build(*, reason: str, reopened_by: str) -> Build:
         return (
             {
                 "$inc": {"reopen_count": 1},
-                "$set": {"last_reopen_reason": reason},
+                "$set": {"last_reopen_reason": reason, **NEW_CYCLE_SLA},
                 # The new cycle's resolve deadline is routing's to announce.
                 "$unset": {"finished_at": "", "closed_at": "", "resolve_due_at": ""},
             },

@@ -112,6 +112,7 @@ class Action(StrEnum):
     ESCALATED = "escalated"
     SLA_WARNED = "sla_warned"
     SLA_BREACHED = "sla_breached"
+    SLA_STOPPED = "sla_stopped"
     RESPONSIBILITY_SET = "responsibility_set"
     FOLLOWUP_SCHEDULED = "followup_scheduled"
     FOLLOWUP_ATTEMPTED = "followup_attempted"

@@ -191,7 +191,11 @@ class Acknowledgement(BaseModel):
     acknowledged_at: datetime
     promised_response_at: UtcDatetime | None = None
     message_to_customer: str | None = None
-    late: bool = Field(False, description="After the acknowledge deadline (it still stops it)")
+    late: bool = Field(
+        False,
+        description="After the acknowledge deadline (it still stops it), as routing's clock "
+        "judged it once its verdict arrived (complaint.sla_stopped)",
+    )
 
 
 class Escalation(BaseModel):
@@ -241,9 +245,13 @@ class Resolution(BaseModel):
     resolved_by: str
     resolved_at: datetime
     resolve_due_at: datetime | None = Field(
-        None, description="This cycle's resolve deadline when the resolution was recorded"
+        None,
+        description="This cycle's resolve deadline: the one known when the resolution was "
+        "recorded, then routing's clock's final one (pauses left out) once its verdict arrived",
     )
-    on_time: bool | None = Field(None, description="Resolved by that deadline (None: unknown)")
+    on_time: bool | None = Field(
+        None, description="Resolved by that deadline (None: unknown until routing's verdict)"
+    )
 
 
 class Rejection(BaseModel):
@@ -264,7 +272,8 @@ class Satisfaction(BaseModel):
 
 
 class SlaState(BaseModel):
-    """What routing reported about the clocks; flags only ever go from false to true."""
+    """What routing reported about the clocks; flags only go from false to true, but a reopen
+    sets the resolve clock's back to false (a fresh clock, a new cycle)."""
 
     acknowledge_warning: bool = False
     acknowledge_breached: bool = False

@@ -31,6 +31,7 @@ from complaints_shared.events import (
     ComplaintReassigned,
     ComplaintResponsibilitySet,
     ComplaintSlaBreached,
+    ComplaintSlaStopped,
     ComplaintSlaWarning,
     ComplaintUnroutable,
     EventData,
@@ -40,8 +41,10 @@ from complaints_shared.events import (
     FollowupCompleted,
     FollowupOutcome,
     FollowupScheduled,
+    SlaClock,
 )
 from complaints_shared.failures import Rejected
+from complaints_shared.mongo import merge_updates
 from intake import commands, reference_numbers, store
 from intake.lifecycle import Action, Command, Status, is_legal, transition
 from intake.settings import IntakeSettings
@@ -115,6 +118,27 @@ def _is_newer(current: dict[str, Any], at: Any) -> bool:
     return known is None or known["assigned_at"] <= at
 
 
+def _with_due_times(
+    current: dict[str, Any], fields: dict[str, Any], update: dict[str, Any]
+) -> dict[str, Any]:
+    """``update`` setting ``fields`` (routing's announced due times among them), less the due
+    times a wait on the customer leaves unknown (``commands.standing_still``): routing pauses
+    those clocks, and announces them again on resume."""
+    since = current.get("pending_customer_since")
+    if current["status"] == Status.PENDING_CUSTOMER.value and since is not None:
+        paused = commands.standing_still({**current, **fields}, since=since)
+        if paused:
+            fields = {name: value for name, value in fields.items() if name not in paused}
+            update = merge_updates(update, {"$unset": dict.fromkeys(paused, "")})
+    return merge_updates(update, {"$set": fields})
+
+
+def _same_cycle(current: dict[str, Any], reopen_count: int | None) -> bool:
+    """Whether routing's SLA event is of the record's current cycle (None: an event from
+    before they carried it, taken as the current one)."""
+    return reopen_count is None or reopen_count == current.get("reopen_count", 0)
+
+
 async def apply_assigned(
     *,
     db: AsyncDatabase,
@@ -146,11 +170,8 @@ async def apply_assigned(
         }
         if data.regulatory_report_due_at is not None:
             fields["regulatory_report_due_at"] = data.regulatory_report_due_at
-        update = {
-            "$set": fields,
-            "$max": {"escalation_level": data.escalation_level},
-            "$unset": ROUTED,
-        }
+        update = {"$max": {"escalation_level": data.escalation_level}, "$unset": ROUTED}
+        update = _with_due_times(current, fields, update)
         return store.Decision(update, status=_status_after(current, Command.ASSIGN))
 
     await _apply(
@@ -191,7 +212,15 @@ async def apply_queued(
             "assigned_at": data.queued_at,
             "queued": True,
         }
-        update = {"$set": {"assignment": queued, **_classification(data)}, "$unset": ROUTED}
+        # The clocks run in the queue too; a queued event published before it carried the
+        # due times leaves those known as they are.
+        due_times = {
+            name: value
+            for name in ("acknowledge_due_at", "resolve_due_at", "regulatory_report_due_at")
+            if (value := getattr(data, name)) is not None
+        }
+        fields = {"assignment": queued, **_classification(data), **due_times}
+        update = _with_due_times(current, fields, {"$unset": ROUTED})
         return store.Decision(update, status=_status_after(current, Command.ASSIGN))
 
     await _apply(
@@ -333,6 +362,8 @@ async def apply_sla_warning(
     now: datetime,
 ) -> None:
     def decide(current: dict[str, Any]) -> store.Decision:
+        if not _same_cycle(current, data.reopen_count):
+            return store.UNCHANGED  # of a cycle a reopen has ended: on the timeline only
         return store.Decision({"$set": {f"sla.{data.clock.value}_warning": True}})
 
     await _apply(
@@ -356,6 +387,8 @@ async def apply_sla_breached(
     now: datetime,
 ) -> None:
     def decide(current: dict[str, Any]) -> store.Decision:
+        if not _same_cycle(current, data.reopen_count):
+            return store.UNCHANGED  # of a cycle a reopen has ended: on the timeline only
         fields = {f"sla.{data.clock.value}_breached": True, "sla_breached": True}
         update: dict[str, Any] = {"$set": fields}
         if data.escalation_level is not None:
@@ -372,6 +405,61 @@ async def apply_sla_breached(
         decide=decide,
         details={"clock": data.clock.value, "due_at": data.due_at},
     )
+
+
+async def apply_sla_stopped(
+    *,
+    db: AsyncDatabase,
+    settings: IntakeSettings,
+    event: CloudEvent,
+    data: ComplaintSlaStopped,
+    now: datetime,
+) -> None:
+    """Routing's verdict on a stopped clock is the record's: the clock's final due time
+    (business hours, pauses left out) and whether it was met replace what intake judged
+    when the command ran (``acknowledgement.late``, a resolution's ``on_time``)."""
+
+    def decide(current: dict[str, Any]) -> store.Decision:
+        if data.clock is SlaClock.ACKNOWLEDGE:
+            fields: dict[str, Any] = {"acknowledge_due_at": data.due_at}
+            if current.get("acknowledgement") is not None:
+                fields["acknowledgement.late"] = not data.on_time
+            return store.Decision({"$set": fields})
+        if data.clock is not SlaClock.RESOLVE:
+            return store.UNCHANGED
+        return store.Decision(_resolve_verdict(current, data))
+
+    await _apply(
+        db=db,
+        settings=settings,
+        event=event,
+        now=now,
+        data=data,
+        action=Action.SLA_STOPPED,
+        decide=decide,
+        details={
+            "clock": data.clock.value,
+            "due_at": data.due_at,
+            "on_time": data.on_time,
+            "resolution_number": data.resolution_number,
+        },
+    )
+
+
+def _resolve_verdict(current: dict[str, Any], data: ComplaintSlaStopped) -> dict[str, Any]:
+    """The resolve clock's verdict on its cycle's resolution, and on the record's due time
+    while that cycle is still the current one (a reopen since starts another)."""
+    fields: dict[str, Any] = {}
+    if _same_cycle(current, data.reopen_count):
+        fields["resolve_due_at"] = data.due_at
+    judged = {"resolve_due_at": data.due_at, "on_time": data.on_time}
+    if data.resolution_number is not None:
+        for index, resolution in enumerate(current.get("resolutions") or []):
+            if resolution.get("number") == data.resolution_number:
+                fields.update({f"resolutions.{index}.{name}": v for name, v in judged.items()})
+        if (current.get("resolution") or {}).get("number") == data.resolution_number:
+            fields.update({f"resolution.{name}": value for name, value in judged.items()})
+    return {"$set": fields} if fields else {}
 
 
 async def apply_responsibility_set(

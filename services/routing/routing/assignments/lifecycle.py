@@ -36,12 +36,13 @@ from complaints_shared.events import (
     ComplaintEscalated,
     ComplaintQueued,
     ComplaintSlaBreached,
+    ComplaintSlaStopped,
     ComplaintSlaWarning,
     EventType,
     SlaClock,
 )
 from complaints_shared.transitions import TransitionTable
-from routing.assignments.models import AssignmentStatus
+from routing.assignments.models import AssignmentStatus, ClockState
 from routing.directory.escalation import EscalationTarget, target_at
 from routing.sla import clocks as sla_clocks
 
@@ -180,12 +181,20 @@ def queued_event(document: dict[str, Any]) -> ComplaintQueued:
         rule_id=document["rule_id"],
         rule_version=document["rule_version"],
         queued_at=document["queued_at"],
+        acknowledge_due_at=document.get("acknowledge_due_at"),
+        resolve_due_at=document.get("resolve_due_at"),
+        regulatory_report_due_at=document.get("regulatory_report_due_at"),
         **_applied_classification(document),
     )
 
 
 def _clock_due(document: dict[str, Any], name: str, clock: sla_clocks.Clock) -> dict[str, Any]:
-    return {**_base(document), "clock": SlaClock(name), "due_at": clock.due_at}
+    return {
+        **_base(document),
+        "clock": SlaClock(name),
+        "due_at": clock.due_at,
+        "reopen_count": document.get("reopen_count", 0),
+    }
 
 
 def sla_warning_event(
@@ -202,6 +211,34 @@ def sla_breached_event(
     return ComplaintSlaBreached(
         **_clock_due(document, name, clock), breached_at=now, escalation_level=level
     )
+
+
+def sla_stopped_events(
+    document: dict[str, Any],
+    *,
+    name: str,
+    before: dict[str, sla_clocks.Clock],
+    after: dict[str, sla_clocks.Clock],
+    resolution_number: int | None = None,
+) -> Events:
+    """The verdict on the clock ``name`` if this change stopped it (``before`` → ``after``):
+    its final due time and whether it was met, which intake records as the truth."""
+    was, stopped = before.get(name), after.get(name)
+    if was is None or stopped is None or was.state is ClockState.STOPPED:
+        return []
+    if stopped.state is not ClockState.STOPPED or stopped.stopped_at is None:
+        return []
+    verdict = ComplaintSlaStopped(
+        **_base(document),
+        clock=SlaClock(name),
+        due_at=stopped.due_at,
+        stopped_at=stopped.stopped_at,
+        on_time=sla_clocks.met(stopped),
+        breached=stopped.breach_count > 0,
+        reopen_count=document.get("reopen_count", 0),
+        resolution_number=resolution_number,
+    )
+    return [(EventType.COMPLAINT_SLA_STOPPED, verdict)]
 
 
 def escalation_record(

@@ -10,14 +10,14 @@ slot in the same write, then offers the freed capacity to the department queue.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from pymongo.asynchronous.database import AsyncDatabase
 
-from complaints_shared.aggregate import Decide, Decision
+from complaints_shared.aggregate import Decide, Decision, Events
 from complaints_shared.business_calendar import BusinessCalendar
 from complaints_shared.envelope import CloudEvent
 from complaints_shared.events import (
@@ -106,7 +106,7 @@ def _stop_acknowledge_clock(
     ack = clocks.get(SlaClock.ACKNOWLEDGE.value)
     if ack is None or ack.state is ClockState.STOPPED:
         return None
-    clocks[SlaClock.ACKNOWLEDGE.value] = sla_clocks.stop_clock(ack, at=at)
+    clocks[SlaClock.ACKNOWLEDGE.value] = sla_clocks.stop_clock(ack, at=at, calendar=calendar)
     return {"acknowledged_at": at}
 
 
@@ -125,9 +125,9 @@ def _pause_customer_clocks(
 def _resume_customer_clocks(
     current: dict[str, Any], clocks: Clocks, *, at: datetime, calendar: BusinessCalendar | None
 ) -> dict[str, Any] | None:
-    """The customer answered: lay the remaining time out again."""
-    if not current.get("paused"):
-        return None
+    """The customer answered: lay the remaining time out again. Announced even with nothing
+    paused (a wait that began while unroutable, say): intake's record left the due times
+    out for the wait and takes them from the announcement."""
     assert calendar is not None
     for name in CUSTOMER_CLOCKS:
         if name in clocks:
@@ -142,12 +142,15 @@ class ClockEvent:
     action: str  # as the assignment's history names it
     # Moves the loaded clocks in place; the other fields to set, or None: nothing to do.
     change: Callable[..., dict[str, Any] | None]
-    announces: bool = False  # an open assignment announces its new due times
+    announces: bool = False  # the assignment announces its new due times
     needs_calendar: bool = False
+    judges: tuple[str, ...] = ()  # the clocks it stops, judged (``complaint.sla_stopped``)
 
 
 CLOCK_EVENTS = {
-    Command.ACKNOWLEDGE: ClockEvent("acknowledged", _stop_acknowledge_clock),
+    Command.ACKNOWLEDGE: ClockEvent(
+        "acknowledged", _stop_acknowledge_clock, judges=(SlaClock.ACKNOWLEDGE.value,)
+    ),
     Command.PAUSE: ClockEvent("paused", _pause_customer_clocks),
     Command.RESUME: ClockEvent(
         "resumed", _resume_customer_clocks, announces=True, needs_calendar=True
@@ -167,14 +170,16 @@ async def change_clocks(
 ) -> None:
     """Apply one of intake's clock events (acknowledged, pending customer, resumed)."""
     clock_event = CLOCK_EVENTS[command]
-    calendar = None
-    if clock_event.needs_calendar:
-        calendar = await routing_context.branch_calendar(db=db, org=data.org, branch=data.branch)
+    calendar_of = _calendar_reader(db)
 
-    def decide(current: dict[str, Any]) -> Decision | None:
+    async def decide(current: dict[str, Any]) -> Decision | None:
         if not _applies(current, command, event):
             return None
-        clocks = sla_clocks.load_clocks(current.get("clocks"))
+        before = sla_clocks.load_clocks(current.get("clocks"))
+        clocks = dict(before)
+        # Laying time out (a resume, or a stop of a paused clock) needs the branch's hours.
+        lays_out = clock_event.needs_calendar or _any_paused(before, clock_event.judges)
+        calendar = await calendar_of(current) if lays_out else None
         fields = clock_event.change(current, clocks, at=at, calendar=calendar)
         if fields is None:
             return None
@@ -184,12 +189,38 @@ async def change_clocks(
             {"$set": {**due_times, **fields}},
             store.history(at=now, action=clock_event.action, actor=_actor(event)),
         )
-        if not clock_event.announces or current["status"] != AssignmentStatus.OPEN.value:
-            return Decision(update)
-        announced = lifecycle.assigned_event({**current, **due_times})
-        return Decision(update, [(EventType.COMPLAINT_ASSIGNED, announced)])
+        events: Events = []
+        for name in clock_event.judges:
+            events += lifecycle.sla_stopped_events(current, name=name, before=before, after=clocks)
+        if clock_event.announces:
+            events += _announced({**current, **due_times})
+        return Decision(update, events)
 
     await _apply(db, settings, event, data.complaint_id, decide, now)
+
+
+def _any_paused(clocks: Clocks, names: Iterable[str]) -> bool:
+    return any(clocks[name].state is ClockState.PAUSED for name in names if name in clocks)
+
+
+def _announced(document: dict[str, Any]) -> Events:
+    """The assignment with its due times as they now stand, whether owned or queued."""
+    if document["status"] == AssignmentStatus.QUEUED.value:
+        return [(EventType.COMPLAINT_QUEUED, lifecycle.queued_event(document))]
+    return [(EventType.COMPLAINT_ASSIGNED, lifecycle.assigned_event(document))]
+
+
+def _calendar_reader(db: AsyncDatabase) -> Callable[[dict[str, Any]], Awaitable[BusinessCalendar]]:
+    """An assignment's branch calendar, read once however often the kernel decides again."""
+    read: dict[tuple[str, str], BusinessCalendar] = {}
+
+    async def calendar_of(current: dict[str, Any]) -> BusinessCalendar:
+        key = (current["org"], current["branch"])
+        if key not in read:
+            read[key] = await routing_context.branch_calendar(db=db, org=key[0], branch=key[1])
+        return read[key]
+
+    return calendar_of
 
 
 def _responsibility(current: dict[str, Any], department: str | None) -> str | None:
@@ -217,17 +248,28 @@ async def finish(
     async def offer(document: dict[str, Any], previous: dict[str, Any]) -> None:
         await queue.offer_freed_capacity(db=db, settings=settings, previous=previous, now=now)
 
-    def decide(current: dict[str, Any]) -> Decision | None:
+    calendar_of = _calendar_reader(db)
+
+    async def decide(current: dict[str, Any]) -> Decision | None:
         if not _applies(current, command, event):
             return None
+        before = sla_clocks.load_clocks(current.get("clocks"))
+        # Paused clocks are laid out again to the stop (no waiting time counts): the hours.
+        calendar = await calendar_of(current) if _any_paused(before, CUSTOMER_CLOCKS) else None
         clocks = {
-            name: sla_clocks.stop_clock(clock, at=at)
-            for name, clock in sla_clocks.load_clocks(current.get("clocks")).items()
+            name: sla_clocks.stop_clock(clock, at=at, calendar=calendar)
+            for name, clock in before.items()
         }
         set_fields: dict[str, Any] = lifecycle.clock_fields(clocks)
         if current["status"] in lifecycle.UNFINISHED:
             set_fields["finished_at"] = at
-        events = []
+        events = lifecycle.sla_stopped_events(
+            current,
+            name=SlaClock.RESOLVE.value,
+            before=before,
+            after=clocks,
+            resolution_number=resolved.resolution_number if resolved is not None else None,
+        )
         if resolved is not None and resolved.responsible_department:
             department = _responsibility(current, resolved.responsible_department)
             set_fields["responsible_department"] = department
@@ -317,6 +359,8 @@ async def reopen(
             **lifecycle.moved(current, command)["$set"],
             **lifecycle.clock_fields(clocks),
             "paused": False,
+            # A new cycle: ``breached`` tells of this one's clocks (docs/routing.md).
+            "breached": False,
             "finished_at": None,
             "reopen_count": data.reopen_count,
         }

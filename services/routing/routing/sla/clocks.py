@@ -273,8 +273,9 @@ def resume_clock(clock: Clock, *, calendar: BusinessCalendar, at: datetime) -> C
     paused_at = clock.paused_at
 
     def shifted(moment: datetime | None) -> datetime | None:
-        if moment is None:
-            return None
+        # A moment passed before the pause stays passed (its timer had yet to fire).
+        if moment is None or moment < paused_at:
+            return moment
         left = between(calendar, clock.basis, paused_at, moment)
         return advance(calendar, clock.basis, max(at, paused_at), left)
 
@@ -289,12 +290,24 @@ def resume_clock(clock: Clock, *, calendar: BusinessCalendar, at: datetime) -> C
     )
 
 
-def stop_clock(clock: Clock, *, at: datetime) -> Clock:
+def stop_clock(clock: Clock, *, at: datetime, calendar: BusinessCalendar | None = None) -> Clock:
+    """Stop the clock at ``at``. A paused one is first laid out again from ``at`` (with the
+    branch's ``calendar``), so a stopped clock's ``due_at`` is final: its target with every
+    pause left out, and it was met when ``stopped_at <= due_at`` (:func:`met`)."""
     if clock.state is ClockState.STOPPED:
         return clock
+    if clock.state is ClockState.PAUSED:
+        if calendar is None:
+            raise ValueError("stopping a paused clock needs the branch's calendar")
+        clock = resume_clock(clock, calendar=calendar, at=at)
     return clock.model_copy(
         update={"state": ClockState.STOPPED, "stopped_at": at, "paused_at": None}
     )
+
+
+def met(clock: Clock) -> bool:
+    """Whether a stopped clock stopped by its due time (time paused never counts)."""
+    return clock.stopped_at is not None and clock.stopped_at <= clock.due_at
 
 
 def fire_due(

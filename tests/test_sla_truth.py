@@ -1,0 +1,401 @@
+"""Integration: the record's SLA figures agree with routing's clocks.
+
+Routing's clock is the truth of "on time": business hours, and no time counted while the
+complaint waits on the customer. Its verdict on a stopped clock (``complaint.sla_stopped``)
+is what the record, the due-time lists and the report show; a queued complaint's clocks run
+and reach the record like an owned one's; ``breached`` tells of the current cycle in both
+services.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+
+from complaints_shared.clock import ManualClock
+from complaints_shared.events import ComplaintQueued, ComplaintSlaBreached, EventType, SlaClock
+from tests.support.clock import at
+from tests.support.http import command, complaint_of, complaint_when, create_complaint, token
+from tests.support.kafka import publish
+from tests.support.routing import FAST_TIMERS, MONDAY_10_SHANGHAI, assignment_when
+from tests.support.system import System, SystemFactory
+from tests.support.waits import eventually
+
+pytestmark = pytest.mark.integration
+
+MINUTE = timedelta(minutes=1)
+WINDOW = {"from": "2026-11-01T00:00:00Z", "to": "2027-03-01T00:00:00Z"}
+
+
+def _iso(moment) -> str:
+    return moment.isoformat().replace("+00:00", "Z")
+
+
+async def _listed(system: System, headers: dict, **params: str) -> list[str]:
+    response = await system.intake.get("/v1/complaints", params=params, headers=headers)
+    assert response.status_code == 200, response.text
+    return [item["id"] for item in response.json()["items"]]
+
+
+async def _report(system: System, org: str = "demo") -> dict:
+    supervisor = token(system.intake_settings, org=org, roles=("supervisor",))
+    response = await system.intake.get("/v1/reports/summary", params=WINDOW, headers=supervisor)
+    assert response.status_code == 200, response.text
+    (group,) = response.json()["groups"]
+    return group
+
+
+async def _timeline_has(system: System, cid: str, headers: dict, action: str, count: int = 1):
+    """Wait until the complaint's timeline holds ``count`` entries of ``action``."""
+
+    async def probe() -> bool:
+        response = await system.intake.get(f"/v1/complaints/{cid}/timeline", headers=headers)
+        actions = [entry["action"] for entry in response.json()["entries"]]
+        return actions.count(action) >= count
+
+    await eventually(probe, what=f"{count} {action} on the timeline", timeout_s=20)
+
+
+async def _verdict(system: System, cid: str, headers: dict, count: int = 1) -> dict:
+    """The record once routing's ``count``-th verdict on a clock reached it."""
+    await _timeline_has(system, cid, headers, "sla_stopped", count)
+    return await complaint_of(system, cid, headers)
+
+
+async def test_resolving_while_waiting_on_the_customer_is_on_time_as_routing_judges(
+    system_factory: SystemFactory,
+) -> None:
+    clock = ManualClock(MONDAY_10_SHANGHAI)
+    system = await system_factory(clock=clock, routing=FAST_TIMERS)
+    agent = token(system.intake_settings, branches=["LZ"], roles=("agent",))
+    cid = (await create_complaint(system, agent))["id"]
+    await complaint_when(
+        system, cid, agent, lambda c: c["resolve_due_at"], what="due times", timeout_s=20
+    )
+    await command(system, f"/v1/complaints/{cid}/acknowledge", {}, agent)
+    clock.advance(timedelta(hours=1))
+    waiting = await command(
+        system, f"/v1/complaints/{cid}/pending-customer", {"reason": "等缴费凭证"}, agent
+    )
+    # The resolve clock stands still: its due time is unknown until the customer answers.
+    assert waiting["resolve_due_at"] is None
+    assert waiting["acknowledge_due_at"] is not None  # acknowledged: that clock is stopped
+    await assignment_when(system, cid, lambda d: d["paused"], what="routing paused the clocks")
+
+    clock.advance(timedelta(days=20))  # long past the due time the pause froze
+    assert cid not in await _listed(system, agent, resolve_due_before=_iso(clock.now()))
+    assert (await _report(system))["resolve_on_time_pct"] is None  # not overdue
+
+    await command(system, f"/v1/complaints/{cid}/resolve", {"summary": "已退费"}, agent)
+    routed = await assignment_when(system, cid, lambda d: d["status"] == "resolved")
+    resolve_clock = routed["clocks"]["resolve"]
+    assert routed["breached"] is False
+    assert resolve_clock["stopped_at"] <= resolve_clock["due_at"]  # the wait left out
+    record = await _verdict(system, cid, agent, count=2)  # the acknowledgement's, then this
+    assert record["resolution"]["on_time"] is True
+    assert at(record["resolution"]["resolve_due_at"]) == resolve_clock["due_at"]
+    assert at(record["resolve_due_at"]) == routed["resolve_due_at"] == resolve_clock["due_at"]
+    assert [r["on_time"] for r in record["resolutions"]] == [True]
+    assert (await _report(system))["resolve_on_time_pct"] == 100.0
+
+
+async def test_acknowledging_while_waiting_and_resolving_at_the_resume_are_on_routings_clock(
+    system_factory: SystemFactory,
+) -> None:
+    clock = ManualClock(MONDAY_10_SHANGHAI)
+    system = await system_factory(clock=clock, routing=FAST_TIMERS)
+    agent = token(system.intake_settings, branches=["LZ"], roles=("agent",))
+    # High: acknowledge within 4 business hours, resolve within 3 business days.
+    cid = (await create_complaint(system, agent, severity="high"))["id"]
+    await complaint_when(
+        system, cid, agent, lambda c: c["resolve_due_at"], what="due times", timeout_s=20
+    )
+    clock.advance(timedelta(hours=1))
+    await command(system, f"/v1/complaints/{cid}/pending-customer", {"reason": "等照片"}, agent)
+    await assignment_when(system, cid, lambda d: d["paused"], what="routing paused the clocks")
+    clock.advance(timedelta(days=10))  # both due times the pause froze have passed
+
+    await command(system, f"/v1/complaints/{cid}/acknowledge", {}, agent)
+    routed = await assignment_when(
+        system, cid, lambda d: d["clocks"]["acknowledge"]["state"] == "stopped"
+    )
+    record = await complaint_when(
+        system,
+        cid,
+        agent,
+        lambda c: c["acknowledge_due_at"] is not None,
+        what="routing's verdict on the acknowledgement",
+        timeout_s=20,
+    )
+    assert record["acknowledgement"]["late"] is False
+    assert at(record["acknowledge_due_at"]) == routed["clocks"]["acknowledge"]["due_at"]
+    assert at(record["acknowledged_at"]) <= at(record["acknowledge_due_at"])
+
+    # Resolved the moment the customer answers, before routing announces the new due times.
+    await command(system, f"/v1/complaints/{cid}/resume", {}, agent)
+    await command(system, f"/v1/complaints/{cid}/resolve", {"summary": "已处理"}, agent)
+    record = await _verdict(system, cid, agent, count=2)
+    assert record["resolution"]["on_time"] is True
+    routed = await assignment_when(system, cid, lambda d: d["status"] == "resolved")
+    assert at(record["resolution"]["resolve_due_at"]) == routed["resolve_due_at"]
+    report = await _report(system)
+    assert (report["acknowledge_on_time_pct"], report["resolve_on_time_pct"]) == (100.0, 100.0)
+
+
+async def _full_department(system: System, org: str) -> None:
+    """A branch whose one department has nobody with capacity: everything queues."""
+    admin = token(system.routing_settings, org=org)
+    for path, body in (
+        ("/v1/directory/branches", {"code": "HZ", "name": "杭州门店"}),
+        (
+            "/v1/directory/departments",
+            {"branch": "HZ", "code": "SVC", "name": "客户服务部", "kind": "customer_service"},
+        ),
+        (
+            "/v1/directory/staff",
+            {"id": "hz-li", "branch": "HZ", "department": "SVC", "name": "李娜", "capacity": 0},
+        ),
+        (
+            "/v1/routing/rules",
+            {
+                "id": "everything",
+                "name": "其余",
+                "is_default": True,
+                "action": {"department_id": "HZ:SVC"},
+            },
+        ),
+    ):
+        made = await system.routing.post(path, json=body, headers=admin)
+        assert made.status_code == 201, made.text
+
+
+async def test_a_queued_complaint_has_routings_due_times_through_waits_and_reopens(
+    system_factory: SystemFactory,
+) -> None:
+    clock = ManualClock(MONDAY_10_SHANGHAI)
+    system = await system_factory(clock=clock, routing=FAST_TIMERS)
+    await _full_department(system, "acme")
+    acme = token(system.intake_settings, org="acme")
+    cid = (await create_complaint(system, acme, branch="HZ", subject="门店服务态度差"))["id"]
+    record = await complaint_when(
+        system,
+        cid,
+        acme,
+        lambda c: c["assignment"] and c["resolve_due_at"],
+        what="the queued complaint's due times",
+        timeout_s=20,
+    )
+    routed = await assignment_when(system, cid)
+    assert routed["status"] == "queued" and record["assignment"]["queued"] is True
+    assert at(record["acknowledge_due_at"]) == routed["acknowledge_due_at"]
+    assert at(record["resolve_due_at"]) == routed["resolve_due_at"]
+    far = _iso(clock.now() + timedelta(days=60))
+    assert cid in await _listed(system, acme, resolve_due_before=far)
+
+    # A wait while queued: routing announces the due times the resume lays out.
+    base = f"/v1/complaints/{cid}"
+    await command(system, f"{base}/pending-customer", {"reason": "等客户回电"}, acme)
+    await assignment_when(system, cid, lambda d: d["paused"], what="routing paused the clocks")
+    clock.advance(timedelta(days=2))
+    await command(system, f"{base}/resume", {}, acme)
+    resumed = await assignment_when(system, cid, lambda d: not d["paused"], what="resumed")
+    assert resumed["resolve_due_at"] > routed["resolve_due_at"]
+    await complaint_when(
+        system,
+        cid,
+        acme,
+        lambda c: c["resolve_due_at"] and at(c["resolve_due_at"]) == resumed["resolve_due_at"],
+        what="the resumed due time on the record",
+        timeout_s=20,
+    )
+
+    clock.advance(timedelta(days=30))  # still nobody with room: resolved far too late
+    await command(system, f"{base}/resolve", {"summary": "处理"}, acme)
+    record = await _verdict(system, cid, acme)
+    assert record["resolution"]["on_time"] is False
+    assert at(record["resolution"]["resolve_due_at"]) == resumed["resolve_due_at"]
+    assert (await _report(system, "acme"))["resolve_on_time_pct"] == 0.0
+
+    reopened_at = clock.advance(timedelta(days=1))
+    await command(system, f"{base}/reopen", {"reason": "客户不满意"}, acme)
+    requeued = await assignment_when(
+        system, cid, lambda d: d["status"] == "queued" and d.get("reopen_count") == 1
+    )
+    assert requeued["clocks"]["resolve"]["started_at"] == reopened_at
+    record = await complaint_when(
+        system,
+        cid,
+        acme,
+        lambda c: c["resolve_due_at"] is not None,
+        what="the new cycle's due time on the record",
+        timeout_s=20,
+    )
+    assert at(record["resolve_due_at"]) == requeued["resolve_due_at"]
+
+
+async def test_a_queued_event_without_due_times_keeps_those_on_record(system: System) -> None:
+    """``complaint.queued`` published before it carried due times is still consumed."""
+    admin = token(system.intake_settings)
+    cid = (await create_complaint(system, admin))["id"]
+    record = await complaint_when(
+        system, cid, admin, lambda c: c["resolve_due_at"], what="due times", timeout_s=20
+    )
+    earlier = ComplaintQueued(
+        complaint_id=cid,
+        org="demo",
+        branch="LZ",
+        department="LZ:BILLING",
+        department_name="计费账务部",
+        rule_id="demo:billing-keywords",
+        rule_version=1,
+        queued_at=at(record["assignment"]["assigned_at"]) + MINUTE,
+    )
+    payload = earlier.model_dump(mode="json", exclude_none=True)
+    assert "resolve_due_at" not in payload  # as an earlier version published it
+    await publish(
+        system, (EventType.COMPLAINT_QUEUED, ComplaintQueued(**payload)), service="routing"
+    )
+    queued = await complaint_when(
+        system, cid, admin, lambda c: c["assignment"]["queued"], what="queued", timeout_s=20
+    )
+    assert queued["acknowledge_due_at"] == record["acknowledge_due_at"]
+    assert queued["resolve_due_at"] == record["resolve_due_at"]
+
+
+async def test_breached_tells_of_the_current_cycle_in_routing_and_intake(
+    system_factory: SystemFactory,
+) -> None:
+    clock = ManualClock(MONDAY_10_SHANGHAI)
+    system = await system_factory(clock=clock, routing=FAST_TIMERS)
+    admin = token(system.intake_settings)
+    supervisor = token(system.routing_settings, roles=("supervisor",))
+    cid = (await create_complaint(system, admin, severity="high"))["id"]
+    await complaint_when(
+        system, cid, admin, lambda c: c["resolve_due_at"], what="due times", timeout_s=20
+    )
+    await command(system, f"/v1/complaints/{cid}/acknowledge", {}, admin)
+    routed = await assignment_when(
+        system, cid, lambda d: d["clocks"]["acknowledge"]["state"] == "stopped"
+    )
+    first_due = routed["resolve_due_at"]
+    clock.set(first_due + MINUTE)
+    await complaint_when(
+        system,
+        cid,
+        admin,
+        lambda c: c["sla"]["resolve_breached"],
+        what="the resolve breach on the record",
+        timeout_s=20,
+    )
+    assert cid in await _listed(system, admin, breached="true")
+
+    async def breached_in_workload() -> int:
+        response = await system.routing.get(
+            "/v1/assignments/workload", params={"department": "LZ:BILLING"}, headers=supervisor
+        )
+        assert response.status_code == 200, response.text
+        return response.json()["departments"][0]["breached"]
+
+    assert await breached_in_workload() == 1
+
+    await command(system, f"/v1/complaints/{cid}/resolve", {"summary": "已处理"}, admin)
+    await assignment_when(system, cid, lambda d: d["status"] == "resolved")
+    await command(system, f"/v1/complaints/{cid}/reopen", {"reason": "客户不满意"}, admin)
+    routed = await assignment_when(
+        system, cid, lambda d: d["status"] == "open" and d.get("reopen_count") == 1
+    )
+    assert routed["breached"] is False
+    record = await complaint_when(
+        system,
+        cid,
+        admin,
+        lambda c: c["resolve_due_at"] is not None,
+        what="the new cycle on the record",
+        timeout_s=20,
+    )
+    assert record["sla"]["resolve_breached"] is False
+    assert cid not in await _listed(system, admin, breached="true")
+    assert await breached_in_workload() == 0
+
+    # A breach of the cycle the reopen ended, consumed late, is on the timeline only.
+    late = ComplaintSlaBreached(
+        complaint_id=cid,
+        org="demo",
+        branch="LZ",
+        clock=SlaClock.RESOLVE,
+        due_at=first_due,
+        breached_at=first_due + MINUTE,
+        escalation_level=1,
+        reopen_count=0,
+    )
+    await publish(system, (EventType.COMPLAINT_SLA_BREACHED, late), service="routing")
+
+    await _timeline_has(system, cid, admin, "sla_breached", count=2)
+    assert cid not in await _listed(system, admin, breached="true")
+
+    # The new cycle's own breach counts again, in both services.
+    clock.set(routed["resolve_due_at"] + MINUTE)
+    await complaint_when(
+        system,
+        cid,
+        admin,
+        lambda c: c["sla"]["resolve_breached"],
+        what="the new cycle's breach",
+        timeout_s=20,
+    )
+    assert cid in await _listed(system, admin, breached="true")
+    assert await breached_in_workload() == 1
+
+
+async def test_a_wait_begun_while_unroutable_gets_its_due_times_at_the_resume(
+    system_factory: SystemFactory,
+) -> None:
+    """Routing could not pause clocks it did not have yet: the resume still announces them."""
+    clock = ManualClock(MONDAY_10_SHANGHAI)
+    system = await system_factory(clock=clock, routing=FAST_TIMERS)
+    admin = token(system.routing_settings, org="acme")
+    for path, body in (
+        ("/v1/directory/branches", {"code": "HZ", "name": "杭州门店"}),
+        (
+            "/v1/directory/departments",
+            {"branch": "HZ", "code": "SVC", "name": "客户服务部", "kind": "customer_service"},
+        ),
+        (
+            "/v1/directory/staff",
+            {"id": "hz-li", "branch": "HZ", "department": "SVC", "name": "李娜", "capacity": 5},
+        ),
+    ):
+        made = await system.routing.post(path, json=body, headers=admin)
+        assert made.status_code == 201, made.text
+    acme = token(system.intake_settings, org="acme")
+    cid = (await create_complaint(system, acme, branch="HZ", subject="门店服务态度差"))["id"]
+    await assignment_when(system, cid, lambda d: d["status"] == "unroutable", what="unroutable")
+    base = f"/v1/complaints/{cid}"
+    await command(system, f"{base}/acknowledge", {}, acme)
+    await command(system, f"{base}/pending-customer", {"reason": "等客户回电"}, acme)
+
+    rule = {
+        "id": "everything",
+        "name": "其余",
+        "is_default": True,
+        "action": {"department_id": "HZ:SVC"},
+    }
+    made = await system.routing.post("/v1/routing/rules", json=rule, headers=admin)
+    assert made.status_code == 201, made.text
+    routed = await assignment_when(system, cid, lambda d: d["status"] == "open", what="routed")
+    await _timeline_has(system, cid, acme, "assigned")
+    waiting = await complaint_of(system, cid, acme)
+    assert waiting["status"] == "pending_customer" and waiting["resolve_due_at"] is None
+
+    clock.advance(timedelta(hours=1))
+    await command(system, f"{base}/resume", {}, acme)
+    record = await complaint_when(
+        system,
+        cid,
+        acme,
+        lambda c: c["resolve_due_at"] is not None,
+        what="the due time announced at the resume",
+        timeout_s=20,
+    )
+    assert at(record["resolve_due_at"]) == routed["resolve_due_at"]
