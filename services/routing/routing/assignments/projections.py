@@ -186,7 +186,9 @@ async def change_clocks(
         )
         if not clock_event.announces or current["status"] != AssignmentStatus.OPEN.value:
             return Decision(update)
-        announced = lifecycle.assigned_event({**current, **due_times})
+        number = lifecycle.numbered(current)
+        announced = lifecycle.assigned_event({**current, **due_times, **number})
+        update = merge_updates(update, {"$set": number})
         return Decision(update, [(EventType.COMPLAINT_ASSIGNED, announced)])
 
     await _apply(db, settings, event, data.complaint_id, decide, now)
@@ -319,6 +321,7 @@ async def reopen(
             "paused": False,
             "finished_at": None,
             "reopen_count": data.reopen_count,
+            **lifecycle.numbered(current),
         }
         if owner is None:
             set_fields.update(owner_id=None, owner_name=None, queued_at=now)
