@@ -6,7 +6,7 @@ import pytest
 
 from complaints_shared.envelope import from_kafka_record
 from complaints_shared.events import Topic
-from tests.support.http import command, complaint_body, create_complaint, token
+from tests.support.http import command, complaint_body, complaint_when, create_complaint, token
 from tests.support.kafka import read_topic, short_type
 from tests.support.routing import assignment_when
 from tests.support.system import System
@@ -178,7 +178,7 @@ async def test_a_complaint_waiting_on_the_customer_is_rejected_and_routing_stops
     """不予受理 once the evidence asked for never came: refused (409) while waiting."""
     agent = token(system.intake_settings, branches=["LZ"], roles=("agent",))
     cid = (await create_complaint(system, agent))["id"]
-    await assignment_when(system, cid, lambda doc: doc["status"] == "open")
+    await complaint_when(system, cid, agent, lambda c: c["status"] == "open", what="routed")
     waiting = await command(
         system, f"/v1/complaints/{cid}/pending-customer", {"reason": "等缴费凭证"}, agent
     )
