@@ -142,6 +142,9 @@ PROBES: dict[str, Callable[[World], Probe]] = {
     "POST /v1/complaints/{complaint_id}/close": _probe(
         "/v1/complaints/{complaint}/close", json={"reason": "结案"}
     ),
+    "POST /v1/complaints/{complaint_id}/remedies": _probe(
+        "/v1/complaints/{complaint}/remedies", json={"type": "apology"}
+    ),
     "GET /v1/reports/summary": _probe("/v1/reports/summary", listing=True),
     # routing: assignments
     "GET /v1/assignments": _probe("/v1/assignments", listing=True),

@@ -29,7 +29,7 @@ from tests.support.followup import (
     resolve_through_intake,
     wait_status,
 )
-from tests.support.http import BROADBAND_COMPLAINT, agent, complaint_of, token
+from tests.support.http import BROADBAND_COMPLAINT, agent, complaint_of, complaint_when, token
 from tests.support.kafka import (
     events_of,
     followup_events,
@@ -274,6 +274,75 @@ async def test_unsatisfied_customer_reopens_the_complaint_and_cancels_the_pendin
     fresh = await checks_of(system, complaint_id, caller, count=2, status="scheduled")
     assert [check["resolution_number"] for check in fresh] == [2, 2]
     assert fresh[0]["resolution_summary"] == "更换光猫后网络稳定"
+
+
+async def test_a_reached_score_is_the_satisfaction_intake_and_followup_stats_agree_on(
+    system_factory: SystemFactory,
+) -> None:
+    """Two serious complaints, each checked twice. A: satisfied (5) and closed, then nobody
+    answers the call a week later; the no_response replaced the 5 with nothing, so intake's
+    average left A out while follow-up's showed it. B: 5, then 4 a week later: the later
+    answer is B's satisfaction. Intake's report and follow-up's per-complaint figure agree."""
+    clock = start_clock()
+    system = await system_factory(clock=clock, followup=FAST_SCHEDULER)
+    admin = token(system.intake_settings)
+    caller = agent(system, "agent-a")
+    a = await resolve_through_intake(system, admin, severity="high")
+    b = await resolve_through_intake(system, admin, severity="high", description="光猫故障断网")
+    (a1, a2), (b1, b2) = [await checks_of(system, cid, caller, count=2) for cid in (a, b)]
+
+    async def verdict(check: dict, score: int) -> None:
+        body = {"satisfied": True, "score": score, "problem_solved": True}
+        response = await system.followup.post(
+            f"/v1/followups/{check['id']}/outcome", json=body, headers=caller
+        )
+        assert response.status_code == 200, response.text
+
+    for check, score in ((a1, 5), (b1, 5), (b2, 4)):
+        await verdict(check, score)
+    await complaint_when(system, a, admin, lambda c: c["status"] == "closed", what="A closed")
+    url = f"/v1/followups/{a2['id']}"
+    for _ in range(3):  # the week-later call: nobody answers, three times
+        await make_due(system, clock, a2, caller)
+        assert (await system.followup.post(f"{url}/claim", headers=caller)).status_code == 200
+        call = await system.followup.post(
+            f"{url}/attempts", json={"reached": False}, headers=caller
+        )
+        assert call.status_code == 200, call.text
+        a2 = call.json()  # back to scheduled at the next attempt's time, until the third
+    assert a2["outcome"] == "no_response"
+
+    for cid in (a, b):  # both of each complaint's outcomes applied
+        await eventually(
+            lambda cid=cid: _outcomes_on_timeline(system, cid, admin, 2), what="outcomes applied"
+        )
+    record_a, record_b = [await complaint_of(system, cid, admin) for cid in (a, b)]
+    assert record_a["status"] == record_b["status"] == "closed"
+    assert record_a["satisfaction"]["outcome"] == "satisfied"
+    assert (record_a["satisfaction"]["score"], record_a["satisfaction"]["sequence"]) == (5, 1)
+    assert (record_b["satisfaction"]["score"], record_b["satisfaction"]["sequence"]) == (4, 2)
+
+    report = await system.intake.get("/v1/reports/summary", headers=admin)
+    assert report.status_code == 200, report.text
+    (lz,) = report.json()["groups"]
+    assert lz["satisfaction_average"] == 4.5
+    assert lz["satisfaction_distribution"] == {"4": 1, "5": 1}
+    stats = (await system.followup.get("/v1/followups/stats", headers=admin)).json()
+    per_complaint = stats["complaint_satisfaction"]
+    assert (per_complaint["complaints"], per_complaint["satisfied"]) == (2, 2)
+    assert per_complaint["no_response"] == 0
+    assert per_complaint["satisfaction_average"] == lz["satisfaction_average"]
+    assert per_complaint["score_distribution"] == {"1": 0, "2": 0, "3": 0, "4": 1, "5": 1}
+    # The calls themselves: four made, three answered (5, 5, 4), one not.
+    calls = stats["overall"]
+    assert (calls["completed"], calls["satisfied"], calls["no_response"]) == (4, 3, 1)
+    assert calls["satisfaction_average"] == 4.67
+
+
+async def _outcomes_on_timeline(system: System, cid: str, headers: dict, count: int) -> bool:
+    timeline = (await system.intake.get(f"/v1/complaints/{cid}/timeline", headers=headers)).json()
+    actions = [entry["action"] for entry in timeline["entries"]]
+    return actions.count("followup_completed") >= count
 
 
 async def test_withdrawal_and_admin_closure_cancel_checks_but_closure_after_followup_does_not(

@@ -6,8 +6,9 @@ import pytest
 
 from complaints_shared.envelope import from_kafka_record
 from complaints_shared.events import Topic
-from tests.support.http import command, complaint_body, token
+from tests.support.http import command, complaint_body, complaint_when, create_complaint, token
 from tests.support.kafka import read_topic, short_type
+from tests.support.routing import assignment_when
 from tests.support.system import System
 from tests.support.waits import eventually
 
@@ -163,3 +164,123 @@ async def test_roles_decide_who_may_reopen_and_close(system: System) -> None:
         {"_id": cid}
     )
     assert document["status"] == "resolved"
+
+
+async def _stored(system: System, cid: str) -> dict:
+    return await system.mongo[system.intake_settings.database_name()].complaints.find_one(
+        {"_id": cid}
+    )
+
+
+async def test_a_complaint_waiting_on_the_customer_is_rejected_and_routing_stops_its_clocks(
+    system: System,
+) -> None:
+    """不予受理 once the evidence asked for never came: refused (409) while waiting."""
+    agent = token(system.intake_settings, branches=["LZ"], roles=("agent",))
+    cid = (await create_complaint(system, agent))["id"]
+    await complaint_when(system, cid, agent, lambda c: c["status"] == "open", what="routed")
+    waiting = await command(
+        system, f"/v1/complaints/{cid}/pending-customer", {"reason": "等缴费凭证"}, agent
+    )
+    assert waiting["pending_customer_since"] is not None
+    await assignment_when(system, cid, lambda doc: doc.get("paused"), what="clocks paused")
+    rejected = await command(
+        system,
+        f"/v1/complaints/{cid}/reject",
+        {"reason_code": "insufficient_information", "explanation": "客户未提供凭证"},
+        agent,
+    )
+    assert rejected["status"] == "rejected"
+    assert rejected["pending_customer_since"] is None
+    assert "pending_customer_since" not in await _stored(system, cid)
+    stopped = await assignment_when(
+        system, cid, lambda doc: doc["status"] == "rejected", what="assignment rejected"
+    )
+    assert {clock["state"] for clock in stopped["clocks"].values()} == {"stopped"}
+    assert stopped["next_timer_at"] is None
+
+
+async def test_resolving_or_withdrawing_while_waiting_ends_the_wait(system: System) -> None:
+    agent = token(system.intake_settings, branches=["LZ"], roles=("agent",))
+    for path, body in (("resolve", {"summary": "客户来电已解决"}), ("withdraw", {})):
+        cid = (await create_complaint(system, agent, subject=f"等客户回复后{path}"))["id"]
+        await command(system, f"/v1/complaints/{cid}/acknowledge", {}, agent)
+        await command(system, f"/v1/complaints/{cid}/pending-customer", {"reason": "等"}, agent)
+        finished = await command(system, f"/v1/complaints/{cid}/{path}", body, agent)
+        assert finished["pending_customer_since"] is None, path
+        assert "pending_customer_since" not in await _stored(system, cid), path
+
+
+async def test_resuming_a_reopened_complaint_returns_it_to_reopened(system: System) -> None:
+    """It went back to open, so a status=reopened list lost it."""
+    agent = token(system.intake_settings, branches=["LZ"], roles=("agent",))
+    supervisor = token(system.intake_settings, branches=["LZ"], roles=("supervisor",))
+    cid = (await create_complaint(system, agent))["id"]
+    base = f"/v1/complaints/{cid}"
+    await command(system, f"{base}/resolve", {"summary": "已退费"}, agent)
+    await command(system, f"{base}/reopen", {"reason": "仍被扣费"}, supervisor)
+    await command(system, f"{base}/pending-customer", {"reason": "等账单截图"}, agent)
+    resumed = await command(system, f"{base}/resume", {"comment": "截图已收到"}, agent)
+    assert resumed["status"] == "reopened"
+    timeline = (await system.intake.get(f"{base}/timeline", headers=agent)).json()["entries"]
+    (entry,) = [e for e in timeline if e["action"] == "resumed"]
+    assert (entry["status_from"], entry["status_to"]) == ("pending_customer", "reopened")
+    listed = await system.intake.get("/v1/complaints", params={"status": "reopened"}, headers=agent)
+    assert cid in [item["id"] for item in listed.json()["items"]]
+    # A first wait (never reopened) still resumes to open.
+    other = (await create_complaint(system, agent, subject="首次等待"))["id"]
+    await command(system, f"/v1/complaints/{other}/acknowledge", {}, agent)
+    await command(system, f"/v1/complaints/{other}/pending-customer", {"reason": "等"}, agent)
+    first = await command(system, f"/v1/complaints/{other}/resume", {}, agent)
+    assert first["status"] == "open"
+
+
+async def test_a_remedy_paid_after_closure_is_recorded_without_reopening(system: System) -> None:
+    """A goodwill payment made after the closure: before, only a reopen could record it,
+    which escalated the complaint and scheduled new follow-up calls."""
+    agent = token(system.intake_settings, branches=["LZ"], roles=("agent",))
+    supervisor = token(system.intake_settings, branches=["LZ"], roles=("supervisor",))
+    cid = (await create_complaint(system, agent))["id"]
+    base = f"/v1/complaints/{cid}"
+    early = await system.intake.post(
+        f"{base}/remedies", json={"type": "refund", "amount": "30.00"}, headers=agent
+    )
+    assert early.status_code == 409, early.text
+    assert early.json()["command"] == "record_remedy"
+    await command(
+        system,
+        f"{base}/resolve",
+        {"summary": "退还多扣费用", "remedies": [{"type": "refund", "amount": "30.00"}]},
+        agent,
+    )
+    await command(system, f"{base}/close", {"reason": "客户确认"}, supervisor)
+    goodwill = {"type": "compensation", "amount": "50.00", "description": "补偿话费"}
+    recorded = await command(system, f"{base}/remedies", goodwill, agent)
+    assert recorded["status"] == "closed" and recorded["reopen_count"] == 0
+    later = recorded["resolution"]["remedies"][-1]
+    assert (later["type"], later["amount"], later["currency"]) == ("compensation", "50.00", "CNY")
+    assert later["recorded_by"] == "tester" and later["recorded_at"]
+    assert [r["type"] for r in recorded["resolutions"][0]["remedies"]] == ["refund", "compensation"]
+
+    def of_complaint(records: list) -> list:
+        events = [from_kafka_record(record.value, record.headers) for record in records]
+        return [event for event in events if event.subject == cid]
+
+    def remedy_published(records: list) -> bool:
+        events = of_complaint(records)
+        return bool(events) and short_type(events[-1].type) == "complaint.remedy_recorded"
+
+    records = await read_topic(
+        bootstrap_servers=system.infra.kafka_bootstrap_servers,
+        topic=system.topic(Topic.INTAKE),
+        until=remedy_published,
+    )
+    events = of_complaint(records)
+    types = [short_type(event.type) for event in events]
+    assert types[-1] == "complaint.remedy_recorded" and "complaint.reopened" not in types
+    assert types.count("complaint.resolved") == 1  # nothing for follow-up to call about again
+    assert events[-1].data["resolution_number"] == 1
+    assert events[-1].data["remedy"]["amount"] == "50.00"
+    timeline = (await system.intake.get(f"{base}/timeline", headers=agent)).json()["entries"]
+    (entry,) = [entry for entry in timeline if entry["action"] == "remedy_recorded"]
+    assert entry["status_to"] is None and entry["details"]["type"] == "compensation"

@@ -9,13 +9,17 @@ import pytest
 from complaints_shared.events import (
     ComplaintAssigned,
     ComplaintEscalated,
+    ComplaintQueued,
     ComplaintReassigned,
     ComplaintSlaBreached,
     EventType,
+    FollowupCompleted,
+    FollowupOutcome,
     SlaClock,
 )
-from tests.support.http import complaint_body, complaint_when, token
-from tests.support.kafka import handled_count, publish, republish
+from tests.support.http import command, complaint_body, complaint_when, create_complaint, token
+from tests.support.kafka import handled_count, publish, republish, routing_events
+from tests.support.routing import assignment_when
 from tests.support.system import System
 from tests.support.waits import eventually
 
@@ -44,6 +48,7 @@ async def test_late_and_repeated_routing_events_leave_the_newest_state(system: S
         reason="休假",
         reassigned_by="sup-1",
         reassigned_at=later,
+        assignment_sequence=2,  # routing's own assignment was 1
     )
     stale_assignment = ComplaintAssigned(
         **base,
@@ -54,6 +59,7 @@ async def test_late_and_repeated_routing_events_leave_the_newest_state(system: S
         rule_id="demo:default",
         rule_version=1,
         assigned_at=later - timedelta(minutes=1),
+        assignment_sequence=1,
     )
     level_two = ComplaintEscalated(
         **base,
@@ -77,7 +83,7 @@ async def test_late_and_repeated_routing_events_leave_the_newest_state(system: S
         system,
         (EventType.COMPLAINT_REASSIGNED, reassigned),
         (EventType.COMPLAINT_ESCALATED, level_two),
-        (EventType.COMPLAINT_ASSIGNED, stale_assignment),  # late: older than the reassignment
+        (EventType.COMPLAINT_ASSIGNED, stale_assignment),  # late: numbered before it
         (EventType.COMPLAINT_ESCALATED, level_one),  # late: lower level
         (EventType.COMPLAINT_SLA_BREACHED, breached),
         service="routing",
@@ -103,9 +109,173 @@ async def test_late_and_repeated_routing_events_leave_the_newest_state(system: S
     assert [item["id"] for item in found.json()["items"]] == [cid]
 
 
-async def test_followup_outcome_for_an_earlier_resolution_does_not_close(system: System) -> None:
-    from complaints_shared.events import FollowupCompleted, FollowupOutcome
+async def test_assignment_events_apply_in_routing_order_whatever_the_replicas_clocks(
+    system: System,
+) -> None:
+    """Replica A, its clock five minutes ahead, queues the complaint; replica B, five minutes
+    behind, drains the queue a second later and a supervisor reassigns it: each was dropped
+    for good as "older" than the queueing. A dead letter replayed afterwards (an earlier
+    assignment intake never applied) still changes nothing."""
+    admin = token(system.intake_settings)
+    cid = (await create_complaint(system, admin))["id"]
+    routed = await complaint_when(
+        system, cid, admin, lambda c: c["assignment"] is not None, what="routing's assignment"
+    )
+    base = {"complaint_id": cid, "org": "demo", "branch": "LZ"}
+    now = datetime.now(UTC)
+    ahead, behind = now + timedelta(minutes=5), now - timedelta(minutes=5)
+    desk = {"department": "LZ:BILLING", "department_name": "计费账务部"}
+    rule = {"rule_id": "demo:billing-keywords", "rule_version": 1}
+    queued = ComplaintQueued(**base, **desk, **rule, queued_at=ahead, assignment_sequence=2)
+    drained = ComplaintAssigned(
+        **base,
+        **desk,
+        **rule,
+        owner_id="lz-gao",
+        owner_name="高峰",
+        assigned_at=behind + timedelta(seconds=1),
+        resolve_due_at=now + timedelta(hours=24),
+        assignment_sequence=3,
+    )
+    reassigned = ComplaintReassigned(
+        **base,
+        **desk,
+        from_department="LZ:BILLING",
+        from_owner_id="lz-gao",
+        owner_id="lz-xie",
+        owner_name="谢敏",
+        reason="休假",
+        reassigned_by="sup-1",
+        reassigned_at=behind + timedelta(seconds=2),
+        assignment_sequence=4,
+    )
+    dead_letter = ComplaintAssigned(
+        **base,
+        **desk,
+        **rule,
+        owner_id="lz-chen",
+        owner_name="陈静",
+        assigned_at=ahead,
+        assignment_sequence=2,
+    )
+    before = handled_count("intake", EventType.COMPLAINT_ASSIGNED)
+    await publish(
+        system,
+        (EventType.COMPLAINT_QUEUED, queued),
+        (EventType.COMPLAINT_ASSIGNED, drained),
+        (EventType.COMPLAINT_REASSIGNED, reassigned),
+        (EventType.COMPLAINT_ASSIGNED, dead_letter),
+        service="routing",
+    )
+    await eventually(
+        lambda: handled_count("intake", EventType.COMPLAINT_ASSIGNED) >= before + 2,
+        what="the drain and the replayed dead letter consumed",
+    )
+    # One partition, in order: the reassignment between them was applied too.
+    final = (await system.intake.get(f"/v1/complaints/{cid}", headers=admin)).json()
+    assert routed["assignment"]["queued"] is False
+    assert final["assignment"]["owner_id"] == "lz-xie"
+    assert final["assignment"]["queued"] is False
+    assert final["resolve_due_at"] is not None  # the drain's due time stands
+    stored = await intake_record(system, cid)
+    assert stored["assignment_sequence"] == 4
 
+
+async def test_routing_numbers_every_assignment_event_and_intake_keeps_the_last(
+    system: System,
+) -> None:
+    """Assigned, reassigned twice, re-announced on resume: 1, 2, 3, 4 in the order written."""
+    admin = token(system.intake_settings)
+    cid = (await create_complaint(system, admin))["id"]
+    first = await assignment_when(system, cid, lambda doc: doc.get("owner_id") is not None)
+    other = "lz-liu" if first["owner_id"] == "lz-chen" else "lz-chen"
+    supervisor = token(system.routing_settings, roles=("supervisor",))
+    path = f"/v1/assignments/{cid}/reassign"
+    for body in ({"owner_id": other, "reason": "休假"}, {"department": "LZ:CS", "reason": "转"}):
+        moved = await system.routing.post(path, json=body, headers=supervisor)
+        assert moved.status_code == 200, moved.text
+    await command(system, f"/v1/complaints/{cid}/pending-customer", {"reason": "等凭证"}, admin)
+    await assignment_when(system, cid, lambda doc: doc.get("paused"), what="paused")
+    await command(system, f"/v1/complaints/{cid}/resume", {}, admin)
+    kinds = (EventType.COMPLAINT_ASSIGNED, EventType.COMPLAINT_REASSIGNED)
+
+    def announced(events: list) -> list:
+        return [event for event in events if event.subject == cid and event.type in kinds]
+
+    found = announced(await routing_events(system, until=lambda e: len(announced(e)) >= 4))
+    events = sorted(found, key=lambda event: event.data["assignment_sequence"])
+    assert [event.data["assignment_sequence"] for event in events] == [1, 2, 3, 4]
+    assert [event.type for event in events] == [kinds[0], kinds[1], kinds[1], kinds[0]]
+    assert events[-1].data["department"] == "LZ:CS"  # the resume re-announces the latest
+    final = await complaint_when(
+        system, cid, admin, lambda c: c["status"] == "open", what="resumed"
+    )
+    assert final["assignment"]["department"] == "LZ:CS"
+    stored = await eventually(
+        lambda: _with_sequence(system, cid, 4), what="the re-announcement applied"
+    )
+    assert stored["assignment"]["owner_id"] == events[-1].data["owner_id"]
+
+
+async def _with_sequence(system: System, cid: str, number: int) -> dict | None:
+    stored = await intake_record(system, cid)
+    return stored if stored.get("assignment_sequence") == number else None
+
+
+async def intake_record(system: System, cid: str) -> dict:
+    return await system.mongo[system.intake_settings.database_name()].complaints.find_one(
+        {"_id": cid}
+    )
+
+
+async def test_a_late_outcome_of_an_earlier_resolution_leaves_the_current_satisfaction(
+    system: System,
+) -> None:
+    """Resolution 2's call found the customer satisfied (4); resolution 1's week-later call,
+    finished late, wrote its 5 over it."""
+    admin = token(system.intake_settings)
+    cid = (await create_complaint(system, admin))["id"]
+    for path, body in [
+        ("resolve", {"summary": "一"}),
+        ("reopen", {"reason": "未解决"}),
+        ("resolve", {"summary": "二"}),
+    ]:
+        await command(system, f"/v1/complaints/{cid}/{path}", body, admin)
+    base = {"complaint_id": cid, "org": "demo", "branch": "LZ"}
+
+    def outcome(resolution: int, sequence: int, score: int) -> FollowupCompleted:
+        return FollowupCompleted(
+            **base,
+            followup_id=f"{cid}:r{resolution}:{sequence}",
+            resolution_number=resolution,
+            sequence=sequence,
+            outcome=FollowupOutcome.SATISFIED,
+            score=score,
+            problem_solved=True,
+            completed_at=datetime.now(UTC),
+        )
+
+    before = handled_count("intake", EventType.FOLLOWUP_COMPLETED)
+    await publish(
+        system,
+        (EventType.FOLLOWUP_COMPLETED, outcome(2, 1, 4)),
+        (EventType.FOLLOWUP_COMPLETED, outcome(1, 2, 5)),
+        service="followup",
+    )
+    await eventually(
+        lambda: handled_count("intake", EventType.FOLLOWUP_COMPLETED) >= before + 2,
+        what="both outcomes consumed",
+    )
+    document = (await system.intake.get(f"/v1/complaints/{cid}", headers=admin)).json()
+    assert document["status"] == "closed"
+    satisfaction = document["satisfaction"]
+    assert (satisfaction["resolution_number"], satisfaction["score"]) == (2, 4)
+    timeline = (await system.intake.get(f"/v1/complaints/{cid}/timeline", headers=admin)).json()
+    completed = [e for e in timeline["entries"] if e["action"] == "followup_completed"]
+    assert [entry["details"]["score"] for entry in completed] == [4, 5]  # both on the timeline
+
+
+async def test_followup_outcome_for_an_earlier_resolution_does_not_close(system: System) -> None:
     admin = token(system.intake_settings)
     cid = (await system.intake.post("/v1/complaints", json=complaint_body(), headers=admin)).json()[
         "id"

@@ -12,6 +12,7 @@ from intake.lifecycle import (
     Action,
     Command,
     Status,
+    table_command,
     transition,
 )
 
@@ -33,6 +34,7 @@ LEGAL: list[tuple[Status, Command, Status]] = [
     (OP, Command.WAIT_FOR_CUSTOMER, P),
     (RO, Command.WAIT_FOR_CUSTOMER, P),
     (P, Command.RESUME, OP),
+    (P, Command.RESUME_REOPENED, RO),
     (R, Command.RESOLVE, RS),
     (OP, Command.RESOLVE, RS),
     (P, Command.RESOLVE, RS),
@@ -40,8 +42,12 @@ LEGAL: list[tuple[Status, Command, Status]] = [
     (RS, Command.CLOSE, C),
     (RS, Command.REOPEN, RO),
     (C, Command.REOPEN, RO),
+    (RS, Command.RECORD_REMEDY, RS),
+    (C, Command.RECORD_REMEDY, C),
     (R, Command.REJECT, RJ),
     (OP, Command.REJECT, RJ),
+    (P, Command.REJECT, RJ),
+    (RO, Command.REJECT, RJ),
     (R, Command.WITHDRAW, W),
     (OP, Command.WITHDRAW, W),
     (P, Command.WITHDRAW, W),
@@ -61,8 +67,13 @@ def test_the_table_holds_exactly_the_legal_pairs() -> None:
 ILLEGAL = [
     (C, Command.RESOLVE),
     (R, Command.CLOSE),
-    (P, Command.REJECT),
-    (RO, Command.REJECT),
+    (P, Command.CLOSE),
+    (RO, Command.CLOSE),
+    (RS, Command.REJECT),
+    (OP, Command.RECORD_REMEDY),
+    (RO, Command.RECORD_REMEDY),
+    (W, Command.RECORD_REMEDY),
+    (OP, Command.RESUME_REOPENED),
     (RJ, Command.REOPEN),
     (W, Command.ASSIGN),
     (RS, Command.ACKNOWLEDGE),
@@ -99,8 +110,41 @@ def test_rejected_and_withdrawn_accept_only_notes() -> None:
                 transition(current=status, command=command)
 
 
+def test_an_open_complaint_is_not_closed_but_rejected_or_withdrawn() -> None:
+    """Closing confirms a resolution; a duplicate is rejected, a customer's change of mind
+    (by phone too) withdrawn, from every open status."""
+    for status in OPEN_STATUSES:
+        assert (status, Command.CLOSE) not in TRANSITIONS, status
+        assert transition(current=status, command=Command.REJECT) is RJ
+        assert transition(current=status, command=Command.WITHDRAW) is W
+
+
+@pytest.mark.parametrize(
+    ("reopen_count", "resumed_to"), [(0, OP), (1, RO), (3, RO)], ids=["first", "reopened", "3x"]
+)
+def test_resuming_returns_to_the_status_the_wait_began_in(
+    reopen_count: int, resumed_to: Status
+) -> None:
+    """Waiting starts from open or reopened, and a reopened complaint never becomes open
+    again, so a complaint reopened before was waiting from reopened."""
+    waiting = {"status": P.value, "reopen_count": reopen_count}
+    asked = table_command(waiting, Command.RESUME)
+    assert transition(current=P, command=asked) is resumed_to
+    into_open = {before for (before, _), after in TRANSITIONS.items() if after is OP}
+    assert into_open == {R, OP, P}  # nothing leads a reopened complaint back to open
+
+
+def test_table_command_leaves_other_commands_and_statuses_alone() -> None:
+    assert table_command({"status": OP.value, "reopen_count": 2}, Command.RESUME) is (
+        Command.RESUME
+    )
+    assert table_command({"status": P.value, "reopen_count": 2}, Command.RESOLVE) is (
+        Command.RESOLVE
+    )
+
+
 def test_every_http_command_has_one_timeline_word_in_the_past_tense() -> None:
-    assert set(COMMAND_ACTIONS) == set(Command) - {Command.ASSIGN}
+    assert set(COMMAND_ACTIONS) == set(Command) - {Command.ASSIGN, Command.RESUME_REOPENED}
     for action in Action:
         assert action.value == action.value.lower() and " " not in action.value
         assert "." not in action.value and "-" not in action.value

@@ -15,6 +15,9 @@ from complaints_shared.transitions import InvalidTransition
 from followup import lifecycle as check_lifecycle
 from followup.lifecycle import CheckState
 from followup.models import CheckStatus
+from intake import lifecycle as complaint_lifecycle
+from intake.lifecycle import Command as I
+from intake.lifecycle import Status
 from routing.assignments import lifecycle as assignment_lifecycle
 from routing.assignments.lifecycle import Command as A
 from routing.assignments.models import AssignmentStatus
@@ -36,7 +39,6 @@ ASSIGNMENT_LEGAL = [
     (UNROUTABLE, A.RESOLVE, RESOLVED),
     (UNROUTABLE, A.REJECT, REJECTED),
     (UNROUTABLE, A.WITHDRAW, WITHDRAWN),
-    (UNROUTABLE, A.CLOSE, CLOSED),
     (QUEUED, A.REASSIGN, OPEN),
     (OPEN, A.REASSIGN, OPEN),
     (QUEUED, A.REASSIGN_TO_QUEUE, QUEUED),
@@ -62,8 +64,6 @@ ASSIGNMENT_LEGAL = [
     (OPEN, A.REJECT, REJECTED),
     (QUEUED, A.WITHDRAW, WITHDRAWN),
     (OPEN, A.WITHDRAW, WITHDRAWN),
-    (QUEUED, A.CLOSE, CLOSED),
-    (OPEN, A.CLOSE, CLOSED),
     (RESOLVED, A.CLOSE, CLOSED),
     (RESOLVED, A.REOPEN, OPEN),
     (CLOSED, A.REOPEN, OPEN),
@@ -99,6 +99,9 @@ def test_the_assignment_table_holds_exactly_the_listed_pairs() -> None:
         (RESOLVED, A.RESOLVE),
         (CLOSED, A.FIRE_TIMERS),
         (CLOSED, A.CLOSE),
+        (OPEN, A.CLOSE),
+        (QUEUED, A.CLOSE),
+        (UNROUTABLE, A.CLOSE),
         (REJECTED, A.REOPEN),
         (WITHDRAWN, A.PAUSE),
         (WITHDRAWN, A.REASSIGN_TO_QUEUE),
@@ -127,6 +130,64 @@ def test_a_refusal_names_the_assignment_it_concerns() -> None:
         assignment_lifecycle.transition(current=CLOSED, command=A.ESCALATE)
     named = raised.value.about(what="assignment", identifier="c-1")
     assert named.detail == "assignment c-1: cannot escalate an assignment that is closed"
+
+
+# ------------------------------------------- the complaint and its assignment --
+
+# Where routing's assignment may stand while intake's complaint has a status.
+BEING_WORKED = frozenset({OPEN, QUEUED, UNROUTABLE})
+ASSIGNMENT_STATES = {
+    **dict.fromkeys(
+        (Status.RECEIVED, Status.OPEN, Status.PENDING_CUSTOMER, Status.REOPENED), BEING_WORKED
+    ),
+    Status.RESOLVED: {RESOLVED},
+    Status.CLOSED: {CLOSED},
+    Status.REJECTED: {REJECTED},
+    Status.WITHDRAWN: {WITHDRAWN},
+}
+# Intake's status changes routing follows (``routing.handlers``), as routing's commands.
+FOLLOWED = {
+    I.RESOLVE: {A.RESOLVE},
+    I.REJECT: {A.REJECT},
+    I.WITHDRAW: {A.WITHDRAW},
+    I.CLOSE: {A.CLOSE},
+    I.REOPEN: {A.REOPEN, A.REOPEN_TO_QUEUE, A.NO_ROUTE},
+}
+
+
+@pytest.mark.parametrize(
+    ("status", "command"),
+    [
+        (status, command)
+        for status, command, _ in complaint_lifecycle.TABLE.pairs()
+        if command in FOLLOWED
+    ],
+)
+def test_routing_follows_every_status_change_intake_emits(status: Status, command: I) -> None:
+    """A reject while waiting on the customer stops the clocks as one while open does."""
+    after = complaint_lifecycle.transition(current=status, command=command)
+    for state in ASSIGNMENT_STATES[status]:
+        targets = {
+            assignment_lifecycle.transition(current=state, command=followed)
+            for followed in FOLLOWED[command]
+            if assignment_lifecycle.TABLE.allows(current=state, command=followed)
+        }
+        assert targets, (status, command, state)
+        assert targets <= ASSIGNMENT_STATES[after], (status, command, state)
+
+
+def test_routing_allows_no_status_change_intake_cannot_emit() -> None:
+    """Routing's table had an administrator's close of open work no complaint could reach."""
+    for state, command, _ in assignment_lifecycle.TABLE.pairs():
+        asked = {intake for intake, followed in FOLLOWED.items() if command in followed}
+        if state is None or not asked:
+            continue
+        statuses = {status for status, states in ASSIGNMENT_STATES.items() if state in states}
+        assert any(
+            complaint_lifecycle.is_legal(current=status, command=intake)
+            for status in statuses
+            for intake in asked
+        ), (state, command)
 
 
 # ------------------------------------------------------------ follow-up check --

@@ -47,6 +47,7 @@ class EventType(StrEnum):
     COMPLAINT_REJECTED = f"{EVENT_TYPE_PREFIX}complaint.rejected.v1"
     COMPLAINT_WITHDRAWN = f"{EVENT_TYPE_PREFIX}complaint.withdrawn.v1"
     COMPLAINT_CLOSED = f"{EVENT_TYPE_PREFIX}complaint.closed.v1"
+    COMPLAINT_REMEDY_RECORDED = f"{EVENT_TYPE_PREFIX}complaint.remedy_recorded.v1"
     # routing
     COMPLAINT_ASSIGNED = f"{EVENT_TYPE_PREFIX}complaint.assigned.v1"
     COMPLAINT_QUEUED = f"{EVENT_TYPE_PREFIX}complaint.queued.v1"
@@ -331,10 +332,31 @@ class ComplaintClosed(EventData):
     closed_at: datetime
 
 
+class ComplaintRemedyRecorded(EventData):
+    """A remedy given after the resolution (a goodwill payment made later), recorded on the
+    latest resolution of a resolved or closed complaint without reopening it."""
+
+    resolution_number: int
+    remedy: Remedy
+    recorded_by: str
+    recorded_at: datetime
+
+
 # --------------------------------------------------------------- routing --
 
 
-class ComplaintAssigned(EventData):
+class AssignmentAnnounced(EventData):
+    """What every event announcing the complaint's assignment carries."""
+
+    assignment_sequence: int | None = Field(
+        None,
+        description="One more than the complaint's previous assigned / queued / reassigned "
+        "event: consumers keep the state of the highest, whatever the clocks of the replicas "
+        "that wrote the times (None from earlier routing versions)",
+    )
+
+
+class ComplaintAssigned(AssignmentAnnounced):
     """Routing chose the handling department and owner and set the due times."""
 
     department: str
@@ -364,7 +386,7 @@ QUEUED_DUE_DESCRIPTION = (
 )
 
 
-class ComplaintQueued(EventData):
+class ComplaintQueued(AssignmentAnnounced):
     """Nobody in the department has capacity; the complaint waits in its queue."""
 
     department: str
@@ -396,7 +418,7 @@ class ComplaintUnroutable(EventData):
     unroutable_at: datetime
 
 
-class ComplaintReassigned(EventData):
+class ComplaintReassigned(AssignmentAnnounced):
     """The complaint moved to another owner or department."""
 
     from_department: str | None = None
@@ -527,6 +549,9 @@ class FollowupCompleted(EventData):
 
     followup_id: str
     resolution_number: int
+    sequence: int | None = Field(
+        None, description="The check's place in its resolution's series (1, 2 ...)"
+    )
     outcome: FollowupOutcome
     score: int | None = Field(None, ge=1, le=5)
     problem_solved: bool | None = None
@@ -556,6 +581,7 @@ EVENT_CONTRACTS: dict[EventType, tuple[Topic, type[EventPayload]]] = {
     EventType.COMPLAINT_REJECTED: (Topic.INTAKE, ComplaintRejected),
     EventType.COMPLAINT_WITHDRAWN: (Topic.INTAKE, ComplaintWithdrawn),
     EventType.COMPLAINT_CLOSED: (Topic.INTAKE, ComplaintClosed),
+    EventType.COMPLAINT_REMEDY_RECORDED: (Topic.INTAKE, ComplaintRemedyRecorded),
     EventType.COMPLAINT_ASSIGNED: (Topic.ROUTING, ComplaintAssigned),
     EventType.COMPLAINT_QUEUED: (Topic.ROUTING, ComplaintQueued),
     EventType.COMPLAINT_UNROUTABLE: (Topic.ROUTING, ComplaintUnroutable),

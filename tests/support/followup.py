@@ -46,10 +46,12 @@ async def make_due(system: System, clock: ManualClock, check: dict, headers: dic
     return await wait_status(system, check["id"], "due", headers)
 
 
-async def resolve_through_intake(system: System, headers: dict, *, severity: str) -> str:
+async def resolve_through_intake(
+    system: System, headers: dict, *, severity: str, **overrides: object
+) -> str:
     """A complaint created, routed and resolved through intake's API; its id."""
     created = await create_complaint(
-        system, headers, **{**BROADBAND_COMPLAINT, "severity": severity}
+        system, headers, **{**BROADBAND_COMPLAINT, "severity": severity, **overrides}
     )
     complaint_id = created["id"]
 

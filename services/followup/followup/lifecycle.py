@@ -300,6 +300,7 @@ def complete(
     )
     completed = FollowupCompleted(
         **identity(current),
+        sequence=current.get("sequence"),
         **verdict,
         attempts=attempt["number"],
         channel=attempt["channel"],

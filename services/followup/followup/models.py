@@ -371,6 +371,20 @@ class StatsGroup(BaseModel):
     score_distribution: dict[str, int]
 
 
+class ComplaintSatisfaction(BaseModel):
+    """Each complaint counted once, with the outcome intake records as its satisfaction: its
+    latest resolution's last reached check, or no response when none of them reached the
+    customer (docs/followup.md). Intake's report ``satisfaction_average`` over the same
+    complaints is this ``satisfaction_average``."""
+
+    complaints: int
+    satisfied: int
+    unsatisfied: int
+    no_response: int
+    satisfaction_average: float | None = Field(None, description="mean score of the complaints")
+    score_distribution: dict[str, int]
+
+
 class FirstContactStats(BaseModel):
     """Hours from a resolution to the first call that reached the customer."""
 
@@ -387,3 +401,4 @@ class FollowupStats(BaseModel):
     by_owner: list[StatsGroup]
     by_category: list[StatsGroup]
     resolution_to_first_contact: FirstContactStats
+    complaint_satisfaction: ComplaintSatisfaction

@@ -3,7 +3,11 @@
 Cancelled checks are left out: nobody was meant to call. The response rate is
 the share of completed checks that reached the customer (satisfied or not);
 time to first contact is measured per resolution, from the resolution to the
-first attempt of any of its checks that reached the customer.
+first attempt of any of its checks that reached the customer. The groups count
+calls (a serious complaint's two checks twice); ``complaint_satisfaction`` counts
+each complaint once, by the order intake keeps its satisfaction by
+(``intake.projections.outcome_rank``): the latest resolution, a reached answer
+before no answer, the later check of the series.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from complaints_shared.events import FollowupOutcome
 from complaints_shared.mongo import at_or_after
 from followup.models import (
     CheckStatus,
+    ComplaintSatisfaction,
     FirstContactStats,
     FollowupStats,
     StatsFilters,
@@ -99,6 +104,28 @@ def _first_contact_stages() -> list[dict[str, Any]]:
     ]
 
 
+def _complaint_satisfaction_stages() -> list[dict[str, Any]]:
+    no_response = FollowupOutcome.NO_RESPONSE.value
+    per_complaint = {
+        name: accumulator
+        for name, accumulator in _accumulators().items()
+        if name not in ("checks", "completed")
+    }
+    return [
+        {"$match": {"status": CheckStatus.COMPLETED.value}},
+        {"$addFields": {"reached": {"$ne": ["$outcome", no_response]}}},
+        {"$sort": {"complaint_id": 1, "resolution_number": -1, "reached": -1, "sequence": -1}},
+        {
+            "$group": {
+                "_id": "$complaint_id",
+                "outcome": {"$first": "$outcome"},
+                "score": {"$first": "$score"},
+            }
+        },
+        {"$group": {"_id": None, "complaints": {"$sum": 1}, **per_complaint}},
+    ]
+
+
 def pipeline(*, principal: Principal, filters: StatsFilters) -> list[dict[str, Any]]:
     """One pass over the matching checks; a facet per breakdown."""
     accumulators = _accumulators()
@@ -109,6 +136,7 @@ def pipeline(*, principal: Principal, filters: StatsFilters) -> list[dict[str, A
             for name, field in DIMENSIONS.items()
         },
         "first_contact": _first_contact_stages(),
+        "complaints": _complaint_satisfaction_stages(),
     }
     return [{"$match": _match(principal=principal, filters=filters)}, {"$facet": facets}]
 
@@ -147,6 +175,18 @@ def _first_contact(row: dict[str, Any] | None) -> FirstContactStats:
     )
 
 
+def _complaints(row: dict[str, Any] | None) -> ComplaintSatisfaction:
+    row = row or {}
+    return ComplaintSatisfaction(
+        complaints=row.get("complaints", 0),
+        satisfied=row.get("satisfied", 0),
+        unsatisfied=row.get("unsatisfied", 0),
+        no_response=row.get("no_response", 0),
+        satisfaction_average=_rounded(row.get("satisfaction_average")),
+        score_distribution={str(score): row.get(f"score_{score}", 0) for score in SCORES},
+    )
+
+
 async def followup_stats(
     *, db: AsyncDatabase, principal: Principal, filters: StatsFilters
 ) -> FollowupStats:
@@ -156,4 +196,5 @@ async def followup_stats(
         overall=_group(next(iter(result["overall"]), None)),
         **{name: [_group(row) for row in result[name]] for name in DIMENSIONS},
         resolution_to_first_contact=_first_contact(next(iter(result["first_contact"]), None)),
+        complaint_satisfaction=_complaints(next(iter(result["complaints"]), None)),
     )

@@ -27,6 +27,7 @@ from intake.models import (
     NoteCreate,
     PendingCustomerRequest,
     RejectRequest,
+    RemedyIn,
     ReopenRequest,
     ResolveRequest,
     ResumeRequest,
@@ -251,6 +252,13 @@ _command_route(
 )
 _command_route("reopen", Command.REOPEN, ReopenRequest, commands.reopen, "Reopen (supervisor)")
 _command_route("close", Command.CLOSE, CloseRequest, commands.close, "Close (supervisor)")
+_command_route(
+    "remedies",
+    Command.RECORD_REMEDY,
+    RemedyIn,
+    commands.record_remedy,
+    "Record a remedy given after the resolution (resolved or closed; no reopen)",
+)
 
 
 @reports_router.get(

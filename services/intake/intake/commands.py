@@ -16,6 +16,7 @@ from complaints_shared.events import (
     ComplaintNoteAdded,
     ComplaintPendingCustomer,
     ComplaintRejected,
+    ComplaintRemedyRecorded,
     ComplaintReopened,
     ComplaintResolved,
     ComplaintResumed,
@@ -34,6 +35,7 @@ from intake.lifecycle import (
     Status,
     customer_contact,
     event_base,
+    table_command,
     transition,
 )
 from intake.models import (
@@ -42,6 +44,7 @@ from intake.models import (
     NoteCreate,
     PendingCustomerRequest,
     RejectRequest,
+    RemedyIn,
     ReopenRequest,
     ResolveRequest,
     ResumeRequest,
@@ -60,6 +63,7 @@ COMMAND_ROLES: dict[Command, tuple[Role, ...]] = {
     Command.WITHDRAW: (Role.AGENT, Role.SUPERVISOR),
     Command.REOPEN: (Role.SUPERVISOR,),
     Command.CLOSE: (Role.SUPERVISOR,),
+    Command.RECORD_REMEDY: (Role.AGENT, Role.SUPERVISOR),
 }
 
 Outcome = tuple[dict[str, Any], list[tuple[EventType, EventData]]]
@@ -80,7 +84,8 @@ async def run_command(
     """Check the transition, apply ``build``'s update and events atomically, or raise 409/404."""
 
     def decide(current: dict[str, Any]) -> store.Decision:
-        status = transition(current=Status(current["status"]), command=command)
+        asked = table_command(current, command)
+        status = transition(current=Status(current["status"]), command=asked)
         update, events = build(current, now)
         return store.Decision(update, events, status)
 
@@ -119,6 +124,11 @@ def standing_still(document: dict[str, Any], *, since: datetime) -> list[str]:
     if document.get("acknowledged_at") is None:
         names.insert(0, "acknowledge_due_at")
     return [name for name in names if (due := document.get(name)) is not None and due > since]
+
+
+def _wait_ended() -> dict[str, Any]:
+    """A complaint resolved, rejected or withdrawn while waiting on the customer waits no more."""
+    return {"$unset": {"pending_customer_since": ""}}
 
 
 def acknowledge(request: AcknowledgeRequest, principal: Principal) -> Build:
@@ -201,16 +211,17 @@ def resume(request: ResumeRequest, principal: Principal) -> Build:
     return build
 
 
+def _stored_remedy(remedy: RemedyIn) -> dict[str, Any]:
+    stored: dict[str, Any] = remedy.model_dump(mode="json")
+    if remedy.amount is not None:
+        stored["currency"] = remedy.currency or "CNY"
+        # Integer minor units so reports can sum amounts exactly in MongoDB.
+        stored["amount_cents"] = int(remedy.amount * 100)
+    return stored
+
+
 def _stored_remedies(request: ResolveRequest) -> list[dict[str, Any]]:
-    remedies = []
-    for remedy in request.remedies:
-        stored: dict[str, Any] = remedy.model_dump(mode="json")
-        if remedy.amount is not None:
-            stored["currency"] = remedy.currency or "CNY"
-            # Integer minor units so reports can sum amounts exactly in MongoDB.
-            stored["amount_cents"] = int(remedy.amount * 100)
-        remedies.append(stored)
-    return remedies
+    return [_stored_remedy(remedy) for remedy in request.remedies]
 
 
 def resolve(request: ResolveRequest, principal: Principal) -> Build:
@@ -279,8 +290,32 @@ def resolve(request: ResolveRequest, principal: Principal) -> Build:
                 "$min": {"first_resolved_at": now},
             },
             _work_started(now),
+            _wait_ended(),
         )
         return update, [(EventType.COMPLAINT_RESOLVED, event)]
+
+    return build
+
+
+def record_remedy(request: RemedyIn, principal: Principal) -> Build:
+    """A remedy given after the resolution joins the latest resolution's remedies; the
+    complaint stays resolved or closed (no reopen, no new follow-up calls)."""
+
+    def build(current: dict[str, Any], now: datetime) -> Outcome:
+        number = current["resolution"]["number"]
+        stored = {**_stored_remedy(request), "recorded_by": principal.subject, "recorded_at": now}
+        pushed = {"resolution.remedies": stored}
+        for index, resolution in enumerate(current.get("resolutions") or []):
+            if resolution.get("number") == number:
+                pushed[f"resolutions.{index}.remedies"] = stored  # what the reports count
+        event = ComplaintRemedyRecorded(
+            **event_base(current),
+            resolution_number=number,
+            remedy=Remedy.model_validate(stored),
+            recorded_by=principal.subject,
+            recorded_at=now,
+        )
+        return {"$push": pushed}, [(EventType.COMPLAINT_REMEDY_RECORDED, event)]
 
     return build
 
@@ -295,7 +330,7 @@ def reject(request: RejectRequest, principal: Principal) -> Build:
         }
         event = ComplaintRejected(**event_base(current), **rejection)
         return (
-            {"$set": {"rejection": rejection, "finished_at": now}},
+            {"$set": {"rejection": rejection, "finished_at": now}, **_wait_ended()},
             [(EventType.COMPLAINT_REJECTED, event)],
         )
 
@@ -311,7 +346,7 @@ def withdraw(request: WithdrawRequest, principal: Principal) -> Build:
             withdrawn_at=now,
         )
         return (
-            {"$set": {"withdrawal_reason": request.reason, "finished_at": now}},
+            {"$set": {"withdrawal_reason": request.reason, "finished_at": now}, **_wait_ended()},
             [(EventType.COMPLAINT_WITHDRAWN, event)],
         )
 

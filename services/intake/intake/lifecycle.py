@@ -37,7 +37,10 @@ class Command(StrEnum):
     NOTE = "note"
     WAIT_FOR_CUSTOMER = "pending_customer"
     RESUME = "resume"
+    # The table's word for resuming a complaint that was paused while reopened (``table_command``).
+    RESUME_REOPENED = "resume_reopened"
     RESOLVE = "resolve"
+    RECORD_REMEDY = "record_remedy"
     CLOSE = "close"
     REOPEN = "reopen"
     REJECT = "reject"
@@ -68,14 +71,19 @@ TRANSITIONS: dict[tuple[Status, Command], Status] = {
     **_stay(Command.NOTE, frozenset(Status)),
     (_O, Command.WAIT_FOR_CUSTOMER): _P,
     (_RE, Command.WAIT_FOR_CUSTOMER): _P,
+    # Back to the status the wait began in.
     (_P, Command.RESUME): _O,
+    (_P, Command.RESUME_REOPENED): _RE,
     **{(state, Command.RESOLVE): Status.RESOLVED for state in OPEN_STATUSES},
+    # A remedy given later (a goodwill payment) is a fact of the latest resolution, no reopen.
+    **_stay(Command.RECORD_REMEDY, frozenset({Status.RESOLVED, Status.CLOSED})),
+    # Closing confirms a resolution; an open complaint ends by resolve, reject or withdraw.
     (Status.RESOLVED, Command.CLOSE): Status.CLOSED,
     (Status.RESOLVED, Command.REOPEN): _RE,
     (Status.CLOSED, Command.REOPEN): _RE,
-    # 不予受理 is decided before the complaint is worked on.
-    (_R, Command.REJECT): Status.REJECTED,
-    (_O, Command.REJECT): Status.REJECTED,
+    # 不予受理 may be found at any point before a resolution: while waiting on the customer's
+    # evidence, or for what a reopen asks.
+    **{(state, Command.REJECT): Status.REJECTED for state in OPEN_STATUSES},
     **{(state, Command.WITHDRAW): Status.WITHDRAWN for state in OPEN_STATUSES},
 }
 
@@ -92,6 +100,19 @@ def is_legal(*, current: Status, command: Command) -> bool:
     return TABLE.allows(current=current, command=command)
 
 
+def table_command(document: dict[str, Any], command: Command) -> Command:
+    """The table's command for ``command`` asked of ``document``.
+
+    Resuming returns the complaint to the status the wait began in. Waiting is legal from
+    ``open`` and ``reopened`` only, and no transition leads a reopened complaint back to
+    ``open``: a complaint reopened before is waiting from ``reopened``.
+    """
+    waiting = document["status"] == Status.PENDING_CUSTOMER.value
+    if command is Command.RESUME and waiting and document.get("reopen_count", 0) > 0:
+        return Command.RESUME_REOPENED
+    return command
+
+
 class Action(StrEnum):
     """The timeline's vocabulary: what happened, past tense, words joined by ``_``."""
 
@@ -105,6 +126,7 @@ class Action(StrEnum):
     WITHDRAWN = "withdrawn"
     REOPENED = "reopened"
     CLOSED = "closed"
+    REMEDY_RECORDED = "remedy_recorded"
     ASSIGNED = "assigned"
     QUEUED = "queued"
     FOUND_UNROUTABLE = "found_unroutable"
@@ -131,6 +153,7 @@ COMMAND_ACTIONS: dict[Command, Action] = {
     Command.WITHDRAW: Action.WITHDRAWN,
     Command.REOPEN: Action.REOPENED,
     Command.CLOSE: Action.CLOSED,
+    Command.RECORD_REMEDY: Action.REMEDY_RECORDED,
 }
 
 

@@ -232,6 +232,8 @@ class Remedy(BaseModel):
     amount: Decimal | None = None
     currency: str | None = None
     description: str | None = None
+    recorded_by: str | None = Field(None, description="Who recorded it after the resolution")
+    recorded_at: datetime | None = Field(None, description="When, for one given later")
 
 
 class Resolution(BaseModel):
@@ -262,8 +264,11 @@ class Rejection(BaseModel):
 
 
 class Satisfaction(BaseModel):
+    """The outcome of the latest resolution's follow-up (docs/intake.md, "Satisfaction")."""
+
     followup_id: str
     resolution_number: int
+    sequence: int | None = Field(None, description="The check's place in its series")
     outcome: FollowupOutcome
     score: int | None = None
     problem_solved: bool | None = None
@@ -343,6 +348,9 @@ class ComplaintRead(BaseModel):
     acknowledged_at: datetime | None = None
     acknowledgement: Acknowledgement | None = None
     work_started_at: datetime | None = None
+    pending_customer_since: datetime | None = Field(
+        None, description="While waiting on the customer (status pending_customer)"
+    )
     acknowledge_due_at: datetime | None = None
     resolve_due_at: datetime | None = None
     regulatory_report_due_at: datetime | None = None

@@ -1,9 +1,10 @@
 """Applying routing's and follow-up's events to the complaint of record.
 
 Each function is idempotent (the event id is remembered on the document) and
-safe against late delivery: assignments keep the newest, escalation levels only
-rise, SLA flags only go from false to true, and a follow-up outcome for an
-earlier resolution is recorded without changing the status. Events never set a
+safe against late delivery: assignments keep the highest ``assignment_sequence``
+(routing numbers them; a replayed older one changes nothing), escalation levels only
+rise, SLA flags only go from false to true, and the satisfaction is the latest
+resolution's outcome (``_outcome_rank``). Events never set a
 status of their own: an assignment is intake's ``assign`` command and a
 follow-up outcome its ``close`` or ``reopen``, each through the transition table;
 everything else routing reports is a fact on the record.
@@ -15,6 +16,8 @@ reports' corrections) must find an event consumed late, after an outage, too.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
@@ -113,9 +116,32 @@ def _classification(data: ComplaintAssigned | ComplaintQueued) -> dict[str, Any]
     return fields
 
 
-def _is_newer(current: dict[str, Any], at: Any) -> bool:
-    known = current.get("assignment")
-    return known is None or known["assigned_at"] <= at
+AssignmentEvent = ComplaintAssigned | ComplaintQueued | ComplaintReassigned
+Decide = Callable[[dict[str, Any]], store.Decision]
+
+
+def _in_assignment_order(data: AssignmentEvent, decide: Decide) -> Decide:
+    """``decide``, unless a later assignment event was applied already.
+
+    Routing numbers a complaint's assigned / queued / reassigned events
+    (``assignment_sequence``, in the write that announces each) and Kafka delivers them in
+    order; the number tells a replayed older one (the dead-letter tool) apart. The times on
+    them are not compared: they come from different replicas' clocks, which may differ by
+    more than the gap between two events (a queue drain right after the queueing). An event
+    without a number (an earlier routing version) is applied in the order it arrives.
+    """
+
+    def ordered(current: dict[str, Any]) -> store.Decision:
+        number, known = data.assignment_sequence, current.get("assignment_sequence")
+        if number is not None and known is not None and number <= known:
+            return store.UNCHANGED  # superseded by what is on record
+        decision = decide(current)
+        if number is None:
+            return decision
+        numbered = merge_updates(decision.update, {"$max": {"assignment_sequence": number}})
+        return replace(decision, update=numbered)
+
+    return ordered
 
 
 def _with_due_times(
@@ -148,8 +174,6 @@ async def apply_assigned(
     now: datetime,
 ) -> None:
     def decide(current: dict[str, Any]) -> store.Decision:
-        if not _is_newer(current, data.assigned_at):
-            return store.UNCHANGED  # a reassignment already superseded this
         assignment = data.model_dump(
             include={
                 "department",
@@ -181,7 +205,7 @@ async def apply_assigned(
         now=now,
         data=data,
         action=Action.ASSIGNED,
-        decide=decide,
+        decide=_in_assignment_order(data, decide),
         details={
             "department": data.department,
             "owner_id": data.owner_id,
@@ -200,8 +224,6 @@ async def apply_queued(
     now: datetime,
 ) -> None:
     def decide(current: dict[str, Any]) -> store.Decision:
-        if not _is_newer(current, data.queued_at):
-            return store.UNCHANGED
         queued = {
             "department": data.department,
             "department_name": data.department_name,
@@ -230,7 +252,7 @@ async def apply_queued(
         now=now,
         data=data,
         action=Action.QUEUED,
-        decide=decide,
+        decide=_in_assignment_order(data, decide),
         details={"department": data.department},
     )
 
@@ -276,8 +298,6 @@ async def apply_reassigned(
     now: datetime,
 ) -> None:
     def decide(current: dict[str, Any]) -> store.Decision:
-        if not _is_newer(current, data.reassigned_at):
-            return store.UNCHANGED
         previous = current.get("assignment") or {}
         assignment = {
             **previous,
@@ -297,7 +317,7 @@ async def apply_reassigned(
         now=now,
         data=data,
         action=Action.REASSIGNED,
-        decide=decide,
+        decide=_in_assignment_order(data, decide),
         details={
             "from_owner_id": data.from_owner_id,
             "owner_id": data.owner_id,
@@ -527,6 +547,22 @@ async def record_followup_progress(
     )
 
 
+def outcome_rank(satisfaction: dict[str, Any]) -> tuple[int, bool, int]:
+    """How current a follow-up outcome is; the record keeps the highest.
+
+    A later resolution's outcome before an earlier one's; within a resolution, the
+    customer's answer (satisfied or not) before no answer, so a reached score is never
+    replaced by a later check nobody answered; then the later check of the series (the
+    call a week later says whether the fix held). Follow-up's statistics count each
+    complaint's satisfaction by the same order (``followup.reports``).
+    """
+    return (
+        satisfaction.get("resolution_number") or 0,
+        satisfaction.get("outcome") != FollowupOutcome.NO_RESPONSE.value,
+        satisfaction.get("sequence") or 0,
+    )
+
+
 async def apply_followup_completed(
     *,
     db: AsyncDatabase,
@@ -535,7 +571,9 @@ async def apply_followup_completed(
     data: FollowupCompleted,
     now: datetime,
 ) -> None:
-    """Satisfied or unreachable closes the complaint; unsatisfied reopens it."""
+    """The outcome of the latest resolution becomes the complaint's satisfaction: satisfied or
+    unreachable closes the complaint, unsatisfied reopens it. Any other outcome (an earlier
+    resolution's, no answer after a reached one) is on the timeline only."""
 
     def decide(current: dict[str, Any]) -> store.Decision:
         satisfaction = data.model_dump(
@@ -543,6 +581,7 @@ async def apply_followup_completed(
             include={
                 "followup_id",
                 "resolution_number",
+                "sequence",
                 "score",
                 "problem_solved",
                 "comment",
@@ -550,9 +589,12 @@ async def apply_followup_completed(
             },
         )
         satisfaction["outcome"] = data.outcome.value
+        known = current.get("satisfaction")
+        if known is not None and outcome_rank(satisfaction) < outcome_rank(known):
+            return store.UNCHANGED  # the record holds a more current outcome
         recorded = store.Decision({"$set": {"satisfaction": satisfaction}})
         if data.resolution_number != current.get("resolution_count"):
-            return recorded  # a check of an earlier resolution: record only
+            return recorded  # a check of an earlier resolution: no status change
         unsatisfied = data.outcome is FollowupOutcome.UNSATISFIED
         command = Command.REOPEN if unsatisfied else Command.CLOSE
         new_status = _status_after(current, command)

@@ -194,6 +194,7 @@ def _reassignment(
         slot_update = {}
     if department.id != current["department"]:
         set_fields["required_skill"] = None
+    set_fields.update(lifecycle.numbered(current))
     moved = {**current, **set_fields}
     reassigned = ComplaintReassigned(
         complaint_id=current["_id"],
@@ -208,10 +209,12 @@ def _reassignment(
         reason=reason,
         reassigned_by=principal.subject,
         reassigned_at=now,
+        assignment_sequence=set_fields["assignment_sequence"],
     )
     events = [(EventType.COMPLAINT_REASSIGNED, reassigned)]
     if choice is None:
-        events.append((EventType.COMPLAINT_QUEUED, lifecycle.queued_event(moved)))
+        set_fields.update(lifecycle.numbered(set_fields))  # the queueing comes after it
+        events.append((EventType.COMPLAINT_QUEUED, lifecycle.queued_event(moved | set_fields)))
     update = merge_updates(
         {"$set": set_fields},
         slot_update,

@@ -7,7 +7,6 @@
  (new) ──no_route──▶ unroutable ──assign──▶ open     unroutable ──queue──▶ queued
  open / queued / unroutable ──resolve──▶ resolved ──close──▶ closed
  open / queued / unroutable ──reject──▶ rejected   … ──withdraw──▶ withdrawn
- open / queued / unroutable ──close──▶ closed (an administrator's close)
  resolved / closed ──reopen──▶ open     resolved / closed ──reopen_to_queue──▶ queued
  resolved / closed ──no_route──▶ unroutable (reopened, it never had a route)
 ```
@@ -108,7 +107,8 @@ _RULES: dict[tuple[AssignmentStatus | None, Command], AssignmentStatus] = {
     **{(state, Command.RESOLVE): RESOLVED for state in UNFINISHED},
     **{(state, Command.REJECT): REJECTED for state in UNFINISHED},
     **{(state, Command.WITHDRAW): WITHDRAWN for state in UNFINISHED},
-    **{(state, Command.CLOSE): CLOSED for state in (*UNFINISHED, RESOLVED)},
+    # Intake closes resolved complaints only (an open one is rejected or withdrawn).
+    (RESOLVED, Command.CLOSE): CLOSED,
     **{(state, Command.REOPEN): OPEN for state in (RESOLVED, CLOSED)},
     **{(state, Command.REOPEN_TO_QUEUE): QUEUED for state in (RESOLVED, CLOSED)},
 }
@@ -142,6 +142,13 @@ def _base(document: dict[str, Any]) -> dict[str, str]:
     return {"complaint_id": document["_id"], "org": document["org"], "branch": document["branch"]}
 
 
+def numbered(document: dict[str, Any]) -> dict[str, int]:
+    """The number of the next assigned / queued / reassigned event of the assignment, to
+    write with it: intake keeps the highest, so a replayed older one cannot bring an earlier
+    assignment back, and no replica's clock decides the order."""
+    return {"assignment_sequence": document.get("assignment_sequence", 0) + 1}
+
+
 def assigned_event(document: dict[str, Any]) -> ComplaintAssigned:
     """The full current assignment; re-published unchanged but for new due times."""
     return ComplaintAssigned(
@@ -153,6 +160,7 @@ def assigned_event(document: dict[str, Any]) -> ComplaintAssigned:
         rule_id=document["rule_id"],
         rule_version=document["rule_version"],
         assigned_at=document["assigned_at"],
+        assignment_sequence=document.get("assignment_sequence"),
         acknowledge_due_at=document.get("acknowledge_due_at"),
         resolve_due_at=document.get("resolve_due_at"),
         regulatory_report_due_at=document.get("regulatory_report_due_at"),
@@ -184,6 +192,7 @@ def queued_event(document: dict[str, Any]) -> ComplaintQueued:
         acknowledge_due_at=document.get("acknowledge_due_at"),
         resolve_due_at=document.get("resolve_due_at"),
         regulatory_report_due_at=document.get("regulatory_report_due_at"),
+        assignment_sequence=document.get("assignment_sequence"),
         **_applied_classification(document),
     )
 

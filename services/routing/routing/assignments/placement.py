@@ -116,6 +116,7 @@ def initial_events(
         )
         document["escalation_level"] = plan.escalation_level
         document["escalations"] = [record]
+    document.update(lifecycle.numbered(document))
     if document["status"] == AssignmentStatus.QUEUED.value:
         events.append((EventType.COMPLAINT_QUEUED, lifecycle.queued_event(document)))
     else:

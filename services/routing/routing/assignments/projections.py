@@ -193,7 +193,9 @@ async def change_clocks(
         for name in clock_event.judges:
             events += lifecycle.sla_stopped_events(current, name=name, before=before, after=clocks)
         if clock_event.announces:
-            events += _announced({**current, **due_times})
+            number = lifecycle.numbered(current)
+            update = merge_updates(update, {"$set": number})
+            events += _announced({**current, **due_times, **number})
         return Decision(update, events)
 
     await _apply(db, settings, event, data.complaint_id, decide, now)
@@ -363,6 +365,7 @@ async def reopen(
             "breached": False,
             "finished_at": None,
             "reopen_count": data.reopen_count,
+            **lifecycle.numbered(current),
         }
         if owner is None:
             set_fields.update(owner_id=None, owner_name=None, queued_at=now)

@@ -70,7 +70,13 @@ async def assign_from_queue(
         }
         update = merge_updates(
             lifecycle.moved(current, lifecycle.Command.ASSIGN),
-            {"$set": {**owner, **owners.slot_fields(current["org"], choice.staff.id, choice.slot)}},
+            {
+                "$set": {
+                    **owner,
+                    **owners.slot_fields(current["org"], choice.staff.id, choice.slot),
+                    **lifecycle.numbered(current),
+                }
+            },
             store.history(
                 at=now, action="assigned_from_queue", actor="routing", owner=choice.staff.id
             ),

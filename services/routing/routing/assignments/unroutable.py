@@ -154,9 +154,10 @@ async def leave(
             choice, how = await owners.forced_owner(db=db, org=complaint.org, staff=owner), "manual"
         else:
             choice, how = await owners.owner_for_plan(db=db, complaint=complaint, plan=plan)
-        planned, events = placement.initial_events(
-            placement.new_document(complaint, plan, owner=choice, now=now), plan, now=now
-        )
+        fresh = placement.new_document(complaint, plan, owner=choice, now=now)
+        # Numbered after whatever the assignment announced before it was found unroutable.
+        fresh["assignment_sequence"] = current.get("assignment_sequence", 0)
+        planned, events = placement.initial_events(fresh, plan, now=now)
         fields = {key: value for key, value in planned.items() if key not in KEPT_FIELDS}
 
         async def after(document: dict[str, Any]) -> None:
