@@ -194,6 +194,8 @@ async def test_routing_numbers_every_assignment_event_and_intake_keeps_the_last(
     for body in ({"owner_id": other, "reason": "休假"}, {"department": "LZ:CS", "reason": "转"}):
         moved = await system.routing.post(path, json=body, headers=supervisor)
         assert moved.status_code == 200, moved.text
+    # Intake takes a wait once it has applied the assignment (a received complaint cannot wait).
+    await complaint_when(system, cid, admin, lambda c: c["status"] == "open", what="routed")
     await command(system, f"/v1/complaints/{cid}/pending-customer", {"reason": "等凭证"}, admin)
     await assignment_when(system, cid, lambda doc: doc.get("paused"), what="paused")
     await command(system, f"/v1/complaints/{cid}/resume", {}, admin)
