@@ -241,13 +241,14 @@ async def escalate(
     now: datetime,
 ) -> AssignmentRead:
     """One rung up the handling department's chain, by hand."""
-    visible = await store.get_visible(db=db, principal=principal, complaint_id=complaint_id)
-    targets = await routing_context.escalation_targets(
-        db=db, org=principal.org, department_id=visible["department"]
-    )
 
     async def decide(current: dict[str, Any]) -> Decision:
         status = lifecycle.moved(current, Command.ESCALATE)
+        # The chain of the department handling it now: a reassignment may have landed
+        # since the request began, or between a lost write and this retry.
+        targets = await routing_context.escalation_targets(
+            db=db, org=principal.org, department_id=current["department"]
+        )
         update, events = lifecycle.escalate_one_level(
             current,
             targets=targets,
