@@ -6,6 +6,10 @@ transition table (``routing.assignments.lifecycle``) first: an event with nothin
 to do in the assignment's status (a late acknowledgement of a resolved complaint) is
 remembered as applied and changes nothing. Finishing a complaint frees its owner
 slot in the same write, then offers the freed capacity to the department queue.
+
+An event for an assignment that does not exist (its ``complaint.received`` was
+dead-lettered) is refused (``Rejected``): dead-lettered, to be replayed after the
+received event.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from complaints_shared.events import (
     Severity,
     SlaClock,
 )
+from complaints_shared.failures import Rejected
 from complaints_shared.logs import get_logger
 from complaints_shared.mongo import merge_updates
 from routing.assignments import (
@@ -89,13 +94,24 @@ async def _apply(
     /,
 ) -> None:
     """One consumed event through the aggregate kernel, remembered by its id."""
-    await store.change(
+    document = await store.change(
         db=db,
         settings=settings,
         complaint_id=complaint_id,
         decide=decide,
         now=now,
         event_id=event.id,
+    )
+    if document is None:
+        raise _no_assignment(event, complaint_id)
+
+
+def _no_assignment(event: CloudEvent, complaint_id: str) -> Rejected:
+    # Not a reason to guess: applied to nothing, the event would be lost (the received
+    # event's replay would then start clocks for work already acknowledged or finished).
+    return Rejected(
+        f"assignment {complaint_id} does not exist here: its complaint.received has not been "
+        f"applied (dead-lettered?); replay {event.type} after it"
     )
 
 
@@ -310,7 +326,7 @@ async def reopen(
     """Open again: back to the owner, a fresh resolve clock, and one level up the chain."""
     current = await db[store.ASSIGNMENTS].find_one({"_id": data.complaint_id})
     if current is None:
-        return
+        raise _no_assignment(event, data.complaint_id)
     calendar = await routing_context.branch_calendar(db=db, org=data.org, branch=data.branch)
     policies = await policy_store.load_policies(db=db, org=data.org)
     targets = await routing_context.escalation_targets(
