@@ -1,5 +1,6 @@
 """Routing's record stays true when intake's news comes late, early or out of the usual order.
 
+- A major incident's regulatory report deadline runs until the report is filed.
 - An event for an assignment routing does not hold is dead-lettered, to be replayed after
   its ``complaint.received``.
 - A manual escalation climbs the chain of the department handling the complaint now.
@@ -22,10 +23,10 @@ from complaints_shared.events import (
     dead_letter_topic,
 )
 from routing.assignments import placement, routing_context
-from tests.support.events import base, received
+from tests.support.events import base, received, resolved
 from tests.support.http import token
 from tests.support.kafka import intake_producer
-from tests.support.routing import FAST_TIMERS, MONDAY_10_SHANGHAI, assignment_when
+from tests.support.routing import FAST_TIMERS, MONDAY_10_SHANGHAI, assignment_when, routing_db
 from tests.support.system import System, SystemFactory
 from tests.support.waits import eventually
 
@@ -35,6 +36,54 @@ integration = pytest.mark.integration
 
 def _clock_of(document: dict, name: str) -> dict:
     return document["clocks"][name]
+
+
+# ------------------------------------------------ the regulatory report deadline --
+
+
+@integration
+async def test_the_regulatory_report_deadline_outlives_the_resolution_until_it_is_filed(
+    system_factory: SystemFactory,
+) -> None:
+    clock = ManualClock(MONDAY_10_SHANGHAI)
+    system = await system_factory(clock=clock, routing=FAST_TIMERS)
+    complaint = received(category="medical", severity="critical", received_at=clock.now())
+    cid = complaint.complaint_id
+    async with intake_producer(system) as publish:
+        await publish(EventType.COMPLAINT_RECEIVED, complaint)
+        await assignment_when(system, cid)
+        await publish(EventType.COMPLAINT_RESOLVED, resolved(complaint, resolved_at=clock.now()))
+        document = await assignment_when(system, cid, lambda d: d["status"] == "resolved")
+    report = _clock_of(document, "regulatory_report")
+    assert report["state"] == "running"
+    assert {_clock_of(document, name)["state"] for name in ("acknowledge", "resolve")} == {
+        "stopped"
+    }
+    assert document["next_timer_at"] == report["warn_at"]
+    clock.set(report["warn_at"] + MINUTE)  # the authority's deadline nears: still warned
+    await assignment_when(system, cid, lambda d: _clock_of(d, "regulatory_report")["warned"])
+
+    supervisor = token(system.routing_settings, roles=("supervisor",))
+    path = f"/v1/assignments/{cid}/regulatory-report"
+    filed = await system.routing.post(
+        path, json={"reference": "卫健委-2026-001"}, headers=supervisor
+    )
+    assert filed.status_code == 200, filed.text
+    assert filed.json()["regulatory_report_reference"] == "卫健委-2026-001"
+    stored = await routing_db(system).assignments.find_one({"_id": cid})
+    assert stored["regulatory_report_filed_at"] == clock.now()
+    assert _clock_of(stored, "regulatory_report")["stopped_at"] == clock.now()
+    assert stored["next_timer_at"] is None
+
+    again = await system.routing.post(
+        path, json={"reference": "卫健委-2026-001"}, headers=supervisor
+    )
+    assert again.status_code == 200  # a retried request: on record already
+    other = await system.routing.post(
+        path, json={"reference": "卫健委-2026-002"}, headers=supervisor
+    )
+    assert other.status_code == 409
+    assert "卫健委-2026-001" in other.json()["detail"]
 
 
 # ------------------------------------------------ an event before its assignment --

@@ -53,6 +53,8 @@ ASSIGNMENT_LEGAL = [
     (OPEN, A.ESCALATE, OPEN),
     (QUEUED, A.FIRE_TIMERS, QUEUED),
     (OPEN, A.FIRE_TIMERS, OPEN),
+    # The regulatory report deadline runs until the report is filed.
+    *[(state, A.FIRE_TIMERS, state) for state in (RESOLVED, CLOSED, REJECTED, WITHDRAWN)],
     *[
         (state, command, state)
         for state in AssignmentStatus
@@ -97,7 +99,7 @@ def test_the_assignment_table_holds_exactly_the_listed_pairs() -> None:
         (RESOLVED, A.ESCALATE),
         (RESOLVED, A.ACKNOWLEDGE),
         (RESOLVED, A.RESOLVE),
-        (CLOSED, A.FIRE_TIMERS),
+        (UNROUTABLE, A.FIRE_TIMERS),
         (CLOSED, A.CLOSE),
         (OPEN, A.CLOSE),
         (QUEUED, A.CLOSE),

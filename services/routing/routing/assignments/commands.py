@@ -36,7 +36,6 @@ from routing.assignments.lifecycle import Command
 from routing.assignments.models import (
     AssignmentRead,
     AssignmentStatus,
-    ClockState,
     EscalateRequest,
     ReassignRequest,
     RegulatoryReportRequest,
@@ -329,16 +328,28 @@ async def file_regulatory_report(
     request: RegulatoryReportRequest,
     now: datetime,
 ) -> AssignmentRead:
-    """The report reached the authority: its deadline timer stops."""
+    """The report reached the authority: the filing is recorded and its deadline stops,
+    whatever the assignment's status (the obligation outlives the handling).
+
+    The same filing again (a retried request) is on record already; another one is a 409
+    naming the first.
+    """
 
     async def decide(current: dict[str, Any]) -> Decision | None:
         status = lifecycle.moved(current, Command.FILE_REGULATORY_REPORT)
+        filed_at = current.get("regulatory_report_filed_at")
+        if filed_at is not None:
+            if current.get("regulatory_report_reference") == request.reference:
+                return None
+            raise conflict(
+                f"complaint {complaint_id}: the regulatory report was filed at "
+                f"{filed_at.isoformat()} (reference {current.get('regulatory_report_reference')!r})"
+            )
         clocks = sla_clocks.load_clocks(current.get("clocks"))
         report = clocks.get(SlaClock.REGULATORY_REPORT.value)
         if report is None:
             raise conflict(f"complaint {complaint_id} carries no regulatory report deadline")
-        if report.state is ClockState.STOPPED:
-            return None
+        # A deadline a finish stopped (before it ran on to the filing) keeps that stop.
         clocks[SlaClock.REGULATORY_REPORT.value] = sla_clocks.stop_clock(report, at=now)
         update = merge_updates(
             status,
@@ -346,6 +357,8 @@ async def file_regulatory_report(
                 "$set": {
                     **lifecycle.clock_fields(clocks),
                     "regulatory_report_reference": request.reference,
+                    "regulatory_report_filed_at": now,
+                    "regulatory_report_filed_by": principal.subject,
                 }
             },
             store.history(

@@ -12,11 +12,12 @@
 ```
 
 Commands that keep the status (acknowledge, pause, resume, escalate, fire_timers)
-are legal only while the complaint is being worked (open or queued); an unroutable
-complaint has no clocks and no chain yet, so they have nothing to do there.
-Responsibility and the regulatory report may be recorded at any time. ``None`` is an
-assignment not created yet. ``routing.assignments.unroutable`` enters and leaves
-``unroutable``.
+are legal while the complaint is being worked (open or queued); an unroutable
+complaint has no clocks and no chain yet, so they have nothing to do there. A finished
+complaint's timers still fire for the regulatory report deadline, which runs until the
+report is filed. Responsibility and the regulatory report may be recorded at any time.
+``None`` is an assignment not created yet. ``routing.assignments.unroutable`` enters
+and leaves ``unroutable``.
 
 Beside the table: the updates every change writes with its status (the clocks and
 the due times derived from them, one rung up the escalation chain) and the events
@@ -103,6 +104,8 @@ _RULES: dict[tuple[AssignmentStatus | None, Command], AssignmentStatus] = {
     **{(state, Command.REASSIGN): OPEN for state in ACTIVE},
     **{(state, Command.REASSIGN_TO_QUEUE): QUEUED for state in ACTIVE},
     **{(state, command): state for state in ACTIVE for command in _WHILE_ACTIVE},
+    # The regulatory report deadline outlives the handling: it runs until the report is filed.
+    **{(state, Command.FIRE_TIMERS): state for state in FINISHED},
     **{(state, command): state for state in (*UNFINISHED, *FINISHED) for command in _ANY_TIME},
     **{(state, Command.RESOLVE): RESOLVED for state in UNFINISHED},
     **{(state, Command.REJECT): REJECTED for state in UNFINISHED},

@@ -119,6 +119,8 @@ class AssignmentRead(BaseModel):
     notify: list[NotifyTarget] = Field(default_factory=list)
     responsible_department: str | None = None
     responsible_party: ResponsibleParty | None = None
+    regulatory_report_filed_at: datetime | None = None
+    regulatory_report_reference: str | None = None
     history: list[HistoryEntry] = Field(default_factory=list)
 
 

@@ -53,7 +53,8 @@ from routing.settings import RoutingSettings
 from routing.sla import clocks as sla_clocks
 from routing.sla import store as policy_store
 
-# Waiting on the customer pauses these; the authority's report deadline keeps running.
+# Waiting on the customer pauses these, and finishing the complaint stops them; the
+# authority's report deadline keeps running until the report is filed.
 CUSTOMER_CLOCKS = (SlaClock.ACKNOWLEDGE.value, SlaClock.RESOLVE.value)
 # What each of intake's finishing events does to the assignment.
 FINISHING = {
@@ -261,7 +262,8 @@ async def finish(
     now: datetime,
     resolved: ComplaintResolved | None = None,
 ) -> None:
-    """Resolved, rejected, withdrawn or closed: every clock stops and the slot is freed."""
+    """Resolved, rejected, withdrawn or closed: the customer's clocks stop (the regulatory
+    report deadline runs until the report is filed) and the slot is freed."""
 
     async def offer(document: dict[str, Any], previous: dict[str, Any]) -> None:
         await queue.offer_freed_capacity(db=db, settings=settings, previous=previous, now=now)
@@ -274,10 +276,8 @@ async def finish(
         before = sla_clocks.load_clocks(current.get("clocks"))
         # Paused clocks are laid out again to the stop (no waiting time counts): the hours.
         calendar = await calendar_of(current) if _any_paused(before, CUSTOMER_CLOCKS) else None
-        clocks = {
-            name: sla_clocks.stop_clock(clock, at=at, calendar=calendar)
-            for name, clock in before.items()
-        }
+        clocks = dict(before)
+        stop_customer_clocks(clocks, at=at, calendar=calendar)
         set_fields: dict[str, Any] = lifecycle.clock_fields(clocks)
         if current["status"] in lifecycle.UNFINISHED:
             set_fields["finished_at"] = at
@@ -413,6 +413,16 @@ async def reopen(
         return Decision(update, [*escalation_events, announced], [count_assignment])
 
     await _apply(db, settings, event, data.complaint_id, decide, now)
+
+
+def stop_customer_clocks(
+    clocks: Clocks, *, at: datetime, calendar: BusinessCalendar | None
+) -> None:
+    """A finished complaint's acknowledge and resolve clocks stop at ``at`` (a paused one
+    laid out again to the stop first, with the branch's ``calendar``)."""
+    for name in CUSTOMER_CLOCKS:
+        if name in clocks:
+            clocks[name] = sla_clocks.stop_clock(clocks[name], at=at, calendar=calendar)
 
 
 async def _reopen_owner(*, db: AsyncDatabase, current: dict[str, Any]) -> owners.OwnerChoice | None:

@@ -6,7 +6,8 @@ the indexed ``next_timer_at``. A pass claims due documents one at a time under a
 lease (``claim_first``, so replicas share the work), fires what is due against
 ``runtime.clock.now()`` and writes the new clock state, the escalation and the
 events in one version-checked change through the aggregate kernel (the
-transition table's ``fire_timers``, legal only while the complaint is worked). Exactly once: a
+transition table's ``fire_timers``: while the complaint is worked, and once it is finished
+for the regulatory report deadline, which runs until the report is filed). Exactly once: a
 replica whose lease ran out loses the version race and fires nothing. Nothing
 is held in memory, so a restart loses no timer. The loop only polls at a short
 interval; no business deadline is ever slept on. A document that fails to fire is
