@@ -1,5 +1,7 @@
 """Routing's record stays true when intake's news comes late, early or out of the usual order.
 
+- What happens to an unroutable complaint (acknowledged, waiting, resolved, reopened)
+  moves the clocks it gets once routed.
 - A major incident's regulatory report deadline runs until the report is filed.
 - An event for an assignment routing does not hold is dead-lettered, to be replayed after
   its ``complaint.received``.
@@ -18,14 +20,20 @@ from complaints_shared.clock import ManualClock
 from complaints_shared.dlq import read_dead_letters, run_command
 from complaints_shared.events import (
     ComplaintAcknowledged,
+    ComplaintPendingCustomer,
+    ComplaintReopened,
+    ComplaintResumed,
     EventType,
     Topic,
     dead_letter_topic,
 )
 from routing.assignments import placement, routing_context
+from routing.directory.models import BranchRead
+from routing.sla import clocks as sla
+from routing.sla.models import TimeBasis
 from tests.support.events import base, received, resolved
 from tests.support.http import token
-from tests.support.kafka import intake_producer
+from tests.support.kafka import intake_producer, of_type, routing_events
 from tests.support.routing import FAST_TIMERS, MONDAY_10_SHANGHAI, assignment_when, routing_db
 from tests.support.system import System, SystemFactory
 from tests.support.waits import eventually
@@ -36,6 +44,141 @@ integration = pytest.mark.integration
 
 def _clock_of(document: dict, name: str) -> dict:
     return document["clocks"][name]
+
+
+async def _calendar(system: System, branch_id: str) -> Any:
+    branch = await routing_db(system).branches.find_one({"_id": branch_id})
+    return sla.branch_calendar(BranchRead.model_validate(branch))
+
+
+# ------------------------------------------------ what an unroutable one went through --
+
+ORG = "acme"
+HANGZHOU = (
+    ("/v1/directory/branches", {"code": "HZ", "name": "杭州门店"}),
+    (
+        "/v1/directory/departments",
+        {"branch": "HZ", "code": "SVC", "name": "客户服务部", "kind": "customer_service"},
+    ),
+    (
+        "/v1/directory/staff",
+        {"id": "hz-li", "branch": "HZ", "department": "SVC", "name": "李娜", "capacity": 5},
+    ),
+)
+DEFAULT_RULE = {
+    "id": "everything",
+    "name": "其余投诉 → 杭州客户服务部",
+    "is_default": True,
+    "action": {"department_id": "HZ:SVC"},
+}
+
+
+async def _hangzhou_without_rules(system: System) -> dict:
+    admin = token(system.routing_settings, org=ORG)
+    for path, body in HANGZHOU:
+        made = await system.routing.post(path, json=body, headers=admin)
+        assert made.status_code == 201, made.text
+    return admin
+
+
+async def _add_the_default_rule(system: System, admin: dict) -> None:
+    made = await system.routing.post("/v1/routing/rules", json=DEFAULT_RULE, headers=admin)
+    assert made.status_code == 201, made.text
+
+
+@integration
+async def test_an_acknowledgement_and_a_wait_while_unroutable_move_the_clocks_it_gets(
+    system_factory: SystemFactory,
+) -> None:
+    clock = ManualClock(MONDAY_10_SHANGHAI)
+    system = await system_factory(clock=clock, routing=FAST_TIMERS)
+    admin = await _hangzhou_without_rules(system)
+    t0 = clock.now()
+    complaint = received(org=ORG, branch="HZ", received_at=t0)
+    cid = complaint.complaint_id
+    async with intake_producer(system) as publish:
+        await publish(EventType.COMPLAINT_RECEIVED, complaint)
+        await assignment_when(system, cid, lambda d: d["status"] == "unroutable")
+        acknowledged_at, paused_at = t0 + 10 * MINUTE, t0 + timedelta(hours=1)
+        await publish(
+            EventType.COMPLAINT_ACKNOWLEDGED,
+            ComplaintAcknowledged(
+                **base(complaint), acknowledged_by="hz-li", acknowledged_at=acknowledged_at
+            ),
+        )
+        await publish(
+            EventType.COMPLAINT_PENDING_CUSTOMER,
+            ComplaintPendingCustomer(
+                **base(complaint), reason="等照片", paused_by="hz-li", paused_at=paused_at
+            ),
+        )
+        document = await assignment_when(
+            system, cid, lambda d: d.get("paused") and d.get("acknowledged_at"), what="remembered"
+        )
+        assert document["status"] == "unroutable"
+
+        clock.advance(timedelta(days=2))
+        await _add_the_default_rule(system, admin)
+        document = await assignment_when(system, cid, lambda d: d["status"] == "open")
+        ack, resolve = _clock_of(document, "acknowledge"), _clock_of(document, "resolve")
+        assert (ack["state"], ack["stopped_at"]) == ("stopped", acknowledged_at)
+        assert (resolve["state"], resolve["paused_at"]) == ("paused", paused_at)
+        assert (document["paused"], document["paused_at"]) == (True, paused_at)
+        assert document["next_timer_at"] is None  # nothing to fire: no breach, no escalation
+        assert (document["breached"], document["escalation_level"]) == (False, 0)
+        assert "remembered_events" not in document
+        # Judged like any acknowledgement: on time, so intake's record says it was not late.
+        events = await routing_events(
+            system, until=lambda events: bool(of_type(events, EventType.COMPLAINT_SLA_STOPPED))
+        )
+        [verdict] = of_type(events, EventType.COMPLAINT_SLA_STOPPED, cid)
+        assert (verdict.data["clock"], verdict.data["on_time"]) == ("acknowledge", True)
+
+        resumed_at = clock.now()
+        await publish(
+            EventType.COMPLAINT_RESUMED,
+            ComplaintResumed(**base(complaint), resumed_by="hz-li", resumed_at=resumed_at),
+        )
+        document = await assignment_when(system, cid, lambda d: not d["paused"])
+    calendar = await _calendar(system, f"{ORG}:HZ")
+    left = sla.between(calendar, TimeBasis.BUSINESS, paused_at, resolve["due_at"])
+    assert document["resolve_due_at"] == sla.advance(calendar, TimeBasis.BUSINESS, resumed_at, left)
+    assert _clock_of(document, "resolve")["breach_count"] == 0
+
+
+@integration
+async def test_a_never_routed_complaint_reopened_gets_its_resolve_clock_from_the_reopen(
+    system_factory: SystemFactory,
+) -> None:
+    clock = ManualClock(MONDAY_10_SHANGHAI)
+    system = await system_factory(clock=clock, routing=FAST_TIMERS)
+    admin = await _hangzhou_without_rules(system)
+    t0 = clock.now()
+    complaint = received(org=ORG, branch="HZ", received_at=t0)
+    cid = complaint.complaint_id
+    resolved_at, reopened_at = t0 + timedelta(hours=1), t0 + timedelta(days=1)
+    async with intake_producer(system) as publish:
+        await publish(EventType.COMPLAINT_RECEIVED, complaint)
+        await publish(EventType.COMPLAINT_RESOLVED, resolved(complaint, resolved_at=resolved_at))
+        reopened = ComplaintReopened(
+            **base(complaint),
+            reason="客户不满意",
+            reopened_by="followup",
+            reopened_at=reopened_at,
+            reopen_count=1,
+        )
+        await publish(EventType.COMPLAINT_REOPENED, reopened)
+        await assignment_when(
+            system, cid, lambda d: d["status"] == "unroutable" and d.get("reopen_count") == 1
+        )
+    clock.set(reopened_at + timedelta(hours=2))
+    await _add_the_default_rule(system, admin)
+    document = await assignment_when(system, cid, lambda d: d["status"] == "open")
+    ack, resolve = _clock_of(document, "acknowledge"), _clock_of(document, "resolve")
+    assert (ack["state"], ack["stopped_at"]) == ("stopped", resolved_at)
+    assert (resolve["state"], resolve["started_at"]) == ("running", reopened_at)
+    assert document["next_timer_at"] > clock.now()
+    assert (document["breached"], document["escalation_level"]) == (False, 0)
 
 
 # ------------------------------------------------ the regulatory report deadline --

@@ -39,6 +39,10 @@ ASSIGNMENT_LEGAL = [
     (UNROUTABLE, A.RESOLVE, RESOLVED),
     (UNROUTABLE, A.REJECT, REJECTED),
     (UNROUTABLE, A.WITHDRAW, WITHDRAWN),
+    # Remembered for the clocks it gets once routed.
+    (UNROUTABLE, A.ACKNOWLEDGE, UNROUTABLE),
+    (UNROUTABLE, A.PAUSE, UNROUTABLE),
+    (UNROUTABLE, A.RESUME, UNROUTABLE),
     (QUEUED, A.REASSIGN, OPEN),
     (OPEN, A.REASSIGN, OPEN),
     (QUEUED, A.REASSIGN_TO_QUEUE, QUEUED),
@@ -110,7 +114,7 @@ def test_the_assignment_table_holds_exactly_the_listed_pairs() -> None:
         (OPEN, A.NO_ROUTE),
         (UNROUTABLE, A.ESCALATE),
         (UNROUTABLE, A.REASSIGN),
-        (UNROUTABLE, A.ACKNOWLEDGE),
+        (CLOSED, A.PAUSE),
     ],
 )
 def test_illegal_assignment_transitions_are_409s_naming_state_and_command(

@@ -331,8 +331,9 @@ async def file_regulatory_report(
     """The report reached the authority: the filing is recorded and its deadline stops,
     whatever the assignment's status (the obligation outlives the handling).
 
-    The same filing again (a retried request) is on record already; another one is a 409
-    naming the first.
+    An unroutable complaint records it too; its deadline, if routing finds it a major
+    incident, stops at the filing once routed. The same filing again (a retried request)
+    is on record already; another one is a 409 naming the first.
     """
 
     async def decide(current: dict[str, Any]) -> Decision | None:
@@ -347,15 +348,18 @@ async def file_regulatory_report(
             )
         clocks = sla_clocks.load_clocks(current.get("clocks"))
         report = clocks.get(SlaClock.REGULATORY_REPORT.value)
-        if report is None:
+        clock_fields: dict[str, Any] = {}
+        if report is not None:
+            # A deadline a finish stopped (before it ran on to the filing) keeps that stop.
+            clocks[SlaClock.REGULATORY_REPORT.value] = sla_clocks.stop_clock(report, at=now)
+            clock_fields = lifecycle.clock_fields(clocks)
+        elif current["status"] != unroutable.STATE:
             raise conflict(f"complaint {complaint_id} carries no regulatory report deadline")
-        # A deadline a finish stopped (before it ran on to the filing) keeps that stop.
-        clocks[SlaClock.REGULATORY_REPORT.value] = sla_clocks.stop_clock(report, at=now)
         update = merge_updates(
             status,
             {
                 "$set": {
-                    **lifecycle.clock_fields(clocks),
+                    **clock_fields,
                     "regulatory_report_reference": request.reference,
                     "regulatory_report_filed_at": now,
                     "regulatory_report_filed_by": principal.subject,

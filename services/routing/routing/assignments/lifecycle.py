@@ -12,8 +12,9 @@
 ```
 
 Commands that keep the status (acknowledge, pause, resume, escalate, fire_timers)
-are legal while the complaint is being worked (open or queued); an unroutable
-complaint has no clocks and no chain yet, so they have nothing to do there. A finished
+are legal while the complaint is being worked (open or queued). An unroutable
+complaint has no clocks and no chain yet: it cannot be escalated, but it remembers an
+acknowledgement, a pause and a resume for the clocks it gets once routed. A finished
 complaint's timers still fire for the regulatory report deadline, which runs until the
 report is filed. Responsibility and the regulatory report may be recorded at any time.
 ``None`` is an assignment not created yet. ``routing.assignments.unroutable`` enters
@@ -93,6 +94,8 @@ _WHILE_ACTIVE = (
 )
 # Facts that may be recorded whatever the status.
 _ANY_TIME = (Command.SET_RESPONSIBILITY, Command.FILE_REGULATORY_REPORT)
+# Intake's clock events an unroutable complaint remembers for the clocks it gets when routed.
+_REMEMBERED_WHILE_UNROUTABLE = (Command.ACKNOWLEDGE, Command.PAUSE, Command.RESUME)
 
 _RULES: dict[tuple[AssignmentStatus | None, Command], AssignmentStatus] = {
     (None, Command.ASSIGN): OPEN,
@@ -104,6 +107,7 @@ _RULES: dict[tuple[AssignmentStatus | None, Command], AssignmentStatus] = {
     **{(state, Command.REASSIGN): OPEN for state in ACTIVE},
     **{(state, Command.REASSIGN_TO_QUEUE): QUEUED for state in ACTIVE},
     **{(state, command): state for state in ACTIVE for command in _WHILE_ACTIVE},
+    **{(UNROUTABLE, command): UNROUTABLE for command in _REMEMBERED_WHILE_UNROUTABLE},
     # The regulatory report deadline outlives the handling: it runs until the report is filed.
     **{(state, Command.FIRE_TIMERS): state for state in FINISHED},
     **{(state, command): state for state in (*UNFINISHED, *FINISHED) for command in _ANY_TIME},

@@ -7,9 +7,10 @@ to do in the assignment's status (a late acknowledgement of a resolved complaint
 remembered as applied and changes nothing. Finishing a complaint frees its owner
 slot in the same write, then offers the freed capacity to the department queue.
 
-An event for an assignment that does not exist (its ``complaint.received`` was
-dead-lettered) is refused (``Rejected``): dead-lettered, to be replayed after the
-received event.
+An unroutable complaint has no clocks: it remembers the events (``REMEMBERED``) and
+``clocks_after_remembered`` applies them to the clocks it gets once routed. An event
+for an assignment that does not exist (its ``complaint.received`` was dead-lettered) is
+refused (``Rejected``): dead-lettered, to be replayed after the received event.
 """
 
 from __future__ import annotations
@@ -56,6 +57,9 @@ from routing.sla import store as policy_store
 # Waiting on the customer pauses these, and finishing the complaint stops them; the
 # authority's report deadline keeps running until the report is filed.
 CUSTOMER_CLOCKS = (SlaClock.ACKNOWLEDGE.value, SlaClock.RESOLVE.value)
+# Intake's events an unroutable complaint keeps (``{"command", "at"}``, in order) for the
+# clocks it gets once routed; ``unroutable.leave`` applies them.
+REMEMBERED = "remembered_events"
 # What each of intake's finishing events does to the assignment.
 FINISHING = {
     Command.RESOLVE: AssignmentStatus.RESOLVED,
@@ -116,12 +120,21 @@ def _no_assignment(event: CloudEvent, complaint_id: str) -> Rejected:
     )
 
 
+def _remember(current: dict[str, Any], command: Command, at: datetime) -> dict[str, Any]:
+    """An unroutable complaint keeps the event for the clocks it gets once routed."""
+    if current["status"] != AssignmentStatus.UNROUTABLE.value:
+        return {}
+    return {"$push": {REMEMBERED: {"command": command.value, "at": at}}}
+
+
 def _stop_acknowledge_clock(
     current: dict[str, Any], clocks: Clocks, *, at: datetime, calendar: BusinessCalendar | None
 ) -> dict[str, Any] | None:
     """受理 stops the acknowledge clock; the resolve clock runs on."""
     ack = clocks.get(SlaClock.ACKNOWLEDGE.value)
-    if ack is None or ack.state is ClockState.STOPPED:
+    if ack is None:  # unroutable: no clocks yet, the acknowledgement is remembered
+        return None if current.get("acknowledged_at") else {"acknowledged_at": at}
+    if ack.state is ClockState.STOPPED:
         return None
     clocks[SlaClock.ACKNOWLEDGE.value] = sla_clocks.stop_clock(ack, at=at, calendar=calendar)
     return {"acknowledged_at": at}
@@ -143,8 +156,8 @@ def _resume_customer_clocks(
     current: dict[str, Any], clocks: Clocks, *, at: datetime, calendar: BusinessCalendar | None
 ) -> dict[str, Any] | None:
     """The customer answered: lay the remaining time out again. Announced even with nothing
-    paused (a wait that began while unroutable, say): intake's record left the due times
-    out for the wait and takes them from the announcement."""
+    paused: intake's record left the due times out for the wait and takes them from the
+    announcement."""
     assert calendar is not None
     for name in CUSTOMER_CLOCKS:
         if name in clocks:
@@ -200,16 +213,19 @@ async def change_clocks(
         fields = clock_event.change(current, clocks, at=at, calendar=calendar)
         if fields is None:
             return None
-        due_times = lifecycle.clock_fields(clocks)
+        remembered = _remember(current, command, at)
+        # An unroutable complaint has no clocks to write yet, only what it remembers.
+        due_times = {} if remembered else lifecycle.clock_fields(clocks)
         update = merge_updates(
             lifecycle.moved(current, command),
             {"$set": {**due_times, **fields}},
+            remembered,
             store.history(at=now, action=clock_event.action, actor=_actor(event)),
         )
         events: Events = []
         for name in clock_event.judges:
             events += lifecycle.sla_stopped_events(current, name=name, before=before, after=clocks)
-        if clock_event.announces:
+        if clock_event.announces and not remembered:  # nothing routed to announce yet
             number = lifecycle.numbered(current)
             update = merge_updates(update, {"$set": number})
             events += _announced({**current, **due_times, **number})
@@ -307,6 +323,7 @@ async def finish(
         update = merge_updates(
             lifecycle.moved(current, command),
             {"$set": set_fields},
+            _remember(current, command, at),
             owners.FREE_SLOT,
             store.history(at=now, action=FINISHING[command].value, actor=_actor(event)),
         )
@@ -353,6 +370,12 @@ async def reopen(
                 merge_updates(
                     lifecycle.moved(current, Command.NO_ROUTE),
                     {"$set": {"finished_at": None, "reopen_count": data.reopen_count}},
+                    # The fresh resolve clock starts here once it is routed.
+                    {
+                        "$push": {
+                            REMEMBERED: {"command": Command.REOPEN.value, "at": data.reopened_at}
+                        }
+                    },
                     store.history(
                         at=now, action="reopened", actor=_actor(event), reason=data.reason
                     ),
@@ -423,6 +446,34 @@ def stop_customer_clocks(
     for name in CUSTOMER_CLOCKS:
         if name in clocks:
             clocks[name] = sla_clocks.stop_clock(clocks[name], at=at, calendar=calendar)
+
+
+def clocks_after_remembered(
+    clocks: Clocks,
+    remembered: list[dict[str, Any]],
+    *,
+    calendar: BusinessCalendar,
+    restart_resolve: Callable[[datetime], sla_clocks.Clock],
+) -> dict[str, Any]:
+    """The clocks of a complaint routed at last, moved in place by the intake events it
+    remembered while unroutable, in order (``REMEMBERED``); the fields they leave set.
+
+    An acknowledgement stops the acknowledge clock, a wait pauses and a resume lays out
+    again the customer's clocks, a finish stops them, and a reopen starts a fresh resolve
+    clock at its instant, as they would have had the complaint been routed all along.
+    """
+    state: dict[str, Any] = {"paused": False, "paused_at": None}
+    for entry in remembered:
+        command, at = Command(entry["command"]), entry["at"]
+        if command is Command.REOPEN:
+            clocks[SlaClock.RESOLVE.value] = restart_resolve(at)
+            state.update(paused=False, paused_at=None)
+        elif command in FINISHING:
+            stop_customer_clocks(clocks, at=at, calendar=calendar)
+        elif command in CLOCK_EVENTS:
+            changed = CLOCK_EVENTS[command].change(state, clocks, at=at, calendar=calendar)
+            state.update(changed or {})
+    return {"paused": state["paused"], "paused_at": state["paused_at"]}
 
 
 async def _reopen_owner(*, db: AsyncDatabase, current: dict[str, Any]) -> owners.OwnerChoice | None:
