@@ -1,5 +1,7 @@
 """Routing's record stays true when intake's news comes late, early or out of the usual order.
 
+- A breach fired before an on-time acknowledgement, wait or finish reached routing is
+  withdrawn, and intake and webhooks are told (``complaint.sla_breach_withdrawn``).
 - What happens to an unroutable complaint (acknowledged, waiting, resolved, reopened)
   moves the clocks it gets once routed.
 - A major incident's regulatory report deadline runs until the report is filed.
@@ -10,8 +12,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
-from datetime import timedelta
+from contextlib import AsyncExitStack
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -27,16 +31,18 @@ from complaints_shared.events import (
     Topic,
     dead_letter_topic,
 )
-from routing.assignments import placement, routing_context
+from routing.assignments import lifecycle, placement, projections, routing_context
+from routing.assignments.lifecycle import Command
 from routing.directory.models import BranchRead
 from routing.sla import clocks as sla
 from routing.sla.models import TimeBasis
 from tests.support.events import base, received, resolved
-from tests.support.http import token
+from tests.support.http import command, complaint_when, create_complaint, token
 from tests.support.kafka import intake_producer, of_type, routing_events
 from tests.support.routing import FAST_TIMERS, MONDAY_10_SHANGHAI, assignment_when, routing_db
 from tests.support.system import System, SystemFactory
 from tests.support.waits import eventually
+from tests.support.webhooks import receiver, serve_webhooks, subscribe
 
 MINUTE = timedelta(minutes=1)
 integration = pytest.mark.integration
@@ -49,6 +55,296 @@ def _clock_of(document: dict, name: str) -> dict:
 async def _calendar(system: System, branch_id: str) -> Any:
     branch = await routing_db(system).branches.find_one({"_id": branch_id})
     return sla.branch_calendar(BranchRead.model_validate(branch))
+
+
+# ------------------------------------------------ a breach the news overtook --
+
+
+@integration
+async def test_a_breach_fired_before_an_on_time_acknowledgement_arrived_is_withdrawn(
+    system_factory: SystemFactory,
+) -> None:
+    clock = ManualClock(MONDAY_10_SHANGHAI)
+    system = await system_factory(clock=clock, routing=FAST_TIMERS)
+    complaint = received(severity="high", received_at=clock.now())
+    cid = complaint.complaint_id
+    async with intake_producer(system) as publish:
+        await publish(EventType.COMPLAINT_RECEIVED, complaint)
+        document = await assignment_when(system, cid)
+        due = _clock_of(document, "acknowledge")["due_at"]
+        # Acknowledged a minute before the due time; the news waited (an outage, a lag)
+        # and the timer fired a minute after it.
+        clock.set(due + MINUTE)
+        await assignment_when(system, cid, lambda d: d["escalation_level"] == 1, what="breach")
+        acknowledged = ComplaintAcknowledged(
+            **base(complaint), acknowledged_by="lz-chen", acknowledged_at=due - MINUTE
+        )
+        await publish(EventType.COMPLAINT_ACKNOWLEDGED, acknowledged)
+        document = await assignment_when(
+            system, cid, lambda d: _clock_of(d, "acknowledge")["state"] == "stopped"
+        )
+
+    ack = _clock_of(document, "acknowledge")
+    assert (ack["stopped_at"], ack["breach_count"]) == (due - MINUTE, 0)
+    assert document["breached"] is False
+    assert document["escalation_level"] == 0
+    # The team lead was notified: the record keeps it, marked withdrawn.
+    [escalation] = document["escalations"]
+    assert escalation["escalated_to_id"] == "lz-gao"
+    assert escalation["withdrawn_reason"] == "acknowledged_on_time"
+    assert escalation["withdrawn_at"] == due + MINUTE
+    assert "breach_withdrawn" in [entry["action"] for entry in document["history"]]
+
+    events = await routing_events(
+        system,
+        until=lambda events: bool(of_type(events, EventType.COMPLAINT_SLA_BREACH_WITHDRAWN)),
+    )
+    [withdrawn] = of_type(events, EventType.COMPLAINT_SLA_BREACH_WITHDRAWN, cid)
+    data = withdrawn.data
+    assert (data["clock"], data["reason"], data["withdrawn_breaches"]) == (
+        "acknowledge",
+        "acknowledged_on_time",
+        1,
+    )
+    assert datetime.fromisoformat(data["stopped_at"]) == due - MINUTE
+    assert [step["escalated_to_id"] for step in data["withdrawn_escalations"]] == ["lz-gao"]
+    assert (data["escalation_level"], data["escalation"], data["breached_clocks"]) == (0, None, [])
+
+    # The resolve clock still runs; its breach climbs from the level that stands.
+    clock.set(document["resolve_due_at"] + MINUTE)
+    document = await assignment_when(system, cid, lambda d: d["escalation_level"] == 1)
+    assert document["escalations"][-1]["escalated_to_id"] == "lz-gao"
+    assert document["escalations"][-1]["clock"] == "resolve"
+    assert document["breached"] is True
+
+
+@integration
+async def test_a_wait_begun_before_the_due_time_withdraws_the_breach_and_keeps_the_time_left(
+    system_factory: SystemFactory,
+) -> None:
+    clock = ManualClock(MONDAY_10_SHANGHAI)
+    system = await system_factory(clock=clock, routing=FAST_TIMERS)
+    complaint = received(severity="high", received_at=clock.now())
+    cid = complaint.complaint_id
+    async with intake_producer(system) as publish:
+        await publish(EventType.COMPLAINT_RECEIVED, complaint)
+        document = await assignment_when(system, cid)
+        due = _clock_of(document, "acknowledge")["due_at"]  # Monday 14:00 in Lanzhou
+        clock.set(due + MINUTE)
+        await assignment_when(system, cid, lambda d: d["breached"], what="breach")
+        paused = ComplaintPendingCustomer(
+            **base(complaint), reason="等客户提供凭证", paused_by="lz-chen", paused_at=due - MINUTE
+        )
+        await publish(EventType.COMPLAINT_PENDING_CUSTOMER, paused)
+        document = await assignment_when(system, cid, lambda d: d["paused"])
+        ack = _clock_of(document, "acknowledge")
+        assert (ack["state"], ack["breach_count"], ack["next_breach_at"]) == ("paused", 0, due)
+        assert (document["breached"], document["escalation_level"]) == (False, 0)
+        assert document["escalations"][0]["withdrawn_reason"] == "paused_on_time"
+
+        resumed_at = due + timedelta(hours=20)  # Tuesday 10:00 in Lanzhou
+        clock.set(resumed_at)
+        resumed = ComplaintResumed(**base(complaint), resumed_by="lz-chen", resumed_at=resumed_at)
+        await publish(EventType.COMPLAINT_RESUMED, resumed)
+        document = await assignment_when(system, cid, lambda d: not d["paused"])
+    # The minute that was left at the pause, laid out again from the resume.
+    assert document["acknowledge_due_at"] == resumed_at + MINUTE
+    clock.set(resumed_at + 2 * MINUTE)
+    document = await assignment_when(system, cid, lambda d: d["escalation_level"] == 1)
+    assert _clock_of(document, "acknowledge")["breach_count"] == 1
+
+
+def _breaching_clock(due: datetime, *, breaches: int = 1) -> sla.Clock:
+    return sla.Clock(
+        basis=TimeBasis.CALENDAR,
+        state="running",
+        started_at=due - timedelta(hours=24),
+        due_at=due,
+        next_breach_at=due + timedelta(hours=24 * breaches),
+        span_s=24 * 3600,
+        warned=True,
+        breach_count=breaches,
+    )
+
+
+def _escalation(level: int, *, reason: str, at: datetime, **fields: Any) -> dict[str, Any]:
+    return {
+        "level": level,
+        "escalated_to_id": f"person-{level}",
+        "escalated_to_name": None,
+        "escalated_to_role": None,
+        "reason": reason,
+        "note": None,
+        "escalated_by": "routing",
+        "escalated_at": at,
+        **fields,
+    }
+
+
+def _assignment(**fields: Any) -> dict[str, Any]:
+    return {"_id": "c-1", "org": "demo", "branch": "LZ", **fields}
+
+
+def test_withdrawing_a_breach_leaves_a_later_manual_escalation_standing() -> None:
+    due = datetime(2026, 11, 24, 2, tzinfo=UTC)
+    breach = _escalation(1, reason="sla_breach", at=due, clock="resolve", breach_due_at=due)
+    manual = _escalation(2, reason="manual", at=due + MINUTE)
+    current = _assignment(escalation_level=2, escalations=[breach, manual], breached=True)
+    clocks = {"resolve": sla.stop_clock(_breaching_clock(due), at=due - MINUTE)}
+
+    update, events = lifecycle.withdraw_breaches(
+        current, clocks, names=["resolve"], command=Command.RESOLVE, at=due - MINUTE, now=due
+    )
+
+    fields = update["$set"]
+    assert (fields["escalation_level"], fields["breached"]) == (2, False)
+    assert [record.get("withdrawn_reason") for record in fields["escalations"]] == [
+        "resolved_on_time",
+        None,
+    ]
+    assert clocks["resolve"].breach_count == 0
+    [(_, event)] = events
+    assert event.escalation is not None and event.escalation.level == 2
+    assert [step.level for step in event.withdrawn_escalations] == [1]
+
+
+def test_every_breach_of_a_re_armed_resolve_clock_is_withdrawn_back_to_the_level_before() -> None:
+    due = datetime(2026, 11, 24, 2, tzinfo=UTC)
+    earlier_cycle = _escalation(
+        1,
+        reason="sla_breach",
+        at=due - timedelta(days=3),
+        clock="resolve",
+        breach_due_at=due - timedelta(days=4),
+    )
+    reopened = _escalation(2, reason="reopened", at=due - timedelta(days=2))
+    breaches = [
+        _escalation(level, reason="sla_breach", at=at, clock="resolve", breach_due_at=due)
+        for level, at in ((3, due), (4, due + timedelta(days=1)))
+    ]
+    current = _assignment(
+        escalation_level=4, escalations=[earlier_cycle, reopened, *breaches], reopen_count=1
+    )
+    first_cycle = {"breached_in_cycle": 0}
+    this_cycle = {"breached_in_cycle": 1}
+    clocks = {
+        "acknowledge": sla.stop_clock(
+            _breaching_clock(due - timedelta(days=6)).model_copy(update=first_cycle),
+            at=due - timedelta(days=5),
+        ),
+        "resolve": sla.pause_clock(
+            _breaching_clock(due, breaches=2).model_copy(update=this_cycle), at=due
+        ),
+        "regulatory_report": _breaching_clock(due - timedelta(hours=1)).model_copy(
+            update=this_cycle
+        ),
+    }
+
+    update, events = lifecycle.withdraw_breaches(
+        current, clocks, names=["resolve"], command=Command.PAUSE, at=due, now=due
+    )
+
+    fields = update["$set"]
+    assert fields["escalation_level"] == 2  # the reopen's escalation stands
+    assert [bool(record.get("withdrawn_at")) for record in fields["escalations"]] == [
+        False,
+        False,
+        True,
+        True,
+    ]
+    # ``breached`` is of this cycle: the report deadline's breach, not the first cycle's.
+    assert fields["breached"] is True
+    assert clocks["resolve"].next_breach_at == due
+    [(_, event)] = events
+    assert (event.withdrawn_breaches, event.reopen_count) == (2, 1)
+    assert [clock.value for clock in event.breached_clocks] == ["regulatory_report"]
+
+
+def test_a_stop_after_the_due_time_withdraws_nothing() -> None:
+    due = datetime(2026, 11, 24, 2, tzinfo=UTC)
+    breach = _escalation(1, reason="sla_breach", at=due, clock="acknowledge", breach_due_at=due)
+    current = _assignment(escalation_level=1, escalations=[breach], breached=True)
+    clocks = {"acknowledge": sla.stop_clock(_breaching_clock(due), at=due + MINUTE)}
+
+    assert lifecycle.withdraw_breaches(
+        current,
+        clocks,
+        names=["acknowledge"],
+        command=Command.ACKNOWLEDGE,
+        at=due + MINUTE,
+        now=due + 2 * MINUTE,
+    ) == ({}, [])
+
+
+@integration
+async def test_intake_and_webhooks_learn_that_a_breach_was_withdrawn(
+    system_factory: SystemFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = ManualClock(MONDAY_10_SHANGHAI)
+    system = await system_factory(clock=clock, routing=FAST_TIMERS)
+    agent = token(system.intake_settings, branches=["LZ"], roles=("agent",))
+    admin = token(system.intake_settings)
+    # Routing consumes the acknowledgement only when the test lets it (a lagging consumer).
+    released = asyncio.Event()
+    change_clocks = projections.change_clocks
+
+    async def lagging(**arguments: Any) -> None:
+        await released.wait()
+        await change_clocks(**arguments)
+
+    monkeypatch.setattr(projections, "change_clocks", lagging)
+    async with AsyncExitStack() as stack:
+        hooks = await stack.enter_async_context(receiver())
+        webhooks = await serve_webhooks(stack, system)
+        await subscribe(
+            webhooks, admin, url=hooks.url, event_types=[EventType.COMPLAINT_SLA_BREACH_WITHDRAWN]
+        )
+        cid = (await create_complaint(system, agent, severity="high", subject="话费多扣"))["id"]
+        record = await complaint_when(
+            system, cid, agent, lambda c: c.get("acknowledge_due_at"), what="assigned"
+        )
+        due = datetime.fromisoformat(record["acknowledge_due_at"])
+        clock.set(due - MINUTE)
+        acknowledged = await command(system, f"/v1/complaints/{cid}/acknowledge", {}, agent)
+        assert acknowledged["acknowledgement"]["late"] is False
+        clock.set(due + MINUTE)
+        await complaint_when(
+            system,
+            cid,
+            agent,
+            lambda c: c["sla"]["acknowledge_breached"] and c["escalation_level"] == 1,
+            what="the breach and its escalation on record",
+        )
+        released.set()
+        record = await complaint_when(
+            system,
+            cid,
+            agent,
+            lambda c: not c["sla"]["acknowledge_breached"],
+            what="the breach withdrawn",
+            timeout_s=15,
+        )
+        assert (record["escalation_level"], record["escalation"]) == (0, None)
+        stored = await system.mongo[system.intake_settings.database_name()].complaints.find_one(
+            {"_id": cid}
+        )
+        assert stored["sla_breached"] is False
+        assert not {"x:breached", "e:escalated"} & set(stored["filter_keys"])
+        assert record["acknowledgement"]["late"] is False
+        timeline = await system.intake.get(f"/v1/complaints/{cid}/timeline", headers=agent)
+        entries = timeline.json()["entries"]
+        by_action = {entry["action"]: entry for entry in entries}
+        # What was notified stays on the timeline, marked withdrawn.
+        for action in ("sla_breached", "escalated"):
+            assert by_action[action]["withdrawn"]["reason"] == "acknowledged_on_time"
+        withdrawal = by_action["sla_breach_withdrawn"]
+        assert withdrawal["details"]["reason"] == "acknowledged_on_time"
+        assert withdrawal["details"]["withdrawn_levels"] == [1]
+
+        await eventually(lambda: asyncio.sleep(0, hooks.requests), what="webhook delivery")
+        [delivered] = hooks.bodies()
+        assert delivered["type"] == EventType.COMPLAINT_SLA_BREACH_WITHDRAWN.value
+        assert delivered["data"]["complaint_id"] == cid
 
 
 # ------------------------------------------------ what an unroutable one went through --

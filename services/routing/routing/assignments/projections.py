@@ -7,7 +7,9 @@ to do in the assignment's status (a late acknowledgement of a resolved complaint
 remembered as applied and changes nothing. Finishing a complaint frees its owner
 slot in the same write, then offers the freed capacity to the department queue.
 
-An unroutable complaint has no clocks: it remembers the events (``REMEMBERED``) and
+An event that stops or pauses a clock at or before its due time, consumed after the
+timer fired, withdraws that breach (``lifecycle.withdraw_breaches``). An unroutable
+complaint has no clocks: it remembers the events (``REMEMBERED``) and
 ``clocks_after_remembered`` applies them to the clocks it gets once routed. An event
 for an assignment that does not exist (its ``complaint.received`` was dead-lettered) is
 refused (``Rejected``): dead-lettered, to be replayed after the received event.
@@ -29,6 +31,7 @@ from complaints_shared.events import (
     ComplaintReopened,
     ComplaintResolved,
     ComplaintResponsibilitySet,
+    ComplaintSlaBreachWithdrawn,
     EventData,
     EventType,
     Severity,
@@ -127,6 +130,41 @@ def _remember(current: dict[str, Any], command: Command, at: datetime) -> dict[s
     return {"$push": {REMEMBERED: {"command": command.value, "at": at}}}
 
 
+def _withdrawn_breaches(
+    current: dict[str, Any],
+    before: Clocks,
+    clocks: Clocks,
+    *,
+    command: Command,
+    at: datetime,
+    now: datetime,
+    actor: str,
+) -> tuple[dict[str, Any], Events, list[dict[str, Any]]]:
+    """The breaches of the clocks this event stopped or paused in time, withdrawn: the
+    update, the events announcing it and the history entries recording it."""
+    if command not in lifecycle.WITHDRAWAL_REASONS:
+        return {}, [], []
+    touched = [name for name, clock in clocks.items() if clock.state is not before[name].state]
+    update, events = lifecycle.withdraw_breaches(
+        current, clocks, names=touched, command=command, at=at, now=now
+    )
+    entries = [
+        store.history_entry(
+            at=now,
+            action="breach_withdrawn",
+            actor=actor,
+            clock=data.clock.value,
+            due_at=data.due_at,
+            stopped_at=data.stopped_at,
+            reason=data.reason,
+            withdrawn_levels=[step.level for step in data.withdrawn_escalations],
+        )
+        for _, data in events
+        if isinstance(data, ComplaintSlaBreachWithdrawn)
+    ]
+    return update, events, entries
+
+
 def _stop_acknowledge_clock(
     current: dict[str, Any], clocks: Clocks, *, at: datetime, calendar: BusinessCalendar | None
 ) -> dict[str, Any] | None:
@@ -213,16 +251,24 @@ async def change_clocks(
         fields = clock_event.change(current, clocks, at=at, calendar=calendar)
         if fields is None:
             return None
+        withdrawal, events, entries = _withdrawn_breaches(
+            current, before, clocks, command=command, at=at, now=now, actor=_actor(event)
+        )
         remembered = _remember(current, command, at)
         # An unroutable complaint has no clocks to write yet, only what it remembers.
         due_times = {} if remembered else lifecycle.clock_fields(clocks)
         update = merge_updates(
             lifecycle.moved(current, command),
             {"$set": {**due_times, **fields}},
+            withdrawal,
             remembered,
-            store.history(at=now, action=clock_event.action, actor=_actor(event)),
+            store.history_of(
+                [
+                    store.history_entry(at=now, action=clock_event.action, actor=_actor(event)),
+                    *entries,
+                ]
+            ),
         )
-        events: Events = []
         for name in clock_event.judges:
             events += lifecycle.sla_stopped_events(current, name=name, before=before, after=clocks)
         if clock_event.announces and not remembered:  # nothing routed to announce yet
@@ -294,10 +340,14 @@ async def finish(
         calendar = await calendar_of(current) if _any_paused(before, CUSTOMER_CLOCKS) else None
         clocks = dict(before)
         stop_customer_clocks(clocks, at=at, calendar=calendar)
+        withdrawal, events, entries = _withdrawn_breaches(
+            current, before, clocks, command=command, at=at, now=now, actor=_actor(event)
+        )
         set_fields: dict[str, Any] = lifecycle.clock_fields(clocks)
         if current["status"] in lifecycle.UNFINISHED:
             set_fields["finished_at"] = at
-        events = lifecycle.sla_stopped_events(
+        # The verdict after any withdrawal: a breach the stop overtook is no breach.
+        events += lifecycle.sla_stopped_events(
             current,
             name=SlaClock.RESOLVE.value,
             before=before,
@@ -320,12 +370,14 @@ async def finish(
                 set_at=at,
             )
             events.append((EventType.COMPLAINT_RESPONSIBILITY_SET, responsibility))
+        finished = store.history_entry(at=now, action=FINISHING[command].value, actor=_actor(event))
         update = merge_updates(
             lifecycle.moved(current, command),
             {"$set": set_fields},
+            withdrawal,
             _remember(current, command, at),
             owners.FREE_SLOT,
-            store.history(at=now, action=FINISHING[command].value, actor=_actor(event)),
+            store.history_of([finished, *entries]),
         )
         return Decision(update, events, [lambda document: offer(document, current)])
 

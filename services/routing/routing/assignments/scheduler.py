@@ -284,6 +284,8 @@ def fire_clocks(
         clock, kind = sla_clocks.fire_due(clock, calendar=calendar, now=now, repeat=repeat)
         if kind is None:
             continue
+        if kind is sla_clocks.TimerKind.BREACH:  # which cycle ``breached`` tells of
+            clock = clock.model_copy(update={"breached_in_cycle": current.get("reopen_count", 0)})
         clocks[name] = clock
         if kind is sla_clocks.TimerKind.WARNING:
             warning = lifecycle.sla_warning_event(current, name=name, clock=clock, now=now)
@@ -291,7 +293,12 @@ def fire_clocks(
             continue
         if may_climb:
             update, escalation = lifecycle.escalate_one_level(
-                escalated, targets=targets, reason="sla_breach", by="routing", at=now
+                escalated,
+                targets=targets,
+                reason="sla_breach",
+                by="routing",
+                at=now,
+                breach=(name, clock.due_at),
             )
             if escalation:
                 level += 1
