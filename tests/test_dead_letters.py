@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from complaints_shared.dlq import read_dead_letters, run_command
+from complaints_shared.dlq import DeadLetter, in_replay_order, read_dead_letters, run_command
 from complaints_shared.envelope import CloudEvent, to_kafka_record
 from complaints_shared.events import EventType, Topic, dead_letter_topic
 from complaints_shared.kafka import EventProducer
@@ -179,6 +179,30 @@ async def test_replay_after_restoring_a_lost_record_applies_once_and_twice_chang
         what="second send consumed",
     )
     assert (await timeline_actions()).count("reassigned") == 1
+
+
+def test_a_replay_sends_each_complaints_received_event_before_its_other_events() -> None:
+    def letter(offset: int, event_type: EventType, complaint_id: str) -> DeadLetter:
+        return DeadLetter(
+            dlq_topic="complaints.intake.v1.dlq",
+            partition=0,
+            offset=offset,
+            key=complaint_id.encode(),
+            value=b"{}",
+            headers=(("ce_type", event_type.value.encode()),),
+            timestamp_ms=0,
+        )
+
+    # Refused while its received event was dead-lettered, which a replay tried too early
+    # (before the fix) dead-lettered again, behind them.
+    acknowledged = letter(1, EventType.COMPLAINT_ACKNOWLEDGED, "a")
+    resolved = letter(2, EventType.COMPLAINT_RESOLVED, "a")
+    other = letter(3, EventType.COMPLAINT_RESOLVED, "b")
+    received_again = letter(4, EventType.COMPLAINT_RECEIVED, "a")
+
+    ordered = in_replay_order([acknowledged, resolved, other, received_again])
+
+    assert [item.offset for item in ordered] == [4, 1, 2, 3]
 
 
 def _console(system: System, args: list[str]) -> str:

@@ -351,7 +351,8 @@ async def test_breached_tells_of_the_current_cycle_in_routing_and_intake(
 async def test_a_wait_begun_while_unroutable_gets_its_due_times_at_the_resume(
     system_factory: SystemFactory,
 ) -> None:
-    """Routing could not pause clocks it did not have yet: the resume still announces them."""
+    """The wait begun while unroutable is remembered: routed, the clocks stand still until the
+    resume, which lays them out again (the hour waited does not count) and announces them."""
     clock = ManualClock(MONDAY_10_SHANGHAI)
     system = await system_factory(clock=clock, routing=FAST_TIMERS)
     admin = token(system.routing_settings, org="acme")
@@ -398,4 +399,5 @@ async def test_a_wait_begun_while_unroutable_gets_its_due_times_at_the_resume(
         what="the due time announced at the resume",
         timeout_s=20,
     )
-    assert at(record["resolve_due_at"]) == routed["resolve_due_at"]
+    assert routed["paused"] is True
+    assert at(record["resolve_due_at"]) == routed["resolve_due_at"] + timedelta(hours=1)

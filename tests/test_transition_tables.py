@@ -39,6 +39,10 @@ ASSIGNMENT_LEGAL = [
     (UNROUTABLE, A.RESOLVE, RESOLVED),
     (UNROUTABLE, A.REJECT, REJECTED),
     (UNROUTABLE, A.WITHDRAW, WITHDRAWN),
+    # Remembered for the clocks it gets once routed.
+    (UNROUTABLE, A.ACKNOWLEDGE, UNROUTABLE),
+    (UNROUTABLE, A.PAUSE, UNROUTABLE),
+    (UNROUTABLE, A.RESUME, UNROUTABLE),
     (QUEUED, A.REASSIGN, OPEN),
     (OPEN, A.REASSIGN, OPEN),
     (QUEUED, A.REASSIGN_TO_QUEUE, QUEUED),
@@ -53,6 +57,8 @@ ASSIGNMENT_LEGAL = [
     (OPEN, A.ESCALATE, OPEN),
     (QUEUED, A.FIRE_TIMERS, QUEUED),
     (OPEN, A.FIRE_TIMERS, OPEN),
+    # The regulatory report deadline runs until the report is filed.
+    *[(state, A.FIRE_TIMERS, state) for state in (RESOLVED, CLOSED, REJECTED, WITHDRAWN)],
     *[
         (state, command, state)
         for state in AssignmentStatus
@@ -97,7 +103,7 @@ def test_the_assignment_table_holds_exactly_the_listed_pairs() -> None:
         (RESOLVED, A.ESCALATE),
         (RESOLVED, A.ACKNOWLEDGE),
         (RESOLVED, A.RESOLVE),
-        (CLOSED, A.FIRE_TIMERS),
+        (UNROUTABLE, A.FIRE_TIMERS),
         (CLOSED, A.CLOSE),
         (OPEN, A.CLOSE),
         (QUEUED, A.CLOSE),
@@ -108,7 +114,7 @@ def test_the_assignment_table_holds_exactly_the_listed_pairs() -> None:
         (OPEN, A.NO_ROUTE),
         (UNROUTABLE, A.ESCALATE),
         (UNROUTABLE, A.REASSIGN),
-        (UNROUTABLE, A.ACKNOWLEDGE),
+        (CLOSED, A.PAUSE),
     ],
 )
 def test_illegal_assignment_transitions_are_409s_naming_state_and_command(

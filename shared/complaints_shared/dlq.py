@@ -3,7 +3,8 @@
 ``complaints-dlq list|inspect|replay`` reads ``<topic>.dlq`` from the beginning (no
 consumer group, nothing is committed), selects by topic, reason, event type, complaint
 id and dead-letter time, and replays to the original topic with the original key and
-headers (so the original ``ce_id``: consumers recognise an event they already applied).
+headers (so the original ``ce_id``: consumers recognise an event they already applied),
+a complaint's ``complaint.received`` before its other events (``in_replay_order``).
 Every replay is recorded in ``<topic>.dlq.replayed`` (key ``<partition>:<offset>`` of
 the dead letter), and a dead letter recorded there is not sent again: running the same
 replay twice re-sends nothing. A crash between the send and the record re-sends that one
@@ -30,7 +31,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
-from complaints_shared.events import EVENT_TYPE_PREFIX, Topic, dead_letter_topic
+from complaints_shared.events import EVENT_TYPE_PREFIX, EventType, Topic, dead_letter_topic
 from complaints_shared.settings import ServiceSettings
 
 REPLAYED_SUFFIX = ".replayed"
@@ -182,7 +183,8 @@ async def replayed_refs(*, settings: ServiceSettings, dlq_topic: str) -> set[str
 async def replay(
     *, settings: ServiceSettings, letters: Sequence[DeadLetter], dry_run: bool = False
 ) -> ReplayResult:
-    """Send each dead letter not yet replayed to its original topic, then record it."""
+    """Send each dead letter not yet replayed to its original topic (``in_replay_order``),
+    then record it."""
     by_topic: dict[str, list[DeadLetter]] = {}
     for letter in letters:
         by_topic.setdefault(letter.dlq_topic, []).append(letter)
@@ -193,6 +195,7 @@ async def replay(
         done = await replayed_refs(settings=settings, dlq_topic=dlq_topic)
         for letter in topic_letters:
             (already if letter.ref in done else pending).append(letter)
+    pending = in_replay_order(pending)
     if dry_run or not pending:
         return ReplayResult(replayed=pending if dry_run else [], already_replayed=already)
     await _ensure_topics(
@@ -228,6 +231,16 @@ async def replay(
     finally:
         await producer.stop()
     return ReplayResult(replayed=replayed, already_replayed=already)
+
+
+def in_replay_order(letters: Sequence[DeadLetter]) -> list[DeadLetter]:
+    """``letters`` in the order they were read (oldest first per partition, so a complaint's
+    events in the order they happened), but every ``complaint.received`` first: a consumer
+    refuses a complaint's other events until it holds the complaint (routing's assignment,
+    intake's record), and a received event dead-lettered again after a replay tried too
+    early sits behind the events that were refused meanwhile."""
+    received = EventType.COMPLAINT_RECEIVED.value
+    return sorted(letters, key=lambda letter: letter.event_type != received)
 
 
 def _replay_headers(letter: DeadLetter) -> list[tuple[str, bytes]]:

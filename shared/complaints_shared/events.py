@@ -57,6 +57,7 @@ class EventType(StrEnum):
     COMPLAINT_SLA_WARNING = f"{EVENT_TYPE_PREFIX}complaint.sla_warning.v1"
     COMPLAINT_SLA_BREACHED = f"{EVENT_TYPE_PREFIX}complaint.sla_breached.v1"
     COMPLAINT_SLA_STOPPED = f"{EVENT_TYPE_PREFIX}complaint.sla_stopped.v1"
+    COMPLAINT_SLA_BREACH_WITHDRAWN = f"{EVENT_TYPE_PREFIX}complaint.sla_breach_withdrawn.v1"
     COMPLAINT_RESPONSIBILITY_SET = f"{EVENT_TYPE_PREFIX}complaint.responsibility_set.v1"
     BRANCH_UPDATED = f"{EVENT_TYPE_PREFIX}branch.updated.v1"
     # followup
@@ -490,6 +491,54 @@ class ComplaintSlaStopped(EventData):
     )
 
 
+class EscalationStep(BaseModel):
+    """One rung of an escalation as routing recorded it (who was notified, why, when)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    level: int
+    escalated_to_id: str | None = None
+    escalated_to_name: str | None = None
+    escalated_to_role: str | None = None
+    reason: str
+    escalated_by: str = "routing"
+    escalated_at: datetime
+
+
+class ComplaintSlaBreachWithdrawn(EventData):
+    """A breach announced for a clock is withdrawn: the acknowledgement, pause or finish
+    that stopped the clock happened at or before its due time, but reached routing only
+    after the timer had fired (held in intake's outbox by a broker outage, a consumer
+    behind). The escalations the breach caused are withdrawn with it (their notifications
+    were sent: they stay on record, marked withdrawn)."""
+
+    clock: SlaClock
+    due_at: datetime
+    stopped_at: datetime = Field(
+        description="When the clock really stopped or paused: the time of intake's event"
+    )
+    reason: str = Field(
+        description="acknowledged_on_time, paused_on_time, resolved_on_time, rejected_on_time "
+        "or withdrawn_on_time"
+    )
+    withdrawn_breaches: int = Field(
+        description="How many breaches of this clock (announced as sla_breached) are withdrawn"
+    )
+    withdrawn_at: datetime
+    withdrawn_escalations: list[EscalationStep] = Field(
+        default_factory=list, description="The escalations those breaches caused, withdrawn"
+    )
+    escalation_level: int = Field(description="The escalation level after the withdrawal")
+    escalation: EscalationStep | None = Field(
+        None, description="The highest escalation still standing (none: not escalated)"
+    )
+    breached_clocks: list[SlaClock] = Field(
+        default_factory=list,
+        description="The clocks still breached in this cycle after the withdrawal",
+    )
+    reopen_count: int = Field(0, description=CYCLE_DESCRIPTION)
+
+
 class ComplaintResponsibilitySet(EventData):
     """责任部门: the department (and party) responsible, distinct from the handling one."""
 
@@ -590,6 +639,7 @@ EVENT_CONTRACTS: dict[EventType, tuple[Topic, type[EventPayload]]] = {
     EventType.COMPLAINT_SLA_WARNING: (Topic.ROUTING, ComplaintSlaWarning),
     EventType.COMPLAINT_SLA_BREACHED: (Topic.ROUTING, ComplaintSlaBreached),
     EventType.COMPLAINT_SLA_STOPPED: (Topic.ROUTING, ComplaintSlaStopped),
+    EventType.COMPLAINT_SLA_BREACH_WITHDRAWN: (Topic.ROUTING, ComplaintSlaBreachWithdrawn),
     EventType.COMPLAINT_RESPONSIBILITY_SET: (Topic.ROUTING, ComplaintResponsibilitySet),
     EventType.BRANCH_UPDATED: (Topic.ROUTING, BranchUpdated),
     EventType.FOLLOWUP_SCHEDULED: (Topic.FOLLOWUP, FollowupScheduled),

@@ -21,6 +21,7 @@ PROJECTIONS: dict[EventType, Projection] = {
     EventType.COMPLAINT_SLA_WARNING: projections.apply_sla_warning,
     EventType.COMPLAINT_SLA_BREACHED: projections.apply_sla_breached,
     EventType.COMPLAINT_SLA_STOPPED: projections.apply_sla_stopped,
+    EventType.COMPLAINT_SLA_BREACH_WITHDRAWN: projections.apply_sla_breach_withdrawn,
     EventType.COMPLAINT_RESPONSIBILITY_SET: projections.apply_responsibility_set,
     EventType.BRANCH_UPDATED: projections.apply_branch_updated,
     EventType.FOLLOWUP_SCHEDULED: projections.record_followup_progress,

@@ -135,6 +135,7 @@ class Action(StrEnum):
     SLA_WARNED = "sla_warned"
     SLA_BREACHED = "sla_breached"
     SLA_STOPPED = "sla_stopped"
+    SLA_BREACH_WITHDRAWN = "sla_breach_withdrawn"
     RESPONSIBILITY_SET = "responsibility_set"
     FOLLOWUP_SCHEDULED = "followup_scheduled"
     FOLLOWUP_ATTEMPTED = "followup_attempted"

@@ -278,7 +278,8 @@ class Satisfaction(BaseModel):
 
 class SlaState(BaseModel):
     """What routing reported about the clocks; flags only go from false to true, but a reopen
-    sets the resolve clock's back to false (a fresh clock, a new cycle)."""
+    sets the resolve clock's back to false (a fresh clock, a new cycle), and a breach routing
+    withdraws (the clock stopped in time; its news came late) clears its flag."""
 
     acknowledge_warning: bool = False
     acknowledge_breached: bool = False
@@ -309,6 +310,11 @@ class TimelineEntry(BaseModel):
     status_from: Status | None = None
     status_to: Status | None = None
     details: dict = Field(default_factory=dict)
+    withdrawn: dict | None = Field(
+        None,
+        description="A breach or escalation routing withdrew later (`at`, `reason`, "
+        "`event_id`): it happened and was notified, and no longer counts",
+    )
 
 
 class ComplaintRead(BaseModel):

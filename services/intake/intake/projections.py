@@ -4,7 +4,9 @@ Each function is idempotent (the event id is remembered on the document) and
 safe against late delivery: assignments keep the highest ``assignment_sequence``
 (routing numbers them; a replayed older one changes nothing), escalation levels only
 rise, SLA flags only go from false to true, and the satisfaction is the latest
-resolution's outcome (``_outcome_rank``). Events never set a
+resolution's outcome (``_outcome_rank``). The way back for a flag is routing's own
+correction: a withdrawn breach (``apply_sla_breach_withdrawn``) clears it and takes back
+the escalations it caused, which stay on the timeline marked withdrawn. Events never set a
 status of their own: an assignment is intake's ``assign`` command and a
 follow-up outcome its ``close`` or ``reopen``, each through the transition table;
 everything else routing reports is a fact on the record.
@@ -34,6 +36,7 @@ from complaints_shared.events import (
     ComplaintReassigned,
     ComplaintResponsibilitySet,
     ComplaintSlaBreached,
+    ComplaintSlaBreachWithdrawn,
     ComplaintSlaStopped,
     ComplaintSlaWarning,
     ComplaintUnroutable,
@@ -369,6 +372,8 @@ async def apply_escalated(
             "level": data.level,
             "to": data.escalated_to_id or data.escalated_to_role,
             "reason": data.reason,
+            # What a withdrawal of the breach that caused it names it by.
+            "escalated_at": data.escalated_at,
         },
     )
 
@@ -480,6 +485,80 @@ def _resolve_verdict(current: dict[str, Any], data: ComplaintSlaStopped) -> dict
         if (current.get("resolution") or {}).get("number") == data.resolution_number:
             fields.update({f"resolution.{name}": value for name, value in judged.items()})
     return {"$set": fields} if fields else {}
+
+
+async def apply_sla_breach_withdrawn(
+    *,
+    db: AsyncDatabase,
+    settings: IntakeSettings,
+    event: CloudEvent,
+    data: ComplaintSlaBreachWithdrawn,
+    now: datetime,
+) -> None:
+    """A breach routing withdrew (the acknowledgement, wait or resolution was on time; its
+    news reached routing after the timer fired): the flags and the escalation level say
+    what still stands, and the breach and its escalations stay on the timeline, marked."""
+    withdrawn_at = [step.escalated_at for step in data.withdrawn_escalations]
+    await store.mark_withdrawn(
+        db=db,
+        complaint_id=data.complaint_id,
+        org=data.org,
+        marks=[
+            {
+                "action": Action.SLA_BREACHED.value,
+                "details.clock": data.clock.value,
+                "details.due_at": data.due_at,
+                "withdrawn": None,
+            },
+            *(
+                [
+                    {
+                        "action": Action.ESCALATED.value,
+                        "details.escalated_at": {"$in": withdrawn_at},
+                        "withdrawn": None,
+                    }
+                ]
+                if withdrawn_at
+                else []
+            ),
+        ],
+        withdrawn={"at": data.withdrawn_at, "reason": data.reason, "event_id": event.id},
+    )
+
+    def decide(current: dict[str, Any]) -> store.Decision:
+        if not _same_cycle(current, data.reopen_count):
+            return store.UNCHANGED  # of a cycle a reopen has ended: on the timeline only
+        still = {clock.value for clock in data.breached_clocks}
+        fields: dict[str, Any] = {
+            f"sla.{data.clock.value}_breached": data.clock.value in still,
+            "sla_breached": bool(still),
+        }
+        update: dict[str, Any] = {"$set": fields}
+        if data.withdrawn_escalations:
+            fields["escalation_level"] = data.escalation_level
+            if data.escalation is None:
+                update["$unset"] = {"escalation": ""}
+            else:
+                fields["escalation"] = data.escalation.model_dump()
+        return store.Decision(update)
+
+    await _apply(
+        db=db,
+        settings=settings,
+        event=event,
+        now=now,
+        data=data,
+        action=Action.SLA_BREACH_WITHDRAWN,
+        decide=decide,
+        details={
+            "clock": data.clock.value,
+            "due_at": data.due_at,
+            "stopped_at": data.stopped_at,
+            "reason": data.reason,
+            "withdrawn_levels": [step.level for step in data.withdrawn_escalations],
+            "escalation_level": data.escalation_level,
+        },
+    )
 
 
 async def apply_responsibility_set(

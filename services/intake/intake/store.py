@@ -307,5 +307,30 @@ async def change(
     )
 
 
+async def mark_withdrawn(
+    *,
+    db: AsyncDatabase,
+    complaint_id: str,
+    org: str,
+    marks: list[dict[str, Any]],
+    withdrawn: dict[str, Any],
+) -> None:
+    """Mark the timeline entries each of ``marks`` selects (conditions on one entry, as
+    ``arrayFilters`` say them, on the names ``e0``, ``e1``...) ``withdrawn``: they stay on
+    the timeline. Idempotent; beside the kernel, as no decision reads the timeline."""
+    if not marks:
+        return
+    names = [f"e{n}" for n in range(len(marks))]
+    await retrying(
+        db[COMPLAINTS].update_one,
+        {"_id": complaint_id, "org": org},
+        {"$set": {f"timeline.$[{name}].withdrawn": withdrawn for name in names}},
+        array_filters=[
+            {f"{name}.{path}": condition for path, condition in mark.items()}
+            for name, mark in zip(names, marks, strict=True)
+        ],
+    )
+
+
 def new_id() -> str:
     return str(uuid.uuid4())

@@ -36,7 +36,6 @@ from routing.assignments.lifecycle import Command
 from routing.assignments.models import (
     AssignmentRead,
     AssignmentStatus,
-    ClockState,
     EscalateRequest,
     ReassignRequest,
     RegulatoryReportRequest,
@@ -241,13 +240,14 @@ async def escalate(
     now: datetime,
 ) -> AssignmentRead:
     """One rung up the handling department's chain, by hand."""
-    visible = await store.get_visible(db=db, principal=principal, complaint_id=complaint_id)
-    targets = await routing_context.escalation_targets(
-        db=db, org=principal.org, department_id=visible["department"]
-    )
 
     async def decide(current: dict[str, Any]) -> Decision:
         status = lifecycle.moved(current, Command.ESCALATE)
+        # The chain of the department handling it now: a reassignment may have landed
+        # since the request began, or between a lost write and this retry.
+        targets = await routing_context.escalation_targets(
+            db=db, org=principal.org, department_id=current["department"]
+        )
         update, events = lifecycle.escalate_one_level(
             current,
             targets=targets,
@@ -328,23 +328,41 @@ async def file_regulatory_report(
     request: RegulatoryReportRequest,
     now: datetime,
 ) -> AssignmentRead:
-    """The report reached the authority: its deadline timer stops."""
+    """The report reached the authority: the filing is recorded and its deadline stops,
+    whatever the assignment's status (the obligation outlives the handling).
+
+    An unroutable complaint records it too; its deadline, if routing finds it a major
+    incident, stops at the filing once routed. The same filing again (a retried request)
+    is on record already; another one is a 409 naming the first.
+    """
 
     async def decide(current: dict[str, Any]) -> Decision | None:
         status = lifecycle.moved(current, Command.FILE_REGULATORY_REPORT)
+        filed_at = current.get("regulatory_report_filed_at")
+        if filed_at is not None:
+            if current.get("regulatory_report_reference") == request.reference:
+                return None
+            raise conflict(
+                f"complaint {complaint_id}: the regulatory report was filed at "
+                f"{filed_at.isoformat()} (reference {current.get('regulatory_report_reference')!r})"
+            )
         clocks = sla_clocks.load_clocks(current.get("clocks"))
         report = clocks.get(SlaClock.REGULATORY_REPORT.value)
-        if report is None:
+        clock_fields: dict[str, Any] = {}
+        if report is not None:
+            # A deadline a finish stopped (before it ran on to the filing) keeps that stop.
+            clocks[SlaClock.REGULATORY_REPORT.value] = sla_clocks.stop_clock(report, at=now)
+            clock_fields = lifecycle.clock_fields(clocks)
+        elif current["status"] != unroutable.STATE:
             raise conflict(f"complaint {complaint_id} carries no regulatory report deadline")
-        if report.state is ClockState.STOPPED:
-            return None
-        clocks[SlaClock.REGULATORY_REPORT.value] = sla_clocks.stop_clock(report, at=now)
         update = merge_updates(
             status,
             {
                 "$set": {
-                    **lifecycle.clock_fields(clocks),
+                    **clock_fields,
                     "regulatory_report_reference": request.reference,
+                    "regulatory_report_filed_at": now,
+                    "regulatory_report_filed_by": principal.subject,
                 }
             },
             store.history(

@@ -12,11 +12,13 @@
 ```
 
 Commands that keep the status (acknowledge, pause, resume, escalate, fire_timers)
-are legal only while the complaint is being worked (open or queued); an unroutable
-complaint has no clocks and no chain yet, so they have nothing to do there.
-Responsibility and the regulatory report may be recorded at any time. ``None`` is an
-assignment not created yet. ``routing.assignments.unroutable`` enters and leaves
-``unroutable``.
+are legal while the complaint is being worked (open or queued). An unroutable
+complaint has no clocks and no chain yet: it cannot be escalated, but it remembers an
+acknowledgement, a pause and a resume for the clocks it gets once routed. A finished
+complaint's timers still fire for the regulatory report deadline, which runs until the
+report is filed. Responsibility and the regulatory report may be recorded at any time.
+``None`` is an assignment not created yet. ``routing.assignments.unroutable`` enters
+and leaves ``unroutable``.
 
 Beside the table: the updates every change writes with its status (the clocks and
 the due times derived from them, one rung up the escalation chain) and the events
@@ -25,6 +27,7 @@ an assignment announces, built from the document as it is after the change.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
@@ -35,8 +38,10 @@ from complaints_shared.events import (
     ComplaintEscalated,
     ComplaintQueued,
     ComplaintSlaBreached,
+    ComplaintSlaBreachWithdrawn,
     ComplaintSlaStopped,
     ComplaintSlaWarning,
+    EscalationStep,
     EventType,
     SlaClock,
 )
@@ -92,6 +97,8 @@ _WHILE_ACTIVE = (
 )
 # Facts that may be recorded whatever the status.
 _ANY_TIME = (Command.SET_RESPONSIBILITY, Command.FILE_REGULATORY_REPORT)
+# Intake's clock events an unroutable complaint remembers for the clocks it gets when routed.
+_REMEMBERED_WHILE_UNROUTABLE = (Command.ACKNOWLEDGE, Command.PAUSE, Command.RESUME)
 
 _RULES: dict[tuple[AssignmentStatus | None, Command], AssignmentStatus] = {
     (None, Command.ASSIGN): OPEN,
@@ -103,6 +110,9 @@ _RULES: dict[tuple[AssignmentStatus | None, Command], AssignmentStatus] = {
     **{(state, Command.REASSIGN): OPEN for state in ACTIVE},
     **{(state, Command.REASSIGN_TO_QUEUE): QUEUED for state in ACTIVE},
     **{(state, command): state for state in ACTIVE for command in _WHILE_ACTIVE},
+    **{(UNROUTABLE, command): UNROUTABLE for command in _REMEMBERED_WHILE_UNROUTABLE},
+    # The regulatory report deadline outlives the handling: it runs until the report is filed.
+    **{(state, Command.FIRE_TIMERS): state for state in FINISHED},
     **{(state, command): state for state in (*UNFINISHED, *FINISHED) for command in _ANY_TIME},
     **{(state, Command.RESOLVE): RESOLVED for state in UNFINISHED},
     **{(state, Command.REJECT): REJECTED for state in UNFINISHED},
@@ -251,9 +261,16 @@ def sla_stopped_events(
 
 
 def escalation_record(
-    target: EscalationTarget, *, reason: str, by: str, at: datetime, note: str | None = None
+    target: EscalationTarget,
+    *,
+    reason: str,
+    by: str,
+    at: datetime,
+    note: str | None = None,
+    breach: tuple[str, datetime] | None = None,
 ) -> dict[str, Any]:
-    return {
+    """One rung climbed; ``breach`` (clock, due time) names the breach that caused it."""
+    record = {
         "level": target.level,
         "escalated_to_id": target.staff_id,
         "escalated_to_name": target.name,
@@ -263,6 +280,9 @@ def escalation_record(
         "escalated_by": by,
         "escalated_at": at,
     }
+    if breach is not None:
+        record["clock"], record["breach_due_at"] = breach
+    return record
 
 
 def escalated_event(
@@ -289,13 +309,14 @@ def escalate_one_level(
     by: str,
     at: datetime,
     note: str | None = None,
+    breach: tuple[str, datetime] | None = None,
 ) -> tuple[dict[str, Any], Events]:
     """The update and event taking the complaint one rung up its chain; nothing at the top."""
     level = current.get("escalation_level", 0) + 1
     target = target_at(targets, level)
     if target is None:
         return {}, []
-    record = escalation_record(target, reason=reason, by=by, at=at, note=note)
+    record = escalation_record(target, reason=reason, by=by, at=at, note=note, breach=breach)
     update = {"$set": {"escalation_level": level}, "$push": {"escalations": record}}
     return update, [(EventType.COMPLAINT_ESCALATED, escalated_event(current, record))]
 
@@ -314,3 +335,97 @@ def clock_fields(clocks: dict[str, sla_clocks.Clock]) -> dict[str, Any]:
         "resolve_due_at": due("resolve"),
         "regulatory_report_due_at": due("regulatory_report"),
     }
+
+
+# Why a breach is withdrawn, by the intake event that stopped or paused its clock in time.
+WITHDRAWAL_REASONS = {
+    Command.ACKNOWLEDGE: "acknowledged_on_time",
+    Command.PAUSE: "paused_on_time",
+    Command.RESOLVE: "resolved_on_time",
+    Command.REJECT: "rejected_on_time",
+    Command.WITHDRAW: "withdrawn_on_time",
+}
+
+
+def _caused_by_breach(record: dict[str, Any], name: str, clock: sla_clocks.Clock) -> bool:
+    """An escalation still standing that a breach of this cycle of the clock caused."""
+    return (
+        record.get("withdrawn_at") is None
+        and record.get("clock") == name
+        and record.get("breach_due_at") == clock.due_at
+    )
+
+
+def _breached_in(name: str, clock: sla_clocks.Clock, cycle: int) -> bool:
+    """Whether ``clock`` breached in the complaint's cycle ``cycle`` (``breached`` is per
+    cycle). A breach from before the clocks kept their cycle: the resolve clock is fresh
+    each cycle, the others breached in the first."""
+    if clock.breach_count == 0:
+        return False
+    if clock.breached_in_cycle is not None:
+        return clock.breached_in_cycle == cycle
+    return name == SlaClock.RESOLVE.value or cycle == 0
+
+
+def _standing(escalations: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The highest escalation not withdrawn (the latest of equals)."""
+    standing = [record for record in escalations if record.get("withdrawn_at") is None]
+    return max(reversed(standing), key=lambda record: record["level"], default=None)
+
+
+def withdraw_breaches(
+    current: dict[str, Any],
+    clocks: dict[str, sla_clocks.Clock],
+    *,
+    names: Iterable[str],
+    command: Command,
+    at: datetime,
+    now: datetime,
+) -> tuple[dict[str, Any], Events]:
+    """Withdraw the breaches fired for the clocks ``names`` that ``command`` stopped or
+    paused at ``at``, at or before their due time: intake's event reached routing only
+    after the timer fired (a broker outage, a consumer behind).
+
+    ``clocks`` (already stopped or paused) lose those breaches in place. The escalations
+    the breaches caused stay in ``escalations`` marked withdrawn (their notifications were
+    sent), the level falls back to the highest escalation still standing, and ``breached``
+    says whether a clock is still breached in this cycle. Nothing to withdraw: ``({}, [])``.
+    """
+    reason = WITHDRAWAL_REASONS[command]
+    escalations = [dict(record) for record in current.get("escalations") or []]
+    level = current.get("escalation_level", 0)
+    cycle = current.get("reopen_count", 0)
+    fields: dict[str, Any] = {}
+    events: Events = []
+    for name in names:
+        clock = clocks.get(name)
+        if clock is None or not sla_clocks.breach_withdrawable(clock, at=at):
+            continue
+        withdrawn = []
+        for record in escalations:
+            if _caused_by_breach(record, name, clock):
+                record.update(withdrawn_at=now, withdrawn_reason=reason)
+                withdrawn.append(record)
+        standing = _standing(escalations)
+        if withdrawn:
+            level = standing["level"] if standing else 0
+            fields.update(escalations=escalations, escalation_level=level)
+        clocks[name] = sla_clocks.without_breaches(clock)
+        still = sorted(other for other, c in clocks.items() if _breached_in(other, c, cycle))
+        fields["breached"] = bool(still)
+        event = ComplaintSlaBreachWithdrawn(
+            **_base(current),
+            clock=SlaClock(name),
+            due_at=clock.due_at,
+            stopped_at=at,
+            reason=reason,
+            withdrawn_breaches=clock.breach_count,
+            withdrawn_at=now,
+            withdrawn_escalations=[EscalationStep.model_validate(r) for r in withdrawn],
+            escalation_level=level,
+            escalation=EscalationStep.model_validate(standing) if standing else None,
+            breached_clocks=[SlaClock(other) for other in still],
+            reopen_count=cycle,
+        )
+        events.append((EventType.COMPLAINT_SLA_BREACH_WITHDRAWN, event))
+    return ({"$set": fields} if fields else {}), events

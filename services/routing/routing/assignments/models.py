@@ -51,6 +51,8 @@ class SlaClockRead(BaseModel):
 
 
 class EscalationRecord(BaseModel):
+    """One rung climbed; one a withdrawn breach caused stays, marked withdrawn."""
+
     model_config = ConfigDict(extra="ignore")
 
     level: int
@@ -61,6 +63,12 @@ class EscalationRecord(BaseModel):
     note: str | None = None
     escalated_by: str
     escalated_at: datetime
+    clock: SlaClock | None = Field(None, description="The clock whose breach caused it")
+    breach_due_at: datetime | None = Field(None, description="That clock's due time")
+    withdrawn_at: datetime | None = None
+    withdrawn_reason: str | None = Field(
+        None, description="Why the breach was withdrawn, e.g. acknowledged_on_time"
+    )
 
 
 class HistoryEntry(BaseModel):
@@ -113,12 +121,15 @@ class AssignmentRead(BaseModel):
     duty_officer: bool = False
     major_incident: bool = False
     paused: bool = False
+    breached: bool = False
     escalation_level: int = 0
     escalations: list[EscalationRecord] = Field(default_factory=list)
     clocks: dict[SlaClock, SlaClockRead] = Field(default_factory=dict)
     notify: list[NotifyTarget] = Field(default_factory=list)
     responsible_department: str | None = None
     responsible_party: ResponsibleParty | None = None
+    regulatory_report_filed_at: datetime | None = None
+    regulatory_report_reference: str | None = None
     history: list[HistoryEntry] = Field(default_factory=list)
 
 

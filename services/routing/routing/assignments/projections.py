@@ -6,6 +6,13 @@ transition table (``routing.assignments.lifecycle``) first: an event with nothin
 to do in the assignment's status (a late acknowledgement of a resolved complaint) is
 remembered as applied and changes nothing. Finishing a complaint frees its owner
 slot in the same write, then offers the freed capacity to the department queue.
+
+An event that stops or pauses a clock at or before its due time, consumed after the
+timer fired, withdraws that breach (``lifecycle.withdraw_breaches``). An unroutable
+complaint has no clocks: it remembers the events (``REMEMBERED``) and
+``clocks_after_remembered`` applies them to the clocks it gets once routed. An event
+for an assignment that does not exist (its ``complaint.received`` was dead-lettered) is
+refused (``Rejected``): dead-lettered, to be replayed after the received event.
 """
 
 from __future__ import annotations
@@ -24,11 +31,13 @@ from complaints_shared.events import (
     ComplaintReopened,
     ComplaintResolved,
     ComplaintResponsibilitySet,
+    ComplaintSlaBreachWithdrawn,
     EventData,
     EventType,
     Severity,
     SlaClock,
 )
+from complaints_shared.failures import Rejected
 from complaints_shared.logs import get_logger
 from complaints_shared.mongo import merge_updates
 from routing.assignments import (
@@ -48,8 +57,12 @@ from routing.settings import RoutingSettings
 from routing.sla import clocks as sla_clocks
 from routing.sla import store as policy_store
 
-# Waiting on the customer pauses these; the authority's report deadline keeps running.
+# Waiting on the customer pauses these, and finishing the complaint stops them; the
+# authority's report deadline keeps running until the report is filed.
 CUSTOMER_CLOCKS = (SlaClock.ACKNOWLEDGE.value, SlaClock.RESOLVE.value)
+# Intake's events an unroutable complaint keeps (``{"command", "at"}``, in order) for the
+# clocks it gets once routed; ``unroutable.leave`` applies them.
+REMEMBERED = "remembered_events"
 # What each of intake's finishing events does to the assignment.
 FINISHING = {
     Command.RESOLVE: AssignmentStatus.RESOLVED,
@@ -89,7 +102,7 @@ async def _apply(
     /,
 ) -> None:
     """One consumed event through the aggregate kernel, remembered by its id."""
-    await store.change(
+    document = await store.change(
         db=db,
         settings=settings,
         complaint_id=complaint_id,
@@ -97,6 +110,59 @@ async def _apply(
         now=now,
         event_id=event.id,
     )
+    if document is None:
+        raise _no_assignment(event, complaint_id)
+
+
+def _no_assignment(event: CloudEvent, complaint_id: str) -> Rejected:
+    # Not a reason to guess: applied to nothing, the event would be lost (the received
+    # event's replay would then start clocks for work already acknowledged or finished).
+    return Rejected(
+        f"assignment {complaint_id} does not exist here: its complaint.received has not been "
+        f"applied (dead-lettered?); replay {event.type} after it"
+    )
+
+
+def _remember(current: dict[str, Any], command: Command, at: datetime) -> dict[str, Any]:
+    """An unroutable complaint keeps the event for the clocks it gets once routed."""
+    if current["status"] != AssignmentStatus.UNROUTABLE.value:
+        return {}
+    return {"$push": {REMEMBERED: {"command": command.value, "at": at}}}
+
+
+def _withdrawn_breaches(
+    current: dict[str, Any],
+    before: Clocks,
+    clocks: Clocks,
+    *,
+    command: Command,
+    at: datetime,
+    now: datetime,
+    actor: str,
+) -> tuple[dict[str, Any], Events, list[dict[str, Any]]]:
+    """The breaches of the clocks this event stopped or paused in time, withdrawn: the
+    update, the events announcing it and the history entries recording it."""
+    if command not in lifecycle.WITHDRAWAL_REASONS:
+        return {}, [], []
+    touched = [name for name, clock in clocks.items() if clock.state is not before[name].state]
+    update, events = lifecycle.withdraw_breaches(
+        current, clocks, names=touched, command=command, at=at, now=now
+    )
+    entries = [
+        store.history_entry(
+            at=now,
+            action="breach_withdrawn",
+            actor=actor,
+            clock=data.clock.value,
+            due_at=data.due_at,
+            stopped_at=data.stopped_at,
+            reason=data.reason,
+            withdrawn_levels=[step.level for step in data.withdrawn_escalations],
+        )
+        for _, data in events
+        if isinstance(data, ComplaintSlaBreachWithdrawn)
+    ]
+    return update, events, entries
 
 
 def _stop_acknowledge_clock(
@@ -104,7 +170,9 @@ def _stop_acknowledge_clock(
 ) -> dict[str, Any] | None:
     """受理 stops the acknowledge clock; the resolve clock runs on."""
     ack = clocks.get(SlaClock.ACKNOWLEDGE.value)
-    if ack is None or ack.state is ClockState.STOPPED:
+    if ack is None:  # unroutable: no clocks yet, the acknowledgement is remembered
+        return None if current.get("acknowledged_at") else {"acknowledged_at": at}
+    if ack.state is ClockState.STOPPED:
         return None
     clocks[SlaClock.ACKNOWLEDGE.value] = sla_clocks.stop_clock(ack, at=at, calendar=calendar)
     return {"acknowledged_at": at}
@@ -126,8 +194,8 @@ def _resume_customer_clocks(
     current: dict[str, Any], clocks: Clocks, *, at: datetime, calendar: BusinessCalendar | None
 ) -> dict[str, Any] | None:
     """The customer answered: lay the remaining time out again. Announced even with nothing
-    paused (a wait that began while unroutable, say): intake's record left the due times
-    out for the wait and takes them from the announcement."""
+    paused: intake's record left the due times out for the wait and takes them from the
+    announcement."""
     assert calendar is not None
     for name in CUSTOMER_CLOCKS:
         if name in clocks:
@@ -183,16 +251,27 @@ async def change_clocks(
         fields = clock_event.change(current, clocks, at=at, calendar=calendar)
         if fields is None:
             return None
-        due_times = lifecycle.clock_fields(clocks)
+        withdrawal, events, entries = _withdrawn_breaches(
+            current, before, clocks, command=command, at=at, now=now, actor=_actor(event)
+        )
+        remembered = _remember(current, command, at)
+        # An unroutable complaint has no clocks to write yet, only what it remembers.
+        due_times = {} if remembered else lifecycle.clock_fields(clocks)
         update = merge_updates(
             lifecycle.moved(current, command),
             {"$set": {**due_times, **fields}},
-            store.history(at=now, action=clock_event.action, actor=_actor(event)),
+            withdrawal,
+            remembered,
+            store.history_of(
+                [
+                    store.history_entry(at=now, action=clock_event.action, actor=_actor(event)),
+                    *entries,
+                ]
+            ),
         )
-        events: Events = []
         for name in clock_event.judges:
             events += lifecycle.sla_stopped_events(current, name=name, before=before, after=clocks)
-        if clock_event.announces:
+        if clock_event.announces and not remembered:  # nothing routed to announce yet
             number = lifecycle.numbered(current)
             update = merge_updates(update, {"$set": number})
             events += _announced({**current, **due_times, **number})
@@ -245,7 +324,8 @@ async def finish(
     now: datetime,
     resolved: ComplaintResolved | None = None,
 ) -> None:
-    """Resolved, rejected, withdrawn or closed: every clock stops and the slot is freed."""
+    """Resolved, rejected, withdrawn or closed: the customer's clocks stop (the regulatory
+    report deadline runs until the report is filed) and the slot is freed."""
 
     async def offer(document: dict[str, Any], previous: dict[str, Any]) -> None:
         await queue.offer_freed_capacity(db=db, settings=settings, previous=previous, now=now)
@@ -258,14 +338,16 @@ async def finish(
         before = sla_clocks.load_clocks(current.get("clocks"))
         # Paused clocks are laid out again to the stop (no waiting time counts): the hours.
         calendar = await calendar_of(current) if _any_paused(before, CUSTOMER_CLOCKS) else None
-        clocks = {
-            name: sla_clocks.stop_clock(clock, at=at, calendar=calendar)
-            for name, clock in before.items()
-        }
+        clocks = dict(before)
+        stop_customer_clocks(clocks, at=at, calendar=calendar)
+        withdrawal, events, entries = _withdrawn_breaches(
+            current, before, clocks, command=command, at=at, now=now, actor=_actor(event)
+        )
         set_fields: dict[str, Any] = lifecycle.clock_fields(clocks)
         if current["status"] in lifecycle.UNFINISHED:
             set_fields["finished_at"] = at
-        events = lifecycle.sla_stopped_events(
+        # The verdict after any withdrawal: a breach the stop overtook is no breach.
+        events += lifecycle.sla_stopped_events(
             current,
             name=SlaClock.RESOLVE.value,
             before=before,
@@ -288,11 +370,14 @@ async def finish(
                 set_at=at,
             )
             events.append((EventType.COMPLAINT_RESPONSIBILITY_SET, responsibility))
+        finished = store.history_entry(at=now, action=FINISHING[command].value, actor=_actor(event))
         update = merge_updates(
             lifecycle.moved(current, command),
             {"$set": set_fields},
+            withdrawal,
+            _remember(current, command, at),
             owners.FREE_SLOT,
-            store.history(at=now, action=FINISHING[command].value, actor=_actor(event)),
+            store.history_of([finished, *entries]),
         )
         return Decision(update, events, [lambda document: offer(document, current)])
 
@@ -310,7 +395,7 @@ async def reopen(
     """Open again: back to the owner, a fresh resolve clock, and one level up the chain."""
     current = await db[store.ASSIGNMENTS].find_one({"_id": data.complaint_id})
     if current is None:
-        return
+        raise _no_assignment(event, data.complaint_id)
     calendar = await routing_context.branch_calendar(db=db, org=data.org, branch=data.branch)
     policies = await policy_store.load_policies(db=db, org=data.org)
     targets = await routing_context.escalation_targets(
@@ -337,6 +422,12 @@ async def reopen(
                 merge_updates(
                     lifecycle.moved(current, Command.NO_ROUTE),
                     {"$set": {"finished_at": None, "reopen_count": data.reopen_count}},
+                    # The fresh resolve clock starts here once it is routed.
+                    {
+                        "$push": {
+                            REMEMBERED: {"command": Command.REOPEN.value, "at": data.reopened_at}
+                        }
+                    },
                     store.history(
                         at=now, action="reopened", actor=_actor(event), reason=data.reason
                     ),
@@ -397,6 +488,44 @@ async def reopen(
         return Decision(update, [*escalation_events, announced], [count_assignment])
 
     await _apply(db, settings, event, data.complaint_id, decide, now)
+
+
+def stop_customer_clocks(
+    clocks: Clocks, *, at: datetime, calendar: BusinessCalendar | None
+) -> None:
+    """A finished complaint's acknowledge and resolve clocks stop at ``at`` (a paused one
+    laid out again to the stop first, with the branch's ``calendar``)."""
+    for name in CUSTOMER_CLOCKS:
+        if name in clocks:
+            clocks[name] = sla_clocks.stop_clock(clocks[name], at=at, calendar=calendar)
+
+
+def clocks_after_remembered(
+    clocks: Clocks,
+    remembered: list[dict[str, Any]],
+    *,
+    calendar: BusinessCalendar,
+    restart_resolve: Callable[[datetime], sla_clocks.Clock],
+) -> dict[str, Any]:
+    """The clocks of a complaint routed at last, moved in place by the intake events it
+    remembered while unroutable, in order (``REMEMBERED``); the fields they leave set.
+
+    An acknowledgement stops the acknowledge clock, a wait pauses and a resume lays out
+    again the customer's clocks, a finish stops them, and a reopen starts a fresh resolve
+    clock at its instant, as they would have had the complaint been routed all along.
+    """
+    state: dict[str, Any] = {"paused": False, "paused_at": None}
+    for entry in remembered:
+        command, at = Command(entry["command"]), entry["at"]
+        if command is Command.REOPEN:
+            clocks[SlaClock.RESOLVE.value] = restart_resolve(at)
+            state.update(paused=False, paused_at=None)
+        elif command in FINISHING:
+            stop_customer_clocks(clocks, at=at, calendar=calendar)
+        elif command in CLOCK_EVENTS:
+            changed = CLOCK_EVENTS[command].change(state, clocks, at=at, calendar=calendar)
+            state.update(changed or {})
+    return {"paused": state["paused"], "paused_at": state["paused_at"]}
 
 
 async def _reopen_owner(*, db: AsyncDatabase, current: dict[str, Any]) -> owners.OwnerChoice | None:

@@ -6,7 +6,8 @@ the indexed ``next_timer_at``. A pass claims due documents one at a time under a
 lease (``claim_first``, so replicas share the work), fires what is due against
 ``runtime.clock.now()`` and writes the new clock state, the escalation and the
 events in one version-checked change through the aggregate kernel (the
-transition table's ``fire_timers``, legal only while the complaint is worked). Exactly once: a
+transition table's ``fire_timers``: while the complaint is worked, and once it is finished
+for the regulatory report deadline, which runs until the report is filed). Exactly once: a
 replica whose lease ran out loses the version race and fires nothing. Nothing
 is held in memory, so a restart loses no timer. The loop only polls at a short
 interval; no business deadline is ever slept on. A document that fails to fire is
@@ -283,6 +284,8 @@ def fire_clocks(
         clock, kind = sla_clocks.fire_due(clock, calendar=calendar, now=now, repeat=repeat)
         if kind is None:
             continue
+        if kind is sla_clocks.TimerKind.BREACH:  # which cycle ``breached`` tells of
+            clock = clock.model_copy(update={"breached_in_cycle": current.get("reopen_count", 0)})
         clocks[name] = clock
         if kind is sla_clocks.TimerKind.WARNING:
             warning = lifecycle.sla_warning_event(current, name=name, clock=clock, now=now)
@@ -290,7 +293,12 @@ def fire_clocks(
             continue
         if may_climb:
             update, escalation = lifecycle.escalate_one_level(
-                escalated, targets=targets, reason="sla_breach", by="routing", at=now
+                escalated,
+                targets=targets,
+                reason="sla_breach",
+                by="routing",
+                at=now,
+                breach=(name, clock.due_at),
             )
             if escalation:
                 level += 1

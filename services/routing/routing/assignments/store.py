@@ -89,8 +89,12 @@ def history_entry(*, at: datetime, action: str, actor: str, **details: Any) -> d
 
 def history(*, at: datetime, action: str, actor: str, **details: Any) -> dict[str, Any]:
     """An update appending one entry to the assignment's own bounded history."""
-    entry = history_entry(at=at, action=action, actor=actor, **details)
-    return {"$push": {"history": {"$each": [entry], "$slice": -HISTORY_KEPT}}}
+    return history_of([history_entry(at=at, action=action, actor=actor, **details)])
+
+
+def history_of(entries: list[dict[str, Any]]) -> dict[str, Any]:
+    """An update appending ``entries`` (``history_entry``) to the bounded history."""
+    return {"$push": {"history": {"$each": entries, "$slice": -HISTORY_KEPT}}}
 
 
 async def change(

@@ -7,11 +7,15 @@ assignment in the ``unroutable`` state with the reason and announces
 :func:`leave` routes it as soon as that is possible: by the rules, when an
 administrator adds or changes a rule or department (:func:`retry_org`, also run by
 the periodic sweep), or by a supervisor naming a department or owner (reassign).
-The clocks then run from the moment the complaint was received, like any other.
+The clocks then run from the moment the complaint was received, like any other, moved
+by what intake reported meanwhile (an acknowledgement, a wait, a resume, a finish and a
+reopen, remembered in order: ``projections.REMEMBERED``) and by a regulatory report
+already filed.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import datetime
 from typing import Any
 
@@ -19,14 +23,23 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
 from complaints_shared.aggregate import Decision
-from complaints_shared.events import ComplaintReceived, ComplaintUnroutable, EventType
+from complaints_shared.business_calendar import BusinessCalendar
+from complaints_shared.events import ComplaintReceived, ComplaintUnroutable, EventType, SlaClock
 from complaints_shared.failures import is_transient, redacted_error
 from complaints_shared.logs import get_logger
 from complaints_shared.mongo import is_id_clash, merge_updates
 from complaints_shared.outbox import outbox_entry, outbox_fields
 from complaints_shared.runtime import Runtime
 from complaints_shared.stored import from_stored
-from routing.assignments import lifecycle, owners, placement, planning, routing_context, store
+from routing.assignments import (
+    lifecycle,
+    owners,
+    placement,
+    planning,
+    projections,
+    routing_context,
+    store,
+)
 from routing.assignments.lifecycle import Command
 from routing.assignments.models import AssignmentStatus
 from routing.directory import store as directory_store
@@ -34,6 +47,7 @@ from routing.directory.models import DepartmentRead, StaffRead
 from routing.metrics import UNROUTABLE
 from routing.rules.models import RoutingRule, RuleAction
 from routing.settings import RoutingSettings
+from routing.sla import clocks as sla_clocks
 
 log = get_logger(__name__)
 
@@ -128,7 +142,8 @@ async def leave(
 
     Returns the routed assignment, or None when it is not unroutable (any more) or
     still no rule routes it. The same plan as a complaint routed on arrival: SLA
-    policy, clocks from its receipt, major-incident escalation, owner by turn.
+    policy, clocks from its receipt, major-incident escalation, owner by turn; the clocks
+    moved by what it remembered while unroutable (:func:`_clocks_of`).
     """
     current = await db[store.ASSIGNMENTS].find_one({"_id": complaint_id, "status": STATE})
     if current is None:
@@ -154,11 +169,17 @@ async def leave(
             choice, how = await owners.forced_owner(db=db, org=complaint.org, staff=owner), "manual"
         else:
             choice, how = await owners.owner_for_plan(db=db, complaint=complaint, plan=plan)
-        fresh = placement.new_document(complaint, plan, owner=choice, now=now)
+        clocks, paused = _clocks_of(current, plan, calendar=context.calendar)
+        routed_plan = dataclasses.replace(plan, clocks=clocks)
+        fresh = placement.new_document(complaint, routed_plan, owner=choice, now=now)
         # Numbered after whatever the assignment announced before it was found unroutable.
         fresh["assignment_sequence"] = current.get("assignment_sequence", 0)
-        planned, events = placement.initial_events(fresh, plan, now=now)
+        planned, events = placement.initial_events({**fresh, **paused}, routed_plan, now=now)
         fields = {key: value for key, value in planned.items() if key not in KEPT_FIELDS}
+        # An acknowledgement made while unroutable is judged like any (complaint.sla_stopped).
+        events += lifecycle.sla_stopped_events(
+            {**current, **fields}, name=SlaClock.ACKNOWLEDGE.value, before=plan.clocks, after=clocks
+        )
 
         async def after(document: dict[str, Any]) -> None:
             routed.append(document)
@@ -168,7 +189,7 @@ async def leave(
         update = merge_updates(
             lifecycle.moved(current, Command.ASSIGN if choice else Command.QUEUE),
             {"$set": fields},
-            {"$unset": {"unroutable": ""}},
+            {"$unset": {"unroutable": "", projections.REMEMBERED: ""}},
             store.history(
                 at=now,
                 action="routed",
@@ -182,6 +203,33 @@ async def leave(
 
     await store.change(db=db, settings=settings, complaint_id=complaint_id, decide=decide, now=now)
     return routed[0] if routed else None
+
+
+def _clocks_of(
+    current: dict[str, Any], plan: planning.RoutePlan, *, calendar: BusinessCalendar
+) -> tuple[dict[str, sla_clocks.Clock], dict[str, Any]]:
+    """The plan's clocks as they stand after what the complaint went through unroutable
+    (an acknowledgement made then stops the acknowledge clock, a wait pauses the
+    customer's clocks, a reopen restarts the resolve clock, a report filed then stops its
+    deadline); and the pause fields they leave."""
+    clocks = dict(plan.clocks)
+
+    def restart_resolve(at: datetime) -> sla_clocks.Clock:
+        return planning.restart_resolve_clock(
+            calendar=calendar, policy=plan.policy, severity=plan.severity, start=at
+        )
+
+    paused = projections.clocks_after_remembered(
+        clocks,
+        current.get(projections.REMEMBERED) or [],
+        calendar=calendar,
+        restart_resolve=restart_resolve,
+    )
+    filed_at = current.get("regulatory_report_filed_at")
+    report = clocks.get(SlaClock.REGULATORY_REPORT.value)
+    if filed_at is not None and report is not None:
+        clocks[SlaClock.REGULATORY_REPORT.value] = sla_clocks.stop_clock(report, at=filed_at)
+    return clocks, paused
 
 
 async def retry_org(

@@ -229,6 +229,8 @@ class Clock(BaseModel):
     span_s: float
     warned: bool = False
     breach_count: int = 0
+    # The complaint's cycle (``reopen_count``) at the last breach; None: before it was kept.
+    breached_in_cycle: int | None = None
     paused_at: datetime | None = None
     stopped_at: datetime | None = None
 
@@ -308,6 +310,20 @@ def stop_clock(clock: Clock, *, at: datetime, calendar: BusinessCalendar | None 
 def met(clock: Clock) -> bool:
     """Whether a stopped clock stopped by its due time (time paused never counts)."""
     return clock.stopped_at is not None and clock.stopped_at <= clock.due_at
+
+
+def breach_withdrawable(clock: Clock, *, at: datetime) -> bool:
+    """Whether the breaches fired for ``clock`` are void: it stopped or paused at ``at``, at
+    or before its due time (the news of it reached routing after the timer had fired)."""
+    return clock.breach_count > 0 and at <= clock.due_at
+
+
+def without_breaches(clock: Clock) -> Clock:
+    """The clock as if its timer had not fired: no breach counted, the breach due again at
+    the due time (a paused clock lays it out anew on resume)."""
+    return clock.model_copy(
+        update={"breach_count": 0, "breached_in_cycle": None, "next_breach_at": clock.due_at}
+    )
 
 
 def fire_due(
