@@ -95,12 +95,10 @@ def _without_offset(value: time) -> time:
     return value
 
 
-# The field types of the APIs that configure calendars (routing's branches, follow-up's
-# contact hours): a bad value is a 422 naming the field, never an error in the arithmetic.
-@cache
 def zone_or_utc(name: str) -> tzinfo:
-    """The zone ``name``; UTC (logged) for a stored name that does not load here (a zone the
-    host's time-zone data no longer has, a name stored before ``known_time_zone``)."""
+    """The zone ``name``; UTC (logged at each call, until the name is mended) for a stored
+    name that does not load here (a zone the host's time-zone data no longer has, a name
+    stored before ``known_time_zone``). ``ZoneInfo`` keeps the zones it loaded."""
     try:
         return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError, OSError) as exc:
@@ -108,6 +106,8 @@ def zone_or_utc(name: str) -> tzinfo:
         return UTC
 
 
+# The field types of the APIs that configure calendars (routing's branches, follow-up's
+# contact hours): a bad value is a 422 naming the field, never an error in the arithmetic.
 # Checks of requests only: a value stored before them is read as stored.
 TimeZoneName = Annotated[str, request_only(known_time_zone)]
 """An IANA time zone name (``Asia/Shanghai``)."""
