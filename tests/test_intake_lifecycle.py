@@ -284,3 +284,10 @@ async def test_a_remedy_paid_after_closure_is_recorded_without_reopening(system:
     timeline = (await system.intake.get(f"{base}/timeline", headers=agent)).json()["entries"]
     (entry,) = [entry for entry in timeline if entry["action"] == "remedy_recorded"]
     assert entry["status_to"] is None and entry["details"]["type"] == "compensation"
+
+    # A resolution holds ten remedies at the most, given with it or recorded after it.
+    for _ in range(8):
+        await command(system, f"{base}/remedies", {"type": "apology"}, agent)
+    eleventh = await system.intake.post(f"{base}/remedies", json={"type": "apology"}, headers=agent)
+    assert eleventh.status_code == 409, eleventh.text
+    assert "holds 10 remedies" in eleventh.json()["detail"]

@@ -39,6 +39,7 @@ from intake.lifecycle import (
     transition,
 )
 from intake.models import (
+    MAX_REMEDIES,
     AcknowledgeRequest,
     CloseRequest,
     NoteCreate,
@@ -303,6 +304,13 @@ def record_remedy(request: RemedyIn, principal: Principal) -> Build:
 
     def build(current: dict[str, Any], now: datetime) -> Outcome:
         number = current["resolution"]["number"]
+        if len(current["resolution"].get("remedies") or []) >= MAX_REMEDIES:
+            raise InvalidTransition(
+                current=Status(current["status"]),
+                command=Command.RECORD_REMEDY,
+                what="complaint",
+                reason=f"resolution {number} holds {MAX_REMEDIES} remedies, the most it may",
+            )
         stored = {**_stored_remedy(request), "recorded_by": principal.subject, "recorded_at": now}
         pushed = {"resolution.remedies": stored}
         for index, resolution in enumerate(current.get("resolutions") or []):

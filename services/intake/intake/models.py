@@ -35,6 +35,9 @@ ShortText = Annotated[Text, StringConstraints(max_length=200)]
 Currency = Annotated[str, StringConstraints(pattern=r"^[A-Z]{3}$")]
 Amount = Annotated[Decimal, Field(ge=0, max_digits=14, decimal_places=2)]
 
+# Remedies one resolution holds at most: given with it, and recorded after it.
+MAX_REMEDIES = 10
+
 
 class DesiredOutcome(StrEnum):
     REFUND = "refund"
@@ -142,7 +145,7 @@ class ResolveRequest(StrictModel):
     root_cause: Annotated[str, StringConstraints(max_length=64)] | None = None
     responsible_department: Annotated[str, StringConstraints(max_length=64)] | None = None
     responsible_party: ResponsibleParty | None = None
-    remedies: list[RemedyIn] = Field(default_factory=list, max_length=10)
+    remedies: list[RemedyIn] = Field(default_factory=list, max_length=MAX_REMEDIES)
     customer_accepted: bool | None = None
 
 
