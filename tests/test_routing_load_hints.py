@@ -801,3 +801,103 @@ async def test_a_finish_whose_release_fails_still_owes_its_department_a_drain(
             now=datetime.now(UTC),
         )
     assert owed_drains.departments(db=db) == [("demo", "HOTEL:FRONT")]
+
+
+class _HeldAnswers:
+    """Wraps ``read`` (a read of the real database) so that its answer, read at once, is
+    handed back only once ``gate`` is set: a read in flight while something else writes."""
+
+    def __init__(self, read) -> None:
+        self.read = read
+        self.gate = asyncio.Event()
+        self.started = asyncio.Event()
+
+    async def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        answer = await self.read(*args, **kwargs)
+        self.started.set()
+        await self.gate.wait()
+        return answer
+
+
+async def _hotel_front_full(db: AsyncDatabase) -> tuple[str, list[str]]:
+    """Everyone of the hotel front desk at capacity 1 with one open assignment in slot 0,
+    hints saying so, no desk kept: the department and its people."""
+    department = (await db.staff.find_one({"_id": "demo:hotel-ma"}))["department_id"]
+    people = [p["id"] async for p in db.staff.find({"org": "demo", "department_id": department})]
+    await db.staff.update_many(
+        {"org": "demo", "department_id": department}, {"$set": {"capacity": 1, "load_hint": 1}}
+    )
+    await db.assignments.insert_many(
+        [_open_assignment(f"full-{person}", owner_id=person, slot=0) for person in people]
+    )
+    directory_store.forget_desks()
+    return department, people
+
+
+async def _finish_here(db: AsyncDatabase, staff_id: str) -> None:
+    """This process finishes ``staff_id``'s open assignment: the slot freed, then the hint."""
+    await db.assignments.delete_one({"_id": f"full-{staff_id}"})
+    await directory_store.record_release(db=db, org="demo", staff_id=staff_id, slot=0)
+
+
+async def test_a_slot_freed_here_while_the_desk_was_being_read_is_not_lost(
+    system_factory: SystemFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A read of the desk that began before this process freed a slot, and ended after,
+    may not hold the release. Installed as read, it hid the room behind loads counted as
+    full moments before: the drain of that very finish found nobody with room and settled,
+    and the room stood unused until the next census (a minute), seen as a queue not refilled
+    with two replicas (CI on a6e143b). The release reaches the copy and ends the counts."""
+    system = await system_factory()
+    db = routing_db(system)
+    department, _ = await _hotel_front_full(db)
+
+    async def pick() -> owners.OwnerChoice | None:
+        return await owners.pick_owner(
+            db=db, org="demo", department_id=department, required_skill=None
+        )
+
+    assert await pick() is None  # every hint says full: counted, and the counts stand
+    assert directory_store.desk_counted(db=db, org="demo", department_id=department)
+    await asyncio.sleep(directory_store.DESK_MAX_AGE_S)  # the next look reads the desk again
+
+    held = _HeldAnswers(directory_store._staff_of_department)
+    monkeypatch.setattr(directory_store, "_staff_of_department", held)
+    reading = asyncio.create_task(directory_store.desk(db=db, org="demo", department_id=department))
+    await held.started.wait()  # read: hotel-ma still at 1
+    await _finish_here(db, "hotel-ma")
+    held.gate.set()
+    await reading
+
+    assert await owners.has_room(db=db, org="demo", department_id=department)
+    choice = await pick()
+    assert choice is not None and (choice.staff.id, choice.slot) == ("hotel-ma", 0)
+
+
+async def test_a_slot_freed_here_while_the_loads_were_being_counted_is_not_lost(
+    system_factory: SystemFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A count of the open assignments that began before this process freed a slot, and
+    ended after, holds that slot as taken: it answers its own question (the choice in
+    progress), but is not kept to stand for the next ones."""
+    system = await system_factory()
+    db = routing_db(system)
+    department, _ = await _hotel_front_full(db)
+
+    async def pick() -> owners.OwnerChoice | None:
+        return await owners.pick_owner(
+            db=db, org="demo", department_id=department, required_skill=None
+        )
+
+    held = _HeldAnswers(owners.store.open_loads)
+    monkeypatch.setattr(owners.store, "open_loads", held)
+    choosing = asyncio.create_task(pick())
+    await held.started.wait()  # counted: everyone at 1
+    await _finish_here(db, "hotel-ma")
+    held.gate.set()
+    assert await choosing is None  # as counted
+
+    assert not directory_store.desk_counted(db=db, org="demo", department_id=department)
+    assert await owners.has_room(db=db, org="demo", department_id=department)
+    choice = await pick()
+    assert choice is not None and (choice.staff.id, choice.slot) == ("hotel-ma", 0)

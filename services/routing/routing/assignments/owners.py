@@ -215,8 +215,11 @@ async def _counted_loads(
     counts) or agree with the hints."""
     if directory_store.desk_counted(db=db, org=org, department_id=department_id):
         return None
+    since = directory_store.releases_mark()
     loads = await store.open_loads(db=db, org=org, staff_ids=list(hints))
-    directory_store.count_into_desk(db=db, org=org, department_id=department_id, loads=loads)
+    directory_store.count_into_desk(
+        db=db, org=org, department_id=department_id, loads=loads, since=since
+    )
     return None if loads == hints else loads
 
 

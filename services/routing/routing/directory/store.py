@@ -10,6 +10,8 @@ the owners' load hints. The administrator's validated writes per resource are
 from __future__ import annotations
 
 import time
+from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -301,6 +303,7 @@ async def record_release(*, db: AsyncDatabase, org: str, staff_id: str, slot: in
     if slot is not None:
         update["$push"] = {FREED_SLOTS: {"$each": [slot], "$sort": 1, "$slice": FREED_SLOTS_KEPT}}
     await db[STAFF].update_one({"_id": staff_key(org, staff_id), LOAD_HINT: {"$gt": 0}}, update)
+    _releases.note(database=db.name, org=org, staff_id=staff_id)
     _adjust_desks(db=db, org=org, staff_id=staff_id, load=-1, slot=slot)
 
 
@@ -326,6 +329,46 @@ _desk_freed: dict[tuple[str, str, str], dict[str, list[int]]] = {}
 # of one person at 1,000 was in 6 of 10 stack dumps of the local server under load
 # (docs/performance.md).
 COUNTED_LOADS_KEPT_S = 10.0
+
+
+class _ReleaseLog:
+    """This process's releases, numbered, so that a desk read or a count of loads that was
+    in flight while one was recorded can tell: its answer may not hold the slot freed, and
+    this process's change to its copies was made before the answer replaced them. Read as
+    full, that answer stood in the desk as counted loads for ``COUNTED_LOADS_KEPT_S``: the
+    drain of that very finish found nobody with room, settled, and the room stayed unused
+    until the next census of queues (``queue_census_interval_s``)."""
+
+    KEPT = 1000
+
+    def __init__(self) -> None:
+        self.latest = 0
+        self._kept: deque[tuple[int, str, str, str]] = deque(maxlen=self.KEPT)
+
+    def note(self, *, database: str, org: str, staff_id: str) -> None:
+        self.latest += 1
+        self._kept.append((self.latest, database, org, staff_id))
+
+    def any_since(self, mark: int, *, database: str, org: str, staff_ids: Iterable[str]) -> bool:
+        """Whether one of ``staff_ids`` freed a slot here since ``mark`` (``latest`` then);
+        true as well when more releases came since than are kept."""
+        if self.latest == mark:
+            return False
+        if self._kept[0][0] > mark + 1:
+            return True
+        people = set(staff_ids)
+        return any(
+            number > mark and (db_name, desk_org) == (database, org) and staff_id in people
+            for number, db_name, desk_org, staff_id in self._kept
+        )
+
+
+_releases = _ReleaseLog()
+
+
+def releases_mark() -> int:
+    """Taken before a read of loads or hints, for ``count_into_desk``."""
+    return _releases.latest
 
 
 @dataclass
@@ -354,10 +397,14 @@ async def desk(
         and not context_cache.changed_here_since(org=org, since=kept[0])
     ):
         return list(kept[1].values())
-    query = {"org": org, "department_id": department_id}
-    documents = await db[STAFF].find(query).sort("_id", ASCENDING).to_list(None)
+    mark = releases_mark()
+    documents = await _staff_of_department(db=db, org=org, department_id=department_id)
     people = [staff_read(doc, open_load=doc.get(LOAD_HINT, 0)) for doc in documents]
     hints = {person.id: person.open_load for person in people}
+    if _releases.any_since(mark, database=db.name, org=org, staff_ids=hints):
+        # The read may not hold a slot freed here meanwhile: the hints may say full where
+        # someone has room, so they are counted again when they find nobody.
+        _counted.pop(key, None)
     people = _with_counted_loads(key, people, now=now)
     if len(_desks) >= DESKS_KEPT:  # stale ones first; they would be read again anyway
         for stale in [k for k, (read_at, _) in _desks.items() if now - read_at >= DESK_MAX_AGE_S]:
@@ -368,6 +415,13 @@ async def desk(
     _desk_hints[key] = hints
     _desk_freed[key] = {doc["id"]: list(doc.get(FREED_SLOTS, [])) for doc in documents}
     return people
+
+
+async def _staff_of_department(
+    *, db: AsyncDatabase, org: str, department_id: str
+) -> list[dict[str, Any]]:
+    query = {"org": org, "department_id": department_id}
+    return await db[STAFF].find(query).sort("_id", ASCENDING).to_list(None)
 
 
 def freed_slots(*, db: AsyncDatabase, person: StaffRead) -> list[int]:
@@ -407,14 +461,16 @@ def _with_counted_loads(
 
 
 def count_into_desk(
-    *, db: AsyncDatabase, org: str, department_id: str, loads: dict[str, int]
+    *, db: AsyncDatabase, org: str, department_id: str, loads: dict[str, int], since: int
 ) -> None:
     """Put loads just counted from the assignments into the kept desk in place of the
     hints, for up to ``COUNTED_LOADS_KEPT_S``: followed by this process's own changes at
-    once and by the hints' moves at each read of the desk."""
+    once and by the hints' moves at each read of the desk. Not when one of the people
+    freed a slot here since the count began (``since``, a ``releases_mark``): the count
+    may hold that slot as taken."""
     key = (db.name, org, department_id)
     kept = _desks.get(key)
-    if kept is None:
+    if kept is None or _releases.any_since(since, database=db.name, org=org, staff_ids=loads):
         return
     _, people = kept
     stored = _desk_hints.get(key, {})
