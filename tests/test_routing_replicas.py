@@ -16,7 +16,7 @@ from tests.support.http import token
 from tests.support.kafka import intake_producer, of_type, routing_events
 from tests.support.routing import FAST_TIMERS, MONDAY_10_SHANGHAI, routing_db
 from tests.support.system import System, SystemFactory
-from tests.support.waits import eventually
+from tests.support.waits import NotYet, eventually
 
 pytestmark = pytest.mark.integration
 
@@ -127,19 +127,26 @@ async def test_two_replicas_never_double_assign_overfill_lose_a_decrement_or_dou
     assert len(of_type(published, EventType.COMPLAINT_QUEUED)) == COMPLAINTS - CAPACITY
 
 
-async def _all_breached(system: System, ids: list[str]) -> bool:
+async def _all_breached(system: System, ids: list[str]) -> bool | NotYet:
     states = await _states(system, ids)
-    return all(
-        doc["clocks"]["acknowledge"]["breach_count"] >= 1 and not doc.get("outbox")
-        for doc in states.values()
-    )
+    waiting = [
+        cid[:8]
+        for cid, doc in states.items()
+        if doc["clocks"]["acknowledge"]["breach_count"] < 1 or doc.get("outbox")
+    ]
+    return not waiting or NotYet(f"not breached or not yet published: {waiting}")
 
 
 async def _resolved_and_refilled(
     system: System, ids: list[str], finished: set[str], left: int
-) -> bool:
+) -> bool | NotYet:
     states = await _states(system, ids)
-    if any(states[cid]["status"] != "resolved" for cid in finished):
-        return False
     open_now = sum(doc["status"] == "open" for doc in states.values())
-    return open_now == min(CAPACITY, left)
+    if open_now == min(CAPACITY, left) and all(
+        states[cid]["status"] == "resolved" for cid in finished
+    ):
+        return True
+    statuses = {cid[:8]: (doc["status"], doc.get("owner_slot")) for cid, doc in states.items()}
+    return NotYet(
+        f"{open_now} open, {left} left, finished {sorted(c[:8] for c in finished)}: {statuses}"
+    )

@@ -11,6 +11,19 @@ from typing import TypeVar
 T = TypeVar("T")
 
 
+class NotYet:
+    """A probe's "not yet" that says what it saw, for the message at the deadline."""
+
+    def __init__(self, seen: str) -> None:
+        self.seen = seen
+
+    def __bool__(self) -> bool:
+        return False
+
+    def __repr__(self) -> str:
+        return f"not yet: {self.seen}"
+
+
 async def eventually(
     probe: Callable[[], Awaitable[T | None] | T | None],
     *,
