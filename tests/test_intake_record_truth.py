@@ -2,11 +2,13 @@
 
 Acknowledgement is a fact that stays possible after notes, waits, escalations and
 breaches; every status change is on the timeline with its cause; severity,
-flags, responsibility and escalation as routing applies them reach the record.
+flags, responsibility, escalation and the filing of a regulatory report as routing
+applies them reach the record.
 """
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from contextlib import AsyncExitStack
 from datetime import UTC, datetime, timedelta
@@ -14,9 +16,11 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from complaints_shared.clock import ManualClock
+from complaints_shared.events import EventType
 from intake.main import create_app as create_intake_app
 from intake.settings import IntakeSettings
 from tests.support.http import command, complaint_body, complaint_when, create_complaint, token
+from tests.support.kafka import of_type, routing_events
 from tests.support.routing import (
     FAST_TIMERS,
     MONDAY_10_SHANGHAI,
@@ -25,6 +29,7 @@ from tests.support.routing import (
 )
 from tests.support.system import System, SystemFactory, serve, settings_for_test
 from tests.support.waits import eventually
+from tests.support.webhooks import receiver, serve_webhooks, subscribe
 
 pytestmark = pytest.mark.integration
 
@@ -160,6 +165,94 @@ async def test_a_hospital_major_incident_is_acknowledged_and_shows_routings_seve
     groups = {group["group"]: group for group in report.json()["groups"]}
     assert groups["critical"]["received"] == 1 and "normal" not in groups
     assert groups["critical"]["acknowledge_on_time_pct"] == 100.0
+
+
+async def test_a_filed_regulatory_report_is_on_the_record_and_its_deadline_no_longer_pending(
+    system_factory: SystemFactory,
+) -> None:
+    clock = ManualClock(MONDAY_10_SHANGHAI)
+    system = await system_factory(clock=clock, routing=FAST_TIMERS)
+    agent = token(system.intake_settings, branches=["LZ"], roles=("agent",))
+    head = token(system.routing_settings, branches=["LZ"], roles=("supervisor",), subject="lz-head")
+    reported = EventType.COMPLAINT_REGULATORY_REPORT_FILED
+    async with AsyncExitStack() as stack:
+        hooks = await stack.enter_async_context(receiver())
+        webhooks = await serve_webhooks(stack, system)
+        # A branch's subscription: the filing names nothing of another branch.
+        admin = token(system.intake_settings)
+        await subscribe(webhooks, admin, url=hooks.url, event_types=[reported], branch="LZ")
+        cid = (
+            await create_complaint(
+                system, agent, category="medical", severity="critical", subject="输液后过敏性休克"
+            )
+        )["id"]
+        record = await complaint_when(
+            system, cid, agent, lambda c: c["regulatory_report_due_at"], what="the deadline"
+        )
+        assert record["regulatory_report"] is None
+        report_due = datetime.fromisoformat(record["regulatory_report_due_at"])
+        resolve_due = datetime.fromisoformat(record["resolve_due_at"])
+        assert report_due < resolve_due  # 6 hours against a critical complaint's 24
+
+        path = f"/v1/assignments/{cid}/regulatory-report"
+        filed_at = clock.now()
+        filed = await system.routing.post(path, json={"reference": "卫健委-2026-017"}, headers=head)
+        assert filed.status_code == 200, filed.text
+        record = await complaint_when(
+            system, cid, agent, lambda c: c["regulatory_report"], what="the filing on the record"
+        )
+        filing = record["regulatory_report"]
+        assert (filing["reference"], filing["filed_by"], filing["on_time"]) == (
+            "卫健委-2026-017",
+            "lz-head",
+            True,
+        )
+        assert datetime.fromisoformat(filing["filed_at"]) == filed_at
+        assert datetime.fromisoformat(record["regulatory_report_due_at"]) == report_due
+
+        # A retried request is on record already; another reference is refused: neither is
+        # announced again.
+        again = await system.routing.post(path, json={"reference": "卫健委-2026-017"}, headers=head)
+        assert again.status_code == 200, again.text
+        other = await system.routing.post(path, json={"reference": "卫健委-2026-018"}, headers=head)
+        assert other.status_code == 409, other.text
+
+        # Both deadlines pass: the resolve clock breaches, the filed report's does not.
+        clock.set(resolve_due + MINUTE)
+        record = await complaint_when(
+            system,
+            cid,
+            agent,
+            lambda c: c["sla"]["resolve_breached"],
+            what="the resolve clock's breach",
+            timeout_s=20,
+        )
+        assert record["sla"]["regulatory_report_breached"] is False
+        assert record["regulatory_report"] == filing
+
+        entries = await _timeline(system, cid, agent)
+        [entry] = [e for e in entries if e["action"] == "regulatory_report_filed"]
+        assert entry["cause"] == "complaint.regulatory_report_filed"
+        assert (entry["details"]["reference"], entry["details"]["by"]) == (
+            "卫健委-2026-017",
+            "lz-head",
+        )
+        assert entry["details"]["on_time"] is True
+
+        # Routing announced the filing once: a second announcement would come before the
+        # breach, on the complaint's own ordered partition.
+        events = await routing_events(
+            system,
+            until=lambda events: bool(of_type(events, EventType.COMPLAINT_SLA_BREACHED, cid)),
+        )
+        [announced] = of_type(events, reported, cid)
+        assert announced.data["on_time"] is True and announced.data["breached"] is False
+        assert datetime.fromisoformat(announced.data["due_at"]) == report_due
+
+        await eventually(lambda: asyncio.sleep(0, hooks.requests), what="webhook delivery")
+        [delivered] = hooks.bodies()
+        assert delivered["type"] == reported.value
+        assert delivered["data"] == announced.data
 
 
 async def _followup_check(system: System, cid: str, headers: dict) -> str:

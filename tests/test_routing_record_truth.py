@@ -525,6 +525,40 @@ async def test_the_regulatory_report_deadline_outlives_the_resolution_until_it_i
     assert "卫健委-2026-001" in other.json()["detail"]
 
 
+def test_a_filing_announces_the_verdict_on_the_deadline_it_stopped() -> None:
+    due = datetime(2026, 11, 23, 8, tzinfo=UTC)
+    running = sla.Clock(
+        basis=TimeBasis.CALENDAR,
+        started_at=due - timedelta(hours=6),
+        due_at=due,
+        next_breach_at=due,
+        span_s=6 * 3600,
+    )
+
+    def filed(at: datetime, report: sla.Clock | None) -> Any:
+        return lifecycle.regulatory_report_filed_event(
+            _assignment(),
+            reference="卫健委-2026-001",
+            filed_by="lz-head",
+            filed_at=at,
+            report=report,
+        )
+
+    in_time = filed(due - MINUTE, sla.stop_clock(running, at=due - MINUTE))
+    assert (in_time.due_at, in_time.on_time, in_time.breached) == (due, True, False)
+    assert (in_time.complaint_id, in_time.reference, in_time.filed_by) == (
+        "c-1",
+        "卫健委-2026-001",
+        "lz-head",
+    )
+    breached = running.model_copy(update={"breach_count": 1, "next_breach_at": None})
+    late = filed(due + MINUTE, sla.stop_clock(breached, at=due + MINUTE))
+    assert (late.due_at, late.on_time, late.breached) == (due, False, True)
+    # Filed while unroutable: no deadline yet, so no verdict (it follows once routed).
+    unknown = filed(due, None)
+    assert (unknown.due_at, unknown.on_time, unknown.breached) == (None, None, False)
+
+
 # ------------------------------------------------ an event before its assignment --
 
 

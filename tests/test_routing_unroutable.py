@@ -4,11 +4,13 @@ An organisation without a default rule (here: a new organisation with no rules a
 all) registers a complaint: routing keeps it as ``unroutable`` with the reason,
 intake shows that on the record and the timeline within seconds, routing's views
 count it, and nothing reaches the dead-letter topic. Adding a rule routes it; a
-supervisor's reassignment routes one the rules still cannot.
+supervisor's reassignment routes one the rules still cannot. A regulatory report filed
+meanwhile is on the record at once and judged against the deadline routing gives it.
 """
 
 from __future__ import annotations
 
+from datetime import datetime
 from types import SimpleNamespace
 
 import pytest
@@ -156,6 +158,70 @@ async def test_a_supervisor_reassigning_an_unroutable_complaint_routes_it(system
     assert moved.json()["resolve_due_at"] is not None
     routed = await _routed(system, complaint_id)
     assert routed["assignment"]["department"] == "HZ:SVC"
+
+
+async def test_a_report_filed_while_unroutable_is_on_the_record_and_judged_once_routed(
+    system: System,
+) -> None:
+    admin = token(system.routing_settings, org=ORG)
+    acme_admin = token(system.intake_settings, org=ORG)
+    complaint_id = (
+        await create_complaint(
+            system,
+            acme_admin,
+            branch="HZ",
+            category="medical",
+            severity="critical",
+            subject="发错药",
+        )
+    )["id"]
+    await _visibly_unroutable(system, complaint_id)
+    supervisor = token(system.routing_settings, org=ORG, roles=("supervisor",), subject="hz-head")
+    filed = await system.routing.post(
+        f"/v1/assignments/{complaint_id}/regulatory-report",
+        json={"reference": "卫健委-HZ-001"},
+        headers=supervisor,
+    )
+    assert filed.status_code == 200, filed.text
+
+    async def filing_judged(judged: bool) -> dict | None:
+        record = await _record(system, complaint_id)
+        filing = record.get("regulatory_report")
+        return record if filing and (filing["on_time"] is not None) == judged else None
+
+    record = await eventually(
+        lambda: filing_judged(False), timeout_s=10, what="the filing on the record"
+    )
+    filing = record["regulatory_report"]
+    assert (filing["reference"], filing["filed_by"]) == ("卫健委-HZ-001", "hz-head")
+    assert record["regulatory_report_due_at"] is None  # no deadline known while unroutable
+
+    await _hangzhou_service_desk(system, admin)
+    rule = await system.routing.post("/v1/routing/rules", json=DEFAULT_RULE, headers=admin)
+    assert rule.status_code == 201, rule.text
+    record = await eventually(
+        lambda: filing_judged(True), timeout_s=10, what="routing's verdict on the filing"
+    )
+    assert record["regulatory_report"]["on_time"] is True
+    assert record["regulatory_report"]["filed_at"] == filing["filed_at"]
+    stored = await routing_db(system).assignments.find_one({"_id": complaint_id})
+    report = stored["clocks"]["regulatory_report"]
+    # Laid out from the receipt, stopped at the filing.
+    assert (report["state"], report["stopped_at"]) == (
+        "stopped",
+        stored["regulatory_report_filed_at"],
+    )
+    assert datetime.fromisoformat(record["regulatory_report_due_at"]) == report["due_at"]
+    timeline = await system.intake.get(
+        f"/v1/complaints/{complaint_id}/timeline", headers=acme_admin
+    )
+    entries = timeline.json()["entries"]
+    assert [e["action"] for e in entries].count("regulatory_report_filed") == 1
+    [verdict] = [e for e in entries if e["action"] == "sla_stopped"]
+    assert (verdict["details"]["clock"], verdict["details"]["on_time"]) == (
+        "regulatory_report",
+        True,
+    )
 
 
 async def test_the_sweep_retries_every_unroutable_complaint_not_only_the_oldest(

@@ -59,6 +59,7 @@ class EventType(StrEnum):
     COMPLAINT_SLA_STOPPED = f"{EVENT_TYPE_PREFIX}complaint.sla_stopped.v1"
     COMPLAINT_SLA_BREACH_WITHDRAWN = f"{EVENT_TYPE_PREFIX}complaint.sla_breach_withdrawn.v1"
     COMPLAINT_RESPONSIBILITY_SET = f"{EVENT_TYPE_PREFIX}complaint.responsibility_set.v1"
+    COMPLAINT_REGULATORY_REPORT_FILED = f"{EVENT_TYPE_PREFIX}complaint.regulatory_report_filed.v1"
     BRANCH_UPDATED = f"{EVENT_TYPE_PREFIX}branch.updated.v1"
     # followup
     FOLLOWUP_SCHEDULED = f"{EVENT_TYPE_PREFIX}followup.scheduled.v1"
@@ -471,11 +472,14 @@ class ComplaintSlaBreached(EventData):
 
 
 class ComplaintSlaStopped(EventData):
-    """Routing's verdict on an acknowledge or resolve clock that stopped: was it met?
+    """Routing's verdict on a clock that stopped: was it met?
 
     Published when 受理 stops the acknowledge clock, and when a resolution (or a rejection,
     withdrawal or closure) stops the resolve clock. Judged on routing's clock: business
-    hours, and no time counted while the complaint waited on the customer.
+    hours, and no time counted while the complaint waited on the customer. For the
+    regulatory report deadline only when a report filed while the complaint was unroutable
+    stops the deadline routing lays out on routing it (since contract 1.4.0; any other
+    filing carries its verdict in ``complaint.regulatory_report_filed``).
     """
 
     clock: SlaClock
@@ -546,6 +550,30 @@ class ComplaintResponsibilitySet(EventData):
     responsible_party: ResponsibleParty | None = None
     set_by: str
     set_at: datetime
+
+
+class ComplaintRegulatoryReportFiled(EventData):
+    """The major incident's report reached the authority: routing recorded the filing and
+    its deadline (the ``regulatory_report`` clock) stopped, whatever the complaint's status.
+
+    Announced once per complaint (a retried identical filing is on record already). A
+    filing made while the complaint was unroutable knows no deadline yet: the one routing
+    lays out once it routes the complaint stops at this filing, and its verdict follows as
+    ``complaint.sla_stopped`` (clock ``regulatory_report``).
+    """
+
+    reference: str | None = Field(None, description="The authority's reference for the report")
+    filed_by: str
+    filed_at: datetime
+    due_at: datetime | None = Field(
+        None, description="The report deadline (None: none known at the filing, see above)"
+    )
+    on_time: bool | None = Field(
+        None, description="Filed by the deadline (filed_at <= due_at; None: no deadline known)"
+    )
+    breached: bool = Field(
+        False, description="A breach of the deadline was announced before the filing"
+    )
 
 
 class BranchUpdated(EventPayload):
@@ -641,6 +669,7 @@ EVENT_CONTRACTS: dict[EventType, tuple[Topic, type[EventPayload]]] = {
     EventType.COMPLAINT_SLA_STOPPED: (Topic.ROUTING, ComplaintSlaStopped),
     EventType.COMPLAINT_SLA_BREACH_WITHDRAWN: (Topic.ROUTING, ComplaintSlaBreachWithdrawn),
     EventType.COMPLAINT_RESPONSIBILITY_SET: (Topic.ROUTING, ComplaintResponsibilitySet),
+    EventType.COMPLAINT_REGULATORY_REPORT_FILED: (Topic.ROUTING, ComplaintRegulatoryReportFiled),
     EventType.BRANCH_UPDATED: (Topic.ROUTING, BranchUpdated),
     EventType.FOLLOWUP_SCHEDULED: (Topic.FOLLOWUP, FollowupScheduled),
     EventType.FOLLOWUP_ATTEMPTED: (Topic.FOLLOWUP, FollowupAttempted),

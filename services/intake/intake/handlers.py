@@ -23,6 +23,7 @@ PROJECTIONS: dict[EventType, Projection] = {
     EventType.COMPLAINT_SLA_STOPPED: projections.apply_sla_stopped,
     EventType.COMPLAINT_SLA_BREACH_WITHDRAWN: projections.apply_sla_breach_withdrawn,
     EventType.COMPLAINT_RESPONSIBILITY_SET: projections.apply_responsibility_set,
+    EventType.COMPLAINT_REGULATORY_REPORT_FILED: projections.apply_regulatory_report_filed,
     EventType.BRANCH_UPDATED: projections.apply_branch_updated,
     EventType.FOLLOWUP_SCHEDULED: projections.record_followup_progress,
     EventType.FOLLOWUP_ATTEMPTED: projections.record_followup_progress,

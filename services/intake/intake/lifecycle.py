@@ -137,6 +137,7 @@ class Action(StrEnum):
     SLA_STOPPED = "sla_stopped"
     SLA_BREACH_WITHDRAWN = "sla_breach_withdrawn"
     RESPONSIBILITY_SET = "responsibility_set"
+    REGULATORY_REPORT_FILED = "regulatory_report_filed"
     FOLLOWUP_SCHEDULED = "followup_scheduled"
     FOLLOWUP_ATTEMPTED = "followup_attempted"
     FOLLOWUP_CANCELLED = "followup_cancelled"

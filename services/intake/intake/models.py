@@ -222,6 +222,20 @@ class Responsibility(BaseModel):
     set_at: datetime
 
 
+class RegulatoryReport(BaseModel):
+    """A major incident's report to the authority, filed (recorded in routing): its deadline
+    ``regulatory_report_due_at`` is met or missed, no longer pending."""
+
+    reference: str | None = Field(None, description="The authority's reference for the report")
+    filed_by: str
+    filed_at: datetime
+    on_time: bool | None = Field(
+        None,
+        description="Filed by the deadline, as routing judged it (None: no deadline was known "
+        "at the filing, made while unroutable, until routing's verdict arrives)",
+    )
+
+
 class Note(BaseModel):
     id: str
     author: str
@@ -363,6 +377,9 @@ class ComplaintRead(BaseModel):
     acknowledge_due_at: datetime | None = None
     resolve_due_at: datetime | None = None
     regulatory_report_due_at: datetime | None = None
+    regulatory_report: RegulatoryReport | None = Field(
+        None, description="The filing of the regulatory report (None: not filed)"
+    )
     sla: SlaState = Field(default_factory=SlaState)
     notes: list[Note] = Field(default_factory=list)
     resolution: Resolution | None = Field(None, description="The latest resolution")

@@ -34,6 +34,7 @@ from complaints_shared.events import (
     ComplaintEscalated,
     ComplaintQueued,
     ComplaintReassigned,
+    ComplaintRegulatoryReportFiled,
     ComplaintResponsibilitySet,
     ComplaintSlaBreached,
     ComplaintSlaBreachWithdrawn,
@@ -450,8 +451,12 @@ async def apply_sla_stopped(
             if current.get("acknowledgement") is not None:
                 fields["acknowledgement.late"] = not data.on_time
             return store.Decision({"$set": fields})
-        if data.clock is not SlaClock.RESOLVE:
-            return store.UNCHANGED
+        if data.clock is SlaClock.REGULATORY_REPORT:
+            # A report filed while unroutable: judged once routing laid its deadline out.
+            fields = {"regulatory_report_due_at": data.due_at}
+            if current.get("regulatory_report") is not None:
+                fields["regulatory_report.on_time"] = data.on_time
+            return store.Decision({"$set": fields})
         return store.Decision(_resolve_verdict(current, data))
 
     await _apply(
@@ -595,6 +600,48 @@ async def apply_responsibility_set(
             "responsible_department": data.responsible_department,
             "responsible_party": data.responsible_party,
             "by": data.set_by,
+        },
+    )
+
+
+async def apply_regulatory_report_filed(
+    *,
+    db: AsyncDatabase,
+    settings: IntakeSettings,
+    event: CloudEvent,
+    data: ComplaintRegulatoryReportFiled,
+    now: datetime,
+) -> None:
+    """The major incident's report reached the authority: the record says when, by whom and
+    with what reference, and its deadline is done (met or missed, as routing judged it)
+    rather than pending. The warning and breach flags stay: they happened."""
+
+    def decide(current: dict[str, Any]) -> store.Decision:
+        fields: dict[str, Any] = {
+            "regulatory_report": {
+                "reference": data.reference,
+                "filed_by": data.filed_by,
+                "filed_at": data.filed_at,
+                "on_time": data.on_time,
+            }
+        }
+        if data.due_at is not None:
+            fields["regulatory_report_due_at"] = data.due_at
+        return store.Decision({"$set": fields})
+
+    await _apply(
+        db=db,
+        settings=settings,
+        event=event,
+        now=now,
+        data=data,
+        action=Action.REGULATORY_REPORT_FILED,
+        decide=decide,
+        details={
+            "reference": data.reference,
+            "by": data.filed_by,
+            "due_at": data.due_at,
+            "on_time": data.on_time,
         },
     )
 

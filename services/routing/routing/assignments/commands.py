@@ -329,11 +329,13 @@ async def file_regulatory_report(
     now: datetime,
 ) -> AssignmentRead:
     """The report reached the authority: the filing is recorded and its deadline stops,
-    whatever the assignment's status (the obligation outlives the handling).
+    whatever the assignment's status (the obligation outlives the handling), and
+    ``complaint.regulatory_report_filed`` announces both in the same write.
 
     An unroutable complaint records it too; its deadline, if routing finds it a major
-    incident, stops at the filing once routed. The same filing again (a retried request)
-    is on record already; another one is a 409 naming the first.
+    incident, stops at the filing once routed (whose verdict ``unroutable.leave`` announces).
+    The same filing again (a retried request) is on record and announced already; another
+    one is a 409 naming the first.
     """
 
     async def decide(current: dict[str, Any]) -> Decision | None:
@@ -351,10 +353,18 @@ async def file_regulatory_report(
         clock_fields: dict[str, Any] = {}
         if report is not None:
             # A deadline a finish stopped (before it ran on to the filing) keeps that stop.
-            clocks[SlaClock.REGULATORY_REPORT.value] = sla_clocks.stop_clock(report, at=now)
+            report = sla_clocks.stop_clock(report, at=now)
+            clocks[SlaClock.REGULATORY_REPORT.value] = report
             clock_fields = lifecycle.clock_fields(clocks)
         elif current["status"] != unroutable.STATE:
             raise conflict(f"complaint {complaint_id} carries no regulatory report deadline")
+        filed = lifecycle.regulatory_report_filed_event(
+            current,
+            reference=request.reference,
+            filed_by=principal.subject,
+            filed_at=now,
+            report=report,
+        )
         update = merge_updates(
             status,
             {
@@ -372,6 +382,6 @@ async def file_regulatory_report(
                 reference=request.reference,
             ),
         )
-        return Decision(update)
+        return Decision(update, [(EventType.COMPLAINT_REGULATORY_REPORT_FILED, filed)])
 
     return await _changed(db, settings, principal, complaint_id, decide, now)

@@ -37,6 +37,7 @@ from complaints_shared.events import (
     ComplaintAssigned,
     ComplaintEscalated,
     ComplaintQueued,
+    ComplaintRegulatoryReportFiled,
     ComplaintSlaBreached,
     ComplaintSlaBreachWithdrawn,
     ComplaintSlaStopped,
@@ -258,6 +259,28 @@ def sla_stopped_events(
         resolution_number=resolution_number,
     )
     return [(EventType.COMPLAINT_SLA_STOPPED, verdict)]
+
+
+def regulatory_report_filed_event(
+    document: dict[str, Any],
+    *,
+    reference: str | None,
+    filed_by: str,
+    filed_at: datetime,
+    report: sla_clocks.Clock | None,
+) -> ComplaintRegulatoryReportFiled:
+    """The filing and, when the complaint carries a report deadline, the verdict on it:
+    ``report`` is its clock as the filing stopped it (None: no deadline known, as while the
+    complaint is unroutable)."""
+    return ComplaintRegulatoryReportFiled(
+        **_base(document),
+        reference=reference,
+        filed_by=filed_by,
+        filed_at=filed_at,
+        due_at=report.due_at if report is not None else None,
+        on_time=sla_clocks.met(report) if report is not None else None,
+        breached=report is not None and report.breach_count > 0,
+    )
 
 
 def escalation_record(

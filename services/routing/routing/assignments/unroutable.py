@@ -176,10 +176,12 @@ async def leave(
         fresh["assignment_sequence"] = current.get("assignment_sequence", 0)
         planned, events = placement.initial_events({**fresh, **paused}, routed_plan, now=now)
         fields = {key: value for key, value in planned.items() if key not in KEPT_FIELDS}
-        # An acknowledgement made while unroutable is judged like any (complaint.sla_stopped).
-        events += lifecycle.sla_stopped_events(
-            {**current, **fields}, name=SlaClock.ACKNOWLEDGE.value, before=plan.clocks, after=clocks
-        )
+        # An acknowledgement made while unroutable is judged like any (complaint.sla_stopped);
+        # so is a report filed then, whose announcement knew no deadline yet.
+        for name in (SlaClock.ACKNOWLEDGE.value, SlaClock.REGULATORY_REPORT.value):
+            events += lifecycle.sla_stopped_events(
+                {**current, **fields}, name=name, before=plan.clocks, after=clocks
+            )
 
         async def after(document: dict[str, Any]) -> None:
             routed.append(document)
