@@ -163,15 +163,19 @@ class FuzzedSystem:
 def fuzzed_system(infrastructure: Infrastructure) -> Iterator[FuzzedSystem]:
     """The four services with the demo organisation, on a loop of their own."""
     loop = LoopThread()
-    systems = running_systems(infrastructure)
-    make = loop.run(systems.__aenter__(), timeout_s=SYSTEM_TIMEOUT_S)
+    # The loop is closed however the systems end: should their stop fail or time out, what
+    # runs on it (consumers, relays) would otherwise go on in its thread until the process ends.
     try:
-        system = loop.run(make(webhooks=WEBHOOKS_AS_DEPLOYED), timeout_s=SYSTEM_TIMEOUT_S)
-        fuzzed = FuzzedSystem(system=system, loop=loop)
-        fuzzed.resources = loop.run(lasting_resources(fuzzed), timeout_s=SYSTEM_TIMEOUT_S)
-        yield fuzzed
+        systems = running_systems(infrastructure)
+        make = loop.run(systems.__aenter__(), timeout_s=SYSTEM_TIMEOUT_S)
+        try:
+            system = loop.run(make(webhooks=WEBHOOKS_AS_DEPLOYED), timeout_s=SYSTEM_TIMEOUT_S)
+            fuzzed = FuzzedSystem(system=system, loop=loop)
+            fuzzed.resources = loop.run(lasting_resources(fuzzed), timeout_s=SYSTEM_TIMEOUT_S)
+            yield fuzzed
+        finally:
+            loop.run(systems.__aexit__(None, None, None), timeout_s=SYSTEM_TIMEOUT_S)
     finally:
-        loop.run(systems.__aexit__(None, None, None), timeout_s=SYSTEM_TIMEOUT_S)
         loop.close()
 
 

@@ -363,8 +363,8 @@ async def _committed_while_running(
 async def _committed(settings: ServiceSettings, group: str) -> int:
     """How many records the group has committed, over every partition."""
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
-    await admin.start()
     try:
+        await admin.start()  # closed below even when its start fails half-way
         offsets = await admin.list_consumer_group_offsets(group)
     finally:
         await admin.close()

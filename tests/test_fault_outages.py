@@ -14,7 +14,8 @@ import os
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
 import httpx
@@ -22,6 +23,7 @@ import pytest
 
 from complaints_shared.dlq import read_dead_letters, service_dead_letter_topics
 from complaints_shared.events import EventType, Topic
+from complaints_shared.timing import wait_event
 from intake import rollup
 from tests.support.http import BROADBAND_COMPLAINT, complaint_when, token
 from tests.support.infrastructure import Infrastructure
@@ -112,8 +114,25 @@ async def _post_steadily(
         task = asyncio.create_task(_post(system, load, headers))
         in_flight.add(task)
         task.add_done_callback(in_flight.discard)
-        await asyncio.wait([asyncio.ensure_future(stop.wait())], timeout=every_s)
+        # Not asyncio.wait on a fresh stop.wait() each time: those were left pending, one
+        # more every pause, until the load stopped (and for good if it never did).
+        await wait_event(stop, timeout_s=every_s)
     await asyncio.gather(*in_flight)
+
+
+@asynccontextmanager
+async def _posting_steadily(
+    system: System, load: PostLoad, *, every_s: float
+) -> AsyncIterator[None]:
+    """A POST every ``every_s`` while the block runs. However it ends (a failed assert
+    too), the load stops and the POSTs in flight are awaited: none outlives the test."""
+    stop = asyncio.Event()
+    steady = asyncio.create_task(_post_steadily(system, load, stop, every_s=every_s))
+    try:
+        yield
+    finally:
+        stop.set()
+        await steady
 
 
 async def _unassigned(system: System) -> int:
@@ -238,19 +257,16 @@ async def test_database_killed_for_a_minute_while_complaints_are_routed(
     await _post_many(system, load, COMPLAINTS_IN_FLIGHT, concurrency=20)
     assert load.count() == {201: COMPLAINTS_IN_FLIGHT}
 
-    stop_load = asyncio.Event()
     unrouted_at_kill = await _unassigned(system)
     killed_at = time.monotonic()
     await asyncio.to_thread(private_infrastructure.kill_database)
-    steady = asyncio.create_task(_post_steadily(system, load, stop_load, every_s=0.5))
-    await asyncio.sleep(OUTAGE_S)
-    await asyncio.to_thread(private_infrastructure.up)  # the same data directory
-    back_at = time.monotonic()
-    # The load goes on a little (intake takes complaints again), then stops, so "every
-    # complaint assigned" is a state the pipeline can reach.
-    await asyncio.sleep(LOAD_AFTER_RECOVERY_S)
-    stop_load.set()
-    await steady
+    async with _posting_steadily(system, load, every_s=0.5):
+        await asyncio.sleep(OUTAGE_S)
+        await asyncio.to_thread(private_infrastructure.up)  # the same data directory
+        back_at = time.monotonic()
+        # The load goes on a little (intake takes complaints again), then stops, so "every
+        # complaint assigned" is a state the pipeline can reach.
+        await asyncio.sleep(LOAD_AFTER_RECOVERY_S)
 
     await eventually(
         lambda: _none_unassigned(system),
@@ -290,21 +306,18 @@ async def test_broker_stopped_for_a_minute_under_post_load(
     system = await system_factory(intake={"report_rollup_interval_s": 1.0})
     warm = await _warm(system)
     load = PostLoad()
-    stop_load = asyncio.Event()
-    steady = asyncio.create_task(_post_steadily(system, load, stop_load, every_s=0.2))
-    await asyncio.sleep(2)
-    await asyncio.to_thread(private_infrastructure.stop_broker)
-    stopped_at = time.monotonic()
-    # Routing's change waits in its outbox and reaches intake after the broker is back, long
-    # after the rollup's watermark passed the time it was made.
-    await asyncio.sleep(2)
-    moved_to = await _reassign_elsewhere(system, warm)
-    await asyncio.sleep(max(0.0, OUTAGE_S - (time.monotonic() - stopped_at)))
-    await asyncio.to_thread(private_infrastructure.start_broker)
-    back_at = time.monotonic()
-    await asyncio.sleep(LOAD_AFTER_RECOVERY_S)
-    stop_load.set()
-    await steady
+    async with _posting_steadily(system, load, every_s=0.2):
+        await asyncio.sleep(2)
+        await asyncio.to_thread(private_infrastructure.stop_broker)
+        stopped_at = time.monotonic()
+        # Routing's change waits in its outbox and reaches intake after the broker is back,
+        # long after the rollup's watermark passed the time it was made.
+        await asyncio.sleep(2)
+        moved_to = await _reassign_elsewhere(system, warm)
+        await asyncio.sleep(max(0.0, OUTAGE_S - (time.monotonic() - stopped_at)))
+        await asyncio.to_thread(private_infrastructure.start_broker)
+        back_at = time.monotonic()
+        await asyncio.sleep(LOAD_AFTER_RECOVERY_S)
     posted_during_outage = sum(1 for at, _ in load.statuses if stopped_at <= at <= back_at)
 
     await eventually(

@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
+import httpx
 import pytest
 
 from complaints_shared.auth import Principal, Role
@@ -83,20 +84,28 @@ async def slow_first_request(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[G
 
 async def _retries_while_first_runs(
     system: System, headers: dict[str, str], gate: Gate
-) -> tuple[asyncio.Task, list]:
-    first = asyncio.create_task(
-        system.intake.post("/v1/complaints", json=complaint_body(), headers=headers)
-    )
-    await asyncio.wait_for(gate.entered.wait(), timeout=10)
-    retries = [await system.intake.post("/v1/complaints", json=complaint_body(), headers=headers)]
-    # The first request outlives its lease twice over: it renews the lease, so
-    # the retry still must not take its complaint over.
-    await asyncio.sleep(2 * LEASE_S)
-    retries.append(
-        await system.intake.post("/v1/complaints", json=complaint_body(), headers=headers)
-    )
-    gate.release.set()
-    return first, retries
+) -> tuple[httpx.Response, list[httpx.Response]]:
+    """The first request's response, once let through, and those of the retries sent while
+    it was held."""
+    # Should anything here fail, the group cancels the first request and awaits it (and should
+    # the first request fail, the wait for it to enter ends). Done before the test's asserts:
+    # an assert failing on a retry left the first request running, never awaited.
+    async with asyncio.TaskGroup() as requests:
+        first = requests.create_task(
+            system.intake.post("/v1/complaints", json=complaint_body(), headers=headers)
+        )
+        await asyncio.wait_for(gate.entered.wait(), timeout=10)
+        retries = [
+            await system.intake.post("/v1/complaints", json=complaint_body(), headers=headers)
+        ]
+        # The first request outlives its lease twice over: it renews the lease, so
+        # the retry still must not take its complaint over.
+        await asyncio.sleep(2 * LEASE_S)
+        retries.append(
+            await system.intake.post("/v1/complaints", json=complaint_body(), headers=headers)
+        )
+        gate.release.set()
+    return first.result(), retries
 
 
 SLOW = {"creation_lease_s": LEASE_S, "idempotency_wait_s": 0.3}
@@ -112,7 +121,7 @@ async def test_a_retry_with_the_key_during_a_slow_first_request_gets_409_then_th
         assert retry.status_code == 409, retry.text
         assert retry.headers["Retry-After"] == "1"
         assert retry.json()["type"].endswith("/request-in-progress")
-    created = await first
+    created = first
     assert created.status_code == 201, created.text
     replay = await system.intake.post("/v1/complaints", json=complaint_body(), headers=headers)
     assert replay.status_code == 201
@@ -133,7 +142,7 @@ async def test_an_identical_submission_during_a_slow_first_one_is_stored_once(
     assert stored.status_code == 201, stored.text
     assert again.status_code == 200 and again.json()["resubmission"] is True
     assert again.json()["id"] == stored.json()["id"]
-    late = await first
+    late = first
     assert late.status_code == 200, late.text
     assert late.json()["resubmission"] is True
     assert late.json()["id"] == stored.json()["id"]

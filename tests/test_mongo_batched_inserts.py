@@ -49,8 +49,8 @@ async def inserts(infrastructure: Infrastructure) -> AsyncIterator[tuple[AsyncCo
     listener = InsertCommands()
     client = AsyncMongoClient(infrastructure.mongodb_uri, tz_aware=True, event_listeners=[listener])
     db = client[f"t_batched_{uuid.uuid4().hex[:10]}"]
-    await db.items.create_index("claim", unique=True, sparse=True, name="claim_unique")
     try:
+        await db.items.create_index("claim", unique=True, sparse=True, name="claim_unique")
         yield db.items, listener.sizes
     finally:
         await client.drop_database(db.name)

@@ -29,8 +29,8 @@ NOW = datetime.now(UTC).replace(microsecond=0)
 async def checks(infrastructure: Infrastructure) -> AsyncIterator[AsyncCollection]:
     client = AsyncMongoClient(infrastructure.mongodb_uri, tz_aware=True)
     db = client[f"t_claims_{uuid.uuid4().hex[:10]}"]
-    await db.checks.create_index([("status", ASCENDING), ("due_at", ASCENDING)])
     try:
+        await db.checks.create_index([("status", ASCENDING), ("due_at", ASCENDING)])
         yield db.checks
     finally:
         await client.drop_database(db.name)

@@ -25,8 +25,10 @@ pytestmark = pytest.mark.integration
 async def work(infrastructure: Infrastructure) -> AsyncIterator[AsyncCollection]:
     client = AsyncMongoClient(infrastructure.mongodb_uri, tz_aware=True)
     db = client[f"t_counts_{uuid.uuid4().hex[:10]}"]
-    await db.work.create_index([("org", ASCENDING), ("owner_id", ASCENDING), ("status", ASCENDING)])
     try:
+        await db.work.create_index(
+            [("org", ASCENDING), ("owner_id", ASCENDING), ("status", ASCENDING)]
+        )
         yield db.work
     finally:
         await client.drop_database(db.name)

@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -260,6 +262,48 @@ class _CommandCounter(monitoring.CommandListener):
         pass
 
 
+# ``await counted_relay(probe, outbox_release_delay_s=3.0)``: a relay of the probe's collection
+# on a client of its own, with settings overridden, and the counter of that client's commands.
+CountedRelay = Callable[..., Awaitable[tuple[OutboxRelay, _CommandCounter]]]
+
+
+@pytest.fixture
+async def counted_relay(system: System) -> AsyncIterator[CountedRelay]:
+    """Makes relays whose reads and writes are counted; after the test, whatever happened in
+    it, every producer they were given is stopped and every client closed.
+
+    It depends on ``system`` so that this happens before the system's topics are deleted:
+    a producer left running kept asking for the metadata of its deleted topic for the
+    rest of the session (``Topic ... not found in cluster metadata`` in later tests).
+    The test itself still stops the relay and awaits its task.
+    """
+    producers: list[EventProducer] = []
+    clients: list[AsyncMongoClient] = []
+
+    async def make(probe: Probe, **settings: float) -> tuple[OutboxRelay, _CommandCounter]:
+        counter = _CommandCounter(probe.collection.name)
+        client = AsyncMongoClient(probe.settings.mongodb_uri, event_listeners=[counter])
+        clients.append(client)
+        producer = EventProducer(settings=probe.settings)
+        producers.append(producer)
+        relay = OutboxRelay(
+            db=client[probe.db.name],
+            collections=[probe.collection.name],
+            producer=producer,
+            settings=probe.settings.model_copy(update=settings),
+        )
+        return relay, counter
+
+    try:
+        yield make
+    finally:
+        async with AsyncExitStack() as closing:  # each one, even when another fails
+            for producer in producers:
+                closing.push_async_callback(producer.stop)
+            for client in clients:
+                closing.push_async_callback(client.close)
+
+
 async def test_idle_polls_back_off_yet_find_an_unannounced_event(system: System) -> None:
     """Polls that find nothing space out up to the idle interval; an event written by
     another replica (no notify) is still published within that interval."""
@@ -303,12 +347,14 @@ async def test_idle_polls_back_off_yet_find_an_unannounced_event(system: System)
         await client.close()
 
 
-async def test_only_events_pending_a_while_make_the_polls_hurry(system: System) -> None:
+async def test_only_events_pending_a_while_make_the_polls_hurry(
+    system: System, counted_relay: CountedRelay
+) -> None:
     """A poll that finds a document written a moment ago (under load mostly a write of this
     process whose announcement is on its way) publishes it and keeps backing off; one pending
     for longer than ``IN_FLIGHT_S`` was left by someone else, and the polls hurry."""
     probe = await _probe(system)
-    relay, _ = await _counted_relay(probe, outbox_idle_poll_interval_s=0.5)
+    relay, _ = await counted_relay(probe, outbox_idle_poll_interval_s=0.5)
     name = probe.collection.name
     task = asyncio.create_task(relay.run())
     try:
@@ -335,23 +381,13 @@ async def test_only_events_pending_a_while_make_the_polls_hurry(system: System) 
         await task
 
 
-async def _counted_relay(probe: Probe, **settings: float) -> tuple[OutboxRelay, _CommandCounter]:
-    counter = _CommandCounter(probe.collection.name)
-    client = AsyncMongoClient(probe.settings.mongodb_uri, event_listeners=[counter])
-    relay = OutboxRelay(
-        db=client[probe.db.name],
-        collections=[probe.collection.name],
-        producer=EventProducer(settings=probe.settings),
-        settings=probe.settings.model_copy(update=settings),
-    )
-    return relay, counter
-
-
-async def test_published_events_are_released_together_and_before_stopping(system: System) -> None:
+async def test_published_events_are_released_together_and_before_stopping(
+    system: System, counted_relay: CountedRelay
+) -> None:
     """Events published within ``outbox_release_delay_s`` leave their documents in one
     write; a relay that stops releases what it published first."""
     probe = await _probe(system)
-    relay, counter = await _counted_relay(probe, outbox_release_delay_s=3.0)
+    relay, counter = await counted_relay(probe, outbox_release_delay_s=3.0)
     task = asyncio.create_task(relay.run())
     try:
         entries = [_entry(probe.settings) for _ in range(6)]
@@ -379,13 +415,14 @@ async def test_published_events_are_released_together_and_before_stopping(system
 
 async def test_each_document_waits_the_release_delay_from_its_own_publication(
     system: System,
+    counted_relay: CountedRelay,
 ) -> None:
     """A release takes the documents whose events went out the delay ago or earlier, not
     the younger ones beside them: a document's next write (routing's decision, for a
     complaint) keeps the whole delay to take its events out itself. The relay's polls
     meanwhile send none of the owed events again."""
     probe = await _probe(system)
-    relay, counter = await _counted_relay(probe, outbox_release_delay_s=2.0)
+    relay, counter = await counted_relay(probe, outbox_release_delay_s=2.0)
     task = asyncio.create_task(relay.run())
     name = probe.collection.name
 
@@ -418,6 +455,7 @@ async def test_each_document_waits_the_release_delay_from_its_own_publication(
 
 async def test_written_events_go_out_from_the_announcement_without_a_read(
     system: System,
+    counted_relay: CountedRelay,
 ) -> None:
     """A write hands the relay the document's outbox as written: the relay publishes the
     new events at once without reading the document, leaves out what it published
@@ -425,7 +463,7 @@ async def test_written_events_go_out_from_the_announcement_without_a_read(
     document's events together later."""
     probe = await _probe(system)
     # Polls as rare as they come: after the first, every read would be one too many.
-    relay, counter = await _counted_relay(
+    relay, counter = await counted_relay(
         probe, outbox_release_delay_s=3.0, outbox_poll_interval_s=60, outbox_idle_poll_interval_s=60
     )
     task = asyncio.create_task(relay.run())
@@ -471,12 +509,13 @@ async def test_written_events_go_out_from_the_announcement_without_a_read(
 
 async def test_two_writers_handed_one_documents_events_keep_them_from_being_sent_again(
     system: System,
+    counted_relay: CountedRelay,
 ) -> None:
     """Writes of one document running together (a command and a projection) are each
     handed what the relay had published when they asked; one settling first leaves the
     other's events known, so an announcement that still lists them sends nothing twice."""
     probe = await _probe(system)
-    relay, _ = await _counted_relay(probe, outbox_release_delay_s=30)
+    relay, _ = await counted_relay(probe, outbox_release_delay_s=30)
     task = asyncio.create_task(relay.run())
     where = {
         "database": probe.db.name,
@@ -517,11 +556,12 @@ async def test_two_writers_handed_one_documents_events_keep_them_from_being_sent
 
 async def test_the_next_write_of_a_document_removes_what_the_relay_published(
     system: System,
+    counted_relay: CountedRelay,
 ) -> None:
     """A kernel write of a document drops the events the relay already published from its
     outbox in the same write, so the relay owes no write of its own for them."""
     probe = await _probe(system)
-    relay, counter = await _counted_relay(probe, outbox_release_delay_s=30)
+    relay, counter = await counted_relay(probe, outbox_release_delay_s=30)
     kind = Aggregate(collection=probe.collection.name, what="probe")
     task = asyncio.create_task(relay.run())
     try:
@@ -565,7 +605,9 @@ async def test_the_next_write_of_a_document_removes_what_the_relay_published(
     assert sorted(published) == sorted([first["id"], second["id"]])  # once each
 
 
-async def test_a_document_whose_next_write_runs_behind_waits_for_it(system: System) -> None:
+async def test_a_document_whose_next_write_runs_behind_waits_for_it(
+    system: System, counted_relay: CountedRelay
+) -> None:
     """While writes of this process keep taking published events out of the collection's
     documents, one at a time and each later than the release delay (a pipeline running
     behind), the relay writes nothing of its own for the documents they have not reached:
@@ -573,7 +615,7 @@ async def test_a_document_whose_next_write_runs_behind_waits_for_it(system: Syst
     writes stop coming, not before."""
     probe = await _probe(system)
     delay = 1.0
-    relay, counter = await _counted_relay(probe, outbox_release_delay_s=delay)
+    relay, counter = await counted_relay(probe, outbox_release_delay_s=delay)
     name = probe.collection.name
     task = asyncio.create_task(relay.run())
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from types import SimpleNamespace
 from typing import Any
@@ -62,12 +63,28 @@ class Finds(monitoring.CommandListener):
         pass
 
 
-def _watched(system: System, listener: Finds) -> tuple[AsyncMongoClient, AsyncDatabase]:
-    """A client of routing's database whose commands ``listener`` sees, and that database."""
-    client = AsyncMongoClient(
-        system.routing_settings.mongodb_uri, tz_aware=True, event_listeners=[listener]
-    )
-    return client, client[routing_db(system).name]
+# ``watched(system, listener)``: routing's database, on a client whose commands ``listener`` sees.
+Watched = Callable[[System, Finds], AsyncDatabase]
+
+
+@pytest.fixture
+async def watched(system_factory: SystemFactory) -> AsyncIterator[Watched]:
+    """Gives watched clients of routing's database; each is closed after the test, whatever
+    happened in it, and before the systems stop (it depends on ``system_factory``)."""
+    clients: list[AsyncMongoClient] = []
+
+    def watch(system: System, listener: Finds) -> AsyncDatabase:
+        client = AsyncMongoClient(
+            system.routing_settings.mongodb_uri, tz_aware=True, event_listeners=[listener]
+        )
+        clients.append(client)
+        return client[routing_db(system).name]
+
+    try:
+        yield watch
+    finally:
+        for client in clients:
+            await client.close()
 
 
 def _open_assignment(assignment_id: str, *, owner_id: str, slot: int) -> dict[str, Any]:
@@ -275,13 +292,14 @@ async def test_a_rule_change_reaches_the_next_complaint_through_the_cache(
 
 async def test_the_desk_is_kept_a_moment_and_follows_this_processs_own_assignments(
     system_factory: SystemFactory,
+    watched: Watched,
 ) -> None:
     """Owner choice reads a department's people at most once per ``DESK_MAX_AGE_S``; the
     kept copy takes this process's assignments at once (loads and the tie-break stay
     exact here), and a directory change made here is read at once."""
     system = await system_factory()
     staff_finds = Finds("staff")
-    client, db = _watched(system, staff_finds)
+    db = watched(system, staff_finds)
     person = await db.staff.find_one({"_id": "demo:hotel-ma"})
     department = person["department_id"]
     staff_finds.filters.clear()
@@ -313,11 +331,11 @@ async def test_the_desk_is_kept_a_moment_and_follows_this_processs_own_assignmen
     await asyncio.sleep(directory_store.DESK_MAX_AGE_S)  # the copy's age is the point here
     await directory_store.desk(db=db, org="demo", department_id=department)
     assert desk_reads() == reads + 1  # too old: read again (other replicas' assignments show)
-    await client.close()
 
 
 async def test_a_hint_behind_tries_the_slots_above_it_before_reading_every_assignment(
     system_factory: SystemFactory,
+    watched: Watched,
 ) -> None:
     """Another replica took the next slots since this one read its desk: the slots above
     the hint are tried in the same indexed read; only when they are all taken are the
@@ -325,7 +343,7 @@ async def test_a_hint_behind_tries_the_slots_above_it_before_reading_every_assig
     system = await system_factory()
     assignment_finds = Finds("assignments")
     finds = assignment_finds.filters
-    client, db = _watched(system, assignment_finds)
+    db = watched(system, assignment_finds)
 
     async def hold(*numbers: int) -> None:
         await db.assignments.insert_many(
@@ -357,11 +375,11 @@ async def test_a_hint_behind_tries_the_slots_above_it_before_reading_every_assig
     assert await likely(7, [8]) == 0
     await hold(0)
     assert await likely(5, [7, 9]) is None
-    await client.close()
 
 
 async def test_a_duty_officers_slot_is_found_without_reading_their_open_assignments(
     system_factory: SystemFactory,
+    watched: Watched,
 ) -> None:
     """A person chosen on purpose (the duty officer of the night, a supervisor, a reopen)
     has no cap and may hold hundreds of open complaints: their slot is found at their load
@@ -371,7 +389,7 @@ async def test_a_duty_officers_slot_is_found_without_reading_their_open_assignme
     system = await system_factory()
     assignment_finds = Finds("assignments")
     finds = assignment_finds.filters
-    client, db = _watched(system, assignment_finds)
+    db = watched(system, assignment_finds)
     held = 300
     duty = await _duty_officer_holding(db, held, prefix="night")
 
@@ -388,11 +406,11 @@ async def test_a_duty_officers_slot_is_found_without_reading_their_open_assignme
     choice = await owners.forced_owner(db=db, org="demo", staff=duty)
     assert choice.slot == 7
     assert len(finds) == 2 and finds[1].get("owner_id") == "hosp-duty"
-    await client.close()
 
 
 async def test_a_gap_below_the_hint_is_found_without_reading_the_owners_assignments(
     system_factory: SystemFactory,
+    watched: Watched,
 ) -> None:
     """An owner with 300 open complaints finishes some out of order. Trying the slots at the
     load hint found none of those gaps, so nearly every assignment read all 300 open
@@ -402,7 +420,7 @@ async def test_a_gap_below_the_hint_is_found_without_reading_the_owners_assignme
     system = await system_factory()
     assignment_finds = Finds("assignments")
     finds = assignment_finds.filters
-    client, db = _watched(system, assignment_finds)
+    db = watched(system, assignment_finds)
     held = 300
     duty = await _duty_officer_holding(db, held, prefix="busy")
     await directory_store.desk(db=db, org="demo", department_id=duty.department_id)
@@ -445,11 +463,10 @@ async def test_a_gap_below_the_hint_is_found_without_reading_the_owners_assignme
     await finish(*range(100, 120))
     stored = await db.staff.find_one({"_id": "demo:hosp-duty"})
     assert stored["freed_slots"] == list(range(100, 100 + directory_store.FREED_SLOTS_KEPT))
-    await client.close()
 
 
 async def test_a_full_department_is_counted_now_and_then_not_for_every_complaint(
-    system_factory: SystemFactory, monkeypatch: pytest.MonkeyPatch
+    system_factory: SystemFactory, watched: Watched, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """When every hint says full, the open assignments are counted so that nothing is queued
     on a hint that drifted; the counts then stand in the desk, across its reads, for up to
@@ -459,7 +476,7 @@ async def test_a_full_department_is_counted_now_and_then_not_for_every_complaint
     that comes after the count lasts until then or until the reconcile pass mends it."""
     system = await system_factory()
     aggregations = Finds("assignments", command="aggregate")
-    client, db = _watched(system, aggregations)
+    db = watched(system, aggregations)
     department = (await db.staff.find_one({"_id": "demo:hotel-ma"}))["department_id"]
     people = [p["id"] async for p in db.staff.find({"org": "demo", "department_id": department})]
     assert "hotel-ma" in people
@@ -544,11 +561,11 @@ async def test_a_full_department_is_counted_now_and_then_not_for_every_complaint
     assert await owners.reconcile_load_hints(db=db) == 1
     choice = await pick()
     assert choice is not None and (choice.staff.id, choice.slot) == ("hotel-ma", 0)
-    await client.close()
 
 
 async def test_a_full_departments_queue_is_not_read_until_someone_has_room(
     system_factory: SystemFactory,
+    watched: Watched,
 ) -> None:
     """The sweep offers every department with a queue again. Where nobody is under capacity
     nothing can be assigned, so the queue is not read (on the local server, a read of the
@@ -558,31 +575,28 @@ async def test_a_full_departments_queue_is_not_read_until_someone_has_room(
     waiting = await _queued_behind_a_full_desk(system, "房间没有打扫", "早餐供应太少")
     department = "HOTEL:FRONT"
     finds = Finds("assignments")
-    client, db = _watched(system, finds)
-    try:
-        directory_store.forget_desks()
-        for _ in range(3):  # as three sweeps would
-            drained = await queue.drain_queue(
-                db=db,
-                settings=system.routing_settings,
-                org="demo",
-                department_id=department,
-                now=datetime.now(UTC),
-            )
-            assert drained == 0
-        assert [f for f in finds.filters if f.get("status") == "queued"] == []
-        assert not await owners.has_room(db=db, org="demo", department_id=department)
+    db = watched(system, finds)
+    directory_store.forget_desks()
+    for _ in range(3):  # as three sweeps would
+        drained = await queue.drain_queue(
+            db=db,
+            settings=system.routing_settings,
+            org="demo",
+            department_id=department,
+            now=datetime.now(UTC),
+        )
+        assert drained == 0
+    assert [f for f in finds.filters if f.get("status") == "queued"] == []
+    assert not await owners.has_room(db=db, org="demo", department_id=department)
 
-        await _set_capacity(system, "hotel-ma", 3)  # the directory's change offers the queue
-        for complaint in waiting:
-            taken = await assignment_when(
-                system, complaint.complaint_id, lambda d: d["status"] == "open", what="drained"
-            )
-            assert taken["owner_id"] == "hotel-ma"
-        held = {"department": department, "owner_id": "hotel-ma", "status": "open"}
-        assert await db.assignments.count_documents(held) == 3
-    finally:
-        await client.close()
+    await _set_capacity(system, "hotel-ma", 3)  # the directory's change offers the queue
+    for complaint in waiting:
+        taken = await assignment_when(
+            system, complaint.complaint_id, lambda d: d["status"] == "open", what="drained"
+        )
+        assert taken["owner_id"] == "hotel-ma"
+    held = {"department": department, "owner_id": "hotel-ma", "status": "open"}
+    assert await db.assignments.count_documents(held) == 3
 
 
 async def test_the_sweep_looks_for_queues_now_and_then_and_drains_those_it_knows(
@@ -863,11 +877,16 @@ async def test_a_slot_freed_here_while_the_desk_was_being_read_is_not_lost(
 
     held = _HeldAnswers(directory_store._staff_of_department)
     monkeypatch.setattr(directory_store, "_staff_of_department", held)
-    reading = asyncio.create_task(directory_store.desk(db=db, org="demo", department_id=department))
-    await held.started.wait()  # read: hotel-ma still at 1
-    await _finish_here(db, "hotel-ma")
-    held.gate.set()
-    await reading
+    # Should the test fail meanwhile, the group cancels the read and awaits it (and should
+    # the read fail, the wait for it ends).
+    async with asyncio.TaskGroup() as running:
+        reading = running.create_task(
+            directory_store.desk(db=db, org="demo", department_id=department)
+        )
+        await held.started.wait()  # read: hotel-ma still at 1
+        await _finish_here(db, "hotel-ma")
+        held.gate.set()
+        await reading
 
     assert await owners.has_room(db=db, org="demo", department_id=department)
     choice = await pick()
@@ -891,11 +910,14 @@ async def test_a_slot_freed_here_while_the_loads_were_being_counted_is_not_lost(
 
     held = _HeldAnswers(owners.store.open_loads)
     monkeypatch.setattr(owners.store, "open_loads", held)
-    choosing = asyncio.create_task(pick())
-    await held.started.wait()  # counted: everyone at 1
-    await _finish_here(db, "hotel-ma")
-    held.gate.set()
-    assert await choosing is None  # as counted
+    # Should the test fail meanwhile, the group cancels the choice and awaits it (and should
+    # the choice fail, the wait for it ends).
+    async with asyncio.TaskGroup() as running:
+        choosing = running.create_task(pick())
+        await held.started.wait()  # counted: everyone at 1
+        await _finish_here(db, "hotel-ma")
+        held.gate.set()
+        assert await choosing is None  # as counted
 
     assert not directory_store.desk_counted(db=db, org="demo", department_id=department)
     assert await owners.has_room(db=db, org="demo", department_id=department)

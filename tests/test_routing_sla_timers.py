@@ -273,12 +273,12 @@ async def test_timers_survive_a_restart_and_a_crashed_replicas_lease(
     complaint = received(severity="high", received_at=clock.now())
     cid = complaint.complaint_id
 
-    first = AsyncExitStack()
-    await system.serve_extra(first, create_routing_app(fast, clock=clock))
-    async with intake_producer(system) as publish:
-        await publish(EventType.COMPLAINT_RECEIVED, complaint)
-    document = await assignment_when(system, cid)
-    await first.aclose()  # the replica that would have fired the timers is gone
+    async with AsyncExitStack() as first:
+        await system.serve_extra(first, create_routing_app(fast, clock=clock))
+        async with intake_producer(system) as publish:
+            await publish(EventType.COMPLAINT_RECEIVED, complaint)
+        document = await assignment_when(system, cid)
+    # The replica that would have fired the timers is gone.
 
     clock.advance(timedelta(hours=5))  # past the 4 business hours to acknowledge
     # As if a replica had claimed the timers and crashed before firing them.

@@ -146,8 +146,8 @@ async def test_an_event_that_does_not_say_its_links_branches_reaches_a_branch_wi
         await subscribe(webhooks, admin, url=everywhere.url, event_types=RECEIVED)
         of_b = await subscribe(webhooks, admin, url=at_b.url, event_types=RECEIVED, branch=BRANCH_B)
         producer = AIOKafkaProducer(bootstrap_servers=webhooks.settings.kafka_bootstrap_servers)
+        stack.push_async_callback(producer.stop)  # even when its start fails half-way
         await producer.start()
-        stack.push_async_callback(producer.stop)
         key, value, headers = to_kafka_record(old)
         topic = webhooks.settings.topic(Topic.INTAKE.value)
         await producer.send_and_wait(topic, value, key=key, headers=headers)

@@ -79,8 +79,8 @@ async def test_an_earlier_event_consumed_late_from_another_topic_still_arrives_f
             event_types=[EventType.COMPLAINT_NOTE_ADDED.value, EventType.COMPLAINT_SLA_WARNING],
         )
         producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers)
+        stack.push_async_callback(producer.stop)  # even when its start fails half-way
         await producer.start()
-        stack.push_async_callback(producer.stop)
         intake_topic = settings.topic(Topic.INTAKE.value)
         for number in range(BACKLOG):
             other = note_added(

@@ -100,8 +100,9 @@ async def read_topic(
 ) -> list:
     """Read ``topic`` from the beginning (no consumer group) until ``until(records)`` holds."""
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap_servers, enable_auto_commit=False)
-    await consumer.start()
     try:
+        # In the try: a start failing after it connected leaves a metadata task only stop() ends.
+        await consumer.start()
         partitions = await eventually(
             lambda: _partitions(consumer, topic), timeout_s=timeout_s, what=f"topic {topic}"
         )

@@ -183,16 +183,23 @@ async def running_systems(infrastructure: Infrastructure) -> AsyncIterator[Syste
             webhooks=clients.get("webhooks"),
         )
 
-    try:
-        yield make
-    finally:
-        await stack.aclose()
+    async def drop_databases() -> None:
         for run_id in run_ids:
             for name in await mongo.list_database_names():
                 if name.startswith(f"t_{run_id}_"):
                     await mongo.drop_database(name)
-        await mongo.close()
+
+    async def delete_topics() -> None:
         await _delete_topics(infrastructure, prefixes=[f"t{run_id}." for run_id in run_ids])
+
+    # On exit the stack runs these last (``make`` enters the services after them), each one
+    # even when a step before it failed: a service whose stop raised, or a drop that failed,
+    # would otherwise leave this client open and the systems' topics in place.
+    stack.push_async_callback(delete_topics)
+    stack.push_async_callback(mongo.close)
+    stack.push_async_callback(drop_databases)
+    async with stack:
+        yield make
 
 
 # Topic deletion is tidying: a broker a fault test left stopped must not hold up the run.

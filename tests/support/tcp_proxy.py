@@ -55,6 +55,8 @@ class TcpProxy:
     async def stop(self) -> None:
         if self._reaper is not None:
             self._reaper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reaper  # ended, not merely asked to end, when the test moves on
         self.sever_all()
         if self._server is not None:
             self._server.close()
