@@ -15,6 +15,7 @@ import pytest
 
 from complaints_shared.clock import ManualClock
 from complaints_shared.events import ComplaintQueued, ComplaintSlaBreached, EventType, SlaClock
+from routing.assignments.projections import REMEMBERED
 from tests.support.clock import at
 from tests.support.http import command, complaint_of, complaint_when, create_complaint, token
 from tests.support.kafka import publish
@@ -375,6 +376,13 @@ async def test_a_wait_begun_while_unroutable_gets_its_due_times_at_the_resume(
     base = f"/v1/complaints/{cid}"
     await command(system, f"{base}/acknowledge", {}, acme)
     await command(system, f"{base}/pending-customer", {"reason": "等客户回电"}, acme)
+    # Routing holds both before a rule routes the complaint (else the wait comes after it).
+    await assignment_when(
+        system,
+        cid,
+        lambda d: len(d.get(REMEMBERED) or []) == 2,
+        what="the acknowledgement and the wait remembered",
+    )
 
     rule = {
         "id": "everything",
