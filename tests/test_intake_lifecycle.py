@@ -291,3 +291,24 @@ async def test_a_remedy_paid_after_closure_is_recorded_without_reopening(system:
     eleventh = await system.intake.post(f"{base}/remedies", json={"type": "apology"}, headers=agent)
     assert eleventh.status_code == 409, eleventh.text
     assert "holds 10 remedies" in eleventh.json()["detail"]
+
+
+async def test_a_complaint_holds_a_bounded_number_of_notes(
+    system: System, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Notes stay on the complaint's document: past ``MAX_NOTES`` a note is a 409 naming the
+    limit, and the complaint stays as it was (the document may not grow without end)."""
+    from intake import commands
+
+    monkeypatch.setattr(commands, "MAX_NOTES", 3)
+    agent = token(system.intake_settings, branches=["LZ"], roles=("agent",))
+    created = await create_complaint(system, agent)
+    base = f"/v1/complaints/{created['id']}"
+    for n in range(3):
+        await command(system, f"{base}/notes", {"text": f"第{n + 1}次回电记录"}, agent)
+    fourth = await system.intake.post(f"{base}/notes", json={"text": "第4次"}, headers=agent)
+    assert fourth.status_code == 409, fourth.text
+    assert fourth.headers["content-type"].startswith("application/problem+json")
+    assert f"{created['reference']} holds 3 notes" in fourth.json()["detail"]
+    record = (await system.intake.get(base, headers=agent)).json()
+    assert [note["text"] for note in record["notes"]] == [f"第{n + 1}次回电记录" for n in range(3)]

@@ -39,6 +39,7 @@ from intake.lifecycle import (
     transition,
 )
 from intake.models import (
+    MAX_NOTES,
     MAX_REMEDIES,
     AcknowledgeRequest,
     CloseRequest,
@@ -164,6 +165,16 @@ def acknowledge(request: AcknowledgeRequest, principal: Principal) -> Build:
 
 def add_note(request: NoteCreate, principal: Principal) -> Build:
     def build(current: dict[str, Any], now: datetime) -> Outcome:
+        if len(current.get("notes") or []) >= MAX_NOTES:
+            raise InvalidTransition(
+                current=Status(current["status"]),
+                command=Command.NOTE,
+                what="complaint",
+                reason=(
+                    f"complaint {current.get('reference')} holds {MAX_NOTES} notes, "
+                    "the most one may"
+                ),
+            )
         note = {
             "id": store.new_id(),
             "author": principal.subject,

@@ -37,6 +37,11 @@ Amount = Annotated[Decimal, Field(ge=0, max_digits=14, decimal_places=2)]
 
 # Remedies one resolution holds at most: given with it, and recorded after it.
 MAX_REMEDIES = 10
+# Notes one complaint holds at most. Each is kept on the complaint's document with its
+# timeline entry: without a bound, notes of up to MAX_NOTE_CHARS each could take the
+# document past the server's 16 MB, after which every write to it fails (an error on each
+# request, a dead letter for each event about it). 500 of the longest take about 6 MB.
+MAX_NOTES = 500
 
 
 class DesiredOutcome(StrEnum):
