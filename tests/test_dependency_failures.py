@@ -12,7 +12,14 @@ from aiokafka.errors import KafkaConnectionError
 from fastapi import APIRouter, FastAPI
 from pydantic import BaseModel, ValidationError
 from pymongo import AsyncMongoClient
-from pymongo.errors import AutoReconnect, DuplicateKeyError, NetworkTimeout, WriteConcernError
+from pymongo.errors import (
+    AutoReconnect,
+    BulkWriteError,
+    CursorNotFound,
+    DuplicateKeyError,
+    NetworkTimeout,
+    WriteConcernError,
+)
 
 from complaints_shared.failures import (
     Rejected,
@@ -101,8 +108,21 @@ async def test_unreachable_database_answers_503_with_retry_after() -> None:
         WriteConcernError("waiting for replication timed out", code=64),
         KafkaConnectionError("no broker"),
         TimeoutError(),
+        CursorNotFound("cursor id 42 not found", code=43),
+        BulkWriteError({"writeErrors": [{"index": 0, "code": 10107}], "writeConcernErrors": []}),
+        BulkWriteError({"writeErrors": [], "writeConcernErrors": [{"code": 64}]}),
     ],
-    ids=["auto-reconnect", "network-timeout", "step-down", "wtimeout", "kafka", "timeout"],
+    ids=[
+        "auto-reconnect",
+        "network-timeout",
+        "step-down",
+        "wtimeout",
+        "kafka",
+        "timeout",
+        "cursor-lost-in-a-restart",
+        "bulk-refused-by-a-former-primary",
+        "bulk-wtimeout",
+    ],
 )
 async def test_dependency_errors_answer_503_not_500(exc: BaseException) -> None:
     response = await _post(_app_raising({"/x": exc}), "/x")
@@ -139,6 +159,10 @@ def test_classification_separates_transient_from_permanent() -> None:
     assert not is_dependency_unavailable(TransientFailure("assignment kept changing"))
     assert not is_transient(WriteConcernError("bad write concern", code=100))
     assert not is_transient(DuplicateKeyError("dup", 11000))
+    duplicate_in_bulk = {"writeErrors": [{"index": 0, "code": 11000}], "writeConcernErrors": []}
+    assert not is_transient(BulkWriteError(duplicate_in_bulk))
+    mixed = {"writeErrors": [{"index": 0, "code": 11000}, {"index": 1, "code": 189}]}
+    assert not is_transient(BulkWriteError(mixed))
     assert not is_transient(Rejected("no such department"))
     assert not is_transient(ValueError("x"))
 

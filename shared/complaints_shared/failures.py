@@ -9,7 +9,14 @@ from __future__ import annotations
 
 from aiokafka.errors import KafkaConnectionError, KafkaError, KafkaTimeoutError
 from pydantic import ValidationError
-from pymongo.errors import ConnectionFailure, OperationFailure, PyMongoError, WriteConcernError
+from pymongo.errors import (
+    BulkWriteError,
+    ConnectionFailure,
+    CursorNotFound,
+    OperationFailure,
+    PyMongoError,
+    WriteConcernError,
+)
 
 # Server error codes that mean "this node cannot serve the write now" (step-down,
 # shutdown, no primary, interrupted by a replica-set state change, write-concern timeout):
@@ -71,6 +78,12 @@ def _unavailable(exc: BaseException) -> bool:
         return True
     if isinstance(exc, (WriteConcernError, OperationFailure)) and exc.code in _STEP_DOWN_CODES:
         return True
+    if isinstance(exc, CursorNotFound):
+        # The server no longer holds the cursor a read was paging through (it restarted
+        # meanwhile): the same read, sent again, starts a new one.
+        return True
+    if isinstance(exc, BulkWriteError):
+        return _bulk_refused_for_now(exc.details or {})
     if isinstance(exc, PyMongoError):
         return exc.timeout or any(exc.has_error_label(label) for label in _RETRYABLE_LABELS)
     if isinstance(exc, (KafkaConnectionError, KafkaTimeoutError)):
@@ -78,6 +91,13 @@ def _unavailable(exc: BaseException) -> bool:
     if isinstance(exc, KafkaError):
         return bool(exc.retriable)
     return isinstance(exc, TimeoutError)
+
+
+def _bulk_refused_for_now(details: dict) -> bool:
+    """Whether every write a bulk had refused (or left without its write concern) was
+    refused by a node that cannot serve writes now, as a single write's step-down is."""
+    errors = [*(details.get("writeErrors") or []), *(details.get("writeConcernErrors") or [])]
+    return bool(errors) and all(error.get("code") in _STEP_DOWN_CODES for error in errors)
 
 
 def is_transient(exc: BaseException) -> bool:
