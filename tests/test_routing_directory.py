@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from datetime import date, timedelta
 
@@ -277,6 +278,15 @@ async def test_rules_are_validated_versioned_and_recorded_on_assignments(system:
         "/v1/routing/sla-policies/other", json={**policy, "is_default": True}, headers=admin
     )
     assert _field(second_default) == "is_default"
+
+    # Saves racing to create one policy all answer with it (on the local server the loser
+    # of two such upserts was handed nothing back: a TypeError, a 500), one version each.
+    racing = await asyncio.gather(
+        *(api.put("/v1/routing/sla-policies/racing", json=policy, headers=admin) for _ in range(8))
+    )
+    assert [answer.status_code for answer in racing] == [200] * 8, [a.text for a in racing]
+    stored = await api.get("/v1/routing/sla-policies/racing", headers=admin)
+    assert stored.json()["version"] == 8
 
 
 async def test_inputs_that_used_to_fail_deeper_are_422s_naming_the_field(system: System) -> None:

@@ -213,6 +213,25 @@ async def update_and_read(
     return await collection.find_one({"_id": query["_id"]}, projection=projection)
 
 
+async def upsert_and_read(
+    collection: AsyncCollection, key: Any, update: dict[str, Any]
+) -> dict[str, Any] | None:
+    """Apply ``update`` to the document ``_id`` = ``key``, creating it if missing; the
+    document as stored after it.
+
+    Not ``find_one_and_update(..., upsert=True, AFTER)``: on the local server the loser of
+    two such upserts racing to create one document gets None back although its update was
+    applied (docs/mongodb-compatibility.md). A racing creation that makes this upsert's
+    insert a duplicate is the document now existing: the update is applied to it. None
+    only if the document was deleted between the write and the read.
+    """
+    try:
+        await collection.update_one({"_id": key}, update, upsert=True)
+    except DuplicateKeyError:
+        await collection.update_one({"_id": key}, update)
+    return await collection.find_one({"_id": key})
+
+
 # Lost races in a row before a claimer gives up for this pass (it polls again anyway).
 CLAIM_ATTEMPTS = 5
 

@@ -9,10 +9,11 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from pymongo import ASCENDING, ReturnDocument
+from pymongo import ASCENDING
 from pymongo.asynchronous.database import AsyncDatabase
 
 from complaints_shared.auth import Principal
+from complaints_shared.mongo import upsert_and_read
 from complaints_shared.problems import conflict, invalid, invalid_fields, not_found
 from complaints_shared.stored import from_stored
 from routing import audit
@@ -103,8 +104,9 @@ async def put_policy(
         if other is not None:
             raise invalid("is_default", f"policy {other['id']!r} is already the default")
     fields = body.model_dump(mode="json")
-    document = await db[SLA_POLICIES].find_one_and_update(
-        {"_id": key},
+    document = await upsert_and_read(
+        db[SLA_POLICIES],
+        key,
         {
             "$set": {
                 **fields,
@@ -115,9 +117,9 @@ async def put_policy(
             },
             "$inc": {"version": 1},
         },
-        upsert=True,
-        return_document=ReturnDocument.AFTER,
     )
+    if document is None:
+        raise conflict(f"SLA policy {policy_id!r} was removed while it was saved; retry")
     await _audit(
         db=db, principal=principal, policy_id=policy_id, action="saved", at=now, document=document
     )
