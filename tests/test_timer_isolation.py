@@ -12,8 +12,8 @@ from complaints_shared.events import EventType
 from complaints_shared.metrics import TIMER_FAILURES
 from tests.support.clock import at, start_clock
 from tests.support.events import received, resolved
-from tests.support.followup import checks_of
-from tests.support.http import token
+from tests.support.followup import checks_of, make_due, wait_status
+from tests.support.http import agent, token
 from tests.support.kafka import intake_producer, publish
 from tests.support.routing import FAST_TIMERS, MONDAY_10_SHANGHAI, assignment_when, routing_db
 from tests.support.system import SystemFactory
@@ -128,3 +128,50 @@ async def test_a_malformed_followup_check_does_not_delay_other_checks(
     assert recorded["timer_last_error"].startswith("WriteError code=")
     assert recorded["timer_lease_until"] == recorded["timer_retry_at"]
     assert _failures("followup", "followup_check") > failures_before
+
+
+async def test_a_claim_that_cannot_expire_does_not_hold_up_the_other_claims(
+    system_factory: SystemFactory,
+) -> None:
+    """An abandoned claim whose expiry fails is recorded and postponed like a timer: before,
+    it stayed first among the expired claims each pass read (a batch of one here), and
+    every claim behind it stayed held however long ago its agent walked away."""
+    clock = start_clock()
+    system = await system_factory(
+        clock=clock,
+        followup={"scheduler_poll_interval_s": 0.05, "scheduler_batch_size": 1, **RETRY},
+    )
+    admin = token(system.intake_settings)
+    caller = agent(system, "agent-a")
+    broken, healthy = (resolved(resolved_at=clock.now() - timedelta(hours=20)) for _ in range(2))
+    await publish(
+        system,
+        (EventType.COMPLAINT_RESOLVED, broken),
+        (EventType.COMPLAINT_RESOLVED, healthy),
+    )
+    [broken_check] = await checks_of(system, broken.complaint_id, admin)
+    [healthy_check] = await checks_of(system, healthy.complaint_id, admin)
+    for check in (broken_check, healthy_check):
+        await make_due(system, clock, check, caller)
+        claimed = await system.followup.post(f"/v1/followups/{check['id']}/claim", headers=caller)
+        assert claimed.status_code == 200, claimed.text
+    checks = system.mongo[system.followup_settings.database_name()].satisfaction_checks
+    held = await checks.find_one({"_id": healthy_check["id"]})
+    # Corrupted, and abandoned longest ago: each pass reads it first.
+    await checks.update_one(
+        {"_id": broken_check["id"]},
+        {"$set": {"history": "corrupted", "claim_lease_until": held["claim_lease_until"] - MINUTE}},
+    )
+    failures_before = _failures("followup", "followup_claim")
+    clock.advance(timedelta(seconds=system.followup_settings.claim_lease_s + 1))
+
+    await wait_status(system, healthy_check["id"], "due", caller)  # expired all the same
+
+    async def broken_recorded() -> dict | None:
+        document = await checks.find_one({"_id": broken_check["id"]})
+        return document if document.get("timer_failures", 0) >= 1 else None
+
+    recorded = await eventually(broken_recorded, what="failure recorded")
+    assert recorded["status"] == "in_progress"
+    assert recorded["claim_lease_until"] == recorded["timer_retry_at"]  # postponed, not lost
+    assert _failures("followup", "followup_claim") > failures_before

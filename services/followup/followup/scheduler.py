@@ -19,12 +19,10 @@ from pymongo import ASCENDING
 from pymongo.asynchronous.database import AsyncDatabase
 
 from complaints_shared.aggregate import Decision
-from complaints_shared.failures import is_dependency_unavailable, redacted_error
 from complaints_shared.logs import get_logger
-from complaints_shared.metrics import TIMER_FAILURES
 from complaints_shared.mongo import at_or_before, claim_first, merge_updates
 from complaints_shared.runtime import Runtime
-from complaints_shared.timers import record_timer_failure
+from complaints_shared.timers import FAILURE_FIELDS, record_timer_failure
 from complaints_shared.timing import wait_event
 from complaints_shared.transitions import InvalidTransition
 from followup import store
@@ -86,10 +84,15 @@ async def fire_due_check(
 
 
 async def expired_claims(*, db: AsyncDatabase, now: datetime, limit: int) -> list[str]:
-    """Checks whose agent walked away: the claim's lease ran out."""
-    cursor = db[store.CHECKS].find(
-        {"status": CheckStatus.IN_PROGRESS.value, "claim_lease_until": {"$lt": now}},
-        projection={"_id": 1},
+    """Checks whose agent walked away: the claim's lease ran out (longest ago first; one
+    whose expiry failed has its lease moved to its retry time, out of the way)."""
+    cursor = (
+        db[store.CHECKS]
+        .find(
+            {"status": CheckStatus.IN_PROGRESS.value, "claim_lease_until": {"$lt": now}},
+            projection={"_id": 1},
+        )
+        .sort("claim_lease_until", ASCENDING)
     )
     return [document["_id"] for document in await cursor.limit(limit).to_list(None)]
 
@@ -108,7 +111,7 @@ async def expire_claim(
         )
         update = merge_updates(
             moved(command=Command.EXPIRE_CLAIM, status=status, actor=SYSTEM_ACTOR, now=now),
-            {"$unset": CLAIM_FIELDS},
+            {"$unset": {**CLAIM_FIELDS, **FAILURE_FIELDS}},
         )
         return Decision(update)
 
@@ -189,9 +192,19 @@ class CheckScheduler:
                     db=runtime.db, settings=self._settings, followup_id=followup_id, now=now
                 )
             except Exception as exc:
-                if is_dependency_unavailable(exc):
-                    raise
-                # Tried again next pass; the other abandoned claims still expire in this one.
-                TIMER_FAILURES.labels(self._settings.service_name, "followup_claim").inc()
-                log.error("claim_expiry_failed", followup_id=followup_id, error=redacted_error(exc))
+                # Recorded and postponed (its lease moved to the retry time), so a check
+                # that cannot expire is not read first by every pass, ahead of the others.
+                await record_timer_failure(
+                    runtime.db[store.CHECKS],
+                    document_id=followup_id,
+                    exc=exc,
+                    lease_field="claim_lease_until",
+                    owner_filter={
+                        "status": CheckStatus.IN_PROGRESS.value,
+                        "claim_lease_until": {"$lt": now},
+                    },
+                    lease_now=now,
+                    settings=self._settings,
+                    timer="followup_claim",
+                )
         return expired
