@@ -10,6 +10,7 @@ meanwhile is on the record at once and judged against the deadline routing gives
 
 from __future__ import annotations
 
+import asyncio
 from datetime import datetime
 from types import SimpleNamespace
 
@@ -17,12 +18,13 @@ import pytest
 
 from complaints_shared.clock import SystemClock
 from complaints_shared.events import EventType, Topic, dead_letter_topic
+from routing import context_cache
 from routing.assignments import unroutable
 from routing.assignments.scheduler import SlaScheduler
 from tests.support.http import create_complaint, token
 from tests.support.kafka import events_of, read_topic
 from tests.support.routing import routing_db
-from tests.support.system import System
+from tests.support.system import System, SystemFactory
 from tests.support.waits import eventually
 
 pytestmark = pytest.mark.integration
@@ -269,3 +271,36 @@ async def test_the_sweep_retries_every_unroutable_complaint_not_only_the_oldest(
     assert routed["assignment"]["department"] == "HZ:SVC"
     for complaint_id in older:
         assert (await db.assignments.find_one({"_id": complaint_id}))["status"] == "unroutable"
+
+
+async def test_a_rule_added_through_another_replica_routes_the_next_complaint_at_once(
+    system_factory: SystemFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A replica reuses its routing context until it sees the directory version change (at
+    most every ``routing_directory_check_s``). A complaint that context finds no rule for is
+    planned again on what is stored before it waits as unroutable. Before, one received
+    moments after another replica added the rule was found unroutable (on its record and
+    timeline) until a sweep routed it, and stayed so where that replica's sweep had seen
+    the change already."""
+    system = await system_factory(
+        routing={"routing_directory_check_s": 3600, "queue_sweep_interval_s": 0.1}
+    )
+    admin = token(system.routing_settings, org=ORG)
+    await _hangzhou_service_desk(system, admin)
+    acme = token(system.intake_settings, org=ORG)
+    first = await create_complaint(system, acme, branch="HZ", subject="门店服务态度差")
+    await _visibly_unroutable(system, first["id"])  # this replica's context: no rule
+
+    made = await system.routing.post("/v1/routing/rules", json=DEFAULT_RULE, headers=admin)
+    assert made.status_code == 201, made.text
+    # As if another replica had made the change: this one's contexts have not seen it yet,
+    # while its sweep, which reads the version each pass, has (the first is routed by it).
+    monkeypatch.setattr(context_cache, "_changed_here", {})
+    await _routed(system, first["id"])
+    await asyncio.sleep(0.5)  # more sweeps: the version stands seen
+
+    second = await create_complaint(system, acme, branch="HZ", subject="店员态度冷淡")
+    routed = await _routed(system, second["id"])
+    assert routed["assignment"]["department"] == "HZ:SVC"
+    assignment = await routing_db(system).assignments.find_one({"_id": second["id"]})
+    assert unroutable.STATE not in [entry["action"] for entry in assignment["history"]]

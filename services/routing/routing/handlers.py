@@ -33,6 +33,17 @@ def build_handlers(runtime: Runtime) -> dict[EventType, EventHandler]:
             await placement.route_received(
                 db=db, settings=settings, complaint=data, now=clock.now(), contexts=contexts
             )
+            return
+        except planning.NoRoute:
+            pass
+        try:
+            # The cached context may predate a rule another replica added within
+            # ``routing_directory_check_s``, and a complaint found unroutable after this
+            # replica's sweep saw the change would wait for the next one: judged again on
+            # what is stored now before it waits.
+            await placement.route_received(
+                db=db, settings=settings, complaint=data, now=clock.now()
+            )
         except planning.NoRoute as no_route:
             # Not a failure to retry: a state the complaint waits in until a rule covers it.
             await unroutable.enter(
