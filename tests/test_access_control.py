@@ -28,6 +28,8 @@ from fastapi import APIRouter, FastAPI
 from complaints_shared.access import Access, Operation, Public, Scope, allow, operations
 from complaints_shared.auth import Role
 from complaints_shared.role_matrix import DOCUMENT, SERVICES, render, service_apps
+from intake import store as intake_store
+from tests.support.faults import FailsFirst
 from tests.support.http import BROADBAND_COMPLAINT, token
 from tests.support.identity_provider import IdentityProvider
 from tests.support.infrastructure import Infrastructure
@@ -816,3 +818,32 @@ async def test_a_repeat_across_branches_is_counted_but_names_only_complaints_the
     assert noted.json()["repeat_of"] == [first_id]
     everything = await system.intake.get(f"/v1/complaints/{second_id}", headers=admin)
     assert everything.json()["repeat_of"] == [first_id, hospital_id]
+
+
+@pytest.mark.integration
+async def test_a_note_whose_repeat_check_fails_is_answered_once_and_stored_once(
+    system: System, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The note is stored; the read that checks ``repeat_of`` against the caller's branches
+    then meets a dropped connection. The answer is the stored complaint with those links
+    withheld, not a 503 whose retry would add the note a second time."""
+    lz_agent = token(system.intake_settings, branches=[BRANCH_A], roles=("agent",))
+    first = await system.intake.post("/v1/complaints", json=BROADBAND_COMPLAINT, headers=lz_agent)
+    assert first.status_code == 201, first.text
+    again = {**BROADBAND_COMPLAINT, "subject": "还是没有恢复"}
+    second = await system.intake.post("/v1/complaints", json=again, headers=lz_agent)
+    assert second.json()["repeat_of"] == [first.json()["id"]]
+    second_id = second.json()["id"]
+    monkeypatch.setattr(intake_store, "shown_to", FailsFirst(intake_store.shown_to))
+
+    noted = await system.intake.post(
+        f"/v1/complaints/{second_id}/notes", json={"text": "客户第三次来电"}, headers=lz_agent
+    )
+    assert noted.status_code == 200, noted.text
+    assert noted.json()["repeat_count"] == second.json()["repeat_count"]
+    assert noted.json()["repeat_of"] == []
+    timeline = await system.intake.get(f"/v1/complaints/{second_id}/timeline", headers=lz_agent)
+    actions = [entry["action"] for entry in timeline.json()["entries"]]
+    assert actions.count("note_added") == 1, actions
+    read = await system.intake.get(f"/v1/complaints/{second_id}", headers=lz_agent)
+    assert read.json()["repeat_of"] == [first.json()["id"]]

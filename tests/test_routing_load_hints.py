@@ -923,3 +923,38 @@ async def test_a_slot_freed_here_while_the_loads_were_being_counted_is_not_lost(
     assert await owners.has_room(db=db, org="demo", department_id=department)
     choice = await pick()
     assert choice is not None and (choice.staff.id, choice.slot) == ("hotel-ma", 0)
+
+
+async def test_a_reassignment_whose_drain_fails_is_answered_once_and_the_sweep_drains(
+    system_factory: SystemFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The reassignment is stored and announced; offering hotel-ma's freed room to the
+    queue then meets a dropped connection. The answer is the committed reassignment (a 503
+    invited a retry that moved the complaint again); the department is owed its drain, so
+    the next sweep gives the waiting complaint to hotel-ma."""
+    system = await system_factory()
+    db = routing_db(system)
+    scheduler, runtime = await _swept_before_any_queue(system)
+    (waiting,) = await _queued_behind_a_full_desk(system, "房间没有打扫")
+    held = await db.assignments.find_one({"owner_id": "hotel-ma", "status": "open"})
+    monkeypatch.setattr(owed_drains, "_owed", {})
+    monkeypatch.setattr(
+        queue.directory_store, "record_release", FailsFirst(queue.directory_store.record_release)
+    )
+    supervisor = token(system.routing_settings, roles=("supervisor",))
+    path = f"/v1/assignments/{held['_id']}/reassign"
+    body = {"owner_id": "hotel-gm", "reason": "总经理亲自处理"}
+
+    moved = await system.routing.post(path, json=body, headers=supervisor)
+    if moved.status_code == 503:  # the client does as told
+        moved = await system.routing.post(path, json=body, headers=supervisor)
+    assert moved.status_code == 200, moved.text
+    assert moved.json()["owner_id"] == "hotel-gm"
+    stored = await db.assignments.find_one({"_id": held["_id"]})
+    assert [entry["action"] for entry in stored["history"]].count("reassigned") == 1
+    assert ("demo", "HOTEL:FRONT") in owed_drains.departments(db=db)
+
+    directory_store.forget_desks()  # the desk is kept a second; a sweep comes later
+    await scheduler.sweep_queues(runtime)  # (or the service's own sweep, whichever first)
+    taken = await db.assignments.find_one({"_id": waiting.complaint_id})
+    assert (taken["status"], taken["owner_id"]) == ("open", "hotel-ma")

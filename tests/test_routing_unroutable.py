@@ -21,6 +21,7 @@ from complaints_shared.events import EventType, Topic, dead_letter_topic
 from routing import context_cache
 from routing.assignments import unroutable
 from routing.assignments.scheduler import SlaScheduler
+from tests.support.faults import FailsFirst
 from tests.support.http import create_complaint, token
 from tests.support.kafka import events_of, read_topic
 from tests.support.routing import routing_db
@@ -304,3 +305,34 @@ async def test_a_rule_added_through_another_replica_routes_the_next_complaint_at
     assert routed["assignment"]["department"] == "HZ:SVC"
     assignment = await routing_db(system).assignments.find_one({"_id": second["id"]})
     assert unroutable.STATE not in [entry["action"] for entry in assignment["history"]]
+
+
+async def test_a_rule_whose_directory_bump_failed_routes_once_its_creation_is_retried(
+    system: System, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The rule is stored, then the organisation's directory version bump meets a dropped
+    connection: a 503. The client sends the same request again, as told; the repeated
+    creation answers with the stored rule and bumps the version, so the complaint that no
+    rule covered is routed (a 409 there left it unroutable until some other edit)."""
+    admin = token(system.routing_settings, org=ORG)
+    acme_admin = token(system.intake_settings, org=ORG)
+    await _hangzhou_service_desk(system, admin)
+    complaint_id = (
+        await create_complaint(system, acme_admin, branch="HZ", subject="门店服务态度差")
+    )["id"]
+    await _visibly_unroutable(system, complaint_id)
+    bump = FailsFirst(context_cache.directory_changed)
+    monkeypatch.setattr(context_cache, "directory_changed", bump)
+
+    first = await system.routing.post("/v1/routing/rules", json=DEFAULT_RULE, headers=admin)
+    assert first.status_code == 503, first.text
+    retried = await system.routing.post("/v1/routing/rules", json=DEFAULT_RULE, headers=admin)
+    assert retried.status_code == 201, retried.text
+    assert retried.json()["version"] == 1
+    assert len(bump.calls) == 2
+    routed = await _routed(system, complaint_id)
+    assert routed["assignment"]["department"] == "HZ:SVC"
+
+    other = {**DEFAULT_RULE, "name": "另一条规则"}
+    different = await system.routing.post("/v1/routing/rules", json=other, headers=admin)
+    assert different.status_code == 409, different.text

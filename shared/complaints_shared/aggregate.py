@@ -30,6 +30,8 @@ is routing's assignment, a second or so after its insert.
 
 Effects are what cannot be in the same atomic write and what a periodic pass
 repairs if a crash loses them (load hints, offering freed capacity to a queue).
+An effect that fails is logged and left to that pass: the change is committed, so
+the caller is answered with it (a 503 would invite a retry that repeats the change).
 
 The write is ``update_one`` then a read by ``_id`` (``complaints_shared.mongo.
 update_and_read``), not ``find_one_and_update``: the local MongoDB (SecantusDB)
@@ -54,6 +56,8 @@ from pymongo.errors import DuplicateKeyError
 
 from complaints_shared.auth import Principal
 from complaints_shared.events import EventData, EventType
+from complaints_shared.failures import is_transient, redacted_error
+from complaints_shared.logs import get_logger
 from complaints_shared.mongo import as_stored, merge_updates, sorted_batches, update_and_read
 from complaints_shared.outbox import (
     outbox_after,
@@ -69,6 +73,8 @@ from complaints_shared.pagination import Page, decode_cursor, encode_cursor
 from complaints_shared.problems import ConcurrentUpdate, not_found
 from complaints_shared.settings import ServiceSettings
 from complaints_shared.transitions import InvalidTransition
+
+log = get_logger(__name__)
 
 Item = TypeVar("Item")
 Events = list[tuple[EventType, EventData]]
@@ -234,8 +240,7 @@ async def change(
                 record_written(
                     aggregate.collection, database=db.name, document_id=aggregate_id, outbox=outbox
                 )
-            for effect in decision.effects:
-                await effect(updated)
+            await _run_effects(decision.effects, updated, aggregate=aggregate)
             return updated
         raise ConcurrentUpdate(
             detail=f"{aggregate.what} {aggregate_id} kept changing underneath this request; "
@@ -244,6 +249,32 @@ async def change(
     finally:
         if published:
             settle_published(**where, event_ids=published, removed=written)
+
+
+async def _run_effects(
+    effects: Sequence[Effect], updated: dict[str, Any], *, aggregate: Aggregate
+) -> None:
+    """Run a committed change's effects; a failure is logged and left to its repair pass.
+
+    The change is stored and its events are on their way: raising now would tell an HTTP
+    caller to send the request again (a 503), which repeats the change, and would make a
+    consumer retry an event whose redelivery finds it applied. Each effect is one a
+    periodic pass repairs (module docstring), so the next one still runs.
+    """
+    for effect in effects:
+        try:
+            await effect(updated)
+        except Exception as exc:
+            transient = is_transient(exc)
+            # A dependency away a moment is expected now and then; anything else is a bug.
+            report = log.warning if transient else log.error
+            report(
+                "effect_after_commit_failed",
+                aggregate=aggregate.what,
+                effect=getattr(effect, "__qualname__", type(effect).__name__),
+                transient=transient,
+                error=redacted_error(exc),
+            )
 
 
 async def _decided(decide: Decide, current: dict[str, Any]) -> Decision | None:

@@ -12,6 +12,8 @@ from fastapi.responses import JSONResponse
 from complaints_shared.access import Scope, allow
 from complaints_shared.auth import Principal, Role
 from complaints_shared.datetimes import UtcDatetime
+from complaints_shared.failures import is_dependency_unavailable, redacted_error
+from complaints_shared.logs import get_logger
 from complaints_shared.pagination import Page
 from complaints_shared.problems import invalid_fields
 from complaints_shared.runtime import runtime_of
@@ -35,6 +37,8 @@ from intake.models import (
     TimelineEntry,
     WithdrawRequest,
 )
+
+log = get_logger(__name__)
 
 router = APIRouter(prefix="/v1/complaints", tags=["complaints"])
 reports_router = APIRouter(prefix="/v1/reports", tags=["reports"])
@@ -62,6 +66,26 @@ async def _shown(request: Request, principal: Principal, document: dict[str, Any
         db=runtime_of(request).db, principal=principal, complaints=[store.to_read(document)]
     )
     return complaint
+
+
+async def _shown_changed(
+    request: Request, principal: Principal, document: dict[str, Any]
+) -> ComplaintRead:
+    """The complaint just stored by this request, as the caller may read it.
+
+    The change is committed: a 503 now would invite a retry that repeats it (a note added
+    twice). If the read that checks ``repeat_of`` against the caller's branches fails, the
+    answer is the stored complaint with those links withheld (a later read shows them).
+    """
+    try:
+        return await _shown(request, principal, document)
+    except Exception as exc:
+        if not is_dependency_unavailable(exc):
+            raise
+        log.warning(
+            "repeat_links_unchecked", complaint_id=document["_id"], error=redacted_error(exc)
+        )
+        return store.to_read(document).model_copy(update={"repeat_of": []})
 
 
 @router.post(
@@ -109,7 +133,7 @@ async def create_complaint(
                 complaint_id=complaint_id,
                 now=runtime.clock.now(),
             )
-            shown = await _shown(request, principal, document)
+            shown = await _shown_changed(request, principal, document)
             answer = {**shown.model_dump(), "resubmission": not created}
             payload = from_stored(ComplaintCreated, answer).model_dump(mode="json")
             status_code = status.HTTP_201_CREATED if created else status.HTTP_200_OK
@@ -182,7 +206,7 @@ async def _command(
         now=runtime.clock.now(),
         details=details,
     )
-    return await _shown(request, principal, document)
+    return await _shown_changed(request, principal, document)
 
 
 def _command_route(

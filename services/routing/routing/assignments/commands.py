@@ -133,6 +133,10 @@ async def reassign(
             return store.to_read(routed)
 
     async def after_move(document: dict[str, Any], previous: dict[str, Any]) -> None:
+        # Owed before any write: a failure below (logged by the kernel) leaves both drains
+        # to the queue sweep and the load hints to ``owners.reconcile_load_hints``.
+        if previous.get("department"):
+            owed_drains.owe(db=db, org=principal.org, department_id=previous["department"])
         if document["status"] == AssignmentStatus.QUEUED.value:
             owed_drains.owe(db=db, org=principal.org, department_id=document["department"])
         if document.get("owner_id"):

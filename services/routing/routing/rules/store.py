@@ -7,6 +7,7 @@ full rule as it now reads in ``rule_versions``, so an assignment's
 
 from __future__ import annotations
 
+import contextlib
 from datetime import datetime
 from typing import Any
 
@@ -160,18 +161,20 @@ async def _record_version(
     *, db: AsyncDatabase, document: dict[str, Any], change: str, actor: str, at: datetime
 ) -> None:
     rule = {key: value for key, value in document.items() if key != "_id"}
-    await db[RULE_VERSIONS].insert_one(
-        {
-            "_id": f"{document['_id']}@{document['version']}",
-            "org": document["org"],
-            "rule_id": document["_id"],
-            "version": document["version"],
-            "change": change,
-            "changed_by": actor,
-            "changed_at": at,
-            "rule": rule,
-        }
-    )
+    # Recorded already by the first attempt of a repeated creation (``create_rule``).
+    with contextlib.suppress(DuplicateKeyError):
+        await db[RULE_VERSIONS].insert_one(
+            {
+                "_id": f"{document['_id']}@{document['version']}",
+                "org": document["org"],
+                "rule_id": document["_id"],
+                "version": document["version"],
+                "change": change,
+                "changed_by": actor,
+                "changed_at": at,
+                "rule": rule,
+            }
+        )
     await context_cache.directory_changed(db=db, org=document["org"])
 
 
@@ -198,11 +201,29 @@ async def create_rule(
     try:
         await db[RULES].insert_one(document)
     except DuplicateKeyError:
-        raise conflict(f"routing rule {rule_id!r} already exists") from None
+        document = await _repeated_creation(db=db, rule_id=rule_id, body=body, fields=fields)
     await _record_version(
         db=db, document=document, change="created", actor=principal.subject, at=now
     )
     return rule_read(document)
+
+
+async def _repeated_creation(
+    *, db: AsyncDatabase, rule_id: str, body: RuleCreate, fields: dict[str, Any]
+) -> dict[str, Any]:
+    """The stored rule when ``body`` repeats its creation (a retry after a 503, say): the
+    version record and the directory bump after the insert run again, as they may be what
+    failed. A rule of that id created differently (or changed since) stays a 409."""
+    stored = await db[RULES].find_one({"_id": rule_id})
+    repeated = (
+        stored is not None
+        and stored["version"] == 1
+        and all(stored.get(key) == value for key, value in fields.items())
+        and body.position in (None, stored["position"])
+    )
+    if not repeated:
+        raise conflict(f"routing rule {rule_id!r} already exists")
+    return stored
 
 
 async def _save_version(
