@@ -13,6 +13,7 @@ a day over counts a change committed late. The tallies then equal a build from t
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from contextlib import AsyncExitStack
 from datetime import UTC, datetime, timedelta
@@ -395,3 +396,105 @@ async def _today_from_tallies(db, monkeypatch, *, today: datetime, now: datetime
         assert [g.model_dump() for g in report.groups] == [g.model_dump() for g in expected]
     assert read_rows == [(two_days_before, two_days_before + 3 * H)]
     monkeypatch.setattr(rollup, "rows_registered", rows_registered)
+
+
+async def test_a_holder_that_lost_the_lease_cannot_corrupt_the_tallies(
+    infrastructure, monkeypatch
+) -> None:
+    """Two replicas pass at once when one's lease renewals fail and another takes the lease.
+    A pass that began from a state another pass has since moved on writes nothing, and one
+    applied by two holders writes each document once, never over a later pass's: the
+    tallies stay what a build from the complaints says."""
+    clock = ManualClock(T0)
+    settings = settings_for_test(
+        IntakeSettings,
+        infra=infrastructure,
+        run_id=uuid.uuid4().hex[:10],
+        report_rollup_interval_s=3600,  # this test refreshes when it wants
+    )
+    mongo = AsyncMongoClient(settings.mongodb_uri, tz_aware=True)
+    db = service_database(client=mongo, settings=settings)
+    async with AsyncExitStack() as stack:
+        stack.push_async_callback(mongo.close)
+        client = await serve(stack, create_intake_app(settings, clock=clock), "intake")
+        admin = token(settings)
+        # The service's own job passes once at its start, then waits an hour: only this
+        # test's passes (which take no lease) come after that one.
+        await eventually(lambda: rollup.state(db=db), what="the service's first pass")
+
+        async def at(moment: datetime, path: str, body: dict | None = None) -> dict:
+            clock.set(moment)
+            response = await client.post(path, json=body or {}, headers=admin)
+            assert response.status_code in (200, 201), response.text
+            return response.json()
+
+        ids = [
+            (await at(T0, "/v1/complaints", complaint_body(branch="LZ", customer=customer)))["id"]
+            for customer in ({"name": "客户", "phone": f"1390000002{n}"} for n in range(3))
+        ]
+        a, b, c = (f"/v1/complaints/{cid}" for cid in ids)
+        resolved = {"summary": "处理完毕", "root_cause": "billing_error"}
+        assert await rollup.refresh(db=db, now=T0 + H) == 3
+
+        async def built_alike(now: datetime) -> None:
+            """The tallies equal a build from the complaints (which then stands)."""
+            kept = await _tallies(db)
+            await db[rollup.STATE].update_one(
+                {"_id": rollup.WATERMARK_ID}, {"$set": {"version": 3}}
+            )
+            assert await rollup.refresh(db=db, now=now) == 3
+            assert await _tallies(db) == kept
+
+        # 1. A pass held up after reading (its holder lost the lease meanwhile) while the
+        #    complaint changed again and another holder passed: it claims nothing.
+        await at(T0 + 1.5 * H, f"{a}/acknowledge")
+        reading, go_on = asyncio.Event(), asyncio.Event()
+        rows_of = rollup.rows_of
+
+        async def held_rows_of(**kwargs):
+            if not reading.is_set():
+                reading.set()
+                await go_on.wait()
+            return await rows_of(**kwargs)
+
+        monkeypatch.setattr(rollup, "rows_of", held_rows_of)
+        stale = asyncio.create_task(rollup.refresh(db=db, now=T0 + 2 * H))
+        await asyncio.wait_for(reading.wait(), timeout=10)
+        await at(T0 + 2.5 * H, f"{a}/resolve", resolved)
+        assert await rollup.refresh(db=db, now=T0 + 3 * H) == 1
+        passed = (await rollup.state(db=db, whole=True))["seq"]
+        go_on.set()
+        with pytest.raises(rollup.PassOvertaken):
+            await stale
+        state = await rollup.state(db=db, whole=True)
+        assert state["seq"] == passed and state["until"] == T0 + 3 * H - rollup.ROLLUP_LAG
+        monkeypatch.setattr(rollup, "rows_of", rows_of)
+        assert await rollup.refresh(db=db, now=T0 + 4 * H) == 0
+        await built_alike(T0 + 4 * H)
+
+        # 2. A pass held up half-way through its writes; another holder applies it again from
+        #    its journal and passes once more on the same day; the first then writes the rest.
+        await at(T0 + 4.5 * H, f"{b}/acknowledge")
+        passed = (await rollup.state(db=db, whole=True))["seq"]  # the build began anew
+        writing, go_on = asyncio.Event(), asyncio.Event()
+        write_tally = rollup._write_tally
+
+        async def held_write_tally(**kwargs) -> None:
+            if kwargs["dimension"] == "category" and not writing.is_set():
+                writing.set()
+                await go_on.wait()
+            await write_tally(**kwargs)
+
+        monkeypatch.setattr(rollup, "_write_tally", held_write_tally)
+        slow = asyncio.create_task(rollup.refresh(db=db, now=T0 + 5 * H))
+        await asyncio.wait_for(writing.wait(), timeout=10)
+        assert (await rollup.state(db=db, whole=True))["pending"]["seq"] == passed + 1
+        assert await rollup.refresh(db=db, now=T0 + 6 * H) == 0  # applies the pending pass
+        await at(T0 + 6.5 * H, f"{c}/resolve", resolved)
+        assert await rollup.refresh(db=db, now=T0 + 7 * H) == 1
+        go_on.set()
+        await slow
+        state = await rollup.state(db=db, whole=True)
+        assert state["seq"] == passed + 2 and "pending" not in state
+        monkeypatch.setattr(rollup, "_write_tally", write_tally)
+        await built_alike(T0 + 7 * H)

@@ -472,6 +472,21 @@ def _settle(done: asyncio.Future[None], error: BaseException | None) -> None:
         done.set_exception(error)
 
 
+async def bulk_write_unless_taken(collection: AsyncCollection, writes: list[Any]) -> None:
+    """``writes`` unordered, where a write refused for a duplicate key found its place
+    taken (by a conditional upsert's filter, say) and is dropped; any other error raises."""
+    if not writes:
+        return
+    try:
+        await collection.bulk_write(writes, ordered=False)
+    except BulkWriteError as exc:
+        refused = exc.details.get("writeErrors", [])
+        if exc.details.get("writeConcernErrors") or any(
+            error.get("code") not in _DUPLICATE_KEY_CODES for error in refused
+        ):
+            raise
+
+
 def is_id_clash(exc: DuplicateKeyError) -> bool:
     """The duplicate is the document's ``_id`` (not another unique index)."""
     return clashes_on(exc, "_id")

@@ -36,10 +36,17 @@ itself pending; each tally document it writes carries the pass's number (``seq``
 does each row. A pass broken off is applied again from the journal by the next, skipping the
 tally documents that already carry its number. A report that reads a tally document or a row
 of a pass later than the watermark it read reads again.
+
+The lease is renewed while a pass runs, but a holder whose renewals fail loses it to another
+replica and may still be passing. So passes are fenced by their numbers, not by the lease: a
+pass claims its number only on the state it began from (else ``PassOvertaken``, and it
+writes nothing), and a tally document or a row is only written over one of an earlier pass.
+Two holders applying the same pass write the same documents from the same journal.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
 import uuid
@@ -57,6 +64,7 @@ from pymongo.errors import DuplicateKeyError
 from complaints_shared.logs import get_logger
 from complaints_shared.mongo import (
     at_or_after,
+    bulk_write_unless_taken,
     ensure_index,
     lease_free,
     lease_kept,
@@ -605,9 +613,14 @@ async def _write_tally(
         "version": VERSION,
         "tallied_at": now,
     }
-    await db[TALLIES].replace_one(
-        {"_id": _tally_id(org, branch, day, dimension)}, document, upsert=True
-    )
+    # Only over what an earlier pass wrote: a holder that lost the lease and applies a pass
+    # another has applied (and followed) since leaves the document to them.
+    with contextlib.suppress(DuplicateKeyError):
+        await db[TALLIES].replace_one(
+            {"_id": _tally_id(org, branch, day, dimension), "seq": {"$lt": seq}},
+            document,
+            upsert=True,
+        )
 
 
 async def _apply(
@@ -615,8 +628,9 @@ async def _apply(
 ) -> None:
     """Apply pass ``seq``'s ``entries`` (each a complaint's ``old`` row, None for one new to
     the tallies, and its ``new`` one): each old row out of its day's tallies, each new one in,
-    then the rows. A tally document already carrying ``seq`` was written by this pass before a
-    break, and is left as it is."""
+    then the rows. A tally document or row already carrying ``seq`` was written by this pass
+    before a break (or by another holder applying it), one carrying a later pass's number by
+    the passes since: either is left as it is."""
     taken: dict[tuple[str, str, datetime], list[dict[str, Any]]] = defaultdict(list)
     counted: dict[tuple[str, str, datetime], list[dict[str, Any]]] = defaultdict(list)
     for entry in entries:
@@ -628,7 +642,7 @@ async def _apply(
         stored = {d["_id"]: d async for d in db[TALLIES].find({"_id": {"$in": ids}})}
         for dimension in DIMENSIONS:
             document = stored.get(_tally_id(org, branch, day, dimension))
-            if document is not None and document.get("seq") == seq:
+            if document is not None and document.get("seq", 0) >= seq:
                 continue
             groups: dict[Any, dict[str, Any]] = defaultdict(empty_tally)
             for group in document["groups"] if document else []:
@@ -646,30 +660,36 @@ async def _apply(
         writes = [
             InsertOne({"_id": entry["id"], **entry["new"], "seq": seq})
             if entry["old"] is None and not again
-            else ReplaceOne({"_id": entry["id"]}, {**entry["new"], "seq": seq}, upsert=True)
+            else ReplaceOne(
+                {"_id": entry["id"], "seq": {"$lt": seq}}, {**entry["new"], "seq": seq}, upsert=True
+            )
             for entry in entries[first : first + READ_BATCH * 5]
         ]
-        await db[ROWS].bulk_write(writes, ordered=False)
+        await bulk_write_unless_taken(db[ROWS], writes)
 
 
-async def _finish(*, db: AsyncDatabase, seq: int, settled: dict[str, Any], now: datetime) -> None:
-    """Pass ``seq`` is applied: set what it ``settled`` (the watermark...) and drop its
-    journal."""
+async def _finish(
+    *, db: AsyncDatabase, seq: int, token: str | None, settled: dict[str, Any], now: datetime
+) -> None:
+    """Pass ``seq`` (claimed as ``token``) is applied: set what it ``settled`` (the
+    watermark...), unless another holder finished it first, and drop the journals of it and
+    of the passes that lost their claim to it."""
     await db[STATE].update_one(
-        {"_id": WATERMARK_ID},
+        {"_id": WATERMARK_ID, "pending.seq": seq, "pending.token": token},
         {"$set": {**settled, "seq": seq, "passed_at": now}, "$unset": {"pending": ""}},
     )
-    await db[JOURNAL].delete_many({"seq": seq})
+    await db[JOURNAL].delete_many({"seq": {"$lte": seq}})
 
 
 async def _apply_pending(*, db: AsyncDatabase, pending: dict[str, Any], now: datetime) -> int:
     """Apply again, from its journal, a pass that was broken off; how many changes it held."""
-    seq = pending["seq"]
+    seq, token = pending["seq"], pending.get("token")
     entries: list[dict[str, Any]] = []
-    async for chunk in db[JOURNAL].find({"seq": seq}).sort("_id", 1):
+    # (A pass pending since before 4 December has no token, nor have its journal's chunks.)
+    async for chunk in db[JOURNAL].find({"seq": seq, "token": token}).sort("_id", 1):
         entries += chunk["entries"]
     await _apply(db=db, seq=seq, entries=entries, now=now, again=True)
-    await _finish(db=db, seq=seq, settled=pending["settled"], now=now)
+    await _finish(db=db, seq=seq, token=token, settled=pending["settled"], now=now)
     log.info("report_rollup_pass_resumed", seq=seq, changes=len(entries))
     return len(entries)
 
@@ -700,28 +720,44 @@ async def _move_on(
         old = row_of(old) if old is not None else None
         if new != old:  # a note, say, changes nothing the report counts
             entries.append({"id": complaint_id, "old": old, "new": new})
+    # Every write of the state names the state the pass began from: a pass of a holder
+    # that lost the lease meanwhile (its renewals failing) changes nothing (``PassOvertaken``).
+    unchanged = {"_id": WATERMARK_ID, "seq": current["seq"], "pending": {"$exists": False}}
     if not entries:
-        await db[STATE].update_one({"_id": WATERMARK_ID}, {"$set": {**settled, "passed_at": now}})
+        moved = await db[STATE].update_one(unchanged, {"$set": {**settled, "passed_at": now}})
+        if not moved.matched_count:
+            raise PassOvertaken(current["seq"])
         return 0
-    seq = current["seq"] + 1
-    # What a pass broken off before this point wrote is of no use: it was never applied.
-    await db[JOURNAL].delete_many({})
+    seq, token = current["seq"] + 1, uuid.uuid4().hex
+    # Written before the claim, under this pass's own token: a claim never names a journal
+    # still being written, and a pass that loses its claim leaves the winner's journal be.
     await db[JOURNAL].insert_many(
         [
             {
-                "_id": f"{seq}|{first:08d}",
+                "_id": f"{seq}|{token}|{first:08d}",
                 "seq": seq,
+                "token": token,
                 "entries": entries[first : first + JOURNAL_CHUNK],
             }
             for first in range(0, len(entries), JOURNAL_CHUNK)
         ]
     )
-    await db[STATE].update_one(
-        {"_id": WATERMARK_ID}, {"$set": {"pending": {"seq": seq, "settled": settled}}}
+    claimed = await db[STATE].update_one(
+        unchanged, {"$set": {"pending": {"seq": seq, "token": token, "settled": settled}}}
     )
+    if not claimed.matched_count:
+        await db[JOURNAL].delete_many({"token": token})
+        raise PassOvertaken(current["seq"])
     await _apply(db=db, seq=seq, entries=entries, now=now, again=False)
-    await _finish(db=db, seq=seq, settled=settled, now=now)
+    await _finish(db=db, seq=seq, token=token, settled=settled, now=now)
     return len(entries)
+
+
+class PassOvertaken(Exception):
+    """The state moved on since this pass read it: another holder of the lease passed."""
+
+    def __init__(self, seq: int) -> None:
+        super().__init__(f"the report rollup's state moved on from pass {seq}")
 
 
 async def _audit(
@@ -870,6 +906,8 @@ async def run_rollup(runtime: Runtime) -> None:
                     changed = await refresh(db=runtime.db, now=runtime.clock.now(), pacer=pacer)
                 if changed:
                     log.info("report_rollup_refreshed", complaints=changed)
+        except PassOvertaken as exc:
+            log.warning("report_rollup_pass_overtaken", detail=str(exc))
         except Exception as exc:
             log.error("report_rollup_failed", error=repr(exc))
         await wait_event(runtime.stopping, timeout_s=interval_s)
