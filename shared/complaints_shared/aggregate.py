@@ -205,7 +205,7 @@ async def change(
             if event_id is not None and event_id in current.get("applied_events", []):
                 return _shown(current, aggregate)
             try:
-                decision = await _decided(decide, current)
+                decision = await decided(decide, current)
             except InvalidTransition as exc:
                 raise exc.about(what=aggregate.what, identifier=aggregate_id) from None
             if decision is None:
@@ -277,7 +277,8 @@ async def _run_effects(
             )
 
 
-async def _decided(decide: Decide, current: dict[str, Any]) -> Decision | None:
+async def decided(decide: Decide, current: dict[str, Any]) -> Decision | None:
+    """What ``decide`` (synchronous or not) decided about ``current``."""
     decision = decide(current)
     if inspect.isawaitable(decision):
         decision = await decision

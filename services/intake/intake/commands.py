@@ -41,6 +41,8 @@ from intake.lifecycle import (
 from intake.models import (
     MAX_NOTES,
     MAX_REMEDIES,
+    MAX_RESOLUTIONS,
+    MAX_TIMELINE_FOR_COMMANDS,
     AcknowledgeRequest,
     CloseRequest,
     NoteCreate,
@@ -71,6 +73,25 @@ COMMAND_ROLES: dict[Command, tuple[Role, ...]] = {
 Outcome = tuple[dict[str, Any], list[tuple[EventType, EventData]]]
 Build = Callable[[dict[str, Any], datetime], Outcome]
 
+# What a complaint whose timeline is full may still be asked: to end it.
+ENDING_COMMANDS = frozenset({Command.REJECT, Command.WITHDRAW, Command.CLOSE})
+
+
+def _within_bounds(current: dict[str, Any], command: Command) -> None:
+    """A command taking a full timeline further is a 409 (``MAX_TIMELINE_FOR_COMMANDS``)."""
+    length = current.get(store.TIMELINE_LENGTH, 0)
+    if command in ENDING_COMMANDS or length < MAX_TIMELINE_FOR_COMMANDS:
+        return
+    raise InvalidTransition(
+        current=Status(current["status"]),
+        command=command,
+        what="complaint",
+        reason=(
+            f"complaint {current.get('reference')}'s timeline holds {length} entries, the most "
+            "commands may add to; it may still be rejected, withdrawn or closed"
+        ),
+    )
+
 
 async def run_command(
     *,
@@ -88,6 +109,7 @@ async def run_command(
     def decide(current: dict[str, Any]) -> store.Decision:
         asked = table_command(current, command)
         status = transition(current=Status(current["status"]), command=asked)
+        _within_bounds(current, command)
         update, events = build(current, now)
         return store.Decision(update, events, status)
 
@@ -238,6 +260,16 @@ def _stored_remedies(request: ResolveRequest) -> list[dict[str, Any]]:
 
 def resolve(request: ResolveRequest, principal: Principal) -> Build:
     def build(current: dict[str, Any], now: datetime) -> Outcome:
+        if current.get("resolution_count", 0) >= MAX_RESOLUTIONS:
+            raise InvalidTransition(
+                current=Status(current["status"]),
+                command=Command.RESOLVE,
+                what="complaint",
+                reason=(
+                    f"complaint {current.get('reference')} was resolved {MAX_RESOLUTIONS} "
+                    "times, the most one may; it may still be rejected or withdrawn"
+                ),
+            )
         number = current.get("resolution_count", 0) + 1
         remedies = _stored_remedies(request)
         due = current.get("resolve_due_at")

@@ -42,6 +42,15 @@ MAX_REMEDIES = 10
 # document past the server's 16 MB, after which every write to it fails (an error on each
 # request, a dead letter for each event about it). 500 of the longest take about 6 MB.
 MAX_NOTES = 500
+# Timeline entries a complaint holds before commands are refused, except those that end it
+# (reject, withdraw, close). Events keep their entries past it: what routing and follow-up
+# did is recorded whatever the count. Commands such as a wait and a resume can be repeated
+# without end, and every entry stays on the complaint's document; 2,000 take about 1 MB.
+MAX_TIMELINE_FOR_COMMANDS = 2_000
+# Resolutions one complaint holds at most. Each resolve starts what a reopen can follow with
+# a new cycle (call-backs, deadlines, escalations: a dozen entries each); the list and each
+# cycle's entries stay on the document.
+MAX_RESOLUTIONS = 100
 
 
 class DesiredOutcome(StrEnum):

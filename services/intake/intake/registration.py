@@ -212,6 +212,7 @@ def new_document(
         "created_at": now,
         "updated_at": now,
         "applied_events": [],
+        store.TIMELINE_LENGTH: 1,
         "timeline": [
             store.timeline_entry(
                 actor=principal.subject,

@@ -40,6 +40,9 @@ APPLIED_EVENTS_KEPT = 500
 MAX_WRITE_ATTEMPTS = 8
 # The timeline's ``cause`` of a change asked for over HTTP (else the consumed event's type).
 COMMAND_CAUSE = "command"
+# Entries on the complaint's timeline, counted with each change that adds some (documents
+# stored before 4 December count from their first change since).
+TIMELINE_LENGTH = "timeline_length"
 
 HIDDEN_FIELDS = {"outbox": 0, "applied_events": 0, "timeline": 0}
 COMPLAINT = Aggregate(
@@ -288,7 +291,7 @@ async def change(
         update = merge_updates(
             decision.update,
             _status_update(current=current, next_status=decision.status, now=at),
-            {"$push": {"timeline": {"$each": timeline}}},
+            {"$push": {"timeline": {"$each": timeline}}, "$inc": {TIMELINE_LENGTH: len(timeline)}},
         )
         # Before the write: a list after it finds the complaint within the floors.
         await floors.cover(db=db, complaint=floors.values_written(current, update))

@@ -13,7 +13,7 @@ from typing import Any
 
 from pymongo.asynchronous.database import AsyncDatabase
 
-from complaints_shared.aggregate import Decide, Decision
+from complaints_shared.aggregate import Decide, Decision, decided
 from complaints_shared.auth import Principal
 from complaints_shared.events import (
     ComplaintReassigned,
@@ -46,6 +46,12 @@ from routing.directory.models import DepartmentRead, StaffRead, StaffStatus
 from routing.settings import RoutingSettings
 from routing.sla import clocks as sla_clocks
 
+# Supervisor actions one assignment takes at most (the regulatory filing aside). Each is
+# announced, and intake keeps every announcement on the complaint's timeline: reassigning
+# back and forth without end would take that document past the server's 16 MB.
+SUPERVISOR_ACTIONS = "supervisor_actions"
+MAX_SUPERVISOR_ACTIONS = 500
+
 
 async def _changed(
     db: AsyncDatabase,
@@ -55,13 +61,29 @@ async def _changed(
     decide: Decide,
     now: datetime,
     /,
+    *,
+    counted: bool = True,
 ) -> AssignmentRead:
-    """One supervisor action within the caller's visibility; another branch's id is a 404."""
+    """One supervisor action within the caller's visibility; another branch's id is a 404.
+    A ``counted`` one past ``MAX_SUPERVISOR_ACTIONS`` is a 409."""
+
+    async def bounded(current: dict[str, Any]) -> Decision | None:
+        taken = current.get(SUPERVISOR_ACTIONS, 0)
+        if counted and taken >= MAX_SUPERVISOR_ACTIONS:
+            raise conflict(
+                f"complaint {complaint_id} has had {taken} supervisor actions, the most one "
+                "may; it can still be finished through intake"
+            )
+        decision = await decided(decide, current)
+        if decision is not None and counted:
+            decision.update = merge_updates(decision.update, {"$inc": {SUPERVISOR_ACTIONS: 1}})
+        return decision
+
     document = await store.change(
         db=db,
         settings=settings,
         complaint_id=complaint_id,
-        decide=decide,
+        decide=bounded,
         now=now,
         scope=principal.scope_filter(),
     )
@@ -388,4 +410,5 @@ async def file_regulatory_report(
         )
         return Decision(update, [(EventType.COMPLAINT_REGULATORY_REPORT_FILED, filed)])
 
-    return await _changed(db, settings, principal, complaint_id, decide, now)
+    # A legal obligation's record: filed whatever else the complaint went through.
+    return await _changed(db, settings, principal, complaint_id, decide, now, counted=False)
