@@ -14,9 +14,11 @@ import pytest
 
 from complaints_shared.clock import ManualClock
 from complaints_shared.events import EventType
+from routing import context_cache
 from routing.sla.clocks import HORIZON
 from tests.support.clock import at
 from tests.support.events import received, resolved
+from tests.support.faults import FailsFirst
 from tests.support.followup import FAST_SCHEDULER, checks_of, make_due, wait_status
 from tests.support.http import agent, token
 from tests.support.kafka import intake_producer, publish
@@ -239,6 +241,43 @@ async def test_a_retired_sla_policy_is_kept_for_its_assignments_but_never_given_
         headers=admin,
     )
     assert [entry["action"] for entry in trail.json()][:3] == ["deleted", "retired", "saved"]
+
+
+async def test_a_retirement_whose_bump_failed_is_recorded_once_and_bumps_when_retried(
+    system: System, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Retiring stores the change and its audit record, then the directory bump meets a
+    dropped connection: a 503. The retry finds the policy retired already: it changes
+    nothing, records nothing twice and bumps (before: no bump, and the replicas' routing
+    contexts kept offering the policy). Deleted and created again under its id, the policy
+    counts its versions from 1 again; its new records are kept beside the old ones."""
+    admin = token(system.routing_settings, subject="admin-zhao")
+    api = system.routing
+    path = "/v1/routing/sla-policies/unused"
+    assert (await api.put(path, json=BILLING_FAST, headers=admin)).status_code == 200
+
+    async def trail() -> list[str]:
+        found = await api.get(
+            "/v1/directory/audit",
+            params={"entity": "sla_policy", "entity_id": "unused"},
+            headers=admin,
+        )
+        return [entry["action"] for entry in found.json()]
+
+    bump = FailsFirst(context_cache.directory_changed)
+    monkeypatch.setattr(context_cache, "directory_changed", bump)
+    first = await api.post(f"{path}/retire", headers=admin)
+    assert first.status_code == 503, first.text
+    retried = await api.post(f"{path}/retire", headers=admin)
+    assert retried.status_code == 200, retried.text
+    assert (retried.json()["version"], retried.json()["retired_by"]) == (2, "admin-zhao")
+    assert len(bump.calls) == 2
+    assert await trail() == ["retired", "saved"]
+
+    assert (await api.delete(path, headers=admin)).status_code == 204
+    again = await api.put(path, json=BILLING_FAST, headers=admin)
+    assert (again.status_code, again.json()["version"]) == (200, 1)
+    assert await trail() == ["saved", "deleted", "retired", "saved"]
 
 
 async def test_a_policy_stored_with_a_target_beyond_the_limits_still_routes_complaints(

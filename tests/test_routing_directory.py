@@ -79,7 +79,13 @@ async def test_directory_validates_references_chains_and_scopes(system: System) 
     created = await api.post("/v1/directory/branches", json=XIAN, headers=admin)
     assert created.status_code == 201, created.text
     assert created.json()["holidays"]["working_days"] == ["2026-12-27"]
-    assert (await api.post("/v1/directory/branches", json=XIAN, headers=admin)).status_code == 409
+    # The same creation again (a retry) is answered with the branch; another body is a 409.
+    repeated = await api.post("/v1/directory/branches", json=XIAN, headers=admin)
+    assert (repeated.status_code, repeated.json()["version"]) == (201, 1), repeated.text
+    renamed = {**XIAN, "name": "另一个西安营业厅"}
+    assert (
+        await api.post("/v1/directory/branches", json=renamed, headers=admin)
+    ).status_code == 409
 
     department = {"branch": "XA", "code": "CS", "name": "客户服务部", "kind": "customer_service"}
     unknown_branch = {**department, "branch": "ZZ"}

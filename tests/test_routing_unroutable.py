@@ -21,6 +21,7 @@ from complaints_shared.events import EventType, Topic, dead_letter_topic
 from routing import context_cache
 from routing.assignments import unroutable
 from routing.assignments.scheduler import SlaScheduler
+from routing.rules.models import RuleCreate
 from tests.support.faults import FailsFirst
 from tests.support.http import create_complaint, token
 from tests.support.kafka import events_of, read_topic
@@ -336,3 +337,164 @@ async def test_a_rule_whose_directory_bump_failed_routes_once_its_creation_is_re
     other = {**DEFAULT_RULE, "name": "另一条规则"}
     different = await system.routing.post("/v1/routing/rules", json=other, headers=admin)
     assert different.status_code == 409, different.text
+
+
+async def _audit_trail(system: System, admin: dict, *, entity: str, entity_id: str) -> list[str]:
+    trail = await system.routing.get(
+        "/v1/directory/audit", params={"entity": entity, "entity_id": entity_id}, headers=admin
+    )
+    assert trail.status_code == 200, trail.text
+    return [entry["action"] for entry in trail.json()]
+
+
+async def test_a_department_whose_directory_bump_failed_routes_once_its_creation_is_retried(
+    system: System, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every branch's customer-service department takes the complaints; Ningbo has none yet,
+    so its complaint waits unroutable. The department is stored and audited, then the bump
+    meets a dropped connection: a 503. The same request again answers with the stored
+    department, records nothing twice and bumps, and the complaint is routed there (before:
+    a 422 for a kind already taken, by itself, or a 409, and it stayed unroutable)."""
+    admin = token(system.routing_settings, org=ORG)
+    acme_admin = token(system.intake_settings, org=ORG)
+    await _hangzhou_service_desk(system, admin)
+    by_kind = {
+        "id": "customer-service",
+        "name": "投诉 → 本门店客户服务部",
+        "action": {"department_kind": "customer_service"},
+    }
+    for path, body in (
+        ("/v1/routing/rules", by_kind),
+        ("/v1/directory/branches", {"code": "NB", "name": "宁波门店"}),
+    ):
+        made = await system.routing.post(path, json=body, headers=admin)
+        assert made.status_code == 201, made.text
+    complaint_id = (
+        await create_complaint(system, acme_admin, branch="NB", subject="门店服务态度差")
+    )["id"]
+    await _visibly_unroutable(system, complaint_id)
+    bump = FailsFirst(context_cache.directory_changed)
+    monkeypatch.setattr(context_cache, "directory_changed", bump)
+    ningbo = {**DEPARTMENT, "branch": "NB", "name": "宁波客户服务部"}
+
+    first = await system.routing.post("/v1/directory/departments", json=ningbo, headers=admin)
+    assert first.status_code == 503, first.text
+    retried = await system.routing.post("/v1/directory/departments", json=ningbo, headers=admin)
+    assert retried.status_code == 201, retried.text
+    stored = await routing_db(system).departments.find_one({"_id": f"{ORG}:NB:SVC"})
+    assert retried.json()["version"] == 1
+    assert datetime.fromisoformat(retried.json()["created_at"]) == stored["created_at"]
+    assert len(bump.calls) == 2
+    trail = await _audit_trail(system, admin, entity="department", entity_id="NB:SVC")
+    assert trail == ["created"]
+    routed = await _routed(system, complaint_id)
+    assert routed["assignment"]["department"] == "NB:SVC"
+
+    renamed = {**ningbo, "name": "宁波售后服务部"}
+    different = await system.routing.post("/v1/directory/departments", json=renamed, headers=admin)
+    assert different.status_code == 409, different.text
+
+
+async def test_a_branch_or_staff_creation_repeated_answers_with_the_stored_entry_once_audited(
+    system: System, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A branch created twice with the same body is one branch with one audit record. A
+    person stored and audited whose bump failed (a 503) is answered on the retry, and the
+    queue of their department is offered to them then; another body is a 409 either way."""
+    admin = token(system.routing_settings, org=ORG)
+    acme_admin = token(system.intake_settings, org=ORG)
+    ningbo = {"code": "NB", "name": "宁波门店"}
+    made = [
+        await system.routing.post("/v1/directory/branches", json=ningbo, headers=admin)
+        for _ in range(2)
+    ]
+    assert [response.status_code for response in made] == [201, 201], made[1].text
+    stored = await routing_db(system).branches.find_one({"_id": f"{ORG}:NB"})
+    assert made[1].json()["version"] == 1
+    assert datetime.fromisoformat(made[1].json()["created_at"]) == stored["created_at"]
+    assert await _audit_trail(system, admin, entity="branch", entity_id="NB") == ["created"]
+    renamed = {**ningbo, "name": "宁波旗舰店"}
+    different = await system.routing.post("/v1/directory/branches", json=renamed, headers=admin)
+    assert different.status_code == 409, different.text
+
+    for path, body in (
+        ("/v1/directory/branches", BRANCH),
+        ("/v1/directory/departments", DEPARTMENT),
+        ("/v1/routing/rules", DEFAULT_RULE),
+    ):
+        made_one = await system.routing.post(path, json=body, headers=admin)
+        assert made_one.status_code == 201, made_one.text
+    complaint_id = (
+        await create_complaint(system, acme_admin, branch="HZ", subject="门店服务态度差")
+    )["id"]
+    db = routing_db(system)
+    queued = await eventually(
+        lambda: db.assignments.find_one({"_id": complaint_id, "status": "queued"}),
+        what="the complaint queued in a department without people",
+    )
+    assert queued["department"] == "HZ:SVC"
+    bump = FailsFirst(context_cache.directory_changed)
+    monkeypatch.setattr(context_cache, "directory_changed", bump)
+
+    first = await system.routing.post("/v1/directory/staff", json=AGENT, headers=admin)
+    assert first.status_code == 503, first.text
+    retried = await system.routing.post("/v1/directory/staff", json=AGENT, headers=admin)
+    assert retried.status_code == 201, retried.text
+    assert retried.json()["version"] == 1
+    assert len(bump.calls) == 2
+    assert await _audit_trail(system, admin, entity="staff", entity_id="hz-li") == ["created"]
+    # Offered within the request, as after a creation that did not fail.
+    assigned = await db.assignments.find_one({"_id": complaint_id})
+    assert (assigned["status"], assigned["owner_id"]) == ("open", "hz-li")
+
+    busier = {**AGENT, "capacity": 9}
+    different = await system.routing.post("/v1/directory/staff", json=busier, headers=admin)
+    assert different.status_code == 409, different.text
+
+
+async def test_the_sweep_routes_an_unroutable_complaint_after_the_context_max_age_without_a_bump(
+    system_factory: SystemFactory,
+) -> None:
+    """A rule written to the database by hand (or one whose bump failed) leaves the
+    directory version as it was. The queue sweep still tries the organisation's unroutable
+    complaints once ``routing_context_max_age_s`` has passed since it last did, so the
+    complaint is routed; before, it waited for the next edit made through the API."""
+    # The service's own sweeper waits an hour: only the test's sweeps look.
+    system = await system_factory(routing={"queue_sweep_interval_s": 3600})
+    admin = token(system.routing_settings, org=ORG)
+    acme_admin = token(system.intake_settings, org=ORG)
+    await _hangzhou_service_desk(system, admin)
+    complaint_id = (
+        await create_complaint(system, acme_admin, branch="HZ", subject="门店服务态度差")
+    )["id"]
+    await _visibly_unroutable(system, complaint_id)
+    settings = system.routing_settings.model_copy(update={"routing_context_max_age_s": 0.3})
+    scheduler = SlaScheduler(settings=settings)
+    runtime = SimpleNamespace(db=routing_db(system), clock=SystemClock())
+    db = routing_db(system)
+    version = await context_cache.directory_version(db=db, org=ORG)
+    assert await scheduler.sweep_queues(runtime) == 0  # tried at this version: no rule yet
+
+    rule = RuleCreate.model_validate(DEFAULT_RULE)
+    now = SystemClock().now()
+    await db.rules.insert_one(
+        {
+            "_id": f"{ORG}:{rule.id}",
+            "org": ORG,
+            **rule.model_dump(mode="json", exclude={"id", "position"}),
+            "position": 10,
+            "version": 1,
+            "active": True,
+            "created_at": now,
+            "updated_at": now,
+            "updated_by": "dba",
+        }
+    )
+
+    async def swept_and_routed() -> dict | None:
+        await scheduler.sweep_queues(runtime)
+        return await db.assignments.find_one({"_id": complaint_id, "status": "open"})
+
+    routed = await eventually(swept_and_routed, timeout_s=5, what="a sweep routing it")
+    assert routed["department"] == "HZ:SVC"
+    assert await context_cache.directory_version(db=db, org=ORG) == version

@@ -1,17 +1,27 @@
-"""Audit trail of directory, rule and policy changes: who changed what, when, to what."""
+"""Audit trail of directory, rule and policy changes: who changed what, when, to what.
+
+A change is recorded once: its record's ``_id`` names the entity and the version the change
+left it at (:func:`change_id`), so a request repeated after a failure further on (a 503,
+then the client's retry) finds its record there and adds none.
+"""
 
 from __future__ import annotations
 
-from datetime import datetime
+import contextlib
+from datetime import UTC, datetime
 from typing import Any
 
 from pymongo import ASCENDING, DESCENDING
 from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import DuplicateKeyError
 
 from complaints_shared.auth import Principal
+from complaints_shared.mongo import as_utc
 from routing import context_cache
 
 AUDIT_LOG = "audit_log"
+# The action of a change that removes the entity: it leaves no version of its own.
+DELETED = "deleted"
 
 
 async def ensure_indexes(*, db: AsyncDatabase) -> None:
@@ -32,18 +42,49 @@ async def record(
     at: datetime,
     snapshot: dict[str, Any],
 ) -> None:
-    """Append one change; the snapshot is the entity as it was after the change."""
-    await db[AUDIT_LOG].insert_one(
-        {
-            "org": org,
-            "entity": entity,
-            "entity_id": entity_id,
-            "action": action,
-            "actor": actor,
-            "at": at,
-            "snapshot": snapshot,
-        }
+    """Append one change, unless it is recorded already; the snapshot is the entity as it
+    was after the change (as a deletion found it), with its ``version``."""
+    record_id = change_id(
+        org=org, entity=entity, entity_id=entity_id, action=action, snapshot=snapshot
     )
+    # Recorded by an earlier attempt of the same request, whose later step failed.
+    with contextlib.suppress(DuplicateKeyError):
+        await db[AUDIT_LOG].insert_one(
+            {
+                "_id": record_id,
+                "org": org,
+                "entity": entity,
+                "entity_id": entity_id,
+                "action": action,
+                "actor": actor,
+                "at": at,
+                "snapshot": snapshot,
+            }
+        )
+
+
+def change_id(
+    *, org: str, entity: str, entity_id: str, action: str, snapshot: dict[str, Any]
+) -> str:
+    """The audit record's key of one change, e.g.
+    ``acme:department:HZ:SVC/2026-12-04T07:02:21.123+00:00@2``.
+
+    Every change an administrator makes counts the entity's ``version`` up, so the version
+    it left names the change; a deletion counts nothing and is named after the version it
+    removed. The entity's creation time tells apart an SLA policy deleted and created
+    again under its id, whose versions count from 1 again (a policy stored before it kept
+    one is named without it).
+    """
+    created = snapshot.get("created_at")
+    since = f"/{_as_stored(created)}" if created else ""
+    suffix = f":{DELETED}" if action == DELETED else ""
+    return f"{org}:{entity}:{entity_id}{since}@{snapshot['version']}{suffix}"
+
+
+def _as_stored(moment: datetime) -> str:
+    # To the millisecond, as the database keeps it: a creation's first attempt names the
+    # change from the document it wrote, a repeat from the one it reads back.
+    return as_utc(moment).astimezone(UTC).isoformat(timespec="milliseconds")
 
 
 async def record_change(

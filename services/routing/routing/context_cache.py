@@ -9,7 +9,9 @@ unchanged. The version itself is read at most every ``version_check_s`` per
 organisation, not per complaint: a change made through this replica is seen by
 its next complaint, one made through another replica within ``version_check_s``.
 ``max_age_s`` bounds how long a context lives even so (edits made to the
-database by hand carry no version).
+database by hand carry no version, nor one whose bump failed); the queue sweep
+tries unroutable complaints again as often for the same reason
+(``assignments.scheduler``).
 
 Loads and the "longest since the last assignment" tie-break change with every
 assignment: they are not part of a context. Owner choice reads the department's

@@ -38,7 +38,8 @@ class RoutingSettings(ServiceSettings):
         gt=0,
         description="Longest a cached routing context (rules, policies, branch, departments, "
         "people) is reused; any change made through the API invalidates it (see "
-        "routing_directory_check_s).",
+        "routing_directory_check_s). Also the longest between two tries of an organisation's "
+        "unroutable complaints by the queue sweep, whatever its directory version says.",
     )
     routing_directory_check_s: float = Field(
         1.0,

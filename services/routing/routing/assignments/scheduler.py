@@ -65,8 +65,10 @@ class SlaScheduler:
     def __init__(self, *, settings: RoutingSettings) -> None:
         self._settings = settings
         self._owner = f"{settings.service_name}-{uuid.uuid4().hex[:8]}"
-        # Directory version per organisation when its unroutable complaints were last tried.
+        # Directory version per organisation when its unroutable complaints were last tried,
+        # and when (monotonic).
         self._directory_seen: dict[str, int] = {}
+        self._unroutable_tried_at: dict[str, float] = {}
         # The departments the last census found with a queue, and when (monotonic).
         self._queued_departments: list[tuple[str, str]] = []
         self._census_at: float | None = None
@@ -169,11 +171,19 @@ class SlaScheduler:
     async def _retry_unroutable(self, runtime: Runtime) -> int:
         """Every unroutable complaint of organisations whose rules or directory changed since
         the last look (an edit's own request retries the oldest ``unroutable.RETRY_BATCH``,
-        and may have been cut short by a crash)."""
+        and may have been cut short by a crash), or were last tried
+        ``routing_context_max_age_s`` ago: a change whose version bump failed, or one made
+        to the database by hand, bumps nothing, and its complaints would wait for the next
+        edit."""
         routed = 0
         for org in await unroutable.unroutable_orgs(db=runtime.db):
             version = await context_cache.directory_version(db=runtime.db, org=org)
-            if self._directory_seen.get(org) == version:
+            started = time.monotonic()
+            tried_at = self._unroutable_tried_at.get(org, float("-inf"))
+            if (
+                self._directory_seen.get(org) == version
+                and started - tried_at < self._settings.routing_context_max_age_s
+            ):
                 continue
             try:
                 routed += await unroutable.retry_org(
@@ -182,10 +192,11 @@ class SlaScheduler:
             except Exception as exc:
                 if is_dependency_unavailable(exc):
                     raise
-                # Tried again at the next sweep (the version stays unseen); other orgs go on.
+                # Tried again at the next sweep (the try is not noted); other orgs go on.
                 log.error("unroutable_retry_failed", org=org, error=redacted_error(exc))
                 continue
             self._directory_seen[org] = version
+            self._unroutable_tried_at[org] = started
         return routed
 
     async def _claim(self, runtime: Runtime, *, now: datetime) -> dict[str, Any] | None:

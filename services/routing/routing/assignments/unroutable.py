@@ -6,7 +6,8 @@ assignment in the ``unroutable`` state with the reason and announces
 ``complaint.unroutable``, so intake shows it and routing's views count it.
 :func:`leave` routes it as soon as that is possible: by the rules, when an
 administrator adds or changes a rule or department (:func:`retry_org`, also run by
-the periodic sweep), or by a supervisor naming a department or owner (reassign).
+the periodic sweep after any change and at least every ``routing_context_max_age_s``),
+or by a supervisor naming a department or owner (reassign).
 The clocks then run from the moment the complaint was received, like any other, moved
 by what intake reported meanwhile (an acknowledgement, a wait, a resume, a finish and a
 reopen, remembered in order: ``projections.REMEMBERED``) and by a regulatory report
@@ -274,7 +275,8 @@ async def retry_org(
 async def retry_after_change(runtime: Runtime, *, org: str) -> None:
     """After a rule or department edit: route what it now covers, the oldest
     ``RETRY_BATCH`` within the request; the queue sweep retries every one since the
-    edit changed the organisation's directory version.
+    edit changed the organisation's directory version (or, if the bump failed,
+    ``routing_context_max_age_s`` after it last tried them).
 
     Staff edits do not make a route appear (a rule leads to a department, whoever works
     there; an empty department queues), so they do not call this.

@@ -110,10 +110,10 @@ async def create_branch(
         now=now,
     )
     document.update(outbox_fields([_branch_updated(document, settings=settings)]))
-    await store.insert_entry(
+    stored = await store.insert_entry(
         db=db, principal=principal, entry=store.BRANCH, document=document, at=now
     )
-    return store.branch_read(document)
+    return store.branch_read(stored)
 
 
 async def _branch_document(*, db: AsyncDatabase, principal: Principal, code: str) -> dict:

@@ -69,7 +69,10 @@ async def create_department(
     principal.require_branch(body.branch, field="branch")
     await store.require_active_branch(db=db, org=principal.org, code=body.branch)
     await _check_chain(db=db, principal=principal, chain=body.escalation_chain)
-    await _check_kind_free(db=db, org=principal.org, branch=body.branch, kind=body.kind)
+    # Its own code left out: a repeated creation finds itself stored (``store.insert_entry``).
+    await _check_kind_free(
+        db=db, org=principal.org, branch=body.branch, kind=body.kind, except_code=body.code
+    )
     department_id = f"{body.branch}:{body.code}"
     document = store.new_entry(
         key=store.department_key(principal.org, department_id),
@@ -81,10 +84,10 @@ async def create_department(
         },
         now=now,
     )
-    await store.insert_entry(
+    stored = await store.insert_entry(
         db=db, principal=principal, entry=store.DEPARTMENT, document=document, at=now
     )
-    return store.department_read(document)
+    return store.department_read(stored)
 
 
 async def _department_document(

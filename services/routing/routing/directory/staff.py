@@ -46,10 +46,10 @@ async def create_staff(
         },
         now=now,
     )
-    await store.insert_entry(
+    stored = await store.insert_entry(
         db=db, principal=principal, entry=store.STAFF_MEMBER, document=document, at=now
     )
-    return store.staff_read(document)
+    return store.staff_read(stored)
 
 
 async def _staff_document(*, db: AsyncDatabase, principal: Principal, staff_id: str) -> dict:

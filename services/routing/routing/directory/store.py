@@ -38,6 +38,12 @@ LOAD_HINT = "load_hint"
 # which the slots at the hint never find (``owners.likely_free_slot``).
 FREED_SLOTS = "freed_slots"
 FREED_SLOTS_KEPT = 16
+# Fields routing keeps on an entry beside what the administrator wrote: outside the audit
+# trail, and no sign that a repeated creation asked for something else.
+BOOKKEEPING = frozenset({LOAD_HINT, FREED_SLOTS, OUTBOX_FIELD, PENDING_SINCE_FIELD})
+# What a creation stores beside the administrator's fields, not theirs to repeat: each
+# attempt's own stamps, and the tie-break time assignments move.
+NOT_ASKED = frozenset({"_id", "version", "created_at", "updated_at", "last_assigned_at"})
 
 
 async def ensure_indexes(*, db: AsyncDatabase) -> None:
@@ -102,13 +108,19 @@ async def insert_entry(
     entry: Entry,
     document: dict[str, Any],
     at: datetime,
-) -> None:
-    """Store a new entry and audit its creation; an id already in use is a 409."""
+) -> dict[str, Any]:
+    """Store a new entry and audit its creation; the entry as stored.
+
+    The same creation again (a retry after a 503, say) answers with the entry the first
+    stored and runs the audit record and the directory bump again, as they may be what
+    failed; an id already in use otherwise is a 409.
+    """
     try:
         await db[entry.collection].insert_one(document)
     except DuplicateKeyError:
-        raise conflict(f"{entry.what} {document[entry.id_field]!r} already exists") from None
-    record_stored(entry.collection, database=db.name, document=document)
+        document = await _repeated_creation(db=db, entry=entry, document=document)
+    else:
+        record_stored(entry.collection, database=db.name, document=document)
     await _audit(
         db=db,
         principal=principal,
@@ -117,6 +129,28 @@ async def insert_entry(
         at=at,
         document=document,
     )
+    return document
+
+
+async def _repeated_creation(
+    *, db: AsyncDatabase, entry: Entry, document: dict[str, Any]
+) -> dict[str, Any]:
+    """The stored entry when ``document`` repeats its creation: unchanged since (version 1)
+    and with the same fields. Created otherwise, or changed since, it is a 409."""
+    stored = await db[entry.collection].find_one({"_id": document["_id"]})
+    asked = {
+        key: value
+        for key, value in document.items()
+        if key not in BOOKKEEPING and key not in NOT_ASKED
+    }
+    repeated = (
+        stored is not None
+        and stored["version"] == 1
+        and all(stored.get(key) == value for key, value in asked.items())
+    )
+    if not repeated:
+        raise conflict(f"{entry.what} {document[entry.id_field]!r} already exists")
+    return stored
 
 
 async def change_entry(
@@ -173,8 +207,6 @@ async def _audit(
     at: datetime,
     document: dict[str, Any],
 ) -> None:
-    # The load hints and the outbox are bookkeeping, not part of what an administrator changed.
-    bookkeeping = {"_id", LOAD_HINT, FREED_SLOTS, OUTBOX_FIELD, PENDING_SINCE_FIELD}
     await audit.record_change(
         db=db,
         principal=principal,
@@ -182,7 +214,9 @@ async def _audit(
         entity_id=document[entry.id_field],
         action=action,
         at=at,
-        snapshot={key: value for key, value in document.items() if key not in bookkeeping},
+        snapshot={
+            key: value for key, value in document.items() if key != "_id" and key not in BOOKKEEPING
+        },
     )
 
 

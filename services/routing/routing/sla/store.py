@@ -116,6 +116,8 @@ async def put_policy(
                 "updated_by": principal.subject,
             },
             "$inc": {"version": 1},
+            # Tells a policy created again after a deletion from the one before (its audit).
+            "$setOnInsert": {"created_at": now},
         },
     )
     if document is None:
@@ -141,9 +143,15 @@ async def _set_retirement(
     retired: bool,
     now: datetime,
 ) -> SlaPolicy:
+    action = "retired" if retired else "reinstated"
     current = await _policy_document(db=db, org=principal.org, policy_id=policy_id)
     if (current.get("retired_at") is not None) == retired:
-        return policy_read(current)  # already so: a repeated request changes nothing
+        # Already so: a repeated request changes nothing, but its audit record and the
+        # directory bump run again, as they may be what failed the first time (a 503).
+        await _audit(
+            db=db, principal=principal, policy_id=policy_id, action=action, at=now, document=current
+        )
+        return policy_read(current)
     if not retired and current.get("is_default"):
         other = await db[SLA_POLICIES].find_one(
             {"org": principal.org, "is_default": True, "retired_at": None}
@@ -163,7 +171,7 @@ async def _set_retirement(
         db=db,
         principal=principal,
         policy_id=policy_id,
-        action="retired" if retired else "reinstated",
+        action=action,
         at=now,
         document=document,
     )
@@ -215,5 +223,10 @@ async def delete_policy(
         )
     await db[SLA_POLICIES].delete_one({"_id": current["_id"]})
     await _audit(
-        db=db, principal=principal, policy_id=policy_id, action="deleted", at=now, document=current
+        db=db,
+        principal=principal,
+        policy_id=policy_id,
+        action=audit.DELETED,
+        at=now,
+        document=current,
     )
