@@ -138,8 +138,10 @@ async def leave(
     reason: str | None = None,
     department: DepartmentRead | None = None,
     owner: StaffRead | None = None,
+    contexts: dict[str, routing_context.RoutingContext] | None = None,
 ) -> dict[str, Any] | None:
     """Route an unroutable complaint: by the rules, or to ``department`` (and ``owner``).
+    By the rules, the context of its branch is read once per ``contexts`` (one try of many).
 
     Returns the routed assignment, or None when it is not unroutable (any more) or
     still no rule routes it. The same plan as a complaint routed on arrival: SLA
@@ -150,7 +152,12 @@ async def leave(
     if current is None:
         return None
     complaint = from_stored(ComplaintReceived, current["received"])
-    context = await routing_context.load_context(db=db, complaint=complaint)
+    if department is None and contexts is not None and complaint.branch in contexts:
+        context = contexts[complaint.branch]
+    else:
+        context = await routing_context.load_context(db=db, complaint=complaint)
+        if department is None and contexts is not None:
+            contexts[complaint.branch] = context
     if department is not None:
         context.rules = [supervisor_rule(org=complaint.org, department=department)]
         context.departments = [department]
@@ -259,10 +266,18 @@ async def retry_org(
     if limit is not None:
         waiting = waiting.limit(limit)
     routed = 0
+    # Read once per branch for this try, not per complaint: the sweep tries every one.
+    contexts: dict[str, routing_context.RoutingContext] = {}
     async with waiting:
         async for document in waiting:
             try:
-                if await leave(db=db, settings=settings, complaint_id=document["_id"], now=now):
+                if await leave(
+                    db=db,
+                    settings=settings,
+                    complaint_id=document["_id"],
+                    now=now,
+                    contexts=contexts,
+                ):
                     routed += 1
             except Exception as exc:
                 if is_transient(exc):
