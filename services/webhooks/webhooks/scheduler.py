@@ -118,11 +118,24 @@ class Dispatcher:
         """The background job: a repair pass at start and every ``stranded_repair_interval_s``."""
         while not runtime.stopping.is_set():
             try:
+                await self.complete_deletions(runtime)
                 pacer = Pacer(share=self._settings.background_work_share, stopping=runtime.stopping)
                 await self.repair_stranded(runtime, pacer=pacer)
             except Exception as exc:  # Mongo away or similar: the next pass repairs
                 log.error("webhook_stranded_repair_failed", error=repr(exc))
             await wait_event(runtime.stopping, timeout_s=self._settings.stranded_repair_interval_s)
+
+    async def complete_deletions(self, runtime: Runtime) -> int:
+        """Complete the deletions a failure cut short after marking the subscription; how many.
+
+        Normally none (one probe of an empty index): a deletion finishes in its request, and
+        asking again completes one that failed. This covers a client that never asks again.
+        """
+        deleted = await store.deleted_subscription_ids(db=runtime.db)
+        for subscription_id in deleted:
+            await store.complete_deletion(db=runtime.db, subscription_id=subscription_id)
+            log.warning("webhook_subscription_deletion_completed", subscription_id=subscription_id)
+        return len(deleted)
 
     async def repair_stranded(self, runtime: Runtime, *, pacer: Pacer | None = None) -> int:
         """Make due the pending deliveries without a timer of active subscriptions; how many.
@@ -243,7 +256,10 @@ class Dispatcher:
         )
         is_ping = delivery["event_type"] == PING_EVENT_TYPE
         if subscription is None:
-            return  # deleted meanwhile: its deliveries are deleted with it
+            # Deleted (or being deleted): its deletion missed this one, so it goes now.
+            if await store.drop_orphan(db=db, delivery=delivery, owner=self._owner):
+                log.info("webhook_delivery_of_deleted_subscription_dropped")
+            return
         now = runtime.clock.now()
         if subscription["status"] != SubscriptionStatus.ACTIVE.value and not is_ping:
             await store.hold_while_off(db=db, delivery=delivery, owner=self._owner, now=now)
