@@ -28,7 +28,7 @@ from tests.support.events import NETWORK_DROPOUTS, received
 from tests.support.http import BROADBAND_COMPLAINT, token
 from tests.support.kafka import events_of, handled_count, intake_producer, read_topic, redeliver
 from tests.support.system import System
-from tests.support.waits import eventually
+from tests.support.waits import NotYet, eventually
 
 pytestmark = pytest.mark.integration
 
@@ -358,6 +358,70 @@ async def _committed_while_running(
     finally:
         await producer.stop()
     return running, await _committed(settings, group)
+
+
+async def test_a_consumer_cancelled_past_the_shutdown_grace_leaves_its_group_at_once(
+    system: System,
+) -> None:
+    """A handler that never returns keeps a stopping consumer from ending; the runtime then
+    cancels it. It still gives up the handler and leaves the group (another member gets the
+    partitions now, not after the session timeout), and the cancellation goes on."""
+    settings, topic = await _probe_topic(system, "cancel-probe")
+    group = f"{settings.topic_prefix}{settings.service_name}"
+    entered, handler_cancelled = asyncio.Event(), asyncio.Event()
+
+    async def stuck(event: CloudEvent, data: ComplaintReceived) -> None:
+        entered.set()
+        try:
+            await asyncio.Event().wait()  # a call to a dependency that never answers
+        except asyncio.CancelledError:
+            handler_cancelled.set()
+            raise
+
+    producer = EventProducer(settings=settings)
+    consumer = EventConsumer(
+        settings=settings,
+        topics=[topic],
+        handlers={EventType.COMPLAINT_RECEIVED: stuck},
+        producer=producer,
+        group_id=group,
+    )
+    consuming = asyncio.create_task(consumer.run())
+    try:
+        await _publish_received(producer, topic, [str(uuid.uuid4())])
+        await asyncio.wait_for(entered.wait(), timeout=30)
+        assert await _members(settings, group) == 1
+        await consumer.stop()
+        assert not (await asyncio.wait({consuming}, timeout=0.5))[0], "the set-up: it waits"
+        consuming.cancel()  # what the runtime does once its grace is over
+        await asyncio.wait({consuming}, timeout=10)
+        assert consuming.done() and consuming.cancelled(), "the cancellation goes on"
+        await eventually(
+            lambda: _members_are(settings, group, 0),
+            timeout_s=3,
+            what="the cancelled consumer gone from its group",
+        )
+    finally:
+        consuming.cancel()
+        await producer.stop()
+    assert handler_cancelled.is_set()
+
+
+async def _members(settings: ServiceSettings, group: str) -> int:
+    """How many members the group's coordinator holds."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
+    try:
+        await admin.start()  # closed below even when its start fails half-way
+        [response] = await admin.describe_consumer_groups([group])
+    finally:
+        await admin.close()
+    [described] = response.to_object()["groups"]
+    return len(described["members"])
+
+
+async def _members_are(settings: ServiceSettings, group: str, count: int) -> bool | NotYet:
+    members = await _members(settings, group)
+    return members == count or NotYet(f"{members} members")
 
 
 async def _committed(settings: ServiceSettings, group: str) -> int:

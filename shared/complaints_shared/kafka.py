@@ -75,6 +75,10 @@ PRODUCER_STATE_LOST = (
 )
 # How long a discarded producer may take to fail or flush what it still holds.
 DISCARDED_PRODUCER_STOP_S = 10.0
+# How long a cancelled consumer (a shutdown past its grace) may take to commit what it
+# handled, leave its group and close its connections: aiokafka's stop waits for the group
+# coordinator, which may be away.
+CANCELLED_CONSUMER_CLOSE_S = 5.0
 
 
 async def ensure_topics(*, settings: ServiceSettings, topics: Iterable[str]) -> None:
@@ -261,19 +265,28 @@ class EventConsumer:
         self.assigned = asyncio.Event()
 
     async def run(self) -> None:
-        """Consume until ``stop()``; reconnects while the broker is unavailable."""
-        backoff_s = 0.5
-        while not self._stopping.is_set():
-            try:
-                await self._start_consumer()
-                backoff_s = 0.5
-                await self._consume()
-            except KafkaError as exc:
-                log.warning("consumer_kafka_error", error=repr(exc), retry_in_s=backoff_s)
-                await self._close_consumer()
-                await self._sleep_unless_stopping(backoff_s)
-                backoff_s = min(backoff_s * 2, 10.0)
-        await self._close_consumer()
+        """Consume until ``stop()``; reconnects while the broker is unavailable.
+
+        Cancelled (a shutdown whose grace ran out), it still closes the consumer, within
+        ``CANCELLED_CONSUMER_CLOSE_S``, before the cancellation goes on: otherwise its
+        connections would stay open and the group would keep it as a member.
+        """
+        try:
+            backoff_s = 0.5
+            while not self._stopping.is_set():
+                try:
+                    await self._start_consumer()
+                    backoff_s = 0.5
+                    await self._consume()
+                except KafkaError as exc:
+                    log.warning("consumer_kafka_error", error=repr(exc), retry_in_s=backoff_s)
+                    await self._close_consumer()
+                    await self._sleep_unless_stopping(backoff_s)
+                    backoff_s = min(backoff_s * 2, 10.0)
+            await self._close_consumer()
+        except asyncio.CancelledError:
+            await self._close_cancelled()
+            raise
 
     async def stop(self) -> None:
         self._stopping.set()
@@ -310,6 +323,19 @@ class EventConsumer:
             await consumer.stop()
         except KafkaError as exc:
             log.warning("consumer_stop_failed", error=repr(exc))
+
+    async def _close_cancelled(self) -> None:
+        """Give up the partitions' tasks (their records are redelivered), commit what was
+        handled and close the consumer, leaving the rest undone after the time limit."""
+        for task in self._in_flight.values():
+            task.cancel()
+        try:
+            async with asyncio.timeout(CANCELLED_CONSUMER_CLOSE_S):
+                await self._close_consumer()
+        except Exception as exc:  # timed out or failed: the group drops us at its session timeout
+            log.warning(
+                "consumer_close_cut_short", error=repr(exc), timeout_s=CANCELLED_CONSUMER_CLOSE_S
+            )
 
     async def _consume(self) -> None:
         consumer = self._consumer

@@ -28,6 +28,7 @@ from complaints_shared.settings import ServiceSettings
 
 log = get_logger(__name__)
 
+# How long background jobs get to return once shutdown begins; then they are cancelled.
 SHUTDOWN_GRACE_S = 15.0
 
 
@@ -45,6 +46,9 @@ class Runtime:
     topics_ready: asyncio.Event = field(default_factory=asyncio.Event)
     # Set first thing at shutdown: background jobs finish their pass and return.
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    # Set with ``stopping``: the event loop's time (``loop.time()``) by which every background
+    # job must have returned; one still running then is cancelled.
+    stop_deadline: float | None = None
     tasks: list[asyncio.Task] = field(default_factory=list)
 
     async def readiness(self) -> dict[str, bool]:
@@ -170,11 +174,14 @@ def _report_ended(runtime: Runtime, task: asyncio.Task) -> None:
 
 
 async def _shutdown(runtime: Runtime) -> None:
+    loop = asyncio.get_running_loop()
+    runtime.stop_deadline = loop.time() + SHUTDOWN_GRACE_S
     runtime.stopping.set()
     if runtime.consumer is not None:
         await runtime.consumer.stop()
     await runtime.relay.stop()
-    done, pending = await asyncio.wait(runtime.tasks, timeout=SHUTDOWN_GRACE_S)
+    grace_s = max(0.0, runtime.stop_deadline - loop.time())
+    done, pending = await asyncio.wait(runtime.tasks, timeout=grace_s)
     for task in pending:
         task.cancel()
     for task in pending:

@@ -211,8 +211,12 @@ async def update_subscription(
 async def delete_subscription(
     subscription_id: SubscriptionId, request: Request, principal: Admin
 ) -> Response:
+    runtime = runtime_of(request)
     deleted = await store.delete_subscription(
-        db=runtime_of(request).db, scope=principal.scope_filter(), subscription_id=subscription_id
+        db=runtime.db,
+        scope=principal.scope_filter(),
+        subscription_id=subscription_id,
+        now=runtime.clock.now(),
     )
     if not deleted:
         raise not_found(what="subscription", identifier=subscription_id)

@@ -8,7 +8,11 @@ margin, and runs each attempt as its own task: at most
 subscription's deliveries are not even claimed), so a slow or dead target only
 ever holds its own slots while every attempt is bounded by
 ``request_timeout_s``. A replica killed mid-attempt loses its leases; the
-attempts in flight are repeated once the leases expire, nothing else.
+attempts in flight are repeated once the leases expire, nothing else. A replica
+shutting down lets its attempts in flight finish until ``shutdown_release_s``
+before the service's shutdown grace ends, then cancels the others (recording
+nothing of them) and releases their leases: they are sent again at once, by
+another replica or by the next start.
 
 Order: a delivery of an event is claimed only once every event that was in Kafka
 before it happened is recorded (``webhooks.watermark``); a claimed delivery with an
@@ -29,7 +33,6 @@ import asyncio
 import random
 import uuid
 from collections import Counter
-from contextlib import suppress
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -67,7 +70,8 @@ def retry_delay_s(*, settings: WebhooksSettings, retry_index: int, rng: random.R
 
 
 class Dispatcher:
-    """One replica's dispatcher loop; it lets attempts in flight finish at shutdown."""
+    """One replica's dispatcher loop; at shutdown it lets attempts in flight finish within
+    the grace and releases the leases of those it cuts off."""
 
     def __init__(self, *, settings: WebhooksSettings) -> None:
         self._settings = settings
@@ -97,7 +101,7 @@ class Dispatcher:
                     log.error("webhook_dispatcher_error", error=repr(exc))
                 await wait_event(self._wake, timeout_s=self._settings.dispatcher_poll_interval_s)
         finally:
-            await self._drain()
+            await self._drain(runtime)
 
     async def run_backlog_gauge(self, runtime: Runtime) -> None:
         """The background job keeping the per-subscription backlog gauge current."""
@@ -118,11 +122,24 @@ class Dispatcher:
         """The background job: a repair pass at start and every ``stranded_repair_interval_s``."""
         while not runtime.stopping.is_set():
             try:
+                await self.complete_deletions(runtime)
                 pacer = Pacer(share=self._settings.background_work_share, stopping=runtime.stopping)
                 await self.repair_stranded(runtime, pacer=pacer)
             except Exception as exc:  # Mongo away or similar: the next pass repairs
                 log.error("webhook_stranded_repair_failed", error=repr(exc))
             await wait_event(runtime.stopping, timeout_s=self._settings.stranded_repair_interval_s)
+
+    async def complete_deletions(self, runtime: Runtime) -> int:
+        """Complete the deletions a failure cut short after marking the subscription; how many.
+
+        Normally none (one probe of an empty index): a deletion finishes in its request, and
+        asking again completes one that failed. This covers a client that never asks again.
+        """
+        deleted = await store.deleted_subscription_ids(db=runtime.db)
+        for subscription_id in deleted:
+            await store.complete_deletion(db=runtime.db, subscription_id=subscription_id)
+            log.warning("webhook_subscription_deletion_completed", subscription_id=subscription_id)
+        return len(deleted)
 
     async def repair_stranded(self, runtime: Runtime, *, pacer: Pacer | None = None) -> int:
         """Make due the pending deliveries without a timer of active subscriptions; how many.
@@ -200,14 +217,53 @@ class Dispatcher:
 
         task.add_done_callback(finished)
 
-    async def _drain(self) -> None:
-        if self._in_flight:
-            await asyncio.wait(list(self._in_flight.values()), timeout=self._lease_s)
-        for task in list(self._in_flight.values()):
+    async def _drain(self, runtime: Runtime) -> None:
+        """Let attempts in flight finish while the shutdown grace allows, release the rest.
+
+        The runtime cancels a job still running when its grace ends, so this returns before
+        then: attempts may finish until ``shutdown_release_s`` before that moment, the others
+        are cancelled (an attempt cut off records nothing) and their leases cleared, so they
+        are due at once for any replica instead of after their lease. Without a deadline
+        (not a shutdown) the attempts get their lease.
+        """
+        loop = asyncio.get_running_loop()
+        stop_by = runtime.stop_deadline
+        if stop_by is None:
+            stop_by = loop.time() + self._lease_s
+        try:
+            if self._in_flight:
+                finish_by = stop_by - self._settings.shutdown_release_s
+                await asyncio.wait(
+                    list(self._in_flight.values()), timeout=max(0.0, finish_by - loop.time())
+                )
+            cut_off = [
+                delivery_id for delivery_id, task in self._in_flight.items() if not task.done()
+            ]
+            await self._cancel_in_flight()
+            if cut_off:
+                await self._release(runtime, delivery_ids=cut_off, by=stop_by)
+        finally:
+            await self._cancel_in_flight()  # the drain cancelled itself: none outlives it
+            await self._sender.close()
+
+    async def _cancel_in_flight(self) -> None:
+        tasks = list(self._in_flight.values())
+        for task in tasks:
             task.cancel()
-            with suppress(asyncio.CancelledError, Exception):
-                await task
-        await self._sender.close()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _release(self, runtime: Runtime, *, delivery_ids: list[str], by: float) -> None:
+        try:
+            async with asyncio.timeout_at(by):
+                released = await store.release_leases(
+                    db=runtime.db, delivery_ids=delivery_ids, owner=self._owner
+                )
+        except Exception as exc:  # the database away or slow: the leases run out by themselves
+            log.warning(
+                "webhook_leases_not_released", count=len(delivery_ids), error=redacted_error(exc)
+            )
+            return
+        log.info("webhook_attempts_cut_off_released", count=released)
 
     async def _attempt_safely(self, runtime: Runtime, delivery: dict[str, Any]) -> None:
         with bound_context(
@@ -243,7 +299,10 @@ class Dispatcher:
         )
         is_ping = delivery["event_type"] == PING_EVENT_TYPE
         if subscription is None:
-            return  # deleted meanwhile: its deliveries are deleted with it
+            # Deleted (or being deleted): its deletion missed this one, so it goes now.
+            if await store.drop_orphan(db=db, delivery=delivery, owner=self._owner):
+                log.info("webhook_delivery_of_deleted_subscription_dropped")
+            return
         now = runtime.clock.now()
         if subscription["status"] != SubscriptionStatus.ACTIVE.value and not is_ping:
             await store.hold_while_off(db=db, delivery=delivery, owner=self._owner, now=now)

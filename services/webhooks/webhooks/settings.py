@@ -82,6 +82,13 @@ class WebhooksSettings(ServiceSettings):
     lease_margin_s: float = Field(
         30.0, gt=0, description="A claimed delivery's lease is the request timeout plus this."
     )
+    shutdown_release_s: float = Field(
+        2.0,
+        gt=0,
+        description="At shutdown, attempts in flight may finish until this long before the "
+        "service's shutdown grace (15 s) ends; the others are then cancelled, recording "
+        "nothing, and their leases released, so any replica sends them again at once.",
+    )
     # The order watermark (``webhooks.watermark``) releases a delivery once the group has
     # committed past its event, so this consumer commits after every poll, not once a second.
     consumer_commit_interval_s: float = Field(

@@ -41,6 +41,9 @@ DUPLICATE_KEY = 11000
 PUBLIC_SUBSCRIPTION = {"signing_secrets": 0}
 # The delivery log never needs the body.
 PUBLIC_DELIVERY = {"body": 0, "lease_owner": 0, "lease_until": 0, "wakes": 0}
+# A subscription being deleted (``delete_subscription``) is gone for every reader; a missing
+# date is asked as null, a present one as ``any_date()`` (docs/mongodb-compatibility.md).
+NOT_DELETED = {"deleted_at": None}
 
 
 async def ensure_indexes(*, db: AsyncDatabase) -> None:
@@ -51,6 +54,8 @@ async def ensure_indexes(*, db: AsyncDatabase) -> None:
     )
     # The repair pass's question: which subscriptions are active (of every organisation).
     await subscriptions.create_index([("status", ASCENDING)], name="status")
+    # And which deletions a failure cut short (normally none: the index stays empty).
+    await subscriptions.create_index([("deleted_at", ASCENDING)], name="deleted", sparse=True)
     deliveries = db[DELIVERIES]
     # The dispatcher's question: which pending deliveries are due.
     await deliveries.create_index(
@@ -94,7 +99,7 @@ async def get_subscription(
 ) -> dict[str, Any] | None:
     """The subscription if ``scope`` (a caller's filter, or ``{}``) covers it."""
     return await db[SUBSCRIPTIONS].find_one(
-        {**scope, "_id": subscription_id},
+        {**scope, "_id": subscription_id, **NOT_DELETED},
         projection=None if with_secrets else PUBLIC_SUBSCRIPTION,
     )
 
@@ -104,7 +109,7 @@ async def list_subscriptions(
 ) -> Page[SubscriptionRead]:
     return await aggregate.page(
         collection=db[SUBSCRIPTIONS],
-        query=principal.scope_filter(),
+        query={**principal.scope_filter(), **NOT_DELETED},
         sort_field="created_at",
         limit=limit,
         cursor=cursor,
@@ -124,7 +129,9 @@ async def update_subscription(
     update: dict[str, Any] = {"$set": changes}
     if unset:
         update["$unset"] = unset
-    result = await db[SUBSCRIPTIONS].update_one({**scope, "_id": subscription_id}, update)
+    result = await db[SUBSCRIPTIONS].update_one(
+        {**scope, "_id": subscription_id, **NOT_DELETED}, update
+    )
     if result.matched_count == 0:
         return None
     return await get_subscription(db=db, scope=scope, subscription_id=subscription_id)
@@ -140,7 +147,7 @@ async def replace_secrets(
     previous_expires_at: datetime,
 ) -> bool:
     result = await db[SUBSCRIPTIONS].update_one(
-        {**scope, "_id": subscription_id},
+        {**scope, "_id": subscription_id, **NOT_DELETED},
         {
             "$set": {
                 "signing_secrets": secrets,
@@ -154,13 +161,34 @@ async def replace_secrets(
 
 
 async def delete_subscription(
-    *, db: AsyncDatabase, scope: dict[str, Any], subscription_id: str
+    *, db: AsyncDatabase, scope: dict[str, Any], subscription_id: str, now: datetime
 ) -> bool:
-    result = await db[SUBSCRIPTIONS].delete_one({**scope, "_id": subscription_id})
-    if result.deleted_count == 0:
+    """Delete a subscription and its deliveries; False when ``scope`` sees no such one.
+
+    Marked deleted first: from then on no reader sees it, no event records a delivery for
+    it, and a delivery of it the dispatcher claims is dropped. Then its deliveries go, and
+    the subscription last, so a failure between the writes leaves it marked: asking again
+    (a subscription being deleted is found for that) or the repair pass completes it.
+    """
+    marked = await db[SUBSCRIPTIONS].update_one(
+        {**scope, "_id": subscription_id}, {"$min": {"deleted_at": now}}
+    )
+    if marked.matched_count == 0:
         return False
-    await db[DELIVERIES].delete_many({"subscription_id": subscription_id})
+    await complete_deletion(db=db, subscription_id=subscription_id)
     return True
+
+
+async def complete_deletion(*, db: AsyncDatabase, subscription_id: str) -> None:
+    """Remove a subscription marked deleted and its deliveries (harmless to repeat)."""
+    await db[DELIVERIES].delete_many({"subscription_id": subscription_id})
+    await db[SUBSCRIPTIONS].delete_one({"_id": subscription_id, "deleted_at": any_date()})
+
+
+async def deleted_subscription_ids(*, db: AsyncDatabase) -> list[str]:
+    """Subscriptions marked deleted whose deletion is not complete (for the repair pass)."""
+    found = db[SUBSCRIPTIONS].find({"deleted_at": any_date()}, projection={"_id": 1})
+    return [document["_id"] async for document in found]
 
 
 def live_secrets(subscription: dict[str, Any], *, now: datetime) -> list[str]:
@@ -184,6 +212,7 @@ async def subscriptions_for_event(
                 "status": {
                     "$in": [SubscriptionStatus.ACTIVE.value, SubscriptionStatus.PAUSED.value]
                 },
+                **NOT_DELETED,
             },
             projection={"branch": 1, "event_types": 1},
         )
@@ -404,6 +433,16 @@ async def hold_while_off(
         await _due_now(db=db, delivery=delivery, owner=owner, now=now)
 
 
+async def drop_orphan(*, db: AsyncDatabase, delivery: dict[str, Any], owner: str) -> bool:
+    """Delete a claimed delivery whose subscription is deleted (or being deleted).
+
+    What a deletion leaves: a delivery an event recorded while it ran, or all of them when
+    the deletion failed after marking the subscription. True when this removed it.
+    """
+    result = await db[DELIVERIES].delete_one(_leased(delivery, owner))
+    return result.deleted_count == 1
+
+
 async def _due_now(
     *, db: AsyncDatabase, delivery: dict[str, Any], owner: str, now: datetime
 ) -> None:
@@ -455,6 +494,23 @@ async def finish_attempt(
         _attempt_update(attempt=attempt, keep=keep, set_fields=set_fields, unset=unset),
     )
     return result.modified_count == 1
+
+
+async def release_leases(*, db: AsyncDatabase, delivery_ids: list[str], owner: str) -> int:
+    """Give up ``owner``'s leases of these deliveries (attempts cut off at shutdown); how many.
+
+    Their timers were due when they were claimed and are left as they are, so any replica
+    claims them again at once. Nothing is recorded of the attempts cut off.
+    """
+    result = await db[DELIVERIES].update_many(
+        {
+            "_id": {"$in": delivery_ids},
+            "lease_owner": owner,
+            "status": DeliveryStatus.PENDING.value,
+        },
+        {"$unset": _RELEASE},
+    )
+    return result.modified_count
 
 
 async def wake_chain(*, db: AsyncDatabase, delivery: dict[str, Any], now: datetime) -> None:
@@ -515,7 +571,7 @@ async def make_held_due(*, db: AsyncDatabase, subscription_id: str, now: datetim
 async def active_subscription_ids(*, db: AsyncDatabase) -> list[str]:
     """Every active subscription, of every organisation (for the repair pass)."""
     found = db[SUBSCRIPTIONS].find(
-        {"status": SubscriptionStatus.ACTIVE.value}, projection={"_id": 1}
+        {"status": SubscriptionStatus.ACTIVE.value, **NOT_DELETED}, projection={"_id": 1}
     )
     return [document["_id"] async for document in found]
 

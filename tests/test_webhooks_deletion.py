@@ -1,0 +1,220 @@
+"""Deleting a subscription removes its deliveries, even when a write fails half-way.
+
+A deletion is three writes: the subscription marked deleted, its deliveries removed, the
+subscription removed. These tests make the removal of the deliveries fail once against the
+real database (the request answers 503) and check that asking again, or the repair pass
+when nobody asks, completes the deletion; and that a delivery an event records while its
+subscription is being deleted is dropped by the dispatcher instead of claimed forever.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from aiokafka import AIOKafkaProducer
+from pymongo import AsyncMongoClient
+from pymongo.asynchronous.collection import AsyncCollection
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import AutoReconnect
+
+from complaints_shared.envelope import CloudEvent, to_kafka_record
+from complaints_shared.events import EventType, Topic
+from tests.support.events import received
+from tests.support.http import token
+from tests.support.infrastructure import Infrastructure
+from tests.support.waits import NotYet, eventually
+from tests.support.webhooks import Isolation, Webhooks, receiver, serve_webhooks, subscribe
+from webhooks import store
+
+pytestmark = pytest.mark.integration
+
+RECEIVED = EventType.COMPLAINT_RECEIVED.value
+
+
+@pytest.fixture
+async def alone(infrastructure: Infrastructure) -> AsyncIterator[Isolation]:
+    """The webhooks service on its own database and topics, without the other services."""
+    isolation = Isolation(infra=infrastructure, run_id=uuid.uuid4().hex[:10])
+    yield isolation
+    mongo = AsyncMongoClient(infrastructure.mongodb_uri)
+    try:
+        await mongo.drop_database(f"t_{isolation.run_id}_webhooks")
+    finally:
+        await mongo.close()
+
+
+def _delivery(subscription_id: str, *, next_attempt_at: datetime | None) -> dict[str, Any]:
+    """A pending delivery of no event time; ``next_attempt_at`` None: held (no timer)."""
+    chain = str(uuid.uuid4())
+    document = store.new_delivery(
+        delivery_id=f"msg_{uuid.uuid4().hex}",
+        subscription={"_id": subscription_id},
+        org="demo",
+        branch="LZ",
+        event_id=str(uuid.uuid4()),
+        event_type=RECEIVED,
+        event_time=None,
+        subject=chain,
+        complaint_id=chain,
+        body='{"held": true}',
+        order_key="1",
+        now=datetime.now(UTC),
+    )
+    if next_attempt_at is None:
+        del document["next_attempt_at"]
+    else:
+        document["next_attempt_at"] = next_attempt_at
+    return document
+
+
+async def _left(db: AsyncDatabase, subscription_id: str) -> tuple[int, int]:
+    """(subscription documents, deliveries) of ``subscription_id`` still stored."""
+    return (
+        await db[store.SUBSCRIPTIONS].count_documents({"_id": subscription_id}),
+        await db[store.DELIVERIES].count_documents({"subscription_id": subscription_id}),
+    )
+
+
+def _delivery_removal_fails_once(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
+    """The next ``delete_many`` on the deliveries drops its connection; the filters asked."""
+    delete_many = AsyncCollection.delete_many
+    asked: list[dict[str, Any]] = []
+
+    async def fails_once(self: AsyncCollection, filter: dict[str, Any], *args, **kwargs):
+        if self.name == store.DELIVERIES:
+            asked.append(filter)
+            if len(asked) == 1:
+                raise AutoReconnect("connection closed (injected)")
+        return await delete_many(self, filter, *args, **kwargs)
+
+    monkeypatch.setattr(AsyncCollection, "delete_many", fails_once)
+    return asked
+
+
+async def _paused_with_deliveries(webhooks: Webhooks, headers: dict, url: str) -> str:
+    """A paused subscription with a held delivery and one waiting an hour for its retry."""
+    subscription_id = (await subscribe(webhooks, headers, url=url))["id"]
+    paused = await webhooks.client.patch(
+        f"/v1/webhooks/subscriptions/{subscription_id}", json={"status": "paused"}, headers=headers
+    )
+    assert paused.status_code == 200, paused.text
+    retry_at = datetime.now(UTC) + timedelta(hours=1)
+    deliveries = [
+        _delivery(subscription_id, next_attempt_at=None),
+        _delivery(subscription_id, next_attempt_at=retry_at),
+    ]
+    db = webhooks.app.state.runtime.db
+    assert await store.insert_deliveries(db=db, deliveries=deliveries) == 2
+    return subscription_id
+
+
+async def test_a_deletion_whose_delivery_removal_failed_is_completed_by_asking_again(
+    alone: Isolation, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with AsyncExitStack() as stack:
+        hooks = await stack.enter_async_context(receiver())
+        # No repair pass after the one at start: the second request alone must complete it.
+        webhooks = await serve_webhooks(stack, alone, stranded_repair_interval_s=3600)
+        admin = token(webhooks.settings)
+        db = webhooks.app.state.runtime.db
+        subscription_id = await _paused_with_deliveries(webhooks, admin, hooks.url)
+        asked = _delivery_removal_fails_once(monkeypatch)
+        path = f"/v1/webhooks/subscriptions/{subscription_id}"
+
+        failed = await webhooks.client.delete(path, headers=admin)
+        assert failed.status_code == 503, failed.text
+        shown = await webhooks.client.get(path, headers=admin)
+        listed = await webhooks.client.get("/v1/webhooks/subscriptions", headers=admin)
+        again = await webhooks.client.delete(path, headers=admin)
+        left = await _left(db, subscription_id)
+    assert again.status_code == 204, f"asking again completes the deletion: {again.text}"
+    assert left == (0, 0), "neither the subscription nor any of its deliveries is left"
+    assert shown.status_code == 404, "a subscription being deleted is gone to readers"
+    assert subscription_id not in {item["id"] for item in listed.json()["items"]}
+    assert len(asked) == 2
+    assert hooks.requests == []
+
+
+async def test_the_repair_pass_completes_a_deletion_nobody_asks_again(
+    alone: Isolation, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with AsyncExitStack() as stack:
+        hooks = await stack.enter_async_context(receiver())
+        webhooks = await serve_webhooks(stack, alone, stranded_repair_interval_s=0.3)
+        admin = token(webhooks.settings)
+        db = webhooks.app.state.runtime.db
+        subscription_id = await _paused_with_deliveries(webhooks, admin, hooks.url)
+        asked = _delivery_removal_fails_once(monkeypatch)
+
+        failed = await webhooks.client.delete(
+            f"/v1/webhooks/subscriptions/{subscription_id}", headers=admin
+        )
+        assert failed.status_code == 503, failed.text
+
+        async def removed() -> bool | NotYet:
+            left = await _left(db, subscription_id)
+            return left == (0, 0) or NotYet(f"(subscriptions, deliveries) left: {left}")
+
+        await eventually(removed, what="the repair pass completing the deletion")
+    assert len(asked) >= 2
+    assert hooks.requests == []
+
+
+async def test_a_delivery_recorded_while_its_subscription_is_deleted_is_dropped(
+    alone: Isolation, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with AsyncExitStack() as stack:
+        hooks = await stack.enter_async_context(receiver())
+        # Short leases: a delivery claimed and left alone would be claimed again within 1.5 s.
+        webhooks = await serve_webhooks(
+            stack, alone, request_timeout_s=1.0, lease_margin_s=0.5, stranded_repair_interval_s=3600
+        )
+        admin = token(webhooks.settings)
+        db = webhooks.app.state.runtime.db
+        subscription_id = (await subscribe(webhooks, admin, url=hooks.url))["id"]
+        subscriptions_for_event = store.subscriptions_for_event
+        insert_deliveries = store.insert_deliveries
+        deleted: list[int] = []
+        recorded: list[int] = []
+
+        async def deleted_after_reading(**arguments: Any) -> list[dict[str, Any]]:
+            # The race: the handler has read the subscription, then an admin deletes it.
+            found = await subscriptions_for_event(**arguments)
+            response = await webhooks.client.delete(
+                f"/v1/webhooks/subscriptions/{subscription_id}", headers=admin
+            )
+            deleted.append(response.status_code)
+            return found
+
+        async def spied_insert(**arguments: Any) -> int:
+            recorded.append(await insert_deliveries(**arguments))
+            return recorded[-1]
+
+        monkeypatch.setattr(store, "subscriptions_for_event", deleted_after_reading)
+        monkeypatch.setattr(store, "insert_deliveries", spied_insert)
+        event = CloudEvent.new(
+            event_type=EventType.COMPLAINT_RECEIVED, source="intake", data=received()
+        )
+        producer = AIOKafkaProducer(bootstrap_servers=webhooks.settings.kafka_bootstrap_servers)
+        stack.push_async_callback(producer.stop)  # even when its start fails half-way
+        await producer.start()
+        key, value, headers = to_kafka_record(event)
+        topic = webhooks.settings.topic(Topic.INTAKE.value)
+        await producer.send_and_wait(topic, value, key=key, headers=headers)
+        await eventually(
+            lambda: asyncio.sleep(0, recorded == [1]), timeout_s=30, what="the delivery recorded"
+        )
+
+        async def dropped() -> bool | NotYet:
+            left = await _left(db, subscription_id)
+            return left == (0, 0) or NotYet(f"(subscriptions, deliveries) left: {left}")
+
+        await eventually(dropped, what="the deleted subscription's delivery dropped")
+    assert deleted == [204]
+    assert hooks.requests == []
