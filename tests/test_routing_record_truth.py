@@ -474,7 +474,11 @@ async def test_a_never_routed_complaint_reopened_gets_its_resolve_clock_from_the
     assert (ack["state"], ack["stopped_at"]) == ("stopped", resolved_at)
     assert (resolve["state"], resolve["started_at"]) == ("running", reopened_at)
     assert document["next_timer_at"] > clock.now()
-    assert (document["breached"], document["escalation_level"]) == (False, 0)
+    # The reopen climbed a rung, as it does for a complaint routed all along.
+    assert (document["breached"], document["escalation_level"]) == (False, 1)
+    assert [
+        (e["reason"], e["escalated_by"], e["escalated_at"]) for e in document["escalations"]
+    ] == [("reopened", "followup", reopened_at)]
 
 
 # ------------------------------------------------ the regulatory report deadline --

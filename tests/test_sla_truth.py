@@ -409,3 +409,121 @@ async def test_a_wait_begun_while_unroutable_gets_its_due_times_at_the_resume(
     )
     assert routed["paused"] is True
     assert at(record["resolve_due_at"]) == routed["resolve_due_at"] + timedelta(hours=1)
+
+
+async def _hz_with_a_chain(system: System) -> dict:
+    """Organisation acme's branch HZ: a department with a two-rung chain and no rule yet."""
+    admin = token(system.routing_settings, org="acme")
+    department = {
+        "branch": "HZ",
+        "code": "SVC",
+        "name": "客户服务部",
+        "kind": "customer_service",
+        "escalation_chain": [{"role": "team_lead"}, {"role": "department_head"}],
+    }
+    staff = [
+        {"id": "hz-li", "name": "李娜", "capacity": 5},
+        {"id": "hz-zhao", "name": "赵组长", "capacity": 5, "role": "team_lead"},
+        {"id": "hz-qian", "name": "钱经理", "capacity": 5, "role": "department_head"},
+    ]
+    for path, body in (
+        ("/v1/directory/branches", {"code": "HZ", "name": "杭州门店"}),
+        ("/v1/directory/departments", department),
+        *(
+            ("/v1/directory/staff", {**person, "branch": "HZ", "department": "SVC"})
+            for person in staff
+        ),
+    ):
+        made = await system.routing.post(path, json=body, headers=admin)
+        assert made.status_code == 201, made.text
+    return admin
+
+
+async def _route_hz(system: System, admin: dict) -> None:
+    rule = {"id": "hz", "name": "杭州", "is_default": True, "action": {"department_id": "HZ:SVC"}}
+    made = await system.routing.post("/v1/routing/rules", json=rule, headers=admin)
+    assert made.status_code == 201, made.text
+
+
+async def test_an_acknowledgement_made_late_while_unroutable_is_a_breach_once_routed(
+    system_factory: SystemFactory,
+) -> None:
+    """Routed at last, a complaint's clocks run from its receipt and take what it went
+    through meanwhile in order, the timers a scheduler would have fired among it: an
+    acknowledgement a day late is a breach that climbed a rung at the due time, as it is
+    for a complaint routed all along, in routing and on the record."""
+    clock = ManualClock(MONDAY_10_SHANGHAI)
+    system = await system_factory(clock=clock, routing=FAST_TIMERS)
+    admin = await _hz_with_a_chain(system)
+    acme = token(system.intake_settings, org="acme")
+    cid = (await create_complaint(system, acme, branch="HZ", subject="门店服务态度差"))["id"]
+    await assignment_when(system, cid, lambda d: d["status"] == "unroutable", what="unroutable")
+    clock.advance(timedelta(hours=24))
+    await command(system, f"/v1/complaints/{cid}/acknowledge", {}, acme)
+    await assignment_when(
+        system, cid, lambda d: len(d.get(REMEMBERED) or []) == 1, what="the late ack remembered"
+    )
+
+    await _route_hz(system, admin)
+    routed = await assignment_when(system, cid, lambda d: d["status"] == "open", what="routed")
+    acknowledge = routed["clocks"]["acknowledge"]
+    assert acknowledge["state"] == "stopped" and acknowledge["breach_count"] == 1
+    assert acknowledge["due_at"] < MONDAY_10_SHANGHAI + timedelta(hours=24)
+    (climbed,) = routed["escalations"]
+    assert (climbed["reason"], climbed["clock"], climbed["level"]) == (
+        "sla_breach",
+        "acknowledge",
+        1,
+    )
+    assert climbed["escalated_to_id"] == "hz-zhao"
+    assert climbed["escalated_at"] == acknowledge["due_at"]
+    assert routed["escalation_level"] == 1 and routed["breached"] is True
+
+    record = await _verdict(system, cid, acme)
+    assert record["acknowledgement"]["late"] is True
+    assert record["sla"]["acknowledge_breached"] is True and record["escalation_level"] == 1
+    await _timeline_has(system, cid, acme, "sla_breached")
+
+
+async def test_a_complaint_reopened_before_it_was_ever_routed_climbs_a_rung_once_routed(
+    system_factory: SystemFactory,
+) -> None:
+    """A reopen takes a routed complaint one rung up its chain; one reopened while it had no
+    route yet is taken up the same rung once routed, by whoever reopened it, and its fresh
+    resolve clock runs from the reopen."""
+    clock = ManualClock(MONDAY_10_SHANGHAI)
+    system = await system_factory(clock=clock, routing=FAST_TIMERS)
+    admin = await _hz_with_a_chain(system)
+    acme = token(system.intake_settings, org="acme")
+    head = token(system.intake_settings, org="acme", roles=("supervisor",), subject="hz-head")
+    cid = (await create_complaint(system, acme, branch="HZ", subject="退货被拒"))["id"]
+    base = f"/v1/complaints/{cid}"
+    await assignment_when(system, cid, lambda d: d["status"] == "unroutable", what="unroutable")
+    await command(system, f"{base}/acknowledge", {}, acme)
+    clock.advance(timedelta(hours=1))
+    await command(system, f"{base}/resolve", {"summary": "已退款"}, acme)
+    clock.advance(timedelta(hours=1))
+    reopened_at = clock.now()
+    await command(system, f"{base}/reopen", {"reason": "客户称未收到退款"}, head)
+    await assignment_when(
+        system,
+        cid,
+        lambda d: d["status"] == "unroutable" and len(d.get(REMEMBERED) or []) == 3,
+        what="the acknowledgement, the resolution and the reopen remembered",
+    )
+
+    await _route_hz(system, admin)
+    routed = await assignment_when(system, cid, lambda d: d["status"] == "open", what="routed")
+    (climbed,) = routed["escalations"]
+    assert (climbed["reason"], climbed["level"], climbed["escalated_by"]) == (
+        "reopened",
+        1,
+        "hz-head",
+    )
+    assert climbed["escalated_at"] == reopened_at
+    assert routed["escalation_level"] == 1 and routed["breached"] is False
+    assert routed["clocks"]["resolve"]["started_at"] >= reopened_at
+    record = await complaint_when(
+        system, cid, acme, lambda c: c["escalation_level"] == 1, what="the rung on the record"
+    )
+    assert record["status"] == "reopened"

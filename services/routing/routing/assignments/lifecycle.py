@@ -28,11 +28,13 @@ an assignment announces, built from the document as it is after the change.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
 from complaints_shared.aggregate import Events
+from complaints_shared.business_calendar import BusinessCalendar
 from complaints_shared.events import (
     ComplaintAssigned,
     ComplaintEscalated,
@@ -342,6 +344,80 @@ def escalate_one_level(
     record = escalation_record(target, reason=reason, by=by, at=at, note=note, breach=breach)
     update = {"$set": {"escalation_level": level}, "$push": {"escalations": record}}
     return update, [(EventType.COMPLAINT_ESCALATED, escalated_event(current, record))]
+
+
+# Breaches of these clocks climb the department's chain; the report deadline is already at the top.
+ESCALATING_CLOCKS = (SlaClock.ACKNOWLEDGE.value, SlaClock.RESOLVE.value)
+TIMED_CLOCKS = (
+    SlaClock.ACKNOWLEDGE.value,
+    SlaClock.RESOLVE.value,
+    SlaClock.REGULATORY_REPORT.value,
+)
+
+
+@dataclass
+class FiredTimers:
+    """What firing the timers due at one instant did: the clocks after it, the escalation
+    level and the records of the rungs climbed, the events, and whether a clock breached."""
+
+    clocks: dict[str, sla_clocks.Clock]
+    level: int
+    records: list[dict[str, Any]] = field(default_factory=list)
+    events: Events = field(default_factory=list)
+    breached: bool = False
+
+
+def fire_timers(
+    document: dict[str, Any],
+    *,
+    clocks: dict[str, sla_clocks.Clock],
+    calendar: BusinessCalendar,
+    targets: list[EscalationTarget],
+    now: datetime,
+) -> FiredTimers:
+    """Fire every timer of ``clocks`` due at ``now`` (at most one per clock): warnings,
+    breaches, and the rungs breaches of the customer's clocks climb from ``document``'s
+    escalation level. ``clocks`` is left as it was."""
+    fired = FiredTimers(clocks=dict(clocks), level=document.get("escalation_level", 0))
+    escalated = dict(document)
+    for name in TIMED_CLOCKS:
+        clock = fired.clocks.get(name)
+        if clock is None:
+            continue
+        may_climb = name in ESCALATING_CLOCKS and fired.level < len(targets)
+        # Only the resolve clock re-arms: a complaint left overdue keeps going up the chain.
+        repeat = name == SlaClock.RESOLVE.value and fired.level + 1 < len(targets)
+        clock, kind = sla_clocks.fire_due(clock, calendar=calendar, now=now, repeat=repeat)
+        if kind is None:
+            continue
+        if kind is sla_clocks.TimerKind.BREACH:  # which cycle ``breached`` tells of
+            clock = clock.model_copy(update={"breached_in_cycle": document.get("reopen_count", 0)})
+        fired.clocks[name] = clock
+        if kind is sla_clocks.TimerKind.WARNING:
+            warning = sla_warning_event(document, name=name, clock=clock, now=now)
+            fired.events.append((EventType.COMPLAINT_SLA_WARNING, warning))
+            continue
+        fired.breached = True
+        if may_climb:
+            update, escalation = escalate_one_level(
+                escalated,
+                targets=targets,
+                reason="sla_breach",
+                by="routing",
+                at=now,
+                breach=(name, clock.due_at),
+            )
+            if escalation:
+                fired.level = escalated["escalation_level"] = update["$set"]["escalation_level"]
+                fired.records.append(update["$push"]["escalations"])
+                breach = sla_breached_event(
+                    document, name=name, clock=clock, now=now, level=fired.level
+                )
+                fired.events.extend([(EventType.COMPLAINT_SLA_BREACHED, breach), *escalation])
+                continue
+        breach = sla_breached_event(document, name=name, clock=clock, now=now, level=fired.level)
+        fired.events.append((EventType.COMPLAINT_SLA_BREACHED, breach))
+    return fired
 
 
 def clock_fields(clocks: dict[str, sla_clocks.Clock]) -> dict[str, Any]:

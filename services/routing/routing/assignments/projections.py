@@ -425,7 +425,11 @@ async def reopen(
                     # The fresh resolve clock starts here once it is routed.
                     {
                         "$push": {
-                            REMEMBERED: {"command": Command.REOPEN.value, "at": data.reopened_at}
+                            REMEMBERED: {
+                                "command": Command.REOPEN.value,
+                                "at": data.reopened_at,
+                                "by": data.reopened_by,
+                            }
                         }
                     },
                     store.history(
@@ -506,6 +510,7 @@ def clocks_after_remembered(
     *,
     calendar: BusinessCalendar,
     restart_resolve: Callable[[datetime], sla_clocks.Clock],
+    before: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """The clocks of a complaint routed at last, moved in place by the intake events it
     remembered while unroutable, in order (``REMEMBERED``); the fields they leave set.
@@ -513,9 +518,12 @@ def clocks_after_remembered(
     An acknowledgement stops the acknowledge clock, a wait pauses and a resume lays out
     again the customer's clocks, a finish stops them, and a reopen starts a fresh resolve
     clock at its instant, as they would have had the complaint been routed all along.
+    ``before`` sees each entry before it is applied (to fire the timers due by then).
     """
     state: dict[str, Any] = {"paused": False, "paused_at": None}
     for entry in remembered:
+        if before is not None:
+            before(entry)
         command, at = Command(entry["command"]), entry["at"]
         if command is Command.REOPEN:
             clocks[SlaClock.RESOLVE.value] = restart_resolve(at)

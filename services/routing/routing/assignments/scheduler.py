@@ -23,7 +23,7 @@ from typing import Any
 
 from complaints_shared.aggregate import Decision, Events
 from complaints_shared.business_calendar import BusinessCalendar
-from complaints_shared.events import ComplaintSlaBreached, ComplaintSlaWarning, EventType, SlaClock
+from complaints_shared.events import ComplaintSlaBreached, ComplaintSlaWarning
 from complaints_shared.failures import is_dependency_unavailable, redacted_error
 from complaints_shared.logs import get_logger
 from complaints_shared.mongo import claim_first, merge_updates
@@ -50,8 +50,6 @@ log = get_logger(__name__)
 
 LEASE_UNTIL = "timer_lease_until"
 LEASE_OWNER = "timer_lease_owner"
-# Breaches of these clocks climb the department's chain; the report deadline is already at the top.
-ESCALATING_CLOCKS = (SlaClock.ACKNOWLEDGE.value, SlaClock.RESOLVE.value)
 
 
 def _wall_now() -> datetime:
@@ -276,62 +274,24 @@ def fire_clocks(
     now: datetime,
 ) -> tuple[dict[str, Any], Events]:
     """Fire every timer due at ``now``: warnings, breaches, the escalations breaches cause."""
-    clocks = sla_clocks.load_clocks(current.get("clocks"))
-    level = current.get("escalation_level", 0)
-    escalated = dict(current)
-    events: Events = []
-    updates: list[dict[str, Any]] = []
-    for name in (
-        SlaClock.ACKNOWLEDGE.value,
-        SlaClock.RESOLVE.value,
-        SlaClock.REGULATORY_REPORT.value,
-    ):
-        clock = clocks.get(name)
-        if clock is None:
-            continue
-        may_climb = name in ESCALATING_CLOCKS and level < len(targets)
-        # Only the resolve clock re-arms: a complaint left overdue keeps going up the chain.
-        repeat = name == SlaClock.RESOLVE.value and level + 1 < len(targets)
-        clock, kind = sla_clocks.fire_due(clock, calendar=calendar, now=now, repeat=repeat)
-        if kind is None:
-            continue
-        if kind is sla_clocks.TimerKind.BREACH:  # which cycle ``breached`` tells of
-            clock = clock.model_copy(update={"breached_in_cycle": current.get("reopen_count", 0)})
-        clocks[name] = clock
-        if kind is sla_clocks.TimerKind.WARNING:
-            warning = lifecycle.sla_warning_event(current, name=name, clock=clock, now=now)
-            events.append((EventType.COMPLAINT_SLA_WARNING, warning))
-            continue
-        if may_climb:
-            update, escalation = lifecycle.escalate_one_level(
-                escalated,
-                targets=targets,
-                reason="sla_breach",
-                by="routing",
-                at=now,
-                breach=(name, clock.due_at),
-            )
-            if escalation:
-                level += 1
-                escalated["escalation_level"] = level
-                updates.append(update)
-                breach = lifecycle.sla_breached_event(
-                    current, name=name, clock=clock, now=now, level=level
-                )
-                events.extend([(EventType.COMPLAINT_SLA_BREACHED, breach), *escalation])
-                continue
-        breach = lifecycle.sla_breached_event(current, name=name, clock=clock, now=now, level=level)
-        events.append((EventType.COMPLAINT_SLA_BREACHED, breach))
-    fields = lifecycle.clock_fields(clocks)
-    if any(event_type is EventType.COMPLAINT_SLA_BREACHED for event_type, _ in events):
+    fired = lifecycle.fire_timers(
+        current,
+        clocks=sla_clocks.load_clocks(current.get("clocks")),
+        calendar=calendar,
+        targets=targets,
+        now=now,
+    )
+    fields = lifecycle.clock_fields(fired.clocks)
+    if fired.breached:
         fields["breached"] = True
-    return merge_updates({"$set": fields}, *_combined_escalations(updates)), events
-
-
-def _combined_escalations(updates: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Two breaches in one pass push two records and keep the higher level."""
-    if not updates:
-        return []
-    records = [update["$push"]["escalations"] for update in updates]
-    level = max(update["$set"]["escalation_level"] for update in updates)
-    return [{"$set": {"escalation_level": level}, "$push": {"escalations": {"$each": records}}}]
+    escalations = (
+        [
+            {
+                "$set": {"escalation_level": fired.level},
+                "$push": {"escalations": {"$each": fired.records}},
+            }
+        ]
+        if fired.records
+        else []
+    )
+    return merge_updates({"$set": fields}, *escalations), fired.events

@@ -177,12 +177,21 @@ async def leave(
             choice, how = await owners.forced_owner(db=db, org=complaint.org, staff=owner), "manual"
         else:
             choice, how = await owners.owner_for_plan(db=db, complaint=complaint, plan=plan)
-        clocks, paused = _clocks_of(current, plan, calendar=context.calendar)
+        caught_up = _caught_up(current, plan, calendar=context.calendar, now=now)
+        clocks = caught_up.clocks
         routed_plan = dataclasses.replace(plan, clocks=clocks)
         fresh = placement.new_document(complaint, routed_plan, owner=choice, now=now)
         # Numbered after whatever the assignment announced before it was found unroutable.
         fresh["assignment_sequence"] = current.get("assignment_sequence", 0)
-        planned, events = placement.initial_events({**fresh, **paused}, routed_plan, now=now)
+        planned, events = placement.initial_events(
+            {**fresh, **caught_up.paused}, routed_plan, now=now
+        )
+        # What the timers and reopens of its time unroutable did, after its major-incident
+        # escalation (which a complaint routed on arrival gets first).
+        planned["escalations"] = [*planned.get("escalations", []), *caught_up.records]
+        planned["escalation_level"] = max(planned["escalation_level"], caught_up.level)
+        planned["breached"] = caught_up.breached
+        events += caught_up.events
         fields = {key: value for key, value in planned.items() if key not in KEPT_FIELDS}
         # An acknowledgement made while unroutable is judged like any (complaint.sla_stopped);
         # so is a report filed then, whose announcement knew no deadline yet.
@@ -215,31 +224,112 @@ async def leave(
     return routed[0] if routed else None
 
 
-def _clocks_of(
-    current: dict[str, Any], plan: planning.RoutePlan, *, calendar: BusinessCalendar
-) -> tuple[dict[str, sla_clocks.Clock], dict[str, Any]]:
-    """The plan's clocks as they stand after what the complaint went through unroutable
-    (an acknowledgement made then stops the acknowledge clock, a wait pauses the
-    customer's clocks, a reopen restarts the resolve clock, a report filed then stops its
-    deadline); and the pause fields they leave."""
-    clocks = dict(plan.clocks)
+@dataclasses.dataclass
+class _CaughtUp:
+    """A complaint routed at last, as if it had been routed all along: its clocks and the
+    pause fields they leave, the rungs climbed meanwhile (level and records), the events of
+    the timers that fired and the rungs climbed, and whether its present cycle breached."""
+
+    clocks: dict[str, sla_clocks.Clock]
+    paused: dict[str, Any]
+    level: int
+    records: list[dict[str, Any]]
+    events: list[Any]
+    breached: bool
+
+
+# Timers one catch-up fires at the most: a resolve clock overdue for long re-arms one
+# allowed span after each breach while there is a rung above, a few dozen at worst.
+MAX_TIMERS_CAUGHT_UP = 1000
+
+
+def _caught_up(
+    current: dict[str, Any],
+    plan: planning.RoutePlan,
+    *,
+    calendar: BusinessCalendar,
+    now: datetime,
+) -> _CaughtUp:
+    """The plan's clocks taken through what the complaint went through unroutable, in
+    order: an acknowledgement made then stops the acknowledge clock, a wait pauses the
+    customer's clocks, a reopen restarts the resolve clock and climbs a rung, a report
+    filed then stops its deadline; and between them, at their instants, the warnings and
+    breaches a scheduler would have fired (a breach climbing a rung), so an acknowledgement
+    made late is a breach as it is for any complaint."""
+    clocks, targets = dict(plan.clocks), plan.escalation_targets
+    remembered = current.get(projections.REMEMBERED) or []
+    reopens = sum(entry["command"] == Command.REOPEN.value for entry in remembered)
+    document = {
+        **current,
+        "escalation_level": plan.escalation_level if plan.escalated_to is not None else 0,
+        "reopen_count": current.get("reopen_count", 0) - reopens,
+    }
+    caught = _CaughtUp(
+        clocks=clocks,
+        paused={},
+        level=document["escalation_level"],
+        records=[],
+        events=[],
+        breached=False,
+    )
+
+    def fire_before(moment: datetime) -> None:
+        for _ in range(MAX_TIMERS_CAUGHT_UP):
+            due = sla_clocks.next_timer_at(clocks)
+            if due is None or due >= moment:
+                return
+            fired = lifecycle.fire_timers(
+                document, clocks=clocks, calendar=calendar, targets=targets, now=due
+            )
+            clocks.update(fired.clocks)
+            caught.records += fired.records
+            caught.events += fired.events
+            caught.breached = caught.breached or fired.breached
+            caught.level = document["escalation_level"] = fired.level
+
+    filed_at = current.get("regulatory_report_filed_at")
+
+    def file_report_by(moment: datetime) -> None:
+        """A report filed while unroutable stops its deadline at the filing, in its turn."""
+        nonlocal filed_at
+        report = clocks.get(SlaClock.REGULATORY_REPORT.value)
+        if filed_at is None or filed_at > moment or report is None:
+            return
+        fire_before(filed_at)
+        clocks[SlaClock.REGULATORY_REPORT.value] = sla_clocks.stop_clock(report, at=filed_at)
+        filed_at = None
+
+    def before(entry: dict[str, Any]) -> None:
+        file_report_by(entry["at"])
+        fire_before(entry["at"])
+        if entry["command"] != Command.REOPEN.value:
+            return
+        # A new cycle, one rung up, as ``projections.reopen`` takes a routed complaint.
+        document["reopen_count"] += 1
+        caught.breached = False
+        update, escalation = lifecycle.escalate_one_level(
+            document,
+            targets=targets,
+            reason="reopened",
+            by=entry.get("by") or "routing",
+            at=entry["at"],
+        )
+        if escalation:
+            caught.level = document["escalation_level"] = update["$set"]["escalation_level"]
+            caught.records.append(update["$push"]["escalations"])
+            caught.events += escalation
 
     def restart_resolve(at: datetime) -> sla_clocks.Clock:
         return planning.restart_resolve_clock(
             calendar=calendar, policy=plan.policy, severity=plan.severity, start=at
         )
 
-    paused = projections.clocks_after_remembered(
-        clocks,
-        current.get(projections.REMEMBERED) or [],
-        calendar=calendar,
-        restart_resolve=restart_resolve,
+    caught.paused = projections.clocks_after_remembered(
+        clocks, remembered, calendar=calendar, restart_resolve=restart_resolve, before=before
     )
-    filed_at = current.get("regulatory_report_filed_at")
-    report = clocks.get(SlaClock.REGULATORY_REPORT.value)
-    if filed_at is not None and report is not None:
-        clocks[SlaClock.REGULATORY_REPORT.value] = sla_clocks.stop_clock(report, at=filed_at)
-    return clocks, paused
+    file_report_by(now)
+    fire_before(now)
+    return caught
 
 
 async def retry_org(
