@@ -87,6 +87,16 @@ def test_products_match_as_case_insensitive_substrings() -> None:
     assert not conditions_hold(rule, complaint(product=None))
 
 
+def test_full_width_forms_typed_by_a_chinese_input_method_match_either_way() -> None:
+    """Keywords and products compare folded: ``ＩＰＴＶ`` and ``１０元`` (full-width, as a
+    Chinese input method types them) match ``iptv`` and ``10元``, and the other way round."""
+    rule = RuleConditions(products=["ＩＰＴＶ"], keywords_all=["多扣", "10元"])
+    assert conditions_hold(rule, complaint(product="iptv 高清", description="每月多扣１０元"))
+    wide = RuleConditions(keywords_any=["１０元"])
+    assert conditions_hold(wide, complaint(description="每月多扣10元"))
+    assert not conditions_hold(wide, complaint(description="每月多扣１００元"))
+
+
 def test_vip_condition_false_excludes_vip_customers() -> None:
     rule = RuleConditions(vip=False)
     assert conditions_hold(rule, complaint())
@@ -292,3 +302,16 @@ def test_owner_ranking_least_load_then_longest_wait() -> None:
     assert {c.staff.id: c.why_not for c in ranked}["lz-gao"] == "at capacity (0)"
     skilled = planning.rank_candidates(billing, loads={}, required_skill="vip")
     assert not any(candidate.eligible for candidate in skilled)
+
+
+def test_a_regulator_hotline_number_typed_full_width_is_suggested_as_regulator_involved() -> None:
+    from complaints_shared.events import Channel
+    from intake.suggestions import DEFAULT_SUGGESTION_RULES, suggest
+
+    suggested = suggest(
+        rules=DEFAULT_SUGGESTION_RULES,
+        subject="已向１２３１５投诉",
+        description="话费多扣",
+        channel=Channel.PHONE,
+    )
+    assert "regulator" in suggested.rule_ids and suggested.severity == "high"

@@ -18,6 +18,8 @@ from __future__ import annotations
 import unicodedata
 from typing import Any
 
+from complaints_shared.text import folded
+
 FIELD = "search_grams"
 # Bump when ``document_grams`` gives a posting grams an older one lacks: startup rewrites
 # every older posting before the service serves. Not bumped when grams were only left out
@@ -28,8 +30,9 @@ VERSION_FIELD = "search_grams_version"
 
 
 def normalise(text: str) -> str:
-    """Compatibility forms folded (full-width Ａ１ is A1) and case folded, as search compares."""
-    return unicodedata.normalize("NFKC", text).casefold()
+    """Compatibility forms folded (full-width Ａ１ is A1) and case folded, as search compares
+    (``complaints_shared.text.folded``, as rules and suggestions do)."""
+    return folded(text)
 
 
 # Unicode general categories (first letter) of the characters a gram is made of: letters,

@@ -10,6 +10,7 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field
 
 from complaints_shared.events import SEVERITY_ORDER, Channel, Flag, Severity
+from complaints_shared.text import contains, folded
 
 
 class SuggestionRule(BaseModel):
@@ -74,12 +75,12 @@ def suggest(
     *, rules: list[SuggestionRule], subject: str, description: str, channel: Channel
 ) -> Suggestion:
     """Severity = the highest any matching rule suggests (normal if none); flags = the union."""
-    text = f"{subject}\n{description}".casefold()
+    text = folded(f"{subject}\n{description}")
     severity = Severity.NORMAL
     flags: list[Flag] = []
     matched: list[str] = []
     for rule in rules:
-        by_keyword = any(keyword.casefold() in text for keyword in rule.keywords)
+        by_keyword = any(contains(text, keyword) for keyword in rule.keywords)
         if not (by_keyword or channel in rule.channels):
             continue
         matched.append(rule.id)

@@ -1,7 +1,8 @@
 """Routing rule matching: pure functions over rule data and a received complaint.
 
-Text tests are case-insensitive substring tests, so Chinese keywords match
-inside a sentence without word spaces (``账单`` in ``话费账单多扣了``).
+Text tests are substring tests on folded text (``complaints_shared.text``: case and
+full-width forms folded), so Chinese keywords match inside a sentence without word spaces
+(``账单`` in ``话费账单多扣了``) and ``ＶＩＰ`` typed full-width matches ``vip``.
 """
 
 from __future__ import annotations
@@ -9,12 +10,12 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from complaints_shared.events import SEVERITY_ORDER, ComplaintReceived, Severity
+from complaints_shared.text import contains, folded
 from routing.rules.models import RoutingRule, RuleConditions, RuleFlag
 
 
 def _text_of(complaint: ComplaintReceived) -> str:
-    # casefold works for Latin text and leaves Chinese untouched; substring search needs no spaces
-    return f"{complaint.subject}\n{complaint.description}".casefold()
+    return folded(f"{complaint.subject}\n{complaint.description}")
 
 
 def complaint_flags(complaint: ComplaintReceived) -> set[str]:
@@ -29,17 +30,13 @@ def severity_at_least(severity: Severity, minimum: Severity) -> bool:
     return SEVERITY_ORDER.index(severity) >= SEVERITY_ORDER.index(minimum)
 
 
-def _contains(text: str, needle: str) -> bool:
-    return needle.casefold() in text
-
-
 def _product_matches(conditions: RuleConditions, complaint: ComplaintReceived) -> bool:
     if not conditions.products:
         return True
     if complaint.product is None:
         return False
-    product = complaint.product.casefold()
-    return any(_contains(product, wanted) for wanted in conditions.products)
+    product = folded(complaint.product)
+    return any(contains(product, wanted) for wanted in conditions.products)
 
 
 def _flags_match(conditions: RuleConditions, complaint: ComplaintReceived) -> bool:
@@ -51,9 +48,9 @@ def _flags_match(conditions: RuleConditions, complaint: ComplaintReceived) -> bo
 
 def _keywords_match(conditions: RuleConditions, complaint: ComplaintReceived) -> bool:
     text = _text_of(complaint)
-    if conditions.keywords_any and not any(_contains(text, k) for k in conditions.keywords_any):
+    if conditions.keywords_any and not any(contains(text, k) for k in conditions.keywords_any):
         return False
-    return all(_contains(text, keyword) for keyword in conditions.keywords_all)
+    return all(contains(text, keyword) for keyword in conditions.keywords_all)
 
 
 def conditions_hold(conditions: RuleConditions, complaint: ComplaintReceived) -> bool:
