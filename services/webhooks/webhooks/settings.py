@@ -112,7 +112,8 @@ class WebhooksSettings(ServiceSettings):
         gt=0,
         description="How often each replica looks for pending deliveries without a timer "
         "under an active subscription (a crash or an error between two writes can leave one) "
-        "and makes them due: one index probe per active subscription.",
+        "and makes them due: one index probe per active subscription; it also completes "
+        "subscription deletions a failure cut short.",
     )
 
     @model_validator(mode="after")
