@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from contextlib import AsyncExitStack
 
+import httpx
 import pytest
 
 from tests.support.http import token
@@ -201,3 +202,51 @@ async def test_other_bad_inputs_are_4xx_problems(system_factory: SystemFactory) 
         assert response.status_code == 422, (response.request.url, response.text)
         assert response.headers["content-type"] == "application/problem+json"
     assert missing.status_code == 404
+
+
+MALFORMED_HOSTS = [
+    "https://a..example.com/h",
+    f"https://{'a' * 64}.example.com/h",
+    f"https://{'.'.join(['a' * 60] * 5)}/h",
+    "https://☃.example.com/h",
+]
+
+
+async def test_a_target_whose_host_is_no_host_name_is_refused_on_create_and_update(
+    system_factory: SystemFactory,
+) -> None:
+    system = await system_factory(seed=False)
+    admin = token(system.intake_settings)
+    async with AsyncExitStack() as stack:
+        client = (await serve_webhooks(stack, system)).client
+        # International host names IDNA encodes are host names like any other.
+        created = await client.post(
+            PATH,
+            json={"target_url": "https://投诉.例子.公司/hooks", "event_types": ["*"]},
+            headers=admin,
+        )
+        assert created.status_code == 201, created.text
+        path = f"{PATH}/{created.json()['id']}"
+        renamed = {"target_url": "https://客服.中国/h"}
+        changed = await client.patch(path, json=renamed, headers=admin)
+        assert changed.status_code == 200, changed.text
+        answers: dict[str, list] = {}
+        for url in MALFORMED_HOSTS:
+            create = await client.post(
+                PATH, json={"target_url": url, "event_types": ["*"]}, headers=admin
+            )
+            update = await client.patch(path, json={"target_url": url}, headers=admin)
+            answers[url] = [
+                (response.status_code, response.headers["content-type"], _fields(response))
+                for response in (create, update)
+            ]
+        listed = await client.get(PATH, headers=admin)
+    refused = (422, "application/problem+json", ["target_url"])
+    assert answers == {url: [refused, refused] for url in MALFORMED_HOSTS}
+    [kept] = listed.json()["items"]
+    assert kept["target_url"] == "https://客服.中国/h", "nothing else was stored or changed"
+
+
+def _fields(response: httpx.Response) -> list[str]:
+    problem = response.json()
+    return [error["field"] for error in problem.get("errors", [])]

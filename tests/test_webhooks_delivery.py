@@ -18,7 +18,7 @@ from complaints_shared.clock import ManualClock
 from tests.support.http import BROADBAND_COMPLAINT, create_complaint, token
 from tests.support.kafka import short_type
 from tests.support.system import SystemFactory
-from tests.support.waits import eventually
+from tests.support.waits import NotYet, eventually
 from tests.support.webhooks import (
     Received,
     receiver,
@@ -26,7 +26,8 @@ from tests.support.webhooks import (
     silent_target,
     subscribe,
 )
-from webhooks import store
+from webhooks import sender, store
+from webhooks.targets import Target
 
 pytestmark = pytest.mark.integration
 
@@ -536,3 +537,96 @@ async def test_a_branch_change_is_delivered_as_the_branchs_own_event(
     assert short_type(body["type"]) == "branch.updated"
     assert body["subject"] == "branch:demo:XA"
     assert body["data"]["name"] == "西安分公司" and body["data"]["time_zone"] == "Asia/Shanghai"
+
+
+async def test_a_subscription_stored_with_a_malformed_host_fails_its_attempts_and_goes_on(
+    system_factory: SystemFactory,
+) -> None:
+    system = await system_factory()
+    admin = token(system.intake_settings)
+    malformed = ["https://a..example.com/h", f"https://{'a' * 64}.example.com/h"]
+    complaint_events = ["org.complaintdesk.complaint.*"]
+    async with AsyncExitStack() as stack:
+        webhooks = await serve_webhooks(stack, system)
+        db = webhooks.app.state.runtime.db
+        subscription_ids = []
+        for url in malformed:
+            subscription = await subscribe(
+                webhooks, admin, url="https://crm.example.com/h", event_types=complaint_events
+            )
+            # As a subscription saved before host names were checked holds it.
+            await db[store.SUBSCRIPTIONS].update_one(
+                {"_id": subscription["id"]}, {"$set": {"target_url": url}}
+            )
+            subscription_ids.append(subscription["id"])
+        await _complaint(system, admin)
+        attempts = len(webhooks.settings.retry_schedule_s) + 1
+
+        async def received_and_assigned_failed(subscription_id: str) -> list[dict] | NotYet:
+            log = await _deliveries(webhooks, admin, subscription_id)
+            seen = [(e["event_type"], e["status"], e["attempts"], e["last_error"]) for e in log]
+            types = {short_type(entry["event_type"]) for entry in log}
+            finished = {"complaint.received", "complaint.assigned"} <= types
+            finished = finished and all(entry["status"] == "failed" for entry in log)
+            return log if finished else NotYet(f"deliveries {seen}")
+
+        logs = [
+            await eventually(
+                lambda subscription_id=subscription_id: received_and_assigned_failed(
+                    subscription_id
+                ),
+                timeout_s=20,
+                what="every delivery to the malformed host failed",
+            )
+            for subscription_id in subscription_ids
+        ]
+        shown = [
+            (await webhooks.client.get(f"/v1/webhooks/subscriptions/{i}", headers=admin)).json()
+            for i in subscription_ids
+        ]
+        postponed = await db[store.DELIVERIES].count_documents(
+            {"subscription_id": {"$in": subscription_ids}, "timer_failures": {"$exists": True}}
+        )
+    for log, subscription in zip(logs, shown, strict=True):
+        assert all(entry["attempts"] == attempts for entry in log), log
+        for entry in log:
+            assert entry["last_error"].startswith("target refused: the host name"), entry
+            assert all(attempt["error"] for attempt in entry["attempt_log"]), entry
+        assert subscription["failure_streak"] == attempts * len(log), subscription
+        assert subscription["status"] == "active"
+    assert postponed == 0, "a malformed host is the target's failure, not a stuck timer"
+
+
+async def test_an_unexpected_error_in_an_attempt_is_a_failed_attempt_quoting_nothing(
+    system_factory: SystemFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    system = await system_factory(seed=False)
+    admin = token(system.intake_settings)
+    resolve_checked = sender.resolve_checked
+    resolved: list[Target] = []
+
+    async def fails_first(target: Target, **arguments) -> str:
+        resolved.append(target)
+        if len(resolved) == 1:
+            raise RuntimeError("bug quoting the customer's phone 13800138000")
+        return await resolve_checked(target, **arguments)
+
+    monkeypatch.setattr(sender, "resolve_checked", fails_first)
+    async with AsyncExitStack() as stack:
+        hooks = await stack.enter_async_context(receiver())
+        webhooks = await serve_webhooks(stack, system)
+        subscription = await subscribe(webhooks, admin, url=hooks.url)
+        path = f"/v1/webhooks/subscriptions/{subscription['id']}"
+        assert (await webhooks.client.post(f"{path}/ping", headers=admin)).status_code == 202
+
+        async def delivered() -> dict | NotYet:
+            log = await _deliveries(webhooks, admin, subscription["id"])
+            done = [entry for entry in log if entry["status"] == "delivered"]
+            return done[0] if done else NotYet(f"deliveries {log}")
+
+        ping = await eventually(delivered, what="the ping delivered on its retry")
+    assert ping["attempts"] == 2, f"the failure was no recorded attempt: {ping}"
+    failed, answered = ping["attempt_log"]
+    assert failed["error"].startswith("unexpected error: RuntimeError"), failed
+    assert "13800138000" not in failed["error"], "the error is redacted"
+    assert answered["response_code"] == 200 and answered["error"] is None

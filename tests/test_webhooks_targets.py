@@ -73,6 +73,40 @@ def test_https_is_required_outside_development() -> None:
     assert parse_target("http://127.0.0.1:9000/h", settings=DEVELOPMENT).port == 9000
 
 
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://a..example.com/h",
+        "https://.example.com/h",
+        f"https://{'a' * 64}.example.com/h",
+        f"https://{'.'.join(['a' * 60] * 5)}/h",
+        "https://☃.example.com/h",
+        "https://crm example.com/h",
+    ],
+    ids=["empty-label", "leading-dot", "label-64", "name-304", "not-idna", "space"],
+)
+def test_a_host_that_is_no_host_name_is_refused(url: str) -> None:
+    with pytest.raises(TargetRefused, match=r"host|not a valid URL"):
+        parse_target(url, settings=PRODUCTION)
+
+
+def test_an_international_host_name_is_accepted_in_its_ascii_form() -> None:
+    # DNS, the TLS server name and the Host header all carry the A-labels.
+    assert parse_target("https://投诉.中国/hooks", settings=PRODUCTION) == Target(
+        scheme="https", host="xn--oru203g.xn--fiqs8s", port=443
+    )
+    assert parse_target("https://a_b.example.com./h", settings=PRODUCTION).host == (
+        "a_b.example.com."
+    )
+
+
+async def test_a_host_the_resolver_cannot_encode_is_refused_at_delivery() -> None:
+    # Saved before host names were checked: the resolver's IDNA codec raises UnicodeError.
+    for host in ["a..example.com", f"{'a' * 64}.example.com"]:
+        with pytest.raises(TargetRefused, match="not a valid host name"):
+            await resolve_checked(Target("https", host, 443), settings=PRODUCTION)
+
+
 async def test_a_name_resolving_to_an_internal_address_is_refused_at_delivery() -> None:
     with pytest.raises(TargetRefused, match="loopback"):
         await resolve_checked(Target("https", "localhost", 443), settings=PRODUCTION)

@@ -4,6 +4,10 @@ The whole attempt (resolve, connect, TLS, send, first bytes of the answer) is
 bounded by ``request_timeout_s``; redirects are not followed (a 3xx is a
 failure, and could point anywhere). The response body is never stored beyond
 ``response_excerpt_bytes``.
+
+Whatever goes wrong in an attempt is its result, never an exception for the dispatcher:
+an attempt touches no database, so no failure here is a dependency's outage to wait out,
+and a target the attempt cannot even address fails like one that does not resolve.
 """
 
 from __future__ import annotations
@@ -14,8 +18,12 @@ from dataclasses import dataclass
 
 import httpx
 
+from complaints_shared.failures import redacted_error
+from complaints_shared.logs import get_logger
 from webhooks.settings import WebhooksSettings
 from webhooks.targets import TargetRefused, parse_target, resolve_checked
+
+log = get_logger(__name__)
 
 
 @dataclass
@@ -63,6 +71,15 @@ class Sender:
             return _failed(started, f"target refused: {exc}")
         except httpx.HTTPError as exc:
             return _failed(started, f"{type(exc).__name__}: {exc}"[:300])
+        except (httpx.InvalidURL, ValueError) as exc:
+            # The client refused the URL or the host (UnicodeError from IDNA, say).
+            return _failed(started, f"target refused: {type(exc).__name__}: {exc}"[:300])
+        except Exception as exc:
+            # A fault of ours, not the target's: the attempt fails (and so ends, in time),
+            # with an error that quotes nothing of the request.
+            error = redacted_error(exc)
+            log.error("webhook_attempt_unexpected_error", error=error)
+            return _failed(started, f"unexpected error: {error}")
 
     async def _send(
         self, *, url: str, headers: dict[str, str], body: str, started: float

@@ -1,18 +1,24 @@
 """Which target URLs and addresses deliveries may go to (server-side request forgery guard).
 
-Checked twice: the URL when a subscription is saved (scheme, literal addresses), and
-every address the host resolves to right before each attempt, so a name that
-resolves (or is re-pointed) to an internal address is refused too. The attempt
+Checked twice: the URL when a subscription is saved (scheme, host name, literal
+addresses), and every address the host resolves to right before each attempt, so a name
+that resolves (or is re-pointed) to an internal address is refused too. The attempt
 then connects to the address that was checked, never resolving the name again.
+
+A refusal is a property of the target, not an outage: an attempt refused is a failed
+attempt like any other (retried per the schedule, counted in the failure streak).
 """
 
 from __future__ import annotations
 
 import asyncio
 import ipaddress
+import re
 import socket
 from dataclasses import dataclass
 from urllib.parse import urlsplit
+
+import httpx
 
 from webhooks.settings import WebhooksSettings
 
@@ -27,6 +33,12 @@ METADATA_ADDRESSES = {
 }
 SHARED_ADDRESS_SPACE = ipaddress.ip_network("100.64.0.0/10")  # carrier-grade NAT
 
+# DNS limits (RFC 1035): 63 octets a label, 253 characters a name written out. Labels are
+# letters, digits and hyphens; underscores occur in real names and resolvers accept them.
+MAX_LABEL_LENGTH = 63
+MAX_HOST_NAME_LENGTH = 253
+HOST_LABEL = re.compile(r"[a-z0-9_-]+", re.IGNORECASE)
+
 
 class TargetRefused(ValueError):
     """A target URL or address deliveries may not go to; the message says why."""
@@ -35,7 +47,7 @@ class TargetRefused(ValueError):
 @dataclass(frozen=True)
 class Target:
     scheme: str
-    host: str
+    host: str  # a literal address, or a host name in ASCII (IDNA A-labels)
     port: int
 
 
@@ -44,7 +56,8 @@ def parse_target(url: str, *, settings: WebhooksSettings) -> Target:
     try:
         parts = urlsplit(url)
         port = parts.port
-    except ValueError as exc:
+        httpx.URL(url)  # the client sending the attempts parses it too: it must accept it
+    except (ValueError, httpx.InvalidURL) as exc:
         raise TargetRefused(f"not a valid URL: {exc}") from None
     if parts.scheme not in {"https", "http"} or not parts.hostname:
         raise TargetRefused("must be an absolute http(s) URL with a host")
@@ -58,9 +71,39 @@ def parse_target(url: str, *, settings: WebhooksSettings) -> Target:
     literal = _literal_address(host)
     if literal is not None:
         check_address(literal, settings=settings)
-    elif host == "localhost" or host.endswith(".localhost"):
-        check_address(ipaddress.ip_address("127.0.0.1"), settings=settings)
+    else:
+        host = _host_name(host)
+        if host == "localhost" or host.endswith(".localhost"):
+            check_address(ipaddress.ip_address("127.0.0.1"), settings=settings)
     return Target(scheme=parts.scheme, host=host, port=port or _default_port(parts.scheme))
+
+
+def _host_name(host: str) -> str:
+    """``host`` as DNS, TLS and the Host header carry it (IDNA A-labels); refused unless it
+    is a host name a resolver accepts."""
+    try:
+        # Encoded as the HTTP client encodes it when it sends (IDNA 2008).
+        encoded = httpx.URL(scheme="https", host=host).raw_host.decode("ascii")
+    except httpx.InvalidURL as exc:
+        raise TargetRefused(f"the host is not a valid host name: {exc}") from None
+    name = encoded.removesuffix(".")  # a fully qualified name may end with the root's dot
+    if len(name) > MAX_HOST_NAME_LENGTH:
+        raise TargetRefused(
+            f"the host name has {len(name)} characters (at most {MAX_HOST_NAME_LENGTH})"
+        )
+    for label in name.split("."):
+        if not label:
+            raise TargetRefused(f"the host name {host!r} has an empty label")
+        if len(label) > MAX_LABEL_LENGTH:
+            raise TargetRefused(
+                f"the host name has a label of {len(label)} characters (at most {MAX_LABEL_LENGTH})"
+            )
+        if not HOST_LABEL.fullmatch(label):
+            raise TargetRefused(
+                f"the host name label {label!r} has characters other than letters, "
+                "digits, '-' and '_'"
+            )
+    return encoded
 
 
 def check_address(address: IPAddress, *, settings: WebhooksSettings) -> None:
@@ -97,6 +140,8 @@ async def resolve_checked(target: Target, *, settings: WebhooksSettings) -> str:
         )
     except socket.gaierror as exc:
         raise TargetRefused(f"{target.host} does not resolve: {exc.strerror}") from None
+    except ValueError as exc:  # UnicodeError: the resolver's IDNA codec refuses the name
+        raise TargetRefused(f"{target.host} is not a valid host name: {exc}") from None
     addresses = [ipaddress.ip_address(info[4][0].split("%", 1)[0]) for info in infos]
     if not addresses:
         raise TargetRefused(f"{target.host} does not resolve")
