@@ -5,11 +5,12 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Path, Query, Request
+from fastapi import APIRouter, Path, Query, Request
 from pydantic import Field
 
 from complaints_shared.access import Scope, allow
 from complaints_shared.auth import Principal, Role
+from complaints_shared.idempotency import key_header
 from complaints_shared.models import StrictModel
 from complaints_shared.pagination import Page
 from complaints_shared.problems import invalid_fields, not_found
@@ -37,7 +38,7 @@ router = APIRouter(prefix="/v1/followups", tags=["followups"])
 BranchPath = Annotated[Code, Path(description="Branch code, e.g. LZ")]
 IdempotencyKey = Annotated[
     str | None,
-    Header(alias="Idempotency-Key", max_length=128, description="Repeat-safe attempt recording"),
+    key_header(description="Retry-safe call recording: the same key and body record it once."),
 ]
 
 

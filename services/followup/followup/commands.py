@@ -17,6 +17,7 @@ from complaints_shared import aggregate
 from complaints_shared.aggregate import Decide, Decision
 from complaints_shared.auth import Principal
 from complaints_shared.events import FollowupOutcome
+from complaints_shared.idempotency import key_conflict, request_hash
 from complaints_shared.mongo import merge_updates
 from followup import store
 from followup.lifecycle import (
@@ -119,10 +120,43 @@ def _rules(current: dict[str, Any], settings: FollowupSettings) -> dict[str, Any
     }
 
 
-def _already_recorded(current: dict[str, Any], idempotency_key: str | None) -> bool:
+def _already_recorded(
+    current: dict[str, Any],
+    *,
+    idempotency_key: str | None,
+    caller: str,
+    request: AttemptCreate,
+    fingerprint: str,
+) -> bool:
+    """Whether this request repeats the attempt recorded under its key (nothing more to do).
+
+    The key belongs to the agent and the call that first used it: from another agent,
+    or for another call, it is a 422 rather than a replay that drops what was sent.
+    """
     if idempotency_key is None:
         return False
-    return any(a.get("idempotency_key") == idempotency_key for a in current.get("attempts", []))
+    recorded = next(
+        (a for a in current.get("attempts", []) if a.get("idempotency_key") == idempotency_key),
+        None,
+    )
+    if recorded is None:
+        return False
+    if recorded["attempted_by"] != caller:
+        raise key_conflict(idempotency_key, reason="by another caller")
+    if not _same_call(recorded, request=request, fingerprint=fingerprint):
+        raise key_conflict(idempotency_key)
+    return True
+
+
+def _same_call(attempt: dict[str, Any], *, request: AttemptCreate, fingerprint: str) -> bool:
+    stored = attempt.get("request_fingerprint")
+    if stored is not None:
+        return stored == fingerprint
+    # Attempts recorded before fingerprints were kept: the request must say what they say.
+    said = request.model_dump(exclude={"channel"})
+    return request.channel in (None, attempt["channel"]) and all(
+        attempt.get(name) == value for name, value in said.items()
+    )
 
 
 async def record_attempt(
@@ -135,14 +169,26 @@ async def record_attempt(
     idempotency_key: str | None,
     now: datetime,
 ) -> dict[str, Any] | None:
-    """Record one call by the agent holding the claim; ends the check when it can."""
+    """Record one call by the agent holding the claim; ends the check when it can.
+
+    With ``idempotency_key``, the same call again by the same agent records nothing more
+    and answers the check as it is; another call or agent under the key is a 422.
+    """
     visible = await store.get_visible(db=db, principal=principal, followup_id=followup_id)
     hours = await store.current_contact_hours(
         db=db, settings=settings, org=visible["org"], branch=visible["branch"]
     )
 
+    fingerprint = request_hash(request.model_dump(mode="json"))
+
     def decide(current: dict[str, Any]) -> Decision | None:
-        if _already_recorded(current, idempotency_key):
+        if _already_recorded(
+            current,
+            idempotency_key=idempotency_key,
+            caller=principal.subject,
+            request=request,
+            fingerprint=fingerprint,
+        ):
             return None
         rules = _rules(current, settings)
         attempt = new_attempt(
@@ -152,6 +198,7 @@ async def record_attempt(
             reached=request.reached,
             channel=request.channel,
             idempotency_key=idempotency_key,
+            request_fingerprint=fingerprint if idempotency_key is not None else None,
             note=request.note,
         )
         if request.reached:

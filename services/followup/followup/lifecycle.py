@@ -252,9 +252,14 @@ def new_attempt(
     reached: bool,
     channel: str | None,
     idempotency_key: str | None,
+    request_fingerprint: str | None = None,
     **details: Any,
 ) -> dict[str, Any]:
-    """The check's next attempt as it is stored (numbered after the ones recorded)."""
+    """The check's next attempt as it is stored (numbered after the ones recorded).
+
+    ``idempotency_key`` is kept with the fingerprint of the request that first used it,
+    for as long as the attempt: a retry is told apart from another call under the key.
+    """
     return {
         "number": current.get("attempt_count", 0) + 1,
         "reached": reached,
@@ -262,6 +267,7 @@ def new_attempt(
         "attempted_by": actor,
         "attempted_at": now,
         "idempotency_key": idempotency_key,
+        "request_fingerprint": request_fingerprint,
         **details,
     }
 

@@ -6,13 +6,14 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Query, Request, status
+from fastapi import APIRouter, Query, Request, status
 from fastapi.responses import JSONResponse
 
 from complaints_shared.access import Scope, allow
 from complaints_shared.auth import Principal, Role
 from complaints_shared.datetimes import UtcDatetime
 from complaints_shared.failures import is_dependency_unavailable, redacted_error
+from complaints_shared.idempotency import key_header, request_hash
 from complaints_shared.logs import get_logger
 from complaints_shared.pagination import Page
 from complaints_shared.problems import invalid_fields
@@ -45,13 +46,7 @@ reports_router = APIRouter(prefix="/v1/reports", tags=["reports"])
 
 IdempotencyKey = Annotated[
     str | None,
-    Header(
-        alias="Idempotency-Key",
-        min_length=1,
-        max_length=200,
-        pattern=r"^[\x21-\x7e]+$",
-        description="Retry-safe creation: same key + same body replays the first response.",
-    ),
+    key_header(description="Retry-safe creation: same key + same body replays the first response."),
 ]
 
 
@@ -110,7 +105,7 @@ async def create_complaint(
             settings=runtime.settings,
             principal=principal,
             key=idempotency_key,
-            body_hash=idempotency.request_hash(body.model_dump(mode="json")),
+            body_hash=request_hash(body.model_dump(mode="json")),
             complaint_id=complaint_id,
         )
         if reservation.replay_body is not None:

@@ -13,7 +13,6 @@ changes the reservation while it still holds it.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -22,11 +21,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import orjson
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
 from complaints_shared.auth import Principal
+from complaints_shared.idempotency import key_conflict
 from complaints_shared.mongo import insert_batched, lease_kept, retrying
 from complaints_shared.problems import ProblemError
 from intake.settings import IntakeSettings
@@ -55,10 +54,6 @@ async def ensure_indexes(*, db: AsyncDatabase) -> None:
     await db[IDEMPOTENCY_KEYS].create_index("expires_at", expireAfterSeconds=0, name="ttl")
 
 
-def request_hash(body: dict[str, Any]) -> str:
-    return hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()
-
-
 def new_holder() -> str:
     return uuid.uuid4().hex
 
@@ -81,16 +76,6 @@ def in_progress(detail: str) -> ProblemError:
         kind="request-in-progress",
         detail=detail,
         headers={"Retry-After": str(RETRY_AFTER_S)},
-    )
-
-
-def _conflict(key: str) -> ProblemError:
-    return ProblemError(
-        status=422,
-        title="Idempotency-Key reused",
-        kind="idempotency-key-conflict",
-        detail=f"Idempotency-Key {key!r} was already used with a different request body",
-        errors=[{"field": "Idempotency-Key", "message": "already used with another body"}],
     )
 
 
@@ -129,7 +114,7 @@ async def reserve(
         if existing.get("holder") == holder:  # ours, stored before a dropped reply
             return Reservation(key_id=key_id, complaint_id=existing["complaint_id"], holder=holder)
         if existing["request_hash"] != body_hash:
-            raise _conflict(key)
+            raise key_conflict(key)
         if existing["state"] == "done":
             return Reservation(
                 key_id=key_id,
