@@ -82,14 +82,18 @@ def _within_bounds(current: dict[str, Any], command: Command) -> None:
     length = current.get(store.TIMELINE_LENGTH, 0)
     if command in ENDING_COMMANDS or length < MAX_TIMELINE_FOR_COMMANDS:
         return
-    raise InvalidTransition(
-        current=Status(current["status"]),
-        command=command,
-        what="complaint",
-        reason=(
-            f"complaint {current.get('reference')}'s timeline holds {length} entries, the most "
-            "commands may add to; it may still be rejected, withdrawn or closed"
-        ),
+    raise _refused(
+        current,
+        command,
+        f"complaint {current.get('reference')}'s timeline holds {length} entries, the most "
+        "commands may add to; it may still be rejected, withdrawn or closed",
+    )
+
+
+def _refused(current: dict[str, Any], command: Command, reason: str) -> InvalidTransition:
+    """``command`` refused for ``reason`` although the table allows it (a 409 naming both)."""
+    return InvalidTransition(
+        current=Status(current["status"]), command=command, what="complaint", reason=reason
     )
 
 
@@ -158,11 +162,10 @@ def _wait_ended() -> dict[str, Any]:
 def acknowledge(request: AcknowledgeRequest, principal: Principal) -> Build:
     def build(current: dict[str, Any], now: datetime) -> Outcome:
         if current.get("acknowledged_at") is not None:
-            raise InvalidTransition(
-                current=Status(current["status"]),
-                command=Command.ACKNOWLEDGE,
-                what="complaint",
-                reason=f"the complaint was already acknowledged at "
+            raise _refused(
+                current,
+                Command.ACKNOWLEDGE,
+                f"the complaint was already acknowledged at "
                 f"{current['acknowledged_at'].isoformat()}",
             )
         due = current.get("acknowledge_due_at")
@@ -188,14 +191,10 @@ def acknowledge(request: AcknowledgeRequest, principal: Principal) -> Build:
 def add_note(request: NoteCreate, principal: Principal) -> Build:
     def build(current: dict[str, Any], now: datetime) -> Outcome:
         if len(current.get("notes") or []) >= MAX_NOTES:
-            raise InvalidTransition(
-                current=Status(current["status"]),
-                command=Command.NOTE,
-                what="complaint",
-                reason=(
-                    f"complaint {current.get('reference')} holds {MAX_NOTES} notes, "
-                    "the most one may"
-                ),
+            raise _refused(
+                current,
+                Command.NOTE,
+                f"complaint {current.get('reference')} holds {MAX_NOTES} notes, the most one may",
             )
         note = {
             "id": store.new_id(),
@@ -261,14 +260,11 @@ def _stored_remedies(request: ResolveRequest) -> list[dict[str, Any]]:
 def resolve(request: ResolveRequest, principal: Principal) -> Build:
     def build(current: dict[str, Any], now: datetime) -> Outcome:
         if current.get("resolution_count", 0) >= MAX_RESOLUTIONS:
-            raise InvalidTransition(
-                current=Status(current["status"]),
-                command=Command.RESOLVE,
-                what="complaint",
-                reason=(
-                    f"complaint {current.get('reference')} was resolved {MAX_RESOLUTIONS} "
-                    "times, the most one may; it may still be rejected or withdrawn"
-                ),
+            raise _refused(
+                current,
+                Command.RESOLVE,
+                f"complaint {current.get('reference')} was resolved {MAX_RESOLUTIONS} times, "
+                "the most one may; it may still be rejected or withdrawn",
             )
         number = current.get("resolution_count", 0) + 1
         remedies = _stored_remedies(request)
@@ -348,11 +344,10 @@ def record_remedy(request: RemedyIn, principal: Principal) -> Build:
     def build(current: dict[str, Any], now: datetime) -> Outcome:
         number = current["resolution"]["number"]
         if len(current["resolution"].get("remedies") or []) >= MAX_REMEDIES:
-            raise InvalidTransition(
-                current=Status(current["status"]),
-                command=Command.RECORD_REMEDY,
-                what="complaint",
-                reason=f"resolution {number} holds {MAX_REMEDIES} remedies, the most it may",
+            raise _refused(
+                current,
+                Command.RECORD_REMEDY,
+                f"resolution {number} holds {MAX_REMEDIES} remedies, the most it may",
             )
         stored = {**_stored_remedy(request), "recorded_by": principal.subject, "recorded_at": now}
         pushed = {"resolution.remedies": stored}
