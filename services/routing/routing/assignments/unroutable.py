@@ -274,6 +274,7 @@ def _caught_up(
     )
 
     def fire_before(moment: datetime) -> None:
+        moment = min(moment, now)  # an event stamped by a clock ahead of this one's
         for _ in range(MAX_TIMERS_CAUGHT_UP):
             due = sla_clocks.next_timer_at(clocks)
             if due is None or due >= moment:
