@@ -11,6 +11,7 @@ import pytest
 
 from tests.support.infrastructure import Infrastructure, provide_infrastructure
 from tests.support.system import System, SystemFactory, delete_test_topics, running_systems
+from tests.support.webhooks import Isolation, webhooks_alone
 
 
 @pytest.fixture(scope="session")
@@ -38,3 +39,10 @@ async def system_factory(infrastructure: Infrastructure) -> AsyncIterator[System
 async def system(system_factory: SystemFactory) -> System:
     """The three services with default test settings and the demo organisation."""
     return await system_factory()
+
+
+@pytest.fixture
+async def alone(infrastructure: Infrastructure) -> AsyncIterator[Isolation]:
+    """The webhooks service on its own database and topics, without the other services."""
+    async with webhooks_alone(infrastructure) as isolation:
+        yield isolation

@@ -15,11 +15,15 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from contextlib import AsyncExitStack
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+import httpx
 import pytest
 from pymongo import AsyncMongoClient
+from pymongo.asynchronous.database import AsyncDatabase
 
 from complaints_shared.auth import Principal
 from complaints_shared.clock import ManualClock
@@ -53,6 +57,43 @@ WINDOWS = [
     (T0, T0 + 5 * H),  # less than a day: the aggregation alone
     (datetime(2026, 11, 4, tzinfo=UTC), T0 + 100 * H),  # today, to beyond the present
 ]
+
+
+@dataclass
+class _Intake:
+    """Intake on its own with a manual clock; its rollup job passed once and waits an hour,
+    so only the test's passes (which take no lease) come after that one."""
+
+    settings: IntakeSettings
+    db: AsyncDatabase
+    client: httpx.AsyncClient
+    admin: dict
+    clock: ManualClock
+
+    async def at(self, moment: datetime, path: str, body: dict | None = None) -> dict:
+        """POST ``body`` to ``path`` as an admin, the clock set to ``moment``."""
+        self.clock.set(moment)
+        response = await self.client.post(path, json=body or {}, headers=self.admin)
+        assert response.status_code in (200, 201), response.text
+        return response.json()
+
+
+@asynccontextmanager
+async def _intake_alone(infrastructure) -> AsyncIterator[_Intake]:
+    clock = ManualClock(T0)
+    settings = settings_for_test(
+        IntakeSettings,
+        infra=infrastructure,
+        run_id=uuid.uuid4().hex[:10],
+        report_rollup_interval_s=3600,  # the tests refresh when they want
+    )
+    mongo = AsyncMongoClient(settings.mongodb_uri, tz_aware=True)
+    db = service_database(client=mongo, settings=settings)
+    async with AsyncExitStack() as stack:
+        stack.push_async_callback(mongo.close)
+        client = await serve(stack, create_intake_app(settings, clock=clock), "intake")
+        await eventually(lambda: rollup.state(db=db), what="the service's first pass")
+        yield _Intake(settings=settings, db=db, client=client, admin=token(settings), clock=clock)
 
 
 async def _compare(db, now: datetime) -> int:
@@ -89,27 +130,17 @@ async def test_the_rollup_report_equals_the_single_aggregation(infrastructure, m
     monkeypatch.setattr(rollup, "READ_BATCH", 2)
     monkeypatch.setattr(rollup, "CHANGES_WINDOW", timedelta(seconds=1))
     monkeypatch.setattr(rollup, "JOURNAL_CHUNK", 1)
-    clock = ManualClock(T0)
-    settings = settings_for_test(
-        IntakeSettings,
-        infra=infrastructure,
-        run_id=uuid.uuid4().hex[:10],
-        report_rollup_interval_s=3600,  # this test refreshes when it wants
-    )
-    mongo = AsyncMongoClient(settings.mongodb_uri, tz_aware=True)
-    db = service_database(client=mongo, settings=settings)
-    async with AsyncExitStack() as stack:
-        stack.push_async_callback(mongo.close)
-        client = await serve(stack, create_intake_app(settings, clock=clock), "intake")
-        admin = token(settings)
+    async with _intake_alone(infrastructure) as intake, AsyncExitStack() as stack:
+        clock, settings, db, client, admin = (
+            intake.clock,
+            intake.settings,
+            intake.db,
+            intake.client,
+            intake.admin,
+        )
+        at = intake.at
         producer = EventProducer(settings=settings)
         stack.push_async_callback(producer.stop)
-
-        async def at(moment: datetime, path: str, body: dict | None = None) -> dict:
-            clock.set(moment)
-            response = await client.post(path, json=body or {}, headers=admin)
-            assert response.status_code in (200, 201), response.text
-            return response.json()
 
         async def new(moment: datetime, branch: str, phone: str, **fields) -> str:
             body = complaint_body(
@@ -405,28 +436,8 @@ async def test_a_holder_that_lost_the_lease_cannot_corrupt_the_tallies(
     A pass that began from a state another pass has since moved on writes nothing, and one
     applied by two holders writes each document once, never over a later pass's: the
     tallies stay what a build from the complaints says."""
-    clock = ManualClock(T0)
-    settings = settings_for_test(
-        IntakeSettings,
-        infra=infrastructure,
-        run_id=uuid.uuid4().hex[:10],
-        report_rollup_interval_s=3600,  # this test refreshes when it wants
-    )
-    mongo = AsyncMongoClient(settings.mongodb_uri, tz_aware=True)
-    db = service_database(client=mongo, settings=settings)
-    async with AsyncExitStack() as stack:
-        stack.push_async_callback(mongo.close)
-        client = await serve(stack, create_intake_app(settings, clock=clock), "intake")
-        admin = token(settings)
-        # The service's own job passes once at its start, then waits an hour: only this
-        # test's passes (which take no lease) come after that one.
-        await eventually(lambda: rollup.state(db=db), what="the service's first pass")
-
-        async def at(moment: datetime, path: str, body: dict | None = None) -> dict:
-            clock.set(moment)
-            response = await client.post(path, json=body or {}, headers=admin)
-            assert response.status_code in (200, 201), response.text
-            return response.json()
+    async with _intake_alone(infrastructure) as intake:
+        db, at = intake.db, intake.at
 
         ids = [
             (await at(T0, "/v1/complaints", complaint_body(branch="LZ", customer=customer)))["id"]

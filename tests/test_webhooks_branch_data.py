@@ -11,21 +11,18 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from datetime import UTC, datetime
 
 import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
-from pymongo import AsyncMongoClient
 from standardwebhooks import Webhook
 
 from complaints_shared.envelope import CloudEvent, to_kafka_record
 from complaints_shared.events import ComplaintReceived, EventType, RepeatLink, Topic
 from tests.support.events import received
 from tests.support.http import complaint_body, create_complaint, token
-from tests.support.infrastructure import Infrastructure
 from tests.support.system import SystemFactory
 from tests.support.waits import eventually
 from tests.support.webhooks import Isolation, Receiver, receiver, serve_webhooks, subscribe
@@ -35,18 +32,6 @@ from webhooks.visibility import DeliveredBodies
 BRANCH_A, BRANCH_B = "LZ", "HOSP"
 RECEIVED = [EventType.COMPLAINT_RECEIVED.value]
 CUSTOMER = {"name": "刘女士", "phone": "13909310001"}
-
-
-@pytest.fixture
-async def alone(infrastructure: Infrastructure) -> AsyncIterator[Isolation]:
-    """The webhooks service on its own database and topics, without the other services."""
-    isolation = Isolation(infra=infrastructure, run_id=uuid.uuid4().hex[:10])
-    yield isolation
-    mongo = AsyncMongoClient(infrastructure.mongodb_uri)
-    try:
-        await mongo.drop_database(f"t_{isolation.run_id}_webhooks")
-    finally:
-        await mongo.close()
 
 
 async def _arrived(hooks: Receiver, count: int, *, what: str) -> list[dict]:

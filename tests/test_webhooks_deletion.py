@@ -10,15 +10,12 @@ subscription is being deleted is dropped by the dispatcher instead of claimed fo
 from __future__ import annotations
 
 import asyncio
-import uuid
-from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaProducer
-from pymongo import AsyncMongoClient
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import AutoReconnect
@@ -27,50 +24,20 @@ from complaints_shared.envelope import CloudEvent, to_kafka_record
 from complaints_shared.events import EventType, Topic
 from tests.support.events import received
 from tests.support.http import token
-from tests.support.infrastructure import Infrastructure
 from tests.support.waits import NotYet, eventually
-from tests.support.webhooks import Isolation, Webhooks, receiver, serve_webhooks, subscribe
+from tests.support.webhooks import (
+    Isolation,
+    Webhooks,
+    pending_delivery,
+    receiver,
+    serve_webhooks,
+    subscribe,
+)
 from webhooks import store
 
 pytestmark = pytest.mark.integration
 
 RECEIVED = EventType.COMPLAINT_RECEIVED.value
-
-
-@pytest.fixture
-async def alone(infrastructure: Infrastructure) -> AsyncIterator[Isolation]:
-    """The webhooks service on its own database and topics, without the other services."""
-    isolation = Isolation(infra=infrastructure, run_id=uuid.uuid4().hex[:10])
-    yield isolation
-    mongo = AsyncMongoClient(infrastructure.mongodb_uri)
-    try:
-        await mongo.drop_database(f"t_{isolation.run_id}_webhooks")
-    finally:
-        await mongo.close()
-
-
-def _delivery(subscription_id: str, *, next_attempt_at: datetime | None) -> dict[str, Any]:
-    """A pending delivery of no event time; ``next_attempt_at`` None: held (no timer)."""
-    chain = str(uuid.uuid4())
-    document = store.new_delivery(
-        delivery_id=f"msg_{uuid.uuid4().hex}",
-        subscription={"_id": subscription_id},
-        org="demo",
-        branch="LZ",
-        event_id=str(uuid.uuid4()),
-        event_type=RECEIVED,
-        event_time=None,
-        subject=chain,
-        complaint_id=chain,
-        body='{"held": true}',
-        order_key="1",
-        now=datetime.now(UTC),
-    )
-    if next_attempt_at is None:
-        del document["next_attempt_at"]
-    else:
-        document["next_attempt_at"] = next_attempt_at
-    return document
 
 
 async def _left(db: AsyncDatabase, subscription_id: str) -> tuple[int, int]:
@@ -106,8 +73,8 @@ async def _paused_with_deliveries(webhooks: Webhooks, headers: dict, url: str) -
     assert paused.status_code == 200, paused.text
     retry_at = datetime.now(UTC) + timedelta(hours=1)
     deliveries = [
-        _delivery(subscription_id, next_attempt_at=None),
-        _delivery(subscription_id, next_attempt_at=retry_at),
+        pending_delivery(subscription_id, next_attempt_at=None),
+        pending_delivery(subscription_id, next_attempt_at=retry_at),
     ]
     db = webhooks.app.state.runtime.db
     assert await store.insert_deliveries(db=db, deliveries=deliveries) == 2

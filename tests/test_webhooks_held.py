@@ -10,8 +10,6 @@ pass that heals whatever a crash between two writes still leaves.
 from __future__ import annotations
 
 import asyncio
-import uuid
-from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -24,61 +22,21 @@ from pymongo.errors import OperationFailure
 from complaints_shared.mongo import STORED_CODEC
 from tests.support.faults import FailsFirst
 from tests.support.http import token
-from tests.support.infrastructure import Infrastructure
 from tests.support.waits import eventually
-from tests.support.webhooks import Isolation, Webhooks, receiver, serve_webhooks, subscribe
+from tests.support.webhooks import (
+    Isolation,
+    Webhooks,
+    pending_delivery,
+    receiver,
+    serve_webhooks,
+    subscribe,
+    webhooks_database,
+)
 from webhooks import store
 from webhooks.scheduler import NOTHING_RECORDED
 from webhooks.signing import new_secret
 
 pytestmark = pytest.mark.integration
-
-RECEIVED = "org.complaintdesk.complaint.received.v1"
-
-
-@pytest.fixture
-async def alone(infrastructure: Infrastructure) -> AsyncIterator[Isolation]:
-    """The webhooks service on its own database and topics, without the other services."""
-    isolation = Isolation(infra=infrastructure, run_id=uuid.uuid4().hex[:10])
-    yield isolation
-    mongo = AsyncMongoClient(infrastructure.mongodb_uri)
-    try:
-        await mongo.drop_database(_database_name(isolation))
-    finally:
-        await mongo.close()
-
-
-def _database_name(isolation: Isolation) -> str:
-    return f"t_{isolation.run_id}_webhooks"
-
-
-def _delivery(
-    subscription_id: str, *, chain: str, order_key: str, next_attempt_at: datetime | None
-) -> dict[str, Any]:
-    """A pending delivery of a complaint event; ``next_attempt_at`` None: held (no timer).
-
-    Of no event time, so the dispatcher need not wait for the order watermark.
-    """
-    now = datetime.now(UTC)
-    document = store.new_delivery(
-        delivery_id=f"msg_{uuid.uuid4().hex}",
-        subscription={"_id": subscription_id},
-        org="demo",
-        branch="LZ",
-        event_id=str(uuid.uuid4()),
-        event_type=RECEIVED,
-        event_time=None,
-        subject=chain,
-        complaint_id=chain,
-        body=f'{{"chain": "{chain}", "order": "{order_key}"}}',
-        order_key=order_key,
-        now=now,
-    )
-    if next_attempt_at is None:
-        del document["next_attempt_at"]
-    else:
-        document["next_attempt_at"] = next_attempt_at
-    return document
 
 
 async def _insert(db: AsyncDatabase, *deliveries: dict[str, Any]) -> list[str]:
@@ -108,7 +66,7 @@ async def test_a_hold_racing_a_reactivation_leaves_the_delivery_due_and_its_chai
 ) -> None:
     mongo = AsyncMongoClient(alone.infra.mongodb_uri, tz_aware=True)
     try:
-        db = mongo.get_database(_database_name(alone), codec_options=STORED_CODEC)
+        db = mongo.get_database(webhooks_database(alone), codec_options=STORED_CODEC)
         await store.ensure_indexes(db=db)
         async with AsyncExitStack() as stack:
             hooks = await stack.enter_async_context(receiver())
@@ -135,8 +93,12 @@ async def test_a_hold_racing_a_reactivation_leaves_the_delivery_due_and_its_chai
             )
             first, later = await _insert(
                 db,
-                _delivery(subscription_id, chain="cmp_1", order_key="1", next_attempt_at=now),
-                _delivery(subscription_id, chain="cmp_1", order_key="2", next_attempt_at=None),
+                pending_delivery(
+                    subscription_id, chain="cmp_1", order_key="1", next_attempt_at=now
+                ),
+                pending_delivery(
+                    subscription_id, chain="cmp_1", order_key="2", next_attempt_at=None
+                ),
             )
             # The race, step by step: a dispatcher claims the first delivery and reads the
             # subscription as paused; an admin re-activates it; then the dispatcher holds.
@@ -185,8 +147,10 @@ async def test_asking_again_to_activate_releases_what_a_failed_release_left_held
         retry_at = datetime.now(UTC).replace(microsecond=0) + timedelta(hours=1)
         held, waiting = await _insert(
             db,
-            _delivery(subscription_id, chain="cmp_1", order_key="1", next_attempt_at=None),
-            _delivery(subscription_id, chain="cmp_2", order_key="1", next_attempt_at=retry_at),
+            pending_delivery(subscription_id, chain="cmp_1", order_key="1", next_attempt_at=None),
+            pending_delivery(
+                subscription_id, chain="cmp_2", order_key="1", next_attempt_at=retry_at
+            ),
         )
         release_held = FailsFirst(store.release_held)
         monkeypatch.setattr(store, "release_held", release_held)
@@ -224,7 +188,7 @@ async def test_a_410_whose_disabling_fails_is_sent_again_until_the_subscription_
         monkeypatch.setattr(store, "disable", disable)
         [delivery_id] = await _insert(
             db,
-            _delivery(
+            pending_delivery(
                 subscription_id, chain="cmp_1", order_key="1", next_attempt_at=datetime.now(UTC)
             ),
         )
@@ -290,9 +254,9 @@ async def test_the_repair_pass_makes_stranded_deliveries_due_and_leaves_held_one
         # What a crash between two writes leaves: pending, no timer, subscription active.
         stranded, held, waiting = await _insert(
             db,
-            _delivery(active_id, chain="cmp_1", order_key="1", next_attempt_at=None),
-            _delivery(paused_id, chain="cmp_2", order_key="1", next_attempt_at=None),
-            _delivery(active_id, chain="cmp_3", order_key="1", next_attempt_at=retry_at),
+            pending_delivery(active_id, chain="cmp_1", order_key="1", next_attempt_at=None),
+            pending_delivery(paused_id, chain="cmp_2", order_key="1", next_attempt_at=None),
+            pending_delivery(active_id, chain="cmp_3", order_key="1", next_attempt_at=retry_at),
         )
         await eventually(
             lambda: asyncio.sleep(0, stranded in hooks.delivered_ids()),
@@ -316,7 +280,8 @@ async def test_a_subscription_the_repair_pass_fails_on_does_not_stop_the_others(
         broken_id = (await subscribe(webhooks, admin, url=hooks.url))["id"]
         healthy_id = (await subscribe(webhooks, admin, url=hooks.url))["id"]
         [stranded] = await _insert(
-            runtime.db, _delivery(healthy_id, chain="cmp_1", order_key="1", next_attempt_at=None)
+            runtime.db,
+            pending_delivery(healthy_id, chain="cmp_1", order_key="1", next_attempt_at=None),
         )
         active_subscription_ids = store.active_subscription_ids
         make_held_due = store.make_held_due

@@ -11,14 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from datetime import UTC, datetime
 
 import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
-from pymongo import AsyncMongoClient
 
 from complaints_shared.envelope import CloudEvent, to_kafka_record
 from complaints_shared.events import (
@@ -30,7 +28,6 @@ from complaints_shared.events import (
 )
 from tests.support.events import note_added
 from tests.support.http import token
-from tests.support.infrastructure import Infrastructure
 from tests.support.kafka import short_type
 from tests.support.waits import eventually
 from tests.support.webhooks import Isolation, receiver, serve_webhooks, subscribe
@@ -49,18 +46,6 @@ async def _publish(
     event = CloudEvent.new(event_type=event_type, source="/test", data=data)
     key, value, headers = to_kafka_record(event)
     return await producer.send(topic, value, key=key, headers=headers, partition=PARTITION)
-
-
-@pytest.fixture
-async def alone(infrastructure: Infrastructure) -> AsyncIterator[Isolation]:
-    """The webhooks service without the other three: nothing else consumes the backlog."""
-    isolation = Isolation(infra=infrastructure, run_id=uuid.uuid4().hex[:10])
-    yield isolation
-    mongo = AsyncMongoClient(infrastructure.mongodb_uri)
-    try:
-        await mongo.drop_database(f"t_{isolation.run_id}_webhooks")
-    finally:
-        await mongo.close()
 
 
 async def test_an_earlier_event_consumed_late_from_another_topic_still_arrives_first(

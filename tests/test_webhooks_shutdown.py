@@ -10,11 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
-from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from datetime import UTC, datetime
-from typing import Any
 
 import pytest
 from pymongo import AsyncMongoClient
@@ -22,9 +19,15 @@ from pymongo import AsyncMongoClient
 import complaints_shared.runtime
 from complaints_shared.mongo import STORED_CODEC
 from tests.support.http import token
-from tests.support.infrastructure import Infrastructure
 from tests.support.waits import eventually
-from tests.support.webhooks import Isolation, receiver, serve_webhooks, subscribe
+from tests.support.webhooks import (
+    Isolation,
+    pending_delivery,
+    receiver,
+    serve_webhooks,
+    subscribe,
+    webhooks_database,
+)
 from webhooks import store
 
 pytestmark = pytest.mark.integration
@@ -32,37 +35,6 @@ pytestmark = pytest.mark.integration
 GRACE_S = 3.0
 # Far longer than the grace: the first attempt is still waiting when the service stops.
 REQUEST_TIMEOUT_S = 60.0
-
-
-@pytest.fixture
-async def alone(infrastructure: Infrastructure) -> AsyncIterator[Isolation]:
-    """The webhooks service on its own database and topics, without the other services."""
-    isolation = Isolation(infra=infrastructure, run_id=uuid.uuid4().hex[:10])
-    yield isolation
-    mongo = AsyncMongoClient(infrastructure.mongodb_uri)
-    try:
-        await mongo.drop_database(f"t_{isolation.run_id}_webhooks")
-    finally:
-        await mongo.close()
-
-
-def _due_delivery(subscription_id: str) -> dict[str, Any]:
-    """A pending delivery, due now, of no event time (it need not wait for the watermark)."""
-    chain = str(uuid.uuid4())
-    return store.new_delivery(
-        delivery_id=f"msg_{uuid.uuid4().hex}",
-        subscription={"_id": subscription_id},
-        org="demo",
-        branch="LZ",
-        event_id=str(uuid.uuid4()),
-        event_type="org.complaintdesk.complaint.received.v1",
-        event_time=None,
-        subject=chain,
-        complaint_id=chain,
-        body='{"shutdown": true}',
-        order_key="1",
-        now=datetime.now(UTC),
-    )
 
 
 async def test_an_attempt_cut_off_by_shutdown_records_nothing_and_is_sent_again_at_the_next_start(
@@ -77,7 +49,7 @@ async def test_an_attempt_cut_off_by_shutdown_records_nothing_and_is_sent_again_
         return 200
 
     mongo = AsyncMongoClient(alone.infra.mongodb_uri, tz_aware=True)
-    db = mongo.get_database(f"t_{alone.run_id}_webhooks", codec_options=STORED_CODEC)
+    db = mongo.get_database(webhooks_database(alone), codec_options=STORED_CODEC)
     try:
         async with AsyncExitStack() as stack:
             hooks = await stack.enter_async_context(receiver(first_hangs))
@@ -92,7 +64,7 @@ async def test_an_attempt_cut_off_by_shutdown_records_nothing_and_is_sent_again_
                 runtime = webhooks.app.state.runtime
                 admin = token(webhooks.settings)
                 subscription_id = (await subscribe(webhooks, admin, url=hooks.url))["id"]
-                delivery = _due_delivery(subscription_id)
+                delivery = pending_delivery(subscription_id, next_attempt_at=datetime.now(UTC))
                 assert await store.insert_deliveries(db=db, deliveries=[delivery]) == 1
                 await eventually(
                     lambda: asyncio.sleep(0, len(hooks.requests) == 1), what="the attempt sent"

@@ -5,19 +5,25 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
 
 import httpx
 import uvicorn
 from fastapi import FastAPI
+from pymongo import AsyncMongoClient
 from starlette.requests import Request
 from starlette.responses import Response
 
+from complaints_shared.events import EventType
 from tests.support.infrastructure import Infrastructure
 from tests.support.system import WEBHOOKS_TEST_DEFAULTS, System, serve, settings_for_test
 from tests.support.waits import eventually
+from webhooks import store
 from webhooks.main import create_app
 from webhooks.settings import WebhooksSettings
 
@@ -129,6 +135,58 @@ class Isolation:
 
     infra: Infrastructure
     run_id: str
+
+
+def webhooks_database(system: System | Isolation) -> str:
+    """The database of the webhooks service of ``system``'s test."""
+    return f"t_{system.run_id}_webhooks"
+
+
+@asynccontextmanager
+async def webhooks_alone(infra: Infrastructure) -> AsyncIterator[Isolation]:
+    """An isolation for the webhooks service tested on its own (no other service consumes
+    its topics); its database is dropped afterwards."""
+    isolation = Isolation(infra=infra, run_id=uuid.uuid4().hex[:10])
+    try:
+        yield isolation
+    finally:
+        mongo = AsyncMongoClient(infra.mongodb_uri)
+        try:
+            await mongo.drop_database(webhooks_database(isolation))
+        finally:
+            await mongo.close()
+
+
+def pending_delivery(
+    subscription_id: str,
+    *,
+    next_attempt_at: datetime | None,
+    chain: str | None = None,
+    order_key: str = "1",
+) -> dict[str, Any]:
+    """A pending delivery of a ``complaint.received`` of no event time (the dispatcher need
+    not wait for the order watermark), in ``chain`` (a fresh one if None), as the service
+    stores it; ``next_attempt_at`` None: held (no timer)."""
+    chain = chain or str(uuid.uuid4())
+    document = store.new_delivery(
+        delivery_id=f"msg_{uuid.uuid4().hex}",
+        subscription={"_id": subscription_id},
+        org="demo",
+        branch="LZ",
+        event_id=str(uuid.uuid4()),
+        event_type=EventType.COMPLAINT_RECEIVED.value,
+        event_time=None,
+        subject=chain,
+        complaint_id=chain,
+        body=f'{{"chain": "{chain}", "order": "{order_key}"}}',
+        order_key=order_key,
+        now=datetime.now(UTC),
+    )
+    if next_attempt_at is None:
+        del document["next_attempt_at"]
+    else:
+        document["next_attempt_at"] = next_attempt_at
+    return document
 
 
 def webhooks_settings(system: System | Isolation, **overrides) -> WebhooksSettings:
