@@ -50,6 +50,22 @@ async def _record(system: System, complaint_id: str) -> dict:
     return response.json()
 
 
+async def _created_once_its_bump_failed(
+    system: System, monkeypatch: pytest.MonkeyPatch, path: str, body: dict, *, headers: dict
+) -> dict:
+    """POST ``body`` while the directory bump fails once (a 503), then again: the retry
+    answers 201 with the entry as first stored (version 1) and bumps; the entry it answers."""
+    bump = FailsFirst(context_cache.directory_changed)
+    monkeypatch.setattr(context_cache, "directory_changed", bump)
+    first = await system.routing.post(path, json=body, headers=headers)
+    assert first.status_code == 503, first.text
+    retried = await system.routing.post(path, json=body, headers=headers)
+    assert retried.status_code == 201, retried.text
+    assert retried.json()["version"] == 1
+    assert len(bump.calls) == 2
+    return retried.json()
+
+
 async def _visibly_unroutable(system: System, complaint_id: str) -> dict:
     async def unroutable() -> dict | None:
         record = await _record(system, complaint_id)
@@ -322,15 +338,9 @@ async def test_a_rule_whose_directory_bump_failed_routes_once_its_creation_is_re
         await create_complaint(system, acme_admin, branch="HZ", subject="门店服务态度差")
     )["id"]
     await _visibly_unroutable(system, complaint_id)
-    bump = FailsFirst(context_cache.directory_changed)
-    monkeypatch.setattr(context_cache, "directory_changed", bump)
-
-    first = await system.routing.post("/v1/routing/rules", json=DEFAULT_RULE, headers=admin)
-    assert first.status_code == 503, first.text
-    retried = await system.routing.post("/v1/routing/rules", json=DEFAULT_RULE, headers=admin)
-    assert retried.status_code == 201, retried.text
-    assert retried.json()["version"] == 1
-    assert len(bump.calls) == 2
+    await _created_once_its_bump_failed(
+        system, monkeypatch, "/v1/routing/rules", DEFAULT_RULE, headers=admin
+    )
     routed = await _routed(system, complaint_id)
     assert routed["assignment"]["department"] == "HZ:SVC"
 
@@ -373,18 +383,12 @@ async def test_a_department_whose_directory_bump_failed_routes_once_its_creation
         await create_complaint(system, acme_admin, branch="NB", subject="门店服务态度差")
     )["id"]
     await _visibly_unroutable(system, complaint_id)
-    bump = FailsFirst(context_cache.directory_changed)
-    monkeypatch.setattr(context_cache, "directory_changed", bump)
     ningbo = {**DEPARTMENT, "branch": "NB", "name": "宁波客户服务部"}
-
-    first = await system.routing.post("/v1/directory/departments", json=ningbo, headers=admin)
-    assert first.status_code == 503, first.text
-    retried = await system.routing.post("/v1/directory/departments", json=ningbo, headers=admin)
-    assert retried.status_code == 201, retried.text
+    retried = await _created_once_its_bump_failed(
+        system, monkeypatch, "/v1/directory/departments", ningbo, headers=admin
+    )
     stored = await routing_db(system).departments.find_one({"_id": f"{ORG}:NB:SVC"})
-    assert retried.json()["version"] == 1
-    assert datetime.fromisoformat(retried.json()["created_at"]) == stored["created_at"]
-    assert len(bump.calls) == 2
+    assert datetime.fromisoformat(retried["created_at"]) == stored["created_at"]
     trail = await _audit_trail(system, admin, entity="department", entity_id="NB:SVC")
     assert trail == ["created"]
     routed = await _routed(system, complaint_id)
@@ -433,15 +437,9 @@ async def test_a_branch_or_staff_creation_repeated_answers_with_the_stored_entry
         what="the complaint queued in a department without people",
     )
     assert queued["department"] == "HZ:SVC"
-    bump = FailsFirst(context_cache.directory_changed)
-    monkeypatch.setattr(context_cache, "directory_changed", bump)
-
-    first = await system.routing.post("/v1/directory/staff", json=AGENT, headers=admin)
-    assert first.status_code == 503, first.text
-    retried = await system.routing.post("/v1/directory/staff", json=AGENT, headers=admin)
-    assert retried.status_code == 201, retried.text
-    assert retried.json()["version"] == 1
-    assert len(bump.calls) == 2
+    await _created_once_its_bump_failed(
+        system, monkeypatch, "/v1/directory/staff", AGENT, headers=admin
+    )
     assert await _audit_trail(system, admin, entity="staff", entity_id="hz-li") == ["created"]
     # Offered within the request, as after a creation that did not fail.
     assigned = await db.assignments.find_one({"_id": complaint_id})
