@@ -82,8 +82,19 @@ def test_https_is_required_outside_development() -> None:
         f"https://{'.'.join(['a' * 60] * 5)}/h",
         "https://☃.example.com/h",
         "https://crm example.com/h",
+        "https://xn--zz.example.com/h",
+        "https://XN--A.example.com/h",
     ],
-    ids=["empty-label", "leading-dot", "label-64", "name-304", "not-idna", "space"],
+    ids=[
+        "empty-label",
+        "leading-dot",
+        "label-64",
+        "name-304",
+        "not-idna",
+        "space",
+        "bad-a-label",
+        "a-label-of-a-control-character",
+    ],
 )
 def test_a_host_that_is_no_host_name_is_refused(url: str) -> None:
     with pytest.raises(TargetRefused, match=r"host|not a valid URL"):
@@ -97,6 +108,10 @@ def test_an_international_host_name_is_accepted_in_its_ascii_form() -> None:
     )
     assert parse_target("https://a_b.example.com./h", settings=PRODUCTION).host == (
         "a_b.example.com."
+    )
+    # Given in A-labels already (any case): kept as the client sends it.
+    assert parse_target("https://XN--BCHER-KVA.example/h", settings=PRODUCTION).host == (
+        "xn--bcher-kva.example"
     )
 
 

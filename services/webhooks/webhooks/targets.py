@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 import httpx
+import idna
 
 from webhooks.settings import WebhooksSettings
 
@@ -103,6 +104,14 @@ def _host_name(host: str) -> str:
                 f"the host name label {label!r} has characters other than letters, "
                 "digits, '-' and '_'"
             )
+        if label[:4].lower() == "xn--":
+            # An A-label must decode to the name it stands for; a resolver refuses it later.
+            try:
+                idna.decode(label)
+            except (idna.IDNAError, UnicodeError) as exc:
+                raise TargetRefused(
+                    f"the host name label {label!r} is not a valid IDNA A-label: {exc}"
+                ) from None
     return encoded
 
 
