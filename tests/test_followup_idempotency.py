@@ -54,6 +54,7 @@ async def _called_once(system_factory: SystemFactory) -> tuple[System, dict, str
     first = await _call(system, url, caller, NO_ANSWER)
     assert first.status_code == 200, first.text
     assert first.json()["attempt_count"] == 1
+    assert "Idempotent-Replayed" not in first.headers
     return system, caller, url
 
 
@@ -72,6 +73,7 @@ async def test_a_call_key_reused_for_another_result_is_a_422_not_a_silent_200(
     retried = await _call(system, url, caller, NO_ANSWER)
     assert retried.status_code == 200, retried.text
     assert retried.json()["attempt_count"] == 1  # the genuine retry still counts once
+    assert retried.headers["Idempotent-Replayed"] == "true"
 
     reused = await _call(system, url, caller, VERY_UNSATISFIED)
     _assert_key_conflict(reused, detail="different request body")

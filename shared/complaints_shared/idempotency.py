@@ -18,6 +18,8 @@ from fastapi import Header
 from complaints_shared.problems import ProblemError
 
 HEADER = "Idempotency-Key"
+# On a response that repeats what a request under the same key did: nothing new was done.
+REPLAYED_HEADER = "Idempotent-Replayed"
 # Printable ASCII without spaces: a key is an opaque token, never text to read.
 KEY_PATTERN = r"^[\x21-\x7e]+$"
 KEY_MAX_LENGTH = 200

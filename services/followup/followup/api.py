@@ -5,12 +5,12 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Query, Request
+from fastapi import APIRouter, Path, Query, Request, Response
 from pydantic import Field
 
 from complaints_shared.access import Scope, allow
 from complaints_shared.auth import Principal, Role
-from complaints_shared.idempotency import key_header
+from complaints_shared.idempotency import REPLAYED_HEADER, key_header
 from complaints_shared.models import StrictModel
 from complaints_shared.pagination import Page
 from complaints_shared.problems import invalid_fields, not_found
@@ -321,19 +321,27 @@ async def record_attempt(
     body: AttemptCreate,
     request: Request,
     principal: Agent,
+    response: Response,
     idempotency_key: IdempotencyKey = None,
 ) -> SatisfactionCheckRead:
     errors = body.field_errors()
     if errors:
         raise invalid_fields(errors)
-    return await _command(
-        request,
-        principal,
-        followup_id,
-        commands.record_attempt,
+    runtime = runtime_of(request)
+    document, replayed = await commands.record_attempt(
+        db=runtime.db,
+        settings=runtime.settings,
+        principal=principal,
+        followup_id=followup_id,
         request=body,
         idempotency_key=idempotency_key,
+        now=runtime.clock.now(),
     )
+    if document is None:
+        raise not_found(what="satisfaction check", identifier=followup_id)
+    if replayed:
+        response.headers[REPLAYED_HEADER] = "true"
+    return store.to_read(document)
 
 
 @router.post(

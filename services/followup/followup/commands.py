@@ -168,8 +168,9 @@ async def record_attempt(
     request: AttemptCreate,
     idempotency_key: str | None,
     now: datetime,
-) -> dict[str, Any] | None:
-    """Record one call by the agent holding the claim; ends the check when it can.
+) -> tuple[dict[str, Any] | None, bool]:
+    """Record one call by the agent holding the claim; ends the check when it can. Answers
+    the check (None: the caller cannot see it) and whether the call was a replay.
 
     With ``idempotency_key``, the same call again by the same agent records nothing more
     and answers the check as it is; another call or agent under the key is a 422.
@@ -180,15 +181,19 @@ async def record_attempt(
     )
 
     fingerprint = request_hash(request.model_dump(mode="json"))
+    replayed = False
 
     def decide(current: dict[str, Any]) -> Decision | None:
-        if _already_recorded(
+        nonlocal replayed
+        # Decided again on a conflict: what counts is the try that is stored.
+        replayed = _already_recorded(
             current,
             idempotency_key=idempotency_key,
             caller=principal.subject,
             request=request,
             fingerprint=fingerprint,
-        ):
+        )
+        if replayed:
             return None
         rules = _rules(current, settings)
         attempt = new_attempt(
@@ -235,7 +240,8 @@ async def record_attempt(
             spacing_hours=rules["attempt_spacing_hours"],
         )
 
-    return await _change_visible(db, settings, principal, followup_id, decide, now)
+    document = await _change_visible(db, settings, principal, followup_id, decide, now)
+    return document, replayed
 
 
 async def record_outcome(

@@ -13,7 +13,7 @@ from complaints_shared.access import Scope, allow
 from complaints_shared.auth import Principal, Role
 from complaints_shared.datetimes import UtcDatetime
 from complaints_shared.failures import is_dependency_unavailable, redacted_error
-from complaints_shared.idempotency import key_header, request_hash
+from complaints_shared.idempotency import REPLAYED_HEADER, key_header, request_hash
 from complaints_shared.logs import get_logger
 from complaints_shared.pagination import Page
 from complaints_shared.problems import invalid_fields
@@ -112,7 +112,7 @@ async def create_complaint(
             return JSONResponse(
                 reservation.replay_body,
                 status_code=reservation.replay_status or status.HTTP_201_CREATED,
-                headers={"Idempotent-Replayed": "true"},
+                headers={REPLAYED_HEADER: "true"},
             )
         complaint_id = reservation.complaint_id
     try:
