@@ -14,7 +14,7 @@ import pytest
 
 from complaints_shared.clock import ManualClock
 from complaints_shared.events import EventType
-from routing import context_cache
+from routing import audit, context_cache
 from routing.sla.clocks import HORIZON
 from tests.support.clock import at
 from tests.support.events import received, resolved
@@ -278,6 +278,65 @@ async def test_a_retirement_whose_bump_failed_is_recorded_once_and_bumps_when_re
     again = await api.put(path, json=BILLING_FAST, headers=admin)
     assert (again.status_code, again.json()["version"]) == (200, 1)
     assert await trail() == ["saved", "deleted", "retired", "saved"]
+
+
+async def test_a_deletion_broken_off_is_gone_for_readers_and_completed_with_its_record(
+    system: System, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Deleting marks the policy, records the deletion, then removes the policy. When the
+    audit write meets a dropped connection (a 503) the policy is already gone for every
+    reader, and the client's retry completes the deletion: 204, recorded once as the
+    deletion of who decided it. Before, the policy was removed first: the retry answered 404
+    and the deletion was never recorded. A save under the id of a deletion broken off
+    completes that deletion before it creates the policy anew."""
+    admin = token(system.routing_settings, subject="admin-zhao")
+    api = system.routing
+
+    async def trail(policy_id: str) -> list[tuple[str, str]]:
+        found = await api.get(
+            "/v1/directory/audit",
+            params={"entity": "sla_policy", "entity_id": policy_id},
+            headers=admin,
+        )
+        return [(entry["action"], entry["actor"]) for entry in found.json()]
+
+    async def broken_off(policy_id: str) -> str:
+        path = f"/v1/routing/sla-policies/{policy_id}"
+        assert (await api.put(path, json=BILLING_FAST, headers=admin)).status_code == 200
+        assert (await api.post(f"{path}/retire", headers=admin)).status_code == 200
+        record = FailsFirst(audit.record)
+        monkeypatch.setattr(audit, "record", record)
+        first = await api.delete(path, headers=admin)
+        assert first.status_code == 503, first.text
+        monkeypatch.setattr(audit, "record", record.function)
+        assert (await api.get(path, headers=admin)).status_code == 404
+        listed = (await api.get("/v1/routing/sla-policies", headers=admin)).json()
+        assert policy_id not in {policy["id"] for policy in listed}
+        retired = await api.post(f"{path}/reinstate", headers=admin)
+        assert retired.status_code == 404, retired.text
+        return path
+
+    path = await broken_off("unused")
+    other_admin = token(system.routing_settings, subject="admin-qian")
+    assert (await api.delete(path, headers=other_admin)).status_code == 204
+    assert await trail("unused") == [
+        ("deleted", "admin-zhao"),
+        ("retired", "admin-zhao"),
+        ("saved", "admin-zhao"),
+    ]
+    assert await routing_db(system).sla_policies.find_one({"id": "unused"}) is None
+    assert (await api.delete(path, headers=admin)).status_code == 404
+
+    path = await broken_off("again")
+    created = await api.put(path, json=BILLING_FAST, headers=other_admin)
+    assert (created.status_code, created.json()["version"]) == (200, 1), created.text
+    assert created.json()["retired_at"] is None
+    assert await trail("again") == [
+        ("saved", "admin-qian"),
+        ("deleted", "admin-zhao"),
+        ("retired", "admin-zhao"),
+        ("saved", "admin-zhao"),
+    ]
 
 
 async def test_a_policy_stored_with_a_target_beyond_the_limits_still_routes_complaints(

@@ -2,6 +2,12 @@
 
 A policy in use is never changed under an assignment: retiring keeps it for the
 assignments that name it, and deleting asks the assignments and the rules first.
+
+A deletion is decided, recorded, then done: the policy is marked (``DELETING``) and is gone
+for every reader from then on, its audit record is written and the routing contexts reload,
+and only then is the document removed. A deletion broken off after the mark (a 503) is
+completed by the client's retry of the DELETE, or by the next save under the policy's id,
+so no policy disappears without its audit record.
 """
 
 from __future__ import annotations
@@ -20,6 +26,10 @@ from routing import audit
 from routing.sla.models import SlaPolicy, SlaPolicyWrite
 
 SLA_POLICIES = "sla_policies"
+# When a deletion was decided, on a policy whose removal has not been completed yet.
+DELETING = "deleting_at"
+# The policies not being deleted (None matches a missing field).
+LIVE = {DELETING: None}
 # Asked before a policy is deleted; owned by ``routing.assignments.store`` and
 # ``routing.rules.store``, which depend on this module, not the other way round.
 ASSIGNMENTS = "assignments"
@@ -41,7 +51,7 @@ def policy_key(org: str, policy_id: str) -> str:
 async def find_policy_document(
     *, db: AsyncDatabase, org: str, policy_id: str
 ) -> dict[str, Any] | None:
-    return await db[SLA_POLICIES].find_one({"_id": policy_key(org, policy_id)})
+    return await db[SLA_POLICIES].find_one({"_id": policy_key(org, policy_id), **LIVE})
 
 
 async def _audit(
@@ -61,7 +71,11 @@ async def _audit(
         entity_id=policy_id,
         action=action,
         at=at,
-        snapshot={key: value for key, value in document.items() if key != "_id"},
+        snapshot={
+            key: value
+            for key, value in document.items()
+            if key not in ("_id", DELETING, "deleting_by")
+        },
     )
 
 
@@ -70,7 +84,7 @@ def policy_read(document: dict[str, Any]) -> SlaPolicy:
 
 
 async def load_policies(*, db: AsyncDatabase, org: str) -> list[SlaPolicy]:
-    return [policy_read(doc) async for doc in db[SLA_POLICIES].find({"org": org})]
+    return [policy_read(doc) async for doc in db[SLA_POLICIES].find({"org": org, **LIVE})]
 
 
 async def list_policies(*, db: AsyncDatabase, principal: Principal) -> list[SlaPolicy]:
@@ -79,7 +93,7 @@ async def list_policies(*, db: AsyncDatabase, principal: Principal) -> list[SlaP
 
 
 async def get_policy(*, db: AsyncDatabase, principal: Principal, policy_id: str) -> SlaPolicy:
-    document = await db[SLA_POLICIES].find_one({"_id": policy_key(principal.org, policy_id)})
+    document = await find_policy_document(db=db, org=principal.org, policy_id=policy_id)
     if document is None:
         raise not_found(what="SLA policy", identifier=policy_id)
     return policy_read(document)
@@ -97,6 +111,10 @@ async def put_policy(
     if errors := body.field_errors():
         raise invalid_fields(errors)
     key = policy_key(principal.org, policy_id)
+    deleting = await db[SLA_POLICIES].find_one({"_id": key, DELETING: {"$ne": None}})
+    if deleting is not None:
+        # Created again under the id of a deletion broken off: that one is completed first.
+        await _complete_deletion(db=db, principal=principal, policy_id=policy_id, current=deleting)
     if body.is_default:
         other = await db[SLA_POLICIES].find_one(
             {"org": principal.org, "is_default": True, "retired_at": None, "_id": {"$ne": key}}
@@ -129,7 +147,7 @@ async def put_policy(
 
 
 async def _policy_document(*, db: AsyncDatabase, org: str, policy_id: str) -> dict[str, Any]:
-    document = await db[SLA_POLICIES].find_one({"_id": policy_key(org, policy_id)})
+    document = await find_policy_document(db=db, org=org, policy_id=policy_id)
     if document is None:
         raise not_found(what="SLA policy", identifier=policy_id)
     return document
@@ -199,15 +217,35 @@ async def reinstate_policy(
 async def delete_policy(
     *, db: AsyncDatabase, principal: Principal, policy_id: str, now: datetime
 ) -> None:
-    """Remove a retired policy no assignment and no rule refers to any more."""
-    current = await _policy_document(db=db, org=principal.org, policy_id=policy_id)
-    if current.get("retired_at") is None:
+    """Remove a retired policy no assignment and no rule refers to any more; a DELETE
+    repeated after a deletion was broken off completes it."""
+    key = policy_key(principal.org, policy_id)
+    current = await db[SLA_POLICIES].find_one({"_id": key})
+    if current is None:
+        raise not_found(what="SLA policy", identifier=policy_id)
+    if current.get(DELETING) is None:
+        await _refuse_unless_deletable(
+            db=db, org=principal.org, policy_id=policy_id, policy=current
+        )
+        marked = await db[SLA_POLICIES].update_one(
+            # As it was checked: still retired, at the version read, not being deleted.
+            {"_id": key, "version": current.get("version"), "retired_at": {"$ne": None}, **LIVE},
+            {"$set": {DELETING: now, "deleting_by": principal.subject}},
+        )
+        if not marked.matched_count:
+            raise conflict(f"SLA policy {policy_id!r} changed while it was deleted; retry")
+        current = {**current, DELETING: now, "deleting_by": principal.subject}
+    await _complete_deletion(db=db, principal=principal, policy_id=policy_id, current=current)
+
+
+async def _refuse_unless_deletable(
+    *, db: AsyncDatabase, org: str, policy_id: str, policy: dict[str, Any]
+) -> None:
+    if policy.get("retired_at") is None:
         raise conflict(
             f"SLA policy {policy_id!r} is in force: retire it first", kind="policy-in-force"
         )
-    referring = await db[ASSIGNMENTS].count_documents(
-        {"org": principal.org, "sla_policy": policy_id}
-    )
+    referring = await db[ASSIGNMENTS].count_documents({"org": org, "sla_policy": policy_id})
     if referring:
         raise conflict(
             f"SLA policy {policy_id!r} is referred to by {referring} assignment(s); "
@@ -215,18 +253,25 @@ async def delete_policy(
             kind="policy-in-use",
         )
     rule = await db[RULES].find_one(
-        {"org": principal.org, "action.sla_policy": policy_id}, projection={"_id": 1}
+        {"org": org, "action.sla_policy": policy_id}, projection={"_id": 1}
     )
     if rule is not None:
         raise conflict(
             f"SLA policy {policy_id!r} is named by rule {rule['_id']!r}", kind="policy-in-use"
         )
-    await db[SLA_POLICIES].delete_one({"_id": current["_id"]})
+
+
+async def _complete_deletion(
+    *, db: AsyncDatabase, principal: Principal, policy_id: str, current: dict[str, Any]
+) -> None:
+    """Record the deletion decided on ``current`` (once, however often it is completed, and
+    as the deletion of the administrator who decided it), then remove the policy."""
     await _audit(
         db=db,
-        principal=principal,
+        principal=principal.model_copy(update={"subject": current["deleting_by"]}),
         policy_id=policy_id,
         action=audit.DELETED,
-        at=now,
+        at=current[DELETING],
         document=current,
     )
+    await db[SLA_POLICIES].delete_one({"_id": current["_id"], DELETING: {"$ne": None}})
