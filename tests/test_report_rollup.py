@@ -509,3 +509,69 @@ async def test_a_holder_that_lost_the_lease_cannot_corrupt_the_tallies(
         assert state["seq"] == passed + 2 and "pending" not in state
         monkeypatch.setattr(rollup, "_write_tally", write_tally)
         await built_alike(T0 + 7 * H)
+
+
+async def test_a_build_that_lost_its_claim_cannot_corrupt_the_tallies(
+    infrastructure, monkeypatch
+) -> None:
+    """Two replicas build at once: the first pass of a new rollup version takes minutes over
+    a large database, and a holder whose lease renewals failed meanwhile goes on while
+    another takes the lease and builds too. The later claim stands: the earlier build, out
+    of date, may still write, but never over the later one's documents, and cannot set the
+    state; the report then agrees with the complaints."""
+    async with _intake_alone(infrastructure) as intake:
+        db, at = intake.db, intake.at
+        ids = [
+            (await at(moment, "/v1/complaints", complaint_body(branch=branch, customer=who)))["id"]
+            for moment, branch, who in (
+                (T0, "LZ", {"name": "客户甲", "phone": "13900000031"}),
+                (T0 + H, "HOSP", {"name": "客户乙", "phone": "13900000032"}),
+                (T0 + 25 * H, "LZ", {"name": "客户丙", "phone": "13900000033"}),
+            )
+        ]
+        assert await rollup.refresh(db=db, now=T0 + 26 * H) == 3
+        # A new version: its first pass builds everything again.
+        await db[rollup.STATE].update_one({"_id": rollup.WATERMARK_ID}, {"$set": {"version": 3}})
+
+        stale_at, later_at = T0 + 27 * H, T0 + 28 * H
+        writing = {stale_at: asyncio.Event(), later_at: asyncio.Event()}
+        go_on = {stale_at: asyncio.Event(), later_at: asyncio.Event()}
+        write_tally = rollup._write_tally
+
+        async def held_write_tally(**kwargs) -> None:
+            # Each build stops before its first tally: it has claimed and emptied the tallies.
+            now = kwargs["now"]
+            if not writing[now].is_set():
+                writing[now].set()
+                await go_on[now].wait()
+            await write_tally(**kwargs)
+
+        monkeypatch.setattr(rollup, "_write_tally", held_write_tally)
+        stale = asyncio.create_task(rollup.refresh(db=db, now=stale_at))
+        await asyncio.wait_for(writing[stale_at].wait(), timeout=10)
+        # A change the stale build did not read; the later one reads it.
+        await at(stale_at + 0.5 * H, f"/v1/complaints/{ids[0]}/acknowledge")
+        later = asyncio.create_task(rollup.refresh(db=db, now=later_at))
+        await asyncio.wait_for(writing[later_at].wait(), timeout=10)
+        claimed = await db[rollup.STATE].find_one({"_id": rollup.WATERMARK_ID})
+
+        # The stale build writes everything it read first, then finds its claim gone.
+        go_on[stale_at].set()
+        with pytest.raises(rollup.PassOvertaken):
+            await stale
+        assert (await rollup.state(db=db)) is None  # nobody has built this version yet
+        go_on[later_at].set()
+        assert await later == 3
+        monkeypatch.setattr(rollup, "_write_tally", write_tally)
+
+        state = await rollup.state(db=db, whole=True)
+        assert (
+            state["seq"] == claimed["build_seq"] and state["until"] == later_at - rollup.ROLLUP_LAG
+        )
+        assert {d["seq"] async for d in db[rollup.TALLIES].find({})} == {state["seq"]}
+        assert {d["seq"] async for d in db[rollup.ROWS].find({})} == {state["seq"]}
+        assert await _compare(db, later_at) > 0
+        kept = await _tallies(db)
+        await db[rollup.STATE].update_one({"_id": rollup.WATERMARK_ID}, {"$set": {"version": 3}})
+        assert await rollup.refresh(db=db, now=later_at + H) == 3
+        assert await _tallies(db) == kept

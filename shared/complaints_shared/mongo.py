@@ -472,11 +472,12 @@ def _settle(done: asyncio.Future[None], error: BaseException | None) -> None:
         done.set_exception(error)
 
 
-async def bulk_write_unless_taken(collection: AsyncCollection, writes: list[Any]) -> None:
+async def bulk_write_unless_taken(collection: AsyncCollection, writes: list[Any]) -> list[int]:
     """``writes`` unordered, where a write refused for a duplicate key found its place
-    taken (by a conditional upsert's filter, say) and is dropped; any other error raises."""
+    taken (by a conditional upsert's filter, say) and is dropped; any other error raises.
+    Answers the positions in ``writes`` of those dropped."""
     if not writes:
-        return
+        return []
     try:
         await collection.bulk_write(writes, ordered=False)
     except BulkWriteError as exc:
@@ -485,6 +486,8 @@ async def bulk_write_unless_taken(collection: AsyncCollection, writes: list[Any]
             error.get("code") not in _DUPLICATE_KEY_CODES for error in refused
         ):
             raise
+        return sorted(error["index"] for error in refused)
+    return []
 
 
 def is_id_clash(exc: DuplicateKeyError) -> bool:

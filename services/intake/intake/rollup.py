@@ -41,7 +41,11 @@ The lease is renewed while a pass runs, but a holder whose renewals fail loses i
 replica and may still be passing. So passes are fenced by their numbers, not by the lease: a
 pass claims its number only on the state it began from (else ``PassOvertaken``, and it
 writes nothing), and a tally document or a row is only written over one of an earlier pass.
-Two holders applying the same pass write the same documents from the same journal.
+Two holders applying the same pass write the same documents from the same journal. A build
+(the first pass, or the first of a new ``VERSION``) claims a number above every one before
+it on the state as it found it, and sets the state only while its claim stands: a build
+overtaken by another one (its holder's lease ran out meanwhile) may go on writing, but
+never over the later build's documents, and the state stays the later one's.
 """
 
 from __future__ import annotations
@@ -538,12 +542,17 @@ async def rows_registered(
 async def _build(
     *,
     db: AsyncDatabase,
+    found: dict[str, Any] | None,
     complaints: list[dict[str, Any]],
     until: datetime,
     now: datetime,
     pacer: Pacer,
 ) -> int:
-    """Tally every complaint and write its row, from one read of them all."""
+    """Tally every complaint and write its row, from one read of them all, as a pass
+    claimed on the state ``found`` before the read (the stored state of any version, or
+    None): a build that lost its claim to a later one meanwhile (its holder's lease ran out)
+    writes nothing over the later one's documents and does not set the state."""
+    seq, token = await _claim_build(db=db, found=found)
     # Nothing an earlier version wrote is kept (its tallies are of another form).
     for name in (*RETIRED, TALLIES, ROWS, JOURNAL):
         await db.drop_collection(name)
@@ -551,36 +560,72 @@ async def _build(
     days: dict[tuple[str, str, datetime], list[dict[str, Any]]] = defaultdict(list)
     for complaint in complaints:
         days[_day_of_row(complaint)].append(complaint)
-    for (org, branch, day), found in days.items():
+    for (org, branch, day), registered in days.items():
         for dimension in DIMENSIONS:
-            groups = tallies_by_group(found, dimension)
+            groups = tallies_by_group(registered, dimension)
             await _write_tally(
-                db=db, key=(org, branch, day), dimension=dimension, groups=groups, seq=0, now=now
+                db=db, key=(org, branch, day), dimension=dimension, groups=groups, seq=seq, now=now
             )
         await pacer.pause()
     for first in range(0, len(complaints), READ_BATCH * 5):
-        batch = complaints[first : first + READ_BATCH * 5]
-        await db[ROWS].insert_many(
-            [{"_id": c["_id"], **row_of(c), "seq": 0} for c in batch], ordered=False
+        rows = [
+            {"_id": c["_id"], **row_of(c), "seq": seq}
+            for c in complaints[first : first + READ_BATCH * 5]
+        ]
+        # Inserted into the emptied collection; a row standing already was written by a
+        # build of an earlier claim still writing, and is replaced.
+        taken = await bulk_write_unless_taken(db[ROWS], [InsertOne(row) for row in rows])
+        await bulk_write_unless_taken(
+            db[ROWS],
+            [
+                ReplaceOne({"_id": rows[i]["_id"], "seq": {"$lt": seq}}, rows[i], upsert=True)
+                for i in taken
+            ],
         )
         await pacer.pause()
-    await db[STATE].update_one(
-        {"_id": WATERMARK_ID},
+    built = await db[STATE].update_one(
+        {"_id": WATERMARK_ID, "build_token": token},
         {
             "$set": {
                 "until": until,
                 "passed_at": now,
                 "version": VERSION,
-                "seq": 0,
+                "seq": seq,
                 "read_versions": [],
                 # The build read every day whole.
                 "audited_until": day_of(until),
             },
             "$unset": {"pending": ""},
         },
-        upsert=True,
     )
+    if not built.matched_count:
+        raise PassOvertaken(seq)
     return len(complaints)
+
+
+async def _claim_build(*, db: AsyncDatabase, found: dict[str, Any] | None) -> tuple[int, str]:
+    """Claim the next pass number for a build, on the state as ``found``; its number and
+    token. Numbers only grow, across builds too, so every document a build writes is
+    numbered above those of any build or pass before it (``_write_tally``'s fence)."""
+    found = found or {}
+    seq = max(found.get("seq", 0), found.get("build_seq", 0)) + 1
+    token = uuid.uuid4().hex
+    claim = {"build_seq": seq, "build_token": token}
+    if not found:
+        try:
+            await db[STATE].insert_one({"_id": WATERMARK_ID, **claim})
+        except DuplicateKeyError:
+            raise PassOvertaken(0) from None
+        return seq, token
+    unchanged = {
+        "_id": WATERMARK_ID,
+        # None matches a state stored before builds were claimed (no such field).
+        **{name: found.get(name) for name in ("version", "seq", "build_token")},
+    }
+    claimed = await db[STATE].update_one(unchanged, {"$set": claim})
+    if not claimed.matched_count:
+        raise PassOvertaken(found.get("seq", 0))
+    return seq, token
 
 
 async def _write_tally(
@@ -803,7 +848,9 @@ async def refresh(*, db: AsyncDatabase, now: datetime, pacer: Pacer | None = Non
     (:func:`_audit`). Complaints are read in windows, with ``pacer``'s pause after each
     read."""
     pacer = pacer or Pacer(share=1)
-    current = await state(db=db, whole=True)
+    # As stored, whatever its version: a build claims its number on it.
+    stored = await db[STATE].find_one({"_id": WATERMARK_ID})
+    current = stored if stored and stored.get("version") == VERSION else None
     if current is not None and current.get("pending"):
         await _apply_pending(db=db, pending=current["pending"], now=now)
         current = await state(db=db, whole=True)
@@ -826,7 +873,12 @@ async def refresh(*, db: AsyncDatabase, now: datetime, pacer: Pacer | None = Non
     await floors.lower(db=db, complaints=read.values())
     if current is None:
         return await _build(
-            db=db, complaints=list(read.values()), until=until, now=now, pacer=pacer
+            db=db,
+            found=stored,
+            complaints=list(read.values()),
+            until=until,
+            now=now,
+            pacer=pacer,
         )
     versions = [[cid, complaint.get("version")] for cid, complaint in read.items()]
     settled = {"until": until, "read_versions": versions}
