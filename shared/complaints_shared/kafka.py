@@ -75,6 +75,9 @@ PRODUCER_STATE_LOST = (
 )
 # How long a discarded producer may take to fail or flush what it still holds.
 DISCARDED_PRODUCER_STOP_S = 10.0
+# How long the producer may take at shutdown to deliver what it holds. aiokafka retries a
+# send for as long as the broker is away, so its stop would wait for the broker's return.
+PRODUCER_STOP_S = 5.0
 # How long a cancelled consumer (a shutdown past its grace) may take to commit what it
 # handled, leave its group and close its connections: aiokafka's stop waits for the group
 # coordinator, which may be away.
@@ -194,9 +197,15 @@ class EventProducer:
         return True
 
     async def stop(self) -> None:
-        if self._producer is not None:
-            await self._producer.stop()
-            self._producer = None
+        """Deliver what the producer holds, for up to ``PRODUCER_STOP_S``, and close it.
+        What it could not deliver was never acknowledged: its events are still in their
+        outboxes, and a later start (or another replica) publishes them."""
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            try:
+                await asyncio.wait_for(producer.stop(), timeout=PRODUCER_STOP_S)
+            except TimeoutError:
+                log.warning("producer_stop_cut_short", timeout_s=PRODUCER_STOP_S)
         if self._stopping:
             await asyncio.gather(*self._stopping, return_exceptions=True)
 
