@@ -312,8 +312,8 @@ async def test_a_deletion_broken_off_is_gone_for_readers_and_completed_with_its_
         assert (await api.get(path, headers=admin)).status_code == 404
         listed = (await api.get("/v1/routing/sla-policies", headers=admin)).json()
         assert policy_id not in {policy["id"] for policy in listed}
-        retired = await api.post(f"{path}/reinstate", headers=admin)
-        assert retired.status_code == 404, retired.text
+        reinstated = await api.post(f"{path}/reinstate", headers=admin)
+        assert reinstated.status_code == 404, reinstated.text
         return path
 
     path = await broken_off("unused")
