@@ -9,6 +9,7 @@ walk ties on the sort key without gaps or repeats.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import uuid
 from collections.abc import AsyncIterator
@@ -140,6 +141,47 @@ async def test_a_lost_version_race_decides_again_on_the_new_document(db: AsyncDa
     assert seen_counts == [0, 10]
     assert document is not None and document["count"] == 11
     assert document["updated_at"] == NOW
+
+
+async def test_a_change_committed_late_is_stamped_again_with_its_commit_time(
+    db: AsyncDatabase, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A write that waited (a database failing over, say) is committed long after its
+    stamp; a reader of the changes since a time may have read past the stamp meanwhile.
+    The kernel stamps such a change again with its commit time on the writer's clock, and
+    answers the document as stored; a change committed in time keeps its stamp."""
+    monkeypatch.setattr(aggregate, "LATE_COMMIT_S", 0.2)
+    thing_id = await _thing(db)
+
+    def count_up(*, wait_s: float) -> Any:
+        async def decide(current: dict[str, Any]) -> Decision:
+            await asyncio.sleep(wait_s)  # the change waits before its write
+            return Decision({"$inc": {"count": 1}})
+
+        return decide
+
+    in_time = await aggregate.change(
+        db=db,
+        settings=SETTINGS,
+        aggregate=THING,
+        aggregate_id=thing_id,
+        decide=count_up(wait_s=0),
+        now=NOW,
+    )
+    assert in_time is not None and in_time["updated_at"] == NOW
+
+    late = await aggregate.change(
+        db=db,
+        settings=SETTINGS,
+        aggregate=THING,
+        aggregate_id=thing_id,
+        decide=count_up(wait_s=0.5),
+        now=NOW,
+    )
+    stored = await db[THING.collection].find_one({"_id": thing_id})
+    assert NOW + timedelta(seconds=0.5) <= stored["updated_at"] < NOW + timedelta(seconds=10)
+    assert (stored["count"], stored["version"]) == (2, 3)  # stamped again, not changed again
+    assert late is not None and late["updated_at"] == stored["updated_at"]
 
 
 async def test_a_document_that_never_stops_changing_is_a_409(db: AsyncDatabase) -> None:

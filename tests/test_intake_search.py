@@ -305,7 +305,7 @@ async def test_lists_read_from_the_floor_and_branches(
     newest_first = await walk()
     assert sorted(newest_first) == sorted(ids.values())
     broadband = await walk(q="宽带")
-    await rollup.refresh(db=db, now=datetime.now(UTC))
+    await _rollup_passed(db)
     # Every branch with complaints, each read in date order: the same complaints.
     assert await rollup.known_branches(db=db, org="demo") == ["HOSP", "LZ"]
     assert await walk(q="宽带") == broadband
@@ -332,7 +332,7 @@ async def test_a_complaint_stored_after_the_rollups_pass_is_listed_at_once(
     ids = await _seed(system)
     admin = token(system.intake_settings)
     db = system.mongo[system.intake_settings.database_name()]
-    await rollup.refresh(db=db, now=datetime.now(UTC))
+    await _rollup_passed(db)
     passed = await rollup.watermark(db=db)
     assert await rollup.known_branches(db=db, org="demo") == ["HOSP", "LZ"]
 
@@ -373,11 +373,22 @@ async def test_due_time_lists_answer_before_any_due_time_is_known(infrastructure
         db = mongo[settings.database_name()]
         for passed in (False, True):
             if passed:
-                await rollup.refresh(db=db, now=datetime.now(UTC))
+                await _rollup_passed(db)
             for sort in ("acknowledge_due_at", "resolve_due_at"):
                 response = await client.get("/v1/complaints", params={"sort": sort}, headers=admin)
                 assert response.status_code == 200, (sort, passed, response.text)
                 assert response.json()["items"] == [], sort
+
+
+async def _rollup_passed(db) -> None:
+    """A pass of the report rollup beside the service's own job: once the job's first pass
+    (a build, which a build of the test's own would overtake) is done, and again should the
+    job pass meanwhile (``PassOvertaken``: the job's pass counted the same changes)."""
+    await eventually(lambda: rollup.state(db=db), what="the service's first rollup pass")
+    try:
+        await rollup.refresh(db=db, now=datetime.now(UTC))
+    except rollup.PassOvertaken:
+        await rollup.refresh(db=db, now=datetime.now(UTC))
 
 
 async def eventually_assigned(system: System, admin: dict, ids) -> None:

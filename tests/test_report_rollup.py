@@ -9,6 +9,8 @@ the first pass, after it, after a change the rollup has not seen yet, after the 
 while a pass broken off is pending and after it is applied again, after an event consumed
 late (intake down while routing moved a complaint of a day long over), and after the audit of
 a day over counts a change committed late. The tallies then equal a build from the complaints.
+Two builds at once leave the later one's tallies, and a change whose write waited until a
+pass had read past its stamp is stamped again and counted, whatever day it belongs to.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import pytest
 from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
 
+from complaints_shared import aggregate
 from complaints_shared.auth import Principal
 from complaints_shared.clock import ManualClock
 from complaints_shared.envelope import CloudEvent
@@ -575,3 +578,53 @@ async def test_a_build_that_lost_its_claim_cannot_corrupt_the_tallies(
         await db[rollup.STATE].update_one({"_id": rollup.WATERMARK_ID}, {"$set": {"version": 3}})
         assert await rollup.refresh(db=db, now=later_at + H) == 3
         assert await _tallies(db) == kept
+
+
+async def test_a_change_committed_late_on_an_audited_day_is_counted(
+    infrastructure, monkeypatch
+) -> None:
+    """An acknowledgement of a complaint of a day already audited, whose write waited (a
+    database failing over, say) until a pass had read past its stamp: no pass would read it
+    and no audit would come again, so the report would never count it. The kernel stamps a
+    change committed late again with its commit time, and the next pass counts it. The
+    intervals are scaled down: the rollup's lag to 0.05 s, a late commit to 0.1 s."""
+    monkeypatch.setattr(rollup, "ROLLUP_LAG", timedelta(seconds=0.05))
+    monkeypatch.setattr(aggregate, "LATE_COMMIT_S", 0.1)
+    async with _intake_alone(infrastructure) as intake:
+        db, at, clock = intake.db, intake.at, intake.clock
+        complaint = await at(T0, "/v1/complaints", complaint_body(branch="LZ"))
+        assert await rollup.refresh(db=db, now=T0 + 25 * H) == 1
+        assert (await rollup.state(db=db))["audited_until"] == T0 + 23 * H  # 3 November
+
+        writing, go_on = asyncio.Event(), asyncio.Event()
+        update_and_read = aggregate.update_and_read
+
+        async def held_update_and_read(*args, **kwargs):
+            if not writing.is_set():
+                writing.set()
+                await go_on.wait()
+            return await update_and_read(*args, **kwargs)
+
+        monkeypatch.setattr(aggregate, "update_and_read", held_update_and_read)
+        stamped = T0 + 26 * H
+        clock.set(stamped)
+        acknowledged = asyncio.create_task(
+            intake.client.post(
+                f"/v1/complaints/{complaint['id']}/acknowledge", json={}, headers=intake.admin
+            )
+        )
+        await asyncio.wait_for(writing.wait(), timeout=10)
+        # A pass reads past the stamp while the write waits.
+        assert await rollup.refresh(db=db, now=stamped + timedelta(seconds=0.1)) == 0
+        await asyncio.sleep(0.3)
+        go_on.set()
+        answered = await acknowledged
+        assert answered.status_code == 200, answered.text
+        monkeypatch.setattr(aggregate, "update_and_read", update_and_read)
+
+        assert await rollup.refresh(db=db, now=stamped + timedelta(seconds=2)) == 1
+        assert await _compare(db, stamped + timedelta(seconds=2)) > 0
+        stored = await db["complaints"].find_one({"_id": complaint["id"]})
+        assert stored["updated_at"] > stamped + timedelta(seconds=0.3)
+        # The answer is the record as stored.
+        assert datetime.fromisoformat(answered.json()["updated_at"]) == stored["updated_at"]

@@ -116,6 +116,12 @@ class Aggregate:
 # Documents this process inserted lately, as stored: (database, collection, id) ->
 # (when, document). At most this many, for at most this long.
 RECENTLY_INSERTED_KEPT = 1024
+# A change committed this long after the kernel took it in (its write waited: a database
+# failing over, a queue of writes, races decided again) is stamped again with its commit
+# time. What reads the changes since a time by ``updated_at`` trusts a stamp to be committed
+# soon after it (intake's report rollup reads 30 s behind the present) and would never find
+# a change committed after it had read past the stamp.
+LATE_COMMIT_S = 10.0
 RECENTLY_INSERTED_S = 10.0
 _recently_inserted: OrderedDict[tuple[str, str, Any], tuple[float, dict[str, Any]]] = OrderedDict()
 
@@ -184,9 +190,12 @@ async def change(
 
     ``now`` is stamped as the document's ``updated_at``: give the time of this write, not
     the time a consumed event happened, so that a reader of what changed since a time
-    (intake's report rollup) finds a change made late, after an outage, too.
+    (intake's report rollup) finds a change made late, after an outage, too. A change
+    committed ``LATE_COMMIT_S`` or more after this call began is stamped again, with ``now``
+    plus that delay.
     """
     collection = db[aggregate.collection]
+    entered = time.monotonic()
     where = {"database": db.name, "collection": aggregate.collection, "document_id": aggregate_id}
     published: list[str] | None = None  # taken over from the relay at the first write
     written = False
@@ -236,6 +245,16 @@ async def change(
             if updated is None:
                 continue
             written = True
+            late_s = time.monotonic() - entered
+            if late_s >= LATE_COMMIT_S:
+                updated = await _stamped_at_commit(
+                    collection,
+                    updated,
+                    aggregate_id=aggregate_id,
+                    version=(current.get("version") or 0) + 1,
+                    stamped=now,
+                    late_s=late_s,
+                )
             if decision.events:
                 record_written(
                     aggregate.collection, database=db.name, document_id=aggregate_id, outbox=outbox
@@ -249,6 +268,33 @@ async def change(
     finally:
         if published:
             settle_published(**where, event_ids=published, removed=written)
+
+
+async def _stamped_at_commit(
+    collection: AsyncCollection,
+    document: dict[str, Any],
+    *,
+    aggregate_id: Any,
+    version: int,
+    stamped: datetime,
+    late_s: float,
+) -> dict[str, Any]:
+    """Stamp the change that left ``aggregate_id`` at ``version`` again: ``stamped`` plus
+    the ``late_s`` seconds it took to commit, on this writer's clock; ``document`` with the
+    new stamp if it is that version. A later change has a stamp of its own and is left
+    alone. The change is committed whatever happens here: a failure is logged."""
+    stamp = stamped + timedelta(seconds=late_s)
+    try:
+        result = await collection.update_one(
+            {"_id": aggregate_id, "version": version}, {"$set": {"updated_at": stamp}}
+        )
+    except Exception as exc:
+        log.warning("late_change_not_stamped_again", error=redacted_error(exc))
+        return document
+    log.info("late_change_stamped_again", late_s=round(late_s, 1))
+    if result.modified_count and document.get("version") == version:
+        return {**document, "updated_at": as_stored({"at": stamp})["at"]}
+    return document
 
 
 async def _run_effects(

@@ -16,12 +16,13 @@ change stamped before that but committed late, or by a replica whose clock is be
 still read by the next pass; an event's change is stamped when intake applies it, however
 late, not with the event's time; reading one again whose row already says the same changes
 nothing; one the last pass read at the version it has now is not even looked up,
-``read_versions``). A pass costs what changed since the last; a day is read whole once, by
-the first pass after it ends (:func:`_audit`), which counts any change committed too late for
-the passes that should have read it. Until 3 December today was counted from its complaints
-by every report, and a past day changed again and again was read whole every ten minutes and
-counted from its complaints by every report meanwhile (docs/performance.md, "Reports beside
-writes").
+``read_versions``; a change committed more than ``aggregate.LATE_COMMIT_S`` after the kernel
+took it in is stamped again when committed). A pass costs what changed since the last; a day
+is read whole once, by the first pass after it ends (:func:`_audit`), which counts any
+change committed too late for the passes that should have read it. Until 3 December today
+was counted from its complaints by every report, and a past day changed again and again was
+read whole every ten minutes and counted from its complaints by every report meanwhile
+(docs/performance.md, "Reports beside writes").
 
 The report adds the tallies of the window's days, counts a part day at its edges from the
 rows (those of the part, or the day's tally less those of the rest, whichever spans less of
