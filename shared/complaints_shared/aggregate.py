@@ -116,14 +116,14 @@ class Aggregate:
 # Documents this process inserted lately, as stored: (database, collection, id) ->
 # (when, document). At most this many, for at most this long.
 RECENTLY_INSERTED_KEPT = 1024
+RECENTLY_INSERTED_S = 10.0
+_recently_inserted: OrderedDict[tuple[str, str, Any], tuple[float, dict[str, Any]]] = OrderedDict()
 # A change committed this long after the kernel took it in (its write waited: a database
 # failing over, a queue of writes, races decided again) is stamped again with its commit
 # time. What reads the changes since a time by ``updated_at`` trusts a stamp to be committed
 # soon after it (intake's report rollup reads 30 s behind the present) and would never find
 # a change committed after it had read past the stamp.
 LATE_COMMIT_S = 10.0
-RECENTLY_INSERTED_S = 10.0
-_recently_inserted: OrderedDict[tuple[str, str, Any], tuple[float, dict[str, Any]]] = OrderedDict()
 
 
 def inserted(*, db: AsyncDatabase, aggregate: Aggregate, document: dict[str, Any]) -> None:
