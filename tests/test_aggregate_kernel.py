@@ -153,31 +153,19 @@ async def test_a_change_committed_late_is_stamped_again_with_its_commit_time(
     monkeypatch.setattr(aggregate, "LATE_COMMIT_S", 0.2)
     thing_id = await _thing(db)
 
-    def count_up(*, wait_s: float) -> Any:
+    async def count_up(*, wait_s: float) -> dict[str, Any] | None:
         async def decide(current: dict[str, Any]) -> Decision:
             await asyncio.sleep(wait_s)  # the change waits before its write
             return Decision({"$inc": {"count": 1}})
 
-        return decide
+        return await aggregate.change(
+            db=db, settings=SETTINGS, aggregate=THING, aggregate_id=thing_id, decide=decide, now=NOW
+        )
 
-    in_time = await aggregate.change(
-        db=db,
-        settings=SETTINGS,
-        aggregate=THING,
-        aggregate_id=thing_id,
-        decide=count_up(wait_s=0),
-        now=NOW,
-    )
+    in_time = await count_up(wait_s=0)
     assert in_time is not None and in_time["updated_at"] == NOW
 
-    late = await aggregate.change(
-        db=db,
-        settings=SETTINGS,
-        aggregate=THING,
-        aggregate_id=thing_id,
-        decide=count_up(wait_s=0.5),
-        now=NOW,
-    )
+    late = await count_up(wait_s=0.5)
     stored = await db[THING.collection].find_one({"_id": thing_id})
     assert NOW + timedelta(seconds=0.5) <= stored["updated_at"] < NOW + timedelta(seconds=10)
     assert (stored["count"], stored["version"]) == (2, 3)  # stamped again, not changed again
