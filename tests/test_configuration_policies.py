@@ -8,6 +8,7 @@ never deleted while anything refers to it; a satisfaction check shows its histor
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -15,10 +16,11 @@ import pytest
 from complaints_shared.clock import ManualClock
 from complaints_shared.events import EventType
 from routing import audit, context_cache
+from routing.sla import store as sla_store
 from routing.sla.clocks import HORIZON
 from tests.support.clock import at
 from tests.support.events import received, resolved
-from tests.support.faults import FailsFirst
+from tests.support.faults import FailsFirst, HeldFirst
 from tests.support.followup import FAST_SCHEDULER, checks_of, make_due, wait_status
 from tests.support.http import agent, token
 from tests.support.kafka import intake_producer, publish
@@ -337,6 +339,50 @@ async def test_a_deletion_broken_off_is_gone_for_readers_and_completed_with_its_
         ("retired", "admin-zhao"),
         ("saved", "admin-zhao"),
     ]
+
+
+async def test_a_save_overtaken_by_a_deletion_is_refused_not_answered_and_lost(
+    system: System, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A PUT checks for a deletion under way, then saves. A DELETE deciding in between (the
+    policy marked) used to have the save applied to the marked policy: answered 200 and
+    recorded as saved, then removed with it when the deletion completed. Now the save
+    leaves the marked policy alone and answers 409; retried, it creates the policy anew."""
+    admin = token(system.routing_settings, subject="admin-zhao")
+    other_admin = token(system.routing_settings, subject="admin-qian")
+    api = system.routing
+    path = "/v1/routing/sla-policies/contested"
+    assert (await api.put(path, json=BILLING_FAST, headers=admin)).status_code == 200
+    assert (await api.post(f"{path}/retire", headers=admin)).status_code == 200
+    save_held = HeldFirst(sla_store.upsert_and_read)
+    monkeypatch.setattr(sla_store, "upsert_and_read", save_held)
+    deletion_held = HeldFirst(audit.record)  # the policy is marked; its record waits
+    monkeypatch.setattr(audit, "record", deletion_held)
+    renamed = {**BILLING_FAST, "name": "改名的时限"}
+    async with asyncio.TaskGroup() as requests:
+        save = requests.create_task(api.put(path, json=renamed, headers=other_admin))
+        await asyncio.wait_for(save_held.entered.wait(), timeout=10)
+        deletion = requests.create_task(api.delete(path, headers=admin))
+        await asyncio.wait_for(deletion_held.entered.wait(), timeout=10)
+        save_held.release.set()
+        await save
+        deletion_held.release.set()
+    assert save.result().status_code == 409, save.result().text
+    assert deletion.result().status_code == 204, deletion.result().text
+    assert (await api.get(path, headers=admin)).status_code == 404
+    found = await api.get(
+        "/v1/directory/audit",
+        params={"entity": "sla_policy", "entity_id": "contested"},
+        headers=admin,
+    )
+    assert [(entry["action"], entry["actor"]) for entry in found.json()] == [
+        ("deleted", "admin-zhao"),
+        ("retired", "admin-zhao"),
+        ("saved", "admin-zhao"),
+    ]
+    again = await api.put(path, json=renamed, headers=other_admin)
+    assert (again.status_code, again.json()["version"]) == (200, 1), again.text
+    assert again.json()["name"] == "改名的时限"
 
 
 async def test_a_policy_stored_with_a_target_beyond_the_limits_still_routes_complaints(

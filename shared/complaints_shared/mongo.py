@@ -214,22 +214,31 @@ async def update_and_read(
 
 
 async def upsert_and_read(
-    collection: AsyncCollection, key: Any, update: dict[str, Any]
+    collection: AsyncCollection,
+    key: Any,
+    update: dict[str, Any],
+    *,
+    only_if: dict[str, Any] | None = None,
 ) -> dict[str, Any] | None:
     """Apply ``update`` to the document ``_id`` = ``key``, creating it if missing; the
     document as stored after it.
+
+    With ``only_if``, a document that exists but does not match it is left alone (None):
+    such as one marked for deletion, which a save must not bring back to life unseen.
 
     Not ``find_one_and_update(..., upsert=True, AFTER)``: on the local server the loser of
     two such upserts racing to create one document gets None back although its update was
     applied (docs/mongodb-compatibility.md). A racing creation that makes this upsert's
     insert a duplicate is the document now existing: the update is applied to it. None
-    only if the document was deleted between the write and the read.
+    also if the document was deleted between the write and the read.
     """
+    query = {"_id": key, **(only_if or {})}
     try:
-        await collection.update_one({"_id": key}, update, upsert=True)
+        await collection.update_one(query, update, upsert=True)
     except DuplicateKeyError:
-        await collection.update_one({"_id": key}, update)
-    return await collection.find_one({"_id": key})
+        if not (await collection.update_one(query, update)).matched_count:
+            return None
+    return await collection.find_one(query)
 
 
 # Lost races in a row before a claimer gives up for this pass (it polls again anyway).

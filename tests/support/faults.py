@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -22,3 +23,20 @@ class FailsFirst:
         if len(self.calls) <= self.times:
             raise AutoReconnect("connection closed (injected)")
         return await self.function(**arguments)
+
+
+class HeldFirst:
+    """``function`` whose first call waits, once it is reached (``entered``), until
+    ``release`` is set before it runs: that call overtaken by whatever the test does
+    meanwhile. Set it in place with ``monkeypatch``."""
+
+    def __init__(self, function: Callable[..., Awaitable[Any]]) -> None:
+        self.function = function
+        self.entered = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def __call__(self, *arguments: Any, **keywords: Any) -> Any:
+        if not self.entered.is_set():
+            self.entered.set()
+            await asyncio.wait_for(self.release.wait(), timeout=30)
+        return await self.function(*arguments, **keywords)

@@ -137,9 +137,12 @@ async def put_policy(
             # Tells a policy created again after a deletion from the one before (its audit).
             "$setOnInsert": {"created_at": now},
         },
+        # A deletion decided since the check above is not undone by this save, nor does the
+        # save (answered and recorded) vanish with the policy when the deletion completes.
+        only_if=LIVE,
     )
     if document is None:
-        raise conflict(f"SLA policy {policy_id!r} was removed while it was saved; retry")
+        raise conflict(f"SLA policy {policy_id!r} was deleted while it was saved; retry")
     await _audit(
         db=db, principal=principal, policy_id=policy_id, action="saved", at=now, document=document
     )
@@ -182,7 +185,7 @@ async def _set_retirement(
         else {"retired_at": None, "retired_by": None}
     )
     await db[SLA_POLICIES].update_one(
-        {"_id": current["_id"]}, {"$set": fields, "$inc": {"version": 1}}
+        {"_id": current["_id"], **LIVE}, {"$set": fields, "$inc": {"version": 1}}
     )
     document = await _policy_document(db=db, org=principal.org, policy_id=policy_id)
     await _audit(
