@@ -2,24 +2,36 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
 import sys
+import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
+from aiokafka import AIOKafkaProducer
 
-from complaints_shared.dlq import DeadLetter, in_replay_order, read_dead_letters, run_command
+from complaints_shared import dlq
+from complaints_shared.dlq import (
+    DeadLetter,
+    in_replay_order,
+    read_dead_letters,
+    replayed_refs,
+    run_command,
+)
 from complaints_shared.envelope import CloudEvent, to_kafka_record
 from complaints_shared.events import EventType, Topic, dead_letter_topic
-from complaints_shared.kafka import EventProducer
+from complaints_shared.kafka import PRODUCER_STOP_S, EventProducer, ensure_topics
+from intake.settings import IntakeSettings
 from tests.support.events import NETWORK_DROPOUTS, received
 from tests.support.http import BROADBAND_COMPLAINT, token
 from tests.support.kafka import handled_count
-from tests.support.system import System
+from tests.support.system import System, settings_for_test
 from tests.support.waits import eventually
 
 pytestmark = pytest.mark.integration
@@ -206,8 +218,9 @@ def test_a_replay_sends_each_complaints_received_event_before_its_other_events()
 
 
 def _printed(out: str) -> list[dict]:
-    """The command's JSON lines: a service's log record (it has a ``level``) may share stdout."""
-    lines = [json.loads(line) for line in out.splitlines() if line.strip()]
+    """The command's JSON lines: a service's log record (it has a ``level``) may share stdout,
+    and so may the local broker's script (lines not JSON) when a test stops or starts it."""
+    lines = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
     return [line for line in lines if "level" not in line]
 
 
@@ -231,3 +244,79 @@ def _console(system: System, args: list[str]) -> str:
 
 async def _has(probe, action: str) -> bool:
     return action in await probe()
+
+
+async def test_a_replay_the_broker_walks_away_from_ends_and_is_completed_when_it_is_back(
+    infrastructure, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The broker goes away once a replay has sent and recorded its first dead letter. The
+    replay used to wait for its return (aiokafka retries a send while the broker is away):
+    the operator's command hung. Now it ends with exit code 1 once a send has waited
+    ``REPLAY_SEND_TIMEOUT_S``, printing what went through; the same command with the broker
+    back replays the rest."""
+    broker = infrastructure.broker
+    if broker is None:
+        pytest.skip("the broker comes from KAFKA_BOOTSTRAP_SERVERS; this run cannot stop it")
+    settings = settings_for_test(IntakeSettings, infra=infrastructure, run_id=uuid.uuid4().hex[:10])
+    topic = settings.topic(Topic.INTAKE.value)
+    await ensure_topics(settings=settings, topics=[topic])
+    complaint_id = str(uuid.uuid4())  # both on one partition, in this order
+    events = [
+        CloudEvent.new(
+            event_type=EventType.COMPLAINT_RECEIVED,
+            source="intake",
+            data=received(complaint_id=complaint_id, **NETWORK_DROPOUTS),
+        )
+        for _ in range(2)
+    ]
+    producer = EventProducer(settings=settings)
+    try:
+        for event in events:
+            key, value, headers = to_kafka_record(event)
+            await producer.publish_raw(
+                topic=dead_letter_topic(topic),
+                key=key,
+                value=value,
+                headers=[
+                    *headers,
+                    ("dlq_reason", b"rejected"),
+                    ("dlq_original_topic", topic.encode()),
+                ],
+            )
+    finally:
+        await producer.stop()
+    sends: list[object] = []
+    away_at: list[float] = []
+
+    class BrokerWalksAway(AIOKafkaProducer):
+        async def send_and_wait(self, *arguments: Any, **keywords: Any) -> Any:
+            sent = await super().send_and_wait(*arguments, **keywords)
+            sends.append(sent)
+            if len(sends) == 2:  # the first dead letter sent, and its replay recorded
+                await asyncio.to_thread(broker.stop)
+                away_at.append(time.monotonic())
+            return sent
+
+    monkeypatch.setattr(dlq, "AIOKafkaProducer", BrokerWalksAway)
+    monkeypatch.setattr(dlq, "REPLAY_SEND_TIMEOUT_S", 3.0)
+    replay = ["replay", "--topic", Topic.INTAKE.value]
+    try:
+        code = await asyncio.wait_for(run_command(replay, settings=settings), timeout=90)
+        took_s = time.monotonic() - away_at[0]
+    finally:
+        await asyncio.to_thread(broker.start)
+    broken_off = capsys.readouterr()
+    assert code == 1, broken_off.err
+    assert "replay broken off" in broken_off.err and "replayed 1." in broken_off.err
+    assert [line["event_id"] for line in _printed(broken_off.out)] == [events[0].id]
+    assert took_s < 3.0 + PRODUCER_STOP_S + 2.0, took_s
+    dlq_topic = dead_letter_topic(topic)
+    first, second = await read_dead_letters(settings=settings, dlq_topic=dlq_topic)
+    assert await replayed_refs(settings=settings, dlq_topic=dlq_topic) == {first.ref}
+
+    monkeypatch.setattr(dlq, "AIOKafkaProducer", AIOKafkaProducer)
+    assert await run_command(replay, settings=settings) == 0
+    completed = capsys.readouterr()
+    assert "replayed 1, already replayed 1" in completed.err
+    assert [line["event_id"] for line in _printed(completed.out)] == [events[1].id]
+    assert await replayed_refs(settings=settings, dlq_topic=dlq_topic) == {first.ref, second.ref}

@@ -29,9 +29,10 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
 from complaints_shared.events import EVENT_TYPE_PREFIX, EventType, Topic, dead_letter_topic
+from complaints_shared.kafka import PRODUCER_STOP_S
 from complaints_shared.settings import ServiceSettings
 
 REPLAYED_SUFFIX = ".replayed"
@@ -39,6 +40,9 @@ REPLAYED_SUFFIX = ".replayed"
 # a second dead-lettering and ties the new dead letter to the old one.
 REPLAY_OF_HEADER = "replay_of"
 READ_TIMEOUT_S = 30.0
+# How long one replayed record may wait for the broker's acknowledgement. aiokafka retries a
+# send for as long as the broker is away, so without a bound a replay would wait for its return.
+REPLAY_SEND_TIMEOUT_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -149,6 +153,20 @@ class ReplayResult:
     already_replayed: list[DeadLetter]
 
 
+class ReplayBrokenOff(Exception):
+    """The broker did not acknowledge ``letter`` (within ``REPLAY_SEND_TIMEOUT_S``, or it
+    refused it): the replay stopped there. ``replayed`` went through and are recorded;
+    ``letter`` may have reached its topic unrecorded, so the same replay run again sends it
+    again (which the idempotent consumers absorb)."""
+
+    def __init__(self, *, replayed: list[DeadLetter], letter: DeadLetter, cause: str) -> None:
+        super().__init__(
+            f"the broker did not acknowledge dead letter {letter.dlq_topic}@{letter.ref}: {cause}"
+        )
+        self.replayed = replayed
+        self.letter = letter
+
+
 def short_type(event_type: str) -> str:
     """``org.complaintdesk.complaint.received.v1`` → ``complaint.received``."""
     return event_type.removeprefix(EVENT_TYPE_PREFIX).rsplit(".v", 1)[0]
@@ -210,27 +228,37 @@ async def replay(
     await producer.start()
     try:
         for letter in pending:
-            await producer.send_and_wait(
-                letter.original_topic,
-                key=letter.key,
-                value=letter.value,
-                headers=_replay_headers(letter),
-            )
-            await producer.send_and_wait(
-                letter.dlq_topic + REPLAYED_SUFFIX,
-                key=letter.ref.encode(),
-                value=orjson.dumps(
-                    {
-                        "event_id": letter.header("ce_id"),
-                        "original_topic": letter.original_topic,
-                        "replayed_at": datetime.now(UTC).isoformat(),
-                    }
-                ),
-            )
+            try:
+                await asyncio.wait_for(_send_replay(producer, letter), REPLAY_SEND_TIMEOUT_S)
+            except TimeoutError as exc:
+                cause = f"no answer within {REPLAY_SEND_TIMEOUT_S:g} s"
+                raise ReplayBrokenOff(replayed=replayed, letter=letter, cause=cause) from exc
+            except KafkaError as exc:
+                raise ReplayBrokenOff(replayed=replayed, letter=letter, cause=repr(exc)) from exc
             replayed.append(letter)
     finally:
-        await producer.stop()
+        # What it still holds was not acknowledged: the next run sends that letter again.
+        with suppress(TimeoutError):
+            await asyncio.wait_for(producer.stop(), timeout=PRODUCER_STOP_S)
     return ReplayResult(replayed=replayed, already_replayed=already)
+
+
+async def _send_replay(producer: AIOKafkaProducer, letter: DeadLetter) -> None:
+    """``letter`` to its original topic, then the record that it was replayed."""
+    await producer.send_and_wait(
+        letter.original_topic, key=letter.key, value=letter.value, headers=_replay_headers(letter)
+    )
+    await producer.send_and_wait(
+        letter.dlq_topic + REPLAYED_SUFFIX,
+        key=letter.ref.encode(),
+        value=orjson.dumps(
+            {
+                "event_id": letter.header("ce_id"),
+                "original_topic": letter.original_topic,
+                "replayed_at": datetime.now(UTC).isoformat(),
+            }
+        ),
+    )
 
 
 def in_replay_order(letters: Sequence[DeadLetter]) -> list[DeadLetter]:
@@ -399,7 +427,17 @@ async def run_command(argv: Sequence[str], *, settings: ServiceSettings | None =
         )
         done.update((topic, ref) for ref in await replayed_refs(settings=settings, dlq_topic=topic))
     if args.command == "replay":
-        result = await replay(settings=settings, letters=letters, dry_run=args.dry_run)
+        try:
+            result = await replay(settings=settings, letters=letters, dry_run=args.dry_run)
+        except ReplayBrokenOff as broken_off:
+            for letter in broken_off.replayed:
+                _print({"action": "replayed", **letter.summary(replayed=True)})
+            print(
+                f"replay broken off: {broken_off}; replayed {len(broken_off.replayed)}. "
+                "Run it again once the broker is back: what is recorded is not sent again.",
+                file=sys.stderr,
+            )
+            return 1
         verb = "would replay" if args.dry_run else "replayed"
         for letter in result.replayed:
             _print({"action": verb, **letter.summary(replayed=not args.dry_run)})
