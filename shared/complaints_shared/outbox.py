@@ -65,6 +65,11 @@ RELEASE_STATEMENT_SIZE = 5
 RELEASE_HELD_MARGIN = 3
 # ... up to this many release delays.
 RELEASE_HELD_FACTOR = 20
+# Once shutdown begins, how much longer a publish waits for the broker's acknowledgements;
+# the events then unacknowledged stay in their outbox for the next start. (With the broker
+# away aiokafka retries them until it returns, and the wait lasted until the shutdown's
+# grace cancelled it.)
+STOP_ACK_WAIT_S = 2.0
 
 
 def outbox_entry(*, event_type: EventType, data: EventPayload, settings: ServiceSettings) -> dict:
@@ -227,6 +232,8 @@ class OutboxRelay:
         self._standby_until: dict[str, datetime] = {}
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
+        # Done once ``stop`` is called: what an acknowledgement's wait watches (``_answers``).
+        self._stopped: asyncio.Future[None] | None = None
         # Collections to read at the next wake-up, and those a write of ours announced.
         self._dirty: set[str] = set(collections)
         self._announced: set[str] = set()
@@ -330,7 +337,14 @@ class OutboxRelay:
 
     async def stop(self) -> None:
         self._stopping.set()
+        if not self._stop_signal().done():
+            self._stop_signal().set_result(None)
         self._wake.set()
+
+    def _stop_signal(self) -> asyncio.Future[None]:
+        if self._stopped is None:
+            self._stopped = asyncio.get_running_loop().create_future()
+        return self._stopped
 
     async def run(self) -> None:
         try:
@@ -664,7 +678,7 @@ class OutboxRelay:
                 event = from_stored(CloudEvent, entry)
                 delivery = await self._producer.send(event, topic=entry["topic"])
                 pending.append((document["_id"], event.id, event.type, delivery))
-        results = await asyncio.gather(*(item[3] for item in pending), return_exceptions=True)
+        results = await self._answers([item[3] for item in pending])
         acknowledged: dict[Any, list[str]] = {}
         broken: set[Any] = set()
         for (document_id, event_id, event_type, _), result in zip(pending, results, strict=True):
@@ -676,6 +690,26 @@ class OutboxRelay:
             if document_id not in broken:  # keep order: nothing after a failed event is dropped
                 acknowledged.setdefault(document_id, []).append(event_id)
         return acknowledged
+
+    async def _answers(self, deliveries: list[asyncio.Future]) -> list[Any]:
+        """Each delivery's acknowledgement, or its error. Once shutdown begins, one still
+        unanswered after ``STOP_ACK_WAIT_S`` counts as not acknowledged."""
+        answers = asyncio.gather(*deliveries, return_exceptions=True)
+        stopped = self._stop_signal()
+        if not stopped.done():
+            await asyncio.wait({answers, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        if not answers.done():
+            await asyncio.wait({answers}, timeout=STOP_ACK_WAIT_S)
+        if answers.done():
+            return answers.result()
+        # Left to the producer (its stop is bounded): the gather takes what they end with.
+        unanswered = TimeoutError("not acknowledged before the relay stopped")
+        return [
+            unanswered
+            if not delivery.done() or delivery.cancelled()
+            else delivery.exception() or delivery.result()
+            for delivery in deliveries
+        ]
 
     async def _release(self, *, collection: str, sent: dict[Any, list[str]]) -> None:
         """Remove the acknowledged events from every document of the batch in one command.
