@@ -4,7 +4,8 @@ A delivery held while its subscription is paused or disabled has no ``next_attem
 only a re-activation makes it due again. These tests drive, against the real database
 and broker, the ways one could be stranded: a hold racing a re-activation, a release
 that fails after the status was written, a 410 whose disabling fails, and the repair
-pass that heals whatever a crash between two writes still leaves.
+pass that heals whatever a crash between two writes still leaves; and deliveries never
+recorded because the database left their inserts unacknowledged.
 """
 
 from __future__ import annotations
@@ -16,9 +17,11 @@ from typing import Any
 
 import pytest
 from pymongo import AsyncMongoClient
+from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import OperationFailure
+from pymongo.errors import BulkWriteError, OperationFailure, PyMongoError
 
+from complaints_shared.failures import is_transient
 from complaints_shared.mongo import STORED_CODEC
 from tests.support.faults import FailsFirst
 from tests.support.http import token
@@ -303,3 +306,43 @@ async def test_a_subscription_the_repair_pass_fails_on_does_not_stop_the_others(
             lambda: asyncio.sleep(0, stranded in hooks.delivered_ids()), what="the healthy one"
         )
     assert repaired == 1
+
+
+async def test_deliveries_the_database_left_unacknowledged_are_not_taken_for_recorded(
+    alone: Isolation, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A replica set failing over can leave inserts without their write concern, then roll
+    them back. Recording an event's deliveries took that for success when the only write
+    errors were duplicates (a redelivery's): the consumer committed the event and the new
+    deliveries were never recorded, nor sent. Now it raises, transient: the consumer
+    handles the event again, and the insert then records what is missing."""
+    mongo = AsyncMongoClient(alone.infra.mongodb_uri, tz_aware=True)
+    try:
+        db = mongo.get_database(webhooks_database(alone), codec_options=STORED_CODEC)
+        await store.ensure_indexes(db=db)
+        subscription_id = store.new_subscription_id()
+        now = datetime.now(UTC)
+        recorded_before = pending_delivery(subscription_id, next_attempt_at=now)
+        missing = pending_delivery(subscription_id, next_attempt_at=now)
+        await _insert(db, recorded_before)
+        # The server's answer: the first a duplicate, the second inserted without its write
+        # concern (and, the test says, rolled back: nothing is written).
+        answer = {
+            "writeErrors": [{"index": 0, "code": 11000, "errmsg": "E11000 duplicate key"}],
+            "writeConcernErrors": [{"code": 64, "errmsg": "waiting for replication timed out"}],
+            "nInserted": 1,
+        }
+
+        async def unacknowledged(self: AsyncCollection, *arguments: Any, **keywords: Any):
+            raise BulkWriteError(answer)
+
+        for method in ("insert_many", "bulk_write"):
+            monkeypatch.setattr(AsyncCollection, method, unacknowledged)
+        with pytest.raises(PyMongoError) as raised:
+            await store.insert_deliveries(db=db, deliveries=[recorded_before, missing])
+        assert is_transient(raised.value), raised.value
+        monkeypatch.undo()
+        assert await store.insert_deliveries(db=db, deliveries=[recorded_before, missing]) == 1
+        assert await _stored(db, missing["_id"])
+    finally:
+        await mongo.close()

@@ -23,6 +23,7 @@ from pymongo.errors import (
     OperationFailure,
     PyMongoError,
     ServerSelectionTimeoutError,
+    WriteConcernError,
     WriteError,
 )
 
@@ -484,17 +485,24 @@ def _settle(done: asyncio.Future[None], error: BaseException | None) -> None:
 async def bulk_write_unless_taken(collection: AsyncCollection, writes: list[Any]) -> list[int]:
     """``writes`` unordered, where a write refused for a duplicate key found its place
     taken (by a conditional upsert's filter, say) and is dropped; any other error raises.
-    Answers the positions in ``writes`` of those dropped."""
+    Answers the positions in ``writes`` of those dropped.
+
+    Writes not acknowledged as the write concern asks (a replica set failing over, say) may
+    yet be rolled back: that raises too, as the first such error alone (``WriteConcernError``,
+    what a single write raises), so that a step-down or a timeout counts as transient even
+    beside duplicates, which would make the whole bulk's error look permanent.
+    """
     if not writes:
         return []
     try:
         await collection.bulk_write(writes, ordered=False)
     except BulkWriteError as exc:
         refused = exc.details.get("writeErrors", [])
-        if exc.details.get("writeConcernErrors") or any(
-            error.get("code") not in _DUPLICATE_KEY_CODES for error in refused
-        ):
+        if any(error.get("code") not in _DUPLICATE_KEY_CODES for error in refused):
             raise
+        if unconcerned := exc.details.get("writeConcernErrors"):
+            first = unconcerned[0]
+            raise WriteConcernError(first.get("errmsg"), first.get("code"), first) from exc
         return sorted(error["index"] for error in refused)
     return []
 

@@ -16,13 +16,19 @@ import uuid
 from datetime import datetime, timedelta
 from typing import Any
 
-from pymongo import ASCENDING, DESCENDING
+from pymongo import ASCENDING, DESCENDING, InsertOne
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import BulkWriteError
 
 from complaints_shared import aggregate
 from complaints_shared.auth import Principal
-from complaints_shared.mongo import any_date, at_or_after, at_or_before, claim_first, lease_free
+from complaints_shared.mongo import (
+    any_date,
+    at_or_after,
+    at_or_before,
+    bulk_write_unless_taken,
+    claim_first,
+    lease_free,
+)
 from complaints_shared.pagination import Page
 from complaints_shared.stored import from_stored
 from webhooks.models import (
@@ -36,7 +42,6 @@ from webhooks.models import (
 
 SUBSCRIPTIONS = "subscriptions"
 DELIVERIES = "deliveries"
-DUPLICATE_KEY = 11000
 # The API shows everything of a subscription but its secrets.
 PUBLIC_SUBSCRIPTION = {"signing_secrets": 0}
 # The delivery log never needs the body.
@@ -328,17 +333,11 @@ def new_delivery(
 
 
 async def insert_deliveries(*, db: AsyncDatabase, deliveries: list[dict[str, Any]]) -> int:
-    """Insert what is not recorded yet; how many were new."""
-    if not deliveries:
-        return 0
-    try:
-        result = await db[DELIVERIES].insert_many(deliveries, ordered=False)
-        return len(result.inserted_ids)
-    except BulkWriteError as exc:
-        errors = exc.details.get("writeErrors", [])
-        if any(error.get("code") != DUPLICATE_KEY for error in errors):
-            raise
-        return exc.details.get("nInserted", 0)
+    """Insert what is not recorded yet; how many were new. Inserts the server did not
+    acknowledge as the write concern asks raise (transient): the event is handled again."""
+    writes = [InsertOne(delivery) for delivery in deliveries]
+    already_recorded = await bulk_write_unless_taken(db[DELIVERIES], writes)
+    return len(deliveries) - len(already_recorded)
 
 
 async def claim_due(
