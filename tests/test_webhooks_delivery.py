@@ -15,6 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from standardwebhooks import Webhook, WebhookVerificationError
 
 from complaints_shared.clock import ManualClock
+from tests.support.faults import HeldFirst
 from tests.support.http import BROADBAND_COMPLAINT, create_complaint, token
 from tests.support.kafka import short_type
 from tests.support.system import SystemFactory
@@ -314,6 +315,54 @@ async def test_a_rotated_secret_keeps_the_previous_one_valid_for_the_overlap(
     assert "webhook_attempt" in logged, "the service's log lines were captured"
     for secret in (subscription["secret"], new_secret):
         assert secret.removeprefix("whsec_") not in logged, "a secret never appears in logs"
+
+
+async def test_rotations_close_together_lose_none_of_the_secrets_they_answered(
+    system_factory: SystemFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two rotations close together: the first reads the secrets, the second rotates in
+    full, then the first writes. It used to write over what it had read: the second's new
+    secret, already answered, was never used, and a rotated-out secret lost its overlap to
+    any later rotation. Now a rotation is written only over the secrets it was decided on
+    (else decided again), and a rotated-out secret signs until its own expiry."""
+    system = await system_factory()
+    admin = token(system.intake_settings)
+    clock = ManualClock()
+    async with AsyncExitStack() as stack:
+        hooks = await stack.enter_async_context(receiver())
+        webhooks = await serve_webhooks(stack, system, clock=clock, secret_rotation_overlap_s=60)
+        subscription = await subscribe(webhooks, admin, url=hooks.url)
+        path = f"/v1/webhooks/subscriptions/{subscription['id']}"
+        read_held = HeldFirst(store.get_subscription, holding_answer=True)
+        monkeypatch.setattr(store, "get_subscription", read_held)
+        async with asyncio.TaskGroup() as rotations:
+            first = rotations.create_task(
+                webhooks.client.post(f"{path}/secret/rotate", headers=admin)
+            )
+            await asyncio.wait_for(read_held.entered.wait(), timeout=10)
+            second = await webhooks.client.post(f"{path}/secret/rotate", headers=admin)
+            read_held.release.set()
+        assert (first.result().status_code, second.status_code) == (200, 200)
+
+        async def ping() -> Received:
+            count = len(hooks.requests)
+            response = await webhooks.client.post(f"{path}/ping", headers=admin)
+            assert response.status_code == 202, response.text
+            await eventually(lambda: asyncio.sleep(0, len(hooks.requests) > count), what="ping")
+            return hooks.requests[-1]
+
+        during = await ping()
+        clock.advance(timedelta(seconds=61))
+        after = await ping()
+    answered = (subscription["secret"], first.result().json()["secret"], second.json()["secret"])
+    original, first_new, second_new = (Webhook(secret) for secret in answered)
+    for secret in (original, first_new, second_new):
+        assert secret.verify(during.body, during.headers)
+    assert len(during.headers["webhook-signature"].split(" ")) == 3
+    assert first_new.verify(after.body, after.headers)
+    for secret in (original, second_new):
+        with pytest.raises(WebhookVerificationError):
+            secret.verify(after.body, after.headers)
 
 
 async def test_a_failing_target_is_paused_automatically_and_replayed_in_order_when_enabled(

@@ -27,16 +27,22 @@ class FailsFirst:
 
 class HeldFirst:
     """``function`` whose first call waits, once it is reached (``entered``), until
-    ``release`` is set before it runs: that call overtaken by whatever the test does
-    meanwhile. Set it in place with ``monkeypatch``."""
+    ``release`` is set: before it runs, or with ``holding_answer`` after it ran, before its
+    answer is handed back (a read in flight while something else writes). That call is
+    overtaken by whatever the test does meanwhile. Set it in place with ``monkeypatch``."""
 
-    def __init__(self, function: Callable[..., Awaitable[Any]]) -> None:
+    def __init__(
+        self, function: Callable[..., Awaitable[Any]], *, holding_answer: bool = False
+    ) -> None:
         self.function = function
+        self.holding_answer = holding_answer
         self.entered = asyncio.Event()
         self.release = asyncio.Event()
 
     async def __call__(self, *arguments: Any, **keywords: Any) -> Any:
-        if not self.entered.is_set():
-            self.entered.set()
-            await asyncio.wait_for(self.release.wait(), timeout=30)
-        return await self.function(*arguments, **keywords)
+        if self.entered.is_set():
+            return await self.function(*arguments, **keywords)
+        answer = await self.function(*arguments, **keywords) if self.holding_answer else None
+        self.entered.set()
+        await asyncio.wait_for(self.release.wait(), timeout=30)
+        return answer if self.holding_answer else await self.function(*arguments, **keywords)

@@ -19,7 +19,7 @@ from complaints_shared.auth import Principal, Role
 from complaints_shared.envelope import CloudEvent
 from complaints_shared.models import StrictModel
 from complaints_shared.pagination import Page
-from complaints_shared.problems import ProblemError, not_found
+from complaints_shared.problems import ProblemError, conflict, not_found
 from complaints_shared.runtime import runtime_of
 from complaints_shared.stored import from_stored
 from webhooks import store
@@ -232,33 +232,21 @@ async def rotate_secret(
     subscription_id: SubscriptionId, request: Request, principal: Admin
 ) -> SecretRotated:
     runtime = runtime_of(request)
-    settings = _settings(request)
-    scope = principal.scope_filter()
-    current = await store.get_subscription(
-        db=runtime.db, scope=scope, subscription_id=subscription_id, with_secrets=True
-    )
-    if current is None:
-        raise not_found(what="subscription", identifier=subscription_id)
     now = runtime.clock.now()
-    overlap_until = now + timedelta(seconds=settings.secret_rotation_overlap_s)
+    overlap_until = now + timedelta(seconds=_settings(request).secret_rotation_overlap_s)
     secret = new_secret()
-    # The current secret signs until the overlap ends; secrets already past theirs are dropped.
-    kept = [
-        {**entry, "expires_at": overlap_until}
-        for entry in current.get("signing_secrets", [])
-        if entry.get("expires_at") is None
-    ]
-    secrets = [{"secret": secret, "created_at": now, "expires_at": None}, *kept]
-    replaced = await store.replace_secrets(
+    rotated = await store.rotate_secrets(
         db=runtime.db,
-        scope=scope,
+        scope=principal.scope_filter(),
         subscription_id=subscription_id,
-        secrets=secrets,
+        secret=secret,
         now=now,
-        previous_expires_at=overlap_until,
+        overlap_until=overlap_until,
     )
-    if not replaced:
+    if rotated is None:
         raise not_found(what="subscription", identifier=subscription_id)
+    if not rotated:
+        raise conflict(f"subscription {subscription_id!r} kept being rotated meanwhile; retry")
     return SecretRotated(secret=secret, previous_secret_expires_at=overlap_until)
 
 

@@ -42,8 +42,8 @@ from webhooks.models import (
 
 SUBSCRIPTIONS = "subscriptions"
 DELIVERIES = "deliveries"
-# The API shows everything of a subscription but its secrets.
-PUBLIC_SUBSCRIPTION = {"signing_secrets": 0}
+# The API shows everything of a subscription but its secrets (and their version).
+PUBLIC_SUBSCRIPTION = {"signing_secrets": 0, "secrets_version": 0}
 # The delivery log never needs the body.
 PUBLIC_DELIVERY = {"body": 0, "lease_owner": 0, "lease_until": 0, "wakes": 0}
 # A subscription being deleted (``delete_subscription``) is gone for every reader; a missing
@@ -142,27 +142,61 @@ async def update_subscription(
     return await get_subscription(db=db, scope=scope, subscription_id=subscription_id)
 
 
-async def replace_secrets(
+# Rotations of one subscription that may overtake a rotation before it gives up (409).
+ROTATION_ATTEMPTS = 5
+
+
+async def rotate_secrets(
     *,
     db: AsyncDatabase,
     scope: dict[str, Any],
     subscription_id: str,
-    secrets: list[dict[str, Any]],
+    secret: str,
     now: datetime,
-    previous_expires_at: datetime,
-) -> bool:
-    result = await db[SUBSCRIPTIONS].update_one(
-        {**scope, "_id": subscription_id, **NOT_DELETED},
-        {
-            "$set": {
-                "signing_secrets": secrets,
-                "secret_rotated_at": now,
-                "previous_secret_expires_at": previous_expires_at,
-                "updated_at": now,
-            }
-        },
-    )
-    return result.matched_count == 1
+    overlap_until: datetime,
+) -> bool | None:
+    """Make ``secret`` the one that signs: the secret that signed so far goes on signing
+    until ``overlap_until``, one rotated out earlier until its own expiry (as its rotation
+    answered), one past it is dropped. Written only over the secrets it was decided on
+    (``secrets_version``): a rotation overtaken by another is decided again on what that one
+    left, so neither's new secret is lost. True once stored, None if there is no such
+    subscription, False if other rotations kept overtaking it."""
+    for _ in range(ROTATION_ATTEMPTS):
+        current = await get_subscription(
+            db=db, scope=scope, subscription_id=subscription_id, with_secrets=True
+        )
+        if current is None:
+            return None
+        kept = []
+        for entry in current.get("signing_secrets", []):
+            if entry.get("expires_at") is None:
+                kept.append({**entry, "expires_at": overlap_until})
+            elif entry["expires_at"] > now:
+                kept.append(entry)
+        result = await db[SUBSCRIPTIONS].update_one(
+            {
+                **scope,
+                "_id": subscription_id,
+                **NOT_DELETED,
+                # None matches a subscription never rotated since this field exists.
+                "secrets_version": current.get("secrets_version"),
+            },
+            {
+                "$set": {
+                    "signing_secrets": [
+                        {"secret": secret, "created_at": now, "expires_at": None},
+                        *kept,
+                    ],
+                    "secret_rotated_at": now,
+                    "previous_secret_expires_at": overlap_until,
+                    "updated_at": now,
+                },
+                "$inc": {"secrets_version": 1},
+            },
+        )
+        if result.matched_count == 1:
+            return True
+    return False
 
 
 async def delete_subscription(
