@@ -781,6 +781,55 @@ async def test_workload_counts_responsibility_only_from_the_tokens_branches(
 
 
 @pytest.mark.integration
+async def test_a_deactivation_lists_only_the_tokens_branches_open_work(system: System) -> None:
+    """An organisation rule sends Lanzhou's product-quality complaints to the hospital's
+    desk. Deactivating that desk, or the person holding the complaint, answered the hospital
+    admin with Lanzhou's complaint ids, statuses and owners, which every other route of that
+    token answers 404 for. Now they are counted, not listed; an organisation-wide admin
+    still gets them listed."""
+    admin = token(system.routing_settings)
+    rule = {
+        "id": "lz-quality-to-hospital",
+        "name": "兰州产品质量转医院",
+        "branches": [BRANCH_A],
+        "conditions": {"categories": ["product_quality"]},
+        "action": {"department_id": "HOSP:PRO"},
+        "position": 1,
+    }
+    created = await system.routing.post("/v1/routing/rules", json=rule, headers=admin)
+    assert created.status_code == 201, created.text
+    complaint = await system.intake.post(
+        "/v1/complaints",
+        json={**BROADBAND_COMPLAINT, "category": "product_quality", "subject": "路由器质量问题"},
+        headers=token(system.intake_settings),
+    )
+    assert complaint.status_code == 201, complaint.text
+    complaint_id = complaint.json()["id"]
+    assignment = await assignment_when(
+        system, complaint_id, lambda doc: doc.get("owner_id") is not None, what="at HOSP:PRO"
+    )
+    assert (assignment["department"], assignment["branch"]) == ("HOSP:PRO", BRANCH_A)
+    hosp_admin = token(system.routing_settings, branches=[BRANCH_B], roles=("admin",))
+    for path in (
+        f"/v1/directory/staff/{assignment['owner_id']}/deactivate",
+        "/v1/directory/departments/HOSP:PRO/deactivate",
+    ):
+        report = await system.routing.post(path, headers=hosp_admin)
+        assert report.status_code == 200, report.text
+        assert report.json()["open_work"] == [], report.text
+        assert report.json()["open_work_of_other_branches"] == 1
+        assert complaint_id not in report.text
+        listed = await system.routing.post(path, headers=admin)
+        assert [work["complaint_id"] for work in listed.json()["open_work"]] == [complaint_id]
+        assert listed.json()["open_work_of_other_branches"] == 0
+    closed = await system.routing.post(
+        f"/v1/directory/branches/{BRANCH_A}/deactivate", headers=admin
+    )
+    assert closed.status_code == 200, closed.text
+    assert [work["complaint_id"] for work in closed.json()["open_work"]] == [complaint_id]
+
+
+@pytest.mark.integration
 async def test_a_repeat_across_branches_is_counted_but_names_only_complaints_the_token_sees(
     system: System,
 ) -> None:

@@ -213,13 +213,19 @@ async def list_assignments(
     )
 
 
-async def open_work(*, db: AsyncDatabase, query: dict[str, Any]) -> list[OpenWork]:
-    """Complaints still queued or open that match ``query`` (reported on deactivation)."""
+async def open_work(
+    *, db: AsyncDatabase, principal: Principal, query: dict[str, Any]
+) -> tuple[list[OpenWork], int]:
+    """Complaints still queued or open that match ``query`` (reported on deactivation): those
+    of ``principal``'s branches, and how many of other branches' (counts only)."""
+    active = {**query, "org": principal.org, "status": {"$in": [s.value for s in ACTIVE_STATUSES]}}
+    scope = principal.scope_filter()
+    both = any(key in active and active[key] != value for key, value in scope.items())
     cursor = db[ASSIGNMENTS].find(
-        {**query, "status": {"$in": [status.value for status in ACTIVE_STATUSES]}},
+        {"$and": [active, scope]} if both else {**active, **scope},
         projection={"status": 1, "department": 1, "owner_id": 1, "assigned_at": 1},
     )
-    return [
+    listed = [
         OpenWork(
             complaint_id=doc["_id"],
             status=doc["status"],
@@ -229,6 +235,9 @@ async def open_work(*, db: AsyncDatabase, query: dict[str, Any]) -> list[OpenWor
         )
         async for doc in cursor.sort("_id", ASCENDING)
     ]
+    if principal.all_branches:
+        return listed, 0
+    return listed, max(0, await db[ASSIGNMENTS].count_documents(active) - len(listed))
 
 
 async def _department_counts(

@@ -112,8 +112,12 @@ async def deactivate_branch(
         code=code,
         now=runtime.clock.now(),
     )
-    work = await store.open_work(db=runtime.db, query={"org": principal.org, "branch": code})
-    return DeactivationReport(deactivated=code, open_work=work)
+    work, elsewhere = await store.open_work(
+        db=runtime.db, principal=principal, query={"branch": code}
+    )
+    return DeactivationReport(
+        deactivated=code, open_work=work, open_work_of_other_branches=elsewhere
+    )
 
 
 # --------------------------------------------------------------- departments --
@@ -178,10 +182,12 @@ async def deactivate_department(
     await departments.deactivate_department(
         db=runtime.db, principal=principal, department_id=department_id, now=runtime.clock.now()
     )
-    work = await store.open_work(
-        db=runtime.db, query={"org": principal.org, "department": department_id}
+    work, elsewhere = await store.open_work(
+        db=runtime.db, principal=principal, query={"department": department_id}
     )
-    return DeactivationReport(deactivated=department_id, open_work=work)
+    return DeactivationReport(
+        deactivated=department_id, open_work=work, open_work_of_other_branches=elsewhere
+    )
 
 
 # --------------------------------------------------------------------- staff --
@@ -243,8 +249,12 @@ async def deactivate_staff(
     await staff.deactivate_staff(
         db=runtime.db, principal=principal, staff_id=staff_id, now=runtime.clock.now()
     )
-    work = await store.open_work(db=runtime.db, query={"org": principal.org, "owner_id": staff_id})
-    return DeactivationReport(deactivated=staff_id, open_work=work)
+    work, elsewhere = await store.open_work(
+        db=runtime.db, principal=principal, query={"owner_id": staff_id}
+    )
+    return DeactivationReport(
+        deactivated=staff_id, open_work=work, open_work_of_other_branches=elsewhere
+    )
 
 
 @router.get("/audit", summary="Changes to one directory entry, newest first")

@@ -238,7 +238,10 @@ class OpenWork(BaseModel):
 
 
 class DeactivationReport(BaseModel):
-    """What was deactivated and the open work still sitting with it."""
+    """What was deactivated and the open work still sitting with it: the complaints of the
+    caller's branches listed, those of other branches (an organisation rule sent them) only
+    counted."""
 
     deactivated: str
     open_work: list[OpenWork]
+    open_work_of_other_branches: int = 0
