@@ -19,7 +19,9 @@ from typing import Any
 import orjson
 import pytest
 from pymongo import AsyncMongoClient, monitoring
+from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import AutoReconnect
 
 from complaints_shared import aggregate
 from complaints_shared.aggregate import Aggregate, Decision
@@ -121,6 +123,47 @@ async def test_only_the_newest_applied_event_ids_are_kept(db: AsyncDatabase) -> 
     stored = await db[THING.collection].find_one({"_id": thing_id})
     assert stored["applied_events"] == ["event-2", "event-3", "event-4"]
     assert stored["count"] == 5
+
+
+async def test_a_committed_change_whose_read_back_loses_its_connection_still_succeeds(
+    db: AsyncDatabase, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The write of a change commits, then the read of the document after it meets a
+    dropped connection. The change used to fail with it: a 503 telling an HTTP client to
+    send the command again, which repeated it (a second remedy, a second escalation rung).
+    The read is repeated now, and the change answered once."""
+    thing_id = await _thing(db)
+    update_one, find_one = AsyncCollection.update_one, AsyncCollection.find_one
+    written, dropped = asyncio.Event(), asyncio.Event()
+
+    async def update_then_drop_the_next_read(self: AsyncCollection, *args: Any, **kw: Any):
+        result = await update_one(self, *args, **kw)
+        written.set()
+        return result
+
+    async def read(self: AsyncCollection, *args: Any, **kw: Any):
+        if written.is_set() and not dropped.is_set():
+            dropped.set()
+            raise AutoReconnect("connection closed (injected)")
+        return await find_one(self, *args, **kw)
+
+    monkeypatch.setattr(AsyncCollection, "update_one", update_then_drop_the_next_read)
+    monkeypatch.setattr(AsyncCollection, "find_one", read)
+    effects: list[int] = []
+    document = await aggregate.change(
+        db=db,
+        settings=SETTINGS,
+        aggregate=THING,
+        aggregate_id=thing_id,
+        decide=_count_up(thing_id, effects),
+        now=NOW,
+    )
+    monkeypatch.undo()
+    assert dropped.is_set()
+    assert document is not None and (document["count"], document["version"]) == (1, 2)
+    stored = await db[THING.collection].find_one({"_id": thing_id})
+    assert (stored["count"], stored["version"]) == (1, 2)
+    assert effects == [1]
 
 
 async def test_a_lost_version_race_decides_again_on_the_new_document(db: AsyncDatabase) -> None:

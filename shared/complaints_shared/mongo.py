@@ -211,7 +211,9 @@ async def update_and_read(
     result = await collection.update_one(query, update)
     if result.matched_count == 0:
         return None
-    return await collection.find_one({"_id": query["_id"]}, projection=projection)
+    # Committed: a dropped connection now must not fail the change, which its caller would
+    # then repeat (an HTTP client told 503 sends the command again: a second remedy).
+    return await retrying(collection.find_one, {"_id": query["_id"]}, projection=projection)
 
 
 async def upsert_and_read(
