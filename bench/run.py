@@ -60,6 +60,8 @@ STATE = Path(os.environ.get("LOCAL_STATE_DIR") or ROOT / ".local")
 RESULTS = ROOT / "bench-results"
 VENV_BIN = Path(sys.executable).parent
 PORTS = {"intake": 18001, "routing": 18002, "followup": 18003}
+# Put on a service's PYTHONPATH by ``--trace-heap``: its sitecustomize snapshots the heap.
+HEAP_TRACE_SITE = Path(__file__).resolve().parent / "heap_trace"
 
 
 def percentile(values: list[float], share: float) -> float | None:
@@ -1037,9 +1039,23 @@ async def main() -> None:
         help="after an end-to-end run's last POST, wait this long for the rest to be assigned",
     )
     parser.add_argument("--workers", type=int, default=int(os.environ.get("UVICORN_WORKERS", "1")))
+    parser.add_argument(
+        "--trace-heap",
+        choices=sorted(PORTS),
+        help="snapshot this service's Python heap (slows it; see bench/heap.py)",
+    )
     add_jwt_secret_argument(parser)
     args = parser.parse_args()
     run, services = await prepared_run(args)
+    if args.trace_heap:
+        traced = next(service for service in services if service.name == args.trace_heap)
+        heap_dir = STATE / "heap" / f"{run.run_id}-{traced.name}"
+        site = HEAP_TRACE_SITE
+        traced.env["PYTHONPATH"] = os.pathsep.join(
+            filter(None, [str(site), os.environ.get("PYTHONPATH")])
+        )
+        traced.env["BENCH_TRACE_HEAP_DIR"] = str(heap_dir)
+        print(f"{traced.name}'s heap snapshots: {heap_dir} (python -m bench.heap {heap_dir})")
     print(
         f"bench run {run.run_id}: services with {args.workers} uvicorn worker(s) each", flush=True
     )
