@@ -236,7 +236,7 @@ async def test_the_first_complaints_of_a_day_racing_each_get_their_own_number(
         return await asyncio.gather(
             *(
                 reference_numbers.next_reference(
-                    db=db, branch=branch, at=at, time_zone="Asia/Shanghai"
+                    db=db, org="demo", branch=branch, at=at, time_zone="Asia/Shanghai"
                 )
                 for _ in range(8)
             )
@@ -245,6 +245,34 @@ async def test_the_first_complaints_of_a_day_racing_each_get_their_own_number(
     numbered = await asyncio.gather(*(first_of_the_day(branch) for branch in branches))
     for branch, references in zip(branches, numbered, strict=True):
         assert sorted(references) == [f"{branch}-20261201-{n:04d}" for n in range(1, 9)]
+
+
+async def test_each_organisation_numbers_its_own_complaints(system_factory: SystemFactory) -> None:
+    """Two organisations with a branch of the same code register complaints on one day. The
+    counter was the branch-day's alone, so each organisation's numbers jumped by the other's
+    registrations in between: one tenant's volume, readable by another. Now each counts its
+    own; a counter of the old shared key left behind is not read again."""
+    clock = ManualClock(datetime(2026, 11, 23, 2, 0, tzinfo=UTC))
+    system = await system_factory(clock=clock)
+    db = system.mongo[system.intake_settings.database_name()]
+    await db[reference_numbers.REFERENCE_COUNTERS].insert_one({"_id": "LZ-20261123", "seq": 40})
+
+    async def reference(org: str, number: int) -> str:
+        headers = token(system.intake_settings, org=org)
+        body = complaint_body(subject=f"第{number}次投诉：话费多扣")
+        response = await system.intake.post("/v1/complaints", json=body, headers=headers)
+        assert response.status_code == 201, response.text
+        return response.json()["reference"]
+
+    orgs = ("demo", "acme", "demo", "acme", "demo")
+    numbered = [await reference(org, number) for number, org in enumerate(orgs)]
+    assert numbered == [
+        "LZ-20261123-0001",
+        "LZ-20261123-0001",
+        "LZ-20261123-0002",
+        "LZ-20261123-0002",
+        "LZ-20261123-0003",
+    ]
 
 
 async def test_a_counter_behind_the_stored_numbers_costs_no_complaint(
@@ -268,7 +296,7 @@ async def test_a_counter_behind_the_stored_numbers_costs_no_complaint(
     assert [c["reference"] for c in before] == [f"LZ-20261123-000{n}" for n in (1, 2, 3)]
     # The counter as an older backup had it, and a process started since (no block held).
     await db[reference_numbers.REFERENCE_COUNTERS].update_one(
-        {"_id": "LZ-20261123"}, {"$set": {"seq": 0}}
+        {"_id": "demo:LZ-20261123"}, {"$set": {"seq": 0}}
     )
     reference_numbers._blocks.clear()
 
@@ -277,7 +305,7 @@ async def test_a_counter_behind_the_stored_numbers_costs_no_complaint(
     assert len(set(references)) == 5
     assert all(int(c["reference"].rsplit("-", 1)[1]) > 3 for c in after)
     assert await db.complaints.count_documents({}) == 5
-    counter = await db[reference_numbers.REFERENCE_COUNTERS].find_one({"_id": "LZ-20261123"})
+    counter = await db[reference_numbers.REFERENCE_COUNTERS].find_one({"_id": "demo:LZ-20261123"})
     assert counter["seq"] >= max(int(r.rsplit("-", 1)[1]) for r in references)
     for complaint in after:
         stored = await db.complaints.find_one({"_id": complaint["id"]})

@@ -1,4 +1,5 @@
-"""Reference numbers: ``LZ-20261123-0007``, counted per branch and the branch's local day.
+"""Reference numbers: ``LZ-20261123-0007``, counted per organisation, branch and the
+branch's local day (one organisation's numbers say nothing of another's registrations).
 
 The day is the branch's own calendar day, so intake keeps what routing announced of its
 branches (``branch.updated``): their time zones.
@@ -90,8 +91,18 @@ async def reference_time_zone(
     return time_zone
 
 
-async def next_reference(*, db: AsyncDatabase, branch: str, at: datetime, time_zone: str) -> str:
-    """Reference numbers count per branch and local calendar day: ``LZ-20261123-0007``.
+def counter_key(org: str, reference_prefix: str) -> str:
+    """The counter of ``org``'s references starting ``reference_prefix`` (``LZ-20261123``).
+    Until 4 December it was the prefix alone, shared by organisations with the same branch
+    code; a stored complaint numbered by such a counter is skipped (``skip_taken``)."""
+    return f"{org}:{reference_prefix}"
+
+
+async def next_reference(
+    *, db: AsyncDatabase, org: str, branch: str, at: datetime, time_zone: str
+) -> str:
+    """Reference numbers count per organisation, branch and local calendar day:
+    ``LZ-20261123-0007``.
 
     A process reserves ``REFERENCE_BLOCK`` numbers at a time with one counter write and
     hands them out in order, so the counter is written once per block, not per complaint.
@@ -100,7 +111,8 @@ async def next_reference(*, db: AsyncDatabase, branch: str, at: datetime, time_z
     never duplicates.
     """
     day = at.astimezone(zone_or_utc(time_zone)).strftime("%Y%m%d")
-    key = f"{branch}-{day}"
+    prefix = f"{branch}-{day}"
+    key = counter_key(org, prefix)
     slot = (db.name, key)
     async with _block_locks.setdefault(slot, asyncio.Lock()):
         block = _blocks.get(slot)
@@ -113,7 +125,7 @@ async def next_reference(*, db: AsyncDatabase, branch: str, at: datetime, time_z
                 _block_locks.pop(forgotten, None)
         number = block[0]
         block[0] += 1
-    return f"{key}-{number:04d}"
+    return f"{prefix}-{number:04d}"
 
 
 async def skip_taken(*, db: AsyncDatabase, org: str, reference: str) -> None:
@@ -125,11 +137,14 @@ async def skip_taken(*, db: AsyncDatabase, org: str, reference: str) -> None:
     the complaints (or complaints were imported): a rare path, which reads the references
     of one branch-day through ``reference_unique``.
     """
-    key = reference.rsplit("-", 1)[0]
-    # Every "<key>-<number>" lies strictly between "<key>-" and "<key>." ("." follows "-").
+    prefix = reference.rsplit("-", 1)[0]
+    key = counter_key(org, prefix)
+    # Every "<prefix>-<number>" lies strictly between "<prefix>-" and "<prefix>." ("."
+    # follows "-").
+    between = {"$gt": f"{prefix}-", "$lt": f"{prefix}."}
     stored = await (
         db[store.COMPLAINTS]
-        .find({"org": org, "reference": {"$gt": f"{key}-", "$lt": f"{key}."}}, {"reference": 1})
+        .find({"org": org, "reference": between}, {"reference": 1})
         .to_list(None)
     )
     numbers = [document["reference"].rsplit("-", 1)[1] for document in stored]

@@ -146,7 +146,7 @@ async def _prepare(
         db=db, settings=settings, org=principal.org, branch=request.branch
     )
     reference = await reference_numbers.next_reference(
-        db=db, branch=request.branch, at=now, time_zone=time_zone
+        db=db, org=principal.org, branch=request.branch, at=now, time_zone=time_zone
     )
     return new_document(
         settings=settings,
