@@ -481,6 +481,64 @@ async def test_a_never_routed_complaint_reopened_gets_its_resolve_clock_from_the
     ] == [("reopened", "followup", reopened_at)]
 
 
+@integration
+async def test_a_wait_after_a_reopen_before_any_route_is_remembered_too(
+    system_factory: SystemFactory,
+) -> None:
+    """Waiting, resolved while waiting, reopened, waiting again: all before a route. The
+    first wait left the assignment ``paused`` through the resolution and the reopen, so the
+    second wait was taken for one already counted and not remembered: once routed, its
+    clocks ran through the customer's wait (breaches while intake showed pending)."""
+    clock = ManualClock(MONDAY_10_SHANGHAI)
+    system = await system_factory(clock=clock, routing=FAST_TIMERS)
+    admin = await _hangzhou_without_rules(system)
+    t0 = clock.now()
+    complaint = received(org=ORG, branch="HZ", received_at=t0)
+    cid = complaint.complaint_id
+    first_wait, resolved_at = t0 + 10 * MINUTE, t0 + timedelta(hours=1)
+    reopened_at, second_wait = t0 + timedelta(hours=2), t0 + timedelta(hours=3)
+
+    def pending(at: datetime) -> ComplaintPendingCustomer:
+        return ComplaintPendingCustomer(
+            **base(complaint), reason="等客户回电", paused_by="hz-li", paused_at=at
+        )
+
+    async with intake_producer(system) as publish:
+        await publish(EventType.COMPLAINT_RECEIVED, complaint)
+        await publish(EventType.COMPLAINT_PENDING_CUSTOMER, pending(first_wait))
+        await publish(EventType.COMPLAINT_RESOLVED, resolved(complaint, resolved_at=resolved_at))
+        reopened = ComplaintReopened(
+            **base(complaint),
+            reason="客户不满意",
+            reopened_by="followup",
+            reopened_at=reopened_at,
+            reopen_count=1,
+        )
+        await publish(EventType.COMPLAINT_REOPENED, reopened)
+        await publish(EventType.COMPLAINT_PENDING_CUSTOMER, pending(second_wait))
+        document = await assignment_when(
+            system,
+            cid,
+            lambda d: len(d.get(projections.REMEMBERED) or []) == 4,
+            what="both waits, the resolution and the reopen remembered",
+            timeout_s=15,
+        )
+        assert document["status"] == "unroutable"
+        assert [entry["command"] for entry in document[projections.REMEMBERED]] == [
+            "pause",
+            "resolve",
+            "reopen",
+            "pause",
+        ]
+        assert (document["paused"], document["paused_at"]) == (True, second_wait)
+    clock.set(second_wait + timedelta(days=3))
+    await _add_the_default_rule(system, admin)
+    document = await assignment_when(system, cid, lambda d: d["status"] == "open")
+    resolve = _clock_of(document, "resolve")
+    assert (resolve["state"], resolve["paused_at"]) == ("paused", second_wait)
+    assert (document["paused"], document["breached"]) == (True, False)
+
+
 # ------------------------------------------------ the regulatory report deadline --
 
 

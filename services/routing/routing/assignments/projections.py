@@ -421,7 +421,15 @@ async def reopen(
             return Decision(
                 merge_updates(
                     lifecycle.moved(current, Command.NO_ROUTE),
-                    {"$set": {"finished_at": None, "reopen_count": data.reopen_count}},
+                    # Not waiting any more, as a routed reopen: a wait from now on counts.
+                    {
+                        "$set": {
+                            "finished_at": None,
+                            "reopen_count": data.reopen_count,
+                            "paused": False,
+                            "paused_at": None,
+                        }
+                    },
                     # The fresh resolve clock starts here once it is routed.
                     {
                         "$push": {
