@@ -1,4 +1,5 @@
-"""Webhook subscriptions API: branch scoping, secrets shown once, problem+json on bad input."""
+"""Webhook subscriptions API: branch scoping, secrets shown once, problem+json on bad input,
+creation repeatable under an ``Idempotency-Key``."""
 
 from __future__ import annotations
 
@@ -7,9 +8,11 @@ from contextlib import AsyncExitStack
 import httpx
 import pytest
 
+from tests.support.faults import FailsAfter
 from tests.support.http import token
 from tests.support.system import SystemFactory
 from tests.support.webhooks import serve_webhooks
+from webhooks import store
 
 pytestmark = pytest.mark.integration
 
@@ -111,6 +114,46 @@ async def test_the_secret_is_shown_once_and_never_again(system_factory: SystemFa
     for response in responses:
         assert response.status_code == 200
         assert secret not in response.text and 'secret"' not in response.text
+
+
+async def test_a_creation_repeated_under_its_key_creates_one_subscription(
+    system_factory: SystemFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The insert of a new subscription is applied, then its answer is lost (a dropped
+    connection: 503). The client's retry used to create a second subscription, one whose
+    secret nobody had seen and whose receiver got every event twice. Under an
+    ``Idempotency-Key`` the retry answers the first one, once, with the secret that signs;
+    another body under the key is a 422 naming the header."""
+    system = await system_factory(seed=False)
+    admin = token(system.intake_settings)
+    body = {"target_url": "https://crm.example.com/h", "event_types": [RECEIVED]}
+    keyed = {**admin, "Idempotency-Key": "crm-subscription-1"}
+    async with AsyncExitStack() as stack:
+        webhooks = await serve_webhooks(stack, system)
+        insert = FailsAfter(store.insert_subscription)
+        monkeypatch.setattr(store, "insert_subscription", insert)
+        lost = await webhooks.client.post(PATH, json=body, headers=keyed)
+        assert lost.status_code == 503, lost.text
+        monkeypatch.setattr(store, "insert_subscription", insert.function)
+        retried = await webhooks.client.post(PATH, json=body, headers=keyed)
+        again = await webhooks.client.post(PATH, json=body, headers=keyed)
+        other = await webhooks.client.post(
+            PATH, json={**body, "description": "另一个"}, headers=keyed
+        )
+        listed = (await webhooks.client.get(PATH, headers=admin)).json()["items"]
+        fresh = await webhooks.client.post(
+            PATH, json=body, headers={**admin, "Idempotency-Key": "crm-subscription-2"}
+        )
+    assert (retried.status_code, again.status_code) == (201, 201), retried.text
+    assert retried.headers["Idempotent-Replayed"] == "true"
+    assert retried.json()["id"] == again.json()["id"] == listed[0]["id"]
+    assert retried.json()["secret"] == again.json()["secret"]
+    assert retried.json()["secret"].startswith("whsec_")
+    assert len(listed) == 1
+    assert other.status_code == 422, other.text
+    assert other.json()["errors"][0]["field"] == "Idempotency-Key"
+    assert fresh.status_code == 201 and "Idempotent-Replayed" not in fresh.headers
+    assert fresh.json()["id"] != retried.json()["id"]
 
 
 BAD_SUBSCRIPTIONS = [

@@ -25,6 +25,22 @@ class FailsFirst:
         return await self.function(**arguments)
 
 
+class FailsAfter:
+    """``function`` whose first call runs, then raises a dropped database connection: a
+    write applied whose answer was lost. Set it in place with ``monkeypatch``."""
+
+    def __init__(self, function: Callable[..., Awaitable[Any]]) -> None:
+        self.function = function
+        self.calls = 0
+
+    async def __call__(self, *arguments: Any, **keywords: Any) -> Any:
+        self.calls += 1
+        answer = await self.function(*arguments, **keywords)
+        if self.calls == 1:
+            raise AutoReconnect("connection closed after the write (injected)")
+        return answer
+
+
 class HeldFirst:
     """``function`` whose first call waits, once it is reached (``entered``), until
     ``release`` is set: before it runs, or with ``holding_answer`` after it ran, before its

@@ -17,6 +17,13 @@ from pydantic import Field
 from complaints_shared.access import Scope, allow
 from complaints_shared.auth import Principal, Role
 from complaints_shared.envelope import CloudEvent
+from complaints_shared.idempotency import (
+    HEADER,
+    REPLAYED_HEADER,
+    key_conflict,
+    key_header,
+    request_hash,
+)
 from complaints_shared.models import StrictModel
 from complaints_shared.pagination import Page
 from complaints_shared.problems import ProblemError, conflict, not_found
@@ -46,6 +53,10 @@ router = APIRouter(prefix="/v1/webhooks", tags=["webhooks"])
 
 SubscriptionId = Annotated[str, Path(max_length=64, description="Subscription id (whs_...)")]
 DeliveryId = Annotated[str, Path(max_length=64, description="Delivery id = webhook-id (msg_...)")]
+IdempotencyKey = Annotated[
+    str | None,
+    key_header(description="Retry-safe creation: the same key and body create it once."),
+]
 
 
 class ListQuery(StrictModel):
@@ -101,7 +112,11 @@ async def _subscription(request: Request, principal: Principal, subscription_id:
     summary="Subscribe a target URL; the signing secret is in this response only",
 )
 async def create_subscription(
-    body: SubscriptionCreate, request: Request, principal: Admin
+    body: SubscriptionCreate,
+    request: Request,
+    principal: Admin,
+    response: Response,
+    idempotency_key: IdempotencyKey = None,
 ) -> SubscriptionCreated:
     runtime = runtime_of(request)
     _checked_url(body.target_url, _settings(request))
@@ -115,8 +130,13 @@ async def create_subscription(
         principal.require_branch(body.branch, field="branch")
     now = runtime.clock.now()
     secret = new_secret()
+    fingerprint = request_hash(body.model_dump(mode="json"))
     document: dict[str, Any] = {
-        "_id": store.new_subscription_id(),
+        "_id": store.new_subscription_id()
+        if idempotency_key is None
+        else store.keyed_subscription_id(
+            org=principal.org, subject=principal.subject, idempotency_key=idempotency_key
+        ),
         "org": principal.org,
         "branch": body.branch,
         "target_url": body.target_url,
@@ -127,11 +147,29 @@ async def create_subscription(
         "signing_secrets": [{"secret": secret, "created_at": now, "expires_at": None}],
         "failure_streak": 0,
         "created_by": principal.subject,
+        "created_by_request": fingerprint,
         "created_at": now,
         "updated_at": now,
     }
-    await store.insert_subscription(db=runtime.db, document=document)
-    return from_stored(SubscriptionCreated, {**store.public(document), "secret": secret})
+    if await store.insert_subscription(db=runtime.db, document=document):
+        return from_stored(SubscriptionCreated, {**store.public(document), "secret": secret})
+    # Created already under this key (the same request repeated after a lost answer, say).
+    first = await store.get_subscription(
+        db=runtime.db, scope={}, subscription_id=document["_id"], with_secrets=True
+    )
+    if first is None:
+        raise conflict(
+            f"the subscription created under {HEADER} {idempotency_key!r} was deleted since",
+            kind="idempotency-key-conflict",
+        )
+    if first.get("created_by_request") != fingerprint:
+        raise key_conflict(str(idempotency_key))
+    response.headers[REPLAYED_HEADER] = "true"
+    # The secret that signs now: the one created with it, unless rotated since.
+    [signing] = [
+        entry["secret"] for entry in first["signing_secrets"] if not entry.get("expires_at")
+    ]
+    return from_stored(SubscriptionCreated, {**store.public(first), "secret": signing})
 
 
 @router.get(

@@ -18,6 +18,7 @@ from typing import Any
 
 from pymongo import ASCENDING, DESCENDING, InsertOne
 from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import DuplicateKeyError
 
 from complaints_shared import aggregate
 from complaints_shared.auth import Principal
@@ -42,8 +43,9 @@ from webhooks.models import (
 
 SUBSCRIPTIONS = "subscriptions"
 DELIVERIES = "deliveries"
-# The API shows everything of a subscription but its secrets (and their version).
-PUBLIC_SUBSCRIPTION = {"signing_secrets": 0, "secrets_version": 0}
+# The API shows everything of a subscription but its secrets (and their version) and the
+# fingerprint of the request that created it.
+PUBLIC_SUBSCRIPTION = {"signing_secrets": 0, "secrets_version": 0, "created_by_request": 0}
 # The delivery log never needs the body.
 PUBLIC_DELIVERY = {"body": 0, "lease_owner": 0, "lease_until": 0, "wakes": 0}
 # A subscription being deleted (``delete_subscription``) is gone for every reader; a missing
@@ -95,8 +97,21 @@ def new_subscription_id() -> str:
     return f"whs_{uuid.uuid4().hex}"
 
 
-async def insert_subscription(*, db: AsyncDatabase, document: dict[str, Any]) -> None:
-    await db[SUBSCRIPTIONS].insert_one(document)
+def keyed_subscription_id(*, org: str, subject: str, idempotency_key: str) -> str:
+    """The id of the subscription a caller creates under an ``Idempotency-Key``: the same
+    for every attempt of that request, so a repeated creation meets the first one's."""
+    digest = hashlib.sha256(f"{org}\n{subject}\n{idempotency_key}".encode()).hexdigest()
+    return f"whs_{digest[:32]}"
+
+
+async def insert_subscription(*, db: AsyncDatabase, document: dict[str, Any]) -> bool:
+    """Store a new subscription; False if its id is taken (a creation repeated under its
+    ``Idempotency-Key``)."""
+    try:
+        await db[SUBSCRIPTIONS].insert_one(document)
+    except DuplicateKeyError:
+        return False
+    return True
 
 
 async def get_subscription(
