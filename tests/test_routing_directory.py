@@ -9,7 +9,10 @@ from datetime import date, timedelta
 import pytest
 
 from complaints_shared.events import CustomerContact, EventType
+from routing import audit
+from routing.rules import store as rules_store
 from tests.support.events import received
+from tests.support.faults import FailsFirst
 from tests.support.http import token
 from tests.support.kafka import intake_producer
 from tests.support.routing import assignment_when
@@ -357,3 +360,41 @@ async def test_inputs_that_used_to_fail_deeper_are_422s_naming_the_field(system:
         "targets.high.resolve.amount",
     }
     assert (await api.get("/v1/routing/sla-policies/long", headers=admin)).status_code == 404
+
+
+async def test_a_change_whose_record_failed_is_recorded_before_the_next_one(
+    system: System, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A rule's and a staff member's change are stored, then the write of their version or
+    audit record meets a dropped connection: a 503. The change was live unrecorded, and the
+    next change went ahead, so the version in between was never recorded. Now a change
+    carries its record until it is written: the next change (or a read of a rule's
+    versions) records it first, as the change of who made it."""
+    zhao = token(system.routing_settings, subject="admin-zhao")
+    qian = token(system.routing_settings, subject="admin-qian")
+    api = system.routing
+    rule = "/v1/routing/rules/demo:billing-keywords"
+    monkeypatch.setattr(rules_store, "_record_version", FailsFirst(rules_store._record_version))
+    failed = await api.patch(rule, json={"name": "账单关键词（一）"}, headers=zhao)
+    assert failed.status_code == 503, failed.text
+    next_change = await api.patch(rule, json={"name": "账单关键词（二）"}, headers=qian)
+    assert (next_change.status_code, next_change.json()["version"]) == (200, 3)
+    versions = (await api.get(f"{rule}/versions", headers=zhao)).json()
+    assert [(v["version"], v["changed_by"], v["rule"]["name"]) for v in versions[:2]] == [
+        (3, "admin-qian", "账单关键词（二）"),
+        (2, "admin-zhao", "账单关键词（一）"),
+    ]
+    assert "unrecorded_change" not in versions[0]["rule"]
+
+    monkeypatch.setattr(audit, "record", FailsFirst(audit.record))
+    staff = "/v1/directory/staff/lz-chen"
+    failed = await api.patch(staff, json={"capacity": 7}, headers=zhao)
+    assert failed.status_code == 503, failed.text
+    assert (await api.patch(staff, json={"capacity": 8}, headers=qian)).status_code == 200
+    trail = await api.get(
+        "/v1/directory/audit", params={"entity": "staff", "entity_id": "lz-chen"}, headers=zhao
+    )
+    assert [
+        (entry["action"], entry["actor"], entry["snapshot"]["capacity"])
+        for entry in trail.json()[:2]
+    ] == [("updated", "admin-qian", 8), ("updated", "admin-zhao", 7)]

@@ -3,11 +3,17 @@
 A change is recorded once: its record's ``_id`` names the entity and the version the change
 left it at (:func:`change_id`), so a request repeated after a failure further on (a 503,
 then the client's retry) finds its record there and adds none.
+
+A change's record is decided with its write: the write leaves it on the entity
+(:func:`unrecorded`) until it is recorded (:func:`settle`). A writer that fails or dies
+between the two leaves it to the entity's next change, or the next read of its trail, to
+record; before, a later change went ahead and the version it superseded was never recorded.
 """
 
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -22,6 +28,33 @@ from routing import context_cache
 AUDIT_LOG = "audit_log"
 # The action of a change that removes the entity: it leaves no version of its own.
 DELETED = "deleted"
+# On an entity: the record of the change that left it at its version, not written yet.
+UNRECORDED = "unrecorded_change"
+# Writes a change's record: the change (action, actor, at) and the entity after it.
+RecordWriter = Callable[[dict[str, Any], dict[str, Any]], Awaitable[None]]
+
+
+def unrecorded(*, action: str, actor: str, at: datetime) -> dict[str, Any]:
+    """The field a change's write sets: its record, until :func:`settle` writes it."""
+    return {UNRECORDED: {"action": action, "actor": actor, "at": at}}
+
+
+async def settle(
+    *, db: AsyncDatabase, collection: str, document: dict[str, Any], write: RecordWriter
+) -> dict[str, Any]:
+    """Write the record ``document`` (an entity of ``collection``) still carries, if any, then
+    drop it from the entity, only at the version it names (a later change carries its own);
+    ``document`` without it."""
+    change = document.get(UNRECORDED)
+    entity = {key: value for key, value in document.items() if key != UNRECORDED}
+    if change is None:
+        return entity
+    await write(change, entity)
+    await db[collection].update_one(
+        {"_id": document["_id"], "version": document.get("version"), UNRECORDED: {"$exists": True}},
+        {"$unset": {UNRECORDED: ""}},
+    )
+    return entity
 
 
 async def ensure_indexes(*, db: AsyncDatabase) -> None:

@@ -164,13 +164,16 @@ async def change_entry(
     at: datetime,
     announce: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Apply ``changes`` only if nobody changed the entry since it was read, and audit it.
+    """Apply ``changes`` only if nobody changed the entry since it was read, and audit it
+    (the change before it first, if its writer could not: ``settle_audit``).
 
     ``announce`` is the outbox update of the events the change causes, in the same write.
     """
+    await settle_audit(db=db, principal=principal, entry=entry, document=current)
+    recorded = audit.unrecorded(action=action, actor=principal.subject, at=at)
     updated = await db[entry.collection].find_one_and_update(
         {"_id": current["_id"], "version": current["version"]},
-        merge_updates({"$set": changes, "$inc": {"version": 1}}, announce or {}),
+        merge_updates({"$set": {**changes, **recorded}, "$inc": {"version": 1}}, announce or {}),
         return_document=ReturnDocument.AFTER,
     )
     if updated is None:
@@ -179,15 +182,26 @@ async def change_entry(
             "validated; retry"
         )
     record_stored(entry.collection, database=db.name, document=updated)
-    await _audit(
-        db=db,
-        principal=principal,
-        entry=entry,
-        action=action,
-        at=at,
-        document=updated,
-    )
-    return updated
+    return await settle_audit(db=db, principal=principal, entry=entry, document=updated)
+
+
+async def settle_audit(
+    *, db: AsyncDatabase, principal: Principal, entry: Entry, document: dict[str, Any]
+) -> dict[str, Any]:
+    """Record the change that left ``document`` at its version if its writer could not; the
+    entry without the record it carried."""
+
+    async def write(change: dict[str, Any], entity: dict[str, Any]) -> None:
+        await _audit(
+            db=db,
+            principal=principal.model_copy(update={"subject": change["actor"]}),
+            entry=entry,
+            action=change["action"],
+            at=change["at"],
+            document=entity,
+        )
+
+    return await audit.settle(db=db, collection=entry.collection, document=document, write=write)
 
 
 def without_nulls(changes: dict[str, Any], *, nullable: set[str]) -> dict[str, Any]:

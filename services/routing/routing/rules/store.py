@@ -19,7 +19,7 @@ from complaints_shared.auth import Principal
 from complaints_shared.logs import get_logger
 from complaints_shared.problems import conflict, invalid, not_found
 from complaints_shared.stored import from_stored
-from routing import context_cache
+from routing import audit, context_cache
 from routing.directory.store import BRANCHES, DEPARTMENTS, branch_key, visible_department
 from routing.rules.models import RoutingRule, RuleCreate, RuleRead, RuleUpdate, RuleVersionRead
 from routing.sla import store as policy_store
@@ -235,15 +235,32 @@ async def _save_version(
     actor: str,
     now: datetime,
 ) -> dict[str, Any]:
+    """Apply ``changes`` as a new version and record it; the version ``current`` is at is
+    recorded first if the change that made it could not be (``audit.settle``)."""
+    await _settle_version(db=db, document=current)
+    recorded = audit.unrecorded(action=change, actor=actor, at=now)
     updated = await db[RULES].find_one_and_update(
         {"_id": current["_id"], "version": current["version"]},
-        {"$set": {**changes, "updated_at": now, "updated_by": actor}, "$inc": {"version": 1}},
+        {
+            "$set": {**changes, "updated_at": now, "updated_by": actor, **recorded},
+            "$inc": {"version": 1},
+        },
         return_document=ReturnDocument.AFTER,
     )
     if updated is None:
         raise conflict(f"routing rule {current['_id']!r} changed concurrently; retry")
-    await _record_version(db=db, document=updated, change=change, actor=actor, at=now)
-    return updated
+    return await _settle_version(db=db, document=updated)
+
+
+async def _settle_version(*, db: AsyncDatabase, document: dict[str, Any]) -> dict[str, Any]:
+    """Record the version ``document`` is at if its change left that to be done."""
+
+    async def write(change: dict[str, Any], rule: dict[str, Any]) -> None:
+        await _record_version(
+            db=db, document=rule, change=change["action"], actor=change["actor"], at=change["at"]
+        )
+
+    return await audit.settle(db=db, collection=RULES, document=document, write=write)
 
 
 async def update_rule(
@@ -282,7 +299,9 @@ async def deactivate_rule(
 async def rule_versions(
     *, db: AsyncDatabase, principal: Principal, rule_id: str
 ) -> list[RuleVersionRead]:
-    await _rule_document(db=db, principal=principal, rule_id=rule_id)
+    await _settle_version(
+        db=db, document=await _rule_document(db=db, principal=principal, rule_id=rule_id)
+    )
     cursor = db[RULE_VERSIONS].find({"org": principal.org, "rule_id": rule_id})
     documents = await cursor.sort("version", DESCENDING).to_list(None)
     return [from_stored(RuleVersionRead, document) for document in documents]

@@ -74,7 +74,7 @@ async def _audit(
         snapshot={
             key: value
             for key, value in document.items()
-            if key not in ("_id", DELETING, "deleting_by")
+            if key not in ("_id", DELETING, "deleting_by", audit.UNRECORDED)
         },
     )
 
@@ -111,10 +111,12 @@ async def put_policy(
     if errors := body.field_errors():
         raise invalid_fields(errors)
     key = policy_key(principal.org, policy_id)
-    deleting = await db[SLA_POLICIES].find_one({"_id": key, DELETING: {"$ne": None}})
-    if deleting is not None:
+    stored = await db[SLA_POLICIES].find_one({"_id": key})
+    if stored is not None and stored.get(DELETING) is not None:
         # Created again under the id of a deletion broken off: that one is completed first.
-        await _complete_deletion(db=db, principal=principal, policy_id=policy_id, current=deleting)
+        await _complete_deletion(db=db, principal=principal, policy_id=policy_id, current=stored)
+    elif stored is not None:
+        await _settle_audit(db=db, principal=principal, policy_id=policy_id, document=stored)
     if body.is_default:
         other = await db[SLA_POLICIES].find_one(
             {"org": principal.org, "is_default": True, "retired_at": None, "_id": {"$ne": key}}
@@ -132,6 +134,7 @@ async def put_policy(
                 "org": principal.org,
                 "updated_at": now,
                 "updated_by": principal.subject,
+                **audit.unrecorded(action="saved", actor=principal.subject, at=now),
             },
             "$inc": {"version": 1},
             # Tells a policy created again after a deletion from the one before (its audit).
@@ -143,10 +146,28 @@ async def put_policy(
     )
     if document is None:
         raise conflict(f"SLA policy {policy_id!r} was deleted while it was saved; retry")
-    await _audit(
-        db=db, principal=principal, policy_id=policy_id, action="saved", at=now, document=document
+    document = await _settle_audit(
+        db=db, principal=principal, policy_id=policy_id, document=document
     )
     return policy_read(document)
+
+
+async def _settle_audit(
+    *, db: AsyncDatabase, principal: Principal, policy_id: str, document: dict[str, Any]
+) -> dict[str, Any]:
+    """Record the change that left ``document`` at its version if its writer could not."""
+
+    async def write(change: dict[str, Any], policy: dict[str, Any]) -> None:
+        await _audit(
+            db=db,
+            principal=principal.model_copy(update={"subject": change["actor"]}),
+            policy_id=policy_id,
+            action=change["action"],
+            at=change["at"],
+            document=policy,
+        )
+
+    return await audit.settle(db=db, collection=SLA_POLICIES, document=document, write=write)
 
 
 async def _policy_document(*, db: AsyncDatabase, org: str, policy_id: str) -> dict[str, Any]:
@@ -165,13 +186,21 @@ async def _set_retirement(
     now: datetime,
 ) -> SlaPolicy:
     action = "retired" if retired else "reinstated"
-    current = await _policy_document(db=db, org=principal.org, policy_id=policy_id)
+    found = await _policy_document(db=db, org=principal.org, policy_id=policy_id)
+    current = await _settle_audit(db=db, principal=principal, policy_id=policy_id, document=found)
     if (current.get("retired_at") is not None) == retired:
-        # Already so: a repeated request changes nothing, but its audit record and the
-        # directory bump run again, as they may be what failed the first time (a 503).
-        await _audit(
-            db=db, principal=principal, policy_id=policy_id, action=action, at=now, document=current
-        )
+        # Already so: a repeated request changes nothing. The change's record and the
+        # directory bump ran just now if they had failed (a 503); a change stored without
+        # the record it would carry (before 4 December) has them run again.
+        if audit.UNRECORDED not in found:
+            await _audit(
+                db=db,
+                principal=principal,
+                policy_id=policy_id,
+                action=action,
+                at=now,
+                document=current,
+            )
         return policy_read(current)
     if not retired and current.get("is_default"):
         other = await db[SLA_POLICIES].find_one(
@@ -184,17 +213,16 @@ async def _set_retirement(
         if retired
         else {"retired_at": None, "retired_by": None}
     )
-    await db[SLA_POLICIES].update_one(
-        {"_id": current["_id"], **LIVE}, {"$set": fields, "$inc": {"version": 1}}
+    recorded = audit.unrecorded(action=action, actor=principal.subject, at=now)
+    changed = await db[SLA_POLICIES].update_one(
+        {"_id": current["_id"], "version": current.get("version"), **LIVE},
+        {"$set": {**fields, **recorded}, "$inc": {"version": 1}},
     )
+    if not changed.matched_count:
+        raise conflict(f"SLA policy {policy_id!r} changed while it was {action}; retry")
     document = await _policy_document(db=db, org=principal.org, policy_id=policy_id)
-    await _audit(
-        db=db,
-        principal=principal,
-        policy_id=policy_id,
-        action=action,
-        at=now,
-        document=document,
+    document = await _settle_audit(
+        db=db, principal=principal, policy_id=policy_id, document=document
     )
     return policy_read(document)
 
@@ -268,7 +296,9 @@ async def _complete_deletion(
     *, db: AsyncDatabase, principal: Principal, policy_id: str, current: dict[str, Any]
 ) -> None:
     """Record the deletion decided on ``current`` (once, however often it is completed, and
-    as the deletion of the administrator who decided it), then remove the policy."""
+    as the deletion of the administrator who decided it), then remove the policy. A change
+    before it that its writer could not record is recorded first."""
+    current = await _settle_audit(db=db, principal=principal, policy_id=policy_id, document=current)
     await _audit(
         db=db,
         principal=principal.model_copy(update={"subject": current["deleting_by"]}),
