@@ -16,7 +16,8 @@ from datetime import UTC, datetime
 
 import orjson
 import pytest
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
 
 from complaints_shared.envelope import CloudEvent, to_kafka_record
 from complaints_shared.events import (
@@ -26,11 +27,18 @@ from complaints_shared.events import (
     SlaClock,
     Topic,
 )
+from complaints_shared.kafka import ensure_topics
 from tests.support.events import note_added
 from tests.support.http import token
 from tests.support.kafka import short_type
 from tests.support.waits import eventually
-from tests.support.webhooks import Isolation, receiver, serve_webhooks, subscribe
+from tests.support.webhooks import (
+    Isolation,
+    receiver,
+    serve_webhooks,
+    subscribe,
+    webhooks_settings,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -115,3 +123,50 @@ async def test_an_earlier_event_consumed_late_from_another_topic_still_arrives_f
     assert recorded["complaint.sla_warning"] < recorded["complaint.note_added"], recorded
     arrived = [short_type(orjson.loads(request.body)["type"]) for request in hooks.requests]
     assert arrived == ["complaint.note_added", "complaint.sla_warning"]
+
+
+async def test_a_partition_whose_records_retention_deleted_does_not_hold_deliveries(
+    alone: Isolation,
+) -> None:
+    """A follow-up partition holds a record the group never consumed, and retention deletes
+    it (here: ``delete_records``) before the service starts with a new group. Its consumer
+    fetched nothing there and never committed, and the order watermark waited for that
+    commit: no event delivery went out until a new record landed on the partition."""
+    settings = webhooks_settings(alone)
+    await ensure_topics(settings=settings, topics=[settings.topic(t.value) for t in Topic])
+    followup = TopicPartition(settings.topic(Topic.FOLLOWUP.value), PARTITION)
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers)
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
+    try:
+        await producer.start()
+        gone = await producer.send_and_wait(followup.topic, b"{}", partition=PARTITION)
+        await admin.start()
+        await admin.delete_records({followup: RecordsToDelete(gone.offset + 1)})
+    finally:
+        await producer.stop()
+        await admin.close()
+    complaint_id = f"cmp_{uuid.uuid4().hex[:12]}"
+    async with AsyncExitStack() as stack:
+        hooks = await stack.enter_async_context(receiver())
+        webhooks = await serve_webhooks(stack, alone)
+        await subscribe(
+            webhooks,
+            token(settings),
+            url=hooks.url,
+            event_types=[EventType.COMPLAINT_NOTE_ADDED.value],
+        )
+        sender = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers)
+        stack.push_async_callback(sender.stop)
+        await sender.start()
+        noted = await _publish(
+            sender,
+            topic=settings.topic(Topic.INTAKE.value),
+            event_type=EventType.COMPLAINT_NOTE_ADDED,
+            data=note_added(complaint_id=complaint_id, author="agent-7", text="客户来电催办"),
+        )
+        await noted
+        await eventually(
+            lambda: asyncio.sleep(0, len(hooks.delivered_ids()) == 1),
+            timeout_s=30,
+            what="the note delivered",
+        )

@@ -60,3 +60,23 @@ def test_a_partition_the_group_never_committed_holds_the_watermark() -> None:
     watermark, _ = _watermark()
     watermark.advance(ends_at=_at(0), ends={INTAKE: 3, ROUTING: 1}, committed={INTAKE: 3})
     assert watermark.through is None
+
+
+def test_a_partition_whose_records_are_all_gone_does_not_hold_the_watermark() -> None:
+    """Retention deleted every record of the follow-up partition before the group committed
+    there (a new group, or one down longer than retention): its consumer fetches nothing
+    there and never commits. That partition held every event delivery back until a new
+    record happened to land on it; records before the log start are nothing to wait for."""
+    watermark, _ = _watermark()
+    ends = {INTAKE: 3, FOLLOWUP: 5}
+    watermark.advance(ends_at=_at(0), ends=ends, committed={INTAKE: 3}, starts={FOLLOWUP: 5})
+    assert watermark.through == _at(0)
+    # Only what is gone counts so: a record after the log start still waits for its commit.
+    watermark.advance(
+        ends_at=_at(1), ends={INTAKE: 3, FOLLOWUP: 6}, committed={INTAKE: 3}, starts={FOLLOWUP: 5}
+    )
+    assert watermark.through == _at(0)
+    watermark.advance(
+        ends_at=_at(2), ends={INTAKE: 3, FOLLOWUP: 6}, committed={INTAKE: 3, FOLLOWUP: 6}
+    )
+    assert watermark.through == _at(2)

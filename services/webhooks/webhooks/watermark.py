@@ -46,9 +46,13 @@ RETRY_MAX_S = 10.0
 Offsets = dict[TopicPartition, int]
 
 
-def reached(*, ends: Offsets, committed: Offsets) -> bool:
-    """Has the group committed every partition up to these end offsets?"""
-    return all(end == 0 or committed.get(tp, -1) >= end for tp, end in ends.items())
+def reached(*, ends: Offsets, committed: Offsets, starts: Offsets | None = None) -> bool:
+    """Has the group committed every partition up to these end offsets? Records before a
+    partition's log start (``starts``: deleted by retention, say) are nothing to wait for:
+    a partition whose every record is gone is reached without a commit, which its consumer,
+    fetching nothing there, would never make."""
+    starts = starts or {}
+    return all(max(committed.get(tp, -1), starts.get(tp, 0)) >= end for tp, end in ends.items())
 
 
 class ConsumedWatermark:
@@ -61,12 +65,22 @@ class ConsumedWatermark:
         self._observations: deque[tuple[datetime, Offsets]] = deque(maxlen=MAX_PENDING_OBSERVATIONS)
         self.through: datetime | None = None
 
-    def advance(self, *, ends_at: datetime, ends: Offsets, committed: Offsets) -> None:
-        """Queue the observation (``ends`` read at ``ends_at``), then take every one reached."""
+    def advance(
+        self,
+        *,
+        ends_at: datetime,
+        ends: Offsets,
+        committed: Offsets,
+        starts: Offsets | None = None,
+    ) -> None:
+        """Queue the observation (``ends`` read at ``ends_at``), then take every one reached
+        (``reached``: by the offsets ``committed``, or the log ``starts`` read since)."""
         self._observations.append((ends_at, ends))
         newest: datetime | None = None
         # End offsets only grow, so the observations are reached oldest first.
-        while self._observations and reached(ends=self._observations[0][1], committed=committed):
+        while self._observations and reached(
+            ends=self._observations[0][1], committed=committed, starts=starts
+        ):
             newest = self._observations.popleft()[0]
         if newest is not None:
             self.through = newest
@@ -128,7 +142,8 @@ class ConsumedWatermark:
         ends = await offsets.end_offsets(partitions)
         group = await admin.list_consumer_group_offsets(self._settings.consumer_group())
         committed = {tp: position.offset for tp, position in group.items()}
-        self.advance(ends_at=ends_at, ends=ends, committed=committed)
+        starts = await offsets.beginning_offsets(partitions)
+        self.advance(ends_at=ends_at, ends=ends, committed=committed, starts=starts)
 
 
 async def _close(admin: AIOKafkaAdminClient | None, offsets: AIOKafkaConsumer | None) -> None:
