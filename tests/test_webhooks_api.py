@@ -3,12 +3,14 @@ creation repeatable under an ``Idempotency-Key``."""
 
 from __future__ import annotations
 
+import asyncio
 from contextlib import AsyncExitStack
+from datetime import UTC, datetime
 
 import httpx
 import pytest
 
-from tests.support.faults import FailsAfter
+from tests.support.faults import FailsAfter, HeldFirst
 from tests.support.http import token
 from tests.support.system import SystemFactory
 from tests.support.webhooks import serve_webhooks
@@ -154,6 +156,44 @@ async def test_a_creation_repeated_under_its_key_creates_one_subscription(
     assert other.json()["errors"][0]["field"] == "Idempotency-Key"
     assert fresh.status_code == 201 and "Idempotent-Replayed" not in fresh.headers
     assert fresh.json()["id"] != retried.json()["id"]
+
+
+async def test_a_pause_decided_before_a_410_disabled_the_subscription_does_not_undo_it(
+    system_factory: SystemFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A PATCH reads the subscription (active) and decides to pause it; meanwhile a 410
+    answer disables it. The pause used to be written over the disabling and its reason,
+    so the subscription looked paused by hand and the 410 was gone from the record. The
+    status is now written only while it is still the one read: a 409, and the disabling
+    stands."""
+    system = await system_factory(seed=False)
+    admin = token(system.intake_settings)
+    async with AsyncExitStack() as stack:
+        webhooks = await serve_webhooks(stack, system)
+        created = await webhooks.client.post(
+            PATH,
+            json={"target_url": "https://crm.example.com/h", "event_types": ["*"]},
+            headers=admin,
+        )
+        path = f"{PATH}/{created.json()['id']}"
+        held = HeldFirst(store.update_subscription)
+        monkeypatch.setattr(store, "update_subscription", held)
+        async with asyncio.TaskGroup() as requests:
+            pause = requests.create_task(
+                webhooks.client.patch(path, json={"status": "paused"}, headers=admin)
+            )
+            await asyncio.wait_for(held.entered.wait(), timeout=10)
+            assert await store.disable(
+                db=webhooks.app.state.runtime.db,
+                subscription_id=created.json()["id"],
+                reason="target answered 410 Gone",
+                now=datetime.now(UTC),
+            )
+            held.release.set()
+        shown = (await webhooks.client.get(path, headers=admin)).json()
+    assert pause.result().status_code == 409, pause.result().text
+    assert "disabled" in pause.result().json()["detail"]
+    assert (shown["status"], shown["status_reason"]) == ("disabled", "target answered 410 Gone")
 
 
 BAD_SUBSCRIPTIONS = [

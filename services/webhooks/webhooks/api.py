@@ -230,9 +230,14 @@ async def update_subscription(
         subscription_id=subscription_id,
         changes=changes,
         unset=unset,
+        status_was=None if body.status is None else current["status"],
     )
     if updated is None:
-        raise not_found(what="subscription", identifier=subscription_id)
+        now_stored = await _subscription(request, principal, subscription_id)  # else 404
+        raise conflict(
+            f"subscription {subscription_id!r} became {now_stored['status']!r} while this "
+            "change was decided; retry"
+        )
     if body.status is SubscriptionStatus.ACTIVE:
         # Also when it was active already: a retry completes a release that a failure or a
         # crash after the status was written cut short (retries keep their backoff).

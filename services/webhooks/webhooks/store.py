@@ -145,12 +145,17 @@ async def update_subscription(
     subscription_id: str,
     changes: dict[str, Any],
     unset: dict[str, Any] | None = None,
+    status_was: str | None = None,
 ) -> dict[str, Any] | None:
+    """Apply ``changes``; with ``status_was``, only while the status is still that (a status
+    decided on a read is not written over a 410's disabling or an automatic pause since).
+    None if nothing matched."""
     update: dict[str, Any] = {"$set": changes}
     if unset:
         update["$unset"] = unset
+    status = {} if status_was is None else {"status": status_was}
     result = await db[SUBSCRIPTIONS].update_one(
-        {**scope, "_id": subscription_id, **NOT_DELETED}, update
+        {**scope, "_id": subscription_id, **NOT_DELETED, **status}, update
     )
     if result.matched_count == 0:
         return None
