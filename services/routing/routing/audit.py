@@ -6,8 +6,9 @@ then the client's retry) finds its record there and adds none.
 
 A change's record is decided with its write: the write leaves it on the entity
 (:func:`unrecorded`) until it is recorded (:func:`settle`). A writer that fails or dies
-between the two leaves it to the entity's next change, or the next read of its trail, to
-record; before, a later change went ahead and the version it superseded was never recorded.
+between the two leaves it to the entity's next change (and a rule's to the next read of its
+versions) to record; before, a later change went ahead and the version it superseded was
+never recorded.
 """
 
 from __future__ import annotations

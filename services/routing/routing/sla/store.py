@@ -219,7 +219,7 @@ async def _set_retirement(
         {"$set": {**fields, **recorded}, "$inc": {"version": 1}},
     )
     if not changed.matched_count:
-        raise conflict(f"SLA policy {policy_id!r} changed while it was {action}; retry")
+        raise conflict(f"SLA policy {policy_id!r} changed while it was being {action}; retry")
     document = await _policy_document(db=db, org=principal.org, policy_id=policy_id)
     document = await _settle_audit(
         db=db, principal=principal, policy_id=policy_id, document=document
