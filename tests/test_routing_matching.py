@@ -315,3 +315,34 @@ def test_a_regulator_hotline_number_typed_full_width_is_suggested_as_regulator_i
         channel=Channel.PHONE,
     )
     assert "regulator" in suggested.rule_ids and suggested.severity == "high"
+
+
+def test_a_latin_keyword_matches_where_a_word_begins_not_inside_another_word() -> None:
+    """Substring matching suits Chinese, but put English keywords inside other words: "There
+    is an issue with my invoice" was a legal threat (``sue`` in "issue"), "studied" a death,
+    "multimedia" a media risk. A keyword beginning with a Latin letter or digit now matches
+    where a word begins; Chinese keywords still match anywhere."""
+    from complaints_shared.events import Channel
+    from intake.suggestions import DEFAULT_SUGGESTION_RULES, suggest
+
+    def suggested(text: str) -> tuple[str, list[str]]:
+        found = suggest(
+            rules=DEFAULT_SUGGESTION_RULES, subject="Billing", description=text, channel=Channel.WEB
+        )
+        return found.severity, found.rule_ids
+
+    for harmless in (
+        "There is an issue with my invoice",
+        "My son studied the bill and found a double charge",
+        "The multimedia package was billed twice",
+    ):
+        assert suggested(harmless) == ("normal", []), harmless
+    assert suggested("I will sue.") == ("high", ["legal"])
+    assert suggested("They were sued before") == ("high", ["legal"])
+    assert suggested("Social media will hear of this") == ("high", ["media"])
+    assert suggested("我的父亲died了") == ("critical", ["critical-harm"])
+    assert suggested("已拨打12315") == ("high", ["regulator"])
+    # Routing rules' keywords and products alike: a stem still finds the longer word.
+    rule = RuleConditions(keywords_any=["bill"])
+    assert conditions_hold(rule, complaint(description="billing error"))
+    assert not conditions_hold(rule, complaint(description="a rebill was sent"))

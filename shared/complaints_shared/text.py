@@ -18,5 +18,24 @@ def folded(text: str) -> str:
 
 
 def contains(folded_text: str, needle: str) -> bool:
-    """Whether ``needle``, folded, occurs in ``folded_text`` (already :func:`folded`)."""
-    return folded(needle) in folded_text
+    """Whether ``needle``, folded, occurs in ``folded_text`` (already :func:`folded`).
+
+    A needle that begins with a Latin letter or digit matches only where a word begins
+    (not after another Latin letter or digit): ``sue`` in "I will sue." and "sued", not in
+    "issue"; ``died`` not in "studied"; ``12315`` in "打12315投诉". It may end inside a word
+    (``injur`` finds "injured"). Chinese has no word spaces, so a needle beginning with a
+    Chinese character matches anywhere.
+    """
+    wanted = folded(needle)
+    if not wanted or not _latin_word_character(wanted[0]):
+        return wanted in folded_text
+    start = folded_text.find(wanted)
+    while start != -1:
+        if start == 0 or not _latin_word_character(folded_text[start - 1]):
+            return True
+        start = folded_text.find(wanted, start + 1)
+    return False
+
+
+def _latin_word_character(character: str) -> bool:
+    return character.isascii() and character.isalnum()

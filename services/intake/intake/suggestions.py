@@ -1,7 +1,8 @@
 """Keyword rules that suggest severity and flags when the integrator leaves them out.
 
 Matching is case-insensitive substring search on subject + description, so it
-works on Chinese text without word spaces. The rules are data: the defaults
+works on Chinese text without word spaces; a Latin keyword matches where a word begins
+(``complaints_shared.text.contains``: ``sue`` is not in "issue"). The rules are data: the defaults
 below can be replaced as a whole through the ``SUGGESTION_RULES`` setting (JSON).
 """
 
@@ -41,7 +42,7 @@ DEFAULT_SUGGESTION_RULES: list[SuggestionRule] = [
     ),
     SuggestionRule(
         id="legal",
-        keywords=["律师", "起诉", "法院", "诉讼", "仲裁", "lawyer", "lawsuit", "sue "],
+        keywords=["律师", "起诉", "法院", "诉讼", "仲裁", "lawyer", "lawsuit", "sue"],
         severity=Severity.HIGH,
         flags=[Flag.LEGAL_THREAT],
     ),
