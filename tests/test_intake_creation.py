@@ -275,6 +275,35 @@ async def test_each_organisation_numbers_its_own_complaints(system_factory: Syst
     ]
 
 
+async def test_a_customer_key_that_normalises_to_nothing_makes_no_strangers_repeats(
+    system: System,
+) -> None:
+    """A phone of separators only (``(   )``, a blank of a fixed-width form) passed the phone
+    pattern and became the key ``phone:``, shared by every such complaint: strangers were
+    each other's repeats. It is a 422 naming the field now, and an external id of spaces is
+    no key. A phone filter typed with full-width digits (a Chinese input method) finds the
+    customer, as ``q`` does."""
+    admin = token(system.intake_settings)
+
+    async def post(customer: dict, subject: str):
+        body = complaint_body(customer=customer, subject=subject)
+        return await system.intake.post("/v1/complaints", json=body, headers=admin)
+
+    blank = await post({"name": "张先生", "phone": "(   )"}, "宽带断了")
+    assert blank.status_code == 422, blank.text
+    assert [error["field"] for error in blank.json()["errors"]] == ["customer.phone"]
+    first = await post({"name": "甲先生", "external_id": "   "}, "话费多扣")
+    second = await post({"name": "乙女士", "external_id": "   "}, "网速太慢")
+    assert (first.status_code, second.status_code) == (201, 201), second.text
+    assert (second.json()["repeat_count"], second.json()["repeat_of"]) == (0, [])
+    phoned = await post({"name": "李女士", "phone": "138 0013 8000"}, "路由器坏了")
+    assert phoned.status_code == 201, phoned.text
+    found = await system.intake.get(
+        "/v1/complaints", params={"customer_phone": "＋８６ １３８００１３８０００"}, headers=admin
+    )
+    assert [item["id"] for item in found.json()["items"]] == [phoned.json()["id"]]
+
+
 async def test_a_counter_behind_the_stored_numbers_costs_no_complaint(
     system_factory: SystemFactory,
 ) -> None:

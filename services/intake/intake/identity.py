@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import hashlib
 import re
+import unicodedata
 from typing import Any
 
-_NON_DIGITS = re.compile(r"\D")
+_NOT_DIGITS = re.compile(r"[^0-9]")
 
 
 def normalise_phone(phone: str) -> str:
-    """Digits only, without a leading international prefix for China (+86 / 0086)."""
-    digits = _NON_DIGITS.sub("", phone)
+    """Digits only, without a leading international prefix for China (+86 / 0086).
+    Full-width digits (``１３８…``, as a Chinese input method types them) count as digits."""
+    digits = _NOT_DIGITS.sub("", unicodedata.normalize("NFKC", phone))
     for prefix in ("0086", "86"):
         if digits.startswith(prefix) and len(digits) - len(prefix) == 11:
             return digits[len(prefix) :]
@@ -19,15 +21,15 @@ def normalise_phone(phone: str) -> str:
 
 
 def customer_keys(customer: dict[str, Any]) -> list[str]:
-    """Every key that identifies this customer; two complaints sharing one are the same person."""
-    keys = []
-    if customer.get("phone"):
-        keys.append(f"phone:{normalise_phone(customer['phone'])}")
-    if customer.get("email"):
-        keys.append(f"email:{customer['email'].strip().casefold()}")
-    if customer.get("external_id"):
-        keys.append(f"ext:{customer['external_id'].strip()}")
-    return keys
+    """Every key that identifies this customer; two complaints sharing one are the same person.
+    A value that normalises to nothing (a phone of separators, an id of spaces) is no key: as
+    ``phone:`` it made strangers the same person."""
+    values = {
+        "phone": normalise_phone(customer.get("phone") or ""),
+        "email": (customer.get("email") or "").strip().casefold(),
+        "ext": (customer.get("external_id") or "").strip(),
+    }
+    return [f"{kind}:{value}" for kind, value in values.items() if value]
 
 
 def submission_fingerprint(

@@ -7,7 +7,7 @@ from decimal import Decimal
 from enum import StrEnum
 from typing import Annotated
 
-from pydantic import BaseModel, EmailStr, Field, StringConstraints
+from pydantic import AfterValidator, BaseModel, EmailStr, Field, StringConstraints
 
 from complaints_shared.datetimes import UtcDatetime
 from complaints_shared.events import (
@@ -79,9 +79,22 @@ class RejectionReason(StrEnum):
     OTHER = "other"
 
 
+def _dialable(phone: str) -> str:
+    if sum(character.isdigit() for character in phone) < MIN_PHONE_DIGITS:
+        raise ValueError(f"a phone number needs at least {MIN_PHONE_DIGITS} digits")
+    return phone
+
+
+# A phone number is digits, with spaces, brackets and hyphens as the customer wrote them.
+MIN_PHONE_DIGITS = 5
+Phone = Annotated[
+    str, StringConstraints(pattern=r"^\+?[0-9 ()-]{5,24}$"), AfterValidator(_dialable)
+]
+
+
 class Customer(StrictModel):
     name: Annotated[Text, StringConstraints(max_length=100)]
-    phone: Annotated[str, StringConstraints(pattern=r"^\+?[0-9 ()-]{5,24}$")] | None = None
+    phone: Phone | None = None
     email: EmailStr | None = None
     external_id: Annotated[str, StringConstraints(max_length=64)] | None = None
     preferred_contact_channel: ContactChannel = ContactChannel.PHONE
