@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaProducer
+from aiokafka.structs import ConsumerRecord
 
 from complaints_shared import dlq
 from complaints_shared.dlq import (
@@ -26,7 +27,14 @@ from complaints_shared.dlq import (
 )
 from complaints_shared.envelope import CloudEvent, to_kafka_record
 from complaints_shared.events import EventType, Topic, dead_letter_topic
-from complaints_shared.kafka import PRODUCER_STOP_S, EventProducer, ensure_topics
+from complaints_shared.kafka import (
+    PRODUCER_STOP_S,
+    DeadLetterReason,
+    EventConsumer,
+    EventProducer,
+    _DeadLetter,
+    ensure_topics,
+)
 from intake.settings import IntakeSettings
 from tests.support.events import NETWORK_DROPOUTS, received
 from tests.support.http import BROADBAND_COMPLAINT, token
@@ -320,3 +328,42 @@ async def test_a_replay_the_broker_walks_away_from_ends_and_is_completed_when_it
     assert "replayed 1, already replayed 1" in completed.err
     assert [line["event_id"] for line in _printed(completed.out)] == [events[1].id]
     assert await replayed_refs(settings=settings, dlq_topic=dlq_topic) == {first.ref, second.ref}
+
+
+async def test_a_record_of_neither_key_nor_value_is_dead_lettered_without_stopping_the_consumer(
+    infrastructure,
+) -> None:
+    """A foreign producer's record with a null key and a null value (a tombstone) is no
+    CloudEvent: it goes to the dead-letter topic. The Kafka client sends no record of
+    neither, and its refusal (an ``AssertionError``) escaped the consumer loop, which
+    stopped consuming for good. Now it is dead-lettered with an empty value, saying so."""
+    settings = settings_for_test(IntakeSettings, infra=infrastructure, run_id=uuid.uuid4().hex[:10])
+    topic = settings.topic(Topic.ROUTING.value)
+    await ensure_topics(settings=settings, topics=[topic])
+    producer = EventProducer(settings=settings)
+    consumer = EventConsumer(settings=settings, topics=[topic], handlers={}, producer=producer)
+    tombstone = ConsumerRecord(
+        topic=topic,
+        partition=0,
+        offset=7,
+        timestamp=0,
+        timestamp_type=0,
+        key=None,
+        value=None,
+        checksum=None,
+        serialized_key_size=-1,
+        serialized_value_size=-1,
+        headers=(),
+    )
+    refused = _DeadLetter(DeadLetterReason.INVALID_ENVELOPE, "missing CloudEvents header", 1)
+    try:
+        assert await asyncio.wait_for(consumer._dead_letter(tombstone, refused), timeout=30)
+    finally:
+        await producer.stop()
+    [letter] = await read_dead_letters(settings=settings, dlq_topic=dead_letter_topic(topic))
+    assert (letter.key, letter.value) == (None, b"")
+    assert letter.header("dlq_value_was_null") == "true"
+    assert (letter.header("dlq_reason"), letter.header("dlq_original_offset")) == (
+        "invalid_envelope",
+        "7",
+    )

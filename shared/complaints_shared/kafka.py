@@ -564,13 +564,19 @@ class EventConsumer:
             ("dlq_service", self._settings.service_name.encode()),
             ("dlq_failed_at", datetime.now(UTC).isoformat().encode()),
         ]
+        value = record.value
+        if record.key is None and value is None:
+            # A record of neither (a foreign producer's tombstone): the client sends no such
+            # record, and its refusal escaped the consumer loop and stopped it. Kept empty.
+            value = b""
+            headers.append(("dlq_value_was_null", b"true"))
         delay_s = 0.5
         while True:
             try:
                 await self._producer.publish_raw(
                     topic=dead_letter_topic(record.topic),
                     key=record.key,
-                    value=record.value,
+                    value=value,
                     headers=headers,
                 )
                 break
