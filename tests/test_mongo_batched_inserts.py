@@ -18,9 +18,10 @@ import pytest
 from bson.errors import InvalidDocument
 from pymongo import AsyncMongoClient
 from pymongo.asynchronous.collection import AsyncCollection
-from pymongo.errors import DuplicateKeyError
+from pymongo.errors import BulkWriteError, DuplicateKeyError, WriteConcernError
 from pymongo.monitoring import CommandListener, CommandStartedEvent
 
+from complaints_shared.failures import is_transient
 from complaints_shared.mongo import insert_batched, is_id_clash
 from tests.support.infrastructure import Infrastructure
 
@@ -140,3 +141,31 @@ async def test_a_cancelled_caller_leaves_the_others_stored(
     # A later insert starts a new batch: nothing is left stuck behind the cancelled one.
     await asyncio.wait_for(insert_batched(items, {"_id": "later"}), timeout=5)
     assert await items.find_one({"_id": "later"}) is not None
+
+
+async def test_inserts_left_without_their_write_concern_are_transient_beside_a_duplicate(
+    inserts: tuple[AsyncCollection, list], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch with a duplicate (an identical resubmission, say) meets a failover: the server
+    answers the duplicate and write-concern errors (code 11602). Every other caller got the
+    whole bulk's error, which the duplicate made look permanent: a 500, or a handler's
+    attempt counted towards its dead letter. Each gets the write-concern error alone now,
+    transient (a 503, or retried without limit); the duplicate's caller its duplicate."""
+    items, _ = inserts
+    await items.insert_one({"_id": "taken"})
+    insert_many = AsyncCollection.insert_many
+
+    async def failing_over(self: AsyncCollection, *arguments: Any, **keywords: Any) -> Any:
+        try:
+            return await insert_many(self, *arguments, **keywords)
+        except BulkWriteError as exc:
+            stepped_down = {"code": 11602, "errmsg": "operation was interrupted"}
+            raise BulkWriteError({**exc.details, "writeConcernErrors": [stepped_down]}) from exc
+
+    monkeypatch.setattr(AsyncCollection, "insert_many", failing_over)
+    documents = [{"_id": "new-1"}, {"_id": "taken"}, {"_id": "new-2"}]
+    outcomes = await asyncio.gather(*(_outcome(items, document) for document in documents))
+    assert isinstance(outcomes[1], DuplicateKeyError)
+    for unconcerned in (outcomes[0], outcomes[2]):
+        assert isinstance(unconcerned, WriteConcernError), unconcerned
+        assert is_transient(unconcerned)

@@ -449,8 +449,10 @@ async def _insert_batch(
         for error in exc.details.get("writeErrors", []):
             kind = DuplicateKeyError if error.get("code") in _DUPLICATE_KEY_CODES else WriteError
             errors[error["index"]] = kind(error.get("errmsg"), error.get("code"), error)
-        if exc.details.get("writeConcernErrors"):
-            errors = {index: errors.get(index, exc) for index in range(len(batch))}
+        if unconcerned := _write_concern_error(exc):
+            # Written maybe, unacknowledged as asked (a failover): transient for each caller,
+            # also beside duplicates, which would make the whole bulk's error look permanent.
+            errors = {index: errors.get(index, unconcerned) for index in range(len(batch))}
     except AutoReconnect as exc:  # the connection or the server went: each caller retries
         errors = dict.fromkeys(range(len(batch)), exc)
     except Exception as exc:
@@ -502,11 +504,20 @@ async def bulk_write_unless_taken(collection: AsyncCollection, writes: list[Any]
         refused = exc.details.get("writeErrors", [])
         if any(error.get("code") not in _DUPLICATE_KEY_CODES for error in refused):
             raise
-        if unconcerned := exc.details.get("writeConcernErrors"):
-            first = unconcerned[0]
-            raise WriteConcernError(first.get("errmsg"), first.get("code"), first) from exc
+        if unconcerned := _write_concern_error(exc):
+            raise unconcerned from exc
         return sorted(error["index"] for error in refused)
     return []
+
+
+def _write_concern_error(exc: BulkWriteError) -> WriteConcernError | None:
+    """A bulk's first write-concern error alone, as a single write raises it (``failures``
+    judges it by its code: a step-down or a timeout is transient); None if it has none."""
+    unconcerned = exc.details.get("writeConcernErrors") or []
+    if not unconcerned:
+        return None
+    first = unconcerned[0]
+    return WriteConcernError(first.get("errmsg"), first.get("code"), first)
 
 
 def is_id_clash(exc: DuplicateKeyError) -> bool:
