@@ -126,6 +126,48 @@ async def test_followup_redelivered_reopen_cancels_each_check_once(
     assert stored["applied_events"] == [reopen.id]
 
 
+async def test_a_reopen_replayed_after_a_later_resolution_leaves_that_resolutions_checks(
+    system_factory: SystemFactory,
+) -> None:
+    """A reopen is dead-lettered in follow-up, the complaint is resolved again (checks of
+    resolution 2), then the operator replays the reopen. It cancelled every open check of
+    the complaint, those of resolution 2 too: nobody called the customer back and the
+    record stayed resolved for good. The reopen says how many resolutions it undid; only
+    their checks are moot."""
+    system = await system_factory(clock=ManualClock(datetime(2026, 11, 20, tzinfo=UTC)))
+    admin = token(system.intake_settings)
+    first = resolved(resolved_at=datetime(2026, 11, 24, 2, tzinfo=UTC), severity="high")
+    await publish(system, (EventType.COMPLAINT_RESOLVED, first))
+    await checks_of(system, first.complaint_id, admin, count=2)
+    second = first.model_copy(
+        update={"resolution_number": 2, "resolved_at": first.resolved_at + timedelta(days=2)}
+    )
+    await publish(system, (EventType.COMPLAINT_RESOLVED, second))
+    later = [c for c in await checks_of(system, first.complaint_id, admin, count=4)]
+    assert {(c["resolution_number"], c["status"]) for c in later} == {
+        (1, "cancelled"),
+        (2, "scheduled"),
+    }
+    handled_before = handled_count("followup", EventType.COMPLAINT_REOPENED)
+    late_reopen = ComplaintReopened(
+        complaint_id=first.complaint_id,
+        org="demo",
+        branch="LZ",
+        reason="客户不满意",
+        reopened_by="followup",
+        reopened_at=first.resolved_at + timedelta(days=1),
+        reopen_count=1,
+        resolution_count=1,
+    )
+    await publish(system, (EventType.COMPLAINT_REOPENED, late_reopen))
+    await eventually(
+        lambda: handled_count("followup", EventType.COMPLAINT_REOPENED) > handled_before,
+        what="the late reopen consumed",
+    )
+    after = await checks_of(system, first.complaint_id, admin, count=4)
+    assert [c["status"] for c in after if c["resolution_number"] == 2] == ["scheduled"] * 2
+
+
 async def test_intake_redelivered_followup_outcome_reopens_the_complaint_once(
     system: System,
 ) -> None:

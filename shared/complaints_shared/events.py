@@ -306,6 +306,10 @@ class ComplaintReopened(EventData):
     reopened_by: str
     reopened_at: datetime
     reopen_count: int
+    # The resolutions the complaint had when it was reopened: follow-up's checks of those are
+    # moot, not those of a later resolution (a reopen replayed late). None from producers
+    # before 4 December: every open check then.
+    resolution_count: int | None = None
 
 
 class ComplaintRejected(EventData):

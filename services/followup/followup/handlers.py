@@ -29,16 +29,26 @@ def build_handlers(runtime: Runtime) -> dict[EventType, EventHandler]:
     settings: FollowupSettings = runtime.settings  # type: ignore[assignment]
 
     async def cancel_pending(
-        *, event: CloudEvent, org: str, complaint_id: str, reason: str
+        *,
+        event: CloudEvent,
+        org: str,
+        complaint_id: str,
+        reason: str,
+        resolutions_up_to: int | None = None,
     ) -> None:
-        # Every open check of the complaint: its events share a partition (keyed by complaint
-        # id), so a later resolution is handled after this event and schedules fresh checks.
+        # Every open check of the complaint (of its first ``resolutions_up_to`` resolutions
+        # when given): its events share a partition (keyed by complaint id), so a later
+        # resolution is handled after this event and schedules fresh checks, unless this
+        # event is a dead letter replayed late.
+        only = (
+            {} if resolutions_up_to is None else {"resolution_number": {"$lte": resolutions_up_to}}
+        )
         cancelled = await projections.cancel_open_checks(
             db=runtime.db,
             settings=settings,
             org=org,
             complaint_id=complaint_id,
-            only={},
+            only=only,
             reason=reason,
             now=runtime.clock.now(),
             event_id=event.id,
@@ -77,7 +87,11 @@ def build_handlers(runtime: Runtime) -> dict[EventType, EventHandler]:
 
     async def on_complaint_reopened(event: CloudEvent, data: ComplaintReopened) -> None:
         await cancel_pending(
-            event=event, org=data.org, complaint_id=data.complaint_id, reason="complaint reopened"
+            event=event,
+            org=data.org,
+            complaint_id=data.complaint_id,
+            reason="complaint reopened",
+            resolutions_up_to=data.resolution_count,
         )
 
     async def on_complaint_withdrawn(event: CloudEvent, data: ComplaintWithdrawn) -> None:

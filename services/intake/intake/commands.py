@@ -418,6 +418,7 @@ def reopen_build(*, reason: str, reopened_by: str) -> Build:
             reopened_by=reopened_by,
             reopened_at=now,
             reopen_count=current.get("reopen_count", 0) + 1,
+            resolution_count=current.get("resolution_count", 0),
         )
         return (
             {
