@@ -35,6 +35,21 @@ UNRECORDED = "unrecorded_change"
 RecordWriter = Callable[[dict[str, Any], dict[str, Any]], Awaitable[None]]
 
 
+def as_recorded_by(record: Callable[..., Awaitable[None]], *, principal: Principal) -> RecordWriter:
+    """A writer for :func:`settle` from a store's ``record`` (keywords ``principal``,
+    ``action``, ``at``, ``document``): the change recorded as the one of its own actor."""
+
+    async def write(change: dict[str, Any], entity: dict[str, Any]) -> None:
+        await record(
+            principal=principal.model_copy(update={"subject": change["actor"]}),
+            action=change["action"],
+            at=change["at"],
+            document=entity,
+        )
+
+    return write
+
+
 def unrecorded(*, action: str, actor: str, at: datetime) -> dict[str, Any]:
     """The field a change's write sets: its record, until :func:`settle` writes it."""
     return {UNRECORDED: {"action": action, "actor": actor, "at": at}}

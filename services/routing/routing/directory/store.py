@@ -14,6 +14,7 @@ from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
+from functools import partial
 from typing import Any
 
 from pymongo import ASCENDING, ReturnDocument
@@ -190,17 +191,7 @@ async def settle_audit(
 ) -> dict[str, Any]:
     """Record the change that left ``document`` at its version if its writer could not; the
     entry without the record it carried."""
-
-    async def write(change: dict[str, Any], entity: dict[str, Any]) -> None:
-        await _audit(
-            db=db,
-            principal=principal.model_copy(update={"subject": change["actor"]}),
-            entry=entry,
-            action=change["action"],
-            at=change["at"],
-            document=entity,
-        )
-
+    write = audit.as_recorded_by(partial(_audit, db=db, entry=entry), principal=principal)
     return await audit.settle(db=db, collection=entry.collection, document=document, write=write)
 
 

@@ -13,6 +13,7 @@ so no policy disappears without its audit record.
 from __future__ import annotations
 
 from datetime import datetime
+from functools import partial
 from typing import Any
 
 from pymongo import ASCENDING
@@ -156,17 +157,7 @@ async def _settle_audit(
     *, db: AsyncDatabase, principal: Principal, policy_id: str, document: dict[str, Any]
 ) -> dict[str, Any]:
     """Record the change that left ``document`` at its version if its writer could not."""
-
-    async def write(change: dict[str, Any], policy: dict[str, Any]) -> None:
-        await _audit(
-            db=db,
-            principal=principal.model_copy(update={"subject": change["actor"]}),
-            policy_id=policy_id,
-            action=change["action"],
-            at=change["at"],
-            document=policy,
-        )
-
+    write = audit.as_recorded_by(partial(_audit, db=db, policy_id=policy_id), principal=principal)
     return await audit.settle(db=db, collection=SLA_POLICIES, document=document, write=write)
 
 
