@@ -632,10 +632,8 @@ async def test_a_branch_supervisor_cannot_send_work_to_another_branch(system: Sy
     assert unchanged["department"].startswith(f"{BRANCH_A}:")
 
 
-@pytest.mark.integration
-async def test_simulation_shows_a_branch_token_only_its_own_people(system: System) -> None:
-    admin = token(system.routing_settings)
-    # An organisation rule sends LZ's product-quality complaints to the hospital's desk.
+async def _lanzhou_quality_to_the_hospital(system: System, admin: dict[str, str]) -> None:
+    """An organisation rule sending Lanzhou's product-quality complaints to the hospital's desk."""
     rule = {
         "id": "lz-to-hospital",
         "name": "兰州产品质量转医院",
@@ -646,6 +644,12 @@ async def test_simulation_shows_a_branch_token_only_its_own_people(system: Syste
     }
     created = await system.routing.post("/v1/routing/rules", json=rule, headers=admin)
     assert created.status_code == 201, created.text
+
+
+@pytest.mark.integration
+async def test_simulation_shows_a_branch_token_only_its_own_people(system: System) -> None:
+    admin = token(system.routing_settings)
+    await _lanzhou_quality_to_the_hospital(system, admin)
     request = {"branch": BRANCH_A, "category": "product_quality", "description": "质量问题"}
 
     full = await system.routing.post("/v1/routing/simulate", json=request, headers=admin)
@@ -788,16 +792,7 @@ async def test_a_deactivation_lists_only_the_tokens_branches_open_work(system: S
     token answers 404 for. Now they are counted, not listed; an organisation-wide admin
     still gets them listed."""
     admin = token(system.routing_settings)
-    rule = {
-        "id": "lz-quality-to-hospital",
-        "name": "兰州产品质量转医院",
-        "branches": [BRANCH_A],
-        "conditions": {"categories": ["product_quality"]},
-        "action": {"department_id": "HOSP:PRO"},
-        "position": 1,
-    }
-    created = await system.routing.post("/v1/routing/rules", json=rule, headers=admin)
-    assert created.status_code == 201, created.text
+    await _lanzhou_quality_to_the_hospital(system, admin)
     complaint = await system.intake.post(
         "/v1/complaints",
         json={**BROADBAND_COMPLAINT, "category": "product_quality", "subject": "路由器质量问题"},

@@ -84,19 +84,26 @@ def _count_up(thing_id: str, effects: list[int]) -> Any:
     return decide
 
 
+async def _counted_up(
+    db: AsyncDatabase, thing_id: str, effects: list[int], **keywords: Any
+) -> dict[str, Any] | None:
+    """The thing counted up once through the kernel (``_count_up``)."""
+    return await aggregate.change(
+        db=db,
+        settings=SETTINGS,
+        aggregate=THING,
+        aggregate_id=thing_id,
+        decide=_count_up(thing_id, effects),
+        now=NOW,
+        **keywords,
+    )
+
+
 async def test_an_event_applied_twice_has_one_effect(db: AsyncDatabase) -> None:
     thing_id = await _thing(db)
     effects: list[int] = []
     for _ in range(2):  # the same consumed event, redelivered
-        document = await aggregate.change(
-            db=db,
-            settings=SETTINGS,
-            aggregate=THING,
-            aggregate_id=thing_id,
-            decide=_count_up(thing_id, effects),
-            now=NOW,
-            event_id="event-1",
-        )
+        document = await _counted_up(db, thing_id, effects, event_id="event-1")
         assert document is not None and document["count"] == 1
     stored = await db[THING.collection].find_one({"_id": thing_id})
     assert stored["count"] == 1
@@ -111,15 +118,7 @@ async def test_an_event_applied_twice_has_one_effect(db: AsyncDatabase) -> None:
 async def test_only_the_newest_applied_event_ids_are_kept(db: AsyncDatabase) -> None:
     thing_id = await _thing(db)
     for number in range(5):
-        await aggregate.change(
-            db=db,
-            settings=SETTINGS,
-            aggregate=THING,
-            aggregate_id=thing_id,
-            decide=_count_up(thing_id, []),
-            now=NOW,
-            event_id=f"event-{number}",
-        )
+        await _counted_up(db, thing_id, [], event_id=f"event-{number}")
     stored = await db[THING.collection].find_one({"_id": thing_id})
     assert stored["applied_events"] == ["event-2", "event-3", "event-4"]
     assert stored["count"] == 5
@@ -150,14 +149,7 @@ async def test_a_committed_change_whose_read_back_loses_its_connection_still_suc
     monkeypatch.setattr(AsyncCollection, "update_one", update_then_drop_the_next_read)
     monkeypatch.setattr(AsyncCollection, "find_one", read)
     effects: list[int] = []
-    document = await aggregate.change(
-        db=db,
-        settings=SETTINGS,
-        aggregate=THING,
-        aggregate_id=thing_id,
-        decide=_count_up(thing_id, effects),
-        now=NOW,
-    )
+    document = await _counted_up(db, thing_id, effects)
     monkeypatch.undo()
     assert dropped.is_set()
     assert document is not None and (document["count"], document["version"]) == (1, 2)

@@ -15,12 +15,11 @@ import pytest
 from complaints_shared.clock import ManualClock
 from complaints_shared.events import (
     ComplaintPendingCustomer,
-    ComplaintReopened,
     ComplaintResumed,
     EventType,
     Topic,
 )
-from tests.support.events import base, received, resolved
+from tests.support.events import base, received, reopened, resolved
 from tests.support.followup import checks_of, resolve_through_intake
 from tests.support.http import complaint_of, token
 from tests.support.kafka import (
@@ -93,15 +92,7 @@ async def test_followup_redelivered_reopen_cancels_each_check_once(
         system,
         (
             EventType.COMPLAINT_REOPENED,
-            ComplaintReopened(
-                complaint_id=resolution.complaint_id,
-                org="demo",
-                branch="LZ",
-                reason="客户不满意",
-                reopened_by="followup",
-                reopened_at=resolution.resolved_at + timedelta(days=1),
-                reopen_count=1,
-            ),
+            reopened(resolution, reopened_at=resolution.resolved_at + timedelta(days=1)),
         ),
     )
     await republish(system, reopen)
@@ -143,21 +134,14 @@ async def test_a_reopen_replayed_after_a_later_resolution_leaves_that_resolution
         update={"resolution_number": 2, "resolved_at": first.resolved_at + timedelta(days=2)}
     )
     await publish(system, (EventType.COMPLAINT_RESOLVED, second))
-    later = [c for c in await checks_of(system, first.complaint_id, admin, count=4)]
+    later = await checks_of(system, first.complaint_id, admin, count=4)
     assert {(c["resolution_number"], c["status"]) for c in later} == {
         (1, "cancelled"),
         (2, "scheduled"),
     }
     handled_before = handled_count("followup", EventType.COMPLAINT_REOPENED)
-    late_reopen = ComplaintReopened(
-        complaint_id=first.complaint_id,
-        org="demo",
-        branch="LZ",
-        reason="客户不满意",
-        reopened_by="followup",
-        reopened_at=first.resolved_at + timedelta(days=1),
-        reopen_count=1,
-        resolution_count=1,
+    late_reopen = reopened(
+        first, reopened_at=first.resolved_at + timedelta(days=1), resolution_count=1
     )
     await publish(system, (EventType.COMPLAINT_REOPENED, late_reopen))
     await eventually(

@@ -25,7 +25,7 @@ from complaints_shared.dlq import read_dead_letters, run_command
 from complaints_shared.events import (
     ComplaintAcknowledged,
     ComplaintPendingCustomer,
-    ComplaintReopened,
+    ComplaintReceived,
     ComplaintResumed,
     EventType,
     Topic,
@@ -36,7 +36,7 @@ from routing.assignments.lifecycle import Command
 from routing.directory.models import BranchRead
 from routing.sla import clocks as sla
 from routing.sla.models import TimeBasis
-from tests.support.events import base, received, resolved
+from tests.support.events import base, received, reopened, resolved
 from tests.support.http import command, complaint_when, create_complaint, token
 from tests.support.kafka import intake_producer, of_type, routing_events
 from tests.support.routing import FAST_TIMERS, MONDAY_10_SHANGHAI, assignment_when, routing_db
@@ -382,16 +382,23 @@ async def _add_the_default_rule(system: System, admin: dict) -> None:
     assert made.status_code == 201, made.text
 
 
+async def _unroutable_in_hangzhou(
+    system_factory: SystemFactory,
+) -> tuple[ManualClock, System, dict, ComplaintReceived]:
+    """A system whose clock stands at Monday 10:00 in Shanghai and whose organisation acme
+    has a Hangzhou desk but no rule, and a complaint to it received then (not published)."""
+    clock = ManualClock(MONDAY_10_SHANGHAI)
+    system = await system_factory(clock=clock, routing=FAST_TIMERS)
+    admin = await _hangzhou_without_rules(system)
+    return clock, system, admin, received(org=ORG, branch="HZ", received_at=clock.now())
+
+
 @integration
 async def test_an_acknowledgement_and_a_wait_while_unroutable_move_the_clocks_it_gets(
     system_factory: SystemFactory,
 ) -> None:
-    clock = ManualClock(MONDAY_10_SHANGHAI)
-    system = await system_factory(clock=clock, routing=FAST_TIMERS)
-    admin = await _hangzhou_without_rules(system)
-    t0 = clock.now()
-    complaint = received(org=ORG, branch="HZ", received_at=t0)
-    cid = complaint.complaint_id
+    clock, system, admin, complaint = await _unroutable_in_hangzhou(system_factory)
+    t0, cid = complaint.received_at, complaint.complaint_id
     async with intake_producer(system) as publish:
         await publish(EventType.COMPLAINT_RECEIVED, complaint)
         await assignment_when(system, cid, lambda d: d["status"] == "unroutable")
@@ -446,24 +453,13 @@ async def test_an_acknowledgement_and_a_wait_while_unroutable_move_the_clocks_it
 async def test_a_never_routed_complaint_reopened_gets_its_resolve_clock_from_the_reopen(
     system_factory: SystemFactory,
 ) -> None:
-    clock = ManualClock(MONDAY_10_SHANGHAI)
-    system = await system_factory(clock=clock, routing=FAST_TIMERS)
-    admin = await _hangzhou_without_rules(system)
-    t0 = clock.now()
-    complaint = received(org=ORG, branch="HZ", received_at=t0)
-    cid = complaint.complaint_id
+    clock, system, admin, complaint = await _unroutable_in_hangzhou(system_factory)
+    t0, cid = complaint.received_at, complaint.complaint_id
     resolved_at, reopened_at = t0 + timedelta(hours=1), t0 + timedelta(days=1)
     async with intake_producer(system) as publish:
         await publish(EventType.COMPLAINT_RECEIVED, complaint)
         await publish(EventType.COMPLAINT_RESOLVED, resolved(complaint, resolved_at=resolved_at))
-        reopened = ComplaintReopened(
-            **base(complaint),
-            reason="客户不满意",
-            reopened_by="followup",
-            reopened_at=reopened_at,
-            reopen_count=1,
-        )
-        await publish(EventType.COMPLAINT_REOPENED, reopened)
+        await publish(EventType.COMPLAINT_REOPENED, reopened(complaint, reopened_at=reopened_at))
         await assignment_when(
             system, cid, lambda d: d["status"] == "unroutable" and d.get("reopen_count") == 1
         )
@@ -489,12 +485,8 @@ async def test_a_wait_after_a_reopen_before_any_route_is_remembered_too(
     first wait left the assignment ``paused`` through the resolution and the reopen, so the
     second wait was taken for one already counted and not remembered: once routed, its
     clocks ran through the customer's wait (breaches while intake showed pending)."""
-    clock = ManualClock(MONDAY_10_SHANGHAI)
-    system = await system_factory(clock=clock, routing=FAST_TIMERS)
-    admin = await _hangzhou_without_rules(system)
-    t0 = clock.now()
-    complaint = received(org=ORG, branch="HZ", received_at=t0)
-    cid = complaint.complaint_id
+    clock, system, admin, complaint = await _unroutable_in_hangzhou(system_factory)
+    t0, cid = complaint.received_at, complaint.complaint_id
     first_wait, resolved_at = t0 + 10 * MINUTE, t0 + timedelta(hours=1)
     reopened_at, second_wait = t0 + timedelta(hours=2), t0 + timedelta(hours=3)
 
@@ -507,14 +499,7 @@ async def test_a_wait_after_a_reopen_before_any_route_is_remembered_too(
         await publish(EventType.COMPLAINT_RECEIVED, complaint)
         await publish(EventType.COMPLAINT_PENDING_CUSTOMER, pending(first_wait))
         await publish(EventType.COMPLAINT_RESOLVED, resolved(complaint, resolved_at=resolved_at))
-        reopened = ComplaintReopened(
-            **base(complaint),
-            reason="客户不满意",
-            reopened_by="followup",
-            reopened_at=reopened_at,
-            reopen_count=1,
-        )
-        await publish(EventType.COMPLAINT_REOPENED, reopened)
+        await publish(EventType.COMPLAINT_REOPENED, reopened(complaint, reopened_at=reopened_at))
         await publish(EventType.COMPLAINT_PENDING_CUSTOMER, pending(second_wait))
         document = await assignment_when(
             system,

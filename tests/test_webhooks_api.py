@@ -20,6 +20,8 @@ pytestmark = pytest.mark.integration
 
 RECEIVED = "org.complaintdesk.complaint.received.v1"
 PATH = "/v1/webhooks/subscriptions"
+# A subscription of every event type for the organisation's CRM.
+CRM = {"target_url": "https://crm.example.com/h", "event_types": ["*"]}
 
 
 async def test_branch_admins_see_and_manage_only_their_branchs_subscriptions(
@@ -98,11 +100,7 @@ async def test_the_secret_is_shown_once_and_never_again(system_factory: SystemFa
     admin = token(system.intake_settings)
     async with AsyncExitStack() as stack:
         webhooks = await serve_webhooks(stack, system)
-        created = await webhooks.client.post(
-            PATH,
-            json={"target_url": "https://crm.example.com/h", "event_types": ["*"]},
-            headers=admin,
-        )
+        created = await webhooks.client.post(PATH, json=CRM, headers=admin)
         secret = created.json()["secret"]
         assert secret.startswith("whsec_")
         subscription_id = created.json()["id"]
@@ -170,11 +168,7 @@ async def test_a_pause_decided_before_a_410_disabled_the_subscription_does_not_u
     admin = token(system.intake_settings)
     async with AsyncExitStack() as stack:
         webhooks = await serve_webhooks(stack, system)
-        created = await webhooks.client.post(
-            PATH,
-            json={"target_url": "https://crm.example.com/h", "event_types": ["*"]},
-            headers=admin,
-        )
+        created = await webhooks.client.post(PATH, json=CRM, headers=admin)
         path = f"{PATH}/{created.json()['id']}"
         held = HeldFirst(store.update_subscription)
         monkeypatch.setattr(store, "update_subscription", held)

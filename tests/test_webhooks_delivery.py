@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import statistics
 import uuid
-from contextlib import AsyncExitStack
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
 from datetime import UTC, datetime, timedelta
 
 import orjson
@@ -18,10 +19,12 @@ from complaints_shared.clock import ManualClock
 from tests.support.faults import HeldFirst
 from tests.support.http import BROADBAND_COMPLAINT, create_complaint, token
 from tests.support.kafka import short_type
-from tests.support.system import SystemFactory
+from tests.support.system import System, SystemFactory
 from tests.support.waits import NotYet, eventually
 from tests.support.webhooks import (
     Received,
+    Receiver,
+    Webhooks,
     receiver,
     serve_webhooks,
     silent_target,
@@ -272,34 +275,44 @@ def _event_time(body: bytes) -> float:
     return datetime.fromisoformat(orjson.loads(body)["time"]).timestamp()
 
 
+@asynccontextmanager
+async def _rotating(
+    system: System, clock: ManualClock, admin: dict
+) -> AsyncIterator[tuple[Receiver, Webhooks, dict, str]]:
+    """A receiver, the webhooks service (secrets overlap for 60 s on ``clock``), a
+    subscription of every event to the receiver as created (its first secret included) and
+    its path."""
+    async with AsyncExitStack() as stack:
+        hooks = await stack.enter_async_context(receiver())
+        webhooks = await serve_webhooks(stack, system, clock=clock, secret_rotation_overlap_s=60)
+        subscription = await subscribe(webhooks, admin, url=hooks.url)
+        yield hooks, webhooks, subscription, f"/v1/webhooks/subscriptions/{subscription['id']}"
+
+
+async def _ping(webhooks: Webhooks, hooks: Receiver, path: str, admin: dict) -> Received:
+    """A ping of the subscription at ``path``, as the receiver got it."""
+    count = len(hooks.requests)
+    response = await webhooks.client.post(f"{path}/ping", headers=admin)
+    assert response.status_code == 202, response.text
+    await eventually(lambda: asyncio.sleep(0, len(hooks.requests) > count), what="ping")
+    return hooks.requests[-1]
+
+
 async def test_a_rotated_secret_keeps_the_previous_one_valid_for_the_overlap(
     system_factory: SystemFactory,
     capfd: pytest.CaptureFixture[str],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     system = await system_factory()
-    admin = token(system.intake_settings)
-    clock = ManualClock()
-    async with AsyncExitStack() as stack:
-        hooks = await stack.enter_async_context(receiver())
-        webhooks = await serve_webhooks(stack, system, clock=clock, secret_rotation_overlap_s=60)
-        subscription = await subscribe(webhooks, admin, url=hooks.url)
-        path = f"/v1/webhooks/subscriptions/{subscription['id']}"
-
-        async def ping() -> Received:
-            count = len(hooks.requests)
-            response = await webhooks.client.post(f"{path}/ping", headers=admin)
-            assert response.status_code == 202, response.text
-            await eventually(lambda: asyncio.sleep(0, len(hooks.requests) > count), what="ping")
-            return hooks.requests[-1]
-
+    admin, clock = token(system.intake_settings), ManualClock()
+    async with _rotating(system, clock, admin) as (hooks, webhooks, subscription, path):
         rotated = await webhooks.client.post(f"{path}/secret/rotate", headers=admin)
         assert rotated.status_code == 200, rotated.text
         new_secret = rotated.json()["secret"]
         assert new_secret != subscription["secret"]
-        during = await ping()
+        during = await _ping(webhooks, hooks, path, admin)
         clock.advance(timedelta(seconds=61))
-        after = await ping()
+        after = await _ping(webhooks, hooks, path, admin)
         shown = (await webhooks.client.get(path, headers=admin)).json()
     old, new = Webhook(subscription["secret"]), Webhook(new_secret)
     assert new.verify(during.body, during.headers)["type"].endswith("webhook.ping.v1")
@@ -326,13 +339,8 @@ async def test_rotations_close_together_lose_none_of_the_secrets_they_answered(
     any later rotation. Now a rotation is written only over the secrets it was decided on
     (else decided again), and a rotated-out secret signs until its own expiry."""
     system = await system_factory()
-    admin = token(system.intake_settings)
-    clock = ManualClock()
-    async with AsyncExitStack() as stack:
-        hooks = await stack.enter_async_context(receiver())
-        webhooks = await serve_webhooks(stack, system, clock=clock, secret_rotation_overlap_s=60)
-        subscription = await subscribe(webhooks, admin, url=hooks.url)
-        path = f"/v1/webhooks/subscriptions/{subscription['id']}"
+    admin, clock = token(system.intake_settings), ManualClock()
+    async with _rotating(system, clock, admin) as (hooks, webhooks, subscription, path):
         read_held = HeldFirst(store.get_subscription, holding_answer=True)
         monkeypatch.setattr(store, "get_subscription", read_held)
         async with asyncio.TaskGroup() as rotations:
@@ -344,16 +352,9 @@ async def test_rotations_close_together_lose_none_of_the_secrets_they_answered(
             read_held.release.set()
         assert (first.result().status_code, second.status_code) == (200, 200)
 
-        async def ping() -> Received:
-            count = len(hooks.requests)
-            response = await webhooks.client.post(f"{path}/ping", headers=admin)
-            assert response.status_code == 202, response.text
-            await eventually(lambda: asyncio.sleep(0, len(hooks.requests) > count), what="ping")
-            return hooks.requests[-1]
-
-        during = await ping()
+        during = await _ping(webhooks, hooks, path, admin)
         clock.advance(timedelta(seconds=61))
-        after = await ping()
+        after = await _ping(webhooks, hooks, path, admin)
     answered = (subscription["secret"], first.result().json()["secret"], second.json()["secret"])
     original, first_new, second_new = (Webhook(secret) for secret in answered)
     for secret in (original, first_new, second_new):

@@ -14,6 +14,7 @@ from typing import Any
 from complaints_shared.events import (
     ComplaintNoteAdded,
     ComplaintReceived,
+    ComplaintReopened,
     ComplaintResolved,
     CustomerContact,
 )
@@ -47,7 +48,7 @@ def received(**overrides: Any) -> ComplaintReceived:
     return ComplaintReceived(**values)
 
 
-def base(complaint: ComplaintReceived) -> dict[str, str]:
+def base(complaint: ComplaintReceived | ComplaintResolved) -> dict[str, str]:
     """The identity every event of ``complaint`` carries."""
     return {
         "complaint_id": complaint.complaint_id,
@@ -112,3 +113,19 @@ def note_added(**overrides: Any) -> ComplaintNoteAdded:
         **overrides,
     }
     return ComplaintNoteAdded(**values)
+
+
+def reopened(
+    complaint: ComplaintReceived | ComplaintResolved, *, reopened_at: datetime, **overrides: Any
+) -> ComplaintReopened:
+    """The first ``complaint.reopened`` of ``complaint``: the customer not satisfied, by
+    follow-up, at ``reopened_at``."""
+    values: dict[str, Any] = {
+        **base(complaint),
+        "reason": "客户不满意",
+        "reopened_by": "followup",
+        "reopened_at": reopened_at,
+        "reopen_count": 1,
+        **overrides,
+    }
+    return ComplaintReopened(**values)
