@@ -79,6 +79,50 @@ async def test_commands_stop_at_a_full_timeline_but_ending_it_and_events_go_on(
     await eventually(routing_recorded, timeout_s=20, what="routing's verdict on the timeline")
 
 
+async def test_commands_stop_at_a_full_record_in_bytes_not_only_in_entries(
+    system: System, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The counts (notes, timeline entries) bound entries, not bytes: long Chinese notes and
+    reasons in four-byte characters would take a document past 16 MB well before the
+    timeline's 2,000 entries, and every later write to it would fail (a 500, a dead letter
+    per event). The record's estimated size now bounds commands too: past it a command is a
+    409 naming the record, and the complaint may still be ended. The budget is scaled down
+    here to 200 KB; the texts are real and counted twice (timeline and note)."""
+    from intake import commands, store
+
+    monkeypatch.setattr(commands, "MAX_RECORD_BYTES", 200_000)
+    agent = token(system.intake_settings, branches=["LZ"], roles=("agent",))
+    created = await create_complaint(system, agent)
+    cid, base = created["id"], f"/v1/complaints/{created['id']}"
+
+    async def estimated() -> int:
+        document = await _intake_db(system).complaints.find_one({"_id": cid})
+        assert document is not None
+        return document[store.RECORD_BYTES]
+
+    registered = await estimated()
+    assert registered > 500  # the registered document, subject and description among it
+    long_note = "𠀀客户反映宽带断网" * 400  # 4,000 characters, most of three or four bytes
+    refused = None
+    for _ in range(20):
+        response = await system.intake.post(
+            f"{base}/notes", json={"text": long_note, "visibility": "internal"}, headers=agent
+        )
+        if response.status_code != 200:
+            refused = response
+            break
+    assert refused is not None, "twenty notes of 4,000 characters past a 200 KB record"
+    assert refused.status_code == 409, refused.text
+    assert f"complaint {created['reference']}'s record holds" in refused.json()["detail"]
+    held = await estimated()
+    notes = len((await system.intake.get(base, headers=agent)).json()["notes"])
+    # Each note counted at least twice its UTF-8 text: in the timeline and as the note.
+    assert held - registered >= notes * 2 * len(long_note.encode())
+    assert 200_000 <= held < 200_000 + 2 * 2 * len(long_note.encode()) + 4_000
+    withdrawn = await command(system, f"{base}/withdraw", {"reason": "客户撤回投诉"}, agent)
+    assert withdrawn["status"] == "withdrawn"
+
+
 async def test_a_complaint_is_resolved_a_bounded_number_of_times(
     system: System, monkeypatch: pytest.MonkeyPatch
 ) -> None:

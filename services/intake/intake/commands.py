@@ -40,6 +40,7 @@ from intake.lifecycle import (
 )
 from intake.models import (
     MAX_NOTES,
+    MAX_RECORD_BYTES,
     MAX_REMEDIES,
     MAX_RESOLUTIONS,
     MAX_TIMELINE_FOR_COMMANDS,
@@ -78,15 +79,22 @@ ENDING_COMMANDS = frozenset({Command.REJECT, Command.WITHDRAW, Command.CLOSE})
 
 
 def _within_bounds(current: dict[str, Any], command: Command) -> None:
-    """A command taking a full timeline further is a 409 (``MAX_TIMELINE_FOR_COMMANDS``)."""
+    """A command taking a full timeline or record further is a 409
+    (``MAX_TIMELINE_FOR_COMMANDS``, ``MAX_RECORD_BYTES``)."""
+    if command in ENDING_COMMANDS:
+        return
     length = current.get(store.TIMELINE_LENGTH, 0)
-    if command in ENDING_COMMANDS or length < MAX_TIMELINE_FOR_COMMANDS:
+    if length >= MAX_TIMELINE_FOR_COMMANDS:
+        full = f"timeline holds {length} entries, the most commands may add to"
+    elif current.get(store.RECORD_BYTES, 0) >= MAX_RECORD_BYTES:
+        full = f"record holds about {MAX_RECORD_BYTES // 2**20} MB, the most commands may add to"
+    else:
         return
     raise _refused(
         current,
         command,
-        f"complaint {current.get('reference')}'s timeline holds {length} entries, the most "
-        "commands may add to; it may still be rejected, withdrawn or closed",
+        f"complaint {current.get('reference')}'s {full}; it may still be rejected, withdrawn "
+        "or closed",
     )
 
 

@@ -47,6 +47,12 @@ MAX_NOTES = 500
 # did is recorded whatever the count. Commands such as a wait and a resume can be repeated
 # without end, and every entry stays on the complaint's document; 2,000 take about 1 MB.
 MAX_TIMELINE_FOR_COMMANDS = 2_000
+# The size past which commands are refused, except those that end the complaint, as
+# estimated on the document (``store.RECORD_BYTES``). The counts above do not bound bytes:
+# 500 notes of 4,000 four-byte characters with long wait and resume reasons would pass the
+# server's 16 MB before the timeline's 2,000 entries. Below this, a command (a 256 KiB body
+# at most) and the events still to come stay well inside it.
+MAX_RECORD_BYTES = 8 * 1024 * 1024
 # Resolutions one complaint holds at most. Each resolve starts what a reopen can follow with
 # a new cycle (call-backs, deadlines, escalations: a dozen entries each); the list and each
 # cycle's entries stay on the document.

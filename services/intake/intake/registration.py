@@ -242,4 +242,5 @@ def new_document(
     entry = outbox_entry(event_type=EventType.COMPLAINT_RECEIVED, data=received, settings=settings)
     document.update(outbox_fields([entry]))
     document.update(filter_keys.stored_fields(document))
+    document[store.RECORD_BYTES] = store.estimated_bytes(document)
     return document

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+import orjson
 from pymongo.asynchronous.database import AsyncDatabase
 
 from complaints_shared import aggregate
@@ -43,6 +44,16 @@ COMMAND_CAUSE = "command"
 # Entries on the complaint's timeline, counted with each change that adds some (documents
 # stored before 4 December count from their first change since).
 TIMELINE_LENGTH = "timeline_length"
+# The document's size as estimated on it: the registered document, then each timeline entry
+# added, twice (a command's words are also kept where it put them: a note, a reason, a
+# resolution). ``commands`` refuses more past ``MAX_RECORD_BYTES``.
+RECORD_BYTES = "record_bytes"
+
+
+def estimated_bytes(value: Any) -> int:
+    """About what ``value`` takes stored (its JSON; BSON is within a few bytes a field)."""
+    return len(orjson.dumps(value, default=str))
+
 
 HIDDEN_FIELDS = {"outbox": 0, "applied_events": 0, "timeline": 0}
 COMPLAINT = Aggregate(
@@ -291,7 +302,13 @@ async def change(
         update = merge_updates(
             decision.update,
             _status_update(current=current, next_status=decision.status, now=at),
-            {"$push": {"timeline": {"$each": timeline}}, "$inc": {TIMELINE_LENGTH: len(timeline)}},
+            {
+                "$push": {"timeline": {"$each": timeline}},
+                "$inc": {
+                    TIMELINE_LENGTH: len(timeline),
+                    RECORD_BYTES: 2 * estimated_bytes(timeline),
+                },
+            },
         )
         # Before the write: a list after it finds the complaint within the floors.
         await floors.cover(db=db, complaint=floors.values_written(current, update))
