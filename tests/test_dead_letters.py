@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaProducer
+from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from aiokafka.structs import ConsumerRecord
 
 from complaints_shared import dlq
@@ -367,3 +368,102 @@ async def test_a_record_of_neither_key_nor_value_is_dead_lettered_without_stoppi
         "invalid_envelope",
         "7",
     )
+
+
+async def test_a_record_too_large_for_the_dead_letter_topic_points_at_its_original(
+    system: System,
+) -> None:
+    """A record just under the broker's limit fits its topic but not the dead-letter topic
+    beside the ``dlq_*`` headers: the send failed the same way forever and held its
+    partition still. Now the dead letter points at the original (where it lies, how large
+    it was), the partition goes on, and replay sends the original itself again."""
+    complaint_id = str(uuid.uuid4())
+    key = complaint_id.encode()
+    headroom = 120  # under the producer's 1 MiB request limit; the dlq_* headers add ~400
+    filler = b'{"note": "' + b"x" * 1_048_000 + b'"}'
+    size = DefaultRecordBatchBuilder.estimate_size_in_bytes(key, filler, [])
+    oversized = filler[:-2] + b"x" * (1024 * 1024 - headroom - size) + b'"}'
+    good = CloudEvent.new(
+        event_type=EventType.COMPLAINT_RECEIVED,
+        source="intake",
+        data=received(complaint_id=complaint_id, **NETWORK_DROPOUTS),
+    )
+    topic = system.topic(Topic.INTAKE)
+    producer = EventProducer(settings=system.intake_settings)
+    try:
+        await producer.publish_raw(topic=topic, key=key, value=oversized, headers=[])
+        _, value, headers = to_kafka_record(good)
+        await producer.publish_raw(topic=topic, key=key, value=value, headers=headers)
+    finally:
+        await producer.stop()
+
+    routing_db = system.mongo[system.routing_settings.database_name()]
+    await eventually(  # the old code never got past the oversized record
+        lambda: routing_db.assignments.find_one({"_id": complaint_id}),
+        what="the record after the oversized one handled",
+    )
+    group = system.routing_settings.consumer_group()
+
+    async def routings_letter() -> list[DeadLetter]:
+        letters = await read_dead_letters(
+            settings=system.routing_settings, dlq_topic=dead_letter_topic(topic)
+        )
+        return [
+            letter
+            for letter in letters
+            if letter.header("dlq_consumer_group") == group and letter.key == key
+        ]
+
+    [letter] = await eventually(routings_letter, what="oversized record dead-lettered")
+    assert letter.value == b""
+    assert letter.omitted_bytes is not None and letter.omitted_bytes > 1_000_000
+    assert letter.header("dlq_reason") == "invalid_envelope"
+    assert letter.redacted(replayed=False)["data_shape"].startswith("<omitted, ")
+
+    result = await dlq.replay(settings=system.routing_settings, letters=[letter])
+    assert [len(sent.value or b"") for sent in result.replayed] == [len(oversized)]
+    assert result.originals_gone == []
+    partition = int(letter.header("dlq_original_partition"))
+    [replayed] = [
+        record
+        for record in await dlq._read_whole_topic(settings=system.routing_settings, topic=topic)
+        if record.partition == partition and dict(record.headers).get(dlq.REPLAY_OF_HEADER)
+    ]
+    assert (replayed.key, replayed.value) == (key, oversized)
+    assert (
+        dict(replayed.headers)[dlq.REPLAY_OF_HEADER] == f"{letter.dlq_topic}@{letter.ref}".encode()
+    )
+
+
+async def test_a_pointer_whose_original_is_past_retention_is_reported_not_replayed(
+    infrastructure,
+) -> None:
+    settings = settings_for_test(IntakeSettings, infra=infrastructure, run_id=uuid.uuid4().hex[:10])
+    topic = settings.topic(Topic.ROUTING.value)
+    await ensure_topics(settings=settings, topics=[topic])
+    producer = EventProducer(settings=settings)
+    consumer = EventConsumer(settings=settings, topics=[topic], handlers={}, producer=producer)
+    gone = ConsumerRecord(  # an offset the (empty) topic no longer holds
+        topic=topic,
+        partition=0,
+        offset=41,
+        timestamp=0,
+        timestamp_type=0,
+        key=b"k",
+        value=b"y" * (1024 * 1024 - 200),
+        checksum=None,
+        serialized_key_size=1,
+        serialized_value_size=1024 * 1024 - 200,
+        headers=(("ce_type", b"org.complaintdesk.complaint.noted.v1"),),
+    )
+    refused = _DeadLetter(DeadLetterReason.INVALID_ENVELOPE, "missing CloudEvents header", 1)
+    try:
+        assert await asyncio.wait_for(consumer._dead_letter(gone, refused), timeout=30)
+    finally:
+        await producer.stop()
+    [letter] = await read_dead_letters(settings=settings, dlq_topic=dead_letter_topic(topic))
+    assert letter.omitted_bytes == 1024 * 1024 - 200 + 1 + len("ce_type") + 36
+    assert letter.header("ce_type") == "org.complaintdesk.complaint.noted.v1"
+    result = await dlq.replay(settings=settings, letters=[letter])
+    assert (result.replayed, [item.ref for item in result.originals_gone]) == ([], [letter.ref])
+    assert await replayed_refs(settings=settings, dlq_topic=letter.dlq_topic) == set()

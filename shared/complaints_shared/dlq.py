@@ -22,7 +22,7 @@ import json
 import sys
 from collections.abc import Iterable, Sequence
 from contextlib import suppress
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -73,6 +73,18 @@ class DeadLetter:
         return self.header("dlq_original_topic") or self.dlq_topic.removesuffix(".dlq")
 
     @property
+    def omitted_bytes(self) -> int | None:
+        """The original's size when this dead letter only points at it (it did not fit
+        the dead-letter topic beside the ``dlq_*`` headers); None when it holds the record."""
+        omitted = self.header("dlq_record_omitted")
+        return int(omitted) if omitted else None
+
+    @property
+    def original_position(self) -> TopicPartition | None:
+        partition = self.header("dlq_original_partition")
+        return TopicPartition(self.original_topic, int(partition)) if partition else None
+
+    @property
     def event_type(self) -> str:
         return self.header("ce_type") or "unknown"
 
@@ -119,7 +131,11 @@ class DeadLetter:
                 for name, value in self.headers
                 if name.startswith("ce_") or name in ("content-type", REPLAY_OF_HEADER)
             },
-            "data_shape": _data_shape(self.value),
+            "data_shape": (
+                _data_shape(self.value)
+                if self.omitted_bytes is None
+                else f"<omitted, {self.omitted_bytes} bytes: read from the original offset>"
+            ),
         }
 
 
@@ -151,6 +167,8 @@ class Selection:
 class ReplayResult:
     replayed: list[DeadLetter]
     already_replayed: list[DeadLetter]
+    # Pointers whose original Kafka no longer retains: nothing left to send.
+    originals_gone: list[DeadLetter] = field(default_factory=list)
 
 
 class ReplayBrokenOff(Exception):
@@ -226,8 +244,15 @@ async def replay(
         client_id="complaints-dlq",
     )
     await producer.start()
+    gone: list[DeadLetter] = []
     try:
         for letter in pending:
+            if letter.omitted_bytes is not None:
+                original = await read_original(settings=settings, letter=letter)
+                if original is None:
+                    gone.append(letter)
+                    continue
+                letter = original
             try:
                 await asyncio.wait_for(_send_replay(producer, letter), REPLAY_SEND_TIMEOUT_S)
             except TimeoutError as exc:
@@ -240,7 +265,50 @@ async def replay(
         # What it still holds was not acknowledged: the next run sends that letter again.
         with suppress(TimeoutError):
             await asyncio.wait_for(producer.stop(), timeout=PRODUCER_STOP_S)
-    return ReplayResult(replayed=replayed, already_replayed=already)
+    return ReplayResult(replayed=replayed, already_replayed=already, originals_gone=gone)
+
+
+async def read_original(*, settings: ServiceSettings, letter: DeadLetter) -> DeadLetter | None:
+    """``letter`` holding its original record again, read from where it was consumed;
+    None when retention has deleted it."""
+    position = letter.original_position
+    offset = letter.header("dlq_original_offset")
+    if position is None or offset is None:
+        return None
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap_servers,
+        enable_auto_commit=False,
+        client_id="complaints-dlq",
+        # The original may exceed the default fetch size of one partition.
+        max_partition_fetch_bytes=max(letter.omitted_bytes or 0, 1) + 1024 * 1024,
+    )
+    await consumer.start()
+    try:
+        consumer.assign([position])
+        start = (await consumer.beginning_offsets([position]))[position]
+        end = (await consumer.end_offsets([position]))[position]
+        if not start <= int(offset) < end:
+            return None
+        consumer.seek(position, int(offset))
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + READ_TIMEOUT_S
+        while loop.time() < deadline:
+            batches = await consumer.getmany(position, timeout_ms=500)
+            for record in batches.get(position, []):
+                if record.offset == int(offset):
+                    # Its own headers, then the dead letter's (which replay leaves behind).
+                    dlq_headers = [item for item in letter.headers if item[0].startswith("dlq_")]
+                    return replace(
+                        letter,
+                        key=record.key,
+                        value=record.value,
+                        headers=(*(record.headers or ()), *dlq_headers),
+                    )
+                if record.offset > int(offset):  # compacted away meanwhile
+                    return None
+        raise TimeoutError(f"could not read {position} at {offset} in {READ_TIMEOUT_S} s")
+    finally:
+        await consumer.stop()
 
 
 async def _send_replay(producer: AIOKafkaProducer, letter: DeadLetter) -> None:
@@ -441,11 +509,19 @@ async def run_command(argv: Sequence[str], *, settings: ServiceSettings | None =
         verb = "would replay" if args.dry_run else "replayed"
         for letter in result.replayed:
             _print({"action": verb, **letter.summary(replayed=not args.dry_run)})
+        for letter in result.originals_gone:
+            _print({"action": "original gone", **letter.summary(replayed=False)})
         print(
-            f"{verb} {len(result.replayed)}, already replayed {len(result.already_replayed)}",
+            f"{verb} {len(result.replayed)}, already replayed {len(result.already_replayed)}"
+            + (
+                f"; {len(result.originals_gone)} not replayable: too large for the dead-letter"
+                " topic, and their originals are past the topic's retention"
+                if result.originals_gone
+                else ""
+            ),
             file=sys.stderr,
         )
-        return 0
+        return 1 if result.originals_gone else 0
     shown = 0
     for letter in letters:
         replayed = (letter.dlq_topic, letter.ref) in done

@@ -34,8 +34,11 @@ from aiokafka.errors import (
     InvalidProducerEpoch,
     InvalidProducerIdMapping,
     KafkaError,
+    MessageSizeTooLargeError,
     OutOfOrderSequenceNumber,
     ProducerFenced,
+    RecordListTooLargeError,
+    RecordTooLargeError,
     TopicAlreadyExistsError,
     UnknownProducerId,
 )
@@ -564,22 +567,35 @@ class EventConsumer:
             ("dlq_service", self._settings.service_name.encode()),
             ("dlq_failed_at", datetime.now(UTC).isoformat().encode()),
         ]
-        value = record.value
-        if record.key is None and value is None:
+        key, value = record.key, record.value
+        if key is None and value is None:
             # A record of neither (a foreign producer's tombstone): the client sends no such
             # record, and its refusal escaped the consumer loop and stopped it. Kept empty.
             value = b""
             headers.append(("dlq_value_was_null", b"true"))
+        pointer = False
         delay_s = 0.5
         while True:
             try:
                 await self._producer.publish_raw(
                     topic=dead_letter_topic(record.topic),
-                    key=record.key,
+                    key=key,
                     value=value,
                     headers=headers,
                 )
                 break
+            except _TOO_LARGE as exc:
+                if pointer:  # a few hundred bytes refused: the broker's limit is the fault
+                    log.error("dead_letter_pointer_refused", error=repr(exc))
+                    if await self._sleep_unless_stopping(10.0):
+                        return False
+                    continue
+                # The record fitted its topic, but not beside the dlq_* headers: sending it
+                # again would fail forever and stall the partition. The dead letter points
+                # at the original instead, which replay reads back while Kafka retains it.
+                log.warning("dead_letter_too_large", error=repr(exc), size=_record_bytes(record))
+                key, value, headers = _pointer_to(record, headers=headers)
+                pointer = True
             except KafkaError as exc:
                 log.warning("dead_letter_publish_failed", error=repr(exc), retry_in_s=delay_s)
                 if await self._sleep_unless_stopping(delay_s):
@@ -604,6 +620,32 @@ class EventConsumer:
         """Sleep; True when stopping cut it short."""
         await wait_event(self._stopping, timeout_s=delay_s)
         return self._stopping.is_set()
+
+
+# The producer's own size check and the broker's answers for a record over its limits.
+_TOO_LARGE = (MessageSizeTooLargeError, RecordTooLargeError, RecordListTooLargeError)
+# Original headers a pointer keeps (the ce_* ones, to list and select it), each at most this.
+_POINTER_HEADER_MAX_BYTES = 512
+
+
+def _record_bytes(record: ConsumerRecord) -> int:
+    headers = sum(len(name) + len(value or b"") for name, value in record.headers or [])
+    return len(record.key or b"") + len(record.value or b"") + headers
+
+
+def _pointer_to(
+    record: ConsumerRecord, *, headers: list[tuple[str, bytes]]
+) -> tuple[bytes | None, bytes, list[tuple[str, bytes]]]:
+    """A dead letter for ``record`` without its content: its ``dlq_*`` headers say where the
+    original lies (``dlq_original_*``) and ``dlq_record_omitted`` how large it was."""
+    kept = [
+        (name, value)
+        for name, value in headers
+        if name.startswith("dlq_")
+        or (name.startswith("ce_") and len(value or b"") <= _POINTER_HEADER_MAX_BYTES)
+    ]
+    key = record.key if record.key is not None and len(record.key) <= 256 else None
+    return key, b"", [*kept, ("dlq_record_omitted", str(_record_bytes(record)).encode())]
 
 
 class _FinishBeforeRevoke(ConsumerRebalanceListener):
