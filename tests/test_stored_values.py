@@ -19,6 +19,7 @@ from complaints_shared.models import StrictModel
 from complaints_shared.stored import from_stored
 from followup.contact_hours import next_contact_moment
 from followup.models import ContactHours
+from intake.models import Customer
 from intake.store import to_read
 from routing.demo import branch_documents
 from routing.directory.models import BranchUpdate
@@ -100,6 +101,16 @@ def test_a_complaint_stored_before_the_date_range_is_read_as_stored(
     )
     assert complaint.occurred_at == occurred_at
     assert complaint.acknowledgement.promised_response_at == promised_response_at
+
+
+@pytest.mark.parametrize("phone", ["12-34", "(   )", "+1 ( ) -"])
+def test_a_phone_stored_before_the_digit_count_is_read_as_stored(phone: str) -> None:
+    """Phones with fewer than five digits passed the pattern before 4 December: the complaint
+    must still read (its GET, every list page holding it, the answer to each command)."""
+    customer = {"name": "王女士", "phone": phone}
+    assert to_read({**STORED_COMPLAINT, "customer": customer}).customer.phone == phone
+    with pytest.raises(ValidationError, match="at least 5 digits"):
+        Customer.model_validate(customer)
 
 
 def test_the_text_check_of_strict_models_is_one_of_requests() -> None:
