@@ -57,6 +57,7 @@ from pymongo.errors import DuplicateKeyError
 from complaints_shared.auth import Principal
 from complaints_shared.events import EventData, EventType
 from complaints_shared.failures import is_transient, redacted_error
+from complaints_shared.idempotency import CommandKey
 from complaints_shared.logs import get_logger
 from complaints_shared.mongo import as_stored, merge_updates, sorted_batches, update_and_read
 from complaints_shared.outbox import (
@@ -178,12 +179,16 @@ async def change(
     now: datetime,
     scope: Mapping[str, Any] | None = None,
     event_id: str | None = None,
+    command_key: CommandKey | None = None,
     read_back: bool = True,
 ) -> dict[str, Any] | None:
     """Apply one decided change atomically with its events; the stored document after it.
 
     Returns the document as read when there was nothing to do (``decide`` said None,
     or ``event_id`` was applied before), None when no document matches ``scope``.
+    ``command_key`` (a client's ``Idempotency-Key`` on the command) is remembered like an
+    applied event: a request already applied is not decided again, and is marked
+    ``replayed``.
     ``read_back=False`` (a consumer that only needs the change made) saves the read
     after the write: the document as read before the change is returned instead,
     unless the decision has effects, which are given the stored document.
@@ -194,6 +199,8 @@ async def change(
     committed ``LATE_COMMIT_S`` or more after this call began is stamped again, with ``now``
     plus that delay.
     """
+    if command_key is not None:
+        event_id = command_key.event_id
     collection = db[aggregate.collection]
     entered = time.monotonic()
     where = {"database": db.name, "collection": aggregate.collection, "document_id": aggregate_id}
@@ -211,7 +218,11 @@ async def change(
             remembered = None
             if current is None:
                 return None
-            if event_id is not None and event_id in current.get("applied_events", []):
+            applied = current.get("applied_events", [])
+            if command_key is not None and command_key.check(applied):
+                command_key.replayed = True
+                return _shown(current, aggregate)
+            if event_id is not None and event_id in applied:
                 return _shown(current, aggregate)
             try:
                 decision = await decided(decide, current)

@@ -4,12 +4,15 @@ A key is bound to the caller and the request that first used it: the same reques
 again replays what it did, a different request (or another caller) with the key is a
 422 ``idempotency-key-conflict`` naming the header. Where a service keeps the key and
 its fingerprint is its own business (intake: a reservation per key; follow-up: on the
-attempt the key recorded).
+attempt the key recorded; a command on an aggregate: ``CommandKey``, among the event ids
+the document has applied).
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -50,3 +53,39 @@ def key_conflict(key: str, *, reason: str = "with a different request body") -> 
         detail=f"{HEADER} {key!r} was already used {reason}",
         errors=[{"field": HEADER, "message": f"already used {reason}"}],
     )
+
+
+@dataclass
+class CommandKey:
+    """An ``Idempotency-Key`` on a command that changes one aggregate (a note, a remedy,
+    an escalation): the kernel (``aggregate.change``) remembers it among the event ids the
+    document has applied, in the write that makes the change, so a retry after a lost or
+    failed answer finds it there and changes nothing. ``replayed`` is set then; the answer
+    is the document as it is now. Remembered as long as the document's applied event ids
+    (the latest 200 or more changes): far longer than any client retries."""
+
+    key: str
+    subject: str
+    # request_hash of what the command was asked: which command, on what, with which body.
+    fingerprint: str
+    replayed: bool = False
+
+    @property
+    def _used(self) -> str:
+        # Hashed: a key is up to 200 characters of the client's, and only its caller's.
+        caller_key = hashlib.sha256(f"{self.subject}\0{self.key}".encode()).hexdigest()[:32]
+        return f"request:{caller_key}:"
+
+    @property
+    def event_id(self) -> str:
+        return self._used + self.fingerprint[:32]
+
+    def check(self, applied: Iterable[str]) -> bool:
+        """Whether ``applied`` (a document's applied event ids) holds this request already;
+        422 when the caller used the key for another request on it."""
+        used = [event_id for event_id in applied if event_id.startswith(self._used)]
+        if self.event_id in used:
+            return True
+        if used:
+            raise key_conflict(self.key, reason="for another request on this resource")
+        return False

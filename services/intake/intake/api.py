@@ -6,14 +6,14 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request, status
+from fastapi import APIRouter, Query, Request, Response, status
 from fastapi.responses import JSONResponse
 
 from complaints_shared.access import Scope, allow
 from complaints_shared.auth import Principal, Role
 from complaints_shared.datetimes import UtcDatetime
 from complaints_shared.failures import is_dependency_unavailable, redacted_error
-from complaints_shared.idempotency import REPLAYED_HEADER, key_header, request_hash
+from complaints_shared.idempotency import REPLAYED_HEADER, CommandKey, key_header, request_hash
 from complaints_shared.logs import get_logger
 from complaints_shared.pagination import Page
 from complaints_shared.problems import invalid_fields
@@ -47,6 +47,13 @@ reports_router = APIRouter(prefix="/v1/reports", tags=["reports"])
 IdempotencyKey = Annotated[
     str | None,
     key_header(description="Retry-safe creation: same key + same body replays the first response."),
+]
+CommandIdempotencyKey = Annotated[
+    str | None,
+    key_header(
+        description="Retry-safe command: the same key and body again changes nothing and "
+        "answers the complaint as it is now, with `Idempotent-Replayed: true`."
+    ),
 ]
 
 
@@ -184,13 +191,21 @@ async def get_timeline(complaint_id: str, request: Request, principal: Reader) -
 async def _command(
     *,
     request: Request,
+    response: Response,
     principal: Principal,
     complaint_id: str,
     command: Command,
     build: commands.Build,
-    details: dict[str, Any] | None = None,
+    details: dict[str, Any],
+    idempotency_key: str | None,
 ) -> ComplaintRead:
     runtime = runtime_of(request)
+    command_key = None
+    if idempotency_key is not None:
+        asked = {"command": command.value, "complaint_id": complaint_id, "body": details}
+        command_key = CommandKey(
+            key=idempotency_key, subject=principal.subject, fingerprint=request_hash(asked)
+        )
     document = await commands.run_command(
         db=runtime.db,
         settings=runtime.settings,
@@ -200,7 +215,10 @@ async def _command(
         build=build,
         now=runtime.clock.now(),
         details=details,
+        command_key=command_key,
     )
+    if command_key is not None and command_key.replayed:
+        response.headers[REPLAYED_HEADER] = "true"
     return await _shown_changed(request, principal, document)
 
 
@@ -210,16 +228,23 @@ def _command_route(
     """Register POST /{id}/<path>: the command's roles, then the body, then the command."""
 
     async def endpoint(
-        complaint_id: str, body: Any, request: Request, principal: Principal
+        complaint_id: str,
+        body: Any,
+        request: Request,
+        response: Response,
+        principal: Principal,
+        idempotency_key: CommandIdempotencyKey = None,
     ) -> ComplaintRead:
         details = body.model_dump(mode="json", exclude_none=True)
         return await _command(
             request=request,
+            response=response,
             principal=principal,
             complaint_id=complaint_id,
             command=command,
             build=builder(body, principal),
             details=details,
+            idempotency_key=idempotency_key,
         )
 
     endpoint.__annotations__["body"] = body_model

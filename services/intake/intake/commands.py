@@ -25,6 +25,7 @@ from complaints_shared.events import (
     EventType,
     Remedy,
 )
+from complaints_shared.idempotency import CommandKey
 from complaints_shared.mongo import merge_updates
 from complaints_shared.problems import not_found
 from complaints_shared.transitions import InvalidTransition
@@ -115,8 +116,10 @@ async def run_command(
     build: Build,
     now: datetime,
     details: dict[str, Any] | None = None,
+    command_key: CommandKey | None = None,
 ) -> dict[str, Any]:
-    """Check the transition, apply ``build``'s update and events atomically, or raise 409/404."""
+    """Check the transition, apply ``build``'s update and events atomically, or raise 409/404.
+    A ``command_key`` applied before answers the complaint as it is (``replayed``)."""
 
     def decide(current: dict[str, Any]) -> store.Decision:
         asked = table_command(current, command)
@@ -136,6 +139,7 @@ async def run_command(
             decide=decide,
             now=now,
             details=details,
+            command_key=command_key,
         )
     except InvalidTransition as exc:
         raise exc.about(what="complaint", identifier=complaint_id) from None

@@ -21,6 +21,7 @@ from complaints_shared import aggregate
 from complaints_shared.aggregate import Aggregate
 from complaints_shared.auth import Principal
 from complaints_shared.events import EventData, EventType
+from complaints_shared.idempotency import CommandKey
 from complaints_shared.mongo import (
     as_stored,
     by_ids,
@@ -267,6 +268,7 @@ async def change(
     happened_at: datetime | None = None,
     cause: str = COMMAND_CAUSE,
     event_id: str | None = None,
+    command_key: CommandKey | None = None,
     details: dict[str, Any] | None = None,
     read_back: bool = True,
 ) -> dict[str, Any] | None:
@@ -323,6 +325,7 @@ async def change(
         now=now,
         scope=scope,
         event_id=event_id,
+        command_key=command_key,
         read_back=read_back,
     )
 

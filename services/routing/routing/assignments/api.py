@@ -5,11 +5,12 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Query, Request, Response
 from pydantic import BaseModel
 
 from complaints_shared.access import Scope, allow
 from complaints_shared.auth import Principal, Role
+from complaints_shared.idempotency import REPLAYED_HEADER, CommandKey, key_header, request_hash
 from complaints_shared.pagination import Page
 from complaints_shared.runtime import runtime_of
 from routing.assignments import commands, store
@@ -31,15 +32,36 @@ Supervisor = allow(
 )
 
 
+IdempotencyKey = Annotated[
+    str | None,
+    key_header(
+        description="Retry-safe action: the same key and body again changes nothing and "
+        "answers the assignment as it is now, with `Idempotent-Replayed: true`."
+    ),
+]
+
+
 async def _supervisor_action(
     request: Request,
+    response: Response,
     principal: Principal,
     complaint_id: str,
     body: BaseModel,
     action: Callable[..., Awaitable[AssignmentRead]],
+    idempotency_key: str | None,
 ) -> AssignmentRead:
     """Run one supervisor action on an assignment (its events go to the relay as written)."""
     runtime = runtime_of(request)
+    command_key = None
+    if idempotency_key is not None:
+        asked = {
+            "action": action.__name__,
+            "complaint_id": complaint_id,
+            "body": body.model_dump(mode="json"),
+        }
+        command_key = CommandKey(
+            key=idempotency_key, subject=principal.subject, fingerprint=request_hash(asked)
+        )
     read = await action(
         db=runtime.db,
         settings=runtime.settings,
@@ -47,7 +69,10 @@ async def _supervisor_action(
         complaint_id=complaint_id,
         request=body,
         now=runtime.clock.now(),
+        command_key=command_key,
     )
+    if command_key is not None and command_key.replayed:
+        response.headers[REPLAYED_HEADER] = "true"
     return read
 
 
@@ -99,9 +124,16 @@ async def get_assignment(complaint_id: str, request: Request, principal: Reader)
     summary="Move to another owner or department (reason required)",
 )
 async def reassign(
-    complaint_id: str, body: ReassignRequest, request: Request, principal: Supervisor
+    complaint_id: str,
+    body: ReassignRequest,
+    request: Request,
+    response: Response,
+    principal: Supervisor,
+    idempotency_key: IdempotencyKey = None,
 ) -> AssignmentRead:
-    return await _supervisor_action(request, principal, complaint_id, body, commands.reassign)
+    return await _supervisor_action(
+        request, response, principal, complaint_id, body, commands.reassign, idempotency_key
+    )
 
 
 @router.post(
@@ -110,9 +142,16 @@ async def reassign(
     summary="One level up the handling department's escalation chain",
 )
 async def escalate(
-    complaint_id: str, body: EscalateRequest, request: Request, principal: Supervisor
+    complaint_id: str,
+    body: EscalateRequest,
+    request: Request,
+    response: Response,
+    principal: Supervisor,
+    idempotency_key: IdempotencyKey = None,
 ) -> AssignmentRead:
-    return await _supervisor_action(request, principal, complaint_id, body, commands.escalate)
+    return await _supervisor_action(
+        request, response, principal, complaint_id, body, commands.escalate, idempotency_key
+    )
 
 
 @router.post(
@@ -121,14 +160,21 @@ async def escalate(
     summary="Record the responsible department (责任部门)",
 )
 async def set_responsibility(
-    complaint_id: str, body: ResponsibilityRequest, request: Request, principal: Supervisor
+    complaint_id: str,
+    body: ResponsibilityRequest,
+    request: Request,
+    response: Response,
+    principal: Supervisor,
+    idempotency_key: IdempotencyKey = None,
 ) -> AssignmentRead:
     return await _supervisor_action(
         request,
+        response,
         principal,
         complaint_id,
         body,
         commands.set_responsibility,
+        idempotency_key,
     )
 
 
@@ -138,12 +184,19 @@ async def set_responsibility(
     summary="The report to the authority was filed: stop its deadline",
 )
 async def file_regulatory_report(
-    complaint_id: str, body: RegulatoryReportRequest, request: Request, principal: Supervisor
+    complaint_id: str,
+    body: RegulatoryReportRequest,
+    request: Request,
+    response: Response,
+    principal: Supervisor,
+    idempotency_key: IdempotencyKey = None,
 ) -> AssignmentRead:
     return await _supervisor_action(
         request,
+        response,
         principal,
         complaint_id,
         body,
         commands.file_regulatory_report,
+        idempotency_key,
     )

@@ -21,6 +21,7 @@ from complaints_shared.events import (
     EventType,
     SlaClock,
 )
+from complaints_shared.idempotency import CommandKey
 from complaints_shared.mongo import merge_updates
 from complaints_shared.problems import conflict, invalid, not_found
 from routing.assignments import (
@@ -62,10 +63,12 @@ async def _changed(
     now: datetime,
     /,
     *,
+    command_key: CommandKey | None,
     counted: bool = True,
 ) -> AssignmentRead:
     """One supervisor action within the caller's visibility; another branch's id is a 404.
-    A ``counted`` one past ``MAX_SUPERVISOR_ACTIONS`` is a 409."""
+    A ``counted`` one past ``MAX_SUPERVISOR_ACTIONS`` is a 409. A ``command_key`` applied
+    before answers the assignment as it is (``replayed``)."""
 
     async def bounded(current: dict[str, Any]) -> Decision | None:
         taken = current.get(SUPERVISOR_ACTIONS, 0)
@@ -86,6 +89,7 @@ async def _changed(
         decide=bounded,
         now=now,
         scope=principal.scope_filter(),
+        command_key=command_key,
     )
     if document is None:
         raise not_found(what="assignment", identifier=complaint_id)
@@ -131,6 +135,7 @@ async def reassign(
     complaint_id: str,
     request: ReassignRequest,
     now: datetime,
+    command_key: CommandKey | None = None,
 ) -> AssignmentRead:
     """Transfer to a named person, or to a department where it is that owner's turn.
 
@@ -150,6 +155,7 @@ async def reassign(
             reason=request.reason,
             department=department,
             owner=owner,
+            command_key=command_key,
         )
         if routed is not None:
             return store.to_read(routed)
@@ -191,7 +197,9 @@ async def reassign(
         decision.effects = [lambda document: after_move(document, current)]
         return decision
 
-    return await _changed(db, settings, principal, complaint_id, decide, now)
+    return await _changed(
+        db, settings, principal, complaint_id, decide, now, command_key=command_key
+    )
 
 
 def _reassignment(
@@ -264,6 +272,7 @@ async def escalate(
     complaint_id: str,
     request: EscalateRequest,
     now: datetime,
+    command_key: CommandKey | None = None,
 ) -> AssignmentRead:
     """One rung up the handling department's chain, by hand."""
 
@@ -291,7 +300,9 @@ async def escalate(
         )
         return Decision(merge_updates(status, update, history), events)
 
-    return await _changed(db, settings, principal, complaint_id, decide, now)
+    return await _changed(
+        db, settings, principal, complaint_id, decide, now, command_key=command_key
+    )
 
 
 async def set_responsibility(
@@ -302,6 +313,7 @@ async def set_responsibility(
     complaint_id: str,
     request: ResponsibilityRequest,
     now: datetime,
+    command_key: CommandKey | None = None,
 ) -> AssignmentRead:
     """责任部门 set by a supervisor; reported apart from the handling department."""
     await store.get_visible(db=db, principal=principal, complaint_id=complaint_id)
@@ -342,7 +354,9 @@ async def set_responsibility(
         )
         return Decision(update, [(EventType.COMPLAINT_RESPONSIBILITY_SET, event)])
 
-    return await _changed(db, settings, principal, complaint_id, decide, now)
+    return await _changed(
+        db, settings, principal, complaint_id, decide, now, command_key=command_key
+    )
 
 
 async def file_regulatory_report(
@@ -353,6 +367,7 @@ async def file_regulatory_report(
     complaint_id: str,
     request: RegulatoryReportRequest,
     now: datetime,
+    command_key: CommandKey | None = None,
 ) -> AssignmentRead:
     """The report reached the authority: the filing is recorded and its deadline stops,
     whatever the assignment's status (the obligation outlives the handling), and
@@ -411,4 +426,6 @@ async def file_regulatory_report(
         return Decision(update, [(EventType.COMPLAINT_REGULATORY_REPORT_FILED, filed)])
 
     # A legal obligation's record: filed whatever else the complaint went through.
-    return await _changed(db, settings, principal, complaint_id, decide, now, counted=False)
+    return await _changed(
+        db, settings, principal, complaint_id, decide, now, command_key=command_key, counted=False
+    )

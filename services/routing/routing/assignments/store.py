@@ -17,6 +17,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from complaints_shared import aggregate
 from complaints_shared.aggregate import Aggregate, Decide
 from complaints_shared.auth import Principal
+from complaints_shared.idempotency import CommandKey
 from complaints_shared.mongo import count_each, ensure_index, insert_batched
 from complaints_shared.pagination import Page
 from complaints_shared.problems import not_found
@@ -106,6 +107,7 @@ async def change(
     now: datetime,
     scope: dict[str, Any] | None = None,
     event_id: str | None = None,
+    command_key: CommandKey | None = None,
 ) -> dict[str, Any] | None:
     """One change of an assignment through the aggregate kernel (``complaints_shared.aggregate``).
 
@@ -121,6 +123,7 @@ async def change(
         now=now,
         scope=scope,
         event_id=event_id,
+        command_key=command_key,
     )
 
 

@@ -27,6 +27,7 @@ from complaints_shared.aggregate import Decision
 from complaints_shared.business_calendar import BusinessCalendar
 from complaints_shared.events import ComplaintReceived, ComplaintUnroutable, EventType, SlaClock
 from complaints_shared.failures import is_transient, redacted_error
+from complaints_shared.idempotency import CommandKey
 from complaints_shared.logs import get_logger
 from complaints_shared.mongo import is_id_clash, merge_updates
 from complaints_shared.outbox import outbox_entry, outbox_fields
@@ -139,6 +140,7 @@ async def leave(
     department: DepartmentRead | None = None,
     owner: StaffRead | None = None,
     contexts: dict[str, routing_context.RoutingContext] | None = None,
+    command_key: CommandKey | None = None,
 ) -> dict[str, Any] | None:
     """Route an unroutable complaint: by the rules, or to ``department`` (and ``owner``).
     By the rules, the context of its branch is read once per ``contexts`` (one try of many).
@@ -220,7 +222,14 @@ async def leave(
         )
         return Decision(update, events, [after])
 
-    await store.change(db=db, settings=settings, complaint_id=complaint_id, decide=decide, now=now)
+    await store.change(
+        db=db,
+        settings=settings,
+        complaint_id=complaint_id,
+        decide=decide,
+        now=now,
+        command_key=command_key,
+    )
     return routed[0] if routed else None
 
 
