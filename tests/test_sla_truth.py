@@ -14,7 +14,14 @@ from datetime import timedelta
 import pytest
 
 from complaints_shared.clock import ManualClock
-from complaints_shared.events import ComplaintQueued, ComplaintSlaBreached, EventType, SlaClock
+from complaints_shared.events import (
+    ComplaintEscalated,
+    ComplaintQueued,
+    ComplaintSlaBreached,
+    ComplaintSlaBreachWithdrawn,
+    EventType,
+    SlaClock,
+)
 from routing.assignments.projections import REMEMBERED
 from tests.support.clock import at
 from tests.support.http import command, complaint_of, complaint_when, create_complaint, token
@@ -527,3 +534,108 @@ async def test_a_complaint_reopened_before_it_was_ever_routed_climbs_a_rung_once
         system, cid, acme, lambda c: c["escalation_level"] == 1, what="the rung on the record"
     )
     assert record["status"] == "reopened"
+
+
+async def test_rungs_withdrawn_by_a_late_withdrawal_after_a_reopen_leave_routings_level(
+    system: System,
+) -> None:
+    """Routing climbed two rungs for a resolve breach (its consumer behind), then learned of
+    the on-time resolution and withdrew both, then took the reopen one rung up from level 0.
+    Intake, behind too, applied both climbs, then the reopen's, then the withdrawal of the
+    ended cycle: it dropped the withdrawal as of another cycle and kept level 2 against
+    routing's 1. Now the level is the highest rung not withdrawn, whatever the order; a rung
+    replayed after its withdrawal stays withdrawn; and the acknowledge clock's flag, which
+    no reopen clears, follows its withdrawal whatever the cycle."""
+    admin = token(system.intake_settings)
+    cid = (await create_complaint(system, admin, severity="high"))["id"]
+    routed = await assignment_when(system, cid, lambda d: d["status"] == "open")
+    base = {"complaint_id": cid, "org": "demo", "branch": routed["branch"]}
+    due = routed["resolve_due_at"]
+    ack_due = routed["acknowledge_due_at"]
+    rungs = [
+        ComplaintEscalated(
+            **base,
+            level=level,
+            escalated_to_role="supervisor",
+            reason="sla_breach",
+            escalated_at=due + MINUTE * level,
+        )
+        for level in (1, 2)
+    ]
+    ack_breach = ComplaintSlaBreached(
+        **base,
+        clock=SlaClock.ACKNOWLEDGE,
+        due_at=ack_due,
+        breached_at=ack_due + MINUTE,
+        escalation_level=0,
+        reopen_count=0,
+    )
+    await publish(
+        system,
+        (EventType.COMPLAINT_SLA_BREACHED, ack_breach),
+        *((EventType.COMPLAINT_ESCALATED, rung) for rung in rungs),
+        service="routing",
+    )
+    await complaint_when(
+        system,
+        cid,
+        admin,
+        lambda c: c["escalation_level"] == 2 and c["sla"]["acknowledge_breached"],
+        what="both rungs and the acknowledge breach on the record",
+    )
+
+    await command(system, f"/v1/complaints/{cid}/resolve", {"summary": "已处理"}, admin)
+    await assignment_when(system, cid, lambda d: d["status"] == "resolved")
+    await command(system, f"/v1/complaints/{cid}/reopen", {"reason": "客户不满意"}, admin)
+    reopened = await assignment_when(
+        system, cid, lambda d: d["status"] == "open" and d.get("reopen_count") == 1
+    )
+    assert reopened["escalation_level"] == 1  # routing climbed from its own level 0
+    await _timeline_has(system, cid, admin, "escalated", count=3)
+
+    withdrawn_at = due + MINUTE * 5
+    await publish(
+        system,
+        (
+            EventType.COMPLAINT_SLA_BREACH_WITHDRAWN,
+            ComplaintSlaBreachWithdrawn(
+                **base,
+                clock=SlaClock.RESOLVE,
+                due_at=due,
+                stopped_at=due - MINUTE,
+                reason="resolved_on_time",
+                withdrawn_breaches=2,
+                withdrawn_at=withdrawn_at,
+                withdrawn_escalations=[rung.model_dump() for rung in rungs],
+                escalation_level=0,
+                reopen_count=0,
+            ),
+        ),
+        (
+            EventType.COMPLAINT_SLA_BREACH_WITHDRAWN,
+            ComplaintSlaBreachWithdrawn(
+                **base,
+                clock=SlaClock.ACKNOWLEDGE,
+                due_at=ack_due,
+                stopped_at=ack_due - MINUTE,
+                reason="acknowledged_on_time",
+                withdrawn_breaches=1,
+                withdrawn_at=withdrawn_at,
+                escalation_level=0,
+                reopen_count=0,
+            ),
+        ),
+        service="routing",
+    )
+    await _timeline_has(system, cid, admin, "sla_breach_withdrawn", count=2)
+    record = await complaint_of(system, cid, admin)
+    assert record["escalation_level"] == reopened["escalation_level"] == 1
+    assert record["escalation"]["reason"] == "reopened"
+    assert record["sla"]["acknowledge_breached"] is False
+
+    # The second rung's climb delivered again after its withdrawal (a replay, a redelivery
+    # past the remembered event ids) finds it withdrawn.
+    await publish(system, (EventType.COMPLAINT_ESCALATED, rungs[1]), service="routing")
+    await _timeline_has(system, cid, admin, "escalated", count=4)
+    record = await complaint_of(system, cid, admin)
+    assert (record["escalation_level"], record["escalation"]["reason"]) == (1, "reopened")

@@ -2,8 +2,9 @@
 
 Each function is idempotent (the event id is remembered on the document) and
 safe against late delivery: assignments keep the highest ``assignment_sequence``
-(routing numbers them; a replayed older one changes nothing), escalation levels only
-rise, SLA flags only go from false to true, and the satisfaction is the latest
+(routing numbers them; a replayed older one changes nothing), the escalation level is
+the highest rung reported and not withdrawn (``_escalation``), SLA flags only go from false
+to true, and the satisfaction is the latest
 resolution's outcome (``_outcome_rank``). The way back for a flag is routing's own
 correction: a withdrawn breach (``apply_sla_breach_withdrawn``) clears it and takes back
 the escalations it caused, which stay on the timeline marked withdrawn. Events never set a
@@ -18,7 +19,7 @@ reports' corrections) must find an event consumed late, after an outage, too.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from datetime import datetime
 from typing import Any
@@ -169,6 +170,68 @@ def _same_cycle(current: dict[str, Any], reopen_count: int | None) -> bool:
     return reopen_count is None or reopen_count == current.get("reopen_count", 0)
 
 
+def _clock_flags_apply(current: dict[str, Any], clock: SlaClock, reopen_count: int | None) -> bool:
+    """Whether an event of ``clock`` sets its flags (``sla.<clock>_…``) on the record: the
+    resolve clock's are per cycle (a reopen clears them, ``commands.NEW_CYCLE_SLA``); the
+    acknowledge and report clocks run once, and their flags stand across cycles."""
+    return clock is not SlaClock.RESOLVE or _same_cycle(current, reopen_count)
+
+
+# Every rung routing reported climbed (its escalated events) and whether it withdrew it
+# since: the escalation level and the highest escalation are derived from them.
+ESCALATION_STEPS = "escalation_steps"
+STEP_FIELDS = (
+    "level",
+    "escalated_to_id",
+    "escalated_to_name",
+    "escalated_to_role",
+    "reason",
+    "escalated_by",
+    "escalated_at",
+)
+
+
+def _step_key(step: dict[str, Any]) -> tuple[int, datetime]:
+    # Milliseconds: what BSON keeps of a time, so a step read back matches its event's.
+    at = step["escalated_at"]
+    return step["level"], at.replace(microsecond=at.microsecond // 1000 * 1000)
+
+
+def _escalation(
+    current: dict[str, Any],
+    *,
+    climbed: Sequence[dict[str, Any]] = (),
+    withdrawn: Sequence[dict[str, Any]] = (),
+) -> dict[str, Any]:
+    """The escalation fields after rungs ``climbed`` and ``withdrawn``, in whatever order
+    their events arrive: routing's level is its highest rung not withdrawn (a climb is one
+    above the level, a withdrawal falls back to the highest standing), so the record's is
+    the same once both have seen the same rungs. A rung's climb arriving after its
+    withdrawal (a redelivery, a replay) finds it withdrawn; a withdrawal of an earlier cycle
+    arriving after a reopen still takes its rungs back; the level is never set from a
+    number an event carries. A record from before the rungs were kept starts from its
+    highest escalation."""
+    known = current.get(ESCALATION_STEPS)
+    if known is None:
+        seed = current.get("escalation")
+        known = [{**seed, "withdrawn": False}] if seed else []
+    steps = {_step_key(step): dict(step) for step in known}
+    for step in climbed:
+        steps.setdefault(_step_key(step), {**step, "withdrawn": False})
+    for step in withdrawn:
+        steps[_step_key(step)] = {**steps.get(_step_key(step), step), "withdrawn": True}
+    standing = [step for step in steps.values() if not step["withdrawn"]]
+    top = max(standing, key=_step_key, default=None)
+    fields: dict[str, Any] = {
+        ESCALATION_STEPS: sorted(steps.values(), key=lambda step: _step_key(step)[::-1]),
+        "escalation_level": top["level"] if top else 0,
+    }
+    if top is None:
+        return {"$set": fields, "$unset": {"escalation": ""}}
+    fields["escalation"] = {name: top.get(name) for name in STEP_FIELDS}
+    return {"$set": fields}
+
+
 async def apply_assigned(
     *,
     db: AsyncDatabase,
@@ -198,8 +261,8 @@ async def apply_assigned(
         }
         if data.regulatory_report_due_at is not None:
             fields["regulatory_report_due_at"] = data.regulatory_report_due_at
-        update = {"$max": {"escalation_level": data.escalation_level}, "$unset": ROUTED}
-        update = _with_due_times(current, fields, update)
+        # The level is the escalated events' (``_escalation``), one of which follows any rung.
+        update = _with_due_times(current, fields, {"$unset": ROUTED})
         return store.Decision(update, status=_status_after(current, Command.ASSIGN))
 
     await _apply(
@@ -341,24 +404,9 @@ async def apply_escalated(
     now: datetime,
 ) -> None:
     def decide(current: dict[str, Any]) -> store.Decision:
-        fields: dict[str, Any] = {}
+        update = _escalation(current, climbed=[data.model_dump(include=set(STEP_FIELDS))])
         if data.regulatory_report_due_at is not None:
-            fields["regulatory_report_due_at"] = data.regulatory_report_due_at
-        if data.level >= current.get("escalation_level", 0):
-            fields["escalation"] = data.model_dump(
-                include={
-                    "level",
-                    "escalated_to_id",
-                    "escalated_to_name",
-                    "escalated_to_role",
-                    "reason",
-                    "escalated_by",
-                    "escalated_at",
-                }
-            )
-        update: dict[str, Any] = {"$max": {"escalation_level": data.level}}
-        if fields:
-            update["$set"] = fields
+            update["$set"]["regulatory_report_due_at"] = data.regulatory_report_due_at
         return store.Decision(update)
 
     await _apply(
@@ -388,7 +436,7 @@ async def apply_sla_warning(
     now: datetime,
 ) -> None:
     def decide(current: dict[str, Any]) -> store.Decision:
-        if not _same_cycle(current, data.reopen_count):
+        if not _clock_flags_apply(current, data.clock, data.reopen_count):
             return store.UNCHANGED  # of a cycle a reopen has ended: on the timeline only
         return store.Decision({"$set": {f"sla.{data.clock.value}_warning": True}})
 
@@ -413,13 +461,13 @@ async def apply_sla_breached(
     now: datetime,
 ) -> None:
     def decide(current: dict[str, Any]) -> store.Decision:
-        if not _same_cycle(current, data.reopen_count):
+        if not _clock_flags_apply(current, data.clock, data.reopen_count):
             return store.UNCHANGED  # of a cycle a reopen has ended: on the timeline only
-        fields = {f"sla.{data.clock.value}_breached": True, "sla_breached": True}
-        update: dict[str, Any] = {"$set": fields}
-        if data.escalation_level is not None:
-            update["$max"] = {"escalation_level": data.escalation_level}
-        return store.Decision(update)
+        fields = {f"sla.{data.clock.value}_breached": True}
+        if _same_cycle(current, data.reopen_count):  # ``sla_breached`` tells of this cycle
+            fields["sla_breached"] = True
+        # The rung it climbed, if any, is the escalated event's that follows it.
+        return store.Decision({"$set": fields})
 
     await _apply(
         db=db,
@@ -503,7 +551,6 @@ async def apply_sla_breach_withdrawn(
     """A breach routing withdrew (the acknowledgement, wait or resolution was on time; its
     news reached routing after the timer fired): the flags and the escalation level say
     what still stands, and the breach and its escalations stay on the timeline, marked."""
-    withdrawn_at = [step.escalated_at for step in data.withdrawn_escalations]
     await store.mark_withdrawn(
         db=db,
         complaint_id=data.complaint_id,
@@ -515,37 +562,29 @@ async def apply_sla_breach_withdrawn(
                 "details.due_at": data.due_at,
                 "withdrawn": None,
             },
+            # Each rung by its level and time: two rungs one timer climbed share the time.
             *(
-                [
-                    {
-                        "action": Action.ESCALATED.value,
-                        "details.escalated_at": {"$in": withdrawn_at},
-                        "withdrawn": None,
-                    }
-                ]
-                if withdrawn_at
-                else []
+                {
+                    "action": Action.ESCALATED.value,
+                    "details.level": step.level,
+                    "details.escalated_at": step.escalated_at,
+                    "withdrawn": None,
+                }
+                for step in data.withdrawn_escalations
             ),
         ],
         withdrawn={"at": data.withdrawn_at, "reason": data.reason, "event_id": event.id},
     )
 
     def decide(current: dict[str, Any]) -> store.Decision:
-        if not _same_cycle(current, data.reopen_count):
-            return store.UNCHANGED  # of a cycle a reopen has ended: on the timeline only
-        still = {clock.value for clock in data.breached_clocks}
-        fields: dict[str, Any] = {
-            f"sla.{data.clock.value}_breached": data.clock.value in still,
-            "sla_breached": bool(still),
-        }
-        update: dict[str, Any] = {"$set": fields}
-        if data.withdrawn_escalations:
-            fields["escalation_level"] = data.escalation_level
-            if data.escalation is None:
-                update["$unset"] = {"escalation": ""}
-            else:
-                fields["escalation"] = data.escalation.model_dump()
-        return store.Decision(update)
+        withdrawn = [step.model_dump() for step in data.withdrawn_escalations]
+        update = _escalation(current, withdrawn=withdrawn) if withdrawn else {"$set": {}}
+        if _clock_flags_apply(current, data.clock, data.reopen_count):
+            still = {clock.value for clock in data.breached_clocks}
+            update["$set"][f"sla.{data.clock.value}_breached"] = data.clock.value in still
+            if _same_cycle(current, data.reopen_count):
+                update["$set"]["sla_breached"] = bool(still)
+        return store.Decision(update) if update["$set"] else store.UNCHANGED
 
     await _apply(
         db=db,
