@@ -472,27 +472,23 @@ def freed_slots(*, db: AsyncDatabase, person: StaffRead) -> list[int]:
 def _with_counted_loads(
     key: tuple[str, str, str], people: list[StaffRead], *, now: float
 ) -> list[StaffRead]:
-    """``people`` as just read, with the loads counted lately in place of their hints, moved
-    by what the hints moved since (assignments here or elsewhere). A hint that went down
-    (a slot freed anywhere) or a count too old ends the counts: hints again, counted anew
-    when they find nobody."""
+    """``people`` as just read, with the loads counted lately in place of their hints while
+    those stand. A hint that moved (a slot taken or freed anywhere) or a count too old ends
+    the counts: hints again, counted anew when they find nobody. A hint gone up is not
+    added to the count: the assignment it follows may have been committed before the count
+    read the assignments, and counted twice it held a freed slot as taken (a queue left
+    waiting beside an owner with room until the next census of queues)."""
     counted = _counted.get(key)
     if counted is None:
         return people
     hints = {person.id: person.open_load for person in people}
     if now - counted.at >= COUNTED_LOADS_KEPT_S or any(
-        hints.get(staff_id, 0) < hint for staff_id, hint in counted.hints.items()
+        hints.get(staff_id, 0) != hint for staff_id, hint in counted.hints.items()
     ):
         del _counted[key]
         return people
     return [
-        person.model_copy(
-            update={
-                "open_load": counted.loads[person.id]
-                + person.open_load
-                - counted.hints.get(person.id, 0)
-            }
-        )
+        person.model_copy(update={"open_load": counted.loads[person.id]})
         if person.id in counted.loads
         else person
         for person in people
@@ -503,10 +499,10 @@ def count_into_desk(
     *, db: AsyncDatabase, org: str, department_id: str, loads: dict[str, int], since: int
 ) -> None:
     """Put loads just counted from the assignments into the kept desk in place of the
-    hints, for up to ``COUNTED_LOADS_KEPT_S``: followed by this process's own changes at
-    once and by the hints' moves at each read of the desk. Not when one of the people
-    freed a slot here since the count began (``since``, a ``releases_mark``): the count
-    may hold that slot as taken."""
+    hints, for up to ``COUNTED_LOADS_KEPT_S`` or until a load moves (this process's own
+    change ends them at once, another's at the next read of the desk: ``_with_counted_
+    loads``). Not when one of the people freed a slot here since the count began
+    (``since``, a ``releases_mark``): the count may hold that slot as taken."""
     key = (db.name, org, department_id)
     kept = _desks.get(key)
     if kept is None or _releases.any_since(since, database=db.name, org=org, staff_ids=loads):
@@ -536,7 +532,9 @@ def _adjust_desks(
     assigned_at: datetime | None = None,
 ) -> None:
     """Apply this process's own load change to the desks it keeps (as the write did): one
-    slot more (``load`` 1, ``slot`` taken) or one less (``load`` -1, ``slot`` freed)."""
+    slot more (``load`` 1, ``slot`` taken) or one less (``load`` -1, ``slot`` freed). It
+    ends the loads counted for the person's desk: whether a count holds an assignment whose
+    write it raced is unknown, and the hints say the load as this process moved it."""
     for key, (_, people) in _desks.items():
         database, desk_org, _ = key
         person = people.get(staff_id) if (database, desk_org) == (db.name, org) else None
@@ -545,12 +543,21 @@ def _adjust_desks(
         hints = _desk_hints.get(key)
         if hints is not None and staff_id in hints:
             hints[staff_id] = max(0, hints[staff_id] + load)
+        counted = _counted.get(key)
+        if counted is not None and staff_id in counted.loads and hints is not None:
+            del _counted[key]  # the desk's people show their hints again
+            for other, hint in hints.items():
+                if other in people:
+                    people[other] = people[other].model_copy(update={"open_load": hint})
+            person = people[staff_id]
+        else:
+            person = person.model_copy(update={"open_load": max(0, person.open_load + load)})
         freed = _desk_freed.get(key, {}).get(staff_id)
         if freed is not None and slot is not None:
             taken = load > 0
             freed[:] = [n for n in freed if n != slot] if taken else sorted({*freed, slot})
             del freed[FREED_SLOTS_KEPT:]
-        update: dict[str, Any] = {"open_load": max(0, person.open_load + load)}
+        update: dict[str, Any] = {"open_load": person.open_load}
         if assigned_at is not None and (
             person.last_assigned_at is None or assigned_at > person.last_assigned_at
         ):
