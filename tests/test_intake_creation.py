@@ -447,5 +447,25 @@ async def test_invalid_input_is_rejected_without_storing_anything(system: System
     )
     assert too_big.status_code == 413
     assert too_big.headers["content-type"].startswith("application/problem+json")
+
+    async def chunks():  # no Content-Length: the size shows only as the body is read
+        yield b'{"x": "'
+        for _ in range(30):
+            yield b"a" * 10_000
+        yield b'"}'
+
+    chunked = await system.intake.post(
+        "/v1/complaints", content=chunks(), headers={**admin, "Content-Type": "application/json"}
+    )
+    assert "content-length" not in chunked.request.headers
+    assert chunked.status_code == 413, chunked.text  # was a 400 "error parsing the body"
+    assert chunked.json()["errors"] == [{"field": "body", "message": "over 262144 bytes"}]
+    not_utf8 = await system.intake.post(
+        "/v1/complaints",
+        content=b'{"subject": "\xff\xfe"}',
+        headers={**admin, "Content-Type": "application/json"},
+    )
+    assert not_utf8.status_code == 400, not_utf8.text
+    assert not_utf8.json()["errors"][0]["field"] == "body"
     db = system.mongo[system.intake_settings.database_name()]
     assert await db.complaints.count_documents({}) == 0

@@ -19,7 +19,11 @@ from complaints_shared.access import public
 from complaints_shared.auth import TokenVerifier
 from complaints_shared.logs import configure_logging
 from complaints_shared.metrics import HTTP_REQUESTS
-from complaints_shared.problems import install_problem_handlers, problem_response
+from complaints_shared.problems import (
+    BodyTooLarge,
+    body_too_large_response,
+    install_problem_handlers,
+)
 from complaints_shared.runtime import runtime_of
 from complaints_shared.settings import ServiceSettings
 
@@ -77,27 +81,19 @@ class BodySizeLimitMiddleware:
             message = await receive()
             received += len(message.get("body", b""))
             if received > self.max_body_bytes:
-                raise BodyTooLarge
+                # Passed on by FastAPI's body reader (which answered any other error 400).
+                raise BodyTooLarge(limit=self.max_body_bytes)
             return message
 
         try:
             await self.app(scope, counting_receive, send)
-        except BodyTooLarge:
+        except BodyTooLarge:  # read outside a route's body reader
             await self._too_large(scope, receive, send)
 
     async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
-        response = problem_response(
-            request=Request(scope, receive),
-            status=413,
-            title="Request body too large",
-            kind="body-too-large",
-            detail=f"request bodies are limited to {self.max_body_bytes} bytes",
-        )
+        request = Request(scope, receive)
+        response = body_too_large_response(request=request, limit=self.max_body_bytes)
         await response(scope, receive, send)
-
-
-class BodyTooLarge(Exception):
-    pass
 
 
 _QUERY_NAMES_ATTRIBUTE = "declared_query_names"

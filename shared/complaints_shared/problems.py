@@ -143,6 +143,18 @@ def install_problem_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if isinstance(exc, BodyTooLarge):
+            return body_too_large_response(request=request, limit=exc.limit)
+        if isinstance(exc.__cause__, UnicodeDecodeError):  # FastAPI's "error parsing the body"
+            at = exc.__cause__.start
+            return problem_response(
+                request=request,
+                status=400,
+                title="Invalid request",
+                detail=f"the body is not UTF-8: an invalid byte at offset {at}",
+                kind="body-not-utf8",
+                errors=[{"field": "body", "message": f"not UTF-8 (byte {at})"}],
+            )
         response = problem_response(
             request=request,
             status=exc.status_code,
@@ -168,6 +180,26 @@ def install_problem_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         return await _dependency_error(request, exc)
+
+
+class BodyTooLarge(StarletteHTTPException):
+    """A body read past ``limit`` bytes (one sent without a length, in chunks). An HTTP
+    exception, so that FastAPI's body reader passes it on instead of answering 400."""
+
+    def __init__(self, *, limit: int) -> None:
+        super().__init__(status_code=413)
+        self.limit = limit
+
+
+def body_too_large_response(*, request: Request, limit: int) -> JSONResponse:
+    return problem_response(
+        request=request,
+        status=413,
+        title="Request body too large",
+        kind="body-too-large",
+        detail=f"request bodies are limited to {limit} bytes",
+        errors=[{"field": "body", "message": f"over {limit} bytes"}],
+    )
 
 
 def unavailable_response(*, request: Request, exc: BaseException) -> JSONResponse:
