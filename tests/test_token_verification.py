@@ -174,6 +174,7 @@ def test_unsafe_algorithm_lists_are_refused_at_start_up(algorithms: str) -> None
         ({"roles": "admin"}, "roles"),
         ({"roles": ["root"]}, "roles"),
         ({"org": ""}, "org"),
+        ({"org": "acme:x"}, "org"),  # would name org "acme"'s "x:<id>" things
         ({"org": None}, "org"),
         ({"sub": None}, "sub"),
     ],

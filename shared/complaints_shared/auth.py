@@ -59,7 +59,9 @@ class Principal(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     subject: Annotated[str, StringConstraints(min_length=1)]
-    org: Annotated[str, StringConstraints(min_length=1)]
+    # No ":": the services key an organisation's things "<org>:<id>" (a staff member, an SLA
+    # policy, a rule), so org "acme" asking for policy "x:default" read org "acme:x"'s.
+    org: Annotated[str, StringConstraints(min_length=1, pattern=r"^[^:]+$")]
     # A list of codes or "*": a bare string such as "LZ" is refused, never iterated.
     branches: Annotated[tuple[Code, ...], Field(min_length=1)] | Literal["*"]
     roles: tuple[Role, ...] = ()
@@ -189,7 +191,7 @@ def _claim(claims: dict[str, Any], path: str) -> Any:
 def _claim_rule(field: str) -> str:
     return {
         "subject": "a non-empty string",
-        "org": "a non-empty string",
+        "org": 'a non-empty string without ":"',
         "branches": f'a non-empty list of branch codes ({CODE_PATTERN}) or "*"',
         "roles": "a list of roles: " + ", ".join(role.value for role in Role),
     }[field]
