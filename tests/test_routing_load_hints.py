@@ -30,7 +30,7 @@ from routing.directory.models import StaffRead
 from tests.support.events import received, resolved
 from tests.support.faults import FailsFirst
 from tests.support.http import token
-from tests.support.kafka import intake_producer
+from tests.support.kafka import handled_count, intake_producer
 from tests.support.routing import FAST_TIMERS, assignment_when, routing_db
 from tests.support.system import System, SystemFactory
 from tests.support.waits import eventually
@@ -800,6 +800,47 @@ async def test_a_complaint_queued_after_a_drain_looked_is_offered_at_the_next_sw
     taken = await db.assignments.find_one({"_id": waiting.complaint_id})
     assert (taken["status"], taken["owner_id"]) == ("open", "hotel-ma")
     assert owed_drains.departments(db=db) == []
+
+
+async def test_a_finish_redelivered_after_the_slot_was_freed_but_not_offered_owes_a_drain(
+    system_factory: SystemFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The process that applied a finish died after its write (the slot freed) and before
+    offering the slot to the queue; its ledger of drains owed died with it. The finish,
+    redelivered to another process, is found applied and does nothing more: the queue
+    waited beside the free slot for the next census of queues (a minute). Now a finish
+    found applied owes its department a drain, which the next sweep runs."""
+    system = await system_factory()
+    db = routing_db(system)
+    scheduler, runtime = await _swept_before_any_queue(system)
+    await _set_capacity(system, "hotel-ma", 1)
+    first, waiting = _hotel("前台态度冷淡"), _hotel("房间没有打扫")
+    async with intake_producer(system) as publish:
+        await publish(EventType.COMPLAINT_RECEIVED, first)
+        await assignment_when(system, first.complaint_id, lambda d: d["status"] == "open")
+        await publish(EventType.COMPLAINT_RECEIVED, waiting)
+        await assignment_when(system, waiting.complaint_id, lambda d: d["status"] == "queued")
+        monkeypatch.setattr(owed_drains, "_owed", {})  # as if queued by another replica
+
+        async def died_before_offering(**_: Any) -> None:
+            return None
+
+        monkeypatch.setattr(queue, "offer_freed_capacity", died_before_offering)
+        finished = await publish(EventType.COMPLAINT_RESOLVED, resolved(first))
+        await assignment_when(system, first.complaint_id, lambda d: d["status"] == "resolved")
+        monkeypatch.undo()
+        monkeypatch.setattr(owed_drains, "_owed", {})  # the ledger died with the process
+        before = handled_count("routing", EventType.COMPLAINT_RESOLVED)
+        await publish.replay(finished)
+        await eventually(
+            lambda: handled_count("routing", EventType.COMPLAINT_RESOLVED) > before,
+            what="the finish redelivered",
+        )
+    assert (await db.assignments.find_one({"_id": waiting.complaint_id}))["status"] == "queued"
+    assert owed_drains.departments(db=db) == [("demo", "HOTEL:FRONT")]
+    assert await scheduler.sweep_queues(runtime) == 1
+    taken = await db.assignments.find_one({"_id": waiting.complaint_id})
+    assert (taken["status"], taken["owner_id"]) == ("open", "hotel-ma")
 
 
 async def test_complaints_waiting_for_a_skill_nobody_free_has_hide_none_behind_them(

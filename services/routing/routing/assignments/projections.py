@@ -100,8 +100,9 @@ async def _apply(
     decide: Decide,
     now: datetime,
     /,
-) -> None:
-    """One consumed event through the aggregate kernel, remembered by its id."""
+) -> dict[str, Any]:
+    """One consumed event through the aggregate kernel, remembered by its id; the
+    assignment after it (as it was, when the event had been applied before)."""
     document = await store.change(
         db=db,
         settings=settings,
@@ -112,6 +113,7 @@ async def _apply(
     )
     if document is None:
         raise _no_assignment(event, complaint_id)
+    return document
 
 
 def _no_assignment(event: CloudEvent, complaint_id: str) -> Rejected:
@@ -327,7 +329,10 @@ async def finish(
     """Resolved, rejected, withdrawn or closed: the customer's clocks stop (the regulatory
     report deadline runs until the report is filed) and the slot is freed."""
 
+    offered: list[bool] = []
+
     async def offer(document: dict[str, Any], previous: dict[str, Any]) -> None:
+        offered.append(True)
         await queue.offer_freed_capacity(db=db, settings=settings, previous=previous, now=now)
 
     calendar_of = _calendar_reader(db)
@@ -381,7 +386,15 @@ async def finish(
         )
         return Decision(update, events, [lambda document: offer(document, current)])
 
-    await _apply(db, settings, event, complaint_id, decide, now)
+    document = await _apply(db, settings, event, complaint_id, decide, now)
+    if not offered and document.get("department"):
+        # Found applied: a redelivery, most likely after the process that freed the slot
+        # died before offering it (the ledger of drains owed died with it). The next queue
+        # sweep offers the department, instead of the census up to a minute later, on
+        # loads counted after the slot came free.
+        org, department = document["org"], document["department"]
+        directory_store.end_counts(db=db, org=org, department_id=department)
+        owed_drains.owe(db=db, org=org, department_id=department)
 
 
 async def reopen(

@@ -516,6 +516,14 @@ def count_into_desk(
     _counted[key] = _Counted(at=time.monotonic(), hints=hints, loads=dict(loads))
 
 
+def end_counts(*, db: AsyncDatabase, org: str, department_id: str) -> None:
+    """Drop the loads counted for the department's desk: a slot may have come free where
+    this process neither saw nor made the move (a finish applied by a process that died)."""
+    key = (db.name, org, department_id)
+    if _counted.pop(key, None) is not None:
+        _desks.pop(key, None)
+
+
 def desk_counted(*, db: AsyncDatabase, org: str, department_id: str) -> bool:
     """Whether the department's desk holds loads counted lately (``count_into_desk``)."""
     counted = _counted.get((db.name, org, department_id))
