@@ -718,3 +718,42 @@ async def test_a_manual_escalation_racing_a_reassignment_climbs_the_new_departme
     body = escalated.json()
     assert body["department"] == "LZ:CS"
     assert body["escalations"][-1]["escalated_to_id"] == "lz-hu"  # CS's team lead
+
+
+async def test_a_reopen_whose_finish_never_reached_routing_is_dead_lettered_not_dropped(
+    system: System,
+) -> None:
+    """The complaint's resolved event was dead-lettered in routing (a bug on every attempt),
+    then its reopen arrived at an assignment still open. It was remembered as applied and
+    did nothing, and once the resolved event was replayed the assignment stayed resolved
+    for good while intake's record was reopened. Now the reopen is refused as well, to be
+    replayed after the finish (``complaints-dlq`` replays in dead-letter order)."""
+    complaint = received()
+    async with intake_producer(system) as publish:
+        await publish(EventType.COMPLAINT_RECEIVED, complaint)
+        await assignment_when(system, complaint.complaint_id, lambda d: d["status"] == "open")
+        finish = resolved(complaint)
+        again = reopened(finish, reopened_at=finish.resolved_at + timedelta(hours=1))
+        await publish(EventType.COMPLAINT_REOPENED, again)
+    group = system.routing_settings.consumer_group()
+
+    async def refused() -> list:
+        letters = await read_dead_letters(
+            settings=system.routing_settings,
+            dlq_topic=dead_letter_topic(system.topic(Topic.INTAKE)),
+        )
+        return [
+            letter
+            for letter in letters
+            if letter.header("dlq_consumer_group") == group
+            and letter.complaint_id == complaint.complaint_id
+        ]
+
+    [letter] = await eventually(refused, timeout_s=20, what="the reopen dead-lettered")
+    assert (letter.event_type, letter.header("dlq_reason")) == (
+        EventType.COMPLAINT_REOPENED.value,
+        "rejected",
+    )
+    assert "the finish reopen 1 undoes was not applied" in letter.header("dlq_error")
+    stored = await routing_db(system).assignments.find_one({"_id": complaint.complaint_id})
+    assert (stored["status"], stored.get("reopen_count", 0)) == ("open", 0)

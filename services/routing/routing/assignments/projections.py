@@ -428,6 +428,16 @@ async def reopen(
             )
 
     async def decide(current: dict[str, Any]) -> Decision | None:
+        if (
+            current["status"] in lifecycle.UNFINISHED
+            and current.get("reopen_count", 0) < data.reopen_count
+        ):
+            # The finish it undoes never reached this assignment (dead-lettered): taken as
+            # applied, the finish's replay would leave the complaint finished here for good.
+            raise Rejected(
+                f"complaint {data.complaint_id} is {current['status']} here: the finish "
+                f"reopen {data.reopen_count} undoes was not applied; replay it, then this"
+            )
         if not _applies(current, Command.REOPEN, event):
             return None
         if current.get("department") is None:  # it never had a route: wait for one again
