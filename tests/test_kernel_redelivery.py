@@ -14,6 +14,8 @@ import pytest
 
 from complaints_shared.clock import ManualClock
 from complaints_shared.events import (
+    ClosedVia,
+    ComplaintClosed,
     ComplaintPendingCustomer,
     ComplaintResumed,
     EventType,
@@ -147,6 +149,53 @@ async def test_a_reopen_replayed_after_a_later_resolution_leaves_that_resolution
     await eventually(
         lambda: handled_count("followup", EventType.COMPLAINT_REOPENED) > handled_before,
         what="the late reopen consumed",
+    )
+    after = await checks_of(system, first.complaint_id, admin, count=4)
+    assert [c["status"] for c in after if c["resolution_number"] == 2] == ["scheduled"] * 2
+
+
+@pytest.mark.parametrize("with_count", [True, False], ids=["counted", "from-before-the-count"])
+async def test_an_admin_close_redelivered_after_a_reopen_and_resolution_leaves_their_checks(
+    system_factory: SystemFactory, with_count: bool
+) -> None:
+    """Closed by an administrator, reopened, resolved again (checks of resolution 2), and
+    then the close comes again: a consumer that crashed before committing its offsets, or a
+    dead letter replayed. It cancelled every open check, resolution 2's too, so nobody
+    called the customer back and the record stayed resolved for good. The close says how
+    many resolutions it ended (a close from before it did: those resolved by then)."""
+    system = await system_factory(clock=ManualClock(datetime(2026, 11, 20, tzinfo=UTC)))
+    admin = token(system.intake_settings)
+    first = resolved(resolved_at=datetime(2026, 11, 24, 2, tzinfo=UTC), severity="high")
+    await publish(system, (EventType.COMPLAINT_RESOLVED, first))
+    await checks_of(system, first.complaint_id, admin, count=2)
+    closed_at = first.resolved_at + timedelta(hours=2)
+    close = ComplaintClosed(
+        **base(first),
+        reason="客户电话确认已解决",
+        closed_by="admin",
+        closed_via=ClosedVia.ADMIN,
+        closed_at=closed_at,
+        resolution_count=1 if with_count else None,
+    )
+    [sent_close] = await publish(system, (EventType.COMPLAINT_CLOSED, close))
+    second = first.model_copy(
+        update={"resolution_number": 2, "resolved_at": closed_at + timedelta(days=1)}
+    )
+    await publish(
+        system,
+        (EventType.COMPLAINT_REOPENED, reopened(first, reopened_at=closed_at, resolution_count=1)),
+        (EventType.COMPLAINT_RESOLVED, second),
+    )
+    later = await checks_of(system, first.complaint_id, admin, count=4)
+    assert {(c["resolution_number"], c["status"]) for c in later} == {
+        (1, "cancelled"),
+        (2, "scheduled"),
+    }
+    handled_before = handled_count("followup", EventType.COMPLAINT_CLOSED)
+    await republish(system, sent_close)
+    await eventually(
+        lambda: handled_count("followup", EventType.COMPLAINT_CLOSED) > handled_before,
+        what="the close delivered again",
     )
     after = await checks_of(system, first.complaint_id, admin, count=4)
     assert [c["status"] for c in after if c["resolution_number"] == 2] == ["scheduled"] * 2

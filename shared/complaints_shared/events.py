@@ -336,6 +336,11 @@ class ComplaintClosed(EventData):
     closed_by: str
     closed_via: ClosedVia = ClosedVia.FOLLOWUP
     closed_at: datetime
+    # The resolutions the complaint had when it was closed: an administrator's close makes
+    # follow-up's checks of those moot, not those of a resolution after a later reopen (a
+    # close redelivered after them). None from producers before 4 December: checks of
+    # resolutions made by the time of the close then.
+    resolution_count: int | None = None
 
 
 class ComplaintRemedyRecorded(EventData):

@@ -7,6 +7,8 @@ event has no second effect.
 
 from __future__ import annotations
 
+from typing import Any
+
 from complaints_shared.envelope import CloudEvent
 from complaints_shared.events import (
     ClosedVia,
@@ -34,21 +36,18 @@ def build_handlers(runtime: Runtime) -> dict[EventType, EventHandler]:
         org: str,
         complaint_id: str,
         reason: str,
-        resolutions_up_to: int | None = None,
+        only: dict[str, Any] | None = None,
     ) -> None:
-        # Every open check of the complaint (of its first ``resolutions_up_to`` resolutions
-        # when given): its events share a partition (keyed by complaint id), so a later
-        # resolution is handled after this event and schedules fresh checks, unless this
-        # event is a dead letter replayed late.
-        only = (
-            {} if resolutions_up_to is None else {"resolution_number": {"$lte": resolutions_up_to}}
-        )
+        # The open checks of the complaint ``only`` selects (every one without it): a
+        # reopen's or a close's of the resolutions it undid or ended, not a later
+        # resolution's: the event may come again after those (a redelivery after a crash,
+        # a dead letter replayed late), whose checks must stand.
         cancelled = await projections.cancel_open_checks(
             db=runtime.db,
             settings=settings,
             org=org,
             complaint_id=complaint_id,
-            only=only,
+            only=only or {},
             reason=reason,
             now=runtime.clock.now(),
             event_id=event.id,
@@ -91,7 +90,7 @@ def build_handlers(runtime: Runtime) -> dict[EventType, EventHandler]:
             org=data.org,
             complaint_id=data.complaint_id,
             reason="complaint reopened",
-            resolutions_up_to=data.resolution_count,
+            only=_resolutions_up_to(data.resolution_count),
         )
 
     async def on_complaint_withdrawn(event: CloudEvent, data: ComplaintWithdrawn) -> None:
@@ -108,6 +107,11 @@ def build_handlers(runtime: Runtime) -> dict[EventType, EventHandler]:
             org=data.org,
             complaint_id=data.complaint_id,
             reason="complaint closed by an administrator",
+            only=(
+                _resolutions_up_to(data.resolution_count)
+                if data.resolution_count is not None
+                else {"resolved_at": {"$lte": data.closed_at}}  # a producer before 4 December
+            ),
         )
 
     return {
@@ -116,3 +120,8 @@ def build_handlers(runtime: Runtime) -> dict[EventType, EventHandler]:
         EventType.COMPLAINT_WITHDRAWN: on_complaint_withdrawn,
         EventType.COMPLAINT_CLOSED: on_complaint_closed,
     }
+
+
+def _resolutions_up_to(count: int | None) -> dict[str, Any]:
+    """The checks of the complaint's first ``count`` resolutions (None: every one)."""
+    return {} if count is None else {"resolution_number": {"$lte": count}}

@@ -457,6 +457,7 @@ def close_build(*, reason: str, closed_by: str, via: ClosedVia) -> Build:
             closed_by=closed_by,
             closed_via=via,
             closed_at=now,
+            resolution_count=current.get("resolution_count", 0),
         )
         return (
             {"$set": {"closed_at": now, "finished_at": now, "closed_via": via.value}},
