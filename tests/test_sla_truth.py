@@ -19,6 +19,7 @@ from complaints_shared.events import (
     ComplaintQueued,
     ComplaintSlaBreached,
     ComplaintSlaBreachWithdrawn,
+    EscalationStep,
     EventType,
     SlaClock,
 )
@@ -639,3 +640,53 @@ async def test_rungs_withdrawn_by_a_late_withdrawal_after_a_reopen_leave_routing
     await _timeline_has(system, cid, admin, "escalated", count=4)
     record = await complaint_of(system, cid, admin)
     assert (record["escalation_level"], record["escalation"]["reason"]) == (1, "reopened")
+
+
+async def test_a_withdrawal_on_a_record_from_before_the_rungs_were_kept_leaves_routings_level(
+    system: System,
+) -> None:
+    """A complaint escalated twice before 4 December keeps only its highest rung
+    (``escalation``), not the rungs under it. A withdrawal of that rung then left no rung
+    standing: level 0 against routing's 1, and the escalated filter lost it. The
+    withdrawal says which rung still stands; the record starts from that."""
+    admin = token(system.intake_settings)
+    cid = (await create_complaint(system, admin, severity="high"))["id"]
+    routed = await assignment_when(system, cid, lambda d: d["status"] == "open")
+    base = {"complaint_id": cid, "org": "demo", "branch": routed["branch"]}
+    due = routed["acknowledge_due_at"]
+    rung = {"escalated_to_role": "supervisor", "escalated_by": "routing"}
+    first = EscalationStep(level=1, reason="sla_breach", escalated_at=due + MINUTE, **rung)
+    second = EscalationStep(level=2, reason="sla_breach", escalated_at=due + 2 * MINUTE, **rung)
+    await complaint_when(system, cid, admin, lambda c: c["assignment"], what="assigned")
+    complaints = system.mongo[system.intake_settings.database_name()].complaints
+    await complaints.update_one(  # as a record escalated twice before 4 December stands
+        {"_id": cid},
+        {
+            "$set": {"escalation_level": 2, "escalation": second.model_dump()},
+            "$unset": {"escalation_steps": ""},
+        },
+    )
+    await publish(
+        system,
+        (
+            EventType.COMPLAINT_SLA_BREACH_WITHDRAWN,
+            ComplaintSlaBreachWithdrawn(
+                **base,
+                clock=SlaClock.RESOLVE,
+                due_at=due,
+                stopped_at=due - MINUTE,
+                reason="resolved_on_time",
+                withdrawn_breaches=1,
+                withdrawn_at=due + 3 * MINUTE,
+                withdrawn_escalations=[second],
+                escalation_level=1,
+                escalation=first,
+            ),
+        ),
+        service="routing",
+    )
+    record = await complaint_when(
+        system, cid, admin, lambda c: c["escalation_level"] < 2, what="the withdrawal applied"
+    )
+    assert (record["escalation_level"], record["escalation"]["level"]) == (1, 1)
+    assert cid in await _listed(system, admin, escalated="true")

@@ -202,6 +202,7 @@ def _escalation(
     *,
     climbed: Sequence[dict[str, Any]] = (),
     withdrawn: Sequence[dict[str, Any]] = (),
+    standing_after: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The escalation fields after rungs ``climbed`` and ``withdrawn``, in whatever order
     their events arrive: routing's level is its highest rung not withdrawn (a climb is one
@@ -210,10 +211,11 @@ def _escalation(
     withdrawal (a redelivery, a replay) finds it withdrawn; a withdrawal of an earlier cycle
     arriving after a reopen still takes its rungs back; the level is never set from a
     number an event carries. A record from before the rungs were kept starts from its
-    highest escalation."""
+    highest escalation, or, for a withdrawal, from the highest rung routing says still
+    stands after it (``standing_after``): the rungs below the highest were never kept."""
     known = current.get(ESCALATION_STEPS)
     if known is None:
-        seed = current.get("escalation")
+        seed = standing_after if withdrawn else current.get("escalation")
         known = [{**seed, "withdrawn": False}] if seed else []
     steps = {_step_key(step): dict(step) for step in known}
     for step in climbed:
@@ -578,7 +580,12 @@ async def apply_sla_breach_withdrawn(
 
     def decide(current: dict[str, Any]) -> store.Decision:
         withdrawn = [step.model_dump() for step in data.withdrawn_escalations]
-        update = _escalation(current, withdrawn=withdrawn) if withdrawn else {"$set": {}}
+        standing = data.escalation.model_dump() if data.escalation is not None else None
+        update = (
+            _escalation(current, withdrawn=withdrawn, standing_after=standing)
+            if withdrawn
+            else {"$set": {}}
+        )
         if _clock_flags_apply(current, data.clock, data.reopen_count):
             still = {clock.value for clock in data.breached_clocks}
             update["$set"][f"sla.{data.clock.value}_breached"] = data.clock.value in still
