@@ -36,6 +36,7 @@ from complaints_shared.kafka import EventProducer
 from complaints_shared.mongo import service_database
 from complaints_shared.timing import Pacer
 from intake import reports, rollup
+from intake import store as intake_store
 from intake.main import create_app as create_intake_app
 from intake.settings import IntakeSettings
 from tests.support.http import complaint_body, token
@@ -578,6 +579,54 @@ async def test_a_build_that_lost_its_claim_cannot_corrupt_the_tallies(
         await db[rollup.STATE].update_one({"_id": rollup.WATERMARK_ID}, {"$set": {"version": 3}})
         assert await rollup.refresh(db=db, now=later_at + H) == 3
         assert await _tallies(db) == kept
+
+
+async def test_a_complaint_whose_insert_committed_late_is_counted(
+    infrastructure, monkeypatch
+) -> None:
+    """A registration whose insert waited (a database failing over, a slow request under
+    an Idempotency-Key) until a pass had read past its stamp, the time the request began:
+    no pass read it again, and the report counted it only once something else changed it
+    or its day was audited, while the list showed it. An insert committed late is stamped
+    again with its commit time, as a late change is. Scaled down as the test below."""
+    monkeypatch.setattr(rollup, "ROLLUP_LAG", timedelta(seconds=0.05))
+    monkeypatch.setattr(aggregate, "LATE_COMMIT_S", 0.1)
+    async with _intake_alone(infrastructure) as intake:
+        db, at, clock = intake.db, intake.at, intake.clock
+        await at(T0, "/v1/complaints", complaint_body(branch="LZ"))
+        assert await rollup.refresh(db=db, now=T0 + 25 * H) == 1
+
+        writing, go_on = asyncio.Event(), asyncio.Event()
+        insert_batched = intake_store.insert_batched
+
+        async def held_insert(*args, **kwargs):
+            if not writing.is_set():
+                writing.set()
+                await go_on.wait()
+            return await insert_batched(*args, **kwargs)
+
+        monkeypatch.setattr(intake_store, "insert_batched", held_insert)
+        stamped = T0 + 26 * H
+        clock.set(stamped)
+        registering = asyncio.create_task(
+            intake.client.post(
+                "/v1/complaints",
+                json=complaint_body(branch="LZ", subject="营业厅排队两小时无人处理"),
+                headers=intake.admin,
+            )
+        )
+        await asyncio.wait_for(writing.wait(), timeout=10)
+        assert await rollup.refresh(db=db, now=stamped + timedelta(seconds=0.1)) == 0
+        await asyncio.sleep(0.3)
+        go_on.set()
+        answered = await registering
+        assert answered.status_code == 201, answered.text
+        monkeypatch.setattr(intake_store, "insert_batched", insert_batched)
+
+        assert await rollup.refresh(db=db, now=stamped + timedelta(seconds=2)) == 1
+        assert await _compare(db, stamped + timedelta(seconds=2)) > 0
+        stored = await db["complaints"].find_one({"_id": answered.json()["id"]})
+        assert stored["updated_at"] > stamped + timedelta(seconds=0.3)
 
 
 async def test_a_change_committed_late_on_an_audited_day_is_counted(

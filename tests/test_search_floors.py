@@ -9,6 +9,7 @@ The floors only ever go down and branches only grow, whoever else writes them.
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -136,8 +137,9 @@ async def test_complaints_written_through_the_store_cover_themselves(
         "status": "open",
         "version": 1,
         "timeline": [],
+        "updated_at": T0,
     }
-    await store.insert(db=db, document=document)
+    await store.insert(db=db, document=document, entered=time.monotonic())
     assert (await floors.stored(db=db, org="demo"))["branches"] == ["HOSP"]
     changed = await store.change(
         db=db,

@@ -256,16 +256,13 @@ async def change(
             if updated is None:
                 continue
             written = True
-            late_s = time.monotonic() - entered
-            if late_s >= LATE_COMMIT_S:
-                updated = await _stamped_at_commit(
-                    collection,
-                    updated,
-                    aggregate_id=aggregate_id,
-                    version=(current.get("version") or 0) + 1,
-                    stamped=now,
-                    late_s=late_s,
-                )
+            updated = await stamped_if_late(
+                collection,
+                updated,
+                version=(current.get("version") or 0) + 1,
+                stamped=now,
+                entered=entered,
+            )
             if decision.events:
                 record_written(
                     aggregate.collection, database=db.name, document_id=aggregate_id, outbox=outbox
@@ -281,23 +278,27 @@ async def change(
             settle_published(**where, event_ids=published, removed=written)
 
 
-async def _stamped_at_commit(
+async def stamped_if_late(
     collection: AsyncCollection,
     document: dict[str, Any],
     *,
-    aggregate_id: Any,
-    version: int,
+    version: int | None,
     stamped: datetime,
-    late_s: float,
+    entered: float,
 ) -> dict[str, Any]:
-    """Stamp the change that left ``aggregate_id`` at ``version`` again: ``stamped`` plus
-    the ``late_s`` seconds it took to commit, on this writer's clock; ``document`` with the
-    new stamp if it is that version. A later change has a stamp of its own and is left
-    alone. The change is committed whatever happens here: a failure is logged."""
+    """A change (or an insert) stamped ``stamped`` that left ``document`` at ``version``,
+    committed ``LATE_COMMIT_S`` or more after ``entered`` (``time.monotonic()`` as the
+    writer took ``stamped``): stamped again, with ``stamped`` plus the seconds it took on
+    this writer's clock; ``document`` with the new stamp if it is that version. A later
+    change has a stamp of its own and is left alone. The change is committed whatever
+    happens here: a failure is logged."""
+    late_s = time.monotonic() - entered
+    if late_s < LATE_COMMIT_S:
+        return document
     stamp = stamped + timedelta(seconds=late_s)
     try:
         result = await collection.update_one(
-            {"_id": aggregate_id, "version": version}, {"$set": {"updated_at": stamp}}
+            {"_id": document["_id"], "version": version}, {"$set": {"updated_at": stamp}}
         )
     except Exception as exc:
         log.warning("late_change_not_stamped_again", error=redacted_error(exc))

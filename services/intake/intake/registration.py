@@ -7,6 +7,7 @@ identical submission within the resubmission window finds the first one's compla
 
 from __future__ import annotations
 
+import time
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -67,6 +68,7 @@ async def create_complaint(
     so a stored complaint always has it; a retry that finds its complaint stored already
     writes it again from the stored one.
     """
+    entered = time.monotonic()  # with ``now``: a late insert is stamped again
     body = request.model_dump(mode="json", exclude={"severity", "flags"})
     fingerprint = submission_fingerprint(
         org=principal.org,
@@ -94,7 +96,7 @@ async def create_complaint(
     document = await prepared()
     for _ in range(SUBMISSION_ATTEMPTS):
         try:
-            return await store.insert(db=db, document=document), True
+            return await store.insert(db=db, document=document, entered=entered), True
         except DuplicateKeyError as exc:
             if is_id_clash(exc):
                 # Our own id: a retry finishing a request that stored it already (a dropped

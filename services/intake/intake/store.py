@@ -169,12 +169,23 @@ async def find(*, db: AsyncDatabase, complaint_id: str) -> dict[str, Any] | None
     return await db[COMPLAINTS].find_one({"_id": complaint_id}, projection=HIDDEN_FIELDS)
 
 
-async def insert(*, db: AsyncDatabase, document: dict[str, Any]) -> dict[str, Any]:
-    """Store a new complaint (``registration.new_document``); returns it as stored."""
+async def insert(*, db: AsyncDatabase, document: dict[str, Any], entered: float) -> dict[str, Any]:
+    """Store a new complaint (``registration.new_document``, stamped when the request
+    began: ``entered``, its ``time.monotonic()``); returns it as stored. One committed
+    late is stamped again (``aggregate.stamped_if_late``), as a late change is: the report
+    rollup, having read past its first stamp meanwhile, would never count it."""
     await floors.cover(db=db, complaint=document)
     await retrying(insert_batched, db[COMPLAINTS], document)
     aggregate.inserted(db=db, aggregate=COMPLAINT, document=document)
-    return as_stored(document)
+    return as_stored(
+        await aggregate.stamped_if_late(
+            db[COMPLAINTS],
+            document,
+            version=document.get("version"),
+            stamped=document["updated_at"],
+            entered=entered,
+        )
+    )
 
 
 async def get_visible(*, db: AsyncDatabase, principal: Principal, complaint_id: str) -> dict:
