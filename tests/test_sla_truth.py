@@ -636,10 +636,27 @@ async def test_rungs_withdrawn_by_a_late_withdrawal_after_a_reopen_leave_routing
 
     # The second rung's climb delivered again after its withdrawal (a replay, a redelivery
     # past the remembered event ids) finds it withdrawn.
-    await publish(system, (EventType.COMPLAINT_ESCALATED, rungs[1]), service="routing")
-    await _timeline_has(system, cid, admin, "escalated", count=4)
+    # So does a breach: no flag, and the timeline shows it withdrawn as it arrives.
+    await publish(
+        system,
+        (EventType.COMPLAINT_ESCALATED, rungs[1]),
+        (EventType.COMPLAINT_SLA_BREACHED, ack_breach),
+        service="routing",
+    )
+    await _timeline_has(system, cid, admin, "sla_breached", count=2)
     record = await complaint_of(system, cid, admin)
     assert (record["escalation_level"], record["escalation"]["reason"]) == (1, "reopened")
+    assert record["sla"]["acknowledge_breached"] is False
+    timeline = await system.intake.get(f"/v1/complaints/{cid}/timeline", headers=admin)
+    late = [
+        entry
+        for entry in timeline.json()["entries"]
+        if entry["action"] in ("escalated", "sla_breached")
+    ][-2:]
+    assert [(entry["action"], entry["withdrawn"]["reason"]) for entry in late] == [
+        ("escalated", "resolved_on_time"),
+        ("sla_breached", "acknowledged_on_time"),
+    ]
 
 
 async def test_a_withdrawal_on_a_record_from_before_the_rungs_were_kept_leaves_routings_level(

@@ -202,6 +202,7 @@ def _escalation(
     *,
     climbed: Sequence[dict[str, Any]] = (),
     withdrawn: Sequence[dict[str, Any]] = (),
+    withdrawal: dict[str, Any] | None = None,
     standing_after: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The escalation fields after rungs ``climbed`` and ``withdrawn``, in whatever order
@@ -212,7 +213,8 @@ def _escalation(
     arriving after a reopen still takes its rungs back; the level is never set from a
     number an event carries. A record from before the rungs were kept starts from its
     highest escalation, or, for a withdrawal, from the highest rung routing says still
-    stands after it (``standing_after``): the rungs below the highest were never kept."""
+    stands after it (``standing_after``): the rungs below the highest were never kept.
+    A withdrawn rung keeps its ``withdrawal`` (when, why, the event) in ``withdrawn``."""
     known = current.get(ESCALATION_STEPS)
     if known is None:
         seed = standing_after if withdrawn else current.get("escalation")
@@ -221,7 +223,8 @@ def _escalation(
     for step in climbed:
         steps.setdefault(_step_key(step), {**step, "withdrawn": False})
     for step in withdrawn:
-        steps[_step_key(step)] = {**steps.get(_step_key(step), step), "withdrawn": True}
+        marker = withdrawal or True
+        steps[_step_key(step)] = {**steps.get(_step_key(step), step), "withdrawn": marker}
     standing = [step for step in steps.values() if not step["withdrawn"]]
     top = max(standing, key=_step_key, default=None)
     fields: dict[str, Any] = {
@@ -232,6 +235,30 @@ def _escalation(
         return {"$set": fields, "$unset": {"escalation": ""}}
     fields["escalation"] = {name: top.get(name) for name in STEP_FIELDS}
     return {"$set": fields}
+
+
+WITHDRAWN_BREACHES = "withdrawn_breaches"
+
+
+def _breach_key(clock: str, due_at: datetime) -> tuple[str, datetime]:
+    return clock, due_at.replace(microsecond=due_at.microsecond // 1000 * 1000)
+
+
+def _breach_withdrawal(current: dict[str, Any], clock: str, due_at: datetime) -> dict | None:
+    """The withdrawal of the breach of ``clock`` due at ``due_at``, when it came first."""
+    key = _breach_key(clock, due_at)
+    for withdrawn in current.get(WITHDRAWN_BREACHES) or []:
+        if _breach_key(withdrawn["clock"], withdrawn["due_at"]) == key:
+            return withdrawn["withdrawal"]
+    return None
+
+
+def _rung_withdrawal(current: dict[str, Any], step: dict[str, Any]) -> dict | None:
+    """The withdrawal of the rung ``step``, when it came before the climb."""
+    for known in current.get(ESCALATION_STEPS) or []:
+        if _step_key(known) == _step_key(step) and isinstance(known["withdrawn"], dict):
+            return known["withdrawn"]
+    return None
 
 
 async def apply_assigned(
@@ -406,10 +433,11 @@ async def apply_escalated(
     now: datetime,
 ) -> None:
     def decide(current: dict[str, Any]) -> store.Decision:
-        update = _escalation(current, climbed=[data.model_dump(include=set(STEP_FIELDS))])
+        step = data.model_dump(include=set(STEP_FIELDS))
+        update = _escalation(current, climbed=[step])
         if data.regulatory_report_due_at is not None:
             update["$set"]["regulatory_report_due_at"] = data.regulatory_report_due_at
-        return store.Decision(update)
+        return store.Decision(update, withdrawn=_rung_withdrawal(current, step))
 
     await _apply(
         db=db,
@@ -463,6 +491,9 @@ async def apply_sla_breached(
     now: datetime,
 ) -> None:
     def decide(current: dict[str, Any]) -> store.Decision:
+        withdrawal = _breach_withdrawal(current, data.clock.value, data.due_at)
+        if withdrawal is not None:  # its withdrawal came first (a replay): no flag
+            return store.Decision({}, withdrawn=withdrawal)
         if not _clock_flags_apply(current, data.clock, data.reopen_count):
             return store.UNCHANGED  # of a cycle a reopen has ended: on the timeline only
         fields = {f"sla.{data.clock.value}_breached": True}
@@ -553,6 +584,7 @@ async def apply_sla_breach_withdrawn(
     """A breach routing withdrew (the acknowledgement, wait or resolution was on time; its
     news reached routing after the timer fired): the flags and the escalation level say
     what still stands, and the breach and its escalations stay on the timeline, marked."""
+    withdrawal = {"at": data.withdrawn_at, "reason": data.reason, "event_id": event.id}
     await store.mark_withdrawn(
         db=db,
         complaint_id=data.complaint_id,
@@ -575,23 +607,29 @@ async def apply_sla_breach_withdrawn(
                 for step in data.withdrawn_escalations
             ),
         ],
-        withdrawn={"at": data.withdrawn_at, "reason": data.reason, "event_id": event.id},
+        withdrawn=withdrawal,
     )
 
     def decide(current: dict[str, Any]) -> store.Decision:
         withdrawn = [step.model_dump() for step in data.withdrawn_escalations]
         standing = data.escalation.model_dump() if data.escalation is not None else None
         update = (
-            _escalation(current, withdrawn=withdrawn, standing_after=standing)
+            _escalation(
+                current, withdrawn=withdrawn, withdrawal=withdrawal, standing_after=standing
+            )
             if withdrawn
             else {"$set": {}}
         )
+        if _breach_withdrawal(current, data.clock.value, data.due_at) is None:
+            # Kept, so that the breach itself, delivered again after this, sets no flag.
+            breach = {"clock": data.clock.value, "due_at": data.due_at, "withdrawal": withdrawal}
+            update["$push"] = {WITHDRAWN_BREACHES: breach}
         if _clock_flags_apply(current, data.clock, data.reopen_count):
             still = {clock.value for clock in data.breached_clocks}
             update["$set"][f"sla.{data.clock.value}_breached"] = data.clock.value in still
             if _same_cycle(current, data.reopen_count):
                 update["$set"]["sla_breached"] = bool(still)
-        return store.Decision(update) if update["$set"] else store.UNCHANGED
+        return store.Decision(update)
 
     await _apply(
         db=db,

@@ -254,6 +254,9 @@ class Decision:
     events: list[tuple[EventType, EventData]] = field(default_factory=list)
     status: Status | None = None
     entries: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    # The caller's own entry arrives withdrawn already (a breach or a rung whose withdrawal
+    # was applied first): marked as ``mark_withdrawn`` marks those it finds.
+    withdrawn: dict[str, Any] | None = None
 
 
 UNCHANGED = Decision({})
@@ -309,6 +312,8 @@ async def change(
             )
             for name, extra in entries
         ]
+        if decision.withdrawn is not None:
+            timeline[0]["withdrawn"] = decision.withdrawn
         if decision.status is not None and decision.status is not status_from:
             timeline[-1]["status_from"] = status_from.value
             timeline[-1]["status_to"] = decision.status.value
