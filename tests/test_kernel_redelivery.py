@@ -18,6 +18,7 @@ from complaints_shared.events import (
     ComplaintClosed,
     ComplaintPendingCustomer,
     ComplaintResumed,
+    ComplaintWithdrawn,
     EventType,
     Topic,
 )
@@ -199,6 +200,61 @@ async def test_an_admin_close_redelivered_after_a_reopen_and_resolution_leaves_t
     )
     after = await checks_of(system, first.complaint_id, admin, count=4)
     assert [c["status"] for c in after if c["resolution_number"] == 2] == ["scheduled"] * 2
+
+
+async def test_a_resolution_replayed_after_its_reopen_or_withdrawal_schedules_no_call_backs(
+    system_factory: SystemFactory,
+) -> None:
+    """A complaint's resolved event was dead-lettered in follow-up; the reopen that undid the
+    resolution, and later a withdrawal, came through. Replayed after them, the resolution
+    scheduled call-backs: agents would call a customer whose complaint was back in progress,
+    or withdrawn, and the outcome would count in the satisfaction figures. Now the reopen and
+    the withdrawal are kept, and a resolution they ended schedules nothing."""
+    system = await system_factory(clock=ManualClock(datetime(2026, 11, 20, tzinfo=UTC)))
+    admin = token(system.intake_settings)
+    first = resolved(resolved_at=datetime(2026, 11, 24, 2, tzinfo=UTC), severity="high")
+    second = first.model_copy(
+        update={"resolution_number": 2, "resolved_at": first.resolved_at + timedelta(days=2)}
+    )
+    withdrawal = ComplaintWithdrawn(
+        **base(first),
+        reason="客户撤诉",
+        withdrawn_by="agent",
+        withdrawn_at=second.resolved_at + timedelta(days=1),
+    )
+    undone = reopened(first, reopened_at=first.resolved_at + timedelta(hours=1), resolution_count=1)
+    before = handled_count("followup", EventType.COMPLAINT_RESOLVED)
+    await publish(
+        system,
+        (EventType.COMPLAINT_REOPENED, undone),
+        (EventType.COMPLAINT_RESOLVED, first),  # replayed after its reopen
+        (EventType.COMPLAINT_RESOLVED, second),
+    )
+    await eventually(
+        lambda: handled_count("followup", EventType.COMPLAINT_RESOLVED) >= before + 2,
+        what="both resolutions consumed",
+    )
+    checks = await checks_of(system, first.complaint_id, admin, count=2)
+    assert {(c["resolution_number"], c["status"]) for c in checks} == {(2, "scheduled")}
+
+    await publish(system, (EventType.COMPLAINT_WITHDRAWN, withdrawal))
+    await eventually(
+        lambda: _all_cancelled(system, first.complaint_id, admin), what="checks cancelled"
+    )
+    before = handled_count("followup", EventType.COMPLAINT_RESOLVED)
+    replayed = second.model_copy(update={"resolution_number": 3})
+    await publish(system, (EventType.COMPLAINT_RESOLVED, replayed))
+    await eventually(
+        lambda: handled_count("followup", EventType.COMPLAINT_RESOLVED) > before,
+        what="the late resolution consumed",
+    )
+    checks = await checks_of(system, first.complaint_id, admin, count=2)
+    assert {c["status"] for c in checks} == {"cancelled"}
+
+
+async def _all_cancelled(system: System, complaint_id: str, admin: dict) -> bool:
+    checks = await checks_of(system, complaint_id, admin, count=1)
+    return {check["status"] for check in checks} == {"cancelled"}
 
 
 async def test_intake_redelivered_followup_outcome_reopens_the_complaint_once(

@@ -85,6 +85,12 @@ def build_handlers(runtime: Runtime) -> dict[EventType, EventHandler]:
         log.info("followups_scheduled", count=created, resolution=data.resolution_number)
 
     async def on_complaint_reopened(event: CloudEvent, data: ComplaintReopened) -> None:
+        await store.record_ended(
+            db=runtime.db,
+            org=data.org,
+            complaint_id=data.complaint_id,
+            up_to=data.resolution_count,
+        )
         await cancel_pending(
             event=event,
             org=data.org,
@@ -94,6 +100,9 @@ def build_handlers(runtime: Runtime) -> dict[EventType, EventHandler]:
         )
 
     async def on_complaint_withdrawn(event: CloudEvent, data: ComplaintWithdrawn) -> None:
+        await store.record_ended(
+            db=runtime.db, org=data.org, complaint_id=data.complaint_id, up_to=None, terminal=True
+        )
         await cancel_pending(
             event=event, org=data.org, complaint_id=data.complaint_id, reason="complaint withdrawn"
         )
@@ -102,6 +111,12 @@ def build_handlers(runtime: Runtime) -> dict[EventType, EventHandler]:
         # Closing after a satisfied call keeps the later checks (e.g. the one after a week).
         if data.closed_via is not ClosedVia.ADMIN:
             return
+        await store.record_ended(
+            db=runtime.db,
+            org=data.org,
+            complaint_id=data.complaint_id,
+            up_to=data.resolution_count,
+        )
         await cancel_pending(
             event=event,
             org=data.org,

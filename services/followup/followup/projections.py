@@ -20,6 +20,7 @@ from complaints_shared.events import (
     FollowupCancelled,
     FollowupScheduled,
 )
+from complaints_shared.logs import get_logger
 from complaints_shared.mongo import merge_updates
 from complaints_shared.outbox import outbox_entry, outbox_fields
 from followup import store
@@ -38,6 +39,8 @@ from followup.lifecycle import (
 from followup.models import CheckStatus, ContactHours, PolicyRead
 from followup.policy import checks_for
 from followup.settings import FollowupSettings
+
+log = get_logger(__name__)
 
 # Taken over from ``complaint.resolved`` as is, so the caller needs no other service.
 COPIED_FROM_RESOLUTION = (
@@ -118,6 +121,15 @@ async def schedule_checks(
         resolution_number=resolved.resolution_number,
     ):
         return 0  # a stale redelivery: a later resolution has its checks already
+    if await store.resolution_ended(
+        db=db,
+        org=resolved.org,
+        complaint_id=resolved.complaint_id,
+        resolution_number=resolved.resolution_number,
+    ):
+        # Replayed late: a reopen, an administrator's close or a withdrawal came first.
+        log.info("followups_not_scheduled_resolution_ended", resolution=resolved.resolution_number)
+        return 0
     rules = checks_for(policy.policy, category=resolved.category, severity=resolved.severity)
     due_times = check_due_times(resolved_at=resolved.resolved_at, checks=rules, hours=contact_hours)
     subject = resolved.subject

@@ -116,6 +116,34 @@ async def insert_check(*, db: AsyncDatabase, document: dict[str, Any]) -> bool:
     return True
 
 
+# Per complaint, the resolutions a reopen or an administrator's close ended (``up_to``) and
+# whether it was withdrawn (``terminal``): a resolution's ``complaint.resolved`` replayed
+# from the dead-letter topic after those schedules no call-backs (its checks would call a
+# customer whose complaint is back in progress, or withdrawn).
+ENDED_RESOLUTIONS = "ended_resolutions"
+
+
+async def record_ended(
+    *, db: AsyncDatabase, org: str, complaint_id: str, up_to: int | None, terminal: bool = False
+) -> None:
+    """Note that the complaint's first ``up_to`` resolutions (all, ``terminal``) ended."""
+    update: dict[str, Any] = {"$setOnInsert": {"org": org, "complaint_id": complaint_id}}
+    if up_to is not None:
+        update["$max"] = {"up_to": up_to}
+    if terminal:
+        update["$set"] = {"terminal": True}
+    await db[ENDED_RESOLUTIONS].update_one({"_id": f"{org}:{complaint_id}"}, update, upsert=True)
+
+
+async def resolution_ended(
+    *, db: AsyncDatabase, org: str, complaint_id: str, resolution_number: int
+) -> bool:
+    ended = await db[ENDED_RESOLUTIONS].find_one({"_id": f"{org}:{complaint_id}"})
+    if ended is None:
+        return False
+    return bool(ended.get("terminal")) or resolution_number <= ended.get("up_to", 0)
+
+
 async def open_check_ids(
     *, db: AsyncDatabase, org: str, complaint_id: str, only: dict[str, Any]
 ) -> list[str]:
