@@ -12,9 +12,11 @@ from datetime import timedelta
 import httpx
 import pytest
 
+from complaints_shared import aggregate
 from complaints_shared.events import EventType
 from tests.support.clock import start_clock
 from tests.support.events import resolved
+from tests.support.faults import FailsAfter
 from tests.support.followup import FAST_SCHEDULER, checks_of, make_due
 from tests.support.http import agent
 from tests.support.kafka import publish
@@ -117,3 +119,26 @@ async def test_a_key_of_an_attempt_stored_before_fingerprints_replays_only_the_s
     assert retried.json()["attempt_count"] == 1
     reused = await _call(system, url, caller, VERY_UNSATISFIED)
     _assert_key_conflict(reused, detail="different request body")
+
+
+async def test_an_outcome_retried_after_a_503_that_had_committed_is_replayed_not_a_409(
+    system_factory: SystemFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The outcome's write commits and its answer fails (the read after it loses the
+    connection): 503. The retry found the check completed and answered 409, which the
+    client cannot tell from another agent's verdict. Under its key it is the same outcome,
+    answered with the check as it is."""
+    system, caller, url = await _claimed_check(system_factory)
+    verdict = {"satisfied": True, "score": 5, "comment": "已解决，很满意"}
+    keyed = {**caller, "Idempotency-Key": "verdict-1"}
+    monkeypatch.setattr(aggregate, "update_and_read", FailsAfter(aggregate.update_and_read))
+    failed = await system.followup.post(f"{url}/outcome", json=verdict, headers=keyed)
+    assert failed.status_code == 503, failed.text
+    retried = await system.followup.post(f"{url}/outcome", json=verdict, headers=keyed)
+    assert retried.status_code == 200, retried.text
+    assert retried.json()["status"] == "completed"
+    assert retried.json()["attempt_count"] == 1
+    assert retried.headers["Idempotent-Replayed"] == "true"
+    other = {"satisfied": False, "score": 1, "comment": "不满意"}
+    refused = await system.followup.post(f"{url}/outcome", json=other, headers=keyed)
+    _assert_key_conflict(refused, detail="for another request on this resource")

@@ -10,7 +10,7 @@ from pydantic import Field
 
 from complaints_shared.access import Scope, allow
 from complaints_shared.auth import Principal, Role
-from complaints_shared.idempotency import REPLAYED_HEADER, key_header
+from complaints_shared.idempotency import REPLAYED_HEADER, CommandKey, key_header, request_hash
 from complaints_shared.models import StrictModel
 from complaints_shared.pagination import Page
 from complaints_shared.problems import invalid_fields, not_found
@@ -40,6 +40,13 @@ IdempotencyKey = Annotated[
     str | None,
     key_header(description="Retry-safe call recording: the same key and body record it once."),
 ]
+CommandIdempotencyKey = Annotated[
+    str | None,
+    key_header(
+        description="Retry-safe command: the same key and body again changes nothing and "
+        "answers the check as it is now, with `Idempotent-Replayed: true`."
+    ),
+]
 
 
 class HistoryQuery(StrictModel):
@@ -68,24 +75,40 @@ BranchPolicyAdmin = allow(
 
 async def _command(
     request: Request,
+    response: Response,
     principal: Principal,
     followup_id: str,
     command: Callable[..., Awaitable[dict[str, Any] | None]],
+    idempotency_key: str | None,
     /,
     **arguments: Any,
 ) -> SatisfactionCheckRead:
-    """Run one of the check's commands for the caller; a check it cannot see is a 404."""
+    """Run one of the check's commands for the caller; a check it cannot see is a 404.
+    Under an ``Idempotency-Key`` the same command again changes nothing (``CommandKey``)."""
     runtime = runtime_of(request)
+    command_key = None
+    if idempotency_key is not None:
+        asked = {
+            "command": command.__name__,
+            "followup_id": followup_id,
+            "body": {name: value.model_dump(mode="json") for name, value in arguments.items()},
+        }
+        command_key = CommandKey(
+            key=idempotency_key, subject=principal.subject, fingerprint=request_hash(asked)
+        )
     document = await command(
         db=runtime.db,
         settings=runtime.settings,
         principal=principal,
         followup_id=followup_id,
         now=runtime.clock.now(),
+        command_key=command_key,
         **arguments,
     )
     if document is None:
         raise not_found(what="satisfaction check", identifier=followup_id)
+    if command_key is not None and command_key.replayed:
+        response.headers[REPLAYED_HEADER] = "true"
     return store.to_read(document)
 
 
@@ -295,9 +318,15 @@ async def get_followup(
     summary="Take a due check for a while, so nobody else calls the customer meanwhile",
 )
 async def claim_followup(
-    followup_id: str, request: Request, principal: Agent
+    followup_id: str,
+    request: Request,
+    response: Response,
+    principal: Agent,
+    idempotency_key: CommandIdempotencyKey = None,
 ) -> SatisfactionCheckRead:
-    return await _command(request, principal, followup_id, commands.claim)
+    return await _command(
+        request, response, principal, followup_id, commands.claim, idempotency_key
+    )
 
 
 @router.delete(
@@ -306,9 +335,15 @@ async def claim_followup(
     summary="Give a claimed check back to the queue",
 )
 async def release_followup(
-    followup_id: str, request: Request, principal: Agent
+    followup_id: str,
+    request: Request,
+    response: Response,
+    principal: Agent,
+    idempotency_key: CommandIdempotencyKey = None,
 ) -> SatisfactionCheckRead:
-    return await _command(request, principal, followup_id, commands.release)
+    return await _command(
+        request, response, principal, followup_id, commands.release, idempotency_key
+    )
 
 
 @router.post(
@@ -350,6 +385,19 @@ async def record_attempt(
     summary="Shortcut: record a reached call's verdict; closes or reopens the complaint",
 )
 async def record_outcome(
-    followup_id: str, body: OutcomeRequest, request: Request, principal: Agent
+    followup_id: str,
+    body: OutcomeRequest,
+    request: Request,
+    response: Response,
+    principal: Agent,
+    idempotency_key: CommandIdempotencyKey = None,
 ) -> SatisfactionCheckRead:
-    return await _command(request, principal, followup_id, commands.record_outcome, request=body)
+    return await _command(
+        request,
+        response,
+        principal,
+        followup_id,
+        commands.record_outcome,
+        idempotency_key,
+        request=body,
+    )

@@ -17,7 +17,7 @@ from complaints_shared import aggregate
 from complaints_shared.aggregate import Decide, Decision
 from complaints_shared.auth import Principal
 from complaints_shared.events import FollowupOutcome
-from complaints_shared.idempotency import key_conflict, request_hash
+from complaints_shared.idempotency import CommandKey, key_conflict, request_hash
 from complaints_shared.mongo import merge_updates
 from followup import store
 from followup.lifecycle import (
@@ -44,8 +44,11 @@ async def _change_visible(
     decide: Decide,
     now: datetime,
     /,
+    *,
+    command_key: CommandKey | None = None,
 ) -> dict[str, Any] | None:
-    """One change within the caller's visibility; None when the caller cannot see the check."""
+    """One change within the caller's visibility; None when the caller cannot see the check.
+    A ``command_key`` applied before answers the check as it is (``replayed``)."""
     return await store.change(
         db=db,
         settings=settings,
@@ -53,6 +56,7 @@ async def _change_visible(
         scope=aggregate.visibility(principal),
         decide=decide,
         now=now,
+        command_key=command_key,
     )
 
 
@@ -63,6 +67,7 @@ async def claim(
     principal: Principal,
     followup_id: str,
     now: datetime,
+    command_key: CommandKey | None = None,
 ) -> dict[str, Any] | None:
     """Give the caller the check for ``claim_lease_s`` (renewed when they claim again)."""
 
@@ -81,7 +86,9 @@ async def claim(
         )
         return Decision(update)
 
-    return await _change_visible(db, settings, principal, followup_id, decide, now)
+    return await _change_visible(
+        db, settings, principal, followup_id, decide, now, command_key=command_key
+    )
 
 
 async def release(
@@ -91,6 +98,7 @@ async def release(
     principal: Principal,
     followup_id: str,
     now: datetime,
+    command_key: CommandKey | None = None,
 ) -> dict[str, Any] | None:
     """Give a claimed check back to the queue before the lease runs out."""
 
@@ -104,7 +112,9 @@ async def release(
         )
         return Decision(update)
 
-    return await _change_visible(db, settings, principal, followup_id, decide, now)
+    return await _change_visible(
+        db, settings, principal, followup_id, decide, now, command_key=command_key
+    )
 
 
 def _rules(current: dict[str, Any], settings: FollowupSettings) -> dict[str, Any]:
@@ -252,6 +262,7 @@ async def record_outcome(
     followup_id: str,
     request: OutcomeRequest,
     now: datetime,
+    command_key: CommandKey | None = None,
 ) -> dict[str, Any] | None:
     """Shortcut: a reached attempt with the agent's verdict, on an open check nobody else holds."""
 
@@ -276,4 +287,6 @@ async def record_outcome(
             now=now,
         )
 
-    return await _change_visible(db, settings, principal, followup_id, decide, now)
+    return await _change_visible(
+        db, settings, principal, followup_id, decide, now, command_key=command_key
+    )

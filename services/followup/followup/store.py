@@ -29,6 +29,7 @@ from pymongo.errors import DuplicateKeyError
 from complaints_shared import aggregate
 from complaints_shared.aggregate import Aggregate, Decide
 from complaints_shared.auth import Principal
+from complaints_shared.idempotency import CommandKey
 from complaints_shared.mongo import insert_batched
 from complaints_shared.pagination import Page
 from complaints_shared.problems import ProblemError
@@ -91,6 +92,7 @@ async def change(
     scope: dict[str, Any],
     decide: Decide,
     event_id: str | None = None,
+    command_key: CommandKey | None = None,
     now: datetime,
 ) -> dict[str, Any] | None:
     """Apply one decided change atomically; the new document, None when not visible."""
@@ -103,6 +105,7 @@ async def change(
         now=now,
         scope=scope,
         event_id=event_id,
+        command_key=command_key,
     )
 
 
