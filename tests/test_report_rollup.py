@@ -26,6 +26,7 @@ import httpx
 import pytest
 from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import AutoReconnect
 
 from complaints_shared import aggregate
 from complaints_shared.auth import Principal
@@ -581,8 +582,9 @@ async def test_a_build_that_lost_its_claim_cannot_corrupt_the_tallies(
         assert await _tallies(db) == kept
 
 
+@pytest.mark.parametrize("answer_lost", [False, True], ids=["answered", "answer-lost"])
 async def test_a_complaint_whose_insert_committed_late_is_counted(
-    infrastructure, monkeypatch
+    infrastructure, monkeypatch, answer_lost: bool
 ) -> None:
     """A registration whose insert waited (a database failing over, a slow request under
     an Idempotency-Key) until a pass had read past its stamp, the time the request began:
@@ -600,10 +602,14 @@ async def test_a_complaint_whose_insert_committed_late_is_counted(
         insert_batched = intake_store.insert_batched
 
         async def held_insert(*args, **kwargs):
-            if not writing.is_set():
-                writing.set()
-                await go_on.wait()
-            return await insert_batched(*args, **kwargs)
+            if writing.is_set():
+                return await insert_batched(*args, **kwargs)
+            writing.set()
+            await go_on.wait()
+            answer = await insert_batched(*args, **kwargs)
+            if answer_lost:  # committed; the retry's insert is refused on its own id
+                raise AutoReconnect("connection closed after the insert (injected)")
+            return answer
 
         monkeypatch.setattr(intake_store, "insert_batched", held_insert)
         stamped = T0 + 26 * H
@@ -627,6 +633,12 @@ async def test_a_complaint_whose_insert_committed_late_is_counted(
         assert await _compare(db, stamped + timedelta(seconds=2)) > 0
         stored = await db["complaints"].find_one({"_id": answered.json()["id"]})
         assert stored["updated_at"] > stamped + timedelta(seconds=0.3)
+        # Its search posting stands: a retry refused on its own submission claim was taken
+        # for a resubmission of itself, which dropped it.
+        found = await intake.client.get(
+            "/v1/complaints", params={"q": "排队两小时"}, headers=intake.admin
+        )
+        assert [item["id"] for item in found.json()["items"]] == [stored["_id"]]
 
 
 async def test_a_change_committed_late_on_an_audited_day_is_counted(

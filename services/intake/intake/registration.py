@@ -98,16 +98,19 @@ async def create_complaint(
         try:
             return await store.insert(db=db, document=document, entered=entered), True
         except DuplicateKeyError as exc:
-            if is_id_clash(exc):
-                # Our own id: a retry finishing a request that stored it already (a dropped
-                # reply, or an Idempotency-Key taken over from a request that failed late).
-                existing = await store.find(db=db, complaint_id=complaint_id)
+            # Our own id stored already: a retry finishing a request that stored it (a dropped
+            # reply, or an Idempotency-Key taken over from a request that failed late). The
+            # server may name another unique index of it first (its submission claim): taken
+            # for an earlier submission, it answered the complaint as its own resubmission and
+            # dropped its search posting.
+            existing = await store.find(db=db, complaint_id=complaint_id)
+            if existing is not None or is_id_clash(exc):
                 if (existing or {}).get("submission_fingerprint") != fingerprint:
                     raise
                 # This attempt's posting (another reference, another time) gave way to
                 # the stored complaint's.
                 await postings.write(db=db, document=existing)
-                return existing, True
+                return await store.stamped_if_late(db=db, document=existing, entered=entered), True
             if clashes_on(exc, "reference"):
                 # The counter was behind the numbers stored (lost, or restored from an older
                 # backup): it moves past them and the complaint takes a free number.

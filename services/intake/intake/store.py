@@ -177,14 +177,21 @@ async def insert(*, db: AsyncDatabase, document: dict[str, Any], entered: float)
     await floors.cover(db=db, complaint=document)
     await retrying(insert_batched, db[COMPLAINTS], document)
     aggregate.inserted(db=db, aggregate=COMPLAINT, document=document)
-    return as_stored(
-        await aggregate.stamped_if_late(
-            db[COMPLAINTS],
-            document,
-            version=document.get("version"),
-            stamped=document["updated_at"],
-            entered=entered,
-        )
+    return as_stored(await stamped_if_late(db=db, document=document, entered=entered))
+
+
+async def stamped_if_late(
+    *, db: AsyncDatabase, document: dict[str, Any], entered: float
+) -> dict[str, Any]:
+    """``document`` (inserted by a request that began at ``entered``) stamped again when the
+    insert committed late: the one this request made, or one an earlier try of it made
+    (a retry's insert refused on its own id)."""
+    return await aggregate.stamped_if_late(
+        db[COMPLAINTS],
+        document,
+        version=document.get("version"),
+        stamped=document["updated_at"],
+        entered=entered,
     )
 
 
