@@ -464,6 +464,15 @@ async def test_a_pointer_whose_original_is_past_retention_is_reported_not_replay
     [letter] = await read_dead_letters(settings=settings, dlq_topic=dead_letter_topic(topic))
     assert letter.omitted_bytes == 1024 * 1024 - 200 + 1 + len("ce_type") + 36
     assert letter.header("ce_type") == "org.complaintdesk.complaint.noted.v1"
+
+    # The original could not be read (the broker slow to answer): broken off, as a send is.
+    async def unreadable(**_: Any) -> None:
+        raise TimeoutError("no answer (injected)")
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(dlq, "read_original", unreadable)
+        with pytest.raises(dlq.ReplayBrokenOff, match="its original could not be read"):
+            await dlq.replay(settings=settings, letters=[letter])
     result = await dlq.replay(settings=settings, letters=[letter])
     assert (result.replayed, [item.ref for item in result.originals_gone]) == ([], [letter.ref])
     assert await replayed_refs(settings=settings, dlq_topic=letter.dlq_topic) == set()

@@ -248,7 +248,11 @@ async def replay(
     try:
         for letter in pending:
             if letter.omitted_bytes is not None:
-                original = await read_original(settings=settings, letter=letter)
+                try:
+                    original = await read_original(settings=settings, letter=letter)
+                except (TimeoutError, KafkaError) as exc:
+                    cause = f"its original could not be read: {exc!r}"
+                    raise ReplayBrokenOff(replayed=replayed, letter=letter, cause=cause) from exc
                 if original is None:
                     gone.append(letter)
                     continue
