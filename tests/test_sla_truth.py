@@ -659,8 +659,9 @@ async def test_rungs_withdrawn_by_a_late_withdrawal_after_a_reopen_leave_routing
     ]
 
 
+@pytest.mark.parametrize("kept", ["no rungs", "the top rung seeded"])
 async def test_a_withdrawal_on_a_record_from_before_the_rungs_were_kept_leaves_routings_level(
-    system: System,
+    system: System, kept: str
 ) -> None:
     """A complaint escalated twice before 4 December keeps only its highest rung
     (``escalation``), not the rungs under it. A withdrawal of that rung then left no rung
@@ -681,6 +682,14 @@ async def test_a_withdrawal_on_a_record_from_before_the_rungs_were_kept_leaves_r
         {
             "$set": {"escalation_level": 2, "escalation": second.model_dump()},
             "$unset": {"escalation_steps": ""},
+        }
+        if kept == "no rungs"
+        else {  # a climb since the upgrade seeded the rungs with the top one only
+            "$set": {
+                "escalation_level": 2,
+                "escalation": second.model_dump(),
+                "escalation_steps": [{**second.model_dump(), "withdrawn": False}],
+            }
         },
     )
     await publish(

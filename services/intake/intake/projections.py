@@ -212,14 +212,16 @@ def _escalation(
     withdrawal (a redelivery, a replay) finds it withdrawn; a withdrawal of an earlier cycle
     arriving after a reopen still takes its rungs back; the level is never set from a
     number an event carries. A record from before the rungs were kept starts from its
-    highest escalation, or, for a withdrawal, from the highest rung routing says still
-    stands after it (``standing_after``): the rungs below the highest were never kept.
+    highest escalation; a withdrawal adds the highest rung routing says still stands after
+    it (``standing_after``), which such a record may never have kept.
     A withdrawn rung keeps its ``withdrawal`` (when, why, the event) in ``withdrawn``."""
     known = current.get(ESCALATION_STEPS)
     if known is None:
-        seed = standing_after if withdrawn else current.get("escalation")
+        seed = None if withdrawn else current.get("escalation")
         known = [{**seed, "withdrawn": False}] if seed else []
     steps = {_step_key(step): dict(step) for step in known}
+    if standing_after is not None:  # a rung the record may never have kept (seeded above)
+        steps.setdefault(_step_key(standing_after), {**standing_after, "withdrawn": False})
     for step in climbed:
         steps.setdefault(_step_key(step), {**step, "withdrawn": False})
     for step in withdrawn:
