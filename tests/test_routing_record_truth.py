@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from complaints_shared.clock import ManualClock
-from complaints_shared.dlq import read_dead_letters, run_command
+from complaints_shared.dlq import read_dead_letters, replay, run_command
 from complaints_shared.events import (
     ComplaintAcknowledged,
     ComplaintPendingCustomer,
@@ -757,3 +757,13 @@ async def test_a_reopen_whose_finish_never_reached_routing_is_dead_lettered_not_
     assert "the finish reopen 1 undoes was not applied" in letter.header("dlq_error")
     stored = await routing_db(system).assignments.find_one({"_id": complaint.complaint_id})
     assert (stored["status"], stored.get("reopen_count", 0)) == ("open", 0)
+
+    # The finish replayed (here: sent again), then the reopen: routing agrees with intake.
+    async with intake_producer(system) as publish:
+        await publish(EventType.COMPLAINT_RESOLVED, finish)
+    await assignment_when(system, complaint.complaint_id, lambda d: d["status"] == "resolved")
+    await replay(settings=system.routing_settings, letters=[letter])
+    reopened_here = await assignment_when(
+        system, complaint.complaint_id, lambda d: d.get("reopen_count") == 1
+    )
+    assert reopened_here["status"] == "open"

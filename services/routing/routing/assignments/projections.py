@@ -387,7 +387,8 @@ async def finish(
         return Decision(update, events, [lambda document: offer(document, current)])
 
     document = await _apply(db, settings, event, complaint_id, decide, now)
-    if not offered and document.get("department"):
+    applied_before = not offered and event.id in document.get("applied_events", [])
+    if applied_before and document.get("department"):
         # Found applied: a redelivery, most likely after the process that freed the slot
         # died before offering it (the ledger of drains owed died with it). The next queue
         # sweep offers the department, instead of the census up to a minute later, on

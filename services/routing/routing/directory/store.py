@@ -520,8 +520,10 @@ def end_counts(*, db: AsyncDatabase, org: str, department_id: str) -> None:
     """Drop the loads counted for the department's desk: a slot may have come free where
     this process neither saw nor made the move (a finish applied by a process that died)."""
     key = (db.name, org, department_id)
-    if _counted.pop(key, None) is not None:
+    if _counted.pop(key, None) is not None:  # the desk shows them: read it again
         _desks.pop(key, None)
+        _desk_hints.pop(key, None)
+        _desk_freed.pop(key, None)
 
 
 def desk_counted(*, db: AsyncDatabase, org: str, department_id: str) -> bool:
