@@ -16,10 +16,12 @@ behind.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from pymongo.asynchronous.database import AsyncDatabase
 
+from complaints_shared.aggregate import Decision
 from complaints_shared.events import ComplaintReceived
 from complaints_shared.logs import get_logger
 from complaints_shared.timing import Pacer
@@ -28,6 +30,7 @@ from routing.assignments.models import AssignmentStatus
 from routing.directory import store as directory_store
 from routing.directory.models import StaffRead
 from routing.metrics import LOAD_HINTS_CORRECTED
+from routing.settings import RoutingSettings
 
 log = get_logger(__name__)
 
@@ -272,6 +275,59 @@ async def forced_owner(*, db: AsyncDatabase, org: str, staff: StaffRead) -> Owne
     )
     assert slot is not None
     return OwnerChoice(staff, slot)
+
+
+async def fill_from_overflow(
+    *,
+    db: AsyncDatabase,
+    settings: RoutingSettings,
+    org: str,
+    staff: StaffRead,
+    slot: int,
+    now: datetime,
+) -> bool:
+    """Slot ``slot`` of ``staff``, under their capacity, came free while they hold work in a
+    slot at or above it (given on purpose past their capacity: a duty officer, a
+    supervisor's choice, a reopen): their highest such assignment moves down into it.
+
+    A slot under the capacity being free means room to automatic choice, which fills it
+    on a hint a moment behind (and ``trust_hints`` without looking): an owner at capacity
+    with a free slot below it took one more, past the capacity. Moved down, the owner's
+    slots under the capacity are all taken while their open work is at or above it. False
+    when there is nothing to move, or the slot was taken meanwhile."""
+    if slot >= staff.capacity:
+        return False
+    over = await db[store.ASSIGNMENTS].find_one(
+        {
+            "org": org,
+            "owner_id": staff.id,
+            "status": AssignmentStatus.OPEN.value,
+            "owner_slot_no": {"$gte": staff.capacity},
+        },
+        projection={"_id": 1},
+        sort=[("owner_slot_no", -1)],
+    )
+    if over is None:
+        return False
+    moved: list[bool] = []
+
+    async def decide(current: dict[str, Any]) -> Decision | None:
+        held = current.get("owner_slot_no")
+        if current["status"] != AssignmentStatus.OPEN.value or current.get("owner_id") != staff.id:
+            return None
+        if held is None or held < staff.capacity:
+            return None
+        if await db[store.ASSIGNMENTS].find_one({"owner_slot": slot_key(org, staff.id, slot)}):
+            return None  # taken meanwhile: the owner had room after all
+        moved.append(True)
+        update = {
+            "$set": slot_fields(org, staff.id, slot),
+            **store.history(at=now, action="slot_moved_down", actor="routing", slot=slot),
+        }
+        return Decision(update)
+
+    await store.change(db=db, settings=settings, complaint_id=over["_id"], decide=decide, now=now)
+    return bool(moved)
 
 
 async def owner_for_plan(

@@ -171,6 +171,11 @@ async def offer_freed_capacity(
         owner = await directory_store.find_staff(db=db, org=previous["org"], staff_id=owner_id)
         if owner is not None:
             departments.add(owner.department_id)
+            slot = previous.get("owner_slot_no")
+            if previous["status"] == AssignmentStatus.OPEN.value and slot is not None:
+                await owners.fill_from_overflow(
+                    db=db, settings=settings, org=previous["org"], staff=owner, slot=slot, now=now
+                )
     for department in sorted(departments):
         await drain_queue(
             db=db, settings=settings, org=previous["org"], department_id=department, now=now
