@@ -9,7 +9,9 @@ services.
 
 from __future__ import annotations
 
-from datetime import timedelta
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import Any
 
 import pytest
 
@@ -537,6 +539,32 @@ async def test_a_complaint_reopened_before_it_was_ever_routed_climbs_a_rung_once
     assert record["status"] == "reopened"
 
 
+def _withdrawal(
+    base: dict,
+    clock: SlaClock,
+    due: datetime,
+    *,
+    rungs: Sequence[Any] = (),
+    standing: EscalationStep | None = None,
+) -> tuple[EventType, ComplaintSlaBreachWithdrawn]:
+    """Routing's withdrawal of ``clock``'s breach due at ``due`` (stopped a minute before it,
+    news of it late), of the ``rungs`` it climbed, in cycle 0; ``standing`` still stands."""
+    reasons = {SlaClock.RESOLVE: "resolved_on_time", SlaClock.ACKNOWLEDGE: "acknowledged_on_time"}
+    return EventType.COMPLAINT_SLA_BREACH_WITHDRAWN, ComplaintSlaBreachWithdrawn(
+        **base,
+        clock=clock,
+        due_at=due,
+        stopped_at=due - MINUTE,
+        reason=reasons[clock],
+        withdrawn_breaches=max(len(rungs), 1),
+        withdrawn_at=due + 5 * MINUTE,
+        withdrawn_escalations=list(rungs),
+        escalation_level=standing.level if standing else 0,
+        escalation=standing,
+        reopen_count=0,
+    )
+
+
 async def test_rungs_withdrawn_by_a_late_withdrawal_after_a_reopen_leave_routings_level(
     system: System,
 ) -> None:
@@ -594,38 +622,10 @@ async def test_rungs_withdrawn_by_a_late_withdrawal_after_a_reopen_leave_routing
     assert reopened["escalation_level"] == 1  # routing climbed from its own level 0
     await _timeline_has(system, cid, admin, "escalated", count=3)
 
-    withdrawn_at = due + MINUTE * 5
     await publish(
         system,
-        (
-            EventType.COMPLAINT_SLA_BREACH_WITHDRAWN,
-            ComplaintSlaBreachWithdrawn(
-                **base,
-                clock=SlaClock.RESOLVE,
-                due_at=due,
-                stopped_at=due - MINUTE,
-                reason="resolved_on_time",
-                withdrawn_breaches=2,
-                withdrawn_at=withdrawn_at,
-                withdrawn_escalations=[rung.model_dump() for rung in rungs],
-                escalation_level=0,
-                reopen_count=0,
-            ),
-        ),
-        (
-            EventType.COMPLAINT_SLA_BREACH_WITHDRAWN,
-            ComplaintSlaBreachWithdrawn(
-                **base,
-                clock=SlaClock.ACKNOWLEDGE,
-                due_at=ack_due,
-                stopped_at=ack_due - MINUTE,
-                reason="acknowledged_on_time",
-                withdrawn_breaches=1,
-                withdrawn_at=withdrawn_at,
-                escalation_level=0,
-                reopen_count=0,
-            ),
-        ),
+        _withdrawal(base, SlaClock.RESOLVE, due, rungs=[rung.model_dump() for rung in rungs]),
+        _withdrawal(base, SlaClock.ACKNOWLEDGE, ack_due),
         service="routing",
     )
     await _timeline_has(system, cid, admin, "sla_breach_withdrawn", count=2)
@@ -694,21 +694,7 @@ async def test_a_withdrawal_on_a_record_from_before_the_rungs_were_kept_leaves_r
     )
     await publish(
         system,
-        (
-            EventType.COMPLAINT_SLA_BREACH_WITHDRAWN,
-            ComplaintSlaBreachWithdrawn(
-                **base,
-                clock=SlaClock.RESOLVE,
-                due_at=due,
-                stopped_at=due - MINUTE,
-                reason="resolved_on_time",
-                withdrawn_breaches=1,
-                withdrawn_at=due + 3 * MINUTE,
-                withdrawn_escalations=[second],
-                escalation_level=1,
-                escalation=first,
-            ),
-        ),
+        _withdrawal(base, SlaClock.RESOLVE, due, rungs=[second], standing=first),
         service="routing",
     )
     record = await complaint_when(
