@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
+from pymongo.errors import DuplicateKeyError
 
 from complaints_shared.clock import ManualClock
 from complaints_shared.events import (
@@ -13,6 +15,7 @@ from complaints_shared.events import (
     EventType,
     ResponsibleParty,
 )
+from routing.assignments import placement
 from routing.directory.models import BranchRead
 from routing.sla import clocks as sla
 from tests.support.events import base, received, resolved
@@ -148,6 +151,36 @@ async def test_duplicate_received_event_assigns_once(system: System) -> None:
         timeout_s=5,
     )
     assert len(of_type(events, EventType.COMPLAINT_ASSIGNED, complaint.complaint_id)) == 1
+
+
+async def test_a_redelivery_refused_on_its_slot_index_is_known_as_routed(
+    system: System, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A redelivered ``complaint.received`` plans the slot its first delivery took (the hint
+    not moved: the process died before recording it), and its insert clashes on both its id
+    and that slot. The server named the slot: routing took it for another complaint's,
+    chose again, ten times, and failed the event with ``ConcurrentUpdate``. Whether the
+    assignment is stored decides."""
+    complaint = received()
+    async with intake_producer(system) as publish:
+        await publish(EventType.COMPLAINT_RECEIVED, complaint)
+    await assignment_when(system, complaint.complaint_id, lambda d: d["status"] == "open")
+    db = routing_db(system)
+    insert = placement.store.insert
+
+    async def named_by_its_slot(*, db: Any, document: dict) -> None:
+        try:
+            await insert(db=db, document=document)
+        except DuplicateKeyError as exc:
+            details = {**(exc.details or {}), "keyPattern": {"owner_slot": 1}}
+            raise DuplicateKeyError("E11000 owner_slot_unique", 11000, details) from None
+
+    monkeypatch.setattr(placement.store, "insert", named_by_its_slot)
+    routed = await placement.route_received(
+        db=db, settings=system.routing_settings, complaint=complaint, now=datetime.now(UTC)
+    )
+    assert routed is False
+    assert await db.assignments.count_documents({"_id": complaint.complaint_id}) == 1
 
 
 async def test_full_department_queues_and_freed_capacity_assigns_the_next(

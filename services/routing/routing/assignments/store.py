@@ -137,6 +137,10 @@ async def open_loads(*, db: AsyncDatabase, org: str, staff_ids: list[str]) -> di
     )
 
 
+async def exists(*, db: AsyncDatabase, complaint_id: str) -> bool:
+    return await db[ASSIGNMENTS].find_one({"_id": complaint_id}, projection={"_id": 1}) is not None
+
+
 async def insert(*, db: AsyncDatabase, document: dict[str, Any]) -> None:
     """Store a new assignment; DuplicateKeyError when its id or its owner slot is taken."""
     await insert_batched(db[ASSIGNMENTS], document)
