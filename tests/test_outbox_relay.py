@@ -19,6 +19,7 @@ import pytest
 from pymongo import AsyncMongoClient, monitoring
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import AutoReconnect
 
 from complaints_shared import aggregate
 from complaints_shared.aggregate import Aggregate, Decision
@@ -152,6 +153,36 @@ class _WriterDuringSend(EventProducer):
                 {"_id": self._document_id}, outbox_update([self.added])
             )
         return await super().send(event, topic=topic)
+
+
+async def test_a_lease_whose_insert_answer_was_lost_is_taken_as_ours(
+    system: System, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The relay's insert of its lease commits and its answer is lost (the connection drops).
+    The next pass found the lease stored, took it for another replica's and stood by for the
+    whole lease: nobody published that collection's events meanwhile. It is this relay's own,
+    and it leads."""
+    probe = await _probe(system)
+    settings, db, collection = probe.settings, probe.db, probe.collection
+    producer = EventProducer(settings=settings)
+    relay = OutboxRelay(db=db, collections=[collection.name], producer=producer, settings=settings)
+    insert_one = AsyncCollection.insert_one
+
+    async def answer_lost(self: AsyncCollection, document: dict, *args, **kwargs):
+        answer = await insert_one(self, document, *args, **kwargs)
+        if self.name == LEASES:
+            raise AutoReconnect("connection closed after the insert (injected)")
+        return answer
+
+    try:
+        with monkeypatch.context() as patch:
+            patch.setattr(AsyncCollection, "insert_one", answer_lost)
+            with pytest.raises(AutoReconnect):
+                await relay._lead(collection.name)
+        assert (await db[LEASES].find_one({"_id": collection.name}))["owner"] == relay._owner
+        assert await relay._lead(collection.name)
+    finally:
+        await producer.stop()
 
 
 async def test_an_event_added_while_a_batch_is_sent_stays_pending(system: System) -> None:

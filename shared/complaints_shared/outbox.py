@@ -654,6 +654,11 @@ class OutboxRelay:
                 await leases.insert_one({"_id": collection, "owner": self._owner, "until": until})
             except DuplicateKeyError:
                 current = await leases.find_one({"_id": collection})
+                if current is not None and current.get("owner") == self._owner:
+                    # Ours: an insert whose answer was lost, stored all the same. Taken for
+                    # another's, it left every relay standing by for a whole lease.
+                    self._held_until[collection] = current["until"]
+                    return True
                 # Someone else leads: ask again when their lease would run out.
                 self._standby_until[collection] = current["until"] if current else now
                 return False

@@ -312,6 +312,7 @@ async def fill_from_overflow(
     moved: list[bool] = []
 
     async def decide(current: dict[str, Any]) -> Decision | None:
+        moved.clear()  # decided again after a lost race: this decision says
         held = current.get("owner_slot_no")
         if current["status"] != AssignmentStatus.OPEN.value or current.get("owner_id") != staff.id:
             return None
