@@ -126,3 +126,31 @@ async def test_an_escalation_retried_after_a_503_that_had_committed_climbs_one_r
     )
     assert again.headers["Idempotent-Replayed"] == "true"
     assert again.json()["owner_id"] == moved.json()["owner_id"]
+
+
+async def test_a_move_retried_after_its_target_went_on_leave_is_replayed_not_refused(
+    system: System,
+) -> None:
+    """The move to a named person commits; its answer is lost; she goes on leave; the
+    retry is checked against the directory as it is now and refused (422 'on_leave'),
+    though the move was made. A retry under the key is answered before those checks."""
+    admin = token(system.intake_settings)
+    complaint_id = await _assigned_complaint(system, admin)
+    supervisor = {
+        **token(system.routing_settings, roles=("supervisor",)),
+        "Idempotency-Key": "move-to-yang",
+    }
+    path = f"/v1/assignments/{complaint_id}/reassign"
+    move = {"owner_id": "lz-yang", "reason": "转网络组杨磊"}
+    moved = await system.routing.post(path, json=move, headers=supervisor)
+    assert moved.status_code == 200, moved.text
+    on_leave = await system.routing.patch(
+        "/v1/directory/staff/lz-yang",
+        json={"status": "on_leave"},
+        headers=token(system.routing_settings),
+    )
+    assert on_leave.status_code == 200, on_leave.text
+    retried = await system.routing.post(path, json=move, headers=supervisor)
+    assert retried.status_code == 200, retried.text
+    assert retried.json()["owner_id"] == "lz-yang"
+    assert retried.headers["Idempotent-Replayed"] == "true"

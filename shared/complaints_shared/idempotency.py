@@ -1,11 +1,13 @@
 """The ``Idempotency-Key`` header as every service takes it.
 
 A key is bound to the caller and the request that first used it: the same request
-again replays what it did, a different request (or another caller) with the key is a
-422 ``idempotency-key-conflict`` naming the header. Where a service keeps the key and
-its fingerprint is its own business (intake: a reservation per key; follow-up: on the
-attempt the key recorded; a command on an aggregate: ``CommandKey``, among the event ids
-the document has applied).
+again replays what it did, a different request with the key is a 422
+``idempotency-key-conflict`` naming the header. Where a key is kept with what it created
+(a complaint, a subscription, a call), another caller's use of it is a 422 too; a
+``CommandKey`` is kept per caller, so another caller's key of the same text is theirs.
+Where a service keeps the key and its fingerprint is its own business (intake: a
+reservation per key; follow-up: on the attempt the key recorded; a command on an
+aggregate: ``CommandKey``, among the event ids the document has applied).
 """
 
 from __future__ import annotations

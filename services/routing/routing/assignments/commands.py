@@ -143,6 +143,11 @@ async def reassign(
     had chosen that department).
     """
     visible = await store.get_visible(db=db, principal=principal, complaint_id=complaint_id)
+    if command_key is not None and command_key.check(visible.get("applied_events", [])):
+        # Before the checks of the target: they judge the directory as it is now, and a
+        # target gone on leave since the move must not turn its retry into a 422.
+        command_key.replayed = True
+        return store.to_read(visible)
     owner = await _target_owner(db=db, principal=principal, request=request)
     department = await _target_department(db=db, principal=principal, request=request, owner=owner)
     if visible["status"] == unroutable.STATE:
