@@ -16,6 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from standardwebhooks import Webhook, WebhookVerificationError
 
 from complaints_shared.clock import ManualClock
+from complaints_shared.events import EventType
 from tests.support.faults import HeldFirst
 from tests.support.http import BROADBAND_COMPLAINT, create_complaint, token
 from tests.support.kafka import short_type
@@ -364,6 +365,79 @@ async def test_rotations_close_together_lose_none_of_the_secrets_they_answered(
     for secret in (original, second_new):
         with pytest.raises(WebhookVerificationError):
             secret.verify(after.body, after.headers)
+
+
+async def test_a_rotation_retried_under_its_key_answers_its_secret_instead_of_rotating_again(
+    system_factory: SystemFactory,
+) -> None:
+    """A rotation's answer is lost and the client retries. A second rotation made a new
+    secret nobody saw sign for the whole overlap, and told the client an expiry the secret
+    it holds did not have. Under its key the retry answers the same secret and expiry."""
+    system = await system_factory()
+    admin, clock = token(system.intake_settings), ManualClock()
+    async with _rotating(system, clock, admin) as (hooks, webhooks, subscription, path):
+        keyed = {**admin, "Idempotency-Key": "rotate-2026-12"}
+        rotated = await webhooks.client.post(f"{path}/secret/rotate", headers=keyed)
+        assert rotated.status_code == 200, rotated.text
+        clock.advance(timedelta(seconds=5))
+        retried = await webhooks.client.post(f"{path}/secret/rotate", headers=keyed)
+        assert retried.status_code == 200, retried.text
+        assert retried.json() == rotated.json()
+        assert retried.headers["Idempotent-Replayed"] == "true"
+        during = await _ping(webhooks, hooks, path, admin)
+        # Rotated again without the key: the key's secret no longer signs, so it is a 409.
+        again = await webhooks.client.post(f"{path}/secret/rotate", headers=admin)
+        assert again.status_code == 200, again.text
+        late = await webhooks.client.post(f"{path}/secret/rotate", headers=keyed)
+        assert late.status_code == 409, late.text
+    assert len(during.headers["webhook-signature"].split(" ")) == 2  # the new and the original
+    Webhook(rotated.json()["secret"]).verify(during.body, during.headers)
+    Webhook(subscription["secret"]).verify(during.body, during.headers)
+
+
+async def test_a_backlog_of_event_types_taken_out_of_the_subscription_is_not_sent(
+    system_factory: SystemFactory,
+) -> None:
+    """Paused, the subscription holds a backlog of received and assigned events; its owner
+    narrows it to assigned events and enables it again. The held received events were sent
+    all the same: the subscription's types were checked only when events were recorded."""
+    system = await system_factory()
+    admin = token(system.intake_settings)
+    received_type, assigned_type = (
+        EventType.COMPLAINT_RECEIVED.value,
+        EventType.COMPLAINT_ASSIGNED.value,
+    )
+    async with AsyncExitStack() as stack:
+        hooks = await stack.enter_async_context(receiver(lambda n: 204))
+        webhooks = await serve_webhooks(stack, system)
+        subscription = await subscribe(
+            webhooks, admin, url=hooks.url, event_types=[received_type, assigned_type]
+        )
+        path = f"/v1/webhooks/subscriptions/{subscription['id']}"
+        paused = await webhooks.client.patch(path, json={"status": "paused"}, headers=admin)
+        assert paused.status_code == 200, paused.text
+        complaint_id = await _complaint(system, admin)
+
+        async def held() -> list[dict]:
+            entries = await _deliveries(webhooks, admin, subscription["id"])
+            types = {entry["event_type"] for entry in entries}
+            return entries if {received_type, assigned_type} <= types else []
+
+        await eventually(held, what="both events held while paused")
+        narrowed = await webhooks.client.patch(
+            path, json={"event_types": [assigned_type], "status": "active"}, headers=admin
+        )
+        assert narrowed.status_code == 200, narrowed.text
+
+        async def settled() -> list[dict]:
+            entries = await _deliveries(webhooks, admin, subscription["id"])
+            done = entries and all(entry["status"] == "delivered" for entry in entries)
+            return entries if done else []
+
+        entries = await eventually(settled, timeout_s=15, what="the backlog settled")
+    assert {entry["event_type"] for entry in entries} == {assigned_type}
+    sent = [orjson.loads(request.body) for request in hooks.requests]
+    assert [body["type"] for body in sent if body["subject"] == complaint_id] == [assigned_type]
 
 
 async def test_a_failing_target_is_paused_automatically_and_replayed_in_order_when_enabled(

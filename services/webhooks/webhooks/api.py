@@ -57,6 +57,13 @@ IdempotencyKey = Annotated[
     str | None,
     key_header(description="Retry-safe creation: the same key and body create it once."),
 ]
+RotationKey = Annotated[
+    str | None,
+    key_header(
+        description="Retry-safe rotation: the same key again answers the secret that rotation "
+        "made (while it still signs), with `Idempotent-Replayed: true`, instead of rotating again."
+    ),
+]
 
 
 class ListQuery(StrictModel):
@@ -272,25 +279,37 @@ async def delete_subscription(
     summary="New signing secret (shown once); the previous one keeps signing for the overlap",
 )
 async def rotate_secret(
-    subscription_id: SubscriptionId, request: Request, principal: Admin
+    subscription_id: SubscriptionId,
+    request: Request,
+    response: Response,
+    principal: Admin,
+    idempotency_key: RotationKey = None,
 ) -> SecretRotated:
     runtime = runtime_of(request)
     now = runtime.clock.now()
     overlap_until = now + timedelta(seconds=_settings(request).secret_rotation_overlap_s)
-    secret = new_secret()
     rotated = await store.rotate_secrets(
         db=runtime.db,
         scope=principal.scope_filter(),
         subscription_id=subscription_id,
-        secret=secret,
+        secret=new_secret(),
         now=now,
         overlap_until=overlap_until,
+        key=(
+            store.rotation_key(subject=principal.subject, idempotency_key=idempotency_key)
+            if idempotency_key is not None
+            else None
+        ),
     )
     if rotated is None:
         raise not_found(what="subscription", identifier=subscription_id)
-    if not rotated:
+    if rotated is False:
         raise conflict(f"subscription {subscription_id!r} kept being rotated meanwhile; retry")
-    return SecretRotated(secret=secret, previous_secret_expires_at=overlap_until)
+    if rotated.replayed:
+        response.headers[REPLAYED_HEADER] = "true"
+    return SecretRotated(
+        secret=rotated.secret, previous_secret_expires_at=rotated.previous_expires_at
+    )
 
 
 @router.post(

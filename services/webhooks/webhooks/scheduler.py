@@ -50,7 +50,12 @@ from webhooks.metrics import (
     STRANDED_REPAIRED,
     SUBSCRIPTIONS_PAUSED,
 )
-from webhooks.models import PING_EVENT_TYPE, DeliveryStatus, SubscriptionStatus
+from webhooks.models import (
+    PING_EVENT_TYPE,
+    DeliveryStatus,
+    SubscriptionStatus,
+    event_type_matches,
+)
 from webhooks.sender import AttemptResult, Sender
 from webhooks.settings import WebhooksSettings
 from webhooks.signing import signed_headers
@@ -304,6 +309,15 @@ class Dispatcher:
                 log.info("webhook_delivery_of_deleted_subscription_dropped")
             return
         now = runtime.clock.now()
+        if not is_ping and not any(
+            event_type_matches(pattern, delivery["event_type"])
+            for pattern in subscription["event_types"]
+        ):
+            # Its type was taken out of the subscription since it was recorded (a backlog
+            # held while paused, retries pending): the subscriber no longer wants it.
+            if await store.drop_orphan(db=db, delivery=delivery, owner=self._owner):
+                log.info("webhook_delivery_unsubscribed_dropped")
+            return
         if subscription["status"] != SubscriptionStatus.ACTIVE.value and not is_ping:
             await store.hold_while_off(db=db, delivery=delivery, owner=self._owner, now=now)
             return

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import uuid
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -22,8 +23,10 @@ from pymongo.errors import DuplicateKeyError
 
 from complaints_shared import aggregate
 from complaints_shared.auth import Principal
+from complaints_shared.idempotency import HEADER
 from complaints_shared.mongo import (
     any_date,
+    as_stored,
     at_or_after,
     at_or_before,
     bulk_write_unless_taken,
@@ -31,6 +34,7 @@ from complaints_shared.mongo import (
     lease_free,
 )
 from complaints_shared.pagination import Page
+from complaints_shared.problems import conflict
 from complaints_shared.stored import from_stored
 from webhooks.models import (
     DeliveryFilters,
@@ -45,7 +49,12 @@ SUBSCRIPTIONS = "subscriptions"
 DELIVERIES = "deliveries"
 # The API shows everything of a subscription but its secrets (and their version) and the
 # fingerprint of the request that created it.
-PUBLIC_SUBSCRIPTION = {"signing_secrets": 0, "secrets_version": 0, "created_by_request": 0}
+PUBLIC_SUBSCRIPTION = {
+    "signing_secrets": 0,
+    "secrets_version": 0,
+    "created_by_request": 0,
+    "last_rotation": 0,
+}
 # The delivery log never needs the body.
 PUBLIC_DELIVERY = {"body": 0, "lease_owner": 0, "lease_until": 0, "wakes": 0}
 # A subscription being deleted (``delete_subscription``) is gone for every reader; a missing
@@ -166,6 +175,21 @@ async def update_subscription(
 ROTATION_ATTEMPTS = 5
 
 
+@dataclass(frozen=True)
+class Rotation:
+    """A rotation's answer: the secret that signs now, until when the one before it signs,
+    and whether this was a retry of a rotation already made (nothing new done)."""
+
+    secret: str
+    previous_expires_at: datetime
+    replayed: bool = False
+
+
+def rotation_key(*, subject: str, idempotency_key: str) -> str:
+    """How a rotation under ``Idempotency-Key`` is remembered: the caller's key, hashed."""
+    return hashlib.sha256(f"{subject}\n{idempotency_key}".encode()).hexdigest()[:32]
+
+
 async def rotate_secrets(
     *,
     db: AsyncDatabase,
@@ -174,19 +198,30 @@ async def rotate_secrets(
     secret: str,
     now: datetime,
     overlap_until: datetime,
-) -> bool | None:
+    key: str | None = None,
+) -> Rotation | bool | None:
     """Make ``secret`` the one that signs: the secret that signed so far goes on signing
     until ``overlap_until``, one rotated out earlier until its own expiry (as its rotation
     answered), one past it is dropped. Written only over the secrets it was decided on
     (``secrets_version``): a rotation overtaken by another is decided again on what that one
-    left, so neither's new secret is lost. True once stored, None if there is no such
-    subscription, False if other rotations kept overtaking it."""
+    left, so neither's new secret is lost. The rotation once stored, None if there is no
+    such subscription, False if other rotations kept overtaking it.
+
+    Under ``key`` (``rotation_key``) the rotation is remembered in the same write, and a
+    retry of it (its answer lost) answers the secret it made instead of rotating again: a
+    second rotation told the client an expiry its secret did not have and signed for a day
+    with a secret nobody saw. A retry after another rotation is a 409."""
+    # As the database keeps it: the first answer and a retry's name the same instant.
+    overlap_until = as_stored({"at": overlap_until})["at"]
     for _ in range(ROTATION_ATTEMPTS):
         current = await get_subscription(
             db=db, scope=scope, subscription_id=subscription_id, with_secrets=True
         )
         if current is None:
             return None
+        last = current.get("last_rotation") or {}
+        if key is not None and last.get("key") == key:
+            return _rotation_again(current, last)
         kept = []
         for entry in current.get("signing_secrets", []):
             if entry.get("expires_at") is None:
@@ -209,14 +244,36 @@ async def rotate_secrets(
                     ],
                     "secret_rotated_at": now,
                     "previous_secret_expires_at": overlap_until,
+                    # The latest keyed one: a later rotation without a key leaves it, so
+                    # that its retry finds its secret no longer signing (409).
+                    **(
+                        {"last_rotation": {"key": key, "at": now, "overlap_until": overlap_until}}
+                        if key is not None
+                        else {}
+                    ),
                     "updated_at": now,
                 },
                 "$inc": {"secrets_version": 1},
             },
         )
         if result.matched_count == 1:
-            return True
+            return Rotation(secret=secret, previous_expires_at=overlap_until)
     return False
+
+
+def _rotation_again(current: dict[str, Any], last: dict[str, Any]) -> Rotation:
+    signing = next(
+        (entry for entry in current.get("signing_secrets", []) if entry.get("expires_at") is None),
+        None,
+    )
+    if signing is None or signing["created_at"] != last["at"]:
+        raise conflict(
+            f"subscription {current['_id']!r} was rotated again since the rotation under this "
+            f"{HEADER}: its secret no longer signs"
+        )
+    return Rotation(
+        secret=signing["secret"], previous_expires_at=last["overlap_until"], replayed=True
+    )
 
 
 async def delete_subscription(
@@ -487,7 +544,8 @@ async def hold_while_off(
 
 
 async def drop_orphan(*, db: AsyncDatabase, delivery: dict[str, Any], owner: str) -> bool:
-    """Delete a claimed delivery whose subscription is deleted (or being deleted).
+    """Delete a claimed delivery nobody wants: its subscription is deleted (or being
+    deleted), or no longer takes its event type.
 
     What a deletion leaves: a delivery an event recorded while it ran, or all of them when
     the deletion failed after marking the subscription. True when this removed it.
