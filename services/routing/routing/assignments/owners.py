@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from pymongo import DESCENDING
 from pymongo.asynchronous.database import AsyncDatabase
 
 from complaints_shared.aggregate import Decision
@@ -277,12 +278,17 @@ async def forced_owner(*, db: AsyncDatabase, org: str, staff: StaffRead) -> Owne
     return OwnerChoice(staff, slot)
 
 
+# Assignments past the capacity a freed slot tries to move down (more: they move already).
+OVERFLOW_TRIES = 3
+
+
 async def fill_from_overflow(
     *,
     db: AsyncDatabase,
     settings: RoutingSettings,
     org: str,
     staff: StaffRead,
+    load_hint: int,
     slot: int,
     now: datetime,
 ) -> bool:
@@ -293,42 +299,80 @@ async def fill_from_overflow(
     A slot under the capacity being free means room to automatic choice, which fills it
     on a hint a moment behind (and ``trust_hints`` without looking): an owner at capacity
     with a free slot below it took one more, past the capacity. Moved down, the owner's
-    slots under the capacity are all taken while their open work is at or above it. False
-    when there is nothing to move, or the slot was taken meanwhile."""
-    if slot >= staff.capacity:
+    slots under the capacity are all taken while their open work is at or above it.
+
+    Only an owner whose ``load_hint`` (after the release) is still at the capacity can hold
+    work past it, so only theirs is read; any other finish costs nothing more. One moved
+    down by a finish beside this one is passed over for the next. False when there is
+    nothing to move, or the slot was taken meanwhile (the owner had room after all)."""
+    if slot >= staff.capacity or load_hint < staff.capacity:
         return False
-    over = await db[store.ASSIGNMENTS].find_one(
-        {
-            "org": org,
-            "owner_id": staff.id,
-            "status": AssignmentStatus.OPEN.value,
-            "owner_slot_no": {"$gte": staff.capacity},
-        },
-        projection={"_id": 1},
-        sort=[("owner_slot_no", -1)],
+    above = (
+        db[store.ASSIGNMENTS]
+        .find(
+            {
+                "org": org,
+                "owner_id": staff.id,
+                "status": AssignmentStatus.OPEN.value,
+                "owner_slot_no": {"$gte": staff.capacity},
+            },
+            projection={"_id": 1},
+        )
+        .sort("owner_slot_no", DESCENDING)
+        .limit(OVERFLOW_TRIES)
     )
-    if over is None:
-        return False
-    moved: list[bool] = []
+    for candidate in await above.to_list(None):
+        outcome = await _move_down(
+            db=db,
+            settings=settings,
+            org=org,
+            staff=staff,
+            slot=slot,
+            assignment_id=candidate["_id"],
+            now=now,
+        )
+        if outcome == "moved":
+            # The slot the release offered as freed is held again.
+            await directory_store.record_slot_taken(db=db, org=org, staff_id=staff.id, slot=slot)
+            return True
+        if outcome == "taken":
+            return False
+    return False
+
+
+async def _move_down(
+    *,
+    db: AsyncDatabase,
+    settings: RoutingSettings,
+    org: str,
+    staff: StaffRead,
+    slot: int,
+    assignment_id: str,
+    now: datetime,
+) -> str | None:
+    """Move one assignment of ``staff`` past their capacity into ``slot``: "moved", "taken"
+    (the slot was taken meanwhile), or None (it is not past the capacity any more)."""
+    outcome: list[str] = []
 
     async def decide(current: dict[str, Any]) -> Decision | None:
-        moved.clear()  # decided again after a lost race: this decision says
+        outcome.clear()  # decided again after a lost race: this decision says
         held = current.get("owner_slot_no")
         if current["status"] != AssignmentStatus.OPEN.value or current.get("owner_id") != staff.id:
             return None
         if held is None or held < staff.capacity:
-            return None
+            return None  # finished, moved away or moved down meanwhile: the next one
         if await db[store.ASSIGNMENTS].find_one({"owner_slot": slot_key(org, staff.id, slot)}):
-            return None  # taken meanwhile: the owner had room after all
-        moved.append(True)
+            outcome.append("taken")
+            return None
+        outcome.append("moved")
         update = {
             "$set": slot_fields(org, staff.id, slot),
             **store.history(at=now, action="slot_moved_down", actor="routing", slot=slot),
         }
         return Decision(update)
 
-    await store.change(db=db, settings=settings, complaint_id=over["_id"], decide=decide, now=now)
-    return bool(moved)
+    await store.change(db=db, settings=settings, complaint_id=assignment_id, decide=decide, now=now)
+    return outcome[0] if outcome else None
 
 
 async def owner_for_plan(

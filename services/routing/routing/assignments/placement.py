@@ -15,6 +15,7 @@ from pymongo.errors import DuplicateKeyError
 from complaints_shared.aggregate import Events
 from complaints_shared.events import SEVERITY_ORDER, ComplaintReceived, EventType, Severity
 from complaints_shared.logs import get_logger
+from complaints_shared.mongo import is_id_clash
 from complaints_shared.outbox import outbox_entry, outbox_fields
 from complaints_shared.problems import ConcurrentUpdate
 from routing.assignments import lifecycle, owed_drains, owners, planning, routing_context, store
@@ -173,11 +174,14 @@ async def route_received(
         )
         try:
             await store.insert(db=db, document=document)
-        except DuplicateKeyError:
+        except DuplicateKeyError as exc:
             # Which unique index the server names is not which one matters: a redelivery of
             # an assignment made with the same slot clashes on both, and may be named
-            # by its slot. Whether the assignment is stored decides.
-            if await store.exists(db=db, complaint_id=complaint.complaint_id):
+            # by its slot. Whether the assignment is stored decides; a first try's slot
+            # (unchecked, from the hint) is often someone else's, so only a second asks.
+            if is_id_clash(exc) or (
+                attempt > 0 and await store.exists(db=db, complaint_id=complaint.complaint_id)
+            ):
                 return False  # a redelivery, or another replica got there first
             continue  # the slot went to someone else's complaint: choose again
         await after_assignment(db=db, document=document, how=how, now=now)

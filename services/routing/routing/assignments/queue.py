@@ -168,13 +168,21 @@ async def offer_freed_capacity(
             db=db, org=previous["org"], staff_id=owner_id, slot=previous.get("owner_slot_no")
         )
     if owner_id:
-        owner = await directory_store.find_staff(db=db, org=previous["org"], staff_id=owner_id)
+        owner = await directory_store.find_staff_with_load(
+            db=db, org=previous["org"], staff_id=owner_id
+        )
         if owner is not None:
             departments.add(owner.department_id)
             slot = previous.get("owner_slot_no")
             if previous["status"] == AssignmentStatus.OPEN.value and slot is not None:
                 await owners.fill_from_overflow(
-                    db=db, settings=settings, org=previous["org"], staff=owner, slot=slot, now=now
+                    db=db,
+                    settings=settings,
+                    org=previous["org"],
+                    staff=owner,
+                    load_hint=owner.open_load,
+                    slot=slot,
+                    now=now,
                 )
     for department in sorted(departments):
         await drain_queue(

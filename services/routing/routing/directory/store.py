@@ -316,6 +316,12 @@ async def find_staff(*, db: AsyncDatabase, org: str, staff_id: str) -> StaffRead
     return staff_read(document) if document else None
 
 
+async def find_staff_with_load(*, db: AsyncDatabase, org: str, staff_id: str) -> StaffRead | None:
+    """``find_staff`` with ``open_load`` set to the person's load hint as stored."""
+    document = await db[STAFF].find_one({"_id": staff_key(org, staff_id)})
+    return staff_read(document, open_load=document.get(LOAD_HINT, 0)) if document else None
+
+
 # ---------------------------------------------------------------- load hints --
 
 
@@ -333,6 +339,16 @@ async def record_assignment(
         update["$pull"] = {FREED_SLOTS: slot}
     await db[STAFF].update_one({"_id": staff_key(org, staff_id)}, update)
     _adjust_desks(db=db, org=org, staff_id=staff_id, load=1, slot=slot, assigned_at=at)
+
+
+async def record_slot_taken(*, db: AsyncDatabase, org: str, staff_id: str, slot: int) -> None:
+    """The owner's freed slot ``slot`` is held again by work already theirs (moved down from
+    past their capacity): no longer offered as freed; the load stays as it is."""
+    await db[STAFF].update_one({"_id": staff_key(org, staff_id)}, {"$pull": {FREED_SLOTS: slot}})
+    for key, freed_of_desk in _desk_freed.items():
+        freed = freed_of_desk.get(staff_id) if key[:2] == (db.name, org) else None
+        if freed is not None and slot in freed:
+            freed.remove(slot)
 
 
 async def record_release(*, db: AsyncDatabase, org: str, staff_id: str, slot: int | None) -> None:
