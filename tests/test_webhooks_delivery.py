@@ -385,11 +385,17 @@ async def test_a_rotation_retried_under_its_key_answers_its_secret_instead_of_ro
         assert retried.json() == rotated.json()
         assert retried.headers["Idempotent-Replayed"] == "true"
         during = await _ping(webhooks, hooks, path, admin)
-        # Rotated again without the key: the key's secret no longer signs, so it is a 409.
-        again = await webhooks.client.post(f"{path}/secret/rotate", headers=admin)
+        # Rotated again, under another key and then without one: the first key's secret no
+        # longer signs, so its retry is a 409; so is the second's.
+        other = {**admin, "Idempotency-Key": "rotate-2027-01"}
+        again = await webhooks.client.post(f"{path}/secret/rotate", headers=other)
         assert again.status_code == 200, again.text
         late = await webhooks.client.post(f"{path}/secret/rotate", headers=keyed)
         assert late.status_code == 409, late.text
+        plain = await webhooks.client.post(f"{path}/secret/rotate", headers=admin)
+        assert plain.status_code == 200, plain.text
+        later = await webhooks.client.post(f"{path}/secret/rotate", headers=other)
+        assert later.status_code == 409, later.text
     assert len(during.headers["webhook-signature"].split(" ")) == 2  # the new and the original
     Webhook(rotated.json()["secret"]).verify(during.body, during.headers)
     Webhook(subscription["secret"]).verify(during.body, during.headers)

@@ -656,9 +656,15 @@ class OutboxRelay:
                 current = await leases.find_one({"_id": collection})
                 if current is not None and current.get("owner") == self._owner:
                     # Ours: an insert whose answer was lost, stored all the same. Taken for
-                    # another's, it left every relay standing by for a whole lease.
-                    self._held_until[collection] = current["until"]
-                    return True
+                    # another's, it left every relay standing by for a whole lease. Renewed,
+                    # as it may have run out meanwhile.
+                    renewed = await leases.update_one(
+                        {"_id": collection, "owner": self._owner}, lease
+                    )
+                    if renewed.matched_count:
+                        self._held_until[collection] = until
+                        return True
+                    current = await leases.find_one({"_id": collection})
                 # Someone else leads: ask again when their lease would run out.
                 self._standby_until[collection] = current["until"] if current else now
                 return False

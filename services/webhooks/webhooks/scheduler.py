@@ -314,9 +314,12 @@ class Dispatcher:
             for pattern in subscription["event_types"]
         ):
             # Its type was taken out of the subscription since it was recorded (a backlog
-            # held while paused, retries pending): the subscriber no longer wants it.
+            # held while paused, retries pending): the subscriber no longer wants it. The
+            # later ones of its chain go on, as after a delivery that finished.
             if await store.drop_orphan(db=db, delivery=delivery, owner=self._owner):
                 log.info("webhook_delivery_unsubscribed_dropped")
+                await store.wake_chain(db=db, delivery=delivery, now=runtime.clock.now())
+                self._wake.set()
             return
         if subscription["status"] != SubscriptionStatus.ACTIVE.value and not is_ping:
             await store.hold_while_off(db=db, delivery=delivery, owner=self._owner, now=now)

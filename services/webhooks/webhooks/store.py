@@ -53,7 +53,7 @@ PUBLIC_SUBSCRIPTION = {
     "signing_secrets": 0,
     "secrets_version": 0,
     "created_by_request": 0,
-    "last_rotation": 0,
+    "keyed_rotations": 0,
 }
 # The delivery log never needs the body.
 PUBLIC_DELIVERY = {"body": 0, "lease_owner": 0, "lease_until": 0, "wakes": 0}
@@ -173,6 +173,8 @@ async def update_subscription(
 
 # Rotations of one subscription that may overtake a rotation before it gives up (409).
 ROTATION_ATTEMPTS = 5
+# Keyed rotations a subscription remembers (``rotate_secrets``): retries come within minutes.
+KEYED_ROTATIONS_KEPT = 20
 
 
 @dataclass(frozen=True)
@@ -219,9 +221,13 @@ async def rotate_secrets(
         )
         if current is None:
             return None
-        last = current.get("last_rotation") or {}
-        if key is not None and last.get("key") == key:
-            return _rotation_again(current, last)
+        if key is not None:
+            earlier = next(
+                (entry for entry in current.get("keyed_rotations", []) if entry["key"] == key),
+                None,
+            )
+            if earlier is not None:
+                return _rotation_again(current, earlier)
         kept = []
         for entry in current.get("signing_secrets", []):
             if entry.get("expires_at") is None:
@@ -244,16 +250,29 @@ async def rotate_secrets(
                     ],
                     "secret_rotated_at": now,
                     "previous_secret_expires_at": overlap_until,
-                    # The latest keyed one: a later rotation without a key leaves it, so
-                    # that its retry finds its secret no longer signing (409).
-                    **(
-                        {"last_rotation": {"key": key, "at": now, "overlap_until": overlap_until}}
-                        if key is not None
-                        else {}
-                    ),
                     "updated_at": now,
                 },
                 "$inc": {"secrets_version": 1},
+                # The latest keyed ones, so that the retry of one another rotation has
+                # followed since (keyed or not) finds its secret no longer signing (409).
+                **(
+                    {
+                        "$push": {
+                            "keyed_rotations": {
+                                "$each": [
+                                    {
+                                        "key": key,
+                                        "secret": _fingerprint(secret),
+                                        "overlap_until": overlap_until,
+                                    }
+                                ],
+                                "$slice": -KEYED_ROTATIONS_KEPT,
+                            }
+                        }
+                    }
+                    if key is not None
+                    else {}
+                ),
             },
         )
         if result.matched_count == 1:
@@ -261,12 +280,17 @@ async def rotate_secrets(
     return False
 
 
+def _fingerprint(secret: str) -> str:
+    """Which secret a keyed rotation made, without keeping it twice."""
+    return hashlib.sha256(secret.encode()).hexdigest()[:32]
+
+
 def _rotation_again(current: dict[str, Any], last: dict[str, Any]) -> Rotation:
     signing = next(
         (entry for entry in current.get("signing_secrets", []) if entry.get("expires_at") is None),
         None,
     )
-    if signing is None or signing["created_at"] != last["at"]:
+    if signing is None or _fingerprint(signing["secret"]) != last["secret"]:
         raise conflict(
             f"subscription {current['_id']!r} was rotated again since the rotation under this "
             f"{HEADER}: its secret no longer signs"
