@@ -15,10 +15,10 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
 import orjson
-from fastapi import Header
+from fastapi import Header, Response
 
 from complaints_shared.problems import ProblemError
 
@@ -39,6 +39,17 @@ def key_header(*, description: str) -> Any:
         pattern=KEY_PATTERN,
         description=description,
     )
+
+
+def command_key_header(*, what: str) -> Any:
+    """The optional ``Idempotency-Key`` of a route that runs a command on one ``what``."""
+    return Annotated[
+        str | None,
+        key_header(
+            description="Retry-safe command: the same key and body again changes nothing and "
+            f"answers the {what} as it is now, with `{REPLAYED_HEADER}: true`."
+        ),
+    ]
 
 
 def request_hash(body: dict[str, Any]) -> str:
@@ -71,6 +82,18 @@ class CommandKey:
     # request_hash of what the command was asked: which command, on what, with which body.
     fingerprint: str
     replayed: bool = False
+
+    @classmethod
+    def of(cls, key: str | None, *, subject: str, asked: dict[str, Any]) -> CommandKey | None:
+        """The key a request gave (None without the header) for the command ``asked``."""
+        return (
+            None if key is None else cls(key=key, subject=subject, fingerprint=request_hash(asked))
+        )
+
+    def tell(self, response: Response) -> None:
+        """Say on ``response`` that nothing new was done, when so."""
+        if self.replayed:
+            response.headers[REPLAYED_HEADER] = "true"
 
     @property
     def _used(self) -> str:

@@ -10,7 +10,12 @@ from pydantic import Field
 
 from complaints_shared.access import Scope, allow
 from complaints_shared.auth import Principal, Role
-from complaints_shared.idempotency import REPLAYED_HEADER, CommandKey, key_header, request_hash
+from complaints_shared.idempotency import (
+    REPLAYED_HEADER,
+    CommandKey,
+    command_key_header,
+    key_header,
+)
 from complaints_shared.models import StrictModel
 from complaints_shared.pagination import Page
 from complaints_shared.problems import invalid_fields, not_found
@@ -40,13 +45,7 @@ IdempotencyKey = Annotated[
     str | None,
     key_header(description="Retry-safe call recording: the same key and body record it once."),
 ]
-CommandIdempotencyKey = Annotated[
-    str | None,
-    key_header(
-        description="Retry-safe command: the same key and body again changes nothing and "
-        "answers the check as it is now, with `Idempotent-Replayed: true`."
-    ),
-]
+CommandIdempotencyKey = command_key_header(what="check")
 
 
 class HistoryQuery(StrictModel):
@@ -86,16 +85,12 @@ async def _command(
     """Run one of the check's commands for the caller; a check it cannot see is a 404.
     Under an ``Idempotency-Key`` the same command again changes nothing (``CommandKey``)."""
     runtime = runtime_of(request)
-    command_key = None
-    if idempotency_key is not None:
-        asked = {
-            "command": command.__name__,
-            "followup_id": followup_id,
-            "body": {name: value.model_dump(mode="json") for name, value in arguments.items()},
-        }
-        command_key = CommandKey(
-            key=idempotency_key, subject=principal.subject, fingerprint=request_hash(asked)
-        )
+    asked = {
+        "command": command.__name__,
+        "followup_id": followup_id,
+        "body": {name: value.model_dump(mode="json") for name, value in arguments.items()},
+    }
+    command_key = CommandKey.of(idempotency_key, subject=principal.subject, asked=asked)
     document = await command(
         db=runtime.db,
         settings=runtime.settings,
@@ -107,8 +102,8 @@ async def _command(
     )
     if document is None:
         raise not_found(what="satisfaction check", identifier=followup_id)
-    if command_key is not None and command_key.replayed:
-        response.headers[REPLAYED_HEADER] = "true"
+    if command_key is not None:
+        command_key.tell(response)
     return store.to_read(document)
 
 

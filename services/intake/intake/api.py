@@ -13,7 +13,13 @@ from complaints_shared.access import Scope, allow
 from complaints_shared.auth import Principal, Role
 from complaints_shared.datetimes import UtcDatetime
 from complaints_shared.failures import is_dependency_unavailable, redacted_error
-from complaints_shared.idempotency import REPLAYED_HEADER, CommandKey, key_header, request_hash
+from complaints_shared.idempotency import (
+    REPLAYED_HEADER,
+    CommandKey,
+    command_key_header,
+    key_header,
+    request_hash,
+)
 from complaints_shared.logs import get_logger
 from complaints_shared.pagination import Page
 from complaints_shared.problems import invalid_fields
@@ -48,13 +54,7 @@ IdempotencyKey = Annotated[
     str | None,
     key_header(description="Retry-safe creation: same key + same body replays the first response."),
 ]
-CommandIdempotencyKey = Annotated[
-    str | None,
-    key_header(
-        description="Retry-safe command: the same key and body again changes nothing and "
-        "answers the complaint as it is now, with `Idempotent-Replayed: true`."
-    ),
-]
+CommandIdempotencyKey = command_key_header(what="complaint")
 
 
 Registrar = allow(Role.AGENT, Role.SUPERVISOR, scope=Scope.BRANCH, action="registering a complaint")
@@ -200,12 +200,8 @@ async def _command(
     idempotency_key: str | None,
 ) -> ComplaintRead:
     runtime = runtime_of(request)
-    command_key = None
-    if idempotency_key is not None:
-        asked = {"command": command.value, "complaint_id": complaint_id, "body": details}
-        command_key = CommandKey(
-            key=idempotency_key, subject=principal.subject, fingerprint=request_hash(asked)
-        )
+    asked = {"command": command.value, "complaint_id": complaint_id, "body": details}
+    command_key = CommandKey.of(idempotency_key, subject=principal.subject, asked=asked)
     document = await commands.run_command(
         db=runtime.db,
         settings=runtime.settings,
@@ -217,8 +213,8 @@ async def _command(
         details=details,
         command_key=command_key,
     )
-    if command_key is not None and command_key.replayed:
-        response.headers[REPLAYED_HEADER] = "true"
+    if command_key is not None:
+        command_key.tell(response)
     return await _shown_changed(request, principal, document)
 
 

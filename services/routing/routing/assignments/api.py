@@ -10,7 +10,7 @@ from pydantic import BaseModel
 
 from complaints_shared.access import Scope, allow
 from complaints_shared.auth import Principal, Role
-from complaints_shared.idempotency import REPLAYED_HEADER, CommandKey, key_header, request_hash
+from complaints_shared.idempotency import CommandKey, command_key_header
 from complaints_shared.pagination import Page
 from complaints_shared.runtime import runtime_of
 from routing.assignments import commands, store
@@ -32,13 +32,7 @@ Supervisor = allow(
 )
 
 
-IdempotencyKey = Annotated[
-    str | None,
-    key_header(
-        description="Retry-safe action: the same key and body again changes nothing and "
-        "answers the assignment as it is now, with `Idempotent-Replayed: true`."
-    ),
-]
+IdempotencyKey = command_key_header(what="assignment")
 
 
 async def _supervisor_action(
@@ -52,16 +46,12 @@ async def _supervisor_action(
 ) -> AssignmentRead:
     """Run one supervisor action on an assignment (its events go to the relay as written)."""
     runtime = runtime_of(request)
-    command_key = None
-    if idempotency_key is not None:
-        asked = {
-            "action": action.__name__,
-            "complaint_id": complaint_id,
-            "body": body.model_dump(mode="json"),
-        }
-        command_key = CommandKey(
-            key=idempotency_key, subject=principal.subject, fingerprint=request_hash(asked)
-        )
+    asked = {
+        "action": action.__name__,
+        "complaint_id": complaint_id,
+        "body": body.model_dump(mode="json"),
+    }
+    command_key = CommandKey.of(idempotency_key, subject=principal.subject, asked=asked)
     read = await action(
         db=runtime.db,
         settings=runtime.settings,
@@ -71,8 +61,8 @@ async def _supervisor_action(
         now=runtime.clock.now(),
         command_key=command_key,
     )
-    if command_key is not None and command_key.replayed:
-        response.headers[REPLAYED_HEADER] = "true"
+    if command_key is not None:
+        command_key.tell(response)
     return read
 
 
