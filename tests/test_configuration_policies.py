@@ -354,8 +354,8 @@ async def test_a_save_overtaken_by_a_deletion_is_refused_not_answered_and_lost(
     path = "/v1/routing/sla-policies/contested"
     assert (await api.put(path, json=BILLING_FAST, headers=admin)).status_code == 200
     assert (await api.post(f"{path}/retire", headers=admin)).status_code == 200
-    save_held = HeldFirst(sla_store.upsert_and_read)
-    monkeypatch.setattr(sla_store, "upsert_and_read", save_held)
+    save_held = HeldFirst(sla_store._write_save)
+    monkeypatch.setattr(sla_store, "_write_save", save_held)
     deletion_held = HeldFirst(audit.record)  # the policy is marked; its record waits
     monkeypatch.setattr(audit, "record", deletion_held)
     renamed = {**BILLING_FAST, "name": "改名的时限"}

@@ -18,6 +18,7 @@ from complaints_shared.idempotency import (
 )
 from complaints_shared.models import StrictModel
 from complaints_shared.pagination import Page
+from complaints_shared.preconditions import IfMatchHeader, tag
 from complaints_shared.problems import invalid_fields, not_found
 from complaints_shared.runtime import runtime_of
 from followup import commands, reports, store
@@ -138,9 +139,11 @@ async def followup_stats(
 
 
 @router.get("/policy", response_model=PolicyRead, summary="The organisation's follow-up policy")
-async def get_policy(request: Request, principal: PolicyReader) -> PolicyRead:
+async def get_policy(request: Request, response: Response, principal: PolicyReader) -> PolicyRead:
     runtime = runtime_of(request)
-    return await store.current_policy(db=runtime.db, settings=runtime.settings, org=principal.org)
+    found = await store.current_policy(db=runtime.db, settings=runtime.settings, org=principal.org)
+    tag(response, found.version)
+    return found
 
 
 @router.put(
@@ -148,11 +151,19 @@ async def get_policy(request: Request, principal: PolicyReader) -> PolicyRead:
     response_model=PolicyRead,
     summary="Replace the organisation's follow-up policy (a new audited version)",
 )
-async def put_policy(body: FollowupPolicy, request: Request, principal: PolicyAdmin) -> PolicyRead:
+async def put_policy(
+    body: FollowupPolicy,
+    request: Request,
+    response: Response,
+    principal: PolicyAdmin,
+    if_match: IfMatchHeader,
+) -> PolicyRead:
     runtime = runtime_of(request)
-    return await store.save_policy(
-        db=runtime.db, principal=principal, policy=body, now=runtime.clock.now()
+    saved = await store.save_policy(
+        db=runtime.db, principal=principal, policy=body, if_match=if_match, now=runtime.clock.now()
     )
+    tag(response, saved.version)
+    return saved
 
 
 @router.get(
@@ -175,13 +186,16 @@ async def policy_history(
     summary="The policy a branch's resolutions get: its own, else the organisation's rules",
 )
 async def get_branch_policy(
-    branch: BranchPath, request: Request, principal: Agent
+    branch: BranchPath, request: Request, response: Response, principal: Agent
 ) -> BranchPolicyRead:
+    """Its ``ETag`` is the version of the branch's own setting (``"0"``: never set), also
+    while it follows the organisation's."""
     principal.require_branch(branch)
     runtime = runtime_of(request)
-    in_force = await store.policy_for_branch(
+    in_force, own_version = await store.branch_policy(
         db=runtime.db, settings=runtime.settings, org=principal.org, branch=branch
     )
+    tag(response, own_version)
     return BranchPolicyRead.in_force(in_force, branch=branch)
 
 
@@ -191,13 +205,25 @@ async def get_branch_policy(
     summary="Give the branch its own follow-up policy (a new audited version)",
 )
 async def put_branch_policy(
-    branch: BranchPath, body: FollowupPolicy, request: Request, principal: BranchPolicyAdmin
+    branch: BranchPath,
+    body: FollowupPolicy,
+    request: Request,
+    response: Response,
+    principal: BranchPolicyAdmin,
+    if_match: IfMatchHeader,
 ) -> PolicyRead:
     principal.require_branch(branch)
     runtime = runtime_of(request)
-    return await store.save_policy(
-        db=runtime.db, principal=principal, policy=body, now=runtime.clock.now(), branch=branch
+    saved = await store.save_policy(
+        db=runtime.db,
+        principal=principal,
+        policy=body,
+        if_match=if_match,
+        now=runtime.clock.now(),
+        branch=branch,
     )
+    tag(response, saved.version)
+    return saved
 
 
 @router.delete(
@@ -206,17 +232,23 @@ async def put_branch_policy(
     summary="The branch follows the organisation's policy again; answers the policy now in force",
 )
 async def delete_branch_policy(
-    branch: BranchPath, request: Request, principal: BranchPolicyAdmin
+    branch: BranchPath,
+    request: Request,
+    response: Response,
+    principal: BranchPolicyAdmin,
+    if_match: IfMatchHeader,
 ) -> BranchPolicyRead:
     principal.require_branch(branch)
     runtime = runtime_of(request)
-    in_force = await store.follow_organisation_policy(
+    in_force, own_version = await store.follow_organisation_policy(
         db=runtime.db,
         settings=runtime.settings,
         principal=principal,
         branch=branch,
+        if_match=if_match,
         now=runtime.clock.now(),
     )
+    tag(response, own_version)
     return BranchPolicyRead.in_force(in_force, branch=branch)
 
 
@@ -247,13 +279,15 @@ async def branch_policy_history(
     summary="When the branch's customers may be called",
 )
 async def get_contact_hours(
-    branch: BranchPath, request: Request, principal: Agent
+    branch: BranchPath, request: Request, response: Response, principal: Agent
 ) -> ContactHoursRead:
     principal.require_branch(branch)
     runtime = runtime_of(request)
-    return await store.current_contact_hours(
+    found = await store.current_contact_hours(
         db=runtime.db, settings=runtime.settings, org=principal.org, branch=branch
     )
+    tag(response, found.version)
+    return found
 
 
 @router.put(
@@ -262,18 +296,26 @@ async def get_contact_hours(
     summary="Replace the branch's contact hours (a new audited version)",
 )
 async def put_contact_hours(
-    branch: BranchPath, body: ContactHours, request: Request, principal: BranchAdmin
+    branch: BranchPath,
+    body: ContactHours,
+    request: Request,
+    response: Response,
+    principal: BranchAdmin,
+    if_match: IfMatchHeader,
 ) -> ContactHoursRead:
     principal.require_branch(branch)
     check_closures(body)
     runtime = runtime_of(request)
-    return await store.save_contact_hours(
+    saved = await store.save_contact_hours(
         db=runtime.db,
         principal=principal,
         branch=branch,
         contact_hours=body,
+        if_match=if_match,
         now=runtime.clock.now(),
     )
+    tag(response, saved.version)
+    return saved
 
 
 @router.get(

@@ -26,12 +26,13 @@ from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
-from complaints_shared import aggregate
+from complaints_shared import aggregate, preconditions
 from complaints_shared.aggregate import Aggregate, Decide
 from complaints_shared.auth import Principal
 from complaints_shared.idempotency import CommandKey
 from complaints_shared.mongo import insert_batched
 from complaints_shared.pagination import Page
+from complaints_shared.preconditions import IfMatch
 from complaints_shared.problems import ProblemError
 from complaints_shared.stored import from_stored
 from complaints_shared.timers import FAILURE_FIELDS
@@ -246,9 +247,20 @@ async def _insert_next_version(
     field: str,
     value: dict[str, Any] | None,
     principal: Principal,
+    if_match: IfMatch | None,
     now: datetime,
 ) -> dict[str, Any]:
+    """Store ``value`` as the next version, unless the latest already says it (a retry after
+    a lost answer): then that version, and nothing is stored. Nothing stored reads as
+    version 0 with a null value. A new version is held to ``if_match`` (a 412)."""
     latest = await _latest(collection, key)
+    if not preconditions.write_needed(
+        if_match,
+        version=latest["version"] if latest else 0,
+        already_shown=(latest or {}).get(field) == value,
+        what=f"{collection.name} of {_described(key)}",
+    ):
+        return latest or {**key, "version": 0, field: None}
     version = (latest["version"] if latest else 0) + 1
     document = {
         "_id": ":".join([*(str(part) for part in key.values() if part is not None), f"v{version}"]),
@@ -265,9 +277,20 @@ async def _insert_next_version(
             status=409,
             title="Concurrent change",
             kind="concurrent-update",
-            detail=f"{collection.name} of {key} changed while this request ran; read it and retry",
+            detail=f"{collection.name} of {_described(key)} changed while this request ran; "
+            "read it and retry",
         ) from None
     return document
+
+
+def _described(key: dict[str, Any]) -> str:
+    """``{"org": "acme", "branch": "HZ"}`` as ``acme, branch HZ`` (the organisation's own:
+    ``acme``)."""
+    return ", ".join(
+        value if name == "org" else f"{name} {value}"
+        for name, value in key.items()
+        if value is not None
+    )
 
 
 async def _history(
@@ -297,10 +320,20 @@ async def policy_for_branch(
     *, db: AsyncDatabase, settings: FollowupSettings, org: str, branch: str
 ) -> PolicyRead:
     """The policy a branch's resolutions are scheduled under: its own, else the organisation's."""
+    in_force, _ = await branch_policy(db=db, settings=settings, org=org, branch=branch)
+    return in_force
+
+
+async def branch_policy(
+    *, db: AsyncDatabase, settings: FollowupSettings, org: str, branch: str
+) -> tuple[PolicyRead, int]:
+    """``policy_for_branch`` and the version of the branch's own setting (0: never set), which
+    a change of it is conditional on (``If-Match``)."""
     stored = await _latest(db[POLICIES], _policy_key(org, branch))
+    own_version = stored["version"] if stored else 0
     if stored is None or stored.get("policy") is None:
-        return await current_policy(db=db, settings=settings, org=org)
-    return from_stored(PolicyRead, stored)
+        return await current_policy(db=db, settings=settings, org=org), own_version
+    return from_stored(PolicyRead, stored), own_version
 
 
 async def save_policy(
@@ -308,6 +341,7 @@ async def save_policy(
     db: AsyncDatabase,
     principal: Principal,
     policy: FollowupPolicy | None,
+    if_match: IfMatch | None,
     now: datetime,
     branch: str | None = None,
 ) -> PolicyRead:
@@ -318,6 +352,7 @@ async def save_policy(
         field="policy",
         value=policy.model_dump(mode="json") if policy is not None else None,
         principal=principal,
+        if_match=if_match,
         now=now,
     )
     return from_stored(PolicyRead, document)
@@ -329,13 +364,15 @@ async def follow_organisation_policy(
     settings: FollowupSettings,
     principal: Principal,
     branch: str,
+    if_match: IfMatch | None,
     now: datetime,
-) -> PolicyRead:
-    """The branch gives up its own policy (recorded as a version); the policy now in force."""
-    own = await _latest(db[POLICIES], _policy_key(principal.org, branch))
-    if own is not None and own.get("policy") is not None:
-        await save_policy(db=db, principal=principal, policy=None, now=now, branch=branch)
-    return await policy_for_branch(db=db, settings=settings, org=principal.org, branch=branch)
+) -> tuple[PolicyRead, int]:
+    """The branch gives up its own policy (recorded as a version, unless it has none); the
+    policy now in force and the branch's own version, as ``branch_policy``."""
+    await save_policy(
+        db=db, principal=principal, policy=None, if_match=if_match, now=now, branch=branch
+    )
+    return await branch_policy(db=db, settings=settings, org=principal.org, branch=branch)
 
 
 async def policy_history(
@@ -366,6 +403,7 @@ async def save_contact_hours(
     principal: Principal,
     branch: str,
     contact_hours: ContactHours,
+    if_match: IfMatch | None,
     now: datetime,
 ) -> ContactHoursRead:
     document = await _insert_next_version(
@@ -374,6 +412,7 @@ async def save_contact_hours(
         field="contact_hours",
         value=contact_hours.model_dump(mode="json"),
         principal=principal,
+        if_match=if_match,
         now=now,
     )
     return from_stored(ContactHoursRead, document)

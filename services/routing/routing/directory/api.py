@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Request, status
+from fastapi import APIRouter, Request, Response, status
 
 from complaints_shared.access import Scope, allow
 from complaints_shared.auth import Role
+from complaints_shared.preconditions import IfMatchHeader, tag
 from complaints_shared.runtime import Runtime, runtime_of
 from routing import audit
 from routing.assignments import queue, store, unroutable
@@ -57,16 +58,18 @@ async def _offer_queue(runtime: Runtime, *, org: str, department_id: str) -> Non
 
 @router.post("/branches", status_code=status.HTTP_201_CREATED, response_model=BranchRead)
 async def create_branch(
-    body: BranchCreate, request: Request, principal: BranchOpener
+    body: BranchCreate, request: Request, response: Response, principal: BranchOpener
 ) -> BranchRead:
     runtime = runtime_of(request)
-    return await branches.create_branch(
+    created = await branches.create_branch(
         db=runtime.db,
         settings=runtime.settings,
         principal=principal,
         body=body,
         now=runtime.clock.now(),
     )
+    tag(response, created.version)
+    return created
 
 
 @router.get("/branches", response_model=list[BranchRead])
@@ -80,29 +83,41 @@ async def list_branches(
 
 
 @router.get("/branches/{code}", response_model=BranchRead)
-async def get_branch(code: str, request: Request, principal: BranchAdmin) -> BranchRead:
+async def get_branch(
+    code: str, request: Request, response: Response, principal: BranchAdmin
+) -> BranchRead:
     runtime = runtime_of(request)
-    return await branches.get_branch(db=runtime.db, principal=principal, code=code)
+    found = await branches.get_branch(db=runtime.db, principal=principal, code=code)
+    tag(response, found.version)
+    return found
 
 
 @router.patch("/branches/{code}", response_model=BranchRead)
 async def update_branch(
-    code: str, body: BranchUpdate, request: Request, principal: BranchAdmin
+    code: str,
+    body: BranchUpdate,
+    request: Request,
+    response: Response,
+    principal: BranchAdmin,
+    if_match: IfMatchHeader,
 ) -> BranchRead:
     runtime = runtime_of(request)
-    return await branches.update_branch(
+    updated = await branches.update_branch(
         db=runtime.db,
         settings=runtime.settings,
         principal=principal,
         code=code,
         body=body,
+        if_match=if_match,
         now=runtime.clock.now(),
     )
+    tag(response, updated.version)
+    return updated
 
 
 @router.post("/branches/{code}/deactivate", response_model=DeactivationReport)
 async def deactivate_branch(
-    code: str, request: Request, principal: BranchOpener
+    code: str, request: Request, principal: BranchOpener, if_match: IfMatchHeader
 ) -> DeactivationReport:
     runtime = runtime_of(request)
     await branches.deactivate_branch(
@@ -110,6 +125,7 @@ async def deactivate_branch(
         settings=runtime.settings,
         principal=principal,
         code=code,
+        if_match=if_match,
         now=runtime.clock.now(),
     )
     work, elsewhere = await store.open_work(
@@ -125,13 +141,14 @@ async def deactivate_branch(
 
 @router.post("/departments", status_code=status.HTTP_201_CREATED, response_model=DepartmentRead)
 async def create_department(
-    body: DepartmentCreate, request: Request, principal: BranchAdmin
+    body: DepartmentCreate, request: Request, response: Response, principal: BranchAdmin
 ) -> DepartmentRead:
     runtime = runtime_of(request)
     created = await departments.create_department(
         db=runtime.db, principal=principal, body=body, now=runtime.clock.now()
     )
     await unroutable.retry_after_change(runtime, org=principal.org)
+    tag(response, created.version)
     return created
 
 
@@ -150,17 +167,24 @@ async def list_departments(
 
 @router.get("/departments/{department_id}", response_model=DepartmentRead)
 async def get_department(
-    department_id: str, request: Request, principal: BranchAdmin
+    department_id: str, request: Request, response: Response, principal: BranchAdmin
 ) -> DepartmentRead:
     runtime = runtime_of(request)
-    return await departments.get_department(
+    found = await departments.get_department(
         db=runtime.db, principal=principal, department_id=department_id
     )
+    tag(response, found.version)
+    return found
 
 
 @router.patch("/departments/{department_id}", response_model=DepartmentRead)
 async def update_department(
-    department_id: str, body: DepartmentUpdate, request: Request, principal: BranchAdmin
+    department_id: str,
+    body: DepartmentUpdate,
+    request: Request,
+    response: Response,
+    principal: BranchAdmin,
+    if_match: IfMatchHeader,
 ) -> DepartmentRead:
     runtime = runtime_of(request)
     updated = await departments.update_department(
@@ -168,19 +192,25 @@ async def update_department(
         principal=principal,
         department_id=department_id,
         body=body,
+        if_match=if_match,
         now=runtime.clock.now(),
     )
     await unroutable.retry_after_change(runtime, org=principal.org)
+    tag(response, updated.version)
     return updated
 
 
 @router.post("/departments/{department_id}/deactivate", response_model=DeactivationReport)
 async def deactivate_department(
-    department_id: str, request: Request, principal: BranchAdmin
+    department_id: str, request: Request, principal: BranchAdmin, if_match: IfMatchHeader
 ) -> DeactivationReport:
     runtime = runtime_of(request)
     await departments.deactivate_department(
-        db=runtime.db, principal=principal, department_id=department_id, now=runtime.clock.now()
+        db=runtime.db,
+        principal=principal,
+        department_id=department_id,
+        if_match=if_match,
+        now=runtime.clock.now(),
     )
     work, elsewhere = await store.open_work(
         db=runtime.db, principal=principal, query={"department": department_id}
@@ -194,12 +224,15 @@ async def deactivate_department(
 
 
 @router.post("/staff", status_code=status.HTTP_201_CREATED, response_model=StaffRead)
-async def create_staff(body: StaffCreate, request: Request, principal: BranchAdmin) -> StaffRead:
+async def create_staff(
+    body: StaffCreate, request: Request, response: Response, principal: BranchAdmin
+) -> StaffRead:
     runtime = runtime_of(request)
     created = await staff.create_staff(
         db=runtime.db, principal=principal, body=body, now=runtime.clock.now()
     )
     await _offer_queue(runtime, org=principal.org, department_id=created.department_id)
+    tag(response, created.version)
     return created
 
 
@@ -222,32 +255,50 @@ async def list_staff(
 
 
 @router.get("/staff/{staff_id}", response_model=StaffRead)
-async def get_staff(staff_id: str, request: Request, principal: BranchAdmin) -> StaffRead:
+async def get_staff(
+    staff_id: str, request: Request, response: Response, principal: BranchAdmin
+) -> StaffRead:
     runtime = runtime_of(request)
     document = await staff.get_staff_document(db=runtime.db, principal=principal, staff_id=staff_id)
+    tag(response, document["version"])
     return await _staff_read(runtime, document)
 
 
 @router.patch("/staff/{staff_id}", response_model=StaffRead)
 async def update_staff(
-    staff_id: str, body: StaffUpdate, request: Request, principal: BranchAdmin
+    staff_id: str,
+    body: StaffUpdate,
+    request: Request,
+    response: Response,
+    principal: BranchAdmin,
+    if_match: IfMatchHeader,
 ) -> StaffRead:
     runtime = runtime_of(request)
     document = await staff.update_staff(
-        db=runtime.db, principal=principal, staff_id=staff_id, body=body, now=runtime.clock.now()
+        db=runtime.db,
+        principal=principal,
+        staff_id=staff_id,
+        body=body,
+        if_match=if_match,
+        now=runtime.clock.now(),
     )
     await _offer_queue(runtime, org=principal.org, department_id=document["department_id"])
+    tag(response, document["version"])
     return await _staff_read(runtime, document)
 
 
 @router.post("/staff/{staff_id}/deactivate", response_model=DeactivationReport)
 async def deactivate_staff(
-    staff_id: str, request: Request, principal: BranchAdmin
+    staff_id: str, request: Request, principal: BranchAdmin, if_match: IfMatchHeader
 ) -> DeactivationReport:
     """No new work from now on; the open work still with the person is reported."""
     runtime = runtime_of(request)
     await staff.deactivate_staff(
-        db=runtime.db, principal=principal, staff_id=staff_id, now=runtime.clock.now()
+        db=runtime.db,
+        principal=principal,
+        staff_id=staff_id,
+        if_match=if_match,
+        now=runtime.clock.now(),
     )
     work, elsewhere = await store.open_work(
         db=runtime.db, principal=principal, query={"owner_id": staff_id}

@@ -19,6 +19,7 @@ from complaints_shared.business_calendar import closure_problem
 from complaints_shared.events import BranchUpdated, EventType
 from complaints_shared.models import Weekday
 from complaints_shared.outbox import outbox_entry, outbox_fields, outbox_update
+from complaints_shared.preconditions import IfMatch
 from complaints_shared.problems import invalid, not_found
 from complaints_shared.settings import ServiceSettings
 from complaints_shared.stored import from_stored
@@ -147,6 +148,7 @@ async def update_branch(
     principal: Principal,
     code: str,
     body: BranchUpdate,
+    if_match: IfMatch | None,
     now: datetime,
 ) -> BranchRead:
     current = await _branch_document(db=db, principal=principal, code=code)
@@ -172,6 +174,7 @@ async def update_branch(
         current=current,
         changes=changes,
         action="updated",
+        if_match=if_match,
         now=now,
     )
 
@@ -182,6 +185,7 @@ async def deactivate_branch(
     settings: ServiceSettings,
     principal: Principal,
     code: str,
+    if_match: IfMatch | None,
     now: datetime,
 ) -> BranchRead:
     current = await _branch_document(db=db, principal=principal, code=code)
@@ -192,6 +196,7 @@ async def deactivate_branch(
         current=current,
         changes={"active": False},
         action="deactivated",
+        if_match=if_match,
         now=now,
     )
 
@@ -204,11 +209,11 @@ async def _change_branch(
     current: dict[str, Any],
     changes: dict[str, Any],
     action: str,
+    if_match: IfMatch | None,
     now: datetime,
 ) -> BranchRead:
     """Write a change of the branch and announce the branch as it now is, in one write."""
-    changes = {**changes, "updated_at": now}
-    announced = {**current, **changes, "version": current["version"] + 1}
+    announced = {**current, **changes, "updated_at": now, "version": current["version"] + 1}
     updated = await store.change_entry(
         db=db,
         principal=principal,
@@ -217,6 +222,7 @@ async def _change_branch(
         changes=changes,
         action=action,
         at=now,
+        if_match=if_match,
         announce=outbox_update([_branch_updated(announced, settings=settings)]),
     )
     return store.branch_read(updated)

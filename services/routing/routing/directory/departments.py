@@ -13,6 +13,7 @@ from pymongo import ASCENDING
 from pymongo.asynchronous.database import AsyncDatabase
 
 from complaints_shared.auth import Principal
+from complaints_shared.preconditions import IfMatch
 from complaints_shared.problems import invalid, not_found
 from routing.directory import store
 from routing.directory.models import (
@@ -129,6 +130,7 @@ async def update_department(
     principal: Principal,
     department_id: str,
     body: DepartmentUpdate,
+    if_match: IfMatch | None,
     now: datetime,
 ) -> DepartmentRead:
     current = await _department_document(db=db, principal=principal, department_id=department_id)
@@ -148,15 +150,21 @@ async def update_department(
         principal=principal,
         entry=store.DEPARTMENT,
         current=current,
-        changes={**changes, "updated_at": now},
+        changes=changes,
         action="updated",
         at=now,
+        if_match=if_match,
     )
     return store.department_read(updated)
 
 
 async def deactivate_department(
-    *, db: AsyncDatabase, principal: Principal, department_id: str, now: datetime
+    *,
+    db: AsyncDatabase,
+    principal: Principal,
+    department_id: str,
+    if_match: IfMatch | None,
+    now: datetime,
 ) -> DepartmentRead:
     current = await _department_document(db=db, principal=principal, department_id=department_id)
     updated = await store.change_entry(
@@ -164,8 +172,9 @@ async def deactivate_department(
         principal=principal,
         entry=store.DEPARTMENT,
         current=current,
-        changes={"active": False, "updated_at": now},
+        changes={"active": False},
         action="deactivated",
         at=now,
+        if_match=if_match,
     )
     return store.department_read(updated)

@@ -13,6 +13,7 @@ from pymongo import ASCENDING
 from pymongo.asynchronous.database import AsyncDatabase
 
 from complaints_shared.auth import Principal
+from complaints_shared.preconditions import IfMatch
 from complaints_shared.problems import invalid, not_found
 from routing.directory import store
 from routing.directory.models import StaffCreate, StaffRead, StaffStatus, StaffUpdate
@@ -83,7 +84,13 @@ async def list_staff(
 
 
 async def update_staff(
-    *, db: AsyncDatabase, principal: Principal, staff_id: str, body: StaffUpdate, now: datetime
+    *,
+    db: AsyncDatabase,
+    principal: Principal,
+    staff_id: str,
+    body: StaffUpdate,
+    if_match: IfMatch | None,
+    now: datetime,
 ) -> dict[str, Any]:
     current = await _staff_document(db=db, principal=principal, staff_id=staff_id)
     changes = store.without_nulls(body.model_dump(mode="json", exclude_unset=True), nullable=set())
@@ -97,15 +104,21 @@ async def update_staff(
         principal=principal,
         entry=store.STAFF_MEMBER,
         current=current,
-        changes={**changes, "updated_at": now},
+        changes=changes,
         action="updated",
         at=now,
+        if_match=if_match,
     )
     return updated
 
 
 async def deactivate_staff(
-    *, db: AsyncDatabase, principal: Principal, staff_id: str, now: datetime
+    *,
+    db: AsyncDatabase,
+    principal: Principal,
+    staff_id: str,
+    if_match: IfMatch | None,
+    now: datetime,
 ) -> dict[str, Any]:
     current = await _staff_document(db=db, principal=principal, staff_id=staff_id)
     updated = await store.change_entry(
@@ -113,8 +126,9 @@ async def deactivate_staff(
         principal=principal,
         entry=store.STAFF_MEMBER,
         current=current,
-        changes={"status": StaffStatus.INACTIVE.value, "updated_at": now},
+        changes={"status": StaffStatus.INACTIVE.value},
         action="deactivated",
         at=now,
+        if_match=if_match,
     )
     return updated

@@ -21,9 +21,11 @@ from pymongo import ASCENDING, ReturnDocument
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
+from complaints_shared import preconditions
 from complaints_shared.auth import Principal
 from complaints_shared.mongo import merge_updates
 from complaints_shared.outbox import OUTBOX_FIELD, PENDING_SINCE_FIELD, record_stored
+from complaints_shared.preconditions import IfMatch
 from complaints_shared.problems import conflict, invalid
 from complaints_shared.stored import from_stored
 from routing import audit, context_cache
@@ -163,18 +165,31 @@ async def change_entry(
     changes: dict[str, Any],
     action: str,
     at: datetime,
+    if_match: IfMatch | None,
     announce: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Apply ``changes`` only if nobody changed the entry since it was read, and audit it
     (the change before it first, if its writer could not: ``settle_audit``).
 
+    A change the entry already shows writes nothing (a retry after a lost answer, a second
+    deactivation); any other is held to ``if_match`` (a 412 when the entry moved on).
     ``announce`` is the outbox update of the events the change causes, in the same write.
     """
-    await settle_audit(db=db, principal=principal, entry=entry, document=current)
+    settled = await settle_audit(db=db, principal=principal, entry=entry, document=current)
+    if not preconditions.write_needed(
+        if_match,
+        version=current["version"],
+        already_shown=preconditions.shows(current, changes),
+        what=f"{entry.what} {current[entry.id_field]!r}",
+    ):
+        return settled
     recorded = audit.unrecorded(action=action, actor=principal.subject, at=at)
     updated = await db[entry.collection].find_one_and_update(
         {"_id": current["_id"], "version": current["version"]},
-        merge_updates({"$set": {**changes, **recorded}, "$inc": {"version": 1}}, announce or {}),
+        merge_updates(
+            {"$set": {**changes, "updated_at": at, **recorded}, "$inc": {"version": 1}},
+            announce or {},
+        ),
         return_document=ReturnDocument.AFTER,
     )
     if updated is None:

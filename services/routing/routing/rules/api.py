@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request, status
+from fastapi import APIRouter, Request, Response, status
 
 from complaints_shared.access import Scope, allow
 from complaints_shared.auth import Role
 from complaints_shared.events import ComplaintReceived, CustomerContact
+from complaints_shared.preconditions import IfMatchHeader, tag
 from complaints_shared.problems import ProblemError
 from complaints_shared.runtime import Runtime, runtime_of
 from routing.assignments import owners, planning, routing_context, unroutable
@@ -45,39 +46,69 @@ async def list_rules(
 
 
 @router.post("/rules", status_code=status.HTTP_201_CREATED, response_model=RuleRead)
-async def create_rule(body: RuleCreate, request: Request, principal: RuleAdmin) -> RuleRead:
+async def create_rule(
+    body: RuleCreate, request: Request, response: Response, principal: RuleAdmin
+) -> RuleRead:
     runtime = runtime_of(request)
     created = await rules_store.create_rule(
         db=runtime.db, principal=principal, body=body, now=runtime.clock.now()
     )
     await unroutable.retry_after_change(runtime, org=principal.org)
+    tag(response, created.version)
     return created
 
 
 @router.get("/rules/{rule_id}", response_model=RuleRead)
-async def get_rule(rule_id: str, request: Request, principal: RuleAdmin) -> RuleRead:
+async def get_rule(
+    rule_id: str, request: Request, response: Response, principal: RuleAdmin
+) -> RuleRead:
     runtime = runtime_of(request)
-    return await rules_store.get_rule(db=runtime.db, principal=principal, rule_id=rule_id)
+    found = await rules_store.get_rule(db=runtime.db, principal=principal, rule_id=rule_id)
+    tag(response, found.version)
+    return found
 
 
 @router.patch("/rules/{rule_id}", response_model=RuleRead, summary="Change a rule: a new version")
 async def update_rule(
-    rule_id: str, body: RuleUpdate, request: Request, principal: RuleAdmin
+    rule_id: str,
+    body: RuleUpdate,
+    request: Request,
+    response: Response,
+    principal: RuleAdmin,
+    if_match: IfMatchHeader,
 ) -> RuleRead:
     runtime = runtime_of(request)
     updated = await rules_store.update_rule(
-        db=runtime.db, principal=principal, rule_id=rule_id, body=body, now=runtime.clock.now()
+        db=runtime.db,
+        principal=principal,
+        rule_id=rule_id,
+        body=body,
+        if_match=if_match,
+        now=runtime.clock.now(),
     )
     await unroutable.retry_after_change(runtime, org=principal.org)
+    tag(response, updated.version)
     return updated
 
 
 @router.delete("/rules/{rule_id}", response_model=RuleRead, summary="Deactivate (kept for audit)")
-async def deactivate_rule(rule_id: str, request: Request, principal: RuleAdmin) -> RuleRead:
+async def deactivate_rule(
+    rule_id: str,
+    request: Request,
+    response: Response,
+    principal: RuleAdmin,
+    if_match: IfMatchHeader,
+) -> RuleRead:
     runtime = runtime_of(request)
-    return await rules_store.deactivate_rule(
-        db=runtime.db, principal=principal, rule_id=rule_id, now=runtime.clock.now()
+    deactivated = await rules_store.deactivate_rule(
+        db=runtime.db,
+        principal=principal,
+        rule_id=rule_id,
+        if_match=if_match,
+        now=runtime.clock.now(),
     )
+    tag(response, deactivated.version)
+    return deactivated
 
 
 @router.get("/rules/{rule_id}/versions", response_model=list[RuleVersionRead])

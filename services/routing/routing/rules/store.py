@@ -15,8 +15,10 @@ from pymongo import ASCENDING, DESCENDING, ReturnDocument
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
+from complaints_shared import preconditions
 from complaints_shared.auth import Principal
 from complaints_shared.logs import get_logger
+from complaints_shared.preconditions import IfMatch
 from complaints_shared.problems import conflict, invalid, not_found
 from complaints_shared.stored import from_stored
 from routing import audit, context_cache
@@ -233,11 +235,21 @@ async def _save_version(
     changes: dict[str, Any],
     change: str,
     actor: str,
+    if_match: IfMatch | None,
     now: datetime,
 ) -> dict[str, Any]:
     """Apply ``changes`` as a new version and record it; the version ``current`` is at is
-    recorded first if the change that made it could not be (``audit.settle``)."""
-    await _settle_version(db=db, document=current)
+    recorded first if the change that made it could not be (``audit.settle``).
+
+    Changes the rule already shows make no version; others are held to ``if_match``."""
+    settled = await _settle_version(db=db, document=current)
+    if not preconditions.write_needed(
+        if_match,
+        version=current["version"],
+        already_shown=preconditions.shows(current, changes),
+        what=f"routing rule {current['_id']!r}",
+    ):
+        return settled
     recorded = audit.unrecorded(action=change, actor=actor, at=now)
     updated = await db[RULES].find_one_and_update(
         {"_id": current["_id"], "version": current["version"]},
@@ -264,7 +276,13 @@ async def _settle_version(*, db: AsyncDatabase, document: dict[str, Any]) -> dic
 
 
 async def update_rule(
-    *, db: AsyncDatabase, principal: Principal, rule_id: str, body: RuleUpdate, now: datetime
+    *,
+    db: AsyncDatabase,
+    principal: Principal,
+    rule_id: str,
+    body: RuleUpdate,
+    if_match: IfMatch | None,
+    now: datetime,
 ) -> RuleRead:
     current = await _rule_document(db=db, principal=principal, rule_id=rule_id)
     changes = body.model_dump(mode="json", exclude_unset=True)
@@ -274,13 +292,24 @@ async def update_rule(
     merged = {**current, **changes}
     await _validate_rule(db=db, principal=principal, rule=merged, rule_id=rule_id)
     updated = await _save_version(
-        db=db, current=current, changes=changes, change="updated", actor=principal.subject, now=now
+        db=db,
+        current=current,
+        changes=changes,
+        change="updated",
+        actor=principal.subject,
+        if_match=if_match,
+        now=now,
     )
     return rule_read(updated)
 
 
 async def deactivate_rule(
-    *, db: AsyncDatabase, principal: Principal, rule_id: str, now: datetime
+    *,
+    db: AsyncDatabase,
+    principal: Principal,
+    rule_id: str,
+    if_match: IfMatch | None,
+    now: datetime,
 ) -> RuleRead:
     current = await _rule_document(db=db, principal=principal, rule_id=rule_id)
     if current.get("is_default") and current.get("active", True):
@@ -291,6 +320,7 @@ async def deactivate_rule(
         changes={"active": False},
         change="deactivated",
         actor=principal.subject,
+        if_match=if_match,
         now=now,
     )
     return rule_read(updated)

@@ -6,6 +6,7 @@ from fastapi import APIRouter, Request, Response
 
 from complaints_shared.access import Scope, allow
 from complaints_shared.auth import Role
+from complaints_shared.preconditions import IfMatchHeader, tag
 from complaints_shared.runtime import runtime_of
 from routing.models import Slug
 from routing.sla import store as policy_store
@@ -23,19 +24,35 @@ async def list_policies(request: Request, principal: PolicyAdmin) -> list[SlaPol
 
 
 @router.get("/sla-policies/{policy_id}", response_model=SlaPolicy)
-async def get_policy(policy_id: str, request: Request, principal: PolicyAdmin) -> SlaPolicy:
+async def get_policy(
+    policy_id: str, request: Request, response: Response, principal: PolicyAdmin
+) -> SlaPolicy:
     runtime = runtime_of(request)
-    return await policy_store.get_policy(db=runtime.db, principal=principal, policy_id=policy_id)
+    found = await policy_store.get_policy(db=runtime.db, principal=principal, policy_id=policy_id)
+    tag(response, found.version)
+    return found
 
 
 @router.put("/sla-policies/{policy_id}", response_model=SlaPolicy, summary="Create or replace")
 async def put_policy(
-    policy_id: Slug, body: SlaPolicyWrite, request: Request, principal: PolicyAdmin
+    policy_id: Slug,
+    body: SlaPolicyWrite,
+    request: Request,
+    response: Response,
+    principal: PolicyAdmin,
+    if_match: IfMatchHeader,
 ) -> SlaPolicy:
     runtime = runtime_of(request)
-    return await policy_store.put_policy(
-        db=runtime.db, principal=principal, policy_id=policy_id, body=body, now=runtime.clock.now()
+    saved = await policy_store.put_policy(
+        db=runtime.db,
+        principal=principal,
+        policy_id=policy_id,
+        body=body,
+        if_match=if_match,
+        now=runtime.clock.now(),
     )
+    tag(response, saved.version)
+    return saved
 
 
 @router.post(
@@ -43,11 +60,23 @@ async def put_policy(
     response_model=SlaPolicy,
     summary="Retire: kept for history, never given to a new complaint",
 )
-async def retire_policy(policy_id: str, request: Request, principal: PolicyAdmin) -> SlaPolicy:
+async def retire_policy(
+    policy_id: str,
+    request: Request,
+    response: Response,
+    principal: PolicyAdmin,
+    if_match: IfMatchHeader,
+) -> SlaPolicy:
     runtime = runtime_of(request)
-    return await policy_store.retire_policy(
-        db=runtime.db, principal=principal, policy_id=policy_id, now=runtime.clock.now()
+    changed = await policy_store.retire_policy(
+        db=runtime.db,
+        principal=principal,
+        policy_id=policy_id,
+        if_match=if_match,
+        now=runtime.clock.now(),
     )
+    tag(response, changed.version)
+    return changed
 
 
 @router.post(
@@ -55,11 +84,23 @@ async def retire_policy(policy_id: str, request: Request, principal: PolicyAdmin
     response_model=SlaPolicy,
     summary="Undo a retirement",
 )
-async def reinstate_policy(policy_id: str, request: Request, principal: PolicyAdmin) -> SlaPolicy:
+async def reinstate_policy(
+    policy_id: str,
+    request: Request,
+    response: Response,
+    principal: PolicyAdmin,
+    if_match: IfMatchHeader,
+) -> SlaPolicy:
     runtime = runtime_of(request)
-    return await policy_store.reinstate_policy(
-        db=runtime.db, principal=principal, policy_id=policy_id, now=runtime.clock.now()
+    changed = await policy_store.reinstate_policy(
+        db=runtime.db,
+        principal=principal,
+        policy_id=policy_id,
+        if_match=if_match,
+        now=runtime.clock.now(),
     )
+    tag(response, changed.version)
+    return changed
 
 
 @router.delete(
@@ -67,9 +108,15 @@ async def reinstate_policy(policy_id: str, request: Request, principal: PolicyAd
     status_code=204,
     summary="Delete a retired policy no assignment or rule refers to (else 409)",
 )
-async def delete_policy(policy_id: str, request: Request, principal: PolicyAdmin) -> Response:
+async def delete_policy(
+    policy_id: str, request: Request, principal: PolicyAdmin, if_match: IfMatchHeader
+) -> Response:
     runtime = runtime_of(request)
     await policy_store.delete_policy(
-        db=runtime.db, principal=principal, policy_id=policy_id, now=runtime.clock.now()
+        db=runtime.db,
+        principal=principal,
+        policy_id=policy_id,
+        if_match=if_match,
+        now=runtime.clock.now(),
     )
     return Response(status_code=204)

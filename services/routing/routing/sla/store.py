@@ -16,11 +16,13 @@ from datetime import datetime
 from functools import partial
 from typing import Any
 
-from pymongo import ASCENDING
+from pymongo import ASCENDING, ReturnDocument
 from pymongo.asynchronous.database import AsyncDatabase
 
+from complaints_shared import preconditions
 from complaints_shared.auth import Principal
 from complaints_shared.mongo import upsert_and_read
+from complaints_shared.preconditions import IfMatch
 from complaints_shared.problems import conflict, invalid, invalid_fields, not_found
 from complaints_shared.stored import from_stored
 from routing import audit
@@ -106,9 +108,12 @@ async def put_policy(
     principal: Principal,
     policy_id: str,
     body: SlaPolicyWrite,
+    if_match: IfMatch | None,
     now: datetime,
 ) -> SlaPolicy:
-    """Create or replace a policy; its version counts the saves."""
+    """Create or replace a policy; its version counts the saves. The same policy again
+    saves nothing; a replacement is held to ``if_match`` (a 412 when the policy moved on,
+    or does not exist)."""
     if errors := body.field_errors():
         raise invalid_fields(errors)
     key = policy_key(principal.org, policy_id)
@@ -116,41 +121,73 @@ async def put_policy(
     if stored is not None and stored.get(DELETING) is not None:
         # Created again under the id of a deletion broken off: that one is completed first.
         await _complete_deletion(db=db, principal=principal, policy_id=policy_id, current=stored)
+        stored = None
     elif stored is not None:
-        await _settle_audit(db=db, principal=principal, policy_id=policy_id, document=stored)
+        stored = await _settle_audit(
+            db=db, principal=principal, policy_id=policy_id, document=stored
+        )
+    fields = body.model_dump(mode="json")
+    shown = stored if stored is not None and preconditions.shows(stored, fields) else None
+    if not preconditions.write_needed(
+        if_match,
+        version=None if stored is None else stored.get("version"),
+        already_shown=shown is not None,
+        what=f"SLA policy {policy_id!r}",
+    ):
+        return policy_read(shown)
     if body.is_default:
         other = await db[SLA_POLICIES].find_one(
             {"org": principal.org, "is_default": True, "retired_at": None, "_id": {"$ne": key}}
         )
         if other is not None:
             raise invalid("is_default", f"policy {other['id']!r} is already the default")
-    fields = body.model_dump(mode="json")
-    document = await upsert_and_read(
-        db[SLA_POLICIES],
-        key,
-        {
-            "$set": {
-                **fields,
-                "id": policy_id,
-                "org": principal.org,
-                "updated_at": now,
-                "updated_by": principal.subject,
-                **audit.unrecorded(action="saved", actor=principal.subject, at=now),
-            },
-            "$inc": {"version": 1},
-            # Tells a policy created again after a deletion from the one before (its audit).
-            "$setOnInsert": {"created_at": now},
+    update = {
+        "$set": {
+            **fields,
+            "id": policy_id,
+            "org": principal.org,
+            "updated_at": now,
+            "updated_by": principal.subject,
+            **audit.unrecorded(action="saved", actor=principal.subject, at=now),
         },
-        # A deletion decided since the check above is not undone by this save, nor does the
-        # save (answered and recorded) vanish with the policy when the deletion completes.
-        only_if=LIVE,
-    )
+        "$inc": {"version": 1},
+    }
+    document = await _write_save(db=db, key=key, update=update, stored=stored, now=now)
     if document is None:
-        raise conflict(f"SLA policy {policy_id!r} was deleted while it was saved; retry")
+        raise conflict(f"SLA policy {policy_id!r} changed or was deleted while saved; retry")
     document = await _settle_audit(
         db=db, principal=principal, policy_id=policy_id, document=document
     )
     return policy_read(document)
+
+
+async def _write_save(
+    *,
+    db: AsyncDatabase,
+    key: str,
+    update: dict[str, Any],
+    stored: dict[str, Any] | None,
+    now: datetime,
+) -> dict[str, Any] | None:
+    """Apply a save decided on ``stored``; the policy after it, None if it changed since.
+
+    A deletion decided since is not undone by the save, nor does the save (answered and
+    recorded) vanish with the policy when the deletion completes. A policy found is
+    saved only at the version read: a save or retirement since is not overwritten.
+    """
+    if stored is None:
+        return await upsert_and_read(
+            db[SLA_POLICIES],
+            key,
+            # Tells a policy created again after a deletion from the one before (its audit).
+            {**update, "$setOnInsert": {"created_at": now}},
+            only_if=LIVE,
+        )
+    return await db[SLA_POLICIES].find_one_and_update(
+        {"_id": key, "version": stored.get("version"), **LIVE},
+        update,
+        return_document=ReturnDocument.AFTER,
+    )
 
 
 async def _settle_audit(
@@ -174,12 +211,18 @@ async def _set_retirement(
     principal: Principal,
     policy_id: str,
     retired: bool,
+    if_match: IfMatch | None,
     now: datetime,
 ) -> SlaPolicy:
     action = "retired" if retired else "reinstated"
     found = await _policy_document(db=db, org=principal.org, policy_id=policy_id)
     current = await _settle_audit(db=db, principal=principal, policy_id=policy_id, document=found)
-    if (current.get("retired_at") is not None) == retired:
+    if not preconditions.write_needed(
+        if_match,
+        version=current.get("version"),
+        already_shown=(current.get("retired_at") is not None) == retired,
+        what=f"SLA policy {policy_id!r}",
+    ):
         # Already so: a repeated request changes nothing. The change's record and the
         # directory bump ran just now if they had failed (a 503); a change stored without
         # the record it would carry (before 4 December) has them run again.
@@ -219,25 +262,50 @@ async def _set_retirement(
 
 
 async def retire_policy(
-    *, db: AsyncDatabase, principal: Principal, policy_id: str, now: datetime
+    *,
+    db: AsyncDatabase,
+    principal: Principal,
+    policy_id: str,
+    if_match: IfMatch | None,
+    now: datetime,
 ) -> SlaPolicy:
     """No new assignment uses the policy from now on; assignments that have it keep it."""
     return await _set_retirement(
-        db=db, principal=principal, policy_id=policy_id, retired=True, now=now
+        db=db,
+        principal=principal,
+        policy_id=policy_id,
+        retired=True,
+        if_match=if_match,
+        now=now,
     )
 
 
 async def reinstate_policy(
-    *, db: AsyncDatabase, principal: Principal, policy_id: str, now: datetime
+    *,
+    db: AsyncDatabase,
+    principal: Principal,
+    policy_id: str,
+    if_match: IfMatch | None,
+    now: datetime,
 ) -> SlaPolicy:
     """Undo a retirement: new complaints may be given the policy again."""
     return await _set_retirement(
-        db=db, principal=principal, policy_id=policy_id, retired=False, now=now
+        db=db,
+        principal=principal,
+        policy_id=policy_id,
+        retired=False,
+        if_match=if_match,
+        now=now,
     )
 
 
 async def delete_policy(
-    *, db: AsyncDatabase, principal: Principal, policy_id: str, now: datetime
+    *,
+    db: AsyncDatabase,
+    principal: Principal,
+    policy_id: str,
+    if_match: IfMatch | None,
+    now: datetime,
 ) -> None:
     """Remove a retired policy no assignment and no rule refers to any more; a DELETE
     repeated after a deletion was broken off completes it."""
@@ -246,6 +314,12 @@ async def delete_policy(
     if current is None:
         raise not_found(what="SLA policy", identifier=policy_id)
     if current.get(DELETING) is None:
+        preconditions.write_needed(
+            if_match,
+            version=current.get("version"),
+            already_shown=False,
+            what=f"SLA policy {policy_id!r}",
+        )
         await _refuse_unless_deletable(
             db=db, org=principal.org, policy_id=policy_id, policy=current
         )

@@ -1,0 +1,254 @@
+"""Integration: administrators' changes are retry-safe and never silently undo a colleague's.
+
+Every versioned setting answers with an ``ETag`` (its version) and takes ``If-Match``. A
+change the entry already shows (a retry after a lost answer) writes nothing: no version,
+no audit record, no event. A change decided on an older version is a 412 naming the
+current one, instead of reverting what a colleague changed in between.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from routing.directory import store as directory_store
+from tests.support.http import token
+from tests.support.routing import routing_db
+from tests.support.system import System
+
+pytestmark = pytest.mark.integration
+
+BILLING_FAST = {
+    "name": "账务快速时限",
+    "categories": ["billing"],
+    "targets": {
+        "normal": {
+            "acknowledge": {"amount": 30, "unit": "minutes", "basis": "calendar"},
+            "resolve": {"amount": 2, "unit": "days", "basis": "calendar"},
+        }
+    },
+}
+FOLLOWUP_POLICY = {
+    "checks": [{"after_hours": 48}],
+    "overrides": [],
+    "max_attempts": 2,
+    "attempt_spacing_hours": 1,
+    "satisfied_score_threshold": 4,
+}
+CONTACT_HOURS = {
+    "time_zone": "Asia/Shanghai",
+    "start": "09:00",
+    "end": "18:00",
+    "weekdays": ["mon", "tue", "wed", "thu", "fri"],
+    "holiday_country": "CN",
+    "closed_days": [],
+}
+
+
+def _precondition_failed(response, *, current: int) -> None:
+    assert response.status_code == 412, response.text
+    assert response.headers["content-type"].startswith("application/problem+json")
+    assert response.headers["etag"] == f'"{current}"'
+    problem = response.json()
+    assert (problem["current_version"], problem["errors"][0]["field"]) == (current, "If-Match")
+
+
+async def _trail(system: System, entity: str, entity_id: str) -> list[tuple[str, str]]:
+    found = await system.routing.get(
+        "/v1/directory/audit",
+        params={"entity": entity, "entity_id": entity_id},
+        headers=token(system.routing_settings),
+    )
+    assert found.status_code == 200, found.text
+    return [(entry["action"], entry["actor"]) for entry in found.json()]
+
+
+async def test_a_branch_change_retried_after_a_colleagues_change_is_refused_not_applied(
+    system: System,
+) -> None:
+    """Zhao renames the branch; the answer is lost. Qian renames it again. Zhao's client
+    retries: before, the retry wrote Zhao's name back over Qian's, as version 4, with a
+    third ``branch.updated``. Now the retry names the version it was decided on and is a
+    412; a retry with no colleague in between answers 200 and writes nothing."""
+    zhao = token(system.routing_settings, subject="admin-zhao")
+    qian = token(system.routing_settings, subject="admin-qian")
+    api = system.routing
+    path = "/v1/directory/branches/LZ"
+    read = await api.get(path, headers=zhao)
+    version = read.json()["version"]
+    assert read.headers["etag"] == f'"{version}"'
+
+    decided_on = {"If-Match": f'"{version}"', **zhao}
+    renamed = await api.patch(path, json={"name": "兰州分公司（一）"}, headers=decided_on)
+    assert renamed.status_code == 200, renamed.text
+    assert renamed.headers["etag"] == f'"{version + 1}"'
+    # The answer was lost; the client retries the same request as it was.
+    retried = await api.patch(path, json={"name": "兰州分公司（一）"}, headers=decided_on)
+    assert (retried.status_code, retried.json()["version"]) == (200, version + 1), retried.text
+    assert retried.json()["name"] == "兰州分公司（一）"
+
+    colleague = await api.patch(path, json={"name": "兰州分公司（二）"}, headers=qian)
+    assert colleague.json()["version"] == version + 2
+    late = await api.patch(path, json={"name": "兰州分公司（一）"}, headers=decided_on)
+    _precondition_failed(late, current=version + 2)
+    stored = (await api.get(path, headers=zhao)).json()
+    assert (stored["name"], stored["version"]) == ("兰州分公司（二）", version + 2)
+    assert await _trail(system, "branch", "LZ") == [
+        ("updated", "admin-qian"),
+        ("updated", "admin-zhao"),
+    ]
+
+    # Deactivating twice (the answer of the first lost) is one change, one event.
+    deactivated = await api.post(f"{path}/deactivate", headers=qian)
+    assert deactivated.status_code == 200, deactivated.text
+    again = await api.post(f"{path}/deactivate", headers={"If-Match": f'"{version + 2}"', **qian})
+    assert again.status_code == 200, again.text
+    branch = await routing_db(system)[directory_store.BRANCHES].find_one({"_id": "demo:LZ"})
+    assert (branch["active"], branch["version"]) == (False, version + 3)
+
+
+async def test_staff_and_department_changes_take_if_match(system: System) -> None:
+    admin = token(system.routing_settings, subject="admin-zhao")
+    api = system.routing
+    staff = "/v1/directory/staff/lz-chen"
+    version = (await api.get(staff, headers=admin)).json()["version"]
+    stale = {"If-Match": f'"{version}"', **admin}
+    assert (await api.patch(staff, json={"capacity": 9}, headers=admin)).status_code == 200
+    # Decided on the version before: a capacity of 5 would undo the 9 set meanwhile.
+    _precondition_failed(
+        await api.patch(staff, json={"capacity": 5}, headers=stale), current=version + 1
+    )
+    # The change the entry already shows answers 200 whatever the header names.
+    shown = await api.patch(staff, json={"capacity": 9}, headers=stale)
+    assert (shown.status_code, shown.json()["version"]) == (200, version + 1), shown.text
+    # Any of a list, or ``*``, matches; a weak tag never does (If-Match compares strongly).
+    listed = {"If-Match": f'"{version}", "{version + 1}"', **admin}
+    assert (await api.patch(staff, json={"capacity": 8}, headers=listed)).status_code == 200
+    star = await api.patch(staff, json={"capacity": 7}, headers={"If-Match": "*", **admin})
+    assert star.json()["version"] == version + 3
+    weak = {"If-Match": f'W/"{version + 3}"', **admin}
+    _precondition_failed(
+        await api.patch(staff, json={"capacity": 6}, headers=weak), current=version + 3
+    )
+    assert await _trail(system, "staff", "lz-chen") == [("updated", "admin-zhao")] * 3
+
+    department = "/v1/directory/departments/LZ:BILLING"
+    read = await api.get(department, headers=admin)
+    etag = read.headers["etag"]
+    assert etag == f'"{read.json()["version"]}"'
+    malformed = await api.patch(
+        department, json={"name": "计费部"}, headers={"If-Match": "3", **admin}
+    )
+    assert malformed.status_code == 422, malformed.text
+    assert malformed.json()["errors"][0]["field"] == "If-Match"
+    changed = await api.patch(
+        department, json={"name": "计费部"}, headers={"If-Match": etag, **admin}
+    )
+    assert changed.status_code == 200, changed.text
+    _precondition_failed(
+        await api.post(f"{department}/deactivate", headers={"If-Match": etag, **admin}),
+        current=changed.json()["version"],
+    )
+
+
+async def test_rules_and_sla_policies_take_if_match(system: System) -> None:
+    admin = token(system.routing_settings, subject="admin-zhao")
+    api = system.routing
+    rule = "/v1/routing/rules/demo:billing-keywords"
+    read = await api.get(rule, headers=admin)
+    version = read.json()["version"]
+    assert read.headers["etag"] == f'"{version}"'
+    stale = {"If-Match": read.headers["etag"], **admin}
+    assert (await api.patch(rule, json={"name": "账单关键词"}, headers=stale)).status_code == 200
+    _precondition_failed(
+        await api.patch(rule, json={"position": 3}, headers=stale), current=version + 1
+    )
+    _precondition_failed(await api.delete(rule, headers=stale), current=version + 1)
+    deactivated = await api.delete(rule, headers=admin)
+    assert deactivated.json()["version"] == version + 2
+    # A deactivation repeated (its answer lost) makes no version of its own.
+    assert (await api.delete(rule, headers=stale)).json()["version"] == version + 2
+    versions = (await api.get(f"{rule}/versions", headers=admin)).json()
+    assert [entry["version"] for entry in versions][:3] == [version + 2, version + 1, version]
+
+    policy = "/v1/routing/sla-policies/billing-fast"
+    # If-Match on a policy that does not exist yet: no version of it is current.
+    missing = await api.put(policy, json=BILLING_FAST, headers={"If-Match": "*", **admin})
+    assert missing.status_code == 412, missing.text
+    assert (await api.get(policy, headers=admin)).status_code == 404
+    created = await api.put(policy, json=BILLING_FAST, headers=admin)
+    assert (created.status_code, created.headers["etag"]) == (200, '"1"')
+    renamed = {**BILLING_FAST, "name": "账务加急时限"}
+    assert (
+        await api.put(policy, json=renamed, headers={"If-Match": '"1"', **admin})
+    ).status_code == 200
+    # Decided on version 1, the first name would undo the rename.
+    _precondition_failed(
+        await api.put(policy, json=BILLING_FAST, headers={"If-Match": '"1"', **admin}),
+        current=2,
+    )
+    _precondition_failed(
+        await api.post(f"{policy}/retire", headers={"If-Match": '"1"', **admin}), current=2
+    )
+    retired = await api.post(f"{policy}/retire", headers={"If-Match": '"2"', **admin})
+    assert (retired.status_code, retired.headers["etag"]) == (200, '"3"')
+    _precondition_failed(await api.delete(policy, headers={"If-Match": '"2"', **admin}), current=3)
+    assert (await api.delete(policy, headers={"If-Match": '"3"', **admin})).status_code == 204
+    assert [action for action, _ in await _trail(system, "sla_policy", "billing-fast")] == [
+        "deleted",
+        "retired",
+        "saved",
+        "saved",
+    ]
+
+
+async def test_followup_settings_take_if_match_and_repeat_nothing(system: System) -> None:
+    admin = token(system.followup_settings, subject="admin-zhao")
+    api = system.followup
+    default = await api.get("/v1/followups/policy", headers=admin)
+    assert default.headers["etag"] == '"0"'
+    # Version 0 is the built-in default: a change decided on it.
+    saved = await api.put(
+        "/v1/followups/policy", json=FOLLOWUP_POLICY, headers={"If-Match": '"0"', **admin}
+    )
+    assert (saved.status_code, saved.headers["etag"]) == (200, '"1"'), saved.text
+    retried = await api.put(
+        "/v1/followups/policy", json=FOLLOWUP_POLICY, headers={"If-Match": '"0"', **admin}
+    )
+    assert (retried.status_code, retried.json()["version"]) == (200, 1), retried.text
+    _precondition_failed(
+        await api.put(
+            "/v1/followups/policy",
+            json={**FOLLOWUP_POLICY, "max_attempts": 3},
+            headers={"If-Match": '"0"', **admin},
+        ),
+        current=1,
+    )
+
+    hours = "/v1/followups/contact-hours/LZ"
+    assert (await api.get(hours, headers=admin)).headers["etag"] == '"0"'
+    first = await api.put(hours, json=CONTACT_HOURS, headers={"If-Match": '"0"', **admin})
+    assert first.json()["version"] == 1, first.text
+    later = {**CONTACT_HOURS, "end": "17:00"}
+    assert (await api.put(hours, json=later, headers=admin)).json()["version"] == 2
+    _precondition_failed(
+        await api.put(hours, json=CONTACT_HOURS, headers={"If-Match": '"1"', **admin}),
+        current=2,
+    )
+    history = (await api.get(f"{hours}/history", headers=admin)).json()["items"]
+    assert [entry["version"] for entry in history] == [2, 1]
+
+    branch = "/v1/followups/policy/branches/LZ"
+    assert (await api.get(branch, headers=admin)).headers["etag"] == '"0"'
+    own = await api.put(branch, json=FOLLOWUP_POLICY, headers={"If-Match": '"0"', **admin})
+    assert own.json()["version"] == 1, own.text
+    colleague = await api.put(branch, json={**FOLLOWUP_POLICY, "max_attempts": 4}, headers=admin)
+    assert colleague.json()["version"] == 2
+    # Giving up the branch's policy decided on version 1 would drop the colleague's.
+    _precondition_failed(await api.delete(branch, headers={"If-Match": '"1"', **admin}), current=2)
+    given_up = await api.delete(branch, headers={"If-Match": '"2"', **admin})
+    assert (given_up.status_code, given_up.json()["inherited"]) == (200, True), given_up.text
+    assert given_up.headers["etag"] == '"3"'
+    repeated = await api.delete(branch, headers={"If-Match": '"2"', **admin})
+    assert (repeated.status_code, repeated.headers["etag"]) == (200, '"3"'), repeated.text
+    branch_history = (await api.get(f"{branch}/history", headers=admin)).json()["items"]
+    assert [entry["version"] for entry in branch_history] == [3, 2, 1]
