@@ -272,6 +272,62 @@ async def test_a_dead_target_does_not_delay_a_healthy_one(system_factory: System
     assert max(beside_dead) < 1.5, beside_dead
 
 
+async def test_dead_targets_enough_to_fill_every_slot_leave_the_healthy_ones_theirs(
+    system_factory: SystemFactory,
+) -> None:
+    """Two dead targets with backlogs, each allowed 2 of the replica's 4 slots: before,
+    they held all 4 (every slot 2 s on a silent connection, their retries due again at
+    once), and the healthy receiver's deliveries waited behind them, seconds each. Now a
+    failing subscription has one attempt in flight and the failing ones half the slots."""
+    system = await system_factory()
+    admin = token(system.intake_settings)
+    received_only = ["org.complaintdesk.complaint.received.v1"]
+    async with AsyncExitStack() as stack:
+        healthy = await stack.enter_async_context(receiver())
+        dead_urls = [await stack.enter_async_context(silent_target()) for _ in range(2)]
+        webhooks = await serve_webhooks(
+            stack,
+            system,
+            request_timeout_s=2.0,
+            max_concurrent_deliveries=4,
+            max_concurrent_per_subscription=2,
+            retry_schedule_s=[0.1] * 50,
+        )
+        dead = [
+            await subscribe(webhooks, admin, url=url, event_types=received_only)
+            for url in dead_urls
+        ]
+        # Backlogs for both dead targets, and their first attempts timed out.
+        for _ in range(6):
+            await _complaint(system, admin)
+
+        async def timed_out() -> bool:
+            logs = [await _deliveries(webhooks, admin, each["id"]) for each in dead]
+            return all(any(entry["attempts"] > 0 for entry in log) for log in logs)
+
+        await eventually(timed_out, timeout_s=20, what="both dead targets failing")
+        await subscribe(webhooks, admin, url=healthy.url, event_types=received_only)
+        for _ in range(6):
+            await _complaint(system, admin)
+            await asyncio.sleep(0.25)
+        await eventually(
+            lambda: asyncio.sleep(0, len(healthy.requests) >= 6),
+            timeout_s=30,
+            what="6 deliveries to the healthy receiver",
+        )
+        beside_dead = [
+            request.arrived_at - _event_time(request.body) for request in healthy.requests
+        ]
+        still_pending = [
+            entry["status"]
+            for each in dead
+            for entry in await _deliveries(webhooks, admin, each["id"])
+        ]
+    assert len(still_pending) == 24 and set(still_pending) == {"pending"}
+    # A dead attempt holds its slot for 2 s: waiting for one would show.
+    assert max(beside_dead) < 1.5, beside_dead
+
+
 def _event_time(body: bytes) -> float:
     return datetime.fromisoformat(orjson.loads(body)["time"]).timestamp()
 

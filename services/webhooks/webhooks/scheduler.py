@@ -7,12 +7,16 @@ margin, and runs each attempt as its own task: at most
 ``max_concurrent_per_subscription`` per subscription (a saturated
 subscription's deliveries are not even claimed), so a slow or dead target only
 ever holds its own slots while every attempt is bounded by
-``request_timeout_s``. A replica killed mid-attempt loses its leases; the
-attempts in flight are repeated once the leases expire, nothing else. A replica
-shutting down lets its attempts in flight finish until ``shutdown_release_s``
-before the service's shutdown grace ends, then cancels the others (recording
-nothing of them) and releases their leases: they are sent again at once, by
-another replica or by the next start.
+``request_timeout_s``. A failing subscription (its last attempt failed, or its
+stored failure streak says so) has one attempt in flight at most, and the failing
+ones together hold at most ``failing_share`` of the slots: however many targets are
+dead, the healthy ones keep the rest. A delivered attempt lifts the limit.
+
+A replica killed mid-attempt loses its leases; the attempts in flight are repeated once
+the leases expire, nothing else. A replica shutting down lets its attempts in flight
+finish until ``shutdown_release_s`` before the service's shutdown grace ends, then
+cancels the others (recording nothing of them) and releases their leases: they are sent
+again at once, by another replica or by the next start.
 
 Order: a delivery of an event is claimed only once every event that was in Kafka
 before it happened is recorded (``webhooks.watermark``); a claimed delivery with an
@@ -88,6 +92,11 @@ class Dispatcher:
         self._wake = asyncio.Event()
         self._in_flight: dict[str, asyncio.Task] = {}
         self._per_subscription: Counter[str] = Counter()
+        # Subscriptions whose last attempt here failed, or stored as failing when read.
+        self._failing: set[str] = set()
+        self._failing_slots = max(
+            1, int(settings.max_concurrent_deliveries * settings.failing_share)
+        )
         self._rng = random.Random()
         self._lease_s = settings.request_timeout_s + settings.lease_margin_s
 
@@ -190,22 +199,41 @@ class Dispatcher:
             len(self._in_flight) < self._settings.max_concurrent_deliveries
             and not runtime.stopping.is_set()
         ):
-            saturated = [
-                subscription_id
-                for subscription_id, count in self._per_subscription.items()
-                if count >= self._settings.max_concurrent_per_subscription
-            ]
             delivery = await store.claim_due(
                 db=runtime.db,
                 owner=self._owner,
                 now=runtime.clock.now(),
                 lease_s=self._lease_s,
-                skip_subscriptions=saturated,
+                skip_subscriptions=self._saturated(),
                 recorded_through=self.watermark.through or NOTHING_RECORDED,
             )
             if delivery is None:
                 return
             self._start(runtime, delivery)
+
+    def _saturated(self) -> list[str]:
+        """The subscriptions not to claim for now: those with all the attempts in flight
+        they may have, and every failing one once the failing hold their share."""
+        failing_in_flight = sum(self._per_subscription[each] for each in self._failing)
+        saturated = {
+            subscription_id
+            for subscription_id, count in self._per_subscription.items()
+            if count
+            >= (
+                1
+                if subscription_id in self._failing
+                else self._settings.max_concurrent_per_subscription
+            )
+        }
+        if failing_in_flight >= self._failing_slots:
+            saturated |= self._failing
+        return sorted(saturated)
+
+    def _health(self, subscription_id: str, *, failing: bool) -> None:
+        if failing:
+            self._failing.add(subscription_id)
+        else:
+            self._failing.discard(subscription_id)
 
     def _start(self, runtime: Runtime, delivery: dict[str, Any]) -> None:
         subscription_id = delivery["subscription_id"]
@@ -305,9 +333,12 @@ class Dispatcher:
         is_ping = delivery["event_type"] == PING_EVENT_TYPE
         if subscription is None:
             # Deleted (or being deleted): its deletion missed this one, so it goes now.
+            self._health(delivery["subscription_id"], failing=False)
             if await store.drop_orphan(db=db, delivery=delivery, owner=self._owner):
                 log.info("webhook_delivery_of_deleted_subscription_dropped")
             return
+        # As stored: failing on another replica or before this one started, or since healed.
+        self._health(subscription["_id"], failing=subscription.get("failure_streak", 0) > 0)
         now = runtime.clock.now()
         if not is_ping and not any(
             event_type_matches(pattern, delivery["event_type"])
@@ -413,6 +444,7 @@ class Dispatcher:
             self._wake.set()
         if is_ping:
             return  # a test ping says nothing about the subscription's health
+        self._health(subscription_id, failing=not result.delivered)
         if result.delivered:
             if subscription.get("failure_streak", 0) > 0:  # else there is nothing to reset
                 await store.record_success(db=db, subscription_id=subscription_id, now=now)

@@ -51,6 +51,13 @@ class WebhooksSettings(ServiceSettings):
     max_concurrent_per_subscription: int = Field(
         4, ge=1, description="Attempts in flight per replica to one subscription's target."
     )
+    failing_share: float = Field(
+        0.5,
+        gt=0,
+        le=1,
+        description="Share of a replica's attempt slots that failing subscriptions (whose last "
+        "attempt failed) may hold together; each of them has one attempt in flight at most.",
+    )
     retry_schedule_s: list[float] = Field(
         default_factory=lambda: list(DEFAULT_RETRY_SCHEDULE_S),
         min_length=1,
