@@ -190,6 +190,48 @@ async def test_a_pause_decided_before_a_410_disabled_the_subscription_does_not_u
     assert (shown["status"], shown["status_reason"]) == ("disabled", "target answered 410 Gone")
 
 
+async def test_a_subscription_change_decided_on_an_older_version_is_refused_not_applied(
+    system_factory: SystemFactory,
+) -> None:
+    """Zhao moves the CRM's URL; Qian narrows its event types. Zhao's late change of the
+    description, decided on the version before Qian's, used to be applied (and a PATCH
+    repeated after a lost answer was written again). A subscription now has a version and
+    an ETag: a change decided on another version is a 412, a repeat writes nothing."""
+    system = await system_factory(seed=False)
+    zhao = token(system.intake_settings, subject="admin-zhao")
+    qian = token(system.intake_settings, subject="admin-qian")
+    async with AsyncExitStack() as stack:
+        webhooks = await serve_webhooks(stack, system)
+        client = webhooks.client
+        created = await client.post(PATH, json=CRM, headers=zhao)
+        assert (created.headers["etag"], created.json()["version"]) == ('"1"', 1)
+        path = f"{PATH}/{created.json()['id']}"
+        moved = {"target_url": "https://crm2.example.com/h"}
+        first = await client.patch(path, json=moved, headers={"If-Match": '"1"', **zhao})
+        assert (first.status_code, first.headers["etag"]) == (200, '"2"'), first.text
+        repeated = await client.patch(path, json=moved, headers={"If-Match": '"1"', **zhao})
+        assert (repeated.status_code, repeated.json()["version"]) == (200, 2), repeated.text
+        narrowed = await client.patch(path, json={"event_types": [RECEIVED]}, headers=qian)
+        assert narrowed.json()["version"] == 3
+        late = await client.patch(
+            path,
+            json={"event_types": ["*"], "description": "全部事件"},
+            headers={"If-Match": '"2"', **zhao},
+        )
+        assert (late.status_code, late.json()["current_version"]) == (412, 3), late.text
+        assert late.json()["errors"][0]["field"] == "If-Match"
+        refused_deletion = await client.delete(path, headers={"If-Match": '"2"', **zhao})
+        assert refused_deletion.status_code == 412, refused_deletion.text
+        shown = await client.get(path, headers=zhao)
+        assert shown.headers["etag"] == '"3"'
+        assert (shown.json()["event_types"], shown.json()["target_url"]) == (
+            [RECEIVED],
+            "https://crm2.example.com/h",
+        )
+        assert (await client.delete(path, headers={"If-Match": '"3"', **zhao})).status_code == 204
+        assert (await client.get(path, headers=zhao)).status_code == 404
+
+
 BAD_SUBSCRIPTIONS = [
     ({"target_url": "not a url", "event_types": [RECEIVED]}, "target_url"),
     ({"target_url": "ftp://crm.example.com/h", "event_types": [RECEIVED]}, "target_url"),

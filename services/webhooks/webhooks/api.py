@@ -14,6 +14,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path, Query, Request, Response
 from pydantic import Field
 
+from complaints_shared import preconditions
 from complaints_shared.access import Scope, allow
 from complaints_shared.auth import Principal, Role
 from complaints_shared.envelope import CloudEvent
@@ -26,6 +27,7 @@ from complaints_shared.idempotency import (
 )
 from complaints_shared.models import StrictModel
 from complaints_shared.pagination import Page
+from complaints_shared.preconditions import IfMatchHeader, tag
 from complaints_shared.problems import ProblemError, conflict, not_found
 from complaints_shared.runtime import runtime_of
 from complaints_shared.stored import from_stored
@@ -157,8 +159,10 @@ async def create_subscription(
         "created_by_request": fingerprint,
         "created_at": now,
         "updated_at": now,
+        "version": 1,
     }
     if await store.insert_subscription(db=runtime.db, document=document):
+        tag(response, 1)
         return from_stored(SubscriptionCreated, {**store.public(document), "secret": secret})
     # Created already under this key (the same request repeated after a lost answer, say).
     first = await store.get_subscription(
@@ -172,6 +176,7 @@ async def create_subscription(
     if first.get("created_by_request") != fingerprint:
         raise key_conflict(str(idempotency_key))
     response.headers[REPLAYED_HEADER] = "true"
+    tag(response, first.get("version", 0))
     # The secret that signs now: the one created with it, unless rotated since.
     [signing] = [
         entry["secret"] for entry in first["signing_secrets"] if not entry.get("expires_at")
@@ -198,9 +203,10 @@ async def list_subscriptions(
     summary="One subscription (never its secret)",
 )
 async def get_subscription(
-    subscription_id: SubscriptionId, request: Request, principal: Admin
+    subscription_id: SubscriptionId, request: Request, response: Response, principal: Admin
 ) -> SubscriptionRead:
     found = await _subscription(request, principal, subscription_id)
+    tag(response, found.get("version", 0))
     return from_stored(SubscriptionRead, store.public(found))
 
 
@@ -210,46 +216,63 @@ async def get_subscription(
     summary="Change URL, event types, description or status; re-activating replays the backlog",
 )
 async def update_subscription(
-    subscription_id: SubscriptionId, body: SubscriptionUpdate, request: Request, principal: Admin
+    subscription_id: SubscriptionId,
+    body: SubscriptionUpdate,
+    request: Request,
+    response: Response,
+    principal: Admin,
+    if_match: IfMatchHeader,
 ) -> SubscriptionRead:
     runtime = runtime_of(request)
     current = await _subscription(request, principal, subscription_id)
     now = runtime.clock.now()
-    changes: dict[str, Any] = {"updated_at": now}
-    unset: dict[str, Any] = {}
+    asked: dict[str, Any] = {}
     if body.target_url is not None:
-        changes["target_url"] = _checked_url(body.target_url, _settings(request))
+        asked["target_url"] = _checked_url(body.target_url, _settings(request))
     if body.event_types is not None:
-        changes["event_types"] = body.event_types
+        asked["event_types"] = body.event_types
     if body.description is not None:
-        changes["description"] = body.description
-    if body.status is not None and body.status.value != current["status"]:
-        changes["status"] = body.status.value
-        changes["status_reason"] = (
-            None if body.status is SubscriptionStatus.ACTIVE else (f"paused by {principal.subject}")
+        asked["description"] = body.description
+    if body.status is not None:
+        asked["status"] = body.status.value
+    updated: dict[str, Any] | None = current
+    if preconditions.write_needed(
+        if_match,
+        version=current.get("version", 0),
+        already_shown=preconditions.shows(current, asked),
+        what=f"subscription {subscription_id!r}",
+    ):
+        changes: dict[str, Any] = {**asked, "updated_at": now}
+        unset: dict[str, Any] = {}
+        if body.status is not None and body.status.value != current["status"]:
+            changes["status_reason"] = (
+                None
+                if body.status is SubscriptionStatus.ACTIVE
+                else f"paused by {principal.subject}"
+            )
+            if body.status is SubscriptionStatus.ACTIVE:
+                changes["failure_streak"] = 0
+                unset["failing_since"] = ""
+        updated = await store.update_subscription(
+            db=runtime.db,
+            scope=principal.scope_filter(),
+            subscription_id=subscription_id,
+            changes=changes,
+            unset=unset,
+            read=current,
         )
-        if body.status is SubscriptionStatus.ACTIVE:
-            changes["failure_streak"] = 0
-            unset["failing_since"] = ""
-    updated = await store.update_subscription(
-        db=runtime.db,
-        scope=principal.scope_filter(),
-        subscription_id=subscription_id,
-        changes=changes,
-        unset=unset,
-        status_was=None if body.status is None else current["status"],
-    )
     if updated is None:
         now_stored = await _subscription(request, principal, subscription_id)  # else 404
         raise conflict(
-            f"subscription {subscription_id!r} became {now_stored['status']!r} while this "
-            "change was decided; retry"
+            f"subscription {subscription_id!r} changed while this change was decided (it is "
+            f"{now_stored['status']!r} now); retry"
         )
     if body.status is SubscriptionStatus.ACTIVE:
         # Also when it was active already: a retry completes a release that a failure or a
         # crash after the status was written cut short (retries keep their backoff).
         await store.release_held(db=runtime.db, subscription_id=subscription_id, now=now)
         _dispatcher(request).notify()
+    tag(response, updated.get("version", 0))
     return from_stored(SubscriptionRead, store.public(updated))
 
 
@@ -259,13 +282,14 @@ async def update_subscription(
     summary="Remove a subscription and its delivery log",
 )
 async def delete_subscription(
-    subscription_id: SubscriptionId, request: Request, principal: Admin
+    subscription_id: SubscriptionId, request: Request, principal: Admin, if_match: IfMatchHeader
 ) -> Response:
     runtime = runtime_of(request)
     deleted = await store.delete_subscription(
         db=runtime.db,
         scope=principal.scope_filter(),
         subscription_id=subscription_id,
+        if_match=if_match,
         now=runtime.clock.now(),
     )
     if not deleted:

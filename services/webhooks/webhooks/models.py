@@ -134,6 +134,11 @@ class SubscriptionRead(SubscriptionBase):
     previous_secret_expires_at: datetime | None = None
     created_at: datetime
     updated_at: datetime
+    version: int = Field(
+        0,
+        description="Counts changes of its settings and status (0: stored before versions); "
+        "its ETag, which a PATCH or DELETE may name in If-Match",
+    )
 
 
 class SubscriptionCreated(SubscriptionRead):

@@ -21,7 +21,7 @@ from pymongo import ASCENDING, DESCENDING, InsertOne
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
-from complaints_shared import aggregate
+from complaints_shared import aggregate, preconditions
 from complaints_shared.auth import Principal
 from complaints_shared.idempotency import HEADER
 from complaints_shared.mongo import (
@@ -34,6 +34,7 @@ from complaints_shared.mongo import (
     lease_free,
 )
 from complaints_shared.pagination import Page
+from complaints_shared.preconditions import IfMatch
 from complaints_shared.problems import conflict
 from complaints_shared.stored import from_stored
 from webhooks.models import (
@@ -154,17 +155,18 @@ async def update_subscription(
     subscription_id: str,
     changes: dict[str, Any],
     unset: dict[str, Any] | None = None,
-    status_was: str | None = None,
+    read: dict[str, Any] | None = None,
 ) -> dict[str, Any] | None:
-    """Apply ``changes``; with ``status_was``, only while the status is still that (a status
-    decided on a read is not written over a 410's disabling or an automatic pause since).
-    None if nothing matched."""
-    update: dict[str, Any] = {"$set": changes}
+    """Apply ``changes`` as the subscription's next version; with ``read``, only while it is
+    still at the version read (a change decided on a read is not written over a colleague's
+    change, a 410's disabling or an automatic pause since). None if nothing matched."""
+    update: dict[str, Any] = {"$set": changes, "$inc": {"version": 1}}
     if unset:
         update["$unset"] = unset
-    status = {} if status_was is None else {"status": status_was}
+    # A subscription stored before versions has none: asked as null, it matches.
+    as_read = {} if read is None else {"version": read.get("version")}
     result = await db[SUBSCRIPTIONS].update_one(
-        {**scope, "_id": subscription_id, **NOT_DELETED, **status}, update
+        {**scope, "_id": subscription_id, **NOT_DELETED, **as_read}, update
     )
     if result.matched_count == 0:
         return None
@@ -301,7 +303,12 @@ def _rotation_again(current: dict[str, Any], last: dict[str, Any]) -> Rotation:
 
 
 async def delete_subscription(
-    *, db: AsyncDatabase, scope: dict[str, Any], subscription_id: str, now: datetime
+    *,
+    db: AsyncDatabase,
+    scope: dict[str, Any],
+    subscription_id: str,
+    if_match: IfMatch | None,
+    now: datetime,
 ) -> bool:
     """Delete a subscription and its deliveries; False when ``scope`` sees no such one.
 
@@ -309,11 +316,27 @@ async def delete_subscription(
     it, and a delivery of it the dispatcher claims is dropped. Then its deliveries go, and
     the subscription last, so a failure between the writes leaves it marked: asking again
     (a subscription being deleted is found for that) or the repair pass completes it.
+    With ``if_match``, a deletion not decided yet is made only at the version named (a 412).
     """
+    as_read: dict[str, Any] = {}
+    if if_match is not None:
+        found = await db[SUBSCRIPTIONS].find_one({**scope, "_id": subscription_id})
+        if found is None:
+            return False
+        if found.get("deleted_at") is None:
+            preconditions.write_needed(
+                if_match,
+                version=found.get("version", 0),
+                already_shown=False,
+                what=f"subscription {subscription_id!r}",
+            )
+            as_read = {"$or": [{"version": found.get("version")}, {"deleted_at": any_date()}]}
     marked = await db[SUBSCRIPTIONS].update_one(
-        {**scope, "_id": subscription_id}, {"$min": {"deleted_at": now}}
+        {**scope, "_id": subscription_id, **as_read}, {"$min": {"deleted_at": now}}
     )
     if marked.matched_count == 0:
+        if as_read and await get_subscription(db=db, scope=scope, subscription_id=subscription_id):
+            raise conflict(f"subscription {subscription_id!r} changed while it was deleted; retry")
         return False
     await complete_deletion(db=db, subscription_id=subscription_id)
     return True
@@ -397,7 +420,10 @@ async def pause_if_failing(
             "failure_streak": {"$gte": min_failures},
             "failing_since": at_or_before(failing_since_before),
         },
-        {"$set": {"status": SubscriptionStatus.PAUSED.value, "status_reason": reason}},
+        {
+            "$set": {"status": SubscriptionStatus.PAUSED.value, "status_reason": reason},
+            "$inc": {"version": 1},
+        },
     )
     return result.modified_count == 1
 
@@ -410,7 +436,8 @@ async def disable(*, db: AsyncDatabase, subscription_id: str, reason: str, now: 
                 "status": SubscriptionStatus.DISABLED.value,
                 "status_reason": reason,
                 "updated_at": now,
-            }
+            },
+            "$inc": {"version": 1},
         },
     )
     return result.modified_count == 1
