@@ -565,6 +565,34 @@ async def _subscription_metrics(webhooks, subscription_id: str) -> dict[str, flo
     return samples
 
 
+async def test_a_new_target_url_starts_without_the_old_targets_failures(
+    system_factory: SystemFactory,
+) -> None:
+    """The failures counted against a dead URL used to stay after the subscription was
+    moved to a new one: its first failure could pause it (ten in a row over a day), for
+    failures it never had. A new target starts with a streak of none."""
+    system = await system_factory(seed=False)
+    admin = token(system.intake_settings)
+    async with AsyncExitStack() as stack:
+        webhooks = await serve_webhooks(stack, system)
+        db = webhooks.app.state.runtime.db
+        subscription = await subscribe(webhooks, admin, url="http://127.0.0.1:9/hooks")
+        path = f"/v1/webhooks/subscriptions/{subscription['id']}"
+        for _ in range(3):
+            await store.record_failure_streak(
+                db=db, subscription_id=subscription["id"], now=datetime.now(UTC)
+            )
+        described = await webhooks.client.patch(
+            path, json={"description": "CRM 回调"}, headers=admin
+        )
+        assert described.json()["failure_streak"] == 3, "the same target keeps its failures"
+        moved = await webhooks.client.patch(
+            path, json={"target_url": "http://127.0.0.1:10/hooks"}, headers=admin
+        )
+    assert moved.status_code == 200, moved.text
+    assert (moved.json()["failure_streak"], moved.json()["failing_since"]) == (0, None)
+
+
 async def test_auto_pause_needs_both_the_failures_in_a_row_and_the_time_failing(
     system_factory: SystemFactory,
 ) -> None:

@@ -244,6 +244,11 @@ async def update_subscription(
     ):
         changes: dict[str, Any] = {**asked, "updated_at": now}
         unset: dict[str, Any] = {}
+        if asked.get("target_url", current["target_url"]) != current["target_url"]:
+            # The failures counted were the old target's: the new one starts with none, and
+            # is not paused for failures it did not have.
+            changes["failure_streak"] = 0
+            unset["failing_since"] = ""
         if body.status is not None and body.status.value != current["status"]:
             changes["status_reason"] = (
                 None
