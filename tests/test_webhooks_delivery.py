@@ -697,6 +697,62 @@ async def test_one_delivery_or_a_time_range_can_be_sent_again(
         assert missing.status_code == 404
 
 
+async def test_pings_and_redeliveries_retried_under_their_key_send_nothing_twice(
+    system_factory: SystemFactory,
+) -> None:
+    """A ping, a redelivery and a range's redelivery whose answers were lost, asked again:
+    before, a second test event went out, and a redelivery asked again cut off the attempt
+    the first had started and queued it anew (the receiver got it twice). Under an
+    ``Idempotency-Key`` the retry answers what the request did, sending nothing more."""
+    system = await system_factory()
+    admin = token(system.intake_settings)
+    async with AsyncExitStack() as stack:
+        hooks = await stack.enter_async_context(receiver())
+        webhooks = await serve_webhooks(stack, system)
+        subscription = await subscribe(webhooks, admin, url=hooks.url)
+        path = f"/v1/webhooks/subscriptions/{subscription['id']}"
+
+        async def attempts_recorded(count: int) -> list[dict]:
+            log = await _deliveries(webhooks, admin, subscription["id"])
+            done = sum(entry["attempts"] for entry in log) == count
+            return log if done and {entry["status"] for entry in log} == {"delivered"} else []
+
+        keyed = {"Idempotency-Key": "ping-2026-12-04-1", **admin}
+        pinged = await webhooks.client.post(f"{path}/ping", headers=keyed)
+        assert pinged.status_code == 202, pinged.text
+        repeated = await webhooks.client.post(f"{path}/ping", headers=keyed)
+        assert repeated.status_code == 202, repeated.text
+        assert repeated.headers["idempotent-replayed"] == "true"
+        assert repeated.json()["id"] == pinged.json()["id"]
+        [ping] = await eventually(lambda: attempts_recorded(1), what="the ping delivered")
+
+        redeliver = f"{path}/deliveries/{ping['id']}/redeliver"
+        again = {"Idempotency-Key": "again-1", **admin}
+        first = await webhooks.client.post(redeliver, headers=again)
+        retried = await webhooks.client.post(redeliver, headers=again)
+        assert (first.status_code, retried.status_code) == (202, 202), retried.text
+        assert retried.headers["idempotent-replayed"] == "true"
+        await eventually(lambda: attempts_recorded(2), what="the redelivery")
+
+        window = {"from": ping["created_at"], "to": "2100-01-01T00:00:00Z"}
+        ranged = {"Idempotency-Key": "range-1", **admin}
+        body = {**window, "statuses": ["delivered"]}
+        range_first = await webhooks.client.post(f"{path}/redeliver", json=body, headers=ranged)
+        range_retried = await webhooks.client.post(f"{path}/redeliver", json=body, headers=ranged)
+        assert range_first.json() == range_retried.json() == {"queued": 1}, range_retried.text
+        assert range_retried.headers["idempotent-replayed"] == "true"
+        await eventually(lambda: attempts_recorded(3), what="the range's redelivery")
+        other_range = await webhooks.client.post(
+            f"{path}/redeliver", json={**window, "statuses": ["failed"]}, headers=ranged
+        )
+        await asyncio.sleep(0.5)  # time for a second send, had anything been queued twice
+    assert (other_range.status_code, other_range.json()["errors"][0]["field"]) == (
+        422,
+        "Idempotency-Key",
+    )
+    assert [request.webhook_id for request in hooks.requests] == [ping["id"]] * 3
+
+
 async def test_a_broken_delivery_is_recorded_and_postponed_while_the_others_go_out(
     system_factory: SystemFactory,
 ) -> None:

@@ -21,6 +21,8 @@ from complaints_shared.envelope import CloudEvent
 from complaints_shared.idempotency import (
     HEADER,
     REPLAYED_HEADER,
+    CommandKey,
+    command_key_header,
     key_conflict,
     key_header,
     request_hash,
@@ -59,6 +61,14 @@ IdempotencyKey = Annotated[
     str | None,
     key_header(description="Retry-safe creation: the same key and body create it once."),
 ]
+PingKey = Annotated[
+    str | None,
+    key_header(
+        description="Retry-safe ping: the same key again answers the ping it sent, with "
+        "`Idempotent-Replayed: true`, instead of sending another."
+    ),
+]
+RedeliveryKey = command_key_header(what="redelivery")
 RotationKey = Annotated[
     str | None,
     key_header(
@@ -347,12 +357,26 @@ async def rotate_secret(
     response_model=DeliveryRead,
     summary="Send a signed test event (also while paused); follow it in the delivery log",
 )
-async def ping(subscription_id: SubscriptionId, request: Request, principal: Admin) -> DeliveryRead:
+async def ping(
+    subscription_id: SubscriptionId,
+    request: Request,
+    response: Response,
+    principal: Admin,
+    idempotency_key: PingKey = None,
+) -> DeliveryRead:
     runtime = runtime_of(request)
     subscription = await _subscription(request, principal, subscription_id)
     now = runtime.clock.now()
+    # Under a key, every attempt of the request is the same ping: one delivery id.
+    event_id = (
+        uuid.uuid4()
+        if idempotency_key is None
+        else uuid.uuid5(
+            uuid.NAMESPACE_URL, f"ping|{subscription_id}|{principal.subject}|{idempotency_key}"
+        )
+    )
     event = CloudEvent(
-        id=str(uuid.uuid4()),
+        id=str(event_id),
         source="/complaint-desk/webhooks",
         type=PING_EVENT_TYPE,
         subject=subscription_id,
@@ -374,7 +398,13 @@ async def ping(subscription_id: SubscriptionId, request: Request, principal: Adm
         order_key=order_key(event, recorded_ns=0),
         now=now,
     )
-    await store.insert_deliveries(db=runtime.db, deliveries=[delivery])
+    if not await store.insert_deliveries(db=runtime.db, deliveries=[delivery]):
+        sent = await store.get_delivery(
+            db=runtime.db, subscription_id=subscription_id, delivery_id=delivery["_id"]
+        )
+        if sent is not None:  # else it went with its subscription's deletion
+            response.headers[REPLAYED_HEADER] = "true"
+            return from_stored(DeliveryRead, store.public(sent))
     _dispatcher(request).notify()
     return from_stored(DeliveryRead, store.public(delivery))
 
@@ -423,18 +453,31 @@ async def get_delivery(
     summary="Send one delivery again (same webhook-id), with a fresh retry schedule",
 )
 async def redeliver_one(
-    subscription_id: SubscriptionId, delivery_id: DeliveryId, request: Request, principal: Admin
+    subscription_id: SubscriptionId,
+    delivery_id: DeliveryId,
+    request: Request,
+    response: Response,
+    principal: Admin,
+    idempotency_key: RedeliveryKey = None,
 ) -> RedeliveryAccepted:
     runtime = runtime_of(request)
     await _subscription(request, principal, subscription_id)
+    key = CommandKey.of(
+        idempotency_key,
+        subject=principal.subject,
+        asked={"redeliver": delivery_id, "subscription": subscription_id},
+    )
     queued = await store.redeliver_one(
         db=runtime.db,
         subscription_id=subscription_id,
         delivery_id=delivery_id,
+        key=key,
         now=runtime.clock.now(),
     )
     if not queued:
         raise not_found(what="delivery", identifier=delivery_id)
+    if key is not None:
+        key.tell(response)
     _dispatcher(request).notify()
     return RedeliveryAccepted(queued=1)
 
@@ -446,17 +489,30 @@ async def redeliver_one(
     summary="Send again the deliveries recorded in a time range (default: the failed ones)",
 )
 async def redeliver_range(
-    subscription_id: SubscriptionId, body: RedeliverRange, request: Request, principal: Admin
+    subscription_id: SubscriptionId,
+    body: RedeliverRange,
+    request: Request,
+    response: Response,
+    principal: Admin,
+    idempotency_key: RedeliveryKey = None,
 ) -> RedeliveryAccepted:
     runtime = runtime_of(request)
     await _subscription(request, principal, subscription_id)
+    key = CommandKey.of(
+        idempotency_key,
+        subject=principal.subject,
+        asked={"redeliver_range": body.model_dump(mode="json")},
+    )
     queued = await store.redeliver_range(
         db=runtime.db,
         subscription_id=subscription_id,
         created_from=body.created_from,
         created_to=body.created_to,
         statuses=body.statuses,
+        key=key,
         now=runtime.clock.now(),
     )
+    if key is not None:
+        key.tell(response)
     _dispatcher(request).notify()
     return RedeliveryAccepted(queued=queued)

@@ -23,7 +23,7 @@ from pymongo.errors import DuplicateKeyError
 
 from complaints_shared import aggregate, preconditions
 from complaints_shared.auth import Principal
-from complaints_shared.idempotency import HEADER
+from complaints_shared.idempotency import HEADER, CommandKey
 from complaints_shared.mongo import (
     any_date,
     as_stored,
@@ -55,9 +55,22 @@ PUBLIC_SUBSCRIPTION = {
     "secrets_version": 0,
     "created_by_request": 0,
     "keyed_rotations": 0,
+    "keyed_redeliveries": 0,
 }
+# On a delivery: the keyed requests that queued it again (``CommandKey.event_id``); on a
+# subscription: the keyed range redeliveries made of it. The latest ones: retries come
+# within minutes.
+REDELIVERY_KEYS = "redelivery_keys"
+KEYED_REDELIVERIES = "keyed_redeliveries"
+REDELIVERY_KEYS_KEPT = 20
 # The delivery log never needs the body.
-PUBLIC_DELIVERY = {"body": 0, "lease_owner": 0, "lease_until": 0, "wakes": 0}
+PUBLIC_DELIVERY = {
+    "body": 0,
+    "lease_owner": 0,
+    "lease_until": 0,
+    "wakes": 0,
+    REDELIVERY_KEYS: 0,
+}
 # A subscription being deleted (``delete_subscription``) is gone for every reader; a missing
 # date is asked as null, a present one as ``any_date()`` (docs/mongodb-compatibility.md).
 NOT_DELETED = {"deleted_at": None}
@@ -764,22 +777,48 @@ async def get_delivery(
     )
 
 
-def _requeue(now: datetime) -> dict[str, Any]:
+def _requeue(now: datetime, key: CommandKey | None) -> dict[str, Any]:
     # Dropping the lease too: an attempt in flight then records nothing (its lease is
     # gone) instead of overwriting the request to send again.
-    return {
+    update: dict[str, Any] = {
         "$set": {"status": DeliveryStatus.PENDING.value, "next_attempt_at": now, "retry_index": 0},
         "$unset": {"blocked": "", **_RELEASE},
         "$inc": {"redeliveries": 1},
     }
+    if key is not None:
+        update["$push"] = {REDELIVERY_KEYS: _latest(key.event_id)}
+    return update
+
+
+def _latest(entry: Any) -> dict[str, Any]:
+    return {"$each": [entry], "$slice": -REDELIVERY_KEYS_KEPT}
 
 
 async def redeliver_one(
-    *, db: AsyncDatabase, subscription_id: str, delivery_id: str, now: datetime
+    *,
+    db: AsyncDatabase,
+    subscription_id: str,
+    delivery_id: str,
+    key: CommandKey | None,
+    now: datetime,
 ) -> bool:
-    result = await db[DELIVERIES].update_one(
-        {"_id": delivery_id, "subscription_id": subscription_id}, _requeue(now)
-    )
+    """Queue one delivery again; False if there is no such delivery. Under ``key`` a retry
+    of the same request (``key.replayed`` set) queues nothing: the attempt the first one
+    queued is not cut off and sent twice; the key used for another request is a 422."""
+    query: dict[str, Any] = {"_id": delivery_id, "subscription_id": subscription_id}
+    if key is not None:
+        found = await db[DELIVERIES].find_one(query, projection={REDELIVERY_KEYS: 1})
+        if found is None:
+            return False
+        if key.check(found.get(REDELIVERY_KEYS, [])):
+            key.replayed = True
+            return True
+        query[REDELIVERY_KEYS] = {"$ne": key.event_id}
+    result = await db[DELIVERIES].update_one(query, _requeue(now, key))
+    if result.matched_count == 0 and key is not None:
+        # The same request beside this one queued it (or the delivery went meanwhile).
+        key.replayed = True
+        return await db[DELIVERIES].count_documents({"_id": delivery_id}, limit=1) == 1
     return result.matched_count == 1
 
 
@@ -790,17 +829,35 @@ async def redeliver_range(
     created_from: datetime,
     created_to: datetime,
     statuses: list[DeliveryStatus],
+    key: CommandKey | None,
     now: datetime,
 ) -> int:
-    result = await db[DELIVERIES].update_many(
-        {
-            "subscription_id": subscription_id,
-            "created_at": {**at_or_after(created_from), "$lt": created_to},
-            "status": {"$in": [status.value for status in statuses]},
-        },
-        _requeue(now),
+    """Queue again the deliveries of the range in ``statuses``; how many. Under ``key`` a
+    retry of the same request queues nothing again (``key.replayed`` set) and answers how
+    many the request queued; one cut short is completed by its retry (the deliveries it
+    queued carry the key). The key used for another range is a 422."""
+    query: dict[str, Any] = {
+        "subscription_id": subscription_id,
+        "created_at": {**at_or_after(created_from), "$lt": created_to},
+        "status": {"$in": [status.value for status in statuses]},
+    }
+    if key is None:
+        return (await db[DELIVERIES].update_many(query, _requeue(now, None))).modified_count
+    subscription = await db[SUBSCRIPTIONS].find_one(
+        {"_id": subscription_id}, projection={KEYED_REDELIVERIES: 1}
     )
-    return result.modified_count
+    if key.check((subscription or {}).get(KEYED_REDELIVERIES, [])):
+        key.replayed = True
+    else:
+        await db[DELIVERIES].update_many(
+            {**query, REDELIVERY_KEYS: {"$ne": key.event_id}}, _requeue(now, key)
+        )
+        await db[SUBSCRIPTIONS].update_one(
+            {"_id": subscription_id}, {"$push": {KEYED_REDELIVERIES: _latest(key.event_id)}}
+        )
+    return await db[DELIVERIES].count_documents(
+        {"subscription_id": subscription_id, REDELIVERY_KEYS: key.event_id}
+    )
 
 
 async def backlog_by_subscription(*, db: AsyncDatabase) -> dict[str, int]:
