@@ -170,6 +170,29 @@ async def test_rules_and_sla_policies_take_if_match(system: System) -> None:
     versions = (await api.get(f"{rule}/versions", headers=admin)).json()
     assert [entry["version"] for entry in versions][:3] == [version + 2, version + 1, version]
 
+    # An action sent back exactly as read is no change: no version (its nested defaults
+    # used to be dropped from the comparison and the stored action).
+    keywords = "/v1/routing/rules/demo:billing-category"
+    shown = await api.get(keywords, headers=admin)
+    same = await api.patch(keywords, json={"action": shown.json()["action"]}, headers=admin)
+    assert (same.status_code, same.json()["version"]) == (200, shown.json()["version"]), same.text
+
+    # A change stored, whose answer was lost, retried after what it names was retired:
+    # the retry answers 200 (it used to be a 422 for a change already made).
+    assert (
+        await api.put("/v1/routing/sla-policies/p1", json=BILLING_FAST, headers=admin)
+    ).status_code == 200
+    named = {"action": {**shown.json()["action"], "sla_policy": "p1"}}
+    first = await api.patch(keywords, json=named, headers=admin)
+    assert first.status_code == 200, first.text
+    assert (await api.post("/v1/routing/sla-policies/p1/retire", headers=admin)).status_code == 200
+    retried = await api.patch(keywords, json=named, headers=admin)
+    assert (retried.status_code, retried.json()["version"]) == (200, first.json()["version"])
+    changed_again = await api.patch(
+        keywords, json={"action": {**named["action"], "required_skill": "billing"}}, headers=admin
+    )
+    assert changed_again.status_code == 422, "a change naming a retired policy is refused"
+
     policy = "/v1/routing/sla-policies/billing-fast"
     # If-Match on a policy that does not exist yet: no version of it is current.
     missing = await api.put(policy, json=BILLING_FAST, headers={"If-Match": "*", **admin})
@@ -237,18 +260,28 @@ async def test_followup_settings_take_if_match_and_repeat_nothing(system: System
     history = (await api.get(f"{hours}/history", headers=admin)).json()["items"]
     assert [entry["version"] for entry in history] == [2, 1]
 
+    # A branch following the organisation's policy (version 1) shows its rules: the tag
+    # names both. A copy decided on them is refused once the organisation's moved on.
     branch = "/v1/followups/policy/branches/LZ"
-    assert (await api.get(branch, headers=admin)).headers["etag"] == '"0"'
-    own = await api.put(branch, json=FOLLOWUP_POLICY, headers={"If-Match": '"0"', **admin})
-    assert own.json()["version"] == 1, own.text
+    inherited = await api.get(branch, headers=admin)
+    assert inherited.headers["etag"] == '"0.1"'
+    organisation_change = {**FOLLOWUP_POLICY, "satisfied_score_threshold": 3}
+    assert (await api.put("/v1/followups/policy", json=organisation_change, headers=admin)).json()[
+        "version"
+    ] == 2
+    copied = {**inherited.json()["policy"], "max_attempts": 3}
+    stale_copy = await api.put(branch, json=copied, headers={"If-Match": '"0.1"', **admin})
+    assert (stale_copy.status_code, stale_copy.headers["etag"]) == (412, '"0.2"'), stale_copy.text
+    own = await api.put(branch, json=FOLLOWUP_POLICY, headers={"If-Match": '"0.2"', **admin})
+    assert (own.json()["version"], own.headers["etag"]) == (1, '"1"'), own.text
     colleague = await api.put(branch, json={**FOLLOWUP_POLICY, "max_attempts": 4}, headers=admin)
     assert colleague.json()["version"] == 2
     # Giving up the branch's policy decided on version 1 would drop the colleague's.
     _precondition_failed(await api.delete(branch, headers={"If-Match": '"1"', **admin}), current=2)
     given_up = await api.delete(branch, headers={"If-Match": '"2"', **admin})
     assert (given_up.status_code, given_up.json()["inherited"]) == (200, True), given_up.text
-    assert given_up.headers["etag"] == '"3"'
+    assert given_up.headers["etag"] == '"3.2"'
     repeated = await api.delete(branch, headers={"If-Match": '"2"', **admin})
-    assert (repeated.status_code, repeated.headers["etag"]) == (200, '"3"'), repeated.text
+    assert (repeated.status_code, repeated.headers["etag"]) == (200, '"3.2"'), repeated.text
     branch_history = (await api.get(f"{branch}/history", headers=admin)).json()["items"]
     assert [entry["version"] for entry in branch_history] == [3, 2, 1]

@@ -21,47 +21,55 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-from fastapi import Depends, Header, Response
+from fastapi import Depends, Header, Request, Response
 
 from complaints_shared.problems import ProblemError, invalid_fields
 
 HEADER = "If-Match"
-# One entity tag of the list: a strong or weak quoted tag (RFC 9110 §8.8.3).
-_TAG = re.compile(r'\s*(W/)?"([\x21\x23-\x7e]*)"\s*')
+# An entity tag, strong or weak (RFC 9110 §8.8.3), then the comma before the next one.
+_TAG = re.compile(r'\s*(W/)?"([\x21\x23-\x7e\x80-\xff]*)"\s*(?:,|$)')
 
 
 @dataclass(frozen=True)
 class IfMatch:
-    """The versions an ``If-Match`` header accepts; ``None``: any (``*``)."""
+    """The entity tags an ``If-Match`` header accepts; ``None``: any (``*``)."""
 
-    versions: frozenset[int] | None
+    tags: frozenset[str] | None
 
-    def allows(self, version: int) -> bool:
-        return self.versions is None or version in self.versions
+    def allows(self, tag: str) -> bool:
+        return self.tags is None or tag in self.tags
 
 
-def parse(value: str) -> IfMatch:
-    """``*`` or a comma-separated list of entity tags; a 422 naming the header otherwise.
+def parse(values: list[str]) -> IfMatch:
+    """``*`` or a comma-separated list of entity tags, over every ``If-Match`` line sent;
+    a 422 naming the header otherwise.
 
-    Weak tags never match (``If-Match`` compares strongly), nor do tags that are no
-    version of ours: both are well-formed and simply fail the precondition.
+    Tags compare character by character (``"03"`` is not ``"3"``); weak tags never match
+    (``If-Match`` compares strongly), nor do tags that are no version of ours: both are
+    well-formed and simply fail the precondition.
     """
-    if value.strip() == "*":
-        return IfMatch(versions=None)
-    versions: set[int] = set()
-    for part in value.split(","):
-        found = _TAG.fullmatch(part)
-        if found is None:
+    joined = ",".join(values)
+    if joined.strip() == "*":
+        return IfMatch(tags=None)
+    tags: set[str] = set()
+    position = 0
+    while position < len(joined):
+        found = _TAG.match(joined, position)
+        if found is None or found.end() == position:
             raise invalid_fields(
                 [{"field": HEADER, "message": 'expected "*" or entity tags such as "3"'}]
             )
         weak, tag = found.groups()
-        if not weak and tag.isdigit():
-            versions.add(int(tag))
-    return IfMatch(versions=frozenset(versions))
+        if not weak:
+            tags.add(tag)
+        position = found.end()
+    if not joined.strip():
+        raise invalid_fields([{"field": HEADER, "message": "empty"}])
+    return IfMatch(tags=frozenset(tags))
 
 
 def _if_match(
+    request: Request,
     value: Annotated[
         str | None,
         Header(
@@ -72,20 +80,20 @@ def _if_match(
         ),
     ] = None,
 ) -> IfMatch | None:
-    return None if value is None else parse(value)
+    return None if value is None else parse(request.headers.getlist(HEADER))
 
 
 # A route's optional ``If-Match`` header, parsed.
 IfMatchHeader = Annotated[IfMatch | None, Depends(_if_match)]
 
 
-def etag(version: int) -> str:
-    return f'"{version}"'
+def etag(tag: str | int) -> str:
+    return f'"{tag}"'
 
 
-def tag(response: Response, version: int) -> None:
-    """Give ``response`` the ``ETag`` of the entry at ``version``."""
-    response.headers["ETag"] = etag(version)
+def tag(response: Response, current: str | int) -> None:
+    """Give ``response`` the ``ETag`` of the entry as it is now (its version, mostly)."""
+    response.headers["ETag"] = etag(current)
 
 
 def shows(current: Mapping[str, Any], changes: Mapping[str, Any]) -> bool:
@@ -95,20 +103,21 @@ def shows(current: Mapping[str, Any], changes: Mapping[str, Any]) -> bool:
 
 
 def write_needed(
-    if_match: IfMatch | None, *, version: int | None, already_shown: bool, what: str
+    if_match: IfMatch | None, *, current: str | int | None, already_shown: bool, what: str
 ) -> bool:
     """Whether a change is to be written: not when the entry already shows it (whatever
-    the header says); else only if ``if_match`` allows the entry's ``version`` (a 412).
-    ``version`` None: there is no such entry yet, which no ``If-Match`` allows."""
+    the header says); else only if ``if_match`` allows the entry's ``current`` tag (its
+    version, mostly), a 412 otherwise. ``current`` None: there is no such entry yet,
+    which no ``If-Match`` allows."""
     if already_shown:
         return False
-    if if_match is not None and (version is None or not if_match.allows(version)):
-        raise precondition_failed(what=what, version=version)
+    if if_match is not None and (current is None or not if_match.allows(str(current))):
+        raise precondition_failed(what=what, current=current)
     return True
 
 
-def precondition_failed(*, what: str, version: int | None) -> ProblemError:
-    if version is None:
+def precondition_failed(*, what: str, current: str | int | None) -> ProblemError:
+    if current is None:
         return ProblemError(
             status=412,
             title="Precondition failed",
@@ -116,13 +125,15 @@ def precondition_failed(*, what: str, version: int | None) -> ProblemError:
             detail=f"{what} does not exist, so no version {HEADER} names is current",
             errors=[{"field": HEADER, "message": "there is no current version"}],
         )
+    version = {"current_version": current} if isinstance(current, int) else {}
     return ProblemError(
         status=412,
         title="Precondition failed",
         kind="precondition-failed",
-        detail=f"{what} is at version {version}, changed since the version {HEADER} names; "
+        detail=f"{what} is at {etag(current)}, changed since the version {HEADER} names; "
         "read it again and decide the change on what it now says",
-        headers={"ETag": etag(version)},
-        current_version=version,
-        errors=[{"field": HEADER, "message": f"the current version is {version}"}],
+        headers={"ETag": etag(current)},
+        current_etag=etag(current),
+        errors=[{"field": HEADER, "message": f"the current entity tag is {etag(current)}"}],
+        **version,
     )

@@ -188,14 +188,14 @@ async def policy_history(
 async def get_branch_policy(
     branch: BranchPath, request: Request, response: Response, principal: Agent
 ) -> BranchPolicyRead:
-    """Its ``ETag`` is the version of the branch's own setting (``"0"``: never set), also
-    while it follows the organisation's."""
+    """Its ``ETag`` is the version of the branch's own setting (0: never set), and while it
+    follows the organisation's, that policy's version too (``"0.3"``)."""
     principal.require_branch(branch)
     runtime = runtime_of(request)
-    in_force, own_version = await store.branch_policy(
+    in_force, current_tag = await store.branch_policy(
         db=runtime.db, settings=runtime.settings, org=principal.org, branch=branch
     )
-    tag(response, own_version)
+    tag(response, current_tag)
     return BranchPolicyRead.in_force(in_force, branch=branch)
 
 
@@ -240,7 +240,7 @@ async def delete_branch_policy(
 ) -> BranchPolicyRead:
     principal.require_branch(branch)
     runtime = runtime_of(request)
-    in_force, own_version = await store.follow_organisation_policy(
+    in_force, current_tag = await store.follow_organisation_policy(
         db=runtime.db,
         settings=runtime.settings,
         principal=principal,
@@ -248,7 +248,7 @@ async def delete_branch_policy(
         if_match=if_match,
         now=runtime.clock.now(),
     )
-    tag(response, own_version)
+    tag(response, current_tag)
     return BranchPolicyRead.in_force(in_force, branch=branch)
 
 

@@ -249,14 +249,16 @@ async def _insert_next_version(
     principal: Principal,
     if_match: IfMatch | None,
     now: datetime,
+    inherited_version: int | None = None,
 ) -> dict[str, Any]:
     """Store ``value`` as the next version, unless the latest already says it (a retry after
     a lost answer): then that version, and nothing is stored. Nothing stored reads as
-    version 0 with a null value. A new version is held to ``if_match`` (a 412)."""
+    version 0 with a null value. A new version is held to ``if_match`` (a 412) naming the
+    setting's tag (``_tag``)."""
     latest = await _latest(collection, key)
     if not preconditions.write_needed(
         if_match,
-        version=latest["version"] if latest else 0,
+        current=_tag(latest, field=field, inherited_version=inherited_version),
         already_shown=(latest or {}).get(field) == value,
         what=f"{collection.name} of {_described(key)}",
     ):
@@ -281,6 +283,18 @@ async def _insert_next_version(
             "read it and retry",
         ) from None
     return document
+
+
+def _tag(latest: dict[str, Any] | None, *, field: str, inherited_version: int | None) -> int | str:
+    """A setting's entity tag: its version (0: never stored). While it follows another
+    setting (a branch without a policy of its own: the organisation's, at
+    ``inherited_version``), what it shows is that one's, so the tag names both, e.g.
+    ``3.5``: a change decided on what it showed is refused once either moved on."""
+    version = latest["version"] if latest else 0
+    following = latest is None or latest.get(field) is None
+    if inherited_version is not None and following:
+        return f"{version}.{inherited_version}"
+    return version
 
 
 def _described(key: dict[str, Any]) -> str:
@@ -326,14 +340,16 @@ async def policy_for_branch(
 
 async def branch_policy(
     *, db: AsyncDatabase, settings: FollowupSettings, org: str, branch: str
-) -> tuple[PolicyRead, int]:
-    """``policy_for_branch`` and the version of the branch's own setting (0: never set), which
-    a change of it is conditional on (``If-Match``)."""
+) -> tuple[PolicyRead, int | str]:
+    """``policy_for_branch`` and its entity tag (``_tag``: the branch's own version, and
+    the organisation's while the branch follows it), which a change of the branch's policy
+    is conditional on (``If-Match``)."""
     stored = await _latest(db[POLICIES], _policy_key(org, branch))
-    own_version = stored["version"] if stored else 0
+    organisation = await current_policy(db=db, settings=settings, org=org)
+    tag = _tag(stored, field="policy", inherited_version=organisation.version)
     if stored is None or stored.get("policy") is None:
-        return await current_policy(db=db, settings=settings, org=org), own_version
-    return from_stored(PolicyRead, stored), own_version
+        return organisation, tag
+    return from_stored(PolicyRead, stored), tag
 
 
 async def save_policy(
@@ -346,6 +362,10 @@ async def save_policy(
     branch: str | None = None,
 ) -> PolicyRead:
     """Store a new version of the organisation's policy, or of a branch's (None: inherit)."""
+    inherited_version = None
+    if branch is not None:
+        organisation = await _latest(db[POLICIES], _policy_key(principal.org, None))
+        inherited_version = organisation["version"] if organisation else 0
     document = await _insert_next_version(
         db[POLICIES],
         key=_policy_key(principal.org, branch),
@@ -354,6 +374,7 @@ async def save_policy(
         principal=principal,
         if_match=if_match,
         now=now,
+        inherited_version=inherited_version,
     )
     return from_stored(PolicyRead, document)
 
@@ -366,9 +387,9 @@ async def follow_organisation_policy(
     branch: str,
     if_match: IfMatch | None,
     now: datetime,
-) -> tuple[PolicyRead, int]:
+) -> tuple[PolicyRead, int | str]:
     """The branch gives up its own policy (recorded as a version, unless it has none); the
-    policy now in force and the branch's own version, as ``branch_policy``."""
+    policy now in force and its tag, as ``branch_policy``."""
     await save_policy(
         db=db, principal=principal, policy=None, if_match=if_match, now=now, branch=branch
     )

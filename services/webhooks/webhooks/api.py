@@ -248,7 +248,7 @@ async def update_subscription(
     updated: dict[str, Any] | None = current
     if preconditions.write_needed(
         if_match,
-        version=current.get("version", 0),
+        current=current.get("version", 0),
         already_shown=preconditions.shows(current, asked),
         what=f"subscription {subscription_id!r}",
     ):

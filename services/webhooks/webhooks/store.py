@@ -339,17 +339,23 @@ async def delete_subscription(
         if found.get("deleted_at") is None:
             preconditions.write_needed(
                 if_match,
-                version=found.get("version", 0),
+                current=found.get("version", 0),
                 already_shown=False,
                 what=f"subscription {subscription_id!r}",
             )
-            as_read = {"$or": [{"version": found.get("version")}, {"deleted_at": any_date()}]}
+            # As checked (a deletion decided meanwhile leaves the version as it was).
+            as_read = {"version": found.get("version")}
     marked = await db[SUBSCRIPTIONS].update_one(
         {**scope, "_id": subscription_id, **as_read}, {"$min": {"deleted_at": now}}
     )
     if marked.matched_count == 0:
-        if as_read and await get_subscription(db=db, scope=scope, subscription_id=subscription_id):
-            raise conflict(f"subscription {subscription_id!r} changed while it was deleted; retry")
+        changed = as_read and await get_subscription(
+            db=db, scope=scope, subscription_id=subscription_id
+        )
+        if changed:
+            raise preconditions.precondition_failed(
+                what=f"subscription {subscription_id!r}", current=changed.get("version", 0)
+            )
         return False
     await complete_deletion(db=db, subscription_id=subscription_id)
     return True

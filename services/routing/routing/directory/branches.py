@@ -7,6 +7,7 @@ write (intake numbers references in the branch's time zone).
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from datetime import datetime, time
 from itertools import pairwise
 from typing import Any
@@ -152,21 +153,22 @@ async def update_branch(
     now: datetime,
 ) -> BranchRead:
     current = await _branch_document(db=db, principal=principal, code=code)
-    changes = store.without_nulls(
-        body.model_dump(mode="json", exclude_unset=True), nullable={"duty_officer_id"}
-    )
-    # The body's fields were checked as a request; the rest is read as stored, and the
-    # branch is checked for what the change touches (a calendar kept from before a check
-    # was added does not refuse a new name).
-    merged = from_stored(BranchRead, {**current, **changes})
-    if "hours" in changes:
-        _check_hours(merged.hours)
-    if "holidays" in changes:
-        _check_holidays(merged.holidays)
-    if changes.keys() & CALENDAR_FIELDS:
-        _check_closures(merged)
-    if "duty_officer_id" in changes:
-        await _check_duty_officer(db=db, principal=principal, staff_id=merged.duty_officer_id)
+    changes = store.patch_fields(body, nullable={"duty_officer_id"})
+
+    async def validate() -> None:
+        # The body's fields were checked as a request; the rest is read as stored, and the
+        # branch is checked for what the change touches (a calendar kept from before a
+        # check was added does not refuse a new name).
+        merged = from_stored(BranchRead, {**current, **changes})
+        if "hours" in changes:
+            _check_hours(merged.hours)
+        if "holidays" in changes:
+            _check_holidays(merged.holidays)
+        if changes.keys() & CALENDAR_FIELDS:
+            _check_closures(merged)
+        if "duty_officer_id" in changes:
+            await _check_duty_officer(db=db, principal=principal, staff_id=merged.duty_officer_id)
+
     return await _change_branch(
         db=db,
         settings=settings,
@@ -175,6 +177,7 @@ async def update_branch(
         changes=changes,
         action="updated",
         if_match=if_match,
+        validate=validate,
         now=now,
     )
 
@@ -211,6 +214,7 @@ async def _change_branch(
     action: str,
     if_match: IfMatch | None,
     now: datetime,
+    validate: Callable[[], Awaitable[None]] | None = None,
 ) -> BranchRead:
     """Write a change of the branch and announce the branch as it now is, in one write."""
     announced = {**current, **changes, "updated_at": now, "version": current["version"] + 1}
@@ -223,6 +227,7 @@ async def _change_branch(
         action=action,
         at=now,
         if_match=if_match,
+        validate=validate,
         announce=outbox_update([_branch_updated(announced, settings=settings)]),
     )
     return store.branch_read(updated)

@@ -134,17 +134,20 @@ async def update_department(
     now: datetime,
 ) -> DepartmentRead:
     current = await _department_document(db=db, principal=principal, department_id=department_id)
-    changes = store.without_nulls(body.model_dump(mode="json", exclude_unset=True), nullable=set())
-    if body.escalation_chain is not None:
-        await _check_chain(db=db, principal=principal, chain=body.escalation_chain)
-    if body.kind is not None:
-        await _check_kind_free(
-            db=db,
-            org=principal.org,
-            branch=current["branch"],
-            kind=body.kind,
-            except_code=current["code"],
-        )
+    changes = store.patch_fields(body, nullable=set())
+
+    async def validate() -> None:
+        if body.escalation_chain is not None:
+            await _check_chain(db=db, principal=principal, chain=body.escalation_chain)
+        if body.kind is not None:
+            await _check_kind_free(
+                db=db,
+                org=principal.org,
+                branch=current["branch"],
+                kind=body.kind,
+                except_code=current["code"],
+            )
+
     updated = await store.change_entry(
         db=db,
         principal=principal,
@@ -154,6 +157,7 @@ async def update_department(
         action="updated",
         at=now,
         if_match=if_match,
+        validate=validate,
     )
     return store.department_read(updated)
 

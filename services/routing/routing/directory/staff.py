@@ -93,12 +93,16 @@ async def update_staff(
     now: datetime,
 ) -> dict[str, Any]:
     current = await _staff_document(db=db, principal=principal, staff_id=staff_id)
-    changes = store.without_nulls(body.model_dump(mode="json", exclude_unset=True), nullable=set())
+    changes = store.patch_fields(body, nullable=set())
     if body.department is not None:
-        await _check_staff_department(
-            db=db, org=principal.org, branch=current["branch"], department=body.department
-        )
         changes["department_id"] = f"{current['branch']}:{body.department}"
+
+    async def validate() -> None:
+        if body.department is not None:
+            await _check_staff_department(
+                db=db, org=principal.org, branch=current["branch"], department=body.department
+            )
+
     updated = await store.change_entry(
         db=db,
         principal=principal,
@@ -108,6 +112,7 @@ async def update_staff(
         action="updated",
         at=now,
         if_match=if_match,
+        validate=validate,
     )
     return updated
 

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
 from typing import Any
 
+from pydantic import BaseModel
 from pymongo import ASCENDING, ReturnDocument
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
@@ -166,23 +167,28 @@ async def change_entry(
     action: str,
     at: datetime,
     if_match: IfMatch | None,
+    validate: Callable[[], Awaitable[None]] | None = None,
     announce: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Apply ``changes`` only if nobody changed the entry since it was read, and audit it
     (the change before it first, if its writer could not: ``settle_audit``).
 
     A change the entry already shows writes nothing (a retry after a lost answer, a second
-    deactivation); any other is held to ``if_match`` (a 412 when the entry moved on).
-    ``announce`` is the outbox update of the events the change causes, in the same write.
+    deactivation), and is not checked again: what it refers to may have changed since it
+    was made. Any other is held to ``if_match`` (a 412 when the entry moved on), then
+    ``validate``d. ``announce`` is the outbox update of the events the change causes, in
+    the same write.
     """
     settled = await settle_audit(db=db, principal=principal, entry=entry, document=current)
     if not preconditions.write_needed(
         if_match,
-        version=current["version"],
+        current=current["version"],
         already_shown=preconditions.shows(current, changes),
         what=f"{entry.what} {current[entry.id_field]!r}",
     ):
         return settled
+    if validate is not None:
+        await validate()
     recorded = audit.unrecorded(action=action, actor=principal.subject, at=at)
     updated = await db[entry.collection].find_one_and_update(
         {"_id": current["_id"], "version": current["version"]},
@@ -208,6 +214,14 @@ async def settle_audit(
     entry without the record it carried."""
     write = audit.as_recorded_by(partial(_audit, db=db, entry=entry), principal=principal)
     return await audit.settle(db=db, collection=entry.collection, document=document, write=write)
+
+
+def patch_fields(body: BaseModel, *, nullable: set[str]) -> dict[str, Any]:
+    """The fields a PATCH body sets, each whole as stored (a nested object with its
+    defaults, so it compares with the stored one); ``null`` only where ``nullable``."""
+    return without_nulls(
+        body.model_dump(mode="json", include=body.model_fields_set), nullable=nullable
+    )
 
 
 def without_nulls(changes: dict[str, Any], *, nullable: set[str]) -> dict[str, Any]:

@@ -8,6 +8,7 @@ full rule as it now reads in ``rule_versions``, so an assignment's
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any
 
@@ -237,19 +238,24 @@ async def _save_version(
     actor: str,
     if_match: IfMatch | None,
     now: datetime,
+    validate: Callable[[], Awaitable[None]] | None = None,
 ) -> dict[str, Any]:
     """Apply ``changes`` as a new version and record it; the version ``current`` is at is
     recorded first if the change that made it could not be (``audit.settle``).
 
-    Changes the rule already shows make no version; others are held to ``if_match``."""
+    Changes the rule already shows make no version and are not checked again (what they
+    refer to may have changed since); others are held to ``if_match``, then
+    ``validate``d."""
     settled = await _settle_version(db=db, document=current)
     if not preconditions.write_needed(
         if_match,
-        version=current["version"],
+        current=current["version"],
         already_shown=preconditions.shows(current, changes),
         what=f"routing rule {current['_id']!r}",
     ):
         return settled
+    if validate is not None:
+        await validate()
     recorded = audit.unrecorded(action=change, actor=actor, at=now)
     updated = await db[RULES].find_one_and_update(
         {"_id": current["_id"], "version": current["version"]},
@@ -285,12 +291,16 @@ async def update_rule(
     now: datetime,
 ) -> RuleRead:
     current = await _rule_document(db=db, principal=principal, rule_id=rule_id)
-    changes = body.model_dump(mode="json", exclude_unset=True)
+    # Each field set whole as stored (a nested object with its defaults).
+    changes = body.model_dump(mode="json", include=body.model_fields_set)
     for field, value in changes.items():
         if value is None:
             raise invalid(field, "may not be null")
-    merged = {**current, **changes}
-    await _validate_rule(db=db, principal=principal, rule=merged, rule_id=rule_id)
+
+    async def validate() -> None:
+        merged = {**current, **changes}
+        await _validate_rule(db=db, principal=principal, rule=merged, rule_id=rule_id)
+
     updated = await _save_version(
         db=db,
         current=current,
@@ -299,6 +309,7 @@ async def update_rule(
         actor=principal.subject,
         if_match=if_match,
         now=now,
+        validate=validate,
     )
     return rule_read(updated)
 

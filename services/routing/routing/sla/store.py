@@ -130,7 +130,7 @@ async def put_policy(
     shown = stored if stored is not None and preconditions.shows(stored, fields) else None
     if not preconditions.write_needed(
         if_match,
-        version=None if stored is None else stored.get("version"),
+        current=None if stored is None else stored.get("version"),
         already_shown=shown is not None,
         what=f"SLA policy {policy_id!r}",
     ):
@@ -219,7 +219,7 @@ async def _set_retirement(
     current = await _settle_audit(db=db, principal=principal, policy_id=policy_id, document=found)
     if not preconditions.write_needed(
         if_match,
-        version=current.get("version"),
+        current=current.get("version"),
         already_shown=(current.get("retired_at") is not None) == retired,
         what=f"SLA policy {policy_id!r}",
     ):
@@ -316,7 +316,7 @@ async def delete_policy(
     if current.get(DELETING) is None:
         preconditions.write_needed(
             if_match,
-            version=current.get("version"),
+            current=current.get("version"),
             already_shown=False,
             what=f"SLA policy {policy_id!r}",
         )
