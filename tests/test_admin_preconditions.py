@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import pytest
 
+from routing import audit
 from routing.directory import store as directory_store
+from tests.support.faults import FailsFirst
 from tests.support.http import token
 from tests.support.routing import routing_db
 from tests.support.system import System
@@ -285,3 +287,74 @@ async def test_followup_settings_take_if_match_and_repeat_nothing(system: System
     assert (repeated.status_code, repeated.headers["etag"]) == (200, '"3.2"'), repeated.text
     branch_history = (await api.get(f"{branch}/history", headers=admin)).json()["items"]
     assert [entry["version"] for entry in branch_history] == [3, 2, 1]
+
+
+async def test_a_creation_retried_after_what_it_names_changed_answers_the_entry_it_made(
+    system: System, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A person and a rule are created; the answers are lost. Meanwhile the person's
+    department is closed and the rule's SLA policy retired. The retries were checked
+    before they found their entries stored: a 422 for entries that exist. And a creation
+    whose audit record failed (a 503) and was never retried had no "created" record at
+    all. Now a repeat is recognised first, and a creation carries its record until the
+    next change writes it."""
+    admin = token(system.routing_settings, subject="admin-zhao")
+    api = system.routing
+    department = {"branch": "LZ", "code": "NIGHT", "name": "夜间值班组", "kind": "night_desk"}
+    assert (
+        await api.post("/v1/directory/departments", json=department, headers=admin)
+    ).status_code == 201
+    person = {
+        "id": "lz-night-1",
+        "name": "夜班一号",
+        "branch": "LZ",
+        "department": "NIGHT",
+        "role": "agent",
+        "skills": ["billing"],
+        "languages": ["zh"],
+        "capacity": 3,
+    }
+    created = await api.post("/v1/directory/staff", json=person, headers=admin)
+    assert created.status_code == 201, created.text
+    assert (
+        await api.put("/v1/routing/sla-policies/night", json=BILLING_FAST, headers=admin)
+    ).status_code == 200
+    rule = {
+        "id": "night-billing",
+        "name": "夜间计费",
+        "position": 7,
+        "conditions": {"categories": ["billing"]},
+        "action": {"department_id": "LZ:NIGHT", "sla_policy": "night"},
+    }
+    made = await api.post("/v1/routing/rules", json=rule, headers=admin)
+    assert made.status_code == 201, made.text
+    assert (
+        await api.post("/v1/routing/sla-policies/night/retire", headers=admin)
+    ).status_code == 200
+    closed = await api.post("/v1/directory/departments/LZ:NIGHT/deactivate", headers=admin)
+    assert closed.status_code == 200, closed.text
+
+    person_again = await api.post("/v1/directory/staff", json=person, headers=admin)
+    assert (person_again.status_code, person_again.json()["version"]) == (201, 1), person_again.text
+    rule_again = await api.post("/v1/routing/rules", json=rule, headers=admin)
+    assert (rule_again.status_code, rule_again.json()["version"]) == (201, 1), rule_again.text
+    # Another entry under a taken id is still refused.
+    other = await api.post("/v1/directory/staff", json={**person, "capacity": 4}, headers=admin)
+    assert other.status_code == 409, other.text
+    assert await _trail(system, "staff", "lz-night-1") == [("created", "admin-zhao")]
+    versions = (
+        await api.get("/v1/routing/rules/demo:night-billing/versions", headers=admin)
+    ).json()
+    assert [(entry["version"], entry["change"]) for entry in versions] == [(1, "created")]
+
+    # A creation whose record failed, never retried: the next change records it first.
+    monkeypatch.setattr(audit, "record", FailsFirst(audit.record))
+    second = {**person, "id": "lz-night-2", "department": "BILLING"}
+    failed = await api.post("/v1/directory/staff", json=second, headers=admin)
+    assert failed.status_code == 503, failed.text
+    changed = await api.patch("/v1/directory/staff/lz-night-2", json={"capacity": 2}, headers=admin)
+    assert changed.status_code == 200, changed.text
+    assert await _trail(system, "staff", "lz-night-2") == [
+        ("updated", "admin-zhao"),
+        ("created", "admin-zhao"),
+    ]

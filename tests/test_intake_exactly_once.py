@@ -18,7 +18,8 @@ import pytest
 
 from complaints_shared.auth import Principal, Role
 from complaints_shared.problems import ProblemError
-from intake import idempotency, store
+from intake import idempotency, postings, store
+from tests.support.faults import FailsFirst
 from tests.support.http import complaint_body, complaint_count, token
 from tests.support.system import System, SystemFactory
 
@@ -179,3 +180,39 @@ async def test_a_failed_holder_never_releases_a_key_taken_over_by_a_retry(system
 
 def _principal() -> Principal:
     return Principal(subject="tester", org="demo", branches="*", roles=[Role.AGENT])
+
+
+async def test_a_keyed_retry_leaves_the_stored_complaints_search_posting_alone(
+    system: System, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first request stores the complaint, then recording its answer fails: a 503, and
+    the key is given up. The retry used to prepare a new draft first (another reference),
+    whose search posting replaced the stored complaint's, and only put it back after its
+    insert met the stored complaint: a retry failing in between left the complaint posted
+    under another reference's grams and another time (searches sort and page by it), and
+    no repair pass rewrites it. Now a retry looks for its complaint first."""
+    admin = token(system.intake_settings)
+    keyed = {"Idempotency-Key": "posting-retry-1", **admin}
+    body = complaint_body(
+        subject="营业厅多收费用", description="营业厅办理业务时多收了五十元手续费"
+    )
+    monkeypatch.setattr(idempotency, "complete", FailsFirst(idempotency.complete))
+    first = await system.intake.post("/v1/complaints", json=body, headers=keyed)
+    assert first.status_code == 503, first.text
+    [stored] = (
+        await system.mongo[system.intake_settings.database_name()]
+        .complaints.find({"subject": "营业厅多收费用"})
+        .to_list()
+    )
+    # The retry meets a dropped connection where it reads the stored complaint.
+    monkeypatch.setattr(store, "find", FailsFirst(store.find))
+    failed_retry = await system.intake.post("/v1/complaints", json=body, headers=keyed)
+    assert failed_retry.status_code == 503, failed_retry.text
+    # Its posting still says what the stored complaint does (its reference's grams, its
+    # time, by which searches sort and page), not what the retry's draft said.
+    database = system.mongo[system.intake_settings.database_name()]
+    posted = await database[postings.POSTINGS].find_one({"_id": stored["_id"]})
+    assert posted == postings.posting(stored)
+    retried = await system.intake.post("/v1/complaints", json=body, headers=keyed)
+    assert (retried.status_code, retried.json()["id"]) == (201, stored["_id"]), retried.text
+    assert await complaint_count(system) == 1

@@ -105,7 +105,7 @@ async def create_complaint(
     principal.require_branch(body.branch, field="branch")
     runtime = runtime_of(request)
     reservation = None
-    complaint_id = store.new_id()
+    complaint_id = fresh_id = store.new_id()
     if idempotency_key is not None:
         reservation = await idempotency.reserve(
             db=runtime.db,
@@ -134,6 +134,8 @@ async def create_complaint(
                 request=body,
                 complaint_id=complaint_id,
                 now=runtime.clock.now(),
+                # The id of an earlier request under the key, not the one drawn above.
+                taken_over=reservation is not None and complaint_id != fresh_id,
             )
             shown = await _shown_changed(request, principal, document)
             answer = {**shown.model_dump(), "resubmission": not created}

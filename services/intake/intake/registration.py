@@ -58,6 +58,7 @@ async def create_complaint(
     request: ComplaintCreate,
     complaint_id: str,
     now: datetime,
+    taken_over: bool = False,
 ) -> tuple[dict[str, Any], bool]:
     """Store a new complaint with its ``complaint.received`` event in one insert.
 
@@ -66,7 +67,10 @@ async def create_complaint(
     is the submission's claim (``intake.submissions``), so the first stored wins.
     The complaint's search posting (``intake.postings``) is written before the insert,
     so a stored complaint always has it; a retry that finds its complaint stored already
-    writes it again from the stored one.
+    writes it again from the stored one. ``taken_over``: the id is that of an earlier
+    request under the same ``Idempotency-Key``, which may have stored it; found stored, it
+    is answered as it is, and no draft's posting (another reference and time) overwrites
+    the stored complaint's meanwhile.
     """
     entered = time.monotonic()  # with ``now``: a late insert is stamped again
     body = request.model_dump(mode="json", exclude={"severity", "flags"})
@@ -93,6 +97,11 @@ async def create_complaint(
         await postings.write(db=db, document=document)
         return document
 
+    if taken_over:
+        existing = await store.find(db=db, complaint_id=complaint_id)
+        if existing is not None and existing.get("submission_fingerprint") == fingerprint:
+            await postings.write(db=db, document=existing)
+            return await store.stamped_if_late(db=db, document=existing, entered=entered), True
     document = await prepared()
     for _ in range(SUBMISSION_ATTEMPTS):
         try:

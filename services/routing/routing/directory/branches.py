@@ -101,7 +101,6 @@ async def create_branch(
     _check_hours(body.hours)
     _check_holidays(body.holidays)
     _check_closures(body)
-    await _check_duty_officer(db=db, principal=principal, staff_id=body.duty_officer_id)
     document = store.new_entry(
         key=store.branch_key(principal.org, body.code),
         fields={
@@ -112,8 +111,17 @@ async def create_branch(
         now=now,
     )
     document.update(outbox_fields([_branch_updated(document, settings=settings)]))
+
+    async def validate() -> None:
+        await _check_duty_officer(db=db, principal=principal, staff_id=body.duty_officer_id)
+
     stored = await store.insert_entry(
-        db=db, principal=principal, entry=store.BRANCH, document=document, at=now
+        db=db,
+        principal=principal,
+        entry=store.BRANCH,
+        document=document,
+        at=now,
+        validate=validate,
     )
     return store.branch_read(stored)
 

@@ -68,12 +68,12 @@ async def create_department(
     *, db: AsyncDatabase, principal: Principal, body: DepartmentCreate, now: datetime
 ) -> DepartmentRead:
     principal.require_branch(body.branch, field="branch")
-    await store.require_active_branch(db=db, org=principal.org, code=body.branch)
-    await _check_chain(db=db, principal=principal, chain=body.escalation_chain)
-    # Its own code left out: a repeated creation finds itself stored (``store.insert_entry``).
-    await _check_kind_free(
-        db=db, org=principal.org, branch=body.branch, kind=body.kind, except_code=body.code
-    )
+
+    async def validate() -> None:
+        await store.require_active_branch(db=db, org=principal.org, code=body.branch)
+        await _check_chain(db=db, principal=principal, chain=body.escalation_chain)
+        await _check_kind_free(db=db, org=principal.org, branch=body.branch, kind=body.kind)
+
     department_id = f"{body.branch}:{body.code}"
     document = store.new_entry(
         key=store.department_key(principal.org, department_id),
@@ -86,7 +86,12 @@ async def create_department(
         now=now,
     )
     stored = await store.insert_entry(
-        db=db, principal=principal, entry=store.DEPARTMENT, document=document, at=now
+        db=db,
+        principal=principal,
+        entry=store.DEPARTMENT,
+        document=document,
+        at=now,
+        validate=validate,
     )
     return store.department_read(stored)
 

@@ -33,10 +33,13 @@ async def create_staff(
     *, db: AsyncDatabase, principal: Principal, body: StaffCreate, now: datetime
 ) -> StaffRead:
     principal.require_branch(body.branch, field="branch")
-    await store.require_active_branch(db=db, org=principal.org, code=body.branch)
-    await _check_staff_department(
-        db=db, org=principal.org, branch=body.branch, department=body.department
-    )
+
+    async def validate() -> None:
+        await store.require_active_branch(db=db, org=principal.org, code=body.branch)
+        await _check_staff_department(
+            db=db, org=principal.org, branch=body.branch, department=body.department
+        )
+
     document = store.new_entry(
         key=store.staff_key(principal.org, body.id),
         fields={
@@ -48,7 +51,12 @@ async def create_staff(
         now=now,
     )
     stored = await store.insert_entry(
-        db=db, principal=principal, entry=store.STAFF_MEMBER, document=document, at=now
+        db=db,
+        principal=principal,
+        entry=store.STAFF_MEMBER,
+        document=document,
+        at=now,
+        validate=validate,
     )
     return store.staff_read(stored)
 

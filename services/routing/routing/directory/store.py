@@ -112,47 +112,55 @@ async def insert_entry(
     entry: Entry,
     document: dict[str, Any],
     at: datetime,
+    validate: Callable[[], Awaitable[None]] | None = None,
 ) -> dict[str, Any]:
     """Store a new entry and audit its creation; the entry as stored.
 
-    The same creation again (a retry after a 503, say) answers with the entry the first
-    stored and runs the audit record and the directory bump again, as they may be what
-    failed; an id already in use otherwise is a 409.
+    The same creation again (a retry after a 503 or a lost answer) answers with the entry
+    the first stored, and is recognised before ``validate`` runs: what the creation refers
+    to (a department, a duty officer) may have changed since it was made. An id already in
+    use otherwise is a 409. The creation carries its audit record until it is written
+    (``audit.unrecorded``): here, by its repeat, or by the entry's next change.
     """
-    try:
-        await db[entry.collection].insert_one(document)
-    except DuplicateKeyError:
-        document = await _repeated_creation(db=db, entry=entry, document=document)
-    else:
-        record_stored(entry.collection, database=db.name, document=document)
+    stored = await db[entry.collection].find_one({"_id": document["_id"]})
+    if stored is None:
+        if validate is not None:
+            await validate()
+        recorded = audit.unrecorded(action="created", actor=principal.subject, at=at)
+        try:
+            await db[entry.collection].insert_one({**document, **recorded})
+        except DuplicateKeyError:  # the same creation, beside this one
+            stored = await db[entry.collection].find_one({"_id": document["_id"]})
+        else:
+            record_stored(entry.collection, database=db.name, document=document)
+            return await settle_audit(
+                db=db, principal=principal, entry=entry, document={**document, **recorded}
+            )
+    repeated = _repeat_of(entry=entry, document=document, stored=stored)
+    if audit.UNRECORDED in repeated:
+        return await settle_audit(db=db, principal=principal, entry=entry, document=repeated)
+    # Recorded already (kept once), or created before creations carried their record.
     await _audit(
-        db=db,
-        principal=principal,
-        entry=entry,
-        action="created",
-        at=at,
-        document=document,
+        db=db, principal=principal, entry=entry, action="created", at=at, document=repeated
     )
-    return document
+    return repeated
 
 
-async def _repeated_creation(
-    *, db: AsyncDatabase, entry: Entry, document: dict[str, Any]
+def _repeat_of(
+    *, entry: Entry, document: dict[str, Any], stored: dict[str, Any] | None
 ) -> dict[str, Any]:
     """The stored entry when ``document`` repeats its creation: unchanged since (version 1)
     and with the same fields. Created otherwise, or changed since, it is a 409."""
-    stored = await db[entry.collection].find_one({"_id": document["_id"]})
     asked = {
         key: value
         for key, value in document.items()
         if key not in BOOKKEEPING and key not in NOT_ASKED
     }
-    repeated = (
-        stored is not None
-        and stored["version"] == 1
-        and all(stored.get(key) == value for key, value in asked.items())
-    )
-    if not repeated:
+    if (
+        stored is None
+        or stored["version"] != 1
+        or any(stored.get(key) != value for key, value in asked.items())
+    ):
         raise conflict(f"{entry.what} {document[entry.id_field]!r} already exists")
     return stored
 

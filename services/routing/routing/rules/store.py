@@ -184,47 +184,57 @@ async def _record_version(
 async def create_rule(
     *, db: AsyncDatabase, principal: Principal, body: RuleCreate, now: datetime
 ) -> RuleRead:
+    """Store a new rule as version 1. The same creation again (a retry after a 503 or a
+    lost answer) answers the stored rule, recognised before the rule is checked (an SLA
+    policy it names may have been retired since); its version record is carried on the
+    rule until written (``audit.unrecorded``), here, by the repeat or by the next change."""
     rule_id = rule_key(principal.org, body.id)
     fields = body.model_dump(mode="json", exclude={"id", "position"})
-    await _validate_rule(db=db, principal=principal, rule=fields, rule_id=rule_id)
-    position = body.position
-    if position is None:
-        position = await _next_position(db=db, org=principal.org)
-    document = {
-        "_id": rule_id,
-        "org": principal.org,
-        **fields,
-        "position": position,
-        "version": 1,
-        "active": True,
-        "created_at": now,
-        "updated_at": now,
-        "updated_by": principal.subject,
-    }
-    try:
-        await db[RULES].insert_one(document)
-    except DuplicateKeyError:
-        document = await _repeated_creation(db=db, rule_id=rule_id, body=body, fields=fields)
-    await _record_version(
-        db=db, document=document, change="created", actor=principal.subject, at=now
-    )
-    return rule_read(document)
-
-
-async def _repeated_creation(
-    *, db: AsyncDatabase, rule_id: str, body: RuleCreate, fields: dict[str, Any]
-) -> dict[str, Any]:
-    """The stored rule when ``body`` repeats its creation (a retry after a 503, say): the
-    version record and the directory bump after the insert run again, as they may be what
-    failed. A rule of that id created differently (or changed since) stays a 409."""
     stored = await db[RULES].find_one({"_id": rule_id})
-    repeated = (
-        stored is not None
-        and stored["version"] == 1
-        and all(stored.get(key) == value for key, value in fields.items())
-        and body.position in (None, stored["position"])
+    if stored is None:
+        await _validate_rule(db=db, principal=principal, rule=fields, rule_id=rule_id)
+        position = body.position
+        if position is None:
+            position = await _next_position(db=db, org=principal.org)
+        document = {
+            "_id": rule_id,
+            "org": principal.org,
+            **fields,
+            "position": position,
+            "version": 1,
+            "active": True,
+            "created_at": now,
+            "updated_at": now,
+            "updated_by": principal.subject,
+            **audit.unrecorded(action="created", actor=principal.subject, at=now),
+        }
+        try:
+            await db[RULES].insert_one(document)
+        except DuplicateKeyError:  # the same creation, beside this one
+            stored = await db[RULES].find_one({"_id": rule_id})
+        else:
+            return rule_read(await _settle_version(db=db, document=document))
+    repeated = _repeat_of(stored, rule_id=rule_id, body=body, fields=fields)
+    if audit.UNRECORDED in repeated:
+        return rule_read(await _settle_version(db=db, document=repeated))
+    # Recorded already (kept once), or created before creations carried their record.
+    await _record_version(
+        db=db, document=repeated, change="created", actor=principal.subject, at=now
     )
-    if not repeated:
+    return rule_read(repeated)
+
+
+def _repeat_of(
+    stored: dict[str, Any] | None, *, rule_id: str, body: RuleCreate, fields: dict[str, Any]
+) -> dict[str, Any]:
+    """The stored rule when ``body`` repeats its creation. A rule of that id created
+    differently (or changed since) is a 409."""
+    if (
+        stored is None
+        or stored["version"] != 1
+        or any(stored.get(key) != value for key, value in fields.items())
+        or body.position not in (None, stored["position"])
+    ):
         raise conflict(f"routing rule {rule_id!r} already exists")
     return stored
 

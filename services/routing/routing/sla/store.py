@@ -18,10 +18,10 @@ from typing import Any
 
 from pymongo import ASCENDING, ReturnDocument
 from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import DuplicateKeyError
 
 from complaints_shared import preconditions
 from complaints_shared.auth import Principal
-from complaints_shared.mongo import upsert_and_read
 from complaints_shared.preconditions import IfMatch
 from complaints_shared.problems import conflict, invalid, invalid_fields, not_found
 from complaints_shared.stored import from_stored
@@ -153,6 +153,12 @@ async def put_policy(
         "$inc": {"version": 1},
     }
     document = await _write_save(db=db, key=key, update=update, stored=stored, now=now)
+    if document is None and stored is None:
+        # Created meanwhile: by this same save, retried beside it (a gateway's timeout), if
+        # it says the same; it is not saved a second time.
+        created = await find_policy_document(db=db, org=principal.org, policy_id=policy_id)
+        if created is not None and preconditions.shows(created, fields):
+            document = created
     if document is None:
         raise conflict(f"SLA policy {policy_id!r} changed or was deleted while saved; retry")
     document = await _settle_audit(
@@ -173,16 +179,17 @@ async def _write_save(
 
     A deletion decided since is not undone by the save, nor does the save (answered and
     recorded) vanish with the policy when the deletion completes. A policy found is
-    saved only at the version read: a save or retirement since is not overwritten.
+    saved only at the version read: a save or retirement since is not overwritten. None
+    found, it is created as version 1, unless another save created it meanwhile.
     """
     if stored is None:
-        return await upsert_and_read(
-            db[SLA_POLICIES],
-            key,
-            # Tells a policy created again after a deletion from the one before (its audit).
-            {**update, "$setOnInsert": {"created_at": now}},
-            only_if=LIVE,
-        )
+        # ``created_at`` tells a policy created again after a deletion from the one before.
+        created = {**update["$set"], "_id": key, "version": 1, "created_at": now}
+        try:
+            await db[SLA_POLICIES].insert_one(created)
+        except DuplicateKeyError:
+            return None
+        return created
     return await db[SLA_POLICIES].find_one_and_update(
         {"_id": key, "version": stored.get("version"), **LIVE},
         update,
