@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import statistics
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from contextlib import AsyncExitStack, asynccontextmanager
 from datetime import UTC, datetime, timedelta
 
@@ -644,6 +644,16 @@ async def test_auto_pause_needs_both_the_failures_in_a_row_and_the_time_failing(
     assert shown["status"] == "paused" and shown["failure_streak"] == 3
 
 
+async def _all_delivered(
+    webhooks: Webhooks, headers: dict, subscription_id: str, *, attempts: int
+) -> list[dict]:
+    """The delivery log once ``attempts`` attempts are recorded and every delivery was
+    delivered, else nothing (the receiver notes a request before its answer is recorded)."""
+    log = await _deliveries(webhooks, headers, subscription_id)
+    done = sum(entry["attempts"] for entry in log) == attempts
+    return log if done and {entry["status"] for entry in log} == {"delivered"} else []
+
+
 async def test_one_delivery_or_a_time_range_can_be_sent_again(
     system_factory: SystemFactory,
 ) -> None:
@@ -655,11 +665,8 @@ async def test_one_delivery_or_a_time_range_can_be_sent_again(
         subscription = await subscribe(webhooks, admin, url=hooks.url)
         path = f"/v1/webhooks/subscriptions/{subscription['id']}"
 
-        async def recorded(attempts: int) -> list[dict]:
-            # The receiver notes a request before the service records its answer.
-            log = await _deliveries(webhooks, admin, subscription["id"])
-            done = sum(entry["attempts"] for entry in log) == attempts
-            return log if done and {entry["status"] for entry in log} == {"delivered"} else []
+        def recorded(attempts: int) -> Awaitable[list[dict]]:
+            return _all_delivered(webhooks, admin, subscription["id"], attempts=attempts)
 
         # One after the other, so the two are recorded at distinct times.
         for count in (1, 2):
@@ -712,10 +719,8 @@ async def test_pings_and_redeliveries_retried_under_their_key_send_nothing_twice
         subscription = await subscribe(webhooks, admin, url=hooks.url)
         path = f"/v1/webhooks/subscriptions/{subscription['id']}"
 
-        async def attempts_recorded(count: int) -> list[dict]:
-            log = await _deliveries(webhooks, admin, subscription["id"])
-            done = sum(entry["attempts"] for entry in log) == count
-            return log if done and {entry["status"] for entry in log} == {"delivered"} else []
+        def attempts_recorded(count: int) -> Awaitable[list[dict]]:
+            return _all_delivered(webhooks, admin, subscription["id"], attempts=count)
 
         keyed = {"Idempotency-Key": "ping-2026-12-04-1", **admin}
         pinged = await webhooks.client.post(f"{path}/ping", headers=keyed)

@@ -17,7 +17,7 @@ not part of it.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -113,6 +113,29 @@ def write_needed(
         return False
     if if_match is not None and (current is None or not if_match.allows(str(current))):
         raise precondition_failed(what=what, current=current)
+    return True
+
+
+async def change_needed(
+    if_match: IfMatch | None,
+    *,
+    current: Mapping[str, Any],
+    changes: Mapping[str, Any],
+    what: str,
+    validate: Callable[[], Awaitable[None]] | None = None,
+) -> bool:
+    """``write_needed`` for ``changes`` to the stored entry ``current`` (tagged with its
+    ``version``); one to be written is then ``validate``d. A change already shown is not
+    checked again: what it refers to may have changed since it was made."""
+    if not write_needed(
+        if_match,
+        current=current["version"],
+        already_shown=shows(current, changes),
+        what=what,
+    ):
+        return False
+    if validate is not None:
+        await validate()
     return True
 
 

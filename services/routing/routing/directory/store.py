@@ -188,15 +188,14 @@ async def change_entry(
     the same write.
     """
     settled = await settle_audit(db=db, principal=principal, entry=entry, document=current)
-    if not preconditions.write_needed(
+    if not await preconditions.change_needed(
         if_match,
-        current=current["version"],
-        already_shown=preconditions.shows(current, changes),
+        current=current,
+        changes=changes,
         what=f"{entry.what} {current[entry.id_field]!r}",
+        validate=validate,
     ):
         return settled
-    if validate is not None:
-        await validate()
     recorded = audit.unrecorded(action=action, actor=principal.subject, at=at)
     updated = await db[entry.collection].find_one_and_update(
         {"_id": current["_id"], "version": current["version"]},

@@ -257,15 +257,14 @@ async def _save_version(
     refer to may have changed since); others are held to ``if_match``, then
     ``validate``d."""
     settled = await _settle_version(db=db, document=current)
-    if not preconditions.write_needed(
+    if not await preconditions.change_needed(
         if_match,
-        current=current["version"],
-        already_shown=preconditions.shows(current, changes),
+        current=current,
+        changes=changes,
         what=f"routing rule {current['_id']!r}",
+        validate=validate,
     ):
         return settled
-    if validate is not None:
-        await validate()
     recorded = audit.unrecorded(action=change, actor=actor, at=now)
     updated = await db[RULES].find_one_and_update(
         {"_id": current["_id"], "version": current["version"]},
