@@ -8,6 +8,8 @@ current one, instead of reverting what a colleague changed in between.
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from routing import audit
@@ -357,4 +359,32 @@ async def test_a_creation_retried_after_what_it_names_changed_answers_the_entry_
     assert await _trail(system, "staff", "lz-night-2") == [
         ("updated", "admin-zhao"),
         ("created", "admin-zhao"),
+    ]
+
+
+async def test_the_same_change_sent_twice_at_once_is_answered_twice_and_made_once(
+    system: System,
+) -> None:
+    """A gateway times out and the client sends the request again while the first still
+    runs. Identical creations of a department answered the second with a 422 (its kind was
+    taken, by itself); identical replacements of an SLA policy with a 409. Both now answer
+    the entry the first made, and it is made once."""
+    admin = token(system.routing_settings, subject="admin-zhao")
+    api = system.routing
+    department = {"branch": "LZ", "code": "VIP", "name": "贵宾服务组", "kind": "vip_desk"}
+    answers = await asyncio.gather(
+        *(api.post("/v1/directory/departments", json=department, headers=admin) for _ in range(4))
+    )
+    assert [answer.status_code for answer in answers] == [201] * 4, [a.text for a in answers]
+    assert await _trail(system, "department", "LZ:VIP") == [("created", "admin-zhao")]
+
+    policy = "/v1/routing/sla-policies/twice"
+    assert (await api.put(policy, json=BILLING_FAST, headers=admin)).status_code == 200
+    renamed = {**BILLING_FAST, "name": "两次保存"}
+    saves = await asyncio.gather(*(api.put(policy, json=renamed, headers=admin) for _ in range(4)))
+    assert [save.status_code for save in saves] == [200] * 4, [save.text for save in saves]
+    assert {save.json()["version"] for save in saves} == {2}
+    assert [action for action, _ in await _trail(system, "sla_policy", "twice")] == [
+        "saved",
+        "saved",
     ]

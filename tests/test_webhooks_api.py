@@ -232,6 +232,25 @@ async def test_a_subscription_change_decided_on_an_older_version_is_refused_not_
         assert (await client.get(path, headers=zhao)).status_code == 404
 
 
+async def test_the_same_subscription_change_sent_twice_at_once_is_answered_twice(
+    system_factory: SystemFactory,
+) -> None:
+    """Identical PATCHes at once (a gateway's timeout, then the retry): each writes only at
+    the version it read, and the second used to be a 409 for a change that was made."""
+    system = await system_factory(seed=False)
+    admin = token(system.intake_settings)
+    async with AsyncExitStack() as stack:
+        webhooks = await serve_webhooks(stack, system)
+        created = await webhooks.client.post(PATH, json=CRM, headers=admin)
+        path = f"{PATH}/{created.json()['id']}"
+        change = {"description": "客服系统", "event_types": [RECEIVED]}
+        answers = await asyncio.gather(
+            *(webhooks.client.patch(path, json=change, headers=admin) for _ in range(4))
+        )
+    assert [answer.status_code for answer in answers] == [200] * 4, [a.text for a in answers]
+    assert {answer.json()["version"] for answer in answers} == {2}
+
+
 BAD_SUBSCRIPTIONS = [
     ({"target_url": "not a url", "event_types": [RECEIVED]}, "target_url"),
     ({"target_url": "ftp://crm.example.com/h", "event_types": [RECEIVED]}, "target_url"),

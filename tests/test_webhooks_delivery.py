@@ -593,6 +593,47 @@ async def test_a_new_target_url_starts_without_the_old_targets_failures(
     assert (moved.json()["failure_streak"], moved.json()["failing_since"]) == (0, None)
 
 
+async def test_an_attempt_to_the_old_target_failing_after_a_move_counts_against_nobody(
+    system_factory: SystemFactory,
+) -> None:
+    """An attempt in flight to a dead URL when the subscription is moved to a new one
+    times out after the move: its failure used to be counted against the new target."""
+    system = await system_factory()
+    admin = token(system.intake_settings)
+    async with AsyncExitStack() as stack:
+        healthy = await stack.enter_async_context(receiver())
+        dead_url = await stack.enter_async_context(silent_target())
+        webhooks = await serve_webhooks(stack, system, request_timeout_s=2.0)
+        subscription = await subscribe(
+            webhooks,
+            admin,
+            url=dead_url,
+            event_types=["org.complaintdesk.complaint.received.v1"],
+        )
+        path = f"/v1/webhooks/subscriptions/{subscription['id']}"
+        await _complaint(system, admin)
+
+        deliveries = webhooks.app.state.runtime.db[store.DELIVERIES]
+
+        async def claimed() -> dict | None:
+            return await deliveries.find_one(
+                {"subscription_id": subscription["id"], "lease_owner": {"$exists": True}}
+            )
+
+        await eventually(claimed, what="the delivery claimed")
+        await asyncio.sleep(0.3)  # then sent: the silent target holds it for 2 s
+        moved = await webhooks.client.patch(path, json={"target_url": healthy.url}, headers=admin)
+        assert moved.status_code == 200, moved.text
+
+        async def timed_out() -> list[dict]:
+            log = await _deliveries(webhooks, admin, subscription["id"])
+            return [entry for entry in log if entry["attempts"] > 0 and entry["last_error"]]
+
+        await eventually(timed_out, timeout_s=10, what="the old target's attempt timed out")
+        shown = (await webhooks.client.get(path, headers=admin)).json()
+    assert (shown["failure_streak"], shown["failing_since"]) == (0, None)
+
+
 async def test_auto_pause_needs_both_the_failures_in_a_row_and_the_time_failing(
     system_factory: SystemFactory,
 ) -> None:

@@ -334,8 +334,10 @@ async def policy_for_branch(
     *, db: AsyncDatabase, settings: FollowupSettings, org: str, branch: str
 ) -> PolicyRead:
     """The policy a branch's resolutions are scheduled under: its own, else the organisation's."""
-    in_force, _ = await branch_policy(db=db, settings=settings, org=org, branch=branch)
-    return in_force
+    stored = await _latest(db[POLICIES], _policy_key(org, branch))
+    if stored is None or stored.get("policy") is None:
+        return await current_policy(db=db, settings=settings, org=org)
+    return from_stored(PolicyRead, stored)
 
 
 async def branch_policy(

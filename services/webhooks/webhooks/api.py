@@ -278,6 +278,10 @@ async def update_subscription(
         )
     if updated is None:
         now_stored = await _subscription(request, principal, subscription_id)  # else 404
+        if preconditions.shows(now_stored, asked):
+            # The same change, beside this one (a gateway's timeout, then the retry).
+            updated = now_stored
+    if updated is None:
         raise conflict(
             f"subscription {subscription_id!r} changed while this change was decided (it is "
             f"{now_stored['status']!r} now); retry"

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 import uuid
 from collections import Counter
 from datetime import UTC, datetime, timedelta
@@ -67,6 +68,8 @@ from webhooks.watermark import ConsumedWatermark
 
 log = get_logger(__name__)
 
+# How long a failing subscription not attempted since is remembered as failing.
+FAILING_KEPT_S = 600.0
 # Before the first watermark observation: only deliveries of no event (pings) may go.
 NOTHING_RECORDED = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -92,8 +95,10 @@ class Dispatcher:
         self._wake = asyncio.Event()
         self._in_flight: dict[str, asyncio.Task] = {}
         self._per_subscription: Counter[str] = Counter()
-        # Subscriptions whose last attempt here failed, or stored as failing when read.
-        self._failing: set[str] = set()
+        # Subscriptions whose last attempt here failed, or stored as failing when read, and
+        # when that was seen (monotonic): one not attempted for FAILING_KEPT_S is forgotten
+        # (deleted, paused, healed elsewhere), and marked again by its next attempt.
+        self._failing: dict[str, float] = {}
         self._failing_slots = max(
             1, int(settings.max_concurrent_deliveries * settings.failing_share)
         )
@@ -214,6 +219,10 @@ class Dispatcher:
     def _saturated(self) -> list[str]:
         """The subscriptions not to claim for now: those with all the attempts in flight
         they may have, and every failing one once the failing hold their share."""
+        forgotten = time.monotonic() - FAILING_KEPT_S
+        for subscription_id, seen in list(self._failing.items()):
+            if seen < forgotten and not self._per_subscription[subscription_id]:
+                del self._failing[subscription_id]
         failing_in_flight = sum(self._per_subscription[each] for each in self._failing)
         saturated = {
             subscription_id
@@ -226,14 +235,14 @@ class Dispatcher:
             )
         }
         if failing_in_flight >= self._failing_slots:
-            saturated |= self._failing
+            saturated |= self._failing.keys()
         return sorted(saturated)
 
     def _health(self, subscription_id: str, *, failing: bool) -> None:
         if failing:
-            self._failing.add(subscription_id)
+            self._failing[subscription_id] = time.monotonic()
         else:
-            self._failing.discard(subscription_id)
+            self._failing.pop(subscription_id, None)
 
     def _start(self, runtime: Runtime, delivery: dict[str, Any]) -> None:
         subscription_id = delivery["subscription_id"]
@@ -449,7 +458,12 @@ class Dispatcher:
             if subscription.get("failure_streak", 0) > 0:  # else there is nothing to reset
                 await store.record_success(db=db, subscription_id=subscription_id, now=now)
         elif not result.gone:  # a 410 disabled the subscription above
-            await self._count_failure(runtime, subscription_id=subscription_id, now=now)
+            await self._count_failure(
+                runtime,
+                subscription_id=subscription_id,
+                target_url=subscription["target_url"],
+                now=now,
+            )
 
     async def _disable(self, runtime: Runtime, *, subscription_id: str, now: datetime) -> None:
         disabled = await store.disable(
@@ -463,9 +477,11 @@ class Dispatcher:
             log.warning("webhook_subscription_disabled", reason="410 Gone")
 
     async def _count_failure(
-        self, runtime: Runtime, *, subscription_id: str, now: datetime
+        self, runtime: Runtime, *, subscription_id: str, target_url: str, now: datetime
     ) -> None:
-        await store.record_failure_streak(db=runtime.db, subscription_id=subscription_id, now=now)
+        await store.record_failure_streak(
+            db=runtime.db, subscription_id=subscription_id, now=now, target_url=target_url
+        )
         threshold = self._settings.auto_pause_after_failures
         window_s = self._settings.auto_pause_after_s
         paused = await store.pause_if_failing(

@@ -408,9 +408,14 @@ async def subscriptions_for_event(
     ]
 
 
-async def record_failure_streak(*, db: AsyncDatabase, subscription_id: str, now: datetime) -> None:
+async def record_failure_streak(
+    *, db: AsyncDatabase, subscription_id: str, now: datetime, target_url: str | None = None
+) -> None:
+    """Count a failed attempt; with ``target_url``, only while the subscription still sends
+    there (an attempt to the target it was moved from counts against nobody)."""
+    target = {} if target_url is None else {"target_url": target_url}
     await db[SUBSCRIPTIONS].update_one(
-        {"_id": subscription_id},
+        {"_id": subscription_id, **target},
         {"$inc": {"failure_streak": 1}, "$min": {"failing_since": now}},
     )
 

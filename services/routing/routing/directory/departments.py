@@ -72,7 +72,10 @@ async def create_department(
     async def validate() -> None:
         await store.require_active_branch(db=db, org=principal.org, code=body.branch)
         await _check_chain(db=db, principal=principal, chain=body.escalation_chain)
-        await _check_kind_free(db=db, org=principal.org, branch=body.branch, kind=body.kind)
+        # Its own code left out: the same creation beside this one may have stored it.
+        await _check_kind_free(
+            db=db, org=principal.org, branch=body.branch, kind=body.kind, except_code=body.code
+        )
 
     department_id = f"{body.branch}:{body.code}"
     document = store.new_entry(

@@ -153,12 +153,12 @@ async def put_policy(
         "$inc": {"version": 1},
     }
     document = await _write_save(db=db, key=key, update=update, stored=stored, now=now)
-    if document is None and stored is None:
-        # Created meanwhile: by this same save, retried beside it (a gateway's timeout), if
-        # it says the same; it is not saved a second time.
-        created = await find_policy_document(db=db, org=principal.org, policy_id=policy_id)
-        if created is not None and preconditions.shows(created, fields):
-            document = created
+    if document is None:
+        # Created or saved meanwhile: by this same save, retried beside it (a gateway's
+        # timeout), if it says the same; it is not saved a second time.
+        meanwhile = await find_policy_document(db=db, org=principal.org, policy_id=policy_id)
+        if meanwhile is not None and preconditions.shows(meanwhile, fields):
+            document = meanwhile
     if document is None:
         raise conflict(f"SLA policy {policy_id!r} changed or was deleted while saved; retry")
     document = await _settle_audit(
