@@ -53,18 +53,17 @@ def parse(values: list[str]) -> IfMatch:
         return IfMatch(tags=None)
     tags: set[str] = set()
     position = 0
-    while position < len(joined):
+    while position < len(joined) or not joined:
+        # Every match takes a quoted tag, so each turn moves on (an empty header fails).
         found = _TAG.match(joined, position)
-        if found is None or found.end() == position:
+        if found is None:
             raise invalid_fields(
                 [{"field": HEADER, "message": 'expected "*" or entity tags such as "3"'}]
             )
-        weak, tag = found.groups()
+        weak, value = found.groups()
         if not weak:
-            tags.add(tag)
+            tags.add(value)
         position = found.end()
-    if not joined.strip():
-        raise invalid_fields([{"field": HEADER, "message": "empty"}])
     return IfMatch(tags=frozenset(tags))
 
 
