@@ -220,6 +220,11 @@ async def test_rules_and_sla_policies_take_if_match(system: System) -> None:
     assert (retired.status_code, retired.headers["etag"]) == (200, '"3"')
     _precondition_failed(await api.delete(policy, headers={"If-Match": '"2"', **admin}), current=3)
     assert (await api.delete(policy, headers={"If-Match": '"3"', **admin})).status_code == 204
+    # The same DELETE again after a lost 204: answered as the first (it used to be a 404).
+    repeated = await api.delete(policy, headers={"If-Match": '"3"', **admin})
+    assert repeated.status_code == 204, repeated.text
+    never = await api.delete("/v1/routing/sla-policies/never-was", headers=admin)
+    assert never.status_code == 404, never.text
     assert [action for action, _ in await _trail(system, "sla_policy", "billing-fast")] == [
         "deleted",
         "retired",

@@ -1,10 +1,12 @@
 """Deleting a subscription removes its deliveries, even when a write fails half-way.
 
 A deletion is three writes: the subscription marked deleted, its deliveries removed, the
-subscription removed. These tests make the removal of the deliveries fail once against the
-real database (the request answers 503) and check that asking again, or the repair pass
-when nobody asks, completes the deletion; and that a delivery an event records while its
-subscription is being deleted is dropped by the dispatcher instead of claimed forever.
+subscription replaced by the record of its deletion. These tests make the removal of the
+deliveries fail once against the real database (the request answers 503) and check that
+asking again, or the repair pass when nobody asks, completes the deletion; that a delivery
+an event records while its subscription is being deleted is dropped by the dispatcher
+instead of claimed forever; and that a DELETE or a keyed creation repeated after the
+deletion neither fails nor brings the subscription back.
 """
 
 from __future__ import annotations
@@ -41,9 +43,12 @@ RECEIVED = EventType.COMPLAINT_RECEIVED.value
 
 
 async def _left(db: AsyncDatabase, subscription_id: str) -> tuple[int, int]:
-    """(subscription documents, deliveries) of ``subscription_id`` still stored."""
+    """(subscription documents other than the record of its deletion, deliveries) of
+    ``subscription_id`` still stored."""
     return (
-        await db[store.SUBSCRIPTIONS].count_documents({"_id": subscription_id}),
+        await db[store.SUBSCRIPTIONS].count_documents(
+            {"_id": subscription_id, store.REMOVED_AT: None}
+        ),
         await db[store.DELIVERIES].count_documents({"subscription_id": subscription_id}),
     )
 
@@ -184,4 +189,51 @@ async def test_a_delivery_recorded_while_its_subscription_is_deleted_is_dropped(
 
         await eventually(dropped, what="the deleted subscription's delivery dropped")
     assert deleted == [204]
+    assert hooks.requests == []
+
+
+async def test_a_deletion_repeated_after_its_answer_is_answered_again_and_stays_made(
+    alone: Isolation,
+) -> None:
+    """A gateway loses the 204 and the client sends the DELETE again: it used to be a 404
+    for a deletion that was made, and the creation's own retry under its Idempotency-Key
+    (an integrator replaying its log) created the deleted subscription again."""
+    async with AsyncExitStack() as stack:
+        hooks = await stack.enter_async_context(receiver())
+        webhooks = await serve_webhooks(stack, alone)
+        admin = token(webhooks.settings)
+        keyed = {**admin, "Idempotency-Key": "crm-subscription-7"}
+        body = {"target_url": hooks.url, "event_types": [RECEIVED]}
+        db = webhooks.app.state.runtime.db
+        created = await webhooks.client.post("/v1/webhooks/subscriptions", json=body, headers=keyed)
+        assert created.status_code == 201, created.text
+        subscription_id = created.json()["id"]
+        path = f"/v1/webhooks/subscriptions/{subscription_id}"
+        other_branch = token(webhooks.settings, branches=["HZ"], subject="hz-admin")
+
+        first = await webhooks.client.delete(path, headers={"If-Match": '"1"', **admin})
+        repeated = await webhooks.client.delete(path, headers={"If-Match": '"1"', **admin})
+        unconditional = await webhooks.client.delete(path, headers=admin)
+        foreign = await webhooks.client.delete(path, headers=other_branch)
+        missing = await webhooks.client.delete("/v1/webhooks/subscriptions/whs_none", headers=admin)
+        created_again = await webhooks.client.post(
+            "/v1/webhooks/subscriptions", json=body, headers=keyed
+        )
+        shown = await webhooks.client.get(path, headers=admin)
+        listed = await webhooks.client.get("/v1/webhooks/subscriptions", headers=admin)
+        record = await db[store.SUBSCRIPTIONS].find_one({"_id": subscription_id})
+        left = await _left(db, subscription_id)
+    assert [first.status_code, repeated.status_code, unconditional.status_code] == [204] * 3, (
+        repeated.text
+    )
+    assert foreign.status_code == 404, "another branch's admin learns nothing of it"
+    assert missing.status_code == 404, "a subscription that never was is still a 404"
+    assert created_again.status_code == 409, created_again.text
+    assert created_again.json()["type"].endswith("idempotency-key-conflict")
+    assert shown.status_code == 404
+    assert listed.json()["items"] == []
+    assert left == (0, 0)
+    # The record of the deletion keeps the scope, nothing to send with or to.
+    assert record is not None and "target_url" not in record and "signing_secrets" not in record
+    assert record[store.REMOVED_RECORD_EXPIRES] > record[store.REMOVED_AT]
     assert hooks.requests == []

@@ -310,6 +310,7 @@ async def delete_subscription(
         subscription_id=subscription_id,
         if_match=if_match,
         now=runtime.clock.now(),
+        record_kept_s=runtime.settings.deleted_subscription_record_kept_s,
     )
     if not deleted:
         raise not_found(what="subscription", identifier=subscription_id)

@@ -156,7 +156,12 @@ class Dispatcher:
         """
         deleted = await store.deleted_subscription_ids(db=runtime.db)
         for subscription_id in deleted:
-            await store.complete_deletion(db=runtime.db, subscription_id=subscription_id)
+            await store.complete_deletion(
+                db=runtime.db,
+                subscription_id=subscription_id,
+                now=runtime.clock.now(),
+                record_kept_s=self._settings.deleted_subscription_record_kept_s,
+            )
             log.warning("webhook_subscription_deletion_completed", subscription_id=subscription_id)
         return len(deleted)
 

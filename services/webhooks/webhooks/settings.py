@@ -78,6 +78,13 @@ class WebhooksSettings(ServiceSettings):
     response_excerpt_bytes: int = Field(
         256, ge=0, le=4096, description="Bytes of a receiver's response body kept per attempt."
     )
+    deleted_subscription_record_kept_s: float = Field(
+        30 * 86_400.0,
+        gt=0,
+        description="How long a deleted subscription's record of its deletion is kept: a "
+        "DELETE repeated meanwhile is answered 204 again, and a creation repeated under its "
+        "Idempotency-Key a 409 instead of the subscription created again.",
+    )
     attempts_kept: int = Field(
         10, ge=1, le=50, description="Attempts (newest) kept in each delivery's log."
     )

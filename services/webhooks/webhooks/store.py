@@ -74,6 +74,10 @@ PUBLIC_DELIVERY = {
 # A subscription being deleted (``delete_subscription``) is gone for every reader; a missing
 # date is asked as null, a present one as ``any_date()`` (docs/mongodb-compatibility.md).
 NOT_DELETED = {"deleted_at": None}
+# On the record a completed deletion leaves in the subscription's place: when it completed,
+# and when the record goes (a TTL index).
+REMOVED_AT = "removed_at"
+REMOVED_RECORD_EXPIRES = "removed_record_expires_at"
 
 
 async def ensure_indexes(*, db: AsyncDatabase) -> None:
@@ -84,8 +88,12 @@ async def ensure_indexes(*, db: AsyncDatabase) -> None:
     )
     # The repair pass's question: which subscriptions are active (of every organisation).
     await subscriptions.create_index([("status", ASCENDING)], name="status")
-    # And which deletions a failure cut short (normally none: the index stays empty).
+    # And which deletions a failure cut short (normally none: only the removed ones' records).
     await subscriptions.create_index([("deleted_at", ASCENDING)], name="deleted", sparse=True)
+    # A removed subscription's record goes when its time is up (``complete_deletion``).
+    await subscriptions.create_index(
+        [(REMOVED_RECORD_EXPIRES, ASCENDING)], name="removed_expiry", expireAfterSeconds=0
+    )
     deliveries = db[DELIVERIES]
     # The dispatcher's question: which pending deliveries are due.
     await deliveries.create_index(
@@ -322,6 +330,7 @@ async def delete_subscription(
     subscription_id: str,
     if_match: IfMatch | None,
     now: datetime,
+    record_kept_s: float,
 ) -> bool:
     """Delete a subscription and its deliveries; False when ``scope`` sees no such one.
 
@@ -329,6 +338,10 @@ async def delete_subscription(
     it, and a delivery of it the dispatcher claims is dropped. Then its deliveries go, and
     the subscription last, so a failure between the writes leaves it marked: asking again
     (a subscription being deleted is found for that) or the repair pass completes it.
+    The subscription's place keeps a record of the deletion for ``record_kept_s``, so the
+    same DELETE repeated after a lost answer is answered as the first (whatever its
+    ``If-Match``: a deletion already made writes nothing), and a creation repeated under
+    its ``Idempotency-Key`` does not bring it back.
     With ``if_match``, a deletion not decided yet is made only at the version named (a 412).
     """
     as_read: dict[str, Any] = {}
@@ -357,19 +370,40 @@ async def delete_subscription(
                 what=f"subscription {subscription_id!r}", current=changed.get("version", 0)
             )
         return False
-    await complete_deletion(db=db, subscription_id=subscription_id)
+    await complete_deletion(
+        db=db, subscription_id=subscription_id, now=now, record_kept_s=record_kept_s
+    )
     return True
 
 
-async def complete_deletion(*, db: AsyncDatabase, subscription_id: str) -> None:
-    """Remove a subscription marked deleted and its deliveries (harmless to repeat)."""
+async def complete_deletion(
+    *, db: AsyncDatabase, subscription_id: str, now: datetime, record_kept_s: float
+) -> None:
+    """Remove a subscription marked deleted and its deliveries, leaving the record of its
+    deletion in its place (its scope, no target and no secret) for ``record_kept_s``
+    (harmless to repeat: a completed one is left as it is)."""
     await db[DELIVERIES].delete_many({"subscription_id": subscription_id})
-    await db[SUBSCRIPTIONS].delete_one({"_id": subscription_id, "deleted_at": any_date()})
+    marked = {"_id": subscription_id, "deleted_at": any_date(), REMOVED_AT: None}
+    found = await db[SUBSCRIPTIONS].find_one(
+        marked, projection={"org": 1, "branch": 1, "deleted_at": 1}
+    )
+    if found is None:
+        return
+    await db[SUBSCRIPTIONS].replace_one(
+        marked,
+        {
+            **found,
+            REMOVED_AT: now,
+            REMOVED_RECORD_EXPIRES: now + timedelta(seconds=record_kept_s),
+        },
+    )
 
 
 async def deleted_subscription_ids(*, db: AsyncDatabase) -> list[str]:
     """Subscriptions marked deleted whose deletion is not complete (for the repair pass)."""
-    found = db[SUBSCRIPTIONS].find({"deleted_at": any_date()}, projection={"_id": 1})
+    found = db[SUBSCRIPTIONS].find(
+        {"deleted_at": any_date(), REMOVED_AT: None}, projection={"_id": 1}
+    )
     return [document["_id"] async for document in found]
 
 

@@ -29,6 +29,8 @@ from routing import audit
 from routing.sla.models import SlaPolicy, SlaPolicyWrite
 
 SLA_POLICIES = "sla_policies"
+# The audit trail's name for a policy.
+POLICY_ENTITY = "sla_policy"
 # When a deletion was decided, on a policy whose removal has not been completed yet.
 DELETING = "deleting_at"
 # The policies not being deleted (None matches a missing field).
@@ -70,7 +72,7 @@ async def _audit(
     await audit.record_change(
         db=db,
         principal=principal,
-        entity="sla_policy",
+        entity=POLICY_ENTITY,
         entity_id=policy_id,
         action=action,
         at=at,
@@ -315,10 +317,14 @@ async def delete_policy(
     now: datetime,
 ) -> None:
     """Remove a retired policy no assignment and no rule refers to any more; a DELETE
-    repeated after a deletion was broken off completes it."""
+    repeated after a deletion was broken off completes it, and one repeated after the
+    deletion (its answer lost) writes nothing and is answered as the first, whatever its
+    ``If-Match`` (a change already made, as everywhere)."""
     key = policy_key(principal.org, policy_id)
     current = await db[SLA_POLICIES].find_one({"_id": key})
     if current is None:
+        if await _deleted_last(db=db, org=principal.org, policy_id=policy_id):
+            return
         raise not_found(what="SLA policy", identifier=policy_id)
     if current.get(DELETING) is None:
         preconditions.write_needed(
@@ -339,6 +345,12 @@ async def delete_policy(
             raise conflict(f"SLA policy {policy_id!r} changed while it was deleted; retry")
         current = {**current, DELETING: now, "deleting_by": principal.subject}
     await _complete_deletion(db=db, principal=principal, policy_id=policy_id, current=current)
+
+
+async def _deleted_last(*, db: AsyncDatabase, org: str, policy_id: str) -> bool:
+    """Whether the last change recorded of the policy is its deletion (it is gone)."""
+    last = await audit.history(db=db, org=org, entity=POLICY_ENTITY, entity_id=policy_id, limit=1)
+    return bool(last) and last[0]["action"] == audit.DELETED
 
 
 async def _refuse_unless_deletable(
