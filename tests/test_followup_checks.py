@@ -17,6 +17,7 @@ from complaints_shared.events import (
     Remedy,
     Topic,
 )
+from followup import lifecycle
 from followup.contact_hours import check_due_times, next_attempt_at
 from followup.models import CheckRule
 from tests.support.clock import at, start_clock
@@ -175,6 +176,60 @@ async def test_two_agents_claiming_the_same_check_one_wins_until_the_lease_expir
     assert released.status_code == 200
     assert released.json()["status"] == "due"
     assert released.json()["claimed_by"] is None
+
+
+async def test_claims_taken_and_given_back_without_end_stop_short_of_an_unwritable_check(
+    system_factory: SystemFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every claim and release added to the check's history without a bound, so a client
+    looping on them (about 160,000 times) took the document past the server's 16 MB, and
+    every write to the check failed from then on: the scheduler's, the reopen's
+    cancellation, the outcome. Renewing one's own claim is no move and adds nothing; past
+    ``MAX_HISTORY_FOR_CLAIMS`` entries (lowered here) claims and releases are a 409, and
+    the outcome is still taken."""
+    monkeypatch.setattr(lifecycle, "MAX_HISTORY_FOR_CLAIMS", 12)
+    clock = start_clock()
+    system = await system_factory(clock=clock, followup=FAST_SCHEDULER)
+    event = resolved(resolved_at=clock.now() - timedelta(hours=30))
+    await publish(system, (EventType.COMPLAINT_RESOLVED, event))
+    a = agent(system, "agent-a")
+    (check,) = await checks_of(system, event.complaint_id, a)
+    await make_due(system, clock, check, a)
+    url = f"/v1/followups/{check['id']}"
+
+    claimed = await system.followup.post(f"{url}/claim", headers=a)
+    assert claimed.status_code == 200, claimed.text
+    length = len(claimed.json()["history"])
+    clock.advance(timedelta(minutes=5))
+    renewed = await system.followup.post(f"{url}/claim", headers=a)
+    assert renewed.status_code == 200, renewed.text
+    assert at(renewed.json()["claim_lease_until"]) > at(claimed.json()["claim_lease_until"])
+    assert len(renewed.json()["history"]) == length, "a renewal moves nothing"
+
+    answers: list[int] = []
+    for _ in range(12):
+        given_back = await system.followup.delete(f"{url}/claim", headers=a)
+        answers.append(given_back.status_code)
+        if given_back.status_code != 200:
+            refused = given_back
+            break
+        taken = await system.followup.post(f"{url}/claim", headers=a)
+        answers.append(taken.status_code)
+        if taken.status_code != 200:
+            refused = taken
+            break
+    assert answers == [200] * (12 - length) + [409], answers
+    assert refused.json()["type"].endswith("/invalid-transition"), refused.text
+    assert "outcome may still be recorded" in refused.json()["detail"]
+    shown = (await system.followup.get(url, headers=a)).json()
+    assert len(shown["history"]) == 12
+    # Its holder still renews (no entry), and the outcome ends the check.
+    if shown["status"] == "in_progress":
+        assert (await system.followup.post(f"{url}/claim", headers=a)).status_code == 200
+    outcome = await system.followup.post(
+        f"{url}/outcome", json={"satisfied": True, "score": 5}, headers=a
+    )
+    assert (outcome.status_code, outcome.json()["status"]) == (200, "completed"), outcome.text
 
 
 async def test_three_unreachable_attempts_end_in_no_response_and_close_the_complaint(

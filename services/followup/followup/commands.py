@@ -69,13 +69,15 @@ async def claim(
     now: datetime,
     command_key: CommandKey | None = None,
 ) -> dict[str, Any] | None:
-    """Give the caller the check for ``claim_lease_s`` (renewed when they claim again)."""
+    """Give the caller the check for ``claim_lease_s``; claiming again renews the lease,
+    which moves nothing and so adds nothing to the check's history."""
 
     def decide(current: dict[str, Any]) -> Decision:
-        status = transition(
-            state=CheckState.of(current), command=Command.CLAIM, actor=principal.subject, now=now
-        )
+        state = CheckState.of(current)
+        status = transition(state=state, command=Command.CLAIM, actor=principal.subject, now=now)
         lease_until = now + timedelta(seconds=settings.claim_lease_s)
+        if state.renewal_by(principal.subject):
+            return Decision({"$set": {"claim_lease_until": lease_until}})
         update = moved(
             command=Command.CLAIM,
             status=status,

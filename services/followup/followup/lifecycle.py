@@ -82,6 +82,12 @@ TABLE: TransitionTable[CheckStatus, Command] = TransitionTable(what=WHAT, rules=
 _HOLDER_ONLY = frozenset(
     {Command.RELEASE, Command.RETRY_LATER, Command.GIVE_UP, Command.RECORD_REACHED}
 )
+# A check's history past this many entries takes no more claims or releases: taking a check
+# and giving it back without end would take its document past the server's 16 MB (every
+# write to it failing from then on). Calls are bounded by the policy's attempts, and the
+# outcome (which ends the check) is still taken.
+MAX_HISTORY_FOR_CLAIMS = 500
+_BOUNDED = frozenset({Command.CLAIM, Command.RELEASE})
 
 
 @dataclass(frozen=True)
@@ -92,6 +98,7 @@ class CheckState:
     due_at: datetime
     claimed_by: str | None = None
     claim_lease_until: datetime | None = None
+    history_length: int = 0
 
     @classmethod
     def of(cls, document: dict[str, Any]) -> CheckState:
@@ -100,7 +107,12 @@ class CheckState:
             due_at=document["due_at"],
             claimed_by=document.get("claimed_by"),
             claim_lease_until=document.get("claim_lease_until"),
+            history_length=len(document.get("history", ())),
         )
+
+    def renewal_by(self, actor: str) -> bool:
+        """Whether ``actor`` claiming the check renews their own claim (no move)."""
+        return self.status is CheckStatus.IN_PROGRESS and self.claimed_by == actor
 
     def lease_live(self, now: datetime) -> bool:
         return self.claim_lease_until is not None and self.claim_lease_until > now
@@ -169,6 +181,14 @@ def transition(*, state: CheckState, command: Command, actor: str, now: datetime
         raise _refused(state.status, command, "lease still live")
     if command in _HOLDER_ONLY | {Command.CLAIM, Command.RECORD_OUTCOME}:
         _check_claim(state=state, command=command, actor=actor, now=now)
+    renewal = command is Command.CLAIM and state.renewal_by(actor)
+    if command in _BOUNDED and not renewal and state.history_length >= MAX_HISTORY_FOR_CLAIMS:
+        raise _refused(
+            state.status,
+            command,
+            f"the check's history holds {state.history_length} entries, the most claims "
+            "and releases may add to; its outcome may still be recorded",
+        )
     return target
 
 
