@@ -702,3 +702,51 @@ async def test_a_withdrawal_on_a_record_from_before_the_rungs_were_kept_leaves_r
     )
     assert (record["escalation_level"], record["escalation"]["level"]) == (1, 1)
     assert cid in await _listed(system, admin, escalated="true")
+
+
+@pytest.mark.parametrize("wait", [True, False], ids=["after-a-wait", "straight"])
+async def test_a_finish_before_any_acknowledgement_answers_that_clock_in_routing_and_intake(
+    system_factory: SystemFactory, wait: bool
+) -> None:
+    """Routing stops the acknowledge clock at a finish nobody acknowledged before, and used
+    to announce only the resolve clock's verdict. So a wait before the resolution left the
+    record without an acknowledge due time for good (out of the report), and an
+    acknowledgement after a reopen was recorded late by intake against a clock routing had
+    judged met at the resolution."""
+    clock = ManualClock(MONDAY_10_SHANGHAI)
+    system = await system_factory(clock=clock, routing=FAST_TIMERS)
+    agent = token(system.intake_settings, branches=["LZ"], roles=("agent",))
+    supervisor = token(system.intake_settings, branches=["LZ"], roles=("supervisor",))
+    # High: acknowledge within 4 business hours.
+    cid = (await create_complaint(system, agent, severity="high"))["id"]
+    await complaint_when(
+        system, cid, agent, lambda c: c["resolve_due_at"], what="due times", timeout_s=20
+    )
+    clock.advance(timedelta(hours=1))
+    if wait:
+        waiting = await command(
+            system, f"/v1/complaints/{cid}/pending-customer", {"reason": "等客户回电"}, agent
+        )
+        assert waiting["acknowledge_due_at"] is None  # the paused clock's due time is unknown
+        await assignment_when(system, cid, lambda d: d["paused"], what="routing paused them")
+        clock.advance(timedelta(days=3))
+    await command(system, f"/v1/complaints/{cid}/resolve", {"summary": "已电话解释"}, agent)
+    routed = await assignment_when(system, cid, lambda d: d["status"] == "resolved")
+    ack_clock = routed["clocks"]["acknowledge"]
+    assert ack_clock["state"] == "stopped" and ack_clock["stopped_at"] <= ack_clock["due_at"]
+
+    record = await _verdict(system, cid, agent, count=2)  # the acknowledge clock's and resolve's
+    assert at(record["acknowledge_due_at"]) == ack_clock["due_at"]
+    assert at(record["acknowledge_stopped_at"]) == ack_clock["stopped_at"]
+    assert record["acknowledgement"] is None
+    assert (await _report(system))["acknowledge_on_time_pct"] == 100.0
+
+    await command(system, f"/v1/complaints/{cid}/reopen", {"reason": "客户仍不满意"}, supervisor)
+    clock.advance(timedelta(days=2))  # long past the acknowledge due time
+    acknowledged = await command(system, f"/v1/complaints/{cid}/acknowledge", {}, agent)
+    assert acknowledged["acknowledgement"]["late"] is False, "routing judged the clock met"
+    after = await assignment_when(
+        system, cid, lambda d: d["status"] == "open", what="routing reopened it"
+    )
+    assert after["clocks"]["acknowledge"] == ack_clock, "the acknowledgement changed no clock"
+    assert (await _report(system))["acknowledge_on_time_pct"] == 100.0

@@ -484,8 +484,10 @@ class ComplaintSlaStopped(EventData):
     """Routing's verdict on a clock that stopped: was it met?
 
     Published when 受理 stops the acknowledge clock, and when a resolution (or a rejection,
-    withdrawal or closure) stops the resolve clock. Judged on routing's clock: business
-    hours, and no time counted while the complaint waited on the customer. For the
+    withdrawal or closure) stops the resolve clock, and the acknowledge clock too when
+    nobody acknowledged before it (since contract 1.5.0: the finish answered the customer).
+    Judged on routing's clock: business hours, and no time counted while the complaint
+    waited on the customer. For the
     regulatory report deadline only when a report filed while the complaint was unroutable
     stops the deadline routing lays out on routing it (since contract 1.4.0; any other
     filing carries its verdict in ``complaint.regulatory_report_filed``).

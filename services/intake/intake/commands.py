@@ -161,7 +161,10 @@ def standing_still(document: dict[str, Any], *, since: datetime) -> list[str]:
     waiting on the customer is not overdue in the due-time lists or the reports. One that
     had passed before the wait stays: that clock was overdue already."""
     names = ["resolve_due_at"]
-    if document.get("acknowledged_at") is None:
+    if (
+        document.get("acknowledged_at") is None
+        and document.get(store.ACKNOWLEDGE_STOPPED_AT) is None
+    ):
         names.insert(0, "acknowledge_due_at")
     return [name for name in names if (due := document.get(name)) is not None and due > since]
 
@@ -182,6 +185,10 @@ def acknowledge(request: AcknowledgeRequest, principal: Principal) -> Build:
             )
         due = current.get("acknowledge_due_at")
         breached = (current.get("sla") or {}).get("acknowledge_breached", False)
+        # A finish stopped the clock before anyone acknowledged (this is a reopened
+        # complaint): the clock was answered then, and routing's verdict stands.
+        stopped = current.get(store.ACKNOWLEDGE_STOPPED_AT)
+        answered = stopped if stopped is not None else now
         acknowledgement = {
             "acknowledged_by": principal.subject,
             "acknowledged_at": now,
@@ -189,7 +196,7 @@ def acknowledge(request: AcknowledgeRequest, principal: Principal) -> Build:
             "message_to_customer": request.message_to_customer,
             # Late still counts: it stops routing's acknowledge clock all the same. Provisional:
             # routing's verdict on its clock (complaint.sla_stopped) replaces it.
-            "late": breached or (due is not None and now > due),
+            "late": (breached and stopped is None) or (due is not None and answered > due),
         }
         event = ComplaintAcknowledged(**event_base(current), **acknowledgement)
         return (

@@ -408,6 +408,11 @@ class ComplaintRead(BaseModel):
         None, description="While waiting on the customer (status pending_customer)"
     )
     acknowledge_due_at: datetime | None = None
+    acknowledge_stopped_at: datetime | None = Field(
+        None,
+        description="When routing's acknowledge clock stopped (its verdict): the "
+        "acknowledgement, or a resolution, rejection, withdrawal or closure before any",
+    )
     resolve_due_at: datetime | None = None
     regulatory_report_due_at: datetime | None = None
     regulatory_report: RegulatoryReport | None = Field(

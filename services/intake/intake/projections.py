@@ -526,11 +526,17 @@ async def apply_sla_stopped(
 ) -> None:
     """Routing's verdict on a stopped clock is the record's: the clock's final due time
     (business hours, pauses left out) and whether it was met replace what intake judged
-    when the command ran (``acknowledgement.late``, a resolution's ``on_time``)."""
+    when the command ran (``acknowledgement.late``, a resolution's ``on_time``). The
+    acknowledge clock's stop is kept (``ACKNOWLEDGE_STOPPED_AT``): a finish before any
+    acknowledgement stops it too, and an acknowledgement after that (of a reopened
+    complaint) is judged by that stop, as routing judged the clock."""
 
     def decide(current: dict[str, Any]) -> store.Decision:
         if data.clock is SlaClock.ACKNOWLEDGE:
-            fields: dict[str, Any] = {"acknowledge_due_at": data.due_at}
+            fields: dict[str, Any] = {
+                "acknowledge_due_at": data.due_at,
+                store.ACKNOWLEDGE_STOPPED_AT: data.stopped_at,
+            }
             if current.get("acknowledgement") is not None:
                 fields["acknowledgement.late"] = not data.on_time
             return store.Decision({"$set": fields})

@@ -128,8 +128,18 @@ def _on_time(done: str, due: str, now: datetime) -> tuple[dict[str, Any], dict[s
     return on_time, measurable
 
 
+# When the acknowledge clock was answered: routing's stop (an acknowledgement, or a finish
+# before any), else the acknowledgement (its verdict not recorded yet, or a record from
+# before it was kept). ``rollup.add`` counts the same.
+ACK_ANSWERED = "ack_answered_at"
+
+
+def _ack_answered() -> dict[str, Any]:
+    return {"$ifNull": [f"${store.ACKNOWLEDGE_STOPPED_AT}", "$acknowledged_at"]}
+
+
 def _pipeline(*, match: dict[str, Any], key: str, now: datetime) -> list[dict[str, Any]]:
-    ack_on_time, ack_measurable = _on_time("acknowledged_at", "acknowledge_due_at", now)
+    ack_on_time, ack_measurable = _on_time(ACK_ANSWERED, "acknowledge_due_at", now)
     open_values = [status.value for status in OPEN_STATUSES]
     is_open = {"$in": ["$status", open_values]}
     unresolved_values = [*open_values, Status.REJECTED.value, Status.WITHDRAWN.value]
@@ -172,6 +182,7 @@ def _pipeline(*, match: dict[str, Any], key: str, now: datetime) -> list[dict[st
 
     return [
         {"$match": match},
+        {"$set": {ACK_ANSWERED: _ack_answered()}},
         {
             "$facet": {
                 "figures": [figures],

@@ -99,8 +99,9 @@ LEASE_ID = "lease"
 # one consumed more than ``ROLLUP_LAG`` late (after an outage) was never read by a pass;
 # version 4's tallies may lack such changes and are built again. 6: due times passed are
 # counted, not listed (``DUE_LISTS``). 7: the lists stored packed (``_packed``); each tally
-# document carries the version that wrote it.
-VERSION = 7
+# document carries the version that wrote it. 8: the acknowledge clock is answered by
+# routing's stop of it (``reports.ACK_ANSWERED``): a finish before any acknowledgement is.
+VERSION = 8
 ROLLUP_LAG = timedelta(seconds=30)
 # The job reads complaints in windows of about this many (``mongo.windows_of``) and pauses
 # between them (``timing.Pacer``); its first window of changes is this wide.
@@ -132,6 +133,7 @@ FIELDS = {
         "severity",
         "channel",
         "acknowledged_at",
+        store.ACKNOWLEDGE_STOPPED_AT,
         "acknowledge_due_at",
         "resolve_due_at",
         "finished_at",
@@ -252,6 +254,8 @@ def add(tally: dict[str, Any], complaint: dict[str, Any]) -> None:
     status = complaint.get("status")
     created = complaint["created_at"]
     acknowledged = complaint.get("acknowledged_at")
+    # As ``reports.ACK_ANSWERED``: routing's stop of the clock, else the acknowledgement.
+    answered = complaint.get(store.ACKNOWLEDGE_STOPPED_AT) or acknowledged
     ack_due = complaint.get("acknowledge_due_at")
     resolve_due = complaint.get("resolve_due_at")
     finished = complaint.get("finished_at")
@@ -265,9 +269,9 @@ def add(tally: dict[str, Any], complaint: dict[str, Any]) -> None:
     tally["rejected"] += status == Status.REJECTED.value
     tally["withdrawn"] += status == Status.WITHDRAWN.value
     if ack_due is not None:
-        if acknowledged is not None:
+        if answered is not None:
             tally["ack_done"] += 1
-            tally["ack_on_time"] += acknowledged <= ack_due
+            tally["ack_on_time"] += answered <= ack_due
         else:
             tally["ack_pending_due"].append(epoch_ms(ack_due))  # measurable once passed
     if status in UNRESOLVED_VALUES and resolve_due is not None:

@@ -49,6 +49,9 @@ TIMELINE_LENGTH = "timeline_length"
 # added, twice (a command's words are also kept where it put them: a note, a reason, a
 # resolution). ``commands`` refuses more past ``MAX_RECORD_BYTES``.
 RECORD_BYTES = "record_bytes"
+# When routing's acknowledge clock stopped (its verdict, complaint.sla_stopped): at the
+# acknowledgement, or at a resolution, rejection, withdrawal or closure that came first.
+ACKNOWLEDGE_STOPPED_AT = "acknowledge_stopped_at"
 
 
 def estimated_bytes(value: Any) -> int:

@@ -351,7 +351,13 @@ async def finish(
         set_fields: dict[str, Any] = lifecycle.clock_fields(clocks)
         if current["status"] in lifecycle.UNFINISHED:
             set_fields["finished_at"] = at
-        # The verdict after any withdrawal: a breach the stop overtook is no breach.
+        # The verdicts after any withdrawal: a breach the stop overtook is no breach. The
+        # acknowledge clock's too when the finish is what stopped it (nobody acknowledged
+        # first): the finish answered the customer, and intake learns the clock's final due
+        # time (one a wait had left unknown) and that a later acknowledgement changes nothing.
+        events += lifecycle.sla_stopped_events(
+            current, name=SlaClock.ACKNOWLEDGE.value, before=before, after=clocks
+        )
         events += lifecycle.sla_stopped_events(
             current,
             name=SlaClock.RESOLVE.value,
