@@ -500,7 +500,8 @@ async def test_a_complaint_reopened_before_it_was_ever_routed_climbs_a_rung_once
 ) -> None:
     """A reopen takes a routed complaint one rung up its chain; one reopened while it had no
     route yet is taken up the same rung once routed, by whoever reopened it, and its fresh
-    resolve clock runs from the reopen."""
+    resolve clock runs from the reopen. The resolution made while it had no route is judged
+    then on its cycle's clock, as any: it used to stay unjudged on the record for good."""
     clock = ManualClock(MONDAY_10_SHANGHAI)
     system = await system_factory(clock=clock, routing=FAST_TIMERS)
     admin = await _hz_with_a_chain(system)
@@ -537,6 +538,21 @@ async def test_a_complaint_reopened_before_it_was_ever_routed_climbs_a_rung_once
         system, cid, acme, lambda c: c["escalation_level"] == 1, what="the rung on the record"
     )
     assert record["status"] == "reopened"
+    record = await complaint_when(
+        system,
+        cid,
+        acme,
+        lambda c: c["resolutions"][0]["on_time"] is not None,
+        what="the first cycle's verdict on the record",
+        timeout_s=20,
+    )
+    (first,) = record["resolutions"]
+    assert first["on_time"] is True  # resolved an hour in, within the first cycle's clock
+    assert at(first["resolve_due_at"]) > at(first["resolved_at"])
+    assert record["resolve_due_at"] is not None
+    assert at(record["resolve_due_at"]) == routed["clocks"]["resolve"]["due_at"], (
+        "the record's due time is the present cycle's"
+    )
 
 
 def _withdrawal(

@@ -125,11 +125,14 @@ def _no_assignment(event: CloudEvent, complaint_id: str) -> Rejected:
     )
 
 
-def _remember(current: dict[str, Any], command: Command, at: datetime) -> dict[str, Any]:
-    """An unroutable complaint keeps the event for the clocks it gets once routed."""
+def _remember(
+    current: dict[str, Any], command: Command, at: datetime, **details: Any
+) -> dict[str, Any]:
+    """An unroutable complaint keeps the event for the clocks it gets once routed (a
+    resolution with its number, for the verdict on its cycle then)."""
     if current["status"] != AssignmentStatus.UNROUTABLE.value:
         return {}
-    return {"$push": {REMEMBERED: {"command": command.value, "at": at}}}
+    return {"$push": {REMEMBERED: {"command": command.value, "at": at, **details}}}
 
 
 def _withdrawn_breaches(
@@ -386,7 +389,12 @@ async def finish(
             lifecycle.moved(current, command),
             {"$set": set_fields},
             withdrawal,
-            _remember(current, command, at),
+            _remember(
+                current,
+                command,
+                at,
+                **({"resolution_number": resolved.resolution_number} if resolved else {}),
+            ),
             owners.FREE_SLOT,
             store.history_of([finished, *entries]),
         )
@@ -549,6 +557,7 @@ def clocks_after_remembered(
     calendar: BusinessCalendar,
     restart_resolve: Callable[[datetime], sla_clocks.Clock],
     before: Callable[[dict[str, Any]], None] | None = None,
+    after: Callable[[dict[str, Any], Clocks], None] | None = None,
 ) -> dict[str, Any]:
     """The clocks of a complaint routed at last, moved in place by the intake events it
     remembered while unroutable, in order (``REMEMBERED``); the fields they leave set.
@@ -556,12 +565,14 @@ def clocks_after_remembered(
     An acknowledgement stops the acknowledge clock, a wait pauses and a resume lays out
     again the customer's clocks, a finish stops them, and a reopen starts a fresh resolve
     clock at its instant, as they would have had the complaint been routed all along.
-    ``before`` sees each entry before it is applied (to fire the timers due by then).
+    ``before`` sees each entry before it is applied (to fire the timers due by then),
+    ``after`` each entry once applied, with the clocks as they were before it.
     """
     state: dict[str, Any] = {"paused": False, "paused_at": None}
     for entry in remembered:
         if before is not None:
             before(entry)
+        was = dict(clocks)
         command, at = Command(entry["command"]), entry["at"]
         if command is Command.REOPEN:
             clocks[SlaClock.RESOLVE.value] = restart_resolve(at)
@@ -571,6 +582,8 @@ def clocks_after_remembered(
         elif command in CLOCK_EVENTS:
             changed = CLOCK_EVENTS[command].change(state, clocks, at=at, calendar=calendar)
             state.update(changed or {})
+        if after is not None:
+            after(entry, was)
     return {"paused": state["paused"], "paused_at": state["paused_at"]}
 
 

@@ -334,8 +334,33 @@ def _caught_up(
             calendar=calendar, policy=plan.policy, severity=plan.severity, start=at
         )
 
+    resolutions = 0
+
+    def after(entry: dict[str, Any], was: dict[str, sla_clocks.Clock]) -> None:
+        """A finish then stopped the cycle's resolve clock: its verdict, as a finish of a
+        routed complaint announces it (a later reopen starts another cycle, whose clock
+        is the one the record reads now)."""
+        nonlocal resolutions
+        command = Command(entry["command"])
+        if command not in projections.FINISHING:
+            return
+        if command is Command.RESOLVE:
+            resolutions = entry.get("resolution_number") or resolutions + 1
+        caught.events += lifecycle.sla_stopped_events(
+            document,
+            name=SlaClock.RESOLVE.value,
+            before=was,
+            after=clocks,
+            resolution_number=resolutions if command is Command.RESOLVE else None,
+        )
+
     caught.paused = projections.clocks_after_remembered(
-        clocks, remembered, calendar=calendar, restart_resolve=restart_resolve, before=before
+        clocks,
+        remembered,
+        calendar=calendar,
+        restart_resolve=restart_resolve,
+        before=before,
+        after=after,
     )
     file_report_by(now)
     fire_before(now)
