@@ -101,6 +101,18 @@ def test_a_host_that_is_no_host_name_is_refused(url: str) -> None:
         parse_target(url, settings=PRODUCTION)
 
 
+@pytest.mark.parametrize(
+    "host",
+    ["0x7f.1", "2130706433", "127.1", "0x7f.0.0.1", "017700000001", "0x5db8d822"],
+)
+def test_an_ipv4_address_in_a_shorthand_form_is_refused_when_saved(host: str) -> None:
+    """The resolver reads these as addresses (all but the last are 127.0.0.1): they used to
+    be saved as host names and refused only at each attempt. (Dotted forms with a leading
+    zero, such as ``0177.0.0.1``, the URL parser refuses already.)"""
+    with pytest.raises(TargetRefused, match="shorthand form; write it as"):
+        parse_target(f"https://{host}/hooks", settings=PRODUCTION)
+
+
 def test_an_international_host_name_is_accepted_in_its_ascii_form() -> None:
     # DNS, the TLS server name and the Host header all carry the A-labels.
     assert parse_target("https://投诉.中国/hooks", settings=PRODUCTION) == Target(

@@ -73,10 +73,26 @@ def parse_target(url: str, *, settings: WebhooksSettings) -> Target:
     if literal is not None:
         check_address(literal, settings=settings)
     else:
+        _refuse_shorthand_address(host)
         host = _host_name(host)
         if host == "localhost" or host.endswith(".localhost"):
             check_address(ipaddress.ip_address("127.0.0.1"), settings=settings)
     return Target(scheme=parts.scheme, host=host, port=port or _default_port(parts.scheme))
+
+
+def _refuse_shorthand_address(host: str) -> None:
+    """An IPv4 address in a form other than four decimal numbers (``0x7f.1``, ``2130706433``,
+    ``127.1``, ``0177.0.0.1``) is no host name: the resolver reads it as the address (here
+    127.0.0.1), which only the attempt would find internal, and resolvers do not all agree
+    on such forms. Refused at once, asking for the plain form."""
+    try:
+        packed = socket.inet_aton(host)
+    except (OSError, ValueError):  # not an address in any form (ValueError: a NUL)
+        return
+    raise TargetRefused(
+        f"the host {host!r} is an IPv4 address in a shorthand form; "
+        f"write it as {ipaddress.IPv4Address(packed)}"
+    )
 
 
 def _host_name(host: str) -> str:
