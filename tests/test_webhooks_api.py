@@ -347,6 +347,7 @@ MALFORMED_HOSTS = [
     f"https://{'a' * 64}.example.com/h",
     f"https://{'.'.join(['a' * 60] * 5)}/h",
     "https://☃.example.com/h",
+    "https://0x7f.1/h",  # 127.0.0.1 to the resolver
 ]
 
 
