@@ -103,6 +103,57 @@ async def test_poison_records_dead_letter_with_their_reason_and_the_partition_go
     assert by_reason["invalid_data"].header("ce_id") == bad_data.id
 
 
+async def test_a_record_with_a_null_header_value_is_dead_lettered_and_the_partition_goes_on(
+    system: System,
+) -> None:
+    """Kafka allows a header without a value, and the client hands it over as None. Decoding
+    it raised an ``AttributeError`` no handler caught: the consumer loop died, the record
+    was never committed, and every replica that read it died the same way. Now a null
+    header is an absent one: a record missing a CloudEvents attribute so is dead-lettered,
+    one whose foreign header alone is null is handled, and the events after them too."""
+    complaint_id = str(uuid.uuid4())
+    key = complaint_id.encode()  # all on the complaint's partition, in this order
+    events = [
+        CloudEvent.new(
+            event_type=EventType.COMPLAINT_RECEIVED,
+            source="intake",
+            data=received(complaint_id=complaint_id, **NETWORK_DROPOUTS),
+        )
+        for _ in range(2)
+    ]
+    topic = system.topic(Topic.INTAKE)
+    producer = AIOKafkaProducer(bootstrap_servers=system.intake_settings.kafka_bootstrap_servers)
+    await producer.start()
+    try:
+        _, value, headers = to_kafka_record(events[0])
+        no_id = [(name, None if name == "ce_id" else raw) for name, raw in headers]
+        await producer.send_and_wait(topic, value, key=key, headers=no_id)
+        _, value, headers = to_kafka_record(events[1])
+        foreign = [*headers, ("x-trace", None)]
+        await producer.send_and_wait(topic, value, key=key, headers=foreign)
+    finally:
+        await producer.stop()
+
+    routing_db = system.mongo[system.routing_settings.database_name()]
+    assignment = await eventually(
+        lambda: routing_db.assignments.find_one({"_id": complaint_id}),
+        what="the record whose foreign header is null handled (the one before has no id)",
+    )
+    assert assignment["department"] == "LZ:NETWORK"
+
+    async def routing_dead_letters() -> list:
+        letters = await read_dead_letters(
+            settings=system.routing_settings, dlq_topic=dead_letter_topic(topic)
+        )
+        group = system.routing_settings.consumer_group()
+        return [letter for letter in letters if letter.header("dlq_consumer_group") == group]
+
+    [dead] = await eventually(routing_dead_letters, what="the record without an id dead-lettered")
+    assert dead.header("dlq_reason") == "invalid_envelope"
+    assert "ce_id" in dead.header("dlq_error")
+    assert dead.header("ce_id") is None and dead.header("ce_type") == events[0].type
+
+
 async def test_replay_after_restoring_a_lost_record_applies_once_and_twice_changes_nothing(
     system: System, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -368,6 +419,56 @@ async def test_a_record_of_neither_key_nor_value_is_dead_lettered_without_stoppi
         "invalid_envelope",
         "7",
     )
+
+
+async def test_a_fault_of_the_consumer_loop_itself_restarts_it_instead_of_ending_it(
+    infrastructure, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whatever a record's handling raises is retried or dead-lettered; anything else the
+    loop meets (not the broker's error) used to end it for good while the service kept
+    answering. Now the consumer starts again from the last commit."""
+    settings = settings_for_test(IntakeSettings, infra=infrastructure, run_id=uuid.uuid4().hex[:10])
+    topic = settings.topic(Topic.ROUTING.value)
+    await ensure_topics(settings=settings, topics=[topic])
+    event = CloudEvent.new(
+        event_type=EventType.COMPLAINT_RECEIVED, source="intake", data=received()
+    )
+    producer = EventProducer(settings=settings)
+    handled: list[str] = []
+
+    async def handle(event: CloudEvent, data: Any) -> None:
+        handled.append(event.id)
+
+    consumer = EventConsumer(
+        settings=settings,
+        topics=[topic],
+        handlers={EventType.COMPLAINT_RECEIVED: handle},
+        producer=producer,
+    )
+    fetch = EventConsumer._fetch
+    faults: list[int] = []
+
+    async def fails_once(self: EventConsumer, kafka_consumer: Any) -> dict:
+        if not faults:
+            faults.append(1)
+            raise RuntimeError("a fault of the loop (injected)")
+        return await fetch(self, kafka_consumer)
+
+    monkeypatch.setattr(EventConsumer, "_fetch", fails_once)
+    running = asyncio.create_task(consumer.run())
+    try:
+        key, value, headers = to_kafka_record(event)
+        await producer.publish_raw(topic=topic, key=key, value=value, headers=headers)
+        await eventually(
+            lambda: asyncio.sleep(0, handled == [event.id]),
+            timeout_s=30,
+            what="the event handled after the loop's fault",
+        )
+    finally:
+        await consumer.stop()
+        await asyncio.wait_for(running, timeout=30)
+        await producer.stop()
+    assert faults == [1]
 
 
 async def test_a_record_too_large_for_the_dead_letter_topic_points_at_its_original(

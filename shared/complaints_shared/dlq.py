@@ -54,12 +54,12 @@ class DeadLetter:
     offset: int
     key: bytes | None
     value: bytes | None
-    headers: tuple[tuple[str, bytes], ...]
+    headers: tuple[tuple[str, bytes | None], ...]
     timestamp_ms: int
 
     def header(self, name: str) -> str | None:
         for key, value in self.headers:
-            if key == name:
+            if key == name and value is not None:
                 return value.decode("utf-8", "replace")
         return None
 
@@ -127,7 +127,7 @@ class DeadLetter:
             },
             "consumer_group": self.header("dlq_consumer_group"),
             "headers": {
-                name: value.decode("utf-8", "replace")
+                name: value.decode("utf-8", "replace") if value is not None else None
                 for name, value in self.headers
                 if name.startswith("ce_") or name in ("content-type", REPLAY_OF_HEADER)
             },

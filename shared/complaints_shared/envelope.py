@@ -60,9 +60,12 @@ def to_kafka_record(event: CloudEvent) -> tuple[bytes, bytes, list[tuple[str, by
     return event.subject.encode(), orjson.dumps(event.data), headers
 
 
-def from_kafka_record(value: bytes | None, headers: list[tuple[str, bytes]]) -> CloudEvent:
-    """Decode a binary-mode record; raises EnvelopeError when it is malformed."""
-    attributes = {name: raw.decode("utf-8", "replace") for name, raw in headers or []}
+def from_kafka_record(value: bytes | None, headers: list[tuple[str, bytes | None]]) -> CloudEvent:
+    """Decode a binary-mode record; raises EnvelopeError when it is malformed. A header
+    with a null value (Kafka allows it) is taken as absent."""
+    attributes = {
+        name: raw.decode("utf-8", "replace") for name, raw in headers or [] if raw is not None
+    }
     missing = [name for name in REQUIRED_HEADERS if name not in attributes]
     if missing:
         raise EnvelopeError(f"missing CloudEvents header(s) {missing}")

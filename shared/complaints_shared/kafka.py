@@ -295,6 +295,14 @@ class EventConsumer:
                     await self._close_consumer()
                     await self._sleep_unless_stopping(backoff_s)
                     backoff_s = min(backoff_s * 2, 10.0)
+                except Exception as exc:
+                    # A fault of this loop itself (every record's own failure is handled or
+                    # dead-lettered): the consumer starts again from the last commit, never
+                    # stays dead with the service still answering as if it consumed.
+                    log.error("consumer_failed", error=redacted_error(exc), retry_in_s=backoff_s)
+                    await self._close_consumer()
+                    await self._sleep_unless_stopping(backoff_s)
+                    backoff_s = min(backoff_s * 2, 10.0)
             await self._close_consumer()
         except asyncio.CancelledError:
             await self._close_cancelled()
@@ -481,6 +489,8 @@ class EventConsumer:
             # Our own message: names headers and positions, never values.
             error = f"EnvelopeError: {exc}"[:500]
             raise _DeadLetter(DeadLetterReason.INVALID_ENVELOPE, error, 0) from exc
+        except Exception as exc:  # a record no producer of ours wrote: decoding it fails alike
+            raise _DeadLetter(DeadLetterReason.INVALID_ENVELOPE, redacted_error(exc), 0) from exc
         handler = self._handlers.get(event.type)  # type: ignore[call-overload]
         if handler is None:
             return event, None, None
@@ -673,7 +683,7 @@ def _elapsed(since: float | None) -> float:
 
 def _header(record: ConsumerRecord, name: str) -> str | None:
     for key, value in record.headers or []:
-        if key == name:
+        if key == name and value is not None:
             return value.decode("utf-8", "replace")
     return None
 
