@@ -305,3 +305,39 @@ async def test_every_resolution_cycle_counts_in_remedies_and_on_time_figures(
     }
     assert remedies == {("compensation", "CNY"): (2, "70.00"), ("refund", "CNY"): (1, "5.00")}
     assert {g["group"] for g in everything.json()["groups"]} == {"LZ", "HOSP"}
+
+
+async def test_a_report_by_department_or_owner_counts_an_unassigned_complaint_in_the_null_group(
+    infrastructure,
+) -> None:
+    """A complaint resolved before routing assigned it has no department or owner. Counted
+    from the complaints (before the rollup's first pass, or a window without a whole day),
+    its root cause's row came back without a group and the report answered 500."""
+    clock = ManualClock(T0)
+    settings = settings_for_test(IntakeSettings, infra=infrastructure, run_id=uuid.uuid4().hex[:10])
+    async with AsyncExitStack() as stack:
+        client = await serve(stack, create_intake_app(settings, clock=clock), "intake")
+        admin = token(settings)
+        created = await client.post("/v1/complaints", json=complaint_body(), headers=admin)
+        assert created.status_code == 201, created.text
+        clock.set(T0 + timedelta(minutes=5))
+        resolved = await client.post(
+            f"/v1/complaints/{created.json()['id']}/resolve",
+            json={"summary": "已退费", "root_cause": "billing_bug", "responsible_party": "company"},
+            headers=admin,
+        )
+        assert resolved.status_code == 200, resolved.text
+        clock.set(T0 + timedelta(minutes=10))
+        window = {"from": (T0 - timedelta(hours=1)).isoformat(), "to": clock.now().isoformat()}
+        reports = {
+            group_by: await client.get(
+                "/v1/reports/summary", params={**window, "group_by": group_by}, headers=admin
+            )
+            for group_by in ("department", "owner")
+        }
+    for group_by, report in reports.items():
+        assert report.status_code == 200, (group_by, report.text)
+        [group] = report.json()["groups"]
+        assert (group["group"], group["received"], group["resolved"]) == (None, 1, 1)
+        assert group["top_root_causes"] == [{"value": "billing_bug", "count": 1}]
+        assert group["top_responsible_parties"] == [{"value": "company", "count": 1}]

@@ -139,13 +139,17 @@ def _ack_answered() -> dict[str, Any]:
 
 
 def _pipeline(*, match: dict[str, Any], key: str, now: datetime) -> list[dict[str, Any]]:
+    # A complaint without the grouped field (no assignment yet, grouped by department or
+    # owner) is the null group. Said so, not left to the path: inside a composite ``_id``
+    # the local server drops a missing field, and reading that row's group raised.
+    group: dict[str, Any] = {"$ifNull": [key, None]}
     ack_on_time, ack_measurable = _on_time(ACK_ANSWERED, "acknowledge_due_at", now)
     open_values = [status.value for status in OPEN_STATUSES]
     is_open = {"$in": ["$status", open_values]}
     unresolved_values = [*open_values, Status.REJECTED.value, Status.WITHDRAWN.value]
     figures = {
         "$group": {
-            "_id": key,
+            "_id": group,
             "received": {"$sum": 1},
             "open": _count_if(is_open),
             "resolved": _count_if(_exists("first_resolved_at")),
@@ -177,7 +181,7 @@ def _pipeline(*, match: dict[str, Any], key: str, now: datetime) -> list[dict[st
     def ranked(field: str) -> list[dict[str, Any]]:
         return [
             {"$match": {field: {"$ne": None}}},
-            {"$group": {"_id": {"group": key, "value": f"${field}"}, "count": {"$sum": 1}}},
+            {"$group": {"_id": {"group": group, "value": f"${field}"}, "count": {"$sum": 1}}},
         ]
 
     return [
@@ -190,7 +194,7 @@ def _pipeline(*, match: dict[str, Any], key: str, now: datetime) -> list[dict[st
                     {"$match": {"satisfaction.score": {"$ne": None}}},
                     {
                         "$group": {
-                            "_id": {"group": key, "score": "$satisfaction.score"},
+                            "_id": {"group": group, "score": "$satisfaction.score"},
                             "count": {"$sum": 1},
                         }
                     },
@@ -201,7 +205,7 @@ def _pipeline(*, match: dict[str, Any], key: str, now: datetime) -> list[dict[st
                 # Every resolution cycle, so a reopen keeps the earlier cycle's figures.
                 "cycles": [
                     {"$match": {"resolutions.0": {"$exists": True}}},
-                    {"$project": {"group": key, "resolutions": 1}},
+                    {"$project": {"group": group, "resolutions": 1}},
                     {"$unwind": "$resolutions"},
                     {
                         "$group": {
@@ -215,7 +219,7 @@ def _pipeline(*, match: dict[str, Any], key: str, now: datetime) -> list[dict[st
                 ],
                 "remedies": [
                     {"$match": {"resolutions.remedies.0": {"$exists": True}}},
-                    {"$project": {"group": key, "resolutions": 1}},
+                    {"$project": {"group": group, "resolutions": 1}},
                     {"$unwind": "$resolutions"},
                     {"$project": {"group": 1, "remedies": "$resolutions.remedies"}},
                     {"$unwind": "$remedies"},
@@ -248,7 +252,7 @@ def _durations(percentiles: list[float | None] | None) -> Durations:
 
 
 def _top(rows: list[dict[str, Any]], group: Any) -> list[RankedCount]:
-    mine = [row for row in rows if row["_id"]["group"] == group]
+    mine = [row for row in rows if row["_id"].get("group") == group]
     mine.sort(key=lambda row: (-row["count"], str(row["_id"]["value"])))
     return [RankedCount(value=str(row["_id"]["value"]), count=row["count"]) for row in mine][:TOP_N]
 
@@ -258,7 +262,7 @@ def _group_summary(figures: dict[str, Any], facets: dict[str, Any]) -> GroupSumm
     distribution = {
         str(row["_id"]["score"]): row["count"]
         for row in facets["scores"]
-        if row["_id"]["group"] == group
+        if row["_id"].get("group") == group
     }
     remedies = [
         RemedyTotal(
@@ -268,7 +272,7 @@ def _group_summary(figures: dict[str, Any], facets: dict[str, Any]) -> GroupSumm
             total_amount=f"{row['amount_cents'] // 100}.{row['amount_cents'] % 100:02d}",
         )
         for row in facets["remedies"]
-        if row["_id"]["group"] == group
+        if row["_id"].get("group") == group
     ]
     remedies.sort(key=lambda total: (total.type, total.currency or ""))
     cycles = next((row for row in facets["cycles"] if row["_id"] == group), {})
