@@ -2,9 +2,21 @@
 
 from __future__ import annotations
 
-import pytest
+import asyncio
+import uuid
+from contextlib import AsyncExitStack
 
-from tests.support.system import System
+import pytest
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+
+from complaints_shared import dlq
+from complaints_shared import runtime as runtime_module
+from complaints_shared.events import Topic, dead_letter_topic
+from complaints_shared.kafka import TopicsNotCreated, ensure_topics
+from intake.main import create_app as create_intake_app
+from intake.settings import IntakeSettings
+from tests.support.system import System, serve, settings_for_test
 from tests.support.waits import eventually
 
 pytestmark = pytest.mark.integration
@@ -33,3 +45,73 @@ async def test_readiness_fails_while_a_background_loop_is_dead(system: System) -
     assert body["checks"]["mongodb"] is True
     # Intake's loops are untouched: it stays ready.
     assert (await system.intake.get("/readyz")).status_code == 200
+
+
+async def test_topics_the_broker_refuses_leave_the_service_not_ready_and_say_why(
+    infrastructure, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """aiokafka answers a refused topic creation with an error code per topic instead of
+    raising: a replication factor above the brokers was logged ``topics_created``, readiness
+    said ready, and the service took complaints whose events could never be published.
+    The refusal now names the topic and the broker's reason, and the service stays not
+    ready, trying again."""
+    settings = settings_for_test(
+        IntakeSettings,
+        infra=infrastructure,
+        run_id=uuid.uuid4().hex[:10],
+        topic_replication_factor=3,  # one local broker
+    )
+    topic = settings.topic(Topic.INTAKE.value)
+    with pytest.raises(TopicsNotCreated, match=f"{topic}: InvalidReplicationFactorError"):
+        await ensure_topics(settings=settings, topics=[topic])
+    refusals: list[str] = []
+
+    async def counted(**arguments) -> None:
+        try:
+            await ensure_topics(**arguments)
+        except TopicsNotCreated as exc:
+            refusals.append(str(exc))
+            raise
+
+    monkeypatch.setattr(runtime_module, "ensure_topics", counted)
+    async with AsyncExitStack() as stack:
+        client = await serve(stack, create_intake_app(settings), "intake")
+        await eventually(
+            lambda: asyncio.sleep(0, len(refusals) >= 2), what="the refusal met and tried again"
+        )
+        response = await client.get("/readyz")
+    assert response.status_code == 503, response.text
+    assert response.json()["checks"]["topics"] is False
+
+
+async def test_dead_letter_topics_keep_their_records_until_deleted(infrastructure) -> None:
+    """Dead-letter topics were created with the broker's default retention (7 days), so a
+    dead letter nobody replayed in time was deleted with the work it stood for. The tool's
+    ledger of replays is kept the same way (a replay run after it expired would send
+    everything again)."""
+    settings = settings_for_test(IntakeSettings, infra=infrastructure, run_id=uuid.uuid4().hex[:10])
+    topic = settings.topic(Topic.INTAKE.value)
+    await ensure_topics(settings=settings, topics=[topic])
+    ledger = dead_letter_topic(topic) + dlq.REPLAYED_SUFFIX
+    await dlq._ensure_topics(settings=settings, topics=[ledger])
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
+    await admin.start()
+    try:
+        described = await admin.describe_configs(
+            [
+                ConfigResource(ConfigResourceType.TOPIC, name)
+                for name in (topic, dead_letter_topic(topic), ledger)
+            ]
+        )
+    finally:
+        await admin.close()
+    retention = {
+        name: value
+        for response in described
+        for _, _, _, name, entries in response.resources
+        for key, value, *_ in entries
+        if key == "retention.ms"
+    }
+    assert retention[dead_letter_topic(topic)] == "-1"
+    assert retention[ledger] == "-1"
+    assert retention[topic] != "-1", "the service's own topics keep the broker's retention"

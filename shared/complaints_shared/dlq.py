@@ -28,11 +28,14 @@ from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+from aiokafka.errors import KafkaError
 
 from complaints_shared.events import EVENT_TYPE_PREFIX, EventType, Topic, dead_letter_topic
-from complaints_shared.kafka import PRODUCER_STOP_S
+from complaints_shared.kafka import (
+    PRODUCER_STOP_S,
+    create_missing_topics,
+    dead_letter_ledger_topic,
+)
 from complaints_shared.settings import ServiceSettings
 
 REPLAYED_SUFFIX = ".replayed"
@@ -409,24 +412,10 @@ async def _read_whole_topic(*, settings: ServiceSettings, topic: str) -> list:
 
 
 async def _ensure_topics(*, settings: ServiceSettings, topics: Iterable[str]) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
-    await admin.start()
-    try:
-        missing = set(topics) - set(await admin.list_topics())
-        if missing:
-            with suppress(TopicAlreadyExistsError):
-                await admin.create_topics(
-                    [
-                        NewTopic(
-                            name=name,
-                            num_partitions=1,
-                            replication_factor=settings.topic_replication_factor,
-                        )
-                        for name in sorted(missing)
-                    ]
-                )
-    finally:
-        await admin.close()
+    await create_missing_topics(
+        settings=settings,
+        topics=[dead_letter_ledger_topic(name, settings=settings) for name in sorted(set(topics))],
+    )
 
 
 def _aware(text: str) -> datetime:

@@ -17,7 +17,6 @@ import asyncio
 import random
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from contextlib import suppress
 from datetime import UTC, datetime
 from enum import StrEnum
 
@@ -41,6 +40,7 @@ from aiokafka.errors import (
     RecordTooLargeError,
     TopicAlreadyExistsError,
     UnknownProducerId,
+    for_code,
 )
 from pydantic import ValidationError
 
@@ -88,27 +88,75 @@ CANCELLED_CONSUMER_CLOSE_S = 5.0
 
 
 async def ensure_topics(*, settings: ServiceSettings, topics: Iterable[str]) -> None:
-    """Create the given topics and their dead-letter topics when missing."""
-    wanted = set()
-    for name in topics:
-        wanted.update({name, dead_letter_topic(name)})
+    """Create the given topics and their dead-letter topics when missing. A dead-letter
+    topic keeps its records for ``DEAD_LETTER_RETENTION_MS`` (by default until deleted):
+    each is work not done until someone replays it."""
+    names = sorted(set(topics))
+    await create_missing_topics(
+        settings=settings,
+        topics=[
+            *(_new_topic(name, settings=settings) for name in names),
+            *(
+                _new_topic(dead_letter_topic(name), settings=settings, kept_for_replay=True)
+                for name in names
+            ),
+        ],
+    )
+
+
+def _new_topic(
+    name: str,
+    *,
+    settings: ServiceSettings,
+    partitions: int | None = None,
+    kept_for_replay: bool = False,
+) -> NewTopic:
+    return NewTopic(
+        name=name,
+        num_partitions=partitions or settings.topic_partitions,
+        replication_factor=settings.topic_replication_factor,
+        topic_configs=(
+            {"retention.ms": str(settings.dead_letter_retention_ms)} if kept_for_replay else {}
+        ),
+    )
+
+
+def dead_letter_ledger_topic(name: str, *, settings: ServiceSettings) -> NewTopic:
+    """A topic of the dead-letter tool's own (one partition), kept as dead letters are."""
+    return _new_topic(name, settings=settings, partitions=1, kept_for_replay=True)
+
+
+class TopicsNotCreated(KafkaError):
+    """The broker refused to create topics (a replication factor above its brokers, a
+    configuration it does not take): the service cannot run on them."""
+
+    retriable = False
+
+
+async def create_missing_topics(*, settings: ServiceSettings, topics: list[NewTopic]) -> None:
+    """Create those of ``topics`` the broker lacks. The broker answers a refusal per topic
+    (aiokafka does not raise it): any but "exists already" (another replica was first)
+    raises ``TopicsNotCreated`` naming the topic and the broker's reason."""
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
     await admin.start()
     try:
-        missing = wanted - set(await admin.list_topics())
+        existing = set(await admin.list_topics())
+        missing = [topic for topic in topics if topic.name not in existing]
         if not missing:
             return
-        new_topics = [
-            NewTopic(
-                name=name,
-                num_partitions=settings.topic_partitions,
-                replication_factor=settings.topic_replication_factor,
-            )
-            for name in sorted(missing)
+        try:
+            response = await admin.create_topics(missing)
+        except TopicAlreadyExistsError:
+            return
+        refused = [
+            f"{answer[0]}: {for_code(answer[1]).__name__}"
+            + (f" ({answer[2]})" if len(answer) > 2 and answer[2] else "")
+            for answer in response.topic_errors
+            if answer[1] not in (0, TopicAlreadyExistsError.errno)
         ]
-        with suppress(TopicAlreadyExistsError):  # another replica created them first
-            await admin.create_topics(new_topics)
-        log.info("topics_created", topics=sorted(missing))
+        if refused:
+            raise TopicsNotCreated("the broker refused to create " + "; ".join(refused))
+        log.info("topics_created", topics=sorted(topic.name for topic in missing))
     finally:
         await admin.close()
 

@@ -19,12 +19,19 @@ from pymongo.asynchronous.database import AsyncDatabase
 
 from complaints_shared.clock import Clock, SystemClock
 from complaints_shared.events import EventType, Topic
-from complaints_shared.kafka import EventConsumer, EventHandler, EventProducer, ensure_topics
+from complaints_shared.kafka import (
+    EventConsumer,
+    EventHandler,
+    EventProducer,
+    TopicsNotCreated,
+    ensure_topics,
+)
 from complaints_shared.logs import bind_context, get_logger
 from complaints_shared.metrics import DEPENDENCY_UP
 from complaints_shared.mongo import create_mongo_client, ping, service_database
 from complaints_shared.outbox import OutboxRelay, ensure_outbox_index
 from complaints_shared.settings import ServiceSettings
+from complaints_shared.timing import wait_event
 
 log = get_logger(__name__)
 
@@ -87,7 +94,8 @@ BackgroundJob = Callable[[Runtime], Awaitable[None]]
 
 
 async def _prepare_topics_then_consume(runtime: Runtime) -> None:
-    """Create topics (retrying while Kafka is away), then run the consumer."""
+    """Create topics (retrying while Kafka is away or refuses them: not ready meanwhile),
+    then run the consumer."""
     delay_s = 0.5
     while True:
         try:
@@ -96,10 +104,13 @@ async def _prepare_topics_then_consume(runtime: Runtime) -> None:
                 topics=[runtime.settings.topic(topic.value) for topic in Topic],
             )
             break
+        except TopicsNotCreated as exc:  # settings to mend (the replication factor, say)
+            log.error("topics_refused", error=str(exc), retry_in_s=delay_s)
         except Exception as exc:
             log.warning("topics_not_ready", error=repr(exc), retry_in_s=delay_s)
-            await asyncio.sleep(delay_s)
-            delay_s = min(delay_s * 2, 10.0)
+        if await wait_event(runtime.stopping, timeout_s=delay_s):
+            return
+        delay_s = min(delay_s * 2, 10.0)
     runtime.topics_ready.set()
     if runtime.consumer is not None:
         await runtime.consumer.run()

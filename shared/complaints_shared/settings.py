@@ -57,6 +57,14 @@ class ServiceSettings(BaseSettings):
         "service that consume it.",
     )
     topic_replication_factor: int = Field(1, ge=1, description="Replication for created topics.")
+    dead_letter_retention_ms: int = Field(
+        -1,
+        ge=-1,
+        description="How long a dead-letter topic created at start-up keeps its records (and the "
+        "dead-letter tool its ledger of replays): -1, until deleted. Each dead letter is work "
+        "not done until someone replays it; the broker's default (7 days) lost those nobody "
+        "looked at in time. Topics created before keep their own setting.",
+    )
     consumer_max_attempts: int = Field(
         5,
         ge=1,
