@@ -19,6 +19,8 @@ from complaints_shared.business_calendar import (
     closure_problem,
     supported_subdivision,
 )
+from followup.settings import FollowupSettings
+from intake.settings import IntakeSettings
 from tests.support.clock import utc
 
 SHANGHAI = BusinessCalendar(time_zone="Asia/Shanghai", country="CN")
@@ -153,3 +155,15 @@ def test_warm_up_loads_the_holiday_rules_a_first_complaint_would_otherwise_wait_
         for warm in ("", "business_calendar.warm_up(now=datetime.now(UTC))")
     ]
     assert results == ["False", "True"]
+
+
+@pytest.mark.parametrize(
+    ("settings_class", "field"),
+    [(IntakeSettings, "reference_time_zone"), (FollowupSettings, "contact_time_zone")],
+)
+def test_a_misspelt_time_zone_setting_stops_the_service_naming_it(settings_class, field) -> None:
+    """It used to be taken as given: every calendar read then fell back to UTC (a warning
+    per read), so references were numbered by the UTC day and calls placed at UTC hours."""
+    with pytest.raises(ValidationError, match=f"{field}[\\s\\S]*unknown IANA time zone"):
+        settings_class(**{field: "Asia/Shangai"})
+    assert getattr(settings_class(**{field: "Europe/London"}), field) == "Europe/London"

@@ -25,6 +25,7 @@ from typing import Annotated
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 import holidays
+from pydantic import AfterValidator
 
 from complaints_shared.datetimes import EARLIEST_YEAR, LATEST_YEAR
 from complaints_shared.logs import get_logger
@@ -111,6 +112,10 @@ def zone_or_utc(name: str) -> tzinfo:
 # Checks of requests only: a value stored before them is read as stored.
 TimeZoneName = Annotated[str, request_only(known_time_zone)]
 """An IANA time zone name (``Asia/Shanghai``)."""
+
+ConfiguredTimeZone = Annotated[str, AfterValidator(known_time_zone)]
+"""A setting's IANA time zone: a misspelt one stops the service at start-up, naming it,
+instead of every calendar it would read falling back to UTC."""
 
 LocalTime = Annotated[time, request_only(_without_offset)]
 """A time of day in the calendar's own zone: ``09:00``, never ``09:00+01:00`` (an aware

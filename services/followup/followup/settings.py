@@ -11,6 +11,7 @@ from datetime import time
 
 from pydantic import Field
 
+from complaints_shared.business_calendar import ConfiguredTimeZone
 from complaints_shared.events import Severity
 from complaints_shared.models import Weekday
 from complaints_shared.settings import ServiceSettings
@@ -45,7 +46,9 @@ class FollowupSettings(ServiceSettings):
     )
 
     # -- default contact hours -----------------------------------------------------
-    contact_time_zone: str = Field("Asia/Shanghai", description="Branch time zone by default.")
+    contact_time_zone: ConfiguredTimeZone = Field(
+        "Asia/Shanghai", description="Branch time zone by default."
+    )
     contact_hours_start: time = Field(time(9), description="Local time calls may start.")
     contact_hours_end: time = Field(
         time(20), description="Local time calls must end (00:00 means midnight)."

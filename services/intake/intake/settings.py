@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from pydantic import Field
 
+from complaints_shared.business_calendar import ConfiguredTimeZone
 from complaints_shared.settings import ServiceSettings
 from intake.suggestions import DEFAULT_SUGGESTION_RULES, SuggestionRule
 
 
 class IntakeSettings(ServiceSettings):
     service_name: str = "intake"
-    reference_time_zone: str = Field(
+    reference_time_zone: ConfiguredTimeZone = Field(
         "Asia/Shanghai", description="Time zone whose calendar day numbers reference numbers."
     )
     resubmission_window_s: int = Field(
