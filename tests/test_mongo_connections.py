@@ -9,14 +9,19 @@ restart, a failover). A burst of 40 concurrent registrations follows; none may f
 from __future__ import annotations
 
 import asyncio
+import socket
+import uuid
 from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
 
 import pytest
 from pymongo.uri_parser import parse_uri
 
 from intake import postings
+from intake.main import create_app as create_intake_app
+from intake.settings import IntakeSettings
 from tests.support.http import complaint_body, complaint_count, token
-from tests.support.system import System, SystemFactory
+from tests.support.system import System, SystemFactory, serve, settings_for_test
 from tests.support.tcp_proxy import TcpProxy
 from tests.support.waits import eventually
 
@@ -32,11 +37,7 @@ async def _proxy(mongodb_uri: str, **options) -> TcpProxy:
 
 def _through(proxy: TcpProxy, mongodb_uri: str) -> str:
     """The same connection string, reaching the database only through the proxy."""
-    host, port = parse_uri(mongodb_uri)["nodelist"][0]
-    uri = mongodb_uri.replace(f"{host}:{port}", f"127.0.0.1:{proxy.port}", 1)
-    # Talk to this address only: a replica-set member list would bypass the proxy.
-    separator = "&" if "?" in uri else ("?" if uri.count("/") > 2 else "/?")
-    return f"{uri}{separator}directConnection=true"
+    return _through_port(proxy.port, mongodb_uri)
 
 
 async def _burst(system: System, label: str) -> list[int]:
@@ -130,3 +131,45 @@ async def test_a_burst_after_every_connection_was_severed_has_no_5xx(
     # Each complaint's search posting too: its write after the insert is repeated as well.
     db = system.mongo[system.intake_settings.database_name()]
     assert await db[postings.POSTINGS].count_documents({}) == 2 * BURST
+
+
+async def test_a_service_started_while_the_database_is_away_waits_for_it(
+    infrastructure,
+) -> None:
+    """A host starting the services before the database is up (a reboot, where compose's
+    start order does not hold), or a database restarting: start-up used to fail at the
+    first refused connection (its index creation), and only a supervisor brought the
+    service back. It now waits for the database, up to ``STARTUP_DEPENDENCY_WAIT_S``."""
+    with socket.socket() as probe:  # a port nothing listens on yet
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    host, target = parse_uri(infrastructure.mongodb_uri)["nodelist"][0]
+    proxy = TcpProxy(target_host=host, target_port=target)
+    uri = _through_port(port, infrastructure.mongodb_uri)
+    settings = settings_for_test(
+        IntakeSettings,
+        infra=infrastructure,
+        run_id=uuid.uuid4().hex[:10],
+        mongodb_uri=uri,
+        mongodb_server_selection_timeout_ms=300,
+    )
+    async with AsyncExitStack() as stack:
+        starting = asyncio.create_task(serve(stack, create_intake_app(settings), "intake"))
+        await asyncio.sleep(2.0)  # several refused tries
+        assert not starting.done(), "start-up waits for the database"
+        await proxy.start(port=port)
+        stack.push_async_callback(proxy.stop)
+        client = await asyncio.wait_for(starting, timeout=30)
+        created = await client.post(
+            "/v1/complaints", json=complaint_body(), headers=token(settings)
+        )
+    assert created.status_code == 201, created.text
+
+
+def _through_port(port: int, mongodb_uri: str) -> str:
+    """The same connection string, reaching the database only through ``port``."""
+    host, target = parse_uri(mongodb_uri)["nodelist"][0]
+    uri = mongodb_uri.replace(f"{host}:{target}", f"127.0.0.1:{port}", 1)
+    # Talk to this address only: a replica-set member list would bypass the proxy.
+    separator = "&" if "?" in uri else ("?" if uri.count("/") > 2 else "/?")
+    return f"{uri}{separator}directConnection=true"

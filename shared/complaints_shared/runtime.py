@@ -19,6 +19,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 
 from complaints_shared.clock import Clock, SystemClock
 from complaints_shared.events import EventType, Topic
+from complaints_shared.failures import is_transient, redacted_error
 from complaints_shared.kafka import (
     EventConsumer,
     EventHandler,
@@ -116,6 +117,36 @@ async def _prepare_topics_then_consume(runtime: Runtime) -> None:
         await runtime.consumer.run()
 
 
+async def _prepare_database(
+    *,
+    db: AsyncDatabase,
+    settings: ServiceSettings,
+    outbox_collections: list[str],
+    prepare: Callable[..., Awaitable[None]],
+) -> None:
+    """The service's indexes and start-up repairs, waiting up to
+    ``startup_dependency_wait_s`` for a database that is away (a host starting up, a
+    restart): start-up used to fail at the first refused connection. Every step is
+    repeatable, so a try cut short is simply made again."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + settings.startup_dependency_wait_s
+    delay_s = 0.5
+    while True:
+        try:
+            for collection in outbox_collections:
+                await ensure_outbox_index(db=db, collection=collection)
+            await prepare(db=db)
+            return
+        except Exception as exc:
+            if not is_transient(exc) or loop.time() + delay_s > deadline:
+                raise
+            log.warning(
+                "startup_waiting_for_database", error=redacted_error(exc), retry_in_s=delay_s
+            )
+        await asyncio.sleep(delay_s)
+        delay_s = min(delay_s * 2, 10.0)
+
+
 @asynccontextmanager
 async def service_runtime(
     *,
@@ -142,9 +173,13 @@ async def service_runtime(
         relay=relay,
         clock=clock or SystemClock(),
     )
-    for collection in outbox_collections:
-        await ensure_outbox_index(db=db, collection=collection)
-    await ensure_indexes(db=db)
+    try:
+        await _prepare_database(
+            db=db, settings=settings, outbox_collections=outbox_collections, prepare=ensure_indexes
+        )
+    except BaseException:
+        await mongo.close()
+        raise
     event_handlers = handlers(runtime)
     if event_handlers:
         runtime.consumer = EventConsumer(

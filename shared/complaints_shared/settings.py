@@ -43,6 +43,13 @@ class ServiceSettings(BaseSettings):
     mongodb_connect_timeout_ms: int = Field(
         5_000, ge=1, description="Timeout of opening one connection to the server."
     )
+    startup_dependency_wait_s: float = Field(
+        60.0,
+        ge=0,
+        description="How long start-up waits for the database to answer (its indexes and "
+        "start-up repairs) before the process gives up and exits (a supervisor restarts "
+        "it); it serves nothing meanwhile.",
+    )
     mongodb_database: str = Field(
         "", description="Database owned by this service; defaults to complaints_<service>."
     )

@@ -46,8 +46,9 @@ class TcpProxy:
         assert self._server is not None
         return self._server.sockets[0].getsockname()[1]
 
-    async def start(self) -> TcpProxy:
-        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+    async def start(self, *, port: int = 0) -> TcpProxy:
+        """Listen on ``port`` (0: any free one)."""
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", port)
         if self.idle_close_s is not None:
             self._reaper = asyncio.create_task(self._close_idle())
         return self
