@@ -229,6 +229,11 @@ async def test_search_finds_reference_numbers_and_customer_phones(system: System
     assert await _find(system, admin, q=reference) == ["候诊室断网"]
     assert await _find(system, admin, q=reference.rsplit("-", 1)[-1] + "x") == []
     assert await _find(system, admin, q="13900000014") == ["5G套餐降速"]
+    # As pasted, with a space at either end: the same answers (they used to be none).
+    assert await _find(system, admin, q=f" {reference}\t") == ["候诊室断网"]
+    assert await _find(system, admin, reference=f"{reference} ") == ["候诊室断网"]
+    blank = await system.intake.get("/v1/complaints", params={"q": "   "}, headers=admin)
+    assert (blank.status_code, blank.json()["errors"][0]["field"]) == (422, "q"), blank.text
 
 
 async def test_one_character_search_is_a_bounded_substring_scan(system: System) -> None:

@@ -8,7 +8,7 @@ from enum import StrEnum
 from functools import partial
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from pymongo.asynchronous.database import AsyncDatabase
 
 from complaints_shared import aggregate
@@ -66,10 +66,15 @@ class ComplaintFilters(BaseModel):
     acknowledged: bool | None = Field(None, description="受理 recorded (a fact, not a status)")
     escalated: bool | None = Field(None, description="escalated at least one level")
     repeat: bool | None = None
-    reference: str | None = None
+    # Pasted values often carry a space at either end, which no reference or text begins
+    # or ends with: it is dropped (a ``q`` of spaces alone is a 422, as an empty one).
+    reference: Annotated[str, StringConstraints(strip_whitespace=True)] | None = None
     customer_phone: str | None = None
     customer_email: str | None = None
-    q: Annotated[str, Field(min_length=1, max_length=100)] | None = None
+    q: (
+        Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)]
+        | None
+    ) = None
     sort: SortOrder = SortOrder.NEWEST
     limit: Annotated[int, Field(ge=1, le=MAX_PAGE_SIZE)] = 50
     cursor: str | None = None
