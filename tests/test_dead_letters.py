@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
 import subprocess
@@ -425,8 +426,10 @@ async def test_a_fault_of_the_consumer_loop_itself_restarts_it_instead_of_ending
     infrastructure, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Whatever a record's handling raises is retried or dead-lettered; anything else the
-    loop meets (not the broker's error) used to end it for good while the service kept
-    answering. Now the consumer starts again from the last commit."""
+    loop meets (not the broker's error) used to end it for good. Now the consumer starts
+    again from the last commit, after a pause that doubles while the faults go on (each
+    restart rebalances the group), and counts as failing (readiness) after three in a row
+    until a record is handled."""
     settings = settings_for_test(IntakeSettings, infra=infrastructure, run_id=uuid.uuid4().hex[:10])
     topic = settings.topic(Topic.ROUTING.value)
     await ensure_topics(settings=settings, topics=[topic])
@@ -446,15 +449,18 @@ async def test_a_fault_of_the_consumer_loop_itself_restarts_it_instead_of_ending
         producer=producer,
     )
     fetch = EventConsumer._fetch
-    faults: list[int] = []
+    faults: list[float] = []
+    failing_seen: list[bool] = []
 
-    async def fails_once(self: EventConsumer, kafka_consumer: Any) -> dict:
-        if not faults:
-            faults.append(1)
+    async def fails_thrice(self: EventConsumer, kafka_consumer: Any) -> dict:
+        if len(faults) < 3:
+            failing_seen.append(self.failing)
+            faults.append(time.monotonic())
             raise RuntimeError("a fault of the loop (injected)")
+        failing_seen.append(self.failing)
         return await fetch(self, kafka_consumer)
 
-    monkeypatch.setattr(EventConsumer, "_fetch", fails_once)
+    monkeypatch.setattr(EventConsumer, "_fetch", fails_thrice)
     running = asyncio.create_task(consumer.run())
     try:
         key, value, headers = to_kafka_record(event)
@@ -462,13 +468,17 @@ async def test_a_fault_of_the_consumer_loop_itself_restarts_it_instead_of_ending
         await eventually(
             lambda: asyncio.sleep(0, handled == [event.id]),
             timeout_s=30,
-            what="the event handled after the loop's fault",
+            what="the event handled after the loop's faults",
         )
+        failing_after = consumer.failing
     finally:
         await consumer.stop()
         await asyncio.wait_for(running, timeout=30)
         await producer.stop()
-    assert faults == [1]
+    pauses = [later - earlier for earlier, later in itertools.pairwise(faults)]
+    assert len(faults) == 3 and pauses[1] > pauses[0] * 1.5, pauses  # 0.5 s, then 1 s
+    assert failing_seen[:3] == [False, False, False] and failing_seen[3] is True
+    assert failing_after is False, "a record handled: no longer failing"
 
 
 async def test_a_record_too_large_for_the_dead_letter_topic_points_at_its_original(

@@ -9,6 +9,7 @@ from contextlib import AsyncExitStack
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+from pydantic import ValidationError
 
 from complaints_shared import dlq
 from complaints_shared import runtime as runtime_module
@@ -82,6 +83,13 @@ async def test_topics_the_broker_refuses_leave_the_service_not_ready_and_say_why
         response = await client.get("/readyz")
     assert response.status_code == 503, response.text
     assert response.json()["checks"]["topics"] is False
+
+
+@pytest.mark.parametrize("retention_ms", [0, 1, 3_600_000])
+def test_a_dead_letter_retention_shorter_than_a_day_is_refused(retention_ms: int) -> None:
+    with pytest.raises(ValidationError, match="dead_letter_retention_ms"):
+        IntakeSettings(dead_letter_retention_ms=retention_ms)
+    assert IntakeSettings(dead_letter_retention_ms=86_400_000).dead_letter_retention_ms > 0
 
 
 async def test_dead_letter_topics_keep_their_records_until_deleted(infrastructure) -> None:

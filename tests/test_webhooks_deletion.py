@@ -236,4 +236,5 @@ async def test_a_deletion_repeated_after_its_answer_is_answered_again_and_stays_
     # The record of the deletion keeps the scope, nothing to send with or to.
     assert record is not None and "target_url" not in record and "signing_secrets" not in record
     assert record[store.REMOVED_RECORD_EXPIRES] > record[store.REMOVED_AT]
+    assert "deleted_at" not in record, "the repair pass's index keeps deletions not completed"
     assert hooks.requests == []

@@ -85,6 +85,12 @@ PRODUCER_STOP_S = 5.0
 # handled, leave its group and close its connections: aiokafka's stop waits for the group
 # coordinator, which may be away.
 CANCELLED_CONSUMER_CLOSE_S = 5.0
+# Faults of the consumer loop itself in a row (none handled a record, none ran this long
+# before it) after which the consumer counts as failing (readiness), and the cap of the
+# pause before each restart (0.5 s, doubling).
+LOOP_FAULTS_FAILING = 3
+LOOP_FAULT_WINDOW_S = 60.0
+LOOP_FAULT_BACKOFF_MAX_S = 30.0
 
 
 async def ensure_topics(*, settings: ServiceSettings, topics: Iterable[str]) -> None:
@@ -323,6 +329,16 @@ class EventConsumer:
         self._progress: dict[TopicPartition, int] = {}
         self._committed_at = time.monotonic()
         self.assigned = asyncio.Event()
+        # Faults of the loop itself in a row, and when the last one was (``failing``).
+        self._faults = 0
+        self._last_fault_at = 0.0
+
+    @property
+    def failing(self) -> bool:
+        """Whether the loop keeps faulting: ``LOOP_FAULTS_FAILING`` in a row, the last one
+        recent. Readiness fails meanwhile; a record handled ends it."""
+        recent = time.monotonic() - self._last_fault_at < LOOP_FAULT_WINDOW_S
+        return self._faults >= LOOP_FAULTS_FAILING and recent
 
     async def run(self) -> None:
         """Consume until ``stop()``; reconnects while the broker is unavailable.
@@ -334,9 +350,11 @@ class EventConsumer:
         try:
             backoff_s = 0.5
             while not self._stopping.is_set():
+                started = time.monotonic()
                 try:
                     await self._start_consumer()
                     backoff_s = 0.5
+                    started = time.monotonic()
                     await self._consume()
                 except KafkaError as exc:
                     log.warning("consumer_kafka_error", error=repr(exc), retry_in_s=backoff_s)
@@ -346,11 +364,21 @@ class EventConsumer:
                 except Exception as exc:
                     # A fault of this loop itself (every record's own failure is handled or
                     # dead-lettered): the consumer starts again from the last commit, never
-                    # stays dead with the service still answering as if it consumed.
-                    log.error("consumer_failed", error=redacted_error(exc), retry_in_s=backoff_s)
+                    # stays dead, after a pause that grows while the faults go on (each
+                    # restart rebalances the group), and ``failing`` tells readiness.
+                    now = time.monotonic()
+                    ran_well = now - started >= LOOP_FAULT_WINDOW_S
+                    self._faults = 1 if ran_well else self._faults + 1
+                    self._last_fault_at = now
+                    delay_s = min(0.5 * 2 ** min(self._faults - 1, 10), LOOP_FAULT_BACKOFF_MAX_S)
+                    log.error(
+                        "consumer_failed",
+                        error=redacted_error(exc),
+                        faults_in_a_row=self._faults,
+                        retry_in_s=delay_s,
+                    )
                     await self._close_consumer()
-                    await self._sleep_unless_stopping(backoff_s)
-                    backoff_s = min(backoff_s * 2, 10.0)
+                    await self._sleep_unless_stopping(delay_s)
             await self._close_consumer()
         except asyncio.CancelledError:
             await self._close_cancelled()
@@ -513,6 +541,7 @@ class EventConsumer:
             if not await self._process(record):
                 return
             self._progress[partition] = record.offset + 1
+            self._faults = 0  # records are flowing
 
     async def _process(self, record: ConsumerRecord) -> bool:
         """Handle or dead-letter one record; False when stopping left it unfinished."""

@@ -74,6 +74,8 @@ class Runtime:
                 results[name] = False
             DEPENDENCY_UP.labels(self.settings.service_name, name).set(int(results[name]))
         results["topics"] = self.topics_ready.is_set()
+        if self.consumer is not None:
+            results["consumer"] = not self.consumer.failing
         results.update(self.loops_alive())
         return results
 
@@ -138,12 +140,14 @@ async def _prepare_database(
             await prepare(db=db)
             return
         except Exception as exc:
-            if not is_transient(exc) or loop.time() + delay_s > deadline:
+            left_s = deadline - loop.time()
+            if not is_transient(exc) or left_s <= 0:
                 raise
+            pause_s = min(delay_s, left_s)
             log.warning(
-                "startup_waiting_for_database", error=redacted_error(exc), retry_in_s=delay_s
+                "startup_waiting_for_database", error=redacted_error(exc), retry_in_s=pause_s
             )
-        await asyncio.sleep(delay_s)
+        await asyncio.sleep(pause_s)
         delay_s = min(delay_s * 2, 10.0)
 
 

@@ -7,8 +7,10 @@ classes subclass :class:`ServiceSettings` and add their own fields.
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+MIN_DEAD_LETTER_RETENTION_MS = 86_400_000
 
 
 class ServiceSettings(BaseSettings):
@@ -216,6 +218,16 @@ class ServiceSettings(BaseSettings):
         description="`Retry-After` of the 503 answered while MongoDB or Kafka is unreachable.",
     )
     readiness_timeout_s: float = Field(2.0, gt=0, description="Timeout of each /readyz probe.")
+
+    @field_validator("dead_letter_retention_ms")
+    @classmethod
+    def _dead_letters_kept_long_enough(cls, value: int) -> int:
+        if value != -1 and value < MIN_DEAD_LETTER_RETENTION_MS:
+            raise ValueError(
+                "keep dead letters until deleted (-1) or a day at least "
+                f"({MIN_DEAD_LETTER_RETENTION_MS}): shorter, they go before anyone replays them"
+            )
+        return value
 
     def database_name(self) -> str:
         return self.mongodb_database or f"complaints_{self.service_name}"

@@ -73,11 +73,12 @@ PUBLIC_DELIVERY = {
 }
 # A subscription being deleted (``delete_subscription``) is gone for every reader; a missing
 # date is asked as null, a present one as ``any_date()`` (docs/mongodb-compatibility.md).
-NOT_DELETED = {"deleted_at": None}
-# On the record a completed deletion leaves in the subscription's place: when it completed,
-# and when the record goes (a TTL index).
+# On the record a completed deletion leaves in the subscription's place (no ``deleted_at``:
+# the ``deleted`` index keeps only deletions not completed): when it completed, and when the
+# record goes (a TTL index).
 REMOVED_AT = "removed_at"
 REMOVED_RECORD_EXPIRES = "removed_record_expires_at"
+NOT_DELETED = {"deleted_at": None, REMOVED_AT: None}
 
 
 async def ensure_indexes(*, db: AsyncDatabase) -> None:
@@ -88,7 +89,7 @@ async def ensure_indexes(*, db: AsyncDatabase) -> None:
     )
     # The repair pass's question: which subscriptions are active (of every organisation).
     await subscriptions.create_index([("status", ASCENDING)], name="status")
-    # And which deletions a failure cut short (normally none: only the removed ones' records).
+    # And which deletions a failure cut short (normally none: the index stays empty).
     await subscriptions.create_index([("deleted_at", ASCENDING)], name="deleted", sparse=True)
     # A removed subscription's record goes when its time is up (``complete_deletion``).
     await subscriptions.create_index(
@@ -349,6 +350,8 @@ async def delete_subscription(
         found = await db[SUBSCRIPTIONS].find_one({**scope, "_id": subscription_id})
         if found is None:
             return False
+        if found.get(REMOVED_AT) is not None:
+            return True  # deleted already: a repeat writes nothing
         if found.get("deleted_at") is None:
             preconditions.write_needed(
                 if_match,
@@ -359,9 +362,13 @@ async def delete_subscription(
             # As checked (a deletion decided meanwhile leaves the version as it was).
             as_read = {"version": found.get("version")}
     marked = await db[SUBSCRIPTIONS].update_one(
-        {**scope, "_id": subscription_id, **as_read}, {"$min": {"deleted_at": now}}
+        {**scope, "_id": subscription_id, REMOVED_AT: None, **as_read},
+        {"$min": {"deleted_at": now}},
     )
     if marked.matched_count == 0:
+        removed = {**scope, "_id": subscription_id, REMOVED_AT: any_date()}
+        if await db[SUBSCRIPTIONS].find_one(removed, projection={"_id": 1}) is not None:
+            return True
         changed = as_read and await get_subscription(
             db=db, scope=scope, subscription_id=subscription_id
         )
@@ -384,9 +391,7 @@ async def complete_deletion(
     (harmless to repeat: a completed one is left as it is)."""
     await db[DELIVERIES].delete_many({"subscription_id": subscription_id})
     marked = {"_id": subscription_id, "deleted_at": any_date(), REMOVED_AT: None}
-    found = await db[SUBSCRIPTIONS].find_one(
-        marked, projection={"org": 1, "branch": 1, "deleted_at": 1}
-    )
+    found = await db[SUBSCRIPTIONS].find_one(marked, projection={"org": 1, "branch": 1})
     if found is None:
         return
     await db[SUBSCRIPTIONS].replace_one(
@@ -401,9 +406,7 @@ async def complete_deletion(
 
 async def deleted_subscription_ids(*, db: AsyncDatabase) -> list[str]:
     """Subscriptions marked deleted whose deletion is not complete (for the repair pass)."""
-    found = db[SUBSCRIPTIONS].find(
-        {"deleted_at": any_date(), REMOVED_AT: None}, projection={"_id": 1}
-    )
+    found = db[SUBSCRIPTIONS].find({"deleted_at": any_date()}, projection={"_id": 1})
     return [document["_id"] async for document in found]
 
 
@@ -449,14 +452,14 @@ async def record_failure_streak(
     there (an attempt to the target it was moved from counts against nobody)."""
     target = {} if target_url is None else {"target_url": target_url}
     await db[SUBSCRIPTIONS].update_one(
-        {"_id": subscription_id, **target},
+        {"_id": subscription_id, **target, **NOT_DELETED},
         {"$inc": {"failure_streak": 1}, "$min": {"failing_since": now}},
     )
 
 
 async def record_success(*, db: AsyncDatabase, subscription_id: str, now: datetime) -> None:
     await db[SUBSCRIPTIONS].update_one(
-        {"_id": subscription_id, "failure_streak": {"$gt": 0}},
+        {"_id": subscription_id, "failure_streak": {"$gt": 0}, **NOT_DELETED},
         {"$set": {"failure_streak": 0, "last_success_at": now}, "$unset": {"failing_since": ""}},
     )
 
@@ -488,7 +491,11 @@ async def pause_if_failing(
 
 async def disable(*, db: AsyncDatabase, subscription_id: str, reason: str, now: datetime) -> bool:
     result = await db[SUBSCRIPTIONS].update_one(
-        {"_id": subscription_id, "status": {"$ne": SubscriptionStatus.DISABLED.value}},
+        {
+            "_id": subscription_id,
+            "status": {"$ne": SubscriptionStatus.DISABLED.value},
+            **NOT_DELETED,
+        },
         {
             "$set": {
                 "status": SubscriptionStatus.DISABLED.value,
@@ -898,7 +905,8 @@ async def redeliver_range(
             {**query, REDELIVERY_KEYS: {"$ne": key.event_id}}, _requeue(now, key)
         )
         await db[SUBSCRIPTIONS].update_one(
-            {"_id": subscription_id}, {"$push": {KEYED_REDELIVERIES: _latest(key.event_id)}}
+            {"_id": subscription_id, **NOT_DELETED},
+            {"$push": {KEYED_REDELIVERIES: _latest(key.event_id)}},
         )
     return await db[DELIVERIES].count_documents(
         {"subscription_id": subscription_id, REDELIVERY_KEYS: key.event_id}
