@@ -252,7 +252,7 @@ def _durations(percentiles: list[float | None] | None) -> Durations:
 
 
 def _top(rows: list[dict[str, Any]], group: Any) -> list[RankedCount]:
-    mine = [row for row in rows if row["_id"].get("group") == group]
+    mine = [row for row in rows if row["_id"]["group"] == group]
     mine.sort(key=lambda row: (-row["count"], str(row["_id"]["value"])))
     return [RankedCount(value=str(row["_id"]["value"]), count=row["count"]) for row in mine][:TOP_N]
 
@@ -262,7 +262,7 @@ def _group_summary(figures: dict[str, Any], facets: dict[str, Any]) -> GroupSumm
     distribution = {
         str(row["_id"]["score"]): row["count"]
         for row in facets["scores"]
-        if row["_id"].get("group") == group
+        if row["_id"]["group"] == group
     }
     remedies = [
         RemedyTotal(
@@ -272,7 +272,7 @@ def _group_summary(figures: dict[str, Any], facets: dict[str, Any]) -> GroupSumm
             total_amount=f"{row['amount_cents'] // 100}.{row['amount_cents'] % 100:02d}",
         )
         for row in facets["remedies"]
-        if row["_id"].get("group") == group
+        if row["_id"]["group"] == group
     ]
     remedies.sort(key=lambda total: (total.type, total.currency or ""))
     cycles = next((row for row in facets["cycles"] if row["_id"] == group), {})
