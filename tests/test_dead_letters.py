@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaProducer
+from aiokafka.errors import GroupAuthorizationFailedError
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from aiokafka.structs import ConsumerRecord
 
@@ -479,6 +480,52 @@ async def test_a_fault_of_the_consumer_loop_itself_restarts_it_instead_of_ending
     assert len(faults) == 3 and pauses[1] > pauses[0] * 1.5, pauses  # 0.5 s, then 1 s
     assert failing_seen[:3] == [False, False, False] and failing_seen[3] is True
     assert failing_after is False, "a record handled: no longer failing"
+
+
+async def test_a_broker_error_right_after_each_start_lengthens_the_pause(
+    infrastructure, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A broker error after the consumer started (a group it may not join, a topic it may
+    not read) restarted it after 0.5 s every time: the pause went back to 0.5 s at each
+    successful start, so the group rebalanced twice a second for as long as it lasted. Now
+    the pause doubles until a consumer runs well, as for the loop's own faults."""
+    settings = settings_for_test(IntakeSettings, infra=infrastructure, run_id=uuid.uuid4().hex[:10])
+    topic = settings.topic(Topic.ROUTING.value)
+    await ensure_topics(settings=settings, topics=[topic])
+    producer = EventProducer(settings=settings)
+
+    async def handle(event: CloudEvent, data: Any) -> None:
+        return None
+
+    consumer = EventConsumer(
+        settings=settings,
+        topics=[topic],
+        handlers={EventType.COMPLAINT_RECEIVED: handle},
+        producer=producer,
+    )
+    fetch = EventConsumer._fetch
+    errors: list[float] = []
+
+    async def refused_thrice(self: EventConsumer, kafka_consumer: Any) -> dict:
+        if len(errors) < 3:
+            errors.append(time.monotonic())
+            raise GroupAuthorizationFailedError("the group refused (injected)")
+        return await fetch(self, kafka_consumer)
+
+    monkeypatch.setattr(EventConsumer, "_fetch", refused_thrice)
+    running = asyncio.create_task(consumer.run())
+    try:
+        await eventually(
+            lambda: asyncio.sleep(0, len(errors) == 3 and consumer.assigned.is_set()),
+            timeout_s=30,
+            what="the consumer started again after three refusals",
+        )
+    finally:
+        await consumer.stop()
+        await asyncio.wait_for(running, timeout=30)
+        await producer.stop()
+    pauses = [later - earlier for earlier, later in itertools.pairwise(errors)]
+    assert pauses[1] > pauses[0] * 1.5, pauses  # 0.5 s, then 1 s (each after a start)
 
 
 async def test_a_record_too_large_for_the_dead_letter_topic_points_at_its_original(

@@ -353,10 +353,14 @@ class EventConsumer:
                 started = time.monotonic()
                 try:
                     await self._start_consumer()
-                    backoff_s = 0.5
                     started = time.monotonic()
                     await self._consume()
                 except KafkaError as exc:
+                    # The pause starts again from 0.5 s only after a consumer that ran well:
+                    # one the broker fails each time right after it starts (a group it may
+                    # not join, say) would otherwise rebalance the group every 0.5 s.
+                    if time.monotonic() - started >= LOOP_FAULT_WINDOW_S:
+                        backoff_s = 0.5
                     log.warning("consumer_kafka_error", error=repr(exc), retry_in_s=backoff_s)
                     await self._close_consumer()
                     await self._sleep_unless_stopping(backoff_s)
