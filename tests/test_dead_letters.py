@@ -210,12 +210,31 @@ async def test_replay_after_restoring_a_lost_record_applies_once_and_twice_chang
     window = ["--since", started.isoformat(), "--until", (started + timedelta(hours=1)).isoformat()]
     capsys.readouterr()
     await run_command(
-        ["replay", *dlq_args, "--event-type", "complaint.reassigned", *window],
+        [
+            "replay",
+            *dlq_args,
+            "--event-type",
+            "complaint.reassigned",
+            *window,
+            "--operator",
+            "ops-王",
+            "--note",
+            "工单 4711: record restored",
+        ],
         settings=system.intake_settings,
     )
     first = capsys.readouterr()
     assert "replayed 1, already replayed 0" in first.err
     assert [line["event_id"] for line in _printed(first.out)] == [letter["event_id"]]
+    # The ledger says who replayed it, when and why; the listing shows it.
+    await run_command(["list", "--include-replayed", *dlq_args], settings=system.intake_settings)
+    [replayed] = _printed(capsys.readouterr().out)
+    assert replayed["replayed"] is True
+    assert (replayed["replayed_by"], replayed["replay_note"]) == (
+        "ops-王",
+        "工单 4711: record restored",
+    )
+    assert datetime.fromisoformat(replayed["replayed_at"]) >= started
 
     async def reassigned_once() -> bool:
         document = await complaints.find_one({"_id": complaint_id})
@@ -578,7 +597,7 @@ async def test_a_record_too_large_for_the_dead_letter_topic_points_at_its_origin
     assert letter.header("dlq_reason") == "invalid_envelope"
     assert letter.redacted(replayed=False)["data_shape"].startswith("<omitted, ")
 
-    result = await dlq.replay(settings=system.routing_settings, letters=[letter])
+    result = await dlq.replay(settings=system.routing_settings, letters=[letter], operator="test")
     assert [len(sent.value or b"") for sent in result.replayed] == [len(oversized)]
     assert result.originals_gone == []
     partition = int(letter.header("dlq_original_partition"))
@@ -630,7 +649,7 @@ async def test_a_pointer_whose_original_is_past_retention_is_reported_not_replay
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(dlq, "read_original", unreadable)
         with pytest.raises(dlq.ReplayBrokenOff, match="its original could not be read"):
-            await dlq.replay(settings=settings, letters=[letter])
-    result = await dlq.replay(settings=settings, letters=[letter])
+            await dlq.replay(settings=settings, letters=[letter], operator="test")
+    result = await dlq.replay(settings=settings, letters=[letter], operator="test")
     assert (result.replayed, [item.ref for item in result.originals_gone]) == ([], [letter.ref])
     assert await replayed_refs(settings=settings, dlq_topic=letter.dlq_topic) == set()

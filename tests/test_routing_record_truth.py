@@ -762,7 +762,7 @@ async def test_a_reopen_whose_finish_never_reached_routing_is_dead_lettered_not_
     async with intake_producer(system) as publish:
         await publish(EventType.COMPLAINT_RESOLVED, finish)
     await assignment_when(system, complaint.complaint_id, lambda d: d["status"] == "resolved")
-    await replay(settings=system.routing_settings, letters=[letter])
+    await replay(settings=system.routing_settings, letters=[letter], operator="test")
     reopened_here = await assignment_when(
         system, complaint.complaint_id, lambda d: d.get("reopen_count") == 1
     )

@@ -6,9 +6,9 @@ id and dead-letter time, and replays to the original topic with the original key
 headers (so the original ``ce_id``: consumers recognise an event they already applied),
 a complaint's ``complaint.received`` before its other events (``in_replay_order``).
 Every replay is recorded in ``<topic>.dlq.replayed`` (key ``<partition>:<offset>`` of
-the dead letter), and a dead letter recorded there is not sent again: running the same
-replay twice re-sends nothing. A crash between the send and the record re-sends that one
-dead letter on the next run, which the idempotent consumers absorb.
+the dead letter; when, by whom and why), and a dead letter recorded there is not sent
+again: running the same replay twice re-sends nothing. A crash between the send and the
+record re-sends that one dead letter on the next run, which the idempotent consumers absorb.
 
 Settings come from the environment like a service's: ``KAFKA_BOOTSTRAP_SERVERS``,
 ``TOPIC_PREFIX``. See docs/operations.md.
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import getpass
 import json
 import sys
 from collections.abc import Iterable, Sequence
@@ -39,6 +40,8 @@ from complaints_shared.kafka import (
 from complaints_shared.settings import ServiceSettings
 
 REPLAYED_SUFFIX = ".replayed"
+# What a listed dead letter shows of its replay's record.
+REPLAY_RECORD_FIELDS = ("replayed_at", "replayed_by", "replay_note")
 # Names the dead letter a record was replayed from; not a dlq_* header, so it survives
 # a second dead-lettering and ties the new dead letter to the old one.
 REPLAY_OF_HEADER = "replay_of"
@@ -105,7 +108,10 @@ class DeadLetter:
             return datetime.fromisoformat(stamped)
         return datetime.fromtimestamp(self.timestamp_ms / 1000, UTC)
 
-    def summary(self, *, replayed: bool) -> dict[str, Any]:
+    def summary(self, *, replayed: bool | dict[str, Any]) -> dict[str, Any]:
+        """One line about this dead letter; ``replayed`` its replay's record, if any (when,
+        by whom, why), or whether it was replayed."""
+        record = replayed if isinstance(replayed, dict) else {}
         return {
             "dlq": f"{self.dlq_topic}@{self.ref}",
             "failed_at": self.failed_at.isoformat(),
@@ -115,10 +121,13 @@ class DeadLetter:
             "event_id": self.header("ce_id"),
             "attempts": int(self.header("dlq_attempts") or 0),
             "service": self.header("dlq_service") or self.header("dlq_consumer_group"),
-            "replayed": replayed,
+            # A record that failed again after a replay: the dead letter it was replayed from.
+            "replay_of": self.header(REPLAY_OF_HEADER),
+            "replayed": isinstance(replayed, dict) or replayed,
+            **{name: record.get(name) for name in REPLAY_RECORD_FIELDS if record},
         }
 
-    def redacted(self, *, replayed: bool) -> dict[str, Any]:
+    def redacted(self, *, replayed: bool | dict[str, Any]) -> dict[str, Any]:
         """Everything an operator needs to judge the failure; data as field shapes only."""
         return {
             **self.summary(replayed=replayed),
@@ -213,17 +222,36 @@ async def read_dead_letters(*, settings: ServiceSettings, dlq_topic: str) -> lis
     ]
 
 
+async def replay_records(*, settings: ServiceSettings, dlq_topic: str) -> dict[str, dict]:
+    """The replays of ``dlq_topic``'s dead letters (by ``<partition>:<offset>``): when, by
+    whom and why (the first, should a crash have sent one twice)."""
+    records = await _read_whole_topic(settings=settings, topic=dlq_topic + REPLAYED_SUFFIX)
+    replays: dict[str, dict] = {}
+    for record in records:
+        if record.key:
+            try:
+                value = orjson.loads(record.value or b"{}")
+            except orjson.JSONDecodeError:
+                value = {}
+            replays.setdefault(record.key.decode(), value if isinstance(value, dict) else {})
+    return replays
+
+
 async def replayed_refs(*, settings: ServiceSettings, dlq_topic: str) -> set[str]:
     """The dead letters of ``dlq_topic`` already replayed (``<partition>:<offset>``)."""
-    records = await _read_whole_topic(settings=settings, topic=dlq_topic + REPLAYED_SUFFIX)
-    return {record.key.decode() for record in records if record.key}
+    return set(await replay_records(settings=settings, dlq_topic=dlq_topic))
 
 
 async def replay(
-    *, settings: ServiceSettings, letters: Sequence[DeadLetter], dry_run: bool = False
+    *,
+    settings: ServiceSettings,
+    letters: Sequence[DeadLetter],
+    operator: str,
+    note: str | None = None,
+    dry_run: bool = False,
 ) -> ReplayResult:
     """Send each dead letter not yet replayed to its original topic (``in_replay_order``),
-    then record it."""
+    then record it: when, by ``operator``, why (``note``)."""
     by_topic: dict[str, list[DeadLetter]] = {}
     for letter in letters:
         by_topic.setdefault(letter.dlq_topic, []).append(letter)
@@ -261,7 +289,10 @@ async def replay(
                     continue
                 letter = original
             try:
-                await asyncio.wait_for(_send_replay(producer, letter), REPLAY_SEND_TIMEOUT_S)
+                await asyncio.wait_for(
+                    _send_replay(producer, letter, operator=operator, note=note),
+                    REPLAY_SEND_TIMEOUT_S,
+                )
             except TimeoutError as exc:
                 cause = f"no answer within {REPLAY_SEND_TIMEOUT_S:g} s"
                 raise ReplayBrokenOff(replayed=replayed, letter=letter, cause=cause) from exc
@@ -318,7 +349,9 @@ async def read_original(*, settings: ServiceSettings, letter: DeadLetter) -> Dea
         await consumer.stop()
 
 
-async def _send_replay(producer: AIOKafkaProducer, letter: DeadLetter) -> None:
+async def _send_replay(
+    producer: AIOKafkaProducer, letter: DeadLetter, *, operator: str, note: str | None
+) -> None:
     """``letter`` to its original topic, then the record that it was replayed."""
     await producer.send_and_wait(
         letter.original_topic, key=letter.key, value=letter.value, headers=_replay_headers(letter)
@@ -331,6 +364,8 @@ async def _send_replay(producer: AIOKafkaProducer, letter: DeadLetter) -> None:
                 "event_id": letter.header("ce_id"),
                 "original_topic": letter.original_topic,
                 "replayed_at": datetime.now(UTC).isoformat(),
+                "replayed_by": operator,
+                "replay_note": note,
             }
         ),
     )
@@ -428,6 +463,20 @@ def _aware(text: str) -> datetime:
     return moment
 
 
+def _named(text: str) -> str:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must not be empty")
+    return text.strip()
+
+
+def _login_name() -> str:
+    """Who runs the tool, as the system knows them (``unknown`` in a container without one)."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="complaints-dlq",
@@ -464,6 +513,15 @@ def _parser() -> argparse.ArgumentParser:
             command.add_argument(
                 "--dry-run", action="store_true", help="show what would be replayed"
             )
+            command.add_argument(
+                "--operator",
+                type=_named,
+                default=None,
+                help="who replays, recorded with each replay (default: the login name)",
+            )
+            command.add_argument(
+                "--note", type=_named, help="why, recorded with each replay (e.g. a ticket)"
+            )
     return parser
 
 
@@ -482,17 +540,24 @@ async def run_command(argv: Sequence[str], *, settings: ServiceSettings | None =
         until=args.until,
     )
     letters: list[DeadLetter] = []
-    done: set[tuple[str, str]] = set()
+    done: dict[tuple[str, str], dict] = {}
     for topic in topics:
         letters.extend(
             letter
             for letter in await read_dead_letters(settings=settings, dlq_topic=topic)
             if selection.matches(letter)
         )
-        done.update((topic, ref) for ref in await replayed_refs(settings=settings, dlq_topic=topic))
+        replays = await replay_records(settings=settings, dlq_topic=topic)
+        done.update(((topic, ref), record) for ref, record in replays.items())
     if args.command == "replay":
         try:
-            result = await replay(settings=settings, letters=letters, dry_run=args.dry_run)
+            result = await replay(
+                settings=settings,
+                letters=letters,
+                operator=args.operator or _login_name(),
+                note=args.note,
+                dry_run=args.dry_run,
+            )
         except ReplayBrokenOff as broken_off:
             for letter in broken_off.replayed:
                 _print({"action": "replayed", **letter.summary(replayed=True)})
@@ -520,8 +585,8 @@ async def run_command(argv: Sequence[str], *, settings: ServiceSettings | None =
         return 1 if result.originals_gone else 0
     shown = 0
     for letter in letters:
-        replayed = (letter.dlq_topic, letter.ref) in done
-        if replayed and not args.include_replayed:
+        replayed = done.get((letter.dlq_topic, letter.ref), False)
+        if replayed is not False and not args.include_replayed:
             continue
         shown += 1
         _print(
