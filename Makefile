@@ -43,10 +43,10 @@ logs:  ## follow the services' and infrastructure's logs
 	tail -n 40 -F .local/logs/*.log
 
 token: install  ## a demo bearer token: make -s token BRANCH=LZ ROLE=agent
-	@$(VENV)/bin/complaints-token --org '$(ORG)' --branches '$(BRANCH)' --roles '$(ROLE)'
+	@bash deploy/local/services.sh exec $(VENV)/bin/complaints-token --org '$(ORG)' --branches '$(BRANCH)' --roles '$(ROLE)'
 
 dlq: install  ## dead letters: make dlq ARGS="list" (inspect, replay --complaint-id ...; docs/operations.md)
-	$(VENV)/bin/complaints-dlq $(ARGS)
+	bash deploy/local/services.sh exec $(VENV)/bin/complaints-dlq $(ARGS)
 
 test: install  ## the whole suite against real Kafka and MongoDB (started if needed)
 	$(VENV)/bin/pytest

@@ -31,6 +31,7 @@ from complaints_shared.failures import (
 from complaints_shared.http import build_app
 from complaints_shared.settings import ServiceSettings
 from tests.support.private_infrastructure import free_port
+from tests.support.system import TEST_JWT_SECRET
 
 PHONE = "13800138000"
 
@@ -45,7 +46,7 @@ def _app_raising(exc_by_path: dict[str, BaseException], **settings: object) -> F
     for path, exc in exc_by_path.items():
         router.add_api_route(path, _raiser(exc), methods=["POST"])
     return build_app(
-        settings=ServiceSettings(service_name="probe", **settings),
+        settings=ServiceSettings(service_name="probe", jwt_secret=TEST_JWT_SECRET, **settings),
         title="probe",
         description="",
         lifespan=_no_runtime,
@@ -85,7 +86,9 @@ async def test_unreachable_database_answers_503_with_retry_after() -> None:
         return {}
 
     app = build_app(
-        settings=ServiceSettings(service_name="probe", unavailable_retry_after_s=7),
+        settings=ServiceSettings(
+            service_name="probe", jwt_secret=TEST_JWT_SECRET, unavailable_retry_after_s=7
+        ),
         title="probe",
         description="",
         lifespan=_no_runtime,

@@ -12,6 +12,7 @@ from complaints_shared.auth import Role, TokenVerifier, mint_token
 from complaints_shared.problems import ProblemError
 from complaints_shared.settings import ServiceSettings
 from tests.support.identity_provider import AUDIENCE, IdentityProvider
+from tests.support.system import TEST_JWT_SECRET
 from tests.support.waits import eventually
 
 
@@ -127,7 +128,7 @@ async def test_leeway_tolerates_small_clock_skew_only(idp: IdentityProvider) -> 
 async def test_the_shared_secret_is_not_accepted_once_a_provider_is_configured(
     idp: IdentityProvider,
 ) -> None:
-    settings = oidc_settings(idp)
+    settings = oidc_settings(idp, jwt_secret=TEST_JWT_SECRET)
     secret_token = mint_token(
         secret=settings.jwt_secret,
         subject="dev",
@@ -142,7 +143,7 @@ async def test_the_shared_secret_is_not_accepted_once_a_provider_is_configured(
 
 
 async def test_secret_mode_accepts_only_hs256_with_the_secret() -> None:
-    settings = ServiceSettings()
+    settings = ServiceSettings(jwt_secret=TEST_JWT_SECRET)
     verifier = TokenVerifier(settings)
     good = mint_token(
         secret=settings.jwt_secret, subject="dev", org="demo", branches=["LZ"], roles=["agent"]
@@ -156,6 +157,23 @@ async def test_secret_mode_accepts_only_hs256_with_the_secret() -> None:
         roles=[],
     )
     assert (await refused(verifier, forged)).status == 401
+
+
+@pytest.mark.parametrize("secret", ["", "短" * 10, "x" * 31])
+def test_a_service_without_a_secret_of_32_bytes_or_an_identity_provider_refuses_to_start(
+    secret: str,
+) -> None:
+    """Until 5 December the shared secret had a default, written in this repository: a
+    service started without ``JWT_SECRET`` (outside compose, which requires it) accepted
+    admin tokens anyone could sign. Now it refuses to start, naming the setting; 30 bytes of
+    Chinese characters are still too few."""
+    with pytest.raises(ValueError, match="JWT_SECRET"):
+        TokenVerifier(ServiceSettings(jwt_secret=secret))
+    assert TokenVerifier(ServiceSettings(jwt_secret="x" * 32)).uses_jwks is False
+
+
+def test_an_identity_provider_needs_no_secret(idp: IdentityProvider) -> None:
+    assert TokenVerifier(oidc_settings(idp, jwt_secret="")).uses_jwks is True
 
 
 @pytest.mark.parametrize("algorithms", ["RS256,none", "HS256", "RS256,HS512", ""])

@@ -6,7 +6,11 @@
 #                       seed the demo organisation if absent, wait for /readyz
 #   services.sh down    stop exactly the processes recorded in .local/pids
 #   services.sh status  running/stopped per service
+#   services.sh exec CMD...
+#                       run CMD with the local stack's environment (make token, make dlq)
 #
+# The services verify tokens with JWT_SECRET; when it is not set, with the local stack's
+# own, generated on first use into .local/jwt-secret (there is no default secret).
 # Needs the app's virtualenv (make install) and the local infrastructure
 # (deploy/local/infra.sh up); KAFKA_BOOTSTRAP_SERVERS / MONGODB_URI override.
 set -euo pipefail
@@ -44,6 +48,15 @@ load_infra_env() {
     fi
     export KAFKA_BOOTSTRAP_SERVERS=${kafka:-${KAFKA_BOOTSTRAP_SERVERS:-127.0.0.1:9092}}
     export MONGODB_URI=${mongo:-${MONGODB_URI:-mongodb://127.0.0.1:27017/?retryWrites=false}}
+    if [[ -z ${JWT_SECRET:-} ]]; then
+        if [[ ! -s $STATE/jwt-secret ]]; then
+            mkdir -p "$STATE"
+            (umask 077 && "$VENV/bin/python" -c 'import secrets; print(secrets.token_hex(32))' \
+                >"$STATE/jwt-secret")
+        fi
+        JWT_SECRET=$(<"$STATE/jwt-secret")
+        export JWT_SECRET
+    fi
 }
 
 # Extra environment of one service. Locally, webhooks runs in development mode so a
@@ -123,5 +136,10 @@ case ${1:-} in
 up) cmd_up ;;
 down) cmd_down ;;
 status) cmd_status ;;
-*) die "usage: $0 up|down|status" ;;
+exec)
+    shift
+    load_infra_env
+    exec "$@"
+    ;;
+*) die "usage: $0 up|down|status|exec CMD..." ;;
 esac

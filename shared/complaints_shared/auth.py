@@ -2,7 +2,8 @@
 
 Two ways to verify, chosen by the settings:
 
-- the shared secret (``JWT_SECRET``, HS256 only): development and tests;
+- the shared secret (``JWT_SECRET``, HS256 only, at least 32 bytes, no default): development,
+  tests and deployments without an identity provider;
 - an OIDC identity provider's keys (``JWT_JWKS_URL``, or ``JWT_OIDC_DISCOVERY`` from
   ``JWT_ISSUER``): only the asymmetric algorithms of ``JWT_ALGORITHMS``, each key bound to
   its own algorithm, so neither ``alg: none`` nor an HS256 token signed with a public key
@@ -39,6 +40,8 @@ from complaints_shared.settings import ServiceSettings
 
 ALL_BRANCHES = "*"
 SECRET_ALGORITHM = "HS256"
+# RFC 7518 §3.2: an HS256 key at least as long as the hash (256 bits).
+MIN_SECRET_BYTES = 32
 # Refused whatever JWT_ALGORITHMS says: no signature at all, or a shared-secret family
 # whose "secret" an attacker could take from the published public key.
 FORBIDDEN_ALGORITHMS = {"none", "HS256", "HS384", "HS512"}
@@ -208,6 +211,8 @@ class TokenVerifier:
         self.mapping = ClaimMapping.from_settings(settings)
         self.algorithms = _asymmetric_algorithms(settings.jwt_algorithms)
         self.uses_jwks = bool(settings.jwt_jwks_url or settings.jwt_oidc_discovery)
+        if not self.uses_jwks:
+            _check_secret(settings.jwt_secret)
         self._jwks: jwt.PyJWKClient | None = None
         self._jwks_lock = asyncio.Lock()
         if settings.jwt_jwks_url:
@@ -308,6 +313,17 @@ def _asymmetric_algorithms(configured: str) -> list[str]:
     return algorithms
 
 
+def _check_secret(secret: str) -> None:
+    """A shared secret too short to be one refuses the start (RFC 7518 §3.2: an HS256 key
+    of at least 256 bits); there is no default to fall back on."""
+    if len(secret.encode()) < MIN_SECRET_BYTES:
+        raise ValueError(
+            f"JWT_SECRET: set a secret of at least {MIN_SECRET_BYTES} bytes (e.g. "
+            "`openssl rand -hex 32`), or an identity provider (JWT_JWKS_URL, "
+            f"JWT_OIDC_DISCOVERY); {'none is set' if not secret else 'the one set is shorter'}"
+        )
+
+
 _bearer = HTTPBearer(auto_error=False)
 
 
@@ -361,12 +377,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--ttl-hours", type=float, default=12.0)
     args = parser.parse_args(argv)
     settings = ServiceSettings()
+    secret = os.environ.get("JWT_SECRET", settings.jwt_secret)
+    if not secret:
+        parser.error("JWT_SECRET is not set: the secret the services verify tokens with")
     branches: list[str] | str = (
         ALL_BRANCHES if args.branches == ALL_BRANCHES else args.branches.split(",")
     )
     roles = [Role(role.strip()).value for role in args.roles.split(",") if role.strip()]
     token = mint_token(
-        secret=os.environ.get("JWT_SECRET", settings.jwt_secret),
+        secret=secret,
         subject=args.subject,
         org=args.org,
         branches=branches,

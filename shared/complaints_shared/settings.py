@@ -157,9 +157,10 @@ class ServiceSettings(BaseSettings):
         10.0, gt=0, description="Producer request timeout; a slower send is retried by the relay."
     )
     jwt_secret: str = Field(
-        "dev-only-change-me-0123456789abcdef",
-        description="HS256 secret for bearer tokens when no JWKS is configured (development "
-        "and tests). Change it in every deployment that uses it.",
+        "",
+        description="HS256 secret for bearer tokens when no JWKS is configured, at least 32 "
+        "bytes. No default: a service in that mode refuses to start without one (a default "
+        "in a public repository is a secret anyone can sign an admin token with).",
     )
     jwt_issuer: str = Field("complaint-desk", description="Expected `iss` claim.")
     jwt_audience: str = Field("complaint-desk", description="Expected `aud` claim.")

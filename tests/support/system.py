@@ -32,6 +32,9 @@ from tests.support.infrastructure import Infrastructure
 from webhooks.main import create_app as create_webhooks_app
 from webhooks.settings import WebhooksSettings
 
+# The shared secret of every test's services and tokens (there is no default secret).
+TEST_JWT_SECRET = "test-only-secret-0123456789abcdef-0123"
+
 
 def settings_for_test(
     settings_class: type[ServiceSettings], *, infra: Infrastructure, run_id: str, **overrides
@@ -47,6 +50,7 @@ def settings_for_test(
         "consumer_retry_backoff_s": 0.05,
         "consumer_max_attempts": 3,
         "kafka_request_timeout_s": 5.0,
+        "jwt_secret": TEST_JWT_SECRET,
         **overrides,
     }
     settings = settings_class(**values)
