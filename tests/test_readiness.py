@@ -15,10 +15,13 @@ from complaints_shared import dlq
 from complaints_shared import runtime as runtime_module
 from complaints_shared.events import Topic, dead_letter_topic
 from complaints_shared.kafka import TopicsNotCreated, ensure_topics
+from followup.settings import FollowupSettings
 from intake.main import create_app as create_intake_app
 from intake.settings import IntakeSettings
+from routing.settings import RoutingSettings
 from tests.support.system import System, serve, settings_for_test
 from tests.support.waits import eventually
+from webhooks.settings import WebhooksSettings
 
 pytestmark = pytest.mark.integration
 
@@ -90,6 +93,29 @@ def test_a_dead_letter_retention_shorter_than_a_day_is_refused(retention_ms: int
     with pytest.raises(ValidationError, match="dead_letter_retention_ms"):
         IntakeSettings(dead_letter_retention_ms=retention_ms)
     assert IntakeSettings(dead_letter_retention_ms=86_400_000).dead_letter_retention_ms > 0
+
+
+def test_a_service_name_in_the_environment_moves_no_service_into_another_ones_group(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``SERVICE_NAME`` was read like any setting, and it names the consumer group and the
+    default database: set on every container (a logging convention), it put intake,
+    routing, follow-up and webhooks in one group, splitting the partitions each must read
+    whole. Each service's name is now its class's."""
+    monkeypatch.setenv("SERVICE_NAME", "complaint-desk")
+    monkeypatch.setenv("LOG_LEVEL", "DEBUG")  # the environment still sets the others
+    named = [
+        (settings.service_name, settings.consumer_group(), settings.database_name())
+        for settings in (
+            IntakeSettings(),
+            RoutingSettings(),
+            FollowupSettings(),
+            WebhooksSettings(),
+        )
+    ]
+    assert [name for name, _, _ in named] == ["intake", "routing", "followup", "webhooks"]
+    assert len({group for _, group, _ in named}) == 4 and len({db for _, _, db in named}) == 4
+    assert IntakeSettings().log_level == "DEBUG"
 
 
 async def test_dead_letter_topics_keep_their_records_until_deleted(infrastructure) -> None:

@@ -1,16 +1,21 @@
 """Environment-driven settings shared by every service.
 
-Every field reads from an upper-case environment variable of the same name
-(``KAFKA_BOOTSTRAP_SERVERS``, ``MONGODB_URI`` ...). Service-specific settings
+Every field but ``service_name`` reads from an upper-case environment variable of the same
+name (``KAFKA_BOOTSTRAP_SERVERS``, ``MONGODB_URI`` ...). Service-specific settings
 classes subclass :class:`ServiceSettings` and add their own fields.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 MIN_DEAD_LETTER_RETENTION_MS = 86_400_000
+# Fields the environment does not set (``ServiceSettings.service_name``).
+FIXED = frozenset({"service_name"})
 
 
 class ServiceSettings(BaseSettings):
@@ -18,7 +23,25 @@ class ServiceSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_file=None, extra="ignore", case_sensitive=False)
 
+    # Fixed by each service's class, never read from the environment: it names the consumer
+    # group and the default database, and a platform that sets ``SERVICE_NAME`` on every
+    # container (a logging convention) put all four services in one group and one database.
     service_name: str = Field("service", description="Name used in logs, metrics and ce_source.")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource | Callable[[], dict[str, Any]], ...]:
+        def environment() -> dict[str, Any]:
+            return {name: value for name, value in env_settings().items() if name not in FIXED}
+
+        return init_settings, environment, dotenv_settings, file_secret_settings
+
     kafka_bootstrap_servers: str = Field(
         "127.0.0.1:9092", description="Comma-separated Kafka bootstrap servers."
     )
