@@ -14,6 +14,7 @@ import base64
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta, timezone
+from enum import StrEnum
 from typing import Any
 
 import orjson
@@ -428,3 +429,50 @@ async def test_the_first_change_after_an_insert_decides_on_the_inserted_copy(
     finally:
         await client.drop_database(db.name)
         await client.close()
+
+
+class ThingStatus(StrEnum):
+    RECEIVED = "received"
+    RESOLVED = "resolved"
+
+
+class ThingCommand(StrEnum):
+    RECORD_REMEDY = "record_remedy"
+
+
+@pytest.mark.parametrize("copy_says", ["refused", "nothing to do"])
+async def test_a_decision_the_inserted_copy_refuses_is_taken_again_on_the_stored_document(
+    db: AsyncDatabase, copy_says: str
+) -> None:
+    """The replica that registered a complaint decided its first change on the copy it
+    inserted; another replica had resolved it meanwhile, so a remedy (legal once resolved)
+    was a 409 "cannot record_remedy a complaint that is received" while GET said resolved.
+    A refusal, or a "nothing to do", on the copy is now decided again on what is stored."""
+    thing_id = str(uuid.uuid4())
+    document = {"_id": thing_id, "org": "demo", "status": "received", "count": 0, "version": 1}
+    await db[THING.collection].insert_one(document)
+    aggregate.inserted(db=db, aggregate=REMEMBERED_THING, document=document)
+    await db[THING.collection].update_one(  # another replica's change
+        {"_id": thing_id}, {"$set": {"status": "resolved"}, "$inc": {"version": 1}}
+    )
+
+    def remedy(current: dict[str, Any]) -> Decision | None:
+        if current["status"] != "resolved":
+            if copy_says == "refused":
+                raise InvalidTransition(
+                    current=ThingStatus(current["status"]), command=ThingCommand.RECORD_REMEDY
+                )
+            return None
+        return Decision({"$inc": {"count": 1}})
+
+    changed = await aggregate.change(
+        db=db,
+        settings=SETTINGS,
+        aggregate=REMEMBERED_THING,
+        aggregate_id=thing_id,
+        decide=remedy,
+        now=NOW,
+        scope={"org": "demo"},
+    )
+    assert changed is not None and changed["count"] == 1
+    assert (await db[THING.collection].find_one({"_id": thing_id}))["count"] == 1

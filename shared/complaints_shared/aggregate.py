@@ -211,6 +211,7 @@ async def change(
     )
     try:
         for _ in range(aggregate.max_write_attempts):
+            from_copy = remembered is not None
             current = remembered or await collection.find_one(
                 {"_id": aggregate_id, **(scope or {})},
                 projection={name: 0 for name in aggregate.unread} or None,
@@ -226,9 +227,17 @@ async def change(
                 return _shown(current, aggregate)
             try:
                 decision = await decided(decide, current)
-            except InvalidTransition as exc:
-                raise exc.about(what=aggregate.what, identifier=aggregate_id) from None
+            except Exception as exc:
+                # The copy may be out of date (another replica changed the document): a
+                # refusal or a "nothing to do" on it is decided again on what is stored.
+                if from_copy:
+                    continue
+                if isinstance(exc, InvalidTransition):
+                    raise exc.about(what=aggregate.what, identifier=aggregate_id) from None
+                raise
             if decision is None:
+                if from_copy:
+                    continue
                 return _shown(current, aggregate)
             if published is None:
                 published = take_published(**where)
