@@ -37,6 +37,30 @@ def test_public_holiday_is_closed_and_make_up_sunday_is_open() -> None:
     assert not SHANGHAI.is_working_day(date(2026, 11, 28))  # an ordinary Saturday
 
 
+def test_a_make_up_day_without_hours_to_borrow_is_no_business_day() -> None:
+    """A shop open Tuesday to Saturday: the country's make-up Sunday (2025-01-26) has no
+    hours of its own and none on Monday (the template) either. Counted as a business day,
+    the third business day after Thursday 23 January landed on it and the deadline raised
+    IndexError (routing dead-lettered the complaint, never routed); now it is skipped, as
+    are Monday and the Spring Festival, and the third is Saturday 1 February."""
+    shop = BusinessCalendar(
+        time_zone="Asia/Shanghai",
+        country="CN",
+        hours={day: [(time(9), time(18))] for day in range(1, 6)},
+    )
+    assert not shop.is_working_day(date(2025, 1, 26))
+    assert shop.opening_ranges(date(2025, 1, 26)) == []
+    thursday_11_local = utc(2025, 1, 23, 3)
+    assert shop.add_business_days(thursday_11_local, 3) == utc(2025, 2, 1, 3)
+    own_make_up = BusinessCalendar(
+        country=None,
+        hours={day: [(time(9), time(18))] for day in range(1, 6)},
+        working_days=frozenset({date(2026, 11, 30)}),  # a Monday, the branch is closed Mondays
+    )
+    assert not own_make_up.is_working_day(date(2026, 11, 30))
+    assert own_make_up.add_business_days(utc(2026, 11, 28, 3), 1) == utc(2026, 12, 1, 3)
+
+
 def test_organisation_closed_days_and_own_working_days_override() -> None:
     calendar = BusinessCalendar(
         closed_days=frozenset({date(2026, 11, 25)}), working_days=frozenset({date(2026, 11, 29)})

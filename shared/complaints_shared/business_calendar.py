@@ -200,11 +200,21 @@ class BusinessCalendar:
         self._working_days_by_year[year] = worked
         return worked
 
+    def _day_hours(self, day: date) -> list[tuple[time, time]]:
+        """The hours ``day`` opens if it is worked: its weekday's, else (a make-up day on a
+        day the branch is closed) the template weekday's."""
+        hours = self._local_hours
+        return hours.get(day.weekday()) or hours.get(self.working_day_template, [])
+
     def is_working_day(self, day: date) -> bool:
+        """Whether ``day`` opens at all. A make-up day (the country's 调休 or the
+        organisation's own) without hours to borrow (a branch closed on that weekday and on
+        the template's) is not one: counted as a business day, it made a deadline landing on
+        it fail (no closing time) and every other deadline across it a day short."""
         if day in self.closed_days:
             return False
         if day in self.working_days or day in self._official_working_days(day.year):
-            return True
+            return bool(self._day_hours(day))
         if self._public_holidays is not None and day in self._public_holidays:
             return False
         return bool(self.hours.get(day.weekday()))
@@ -213,8 +223,7 @@ class BusinessCalendar:
         """The day's open ranges as aware datetimes in the calendar's zone."""
         if not self.is_working_day(day):
             return []
-        hours = self._local_hours
-        ranges = hours.get(day.weekday()) or hours.get(self.working_day_template, [])
+        ranges = self._day_hours(day)
         return [
             (
                 datetime.combine(day, start, tzinfo=self.zone),
