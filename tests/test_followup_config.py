@@ -5,9 +5,11 @@ from __future__ import annotations
 from datetime import date, datetime, timedelta
 
 import pytest
+from pydantic import ValidationError
 
 from complaints_shared.clock import ManualClock
 from complaints_shared.events import ComplaintWithdrawn, EventType
+from followup.settings import FollowupSettings
 from tests.support.clock import at, utc
 from tests.support.events import resolved
 from tests.support.followup import FAST_SCHEDULER, checks_of, make_due, wait_status
@@ -119,6 +121,23 @@ async def test_policy_and_contact_hours_are_validated_audited_and_applied(
     assert await due_times(network_hosp) == [utc(2026, 11, 25, 2)]
     (snapshot,) = await checks_of(system, critical.complaint_id, admin)
     assert snapshot["max_attempts"] == 2
+
+
+@pytest.mark.parametrize(
+    "setting",
+    [
+        {"second_check_after_hours": 2400},  # past the 90 days a check may wait
+        {"first_check_after_hours": 3000},
+        {"second_check_severities": ["high", "high"]},  # two overrides for one severity
+    ],
+)
+def test_default_policy_settings_the_policy_refuses_stop_the_service_naming_them(
+    setting: dict,
+) -> None:
+    """They were accepted at start-up, then every resolution of an organisation without a
+    policy of its own failed (dead-lettered: no call-backs) and its policy's GET was a 500."""
+    with pytest.raises(ValidationError, match="SECOND_CHECK_AFTER_HOURS"):
+        FollowupSettings(**setting)
 
 
 async def test_contact_hours_that_would_break_scheduling_are_422s_naming_the_field(

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from datetime import time
 
-from pydantic import Field
+from pydantic import Field, ValidationError, model_validator
 
 from complaints_shared.business_calendar import ConfiguredTimeZone
 from complaints_shared.events import Severity
@@ -44,6 +44,23 @@ class FollowupSettings(ServiceSettings):
     satisfied_score_threshold: int = Field(
         4, ge=1, le=5, description="Lowest score (with the problem solved) counted as satisfied."
     )
+
+    @model_validator(mode="after")
+    def _default_policy_is_valid(self) -> FollowupSettings:
+        """The policy these settings make is checked now, not at each resolution: bounds
+        only the policy knows (a check at most 90 days after) made every organisation
+        without its own policy dead-letter its resolutions and its policy's GET a 500."""
+        from followup.policy import default_policy
+
+        try:
+            default_policy(self)
+        except ValidationError as exc:
+            problems = "; ".join(error["msg"] for error in exc.errors())
+            raise ValueError(
+                "FIRST_CHECK_AFTER_HOURS, SECOND_CHECK_AFTER_HOURS, SECOND_CHECK_SEVERITIES: "
+                f"the default follow-up policy they make is invalid: {problems}"
+            ) from None
+        return self
 
     # -- default contact hours -----------------------------------------------------
     contact_time_zone: ConfiguredTimeZone = Field(
