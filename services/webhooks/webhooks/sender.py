@@ -13,9 +13,12 @@ and a target the attempt cannot even address fails like one that does not resolv
 from __future__ import annotations
 
 import asyncio
+import ssl
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 
+import certifi
 import httpx
 
 from complaints_shared.failures import redacted_error
@@ -42,23 +45,73 @@ class AttemptResult:
         return self.response_code == 410
 
 
-class Sender:
-    """Sends attempts over one pooled client (one replica, all subscriptions)."""
+# Host names whose pooled clients a replica keeps; the least recently used beyond are closed
+# once no attempt uses them.
+MAX_POOLED_HOSTS = 256
 
-    def __init__(self, *, settings: WebhooksSettings) -> None:
+
+@dataclass(eq=False)
+class _HostPool:
+    client: httpx.AsyncClient
+    in_use: int = 0
+    retired: bool = False
+
+
+class Sender:
+    """Sends attempts over a pooled client per target host name.
+
+    Attempts connect to the address just checked, so a client's pool knows a connection by
+    that address, not by the name its certificate was verified for: one client for every
+    subscription sent a second host's deliveries (same address: shared hosting, a CDN, an
+    ingress) over a connection verified for the first. A client per host name keeps each
+    kept-alive connection to the one name it was verified for.
+    """
+
+    def __init__(
+        self, *, settings: WebhooksSettings, tls_context: ssl.SSLContext | None = None
+    ) -> None:
         self._settings = settings
-        self._client = httpx.AsyncClient(
-            follow_redirects=False,
-            trust_env=False,
-            timeout=httpx.Timeout(settings.request_timeout_s),
-            limits=httpx.Limits(
-                max_connections=settings.max_concurrent_deliveries,
-                max_keepalive_connections=settings.max_concurrent_deliveries,
-            ),
-        )
+        # One context for every client (loading the CA bundle per host would cost each one).
+        self._tls = tls_context or ssl.create_default_context(cafile=certifi.where())
+        self._pools: OrderedDict[str, _HostPool] = OrderedDict()
+        self._retired: set[_HostPool] = set()
 
     async def close(self) -> None:
-        await self._client.aclose()
+        pools = [*self._pools.values(), *self._retired]
+        self._pools.clear()
+        self._retired.clear()
+        for pool in pools:
+            await pool.client.aclose()
+
+    def _checkout(self, host: str) -> _HostPool:
+        pool = self._pools.get(host)
+        if pool is None:
+            pool = self._pools[host] = _HostPool(client=self._new_client())
+        self._pools.move_to_end(host)
+        pool.in_use += 1
+        while len(self._pools) > MAX_POOLED_HOSTS:
+            _, oldest = self._pools.popitem(last=False)
+            oldest.retired = True
+            self._retired.add(oldest)
+        return pool
+
+    async def _checkin(self, pool: _HostPool) -> None:
+        pool.in_use -= 1
+        if pool.retired and pool.in_use == 0:
+            self._retired.discard(pool)
+            await pool.client.aclose()
+
+    def _new_client(self) -> httpx.AsyncClient:
+        return httpx.AsyncClient(
+            follow_redirects=False,
+            trust_env=False,
+            verify=self._tls,
+            timeout=httpx.Timeout(self._settings.request_timeout_s),
+            limits=httpx.Limits(
+                max_connections=self._settings.max_concurrent_deliveries,
+                max_keepalive_connections=self._settings.max_concurrent_deliveries,
+            ),
+        )
 
     async def send(self, *, url: str, headers: dict[str, str], body: str) -> AttemptResult:
         started = time.perf_counter()
@@ -87,19 +140,25 @@ class Sender:
         target = parse_target(url, settings=self._settings)
         address = await resolve_checked(target, settings=self._settings)
         # Connect to the address just checked; Host and TLS (SNI, certificate) keep the name.
+        # A name's root dot (``example.com.``) is no part of what certificates name.
         pinned = httpx.URL(url).copy_with(host=address)
-        request = self._client.build_request(
-            "POST",
-            pinned,
-            content=body.encode(),
-            headers={**headers, "host": _host_header(target.host, url)},
-            extensions={"sni_hostname": target.host} if target.scheme == "https" else {},
-        )
-        response = await self._client.send(request, stream=True)
+        name = target.host.rstrip(".")
+        pool = self._checkout(name)
         try:
-            excerpt = await self._excerpt(response)
+            request = pool.client.build_request(
+                "POST",
+                pinned,
+                content=body.encode(),
+                headers={**headers, "host": host_header(name, url)},
+                extensions={"sni_hostname": name} if target.scheme == "https" else {},
+            )
+            response = await pool.client.send(request, stream=True)
+            try:
+                excerpt = await self._excerpt(response)
+            finally:
+                await response.aclose()
         finally:
-            await response.aclose()
+            await self._checkin(pool)
         return AttemptResult(
             response_code=response.status_code,
             latency_ms=_elapsed_ms(started),
@@ -118,9 +177,12 @@ class Sender:
         return collected[:limit].decode("utf-8", "replace") or None
 
 
-def _host_header(host: str, url: str) -> str:
+def host_header(host: str, url: str) -> str:
+    """The Host header of ``url`` naming ``host``: an IPv6 address in brackets (bare, its
+    colons ran into the port's)."""
+    shown = f"[{host}]" if ":" in host else host
     port = httpx.URL(url).port
-    return f"{host}:{port}" if port else host
+    return f"{shown}:{port}" if port else shown
 
 
 def _elapsed_ms(started: float) -> float:
