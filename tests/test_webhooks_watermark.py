@@ -56,6 +56,25 @@ def test_under_steady_load_each_observation_is_reached_in_turn() -> None:
     assert watermark.through == _at(3)
 
 
+def test_a_group_over_a_minute_behind_still_moves_the_watermark() -> None:
+    """Observations were kept for a minute of lag (600 at 0.1 s), the oldest dropped: a
+    group that stayed 90 s behind never reached one still kept, so ``through`` stood
+    still and every delivery waited until the lag fell under a minute. Now the queue is
+    thinned and ``through`` trails the lag, give or take the thinned spacing."""
+    watermark, _ = _watermark()
+    per_second = 100  # records a second on one partition; the group commits 90 s behind
+    for step in range(3000):  # 300 s, observed every 0.1 s
+        now = step / 10
+        watermark.advance(
+            ends_at=_at(now),
+            ends={INTAKE: round(now * per_second)},
+            committed={INTAKE: max(0, round((now - 90) * per_second))},
+        )
+    assert watermark.through is not None
+    trailing_s = (_at(299.9) - watermark.through).total_seconds()
+    assert 90 <= trailing_s <= 92, trailing_s
+
+
 def test_a_partition_the_group_never_committed_holds_the_watermark() -> None:
     watermark, _ = _watermark()
     watermark.advance(ends_at=_at(0), ends={INTAKE: 3, ROUTING: 1}, committed={INTAKE: 3})

@@ -35,8 +35,10 @@ from webhooks.settings import WebhooksSettings
 
 log = get_logger(__name__)
 
-# Observations not reached yet (at 0.1 s apart, a minute of consumer lag); older ones
-# are dropped, which only makes ``through`` wait for a newer one.
+# Observations not reached yet (at 0.1 s apart, a minute of consumer lag). Beyond, every
+# second one is dropped, the oldest kept: the oldest are what the group reaches next, and
+# dropping them (a deque's ``maxlen``) froze ``through`` while the group stayed over a
+# minute behind, holding every delivery back until it caught up.
 MAX_PENDING_OBSERVATIONS = 600
 
 # While Kafka is away: retry after 0.5 s, doubling up to 10 s.
@@ -62,7 +64,7 @@ class ConsumedWatermark:
         self._settings = settings
         self._on_advance = on_advance
         self._topics = [settings.topic(topic.value) for topic in Topic]
-        self._observations: deque[tuple[datetime, Offsets]] = deque(maxlen=MAX_PENDING_OBSERVATIONS)
+        self._observations: deque[tuple[datetime, Offsets]] = deque()
         self.through: datetime | None = None
 
     def advance(
@@ -76,6 +78,11 @@ class ConsumedWatermark:
         """Queue the observation (``ends`` read at ``ends_at``), then take every one reached
         (``reached``: by the offsets ``committed``, or the log ``starts`` read since)."""
         self._observations.append((ends_at, ends))
+        if len(self._observations) > MAX_PENDING_OBSERVATIONS:
+            thinned = list(self._observations)[::2]
+            if thinned[-1] is not self._observations[-1]:
+                thinned.append(self._observations[-1])
+            self._observations = deque(thinned)
         newest: datetime | None = None
         # End offsets only grow, so the observations are reached oldest first.
         while self._observations and reached(
