@@ -331,6 +331,43 @@ async def test_unsatisfied_customer_reopens_the_complaint_and_cancels_the_pendin
     assert fresh[0]["resolution_summary"] == "更换光猫后网络稳定"
 
 
+async def test_a_later_checks_answer_cancels_the_earlier_check_still_open(
+    system_factory: SystemFactory,
+) -> None:
+    """The first check of a serious complaint was still being tried when the week's check
+    reached the customer (satisfied, closed). Then the first check reached them too:
+    "unsatisfied" on an earlier check counts for nothing beside a later one's answer, so the
+    complaint stayed closed and the customer had been called twice about one resolution.
+    Now the later answer cancels the earlier check."""
+    clock = start_clock()
+    system = await system_factory(clock=clock, followup=FAST_SCHEDULER)
+    admin = token(system.intake_settings)
+    caller = agent(system, "agent-a")
+    complaint_id = await resolve_through_intake(system, admin, severity="high")
+    first, second = await checks_of(system, complaint_id, caller, count=2)
+    await make_due(system, clock, second, caller)
+    await wait_status(system, first["id"], "due", caller)
+
+    answered = await system.followup.post(
+        f"/v1/followups/{second['id']}/outcome",
+        json={"satisfied": True, "score": 5},
+        headers=caller,
+    )
+    assert answered.status_code == 200, answered.text
+    cancelled = await wait_status(system, first["id"], "cancelled", caller)
+    assert cancelled["cancel_reason"] == "superseded by a later check's answer"
+    late = await system.followup.post(
+        f"/v1/followups/{first['id']}/outcome",
+        json={"satisfied": False, "score": 1},
+        headers=caller,
+    )
+    assert late.status_code == 409, late.text
+    (event,) = await followup_events(
+        system, event_type=EventType.FOLLOWUP_CANCELLED, subject=complaint_id, count=1
+    )
+    assert event.data["followup_id"] == first["id"]
+
+
 async def test_a_reached_score_is_the_satisfaction_intake_and_followup_stats_agree_on(
     system_factory: SystemFactory,
 ) -> None:

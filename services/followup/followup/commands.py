@@ -8,6 +8,7 @@ None when the caller cannot see the check (the route answers 404).
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -17,9 +18,11 @@ from complaints_shared import aggregate
 from complaints_shared.aggregate import Decide, Decision
 from complaints_shared.auth import Principal
 from complaints_shared.events import FollowupOutcome
+from complaints_shared.failures import redacted_error
 from complaints_shared.idempotency import CommandKey, key_conflict, request_hash
+from complaints_shared.logs import get_logger
 from complaints_shared.mongo import merge_updates
-from followup import store
+from followup import projections, store
 from followup.lifecycle import (
     CLAIM_FIELDS,
     CheckState,
@@ -34,6 +37,43 @@ from followup.lifecycle import (
 )
 from followup.models import AttemptCreate, OutcomeRequest
 from followup.settings import FollowupSettings
+
+log = get_logger(__name__)
+
+# The answers a customer gave: an earlier check of the resolution is moot after one.
+ANSWERED = frozenset({FollowupOutcome.SATISFIED.value, FollowupOutcome.UNSATISFIED.value})
+SUPERSEDED_BY_ANSWER = "superseded by a later check's answer"
+
+
+def ending_earlier_checks(
+    decision: Decision, *, db: AsyncDatabase, settings: FollowupSettings, now: datetime
+) -> Decision:
+    """``decision`` (a completion) that, once written, cancels the resolution's earlier
+    checks still open when the customer answered. An earlier check answered after a later
+    one counts for nothing (intake and the statistics go by the later check), so an
+    "unsatisfied" on it was silently dropped and the complaint stayed closed, while the
+    customer was called a second time about the same resolution."""
+
+    async def cancel_earlier(document: dict[str, Any]) -> None:
+        if document.get("outcome") not in ANSWERED or not document.get("sequence"):
+            return
+        try:
+            await projections.cancel_open_checks(
+                db=db,
+                settings=settings,
+                org=document["org"],
+                complaint_id=document["complaint_id"],
+                only={
+                    "resolution_number": document.get("resolution_number"),
+                    "sequence": {"$lt": document["sequence"]},
+                },
+                reason=SUPERSEDED_BY_ANSWER,
+                now=now,
+            )
+        except Exception as exc:  # the answer is recorded: the request stands
+            log.warning("followup_earlier_checks_not_cancelled", error=redacted_error(exc))
+
+    return replace(decision, effects=[*decision.effects, cancel_earlier])
 
 
 async def _change_visible(
@@ -226,11 +266,16 @@ async def record_attempt(
                 problem_solved=request.problem_solved,
                 threshold=rules["satisfied_score_threshold"],
             )
-            return complete(
-                current=current,
-                command=Command.RECORD_REACHED,
-                attempt=attempt,
-                outcome=outcome,
+            return ending_earlier_checks(
+                complete(
+                    current=current,
+                    command=Command.RECORD_REACHED,
+                    attempt=attempt,
+                    outcome=outcome,
+                    now=now,
+                ),
+                db=db,
+                settings=settings,
                 now=now,
             )
         command = unreached_command(
@@ -281,11 +326,16 @@ async def record_outcome(
             comment=request.comment,
         )
         outcome = FollowupOutcome.SATISFIED if request.satisfied else FollowupOutcome.UNSATISFIED
-        return complete(
-            current=current,
-            command=Command.RECORD_OUTCOME,
-            attempt=attempt,
-            outcome=outcome,
+        return ending_earlier_checks(
+            complete(
+                current=current,
+                command=Command.RECORD_OUTCOME,
+                attempt=attempt,
+                outcome=outcome,
+                now=now,
+            ),
+            db=db,
+            settings=settings,
             now=now,
         )
 
