@@ -331,6 +331,28 @@ async def test_unsatisfied_customer_reopens_the_complaint_and_cancels_the_pendin
     assert fresh[0]["resolution_summary"] == "更换光猫后网络稳定"
 
 
+async def test_a_check_past_its_due_time_is_claimed_before_the_scheduler_fires_it(
+    system_factory: SystemFactory,
+) -> None:
+    """The scheduler fires due checks in passes (and behind a backlog, or after a failure,
+    later); a claim in between was a 409 "not due until" a time already past, and so was
+    the next call after an unreached one with no spacing. Now the claim makes it due."""
+    clock = start_clock()
+    system = await system_factory(clock=clock, followup={"scheduler_poll_interval_s": 3600})
+    admin = token(system.intake_settings)
+    caller = agent(system, "agent-a")
+    complaint_id = await resolve_through_intake(system, admin, severity="low")
+    (check,) = await checks_of(system, complaint_id, caller)
+    url = f"/v1/followups/{check['id']}/claim"
+    assert (await system.followup.post(url, headers=caller)).status_code == 409  # not due yet
+    clock.set(at(check["due_at"]) + timedelta(minutes=1))
+    claimed = await system.followup.post(url, headers=caller)
+    assert claimed.status_code == 200, claimed.text
+    body = claimed.json()
+    assert (body["status"], body["claimed_by"]) == ("in_progress", "agent-a")
+    assert [entry["action"] for entry in body["history"]][-2:] == ["become_due", "claim"]
+
+
 async def test_a_later_checks_answer_cancels_the_earlier_check_still_open(
     system_factory: SystemFactory,
 ) -> None:

@@ -25,9 +25,11 @@ from complaints_shared.mongo import merge_updates
 from followup import projections, store
 from followup.lifecycle import (
     CLAIM_FIELDS,
+    SYSTEM_ACTOR,
     CheckState,
     Command,
     complete,
+    history_entry,
     judge,
     moved,
     new_attempt,
@@ -35,7 +37,7 @@ from followup.lifecycle import (
     transition,
     unreached_command,
 )
-from followup.models import AttemptCreate, OutcomeRequest
+from followup.models import AttemptCreate, CheckStatus, OutcomeRequest
 from followup.settings import FollowupSettings
 
 log = get_logger(__name__)
@@ -114,6 +116,13 @@ async def claim(
 
     def decide(current: dict[str, Any]) -> Decision:
         state = CheckState.of(current)
+        # Due, but the scheduler has not fired it yet (between its passes, behind a backlog,
+        # or a retry with no spacing): it becomes due in this same write. It was a 409
+        # "not due until" a time already past.
+        fell_due = state.status is CheckStatus.SCHEDULED and state.due_at <= now
+        if fell_due:
+            transition(state=state, command=Command.BECOME_DUE, actor=SYSTEM_ACTOR, now=now)
+            state = replace(state, status=CheckStatus.DUE, history_length=state.history_length + 1)
         status = transition(state=state, command=Command.CLAIM, actor=principal.subject, now=now)
         lease_until = now + timedelta(seconds=settings.claim_lease_s)
         if state.renewal_by(principal.subject):
@@ -126,6 +135,15 @@ async def claim(
             claimed_by=principal.subject,
             claim_lease_until=lease_until,
         )
+        if fell_due:
+            became_due = history_entry(
+                action=Command.BECOME_DUE.value,
+                status=CheckStatus.DUE,
+                actor=SYSTEM_ACTOR,
+                at=now,
+            )
+            update["$push"]["history"] = {"$each": [became_due, update["$push"]["history"]]}
+            update["$unset"] = dict(store.TIMER_FIELDS)
         return Decision(update)
 
     return await _change_visible(
