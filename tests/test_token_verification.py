@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import time
 from collections.abc import Iterator
@@ -11,7 +12,10 @@ import pytest
 from complaints_shared.auth import Role, TokenVerifier, mint_token
 from complaints_shared.problems import ProblemError
 from complaints_shared.settings import ServiceSettings
+from intake.main import create_app as create_intake_app
+from intake.settings import IntakeSettings
 from tests.support.identity_provider import AUDIENCE, IdentityProvider
+from tests.support.private_infrastructure import free_port
 from tests.support.system import TEST_JWT_SECRET
 from tests.support.waits import eventually
 
@@ -160,20 +164,29 @@ async def test_secret_mode_accepts_only_hs256_with_the_secret() -> None:
 
 
 @pytest.mark.parametrize("secret", ["", "短" * 10, "x" * 31])
-def test_a_service_without_a_secret_of_32_bytes_or_an_identity_provider_refuses_to_start(
+async def test_a_service_without_a_secret_of_32_bytes_or_an_identity_provider_refuses_to_start(
     secret: str,
 ) -> None:
     """Until 5 December the shared secret had a default, written in this repository: a
     service started without ``JWT_SECRET`` (outside compose, which requires it) accepted
-    admin tokens anyone could sign. Now it refuses to start, naming the setting; 30 bytes of
-    Chinese characters are still too few."""
+    admin tokens anyone could sign. Now it refuses to start, naming the setting, before it
+    connects to anything; 30 bytes of Chinese characters are still too few. An app only
+    built (the role matrix, OpenAPI) needs no secret."""
+    settings = IntakeSettings(jwt_secret=secret, mongodb_uri=f"mongodb://127.0.0.1:{free_port()}")
+    app = create_intake_app(settings)
+    assert "/v1/complaints" in app.openapi()["paths"]
     with pytest.raises(ValueError, match="JWT_SECRET"):
-        TokenVerifier(ServiceSettings(jwt_secret=secret))
-    assert TokenVerifier(ServiceSettings(jwt_secret="x" * 32)).uses_jwks is False
+        async with asyncio.timeout(10), app.router.lifespan_context(app):
+            pass
+    with pytest.raises(ValueError, match="JWT_SECRET"):
+        TokenVerifier(ServiceSettings(jwt_secret=secret)).check_configuration()
+    TokenVerifier(ServiceSettings(jwt_secret="x" * 32)).check_configuration()
 
 
 def test_an_identity_provider_needs_no_secret(idp: IdentityProvider) -> None:
-    assert TokenVerifier(oidc_settings(idp, jwt_secret="")).uses_jwks is True
+    verifier = TokenVerifier(oidc_settings(idp, jwt_secret=""))
+    verifier.check_configuration()
+    assert verifier.uses_jwks is True
 
 
 @pytest.mark.parametrize("algorithms", ["RS256,none", "HS256", "RS256,HS512", ""])

@@ -211,12 +211,26 @@ class TokenVerifier:
         self.mapping = ClaimMapping.from_settings(settings)
         self.algorithms = _asymmetric_algorithms(settings.jwt_algorithms)
         self.uses_jwks = bool(settings.jwt_jwks_url or settings.jwt_oidc_discovery)
-        if not self.uses_jwks:
-            _check_secret(settings.jwt_secret)
         self._jwks: jwt.PyJWKClient | None = None
         self._jwks_lock = asyncio.Lock()
         if settings.jwt_jwks_url:
             self._jwks = self._client(settings.jwt_jwks_url)
+
+    def check_configuration(self) -> None:
+        """Refuse to start a service without a way to verify tokens: a shared secret of at
+        least ``MIN_SECRET_BYTES`` (RFC 7518 §3.2: an HS256 key of at least 256 bits), or an
+        identity provider. There is no default secret to fall back on: one written in this
+        repository let a deployment that forgot ``JWT_SECRET`` accept tokens anyone could
+        sign. (An app built only to read its routes, for the role matrix or OpenAPI, needs
+        none.)"""
+        secret = self._settings.jwt_secret
+        if self.uses_jwks or len(secret.encode()) >= MIN_SECRET_BYTES:
+            return
+        raise ValueError(
+            f"JWT_SECRET: set a secret of at least {MIN_SECRET_BYTES} bytes (e.g. "
+            "`openssl rand -hex 32`), or an identity provider (JWT_JWKS_URL, "
+            f"JWT_OIDC_DISCOVERY); {'none is set' if not secret else 'the one set is shorter'}"
+        )
 
     async def principal(self, token: str) -> Principal:
         return self.mapping.principal(await self.claims(token))
@@ -311,17 +325,6 @@ def _asymmetric_algorithms(configured: str) -> list[str]:
             f"(refused: {', '.join(refused) or 'an empty list'})"
         )
     return algorithms
-
-
-def _check_secret(secret: str) -> None:
-    """A shared secret too short to be one refuses the start (RFC 7518 §3.2: an HS256 key
-    of at least 256 bits); there is no default to fall back on."""
-    if len(secret.encode()) < MIN_SECRET_BYTES:
-        raise ValueError(
-            f"JWT_SECRET: set a secret of at least {MIN_SECRET_BYTES} bytes (e.g. "
-            "`openssl rand -hex 32`), or an identity provider (JWT_JWKS_URL, "
-            f"JWT_OIDC_DISCOVERY); {'none is set' if not secret else 'the one set is shorter'}"
-        )
 
 
 _bearer = HTTPBearer(auto_error=False)

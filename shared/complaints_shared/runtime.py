@@ -163,6 +163,7 @@ async def service_runtime(
     background_jobs: list[BackgroundJob] = (),  # type: ignore[assignment]
     clock: Clock | None = None,
 ) -> AsyncIterator[Runtime]:
+    app.state.token_verifier.check_configuration()
     # Background tasks copy this context, so their logs name the service even in-process.
     bind_context(service=settings.service_name)
     mongo = create_mongo_client(settings=settings)
