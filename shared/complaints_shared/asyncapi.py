@@ -11,7 +11,13 @@ import sys
 from typing import Any
 
 from complaints_shared.envelope import REQUIRED_HEADERS, SPEC_VERSION
-from complaints_shared.events import EVENT_CONTRACTS, EventType, Topic, dead_letter_topic
+from complaints_shared.events import (
+    EVENT_CONTRACTS,
+    EventData,
+    EventType,
+    Topic,
+    dead_letter_topic,
+)
 
 PRODUCERS = {Topic.INTAKE: "intake", Topic.ROUTING: "routing", Topic.FOLLOWUP: "followup"}
 # The contracts' version: the minor part counts additive changes (1.1.0: repeat_links of
@@ -27,6 +33,14 @@ CONTRACT_VERSION = "1.5.0"
 
 def _message_name(event_type: EventType) -> str:
     return event_type.name.lower()
+
+
+def _key(event_type: EventType) -> str:
+    """What a message's key holds: its subject, which keeps the order of its events."""
+    _, model = EVENT_CONTRACTS[event_type]
+    if issubclass(model, EventData):
+        return "complaint id"
+    return "the event's subject (`branch:<org>:<code>` for a branch)"
 
 
 def _headers_schema(event_type: EventType) -> dict[str, Any]:
@@ -65,7 +79,7 @@ def build_document() -> dict[str, Any]:
                 "contentType": "application/json",
                 "headers": _headers_schema(event_type),
                 "payload": {"$ref": f"#/components/schemas/{model.__name__}"},
-                "bindings": {"kafka": {"key": {"type": "string", "description": "complaint id"}}},
+                "bindings": {"kafka": {"key": {"type": "string", "description": _key(event_type)}}},
             }
             messages[name]["_schemas"] = {model.__name__: schema, **definitions}
             channel_messages[name] = {"$ref": f"#/components/messages/{name}"}
@@ -88,7 +102,8 @@ def build_document() -> dict[str, Any]:
             "title": "complaint-desk events",
             "version": CONTRACT_VERSION,
             "description": "CloudEvents 1.0 in Kafka binary mode: attributes in ce_* headers, "
-            "JSON data, message key = complaint id. Additive changes only within a version.",
+            "JSON data, message key = the event's subject (the complaint id; `branch:<org>:<code>` "
+            "for a branch's events). Additive changes only within a version.",
         },
         "defaultContentType": "application/json",
         "channels": channels,
