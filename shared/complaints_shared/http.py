@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
+from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.dependencies.models import Dependant
@@ -22,6 +23,7 @@ from complaints_shared.metrics import HTTP_REQUESTS
 from complaints_shared.problems import (
     BodyTooLarge,
     body_too_large_response,
+    document_problems,
     install_problem_handlers,
 )
 from complaints_shared.runtime import runtime_of
@@ -178,6 +180,12 @@ def build_app(
         tags=["operations"],
         summary="Kafka and MongoDB are reachable and every background loop is running",
         dependencies=[public("readiness probe of the orchestrator")],
+        responses={
+            503: {
+                "description": "Not ready: `checks` says which dependency or loop is not",
+                "content": {"application/json": {}},
+            }
+        },
     )
     async def readyz(request: Request) -> JSONResponse:
         checks = await runtime_of(request).readiness()
@@ -198,4 +206,11 @@ def build_app(
 
     for router in routers:
         app.include_router(router)
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = document_problems(FastAPI.openapi(app))
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     return app

@@ -8,6 +8,7 @@ from aiokafka.errors import KafkaError
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
 from pymongo.errors import PyMongoError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -101,6 +102,83 @@ def problem_response(
         **extensions,
     }
     return JSONResponse(body, status_code=status, media_type=PROBLEM_MEDIA_TYPE)
+
+
+class Problem(BaseModel):
+    """An RFC 9457 problem: the body of every error answer (``application/problem+json``).
+    Members beyond these (``current_status``, ``claimed_by``, ...) depend on the ``type``."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str = Field(description="URI naming the kind of problem; stable, for code to match")
+    title: str
+    status: int
+    detail: str = Field(description="What went wrong with this request, for a person")
+    instance: str = Field(description="The request's path")
+
+
+class FieldProblem(BaseModel):
+    field: str = Field(description="Dotted path of the field (``customer.phone``, ``limit``)")
+    message: str
+
+
+class ValidationProblem(Problem):
+    """A ``422``: the request's fields that are wrong, each named."""
+
+    errors: list[FieldProblem]
+
+
+# Answers every operation may give besides its own (``document_problems``).
+_UNAVAILABLE = {
+    "description": "MongoDB or Kafka is unreachable, or the service is not ready: retry "
+    "after `Retry-After` seconds; nothing was stored unless the operation says so",
+    "headers": {"Retry-After": {"schema": {"type": "integer"}, "description": "seconds"}},
+}
+_SECURED = {
+    "401": "No bearer token, or one that is invalid or expired",
+    "403": "The token's roles or branches do not allow this",
+}
+
+
+def document_problems(document: dict[str, Any]) -> dict[str, Any]:
+    """``document`` (a service's OpenAPI) saying what its errors are: FastAPI documents a
+    ``422`` as its own ``{"detail": [...]}``, which the services never send, and no other
+    error. Each operation gets its ``422`` as a ``ValidationProblem``, ``401``/``403`` when
+    it takes a token, ``503`` with ``Retry-After``, and any other error as a ``Problem``."""
+    schemas = document.setdefault("components", {}).setdefault("schemas", {})
+    for name in ("HTTPValidationError", "ValidationError"):
+        schemas.pop(name, None)
+    for model in (Problem, FieldProblem, ValidationProblem):
+        schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        schemas.update(schema.pop("$defs", {}))
+        schemas[model.__name__] = schema
+
+    def answer(description: str, model: type[Problem] = Problem, **extra: Any) -> dict:
+        reference = {"$ref": f"#/components/schemas/{model.__name__}"}
+        return {
+            "description": description,
+            "content": {PROBLEM_MEDIA_TYPE: {"schema": reference}},
+            **extra,
+        }
+
+    for path_item in document.get("paths", {}).values():
+        for operation in path_item.values():
+            responses = operation.setdefault("responses", {})
+            if "422" in responses:
+                responses["422"] = answer("A field is missing or invalid", ValidationProblem)
+            if operation.get("security"):
+                for status, description in _SECURED.items():
+                    responses.setdefault(status, answer(description))
+            if "503" not in responses:
+                responses["503"] = answer(**_UNAVAILABLE)
+            responses.setdefault(
+                "default",
+                answer(
+                    "Any other refusal (404, 409, 412, 413, 428, ...), as a problem; the "
+                    "operation's description names those it gives"
+                ),
+            )
+    return document
 
 
 def _field_path(location: tuple | list) -> str:

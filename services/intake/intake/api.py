@@ -95,6 +95,14 @@ async def _shown_changed(
     status_code=status.HTTP_201_CREATED,
     response_model=ComplaintCreated,
     summary="Register a complaint (201 once durable; 200 for an exact resubmission)",
+    responses={
+        200: {
+            "model": ComplaintCreated,
+            "description": "The same customer's identical complaint within "
+            "`RESUBMISSION_WINDOW_S`, or a retry under the same `Idempotency-Key`: the "
+            "complaint registered then (`Idempotent-Replayed: true` for the key)",
+        }
+    },
 )
 async def create_complaint(
     body: ComplaintCreate,
