@@ -106,6 +106,12 @@ async def test_directory_validates_references_chains_and_scopes(system: System) 
         _field(await api.post("/v1/directory/departments", json=ghost, headers=admin))
         == "escalation_chain.0.staff_id"
     )
+    # Another branch's person: an escalation looks the chain up among the department's own
+    # branch, so the rung went to nobody (an org-wide admin's token saw both branches).
+    foreign = {**department, "escalation_chain": [{"role": "team_lead"}, {"staff_id": "hosp-head"}]}
+    refused = await api.post("/v1/directory/departments", json=foreign, headers=admin)
+    assert _field(refused) == "escalation_chain.1.staff_id", refused.text
+    assert "branch HOSP" in refused.json()["errors"][0]["message"]
     loop = {**department, "escalation_chain": [{"role": "team_lead"}, {"role": "team_lead"}]}
     assert (
         _field(await api.post("/v1/directory/departments", json=loop, headers=admin))

@@ -26,9 +26,12 @@ from routing.directory.models import (
 
 
 async def _check_chain(
-    *, db: AsyncDatabase, principal: Principal, chain: list[EscalationStep]
+    *, db: AsyncDatabase, principal: Principal, chain: list[EscalationStep], branch: str
 ) -> None:
-    """Chains go up: no person or role twice (a cycle), never back down a rank."""
+    """Chains go up: no person or role twice (a cycle), never back down a rank; a person
+    named is of the department's ``branch``, where an escalation looks them up (another
+    branch's was accepted from a token covering both, then escalated to nobody, the rung
+    counted as climbed)."""
     if not chain:
         raise invalid("escalation_chain", "an escalation chain needs at least one step")
     seen: set[str] = set()
@@ -39,6 +42,12 @@ async def _check_chain(
             person = await store.visible_staff(db=db, principal=principal, staff_id=step.staff_id)
             if person is None:
                 raise invalid(f"{field}.staff_id", f"unknown staff member {step.staff_id!r}")
+            if person["branch"] != branch:
+                raise invalid(
+                    f"{field}.staff_id",
+                    f"{step.staff_id!r} is staff of branch {person['branch']}: a chain names "
+                    f"people of its department's branch {branch} (or a role)",
+                )
             key, rank = f"staff:{step.staff_id}", ROLE_RANK[person["role"]]
         else:
             assert step.role is not None  # the model guarantees one of the two
@@ -71,7 +80,9 @@ async def create_department(
 
     async def validate() -> None:
         await store.require_active_branch(db=db, org=principal.org, code=body.branch)
-        await _check_chain(db=db, principal=principal, chain=body.escalation_chain)
+        await _check_chain(
+            db=db, principal=principal, chain=body.escalation_chain, branch=body.branch
+        )
         # Its own code left out: the same creation beside this one may have stored it.
         await _check_kind_free(
             db=db, org=principal.org, branch=body.branch, kind=body.kind, except_code=body.code
@@ -146,7 +157,9 @@ async def update_department(
 
     async def validate() -> None:
         if body.escalation_chain is not None:
-            await _check_chain(db=db, principal=principal, chain=body.escalation_chain)
+            await _check_chain(
+                db=db, principal=principal, chain=body.escalation_chain, branch=current["branch"]
+            )
         if body.kind is not None:
             await _check_kind_free(
                 db=db,
