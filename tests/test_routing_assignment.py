@@ -18,7 +18,7 @@ from complaints_shared.events import (
 from routing.assignments import placement
 from routing.directory.models import BranchRead
 from routing.sla import clocks as sla
-from tests.support.events import base, received, resolved
+from tests.support.events import base, received, reopened, resolved
 from tests.support.http import BROADBAND_COMPLAINT, token
 from tests.support.kafka import intake_producer, of_type, routing_events
 from tests.support.routing import (
@@ -380,6 +380,68 @@ async def test_deactivated_person_gets_no_new_work_and_their_open_work_is_report
     staff = await system.routing.get(f"/v1/directory/staff/{owner}", headers=admin)
     assert staff.json()["status"] == "inactive"
     assert staff.json()["open_load"] == 1
+
+
+@pytest.mark.parametrize("owner_is", ["gone", "moved to customer service"])
+async def test_a_reopen_whose_department_was_deactivated_goes_where_it_can_be_worked(
+    system: System, owner_is: str
+) -> None:
+    """A billing complaint resolved, then the billing desk deactivated (a new one of the same
+    kind opened) and its people gone or moved. The reopen went to the old desk's queue,
+    which nobody can join, and climbed the old desk's chain of nobody. Now it follows its
+    previous owner to their department, else goes to the desk's active successor."""
+    admin = token(system.routing_settings)
+    complaint = received()
+    async with intake_producer(system) as publish:
+        await publish(EventType.COMPLAINT_RECEIVED, complaint)
+        owner = (await assignment_when(system, complaint.complaint_id))["owner_id"]
+        await publish(EventType.COMPLAINT_RESOLVED, resolved(complaint, owner_id=owner))
+        await assignment_when(
+            system, complaint.complaint_id, lambda d: d["status"] == "resolved", what="resolved"
+        )
+        for person in ("lz-chen", "lz-liu"):
+            if owner_is == "moved to customer service" and person == owner:
+                moved = await system.routing.patch(
+                    f"/v1/directory/staff/{person}", json={"department": "CS"}, headers=admin
+                )
+                assert moved.status_code == 200, moved.text
+                continue
+            gone = await system.routing.post(
+                f"/v1/directory/staff/{person}/deactivate", headers=admin
+            )
+            assert gone.status_code == 200, gone.text
+        closed = await system.routing.post(
+            "/v1/directory/departments/LZ:BILLING/deactivate", headers=admin
+        )
+        assert closed.status_code == 200, closed.text
+        successor = {"branch": "LZ", "code": "BILL2", "name": "账务中心", "kind": "billing"}
+        made = await system.routing.post("/v1/directory/departments", json=successor, headers=admin)
+        assert made.status_code == 201, made.text
+        newcomer = {"id": "lz-new", "branch": "LZ", "department": "BILL2", "name": "新人"}
+        hired = await system.routing.post("/v1/directory/staff", json=newcomer, headers=admin)
+        assert hired.status_code == 201, hired.text
+
+        await publish(
+            EventType.COMPLAINT_REOPENED,
+            reopened(complaint, reopened_at=datetime.now(UTC)),
+        )
+        document = await assignment_when(
+            system, complaint.complaint_id, lambda d: d["status"] != "resolved", what="reopened"
+        )
+    expected = ("LZ:CS", owner) if owner_is != "gone" else ("LZ:BILL2", "lz-new")
+    assert (document["department"], document["owner_id"]) == expected
+    assert document["status"] == "open"
+    assert document["history"][-1]["details"]["moved_from"] == "LZ:BILLING"
+
+    def reassigned(events: list) -> list:
+        return [
+            event
+            for event in of_type(events, EventType.COMPLAINT_ASSIGNED, complaint.complaint_id)
+            if event.data["department"] == expected[0]
+        ]
+
+    events = await routing_events(system, until=lambda events: bool(reassigned(events)))
+    assert reassigned(events)[0].data["owner_id"] == expected[1]
 
 
 async def test_simulation_has_no_side_effects(system: System) -> None:

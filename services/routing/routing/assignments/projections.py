@@ -52,7 +52,7 @@ from routing.assignments import (
 from routing.assignments.lifecycle import Command
 from routing.assignments.models import AssignmentStatus, ClockState
 from routing.directory import store as directory_store
-from routing.directory.models import StaffStatus
+from routing.directory.models import DepartmentRead, StaffStatus
 from routing.settings import RoutingSettings
 from routing.sla import clocks as sla_clocks
 from routing.sla import store as policy_store
@@ -426,8 +426,10 @@ async def reopen(
         raise _no_assignment(event, data.complaint_id)
     calendar = await routing_context.branch_calendar(db=db, org=data.org, branch=data.branch)
     policies = await policy_store.load_policies(db=db, org=data.org)
+    moved_to = await _department_after_reopen(db=db, current=current)
+    department_id = moved_to.id if moved_to is not None else current["department"]
     targets = await routing_context.escalation_targets(
-        db=db, org=data.org, department_id=current["department"]
+        db=db, org=data.org, department_id=department_id
     )
 
     async def count_assignment(document: dict[str, Any]) -> None:
@@ -496,7 +498,8 @@ async def reopen(
             severity=Severity(current["severity"]),
             start=data.reopened_at,
         )
-        owner = await _reopen_owner(db=db, current=current)
+        moving = moved_to is not None and moved_to.id != current["department"]
+        owner = await _reopen_owner(db=db, current=current, department_id=department_id)
         command = Command.REOPEN if owner is not None else Command.REOPEN_TO_QUEUE
         set_fields: dict[str, Any] = {
             **lifecycle.moved(current, command)["$set"],
@@ -508,6 +511,11 @@ async def reopen(
             "reopen_count": data.reopen_count,
             **lifecycle.numbered(current),
         }
+        if moving:
+            assert moved_to is not None
+            set_fields.update(
+                department=moved_to.id, department_name=moved_to.name, required_skill=None
+            )
         if owner is None:
             set_fields.update(owner_id=None, owner_name=None, queued_at=now)
         else:
@@ -530,10 +538,13 @@ async def reopen(
             if owner is None
             else (EventType.COMPLAINT_ASSIGNED, lifecycle.assigned_event(reopened))
         )
+        moved_from = {"moved_from": current["department"]} if moving else {}
         update = merge_updates(
             {"$set": set_fields},
             escalation_update,
-            store.history(at=now, action="reopened", actor=_actor(event), reason=data.reason),
+            store.history(
+                at=now, action="reopened", actor=_actor(event), reason=data.reason, **moved_from
+            ),
         )
         return Decision(update, [*escalation_events, announced], [count_assignment])
 
@@ -587,16 +598,60 @@ def clocks_after_remembered(
     return {"paused": state["paused"], "paused_at": state["paused_at"]}
 
 
-async def _reopen_owner(*, db: AsyncDatabase, current: dict[str, Any]) -> owners.OwnerChoice | None:
-    """The previous owner if still active (they know the case), else whoever's turn it is."""
+async def _department_after_reopen(
+    *, db: AsyncDatabase, current: dict[str, Any]
+) -> DepartmentRead | None:
+    """Where a reopened complaint goes when its department was deactivated after it was
+    resolved (None: where it was). Its queue there would never drain (nobody can join an
+    inactive department) and its chain's people are gone: the previous owner's department
+    if they are still active (they know the case), else the branch's active department of
+    the same kind (its successor). Neither: it stays, and a warning says so."""
+    if not current.get("department"):
+        return None
+    org = current["org"]
+    department = await directory_store.find_department(
+        db=db, org=org, department_id=current["department"]
+    )
+    if department is None or department.active:
+        return None
+    owner_id = current.get("owner_id")
+    owner = owner_id and await directory_store.find_staff(db=db, org=org, staff_id=owner_id)
+    if owner and owner.status is StaffStatus.ACTIVE:
+        theirs = await directory_store.find_department(
+            db=db, org=org, department_id=owner.department_id
+        )
+        if theirs is not None and theirs.active:
+            return theirs
+    successor = await directory_store.active_department_of_kind(
+        db=db, org=org, branch=department.branch, kind=department.kind
+    )
+    if successor is None:
+        log.warning(
+            "reopened_into_inactive_department",
+            complaint_id=current["_id"],
+            department=department.id,
+        )
+    return successor
+
+
+async def _reopen_owner(
+    *, db: AsyncDatabase, current: dict[str, Any], department_id: str
+) -> owners.OwnerChoice | None:
+    """The previous owner if still active and of ``department_id`` (they know the case), else
+    whoever's turn it is there."""
+    staying = department_id == current["department"]
     owner_id = current.get("owner_id")
     if owner_id:
         owner = await directory_store.find_staff(db=db, org=current["org"], staff_id=owner_id)
-        if owner is not None and owner.status is StaffStatus.ACTIVE:
+        if (
+            owner is not None
+            and owner.status is StaffStatus.ACTIVE
+            and (staying or owner.department_id == department_id)
+        ):
             return await owners.forced_owner(db=db, org=current["org"], staff=owner)
     return await owners.pick_owner(
         db=db,
         org=current["org"],
-        department_id=current["department"],
-        required_skill=current.get("required_skill"),
+        department_id=department_id,
+        required_skill=current.get("required_skill") if staying else None,
     )

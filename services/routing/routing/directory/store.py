@@ -330,6 +330,16 @@ async def find_department(
     return department_read(document) if document else None
 
 
+async def active_department_of_kind(
+    *, db: AsyncDatabase, org: str, branch: str, kind: str
+) -> DepartmentRead | None:
+    """The branch's active department of ``kind`` (there is at most one)."""
+    document = await db[DEPARTMENTS].find_one(
+        {"org": org, "branch": branch, "kind": kind, "active": True}
+    )
+    return department_read(document) if document else None
+
+
 async def departments_for_routing(
     *, db: AsyncDatabase, org: str, branch: str, department_ids: list[str]
 ) -> list[DepartmentRead]:
