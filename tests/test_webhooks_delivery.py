@@ -745,6 +745,55 @@ async def test_one_delivery_or_a_time_range_can_be_sent_again(
         assert missing.status_code == 404
 
 
+async def test_an_attempt_overtaken_by_a_redelivery_records_nothing_on_the_same_replica(
+    system_factory: SystemFactory,
+) -> None:
+    """A delivery redelivered while its attempt was in flight was claimed again at once by
+    the same replica, whose lease named only the replica: the first attempt (503) still
+    recorded its result and cleared the lease, and the second one's 2xx was thrown away as
+    a lost lease. The log said "not delivered" of an event the receiver had. Each claim has
+    a lease of its own now: the overtaken attempt records nothing."""
+    system = await system_factory()
+    admin = token(system.intake_settings)
+    first_answers, second_answers = asyncio.Event(), asyncio.Event()
+
+    async def behaviour(index: int) -> int:
+        if index == 0:
+            await first_answers.wait()
+            return 503
+        await second_answers.wait()
+        return 204
+
+    async with AsyncExitStack() as stack:
+        hooks = await stack.enter_async_context(receiver(behaviour))
+        webhooks = await serve_webhooks(stack, system)
+        subscription = await subscribe(webhooks, admin, url=hooks.url)
+        path = f"/v1/webhooks/subscriptions/{subscription['id']}"
+        assert (await webhooks.client.post(f"{path}/ping", headers=admin)).status_code == 202
+        await eventually(lambda: asyncio.sleep(0, len(hooks.requests) == 1), what="attempt 1")
+        [delivery] = await _deliveries(webhooks, admin, subscription["id"])
+        again = await webhooks.client.post(
+            f"{path}/deliveries/{delivery['id']}/redeliver", headers=admin
+        )
+        assert again.status_code == 202, again.text
+        await eventually(lambda: asyncio.sleep(0, len(hooks.requests) == 2), what="attempt 2")
+        first_answers.set()  # the overtaken attempt ends first, with a 503
+
+        async def answered() -> bool:
+            return hooks.requests[0].status == 503
+
+        await eventually(answered, what="the first attempt answered")
+        second_answers.set()
+
+        async def delivered() -> list[dict]:
+            log = await _deliveries(webhooks, admin, subscription["id"])
+            return log if log[0]["status"] == "delivered" else []
+
+        [entry] = await eventually(delivered, what="the redelivery recorded")
+        shown = await webhooks.client.get(f"{path}/deliveries/{entry['id']}", headers=admin)
+    assert [attempt["response_code"] for attempt in shown.json()["attempt_log"]] == [204]
+
+
 async def test_pings_and_redeliveries_retried_under_their_key_send_nothing_twice(
     system_factory: SystemFactory,
 ) -> None:

@@ -93,6 +93,8 @@ class Dispatcher:
         self._owner = f"{settings.service_name}-{uuid.uuid4().hex[:8]}"
         self._sender = Sender(settings=settings)
         self._wake = asyncio.Event()
+        # Attempts in flight by their lease (``_claimed``): one claim each, so a delivery
+        # redelivered and claimed again while its first attempt runs is two entries.
         self._in_flight: dict[str, asyncio.Task] = {}
         self._per_subscription: Counter[str] = Counter()
         # Subscriptions whose last attempt here failed, or stored as failing when read, and
@@ -209,9 +211,10 @@ class Dispatcher:
             len(self._in_flight) < self._settings.max_concurrent_deliveries
             and not runtime.stopping.is_set()
         ):
+            lease = self._claimed()
             delivery = await store.claim_due(
                 db=runtime.db,
-                owner=self._owner,
+                owner=lease,
                 now=runtime.clock.now(),
                 lease_s=self._lease_s,
                 skip_subscriptions=self._saturated(),
@@ -219,7 +222,16 @@ class Dispatcher:
             )
             if delivery is None:
                 return
-            self._start(runtime, delivery)
+            self._start(runtime, {**delivery, "lease_owner": lease})
+
+    def _claimed(self) -> str:
+        """The lease of one claim: the replica and the claim. Every write of its attempt
+        holds to it, so an attempt whose delivery was redelivered meanwhile (its lease
+        cleared, a fresh retry schedule) records nothing, even when this replica has
+        claimed the delivery again; a lease naming only the replica let the first attempt
+        record its stale result (a retry schedule ended early, "failed") and the second's
+        be thrown away as a lost lease."""
+        return f"{self._owner}/{uuid.uuid4().hex[:12]}"
 
     def _saturated(self) -> list[str]:
         """The subscriptions not to claim for now: those with all the attempts in flight
@@ -253,10 +265,10 @@ class Dispatcher:
         subscription_id = delivery["subscription_id"]
         self._per_subscription[subscription_id] += 1
         task = asyncio.create_task(self._attempt_safely(runtime, delivery))
-        self._in_flight[delivery["_id"]] = task
+        self._in_flight[delivery["lease_owner"]] = task
 
         def finished(_: asyncio.Task) -> None:
-            self._in_flight.pop(delivery["_id"], None)
+            self._in_flight.pop(delivery["lease_owner"], None)
             self._per_subscription[subscription_id] -= 1
             if self._per_subscription[subscription_id] <= 0:
                 del self._per_subscription[subscription_id]
@@ -283,12 +295,10 @@ class Dispatcher:
                 await asyncio.wait(
                     list(self._in_flight.values()), timeout=max(0.0, finish_by - loop.time())
                 )
-            cut_off = [
-                delivery_id for delivery_id, task in self._in_flight.items() if not task.done()
-            ]
+            cut_off = [lease for lease, task in self._in_flight.items() if not task.done()]
             await self._cancel_in_flight()
             if cut_off:
-                await self._release(runtime, delivery_ids=cut_off, by=stop_by)
+                await self._release(runtime, leases=cut_off, by=stop_by)
         finally:
             await self._cancel_in_flight()  # the drain cancelled itself: none outlives it
             await self._sender.close()
@@ -299,16 +309,12 @@ class Dispatcher:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def _release(self, runtime: Runtime, *, delivery_ids: list[str], by: float) -> None:
+    async def _release(self, runtime: Runtime, *, leases: list[str], by: float) -> None:
         try:
             async with asyncio.timeout_at(by):
-                released = await store.release_leases(
-                    db=runtime.db, delivery_ids=delivery_ids, owner=self._owner
-                )
+                released = await store.release_leases(db=runtime.db, leases=leases)
         except Exception as exc:  # the database away or slow: the leases run out by themselves
-            log.warning(
-                "webhook_leases_not_released", count=len(delivery_ids), error=redacted_error(exc)
-            )
+            log.warning("webhook_leases_not_released", count=len(leases), error=redacted_error(exc))
             return
         log.info("webhook_attempts_cut_off_released", count=released)
 
@@ -331,7 +337,7 @@ class Dispatcher:
                 document_id=delivery["_id"],
                 exc=exc,
                 lease_field="lease_until",
-                owner_filter={"lease_owner": self._owner},
+                owner_filter={"lease_owner": delivery["lease_owner"]},
                 lease_now=runtime.clock.now(),
                 settings=self._settings,
                 timer="webhook_delivery",
@@ -341,6 +347,7 @@ class Dispatcher:
 
     async def _attempt(self, runtime: Runtime, delivery: dict[str, Any]) -> None:
         db = runtime.db
+        lease = delivery["lease_owner"]
         subscription = await store.get_subscription(
             db=db, scope={}, subscription_id=delivery["subscription_id"], with_secrets=True
         )
@@ -348,7 +355,7 @@ class Dispatcher:
         if subscription is None:
             # Deleted (or being deleted): its deletion missed this one, so it goes now.
             self._health(delivery["subscription_id"], failing=False)
-            if await store.drop_orphan(db=db, delivery=delivery, owner=self._owner):
+            if await store.drop_orphan(db=db, delivery=delivery, owner=lease):
                 log.info("webhook_delivery_of_deleted_subscription_dropped")
             return
         # As stored: failing on another replica or before this one started, or since healed.
@@ -361,21 +368,19 @@ class Dispatcher:
             # Its type was taken out of the subscription since it was recorded (a backlog
             # held while paused, retries pending): the subscriber no longer wants it. The
             # later ones of its chain go on, as after a delivery that finished.
-            if await store.drop_orphan(db=db, delivery=delivery, owner=self._owner):
+            if await store.drop_orphan(db=db, delivery=delivery, owner=lease):
                 log.info("webhook_delivery_unsubscribed_dropped")
                 await store.wake_chain(db=db, delivery=delivery, now=runtime.clock.now())
                 self._wake.set()
             return
         if subscription["status"] != SubscriptionStatus.ACTIVE.value and not is_ping:
-            await store.hold_while_off(db=db, delivery=delivery, owner=self._owner, now=now)
+            await store.hold_while_off(db=db, delivery=delivery, owner=lease, now=now)
             return
         earlier = await store.earlier_pending(db=db, delivery=delivery)
         if earlier is not None:
             recheck = now + timedelta(seconds=self._lease_s)
             until = max(earlier.get("next_attempt_at") or recheck, recheck)
-            await store.hold_behind(
-                db=db, delivery=delivery, owner=self._owner, until=until, now=now
-            )
+            await store.hold_behind(db=db, delivery=delivery, owner=lease, until=until, now=now)
             return
         headers = signed_headers(
             webhook_id=delivery["_id"],
@@ -431,7 +436,7 @@ class Dispatcher:
         recorded = await store.finish_attempt(
             db=db,
             delivery=delivery,
-            owner=self._owner,
+            owner=delivery["lease_owner"],
             attempt=attempt,
             keep=settings.attempts_kept,
             status=status,

@@ -723,18 +723,15 @@ async def finish_attempt(
     return result.modified_count == 1
 
 
-async def release_leases(*, db: AsyncDatabase, delivery_ids: list[str], owner: str) -> int:
-    """Give up ``owner``'s leases of these deliveries (attempts cut off at shutdown); how many.
+async def release_leases(*, db: AsyncDatabase, leases: list[str]) -> int:
+    """Give up these leases (``lease_owner``: one claim each) of attempts cut off at
+    shutdown; how many.
 
     Their timers were due when they were claimed and are left as they are, so any replica
     claims them again at once. Nothing is recorded of the attempts cut off.
     """
     result = await db[DELIVERIES].update_many(
-        {
-            "_id": {"$in": delivery_ids},
-            "lease_owner": owner,
-            "status": DeliveryStatus.PENDING.value,
-        },
+        {"lease_owner": {"$in": leases}, "status": DeliveryStatus.PENDING.value},
         {"$unset": _RELEASE},
     )
     return result.modified_count
