@@ -177,11 +177,20 @@ async def test_a_pause_decided_before_a_410_disabled_the_subscription_does_not_u
                 webhooks.client.patch(path, json={"status": "paused"}, headers=admin)
             )
             await asyncio.wait_for(held.entered.wait(), timeout=10)
+            # A 410 from a target the subscription no longer sends to disables nothing.
+            assert not await store.disable(
+                db=webhooks.app.state.runtime.db,
+                subscription_id=created.json()["id"],
+                reason="target answered 410 Gone",
+                now=datetime.now(UTC),
+                target_url="https://old-crm.example.com/hooks",
+            )
             assert await store.disable(
                 db=webhooks.app.state.runtime.db,
                 subscription_id=created.json()["id"],
                 reason="target answered 410 Gone",
                 now=datetime.now(UTC),
+                target_url=created.json()["target_url"],
             )
             held.release.set()
         shown = (await webhooks.client.get(path, headers=admin)).json()

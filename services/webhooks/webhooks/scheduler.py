@@ -419,7 +419,12 @@ class Dispatcher:
             # now): its next claim finds the subscription disabled and holds it. A crash or
             # an error between the writes leaves it under lease with its timer, never
             # without one under an active subscription (it is held or sent again).
-            await self._disable(runtime, subscription_id=subscription_id, now=now)
+            await self._disable(
+                runtime,
+                subscription_id=subscription_id,
+                target_url=subscription["target_url"],
+                now=now,
+            )
         retry_index = delivery.get("retry_index", 0)
         if result.delivered:
             status, next_at = DeliveryStatus.DELIVERED, None
@@ -475,12 +480,15 @@ class Dispatcher:
                 now=now,
             )
 
-    async def _disable(self, runtime: Runtime, *, subscription_id: str, now: datetime) -> None:
+    async def _disable(
+        self, runtime: Runtime, *, subscription_id: str, target_url: str, now: datetime
+    ) -> None:
         disabled = await store.disable(
             db=runtime.db,
             subscription_id=subscription_id,
             reason="the receiver answered 410 Gone",
             now=now,
+            target_url=target_url,
         )
         if disabled:
             SUBSCRIPTIONS_PAUSED.labels("disabled").inc()

@@ -489,10 +489,15 @@ async def pause_if_failing(
     return result.modified_count == 1
 
 
-async def disable(*, db: AsyncDatabase, subscription_id: str, reason: str, now: datetime) -> bool:
+async def disable(
+    *, db: AsyncDatabase, subscription_id: str, reason: str, now: datetime, target_url: str
+) -> bool:
+    """Disable the subscription while it still sends to ``target_url``: a 410 from the
+    target it was just moved from (an attempt in flight across the change) disables nothing."""
     result = await db[SUBSCRIPTIONS].update_one(
         {
             "_id": subscription_id,
+            "target_url": target_url,
             "status": {"$ne": SubscriptionStatus.DISABLED.value},
             **NOT_DELETED,
         },
