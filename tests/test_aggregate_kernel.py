@@ -476,3 +476,42 @@ async def test_a_decision_the_inserted_copy_refuses_is_taken_again_on_the_stored
     )
     assert changed is not None and changed["count"] == 1
     assert (await db[THING.collection].find_one({"_id": thing_id}))["count"] == 1
+
+
+async def test_an_expanded_page_continues_from_where_its_ordering_read_placed_it(
+    db: AsyncDatabase,
+) -> None:
+    """A page ordered by one read and expanded by another (intake's ``q`` on a due-time
+    order) took its cursor from the expanded document: one whose date moved in between
+    (routing changed a due time) put the cursor past every document up to the new date,
+    which were never listed though they had not moved."""
+    base = datetime(2026, 12, 1, 2, 0, tzinfo=UTC)
+    names = ["a", "b", "c"]
+    await db.narrow.insert_many(
+        [{"_id": name, "due": base + timedelta(minutes=5 * n)} for n, name in enumerate(names)]
+    )
+
+    async def expand(batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        # Read after the ordering read: "a"'s due time has moved past the others' meanwhile.
+        moved = {"a": base + timedelta(minutes=20)}
+        return [
+            {**document, "due": moved.get(document["_id"], document["due"])} for document in batch
+        ]
+
+    listed: list[str] = []
+    cursor = None
+    for _ in range(4):
+        page = await aggregate.page(
+            collection=db.narrow,
+            query={},
+            sort_field="due",
+            limit=1,
+            cursor=cursor,
+            to_item=lambda document: document["_id"],
+            expand=expand,
+        )
+        listed += page.items
+        cursor = page.next_cursor
+        if cursor is None:
+            break
+    assert listed == names

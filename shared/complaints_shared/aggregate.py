@@ -454,6 +454,11 @@ async def page(
     """
     kept: list[dict[str, Any]] = []
     kept_ids: set[Any] = set()
+    # The sort value each expanded document had in the read that ordered the page: the
+    # cursor's position. The expanded document is read later and its date may have moved
+    # meanwhile (a due time routing changed): a cursor at the moved date skipped every
+    # document between the two.
+    positions: dict[Any, Any] = {}
     reads = 0
     # Reads sized to the page; when ``keep`` or ``expand`` refuses some, later reads fill it.
     batch = (limit + 1) * read_factor
@@ -479,6 +484,7 @@ async def page(
             if expand is None:
                 kept += documents if keep is None else [d for d in documents if keep(d)]
             else:
+                positions.update((document["_id"], document[sort_field]) for document in documents)
                 run = (limit + 1) * expand_factor
                 for start in range(0, len(documents), run):
                     found = await expand(documents[start : start + run])
@@ -497,5 +503,6 @@ async def page(
     if len(kept) > limit:
         kept = kept[:limit]
         last = kept[-1]
-        next_cursor = encode_cursor(sort_value=last[sort_field], document_id=last["_id"])
+        position = positions.get(last["_id"], last[sort_field])
+        next_cursor = encode_cursor(sort_value=position, document_id=last["_id"])
     return Page(items=[to_item(document) for document in kept], next_cursor=next_cursor)
