@@ -126,3 +126,26 @@ def test_an_ipv6_host_is_bracketed_in_the_host_header() -> None:
     url = "https://[2606:4700::1111]:8443/hook"
     assert host_header("2606:4700::1111", url) == "[2606:4700::1111]:8443"
     assert host_header("hooks.example.com", "https://hooks.example.com/h") == "hooks.example.com"
+
+
+async def test_clients_of_hosts_no_longer_sent_to_are_closed(
+    receiver: tuple[int, ssl.SSLContext, list[str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Beyond the hosts a replica keeps clients for, the least recently used is closed; one
+    pushed out while idle (the usual case) was kept open until shutdown, one per host ever
+    sent to."""
+    port, client_tls, _ = receiver
+
+    async def same_address(target, *, settings) -> str:
+        return "127.0.0.1"
+
+    monkeypatch.setattr(sender_module, "resolve_checked", same_address)
+    monkeypatch.setattr(sender_module, "MAX_POOLED_HOSTS", 2)
+    sender = Sender(settings=LOCAL, tls_context=client_tls)
+    try:
+        for host in ("a.test", "b.test", "c.test", "d.test", "a.test"):
+            await sender.send(url=f"https://{host}:{port}/hook", headers={}, body="{}")
+        assert sender.pooled_hosts == 2
+    finally:
+        await sender.close()
+    assert sender.pooled_hosts == 0

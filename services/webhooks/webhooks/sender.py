@@ -45,8 +45,8 @@ class AttemptResult:
         return self.response_code == 410
 
 
-# Host names whose pooled clients a replica keeps; the least recently used beyond are closed
-# once no attempt uses them.
+# Host names whose pooled clients a replica keeps; the least recently used beyond are closed,
+# at once when idle, else as their last attempt ends.
 MAX_POOLED_HOSTS = 256
 
 
@@ -83,7 +83,7 @@ class Sender:
         for pool in pools:
             await pool.client.aclose()
 
-    def _checkout(self, host: str) -> _HostPool:
+    async def _checkout(self, host: str) -> _HostPool:
         pool = self._pools.get(host)
         if pool is None:
             pool = self._pools[host] = _HostPool(client=self._new_client())
@@ -91,9 +91,17 @@ class Sender:
         pool.in_use += 1
         while len(self._pools) > MAX_POOLED_HOSTS:
             _, oldest = self._pools.popitem(last=False)
-            oldest.retired = True
-            self._retired.add(oldest)
+            if oldest.in_use:
+                oldest.retired = True
+                self._retired.add(oldest)
+            else:
+                await oldest.client.aclose()
         return pool
+
+    @property
+    def pooled_hosts(self) -> int:
+        """Clients open: one per recent host name, plus those retired mid-attempt."""
+        return len(self._pools) + len(self._retired)
 
     async def _checkin(self, pool: _HostPool) -> None:
         pool.in_use -= 1
@@ -107,9 +115,11 @@ class Sender:
             trust_env=False,
             verify=self._tls,
             timeout=httpx.Timeout(self._settings.request_timeout_s),
+            # Idle connections kept per host as many as one subscription's attempts at once:
+            # with a pool per host, the replica's limit on each would keep hundreds idle.
             limits=httpx.Limits(
                 max_connections=self._settings.max_concurrent_deliveries,
-                max_keepalive_connections=self._settings.max_concurrent_deliveries,
+                max_keepalive_connections=self._settings.max_concurrent_per_subscription,
             ),
         )
 
@@ -143,7 +153,7 @@ class Sender:
         # A name's root dot (``example.com.``) is no part of what certificates name.
         pinned = httpx.URL(url).copy_with(host=address)
         name = target.host.rstrip(".")
-        pool = self._checkout(name)
+        pool = await self._checkout(name)
         try:
             request = pool.client.build_request(
                 "POST",
