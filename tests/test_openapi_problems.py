@@ -63,4 +63,14 @@ async def test_a_422_the_service_sends_matches_the_schema_it_documents() -> None
     schema = documented["422"]["content"][PROBLEM_MEDIA_TYPE]["schema"]
     jsonschema.validate(answer.json(), {**schema, "components": document["components"]})
     assert "channel" in [error["field"] for error in answer.json()["errors"]]
+    # A 422 refusing the request as a whole (a reused Idempotency-Key, a simulation nothing
+    # routes) names no field, and fits the same schema.
+    whole = {
+        "type": "https://complaint-desk.dev/problems/unroutable",
+        "title": "Unroutable",
+        "status": 422,
+        "detail": "no routing rule matches",
+        "instance": "/v1/routing/simulate",
+    }
+    jsonschema.validate(whole, {**schema, "components": document["components"]})
     assert set(documented) >= {"200", "201"}  # an exact resubmission is a 200

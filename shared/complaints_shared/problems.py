@@ -123,9 +123,13 @@ class FieldProblem(BaseModel):
 
 
 class ValidationProblem(Problem):
-    """A ``422``: the request's fields that are wrong, each named."""
+    """A ``422``: the request's fields that are wrong, each named in ``errors``; a request
+    refused as a whole (an ``Idempotency-Key`` reused for another request, a simulation
+    that nothing routes) has none."""
 
-    errors: list[FieldProblem]
+    errors: list[FieldProblem] = Field(
+        default_factory=list, description="Each field that is wrong (absent: none is named)"
+    )
 
 
 # Answers every operation may give besides its own (``document_problems``).
@@ -165,7 +169,11 @@ def document_problems(document: dict[str, Any]) -> dict[str, Any]:
         for operation in path_item.values():
             responses = operation.setdefault("responses", {})
             if "422" in responses:
-                responses["422"] = answer("A field is missing or invalid", ValidationProblem)
+                responses["422"] = answer(
+                    "A field is missing or invalid (`errors` names each), or the request is "
+                    "refused as a whole",
+                    ValidationProblem,
+                )
             if operation.get("security"):
                 for status, description in _SECURED.items():
                     responses.setdefault(status, answer(description))
