@@ -6,6 +6,7 @@ import asyncio
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from pymongo.errors import AutoReconnect
 
 from complaints_shared.clock import ManualClock
 from complaints_shared.events import (
@@ -18,6 +19,7 @@ from complaints_shared.events import (
     Topic,
 )
 from followup import lifecycle
+from followup import projections as followup_projections
 from followup.contact_hours import check_due_times, next_attempt_at
 from followup.models import CheckRule
 from tests.support.clock import at, start_clock
@@ -388,6 +390,44 @@ async def test_a_later_checks_answer_cancels_the_earlier_check_still_open(
         system, event_type=EventType.FOLLOWUP_CANCELLED, subject=complaint_id, count=1
     )
     assert event.data["followup_id"] == first["id"]
+
+
+async def test_an_earlier_check_left_open_by_a_failed_cancellation_is_refused_when_worked(
+    system_factory: SystemFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The later answer's cancellation of the earlier check runs after the answer is stored;
+    should it fail (the database away, a crash in between), the earlier check stayed open
+    for good and could still be answered, for nothing. Working it now cancels it instead."""
+    clock = start_clock()
+    system = await system_factory(clock=clock, followup=FAST_SCHEDULER)
+    admin = token(system.intake_settings)
+    caller = agent(system, "agent-a")
+    complaint_id = await resolve_through_intake(system, admin, severity="high")
+    first, second = await checks_of(system, complaint_id, caller, count=2)
+    await make_due(system, clock, second, caller)
+    await wait_status(system, first["id"], "due", caller)
+    cancel = followup_projections.cancel_open_checks
+    failures: list[str] = []
+
+    async def fails_once(**kwargs: object) -> int:
+        if not failures:
+            failures.append("the database went away")
+            raise AutoReconnect("connection refused (injected)")
+        return await cancel(**kwargs)
+
+    monkeypatch.setattr(followup_projections, "cancel_open_checks", fails_once)
+    answered = await system.followup.post(
+        f"/v1/followups/{second['id']}/outcome",
+        json={"satisfied": True, "score": 5},
+        headers=caller,
+    )
+    assert answered.status_code == 200, answered.text
+    assert failures and (await wait_status(system, first["id"], "due", caller))
+    claimed = await system.followup.post(f"/v1/followups/{first['id']}/claim", headers=caller)
+    assert claimed.status_code == 409, claimed.text
+    assert claimed.json()["type"].endswith("/superseded")
+    cancelled = await wait_status(system, first["id"], "cancelled", caller)
+    assert cancelled["cancel_reason"] == "superseded by a later check's answer"
 
 
 async def test_a_reached_score_is_the_satisfaction_intake_and_followup_stats_agree_on(

@@ -22,6 +22,7 @@ from complaints_shared.failures import redacted_error
 from complaints_shared.idempotency import CommandKey, key_conflict, request_hash
 from complaints_shared.logs import get_logger
 from complaints_shared.mongo import merge_updates
+from complaints_shared.problems import conflict
 from followup import projections, store
 from followup.lifecycle import (
     CLAIM_FIELDS,
@@ -78,6 +79,53 @@ def ending_earlier_checks(
     return replace(decision, effects=[*decision.effects, cancel_earlier])
 
 
+async def _refused_if_superseded(
+    *,
+    db: AsyncDatabase,
+    settings: FollowupSettings,
+    principal: Principal,
+    followup_id: str,
+    now: datetime,
+) -> None:
+    """A check a later check's answer settled, still open because the cancellation that
+    answer made failed (``ending_earlier_checks``: the database away, a crash between the
+    two writes), is cancelled now and the command refused (a 409 ``superseded``): an answer
+    on it would count for nothing. So no failure lets an earlier check be worked after a
+    later one was answered."""
+    check = await db[store.CHECKS].find_one(
+        {"_id": followup_id, **aggregate.visibility(principal)},
+        projection={"org": 1, "complaint_id": 1, "resolution_number": 1, "sequence": 1},
+    )
+    if check is None or not check.get("sequence"):
+        return  # not visible: the command answers 404
+    later = await db[store.CHECKS].find_one(
+        {
+            "org": check["org"],
+            "complaint_id": check["complaint_id"],
+            "resolution_number": check.get("resolution_number"),
+            "sequence": {"$gt": check["sequence"]},
+            "outcome": {"$in": sorted(ANSWERED)},
+        },
+        projection={"_id": 1},
+    )
+    if later is None:
+        return
+    cancelled = await projections.cancel_open_checks(
+        db=db,
+        settings=settings,
+        org=check["org"],
+        complaint_id=check["complaint_id"],
+        only={"_id": followup_id},
+        reason=SUPERSEDED_BY_ANSWER,
+        now=now,
+    )
+    if cancelled:
+        raise conflict(
+            f"satisfaction check {followup_id} is {SUPERSEDED_BY_ANSWER} ({later['_id']})",
+            kind="superseded",
+        )
+
+
 async def _change_visible(
     db: AsyncDatabase,
     settings: FollowupSettings,
@@ -113,6 +161,9 @@ async def claim(
 ) -> dict[str, Any] | None:
     """Give the caller the check for ``claim_lease_s``; claiming again renews the lease,
     which moves nothing and so adds nothing to the check's history."""
+    await _refused_if_superseded(
+        db=db, settings=settings, principal=principal, followup_id=followup_id, now=now
+    )
 
     def decide(current: dict[str, Any]) -> Decision:
         state = CheckState.of(current)
@@ -143,7 +194,7 @@ async def claim(
                 at=now,
             )
             update["$push"]["history"] = {"$each": [became_due, update["$push"]["history"]]}
-            update["$unset"] = dict(store.TIMER_FIELDS)
+            update = merge_updates(update, {"$unset": store.TIMER_FIELDS})
         return Decision(update)
 
     return await _change_visible(
@@ -246,6 +297,9 @@ async def record_attempt(
     and answers the check as it is; another call or agent under the key is a 422.
     """
     visible = await store.get_visible(db=db, principal=principal, followup_id=followup_id)
+    await _refused_if_superseded(
+        db=db, settings=settings, principal=principal, followup_id=followup_id, now=now
+    )
     hours = await store.current_contact_hours(
         db=db, settings=settings, org=visible["org"], branch=visible["branch"]
     )
@@ -330,6 +384,9 @@ async def record_outcome(
     command_key: CommandKey | None = None,
 ) -> dict[str, Any] | None:
     """Shortcut: a reached attempt with the agent's verdict, on an open check nobody else holds."""
+    await _refused_if_superseded(
+        db=db, settings=settings, principal=principal, followup_id=followup_id, now=now
+    )
 
     def decide(current: dict[str, Any]) -> Decision:
         attempt = new_attempt(
