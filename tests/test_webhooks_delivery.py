@@ -673,7 +673,22 @@ async def test_auto_pause_needs_both_the_failures_in_a_row_and_the_time_failing(
         assert (await store.get_subscription(db=db, scope={}, subscription_id=subscription_id))[
             "status"
         ] == "active"
-        await store.record_success(db=db, subscription_id=subscription_id, now=first_failure)
+        # A success of the target the subscription was moved from resets nothing.
+        await store.record_success(
+            db=db,
+            subscription_id=subscription_id,
+            now=first_failure,
+            target_url="http://127.0.0.1:8/old-hooks",
+        )
+        assert (await store.get_subscription(db=db, scope={}, subscription_id=subscription_id))[
+            "failure_streak"
+        ] == 3
+        await store.record_success(
+            db=db,
+            subscription_id=subscription_id,
+            now=first_failure,
+            target_url=subscription["target_url"],
+        )
         assert not await pause(min_failures=3, window=timedelta(minutes=1)), "a success resets"
         await fail_three_times()
         assert await pause(min_failures=3, window=timedelta(minutes=1))

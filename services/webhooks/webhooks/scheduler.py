@@ -471,7 +471,12 @@ class Dispatcher:
         self._health(subscription_id, failing=not result.delivered)
         if result.delivered:
             if subscription.get("failure_streak", 0) > 0:  # else there is nothing to reset
-                await store.record_success(db=db, subscription_id=subscription_id, now=now)
+                await store.record_success(
+                    db=db,
+                    subscription_id=subscription_id,
+                    now=now,
+                    target_url=subscription["target_url"],
+                )
         elif not result.gone:  # a 410 disabled the subscription above
             await self._count_failure(
                 runtime,

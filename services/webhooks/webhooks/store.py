@@ -457,9 +457,18 @@ async def record_failure_streak(
     )
 
 
-async def record_success(*, db: AsyncDatabase, subscription_id: str, now: datetime) -> None:
+async def record_success(
+    *, db: AsyncDatabase, subscription_id: str, now: datetime, target_url: str
+) -> None:
+    """End the failure streak while the subscription still sends to ``target_url``: a 2xx
+    from the target it was moved from says nothing of the new one's health."""
     await db[SUBSCRIPTIONS].update_one(
-        {"_id": subscription_id, "failure_streak": {"$gt": 0}, **NOT_DELETED},
+        {
+            "_id": subscription_id,
+            "target_url": target_url,
+            "failure_streak": {"$gt": 0},
+            **NOT_DELETED,
+        },
         {"$set": {"failure_streak": 0, "last_success_at": now}, "$unset": {"failing_since": ""}},
     )
 
