@@ -426,11 +426,6 @@ async def reopen(
         raise _no_assignment(event, data.complaint_id)
     calendar = await routing_context.branch_calendar(db=db, org=data.org, branch=data.branch)
     policies = await policy_store.load_policies(db=db, org=data.org)
-    moved_to = await _department_after_reopen(db=db, current=current)
-    department_id = moved_to.id if moved_to is not None else current["department"]
-    targets = await routing_context.escalation_targets(
-        db=db, org=data.org, department_id=department_id
-    )
 
     async def count_assignment(document: dict[str, Any]) -> None:
         if document["status"] == AssignmentStatus.QUEUED.value:
@@ -485,6 +480,12 @@ async def reopen(
                     ),
                 )
             )
+        # Decided on the document this decision writes over (read again on a lost race).
+        moved_to = await _department_after_reopen(db=db, current=current)
+        department_id = moved_to.id if moved_to is not None else current["department"]
+        targets = await routing_context.escalation_targets(
+            db=db, org=data.org, department_id=department_id
+        )
         policy = sla_clocks.select_policy(
             policies,
             org=data.org,
@@ -615,8 +616,10 @@ async def _department_after_reopen(
     if department is None or department.active:
         return None
     owner_id = current.get("owner_id")
-    owner = owner_id and await directory_store.find_staff(db=db, org=org, staff_id=owner_id)
-    if owner and owner.status is StaffStatus.ACTIVE:
+    owner = None
+    if owner_id:
+        owner = await directory_store.find_staff(db=db, org=org, staff_id=owner_id)
+    if owner is not None and owner.status is StaffStatus.ACTIVE:
         theirs = await directory_store.find_department(
             db=db, org=org, department_id=owner.department_id
         )
