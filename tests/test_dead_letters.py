@@ -523,7 +523,9 @@ async def test_a_broker_error_right_after_each_start_lengthens_the_pause(
         producer=producer,
     )
     fetch = EventConsumer._fetch
+    sleep = EventConsumer._sleep_unless_stopping
     errors: list[float] = []
+    pauses: list[float] = []
 
     async def refused_thrice(self: EventConsumer, kafka_consumer: Any) -> dict:
         if len(errors) < 3:
@@ -531,7 +533,12 @@ async def test_a_broker_error_right_after_each_start_lengthens_the_pause(
             raise GroupAuthorizationFailedError("the group refused (injected)")
         return await fetch(self, kafka_consumer)
 
+    async def noted(self: EventConsumer, delay_s: float) -> bool:
+        pauses.append(delay_s)
+        return await sleep(self, delay_s)
+
     monkeypatch.setattr(EventConsumer, "_fetch", refused_thrice)
+    monkeypatch.setattr(EventConsumer, "_sleep_unless_stopping", noted)
     running = asyncio.create_task(consumer.run())
     try:
         await eventually(
@@ -543,8 +550,7 @@ async def test_a_broker_error_right_after_each_start_lengthens_the_pause(
         await consumer.stop()
         await asyncio.wait_for(running, timeout=30)
         await producer.stop()
-    pauses = [later - earlier for earlier, later in itertools.pairwise(errors)]
-    assert pauses[1] > pauses[0] * 1.5, pauses  # 0.5 s, then 1 s (each after a start)
+    assert pauses[:3] == [0.5, 1.0, 2.0], pauses  # each after a start that succeeded
 
 
 async def test_a_record_too_large_for_the_dead_letter_topic_points_at_its_original(

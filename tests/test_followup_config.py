@@ -124,20 +124,21 @@ async def test_policy_and_contact_hours_are_validated_audited_and_applied(
 
 
 @pytest.mark.parametrize(
-    "setting",
+    ("setting", "why"),
     [
-        {"second_check_after_hours": 2400},  # past the 90 days a check may wait
-        {"first_check_after_hours": 3000},
-        {"second_check_severities": ["high", "high"]},  # two overrides for one severity
+        ({"second_check_after_hours": 2400}, "less than or equal to 2160"),  # past 90 days
+        ({"first_check_after_hours": 3000}, "less than or equal to 2160"),
+        ({"second_check_severities": ["high", "high"]}, "more than one override"),
     ],
 )
 def test_default_policy_settings_the_policy_refuses_stop_the_service_naming_them(
-    setting: dict,
+    setting: dict, why: str
 ) -> None:
     """They were accepted at start-up, then every resolution of an organisation without a
     policy of its own failed (dead-lettered: no call-backs) and its policy's GET was a 500."""
-    with pytest.raises(ValidationError, match="SECOND_CHECK_AFTER_HOURS"):
+    with pytest.raises(ValidationError, match="SECOND_CHECK_AFTER_HOURS") as refused:
         FollowupSettings(**setting)
+    assert why in str(refused.value)
 
 
 async def test_contact_hours_that_would_break_scheduling_are_422s_naming_the_field(

@@ -457,7 +457,7 @@ async def page(
     # The sort value each expanded document had in the read that ordered the page: the
     # cursor's position. The expanded document is read later and its date may have moved
     # meanwhile (a due time routing changed): a cursor at the moved date skipped every
-    # document between the two.
+    # document between the two. (One moved later may be listed again on a later page.)
     positions: dict[Any, Any] = {}
     reads = 0
     # Reads sized to the page; when ``keep`` or ``expand`` refuses some, later reads fill it.

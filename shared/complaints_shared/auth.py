@@ -381,8 +381,11 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     settings = ServiceSettings()
     secret = os.environ.get("JWT_SECRET", settings.jwt_secret)
-    if not secret:
-        parser.error("JWT_SECRET is not set: the secret the services verify tokens with")
+    if len(secret.encode()) < MIN_SECRET_BYTES:
+        parser.error(
+            f"JWT_SECRET {'is not set' if not secret else 'is too short'}: the secret the "
+            f"services verify tokens with, at least {MIN_SECRET_BYTES} bytes"
+        )
     branches: list[str] | str = (
         ALL_BRANCHES if args.branches == ALL_BRANCHES else args.branches.split(",")
     )
