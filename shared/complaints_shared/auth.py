@@ -223,13 +223,13 @@ class TokenVerifier:
         repository let a deployment that forgot ``JWT_SECRET`` accept tokens anyone could
         sign. (An app built only to read its routes, for the role matrix or OpenAPI, needs
         none.)"""
-        secret = self._settings.jwt_secret
-        if self.uses_jwks or len(secret.encode()) >= MIN_SECRET_BYTES:
+        shortfall = secret_shortfall(self._settings.jwt_secret)
+        if self.uses_jwks or shortfall is None:
             return
         raise ValueError(
             f"JWT_SECRET: set a secret of at least {MIN_SECRET_BYTES} bytes (e.g. "
             "`openssl rand -hex 32`), or an identity provider (JWT_JWKS_URL, "
-            f"JWT_OIDC_DISCOVERY); {'none is set' if not secret else 'the one set is shorter'}"
+            f"JWT_OIDC_DISCOVERY); {shortfall}"
         )
 
     async def principal(self, token: str) -> Principal:
@@ -316,6 +316,15 @@ class TokenVerifier:
         return max(1, round(self._settings.jwt_jwks_refresh_cooldown_s))
 
 
+def secret_shortfall(secret: str) -> str | None:
+    """What keeps ``secret`` from being a shared secret (None: nothing)."""
+    if not secret:
+        return "none is set"
+    if len(secret.encode()) < MIN_SECRET_BYTES:
+        return "the one set is shorter"
+    return None
+
+
 def _asymmetric_algorithms(configured: str) -> list[str]:
     algorithms = [name.strip() for name in configured.split(",") if name.strip()]
     refused = [name for name in algorithms if name in FORBIDDEN_ALGORITHMS]
@@ -381,10 +390,11 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     settings = ServiceSettings()
     secret = os.environ.get("JWT_SECRET", settings.jwt_secret)
-    if len(secret.encode()) < MIN_SECRET_BYTES:
+    shortfall = secret_shortfall(secret)
+    if shortfall is not None:
         parser.error(
-            f"JWT_SECRET {'is not set' if not secret else 'is too short'}: the secret the "
-            f"services verify tokens with, at least {MIN_SECRET_BYTES} bytes"
+            f"JWT_SECRET: {shortfall}; the secret the services verify tokens with, at least "
+            f"{MIN_SECRET_BYTES} bytes"
         )
     branches: list[str] | str = (
         ALL_BRANCHES if args.branches == ALL_BRANCHES else args.branches.split(",")

@@ -80,24 +80,15 @@ def ending_earlier_checks(
 
 
 async def _refused_if_superseded(
-    *,
-    db: AsyncDatabase,
-    settings: FollowupSettings,
-    principal: Principal,
-    followup_id: str,
-    now: datetime,
+    *, db: AsyncDatabase, settings: FollowupSettings, check: dict[str, Any], now: datetime
 ) -> None:
-    """A check a later check's answer settled, still open because the cancellation that
+    """A ``check`` a later check's answer settled, still open because the cancellation that
     answer made failed (``ending_earlier_checks``: the database away, a crash between the
     two writes), is cancelled now and the command refused (a 409 ``superseded``): an answer
     on it would count for nothing. So no failure lets an earlier check be worked after a
     later one was answered."""
-    check = await db[store.CHECKS].find_one(
-        {"_id": followup_id, **aggregate.visibility(principal)},
-        projection={"org": 1, "complaint_id": 1, "resolution_number": 1, "sequence": 1},
-    )
-    if check is None or not check.get("sequence"):
-        return  # not visible: the command answers 404
+    if not check.get("sequence"):
+        return
     later = await db[store.CHECKS].find_one(
         {
             "org": check["org"],
@@ -115,13 +106,13 @@ async def _refused_if_superseded(
         settings=settings,
         org=check["org"],
         complaint_id=check["complaint_id"],
-        only={"_id": followup_id},
+        only={"_id": check["_id"]},
         reason=SUPERSEDED_BY_ANSWER,
         now=now,
     )
     if cancelled:
         raise conflict(
-            f"satisfaction check {followup_id} is {SUPERSEDED_BY_ANSWER} ({later['_id']})",
+            f"satisfaction check {check['_id']} is {SUPERSEDED_BY_ANSWER} ({later['_id']})",
             kind="superseded",
         )
 
@@ -161,9 +152,8 @@ async def claim(
 ) -> dict[str, Any] | None:
     """Give the caller the check for ``claim_lease_s``; claiming again renews the lease,
     which moves nothing and so adds nothing to the check's history."""
-    await _refused_if_superseded(
-        db=db, settings=settings, principal=principal, followup_id=followup_id, now=now
-    )
+    visible = await store.get_visible(db=db, principal=principal, followup_id=followup_id)
+    await _refused_if_superseded(db=db, settings=settings, check=visible, now=now)
 
     def decide(current: dict[str, Any]) -> Decision:
         state = CheckState.of(current)
@@ -297,9 +287,7 @@ async def record_attempt(
     and answers the check as it is; another call or agent under the key is a 422.
     """
     visible = await store.get_visible(db=db, principal=principal, followup_id=followup_id)
-    await _refused_if_superseded(
-        db=db, settings=settings, principal=principal, followup_id=followup_id, now=now
-    )
+    await _refused_if_superseded(db=db, settings=settings, check=visible, now=now)
     hours = await store.current_contact_hours(
         db=db, settings=settings, org=visible["org"], branch=visible["branch"]
     )
@@ -384,9 +372,8 @@ async def record_outcome(
     command_key: CommandKey | None = None,
 ) -> dict[str, Any] | None:
     """Shortcut: a reached attempt with the agent's verdict, on an open check nobody else holds."""
-    await _refused_if_superseded(
-        db=db, settings=settings, principal=principal, followup_id=followup_id, now=now
-    )
+    visible = await store.get_visible(db=db, principal=principal, followup_id=followup_id)
+    await _refused_if_superseded(db=db, settings=settings, check=visible, now=now)
 
     def decide(current: dict[str, Any]) -> Decision:
         attempt = new_attempt(
