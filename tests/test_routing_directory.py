@@ -157,6 +157,12 @@ async def test_directory_validates_references_chains_and_scopes(system: System) 
     assert (
         await api.patch("/v1/directory/departments/XA:CS", json=chain, headers=admin)
     ).status_code == 200
+    # Another branch's person: the token covers both, but Xi'an's urgent night work would go
+    # to someone whose own token cannot open it.
+    foreign_officer = await api.patch(
+        "/v1/directory/branches/XA", json={"duty_officer_id": "lz-hu"}, headers=admin
+    )
+    assert _field(foreign_officer) == "duty_officer_id", foreign_officer.text
     officer = await api.patch(
         "/v1/directory/branches/XA", json={"duty_officer_id": "xa-lead"}, headers=admin
     )

@@ -64,13 +64,21 @@ def _check_hours(hours: dict[Weekday, list[OpeningRange]]) -> None:
 
 
 async def _check_duty_officer(
-    *, db: AsyncDatabase, principal: Principal, staff_id: str | None
+    *, db: AsyncDatabase, principal: Principal, staff_id: str | None, branch: str
 ) -> None:
+    """The duty officer is a person of ``branch``: another branch's, accepted from a token
+    covering both, took the branch's urgent night work, uncapped, though their own token
+    could not open it, and their branch's admin could take the branch's cover away."""
     if staff_id is None:
         return
     person = await store.visible_staff(db=db, principal=principal, staff_id=staff_id)
     if person is None:
         raise invalid("duty_officer_id", f"unknown staff member {staff_id!r}")
+    if person["branch"] != branch:
+        raise invalid(
+            "duty_officer_id",
+            f"{staff_id!r} is staff of branch {person['branch']}, not of {branch}",
+        )
     if person["status"] == StaffStatus.INACTIVE.value:
         raise invalid("duty_officer_id", f"staff member {staff_id!r} is inactive")
 
@@ -113,7 +121,9 @@ async def create_branch(
     document.update(outbox_fields([_branch_updated(document, settings=settings)]))
 
     async def validate() -> None:
-        await _check_duty_officer(db=db, principal=principal, staff_id=body.duty_officer_id)
+        await _check_duty_officer(
+            db=db, principal=principal, staff_id=body.duty_officer_id, branch=body.code
+        )
 
     stored = await store.insert_entry(
         db=db,
@@ -175,7 +185,9 @@ async def update_branch(
         if changes.keys() & CALENDAR_FIELDS:
             _check_closures(merged)
         if "duty_officer_id" in changes:
-            await _check_duty_officer(db=db, principal=principal, staff_id=merged.duty_officer_id)
+            await _check_duty_officer(
+                db=db, principal=principal, staff_id=merged.duty_officer_id, branch=merged.code
+            )
 
     return await _change_branch(
         db=db,
