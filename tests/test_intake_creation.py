@@ -55,6 +55,25 @@ async def test_idempotency_key_reused_with_another_body_is_a_422_naming_the_key(
     assert "different request body" in other.json()["detail"]
 
 
+async def test_two_anonymous_customers_with_the_same_words_are_two_complaints(
+    system: System,
+) -> None:
+    """Without a phone, e-mail or external id the resubmission check went by the name:
+    two strangers registered as "匿名" (the hotline, then a walk-in) with the same short
+    text were one complaint, the second answered 200 with the first's."""
+    headers = token(system.intake_settings)
+    anonymous = {"name": "匿名"}
+    ids = set()
+    for channel in ("phone", "walk_in"):
+        words = {"subject": "服务态度差", "description": "柜台人员态度恶劣"}
+        body = complaint_body(customer=anonymous, channel=channel, **words)
+        response = await system.intake.post("/v1/complaints", json=body, headers=headers)
+        assert response.status_code == 201, response.text
+        assert response.json()["resubmission"] is False
+        ids.add(response.json()["id"])
+    assert len(ids) == 2
+
+
 async def test_exact_resubmission_within_window_returns_the_existing_complaint(
     system_factory: SystemFactory,
 ) -> None:

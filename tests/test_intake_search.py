@@ -234,6 +234,44 @@ async def test_search_finds_reference_numbers_and_customer_phones(system: System
     assert await _find(system, admin, reference=f"{reference} ") == ["候诊室断网"]
     blank = await system.intake.get("/v1/complaints", params={"q": "   "}, headers=admin)
     assert (blank.status_code, blank.json()["errors"][0]["field"]) == (422, "q"), blank.text
+    # An empty lookup was no condition: the newest complaints of every branch answered it.
+    for field in ("reference", "customer_phone", "customer_email", "department", "owner"):
+        empty = await system.intake.get("/v1/complaints", params={field: " "}, headers=admin)
+        assert (empty.status_code, empty.json()["errors"][0]["field"]) == (422, field), field
+
+
+async def test_customer_filters_find_what_registration_normalised(system: System) -> None:
+    """The e-mail filter compared the value as typed, registration the address as
+    normalised: a Chinese domain in punycode (how ASCII-only CRMs hold it), a full-width
+    address, found nothing. A phone in full-width digits was a 422 at registration, and a
+    landline in international form was another customer than in its domestic form."""
+    admin = token(system.intake_settings)
+    customers = [
+        {"name": "张先生", "email": "zhang@xn--fsqu00a.xn--fiqs8s"},
+        {"name": "李女士", "email": "li@ＥＸＡＭＰＬＥ.com"},
+        {"name": "王先生", "phone": "（010）6552－1234"},
+    ]
+    made = []
+    for n, customer in enumerate(customers):
+        body = complaint_body(customer=customer, description=f"查询客户过滤 {n}")
+        response = await system.intake.post("/v1/complaints", json=body, headers=admin)
+        assert response.status_code == 201, response.text
+        made.append(response.json())
+    assert made[2]["customer"]["phone"] == "(010)6552-1234"
+
+    async def found(**params: str) -> list[str]:
+        response = await system.intake.get("/v1/complaints", params=params, headers=admin)
+        assert response.status_code == 200, response.text
+        return [item["id"] for item in response.json()["items"]]
+
+    assert await found(customer_email="zhang@xn--fsqu00a.xn--fiqs8s") == [made[0]["id"]]
+    assert await found(customer_email="zhang@例子.中国") == [made[0]["id"]]
+    assert await found(customer_email="LI@example.com") == [made[1]["id"]]
+    assert await found(customer_phone="+86 10 6552 1234") == [made[2]["id"]]
+    again = complaint_body(customer={"name": "王先生", "phone": "+86 10 6552 1234"})
+    repeat = await system.intake.post("/v1/complaints", json=again, headers=admin)
+    assert repeat.status_code == 201, repeat.text
+    assert repeat.json()["repeat_count"] == 1, repeat.text
 
 
 async def test_one_character_search_is_a_bounded_substring_scan(system: System) -> None:

@@ -11,12 +11,20 @@ _NOT_DIGITS = re.compile(r"[^0-9]")
 
 
 def normalise_phone(phone: str) -> str:
-    """Digits only, without a leading international prefix for China (+86 / 0086).
-    Full-width digits (``１３８…``, as a Chinese input method types them) count as digits."""
+    """Digits only, a Chinese number in its domestic form: without a leading ``+86`` /
+    ``0086`` before a mobile (11 digits from 1), with the trunk 0 before a landline's area
+    code in its place (``+86 10 6552 1234`` is ``01065521234``, as ``010-6552-1234``; the two
+    were different customers). Full-width digits (``１３８…``, as a Chinese input method types
+    them) count as digits."""
     digits = _NOT_DIGITS.sub("", unicodedata.normalize("NFKC", phone))
     for prefix in ("0086", "86"):
-        if digits.startswith(prefix) and len(digits) - len(prefix) == 11:
-            return digits[len(prefix) :]
+        if not digits.startswith(prefix):
+            continue
+        national = digits[len(prefix) :]
+        if len(national) == 11 and national.startswith("1"):
+            return national  # a mobile
+        if 9 <= len(national) <= 11 and (national[0] in "23456789" or national.startswith("10")):
+            return "0" + national  # a landline: area code (10, 2x, 3xx-9xx) and number
     return digits
 
 

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import unicodedata
 from datetime import datetime
 from decimal import Decimal
 from enum import StrEnum
 from typing import Annotated
 
-from pydantic import BaseModel, EmailStr, Field, StringConstraints
+from pydantic import BaseModel, BeforeValidator, EmailStr, Field, StringConstraints
 
 from complaints_shared.datetimes import UtcDatetime
 from complaints_shared.events import (
@@ -92,10 +93,22 @@ def _dialable(phone: str) -> str:
     return phone
 
 
+def _half_width(phone: object) -> object:
+    """Compatibility forms folded (NFKC): ``１３８…``, ``＋86``, ``（010）``, the ideographic
+    space, as a Chinese input method types them, are the ASCII the pattern takes (they were a
+    422, though the repeat keys were already built from the folded digits)."""
+    return unicodedata.normalize("NFKC", phone) if isinstance(phone, str) else phone
+
+
 # A phone number is digits, with spaces, brackets and hyphens as the customer wrote them.
 MIN_PHONE_DIGITS = 5
 # The digit count is checked since 4 December: a phone stored before it is read as stored.
-Phone = Annotated[str, StringConstraints(pattern=r"^\+?[0-9 ()-]{5,24}$"), request_only(_dialable)]
+Phone = Annotated[
+    str,
+    BeforeValidator(_half_width),
+    StringConstraints(pattern=r"^\+?[0-9 ()-]{5,24}$"),
+    request_only(_dialable),
+]
 
 
 class Customer(StrictModel):

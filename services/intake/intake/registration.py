@@ -194,6 +194,13 @@ def new_document(
     out). Pure, so the benchmark seeds complaints of exactly this shape.
     """
     keys = customer_keys(body["customer"])
+    # Without a phone, e-mail or external id nothing says two submissions are the same
+    # customer's: two strangers registered as "匿名" with the same short text were one.
+    claim = (
+        submissions.claim_fields(settings=settings, fingerprint=fingerprint, now=now)
+        if keys
+        else {}
+    )
     classification = _classify(request, settings)
     repeat_links = earlier[:MAX_REPEAT_LINKS]
     links = [link.complaint_id for link in repeat_links]
@@ -213,7 +220,7 @@ def new_document(
         "repeat_of": links,
         "customer_keys": keys,
         "submission_fingerprint": fingerprint,
-        **submissions.claim_fields(settings=settings, fingerprint=fingerprint, now=now),
+        **claim,
         "status": Status.RECEIVED.value,
         "repeat_keys": repeat_keys(keys, status=Status.RECEIVED, at=now),
         "version": 1,

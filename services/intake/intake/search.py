@@ -8,7 +8,7 @@ from enum import StrEnum
 from functools import partial
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, EmailStr, Field, StringConstraints
 from pymongo.asynchronous.database import AsyncDatabase
 
 from complaints_shared import aggregate
@@ -18,12 +18,14 @@ from complaints_shared.events import Category, Channel, Flag, Severity
 from complaints_shared.mongo import at_or_after, by_ids, more_than_none
 from complaints_shared.pagination import Page
 from intake import filter_keys, grams, postings, rollup, store
-from intake.identity import normalise_phone
+from intake.identity import customer_keys
 from intake.lifecycle import Status
-from intake.models import MAX_PAGE_SIZE, ComplaintRead
+from intake.models import MAX_PAGE_SIZE, ComplaintRead, Phone
 
 # The first window of a page's reads on the local server (``mongo.sorted_batches``); each
 # later one widens by what the earlier found.
+# A filter's value as pasted, spaces at either end dropped; nothing left is a 422.
+Given = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
 FIRST_WINDOW = timedelta(hours=2)
 # Every index of complaints, by key fields: the reads are shaped around them.
 INDEXES = [[key for key, _ in keys] for keys in store.COMPLAINT_INDEXES.values()] + [
@@ -55,8 +57,8 @@ class ComplaintFilters(BaseModel):
     category: list[Category] = Field(default_factory=list)
     severity: list[Severity] = Field(default_factory=list)
     channel: list[Channel] = Field(default_factory=list)
-    department: str | None = None
-    owner: str | None = None
+    department: Given | None = None
+    owner: Given | None = None
     flag: list[Flag] = Field(default_factory=list, description="complaints carrying all of these")
     created_from: UtcDatetime | None = None
     created_to: UtcDatetime | None = None
@@ -67,10 +69,14 @@ class ComplaintFilters(BaseModel):
     escalated: bool | None = Field(None, description="escalated at least one level")
     repeat: bool | None = None
     # Pasted values often carry a space at either end, which no reference or text begins
-    # or ends with: it is dropped (a ``q`` of spaces alone is a 422, as an empty one).
-    reference: Annotated[str, StringConstraints(strip_whitespace=True)] | None = None
-    customer_phone: str | None = None
-    customer_email: str | None = None
+    # or ends with: it is dropped. One empty (``?reference=``, a client's empty variable) is
+    # a 422 naming it, as a ``q`` of spaces is: it was no condition at all, and the newest
+    # complaints of every branch answered a lookup by reference.
+    reference: Given | None = None
+    # As registration reads them (``Phone``, ``EmailStr``: a Chinese domain in punycode, a
+    # full-width address), so the filter finds the keys registration made.
+    customer_phone: Phone | None = None
+    customer_email: EmailStr | None = None
     q: (
         Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)]
         | None
@@ -120,13 +126,9 @@ def build_query(filters: ComplaintFilters, principal: Principal) -> dict[str, An
         query["repeat_count"] = more_than_none() if filters.repeat else 0
     if filters.reference:
         query["reference"] = filters.reference
-    customer_keys = []
-    if filters.customer_phone:
-        customer_keys.append(f"phone:{normalise_phone(filters.customer_phone)}")
-    if filters.customer_email:
-        customer_keys.append(f"email:{filters.customer_email.strip().casefold()}")
-    if customer_keys:
-        query["customer_keys"] = {"$all": customer_keys}
+    wanted = customer_keys({"phone": filters.customer_phone, "email": filters.customer_email})
+    if wanted:
+        query["customer_keys"] = {"$all": wanted}
     # ``q`` is not a condition on complaints: ``search`` looks it up in the postings.
     return filter_keys.narrowed(query)
 
