@@ -335,6 +335,11 @@ def test_a_latin_keyword_matches_where_a_word_begins_not_inside_another_word() -
         "There is an issue with my invoice",
         "My son studied the bill and found a double charge",
         "The multimedia package was billed twice",
+        # Whole-word keywords (a trailing space) since 5 December: these were high severity
+        # (media risk, legal threat) and a vulnerable customer.
+        "Request mediation: I asked for mediation about my bill",
+        "Suede jacket damaged in the wash",
+        "My online banking account was disabled",
     ):
         assert suggested(harmless) == ("normal", []), harmless
     assert suggested("I will sue.") == ("high", ["legal"])

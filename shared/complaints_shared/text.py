@@ -23,15 +23,20 @@ def contains(folded_text: str, needle: str) -> bool:
     A needle that begins with a Latin letter or digit matches only where a word begins
     (not after another Latin letter or digit): ``sue`` in "I will sue." and "sued", not in
     "issue"; ``died`` not in "studied"; ``12315`` in "打12315投诉". It may end inside a word
-    (``injur`` finds "injured"). Chinese has no word spaces, so a needle beginning with a
-    Chinese character matches anywhere.
+    (``injur`` finds "injured"), unless it ends with a space: ``sue `` matches only where a word
+    ends too ("I will sue." but not "suede"; ``media `` not in "mediation"). Chinese has no
+    word spaces, so a needle beginning with a Chinese character matches anywhere.
     """
-    wanted = folded(needle)
+    whole_word = needle.endswith(" ") and bool(needle.strip())
+    wanted = folded(needle.strip() if whole_word else needle)
     if not wanted or not _latin_word_character(wanted[0]):
         return wanted in folded_text
     start = folded_text.find(wanted)
     while start != -1:
-        if start == 0 or not _latin_word_character(folded_text[start - 1]):
+        end = start + len(wanted)
+        if (start == 0 or not _latin_word_character(folded_text[start - 1])) and (
+            not whole_word or end == len(folded_text) or not _latin_word_character(folded_text[end])
+        ):
             return True
         start = folded_text.find(wanted, start + 1)
     return False

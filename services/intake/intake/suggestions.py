@@ -36,13 +36,36 @@ DEFAULT_SUGGESTION_RULES: list[SuggestionRule] = [
     ),
     SuggestionRule(
         id="media",
-        keywords=["媒体", "曝光", "记者", "电视台", "微博", "抖音", "journalist", "media"],
+        # "media " a whole word: "mediation" is a way to settle, not a threat to go public.
+        keywords=[
+            "媒体",
+            "曝光",
+            "记者",
+            "电视台",
+            "微博",
+            "抖音",
+            "journalist",
+            "reporter",
+            "media ",
+        ],
         severity=Severity.HIGH,
         flags=[Flag.MEDIA_RISK],
     ),
     SuggestionRule(
         id="legal",
-        keywords=["律师", "起诉", "法院", "诉讼", "仲裁", "lawyer", "lawsuit", "sue"],
+        # Whole words: "suede" is a jacket.
+        keywords=[
+            "律师",
+            "起诉",
+            "法院",
+            "诉讼",
+            "仲裁",
+            "lawyer",
+            "lawsuit",
+            "sue ",
+            "sued ",
+            "suing ",
+        ],
         severity=Severity.HIGH,
         flags=[Flag.LEGAL_THREAT],
     ),
@@ -60,7 +83,17 @@ DEFAULT_SUGGESTION_RULES: list[SuggestionRule] = [
     ),
     SuggestionRule(
         id="vulnerable",
-        keywords=["老人", "残疾", "孕妇", "独居", "elderly", "disabled", "pregnant"],
+        # Not "disabled": an account, a card, a line are disabled far more often than people.
+        keywords=[
+            "老人",
+            "残疾",
+            "孕妇",
+            "独居",
+            "elderly",
+            "disability",
+            "wheelchair",
+            "pregnant",
+        ],
         flags=[Flag.VULNERABLE_CUSTOMER],
     ),
 ]
