@@ -137,6 +137,28 @@ async def test_one_replica_leads_and_hands_over_at_shutdown(system: System) -> N
             await producer.stop()
 
 
+async def test_a_standby_takes_a_lease_given_back_at_once(system: System) -> None:
+    """A stopping leader gives its lease back so that a peer takes over at once; the peer
+    had noted when the lease would run out, as last seen, and stood by until then, so
+    nobody published for up to a whole lease on every rolling restart."""
+    probe = await _probe(system)
+    settings, db, collection = probe.settings, probe.db, probe.collection
+    producer = EventProducer(settings=settings)
+    leader, standby = (
+        OutboxRelay(db=db, collections=[collection.name], producer=producer, settings=settings)
+        for _ in range(2)
+    )
+    try:
+        assert await leader._lead(collection.name)
+        assert not await standby._lead(collection.name)  # stands by, the lease's end noted
+        await leader._give_up_leases()
+        assert await standby._lead(collection.name)  # at once, not at the noted end
+        lease = await db[LEASES].find_one({"_id": collection.name})
+        assert lease["owner"] == standby._owner
+    finally:
+        await producer.stop()
+
+
 class _WriterDuringSend(EventProducer):
     """Appends one more event to the document while the first is being sent."""
 

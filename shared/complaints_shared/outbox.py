@@ -636,10 +636,16 @@ class OutboxRelay:
         held = self._held_until.get(collection)
         if held is not None and held - now > self._lease / 2:
             return True
+        leases = self._db[LEASES]
         standby = self._standby_until.get(collection)
         if held is None and standby is not None and now < standby:
-            return False
-        leases = self._db[LEASES]
+            # The leader's lease, as last seen, still runs: unless it was given up (a leader
+            # stopping hands it back at once, and waiting out the lease as seen left nobody
+            # publishing for up to a whole lease on every rolling restart).
+            current = await leases.find_one({"_id": collection}, projection={"until": 1})
+            if current is not None and current["until"] >= now:
+                self._standby_until[collection] = current["until"]
+                return False
         until = now + self._lease
         lease = {"$set": {"owner": self._owner, "until": until}}
         if held is not None:
