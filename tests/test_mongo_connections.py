@@ -15,8 +15,10 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 
 import pytest
+from pymongo.errors import AutoReconnect
 from pymongo.uri_parser import parse_uri
 
+from complaints_shared import runtime as runtime_module
 from intake import postings
 from intake.main import create_app as create_intake_app
 from intake.settings import IntakeSettings
@@ -173,3 +175,23 @@ def _through_port(port: int, mongodb_uri: str) -> str:
     # Talk to this address only: a replica-set member list would bypass the proxy.
     separator = "&" if "?" in uri else ("?" if uri.count("/") > 2 else "/?")
     return f"{uri}{separator}directConnection=true"
+
+
+async def test_a_long_start_up_repair_meeting_a_dropped_connection_is_tried_again() -> None:
+    """The start-up wait counted from the start: a repair that ran longer than the wait
+    (intake's over many complaints, minutes after an upgrade) and then met one dropped
+    connection ended start-up at once, to begin again from nothing after the restart. The
+    wait now counts from the failure."""
+    settings = IntakeSettings(startup_dependency_wait_s=0.2)
+    tries: list[float] = []
+
+    async def repair(*, db: object) -> None:
+        tries.append(asyncio.get_running_loop().time())
+        if len(tries) == 1:
+            await asyncio.sleep(0.3)  # longer than the whole wait
+            raise AutoReconnect("connection closed (injected)")
+
+    await runtime_module._prepare_database(
+        db=None, settings=settings, outbox_collections=[], prepare=repair
+    )
+    assert len(tries) == 2
