@@ -355,14 +355,11 @@ async def test_a_check_past_its_due_time_is_claimed_before_the_scheduler_fires_i
     assert [entry["action"] for entry in body["history"]][-2:] == ["become_due", "claim"]
 
 
-async def test_a_later_checks_answer_cancels_the_earlier_check_still_open(
+async def _both_checks_due(
     system_factory: SystemFactory,
-) -> None:
-    """The first check of a serious complaint was still being tried when the week's check
-    reached the customer (satisfied, closed). Then the first check reached them too:
-    "unsatisfied" on an earlier check counts for nothing beside a later one's answer, so the
-    complaint stayed closed and the customer had been called twice about one resolution.
-    Now the later answer cancels the earlier check."""
+) -> tuple[System, dict, str, dict, dict]:
+    """A serious complaint resolved, its day's and its week's checks both due: the system,
+    an agent's headers, the complaint id and the two checks."""
     clock = start_clock()
     system = await system_factory(clock=clock, followup=FAST_SCHEDULER)
     admin = token(system.intake_settings)
@@ -371,6 +368,18 @@ async def test_a_later_checks_answer_cancels_the_earlier_check_still_open(
     first, second = await checks_of(system, complaint_id, caller, count=2)
     await make_due(system, clock, second, caller)
     await wait_status(system, first["id"], "due", caller)
+    return system, caller, complaint_id, first, second
+
+
+async def test_a_later_checks_answer_cancels_the_earlier_check_still_open(
+    system_factory: SystemFactory,
+) -> None:
+    """The first check of a serious complaint was still being tried when the week's check
+    reached the customer (satisfied, closed). Then the first check reached them too:
+    "unsatisfied" on an earlier check counts for nothing beside a later one's answer, so the
+    complaint stayed closed and the customer had been called twice about one resolution.
+    Now the later answer cancels the earlier check."""
+    system, caller, complaint_id, first, second = await _both_checks_due(system_factory)
 
     answered = await system.followup.post(
         f"/v1/followups/{second['id']}/outcome",
@@ -398,14 +407,7 @@ async def test_an_earlier_check_left_open_by_a_failed_cancellation_is_refused_wh
     """The later answer's cancellation of the earlier check runs after the answer is stored;
     should it fail (the database away, a crash in between), the earlier check stayed open
     for good and could still be answered, for nothing. Working it now cancels it instead."""
-    clock = start_clock()
-    system = await system_factory(clock=clock, followup=FAST_SCHEDULER)
-    admin = token(system.intake_settings)
-    caller = agent(system, "agent-a")
-    complaint_id = await resolve_through_intake(system, admin, severity="high")
-    first, second = await checks_of(system, complaint_id, caller, count=2)
-    await make_due(system, clock, second, caller)
-    await wait_status(system, first["id"], "due", caller)
+    system, caller, _, first, second = await _both_checks_due(system_factory)
     cancel = followup_projections.cancel_open_checks
     failures: list[str] = []
 
