@@ -212,6 +212,8 @@ async def test_rules_are_validated_versioned_and_recorded_on_assignments(system:
         ({"action": {"department_kind": "billing", "sla_policy": "nope"}}, "action.sla_policy"),
         ({"branches": ["ZZ"]}, "branches.0"),
         ({"is_default": True, "conditions": {}}, "is_default"),
+        # "Non-VIP only" is a condition, which the default rule would store and then ignore.
+        ({"is_default": True, "conditions": {"vip": False}}, "conditions"),
         ({"action": {"department_kind": "billing", "department_id": "LZ:BILLING"}}, "action"),
         ({"conditions": {"flags_any": ["angry"]}}, "conditions.flags_any.0"),
     ]:
@@ -222,9 +224,21 @@ async def test_rules_are_validated_versioned_and_recorded_on_assignments(system:
     created = await api.post("/v1/routing/rules", json=rule, headers=admin)
     assert created.status_code == 201, created.text
     assert (created.json()["id"], created.json()["version"]) == ("demo:vip-billing", 1)
+    # Tied positions are tried by id: the list shows them in that order (until 5 December
+    # in the order stored, the later rule first though the earlier one matched first).
+    tie = {
+        "id": "aa-tie",
+        "name": "同位次",
+        "position": 5,
+        "conditions": {"keywords_any": ["  media  ", "不会出现 "]},
+        "action": {"department_id": "LZ:BILLING"},
+    }
+    assert (await api.post("/v1/routing/rules", json=tie, headers=admin)).status_code == 201
     listed = await api.get("/v1/routing/rules", headers=admin)
-    assert listed.json()[0]["id"] == "demo:vip-billing"
+    assert [rule["id"] for rule in listed.json()[:2]] == ["demo:aa-tie", "demo:vip-billing"]
     assert listed.json()[-1]["is_default"]
+    # A keyword's trailing space (whole words only) is kept, other white space dropped.
+    assert listed.json()[0]["conditions"]["keywords_any"] == ["media ", "不会出现 "]
 
     vip = CustomerContact(name="贵宾", vip=True)
     first = received(customer=vip, description="账单有问题")

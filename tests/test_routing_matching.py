@@ -351,3 +351,12 @@ def test_a_latin_keyword_matches_where_a_word_begins_not_inside_another_word() -
     rule = RuleConditions(keywords_any=["bill"])
     assert conditions_hold(rule, complaint(description="billing error"))
     assert not conditions_hold(rule, complaint(description="a rebill was sent"))
+    # ... and a trailing space makes one a whole word there too (until 5 December rules
+    # dropped it, so "media " found "mediation").
+    whole = RuleConditions(keywords_any=["media  "], products=[" TV "])
+    assert whole.keywords_any == ["media "] and whole.products == ["TV "]
+    assert conditions_hold(whole, complaint(description="on social media.", product="TV box"))
+    assert not conditions_hold(whole, complaint(description="we want mediation", product="TV"))
+    assert not conditions_hold(whole, complaint(description="media", product="TVs"))
+    with pytest.raises(ValidationError, match="other than white space"):
+        RuleConditions(keywords_all=["  "])

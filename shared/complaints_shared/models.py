@@ -10,14 +10,26 @@ from collections.abc import Mapping
 from enum import StrEnum
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, StringConstraints, ValidationInfo, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    StringConstraints,
+    ValidationInfo,
+    field_validator,
+)
 
+from complaints_shared import text
 from complaints_shared.stored import is_stored
 
 CODE_PATTERN = r"^[A-Z0-9][A-Z0-9_-]{0,31}$"
 
 Code = Annotated[str, StringConstraints(pattern=CODE_PATTERN)]
 """A branch or department code: upper-case letters and digits, ``_`` and ``-`` (``LZ``)."""
+
+Keyword = Annotated[str, StringConstraints(max_length=100), AfterValidator(text.keyword)]
+"""A keyword of a rule (``complaints_shared.text.contains``): one ending with a space matches
+whole words only, so that space is kept and any other white space around it dropped."""
 
 
 def _unpaired_surrogate(value: Any, path: str = "") -> str | None:

@@ -42,5 +42,15 @@ def contains(folded_text: str, needle: str) -> bool:
     return False
 
 
+def keyword(value: str) -> str:
+    """A keyword as an administrator gave it, in the form :func:`contains` reads: leading
+    white space dropped, a trailing run kept as the one space that marks a whole word
+    (``"media  "`` is ``"media "``). White space alone is no keyword (a ValueError)."""
+    stripped = value.strip()
+    if not stripped:
+        raise ValueError("a keyword needs a character other than white space")
+    return f"{stripped} " if value[-1].isspace() else stripped
+
+
 def _latin_word_character(character: str) -> bool:
     return character.isascii() and character.isalnum()

@@ -11,6 +11,7 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field
 
 from complaints_shared.events import SEVERITY_ORDER, Channel, Flag, Severity
+from complaints_shared.models import Keyword
 from complaints_shared.text import contains, folded
 
 
@@ -20,7 +21,7 @@ class SuggestionRule(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     id: str
-    keywords: list[str] = Field(default_factory=list)
+    keywords: list[Keyword] = Field(default_factory=list)
     channels: list[Channel] = Field(default_factory=list)
     severity: Severity | None = None
     flags: list[Flag] = Field(default_factory=list)

@@ -80,7 +80,12 @@ def rule_applies(rule: RoutingRule, complaint: ComplaintReceived) -> bool:
     return rule.is_default or conditions_hold(rule.conditions, complaint)
 
 
+def precedence(rule: RoutingRule) -> tuple[bool, int, str]:
+    """The order rules are tried in: by position, ties by id, the default rule always last.
+    The rule list is shown in this order too."""
+    return (rule.is_default, rule.position, rule.id)
+
+
 def matching_rules(rules: Iterable[RoutingRule], complaint: ComplaintReceived) -> list[RoutingRule]:
-    """Rules that apply, in order: by position, the default rule always last."""
-    ordered = sorted(rules, key=lambda rule: (rule.is_default, rule.position, rule.id))
-    return [rule for rule in ordered if rule_applies(rule, complaint)]
+    """Rules that apply, in the order they are tried (:func:`precedence`)."""
+    return [rule for rule in sorted(rules, key=precedence) if rule_applies(rule, complaint)]

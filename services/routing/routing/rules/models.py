@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_vali
 
 from complaints_shared.datetimes import UtcDatetime
 from complaints_shared.events import Category, Channel, Flag, Severity
-from complaints_shared.models import Code, StrictModel
+from complaints_shared.models import Code, Keyword, StrictModel
 from routing.directory.models import StaffRole
 from routing.models import DepartmentId, Kind, Name, Slug
 
@@ -26,8 +26,6 @@ class RuleFlag(StrEnum):
     SAFETY_RISK = Flag.SAFETY_RISK.value
     VIP = "vip"
 
-
-Keyword = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)]
 
 # A rule's position is stored as a BSON integer, which holds at most 64 bits (2**63 is an
 # OverflowError in the driver). Positions an administrator gives stay within a billion
@@ -52,6 +50,7 @@ class RuleConditions(StrictModel):
     keywords_all: list[Keyword] = Field(default_factory=list)
 
     def is_empty(self) -> bool:
+        """No condition given (``vip: false`` is one)."""
         return self == RuleConditions()
 
 

@@ -24,7 +24,15 @@ from complaints_shared.problems import conflict, invalid, not_found
 from complaints_shared.stored import from_stored
 from routing import audit, context_cache
 from routing.directory.store import BRANCHES, DEPARTMENTS, branch_key, visible_department
-from routing.rules.models import RoutingRule, RuleCreate, RuleRead, RuleUpdate, RuleVersionRead
+from routing.rules import matching
+from routing.rules.models import (
+    RoutingRule,
+    RuleConditions,
+    RuleCreate,
+    RuleRead,
+    RuleUpdate,
+    RuleVersionRead,
+)
 from routing.sla import store as policy_store
 
 RULES = "rules"
@@ -65,8 +73,7 @@ async def list_rules(
     if not include_inactive:
         query["active"] = {"$ne": False}
     documents = await db[RULES].find(query).to_list(None)
-    ordered = sorted(documents, key=lambda doc: (doc.get("is_default", False), doc["position"]))
-    return [rule_read(document) for document in ordered]
+    return sorted((rule_read(document) for document in documents), key=matching.precedence)
 
 
 async def _rule_document(*, db: AsyncDatabase, principal: Principal, rule_id: str) -> dict:
@@ -136,7 +143,7 @@ async def _validate_default(
 ) -> None:
     if rule["branches"]:
         raise invalid("branches", "the default rule applies to every branch")
-    if any(rule["conditions"].values()):
+    if not RuleConditions.model_validate(rule["conditions"]).is_empty():
         raise invalid("conditions", "the default rule matches everything and takes no conditions")
     if not rule["action"].get("department_id"):
         raise invalid("action.department_id", "the default rule needs one explicit department")
