@@ -304,6 +304,23 @@ def test_owner_ranking_least_load_then_longest_wait() -> None:
     assert not any(candidate.eligible for candidate in skilled)
 
 
+def test_a_required_skill_is_compared_as_text_is() -> None:
+    """A rule requiring "VIP" (or "ｖｉｐ" typed full-width, or "vip " with a space) found
+    nobody among staff listing "vip": until 5 December its complaints waited in the queue,
+    passed over by every drain, until their clocks breached."""
+    _, staff, _ = _demo_directory()
+    chen = next(person for person in staff if person.id == "lz-chen")
+    chen = chen.model_copy(update={"skills": ["vip"], "languages": ["ＥＮ"]})
+    for wanted in ("VIP", "ｖｉｐ", " vip ", "en", "En"):
+        ranked = planning.rank_candidates([chen], loads={}, required_skill=wanted)
+        assert ranked[0].eligible, wanted
+    assert not planning.rank_candidates([chen], loads={}, required_skill="vip2")[0].eligible
+    action = RuleCreate.model_validate(
+        {"id": "r", "name": "r", "action": {"department_kind": "billing", "required_skill": " VIP "}}
+    ).action
+    assert action.required_skill == "VIP"
+
+
 def test_a_regulator_hotline_number_typed_full_width_is_suggested_as_regulator_involved() -> None:
     from complaints_shared.events import Channel
     from intake.suggestions import DEFAULT_SUGGESTION_RULES, suggest

@@ -15,6 +15,12 @@ Kind = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,47}$")]
 Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
 
 
+# What a rule may require of an owner: a skill or a language the owner lists. Compared as
+# text is (``complaints_shared.text.folded``: case and full-width forms), white space dropped.
+Skill = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=64)]
+Language = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=16)]
+
+
 Reason = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=2000)]
 
 

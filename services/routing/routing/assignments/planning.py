@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 
 from complaints_shared.business_calendar import BusinessCalendar
 from complaints_shared.events import ComplaintReceived, Severity, SlaClock
+from complaints_shared.text import folded
 from routing.assignments.models import NotifyTarget
 from routing.directory.escalation import EscalationTarget, branch_head_level, chain_targets
 from routing.directory.models import DepartmentRead, StaffRead, StaffRole, StaffStatus
@@ -124,12 +125,19 @@ def rank_candidates(
     )
 
 
+def has_skill(person: StaffRead, skill: str) -> bool:
+    """Whether ``person`` lists ``skill`` among their skills or languages, compared as text
+    is (``VIP``, ``ｖｉｐ`` and ``vip`` are one skill)."""
+    wanted = folded(skill.strip())
+    return any(folded(have.strip()) == wanted for have in (*person.skills, *person.languages))
+
+
 def _eligibility(
     person: StaffRead, loads: dict[str, int], required_skill: str | None
 ) -> tuple[bool, str | None]:
     if person.status is not StaffStatus.ACTIVE:
         return False, f"status {person.status.value}"
-    if required_skill and required_skill not in {*person.skills, *person.languages}:
+    if required_skill and not has_skill(person, required_skill):
         return False, f"lacks skill {required_skill!r}"
     if loads.get(person.id, 0) >= person.capacity:
         return False, f"at capacity ({person.capacity})"

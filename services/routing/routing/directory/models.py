@@ -9,13 +9,11 @@ from __future__ import annotations
 
 from datetime import datetime, time
 from enum import StrEnum
-from typing import Annotated
 
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    StringConstraints,
     ValidationInfo,
     field_validator,
     model_validator,
@@ -31,7 +29,7 @@ from complaints_shared.datetimes import CalendarDay
 from complaints_shared.events import Category
 from complaints_shared.models import Code, StrictModel, Weekday
 from complaints_shared.stored import is_stored
-from routing.models import Kind, Name, Slug
+from routing.models import Kind, Language, Name, Skill, Slug
 
 
 class StaffRole(StrEnum):
@@ -190,12 +188,10 @@ class StaffBase(StrictModel):
     name: Name
     department: Code = Field(description="Department code within the staff member's branch")
     role: StaffRole = StaffRole.AGENT
-    skills: list[Annotated[str, StringConstraints(min_length=1, max_length=64)]] = Field(
+    skills: list[Skill] = Field(
         default_factory=list, description="Categories or specialities, e.g. billing, vip"
     )
-    languages: list[Annotated[str, StringConstraints(min_length=1, max_length=16)]] = Field(
-        default_factory=lambda: ["zh"]
-    )
+    languages: list[Language] = Field(default_factory=lambda: ["zh"])
     capacity: int = Field(20, ge=0, le=1000, description="Maximum open complaints")
     status: StaffStatus = StaffStatus.ACTIVE
 
@@ -209,8 +205,8 @@ class StaffUpdate(StrictModel):
     name: Name | None = None
     department: Code | None = None
     role: StaffRole | None = None
-    skills: list[Annotated[str, StringConstraints(min_length=1, max_length=64)]] | None = None
-    languages: list[Annotated[str, StringConstraints(min_length=1, max_length=16)]] | None = None
+    skills: list[Skill] | None = None
+    languages: list[Language] | None = None
     capacity: int | None = Field(None, ge=0, le=1000)
     status: StaffStatus | None = None
 

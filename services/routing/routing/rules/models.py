@@ -12,7 +12,7 @@ from complaints_shared.datetimes import UtcDatetime
 from complaints_shared.events import Category, Channel, Flag, Severity
 from complaints_shared.models import Code, Keyword, StrictModel
 from routing.directory.models import StaffRole
-from routing.models import DepartmentId, Kind, Name, Slug
+from routing.models import DepartmentId, Kind, Name, Skill, Slug
 
 
 class RuleFlag(StrEnum):
@@ -59,7 +59,9 @@ class RuleAction(StrictModel):
 
     department_kind: Kind | None = Field(None, description="This branch's department of a kind")
     department_id: DepartmentId | None = Field(None, description="BRANCH:CODE of one department")
-    required_skill: str | None = None
+    required_skill: Skill | None = Field(
+        None, description="Owners must list it in skills or languages (case and width folded)"
+    )
     severity_override: Severity | None = None
     sla_policy: Slug | None = None
     notify_roles: list[StaffRole] = Field(default_factory=list)
