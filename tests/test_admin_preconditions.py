@@ -331,7 +331,8 @@ async def test_a_creation_retried_after_what_it_names_changed_answers_the_entry_
         "name": "夜间计费",
         "position": 7,
         "conditions": {"categories": ["billing"]},
-        "action": {"department_id": "LZ:NIGHT", "sla_policy": "night"},
+        # By kind: a department a rule names by id is not closed (a 409) while it does.
+        "action": {"department_kind": "night_desk", "sla_policy": "night"},
     }
     made = await api.post("/v1/routing/rules", json=rule, headers=admin)
     assert made.status_code == 201, made.text

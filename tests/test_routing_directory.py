@@ -192,6 +192,56 @@ async def test_directory_validates_references_chains_and_scopes(system: System) 
     assert staff.json()["open_load"] == 1
 
 
+async def test_a_department_a_rule_names_stays_active_and_deactivations_answer_their_etag(
+    system: System,
+) -> None:
+    """Until 5 December a branch's administrator could deactivate the department the
+    organisation's default rule names (HQ:CS): the rule was passed over from then on and
+    every complaint no other rule covers went unroutable. The rule was checked when saved,
+    never again. And deactivations answered no ``ETag``, which every other change does."""
+    admin = token(system.routing_settings)
+    hq_admin = token(system.routing_settings, branches=["HQ"])
+    api = system.routing
+    for who in (hq_admin, admin):
+        refused = await api.post("/v1/directory/departments/HQ:CS/deactivate", headers=who)
+        assert refused.status_code == 409, refused.text
+        assert refused.json()["type"].endswith("/department-in-use")
+        assert "demo:default" in refused.json()["detail"]
+    assert (await api.get("/v1/directory/departments/HQ:CS", headers=admin)).json()["active"]
+
+    department = {"branch": "LZ", "code": "PILOT", "name": "试点组", "kind": "pilot"}
+    made = await api.post("/v1/directory/departments", json=department, headers=admin)
+    assert made.status_code == 201, made.text
+    rule = {
+        "id": "pilot",
+        "name": "试点",
+        "conditions": {"keywords_any": ["试点"]},
+        "action": {"department_id": "LZ:PILOT"},
+    }
+    assert (await api.post("/v1/routing/rules", json=rule, headers=admin)).status_code == 201
+    lz_admin = token(system.routing_settings, branches=["LZ"])
+    refused = await api.post("/v1/directory/departments/LZ:PILOT/deactivate", headers=lz_admin)
+    assert refused.status_code == 409 and "demo:pilot" in refused.json()["detail"], refused.text
+    assert (await api.delete("/v1/routing/rules/demo:pilot", headers=admin)).status_code == 200
+    closed = await api.post("/v1/directory/departments/LZ:PILOT/deactivate", headers=lz_admin)
+    assert closed.status_code == 200, closed.text
+    assert (closed.headers["etag"], closed.json()["version"]) == ('"2"', 2)
+    again = await api.post(
+        "/v1/directory/departments/LZ:PILOT/deactivate",
+        headers={**lz_admin, "If-Match": closed.headers["etag"]},
+    )
+    assert (again.status_code, again.headers["etag"]) == (200, '"2"'), again.text
+
+    person = {"id": "lz-pilot", "branch": "LZ", "department": "BILLING", "name": "试点员"}
+    assert (await api.post("/v1/directory/staff", json=person, headers=admin)).status_code == 201
+    gone = await api.post("/v1/directory/staff/lz-pilot/deactivate", headers=lz_admin)
+    assert (gone.status_code, gone.headers["etag"], gone.json()["version"]) == (200, '"2"', 2)
+    branch = {**XIAN, "code": "XB"}
+    assert (await api.post("/v1/directory/branches", json=branch, headers=admin)).status_code == 201
+    shut = await api.post("/v1/directory/branches/XB/deactivate", headers=admin)
+    assert (shut.status_code, shut.headers["etag"]) == (200, f'"{shut.json()["version"]}"')
+
+
 async def test_rules_are_validated_versioned_and_recorded_on_assignments(system: System) -> None:
     admin = token(system.routing_settings)
     api = system.routing

@@ -117,10 +117,14 @@ async def update_branch(
 
 @router.post("/branches/{code}/deactivate", response_model=DeactivationReport)
 async def deactivate_branch(
-    code: str, request: Request, principal: BranchOpener, if_match: IfMatchHeader
+    code: str,
+    request: Request,
+    response: Response,
+    principal: BranchOpener,
+    if_match: IfMatchHeader,
 ) -> DeactivationReport:
     runtime = runtime_of(request)
-    await branches.deactivate_branch(
+    updated = await branches.deactivate_branch(
         db=runtime.db,
         settings=runtime.settings,
         principal=principal,
@@ -131,8 +135,12 @@ async def deactivate_branch(
     work, elsewhere = await store.open_work(
         db=runtime.db, principal=principal, query={"branch": code}
     )
+    tag(response, updated.version)
     return DeactivationReport(
-        deactivated=code, open_work=work, open_work_of_other_branches=elsewhere
+        deactivated=code,
+        version=updated.version,
+        open_work=work,
+        open_work_of_other_branches=elsewhere,
     )
 
 
@@ -202,10 +210,15 @@ async def update_department(
 
 @router.post("/departments/{department_id}/deactivate", response_model=DeactivationReport)
 async def deactivate_department(
-    department_id: str, request: Request, principal: BranchAdmin, if_match: IfMatchHeader
+    department_id: str,
+    request: Request,
+    response: Response,
+    principal: BranchAdmin,
+    if_match: IfMatchHeader,
 ) -> DeactivationReport:
+    """Refused (409) while an active routing rule names the department."""
     runtime = runtime_of(request)
-    await departments.deactivate_department(
+    updated = await departments.deactivate_department(
         db=runtime.db,
         principal=principal,
         department_id=department_id,
@@ -215,8 +228,12 @@ async def deactivate_department(
     work, elsewhere = await store.open_work(
         db=runtime.db, principal=principal, query={"department": department_id}
     )
+    tag(response, updated.version)
     return DeactivationReport(
-        deactivated=department_id, open_work=work, open_work_of_other_branches=elsewhere
+        deactivated=department_id,
+        version=updated.version,
+        open_work=work,
+        open_work_of_other_branches=elsewhere,
     )
 
 
@@ -289,11 +306,15 @@ async def update_staff(
 
 @router.post("/staff/{staff_id}/deactivate", response_model=DeactivationReport)
 async def deactivate_staff(
-    staff_id: str, request: Request, principal: BranchAdmin, if_match: IfMatchHeader
+    staff_id: str,
+    request: Request,
+    response: Response,
+    principal: BranchAdmin,
+    if_match: IfMatchHeader,
 ) -> DeactivationReport:
     """No new work from now on; the open work still with the person is reported."""
     runtime = runtime_of(request)
-    await staff.deactivate_staff(
+    updated = await staff.deactivate_staff(
         db=runtime.db,
         principal=principal,
         staff_id=staff_id,
@@ -303,8 +324,12 @@ async def deactivate_staff(
     work, elsewhere = await store.open_work(
         db=runtime.db, principal=principal, query={"owner_id": staff_id}
     )
+    tag(response, updated["version"])
     return DeactivationReport(
-        deactivated=staff_id, open_work=work, open_work_of_other_branches=elsewhere
+        deactivated=staff_id,
+        version=updated["version"],
+        open_work=work,
+        open_work_of_other_branches=elsewhere,
     )
 
 

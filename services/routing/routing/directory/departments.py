@@ -1,7 +1,7 @@
 """Departments as their branch's administrators keep them: validated writes, scoped reads.
 
-An escalation chain only goes up (no person or role twice, never down a rank), and a
-branch has one active department of each kind.
+An escalation chain only goes up (no person or role twice, never down a rank), a branch
+has one active department of each kind, and a department an active rule names stays active.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 
 from complaints_shared.auth import Principal
 from complaints_shared.preconditions import IfMatch
-from complaints_shared.problems import invalid, not_found
+from complaints_shared.problems import conflict, invalid, not_found
 from routing.directory import store
 from routing.directory.models import (
     ROLE_RANK,
@@ -70,6 +70,32 @@ async def _check_kind_free(
     if other is not None:
         raise invalid(
             "kind", f"branch {branch} already has department {other['id']} of kind {kind!r}"
+        )
+
+
+# The routing rules' collection (``routing.rules.store``, which reads this package).
+RULES = "rules"
+
+
+async def _refuse_if_a_rule_names(*, db: AsyncDatabase, org: str, department_id: str) -> None:
+    """A department an active rule sends complaints to by id stays active: the rule would
+    pass it over from then on (the default rule's: everything no other rule covers went
+    unroutable), and a branch's administrator would have changed the organisation's routing."""
+    rules = (
+        await db[RULES]
+        .find(
+            {"org": org, "action.department_id": department_id, "active": {"$ne": False}},
+            projection={"_id": 1},
+            limit=10,
+        )
+        .to_list(None)
+    )
+    if rules:
+        names = ", ".join(sorted(rule["_id"] for rule in rules))
+        raise conflict(
+            f"department {department_id} is the target of routing rule(s) {names}: an "
+            "administrator of all branches changes them first",
+            kind="department-in-use",
         )
 
 
@@ -192,6 +218,10 @@ async def deactivate_department(
     now: datetime,
 ) -> DepartmentRead:
     current = await _department_document(db=db, principal=principal, department_id=department_id)
+
+    async def validate() -> None:
+        await _refuse_if_a_rule_names(db=db, org=principal.org, department_id=department_id)
+
     updated = await store.change_entry(
         db=db,
         principal=principal,
@@ -201,5 +231,6 @@ async def deactivate_department(
         action="deactivated",
         at=now,
         if_match=if_match,
+        validate=validate,
     )
     return store.department_read(updated)

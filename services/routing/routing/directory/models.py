@@ -239,5 +239,6 @@ class DeactivationReport(BaseModel):
     counted."""
 
     deactivated: str
+    version: int = Field(description="The entry's version now (also its ETag)")
     open_work: list[OpenWork]
     open_work_of_other_branches: int = 0
