@@ -444,6 +444,35 @@ async def test_a_reopen_whose_department_was_deactivated_goes_where_it_can_be_wo
     assert reassigned(events)[0].data["owner_id"] == expected[1]
 
 
+async def test_a_reopen_goes_to_the_department_when_its_previous_owner_moved_to_another(
+    system: System,
+) -> None:
+    """A billing complaint resolved, then its owner moved to customer service. Until
+    5 December the reopen went back to them (over their capacity, the complaint left on
+    billing's chain), billing's people with room passed over. Now it is billing's turn."""
+    admin = token(system.routing_settings)
+    complaint = received()
+    async with intake_producer(system) as publish:
+        await publish(EventType.COMPLAINT_RECEIVED, complaint)
+        owner = (await assignment_when(system, complaint.complaint_id))["owner_id"]
+        await publish(EventType.COMPLAINT_RESOLVED, resolved(complaint, owner_id=owner))
+        await assignment_when(
+            system, complaint.complaint_id, lambda d: d["status"] == "resolved", what="resolved"
+        )
+        moved = await system.routing.patch(
+            f"/v1/directory/staff/{owner}", json={"department": "CS"}, headers=admin
+        )
+        assert moved.status_code == 200, moved.text
+        await publish(
+            EventType.COMPLAINT_REOPENED, reopened(complaint, reopened_at=datetime.now(UTC))
+        )
+        document = await assignment_when(
+            system, complaint.complaint_id, lambda d: d["status"] != "resolved", what="reopened"
+        )
+    assert document["department"] == "LZ:BILLING"
+    assert document["owner_id"] in {"lz-chen", "lz-liu"} - {owner}, document["owner_id"]
+
+
 async def test_simulation_has_no_side_effects(system: System) -> None:
     db = routing_db(system)
 

@@ -641,7 +641,10 @@ async def _reopen_owner(
     *, db: AsyncDatabase, current: dict[str, Any], department_id: str
 ) -> owners.OwnerChoice | None:
     """The previous owner if still active and of ``department_id`` (they know the case), else
-    whoever's turn it is there."""
+    whoever's turn it is there. One who moved to another department since (or the duty
+    officer who took it at night) is not given it: until 5 December they were, over their
+    capacity, while the complaint stayed on the department's chain and its people with room
+    were passed over."""
     staying = department_id == current["department"]
     owner_id = current.get("owner_id")
     if owner_id:
@@ -649,7 +652,7 @@ async def _reopen_owner(
         if (
             owner is not None
             and owner.status is StaffStatus.ACTIVE
-            and (staying or owner.department_id == department_id)
+            and owner.department_id == department_id
         ):
             return await owners.forced_owner(db=db, org=current["org"], staff=owner)
     return await owners.pick_owner(
