@@ -209,7 +209,7 @@ def _demo_directory() -> tuple[list[DepartmentRead], list[StaffRead], dict[str, 
     return departments, staff, branches
 
 
-def plan(event: ComplaintReceived) -> planning.RoutePlan:
+def plan(event: ComplaintReceived, *, routed_at: datetime | None = None) -> planning.RoutePlan:
     departments, staff, branches = _demo_directory()
     branch = branches[event.branch]
     by_id = {person.id: person for person in staff}
@@ -225,6 +225,7 @@ def plan(event: ComplaintReceived) -> planning.RoutePlan:
         policies=policies,
         staff=staff,
         duty_officer=by_id.get(branch.duty_officer_id or ""),
+        routed_at=routed_at or event.received_at,
     )
 
 
@@ -316,7 +317,11 @@ def test_a_required_skill_is_compared_as_text_is() -> None:
         assert ranked[0].eligible, wanted
     assert not planning.rank_candidates([chen], loads={}, required_skill="vip2")[0].eligible
     action = RuleCreate.model_validate(
-        {"id": "r", "name": "r", "action": {"department_kind": "billing", "required_skill": " VIP "}}
+        {
+            "id": "r",
+            "name": "r",
+            "action": {"department_kind": "billing", "required_skill": " VIP "},
+        }
     ).action
     assert action.required_skill == "VIP"
 

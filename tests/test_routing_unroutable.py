@@ -11,12 +11,12 @@ meanwhile is on the record at once and judged against the deadline routing gives
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime
+from datetime import datetime, timedelta
 from types import SimpleNamespace
 
 import pytest
 
-from complaints_shared.clock import SystemClock
+from complaints_shared.clock import ManualClock, SystemClock
 from complaints_shared.events import EventType, Topic, dead_letter_topic
 from routing import context_cache
 from routing.assignments import unroutable
@@ -25,7 +25,7 @@ from routing.rules.models import RuleCreate
 from tests.support.faults import FailsFirst
 from tests.support.http import create_complaint, token
 from tests.support.kafka import events_of, read_topic
-from tests.support.routing import routing_db
+from tests.support.routing import MONDAY_10_SHANGHAI, routing_db
 from tests.support.system import System, SystemFactory
 from tests.support.waits import eventually
 
@@ -496,3 +496,63 @@ async def test_the_sweep_routes_an_unroutable_complaint_after_the_context_max_ag
     routed = await eventually(swept_and_routed, timeout_s=5, what="a sweep routing it")
     assert routed["department"] == "HZ:SVC"
     assert await context_cache.directory_version(db=db, org=ORG) == version
+
+
+async def test_a_complaint_routed_in_the_morning_goes_to_the_department_not_the_night_duty_officer(
+    system_factory: SystemFactory,
+) -> None:
+    """Two high-severity complaints arrive at 02:30, when no rule covers them. Until
+    5 December the duty officer's turn was judged at the receipt, not when an owner was
+    chosen: the one a rule added at 10:00 routed went to the duty officer (off shift by
+    then, uncapped), and so did the one a supervisor sent to a department at night, which
+    the supervisor had chosen for its people (the record said ``duty_officer: true``)."""
+    clock = ManualClock(MONDAY_10_SHANGHAI - timedelta(hours=7, minutes=30))  # 02:30
+    system = await system_factory(clock=clock)
+    admin = token(system.routing_settings, org=ORG)
+    office = {
+        **BRANCH,
+        "time_zone": "Asia/Shanghai",
+        "hours": {day: [{"start": "08:30", "end": "17:30"}] for day in ("mon", "tue", "wed")},
+    }
+    night = {"branch": "HZ", "code": "NIGHT", "name": "夜间值班", "kind": "night_desk"}
+    duty = {"id": "hz-duty", "branch": "HZ", "department": "NIGHT", "name": "值班长"}
+    for path, body in (
+        ("/v1/directory/branches", office),
+        ("/v1/directory/departments", DEPARTMENT),
+        ("/v1/directory/departments", night),
+        ("/v1/directory/staff", AGENT),
+        ("/v1/directory/staff", duty),
+    ):
+        made = await system.routing.post(path, json=body, headers=admin)
+        assert made.status_code == 201, made.text
+    covered = await system.routing.patch(
+        "/v1/directory/branches/HZ", json={"duty_officer_id": "hz-duty"}, headers=admin
+    )
+    assert covered.status_code == 200, covered.text
+
+    acme = token(system.intake_settings, org=ORG)
+    waiting, sent = [
+        (await create_complaint(system, acme, branch="HZ", severity="high", subject=subject))["id"]
+        for subject in ("门店收银多收钱", "店员辱骂顾客")
+    ]
+    for complaint_id in (waiting, sent):
+        await _visibly_unroutable(system, complaint_id)
+    supervisor = token(system.routing_settings, org=ORG, roles=("supervisor",))
+    moved = await system.routing.post(
+        f"/v1/assignments/{sent}/reassign",
+        json={"department": "HZ:SVC", "reason": "交客服部处理"},
+        headers=supervisor,
+    )
+    assert moved.status_code == 200, moved.text
+    assert (moved.json()["owner_id"], moved.json()["duty_officer"]) == ("hz-li", False)
+
+    clock.advance(timedelta(hours=7, minutes=30))  # Monday 10:00, the branch open
+    rule = await system.routing.post("/v1/routing/rules", json=DEFAULT_RULE, headers=admin)
+    assert rule.status_code == 201, rule.text
+    routed = (await _routed(system, waiting))["assignment"]
+    assert routed["owner_id"] == "hz-li"
+    read = await system.routing.get(f"/v1/assignments/{waiting}", headers=admin)
+    assert (read.json()["owner_id"], read.json()["duty_officer"]) == ("hz-li", False)
+    # The clocks still count from the receipt, the night's part of them running (urgent).
+    started = datetime.fromisoformat(read.json()["clock_starts_at"])
+    assert started == clock.now() - timedelta(hours=7, minutes=30)

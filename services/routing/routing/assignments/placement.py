@@ -155,7 +155,7 @@ async def route_received(
             branch=complaint.branch,
             load=lambda: routing_context.load_context(db=db, complaint=complaint),
         )
-    plan = routing_context.plan_for(complaint, context)
+    plan = routing_context.plan_for(complaint, context, routed_at=now)
     for attempt in range(MAX_WRITE_ATTEMPTS):
         # First the slot the load hint names, unchecked: the insert tells if it is held.
         owner, how = await owners.owner_for_plan(

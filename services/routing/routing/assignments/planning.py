@@ -184,10 +184,15 @@ def plan_route(
     policies: Iterable[SlaPolicy],
     staff: list[StaffRead],
     duty_officer: StaffRead | None,
+    routed_at: datetime,
 ) -> RoutePlan:
     """Rule, department, severity, policy, out-of-hours handling, clocks and escalation.
 
-    ``staff`` holds the people of every branch a reachable department is in.
+    ``staff`` holds the people of every branch a reachable department is in. The clocks
+    count from the receipt; whether the duty officer takes an urgent complaint depends on
+    the branch being closed at ``routed_at``, when an owner is chosen: one received at
+    night and routed in the morning (after an outage, or left unroutable until a rule was
+    added) goes to the department's people, who are at work by then.
     """
     rule, department, skipped = choose_route(complaint, rules=rules, departments=departments)
     action = rule.action
@@ -202,7 +207,7 @@ def plan_route(
     in_hours = calendar.is_open(complaint.received_at)
     urgent = severity in URGENT
     on_duty = duty_officer if duty_officer and duty_officer.status is StaffStatus.ACTIVE else None
-    use_duty_officer = not in_hours and urgent and on_duty is not None
+    use_duty_officer = urgent and on_duty is not None and not calendar.is_open(routed_at)
     clock_starts_at = _clock_start(
         calendar=calendar, received_at=complaint.received_at, in_hours=in_hours, urgent=urgent
     )

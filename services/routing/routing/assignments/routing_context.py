@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
+from datetime import datetime
 
 from pymongo.asynchronous.database import AsyncDatabase
 
@@ -82,7 +83,9 @@ async def _duty_officer(*, db: AsyncDatabase, org: str, branch: BranchRead) -> S
     return await directory_store.find_staff(db=db, org=org, staff_id=branch.duty_officer_id)
 
 
-def plan_for(complaint: ComplaintReceived, context: RoutingContext) -> planning.RoutePlan:
+def plan_for(
+    complaint: ComplaintReceived, context: RoutingContext, *, routed_at: datetime
+) -> planning.RoutePlan:
     return planning.plan_route(
         complaint,
         rules=context.rules,
@@ -91,6 +94,7 @@ def plan_for(complaint: ComplaintReceived, context: RoutingContext) -> planning.
         policies=context.policies,
         staff=context.staff,
         duty_officer=context.duty_officer,
+        routed_at=routed_at,
     )
 
 

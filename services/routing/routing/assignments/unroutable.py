@@ -167,9 +167,12 @@ async def leave(
             db=db, org=complaint.org, branches=[department.branch]
         )
     try:
-        plan = routing_context.plan_for(complaint, context)
+        plan = routing_context.plan_for(complaint, context, routed_at=now)
     except planning.NoRoute:
         return None
+    if department is not None:
+        # A supervisor chose the department: its people by turn, not the branch's duty officer.
+        plan = dataclasses.replace(plan, duty_officer=None)
     routed: list[dict[str, Any]] = []
 
     async def decide(current: dict[str, Any]) -> Decision | None:
@@ -181,7 +184,9 @@ async def leave(
             choice, how = await owners.owner_for_plan(db=db, complaint=complaint, plan=plan)
         caught_up = _caught_up(current, plan, calendar=context.calendar, now=now)
         clocks = caught_up.clocks
-        routed_plan = dataclasses.replace(plan, clocks=clocks)
+        # ``duty_officer`` on the record says how the owner was chosen: not so by a supervisor.
+        duty_officer = plan.duty_officer if how == "duty_officer" else None
+        routed_plan = dataclasses.replace(plan, clocks=clocks, duty_officer=duty_officer)
         fresh = placement.new_document(complaint, routed_plan, owner=choice, now=now)
         # Numbered after whatever the assignment announced before it was found unroutable.
         fresh["assignment_sequence"] = current.get("assignment_sequence", 0)

@@ -150,7 +150,8 @@ async def simulate(body: SimulateRequest, request: Request, principal: Simulator
     complaint = _as_received(body, org=principal.org, runtime=runtime)
     context = await routing_context.load_context(db=runtime.db, complaint=complaint)
     try:
-        plan = routing_context.plan_for(complaint, context)
+        # As if routed on arrival.
+        plan = routing_context.plan_for(complaint, context, routed_at=complaint.received_at)
     except planning.NoRoute as exc:
         raise ProblemError(
             status=422, title="Unroutable", kind="unroutable", detail=str(exc)
