@@ -15,7 +15,7 @@ from complaints_shared.events import (
     EventType,
     ResponsibleParty,
 )
-from routing.assignments import placement
+from routing.assignments import placement, queue
 from routing.directory.models import BranchRead
 from routing.sla import clocks as sla
 from tests.support.events import base, received, reopened, resolved
@@ -442,6 +442,49 @@ async def test_a_reopen_whose_department_was_deactivated_goes_where_it_can_be_wo
 
     events = await routing_events(system, until=lambda events: bool(reassigned(events)))
     assert reassigned(events)[0].data["owner_id"] == expected[1]
+
+
+async def test_a_complaint_taken_off_its_owner_waits_for_someone_else(system: System) -> None:
+    """A supervisor moves a complaint off its owner within the department while nobody else
+    there has room: it waits in the queue. Until 5 December the drain that followed the
+    owner's freed slot gave it straight back to them (the answer said queued)."""
+    admin = token(system.routing_settings)
+    supervisor = token(system.routing_settings, roles=("supervisor",))
+    away = await system.routing.patch(
+        "/v1/directory/staff/lz-liu", json={"status": "on_leave"}, headers=admin
+    )
+    assert away.status_code == 200, away.text
+    complaint = received()
+    async with intake_producer(system) as publish:
+        await publish(EventType.COMPLAINT_RECEIVED, complaint)
+        document = await assignment_when(system, complaint.complaint_id)
+    assert document["owner_id"] == "lz-chen"
+    moved = await system.routing.post(
+        f"/v1/assignments/{complaint.complaint_id}/reassign",
+        json={"department": "LZ:BILLING", "reason": "陈静负担过重，交他人处理"},
+        headers=supervisor,
+    )
+    assert moved.status_code == 200, moved.text
+    assert (moved.json()["status"], moved.json()["owner_id"]) == ("queued", None)
+    # The drain after the move and a sweep of the queue both pass it over for lz-chen.
+    await queue.drain_queue(
+        db=routing_db(system),
+        settings=system.routing_settings,
+        org="demo",
+        department_id="LZ:BILLING",
+        now=datetime.now(UTC),
+    )
+    stored = await routing_db(system).assignments.find_one({"_id": complaint.complaint_id})
+    assert (stored["status"], stored["owner_id"]) == ("queued", None)
+    # Back from leave, lz-liu takes it.
+    back = await system.routing.patch(
+        "/v1/directory/staff/lz-liu", json={"status": "active"}, headers=admin
+    )
+    assert back.status_code == 200, back.text
+    document = await assignment_when(
+        system, complaint.complaint_id, lambda d: d["status"] == "open", what="assigned again"
+    )
+    assert document["owner_id"] == "lz-liu"
 
 
 async def test_a_reopen_goes_to_the_department_when_its_previous_owner_moved_to_another(

@@ -226,6 +226,10 @@ def _reassignment(
     if choice is None:
         set_fields.update(queued_at=now)
         slot_update = owners.FREE_SLOT
+        if current.get("owner_id") and department.id == current["department"]:
+            # Taken off its owner, it must not go straight back to them once their slot is
+            # free (until 5 December the drain after this write gave it back at once).
+            set_fields[store.NOT_FOR_OWNER] = {"owner_id": current["owner_id"], "queued_at": now}
     else:
         set_fields.update(assigned_at=now)
         set_fields.update(owners.slot_fields(current["org"], choice.staff.id, choice.slot))

@@ -59,6 +59,7 @@ async def assign_from_queue(
             org=current["org"],
             department_id=current["department"],
             required_skill=current.get("required_skill"),
+            exclude=frozenset({store.not_for_owner(current)} - {None}),
         )
         if choice is None:
             served[0] = Served.NO_ROOM
@@ -144,9 +145,9 @@ async def _drain(
             if served is Served.ASSIGNED:
                 assigned += 1
             elif served is Served.NO_ROOM:
-                if not waiting.get("required_skill"):
+                if not waiting.get("required_skill") and not store.not_for_owner(waiting):
                     return assigned  # nobody has room at all
-                passed_over += 1
+                passed_over += 1  # the one with room lacks the skill, or it is not for them
         if len(queued) < DRAIN_BATCH:
             return assigned
 

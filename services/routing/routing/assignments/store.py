@@ -39,6 +39,20 @@ from routing.settings import RoutingSettings
 from routing.sla import store as policy_store
 
 ASSIGNMENTS = "assignments"
+# A queued complaint a supervisor took off its owner (a reassignment to the same department
+# when nobody else had room): ``{"owner_id", "queued_at"}``, the queue gives it to anyone but
+# them while it waits from that queueing on (a later queueing makes it stale).
+NOT_FOR_OWNER = "not_for_owner"
+
+
+def not_for_owner(document: dict[str, Any]) -> str | None:
+    """Whom the queue must not give the queued ``document`` to (None: anyone)."""
+    not_for = document.get(NOT_FOR_OWNER)
+    if not_for and not_for.get("queued_at") == document.get("queued_at"):
+        return not_for["owner_id"]
+    return None
+
+
 ASSIGNMENT = Aggregate(collection=ASSIGNMENTS, what="assignment", applied_events_kept=200)
 HISTORY_KEPT = 200
 MAX_PAGE_SIZE = 200
@@ -156,7 +170,7 @@ async def queued_in_department(
         db[ASSIGNMENTS]
         .find(
             {"org": org, "department": department_id, "status": AssignmentStatus.QUEUED.value},
-            projection={"_id": 1, "required_skill": 1},
+            projection={"_id": 1, "required_skill": 1, "queued_at": 1, NOT_FOR_OWNER: 1},
         )
         .sort([("priority", DESCENDING), ("queued_at", ASCENDING), ("_id", ASCENDING)])
         .skip(skip)
