@@ -22,7 +22,7 @@ from followup import lifecycle
 from followup import projections as followup_projections
 from followup.contact_hours import check_due_times, next_attempt_at
 from followup.models import CheckRule
-from tests.support.clock import at, start_clock
+from tests.support.clock import at, start_clock, utc
 from tests.support.events import received, resolved
 from tests.support.followup import (
     DEFAULT_HOURS,
@@ -353,6 +353,47 @@ async def test_a_check_past_its_due_time_is_claimed_before_the_scheduler_fires_i
     body = claimed.json()
     assert (body["status"], body["claimed_by"]) == ("in_progress", "agent-a")
     assert [entry["action"] for entry in body["history"]][-2:] == ["become_due", "claim"]
+
+
+async def test_a_check_is_neither_fired_nor_claimed_outside_contact_hours(
+    system_factory: SystemFactory,
+) -> None:
+    """Due times are put in contact hours when scheduled, but until 5 December nothing held
+    a check to them afterwards: one fired late (follow-up down overnight, the scheduler
+    behind) became due at 23:00, and one due at 19:59 could be claimed all night. Now the
+    scheduler leaves it for the next moment customers may be called, and a claim outside
+    contact hours is a 409 naming that moment."""
+    clock = ManualClock(utc(2026, 11, 23, 2))  # Monday 10:00 in Shanghai
+    system = await system_factory(clock=clock, followup=FAST_SCHEDULER)
+    caller = agent(system, "agent-a")
+    event = resolved(resolved_at=clock.now())
+    await publish(system, (EventType.COMPLAINT_RESOLVED, event))
+    (check,) = await checks_of(system, event.complaint_id, caller)
+    assert at(check["due_at"]) == utc(2026, 11, 24, 2)  # Tuesday 10:00
+    url = f"/v1/followups/{check['id']}"
+
+    clock.set(utc(2026, 11, 24, 15))  # Tuesday 23:00: the scheduler fires it only now
+
+    async def waiting() -> dict | None:
+        body = (await system.followup.get(url, headers=caller)).json()
+        return body if body["history"][-1]["action"] == "wait_for_contact_hours" else None
+
+    waited = await eventually(waiting, what="the check left for the morning")
+    assert (waited["status"], at(waited["due_at"])) == ("scheduled", utc(2026, 11, 25, 1))
+    early = await system.followup.post(f"{url}/claim", headers=caller)
+    assert (early.status_code, early.json()["type"].rsplit("/", 1)[1]) == (409, "not-due")
+
+    clock.set(utc(2026, 11, 25, 1, 0, 1))  # Wednesday 09:00
+    await wait_status(system, check["id"], "due", caller)
+    claimed = await system.followup.post(f"{url}/claim", headers=caller)
+    assert claimed.status_code == 200, claimed.text
+    assert (await system.followup.delete(f"{url}/claim", headers=caller)).status_code == 200
+
+    clock.set(utc(2026, 11, 25, 12, 30))  # Wednesday 20:30
+    late = await system.followup.post(f"{url}/claim", headers=caller)
+    assert late.status_code == 409, late.text
+    assert late.json()["type"].endswith("/outside-contact-hours")
+    assert at(late.json()["next_contact_at"]) == utc(2026, 11, 26, 1)  # Thursday 09:00
 
 
 async def _both_checks_due(

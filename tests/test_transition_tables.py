@@ -207,6 +207,7 @@ AGENT = "agent-a"
 CHECK_LEGAL = [
     (None, C.SCHEDULE, SCHEDULED),
     (SCHEDULED, C.BECOME_DUE, DUE),
+    (SCHEDULED, C.WAIT_FOR_CONTACT_HOURS, SCHEDULED),
     (DUE, C.CLAIM, IN_PROGRESS),
     (IN_PROGRESS, C.CLAIM, IN_PROGRESS),
     (IN_PROGRESS, C.RELEASE, DUE),
@@ -268,3 +269,32 @@ def test_illegal_check_transitions_are_409s_naming_state_and_command(
     assert raised.value.status == 409
     assert raised.value.extensions["current_status"] == current.value
     assert raised.value.extensions["command"] == command.value
+
+
+def test_a_claim_outside_contact_hours_is_refused_naming_when_calls_may_be_made() -> None:
+    """A new claim before ``callable_from`` is a 409 naming it; the holder's renewal is not a
+    new call and stands."""
+    morning = NOW + timedelta(hours=9)
+    due = CheckState(status=DUE, due_at=NOW - timedelta(hours=1))
+    with pytest.raises(check_lifecycle.OutsideContactHours) as raised:
+        check_lifecycle.transition(
+            state=due, command=C.CLAIM, actor=AGENT, now=NOW, callable_from=morning
+        )
+    assert raised.value.status == 409
+    assert raised.value.extensions["next_contact_at"] == morning.isoformat()
+    held = CheckState(
+        status=IN_PROGRESS,
+        due_at=NOW - timedelta(hours=1),
+        claimed_by=AGENT,
+        claim_lease_until=NOW + timedelta(minutes=5),
+    )
+    renewed = check_lifecycle.transition(
+        state=held, command=C.CLAIM, actor=AGENT, now=NOW, callable_from=morning
+    )
+    assert renewed is IN_PROGRESS
+    assert (
+        check_lifecycle.transition(
+            state=due, command=C.CLAIM, actor=AGENT, now=NOW, callable_from=NOW
+        )
+        is IN_PROGRESS
+    )

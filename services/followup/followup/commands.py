@@ -24,6 +24,7 @@ from complaints_shared.logs import get_logger
 from complaints_shared.mongo import merge_updates
 from complaints_shared.problems import conflict
 from followup import projections, store
+from followup.contact_hours import next_contact_moment
 from followup.lifecycle import (
     CLAIM_FIELDS,
     SYSTEM_ACTOR,
@@ -154,6 +155,12 @@ async def claim(
     which moves nothing and so adds nothing to the check's history."""
     visible = await store.get_visible(db=db, principal=principal, followup_id=followup_id)
     await _refused_if_superseded(db=db, settings=settings, check=visible, now=now)
+    # A check that fell due in hours stays due after they end (and the scheduler may have
+    # fired one late): it is not taken to call the customer at night.
+    hours = await store.current_contact_hours(
+        db=db, settings=settings, org=visible["org"], branch=visible["branch"]
+    )
+    callable_from = next_contact_moment(hours=hours.contact_hours, at=now)
 
     def decide(current: dict[str, Any]) -> Decision:
         state = CheckState.of(current)
@@ -164,7 +171,13 @@ async def claim(
         if fell_due:
             transition(state=state, command=Command.BECOME_DUE, actor=SYSTEM_ACTOR, now=now)
             state = replace(state, status=CheckStatus.DUE, history_length=state.history_length + 1)
-        status = transition(state=state, command=Command.CLAIM, actor=principal.subject, now=now)
+        status = transition(
+            state=state,
+            command=Command.CLAIM,
+            actor=principal.subject,
+            now=now,
+            callable_from=callable_from,
+        )
         lease_until = now + timedelta(seconds=settings.claim_lease_s)
         if state.renewal_by(principal.subject):
             return Decision({"$set": {"claim_lease_until": lease_until}})

@@ -46,6 +46,9 @@ class Command(StrEnum):
 
     SCHEDULE = "schedule"
     BECOME_DUE = "become_due"
+    # Its due time came outside contact hours (the scheduler behind, follow-up down, the
+    # resolution late, the hours changed): due again at the next moment customers may be called.
+    WAIT_FOR_CONTACT_HOURS = "wait_for_contact_hours"
     CLAIM = "claim"
     RELEASE = "release"
     EXPIRE_CLAIM = "expire_claim"
@@ -64,6 +67,7 @@ _OPEN = (SCHEDULED, DUE, IN_PROGRESS)
 _RULES: dict[tuple[CheckStatus | None, Command], CheckStatus] = {
     (None, Command.SCHEDULE): SCHEDULED,
     (SCHEDULED, Command.BECOME_DUE): DUE,
+    (SCHEDULED, Command.WAIT_FOR_CONTACT_HOURS): SCHEDULED,
     (DUE, Command.CLAIM): IN_PROGRESS,
     (IN_PROGRESS, Command.CLAIM): IN_PROGRESS,
     (IN_PROGRESS, Command.RELEASE): DUE,
@@ -138,6 +142,26 @@ class NotDueYet(InvalidTransition):
         self.due_at = due_at
 
 
+class OutsideContactHours(InvalidTransition):
+    """A check is not claimed while its customer may not be called (409
+    ``outside-contact-hours``, with the next moment they may: ``next_contact_at``)."""
+
+    def __init__(self, *, current: CheckStatus, next_contact_at: datetime) -> None:
+        super().__init__(
+            current=current,
+            command=Command.CLAIM,
+            what=WHAT,
+            reason=(
+                "the customer is outside the branch's contact hours; calls may be made "
+                f"from {next_contact_at.isoformat()}"
+            ),
+            title="Outside contact hours",
+            kind="outside-contact-hours",
+            next_contact_at=next_contact_at.isoformat(),
+        )
+        self.next_contact_at = next_contact_at
+
+
 class ClaimHeld(InvalidTransition):
     """Someone else holds the claim, or the caller holds none (409 claim-held / claim-required)."""
 
@@ -168,20 +192,32 @@ class ClaimHeld(InvalidTransition):
         self.lease_until = lease_until
 
 
-def transition(*, state: CheckState, command: Command, actor: str, now: datetime) -> CheckStatus:
-    """Return the status after ``command`` by ``actor`` at ``now``, or raise InvalidTransition."""
+def transition(
+    *,
+    state: CheckState,
+    command: Command,
+    actor: str,
+    now: datetime,
+    callable_from: datetime | None = None,
+) -> CheckStatus:
+    """Return the status after ``command`` by ``actor`` at ``now``, or raise InvalidTransition.
+
+    ``callable_from``: for a claim, the first moment from ``now`` on that the customer may be
+    called (their branch's contact hours); a new claim before it is refused."""
     if command is Command.CLAIM and state.status is CheckStatus.SCHEDULED:
         raise NotDueYet(due_at=state.due_at)
     if command in _HOLDER_ONLY and state.status in {CheckStatus.SCHEDULED, CheckStatus.DUE}:
         raise ClaimHeld(current=state.status, command=command, holder=None, lease_until=None)
     target = TABLE.next(current=state.status, command=command)
-    if command is Command.BECOME_DUE and state.due_at > now:
+    if command in {Command.BECOME_DUE, Command.WAIT_FOR_CONTACT_HOURS} and state.due_at > now:
         raise _refused(state.status, command, "not due yet")
     if command is Command.EXPIRE_CLAIM and state.lease_live(now):
         raise _refused(state.status, command, "lease still live")
     if command in _HOLDER_ONLY | {Command.CLAIM, Command.RECORD_OUTCOME}:
         _check_claim(state=state, command=command, actor=actor, now=now)
     renewal = command is Command.CLAIM and state.renewal_by(actor)
+    if command is Command.CLAIM and not renewal and callable_from and callable_from > now:
+        raise OutsideContactHours(current=state.status, next_contact_at=callable_from)
     if command in _BOUNDED and not renewal and state.history_length >= MAX_HISTORY_FOR_CLAIMS:
         raise _refused(
             state.status,

@@ -26,6 +26,7 @@ from complaints_shared.timers import FAILURE_FIELDS, record_timer_failure
 from complaints_shared.timing import wait_event
 from complaints_shared.transitions import InvalidTransition
 from followup import store
+from followup.contact_hours import next_contact_moment
 from followup.lifecycle import CLAIM_FIELDS, SYSTEM_ACTOR, CheckState, Command, moved, transition
 from followup.models import CheckStatus
 from followup.settings import FollowupSettings
@@ -57,16 +58,32 @@ async def lease_due_check(
 async def fire_due_check(
     *, db: AsyncDatabase, settings: FollowupSettings, followup_id: str, owner: str, now: datetime
 ) -> bool:
-    """Turn a leased check ``due``; False when it changed meanwhile (cancelled, say)."""
+    """Turn a leased check ``due``; False when it changed meanwhile (cancelled, say), or when
+    its customer may not be called now: then it is due again at the next moment they may.
+
+    Due times are put in contact hours when they are scheduled, but a check fired late (the
+    scheduler behind, follow-up down overnight, a resolution consumed late) or whose branch's
+    hours changed since would otherwise have been put in the agents' queue at night."""
+    where = await db[store.CHECKS].find_one(
+        {"_id": followup_id}, projection={"org": 1, "branch": 1}
+    )
+    if where is None:
+        return False
+    hours = await store.current_contact_hours(
+        db=db, settings=settings, org=where["org"], branch=where["branch"]
+    )
+    callable_from = next_contact_moment(hours=hours.contact_hours, at=now)
 
     def decide(current: dict[str, Any]) -> Decision | None:
         if current.get("timer_lease_owner") != owner:
             return None  # our lease ran out and another replica took the check over
+        command = Command.BECOME_DUE if callable_from <= now else Command.WAIT_FOR_CONTACT_HOURS
         status = transition(
-            state=CheckState.of(current), command=Command.BECOME_DUE, actor=SYSTEM_ACTOR, now=now
+            state=CheckState.of(current), command=command, actor=SYSTEM_ACTOR, now=now
         )
+        fields = {} if command is Command.BECOME_DUE else {"due_at": callable_from}
         update = merge_updates(
-            moved(command=Command.BECOME_DUE, status=status, actor=SYSTEM_ACTOR, now=now),
+            moved(command=command, status=status, actor=SYSTEM_ACTOR, now=now, **fields),
             {"$unset": store.TIMER_FIELDS},
         )
         return Decision(update)
