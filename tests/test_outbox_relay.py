@@ -168,13 +168,40 @@ class _WriterDuringSend(EventProducer):
         self._collection = collection
         self._document_id = document_id
 
-    async def send(self, event, *, topic):
+    async def send_in_order(self, records):
         if self.added is None:
             self.added = _entry(self._settings)
             await self._collection.update_one(
                 {"_id": self._document_id}, outbox_update([self.added])
             )
-        return await super().send(event, topic=topic)
+        return await super().send_in_order(records)
+
+
+class _DiscardedAfterFirstSend(EventProducer):
+    """Its producer is discarded right after the first event is queued on it: a delivery
+    failing with the producer's state lost (OutOfOrderSequenceNumber, say) while the relay
+    waits inside the next send for room in a full batch."""
+
+    def __init__(self, *, settings: ServiceSettings) -> None:
+        super().__init__(settings=settings)
+        self.producers_used: list[int] = []
+
+    async def _connected(self):
+        producer = await super()._connected()
+        if getattr(producer, "_discard_hooked", False):
+            return producer
+        send, owner = producer.send, self
+
+        async def send_then_lose_state(*args, **kwargs):
+            delivery = await send(*args, **kwargs)
+            owner.producers_used.append(id(producer))
+            if len(owner.producers_used) == 1:
+                owner._discard(producer, reason="injected")
+            return delivery
+
+        producer.send = send_then_lose_state
+        producer._discard_hooked = True
+        return producer
 
 
 async def test_a_lease_whose_insert_answer_was_lost_is_taken_as_ours(
@@ -203,6 +230,46 @@ async def test_a_lease_whose_insert_answer_was_lost_is_taken_as_ours(
                 await relay._lead(collection.name)
         assert (await db[LEASES].find_one({"_id": collection.name}))["owner"] == relay._owner
         assert await relay._lead(collection.name)
+    finally:
+        await producer.stop()
+
+
+async def test_events_after_a_producer_is_discarded_wait_for_the_next_round(
+    system: System,
+) -> None:
+    """A complaint's two events in a round; the producer is discarded once the first is queued
+    on it. The relay sent the second through a new producer in the same round, which could
+    deliver it before the first still in the old one (a reopen before its resolution: routing
+    refused it). Now the round ends there and the next sends the rest, in order."""
+    probe = await _probe(system)
+    settings, db, collection = probe.settings, probe.db, probe.collection
+    first, second = _entry(settings), _entry(settings)
+    await collection.insert_one({"_id": "one", **outbox_fields([first, second])})
+    producer = _DiscardedAfterFirstSend(settings=settings)
+    relay = OutboxRelay(db=db, collections=[collection.name], producer=producer, settings=settings)
+    try:
+        await relay.publish_batch(collection=collection.name)
+        assert len(producer.producers_used) == 1, "nothing more through a new producer"
+        await relay.release_published(collection=collection.name)
+        stored = await collection.find_one({"_id": "one"})
+        assert second["id"] in [entry["id"] for entry in stored[OUTBOX_FIELD]]
+
+        async def all_sent() -> bool:
+            await relay.publish_batch(collection=collection.name)
+            await relay.release_published(collection=collection.name)
+            return (await collection.find_one({"_id": "one"}))[OUTBOX_FIELD] == []
+
+        await eventually(all_sent, what="the rest sent by later rounds")
+        assert len(set(producer.producers_used[1:])) == 1  # the rest through one producer
+        records = await read_topic(
+            bootstrap_servers=settings.kafka_bootstrap_servers,
+            topic=probe.topic,
+            until=lambda records: False,
+            timeout_s=1.0,
+        )
+        ids = [dict(record.headers)["ce_id"].decode() for record in records]
+        assert second["id"] in ids
+        assert ids.index(first["id"]) < ids.index(second["id"])
     finally:
         await producer.stop()
 

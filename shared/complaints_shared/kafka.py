@@ -234,12 +234,24 @@ class EventProducer:
         key, value, headers = to_kafka_record(event)
         await self.publish_raw(topic=topic, key=key, value=value, headers=headers)
 
-    async def send(self, event: CloudEvent, *, topic: str) -> asyncio.Future:
-        """Queue one event; the returned future resolves when the broker acknowledged it."""
+    async def send_in_order(self, records: list[tuple[CloudEvent, str]]) -> list[asyncio.Future]:
+        """Queue ``(event, topic)`` records in order, all through one producer; a future per
+        record sent resolves when the broker acknowledged it.
+
+        Fewer futures than records when that producer was discarded meanwhile (a delivery
+        failed with its state lost, possibly while a send waited for room in a full batch):
+        the rest are not sent, as a new producer could deliver them before those still in
+        the old one, a later event of a complaint before an earlier one. The caller sends
+        them again, after the ones not acknowledged."""
         producer = await self._connected()
-        key, value, headers = to_kafka_record(event)
-        delivery = await producer.send(topic, value=value, key=key, headers=headers)
-        return self._watch(producer, delivery)
+        deliveries = []
+        for event, topic in records:
+            if self._producer is not producer:
+                break
+            key, value, headers = to_kafka_record(event)
+            delivery = await producer.send(topic, value=value, key=key, headers=headers)
+            deliveries.append(self._watch(producer, delivery))
+        return deliveries
 
     async def publish_raw(
         self, *, topic: str, key: bytes | None, value: bytes | None, headers: list

@@ -688,13 +688,23 @@ class OutboxRelay:
         self._held_until.clear()
 
     async def _send(self, documents: list[dict]) -> dict[Any, list[str]]:
-        """Send every event; per document, the ids acknowledged in order (a prefix)."""
-        pending: list[tuple[Any, str, str, asyncio.Future]] = []
-        for document in documents:
-            for entry in document.get(OUTBOX_FIELD, []):
-                event = from_stored(CloudEvent, entry)
-                delivery = await self._producer.send(event, topic=entry["topic"])
-                pending.append((document["_id"], event.id, event.type, delivery))
+        """Send every event, in order through one producer; per document, the ids
+        acknowledged in order (a prefix). Events a discarded producer left unsent are sent
+        again by a later round (``EventProducer.send_in_order``)."""
+        queued: list[tuple[Any, CloudEvent, str]] = [
+            (document["_id"], from_stored(CloudEvent, entry), entry["topic"])
+            for document in documents
+            for entry in document.get(OUTBOX_FIELD, [])
+        ]
+        deliveries = await self._producer.send_in_order(
+            [(event, topic) for _, event, topic in queued]
+        )
+        if len(deliveries) < len(queued):
+            log.warning("outbox_send_cut_short", sent=len(deliveries), queued=len(queued))
+        pending = [
+            (document_id, event.id, event.type, delivery)
+            for (document_id, event, _), delivery in zip(queued, deliveries, strict=False)
+        ]
         results = await self._answers([item[3] for item in pending])
         acknowledged: dict[Any, list[str]] = {}
         broken: set[Any] = set()
