@@ -223,4 +223,9 @@ async def test_complaints_stored_without_keys_get_them_at_start_and_the_old_inde
     assert indexes["org_filter_keys_created"]["key"] == filter_keys.INDEX
     # Not a change of the complaints: their versions stay; a second start writes nothing.
     assert versions == {c["_id"]: c["version"] async for c in complaints.find({}, {"version": 1})}
-    assert await repair.at_start(db=db) == {"postings": 0, "filter_keys": 0, "repeat_keys": 0}
+    assert await repair.at_start(db=db) == {
+        "customer_keys": 0,
+        "postings": 0,
+        "filter_keys": 0,
+        "repeat_keys": 0,
+    }

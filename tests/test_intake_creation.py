@@ -11,9 +11,9 @@ from pymongo.errors import DuplicateKeyError
 from complaints_shared.auth import Principal
 from complaints_shared.clock import ManualClock
 from complaints_shared.events import EventType, Topic
-from intake import reference_numbers, registration, repair, submissions
+from intake import filter_keys, postings, reference_numbers, registration, repair, submissions
 from intake.models import ComplaintCreate
-from tests.support.http import complaint_body, token
+from tests.support.http import assigned, complaint_body, token
 from tests.support.kafka import events_of, read_topic
 from tests.support.system import System, SystemFactory
 from tests.support.waits import eventually
@@ -221,6 +221,78 @@ async def test_keys_stored_by_day_before_weeks_still_find_the_customer_after_a_s
     )
     assert later.status_code == 201, later.text
     assert later.json()["repeat_count"] == 1 and later.json()["repeat_of"] == [first["id"]]
+
+
+async def test_keys_derived_before_the_phone_rule_changed_find_the_customer_after_a_start(
+    system_factory: SystemFactory,
+) -> None:
+    """A landline given in international form (``+86 10 6552 1234``) was the key
+    ``phone:861065521234`` until 5 December, another customer than ``010-6552-1234``. The
+    rule changed, but complaints stored before kept the old key (and one stored before repeat
+    keys existed had none): the customer's next complaint was no repeat of them, and their
+    phone did not find them. The start-up repair derives stored keys again."""
+    clock = ManualClock(datetime(2026, 11, 23, 2, 0, tzinfo=UTC))
+    system = await system_factory(clock=clock)
+    admin = token(system.intake_settings)
+    db = system.mongo[system.intake_settings.database_name()]
+    international = {"name": "赵先生", "phone": "+86 10 6552 1234"}
+    mobile = {"name": "钱女士", "phone": "13900002222"}
+    old, keyless = [
+        (
+            await system.intake.post(
+                "/v1/complaints", json=complaint_body(customer=customer), headers=admin
+            )
+        ).json()["id"]
+        for customer in (international, mobile)
+    ]
+    for complaint_id in (old, keyless):  # routed: nothing else writes them meanwhile
+        await eventually(lambda c=complaint_id: assigned(system, c, admin), what="assignment")
+    # As an earlier version stored them, with the filter keys and posting derived from them.
+    stale = {
+        **await db.complaints.find_one({"_id": old}),
+        "customer_keys": ["phone:861065521234"],
+        "repeat_keys": ["phone:861065521234|open"],
+    }
+    await db.complaints.update_one(
+        {"_id": old},
+        {
+            "$set": {
+                "customer_keys": stale["customer_keys"],
+                "repeat_keys": stale["repeat_keys"],
+                **filter_keys.stored_fields(stale),
+            }
+        },
+    )
+    await db.search_postings.replace_one({"_id": old}, postings.posting(stale))
+    await db.complaints.update_one({"_id": keyless}, {"$unset": {"repeat_keys": ""}})
+
+    repaired = await repair.at_start(db=db)
+    assert repaired == {"customer_keys": 1, "postings": 1, "filter_keys": 1, "repeat_keys": 0}
+    stored = await db.complaints.find_one({"_id": old})
+    assert stored["customer_keys"] == ["phone:01065521234"]
+    assert stored["repeat_keys"] == ["phone:01065521234|open"]
+    assert (await db.complaints.find_one({"_id": keyless}))["repeat_keys"] == [
+        "phone:13900002222|open"
+    ]
+    assert (await repair.at_start(db=db))["customer_keys"] == 0  # done once
+
+    for customer, earlier in (
+        ({"name": "赵先生", "phone": "010-6552-1234"}, old),
+        (mobile, keyless),
+    ):
+        later = await system.intake.post(
+            "/v1/complaints",
+            json=complaint_body(customer=customer, subject="又多扣了"),
+            headers=admin,
+        )
+        assert later.status_code == 201, later.text
+        assert earlier in later.json()["repeat_of"], later.json()
+    found = await system.intake.get(
+        "/v1/complaints", params={"customer_phone": "010 6552 1234"}, headers=admin
+    )
+    assert old in [item["id"] for item in found.json()["items"]]
+    searched = await system.intake.get("/v1/complaints", params={"q": "01065521234"}, headers=admin)
+    assert old in [item["id"] for item in searched.json()["items"]]
 
 
 async def test_reference_numbers_count_per_branch_and_local_day(

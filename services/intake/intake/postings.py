@@ -88,11 +88,14 @@ async def ensure_indexes(*, db: AsyncDatabase) -> None:
         await complaints.drop_index(LEGACY_COMPLAINT_INDEX)
 
 
-async def backfill_batch(*, db: AsyncDatabase, batch: list[dict[str, Any]]) -> int:
+async def backfill_batch(
+    *, db: AsyncDatabase, batch: list[dict[str, Any]], rebuild: set[str] = frozenset()
+) -> int:
     """Of a batch of complaints (``_id`` and ``grams.VERSION_FIELD``, read by the start-up
-    pass ``intake.repair.at_start``), give those without a posting at ``grams.VERSION`` one and
-    take grams stored in complaints out of them; how many postings it wrote. Several
-    replicas starting together write the same postings."""
+    pass ``intake.repair.at_start``), give those without a posting at ``grams.VERSION`` one,
+    and those in ``rebuild`` (what it is made of changed) a new one, and take grams stored in
+    complaints out of them; how many postings it wrote. Several replicas starting together
+    write the same postings."""
     complaints = db[store.COMPLAINTS]
     ids = [complaint["_id"] for complaint in batch]
     current = await (
@@ -100,7 +103,7 @@ async def backfill_batch(*, db: AsyncDatabase, batch: list[dict[str, Any]]) -> i
         .find({"_id": {"$in": ids}, grams.VERSION_FIELD: grams.VERSION}, projection={"_id": 1})
         .to_list(None)
     )
-    done = {found["_id"] for found in current}
+    done = {found["_id"] for found in current} - rebuild
     missing = [complaint_id for complaint_id in ids if complaint_id not in done]
     written = 0
     if missing:

@@ -20,6 +20,7 @@ from pymongo import UpdateOne
 from pymongo.asynchronous.database import AsyncDatabase
 
 from complaints_shared.mongo import retrying
+from intake import identity
 from intake.lifecycle import OPEN_STATUSES, Status
 
 # Earlier complaints named in ``repeat_of`` (newest first); ``repeat_count`` counts them all.
@@ -62,6 +63,47 @@ def current_keys(keys: list[str]) -> list[str] | None:
             bucket = finished_bucket(datetime.strptime(bucket, "%Y%m%d").date())
         current.append(f"{customer}|{bucket}")
     return None if current == keys else current
+
+
+# What ``rederive_customer_keys`` reads of each complaint in the start-up scan.
+KEY_SOURCES = ("version", "customer", "customer_keys", "repeat_keys", "status", "finished_at")
+
+
+async def rederive_customer_keys(
+    *, db: AsyncDatabase, collection: str, batch: list[dict[str, Any]]
+) -> set[str]:
+    """Of a batch of complaints (``KEY_SOURCES`` and ``updated_at``, read by the start-up
+    pass ``intake.repair.at_start``), store the customer keys of those whose stored keys are
+    not what ``identity.customer_keys`` derives today, with their repeat keys; the ids whose
+    keys changed, whose filter keys and search posting are then stale. A complaint stored
+    before repeat keys existed (23 November) gets its repeat keys too.
+
+    ``+86 10 6552 1234`` was a key of its own until 5 December, so a complaint stored before
+    was no repeat of the customer's later ones, and the customer's phone did not find it.
+    The batch's ``repeat_keys`` are updated in place (the week rewrite after this reads them).
+    Each write is conditional on the version read: a change meanwhile writes keys itself."""
+    writes: list[UpdateOne] = []
+    changed: set[str] = set()
+    for complaint in batch:
+        keys = identity.customer_keys(complaint.get("customer") or {})
+        rekeyed = keys != complaint.get("customer_keys")
+        if not rekeyed and (complaint.get("repeat_keys") or not keys):
+            continue
+        # A finished one's bucket is the week it finished (an open one has none).
+        finished = complaint.get("finished_at") or complaint["updated_at"]
+        status = Status(complaint["status"])
+        derived = {
+            "customer_keys": keys,
+            "repeat_keys": repeat_keys(keys, status=status, at=finished),
+        }
+        condition = {"_id": complaint["_id"], "version": complaint.get("version")}
+        writes.append(UpdateOne(condition, {"$set": derived}))
+        complaint.update(derived)
+        if rekeyed:
+            changed.add(complaint["_id"])
+    if writes:
+        await retrying(db[collection].bulk_write, writes, ordered=False)
+    return changed
 
 
 async def backfill_batch(*, db: AsyncDatabase, collection: str, batch: list[dict[str, Any]]) -> int:
