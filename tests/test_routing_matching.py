@@ -382,3 +382,8 @@ def test_a_latin_keyword_matches_where_a_word_begins_not_inside_another_word() -
     assert not conditions_hold(whole, complaint(description="media", product="TVs"))
     with pytest.raises(ValidationError, match="other than white space"):
         RuleConditions(keywords_all=["  "])
+    # A zero-width space pasted into the complaint hides no keyword (nor one in a keyword).
+    assert conditions_hold(
+        RuleConditions(keywords_all=["断网", "bill​ing"]),
+        complaint(description="宽带断​网，billing wrong"),
+    )

@@ -33,3 +33,19 @@ def test_a_query_is_looked_up_by_one_gram_and_verified_whole() -> None:
     assert grams.lookup_gram("网速很慢") in grams.document_grams(document)
     assert not grams.matches(document, "网速很慢")
     assert grams.matches(document, "不是很")
+
+
+def test_invisible_format_characters_pasted_into_a_text_or_a_query_are_left_out() -> None:
+    """A zero-width space, a soft hyphen or a byte-order mark pasted between the characters
+    one sees (Unicode category Cf) split the text for search: until 5 December a description
+    ``宽带断网\\u200b三天`` was not found by ``断网三天``, nor clean text by a pasted query."""
+    pasted = {
+        "subject": "\ufeff宽带",
+        "description": "宽带断网\u200b三天，帐\u00ad单",
+        "reference": "",
+    }
+    assert {"网三", "帐单"} <= set(grams.document_grams(pasted))
+    assert grams.matches(pasted, "断网三天") and grams.matches(pasted, "帐单")
+    clean = {"subject": "宽带断网三天", "description": "", "reference": ""}
+    assert grams.lookup_gram("断网\u200b三天") == "三天"
+    assert grams.matches(clean, "断\u2060网\u200d三天")

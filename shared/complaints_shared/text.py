@@ -13,8 +13,14 @@ import unicodedata
 
 def folded(text: str) -> str:
     """``text`` in the form comparisons use: compatibility forms folded (full-width ``Ａ１``
-    is ``A1``) and case folded."""
-    return unicodedata.normalize("NFKC", text).casefold()
+    is ``A1``), case folded, and invisible format characters (Unicode category Cf: the
+    zero-width space, soft hyphen, byte-order mark, joiners, direction marks) left out. Text
+    pasted from a web page or a document carries those between the characters one sees:
+    ``宽带断网\u200b三天`` did not hold ``断网三天`` until 5 December."""
+    normal = unicodedata.normalize("NFKC", text).casefold()
+    if normal.isascii():
+        return normal
+    return "".join(character for character in normal if unicodedata.category(character) != "Cf")
 
 
 def contains(folded_text: str, needle: str) -> bool:

@@ -24,7 +24,9 @@ FIELD = "search_grams"
 # Bump when ``document_grams`` gives a posting grams an older one lacks: startup rewrites
 # every older posting before the service serves. Not bumped when grams were only left out
 # (``indexed``): an older posting holds every gram a search now looks up, and rewriting
-# 100,000 postings would hold the start for minutes.
+# 100,000 postings would hold the start for minutes. Not bumped either when invisible format
+# characters were folded out (5 December): only a text holding one gains grams, and the few
+# stored before keep postings without the windows across them.
 VERSION = 1
 VERSION_FIELD = "search_grams_version"
 
