@@ -49,3 +49,19 @@ def test_invisible_format_characters_pasted_into_a_text_or_a_query_are_left_out(
     clean = {"subject": "宽带断网三天", "description": "", "reference": ""}
     assert grams.lookup_gram("断网\u200b三天") == "三天"
     assert grams.matches(clean, "断\u2060网\u200d三天")
+
+
+def test_a_query_written_as_a_phone_finds_the_customers_phone_key() -> None:
+    """The customer keys hold a phone's digits alone (``13800138000``): a ``q`` written as a
+    person writes a phone found nothing until 5 December."""
+    document = {"subject": "x", "description": "", "customer_keys": ["phone:13800138000"]}
+    for written in ("138-0013-8000", "+86 138 0013 8000", "（138）0013.8000", "0013 8000"):
+        assert grams.phone_form(written) is not None, written
+        assert grams.lookup_gram(written) in grams.document_grams(document), written
+        assert grams.matches(document, written), written
+    assert not grams.matches(document, "139-0013-8000")
+    assert grams.phone_form("LZ-20261205-0001") is None and grams.phone_form("138") is None
+    # Written the same way in a description, it is found as text, by the same gram.
+    noted = {"subject": "", "description": "回电 138-0013-8000", "customer_keys": []}
+    assert grams.lookup_gram("138-0013-8000") in grams.document_grams(noted)
+    assert grams.matches(noted, "138-0013-8000")

@@ -19,6 +19,7 @@ import unicodedata
 from typing import Any
 
 from complaints_shared.text import folded
+from intake.identity import normalise_phone
 
 FIELD = "search_grams"
 # Bump when ``document_grams`` gives a posting grams an older one lacks: startup rewrites
@@ -82,15 +83,32 @@ def search_fields(document: dict[str, Any]) -> dict[str, Any]:
     return {FIELD: document_grams(document), VERSION_FIELD: VERSION}
 
 
+# A ``q`` of these characters alone, with at least ``PHONE_MIN_DIGITS`` digits, may be a phone
+# number as a person writes one (``138-0013-8000``, ``+86 10 6552 1234``).
+_PHONE_CHARACTERS = frozenset("0123456789 +-().")
+PHONE_MIN_DIGITS = 5
+
+
+def phone_form(q: str) -> str | None:
+    """``q`` as the customer keys hold a phone (``identity.normalise_phone``) when it may be
+    one, else None. Keys hold digits only, so ``138-0013-8000`` as typed is in no key."""
+    normal = unicodedata.normalize("NFKC", q).strip()
+    if not normal or not set(normal) <= _PHONE_CHARACTERS:
+        return None
+    phone = normalise_phone(normal)
+    return phone if len(phone) >= PHONE_MIN_DIGITS else None
+
+
 def lookup_gram(q: str) -> str | None:
     """The one gram a search for ``q`` is looked up by (None: ``q`` is a single character
     or has no indexed window).
 
     The gram with the rarest-looking characters would select fewest candidates, but
     nothing here knows the frequencies; the last indexed window is as good as any and
-    keeps the choice deterministic.
+    keeps the choice deterministic. A ``q`` that may be a phone is looked up by the last
+    two digits of its key form, which the texts that hold it as typed hold too.
     """
-    normal = normalise(q)
+    normal = phone_form(q) or normalise(q)
     for start in range(len(normal) - 2, -1, -1):
         if indexed(window := normal[start : start + 2]):
             return window
@@ -98,6 +116,13 @@ def lookup_gram(q: str) -> str | None:
 
 
 def matches(document: dict[str, Any], q: str) -> bool:
-    """Whether ``q`` is a substring of one of the searchable texts (as ``normalise`` folds)."""
+    """Whether ``q`` is a substring of one of the searchable texts (as ``normalise`` folds),
+    or, when it may be a phone, its key form part of the customer's phone key."""
     wanted = normalise(q)
-    return any(wanted in normalise(text) for text in searchable_texts(document))
+    if any(wanted in normalise(text) for text in searchable_texts(document)):
+        return True
+    phone = phone_form(q)
+    return phone is not None and any(
+        key.startswith("phone:") and phone in key[len("phone:") :]
+        for key in document.get("customer_keys", [])
+    )
