@@ -605,7 +605,7 @@ async def reads_shaped_for_local_server(client: AsyncMongoClient) -> bool:
     return known
 
 
-def _ms(moment: datetime) -> datetime:
+def bson_time(moment: datetime) -> datetime:
     """``moment`` as BSON stores it: UTC, to the millisecond."""
     moment = as_utc(moment)
     return moment.replace(microsecond=moment.microsecond // 1000 * 1000)
@@ -630,7 +630,7 @@ class _Reversed:
 
 
 def _order_key(document: dict[str, Any], field: str) -> tuple[datetime, Any]:
-    return _ms(document[field]), document["_id"]
+    return bson_time(document[field]), document["_id"]
 
 
 def _path(document: Any, path: str) -> list[Any]:
@@ -696,7 +696,7 @@ def _bounds(condition: Any) -> tuple[datetime | None, datetime | None, dict[str,
             continue
         if not isinstance(operand, datetime):
             return None
-        moment = _ms(operand)
+        moment = bson_time(operand)
         if operator in ("$gt", "$gte"):
             moment = moment - _ONE_MS if operator == "$gte" else moment
             after = moment if after is None else max(after, moment)
@@ -758,12 +758,12 @@ async def sorted_batches(
         raise ValueError(f"the sort key {field} may only be bounded by dates")
     lower, upper, rest = bounds
     if after is not None:
-        at = _ms(after[0])
+        at = bson_time(after[0])
         if descending:
             upper = at + _ONE_MS if upper is None else min(upper, at + _ONE_MS)
         else:
             lower = at - _ONE_MS if lower is None else max(lower, at - _ONE_MS)
-    position = (_ms(after[0]), after[1]) if after is not None else None
+    position = (bson_time(after[0]), after[1]) if after is not None else None
     reads: list[dict[str, Any]] = [{**conditions, **({field: rest} if rest else {})}]
     residual: dict[str, list[Any]] = {}
     spans = [(lower, upper, True)]
@@ -856,13 +856,13 @@ async def sorted_batches(
             async for documents in span(low, high):
                 yield documents
         return
-    now = _ms(datetime.now(UTC))
+    now = bson_time(datetime.now(UTC))
     shape = f"{collection.full_name}|{field}|{reads!r}"
     width = _first_width(shape, window=window, batch=batch)
     near = upper if descending else lower
     if not descending and near is None and floor is not None:
         lowest = await floor()
-        near = _ms(lowest) - _ONE_MS if lowest is not None else None
+        near = bson_time(lowest) - _ONE_MS if lowest is not None else None
     if not descending and near is None:
         # No lower anchor for an ascending read: one read of what the filter selects.
         async for documents in span(None, upper):
@@ -1016,8 +1016,8 @@ async def windows_of(
     async def read(bounds: dict[str, datetime]) -> list[dict[str, Any]]:
         return await collection.find({**query, field: bounds}, projection=projection).to_list(None)
 
-    high = _ms(end) if end is not None else _ms(datetime.now(UTC))
-    lowest = _ms(start) if start is not None else WINDOWS_FROM
+    high = bson_time(end) if end is not None else bson_time(datetime.now(UTC))
+    lowest = bson_time(start) if start is not None else WINDOWS_FROM
     if end is None:
         ahead = await read(at_or_after(max(high, lowest)))
         if ahead:

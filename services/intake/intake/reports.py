@@ -20,7 +20,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 
 from complaints_shared.auth import Principal
 from complaints_shared.logs import get_logger
-from complaints_shared.mongo import at_or_after
+from complaints_shared.mongo import at_or_after, bson_time
 from intake import filter_keys, rollup, store
 from intake.lifecycle import OPEN_STATUSES, Status
 
@@ -565,6 +565,10 @@ async def summary(
     :func:`live_groups`.
     """
     principal.require_branches(branches, field="branch")
+    # As the database compares them: the tallies' window test in Python and the server's
+    # read of the window's rows must agree about a complaint registered in the bound's
+    # millisecond (a bound given with microseconds split them).
+    created_from, created_to = bson_time(created_from), bson_time(created_to)
     allowed = branches or (None if principal.all_branches else list(principal.branches))
     asked = _Asked(
         org=principal.org,
