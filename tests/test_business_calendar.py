@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from datetime import date, time, timedelta
+from datetime import UTC, date, time, timedelta
 
 import pytest
 from pydantic import TypeAdapter, ValidationError
@@ -59,6 +59,42 @@ def test_a_make_up_day_without_hours_to_borrow_is_no_business_day() -> None:
     )
     assert not own_make_up.is_working_day(date(2026, 11, 30))
     assert own_make_up.add_business_days(utc(2026, 11, 28, 3), 1) == utc(2026, 12, 1, 3)
+
+
+def test_a_january_make_up_day_for_a_december_holiday_is_open() -> None:
+    """Vietnam worked Saturday 2019-01-05 for the bridge holiday of Monday 2018-12-31: the
+    make-up days were looked for in the holidays of the day's year and the next only, so
+    it counted as closed until 5 December (a December one paid for January was found)."""
+    weekdays = {day: [(time(8), time(17))] for day in range(5)}
+    hanoi = BusinessCalendar(time_zone="Asia/Ho_Chi_Minh", hours=weekdays, country="VN")
+    assert hanoi.is_working_day(date(2019, 1, 5))
+    assert not hanoi.is_working_day(date(2018, 12, 31))
+    shanghai = BusinessCalendar(time_zone="Asia/Shanghai", hours=weekdays, country="CN")
+    assert shanghai.is_working_day(date(2011, 12, 31))  # for 2012-01-03, as before
+
+
+def test_opening_hours_at_a_time_the_clocks_jump_over_end_at_the_jump() -> None:
+    """New York's hours 00:00-02:30 and 03:00-08:00 on the Sunday summer time begins (02:00
+    is 03:00): 02:30 was taken with winter's offset, half an hour into the next range, so
+    seven hours of real time counted seven and a half and a deadline came half an hour early.
+    """
+    sunday = {6: [(time(0), time(2, 30)), (time(3), time(8))]}
+    new_york = BusinessCalendar(time_zone="America/New_York", hours=sunday)
+    ranges = [
+        (start.astimezone(UTC), end.astimezone(UTC))
+        for start, end in new_york.opening_ranges(date(2024, 3, 10))
+    ]
+    assert ranges == [
+        (utc(2024, 3, 10, 5), utc(2024, 3, 10, 7)),  # to the jump (02:00 EST is 03:00 EDT)
+        (utc(2024, 3, 10, 7), utc(2024, 3, 10, 12)),
+    ]
+    midnight, eight = utc(2024, 3, 10, 5), utc(2024, 3, 10, 12)
+    assert new_york.business_time_between(midnight, eight) == timedelta(hours=7)
+    assert new_york.add_business_time(midnight, timedelta(hours=7)) == eight
+    # A range starting in the gap starts at the jump; other days are as they were.
+    gap_start = BusinessCalendar(time_zone="America/New_York", hours={6: [(time(2, 30), time(4))]})
+    assert gap_start.opening_ranges(date(2024, 3, 10))[0][0] == utc(2024, 3, 10, 7)
+    assert gap_start.opening_ranges(date(2024, 3, 17))[0][0] == utc(2024, 3, 17, 6, 30)
 
 
 def test_organisation_closed_days_and_own_working_days_override() -> None:

@@ -36,6 +36,8 @@ from complaints_shared.stored import request_only
 _SUBSTITUTED_FROM = re.compile(r"substituted from (\d{2})/(\d{2})/(\d{4})")
 # How far ahead the arithmetic looks for open time before it gives up (``BeyondHorizon``).
 MAX_DAYS_SEARCHED = 3 * 366
+_DAY = timedelta(days=1)
+_SECOND = timedelta(seconds=1)
 # The most days in a row a calendar may be closed (``longest_closure``): a longer closure is a
 # mistake, and one this long still leaves the arithmetic two years of its horizon.
 MAX_CLOSURE_DAYS = 366
@@ -187,13 +189,16 @@ class BusinessCalendar:
         if known is not None:
             return known
         # A bridge holiday early in January can be paid for by a Saturday of the previous
-        # December (2012-01-03 was substituted from 2011-12-31), so look at the next year too.
-        for filled_year in (year, year + 1):
+        # December (2012-01-03 was substituted from 2011-12-31), and one late in December by
+        # a Saturday of the next January (Vietnam worked 2019-01-05 for 2018-12-31): look at
+        # the years either side too.
+        years = (year - 1, year, year + 1)
+        for filled_year in years:
             _ = date(filled_year, 1, 1) in self._public_holidays  # the library fills on lookup
         worked = frozenset(
             substituted
             for holiday, name in self._public_holidays.items()
-            if holiday.year in (year, year + 1)
+            if holiday.year in years
             for month, day, at_year in _SUBSTITUTED_FROM.findall(name)
             if (substituted := date(int(at_year), int(month), int(day))).year == year
         )
@@ -226,13 +231,32 @@ class BusinessCalendar:
         ranges = self._day_hours(day)
         return [
             (
-                datetime.combine(day, start, tzinfo=self.zone),
-                datetime.combine(day, end, tzinfo=self.zone)
-                if end != time(0)
-                else datetime.combine(day + timedelta(days=1), time(0), tzinfo=self.zone),
+                self._local(day, start),
+                self._local(day, end) if end != time(0) else self._local(day + _DAY, time(0)),
             )
             for start, end in ranges
         ]
+
+    def _local(self, day: date, moment: time) -> datetime:
+        """``moment`` of ``day`` in the calendar's zone. A time the clocks jumped over (02:30
+        as summer time begins in New York) is the instant they jumped: every moment the day
+        has before it is earlier, every one after later. Taken with the offset before the
+        jump, a range ending then ran half an hour into the next one, which counted that
+        half hour twice and put deadlines early."""
+        local = datetime.combine(day, moment, tzinfo=self.zone)
+        utc = local.astimezone(UTC)
+        if utc.astimezone(self.zone).replace(tzinfo=None) == local.replace(tzinfo=None):
+            return local
+        # Between the instant the offset after the jump names and the one before it names.
+        before, after = local.replace(fold=1).astimezone(UTC), utc
+        offset = before.astimezone(self.zone).utcoffset()
+        while after - before > _SECOND:
+            middle = before + (after - before) / 2
+            if middle.astimezone(self.zone).utcoffset() == offset:
+                before = middle
+            else:
+                after = middle
+        return after.astimezone(self.zone).replace(microsecond=0)
 
     def _ranges_from(
         self, at: datetime, *, until: datetime | None = None
