@@ -23,7 +23,7 @@ from followup import projections as followup_projections
 from followup.contact_hours import check_due_times, next_attempt_at
 from followup.models import CheckRule
 from tests.support.clock import at, start_clock, utc
-from tests.support.events import received, resolved
+from tests.support.events import received, reopened, resolved
 from tests.support.followup import (
     DEFAULT_HOURS,
     FAST_SCHEDULER,
@@ -353,6 +353,38 @@ async def test_a_check_past_its_due_time_is_claimed_before_the_scheduler_fires_i
     body = claimed.json()
     assert (body["status"], body["claimed_by"]) == ("in_progress", "agent-a")
     assert [entry["action"] for entry in body["history"]][-2:] == ["become_due", "claim"]
+
+
+async def test_a_reopen_from_before_resolution_counts_replayed_late_spares_a_later_resolution(
+    system: System,
+) -> None:
+    """A reopen from a producer before 4 December carries no ``resolution_count``; it was read
+    as "every open check", so replayed after the next resolution (from the dead-letter topic,
+    say) it cancelled that resolution's call-backs, and nobody called the customer. A reopen
+    ends as many resolutions as its ``reopen_count``."""
+    admin = token(system.intake_settings)
+    first = resolved()
+    reopen = reopened(first, reopened_at=first.resolved_at + timedelta(hours=1))
+    assert reopen.resolution_count is None
+    _, reopen_event = await publish(
+        system, (EventType.COMPLAINT_RESOLVED, first), (EventType.COMPLAINT_REOPENED, reopen)
+    )
+    (check,) = await checks_of(system, first.complaint_id, admin)
+    await wait_status(system, check["id"], "cancelled", admin)
+    second = first.model_copy(
+        update={"resolution_number": 2, "resolved_at": first.resolved_at + timedelta(hours=3)}
+    )
+    await publish(system, (EventType.COMPLAINT_RESOLVED, second))
+    _, again = await checks_of(system, first.complaint_id, admin, count=2)
+    assert (again["resolution_number"], again["status"]) == (2, "scheduled")
+    handled = handled_count("followup", EventType.COMPLAINT_REOPENED)
+    await republish(system, reopen_event)
+    await eventually(
+        lambda: handled_count("followup", EventType.COMPLAINT_REOPENED) > handled,
+        what="the replayed reopen handled",
+    )
+    shown = (await system.followup.get(f"/v1/followups/{again['id']}", headers=admin)).json()
+    assert shown["status"] == "scheduled", shown
 
 
 async def test_a_check_is_neither_fired_nor_claimed_outside_contact_hours(

@@ -85,18 +85,20 @@ def build_handlers(runtime: Runtime) -> dict[EventType, EventHandler]:
         log.info("followups_scheduled", count=created, resolution=data.resolution_number)
 
     async def on_complaint_reopened(event: CloudEvent, data: ComplaintReopened) -> None:
+        # A complaint is reopened only once resolved, each reopen after one resolution more:
+        # the reopen's count is the resolutions it ended, also from a producer before
+        # ``resolution_count`` (4 December). Read as "every check", such a reopen replayed
+        # late cancelled a later resolution's call-backs, and nobody called the customer.
+        ended = data.resolution_count if data.resolution_count is not None else data.reopen_count
         await store.record_ended(
-            db=runtime.db,
-            org=data.org,
-            complaint_id=data.complaint_id,
-            up_to=data.resolution_count,
+            db=runtime.db, org=data.org, complaint_id=data.complaint_id, up_to=ended
         )
         await cancel_pending(
             event=event,
             org=data.org,
             complaint_id=data.complaint_id,
             reason="complaint reopened",
-            only=_resolutions_up_to(data.resolution_count),
+            only=_resolutions_up_to(ended),
         )
 
     async def on_complaint_withdrawn(event: CloudEvent, data: ComplaintWithdrawn) -> None:
