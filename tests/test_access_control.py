@@ -805,6 +805,15 @@ async def test_a_deactivation_lists_only_the_tokens_branches_open_work(system: S
     )
     assert (assignment["department"], assignment["branch"]) == ("HOSP:PRO", BRANCH_A)
     hosp_admin = token(system.routing_settings, branches=[BRANCH_B], roles=("admin",))
+    # The rule names the desk: it stays active until the organisation changes the rule.
+    named = await system.routing.post(
+        "/v1/directory/departments/HOSP:PRO/deactivate", headers=hosp_admin
+    )
+    assert named.status_code == 409, named.text
+    assert "lz-to-hospital" in named.json()["detail"]
+    assert (
+        await system.routing.delete("/v1/routing/rules/demo:lz-to-hospital", headers=admin)
+    ).status_code == 200
     for path in (
         f"/v1/directory/staff/{assignment['owner_id']}/deactivate",
         "/v1/directory/departments/HOSP:PRO/deactivate",

@@ -312,3 +312,38 @@ async def test_followup_outcome_for_an_earlier_resolution_does_not_close(system:
     document = (await system.intake.get(f"/v1/complaints/{cid}", headers=admin)).json()
     assert document["status"] == "resolved"
     assert document["satisfaction"]["resolution_number"] == 1
+
+
+async def test_an_unsatisfied_answer_consumed_after_an_administrators_close_is_recorded_only(
+    system: System,
+) -> None:
+    """The customer answered "unsatisfied" at 10:00; intake consumed it only after a
+    supervisor closed the complaint at 11:00 (the outcome dead-lettered, replayed days later).
+    The administrator's close ends the call-backs; until 5 December the late answer reopened
+    the complaint they had closed, dated at the answer, so its new clock started days ago."""
+    admin = token(system.intake_settings)
+    cid = (await create_complaint(system, admin))["id"]
+    await command(system, f"/v1/complaints/{cid}/resolve", {"summary": "已退款"}, admin)
+    answered_at = datetime.now(UTC)
+    await command(system, f"/v1/complaints/{cid}/close", {"reason": "已电话确认"}, admin)
+    late = FollowupCompleted(
+        complaint_id=cid,
+        org="demo",
+        branch="LZ",
+        followup_id=f"{cid}:r1:1",
+        resolution_number=1,
+        sequence=1,
+        outcome=FollowupOutcome.UNSATISFIED,
+        score=2,
+        problem_solved=False,
+        completed_at=answered_at,
+    )
+    before = handled_count("intake", EventType.FOLLOWUP_COMPLETED)
+    await publish(system, (EventType.FOLLOWUP_COMPLETED, late), service="followup")
+    await eventually(
+        lambda: handled_count("intake", EventType.FOLLOWUP_COMPLETED) > before,
+        what="the late outcome consumed",
+    )
+    document = (await system.intake.get(f"/v1/complaints/{cid}", headers=admin)).json()
+    assert (document["status"], document["reopen_count"]) == ("closed", 0)
+    assert document["satisfaction"]["outcome"] == "unsatisfied"

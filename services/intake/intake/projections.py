@@ -781,6 +781,16 @@ def outcome_rank(satisfaction: dict[str, Any]) -> tuple[int, bool, int]:
     )
 
 
+def _closed_by_an_administrator_since(current: dict[str, Any], moment: datetime) -> bool:
+    """Whether the complaint is closed by an administrator at or after ``moment``."""
+    return (
+        current["status"] == Status.CLOSED.value
+        and current.get("closed_via") == ClosedVia.ADMIN.value
+        and current.get("closed_at") is not None
+        and current["closed_at"] >= moment
+    )
+
+
 async def apply_followup_completed(
     *,
     db: AsyncDatabase,
@@ -814,6 +824,11 @@ async def apply_followup_completed(
         if data.resolution_number != current.get("resolution_count"):
             return recorded  # a check of an earlier resolution: no status change
         unsatisfied = data.outcome is FollowupOutcome.UNSATISFIED
+        if _closed_by_an_administrator_since(current, data.completed_at):
+            # The administrator's close ended the call-backs (follow-up cancels them): an
+            # answer consumed after it (from the dead-letter topic, days later) is recorded,
+            # and reopened the complaint they had closed until 5 December.
+            return recorded
         command = Command.REOPEN if unsatisfied else Command.CLOSE
         new_status = _status_after(current, command)
         if new_status is None:
