@@ -302,3 +302,74 @@ async def test_intake_redelivered_followup_outcome_reopens_the_complaint_once(
     actions = [entry["action"] for entry in timeline["entries"]]
     assert actions.count("followup_completed") == 1
     assert actions.count("reopened") == 1
+
+
+async def test_routing_leaves_a_wait_or_a_cycle_that_later_events_ended_when_replayed_late(
+    system: System,
+) -> None:
+    """Events routing dead-lettered, replayed after later ones of the complaint. Until
+    5 December a wait replayed after its resume froze the clocks for good (no warning, breach
+    or escalation while intake showed the complaint overdue); a first resolution replayed
+    after the second resolution's reopen finished the new cycle; its reopen, replayed after
+    the second resolution, reopened the complaint resolved again."""
+    now = datetime.now(UTC)
+    waited, cycled = received(), received()
+    async with intake_producer(system) as publish_intake:
+        for complaint in (waited, cycled):
+            await publish_intake(EventType.COMPLAINT_RECEIVED, complaint)
+            await assignment_when(system, complaint.complaint_id, what="routed")
+        # The wait's start dead-lettered; its end applied; the start replayed.
+        await publish_intake(
+            EventType.COMPLAINT_RESUMED,
+            ComplaintResumed(**base(waited), resumed_by="agent-1", resumed_at=now),
+        )
+        await assignment_when(
+            system,
+            waited.complaint_id,
+            lambda doc: any(entry["action"] == "resumed" for entry in doc["history"]),
+        )
+        handled = handled_count("routing", EventType.COMPLAINT_PENDING_CUSTOMER)
+        await publish_intake(
+            EventType.COMPLAINT_PENDING_CUSTOMER,
+            ComplaintPendingCustomer(
+                **base(waited),
+                reason="等客户提供账单",
+                paused_by="agent-1",
+                paused_at=now - timedelta(minutes=5),
+            ),
+        )
+        await eventually(
+            lambda: handled_count("routing", EventType.COMPLAINT_PENDING_CUSTOMER) > handled,
+            what="the late wait handled",
+        )
+        document = await assignment_when(system, waited.complaint_id)
+        assert not document["paused"] and document["next_timer_at"] is not None
+
+        # Resolution 1 and its reopen dead-lettered; resolution 2 and its reopen applied.
+        first = resolved(cycled, resolved_at=now)
+        reopen_first = reopened(
+            first, reopened_at=now + timedelta(minutes=1), reopen_count=1, resolution_count=1
+        )
+        second = resolved(cycled, resolution_number=2, resolved_at=now + timedelta(minutes=2))
+        await publish_intake(EventType.COMPLAINT_RESOLVED, second)
+        await assignment_when(system, cycled.complaint_id, lambda doc: doc["status"] == "resolved")
+        handled = handled_count("routing", EventType.COMPLAINT_REOPENED)
+        await publish_intake(EventType.COMPLAINT_REOPENED, reopen_first)
+        await eventually(
+            lambda: handled_count("routing", EventType.COMPLAINT_REOPENED) > handled,
+            what="the late reopen handled",
+        )
+        assert (await assignment_when(system, cycled.complaint_id))["status"] == "resolved"
+        reopen_second = reopened(
+            second, reopened_at=now + timedelta(minutes=3), reopen_count=2, resolution_count=2
+        )
+        await publish_intake(EventType.COMPLAINT_REOPENED, reopen_second)
+        await assignment_when(system, cycled.complaint_id, lambda doc: doc["status"] == "open")
+        handled = handled_count("routing", EventType.COMPLAINT_RESOLVED)
+        await publish_intake(EventType.COMPLAINT_RESOLVED, first)
+        await eventually(
+            lambda: handled_count("routing", EventType.COMPLAINT_RESOLVED) > handled,
+            what="the late resolution handled",
+        )
+        document = await assignment_when(system, cycled.complaint_id)
+        assert (document["status"], document["reopen_count"]) == ("open", 2)

@@ -186,8 +186,11 @@ def _stop_acknowledge_clock(
 def _pause_customer_clocks(
     current: dict[str, Any], clocks: Clocks, *, at: datetime, calendar: BusinessCalendar | None
 ) -> dict[str, Any] | None:
-    """Waiting on the customer: the customer-facing clocks stand still."""
-    if current.get("paused"):
+    """Waiting on the customer: the customer-facing clocks stand still. Not for a wait that
+    ended before the clocks last ran again (a resume or a reopen after it): one replayed from
+    the dead-letter topic after its resume froze the clocks for good until 5 December, no
+    warning, breach or escalation firing while intake showed the complaint overdue."""
+    if current.get("paused") or _before_clocks_ran_again(current, at):
         return None
     for name in CUSTOMER_CLOCKS:
         if name in clocks:
@@ -205,7 +208,22 @@ def _resume_customer_clocks(
     for name in CUSTOMER_CLOCKS:
         if name in clocks:
             clocks[name] = sla_clocks.resume_clock(clocks[name], calendar=calendar, at=at)
-    return {"paused": False, "paused_at": None}
+    return {"paused": False, "paused_at": None, RAN_AGAIN_AT: _latest(current, at)}
+
+
+# When the customer's clocks last ran again after standing still: a resume, or a reopen
+# (whose fresh cycle starts running). A wait that began before it is over.
+RAN_AGAIN_AT = "clocks_ran_again_at"
+
+
+def _latest(current: dict[str, Any], at: datetime) -> datetime:
+    known = current.get(RAN_AGAIN_AT)
+    return at if known is None or at > known else known
+
+
+def _before_clocks_ran_again(current: dict[str, Any], at: datetime) -> bool:
+    known = current.get(RAN_AGAIN_AT)
+    return known is not None and at < known
 
 
 @dataclass(frozen=True)
@@ -318,6 +336,10 @@ def _responsibility(current: dict[str, Any], department: str | None) -> str | No
     return f"{current['branch']}:{department}"
 
 
+# The number of the latest resolution applied to the assignment (intake numbers them).
+RESOLUTION_NUMBER = "resolution_number"
+
+
 async def finish(
     *,
     db: AsyncDatabase,
@@ -341,6 +363,10 @@ async def finish(
     calendar_of = _calendar_reader(db)
 
     async def decide(current: dict[str, Any]) -> Decision | None:
+        if resolved is not None and resolved.resolution_number <= current.get(RESOLUTION_NUMBER, 0):
+            # A resolution older than one applied here (replayed from the dead-letter topic
+            # after a later one): it finished an open cycle it never belonged to.
+            return None
         if not _applies(current, command, event):
             return None
         before = sla_clocks.load_clocks(current.get("clocks"))
@@ -354,6 +380,8 @@ async def finish(
         set_fields: dict[str, Any] = lifecycle.clock_fields(clocks)
         if current["status"] in lifecycle.UNFINISHED:
             set_fields["finished_at"] = at
+        if resolved is not None:
+            set_fields[RESOLUTION_NUMBER] = resolved.resolution_number
         # The verdicts after any withdrawal: a breach the stop overtook is no breach. The
         # acknowledge clock's too when the finish is what stopped it (nobody acknowledged
         # first): the finish answered the customer, and intake learns the clock's final due
@@ -439,7 +467,15 @@ async def reopen(
                 at=now,
             )
 
+    # The resolutions it undid: a complaint is reopened only once resolved, each reopen after
+    # one resolution more (a producer before 4 December sent only the reopen count).
+    undone = data.resolution_count if data.resolution_count is not None else data.reopen_count
+
     async def decide(current: dict[str, Any]) -> Decision | None:
+        if current.get(RESOLUTION_NUMBER, 0) > undone:
+            # It undid a resolution older than one applied here since (replayed from the
+            # dead-letter topic): it reopened a complaint resolved again, for good.
+            return None
         if (
             current["status"] in lifecycle.UNFINISHED
             and current.get("reopen_count", 0) < data.reopen_count
@@ -463,6 +499,7 @@ async def reopen(
                             "reopen_count": data.reopen_count,
                             "paused": False,
                             "paused_at": None,
+                            RAN_AGAIN_AT: _latest(current, data.reopened_at),
                         }
                     },
                     # The fresh resolve clock starts here once it is routed.
@@ -506,6 +543,7 @@ async def reopen(
             **lifecycle.moved(current, command)["$set"],
             **lifecycle.clock_fields(clocks),
             "paused": False,
+            RAN_AGAIN_AT: _latest(current, data.reopened_at),
             # A new cycle: ``breached`` tells of this one's clocks (docs/routing.md).
             "breached": False,
             "finished_at": None,
