@@ -745,16 +745,21 @@ async def routing_drain(run: Run, *, replicas: int, events: int) -> dict:
     await seed_routing(run, database_suffix=suffix)
     producer = EventProducer(settings=settings)
     rng = random.Random(replicas)
-    pending = []
-    for sequence in range(events):
-        body = complaint_body(sequence, rng)
-        event = CloudEvent.new(
-            event_type=EventType.COMPLAINT_RECEIVED,
-            source="bench",
-            data=_received(str(uuid.uuid4()), body),
+    records = [
+        (
+            CloudEvent.new(
+                event_type=EventType.COMPLAINT_RECEIVED,
+                source="bench",
+                data=_received(str(uuid.uuid4()), complaint_body(sequence, rng)),
+            ),
+            topic,
         )
-        pending.append(await producer.send(event, topic=topic))
-    await asyncio.gather(*pending)
+        for sequence in range(events)
+    ]
+    while records:  # the rest again should the producer be replaced mid-way
+        sent = await producer.send_in_order(records)
+        await asyncio.gather(*sent)
+        records = records[len(sent) :]
     await producer.stop()
     instances = [
         Service("routing", PORTS["routing"] + 10 + index, run.env("routing", prefix, suffix))
