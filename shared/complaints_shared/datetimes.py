@@ -61,3 +61,12 @@ UtcDatetime = Annotated[AwareDatetime, request_only(in_range), AfterValidator(_a
 CalendarDay = Annotated[date, request_only(_day_in_range)]
 """A calendar day (a branch's closed or make-up working day); in a request, of the years
 1970 to 2200."""
+
+
+def window_end(end: datetime | None, start: datetime | None, *, start_name: str) -> datetime | None:
+    """``end`` of a time window whose start is ``start`` (a query's ``..._to`` field): a
+    ValueError (a 422 naming the field) unless after the start. A window given backwards
+    answered as empty, which a caller cannot tell from a window without matches."""
+    if end is not None and start is not None and end <= start:
+        raise ValueError(f"must be after {start_name}")
+    return end

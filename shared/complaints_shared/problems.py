@@ -197,6 +197,14 @@ def _field_path(location: tuple | list) -> str:
     return ".".join(parts)
 
 
+def _field_of(error: dict[str, Any]) -> str:
+    """The field an error names; a body that is no JSON at all names ``body`` (its location
+    holds the byte offset, which was named as the field until 5 December)."""
+    if error.get("type") == "json_invalid":
+        return "body"
+    return _field_path(error.get("loc", ()))
+
+
 def install_problem_handlers(app: FastAPI) -> None:
     @app.exception_handler(ProblemError)
     async def _problem(request: Request, exc: ProblemError) -> JSONResponse:
@@ -214,7 +222,7 @@ def install_problem_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = [
-            {"field": _field_path(error.get("loc", ())), "message": error.get("msg", "invalid")}
+            {"field": _field_of(error), "message": error.get("msg", "invalid")}
             for error in exc.errors()
         ]
         fields = ", ".join(error["field"] for error in errors)
@@ -240,6 +248,17 @@ def install_problem_handlers(app: FastAPI) -> None:
                 detail=f"the body is not UTF-8: an invalid byte at offset {at}",
                 kind="body-not-utf8",
                 errors=[{"field": "body", "message": f"not UTF-8 (byte {at})"}],
+            )
+        if exc.status_code == 400 and isinstance(exc.__cause__, ValueError | RecursionError):
+            # FastAPI's "error parsing the body" for JSON Python will not read: an integer of
+            # thousands of digits, arrays nested a thousand deep.
+            return problem_response(
+                request=request,
+                status=400,
+                title="Invalid request",
+                detail="the body could not be read as JSON: nested too deep or a number too long",
+                kind="body-unreadable",
+                errors=[{"field": "body", "message": "nested too deep or a number too long"}],
             )
         response = problem_response(
             request=request,

@@ -23,7 +23,7 @@ from complaints_shared.business_calendar import (
     TimeZoneName,
     supported_subdivision,
 )
-from complaints_shared.datetimes import CalendarDay, UtcDatetime
+from complaints_shared.datetimes import CalendarDay, UtcDatetime, window_end
 from complaints_shared.events import (
     Category,
     ContactChannel,
@@ -354,6 +354,11 @@ class StatsFilters(StrictModel):
     category: Category | None = None
     resolved_from: UtcDatetime | None = None
     resolved_to: UtcDatetime | None = None
+
+    @field_validator("resolved_to")
+    @classmethod
+    def _after_resolved_from(cls, value: datetime | None, info: ValidationInfo) -> datetime | None:
+        return window_end(value, info.data.get("resolved_from"), start_name="resolved_from")
 
 
 class StatsGroup(BaseModel):

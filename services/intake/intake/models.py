@@ -8,7 +8,14 @@ from decimal import Decimal
 from enum import StrEnum
 from typing import Annotated
 
-from pydantic import BaseModel, BeforeValidator, EmailStr, Field, StringConstraints
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    EmailStr,
+    Field,
+    StringConstraints,
+)
 
 from complaints_shared.datetimes import UtcDatetime
 from complaints_shared.events import (
@@ -35,7 +42,17 @@ MAX_PAGE_SIZE = 100
 Text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
 ShortText = Annotated[Text, StringConstraints(max_length=200)]
 Currency = Annotated[str, StringConstraints(pattern=r"^[A-Z]{3}$")]
-Amount = Annotated[Decimal, Field(ge=0, max_digits=14, decimal_places=2)]
+
+
+def _zero_as_zero(amount: Decimal) -> Decimal:
+    """A zero however written (``-0``, ``0E+999999999``, which the digit bounds let through
+    and which was stored and sent on as given until 5 December) is ``0.00``."""
+    return Decimal("0.00") if amount.is_zero() else amount
+
+
+Amount = Annotated[
+    Decimal, Field(ge=0, max_digits=14, decimal_places=2), AfterValidator(_zero_as_zero)
+]
 
 # Remedies one resolution holds at most: given with it, and recorded after it.
 MAX_REMEDIES = 10

@@ -3,17 +3,25 @@ cursor pages."""
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 from enum import StrEnum
 from functools import partial
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, EmailStr, Field, StringConstraints
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    EmailStr,
+    Field,
+    StringConstraints,
+    ValidationInfo,
+    field_validator,
+)
 from pymongo.asynchronous.database import AsyncDatabase
 
 from complaints_shared import aggregate
 from complaints_shared.auth import Principal
-from complaints_shared.datetimes import UtcDatetime
+from complaints_shared.datetimes import UtcDatetime, window_end
 from complaints_shared.events import Category, Channel, Flag, Severity
 from complaints_shared.mongo import at_or_after, by_ids, more_than_none
 from complaints_shared.pagination import Page
@@ -62,6 +70,7 @@ class ComplaintFilters(BaseModel):
     flag: list[Flag] = Field(default_factory=list, description="complaints carrying all of these")
     created_from: UtcDatetime | None = None
     created_to: UtcDatetime | None = None
+
     acknowledge_due_before: UtcDatetime | None = None
     resolve_due_before: UtcDatetime | None = None
     breached: bool | None = None
@@ -84,6 +93,11 @@ class ComplaintFilters(BaseModel):
     sort: SortOrder = SortOrder.NEWEST
     limit: Annotated[int, Field(ge=1, le=MAX_PAGE_SIZE)] = 50
     cursor: str | None = None
+
+    @field_validator("created_to")
+    @classmethod
+    def _after_created_from(cls, value: datetime | None, info: ValidationInfo) -> datetime | None:
+        return window_end(value, info.data.get("created_from"), start_name="created_from")
 
 
 def _in(values: list) -> dict[str, Any]:

@@ -1,0 +1,80 @@
+"""Integration: requests a client can send that reached a 500, or a wrong answer, until
+5 December: each is now a 4xx problem naming what is wrong, or stored in one form."""
+
+from __future__ import annotations
+
+import pytest
+
+from complaints_shared.http import MAX_QUERY_VALUES
+from tests.support.http import command, create_complaint, token
+from tests.support.system import System
+
+pytestmark = pytest.mark.integration
+
+
+def _named(response, status: int) -> list[str]:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/problem+json")
+    return [error["field"] for error in response.json()["errors"]]
+
+
+async def test_a_list_filter_repeated_past_the_bound_is_a_422_naming_it(system: System) -> None:
+    """A filter repeated a million times (uvicorn bounds no URL) became a database query over
+    16 MB: the driver's DocumentTooLarge, a 500. At most ``MAX_QUERY_VALUES`` values each."""
+    admin = token(system.intake_settings)
+    many = [("status", "received")] * (MAX_QUERY_VALUES + 1) + [("branch", "LZ")]
+    refused = await system.intake.get("/v1/complaints", params=many, headers=admin)
+    assert _named(refused, 422) == ["status"]
+    reports = await system.intake.get(
+        "/v1/reports/summary", params=[("branch", "LZ")] * (MAX_QUERY_VALUES + 1), headers=admin
+    )
+    assert _named(reports, 422) == ["branch"]
+    enough = [("status", "received")] * MAX_QUERY_VALUES
+    assert (await system.intake.get("/v1/complaints", params=enough, headers=admin)).is_success
+
+
+async def test_a_window_given_backwards_is_a_422_naming_its_end(system: System) -> None:
+    """It answered 200 and empty, which a caller cannot tell from a window without matches
+    (the summary report already refused it)."""
+    backwards = {"from": "2026-12-01T00:00:00Z", "to": "2026-01-01T00:00:00Z"}
+    listed = await system.intake.get(
+        "/v1/complaints",
+        params={"created_from": backwards["from"], "created_to": backwards["to"]},
+        headers=token(system.intake_settings),
+    )
+    assert _named(listed, 422) == ["created_to"]
+    stats = await system.followup.get(
+        "/v1/followups/stats",
+        params={"resolved_from": backwards["from"], "resolved_to": backwards["to"]},
+        headers=token(system.followup_settings),
+    )
+    assert _named(stats, 422) == ["resolved_to"]
+
+
+async def test_a_body_that_is_no_json_names_the_body(system: System) -> None:
+    """Broken JSON named the byte offset as the field (``"13"``); JSON nested a thousand deep
+    or an integer of thousands of digits was a 400 naming nothing."""
+    admin = token(system.intake_settings)
+    complaint_id = (await create_complaint(system, admin))["id"]
+    url = f"/v1/complaints/{complaint_id}/notes"
+    headers = {**admin, "content-type": "application/json"}
+    broken = await system.intake.post(url, content=b'{"text": "a",,}', headers=headers)
+    assert _named(broken, 422) == ["body"]
+    deep = await system.intake.post(url, content=b"[" * 5000 + b"]" * 5000, headers=headers)
+    long = await system.intake.post(url, content=b'{"text": ' + b"9" * 5000 + b"}", headers=headers)
+    for unreadable in (deep, long):
+        assert _named(unreadable, 400) == ["body"]
+
+
+async def test_a_zero_amount_however_written_is_stored_as_zero(system: System) -> None:
+    """``0E+999999999`` passed the digit bounds and was stored and sent on as given."""
+    admin = token(system.intake_settings)
+    complaint_id = (await create_complaint(system, admin))["id"]
+    await command(
+        system,
+        f"/v1/complaints/{complaint_id}/resolve",
+        {"summary": "致歉", "remedies": [{"type": "refund", "amount": "0E+999999999"}]},
+        admin,
+    )
+    shown = (await system.intake.get(f"/v1/complaints/{complaint_id}", headers=admin)).json()
+    assert shown["resolution"]["remedies"][0]["amount"] == "0.00"
