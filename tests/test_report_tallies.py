@@ -11,6 +11,8 @@ from __future__ import annotations
 import random
 from datetime import UTC, datetime, timedelta
 
+import bson
+
 from intake import reports, rollup
 
 T0 = datetime(2026, 11, 2, 1, 0, tzinfo=UTC)
@@ -153,3 +155,17 @@ def test_a_reports_edges_read_the_shorter_side_of_their_day() -> None:
     ]
     # Windows on midnights have no edges.
     assert edges(*days) == []
+
+
+def test_remedy_totals_past_64_bits_are_stored_and_shown() -> None:
+    """Ten thousand refunds of 999,999,999,999.99 sum past a BSON integer: storing the tally
+    raised OverflowError, which stopped every pass of the rollup job, and the report's live
+    aggregation (its sum a double past 64 bits) was a 500."""
+    tally = rollup.empty_tally()
+    cents = 99_999_999_999_999 * 100_000
+    tally["remedies"]["refund\x00CNY"] = ["refund", "CNY", 100_000, cents]
+    stored = bson.decode(bson.encode(rollup._stored(tally)))
+    assert rollup.load(stored)["remedies"]["refund\x00CNY"][3] == cents
+    assert reports._amount_text(cents) == "99999999999999000.00"
+    # A double from the database: the amount it stands for, to its precision (no 500).
+    assert reports._amount_text(float(cents)).startswith("999999999999989")

@@ -269,7 +269,7 @@ def _group_summary(figures: dict[str, Any], facets: dict[str, Any]) -> GroupSumm
             type=row["_id"]["type"],
             currency=row["_id"].get("currency"),
             count=row["count"],
-            total_amount=f"{row['amount_cents'] // 100}.{row['amount_cents'] % 100:02d}",
+            total_amount=_amount_text(row["amount_cents"]),
         )
         for row in facets["remedies"]
         if row["_id"]["group"] == group
@@ -331,7 +331,7 @@ def _tally_summary(group: Any, tally: dict[str, Any], now: datetime) -> GroupSum
             type=kind,
             currency=currency,
             count=count,
-            total_amount=f"{cents // 100}.{cents % 100:02d}",
+            total_amount=_amount_text(cents),
         )
         for kind, currency, count, cents in tally["remedies"].values()
     ]
@@ -546,6 +546,14 @@ async def _pass_applied(*, db: AsyncDatabase, after: int) -> None:
             return
         await asyncio.sleep(TALLY_LOOK_S)
         waited += TALLY_LOOK_S
+
+
+def _amount_text(cents: Any) -> str:
+    """Cents as an amount (``3000`` is ``30.00``). A sum past 64 bits comes back from the
+    database as a double (or from a tally as text) and is read as a whole number: formatted
+    as the integer it was taken for, it was a 500 until 5 December."""
+    whole = int(cents)
+    return f"{whole // 100}.{whole % 100:02d}"
 
 
 async def summary(

@@ -405,8 +405,20 @@ def _stored(tally: dict[str, Any]) -> dict[str, Any]:
         **{name: tally[name] for name in (*COUNTS, "score_sum")},
         **{name: _packed(tally[name]) for name in LISTS},
         **{name: [[key, count] for key, count in tally[name].items()] for name in PAIRS},
-        "remedies": list(tally["remedies"].values()),
+        "remedies": [
+            [kind, currency, count, _storable(cents)]
+            for kind, currency, count, cents in tally["remedies"].values()
+        ],
     }
+
+
+# BSON integers hold 64 bits; remedy totals past them (a thousand-billion refunds summed)
+# are stored as text, which stopped every pass of the job (an OverflowError) until 5 December.
+_MAX_BSON_INT = 2**63 - 1
+
+
+def _storable(cents: int) -> int | str:
+    return cents if -_MAX_BSON_INT <= cents <= _MAX_BSON_INT else str(cents)
 
 
 def load(stored: dict[str, Any]) -> dict[str, Any]:
@@ -415,7 +427,7 @@ def load(stored: dict[str, Any]) -> dict[str, Any]:
         **{name: _unpacked(stored[name]) for name in LISTS},
         **{name: dict(stored[name]) for name in PAIRS},
         "remedies": {
-            f"{kind}\x00{currency or ''}": [kind, currency, count, cents]
+            f"{kind}\x00{currency or ''}": [kind, currency, count, int(cents)]
             for kind, currency, count, cents in stored["remedies"]
         },
     }
