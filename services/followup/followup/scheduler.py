@@ -36,8 +36,9 @@ log = get_logger(__name__)
 
 async def lease_due_check(
     *, db: AsyncDatabase, owner: str, now: datetime, lease_s: float
-) -> str | None:
-    """Take the earliest due scheduled check under a lease; its id, None when none is due."""
+) -> dict[str, Any] | None:
+    """Take the earliest due scheduled check under a lease; its id, organisation and branch,
+    None when none is due."""
     due = {"status": CheckStatus.SCHEDULED.value, "due_at": at_or_before(now)}
     document = await claim_first(
         db[store.CHECKS],
@@ -49,14 +50,19 @@ async def lease_due_check(
             }
         },
         sort=[("due_at", ASCENDING)],
-        projection={"_id": 1},
+        projection={"_id": 1, "org": 1, "branch": 1},
         lease=("timer_lease_until", now),
     )
-    return document["_id"] if document else None
+    return document
 
 
 async def fire_due_check(
-    *, db: AsyncDatabase, settings: FollowupSettings, followup_id: str, owner: str, now: datetime
+    *,
+    db: AsyncDatabase,
+    settings: FollowupSettings,
+    leased: dict[str, Any],
+    owner: str,
+    now: datetime,
 ) -> bool:
     """Turn a leased check ``due``; False when it changed meanwhile (cancelled, say), or when
     its customer may not be called now: then it is due again at the next moment they may.
@@ -64,13 +70,9 @@ async def fire_due_check(
     Due times are put in contact hours when they are scheduled, but a check fired late (the
     scheduler behind, follow-up down overnight, a resolution consumed late) or whose branch's
     hours changed since would otherwise have been put in the agents' queue at night."""
-    where = await db[store.CHECKS].find_one(
-        {"_id": followup_id}, projection={"org": 1, "branch": 1}
-    )
-    if where is None:
-        return False
+    followup_id = leased["_id"]
     hours = await store.current_contact_hours(
-        db=db, settings=settings, org=where["org"], branch=where["branch"]
+        db=db, settings=settings, org=leased["org"], branch=leased["branch"]
     )
     callable_from = next_contact_moment(hours=hours.contact_hours, at=now)
 
@@ -171,16 +173,17 @@ class CheckScheduler:
         for _ in range(self._settings.scheduler_batch_size):
             if runtime.stopping.is_set():
                 break
-            followup_id = await lease_due_check(
+            leased = await lease_due_check(
                 db=runtime.db, owner=self._owner, now=now, lease_s=self._settings.scheduler_lease_s
             )
-            if followup_id is None:
+            if leased is None:
                 break
+            followup_id = leased["_id"]
             try:
                 fired += await fire_due_check(
                     db=runtime.db,
                     settings=self._settings,
-                    followup_id=followup_id,
+                    leased=leased,
                     owner=self._owner,
                     now=now,
                 )
