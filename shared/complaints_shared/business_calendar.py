@@ -244,9 +244,11 @@ class BusinessCalendar:
         jump, a range ending then ran half an hour into the next one, which counted that
         half hour twice and put deadlines early."""
         local = datetime.combine(day, moment, tzinfo=self.zone)
+        if local.utcoffset() == local.replace(fold=1).utcoffset():
+            return local  # neither skipped nor repeated: most times of most days
         utc = local.astimezone(UTC)
         if utc.astimezone(self.zone).replace(tzinfo=None) == local.replace(tzinfo=None):
-            return local
+            return local  # repeated as the clocks go back: its first occurrence
         # Between the instant the offset after the jump names and the one before it names.
         before, after = local.replace(fold=1).astimezone(UTC), utc
         offset = before.astimezone(self.zone).utcoffset()

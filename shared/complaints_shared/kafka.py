@@ -249,7 +249,12 @@ class EventProducer:
             if self._producer is not producer:
                 break
             key, value, headers = to_kafka_record(event)
-            delivery = await producer.send(topic, value=value, key=key, headers=headers)
+            try:
+                delivery = await producer.send(topic, value=value, key=key, headers=headers)
+            except Exception:
+                if self._producer is not producer:
+                    break  # closed while this send waited for room: the rest next round
+                raise
             deliveries.append(self._watch(producer, delivery))
         return deliveries
 

@@ -24,8 +24,9 @@ def folded(text: str) -> str:
     zero-width space, soft hyphen, byte-order mark, joiners, direction marks) left out. Text
     pasted from a web page or a document carries those between the characters one sees:
     ``宽带断网\u200b三天`` did not hold ``断网三天`` until 5 December."""
-    normal = unicodedata.normalize("NFKC", text).casefold()
-    return normal if normal.isascii() else normal.translate(_FORMAT_CHARACTERS)
+    if not text.isascii():  # first: a joiner between a letter and its accent kept them apart
+        text = text.translate(_FORMAT_CHARACTERS)
+    return unicodedata.normalize("NFKC", text).casefold()
 
 
 def contains(folded_text: str, needle: str) -> bool:

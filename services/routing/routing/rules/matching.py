@@ -7,7 +7,7 @@ full-width forms folded), so Chinese keywords match inside a sentence without wo
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from complaints_shared.events import SEVERITY_ORDER, ComplaintReceived, Severity
 from complaints_shared.text import contains, folded
@@ -46,15 +46,38 @@ def _flags_match(conditions: RuleConditions, complaint: ComplaintReceived) -> bo
     return {str(flag) for flag in conditions.flags_all} <= flags
 
 
-def _keywords_match(conditions: RuleConditions, complaint: ComplaintReceived) -> bool:
-    text = _text_of(complaint)
-    if conditions.keywords_any and not any(contains(text, k) for k in conditions.keywords_any):
+class _FoldedText:
+    """A complaint's subject and description, folded once however many rules read them."""
+
+    def __init__(self, complaint: ComplaintReceived) -> None:
+        self._complaint = complaint
+        self._text: str | None = None
+
+    def __call__(self) -> str:
+        if self._text is None:
+            self._text = _text_of(self._complaint)
+        return self._text
+
+
+def _keywords_match(conditions: RuleConditions, text: Callable[[], str]) -> bool:
+    if not conditions.keywords_any and not conditions.keywords_all:
+        return True
+    folded_text = text()
+    if conditions.keywords_any and not any(
+        contains(folded_text, keyword) for keyword in conditions.keywords_any
+    ):
         return False
-    return all(contains(text, keyword) for keyword in conditions.keywords_all)
+    return all(contains(folded_text, keyword) for keyword in conditions.keywords_all)
 
 
-def conditions_hold(conditions: RuleConditions, complaint: ComplaintReceived) -> bool:
-    """Every condition group given must hold; an empty group does not constrain."""
+def conditions_hold(
+    conditions: RuleConditions,
+    complaint: ComplaintReceived,
+    *,
+    text: Callable[[], str] | None = None,
+) -> bool:
+    """Every condition group given must hold; an empty group does not constrain. ``text``:
+    the complaint's folded text, when several rules are tried on one complaint."""
     if conditions.categories and complaint.category not in conditions.categories:
         return False
     if conditions.min_severity is not None and not severity_at_least(
@@ -68,16 +91,18 @@ def conditions_hold(conditions: RuleConditions, complaint: ComplaintReceived) ->
     return (
         _flags_match(conditions, complaint)
         and _product_matches(conditions, complaint)
-        and _keywords_match(conditions, complaint)
+        and _keywords_match(conditions, text or _FoldedText(complaint))
     )
 
 
-def rule_applies(rule: RoutingRule, complaint: ComplaintReceived) -> bool:
+def rule_applies(
+    rule: RoutingRule, complaint: ComplaintReceived, *, text: Callable[[], str] | None = None
+) -> bool:
     if not rule.active:
         return False
     if rule.branches and complaint.branch not in rule.branches:
         return False
-    return rule.is_default or conditions_hold(rule.conditions, complaint)
+    return rule.is_default or conditions_hold(rule.conditions, complaint, text=text)
 
 
 def precedence(rule: RoutingRule) -> tuple[bool, int, str]:
@@ -88,4 +113,7 @@ def precedence(rule: RoutingRule) -> tuple[bool, int, str]:
 
 def matching_rules(rules: Iterable[RoutingRule], complaint: ComplaintReceived) -> list[RoutingRule]:
     """Rules that apply, in the order they are tried (:func:`precedence`)."""
-    return [rule for rule in sorted(rules, key=precedence) if rule_applies(rule, complaint)]
+    text = _FoldedText(complaint)
+    return [
+        rule for rule in sorted(rules, key=precedence) if rule_applies(rule, complaint, text=text)
+    ]
