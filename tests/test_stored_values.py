@@ -226,3 +226,29 @@ def test_contact_hours_without_opening_within_the_horizon_keep_a_check_at_its_ow
     )
     assert next_contact_moment(hours=mondays_closed, at=NOW) == NOW
     assert "contact_moment_beyond_horizon" in _logged(capfd, caplog)
+
+
+def test_skills_stored_before_their_checks_are_read_as_stored() -> None:
+    """An empty ``required_skill`` (any string was taken) and a skill of a space were stored
+    before 5 December; the checks are of requests, so the rules and the staff still load."""
+    from routing.directory.models import StaffCreate, StaffRead
+    from routing.rules.models import RuleAction
+
+    action = from_stored(RuleAction, {"department_kind": "billing", "required_skill": ""})
+    assert action.required_skill == ""
+    person = {"id": "lz-x", "branch": "LZ", "department": "BILLING", "name": "某人"}
+    stored = from_stored(
+        StaffRead,
+        {
+            **person,
+            "org": "demo",
+            "department_id": "LZ:BILLING",
+            "skills": [" ", "x" * 80],
+            "languages": [""],
+        },
+    )
+    assert stored.skills == [" ", "x" * 80]
+    with pytest.raises(ValidationError):
+        StaffCreate.model_validate({**person, "skills": [" "]})
+    with pytest.raises(ValidationError):
+        RuleAction(department_kind="billing", required_skill="x" * 65)
