@@ -243,7 +243,12 @@ async def test_events_after_a_producer_is_discarded_wait_for_the_next_round(
     refused it). Now the round ends there and the next sends the rest, in order."""
     probe = await _probe(system)
     settings, db, collection = probe.settings, probe.db, probe.collection
-    first, second = _entry(settings), _entry(settings)
+    # One complaint's two events: one key, one partition, whose order the topic keeps.
+    complaint = received()
+    first, second = (
+        outbox_entry(event_type=EventType.COMPLAINT_RECEIVED, data=data, settings=settings)
+        for data in (complaint, complaint.model_copy(update={"subject": "又来了"}))
+    )
     await collection.insert_one({"_id": "one", **outbox_fields([first, second])})
     producer = _DiscardedAfterFirstSend(settings=settings)
     relay = OutboxRelay(db=db, collections=[collection.name], producer=producer, settings=settings)
