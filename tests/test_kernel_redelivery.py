@@ -304,6 +304,13 @@ async def test_intake_redelivered_followup_outcome_reopens_the_complaint_once(
     assert actions.count("reopened") == 1
 
 
+async def _handled_late(publish, event_type: EventType, data, *, what: str) -> None:
+    """Publish an event onto intake's topic and wait until routing has handled it."""
+    handled = handled_count("routing", event_type)
+    await publish(event_type, data)
+    await eventually(lambda: handled_count("routing", event_type) > handled, what=what)
+
+
 async def test_routing_leaves_a_wait_or_a_cycle_that_later_events_ended_when_replayed_late(
     system: System,
 ) -> None:
@@ -328,8 +335,8 @@ async def test_routing_leaves_a_wait_or_a_cycle_that_later_events_ended_when_rep
             waited.complaint_id,
             lambda doc: any(entry["action"] == "resumed" for entry in doc["history"]),
         )
-        handled = handled_count("routing", EventType.COMPLAINT_PENDING_CUSTOMER)
-        await publish_intake(
+        await _handled_late(
+            publish_intake,
             EventType.COMPLAINT_PENDING_CUSTOMER,
             ComplaintPendingCustomer(
                 **base(waited),
@@ -337,9 +344,6 @@ async def test_routing_leaves_a_wait_or_a_cycle_that_later_events_ended_when_rep
                 paused_by="agent-1",
                 paused_at=now - timedelta(minutes=5),
             ),
-        )
-        await eventually(
-            lambda: handled_count("routing", EventType.COMPLAINT_PENDING_CUSTOMER) > handled,
             what="the late wait handled",
         )
         document = await assignment_when(system, waited.complaint_id)
@@ -353,10 +357,10 @@ async def test_routing_leaves_a_wait_or_a_cycle_that_later_events_ended_when_rep
         second = resolved(cycled, resolution_number=2, resolved_at=now + timedelta(minutes=2))
         await publish_intake(EventType.COMPLAINT_RESOLVED, second)
         await assignment_when(system, cycled.complaint_id, lambda doc: doc["status"] == "resolved")
-        handled = handled_count("routing", EventType.COMPLAINT_REOPENED)
-        await publish_intake(EventType.COMPLAINT_REOPENED, reopen_first)
-        await eventually(
-            lambda: handled_count("routing", EventType.COMPLAINT_REOPENED) > handled,
+        await _handled_late(
+            publish_intake,
+            EventType.COMPLAINT_REOPENED,
+            reopen_first,
             what="the late reopen handled",
         )
         assert (await assignment_when(system, cycled.complaint_id))["status"] == "resolved"
@@ -365,11 +369,8 @@ async def test_routing_leaves_a_wait_or_a_cycle_that_later_events_ended_when_rep
         )
         await publish_intake(EventType.COMPLAINT_REOPENED, reopen_second)
         await assignment_when(system, cycled.complaint_id, lambda doc: doc["status"] == "open")
-        handled = handled_count("routing", EventType.COMPLAINT_RESOLVED)
-        await publish_intake(EventType.COMPLAINT_RESOLVED, first)
-        await eventually(
-            lambda: handled_count("routing", EventType.COMPLAINT_RESOLVED) > handled,
-            what="the late resolution handled",
+        await _handled_late(
+            publish_intake, EventType.COMPLAINT_RESOLVED, first, what="the late resolution handled"
         )
         document = await assignment_when(system, cycled.complaint_id)
         assert (document["status"], document["reopen_count"]) == ("open", 2)

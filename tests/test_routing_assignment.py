@@ -382,6 +382,17 @@ async def test_deactivated_person_gets_no_new_work_and_their_open_work_is_report
     assert staff.json()["open_load"] == 1
 
 
+async def _routed_and_resolved(system: System, publish, complaint) -> str:
+    """``complaint`` received, routed and resolved by its owner, as routing sees it; the owner."""
+    await publish(EventType.COMPLAINT_RECEIVED, complaint)
+    owner = (await assignment_when(system, complaint.complaint_id))["owner_id"]
+    await publish(EventType.COMPLAINT_RESOLVED, resolved(complaint, owner_id=owner))
+    await assignment_when(
+        system, complaint.complaint_id, lambda d: d["status"] == "resolved", what="resolved"
+    )
+    return owner
+
+
 @pytest.mark.parametrize("owner_is", ["gone", "moved to customer service"])
 async def test_a_reopen_whose_department_was_deactivated_goes_where_it_can_be_worked(
     system: System, owner_is: str
@@ -393,12 +404,7 @@ async def test_a_reopen_whose_department_was_deactivated_goes_where_it_can_be_wo
     admin = token(system.routing_settings)
     complaint = received()
     async with intake_producer(system) as publish:
-        await publish(EventType.COMPLAINT_RECEIVED, complaint)
-        owner = (await assignment_when(system, complaint.complaint_id))["owner_id"]
-        await publish(EventType.COMPLAINT_RESOLVED, resolved(complaint, owner_id=owner))
-        await assignment_when(
-            system, complaint.complaint_id, lambda d: d["status"] == "resolved", what="resolved"
-        )
+        owner = await _routed_and_resolved(system, publish, complaint)
         for person in ("lz-chen", "lz-liu"):
             if owner_is == "moved to customer service" and person == owner:
                 moved = await system.routing.patch(
@@ -496,12 +502,7 @@ async def test_a_reopen_goes_to_the_department_when_its_previous_owner_moved_to_
     admin = token(system.routing_settings)
     complaint = received()
     async with intake_producer(system) as publish:
-        await publish(EventType.COMPLAINT_RECEIVED, complaint)
-        owner = (await assignment_when(system, complaint.complaint_id))["owner_id"]
-        await publish(EventType.COMPLAINT_RESOLVED, resolved(complaint, owner_id=owner))
-        await assignment_when(
-            system, complaint.complaint_id, lambda d: d["status"] == "resolved", what="resolved"
-        )
+        owner = await _routed_and_resolved(system, publish, complaint)
         moved = await system.routing.patch(
             f"/v1/directory/staff/{owner}", json={"department": "CS"}, headers=admin
         )

@@ -23,7 +23,7 @@ def folded(text: str) -> str:
     is ``A1``), case folded, and invisible format characters (Unicode category Cf: the
     zero-width space, soft hyphen, byte-order mark, joiners, direction marks) left out. Text
     pasted from a web page or a document carries those between the characters one sees:
-    ``宽带断网\u200b三天`` did not hold ``断网三天`` until 5 December."""
+    ``宽带断网\\u200b三天`` did not hold ``断网三天`` until 5 December."""
     if not text.isascii():  # first: a joiner between a letter and its accent kept them apart
         text = text.translate(_FORMAT_CHARACTERS)
     return unicodedata.normalize("NFKC", text).casefold()
