@@ -23,6 +23,7 @@ from complaints_shared.events import (
     Topic,
 )
 from complaints_shared.kafka import EventProducer
+from intake import reports
 from intake.main import create_app as create_intake_app
 from intake.settings import IntakeSettings
 from tests.support.http import complaint_body, token
@@ -341,3 +342,55 @@ async def test_a_report_by_department_or_owner_counts_an_unassigned_complaint_in
         assert (group["group"], group["received"], group["resolved"]) == (None, 1, 1)
         assert group["top_root_causes"] == [{"value": "billing_bug", "count": 1}]
         assert group["top_responsible_parties"] == [{"value": "company", "count": 1}]
+
+
+async def test_the_database_answers_only_the_top_values_of_each_group(
+    infrastructure, monkeypatch
+) -> None:
+    """Counted from the complaints, each ranked figure comes back from the database as the
+    top five values of each group, ties by value, not as every distinct value: those all
+    came back in one ``$facet`` document, which a long window of free-text root causes
+    would take past 16 MB."""
+    answered: list[dict] = []
+    group_summary = reports._group_summary
+
+    def recording(figures: dict, facets: dict):
+        answered.append(facets)
+        return group_summary(figures, facets)
+
+    monkeypatch.setattr(reports, "_group_summary", recording)
+    clock = ManualClock(T0)
+    settings = settings_for_test(IntakeSettings, infra=infrastructure, run_id=uuid.uuid4().hex[:10])
+    causes = ["网络故障", "网络故障", "网络故障", "billing_bug", "billing_bug", "d", "c", "b", "a"]
+    async with AsyncExitStack() as stack:
+        client = await serve(stack, create_intake_app(settings, clock=clock), "intake")
+        admin = token(settings)
+        for number, cause in enumerate(causes):
+            clock.set(T0)
+            body = complaint_body(subject=f"话费账单多扣费 {number}")
+            created = await client.post("/v1/complaints", json=body, headers=admin)
+            assert created.status_code == 201, created.text
+            clock.set(T0 + timedelta(minutes=5))
+            resolved = await client.post(
+                f"/v1/complaints/{created.json()['id']}/resolve",
+                json={"summary": "已处理", "root_cause": cause, "responsible_party": "company"},
+                headers=admin,
+            )
+            assert resolved.status_code == 200, resolved.text
+        clock.set(T0 + timedelta(minutes=10))
+        window = {"from": (T0 - H).isoformat(), "to": clock.now().isoformat()}
+        report = await client.get(
+            "/v1/reports/summary", params={**window, "group_by": "branch"}, headers=admin
+        )
+    assert report.status_code == 200, report.text
+    [group] = report.json()["groups"]
+    assert group["top_root_causes"] == [
+        {"value": "网络故障", "count": 3},
+        {"value": "billing_bug", "count": 2},
+        {"value": "a", "count": 1},
+        {"value": "b", "count": 1},
+        {"value": "c", "count": 1},
+    ]
+    [facets] = answered
+    [root_causes] = facets["root_causes"]
+    assert len(root_causes["top"]) == reports.TOP_N
