@@ -120,6 +120,63 @@ async def test_an_unreachable_provider_is_a_503_with_retry_after(idp: IdentityPr
     assert int(problem.headers["Retry-After"]) >= 1
 
 
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b"<html><body>502 Bad Gateway</body></html>",
+        b'[{"kty": "RSA"}]',
+        b'{"keys": []}',
+        b'{"keys": [{"kty": "RSA", "kid": "k1", "use": "enc", "n": "AQAB", "e": "AQAB"}]}',
+    ],
+    ids=["error page", "json array", "empty set", "no signing key"],
+)
+async def test_a_key_source_answering_no_usable_key_set_is_a_503_and_is_not_hammered(
+    idp: IdentityProvider, answer: bytes
+) -> None:
+    """An error page or JSON that is no key set is the provider's failure, not the token's:
+    the first was a 500 (the library's JSON error passed through), the others a 401 telling
+    the caller their good token was bad. Requests within the cooldown do not fetch again."""
+    verifier = TokenVerifier(oidc_settings(idp, jwt_jwks_refresh_cooldown_s=60))
+    idp.jwks_body = answer
+    for _ in range(3):
+        problem = await refused(verifier, idp.token("k1"))
+        assert problem.status == 503, problem.detail
+        assert int(problem.headers["Retry-After"]) == 60
+    assert idp.jwks_fetches == 1
+
+
+async def test_the_key_source_is_asked_again_after_the_cooldown(idp: IdentityProvider) -> None:
+    verifier = TokenVerifier(oidc_settings(idp, jwt_jwks_refresh_cooldown_s=0.2))
+    idp.jwks_body = b"<html>maintenance</html>"
+    assert (await refused(verifier, idp.token("k1"))).status == 503
+    idp.jwks_body = None
+    await asyncio.sleep(0.3)
+    assert (await verifier.principal(idp.token("k1"))).subject == "tester"
+
+
+@pytest.mark.parametrize(
+    "document",
+    [b'["not", "a", "document"]', b"<html>login</html>", b"{}"],
+    ids=["json array", "error page", "no jwks_uri"],
+)
+async def test_a_discovery_document_that_names_no_key_set_is_a_503(
+    idp: IdentityProvider, document: bytes
+) -> None:
+    idp.discovery_body = document
+    verifier = TokenVerifier(oidc_settings(idp, jwt_jwks_url="", jwt_oidc_discovery=True))
+    problem = await refused(verifier, idp.token("k1"))
+    assert problem.status == 503 and problem.headers["Retry-After"], problem.detail
+
+
+async def test_a_discovered_key_set_address_that_is_not_http_is_a_503(
+    idp: IdentityProvider,
+) -> None:
+    idp.discovery_body = f'{{"issuer": "{idp.issuer}", "jwks_uri": "file:///etc/passwd"}}'.encode()
+    verifier = TokenVerifier(oidc_settings(idp, jwt_jwks_url="", jwt_oidc_discovery=True))
+    problem = await refused(verifier, idp.token("k1"))
+    assert problem.status == 503 and "file:///etc/passwd" in problem.detail
+
+
 async def test_leeway_tolerates_small_clock_skew_only(idp: IdentityProvider) -> None:
     verifier = TokenVerifier(oidc_settings(idp, jwt_leeway_s=30))
     now = int(time.time())

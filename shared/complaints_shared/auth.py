@@ -23,6 +23,7 @@ import argparse
 import asyncio
 import os
 import sys
+import time
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -213,6 +214,10 @@ class TokenVerifier:
         self.uses_jwks = bool(settings.jwt_jwks_url or settings.jwt_oidc_discovery)
         self._jwks: jwt.PyJWKClient | None = None
         self._jwks_lock = asyncio.Lock()
+        self._cooldown_s = settings.jwt_jwks_refresh_cooldown_s
+        self._keys_fetched_at = -float("inf")  # when the key set was last fetched (monotonic)
+        self._source_failed_until = -float("inf")
+        self._source_failure = ""
         if settings.jwt_jwks_url:
             self._jwks = self._client(settings.jwt_jwks_url)
 
@@ -256,6 +261,10 @@ class TokenVerifier:
             raise unauthorized(f"invalid token: {exc}") from None
 
     async def _signing_key(self, token: str) -> jwt.PyJWK:
+        """The provider's key named by the token's ``kid``: 401 when the provider has none
+        such (the set is fetched again for an unknown ``kid`` at most once per cooldown, so a
+        rotated key is taken up), 503 when the key source cannot be reached or does not
+        answer a usable key set."""
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError as exc:
@@ -265,21 +274,49 @@ class TokenVerifier:
                 f"invalid token: algorithm {header.get('alg')!r} is not accepted "
                 f"(accepted: {', '.join(self.algorithms)})"
             )
+        kid = header.get("kid")
         client = await self._client_for_issuer()
+        key = jwt.PyJWKClient.match_kid(await self._keys(client), kid)
+        if key is None and time.monotonic() - self._keys_fetched_at >= self._cooldown_s:
+            key = jwt.PyJWKClient.match_kid(await self._keys(client, refresh=True), kid)
+        if key is None:
+            raise unauthorized(f"invalid token: the identity provider has no signing key {kid!r}")
+        return key
+
+    async def _keys(self, client: jwt.PyJWKClient, *, refresh: bool = False) -> list[jwt.PyJWK]:
+        """The signing keys of the set (cached for ``jwt_jwks_cache_s``). Whatever keeps
+        them from being read (no connection, an error page, JSON that is no key set, a set
+        without signing keys) is the source's failure, not the token's: a 503, answered
+        without asking the source again until the cooldown has passed."""
+        if time.monotonic() < self._source_failed_until:
+            raise _key_source_unavailable(self._source_failure, retry_after_s=self._retry_after_s())
+        first = self._keys_fetched_at == -float("inf")
         try:
             # PyJWKClient fetches with blocking urllib: keep it off the event loop.
-            return await asyncio.to_thread(client.get_signing_key_from_jwt, token)
-        except jwt.PyJWKClientConnectionError as exc:
-            raise _key_source_unavailable(str(exc), retry_after_s=self._retry_after_s()) from None
-        except jwt.PyJWTError as exc:
-            raise unauthorized(f"invalid token: {exc}") from None
+            keys = await asyncio.to_thread(client.get_signing_keys, refresh)
+        except Exception as exc:
+            self._source_failure = f"{client.uri}: {exc}"
+            self._source_failed_until = time.monotonic() + self._cooldown_s
+            raise _key_source_unavailable(
+                self._source_failure, retry_after_s=self._retry_after_s()
+            ) from None
+        if refresh or first:  # (a fetch when the cached set expires is not counted)
+            self._keys_fetched_at = time.monotonic()
+        return keys
 
     async def _client_for_issuer(self) -> jwt.PyJWKClient:
         if self._jwks is not None:
             return self._jwks
         async with self._jwks_lock:
             if self._jwks is None:
-                self._jwks = self._client(await self._discover_jwks_url())
+                url = await self._discover_jwks_url()
+                try:
+                    self._jwks = self._client(url)
+                except jwt.PyJWKClientError as exc:  # a jwks_uri that is not http(s)
+                    raise _key_source_unavailable(
+                        f"discovery names jwks_uri {url!r}: {exc}",
+                        retry_after_s=self._retry_after_s(),
+                    ) from None
         return self._jwks
 
     async def _discover_jwks_url(self) -> str:
@@ -294,14 +331,16 @@ class TokenVerifier:
             raise _key_source_unavailable(
                 f"discovery at {url}: {exc}", retry_after_s=self._retry_after_s()
             ) from None
+        if not isinstance(document, dict):
+            document = {}
         # OIDC Discovery 1.0 §4.3: the document must name exactly the issuer we asked.
-        if document.get("issuer") != issuer or not document.get("jwks_uri"):
+        if document.get("issuer") != issuer or not isinstance(document.get("jwks_uri"), str):
             raise _key_source_unavailable(
                 f"discovery at {url} names issuer {document.get('issuer')!r} "
                 f"and jwks_uri {document.get('jwks_uri')!r}",
                 retry_after_s=self._retry_after_s(),
             )
-        return str(document["jwks_uri"])
+        return document["jwks_uri"]
 
     def _client(self, url: str) -> jwt.PyJWKClient:
         return jwt.PyJWKClient(

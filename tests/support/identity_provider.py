@@ -41,6 +41,9 @@ class IdentityProvider:
     keys: dict[str, SigningKey] = field(default_factory=dict)
     published: list[str] = field(default_factory=list)
     jwks_fetches: int = 0
+    # Set to answer these bytes instead (an error page, JSON that is no key set).
+    jwks_body: bytes | None = None
+    discovery_body: bytes | None = None
     _server: ThreadingHTTPServer | None = None
 
     @property
@@ -59,13 +62,14 @@ class IdentityProvider:
             def do_GET(self) -> None:
                 if self.path == "/.well-known/openid-configuration":
                     body = {"issuer": provider.issuer, "jwks_uri": provider.jwks_url}
+                    payload = provider.discovery_body or json.dumps(body).encode()
                 elif self.path == "/jwks":
                     provider.jwks_fetches += 1
                     body = {"keys": [provider.keys[kid].public_jwk() for kid in provider.published]}
+                    payload = provider.jwks_body or json.dumps(body).encode()
                 else:
                     self.send_error(404)
                     return
-                payload = json.dumps(body).encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(payload)))
