@@ -174,6 +174,25 @@ def test_a_calendar_clock_pauses_by_the_hour() -> None:
     assert resumed.warn_at == MONDAY_10 + timedelta(hours=18, minutes=120)
 
 
+def test_a_calendar_clock_paused_before_it_started_keeps_its_whole_time() -> None:
+    """Received Friday 20:00, its 24-hour calendar clock starts at Monday's opening. A wait
+    on the customer from Friday 21:00 to Monday 07:00 ran while no SLA time did: the clock is
+    due Tuesday 09:00 as before, not 58 hours later (measured from the pause, the night and
+    the weekend were added to the deadline, and a Wednesday resolution counted on time)."""
+    duration = SlaDuration(amount=24, unit=DurationUnit.HOURS, basis=TimeBasis.CALENDAR)
+    start = sla.clock_start(SHANGHAI, shanghai(2026, 11, 27, 20))
+    assert start == shanghai(2026, 11, 30, 9)
+    clock = sla.start_clock(SHANGHAI, start=start, duration=duration, warning_share=0.8)
+    paused = sla.pause_clock(clock, at=shanghai(2026, 11, 27, 21))
+    resumed = sla.resume_clock(paused, calendar=SHANGHAI, at=shanghai(2026, 11, 30, 7))
+    assert (resumed.due_at, resumed.warn_at) == (clock.due_at, clock.warn_at)
+    # Resumed after the start: the time from the start to the resume was the wait's.
+    late = sla.resume_clock(paused, calendar=SHANGHAI, at=shanghai(2026, 11, 30, 10))
+    assert late.due_at == shanghai(2026, 12, 1, 10)
+    # Resolved on Wednesday after that resume: late.
+    assert not sla.met(sla.stop_clock(resumed, at=shanghai(2026, 12, 2, 9)))
+
+
 def test_a_clock_stopped_while_paused_is_met_and_due_with_the_wait_left_out() -> None:
     clock = _high_clock(MONDAY_10)  # due Thursday 10:00
     paused = sla.pause_clock(clock, at=shanghai(2026, 11, 24, 12))
@@ -272,6 +291,56 @@ def test_policy_targets_beyond_the_limits_name_their_amount() -> None:
     ]
     # A stored policy is read as it was saved, whatever the limits.
     assert SlaPolicy.model_validate({**policy.model_dump(), "id": "long", "org": "demo"})
+
+
+def test_end_of_business_day_counts_business_days() -> None:
+    def closes(amount: int, start: datetime) -> datetime:
+        duration = SlaDuration(
+            amount=amount, unit=DurationUnit.END_OF_BUSINESS_DAY, basis="business"
+        )
+        return sla.deadline(SHANGHAI, start, duration)
+
+    assert closes(1, MONDAY_10) == shanghai(2026, 11, 23, 18)
+    # The amount was ignored until 5 December: every target meant that day's close.
+    assert closes(3, MONDAY_10) == shanghai(2026, 11, 25, 18)
+    # Friday night: the first business day is Monday.
+    assert closes(2, shanghai(2026, 11, 27, 20)) == shanghai(2026, 12, 1, 18)
+    refused = SlaPolicyWrite.model_validate(
+        {
+            "name": "当日",
+            "targets": {
+                "normal": {
+                    "acknowledge": {
+                        "amount": 0,
+                        "unit": "end_of_business_day",
+                        "basis": "business",
+                    },
+                    "resolve": {"amount": 1.5, "unit": "end_of_business_day", "basis": "business"},
+                }
+            },
+        }
+    ).field_errors()
+    assert [error["field"] for error in refused] == [
+        "targets.normal.acknowledge.amount",
+        "targets.normal.resolve.amount",
+    ]
+
+
+def test_a_reopened_complaint_keeps_the_built_in_policy_and_retired_ones_are_not_chosen() -> None:
+    """A complaint routed before the organisation had policies has ``builtin``. Reopened, it
+    got a category policy added since, or a retired default, while its record said builtin."""
+    retired = SlaPolicy(
+        id="old-default", org="demo", name="旧", is_default=True, retired_at=MONDAY_10
+    )
+    billing = SlaPolicy(id="billing", org="demo", name="账单", categories=[Category.BILLING])
+    policies = [retired, billing]
+
+    def chosen(requested: str | None, category: Category) -> str:
+        return sla.select_policy(policies, org="demo", requested=requested, category=category).id
+
+    assert chosen(sla.BUILTIN_POLICY_ID, Category.BILLING) == sla.BUILTIN_POLICY_ID
+    assert chosen("old-default", Category.BILLING) == "old-default"  # its own, retired since
+    assert chosen(None, Category.NETWORK) == sla.BUILTIN_POLICY_ID
 
 
 def test_policy_choice_rule_then_category_then_default() -> None:

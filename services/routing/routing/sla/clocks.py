@@ -71,10 +71,14 @@ def builtin_policy(org: str) -> SlaPolicy:
 def select_policy(
     policies: Iterable[SlaPolicy], *, org: str, requested: str | None, category: Category
 ) -> SlaPolicy:
-    """The rule's named policy, else one overriding the category, else the org default."""
+    """The named policy (a rule's, or the one a reopened complaint already has; retired or
+    not), else one in force overriding the category, else the org default in force."""
+    if requested == BUILTIN_POLICY_ID:
+        return builtin_policy(org)
     by_id = {policy.id: policy for policy in policies}
     if requested is not None and requested in by_id:
         return by_id[requested]
+    by_id = {policy.id: policy for policy in by_id.values() if policy.in_force}
     for policy in sorted(by_id.values(), key=lambda p: p.id):
         if category in policy.categories:
             return policy
@@ -168,7 +172,11 @@ def deadline(calendar: BusinessCalendar, start: datetime, duration: SlaDuration)
 
 def _deadline(calendar: BusinessCalendar, start: datetime, duration: SlaDuration) -> datetime:
     if duration.unit is DurationUnit.END_OF_BUSINESS_DAY:
-        return calendar.end_of_business_day(start)
+        # The close of the ``amount``-th business day, the one the clock starts in first.
+        closing = calendar.end_of_business_day(start)
+        for _ in range(int(duration.amount) - 1):
+            closing = calendar.end_of_business_day(calendar.next_open(closing))
+        return closing
     if duration.basis is TimeBasis.CALENDAR:
         return start + _unit_delta(duration)
     if duration.unit is not DurationUnit.DAYS:
@@ -269,17 +277,23 @@ def pause_clock(clock: Clock, *, at: datetime) -> Clock:
 
 
 def resume_clock(clock: Clock, *, calendar: BusinessCalendar, at: datetime) -> Clock:
-    """Lay the time that was left at the pause out again from ``at``."""
+    """Lay the time that was left at the pause out again from ``at``.
+
+    A clock paused before it started (a complaint received out of hours, waiting on the
+    customer before the opening its clock starts at) had all its time left: it is laid out
+    from the later of the resume and the start, not from the pause, which in calendar time
+    added the hours before the start to the deadline."""
     if clock.state is not ClockState.PAUSED or clock.paused_at is None:
         return clock
     paused_at = clock.paused_at
+    running_from = max(paused_at, clock.started_at)
 
     def shifted(moment: datetime | None) -> datetime | None:
         # A moment passed before the pause stays passed (its timer had yet to fire).
         if moment is None or moment < paused_at:
             return moment
-        left = between(calendar, clock.basis, paused_at, moment)
-        return advance(calendar, clock.basis, max(at, paused_at), left)
+        left = between(calendar, clock.basis, running_from, moment)
+        return advance(calendar, clock.basis, max(at, running_from), left)
 
     return clock.model_copy(
         update={

@@ -37,6 +37,7 @@ MAX_AMOUNTS: dict[tuple[DurationUnit, TimeBasis], float] = {
     (DurationUnit.MINUTES, TimeBasis.CALENDAR): 10_000,
     (DurationUnit.HOURS, TimeBasis.CALENDAR): 366 * 24,
     (DurationUnit.DAYS, TimeBasis.CALENDAR): 366,
+    (DurationUnit.END_OF_BUSINESS_DAY, TimeBasis.BUSINESS): 365,
 }
 
 
@@ -57,7 +58,12 @@ class SlaDuration(StrictModel):
         return self
 
     def beyond_limit(self) -> str | None:
-        """Why the amount is more than ``MAX_AMOUNTS`` allows (None: it is not)."""
+        """Why the amount is more than ``MAX_AMOUNTS`` allows, or no count of business days
+        for ``end_of_business_day`` (None: it is fine)."""
+        if self.unit is DurationUnit.END_OF_BUSINESS_DAY and (
+            self.amount < 1 or self.amount != int(self.amount)
+        ):
+            return "end_of_business_day counts business days: 1 (the day the clock starts), 2, …"
         limit = MAX_AMOUNTS.get((self.unit, self.basis))
         if limit is None or self.amount <= limit:
             return None
@@ -97,7 +103,8 @@ class SlaPolicyWrite(SlaPolicyBase):
     """Body of ``PUT /v1/routing/sla-policies/{id}``."""
 
     def field_errors(self) -> list[dict[str, str]]:
-        """Each target longer than ``MAX_AMOUNTS`` allows, naming its ``amount``.
+        """Each target longer than ``MAX_AMOUNTS`` allows (or ``end_of_business_day`` with
+        no whole count of days), naming its ``amount``.
 
         Checked on the body only: a policy stored before the limits still loads.
         """
