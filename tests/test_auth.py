@@ -74,3 +74,40 @@ async def test_invalid_complaint_is_a_422_problem_naming_the_field(system: Syste
     assert {"severity", "colour"} <= fields
     db = system.mongo[system.intake_settings.database_name()]
     assert await db.complaints.count_documents({}) == 0
+
+
+async def test_a_caller_the_route_refuses_hears_that_before_anything_about_the_request(
+    system: System,
+) -> None:
+    """FastAPI reads a JSON body, and the app checks the query's names, before the route's
+    access declaration runs: a caller without a token or without the role got a 422 (or a
+    400) about the body or the query, learning how the route reads its input, instead of the
+    401 or 403 the same request gets well formed."""
+    json_type = {"Content-Type": "application/json"}
+    agent = token(system.intake_settings, roles=("agent",))
+    supervisor = token(system.intake_settings, roles=("supervisor",))
+    broken, unreadable = b"{", b"[" * 5000 + b"]" * 5000
+
+    for body in (broken, unreadable):
+        refused = await system.intake.post("/v1/complaints", content=body, headers=json_type)
+        assert refused.status_code == 401, refused.text
+        assert refused.headers["content-type"].startswith("application/problem+json")
+        forbidden = await system.routing.post(
+            "/v1/routing/rules", content=body, headers={**agent, **json_type}
+        )
+        assert forbidden.status_code == 403, forbidden.text
+    unknown = await system.intake.get(
+        "/v1/reports/summary", params={"group_by": "branch", "x": "1"}, headers=agent
+    )
+    assert unknown.status_code == 403, unknown.text
+    assert (await system.followup.get("/v1/followups", params={"x": "1"})).status_code == 401
+
+    # A caller the route admits is told what is wrong with the request.
+    admitted = await system.intake.post(
+        "/v1/complaints", content=broken, headers={**agent, **json_type}
+    )
+    assert admitted.status_code == 422 and admitted.json()["errors"][0]["field"] == "body"
+    unknown = await system.intake.get(
+        "/v1/reports/summary", params={"group_by": "branch", "x": "1"}, headers=supervisor
+    )
+    assert unknown.status_code == 422 and unknown.json()["errors"][0]["field"] == "x"

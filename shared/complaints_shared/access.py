@@ -27,11 +27,11 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI
+from fastapi import Depends, FastAPI, Request
 from fastapi.dependencies.models import Dependant
 from fastapi.routing import iter_route_contexts
 
-from complaints_shared.auth import CurrentPrincipal, Principal, Role
+from complaints_shared.auth import CurrentPrincipal, Principal, Role, current_principal_of
 from complaints_shared.problems import ProblemError
 
 
@@ -82,6 +82,26 @@ class Public:
 
     async def __call__(self) -> None:
         return None
+
+
+async def refusal(request: Request) -> ProblemError | None:
+    """The 401, 403 or 503 the route's declaration answers this caller; None when it lets
+    them through (or the route declares none).
+
+    For answers decided before the route's dependencies run: FastAPI reads a JSON body, and
+    the app checks the query's parameter names, first. A caller without a token, or without
+    the role, learned from a 422 how the route reads its input instead of that they may not
+    call it."""
+    route = request.scope.get("route")
+    dependant = getattr(route, "dependant", None)
+    declared = _declarations(dependant) if dependant is not None else []
+    if len(declared) != 1 or not isinstance(declared[0], Access):
+        return None
+    try:
+        await declared[0](await current_principal_of(request))
+    except ProblemError as refused:
+        return refused
+    return None
 
 
 def allow(*roles: Role, scope: Scope, action: str) -> Any:

@@ -392,6 +392,11 @@ async def current_principal(
 CurrentPrincipal = Annotated[Principal, Depends(current_principal)]
 
 
+async def current_principal_of(request: Request) -> Principal:
+    """:func:`current_principal` outside dependency solving (an exception handler's)."""
+    return await current_principal(request, await _bearer(request))
+
+
 def mint_token(
     *,
     secret: str,

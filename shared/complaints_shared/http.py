@@ -16,7 +16,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from complaints_shared.access import public
+from complaints_shared.access import public, refusal
 from complaints_shared.auth import TokenVerifier
 from complaints_shared.logs import configure_logging
 from complaints_shared.metrics import HTTP_REQUESTS
@@ -180,7 +180,7 @@ def build_app(
     )
     app.state.settings = settings
     app.state.token_verifier = TokenVerifier(settings)
-    install_problem_handlers(app)
+    install_problem_handlers(app, refusal=refusal)
     app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=settings.max_body_bytes)
     app.add_middleware(RequestMetricsMiddleware, service_name=settings.service_name)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiokafka.errors import KafkaError
@@ -205,9 +206,16 @@ def _field_of(error: dict[str, Any]) -> str:
     return _field_path(error.get("loc", ()))
 
 
-def install_problem_handlers(app: FastAPI) -> None:
-    @app.exception_handler(ProblemError)
-    async def _problem(request: Request, exc: ProblemError) -> JSONResponse:
+def install_problem_handlers(
+    app: FastAPI,
+    *,
+    refusal: Callable[[Request], Awaitable[ProblemError | None]] | None = None,
+) -> None:
+    """Answer every error as a problem. ``refusal`` (``access.refusal``) is asked first
+    for the request's form: a caller the route refuses gets that 401 or 403, not a 422
+    or 400 about a body or query it may not send."""
+
+    def _answer(request: Request, exc: ProblemError) -> JSONResponse:
         response = problem_response(
             request=request,
             status=exc.status,
@@ -219,8 +227,18 @@ def install_problem_handlers(app: FastAPI) -> None:
         response.headers.update(exc.headers)
         return response
 
+    async def _refused(request: Request) -> JSONResponse | None:
+        refused = await refusal(request) if refusal is not None else None
+        return _answer(request, refused) if refused is not None else None
+
+    @app.exception_handler(ProblemError)
+    async def _problem(request: Request, exc: ProblemError) -> JSONResponse:
+        return _answer(request, exc)
+
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        if (refused := await _refused(request)) is not None:
+            return refused
         errors = [
             {"field": _field_of(error), "message": error.get("msg", "invalid")}
             for error in exc.errors()
@@ -237,6 +255,8 @@ def install_problem_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code in (400, 413) and (refused := await _refused(request)) is not None:
+            return refused
         if isinstance(exc, BodyTooLarge):
             return body_too_large_response(request=request, limit=exc.limit)
         if isinstance(exc.__cause__, UnicodeDecodeError):  # FastAPI's "error parsing the body"

@@ -53,7 +53,7 @@ class HistoryQuery(StrictModel):
     limit: int = Field(20, ge=1, le=100)
 
 
-# Access is checked before the body is validated (FastAPI solves dependencies first).
+# Access is answered before anything about the body or query (``access.refusal``).
 Agent = allow(Role.AGENT, Role.SUPERVISOR, scope=Scope.BRANCH, action="working follow-ups")
 Supervisor = allow(
     Role.SUPERVISOR, scope=Scope.BRANCH, action="reading follow-up statistics and audit trails"
