@@ -11,7 +11,7 @@ from pymongo.errors import DuplicateKeyError
 from complaints_shared.auth import Principal
 from complaints_shared.clock import ManualClock
 from complaints_shared.events import EventType, Topic
-from intake import filter_keys, postings, reference_numbers, registration, repair, submissions
+from intake import filter_keys, postings, reference_numbers, registration, repair
 from intake.models import ComplaintCreate
 from tests.support.http import assigned, complaint_body, token
 from tests.support.kafka import events_of, read_topic
@@ -96,36 +96,37 @@ async def test_exact_resubmission_within_window_returns_the_existing_complaint(
     assert "repeat" in later.json()["flags"]
 
 
-async def test_open_claims_of_the_former_fingerprint_collection_carry_over_at_start(
+async def test_a_resubmission_sharing_one_contact_detail_is_the_same_complaint(
     system: System,
 ) -> None:
-    """Complaints stored before the insert became the claim kept theirs in
-    ``submission_fingerprints``: an identical submission within the window still finds them."""
+    """The same words from the same customer within the window are one complaint when they
+    share any one of phone, e-mail or external id (docs/intake.md). The claim was one hash of
+    all the keys together: sent again with an e-mail added, the complaint was registered a
+    second time, and counted as the customer's repeat."""
     headers = token(system.intake_settings)
-    db = system.mongo[system.intake_settings.database_name()]
-    first = (
-        await system.intake.post("/v1/complaints", json=complaint_body(), headers=headers)
-    ).json()
-    stored = await db.complaints.find_one({"_id": first["id"]})
-    # As the earlier version stored it: the claim in its own collection, none on the complaint.
-    await db.complaints.update_one(
-        {"_id": first["id"]},
-        {"$unset": {submissions.RESUBMISSION_KEY: "", submissions.RESUBMISSION_UNTIL: ""}},
-    )
-    await db[submissions.LEGACY_SUBMISSIONS].insert_one(
-        {
-            "_id": stored[submissions.RESUBMISSION_KEY],
-            "complaint_id": first["id"],
-            "expires_at": stored[submissions.RESUBMISSION_UNTIL],
-        }
-    )
-    assert await submissions.carry_over_legacy_claims(db=db) == 1
-    assert submissions.LEGACY_SUBMISSIONS not in await db.list_collection_names()
-    assert await submissions.carry_over_legacy_claims(db=db) == 0  # done once
-
-    again = await system.intake.post("/v1/complaints", json=complaint_body(), headers=headers)
+    phone_only = complaint_body(subject="宽带断网", description="三天没有网络")
+    first = await system.intake.post("/v1/complaints", json=phone_only, headers=headers)
+    assert first.status_code == 201, first.text
+    customer = {**phone_only["customer"], "email": "wang@example.com"}
+    with_email = {**phone_only, "customer": customer}
+    again = await system.intake.post("/v1/complaints", json=with_email, headers=headers)
     assert again.status_code == 200, again.text
-    assert again.json()["resubmission"] is True and again.json()["id"] == first["id"]
+    assert again.json()["resubmission"] is True and again.json()["id"] == first.json()["id"]
+
+
+async def test_other_words_split_otherwise_are_another_submission(system: System) -> None:
+    """Subject and description were joined with a space before hashing: "宽带 断网" + "三天"
+    and "宽带" + "断网 三天" were one submission, and the second complaint's subject was
+    dropped."""
+    headers = token(system.intake_settings)
+    ids = set()
+    for subject, description in (("宽带 断网", "三天"), ("宽带", "断网 三天")):
+        body = complaint_body(subject=subject, description=description)
+        response = await system.intake.post("/v1/complaints", json=body, headers=headers)
+        assert response.status_code == 201, response.text
+        assert response.json()["subject"] == subject
+        ids.add(response.json()["id"])
+    assert len(ids) == 2
 
 
 async def test_repeat_complaints_link_the_same_customer_across_phone_formats(

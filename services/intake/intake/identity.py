@@ -43,8 +43,24 @@ def customer_keys(customer: dict[str, Any]) -> list[str]:
 def submission_fingerprint(
     *, org: str, branch: str, customer: dict[str, Any], subject: str, description: str
 ) -> str:
-    """Same customer, same branch, same words: the same submission."""
+    """This request's submission: every key of the customer, the same words. A retry of the
+    request (the same body) has it; it tells the complaint a retry stored from another's."""
     who = customer_keys(customer) or [f"name:{customer['name'].strip()}"]
     text = " ".join(f"{subject}\n{description}".split())
     raw = "\x1f".join([org, branch, *sorted(who), text])
     return hashlib.sha256(raw.encode()).hexdigest()
+
+
+def submission_claims(
+    *, org: str, branch: str, customer: dict[str, Any], subject: str, description: str
+) -> list[str]:
+    """What a submission claims for its window, one per key of the customer: an identical
+    one of the same customer (a phone, e-mail or external id in common, docs/intake.md)
+    collides on any. One hash of every key folded only a resubmission with all the same
+    contact details, and one of the words joined by a space took "宽带 断网" + "三天" for
+    "宽带" + "断网 三天"."""
+    words = "\x1f".join(" ".join(part.split()) for part in (subject, description))
+    return [
+        hashlib.sha256("\x1f".join([org, branch, key, words]).encode()).hexdigest()
+        for key in customer_keys(customer)
+    ]

@@ -20,7 +20,7 @@ from complaints_shared.mongo import clashes_on, is_id_clash
 from complaints_shared.outbox import outbox_entry, outbox_fields
 from complaints_shared.problems import ConcurrentUpdate
 from intake import filter_keys, postings, reference_numbers, store, submissions
-from intake.identity import customer_keys, submission_fingerprint
+from intake.identity import customer_keys, submission_claims, submission_fingerprint
 from intake.lifecycle import Action, Status, customer_contact, event_base
 from intake.models import ComplaintCreate
 from intake.repeats import MAX_REPEAT_LINKS, repeat_keys
@@ -128,7 +128,9 @@ async def create_complaint(
                 )
                 document = await prepared()
                 continue
-        earlier = await submissions.earlier_submission(db=db, fingerprint=fingerprint, now=now)
+        earlier = await submissions.earlier_submission(
+            db=db, claims=document.get(submissions.RESUBMISSION_KEY, []), now=now
+        )
         if earlier is not None:
             await postings.discard(db=db, complaint_id=complaint_id)
             return earlier, False
@@ -196,11 +198,14 @@ def new_document(
     keys = customer_keys(body["customer"])
     # Without a phone, e-mail or external id nothing says two submissions are the same
     # customer's: two strangers registered as "匿名" with the same short text were one.
-    claim = (
-        submissions.claim_fields(settings=settings, fingerprint=fingerprint, now=now)
-        if keys
-        else {}
+    claims = submission_claims(
+        org=principal.org,
+        branch=request.branch,
+        customer=body["customer"],
+        subject=request.subject,
+        description=request.description,
     )
+    claim = submissions.claim_fields(settings=settings, claims=claims, now=now) if claims else {}
     classification = _classify(request, settings)
     repeat_links = earlier[:MAX_REPEAT_LINKS]
     links = [link.complaint_id for link in repeat_links]
