@@ -338,6 +338,78 @@ async def test_responsibility_set_in_routing_reaches_the_record_and_the_report(
     assert lz["top_responsible_parties"] == [{"value": "supplier", "count": 1}]
 
 
+async def test_a_party_named_alone_at_resolution_sets_the_whole_responsibility(
+    system: System,
+) -> None:
+    """Routing set {LZ:NETWORK, supplier}; the resolution names the customer alone. The
+    record said ``responsible_party: customer`` beside ``responsibility.party: supplier``
+    (set by routing), and routing's assignment kept the supplier."""
+    admin = token(system.intake_settings)
+    supervisor = token(system.routing_settings, roles=("supervisor",))
+    cid = (await create_complaint(system, admin))["id"]
+    await assignment_when(system, cid)
+    response = await system.routing.post(
+        f"/v1/assignments/{cid}/responsibility",
+        json={"responsible_department": "LZ:NETWORK", "responsible_party": "supplier"},
+        headers=supervisor,
+    )
+    assert response.status_code == 200, response.text
+    await complaint_when(
+        system, cid, admin, lambda c: c["responsibility"], what="routing's responsibility"
+    )
+    resolved = await command(
+        system,
+        f"/v1/complaints/{cid}/resolve",
+        {"summary": "客户自行拔了光猫电源", "responsible_party": "customer"},
+        admin,
+    )
+    assert (resolved["responsible_department"], resolved["responsible_party"]) == (
+        "LZ:NETWORK",
+        "customer",
+    )
+    assert resolved["responsibility"]["party"] == "customer"
+    assert resolved["responsibility"]["set_by"] == "tester"
+    assigned = await assignment_when(
+        system, cid, lambda doc: doc.get("responsible_party") == "customer", what="the party"
+    )
+    assert assigned["responsible_department"] == "LZ:NETWORK"
+
+    async def announced_twice() -> bool:
+        entries = await _timeline(system, cid, admin)
+        return [entry["action"] for entry in entries].count("responsibility_set") == 2
+
+    # Routing announces the whole responsibility again, and the record keeps agreeing.
+    await eventually(announced_twice, what="routing's second responsibility_set")
+    record = await complaint_when(system, cid, admin, lambda c: True, what="the record")
+    assert (record["responsible_department"], record["responsible_party"]) == (
+        "LZ:NETWORK",
+        "customer",
+    )
+    assert record["responsibility"]["party"] == "customer"
+
+
+async def test_a_resolution_cannot_blame_a_department_of_a_branch_the_token_does_not_cover(
+    system: System,
+) -> None:
+    """Routing's responsibility route answers another branch's department like an unknown
+    one; a resolution naming it was taken and sent on to routing."""
+    lz_agent = token(system.intake_settings, branches=["LZ"], roles=("agent",))
+    cid = (await create_complaint(system, lz_agent))["id"]
+    refused = await system.intake.post(
+        f"/v1/complaints/{cid}/resolve",
+        json={"summary": "x", "responsible_department": "HOSP:MED"},
+        headers=lz_agent,
+    )
+    assert refused.status_code == 422, refused.text
+    assert refused.json()["errors"][0]["field"] == "responsible_department"
+    own = await system.intake.post(
+        f"/v1/complaints/{cid}/resolve",
+        json={"summary": "x", "responsible_department": "LZ:NETWORK"},
+        headers=lz_agent,
+    )
+    assert own.status_code == 200, own.text
+
+
 async def test_unknown_query_parameters_are_422_problems_on_every_service(
     system: System,
 ) -> None:

@@ -27,7 +27,7 @@ from complaints_shared.events import (
 )
 from complaints_shared.idempotency import CommandKey
 from complaints_shared.mongo import merge_updates
-from complaints_shared.problems import not_found
+from complaints_shared.problems import invalid, not_found
 from complaints_shared.transitions import InvalidTransition
 from intake import store
 from intake.lifecycle import (
@@ -276,7 +276,19 @@ def _stored_remedies(request: ResolveRequest) -> list[dict[str, Any]]:
     return [_stored_remedy(remedy) for remedy in request.remedies]
 
 
+def _check_responsible_department(request: ResolveRequest, principal: Principal) -> None:
+    """A department named as ``BRANCH:CODE`` must be of a branch the token covers: another
+    branch's is answered like an unknown one, as routing's responsibility route answers it
+    (docs/security.md). Intake does not hold the directory; routing keeps what it is sent."""
+    named = request.responsible_department or ""
+    branch, colon, _ = named.partition(":")
+    if colon and not principal.can_see(org=principal.org, branch=branch):
+        raise invalid("responsible_department", f"unknown department {named!r}")
+
+
 def resolve(request: ResolveRequest, principal: Principal) -> Build:
+    _check_responsible_department(request, principal)
+
     def build(current: dict[str, Any], now: datetime) -> Outcome:
         if current.get("resolution_count", 0) >= MAX_RESOLUTIONS:
             raise _refused(
@@ -332,16 +344,25 @@ def resolve(request: ResolveRequest, principal: Principal) -> Build:
             "finished_at": now,
         }
         # Named at resolution, responsibility is a fact of the record like one set in routing.
-        if request.responsible_department:
-            fields["responsible_department"] = request.responsible_department
-            fields["responsibility"] = {
-                "department": request.responsible_department,
-                "party": request.responsible_party,
-                "set_by": principal.subject,
-                "set_at": now,
-            }
-        if request.responsible_party:
-            fields["responsible_party"] = request.responsible_party.value
+        # Either half given sets it whole, the other half as it stood: a party named alone
+        # left ``responsibility`` telling routing's earlier party, by routing, against the
+        # ``responsible_party`` the reports count.
+        if request.responsible_department or request.responsible_party:
+            department = request.responsible_department or current.get("responsible_department")
+            party = (
+                request.responsible_party.value
+                if request.responsible_party
+                else current.get("responsible_party")
+            )
+            fields["responsible_party"] = party
+            if department:  # ``responsibility`` names a department (a party alone has none)
+                fields["responsible_department"] = department
+                fields["responsibility"] = {
+                    "department": department,
+                    "party": party,
+                    "set_by": principal.subject,
+                    "set_at": now,
+                }
         update = merge_updates(
             {
                 "$set": fields,

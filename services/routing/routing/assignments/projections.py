@@ -396,18 +396,26 @@ async def finish(
             after=clocks,
             resolution_number=resolved.resolution_number if resolved is not None else None,
         )
-        if resolved is not None and resolved.responsible_department:
-            department = _responsibility(current, resolved.responsible_department)
-            set_fields["responsible_department"] = department
-            set_fields["responsible_party"] = (
-                resolved.responsible_party.value if resolved.responsible_party else None
+        # Either half named at resolution sets the responsibility, the other half as it
+        # stood (a party named alone was left off the assignment). Announced when there is a
+        # department to name.
+        if resolved is not None and (resolved.responsible_department or resolved.responsible_party):
+            department = _responsibility(current, resolved.responsible_department) or current.get(
+                "responsible_department"
             )
+            party = (
+                resolved.responsible_party.value
+                if resolved.responsible_party
+                else current.get("responsible_party")
+            )
+            set_fields.update(responsible_department=department, responsible_party=party)
+        if resolved is not None and set_fields.get("responsible_department"):
             responsibility = ComplaintResponsibilitySet(
                 complaint_id=current["_id"],
                 org=current["org"],
                 branch=current["branch"],
-                responsible_department=department,
-                responsible_party=resolved.responsible_party,
+                responsible_department=set_fields["responsible_department"],
+                responsible_party=set_fields["responsible_party"],
                 set_by=resolved.resolved_by or _actor(event),
                 set_at=at,
             )
