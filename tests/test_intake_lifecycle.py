@@ -62,10 +62,14 @@ async def test_every_command_in_a_full_lifecycle_emits_one_event_and_one_entry(
     assert resolved["responsible_department"] == "LZ:BILLING"
     reopened = await command(system, f"{base}/reopen", {"reason": "客户来电称仍被扣费"}, supervisor)
     assert reopened["status"] == "reopened" and reopened["reopen_count"] == 1
+    # The facts docs/intake.md lists on the record are in the answer, not only stored.
+    assert reopened["last_reopen_reason"] == "客户来电称仍被扣费"
+    assert reopened["sla_breached"] is False
     again = await command(system, f"{base}/resolve", {"summary": "关闭增值业务"}, agent)
     assert again["resolution"]["number"] == 2
     closed = await command(system, f"{base}/close", {"reason": "客户电话确认满意"}, supervisor)
     assert closed["status"] == "closed" and closed["closed_at"]
+    assert closed["closed_via"] == "admin"
 
     expected = [
         "complaint.acknowledged",
@@ -205,13 +209,15 @@ async def test_a_complaint_waiting_on_the_customer_is_rejected_and_routing_stops
 
 async def test_resolving_or_withdrawing_while_waiting_ends_the_wait(system: System) -> None:
     agent = token(system.intake_settings, branches=["LZ"], roles=("agent",))
-    for path, body in (("resolve", {"summary": "客户来电已解决"}), ("withdraw", {})):
+    withdrawal = {"reason": "客户已自行解决"}
+    for path, body in (("resolve", {"summary": "客户来电已解决"}), ("withdraw", withdrawal)):
         cid = (await create_complaint(system, agent, subject=f"等客户回复后{path}"))["id"]
         await command(system, f"/v1/complaints/{cid}/acknowledge", {}, agent)
         await command(system, f"/v1/complaints/{cid}/pending-customer", {"reason": "等"}, agent)
         finished = await command(system, f"/v1/complaints/{cid}/{path}", body, agent)
         assert finished["pending_customer_since"] is None, path
         assert "pending_customer_since" not in await _stored(system, cid), path
+    assert finished["withdrawal_reason"] == "客户已自行解决"
 
 
 async def test_resuming_a_reopened_complaint_returns_it_to_reopened(system: System) -> None:

@@ -21,6 +21,7 @@ from complaints_shared.datetimes import UtcDatetime
 from complaints_shared.events import (
     Category,
     Channel,
+    ClosedVia,
     ContactChannel,
     Flag,
     FollowupOutcome,
@@ -449,18 +450,26 @@ class ComplaintRead(BaseModel):
         None, description="The filing of the regulatory report (None: not filed)"
     )
     sla: SlaState = Field(default_factory=SlaState)
+    sla_breached: bool = Field(
+        False, description="A clock of the current cycle breached (what `breached=true` selects)"
+    )
     notes: list[Note] = Field(default_factory=list)
     resolution: Resolution | None = Field(None, description="The latest resolution")
     resolutions: list[Resolution] = Field(
         default_factory=list, description="Every resolution, one per cycle (reopens start one)"
     )
     rejection: Rejection | None = None
+    withdrawal_reason: str | None = Field(None, description="Why the customer withdrew it")
     satisfaction: Satisfaction | None = None
     reopen_count: int = 0
+    last_reopen_reason: str | None = Field(None, description="Why it was last reopened")
     created_at: datetime
     updated_at: datetime
     finished_at: datetime | None = None
     closed_at: datetime | None = None
+    closed_via: ClosedVia | None = Field(
+        None, description="Who closed it: `followup` (the customer's answer) or `admin`"
+    )
 
 
 class ComplaintCreated(ComplaintRead):
