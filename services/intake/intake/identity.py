@@ -23,9 +23,16 @@ def normalise_phone(phone: str) -> str:
         national = digits[len(prefix) :]
         if len(national) == 11 and national.startswith("1"):
             return national  # a mobile
-        if 9 <= len(national) <= 11 and (national[0] in "23456789" or national.startswith("10")):
+        if _is_area_code_start(national):
             return "0" + national  # a landline: area code (10, 2x, 3xx-9xx) and number
+        if national.startswith("0") and _is_area_code_start(national[1:]):
+            return national  # the same with its trunk 0 kept: ``+86 (0)10 6552 1234``
     return digits
+
+
+def _is_area_code_start(national: str) -> bool:
+    """A landline's area code and number, without the trunk 0 (9 to 11 digits)."""
+    return 9 <= len(national) <= 11 and (national[0] in "23456789" or national.startswith("10"))
 
 
 def customer_keys(customer: dict[str, Any]) -> list[str]:
@@ -34,7 +41,9 @@ def customer_keys(customer: dict[str, Any]) -> list[str]:
     ``phone:`` it made strangers the same person."""
     values = {
         "phone": normalise_phone(customer.get("phone") or ""),
-        "email": (customer.get("email") or "").strip().casefold(),
+        # NFKC: a full-width address (``ｗａｎｇ@…``, as a Chinese input method types it) is
+        # the same address; the validator folds only its domain.
+        "email": unicodedata.normalize("NFKC", customer.get("email") or "").strip().casefold(),
         "ext": (customer.get("external_id") or "").strip(),
     }
     return [f"{kind}:{value}" for kind, value in values.items() if value]
