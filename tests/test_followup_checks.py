@@ -20,6 +20,7 @@ from complaints_shared.events import (
 )
 from followup import lifecycle
 from followup import projections as followup_projections
+from followup import store as followup_store
 from followup.contact_hours import check_due_times, next_attempt_at
 from followup.models import CheckRule
 from tests.support.clock import at, start_clock, utc
@@ -428,20 +429,87 @@ async def test_a_check_is_neither_fired_nor_claimed_outside_contact_hours(
     assert at(late.json()["next_contact_at"]) == utc(2026, 11, 26, 1)  # Thursday 09:00
 
 
-async def _both_checks_due(
+async def _second_check_past_due(
     system_factory: SystemFactory,
 ) -> tuple[System, dict, str, dict, dict]:
-    """A serious complaint resolved, its day's and its week's checks both due: the system,
-    an agent's headers, the complaint id and the two checks."""
+    """A serious complaint resolved, its day's check due and its week's past its due time,
+    waiting for the first (a resolution's checks call one at a time): the system, an agent's
+    headers, the complaint id and the two checks."""
     clock = start_clock()
     system = await system_factory(clock=clock, followup=FAST_SCHEDULER)
     admin = token(system.intake_settings)
     caller = agent(system, "agent-a")
     complaint_id = await resolve_through_intake(system, admin, severity="high")
     first, second = await checks_of(system, complaint_id, caller, count=2)
-    await make_due(system, clock, second, caller)
+    clock.set(at(second["due_at"]) + timedelta(seconds=1))
     await wait_status(system, first["id"], "due", caller)
+    await _waits_for_the_earlier_check(system, second, caller)
     return system, caller, complaint_id, first, second
+
+
+async def _waits_for_the_earlier_check(system: System, check: dict, headers: dict) -> dict:
+    async def waiting() -> dict | None:
+        body = (await system.followup.get(f"/v1/followups/{check['id']}", headers=headers)).json()
+        actions = [entry["action"] for entry in body["history"]]
+        return body if lifecycle.Command.WAIT_FOR_EARLIER_CHECK.value in actions else None
+
+    return await eventually(waiting, what=f"check {check['id']} waiting for the earlier one")
+
+
+async def test_a_resolutions_checks_call_the_customer_one_at_a_time(
+    system_factory: SystemFactory,
+) -> None:
+    """Each check fell due on its own: the week's check of a serious complaint came due while
+    the day's was still unclaimed, or waiting to be tried again, and two agents called the
+    customer at once, or one a minute after the other. Now the later check waits while an
+    earlier one is open, and after the earlier one's last call by the attempt spacing."""
+    system, caller, _, first, second = await _second_check_past_due(system_factory)
+    clock: ManualClock = system.clock
+    spacing = timedelta(hours=4)  # the default policy's attempt spacing
+    waiting = (await system.followup.get(f"/v1/followups/{second['id']}", headers=caller)).json()
+    assert waiting["status"] == "scheduled"
+    assert at(waiting["due_at"]) >= clock.now() + spacing
+    other = agent(system, "agent-b")
+    refused = await system.followup.post(f"/v1/followups/{second['id']}/claim", headers=other)
+    assert refused.status_code == 409 and refused.json()["type"].endswith("/not-due"), refused.text
+    # One that fell due before 5 December is not claimed while the first is open either.
+    checks = system.mongo[system.followup_settings.database_name()][followup_store.CHECKS]
+
+    async def claimed_while_due() -> dict:
+        await checks.update_one({"_id": second["id"]}, {"$set": {"status": "due"}})
+        answer = await system.followup.post(f"/v1/followups/{second['id']}/claim", headers=other)
+        await checks.update_one({"_id": second["id"]}, {"$set": {"status": "scheduled"}})
+        assert answer.status_code == 409, answer.text
+        return answer.json()
+
+    refused = await claimed_while_due()
+    assert (
+        refused["type"].endswith("/earlier-check-open") and refused["earlier_check"] == first["id"]
+    )
+
+    # The first check reaches the customer; the second may call a spacing after that call.
+    url = f"/v1/followups/{first['id']}"
+    assert (await system.followup.post(f"{url}/claim", headers=caller)).status_code == 200
+    clock.advance(timedelta(minutes=30))
+    reached = {"reached": True, "score": 5, "problem_solved": True, "note": "已满意"}
+    answered = await system.followup.post(f"{url}/attempts", json=reached, headers=caller)
+    assert answered.status_code == 200, answered.text
+    last_call = at(answered.json()["completed_at"])
+    clock.set(at(waiting["due_at"]) + timedelta(seconds=1))
+    expected = next_attempt_at(attempted_at=last_call, spacing_hours=4, hours=DEFAULT_HOURS)
+
+    async def waited_out_the_spacing() -> dict | None:
+        body = (await system.followup.get(f"/v1/followups/{second['id']}", headers=caller)).json()
+        return body if at(body["due_at"]) == expected else None
+
+    await eventually(waited_out_the_spacing, what="the second check a spacing after the call")
+    too_soon = await claimed_while_due()
+    assert too_soon["type"].endswith("/called-recently")
+    assert at(too_soon["callable_from"]) == last_call + spacing
+    clock.set(expected + timedelta(seconds=1))
+    await wait_status(system, second["id"], "due", caller)
+    claimed = await system.followup.post(f"/v1/followups/{second['id']}/claim", headers=other)
+    assert claimed.status_code == 200, claimed.text
 
 
 async def test_a_later_checks_answer_cancels_the_earlier_check_still_open(
@@ -452,7 +520,7 @@ async def test_a_later_checks_answer_cancels_the_earlier_check_still_open(
     "unsatisfied" on an earlier check counts for nothing beside a later one's answer, so the
     complaint stayed closed and the customer had been called twice about one resolution.
     Now the later answer cancels the earlier check."""
-    system, caller, complaint_id, first, second = await _both_checks_due(system_factory)
+    system, caller, complaint_id, first, second = await _second_check_past_due(system_factory)
 
     answered = await system.followup.post(
         f"/v1/followups/{second['id']}/outcome",
@@ -480,7 +548,7 @@ async def test_an_earlier_check_left_open_by_a_failed_cancellation_is_refused_wh
     """The later answer's cancellation of the earlier check runs after the answer is stored;
     should it fail (the database away, a crash in between), the earlier check stayed open
     for good and could still be answered, for nothing. Working it now cancels it instead."""
-    system, caller, _, first, second = await _both_checks_due(system_factory)
+    system, caller, _, first, second = await _second_check_past_due(system_factory)
     cancel = followup_projections.cancel_open_checks
     failures: list[str] = []
 

@@ -31,6 +31,7 @@ from followup.lifecycle import (
     CheckState,
     Command,
     complete,
+    earlier_calls,
     history_entry,
     judge,
     moved,
@@ -161,6 +162,8 @@ async def claim(
         db=db, settings=settings, org=visible["org"], branch=visible["branch"]
     )
     callable_from = next_contact_moment(hours=hours.contact_hours, at=now)
+    # One check of a resolution calls the customer at a time (``scheduler.fire_due_check``).
+    earlier = earlier_calls(await store.earlier_checks(db=db, check=visible))
 
     def decide(current: dict[str, Any]) -> Decision:
         state = CheckState.of(current)
@@ -177,6 +180,8 @@ async def claim(
             actor=principal.subject,
             now=now,
             callable_from=callable_from,
+            earlier=earlier,
+            spacing_hours=current.get("attempt_spacing_hours", settings.attempt_spacing_hours),
         )
         lease_until = now + timedelta(seconds=settings.claim_lease_s)
         if state.renewal_by(principal.subject):

@@ -19,7 +19,7 @@ scheduled / due / in_progress ──reopen, withdraw, admin close──▶ cance
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
@@ -49,6 +49,9 @@ class Command(StrEnum):
     # Its due time came outside contact hours (the scheduler behind, follow-up down, the
     # resolution late, the hours changed): due again at the next moment customers may be called.
     WAIT_FOR_CONTACT_HOURS = "wait_for_contact_hours"
+    # An earlier check of the resolution is still open, or called the customer less than the
+    # attempt spacing ago: due again once it may be this check's turn.
+    WAIT_FOR_EARLIER_CHECK = "wait_for_earlier_check"
     CLAIM = "claim"
     RELEASE = "release"
     EXPIRE_CLAIM = "expire_claim"
@@ -68,6 +71,7 @@ _RULES: dict[tuple[CheckStatus | None, Command], CheckStatus] = {
     (None, Command.SCHEDULE): SCHEDULED,
     (SCHEDULED, Command.BECOME_DUE): DUE,
     (SCHEDULED, Command.WAIT_FOR_CONTACT_HOURS): SCHEDULED,
+    (SCHEDULED, Command.WAIT_FOR_EARLIER_CHECK): SCHEDULED,
     (DUE, Command.CLAIM): IN_PROGRESS,
     (IN_PROGRESS, Command.CLAIM): IN_PROGRESS,
     (IN_PROGRESS, Command.RELEASE): DUE,
@@ -82,6 +86,10 @@ _RULES: dict[tuple[CheckStatus | None, Command], CheckStatus] = {
 
 TABLE: TransitionTable[CheckStatus, Command] = TransitionTable(what=WHAT, rules=_RULES)
 
+# What the scheduler does with a check whose due time has come.
+_FIRING = frozenset(
+    {Command.BECOME_DUE, Command.WAIT_FOR_CONTACT_HOURS, Command.WAIT_FOR_EARLIER_CHECK}
+)
 # Commands only the agent holding the claim may give.
 _HOLDER_ONLY = frozenset(
     {Command.RELEASE, Command.RETRY_LATER, Command.GIVE_UP, Command.RECORD_REACHED}
@@ -162,6 +170,70 @@ class OutsideContactHours(InvalidTransition):
         self.next_contact_at = next_contact_at
 
 
+@dataclass(frozen=True)
+class EarlierCalls:
+    """Where the resolution's earlier checks leave this one: ``open`` names one still open
+    (scheduled, due or being called); ``last_call_at`` is their latest call."""
+
+    open: str | None = None
+    last_call_at: datetime | None = None
+
+    def callable_from(self, *, spacing_hours: float) -> datetime | None:
+        """The first moment this check may call the customer after the last earlier call."""
+        if self.last_call_at is None:
+            return None
+        return self.last_call_at + timedelta(hours=spacing_hours)
+
+
+def earlier_calls(earlier: list[dict[str, Any]]) -> EarlierCalls:
+    """``EarlierCalls`` of the resolution's earlier checks (``store.earlier_checks``)."""
+    still_open = sorted(
+        (check for check in earlier if CheckStatus(check["status"]) in _OPEN),
+        key=lambda check: check.get("sequence") or 0,
+    )
+    calls = [
+        moment
+        for check in earlier
+        for moment in [
+            check.get("completed_at"),
+            *(attempt.get("attempted_at") for attempt in check.get("attempts", ())),
+        ]
+        if moment is not None
+    ]
+    return EarlierCalls(
+        open=still_open[0]["_id"] if still_open else None, last_call_at=max(calls, default=None)
+    )
+
+
+class EarlierCheckFirst(InvalidTransition):
+    """A resolution's checks call the customer one at a time, ``attempt_spacing_hours`` apart
+    (409 ``earlier-check-open``, naming it, or ``called-recently``, with ``callable_from``)."""
+
+    def __init__(
+        self, *, current: CheckStatus, earlier: str | None, callable_from: datetime | None
+    ) -> None:
+        if earlier is not None:
+            reason = f"check {earlier} of the same resolution is still open: it is called first"
+            title, kind = "Earlier check open", "earlier-check-open"
+        else:
+            assert callable_from is not None
+            reason = (
+                "the customer was called about this resolution less than the attempt spacing "
+                f"ago; calls may be made from {callable_from.isoformat()}"
+            )
+            title, kind = "Called recently", "called-recently"
+        super().__init__(
+            current=current,
+            command=Command.CLAIM,
+            what=WHAT,
+            reason=reason,
+            title=title,
+            kind=kind,
+            earlier_check=earlier,
+            callable_from=callable_from.isoformat() if callable_from else None,
+        )
+
+
 class ClaimHeld(InvalidTransition):
     """Someone else holds the claim, or the caller holds none (409 claim-held / claim-required)."""
 
@@ -199,17 +271,21 @@ def transition(
     actor: str,
     now: datetime,
     callable_from: datetime | None = None,
+    earlier: EarlierCalls | None = None,
+    spacing_hours: float = 0,
 ) -> CheckStatus:
     """Return the status after ``command`` by ``actor`` at ``now``, or raise InvalidTransition.
 
     ``callable_from``: for a claim, the first moment from ``now`` on that the customer may be
-    called (their branch's contact hours); a new claim before it is refused."""
+    called (their branch's contact hours); a new claim before it is refused. ``earlier``: for
+    a claim, the resolution's earlier checks; a new claim while one is open, or within
+    ``spacing_hours`` of their last call, is refused."""
     if command is Command.CLAIM and state.status is CheckStatus.SCHEDULED:
         raise NotDueYet(due_at=state.due_at)
     if command in _HOLDER_ONLY and state.status in {CheckStatus.SCHEDULED, CheckStatus.DUE}:
         raise ClaimHeld(current=state.status, command=command, holder=None, lease_until=None)
     target = TABLE.next(current=state.status, command=command)
-    if command in {Command.BECOME_DUE, Command.WAIT_FOR_CONTACT_HOURS} and state.due_at > now:
+    if command in _FIRING and state.due_at > now:
         raise _refused(state.status, command, "not due yet")
     if command is Command.EXPIRE_CLAIM and state.lease_live(now):
         raise _refused(state.status, command, "lease still live")
@@ -218,6 +294,12 @@ def transition(
     renewal = command is Command.CLAIM and state.renewal_by(actor)
     if command is Command.CLAIM and not renewal and callable_from and callable_from > now:
         raise OutsideContactHours(current=state.status, next_contact_at=callable_from)
+    if command is Command.CLAIM and not renewal and earlier is not None:
+        spaced_from = earlier.callable_from(spacing_hours=spacing_hours)
+        if earlier.open is not None or (spaced_from is not None and spaced_from > now):
+            raise EarlierCheckFirst(
+                current=state.status, earlier=earlier.open, callable_from=spaced_from
+            )
     if command in _BOUNDED and not renewal and state.history_length >= MAX_HISTORY_FOR_CLAIMS:
         raise _refused(
             state.status,

@@ -27,18 +27,29 @@ from complaints_shared.timing import wait_event
 from complaints_shared.transitions import InvalidTransition
 from followup import store
 from followup.contact_hours import next_contact_moment
-from followup.lifecycle import CLAIM_FIELDS, SYSTEM_ACTOR, CheckState, Command, moved, transition
+from followup.lifecycle import (
+    CLAIM_FIELDS,
+    SYSTEM_ACTOR,
+    CheckState,
+    Command,
+    earlier_calls,
+    moved,
+    transition,
+)
 from followup.models import CheckStatus
 from followup.settings import FollowupSettings
 
 log = get_logger(__name__)
 
+# How soon a check waiting for an earlier one of its resolution is asked again, at least.
+EARLIER_CHECK_POLL = timedelta(minutes=15)
+
 
 async def lease_due_check(
     *, db: AsyncDatabase, owner: str, now: datetime, lease_s: float
 ) -> dict[str, Any] | None:
-    """Take the earliest due scheduled check under a lease; its id, organisation and branch,
-    None when none is due."""
+    """Take the earliest due scheduled check under a lease; its id, organisation, branch and
+    place among its resolution's checks, None when none is due."""
     due = {"status": CheckStatus.SCHEDULED.value, "due_at": at_or_before(now)}
     document = await claim_first(
         db[store.CHECKS],
@@ -50,7 +61,14 @@ async def lease_due_check(
             }
         },
         sort=[("due_at", ASCENDING)],
-        projection={"_id": 1, "org": 1, "branch": 1},
+        projection={
+            "_id": 1,
+            "org": 1,
+            "branch": 1,
+            "complaint_id": 1,
+            "resolution_number": 1,
+            "sequence": 1,
+        },
         lease=("timer_lease_until", now),
     )
     return document
@@ -69,17 +87,35 @@ async def fire_due_check(
 
     Due times are put in contact hours when they are scheduled, but a check fired late (the
     scheduler behind, follow-up down overnight, a resolution consumed late) or whose branch's
-    hours changed since would otherwise have been put in the agents' queue at night."""
+    hours changed since would otherwise have been put in the agents' queue at night.
+
+    A resolution's checks call the customer one at a time: while an earlier one is open the
+    check waits (asked again after the attempt spacing, ``EARLIER_CHECK_POLL`` at least), and
+    after the earlier ones' last call it waits out the spacing. Each fell due on its own, so
+    a first check left unclaimed or retried met the second: two agents called the customer
+    at once, or one a minute after the other."""
     followup_id = leased["_id"]
     hours = await store.current_contact_hours(
         db=db, settings=settings, org=leased["org"], branch=leased["branch"]
     )
-    callable_from = next_contact_moment(hours=hours.contact_hours, at=now)
+    earlier = earlier_calls(await store.earlier_checks(db=db, check=leased))
 
     def decide(current: dict[str, Any]) -> Decision | None:
         if current.get("timer_lease_owner") != owner:
             return None  # our lease ran out and another replica took the check over
-        command = Command.BECOME_DUE if callable_from <= now else Command.WAIT_FOR_CONTACT_HOURS
+        spacing_h = current.get("attempt_spacing_hours", settings.attempt_spacing_hours)
+        wait_until = now
+        if earlier.open is not None:
+            wait_until = now + max(timedelta(hours=spacing_h), EARLIER_CHECK_POLL)
+        elif (spaced_from := earlier.callable_from(spacing_hours=spacing_h)) is not None:
+            wait_until = max(now, spaced_from)
+        callable_from = next_contact_moment(hours=hours.contact_hours, at=wait_until)
+        if wait_until > now:
+            command = Command.WAIT_FOR_EARLIER_CHECK
+        elif callable_from > now:
+            command = Command.WAIT_FOR_CONTACT_HOURS
+        else:
+            command = Command.BECOME_DUE
         status = transition(
             state=CheckState.of(current), command=command, actor=SYSTEM_ACTOR, now=now
         )

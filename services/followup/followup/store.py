@@ -156,6 +156,21 @@ async def open_check_ids(
     return [doc["_id"] async for doc in db[CHECKS].find(query, projection={"_id": 1})]
 
 
+async def earlier_checks(*, db: AsyncDatabase, check: dict[str, Any]) -> list[dict[str, Any]]:
+    """The checks of ``check``'s resolution before it (lower ``sequence``), as much of each
+    as ``lifecycle.earlier_calls`` reads."""
+    if not check.get("sequence"):
+        return []
+    query = {
+        "org": check["org"],
+        "complaint_id": check["complaint_id"],
+        "resolution_number": check.get("resolution_number"),
+        "sequence": {"$lt": check["sequence"]},
+    }
+    projection = {"status": 1, "sequence": 1, "completed_at": 1, "attempts.attempted_at": 1}
+    return await db[CHECKS].find(query, projection=projection).to_list(None)
+
+
 async def has_later_resolution(
     *, db: AsyncDatabase, org: str, complaint_id: str, resolution_number: int
 ) -> bool:
