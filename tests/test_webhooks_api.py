@@ -269,6 +269,9 @@ BAD_SUBSCRIPTIONS = [
     ({"target_url": "https://169.254.169.254/latest", "event_types": [RECEIVED]}, "target_url"),
     ({"target_url": "https://10.1.2.3/h", "event_types": [RECEIVED]}, "target_url"),
     ({"target_url": "https://[::1]/h", "event_types": [RECEIVED]}, "target_url"),
+    ({"target_url": "https://127.0.0.1./h", "event_types": [RECEIVED]}, "target_url"),
+    ({"target_url": "https://169.254.169.254./latest", "event_types": [RECEIVED]}, "target_url"),
+    ({"target_url": "https://localhost./h", "event_types": [RECEIVED]}, "target_url"),
     ({"target_url": "https://u:p@crm.example.com/h", "event_types": [RECEIVED]}, "target_url"),
     ({"target_url": "https://crm.example.com/h", "event_types": []}, "event_types"),
     (

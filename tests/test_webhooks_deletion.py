@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaProducer
+from prometheus_client.parser import text_string_to_metric_families
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import AutoReconnect
@@ -238,3 +239,62 @@ async def test_a_deletion_repeated_after_its_answer_is_answered_again_and_stays_
     assert record[store.REMOVED_RECORD_EXPIRES] > record[store.REMOVED_AT]
     assert "deleted_at" not in record, "the repair pass's index keeps deletions not completed"
     assert hooks.requests == []
+
+
+async def _series_of(webhooks: Webhooks, subscription_id: str) -> dict[str, float]:
+    """The subscription's samples on /metrics: name (``|`` and its other label) → value."""
+    text = (await webhooks.client.get("/metrics")).text
+    return {
+        "|".join([sample.name, *(v for k, v in sample.labels.items() if k != "subscription")]): (
+            sample.value
+        )
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.labels.get("subscription") == subscription_id
+    }
+
+
+async def test_a_deleted_subscriptions_metric_series_are_removed_and_the_others_kept(
+    alone: Isolation,
+) -> None:
+    """Each subscription has series of its own (attempts, finished deliveries, backlog);
+    the backlog job's set of them only grew, and a deleted subscription's series were kept
+    for the life of the process, each deletion adding to what every scrape carries."""
+    async with AsyncExitStack() as stack:
+        hooks = await stack.enter_async_context(receiver())
+        webhooks = await serve_webhooks(stack, alone, backlog_refresh_s=0.1)
+        admin = token(webhooks.settings)
+        db = webhooks.app.state.runtime.db
+        deleted, kept = [(await subscribe(webhooks, admin, url=hooks.url))["id"] for _ in "ab"]
+        for subscription_id in (deleted, kept):
+            path = f"/v1/webhooks/subscriptions/{subscription_id}"
+            assert (await webhooks.client.post(f"{path}/ping", headers=admin)).status_code == 202
+            # A retry waiting for its time: a backlog of one.
+            later = datetime.now(UTC) + timedelta(hours=1)
+            waiting = pending_delivery(subscription_id, next_attempt_at=later)
+            assert await store.insert_deliveries(db=db, deliveries=[waiting]) == 1
+
+        async def every_series_shown() -> bool | NotYet:
+            shown = {name: await _series_of(webhooks, name) for name in (deleted, kept)}
+            complete = all(
+                series.get("complaints_webhook_backlog") == 1
+                and series.get("complaints_webhook_attempts_total|delivered") == 1
+                and series.get("complaints_webhook_deliveries_total|delivered") == 1
+                for series in shown.values()
+            )
+            return complete or NotYet(str(shown))
+
+        await eventually(every_series_shown, what="both subscriptions' series")
+        removed = await webhooks.client.delete(
+            f"/v1/webhooks/subscriptions/{deleted}", headers=admin
+        )
+        assert removed.status_code == 204, removed.text
+
+        async def deleted_series_gone() -> bool | NotYet:
+            left = await _series_of(webhooks, deleted)
+            return not left or NotYet(str(left))
+
+        await eventually(deleted_series_gone, what="the deleted subscription's series removed")
+        others = await _series_of(webhooks, kept)
+    assert others.get("complaints_webhook_backlog") == 1, others
+    assert others.get("complaints_webhook_attempts_total|delivered") == 1, others

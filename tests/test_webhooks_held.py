@@ -37,9 +37,12 @@ from tests.support.webhooks import (
 )
 from webhooks import store
 from webhooks.scheduler import NOTHING_RECORDED
+from webhooks.settings import WebhooksSettings
 from webhooks.signing import new_secret
 
 pytestmark = pytest.mark.integration
+
+RETENTION_S = WebhooksSettings().delivery_retention_s
 
 
 async def _insert(db: AsyncDatabase, *deliveries: dict[str, Any]) -> list[str]:
@@ -70,7 +73,7 @@ async def test_a_hold_racing_a_reactivation_leaves_the_delivery_due_and_its_chai
     mongo = AsyncMongoClient(alone.infra.mongodb_uri, tz_aware=True)
     try:
         db = mongo.get_database(webhooks_database(alone), codec_options=STORED_CODEC)
-        await store.ensure_indexes(db=db)
+        await store.ensure_indexes(db=db, finished_delivery_kept_s=RETENTION_S)
         async with AsyncExitStack() as stack:
             hooks = await stack.enter_async_context(receiver())
             now = datetime.now(UTC)
@@ -319,7 +322,7 @@ async def test_deliveries_the_database_left_unacknowledged_are_not_taken_for_rec
     mongo = AsyncMongoClient(alone.infra.mongodb_uri, tz_aware=True)
     try:
         db = mongo.get_database(webhooks_database(alone), codec_options=STORED_CODEC)
-        await store.ensure_indexes(db=db)
+        await store.ensure_indexes(db=db, finished_delivery_kept_s=RETENTION_S)
         subscription_id = store.new_subscription_id()
         now = datetime.now(UTC)
         recorded_before = pending_delivery(subscription_id, next_attempt_at=now)

@@ -113,6 +113,48 @@ def test_an_ipv4_address_in_a_shorthand_form_is_refused_when_saved(host: str) ->
         parse_target(f"https://{host}/hooks", settings=PRODUCTION)
 
 
+@pytest.mark.parametrize(
+    ("host", "refusal"),
+    [
+        ("127.0.0.1.", "loopback"),
+        ("10.0.0.5.", "private"),
+        ("169.254.169.254.", "metadata"),
+        ("0.0.0.0.", "not a unicast"),
+        ("localhost.", "loopback"),
+        ("api.localhost.", "loopback"),
+        ("0x7f.1.", "shorthand form; write it as 127.0.0.1"),
+        ("2130706433.", "shorthand form; write it as 127.0.0.1"),
+        ("127。0。0。1", "loopback"),
+        ("169．254．169．254", "metadata"),
+        ("10｡0｡0｡5", "private"),
+        ("127.0.0.1。", "loopback"),
+        ("localhost．", "loopback"),
+    ],
+)
+def test_an_internal_host_spelt_with_a_root_dot_or_another_full_stop_is_refused_when_saved(
+    host: str, refusal: str
+) -> None:
+    """The resolver and the client read these as the plain forms (IDNA maps 。．｡ to dots):
+    they used to be saved as host names and refused only at each attempt."""
+    with pytest.raises(TargetRefused, match=refusal):
+        parse_target(f"https://{host}/latest", settings=PRODUCTION)
+
+
+def test_a_public_address_or_a_name_with_a_root_dot_is_accepted() -> None:
+    assert parse_target("https://93.184.216.34./h", settings=PRODUCTION).host == "93.184.216.34."
+    assert parse_target("https://crm.example.com./h", settings=PRODUCTION).host == (
+        "crm.example.com."
+    )
+    assert parse_target("http://localhost./h", settings=DEVELOPMENT).host == "localhost."
+
+
+async def test_a_literal_address_with_a_root_dot_is_checked_as_the_address_at_delivery() -> None:
+    with pytest.raises(TargetRefused, match="metadata"):
+        await resolve_checked(Target("https", "169.254.169.254.", 443), settings=PRODUCTION)
+    address = await resolve_checked(Target("https", "93.184.216.34.", 443), settings=PRODUCTION)
+    assert address == "93.184.216.34"
+
+
 def test_an_international_host_name_is_accepted_in_its_ascii_form() -> None:
     # DNS, the TLS server name and the Host header all carry the A-labels.
     assert parse_target("https://投诉.中国/hooks", settings=PRODUCTION) == Target(

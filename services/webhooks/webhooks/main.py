@@ -32,7 +32,9 @@ def create_app(settings: WebhooksSettings | None = None, *, clock: Clock | None 
             outbox_collections=[],
             consumed_topics=list(Topic),
             handlers=partial(build_handlers, dispatcher=dispatcher),
-            ensure_indexes=store.ensure_indexes,
+            ensure_indexes=partial(
+                store.ensure_indexes, finished_delivery_kept_s=settings.delivery_retention_s
+            ),
             background_jobs=[
                 dispatcher.run_dispatcher,
                 dispatcher.run_backlog_gauge,

@@ -1,18 +1,27 @@
-"""Prometheus metrics of webhook deliveries (labelled by subscription id)."""
+"""Prometheus metrics of webhook deliveries (labelled by subscription id).
+
+A subscription's series go once it is deleted (``remove_subscription_series``), so the
+series stay as many as the subscriptions.
+"""
 
 from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
+SUBSCRIPTION = "subscription"
+ATTEMPT_LABELS = (SUBSCRIPTION, "outcome")
+FINISHED_LABELS = (SUBSCRIPTION, "status")
+BACKLOG_LABELS = (SUBSCRIPTION,)
+
 DELIVERY_ATTEMPTS = Counter(
     "complaints_webhook_attempts_total",
     "Delivery attempts by outcome: delivered (2xx), failed (will retry or gave up), gone (410).",
-    ["subscription", "outcome"],
+    ATTEMPT_LABELS,
 )
 DELIVERIES_FINISHED = Counter(
     "complaints_webhook_deliveries_total",
     "Deliveries finished: delivered, or failed after the whole retry schedule.",
-    ["subscription", "status"],
+    FINISHED_LABELS,
 )
 DELIVERY_LATENCY = Histogram(
     "complaints_webhook_attempt_duration_seconds",
@@ -22,7 +31,7 @@ DELIVERY_LATENCY = Histogram(
 BACKLOG = Gauge(
     "complaints_webhook_backlog",
     "Pending deliveries per subscription (recomputed every BACKLOG_REFRESH_S).",
-    ["subscription"],
+    BACKLOG_LABELS,
 )
 SUBSCRIPTIONS_PAUSED = Counter(
     "complaints_webhook_subscriptions_stopped_total",
@@ -39,3 +48,32 @@ ORDER_WATERMARK_LAG = Gauge(
     "How far behind now the consumed-through moment is: events newer than it wait, so "
     "an earlier event of their complaint from a lagging topic goes first.",
 )
+
+# Every metric labelled by subscription, with its label names in order (the subscription first).
+_BY_SUBSCRIPTION: list[tuple[Counter | Gauge, tuple[str, ...]]] = [
+    (DELIVERY_ATTEMPTS, ATTEMPT_LABELS),
+    (DELIVERIES_FINISHED, FINISHED_LABELS),
+    (BACKLOG, BACKLOG_LABELS),
+]
+
+
+def _series(metric: Counter | Gauge, names: tuple[str, ...]) -> set[tuple[str, ...]]:
+    """The label values of every series ``metric`` has."""
+    return {
+        tuple(sample.labels[name] for name in names)
+        for family in metric.collect()
+        for sample in family.samples
+    }
+
+
+def subscriptions_with_series() -> set[str]:
+    """The subscriptions this process has a series of."""
+    return {values[0] for metric, names in _BY_SUBSCRIPTION for values in _series(metric, names)}
+
+
+def remove_subscription_series(subscription_id: str) -> None:
+    """Remove every series of a subscription that is gone (deleted)."""
+    for metric, names in _BY_SUBSCRIPTION:
+        for values in _series(metric, names):
+            if values[0] == subscription_id:
+                metric.remove(*values)

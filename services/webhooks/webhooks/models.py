@@ -182,6 +182,10 @@ class DeliveryRead(BaseModel):
     )
     created_at: datetime
     delivered_at: datetime | None = None
+    finished_at: datetime | None = Field(
+        None,
+        description="When it was delivered or failed; removed DELIVERY_RETENTION_DAYS after.",
+    )
     attempt_log: list[AttemptRead] = Field(default_factory=list)
 
 

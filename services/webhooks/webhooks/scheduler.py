@@ -54,6 +54,8 @@ from webhooks.metrics import (
     DELIVERY_LATENCY,
     STRANDED_REPAIRED,
     SUBSCRIPTIONS_PAUSED,
+    remove_subscription_series,
+    subscriptions_with_series,
 )
 from webhooks.models import (
     PING_EVENT_TYPE,
@@ -125,19 +127,26 @@ class Dispatcher:
             await self._drain(runtime)
 
     async def run_backlog_gauge(self, runtime: Runtime) -> None:
-        """The background job keeping the per-subscription backlog gauge current."""
-        known: set[str] = set()
+        """The background job keeping the per-subscription series current
+        (``refresh_subscription_series``) every ``backlog_refresh_s``."""
         while not runtime.stopping.is_set():
             try:
-                counts = await store.backlog_by_subscription(db=runtime.db)
-                for subscription_id in known - counts.keys():
-                    BACKLOG.labels(subscription_id).set(0)
-                for subscription_id, count in counts.items():
-                    BACKLOG.labels(subscription_id).set(count)
-                known |= counts.keys()
+                await self.refresh_subscription_series(runtime)
             except Exception as exc:
                 log.warning("webhook_backlog_gauge_failed", error=repr(exc))
             await wait_event(runtime.stopping, timeout_s=self._settings.backlog_refresh_s)
+
+    async def refresh_subscription_series(self, runtime: Runtime) -> None:
+        """Set the backlog gauge of every subscription with a series or a backlog (0 for
+        none), and remove every series of one deleted since: the series stay as many as
+        the subscriptions, not as many as were ever made."""
+        counts = await store.backlog_by_subscription(db=runtime.db)
+        labelled = subscriptions_with_series() | counts.keys()
+        existing = await store.existing_subscription_ids(db=runtime.db, among=sorted(labelled))
+        for subscription_id in labelled - existing:
+            remove_subscription_series(subscription_id)
+        for subscription_id in existing:
+            BACKLOG.labels(subscription_id).set(counts.get(subscription_id, 0))
 
     async def run_stranded_repair(self, runtime: Runtime) -> None:
         """The background job: a repair pass at start and every ``stranded_repair_interval_s``."""

@@ -85,6 +85,13 @@ class WebhooksSettings(ServiceSettings):
         "DELETE repeated meanwhile is answered 204 again, and a creation repeated under its "
         "Idempotency-Key a 409 instead of the subscription created again.",
     )
+    delivery_retention_days: float = Field(
+        30.0,
+        gt=0,
+        description="How long a delivered or failed delivery (its body holds the event, "
+        "customer contact included) is kept after it finished; a TTL index then removes it. "
+        "Pending and held deliveries are kept whatever their age.",
+    )
     attempts_kept: int = Field(
         10, ge=1, le=50, description="Attempts (newest) kept in each delivery's log."
     )
@@ -137,6 +144,11 @@ class WebhooksSettings(ServiceSettings):
         ):
             raise ValueError("ALLOW_LOOPBACK_TARGETS=true needs DEPLOYMENT_ENVIRONMENT=development")
         return self
+
+    @property
+    def delivery_retention_s(self) -> int:
+        """``delivery_retention_days`` as the TTL index counts it (whole seconds)."""
+        return int(self.delivery_retention_days * 86_400)
 
     @property
     def development(self) -> bool:

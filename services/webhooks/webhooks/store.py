@@ -31,6 +31,7 @@ from complaints_shared.mongo import (
     at_or_before,
     bulk_write_unless_taken,
     claim_first,
+    ensure_index,
     lease_free,
 )
 from complaints_shared.pagination import Page
@@ -79,9 +80,15 @@ PUBLIC_DELIVERY = {
 REMOVED_AT = "removed_at"
 REMOVED_RECORD_EXPIRES = "removed_record_expires_at"
 NOT_DELETED = {"deleted_at": None, REMOVED_AT: None}
+# When a delivery was delivered or failed (set by the write that finishes it, unset by a
+# redelivery); the retention TTL counts from it.
+FINISHED_AT = "finished_at"
+FINISHED = [DeliveryStatus.DELIVERED.value, DeliveryStatus.FAILED.value]
 
 
-async def ensure_indexes(*, db: AsyncDatabase) -> None:
+async def ensure_indexes(*, db: AsyncDatabase, finished_delivery_kept_s: int) -> None:
+    """The indexes of both collections; finished deliveries go ``finished_delivery_kept_s``
+    after they finished (a TTL index)."""
     subscriptions = db[SUBSCRIPTIONS]
     await subscriptions.create_index([("org", ASCENDING), ("status", ASCENDING)], name="org_status")
     await subscriptions.create_index(
@@ -119,6 +126,21 @@ async def ensure_indexes(*, db: AsyncDatabase) -> None:
     await deliveries.create_index(
         [("subscription_id", ASCENDING), ("status", ASCENDING), ("next_attempt_at", ASCENDING)],
         name="subscription_held",
+    )
+    # A finished delivery's body is the event, customer contact included: it goes once its
+    # retention is over. Partial: a pending one is never removed, whatever it carries.
+    # Redefined (same name) when the retention changes.
+    await ensure_index(
+        deliveries,
+        [(FINISHED_AT, ASCENDING)],
+        name="finished_expiry",
+        expireAfterSeconds=finished_delivery_kept_s,
+        partialFilterExpression={"status": {"$in": FINISHED}},
+    )
+    # Deliveries finished before that write stamped ``finished_at`` are kept for the
+    # retention from now on; none after the first start (docs/mongodb-compatibility.md).
+    await deliveries.update_many(
+        {"status": {"$in": FINISHED}, FINISHED_AT: None}, {"$currentDate": {FINISHED_AT: True}}
     )
 
 
@@ -199,6 +221,9 @@ async def update_subscription(
 ROTATION_ATTEMPTS = 5
 # Keyed rotations a subscription remembers (``rotate_secrets``): retries come within minutes.
 KEYED_ROTATIONS_KEPT = 20
+# Secrets rotated out that still sign beside the current one (each until its own expiry):
+# every one adds a signature to ``webhook-signature``, and proxies refuse a header past 8 KB.
+PREVIOUS_SECRETS_SIGNING = 2
 
 
 @dataclass(frozen=True)
@@ -228,10 +253,12 @@ async def rotate_secrets(
 ) -> Rotation | bool | None:
     """Make ``secret`` the one that signs: the secret that signed so far goes on signing
     until ``overlap_until``, one rotated out earlier until its own expiry (as its rotation
-    answered), one past it is dropped. Written only over the secrets it was decided on
-    (``secrets_version``): a rotation overtaken by another is decided again on what that one
-    left, so neither's new secret is lost. The rotation once stored, None if there is no
-    such subscription, False if other rotations kept overtaking it.
+    answered), one past it is dropped, and so is one older than the latest
+    ``PREVIOUS_SECRETS_SIGNING`` rotated out (it stops signing before its expiry). Written
+    only over the secrets it was decided on (``secrets_version``): a rotation overtaken by
+    another is decided again on what that one left, so neither's new secret is lost. The
+    rotation once stored, None if there is no such subscription, False if other rotations
+    kept overtaking it.
 
     Under ``key`` (``rotation_key``) the rotation is remembered in the same write, and a
     retry of it (its answer lost) answers the secret it made instead of rotating again: a
@@ -252,12 +279,10 @@ async def rotate_secrets(
             )
             if earlier is not None:
                 return _rotation_again(current, earlier)
-        kept = []
-        for entry in current.get("signing_secrets", []):
-            if entry.get("expires_at") is None:
-                kept.append({**entry, "expires_at": overlap_until})
-            elif entry["expires_at"] > now:
-                kept.append(entry)
+        kept = [
+            {**entry, "expires_at": overlap_until} if entry.get("expires_at") is None else entry
+            for entry in _signing(current, now=now)
+        ][:PREVIOUS_SECRETS_SIGNING]
         result = await db[SUBSCRIPTIONS].update_one(
             {
                 **scope,
@@ -411,12 +436,22 @@ async def deleted_subscription_ids(*, db: AsyncDatabase) -> list[str]:
 
 
 def live_secrets(subscription: dict[str, Any], *, now: datetime) -> list[str]:
-    """Secrets that still sign: the current one and a rotated one inside its overlap."""
-    return [
-        entry["secret"]
-        for entry in subscription.get("signing_secrets", [])
-        if entry.get("expires_at") is None or entry["expires_at"] > now
+    """Secrets that still sign: the current one and the latest ``PREVIOUS_SECRETS_SIGNING``
+    rotated out whose overlap is not over."""
+    return [entry["secret"] for entry in _signing(subscription, now=now)]
+
+
+def _signing(subscription: dict[str, Any], *, now: datetime) -> list[dict[str, Any]]:
+    """The entries of the secrets that sign, the current one first. Rotations store them
+    newest first; a subscription rotated many times before the cap may hold more."""
+    entries = subscription.get("signing_secrets", [])
+    current = [entry for entry in entries if entry.get("expires_at") is None]
+    previous = [
+        entry
+        for entry in entries
+        if entry.get("expires_at") is not None and entry["expires_at"] > now
     ]
+    return [*current, *previous[:PREVIOUS_SECRETS_SIGNING]]
 
 
 async def subscriptions_for_event(
@@ -726,6 +761,8 @@ async def finish_attempt(
     unset: dict[str, Any] = {}
     if status is DeliveryStatus.DELIVERED:
         set_fields["delivered_at"] = now
+    if status is not DeliveryStatus.PENDING:
+        set_fields[FINISHED_AT] = now
     if next_attempt_at is None:
         unset["next_attempt_at"] = ""
     else:
@@ -806,6 +843,12 @@ async def make_held_due(*, db: AsyncDatabase, subscription_id: str, now: datetim
     return result.modified_count
 
 
+async def existing_subscription_ids(*, db: AsyncDatabase, among: list[str]) -> set[str]:
+    """Which of ``among`` are subscriptions not deleted (nor being deleted)."""
+    found = db[SUBSCRIPTIONS].find({"_id": {"$in": among}, **NOT_DELETED}, projection={"_id": 1})
+    return {document["_id"] async for document in found}
+
+
 async def active_subscription_ids(*, db: AsyncDatabase) -> list[str]:
     """Every active subscription, of every organisation (for the repair pass)."""
     found = db[SUBSCRIPTIONS].find(
@@ -845,7 +888,7 @@ def _requeue(now: datetime, key: CommandKey | None) -> dict[str, Any]:
     # gone) instead of overwriting the request to send again.
     update: dict[str, Any] = {
         "$set": {"status": DeliveryStatus.PENDING.value, "next_attempt_at": now, "retry_index": 0},
-        "$unset": {"blocked": "", **_RELEASE},
+        "$unset": {"blocked": "", FINISHED_AT: "", **_RELEASE},
         "$inc": {"redeliveries": 1},
     }
     if key is not None:

@@ -70,12 +70,16 @@ def parse_target(url: str, *, settings: WebhooksSettings) -> Target:
         raise TargetRefused("must not have a #fragment")
     host = parts.hostname
     literal = _literal_address(host)
+    if literal is None:
+        # As the client sends it: IDNA maps 。．｡ to dots, so "127。0。0。1" is 127.0.0.1.
+        host = _host_name(host)
+        literal = _literal_address(host)
     if literal is not None:
         check_address(literal, settings=settings)
     else:
-        _refuse_shorthand_address(host)
-        host = _host_name(host)
-        if host == "localhost" or host.endswith(".localhost"):
+        name = host.removesuffix(".")  # "localhost." and "0x7f.1." resolve as without it
+        _refuse_shorthand_address(name)
+        if name == "localhost" or name.endswith(".localhost"):
             check_address(ipaddress.ip_address("127.0.0.1"), settings=settings)
     return Target(scheme=parts.scheme, host=host, port=port or _default_port(parts.scheme))
 
@@ -177,8 +181,10 @@ async def resolve_checked(target: Target, *, settings: WebhooksSettings) -> str:
 
 
 def _literal_address(host: str) -> IPAddress | None:
+    """The address ``host`` is written as, if it is one; a root dot after an IPv4 address
+    changes nothing (``127.0.0.1.`` connects to 127.0.0.1)."""
     try:
-        return ipaddress.ip_address(host.strip("[]"))
+        return ipaddress.ip_address(host.strip("[]").removesuffix("."))
     except ValueError:
         return None
 
