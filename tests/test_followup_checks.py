@@ -573,6 +573,46 @@ async def test_an_earlier_check_left_open_by_a_failed_cancellation_is_refused_wh
     assert cancelled["cancel_reason"] == "superseded by a later check's answer"
 
 
+async def test_a_retried_call_on_a_check_superseded_since_is_answered_as_recorded(
+    system_factory: SystemFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An unreached call recorded under an Idempotency-Key, its answer lost; the later check
+    answered meanwhile, its cancellation of this one failed. The retry was a 409
+    ``superseded`` instead of the call as recorded: the superseded check came before the
+    replay's."""
+    system, caller, _, first, second = await _second_check_past_due(system_factory)
+    url = f"/v1/followups/{first['id']}"
+    assert (await system.followup.post(f"{url}/claim", headers=caller)).status_code == 200
+    call = {"reached": False, "note": "无人接听"}
+    keyed = {**caller, "Idempotency-Key": "call-1"}
+    recorded = await system.followup.post(f"{url}/attempts", json=call, headers=keyed)
+    assert recorded.status_code == 200 and recorded.json()["status"] == "scheduled"
+    cancel = followup_projections.cancel_open_checks
+    failures: list[str] = []
+
+    async def fails_once(**kwargs: object) -> int:
+        if not failures:
+            failures.append("the database went away")
+            raise AutoReconnect("connection refused (injected)")
+        return await cancel(**kwargs)
+
+    monkeypatch.setattr(followup_projections, "cancel_open_checks", fails_once)
+    answered = await system.followup.post(
+        f"/v1/followups/{second['id']}/outcome",
+        json={"satisfied": True, "score": 5},
+        headers=caller,
+    )
+    assert answered.status_code == 200 and failures, answered.text
+    retried = await system.followup.post(f"{url}/attempts", json=call, headers=keyed)
+    assert retried.status_code == 200, retried.text
+    assert retried.headers["Idempotent-Replayed"] == "true"
+    assert retried.json()["attempt_count"] == 1
+    # Worked anew, it is refused and cancelled.
+    claimed = await system.followup.post(f"{url}/claim", headers=caller)
+    assert claimed.status_code == 409 and claimed.json()["type"].endswith("/superseded")
+    await wait_status(system, first["id"], "cancelled", caller)
+
+
 async def test_a_reached_score_is_the_satisfaction_intake_and_followup_stats_agree_on(
     system_factory: SystemFactory,
 ) -> None:

@@ -88,8 +88,9 @@ async def _refused_if_superseded(
     answer made failed (``ending_earlier_checks``: the database away, a crash between the
     two writes), is cancelled now and the command refused (a 409 ``superseded``): an answer
     on it would count for nothing. So no failure lets an earlier check be worked after a
-    later one was answered."""
-    if not check.get("sequence"):
+    later one was answered. Asked by a command's decision, after a retry of an earlier
+    request was recognised (answered as it was, not refused as superseded since)."""
+    if not check.get("sequence") or check.get("status") not in store.OPEN:
         return
     later = await db[store.CHECKS].find_one(
         {
@@ -155,7 +156,6 @@ async def claim(
     """Give the caller the check for ``claim_lease_s``; claiming again renews the lease,
     which moves nothing and so adds nothing to the check's history."""
     visible = await store.get_visible(db=db, principal=principal, followup_id=followup_id)
-    await _refused_if_superseded(db=db, settings=settings, check=visible, now=now)
     # A check that fell due in hours stays due after they end (and the scheduler may have
     # fired one late): it is not taken to call the customer at night.
     hours = await store.current_contact_hours(
@@ -165,7 +165,8 @@ async def claim(
     # One check of a resolution calls the customer at a time (``scheduler.fire_due_check``).
     earlier = earlier_calls(await store.earlier_checks(db=db, check=visible))
 
-    def decide(current: dict[str, Any]) -> Decision:
+    async def decide(current: dict[str, Any]) -> Decision:
+        await _refused_if_superseded(db=db, settings=settings, check=current, now=now)
         state = CheckState.of(current)
         # Due, but the scheduler has not fired it yet (between its passes, behind a backlog,
         # or a retry with no spacing): it becomes due in this same write. It was a 409
@@ -305,7 +306,6 @@ async def record_attempt(
     and answers the check as it is; another call or agent under the key is a 422.
     """
     visible = await store.get_visible(db=db, principal=principal, followup_id=followup_id)
-    await _refused_if_superseded(db=db, settings=settings, check=visible, now=now)
     hours = await store.current_contact_hours(
         db=db, settings=settings, org=visible["org"], branch=visible["branch"]
     )
@@ -313,7 +313,7 @@ async def record_attempt(
     fingerprint = request_hash(request.model_dump(mode="json"))
     replayed = False
 
-    def decide(current: dict[str, Any]) -> Decision | None:
+    async def decide(current: dict[str, Any]) -> Decision | None:
         nonlocal replayed
         # Decided again on a conflict: what counts is the try that is stored.
         replayed = _already_recorded(
@@ -325,6 +325,7 @@ async def record_attempt(
         )
         if replayed:
             return None
+        await _refused_if_superseded(db=db, settings=settings, check=current, now=now)
         rules = _rules(current, settings)
         attempt = new_attempt(
             current=current,
@@ -390,10 +391,9 @@ async def record_outcome(
     command_key: CommandKey | None = None,
 ) -> dict[str, Any] | None:
     """Shortcut: a reached attempt with the agent's verdict, on an open check nobody else holds."""
-    visible = await store.get_visible(db=db, principal=principal, followup_id=followup_id)
-    await _refused_if_superseded(db=db, settings=settings, check=visible, now=now)
 
-    def decide(current: dict[str, Any]) -> Decision:
+    async def decide(current: dict[str, Any]) -> Decision:
+        await _refused_if_superseded(db=db, settings=settings, check=current, now=now)
         attempt = new_attempt(
             current=current,
             actor=principal.subject,
