@@ -586,6 +586,29 @@ async def test_a_branch_admin_cannot_name_another_branchs_people_in_the_director
 
 
 @pytest.mark.integration
+async def test_creating_a_person_with_another_branchs_id_is_judged_as_a_free_id_first(
+    system: System,
+) -> None:
+    """Staff ids are the organisation's, so one taken in another branch cannot be given
+    again. But the clash was checked before the body: any body, even one naming no
+    department, answered 409 for a taken id and 422 for a free one, a harmless probe that
+    listed the other branches' people. Now the body is judged first, and the clash names
+    no branch."""
+    lz_admin = token(system.routing_settings, branches=[BRANCH_A], roles=("admin",))
+
+    async def create(staff_id: str, department: str) -> httpx.Response:
+        body = {"id": staff_id, "branch": BRANCH_A, "name": "探", "department": department}
+        return await system.routing.post("/v1/directory/staff", json=body, headers=lz_admin)
+
+    taken, free = await create("hosp-sun", "NOPE"), await create("nobody-yet", "NOPE")
+    assert taken.status_code == free.status_code == 422, (taken.text, free.text)
+    assert taken.json()["errors"] == free.json()["errors"]
+    clash = await create("hosp-sun", "CS")
+    assert clash.status_code == 409, clash.text
+    assert BRANCH_B not in clash.json()["detail"] and "taken" in clash.json()["detail"]
+
+
+@pytest.mark.integration
 async def test_a_branch_supervisor_cannot_send_work_to_another_branch(system: System) -> None:
     admin = token(system.intake_settings)
     created = await system.intake.post("/v1/complaints", json=BROADBAND_COMPLAINT, headers=admin)

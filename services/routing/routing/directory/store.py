@@ -136,6 +136,14 @@ async def insert_entry(
             return await settle_audit(
                 db=db, principal=principal, entry=entry, document={**document, **recorded}
             )
+    owner_branch = (stored or {}).get("branch") or (stored or {}).get("code")
+    if stored is not None and not principal.can_see(org=stored["org"], branch=owner_branch):
+        # Another branch's: ids are the organisation's, so it is taken, but the body is
+        # judged first, as for a free id (a 409 for a body that is no creation told a probe
+        # of the other branches' ids apart from a 422), and the clash names no branch.
+        if validate is not None:
+            await validate()
+        raise conflict(f"{entry.what} id {document[entry.id_field]!r} is taken in the organisation")
     repeated = _repeat_of(entry=entry, document=document, stored=stored)
     if audit.UNRECORDED in repeated:
         return await settle_audit(db=db, principal=principal, entry=entry, document=repeated)
