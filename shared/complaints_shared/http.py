@@ -217,7 +217,13 @@ def build_app(
         "/metrics",
         tags=["operations"],
         summary="Prometheus metrics",
-        dependencies=[public("Prometheus scrape; counts and latencies only, no complaint data")],
+        dependencies=[
+            public(
+                "Prometheus scrape: counts and latencies labelled by route, department and "
+                "webhook subscription, no complaint data; the gateway does not route it "
+                "(internal network only)"
+            )
+        ],
     )
     async def metrics() -> Response:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
