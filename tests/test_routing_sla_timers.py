@@ -73,8 +73,19 @@ async def test_breaches_climb_the_escalation_chain_one_level_each(
     clock.set(again + MINUTE)  # still unresolved one full period later: up again
     document = await assignment_when(system, cid, lambda d: d["escalation_level"] == 3)
     assert document["escalations"][-1]["escalated_to_id"] == "lz-gm"  # the branch head
-    assert _clock_of(document, "resolve")["next_breach_at"] is None  # nobody above
     assert document["breached"]
+    # Nobody above: the timer stays armed, a span on, and fires without a word, so that a
+    # rung freed again later (a withdrawal) is climbed. It used to be switched off for good.
+    top_again = _clock_of(document, "resolve")["next_breach_at"]
+    assert top_again is not None and top_again > again
+    clock.set(top_again + MINUTE)
+    document = await assignment_when(
+        system,
+        cid,
+        lambda d: _clock_of(d, "resolve")["next_breach_at"] > top_again,
+        what="the resolve timer armed a span on",
+    )
+    assert (document["escalation_level"], _clock_of(document, "resolve")["breach_count"]) == (3, 2)
 
     events = await routing_events(
         system, until=lambda events: len(of_type(events, EventType.COMPLAINT_ESCALATED)) >= 3
@@ -102,6 +113,50 @@ async def test_breaches_climb_the_escalation_chain_one_level_each(
         f"/v1/assignments/{cid}/escalate", json={"reason": "客户再次来电"}, headers=supervisor
     )
     assert top.status_code == 409  # already at the branch head
+
+
+async def test_a_rung_freed_by_a_withdrawal_is_climbed_by_the_overdue_resolve_clock(
+    system_factory: SystemFactory,
+) -> None:
+    """Escalated twice by hand, the complaint's acknowledge breach took the branch head, the
+    top; its resolve breach could climb no more and switched its timer off. Then the
+    acknowledgement, made in time, arrived late and withdrew the top rung: level 2, the
+    complaint overdue, and no timer left to take it up again."""
+    clock = ManualClock(MONDAY_10_SHANGHAI)
+    system = await system_factory(clock=clock, routing=FAST_TIMERS)
+    complaint = received(severity="high", received_at=clock.now())
+    cid = complaint.complaint_id
+    supervisor = token(system.routing_settings, roles=("supervisor",))
+    async with intake_producer(system) as publish:
+        await publish(EventType.COMPLAINT_RECEIVED, complaint)
+        document = await assignment_when(system, cid)
+        for _ in range(2):
+            escalated = await system.routing.post(
+                f"/v1/assignments/{cid}/escalate",
+                json={"reason": "客户投诉升级"},
+                headers=supervisor,
+            )
+            assert escalated.status_code == 200, escalated.text
+        acknowledged_at = clock.now()  # in time; the news of it is held up
+        clock.set(_clock_of(document, "acknowledge")["due_at"] + MINUTE)
+        document = await assignment_when(system, cid, lambda d: d["escalation_level"] == 3)
+        resolve = _clock_of(document, "resolve")
+        clock.set(resolve["due_at"] + MINUTE)
+        document = await assignment_when(
+            system, cid, lambda d: _clock_of(d, "resolve")["breach_count"] == 1, what="breach"
+        )
+        rearmed = _clock_of(document, "resolve")["next_breach_at"]
+        assert rearmed is not None, "the resolve timer switched off at the top"
+
+        acknowledgement = ComplaintAcknowledged(
+            **base(complaint), acknowledged_by="lz-chen", acknowledged_at=acknowledged_at
+        )
+        await publish(EventType.COMPLAINT_ACKNOWLEDGED, acknowledgement)
+        document = await assignment_when(system, cid, lambda d: d["escalation_level"] == 2)
+        clock.set(rearmed + MINUTE)
+        document = await assignment_when(system, cid, lambda d: d["escalation_level"] == 3)
+    climbed = document["escalations"][-1]
+    assert (climbed["reason"], climbed["clock"]) == ("sla_breach", "resolve")
 
 
 async def test_acknowledge_pause_resume_resolve_and_reopen_drive_the_clocks(

@@ -385,10 +385,18 @@ def fire_timers(
         if clock is None:
             continue
         may_climb = name in ESCALATING_CLOCKS and fired.level < len(targets)
-        # Only the resolve clock re-arms: a complaint left overdue keeps going up the chain.
-        repeat = name == SlaClock.RESOLVE.value and fired.level + 1 < len(targets)
+        # Only the resolve clock re-arms, one allowed span later, whatever the level: a
+        # complaint left overdue keeps going up the chain, also once a rung above it stands
+        # free again (a late acknowledgement withdrew the rung its breach took, or it moved
+        # to a department with a longer chain). It was switched off at the top, and never
+        # armed again. A repeat with no rung to climb changes nothing and says nothing.
+        repeat = name == SlaClock.RESOLVE.value
+        before = clock
         clock, kind = sla_clocks.fire_due(clock, calendar=calendar, now=now, repeat=repeat)
         if kind is None:
+            continue
+        if kind is sla_clocks.TimerKind.BREACH and before.breach_count and not may_climb:
+            fired.clocks[name] = before.model_copy(update={"next_breach_at": clock.next_breach_at})
             continue
         if kind is sla_clocks.TimerKind.BREACH:  # which cycle ``breached`` tells of
             clock = clock.model_copy(update={"breached_in_cycle": document.get("reopen_count", 0)})
