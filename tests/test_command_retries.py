@@ -10,7 +10,11 @@ the document as it is, marked ``Idempotent-Replayed: true``.
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
+from pymongo.asynchronous.collection import AsyncCollection
+from pymongo.errors import ServerSelectionTimeoutError
 
 from complaints_shared import aggregate
 from tests.support.faults import FailsAfter
@@ -154,3 +158,32 @@ async def test_a_move_retried_after_its_target_went_on_leave_is_replayed_not_ref
     assert retried.status_code == 200, retried.text
     assert retried.json()["owner_id"] == "lz-yang"
     assert retried.headers["Idempotent-Replayed"] == "true"
+
+
+async def test_a_note_whose_read_back_meets_a_failover_is_answered_once_stored(
+    system: System, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The note's write committed; the read of the complaint after it found no server for
+    a while (a primary stepping down). It gave up at the first server selection timeout: a
+    503, and a client without an Idempotency-Key that retried added the note twice. The read
+    now waits out the failover and the command is answered as it stands."""
+    admin = token(system.intake_settings)
+    complaint_id = await _assigned_complaint(system, admin)
+    find_one = AsyncCollection.find_one
+    failed: list[str] = []
+
+    async def no_server_twice(self: AsyncCollection, *arguments: Any, **keywords: Any) -> Any:
+        pinned = arguments[0] if arguments else {}
+        if pinned == {"_id": complaint_id} and len(failed) < 2:
+            failed.append("no primary")
+            raise ServerSelectionTimeoutError("no primary available (injected)")
+        return await find_one(self, *arguments, **keywords)
+
+    monkeypatch.setattr(AsyncCollection, "find_one", no_server_twice)
+    note = {"text": "已电话联系客户"}
+    answered = await system.intake.post(
+        f"/v1/complaints/{complaint_id}/notes", json=note, headers=admin
+    )
+    assert answered.status_code == 200, answered.text
+    assert failed == ["no primary", "no primary"]
+    assert [n["text"] for n in answered.json()["notes"]] == [note["text"]]

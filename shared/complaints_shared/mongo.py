@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import math
+import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager, suppress
@@ -38,6 +39,10 @@ log = get_logger(__name__)
 # the pool's connections by the second.
 RETRY_ATTEMPTS = 3
 RETRY_DELAY_S = 0.05
+# How long the read after a committed change keeps trying (a primary's election takes about
+# ten seconds), and the pause between its tries.
+COMMITTED_READ_WAIT_S = 30.0
+COMMITTED_READ_PAUSE_S = 0.5
 
 
 def create_mongo_client(*, settings: ServiceSettings) -> AsyncMongoClient:
@@ -212,8 +217,19 @@ async def update_and_read(
     if result.matched_count == 0:
         return None
     # Committed: a dropped connection now must not fail the change, which its caller would
-    # then repeat (an HTTP client told 503 sends the command again: a second remedy).
-    return await retrying(collection.find_one, {"_id": query["_id"]}, projection=projection)
+    # then repeat (an HTTP client told 503 sends the command again: a second remedy). The
+    # read waits out a failover too (no server to select for a while), for up to
+    # ``COMMITTED_READ_WAIT_S``: it gave up at the first server selection timeout.
+    waited_until = time.monotonic() + COMMITTED_READ_WAIT_S
+    while True:
+        try:
+            return await retrying(collection.find_one, {"_id": query["_id"]}, projection=projection)
+        except AutoReconnect:
+            if time.monotonic() >= waited_until:
+                raise
+            MONGO_RETRIES.inc()
+            log.info("mongo_committed_read_retry", collection=collection.name)
+            await asyncio.sleep(COMMITTED_READ_PAUSE_S)
 
 
 async def upsert_and_read(
