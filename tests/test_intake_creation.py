@@ -296,6 +296,40 @@ async def test_keys_derived_before_the_phone_rule_changed_find_the_customer_afte
     assert old in [item["id"] for item in searched.json()["items"]]
 
 
+async def test_a_complaint_the_repair_cannot_read_is_left_and_the_others_repaired(
+    system: System,
+) -> None:
+    """A complaint whose status this version does not know (after a rollback, a hand edit)
+    and whose keys needed deriving again made the start-up repair raise: every start of
+    intake failed, on every replica. It is now logged and left, and the rest repaired."""
+    admin = token(system.intake_settings)
+    db = system.mongo[system.intake_settings.database_name()]
+    ids = []
+    for number in range(3):
+        body = complaint_body(
+            customer={"name": "孙先生", "phone": "+86 (0)10 6552 1234"}, subject=f"第{number}次"
+        )
+        created = await system.intake.post("/v1/complaints", json=body, headers=admin)
+        assert created.status_code == 201, created.text
+        ids.append(created.json()["id"])
+    for complaint_id in ids:  # routed: nothing else writes them meanwhile
+        await eventually(lambda c=complaint_id: assigned(system, c, admin), what="assignment")
+    # As a version before 5 December keyed them, and one with a status unknown here.
+    await db.complaints.update_many(
+        {"_id": {"$in": ids}}, {"$set": {"customer_keys": ["phone:8601065521234"]}}
+    )
+    unreadable = ids[1]
+    await db.complaints.update_one({"_id": unreadable}, {"$set": {"status": "escalated_v2"}})
+    repaired = await repair.at_start(db=db)
+    assert repaired["customer_keys"] >= 2
+    keys = {c["_id"]: c["customer_keys"] async for c in db.complaints.find({"_id": {"$in": ids}})}
+    assert keys == {
+        ids[0]: ["phone:01065521234"],
+        unreadable: ["phone:8601065521234"],
+        ids[2]: ["phone:01065521234"],
+    }
+
+
 async def test_reference_numbers_count_per_branch_and_local_day(
     system_factory: SystemFactory,
 ) -> None:

@@ -195,3 +195,24 @@ async def test_a_long_start_up_repair_meeting_a_dropped_connection_is_tried_agai
         db=None, settings=settings, outbox_collections=[], prepare=repair
     )
     assert len(tries) == 2
+
+
+async def test_a_long_repair_after_the_database_came_back_waits_again_from_its_failure() -> None:
+    """The database away at the first try, then a long repair meeting one dropped
+    connection: the wait still counted from that first failure, long past, and start-up
+    ended at once. A try that got going before it failed starts the wait again."""
+    settings = IntakeSettings(startup_dependency_wait_s=0.2, mongodb_server_selection_timeout_ms=50)
+    tries: list[float] = []
+
+    async def repair(*, db: object) -> None:
+        tries.append(asyncio.get_running_loop().time())
+        if len(tries) == 1:
+            raise AutoReconnect("connection refused (injected)")  # away at the start
+        if len(tries) == 2:
+            await asyncio.sleep(0.3)  # a repair longer than the whole wait
+            raise AutoReconnect("connection closed (injected)")
+
+    await runtime_module._prepare_database(
+        db=None, settings=settings, outbox_collections=[], prepare=repair
+    )
+    assert len(tries) == 3

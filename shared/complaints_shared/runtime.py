@@ -136,14 +136,18 @@ async def _prepare_database(
     loop = asyncio.get_running_loop()
     failing_since: float | None = None
     delay_s = 0.5
+    # A try that ran longer than this before it failed got going (the database answered):
+    # the wait counts again from its failure.
+    got_going_s = 2 * settings.mongodb_server_selection_timeout_ms / 1000
     while True:
+        started = loop.time()
         try:
             for collection in outbox_collections:
                 await ensure_outbox_index(db=db, collection=collection)
             await prepare(db=db)
             return
         except Exception as exc:
-            if failing_since is None:
+            if failing_since is None or loop.time() - started > got_going_s:
                 failing_since = loop.time()
             left_s = failing_since + settings.startup_dependency_wait_s - loop.time()
             if not is_transient(exc) or left_s <= 0:

@@ -13,7 +13,11 @@ from typing import Any
 
 from pymongo.asynchronous.database import AsyncDatabase
 
+from complaints_shared.failures import is_transient, redacted_error
+from complaints_shared.logs import get_logger
 from intake import filter_keys, grams, postings, repeats, store
+
+log = get_logger(__name__)
 
 BATCH = 500
 
@@ -53,11 +57,36 @@ async def at_start(*, db: AsyncDatabase) -> dict[str, int]:
             db=db, collection=store.COMPLAINTS, batch=complaints
         )
 
+    async def repair_isolated(complaints: list[dict[str, Any]]) -> None:
+        """``repair``, and when the batch fails for other than the database, each complaint
+        on its own: one the code cannot read (a status unknown to it after a rollback, a
+        field edited by hand) is logged and left as it is. It failed every start, and
+        intake with it, on every replica."""
+        try:
+            # On copies: the steps note what they derived in the complaints they are given,
+            # which the one-by-one pass must see as read.
+            await repair([dict(complaint) for complaint in complaints])
+            return
+        except Exception as exc:
+            if is_transient(exc):
+                raise
+        for complaint in complaints:
+            try:
+                await repair([complaint])
+            except Exception as exc:
+                if is_transient(exc):
+                    raise
+                log.error(
+                    "repair_skipped_complaint",
+                    complaint_id=complaint["_id"],
+                    error=redacted_error(exc),
+                )
+
     async for complaint in db[store.COMPLAINTS].find({}, projection=fields):
         batch.append(complaint)
         if len(batch) == BATCH:
-            await repair(batch)
+            await repair_isolated(batch)
             batch = []
     if batch:
-        await repair(batch)
+        await repair_isolated(batch)
     return written
