@@ -31,6 +31,7 @@ from complaints_shared.dlq import (
 from complaints_shared.envelope import CloudEvent, to_kafka_record
 from complaints_shared.events import EventType, Topic, dead_letter_topic
 from complaints_shared.kafka import (
+    EVENTS_CONSUMED,
     PRODUCER_STOP_S,
     DeadLetterReason,
     EventConsumer,
@@ -39,9 +40,9 @@ from complaints_shared.kafka import (
     ensure_topics,
 )
 from intake.settings import IntakeSettings
-from tests.support.events import NETWORK_DROPOUTS, received
+from tests.support.events import NETWORK_DROPOUTS, received, resolved
 from tests.support.http import BROADBAND_COMPLAINT, token
-from tests.support.kafka import handled_count
+from tests.support.kafka import handled_count, publish
 from tests.support.system import System, settings_for_test
 from tests.support.waits import eventually
 
@@ -272,6 +273,45 @@ async def test_replay_after_restoring_a_lost_record_applies_once_and_twice_chang
         what="second send consumed",
     )
     assert (await timeline_actions()).count("reassigned") == 1
+
+
+async def test_a_replay_is_handled_by_the_service_that_dead_lettered_it_only(
+    system: System, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Routing refuses a resolution of a complaint it never received; follow-up, reading the
+    same topic, handled it. Replayed, the record went back to the topic for every reader:
+    follow-up handled it a second time (a webhook subscriber, weeks on, got it again). It
+    is now for the consumer group that dead-lettered it."""
+    resolution = resolved()
+    complaint_id = resolution.complaint_id
+    followup_before = handled_count("followup", EventType.COMPLAINT_RESOLVED)
+    await publish(system, (EventType.COMPLAINT_RESOLVED, resolution))
+    dlq_args = ["--topic", Topic.INTAKE.value, "--complaint-id", complaint_id]
+
+    async def listed() -> list[dict]:
+        capsys.readouterr()
+        await run_command(["list", *dlq_args], settings=system.routing_settings)
+        return _printed(capsys.readouterr().out)
+
+    [letter] = await eventually(listed, what="routing dead-lettered the resolution")
+    assert (letter["service"], letter["reason"]) == ("routing", "rejected")
+    await eventually(
+        lambda: handled_count("followup", EventType.COMPLAINT_RESOLVED) > followup_before,
+        what="follow-up handled the resolution",
+    )
+    followup_handled = handled_count("followup", EventType.COMPLAINT_RESOLVED)
+    skipped = EVENTS_CONSUMED.labels(
+        "followup", EventType.COMPLAINT_RESOLVED, "replay_for_another_group"
+    )
+    skipped_before = skipped._value.get()
+
+    await run_command(["replay", *dlq_args], settings=system.routing_settings)
+    assert "replayed 1" in capsys.readouterr().err
+    await eventually(lambda: skipped._value.get() > skipped_before, what="follow-up passed it")
+    # Routing took it up again (and refused it again: the complaint is still unknown there).
+    [again] = await eventually(listed, what="the replay refused again by routing")
+    assert again["service"] == "routing" and again["replay_of"]
+    assert handled_count("followup", EventType.COMPLAINT_RESOLVED) == followup_handled
 
 
 def test_a_replay_sends_each_complaints_received_event_before_its_other_events() -> None:

@@ -34,6 +34,7 @@ from aiokafka.errors import KafkaError
 from complaints_shared.events import EVENT_TYPE_PREFIX, EventType, Topic, dead_letter_topic
 from complaints_shared.kafka import (
     PRODUCER_STOP_S,
+    REPLAY_FOR_HEADER,
     create_missing_topics,
     dead_letter_ledger_topic,
 )
@@ -383,12 +384,18 @@ def in_replay_order(letters: Sequence[DeadLetter]) -> list[DeadLetter]:
 
 def _replay_headers(letter: DeadLetter) -> list[tuple[str, bytes]]:
     # The original ce_* headers (and so its ce_id) unchanged; the failure stays in the DLQ.
+    # For the consumer group that dead-lettered it only: the topic's other readers handled
+    # it the first time, and would handle it again (a webhook delivered twice, months on).
     kept = [
         (name, value)
         for name, value in letter.headers
-        if not name.startswith("dlq_") and name != REPLAY_OF_HEADER
+        if not name.startswith("dlq_") and name not in (REPLAY_OF_HEADER, REPLAY_FOR_HEADER)
     ]
-    return [*kept, (REPLAY_OF_HEADER, f"{letter.dlq_topic}@{letter.ref}".encode())]
+    headers = [*kept, (REPLAY_OF_HEADER, f"{letter.dlq_topic}@{letter.ref}".encode())]
+    group = letter.header("dlq_consumer_group")
+    if group:
+        headers.append((REPLAY_FOR_HEADER, group.encode()))
+    return headers
 
 
 def _data_shape(value: bytes | None) -> Any:

@@ -284,6 +284,22 @@ class EventProducer:
             await asyncio.gather(*self._stopping, return_exceptions=True)
 
 
+# Set by a dead letter's replay (``dlq``): the consumer group that dead-lettered the record,
+# the only one to handle it again.
+REPLAY_FOR_HEADER = "replay_for"
+
+
+def _header(record: ConsumerRecord, name: str) -> str | None:
+    """The record's header ``name`` as text (None: absent or not UTF-8)."""
+    for key, value in record.headers or ():
+        if key == name and value is not None:
+            try:
+                return bytes(value).decode()
+            except UnicodeDecodeError:
+                return None
+    return None
+
+
 def _sender_died(producer: AIOKafkaProducer) -> bool:
     # aiokafka keeps no public flag for it; a dead sender fails every later send.
     task = producer._sender.sender_task
@@ -565,7 +581,17 @@ class EventConsumer:
             self._faults = 0  # records are flowing
 
     async def _process(self, record: ConsumerRecord) -> bool:
-        """Handle or dead-letter one record; False when stopping left it unfinished."""
+        """Handle or dead-letter one record; False when stopping left it unfinished. A
+        record replayed from the dead-letter topic for another consumer group (``dlq``
+        replay) is passed over: the other services reading the topic handled it the first
+        time."""
+        replayed_for = _header(record, REPLAY_FOR_HEADER)
+        if replayed_for is not None and replayed_for != self._group_id:
+            event_type = _header(record, "ce_type") or "unknown"
+            EVENTS_CONSUMED.labels(
+                self._settings.service_name, event_type, "replay_for_another_group"
+            ).inc()
+            return True
         try:
             event, data, handler = self._decode(record)
             if handler is None:
