@@ -9,7 +9,11 @@
   (deploy/nginx/gateway.conf, read with crossplane, nginx's configuration parser), on the
   port the service listens on, and no operational endpoint is;
 - only the gateway publishes a host port (a fixed one would stop ``--scale``);
-- no service starts without the operator's ``JWT_SECRET``.
+- no service starts without the operator's ``JWT_SECRET``;
+- the topic settings are the same for every service (the first to start creates the topics);
+- the demo organisation is seeded only in the ``demo`` profile, and nothing a plain
+  ``docker compose up`` starts depends on a service outside it;
+- every service has a memory limit, and MongoDB's cache and Kafka's heap fit theirs.
 
 The app services and their settings are found from the compose file itself (the Python
 package each one runs), so a new service is checked as soon as it is added there.
@@ -212,6 +216,11 @@ def test_jwt_secret_is_required_from_the_operator(name: str) -> None:
     )
 
 
+def default_of(value: Any) -> str:
+    """A value as Compose reads it with every ``${VAR:-default}`` variable unset."""
+    return re.sub(r"\$\{\w+:?-([^}]*)\}", r"\1", str(value))
+
+
 def test_kafka_image_is_the_version_pinned_in_versions_env() -> None:
     pins = dict(
         line.split("=", 1)
@@ -220,8 +229,95 @@ def test_kafka_image_is_the_version_pinned_in_versions_env() -> None:
     )
     pinned = pins["KAFKA_VERSION"].strip().strip("'\"")
     # The image's tag with the variable unset: the default must be the pin.
-    image = re.sub(r"\$\{\w+:?-([^}]*)\}", r"\1", SERVICES["kafka"]["image"])
-    assert image == f"apache/kafka:{pinned}"
+    assert default_of(SERVICES["kafka"]["image"]) == f"apache/kafka:{pinned}"
+
+
+TOPIC_SETTINGS = ("TOPIC_PARTITIONS", "TOPIC_REPLICATION_FACTOR", "DEAD_LETTER_RETENTION_MS")
+
+
+def test_topic_settings_are_the_same_for_every_service() -> None:
+    # Every service creates every missing topic at start-up with its own values: one set
+    # for all (from .env), defaulting to what the code defaults to.
+    given = {
+        name: tuple(environment_of(SERVICES[name]).get(key) for key in TOPIC_SETTINGS)
+        for name in SERVERS
+    }
+    assert len(set(given.values())) == 1, f"topic settings differ between services: {given}"
+    values = dict(zip(TOPIC_SETTINGS, next(iter(given.values())), strict=True))
+    for key, value in values.items():
+        assert value is not None, f"{key} is not passed to the services"
+        assert default_of(value) == str(ServiceSettings.model_fields[key.lower()].default), key
+
+
+# ------------------------------------------------------------------ profiles
+
+
+def runs_the_demo_seed(service: dict[str, Any]) -> bool:
+    return option(command_of(service), "-m") == "routing.demo"
+
+
+def started_by_default(service: dict[str, Any]) -> bool:
+    """A plain ``docker compose up`` starts exactly the services that name no profile."""
+    return not service.get("profiles")
+
+
+def test_the_demo_organisation_is_seeded_only_in_the_demo_profile() -> None:
+    seeds = {name for name, service in SERVICES.items() if runs_the_demo_seed(service)}
+    assert seeds, "no service runs routing.demo: the demo profile seeds nothing"
+    for name in seeds:
+        assert SERVICES[name].get("profiles") == ["demo"], f"{name} seeds outside the demo profile"
+
+
+def test_nothing_started_by_default_depends_on_a_service_outside_the_default_profile() -> None:
+    default = {name for name, service in SERVICES.items() if started_by_default(service)}
+    for name in default:
+        # depends_on is a list or a mapping of names: either iterates over the names
+        outside = set(SERVICES[name].get("depends_on") or ()) - default
+        assert not outside, f"{name} depends on {sorted(outside)}, which only a profile starts"
+
+
+# ---------------------------------------------------------------------- memory
+
+GIB = 2**30
+SIZE_UNITS = {"": 1, "b": 1, "k": 2**10, "m": 2**20, "g": GIB}
+
+
+def size_bytes(value: str) -> int:
+    """``512m``, ``2g``, ``1.5GB`` → bytes (Compose's and the JVM's notation)."""
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)([bkmg]?)b?", value.strip().lower())
+    assert match, f"not a memory size: {value!r}"
+    return int(float(match[1]) * SIZE_UNITS[match[2]])
+
+
+def memory_limit(name: str) -> int:
+    return size_bytes(default_of(SERVICES[name]["mem_limit"]))
+
+
+@pytest.mark.parametrize("name", SERVICES)
+def test_every_service_has_a_memory_limit(name: str) -> None:
+    assert "mem_limit" in SERVICES[name], f"{name} has no mem_limit"
+    assert memory_limit(name) >= 128 * 2**20, f"{name}: {SERVICES[name]['mem_limit']} is too little"
+
+
+def test_mongodb_cache_is_set_and_leaves_a_gigabyte_of_its_memory_limit() -> None:
+    command = [default_of(part) for part in command_of(SERVICES["mongo"])]
+    cache_gb = option(command, "--wiredTigerCacheSizeGB")
+    assert cache_gb is not None, "mongod's cache would grow to half of the host's memory"
+    assert float(cache_gb) * GIB + GIB <= memory_limit("mongo"), (
+        f"a {cache_gb} GB cache in {SERVICES['mongo']['mem_limit']}: keep 1 GB beside the cache"
+    )
+
+
+def test_kafka_heap_is_set_and_leaves_a_gigabyte_of_its_memory_limit() -> None:
+    heap = default_of(environment_of(SERVICES["kafka"]).get("KAFKA_HEAP_OPTS", ""))
+    maximum = re.search(r"-Xmx(\S+)", heap)
+    assert maximum, f"no -Xmx in KAFKA_HEAP_OPTS {heap!r}"
+    assert size_bytes(maximum[1]) + GIB <= memory_limit("kafka"), (
+        f"-Xmx{maximum[1]} in {SERVICES['kafka']['mem_limit']}: keep 1 GB beside the heap"
+    )
+    # The healthcheck's tool is a second JVM in the same container: not with the broker's heap.
+    probe = [str(part) for part in SERVICES["kafka"]["healthcheck"]["test"]]
+    assert any(part.startswith("KAFKA_HEAP_OPTS=") for part in probe), probe
 
 
 # ------------------------------------------------------------------ networking

@@ -13,6 +13,8 @@
 # own, generated on first use into .local/jwt-secret (there is no default secret).
 # Needs the app's virtualenv (make install) and the local infrastructure
 # (deploy/local/infra.sh up); KAFKA_BOOTSTRAP_SERVERS / MONGODB_URI override.
+# SERVICES_READY_TIMEOUT (seconds, default 600) bounds the wait for each service's
+# /readyz: intake's start-up repairs take minutes on a large database (docs/intake.md).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -20,7 +22,7 @@ STATE=${LOCAL_STATE_DIR:-$ROOT/.local}
 PIDS=$STATE/pids
 LOGS=$STATE/logs
 VENV=${VENV:-$ROOT/.venv}
-READY_TIMEOUT_S=${SERVICES_READY_TIMEOUT:-60}
+READY_TIMEOUT_S=${SERVICES_READY_TIMEOUT:-600}
 SERVICES=("intake:8001" "routing:8002" "followup:8003" "webhooks:8004")
 
 log() { printf '[services] %s\n' "$*"; }
@@ -86,13 +88,24 @@ start_service() {
 }
 
 wait_ready() {
-    local name=$1 port=$2 deadline=$((SECONDS + READY_TIMEOUT_S))
+    local name=$1 port=$2 deadline=$((SECONDS + READY_TIMEOUT_S)) next_note=$((SECONDS + 30))
+    local log_file=$LOGS/$name.log
     until "$VENV/bin/python" - "$port" <<'PY' 2>/dev/null; do
 import sys, urllib.request
 urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/readyz", timeout=2)
 PY
-        is_running "$name" || { tail -n 30 "$LOGS/$name.log" >&2; die "$name exited during start-up"; }
-        ((SECONDS < deadline)) || { tail -n 30 "$LOGS/$name.log" >&2; die "$name not ready after ${READY_TIMEOUT_S}s"; }
+        if ! is_running "$name"; then
+            tail -n 30 "$log_file" >&2
+            die "$name exited during start-up (log: $log_file)"
+        fi
+        if ((SECONDS >= deadline)); then
+            tail -n 30 "$log_file" >&2
+            die "$name not ready on port $port after ${READY_TIMEOUT_S}s (SERVICES_READY_TIMEOUT; log: $log_file); it keeps starting: 'make up' again waits anew, 'make down' stops it"
+        fi
+        if ((SECONDS >= next_note)); then
+            log "still waiting for $name's /readyz ($((deadline - SECONDS))s left; log: $log_file)"
+            next_note=$((SECONDS + 30))
+        fi
         sleep 0.5
     done
     log "$name ready on http://127.0.0.1:$port"
