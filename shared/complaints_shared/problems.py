@@ -148,7 +148,7 @@ _SECURED = {
 def document_problems(document: dict[str, Any]) -> dict[str, Any]:
     """``document`` (a service's OpenAPI) saying what its errors are: FastAPI documents a
     ``422`` as its own ``{"detail": [...]}``, which the services never send, and no other
-    error. Each operation gets its ``422`` as a ``ValidationProblem``, ``401``/``403`` when
+    error. Every operation gets a ``422`` as a ``ValidationProblem``, ``401``/``403`` when
     it takes a token, ``503`` with ``Retry-After``, and any other error as a ``Problem``."""
     schemas = document.setdefault("components", {}).setdefault("schemas", {})
     for name in ("HTTPValidationError", "ValidationError"):
@@ -169,12 +169,13 @@ def document_problems(document: dict[str, Any]) -> dict[str, Any]:
     for path_item in document.get("paths", {}).values():
         for operation in path_item.values():
             responses = operation.setdefault("responses", {})
-            if "422" in responses:
-                responses["422"] = answer(
-                    "A field is missing or invalid (`errors` names each), or the request is "
-                    "refused as a whole",
-                    ValidationProblem,
-                )
+            # Every operation, not only those FastAPI gives one: a query parameter the route
+            # does not take (or one given too often) is a 422 anywhere (``http``).
+            responses["422"] = answer(
+                "A field is missing or invalid (`errors` names each; a query parameter the "
+                "operation does not take is one), or the request is refused as a whole",
+                ValidationProblem,
+            )
             if operation.get("security"):
                 for status, description in _SECURED.items():
                     responses.setdefault(status, answer(description))
