@@ -581,6 +581,9 @@ async def test_a_broker_error_right_after_each_start_lengthens_the_pause(
     monkeypatch.setattr(EventConsumer, "_sleep_unless_stopping", noted)
     running = asyncio.create_task(consumer.run())
     try:
+        # Refused again and again, it is failing (readiness says so): it was reported
+        # ready while it consumed nothing.
+        await eventually(lambda: asyncio.sleep(0, consumer.failing), timeout_s=30, what="failing")
         await eventually(
             lambda: asyncio.sleep(0, len(errors) == 3 and consumer.assigned.is_set()),
             timeout_s=30,

@@ -365,13 +365,21 @@ class EventConsumer:
         # Faults of the loop itself in a row, and when the last one was (``failing``).
         self._faults = 0
         self._last_fault_at = 0.0
+        # Broker errors since partitions were last assigned, and when the last one was.
+        self._broker_faults = 0
+        self._last_broker_fault_at = 0.0
 
     @property
     def failing(self) -> bool:
         """Whether the loop keeps faulting: ``LOOP_FAULTS_FAILING`` in a row, the last one
-        recent. Readiness fails meanwhile; a record handled ends it."""
-        recent = time.monotonic() - self._last_fault_at < LOOP_FAULT_WINDOW_S
-        return self._faults >= LOOP_FAULTS_FAILING and recent
+        recent (a record handled ends it), or as many broker errors without partitions
+        assigned in between (a group the broker refuses). Readiness fails meanwhile."""
+        now = time.monotonic()
+        faulting = self._faults >= LOOP_FAULTS_FAILING
+        refused = self._broker_faults >= LOOP_FAULTS_FAILING
+        return (faulting and now - self._last_fault_at < LOOP_FAULT_WINDOW_S) or (
+            refused and now - self._last_broker_fault_at < LOOP_FAULT_WINDOW_S
+        )
 
     async def run(self) -> None:
         """Consume until ``stop()``; reconnects while the broker is unavailable.
@@ -391,9 +399,15 @@ class EventConsumer:
                 except KafkaError as exc:
                     # The pause starts again from 0.5 s only after a consumer that ran well:
                     # one the broker fails each time right after it starts (a group it may
-                    # not join, say) would otherwise rebalance the group every 0.5 s.
-                    if time.monotonic() - started >= LOOP_FAULT_WINDOW_S:
+                    # not join, say) would otherwise rebalance the group every 0.5 s. Such
+                    # errors until partitions are assigned again count (``failing``): a
+                    # consumer the broker kept refusing was reported ready while it
+                    # consumed nothing.
+                    now = time.monotonic()
+                    if now - started >= LOOP_FAULT_WINDOW_S:
                         backoff_s = 0.5
+                    self._broker_faults += 1
+                    self._last_broker_fault_at = now
                     log.warning("consumer_kafka_error", error=repr(exc), retry_in_s=backoff_s)
                     await self._close_consumer()
                     await self._sleep_unless_stopping(backoff_s)
@@ -477,6 +491,7 @@ class EventConsumer:
             batches = await self._fetch(consumer)
             if consumer.assignment():
                 self.assigned.set()
+                self._broker_faults = 0
             for partition, records in batches.items():
                 # No more records of this partition until its task has stored their effects.
                 consumer.pause(partition)
