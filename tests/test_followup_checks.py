@@ -573,6 +573,30 @@ async def test_an_earlier_check_left_open_by_a_failed_cancellation_is_refused_wh
     assert cancelled["cancel_reason"] == "superseded by a later check's answer"
 
 
+async def test_a_check_waiting_on_and_on_for_an_earlier_one_tells_its_history_once(
+    system_factory: SystemFactory,
+) -> None:
+    """Asked again while the first check stays open, the second waits on without a history
+    entry each time: one per wait (every 15 minutes with no spacing) filled its history until
+    it took no more claims (``lifecycle.MAX_HISTORY_FOR_CLAIMS``)."""
+    system, caller, _, _, second = await _second_check_past_due(system_factory)
+    clock: ManualClock = system.clock
+    url = f"/v1/followups/{second['id']}"
+    waiting = (await system.followup.get(url, headers=caller)).json()
+    for _ in range(3):
+        clock.set(max(clock.now(), at(waiting["due_at"])) + timedelta(seconds=1))
+        before = at(waiting["due_at"])
+
+        async def asked_again(before: datetime = before) -> dict | None:
+            body = (await system.followup.get(url, headers=caller)).json()
+            return body if at(body["due_at"]) > before else None
+
+        waiting = await eventually(asked_again, what="the second check asked again")
+    actions = [entry["action"] for entry in waiting["history"]]
+    assert waiting["status"] == "scheduled"
+    assert actions.count("wait_for_earlier_check") == 1, actions
+
+
 async def test_a_retried_call_on_a_check_superseded_since_is_answered_as_recorded(
     system_factory: SystemFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:

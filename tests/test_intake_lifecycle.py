@@ -173,6 +173,26 @@ async def test_roles_decide_who_may_reopen_and_close(system: System) -> None:
     assert document["status"] == "resolved"
 
 
+async def test_a_reopened_complaint_says_nobody_closed_it(system: System) -> None:
+    """A reopen cleared ``closed_at`` but left ``closed_via``: a complaint closed and
+    reopened answered ``status: reopened, closed_via: admin``."""
+    supervisor = token(system.intake_settings, roles=("supervisor",))
+    cid = (
+        await system.intake.post("/v1/complaints", json=complaint_body(), headers=supervisor)
+    ).json()["id"]
+    base = f"/v1/complaints/{cid}"
+    await command(system, f"{base}/resolve", {"summary": "已处理"}, supervisor)
+    closed = await command(system, f"{base}/close", {"reason": "客户确认"}, supervisor)
+    assert (closed["status"], closed["closed_via"]) == ("closed", "admin")
+    reopened = await command(system, f"{base}/reopen", {"reason": "客户再次来电"}, supervisor)
+    assert (reopened["status"], reopened["closed_at"], reopened["closed_via"]) == (
+        "reopened",
+        None,
+        None,
+    )
+    assert "closed_via" not in await _stored(system, cid)
+
+
 async def _stored(system: System, cid: str) -> dict:
     return await system.mongo[system.intake_settings.database_name()].complaints.find_one(
         {"_id": cid}

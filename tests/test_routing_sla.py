@@ -257,6 +257,10 @@ def test_a_target_the_calendar_has_no_room_for_is_due_at_the_horizon() -> None:
     assert clock.due_at < breached.next_breach_at <= clock.due_at + sla.HORIZON
     days = SlaDuration(amount=2000, unit=DurationUnit.DAYS, basis=TimeBasis.BUSINESS)
     assert sla.deadline(SHANGHAI, MONDAY_10, days) == MONDAY_10 + sla.HORIZON
+    # So are business days' closes: each day's search has a horizon of its own, so 10,000
+    # closes came out in 2067.
+    closes = SlaDuration(amount=10_000, unit=DurationUnit.END_OF_BUSINESS_DAY, basis="business")
+    assert sla.deadline(SHANGHAI, MONDAY_10, closes) == MONDAY_10 + sla.HORIZON
 
 
 @pytest.mark.parametrize(("unit", "basis"), list(MAX_AMOUNTS))
@@ -339,6 +343,14 @@ def test_a_reopened_complaint_keeps_the_built_in_policy_and_retired_ones_are_not
         return sla.select_policy(policies, org="demo", requested=requested, category=category).id
 
     assert chosen(sla.BUILTIN_POLICY_ID, Category.BILLING) == sla.BUILTIN_POLICY_ID
+    # Unless the organisation has a policy of that id: then it is theirs.
+    own = SlaPolicy(id=sla.BUILTIN_POLICY_ID, org="demo", name="自己的", categories=[])
+    assert (
+        sla.select_policy(
+            [*policies, own], org="demo", requested=sla.BUILTIN_POLICY_ID, category=Category.BILLING
+        )
+        is own
+    )
     assert chosen("old-default", Category.BILLING) == "old-default"  # its own, retired since
     assert chosen(None, Category.NETWORK) == sla.BUILTIN_POLICY_ID
 

@@ -120,6 +120,12 @@ async def fire_due_check(
             state=CheckState.of(current), command=command, actor=SYSTEM_ACTOR, now=now
         )
         fields = {} if command is Command.BECOME_DUE else {"due_at": callable_from}
+        history = current.get("history") or [{}]
+        if command is Command.WAIT_FOR_EARLIER_CHECK and history[-1].get("action") == command:
+            # Waiting on still: the entry already says so. One per wait filled the history
+            # (an earlier check left unclaimed for days, asked again every 15 minutes) until
+            # the check took no more claims (``lifecycle.MAX_HISTORY_FOR_CLAIMS``).
+            return Decision({"$set": fields, "$unset": store.TIMER_FIELDS})
         update = merge_updates(
             moved(command=command, status=status, actor=SYSTEM_ACTOR, now=now, **fields),
             {"$unset": store.TIMER_FIELDS},

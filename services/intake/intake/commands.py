@@ -465,7 +465,12 @@ def reopen_build(*, reason: str, reopened_by: str) -> Build:
                 "$inc": {"reopen_count": 1},
                 "$set": {"last_reopen_reason": reason, **NEW_CYCLE_SLA},
                 # The new cycle's resolve deadline is routing's to announce.
-                "$unset": {"finished_at": "", "closed_at": "", "resolve_due_at": ""},
+                "$unset": {
+                    "finished_at": "",
+                    "closed_at": "",
+                    "closed_via": "",
+                    "resolve_due_at": "",
+                },
             },
             [(EventType.COMPLAINT_REOPENED, event)],
         )

@@ -139,7 +139,11 @@ def timeline_entry(
 
 
 def to_read(document: dict[str, Any]) -> ComplaintRead:
-    return from_stored(ComplaintRead, {**document, "id": document["_id"]})
+    shown = {**document, "id": document["_id"]}
+    if shown.get("closed_at") is None:
+        # Who closed it, while it is: a reopen stored before 5 December left it behind.
+        shown.pop("closed_via", None)
+    return from_stored(ComplaintRead, shown)
 
 
 async def shown_to(

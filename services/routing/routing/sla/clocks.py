@@ -73,11 +73,11 @@ def select_policy(
 ) -> SlaPolicy:
     """The named policy (a rule's, or the one a reopened complaint already has; retired or
     not), else one in force overriding the category, else the org default in force."""
-    if requested == BUILTIN_POLICY_ID:
-        return builtin_policy(org)
     by_id = {policy.id: policy for policy in policies}
     if requested is not None and requested in by_id:
         return by_id[requested]
+    if requested == BUILTIN_POLICY_ID:  # the defaults, unless the org named one of its own so
+        return builtin_policy(org)
     by_id = {policy.id: policy for policy in by_id.values() if policy.in_force}
     for policy in sorted(by_id.values(), key=lambda p: p.id):
         if category in policy.categories:
@@ -172,10 +172,13 @@ def deadline(calendar: BusinessCalendar, start: datetime, duration: SlaDuration)
 
 def _deadline(calendar: BusinessCalendar, start: datetime, duration: SlaDuration) -> datetime:
     if duration.unit is DurationUnit.END_OF_BUSINESS_DAY:
-        # The close of the ``amount``-th business day, the one the clock starts in first.
+        # The close of the ``amount``-th business day, the one the clock starts in first;
+        # ``HORIZON`` at most, as every target (each search below has a horizon of its own).
         closing = calendar.end_of_business_day(start)
         for _ in range(int(duration.amount) - 1):
             closing = calendar.end_of_business_day(calendar.next_open(closing))
+            if closing - start > HORIZON:
+                raise BeyondHorizon(f"{duration.amount:g} business days' closes from {start}")
         return closing
     if duration.basis is TimeBasis.CALENDAR:
         return start + _unit_delta(duration)
