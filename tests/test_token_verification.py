@@ -177,6 +177,49 @@ async def test_a_discovered_key_set_address_that_is_not_http_is_a_503(
     assert problem.status == 503 and "file:///etc/passwd" in problem.detail
 
 
+async def test_a_refresh_that_fails_leaves_the_kept_keys_serving(idp: IdentityProvider) -> None:
+    """A token with a made-up ``kid`` makes the service fetch the set again; should that one
+    fetch fail (the provider blinks), the set it holds still verifies every good token. It
+    made every token a 503 for the cooldown: anyone could keep the service down with one
+    request every ten seconds."""
+    verifier = TokenVerifier(oidc_settings(idp, jwt_jwks_refresh_cooldown_s=0.2))
+    assert (await verifier.principal(idp.token("k1"))).subject == "tester"
+    await asyncio.sleep(0.3)
+    idp.add_key("made-up", publish=False)
+    idp.jwks_body = b"<html>502 Bad Gateway</html>"
+    assert (await refused(verifier, idp.token("made-up"))).status == 401
+    assert (await verifier.principal(idp.token("k1"))).subject == "tester"
+    assert idp.jwks_fetches == 2
+
+
+async def test_concurrent_unknown_kids_fetch_the_key_set_once(idp: IdentityProvider) -> None:
+    """Each request fetched for itself: twenty unknown kids after the cooldown made twenty
+    fetches, a cold start with twenty good tokens six."""
+    verifier = TokenVerifier(oidc_settings(idp, jwt_jwks_refresh_cooldown_s=0.2))
+    tokens = [idp.token("k1") for _ in range(20)]
+    principals = await asyncio.gather(*(verifier.principal(token) for token in tokens))
+    assert {principal.subject for principal in principals} == {"tester"}
+    assert idp.jwks_fetches == 1
+    await asyncio.sleep(0.3)
+    idp.add_key("made-up", publish=False)
+    answers = await asyncio.gather(*(refused(verifier, idp.token("made-up")) for _ in range(20)))
+    assert {problem.status for problem in answers} == {401}
+    assert idp.jwks_fetches == 2
+
+
+async def test_a_failing_discovery_is_not_asked_again_within_the_cooldown(
+    idp: IdentityProvider,
+) -> None:
+    idp.discovery_body = b"<html>login</html>"
+    verifier = TokenVerifier(
+        oidc_settings(idp, jwt_jwks_url="", jwt_oidc_discovery=True, jwt_jwks_refresh_cooldown_s=60)
+    )
+    asked = idp.discovery_fetches
+    for _ in range(3):
+        assert (await refused(verifier, idp.token("k1"))).status == 503
+    assert idp.discovery_fetches == asked + 1
+
+
 async def test_leeway_tolerates_small_clock_skew_only(idp: IdentityProvider) -> None:
     verifier = TokenVerifier(oidc_settings(idp, jwt_leeway_s=30))
     now = int(time.time())

@@ -35,9 +35,12 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
+from complaints_shared.logs import get_logger
 from complaints_shared.models import CODE_PATTERN, Code
 from complaints_shared.problems import ProblemError, not_found
 from complaints_shared.settings import ServiceSettings
+
+log = get_logger(__name__)
 
 ALL_BRANCHES = "*"
 SECRET_ALGORITHM = "HS256"
@@ -215,9 +218,14 @@ class TokenVerifier:
         self._jwks: jwt.PyJWKClient | None = None
         self._jwks_lock = asyncio.Lock()
         self._cooldown_s = settings.jwt_jwks_refresh_cooldown_s
-        self._keys_fetched_at = -float("inf")  # when the key set was last fetched (monotonic)
-        self._source_failed_until = -float("inf")
-        self._source_failure = ""
+        # The provider's signing keys as last fetched, and when (monotonic); one fetch at a
+        # time (``_keys``). When a fetch (or the discovery) last failed, and why.
+        self._keys_lock = asyncio.Lock()
+        self._key_set: list[jwt.PyJWK] | None = None
+        self._key_set_at = -float("inf")
+        self._fetch_failed_at = -float("inf")
+        self._discovery_failed_at = -float("inf")
+        self._failure = ""
         if settings.jwt_jwks_url:
             self._jwks = self._client(settings.jwt_jwks_url)
 
@@ -276,47 +284,83 @@ class TokenVerifier:
             )
         kid = header.get("kid")
         client = await self._client_for_issuer()
-        key = jwt.PyJWKClient.match_kid(await self._keys(client), kid)
-        if key is None and time.monotonic() - self._keys_fetched_at >= self._cooldown_s:
-            key = jwt.PyJWKClient.match_kid(await self._keys(client, refresh=True), kid)
+        keys, fetched_at = await self._keys(client)
+        key = jwt.PyJWKClient.match_kid(keys, kid)
+        if key is None:  # perhaps rotated in since: the set again, at most once per cooldown
+            keys, _ = await self._keys(client, refresh_since=fetched_at)
+            key = jwt.PyJWKClient.match_kid(keys, kid)
         if key is None:
             raise unauthorized(f"invalid token: the identity provider has no signing key {kid!r}")
         return key
 
-    async def _keys(self, client: jwt.PyJWKClient, *, refresh: bool = False) -> list[jwt.PyJWK]:
-        """The signing keys of the set (cached for ``jwt_jwks_cache_s``). Whatever keeps
-        them from being read (no connection, an error page, JSON that is no key set, a set
-        without signing keys) is the source's failure, not the token's: a 503, answered
-        without asking the source again until the cooldown has passed."""
-        if time.monotonic() < self._source_failed_until:
-            raise _key_source_unavailable(self._source_failure, retry_after_s=self._retry_after_s())
-        first = self._keys_fetched_at == -float("inf")
-        try:
-            # PyJWKClient fetches with blocking urllib: keep it off the event loop.
-            keys = await asyncio.to_thread(client.get_signing_keys, refresh)
-        except Exception as exc:
-            self._source_failure = f"{client.uri}: {exc}"
-            self._source_failed_until = time.monotonic() + self._cooldown_s
-            raise _key_source_unavailable(
-                self._source_failure, retry_after_s=self._retry_after_s()
-            ) from None
-        if refresh or first:  # (a fetch when the cached set expires is not counted)
-            self._keys_fetched_at = time.monotonic()
-        return keys
+    async def _keys(
+        self, client: jwt.PyJWKClient, *, refresh_since: float | None = None
+    ) -> tuple[list[jwt.PyJWK], float]:
+        """The signing keys and when they were fetched: the set kept for
+        ``jwt_jwks_cache_s``, fetched one at a time (concurrent requests wait for the one
+        fetch). ``refresh_since``: a ``kid`` not in the set fetched then; fetched again
+        unless that was within the cooldown or someone has fetched it since.
+
+        Whatever keeps the keys from being read (no connection, an error page, JSON that is
+        no key set, a set without signing keys) is the source's failure, not the token's: a
+        503, without asking the source again until the cooldown has passed. A refresh that
+        fails leaves the kept set serving: a random ``kid`` meeting a provider's blip made
+        every token a 503 for the cooldown."""
+        async with self._keys_lock:
+            now = time.monotonic()
+            kept = self._key_set
+            fresh = kept is not None and now - self._key_set_at < self._settings.jwt_jwks_cache_s
+            refresh = (
+                refresh_since is not None
+                and self._key_set_at <= refresh_since
+                and now - self._key_set_at >= self._cooldown_s
+            )
+            if fresh and not refresh:
+                assert kept is not None
+                return kept, self._key_set_at
+            if now - self._fetch_failed_at < self._cooldown_s:  # failed lately: not yet again
+                if fresh:
+                    assert kept is not None
+                    return kept, self._key_set_at
+                raise _key_source_unavailable(self._failure, retry_after_s=self._retry_after_s())
+            try:
+                # PyJWKClient fetches with blocking urllib: keep it off the event loop.
+                keys = await asyncio.to_thread(client.get_signing_keys, True)
+            except Exception as exc:
+                self._fetch_failed_at = time.monotonic()
+                self._failure = f"{client.uri}: {exc}"
+                if fresh:
+                    assert kept is not None
+                    log.warning("jwks_refresh_failed", error=self._failure)
+                    return kept, self._key_set_at
+                raise _key_source_unavailable(
+                    self._failure, retry_after_s=self._retry_after_s()
+                ) from None
+            self._key_set, self._key_set_at = keys, time.monotonic()
+            return keys, self._key_set_at
 
     async def _client_for_issuer(self) -> jwt.PyJWKClient:
         if self._jwks is not None:
             return self._jwks
         async with self._jwks_lock:
             if self._jwks is None:
-                url = await self._discover_jwks_url()
-                try:
-                    self._jwks = self._client(url)
-                except jwt.PyJWKClientError as exc:  # a jwks_uri that is not http(s)
+                if time.monotonic() - self._discovery_failed_at < self._cooldown_s:
                     raise _key_source_unavailable(
-                        f"discovery names jwks_uri {url!r}: {exc}",
-                        retry_after_s=self._retry_after_s(),
-                    ) from None
+                        self._failure, retry_after_s=self._retry_after_s()
+                    )
+                try:
+                    url = await self._discover_jwks_url()
+                    try:
+                        self._jwks = self._client(url)
+                    except jwt.PyJWKClientError as exc:  # a jwks_uri that is not http(s)
+                        raise _key_source_unavailable(
+                            f"discovery names jwks_uri {url!r}: {exc}",
+                            retry_after_s=self._retry_after_s(),
+                        ) from None
+                except ProblemError as unavailable:
+                    self._discovery_failed_at = time.monotonic()
+                    self._failure = unavailable.detail
+                    raise
         return self._jwks
 
     async def _discover_jwks_url(self) -> str:

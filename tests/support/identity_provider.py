@@ -41,6 +41,7 @@ class IdentityProvider:
     keys: dict[str, SigningKey] = field(default_factory=dict)
     published: list[str] = field(default_factory=list)
     jwks_fetches: int = 0
+    discovery_fetches: int = 0
     # Set to answer these bytes instead (an error page, JSON that is no key set).
     jwks_body: bytes | None = None
     discovery_body: bytes | None = None
@@ -61,6 +62,7 @@ class IdentityProvider:
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
                 if self.path == "/.well-known/openid-configuration":
+                    provider.discovery_fetches += 1
                     body = {"issuer": provider.issuer, "jwks_uri": provider.jwks_url}
                     payload = provider.discovery_body or json.dumps(body).encode()
                 elif self.path == "/jwks":
