@@ -108,12 +108,20 @@ async def test_a_hold_racing_a_reactivation_leaves_the_delivery_due_and_its_chai
             )
             # The race, step by step: a dispatcher claims the first delivery and reads the
             # subscription as paused; an admin re-activates it; then the dispatcher holds.
-            claimed = await store.claim_due(
+            [claimable] = await store.claimable_ids(
                 db=db,
+                subscription_id=subscription_id,
+                now=now,
+                recorded_through=NOTHING_RECORDED,
+                limit=10,
+            )
+            claimed = await store.claim(
+                db=db,
+                delivery_id=claimable,
+                subscription_id=subscription_id,
                 owner="dispatcher-a",
                 now=now,
                 lease_s=60,
-                skip_subscriptions=[],
                 recorded_through=NOTHING_RECORDED,
             )
             assert claimed is not None and claimed["_id"] == first

@@ -103,7 +103,7 @@ async def test_a_connection_verified_for_one_host_never_carries_another_hosts_de
     connections of its own, so b.test's certificate is checked, and refused."""
     port, client_tls, seen = receiver
 
-    async def same_address(target, *, settings) -> str:
+    async def same_address(target, **_) -> str:
         return "127.0.0.1"
 
     monkeypatch.setattr(sender_module, "resolve_checked", same_address)
@@ -136,7 +136,7 @@ async def test_clients_of_hosts_no_longer_sent_to_are_closed(
     sent to."""
     port, client_tls, _ = receiver
 
-    async def same_address(target, *, settings) -> str:
+    async def same_address(target, **_) -> str:
         return "127.0.0.1"
 
     monkeypatch.setattr(sender_module, "resolve_checked", same_address)

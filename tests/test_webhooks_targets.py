@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import ipaddress
 import random
+from collections.abc import Iterator
 
 import pytest
 
+from webhooks.resolver import HostResolver
 from webhooks.scheduler import retry_delay_s
 from webhooks.settings import DEFAULT_RETRY_SCHEDULE_S, WebhooksSettings
 from webhooks.targets import Target, TargetRefused, check_address, parse_target, resolve_checked
@@ -14,6 +16,14 @@ from webhooks.targets import Target, TargetRefused, check_address, parse_target,
 PRODUCTION = WebhooksSettings()
 ON_PREMISE = WebhooksSettings(allow_private_targets=True)
 DEVELOPMENT = WebhooksSettings(deployment_environment="development", allow_loopback_targets=True)
+
+
+@pytest.fixture
+def resolver() -> Iterator[HostResolver]:
+    """The system resolver, on threads of its own, as a replica has it."""
+    resolver = HostResolver(threads=4, unproven_share=0.5, failure_kept_s=30)
+    yield resolver
+    resolver.close()
 
 
 @pytest.mark.parametrize(
@@ -148,10 +158,16 @@ def test_a_public_address_or_a_name_with_a_root_dot_is_accepted() -> None:
     assert parse_target("http://localhost./h", settings=DEVELOPMENT).host == "localhost."
 
 
-async def test_a_literal_address_with_a_root_dot_is_checked_as_the_address_at_delivery() -> None:
+async def test_a_literal_address_with_a_root_dot_is_checked_as_the_address_at_delivery(
+    resolver: HostResolver,
+) -> None:
     with pytest.raises(TargetRefused, match="metadata"):
-        await resolve_checked(Target("https", "169.254.169.254.", 443), settings=PRODUCTION)
-    address = await resolve_checked(Target("https", "93.184.216.34.", 443), settings=PRODUCTION)
+        await resolve_checked(
+            Target("https", "169.254.169.254.", 443), settings=PRODUCTION, resolver=resolver
+        )
+    address = await resolve_checked(
+        Target("https", "93.184.216.34.", 443), settings=PRODUCTION, resolver=resolver
+    )
     assert address == "93.184.216.34"
 
 
@@ -169,20 +185,28 @@ def test_an_international_host_name_is_accepted_in_its_ascii_form() -> None:
     )
 
 
-async def test_a_host_the_resolver_cannot_encode_is_refused_at_delivery() -> None:
+async def test_a_host_the_resolver_cannot_encode_is_refused_at_delivery(
+    resolver: HostResolver,
+) -> None:
     # Saved before host names were checked: the resolver's IDNA codec raises UnicodeError.
     for host in ["a..example.com", f"{'a' * 64}.example.com"]:
         with pytest.raises(TargetRefused, match="not a valid host name"):
-            await resolve_checked(Target("https", host, 443), settings=PRODUCTION)
+            await resolve_checked(
+                Target("https", host, 443), settings=PRODUCTION, resolver=resolver
+            )
 
 
-async def test_a_name_resolving_to_an_internal_address_is_refused_at_delivery() -> None:
+async def test_a_name_resolving_to_an_internal_address_is_refused_at_delivery(
+    resolver: HostResolver,
+) -> None:
     with pytest.raises(TargetRefused, match="loopback"):
-        await resolve_checked(Target("https", "localhost", 443), settings=PRODUCTION)
-    assert await resolve_checked(Target("http", "localhost", 80), settings=DEVELOPMENT) in {
-        "127.0.0.1",
-        "::1",
-    }
+        await resolve_checked(
+            Target("https", "localhost", 443), settings=PRODUCTION, resolver=resolver
+        )
+    local = await resolve_checked(
+        Target("http", "localhost", 80), settings=DEVELOPMENT, resolver=resolver
+    )
+    assert local in {"127.0.0.1", "::1"}
 
 
 def test_the_default_retry_schedule_spans_more_than_a_day_with_bounded_jitter() -> None:

@@ -290,7 +290,7 @@ async def update_subscription(
         # Also when it was active already: a retry completes a release that a failure or a
         # crash after the status was written cut short (retries keep their backoff).
         await store.release_held(db=runtime.db, subscription_id=subscription_id, now=now)
-        _dispatcher(request).notify()
+        _dispatcher(request).deliveries_due(subscription_ids=[subscription_id], at=now)
     tag(response, updated.get("version", 0))
     return from_stored(SubscriptionRead, store.public(updated))
 
@@ -410,7 +410,7 @@ async def ping(
         if sent is not None:  # else it went with its subscription's deletion
             response.headers[REPLAYED_HEADER] = "true"
             return from_stored(DeliveryRead, store.public(sent))
-    _dispatcher(request).notify()
+    _dispatcher(request).deliveries_due(subscription_ids=[subscription_id], at=now)
     return from_stored(DeliveryRead, store.public(delivery))
 
 
@@ -483,7 +483,7 @@ async def redeliver_one(
         raise not_found(what="delivery", identifier=delivery_id)
     if key is not None:
         key.tell(response)
-    _dispatcher(request).notify()
+    _dispatcher(request).deliveries_due(subscription_ids=[subscription_id], at=runtime.clock.now())
     return RedeliveryAccepted(queued=1)
 
 
@@ -519,5 +519,5 @@ async def redeliver_range(
     )
     if key is not None:
         key.tell(response)
-    _dispatcher(request).notify()
+    _dispatcher(request).deliveries_due(subscription_ids=[subscription_id], at=runtime.clock.now())
     return RedeliveryAccepted(queued=queued)

@@ -87,7 +87,10 @@ def build_handlers(runtime: Runtime, *, dispatcher: Dispatcher) -> dict[EventTyp
         ]
         recorded = await store.insert_deliveries(db=runtime.db, deliveries=deliveries)
         if recorded:
-            dispatcher.notify()
+            dispatcher.deliveries_recorded(
+                subscription_ids=[subscription["_id"] for subscription in subscriptions],
+                event_time=event.time,
+            )
             log.info("webhook_deliveries_recorded", count=recorded)
 
     return dict.fromkeys(EventType, record)

@@ -37,6 +37,7 @@ def create_app(settings: WebhooksSettings | None = None, *, clock: Clock | None 
             ),
             background_jobs=[
                 dispatcher.run_dispatcher,
+                dispatcher.run_due_discovery,
                 dispatcher.run_backlog_gauge,
                 dispatcher.run_stranded_repair,
                 dispatcher.watermark.run_watermark,

@@ -2,10 +2,10 @@
 
 Every pending delivery carries ``next_attempt_at`` in MongoDB. Each replica
 claims due ones (earliest first) under a lease of the request timeout plus a
-margin, and runs each attempt as its own task: at most
-``max_concurrent_deliveries`` in flight, and at most
-``max_concurrent_per_subscription`` per subscription (a saturated
-subscription's deliveries are not even claimed), so a slow or dead target only
+margin, one subscription at a time (``webhooks.due``), and runs each attempt as its
+own task: at most ``max_concurrent_deliveries`` in flight, and at most
+``max_concurrent_per_subscription`` per subscription (a saturated subscription is
+not even asked, so no claim reads its backlog), so a slow or dead target only
 ever holds its own slots while every attempt is bounded by
 ``request_timeout_s``. A failing subscription (its last attempt failed, or its
 stored failure streak says so) has one attempt in flight at most, and the failing
@@ -37,7 +37,8 @@ import asyncio
 import random
 import time
 import uuid
-from collections import Counter
+from collections import Counter, deque
+from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -47,6 +48,7 @@ from complaints_shared.runtime import Runtime
 from complaints_shared.timers import record_timer_failure
 from complaints_shared.timing import Pacer, wait_event
 from webhooks import store
+from webhooks.due import DueSubscriptions
 from webhooks.metrics import (
     BACKLOG,
     DELIVERIES_FINISHED,
@@ -74,6 +76,13 @@ log = get_logger(__name__)
 FAILING_KEPT_S = 600.0
 # Before the first watermark observation: only deliveries of no event (pings) may go.
 NOTHING_RECORDED = datetime(1970, 1, 1, tzinfo=UTC)
+# Pending timers read when a claim of a subscription found nothing, to settle when to ask
+# again (``DueSubscriptions.settle``): its in-flight and waiting ones come first.
+TIMERS_READ_AFTER_EMPTY_CLAIM = 50
+# Deliveries one read of a subscription's claimable ones returns, taken one by one by the
+# claims that follow: a subscription draining a backlog costs one read per this many
+# claims. (The local server reads all of them whatever the limit.)
+CANDIDATES_PER_READ = 32
 
 
 def retry_delay_s(*, settings: WebhooksSettings, retry_index: int, rng: random.Random) -> float:
@@ -108,9 +117,27 @@ class Dispatcher:
         )
         self._rng = random.Random()
         self._lease_s = settings.request_timeout_s + settings.lease_margin_s
+        # The subscriptions with deliveries to claim, as this replica knows them, and the
+        # deliveries of each its last read found claimable and no claim has taken yet.
+        self._due = DueSubscriptions()
+        self._candidates: dict[str, deque[str]] = {}
 
     def notify(self) -> None:
-        """New deliveries were recorded: look for due work now, not at the next poll."""
+        """Look for due work now, not at the next poll (the order watermark moved)."""
+        self._wake.set()
+
+    def deliveries_due(self, *, subscription_ids: Iterable[str], at: datetime) -> None:
+        """Deliveries of these subscriptions were made due at ``at`` (queued, queued again,
+        released, woken): claim them now."""
+        for subscription_id in subscription_ids:
+            self._due.due_at(subscription_id, at=at)
+        self._wake.set()
+
+    def deliveries_recorded(self, *, subscription_ids: Iterable[str], event_time: datetime) -> None:
+        """Deliveries of an event of ``event_time`` were recorded for these subscriptions:
+        claim them once the order watermark is past it."""
+        for subscription_id in subscription_ids:
+            self._due.after_watermark(subscription_id, event_time=event_time)
         self._wake.set()
 
     async def run_dispatcher(self, runtime: Runtime) -> None:
@@ -135,6 +162,42 @@ class Dispatcher:
             except Exception as exc:
                 log.warning("webhook_backlog_gauge_failed", error=repr(exc))
             await wait_event(runtime.stopping, timeout_s=self._settings.backlog_refresh_s)
+
+    async def run_due_discovery(self, runtime: Runtime) -> None:
+        """The background job: ``discover_due`` at start and every
+        ``due_discovery_interval_s``."""
+        while not runtime.stopping.is_set():
+            try:
+                pacer = Pacer(share=self._settings.background_work_share, stopping=runtime.stopping)
+                await self.discover_due(runtime, pacer=pacer)
+            except Exception as exc:  # Mongo away or similar: the next pass looks again
+                log.error("webhook_due_discovery_failed", error=redacted_error(exc))
+            await wait_event(runtime.stopping, timeout_s=self._settings.due_discovery_interval_s)
+
+    async def discover_due(self, runtime: Runtime, *, pacer: Pacer | None = None) -> int:
+        """Learn when each subscription not about to be claimed from has a delivery due:
+        what other replicas recorded, made due or left when they stopped. One index probe
+        per such subscription (none for one ready to claim from, however long its backlog);
+        how many have one due now."""
+        pacer = pacer or Pacer(share=1)
+        found = 0
+        for subscription_id in await store.subscription_ids(db=runtime.db):
+            now = runtime.clock.now()
+            through = self.watermark.through or NOTHING_RECORDED
+            if self._due.is_ready(subscription_id, now=now, recorded_through=through):
+                continue
+            earliest = await store.pending_timers(
+                db=runtime.db, subscription_id=subscription_id, limit=1
+            )
+            await pacer.pause()
+            if not earliest:
+                continue
+            due_at = earliest[0]["next_attempt_at"]
+            self._due.due_at(subscription_id, at=due_at)
+            found += due_at <= now
+        if found:
+            self._wake.set()
+        return found
 
     async def refresh_subscription_series(self, runtime: Runtime) -> None:
         """Set the backlog gauge of every subscription with a series or a backlog (0 for
@@ -211,27 +274,80 @@ class Dispatcher:
                     count=released,
                 )
                 repaired += released
-        if repaired:
-            self._wake.set()
+                self.deliveries_due(subscription_ids=[subscription_id], at=runtime.clock.now())
         return repaired
 
     async def _claim_and_start(self, runtime: Runtime) -> None:
+        """Claim and start due deliveries while there are free slots: one delivery of the
+        subscription waiting the longest among those with slots left (its earliest due, as
+        of its last read), again and again. One whose claim found nothing is not asked
+        again in this pass."""
+        found_nothing: set[str] = set()
         while (
             len(self._in_flight) < self._settings.max_concurrent_deliveries
             and not runtime.stopping.is_set()
         ):
+            now = runtime.clock.now()
+            through = self.watermark.through or NOTHING_RECORDED
+            subscription_id = self._due.next_ready(
+                now=now, recorded_through=through, skip=self._saturated() | found_nothing
+            )
+            if subscription_id is None:
+                return
             lease = self._claimed()
-            delivery = await store.claim_due(
-                db=runtime.db,
-                owner=lease,
-                now=runtime.clock.now(),
-                lease_s=self._lease_s,
-                skip_subscriptions=self._saturated(),
-                recorded_through=self.watermark.through or NOTHING_RECORDED,
+            delivery = await self._claim_from(
+                runtime, subscription_id, owner=lease, now=now, recorded_through=through
             )
             if delivery is None:
-                return
+                found_nothing.add(subscription_id)
+                timers = await store.pending_timers(
+                    db=runtime.db,
+                    subscription_id=subscription_id,
+                    limit=TIMERS_READ_AFTER_EMPTY_CLAIM,
+                )
+                self._due.settle(subscription_id, timers=timers, now=now, recorded_through=through)
+                continue
+            self._due.claimed(subscription_id, at=now)
             self._start(runtime, {**delivery, "lease_owner": lease})
+
+    async def _claim_from(
+        self,
+        runtime: Runtime,
+        subscription_id: str,
+        *,
+        owner: str,
+        now: datetime,
+        recorded_through: datetime,
+    ) -> dict[str, Any] | None:
+        """Claim the subscription's next claimable delivery: the first its last read found
+        that a claim can still take, else the first of a new read; None if there is none."""
+        candidates = self._candidates.pop(subscription_id, deque())
+        for read_now in (False, True):
+            if read_now:
+                candidates = deque(
+                    await store.claimable_ids(
+                        db=runtime.db,
+                        subscription_id=subscription_id,
+                        now=now,
+                        recorded_through=recorded_through,
+                        limit=CANDIDATES_PER_READ,
+                    )
+                )
+            while candidates:
+                claimed = await store.claim(
+                    db=runtime.db,
+                    delivery_id=candidates.popleft(),
+                    subscription_id=subscription_id,
+                    owner=owner,
+                    now=now,
+                    lease_s=self._lease_s,
+                    recorded_through=recorded_through,
+                )
+                if claimed is not None:
+                    if candidates:
+                        self._candidates[subscription_id] = candidates
+                    return claimed
+        return None
 
     def _claimed(self) -> str:
         """The lease of one claim: the replica and the claim. Every write of its attempt
@@ -242,7 +358,7 @@ class Dispatcher:
         be thrown away as a lost lease."""
         return f"{self._owner}/{uuid.uuid4().hex[:12]}"
 
-    def _saturated(self) -> list[str]:
+    def _saturated(self) -> set[str]:
         """The subscriptions not to claim for now: those with all the attempts in flight
         they may have, and every failing one once the failing hold their share."""
         forgotten = time.monotonic() - FAILING_KEPT_S
@@ -262,7 +378,7 @@ class Dispatcher:
         }
         if failing_in_flight >= self._failing_slots:
             saturated |= self._failing.keys()
-        return sorted(saturated)
+        return saturated
 
     def _health(self, subscription_id: str, *, failing: bool) -> None:
         if failing:
@@ -379,8 +495,7 @@ class Dispatcher:
             # later ones of its chain go on, as after a delivery that finished.
             if await store.drop_orphan(db=db, delivery=delivery, owner=lease):
                 log.info("webhook_delivery_unsubscribed_dropped")
-                await store.wake_chain(db=db, delivery=delivery, now=runtime.clock.now())
-                self._wake.set()
+                await self._wake_chain(runtime, delivery)
             return
         if subscription["status"] != SubscriptionStatus.ACTIVE.value and not is_ping:
             await store.hold_while_off(db=db, delivery=delivery, owner=lease, now=now)
@@ -390,6 +505,8 @@ class Dispatcher:
             recheck = now + timedelta(seconds=self._lease_s)
             until = max(earlier.get("next_attempt_at") or recheck, recheck)
             await store.hold_behind(db=db, delivery=delivery, owner=lease, until=until, now=now)
+            # Woken when the earlier one finishes (here: at once); else looked at again then.
+            self._due.due_at(delivery["subscription_id"], at=until)
             return
         headers = signed_headers(
             webhook_id=delivery["_id"],
@@ -471,10 +588,11 @@ class Dispatcher:
             error=result.error,
             next_attempt_at=next_at.isoformat() if next_at else None,
         )
+        if next_at is not None:
+            self._due.due_at(subscription_id, at=next_at)  # its retry (after a 410: at once)
         if status is not DeliveryStatus.PENDING:
             DELIVERIES_FINISHED.labels(subscription_id, status.value).inc()
-            await store.wake_chain(db=db, delivery=delivery, now=now)
-            self._wake.set()
+            await self._wake_chain(runtime, delivery)
         if is_ping:
             return  # a test ping says nothing about the subscription's health
         self._health(subscription_id, failing=not result.delivered)
@@ -493,6 +611,12 @@ class Dispatcher:
                 target_url=subscription["target_url"],
                 now=now,
             )
+
+    async def _wake_chain(self, runtime: Runtime, delivery: dict[str, Any]) -> None:
+        """The delivery is done with: the later ones of its chain are due now, if any."""
+        now = runtime.clock.now()
+        if await store.wake_chain(db=runtime.db, delivery=delivery, now=now):
+            self.deliveries_due(subscription_ids=[delivery["subscription_id"]], at=now)
 
     async def _disable(
         self, runtime: Runtime, *, subscription_id: str, target_url: str, now: datetime

@@ -1,7 +1,9 @@
 """One HTTP attempt: connect to the checked address, send, read a bounded excerpt.
 
 The whole attempt (resolve, connect, TLS, send, first bytes of the answer) is
-bounded by ``request_timeout_s``; redirects are not followed (a 3xx is a
+bounded by ``request_timeout_s``; the host name is looked up on the resolver's own threads
+(``webhooks.resolver``), and an attempt for which no lookup can be started now fails at
+once (``lookup deferred``), retried per the schedule; redirects are not followed (a 3xx is a
 failure, and could point anywhere). The response body is never stored beyond
 ``response_excerpt_bytes``.
 
@@ -23,6 +25,7 @@ import httpx
 
 from complaints_shared.failures import redacted_error
 from complaints_shared.logs import get_logger
+from webhooks.resolver import HostResolver, LookupDeferred
 from webhooks.settings import WebhooksSettings
 from webhooks.targets import TargetRefused, parse_target, resolve_checked
 
@@ -75,8 +78,14 @@ class Sender:
         self._tls = tls_context or ssl.create_default_context(cafile=certifi.where())
         self._pools: OrderedDict[str, _HostPool] = OrderedDict()
         self._retired: set[_HostPool] = set()
+        self._resolver = HostResolver(
+            threads=settings.resolver_threads,
+            unproven_share=settings.failing_share,
+            failure_kept_s=settings.failed_lookup_kept_s,
+        )
 
     async def close(self) -> None:
+        self._resolver.close()
         pools = [*self._pools.values(), *self._retired]
         self._pools.clear()
         self._retired.clear()
@@ -132,6 +141,8 @@ class Sender:
             return _failed(started, f"no answer within {self._settings.request_timeout_s:g} s")
         except TargetRefused as exc:
             return _failed(started, f"target refused: {exc}")
+        except LookupDeferred as exc:
+            return _failed(started, f"lookup deferred: {exc}")
         except httpx.HTTPError as exc:
             return _failed(started, f"{type(exc).__name__}: {exc}"[:300])
         except (httpx.InvalidURL, ValueError) as exc:
@@ -148,7 +159,7 @@ class Sender:
         self, *, url: str, headers: dict[str, str], body: str, started: float
     ) -> AttemptResult:
         target = parse_target(url, settings=self._settings)
-        address = await resolve_checked(target, settings=self._settings)
+        address = await resolve_checked(target, settings=self._settings, resolver=self._resolver)
         # Connect to the address just checked; Host and TLS (SNI, certificate) keep the name.
         # A name's root dot (``example.com.``) is no part of what certificates name.
         pinned = httpx.URL(url).copy_with(host=address)

@@ -56,7 +56,22 @@ class WebhooksSettings(ServiceSettings):
         gt=0,
         le=1,
         description="Share of a replica's attempt slots that failing subscriptions (whose last "
-        "attempt failed) may hold together; each of them has one attempt in flight at most.",
+        "attempt failed) may hold together; each of them has one attempt in flight at most. "
+        "Also the share of the resolver threads that lookups of host names not proven (new, "
+        "or whose last lookup failed or outlasted its attempt) may hold together.",
+    )
+    resolver_threads: int = Field(
+        16,
+        ge=1,
+        description="Threads of the replica's own that look up target host names (one lookup "
+        "of a name at a time); with all of them taken, an attempt fails at once instead of "
+        "waiting, and is retried per the schedule.",
+    )
+    failed_lookup_kept_s: float = Field(
+        30.0,
+        ge=0,
+        description="A host name whose lookup failed is not looked up again for this long: "
+        "attempts to it fail at once with that failure, retried per the schedule.",
     )
     retry_schedule_s: list[float] = Field(
         default_factory=lambda: list(DEFAULT_RETRY_SCHEDULE_S),
@@ -99,6 +114,14 @@ class WebhooksSettings(ServiceSettings):
     # -- the dispatcher's own timing (not business deadlines) ---------------------
     dispatcher_poll_interval_s: float = Field(
         1.0, gt=0, description="Idle poll for due deliveries (new events wake it at once)."
+    )
+    due_discovery_interval_s: float = Field(
+        5.0,
+        gt=0,
+        description="How often each replica asks the database when the subscriptions it is "
+        "not about to claim from have a delivery due (one index probe per subscription): "
+        "deliveries another replica recorded, made due or left when it stopped. What the "
+        "replica itself records, makes due or is asked for it knows at once.",
     )
     lease_margin_s: float = Field(
         30.0, gt=0, description="A claimed delivery's lease is the request timeout plus this."

@@ -30,9 +30,10 @@ from complaints_shared.mongo import (
     at_or_after,
     at_or_before,
     bulk_write_unless_taken,
-    claim_first,
+    by_ids,
     ensure_index,
     lease_free,
+    update_and_read,
 )
 from complaints_shared.pagination import Page
 from complaints_shared.preconditions import IfMatch
@@ -103,7 +104,8 @@ async def ensure_indexes(*, db: AsyncDatabase, finished_delivery_kept_s: int) ->
         [(REMOVED_RECORD_EXPIRES, ASCENDING)], name="removed_expiry", expireAfterSeconds=0
     )
     deliveries = db[DELIVERIES]
-    # The dispatcher's question: which pending deliveries are due.
+    # Pending deliveries by due time: the backlog gauge counts the pending ones. (The
+    # dispatcher's claims read it until 5 December; they go per subscription now.)
     await deliveries.create_index(
         [("status", ASCENDING), ("next_attempt_at", ASCENDING)], name="status_next_attempt"
     )
@@ -121,8 +123,9 @@ async def ensure_indexes(*, db: AsyncDatabase, finished_delivery_kept_s: int) ->
         [("subscription_id", ASCENDING), ("created_at", DESCENDING), ("_id", DESCENDING)],
         name="subscription_log",
     )
-    # A subscription's held deliveries (pending, ``next_attempt_at`` missing), which
-    # re-activation and the repair pass make due, found without reading its other ones.
+    # A subscription's due deliveries, earliest first (the dispatcher's claims, one
+    # subscription at a time), and its held ones (pending, ``next_attempt_at`` missing),
+    # which re-activation and the repair pass make due, found without reading its others.
     await deliveries.create_index(
         [("subscription_id", ASCENDING), ("status", ASCENDING), ("next_attempt_at", ASCENDING)],
         name="subscription_held",
@@ -616,34 +619,82 @@ async def insert_deliveries(*, db: AsyncDatabase, deliveries: list[dict[str, Any
     return len(deliveries) - len(already_recorded)
 
 
-async def claim_due(
-    *,
-    db: AsyncDatabase,
-    owner: str,
-    now: datetime,
-    lease_s: float,
-    skip_subscriptions: list[str],
-    recorded_through: datetime,
-) -> dict[str, Any] | None:
-    """Take the earliest due pending delivery (not of a saturated subscription) under a lease.
-
-    Only deliveries of events before ``recorded_through`` (``webhooks.watermark``) and those
-    of no event (test pings) are taken: an earlier event of a later one may still be on its
-    way. Strictly before, at the millisecond precision dates are stored with.
-    """
-    query: dict[str, Any] = {
+def _claimable(
+    *, subscription_id: str, now: datetime, recorded_through: datetime
+) -> dict[str, Any]:
+    """The subscription's deliveries a claim may take now: pending, due, under no lease, and
+    of no event (test pings) or of one before ``recorded_through`` (``webhooks.watermark``),
+    since an earlier event of a later one may still be on its way. Strictly before, at the
+    millisecond precision dates are stored with."""
+    return {
+        "subscription_id": subscription_id,
         "status": DeliveryStatus.PENDING.value,
         "next_attempt_at": at_or_before(now),
         "event_time": {"$not": {"$gte": recorded_through}},
         **lease_free("lease_until", now),
     }
-    if skip_subscriptions:
-        query["subscription_id"] = {"$nin": skip_subscriptions}
-    return await claim_first(
-        db[DELIVERIES],
-        query,
-        {"$set": {"lease_owner": owner, "lease_until": now + timedelta(seconds=lease_s)}},
+
+
+async def claimable_ids(
+    *,
+    db: AsyncDatabase,
+    subscription_id: str,
+    now: datetime,
+    recorded_through: datetime,
+    limit: int,
+) -> list[str]:
+    """The first ``limit`` deliveries of the subscription a claim may take now, earliest due
+    first; read through the index on (subscription, status, next attempt), so no other
+    subscription's deliveries. Each is then taken with ``claim``, which checks it again."""
+    found = db[DELIVERIES].find(
+        _claimable(subscription_id=subscription_id, now=now, recorded_through=recorded_through),
+        projection={"_id": 1},
         sort=[("next_attempt_at", ASCENDING)],
+        limit=limit,
+    )
+    return [document["_id"] async for document in found]
+
+
+async def claim(
+    *,
+    db: AsyncDatabase,
+    delivery_id: str,
+    subscription_id: str,
+    owner: str,
+    now: datetime,
+    lease_s: float,
+    recorded_through: datetime,
+) -> dict[str, Any] | None:
+    """Take the delivery under a lease while a claim may (``claimable_ids``): of replicas
+    racing for it, one does. The delivery as taken, or None."""
+    claimable = _claimable(
+        subscription_id=subscription_id, now=now, recorded_through=recorded_through
+    )
+    return await update_and_read(
+        db[DELIVERIES],
+        by_ids([delivery_id], claimable),
+        {"$set": {"lease_owner": owner, "lease_until": now + timedelta(seconds=lease_s)}},
+    )
+
+
+async def pending_timers(
+    *, db: AsyncDatabase, subscription_id: str, limit: int
+) -> list[dict[str, Any]]:
+    """The subscription's first ``limit`` pending deliveries with a timer, earliest first:
+    when each is due (``next_attempt_at``), its lease and its event's time, nothing else."""
+    return await (
+        db[DELIVERIES]
+        .find(
+            {
+                "subscription_id": subscription_id,
+                "status": DeliveryStatus.PENDING.value,
+                "next_attempt_at": any_date(),
+            },
+            projection={"_id": 0, "next_attempt_at": 1, "lease_until": 1, "event_time": 1},
+            sort=[("next_attempt_at", ASCENDING)],
+            limit=limit,
+        )
+        .to_list(None)
     )
 
 
@@ -788,8 +839,8 @@ async def release_leases(*, db: AsyncDatabase, leases: list[str]) -> int:
     return result.modified_count
 
 
-async def wake_chain(*, db: AsyncDatabase, delivery: dict[str, Any], now: datetime) -> None:
-    """After a delivery finished: the later ones of its chain may go now.
+async def wake_chain(*, db: AsyncDatabase, delivery: dict[str, Any], now: datetime) -> bool:
+    """After a delivery finished: the later ones of its chain may go now; whether there are.
 
     First mark every later pending one as woken (so one deciding to wait right
     now notices), then make the waiting ones due.
@@ -802,11 +853,12 @@ async def wake_chain(*, db: AsyncDatabase, delivery: dict[str, Any], now: dateti
     }
     woken = await db[DELIVERIES].update_many(later, {"$inc": {"wakes": 1}})
     if woken.matched_count == 0:
-        return  # the chain's last one: nobody waits (the usual case)
+        return False  # the chain's last one: nobody waits (the usual case)
     await db[DELIVERIES].update_many(
         {**later, "blocked": True},
         {"$set": {"next_attempt_at": now}, "$unset": {"blocked": ""}},
     )
+    return True
 
 
 async def release_held(*, db: AsyncDatabase, subscription_id: str, now: datetime) -> int:
@@ -847,6 +899,14 @@ async def existing_subscription_ids(*, db: AsyncDatabase, among: list[str]) -> s
     """Which of ``among`` are subscriptions not deleted (nor being deleted)."""
     found = db[SUBSCRIPTIONS].find({"_id": {"$in": among}, **NOT_DELETED}, projection={"_id": 1})
     return {document["_id"] async for document in found}
+
+
+async def subscription_ids(*, db: AsyncDatabase) -> list[str]:
+    """Every subscription stored, of every organisation and status, the record a completed
+    deletion leaves included (a delivery recorded while its subscription was deleted is
+    claimed to be dropped)."""
+    found = db[SUBSCRIPTIONS].find({}, projection={"_id": 1})
+    return [document["_id"] async for document in found]
 
 
 async def active_subscription_ids(*, db: AsyncDatabase) -> list[str]:

@@ -6,12 +6,12 @@ that resolves (or is re-pointed) to an internal address is refused too. The atte
 then connects to the address that was checked, never resolving the name again.
 
 A refusal is a property of the target, not an outage: an attempt refused is a failed
-attempt like any other (retried per the schedule, counted in the failure streak).
+attempt like any other (retried per the schedule, counted in the failure streak). Names are
+looked up on the resolver's own threads (``webhooks.resolver``), never the event loop's.
 """
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 import re
 import socket
@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 import httpx
 import idna
 
+from webhooks.resolver import HostResolver
 from webhooks.settings import WebhooksSettings
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -157,16 +158,19 @@ def check_address(address: IPAddress, *, settings: WebhooksSettings) -> None:
         raise TargetRefused(f"{address} is not a public address")
 
 
-async def resolve_checked(target: Target, *, settings: WebhooksSettings) -> str:
-    """Resolve the host, check every address it has, and return the first to connect to."""
+async def resolve_checked(
+    target: Target, *, settings: WebhooksSettings, resolver: HostResolver
+) -> str:
+    """Resolve the host, check every address it has, and return the first to connect to.
+
+    ``webhooks.resolver.LookupDeferred`` when no lookup could be started now (not a refusal).
+    """
     literal = _literal_address(target.host)
     if literal is not None:
         check_address(literal, settings=settings)
         return str(literal)
     try:
-        infos = await asyncio.get_running_loop().getaddrinfo(
-            target.host, target.port, type=socket.SOCK_STREAM
-        )
+        infos = await resolver.resolve(target.host)
     except socket.gaierror as exc:
         raise TargetRefused(f"{target.host} does not resolve: {exc.strerror}") from None
     except ValueError as exc:  # UnicodeError: the resolver's IDNA codec refuses the name
