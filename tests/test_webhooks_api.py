@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from contextlib import AsyncExitStack
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
@@ -14,7 +14,7 @@ from tests.support.faults import FailsAfter, HeldFirst
 from tests.support.http import token
 from tests.support.system import SystemFactory
 from tests.support.webhooks import serve_webhooks
-from webhooks import store
+from webhooks import api, store
 
 pytestmark = pytest.mark.integration
 
@@ -144,6 +144,20 @@ async def test_a_creation_repeated_under_its_key_creates_one_subscription(
         fresh = await webhooks.client.post(
             PATH, json=body, headers={**admin, "Idempotency-Key": "crm-subscription-2"}
         )
+        # The key shows the secret it created, not one rotated in since (it showed the
+        # secret signing now to anyone repeating the request, for as long as it existed),
+        # and only within a day.
+        rotate = f"{PATH}/{fresh.json()['id']}/secret/rotate"
+        rotated = await webhooks.client.post(rotate, headers=admin)
+        assert rotated.status_code == 200, rotated.text
+        after_rotation = await webhooks.client.post(
+            PATH, json=body, headers={**admin, "Idempotency-Key": "crm-subscription-2"}
+        )
+        monkeypatch.setattr(api, "CREATION_REPLAY_WINDOW", timedelta(0))
+        a_day_later = await webhooks.client.post(PATH, json=body, headers=keyed)
+    assert after_rotation.status_code == 409, after_rotation.text
+    assert rotated.json()["secret"] not in after_rotation.text
+    assert a_day_later.status_code == 409 and "whsec_" not in a_day_later.text
     assert (retried.status_code, again.status_code) == (201, 201), retried.text
     assert retried.headers["Idempotent-Replayed"] == "true"
     assert retried.json()["id"] == again.json()["id"] == listed[0]["id"]

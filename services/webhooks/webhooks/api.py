@@ -54,6 +54,9 @@ from webhooks.signing import new_secret, structured_body
 from webhooks.targets import TargetRefused, parse_target
 
 router = APIRouter(prefix="/v1/webhooks", tags=["webhooks"])
+# How long a creation repeated under its Idempotency-Key answers the secret it made: a client
+# retrying after a lost answer does so within minutes.
+CREATION_REPLAY_WINDOW = timedelta(days=1)
 
 SubscriptionId = Annotated[str, Path(max_length=64, description="Subscription id (whs_...)")]
 DeliveryId = Annotated[str, Path(max_length=64, description="Delivery id = webhook-id (msg_...)")]
@@ -185,13 +188,26 @@ async def create_subscription(
         )
     if first.get("created_by_request") != fingerprint:
         raise key_conflict(str(idempotency_key))
+    # The secret it created, while it still signs and the retry comes within a day: a
+    # repeat of the creation answered the secret that signed *now*, one rotated in later by
+    # anyone, for as long as the subscription lived.
+    [signing] = [entry for entry in first["signing_secrets"] if not entry.get("expires_at")]
+    if signing["created_at"] != first["created_at"]:
+        raise conflict(
+            f"the subscription created under {HEADER} {idempotency_key!r} has had its secret "
+            "rotated since: the secret it was created with no longer signs",
+            kind="idempotency-key-conflict",
+        )
+    if now - first["created_at"] > CREATION_REPLAY_WINDOW:
+        raise conflict(
+            f"the subscription was created under {HEADER} {idempotency_key!r} more than "
+            f"{CREATION_REPLAY_WINDOW.days} day ago; its secret is not shown again (rotate it "
+            "for a new one)",
+            kind="idempotency-key-conflict",
+        )
     response.headers[REPLAYED_HEADER] = "true"
     tag(response, first.get("version", 0))
-    # The secret that signs now: the one created with it, unless rotated since.
-    [signing] = [
-        entry["secret"] for entry in first["signing_secrets"] if not entry.get("expires_at")
-    ]
-    return from_stored(SubscriptionCreated, {**store.public(first), "secret": signing})
+    return from_stored(SubscriptionCreated, {**store.public(first), "secret": signing["secret"]})
 
 
 @router.get(
