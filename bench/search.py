@@ -46,7 +46,6 @@ from complaints_shared.auth import Principal
 from complaints_shared.events import Topic
 from complaints_shared.kafka import ensure_topics
 from intake import filter_keys, postings, registration, rollup, store
-from intake.identity import submission_fingerprint
 from intake.models import ComplaintCreate
 from intake.settings import IntakeSettings
 
@@ -119,13 +118,6 @@ def seeded_complaint(
         request=request,
         body=body,
         complaint_id=str(uuid.uuid4()),
-        fingerprint=submission_fingerprint(
-            org=principal.org,
-            branch=request.branch,
-            customer=body["customer"],
-            subject=request.subject,
-            description=request.description,
-        ),
         reference=f"{request.branch}-{day}-{numbers[(request.branch, day)]:04d}",
         earlier=[],
         now=now,

@@ -542,13 +542,11 @@ async def test_a_later_checks_answer_cancels_the_earlier_check_still_open(
     assert event.data["followup_id"] == first["id"]
 
 
-async def test_an_earlier_check_left_open_by_a_failed_cancellation_is_refused_when_worked(
-    system_factory: SystemFactory, monkeypatch: pytest.MonkeyPatch
+async def _answered_while_its_cancellation_fails(
+    system: System, caller: dict, later: dict, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The later answer's cancellation of the earlier check runs after the answer is stored;
-    should it fail (the database away, a crash in between), the earlier check stayed open
-    for good and could still be answered, for nothing. Working it now cancels it instead."""
-    system, caller, _, first, second = await _second_check_past_due(system_factory)
+    """The customer's answer recorded on the ``later`` check, its cancellation of the
+    earlier checks failing once (the database away after the answer was stored)."""
     cancel = followup_projections.cancel_open_checks
     failures: list[str] = []
 
@@ -560,12 +558,22 @@ async def test_an_earlier_check_left_open_by_a_failed_cancellation_is_refused_wh
 
     monkeypatch.setattr(followup_projections, "cancel_open_checks", fails_once)
     answered = await system.followup.post(
-        f"/v1/followups/{second['id']}/outcome",
+        f"/v1/followups/{later['id']}/outcome",
         json={"satisfied": True, "score": 5},
         headers=caller,
     )
-    assert answered.status_code == 200, answered.text
-    assert failures and (await wait_status(system, first["id"], "due", caller))
+    assert answered.status_code == 200 and failures, answered.text
+
+
+async def test_an_earlier_check_left_open_by_a_failed_cancellation_is_refused_when_worked(
+    system_factory: SystemFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The later answer's cancellation of the earlier check runs after the answer is stored;
+    should it fail (the database away, a crash in between), the earlier check stayed open
+    for good and could still be answered, for nothing. Working it now cancels it instead."""
+    system, caller, _, first, second = await _second_check_past_due(system_factory)
+    await _answered_while_its_cancellation_fails(system, caller, second, monkeypatch)
+    assert await wait_status(system, first["id"], "due", caller)
     claimed = await system.followup.post(f"/v1/followups/{first['id']}/claim", headers=caller)
     assert claimed.status_code == 409, claimed.text
     assert claimed.json()["type"].endswith("/superseded")
@@ -611,22 +619,7 @@ async def test_a_retried_call_on_a_check_superseded_since_is_answered_as_recorde
     keyed = {**caller, "Idempotency-Key": "call-1"}
     recorded = await system.followup.post(f"{url}/attempts", json=call, headers=keyed)
     assert recorded.status_code == 200 and recorded.json()["status"] == "scheduled"
-    cancel = followup_projections.cancel_open_checks
-    failures: list[str] = []
-
-    async def fails_once(**kwargs: object) -> int:
-        if not failures:
-            failures.append("the database went away")
-            raise AutoReconnect("connection refused (injected)")
-        return await cancel(**kwargs)
-
-    monkeypatch.setattr(followup_projections, "cancel_open_checks", fails_once)
-    answered = await system.followup.post(
-        f"/v1/followups/{second['id']}/outcome",
-        json={"satisfied": True, "score": 5},
-        headers=caller,
-    )
-    assert answered.status_code == 200 and failures, answered.text
+    await _answered_while_its_cancellation_fails(system, caller, second, monkeypatch)
     retried = await system.followup.post(f"{url}/attempts", json=call, headers=keyed)
     assert retried.status_code == 200, retried.text
     assert retried.headers["Idempotent-Replayed"] == "true"

@@ -304,10 +304,8 @@ async def test_closure_and_reopening_by_followup_are_on_the_timeline(
     assert statuses[:2] == ["open", "resolved"] and statuses[-1] == status_to
 
 
-async def test_responsibility_set_in_routing_reaches_the_record_and_the_report(
-    system: System,
-) -> None:
-    admin = token(system.intake_settings)
+async def _responsibility_set_in_routing(system: System, admin: dict) -> str:
+    """A complaint routed, its supervisor naming {LZ:NETWORK, supplier} responsible; its id."""
     supervisor = token(system.routing_settings, roles=("supervisor",))
     cid = (await create_complaint(system, admin))["id"]
     await assignment_when(system, cid)
@@ -317,6 +315,14 @@ async def test_responsibility_set_in_routing_reaches_the_record_and_the_report(
         headers=supervisor,
     )
     assert response.status_code == 200, response.text
+    return cid
+
+
+async def test_responsibility_set_in_routing_reaches_the_record_and_the_report(
+    system: System,
+) -> None:
+    admin = token(system.intake_settings)
+    cid = await _responsibility_set_in_routing(system, admin)
     record = await complaint_when(
         system,
         cid,
@@ -345,15 +351,7 @@ async def test_a_party_named_alone_at_resolution_sets_the_whole_responsibility(
     record said ``responsible_party: customer`` beside ``responsibility.party: supplier``
     (set by routing), and routing's assignment kept the supplier."""
     admin = token(system.intake_settings)
-    supervisor = token(system.routing_settings, roles=("supervisor",))
-    cid = (await create_complaint(system, admin))["id"]
-    await assignment_when(system, cid)
-    response = await system.routing.post(
-        f"/v1/assignments/{cid}/responsibility",
-        json={"responsible_department": "LZ:NETWORK", "responsible_party": "supplier"},
-        headers=supervisor,
-    )
-    assert response.status_code == 200, response.text
+    cid = await _responsibility_set_in_routing(system, admin)
     await complaint_when(
         system, cid, admin, lambda c: c["responsibility"], what="routing's responsibility"
     )

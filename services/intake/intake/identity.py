@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import re
 import unicodedata
+from dataclasses import dataclass
 from typing import Any
 
 _NOT_DIGITS = re.compile(r"[^0-9]")
@@ -47,6 +48,30 @@ def customer_keys(customer: dict[str, Any]) -> list[str]:
         "ext": (customer.get("external_id") or "").strip(),
     }
     return [f"{kind}:{value}" for kind, value in values.items() if value]
+
+
+@dataclass(frozen=True)
+class Submission:
+    """What a new complaint says of its request: ``fingerprint`` (``submission_fingerprint``)
+    and the ``claims`` it holds for its window (``submission_claims``)."""
+
+    fingerprint: str
+    claims: list[str]
+
+
+def submission(
+    *, org: str, branch: str, customer: dict[str, Any], subject: str, description: str
+) -> Submission:
+    asked = {
+        "org": org,
+        "branch": branch,
+        "customer": customer,
+        "subject": subject,
+        "description": description,
+    }
+    return Submission(
+        fingerprint=submission_fingerprint(**asked), claims=submission_claims(**asked)
+    )
 
 
 def submission_fingerprint(

@@ -20,7 +20,7 @@ from complaints_shared.mongo import clashes_on, is_id_clash
 from complaints_shared.outbox import outbox_entry, outbox_fields
 from complaints_shared.problems import ConcurrentUpdate
 from intake import filter_keys, postings, reference_numbers, store, submissions
-from intake.identity import customer_keys, submission_claims, submission_fingerprint
+from intake.identity import Submission, customer_keys, submission
 from intake.lifecycle import Action, Status, customer_contact, event_base
 from intake.models import ComplaintCreate
 from intake.repeats import MAX_REPEAT_LINKS, repeat_keys
@@ -74,13 +74,7 @@ async def create_complaint(
     """
     entered = time.monotonic()  # with ``now``: a late insert is stamped again
     body = request.model_dump(mode="json", exclude={"severity", "flags"})
-    fingerprint = submission_fingerprint(
-        org=principal.org,
-        branch=request.branch,
-        customer=body["customer"],
-        subject=request.subject,
-        description=request.description,
-    )
+    fingerprint = submission_of(principal=principal, request=request, body=body).fingerprint
 
     async def prepared() -> dict[str, Any]:
         """The document to insert, its search posting written already."""
@@ -91,7 +85,6 @@ async def create_complaint(
             request=request,
             body=body,
             complaint_id=complaint_id,
-            fingerprint=fingerprint,
             now=now,
         )
         await postings.write(db=db, document=document)
@@ -147,7 +140,6 @@ async def _prepare(
     request: ComplaintCreate,
     body: dict[str, Any],
     complaint_id: str,
-    fingerprint: str,
     now: datetime,
 ) -> dict[str, Any]:
     """The complaint to insert: its repeat links, reference number and first event."""
@@ -170,10 +162,22 @@ async def _prepare(
         request=request,
         body=body,
         complaint_id=complaint_id,
-        fingerprint=fingerprint,
         reference=reference,
         earlier=[RepeatLink(complaint_id=doc["_id"], branch=doc["branch"]) for doc in earlier],
         now=now,
+    )
+
+
+def submission_of(
+    *, principal: Principal, request: ComplaintCreate, body: dict[str, Any]
+) -> Submission:
+    """The request's submission: its fingerprint and the claims its complaint holds."""
+    return submission(
+        org=principal.org,
+        branch=request.branch,
+        customer=body["customer"],
+        subject=request.subject,
+        description=request.description,
     )
 
 
@@ -184,7 +188,6 @@ def new_document(
     request: ComplaintCreate,
     body: dict[str, Any],
     complaint_id: str,
-    fingerprint: str,
     reference: str,
     earlier: list[RepeatLink],
     now: datetime,
@@ -198,14 +201,12 @@ def new_document(
     keys = customer_keys(body["customer"])
     # Without a phone, e-mail or external id nothing says two submissions are the same
     # customer's: two strangers registered as "匿名" with the same short text were one.
-    claims = submission_claims(
-        org=principal.org,
-        branch=request.branch,
-        customer=body["customer"],
-        subject=request.subject,
-        description=request.description,
+    asked = submission_of(principal=principal, request=request, body=body)
+    claim = (
+        submissions.claim_fields(settings=settings, claims=asked.claims, now=now)
+        if asked.claims
+        else {}
     )
-    claim = submissions.claim_fields(settings=settings, claims=claims, now=now) if claims else {}
     classification = _classify(request, settings)
     repeat_links = earlier[:MAX_REPEAT_LINKS]
     links = [link.complaint_id for link in repeat_links]
@@ -224,7 +225,7 @@ def new_document(
         "repeat_count": len(earlier),
         "repeat_of": links,
         "customer_keys": keys,
-        "submission_fingerprint": fingerprint,
+        "submission_fingerprint": asked.fingerprint,
         **claim,
         "status": Status.RECEIVED.value,
         "repeat_keys": repeat_keys(keys, status=Status.RECEIVED, at=now),
