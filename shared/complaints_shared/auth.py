@@ -387,13 +387,8 @@ class TokenVerifier:
         return document["jwks_uri"]
 
     def _client(self, url: str) -> jwt.PyJWKClient:
-        return jwt.PyJWKClient(
-            url,
-            cache_jwk_set=True,
-            lifespan=self._settings.jwt_jwks_cache_s,
-            cooldown_duration=self._settings.jwt_jwks_refresh_cooldown_s,
-            timeout=self._settings.jwt_jwks_timeout_s,
-        )
+        # Only fetches: ``_keys`` keeps the set and decides when to fetch it again.
+        return jwt.PyJWKClient(url, cache_jwk_set=False, timeout=self._settings.jwt_jwks_timeout_s)
 
     def _retry_after_s(self) -> int:
         return max(1, round(self._settings.jwt_jwks_refresh_cooldown_s))
