@@ -43,6 +43,11 @@ def resolver() -> Iterator[HostResolver]:
         "224.0.0.1",
         "::ffff:10.0.0.1",
         "::ffff:169.254.169.254",
+        "2002:7f00:1::",  # 6to4 wrapping 127.0.0.1
+        "2002:a00:7::1",  # 6to4 wrapping 10.0.0.7
+        "2002:a9fe:a9fe::",  # 6to4 wrapping the metadata address
+        "2001:0:4136:e378:8000:63bf:80ff:fffe",  # Teredo
+        "64:ff9b::7f00:1",  # NAT64 of 127.0.0.1
     ],
 )
 def test_production_refuses_internal_addresses(address: str) -> None:
@@ -51,7 +56,7 @@ def test_production_refuses_internal_addresses(address: str) -> None:
 
 
 def test_public_addresses_are_allowed() -> None:
-    for address in ["93.184.216.34", "2606:2800:220:1::1", "8.8.8.8"]:
+    for address in ["93.184.216.34", "2606:2800:220:1::1", "8.8.8.8", "2002:5db8:d822::1"]:
         check_address(ipaddress.ip_address(address), settings=PRODUCTION)
 
 

@@ -140,6 +140,10 @@ def check_address(address: IPAddress, *, settings: WebhooksSettings) -> None:
     """Refuse an address the settings do not allow; see the module docstring."""
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         address = address.ipv4_mapped
+    if isinstance(address, ipaddress.IPv6Address) and address.sixtofour is not None:
+        # A 6to4 address (2002::/16) is global, but a 6to4 relay delivers it to the IPv4
+        # address inside it (2002:7f00:1:: to 127.0.0.1): that address must pass as well.
+        check_address(address.sixtofour, settings=settings)
     if address in METADATA_ADDRESSES:
         raise TargetRefused(f"{address} is a cloud metadata address")
     if address.is_loopback:
