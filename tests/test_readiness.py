@@ -15,10 +15,12 @@ from complaints_shared import dlq
 from complaints_shared import runtime as runtime_module
 from complaints_shared.events import Topic, dead_letter_topic
 from complaints_shared.kafka import TopicsNotCreated, ensure_topics
+from complaints_shared.metrics import BACKGROUND_LOOP_RESTARTS
 from followup.settings import FollowupSettings
 from intake.main import create_app as create_intake_app
 from intake.settings import IntakeSettings
 from routing.settings import RoutingSettings
+from tests.support.http import assigned, create_complaint, token
 from tests.support.system import System, serve, settings_for_test
 from tests.support.waits import eventually
 from webhooks.settings import WebhooksSettings
@@ -26,7 +28,14 @@ from webhooks.settings import WebhooksSettings
 pytestmark = pytest.mark.integration
 
 
-async def test_readiness_fails_while_a_background_loop_is_dead(system: System) -> None:
+async def test_a_background_loop_that_dies_fails_readiness_and_is_started_again(
+    system: System,
+) -> None:
+    """A loop that ended before shutdown stayed dead until someone restarted the instance:
+    the service kept answering but, with its relay gone, published nothing. It is now
+    started again after a pause, and readiness fails until the replacement has run a
+    while."""
+
     async def ready_checks() -> dict | None:
         response = await system.routing.get("/readyz")
         return response.json()["checks"] if response.status_code == 200 else None
@@ -36,6 +45,8 @@ async def test_readiness_fails_while_a_background_loop_is_dead(system: System) -
 
     runtime = system.routing_app.state.runtime
     [relay] = [task for task in runtime.tasks if task.get_name() == "outbox-relay"]
+    restarts = BACKGROUND_LOOP_RESTARTS.labels("routing", "outbox-relay")
+    restarts_before = restarts._value.get()
     relay.cancel()  # the relay is gone: routing's events would never leave the outbox
 
     async def not_ready() -> dict | None:
@@ -49,6 +60,21 @@ async def test_readiness_fails_while_a_background_loop_is_dead(system: System) -
     assert body["checks"]["mongodb"] is True
     # Intake's loops are untouched: it stays ready.
     assert (await system.intake.get("/readyz")).status_code == 200
+
+    # Started again: a new relay task publishes routing's decisions.
+    def replacement() -> asyncio.Task | None:
+        [task] = [task for task in runtime.tasks if task.get_name() == "outbox-relay"]
+        return task if task is not relay and not task.done() else None
+
+    await eventually(replacement, what="the relay started again")
+    assert restarts._value.get() == restarts_before + 1
+    admin = token(system.intake_settings)
+    created = await create_complaint(system, admin)
+    await eventually(lambda: assigned(system, created["id"], admin), what="assignment published")
+    # Ready again once the replacement has run LOOP_PROVEN_S.
+    await eventually(
+        ready_checks, timeout_s=runtime_module.LOOP_PROVEN_S + 10, what="ready again"
+    )
 
 
 async def test_topics_the_broker_refuses_leave_the_service_not_ready_and_say_why(

@@ -52,6 +52,11 @@ MONGO_RETRIES = Counter(
     "complaints_mongo_retries_total",
     "Idempotent database operations repeated after their connection dropped.",
 )
+BACKGROUND_LOOP_RESTARTS = Counter(
+    "complaints_background_loop_restarts_total",
+    "Background loops (consumer, outbox relay, schedulers) started again after they died.",
+    ["service", "loop"],
+)
 DEPENDENCY_UP = Gauge(
     "complaints_dependency_up",
     "1 when the last readiness probe reached the dependency.",

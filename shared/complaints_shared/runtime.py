@@ -28,7 +28,7 @@ from complaints_shared.kafka import (
     ensure_topics,
 )
 from complaints_shared.logs import bind_context, get_logger
-from complaints_shared.metrics import DEPENDENCY_UP
+from complaints_shared.metrics import BACKGROUND_LOOP_RESTARTS, DEPENDENCY_UP
 from complaints_shared.mongo import create_mongo_client, ping, service_database
 from complaints_shared.outbox import OutboxRelay, ensure_outbox_index
 from complaints_shared.settings import ServiceSettings
@@ -38,6 +38,14 @@ log = get_logger(__name__)
 
 # How long background jobs get to return once shutdown begins; then they are cancelled.
 SHUTDOWN_GRACE_S = 15.0
+# A background loop that ends before shutdown is started again after a pause: the first
+# one this long, doubling while it keeps dying, up to the maximum. A loop that ran for
+# ``LOOP_PROVEN_S`` before it died starts again after the first pause.
+LOOP_RESTART_FIRST_S = 1.0
+LOOP_RESTART_MAX_S = 60.0
+# A restarted loop counts for readiness once it has run this long: a loop that dies at
+# once each time stays not ready instead of flickering.
+LOOP_PROVEN_S = 10.0
 
 
 @dataclass
@@ -57,7 +65,14 @@ class Runtime:
     # Set with ``stopping``: the event loop's time (``loop.time()``) by which every background
     # job must have returned; one still running then is cancelled.
     stop_deadline: float | None = None
+    # The running task of each background loop (replaced when a loop is restarted).
     tasks: list[asyncio.Task] = field(default_factory=list)
+    # How each background loop is started, by name (``_start_loop``).
+    loop_starters: dict[str, Callable[[], Awaitable[None]]] = field(default_factory=dict)
+    # Loops that died, by name: the event loop's time their replacement started (None while
+    # it waits to start), and the pause before the next restart should it die again.
+    restarted_at: dict[str, float | None] = field(default_factory=dict)
+    restart_pause_s: dict[str, float] = field(default_factory=dict)
 
     async def readiness(self) -> dict[str, bool]:
         """Probe MongoDB and Kafka; each check bounded by the readiness timeout."""
@@ -80,15 +95,25 @@ class Runtime:
         return results
 
     def loops_alive(self) -> dict[str, bool]:
-        """Each background loop (consumer, outbox relay, schedulers): still running?
+        """Each background loop (consumer, outbox relay, schedulers): running?
 
         A loop returns only at shutdown; one that ended earlier (crashed, cancelled) leaves
-        the service unable to do its work, so readiness fails until it is replaced.
+        the service unable to do its work, so readiness fails until its replacement
+        (``_restart_loop``) has run ``LOOP_PROVEN_S``.
         """
-        return {
-            f"loop:{task.get_name()}": not task.done() or self.stopping.is_set()
-            for task in self.tasks
-        }
+        now = asyncio.get_running_loop().time()
+        alive: dict[str, bool] = {}
+        for task in self.tasks:
+            name = task.get_name()
+            if self.stopping.is_set():
+                alive[f"loop:{name}"] = True
+                continue
+            proven = True
+            if name in self.restarted_at:  # it died: its replacement must have run a while
+                restarted_at = self.restarted_at[name]
+                proven = restarted_at is not None and now - restarted_at >= LOOP_PROVEN_S
+            alive[f"loop:{name}"] = not task.done() and proven
+        return alive
 
 
 HandlersFactory = Callable[[Runtime], dict[EventType, EventHandler]]
@@ -202,13 +227,13 @@ async def service_runtime(
             handlers=event_handlers,
             producer=producer,
         )
-    runtime.tasks = [
-        asyncio.create_task(_prepare_topics_then_consume(runtime), name="consumer"),
-        asyncio.create_task(relay.run(), name="outbox-relay"),
-        *(asyncio.create_task(job(runtime), name=job.__name__) for job in background_jobs),
-    ]
-    for task in runtime.tasks:
-        task.add_done_callback(lambda done, runtime=runtime: _report_ended(runtime, done))
+    runtime.loop_starters = {
+        "consumer": lambda: _prepare_topics_then_consume(runtime),
+        "outbox-relay": relay.run,
+        **{job.__name__: (lambda job=job: job(runtime)) for job in background_jobs},
+    }
+    for name in runtime.loop_starters:
+        _start_loop(runtime, name)
     log.info("service_started", database=settings.database_name())
     app.state.runtime = runtime
     try:
@@ -222,15 +247,44 @@ def runtime_of(request: Request) -> Runtime:
     return request.app.state.runtime
 
 
-def _report_ended(runtime: Runtime, task: asyncio.Task) -> None:
+def _start_loop(runtime: Runtime, name: str) -> None:
+    """Run background loop ``name`` as a task of its own, in place of the one it had."""
+    task = asyncio.create_task(runtime.loop_starters[name](), name=name)
+    runtime.tasks = [other for other in runtime.tasks if other.get_name() != name] + [task]
+    task.add_done_callback(lambda done: _restart_loop(runtime, done))
+
+
+def _restart_loop(runtime: Runtime, task: asyncio.Task) -> None:
+    """A loop that ended before shutdown (an error it did not handle, a cancellation, a
+    return) is started again after a pause that doubles while it keeps dying. Until
+    5 December it stayed dead: the service answered requests but, say, published no event
+    or fired no timer until someone restarted it."""
     if runtime.stopping.is_set():
         return
+    loop = asyncio.get_running_loop()
+    name = task.get_name()
+    restarted_at = runtime.restarted_at.get(name)
+    pause_s = runtime.restart_pause_s.get(name, LOOP_RESTART_FIRST_S)
+    if restarted_at is not None and loop.time() - restarted_at >= LOOP_PROVEN_S:
+        pause_s = LOOP_RESTART_FIRST_S
     error = None if task.cancelled() else task.exception()
     log.error(
         "background_loop_died",
-        task=task.get_name(),
-        error=repr(error) if error else "cancelled" if task.cancelled() else "returned",
+        task=name,
+        error=redacted_error(error) if error else "cancelled" if task.cancelled() else "returned",
+        restart_in_s=pause_s,
     )
+    BACKGROUND_LOOP_RESTARTS.labels(runtime.settings.service_name, name).inc()
+    runtime.restarted_at[name] = None
+    runtime.restart_pause_s[name] = min(pause_s * 2, LOOP_RESTART_MAX_S)
+
+    def restart() -> None:
+        if runtime.stopping.is_set():
+            return
+        runtime.restarted_at[name] = loop.time()
+        _start_loop(runtime, name)
+
+    loop.call_later(pause_s, restart)
 
 
 async def _shutdown(runtime: Runtime) -> None:
