@@ -72,9 +72,7 @@ async def test_a_background_loop_that_dies_fails_readiness_and_is_started_again(
     created = await create_complaint(system, admin)
     await eventually(lambda: assigned(system, created["id"], admin), what="assignment published")
     # Ready again once the replacement has run LOOP_PROVEN_S.
-    await eventually(
-        ready_checks, timeout_s=runtime_module.LOOP_PROVEN_S + 10, what="ready again"
-    )
+    await eventually(ready_checks, timeout_s=runtime_module.LOOP_PROVEN_S + 10, what="ready again")
 
 
 async def test_topics_the_broker_refuses_leave_the_service_not_ready_and_say_why(
