@@ -702,3 +702,56 @@ async def test_a_pointer_whose_original_is_past_retention_is_reported_not_replay
     result = await dlq.replay(settings=settings, letters=[letter], operator="test")
     assert (result.replayed, [item.ref for item in result.originals_gone]) == ([], [letter.ref])
     assert await replayed_refs(settings=settings, dlq_topic=letter.dlq_topic) == set()
+
+
+async def test_another_version_of_a_handled_event_type_is_dead_lettered_not_skipped(
+    system: System,
+) -> None:
+    """A breaking change is a new type version (``...complaint.received.v2``). A consumer
+    with no handler for it skipped it and committed, as it does types it does not care
+    about: a producer upgraded first left its complaints unrouted with no trace but a
+    metric. It is now a dead letter ``invalid_data`` naming the version handled, to replay
+    once the consumer is upgraded; the partition goes on."""
+    complaint_id = str(uuid.uuid4())
+    newer = CloudEvent.new(
+        event_type=EventType.COMPLAINT_RECEIVED,
+        source="intake",
+        data=received(complaint_id=complaint_id, **NETWORK_DROPOUTS),
+    )
+    newer.type = EventType.COMPLAINT_RECEIVED.value.removesuffix(".v1") + ".v2"
+    good = CloudEvent.new(
+        event_type=EventType.COMPLAINT_RECEIVED,
+        source="intake",
+        data=received(**NETWORK_DROPOUTS),
+    )
+    topic = system.topic(Topic.INTAKE)
+    producer = EventProducer(settings=system.intake_settings)
+    try:
+        for event in (newer, good):
+            _, value, headers = to_kafka_record(event)
+            await producer.publish_raw(
+                topic=topic, key=complaint_id.encode(), value=value, headers=headers
+            )
+    finally:
+        await producer.stop()
+
+    routing_db = system.mongo[system.routing_settings.database_name()]
+    await eventually(
+        lambda: routing_db.assignments.find_one({"_id": good.subject}), what="the one after routed"
+    )
+
+    async def routing_dead_letters() -> list:
+        letters = await read_dead_letters(
+            settings=system.routing_settings, dlq_topic=dead_letter_topic(topic)
+        )
+        group = system.routing_settings.consumer_group()
+        return [
+            letter
+            for letter in letters
+            if letter.header("dlq_consumer_group") == group and letter.header("ce_id") == newer.id
+        ]
+
+    [dead] = await eventually(routing_dead_letters, what="the v2 record dead-lettered")
+    assert dead.header("dlq_reason") == "invalid_data"
+    assert EventType.COMPLAINT_RECEIVED.value in dead.header("dlq_error")
+    assert await routing_db.assignments.find_one({"_id": complaint_id}) is None

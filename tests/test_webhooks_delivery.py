@@ -16,7 +16,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from standardwebhooks import Webhook, WebhookVerificationError
 
 from complaints_shared.clock import ManualClock
-from complaints_shared.events import EventType
+from complaints_shared.dlq import read_dead_letters
+from complaints_shared.envelope import CloudEvent, to_kafka_record
+from complaints_shared.events import EventType, Topic, dead_letter_topic
+from complaints_shared.kafka import EventProducer
+from tests.support.events import received
 from tests.support.faults import HeldFirst
 from tests.support.http import BROADBAND_COMPLAINT, create_complaint, token
 from tests.support.kafka import short_type
@@ -1010,3 +1014,54 @@ async def test_an_unexpected_error_in_an_attempt_is_a_failed_attempt_quoting_not
     assert failed["error"].startswith("unexpected error: RuntimeError"), failed
     assert "13800138000" not in failed["error"], "the error is redacted"
     assert answered["response_code"] == 200 and answered["error"] is None
+
+
+async def test_an_event_whose_time_has_no_offset_is_dead_lettered_and_deliveries_go_on(
+    system_factory: SystemFactory,
+) -> None:
+    """A record whose ``ce_time`` had no offset (a foreign or misconfigured producer) was
+    accepted with a naive time; webhooks kept it in memory and every dispatcher pass after
+    it failed comparing it with aware ones: no delivery of any subscription left the replica
+    until it was restarted. Such a record is now not a CloudEvent of ours: dead-lettered
+    ``invalid_envelope`` at once, and the events after it are delivered."""
+    system = await system_factory()
+    admin = token(system.intake_settings)
+    async with AsyncExitStack() as stack:
+        hooks = await stack.enter_async_context(receiver())
+        webhooks = await serve_webhooks(stack, system)
+        await subscribe(webhooks, admin, url=hooks.url, event_types=["*"])
+        odd = CloudEvent.new(
+            event_type=EventType.COMPLAINT_RECEIVED, source="elsewhere", data=received()
+        )
+        key, value, headers = to_kafka_record(odd)
+        naive = [(n, b"2030-01-01T00:00:00" if n == "ce_time" else raw) for n, raw in headers]
+        producer = EventProducer(settings=system.intake_settings)
+        try:
+            await producer.publish_raw(
+                topic=system.topic(Topic.INTAKE), key=key, value=value, headers=naive
+            )
+        finally:
+            await producer.stop()
+        later = [await _complaint(system, admin) for _ in range(3)]
+
+        def delivered() -> set[str]:
+            subjects = {body["subject"] for body in hooks.bodies()}
+            return subjects if set(later) <= subjects else set()
+
+        subjects = await eventually(delivered, timeout_s=30, what="the later events delivered")
+        assert odd.subject not in subjects
+
+        async def dead_letters() -> list:
+            letters = await read_dead_letters(
+                settings=webhooks.settings, dlq_topic=dead_letter_topic(system.topic(Topic.INTAKE))
+            )
+            group = webhooks.settings.consumer_group()
+            return [
+                letter
+                for letter in letters
+                if letter.header("dlq_consumer_group") == group and letter.header("ce_id") == odd.id
+            ]
+
+        [dead] = await eventually(dead_letters, what="the record without an offset dead-lettered")
+    assert dead.header("dlq_reason") == "invalid_envelope"
+    assert "time" in dead.header("dlq_error")

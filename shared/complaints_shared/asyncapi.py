@@ -55,7 +55,7 @@ def _headers_schema(event_type: EventType) -> dict[str, Any]:
     properties["content-type"] = {"type": "string", "const": "application/json"}
     return {
         "type": "object",
-        "required": [*REQUIRED_HEADERS, "ce_specversion"],
+        "required": list(REQUIRED_HEADERS),
         "properties": properties,
     }
 
@@ -70,7 +70,12 @@ def build_document() -> dict[str, Any]:
             if event_topic is not topic:
                 continue
             name = _message_name(event_type)
-            schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+            # As producers send it (``model_dump(mode="json")``): a decimal is a string, a
+            # field with a default is always there. Until 5 December the document described
+            # what consumers accept (an amount as a number or a string, defaults optional).
+            schema = model.model_json_schema(
+                ref_template="#/components/schemas/{model}", mode="serialization"
+            )
             definitions = schema.pop("$defs", {})
             messages[name] = {
                 "name": event_type.value,

@@ -58,6 +58,14 @@ def _as_utc(moment: datetime) -> datetime:
 UtcDatetime = Annotated[AwareDatetime, request_only(in_range), AfterValidator(_as_utc)]
 """An aware datetime converted to UTC; in a request, of the years 1970 to 2200."""
 
+EventDatetime = Annotated[AwareDatetime, AfterValidator(_as_utc)]
+"""A datetime in an event's data: with an offset, converted to UTC. A producer's time
+without one is refused (the record is dead-lettered as invalid): consumers compare event
+times with their own, which carry offsets, and a naive one raised in the middle of that."""
+
+EventTime = Annotated[AwareDatetime, AfterValidator(in_range)]
+"""An event's own time (``ce_time``): with an offset, of the years 1970 to 2200, in UTC."""
+
 CalendarDay = Annotated[date, request_only(_day_in_range)]
 """A calendar day (a branch's closed or make-up working day); in a request, of the years
 1970 to 2200."""

@@ -14,11 +14,12 @@ from typing import Any
 import orjson
 from pydantic import BaseModel, Field, ValidationError
 
+from complaints_shared.datetimes import EventTime
 from complaints_shared.events import EventPayload, EventType
 
 SPEC_VERSION = "1.0"
 CONTENT_TYPE = "application/json"
-REQUIRED_HEADERS = ("ce_id", "ce_source", "ce_type", "ce_subject", "ce_time")
+REQUIRED_HEADERS = ("ce_id", "ce_source", "ce_type", "ce_specversion", "ce_subject", "ce_time")
 
 
 class EnvelopeError(ValueError):
@@ -30,7 +31,7 @@ class CloudEvent(BaseModel):
     source: str
     type: str
     subject: str = Field(description="The complaint id (``branch:<org>:<code>`` for a branch).")
-    time: datetime
+    time: EventTime
     specversion: str = SPEC_VERSION
     data: dict[str, Any]
 
@@ -69,6 +70,13 @@ def from_kafka_record(value: bytes | None, headers: list[tuple[str, bytes | None
     missing = [name for name in REQUIRED_HEADERS if name not in attributes]
     if missing:
         raise EnvelopeError(f"missing CloudEvents header(s) {missing}")
+    if attributes["ce_specversion"] != SPEC_VERSION:
+        raise EnvelopeError(
+            f"CloudEvents spec version {attributes['ce_specversion']!r}, not {SPEC_VERSION!r}"
+        )
+    content_type = attributes.get("content-type")
+    if content_type is not None and content_type.split(";")[0].strip().lower() != CONTENT_TYPE:
+        raise EnvelopeError(f"content type {content_type!r}, not {CONTENT_TYPE!r}")
     try:
         data = orjson.loads(value) if value else None
     except orjson.JSONDecodeError as exc:
@@ -82,7 +90,7 @@ def from_kafka_record(value: bytes | None, headers: list[tuple[str, bytes | None
             type=attributes["ce_type"],
             subject=attributes["ce_subject"],
             time=attributes["ce_time"],
-            specversion=attributes.get("ce_specversion", SPEC_VERSION),
+            specversion=attributes["ce_specversion"],
             data=data,
         )
     except ValidationError as exc:

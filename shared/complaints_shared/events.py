@@ -10,12 +10,12 @@ new version suffix.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from datetime import datetime
 from decimal import Decimal
 from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from complaints_shared.datetimes import EventDatetime
 from complaints_shared.stored import from_stored
 
 EVENT_TYPE_PREFIX = "org.complaintdesk."
@@ -228,7 +228,7 @@ class ComplaintReceived(EventData):
     description: str
     product: str | None = None
     customer: CustomerContact
-    received_at: datetime
+    received_at: EventDatetime
     repeat_count: int = Field(
         0, description="The customer's earlier complaints, in every branch of the organisation"
     )
@@ -247,8 +247,8 @@ class ComplaintAcknowledged(EventData):
     """受理: the complaint was accepted and the customer told when to expect an answer."""
 
     acknowledged_by: str
-    acknowledged_at: datetime
-    promised_response_at: datetime | None = None
+    acknowledged_at: EventDatetime
+    promised_response_at: EventDatetime | None = None
     message_to_customer: str | None = None
     late: bool = Field(False, description="Acknowledged after the acknowledge deadline")
 
@@ -260,7 +260,7 @@ class ComplaintNoteAdded(EventData):
     author: str
     visibility: str
     text: str
-    added_at: datetime
+    added_at: EventDatetime
 
 
 class ComplaintPendingCustomer(EventData):
@@ -268,14 +268,14 @@ class ComplaintPendingCustomer(EventData):
 
     reason: str
     paused_by: str
-    paused_at: datetime
+    paused_at: EventDatetime
 
 
 class ComplaintResumed(EventData):
     """The customer answered; SLA clocks run again."""
 
     resumed_by: str
-    resumed_at: datetime
+    resumed_at: EventDatetime
 
 
 class ComplaintResolved(EventData):
@@ -296,7 +296,7 @@ class ComplaintResolved(EventData):
     resolved_by: str | None = None
     customer: CustomerContact
     subject: str | None = None
-    resolved_at: datetime
+    resolved_at: EventDatetime
 
 
 class ComplaintReopened(EventData):
@@ -304,7 +304,7 @@ class ComplaintReopened(EventData):
 
     reason: str
     reopened_by: str
-    reopened_at: datetime
+    reopened_at: EventDatetime
     reopen_count: int
     # The resolutions the complaint had when it was reopened: follow-up's checks of those are
     # moot, not those of a later resolution (a reopen replayed late). None from producers
@@ -318,7 +318,7 @@ class ComplaintRejected(EventData):
     reason_code: str
     explanation: str
     rejected_by: str
-    rejected_at: datetime
+    rejected_at: EventDatetime
 
 
 class ComplaintWithdrawn(EventData):
@@ -326,7 +326,7 @@ class ComplaintWithdrawn(EventData):
 
     reason: str | None = None
     withdrawn_by: str
-    withdrawn_at: datetime
+    withdrawn_at: EventDatetime
 
 
 class ComplaintClosed(EventData):
@@ -335,7 +335,7 @@ class ComplaintClosed(EventData):
     reason: str
     closed_by: str
     closed_via: ClosedVia = ClosedVia.FOLLOWUP
-    closed_at: datetime
+    closed_at: EventDatetime
     # The resolutions the complaint had when it was closed: an administrator's close makes
     # follow-up's checks of those moot, not those of a resolution after a later reopen (a
     # close redelivered after them). None from producers before 4 December: checks of
@@ -350,7 +350,7 @@ class ComplaintRemedyRecorded(EventData):
     resolution_number: int
     remedy: Remedy
     recorded_by: str
-    recorded_at: datetime
+    recorded_at: EventDatetime
 
 
 # --------------------------------------------------------------- routing --
@@ -376,13 +376,13 @@ class ComplaintAssigned(AssignmentAnnounced):
     owner_name: str | None
     rule_id: str
     rule_version: int
-    assigned_at: datetime
-    acknowledge_due_at: datetime | None = None
-    resolve_due_at: datetime | None = None
-    regulatory_report_due_at: datetime | None = None
+    assigned_at: EventDatetime
+    acknowledge_due_at: EventDatetime | None = None
+    resolve_due_at: EventDatetime | None = None
+    regulatory_report_due_at: EventDatetime | None = None
     escalation_level: int = 0
     sla_policy: str | None = None
-    clock_starts_at: datetime | None = None
+    clock_starts_at: EventDatetime | None = None
     duty_officer: bool = Field(False, description="Assigned out of hours to the duty officer")
     severity: Severity | None = Field(
         None, description="The severity routing works to (a rule may have raised it)"
@@ -404,16 +404,16 @@ class ComplaintQueued(AssignmentAnnounced):
     department_name: str
     rule_id: str
     rule_version: int
-    queued_at: datetime
+    queued_at: EventDatetime
     severity: Severity | None = Field(
         None, description="The severity routing works to (a rule may have raised it)"
     )
     flags: list[str] | None = Field(None, description="The flags routing applied")
     major_incident: bool = False
     # The clocks run while the complaint waits in the queue.
-    acknowledge_due_at: datetime | None = Field(None, description=QUEUED_DUE_DESCRIPTION)
-    resolve_due_at: datetime | None = Field(None, description=QUEUED_DUE_DESCRIPTION)
-    regulatory_report_due_at: datetime | None = Field(None, description=QUEUED_DUE_DESCRIPTION)
+    acknowledge_due_at: EventDatetime | None = Field(None, description=QUEUED_DUE_DESCRIPTION)
+    resolve_due_at: EventDatetime | None = Field(None, description=QUEUED_DUE_DESCRIPTION)
+    regulatory_report_due_at: EventDatetime | None = Field(None, description=QUEUED_DUE_DESCRIPTION)
 
 
 class ComplaintUnroutable(EventData):
@@ -426,7 +426,7 @@ class ComplaintUnroutable(EventData):
     passed_over_rules: list[str] = Field(
         default_factory=list, description="Matching rules whose department does not exist"
     )
-    unroutable_at: datetime
+    unroutable_at: EventDatetime
 
 
 class ComplaintReassigned(AssignmentAnnounced):
@@ -440,7 +440,7 @@ class ComplaintReassigned(AssignmentAnnounced):
     owner_name: str | None
     reason: str
     reassigned_by: str
-    reassigned_at: datetime
+    reassigned_at: EventDatetime
 
 
 class ComplaintEscalated(EventData):
@@ -452,8 +452,8 @@ class ComplaintEscalated(EventData):
     escalated_to_role: str | None = None
     reason: str = Field(description="sla_breach, manual, reopened, critical_incident ...")
     escalated_by: str = "routing"
-    escalated_at: datetime
-    regulatory_report_due_at: datetime | None = None
+    escalated_at: EventDatetime
+    regulatory_report_due_at: EventDatetime | None = None
 
 
 CYCLE_DESCRIPTION = "The complaint's cycle: 0 from registration, n since the nth reopen"
@@ -465,8 +465,8 @@ class ComplaintSlaWarning(EventData):
     """A clock passed its warning share (80% by default) of the allowed time."""
 
     clock: SlaClock
-    due_at: datetime
-    warned_at: datetime
+    due_at: EventDatetime
+    warned_at: EventDatetime
     reopen_count: int | None = Field(None, description=CYCLE_OR_NONE)
 
 
@@ -474,8 +474,8 @@ class ComplaintSlaBreached(EventData):
     """A clock passed its due time."""
 
     clock: SlaClock
-    due_at: datetime
-    breached_at: datetime
+    due_at: EventDatetime
+    breached_at: EventDatetime
     escalation_level: int | None = None
     reopen_count: int | None = Field(None, description=CYCLE_OR_NONE)
 
@@ -494,10 +494,10 @@ class ComplaintSlaStopped(EventData):
     """
 
     clock: SlaClock
-    due_at: datetime = Field(
+    due_at: EventDatetime = Field(
         description="The clock's final due time: its target laid out with every pause left out"
     )
-    stopped_at: datetime
+    stopped_at: EventDatetime
     on_time: bool = Field(description="Stopped by its due time (stopped_at <= due_at)")
     breached: bool = Field(description="A breach of this clock was announced before it stopped")
     reopen_count: int = Field(0, description=CYCLE_DESCRIPTION)
@@ -517,7 +517,7 @@ class EscalationStep(BaseModel):
     escalated_to_role: str | None = None
     reason: str
     escalated_by: str = "routing"
-    escalated_at: datetime
+    escalated_at: EventDatetime
 
 
 class ComplaintSlaBreachWithdrawn(EventData):
@@ -528,8 +528,8 @@ class ComplaintSlaBreachWithdrawn(EventData):
     were sent: they stay on record, marked withdrawn)."""
 
     clock: SlaClock
-    due_at: datetime
-    stopped_at: datetime = Field(
+    due_at: EventDatetime
+    stopped_at: EventDatetime = Field(
         description="When the clock really stopped or paused: the time of intake's event"
     )
     reason: str = Field(
@@ -539,7 +539,7 @@ class ComplaintSlaBreachWithdrawn(EventData):
     withdrawn_breaches: int = Field(
         description="How many breaches of this clock (announced as sla_breached) are withdrawn"
     )
-    withdrawn_at: datetime
+    withdrawn_at: EventDatetime
     withdrawn_escalations: list[EscalationStep] = Field(
         default_factory=list, description="The escalations those breaches caused, withdrawn"
     )
@@ -560,7 +560,7 @@ class ComplaintResponsibilitySet(EventData):
     responsible_department: str
     responsible_party: ResponsibleParty | None = None
     set_by: str
-    set_at: datetime
+    set_at: EventDatetime
 
 
 class ComplaintRegulatoryReportFiled(EventData):
@@ -575,8 +575,8 @@ class ComplaintRegulatoryReportFiled(EventData):
 
     reference: str | None = Field(None, description="The authority's reference for the report")
     filed_by: str
-    filed_at: datetime
-    due_at: datetime | None = Field(
+    filed_at: EventDatetime
+    due_at: EventDatetime | None = Field(
         None, description="The report deadline (None: none known at the filing, see above)"
     )
     on_time: bool | None = Field(
@@ -600,7 +600,7 @@ class BranchUpdated(EventPayload):
     time_zone: str = Field(description="IANA time zone of the branch (reference numbers' day)")
     active: bool = True
     version: int
-    updated_at: datetime
+    updated_at: EventDatetime
 
     def cloudevent_subject(self) -> str:
         return f"branch:{self.org}:{self.branch}"
@@ -615,7 +615,7 @@ class FollowupScheduled(EventData):
     followup_id: str
     resolution_number: int
     sequence: int
-    due_at: datetime
+    due_at: EventDatetime
     channel: ContactChannel
 
 
@@ -628,8 +628,8 @@ class FollowupAttempted(EventData):
     reached: bool
     channel: ContactChannel
     attempted_by: str
-    attempted_at: datetime
-    next_attempt_at: datetime | None = None
+    attempted_at: EventDatetime
+    next_attempt_at: EventDatetime | None = None
 
 
 class FollowupCompleted(EventData):
@@ -646,7 +646,7 @@ class FollowupCompleted(EventData):
     comment: str | None = None
     attempts: int = 1
     channel: ContactChannel | None = None
-    completed_at: datetime
+    completed_at: EventDatetime
 
 
 class FollowupCancelled(EventData):
@@ -655,7 +655,7 @@ class FollowupCancelled(EventData):
     followup_id: str
     resolution_number: int
     reason: str
-    cancelled_at: datetime
+    cancelled_at: EventDatetime
 
 
 EVENT_CONTRACTS: dict[EventType, tuple[Topic, type[EventPayload]]] = {
