@@ -6,21 +6,25 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from complaints_shared.clock import ManualClock
 from complaints_shared.events import (
     ComplaintAssigned,
     ComplaintEscalated,
     ComplaintQueued,
     ComplaintReassigned,
+    ComplaintResponsibilitySet,
     ComplaintSlaBreached,
     EventType,
     FollowupCompleted,
     FollowupOutcome,
+    ResponsibleParty,
     SlaClock,
 )
+from tests.support.clock import at
 from tests.support.http import command, complaint_body, complaint_when, create_complaint, token
 from tests.support.kafka import handled_count, publish, republish, routing_events
 from tests.support.routing import assignment_when
-from tests.support.system import System
+from tests.support.system import System, SystemFactory
 from tests.support.waits import eventually
 
 pytestmark = pytest.mark.integration
@@ -347,3 +351,107 @@ async def test_an_unsatisfied_answer_consumed_after_an_administrators_close_is_r
     document = (await system.intake.get(f"/v1/complaints/{cid}", headers=admin)).json()
     assert (document["status"], document["reopen_count"]) == ("closed", 0)
     assert document["satisfaction"]["outcome"] == "unsatisfied"
+
+
+async def test_an_unsatisfied_answer_consumed_days_late_reopens_the_complaint_now(
+    system_factory: SystemFactory,
+) -> None:
+    """The customer answered "unsatisfied" right after the resolution; intake consumed the
+    outcome five days later (the broker away, or the dead letter replayed). Until 5 December
+    the reopening was dated at the answer: routing started the new cycle's resolve clock five
+    days back, breached on arrival, and escalated a complaint its handlers first saw again
+    that minute. The reopening now happens when intake applies it; the answer keeps its time."""
+    clock = ManualClock(datetime.now(UTC).replace(microsecond=0))
+    system = await system_factory(clock=clock)
+    admin = token(system.intake_settings)
+    cid = (await create_complaint(system, admin))["id"]
+    await complaint_when(system, cid, admin, lambda c: c["assignment"], what="assigned")
+    await command(system, f"/v1/complaints/{cid}/resolve", {"summary": "已退款"}, admin)
+    answered_at = datetime.now(UTC)  # the published event's time too (the wall clock)
+    applied_at = clock.advance(timedelta(days=5))
+    late = FollowupCompleted(
+        complaint_id=cid,
+        org="demo",
+        branch="LZ",
+        followup_id=f"{cid}:r1:1",
+        resolution_number=1,
+        sequence=1,
+        outcome=FollowupOutcome.UNSATISFIED,
+        score=2,
+        problem_solved=False,
+        completed_at=answered_at,
+    )
+    await publish(system, (EventType.FOLLOWUP_COMPLETED, late), service="followup")
+    reopened = await complaint_when(
+        system,
+        cid,
+        admin,
+        lambda c: (
+            c["status"] == "reopened"
+            and c["resolve_due_at"]
+            and at(c["resolve_due_at"]) > applied_at
+        ),
+        what="reopened with a resolve clock from now",
+        timeout_s=20,
+    )
+    assert reopened["sla_breached"] is False
+    timeline = (await system.intake.get(f"/v1/complaints/{cid}/timeline", headers=admin)).json()
+    [answer] = [e for e in timeline["entries"] if e["action"] == "followup_completed"]
+    [reopening] = [e for e in timeline["entries"] if e["action"] == "reopened"]
+    assert at(answer["at"]) < applied_at
+    assert at(reopening["at"]) == applied_at
+    assert reopening["status_to"] == "reopened"
+
+
+async def test_a_late_responsibility_setting_leaves_the_newer_one_on_record(
+    system: System,
+) -> None:
+    """A supervisor's responsibility setting was dead-lettered in intake; the agent then
+    resolved naming another department and party; the operator replayed the dead letter.
+    Until 5 December the replay overwrote the resolution's responsibility, and intake
+    disagreed with routing for good. An older setting is now on the timeline only; a newer
+    one still applies."""
+    admin = token(system.intake_settings)
+    cid = (await create_complaint(system, admin))["id"]
+    await complaint_when(system, cid, admin, lambda c: c["assignment"], what="assigned")
+    await command(
+        system,
+        f"/v1/complaints/{cid}/resolve",
+        {"summary": "已退款", "responsible_department": "LZ:BILLING", "responsible_party": "staff"},
+        admin,
+    )
+
+    def setting(set_at: datetime) -> ComplaintResponsibilitySet:
+        return ComplaintResponsibilitySet(
+            complaint_id=cid,
+            org="demo",
+            branch="LZ",
+            responsible_department="LZ:NETWORK",
+            responsible_party=ResponsibleParty.SUPPLIER,
+            set_by="sup-1",
+            set_at=set_at,
+        )
+
+    before = handled_count("intake", EventType.COMPLAINT_RESPONSIBILITY_SET)
+    older = setting(datetime.now(UTC) - timedelta(days=2))
+    await publish(system, (EventType.COMPLAINT_RESPONSIBILITY_SET, older), service="routing")
+    await eventually(
+        lambda: handled_count("intake", EventType.COMPLAINT_RESPONSIBILITY_SET) > before,
+        what="the late setting consumed",
+    )
+    kept = (await system.intake.get(f"/v1/complaints/{cid}", headers=admin)).json()
+    assert (kept["responsible_department"], kept["responsible_party"]) == ("LZ:BILLING", "staff")
+    assert kept["responsibility"]["party"] == "staff"
+    timeline = (await system.intake.get(f"/v1/complaints/{cid}/timeline", headers=admin)).json()
+    assert "responsibility_set" in [entry["action"] for entry in timeline["entries"]]
+
+    newer = setting(datetime.now(UTC) + timedelta(seconds=1))
+    await publish(system, (EventType.COMPLAINT_RESPONSIBILITY_SET, newer), service="routing")
+    changed = await complaint_when(
+        system,
+        cid,
+        admin,
+        lambda c: c["responsible_department"] == "LZ:NETWORK",
+        what="the newer setting applied",
+    )
+    assert changed["responsibility"]["party"] == "supplier"

@@ -52,7 +52,7 @@ from complaints_shared.events import (
     SlaClock,
 )
 from complaints_shared.failures import Rejected
-from complaints_shared.mongo import merge_updates
+from complaints_shared.mongo import as_utc, merge_updates
 from intake import commands, reference_numbers, store
 from intake.lifecycle import Action, Command, Status, is_legal, transition
 from intake.settings import IntakeSettings
@@ -667,6 +667,12 @@ async def apply_responsibility_set(
     now: datetime,
 ) -> None:
     def decide(current: dict[str, Any]) -> store.Decision:
+        known_at = (current.get("responsibility") or {}).get("set_at")
+        if known_at is not None and as_utc(known_at) > data.set_at:
+            # A newer responsibility is on record (a resolution naming it, a later setting):
+            # a replayed or late event stays on the timeline only. Until 5 December it
+            # overwrote it, and intake disagreed with routing for good.
+            return store.UNCHANGED
         party = data.responsible_party.value if data.responsible_party else None
         fields: dict[str, Any] = {
             "responsible_department": data.responsible_department,
@@ -837,16 +843,21 @@ async def apply_followup_completed(
             reason = "customer not satisfied at follow-up"
             build = commands.reopen_build(reason=reason, reopened_by="followup")
             entry = (Action.REOPENED, {"reason": reason})
+            # Reopened when applied here: the new cycle's clocks start then. Dated at the
+            # answer, one consumed days later (the broker away, a replayed dead letter)
+            # started a resolve clock breached already, escalating at once.
+            changed_at = max(event.time, now)
         else:
             reason = f"follow-up {data.outcome.value}"
             build = commands.close_build(
                 reason=reason, closed_by="followup", via=ClosedVia.FOLLOWUP
             )
             entry = (Action.CLOSED, {"reason": reason, "closed_via": ClosedVia.FOLLOWUP.value})
-        update, events = build(current, event.time)
+            changed_at = event.time
+        update, events = build(current, changed_at)
         update.setdefault("$set", {})["satisfaction"] = satisfaction
         # The outcome's own entry first, then the closure or reopening it caused.
-        return store.Decision(update, events, new_status, [entry])
+        return store.Decision(update, events, new_status, [entry], entries_at=changed_at)
 
     await _apply(
         db=db,

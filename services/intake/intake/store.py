@@ -271,6 +271,9 @@ class Decision:
     # The caller's own entry arrives withdrawn already (a breach or a rung whose withdrawal
     # was applied first): marked as ``mark_withdrawn`` marks those it finds.
     withdrawn: dict[str, Any] | None = None
+    # When ``entries`` and the status change happened, if not when the caller's own entry
+    # did: a reopening caused by an answer consumed late happens when it is applied.
+    entries_at: datetime | None = None
 
 
 UNCHANGED = Decision({})
@@ -319,12 +322,16 @@ async def change(
     async def timeline_and_status(current: dict[str, Any]) -> aggregate.Decision:
         decision = decide(current)
         status_from = Status(current["status"])
-        entries = [(action, details or {}), *decision.entries]
+        changed_at = decision.entries_at or at
+        entries = [
+            (action, details or {}, at),
+            *((*entry, changed_at) for entry in decision.entries),
+        ]
         timeline = [
             timeline_entry(
-                actor=actor, action=name, at=at, cause=cause, event_id=event_id, details=extra
+                actor=actor, action=name, at=when, cause=cause, event_id=event_id, details=extra
             )
-            for name, extra in entries
+            for name, extra, when in entries
         ]
         if decision.withdrawn is not None:
             timeline[0]["withdrawn"] = decision.withdrawn
@@ -333,7 +340,7 @@ async def change(
             timeline[-1]["status_to"] = decision.status.value
         update = merge_updates(
             decision.update,
-            _status_update(current=current, next_status=decision.status, now=at),
+            _status_update(current=current, next_status=decision.status, now=changed_at),
             {
                 "$push": {"timeline": {"$each": timeline}},
                 "$inc": {
