@@ -897,6 +897,35 @@ async def test_a_repeat_across_branches_is_counted_but_names_only_complaints_the
 
 
 @pytest.mark.integration
+async def test_a_registration_replayed_by_a_narrower_token_names_only_complaints_it_sees(
+    system: System,
+) -> None:
+    """The answer to a registration under an ``Idempotency-Key`` is stored as the first
+    token could read it. Retried after the person's branches were narrowed, it was replayed
+    as stored until 5 December, naming another branch's complaint in ``repeat_of``."""
+    wide = token(
+        system.intake_settings, branches=[BRANCH_A, "HOSP"], roles=("agent",), subject="u1"
+    )
+    narrow = token(system.intake_settings, branches=[BRANCH_A], roles=("agent",), subject="u1")
+    at_hospital = await system.intake.post("/v1/complaints", json=HOSPITAL_COMPLAINT, headers=wide)
+    assert at_hospital.status_code == 201, at_hospital.text
+    hospital_id = at_hospital.json()["id"]
+    same_customer = {**BROADBAND_COMPLAINT, "customer": HOSPITAL_COMPLAINT["customer"]}
+    key = {"Idempotency-Key": "narrowed-retry"}
+    first = await system.intake.post("/v1/complaints", json=same_customer, headers=wide | key)
+    assert first.status_code == 201, first.text
+    assert first.json()["repeat_of"] == [hospital_id]
+    replay = await system.intake.post("/v1/complaints", json=same_customer, headers=narrow | key)
+    assert replay.status_code == 201, replay.text
+    assert replay.headers["Idempotent-Replayed"] == "true"
+    assert (replay.json()["id"], replay.json()["repeat_count"]) == (first.json()["id"], 1)
+    assert replay.json()["repeat_of"] == []
+    assert hospital_id not in replay.text
+    again = await system.intake.post("/v1/complaints", json=same_customer, headers=wide | key)
+    assert again.json()["repeat_of"] == [hospital_id]
+
+
+@pytest.mark.integration
 async def test_a_note_whose_repeat_check_fails_is_answered_once_and_stored_once(
     system: System, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -124,8 +124,14 @@ async def create_complaint(
             complaint_id=complaint_id,
         )
         if reservation.replay_body is not None:
+            # Stored as the first token could read it; shown as this one may (until
+            # 5 December a narrower token's retry saw other branches' complaint ids).
+            replay = dict(reservation.replay_body)
+            replay["repeat_of"] = await store.repeats_shown_to(
+                db=runtime.db, principal=principal, repeat_of=replay.get("repeat_of", [])
+            )
             return JSONResponse(
-                reservation.replay_body,
+                replay,
                 status_code=reservation.replay_status or status.HTTP_201_CREATED,
                 headers={REPLAYED_HEADER: "true"},
             )

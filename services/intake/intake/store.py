@@ -155,12 +155,7 @@ async def shown_to(
     linked = {earlier for complaint in complaints for earlier in complaint.repeat_of}
     if principal.all_branches or not linked:
         return complaints
-    visible = {
-        document["_id"]
-        async for document in db[COMPLAINTS].find(
-            by_ids(sorted(linked), principal.scope_filter()), projection={"_id": 1}
-        )
-    }
+    visible = await _visible(db=db, principal=principal, complaint_ids=linked)
     return [
         complaint
         if visible.issuperset(complaint.repeat_of)
@@ -169,6 +164,27 @@ async def shown_to(
         )
         for complaint in complaints
     ]
+
+
+async def repeats_shown_to(
+    *, db: AsyncDatabase, principal: Principal, repeat_of: list[str]
+) -> list[str]:
+    """``repeat_of`` of an answer stored for a replay, as the caller may read it now
+    (``shown_to``): the token replaying a key may cover fewer branches than the first."""
+    if principal.all_branches or not repeat_of:
+        return repeat_of
+    visible = await _visible(db=db, principal=principal, complaint_ids=set(repeat_of))
+    return [earlier for earlier in repeat_of if earlier in visible]
+
+
+async def _visible(*, db: AsyncDatabase, principal: Principal, complaint_ids: set[str]) -> set[str]:
+    """Those of ``complaint_ids`` in the token's branches."""
+    return {
+        document["_id"]
+        async for document in db[COMPLAINTS].find(
+            by_ids(sorted(complaint_ids), principal.scope_filter()), projection={"_id": 1}
+        )
+    }
 
 
 async def find(*, db: AsyncDatabase, complaint_id: str) -> dict[str, Any] | None:
