@@ -244,6 +244,61 @@ async def test_search_finds_reference_numbers_and_customer_phones(system: System
         assert (empty.status_code, empty.json()["errors"][0]["field"]) == (422, field), field
 
 
+async def test_a_query_of_digits_and_dashes_finds_the_text_in_every_order(
+    system: System,
+) -> None:
+    """Such a ``q`` may be a phone, and until 5 December it was looked up by the last two
+    digits of its phone form: ``2024-12-1`` by ``21``, which ``2024-12-1起`` does not hold,
+    so the newest-first list found nothing where a due-time order found it."""
+    admin = token(system.intake_settings)
+    written = ("2024-12-1", "0931-8460000-1", "12345-6")
+    for n, date_or_number in enumerate(written):
+        body = complaint_body(
+            subject=f"停机投诉{n}",
+            description=f"{date_or_number}起宽带被停机",
+            customer={"name": "客户", "phone": f"1390000002{n}"},
+        )
+        response = await system.intake.post("/v1/complaints", json=body, headers=admin)
+        assert response.status_code == 201, response.text
+    for n, q in enumerate(written):
+        assert await _find(system, admin, q=q) == [f"停机投诉{n}"], q
+        assert await _find(system, admin, q=q, sort="created_at") == [f"停机投诉{n}"], q
+    assert await _find(system, admin, q="13900000021") == ["停机投诉1"]
+
+
+async def test_a_query_or_reference_of_invisible_characters_alone_is_a_422_naming_it(
+    system: System,
+) -> None:
+    """Search leaves format characters out, so a ``q`` of those alone was empty once folded:
+    until 5 December it passed validation and listed every complaint."""
+    await _seed_searchable(system)
+    admin = token(system.intake_settings)
+    for value in ("\u200b", "\ufeff", "\u00ad", "\u200b\u200d", " \u2060 \u200b"):
+        for field in ("q", "reference"):
+            response = await system.intake.get(
+                "/v1/complaints", params={field: value}, headers=admin
+            )
+            assert response.status_code == 422, (field, value, response.text)
+            assert response.json()["errors"][0]["field"] == field, (field, value)
+    found = await _find(system, admin, q="\u200b 断网\ufeff")
+    assert set(found) == {"晚上经常断网", "候诊室断网"}
+
+
+async def test_a_reference_is_found_in_either_case_and_in_full_width_forms(
+    system: System,
+) -> None:
+    """Reference numbers are ASCII in upper case; the filter compared the value as typed,
+    so ``lz-…`` or a full-width ``ＬＺ－…`` (a Chinese input method) found nothing until
+    5 December."""
+    created = await _seed_searchable(system)
+    admin = token(system.intake_settings)
+    reference = created["候诊室断网"]["reference"]
+    full_width = "".join(chr(ord(character) + 0xFEE0) for character in reference)
+    for written in (reference.lower(), full_width, f" {full_width.lower()}\u200b"):
+        assert await _find(system, admin, reference=written) == ["候诊室断网"], written
+    assert await _find(system, admin, reference=reference + "1") == []
+
+
 async def test_customer_filters_find_what_registration_normalised(system: System) -> None:
     """The e-mail filter compared the value as typed, registration the address as
     normalised: a Chinese domain in punycode (how ASCII-only CRMs hold it), a full-width

@@ -65,3 +65,29 @@ def test_a_query_written_as_a_phone_finds_the_customers_phone_key() -> None:
     noted = {"subject": "", "description": "回电 138-0013-8000", "customer_keys": []}
     assert grams.lookup_gram("138-0013-8000") in grams.document_grams(noted)
     assert grams.matches(noted, "138-0013-8000")
+
+
+def test_a_query_that_may_be_a_phone_is_looked_up_by_a_gram_of_both_its_forms() -> None:
+    """A ``q`` that may be a phone was looked up by the last two digits of its key form
+    until 5 December: ``2024-12-1`` by ``21``, which ``2024-12-1起宽带被停机`` does not hold,
+    so the newest-first list found nothing. Its gram is now a window of ``q`` as typed and
+    of the key form alike; with none in both it has no gram (verified in the service)."""
+    for written in ("2024-12-1", "2024-1-5", "0931-8460000-1", "12345-6"):
+        typed = {"subject": "", "description": f"{written}起宽带被停机", "customer_keys": []}
+        assert grams.lookup_gram(written) in grams.document_grams(typed), written
+        assert grams.matches(typed, written), written
+        keys = [f"phone:{grams.phone_form(written)}"]
+        phone = {"subject": "", "description": "", "customer_keys": keys}
+        assert grams.lookup_gram(written) in grams.document_grams(phone), written
+        assert grams.matches(phone, written), written
+    assert grams.phone_form("1-2-3-4-5") == "12345" and grams.lookup_gram("1-2-3-4-5") is None
+
+
+def test_variation_selectors_are_left_out_as_format_characters_are() -> None:
+    """An emoji's VS16 (``☎️``) or an ideographic variation selector (U+E0101) is invisible
+    like a zero-width space: until 5 December ``☎热线`` did not find ``☎️热线``."""
+    document = {"subject": "☎️热线打不通", "description": "邊\U000e0101境", "reference": ""}
+    assert grams.matches(document, "☎热线") and grams.matches(document, "邊境")
+    assert grams.matches({"subject": "☎热线", "description": ""}, "☎\ufe0f热线")
+    assert "邊境" in grams.document_grams(document)
+    assert not any("\ufe0f" in gram for gram in grams.document_grams(document))

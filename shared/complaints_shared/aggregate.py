@@ -435,8 +435,9 @@ async def page(
 
     ``keep`` is a condition the query cannot say (a substring verified in the service):
     documents it refuses are skipped and the page is filled from further reads; after
-    ``MAX_FILTERED_READS`` reads the page ends short, its cursor after the last document
-    read (a page may hold fewer items than ``limit``; only a missing cursor means the end).
+    ``MAX_FILTERED_READS`` reads (each counts, one whose documents were all refused too) the
+    page ends short, its cursor after the last document read (a page may hold fewer items
+    than ``limit``, none even; only a missing cursor means the end).
     ``max_time_ms`` bounds every read (``ExecutionTimeout`` beyond it). ``window`` and
     ``indexes`` let the reads be shaped for the local server
     (``complaints_shared.mongo.sorted_batches``).
@@ -495,9 +496,11 @@ async def page(
                         break
             if len(kept) > limit:
                 break
-            if filtered and reads == MAX_FILTERED_READS and documents:
-                last = documents[-1]
-                next_cursor = encode_cursor(sort_value=last[sort_field], document_id=last["_id"])
+            if filtered and reads == MAX_FILTERED_READS:
+                # After every document read, those refused included: until 5 December a read
+                # that kept none was not stopped at, and the reads went on to the end.
+                sort_value, document_id = documents.reached
+                next_cursor = encode_cursor(sort_value=sort_value, document_id=document_id)
                 return Page(items=[to_item(document) for document in kept], next_cursor=next_cursor)
     next_cursor = None
     if len(kept) > limit:

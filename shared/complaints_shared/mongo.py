@@ -645,6 +645,18 @@ class _Reversed:
         return other.key > self.key
 
 
+class Batch(list[dict[str, Any]]):
+    """The documents one read of ``sorted_batches`` kept, and ``reached``: the (sort value,
+    ``_id``) of the last document it read, kept or not (the checked equalities may have
+    refused every one): a caller that stops there goes on from it."""
+
+    reached: tuple[datetime, Any]
+
+    def __init__(self, documents: list[dict[str, Any]], *, reached: tuple[datetime, Any]):
+        super().__init__(documents)
+        self.reached = reached
+
+
 def _order_key(document: dict[str, Any], field: str) -> tuple[datetime, Any]:
     return bson_time(document[field]), document["_id"]
 
@@ -754,10 +766,11 @@ async def sorted_batches(
     max_time_ms: int | None = None,
     floor: Callable[[], Awaitable[datetime | None]] | None = None,
     wanted: Callable[[dict[str, Any]], bool] | None = None,
-) -> AsyncIterator[list[dict[str, Any]]]:
+) -> AsyncIterator[Batch]:
     """The documents of ``query`` in (``field``, ``_id``) order strictly after ``after``,
-    batch by batch (each in order, about ``batch`` long); the caller stops reading when it
-    has enough. ``field`` holds dates.
+    batch by batch (each in order, about ``batch`` long, one per read that returned
+    anything, empty when the checked equalities refused all it returned: ``Batch``); the
+    caller stops reading when it has enough. ``field`` holds dates.
 
     The position is a range on ``field`` (ties at the cursor's millisecond are dropped
     here), never an ``$or`` on the tie-break. On the local server (see above) a query
@@ -806,7 +819,7 @@ async def sorted_batches(
         """Sorts in the read's order."""
         return _Reversed(key) if descending else key
 
-    async def span(low: datetime | None, high: datetime | None) -> AsyncIterator[list]:
+    async def span(low: datetime | None, high: datetime | None) -> AsyncIterator[Batch]:
         """Everything in (low, high) after ``position``, in order."""
         nonlocal position
         # The local server reads the whole window whatever the limit, so a window is taken
@@ -852,7 +865,7 @@ async def sorted_batches(
             if fresh:
                 position = _order_key(fresh[-1], field)
                 seen.update(d["_id"] for d in fresh)
-                kept = [d for d in fresh if _holds(d, residual)]
+                kept = Batch([d for d in fresh if _holds(d, residual)], reached=position)
                 for document in kept:
                     for path in hidden_again:
                         document.pop(path, None)

@@ -4,7 +4,8 @@ Customers and agents type the same word in different forms: full-width letters a
 from a Chinese input method (``ＶＩＰ``, ``１０元``), circled or compatibility characters,
 Latin in either case, and text pasted from elsewhere carries invisible format characters.
 Comparisons fold them all to one form first (Unicode NFKC, case folding, format characters
-left out); Chinese characters are left as they are, and substring tests need no word spaces.
+and variation selectors left out); Chinese characters are left as they are, and substring
+tests need no word spaces.
 """
 
 from __future__ import annotations
@@ -12,20 +13,26 @@ from __future__ import annotations
 import sys
 import unicodedata
 
-# Every character of Unicode category Cf, to be deleted (``str.translate``: one pass in C).
-_FORMAT_CHARACTERS = dict.fromkeys(
-    code for code in range(sys.maxunicode + 1) if unicodedata.category(chr(code)) == "Cf"
+# Every character of Unicode category Cf, and the variation selectors (category Mn, as
+# invisible: ``☎️`` is ``☎`` and VS16), to be deleted (``str.translate``: one pass in C).
+_VARIATION_SELECTORS = [*range(0xFE00, 0xFE10), *range(0xE0100, 0xE01F0)]
+_INVISIBLE_CHARACTERS = dict.fromkeys(
+    [
+        *(code for code in range(sys.maxunicode + 1) if unicodedata.category(chr(code)) == "Cf"),
+        *_VARIATION_SELECTORS,
+    ]
 )
 
 
 def folded(text: str) -> str:
     """``text`` in the form comparisons use: compatibility forms folded (full-width ``Ａ１``
     is ``A1``), case folded, and invisible format characters (Unicode category Cf: the
-    zero-width space, soft hyphen, byte-order mark, joiners, direction marks) left out. Text
-    pasted from a web page or a document carries those between the characters one sees:
-    ``宽带断网\\u200b三天`` did not hold ``断网三天`` until 5 December."""
+    zero-width space, soft hyphen, byte-order mark, joiners, direction marks) and variation
+    selectors left out. Text pasted from a web page or a document carries those between the
+    characters one sees: ``宽带断网\\u200b三天`` did not hold ``断网三天`` until 5 December, nor
+    ``☎️热线`` (an emoji's VS16) ``☎热线``."""
     if not text.isascii():  # first: a joiner between a letter and its accent kept them apart
-        text = text.translate(_FORMAT_CHARACTERS)
+        text = text.translate(_INVISIBLE_CHARACTERS)
     return unicodedata.normalize("NFKC", text).casefold()
 
 

@@ -26,8 +26,8 @@ FIELD = "search_grams"
 # every older posting before the service serves. Not bumped when grams were only left out
 # (``indexed``): an older posting holds every gram a search now looks up, and rewriting
 # 100,000 postings would hold the start for minutes. Not bumped either when invisible format
-# characters were folded out (5 December): only a text holding one gains grams, and the few
-# stored before keep postings without the windows across them.
+# characters and variation selectors were folded out (5 December): only a text holding one
+# gains grams, and the few stored before keep postings without the windows across them.
 VERSION = 1
 VERSION_FIELD = "search_grams_version"
 
@@ -100,17 +100,22 @@ def phone_form(q: str) -> str | None:
 
 
 def lookup_gram(q: str) -> str | None:
-    """The one gram a search for ``q`` is looked up by (None: ``q`` is a single character
-    or has no indexed window).
+    """The one gram a search for ``q`` is looked up by (None: ``q`` is a single character,
+    has no indexed window, or may be a phone and shares no window with its key form).
 
     The gram with the rarest-looking characters would select fewest candidates, but
     nothing here knows the frequencies; the last indexed window is as good as any and
-    keeps the choice deterministic. A ``q`` that may be a phone is looked up by the last
-    two digits of its key form, which the texts that hold it as typed hold too.
+    keeps the choice deterministic. A complaint that ``matches`` holds ``q`` as typed
+    (then every indexed window of it) or, when ``q`` may be a phone, its key form in a
+    phone key (then every window of that): the gram is one of both. Until 5 December a
+    phone-like ``q`` was looked up by the last two digits of its key form, which a text
+    holding it as typed need not hold (``2024-12-1`` is looked up by ``12``, not ``21``).
     """
-    normal = phone_form(q) or normalise(q)
+    normal = normalise(q)
+    phone = phone_form(q)
     for start in range(len(normal) - 2, -1, -1):
-        if indexed(window := normal[start : start + 2]):
+        window = normal[start : start + 2]
+        if indexed(window) and (phone is None or window in phone):
             return window
     return None
 

@@ -80,7 +80,8 @@ class ComplaintFilters(BaseModel):
     # Pasted values often carry a space at either end, which no reference or text begins
     # or ends with: it is dropped. One empty (``?reference=``, a client's empty variable) is
     # a 422 naming it, as a ``q`` of spaces is: it was no condition at all, and the newest
-    # complaints of every branch answered a lookup by reference.
+    # complaints of every branch answered a lookup by reference. Compared as stored (ASCII,
+    # upper case): ``lz-…`` or full-width ``ＬＺ－…`` found nothing until 5 December.
     reference: Given | None = None
     # As registration reads them (``Phone``, ``EmailStr``: a Chinese domain in punycode, a
     # full-width address), so the filter finds the keys registration made.
@@ -93,6 +94,18 @@ class ComplaintFilters(BaseModel):
     sort: SortOrder = SortOrder.NEWEST
     limit: Annotated[int, Field(ge=1, le=MAX_PAGE_SIZE)] = 50
     cursor: str | None = None
+
+    @field_validator("q", "reference")
+    @classmethod
+    def _visible(cls, value: str | None, info: ValidationInfo) -> str | None:
+        """The value folded as matching compares it; nothing left (invisible characters and
+        spaces alone: ``\u200b``, ``\ufeff``) is a 422, not a condition every complaint holds."""
+        if value is None:
+            return None
+        normal = grams.normalise(value).strip()
+        if not normal:
+            raise ValueError(f"{info.field_name} holds no visible character")
+        return normal.upper() if info.field_name == "reference" else normal
 
     @field_validator("created_to")
     @classmethod
