@@ -114,6 +114,36 @@ async def test_a_resubmission_sharing_one_contact_detail_is_the_same_complaint(
     assert again.json()["resubmission"] is True and again.json()["id"] == first.json()["id"]
 
 
+async def test_the_same_words_after_the_complaint_was_finished_are_a_new_complaint(
+    system: System,
+) -> None:
+    """A customer withdrew (or had the complaint rejected, or resolved) and called again
+    with the same words within the window: until 5 December they got the finished
+    complaint back with 200, nothing open and nobody assigned. A finished complaint holds
+    its submission no longer; the new one is the customer's repeat."""
+    headers = token(system.intake_settings)
+    for finish, body in (
+        ("withdraw", {"reason": "客户撤回"}),
+        ("reject", {"reason_code": "insufficient_information", "explanation": "信息不全"}),
+        ("resolve", {"summary": "已解释"}),
+    ):
+        words = complaint_body(subject=f"宽带断网（{finish}）", description="三天没有网络")
+        first = await system.intake.post("/v1/complaints", json=words, headers=headers)
+        assert first.status_code == 201, first.text
+        first_id = first.json()["id"]
+        finished = await system.intake.post(
+            f"/v1/complaints/{first_id}/{finish}", json=body, headers=headers
+        )
+        assert finished.status_code == 200, finished.text
+        again = await system.intake.post("/v1/complaints", json=words, headers=headers)
+        assert again.status_code == 201, (finish, again.text)
+        assert again.json()["id"] != first_id and again.json()["status"] == "received"
+        assert first_id in again.json()["repeat_of"]
+        # The new complaint holds the submission now: sent once more, it is returned.
+        third = await system.intake.post("/v1/complaints", json=words, headers=headers)
+        assert (third.status_code, third.json()["id"]) == (200, again.json()["id"])
+
+
 async def test_other_words_split_otherwise_are_another_submission(system: System) -> None:
     """Subject and description were joined with a space before hashing: "宽带 断网" + "三天"
     and "宽带" + "断网 三天" were one submission, and the second complaint's subject was

@@ -8,7 +8,8 @@ its window is open the complaint holds one claim per customer key
 of identical submissions racing each other the first *stored* wins and the others are
 refused by the index and return it. No claim document is written
 beside the complaint. A window that has closed is given up by the next identical
-submission, which then registers a new complaint.
+submission, which then registers a new complaint; so is the claim of a complaint finished
+since (resolved, closed, rejected, withdrawn): a new submission is new work.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 
 from complaints_shared.mongo import ensure_index
 from intake import store
+from intake.lifecycle import FINISHED_STATUSES, Status
 from intake.settings import IntakeSettings
 
 RESUBMISSION_KEY = "resubmission_key"
@@ -56,15 +58,18 @@ async def earlier_submission(
     *, db: AsyncDatabase, claims: list[str], now: datetime
 ) -> dict[str, Any] | None:
     """After the index refused a new complaint's claims: the complaint that holds one of
-    them while its window is open. A closed window is given up here and None returned, as
-    when the claim went away meanwhile: the caller inserts again."""
+    them while its window is open and it is being worked. A closed window, or a complaint
+    finished since (resolved, closed, rejected, withdrawn), is given up here and None
+    returned, as when the claim went away meanwhile: the caller inserts again. Until
+    5 December a customer who withdrew and called again within the window got the
+    withdrawn complaint back, and nothing was registered."""
     complaints = db[store.COMPLAINTS]
     holder = await complaints.find_one(
         {RESUBMISSION_KEY: {"$in": claims}}, projection=store.HIDDEN_FIELDS
     )
     if holder is None:
         return None
-    if holder[RESUBMISSION_UNTIL] > now:
+    if holder[RESUBMISSION_UNTIL] > now and Status(holder["status"]) not in FINISHED_STATUSES:
         return holder
     await complaints.update_one(
         {"_id": holder["_id"], RESUBMISSION_UNTIL: holder[RESUBMISSION_UNTIL]},
