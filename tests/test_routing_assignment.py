@@ -214,7 +214,8 @@ async def test_full_department_queues_and_freed_capacity_assigns_the_next(
     assert len(of_type(events, EventType.COMPLAINT_QUEUED, second.complaint_id)) == 1
     assert len(of_type(events, EventType.COMPLAINT_ASSIGNED, second.complaint_id)) == 1
     metrics = (await system.routing.get("/metrics")).text
-    assert 'complaints_routing_queued_total{department="HOTEL:FRONT"}' in metrics
+    # Department ids are unique within an organisation only (until 5 December no org label).
+    assert 'complaints_routing_queued_total{department="HOTEL:FRONT",org="demo"}' in metrics
 
 
 async def test_reassignment_keeps_both_owners_loads_right(system: System) -> None:

@@ -405,6 +405,9 @@ async def apply_reassigned(
             "owner_name": data.owner_name,
             "assigned_at": data.reassigned_at,
             "queued": data.owner_id is None,
+            # A reassignment is a person's (or a move's) choice, never the out-of-hours
+            # rule's: until 5 December the duty officer's mark stayed on the new owner.
+            "duty_officer": False,
         }
         return store.Decision({"$set": {"assignment": assignment}, "$unset": ROUTED})
 

@@ -16,7 +16,8 @@ UNROUTABLE = Counter(
 QUEUED = Counter(
     "complaints_routing_queued_total",
     "Complaints that waited in a department queue because nobody had capacity.",
-    ["department"],
+    # Department ids (BRANCH:CODE) are unique only within an organisation.
+    ["org", "department"],
 )
 TIMERS_FIRED = Counter(
     "complaints_routing_timers_fired_total",

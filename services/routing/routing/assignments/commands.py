@@ -220,6 +220,8 @@ def _reassignment(
         "department_name": department.name,
         "owner_id": choice.staff.id if choice else None,
         "owner_name": choice.staff.name if choice else None,
+        # A supervisor's choice, never the out-of-hours rule's (it stayed true until 5 December).
+        "duty_officer": False,
     }
     command = Command.REASSIGN if choice is not None else Command.REASSIGN_TO_QUEUE
     set_fields.update(lifecycle.moved(current, command)["$set"])

@@ -179,6 +179,9 @@ class DepartmentWorkload(BaseModel):
     department: str
     department_name: str
     branch: str
+    active: bool = Field(
+        True, description="False: deactivated, shown while it still holds open or queued work"
+    )
     open: int
     queued: int
     paused: int

@@ -195,7 +195,7 @@ async def after_assignment(
 ) -> None:
     if document["status"] == AssignmentStatus.QUEUED.value:
         owed_drains.owe(db=db, org=document["org"], department_id=document["department"])
-        QUEUED.labels(document["department"]).inc()
+        QUEUED.labels(document["org"], document["department"]).inc()
         log.info("complaint_queued", department=document["department"])
         return
     ASSIGNED_METRIC.labels(how).inc()

@@ -162,6 +162,31 @@ def _notify_targets(
     return targets
 
 
+def on_duty(
+    duty_officer: StaffRead | None, *, calendar: BusinessCalendar, at: datetime
+) -> StaffRead | None:
+    """The branch's duty officer while they stand in for it: active, the branch closed at
+    ``at`` (``calendar`` is the branch's)."""
+    if duty_officer is None or duty_officer.status is not StaffStatus.ACTIVE:
+        return None
+    return None if calendar.is_open(at) else duty_officer
+
+
+def duty_officer_taking(
+    severity: Severity,
+    *,
+    duty_officer: StaffRead | None,
+    calendar: BusinessCalendar,
+    at: datetime,
+) -> StaffRead | None:
+    """The out-of-hours rule, asked whenever an owner is chosen (on arrival, from the queue,
+    on a reopen): a high or critical complaint whose owner is chosen at ``at`` while its
+    branch is closed goes to the branch's duty officer. None: the department's people."""
+    if severity not in URGENT:
+        return None
+    return on_duty(duty_officer, calendar=calendar, at=at)
+
+
 def _clock_start(
     *,
     calendar: BusinessCalendar,
@@ -206,8 +231,6 @@ def plan_route(
     )
     in_hours = calendar.is_open(complaint.received_at)
     urgent = severity in URGENT
-    on_duty = duty_officer if duty_officer and duty_officer.status is StaffStatus.ACTIVE else None
-    use_duty_officer = urgent and on_duty is not None and not calendar.is_open(routed_at)
     clock_starts_at = _clock_start(
         calendar=calendar, received_at=complaint.received_at, in_hours=in_hours, urgent=urgent
     )
@@ -234,7 +257,9 @@ def plan_route(
         severity=severity,
         policy=policy,
         in_business_hours=in_hours,
-        duty_officer=on_duty if use_duty_officer else None,
+        duty_officer=duty_officer_taking(
+            severity, duty_officer=duty_officer, calendar=calendar, at=routed_at
+        ),
         clock_starts_at=clock_starts_at,
         clocks=clocks,
         major_incident=major,

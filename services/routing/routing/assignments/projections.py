@@ -545,7 +545,9 @@ async def reopen(
             start=data.reopened_at,
         )
         moving = moved_to is not None and moved_to.id != current["department"]
-        owner = await _reopen_owner(db=db, current=current, department_id=department_id)
+        owner, by_duty_officer = await _reopen_owner(
+            db=db, current=current, department_id=department_id, now=now
+        )
         command = Command.REOPEN if owner is not None else Command.REOPEN_TO_QUEUE
         set_fields: dict[str, Any] = {
             **lifecycle.moved(current, command)["$set"],
@@ -564,11 +566,12 @@ async def reopen(
                 department=moved_to.id, department_name=moved_to.name, required_skill=None
             )
         if owner is None:
-            set_fields.update(owner_id=None, owner_name=None, queued_at=now)
+            set_fields.update(owner_id=None, owner_name=None, queued_at=now, duty_officer=False)
         else:
             set_fields.update(
                 owner_id=owner.staff.id,
                 owner_name=owner.staff.name,
+                duty_officer=by_duty_officer,
                 **owners.slot_fields(current["org"], owner.staff.id, owner.slot),
             )
             if owner.staff.id != current.get("owner_id"):
@@ -684,26 +687,35 @@ async def _department_after_reopen(
 
 
 async def _reopen_owner(
-    *, db: AsyncDatabase, current: dict[str, Any], department_id: str
-) -> owners.OwnerChoice | None:
-    """The previous owner if still active and of ``department_id`` (they know the case), else
-    whoever's turn it is there. One who moved to another department since (or the duty
-    officer who took it at night) is not given it: until 5 December they were, over their
-    capacity, while the complaint stayed on the department's chain and its people with room
-    were passed over."""
+    *, db: AsyncDatabase, current: dict[str, Any], department_id: str, now: datetime
+) -> tuple[owners.OwnerChoice | None, bool]:
+    """The branch's duty officer when the out-of-hours rule says so (an urgent complaint
+    reopened while the branch is closed: until 5 December the people of the day took it,
+    off shift); else the previous owner if still active and of ``department_id`` (they know
+    the case), else whoever's turn it is there. One who moved to another department since
+    (or the duty officer who took it at night) is not given it: until 5 December they were,
+    over their capacity, while the complaint stayed on the department's chain and its people
+    with room were passed over. Also whether the duty officer was chosen."""
+    org = current["org"]
+    duty = await routing_context.duty_officer_taking(
+        db=db, org=org, branch=current["branch"], severity=Severity(current["severity"]), at=now
+    )
+    if duty is not None:
+        return await owners.forced_owner(db=db, org=org, staff=duty), True
     staying = department_id == current["department"]
     owner_id = current.get("owner_id")
     if owner_id:
-        owner = await directory_store.find_staff(db=db, org=current["org"], staff_id=owner_id)
+        owner = await directory_store.find_staff(db=db, org=org, staff_id=owner_id)
         if (
             owner is not None
             and owner.status is StaffStatus.ACTIVE
             and owner.department_id == department_id
         ):
-            return await owners.forced_owner(db=db, org=current["org"], staff=owner)
-    return await owners.pick_owner(
+            return await owners.forced_owner(db=db, org=org, staff=owner), False
+    choice = await owners.pick_owner(
         db=db,
-        org=current["org"],
+        org=org,
         department_id=department_id,
         required_skill=current.get("required_skill") if staying else None,
     )
+    return choice, False

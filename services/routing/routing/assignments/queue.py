@@ -17,13 +17,21 @@ from typing import Any
 from pymongo.asynchronous.database import AsyncDatabase
 
 from complaints_shared.aggregate import Decision
-from complaints_shared.events import EventType
+from complaints_shared.events import ComplaintReassigned, EventType, Severity
 from complaints_shared.failures import is_transient, redacted_error
 from complaints_shared.logs import get_logger
 from complaints_shared.mongo import merge_updates
-from routing.assignments import lifecycle, owed_drains, owners, placement, store
+from routing.assignments import (
+    lifecycle,
+    owed_drains,
+    owners,
+    placement,
+    routing_context,
+    store,
+)
 from routing.assignments.models import AssignmentStatus
 from routing.directory import store as directory_store
+from routing.directory.models import DepartmentRead
 from routing.settings import RoutingSettings
 
 log = get_logger(__name__)
@@ -47,20 +55,35 @@ async def assign_from_queue(
 
     async def after(document: dict[str, Any]) -> None:
         served[0] = Served.ASSIGNED
-        await placement.after_assignment(db=db, document=document, how="queue", now=now)
+        how = "duty_officer" if document.get("duty_officer") else "queue"
+        await placement.after_assignment(db=db, document=document, how=how, now=now)
 
     async def decide(current: dict[str, Any]) -> Decision | None:
         # Decided again on the new version after a lost race, so each decision says anew.
         if not lifecycle.applies(current, lifecycle.Command.ASSIGN):
             served[0] = Served.GONE
             return None
-        choice = await owners.pick_owner(
+        excluded = frozenset({store.not_for_owner(current)} - {None})
+        # The out-of-hours rule, as on arrival: until 5 December the queue gave an urgent
+        # complaint to the department's people at night, off shift.
+        duty = await routing_context.duty_officer_taking(
             db=db,
             org=current["org"],
-            department_id=current["department"],
-            required_skill=current.get("required_skill"),
-            exclude=frozenset({store.not_for_owner(current)} - {None}),
+            branch=current["branch"],
+            severity=Severity(current["severity"]),
+            at=now,
         )
+        if duty is not None and duty.id not in excluded:
+            choice = await owners.forced_owner(db=db, org=current["org"], staff=duty)
+        else:
+            duty = None
+            choice = await owners.pick_owner(
+                db=db,
+                org=current["org"],
+                department_id=current["department"],
+                required_skill=current.get("required_skill"),
+                exclude=excluded,
+            )
         if choice is None:
             served[0] = Served.NO_ROOM
             return None
@@ -68,6 +91,7 @@ async def assign_from_queue(
             "owner_id": choice.staff.id,
             "owner_name": choice.staff.name,
             "assigned_at": now,
+            "duty_officer": duty is not None,
         }
         update = merge_updates(
             lifecycle.moved(current, lifecycle.Command.ASSIGN),
@@ -189,3 +213,158 @@ async def offer_freed_capacity(
         await drain_queue(
             db=db, settings=settings, org=previous["org"], department_id=department, now=now
         )
+
+
+async def offer_to_duty_officer(
+    *,
+    db: AsyncDatabase,
+    settings: RoutingSettings,
+    org: str,
+    department_id: str,
+    branch: str,
+    now: datetime,
+) -> int:
+    """While ``branch`` is closed, its urgent complaints waiting in the department's queue go
+    to its duty officer (``assign_from_queue`` asks the out-of-hours rule), whether or not
+    anyone of the department has room: one queued before closing time waited all evening,
+    then went to whoever freed a slot, off shift, until 5 December."""
+    if await routing_context.duty_officer_on_duty(db=db, org=org, branch=branch, at=now) is None:
+        return 0
+    assigned = passed_over = 0
+    while True:
+        urgent = await store.queued_in_department(
+            db=db,
+            org=org,
+            department_id=department_id,
+            limit=DRAIN_BATCH,
+            skip=passed_over,
+            branch=branch,
+            urgent_only=True,
+        )
+        for waiting in urgent:
+            try:
+                served = await assign_from_queue(
+                    db=db, settings=settings, complaint_id=waiting["_id"], now=now
+                )
+            except Exception as exc:
+                if is_transient(exc):
+                    raise
+                log.error("queued_assignment_failed", error=redacted_error(exc))
+                served = Served.NO_ROOM
+            if served is Served.ASSIGNED:
+                assigned += 1
+            elif served is Served.NO_ROOM:  # not for the duty officer (taken off them)
+                passed_over += 1
+        if len(urgent) < DRAIN_BATCH:
+            return assigned
+
+
+async def rehome_queue(
+    *, db: AsyncDatabase, settings: RoutingSettings, department: DepartmentRead, now: datetime
+) -> DepartmentRead | None:
+    """The queue of an inactive ``department`` moves to its branch's active department of
+    the same kind (its successor, as for a reopen: ``projections._department_after_reopen``);
+    None when there is none yet (logged; the next sweep tries again). Nobody can join an
+    inactive department, so until 5 December its queue waited for good."""
+    successor = await directory_store.active_department_of_kind(
+        db=db, org=department.org, branch=department.branch, kind=department.kind
+    )
+    if successor is None:
+        log.warning("queued_in_inactive_department", department=department.id)
+        return None
+    passed_over = 0
+    while True:
+        queued = await store.queued_in_department(
+            db=db,
+            org=department.org,
+            department_id=department.id,
+            limit=DRAIN_BATCH,
+            skip=passed_over,
+        )
+        for waiting in queued:
+            try:
+                await _move_queued(
+                    db=db,
+                    settings=settings,
+                    complaint_id=waiting["_id"],
+                    department=department,
+                    successor=successor,
+                    now=now,
+                )
+            except Exception as exc:
+                if is_transient(exc):
+                    raise
+                log.error("queued_move_failed", error=redacted_error(exc))
+                passed_over += 1
+        if len(queued) < DRAIN_BATCH:
+            return successor
+
+
+async def _move_queued(
+    *,
+    db: AsyncDatabase,
+    settings: RoutingSettings,
+    complaint_id: str,
+    department: DepartmentRead,
+    successor: DepartmentRead,
+    now: datetime,
+) -> None:
+    """Move one complaint waiting in ``department``'s queue to ``successor``'s, announced as a
+    supervisor's move to a department's queue is (``complaint.reassigned``, then
+    ``complaint.queued``). It keeps its place in the line (``queued_at``)."""
+
+    async def owe_drain(document: dict[str, Any]) -> None:
+        owed_drains.owe(db=db, org=successor.org, department_id=successor.id)
+
+    async def decide(current: dict[str, Any]) -> Decision | None:
+        waiting = current["status"] == AssignmentStatus.QUEUED.value
+        if not waiting or current["department"] != department.id:
+            return None  # assigned, finished or moved meanwhile
+        moved = {
+            **lifecycle.moved(current, lifecycle.Command.REASSIGN_TO_QUEUE)["$set"],
+            "department": successor.id,
+            "department_name": successor.name,
+            # The skill was the rule's for the old department, as on a supervisor's move.
+            "required_skill": None,
+            "owner_id": None,
+            "owner_name": None,
+            "duty_officer": False,
+            **lifecycle.numbered(current),
+        }
+        reason = f"department {department.id} deactivated"
+        reassigned = ComplaintReassigned(
+            complaint_id=current["_id"],
+            org=current["org"],
+            branch=current["branch"],
+            from_department=department.id,
+            from_owner_id=None,
+            department=successor.id,
+            department_name=successor.name,
+            owner_id=None,
+            owner_name=None,
+            reason=reason,
+            reassigned_by="routing",
+            reassigned_at=now,
+            assignment_sequence=moved["assignment_sequence"],
+        )
+        moved.update(lifecycle.numbered(moved))  # the queueing comes after it
+        queued = lifecycle.queued_event({**current, **moved})
+        update = merge_updates(
+            {"$set": moved},
+            {"$unset": {store.NOT_FOR_OWNER: ""}},
+            store.history(
+                at=now,
+                action="reassigned",
+                actor="routing",
+                reason=reason,
+                department=successor.id,
+                moved_from=department.id,
+            ),
+        )
+        events = [
+            (EventType.COMPLAINT_REASSIGNED, reassigned),
+            (EventType.COMPLAINT_QUEUED, queued),
+        ]
+        return Decision(update, events, [owe_drain])
+
+    await store.change(db=db, settings=settings, complaint_id=complaint_id, decide=decide, now=now)

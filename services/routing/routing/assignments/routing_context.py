@@ -14,7 +14,7 @@ from datetime import datetime
 from pymongo.asynchronous.database import AsyncDatabase
 
 from complaints_shared.business_calendar import BusinessCalendar
-from complaints_shared.events import ComplaintReceived
+from complaints_shared.events import ComplaintReceived, Severity
 from routing.assignments import planning
 from routing.directory import store as directory_store
 from routing.directory.escalation import EscalationTarget, chain_targets
@@ -81,6 +81,34 @@ async def _duty_officer(*, db: AsyncDatabase, org: str, branch: BranchRead) -> S
     if branch.duty_officer_id is None:
         return None
     return await directory_store.find_staff(db=db, org=org, staff_id=branch.duty_officer_id)
+
+
+async def _calendar_and_duty_officer(
+    *, db: AsyncDatabase, org: str, branch: str
+) -> tuple[BusinessCalendar, StaffRead | None]:
+    found = await directory_store.find_branch(db=db, org=org, code=branch)
+    found = found or default_branch(org, branch)
+    officer = await _duty_officer(db=db, org=org, branch=found)
+    return sla_clocks.branch_calendar(found), officer
+
+
+async def duty_officer_on_duty(
+    *, db: AsyncDatabase, org: str, branch: str, at: datetime
+) -> StaffRead | None:
+    """``branch``'s duty officer if they stand in for it at ``at`` (``planning.on_duty``)."""
+    calendar, officer = await _calendar_and_duty_officer(db=db, org=org, branch=branch)
+    return planning.on_duty(officer, calendar=calendar, at=at)
+
+
+async def duty_officer_taking(
+    *, db: AsyncDatabase, org: str, branch: str, severity: Severity, at: datetime
+) -> StaffRead | None:
+    """``planning.duty_officer_taking`` for a complaint routed before (queued, reopened): the
+    branch and its duty officer are read only for a high or critical one."""
+    if severity not in planning.URGENT:
+        return None
+    calendar, officer = await _calendar_and_duty_officer(db=db, org=org, branch=branch)
+    return planning.duty_officer_taking(severity, duty_officer=officer, calendar=calendar, at=at)
 
 
 def plan_for(

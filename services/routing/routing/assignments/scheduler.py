@@ -41,7 +41,9 @@ from routing.assignments import (
     unroutable,
 )
 from routing.assignments.lifecycle import Command
+from routing.directory import store as directory_store
 from routing.directory.escalation import EscalationTarget
+from routing.directory.models import DepartmentRead
 from routing.metrics import TIMERS_FIRED
 from routing.settings import RoutingSettings
 from routing.sla import clocks as sla_clocks
@@ -67,8 +69,9 @@ class SlaScheduler:
         # and when (monotonic).
         self._directory_seen: dict[str, int] = {}
         self._unroutable_tried_at: dict[str, float] = {}
-        # The departments the last census found with a queue, and when (monotonic).
-        self._queued_departments: list[tuple[str, str]] = []
+        # The departments the last census found with a queue (each with the branches whose
+        # urgent complaints wait there), and when (monotonic).
+        self._queued_departments: dict[tuple[str, str], frozenset[str]] = {}
         self._census_at: float | None = None
 
     async def run_sla_timers(self, runtime: Runtime) -> None:
@@ -141,6 +144,11 @@ class SlaScheduler:
         (``owed_drains``: a drain an error cut short, a complaint just queued), so that
         room left unused is taken at the next sweep, not the next census; a full
         department costs no read (``queue.drain_queue``).
+
+        The queue of a deactivated department moves to its successor first
+        (``queue.rehome_queue``), and a closed branch's urgent complaints the census found
+        queued go to its duty officer whether or not anyone has room
+        (``queue.offer_to_duty_officer``).
         """
         census_due = self._census_at is None or (
             time.monotonic() - self._census_at >= self._settings.queue_census_interval_s
@@ -149,9 +157,17 @@ class SlaScheduler:
             self._queued_departments = await store.queued_departments(db=runtime.db)
             self._census_at = time.monotonic()
         offered = sorted({*self._queued_departments, *owed_drains.departments(db=runtime.db)})
+        inactive = {
+            (department.org, department.id): department
+            for department in await directory_store.inactive_departments(
+                db=runtime.db, departments=offered
+            )
+        }
         assigned = 0
         for org, department in offered:
             try:
+                if (org, department) in inactive:
+                    assigned += await self._rehome(runtime, inactive[(org, department)])
                 assigned += await queue.drain_queue(
                     db=runtime.db,
                     settings=self._settings,
@@ -159,12 +175,36 @@ class SlaScheduler:
                     department_id=department,
                     now=runtime.clock.now(),
                 )
+                for branch in sorted(self._queued_departments.get((org, department), ())):
+                    assigned += await queue.offer_to_duty_officer(
+                        db=runtime.db,
+                        settings=self._settings,
+                        org=org,
+                        department_id=department,
+                        branch=branch,
+                        now=runtime.clock.now(),
+                    )
             except Exception as exc:
                 if is_dependency_unavailable(exc):  # every department would fail alike
                     raise
                 # One department's failure leaves the others their turn.
                 log.error("queue_drain_failed", department=department, error=redacted_error(exc))
         return assigned + await self._retry_unroutable(runtime)
+
+    async def _rehome(self, runtime: Runtime, department: DepartmentRead) -> int:
+        """Move the inactive department's queue to its successor, then offer it there."""
+        successor = await queue.rehome_queue(
+            db=runtime.db, settings=self._settings, department=department, now=runtime.clock.now()
+        )
+        if successor is None:
+            return 0
+        return await queue.drain_queue(
+            db=runtime.db,
+            settings=self._settings,
+            org=successor.org,
+            department_id=successor.id,
+            now=runtime.clock.now(),
+        )
 
     async def _retry_unroutable(self, runtime: Runtime) -> int:
         """Every unroutable complaint of organisations whose rules or directory changed since

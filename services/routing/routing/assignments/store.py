@@ -17,6 +17,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from complaints_shared import aggregate
 from complaints_shared.aggregate import Aggregate, Decide
 from complaints_shared.auth import Principal
+from complaints_shared.events import SEVERITY_ORDER, Severity
 from complaints_shared.idempotency import CommandKey
 from complaints_shared.mongo import count_each, ensure_index, insert_batched
 from complaints_shared.pagination import Page
@@ -161,17 +162,34 @@ async def insert(*, db: AsyncDatabase, document: dict[str, Any]) -> None:
     aggregate.inserted(db=db, aggregate=ASSIGNMENT, document=document)
 
 
+# The queue's ``priority`` of a high complaint: it and critical ones are urgent.
+URGENT_PRIORITY = SEVERITY_ORDER.index(Severity.HIGH)
+
+
 async def queued_in_department(
-    *, db: AsyncDatabase, org: str, department_id: str, limit: int, skip: int = 0
+    *,
+    db: AsyncDatabase,
+    org: str,
+    department_id: str,
+    limit: int,
+    skip: int = 0,
+    branch: str | None = None,
+    urgent_only: bool = False,
 ) -> list[dict[str, Any]]:
     """The department's queue in the order it is served: most severe first, then oldest
-    (the first ``skip`` left out)."""
+    (the first ``skip`` left out); only ``branch``'s complaints, or the urgent ones, if asked."""
+    query: dict[str, Any] = {
+        "org": org,
+        "department": department_id,
+        "status": AssignmentStatus.QUEUED.value,
+    }
+    if urgent_only:
+        query["priority"] = {"$gte": URGENT_PRIORITY}
+    if branch is not None:
+        query["branch"] = branch
     cursor = (
         db[ASSIGNMENTS]
-        .find(
-            {"org": org, "department": department_id, "status": AssignmentStatus.QUEUED.value},
-            projection={"_id": 1, "required_skill": 1, "queued_at": 1, NOT_FOR_OWNER: 1},
-        )
+        .find(query, projection={"_id": 1, "required_skill": 1, "queued_at": 1, NOT_FOR_OWNER: 1})
         .sort([("priority", DESCENDING), ("queued_at", ASCENDING), ("_id", ASCENDING)])
         .skip(skip)
         .limit(limit)
@@ -179,16 +197,25 @@ async def queued_in_department(
     return await cursor.to_list(None)
 
 
-async def queued_departments(*, db: AsyncDatabase) -> list[tuple[str, str]]:
-    """(org, department) pairs with complaints waiting, for the periodic sweep."""
+async def queued_departments(*, db: AsyncDatabase) -> dict[tuple[str, str], frozenset[str]]:
+    """(org, department) pairs with complaints waiting, for the periodic sweep; each with
+    the branches whose urgent complaints wait there (for their duty officers at night)."""
     pipeline = [
         {"$match": {"status": AssignmentStatus.QUEUED.value}},
-        {"$group": {"_id": {"org": "$org", "department": "$department"}}},
+        {
+            "$group": {
+                "_id": {"org": "$org", "department": "$department", "branch": "$branch"},
+                "priority": {"$max": "$priority"},
+            }
+        },
     ]
-    return [
-        (row["_id"]["org"], row["_id"]["department"])
-        async for row in await db[ASSIGNMENTS].aggregate(pipeline)
-    ]
+    urgent: dict[tuple[str, str], set[str]] = {}
+    async for row in await db[ASSIGNMENTS].aggregate(pipeline):
+        key = row["_id"]
+        branches = urgent.setdefault((key["org"], key["department"]), set())
+        if row["priority"] >= URGENT_PRIORITY:
+            branches.add(key["branch"])
+    return {department: frozenset(branches) for department, branches in urgent.items()}
 
 
 async def get_visible(*, db: AsyncDatabase, principal: Principal, complaint_id: str) -> dict:
@@ -299,16 +326,26 @@ async def _department_counts(
 async def workload(
     *, db: AsyncDatabase, principal: Principal, branch: str | None, department: str | None
 ) -> WorkloadRead:
-    """Open, queued, paused, breached and escalated complaints per department and owner."""
+    """Open, queued, paused, breached and escalated complaints per department and owner.
+
+    A deactivated department is shown while it still holds open or queued work (until
+    5 December it was left out, and with it a queue nobody could join)."""
     departments = await list_departments(
-        db=db, principal=principal, branch=branch, include_inactive=False
+        db=db, principal=principal, branch=branch, include_inactive=True
     )
     if department is not None:
         departments = [d for d in departments if d.id == department]
-        if not departments:
-            raise not_found(what="department", identifier=department)
+    counts = await _department_counts(
+        db=db, principal=principal, department_ids=[d.id for d in departments]
+    )
+    departments = [
+        d
+        for d in departments
+        if d.active or counts.get(d.id, {}).get("open") or counts.get(d.id, {}).get("queued")
+    ]
+    if department is not None and not departments:
+        raise not_found(what="department", identifier=department)
     ids = [d.id for d in departments]
-    counts = await _department_counts(db=db, principal=principal, department_ids=ids)
     people = [
         directory_store.staff_read(doc)
         async for doc in db[directory_store.STAFF].find(
@@ -338,6 +375,7 @@ async def workload(
                 department=dept.id,
                 department_name=dept.name,
                 branch=dept.branch,
+                active=dept.active,
                 open=row.get("open", 0),
                 queued=row.get("queued", 0),
                 paused=row.get("paused", 0),

@@ -29,7 +29,7 @@ from complaints_shared.outbox import OUTBOX_FIELD, PENDING_SINCE_FIELD, record_s
 from complaints_shared.preconditions import IfMatch
 from complaints_shared.problems import conflict, invalid
 from complaints_shared.stored import from_stored
-from routing import audit, context_cache
+from routing import audit, context_cache, sole_roles
 from routing.directory.models import BranchRead, DepartmentRead, StaffRead
 
 BRANCHES = "branches"
@@ -44,7 +44,9 @@ FREED_SLOTS = "freed_slots"
 FREED_SLOTS_KEPT = 16
 # Fields routing keeps on an entry beside what the administrator wrote: outside the audit
 # trail, and no sign that a repeated creation asked for something else.
-BOOKKEEPING = frozenset({LOAD_HINT, FREED_SLOTS, OUTBOX_FIELD, PENDING_SINCE_FIELD})
+BOOKKEEPING = frozenset(
+    {LOAD_HINT, FREED_SLOTS, OUTBOX_FIELD, PENDING_SINCE_FIELD, sole_roles.ROLE_FIELD}
+)
 # What a creation stores beside the administrator's fields, not theirs to repeat: each
 # attempt's own stamps, and the tie-break time assignments move.
 NOT_ASKED = frozenset({"_id", "version", "created_at", "updated_at", "last_assigned_at"})
@@ -54,6 +56,12 @@ async def ensure_indexes(*, db: AsyncDatabase) -> None:
     await db[BRANCHES].create_index([("org", ASCENDING), ("code", ASCENDING)], name="org_code")
     await db[DEPARTMENTS].create_index(
         [("org", ASCENDING), ("branch", ASCENDING), ("kind", ASCENDING)], name="org_branch_kind"
+    )
+    await sole_roles.ensure_role_index(
+        db=db,
+        collection=DEPARTMENTS,
+        holders={"active": {"$ne": False}},
+        role_of=_department_kind_role,
     )
     await db[STAFF].create_index(
         [("org", ASCENDING), ("branch", ASCENDING), ("department", ASCENDING)],
@@ -93,10 +101,28 @@ class Entry:
     id_field: str
     entity: str
     what: str
+    # The role an entry of this kind holds alone in its scope, if any (``sole_roles``).
+    sole_role: Callable[[dict[str, Any]], str | None] | None = None
+
+    def claim(self, document: dict[str, Any]) -> str | None:
+        return self.sole_role(document) if self.sole_role is not None else None
+
+
+def _department_kind_role(department: dict[str, Any]) -> str | None:
+    """A branch has one active department of each kind (rules name "the branch's billing")."""
+    if department.get("active", True):
+        return f"kind:{department['org']}:{department['branch']}:{department['kind']}"
+    return None
 
 
 BRANCH = Entry(collection=BRANCHES, id_field="code", entity="branch", what="branch")
-DEPARTMENT = Entry(collection=DEPARTMENTS, id_field="id", entity="department", what="department")
+DEPARTMENT = Entry(
+    collection=DEPARTMENTS,
+    id_field="id",
+    entity="department",
+    what="department",
+    sole_role=_department_kind_role,
+)
 STAFF_MEMBER = Entry(collection=STAFF, id_field="id", entity="staff", what="staff member")
 
 
@@ -127,10 +153,16 @@ async def insert_entry(
         if validate is not None:
             await validate()
         recorded = audit.unrecorded(action="created", actor=principal.subject, at=at)
+        claimed = sole_roles.claimed({**document, **recorded}, role=entry.claim(document))
         try:
-            await db[entry.collection].insert_one({**document, **recorded})
-        except DuplicateKeyError:  # the same creation, beside this one
+            await db[entry.collection].insert_one(claimed)
+        except DuplicateKeyError as exc:
+            # The same creation, beside this one (its role clashes too: either index may
+            # answer); otherwise another entry took the role.
             stored = await db[entry.collection].find_one({"_id": document["_id"]})
+            if stored is None:
+                _refuse_role_clash(entry, exc)
+                raise
         else:
             record_stored(entry.collection, database=db.name, document=document)
             return await settle_audit(
@@ -152,6 +184,12 @@ async def insert_entry(
         db=db, principal=principal, entry=entry, action="created", at=at, document=repeated
     )
     return repeated
+
+
+def _refuse_role_clash(entry: Entry, exc: DuplicateKeyError) -> None:
+    """Another entry took the role meanwhile (the save's read check passed beside it)."""
+    if sole_roles.is_role_clash(exc):
+        raise conflict(f"another {entry.what} took its place meanwhile; retry") from None
 
 
 def _repeat_of(
@@ -205,14 +243,22 @@ async def change_entry(
     ):
         return settled
     recorded = audit.unrecorded(action=action, actor=principal.subject, at=at)
-    updated = await db[entry.collection].find_one_and_update(
-        {"_id": current["_id"], "version": current["version"]},
-        merge_updates(
-            {"$set": {**changes, "updated_at": at, **recorded}, "$inc": {"version": 1}},
-            announce or {},
-        ),
-        return_document=ReturnDocument.AFTER,
-    )
+    claim = {}
+    if entry.sole_role is not None:
+        claim = sole_roles.claim_update(role=entry.claim({**current, **changes}))
+    try:
+        updated = await db[entry.collection].find_one_and_update(
+            {"_id": current["_id"], "version": current["version"]},
+            merge_updates(
+                {"$set": {**changes, "updated_at": at, **recorded}, "$inc": {"version": 1}},
+                announce or {},
+                claim,
+            ),
+            return_document=ReturnDocument.AFTER,
+        )
+    except DuplicateKeyError as exc:
+        _refuse_role_clash(entry, exc)
+        raise
     if updated is None:
         raise conflict(
             f"{entry.collection[:-1]} {current['_id']!r} changed while this request was "
@@ -336,6 +382,17 @@ async def find_department(
 ) -> DepartmentRead | None:
     document = await db[DEPARTMENTS].find_one({"_id": department_key(org, department_id)})
     return department_read(document) if document else None
+
+
+async def inactive_departments(
+    *, db: AsyncDatabase, departments: Iterable[tuple[str, str]]
+) -> list[DepartmentRead]:
+    """Those of the (org, department) pairs that are deactivated, in one read."""
+    keys = [department_key(org, department_id) for org, department_id in departments]
+    if not keys:
+        return []
+    query = {"_id": {"$in": keys}, "active": False}
+    return [department_read(document) async for document in db[DEPARTMENTS].find(query)]
 
 
 async def active_department_of_kind(
