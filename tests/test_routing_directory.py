@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import uuid
 from datetime import date, timedelta
 
 import pytest
@@ -487,3 +488,87 @@ async def test_a_change_whose_record_failed_is_recorded_before_the_next_one(
         (entry["action"], entry["actor"], entry["snapshot"]["capacity"])
         for entry in trail.json()[:2]
     ] == [("updated", "admin-qian", 8), ("updated", "admin-zhao", 7)]
+
+
+async def test_two_defaults_saved_at_once_leave_one_default(system: System) -> None:
+    """The default SLA policy and the default rule were checked by reading: saves at once
+    all read "no default yet" and all stored one. The database now refuses a second holder
+    (a unique claim on the document): one save wins, the others are a 409 or the 422 naming
+    the default, and the organisation has one default of each."""
+    org = f"race{uuid.uuid4().hex[:8]}"
+    admin = token(system.routing_settings, org=org)
+    api = system.routing
+    policy = {
+        "name": "默认",
+        "is_default": True,
+        "targets": {
+            "normal": {
+                "acknowledge": {"amount": 30, "unit": "minutes", "basis": "business"},
+                "resolve": {"amount": 2, "unit": "days", "basis": "business"},
+            }
+        },
+    }
+    saves = await asyncio.gather(
+        *(api.put(f"/v1/routing/sla-policies/p{n}", json=policy, headers=admin) for n in range(8))
+    )
+    codes = sorted(save.status_code for save in saves)
+    assert codes.count(200) == 1 and set(codes) <= {200, 409, 422}, [s.text for s in saves]
+    listed = (await api.get("/v1/routing/sla-policies", headers=admin)).json()
+    assert [p["id"] for p in listed if p["is_default"]] == [
+        next(s.json()["id"] for s in saves if s.status_code == 200)
+    ]
+    # The role moves with the policy: retired, it is free for another; reinstated, refused.
+    [winner] = [s.json()["id"] for s in saves if s.status_code == 200]
+    retired = await api.post(f"/v1/routing/sla-policies/{winner}/retire", headers=admin)
+    assert retired.status_code == 200, retired.text
+    other = "p0" if winner != "p0" else "p1"
+    taken = await api.put(f"/v1/routing/sla-policies/{other}", json=policy, headers=admin)
+    assert taken.status_code == 200, taken.text
+    back = await api.post(f"/v1/routing/sla-policies/{winner}/reinstate", headers=admin)
+    assert back.status_code == 409, back.text
+
+    # Rules: a branch and a department of the new organisation, then defaults at once.
+    branch = await api.post(
+        "/v1/directory/branches",
+        json={"code": "RC", "name": "竞争"},
+        headers=admin,
+    )
+    assert branch.status_code == 201, branch.text
+    department = await api.post(
+        "/v1/directory/departments",
+        json={"branch": "RC", "code": "CS", "name": "客服", "kind": "customer_service"},
+        headers=admin,
+    )
+    assert department.status_code == 201, department.text
+    rule = {"is_default": True, "action": {"department_id": department.json()["id"]}}
+    creations = await asyncio.gather(
+        *(
+            api.post(
+                "/v1/routing/rules", json={**rule, "id": f"d{n}", "name": f"默认{n}"}, headers=admin
+            )
+            for n in range(8)
+        )
+    )
+    codes = sorted(creation.status_code for creation in creations)
+    assert codes.count(201) == 1 and set(codes) <= {201, 409, 422}, [c.text for c in creations]
+    rules = (await api.get("/v1/routing/rules", headers=admin)).json()
+    assert len([r for r in rules if r["is_default"] and r["active"]]) == 1
+
+    # Departments: a branch has one active department of each kind.
+    creations = await asyncio.gather(
+        *(
+            api.post(
+                "/v1/directory/departments",
+                json={"branch": "RC", "code": f"B{n}", "name": f"账务{n}", "kind": "billing"},
+                headers=admin,
+            )
+            for n in range(8)
+        )
+    )
+    codes = sorted(creation.status_code for creation in creations)
+    assert codes.count(201) == 1 and set(codes) <= {201, 409, 422}, [c.text for c in creations]
+    departments = (
+        await api.get("/v1/directory/departments", params={"branch": "RC"}, headers=admin)
+    ).json()
+    items = departments["items"] if isinstance(departments, dict) else departments
+    assert len([d for d in items if d["kind"] == "billing" and d["active"]]) == 1

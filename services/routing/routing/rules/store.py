@@ -19,10 +19,11 @@ from pymongo.errors import DuplicateKeyError
 from complaints_shared import preconditions
 from complaints_shared.auth import Principal
 from complaints_shared.logs import get_logger
+from complaints_shared.mongo import merge_updates
 from complaints_shared.preconditions import IfMatch
 from complaints_shared.problems import conflict, invalid, not_found
 from complaints_shared.stored import from_stored
-from routing import audit, context_cache
+from routing import audit, context_cache, sole_roles
 from routing.directory.store import BRANCHES, DEPARTMENTS, branch_key, visible_department
 from routing.rules import matching
 from routing.rules.models import (
@@ -46,6 +47,12 @@ log = get_logger(__name__)
 
 async def ensure_indexes(*, db: AsyncDatabase) -> None:
     await db[RULES].create_index([("org", ASCENDING), ("position", ASCENDING)], name="org_pos")
+    await sole_roles.ensure_role_index(
+        db=db,
+        collection=RULES,
+        holders={"is_default": True, "active": {"$ne": False}},
+        role_of=_default_rule_role,
+    )
     await db[RULE_VERSIONS].create_index(
         [("org", ASCENDING), ("rule_id", ASCENDING), ("version", DESCENDING)],
         name="org_rule_version",
@@ -54,6 +61,13 @@ async def ensure_indexes(*, db: AsyncDatabase) -> None:
 
 def rule_key(org: str, slug: str) -> str:
     return f"{org}:{slug}"
+
+
+def _default_rule_role(rule: dict[str, Any]) -> str | None:
+    """The organisation has one default rule: the active one marked so."""
+    if rule.get("is_default") and rule.get("active", True):
+        return f"default-rule:{rule['org']}"
+    return None
 
 
 def rule_read(document: dict[str, Any]) -> RuleRead:
@@ -170,7 +184,10 @@ async def _next_position(*, db: AsyncDatabase, org: str) -> int:
 async def _record_version(
     *, db: AsyncDatabase, document: dict[str, Any], change: str, actor: str, at: datetime
 ) -> None:
-    rule = {key: value for key, value in document.items() if key != "_id"}
+    # As the administrator wrote it: not its claim of the default's role.
+    rule = {
+        key: value for key, value in document.items() if key not in ("_id", sole_roles.ROLE_FIELD)
+    }
     # Recorded already by the first attempt of a repeated creation (``create_rule``).
     with contextlib.suppress(DuplicateKeyError):
         await db[RULE_VERSIONS].insert_one(
@@ -216,9 +233,17 @@ async def create_rule(
             **audit.unrecorded(action="created", actor=principal.subject, at=now),
         }
         try:
-            await db[RULES].insert_one(document)
-        except DuplicateKeyError:  # the same creation, beside this one
+            await db[RULES].insert_one(
+                sole_roles.claimed(document, role=_default_rule_role(document))
+            )
+        except DuplicateKeyError as exc:
+            # The same creation, beside this one (its claim clashes too: either index may
+            # answer); otherwise another rule became the default.
             stored = await db[RULES].find_one({"_id": rule_id})
+            if stored is None:
+                if sole_roles.is_role_clash(exc):
+                    raise conflict("another rule became the default meanwhile; retry") from None
+                raise
         else:
             return rule_read(await _settle_version(db=db, document=document))
     repeated = _repeat_of(stored, rule_id=rule_id, body=body, fields=fields)
@@ -273,14 +298,23 @@ async def _save_version(
     ):
         return settled
     recorded = audit.unrecorded(action=change, actor=actor, at=now)
-    updated = await db[RULES].find_one_and_update(
-        {"_id": current["_id"], "version": current["version"]},
+    update = merge_updates(
         {
             "$set": {**changes, "updated_at": now, "updated_by": actor, **recorded},
             "$inc": {"version": 1},
         },
-        return_document=ReturnDocument.AFTER,
+        sole_roles.claim_update(role=_default_rule_role({**current, **changes})),
     )
+    try:
+        updated = await db[RULES].find_one_and_update(
+            {"_id": current["_id"], "version": current["version"]},
+            update,
+            return_document=ReturnDocument.AFTER,
+        )
+    except DuplicateKeyError as exc:
+        if not sole_roles.is_role_clash(exc):
+            raise
+        raise conflict("another rule became the default meanwhile; retry") from None
     if updated is None:
         raise conflict(f"routing rule {current['_id']!r} changed concurrently; retry")
     return await _settle_version(db=db, document=updated)

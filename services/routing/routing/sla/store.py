@@ -22,10 +22,11 @@ from pymongo.errors import DuplicateKeyError
 
 from complaints_shared import preconditions
 from complaints_shared.auth import Principal
+from complaints_shared.mongo import merge_updates
 from complaints_shared.preconditions import IfMatch
 from complaints_shared.problems import conflict, invalid, invalid_fields, not_found
 from complaints_shared.stored import from_stored
-from routing import audit
+from routing import audit, sole_roles
 from routing.sla.models import SlaPolicy, SlaPolicyWrite
 
 SLA_POLICIES = "sla_policies"
@@ -43,6 +44,12 @@ RULES = "rules"
 
 async def ensure_indexes(*, db: AsyncDatabase) -> None:
     await db[SLA_POLICIES].create_index("org", name="org")
+    await sole_roles.ensure_role_index(
+        db=db,
+        collection=SLA_POLICIES,
+        holders={"is_default": True, "retired_at": None, **LIVE},
+        role_of=_default_policy_role,
+    )
     # Deleting a policy asks whether any assignment still refers to it.
     await db[ASSIGNMENTS].create_index(
         [("org", ASCENDING), ("sla_policy", ASCENDING)], name="org_sla_policy"
@@ -51,6 +58,19 @@ async def ensure_indexes(*, db: AsyncDatabase) -> None:
 
 def policy_key(org: str, policy_id: str) -> str:
     return f"{org}:{policy_id}"
+
+
+def _default_policy_role(policy: dict[str, Any]) -> str | None:
+    """The organisation has one default policy: the one marked so and not retired."""
+    if policy.get("is_default") and policy.get("retired_at") is None:
+        return f"default-policy:{policy['org']}"
+    return None
+
+
+def _role_clash(exc: DuplicateKeyError) -> None:
+    """A save refused because another policy became the default meanwhile: a 409."""
+    if sole_roles.is_role_clash(exc):
+        raise conflict("another policy became the default meanwhile; retry") from None
 
 
 async def find_policy_document(
@@ -79,7 +99,7 @@ async def _audit(
         snapshot={
             key: value
             for key, value in document.items()
-            if key not in ("_id", DELETING, "deleting_by", audit.UNRECORDED)
+            if key not in ("_id", DELETING, "deleting_by", audit.UNRECORDED, sole_roles.ROLE_FIELD)
         },
     )
 
@@ -187,16 +207,26 @@ async def _write_save(
     if stored is None:
         # ``created_at`` tells a policy created again after a deletion from the one before.
         created = {**update["$set"], "_id": key, "version": 1, "created_at": now}
+        created = sole_roles.claimed(created, role=_default_policy_role(created))
         try:
             await db[SLA_POLICIES].insert_one(created)
-        except DuplicateKeyError:
+        except DuplicateKeyError as exc:
+            # Created meanwhile (by this same save, its claim clashing too: either index
+            # may answer), unless another policy became the default.
+            if await db[SLA_POLICIES].find_one({"_id": key}, projection={"_id": 1}) is None:
+                _role_clash(exc)
             return None
         return created
-    return await db[SLA_POLICIES].find_one_and_update(
-        {"_id": key, "version": stored.get("version"), **LIVE},
-        update,
-        return_document=ReturnDocument.AFTER,
-    )
+    claim = sole_roles.claim_update(role=_default_policy_role({**stored, **update["$set"]}))
+    try:
+        return await db[SLA_POLICIES].find_one_and_update(
+            {"_id": key, "version": stored.get("version"), **LIVE},
+            merge_updates(update, claim),
+            return_document=ReturnDocument.AFTER,
+        )
+    except DuplicateKeyError as exc:
+        _role_clash(exc)
+        raise
 
 
 async def _settle_audit(
@@ -257,10 +287,15 @@ async def _set_retirement(
         else {"retired_at": None, "retired_by": None}
     )
     recorded = audit.unrecorded(action=action, actor=principal.subject, at=now)
-    changed = await db[SLA_POLICIES].update_one(
-        {"_id": current["_id"], "version": current.get("version"), **LIVE},
-        {"$set": {**fields, **recorded}, "$inc": {"version": 1}},
-    )
+    claim = sole_roles.claim_update(role=_default_policy_role({**current, **fields}))
+    try:
+        changed = await db[SLA_POLICIES].update_one(
+            {"_id": current["_id"], "version": current.get("version"), **LIVE},
+            merge_updates({"$set": {**fields, **recorded}, "$inc": {"version": 1}}, claim),
+        )
+    except DuplicateKeyError as exc:
+        _role_clash(exc)
+        raise
     if not changed.matched_count:
         raise conflict(f"SLA policy {policy_id!r} changed while it was being {action}; retry")
     document = await _policy_document(db=db, org=principal.org, policy_id=policy_id)
