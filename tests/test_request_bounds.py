@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from complaints_shared.http import MAX_QUERY_VALUES
-from tests.support.http import command, create_complaint, token
+from tests.support.http import command, complaint_body, create_complaint, token
 from tests.support.system import System
 
 pytestmark = pytest.mark.integration
@@ -78,3 +78,65 @@ async def test_a_zero_amount_however_written_is_stored_as_zero(system: System) -
     )
     shown = (await system.intake.get(f"/v1/complaints/{complaint_id}", headers=admin)).json()
     assert shown["resolution"]["remedies"][0]["amount"] == "0.00"
+
+
+async def test_text_of_invisible_characters_alone_is_a_422_naming_it(system: System) -> None:
+    """A subject, a note, a branch's name or a rule's keyword of a zero-width space or a
+    byte-order mark (pasted from a spreadsheet) was accepted until 5 December: it says
+    nothing, and a keyword of it matched every complaint of its branches."""
+    admin = token(system.intake_settings)
+    blank = complaint_body(subject="\u200b", description="\ufeff\u200b")
+    refused = await system.intake.post("/v1/complaints", json=blank, headers=admin)
+    assert sorted(_named(refused, 422)) == ["description", "subject"]
+    complaint_id = (await create_complaint(system, admin))["id"]
+    note = await system.intake.post(
+        f"/v1/complaints/{complaint_id}/notes", json={"text": "\u00ad"}, headers=admin
+    )
+    assert _named(note, 422) == ["text"]
+    routing_admin = token(system.routing_settings)
+    branch = await system.routing.post(
+        "/v1/directory/branches", json={"code": "ZW", "name": "\u200b"}, headers=routing_admin
+    )
+    assert _named(branch, 422) == ["name"]
+    rule = await system.routing.post(
+        "/v1/routing/rules",
+        json={
+            "id": "zw",
+            "name": "零宽",
+            "conditions": {"keywords_any": ["\u200b"]},
+            "action": {"department_kind": "sales"},
+            "branches": ["LZ"],
+        },
+        headers=routing_admin,
+    )
+    assert _named(rule, 422) == ["conditions.keywords_any.0"]
+
+
+async def test_a_parameter_that_takes_one_value_given_twice_is_a_422_naming_it(
+    system: System,
+) -> None:
+    """The framework kept the last of a repeated single-valued parameter:
+    ``?status=due&status=completed`` answered for completed checks alone, a filter narrowed
+    silently (integrators repeat ``status`` on ``/v1/complaints``, where it is a list)."""
+    admin = token(system.intake_settings)
+    await create_complaint(system, admin)
+    both = await system.intake.get(
+        "/v1/complaints", params=[("status", "received"), ("status", "open")], headers=admin
+    )
+    assert both.status_code == 200, both.text
+    limit = await system.intake.get(
+        "/v1/complaints", params=[("limit", "1"), ("limit", "3")], headers=admin
+    )
+    assert _named(limit, 422) == ["limit"]
+    checks = await system.followup.get(
+        "/v1/followups",
+        params=[("status", "due"), ("status", "completed")],
+        headers=token(system.followup_settings),
+    )
+    assert _named(checks, 422) == ["status"]
+    assignments = await system.routing.get(
+        "/v1/assignments",
+        params=[("status", "queued"), ("status", "resolved")],
+        headers=token(system.routing_settings),
+    )
+    assert _named(assignments, 422) == ["status"]

@@ -10,6 +10,7 @@ import pytest
 from pydantic import ValidationError
 
 from complaints_shared.events import ComplaintReceived, CustomerContact
+from complaints_shared.stored import from_stored
 from routing import demo
 from routing.assignments import planning
 from routing.directory.models import BranchRead, DepartmentRead, StaffRead
@@ -387,3 +388,21 @@ def test_a_latin_keyword_matches_where_a_word_begins_not_inside_another_word() -
         RuleConditions(keywords_all=["断网", "bill​ing"]),
         complaint(description="宽带断​网，billing wrong"),
     )
+
+
+@pytest.mark.parametrize("invisible", ["\u200b", "\ufeff", "\u00ad", "\u200b\u200d", " \ufe0f "])
+def test_a_keyword_of_invisible_characters_alone_is_refused_and_one_stored_matches_nothing(
+    invisible: str,
+) -> None:
+    """A byte-order mark or a zero-width space pasted from a spreadsheet was a keyword that
+    folds to nothing, which every complaint "contains": a rule of it caught every complaint
+    of its branches (a 201 until 5 December). Refused in requests now; one stored before is
+    read as stored and matches nothing."""
+    with pytest.raises(ValidationError, match="visible character"):
+        RuleConditions(keywords_any=[invisible])
+    with pytest.raises(ValidationError, match="visible character"):
+        RuleConditions(products=["TV", invisible])
+    stored = from_stored(RuleConditions, {"keywords_any": [invisible]})
+    assert not conditions_hold(stored, complaint(description="话费账单多扣费"))
+    stored_all = from_stored(RuleConditions, {"keywords_all": ["话费", invisible]})
+    assert not conditions_hold(stored_all, complaint(description="话费账单多扣费"))

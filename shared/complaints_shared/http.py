@@ -5,7 +5,8 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
-from typing import Any
+from types import UnionType
+from typing import Annotated, Any, Union, get_args, get_origin
 
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.dependencies.models import Dependant
@@ -101,15 +102,16 @@ class BodySizeLimitMiddleware:
 _QUERY_NAMES_ATTRIBUTE = "declared_query_names"
 
 
-def _declared_query_names(route: APIRoute) -> frozenset[str]:
-    """Every query parameter a route declares, its dependencies' and query models' included.
+def _declared_query_names(route: APIRoute) -> dict[str, bool]:
+    """Every query parameter a route declares, its dependencies' and query models' included,
+    each with whether it takes several values (a list).
 
     Worked out once per route and kept on it (routes are not hashable).
     """
     known = getattr(route, _QUERY_NAMES_ATTRIBUTE, None)
     if known is not None:
         return known
-    names: set[str] = set()
+    names: dict[str, bool] = {}
     pending: list[Dependant] = [route.dependant]
     while pending:
         current = pending.pop()
@@ -117,12 +119,20 @@ def _declared_query_names(route: APIRoute) -> frozenset[str]:
         for param in current.query_params:
             annotation = param.field_info.annotation
             if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-                names.update(field.alias or name for name, field in annotation.model_fields.items())
+                for name, field in annotation.model_fields.items():
+                    names[field.alias or name] = _takes_many(field.annotation)
             else:
-                names.add(param.alias)
-    known = frozenset(names)
-    setattr(route, _QUERY_NAMES_ATTRIBUTE, known)
-    return known
+                names[param.alias] = _takes_many(annotation)
+    setattr(route, _QUERY_NAMES_ATTRIBUTE, names)
+    return names
+
+
+def _takes_many(annotation: Any) -> bool:
+    """Whether a parameter of this type is a list (``list[str] | None`` is)."""
+    origin = get_origin(annotation)
+    if origin in (Union, UnionType, Annotated):
+        return any(_takes_many(argument) for argument in get_args(annotation))
+    return (origin or annotation) in (list, set, frozenset, tuple)
 
 
 # The most values one query parameter may be given (``?branch=A&branch=B...``).
@@ -141,23 +151,42 @@ async def check_query_parameters(request: Request) -> None:
     route = request.scope.get("route")
     if not isinstance(route, APIRoute):
         return
-    unknown = sorted(set(request.query_params) - _declared_query_names(route))
+    declared = _declared_query_names(route)
+    unknown = sorted(set(request.query_params) - set(declared))
     counts: dict[str, int] = {}
     for name, _ in request.query_params.multi_items():
         counts[name] = counts.get(name, 0) + 1
     repeated = sorted(name for name, count in counts.items() if count > MAX_QUERY_VALUES)
-    errors = [
-        {"type": "extra_forbidden", "loc": ("query", name), "msg": "unknown parameter"}
-        for name in unknown
-    ] + [
-        {
-            "type": "too_long",
-            "loc": ("query", name),
-            "msg": f"given {counts[name]} times: at most {MAX_QUERY_VALUES} values",
-        }
-        for name in repeated
-        if name not in unknown
-    ]
+    # Given twice where one value is taken: the framework kept the last, so
+    # ``?status=due&status=completed`` answered for "completed" alone until 5 December.
+    doubled = sorted(
+        name
+        for name, count in counts.items()
+        if count > 1 and name in declared and not declared[name]
+    )
+    errors = (
+        [
+            {"type": "extra_forbidden", "loc": ("query", name), "msg": "unknown parameter"}
+            for name in unknown
+        ]
+        + [
+            {
+                "type": "too_long",
+                "loc": ("query", name),
+                "msg": f"given {counts[name]} times: at most {MAX_QUERY_VALUES} values",
+            }
+            for name in repeated
+            if name not in unknown
+        ]
+        + [
+            {
+                "type": "too_long",
+                "loc": ("query", name),
+                "msg": f"given {counts[name]} times: it takes one value",
+            }
+            for name in doubled
+        ]
+    )
     if errors:
         raise RequestValidationError(errors)
 

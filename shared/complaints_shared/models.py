@@ -20,14 +20,19 @@ from pydantic import (
 )
 
 from complaints_shared import text
-from complaints_shared.stored import is_stored
+from complaints_shared.stored import is_stored, request_only
 
 CODE_PATTERN = r"^[A-Z0-9][A-Z0-9_-]{0,31}$"
 
 Code = Annotated[str, StringConstraints(pattern=CODE_PATTERN)]
 """A branch or department code: upper-case letters and digits, ``_`` and ``-`` (``LZ``)."""
 
-Keyword = Annotated[str, StringConstraints(max_length=100), AfterValidator(text.keyword)]
+Keyword = Annotated[
+    str,
+    StringConstraints(max_length=100),
+    AfterValidator(text.keyword),
+    request_only(text.visible),
+]
 """A keyword of a rule (``complaints_shared.text.contains``): one ending with a space matches
 whole words only, so that space is kept and any other white space around it dropped."""
 

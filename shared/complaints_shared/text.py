@@ -48,7 +48,11 @@ def contains(folded_text: str, needle: str) -> bool:
     """
     whole_word = needle.endswith(" ") and bool(needle.strip())
     wanted = folded(needle.strip() if whole_word else needle)
-    if not wanted or not _latin_word_character(wanted[0]):
+    if not wanted:
+        # Nothing to see (a keyword of invisible characters, stored before ``visible``
+        # refused it): it matched every text until 5 December.
+        return False
+    if not _latin_word_character(wanted[0]):
         return wanted in folded_text
     start = folded_text.find(wanted)
     while start != -1:
@@ -69,6 +73,18 @@ def keyword(value: str) -> str:
     if not stripped:
         raise ValueError("a keyword needs a character other than white space")
     return f"{stripped} " if value[-1].isspace() else stripped
+
+
+def visible(value: str) -> str:
+    """``value``, unless nothing of it is left to see once :func:`folded` (white space and
+    invisible characters alone: ``\u200b``, a byte-order mark pasted from a spreadsheet): a
+    ValueError. Such a value folds to the empty text: a rule's keyword matched every
+    complaint, and a subject or a name said nothing (accepted until 5 December)."""
+    if not folded(value).strip():
+        raise ValueError(
+            "needs a visible character (white space and invisible characters alone are none)"
+        )
+    return value
 
 
 def _latin_word_character(character: str) -> bool:

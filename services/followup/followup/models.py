@@ -17,6 +17,7 @@ from pydantic import (
     model_validator,
 )
 
+from complaints_shared import text
 from complaints_shared.business_calendar import (
     HolidayCountry,
     LocalTime,
@@ -34,7 +35,7 @@ from complaints_shared.events import (
     Severity,
 )
 from complaints_shared.models import Code, StrictModel, Weekday
-from complaints_shared.stored import is_stored
+from complaints_shared.stored import is_stored, request_only
 
 Item = TypeVar("Item")
 
@@ -44,7 +45,9 @@ MAX_CHECK_AFTER_HOURS = 90 * 24
 MAX_CALENDAR_DAYS = 1000
 
 Text = Annotated[
-    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_TEXT_CHARS)
+    str,
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_TEXT_CHARS),
+    request_only(text.visible),
 ]
 
 

@@ -17,6 +17,7 @@ from pydantic import (
     StringConstraints,
 )
 
+from complaints_shared import text
 from complaints_shared.datetimes import UtcDatetime
 from complaints_shared.events import (
     Category,
@@ -40,7 +41,9 @@ MAX_NOTE_CHARS = 4_000
 MAX_ATTACHMENTS = 20
 MAX_PAGE_SIZE = 100
 
-Text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
+Text = Annotated[
+    str, StringConstraints(strip_whitespace=True, min_length=1), request_only(text.visible)
+]
 ShortText = Annotated[Text, StringConstraints(max_length=200)]
 Currency = Annotated[str, StringConstraints(pattern=r"^[A-Z]{3}$")]
 
