@@ -394,3 +394,54 @@ async def test_the_same_change_sent_twice_at_once_is_answered_twice_and_made_onc
         "saved",
         "saved",
     ]
+
+
+async def test_changes_racing_under_one_if_match_lose_with_a_412_not_a_409(
+    system: System,
+) -> None:
+    """Ten changes at once, each with ``If-Match: "1"``: one wins. Those that read version 1
+    before the winner wrote answered a 409 "retry" (``branche 'demo:…' changed``), whose retry
+    then met the 412; the losers are now the 412 the precondition promises, naming the
+    current tag."""
+    admin = token(system.routing_settings, subject="admin-zhao")
+    api = system.routing
+    created = await api.post(
+        "/v1/directory/branches", json={"code": "RACE", "name": "并发"}, headers=admin
+    )
+    assert created.status_code == 201, created.text
+    matched = {"If-Match": '"1"', **admin}
+
+    async def renames(path: str, method: str, body_of) -> list[int]:
+        answers = await asyncio.gather(
+            *(api.request(method, path, json=body_of(n), headers=matched) for n in range(10))
+        )
+        for answer in answers:
+            if answer.status_code == 412:
+                assert answer.json()["current_etag"] == answer.headers["etag"], answer.text
+        return sorted(answer.status_code for answer in answers)
+
+    codes = await renames("/v1/directory/branches/RACE", "PATCH", lambda n: {"name": f"并发{n}"})
+    assert codes == [200] + [412] * 9, codes
+
+    policy = "/v1/routing/sla-policies/racing"
+    assert (await api.put(policy, json=BILLING_FAST, headers=admin)).status_code == 200
+    codes = await renames(policy, "PUT", lambda n: {**BILLING_FAST, "name": f"并发{n}"})
+    assert codes == [200] + [412] * 9, codes
+
+    followup_admin = token(system.followup_settings, subject="admin-zhao")
+    followups = system.followup
+    saved = await followups.put(
+        "/v1/followups/policy", json=FOLLOWUP_POLICY, headers=followup_admin
+    )
+    assert (saved.status_code, saved.headers["etag"]) == (200, '"1"'), saved.text
+    answers = await asyncio.gather(
+        *(
+            followups.put(
+                "/v1/followups/policy",
+                json={**FOLLOWUP_POLICY, "max_attempts": 3 + n},
+                headers={"If-Match": '"1"', **followup_admin},
+            )
+            for n in range(6)
+        )
+    )
+    assert sorted(a.status_code for a in answers) == [200] + [412] * 5, [a.text for a in answers]

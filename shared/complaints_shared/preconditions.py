@@ -138,6 +138,23 @@ async def change_needed(
     return True
 
 
+def lost_race(
+    if_match: IfMatch | None,
+    *,
+    current: str | int | None,
+    what: str,
+    otherwise: ProblemError,
+) -> ProblemError:
+    """The answer to a change whose versioned write found the entry moved on after it was
+    checked (another change landed in between): with an ``If-Match`` the entry's ``current``
+    tag (None: gone) no longer meets, the 412 the precondition promises, naming the tag;
+    ``otherwise`` the 409 to retry (the change was decided on a read that is stale now).
+    Until 5 December both were a 409, and a client that retried on it met the 412 then."""
+    if if_match is not None and (current is None or not if_match.allows(str(current))):
+        return precondition_failed(what=what, current=current)
+    return otherwise
+
+
 def precondition_failed(*, what: str, current: str | int | None) -> ProblemError:
     if current is None:
         return ProblemError(

@@ -290,12 +290,23 @@ async def _insert_next_version(
     try:
         await collection.insert_one(document)
     except DuplicateKeyError:
-        raise ProblemError(
-            status=409,
-            title="Concurrent change",
-            kind="concurrent-update",
-            detail=f"{collection.name} of {_described(key)} changed while this request ran; "
-            "read it and retry",
+        # Another change took this version number meanwhile: the same one (a retry beside
+        # this request) is answered as stored, another is the 412 an ``If-Match`` promises
+        # or a 409 to retry.
+        latest = await _latest(collection, key)
+        if latest is not None and latest.get(field) == value:
+            return latest
+        raise preconditions.lost_race(
+            if_match,
+            current=_tag(latest, field=field, inherited_version=inherited_version),
+            what=f"{collection.name} of {_described(key)}",
+            otherwise=ProblemError(
+                status=409,
+                title="Concurrent change",
+                kind="concurrent-update",
+                detail=f"{collection.name} of {_described(key)} changed while this request "
+                "ran; read it and retry",
+            ),
         ) from None
     return document
 

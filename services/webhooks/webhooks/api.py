@@ -298,9 +298,14 @@ async def update_subscription(
             # The same change, beside this one (a gateway's timeout, then the retry).
             updated = now_stored
     if updated is None:
-        raise conflict(
-            f"subscription {subscription_id!r} changed while this change was decided (it is "
-            f"{now_stored['status']!r} now); retry"
+        raise preconditions.lost_race(
+            if_match,
+            current=now_stored.get("version", 0),
+            what=f"subscription {subscription_id!r}",
+            otherwise=conflict(
+                f"subscription {subscription_id!r} changed while this change was decided "
+                f"(it is {now_stored['status']!r} now); retry"
+            ),
         )
     if body.status is SubscriptionStatus.ACTIVE:
         # Also when it was active already: a retry completes a release that a failure or a

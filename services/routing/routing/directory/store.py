@@ -260,9 +260,15 @@ async def change_entry(
         _refuse_role_clash(entry, exc)
         raise
     if updated is None:
-        raise conflict(
-            f"{entry.collection[:-1]} {current['_id']!r} changed while this request was "
-            "validated; retry"
+        what = f"{entry.what} {current[entry.id_field]!r}"
+        now_stored = await db[entry.collection].find_one(
+            {"_id": current["_id"]}, projection={"version": 1}
+        )
+        raise preconditions.lost_race(
+            if_match,
+            current=None if now_stored is None else now_stored["version"],
+            what=what,
+            otherwise=conflict(f"{what} changed while this request was validated; retry"),
         )
     record_stored(entry.collection, database=db.name, document=updated)
     return await settle_audit(db=db, principal=principal, entry=entry, document=updated)

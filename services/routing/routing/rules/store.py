@@ -316,7 +316,13 @@ async def _save_version(
             raise
         raise conflict("another rule became the default meanwhile; retry") from None
     if updated is None:
-        raise conflict(f"routing rule {current['_id']!r} changed concurrently; retry")
+        now_stored = await db[RULES].find_one({"_id": current["_id"]}, projection={"version": 1})
+        raise preconditions.lost_race(
+            if_match,
+            current=None if now_stored is None else now_stored["version"],
+            what=f"routing rule {current['_id']!r}",
+            otherwise=conflict(f"routing rule {current['_id']!r} changed concurrently; retry"),
+        )
     return await _settle_version(db=db, document=updated)
 
 

@@ -24,7 +24,7 @@ from complaints_shared import preconditions
 from complaints_shared.auth import Principal
 from complaints_shared.mongo import merge_updates
 from complaints_shared.preconditions import IfMatch
-from complaints_shared.problems import conflict, invalid, invalid_fields, not_found
+from complaints_shared.problems import ProblemError, conflict, invalid, invalid_fields, not_found
 from complaints_shared.stored import from_stored
 from routing import audit, sole_roles
 from routing.sla.models import SlaPolicy, SlaPolicyWrite
@@ -65,6 +65,24 @@ def _default_policy_role(policy: dict[str, Any]) -> str | None:
     if policy.get("is_default") and policy.get("retired_at") is None:
         return f"default-policy:{policy['org']}"
     return None
+
+
+async def _lost_race(
+    *,
+    db: AsyncDatabase,
+    key: str,
+    if_match: IfMatch | None,
+    policy_id: str,
+    otherwise: ProblemError,
+) -> ProblemError:
+    """A write at the version read found the policy moved on (``preconditions.lost_race``)."""
+    now_stored = await db[SLA_POLICIES].find_one({"_id": key, **LIVE}, projection={"version": 1})
+    return preconditions.lost_race(
+        if_match,
+        current=None if now_stored is None else now_stored.get("version"),
+        what=f"SLA policy {policy_id!r}",
+        otherwise=otherwise,
+    )
 
 
 def _role_clash(exc: DuplicateKeyError) -> None:
@@ -182,7 +200,15 @@ async def put_policy(
         if meanwhile is not None and preconditions.shows(meanwhile, fields):
             document = meanwhile
     if document is None:
-        raise conflict(f"SLA policy {policy_id!r} changed or was deleted while saved; retry")
+        raise await _lost_race(
+            db=db,
+            key=key,
+            if_match=if_match,
+            policy_id=policy_id,
+            otherwise=conflict(
+                f"SLA policy {policy_id!r} changed or was deleted while saved; retry"
+            ),
+        )
     document = await _settle_audit(
         db=db, principal=principal, policy_id=policy_id, document=document
     )
@@ -297,7 +323,15 @@ async def _set_retirement(
         _role_clash(exc)
         raise
     if not changed.matched_count:
-        raise conflict(f"SLA policy {policy_id!r} changed while it was being {action}; retry")
+        raise await _lost_race(
+            db=db,
+            key=current["_id"],
+            if_match=if_match,
+            policy_id=policy_id,
+            otherwise=conflict(
+                f"SLA policy {policy_id!r} changed while it was being {action}; retry"
+            ),
+        )
     document = await _policy_document(db=db, org=principal.org, policy_id=policy_id)
     document = await _settle_audit(
         db=db, principal=principal, policy_id=policy_id, document=document
@@ -377,7 +411,13 @@ async def delete_policy(
             {"$set": {DELETING: now, "deleting_by": principal.subject}},
         )
         if not marked.matched_count:
-            raise conflict(f"SLA policy {policy_id!r} changed while it was deleted; retry")
+            raise await _lost_race(
+                db=db,
+                key=key,
+                if_match=if_match,
+                policy_id=policy_id,
+                otherwise=conflict(f"SLA policy {policy_id!r} changed while it was deleted; retry"),
+            )
         current = {**current, DELETING: now, "deleting_by": principal.subject}
     await _complete_deletion(db=db, principal=principal, policy_id=policy_id, current=current)
 
