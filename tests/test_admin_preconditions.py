@@ -445,3 +445,64 @@ async def test_changes_racing_under_one_if_match_lose_with_a_412_not_a_409(
         )
     )
     assert sorted(a.status_code for a in answers) == [200] + [412] * 5, [a.text for a in answers]
+
+
+async def test_a_settings_answer_equals_a_later_read_field_for_field(system: System) -> None:
+    """Creations and saves answered with the request's own copy: times to the microsecond
+    (``…30.870691Z``) where every later read has milliseconds (``…30.870000Z``), and a
+    branch's follow-up policy without the ``inherited`` its ``GET`` shows. They now answer
+    as stored (intake's registration did since 1 December)."""
+    admin = token(system.routing_settings, subject="admin-zhao")
+    api = system.routing
+
+    async def same_as_read(answer, path: str, client=api, headers=admin) -> None:
+        assert answer.status_code in (200, 201), answer.text
+        read = await client.get(path, headers=headers)
+        assert read.status_code == 200, read.text
+        assert answer.json() == read.json()
+
+    await same_as_read(
+        await api.post(
+            "/v1/directory/branches", json={"code": "ECHO", "name": "回声"}, headers=admin
+        ),
+        "/v1/directory/branches/ECHO",
+    )
+    department = {"branch": "ECHO", "code": "CS", "name": "客服", "kind": "customer_service"}
+    await same_as_read(
+        await api.post("/v1/directory/departments", json=department, headers=admin),
+        "/v1/directory/departments/ECHO:CS",
+    )
+    person = {"id": "echo-li", "branch": "ECHO", "department": "CS", "name": "李", "capacity": 3}
+    await same_as_read(
+        await api.post("/v1/directory/staff", json=person, headers=admin),
+        "/v1/directory/staff/echo-li",
+    )
+    rule = {
+        "id": "echo-billing",
+        "name": "回声账务",
+        "branches": ["ECHO"],
+        "conditions": {"keywords_any": ["账单"]},
+        "action": {"department_kind": "customer_service"},
+    }
+    await same_as_read(
+        await api.post("/v1/routing/rules", json=rule, headers=admin),
+        "/v1/routing/rules/demo:echo-billing",
+    )
+    await same_as_read(
+        await api.put("/v1/routing/sla-policies/echo", json=BILLING_FAST, headers=admin),
+        "/v1/routing/sla-policies/echo",
+    )
+
+    followup_admin = token(system.followup_settings, subject="admin-zhao")
+    followups = system.followup
+    for path, body in (
+        ("/v1/followups/policy", FOLLOWUP_POLICY),
+        ("/v1/followups/policy/branches/LZ", FOLLOWUP_POLICY),
+        ("/v1/followups/contact-hours/LZ", CONTACT_HOURS),
+    ):
+        await same_as_read(
+            await followups.put(path, json=body, headers=followup_admin),
+            path,
+            client=followups,
+            headers=followup_admin,
+        )

@@ -201,7 +201,7 @@ async def get_branch_policy(
 
 @router.put(
     "/policy/branches/{branch}",
-    response_model=PolicyRead,
+    response_model=BranchPolicyRead,
     summary="Give the branch its own follow-up policy (a new audited version)",
 )
 async def put_branch_policy(
@@ -211,7 +211,9 @@ async def put_branch_policy(
     response: Response,
     principal: BranchPolicyAdmin,
     if_match: IfMatchHeader,
-) -> PolicyRead:
+) -> BranchPolicyRead:
+    """Answered as ``GET`` answers it (with ``inherited: false``; until 5 December the
+    organisation policy's shape, without ``inherited``)."""
     principal.require_branch(branch)
     runtime = runtime_of(request)
     saved = await store.save_policy(
@@ -223,7 +225,7 @@ async def put_branch_policy(
         branch=branch,
     )
     tag(response, saved.version)
-    return saved
+    return BranchPolicyRead.in_force(saved, branch=branch)
 
 
 @router.delete(

@@ -30,7 +30,7 @@ from complaints_shared import aggregate, preconditions
 from complaints_shared.aggregate import Aggregate, Decide
 from complaints_shared.auth import Principal
 from complaints_shared.idempotency import CommandKey
-from complaints_shared.mongo import insert_batched
+from complaints_shared.mongo import as_stored, insert_batched
 from complaints_shared.pagination import Page
 from complaints_shared.preconditions import IfMatch
 from complaints_shared.problems import ProblemError
@@ -308,7 +308,7 @@ async def _insert_next_version(
                 "ran; read it and retry",
             ),
         ) from None
-    return document
+    return as_stored(document)  # as a later read has it (times in milliseconds)
 
 
 def _tag(latest: dict[str, Any] | None, *, field: str, inherited_version: int | None) -> int | str:

@@ -28,6 +28,7 @@ from complaints_shared.idempotency import (
     request_hash,
 )
 from complaints_shared.models import StrictModel
+from complaints_shared.mongo import as_stored
 from complaints_shared.pagination import Page
 from complaints_shared.preconditions import IfMatchHeader, tag
 from complaints_shared.problems import ProblemError, conflict, not_found
@@ -176,7 +177,9 @@ async def create_subscription(
     }
     if await store.insert_subscription(db=runtime.db, document=document):
         tag(response, 1)
-        return from_stored(SubscriptionCreated, {**store.public(document), "secret": secret})
+        # As a later read has it (times in milliseconds), not this request's copy.
+        shown = store.public(as_stored(document))
+        return from_stored(SubscriptionCreated, {**shown, "secret": secret})
     # Created already under this key (the same request repeated after a lost answer, say).
     first = await store.get_subscription(
         db=runtime.db, scope={}, subscription_id=document["_id"], with_secrets=True

@@ -24,7 +24,7 @@ from pymongo.errors import DuplicateKeyError
 
 from complaints_shared import preconditions
 from complaints_shared.auth import Principal
-from complaints_shared.mongo import merge_updates
+from complaints_shared.mongo import as_stored, merge_updates
 from complaints_shared.outbox import OUTBOX_FIELD, PENDING_SINCE_FIELD, record_stored
 from complaints_shared.preconditions import IfMatch
 from complaints_shared.problems import conflict, invalid
@@ -166,7 +166,11 @@ async def insert_entry(
         else:
             record_stored(entry.collection, database=db.name, document=document)
             return await settle_audit(
-                db=db, principal=principal, entry=entry, document={**document, **recorded}
+                db=db,
+                principal=principal,
+                entry=entry,
+                # As a later read has it (times in milliseconds), not this request's copy.
+                document=as_stored({**document, **recorded}),
             )
     owner_branch = (stored or {}).get("branch") or (stored or {}).get("code")
     if stored is not None and not principal.can_see(org=stored["org"], branch=owner_branch):

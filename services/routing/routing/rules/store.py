@@ -19,7 +19,7 @@ from pymongo.errors import DuplicateKeyError
 from complaints_shared import preconditions
 from complaints_shared.auth import Principal
 from complaints_shared.logs import get_logger
-from complaints_shared.mongo import merge_updates
+from complaints_shared.mongo import as_stored, merge_updates
 from complaints_shared.preconditions import IfMatch
 from complaints_shared.problems import conflict, invalid, not_found
 from complaints_shared.stored import from_stored
@@ -245,7 +245,8 @@ async def create_rule(
                     raise conflict("another rule became the default meanwhile; retry") from None
                 raise
         else:
-            return rule_read(await _settle_version(db=db, document=document))
+            # As a later read has it (times in milliseconds), not this request's copy.
+            return rule_read(await _settle_version(db=db, document=as_stored(document)))
     repeated = _repeat_of(stored, rule_id=rule_id, body=body, fields=fields)
     if audit.UNRECORDED in repeated:
         return rule_read(await _settle_version(db=db, document=repeated))

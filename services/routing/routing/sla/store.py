@@ -22,7 +22,7 @@ from pymongo.errors import DuplicateKeyError
 
 from complaints_shared import preconditions
 from complaints_shared.auth import Principal
-from complaints_shared.mongo import merge_updates
+from complaints_shared.mongo import as_stored, merge_updates
 from complaints_shared.preconditions import IfMatch
 from complaints_shared.problems import ProblemError, conflict, invalid, invalid_fields, not_found
 from complaints_shared.stored import from_stored
@@ -242,7 +242,7 @@ async def _write_save(
             if await db[SLA_POLICIES].find_one({"_id": key}, projection={"_id": 1}) is None:
                 _role_clash(exc)
             return None
-        return created
+        return as_stored(created)  # as a later read has it (times in milliseconds)
     claim = sole_roles.claim_update(role=_default_policy_role({**stored, **update["$set"]}))
     try:
         return await db[SLA_POLICIES].find_one_and_update(
