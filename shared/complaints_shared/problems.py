@@ -129,7 +129,11 @@ class ValidationProblem(Problem):
     that nothing routes) has none."""
 
     errors: list[FieldProblem] = Field(
-        default_factory=list, description="Each field that is wrong (absent: none is named)"
+        default_factory=list,
+        description="Each field that is wrong, the first 50 (absent: none is named)",
+    )
+    errors_omitted: int | None = Field(
+        None, description="How many more errors there were than `errors` lists"
     )
 
 
@@ -172,10 +176,13 @@ def document_problems(document: dict[str, Any]) -> dict[str, Any]:
             # Every operation, not only those FastAPI gives one: a query parameter the route
             # does not take (or one given too often) is a 422 anywhere (``http``).
             responses["422"] = answer(
-                "A field is missing or invalid (`errors` names each; a query parameter the "
-                "operation does not take is one), or the request is refused as a whole",
+                "A field is missing or invalid (`errors` names each, the first 50, "
+                "`errors_omitted` counting the rest; a query parameter the operation does "
+                "not take is one), or the request is refused as a whole",
                 ValidationProblem,
             )
+            if "requestBody" in operation:
+                responses["415"] = answer("The body is sent as something other than JSON")
             if operation.get("security"):
                 for status, description in _SECURED.items():
                     responses.setdefault(status, answer(description))
@@ -205,6 +212,31 @@ def _field_of(error: dict[str, Any]) -> str:
     if error.get("type") == "json_invalid":
         return "body"
     return _field_path(error.get("loc", ()))
+
+
+# The errors one 422 lists at most (``errors_omitted`` counts the rest): a body of 40,000
+# bad list items was answered with all of them, 4.4 MB, until 5 December.
+MAX_ERRORS_LISTED = 50
+
+
+def _unsupported_media_type(request: Request, errors: list[dict[str, Any]]) -> JSONResponse | None:
+    """A 415 for a body sent as something other than JSON (``text/plain``, a form), which
+    the framework leaves unparsed and then finds "not a valid dictionary" (a 422 naming
+    ``body`` until 5 December)."""
+    content_type = request.headers.get("content-type")
+    if content_type is None or not any(error.get("loc", ())[:1] == ("body",) for error in errors):
+        return None
+    media_type = content_type.split(";", 1)[0].strip().lower()
+    if media_type == "application/json" or media_type.endswith("+json"):
+        return None
+    return problem_response(
+        request=request,
+        status=415,
+        title="Unsupported media type",
+        detail=f"the body is sent as {media_type!r}; send it as application/json",
+        kind="unsupported-media-type",
+        errors=[{"field": "Content-Type", "message": "must be application/json"}],
+    )
 
 
 def install_problem_handlers(
@@ -240,18 +272,24 @@ def install_problem_handlers(
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         if (refused := await _refused(request)) is not None:
             return refused
+        found = exc.errors()
+        if (unsupported := _unsupported_media_type(request, found)) is not None:
+            return unsupported
         errors = [
             {"field": _field_of(error), "message": error.get("msg", "invalid")}
-            for error in exc.errors()
+            for error in found[:MAX_ERRORS_LISTED]
         ]
         fields = ", ".join(error["field"] for error in errors)
+        omitted = len(found) - len(errors)
+        more = {"errors_omitted": omitted} if omitted else {}
         return problem_response(
             request=request,
             status=422,
             title="Invalid request",
-            detail=f"invalid field(s): {fields}",
+            detail=f"invalid field(s): {fields}" + (f" and {omitted} more" if omitted else ""),
             kind="validation-error",
             errors=errors,
+            **more,
         )
 
     @app.exception_handler(StarletteHTTPException)
