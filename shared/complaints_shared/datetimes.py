@@ -19,9 +19,9 @@ from __future__ import annotations
 from datetime import UTC, date, datetime
 from typing import Annotated
 
-from pydantic import AfterValidator, AwareDatetime
+from pydantic import AfterValidator, AwareDatetime, ValidationInfo
 
-from complaints_shared.stored import request_only
+from complaints_shared.stored import is_stored, request_only
 
 EARLIEST_YEAR = 1970
 LATEST_YEAR = 2200
@@ -63,8 +63,18 @@ EventDatetime = Annotated[AwareDatetime, AfterValidator(_as_utc)]
 without one is refused (the record is dead-lettered as invalid): consumers compare event
 times with their own, which carry offsets, and a naive one raised in the middle of that."""
 
-EventTime = Annotated[AwareDatetime, AfterValidator(in_range)]
-"""An event's own time (``ce_time``): with an offset, of the years 1970 to 2200, in UTC."""
+def _event_time(moment: datetime, info: ValidationInfo) -> datetime:
+    if moment.tzinfo is None and is_stored(info):
+        # An outbox entry read by a client without ``tz_aware``: BSON dates are UTC.
+        return moment.replace(tzinfo=UTC)
+    if moment.tzinfo is None:
+        raise ValueError("must have an offset (Z or +08:00)")
+    return in_range(moment)
+
+
+EventTime = Annotated[datetime, AfterValidator(_event_time)]
+"""An event's own time (``ce_time``): with an offset, of the years 1970 to 2200, in UTC.
+One read back from an outbox (``stored.from_stored``) is UTC as stored."""
 
 CalendarDay = Annotated[date, request_only(_day_in_range)]
 """A calendar day (a branch's closed or make-up working day); in a request, of the years
