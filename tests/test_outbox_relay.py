@@ -792,3 +792,42 @@ async def _count_published(probe: Probe, expected: int) -> bool:
         timeout_s=0.5,
     )
     return len(records) >= expected
+
+
+async def test_an_event_another_replica_adds_to_a_published_document_goes_out_at_the_next_poll(
+    system: System,
+) -> None:
+    """The leader published document X and owes its release (10 s here). Another replica,
+    whose relay is a standby (it drops its own announcements), then adds an event to X: a
+    second request about the complaint, a timer firing there. Polls left owed documents out,
+    so the event waited for X's release (up to 20 delays, a minute, under load). The poll
+    now reads the owed documents' event ids and sends what the relay has not: once each."""
+    probe = await _probe(system)
+    settings = probe.settings.model_copy(
+        update={"outbox_release_delay_s": 10.0, "outbox_idle_poll_interval_s": 1.0}
+    )
+    relay = OutboxRelay(
+        db=probe.db,
+        collections=[probe.collection.name],
+        producer=EventProducer(settings=settings),
+        settings=settings,
+    )
+    task = asyncio.create_task(relay.run())
+    name = probe.collection.name
+    try:
+        first, added = _entry(settings), _entry(settings)
+        await probe.collection.insert_one({"_id": "X", **outbox_fields([first])})
+        record_written(name, database=probe.db.name, document_id="X", outbox=[first])
+        await eventually(lambda: relay.owed(collection=name) == 1, what="X published")
+        # The other replica's write: no announcement reaches this relay.
+        await probe.collection.update_one({"_id": "X"}, outbox_update([added]))
+        started = time.monotonic()
+        published = await _published_ids(settings, probe.topic, expected=2)
+        assert time.monotonic() - started < 5, "waited for the release"
+        assert sorted(published) == sorted([first["id"], added["id"]])  # once each
+        assert relay.owed(collection=name) == 1
+        stored = await probe.collection.find_one({"_id": "X"})
+        assert [entry["id"] for entry in stored[OUTBOX_FIELD]] == [first["id"], added["id"]]
+    finally:
+        await relay.stop()
+        await task

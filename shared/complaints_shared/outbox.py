@@ -547,7 +547,8 @@ class OutboxRelay:
         batch = self._settings.outbox_batch_size
         # Documents published already (their removal still to come) are left out here, not
         # by a ``$nin`` of hundreds of ids (the local server compares every document with
-        # the whole list), and their outboxes are not read.
+        # the whole list), and their outboxes are read only when they hold an event this
+        # relay has not sent: one another replica added since (``_owed_only``).
         published = {*self._unreleased[collection], *self._handed_over[collection]}
         if not published:
             documents = await (
@@ -558,12 +559,16 @@ class OutboxRelay:
             )
         else:
             oldest = await (
-                pending.find(query, projection={"_id": 1})
+                pending.find(query, projection={"_id": 1, f"{OUTBOX_FIELD}.id": 1})
                 .sort(PENDING_SINCE_FIELD, 1)
                 .limit(batch + len(published))
                 .to_list(None)
             )
-            ids = [found["_id"] for found in oldest if found["_id"] not in published][:batch]
+            ids = [
+                found["_id"]
+                for found in oldest
+                if found["_id"] not in published or not self._owed_only(collection, found)
+            ][:batch]
             found = (
                 await pending.find(
                     by_ids(ids, query), projection={OUTBOX_FIELD: 1, PENDING_SINCE_FIELD: 1}
@@ -572,13 +577,43 @@ class OutboxRelay:
                 else []
             )
             by_id = {document["_id"]: document for document in found}
-            documents = [by_id[document_id] for document_id in ids if document_id in by_id]
+            documents = [
+                self._unsent(collection, by_id[document_id])
+                for document_id in ids
+                if document_id in by_id
+            ]
         settled = _relay_time() - timedelta(seconds=IN_FLIGHT_S)
         self._surprises[collection] = sum(
             1 for document in documents if as_utc(document[PENDING_SINCE_FIELD]) <= settled
         )
         await self._publish(collection=collection, documents=documents)
         return len(documents)
+
+    def _owed_only(self, collection: str, document: dict[str, Any]) -> bool:
+        """Whether every event of ``document``'s outbox (ids read) is one this relay sent
+        and still owes the removal of. A write of another replica may have added one since
+        this relay published the document, and that replica's relay, a standby, drops its
+        announcement: until 5 December such an event waited for the document's release (up
+        to 20 release delays, a minute, under load) before a poll saw it."""
+        known = self._sent_of(collection, document["_id"])
+        return all(entry["id"] in known for entry in document.get(OUTBOX_FIELD, ()))
+
+    def _sent_of(self, collection: str, document_id: Any) -> set[str]:
+        """The events of a document this relay sent whose removal is still to come."""
+        return {
+            *self._unreleased[collection].get(document_id, ()),
+            *self._handed_over[collection].get(document_id, ()),
+        }
+
+    def _unsent(self, collection: str, document: dict[str, Any]) -> dict[str, Any]:
+        """``document`` with only the outbox events this relay has not sent or removed."""
+        known = self._sent_of(collection, document["_id"])
+        entries = [
+            entry
+            for entry in document.get(OUTBOX_FIELD, [])
+            if entry["id"] not in known and entry["id"] not in self._removed
+        ]
+        return {**document, OUTBOX_FIELD: entries}
 
     async def publish_written(self, *, collection: str) -> int:
         """Publish what writes of this process announced (``document_written``) if this
@@ -588,18 +623,11 @@ class OutboxRelay:
         announced, self._written[collection] = self._written[collection], {}
         if not await self._lead(collection):
             return 0
-        waiting = self._unreleased[collection]
-        handed = self._handed_over[collection]
         documents = []
         for document_id, outbox in announced.items():
-            known = {*waiting.get(document_id, ()), *handed.get(document_id, ())}
-            entries = [
-                entry
-                for entry in outbox
-                if entry["id"] not in known and entry["id"] not in self._removed
-            ]
-            if entries:
-                documents.append({"_id": document_id, OUTBOX_FIELD: entries})
+            unsent = self._unsent(collection, {"_id": document_id, OUTBOX_FIELD: outbox})
+            if unsent[OUTBOX_FIELD]:
+                documents.append(unsent)
         await self._publish(collection=collection, documents=documents)
         return len(documents)
 
