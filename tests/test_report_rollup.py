@@ -694,3 +694,68 @@ async def test_a_change_committed_late_on_an_audited_day_is_counted(
         assert stored["updated_at"] > stamped + timedelta(seconds=0.3)
         # The answer is the record as stored.
         assert datetime.fromisoformat(answered.json()["updated_at"]) == stored["updated_at"]
+
+
+class _HeldAfterFirstDay:
+    """A build's pacer that holds it once the first day's tallies are rebuilt."""
+
+    def __init__(self, db: AsyncDatabase, version: int) -> None:
+        self.db, self.version = db, version
+        self.held, self.go_on = asyncio.Event(), asyncio.Event()
+
+    async def pause(self) -> None:
+        if await self.db[rollup.TALLIES].count_documents({"version": self.version}):
+            self.held.set()
+            await self.go_on.wait()
+
+
+async def test_while_a_new_rollup_version_builds_a_replica_of_the_one_before_counts_from_complaints(
+    infrastructure, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A rolling deploy raises ``rollup.VERSION``; the new replica's build drops the tallies
+    and writes them day by day. A replica still on the version before trusted its state
+    and read each day not rebuilt yet as a day without complaints: 3 November received 0,
+    of 3 on record. While a build is under way (or broken off) no replica reads the
+    tallies: each answers from the complaints."""
+    async with _intake_alone(infrastructure) as intake:
+        for day in range(2):
+            for n in range(3):
+                customer = {"name": f"客{day}{n}", "phone": f"+86 139-0000-{3000 + 10 * day + n}"}
+                await intake.at(
+                    T0 + day * 24 * H + n * H,
+                    "/v1/complaints",
+                    complaint_body(customer=customer, subject=f"断网{day}{n}", description="三天"),
+                )
+        now = T0 + 50 * H
+        intake.clock.set(now)
+        await rollup.refresh(db=intake.db, now=now)
+        before = rollup.VERSION
+        asked = {
+            "db": intake.db,
+            "principal": ADMIN,
+            "group_by": reports.GroupBy.BRANCH,
+            "branches": [],
+            "now": now,
+        }
+        days = [
+            (datetime(2026, 11, 2, tzinfo=UTC), datetime(2026, 11, 3, tzinfo=UTC)),
+            (datetime(2026, 11, 3, tzinfo=UTC), datetime(2026, 11, 4, tzinfo=UTC)),
+        ]
+
+        monkeypatch.setattr(rollup, "VERSION", before + 1)  # the new replica builds
+        pacer = _HeldAfterFirstDay(intake.db, version=before + 1)
+        build = asyncio.create_task(rollup.refresh(db=intake.db, now=now, pacer=pacer))
+        try:
+            await asyncio.wait_for(pacer.held.wait(), 20)
+            monkeypatch.setattr(rollup, "VERSION", before)  # a replica of the version before
+            assert await rollup.state(db=intake.db) is None
+            for created_from, created_to in days:
+                report = await asyncio.wait_for(
+                    reports.summary(created_from=created_from, created_to=created_to, **asked), 5
+                )
+                assert [(g.group, g.received) for g in report.groups] == [("LZ", 3)]
+        finally:
+            pacer.go_on.set()
+            monkeypatch.setattr(rollup, "VERSION", before + 1)
+            await build
+        assert (await rollup.state(db=intake.db))["version"] == before + 1  # built, trusted

@@ -475,7 +475,15 @@ async def state(*, db: AsyncDatabase, whole: bool = False) -> dict[str, Any] | N
     the next pass)."""
     projection = None if whole else {"read_versions": 0, "pending": 0}
     found = await db[STATE].find_one({"_id": WATERMARK_ID}, projection=projection)
-    return found if found and found.get("version") == VERSION else None
+    return found if found and found.get("version") == VERSION and not _building(found) else None
+
+
+def _building(found: dict[str, Any]) -> bool:
+    """Whether a build claimed since the last pass applied is under way (or was broken off):
+    it dropped the tallies and rows first and writes them day by day, so until it sets the
+    state nothing in them is whole. A replica of the version before a rolling deploy read
+    the days not yet rebuilt as days without complaints until 5 December."""
+    return found.get("build_seq", 0) > found.get("seq", 0)
 
 
 async def watermark(*, db: AsyncDatabase) -> datetime | None:
@@ -868,6 +876,10 @@ async def refresh(*, db: AsyncDatabase, now: datetime, pacer: Pacer | None = Non
     # As stored, whatever its version: a build claims its number on it.
     stored = await db[STATE].find_one({"_id": WATERMARK_ID})
     current = stored if stored and stored.get("version") == VERSION else None
+    if current is not None and _building(current):
+        # A build this replica holds the lease over was broken off (its builder lost the
+        # lease): what it dropped is built again, not moved on by a pass.
+        current = None
     if current is not None and current.get("pending"):
         await _apply_pending(db=db, pending=current["pending"], now=now)
         current = await state(db=db, whole=True)
