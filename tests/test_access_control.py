@@ -952,3 +952,22 @@ async def test_a_note_whose_repeat_check_fails_is_answered_once_and_stored_once(
     assert actions.count("note_added") == 1, actions
     read = await system.intake.get(f"/v1/complaints/{second_id}", headers=lz_agent)
     assert read.json()["repeat_of"] == [first.json()["id"]]
+
+
+@pytest.mark.integration
+async def test_a_report_says_which_branches_it_counted(system: System) -> None:
+    """A token of HOSP alone, asking for no branch, gets HOSP's figures; the answer said
+    ``branches: []``, "every branch", so a sum of such answers counted HOSP as the whole
+    organisation."""
+    window = {"from": "2026-11-01T00:00:00Z", "to": "2026-12-31T00:00:00Z"}
+    hospital = token(system.intake_settings, branches=[BRANCH_B], roles=("supervisor",))
+    mine = await system.intake.get("/v1/reports/summary", params=window, headers=hospital)
+    assert mine.status_code == 200, mine.text
+    assert mine.json()["branches"] == [BRANCH_B]
+    admin = token(system.intake_settings)
+    everything = await system.intake.get("/v1/reports/summary", params=window, headers=admin)
+    assert everything.json()["branches"] == []
+    asked = await system.intake.get(
+        "/v1/reports/summary", params={**window, "branch": BRANCH_A}, headers=admin
+    )
+    assert asked.json()["branches"] == [BRANCH_A]

@@ -96,7 +96,10 @@ class SummaryReport(BaseModel):
     from_: datetime = Field(alias="from")
     to: datetime
     group_by: GroupBy
-    branches: list[str] = Field(description="The branch filter applied (empty: every branch)")
+    branches: list[str] = Field(
+        description="The branches counted: those asked for, else the token's (empty: every "
+        "branch of the organisation)"
+    )
     groups: list[GroupSummary]
 
     model_config = {"populate_by_name": True}
@@ -621,7 +624,9 @@ async def summary(
         **{"from": created_from},
         to=created_to,
         group_by=group_by,
-        branches=branches,
+        # A token of some branches counts those alone: until 5 December the answer said
+        # ``[]`` ("every branch") for them, and a sum of such answers double counted.
+        branches=branches or sorted(allowed or ()),
         groups=groups,
     )
 
