@@ -86,6 +86,10 @@ def test_https_is_required_outside_development() -> None:
     with pytest.raises(TargetRefused, match="https"):
         parse_target("http://crm.example.com/h", settings=PRODUCTION)
     assert parse_target("http://127.0.0.1:9000/h", settings=DEVELOPMENT).port == 9000
+    # Nothing listens on port 0 (it was taken as no port, the default, when checked).
+    with pytest.raises(TargetRefused, match="port 0"):
+        parse_target("https://crm.example.com:0/h", settings=PRODUCTION)
+    assert parse_target("https://crm-1.example.com:8443/h", settings=PRODUCTION).port == 8443
 
 
 @pytest.mark.parametrize(
@@ -99,6 +103,8 @@ def test_https_is_required_outside_development() -> None:
         "https://crm example.com/h",
         "https://xn--zz.example.com/h",
         "https://XN--A.example.com/h",
+        "https://-crm.example.com/h",
+        "https://crm-.example.com/h",
     ],
     ids=[
         "empty-label",
@@ -109,6 +115,8 @@ def test_https_is_required_outside_development() -> None:
         "space",
         "bad-a-label",
         "a-label-of-a-control-character",
+        "leading-hyphen",
+        "trailing-hyphen",
     ],
 )
 def test_a_host_that_is_no_host_name_is_refused(url: str) -> None:

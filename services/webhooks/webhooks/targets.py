@@ -69,6 +69,10 @@ def parse_target(url: str, *, settings: WebhooksSettings) -> Target:
         raise TargetRefused("must not carry credentials; receivers verify the signature")
     if parts.fragment:
         raise TargetRefused("must not have a #fragment")
+    if port == 0:
+        # Nothing listens on port 0: every attempt failed, and the address check read it as
+        # "no port" (the default) until 5 December.
+        raise TargetRefused("port 0 is no port a receiver listens on")
     host = parts.hostname
     literal = _literal_address(host)
     if literal is None:
@@ -125,6 +129,9 @@ def _host_name(host: str) -> str:
                 f"the host name label {label!r} has characters other than letters, "
                 "digits, '-' and '_'"
             )
+        if label.startswith("-") or label.endswith("-"):
+            # RFC 1123: resolvers refuse such a name, so every attempt failed.
+            raise TargetRefused(f"the host name label {label!r} begins or ends with '-'")
         if label[:4].lower() == "xn--":
             # An A-label must decode to the name it stands for; a resolver refuses it later.
             try:
