@@ -176,3 +176,26 @@ async def test_a_body_not_sent_as_json_is_a_415_and_a_422_lists_at_most_50_error
     assert len(fields) == 50 and fields[0] == "branches.0"
     assert many.json()["errors_omitted"] == 40_000 - 50
     assert len(many.content) < 20_000
+
+
+async def test_head_answers_as_get_without_a_body_and_a_405_names_every_method(
+    system: System,
+) -> None:
+    """``HEAD`` was a 405 on every route (monitors probe ``/healthz`` so), and a 405 named
+    the methods of the first route of the path alone: ``PUT /v1/complaints`` said
+    ``Allow: POST``, though ``GET`` answers there too."""
+    admin = token(system.intake_settings)
+    await create_complaint(system, admin)
+    alive = await system.intake.head("/healthz")
+    assert (alive.status_code, alive.content) == (200, b"")
+    listed = await system.intake.get("/v1/complaints", headers=admin)
+    head = await system.intake.head("/v1/complaints", headers=admin)
+    assert (head.status_code, head.content) == (200, b"")
+    assert head.headers["content-length"] == listed.headers["content-length"]
+    assert (await system.intake.head("/v1/complaints")).status_code == 401
+    put = await system.intake.put("/v1/complaints", json={}, headers=admin)
+    assert put.status_code == 405
+    assert put.headers["allow"] == "GET, HEAD, POST"
+    assert put.headers["content-type"].startswith("application/problem+json")
+    rules = await system.routing.delete("/v1/routing/rules", headers=token(system.routing_settings))
+    assert (rules.status_code, rules.headers["allow"]) == (405, "GET, HEAD, POST")

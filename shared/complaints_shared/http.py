@@ -62,6 +62,27 @@ class RequestMetricsMiddleware:
             ).observe(time.perf_counter() - started)
 
 
+class HeadAsGetMiddleware:
+    """``HEAD`` answered as ``GET`` without the body (RFC 9110 §9.3.2), on every route that
+    answers ``GET``: the routes declare ``GET`` alone, and a ``HEAD`` (a monitor's probe of
+    ``/healthz``, a client checking a complaint exists) was a 405 until 5 December."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "HEAD":
+            await self.app(scope, receive, send)
+            return
+
+        async def without_body(message: Message) -> None:
+            if message["type"] == "http.response.body":
+                message = {**message, "body": b""}
+            await send(message)
+
+        await self.app({**scope, "method": "GET"}, receive, without_body)
+
+
 class BodySizeLimitMiddleware:
     """Refuse bodies over the limit with a 413 problem before any handler reads them."""
 
@@ -212,6 +233,7 @@ def build_app(
     install_problem_handlers(app, refusal=refusal)
     app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=settings.max_body_bytes)
     app.add_middleware(RequestMetricsMiddleware, service_name=settings.service_name)
+    app.add_middleware(HeadAsGetMiddleware)
 
     @app.get(
         "/healthz",

@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from pymongo.errors import PyMongoError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import BaseRoute, Match
 
 from complaints_shared.failures import TransientFailure, is_dependency_unavailable, redacted_error
 from complaints_shared.logs import get_logger
@@ -206,6 +207,26 @@ def _field_path(location: tuple | list) -> str:
     return ".".join(parts)
 
 
+def _allowed_methods(request: Request) -> list[str]:
+    """Every method some route of the path answers (RFC 9110 §15.5.6), ``HEAD`` with
+    ``GET`` (``http.HeadAsGetMiddleware``). The framework named those of the first route
+    matching the path alone: ``PUT /v1/complaints`` said ``Allow: POST``, not ``GET``."""
+    routes = [route for route in request.app.router.routes if isinstance(route, BaseRoute)]
+    methods = {
+        method
+        for method in _METHODS
+        if any(
+            route.matches({**request.scope, "method": method})[0] is Match.FULL for route in routes
+        )
+    }
+    if "GET" in methods:
+        methods.add("HEAD")
+    return sorted(methods)
+
+
+_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+
 def _field_of(error: dict[str, Any]) -> str:
     """The field an error names; a body that is no JSON at all names ``body`` (its location
     holds the byte offset, which was named as the field until 5 December)."""
@@ -328,6 +349,8 @@ def install_problem_handlers(
         )
         for name, value in (exc.headers or {}).items():
             response.headers[name] = value
+        if exc.status_code == 405:
+            response.headers["Allow"] = ", ".join(_allowed_methods(request))
         return response
 
     async def _dependency_error(request: Request, exc: Exception) -> JSONResponse:
