@@ -30,6 +30,22 @@ from tests.support.waits import eventually
 pytestmark = pytest.mark.integration
 
 
+def _unsatisfied_answer(complaint_id: str, *, answered_at: datetime) -> FollowupCompleted:
+    """The customer's "unsatisfied" to the first check of the first resolution."""
+    return FollowupCompleted(
+        complaint_id=complaint_id,
+        org="demo",
+        branch="LZ",
+        followup_id=f"{complaint_id}:r1:1",
+        resolution_number=1,
+        sequence=1,
+        outcome=FollowupOutcome.UNSATISFIED,
+        score=2,
+        problem_solved=False,
+        completed_at=answered_at,
+    )
+
+
 async def test_late_and_repeated_routing_events_leave_the_newest_state(system: System) -> None:
     admin = token(system.intake_settings)
     created = (
@@ -330,18 +346,7 @@ async def test_an_unsatisfied_answer_consumed_after_an_administrators_close_is_r
     await command(system, f"/v1/complaints/{cid}/resolve", {"summary": "已退款"}, admin)
     answered_at = datetime.now(UTC)
     await command(system, f"/v1/complaints/{cid}/close", {"reason": "已电话确认"}, admin)
-    late = FollowupCompleted(
-        complaint_id=cid,
-        org="demo",
-        branch="LZ",
-        followup_id=f"{cid}:r1:1",
-        resolution_number=1,
-        sequence=1,
-        outcome=FollowupOutcome.UNSATISFIED,
-        score=2,
-        problem_solved=False,
-        completed_at=answered_at,
-    )
+    late = _unsatisfied_answer(cid, answered_at=answered_at)
     before = handled_count("intake", EventType.FOLLOWUP_COMPLETED)
     await publish(system, (EventType.FOLLOWUP_COMPLETED, late), service="followup")
     await eventually(
@@ -369,18 +374,7 @@ async def test_an_unsatisfied_answer_consumed_days_late_reopens_the_complaint_no
     await command(system, f"/v1/complaints/{cid}/resolve", {"summary": "已退款"}, admin)
     answered_at = datetime.now(UTC)  # the published event's time too (the wall clock)
     applied_at = clock.advance(timedelta(days=5))
-    late = FollowupCompleted(
-        complaint_id=cid,
-        org="demo",
-        branch="LZ",
-        followup_id=f"{cid}:r1:1",
-        resolution_number=1,
-        sequence=1,
-        outcome=FollowupOutcome.UNSATISFIED,
-        score=2,
-        problem_solved=False,
-        completed_at=answered_at,
-    )
+    late = _unsatisfied_answer(cid, answered_at=answered_at)
     await publish(system, (EventType.FOLLOWUP_COMPLETED, late), service="followup")
     reopened = await complaint_when(
         system,

@@ -44,6 +44,24 @@ def _hospital_complaint(severity: str, description: str, **overrides: Any) -> Co
     )
 
 
+async def _critical_queued_behind_a_normal_one(
+    system: System, clock: ManualClock, publish
+) -> tuple[ComplaintReceived, ComplaintReceived]:
+    """孙丽 has room for one: a normal complaint takes it, a critical one waits queued."""
+    admin = token(system.routing_settings)
+    one = await system.routing.patch(
+        "/v1/directory/staff/hosp-sun", json={"capacity": 1}, headers=admin
+    )
+    assert one.status_code == 200, one.text
+    normal = _hospital_complaint("normal", "挂号排队两个小时", received_at=clock.now())
+    critical = _hospital_complaint("critical", "病房护士辱骂家属", received_at=clock.now())
+    await publish(EventType.COMPLAINT_RECEIVED, normal)
+    await assignment_when(system, normal.complaint_id, lambda d: d["owner_id"] == "hosp-sun")
+    await publish(EventType.COMPLAINT_RECEIVED, critical)
+    await assignment_when(system, critical.complaint_id, lambda d: d["status"] == "queued")
+    return normal, critical
+
+
 async def _workload(system: System, branch: str) -> dict[str, dict]:
     response = await system.routing.get(
         "/v1/assignments/workload",
@@ -131,18 +149,8 @@ async def test_urgent_work_queued_before_closing_goes_to_the_duty_officer_once_c
     sweep gives it to the duty officer once the office is closed."""
     clock = ManualClock(TUESDAY_17_SHANGHAI)
     system = await system_factory(clock=clock, routing=SWEEPING)
-    admin = token(system.routing_settings)
-    one = await system.routing.patch(
-        "/v1/directory/staff/hosp-sun", json={"capacity": 1}, headers=admin
-    )
-    assert one.status_code == 200, one.text
-    normal = _hospital_complaint("normal", "挂号排队两个小时", received_at=clock.now())
-    critical = _hospital_complaint("critical", "病房护士辱骂家属", received_at=clock.now())
     async with intake_producer(system) as publish:
-        await publish(EventType.COMPLAINT_RECEIVED, normal)
-        await assignment_when(system, normal.complaint_id, lambda d: d["owner_id"] == "hosp-sun")
-        await publish(EventType.COMPLAINT_RECEIVED, critical)
-        await assignment_when(system, critical.complaint_id, lambda d: d["status"] == "queued")
+        _, critical = await _critical_queued_behind_a_normal_one(system, clock, publish)
 
     clock.advance(timedelta(minutes=31))  # 17:31: closed
     taken = await assignment_when(
@@ -166,18 +174,8 @@ async def test_a_slot_freed_at_night_gives_urgent_queued_work_to_the_duty_office
     out-of-hours rule as on arrival."""
     clock = ManualClock(TUESDAY_17_SHANGHAI)
     system = await system_factory(clock=clock, routing={"queue_sweep_interval_s": 3600})
-    admin = token(system.routing_settings)
-    one = await system.routing.patch(
-        "/v1/directory/staff/hosp-sun", json={"capacity": 1}, headers=admin
-    )
-    assert one.status_code == 200, one.text
-    normal = _hospital_complaint("normal", "挂号排队两个小时", received_at=clock.now())
-    critical = _hospital_complaint("critical", "病房护士辱骂家属", received_at=clock.now())
     async with intake_producer(system) as publish:
-        await publish(EventType.COMPLAINT_RECEIVED, normal)
-        await assignment_when(system, normal.complaint_id, lambda d: d["owner_id"] == "hosp-sun")
-        await publish(EventType.COMPLAINT_RECEIVED, critical)
-        await assignment_when(system, critical.complaint_id, lambda d: d["status"] == "queued")
+        normal, critical = await _critical_queued_behind_a_normal_one(system, clock, publish)
         clock.advance(timedelta(hours=5))  # 22:00
         await publish(
             EventType.COMPLAINT_RESOLVED,

@@ -4,18 +4,16 @@ equalities checked on what was read refused all of them too."""
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from pymongo import AsyncMongoClient, monitoring
 from pymongo.asynchronous.database import AsyncDatabase
 
 from complaints_shared import aggregate
-from complaints_shared.mongo import STORED_CODEC
 from complaints_shared.pagination import Page
+from tests.support.finds import Finds, scratch_database
 from tests.support.infrastructure import Infrastructure
 
 pytestmark = pytest.mark.integration
@@ -25,20 +23,6 @@ NOW = datetime.now(UTC).replace(microsecond=0)
 INDEXES = [["org", "branch", "created_at", "_id"]]
 
 
-class Finds(monitoring.CommandListener):
-    def __init__(self) -> None:
-        self.count = 0
-
-    def started(self, event: monitoring.CommandStartedEvent) -> None:
-        self.count += event.command_name == "find"
-
-    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
-        pass
-
-    def failed(self, event: monitoring.CommandFailedEvent) -> None:
-        pass
-
-
 @pytest.fixture
 async def finds() -> Finds:
     return Finds()
@@ -46,15 +30,9 @@ async def finds() -> Finds:
 
 @pytest.fixture
 async def db(infrastructure: Infrastructure, finds: Finds) -> AsyncIterator[AsyncDatabase]:
-    client = AsyncMongoClient(infrastructure.mongodb_uri, tz_aware=True, event_listeners=[finds])
-    name = f"t_read_limit_{uuid.uuid4().hex[:10]}"
-    db = client.get_database(name, codec_options=STORED_CODEC)
-    try:
+    async with scratch_database(infrastructure, finds, prefix="t_read_limit") as db:
         await db.things.create_index([("org", 1), ("branch", 1), ("created_at", -1), ("_id", -1)])
         yield db
-    finally:
-        await client.drop_database(name)
-        await client.close()
 
 
 async def _page(db: AsyncDatabase, cursor: str | None) -> Page[str]:
@@ -105,9 +83,10 @@ async def test_reads_whose_documents_were_all_refused_count_toward_the_page_limi
     cursor = None
     pages = 0
     while True:
-        finds.count = 0
+        finds.filters.clear()
         page = await _page(db, cursor)
-        assert finds.count <= aggregate.MAX_FILTERED_READS, (pages, finds.count)
+        reads = len(finds.filters)
+        assert reads <= aggregate.MAX_FILTERED_READS, (pages, reads)
         if pages == 0:
             # Short and empty, with a cursor to go on: 10 reads hold 160 normal ones.
             assert (page.items, page.next_cursor is not None) == ([], True)

@@ -18,10 +18,10 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from pymongo import AsyncMongoClient, monitoring
 from pymongo.asynchronous.database import AsyncDatabase
 
-from complaints_shared.mongo import STORED_CODEC, sorted_batches, windows_of
+from complaints_shared.mongo import sorted_batches, windows_of
+from tests.support.finds import Finds, scratch_database
 from tests.support.infrastructure import Infrastructure
 
 pytestmark = pytest.mark.integration
@@ -37,21 +37,6 @@ NOW = datetime.now(UTC).replace(microsecond=0)
 TIE = NOW - timedelta(minutes=30)
 
 
-class Finds(monitoring.CommandListener):
-    def __init__(self) -> None:
-        self.filters: list[dict[str, Any]] = []
-
-    def started(self, event: monitoring.CommandStartedEvent) -> None:
-        if event.command_name == "find":
-            self.filters.append(dict(event.command.get("filter") or {}))
-
-    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
-        pass
-
-    def failed(self, event: monitoring.CommandFailedEvent) -> None:
-        pass
-
-
 @pytest.fixture
 async def finds() -> Finds:
     return Finds()
@@ -59,9 +44,6 @@ async def finds() -> Finds:
 
 @pytest.fixture
 async def db(infrastructure: Infrastructure, finds: Finds) -> AsyncIterator[AsyncDatabase]:
-    client = AsyncMongoClient(infrastructure.mongodb_uri, tz_aware=True, event_listeners=[finds])
-    name = f"t_sorted_{uuid.uuid4().hex[:10]}"
-    db = client.get_database(name, codec_options=STORED_CODEC)
     rng = random.Random(7)
     documents = []
     moments = (
@@ -84,16 +66,13 @@ async def db(infrastructure: Infrastructure, finds: Finds) -> AsyncIterator[Asyn
                 "hidden": "never shown",
             }
         )
-    try:
+    async with scratch_database(infrastructure, finds, prefix="t_sorted") as db:
         await db.things.insert_many(documents)
         for keys in INDEXES:
             await db.things.create_index(
                 [(key, -1 if key in ("created_at", "_id") else 1) for key in keys]
             )
         yield db
-    finally:
-        await client.drop_database(name)
-        await client.close()
 
 
 def _expected(documents: list[dict[str, Any]], wanted: Any, descending: bool) -> list[str]:
