@@ -63,6 +63,7 @@ EventDatetime = Annotated[AwareDatetime, AfterValidator(_as_utc)]
 without one is refused (the record is dead-lettered as invalid): consumers compare event
 times with their own, which carry offsets, and a naive one raised in the middle of that."""
 
+
 def _event_time(moment: datetime, info: ValidationInfo) -> datetime:
     if moment.tzinfo is None and is_stored(info):
         # An outbox entry read by a client without ``tz_aware``: BSON dates are UTC.
