@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 import warnings
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 
@@ -70,7 +70,11 @@ def delete_test_topics(infrastructure: Infrastructure) -> None:
 
 @dataclass
 class System:
-    """The three services of one test, reachable in-process over ASGI."""
+    """The three services of one test, reachable in-process over ASGI.
+
+    A service named in ``make(out_of_process=...)`` has its settings here but no app and no
+    client (both None): the test runs it as a real process (``support.processes``).
+    """
 
     run_id: str
     infra: Infrastructure
@@ -126,7 +130,8 @@ async def running_systems(infrastructure: Infrastructure) -> AsyncIterator[Syste
 
     ``make(routing={"outbox_poll_interval_s": 0.1}, clock=ManualClock())`` — keyword
     arguments override settings per service; the clock, when given, is shared by all
-    three services.
+    three services. ``make(out_of_process={"routing"})`` leaves a service out: its settings
+    (database, topics) are made but its app is not run here (``support.processes``).
     """
     stack = AsyncExitStack()
     mongo = AsyncMongoClient(infrastructure.mongodb_uri, tz_aware=True)
@@ -140,6 +145,7 @@ async def running_systems(infrastructure: Infrastructure) -> AsyncIterator[Syste
         webhooks: dict | None = None,
         clock: Clock | None = None,
         seed: bool = True,
+        out_of_process: Collection[str] = (),
     ) -> System:
         run_id = uuid.uuid4().hex[:10]
         run_ids.append(run_id)
@@ -168,6 +174,9 @@ async def running_systems(infrastructure: Infrastructure) -> AsyncIterator[Syste
                 **{**WEBHOOKS_TEST_DEFAULTS, **webhooks},
             )
             apps["webhooks"] = create_webhooks_app(webhooks_settings, clock=clock)
+        unknown = set(out_of_process) - set(apps)
+        assert not unknown, f"out_of_process names no service of this system: {unknown}"
+        apps = {name: app for name, app in apps.items() if name not in out_of_process}
         clients = {name: await serve(stack, app, name) for name, app in apps.items()}
         return System(
             run_id=run_id,
@@ -175,12 +184,12 @@ async def running_systems(infrastructure: Infrastructure) -> AsyncIterator[Syste
             intake_settings=intake_settings,
             routing_settings=routing_settings,
             followup_settings=followup_settings,
-            intake=clients["intake"],
-            routing=clients["routing"],
-            followup=clients["followup"],
-            intake_app=apps["intake"],
-            routing_app=apps["routing"],
-            followup_app=apps["followup"],
+            intake=clients.get("intake"),
+            routing=clients.get("routing"),
+            followup=clients.get("followup"),
+            intake_app=apps.get("intake"),
+            routing_app=apps.get("routing"),
+            followup_app=apps.get("followup"),
             mongo=mongo,
             clock=clock,
             webhooks_settings=webhooks_settings,

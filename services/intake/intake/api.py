@@ -99,8 +99,9 @@ async def _shown_changed(
         200: {
             "model": ComplaintCreated,
             "description": "The same customer's identical complaint within "
-            "`RESUBMISSION_WINDOW_S`, or a retry under the same `Idempotency-Key`: the "
-            "complaint registered then (`Idempotent-Replayed: true` for the key)",
+            "`RESUBMISSION_WINDOW_S`: the complaint registered then. A retry under the same "
+            "`Idempotency-Key` answers as the first request did (201, or this 200), with "
+            "`Idempotent-Replayed: true`",
         }
     },
 )
