@@ -806,11 +806,9 @@ async def test_an_event_another_replica_adds_to_a_published_document_goes_out_at
     settings = probe.settings.model_copy(
         update={"outbox_release_delay_s": 10.0, "outbox_idle_poll_interval_s": 1.0}
     )
+    producer = EventProducer(settings=settings)
     relay = OutboxRelay(
-        db=probe.db,
-        collections=[probe.collection.name],
-        producer=EventProducer(settings=settings),
-        settings=settings,
+        db=probe.db, collections=[probe.collection.name], producer=producer, settings=settings
     )
     task = asyncio.create_task(relay.run())
     name = probe.collection.name
@@ -831,3 +829,4 @@ async def test_an_event_another_replica_adds_to_a_published_document_goes_out_at
     finally:
         await relay.stop()
         await task
+        await producer.stop()  # before the system's topics are deleted

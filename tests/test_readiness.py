@@ -62,11 +62,12 @@ async def test_a_background_loop_that_dies_fails_readiness_and_is_started_again(
     assert (await system.intake.get("/readyz")).status_code == 200
 
     # Started again: a new relay task publishes routing's decisions.
-    def replacement() -> asyncio.Task | None:
+    def replaced() -> bool:
+        # Not the task itself: ``eventually`` would await what its probe returns.
         [task] = [task for task in runtime.tasks if task.get_name() == "outbox-relay"]
-        return task if task is not relay and not task.done() else None
+        return task is not relay and not task.done()
 
-    await eventually(replacement, what="the relay started again")
+    await eventually(replaced, what="the relay started again")
     assert restarts._value.get() == restarts_before + 1
     admin = token(system.intake_settings)
     created = await create_complaint(system, admin)

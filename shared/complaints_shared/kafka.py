@@ -19,6 +19,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable
 from datetime import UTC, datetime
 from enum import StrEnum
+from typing import Any
 
 from aiokafka import (
     AIOKafkaConsumer,
@@ -85,6 +86,12 @@ PRODUCER_STOP_S = 5.0
 # handled, leave its group and close its connections: aiokafka's stop waits for the group
 # coordinator, which may be away.
 CANCELLED_CONSUMER_CLOSE_S = 5.0
+# Once stopping, how long the consumer waits on the broker for its last commit and again
+# for leaving its group. With the broker away both waited on the group coordinator until
+# the shutdown's grace ran out and cut the close short (20 s of a 25 s stop, until
+# 5 December); the group drops a member that did not leave at its session timeout, and
+# what was not committed is redelivered to the idempotent handlers.
+STOPPING_BROKER_WAIT_S = 3.0
 # Faults of the consumer loop itself in a row (none handled a record, none ran this long
 # before it) after which the consumer counts as failing (readiness), and the cap of the
 # pause before each restart (0.5 s, doubling).
@@ -289,6 +296,11 @@ class EventProducer:
 REPLAY_FOR_HEADER = "replay_for"
 
 
+def _bounded_if(stopping: bool) -> asyncio.Timeout:
+    """``STOPPING_BROKER_WAIT_S`` on a wait for the broker once stopping; none otherwise."""
+    return asyncio.timeout(STOPPING_BROKER_WAIT_S if stopping else None)
+
+
 def _without_version(event_type: str) -> str:
     """``org.complaintdesk.complaint.received`` of ``org.complaintdesk.complaint.received.v1``."""
     name, dot_v, version = event_type.rpartition(".v")
@@ -465,8 +477,9 @@ class EventConsumer:
         await self._finish_partitions(set(self._in_flight) | set(self._progress))
         self._consumer = None
         try:
-            await consumer.stop()
-        except KafkaError as exc:
+            async with _bounded_if(self._stopping.is_set()):
+                await consumer.stop()
+        except (KafkaError, TimeoutError) as exc:
             log.warning("consumer_stop_failed", error=repr(exc))
 
     async def _close_cancelled(self) -> None:
@@ -550,8 +563,10 @@ class EventConsumer:
         offsets = {tp: offset for tp, offset in self._progress.items() if tp in assigned}
         self._committed_at = time.monotonic()
         try:
-            if offsets:
-                await consumer.commit(offsets)
+            # Abandoned at a stop (the broker away, a commit waits for the group
+            # coordinator): the progress stays for the stop's own, bounded, commit.
+            if offsets and not await self._unless_stopping(consumer.commit(offsets)):
+                return
         except CommitFailedError as exc:
             # The group rebalanced meanwhile: the partitions' next owner redelivers.
             log.warning("consumer_commit_failed", error=repr(exc), partitions=len(offsets))
@@ -559,6 +574,24 @@ class EventConsumer:
             # Partitions handled further while the commit was on its way stay due.
             if tp not in assigned or offsets.get(tp) == offset:
                 del self._progress[tp]
+
+    async def _unless_stopping(self, awaitable: Awaitable[Any]) -> bool:
+        """Wait for ``awaitable`` unless the consumer stops first, then give it up (False).
+        A wait on the broker inside the loop (a commit) used to hold a stop until the
+        shutdown's grace ran out."""
+        task = asyncio.ensure_future(awaitable)
+        stopping = asyncio.ensure_future(self._stopping.wait())
+        try:
+            await asyncio.wait({task, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopping.cancel()
+            if not task.done():
+                task.cancel()
+                await asyncio.wait({task})
+        if task.cancelled():
+            return False
+        task.result()  # its error, if any
+        return True
 
     async def _finish_partitions(self, partitions: set[TopicPartition]) -> None:
         """Let the tasks of ``partitions`` end, then commit what was handled on them."""
@@ -577,8 +610,9 @@ class EventConsumer:
         if consumer is None or not offsets:
             return
         try:
-            await consumer.commit(offsets)
-        except KafkaError as exc:
+            async with _bounded_if(self._stopping.is_set()):
+                await consumer.commit(offsets)
+        except (KafkaError, TimeoutError) as exc:
             log.warning("consumer_commit_failed", error=repr(exc), partitions=len(offsets))
 
     async def _process_partition(
