@@ -42,7 +42,7 @@ from complaints_shared.kafka import (
 from intake.settings import IntakeSettings
 from tests.support.events import NETWORK_DROPOUTS, received, resolved
 from tests.support.http import BROADBAND_COMPLAINT, token
-from tests.support.kafka import handled_count, publish
+from tests.support.kafka import group_dead_letters, handled_count, publish
 from tests.support.system import System, settings_for_test
 from tests.support.waits import eventually
 
@@ -740,18 +740,10 @@ async def test_another_version_of_a_handled_event_type_is_dead_lettered_not_skip
         lambda: routing_db.assignments.find_one({"_id": good.subject}), what="the one after routed"
     )
 
-    async def routing_dead_letters() -> list:
-        letters = await read_dead_letters(
-            settings=system.routing_settings, dlq_topic=dead_letter_topic(topic)
-        )
-        group = system.routing_settings.consumer_group()
-        return [
-            letter
-            for letter in letters
-            if letter.header("dlq_consumer_group") == group and letter.header("ce_id") == newer.id
-        ]
-
-    [dead] = await eventually(routing_dead_letters, what="the v2 record dead-lettered")
+    [dead] = await eventually(
+        lambda: group_dead_letters(system.routing_settings, topic=topic, event_id=newer.id),
+        what="the v2 record dead-lettered",
+    )
     assert dead.header("dlq_reason") == "invalid_data"
     assert EventType.COMPLAINT_RECEIVED.value in dead.header("dlq_error")
     assert await routing_db.assignments.find_one({"_id": complaint_id}) is None

@@ -16,14 +16,13 @@ from prometheus_client.parser import text_string_to_metric_families
 from standardwebhooks import Webhook, WebhookVerificationError
 
 from complaints_shared.clock import ManualClock
-from complaints_shared.dlq import read_dead_letters
 from complaints_shared.envelope import CloudEvent, to_kafka_record
-from complaints_shared.events import EventType, Topic, dead_letter_topic
+from complaints_shared.events import EventType, Topic
 from complaints_shared.kafka import EventProducer
 from tests.support.events import received
 from tests.support.faults import HeldFirst
 from tests.support.http import BROADBAND_COMPLAINT, create_complaint, token
-from tests.support.kafka import short_type
+from tests.support.kafka import group_dead_letters, short_type
 from tests.support.system import System, SystemFactory
 from tests.support.waits import NotYet, eventually
 from tests.support.webhooks import (
@@ -1051,17 +1050,11 @@ async def test_an_event_whose_time_has_no_offset_is_dead_lettered_and_deliveries
         subjects = await eventually(delivered, timeout_s=30, what="the later events delivered")
         assert odd.subject not in subjects
 
-        async def dead_letters() -> list:
-            letters = await read_dead_letters(
-                settings=webhooks.settings, dlq_topic=dead_letter_topic(system.topic(Topic.INTAKE))
-            )
-            group = webhooks.settings.consumer_group()
-            return [
-                letter
-                for letter in letters
-                if letter.header("dlq_consumer_group") == group and letter.header("ce_id") == odd.id
-            ]
-
-        [dead] = await eventually(dead_letters, what="the record without an offset dead-lettered")
+        [dead] = await eventually(
+            lambda: group_dead_letters(
+                webhooks.settings, topic=system.topic(Topic.INTAKE), event_id=odd.id
+            ),
+            what="the record without an offset dead-lettered",
+        )
     assert dead.header("dlq_reason") == "invalid_envelope"
     assert "time" in dead.header("dlq_error")

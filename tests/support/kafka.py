@@ -13,11 +13,19 @@ from contextlib import asynccontextmanager
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from complaints_shared.dlq import DeadLetter, read_dead_letters
 from complaints_shared.envelope import CloudEvent, from_kafka_record
-from complaints_shared.events import EVENT_TYPE_PREFIX, EventData, EventType, Topic
+from complaints_shared.events import (
+    EVENT_TYPE_PREFIX,
+    EventData,
+    EventType,
+    Topic,
+    dead_letter_topic,
+)
 from complaints_shared.kafka import EventProducer
 from complaints_shared.metrics import EVENTS_CONSUMED
 from complaints_shared.outbox import PENDING_SINCE_FIELD
+from complaints_shared.settings import ServiceSettings
 from tests.support.system import System
 from tests.support.waits import eventually
 
@@ -188,3 +196,18 @@ def handled_count(service: str, event_type: str) -> float:
 def short_type(event_type: str) -> str:
     """``org.complaintdesk.complaint.closed.v1`` → ``complaint.closed``."""
     return event_type.removeprefix(EVENT_TYPE_PREFIX).rsplit(".v", 1)[0]
+
+
+async def group_dead_letters(
+    settings: ServiceSettings, *, topic: str, event_id: str | None = None
+) -> list[DeadLetter]:
+    """The dead letters of ``topic`` that ``settings``' consumer group left (of one event,
+    given its id): the topic's other readers dead-letter their own."""
+    letters = await read_dead_letters(settings=settings, dlq_topic=dead_letter_topic(topic))
+    group = settings.consumer_group()
+    return [
+        letter
+        for letter in letters
+        if letter.header("dlq_consumer_group") == group
+        and (event_id is None or letter.header("ce_id") == event_id)
+    ]
