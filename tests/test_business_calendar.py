@@ -21,6 +21,8 @@ from complaints_shared.business_calendar import (
 )
 from followup.settings import FollowupSettings
 from intake.settings import IntakeSettings
+from routing.sla import clocks
+from routing.sla.models import SlaDuration
 from tests.support.clock import utc
 
 SHANGHAI = BusinessCalendar(time_zone="Asia/Shanghai", country="CN")
@@ -128,6 +130,38 @@ def test_split_opening_hours_and_end_of_day() -> None:
     assert calendar.add_business_time(monday_11_local, timedelta(hours=2)) == utc(2026, 11, 30, 7)
     assert calendar.end_of_business_day(monday_11_local) == utc(2026, 11, 30, 10)
     assert calendar.add_business_days(monday_11_local, 1) == utc(2026, 12, 7, 3)
+
+
+NIGHT_SHIFT = BusinessCalendar(
+    country=None, hours={day: [(time(0), time(2)), (time(18), time(0))] for day in range(7)}
+)
+ROUND_THE_CLOCK = BusinessCalendar(
+    country=None, hours={day: [(time(0), time(0))] for day in range(7)}
+)
+
+
+@pytest.mark.parametrize(
+    ("received", "closes"),
+    [
+        (utc(2026, 12, 7, 15, 50), utc(2026, 12, 7, 18)),  # Monday 23:50: closes 02:00
+        (utc(2026, 12, 7, 17), utc(2026, 12, 7, 18)),  # Tuesday 01:00: Monday's shift
+        (utc(2026, 12, 7, 2), utc(2026, 12, 7, 18)),  # Monday 10:00, closed: that night's
+        (utc(2026, 12, 7, 10), utc(2026, 12, 7, 18)),  # Monday 18:00 sharp: opens then
+    ],
+)
+def test_a_night_shift_across_midnight_is_one_business_day(received, closes) -> None:
+    # Shanghai times: 18:00-24:00 and 00:00-02:00 every day. The local day's last range
+    # alone put 23:50 due at midnight, and 01:00 due at the next midnight.
+    assert NIGHT_SHIFT.end_of_business_day(received) == closes
+
+
+@pytest.mark.parametrize("received", [utc(2026, 12, 7, 15, 50), utc(2026, 12, 7, 16, 10)])
+def test_a_business_day_of_a_branch_that_never_closes_is_a_day(received) -> None:
+    # 23:50 and 00:10 local: ten minutes and almost a day, when the local date's end closed it.
+    assert ROUND_THE_CLOCK.end_of_business_day(received) == received + timedelta(days=1)
+    two_closes = SlaDuration(amount=2, unit="end_of_business_day", basis="business")
+    assert clocks.deadline(ROUND_THE_CLOCK, received, two_closes) == received + timedelta(days=2)
+    assert clocks.deadline(NIGHT_SHIFT, utc(2026, 12, 7, 17), two_closes) == utc(2026, 12, 8, 18)
 
 
 def test_time_between_far_apart_moments_is_counted_not_given_up_on() -> None:

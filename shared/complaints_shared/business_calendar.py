@@ -317,10 +317,33 @@ class BusinessCalendar:
         return total
 
     def end_of_business_day(self, start: datetime) -> datetime:
-        """Closing time of the business day ``start`` falls in (or the next one's)."""
-        first_start, _ = next(iter(self._ranges_from(start)))
+        """Closing time of the business day ``start`` falls in (or the next one's).
+
+        A business day is a local day's opening ranges, and a range that runs to midnight
+        goes on into the next day's range from midnight: a night shift entered as
+        18:00-24:00 and 00:00-02:00 closes at 02:00, for a complaint at 23:50 as for one
+        at 01:00 (whose business day began the evening before). Taken as the local day's
+        last range alone, the first was due at midnight, ten minutes on, and the second
+        at the next midnight. Opening that never stops (a branch open round the clock) has
+        no close: its business day is ``_DAY`` from ``start``, not what is left of the
+        local date.
+        """
+        first_start, first_end = next(iter(self._ranges_from(start)))
         day = first_start.astimezone(self.zone).date()
-        return self.opening_ranges(day)[-1][1].astimezone(UTC)
+        opened = next(begin for begin, end in self.opening_ranges(day) if end == first_end)
+        evening = self.opening_ranges(day - _DAY)
+        if opened == self._local(day, time(0)) and evening and evening[-1][1] == opened:
+            day -= _DAY  # carried on from the evening before: that business day's close
+        cap = first_start + _DAY
+        closing = self.opening_ranges(day)[-1][1]
+        following = day + _DAY
+        while closing < cap:
+            carried = self.opening_ranges(following)
+            if not carried or carried[0][0] != closing:
+                break
+            closing = carried[0][1]  # the range from midnight the day's last one runs on in
+            following += _DAY
+        return min(closing, cap).astimezone(UTC)
 
     def add_business_days(self, start: datetime, days: int) -> datetime:
         """The same local time ``days`` working days later (closing time if it is later)."""
