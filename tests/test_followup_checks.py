@@ -867,6 +867,11 @@ async def test_invalid_requests_are_problems_naming_the_field(
     assert "mood" in fields(unreached)
     bad_score = {"reached": True, "score": 9, "problem_solved": True}
     assert fields(await problem("POST", f"{url}/attempts", 422, json=bad_score)) == {"score"}
+    # ``true`` read as 1 was the lowest score: an unsatisfied customer, the complaint reopened.
+    truth_score = {"reached": True, "score": True, "problem_solved": True}
+    assert fields(await problem("POST", f"{url}/attempts", 422, json=truth_score)) == {"score"}
+    truth_outcome = {"satisfied": False, "score": False}
+    assert fields(await problem("POST", f"{url}/outcome", 422, json=truth_outcome)) == {"score"}
     assert "channel" in fields(
         await problem("POST", f"{url}/attempts", 422, json={"reached": False, "channel": "fax"})
     )

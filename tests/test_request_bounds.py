@@ -3,9 +3,14 @@
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
+
 import pytest
+from pydantic import ValidationError
 
 from complaints_shared.http import MAX_QUERY_VALUES
+from complaints_shared.models import StrictModel
 from tests.support.http import command, complaint_body, create_complaint, token
 from tests.support.system import System
 
@@ -199,3 +204,48 @@ async def test_head_answers_as_get_without_a_body_and_a_405_names_every_method(
     assert put.headers["content-type"].startswith("application/problem+json")
     rules = await system.routing.delete("/v1/routing/rules", headers=token(system.routing_settings))
     assert (rules.status_code, rules.headers["allow"]) == (405, "GET, HEAD, POST")
+
+
+def _request_models() -> list[type[StrictModel]]:
+    for package in ("intake", "routing", "followup", "webhooks"):
+        root = importlib.import_module(package)
+        for module in pkgutil.walk_packages(root.__path__, f"{package}."):
+            importlib.import_module(module.name)
+    found, waiting = [], [StrictModel]
+    while waiting:
+        for subclass in waiting.pop().__subclasses__():
+            found.append(subclass)
+            waiting.append(subclass)
+    return found
+
+
+def test_true_or_false_for_a_number_is_refused_in_every_request_model() -> None:
+    """pydantic reads ``true`` as 1: a follow-up answer ``"score": true`` was stored as the
+    lowest score and reopened the complaint. Every number field of every body refuses it;
+    a field that takes true or false (or text) is not told so."""
+    refused_for = set()
+    for model in _request_models():
+        for name, field in model.model_fields.items():
+            try:
+                model.model_validate({name: True})
+            except ValidationError as error:
+                errors = error.errors()
+            else:
+                errors = []
+            here = [e for e in errors if e["loc"][:1] == (field.alias or name,)]
+            if any("a number, not true or false" in e["msg"] for e in here):
+                refused_for.add(f"{model.__name__}.{name}")
+    numbers = {
+        "AttemptCreate.score",
+        "OutcomeRequest.score",
+        "StaffCreate.capacity",
+        "StaffUpdate.capacity",
+        "FollowupPolicy.max_attempts",
+        "FollowupPolicy.attempt_spacing_hours",
+        "SlaDuration.amount",
+        "SlaPolicyWrite.warning_share",
+        "Attachment.size_bytes",
+        "RuleCreate.position",
+    }
+    assert numbers <= refused_for
+    assert not refused_for & {"AttemptCreate.reached", "Customer.vip", "RuleCreate.is_default"}

@@ -6,6 +6,7 @@ The calendar field types (time zones, local times, holiday countries) are in
 
 from __future__ import annotations
 
+import typing
 from collections.abc import Mapping
 from enum import StrEnum
 from typing import Annotated, Any
@@ -70,15 +71,37 @@ def _unpaired_surrogate(value: Any, path: str = "") -> str | None:
     return None
 
 
+def _types_in(annotation: Any) -> set[Any]:
+    """The plain types an annotation admits (``int | None``: int and NoneType)."""
+    arguments = typing.get_args(annotation)
+    if typing.get_origin(annotation) is None or not arguments:
+        return {annotation}
+    if typing.get_origin(annotation) is Annotated:
+        return _types_in(arguments[0])
+    return set().union(*(_types_in(argument) for argument in arguments))
+
+
 class StrictModel(BaseModel):
-    """Request bodies reject unknown fields so typos are caught, not ignored, and text that
-    is not Unicode (an unpaired surrogate) so it never reaches an encoder as a 500.
+    """Request bodies reject unknown fields so typos are caught, not ignored, text that is
+    not Unicode (an unpaired surrogate) so it never reaches an encoder as a 500, and
+    ``true``/``false`` for a number: pydantic reads them as 1 and 0, so a follow-up answer
+    ``"score": true`` was stored as score 1 and reopened the complaint.
 
     The text check is one of requests: stored text was encoded once, so a model read with
     ``stored.from_stored`` does not walk it again.
     """
 
     model_config = ConfigDict(extra="forbid")
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_truth_value_for_a_number(cls, value: Any, info: ValidationInfo) -> Any:
+        if not isinstance(value, bool) or info.field_name is None:
+            return value
+        admitted = _types_in(cls.model_fields[info.field_name].annotation)
+        if bool not in admitted and admitted & {int, float}:
+            raise ValueError("a number, not true or false")
+        return value
 
     @field_validator("*")
     @classmethod
