@@ -182,6 +182,40 @@ async def test_asking_again_to_activate_releases_what_a_failed_release_left_held
     assert [request.webhook_id for request in hooks.requests] == [held]
 
 
+async def test_a_released_delivery_starts_its_retries_afresh_and_keeps_its_chains_order(
+    alone: Isolation,
+) -> None:
+    """A delivery held by an automatic pause had spent its attempts on the outage (seven of
+    eight by default): one 503 of a receiver still warming up after the resume failed it
+    for good, and its complaint's later event went out without it."""
+    async with AsyncExitStack() as stack:
+        hooks = await stack.enter_async_context(receiver(lambda n: 503 if n == 0 else 200))
+        webhooks = await serve_webhooks(stack, alone)
+        admin = token(webhooks.settings)
+        db = webhooks.app.state.runtime.db
+        subscription_id = (await subscribe(webhooks, admin, url=hooks.url))["id"]
+        assert (await _set_status(webhooks, admin, subscription_id, "paused")).status_code == 200
+        spent = pending_delivery(
+            subscription_id, chain="cmp_1", order_key="1", next_attempt_at=None
+        )
+        spent["retry_index"] = len(webhooks.settings.retry_schedule_s)  # its last attempt left
+        later = pending_delivery(
+            subscription_id, chain="cmp_1", order_key="2", next_attempt_at=None
+        )
+        first, second = await _insert(db, spent, later)
+
+        assert (await _set_status(webhooks, admin, subscription_id, "active")).status_code == 200
+        await eventually(
+            lambda: asyncio.sleep(0, {first, second} <= hooks.delivered_ids()),
+            what="both delivered after the resume",
+        )
+    assert [(r.webhook_id, r.status) for r in hooks.requests] == [
+        (first, 503),
+        (first, 200),
+        (second, 200),
+    ]
+
+
 async def test_a_410_whose_disabling_fails_is_sent_again_until_the_subscription_is_disabled(
     alone: Isolation, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -883,14 +883,20 @@ async def release_held(*, db: AsyncDatabase, subscription_id: str, now: datetime
 
 
 async def make_held_due(*, db: AsyncDatabase, subscription_id: str, now: datetime) -> int:
-    """The subscription's pending deliveries without a timer become due; how many."""
+    """The subscription's pending deliveries without a timer become due, each with its
+    retry schedule afresh (as a redelivery): how many.
+
+    A delivery held by an automatic pause had spent most of its attempts on the outage
+    that paused it (seven of eight by default), so one 503 of a receiver still warming up
+    after the resume failed it for good, and its complaint's later events went out
+    without it."""
     result = await db[DELIVERIES].update_many(
         {
             "subscription_id": subscription_id,
             "status": DeliveryStatus.PENDING.value,
             "next_attempt_at": None,  # null or missing: a held delivery has it unset
         },
-        {"$set": {"next_attempt_at": now}},
+        {"$set": {"next_attempt_at": now, "retry_index": 0}},
     )
     return result.modified_count
 

@@ -21,10 +21,13 @@ from urllib.parse import urlsplit
 import httpx
 import idna
 
+from complaints_shared.logs import get_logger
 from webhooks.resolver import HostResolver
 from webhooks.settings import WebhooksSettings
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+log = get_logger(__name__)
 
 # Cloud instance metadata endpoints: never a webhook target, whatever the settings.
 METADATA_ADDRESSES = {
@@ -44,6 +47,14 @@ HOST_LABEL = re.compile(r"[a-z0-9_-]+", re.IGNORECASE)
 
 class TargetRefused(ValueError):
     """A target URL or address deliveries may not go to; the message says why."""
+
+
+class AddressRefused(TargetRefused):
+    """An address deliveries may not go to: ``kind`` says what sort it is (without it)."""
+
+    def __init__(self, address: IPAddress, kind: str) -> None:
+        super().__init__(f"{address} is {kind}")
+        self.kind = kind
 
 
 @dataclass(frozen=True)
@@ -152,21 +163,24 @@ def check_address(address: IPAddress, *, settings: WebhooksSettings) -> None:
         # address inside it (2002:7f00:1:: to 127.0.0.1): that address must pass as well.
         check_address(address.sixtofour, settings=settings)
     if address in METADATA_ADDRESSES:
-        raise TargetRefused(f"{address} is a cloud metadata address")
+        raise AddressRefused(address, "a cloud metadata address")
     if address.is_loopback:
         if settings.allow_loopback_targets:
             return
-        raise TargetRefused(f"{address} is a loopback address")
+        raise AddressRefused(address, "a loopback address")
     if address.is_link_local:
-        raise TargetRefused(f"{address} is a link-local address")
+        raise AddressRefused(address, "a link-local address")
     if address.is_unspecified or address.is_multicast or address.is_reserved:
-        raise TargetRefused(f"{address} is not a unicast address")
-    if address.is_private or address in SHARED_ADDRESS_SPACE:
+        raise AddressRefused(address, "not a unicast address")
+    # Site-local (fec0::/10) is deprecated but still routed inside some networks, and
+    # ``ipaddress`` counts it neither private nor anything but global.
+    site_local = isinstance(address, ipaddress.IPv6Address) and address.is_site_local
+    if address.is_private or site_local or address in SHARED_ADDRESS_SPACE:
         if settings.allow_private_targets:
             return
-        raise TargetRefused(f"{address} is a private address (ALLOW_PRIVATE_TARGETS is off)")
+        raise AddressRefused(address, "a private address (ALLOW_PRIVATE_TARGETS is off)")
     if not address.is_global:
-        raise TargetRefused(f"{address} is not a public address")
+        raise AddressRefused(address, "not a public address")
 
 
 async def resolve_checked(
@@ -191,7 +205,13 @@ async def resolve_checked(
         raise TargetRefused(f"{target.host} does not resolve")
     for address in addresses:
         # Any internal address refuses the host: the resolver may hand out either one.
-        check_address(address, settings=settings)
+        try:
+            check_address(address, settings=settings)
+        except AddressRefused as exc:
+            # Said without the address: the refusal is on the delivery log a tenant's
+            # admin reads, which named what internal names (``mongo``) resolve to.
+            log.warning("webhook_target_address_refused", host=target.host, reason=str(exc))
+            raise TargetRefused(f"{target.host} resolves to {exc.kind}") from None
     return str(addresses[0])
 
 
