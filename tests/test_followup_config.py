@@ -8,14 +8,16 @@ import pytest
 from pydantic import ValidationError
 
 from complaints_shared.clock import ManualClock
-from complaints_shared.events import ComplaintWithdrawn, EventType
+from complaints_shared.envelope import CloudEvent
+from complaints_shared.events import BranchUpdated, ComplaintWithdrawn, EventType, Topic
 from followup.settings import FollowupSettings
 from tests.support.clock import at, utc
 from tests.support.events import resolved
 from tests.support.followup import FAST_SCHEDULER, checks_of, make_due, wait_status
 from tests.support.http import agent, token
-from tests.support.kafka import publish
-from tests.support.system import SystemFactory
+from tests.support.kafka import group_dead_letters, publish, republish
+from tests.support.system import System, SystemFactory
+from tests.support.waits import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -121,6 +123,163 @@ async def test_policy_and_contact_hours_are_validated_audited_and_applied(
     assert await due_times(network_hosp) == [utc(2026, 11, 25, 2)]
     (snapshot,) = await checks_of(system, critical.complaint_id, admin)
     assert snapshot["max_attempts"] == 2
+
+
+NEW_YORK_BRANCH = {
+    "code": "NY",
+    "name": "纽约办事处",
+    "time_zone": "America/New_York",
+    "hours": {
+        day: [{"start": "09:00", "end": "18:00"}] for day in ("mon", "tue", "wed", "thu", "fri")
+    },
+    "holidays": {"country": "US"},
+}
+
+
+async def _contact_hours(system: System, branch: str, headers: dict) -> dict:
+    response = await system.followup.get(f"/v1/followups/contact-hours/{branch}", headers=headers)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+async def test_default_contact_hours_count_in_the_time_zone_routing_announces_for_the_branch(
+    system_factory: SystemFactory,
+) -> None:
+    """Until 5 December follow-up never heard of routing's branches: a New York branch without
+    contact hours of its own was called 09:00-20:00 Shanghai time, a 24-hour check of a
+    resolution at 10:00 fell due at 20:00 New York time and could be claimed all night. Now the
+    default hours' clock times count in the zone routing announces (``branch.updated``), also
+    for a check scheduled before the announcement when it comes due."""
+    clock = ManualClock(utc(2026, 11, 23, 12))  # Monday 07:00 in New York
+    system = await system_factory(clock=clock, followup=FAST_SCHEDULER)
+    admin = token(system.routing_settings)
+    caller = agent(system, "agent-ny", branches=("NY",))
+
+    # Resolved Monday 10:00 New York time, before follow-up knows the branch: the service's
+    # default zone, as before (+24 h is 23:00 in Shanghai, so 09:00 there).
+    early = resolved(branch="NY", resolved_at=utc(2026, 11, 23, 15))
+    await publish(system, (EventType.COMPLAINT_RESOLVED, early))
+    (early_check,) = await checks_of(system, early.complaint_id, caller)
+    assert at(early_check["due_at"]) == utc(2026, 11, 25, 1)  # Tuesday 20:00 in New York
+
+    created = await system.routing.post(
+        "/v1/directory/branches", json=NEW_YORK_BRANCH, headers=admin
+    )
+    assert created.status_code == 201, created.text
+
+    async def in_new_york() -> dict | None:
+        hours = await _contact_hours(system, "NY", admin)
+        return hours if hours["contact_hours"]["time_zone"] == "America/New_York" else None
+
+    hours = await eventually(in_new_york, what="follow-up's default hours of NY in New York time")
+    assert hours["version"] == 0  # still the defaults, not contact hours of the branch's own
+    assert (hours["contact_hours"]["start"], hours["contact_hours"]["end"]) == (
+        "09:00:00",
+        "20:00:00",
+    )
+
+    # Resolved Tuesday 10:00 New York time: due Wednesday 10:00 there, not 20:00.
+    later = resolved(branch="NY", resolved_at=utc(2026, 11, 24, 15))
+    await publish(system, (EventType.COMPLAINT_RESOLVED, later))
+    (later_check,) = await checks_of(system, later.complaint_id, caller)
+    assert at(later_check["due_at"]) == utc(2026, 11, 25, 15)
+
+    # The check scheduled before comes due at 20:00 New York time: it waits for 09:00 there.
+    url = f"/v1/followups/{early_check['id']}"
+    clock.set(utc(2026, 11, 25, 1, 0, 1))
+
+    async def waiting() -> dict | None:
+        body = (await system.followup.get(url, headers=caller)).json()
+        return body if body["history"][-1]["action"] == "wait_for_contact_hours" else None
+
+    waited = await eventually(waiting, what="the early check left for the New York morning")
+    assert (waited["status"], at(waited["due_at"])) == ("scheduled", utc(2026, 11, 25, 14))
+
+    clock.set(utc(2026, 11, 25, 14, 0, 1))  # Wednesday 09:00 in New York
+    await wait_status(system, early_check["id"], "due", caller)
+    claimed = await system.followup.post(f"{url}/claim", headers=caller)
+    assert claimed.status_code == 200, claimed.text
+    assert (await system.followup.delete(f"{url}/claim", headers=caller)).status_code == 200
+
+    clock.set(utc(2026, 11, 26, 1, 30))  # Wednesday 20:30 in New York, 09:30 in Shanghai
+    late = await system.followup.post(f"{url}/claim", headers=caller)
+    assert late.status_code == 409, late.text
+    assert late.json()["type"].endswith("/outside-contact-hours")
+    assert at(late.json()["next_contact_at"]) == utc(2026, 11, 26, 14)  # Thursday 09:00
+
+
+async def test_a_branchs_newest_announced_time_zone_stands_and_its_own_contact_hours_win(
+    system_factory: SystemFactory,
+) -> None:
+    """Routing's announcements are kept by version: a redelivery or an older version changes
+    nothing, a record follow-up cannot read is dead-lettered by its consumer group, a zone
+    this host does not know leaves the default zone, and contact hours a branch admin stored
+    win over any announcement."""
+    system = await system_factory(clock=ManualClock(utc(2026, 11, 20)))
+    admin = token(system.intake_settings)
+    db = system.mongo[system.followup_settings.database_name()]
+
+    def announced(branch: str, version: int, time_zone: str) -> BranchUpdated:
+        return BranchUpdated(
+            org="demo",
+            branch=branch,
+            name=f"{branch} office",
+            time_zone=time_zone,
+            version=version,
+            updated_at=utc(2026, 11, 20),
+        )
+
+    async def kept(branch: str, version: int) -> dict | None:
+        document = await db.branches.find_one({"_id": f"demo:{branch}"})
+        return document if document and document["version"] == version else None
+
+    (seattle,) = await publish(
+        system,
+        (EventType.BRANCH_UPDATED, announced("SEA", 2, "America/Los_Angeles")),
+        service="routing",
+    )
+    await republish(system, seattle, service="routing")
+    await publish(
+        system, (EventType.BRANCH_UPDATED, announced("SEA", 1, "Asia/Tokyo")), service="routing"
+    )
+    poison = CloudEvent.new(
+        event_type=EventType.BRANCH_UPDATED,
+        source="routing",
+        data=announced("SEA", 3, "America/Denver"),
+    )
+    poison.data["version"] = "latest"
+    await republish(system, poison, service="routing")
+
+    async def dead_lettered() -> list:
+        return await group_dead_letters(
+            system.followup_settings, topic=system.topic(Topic.ROUTING), event_id=poison.id
+        )
+
+    # The branch's events share a partition: once the last is dead-lettered, all are handled.
+    (letter,) = await eventually(dead_lettered, what="the unreadable branch.updated dead-lettered")
+    assert letter.header("dlq_reason") == "invalid_data"
+    assert (await kept("SEA", 2))["time_zone"] == "America/Los_Angeles"
+    shown = await _contact_hours(system, "SEA", admin)
+    assert (shown["version"], shown["contact_hours"]["time_zone"]) == (0, "America/Los_Angeles")
+
+    own = await system.followup.put(
+        "/v1/followups/contact-hours/SEA", json=LONDON_OFFICE, headers=admin
+    )
+    assert own.status_code == 200, own.text
+    await publish(
+        system, (EventType.BRANCH_UPDATED, announced("SEA", 4, "America/Denver")), service="routing"
+    )
+    await eventually(lambda: kept("SEA", 4), what="SEA's version 4 kept")
+    shown = await _contact_hours(system, "SEA", admin)
+    assert (shown["version"], shown["contact_hours"]["time_zone"]) == (1, "Europe/London")
+
+    # A zone stored in routing before it checked zones (``localtime``) counts as none known.
+    await publish(
+        system, (EventType.BRANCH_UPDATED, announced("OLD", 1, "localtime")), service="routing"
+    )
+    await eventually(lambda: kept("OLD", 1), what="OLD's version 1 kept")
+    shown = await _contact_hours(system, "OLD", admin)
+    assert (shown["version"], shown["contact_hours"]["time_zone"]) == (0, "Asia/Shanghai")
 
 
 @pytest.mark.parametrize(

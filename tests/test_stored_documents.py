@@ -11,6 +11,7 @@ from datetime import UTC, date, datetime, timedelta
 
 import pytest
 
+from complaints_shared import announced_branches
 from complaints_shared.clock import ManualClock
 from complaints_shared.events import EventType
 from intake import reference_numbers
@@ -222,8 +223,8 @@ async def test_a_branch_zone_intake_keeps_that_no_longer_loads_numbers_by_the_ut
     system = await system_factory(clock=ManualClock(datetime(2026, 11, 23, 23, 30, tzinfo=UTC)))
     admin = token(system.intake_settings)
     intake_db = system.mongo[system.intake_settings.database_name()]
-    await intake_db[reference_numbers.BRANCHES].update_one(
-        {"_id": reference_numbers.branch_key("demo", "HOSP")},
+    await intake_db[announced_branches.BRANCHES].update_one(
+        {"_id": announced_branches.branch_key("demo", "HOSP")},
         {"$set": {"org": "demo", "code": "HOSP", "time_zone": "Mars/Olympus_Mons", "version": 99}},
         upsert=True,
     )

@@ -1,10 +1,11 @@
 """When customers may be called: contact hours per branch, in the branch's time zone.
 
 Follow-up cannot read routing's directory, so it keeps its own contact-hours
-configuration per branch (service defaults from the settings, overridden per
-branch through ``PUT /v1/followups/contact-hours/{branch}``) and evaluates it
-with the shared business calendar, the same arithmetic (public holidays, 调休
-make-up days, the organisation's closed days) routing uses for SLA clocks.
+configuration per branch (service defaults from the settings, in the branch's
+time zone once routing announced it, overridden per branch through
+``PUT /v1/followups/contact-hours/{branch}``) and evaluates it with the shared
+business calendar, the same arithmetic (public holidays, 调休 make-up days, the
+organisation's closed days) routing uses for SLA clocks.
 """
 
 from __future__ import annotations
@@ -14,7 +15,12 @@ from functools import cached_property, lru_cache
 
 import holidays
 
-from complaints_shared.business_calendar import BeyondHorizon, BusinessCalendar, closure_problem
+from complaints_shared.business_calendar import (
+    BeyondHorizon,
+    BusinessCalendar,
+    closure_problem,
+    known_time_zone,
+)
 from complaints_shared.logs import get_logger
 from complaints_shared.problems import invalid
 from followup.models import CheckRule, ContactHours
@@ -55,15 +61,51 @@ class ContactCalendar(BusinessCalendar):
         return before in table and after in table
 
 
-def default_contact_hours(settings: FollowupSettings) -> ContactHours:
-    """The contact hours of every branch without its own configuration."""
+# Branches this process has said it counts in the default zone, so each is logged once.
+_defaulted_branches: set[tuple[str, str, str | None]] = set()
+
+
+def default_contact_hours(
+    settings: FollowupSettings, *, time_zone: str | None = None
+) -> ContactHours:
+    """The contact hours of every branch without its own configuration: the settings' clock
+    times and days, in ``time_zone`` (the branch's) or else ``CONTACT_TIME_ZONE``."""
     return ContactHours(
-        time_zone=settings.contact_time_zone,
+        time_zone=time_zone or settings.contact_time_zone,
         start=settings.contact_hours_start,
         end=settings.contact_hours_end,
         weekdays=settings.contact_weekdays,
         holiday_country=settings.contact_holiday_country,
     )
+
+
+def branch_default_hours(
+    settings: FollowupSettings, *, org: str, branch: str, announced_time_zone: str | None
+) -> ContactHours:
+    """The default contact hours of a branch without its own: in the time zone routing
+    announced for it (``branch.updated``), else in ``CONTACT_TIME_ZONE``, as before follow-up
+    knew branch zones (logged once per branch and process: no announcement yet, or one whose
+    zone this host does not know, such as a ``localtime`` stored before routing checked)."""
+    if announced_time_zone is not None and _usable(announced_time_zone):
+        return default_contact_hours(settings, time_zone=announced_time_zone)
+    if (org, branch, announced_time_zone) not in _defaulted_branches:
+        _defaulted_branches.add((org, branch, announced_time_zone))
+        log.info(
+            "contact_hours_in_default_time_zone",
+            org=org,
+            branch=branch,
+            time_zone=settings.contact_time_zone,
+            announced_time_zone=announced_time_zone,
+        )
+    return default_contact_hours(settings)
+
+
+def _usable(time_zone: str) -> bool:
+    try:
+        known_time_zone(time_zone)
+    except ValueError:
+        return False
+    return True
 
 
 def calendar_of(hours: ContactHours) -> ContactCalendar:

@@ -1,8 +1,8 @@
 """Kafka event handlers of follow-up, one per consumed event type.
 
-Every handler is idempotent: checks have deterministic ids, and a cancellation is
-a change through the aggregate kernel carrying the event id, so a redelivered
-event has no second effect.
+Every handler is idempotent: checks have deterministic ids, a cancellation is a
+change through the aggregate kernel carrying the event id, and a branch keeps its
+highest announced version, so a redelivered event has no second effect.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from typing import Any
 
 from complaints_shared.envelope import CloudEvent
 from complaints_shared.events import (
+    BranchUpdated,
     ClosedVia,
     ComplaintClosed,
     ComplaintReopened,
@@ -131,11 +132,15 @@ def build_handlers(runtime: Runtime) -> dict[EventType, EventHandler]:
             ),
         )
 
+    async def on_branch_updated(event: CloudEvent, data: BranchUpdated) -> None:
+        await projections.apply_branch_updated(db=runtime.db, branch=data)
+
     return {
         EventType.COMPLAINT_RESOLVED: on_complaint_resolved,
         EventType.COMPLAINT_REOPENED: on_complaint_reopened,
         EventType.COMPLAINT_WITHDRAWN: on_complaint_withdrawn,
         EventType.COMPLAINT_CLOSED: on_complaint_closed,
+        EventType.BRANCH_UPDATED: on_branch_updated,
     }
 
 

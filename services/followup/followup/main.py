@@ -32,7 +32,8 @@ def create_app(settings: FollowupSettings | None = None, *, clock: Clock | None 
             app=app,
             settings=settings,
             outbox_collections=[store.CHECKS],
-            consumed_topics=[Topic.INTAKE],
+            # Intake's resolutions and closures; routing's branch announcements (time zones).
+            consumed_topics=[Topic.INTAKE, Topic.ROUTING],
             handlers=build_handlers,
             ensure_indexes=store.ensure_indexes,
             background_jobs=[scheduler.run_scheduler],

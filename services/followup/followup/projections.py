@@ -1,9 +1,12 @@
-"""Intake's events applied to the satisfaction checks: schedule them, cancel them.
+"""Other services' events applied to follow-up's state.
 
-A resolution schedules its checks (deterministic ids, so a redelivery creates
-none twice); a reopening, a withdrawal or an administrator's closing cancels the
-open ones, each a change through the aggregate kernel carrying the consumed
-event's id, so a redelivered event has no second effect.
+Intake's: a resolution schedules its checks (deterministic ids, so a redelivery
+creates none twice); a reopening, a withdrawal or an administrator's closing
+cancels the open ones, each a change through the aggregate kernel carrying the
+consumed event's id, so a redelivered event has no second effect.
+
+Routing's: a branch's announcement (``branch.updated``) is kept, newest version
+only, for the time zone of its default contact hours.
 """
 
 from __future__ import annotations
@@ -13,8 +16,10 @@ from typing import Any
 
 from pymongo.asynchronous.database import AsyncDatabase
 
+from complaints_shared import announced_branches
 from complaints_shared.aggregate import Decision
 from complaints_shared.events import (
+    BranchUpdated,
     ComplaintResolved,
     EventType,
     FollowupCancelled,
@@ -208,3 +213,10 @@ async def cancel_open_checks(
             now=now,
         )
     return len(cancelled)
+
+
+async def apply_branch_updated(*, db: AsyncDatabase, branch: BranchUpdated) -> None:
+    """Keep the branch's time zone for its default contact hours. Checks already scheduled
+    keep their due times; the scheduler and claims hold them to the hours in the zone known
+    when they come due."""
+    await announced_branches.keep_newest(db=db, branch=branch)

@@ -14,6 +14,10 @@ when) and a unique index on the version number turns two concurrent changes into
 one success and one 409. The organisation's default policy is stored with
 ``branch: null``; a branch's override with its code, and a branch version whose
 ``policy`` is null means "follow the organisation's policy again".
+
+Routing's directory owns branches; follow-up keeps what routing announced of each
+(``branch.updated``): its time zone, the zone of the default contact hours of a
+branch without its own.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
-from complaints_shared import aggregate, preconditions
+from complaints_shared import aggregate, announced_branches, preconditions
 from complaints_shared.aggregate import Aggregate, Decide
 from complaints_shared.auth import Principal
 from complaints_shared.idempotency import CommandKey
@@ -36,7 +40,7 @@ from complaints_shared.preconditions import IfMatch
 from complaints_shared.problems import ProblemError
 from complaints_shared.stored import from_stored
 from complaints_shared.timers import FAILURE_FIELDS
-from followup.contact_hours import default_contact_hours
+from followup.contact_hours import branch_default_hours
 from followup.models import (
     OPEN_CHECK_STATUSES,
     CheckFilters,
@@ -437,13 +441,19 @@ async def policy_history(
 async def current_contact_hours(
     *, db: AsyncDatabase, settings: FollowupSettings, org: str, branch: str
 ) -> ContactHoursRead:
-    """The branch's latest stored contact hours, or the service defaults (version 0)."""
+    """The branch's latest stored contact hours, or the service defaults in the branch's time
+    zone as routing announced it (version 0).
+
+    Read at every use (scheduling, firing, claiming, the next attempt), not kept per process:
+    every replica counts in a zone as soon as the replica that consumed its announcement
+    stored it.
+    """
     stored = await _latest(db[CONTACT_HOURS], {"org": org, "branch": branch})
-    if stored is None:
-        return ContactHoursRead(
-            org=org, branch=branch, version=0, contact_hours=default_contact_hours(settings)
-        )
-    return from_stored(ContactHoursRead, stored)
+    if stored is not None:
+        return from_stored(ContactHoursRead, stored)
+    announced = await announced_branches.announced_time_zone(db=db, org=org, branch=branch)
+    hours = branch_default_hours(settings, org=org, branch=branch, announced_time_zone=announced)
+    return ContactHoursRead(org=org, branch=branch, version=0, contact_hours=hours)
 
 
 async def save_contact_hours(

@@ -17,14 +17,14 @@ from pymongo import ReturnDocument
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
+from complaints_shared import announced_branches
+from complaints_shared.announced_branches import branch_key
 from complaints_shared.business_calendar import zone_or_utc
 from complaints_shared.events import BranchUpdated
 from complaints_shared.mongo import retrying
 from intake import store
 from intake.settings import IntakeSettings
 
-# What intake knows of routing's branches (from ``branch.updated``): their time zones.
-BRANCHES = "branches"
 REFERENCE_COUNTERS = "reference_counters"
 REFERENCE_ATTEMPTS = 5
 # Reference numbers a process reserves per counter write (``next_reference``).
@@ -40,34 +40,14 @@ _block_locks: dict[tuple[str, str], asyncio.Lock] = {}
 _time_zones: dict[tuple[str, str], tuple[str, float]] = {}
 
 
-def branch_key(org: str, code: str) -> str:
-    return f"{org}:{code}"
-
-
 async def record_branch(*, db: AsyncDatabase, branch: BranchUpdated) -> None:
-    """Keep the newest version of a branch routing announced; older or repeated ones are no-ops.
-
-    The upsert only matches an older version: a newer or equal one already stored makes
-    it try an insert of the same ``_id``, which the unique ``_id`` refuses.
-    """
-    _time_zones.pop((db.name, branch_key(branch.org, branch.branch)), None)
-    with suppress(DuplicateKeyError):
-        await db[BRANCHES].update_one(
-            {"_id": branch_key(branch.org, branch.branch), "version": {"$lt": branch.version}},
-            {
-                "$set": {
-                    "org": branch.org,
-                    "code": branch.branch,
-                    "time_zone": branch.time_zone,
-                    "active": branch.active,
-                    "version": branch.version,
-                    "updated_at": branch.updated_at,
-                }
-            },
-            upsert=True,
-        )
+    """Keep the newest version of a branch routing announced (``announced_branches``), and
+    forget the zone this process kept of it."""
+    slot = (db.name, branch_key(branch.org, branch.branch))
+    _time_zones.pop(slot, None)
+    await announced_branches.keep_newest(db=db, branch=branch)
     # Again after the write: a read racing it may have kept the old zone meanwhile.
-    _time_zones.pop((db.name, branch_key(branch.org, branch.branch)), None)
+    _time_zones.pop(slot, None)
 
 
 async def reference_time_zone(
@@ -83,10 +63,8 @@ async def reference_time_zone(
     kept = _time_zones.get(slot)
     if kept is not None and kept[1] > time.monotonic():
         return kept[0]
-    known = await db[BRANCHES].find_one(
-        {"_id": branch_key(org, branch)}, projection={"time_zone": 1}
-    )
-    time_zone = known["time_zone"] if known else settings.reference_time_zone
+    announced = await announced_branches.announced_time_zone(db=db, org=org, branch=branch)
+    time_zone = announced or settings.reference_time_zone
     _time_zones[slot] = (time_zone, time.monotonic() + TIME_ZONE_KEPT_S)
     return time_zone
 
