@@ -135,6 +135,39 @@ async def test_complaint_from_intake_is_assigned_with_rule_version_and_business_
     assert record["responsible_department"] == "LZ:SALES"
 
 
+@pytest.mark.parametrize("finish", ["resolve", "reject", "withdraw"])
+async def test_a_complaint_finished_while_waiting_for_the_customer_waits_no_more(
+    system: System, finish: str
+) -> None:
+    """The finish stopped the clocks but left ``paused: true`` on the assignment, which
+    then told of a finished complaint still waiting for its customer until a reopen."""
+    admin = token(system.intake_settings)
+    created = await system.intake.post("/v1/complaints", json=BROADBAND_COMPLAINT, headers=admin)
+    assert created.status_code == 201, created.text
+    complaint_id = created.json()["id"]
+    await outbox_drained(system, complaint_id)
+
+    async def command(name: str, body: dict) -> None:
+        path = f"/v1/complaints/{complaint_id}/{name}"
+        response = await system.intake.post(path, json=body, headers=admin)
+        assert response.status_code == 200, response.text
+
+    await command("pending-customer", {"reason": "等客户提供缴费凭证"})
+    await assignment_when(system, complaint_id, lambda d: d["paused"])
+    bodies = {
+        "resolve": {"summary": "已退还多收费用"},
+        "reject": {"reason_code": "out_of_scope", "explanation": "非本公司业务"},
+        "withdraw": {"reason": "客户撤回"},
+    }
+    await command(finish, bodies[finish])
+    stored = await assignment_when(system, complaint_id, lambda d: d.get("finished_at") is not None)
+    assert (stored["paused"], stored["paused_at"]) == (False, None)
+    read = await system.routing.get(f"/v1/assignments/{complaint_id}", headers=admin)
+    assert read.status_code == 200, read.text
+    assert read.json()["paused"] is False
+    assert {clock["state"] for clock in read.json()["clocks"].values()} == {"stopped"}
+
+
 async def test_duplicate_received_event_assigns_once(system: System) -> None:
     complaint = received()
     async with intake_producer(system) as publish:

@@ -198,6 +198,10 @@ def _pause_customer_clocks(
     return {"paused": True, "paused_at": at}
 
 
+# An assignment not waiting for the customer (a resume, a reopen or a finish ended the wait).
+NOT_PAUSED: dict[str, Any] = {"paused": False, "paused_at": None}
+
+
 def _resume_customer_clocks(
     current: dict[str, Any], clocks: Clocks, *, at: datetime, calendar: BusinessCalendar | None
 ) -> dict[str, Any] | None:
@@ -208,7 +212,7 @@ def _resume_customer_clocks(
     for name in CUSTOMER_CLOCKS:
         if name in clocks:
             clocks[name] = sla_clocks.resume_clock(clocks[name], calendar=calendar, at=at)
-    return {"paused": False, "paused_at": None, RAN_AGAIN_AT: _latest(current, at)}
+    return {**NOT_PAUSED, RAN_AGAIN_AT: _latest(current, at)}
 
 
 # When the customer's clocks last ran again after standing still: a resume, or a reopen
@@ -377,7 +381,9 @@ async def finish(
         withdrawal, events, entries = _withdrawn_breaches(
             current, before, clocks, command=command, at=at, now=now, actor=_actor(event)
         )
-        set_fields: dict[str, Any] = lifecycle.clock_fields(clocks)
+        # No longer waiting for the customer: the wait ended with the complaint (the
+        # assignment said ``paused: true`` until a reopen).
+        set_fields: dict[str, Any] = {**lifecycle.clock_fields(clocks), **NOT_PAUSED}
         if current["status"] in lifecycle.UNFINISHED:
             set_fields["finished_at"] = at
         if resolved is not None:
@@ -629,7 +635,7 @@ def clocks_after_remembered(
     ``before`` sees each entry before it is applied (to fire the timers due by then),
     ``after`` each entry once applied, with the clocks as they were before it.
     """
-    state: dict[str, Any] = {"paused": False, "paused_at": None}
+    state: dict[str, Any] = dict(NOT_PAUSED)
     for entry in remembered:
         if before is not None:
             before(entry)
@@ -637,9 +643,10 @@ def clocks_after_remembered(
         command, at = Command(entry["command"]), entry["at"]
         if command is Command.REOPEN:
             clocks[SlaClock.RESOLVE.value] = restart_resolve(at)
-            state.update(paused=False, paused_at=None)
+            state.update(NOT_PAUSED)
         elif command in FINISHING:
             stop_customer_clocks(clocks, at=at, calendar=calendar)
+            state.update(NOT_PAUSED)
         elif command in CLOCK_EVENTS:
             changed = CLOCK_EVENTS[command].change(state, clocks, at=at, calendar=calendar)
             state.update(changed or {})
