@@ -31,10 +31,12 @@ LEGAL: list[tuple[Status, Command, Status]] = [
     (P, Command.ACKNOWLEDGE, P),
     (RO, Command.ACKNOWLEDGE, RO),
     *[(state, Command.NOTE, state) for state in Status],
+    (R, Command.WAIT_FOR_CUSTOMER, P),
     (OP, Command.WAIT_FOR_CUSTOMER, P),
     (RO, Command.WAIT_FOR_CUSTOMER, P),
     (P, Command.RESUME, OP),
     (P, Command.RESUME_REOPENED, RO),
+    (P, Command.RESUME_RECEIVED, R),
     (R, Command.RESOLVE, RS),
     (OP, Command.RESOLVE, RS),
     (P, Command.RESOLVE, RS),
@@ -79,7 +81,7 @@ ILLEGAL = [
     (RS, Command.ACKNOWLEDGE),
     (C, Command.ACKNOWLEDGE),
     (OP, Command.RESUME),
-    (R, Command.WAIT_FOR_CUSTOMER),
+    (OP, Command.RESUME_RECEIVED),
     (P, Command.WAIT_FOR_CUSTOMER),
     (OP, Command.CLOSE),
     (RO, Command.REOPEN),
@@ -120,14 +122,23 @@ def test_an_open_complaint_is_not_closed_but_rejected_or_withdrawn() -> None:
 
 
 @pytest.mark.parametrize(
-    ("reopen_count", "resumed_to"), [(0, OP), (1, RO), (3, RO)], ids=["first", "reopened", "3x"]
+    ("taken_up", "reopen_count", "resumed_to"),
+    [
+        ({"assignment": {"department": "LZ:BILLING"}}, 0, OP),
+        ({"acknowledged_at": "2026-12-05T01:00:00Z"}, 0, OP),
+        ({}, 0, R),
+        ({"assignment": {"department": "LZ:BILLING"}}, 1, RO),
+        ({"assignment": {"department": "LZ:BILLING"}}, 3, RO),
+    ],
+    ids=["routed", "acknowledged", "neither", "reopened", "3x"],
 )
 def test_resuming_returns_to_the_status_the_wait_began_in(
-    reopen_count: int, resumed_to: Status
+    taken_up: dict, reopen_count: int, resumed_to: Status
 ) -> None:
-    """Waiting starts from open or reopened, and a reopened complaint never becomes open
-    again, so a complaint reopened before was waiting from reopened."""
-    waiting = {"status": P.value, "reopen_count": reopen_count}
+    """Waiting starts from received, open or reopened, and a reopened complaint never becomes
+    open again, so a complaint reopened before was waiting from reopened; one neither routed
+    nor acknowledged (补正 before it was taken up) from received."""
+    waiting = {"status": P.value, "reopen_count": reopen_count, **taken_up}
     asked = table_command(waiting, Command.RESUME)
     assert transition(current=P, command=asked) is resumed_to
     into_open = {before for (before, _), after in TRANSITIONS.items() if after is OP}
@@ -144,7 +155,11 @@ def test_table_command_leaves_other_commands_and_statuses_alone() -> None:
 
 
 def test_every_http_command_has_one_timeline_word_in_the_past_tense() -> None:
-    assert set(COMMAND_ACTIONS) == set(Command) - {Command.ASSIGN, Command.RESUME_REOPENED}
+    assert set(COMMAND_ACTIONS) == set(Command) - {
+        Command.ASSIGN,
+        Command.RESUME_REOPENED,
+        Command.RESUME_RECEIVED,
+    }
     for action in Action:
         assert action.value == action.value.lower() and " " not in action.value
         assert "." not in action.value and "-" not in action.value

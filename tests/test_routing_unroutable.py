@@ -25,7 +25,7 @@ from routing.rules.models import RuleCreate
 from tests.support.faults import FailsFirst
 from tests.support.http import create_complaint, token
 from tests.support.kafka import events_of, read_topic
-from tests.support.routing import MONDAY_10_SHANGHAI, routing_db
+from tests.support.routing import MONDAY_10_SHANGHAI, assignment_when, routing_db
 from tests.support.system import System, SystemFactory
 from tests.support.waits import eventually
 
@@ -151,6 +151,48 @@ async def test_an_unroutable_complaint_is_visible_and_routed_once_a_rule_covers_
     assert [e.subject for e in events_of(announced, event_type=EventType.COMPLAINT_ASSIGNED)] == [
         complaint_id
     ]
+
+
+async def test_the_customer_is_asked_for_what_is_missing_before_the_complaint_is_taken_up(
+    system: System,
+) -> None:
+    """补正 before 受理: a received complaint (here unroutable) may wait for the customer; it
+    was a 409 until routed or acknowledged. The resume returns it to received, or to open
+    once routing took it up during the wait."""
+    admin = token(system.routing_settings, org=ORG)
+    acme = token(system.intake_settings, org=ORG)
+    untaken, routed_meanwhile = [
+        (await create_complaint(system, acme, branch="HZ", subject=f"门店服务态度差{n}"))["id"]
+        for n in range(2)
+    ]
+    for complaint_id in (untaken, routed_meanwhile):
+        await _visibly_unroutable(system, complaint_id)
+        waiting = await system.intake.post(
+            f"/v1/complaints/{complaint_id}/pending-customer",
+            json={"reason": "请客户补充当时的录音和小票"},
+            headers=acme,
+        )
+        assert waiting.status_code == 200, waiting.text
+        assert waiting.json()["status"] == "pending_customer"
+
+    async def resume(complaint_id: str) -> str:
+        path = f"/v1/complaints/{complaint_id}/resume"
+        resumed = await system.intake.post(path, json={}, headers=acme)
+        assert resumed.status_code == 200, resumed.text
+        return resumed.json()["status"]
+
+    assert await resume(untaken) == "received"
+
+    await _hangzhou_service_desk(system, admin)
+    rule = await system.routing.post("/v1/routing/rules", json=DEFAULT_RULE, headers=admin)
+    assert rule.status_code == 201, rule.text
+    during_the_wait = await _routed(system, routed_meanwhile)
+    assert during_the_wait["status"] == "pending_customer"
+    assert await resume(routed_meanwhile) == "open"
+    assert (await _routed(system, untaken))["status"] == "open"
+    # Routing laid the wait out from its memory of the unroutable complaint, and resumed.
+    await assignment_when(system, routed_meanwhile, lambda d: d["status"] == "open")
+    await assignment_when(system, routed_meanwhile, lambda d: not d["paused"])
 
 
 async def test_a_supervisor_reassigning_an_unroutable_complaint_routes_it(system: System) -> None:

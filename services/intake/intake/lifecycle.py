@@ -39,6 +39,8 @@ class Command(StrEnum):
     RESUME = "resume"
     # The table's word for resuming a complaint that was paused while reopened (``table_command``).
     RESUME_REOPENED = "resume_reopened"
+    # ... and for one paused before anyone took it up (neither routed nor acknowledged).
+    RESUME_RECEIVED = "resume_received"
     RESOLVE = "resolve"
     RECORD_REMEDY = "record_remedy"
     CLOSE = "close"
@@ -69,11 +71,13 @@ TRANSITIONS: dict[tuple[Status, Command], Status] = {
     **_stay(Command.ACKNOWLEDGE, frozenset({_O, _P, _RE})),
     # Notes never change the workflow; they may be added even to a finished complaint.
     **_stay(Command.NOTE, frozenset(Status)),
-    (_O, Command.WAIT_FOR_CUSTOMER): _P,
-    (_RE, Command.WAIT_FOR_CUSTOMER): _P,
+    # 补正: the customer is asked for what is missing, before the complaint is taken up too
+    # (refused until 5 December while it was received: unroutable, or not routed yet).
+    **{(state, Command.WAIT_FOR_CUSTOMER): _P for state in (_R, _O, _RE)},
     # Back to the status the wait began in.
     (_P, Command.RESUME): _O,
     (_P, Command.RESUME_REOPENED): _RE,
+    (_P, Command.RESUME_RECEIVED): _R,
     **{(state, Command.RESOLVE): Status.RESOLVED for state in OPEN_STATUSES},
     # A remedy given later (a goodwill payment) is a fact of the latest resolution, no reopen.
     **_stay(Command.RECORD_REMEDY, frozenset({Status.RESOLVED, Status.CLOSED})),
@@ -104,12 +108,17 @@ def table_command(document: dict[str, Any], command: Command) -> Command:
     """The table's command for ``command`` asked of ``document``.
 
     Resuming returns the complaint to the status the wait began in. Waiting is legal from
-    ``open`` and ``reopened`` only, and no transition leads a reopened complaint back to
-    ``open``: a complaint reopened before is waiting from ``reopened``.
+    ``received``, ``open`` and ``reopened``, and no transition leads a reopened complaint
+    back to ``open``: a complaint reopened before is waiting from ``reopened``; one neither
+    routed nor acknowledged (a routing or an acknowledgement during the wait takes it up,
+    as it would have before) from ``received``.
     """
-    waiting = document["status"] == Status.PENDING_CUSTOMER.value
-    if command is Command.RESUME and waiting and document.get("reopen_count", 0) > 0:
+    if command is not Command.RESUME or document["status"] != Status.PENDING_CUSTOMER.value:
+        return command
+    if document.get("reopen_count", 0) > 0:
         return Command.RESUME_REOPENED
+    if document.get("assignment") is None and document.get("acknowledged_at") is None:
+        return Command.RESUME_RECEIVED
     return command
 
 
