@@ -39,6 +39,7 @@ from complaints_shared.kafka import (
     _DeadLetter,
     ensure_topics,
 )
+from complaints_shared.metrics import OTHER_EVENT_TYPE
 from intake.settings import IntakeSettings
 from tests.support.events import NETWORK_DROPOUTS, received, resolved
 from tests.support.http import BROADBAND_COMPLAINT, token
@@ -104,6 +105,15 @@ async def test_poison_records_dead_letter_with_their_reason_and_the_partition_go
     assert "customer.phone: string_type" in invalid
     assert "13900000000" not in invalid and "yesterday" not in invalid
     assert by_reason["invalid_data"].header("ce_id") == bad_data.id
+    # A type none of the catalogue's is counted as ``other``: labelled as written, a flood of
+    # distinct types made a series each, rendered by every scrape on the event loop.
+    routing_types = {
+        sample.labels["event_type"]
+        for metric in EVENTS_CONSUMED.collect()
+        for sample in metric.samples
+        if sample.labels.get("service") == "routing"
+    }
+    assert "x" not in routing_types and OTHER_EVENT_TYPE in routing_types
 
 
 async def test_a_record_with_a_null_header_value_is_dead_lettered_and_the_partition_goes_on(

@@ -54,6 +54,7 @@ from complaints_shared.metrics import (
     EVENTS_CONSUMED,
     HANDLER_RETRIES,
     PARTITION_STALLED,
+    event_type_label,
 )
 from complaints_shared.settings import ServiceSettings
 from complaints_shared.timing import wait_event
@@ -634,7 +635,7 @@ class EventConsumer:
         time."""
         replayed_for = _header(record, REPLAY_FOR_HEADER)
         if replayed_for is not None and replayed_for != self._group_id:
-            event_type = _header(record, "ce_type") or "unknown"
+            event_type = event_type_label(_header(record, "ce_type"))
             EVENTS_CONSUMED.labels(
                 self._settings.service_name, event_type, "replay_for_another_group"
             ).inc()
@@ -642,7 +643,8 @@ class EventConsumer:
         try:
             event, data, handler = self._decode(record)
             if handler is None:
-                EVENTS_CONSUMED.labels(self._settings.service_name, event.type, "skipped").inc()
+                skipped = event_type_label(event.type)
+                EVENTS_CONSUMED.labels(self._settings.service_name, skipped, "skipped").inc()
                 return True
             with bound_context(
                 complaint_id=event.subject, event_id=event.id, event_type=event.type
@@ -713,7 +715,7 @@ class EventConsumer:
                     max_s=settings.consumer_retry_backoff_max_s,
                 )
                 HANDLER_RETRIES.labels(
-                    service, event.type, "transient" if transient else "error"
+                    service, event_type_label(event.type), "transient" if transient else "error"
                 ).inc()
                 log.warning(
                     "partition_stalled" if transient else "handler_retry",
@@ -728,7 +730,7 @@ class EventConsumer:
                 if await self._sleep_unless_stopping(delay_s):
                     return False
             else:
-                EVENTS_CONSUMED.labels(service, event.type, "handled").inc()
+                EVENTS_CONSUMED.labels(service, event_type_label(event.type), "handled").inc()
                 if stalled_since is not None:
                     PARTITION_STALLED.labels(service, record.topic, str(record.partition)).set(0)
                     log.info(
@@ -789,7 +791,7 @@ class EventConsumer:
                 if await self._sleep_unless_stopping(delay_s):
                     return False
                 delay_s = min(delay_s * 2, 10.0)
-        event_type = _header(record, "ce_type") or "unknown"
+        event_type = event_type_label(_header(record, "ce_type"))
         EVENTS_CONSUMED.labels(self._settings.service_name, event_type, "dead_lettered").inc()
         DEAD_LETTERS.labels(self._settings.service_name, record.topic, dead.reason.value).inc()
         log.error(

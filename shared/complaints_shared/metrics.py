@@ -4,6 +4,21 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
+from complaints_shared.events import EventType
+
+# The ``event_type`` label of a record whose type is none of the catalogue's.
+OTHER_EVENT_TYPE = "other"
+_KNOWN_EVENT_TYPES = frozenset(EventType)
+
+
+def event_type_label(event_type: str | None) -> str:
+    """``event_type`` as a label value: one of the catalogue's types, else ``other``. A
+    record's type is whatever its producer wrote: labelled as written, 2,000 poison records
+    of distinct types made 2,000 series per service, and every later scrape rendered them
+    all on the event loop (5.9 MB, 0.9 s, every request of the process waiting)."""
+    return event_type if event_type in _KNOWN_EVENT_TYPES else OTHER_EVENT_TYPE
+
+
 EVENTS_CONSUMED = Counter(
     "complaints_events_consumed_total",
     "Events taken from Kafka, by outcome (handled, skipped, dead_lettered).",
