@@ -76,6 +76,32 @@ async def test_a_background_loop_that_dies_fails_readiness_and_is_started_again(
     await eventually(ready_checks, timeout_s=runtime_module.LOOP_PROVEN_S + 10, what="ready again")
 
 
+async def test_two_slow_dependencies_answer_readiness_within_the_healthchecks_wait(
+    system: System, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """MongoDB and Kafka each answering in 1.6 s (within the 2 s probe timeout): probed one
+    after the other, /readyz took 3.2 s, past the 3 s compose's healthcheck waits, and a
+    service whose dependencies were both up showed unhealthy."""
+    runtime = system.intake_app.state.runtime
+    slow_s = 1.6
+
+    def slowed(probe):
+        async def slow(*args, **kwargs):
+            await asyncio.sleep(slow_s)
+            return await probe(*args, **kwargs)
+
+        return slow
+
+    monkeypatch.setattr(runtime_module, "ping", slowed(runtime_module.ping))
+    monkeypatch.setattr(runtime.producer, "is_reachable", slowed(runtime.producer.is_reachable))
+    started = asyncio.get_running_loop().time()
+    response = await system.intake.get("/readyz")
+    took_s = asyncio.get_running_loop().time() - started
+    assert response.status_code == 200, response.text
+    assert response.json()["checks"]["mongodb"] and response.json()["checks"]["kafka"]
+    assert took_s < 2 * slow_s, took_s
+
+
 async def test_topics_the_broker_refuses_leave_the_service_not_ready_and_say_why(
     infrastructure, monkeypatch: pytest.MonkeyPatch
 ) -> None:
