@@ -45,7 +45,7 @@ logs:  ## follow the services' and infrastructure's logs
 token: install  ## a demo bearer token: make -s token BRANCH=LZ ROLE=agent
 	@bash deploy/local/services.sh exec $(VENV)/bin/complaints-token --org '$(ORG)' --branches '$(BRANCH)' --roles '$(ROLE)'
 
-dlq: install  ## dead letters: make dlq ARGS="list" (inspect, replay --complaint-id ...; docs/operations.md)
+dlq: install  ## dead letters: make dlq ARGS="list" (list --summary, inspect, replay --complaint-id ..., dismiss; docs/operations.md)
 	bash deploy/local/services.sh exec $(VENV)/bin/complaints-dlq $(ARGS)
 
 test: install  ## the whole suite against real Kafka and MongoDB (started if needed)

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import GroupAuthorizationFailedError
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from aiokafka.structs import ConsumerRecord
@@ -30,6 +31,7 @@ from complaints_shared.dlq import (
 )
 from complaints_shared.envelope import CloudEvent, to_kafka_record
 from complaints_shared.events import EventType, Topic, dead_letter_topic
+from complaints_shared.failures import Rejected
 from complaints_shared.kafka import (
     EVENTS_CONSUMED,
     PRODUCER_STOP_S,
@@ -654,7 +656,7 @@ async def test_a_record_too_large_for_the_dead_letter_topic_points_at_its_origin
     assert letter.value == b""
     assert letter.omitted_bytes is not None and letter.omitted_bytes > 1_000_000
     assert letter.header("dlq_reason") == "invalid_envelope"
-    assert letter.redacted(replayed=False)["data_shape"].startswith("<omitted, ")
+    assert letter.redacted(ledger_record=None)["data_shape"].startswith("<omitted, ")
 
     result = await dlq.replay(settings=system.routing_settings, letters=[letter], operator="test")
     assert [len(sent.value or b"") for sent in result.replayed] == [len(oversized)]
@@ -757,3 +759,361 @@ async def test_another_version_of_a_handled_event_type_is_dead_lettered_not_skip
     assert dead.header("dlq_reason") == "invalid_data"
     assert EventType.COMPLAINT_RECEIVED.value in dead.header("dlq_error")
     assert await routing_db.assignments.find_one({"_id": complaint_id}) is None
+
+
+async def test_a_ledger_record_hides_only_its_own_dead_letter_once_the_dlq_topic_is_recreated(
+    infrastructure, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The ledger was keyed by the dead letter's ``<partition>:<offset>`` alone. An operator
+    deleted a DLQ topic, the services created it again, and its new dead letters started at
+    offset 0 again: one at a position the ledger held was listed as replayed (with another
+    event's replay record), hidden from ``list`` and skipped by ``replay``. A ledger record
+    now applies only to the dead letter it names."""
+    settings = settings_for_test(IntakeSettings, infra=infrastructure, run_id=uuid.uuid4().hex[:10])
+    topic = settings.topic(Topic.ROUTING.value)
+    dlq_topic = dead_letter_topic(topic)
+    await ensure_topics(settings=settings, topics=[topic])
+    first, second = (
+        CloudEvent.new(event_type=EventType.COMPLAINT_RECEIVED, source="intake", data=received())
+        for _ in range(2)
+    )
+    await _write_dead_letters(
+        settings, topic=topic, records=[_refused(first, topic=topic, settings=settings, offset=3)]
+    )
+    dlq_args = ["--topic", Topic.ROUTING.value]
+    await run_command(["replay", *dlq_args, "--operator", "ops-李"], settings=settings)
+    assert "replayed 1, already replayed 0" in capsys.readouterr().err
+    [old] = await read_dead_letters(settings=settings, dlq_topic=dlq_topic)
+
+    await _recreate_topic(settings, topic=topic, dlq_topic=dlq_topic)
+    await _write_dead_letters(
+        settings, topic=topic, records=[_refused(second, topic=topic, settings=settings, offset=9)]
+    )
+    [new] = await read_dead_letters(settings=settings, dlq_topic=dlq_topic)
+    assert new.ref == old.ref  # the position the ledger holds a replay record for
+
+    await run_command(["list", *dlq_args], settings=settings)
+    listed = _printed(capsys.readouterr().out)
+    assert [(line["event_id"], line["replayed"]) for line in listed] == [(second.id, False)]
+    assert "replayed_by" not in listed[0]
+    await run_command(["replay", *dlq_args, "--operator", "ops-李"], settings=settings)
+    replayed = capsys.readouterr()
+    assert "replayed 1, already replayed 0" in replayed.err
+    assert [line["event_id"] for line in _printed(replayed.out)] == [second.id]
+    sent = [
+        dict(record.headers)["ce_id"].decode()
+        for record in await dlq._read_whole_topic(settings=settings, topic=topic)
+        if dict(record.headers).get(dlq.REPLAY_OF_HEADER)
+    ]
+    assert sorted(sent) == sorted([first.id, second.id])  # each once
+    await run_command(["replay", *dlq_args], settings=settings)
+    assert "replayed 0, already replayed 1" in capsys.readouterr().err
+
+
+async def test_a_ledger_record_written_before_records_named_their_dead_letter_hides_only_its_own(
+    infrastructure, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Records written before the ledger named the dead letter (``dead_letter``) hold its
+    event id, original topic and replay time: a dead letter at the position is hidden only
+    when they match it, and not when it was dead-lettered after the replay."""
+    settings = settings_for_test(IntakeSettings, infra=infrastructure, run_id=uuid.uuid4().hex[:10])
+    topic = settings.topic(Topic.ROUTING.value)
+    dlq_topic = dead_letter_topic(topic)
+    await ensure_topics(settings=settings, topics=[topic])
+    replayed_event, other_event = (
+        CloudEvent.new(event_type=EventType.COMPLAINT_RECEIVED, source="intake", data=received())
+        for _ in range(2)
+    )
+    await _write_dead_letters(
+        settings,
+        topic=topic,
+        records=[
+            _refused(replayed_event, topic=topic, settings=settings, offset=1),
+            _refused(other_event, topic=topic, settings=settings, offset=2),
+            _not_ours(topic=topic, settings=settings, offset=3, ce_type="com.other.thing"),
+        ],
+    )
+    an_hour_ago = (datetime.now(UTC) - timedelta(hours=1)).isoformat()
+    now = datetime.now(UTC).isoformat()
+    legacy = [  # as the tool wrote them: by position, naming the event and its topic
+        ("0:0", {"event_id": replayed_event.id, "original_topic": topic, "replayed_at": now}),
+        ("0:1", {"event_id": str(uuid.uuid4()), "original_topic": topic, "replayed_at": now}),
+        ("0:2", {"event_id": None, "original_topic": topic, "replayed_at": an_hour_ago}),
+    ]
+    ledger_topic = dlq_topic + dlq.REPLAYED_SUFFIX
+    await dlq._ensure_topics(settings=settings, topics=[ledger_topic])
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers)
+    await producer.start()
+    try:
+        for ref, record in legacy:
+            await producer.send_and_wait(
+                ledger_topic, json.dumps(record).encode(), key=ref.encode()
+            )
+    finally:
+        await producer.stop()
+
+    await run_command(
+        ["list", "--include-replayed", "--topic", Topic.ROUTING.value], settings=settings
+    )
+    listed = {line["dlq"].rsplit("@", 1)[1]: line for line in _printed(capsys.readouterr().out)}
+    assert {ref: line["replayed"] for ref, line in listed.items()} == {
+        "0:0": True,
+        "0:1": False,
+        "0:2": False,
+    }
+    assert listed["0:0"]["replayed_at"] == now
+
+
+async def test_a_bare_replay_leaves_records_not_ours_and_a_dismissal_settles_them(
+    infrastructure, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Dead letters ``invalid_envelope`` (not a CloudEvent of ours) could not be got rid
+    of: listed forever, and sent back by every bare ``replay``, dead-lettered again at a new
+    offset and sent again by the next. A replay now leaves them unless ``--reason`` names
+    them, and ``dismiss`` records them as settled (who, why) without sending anything."""
+    settings = settings_for_test(IntakeSettings, infra=infrastructure, run_id=uuid.uuid4().hex[:10])
+    topic = settings.topic(Topic.INTAKE.value)
+    await ensure_topics(settings=settings, topics=[topic])
+    refused = CloudEvent.new(
+        event_type=EventType.COMPLAINT_RESOLVED, source="intake", data=resolved()
+    )
+    await _write_dead_letters(
+        settings,
+        topic=topic,
+        records=[
+            *(
+                _not_ours(topic=topic, settings=settings, offset=offset, ce_type=f"com.x.t{offset}")
+                for offset in range(3)
+            ),
+            _refused(refused, topic=topic, settings=settings, offset=3),
+        ],
+    )
+    dlq_args = ["--topic", Topic.INTAKE.value]
+
+    async def command(*argv: str) -> tuple[list[dict], str]:
+        """The JSON lines printed, and the last line on stderr (the tally)."""
+        capsys.readouterr()
+        assert await run_command([*argv, *dlq_args], settings=settings) == 0
+        printed = capsys.readouterr()
+        return _printed(printed.out), printed.err.splitlines()[-1]
+
+    lines, err = await command("replay")
+    assert [line["event_id"] for line in lines] == [refused.id]
+    assert "replayed 1, already replayed 0; held back 3 invalid_envelope" in err
+    lines, err = await command("replay")
+    assert (lines, err.split(";")[0]) == ([], "replayed 0, already replayed 1")
+    lines, err = await command("replay", "--reason", "invalid_envelope", "--dry-run")
+    assert len(lines) == 3 and "would replay 3, already replayed 0" in err
+
+    # A dismissal says who and why, and takes a selection narrower than topics.
+    for incomplete in (
+        ["dismiss", "--reason", "invalid_envelope", "--note", "INC-9"],
+        ["dismiss", "--operator", "ops-王", "--note", "INC-9"],
+    ):
+        with pytest.raises(SystemExit):
+            await run_command([*incomplete, *dlq_args], settings=settings)
+    dismissal = ["--reason", "invalid_envelope", "--operator", "ops-王", "--note", "INC-9: 外部"]
+    lines, err = await command("dismiss", *dismissal, "--dry-run")
+    assert len(lines) == 3 and "would dismiss 3" in err
+    lines, err = await command("list")
+    assert len(lines) == 3
+    lines, err = await command("dismiss", *dismissal)
+    assert [line["action"] for line in lines] == ["dismissed"] * 3
+    assert "dismissed 3, already replayed or dismissed 0" in err
+
+    assert (await command("list")) == ([], "0 dead letter(s)")
+    lines, _ = await command("list", "--include-dismissed")
+    assert {
+        (line["dismissed"], line["dismissed_by"], line["dismissal_note"]) for line in lines
+    } == {(True, "ops-王", "INC-9: 外部")}
+    lines, err = await command("replay", "--reason", "invalid_envelope")
+    assert (lines, err) == ([], "replayed 0, already replayed 0, dismissed 3")
+    lines, err = await command("replay")
+    assert (lines, err) == ([], "replayed 0, already replayed 1, dismissed 3")
+    lines, err = await command("dismiss", *dismissal)
+    assert "dismissed 0, already replayed or dismissed 3" in err
+    sent = [
+        record
+        for record in await dlq._read_whole_topic(settings=settings, topic=topic)
+        if dict(record.headers).get(dlq.REPLAY_OF_HEADER)
+    ]
+    assert [dict(record.headers)["ce_id"].decode() for record in sent] == [refused.id]
+
+
+async def test_a_replay_refused_again_is_held_back_until_asked_for_once_its_cause_is_fixed(
+    infrastructure, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A replayed record the consumer refuses again becomes a new dead letter, which the
+    next replay sent again, and the one after it: "running the same replay twice sends
+    nothing" did not hold. It carries ``replay_of``, and a replay sends it only with
+    ``--include-failed-replays``."""
+    settings = settings_for_test(IntakeSettings, infra=infrastructure, run_id=uuid.uuid4().hex[:10])
+    topic = settings.topic(Topic.ROUTING.value)
+    dlq_topic = dead_letter_topic(topic)
+    await ensure_topics(settings=settings, topics=[topic])
+    event = CloudEvent.new(
+        event_type=EventType.COMPLAINT_RECEIVED, source="intake", data=received()
+    )
+    cause_fixed = asyncio.Event()
+    handled: list[str] = []
+
+    async def handle(event: CloudEvent, data: Any) -> None:
+        if not cause_fixed.is_set():
+            raise Rejected(f"complaint {event.subject} is not on record here")
+        handled.append(event.id)
+
+    producer = EventProducer(settings=settings)
+    consumer = EventConsumer(
+        settings=settings,
+        topics=[topic],
+        handlers={EventType.COMPLAINT_RECEIVED: handle},
+        producer=producer,
+    )
+    running = asyncio.create_task(consumer.run())
+    dlq_args = ["--topic", Topic.ROUTING.value]
+
+    async def dead_letters(count: int) -> list[DeadLetter]:
+        letters = await read_dead_letters(settings=settings, dlq_topic=dlq_topic)
+        return letters if len(letters) == count else []
+
+    try:
+        key, value, headers = to_kafka_record(event)
+        await producer.publish_raw(topic=topic, key=key, value=value, headers=headers)
+        [first] = await eventually(lambda: dead_letters(1), timeout_s=30, what="refused")
+        await run_command(["replay", *dlq_args], settings=settings)  # before the fix
+        assert "replayed 1, already replayed 0" in capsys.readouterr().err
+        _, again = await eventually(lambda: dead_letters(2), timeout_s=30, what="refused again")
+        assert again.header(dlq.REPLAY_OF_HEADER) == f"{dlq_topic}@{first.ref}"
+
+        await run_command(["replay", *dlq_args], settings=settings)
+        held = capsys.readouterr()
+        assert _printed(held.out) == []
+        assert "replayed 0, already replayed 1; held back 1 failed replay(s)" in held.err
+
+        cause_fixed.set()
+        await run_command(["replay", *dlq_args, "--include-failed-replays"], settings=settings)
+        assert "replayed 1, already replayed 1" in capsys.readouterr().err
+        await eventually(
+            lambda: asyncio.sleep(0, handled == [event.id]), timeout_s=30, what="applied"
+        )
+        await run_command(["replay", *dlq_args, "--include-failed-replays"], settings=settings)
+        assert "replayed 0, already replayed 2" in capsys.readouterr().err
+    finally:
+        await consumer.stop()
+        await asyncio.wait_for(running, timeout=30)
+        await producer.stop()
+
+
+async def test_list_summary_counts_dead_letters_by_reason_consumer_group_and_event_type(
+    infrastructure, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A flood of dead letters, each of its own invented type, is thousands of lines to
+    ``list``; ``list --summary`` counts them, naming the most frequent values only."""
+    settings = settings_for_test(IntakeSettings, infra=infrastructure, run_id=uuid.uuid4().hex[:10])
+    topic = settings.topic(Topic.INTAKE.value)
+    await ensure_topics(settings=settings, topics=[topic])
+    refused = [
+        CloudEvent.new(event_type=EventType.COMPLAINT_RESOLVED, source="intake", data=resolved())
+        for _ in range(2)
+    ]
+    flood = dlq.SUMMARY_TOP_VALUES + 5
+    await _write_dead_letters(
+        settings,
+        topic=topic,
+        records=[
+            *(
+                _not_ours(topic=topic, settings=settings, offset=offset, ce_type=f"com.x.t{offset}")
+                for offset in range(flood)
+            ),
+            *(
+                _refused(event, topic=topic, settings=settings, offset=flood + index)
+                for index, event in enumerate(refused)
+            ),
+        ],
+    )
+
+    await run_command(["list", "--summary", "--topic", Topic.INTAKE.value], settings=settings)
+    [summary] = _printed(capsys.readouterr().out)
+    assert summary["dead_letters"] == flood + 2
+    assert summary["by_topic"] == {dead_letter_topic(topic): flood + 2}
+    assert summary["by_reason"] == {"invalid_envelope": flood, "rejected": 2}
+    assert summary["by_consumer_group"] == {settings.consumer_group(): flood + 2}
+    by_type = summary["by_event_type"]
+    assert len(by_type) == dlq.SUMMARY_TOP_VALUES + 1
+    assert by_type["complaint.resolved"] == 2
+    assert by_type[dlq.OTHERS] == flood + 2 - (2 + dlq.SUMMARY_TOP_VALUES - 1)
+    assert sum(by_type.values()) == flood + 2
+
+
+Record = tuple[bytes | None, bytes, list[tuple[str, bytes]]]
+
+
+def _dead_letter_headers(
+    *, topic: str, settings: IntakeSettings, reason: str, offset: int
+) -> list[tuple[str, bytes]]:
+    """As the consumer loop writes them, for a record at ``offset`` of partition 0."""
+    return [
+        ("dlq_reason", reason.encode()),
+        ("dlq_error", b"refused (by hand)"),
+        ("dlq_attempts", b"1"),
+        ("dlq_original_topic", topic.encode()),
+        ("dlq_original_partition", b"0"),
+        ("dlq_original_offset", str(offset).encode()),
+        ("dlq_consumer_group", settings.consumer_group().encode()),
+        ("dlq_service", settings.service_name.encode()),
+        ("dlq_failed_at", datetime.now(UTC).isoformat().encode()),
+    ]
+
+
+def _refused(event: CloudEvent, *, topic: str, settings: IntakeSettings, offset: int) -> Record:
+    key, value, headers = to_kafka_record(event)
+    dead = _dead_letter_headers(topic=topic, settings=settings, reason="rejected", offset=offset)
+    return key, value, [*headers, *dead]
+
+
+def _not_ours(*, topic: str, settings: IntakeSettings, offset: int, ce_type: str) -> Record:
+    """A foreign producer's record: a type but no ``ce_id``."""
+    dead = _dead_letter_headers(
+        topic=topic, settings=settings, reason="invalid_envelope", offset=offset
+    )
+    return str(uuid.uuid4()).encode(), b"{}", [("ce_type", ce_type.encode()), *dead]
+
+
+async def _write_dead_letters(
+    settings: IntakeSettings, *, topic: str, records: list[Record]
+) -> None:
+    """``records`` onto partition 0 of ``topic``'s DLQ topic, in this order."""
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers)
+    await producer.start()
+    try:
+        for key, value, headers in records:
+            await producer.send_and_wait(
+                dead_letter_topic(topic), value, key=key, headers=headers, partition=0
+            )
+    finally:
+        await producer.stop()
+
+
+async def _recreate_topic(settings: IntakeSettings, *, topic: str, dlq_topic: str) -> None:
+    """``dlq_topic`` deleted, then created again as a service starting up does."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
+    await admin.start()
+    try:
+        await admin.delete_topics([dlq_topic])
+        await eventually(
+            lambda: _lacks(admin, dlq_topic), timeout_s=30, what=f"{dlq_topic} deleted"
+        )
+
+        async def created_empty() -> bool:
+            await ensure_topics(settings=settings, topics=[topic])
+            return dlq_topic in await admin.list_topics() and not await read_dead_letters(
+                settings=settings, dlq_topic=dlq_topic
+            )
+
+        await eventually(created_empty, timeout_s=30, what=f"{dlq_topic} created again")
+    finally:
+        await admin.close()
+
+
+async def _lacks(admin: AIOKafkaAdminClient, topic: str) -> bool:
+    return topic not in await admin.list_topics()

@@ -1,14 +1,19 @@
-"""The operator's dead-letter tool: list, inspect (redacted) and replay dead letters.
+"""The operator's dead-letter tool: list, inspect (redacted), replay and dismiss dead letters.
 
-``complaints-dlq list|inspect|replay`` reads ``<topic>.dlq`` from the beginning (no
-consumer group, nothing is committed), selects by topic, reason, event type, complaint
+``complaints-dlq list|inspect|replay|dismiss`` reads ``<topic>.dlq`` from the beginning
+(no consumer group, nothing is committed), selects by topic, reason, event type, complaint
 id and dead-letter time, and replays to the original topic with the original key and
 headers (so the original ``ce_id``: consumers recognise an event they already applied),
 a complaint's ``complaint.received`` before its other events (``in_replay_order``).
-Every replay is recorded in ``<topic>.dlq.replayed`` (key ``<partition>:<offset>`` of
-the dead letter; when, by whom and why), and a dead letter recorded there is not sent
-again: running the same replay twice re-sends nothing. A crash between the send and the
-record re-sends that one dead letter on the next run, which the idempotent consumers absorb.
+Every replay and every dismissal is recorded in the ledger ``<topic>.dlq.replayed`` (key
+``<partition>:<offset>`` of the dead letter, value its identity: when, by whom and why),
+and a dead letter recorded there is neither listed nor sent again: running the same replay
+twice re-sends nothing. A record applies only to the dead letter it names
+(``DeadLetter.identity``): a DLQ topic deleted and created again starts at offset 0 again.
+A crash between the send and the record re-sends that one dead letter on the next run,
+which the idempotent consumers absorb. A replay leaves two kinds of dead letter unless
+asked for them: reasons replaying cannot cure (``UNREPLAYABLE_REASONS``) and replays that
+failed again (``replay_of``), so that running it again sends nothing.
 
 Settings come from the environment like a service's: ``KAFKA_BOOTSTRAP_SERVERS``,
 ``TOPIC_PREFIX``. See docs/operations.md.
@@ -21,6 +26,7 @@ import asyncio
 import getpass
 import json
 import sys
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from contextlib import suppress
 from dataclasses import dataclass, field, replace
@@ -35,14 +41,30 @@ from complaints_shared.events import EVENT_TYPE_PREFIX, EventType, Topic, dead_l
 from complaints_shared.kafka import (
     PRODUCER_STOP_S,
     REPLAY_FOR_HEADER,
+    DeadLetterReason,
     create_missing_topics,
     dead_letter_ledger_topic,
 )
 from complaints_shared.settings import ServiceSettings
 
+# The ledger of a DLQ topic's replays and dismissals (named before dismissals existed).
 REPLAYED_SUFFIX = ".replayed"
-# What a listed dead letter shows of its replay's record.
-REPLAY_RECORD_FIELDS = ("replayed_at", "replayed_by", "replay_note")
+# A ledger record's ``action``; records written before dismissals existed have none: replays.
+REPLAYED = "replayed"
+DISMISSED = "dismissed"
+# What a ledger record says beside the dead letter's identity, by action: when, by whom, why.
+LEDGER_RECORD_FIELDS = {
+    REPLAYED: ("replayed_at", "replayed_by", "replay_note"),
+    DISMISSED: ("dismissed_at", "dismissed_by", "dismissal_note"),
+}
+# Reasons a replay cannot cure (not a CloudEvent of ours: it is refused again, at a new
+# offset). A replay sends such dead letters only when its ``--reason`` names them.
+UNREPLAYABLE_REASONS = frozenset({DeadLetterReason.INVALID_ENVELOPE.value})
+# Why a replay holds back a replayed record refused again (``--include-failed-replays``).
+FAILED_REPLAY = "failed replay"
+# How many values per dimension ``list --summary`` names; the rest are summed as OTHERS.
+SUMMARY_TOP_VALUES = 20
+OTHERS = "(others)"
 # Names the dead letter a record was replayed from; not a dlq_* header, so it survives
 # a second dead-lettering and ties the new dead letter to the old one.
 REPLAY_OF_HEADER = "replay_of"
@@ -74,6 +96,25 @@ class DeadLetter:
     def ref(self) -> str:
         """``<partition>:<offset>`` within its DLQ topic: how replays are recorded."""
         return f"{self.partition}:{self.offset}"
+
+    @property
+    def identity(self) -> dict[str, str | None]:
+        """What tells this dead letter from another at its position, should the DLQ topic
+        be deleted and created again (offsets start at 0 again): which consumer group failed
+        on which record, and when. Each ledger record names the dead letter it is about so."""
+        return {
+            "consumer_group": self.header("dlq_consumer_group"),
+            "original_topic": self.original_topic,
+            "original_partition": self.header("dlq_original_partition"),
+            "original_offset": self.header("dlq_original_offset"),
+            "event_id": self.header("ce_id"),
+            "failed_at": self.failed_at.isoformat(),
+        }
+
+    @property
+    def is_failed_replay(self) -> bool:
+        """A replayed record refused again: it carries the dead letter it was replayed from."""
+        return self.header(REPLAY_OF_HEADER) is not None
 
     @property
     def original_topic(self) -> str:
@@ -109,10 +150,11 @@ class DeadLetter:
             return datetime.fromisoformat(stamped)
         return datetime.fromtimestamp(self.timestamp_ms / 1000, UTC)
 
-    def summary(self, *, replayed: bool | dict[str, Any]) -> dict[str, Any]:
-        """One line about this dead letter; ``replayed`` its replay's record, if any (when,
-        by whom, why), or whether it was replayed."""
-        record = replayed if isinstance(replayed, dict) else {}
+    def summary(self, *, ledger_record: dict[str, Any] | None) -> dict[str, Any]:
+        """One line about this dead letter; ``ledger_record`` its replay's or dismissal's
+        record, if any (when, by whom, why)."""
+        action = ledger_action(ledger_record) if ledger_record is not None else None
+        record = ledger_record or {}
         return {
             "dlq": f"{self.dlq_topic}@{self.ref}",
             "failed_at": self.failed_at.isoformat(),
@@ -124,14 +166,19 @@ class DeadLetter:
             "service": self.header("dlq_service") or self.header("dlq_consumer_group"),
             # A record that failed again after a replay: the dead letter it was replayed from.
             "replay_of": self.header(REPLAY_OF_HEADER),
-            "replayed": isinstance(replayed, dict) or replayed,
-            **{name: record.get(name) for name in REPLAY_RECORD_FIELDS if record},
+            "replayed": action == REPLAYED,
+            "dismissed": action == DISMISSED,
+            **{
+                name: record[name]
+                for name in LEDGER_RECORD_FIELDS.get(action or "", ())
+                if name in record
+            },
         }
 
-    def redacted(self, *, replayed: bool | dict[str, Any]) -> dict[str, Any]:
+    def redacted(self, *, ledger_record: dict[str, Any] | None) -> dict[str, Any]:
         """Everything an operator needs to judge the failure; data as field shapes only."""
         return {
-            **self.summary(replayed=replayed),
+            **self.summary(ledger_record=ledger_record),
             "error": self.header("dlq_error"),
             "original": {
                 "topic": self.original_topic,
@@ -175,6 +222,27 @@ class Selection:
             return False
         return self.until is None or letter.failed_at < self.until
 
+    @property
+    def narrowed(self) -> bool:
+        """Whether it names more than topics: a dismissal must not take everything."""
+        return bool(
+            self.reasons or self.event_types or self.complaint_ids or self.since or self.until
+        )
+
+
+@dataclass(frozen=True)
+class Ledger:
+    """A DLQ topic's ledger (``<dlq>.replayed``): every record of a replay or dismissal, by
+    the position of its dead letter. A position may hold records about several dead letters
+    (the DLQ topic deleted and created again), so each is checked against the dead letter."""
+
+    records_by_ref: dict[str, list[dict[str, Any]]]
+
+    def record_for(self, letter: DeadLetter) -> dict[str, Any] | None:
+        """The first record about ``letter`` itself (a crash may have written two), if any."""
+        records = self.records_by_ref.get(letter.ref, ())
+        return next((record for record in records if _is_about(record, letter)), None)
+
 
 @dataclass(frozen=True)
 class ReplayResult:
@@ -182,6 +250,15 @@ class ReplayResult:
     already_replayed: list[DeadLetter]
     # Pointers whose original Kafka no longer retains: nothing left to send.
     originals_gone: list[DeadLetter] = field(default_factory=list)
+    # Dismissed by an operator: never sent.
+    dismissed: list[DeadLetter] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class DismissResult:
+    dismissed: list[DeadLetter]
+    # Replayed or dismissed before: left as they are.
+    already_settled: list[DeadLetter]
 
 
 class ReplayBrokenOff(Exception):
@@ -223,24 +300,67 @@ async def read_dead_letters(*, settings: ServiceSettings, dlq_topic: str) -> lis
     ]
 
 
-async def replay_records(*, settings: ServiceSettings, dlq_topic: str) -> dict[str, dict]:
-    """The replays of ``dlq_topic``'s dead letters (by ``<partition>:<offset>``): when, by
-    whom and why (the first, should a crash have sent one twice)."""
+async def read_ledger(*, settings: ServiceSettings, dlq_topic: str) -> Ledger:
+    """``dlq_topic``'s ledger, oldest record first per position."""
     records = await _read_whole_topic(settings=settings, topic=dlq_topic + REPLAYED_SUFFIX)
-    replays: dict[str, dict] = {}
+    records_by_ref: dict[str, list[dict[str, Any]]] = {}
     for record in records:
         if record.key:
             try:
                 value = orjson.loads(record.value or b"{}")
             except orjson.JSONDecodeError:
                 value = {}
-            replays.setdefault(record.key.decode(), value if isinstance(value, dict) else {})
-    return replays
+            records_by_ref.setdefault(record.key.decode(), []).append(
+                value if isinstance(value, dict) else {}
+            )
+    return Ledger(records_by_ref=records_by_ref)
 
 
 async def replayed_refs(*, settings: ServiceSettings, dlq_topic: str) -> set[str]:
-    """The dead letters of ``dlq_topic`` already replayed (``<partition>:<offset>``)."""
-    return set(await replay_records(settings=settings, dlq_topic=dlq_topic))
+    """The positions (``<partition>:<offset>``) of ``dlq_topic`` whose ledger records a
+    replay; whether about the dead letter there now, ``Ledger.record_for`` says."""
+    ledger = await read_ledger(settings=settings, dlq_topic=dlq_topic)
+    return {
+        ref
+        for ref, records in ledger.records_by_ref.items()
+        if any(ledger_action(record) == REPLAYED for record in records)
+    }
+
+
+def ledger_action(record: dict[str, Any]) -> str:
+    """``replayed`` or ``dismissed``; a record written before dismissals existed is a replay."""
+    return record.get("action", REPLAYED)
+
+
+def _is_about(record: dict[str, Any], letter: DeadLetter) -> bool:
+    """Whether a ledger record was written about ``letter``, not about an earlier dead letter
+    at its position (the DLQ topic deleted and created again)."""
+    identity = record.get("dead_letter")
+    if identity is not None:
+        return identity == letter.identity
+    # Written before records named their dead letter: the event id and original topic it
+    # does name must match, and a replay cannot be about a dead letter written after it.
+    if (record.get("event_id"), record.get("original_topic")) != (
+        letter.header("ce_id"),
+        letter.original_topic,
+    ):
+        return False
+    try:
+        replayed_at = datetime.fromisoformat(record["replayed_at"])
+    except (KeyError, TypeError, ValueError):
+        return True
+    return replayed_at.tzinfo is None or replayed_at >= letter.failed_at
+
+
+async def _with_ledger_records(
+    *, settings: ServiceSettings, letters: Sequence[DeadLetter]
+) -> list[tuple[DeadLetter, dict[str, Any] | None]]:
+    """Each of ``letters`` with its ledger record (None: neither replayed nor dismissed)."""
+    ledgers = {
+        dlq_topic: await read_ledger(settings=settings, dlq_topic=dlq_topic)
+        for dlq_topic in dict.fromkeys(letter.dlq_topic for letter in letters)
+    }
+    return [(letter, ledgers[letter.dlq_topic].record_for(letter)) for letter in letters]
 
 
 async def replay(
@@ -251,21 +371,22 @@ async def replay(
     note: str | None = None,
     dry_run: bool = False,
 ) -> ReplayResult:
-    """Send each dead letter not yet replayed to its original topic (``in_replay_order``),
-    then record it: when, by ``operator``, why (``note``)."""
-    by_topic: dict[str, list[DeadLetter]] = {}
-    for letter in letters:
-        by_topic.setdefault(letter.dlq_topic, []).append(letter)
+    """Send each dead letter neither replayed nor dismissed yet to its original topic
+    (``in_replay_order``), then record it: when, by ``operator``, why (``note``)."""
     replayed: list[DeadLetter] = []
     already: list[DeadLetter] = []
+    dismissed: list[DeadLetter] = []
     pending: list[DeadLetter] = []
-    for dlq_topic, topic_letters in by_topic.items():
-        done = await replayed_refs(settings=settings, dlq_topic=dlq_topic)
-        for letter in topic_letters:
-            (already if letter.ref in done else pending).append(letter)
+    for letter, record in await _with_ledger_records(settings=settings, letters=letters):
+        if record is None:
+            pending.append(letter)
+        else:
+            (dismissed if ledger_action(record) == DISMISSED else already).append(letter)
     pending = in_replay_order(pending)
     if dry_run or not pending:
-        return ReplayResult(replayed=pending if dry_run else [], already_replayed=already)
+        return ReplayResult(
+            replayed=pending if dry_run else [], already_replayed=already, dismissed=dismissed
+        )
     await _ensure_topics(
         settings=settings, topics={letter.dlq_topic + REPLAYED_SUFFIX for letter in pending}
     )
@@ -278,7 +399,8 @@ async def replay(
     await producer.start()
     gone: list[DeadLetter] = []
     try:
-        for letter in pending:
+        for dead_letter in pending:
+            letter = dead_letter
             if letter.omitted_bytes is not None:
                 try:
                     original = await read_original(settings=settings, letter=letter)
@@ -291,7 +413,9 @@ async def replay(
                 letter = original
             try:
                 await asyncio.wait_for(
-                    _send_replay(producer, letter, operator=operator, note=note),
+                    _send_replay(
+                        producer, letter, dead_letter=dead_letter, operator=operator, note=note
+                    ),
                     REPLAY_SEND_TIMEOUT_S,
                 )
             except TimeoutError as exc:
@@ -304,7 +428,64 @@ async def replay(
         # What it still holds was not acknowledged: the next run sends that letter again.
         with suppress(TimeoutError):
             await asyncio.wait_for(producer.stop(), timeout=PRODUCER_STOP_S)
-    return ReplayResult(replayed=replayed, already_replayed=already, originals_gone=gone)
+    return ReplayResult(
+        replayed=replayed, already_replayed=already, originals_gone=gone, dismissed=dismissed
+    )
+
+
+async def dismiss(
+    *,
+    settings: ServiceSettings,
+    letters: Sequence[DeadLetter],
+    operator: str,
+    note: str,
+    dry_run: bool = False,
+) -> DismissResult:
+    """Record each dead letter neither replayed nor dismissed yet as dismissed, by
+    ``operator``, why (``note``), sending nothing: one a replay cannot help (a foreign
+    producer's record) is then no longer listed, nor ever replayed."""
+    pending: list[DeadLetter] = []
+    settled: list[DeadLetter] = []
+    for letter, record in await _with_ledger_records(settings=settings, letters=letters):
+        (pending if record is None else settled).append(letter)
+    if dry_run or not pending:
+        return DismissResult(dismissed=pending if dry_run else [], already_settled=settled)
+    await _ensure_topics(
+        settings=settings, topics={letter.dlq_topic + REPLAYED_SUFFIX for letter in pending}
+    )
+    producer = AIOKafkaProducer(
+        bootstrap_servers=settings.kafka_bootstrap_servers,
+        acks="all",
+        enable_idempotence=True,
+        client_id="complaints-dlq",
+    )
+    await producer.start()
+    try:
+        # Nothing goes to the original topics, so no order to keep: one batch, one wait.
+        await asyncio.wait_for(
+            _record_dismissals(producer, pending, operator=operator, note=note),
+            REPLAY_SEND_TIMEOUT_S,
+        )
+    finally:
+        with suppress(TimeoutError):
+            await asyncio.wait_for(producer.stop(), timeout=PRODUCER_STOP_S)
+    return DismissResult(dismissed=pending, already_settled=settled)
+
+
+async def _record_dismissals(
+    producer: AIOKafkaProducer, letters: Sequence[DeadLetter], *, operator: str, note: str
+) -> None:
+    sent = [
+        await producer.send(
+            letter.dlq_topic + REPLAYED_SUFFIX,
+            key=letter.ref.encode(),
+            value=orjson.dumps(
+                _ledger_record(letter, action=DISMISSED, operator=operator, note=note)
+            ),
+        )
+        for letter in letters
+    ]
+    await asyncio.gather(*sent)
 
 
 async def read_original(*, settings: ServiceSettings, letter: DeadLetter) -> DeadLetter | None:
@@ -351,25 +532,42 @@ async def read_original(*, settings: ServiceSettings, letter: DeadLetter) -> Dea
 
 
 async def _send_replay(
-    producer: AIOKafkaProducer, letter: DeadLetter, *, operator: str, note: str | None
+    producer: AIOKafkaProducer,
+    letter: DeadLetter,
+    *,
+    dead_letter: DeadLetter,
+    operator: str,
+    note: str | None,
 ) -> None:
-    """``letter`` to its original topic, then the record that it was replayed."""
+    """``letter`` to its original topic, then the record that ``dead_letter`` was replayed
+    (the two differ for a pointer: ``letter`` holds its original record again)."""
     await producer.send_and_wait(
         letter.original_topic, key=letter.key, value=letter.value, headers=_replay_headers(letter)
     )
     await producer.send_and_wait(
-        letter.dlq_topic + REPLAYED_SUFFIX,
-        key=letter.ref.encode(),
+        dead_letter.dlq_topic + REPLAYED_SUFFIX,
+        key=dead_letter.ref.encode(),
         value=orjson.dumps(
-            {
-                "event_id": letter.header("ce_id"),
-                "original_topic": letter.original_topic,
-                "replayed_at": datetime.now(UTC).isoformat(),
-                "replayed_by": operator,
-                "replay_note": note,
-            }
+            _ledger_record(dead_letter, action=REPLAYED, operator=operator, note=note)
         ),
     )
+
+
+def _ledger_record(
+    letter: DeadLetter, *, action: str, operator: str, note: str | None
+) -> dict[str, Any]:
+    """What the ledger keeps of a replay or dismissal: which dead letter, when, who, why."""
+    at_field, by_field, note_field = LEDGER_RECORD_FIELDS[action]
+    return {
+        "action": action,
+        "dead_letter": letter.identity,
+        # As every record had them before ``dead_letter``: readers of the topic know them.
+        "event_id": letter.header("ce_id"),
+        "original_topic": letter.original_topic,
+        at_field: datetime.now(UTC).isoformat(),
+        by_field: operator,
+        note_field: note,
+    }
 
 
 def in_replay_order(letters: Sequence[DeadLetter]) -> list[DeadLetter]:
@@ -487,58 +685,84 @@ def _login_name() -> str:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="complaints-dlq",
-        description="List, inspect and replay dead letters (docs/operations.md).",
+        description="List, inspect, replay and dismiss dead letters (docs/operations.md).",
     )
+    selection = argparse.ArgumentParser(add_help=False)
+    selection.add_argument(
+        "--topic",
+        action="append",
+        choices=[topic.value for topic in Topic],
+        help="original topic (repeatable); default: all",
+    )
+    selection.add_argument("--reason", action="append", default=[], help="dlq_reason")
+    selection.add_argument(
+        "--event-type", action="append", default=[], help="e.g. complaint.received"
+    )
+    selection.add_argument("--complaint-id", action="append", default=[])
+    selection.add_argument(
+        "--since", type=_aware, help="dead-lettered at or after (ISO 8601 with offset)"
+    )
+    selection.add_argument("--until", type=_aware, help="dead-lettered before")
     commands = parser.add_subparsers(dest="command", required=True)
     for name, help_text in (
         ("list", "one line per dead letter: where, when, why, which event"),
         ("inspect", "each selected dead letter in full, its data redacted to field shapes"),
-        ("replay", "send selected dead letters to their original topic, each at most once"),
     ):
-        command = commands.add_parser(name, help=help_text)
+        command = commands.add_parser(name, help=help_text, parents=[selection])
         command.add_argument(
-            "--topic",
-            action="append",
-            choices=[topic.value for topic in Topic],
-            help="original topic (repeatable); default: all",
+            "--include-replayed", action="store_true", help="also dead letters already replayed"
         )
-        command.add_argument("--reason", action="append", default=[], help="dlq_reason")
         command.add_argument(
-            "--event-type", action="append", default=[], help="e.g. complaint.received"
+            "--include-dismissed", action="store_true", help="also dead letters dismissed"
         )
-        command.add_argument("--complaint-id", action="append", default=[])
-        command.add_argument(
-            "--since", type=_aware, help="dead-lettered at or after (ISO 8601 with offset)"
-        )
-        command.add_argument("--until", type=_aware, help="dead-lettered before")
-        command.add_argument(
-            "--include-replayed",
-            action="store_true",
-            help="list/inspect: also dead letters already replayed",
-        )
-        if name == "replay":
+        if name == "list":
             command.add_argument(
-                "--dry-run", action="store_true", help="show what would be replayed"
+                "--summary",
+                action="store_true",
+                help="counts by topic, reason, consumer group and event type instead of lines",
             )
-            command.add_argument(
-                "--operator",
-                type=_named,
-                default=None,
-                help="who replays, recorded with each replay (default: the login name)",
-            )
-            command.add_argument(
-                "--note", type=_named, help="why, recorded with each replay (e.g. a ticket)"
-            )
+    replay_command = commands.add_parser(
+        "replay",
+        help="send selected dead letters to their original topic, each at most once",
+        parents=[selection],
+    )
+    replay_command.add_argument(
+        "--dry-run", action="store_true", help="show what would be replayed"
+    )
+    replay_command.add_argument(
+        "--operator",
+        type=_named,
+        default=None,
+        help="who replays, recorded with each replay (default: the login name)",
+    )
+    replay_command.add_argument(
+        "--note", type=_named, help="why, recorded with each replay (e.g. a ticket)"
+    )
+    replay_command.add_argument(
+        "--include-failed-replays",
+        action="store_true",
+        help="also replays refused again (replay_of), once their cause is fixed",
+    )
+    dismiss_command = commands.add_parser(
+        "dismiss",
+        help="record selected dead letters as dismissed: no longer listed, never replayed",
+        parents=[selection],
+    )
+    dismiss_command.add_argument(
+        "--dry-run", action="store_true", help="show what would be dismissed"
+    )
+    dismiss_command.add_argument(
+        "--operator", type=_named, required=True, help="who dismisses, recorded with each"
+    )
+    dismiss_command.add_argument(
+        "--note", type=_named, required=True, help="why, recorded with each (e.g. a ticket)"
+    )
     return parser
 
 
 async def run_command(argv: Sequence[str], *, settings: ServiceSettings | None = None) -> int:
-    args = _parser().parse_args(argv)
-    settings = settings or ServiceSettings()
-    topics = [
-        dead_letter_topic(settings.topic(topic))
-        for topic in (args.topic or [topic.value for topic in Topic])
-    ]
+    parser = _parser()
+    args = parser.parse_args(argv)
     selection = Selection(
         reasons=set(args.reason),
         event_types=set(args.event_type),
@@ -546,62 +770,184 @@ async def run_command(argv: Sequence[str], *, settings: ServiceSettings | None =
         since=args.since,
         until=args.until,
     )
-    letters: list[DeadLetter] = []
-    done: dict[tuple[str, str], dict] = {}
+    if args.command == "dismiss" and not selection.narrowed:
+        parser.error(
+            "dismiss takes a selection: --reason, --event-type, --complaint-id, --since or --until"
+        )
+    settings = settings or ServiceSettings()
+    topics = [
+        dead_letter_topic(settings.topic(topic))
+        for topic in (args.topic or [topic.value for topic in Topic])
+    ]
+    letters: list[tuple[DeadLetter, dict[str, Any] | None]] = []
     for topic in topics:
+        ledger = await read_ledger(settings=settings, dlq_topic=topic)
         letters.extend(
-            letter
+            (letter, ledger.record_for(letter))
             for letter in await read_dead_letters(settings=settings, dlq_topic=topic)
             if selection.matches(letter)
         )
-        replays = await replay_records(settings=settings, dlq_topic=topic)
-        done.update(((topic, ref), record) for ref, record in replays.items())
     if args.command == "replay":
-        try:
-            result = await replay(
-                settings=settings,
-                letters=letters,
-                operator=args.operator or _login_name(),
-                note=args.note,
-                dry_run=args.dry_run,
+        return await _run_replay(args, settings=settings, selection=selection, letters=letters)
+    if args.command == "dismiss":
+        return await _run_dismiss(args, settings=settings, letters=letters)
+    shown = [
+        (letter, record)
+        for letter, record in letters
+        if record is None
+        or (args.include_replayed if ledger_action(record) == REPLAYED else args.include_dismissed)
+    ]
+    if args.command == "list" and args.summary:
+        _print(summary_counts([letter for letter, _ in shown]))
+    else:
+        for letter, record in shown:
+            _print(
+                letter.redacted(ledger_record=record)
+                if args.command == "inspect"
+                else letter.summary(ledger_record=record)
             )
-        except ReplayBrokenOff as broken_off:
-            for letter in broken_off.replayed:
-                _print({"action": "replayed", **letter.summary(replayed=True)})
-            print(
-                f"replay broken off: {broken_off}; replayed {len(broken_off.replayed)}. "
-                "Run it again once the broker is back: what is recorded is not sent again.",
-                file=sys.stderr,
+    print(f"{len(shown)} dead letter(s)", file=sys.stderr)
+    return 0
+
+
+def held_back_because(
+    letter: DeadLetter, *, selection: Selection, failed_replays: bool
+) -> str | None:
+    """Why a replay leaves ``letter`` unless asked for it (None: it sends it). Replaying one
+    of ``UNREPLAYABLE_REASONS`` only dead-letters it again; so does replaying a failed
+    replay before its cause is fixed, and a run after would send it again, and again."""
+    reason = letter.header("dlq_reason") or "unknown"
+    if reason in UNREPLAYABLE_REASONS and reason not in selection.reasons:
+        return reason
+    if letter.is_failed_replay and not failed_replays:
+        return FAILED_REPLAY
+    return None
+
+
+def summary_counts(letters: Sequence[DeadLetter]) -> dict[str, Any]:
+    """How many dead letters, by DLQ topic, reason, consumer group and event type: the
+    ``SUMMARY_TOP_VALUES`` most frequent values of each, the rest summed as ``OTHERS``."""
+    return {
+        "dead_letters": len(letters),
+        "failed_replays": sum(letter.is_failed_replay for letter in letters),
+        "by_topic": _top_counts(letter.dlq_topic for letter in letters),
+        "by_reason": _top_counts(letter.header("dlq_reason") or "unknown" for letter in letters),
+        "by_consumer_group": _top_counts(
+            letter.header("dlq_consumer_group") or "unknown" for letter in letters
+        ),
+        "by_event_type": _top_counts(short_type(letter.event_type) for letter in letters),
+    }
+
+
+def _top_counts(values: Iterable[str]) -> dict[str, int]:
+    counts = Counter(values)
+    top = dict(counts.most_common(SUMMARY_TOP_VALUES))
+    others = counts.total() - sum(top.values())
+    return {**top, OTHERS: others} if others else top
+
+
+async def _run_replay(
+    args: argparse.Namespace,
+    *,
+    settings: ServiceSettings,
+    selection: Selection,
+    letters: Sequence[tuple[DeadLetter, dict[str, Any] | None]],
+) -> int:
+    held_back: Counter[str] = Counter()
+    sendable: list[DeadLetter] = []
+    for letter, record in letters:
+        because = None
+        if record is None:
+            because = held_back_because(
+                letter, selection=selection, failed_replays=args.include_failed_replays
             )
-            return 1
-        verb = "would replay" if args.dry_run else "replayed"
-        for letter in result.replayed:
-            _print({"action": verb, **letter.summary(replayed=not args.dry_run)})
-        for letter in result.originals_gone:
-            _print({"action": "original gone", **letter.summary(replayed=False)})
+        if because is None:
+            sendable.append(letter)
+        else:
+            held_back[because] += 1
+    try:
+        result = await replay(
+            settings=settings,
+            letters=sendable,
+            operator=args.operator or _login_name(),
+            note=args.note,
+            dry_run=args.dry_run,
+        )
+    except ReplayBrokenOff as broken_off:
+        for letter in broken_off.replayed:
+            _print({"action": "replayed", **letter.summary(ledger_record={"action": REPLAYED})})
         print(
-            f"{verb} {len(result.replayed)}, already replayed {len(result.already_replayed)}"
-            + (
-                f"; {len(result.originals_gone)} not replayable: too large for the dead-letter"
-                " topic, and their originals are past the topic's retention"
-                if result.originals_gone
-                else ""
-            ),
+            f"replay broken off: {broken_off}; replayed {len(broken_off.replayed)}. "
+            "Run it again once the broker is back: what is recorded is not sent again.",
             file=sys.stderr,
         )
-        return 1 if result.originals_gone else 0
-    shown = 0
-    for letter in letters:
-        replayed = done.get((letter.dlq_topic, letter.ref), False)
-        if replayed is not False and not args.include_replayed:
-            continue
-        shown += 1
-        _print(
-            letter.redacted(replayed=replayed)
-            if args.command == "inspect"
-            else letter.summary(replayed=replayed)
+        return 1
+    verb = "would replay" if args.dry_run else "replayed"
+    for letter in result.replayed:
+        record = None if args.dry_run else {"action": REPLAYED}
+        _print({"action": verb, **letter.summary(ledger_record=record)})
+    for letter in result.originals_gone:
+        _print({"action": "original gone", **letter.summary(ledger_record=None)})
+    print(
+        f"{verb} {len(result.replayed)}, already replayed {len(result.already_replayed)}"
+        + (f", dismissed {len(result.dismissed)}" if result.dismissed else "")
+        + _held_back_note(held_back)
+        + (
+            f"; {len(result.originals_gone)} not replayable: too large for the dead-letter"
+            " topic, and their originals are past the topic's retention"
+            if result.originals_gone
+            else ""
+        ),
+        file=sys.stderr,
+    )
+    return 1 if result.originals_gone else 0
+
+
+def _held_back_note(held_back: Counter[str]) -> str:
+    notes = [
+        f"{count} {because} (replaying cannot help: dismiss them, or --reason {because} to"
+        " send them all the same)"
+        for because, count in sorted(held_back.items())
+        if because != FAILED_REPLAY
+    ]
+    if held_back[FAILED_REPLAY]:
+        notes.append(
+            f"{held_back[FAILED_REPLAY]} failed replay(s) (refused again: once the cause is"
+            " fixed, --include-failed-replays)"
         )
-    print(f"{shown} dead letter(s)", file=sys.stderr)
+    return f"; held back {', '.join(notes)}" if notes else ""
+
+
+async def _run_dismiss(
+    args: argparse.Namespace,
+    *,
+    settings: ServiceSettings,
+    letters: Sequence[tuple[DeadLetter, dict[str, Any] | None]],
+) -> int:
+    try:
+        result = await dismiss(
+            settings=settings,
+            letters=[letter for letter, _ in letters],
+            operator=args.operator,
+            note=args.note,
+            dry_run=args.dry_run,
+        )
+    except (TimeoutError, KafkaError) as exc:
+        print(
+            f"dismissal broken off: {exc!r}. Run it again once the broker is back: what is"
+            " recorded is left as it is.",
+            file=sys.stderr,
+        )
+        return 1
+    verb = "would dismiss" if args.dry_run else "dismissed"
+    for letter in result.dismissed:
+        record = None if args.dry_run else {"action": DISMISSED}
+        _print({"action": verb, **letter.summary(ledger_record=record)})
+    print(
+        f"{verb} {len(result.dismissed)}, already replayed or dismissed"
+        f" {len(result.already_settled)}",
+        file=sys.stderr,
+    )
     return 0
 
 
