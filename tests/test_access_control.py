@@ -147,6 +147,10 @@ PROBES: dict[str, Callable[[World], Probe]] = {
     "POST /v1/complaints/{complaint_id}/remedies": _probe(
         "/v1/complaints/{complaint}/remedies", json={"type": "apology"}
     ),
+    "POST /v1/complaints/{complaint_id}/reclassify": _probe(
+        "/v1/complaints/{complaint}/reclassify",
+        json={"category": "medical", "reason": "回访中家属反映疑似误诊"},
+    ),
     "GET /v1/reports/summary": _probe("/v1/reports/summary", listing=True),
     # routing: assignments
     "GET /v1/assignments": _probe("/v1/assignments", listing=True),

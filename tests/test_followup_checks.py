@@ -38,6 +38,7 @@ from tests.support.kafka import (
     events_of,
     followup_events,
     handled_count,
+    outbox_sent,
     publish,
     read_topic,
     republish,
@@ -179,6 +180,75 @@ async def test_two_agents_claiming_the_same_check_one_wins_until_the_lease_expir
     assert released.status_code == 200
     assert released.json()["status"] == "due"
     assert released.json()["claimed_by"] is None
+
+
+async def test_a_call_made_under_a_claim_that_lapsed_after_contact_hours_is_still_recorded(
+    system_factory: SystemFactory,
+) -> None:
+    """Claimed at 19:50, the customer called at 19:55 without answer, the claim lapsed at
+    20:05 and the scheduler put the check back in the queue. Recording the call at 20:06 was
+    a 409 claim-required, and claiming again a 409 outside-contact-hours until morning: the
+    call never counted and the customer was called once more than the policy says. Now the
+    holder of the lapsed claim records a call made under it (``attempted_at``) while nobody
+    has claimed the check since; nobody else does, and a call counts once."""
+    clock = ManualClock(utc(2026, 11, 23, 2))  # Monday 10:00 in Shanghai
+    system = await system_factory(clock=clock, followup=FAST_SCHEDULER)
+    holder, other = agent(system, "agent-a"), agent(system, "agent-b")
+    event = resolved(resolved_at=clock.now())
+    await publish(system, (EventType.COMPLAINT_RESOLVED, event))
+    (check,) = await checks_of(system, event.complaint_id, holder)
+    url = f"/v1/followups/{check['id']}"
+    clock.set(utc(2026, 11, 24, 11, 50))  # Tuesday 19:50
+    await wait_status(system, check["id"], "due", holder)
+    assert (await system.followup.post(f"{url}/claim", headers=holder)).status_code == 200
+    called_at = utc(2026, 11, 24, 11, 55)
+    clock.set(utc(2026, 11, 24, 12, 5, 1))  # the lease ran out at 20:05
+
+    async def put_back() -> dict | None:
+        body = (await system.followup.get(url, headers=holder)).json()
+        return body if body["history"][-1]["action"] == "expire_claim" else None
+
+    await eventually(put_back, what="the lapsed claim expired")
+    clock.set(utc(2026, 11, 24, 12, 6))
+    again = await system.followup.post(f"{url}/claim", headers=holder)
+    assert again.json()["type"].endswith("/outside-contact-hours"), again.text
+
+    unreached = {"reached": False, "note": "19:55 拨打无人接听"}
+    call = {**unreached, "attempted_at": called_at.isoformat()}
+    refused = [
+        await system.followup.post(f"{url}/attempts", json=body, headers=headers)
+        for body, headers in (
+            (unreached, holder),  # now, 20:06, is after the claim
+            (call, other),  # never held the claim
+            ({**unreached, "attempted_at": "2026-11-24T11:45:00Z"}, holder),  # before the claim
+        )
+    ]
+    for answer in refused:
+        assert answer.status_code == 409, answer.text
+        assert answer.json()["type"].endswith("/claim-required"), answer.text
+    assert "lapsed" in refused[0].json()["detail"]
+    future = {**unreached, "attempted_at": "2026-11-24T12:30:00Z"}
+    ahead = await system.followup.post(f"{url}/attempts", json=future, headers=holder)
+    assert ahead.status_code == 422 and ahead.json()["errors"][0]["field"] == "attempted_at"
+
+    keyed = {**holder, "Idempotency-Key": "call-1955"}
+    recorded = await system.followup.post(f"{url}/attempts", json=call, headers=keyed)
+    assert recorded.status_code == 200, recorded.text
+    body = recorded.json()
+    assert (body["status"], body["attempt_count"]) == ("scheduled", 1)
+    (attempt,) = body["attempts"]
+    assert (attempt["attempted_by"], at(attempt["attempted_at"])) == ("agent-a", called_at)
+    spaced = next_attempt_at(attempted_at=called_at, spacing_hours=4, hours=DEFAULT_HOURS)
+    assert at(body["due_at"]) == spaced
+    replayed = await system.followup.post(f"{url}/attempts", json=call, headers=keyed)
+    assert replayed.headers["Idempotent-Replayed"] == "true"
+    assert replayed.json()["attempt_count"] == 1
+    twice = await system.followup.post(f"{url}/attempts", json=call, headers=holder)
+    assert twice.status_code == 409, twice.text
+    (announced,) = await followup_events(
+        system, event_type=EventType.FOLLOWUP_ATTEMPTED, subject=event.complaint_id, count=1
+    )
+    assert at(announced.data["attempted_at"]) == called_at
 
 
 async def test_claims_taken_and_given_back_without_end_stop_short_of_an_unwritable_check(
@@ -429,6 +499,52 @@ async def test_a_check_is_neither_fired_nor_claimed_outside_contact_hours(
     assert at(late.json()["next_contact_at"]) == utc(2026, 11, 26, 1)  # Thursday 09:00
 
 
+async def test_a_due_time_moved_into_contact_hours_is_announced_and_on_intakes_timeline(
+    system_factory: SystemFactory,
+) -> None:
+    """An administrator narrowed the branch's contact hours to 14:00-20:00 after a check was
+    scheduled for 10:00: the scheduler moved it to 14:00 and announced nothing, so intake's
+    timeline (and webhook subscribers) kept 10:00. Now ``followup.rescheduled`` says when and
+    why; intake puts it on the timeline, once however often it is delivered."""
+    clock = ManualClock(utc(2026, 11, 23, 2))  # Monday 10:00 in Shanghai
+    system = await system_factory(clock=clock, followup=FAST_SCHEDULER)
+    admin = token(system.intake_settings)
+    supervisor = token(system.followup_settings)
+    complaint_id = await resolve_through_intake(system, admin, severity="normal")
+    (check,) = await checks_of(system, complaint_id, supervisor)
+    scheduled_for, moved_to = utc(2026, 11, 24, 2), utc(2026, 11, 24, 6)  # 10:00, 14:00
+    assert at(check["due_at"]) == scheduled_for
+    afternoons = {**DEFAULT_HOURS.model_dump(mode="json"), "start": "14:00", "end": "20:00"}
+    changed = await system.followup.put(
+        "/v1/followups/contact-hours/LZ", json=afternoons, headers=supervisor
+    )
+    assert changed.status_code == 200, changed.text
+    clock.set(scheduled_for + timedelta(seconds=1))
+
+    async def rescheduled_entries() -> list[dict] | None:
+        timeline = await system.intake.get(f"/v1/complaints/{complaint_id}/timeline", headers=admin)
+        entries = timeline.json()["entries"]
+        return [entry for entry in entries if entry["action"] == "followup_rescheduled"] or None
+
+    (entry,) = await eventually(rescheduled_entries, what="the move on intake's timeline")
+    assert at(entry["details"]["due_at"]) == moved_to
+    assert at(entry["details"]["previous_due_at"]) == scheduled_for
+    (announced,) = await followup_events(
+        system, event_type=EventType.FOLLOWUP_RESCHEDULED, subject=complaint_id, count=1
+    )
+    assert announced.data["followup_id"] == check["id"]
+    assert announced.data["reason"] == "outside_contact_hours"
+    assert at(announced.data["due_at"]) == moved_to
+
+    handled = handled_count("intake", EventType.FOLLOWUP_RESCHEDULED)
+    await republish(system, announced, service="followup")
+    await eventually(
+        lambda: handled_count("intake", EventType.FOLLOWUP_RESCHEDULED) > handled,
+        what="the redelivered move handled",
+    )
+    assert len(await rescheduled_entries() or []) == 1
+
+
 async def _second_check_past_due(
     system_factory: SystemFactory,
 ) -> tuple[System, dict, str, dict, dict]:
@@ -593,8 +709,9 @@ async def test_a_check_waiting_on_and_on_for_an_earlier_one_tells_its_history_on
 ) -> None:
     """Asked again while the first check stays open, the second waits on without a history
     entry each time: one per wait (every 15 minutes with no spacing) filled its history until
-    it took no more claims (``lifecycle.MAX_HISTORY_FOR_CLAIMS``)."""
-    system, caller, _, _, second = await _second_check_past_due(system_factory)
+    it took no more claims (``lifecycle.MAX_HISTORY_FOR_CLAIMS``). It announces the wait
+    (``followup.rescheduled``) once as well, so intake's timeline is not flooded either."""
+    system, caller, complaint_id, first, second = await _second_check_past_due(system_factory)
     clock: ManualClock = system.clock
     url = f"/v1/followups/{second['id']}"
     waiting = (await system.followup.get(url, headers=caller)).json()
@@ -610,6 +727,28 @@ async def test_a_check_waiting_on_and_on_for_an_earlier_one_tells_its_history_on
     actions = [entry["action"] for entry in waiting["history"]]
     assert waiting["status"] == "scheduled"
     assert actions.count("wait_for_earlier_check") == 1, actions
+    # The timeline is told of the wait once too: every move published, the first check's
+    # answer comes after them on the complaint's partition.
+    checks = system.mongo[system.followup_settings.database_name()][followup_store.CHECKS]
+    await eventually(lambda: outbox_sent(checks), what="the moves published")
+    answered = await system.followup.post(
+        f"/v1/followups/{first['id']}/outcome", json={"satisfied": True, "score": 5}, headers=caller
+    )
+    assert answered.status_code == 200, answered.text
+    records = await read_topic(
+        bootstrap_servers=system.infra.kafka_bootstrap_servers,
+        topic=system.topic(Topic.FOLLOWUP),
+        until=lambda records: any(
+            e.subject == complaint_id
+            for e in events_of(records, event_type=EventType.FOLLOWUP_COMPLETED)
+        ),
+    )
+    moves = [
+        e.data
+        for e in events_of(records, event_type=EventType.FOLLOWUP_RESCHEDULED)
+        if e.data["followup_id"] == second["id"]
+    ]
+    assert [move["reason"] for move in moves] == ["earlier_check_open"], moves
 
 
 async def test_a_retried_call_on_a_check_superseded_since_is_answered_as_recorded(

@@ -22,6 +22,7 @@ from followup.lifecycle import (
     ClaimHeld,
     Command,
     InvalidTransition,
+    LastClaim,
     NotDueYet,
     judge,
     transition,
@@ -282,6 +283,90 @@ def test_attempts_need_the_claim() -> None:
     with pytest.raises(ClaimHeld) as raised:
         transition(state=state(CheckStatus.DUE), command=Command.RETRY_LATER, actor="a", now=NOW)
     assert raised.value.holder is None
+
+
+def test_the_holder_of_a_lapsed_claim_records_a_call_made_under_it_and_nobody_else() -> None:
+    """A check back in the queue because its claim lapsed (at 20:05, after contact hours, when
+    no new claim may be taken) still takes the call its holder made under it, while nobody
+    has claimed it since; not a call made before or after that claim, nor anyone else's."""
+    claim = LastClaim(
+        claimed_by="agent-a",
+        claimed_at=NOW - timedelta(minutes=16),
+        lapsed_at=NOW - timedelta(minutes=1),
+    )
+    lapsed = state(CheckStatus.DUE, last_claim=claim)
+    during = NOW - timedelta(minutes=10)
+    for command, after in (
+        (Command.RETRY_LATER, CheckStatus.SCHEDULED),
+        (Command.GIVE_UP, CheckStatus.COMPLETED),
+        (Command.RECORD_REACHED, CheckStatus.COMPLETED),
+    ):
+        moved = transition(
+            state=lapsed, command=command, actor="agent-a", now=NOW, attempted_at=during
+        )
+        assert moved is after, command
+    before_the_claim = claim.claimed_at - timedelta(minutes=1)
+    for actor, attempted_at in (
+        ("agent-b", during),
+        ("agent-a", NOW),
+        ("agent-a", before_the_claim),
+    ):
+        with pytest.raises(ClaimHeld):
+            transition(
+                state=lapsed,
+                command=Command.RETRY_LATER,
+                actor=actor,
+                now=NOW,
+                attempted_at=attempted_at,
+            )
+    held = state(
+        CheckStatus.IN_PROGRESS,
+        claimed_by="agent-a",
+        claim_lease_until=NOW + timedelta(minutes=5),
+        last_claim=LastClaim(claimed_by="agent-a", claimed_at=NOW - timedelta(minutes=10)),
+    )
+    with pytest.raises(ClaimHeld):  # called before claiming: not under the claim
+        transition(
+            state=held,
+            command=Command.RETRY_LATER,
+            actor="agent-a",
+            now=NOW,
+            attempted_at=NOW - timedelta(minutes=11),
+        )
+
+
+def test_a_claim_has_lapsed_while_its_expiry_is_the_last_move_of_the_check() -> None:
+    """Read from the history: a release, or a claim since, ends what the lapse allowed."""
+
+    def history(*moves: tuple[str, str]) -> list[dict]:
+        return [
+            {"action": action, "actor": actor, "at": NOW + timedelta(minutes=minute), "status": ""}
+            for minute, (action, actor) in enumerate(moves)
+        ]
+
+    claimed = [("schedule", "followup"), ("become_due", "followup"), ("claim", "agent-a")]
+    expired = CheckState.of(
+        {"status": "due", "due_at": NOW, "history": history(*claimed, ("expire_claim", "followup"))}
+    )
+    assert expired.last_claim == LastClaim(
+        claimed_by="agent-a",
+        claimed_at=NOW + timedelta(minutes=2),
+        lapsed_at=NOW + timedelta(minutes=3),
+    )
+    released = CheckState.of(
+        {"status": "due", "due_at": NOW, "history": history(*claimed, ("release", "agent-a"))}
+    )
+    assert released.last_claim is not None and released.last_claim.lapsed_at is None
+    taken_over = CheckState.of(
+        {
+            "status": "in_progress",
+            "due_at": NOW,
+            "history": history(*claimed, ("expire_claim", "followup"), ("claim", "agent-b")),
+        }
+    )
+    assert taken_over.last_claim == LastClaim(
+        claimed_by="agent-b", claimed_at=NOW + timedelta(minutes=4)
+    )
 
 
 def test_finished_checks_cannot_change_any_more() -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+
 import pytest
 
 from complaints_shared.envelope import from_kafka_record
@@ -24,10 +26,17 @@ async def test_every_command_in_a_full_lifecycle_emits_one_event_and_one_entry(
     cid = created.json()["id"]
     base = f"/v1/complaints/{cid}"
 
+    # A promise already past when made is refused, naming it (it was stored until 5 December).
+    broken = await system.intake.post(
+        f"{base}/acknowledge", json={"promised_response_at": "2020-01-01T00:00:00Z"}, headers=agent
+    )
+    assert broken.status_code == 422, broken.text
+    assert [error["field"] for error in broken.json()["errors"]] == ["promised_response_at"]
+    promised = (datetime.now(UTC) + timedelta(hours=8)).strftime("%Y-%m-%dT%H:%M:%SZ")
     acked = await command(
         system,
         f"{base}/acknowledge",
-        {"promised_response_at": "2026-11-24T10:00:00Z", "message_to_customer": "今天内回复您"},
+        {"promised_response_at": promised, "message_to_customer": "今天内回复您"},
         agent,
     )
     assert acked["status"] == "open" and acked["acknowledged_at"]

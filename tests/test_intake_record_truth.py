@@ -71,14 +71,15 @@ async def test_acknowledge_after_a_note_and_after_pending_and_resume(system: Sys
     base = f"/v1/complaints/{waited['id']}"
     await command(system, f"{base}/pending-customer", {"reason": "等缴费凭证"}, agent)
     await command(system, f"{base}/resume", {}, agent)
+    promised = (datetime.now(UTC) + timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
     acked = await command(
         system,
         f"{base}/acknowledge",
-        {"promised_response_at": "2026-12-01T10:00:00Z", "message_to_customer": "明天答复"},
+        {"promised_response_at": promised, "message_to_customer": "明天答复"},
         agent,
     )
     assert acked["acknowledged_at"] and acked["status"] == "open"
-    assert acked["acknowledgement"]["promised_response_at"] == "2026-12-01T10:00:00Z"
+    assert acked["acknowledgement"]["promised_response_at"] == promised
 
     again = await system.intake.post(f"{base}/acknowledge", json={}, headers=agent)
     assert again.status_code == 409

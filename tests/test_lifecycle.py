@@ -54,6 +54,8 @@ LEGAL: list[tuple[Status, Command, Status]] = [
     (OP, Command.WITHDRAW, W),
     (P, Command.WITHDRAW, W),
     (RO, Command.WITHDRAW, W),
+    # A supervisor's new severity, category or flags: while the complaint is worked.
+    *[(state, Command.RECLASSIFY, state) for state in (R, OP, P, RO)],
 ]
 
 
@@ -86,6 +88,8 @@ ILLEGAL = [
     (OP, Command.CLOSE),
     (RO, Command.REOPEN),
     (RS, Command.WITHDRAW),
+    (RS, Command.RECLASSIFY),
+    (C, Command.RECLASSIFY),
 ]
 
 

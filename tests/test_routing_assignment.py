@@ -168,6 +168,58 @@ async def test_a_complaint_finished_while_waiting_for_the_customer_waits_no_more
     assert {clock["state"] for clock in read.json()["clocks"].values()} == {"stopped"}
 
 
+async def test_the_agent_handling_a_complaint_escalates_it(system: System) -> None:
+    """特事特办: what is beyond the handler's authority goes up the chain at the handler's
+    word; until 5 December an agent got a 403 and had to find a supervisor first."""
+    admin = token(system.intake_settings)
+    created = await system.intake.post("/v1/complaints", json=BROADBAND_COMPLAINT, headers=admin)
+    assert created.status_code == 201, created.text
+    complaint_id = created.json()["id"]
+    await outbox_drained(system, complaint_id)
+    agent = token(system.routing_settings, branches=["LZ"], roles=("agent",), subject="lz-chen")
+    path = f"/v1/assignments/{complaint_id}/escalate"
+    escalated = await system.routing.post(
+        path, json={"reason": "客户要求赔偿超出权限"}, headers=agent
+    )
+    assert escalated.status_code == 200, escalated.text
+    [escalation] = escalated.json()["escalations"]
+    assert (escalation["escalated_by"], escalation["note"]) == ("lz-chen", "客户要求赔偿超出权限")
+    # Moving the work stays a supervisor's: an agent's reassignment is still refused.
+    moved = await system.routing.post(
+        f"/v1/assignments/{complaint_id}/reassign",
+        json={"owner_id": "lz-liu", "reason": "换人"},
+        headers=agent,
+    )
+    assert moved.status_code == 403, moved.text
+
+
+async def test_an_assignment_announced_again_after_each_wait_is_one_assignment_on_the_timeline(
+    system: System,
+) -> None:
+    """Each resume announces the due times again with ``complaint.assigned``; intake added
+    an ``assigned`` entry for each, all for the same owner, until 5 December."""
+    admin = token(system.intake_settings)
+    created = await system.intake.post("/v1/complaints", json=BROADBAND_COMPLAINT, headers=admin)
+    assert created.status_code == 201, created.text
+    complaint_id = created.json()["id"]
+    await outbox_drained(system, complaint_id)
+    path = f"/v1/complaints/{complaint_id}"
+    for _ in range(2):
+        for name, body in (("pending-customer", {"reason": "等客户提供缴费凭证"}), ("resume", {})):
+            response = await system.intake.post(f"{path}/{name}", json=body, headers=admin)
+            assert response.status_code == 200, response.text
+
+    async def actions() -> list[str] | None:
+        timeline = await system.intake.get(f"{path}/timeline", headers=admin)
+        found = [entry["action"] for entry in timeline.json()["entries"]]
+        return found if found.count("due_times_updated") == 2 else None
+
+    found = await eventually(actions, what="both announcements on the timeline")
+    assert found.count("assigned") == 1
+    record = (await system.intake.get(path, headers=admin)).json()
+    assert record["resolve_due_at"] is not None and record["assignment"]["owner_id"]
+
+
 async def test_duplicate_received_event_assigns_once(system: System) -> None:
     complaint = received()
     async with intake_producer(system) as publish:

@@ -13,7 +13,7 @@ import pytest
 
 from complaints_shared.transitions import InvalidTransition
 from followup import lifecycle as check_lifecycle
-from followup.lifecycle import CheckState
+from followup.lifecycle import CheckState, LastClaim
 from followup.models import CheckStatus
 from intake import lifecycle as complaint_lifecycle
 from intake.lifecycle import Command as I
@@ -75,6 +75,11 @@ ASSIGNMENT_LEGAL = [
     (CLOSED, A.REOPEN, OPEN),
     (RESOLVED, A.REOPEN_TO_QUEUE, QUEUED),
     (CLOSED, A.REOPEN_TO_QUEUE, QUEUED),
+    # A reclassification re-plans the work still to do.
+    *[(state, A.RECLASSIFY, state) for state in (QUEUED, OPEN, UNROUTABLE)],
+    # A branch's new calendar re-lays the clocks of work being done.
+    (QUEUED, A.APPLY_CALENDAR, QUEUED),
+    (OPEN, A.APPLY_CALENDAR, OPEN),
 ]
 
 
@@ -115,6 +120,8 @@ def test_the_assignment_table_holds_exactly_the_listed_pairs() -> None:
         (UNROUTABLE, A.ESCALATE),
         (UNROUTABLE, A.REASSIGN),
         (CLOSED, A.PAUSE),
+        (RESOLVED, A.RECLASSIFY),
+        (None, A.RECLASSIFY),
     ],
 )
 def test_illegal_assignment_transitions_are_409s_naming_state_and_command(
@@ -216,6 +223,10 @@ CHECK_LEGAL = [
     (IN_PROGRESS, C.RETRY_LATER, SCHEDULED),
     (IN_PROGRESS, C.GIVE_UP, COMPLETED),
     (IN_PROGRESS, C.RECORD_REACHED, COMPLETED),
+    # The holder of a claim that lapsed records the call made under it.
+    (DUE, C.RETRY_LATER, SCHEDULED),
+    (DUE, C.GIVE_UP, COMPLETED),
+    (DUE, C.RECORD_REACHED, COMPLETED),
     (SCHEDULED, C.RECORD_OUTCOME, COMPLETED),
     (DUE, C.RECORD_OUTCOME, COMPLETED),
     (IN_PROGRESS, C.RECORD_OUTCOME, COMPLETED),
@@ -242,6 +253,11 @@ def test_every_legal_check_transition_for_the_agent_holding_an_expired_claim(
         due_at=NOW - timedelta(hours=1),
         claimed_by=AGENT if current is IN_PROGRESS else None,
         claim_lease_until=NOW - timedelta(minutes=1) if current is IN_PROGRESS else None,
+        last_claim=LastClaim(
+            claimed_by=AGENT, claimed_at=NOW - timedelta(minutes=16), lapsed_at=NOW
+        )
+        if current is DUE
+        else None,
     )
     assert check_lifecycle.transition(state=state, command=command, actor=AGENT, now=NOW) is (
         expected

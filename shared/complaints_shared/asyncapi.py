@@ -26,9 +26,10 @@ PRODUCERS = {Topic.INTAKE: "intake", Topic.ROUTING: "routing", Topic.FOLLOWUP: "
 # queued / reassigned, sequence on followup.completed; 1.3.0: complaint.sla_breach_withdrawn;
 # 1.4.0: complaint.regulatory_report_filed, and complaint.sla_stopped of the regulatory report
 # deadline a filing made while unroutable stopped; 1.5.0: complaint.sla_stopped of the
-# acknowledge clock a finish stopped before any acknowledgement); a breaking change is a new
-# event type (a `.v2` suffix).
-CONTRACT_VERSION = "1.5.0"
+# acknowledge clock a finish stopped before any acknowledgement; 1.6.0:
+# complaint.reclassified; 1.7.0: followup.rescheduled); a breaking change is a new event type
+# (a `.v2` suffix).
+CONTRACT_VERSION = "1.7.0"
 
 
 def _message_name(event_type: EventType) -> str:

@@ -48,6 +48,7 @@ class EventType(StrEnum):
     COMPLAINT_WITHDRAWN = f"{EVENT_TYPE_PREFIX}complaint.withdrawn.v1"
     COMPLAINT_CLOSED = f"{EVENT_TYPE_PREFIX}complaint.closed.v1"
     COMPLAINT_REMEDY_RECORDED = f"{EVENT_TYPE_PREFIX}complaint.remedy_recorded.v1"
+    COMPLAINT_RECLASSIFIED = f"{EVENT_TYPE_PREFIX}complaint.reclassified.v1"
     # routing
     COMPLAINT_ASSIGNED = f"{EVENT_TYPE_PREFIX}complaint.assigned.v1"
     COMPLAINT_QUEUED = f"{EVENT_TYPE_PREFIX}complaint.queued.v1"
@@ -66,6 +67,7 @@ class EventType(StrEnum):
     FOLLOWUP_ATTEMPTED = f"{EVENT_TYPE_PREFIX}followup.attempted.v1"
     FOLLOWUP_COMPLETED = f"{EVENT_TYPE_PREFIX}followup.completed.v1"
     FOLLOWUP_CANCELLED = f"{EVENT_TYPE_PREFIX}followup.cancelled.v1"
+    FOLLOWUP_RESCHEDULED = f"{EVENT_TYPE_PREFIX}followup.rescheduled.v1"
 
 
 class Severity(StrEnum):
@@ -351,6 +353,28 @@ class ComplaintRemedyRecorded(EventData):
     remedy: Remedy
     recorded_by: str
     recorded_at: EventDatetime
+
+
+class ComplaintReclassified(EventData):
+    """A supervisor changed the complaint's classification after registration (a later
+    call reveals a medical error, the customer went to the regulator): the severity,
+    category and flags it has now, and those it had. Routing re-plans what depends on them
+    (the acknowledge and resolve targets, a major incident's report deadline and escalation)
+    and announces the result as ``complaint.assigned`` / ``complaint.queued``."""
+
+    reclassification_number: int = Field(
+        description="1 for the complaint's first reclassification, 2 for the next...: "
+        "consumers keep the highest (a replayed older one changes nothing)"
+    )
+    category: Category
+    severity: Severity
+    flags: list[str] = Field(default_factory=list, description="The full set of flags now")
+    previous_category: Category
+    previous_severity: Severity
+    previous_flags: list[str] = Field(default_factory=list)
+    reason: str
+    reclassified_by: str
+    reclassified_at: EventDatetime
 
 
 # --------------------------------------------------------------- routing --
@@ -658,6 +682,35 @@ class FollowupCancelled(EventData):
     cancelled_at: EventDatetime
 
 
+class RescheduleReason(StrEnum):
+    """Why follow-up moved a scheduled check's due time."""
+
+    # Its due time came outside the customer's contact hours (the branch's hours changed, the
+    # scheduler behind): due at the next moment they may be called.
+    OUTSIDE_CONTACT_HOURS = "outside_contact_hours"
+    # An earlier check of the resolution is still open: ``due_at`` is when it is asked again.
+    EARLIER_CHECK_OPEN = "earlier_check_open"
+    # An earlier check called the customer less than the attempt spacing ago.
+    CALLED_RECENTLY = "called_recently"
+
+
+class FollowupRescheduled(EventData):
+    """A scheduled check's due time moved before it fell due.
+
+    Once per move: a check waiting on an earlier one still open says so when it begins to
+    wait, not each time it is asked again."""
+
+    followup_id: str
+    resolution_number: int
+    sequence: int | None = Field(
+        None, description="The check's place in its resolution's series (1, 2 ...)"
+    )
+    due_at: EventDatetime
+    previous_due_at: EventDatetime
+    reason: RescheduleReason
+    rescheduled_at: EventDatetime
+
+
 EVENT_CONTRACTS: dict[EventType, tuple[Topic, type[EventPayload]]] = {
     EventType.COMPLAINT_RECEIVED: (Topic.INTAKE, ComplaintReceived),
     EventType.COMPLAINT_ACKNOWLEDGED: (Topic.INTAKE, ComplaintAcknowledged),
@@ -670,6 +723,7 @@ EVENT_CONTRACTS: dict[EventType, tuple[Topic, type[EventPayload]]] = {
     EventType.COMPLAINT_WITHDRAWN: (Topic.INTAKE, ComplaintWithdrawn),
     EventType.COMPLAINT_CLOSED: (Topic.INTAKE, ComplaintClosed),
     EventType.COMPLAINT_REMEDY_RECORDED: (Topic.INTAKE, ComplaintRemedyRecorded),
+    EventType.COMPLAINT_RECLASSIFIED: (Topic.INTAKE, ComplaintReclassified),
     EventType.COMPLAINT_ASSIGNED: (Topic.ROUTING, ComplaintAssigned),
     EventType.COMPLAINT_QUEUED: (Topic.ROUTING, ComplaintQueued),
     EventType.COMPLAINT_UNROUTABLE: (Topic.ROUTING, ComplaintUnroutable),
@@ -686,6 +740,7 @@ EVENT_CONTRACTS: dict[EventType, tuple[Topic, type[EventPayload]]] = {
     EventType.FOLLOWUP_ATTEMPTED: (Topic.FOLLOWUP, FollowupAttempted),
     EventType.FOLLOWUP_COMPLETED: (Topic.FOLLOWUP, FollowupCompleted),
     EventType.FOLLOWUP_CANCELLED: (Topic.FOLLOWUP, FollowupCancelled),
+    EventType.FOLLOWUP_RESCHEDULED: (Topic.FOLLOWUP, FollowupRescheduled),
 }
 
 

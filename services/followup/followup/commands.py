@@ -22,7 +22,7 @@ from complaints_shared.failures import redacted_error
 from complaints_shared.idempotency import CommandKey, key_conflict, request_hash
 from complaints_shared.logs import get_logger
 from complaints_shared.mongo import merge_updates
-from complaints_shared.problems import conflict
+from complaints_shared.problems import conflict, invalid
 from followup import projections, store
 from followup.contact_hours import next_contact_moment
 from followup.lifecycle import (
@@ -283,7 +283,7 @@ def _same_call(attempt: dict[str, Any], *, request: AttemptCreate, fingerprint: 
     if stored is not None:
         return stored == fingerprint
     # Attempts recorded before fingerprints were kept: the request must say what they say.
-    said = request.model_dump(exclude={"channel"})
+    said = request.model_dump(exclude={"channel", "attempted_at"})
     return request.channel in (None, attempt["channel"]) and all(
         attempt.get(name) == value for name, value in said.items()
     )
@@ -299,18 +299,24 @@ async def record_attempt(
     idempotency_key: str | None,
     now: datetime,
 ) -> tuple[dict[str, Any] | None, bool]:
-    """Record one call by the agent holding the claim; ends the check when it can. Answers
-    the check (None: the caller cannot see it) and whether the call was a replay.
+    """Record one call by the agent who held the claim when making it (``request.attempted_at``,
+    now unless said: a call under a claim that lapsed since says when); ends the check when
+    it can. Answers the check (None: the caller cannot see it) and whether it was a replay.
 
     With ``idempotency_key``, the same call again by the same agent records nothing more
     and answers the check as it is; another call or agent under the key is a 422.
     """
+    if request.attempted_at is not None and request.attempted_at > now:
+        raise invalid("attempted_at", f"in the future (now is {now.isoformat()})")
+    attempted_at = request.attempted_at or now
     visible = await store.get_visible(db=db, principal=principal, followup_id=followup_id)
     hours = await store.current_contact_hours(
         db=db, settings=settings, org=visible["org"], branch=visible["branch"]
     )
 
-    fingerprint = request_hash(request.model_dump(mode="json"))
+    # Without ``attempted_at`` the fingerprint is the one kept before the field existed.
+    unsaid = {"attempted_at"} if request.attempted_at is None else set()
+    fingerprint = request_hash(request.model_dump(mode="json", exclude=unsaid))
     replayed = False
 
     async def decide(current: dict[str, Any]) -> Decision | None:
@@ -330,7 +336,7 @@ async def record_attempt(
         attempt = new_attempt(
             current=current,
             actor=principal.subject,
-            now=now,
+            attempted_at=attempted_at,
             reached=request.reached,
             channel=request.channel,
             idempotency_key=idempotency_key,
@@ -397,7 +403,7 @@ async def record_outcome(
         attempt = new_attempt(
             current=current,
             actor=principal.subject,
-            now=now,
+            attempted_at=now,
             reached=True,
             channel=None,
             idempotency_key=None,

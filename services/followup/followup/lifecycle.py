@@ -11,6 +11,7 @@ scheduled ──due time──▶ due ──claim──▶ in_progress ──rea
     ▲                    ▲                  │  └──unreached, last──▶ completed (no_response)
     │                    └─lease expired────┤
     └──────────unreached, more attempts─────┘
+due ──a call made under a claim that lapsed since, by its holder──▶ scheduled / completed
 scheduled / due / in_progress ──reopen, withdraw, admin close──▶ cancelled
 (new) ──schedule──▶ scheduled
 ```
@@ -29,6 +30,8 @@ from complaints_shared.events import (
     FollowupAttempted,
     FollowupCompleted,
     FollowupOutcome,
+    FollowupRescheduled,
+    RescheduleReason,
 )
 from complaints_shared.mongo import merge_updates
 from complaints_shared.transitions import InvalidTransition, TransitionTable
@@ -79,6 +82,11 @@ _RULES: dict[tuple[CheckStatus | None, Command], CheckStatus] = {
     (IN_PROGRESS, Command.RETRY_LATER): SCHEDULED,
     (IN_PROGRESS, Command.GIVE_UP): COMPLETED,
     (IN_PROGRESS, Command.RECORD_REACHED): COMPLETED,
+    # A call made under a claim that lapsed since, recorded by its holder while nobody has
+    # claimed the check again (``transition``).
+    (DUE, Command.RETRY_LATER): SCHEDULED,
+    (DUE, Command.GIVE_UP): COMPLETED,
+    (DUE, Command.RECORD_REACHED): COMPLETED,
     # The outcome shortcut predates claims: it works on any open check nobody else holds.
     **{(status, Command.RECORD_OUTCOME): COMPLETED for status in _OPEN},
     **{(status, Command.CANCEL): CANCELLED for status in _OPEN},
@@ -94,12 +102,44 @@ _FIRING = frozenset(
 _HOLDER_ONLY = frozenset(
     {Command.RELEASE, Command.RETRY_LATER, Command.GIVE_UP, Command.RECORD_REACHED}
 )
+# The records of a call, which go by who held the claim when it was made.
+_CALLS = frozenset({Command.RETRY_LATER, Command.GIVE_UP, Command.RECORD_REACHED})
 # A check's history past this many entries takes no more claims or releases: taking a check
 # and giving it back without end would take its document past the server's 16 MB (every
 # write to it failing from then on). Calls are bounded by the policy's attempts, and the
 # outcome (which ends the check) is still taken.
 MAX_HISTORY_FOR_CLAIMS = 500
 _BOUNDED = frozenset({Command.CLAIM, Command.RELEASE})
+
+
+@dataclass(frozen=True)
+class LastClaim:
+    """The check's latest claim as its history tells it: who took it and when, and, when the
+    scheduler put the check back in the queue after it lapsed with nothing since, when."""
+
+    claimed_by: str
+    claimed_at: datetime
+    lapsed_at: datetime | None = None
+
+    def covers(self, *, actor: str, attempted_at: datetime) -> bool:
+        """Whether ``actor`` held this claim at ``attempted_at``."""
+        ended_at = self.lapsed_at or attempted_at
+        return self.claimed_by == actor and self.claimed_at <= attempted_at <= ended_at
+
+
+def last_claim(history: Any) -> LastClaim | None:
+    """The ``LastClaim`` of a check's history (renewals add no entries: the first take).
+    A history that is no list of entries (a document damaged by hand) tells of no claim:
+    the check's own write then fails, that check alone (``complaints_shared.timers``)."""
+    if not isinstance(history, list):
+        return None
+    history = [entry for entry in history if isinstance(entry, dict)]
+    expired = bool(history) and history[-1].get("action") == Command.EXPIRE_CLAIM
+    lapsed_at = history[-1]["at"] if expired else None
+    for entry in reversed(history):
+        if entry.get("action") == Command.CLAIM:
+            return LastClaim(claimed_by=entry["actor"], claimed_at=entry["at"], lapsed_at=lapsed_at)
+    return None
 
 
 @dataclass(frozen=True)
@@ -111,15 +151,18 @@ class CheckState:
     claimed_by: str | None = None
     claim_lease_until: datetime | None = None
     history_length: int = 0
+    last_claim: LastClaim | None = None
 
     @classmethod
     def of(cls, document: dict[str, Any]) -> CheckState:
+        history = document.get("history", [])
         return cls(
             status=CheckStatus(document["status"]),
             due_at=document["due_at"],
             claimed_by=document.get("claimed_by"),
             claim_lease_until=document.get("claim_lease_until"),
-            history_length=len(document.get("history", ())),
+            history_length=len(history),
+            last_claim=last_claim(history),
         )
 
     def renewal_by(self, actor: str) -> bool:
@@ -244,8 +287,9 @@ class ClaimHeld(InvalidTransition):
         command: Command,
         holder: str | None,
         lease_until: datetime | None,
+        reason: str | None = None,
     ) -> None:
-        reason = (
+        reason = reason or (
             f"claimed by {holder} until {lease_until.isoformat()}"
             if holder and lease_until
             else f"{command.value} needs the caller's claim on the check: claim it first"
@@ -273,16 +317,23 @@ def transition(
     callable_from: datetime | None = None,
     earlier: EarlierCalls | None = None,
     spacing_hours: float = 0,
+    attempted_at: datetime | None = None,
 ) -> CheckStatus:
     """Return the status after ``command`` by ``actor`` at ``now``, or raise InvalidTransition.
 
     ``callable_from``: for a claim, the first moment from ``now`` on that the customer may be
     called (their branch's contact hours); a new claim before it is refused. ``earlier``: for
     a claim, the resolution's earlier checks; a new claim while one is open, or within
-    ``spacing_hours`` of their last call, is refused."""
+    ``spacing_hours`` of their last call, is refused. ``attempted_at``: for a call's record,
+    when the call was made (``now`` unless said); it counts when the caller held the claim
+    then (``_check_call_under_claim``)."""
     if command is Command.CLAIM and state.status is CheckStatus.SCHEDULED:
         raise NotDueYet(due_at=state.due_at)
-    if command in _HOLDER_ONLY and state.status in {CheckStatus.SCHEDULED, CheckStatus.DUE}:
+    if command in _CALLS:
+        _check_call_under_claim(
+            state=state, command=command, actor=actor, attempted_at=attempted_at or now
+        )
+    elif command in _HOLDER_ONLY and state.status in {CheckStatus.SCHEDULED, CheckStatus.DUE}:
         raise ClaimHeld(current=state.status, command=command, holder=None, lease_until=None)
     target = TABLE.next(current=state.status, command=command)
     if command in _FIRING and state.due_at > now:
@@ -323,6 +374,44 @@ def _check_claim(*, state: CheckState, command: Command, actor: str, now: dateti
             holder=state.claimed_by if live else None,
             lease_until=state.claim_lease_until if live else None,
         )
+
+
+def _check_call_under_claim(
+    *, state: CheckState, command: Command, actor: str, attempted_at: datetime
+) -> None:
+    """A call is recorded by the agent who held the check's claim when they made it: its
+    holder, or, on a check back in the queue because that claim lapsed (a call at 19:55
+    under a claim lapsing at 20:05, after contact hours, when no new claim may be taken),
+    the holder of the lapsed claim while nobody has claimed the check since."""
+    claim = state.last_claim
+    if state.status is CheckStatus.IN_PROGRESS:
+        # Someone else's claim is ``_check_claim``'s refusal.
+        if claim is None or claim.claimed_by != actor or claim.claimed_at <= attempted_at:
+            return
+        reason = (
+            f"the call at {attempted_at.isoformat()} was made before the caller's claim "
+            f"(from {claim.claimed_at.isoformat()})"
+        )
+        raise ClaimHeld(
+            current=state.status, command=command, holder=None, lease_until=None, reason=reason
+        )
+    if state.status is CheckStatus.SCHEDULED:
+        raise ClaimHeld(current=state.status, command=command, holder=None, lease_until=None)
+    if state.status is not CheckStatus.DUE:
+        return  # finished: the table refuses
+    reason = None
+    if claim is not None and claim.lapsed_at is not None:
+        if claim.covers(actor=actor, attempted_at=attempted_at):
+            return
+        if claim.claimed_by == actor:
+            reason = (
+                f"the caller's claim ({claim.claimed_at.isoformat()} to "
+                f"{claim.lapsed_at.isoformat()}) lapsed: a call made under it is recorded "
+                "with its attempted_at; a later one needs a new claim"
+            )
+    raise ClaimHeld(
+        current=state.status, command=command, holder=None, lease_until=None, reason=reason
+    )
 
 
 def unreached_command(*, attempt_number: int, max_attempts: int) -> Command:
@@ -379,6 +468,20 @@ def attempted_event(current: dict[str, Any], attempt: dict[str, Any]) -> Followu
     )
 
 
+def rescheduled_event(
+    current: dict[str, Any], *, due_at: datetime, reason: RescheduleReason, now: datetime
+) -> FollowupRescheduled:
+    """The announcement of a scheduled check's due time moved from ``current``'s to ``due_at``."""
+    return FollowupRescheduled(
+        **identity(current),
+        sequence=current.get("sequence"),
+        due_at=due_at,
+        previous_due_at=current["due_at"],
+        reason=reason,
+        rescheduled_at=now,
+    )
+
+
 # ---------------------------------------------------------- after a call --
 
 
@@ -386,7 +489,7 @@ def new_attempt(
     *,
     current: dict[str, Any],
     actor: str,
-    now: datetime,
+    attempted_at: datetime,
     reached: bool,
     channel: str | None,
     idempotency_key: str | None,
@@ -403,7 +506,7 @@ def new_attempt(
         "reached": reached,
         "channel": channel or current.get("channel", "phone"),
         "attempted_by": actor,
-        "attempted_at": now,
+        "attempted_at": attempted_at,
         "idempotency_key": idempotency_key,
         "request_fingerprint": request_fingerprint,
         **details,
@@ -420,7 +523,11 @@ def complete(
 ) -> Decision:
     """Finish the check with ``outcome``: the attempt, then the completion, in one write."""
     status = transition(
-        state=CheckState.of(current), command=command, actor=attempt["attempted_by"], now=now
+        state=CheckState.of(current),
+        command=command,
+        actor=attempt["attempted_by"],
+        now=now,
+        attempted_at=attempt["attempted_at"],
     )
     verdict = {
         "outcome": outcome.value,
@@ -440,7 +547,7 @@ def complete(
         ),
         {"$push": {"attempts": attempt}, "$inc": {"attempt_count": 1}},
         {"$unset": CLAIM_FIELDS},
-        {"$min": {"first_contact_at": now}} if attempt["reached"] else {},
+        {"$min": {"first_contact_at": attempt["attempted_at"]}} if attempt["reached"] else {},
     )
     completed = FollowupCompleted(
         **identity(current),
@@ -473,9 +580,10 @@ def retry_later(
         command=Command.RETRY_LATER,
         actor=attempt["attempted_by"],
         now=now,
+        attempted_at=attempt["attempted_at"],
     )
     attempt["next_attempt_at"] = next_attempt_at(
-        attempted_at=now, spacing_hours=spacing_hours, hours=hours
+        attempted_at=attempt["attempted_at"], spacing_hours=spacing_hours, hours=hours
     )
     update = merge_updates(
         moved(

@@ -245,6 +245,11 @@ class AttemptCreate(StrictModel):
     problem_solved: bool | None = None
     comment: Text | None = None
     note: Text | None = Field(None, description="For the next agent, e.g. 'busy, call after 18:00'")
+    attempted_at: UtcDatetime | None = Field(
+        None,
+        description="When the call was made, if not now: within the caller's claim (a call "
+        "under a claim that lapsed since is recorded with it while nobody claimed the check)",
+    )
 
     def field_errors(self) -> list[dict[str, str]]:
         """What a reached (or unreached) attempt must (or must not) carry."""

@@ -19,6 +19,7 @@ from pymongo import ASCENDING
 from pymongo.asynchronous.database import AsyncDatabase
 
 from complaints_shared.aggregate import Decision
+from complaints_shared.events import EventType, RescheduleReason
 from complaints_shared.logs import get_logger
 from complaints_shared.mongo import at_or_before, claim_first, merge_updates
 from complaints_shared.runtime import Runtime
@@ -34,6 +35,7 @@ from followup.lifecycle import (
     Command,
     earlier_calls,
     moved,
+    rescheduled_event,
     transition,
 )
 from followup.models import CheckStatus
@@ -93,7 +95,11 @@ async def fire_due_check(
     check waits (asked again after the attempt spacing, ``EARLIER_CHECK_POLL`` at least), and
     after the earlier ones' last call it waits out the spacing. Each fell due on its own, so
     a first check left unclaimed or retried met the second: two agents called the customer
-    at once, or one a minute after the other."""
+    at once, or one a minute after the other.
+
+    A moved due time is announced (``followup.rescheduled``): intake's timeline kept the one
+    scheduled. A check asked again while an earlier one stays open announced that wait when
+    it began and moves on silently."""
     followup_id = leased["_id"]
     hours = await store.current_contact_hours(
         db=db, settings=settings, org=leased["org"], branch=leased["branch"]
@@ -110,27 +116,48 @@ async def fire_due_check(
         elif (spaced_from := earlier.callable_from(spacing_hours=spacing_h)) is not None:
             wait_until = max(now, spaced_from)
         callable_from = next_contact_moment(hours=hours.contact_hours, at=wait_until)
+        reason: RescheduleReason | None = None
         if wait_until > now:
             command = Command.WAIT_FOR_EARLIER_CHECK
+            reason = (
+                RescheduleReason.EARLIER_CHECK_OPEN
+                if earlier.open is not None
+                else RescheduleReason.CALLED_RECENTLY
+            )
         elif callable_from > now:
             command = Command.WAIT_FOR_CONTACT_HOURS
+            reason = RescheduleReason.OUTSIDE_CONTACT_HOURS
         else:
             command = Command.BECOME_DUE
         status = transition(
             state=CheckState.of(current), command=command, actor=SYSTEM_ACTOR, now=now
         )
-        fields = {} if command is Command.BECOME_DUE else {"due_at": callable_from}
+        fields = {} if reason is None else {"due_at": callable_from}
+        # Intake's timeline and webhook subscribers learn a moved due time.
+        events = (
+            []
+            if reason is None
+            else [
+                (
+                    EventType.FOLLOWUP_RESCHEDULED,
+                    rescheduled_event(current, due_at=callable_from, reason=reason, now=now),
+                )
+            ]
+        )
         history = current.get("history") or [{}]
         if command is Command.WAIT_FOR_EARLIER_CHECK and history[-1].get("action") == command:
             # Waiting on still: the entry already says so. One per wait filled the history
             # (an earlier check left unclaimed for days, asked again every 15 minutes) until
-            # the check took no more claims (``lifecycle.MAX_HISTORY_FOR_CLAIMS``).
-            return Decision({"$set": fields, "$unset": store.TIMER_FIELDS})
+            # the check took no more claims (``lifecycle.MAX_HISTORY_FOR_CLAIMS``). Asked
+            # again while the earlier check is open, it tells the timeline nothing new either.
+            if reason is RescheduleReason.EARLIER_CHECK_OPEN:
+                events = []
+            return Decision({"$set": fields, "$unset": store.TIMER_FIELDS}, events)
         update = merge_updates(
             moved(command=command, status=status, actor=SYSTEM_ACTOR, now=now, **fields),
             {"$unset": store.TIMER_FIELDS},
         )
-        return Decision(update)
+        return Decision(update, events)
 
     try:
         document = await store.change(

@@ -35,6 +35,7 @@ from intake.models import (
     ComplaintRead,
     NoteCreate,
     PendingCustomerRequest,
+    ReclassifyRequest,
     RejectRequest,
     RemedyIn,
     ReopenRequest,
@@ -315,6 +316,14 @@ _command_route(
     RemedyIn,
     commands.record_remedy,
     "Record a remedy given after the resolution (resolved or closed; no reopen)",
+)
+_command_route(
+    "reclassify",
+    Command.RECLASSIFY,
+    ReclassifyRequest,
+    commands.reclassify,
+    "Change severity, category or flags with a reason (supervisor; unfinished complaints); "
+    "routing re-plans the clocks, major incident and escalation",
 )
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from pymongo.asynchronous.database import AsyncDatabase
@@ -15,6 +15,7 @@ from complaints_shared.events import (
     ComplaintClosed,
     ComplaintNoteAdded,
     ComplaintPendingCustomer,
+    ComplaintReclassified,
     ComplaintRejected,
     ComplaintRemedyRecorded,
     ComplaintReopened,
@@ -27,7 +28,7 @@ from complaints_shared.events import (
 )
 from complaints_shared.idempotency import CommandKey
 from complaints_shared.mongo import merge_updates
-from complaints_shared.problems import invalid, not_found
+from complaints_shared.problems import invalid, invalid_fields, not_found
 from complaints_shared.transitions import InvalidTransition
 from intake import store
 from intake.lifecycle import (
@@ -49,6 +50,7 @@ from intake.models import (
     CloseRequest,
     NoteCreate,
     PendingCustomerRequest,
+    ReclassifyRequest,
     RejectRequest,
     RemedyIn,
     ReopenRequest,
@@ -70,10 +72,13 @@ COMMAND_ROLES: dict[Command, tuple[Role, ...]] = {
     Command.REOPEN: (Role.SUPERVISOR,),
     Command.CLOSE: (Role.SUPERVISOR,),
     Command.RECORD_REMEDY: (Role.AGENT, Role.SUPERVISOR),
+    Command.RECLASSIFY: (Role.SUPERVISOR,),
 }
 
 Outcome = tuple[dict[str, Any], list[tuple[EventType, EventData]]]
-Build = Callable[[dict[str, Any], datetime], Outcome]
+# An outcome with what the command found on the record, added to its timeline entry.
+RecordedOutcome = tuple[dict[str, Any], list[tuple[EventType, EventData]], dict[str, Any]]
+Build = Callable[[dict[str, Any], datetime], Outcome | RecordedOutcome]
 
 # What a complaint whose timeline is full may still be asked: to end it.
 ENDING_COMMANDS = frozenset({Command.REJECT, Command.WITHDRAW, Command.CLOSE})
@@ -125,8 +130,8 @@ async def run_command(
         asked = table_command(current, command)
         status = transition(current=Status(current["status"]), command=asked)
         _within_bounds(current, command)
-        update, events = build(current, now)
-        return store.Decision(update, events, status)
+        update, events, *found = build(current, now)
+        return store.Decision(update, events, status, details=found[0] if found else {})
 
     try:
         document = await store.change(
@@ -174,6 +179,11 @@ def _wait_ended() -> dict[str, Any]:
     return {"$unset": {"pending_customer_since": ""}}
 
 
+# How far before the acknowledgement a promised response time may lie: a client's clock a
+# little behind ours, not a promise broken as it is made.
+PROMISE_CLOCK_SKEW = timedelta(minutes=1)
+
+
 def acknowledge(request: AcknowledgeRequest, principal: Principal) -> Build:
     def build(current: dict[str, Any], now: datetime) -> Outcome:
         if current.get("acknowledged_at") is not None:
@@ -182,6 +192,14 @@ def acknowledge(request: AcknowledgeRequest, principal: Principal) -> Build:
                 Command.ACKNOWLEDGE,
                 f"the complaint was already acknowledged at "
                 f"{current['acknowledged_at'].isoformat()}",
+            )
+        promised = request.promised_response_at
+        if promised is not None and promised < now - PROMISE_CLOCK_SKEW:
+            # 时间承诺: stored until 5 December, a commitment broken the moment it was recorded.
+            raise invalid(
+                "promised_response_at",
+                f"the promised response time {promised.isoformat()} has passed "
+                f"(it is now {now.isoformat()})",
             )
         due = current.get("acknowledge_due_at")
         breached = (current.get("sla") or {}).get("acknowledge_breached", False)
@@ -402,6 +420,71 @@ def record_remedy(request: RemedyIn, principal: Principal) -> Build:
             recorded_at=now,
         )
         return {"$push": pushed}, [(EventType.COMPLAINT_REMEDY_RECORDED, event)]
+
+    return build
+
+
+def _classification(document: dict[str, Any]) -> dict[str, Any]:
+    """Severity, category and flags as the record holds them (flags sorted)."""
+    return {
+        "severity": document["severity"],
+        "category": document["category"],
+        "flags": sorted(document.get("flags") or []),
+    }
+
+
+def _check_reclassification_asked(request: ReclassifyRequest) -> None:
+    """A reclassification names at least one of severity, category and flags (a 422 naming
+    the three)."""
+    if request.severity is None and request.category is None and request.flags is None:
+        message = "give at least one of severity, category and flags"
+        raise invalid_fields(
+            [{"field": name, "message": message} for name in ("severity", "category", "flags")]
+        )
+
+
+def reclassify(request: ReclassifyRequest, principal: Principal) -> Build:
+    """The classification the request gives (what it leaves out stays), recorded with the
+    one before it. Routing re-plans on ``complaint.reclassified`` and announces the due
+    times, escalation and major incident that follow from it."""
+    _check_reclassification_asked(request)
+
+    def build(current: dict[str, Any], now: datetime) -> RecordedOutcome:
+        before = _classification(current)
+        after = {
+            "severity": request.severity.value if request.severity else before["severity"],
+            "category": request.category.value if request.category else before["category"],
+            "flags": (
+                before["flags"]
+                if request.flags is None
+                else sorted({flag.value for flag in request.flags})
+            ),
+        }
+        if after == before:
+            raise _refused(
+                current,
+                Command.RECLASSIFY,
+                f"complaint {current.get('reference')} is already {after['severity']} "
+                f"{after['category']} with flags {after['flags']}",
+            )
+        number = current.get("reclassification_count", 0) + 1
+        event = ComplaintReclassified(
+            **event_base(current),
+            reclassification_number=number,
+            **after,
+            previous_severity=before["severity"],
+            previous_category=before["category"],
+            previous_flags=before["flags"],
+            reason=request.reason,
+            reclassified_by=principal.subject,
+            reclassified_at=now,
+        )
+        update = {"$set": {**after, "reclassification_count": number}}
+        return (
+            update,
+            [(EventType.COMPLAINT_RECLASSIFIED, event)],
+            {"before": before, "after": after},
+        )
 
     return build
 

@@ -26,6 +26,7 @@ PROJECTIONS: dict[EventType, Projection] = {
     EventType.COMPLAINT_REGULATORY_REPORT_FILED: projections.apply_regulatory_report_filed,
     EventType.BRANCH_UPDATED: projections.apply_branch_updated,
     EventType.FOLLOWUP_SCHEDULED: projections.record_followup_progress,
+    EventType.FOLLOWUP_RESCHEDULED: projections.record_followup_progress,
     EventType.FOLLOWUP_ATTEMPTED: projections.record_followup_progress,
     EventType.FOLLOWUP_CANCELLED: projections.record_followup_progress,
     EventType.FOLLOWUP_COMPLETED: projections.apply_followup_completed,

@@ -47,6 +47,7 @@ class Command(StrEnum):
     REOPEN = "reopen"
     REJECT = "reject"
     WITHDRAW = "withdraw"
+    RECLASSIFY = "reclassify"
 
 
 OPEN_STATUSES = frozenset({Status.RECEIVED, Status.OPEN, Status.PENDING_CUSTOMER, Status.REOPENED})
@@ -89,6 +90,9 @@ TRANSITIONS: dict[tuple[Status, Command], Status] = {
     # evidence, or for what a reopen asks.
     **{(state, Command.REJECT): Status.REJECTED for state in OPEN_STATUSES},
     **{(state, Command.WITHDRAW): Status.WITHDRAWN for state in OPEN_STATUSES},
+    # Severity, category and flags change while the complaint is worked (a later call reveals
+    # a medical error); a finished one keeps the classification it was finished under.
+    **_stay(Command.RECLASSIFY, OPEN_STATUSES),
 }
 
 
@@ -136,8 +140,12 @@ class Action(StrEnum):
     REOPENED = "reopened"
     CLOSED = "closed"
     REMEDY_RECORDED = "remedy_recorded"
+    RECLASSIFIED = "reclassified"
     ASSIGNED = "assigned"
     QUEUED = "queued"
+    # Routing announced the assignment again, unchanged, with new due times (a resume, a
+    # reopen, a reclassification).
+    DUE_TIMES_UPDATED = "due_times_updated"
     FOUND_UNROUTABLE = "found_unroutable"
     REASSIGNED = "reassigned"
     ESCALATED = "escalated"
@@ -148,6 +156,7 @@ class Action(StrEnum):
     RESPONSIBILITY_SET = "responsibility_set"
     REGULATORY_REPORT_FILED = "regulatory_report_filed"
     FOLLOWUP_SCHEDULED = "followup_scheduled"
+    FOLLOWUP_RESCHEDULED = "followup_rescheduled"
     FOLLOWUP_ATTEMPTED = "followup_attempted"
     FOLLOWUP_CANCELLED = "followup_cancelled"
     FOLLOWUP_COMPLETED = "followup_completed"
@@ -165,6 +174,7 @@ COMMAND_ACTIONS: dict[Command, Action] = {
     Command.REOPEN: Action.REOPENED,
     Command.CLOSE: Action.CLOSED,
     Command.RECORD_REMEDY: Action.REMEDY_RECORDED,
+    Command.RECLASSIFY: Action.RECLASSIFIED,
 }
 
 

@@ -233,6 +233,16 @@ class CloseRequest(StrictModel):
     reason: Annotated[Text, StringConstraints(max_length=MAX_NOTE_CHARS)]
 
 
+class ReclassifyRequest(StrictModel):
+    """A supervisor's new classification: any of ``severity``, ``category`` and ``flags``
+    (the full new set; ``[]`` clears them), at least one, and why."""
+
+    severity: Severity | None = None
+    category: Category | None = None
+    flags: list[Flag] | None = Field(None, max_length=len(Flag))
+    reason: Annotated[Text, StringConstraints(max_length=MAX_NOTE_CHARS)]
+
+
 class Assignment(BaseModel):
     department: str
     department_name: str
@@ -466,6 +476,11 @@ class ComplaintRead(BaseModel):
     satisfaction: Satisfaction | None = None
     reopen_count: int = 0
     last_reopen_reason: str | None = Field(None, description="Why it was last reopened")
+    reclassification_count: int = Field(
+        0,
+        description="How often a supervisor changed severity, category or flags (timeline: "
+        "`reclassified`, with before and after)",
+    )
     created_at: datetime
     updated_at: datetime
     finished_at: datetime | None = None

@@ -48,6 +48,7 @@ from complaints_shared.events import (
     FollowupCancelled,
     FollowupCompleted,
     FollowupOutcome,
+    FollowupRescheduled,
     FollowupScheduled,
     SlaClock,
 )
@@ -263,6 +264,19 @@ def _rung_withdrawal(current: dict[str, Any], step: dict[str, Any]) -> dict | No
     return None
 
 
+def _announced_again(
+    current: dict[str, Any], *, department: str, owner_id: str | None
+) -> dict[str, Any]:
+    """The timeline action of an assignment routing announces with the department and owner
+    (or queue) the record has already: ``due_times_updated``, not another ``assigned`` (each
+    wait and resume added one, all for the same owner, until 5 December)."""
+    known = current.get("assignment") or {}
+    unchanged = (known.get("department"), known.get("owner_id")) == (department, owner_id)
+    if not unchanged or known.get("queued", False) != (owner_id is None):
+        return {}
+    return {"action": Action.DUE_TIMES_UPDATED}
+
+
 async def apply_assigned(
     *,
     db: AsyncDatabase,
@@ -294,7 +308,11 @@ async def apply_assigned(
             fields["regulatory_report_due_at"] = data.regulatory_report_due_at
         # The level is the escalated events' (``_escalation``), one of which follows any rung.
         update = _with_due_times(current, fields, {"$unset": ROUTED})
-        return store.Decision(update, status=_status_after(current, Command.ASSIGN))
+        return store.Decision(
+            update,
+            status=_status_after(current, Command.ASSIGN),
+            **_announced_again(current, department=data.department, owner_id=data.owner_id),
+        )
 
     await _apply(
         db=db,
@@ -341,7 +359,11 @@ async def apply_queued(
         }
         fields = {"assignment": queued, **_classification(data), **due_times}
         update = _with_due_times(current, fields, {"$unset": ROUTED})
-        return store.Decision(update, status=_status_after(current, Command.ASSIGN))
+        return store.Decision(
+            update,
+            status=_status_after(current, Command.ASSIGN),
+            **_announced_again(current, department=data.department, owner_id=None),
+        )
 
     await _apply(
         db=db,
@@ -752,10 +774,12 @@ async def record_followup_progress(
     db: AsyncDatabase,
     settings: IntakeSettings,
     event: CloudEvent,
-    data: FollowupScheduled | FollowupAttempted | FollowupCancelled,
+    data: FollowupScheduled | FollowupRescheduled | FollowupAttempted | FollowupCancelled,
     now: datetime,
 ) -> None:
-    """Scheduled, attempted and cancelled checks only go on the timeline."""
+    """Scheduled, rescheduled, attempted and cancelled checks only go on the timeline (the
+    record shows no check's due time), each entry dated when the event happened; a
+    redelivered event adds none (its id is kept on the record)."""
     action = Action(cause_of(event).replace(".", "_"))
     details = data.model_dump(mode="json", exclude={"complaint_id", "org", "branch"})
 

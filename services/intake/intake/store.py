@@ -290,6 +290,12 @@ class Decision:
     # When ``entries`` and the status change happened, if not when the caller's own entry
     # did: a reopening caused by an answer consumed late happens when it is applied.
     entries_at: datetime | None = None
+    # Added to the caller's own entry's details: what the decision found on the record (a
+    # reclassification's classification before it).
+    details: dict[str, Any] = field(default_factory=dict)
+    # The caller's own entry's action, when the decision finds it is another than asked (an
+    # assignment announced again with new due times is no new assignment).
+    action: str | None = None
 
 
 UNCHANGED = Decision({})
@@ -340,7 +346,7 @@ async def change(
         status_from = Status(current["status"])
         changed_at = decision.entries_at or at
         entries = [
-            (action, details or {}, at),
+            (decision.action or action, {**(details or {}), **decision.details}, at),
             *((*entry, changed_at) for entry in decision.entries),
         ]
         timeline = [

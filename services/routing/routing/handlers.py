@@ -9,6 +9,7 @@ from typing import Any
 from complaints_shared.envelope import CloudEvent
 from complaints_shared.events import (
     ComplaintReceived,
+    ComplaintReclassified,
     ComplaintReopened,
     ComplaintResolved,
     EventData,
@@ -97,6 +98,11 @@ def build_handlers(runtime: Runtime) -> dict[EventType, EventHandler]:
     async def on_complaint_reopened(event: CloudEvent, data: ComplaintReopened) -> None:
         await projections.reopen(db=db, settings=settings, event=event, data=data, now=clock.now())
 
+    async def on_complaint_reclassified(event: CloudEvent, data: ComplaintReclassified) -> None:
+        await projections.reclassify(
+            db=db, settings=settings, event=event, data=data, now=clock.now()
+        )
+
     return {
         EventType.COMPLAINT_RECEIVED: on_complaint_received,
         EventType.COMPLAINT_ACKNOWLEDGED: clock_event(
@@ -111,4 +117,5 @@ def build_handlers(runtime: Runtime) -> dict[EventType, EventHandler]:
         EventType.COMPLAINT_WITHDRAWN: finisher(Command.WITHDRAW, lambda data: data.withdrawn_at),
         EventType.COMPLAINT_CLOSED: finisher(Command.CLOSE, lambda data: data.closed_at),
         EventType.COMPLAINT_REOPENED: on_complaint_reopened,
+        EventType.COMPLAINT_RECLASSIFIED: on_complaint_reclassified,
     }

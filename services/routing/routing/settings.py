@@ -48,6 +48,13 @@ class RoutingSettings(ServiceSettings):
         "changes made through another replica (changes made through this one are seen at "
         "once); 0 reads it for every complaint.",
     )
+    calendar_change_batch_size: int = Field(
+        200,
+        ge=1,
+        description="Open assignments of a branch whose calendar changed re-laid per queue "
+        "sweep and branch (a branch with more goes on at the next sweep, or on another "
+        "replica).",
+    )
     load_hint_reconcile_interval_s: float = Field(
         600.0,
         gt=0,

@@ -11,10 +11,11 @@
  resolved / closed ──no_route──▶ unroutable (reopened, it never had a route)
 ```
 
-Commands that keep the status (acknowledge, pause, resume, escalate, fire_timers)
-are legal while the complaint is being worked (open or queued). An unroutable
+Commands that keep the status (acknowledge, pause, resume, escalate, fire_timers,
+apply_calendar) are legal while the complaint is being worked (open or queued). An unroutable
 complaint has no clocks and no chain yet: it cannot be escalated, but it remembers an
-acknowledgement, a pause and a resume for the clocks it gets once routed. A finished
+acknowledgement, a pause and a resume for the clocks it gets once routed. A
+reclassification is applied to unfinished work only (open, queued, unroutable). A finished
 complaint's timers still fire for the regulatory report deadline, which runs until the
 report is filed. Responsibility and the regulatory report may be recorded at any time.
 ``None`` is an assignment not created yet. ``routing.assignments.unroutable`` enters
@@ -88,6 +89,8 @@ class Command(StrEnum):
     CLOSE = "close"
     REOPEN = "reopen"
     REOPEN_TO_QUEUE = "reopen_to_queue"
+    RECLASSIFY = "reclassify"
+    APPLY_CALENDAR = "apply_calendar"
 
 
 # Commands that leave an active assignment's status as it is.
@@ -120,6 +123,12 @@ _RULES: dict[tuple[AssignmentStatus | None, Command], AssignmentStatus] = {
     **{(state, Command.RESOLVE): RESOLVED for state in UNFINISHED},
     **{(state, Command.REJECT): REJECTED for state in UNFINISHED},
     **{(state, Command.WITHDRAW): WITHDRAWN for state in UNFINISHED},
+    # A new severity, category or flags re-plan the work still to do; intake refuses them
+    # for a finished complaint.
+    **{(state, Command.RECLASSIFY): state for state in UNFINISHED},
+    # The branch's new calendar re-lays the clocks of work being done (an unroutable
+    # complaint has none yet; a finished one's are stopped).
+    **{(state, Command.APPLY_CALENDAR): state for state in ACTIVE},
     # Intake closes resolved complaints only (an open one is rejected or withdrawn).
     (RESOLVED, Command.CLOSE): CLOSED,
     **{(state, Command.REOPEN): OPEN for state in (RESOLVED, CLOSED)},

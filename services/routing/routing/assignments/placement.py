@@ -82,6 +82,7 @@ def new_document(
         "duty_officer": plan.duty_officer is not None,
         "major_incident": plan.major_incident,
         **lifecycle.clock_fields(plan.clocks),
+        store.CALENDAR_VERSION: plan.calendar_version,
         **fresh_fields(now=now),
         "history": [],
     }

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from complaints_shared.business_calendar import BusinessCalendar
-from complaints_shared.events import ComplaintReceived, Severity, SlaClock
+from complaints_shared.events import Category, ComplaintReceived, Severity, SlaClock
 from complaints_shared.text import folded
 from routing.assignments.models import NotifyTarget
 from routing.directory.escalation import EscalationTarget, branch_head_level, chain_targets
@@ -62,6 +62,8 @@ class RoutePlan:
     escalation_targets: list[EscalationTarget]
     escalation_level: int
     notify: list[NotifyTarget] = field(default_factory=list)
+    # The branch's calendar version the clocks are laid out on (``routing_context.plan_for``).
+    calendar_version: int = 0
 
     @property
     def escalated_to(self) -> EscalationTarget | None:
@@ -313,3 +315,62 @@ def restart_resolve_clock(
     return sla_clocks.start_clock(
         calendar, start=start, duration=targets.resolve, warning_share=policy.warning_share
     )
+
+
+@dataclass
+class Reclassified:
+    """What a complaint's new classification changes in its plan: the clocks, and whether it
+    is a major incident now (``became_major``: it was not before)."""
+
+    clocks: dict[str, sla_clocks.Clock]
+    major_incident: bool
+    became_major: bool
+
+
+# The customer's clocks, whose targets depend on the severity.
+SEVERITY_CLOCKS = (SlaClock.ACKNOWLEDGE.value, SlaClock.RESOLVE.value)
+
+
+def replan_classification(
+    clocks: dict[str, sla_clocks.Clock],
+    *,
+    calendar: BusinessCalendar,
+    policy: SlaPolicy,
+    severity_before: Severity,
+    severity: Severity,
+    category: Category,
+    flags: set[str],
+    major_before: bool,
+    reclassified_at: datetime,
+) -> Reclassified:
+    """The plan of a routed complaint after a reclassification at ``reclassified_at``.
+
+    A new severity re-lays the acknowledge and resolve clocks to its targets measured from
+    each clock's start (``sla_clocks.retarget_clock``: stopped or breached clocks stay as
+    they are). A complaint that now meets the policy's major-incident criteria becomes one
+    (a major incident is never revoked): its report deadline runs from the
+    reclassification, when the organisation learnt of the incident, whatever the hours.
+    """
+    relaid = dict(clocks)
+    if severity is not severity_before:
+        targets = sla_clocks.targets_for(policy, severity)
+        for name in SEVERITY_CLOCKS:
+            if name in relaid:
+                relaid[name] = sla_clocks.retarget_clock(
+                    relaid[name],
+                    calendar=calendar,
+                    duration=getattr(targets, name),
+                    warning_share=policy.warning_share,
+                )
+    major = major_before or sla_clocks.is_major_incident(
+        policy, severity=severity, category=category, flags=flags
+    )
+    became_major = major and not major_before
+    if became_major and SlaClock.REGULATORY_REPORT.value not in relaid:
+        relaid[SlaClock.REGULATORY_REPORT.value] = sla_clocks.start_clock(
+            calendar,
+            start=reclassified_at,
+            duration=policy.regulatory_report_within,
+            warning_share=policy.warning_share,
+        )
+    return Reclassified(clocks=relaid, major_incident=major, became_major=became_major)

@@ -28,6 +28,9 @@ from complaints_shared.aggregate import Decide, Decision, Events
 from complaints_shared.business_calendar import BusinessCalendar
 from complaints_shared.envelope import CloudEvent
 from complaints_shared.events import (
+    SEVERITY_ORDER,
+    Category,
+    ComplaintReclassified,
     ComplaintReopened,
     ComplaintResolved,
     ComplaintResponsibilitySet,
@@ -52,7 +55,9 @@ from routing.assignments import (
 from routing.assignments.lifecycle import Command
 from routing.assignments.models import AssignmentStatus, ClockState
 from routing.directory import store as directory_store
+from routing.directory.escalation import branch_head_level, target_at
 from routing.directory.models import DepartmentRead, StaffStatus
+from routing.rules.models import RuleFlag
 from routing.settings import RoutingSettings
 from routing.sla import clocks as sla_clocks
 from routing.sla import store as policy_store
@@ -319,13 +324,17 @@ def _announced(document: dict[str, Any]) -> Events:
 
 
 def _calendar_reader(db: AsyncDatabase) -> Callable[[dict[str, Any]], Awaitable[BusinessCalendar]]:
-    """An assignment's branch calendar, read once however often the kernel decides again."""
-    read: dict[tuple[str, str], BusinessCalendar] = {}
+    """An assignment's branch calendar, the one its clocks are laid out on (until they are
+    re-laid on a new one, ``calendar_changes``), read once however often the kernel decides
+    again."""
+    read: dict[tuple[str, str, int], BusinessCalendar] = {}
 
     async def calendar_of(current: dict[str, Any]) -> BusinessCalendar:
-        key = (current["org"], current["branch"])
+        key = (current["org"], current["branch"], current.get(store.CALENDAR_VERSION) or 0)
         if key not in read:
-            read[key] = await routing_context.branch_calendar(db=db, org=key[0], branch=key[1])
+            read[key] = await routing_context.branch_calendar(
+                db=db, org=key[0], branch=key[1], version=key[2]
+            )
         return read[key]
 
     return calendar_of
@@ -466,7 +475,7 @@ async def reopen(
     current = await db[store.ASSIGNMENTS].find_one({"_id": data.complaint_id})
     if current is None:
         raise _no_assignment(event, data.complaint_id)
-    calendar = await routing_context.branch_calendar(db=db, org=data.org, branch=data.branch)
+    calendar_of = _calendar_reader(db)
     policies = await policy_store.load_policies(db=db, org=data.org)
 
     async def count_assignment(document: dict[str, Any]) -> None:
@@ -545,7 +554,7 @@ async def reopen(
         )
         clocks = sla_clocks.load_clocks(current.get("clocks"))
         clocks[SlaClock.RESOLVE.value] = planning.restart_resolve_clock(
-            calendar=calendar,
+            calendar=await calendar_of(current),
             policy=policy,
             severity=Severity(current["severity"]),
             start=data.reopened_at,
@@ -726,3 +735,131 @@ async def _reopen_owner(
         required_skill=current.get("required_skill") if staying else None,
     )
     return choice, False
+
+
+# The number of the latest reclassification applied to the assignment (intake numbers them).
+RECLASSIFICATION_NUMBER = "reclassification_number"
+
+
+def _classification_fields(current: dict[str, Any], data: ComplaintReclassified) -> dict[str, Any]:
+    """Severity, category and flags as the reclassification gives them (the customer's VIP
+    mark, routing's own flag, kept), with the queue priority the severity has."""
+    flags = set(data.flags)
+    if RuleFlag.VIP.value in (current.get("flags") or []):
+        flags.add(RuleFlag.VIP.value)
+    return {
+        "severity": data.severity.value,
+        "priority": SEVERITY_ORDER.index(data.severity),
+        "category": data.category.value,
+        "flags": sorted(flags),
+        RECLASSIFICATION_NUMBER: data.reclassification_number,
+    }
+
+
+async def reclassify(
+    *,
+    db: AsyncDatabase,
+    settings: RoutingSettings,
+    event: CloudEvent,
+    data: ComplaintReclassified,
+    now: datetime,
+) -> None:
+    """A new severity, category or flags: the plan of the work still to do follows them.
+
+    Routed (open or queued): a new severity re-lays the acknowledge and resolve clocks
+    (``planning.replan_classification``); a complaint that now meets its SLA policy's
+    major-incident criteria gets the report deadline from the reclassification and goes at
+    once to its chain's branch-head rung (reason ``critical_incident``), as one routed so on
+    arrival does. The assignment is announced again (``complaint.assigned`` /
+    ``complaint.queued``) with its due times, severity, flags and ``major_incident``. The
+    department, owner and SLA policy stay. Unroutable: the classification it is routed with
+    once a rule covers it. Applied in order of ``reclassification_number``: an older one
+    replayed after a newer one changes nothing.
+    """
+    policies = await policy_store.load_policies(db=db, org=data.org)
+    calendar_of = _calendar_reader(db)
+
+    async def decide(current: dict[str, Any]) -> Decision | None:
+        if data.reclassification_number <= current.get(RECLASSIFICATION_NUMBER, 0):
+            return None
+        if not _applies(current, Command.RECLASSIFY, event):
+            return None
+        fields = _classification_fields(current, data)
+        entry = store.history(
+            at=now,
+            action="reclassified",
+            actor=_actor(event),
+            reason=data.reason,
+            severity=[current["severity"], fields["severity"]],
+            category=[current["category"], fields["category"]],
+            flags=[current.get("flags") or [], fields["flags"]],
+        )
+        if current["status"] == AssignmentStatus.UNROUTABLE.value:
+            received = {
+                **current["received"],
+                **{name: fields[name] for name in ("severity", "category")},
+                "flags": list(data.flags),
+            }
+            return Decision(merge_updates({"$set": {**fields, "received": received}}, entry))
+        planned = planning.replan_classification(
+            sla_clocks.load_clocks(current.get("clocks")),
+            calendar=await calendar_of(current),
+            policy=sla_clocks.select_policy(
+                policies,
+                org=data.org,
+                requested=current.get("sla_policy"),
+                category=Category(current["category"]),
+            ),
+            severity_before=Severity(current["severity"]),
+            severity=data.severity,
+            category=data.category,
+            flags=set(fields["flags"]),
+            major_before=current.get("major_incident", False),
+            reclassified_at=data.reclassified_at,
+        )
+        clocks = planned.clocks
+        filed_at = current.get("regulatory_report_filed_at")
+        report = clocks.get(SlaClock.REGULATORY_REPORT.value)
+        if planned.became_major and filed_at is not None and report is not None:
+            # Filed while unroutable, before anyone knew it was major: met at the filing.
+            clocks[SlaClock.REGULATORY_REPORT.value] = sla_clocks.stop_clock(report, at=filed_at)
+        set_fields = {
+            **fields,
+            **lifecycle.clock_fields(clocks),
+            "major_incident": planned.major_incident,
+            **lifecycle.numbered(current),
+        }
+        after = {**current, **set_fields}
+        escalation_update: dict[str, Any] = {}
+        escalation_events: Events = []
+        if planned.became_major:
+            escalation_update, escalation_events = await _to_branch_head(db, after, now=now)
+            after["escalation_level"] = escalation_update.get("$set", {}).get(
+                "escalation_level", after.get("escalation_level", 0)
+            )
+        update = merge_updates({"$set": set_fields}, escalation_update, entry)
+        return Decision(update, [*_announced(after), *escalation_events])
+
+    await _apply(db, settings, event, data.complaint_id, decide, now)
+
+
+async def _to_branch_head(
+    db: AsyncDatabase, document: dict[str, Any], *, now: datetime
+) -> tuple[dict[str, Any], Events]:
+    """A complaint found a major incident goes at once to its chain's branch-head rung
+    (reason ``critical_incident``), unless it stands there or higher already."""
+    targets = await routing_context.escalation_targets(
+        db=db, org=document["org"], department_id=document["department"]
+    )
+    level = branch_head_level(targets)
+    target = target_at(targets, level)
+    if target is None or document.get("escalation_level", 0) >= level:
+        return {}, []
+    record = lifecycle.escalation_record(target, reason="critical_incident", by="routing", at=now)
+    escalated = lifecycle.escalated_event(
+        document, record, regulatory_due=document.get("regulatory_report_due_at")
+    )
+    return (
+        {"$set": {"escalation_level": level}, "$push": {"escalations": record}},
+        [(EventType.COMPLAINT_ESCALATED, escalated)],
+    )

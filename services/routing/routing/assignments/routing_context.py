@@ -8,7 +8,7 @@ simulation cannot drift from what would really happen.
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 
 from pymongo.asynchronous.database import AsyncDatabase
@@ -16,6 +16,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from complaints_shared.business_calendar import BusinessCalendar
 from complaints_shared.events import ComplaintReceived, Severity
 from routing.assignments import planning
+from routing.directory import calendar_history
 from routing.directory import store as directory_store
 from routing.directory.escalation import EscalationTarget, chain_targets
 from routing.directory.models import BranchRead, DepartmentRead, StaffRead
@@ -36,6 +37,8 @@ class RoutingContext:
     policies: list[SlaPolicy]
     staff: list[StaffRead]
     duty_officer: StaffRead | None
+    # The branch's ``calendar_version`` of ``calendar``: the assignment planned on it says so.
+    calendar_version: int = 0
 
 
 def default_branch(org: str, code: str) -> BranchRead:
@@ -43,7 +46,15 @@ def default_branch(org: str, code: str) -> BranchRead:
     return BranchRead(org=org, code=code, name=code)
 
 
-async def branch_calendar(*, db: AsyncDatabase, org: str, branch: str) -> BusinessCalendar:
+async def branch_calendar(
+    *, db: AsyncDatabase, org: str, branch: str, version: int | None = None
+) -> BusinessCalendar:
+    """The branch's calendar; with ``version``, the one it had then: an assignment's clocks
+    are laid out on the calendar of its ``calendar_version`` until they are re-laid on the
+    branch's new one (``assignments.calendar_changes``)."""
+    if version is not None:
+        calendars = await calendar_history.branch_calendars(db=db, org=org, code=branch)
+        return calendars.at_version(version)
     found = await directory_store.find_branch(db=db, org=org, code=branch)
     return sla_clocks.branch_calendar(found or default_branch(org, branch))
 
@@ -74,6 +85,7 @@ async def load_context(*, db: AsyncDatabase, complaint: ComplaintReceived) -> Ro
         policies=policies,
         staff=staff,
         duty_officer=duty_officer,
+        calendar_version=branch.calendar_version,
     )
 
 
@@ -114,7 +126,7 @@ async def duty_officer_taking(
 def plan_for(
     complaint: ComplaintReceived, context: RoutingContext, *, routed_at: datetime
 ) -> planning.RoutePlan:
-    return planning.plan_route(
+    plan = planning.plan_route(
         complaint,
         rules=context.rules,
         departments=context.departments,
@@ -124,6 +136,7 @@ def plan_for(
         duty_officer=context.duty_officer,
         routed_at=routed_at,
     )
+    return replace(plan, calendar_version=context.calendar_version)
 
 
 async def escalation_targets(

@@ -12,6 +12,8 @@ replica whose lease ran out loses the version race and fires nothing. Nothing
 is held in memory, so a restart loses no timer. The loop only polls at a short
 interval; no business deadline is ever slept on. A document that fails to fire is
 recorded and postponed with backoff (``complaints_shared.timers``); the pass goes on.
+A document laid out on a calendar its branch replaced is re-laid first, and fires at the
+next pass what is still due then (``calendar_changes``, whose sweep runs with the queue's).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from complaints_shared.timers import FAILURE_FIELDS, record_timer_failure
 from complaints_shared.timing import Pacer, wait_event
 from routing import context_cache
 from routing.assignments import (
+    calendar_changes,
     lifecycle,
     owed_drains,
     owners,
@@ -41,6 +44,7 @@ from routing.assignments import (
     unroutable,
 )
 from routing.assignments.lifecycle import Command
+from routing.directory import calendar_history
 from routing.directory import store as directory_store
 from routing.directory.escalation import EscalationTarget
 from routing.directory.models import DepartmentRead
@@ -73,6 +77,9 @@ class SlaScheduler:
         # urgent complaints wait there), and when (monotonic).
         self._queued_departments: dict[tuple[str, str], frozenset[str]] = {}
         self._census_at: float | None = None
+        self._calendar_changes = calendar_changes.CalendarChangeSweep(
+            settings=settings, owner=self._owner
+        )
 
     async def run_sla_timers(self, runtime: Runtime) -> None:
         while not runtime.stopping.is_set():
@@ -92,6 +99,10 @@ class SlaScheduler:
                 await self.sweep_queues(runtime)
             except Exception as exc:
                 log.error("queue_sweep_failed", error=repr(exc))
+            try:
+                await self.apply_calendar_changes(runtime)
+            except Exception as exc:
+                log.error("calendar_change_sweep_failed", error=repr(exc))
             await wait_event(runtime.stopping, timeout_s=self._settings.queue_sweep_interval_s)
 
     async def run_load_hint_reconciler(self, runtime: Runtime) -> None:
@@ -191,6 +202,11 @@ class SlaScheduler:
                 log.error("queue_drain_failed", department=department, error=redacted_error(exc))
         return assigned + await self._retry_unroutable(runtime)
 
+    async def apply_calendar_changes(self, runtime: Runtime) -> int:
+        """Re-lay a batch of the open work of each branch whose calendar changed
+        (``calendar_changes``); the assignments re-laid."""
+        return await self._calendar_changes.sweep(db=runtime.db, now=runtime.clock.now())
+
     async def _rehome(self, runtime: Runtime, department: DepartmentRead) -> int:
         """Move the inactive department's queue to its successor, then offer it there."""
         successor = await queue.rehome_queue(
@@ -255,8 +271,8 @@ class SlaScheduler:
 
     async def _fire(self, runtime: Runtime, claimed: dict[str, Any]) -> int:
         db = runtime.db
-        calendar = await routing_context.branch_calendar(
-            db=db, org=claimed["org"], branch=claimed["branch"]
+        calendars = await calendar_history.branch_calendars(
+            db=db, org=claimed["org"], code=claimed["branch"]
         )
         targets = await routing_context.escalation_targets(
             db=db, org=claimed["org"], department_id=claimed["department"]
@@ -267,6 +283,16 @@ class SlaScheduler:
         async def decide(current: dict[str, Any]) -> Decision | None:
             if not lifecycle.applies(current, Command.FIRE_TIMERS):
                 return None  # finished meanwhile: its clocks are stopped
+            release = {"$unset": {LEASE_UNTIL: "", LEASE_OWNER: "", **FAILURE_FIELDS}}
+            if calendar_changes.behind(current, calendars):
+                # Laid out on a calendar the branch replaced: re-laid first, and what is
+                # still due then fires at the next pass.
+                fired.clear()
+                update, events = calendar_changes.relaid(
+                    current, calendars, now=runtime.clock.now()
+                )
+                return Decision(merge_updates(update, release), events, [note_release])
+            calendar = calendars.at_version(calendar_changes.laid_out_on(current))
             chain = targets
             if current["department"] != claimed["department"]:  # reassigned since the claim
                 chain = await routing_context.escalation_targets(
@@ -276,7 +302,6 @@ class SlaScheduler:
                 current, calendar=calendar, targets=chain, now=runtime.clock.now()
             )
             fired[:] = events
-            release = {"$unset": {LEASE_UNTIL: "", LEASE_OWNER: "", **FAILURE_FIELDS}}
             status = lifecycle.moved(current, Command.FIRE_TIMERS)
             return Decision(merge_updates(status, update, release), events, [note_release])
 

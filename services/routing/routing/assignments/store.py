@@ -40,6 +40,9 @@ from routing.settings import RoutingSettings
 from routing.sla import store as policy_store
 
 ASSIGNMENTS = "assignments"
+# The version of its branch's calendar the clocks are laid out on (the branch's
+# ``calendar_version``; missing: laid out before the branch's calendar first changed).
+CALENDAR_VERSION = "calendar_version"
 # A queued complaint a supervisor took off its owner (a reassignment to the same department
 # when nobody else had room): ``{"owner_id", "queued_at"}``, the queue gives it to anyone but
 # them while it waits from that queueing on (a later queueing makes it stale).
@@ -195,6 +198,33 @@ async def queued_in_department(
         .limit(limit)
     )
     return await cursor.to_list(None)
+
+
+async def behind_calendar(
+    *, db: AsyncDatabase, org: str, branch: str, version: int, limit: int
+) -> list[str]:
+    """Up to ``limit`` ids of the branch's open and queued assignments whose clocks are laid
+    out on a calendar older than ``version``.
+
+    Read through ``status_org_department`` (status and organisation as equalities), the
+    branch and version checked here: a pass over the organisation's open work after a rare
+    calendar change, where an index of its own cost every assignment's every write (an
+    update rewrites each index entry on SecantusDB, docs/mongodb-compatibility.md).
+    """
+    found: list[str] = []
+    for status in (AssignmentStatus.OPEN, AssignmentStatus.QUEUED):
+        cursor = db[ASSIGNMENTS].find(
+            {"status": status.value, "org": org},
+            projection={"_id": 1, "branch": 1, CALENDAR_VERSION: 1},
+        )
+        async for document in cursor:
+            laid_out_on = document.get(CALENDAR_VERSION) or 0
+            if document.get("branch") == branch and laid_out_on < version:
+                found.append(document["_id"])
+                if len(found) >= limit:
+                    await cursor.close()
+                    return found
+    return found
 
 
 async def queued_departments(*, db: AsyncDatabase) -> dict[tuple[str, str], frozenset[str]]:

@@ -2,7 +2,9 @@
 
 A branch's time zone, opening hours and holiday calendar are checked before they are
 stored (a 422 naming the field); every change announces ``branch.updated`` in the same
-write (intake numbers references in the branch's time zone).
+write (intake numbers references in the branch's time zone), and a change of the calendar
+records the calendar it replaces there too, for routing to re-lay the branch's open work
+(``calendar_history``).
 """
 
 from __future__ import annotations
@@ -19,12 +21,13 @@ from complaints_shared.auth import Principal
 from complaints_shared.business_calendar import closure_problem
 from complaints_shared.events import BranchUpdated, EventType
 from complaints_shared.models import Weekday
+from complaints_shared.mongo import merge_updates
 from complaints_shared.outbox import outbox_entry, outbox_fields, outbox_update
 from complaints_shared.preconditions import IfMatch
 from complaints_shared.problems import invalid, not_found
 from complaints_shared.settings import ServiceSettings
 from complaints_shared.stored import from_stored
-from routing.directory import store
+from routing.directory import calendar_history, store
 from routing.directory.models import (
     BranchBase,
     BranchCreate,
@@ -236,8 +239,10 @@ async def _change_branch(
     now: datetime,
     validate: Callable[[], Awaitable[None]] | None = None,
 ) -> BranchRead:
-    """Write a change of the branch and announce the branch as it now is, in one write."""
+    """Write a change of the branch and announce the branch as it now is, in one write; a
+    new calendar is recorded with the one it replaces (``calendar_history``), in that write."""
     announced = {**current, **changes, "updated_at": now, "version": current["version"] + 1}
+    calendar_change = calendar_history.recorded_change(current=current, changes=changes, now=now)
     updated = await store.change_entry(
         db=db,
         principal=principal,
@@ -248,6 +253,8 @@ async def _change_branch(
         at=now,
         if_match=if_match,
         validate=validate,
-        announce=outbox_update([_branch_updated(announced, settings=settings)]),
+        announce=merge_updates(
+            outbox_update([_branch_updated(announced, settings=settings)]), calendar_change
+        ),
     )
     return store.branch_read(updated)

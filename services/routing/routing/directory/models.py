@@ -123,6 +123,9 @@ class BranchRead(BranchBase):
     code: str
     active: bool = True
     version: int = 1
+    calendar_version: int = Field(
+        0, description="Counts the changes of the time zone, hours and holidays (0: none yet)"
+    )
     created_at: datetime | None = None
     updated_at: datetime | None = None
 

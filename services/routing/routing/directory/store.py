@@ -42,10 +42,28 @@ LOAD_HINT = "load_hint"
 # which the slots at the hint never find (``owners.likely_free_slot``).
 FREED_SLOTS = "freed_slots"
 FREED_SLOTS_KEPT = 16
+# Branch fields: the version of its calendar (``calendar_version``, 0 until it first changes),
+# the calendars it replaced (``directory.calendar_history``), the mark that open work may
+# still run on one of those, and the lease of the replica re-laying that work.
+CALENDAR_VERSION = "calendar_version"
+CALENDAR_CHANGES = "calendar_changes"
+CALENDAR_CHANGE_PENDING = "calendar_change_pending"
+CALENDAR_LEASE_UNTIL = "calendar_lease_until"
+CALENDAR_LEASE_OWNER = "calendar_lease_owner"
 # Fields routing keeps on an entry beside what the administrator wrote: outside the audit
 # trail, and no sign that a repeated creation asked for something else.
 BOOKKEEPING = frozenset(
-    {LOAD_HINT, FREED_SLOTS, OUTBOX_FIELD, PENDING_SINCE_FIELD, sole_roles.ROLE_FIELD}
+    {
+        LOAD_HINT,
+        FREED_SLOTS,
+        OUTBOX_FIELD,
+        PENDING_SINCE_FIELD,
+        sole_roles.ROLE_FIELD,
+        CALENDAR_CHANGES,
+        CALENDAR_CHANGE_PENDING,
+        CALENDAR_LEASE_UNTIL,
+        CALENDAR_LEASE_OWNER,
+    }
 )
 # What a creation stores beside the administrator's fields, not theirs to repeat: each
 # attempt's own stamps, and the tie-break time assignments move.
@@ -234,8 +252,8 @@ async def change_entry(
     A change the entry already shows writes nothing (a retry after a lost answer, a second
     deactivation), and is not checked again: what it refers to may have changed since it
     was made. Any other is held to ``if_match`` (a 412 when the entry moved on), then
-    ``validate``d. ``announce`` is the outbox update of the events the change causes, in
-    the same write.
+    ``validate``d. ``announce`` is the update of what the change causes (the outbox entries
+    of its events, a branch's record of the calendar it replaced), in the same write.
     """
     settled = await settle_audit(db=db, principal=principal, entry=entry, document=current)
     if not await preconditions.change_needed(
@@ -385,6 +403,11 @@ async def require_active_branch(*, db: AsyncDatabase, org: str, code: str) -> No
 async def find_branch(*, db: AsyncDatabase, org: str, code: str) -> BranchRead | None:
     document = await db[BRANCHES].find_one({"_id": branch_key(org, code)})
     return branch_read(document) if document else None
+
+
+async def branch_document(*, db: AsyncDatabase, org: str, code: str) -> dict[str, Any] | None:
+    """The branch as stored, with the calendars it replaced (``calendar_history``)."""
+    return await db[BRANCHES].find_one({"_id": branch_key(org, code)})
 
 
 async def find_department(

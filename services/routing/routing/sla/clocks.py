@@ -273,6 +273,41 @@ def start_clock(
     )
 
 
+# Less than this between a clock's span and the time from its start to its due time is
+# rounding, not time waited on the customer.
+WAITED_AT_LEAST = timedelta(seconds=1)
+
+
+def retarget_clock(
+    clock: Clock, *, calendar: BusinessCalendar, duration: SlaDuration, warning_share: float
+) -> Clock:
+    """The clock with another target (a new severity's), measured from the clock's own
+    start: the cycle's, so a target shorter than the time gone by is due, and breaches,
+    at once. The time the clock already stood still waiting on the customer is still left
+    out, a paused clock stays paused, a warning given is not given again. A stopped clock
+    (its verdict was given) and one that breached (its breach and the escalation it caused
+    stand) are returned as they are."""
+    if clock.state is ClockState.STOPPED or clock.breach_count:
+        return clock
+    fresh = start_clock(
+        calendar, start=clock.started_at, duration=duration, warning_share=warning_share
+    )
+    waited = between(calendar, clock.basis, clock.started_at, clock.due_at) - timedelta(
+        seconds=clock.span_s
+    )
+    update: dict[str, object] = {}
+    if waited >= WAITED_AT_LEAST:
+        for name in ("due_at", "warn_at", "next_breach_at"):
+            moment = getattr(fresh, name)
+            if moment is not None:
+                update[name] = advance(calendar, fresh.basis, moment, waited)
+    if clock.warned:
+        update.update(warned=True, warn_at=None)
+    if clock.state is ClockState.PAUSED:
+        update.update(state=ClockState.PAUSED, paused_at=clock.paused_at)
+    return fresh.model_copy(update=update)
+
+
 def pause_clock(clock: Clock, *, at: datetime) -> Clock:
     if clock.state is not ClockState.RUNNING:
         return clock
@@ -305,6 +340,50 @@ def resume_clock(clock: Clock, *, calendar: BusinessCalendar, at: datetime) -> C
             "due_at": shifted(clock.due_at) if clock.breach_count == 0 else clock.due_at,
             "warn_at": shifted(clock.warn_at),
             "next_breach_at": shifted(clock.next_breach_at),
+        }
+    )
+
+
+def relay_clock(
+    clock: Clock,
+    *,
+    previous: BusinessCalendar,
+    calendar: BusinessCalendar,
+    changed_at: datetime,
+    ran_again_at: datetime | None = None,
+) -> Clock:
+    """The clock moved from its branch's ``previous`` calendar to ``calendar``, which took
+    its place at ``changed_at``: the business time used before the change stays used (as
+    ``previous`` measured it), what was left is laid out on ``calendar`` from the change,
+    or from the later start or resume (``ran_again_at``) the clock ran again from.
+
+    A paused clock keeps the time it had left at its pause, laid out on ``calendar`` from
+    there so that its resume, measuring on the calendar then in force, finds it whole. A
+    calendar-basis clock, a stopped one and one that breached are returned as they are: a
+    closure does not take back a breach and the escalation it caused."""
+    if clock.basis is not TimeBasis.BUSINESS or clock.state is ClockState.STOPPED:
+        return clock
+    if clock.breach_count:
+        return clock
+    if clock.state is ClockState.PAUSED:
+        passed_before = clock.paused_at or changed_at
+        anchor = max(passed_before, clock.started_at)
+    else:
+        passed_before = changed_at
+        anchor = max(changed_at, clock.started_at, ran_again_at or changed_at)
+
+    def moved(moment: datetime | None) -> datetime | None:
+        # A moment passed before the change (or pause) stays passed: its timer fires at once.
+        if moment is None or moment < passed_before:
+            return moment
+        left = between(previous, TimeBasis.BUSINESS, anchor, moment)
+        return advance(calendar, TimeBasis.BUSINESS, anchor, left)
+
+    return clock.model_copy(
+        update={
+            "due_at": moved(clock.due_at),
+            "warn_at": moved(clock.warn_at),
+            "next_breach_at": moved(clock.next_breach_at),
         }
     )
 

@@ -1,0 +1,314 @@
+"""Integration: a supervisor's new severity, category or flags, through intake and routing.
+
+A hospital complaint registered as a service-attitude one that turns out, on the call-back,
+to allege a medical error becomes a major incident: its report deadline runs from the
+reclassification and it goes to the hospital head at once, in routing and on intake's
+record. A new severity re-lays the customer's clocks from their start. Only unfinished
+complaints are reclassified, only by their branches' supervisors; a redelivered or late
+reclassification event changes nothing more.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+import pytest
+
+from complaints_shared.clock import ManualClock
+from complaints_shared.events import ComplaintReclassified, EventType
+from tests.support.http import command, complaint_when, create_complaint, token
+from tests.support.kafka import handled_count, of_type, publish, republish, service_events
+from tests.support.routing import FAST_TIMERS, MONDAY_10_SHANGHAI, assignment_when
+from tests.support.system import System, SystemFactory
+from tests.support.waits import eventually
+
+pytestmark = pytest.mark.integration
+
+HOUR = timedelta(hours=1)
+MEDICAL_ERROR = "回访时家属反映：疑似误诊导致病情加重，按重大医疗差错处理"
+RECLASSIFIED = EventType.COMPLAINT_RECLASSIFIED
+
+
+def _supervisor(system: System, branch: str, subject: str = "head") -> dict[str, str]:
+    return token(system.intake_settings, branches=[branch], roles=("supervisor",), subject=subject)
+
+
+async def _reclassify(system: System, cid: str, body: dict, headers: dict) -> dict:
+    return await command(system, f"/v1/complaints/{cid}/reclassify", body, headers)
+
+
+async def _routed(system: System, cid: str, headers: dict) -> dict:
+    return await complaint_when(
+        system, cid, headers, lambda c: c["assignment"], what="the assignment", timeout_s=20
+    )
+
+
+async def test_a_medical_error_found_later_makes_a_hospital_complaint_a_major_incident(
+    system_factory: SystemFactory,
+) -> None:
+    clock = ManualClock(MONDAY_10_SHANGHAI)  # the patient-relations office is open
+    system = await system_factory(clock=clock, routing=FAST_TIMERS)
+    head = _supervisor(system, "HOSP", subject="hosp-qin")
+    cid = (
+        await create_complaint(
+            system,
+            head,
+            branch="HOSP",
+            category="service_attitude",
+            severity="normal",
+            subject="候诊时护士态度差",
+            description="家属反映候诊时护士态度恶劣。",
+        )
+    )["id"]
+    record = await _routed(system, cid, head)
+    assert record["major_incident"] is False and record["regulatory_report_due_at"] is None
+    filing = f"/v1/assignments/{cid}/regulatory-report"
+    routing_head = token(system.routing_settings, branches=["HOSP"], roles=("supervisor",))
+    reference = {"reference": "卫健委-1"}
+    refused = await system.routing.post(filing, json=reference, headers=routing_head)
+    assert refused.status_code == 409, refused.text
+
+    clock.advance(HOUR)
+    learnt_at = clock.now()
+    answer = await _reclassify(system, cid, {"category": "medical", "reason": MEDICAL_ERROR}, head)
+    assert (answer["category"], answer["severity"], answer["reclassification_count"]) == (
+        "medical",
+        "normal",
+        1,
+    )
+
+    # Routing: the report deadline from the reclassification, the hospital head at once.
+    assignment = await assignment_when(
+        system, cid, lambda doc: doc.get("major_incident"), what="the major incident"
+    )
+    report = assignment["clocks"]["regulatory_report"]
+    assert report["started_at"] == learnt_at
+    assert report["due_at"] == learnt_at + 6 * HOUR
+    (escalation,) = assignment["escalations"]
+    assert (escalation["level"], escalation["reason"], escalation["escalated_to_id"]) == (
+        2,
+        "critical_incident",
+        "hosp-head",
+    )
+    assert assignment["category"] == "medical" and assignment["escalation_level"] == 2
+
+    # Intake's record agrees.
+    record = await complaint_when(
+        system,
+        cid,
+        head,
+        lambda c: c["major_incident"] and (c["escalation"] or {}).get("level") == 2,
+        what="the major incident on the record",
+        timeout_s=20,
+    )
+    assert datetime.fromisoformat(record["regulatory_report_due_at"]) == learnt_at + 6 * HOUR
+    assert record["escalation"]["reason"] == "critical_incident"
+    assert record["category"] == "medical"
+
+    # Recorded once, with what it was and what it is, in the supervisor's words.
+    timeline = (await system.intake.get(f"/v1/complaints/{cid}/timeline", headers=head)).json()
+    (entry,) = [e for e in timeline["entries"] if e["action"] == "reclassified"]
+    assert entry["actor"] == "hosp-qin" and entry["details"]["reason"] == MEDICAL_ERROR
+    assert entry["details"]["before"] == {
+        "severity": "normal",
+        "category": "service_attitude",
+        "flags": [],
+    }
+    assert entry["details"]["after"]["category"] == "medical"
+
+    # Lists and reports count it under its new category.
+    found = await system.intake.get("/v1/complaints", params={"category": "medical"}, headers=head)
+    assert [item["id"] for item in found.json()["items"]] == [cid]
+    found = await system.intake.get(
+        "/v1/complaints", params={"category": "service_attitude"}, headers=head
+    )
+    assert found.json()["items"] == []
+    window = {"from": (clock.now() - 2 * HOUR).isoformat(), "to": clock.now().isoformat()}
+    summary = await system.intake.get(
+        "/v1/reports/summary", params={"group_by": "category", **window}, headers=head
+    )
+    groups = {group["group"]: group for group in summary.json()["groups"]}
+    assert groups["medical"]["received"] == 1 and "service_attitude" not in groups
+
+    filed = await system.routing.post(filing, json=reference, headers=routing_head)
+    assert filed.status_code == 200, filed.text
+    record = await complaint_when(
+        system, cid, head, lambda c: c["regulatory_report"], what="the filing on the record"
+    )
+    assert record["regulatory_report"]["on_time"] is True
+
+
+async def test_a_severity_upgrade_re_lays_the_running_clocks_from_their_start(
+    system_factory: SystemFactory,
+) -> None:
+    clock = ManualClock(MONDAY_10_SHANGHAI)
+    system = await system_factory(clock=clock, routing=FAST_TIMERS)
+    head = _supervisor(system, "LZ")
+    acknowledged = (await create_complaint(system, head, subject="话费多扣一"))["id"]
+    waiting = (await create_complaint(system, head, subject="话费多扣二"))["id"]
+    # Registered high at the same instant: the clocks the other two should end up with.
+    high = (await create_complaint(system, head, severity="high", subject="话费多扣三"))["id"]
+    for cid in (acknowledged, waiting, high):
+        await _routed(system, cid, head)
+    expected = (await assignment_when(system, high))["clocks"]
+    await command(system, f"/v1/complaints/{acknowledged}/acknowledge", {}, head)
+    stopped = await assignment_when(
+        system,
+        acknowledged,
+        lambda doc: doc["clocks"]["acknowledge"]["state"] == "stopped",
+        what="the acknowledge clock stopped",
+    )
+    acknowledge_due = stopped["clocks"]["acknowledge"]["due_at"]
+    assert stopped["clocks"]["resolve"]["due_at"] > expected["resolve"]["due_at"]
+
+    clock.advance(5 * HOUR)  # past a high complaint's 4 business hours to acknowledge
+    for cid in (acknowledged, waiting):
+        await _reclassify(system, cid, {"severity": "high", "reason": "客户系人大代表"}, head)
+
+    # The stopped clock stays as it was; the resolve clock runs to a high one's target.
+    document = await assignment_when(
+        system, acknowledged, lambda doc: doc["severity"] == "high", what="re-laid"
+    )
+    assert document["clocks"]["acknowledge"]["due_at"] == acknowledge_due
+    assert document["clocks"]["acknowledge"]["state"] == "stopped"
+    assert document["clocks"]["resolve"]["due_at"] == expected["resolve"]["due_at"]
+    assert document["priority"] == 2 and document["escalation_level"] == 0
+
+    # Not acknowledged: its new target ran out an hour ago, so it breaches and escalates now.
+    document = await assignment_when(
+        system,
+        waiting,
+        lambda doc: doc["clocks"]["acknowledge"]["breach_count"] == 1,
+        what="the acknowledge breach",
+    )
+    assert document["clocks"]["acknowledge"]["due_at"] == expected["acknowledge"]["due_at"]
+    assert document["escalations"][-1]["reason"] == "sla_breach"
+    record = await complaint_when(
+        system,
+        waiting,
+        head,
+        lambda c: c["sla"]["acknowledge_breached"] and c["escalation_level"] == 1,
+        what="the breach on the record",
+        timeout_s=20,
+    )
+    assert record["severity"] == "high" and record["major_incident"] is False
+    for name in ("acknowledge", "resolve"):
+        due = datetime.fromisoformat(record[f"{name}_due_at"])
+        assert due == expected[name]["due_at"], name
+
+
+async def test_becoming_critical_makes_a_major_incident_under_the_default_criteria(
+    system_factory: SystemFactory,
+) -> None:
+    clock = ManualClock(MONDAY_10_SHANGHAI)
+    system = await system_factory(clock=clock, routing=FAST_TIMERS)
+    head = _supervisor(system, "LZ")
+    cid = (await create_complaint(system, head))["id"]
+    await _routed(system, cid, head)
+    clock.advance(HOUR)
+    await _reclassify(system, cid, {"severity": "critical", "reason": "涉及人身安全"}, head)
+    record = await complaint_when(
+        system,
+        cid,
+        head,
+        lambda c: c["major_incident"] and c["escalation_level"] == 3,
+        what="the branch head on the record",
+        timeout_s=20,
+    )
+    assert record["escalation"]["reason"] == "critical_incident"
+    assert datetime.fromisoformat(record["regulatory_report_due_at"]) == clock.now() + 6 * HOUR
+    assert datetime.fromisoformat(record["resolve_due_at"]) == MONDAY_10_SHANGHAI + 24 * HOUR
+
+
+async def test_a_finished_complaint_keeps_its_classification(system: System) -> None:
+    head = _supervisor(system, "LZ")
+    cid = (await create_complaint(system, head))["id"]
+    await _routed(system, cid, head)
+    path = f"/v1/complaints/{cid}/reclassify"
+
+    nothing = await system.intake.post(path, json={"reason": "核实"}, headers=head)
+    assert nothing.status_code == 422, nothing.text
+    assert {error["field"] for error in nothing.json()["errors"]} == {
+        "severity",
+        "category",
+        "flags",
+    }
+    same = await system.intake.post(
+        path, json={"category": "billing", "reason": "核实"}, headers=head
+    )
+    assert same.status_code == 409 and "already" in same.json()["detail"], same.text
+
+    # A retry under the same key changes nothing more.
+    keyed = {**head, "Idempotency-Key": "reclassify-1"}
+    body = {"severity": "high", "reason": "补充分类"}
+    first = await system.intake.post(path, json=body, headers=keyed)
+    again = await system.intake.post(path, json=body, headers=keyed)
+    assert first.status_code == again.status_code == 200, again.text
+    assert again.headers["Idempotent-Replayed"] == "true"
+    assert again.json()["reclassification_count"] == 1
+
+    await command(system, f"/v1/complaints/{cid}/resolve", {"summary": "已退费"}, head)
+    refused = await system.intake.post(
+        path, json={"severity": "critical", "reason": "补充分类"}, headers=head
+    )
+    assert refused.status_code == 409, refused.text
+    problem = refused.json()
+    assert problem["current_status"] == "resolved" and problem["command"] == "reclassify"
+    assert "resolved" in problem["detail"]
+    record = (await system.intake.get(f"/v1/complaints/{cid}", headers=head)).json()
+    assert (record["severity"], record["reclassification_count"]) == ("high", 1)
+
+
+async def test_only_a_supervisor_of_the_complaints_branch_reclassifies_it(system: System) -> None:
+    lz_head = _supervisor(system, "LZ")
+    cid = (await create_complaint(system, lz_head))["id"]
+    path = f"/v1/complaints/{cid}/reclassify"
+    body = {"flags": ["regulator_involved"], "reason": "客户已拨打12315投诉"}
+
+    agent = token(system.intake_settings, branches=["LZ"], roles=("agent",))
+    assert (await system.intake.post(path, json=body, headers=agent)).status_code == 403
+    hospital_head = _supervisor(system, "HOSP")
+    foreign = await system.intake.post(path, json=body, headers=hospital_head)
+    assert foreign.status_code == 404, foreign.text
+
+    answer = await _reclassify(system, cid, body, lz_head)
+    assert answer["flags"] == ["regulator_involved"]
+    found = await system.intake.get(
+        "/v1/complaints", params={"flag": "regulator_involved"}, headers=lz_head
+    )
+    assert [item["id"] for item in found.json()["items"]] == [cid]
+
+
+async def test_a_redelivered_or_late_reclassification_applies_once(system: System) -> None:
+    head = _supervisor(system, "LZ")
+    cid = (await create_complaint(system, head))["id"]
+    await _routed(system, cid, head)
+    await _reclassify(system, cid, {"severity": "high", "reason": "第一次调整"}, head)
+    await _reclassify(system, cid, {"severity": "low", "reason": "第二次调整"}, head)
+    applied = await assignment_when(
+        system,
+        cid,
+        lambda doc: doc.get("reclassification_number") == 2 and not doc.get("outbox"),
+        what="both reclassifications applied",
+    )
+
+    events = await service_events(
+        system, "intake", until=lambda events: len(of_type(events, RECLASSIFIED, cid)) == 2
+    )
+    first = of_type(events, RECLASSIFIED, cid)[0]
+    data = ComplaintReclassified.model_validate(first.data)
+    assert data.reclassification_number == 1 and data.severity.value == "high"
+
+    handled = handled_count("routing", RECLASSIFIED.value)
+    await republish(system, first)  # the same event again
+    await publish(system, (RECLASSIFIED, data))  # the first one, arriving late as a new event
+    await eventually(
+        lambda: handled_count("routing", RECLASSIFIED.value) >= handled + 2,
+        what="both deliveries handled",
+    )
+    document = await assignment_when(system, cid, what="the assignment")
+    assert document["severity"] == "low"
+    assert document["assignment_sequence"] == applied["assignment_sequence"]
+    assert [entry["action"] for entry in document["history"]].count("reclassified") == 2
+    record = (await system.intake.get(f"/v1/complaints/{cid}", headers=head)).json()
+    assert (record["severity"], record["reclassification_count"]) == ("low", 2)
