@@ -312,3 +312,106 @@ async def test_a_redelivered_or_late_reclassification_applies_once(system: Syste
     assert [entry["action"] for entry in document["history"]].count("reclassified") == 2
     record = (await system.intake.get(f"/v1/complaints/{cid}", headers=head)).json()
     assert (record["severity"], record["reclassification_count"]) == ("low", 2)
+
+
+async def test_a_billing_complaint_found_a_medical_error_is_a_major_incident_under_its_policy(
+    system_factory: SystemFactory,
+) -> None:
+    """A complaint routed under a policy of its old category (billing, major only when
+    critical) kept that policy's criteria alone: reclassified medical with a safety risk it
+    stayed no major incident, while one registered so at the same moment is one."""
+    clock = ManualClock(MONDAY_10_SHANGHAI)
+    system = await system_factory(clock=clock, routing=FAST_TIMERS)
+    admin = token(system.routing_settings)
+    billing_only = {
+        "name": "计费专用",
+        "categories": ["billing"],
+        "major_incident": {"min_severity": "critical", "categories": [], "flags": []},
+    }
+    saved = await system.routing.put(
+        "/v1/routing/sla-policies/billing-only", json=billing_only, headers=admin
+    )
+    assert saved.status_code in (200, 201), saved.text
+    head = _supervisor(system, "LZ")
+    cid = (await create_complaint(system, head, severity="normal", category="billing"))["id"]
+    routed = await assignment_when(system, cid, lambda doc: doc.get("clocks"), what="routed")
+    assert (routed["sla_policy"], routed["major_incident"]) == ("billing-only", False)
+
+    clock.advance(HOUR)
+    body = {"category": "medical", "flags": ["safety_risk"], "reason": MEDICAL_ERROR}
+    await _reclassify(system, cid, body, head)
+    major = await assignment_when(
+        system, cid, lambda doc: doc.get("major_incident"), what="the major incident"
+    )
+    assert major["regulatory_report_due_at"] == clock.now() + 6 * HOUR
+    assert major["sla_policy"] == "billing-only"  # its targets stay the policy's
+    record = await complaint_when(
+        system, cid, head, lambda c: c["major_incident"], what="the major incident on record"
+    )
+    assert record["regulatory_report_due_at"] is not None
+
+
+async def test_a_severity_set_while_unroutable_stands_over_a_rules_override(system: System) -> None:
+    """A supervisor raised an unroutable complaint to high; the rule that routed it later
+    lowered it to its ``severity_override`` (low), the supervisor's judgement undone."""
+    org = "acme"
+    admin = token(system.routing_settings, org=org)
+    head = token(
+        system.intake_settings, org=org, branches=["HZ"], roles=("supervisor",), subject="hz-head"
+    )
+    for path, body in (
+        ("/v1/directory/branches", {"code": "HZ", "name": "杭州门店"}),
+        (
+            "/v1/directory/departments",
+            {"branch": "HZ", "code": "SVC", "name": "客户服务部", "kind": "customer_service"},
+        ),
+        (
+            "/v1/directory/staff",
+            {"id": "hz-li", "branch": "HZ", "department": "SVC", "name": "李娜", "capacity": 5},
+        ),
+    ):
+        made = await system.routing.post(path, json=body, headers=admin)
+        assert made.status_code == 201, made.text
+    cid = (await create_complaint(system, head, branch="HZ", severity="normal"))["id"]
+    await assignment_when(system, cid, lambda doc: doc["status"] == "unroutable", what="unroutable")
+    await _reclassify(system, cid, {"severity": "high", "reason": "客户多次投诉未果"}, head)
+    await assignment_when(system, cid, lambda doc: doc["severity"] == "high", what="reclassified")
+
+    rule = {
+        "id": "everything",
+        "name": "其余投诉",
+        "is_default": True,
+        "action": {"department_id": "HZ:SVC", "severity_override": "low"},
+    }
+    assert (await system.routing.post("/v1/routing/rules", json=rule, headers=admin)).is_success
+    routed = await assignment_when(
+        system, cid, lambda doc: doc["status"] == "open", what="routed", timeout_s=30
+    )
+    assert routed["severity"] == "high"
+    record = await complaint_when(
+        system, cid, head, lambda c: c["assignment"], what="routed on record", timeout_s=20
+    )
+    assert record["severity"] == "high"
+
+
+async def test_a_category_change_that_moves_no_due_time_is_announced_by_nobody(
+    system: System,
+) -> None:
+    """Routing announced every reclassification again, and intake recorded each as
+    ``due_times_updated`` although no due time had moved."""
+    head = _supervisor(system, "LZ")
+    cid = (await create_complaint(system, head, severity="normal", category="billing"))["id"]
+    await _routed(system, cid, head)
+    await _reclassify(system, cid, {"category": "policy", "reason": "实为资费政策争议"}, head)
+    await assignment_when(system, cid, lambda doc: doc["category"] == "policy", what="applied")
+    await _reclassify(system, cid, {"severity": "high", "reason": "客户多次来电"}, head)
+    await assignment_when(system, cid, lambda doc: doc["severity"] == "high", what="applied")
+
+    async def actions() -> list[str] | None:
+        timeline = await system.intake.get(f"/v1/complaints/{cid}/timeline", headers=head)
+        found = [entry["action"] for entry in timeline.json()["entries"]]
+        return found if "due_times_updated" in found else None
+
+    found = await eventually(actions, what="the severity's due times on the timeline")
+    # The severity moved the due times: announced once; the category change: not at all.
+    assert found.count("reclassified") == 2 and found.count("due_times_updated") == 1

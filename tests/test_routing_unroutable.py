@@ -11,20 +11,20 @@ meanwhile is on the record at once and judged against the deadline routing gives
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 
 import pytest
 
 from complaints_shared.clock import ManualClock, SystemClock
-from complaints_shared.events import EventType, Topic, dead_letter_topic
+from complaints_shared.events import ComplaintUnroutable, EventType, Topic, dead_letter_topic
 from routing import context_cache
 from routing.assignments import unroutable
 from routing.assignments.scheduler import SlaScheduler
 from routing.rules.models import RuleCreate
 from tests.support.faults import FailsFirst
 from tests.support.http import create_complaint, token
-from tests.support.kafka import events_of, read_topic
+from tests.support.kafka import events_of, publish, read_topic
 from tests.support.routing import MONDAY_10_SHANGHAI, assignment_when, routing_db
 from tests.support.system import System, SystemFactory
 from tests.support.waits import eventually
@@ -193,6 +193,48 @@ async def test_the_customer_is_asked_for_what_is_missing_before_the_complaint_is
     # Routing laid the wait out from its memory of the unroutable complaint, and resumed.
     await assignment_when(system, routed_meanwhile, lambda d: d["status"] == "open")
     await assignment_when(system, routed_meanwhile, lambda d: not d["paused"])
+
+
+async def test_a_rejected_or_withdrawn_unroutable_complaint_waits_for_no_route(
+    system: System,
+) -> None:
+    """``unroutable`` stayed on intake's record of a complaint rejected or withdrawn before
+    any rule routed it, for good, while routing had finished it."""
+    acme = token(system.intake_settings, org=ORG)
+    rejected, withdrawn = [
+        (await create_complaint(system, acme, branch="HZ", subject=f"门店服务态度差{n}"))["id"]
+        for n in range(2)
+    ]
+    for complaint_id in (rejected, withdrawn):
+        await _visibly_unroutable(system, complaint_id)
+    endings = (
+        (rejected, "reject", {"reason_code": "out_of_scope", "explanation": "非本店业务"}),
+        (withdrawn, "withdraw", {"reason": "客户撤回"}),
+    )
+    for complaint_id, name, body in endings:
+        path = f"/v1/complaints/{complaint_id}/{name}"
+        ended = await system.intake.post(path, json=body, headers=acme)
+        assert ended.status_code == 200, ended.text
+        assert ended.json()["unroutable"] is None
+        assert (await _record(system, complaint_id))["unroutable"] is None
+    # Routing's word arriving after the rejection (it had not read the complaint yet, or a
+    # replay from the dead-letter topic) leaves it so.
+    late = ComplaintUnroutable(
+        complaint_id=rejected,
+        org=ORG,
+        branch="HZ",
+        reason="no routing rule matches",
+        unroutable_at=datetime.now(UTC),
+    )
+    [sent] = await publish(system, (EventType.COMPLAINT_UNROUTABLE, late), service="routing")
+
+    async def applied() -> dict | None:
+        timeline = await system.intake.get(f"/v1/complaints/{rejected}/timeline", headers=acme)
+        ids = [entry.get("event_id") for entry in timeline.json()["entries"]]
+        return timeline.json() if sent.id in ids else None
+
+    await eventually(applied, what="the late announcement applied")
+    assert (await _record(system, rejected))["unroutable"] is None
 
 
 async def test_a_supervisor_reassigning_an_unroutable_complaint_routes_it(system: System) -> None:

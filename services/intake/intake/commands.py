@@ -179,6 +179,13 @@ def _wait_ended() -> dict[str, Any]:
     return {"$unset": {"pending_customer_since": ""}}
 
 
+def _ended_for_good() -> dict[str, Any]:
+    """A complaint rejected or withdrawn waits for nothing any more: neither the customer nor
+    a route (``unroutable`` stayed on the record of one no rule routed, for good, while
+    routing had finished it)."""
+    return {"$unset": {"pending_customer_since": "", "unroutable": ""}}
+
+
 # How far before the acknowledgement a promised response time may lie: a client's clock a
 # little behind ours, not a promise broken as it is made.
 PROMISE_CLOCK_SKEW = timedelta(minutes=1)
@@ -499,7 +506,7 @@ def reject(request: RejectRequest, principal: Principal) -> Build:
         }
         event = ComplaintRejected(**event_base(current), **rejection)
         return (
-            {"$set": {"rejection": rejection, "finished_at": now}, **_wait_ended()},
+            {"$set": {"rejection": rejection, "finished_at": now}, **_ended_for_good()},
             [(EventType.COMPLAINT_REJECTED, event)],
         )
 
@@ -515,7 +522,10 @@ def withdraw(request: WithdrawRequest, principal: Principal) -> Build:
             withdrawn_at=now,
         )
         return (
-            {"$set": {"withdrawal_reason": request.reason, "finished_at": now}, **_wait_ended()},
+            {
+                "$set": {"withdrawal_reason": request.reason, "finished_at": now},
+                **_ended_for_good(),
+            },
             [(EventType.COMPLAINT_WITHDRAWN, event)],
         )
 

@@ -55,7 +55,7 @@ from complaints_shared.events import (
 from complaints_shared.failures import Rejected
 from complaints_shared.mongo import as_utc, merge_updates
 from intake import commands, reference_numbers, store
-from intake.lifecycle import Action, Command, Status, is_legal, transition
+from intake.lifecycle import TERMINAL_STATUSES, Action, Command, Status, is_legal, transition
 from intake.settings import IntakeSettings
 
 # Routed at last: the record no longer says it is unroutable.
@@ -390,6 +390,8 @@ async def apply_unroutable(
     def decide(current: dict[str, Any]) -> store.Decision:
         if current.get("assignment") is not None:
             return store.UNCHANGED  # routed meanwhile (a late, redelivered announcement)
+        if Status(current["status"]) in TERMINAL_STATUSES:
+            return store.UNCHANGED  # rejected or withdrawn first: it waits for no route
         unroutable = {
             "reason": data.reason,
             "passed_over_rules": data.passed_over_rules,

@@ -437,6 +437,10 @@ def fire_timers(
     return fired
 
 
+# The due times an assignment's clocks give, as ``clock_fields`` writes them.
+DUE_TIME_FIELDS = ("acknowledge_due_at", "resolve_due_at", "regulatory_report_due_at")
+
+
 def clock_fields(clocks: dict[str, sla_clocks.Clock]) -> dict[str, Any]:
     """The clocks and what is derived from them, always written together."""
 

@@ -212,8 +212,12 @@ def plan_route(
     staff: list[StaffRead],
     duty_officer: StaffRead | None,
     routed_at: datetime,
+    severity_decided: bool = False,
 ) -> RoutePlan:
     """Rule, department, severity, policy, out-of-hours handling, clocks and escalation.
+
+    ``severity_decided``: a supervisor set the complaint's severity (a reclassification
+    while it was unroutable), which a rule's ``severity_override`` does not replace.
 
     ``staff`` holds the people of every branch a reachable department is in. The clocks
     count from the receipt; whether the duty officer takes an urgent complaint depends on
@@ -223,7 +227,9 @@ def plan_route(
     """
     rule, department, skipped = choose_route(complaint, rules=rules, departments=departments)
     action = rule.action
-    severity = action.severity_override or complaint.severity
+    severity = complaint.severity
+    if not severity_decided:
+        severity = action.severity_override or severity
     # A retired policy stays on the assignments that have it, but is never given anew.
     policy = sla_clocks.select_policy(
         [policy for policy in policies if policy.in_force],
@@ -336,6 +342,7 @@ def replan_classification(
     *,
     calendar: BusinessCalendar,
     policy: SlaPolicy,
+    major_criteria: Iterable[SlaPolicy],
     severity_before: Severity,
     severity: Severity,
     category: Category,
@@ -347,9 +354,11 @@ def replan_classification(
 
     A new severity re-lays the acknowledge and resolve clocks to its targets measured from
     each clock's start (``sla_clocks.retarget_clock``: stopped or breached clocks stay as
-    they are). A complaint that now meets the policy's major-incident criteria becomes one
-    (a major incident is never revoked): its report deadline runs from the
-    reclassification, when the organisation learnt of the incident, whatever the hours.
+    they are). A complaint that now meets the major-incident criteria of any of
+    ``major_criteria`` (its own policy's, and the one its new category would be given)
+    becomes one (a major incident is never revoked): its report deadline, that policy's,
+    runs from the reclassification, when the organisation learnt of the incident, whatever
+    the hours.
     """
     relaid = dict(clocks)
     if severity is not severity_before:
@@ -362,15 +371,23 @@ def replan_classification(
                     duration=getattr(targets, name),
                     warning_share=policy.warning_share,
                 )
-    major = major_before or sla_clocks.is_major_incident(
-        policy, severity=severity, category=category, flags=flags
+    deciding = next(
+        (
+            criteria
+            for criteria in major_criteria
+            if sla_clocks.is_major_incident(
+                criteria, severity=severity, category=category, flags=flags
+            )
+        ),
+        None,
     )
+    major = major_before or deciding is not None
     became_major = major and not major_before
-    if became_major and SlaClock.REGULATORY_REPORT.value not in relaid:
+    if became_major and deciding is not None and SlaClock.REGULATORY_REPORT.value not in relaid:
         relaid[SlaClock.REGULATORY_REPORT.value] = sla_clocks.start_clock(
             calendar,
             start=reclassified_at,
-            duration=policy.regulatory_report_within,
-            warning_share=policy.warning_share,
+            duration=deciding.regulatory_report_within,
+            warning_share=deciding.warning_share,
         )
     return Reclassified(clocks=relaid, major_incident=major, became_major=became_major)

@@ -737,10 +737,6 @@ async def _reopen_owner(
     return choice, False
 
 
-# The number of the latest reclassification applied to the assignment (intake numbers them).
-RECLASSIFICATION_NUMBER = "reclassification_number"
-
-
 def _classification_fields(current: dict[str, Any], data: ComplaintReclassified) -> dict[str, Any]:
     """Severity, category and flags as the reclassification gives them (the customer's VIP
     mark, routing's own flag, kept), with the queue priority the severity has."""
@@ -752,7 +748,7 @@ def _classification_fields(current: dict[str, Any], data: ComplaintReclassified)
         "priority": SEVERITY_ORDER.index(data.severity),
         "category": data.category.value,
         "flags": sorted(flags),
-        RECLASSIFICATION_NUMBER: data.reclassification_number,
+        store.RECLASSIFICATION_NUMBER: data.reclassification_number,
     }
 
 
@@ -780,7 +776,7 @@ async def reclassify(
     calendar_of = _calendar_reader(db)
 
     async def decide(current: dict[str, Any]) -> Decision | None:
-        if data.reclassification_number <= current.get(RECLASSIFICATION_NUMBER, 0):
+        if data.reclassification_number <= current.get(store.RECLASSIFICATION_NUMBER, 0):
             return None
         if not _applies(current, Command.RECLASSIFY, event):
             return None
@@ -801,15 +797,26 @@ async def reclassify(
                 "flags": list(data.flags),
             }
             return Decision(merge_updates({"$set": {**fields, "received": received}}, entry))
+        policy = sla_clocks.select_policy(
+            policies,
+            org=data.org,
+            requested=current.get("sla_policy"),
+            category=Category(current["category"]),
+        )
+        # The major-incident criteria of the policy the new category would be given too: a
+        # billing complaint found a medical error stayed under its billing policy, whose
+        # criteria knew nothing of medical ones.
+        by_category = sla_clocks.select_policy(
+            [candidate for candidate in policies if candidate.in_force],
+            org=data.org,
+            requested=None,
+            category=data.category,
+        )
         planned = planning.replan_classification(
             sla_clocks.load_clocks(current.get("clocks")),
             calendar=await calendar_of(current),
-            policy=sla_clocks.select_policy(
-                policies,
-                org=data.org,
-                requested=current.get("sla_policy"),
-                category=Category(current["category"]),
-            ),
+            policy=policy,
+            major_criteria=(policy, by_category),
             severity_before=Severity(current["severity"]),
             severity=data.severity,
             category=data.category,
@@ -838,7 +845,11 @@ async def reclassify(
                 "escalation_level", after.get("escalation_level", 0)
             )
         update = merge_updates({"$set": set_fields}, escalation_update, entry)
-        return Decision(update, [*_announced(after), *escalation_events])
+        # Announced when it tells intake something new (intake took the classification
+        # from its own command): due times moved, or a major incident.
+        moved = any(set_fields[name] != current.get(name) for name in lifecycle.DUE_TIME_FIELDS)
+        announced = _announced(after) if moved or planned.became_major else []
+        return Decision(update, [*announced, *escalation_events])
 
     await _apply(db, settings, event, data.complaint_id, decide, now)
 

@@ -124,7 +124,11 @@ async def duty_officer_taking(
 
 
 def plan_for(
-    complaint: ComplaintReceived, context: RoutingContext, *, routed_at: datetime
+    complaint: ComplaintReceived,
+    context: RoutingContext,
+    *,
+    routed_at: datetime,
+    severity_decided: bool = False,
 ) -> planning.RoutePlan:
     plan = planning.plan_route(
         complaint,
@@ -135,6 +139,7 @@ def plan_for(
         staff=context.staff,
         duty_officer=context.duty_officer,
         routed_at=routed_at,
+        severity_decided=severity_decided,
     )
     return replace(plan, calendar_version=context.calendar_version)
 

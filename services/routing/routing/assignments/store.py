@@ -43,6 +43,8 @@ ASSIGNMENTS = "assignments"
 # The version of its branch's calendar the clocks are laid out on (the branch's
 # ``calendar_version``; missing: laid out before the branch's calendar first changed).
 CALENDAR_VERSION = "calendar_version"
+# The number of the latest reclassification applied to the assignment (intake numbers them).
+RECLASSIFICATION_NUMBER = "reclassification_number"
 # A queued complaint a supervisor took off its owner (a reassignment to the same department
 # when nobody else had room): ``{"owner_id", "queued_at"}``, the queue gives it to anyone but
 # them while it waits from that queueing on (a later queueing makes it stale).

@@ -167,7 +167,12 @@ async def leave(
             db=db, org=complaint.org, branches=[department.branch]
         )
     try:
-        plan = routing_context.plan_for(complaint, context, routed_at=now)
+        # A supervisor's reclassification while it waited is the later judgement: a rule's
+        # severity override took it back once a rule routed the complaint.
+        reclassified = current.get(store.RECLASSIFICATION_NUMBER, 0) > 0
+        plan = routing_context.plan_for(
+            complaint, context, routed_at=now, severity_decided=reclassified
+        )
     except planning.NoRoute:
         return None
     if department is not None:
