@@ -118,6 +118,48 @@ async def test_poison_records_dead_letter_with_their_reason_and_the_partition_go
     assert "x" not in routing_types and OTHER_EVENT_TYPE in routing_types
 
 
+async def test_a_broken_record_of_a_type_a_reader_does_not_handle_is_its_handlers_dead_letter(
+    system: System,
+) -> None:
+    """Follow-up reads routing's topic for branch announcements alone: it passes routing's
+    complaint events over undecoded (decoding each cost it as much CPU per complaint as all
+    its own work), and a broken one is intake's dead letter, which handles its type, not
+    follow-up's too."""
+    complaint_id = str(uuid.uuid4())
+    event = CloudEvent.new(
+        event_type=EventType.COMPLAINT_ASSIGNED,
+        source="routing",
+        data=received(complaint_id=complaint_id),  # its id is missing: no data is read
+    )
+    _, value, headers = to_kafka_record(event)
+    no_id = [(name, None if name == "ce_id" else raw) for name, raw in headers]
+    skipped = EVENTS_CONSUMED.labels("followup", EventType.COMPLAINT_ASSIGNED, "skipped")
+    skipped_before = skipped._value.get()
+    followup = system.followup_app.state.runtime.consumer
+    await eventually(
+        lambda: asyncio.sleep(0, followup.assigned.is_set()), what="follow-up consuming"
+    )
+    topic = system.topic(Topic.ROUTING)
+    producer = AIOKafkaProducer(bootstrap_servers=system.intake_settings.kafka_bootstrap_servers)
+    await producer.start()
+    try:
+        await producer.send_and_wait(topic, value, key=complaint_id.encode(), headers=no_id)
+    finally:
+        await producer.stop()
+
+    async def intakes() -> list[DeadLetter]:
+        letters = await group_dead_letters(system.intake_settings, topic=topic)
+        return [letter for letter in letters if letter.key == complaint_id.encode()]
+
+    [dead] = await eventually(intakes, what="intake dead-lettered the broken record")
+    assert dead.header("dlq_reason") == "invalid_envelope"
+    await eventually(
+        lambda: skipped._value.get() > skipped_before, timeout_s=30, what="follow-up passed it"
+    )
+    followups = await group_dead_letters(system.followup_settings, topic=topic)
+    assert [letter for letter in followups if letter.key == complaint_id.encode()] == []
+
+
 async def test_a_record_with_a_null_header_value_is_dead_lettered_and_the_partition_goes_on(
     system: System,
 ) -> None:

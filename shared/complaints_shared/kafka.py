@@ -63,6 +63,7 @@ log = get_logger(__name__)
 
 # Records fetched per poll, and so at most the records redelivered after a crash.
 MAX_POLL_RECORDS = 100
+_CATALOGUE_TYPES = frozenset(EventType)
 
 EventHandler = Callable[[CloudEvent, EventPayload], Awaitable[None]]
 METADATA_MAX_AGE_MS = 10_000
@@ -640,6 +641,14 @@ class EventConsumer:
                 self._settings.service_name, event_type, "replay_for_another_group"
             ).inc()
             return True
+        declared = _header(record, "ce_type")
+        if declared is not None and self._none_of_ours(declared):
+            # Another service's event (follow-up reads routing's topic for its branch
+            # announcements alone): passed over undecoded, as it would be decoded. Decoding
+            # each cost follow-up as much CPU per complaint as all its own work; a broken one
+            # is dead-lettered by the consumers that handle its type, not by every reader.
+            EVENTS_CONSUMED.labels(self._settings.service_name, declared, "skipped").inc()
+            return True
         try:
             event, data, handler = self._decode(record)
             if handler is None:
@@ -652,6 +661,15 @@ class EventConsumer:
                 return await self._handle_until_done(record, event, data, handler)
         except _DeadLetter as dead:
             return await self._dead_letter(record, dead)
+
+    def _none_of_ours(self, event_type: str) -> bool:
+        """Whether ``event_type`` is a type of the catalogue this consumer handles in no
+        version (an unknown type is decoded: it may be a broken envelope of ours)."""
+        return (
+            event_type in _CATALOGUE_TYPES
+            and event_type not in self._handlers
+            and _without_version(event_type) not in self._handled_names
+        )
 
     def _decode(
         self, record: ConsumerRecord
