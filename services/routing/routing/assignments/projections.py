@@ -763,14 +763,16 @@ async def reclassify(
     """A new severity, category or flags: the plan of the work still to do follows them.
 
     Routed (open or queued): a new severity re-lays the acknowledge and resolve clocks
-    (``planning.replan_classification``); a complaint that now meets its SLA policy's
-    major-incident criteria gets the report deadline from the reclassification and goes at
-    once to its chain's branch-head rung (reason ``critical_incident``), as one routed so on
-    arrival does. The assignment is announced again (``complaint.assigned`` /
-    ``complaint.queued``) with its due times, severity, flags and ``major_incident``. The
-    department, owner and SLA policy stay. Unroutable: the classification it is routed with
-    once a rule covers it. Applied in order of ``reclassification_number``: an older one
-    replayed after a newer one changes nothing.
+    (``planning.replan_classification``); a complaint that now meets the major-incident
+    criteria of its SLA policy, or of the policy its new category would be given, gets the
+    report deadline from the reclassification and goes at once to its chain's branch-head
+    rung (reason ``critical_incident``), as one routed so on arrival does. When a due time
+    moved or it became a major incident, the assignment is announced again
+    (``complaint.assigned`` / ``complaint.queued``) with its due times, severity, flags and
+    ``major_incident``. The department, owner and SLA policy stay. Unroutable: the
+    classification it is routed with once a rule covers it, its severity over the rule's
+    override. Applied in order of ``reclassification_number``: an older one replayed after a
+    newer one changes nothing.
     """
     policies = await policy_store.load_policies(db=db, org=data.org)
     calendar_of = _calendar_reader(db)
