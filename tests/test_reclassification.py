@@ -18,7 +18,12 @@ from complaints_shared.clock import ManualClock
 from complaints_shared.events import ComplaintReclassified, EventType
 from tests.support.http import command, complaint_when, create_complaint, token
 from tests.support.kafka import handled_count, of_type, publish, republish, service_events
-from tests.support.routing import FAST_TIMERS, MONDAY_10_SHANGHAI, assignment_when
+from tests.support.routing import (
+    FAST_TIMERS,
+    MONDAY_10_SHANGHAI,
+    assignment_when,
+    hangzhou_service_desk,
+)
 from tests.support.system import System, SystemFactory
 from tests.support.waits import eventually
 
@@ -359,19 +364,7 @@ async def test_a_severity_set_while_unroutable_stands_over_a_rules_override(syst
     head = token(
         system.intake_settings, org=org, branches=["HZ"], roles=("supervisor",), subject="hz-head"
     )
-    for path, body in (
-        ("/v1/directory/branches", {"code": "HZ", "name": "杭州门店"}),
-        (
-            "/v1/directory/departments",
-            {"branch": "HZ", "code": "SVC", "name": "客户服务部", "kind": "customer_service"},
-        ),
-        (
-            "/v1/directory/staff",
-            {"id": "hz-li", "branch": "HZ", "department": "SVC", "name": "李娜", "capacity": 5},
-        ),
-    ):
-        made = await system.routing.post(path, json=body, headers=admin)
-        assert made.status_code == 201, made.text
+    await hangzhou_service_desk(system, admin)
     cid = (await create_complaint(system, head, branch="HZ", severity="normal"))["id"]
     await assignment_when(system, cid, lambda doc: doc["status"] == "unroutable", what="unroutable")
     await _reclassify(system, cid, {"severity": "high", "reason": "客户多次投诉未果"}, head)

@@ -39,7 +39,13 @@ from routing.sla.models import TimeBasis
 from tests.support.events import base, received, reopened, resolved
 from tests.support.http import command, complaint_when, create_complaint, token
 from tests.support.kafka import intake_producer, of_type, routing_events
-from tests.support.routing import FAST_TIMERS, MONDAY_10_SHANGHAI, assignment_when, routing_db
+from tests.support.routing import (
+    FAST_TIMERS,
+    MONDAY_10_SHANGHAI,
+    assignment_when,
+    hangzhou_service_desk,
+    routing_db,
+)
 from tests.support.system import System, SystemFactory
 from tests.support.waits import eventually
 from tests.support.webhooks import receiver, serve_webhooks, subscribe
@@ -350,17 +356,6 @@ async def test_intake_and_webhooks_learn_that_a_breach_was_withdrawn(
 # ------------------------------------------------ what an unroutable one went through --
 
 ORG = "acme"
-HANGZHOU = (
-    ("/v1/directory/branches", {"code": "HZ", "name": "杭州门店"}),
-    (
-        "/v1/directory/departments",
-        {"branch": "HZ", "code": "SVC", "name": "客户服务部", "kind": "customer_service"},
-    ),
-    (
-        "/v1/directory/staff",
-        {"id": "hz-li", "branch": "HZ", "department": "SVC", "name": "李娜", "capacity": 5},
-    ),
-)
 DEFAULT_RULE = {
     "id": "everything",
     "name": "其余投诉 → 杭州客户服务部",
@@ -371,9 +366,7 @@ DEFAULT_RULE = {
 
 async def _hangzhou_without_rules(system: System) -> dict:
     admin = token(system.routing_settings, org=ORG)
-    for path, body in HANGZHOU:
-        made = await system.routing.post(path, json=body, headers=admin)
-        assert made.status_code == 201, made.text
+    await hangzhou_service_desk(system, admin)
     return admin
 
 

@@ -25,16 +25,22 @@ from routing.rules.models import RuleCreate
 from tests.support.faults import FailsFirst
 from tests.support.http import create_complaint, token
 from tests.support.kafka import events_of, publish, read_topic
-from tests.support.routing import MONDAY_10_SHANGHAI, assignment_when, routing_db
+from tests.support.routing import (
+    HANGZHOU_AGENT,
+    HANGZHOU_BRANCH,
+    HANGZHOU_DEPARTMENT,
+    MONDAY_10_SHANGHAI,
+    assignment_when,
+    hangzhou_service_desk,
+    routing_db,
+)
 from tests.support.system import System, SystemFactory
 from tests.support.waits import eventually
 
 pytestmark = pytest.mark.integration
 
 ORG = "acme"
-BRANCH = {"code": "HZ", "name": "杭州门店"}
-DEPARTMENT = {"branch": "HZ", "code": "SVC", "name": "客户服务部", "kind": "customer_service"}
-AGENT = {"id": "hz-li", "branch": "HZ", "department": "SVC", "name": "李娜", "capacity": 5}
+BRANCH, DEPARTMENT, AGENT = HANGZHOU_BRANCH, HANGZHOU_DEPARTMENT, HANGZHOU_AGENT
 DEFAULT_RULE = {
     "id": "everything",
     "name": "其余投诉 → 杭州客户服务部",
@@ -82,17 +88,6 @@ async def _routed(system: System, complaint_id: str) -> dict:
     return await eventually(routed, timeout_s=10, what="the record showing the assignment")
 
 
-async def _hangzhou_service_desk(system: System, admin: dict) -> None:
-    """The branch, its customer-service department and one agent (no rule leads there)."""
-    for path, body in (
-        ("/v1/directory/branches", BRANCH),
-        ("/v1/directory/departments", DEPARTMENT),
-        ("/v1/directory/staff", AGENT),
-    ):
-        made = await system.routing.post(path, json=body, headers=admin)
-        assert made.status_code == 201, made.text
-
-
 async def test_an_unroutable_complaint_is_visible_and_routed_once_a_rule_covers_it(
     system: System,
 ) -> None:
@@ -120,7 +115,7 @@ async def test_an_unroutable_complaint_is_visible_and_routed_once_a_rule_covers_
     assert workload.json()["unroutable"] == 1
 
     # The directory alone does not route it: no rule leads there yet.
-    await _hangzhou_service_desk(system, admin)
+    await hangzhou_service_desk(system, admin)
     assert (await _record(system, complaint_id))["unroutable"] is not None
 
     rule = await system.routing.post("/v1/routing/rules", json=DEFAULT_RULE, headers=admin)
@@ -183,7 +178,7 @@ async def test_the_customer_is_asked_for_what_is_missing_before_the_complaint_is
 
     assert await resume(untaken) == "received"
 
-    await _hangzhou_service_desk(system, admin)
+    await hangzhou_service_desk(system, admin)
     rule = await system.routing.post("/v1/routing/rules", json=DEFAULT_RULE, headers=admin)
     assert rule.status_code == 201, rule.text
     during_the_wait = await _routed(system, routed_meanwhile)
@@ -239,7 +234,7 @@ async def test_a_rejected_or_withdrawn_unroutable_complaint_waits_for_no_route(
 
 async def test_a_supervisor_reassigning_an_unroutable_complaint_routes_it(system: System) -> None:
     admin = token(system.routing_settings, org=ORG)
-    await _hangzhou_service_desk(system, admin)
+    await hangzhou_service_desk(system, admin)
     # The organisation has people and a department but no rule at all yet.
     acme_admin = token(system.intake_settings, org=ORG)
     complaint_id = (await create_complaint(system, acme_admin, branch="HZ", subject="退货被拒"))[
@@ -300,7 +295,7 @@ async def test_a_report_filed_while_unroutable_is_on_the_record_and_judged_once_
     assert (filing["reference"], filing["filed_by"]) == ("卫健委-HZ-001", "hz-head")
     assert record["regulatory_report_due_at"] is None  # no deadline known while unroutable
 
-    await _hangzhou_service_desk(system, admin)
+    await hangzhou_service_desk(system, admin)
     rule = await system.routing.post("/v1/routing/rules", json=DEFAULT_RULE, headers=admin)
     assert rule.status_code == 201, rule.text
     record = await eventually(
@@ -337,7 +332,7 @@ async def test_the_sweep_retries_every_unroutable_complaint_not_only_the_oldest(
     monkeypatch.setattr(unroutable, "RETRY_BATCH", 2)
     admin = token(system.routing_settings, org=ORG)
     acme_admin = token(system.intake_settings, org=ORG)
-    await _hangzhou_service_desk(system, admin)
+    await hangzhou_service_desk(system, admin)
     scheduler = SlaScheduler(settings=system.routing_settings)
     runtime = SimpleNamespace(db=routing_db(system), clock=SystemClock())
     await scheduler.sweep_queues(runtime)  # has looked at the organisation's version already
@@ -388,7 +383,7 @@ async def test_a_rule_added_through_another_replica_routes_the_next_complaint_at
         routing={"routing_directory_check_s": 3600, "queue_sweep_interval_s": 0.1}
     )
     admin = token(system.routing_settings, org=ORG)
-    await _hangzhou_service_desk(system, admin)
+    await hangzhou_service_desk(system, admin)
     acme = token(system.intake_settings, org=ORG)
     first = await create_complaint(system, acme, branch="HZ", subject="门店服务态度差")
     await _visibly_unroutable(system, first["id"])  # this replica's context: no rule
@@ -417,7 +412,7 @@ async def test_a_rule_whose_directory_bump_failed_routes_once_its_creation_is_re
     rule covered is routed (a 409 there left it unroutable until some other edit)."""
     admin = token(system.routing_settings, org=ORG)
     acme_admin = token(system.intake_settings, org=ORG)
-    await _hangzhou_service_desk(system, admin)
+    await hangzhou_service_desk(system, admin)
     complaint_id = (
         await create_complaint(system, acme_admin, branch="HZ", subject="门店服务态度差")
     )["id"]
@@ -451,7 +446,7 @@ async def test_a_department_whose_directory_bump_failed_routes_once_its_creation
     a 422 for a kind already taken, by itself, or a 409, and it stayed unroutable)."""
     admin = token(system.routing_settings, org=ORG)
     acme_admin = token(system.intake_settings, org=ORG)
-    await _hangzhou_service_desk(system, admin)
+    await hangzhou_service_desk(system, admin)
     by_kind = {
         "id": "customer-service",
         "name": "投诉 → 本门店客户服务部",
@@ -545,7 +540,7 @@ async def test_the_sweep_routes_an_unroutable_complaint_after_the_context_max_ag
     system = await system_factory(routing={"queue_sweep_interval_s": 3600})
     admin = token(system.routing_settings, org=ORG)
     acme_admin = token(system.intake_settings, org=ORG)
-    await _hangzhou_service_desk(system, admin)
+    await hangzhou_service_desk(system, admin)
     complaint_id = (
         await create_complaint(system, acme_admin, branch="HZ", subject="门店服务态度差")
     )["id"]

@@ -29,7 +29,12 @@ from routing.assignments.projections import REMEMBERED
 from tests.support.clock import at
 from tests.support.http import command, complaint_of, complaint_when, create_complaint, token
 from tests.support.kafka import publish
-from tests.support.routing import FAST_TIMERS, MONDAY_10_SHANGHAI, assignment_when
+from tests.support.routing import (
+    FAST_TIMERS,
+    MONDAY_10_SHANGHAI,
+    assignment_when,
+    hangzhou_service_desk,
+)
 from tests.support.system import System, SystemFactory
 from tests.support.waits import eventually
 
@@ -367,19 +372,7 @@ async def test_a_wait_begun_while_unroutable_gets_its_due_times_at_the_resume(
     clock = ManualClock(MONDAY_10_SHANGHAI)
     system = await system_factory(clock=clock, routing=FAST_TIMERS)
     admin = token(system.routing_settings, org="acme")
-    for path, body in (
-        ("/v1/directory/branches", {"code": "HZ", "name": "杭州门店"}),
-        (
-            "/v1/directory/departments",
-            {"branch": "HZ", "code": "SVC", "name": "客户服务部", "kind": "customer_service"},
-        ),
-        (
-            "/v1/directory/staff",
-            {"id": "hz-li", "branch": "HZ", "department": "SVC", "name": "李娜", "capacity": 5},
-        ),
-    ):
-        made = await system.routing.post(path, json=body, headers=admin)
-        assert made.status_code == 201, made.text
+    await hangzhou_service_desk(system, admin)
     acme = token(system.intake_settings, org="acme")
     cid = (await create_complaint(system, acme, branch="HZ", subject="门店服务态度差"))["id"]
     await assignment_when(system, cid, lambda d: d["status"] == "unroutable", what="unroutable")

@@ -22,6 +22,29 @@ MONDAY_10_SHANGHAI = datetime(2026, 11, 23, 2, 0, tzinfo=UTC)
 TUESDAY_22_SHANGHAI = datetime(2026, 11, 24, 14, 0, tzinfo=UTC)
 
 
+# Organisation acme's Hangzhou shop: a branch, its customer-service department and one agent,
+# which no routing rule leads to until a test adds one.
+HANGZHOU_BRANCH = {"code": "HZ", "name": "杭州门店"}
+HANGZHOU_DEPARTMENT = {
+    "branch": "HZ",
+    "code": "SVC",
+    "name": "客户服务部",
+    "kind": "customer_service",
+}
+HANGZHOU_AGENT = {"id": "hz-li", "branch": "HZ", "department": "SVC", "name": "李娜", "capacity": 5}
+
+
+async def hangzhou_service_desk(system: System, admin: dict[str, str]) -> None:
+    """Create the Hangzhou branch, department and agent through routing's directory API."""
+    for path, body in (
+        ("/v1/directory/branches", HANGZHOU_BRANCH),
+        ("/v1/directory/departments", HANGZHOU_DEPARTMENT),
+        ("/v1/directory/staff", HANGZHOU_AGENT),
+    ):
+        made = await system.routing.post(path, json=body, headers=admin)
+        assert made.status_code == 201, made.text
+
+
 def routing_db(system: System):
     return system.mongo[system.routing_settings.database_name()]
 
