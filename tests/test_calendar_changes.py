@@ -246,3 +246,45 @@ async def test_a_re_lay_cut_short_is_completed_by_the_next_sweep_once_per_compla
         assert document["resolve_due_at"] == shanghai(11, 10)
         actions = [entry["action"] for entry in document["history"]]
         assert actions.count("calendar_applied") == 1
+
+
+async def test_a_complaint_finished_before_the_change_reopens_on_the_new_calendar(
+    system_factory: SystemFactory,
+) -> None:
+    """Resolved before the typhoon closure, reopened after the sweep re-laid the branch's
+    open work: until 6 December the fresh resolve clock ran on the old calendar (Thursday,
+    not Friday) until its first timer."""
+    clock = ManualClock(shanghai(7, 10))
+    system = await system_factory(clock=clock, routing=FAST_TIMERS)
+    agent = token(system.intake_settings, branches=["LZ"], roles=("agent",))
+    supervisor = token(system.intake_settings, branches=["LZ"], roles=("supervisor",))
+    cid = await _complaint(system, agent, severity="high")
+    clock.set(shanghai(7, 11))
+    await command(system, f"/v1/complaints/{cid}/resolve", {"summary": "已退费"}, agent)
+    await assignment_when(system, cid, lambda d: d["status"] == "resolved", what="resolved")
+
+    clock.set(shanghai(7, 11, 30))
+    await _change_branch(system, TYPHOON)
+    db = routing_db(system)
+
+    async def swept() -> bool:
+        branch = await db.branches.find_one({"_id": "demo:LZ"})
+        return directory_store.CALENDAR_CHANGE_PENDING not in branch
+
+    await eventually(swept, what="the sweep done with the branch")
+    assert (await assignment_when(system, cid)).get("calendar_version") in (None, 0)
+
+    clock.set(shanghai(7, 12))
+    await command(system, f"/v1/complaints/{cid}/reopen", {"reason": "客户仍被扣费"}, supervisor)
+    reopened = await assignment_when(system, cid, lambda d: d["status"] == "open", what="reopened")
+    # Three business days from Monday 12:00 without Tuesday: Friday 12:00, not Thursday.
+    assert reopened["resolve_due_at"] == reopened["clocks"]["resolve"]["due_at"] == shanghai(11, 12)
+    assert _relaid(reopened)
+    await complaint_when(
+        system,
+        cid,
+        agent,
+        lambda c: c["resolve_due_at"] and at(c["resolve_due_at"]) == shanghai(11, 12),
+        what="the record's due time after the reopen",
+        timeout_s=20,
+    )

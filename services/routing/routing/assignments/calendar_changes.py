@@ -15,7 +15,8 @@ version, each through the aggregate kernel and only while it is still behind (a
 concurrent change decides again, a second replica finds nothing to do), and clears the
 mark once none is left. A crash leaves the mark and the assignments not yet re-laid for
 the next sweep. The SLA timer pass re-lays an assignment that is behind before it fires
-anything (``scheduler``), so no timer fires on a calendar the branch replaced.
+anything (``scheduler``), so no timer fires on a calendar the branch replaced. Finished work
+is not re-laid: a reopen lays its fresh cycle out on the calendar in force (``projections``).
 """
 
 from __future__ import annotations
@@ -34,7 +35,6 @@ from complaints_shared.mongo import claim_first, merge_updates
 from routing.assignments import lifecycle, store
 from routing.assignments.lifecycle import Command
 from routing.assignments.models import AssignmentStatus
-from routing.assignments.projections import CUSTOMER_CLOCKS, RAN_AGAIN_AT
 from routing.directory import calendar_history
 from routing.directory import store as directory_store
 from routing.directory.calendar_history import BranchCalendars
@@ -58,14 +58,13 @@ def behind(document: dict[str, Any], calendars: BranchCalendars) -> bool:
     )
 
 
-def relaid(
-    current: dict[str, Any], calendars: BranchCalendars, *, now: datetime
-) -> tuple[dict[str, Any], Events]:
-    """The update laying ``current``'s clocks out on the branch's calendar now, through each
-    change since the one they are laid out on, and the announcement of the new due times
-    (none when they stay: intake's record agrees already)."""
+def relaid_clocks(
+    current: dict[str, Any], calendars: BranchCalendars
+) -> dict[str, sla_clocks.Clock]:
+    """``current``'s clocks laid out on the branch's calendar now, through each change since
+    the one they are laid out on (the same clocks when it is laid out on it already)."""
     clocks = sla_clocks.load_clocks(current.get("clocks"))
-    ran_again_at = current.get(RAN_AGAIN_AT)
+    ran_again_at = current.get(store.RAN_AGAIN_AT)
     for change in calendars.changes_since(laid_out_on(current)):
         for name, clock in clocks.items():
             clocks[name] = sla_clocks.relay_clock(
@@ -73,8 +72,18 @@ def relaid(
                 previous=change.previous,
                 calendar=change.calendar,
                 changed_at=change.changed_at,
-                ran_again_at=ran_again_at if name in CUSTOMER_CLOCKS else None,
+                ran_again_at=ran_again_at if name in sla_clocks.CUSTOMER_CLOCKS else None,
             )
+    return clocks
+
+
+def relaid(
+    current: dict[str, Any], calendars: BranchCalendars, *, now: datetime
+) -> tuple[dict[str, Any], Events]:
+    """The update laying ``current``'s clocks out on the branch's calendar now
+    (``relaid_clocks``), and the announcement of the new due times (none when they stay:
+    intake's record agrees already)."""
+    clocks = relaid_clocks(current, calendars)
     fields = {**lifecycle.clock_fields(clocks), store.CALENDAR_VERSION: calendars.version}
     events: Events = []
     if any(fields[name] != current.get(name) for name in DUE_TIMES):

@@ -44,6 +44,7 @@ from complaints_shared.failures import Rejected
 from complaints_shared.logs import get_logger
 from complaints_shared.mongo import merge_updates
 from routing.assignments import (
+    calendar_changes,
     lifecycle,
     owed_drains,
     owners,
@@ -54,6 +55,7 @@ from routing.assignments import (
 )
 from routing.assignments.lifecycle import Command
 from routing.assignments.models import AssignmentStatus, ClockState
+from routing.directory import calendar_history
 from routing.directory import store as directory_store
 from routing.directory.escalation import branch_head_level, target_at
 from routing.directory.models import DepartmentRead, StaffStatus
@@ -62,9 +64,6 @@ from routing.settings import RoutingSettings
 from routing.sla import clocks as sla_clocks
 from routing.sla import store as policy_store
 
-# Waiting on the customer pauses these, and finishing the complaint stops them; the
-# authority's report deadline keeps running until the report is filed.
-CUSTOMER_CLOCKS = (SlaClock.ACKNOWLEDGE.value, SlaClock.RESOLVE.value)
 # Intake's events an unroutable complaint keeps (``{"command", "at"}``, in order) for the
 # clocks it gets once routed; ``unroutable.leave`` applies them.
 REMEMBERED = "remembered_events"
@@ -197,7 +196,7 @@ def _pause_customer_clocks(
     warning, breach or escalation firing while intake showed the complaint overdue."""
     if current.get("paused") or _before_clocks_ran_again(current, at):
         return None
-    for name in CUSTOMER_CLOCKS:
+    for name in sla_clocks.CUSTOMER_CLOCKS:
         if name in clocks:
             clocks[name] = sla_clocks.pause_clock(clocks[name], at=at)
     return {"paused": True, "paused_at": at}
@@ -214,24 +213,19 @@ def _resume_customer_clocks(
     paused: intake's record left the due times out for the wait and takes them from the
     announcement."""
     assert calendar is not None
-    for name in CUSTOMER_CLOCKS:
+    for name in sla_clocks.CUSTOMER_CLOCKS:
         if name in clocks:
             clocks[name] = sla_clocks.resume_clock(clocks[name], calendar=calendar, at=at)
-    return {**NOT_PAUSED, RAN_AGAIN_AT: _latest(current, at)}
-
-
-# When the customer's clocks last ran again after standing still: a resume, or a reopen
-# (whose fresh cycle starts running). A wait that began before it is over.
-RAN_AGAIN_AT = "clocks_ran_again_at"
+    return {**NOT_PAUSED, store.RAN_AGAIN_AT: _latest(current, at)}
 
 
 def _latest(current: dict[str, Any], at: datetime) -> datetime:
-    known = current.get(RAN_AGAIN_AT)
+    known = current.get(store.RAN_AGAIN_AT)
     return at if known is None or at > known else known
 
 
 def _before_clocks_ran_again(current: dict[str, Any], at: datetime) -> bool:
-    known = current.get(RAN_AGAIN_AT)
+    known = current.get(store.RAN_AGAIN_AT)
     return known is not None and at < known
 
 
@@ -384,7 +378,8 @@ async def finish(
             return None
         before = sla_clocks.load_clocks(current.get("clocks"))
         # Paused clocks are laid out again to the stop (no waiting time counts): the hours.
-        calendar = await calendar_of(current) if _any_paused(before, CUSTOMER_CLOCKS) else None
+        paused = _any_paused(before, sla_clocks.CUSTOMER_CLOCKS)
+        calendar = await calendar_of(current) if paused else None
         clocks = dict(before)
         stop_customer_clocks(clocks, at=at, calendar=calendar)
         withdrawal, events, entries = _withdrawn_breaches(
@@ -475,8 +470,10 @@ async def reopen(
     current = await db[store.ASSIGNMENTS].find_one({"_id": data.complaint_id})
     if current is None:
         raise _no_assignment(event, data.complaint_id)
-    calendar_of = _calendar_reader(db)
     policies = await policy_store.load_policies(db=db, org=data.org)
+    # The fresh cycle runs on the branch's calendar now, whichever its last one ran on: a
+    # complaint finished before a calendar change was not re-laid with the open work.
+    calendars = await calendar_history.branch_calendars(db=db, org=data.org, code=current["branch"])
 
     async def count_assignment(document: dict[str, Any]) -> None:
         if document["status"] == AssignmentStatus.QUEUED.value:
@@ -522,7 +519,7 @@ async def reopen(
                             "reopen_count": data.reopen_count,
                             "paused": False,
                             "paused_at": None,
-                            RAN_AGAIN_AT: _latest(current, data.reopened_at),
+                            store.RAN_AGAIN_AT: _latest(current, data.reopened_at),
                         }
                     },
                     # The fresh resolve clock starts here once it is routed.
@@ -552,9 +549,9 @@ async def reopen(
             requested=current.get("sla_policy"),
             category=current["category"],
         )
-        clocks = sla_clocks.load_clocks(current.get("clocks"))
+        clocks = calendar_changes.relaid_clocks(current, calendars)
         clocks[SlaClock.RESOLVE.value] = planning.restart_resolve_clock(
-            calendar=await calendar_of(current),
+            calendar=calendars.calendar,
             policy=policy,
             severity=Severity(current["severity"]),
             start=data.reopened_at,
@@ -568,11 +565,12 @@ async def reopen(
             **lifecycle.moved(current, command)["$set"],
             **lifecycle.clock_fields(clocks),
             "paused": False,
-            RAN_AGAIN_AT: _latest(current, data.reopened_at),
+            store.RAN_AGAIN_AT: _latest(current, data.reopened_at),
             # A new cycle: ``breached`` tells of this one's clocks (docs/routing.md).
             "breached": False,
             "finished_at": None,
             "reopen_count": data.reopen_count,
+            store.CALENDAR_VERSION: calendars.version,
             **lifecycle.numbered(current),
         }
         if moving:
@@ -621,7 +619,7 @@ def stop_customer_clocks(
 ) -> None:
     """A finished complaint's acknowledge and resolve clocks stop at ``at`` (a paused one
     laid out again to the stop first, with the branch's ``calendar``)."""
-    for name in CUSTOMER_CLOCKS:
+    for name in sla_clocks.CUSTOMER_CLOCKS:
         if name in clocks:
             clocks[name] = sla_clocks.stop_clock(clocks[name], at=at, calendar=calendar)
 

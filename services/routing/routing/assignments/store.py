@@ -43,6 +43,9 @@ ASSIGNMENTS = "assignments"
 # The version of its branch's calendar the clocks are laid out on (the branch's
 # ``calendar_version``; missing: laid out before the branch's calendar first changed).
 CALENDAR_VERSION = "calendar_version"
+# When the customer's clocks last ran again after standing still: a resume, or a reopen
+# (whose fresh cycle starts running). A wait that began before it is over.
+RAN_AGAIN_AT = "clocks_ran_again_at"
 # The number of the latest reclassification applied to the assignment (intake numbers them).
 RECLASSIFICATION_NUMBER = "reclassification_number"
 # A queued complaint a supervisor took off its owner (a reassignment to the same department

@@ -18,7 +18,7 @@ from functools import lru_cache
 from pydantic import BaseModel, ConfigDict
 
 from complaints_shared.business_calendar import MAX_DAYS_SEARCHED, BeyondHorizon, BusinessCalendar
-from complaints_shared.events import Category, Severity
+from complaints_shared.events import Category, Severity, SlaClock
 from complaints_shared.logs import get_logger
 from complaints_shared.models import Weekday
 from complaints_shared.stored import from_stored
@@ -35,6 +35,9 @@ BUILTIN_POLICY_ID = "builtin"
 HORIZON = timedelta(days=MAX_DAYS_SEARCHED)
 # The fields of a branch its business calendar is made of.
 CALENDAR_FIELDS = frozenset({"time_zone", "hours", "holidays"})
+# Waiting on the customer pauses these, and finishing the complaint stops them; the
+# authority's report deadline keeps running until the report is filed.
+CUSTOMER_CLOCKS = (SlaClock.ACKNOWLEDGE.value, SlaClock.RESOLVE.value)
 
 log = get_logger(__name__)
 
