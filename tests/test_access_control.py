@@ -745,6 +745,18 @@ async def test_naming_another_branch_in_a_list_filter_is_a_404_naming_the_field(
         assert BRANCH_B in foreign.json()["detail"], path
         own = await client.get(path, params={"branch": BRANCH_A}, headers=lz_supervisor)
         assert own.status_code == 200, f"{path}: {own.text[:200]}"
+    # Another branch's department, where a department only ever holds its branch's people
+    # (the staff list answered an empty list until 6 December).
+    lz_admin = token(system.intake_settings, branches=[BRANCH_A], roles=("admin",))
+    for path, headers in (
+        ("/v1/directory/staff", lz_admin),
+        ("/v1/assignments/workload", lz_supervisor),
+    ):
+        foreign = await system.routing.get(path, params={"department": "HOSP:PRO"}, headers=headers)
+        assert foreign.status_code == 404, f"{path}: {foreign.status_code} {foreign.text[:200]}"
+        assert foreign.json()["field"] == "department", path
+        own = await system.routing.get(path, params={"department": "LZ:BILLING"}, headers=headers)
+        assert own.status_code == 200 and "lz-chen" in own.text, f"{path}: {own.text[:200]}"
 
 
 @pytest.mark.integration

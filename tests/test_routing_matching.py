@@ -284,6 +284,17 @@ def test_severity_override_and_notify_roles_come_from_the_rule() -> None:
     }
 
 
+def test_a_severity_override_raises_and_never_lowers_the_registered_severity() -> None:
+    """Until 6 December the regulator rule's ``high`` made a critical complaint with media
+    risk high: its acknowledge and resolve deadlines longer than without the flag."""
+    flagged = plan(complaint(flags=["media_risk"], severity="critical", description="记者要曝光"))
+    assert flagged.rule.id == "regulator-involved"
+    assert flagged.severity == "critical"
+    unflagged = plan(complaint(severity="critical", description="记者要曝光"))
+    assert flagged.clocks["resolve"].due_at <= unflagged.clocks["resolve"].due_at
+    assert plan(complaint(flags=["media_risk"], severity="low")).severity == "high"
+
+
 def test_owner_ranking_least_load_then_longest_wait() -> None:
     _, staff, _ = _demo_directory()
     billing = [person for person in staff if person.department_id == "LZ:BILLING"]

@@ -17,7 +17,7 @@ from complaints_shared.text import folded
 from routing.assignments.models import NotifyTarget
 from routing.directory.escalation import EscalationTarget, branch_head_level, chain_targets
 from routing.directory.models import DepartmentRead, StaffRead, StaffRole, StaffStatus
-from routing.rules.matching import complaint_flags, matching_rules
+from routing.rules.matching import complaint_flags, matching_rules, severity_at_least
 from routing.rules.models import RoutingRule
 from routing.sla import clocks as sla_clocks
 from routing.sla.models import SlaPolicy
@@ -228,8 +228,11 @@ def plan_route(
     rule, department, skipped = choose_route(complaint, rules=rules, departments=departments)
     action = rule.action
     severity = complaint.severity
-    if not severity_decided:
-        severity = action.severity_override or severity
+    override = action.severity_override
+    if override is not None and not severity_decided and not severity_at_least(severity, override):
+        # The rule raises the severity to at least its own, never lowers one given at
+        # registration: until 6 December a ``high`` override made a critical complaint high.
+        severity = override
     # A retired policy stays on the assignments that have it, but is never given anew.
     policy = sla_clocks.select_policy(
         [policy for policy in policies if policy.in_force],

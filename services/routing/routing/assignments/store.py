@@ -379,7 +379,9 @@ async def workload(
         if d.active or counts.get(d.id, {}).get("open") or counts.get(d.id, {}).get("queued")
     ]
     if department is not None and not departments:
-        raise not_found(what="department", identifier=department)
+        problem = not_found(what="department", identifier=department)
+        problem.extensions["field"] = "department"
+        raise problem
     ids = [d.id for d in departments]
     people = [
         directory_store.staff_read(doc)

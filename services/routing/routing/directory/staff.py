@@ -85,6 +85,12 @@ async def list_staff(
         principal.require_branch(branch, field="branch")
         query["branch"] = branch
     if department is not None:
+        # Another branch's department does not exist for the token: a 404, as for ``branch``
+        # (until 6 December a quietly empty list).
+        department_branch, _ = store.split_department_id(department)
+        principal.require_branch(
+            department_branch, what="department", identifier=department, field="department"
+        )
         query["department_id"] = department
     if status is not None:
         query["status"] = status.value

@@ -62,7 +62,9 @@ class RuleAction(StrictModel):
     required_skill: Skill | None = Field(
         None, description="Owners must list it in skills or languages (case and width folded)"
     )
-    severity_override: Severity | None = None
+    severity_override: Severity | None = Field(
+        None, description="Raise the severity to at least this (never lowers the registered one)"
+    )
     sla_policy: Slug | None = None
     notify_roles: list[StaffRole] = Field(default_factory=list)
     major_incident: bool = Field(
