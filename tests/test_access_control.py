@@ -692,7 +692,10 @@ async def test_simulation_shows_a_branch_token_only_its_own_people(system: Syste
     assert body["candidates"] == []
     assert body["chosen_owner_id"] is None and body["chosen_owner_name"] is None
     assert "hosp-" not in scoped.text
-    assert body["queued"] == full.json()["queued"]
+    assert body["queued"] == full.json()["queued"] is False
+    # Said to be left out, not "nobody would take it" (until 6 December).
+    assert body["chosen_owner_hidden"] is True and full.json()["chosen_owner_hidden"] is False
+    assert body["candidates_hidden"] == len(full.json()["candidates"]) > 0
 
 
 @pytest.mark.integration

@@ -209,6 +209,10 @@ def _simulation(
         ],
         chosen_owner_id=chosen_shown.id if chosen_shown else None,
         chosen_owner_name=chosen_shown.name if chosen_shown else None,
+        # Said, not only left out: an empty answer read as "nobody would take it" until
+        # 6 December.
+        chosen_owner_hidden=chosen is not None and chosen_shown is None,
+        candidates_hidden=sum(1 for c in candidates if c.staff.id not in shown),
         queued=chosen is None,
         duty_officer=plan.duty_officer is not None,
         in_business_hours=plan.in_business_hours,

@@ -183,6 +183,14 @@ class SimulationRead(BaseModel):
     candidates: list[CandidateRead]
     chosen_owner_id: str | None
     chosen_owner_name: str | None
+    chosen_owner_hidden: bool = Field(
+        False,
+        description="An owner would be chosen among people the token may not see (another "
+        "branch's department): not queued, though no chosen owner is shown",
+    )
+    candidates_hidden: int = Field(
+        0, description="Candidates left out of `candidates`: people the token may not see"
+    )
     queued: bool
     duty_officer: bool
     in_business_hours: bool
