@@ -28,7 +28,7 @@ from complaints_shared import aggregate
 from complaints_shared.aggregate import Aggregate, Decision
 from complaints_shared.auth import Principal, Role
 from complaints_shared.events import EventType
-from complaints_shared.pagination import decode_cursor, encode_cursor
+from complaints_shared.pagination import decode_cursor, encode_cursor, listing_tag
 from complaints_shared.problems import ConcurrentUpdate, ProblemError
 from complaints_shared.settings import ServiceSettings
 from complaints_shared.transitions import InvalidTransition
@@ -339,16 +339,44 @@ def test_a_cursor_with_a_date_outside_1970_to_2200_is_a_422_naming_cursor(
     sort_value: str,
 ) -> None:
     with pytest.raises(ProblemError) as raised:
-        decode_cursor(forged_cursor(sort_value))
+        decode_cursor(forged_cursor(sort_value), tag="t")
     assert raised.value.status == 422
     assert [error["field"] for error in raised.value.extensions["errors"]] == ["cursor"]
 
 
 def test_a_cursor_holds_its_date_in_utc() -> None:
     shanghai = datetime(2026, 11, 30, 10, tzinfo=timezone(timedelta(hours=8)))
-    at, document_id = decode_cursor(encode_cursor(sort_value=shanghai, document_id="c-1"))
+    cursor = encode_cursor(sort_value=shanghai, document_id="c-1", tag="t")
+    at, document_id = decode_cursor(cursor, tag="t")
     assert (at, at.utcoffset(), document_id) == (NOW, timedelta(0), "c-1")
-    assert decode_cursor(forged_cursor("2026-11-30T02:00:00"))[0] == NOW  # naive: as stored
+    # naive: as stored; a cursor given out before cursors carried their listing: taken.
+    assert decode_cursor(forged_cursor("2026-11-30T02:00:00"), tag="t")[0] == NOW
+
+
+def test_a_cursor_is_a_position_in_its_own_listing_only() -> None:
+    def tag(**changes: object) -> str:
+        listing = {
+            "collection": "complaints",
+            "sort_field": "created_at",
+            "descending": False,
+            "listing": {"org": "demo", "branch": {"$in": ["LZ", "HOSP"]}, "status": "open"},
+        }
+        return listing_tag(**{**listing, **changes})  # type: ignore[arg-type]
+
+    cursor = encode_cursor(sort_value=NOW, document_id="c-1", tag=tag())
+    # The same listing built in another order (a token's branches are a set): the same tag.
+    same = {"status": "open", "branch": {"$in": ["HOSP", "LZ"]}, "org": "demo"}
+    assert decode_cursor(cursor, tag=tag(listing=same)) == (NOW, "c-1")
+    for other in (
+        tag(descending=True),
+        tag(sort_field="resolve_due_at"),
+        tag(collection="assignments"),
+        tag(listing={"org": "demo", "branch": {"$in": ["LZ", "HOSP"]}, "status": "resolved"}),
+    ):
+        with pytest.raises(ProblemError) as raised:
+            decode_cursor(cursor, tag=other)
+        assert raised.value.status == 422
+        assert [error["field"] for error in raised.value.extensions["errors"]] == ["cursor"]
 
 
 async def test_the_first_change_after_an_insert_decides_on_the_inserted_copy(

@@ -117,6 +117,36 @@ async def test_cursor_pages_are_stable_and_complete(system: System) -> None:
     assert too_many.status_code == 422
 
 
+async def test_a_cursor_used_with_another_sort_filter_or_list_is_a_422_naming_it(
+    system: System,
+) -> None:
+    """Until 6 December a cursor was taken by any listing of any service as a position in
+    its order: with the sort flipped the client silently got the tail of the list."""
+    await _seed(system)
+    admin = token(system.intake_settings)
+    first = await system.intake.get(
+        "/v1/complaints", params={"limit": 1, "sort": "created_at"}, headers=admin
+    )
+    cursor = first.json()["next_cursor"]
+    assert cursor
+    same = await system.intake.get(
+        "/v1/complaints", params={"limit": 1, "sort": "created_at", "cursor": cursor}, headers=admin
+    )
+    assert same.status_code == 200 and same.json()["items"], same.text
+    others = [
+        (system.intake, "/v1/complaints", {"sort": "-created_at"}),
+        (system.intake, "/v1/complaints", {"sort": "created_at", "status": "received"}),
+        (system.intake, "/v1/complaints", {"sort": "created_at", "q": "宽带"}),
+        (system.routing, "/v1/assignments", {}),
+        (system.followup, "/v1/followups", {}),
+    ]
+    for client, path, params in others:
+        response = await client.get(path, params={**params, "cursor": cursor}, headers=admin)
+        assert response.status_code == 422, f"{path} {params}: {response.text[:200]}"
+        assert response.headers["content-type"].startswith("application/problem+json")
+        assert [e["field"] for e in response.json()["errors"]] == ["cursor"], path
+
+
 async def test_branch_scoped_token_sees_only_its_branch_on_every_endpoint(
     system: System,
 ) -> None:

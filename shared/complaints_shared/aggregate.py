@@ -70,7 +70,7 @@ from complaints_shared.outbox import (
     settle_published,
     take_published,
 )
-from complaints_shared.pagination import Page, decode_cursor, encode_cursor
+from complaints_shared.pagination import Page, decode_cursor, encode_cursor, listing_tag
 from complaints_shared.problems import ConcurrentUpdate, not_found
 from complaints_shared.settings import ServiceSettings
 from complaints_shared.transitions import InvalidTransition
@@ -430,8 +430,14 @@ async def page(
     expand: Callable[[list[dict[str, Any]]], Awaitable[list[dict[str, Any]]]] | None = None,
     read_factor: int = 1,
     expand_factor: int = 1,
+    listing: Any = None,
 ) -> Page[Item]:
     """One cursor page of ``query`` in (``sort_field``, ``_id``) order (a date field).
+
+    Its cursor is a position in this listing only (``pagination``): the collection, the sort
+    and the ``query``, or ``listing`` when the read's query is not what is listed (a search
+    over postings whose filters and substring are checked on the complaints); another
+    listing's cursor is a 422 naming ``cursor``.
 
     ``keep`` is a condition the query cannot say (a substring verified in the service):
     documents it refuses are skipped and the page is filled from further reads; after
@@ -453,6 +459,12 @@ async def page(
     documents one call of ``expand`` is given, for an ``expand`` that refuses most of them
     before reading anything (each call is at least one read).
     """
+    tag = listing_tag(
+        collection=collection.name,
+        sort_field=sort_field,
+        descending=descending,
+        listing=query if listing is None else listing,
+    )
     kept: list[dict[str, Any]] = []
     kept_ids: set[Any] = set()
     # The sort value each expanded document had in the read that ordered the page: the
@@ -468,7 +480,7 @@ async def page(
         dict(query),
         field=sort_field,
         descending=descending,
-        after=decode_cursor(cursor) if cursor is not None else None,
+        after=decode_cursor(cursor, tag=tag) if cursor is not None else None,
         batch=batch,
         window=window,
         indexes=indexes,
@@ -500,12 +512,12 @@ async def page(
                 # After every document read, those refused included: until 5 December a read
                 # that kept none was not stopped at, and the reads went on to the end.
                 sort_value, document_id = documents.reached
-                next_cursor = encode_cursor(sort_value=sort_value, document_id=document_id)
+                next_cursor = encode_cursor(sort_value=sort_value, document_id=document_id, tag=tag)
                 return Page(items=[to_item(document) for document in kept], next_cursor=next_cursor)
     next_cursor = None
     if len(kept) > limit:
         kept = kept[:limit]
         last = kept[-1]
         position = positions.get(last["_id"], last[sort_field])
-        next_cursor = encode_cursor(sort_value=position, document_id=last["_id"])
+        next_cursor = encode_cursor(sort_value=position, document_id=last["_id"], tag=tag)
     return Page(items=[to_item(document) for document in kept], next_cursor=next_cursor)

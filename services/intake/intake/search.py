@@ -180,6 +180,9 @@ async def search(
         descending=descending,
         window=FIRST_WINDOW,
         floor=partial(rollup.floor, db=db, org=principal.org, field=field),
+        # Whichever way it is read (the postings of a gram, or the complaints), the listing
+        # is the complaints these filters and ``q`` select: a cursor is a position in it.
+        listing={"query": query, "q": q, "sort": filters.sort.value},
     )
 
     async def complaints_of(batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
