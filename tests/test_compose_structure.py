@@ -434,3 +434,56 @@ def test_every_v1_route_of_a_service_reaches_it_through_the_gateway(
 def test_the_gateway_does_not_expose_operational_endpoints(path: str) -> None:
     routes = gateway()
     assert routes.targets(routes.location(path)) == set(), f"the gateway proxies {path}"
+
+
+def _server_block() -> list[dict[str, Any]]:
+    parsed = crossplane.parse(
+        str(GATEWAY_CONF), single=True, comments=False, check_ctx=False, check_args=False
+    )
+    (server,) = [d for d in parsed["config"][0]["parsed"] if d["directive"] == "server"]
+    return server["block"]
+
+
+def test_every_answer_the_gateway_gives_itself_is_a_problem() -> None:
+    """A request nginx cannot read (raw UTF-8 in the query, a request line over 16 KiB, an
+    unknown method) was answered in plain text or HTML until 6 December; every error page
+    leads to a location answering RFC 9457 problem+json with the status it stands for."""
+    block = _server_block()
+    locations = {tuple(d["args"]): d["block"] for d in block if d["directive"] == "location"}
+    pages = [d["args"] for d in block if d["directive"] == "error_page"]
+    covered = {int(code) for args in pages for code in args[:-2]}
+    assert {400, 404, 413, 414, 502, 503, 504} <= covered
+    for args in pages:
+        target, answered = args[-1], int(args[-2].lstrip("="))
+        where = (target,) if target.startswith("@") else ("=", target)
+        answer = locations[where]
+        types = [d["args"] for d in answer if d["directive"] == "default_type"]
+        assert types == [["application/problem+json"]], target
+        (returned,) = [d["args"] for d in answer if d["directive"] == "return"]
+        assert int(returned[0]) == answered, target
+        problem = json.loads(returned[1])
+        assert problem["status"] == answered and problem["type"].startswith("https://"), target
+    # The rewrites into those locations, and what the raw-bytes test selects.
+    maps = {
+        tuple(d["args"]): d["block"]
+        for d in crossplane.parse(
+            str(GATEWAY_CONF), single=True, comments=False, check_ctx=False, check_args=False
+        )["config"][0]["parsed"]
+        if d["directive"] == "map"
+    }
+    (raw,) = [
+        entry["directive"]
+        for entry in maps[("$request_uri", "$raw_request_line")]
+        if entry["args"] == ["1"]
+    ]
+    pattern = re.compile(raw.lstrip("~"))
+    for sent in ("/v1/complaints?q=宽带", "/v1/complaints?q=\x7f", "/v1/x?q=a b"):
+        assert pattern.search(sent), sent
+    for sent in ("/v1/complaints?q=%E5%AE%BD%E5%B8%A6&sort=-created_at", "/v1/complaints"):
+        assert not pattern.search(sent), sent
+    methods = {
+        entry["directive"]
+        for entry in maps[("$request_method", "$unknown_method")]
+        if entry["args"] == ["0"]
+    }
+    assert {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"} <= methods
