@@ -19,6 +19,8 @@ from pymongo.errors import AutoReconnect
 from pymongo.uri_parser import parse_uri
 
 from complaints_shared import runtime as runtime_module
+from complaints_shared.mongo import create_mongo_client
+from complaints_shared.settings import ServiceSettings
 from intake import postings
 from intake.main import create_app as create_intake_app
 from intake.settings import IntakeSettings
@@ -216,3 +218,22 @@ async def test_a_long_repair_after_the_database_came_back_waits_again_from_its_f
         db=None, settings=settings, outbox_collections=[], prepare=repair
     )
     assert len(tries) == 3
+
+
+@pytest.mark.parametrize(
+    ("query", "write_concern"),
+    [
+        ("?retryWrites=false", {"j": True}),  # infra.sh's local address
+        ("", {"j": True}),
+        ("?journal=false", {"j": False}),  # the operator's own choice stands
+        ("?w=majority&replicaSet=rs0", {"w": "majority"}),
+    ],
+)
+def test_writes_are_journaled_unless_the_connection_string_says_otherwise(
+    query: str, write_concern: dict
+) -> None:
+    """Until 6 December the local address acknowledged writes before they were on disk: a
+    database killed then lost complaints already answered 201 (docs/operations.md)."""
+    settings = ServiceSettings(service_name="probe", mongodb_uri=f"mongodb://127.0.0.1:1/{query}")
+    client = create_mongo_client(settings=settings)
+    assert client.write_concern.document == write_concern

@@ -45,11 +45,13 @@ class PrivateInfrastructure:
 
     @property
     def mongodb_uri(self) -> str:
-        # retryWrites=false as infra.sh writes it (docs/mongodb-compatibility.md). journal=true
-        # because a test that SIGKILLs the server needs it to keep what it acknowledged: with
-        # j:false SecantusDB, like a standalone mongod, may lose the last acknowledged writes
-        # (seen: a routed complaint's assignment vanished and it was routed a second time).
-        return f"mongodb://127.0.0.1:{self.mongo_port}/?retryWrites=false&journal=true"
+        # retryWrites=false as infra.sh writes it (docs/mongodb-compatibility.md), and no
+        # journal=true: the services ask for journaled writes themselves
+        # (``complaints_shared.mongo.create_mongo_client``), which the tests that SIGKILL the
+        # server prove (with j:false SecantusDB, like a standalone mongod, may lose the last
+        # acknowledged writes: a complaint answered 201 missing after the restart, a routed
+        # complaint's assignment vanished and it was routed a second time).
+        return f"mongodb://127.0.0.1:{self.mongo_port}/?retryWrites=false"
 
     def _infra(self, *args: str) -> None:
         env = {
