@@ -274,6 +274,24 @@ async def test_search_finds_reference_numbers_and_customer_phones(system: System
         assert (empty.status_code, empty.json()["errors"][0]["field"]) == (422, field), field
 
 
+async def test_search_finds_a_customer_by_name_in_chinese(system: System) -> None:
+    """A front desk looks a caller up by name; until 5 December no filter or ``q`` could."""
+    admin = token(system.intake_settings)
+    for name, subject in (
+        ("欧阳娜娜", "电梯停运三天"),
+        ("歐陽明", "水管漏水"),
+        ("张三", "网费多扣"),
+    ):
+        body = complaint_body(customer={"name": name, "phone": "13900000999"}, subject=subject)
+        response = await system.intake.post("/v1/complaints", json=body, headers=admin)
+        assert response.status_code == 201, response.text
+    assert await _find(system, admin, q="欧阳娜娜") == ["电梯停运三天"]
+    # Two characters (one gram), one (a bounded scan), and a traditional name found simplified.
+    assert sorted(await _find(system, admin, q="欧阳")) == sorted(["电梯停运三天", "水管漏水"])
+    assert await _find(system, admin, q="娜") == ["电梯停运三天"]
+    assert await _find(system, admin, q="张三") == ["网费多扣"]
+
+
 async def test_a_query_of_digits_and_dashes_finds_the_text_in_every_order(
     system: System,
 ) -> None:

@@ -2,7 +2,7 @@
 
 Chinese has no spaces to split words on, so ``q`` matches substrings. Every complaint's
 search posting (``intake.postings``) carries ``search_grams``: the distinct two-character
-windows of its subject, description, reference number and customer keys (after
+windows of its subject, description, reference number, customer name and customer keys (after
 ``normalise``) made of letters, digits and marks only (``indexed``): a window across
 punctuation or a space (``，我``, ``t ``, ``-2``) is a quarter of a Chinese text's windows
 and would only ever be looked up by a ``q`` that has an indexed window too. A two-character
@@ -28,13 +28,18 @@ FIELD = "search_grams"
 # 100,000 postings would hold the start for minutes. Not bumped either when invisible format
 # characters and variation selectors were folded out (5 December): only a text holding one
 # gains grams, and the few stored before keep postings without the windows across them.
-VERSION = 1
+# Bumped to 2 when traditional Chinese characters were folded to simplified (5 December): a
+# posting of ``醫療事故`` held ``醫療``, which no search looks up any more (``医疗`` and
+# ``醫療`` are both looked up by ``医疗``), and no posting tells whether its texts held one;
+# in the same version the customer's name became searchable (its grams were in no posting).
+VERSION = 2
 VERSION_FIELD = "search_grams_version"
 
 
 def normalise(text: str) -> str:
-    """Compatibility forms folded (full-width Ａ１ is A1) and case folded, as search compares
-    (``complaints_shared.text.folded``, as rules and suggestions do)."""
+    """Compatibility forms folded (full-width Ａ１ is A1), case folded and traditional Chinese
+    characters simplified, as search compares (``complaints_shared.text.folded``, as rules
+    and suggestions do): ``醫療`` finds ``医疗`` and the other way round."""
     return folded(text)
 
 
@@ -57,16 +62,27 @@ def bigrams(text: str) -> set[str]:
 
 
 # The fields ``searchable_texts`` reads: a projection that ``matches`` can verify on.
-TEXT_FIELDS = {"subject": 1, "description": 1, "reference": 1, "customer_keys": 1}
+TEXT_FIELDS = {
+    "subject": 1,
+    "description": 1,
+    "reference": 1,
+    "customer_keys": 1,
+    "customer.name": 1,
+}
 
 
 def searchable_texts(document: dict[str, Any]) -> list[str]:
-    """What ``q`` searches: subject, description, reference and the customer keys' values."""
+    """What ``q`` searches: subject, description, reference, the customer's name and the
+    customer keys' values. A front desk looks a caller up by name (``欧阳``), which until
+    5 December no filter or ``q`` could."""
     keys = [key.partition(":")[2] for key in document.get("customer_keys", [])]
+    customer = document.get("customer")
+    name = customer.get("name") if isinstance(customer, dict) else None
     return [
         document.get("subject") or "",
         document.get("description") or "",
         document.get("reference") or "",
+        name if isinstance(name, str) else "",
         *keys,
     ]
 

@@ -1,9 +1,11 @@
 """Keyword rules that suggest severity and flags when the integrator leaves them out.
 
 Matching is case-insensitive substring search on subject + description, so it
-works on Chinese text without word spaces; a Latin keyword matches where a word begins
-(``complaints_shared.text.contains``: ``sue`` is not in "issue"). The rules are data: the defaults
-below can be replaced as a whole through the ``SUGGESTION_RULES`` setting (JSON).
+works on Chinese text without word spaces, traditional characters compared as simplified
+(``complaints_shared.text.folded``: ``醫療事故`` holds ``医疗事故``); a Latin keyword matches
+where a word begins (``complaints_shared.text.contains``: ``sue`` is not in "issue"). The rules
+are data: the defaults below can be replaced as a whole through the ``SUGGESTION_RULES``
+setting (JSON).
 """
 
 from __future__ import annotations

@@ -34,7 +34,8 @@ def _word(most: int) -> Callable[[str], str]:
 
 
 # What a rule may require of an owner: a skill or a language the owner lists. Compared as
-# text is (``complaints_shared.text.folded``: case and full-width forms), white space dropped.
+# text is (``complaints_shared.text.folded``: case, full-width forms, traditional characters),
+# white space dropped.
 # Checked in requests only: one stored before (an empty ``required_skill``, a skill of a
 # space) is read back as stored, so no rule or staff list fails to load.
 Skill = Annotated[str, request_only(_word(64))]

@@ -1,8 +1,10 @@
 """Routing rule matching: pure functions over rule data and a received complaint.
 
 Text tests are substring tests on folded text (``complaints_shared.text``: case and
-full-width forms folded), so Chinese keywords match inside a sentence without word spaces
-(``账单`` in ``话费账单多扣了``) and ``ＶＩＰ`` typed full-width matches ``vip``.
+full-width forms folded, traditional characters simplified), so Chinese keywords match inside a
+sentence without word spaces (``账单`` in ``话费账单多扣了``), ``ＶＩＰ`` typed full-width
+matches ``vip`` and ``医疗事故`` matches ``醫療事故`` typed traditional. Keywords are stored as
+given and folded when compared.
 """
 
 from __future__ import annotations
