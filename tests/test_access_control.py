@@ -182,6 +182,9 @@ PROBES: dict[str, Callable[[World], Probe]] = {
     "POST /v1/directory/branches/{code}/deactivate": _probe(
         f"/v1/directory/branches/{BRANCH_B}/deactivate"
     ),
+    "POST /v1/directory/branches/{code}/reactivate": _probe(
+        f"/v1/directory/branches/{BRANCH_B}/reactivate"
+    ),
     "POST /v1/directory/departments": _probe(
         "/v1/directory/departments",
         json={"branch": BRANCH_B, "code": "NEW", "name": "新科室", "kind": "new"},
@@ -195,6 +198,9 @@ PROBES: dict[str, Callable[[World], Probe]] = {
     ),
     "POST /v1/directory/departments/{department_id}/deactivate": _probe(
         "/v1/directory/departments/HOSP:PRO/deactivate"
+    ),
+    "POST /v1/directory/departments/{department_id}/reactivate": _probe(
+        "/v1/directory/departments/HOSP:PRO/reactivate"
     ),
     "POST /v1/directory/staff": _probe(
         "/v1/directory/staff",

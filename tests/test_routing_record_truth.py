@@ -41,6 +41,7 @@ from tests.support.http import command, complaint_when, create_complaint, token
 from tests.support.kafka import intake_producer, of_type, routing_events
 from tests.support.routing import (
     FAST_TIMERS,
+    HANGZHOU_AGENT,
     MONDAY_10_SHANGHAI,
     assignment_when,
     hangzhou_service_desk,
@@ -447,6 +448,10 @@ async def test_a_never_routed_complaint_reopened_gets_its_resolve_clock_from_the
     system_factory: SystemFactory,
 ) -> None:
     clock, system, admin, complaint = await _unroutable_in_hangzhou(system_factory)
+    lead = {"id": "hz-wu", "name": "吴组长", "role": "team_lead", "capacity": 0}
+    team_lead = {**HANGZHOU_AGENT, **lead}
+    made = await system.routing.post("/v1/directory/staff", json=team_lead, headers=admin)
+    assert made.status_code == 201, made.text
     t0, cid = complaint.received_at, complaint.complaint_id
     resolved_at, reopened_at = t0 + timedelta(hours=1), t0 + timedelta(days=1)
     async with intake_producer(system) as publish:
@@ -463,11 +468,13 @@ async def test_a_never_routed_complaint_reopened_gets_its_resolve_clock_from_the
     assert (ack["state"], ack["stopped_at"]) == ("stopped", resolved_at)
     assert (resolve["state"], resolve["started_at"]) == ("running", reopened_at)
     assert document["next_timer_at"] > clock.now()
-    # The reopen climbed a rung, as it does for a complaint routed all along.
+    # The reopen climbed a rung, as it does for a complaint routed all along: to the team
+    # lead (a desk without one passes the vacant rung over, and nobody above: no climb).
     assert (document["breached"], document["escalation_level"]) == (False, 1)
     assert [
-        (e["reason"], e["escalated_by"], e["escalated_at"]) for e in document["escalations"]
-    ] == [("reopened", "followup", reopened_at)]
+        (e["reason"], e["escalated_by"], e["escalated_at"], e["escalated_to_id"])
+        for e in document["escalations"]
+    ] == [("reopened", "followup", reopened_at, "hz-wu")]
 
 
 @integration

@@ -228,7 +228,7 @@ async def test_a_branch_zone_intake_keeps_that_no_longer_loads_numbers_by_the_ut
         {"$set": {"org": "demo", "code": "HOSP", "time_zone": "Mars/Olympus_Mons", "version": 99}},
         upsert=True,
     )
-    reference_numbers._time_zones.clear()
+    reference_numbers._branches.clear()
 
     created = await create_complaint(system, admin, branch="HOSP", subject="挂号系统又崩了")
     assert created["reference"] == "HOSP-20261123-0001"

@@ -47,7 +47,13 @@ async def keep_newest(*, db: AsyncDatabase, branch: BranchUpdated) -> None:
 
 async def announced_time_zone(*, db: AsyncDatabase, org: str, branch: str) -> str | None:
     """The branch's time zone as routing last announced it; None before any announcement."""
-    known: dict[str, Any] | None = await db[BRANCHES].find_one(
-        {"_id": branch_key(org, branch)}, projection={"time_zone": 1}
-    )
+    known = await announced(db=db, org=org, branch=branch)
     return known.get("time_zone") if known else None
+
+
+async def announced(*, db: AsyncDatabase, org: str, branch: str) -> dict[str, Any] | None:
+    """The branch's ``time_zone`` and ``active`` as routing last announced them; None before
+    any announcement."""
+    return await db[BRANCHES].find_one(
+        {"_id": branch_key(org, branch)}, projection={"time_zone": 1, "active": 1}
+    )

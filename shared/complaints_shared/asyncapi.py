@@ -27,9 +27,9 @@ PRODUCERS = {Topic.INTAKE: "intake", Topic.ROUTING: "routing", Topic.FOLLOWUP: "
 # 1.4.0: complaint.regulatory_report_filed, and complaint.sla_stopped of the regulatory report
 # deadline a filing made while unroutable stopped; 1.5.0: complaint.sla_stopped of the
 # acknowledge clock a finish stopped before any acknowledgement; 1.6.0:
-# complaint.reclassified; 1.7.0: followup.rescheduled); a breaking change is a new event type
-# (a `.v2` suffix).
-CONTRACT_VERSION = "1.7.0"
+# complaint.reclassified; 1.7.0: followup.rescheduled; 1.8.0: department.updated and
+# staff.updated); a breaking change is a new event type (a `.v2` suffix).
+CONTRACT_VERSION = "1.8.0"
 
 
 def _message_name(event_type: EventType) -> str:
@@ -41,7 +41,10 @@ def _key(event_type: EventType) -> str:
     _, model = EVENT_CONTRACTS[event_type]
     if issubclass(model, EventData):
         return "complaint id"
-    return "the event's subject (`branch:<org>:<code>` for a branch)"
+    return (
+        "the event's subject (`branch:<org>:<code>` for a branch, `department:<org>:<id>` "
+        "for a department, `staff:<org>:<id>` for a staff member)"
+    )
 
 
 def _headers_schema(event_type: EventType) -> dict[str, Any]:
@@ -50,7 +53,8 @@ def _headers_schema(event_type: EventType) -> dict[str, Any]:
     properties["ce_specversion"] = {"type": "string", "const": SPEC_VERSION}
     properties["ce_subject"] = {
         "type": "string",
-        "description": "The complaint id (branch:<org>:<code> for branch.updated)",
+        "description": "The complaint id (branch:<org>:<code> for branch.updated, "
+        "department:<org>:<id> for department.updated, staff:<org>:<id> for staff.updated)",
     }
     properties["ce_time"] = {"type": "string", "format": "date-time"}
     properties["content-type"] = {"type": "string", "const": "application/json"}
@@ -108,8 +112,9 @@ def build_document() -> dict[str, Any]:
             "title": "complaint-desk events",
             "version": CONTRACT_VERSION,
             "description": "CloudEvents 1.0 in Kafka binary mode: attributes in ce_* headers, "
-            "JSON data, message key = the event's subject (the complaint id; `branch:<org>:<code>` "
-            "for a branch's events). Additive changes only within a version.",
+            "JSON data, message key = the event's subject (the complaint id; "
+            "`branch:<org>:<code>`, `department:<org>:<id>`, `staff:<org>:<id>` for the "
+            "directory's events). Additive changes only within a version.",
         },
         "defaultContentType": "application/json",
         "channels": channels,

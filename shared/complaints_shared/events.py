@@ -62,6 +62,8 @@ class EventType(StrEnum):
     COMPLAINT_RESPONSIBILITY_SET = f"{EVENT_TYPE_PREFIX}complaint.responsibility_set.v1"
     COMPLAINT_REGULATORY_REPORT_FILED = f"{EVENT_TYPE_PREFIX}complaint.regulatory_report_filed.v1"
     BRANCH_UPDATED = f"{EVENT_TYPE_PREFIX}branch.updated.v1"
+    DEPARTMENT_UPDATED = f"{EVENT_TYPE_PREFIX}department.updated.v1"
+    STAFF_UPDATED = f"{EVENT_TYPE_PREFIX}staff.updated.v1"
     # followup
     FOLLOWUP_SCHEDULED = f"{EVENT_TYPE_PREFIX}followup.scheduled.v1"
     FOLLOWUP_ATTEMPTED = f"{EVENT_TYPE_PREFIX}followup.attempted.v1"
@@ -630,6 +632,47 @@ class BranchUpdated(EventPayload):
         return f"branch:{self.org}:{self.branch}"
 
 
+class DepartmentUpdated(EventPayload):
+    """A department was created or changed in routing's directory (renamed, deactivated...):
+    what other services show of it.
+
+    Subject and key ``department:<org>:<id>``, so a department's versions arrive in order;
+    consumers keep the highest ``version`` (since contract 1.8.0).
+    """
+
+    org: str
+    branch: str = Field(description="The department's branch code")
+    department: str = Field(description="The department id, BRANCH:CODE")
+    name: str
+    kind: str
+    active: bool = True
+    version: int
+    updated_at: EventDatetime
+
+    def cloudevent_subject(self) -> str:
+        return f"department:{self.org}:{self.department}"
+
+
+class StaffUpdated(EventPayload):
+    """A staff member was created or changed in routing's directory: the name complaints
+    show for them, and their department. Names only: no capacity, skills or leave.
+
+    Subject and key ``staff:<org>:<id>``, so a person's versions arrive in order; consumers
+    keep the highest ``version`` (since contract 1.8.0).
+    """
+
+    org: str
+    branch: str = Field(description="The staff member's branch code")
+    staff_id: str
+    name: str
+    department: str = Field(description="Their department's id, BRANCH:CODE")
+    version: int
+    updated_at: EventDatetime
+
+    def cloudevent_subject(self) -> str:
+        return f"staff:{self.org}:{self.staff_id}"
+
+
 # -------------------------------------------------------------- followup --
 
 
@@ -736,6 +779,8 @@ EVENT_CONTRACTS: dict[EventType, tuple[Topic, type[EventPayload]]] = {
     EventType.COMPLAINT_RESPONSIBILITY_SET: (Topic.ROUTING, ComplaintResponsibilitySet),
     EventType.COMPLAINT_REGULATORY_REPORT_FILED: (Topic.ROUTING, ComplaintRegulatoryReportFiled),
     EventType.BRANCH_UPDATED: (Topic.ROUTING, BranchUpdated),
+    EventType.DEPARTMENT_UPDATED: (Topic.ROUTING, DepartmentUpdated),
+    EventType.STAFF_UPDATED: (Topic.ROUTING, StaffUpdated),
     EventType.FOLLOWUP_SCHEDULED: (Topic.FOLLOWUP, FollowupScheduled),
     EventType.FOLLOWUP_ATTEMPTED: (Topic.FOLLOWUP, FollowupAttempted),
     EventType.FOLLOWUP_COMPLETED: (Topic.FOLLOWUP, FollowupCompleted),

@@ -25,6 +25,8 @@ PROJECTIONS: dict[EventType, Projection] = {
     EventType.COMPLAINT_RESPONSIBILITY_SET: projections.apply_responsibility_set,
     EventType.COMPLAINT_REGULATORY_REPORT_FILED: projections.apply_regulatory_report_filed,
     EventType.BRANCH_UPDATED: projections.apply_branch_updated,
+    EventType.DEPARTMENT_UPDATED: projections.apply_department_updated,
+    EventType.STAFF_UPDATED: projections.apply_staff_updated,
     EventType.FOLLOWUP_SCHEDULED: projections.record_followup_progress,
     EventType.FOLLOWUP_RESCHEDULED: projections.record_followup_progress,
     EventType.FOLLOWUP_ATTEMPTED: projections.record_followup_progress,

@@ -42,6 +42,7 @@ from complaints_shared.events import (
     ComplaintSlaStopped,
     ComplaintSlaWarning,
     ComplaintUnroutable,
+    DepartmentUpdated,
     EventData,
     Flag,
     FollowupAttempted,
@@ -51,10 +52,11 @@ from complaints_shared.events import (
     FollowupRescheduled,
     FollowupScheduled,
     SlaClock,
+    StaffUpdated,
 )
 from complaints_shared.failures import Rejected
 from complaints_shared.mongo import as_utc, merge_updates
-from intake import commands, reference_numbers, store
+from intake import commands, directory_names, reference_numbers, store
 from intake.lifecycle import TERMINAL_STATUSES, Action, Command, Status, is_legal, transition
 from intake.settings import IntakeSettings
 
@@ -329,6 +331,14 @@ async def apply_assigned(
             "rule_version": data.rule_version,
         },
     )
+    await directory_names.correct(
+        db=db,
+        org=data.org,
+        complaint_id=data.complaint_id,
+        departments={data.department: data.department_name},
+        staff={data.owner_id: data.owner_name},
+        now=now,
+    )
 
 
 async def apply_queued(
@@ -374,6 +384,14 @@ async def apply_queued(
         action=Action.QUEUED,
         decide=_in_assignment_order(data, decide),
         details={"department": data.department},
+    )
+    await directory_names.correct(
+        db=db,
+        org=data.org,
+        complaint_id=data.complaint_id,
+        departments={data.department: data.department_name},
+        staff={},
+        now=now,
     )
 
 
@@ -451,6 +469,14 @@ async def apply_reassigned(
             "by": data.reassigned_by,
         },
     )
+    await directory_names.correct(
+        db=db,
+        org=data.org,
+        complaint_id=data.complaint_id,
+        departments={data.department: data.department_name},
+        staff={data.owner_id: data.owner_name},
+        now=now,
+    )
 
 
 async def apply_escalated(
@@ -483,6 +509,14 @@ async def apply_escalated(
             # What a withdrawal of the breach that caused it names it by.
             "escalated_at": data.escalated_at,
         },
+    )
+    await directory_names.correct(
+        db=db,
+        org=data.org,
+        complaint_id=data.complaint_id,
+        departments={},
+        staff={data.escalated_to_id: data.escalated_to_name},
+        now=now,
     )
 
 
@@ -683,6 +717,15 @@ async def apply_sla_breach_withdrawn(
             "escalation_level": data.escalation_level,
         },
     )
+    if data.escalation is not None:  # the rung standing after it, as routing named it
+        await directory_names.correct(
+            db=db,
+            org=data.org,
+            complaint_id=data.complaint_id,
+            departments={},
+            staff={data.escalation.escalated_to_id: data.escalation.escalated_to_name},
+            now=now,
+        )
 
 
 async def apply_responsibility_set(
@@ -916,3 +959,30 @@ async def apply_branch_updated(
     """Routing's directory owns branches; intake keeps the facts it needs (the time zone).
     The branch is not a complaint: nothing here is stamped with ``now``."""
     await reference_numbers.record_branch(db=db, branch=data)
+
+
+async def apply_department_updated(
+    *,
+    db: AsyncDatabase,
+    settings: IntakeSettings,
+    event: CloudEvent,
+    data: DepartmentUpdated,
+    now: datetime,
+) -> None:
+    """Routing's directory owns departments: the complaints not finished for good show the
+    department's newest name (``directory_names``). Not a change of any complaint's story:
+    nothing goes on a timeline."""
+    await directory_names.record_department(db=db, department=data, now=now)
+
+
+async def apply_staff_updated(
+    *,
+    db: AsyncDatabase,
+    settings: IntakeSettings,
+    event: CloudEvent,
+    data: StaffUpdated,
+    now: datetime,
+) -> None:
+    """Routing's directory owns staff: the complaints not finished for good that a person
+    owns or was escalated to show their newest name (``directory_names``)."""
+    await directory_names.record_staff(db=db, person=data, now=now)

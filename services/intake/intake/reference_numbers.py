@@ -2,7 +2,8 @@
 branch's local day (one organisation's numbers say nothing of another's registrations).
 
 The day is the branch's own calendar day, so intake keeps what routing announced of its
-branches (``branch.updated``): their time zones.
+branches (``branch.updated``): their time zones, and whether they are open (a closed branch
+registers no complaints: ``registration``).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import asyncio
 import time
 from collections import OrderedDict
 from contextlib import suppress
+from dataclasses import dataclass
 from datetime import datetime
 
 from pymongo import ReturnDocument
@@ -31,42 +33,56 @@ REFERENCE_ATTEMPTS = 5
 REFERENCE_BLOCK = 20
 # Blocks (branch-days) a process remembers; an evicted block's unused numbers are skipped.
 BLOCKS_KEPT = 1024
-# How long a process keeps a branch's time zone (``reference_time_zone``).
+# How long a process keeps what routing announced of a branch (``reference_branch``).
 TIME_ZONE_KEPT_S = 30.0
 # Per process: (database, counter key) -> [next number, last number of the block].
 _blocks: OrderedDict[tuple[str, str], list[int]] = OrderedDict()
 _block_locks: dict[tuple[str, str], asyncio.Lock] = {}
-# Per process: (database, branch key) -> (time zone, kept until on the monotonic clock).
-_time_zones: dict[tuple[str, str], tuple[str, float]] = {}
+
+
+@dataclass(frozen=True)
+class ReferenceBranch:
+    """What registration needs of a branch: the zone its days count in, whether it is open."""
+
+    time_zone: str
+    active: bool = True
+
+
+# Per process: (database, branch key) -> (the branch, kept until on the monotonic clock).
+_branches: dict[tuple[str, str], tuple[ReferenceBranch, float]] = {}
 
 
 async def record_branch(*, db: AsyncDatabase, branch: BranchUpdated) -> None:
     """Keep the newest version of a branch routing announced (``announced_branches``), and
-    forget the zone this process kept of it."""
+    forget what this process kept of it."""
     slot = (db.name, branch_key(branch.org, branch.branch))
-    _time_zones.pop(slot, None)
+    _branches.pop(slot, None)
     await announced_branches.keep_newest(db=db, branch=branch)
-    # Again after the write: a read racing it may have kept the old zone meanwhile.
-    _time_zones.pop(slot, None)
+    # Again after the write: a read racing it may have kept the old branch meanwhile.
+    _branches.pop(slot, None)
 
 
-async def reference_time_zone(
+async def reference_branch(
     *, db: AsyncDatabase, settings: IntakeSettings, org: str, branch: str
-) -> str:
-    """The branch's own time zone once routing announced it, else ``REFERENCE_TIME_ZONE``.
+) -> ReferenceBranch:
+    """The branch's own time zone once routing announced it, else ``REFERENCE_TIME_ZONE``,
+    and whether it is open (a branch routing never announced is).
 
     Kept per process for ``TIME_ZONE_KEPT_S`` (one read per branch, not per complaint);
     ``record_branch`` forgets it at once in the process that consumed the change, other
     replicas within that time.
     """
     slot = (db.name, branch_key(org, branch))
-    kept = _time_zones.get(slot)
+    kept = _branches.get(slot)
     if kept is not None and kept[1] > time.monotonic():
         return kept[0]
-    announced = await announced_branches.announced_time_zone(db=db, org=org, branch=branch)
-    time_zone = announced or settings.reference_time_zone
-    _time_zones[slot] = (time_zone, time.monotonic() + TIME_ZONE_KEPT_S)
-    return time_zone
+    announced = await announced_branches.announced(db=db, org=org, branch=branch) or {}
+    found = ReferenceBranch(
+        time_zone=announced.get("time_zone") or settings.reference_time_zone,
+        active=announced.get("active", True),
+    )
+    _branches[slot] = (found, time.monotonic() + TIME_ZONE_KEPT_S)
+    return found
 
 
 def counter_key(org: str, reference_prefix: str) -> str:

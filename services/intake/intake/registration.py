@@ -18,7 +18,7 @@ from complaints_shared.auth import Principal
 from complaints_shared.events import ComplaintReceived, EventType, Flag, RepeatLink
 from complaints_shared.mongo import clashes_on, is_id_clash
 from complaints_shared.outbox import outbox_entry, outbox_fields
-from complaints_shared.problems import ConcurrentUpdate
+from complaints_shared.problems import ConcurrentUpdate, invalid
 from intake import filter_keys, postings, reference_numbers, store, submissions
 from intake.identity import Submission, customer_keys, submission
 from intake.lifecycle import Action, Status, customer_contact, event_base
@@ -150,11 +150,15 @@ async def _prepare(
         since=now - timedelta(days=settings.repeat_window_days),
         now=now,
     )
-    time_zone = await reference_numbers.reference_time_zone(
+    branch = await reference_numbers.reference_branch(
         db=db, settings=settings, org=principal.org, branch=request.branch
     )
+    if not branch.active:
+        # Its departments take no work: until 5 December such a complaint was registered
+        # and routed as if the branch were open.
+        raise invalid("branch", f"branch {request.branch!r} is closed: it registers no complaints")
     reference = await reference_numbers.next_reference(
-        db=db, org=principal.org, branch=request.branch, at=now, time_zone=time_zone
+        db=db, org=principal.org, branch=request.branch, at=now, time_zone=branch.time_zone
     )
     return new_document(
         settings=settings,

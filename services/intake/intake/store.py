@@ -69,7 +69,8 @@ COMPLAINT = Aggregate(
     # The timeline is only appended to. (The search grams live in ``intake.postings``.)
     unread=("timeline",),
     # Beside the kernel only the relay (the outbox) and the end of a resubmission window
-    # write a complaint, neither a field a decision reads.
+    # write a complaint, neither a field a decision reads, and the directory's renames
+    # (``directory_names``), which move the version.
     decide_on_inserted=True,
 )
 

@@ -37,7 +37,12 @@ def create_app(settings: RoutingSettings | None = None, *, clock: Clock | None =
         async with service_runtime(
             app=app,
             settings=settings,
-            outbox_collections=[store.ASSIGNMENTS, directory_store.BRANCHES],
+            outbox_collections=[
+                store.ASSIGNMENTS,
+                directory_store.BRANCHES,
+                directory_store.DEPARTMENTS,
+                directory_store.STAFF,
+            ],
             consumed_topics=[Topic.INTAKE],
             handlers=build_handlers,
             ensure_indexes=store.ensure_indexes,

@@ -9,7 +9,9 @@ an event published before it existed does not, so its ids are all left out.
 ``repeat_count`` and the ``repeat`` flag stay: a count is the organisation's information,
 as in intake's answers (docs/security.md). Other events name only their complaint's
 branch, or what that branch reads of its complaint anyway (the handling department and
-people an organisation rule chose, also of another branch).
+people an organisation rule chose, also of another branch). The directory's announcements
+(``branch.updated``, ``department.updated``, ``staff.updated``) are of their own branch and
+name nothing of another; a person's carries their name and department only.
 """
 
 from __future__ import annotations

@@ -43,6 +43,7 @@ from routing.assignments.models import (
     ResponsibilityRequest,
 )
 from routing.directory import store as directory_store
+from routing.directory.escalation import vacant_above
 from routing.directory.models import DepartmentRead, StaffRead, StaffStatus
 from routing.settings import RoutingSettings
 from routing.sla import clocks as sla_clocks
@@ -104,8 +105,12 @@ async def _target_department(
     department = await directory_store.visible_department(
         db=db, principal=principal, department_id=department_id
     )
+    # ``active`` says whether it takes work: not while its branch is closed either.
     if department is None or not department.active:
-        raise invalid("department", f"unknown or inactive department {department_id!r}")
+        raise invalid(
+            "department",
+            f"unknown or inactive department {department_id!r} (or its branch is closed)",
+        )
     return department
 
 
@@ -237,7 +242,8 @@ def _reassignment(
         set_fields.update(owners.slot_fields(current["org"], choice.staff.id, choice.slot))
         slot_update = {}
     if department.id != current["department"]:
-        set_fields["required_skill"] = None
+        # The rule's skill was for the department it chose; its later changes no longer apply.
+        set_fields.update({"required_skill": None, store.SKILL_RULE_VERSION: None})
     set_fields.update(lifecycle.numbered(current))
     moved = {**current, **set_fields}
     reassigned = ComplaintReassigned(
@@ -303,9 +309,10 @@ async def escalate(
             note=request.reason,
         )
         if not events:
-            raise conflict(
-                f"complaint {complaint_id} is already at the top of {current['department']}'s chain"
-            )
+            chain = f"{current['department']}'s chain"
+            if vacant_above(targets, reached=lifecycle.reached(current)):
+                raise conflict(f"complaint {complaint_id}: nobody above it on {chain} is available")
+            raise conflict(f"complaint {complaint_id} is already at the top of {chain}")
         history = store.history(
             at=now, action="escalated", actor=principal.subject, note=request.reason
         )

@@ -51,7 +51,8 @@ from complaints_shared.events import (
 )
 from complaints_shared.transitions import TransitionTable
 from routing.assignments.models import AssignmentStatus, ClockState
-from routing.directory.escalation import EscalationTarget, target_at
+from routing.directory.escalation import EscalationTarget, Reached, next_target
+from routing.directory.models import StaffRole
 from routing.sla import clocks as sla_clocks
 
 QUEUED = AssignmentStatus.QUEUED
@@ -345,14 +346,39 @@ def escalate_one_level(
     note: str | None = None,
     breach: tuple[str, datetime] | None = None,
 ) -> tuple[dict[str, Any], Events]:
-    """The update and event taking the complaint one rung up its chain; nothing at the top."""
-    level = current.get("escalation_level", 0) + 1
-    target = target_at(targets, level)
+    """The update and event taking the complaint one rung up its chain, from what it
+    reached to the next step above that finds a person; nothing when nobody is above."""
+    target = next_target(targets, reached=reached(current))
     if target is None:
         return {}, []
     record = escalation_record(target, reason=reason, by=by, at=at, note=note, breach=breach)
-    update = {"$set": {"escalation_level": level}, "$push": {"escalations": record}}
+    update = {"$set": {"escalation_level": target.level}, "$push": {"escalations": record}}
     return update, [(EventType.COMPLAINT_ESCALATED, escalated_event(current, record))]
+
+
+def reached(document: dict[str, Any]) -> Reached:
+    """What the complaint's escalations reached: the level, with the person and role of
+    the escalation standing at it (only the level when no record stands there)."""
+    level = document.get("escalation_level", 0)
+    standing = _standing(document.get("escalations") or [])
+    if level == 0 or standing is None or standing["level"] != level:
+        return Reached(level=level)
+    role = standing.get("escalated_to_role")
+    return Reached(
+        level=level,
+        staff_id=standing.get("escalated_to_id"),
+        role=StaffRole(role) if role else None,
+    )
+
+
+def climbed(document: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """``document`` with ``escalate_one_level``'s ``update`` applied: where the next climb
+    of the same decision starts."""
+    if not update:
+        return document
+    record = update["$push"]["escalations"]
+    escalations = [*(document.get("escalations") or []), record]
+    return {**document, "escalation_level": record["level"], "escalations": escalations}
 
 
 # Breaches of these clocks climb the department's chain; the report deadline is already at the top.
@@ -385,20 +411,24 @@ def fire_timers(
     now: datetime,
 ) -> FiredTimers:
     """Fire every timer of ``clocks`` due at ``now`` (at most one per clock): warnings,
-    breaches, and the rungs breaches of the customer's clocks climb from ``document``'s
-    escalation level. ``clocks`` is left as it was."""
+    breaches, and the rungs breaches of the customer's clocks climb from what
+    ``document``'s escalations reached. ``clocks`` is left as it was."""
     fired = FiredTimers(clocks=dict(clocks), level=document.get("escalation_level", 0))
-    escalated = dict(document)
+    escalated = document
     for name in TIMED_CLOCKS:
         clock = fired.clocks.get(name)
         if clock is None:
             continue
-        may_climb = name in ESCALATING_CLOCKS and fired.level < len(targets)
+        may_climb = (
+            name in ESCALATING_CLOCKS
+            and next_target(targets, reached=reached(escalated)) is not None
+        )
         # Only the resolve clock re-arms, one allowed span later, whatever the level: a
         # complaint left overdue keeps going up the chain, also once a rung above it stands
-        # free again (a late acknowledgement withdrew the rung its breach took, or it moved
-        # to a department with a longer chain). It was switched off at the top, and never
-        # armed again. A repeat with no rung to climb changes nothing and says nothing.
+        # free again (a late acknowledgement withdrew the rung its breach took, it moved
+        # to a department with a longer chain, a vacant post above was filled). It was
+        # switched off at the top, and never armed again. A repeat with no rung to climb
+        # changes nothing and says nothing.
         repeat = name == SlaClock.RESOLVE.value
         before = clock
         clock, kind = sla_clocks.fire_due(clock, calendar=calendar, now=now, repeat=repeat)
@@ -425,7 +455,8 @@ def fire_timers(
                 breach=(name, clock.due_at),
             )
             if escalation:
-                fired.level = escalated["escalation_level"] = update["$set"]["escalation_level"]
+                escalated = climbed(escalated, update)
+                fired.level = escalated["escalation_level"]
                 fired.records.append(update["$push"]["escalations"])
                 breach = sla_breached_event(
                     document, name=name, clock=clock, now=now, level=fired.level

@@ -76,6 +76,7 @@ def new_document(
         "rule_id": plan.rule.id,
         "rule_version": plan.rule.version,
         "required_skill": plan.rule.action.required_skill,
+        store.SKILL_RULE_VERSION: plan.rule.version,  # the rule's changes follow (rule_changes)
         "sla_policy": plan.policy.id,
         "notify": [target.model_dump(mode="json") for target in plan.notify],
         "clock_starts_at": plan.clock_starts_at,

@@ -15,7 +15,12 @@ from complaints_shared.business_calendar import BusinessCalendar
 from complaints_shared.events import Category, ComplaintReceived, Severity, SlaClock
 from complaints_shared.text import folded
 from routing.assignments.models import NotifyTarget
-from routing.directory.escalation import EscalationTarget, branch_head_level, chain_targets
+from routing.directory.escalation import (
+    EscalationTarget,
+    Reached,
+    branch_head_target,
+    chain_targets,
+)
 from routing.directory.models import DepartmentRead, StaffRead, StaffRole, StaffStatus
 from routing.rules.matching import complaint_flags, matching_rules, severity_at_least
 from routing.rules.models import RoutingRule
@@ -261,6 +266,8 @@ def plan_route(
     targets = chain_targets(
         department.escalation_chain, department_code=department.code, branch_staff=department_staff
     )
+    # A major incident goes to the branch head at once: none while the branch has no head.
+    head = branch_head_target(targets, reached=Reached()) if major else None
     return RoutePlan(
         rule=rule,
         skipped_rules=skipped,
@@ -275,7 +282,7 @@ def plan_route(
         clocks=clocks,
         major_incident=major,
         escalation_targets=targets,
-        escalation_level=branch_head_level(targets) if major else 0,
+        escalation_level=head.level if head is not None else 0,
         notify=_notify_targets(
             action.notify_roles, department=department, branch_staff=department_staff
         ),

@@ -57,7 +57,7 @@ from routing.assignments.lifecycle import Command
 from routing.assignments.models import AssignmentStatus, ClockState
 from routing.directory import calendar_history
 from routing.directory import store as directory_store
-from routing.directory.escalation import branch_head_level, target_at
+from routing.directory.escalation import branch_head_target
 from routing.directory.models import DepartmentRead, StaffStatus
 from routing.rules.models import RuleFlag
 from routing.settings import RoutingSettings
@@ -576,7 +576,12 @@ async def reopen(
         if moving:
             assert moved_to is not None
             set_fields.update(
-                department=moved_to.id, department_name=moved_to.name, required_skill=None
+                {
+                    "department": moved_to.id,
+                    "department_name": moved_to.name,
+                    "required_skill": None,
+                    store.SKILL_RULE_VERSION: None,
+                }
             )
         if owner is None:
             set_fields.update(owner_id=None, owner_name=None, queued_at=now, duty_officer=False)
@@ -862,15 +867,14 @@ async def _to_branch_head(
     targets = await routing_context.escalation_targets(
         db=db, org=document["org"], department_id=document["department"]
     )
-    level = branch_head_level(targets)
-    target = target_at(targets, level)
-    if target is None or document.get("escalation_level", 0) >= level:
+    target = branch_head_target(targets, reached=lifecycle.reached(document))
+    if target is None:
         return {}, []
     record = lifecycle.escalation_record(target, reason="critical_incident", by="routing", at=now)
     escalated = lifecycle.escalated_event(
         document, record, regulatory_due=document.get("regulatory_report_due_at")
     )
     return (
-        {"$set": {"escalation_level": level}, "$push": {"escalations": record}},
+        {"$set": {"escalation_level": target.level}, "$push": {"escalations": record}},
         [(EventType.COMPLAINT_ESCALATED, escalated)],
     )

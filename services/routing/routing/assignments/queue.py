@@ -21,17 +21,21 @@ from complaints_shared.events import ComplaintReassigned, EventType, Severity
 from complaints_shared.failures import is_transient, redacted_error
 from complaints_shared.logs import get_logger
 from complaints_shared.mongo import merge_updates
+from complaints_shared.text import folded
 from routing.assignments import (
     lifecycle,
     owed_drains,
     owners,
     placement,
+    planning,
     routing_context,
     store,
 )
 from routing.assignments.models import AssignmentStatus
 from routing.directory import store as directory_store
-from routing.directory.models import DepartmentRead
+from routing.directory.models import DepartmentRead, StaffRead, StaffStatus, UncoveredSkill
+from routing.rules import store as rules_store
+from routing.rules.models import RoutingRule
 from routing.settings import RoutingSettings
 
 log = get_logger(__name__)
@@ -174,6 +178,67 @@ async def _drain(
                 passed_over += 1  # the one with room lacks the skill, or it is not for them
         if len(queued) < DRAIN_BATCH:
             return assigned
+
+
+async def skills_left_uncovered(
+    *, db: AsyncDatabase, org: str, person: StaffRead
+) -> list[UncoveredSkill]:
+    """The skills ``person`` had that nobody active of their department has (now that they
+    are gone), where the department's queued work or an active rule sending their branch's
+    complaints there needs it: such work waits for nobody until someone gets the skill, the
+    rule drops it (``rule_changes``) or a supervisor moves the complaint."""
+    department = await directory_store.find_department(
+        db=db, org=org, department_id=person.department_id
+    )
+    if department is None:
+        return []
+    others = [
+        colleague
+        for colleague in await directory_store.desk(
+            db=db, org=org, department_id=department.id, fresh=True
+        )
+        if colleague.id != person.id and colleague.status is StaffStatus.ACTIVE
+    ]
+    queued = await store.queued_by_skill(db=db, org=org, department_id=department.id)
+    rules = [
+        rule
+        for rule in await rules_store.load_rules(db=db, org=org)
+        if rule.action.required_skill and _sends_branch_to(rule, department)
+    ]
+    needed = [*queued, *(rule.action.required_skill for rule in rules)]
+    return [
+        UncoveredSkill(
+            skill=skill,
+            department=department.id,
+            queued=sum(n for waiting, n in queued.items() if _same_skill(waiting, skill)),
+            rules=[rule.id for rule in rules if _same_skill(rule.action.required_skill, skill)],
+        )
+        for skill in _distinct_skills(needed)
+        if planning.has_skill(person, skill)
+        and not any(planning.has_skill(colleague, skill) for colleague in others)
+    ]
+
+
+def _sends_branch_to(rule: RoutingRule, department: DepartmentRead) -> bool:
+    """Whether ``rule`` routes complaints of the department's branch to it."""
+    if rule.branches and department.branch not in rule.branches:
+        return False
+    if rule.action.department_id is not None:
+        return rule.action.department_id == department.id
+    return rule.action.department_kind == department.kind
+
+
+def _same_skill(one: str | None, other: str) -> bool:
+    return one is not None and folded(one.strip()) == folded(other.strip())
+
+
+def _distinct_skills(skills: list[str | None]) -> list[str]:
+    """One of each skill as owner choice compares them (``VIP`` and ``vip`` are one)."""
+    kept: dict[str, str] = {}
+    for skill in skills:
+        if skill:
+            kept.setdefault(folded(skill.strip()), skill)
+    return sorted(kept.values())
 
 
 async def offer_freed_capacity(
@@ -326,6 +391,7 @@ async def _move_queued(
             "department_name": successor.name,
             # The skill was the rule's for the old department, as on a supervisor's move.
             "required_skill": None,
+            store.SKILL_RULE_VERSION: None,
             "owner_id": None,
             "owner_name": None,
             "duty_officer": False,

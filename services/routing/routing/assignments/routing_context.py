@@ -90,7 +90,8 @@ async def load_context(*, db: AsyncDatabase, complaint: ComplaintReceived) -> Ro
 
 
 async def _duty_officer(*, db: AsyncDatabase, org: str, branch: BranchRead) -> StaffRead | None:
-    if branch.duty_officer_id is None:
+    """The branch's duty officer; none while the branch is closed (deactivated)."""
+    if branch.duty_officer_id is None or not branch.active:
         return None
     return await directory_store.find_staff(db=db, org=org, staff_id=branch.duty_officer_id)
 

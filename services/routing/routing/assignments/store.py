@@ -62,6 +62,22 @@ def not_for_owner(document: dict[str, Any]) -> str | None:
     return None
 
 
+# The version of the placing rule (``rule_id``) that ``required_skill`` was derived from: set
+# at placement, and by each change of the rule's skill applied since (``rule_changes``);
+# null once a move to another department cleared the skill (a supervisor's, a reopen's, a
+# deactivated department's queue's), which no change of the rule then touches.
+SKILL_RULE_VERSION = "skill_rule_version"
+
+
+def skill_rule_version(document: dict[str, Any]) -> int | None:
+    """The version of its rule the assignment's ``required_skill`` follows; None when the
+    skill is no rule's any more."""
+    if SKILL_RULE_VERSION in document:
+        return document[SKILL_RULE_VERSION]
+    # Stored before 5 December: only placement set a skill, and every move cleared it.
+    return document.get("rule_version") if document.get("required_skill") else None
+
+
 ASSIGNMENT = Aggregate(collection=ASSIGNMENTS, what="assignment", applied_events_kept=200)
 HISTORY_KEPT = 200
 MAX_PAGE_SIZE = 200
@@ -203,6 +219,38 @@ async def queued_in_department(
         .limit(limit)
     )
     return await cursor.to_list(None)
+
+
+async def active_of_rule(*, db: AsyncDatabase, org: str, rule_id: str) -> list[str]:
+    """Ids of the queued and open assignments ``rule_id`` placed: read through
+    ``status_org_department`` (status and organisation as equalities), the rule checked by
+    the server on the documents found."""
+    found: list[str] = []
+    for status in (AssignmentStatus.QUEUED, AssignmentStatus.OPEN):
+        cursor = db[ASSIGNMENTS].find(
+            {"status": status.value, "org": org, "rule_id": rule_id}, projection={"_id": 1}
+        )
+        found += [document["_id"] async for document in cursor]
+    return found
+
+
+async def queued_by_skill(*, db: AsyncDatabase, org: str, department_id: str) -> dict[str, int]:
+    """How many complaints wait in the department's queue for each skill (as stored)."""
+    pipeline = [
+        {
+            "$match": {
+                "org": org,
+                "department": department_id,
+                "status": AssignmentStatus.QUEUED.value,
+            }
+        },
+        {"$group": {"_id": "$required_skill", "n": {"$sum": 1}}},
+    ]
+    return {
+        row["_id"]: row["n"]
+        async for row in await db[ASSIGNMENTS].aggregate(pipeline)
+        if row["_id"]
+    }
 
 
 async def behind_calendar(

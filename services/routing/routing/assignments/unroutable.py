@@ -193,6 +193,9 @@ async def leave(
         duty_officer = plan.duty_officer if how == "duty_officer" else None
         routed_plan = dataclasses.replace(plan, clocks=clocks, duty_officer=duty_officer)
         fresh = placement.new_document(complaint, routed_plan, owner=choice, now=now)
+        # A supervisor's department is no rule's: a rule's later changes do not reach it.
+        if department is not None:
+            fresh[store.SKILL_RULE_VERSION] = None
         # Numbered after whatever the assignment announced before it was found unroutable.
         fresh["assignment_sequence"] = current.get("assignment_sequence", 0)
         planned, events = placement.initial_events(
@@ -278,9 +281,16 @@ def _caught_up(
     clocks, targets = dict(plan.clocks), plan.escalation_targets
     remembered = current.get(projections.REMEMBERED) or []
     reopens = sum(entry["command"] == Command.REOPEN.value for entry in remembered)
+    # Climbs start from the major-incident escalation, which a routed complaint gets first.
+    major = plan.escalated_to
     document = {
         **current,
-        "escalation_level": plan.escalation_level if plan.escalated_to is not None else 0,
+        "escalation_level": plan.escalation_level if major is not None else 0,
+        "escalations": (
+            [lifecycle.escalation_record(major, reason="critical_incident", by="routing", at=now)]
+            if major is not None
+            else []
+        ),
         "reopen_count": current.get("reopen_count", 0) - reopens,
     }
     caught = _CaughtUp(
@@ -306,6 +316,7 @@ def _caught_up(
             caught.events += fired.events
             caught.breached = caught.breached or fired.breached
             caught.level = document["escalation_level"] = fired.level
+            document["escalations"] = [*document["escalations"], *fired.records]
 
     filed_at = current.get("regulatory_report_filed_at")
 
@@ -335,7 +346,8 @@ def _caught_up(
             at=entry["at"],
         )
         if escalation:
-            caught.level = document["escalation_level"] = update["$set"]["escalation_level"]
+            document.update(lifecycle.climbed(document, update))
+            caught.level = document["escalation_level"]
             caught.records.append(update["$push"]["escalations"])
             caught.events += escalation
 

@@ -144,6 +144,29 @@ async def deactivate_branch(
     )
 
 
+@router.post("/branches/{code}/reactivate", response_model=BranchRead)
+async def reactivate_branch(
+    code: str,
+    request: Request,
+    response: Response,
+    principal: BranchOpener,
+    if_match: IfMatchHeader,
+) -> BranchRead:
+    """Reopen a closed branch: its active departments take work again."""
+    runtime = runtime_of(request)
+    reopened = await branches.reactivate_branch(
+        db=runtime.db,
+        settings=runtime.settings,
+        principal=principal,
+        code=code,
+        if_match=if_match,
+        now=runtime.clock.now(),
+    )
+    await unroutable.retry_after_change(runtime, org=principal.org)
+    tag(response, reopened.version)
+    return reopened
+
+
 # --------------------------------------------------------------- departments --
 
 
@@ -153,7 +176,11 @@ async def create_department(
 ) -> DepartmentRead:
     runtime = runtime_of(request)
     created = await departments.create_department(
-        db=runtime.db, principal=principal, body=body, now=runtime.clock.now()
+        db=runtime.db,
+        settings=runtime.settings,
+        principal=principal,
+        body=body,
+        now=runtime.clock.now(),
     )
     await unroutable.retry_after_change(runtime, org=principal.org)
     tag(response, created.version)
@@ -197,6 +224,7 @@ async def update_department(
     runtime = runtime_of(request)
     updated = await departments.update_department(
         db=runtime.db,
+        settings=runtime.settings,
         principal=principal,
         department_id=department_id,
         body=body,
@@ -220,6 +248,7 @@ async def deactivate_department(
     runtime = runtime_of(request)
     updated = await departments.deactivate_department(
         db=runtime.db,
+        settings=runtime.settings,
         principal=principal,
         department_id=department_id,
         if_match=if_match,
@@ -237,6 +266,30 @@ async def deactivate_department(
     )
 
 
+@router.post("/departments/{department_id}/reactivate", response_model=DepartmentRead)
+async def reactivate_department(
+    department_id: str,
+    request: Request,
+    response: Response,
+    principal: BranchAdmin,
+    if_match: IfMatchHeader,
+) -> DepartmentRead:
+    """Reopen a deactivated department; refused (409) while its branch is closed or has
+    another active department of its kind."""
+    runtime = runtime_of(request)
+    reopened = await departments.reactivate_department(
+        db=runtime.db,
+        settings=runtime.settings,
+        principal=principal,
+        department_id=department_id,
+        if_match=if_match,
+        now=runtime.clock.now(),
+    )
+    await unroutable.retry_after_change(runtime, org=principal.org)
+    tag(response, reopened.version)
+    return reopened
+
+
 # --------------------------------------------------------------------- staff --
 
 
@@ -246,7 +299,11 @@ async def create_staff(
 ) -> StaffRead:
     runtime = runtime_of(request)
     created = await staff.create_staff(
-        db=runtime.db, principal=principal, body=body, now=runtime.clock.now()
+        db=runtime.db,
+        settings=runtime.settings,
+        principal=principal,
+        body=body,
+        now=runtime.clock.now(),
     )
     await _offer_queue(runtime, org=principal.org, department_id=created.department_id)
     tag(response, created.version)
@@ -293,6 +350,7 @@ async def update_staff(
     runtime = runtime_of(request)
     document = await staff.update_staff(
         db=runtime.db,
+        settings=runtime.settings,
         principal=principal,
         staff_id=staff_id,
         body=body,
@@ -312,10 +370,12 @@ async def deactivate_staff(
     principal: BranchAdmin,
     if_match: IfMatchHeader,
 ) -> DeactivationReport:
-    """No new work from now on; the open work still with the person is reported."""
+    """No new work from now on; the open work still with the person is reported, and the
+    skills nobody active of their department has now that its work needs."""
     runtime = runtime_of(request)
     updated = await staff.deactivate_staff(
         db=runtime.db,
+        settings=runtime.settings,
         principal=principal,
         staff_id=staff_id,
         if_match=if_match,
@@ -324,12 +384,16 @@ async def deactivate_staff(
     work, elsewhere = await store.open_work(
         db=runtime.db, principal=principal, query={"owner_id": staff_id}
     )
+    uncovered = await queue.skills_left_uncovered(
+        db=runtime.db, org=principal.org, person=directory_store.staff_read(updated)
+    )
     tag(response, updated["version"])
     return DeactivationReport(
         deactivated=staff_id,
         version=updated["version"],
         open_work=work,
         open_work_of_other_branches=elsewhere,
+        skills_uncovered=uncovered,
     )
 
 

@@ -4,7 +4,8 @@ A branch's time zone, opening hours and holiday calendar are checked before they
 stored (a 422 naming the field); every change announces ``branch.updated`` in the same
 write (intake numbers references in the branch's time zone), and a change of the calendar
 records the calendar it replaces there too, for routing to re-lay the branch's open work
-(``calendar_history``).
+(``calendar_history``). A branch closes only once no rule and no open work needs its
+departments, and reopens as it was; intake refuses complaints for it while it is closed.
 """
 
 from __future__ import annotations
@@ -24,10 +25,11 @@ from complaints_shared.models import Weekday
 from complaints_shared.mongo import merge_updates
 from complaints_shared.outbox import outbox_entry, outbox_fields, outbox_update
 from complaints_shared.preconditions import IfMatch
-from complaints_shared.problems import invalid, not_found
+from complaints_shared.problems import conflict, invalid, not_found
 from complaints_shared.settings import ServiceSettings
 from complaints_shared.stored import from_stored
-from routing.directory import calendar_history, store
+from routing.assignments.models import AssignmentStatus
+from routing.directory import calendar_history, departments, store
 from routing.directory.models import (
     BranchBase,
     BranchCreate,
@@ -38,6 +40,9 @@ from routing.directory.models import (
     StaffStatus,
 )
 from routing.sla.clocks import CALENDAR_FIELDS, branch_calendar
+
+# The assignments' collection (``routing.assignments.store``, which reads this package).
+ASSIGNMENTS = "assignments"
 
 
 def _check_holidays(calendar: HolidayCalendar) -> None:
@@ -205,6 +210,43 @@ async def update_branch(
     )
 
 
+async def _refuse_if_in_use(*, db: AsyncDatabase, org: str, code: str) -> None:
+    """A branch closes once nothing needs its departments: no active rule names one by id,
+    and no complaint waits in one's queue or is open with one's people. A closed branch's
+    departments take no work (``store.in_service``): such a rule would be passed over (the
+    default rule's: everything no other rule covers went unroutable) and such a queue would
+    never drain. Until 5 December closing the branch bypassed the department's own guard
+    (``departments.deactivate_department``) and routing went on using its departments."""
+    department_ids = [
+        document["id"]
+        async for document in db[store.DEPARTMENTS].find(
+            {"org": org, "branch": code}, projection={"id": 1}
+        )
+    ]
+    if not department_ids:
+        return
+    blocking = []
+    rules = await departments.rules_naming(db=db, org=org, department_ids=department_ids)
+    if rules:
+        blocking.append(f"routing rule(s) {', '.join(rules)} name its departments")
+    work = {
+        "org": org,
+        "department": {"$in": department_ids},
+        "status": {"$in": [AssignmentStatus.QUEUED.value, AssignmentStatus.OPEN.value]},
+    }
+    count = await db[ASSIGNMENTS].count_documents(work)
+    if count:
+        shown = await db[ASSIGNMENTS].find(work, projection={"_id": 1}, limit=5).to_list(None)
+        named = ", ".join(sorted(document["_id"] for document in shown))
+        blocking.append(f"{count} complaint(s) are queued or open in its departments ({named})")
+    if blocking:
+        raise conflict(
+            f"branch {code} is still in use: {'; '.join(blocking)}. Change the rules and "
+            "reassign or finish the work first",
+            kind="branch-in-use",
+        )
+
+
 async def deactivate_branch(
     *,
     db: AsyncDatabase,
@@ -214,7 +256,13 @@ async def deactivate_branch(
     if_match: IfMatch | None,
     now: datetime,
 ) -> BranchRead:
+    """Close the branch (refused while in use: ``_refuse_if_in_use``); its departments and
+    people keep their own state, idle until it reopens."""
     current = await _branch_document(db=db, principal=principal, code=code)
+
+    async def validate() -> None:
+        await _refuse_if_in_use(db=db, org=principal.org, code=code)
+
     return await _change_branch(
         db=db,
         settings=settings,
@@ -222,6 +270,31 @@ async def deactivate_branch(
         current=current,
         changes={"active": False},
         action="deactivated",
+        if_match=if_match,
+        validate=validate,
+        now=now,
+    )
+
+
+async def reactivate_branch(
+    *,
+    db: AsyncDatabase,
+    settings: ServiceSettings,
+    principal: Principal,
+    code: str,
+    if_match: IfMatch | None,
+    now: datetime,
+) -> BranchRead:
+    """Reopen a closed branch as it was: its departments that were active take work again,
+    and intake registers its complaints again once ``branch.updated`` reaches it."""
+    current = await _branch_document(db=db, principal=principal, code=code)
+    return await _change_branch(
+        db=db,
+        settings=settings,
+        principal=principal,
+        current=current,
+        changes={"active": True},
+        action="reactivated",
         if_match=if_match,
         now=now,
     )

@@ -1,7 +1,9 @@
 """Departments as their branch's administrators keep them: validated writes, scoped reads.
 
 An escalation chain only goes up (no person or role twice, never down a rank), a branch
-has one active department of each kind, and a department an active rule names stays active.
+has one active department of each kind (also when one is reactivated), and a department an
+active rule names stays active. Every change announces ``department.updated`` in the same
+write (intake shows the department's name on its complaints).
 """
 
 from __future__ import annotations
@@ -13,8 +15,11 @@ from pymongo import ASCENDING
 from pymongo.asynchronous.database import AsyncDatabase
 
 from complaints_shared.auth import Principal
+from complaints_shared.events import DepartmentUpdated, EventType
+from complaints_shared.outbox import outbox_entry, outbox_fields, outbox_update
 from complaints_shared.preconditions import IfMatch
 from complaints_shared.problems import conflict, invalid, not_found
+from complaints_shared.settings import ServiceSettings
 from routing.directory import store
 from routing.directory.models import (
     ROLE_RANK,
@@ -77,21 +82,31 @@ async def _check_kind_free(
 RULES = "rules"
 
 
-async def _refuse_if_a_rule_names(*, db: AsyncDatabase, org: str, department_id: str) -> None:
-    """A department an active rule sends complaints to by id stays active: the rule would
-    pass it over from then on (the default rule's: everything no other rule covers went
-    unroutable), and a branch's administrator would have changed the organisation's routing."""
+async def rules_naming(*, db: AsyncDatabase, org: str, department_ids: list[str]) -> list[str]:
+    """The ids of (up to 10) active rules that send complaints to one of ``department_ids``."""
     rules = (
         await db[RULES]
         .find(
-            {"org": org, "action.department_id": department_id, "active": {"$ne": False}},
+            {
+                "org": org,
+                "action.department_id": {"$in": department_ids},
+                "active": {"$ne": False},
+            },
             projection={"_id": 1},
             limit=10,
         )
         .to_list(None)
     )
+    return sorted(rule["_id"] for rule in rules)
+
+
+async def _refuse_if_a_rule_names(*, db: AsyncDatabase, org: str, department_id: str) -> None:
+    """A department an active rule sends complaints to by id stays active: the rule would
+    pass it over from then on (the default rule's: everything no other rule covers went
+    unroutable), and a branch's administrator would have changed the organisation's routing."""
+    rules = await rules_naming(db=db, org=org, department_ids=[department_id])
     if rules:
-        names = ", ".join(sorted(rule["_id"] for rule in rules))
+        names = ", ".join(rules)
         raise conflict(
             f"department {department_id} is the target of routing rule(s) {names}: an "
             "administrator of all branches changes them first",
@@ -99,8 +114,37 @@ async def _refuse_if_a_rule_names(*, db: AsyncDatabase, org: str, department_id:
         )
 
 
+def _department_updated(document: dict[str, Any], *, settings: ServiceSettings) -> dict[str, Any]:
+    """The outbox entry announcing the department as ``document`` shows it."""
+    event = DepartmentUpdated(
+        org=document["org"],
+        branch=document["branch"],
+        department=document["id"],
+        name=document["name"],
+        kind=document["kind"],
+        active=document.get("active", True),
+        version=document["version"],
+        updated_at=document["updated_at"],
+    )
+    return outbox_entry(event_type=EventType.DEPARTMENT_UPDATED, data=event, settings=settings)
+
+
+def _announced(
+    current: dict[str, Any], changes: dict[str, Any], *, settings: ServiceSettings, now: datetime
+) -> dict[str, Any]:
+    """The update adding ``department.updated`` of the department after ``changes`` to its
+    outbox, for ``store.change_entry`` to make with the change (its version is the next)."""
+    after = {**current, **changes, "updated_at": now, "version": current["version"] + 1}
+    return outbox_update([_department_updated(after, settings=settings)])
+
+
 async def create_department(
-    *, db: AsyncDatabase, principal: Principal, body: DepartmentCreate, now: datetime
+    *,
+    db: AsyncDatabase,
+    settings: ServiceSettings,
+    principal: Principal,
+    body: DepartmentCreate,
+    now: datetime,
 ) -> DepartmentRead:
     principal.require_branch(body.branch, field="branch")
 
@@ -125,6 +169,7 @@ async def create_department(
         },
         now=now,
     )
+    document.update(outbox_fields([_department_updated(document, settings=settings)]))
     stored = await store.insert_entry(
         db=db,
         principal=principal,
@@ -172,6 +217,7 @@ async def list_departments(
 async def update_department(
     *,
     db: AsyncDatabase,
+    settings: ServiceSettings,
     principal: Principal,
     department_id: str,
     body: DepartmentUpdate,
@@ -205,6 +251,7 @@ async def update_department(
         at=now,
         if_match=if_match,
         validate=validate,
+        announce=_announced(current, changes, settings=settings, now=now),
     )
     return store.department_read(updated)
 
@@ -212,6 +259,7 @@ async def update_department(
 async def deactivate_department(
     *,
     db: AsyncDatabase,
+    settings: ServiceSettings,
     principal: Principal,
     department_id: str,
     if_match: IfMatch | None,
@@ -232,5 +280,60 @@ async def deactivate_department(
         at=now,
         if_match=if_match,
         validate=validate,
+        announce=_announced(current, {"active": False}, settings=settings, now=now),
+    )
+    return store.department_read(updated)
+
+
+async def reactivate_department(
+    *,
+    db: AsyncDatabase,
+    settings: ServiceSettings,
+    principal: Principal,
+    department_id: str,
+    if_match: IfMatch | None,
+    now: datetime,
+) -> DepartmentRead:
+    """Reopen a deactivated department as it was (chain, kind, people): its branch must be
+    open and have no other active department of its kind (a 409 naming what blocks it)."""
+    current = await _department_document(db=db, principal=principal, department_id=department_id)
+
+    async def validate() -> None:
+        branch = await db[store.BRANCHES].find_one(
+            {"_id": store.branch_key(principal.org, current["branch"])}
+        )
+        if branch is not None and not branch.get("active", True):
+            raise conflict(
+                f"branch {current['branch']} is closed: an administrator of all branches "
+                f"reopens it first (POST /v1/directory/branches/{current['branch']}/reactivate)",
+                kind="branch-closed",
+            )
+        other = await db[store.DEPARTMENTS].find_one(
+            {
+                "org": principal.org,
+                "branch": current["branch"],
+                "kind": current["kind"],
+                "active": True,
+                "code": {"$ne": current["code"]},
+            }
+        )
+        if other is not None:
+            raise conflict(
+                f"branch {current['branch']} has department {other['id']} of kind "
+                f"{current['kind']!r} now: one department of a kind per branch",
+                kind="department-kind-taken",
+            )
+
+    updated = await store.change_entry(
+        db=db,
+        principal=principal,
+        entry=store.DEPARTMENT,
+        current=current,
+        changes={"active": True},
+        action="reactivated",
+        at=now,
+        if_match=if_match,
+        validate=validate,
+        announce=_announced(current, {"active": True}, settings=settings, now=now),
     )
     return store.department_read(updated)

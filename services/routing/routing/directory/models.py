@@ -236,12 +236,29 @@ class OpenWork(BaseModel):
     assigned_at: datetime | None = None
 
 
+class UncoveredSkill(BaseModel):
+    """A skill the deactivated person had that nobody active in their department has now,
+    while work of the department needs it: complaints queued for it wait for nobody."""
+
+    skill: str
+    department: str
+    queued: int = Field(description="Complaints waiting in the department's queue for it")
+    rules: list[str] = Field(
+        description="Active rules sending the branch's complaints to the department with it"
+    )
+
+
 class DeactivationReport(BaseModel):
     """What was deactivated and the open work still sitting with it: the complaints of the
     caller's branches listed, those of other branches (an organisation rule sent them) only
-    counted."""
+    counted. A person's deactivation also names the skills it leaves uncovered."""
 
     deactivated: str
     version: int = Field(description="The entry's version now (also its ETag)")
     open_work: list[OpenWork]
     open_work_of_other_branches: int = 0
+    skills_uncovered: list[UncoveredSkill] = Field(
+        default_factory=list,
+        description="Staff only: skills the person had that nobody active in their department "
+        "has now, needed by its queued work or its rules",
+    )

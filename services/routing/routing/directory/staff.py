@@ -1,7 +1,8 @@
 """Staff as their branch's administrators keep them: validated writes, scoped reads.
 
 A person belongs to an active department of their branch; naming another branch's
-people answers exactly like naming nobody.
+people answers exactly like naming nobody. Every change announces ``staff.updated`` in the
+same write (intake shows the person's name on the complaints they own or were escalated to).
 """
 
 from __future__ import annotations
@@ -13,8 +14,11 @@ from pymongo import ASCENDING
 from pymongo.asynchronous.database import AsyncDatabase
 
 from complaints_shared.auth import Principal
+from complaints_shared.events import EventType, StaffUpdated
+from complaints_shared.outbox import outbox_entry, outbox_fields, outbox_update
 from complaints_shared.preconditions import IfMatch
 from complaints_shared.problems import invalid, not_found
+from complaints_shared.settings import ServiceSettings
 from routing.directory import store
 from routing.directory.models import StaffCreate, StaffRead, StaffStatus, StaffUpdate
 
@@ -29,8 +33,37 @@ async def _check_staff_department(
         raise invalid("department", f"branch {branch} has no active department {department!r}")
 
 
+def _staff_updated(document: dict[str, Any], *, settings: ServiceSettings) -> dict[str, Any]:
+    """The outbox entry announcing the person as ``document`` shows them: their name and
+    department only (no capacity, skills or status go out of routing)."""
+    event = StaffUpdated(
+        org=document["org"],
+        branch=document["branch"],
+        staff_id=document["id"],
+        name=document["name"],
+        department=document["department_id"],
+        version=document["version"],
+        updated_at=document["updated_at"],
+    )
+    return outbox_entry(event_type=EventType.STAFF_UPDATED, data=event, settings=settings)
+
+
+def _announced(
+    current: dict[str, Any], changes: dict[str, Any], *, settings: ServiceSettings, now: datetime
+) -> dict[str, Any]:
+    """The update adding ``staff.updated`` of the person after ``changes`` to their outbox,
+    for ``store.change_entry`` to make with the change (its version is the next)."""
+    after = {**current, **changes, "updated_at": now, "version": current["version"] + 1}
+    return outbox_update([_staff_updated(after, settings=settings)])
+
+
 async def create_staff(
-    *, db: AsyncDatabase, principal: Principal, body: StaffCreate, now: datetime
+    *,
+    db: AsyncDatabase,
+    settings: ServiceSettings,
+    principal: Principal,
+    body: StaffCreate,
+    now: datetime,
 ) -> StaffRead:
     principal.require_branch(body.branch, field="branch")
 
@@ -50,6 +83,7 @@ async def create_staff(
         },
         now=now,
     )
+    document.update(outbox_fields([_staff_updated(document, settings=settings)]))
     stored = await store.insert_entry(
         db=db,
         principal=principal,
@@ -100,6 +134,7 @@ async def list_staff(
 async def update_staff(
     *,
     db: AsyncDatabase,
+    settings: ServiceSettings,
     principal: Principal,
     staff_id: str,
     body: StaffUpdate,
@@ -127,6 +162,7 @@ async def update_staff(
         at=now,
         if_match=if_match,
         validate=validate,
+        announce=_announced(current, changes, settings=settings, now=now),
     )
     return updated
 
@@ -134,20 +170,23 @@ async def update_staff(
 async def deactivate_staff(
     *,
     db: AsyncDatabase,
+    settings: ServiceSettings,
     principal: Principal,
     staff_id: str,
     if_match: IfMatch | None,
     now: datetime,
 ) -> dict[str, Any]:
     current = await _staff_document(db=db, principal=principal, staff_id=staff_id)
+    changes = {"status": StaffStatus.INACTIVE.value}
     updated = await store.change_entry(
         db=db,
         principal=principal,
         entry=store.STAFF_MEMBER,
         current=current,
-        changes={"status": StaffStatus.INACTIVE.value},
+        changes=changes,
         action="deactivated",
         at=now,
         if_match=if_match,
+        announce=_announced(current, changes, settings=settings, now=now),
     )
     return updated

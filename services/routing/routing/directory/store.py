@@ -375,11 +375,12 @@ async def visible_staff(
 async def visible_department(
     *, db: AsyncDatabase, principal: Principal, department_id: str
 ) -> DepartmentRead | None:
-    """The department, if the caller's branches cover it; otherwise as if unknown."""
+    """The department, if the caller's branches cover it; otherwise as if unknown. Its
+    ``active`` is whether it takes work (``in_service``)."""
     document = await db[DEPARTMENTS].find_one({"_id": department_key(principal.org, department_id)})
     if document is None or not principal.can_see(org=principal.org, branch=document["branch"]):
         return None
-    return department_read(document)
+    return (await in_service(db=db, documents=[document]))[0]
 
 
 async def visible_staff_ids(
@@ -410,44 +411,89 @@ async def branch_document(*, db: AsyncDatabase, org: str, code: str) -> dict[str
     return await db[BRANCHES].find_one({"_id": branch_key(org, code)})
 
 
+async def closed_branches(
+    *, db: AsyncDatabase, org: str, codes: Iterable[str] | None = None
+) -> set[str]:
+    """The codes of ``org``'s deactivated branches (of ``codes`` only, when given)."""
+    query: dict[str, Any] = {"org": org, "active": False}
+    if codes is not None:
+        query["_id"] = {"$in": sorted({branch_key(org, code) for code in codes})}
+    cursor = db[BRANCHES].find(query, projection={"code": 1})
+    return {document["code"] async for document in cursor}
+
+
+async def in_service(*, db: AsyncDatabase, documents: list[dict[str, Any]]) -> list[DepartmentRead]:
+    """Stored departments as routing sees them: ``active`` only while the department and its
+    branch both are. A closed branch's departments keep their own flag (reopening the branch
+    brings them back as they were) but take no work meanwhile: until 5 December its
+    departments stayed rule targets, reassignment targets and queue successors."""
+    closed: set[tuple[str, str]] = set()
+    for org in {document["org"] for document in documents}:
+        codes = {document["branch"] for document in documents if document["org"] == org}
+        closed |= {(org, code) for code in await closed_branches(db=db, org=org, codes=codes)}
+    departments = [department_read(document) for document in documents]
+    return [
+        department.model_copy(update={"active": False})
+        if (department.org, department.branch) in closed
+        else department
+        for department in departments
+    ]
+
+
 async def find_department(
     *, db: AsyncDatabase, org: str, department_id: str
 ) -> DepartmentRead | None:
+    """The department, ``active`` as routing sees it (``in_service``)."""
     document = await db[DEPARTMENTS].find_one({"_id": department_key(org, department_id)})
-    return department_read(document) if document else None
+    return (await in_service(db=db, documents=[document]))[0] if document else None
 
 
 async def inactive_departments(
     *, db: AsyncDatabase, departments: Iterable[tuple[str, str]]
 ) -> list[DepartmentRead]:
-    """Those of the (org, department) pairs that are deactivated, in one read."""
+    """Those of the (org, department) pairs that take no work (deactivated, or of a closed
+    branch: ``in_service``), in two reads."""
     keys = [department_key(org, department_id) for org, department_id in departments]
     if not keys:
         return []
-    query = {"_id": {"$in": keys}, "active": False}
-    return [department_read(document) async for document in db[DEPARTMENTS].find(query)]
+    documents = await db[DEPARTMENTS].find({"_id": {"$in": keys}}).to_list(None)
+    return [
+        department
+        for department in await in_service(db=db, documents=documents)
+        if not department.active
+    ]
 
 
 async def active_department_of_kind(
     *, db: AsyncDatabase, org: str, branch: str, kind: str
 ) -> DepartmentRead | None:
-    """The branch's active department of ``kind`` (there is at most one)."""
+    """The branch's active department of ``kind`` (there is at most one); none while the
+    branch is closed."""
     document = await db[DEPARTMENTS].find_one(
         {"org": org, "branch": branch, "kind": kind, "active": True}
     )
-    return department_read(document) if document else None
+    if document is None:
+        return None
+    department = (await in_service(db=db, documents=[document]))[0]
+    return department if department.active else None
 
 
 async def departments_for_routing(
     *, db: AsyncDatabase, org: str, branch: str, department_ids: list[str]
 ) -> list[DepartmentRead]:
-    """Active departments a rule can reach from ``branch``: its own and explicit targets."""
+    """Active departments a rule can reach from ``branch``: its own and explicit targets,
+    none of a closed branch (``in_service``)."""
     query = {
         "org": org,
         "active": True,
         "$or": [{"branch": branch}, {"id": {"$in": department_ids}}],
     }
-    return [department_read(document) async for document in db[DEPARTMENTS].find(query)]
+    documents = await db[DEPARTMENTS].find(query).to_list(None)
+    return [
+        department
+        for department in await in_service(db=db, documents=documents)
+        if department.active
+    ]
 
 
 async def staff_of_branches(*, db: AsyncDatabase, org: str, branches: list[str]) -> list[StaffRead]:

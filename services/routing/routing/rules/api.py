@@ -10,7 +10,7 @@ from complaints_shared.events import ComplaintReceived, CustomerContact
 from complaints_shared.preconditions import IfMatchHeader, tag
 from complaints_shared.problems import ProblemError
 from complaints_shared.runtime import Runtime, runtime_of
-from routing.assignments import owners, planning, routing_context, unroutable
+from routing.assignments import owners, planning, routing_context, rule_changes, unroutable
 from routing.assignments.models import NotifyTarget
 from routing.directory import store as directory_store
 from routing.directory.models import StaffRead
@@ -33,6 +33,15 @@ RuleAdmin = allow(Role.ADMIN, scope=Scope.ORGANISATION, action="managing routing
 
 
 Simulator = allow(Role.SUPERVISOR, scope=Scope.BRANCH, action="simulating routing")
+
+
+async def _follow(runtime: Runtime, *, rule: RuleRead, actor: str) -> None:
+    """The work the rule placed takes its required skill as it is now (none once it is
+    deactivated), and the queues where such work waits are offered it at once. Also after a
+    change that made no new version: a repeat of a request an error cut short finishes it."""
+    await rule_changes.follow_rule(
+        db=runtime.db, settings=runtime.settings, rule=rule, actor=actor, now=runtime.clock.now()
+    )
 
 
 @router.get("/rules", response_model=list[RuleRead], summary="The rules in matching order")
@@ -87,6 +96,7 @@ async def update_rule(
         now=runtime.clock.now(),
     )
     await unroutable.retry_after_change(runtime, org=principal.org)
+    await _follow(runtime, rule=updated, actor=principal.subject)
     tag(response, updated.version)
     return updated
 
@@ -107,6 +117,7 @@ async def deactivate_rule(
         if_match=if_match,
         now=runtime.clock.now(),
     )
+    await _follow(runtime, rule=deactivated, actor=principal.subject)
     tag(response, deactivated.version)
     return deactivated
 

@@ -24,7 +24,13 @@ from complaints_shared.preconditions import IfMatch
 from complaints_shared.problems import conflict, invalid, not_found
 from complaints_shared.stored import from_stored
 from routing import audit, context_cache, sole_roles
-from routing.directory.store import BRANCHES, DEPARTMENTS, branch_key, visible_department
+from routing.directory.store import (
+    BRANCHES,
+    DEPARTMENTS,
+    branch_key,
+    closed_branches,
+    visible_department,
+)
 from routing.rules import matching
 from routing.rules.models import (
     RoutingRule,
@@ -109,9 +115,12 @@ async def _validate_target(
         department = await visible_department(
             db=db, principal=principal, department_id=action["department_id"]
         )
+        # ``active`` says whether it takes work: not while its branch is closed either.
         if department is None or not department.active:
             raise invalid(
-                "action.department_id", f"unknown or inactive department {action['department_id']}"
+                "action.department_id",
+                f"unknown or inactive department {action['department_id']} "
+                "(or its branch is closed)",
             )
         return
     query: dict[str, Any] = {
@@ -119,9 +128,10 @@ async def _validate_target(
         "kind": action["department_kind"],
         "active": True,
     }
+    conditions = [{"branch": {"$nin": sorted(await closed_branches(db=db, org=principal.org))}}]
     if rule["branches"]:
-        query["branch"] = {"$in": rule["branches"]}
-    if await db[DEPARTMENTS].find_one(query) is None:
+        conditions.append({"branch": {"$in": rule["branches"]}})
+    if await db[DEPARTMENTS].find_one({**query, "$and": conditions}) is None:
         where = f"branches {rule['branches']}" if rule["branches"] else "the organisation"
         raise invalid(
             "action.department_kind",

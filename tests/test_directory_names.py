@@ -1,0 +1,231 @@
+"""Integration: intake's record shows the directory's current names of departments and people.
+
+Routing announces every change of a department (``department.updated``) and a staff member
+(``staff.updated``); intake shows the newest name on the complaints not finished for good
+(the handling department, the owner, the escalation target), never an older one delivered
+late, and a withdrawn, rejected or closed complaint keeps the names it ended with. Webhook
+subscriptions of a branch get its own branch's announcements only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from contextlib import AsyncExitStack
+from datetime import UTC, datetime
+
+import pytest
+
+from complaints_shared.events import (
+    ComplaintAssigned,
+    ComplaintEscalated,
+    DepartmentUpdated,
+    EventType,
+)
+from tests.support.http import command, complaint_of, complaint_when, create_complaint, token
+from tests.support.kafka import handled_count, publish, short_type
+from tests.support.system import System
+from tests.support.waits import eventually
+from tests.support.webhooks import receiver, serve_webhooks, subscribe
+
+pytestmark = pytest.mark.integration
+
+
+def _intake_db(system: System):
+    return system.mongo[system.intake_settings.database_name()]
+
+
+async def _assigned(system: System, headers: dict, **overrides) -> dict:
+    created = await create_complaint(system, headers, **overrides)
+    return await complaint_when(
+        system, created["id"], headers, lambda c: c["assignment"], what="assignment"
+    )
+
+
+async def _renamed(system: System, path: str, name: str, admin: dict) -> dict:
+    response = await system.routing.patch(path, json={"name": name}, headers=admin)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+async def _applied(system: System, key: str, name: str) -> dict:
+    """Intake's announcement of ``key`` once the complaints were renamed to ``name``."""
+
+    async def probe() -> dict | None:
+        kept = await _intake_db(system).directory_names.find_one({"_id": key})
+        return kept if kept and kept.get("applied_name") == name else None
+
+    return await eventually(probe, what=f"{key} renamed to {name} in intake")
+
+
+async def test_a_renamed_department_and_owner_show_on_the_open_complaint_not_the_withdrawn(
+    system: System,
+) -> None:
+    admin = token(system.routing_settings)
+    supervisor = token(system.intake_settings, roles=("supervisor",))
+    open_one = await _assigned(system, supervisor, subject="账单多扣")
+    withdrawn = await _assigned(system, supervisor, subject="账单多扣二")
+    await command(system, f"/v1/complaints/{withdrawn['id']}/withdraw", {}, supervisor)
+    department = open_one["assignment"]["department"]
+    owner = open_one["assignment"]["owner_id"]
+    assert (department, owner) == ("LZ:BILLING", "lz-chen")
+
+    await _renamed(system, f"/v1/directory/departments/{department}", "账务中心", admin)
+    await _renamed(system, f"/v1/directory/staff/{owner}", "陈静(已改名)", admin)
+
+    shown = await complaint_when(
+        system,
+        open_one["id"],
+        supervisor,
+        lambda c: (
+            c["assignment"]["owner_name"] == "陈静(已改名)"
+            and c["assignment"]["department_name"] == "账务中心"
+        ),
+        what="the new names on intake's record",
+    )
+    assert shown["status"] == open_one["status"]
+    await _applied(system, "department:demo:LZ:BILLING", "账务中心")
+    await _applied(system, "staff:demo:lz-chen", "陈静(已改名)")
+    kept = await complaint_of(system, withdrawn["id"], supervisor)
+    assert kept["status"] == "withdrawn"
+    assert kept["assignment"] == withdrawn["assignment"], "the names it ended with"
+    listed = await system.intake.get(
+        "/v1/complaints", params={"department": department}, headers=supervisor
+    )
+    assert {open_one["id"], withdrawn["id"]} <= {item["id"] for item in listed.json()["items"]}
+
+
+async def test_an_older_announcement_or_assignment_delivered_late_brings_no_old_name_back(
+    system: System,
+) -> None:
+    admin = token(system.routing_settings)
+    supervisor = token(system.intake_settings, roles=("supervisor",))
+    complaint = await _assigned(system, supervisor)
+    before = complaint["assignment"]
+    renamed = await _renamed(system, "/v1/directory/departments/LZ:BILLING", "账务中心", admin)
+    await complaint_when(
+        system,
+        complaint["id"],
+        supervisor,
+        lambda c: c["assignment"]["department_name"] == "账务中心",
+        what="the department's new name",
+    )
+
+    # The announcement of the version before, delivered again after the rename.
+    handled = handled_count("intake", EventType.DEPARTMENT_UPDATED)
+    older = DepartmentUpdated(
+        org="demo",
+        branch="LZ",
+        department="LZ:BILLING",
+        name=before["department_name"],
+        kind=renamed["kind"],
+        version=renamed["version"] - 1,
+        updated_at=datetime(2026, 1, 1, tzinfo=UTC),
+    )
+    await publish(system, (EventType.DEPARTMENT_UPDATED, older), service="routing")
+    await eventually(
+        lambda: handled_count("intake", EventType.DEPARTMENT_UPDATED) > handled,
+        what="the older announcement handled",
+    )
+    kept = await _intake_db(system).directory_names.find_one({"_id": "department:demo:LZ:BILLING"})
+    assert (kept["name"], kept["version"]) == ("账务中心", renamed["version"])
+    shown = await complaint_of(system, complaint["id"], supervisor)
+    assert shown["assignment"]["department_name"] == "账务中心"
+
+    # An assignment routing published before the rename, delivered after it (a complaint's
+    # events ride another partition than its department's).
+    stored = await _intake_db(system).complaints.find_one({"_id": complaint["id"]})
+    late = ComplaintAssigned(
+        complaint_id=complaint["id"],
+        org="demo",
+        branch="LZ",
+        department="LZ:BILLING",
+        department_name=before["department_name"],
+        owner_id=before["owner_id"],
+        owner_name=before["owner_name"],
+        rule_id=before["rule_id"],
+        rule_version=before["rule_version"],
+        assigned_at=datetime.now(UTC),
+        assignment_sequence=stored["assignment_sequence"] + 1,
+    )
+    await publish(system, (EventType.COMPLAINT_ASSIGNED, late), service="routing")
+
+    async def applied() -> dict | None:
+        document = await _intake_db(system).complaints.find_one({"_id": complaint["id"]})
+        return document if document["assignment_sequence"] == late.assignment_sequence else None
+
+    await eventually(applied, what="the late assignment applied")
+    # Corrected right after the write that put the old name on (``directory_names.correct``).
+    await complaint_when(
+        system,
+        complaint["id"],
+        supervisor,
+        lambda c: c["assignment"]["department_name"] == "账务中心",
+        what="the new name shown again after the late assignment",
+    )
+
+
+async def test_a_renamed_escalation_target_shows_on_the_escalated_complaint(
+    system: System,
+) -> None:
+    admin = token(system.routing_settings)
+    supervisor = token(system.intake_settings, roles=("supervisor",))
+    complaint = await _assigned(system, supervisor)
+    escalated = ComplaintEscalated(
+        complaint_id=complaint["id"],
+        org="demo",
+        branch="LZ",
+        level=1,
+        escalated_to_id="lz-gm",
+        escalated_to_name="马总经理",
+        escalated_to_role="branch_head",
+        reason="manual",
+        escalated_by="sup1",
+        escalated_at=datetime.now(UTC),
+    )
+    await publish(system, (EventType.COMPLAINT_ESCALATED, escalated), service="routing")
+    await complaint_when(
+        system, complaint["id"], supervisor, lambda c: c["escalation"], what="the escalation"
+    )
+
+    await _renamed(system, "/v1/directory/staff/lz-gm", "马总(新)", admin)
+
+    shown = await complaint_when(
+        system,
+        complaint["id"],
+        supervisor,
+        lambda c: c["escalation"]["escalated_to_name"] == "马总(新)",
+        what="the escalation target's new name",
+    )
+    assert shown["escalation_level"] == 1
+    steps = (await _intake_db(system).complaints.find_one({"_id": complaint["id"]}))[
+        "escalation_steps"
+    ]
+    assert [step["escalated_to_name"] for step in steps] == ["马总(新)"]
+
+
+async def test_a_branch_subscription_gets_its_own_branchs_directory_announcements_only(
+    system: System,
+) -> None:
+    admin = token(system.intake_settings)
+    async with AsyncExitStack() as stack:
+        lanzhou = await stack.enter_async_context(receiver())
+        hospital = await stack.enter_async_context(receiver())
+        webhooks = await serve_webhooks(stack, system)
+        directory = ["org.complaintdesk.department.*", "org.complaintdesk.staff.*"]
+        await subscribe(webhooks, admin, url=lanzhou.url, event_types=directory, branch="LZ")
+        await subscribe(webhooks, admin, url=hospital.url, event_types=directory, branch="HOSP")
+        await _renamed(system, "/v1/directory/departments/LZ:BILLING", "账务中心", admin)
+        await _renamed(system, "/v1/directory/staff/lz-chen", "陈静(已改名)", admin)
+        await _renamed(system, "/v1/directory/staff/hosp-sun", "孙丽(已改名)", admin)
+        await eventually(
+            lambda: asyncio.sleep(0, len(lanzhou.delivered_ids()) >= 2 and hospital.requests),
+            what="the announcements delivered",
+        )
+    by_type = {short_type(body["type"]): body for body in lanzhou.bodies()}
+    assert set(by_type) == {"department.updated", "staff.updated"}
+    assert by_type["department.updated"]["subject"] == "department:demo:LZ:BILLING"
+    person = by_type["staff.updated"]["data"]
+    assert person["name"] == "陈静(已改名)" and person["department"] == "LZ:BILLING"
+    assert not {"capacity", "skills", "status", "languages"} & set(person), "names only"
+    [theirs] = hospital.bodies()
+    assert (short_type(theirs["type"]), theirs["data"]["staff_id"]) == ("staff.updated", "hosp-sun")

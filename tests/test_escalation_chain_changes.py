@@ -1,0 +1,277 @@
+"""Integration: escalation while the directory changes under it.
+
+A chain is resolved to people when a complaint escalates. A head who retired, a team lead
+on leave or a chain an administrator shortened must neither send an escalation to nobody
+nor leave a complaint stranded below the branch head: a climb goes from what was reached
+to the next step above it that finds a person, and a major incident reaches whoever heads
+the branch now (DESIGN §1 step 4: a major medical error goes to the hospital head at once).
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+
+from complaints_shared.clock import ManualClock
+from complaints_shared.events import EventType
+from tests.support.events import received
+from tests.support.http import command, complaint_when, create_complaint, token
+from tests.support.kafka import intake_producer
+from tests.support.routing import FAST_TIMERS, MONDAY_10_SHANGHAI, assignment_when
+from tests.support.system import System, SystemFactory
+
+pytestmark = pytest.mark.integration
+
+MINUTE = timedelta(minutes=1)
+MEDICAL_ERROR = {
+    "branch": "HOSP",
+    "category": "medical",
+    "severity": "critical",
+    "subject": "手术失误",
+    "description": "手术失误导致病人重伤，怀疑医疗事故",
+}
+NEW_HEAD = {
+    "id": "hosp-head2",
+    "branch": "HOSP",
+    "department": "PRO",
+    "name": "李新院长",
+    "role": "branch_head",
+    "capacity": 0,
+}
+SHORT_CHAIN = {"escalation_chain": [{"role": "department_head"}]}
+
+
+def _admin(system: System) -> dict[str, str]:
+    return token(system.routing_settings)
+
+
+def _supervisor(system: System) -> dict[str, str]:
+    return token(system.routing_settings, roles=("supervisor",), subject="lz-sup")
+
+
+def _reached(document: dict) -> list[tuple]:
+    return [
+        (record["level"], record["escalated_to_role"], record["escalated_to_id"])
+        for record in document["escalations"]
+    ]
+
+
+async def _ok(answer) -> dict:
+    assert answer.status_code in (200, 201), answer.text
+    return answer.json()
+
+
+async def _escalate(system: System, cid: str, reason: str = "客户要求主管处理"):
+    return await system.routing.post(
+        f"/v1/assignments/{cid}/escalate", json={"reason": reason}, headers=_supervisor(system)
+    )
+
+
+async def _billing_complaint(system: System, **overrides) -> str:
+    """An LZ billing complaint (chain: team lead lz-gao, head lz-xie, branch head lz-gm)."""
+    complaint = received(**overrides)
+    async with intake_producer(system) as publish:
+        await publish(EventType.COMPLAINT_RECEIVED, complaint)
+    await assignment_when(system, complaint.complaint_id, lambda d: d.get("owner_id"))
+    return complaint.complaint_id
+
+
+async def test_a_major_incident_reaches_the_head_who_replaced_the_one_its_chain_names(
+    system: System,
+) -> None:
+    """The medical-affairs chain names 周科长 and 王院长 (hosp-head). Once she retired, the
+    inactive head was taken for the chain's branch-head rung and resolved to nobody: a
+    medical error escalated to ``('branch_head', None)`` while the notify list found the
+    new head."""
+    admin = _admin(system)
+    await _ok(await system.routing.post("/v1/directory/staff/hosp-head/deactivate", headers=admin))
+    await _ok(await system.routing.post("/v1/directory/staff", json=NEW_HEAD, headers=admin))
+    simulated = await _ok(
+        await system.routing.post("/v1/routing/simulate", json=MEDICAL_ERROR, headers=admin)
+    )
+    assert simulated["escalated_to_id"] == "hosp-head2"
+
+    incident = received(**MEDICAL_ERROR)
+    async with intake_producer(system) as publish:
+        await publish(EventType.COMPLAINT_RECEIVED, incident)
+    document = await assignment_when(system, incident.complaint_id, lambda d: d.get("escalations"))
+    assert document["major_incident"]
+    [escalation] = document["escalations"]
+    assert (escalation["escalated_to_id"], escalation["reason"]) == (
+        "hosp-head2",
+        "critical_incident",
+    )
+    assert document["escalation_level"] == escalation["level"] == 2
+
+
+async def test_a_vacant_head_post_uses_up_no_rung_and_is_climbed_once_filled(
+    system: System,
+) -> None:
+    """While the hospital has no head, a major incident escalates to nobody rather than
+    to an empty rung, a manual escalation stops below the vacancy (a 409 saying nobody is
+    available), and the head appointed later is reached by the next escalation."""
+    admin = _admin(system)
+    await _ok(await system.routing.post("/v1/directory/staff/hosp-head/deactivate", headers=admin))
+    simulated = await _ok(
+        await system.routing.post("/v1/routing/simulate", json=MEDICAL_ERROR, headers=admin)
+    )
+    assert (simulated["escalation_level"], simulated["escalated_to_id"]) == (0, None)
+    incident = received(**MEDICAL_ERROR)
+    async with intake_producer(system) as publish:
+        await publish(EventType.COMPLAINT_RECEIVED, incident)
+    cid = incident.complaint_id
+    document = await assignment_when(system, cid, lambda d: d.get("owner_id"))
+    assert (document["major_incident"], document["escalations"]) == (True, [])
+
+    first = await _ok(await _escalate(system, cid, "家属要求院方答复"))
+    assert _reached(first) == [(1, "department_head", "hosp-zhou")]
+    vacant = await _escalate(system, cid, "仍未答复")
+    assert vacant.status_code == 409, vacant.text
+    assert "nobody above it" in vacant.json()["detail"]
+
+    await _ok(await system.routing.post("/v1/directory/staff", json=NEW_HEAD, headers=admin))
+    filled = await _ok(await _escalate(system, cid, "仍未答复"))
+    assert _reached(filled)[-1] == (2, "branch_head", "hosp-head2")
+
+
+async def test_an_escalation_passes_over_a_team_lead_on_leave_to_the_next_person_up(
+    system: System,
+) -> None:
+    """With the only team lead on leave the first rung found nobody, and an escalation used
+    it up: level 1 to ``('team_lead', None)``, nobody told."""
+    await _ok(
+        await system.routing.patch(
+            "/v1/directory/staff/lz-gao", json={"status": "on_leave"}, headers=_admin(system)
+        )
+    )
+    cid = await _billing_complaint(system)
+
+    first = await _ok(await _escalate(system, cid))
+    assert _reached(first) == [(2, "department_head", "lz-xie")]
+    second = await _ok(await _escalate(system, cid, "仍未解决"))
+    assert _reached(second)[-1] == (3, "branch_head", "lz-gm")
+    top = await _escalate(system, cid, "再次来电")
+    assert top.status_code == 409, top.text
+    assert "already at the top" in top.json()["detail"]
+
+
+async def test_a_named_team_lead_on_leave_is_stood_in_for_by_the_departments_other_lead(
+    system: System,
+) -> None:
+    """A chain naming lz-gao, who is on leave, escalates to the billing department's active
+    team lead rather than to nobody."""
+    admin = _admin(system)
+    stand_in = {
+        "id": "lz-ma",
+        "branch": "LZ",
+        "department": "BILLING",
+        "name": "马组长",
+        "role": "team_lead",
+        "capacity": 0,
+    }
+    await _ok(await system.routing.post("/v1/directory/staff", json=stand_in, headers=admin))
+    named_chain = {"escalation_chain": [{"staff_id": "lz-gao"}, {"role": "department_head"}]}
+    await _ok(
+        await system.routing.patch(
+            "/v1/directory/departments/LZ:BILLING", json=named_chain, headers=admin
+        )
+    )
+    await _ok(
+        await system.routing.patch(
+            "/v1/directory/staff/lz-gao", json={"status": "on_leave"}, headers=admin
+        )
+    )
+    cid = await _billing_complaint(system)
+
+    escalated = await _ok(await _escalate(system, cid))
+    assert _reached(escalated) == [(1, "team_lead", "lz-ma")]
+
+
+async def test_a_manual_escalation_after_the_chain_was_shortened_goes_on_to_the_branch_head(
+    system: System,
+) -> None:
+    """Escalated to the team lead and the department head, then the chain was cut to the
+    department head (the branch head implied): level 2 was taken as a position in the new
+    chain, whose second step is the branch head, and the escalation was refused as 'already
+    at the top'."""
+    cid = await _billing_complaint(system)
+    await _ok(await _escalate(system, cid))
+    twice = await _ok(await _escalate(system, cid, "仍未解决"))
+    assert _reached(twice) == [(1, "team_lead", "lz-gao"), (2, "department_head", "lz-xie")]
+    await _ok(
+        await system.routing.patch(
+            "/v1/directory/departments/LZ:BILLING", json=SHORT_CHAIN, headers=_admin(system)
+        )
+    )
+
+    third = await _ok(await _escalate(system, cid, "客户投诉至总经理"))
+    assert (third["escalation_level"], _reached(third)[-1]) == (3, (3, "branch_head", "lz-gm"))
+    top = await _escalate(system, cid, "再次来电")
+    assert top.status_code == 409, top.text
+
+
+async def test_a_breach_after_the_chain_was_shortened_climbs_to_the_branch_head(
+    system_factory: SystemFactory,
+) -> None:
+    """The same on the timer path: breaches found level 2 at the top of the two-step chain
+    and kept the complaint below the branch head for good."""
+    clock = ManualClock(MONDAY_10_SHANGHAI)
+    system = await system_factory(clock=clock, routing=FAST_TIMERS)
+    cid = await _billing_complaint(system, received_at=clock.now())
+    await _ok(await _escalate(system, cid))
+    await _ok(await _escalate(system, cid, "仍未解决"))
+    await _ok(
+        await system.routing.patch(
+            "/v1/directory/departments/LZ:BILLING", json=SHORT_CHAIN, headers=_admin(system)
+        )
+    )
+    document = await assignment_when(system, cid)
+
+    clock.set(document["acknowledge_due_at"] + MINUTE)
+    document = await assignment_when(
+        system,
+        cid,
+        lambda d: d["clocks"]["acknowledge"]["breach_count"] == 1,
+        what="the acknowledge clock breached",
+    )
+    assert document["escalation_level"] == 3
+    assert document["escalations"][-1]["reason"] == "sla_breach"
+    assert _reached(document)[-1] == (3, "branch_head", "lz-gm")
+
+
+async def test_a_major_incident_found_after_the_chain_was_shortened_still_reaches_the_head(
+    system_factory: SystemFactory,
+) -> None:
+    """Level 2 (the department head) compared with the shortened chain's branch-head rung,
+    2, read as 'there already': a complaint found a safety risk reached no branch head."""
+    clock = ManualClock(MONDAY_10_SHANGHAI)
+    system = await system_factory(clock=clock, routing=FAST_TIMERS)
+    head = token(system.intake_settings, branches=["LZ"], roles=("supervisor",), subject="head")
+    cid = (await create_complaint(system, head))["id"]
+    await assignment_when(system, cid, lambda d: d.get("owner_id"))
+    await _ok(await _escalate(system, cid))
+    await _ok(await _escalate(system, cid, "仍未解决"))
+    await _ok(
+        await system.routing.patch(
+            "/v1/directory/departments/LZ:BILLING", json=SHORT_CHAIN, headers=_admin(system)
+        )
+    )
+
+    clock.advance(timedelta(hours=1))
+    body = {"flags": ["safety_risk"], "reason": "涉及人身安全"}
+    await command(system, f"/v1/complaints/{cid}/reclassify", body, head)
+    document = await assignment_when(
+        system, cid, lambda d: d.get("major_incident"), what="the major incident"
+    )
+    assert _reached(document)[-1] == (3, "branch_head", "lz-gm")
+    assert document["escalations"][-1]["reason"] == "critical_incident"
+    record = await complaint_when(
+        system,
+        cid,
+        head,
+        lambda c: c["escalation_level"] == 3,
+        what="the head on the record",
+        timeout_s=20,
+    )
+    assert record["escalation"]["escalated_to_id"] == "lz-gm"
