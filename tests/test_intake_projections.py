@@ -358,6 +358,31 @@ async def test_an_unsatisfied_answer_consumed_after_an_administrators_close_is_r
     assert document["satisfaction"]["outcome"] == "unsatisfied"
 
 
+async def test_an_answer_in_the_millisecond_of_an_administrators_close_does_not_reopen_it(
+    system: System,
+) -> None:
+    """MongoDB keeps a time to the millisecond: the close stored at .898000 happened at
+    .898xxx. Until 5 December an answer at .898500 compared as after the close and reopened
+    the complaint the supervisor had closed (seen twice in a full run, once the close came
+    within a millisecond of the answer). Both are compared as stored now: a tie is the close's."""
+    admin = token(system.intake_settings)
+    cid = (await create_complaint(system, admin))["id"]
+    await command(system, f"/v1/complaints/{cid}/resolve", {"summary": "已退款"}, admin)
+    closed = await command(system, f"/v1/complaints/{cid}/close", {"reason": "已电话确认"}, admin)
+    closed_at = at(closed["closed_at"])
+    assert closed_at.microsecond % 1000 == 0  # as stored
+    late = _unsatisfied_answer(cid, answered_at=closed_at + timedelta(microseconds=500))
+    before = handled_count("intake", EventType.FOLLOWUP_COMPLETED)
+    await publish(system, (EventType.FOLLOWUP_COMPLETED, late), service="followup")
+    await eventually(
+        lambda: handled_count("intake", EventType.FOLLOWUP_COMPLETED) > before,
+        what="the answer consumed",
+    )
+    document = (await system.intake.get(f"/v1/complaints/{cid}", headers=admin)).json()
+    assert (document["status"], document["reopen_count"]) == ("closed", 0)
+    assert document["satisfaction"]["outcome"] == "unsatisfied"
+
+
 async def test_an_unsatisfied_answer_consumed_days_late_reopens_the_complaint_now(
     system_factory: SystemFactory,
 ) -> None:

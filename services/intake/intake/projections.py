@@ -55,7 +55,7 @@ from complaints_shared.events import (
     StaffUpdated,
 )
 from complaints_shared.failures import Rejected
-from complaints_shared.mongo import as_utc, merge_updates
+from complaints_shared.mongo import as_utc, bson_time, merge_updates
 from intake import commands, directory_names, reference_numbers, store
 from intake.lifecycle import TERMINAL_STATUSES, Action, Command, Status, is_legal, transition
 from intake.settings import IntakeSettings
@@ -196,8 +196,7 @@ STEP_FIELDS = (
 
 def _step_key(step: dict[str, Any]) -> tuple[int, datetime]:
     # Milliseconds: what BSON keeps of a time, so a step read back matches its event's.
-    at = step["escalated_at"]
-    return step["level"], at.replace(microsecond=at.microsecond // 1000 * 1000)
+    return step["level"], bson_time(step["escalated_at"])
 
 
 def _escalation(
@@ -246,7 +245,7 @@ WITHDRAWN_BREACHES = "withdrawn_breaches"
 
 
 def _breach_key(clock: str, due_at: datetime) -> tuple[str, datetime]:
-    return clock, due_at.replace(microsecond=due_at.microsecond // 1000 * 1000)
+    return clock, bson_time(due_at)
 
 
 def _breach_withdrawal(current: dict[str, Any], clock: str, due_at: datetime) -> dict | None:
@@ -860,12 +859,14 @@ def outcome_rank(satisfaction: dict[str, Any]) -> tuple[int, bool, int]:
 
 
 def _closed_by_an_administrator_since(current: dict[str, Any], moment: datetime) -> bool:
-    """Whether the complaint is closed by an administrator at or after ``moment``."""
+    """Whether the complaint is closed by an administrator at or after ``moment``, to the
+    millisecond: the stored ``closed_at`` is, and a close within the millisecond after the
+    answer read as before it (the answer then reopened the closed complaint)."""
     return (
         current["status"] == Status.CLOSED.value
         and current.get("closed_via") == ClosedVia.ADMIN.value
         and current.get("closed_at") is not None
-        and current["closed_at"] >= moment
+        and current["closed_at"] >= bson_time(moment)
     )
 
 
