@@ -27,7 +27,7 @@ from complaints_shared.events import (
     Remedy,
 )
 from complaints_shared.idempotency import CommandKey
-from complaints_shared.mongo import merge_updates
+from complaints_shared.mongo import bson_time, merge_updates
 from complaints_shared.problems import invalid, invalid_fields, not_found
 from complaints_shared.transitions import InvalidTransition
 from intake import store
@@ -171,7 +171,13 @@ def standing_still(document: dict[str, Any], *, since: datetime) -> list[str]:
         and document.get(store.ACKNOWLEDGE_STOPPED_AT) is None
     ):
         names.insert(0, "acknowledge_due_at")
-    return [name for name in names if (due := document.get(name)) is not None and due > since]
+    # To the millisecond, as ``since`` is stored: a due time that passed in the wait's
+    # millisecond, before it began, stays.
+    return [
+        name
+        for name in names
+        if (due := document.get(name)) is not None and bson_time(due) > bson_time(since)
+    ]
 
 
 def _wait_ended() -> dict[str, Any]:
@@ -221,7 +227,8 @@ def acknowledge(request: AcknowledgeRequest, principal: Principal) -> Build:
             "message_to_customer": request.message_to_customer,
             # Late still counts: it stops routing's acknowledge clock all the same. Provisional:
             # routing's verdict on its clock (complaint.sla_stopped) replaces it.
-            "late": (breached and stopped is None) or (due is not None and answered > due),
+            "late": (breached and stopped is None)
+            or (due is not None and bson_time(answered) > bson_time(due)),
         }
         event = ComplaintAcknowledged(**event_base(current), **acknowledgement)
         return (
@@ -340,7 +347,7 @@ def resolve(request: ResolveRequest, principal: Principal) -> Build:
             # while the clock is paused): routing's verdict (complaint.sla_stopped) replaces
             # both with its clock's final due time and whether it was met.
             "resolve_due_at": due,
-            "on_time": None if due is None else now <= due,
+            "on_time": None if due is None else bson_time(now) <= bson_time(due),
         }
         assignment = current.get("assignment") or {}
         event = ComplaintResolved(

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from complaints_shared.mongo import bson_time
+
 
 @dataclass
 class _Due:
@@ -34,7 +36,10 @@ class _Due:
         """When the subscription became worth a claim, if it is now (the claims' order)."""
         if self.at is not None and self.at <= now:
             return self.at
-        if self.after_event_time is not None and self.after_event_time < recorded_through:
+        # To the millisecond, as the claim's filter compares the stored event times.
+        if self.after_event_time is not None and self.after_event_time < bson_time(
+            recorded_through
+        ):
             return self.after_event_time
         return None
 
@@ -110,7 +115,7 @@ class DueSubscriptions:
                 moments.append(due_at)  # a retry, or a wait behind its chain
             elif isinstance(lease_until, datetime) and lease_until >= now:
                 moments.append(lease_until)  # in flight here or elsewhere
-            elif isinstance(event_time, datetime) and event_time >= recorded_through:
+            elif isinstance(event_time, datetime) and event_time >= bson_time(recorded_through):
                 event_times.append(event_time)
             else:
                 moments.append(now)  # another claim was quicker: look again at the next pass

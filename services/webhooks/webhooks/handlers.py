@@ -15,17 +15,20 @@ and goes first.
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime, timedelta
 
 from complaints_shared.envelope import CloudEvent
 from complaints_shared.events import EventData, EventPayload, EventType
 from complaints_shared.kafka import EventHandler
 from complaints_shared.logs import get_logger
+from complaints_shared.mongo import bson_time
 from complaints_shared.runtime import Runtime
 from webhooks import store
 from webhooks.scheduler import Dispatcher
 from webhooks.visibility import DeliveredBodies
 
 log = get_logger(__name__)
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def order_key(event: CloudEvent, *, recorded_ns: int) -> str:
@@ -33,9 +36,12 @@ def order_key(event: CloudEvent, *, recorded_ns: int) -> str:
 
     Events of one topic can share a millisecond (``followup.attempted`` and
     ``followup.completed`` of one call); they are consumed in publication order, and the
-    recording time keeps that order across restarts and replicas, unlike a counter.
+    recording time keeps that order across restarts and replicas, unlike a counter. The
+    event time counts to the millisecond: an event published from the outbox's copy in
+    memory has microseconds, one read back from MongoDB not, and a later event of the same
+    millisecond sorted before an earlier one that was read back.
     """
-    micros = int(event.time.timestamp() * 1_000_000)
+    micros = (bson_time(event.time) - EPOCH) // timedelta(microseconds=1)
     return f"{micros:017d}.{recorded_ns:020d}"
 
 

@@ -21,6 +21,7 @@ from complaints_shared.business_calendar import MAX_DAYS_SEARCHED, BeyondHorizon
 from complaints_shared.events import Category, Severity, SlaClock
 from complaints_shared.logs import get_logger
 from complaints_shared.models import Weekday
+from complaints_shared.mongo import bson_time
 from complaints_shared.stored import from_stored
 from routing.assignments.models import ClockState
 from routing.directory.models import BranchBase
@@ -407,14 +408,17 @@ def stop_clock(clock: Clock, *, at: datetime, calendar: BusinessCalendar | None 
 
 
 def met(clock: Clock) -> bool:
-    """Whether a stopped clock stopped by its due time (time paused never counts)."""
-    return clock.stopped_at is not None and clock.stopped_at <= clock.due_at
+    """Whether a stopped clock stopped by its due time (time paused never counts), to the
+    millisecond as the due time is stored and its timer fires: a stop within the due time's
+    millisecond was late against the stored one, and on time in the reports."""
+    return clock.stopped_at is not None and bson_time(clock.stopped_at) <= bson_time(clock.due_at)
 
 
 def breach_withdrawable(clock: Clock, *, at: datetime) -> bool:
     """Whether the breaches fired for ``clock`` are void: it stopped or paused at ``at``, at
-    or before its due time (the news of it reached routing after the timer had fired)."""
-    return clock.breach_count > 0 and at <= clock.due_at
+    or before its due time (the news of it reached routing after the timer had fired), to the
+    millisecond as ``met``."""
+    return clock.breach_count > 0 and bson_time(at) <= bson_time(clock.due_at)
 
 
 def without_breaches(clock: Clock) -> Clock:
