@@ -15,15 +15,18 @@ from datetime import UTC, datetime
 
 import pytest
 
+from complaints_shared.envelope import CloudEvent
 from complaints_shared.events import (
     ComplaintAssigned,
     ComplaintEscalated,
     DepartmentUpdated,
     EventType,
 )
+from complaints_shared.mongo import create_mongo_client, service_database
+from intake import directory_names, projections
 from tests.support.http import command, complaint_of, complaint_when, create_complaint, token
 from tests.support.kafka import handled_count, publish, short_type
-from tests.support.system import System
+from tests.support.system import System, SystemFactory
 from tests.support.waits import eventually
 from tests.support.webhooks import receiver, serve_webhooks, subscribe
 
@@ -162,6 +165,71 @@ async def test_an_older_announcement_or_assignment_delivered_late_brings_no_old_
         lambda c: c["assignment"]["department_name"] == "账务中心",
         what="the new name shown again after the late assignment",
     )
+
+
+async def test_a_replica_whose_copy_of_the_names_was_older_is_corrected_when_the_rename_settles(
+    system_factory: SystemFactory,
+) -> None:
+    """A replica keeps the announced names in the process and checks them for a new one every
+    ``DIRECTORY_NAMES_FRESH_S`` (no read per assignment event). An assignment published before
+    a rename and applied by a replica whose copy was older than the rename shows the old name
+    until the rename's complaints are looked over again (``settle_at``): then the new one."""
+    fresh_s, skew_s = 8.0, 0.5
+    system = await system_factory(
+        intake={"directory_names_fresh_s": fresh_s, "directory_names_clock_skew_s": skew_s}
+    )
+    admin = token(system.routing_settings)
+    supervisor = token(system.intake_settings, roles=("supervisor",))
+    complaint = await _assigned(system, supervisor)
+    before = complaint["assignment"]
+    # The other replica: a client of its own, its copy of the names read before the rename.
+    other = create_mongo_client(settings=system.intake_settings)
+    try:
+        other_db = service_database(client=other, settings=system.intake_settings)
+        copy = await directory_names.COPIES.names(db=other_db, org="demo", fresh_s=fresh_s)
+        assert copy.departments.get("LZ:BILLING") != "账务中心"
+
+        await _renamed(system, "/v1/directory/departments/LZ:BILLING", "账务中心", admin)
+        kept = await _applied(system, "department:demo:LZ:BILLING", "账务中心")
+        assert kept["settle_at"] > datetime.now(UTC)
+        stored = await _intake_db(system).complaints.find_one({"_id": complaint["id"]})
+        late = ComplaintAssigned(
+            complaint_id=complaint["id"],
+            org="demo",
+            branch="LZ",
+            department="LZ:BILLING",
+            department_name=before["department_name"],
+            owner_id=before["owner_id"],
+            owner_name=before["owner_name"],
+            rule_id=before["rule_id"],
+            rule_version=before["rule_version"],
+            assigned_at=datetime.now(UTC),
+            assignment_sequence=stored["assignment_sequence"] + 1,
+        )
+        event = CloudEvent.new(event_type=EventType.COMPLAINT_ASSIGNED, source="routing", data=late)
+        await projections.apply_assigned(
+            db=other_db,
+            settings=system.intake_settings,
+            event=event,
+            data=late,
+            now=datetime.now(UTC),
+        )
+    finally:
+        await other.close()
+    shown = await complaint_of(system, complaint["id"], supervisor)
+    assert shown["assignment"]["department_name"] == before["department_name"], "its copy's"
+
+    settled = await complaint_when(
+        system,
+        complaint["id"],
+        supervisor,
+        lambda c: c["assignment"]["department_name"] == "账务中心",
+        what="the new name once the rename settled",
+        timeout_s=fresh_s + skew_s + 15,
+    )
+    assert settled["assignment"]["owner_id"] == before["owner_id"]
+    kept = await _intake_db(system).directory_names.find_one({"_id": "department:demo:LZ:BILLING"})
+    assert "settle_at" not in kept
 
 
 async def test_a_renamed_escalation_target_shows_on_the_escalated_complaint(

@@ -17,8 +17,16 @@ so a redelivered older one changes nothing) and makes the complaints show its na
   applied first (a department's events and a complaint's ride different partitions).
 
 Each side writes first and reads the other's after (the announcement, then the complaints;
-the complaint, then the announcements), so whichever comes second sees the first. A
-rename is a write beside the kernel that moves the complaint's version, since decisions
+the complaint, then the announcements), so whichever comes second sees the first. The
+complaint side reads a copy of the announced names kept in the process (``Copies``), not
+the collection: the copy is checked against the organisation's announcement counter
+(``generation``) at most every ``directory_names_fresh_s``, so a complaint written by another
+replica whose copy was that old may miss a rename applied meanwhile. The rename side
+therefore looks its complaints over once more after that (``settle_at``, ``settle``). A
+correction itself reads the collection: a copy older than the event's names never
+renames a complaint back.
+
+A rename is a write beside the kernel that moves the complaint's version, since decisions
 read these fields (a reassignment keeps the rest of the assignment, a climb the rungs), and
 puts nothing on the timeline. One complaint per statement: a rename of a busy department
 never holds the complaints' write lock for long (docs/mongodb-compatibility.md).
@@ -26,20 +34,29 @@ never holds the complaints' write lock for long (docs/mongodb-compatibility.md).
 
 from __future__ import annotations
 
+import time
+import weakref
 from collections.abc import Mapping
 from contextlib import suppress
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
 from complaints_shared.events import DepartmentUpdated, StaffUpdated
+from complaints_shared.failures import is_transient, redacted_error
+from complaints_shared.logs import get_logger
+from complaints_shared.mongo import ensure_index
 from complaints_shared.problems import ConcurrentUpdate
+from complaints_shared.runtime import Runtime
+from complaints_shared.timing import wait_event
 from intake import store
 from intake.filter_keys import FIELD as FILTER_KEYS
 from intake.lifecycle import TERMINAL_STATUSES, Status
+from intake.settings import IntakeSettings
 
 DIRECTORY_NAMES = "directory_names"
 DEPARTMENT = "department"
@@ -49,6 +66,17 @@ RENAMED_STATUSES = tuple(status.value for status in Status if status not in TERM
 # What a rename reads of a complaint.
 NAME_FIELDS = {"status": 1, "version": 1, "assignment": 1, "escalation": 1, "escalation_steps": 1}
 RENAME_ATTEMPTS = store.MAX_WRITE_ATTEMPTS
+# The organisation's announcement counter (``generation:<org>``, ``n``): moved by every new
+# name before its complaints are read, so a copy that saw ``n`` holds every name moved by it.
+GENERATION = "generation"
+# When the complaints of a new name are looked over again (``settle``): after every copy
+# that did not hold it has been checked again, give or take the replicas' clocks
+# (``settle_delay``). Real time, as the copies' age is: not the business clock.
+SETTLE_AT = "settle_at"
+SETTLE_POLL_S = 5.0
+SETTLE_BATCH = 100
+
+log = get_logger(__name__)
 
 
 def entry_key(kind: str, org: str, entry_id: str) -> str:
@@ -62,6 +90,68 @@ class Names:
 
     departments: dict[str, str] = field(default_factory=dict)
     staff: dict[str, str] = field(default_factory=dict)
+
+
+async def ensure_indexes(*, db: AsyncDatabase) -> None:
+    # Neither partial nor sparse: a range on a partial index reads the whole collection on
+    # the local server (docs/mongodb-compatibility.md); a missing ``settle_at`` is null.
+    await ensure_index(db[DIRECTORY_NAMES], SETTLE_AT, name="settle_due")
+    # A copy's load: the organisation's departments and people.
+    await ensure_index(db[DIRECTORY_NAMES], [("org", 1), ("kind", 1)], name="org_kind")
+
+
+def generation_key(org: str) -> str:
+    return f"{GENERATION}:{org}"
+
+
+@dataclass
+class _Copy:
+    generation: int
+    names: Names
+    checked_at: float  # time.monotonic() before the counter read it agrees with
+
+
+class Copies:
+    """The announced names of each organisation as this process last read them, per client
+    (a replica's own; several share a process in tests)."""
+
+    def __init__(self) -> None:
+        # By the client's identity: two clients of one server compare equal.
+        self._copies: dict[int, dict[tuple[str, str], _Copy]] = {}
+
+    def _of(self, client: AsyncMongoClient) -> dict[tuple[str, str], _Copy]:
+        key = id(client)
+        if key not in self._copies:
+            self._copies[key] = {}
+            weakref.finalize(client, self._copies.pop, key, None)
+        return self._copies[key]
+
+    def forget(self, *, db: AsyncDatabase, org: str) -> None:
+        self._of(db.client).pop((db.name, org), None)
+
+    async def names(self, *, db: AsyncDatabase, org: str, fresh_s: float) -> Names:
+        """The organisation's announced names: the copy if checked within ``fresh_s``, else
+        after a read of the counter (and of every name, when it moved)."""
+        copies = self._of(db.client)
+        copy = copies.get((db.name, org))
+        checked_at = time.monotonic()
+        if copy is not None and checked_at - copy.checked_at < fresh_s:
+            return copy.names
+        counter = await db[DIRECTORY_NAMES].find_one({"_id": generation_key(org)}, {"n": 1})
+        generation = counter["n"] if counter else 0
+        if copy is None or copy.generation != generation:
+            names = Names()
+            query = {"org": org, "kind": {"$in": [DEPARTMENT, STAFF]}}
+            async for entry in db[DIRECTORY_NAMES].find(query, {"kind": 1, "id": 1, "name": 1}):
+                kept = names.departments if entry["kind"] == DEPARTMENT else names.staff
+                kept[entry["id"]] = entry["name"]
+            copy = _Copy(generation=generation, names=names, checked_at=checked_at)
+        copy.checked_at = checked_at
+        copies[(db.name, org)] = copy
+        return copy.names
+
+
+COPIES = Copies()
 
 
 async def _keep_newest(
@@ -78,7 +168,7 @@ async def _keep_newest(
 
 
 async def record_department(
-    *, db: AsyncDatabase, department: DepartmentUpdated, now: datetime
+    *, db: AsyncDatabase, department: DepartmentUpdated, now: datetime, settings: IntakeSettings
 ) -> None:
     """Keep the department's newest announcement and show its name on the complaints."""
     await _keep_newest(
@@ -90,11 +180,18 @@ async def record_department(
         version=department.version,
     )
     await _apply_newest(
-        db=db, kind=DEPARTMENT, org=department.org, entry_id=department.department, now=now
+        db=db,
+        kind=DEPARTMENT,
+        org=department.org,
+        entry_id=department.department,
+        now=now,
+        settings=settings,
     )
 
 
-async def record_staff(*, db: AsyncDatabase, person: StaffUpdated, now: datetime) -> None:
+async def record_staff(
+    *, db: AsyncDatabase, person: StaffUpdated, now: datetime, settings: IntakeSettings
+) -> None:
     """Keep the person's newest announcement and show their name on the complaints."""
     await _keep_newest(
         db=db,
@@ -104,28 +201,99 @@ async def record_staff(*, db: AsyncDatabase, person: StaffUpdated, now: datetime
         fields={"name": person.name, "updated_at": person.updated_at},
         version=person.version,
     )
-    await _apply_newest(db=db, kind=STAFF, org=person.org, entry_id=person.staff_id, now=now)
+    await _apply_newest(
+        db=db, kind=STAFF, org=person.org, entry_id=person.staff_id, now=now, settings=settings
+    )
 
 
 async def _apply_newest(
-    *, db: AsyncDatabase, kind: str, org: str, entry_id: str, now: datetime
+    *,
+    db: AsyncDatabase,
+    kind: str,
+    org: str,
+    entry_id: str,
+    now: datetime,
+    settings: IntakeSettings,
 ) -> None:
     """Rename the complaints to the newest name kept (whichever announcement this was), then
-    mark it applied. A redelivery after a crash half way renames the rest; a change that
-    kept the name (an escalation chain, a capacity) reads no complaint."""
+    mark it applied and due to be looked over again once every replica's copy holds it. A
+    redelivery after a crash half way renames the rest; a change that kept the name (an
+    escalation chain, a capacity) reads no complaint."""
     key = entry_key(kind, org, entry_id)
     kept = await db[DIRECTORY_NAMES].find_one({"_id": key})
     if kept is None or kept.get("applied_name") == kept["name"]:
         return
     name = kept["name"]
+    # Before the complaints are read: a copy checked after this holds the name.
+    await db[DIRECTORY_NAMES].update_one(
+        {"_id": generation_key(org)}, {"$inc": {"n": 1}, "$set": {"kind": GENERATION}}, upsert=True
+    )
+    COPIES.forget(db=db, org=org)
+    await _show(db=db, kind=kind, org=org, entry_id=entry_id, name=name, now=now)
+    await db[DIRECTORY_NAMES].update_one(
+        {"_id": key, "name": name},
+        {"$set": {"applied_name": name, SETTLE_AT: datetime.now(UTC) + settle_delay(settings)}},
+    )
+
+
+def settle_delay(settings: IntakeSettings) -> timedelta:
+    return timedelta(
+        seconds=settings.directory_names_fresh_s + settings.directory_names_clock_skew_s
+    )
+
+
+async def _show(
+    *, db: AsyncDatabase, kind: str, org: str, entry_id: str, name: str, now: datetime
+) -> None:
+    """Show ``name`` on the complaints showing the entry."""
     names = (
         Names(departments={entry_id: name}) if kind == DEPARTMENT else Names(staff={entry_id: name})
     )
     for complaint in await _showing(db=db, kind=kind, org=org, entry_id=entry_id):
         await _rename(db=db, complaint=complaint, names=names, now=now)
-    await db[DIRECTORY_NAMES].update_one(
-        {"_id": key, "name": name}, {"$set": {"applied_name": name}}
-    )
+
+
+async def settle(*, db: AsyncDatabase, now: datetime) -> int:
+    """Look the complaints of the names due (``settle_at``) over again, as ``_apply_newest``
+    did: what a replica with an older copy wrote since is renamed. How many names."""
+    due = {SETTLE_AT: {"$lte": datetime.now(UTC)}}
+    settled = 0
+    async for kept in db[DIRECTORY_NAMES].find(due).limit(SETTLE_BATCH):
+        try:
+            await _show(
+                db=db,
+                kind=kept["kind"],
+                org=kept["org"],
+                entry_id=kept["id"],
+                name=kept["name"],
+                now=now,
+            )
+        except Exception as exc:
+            if is_transient(exc):
+                raise  # the next poll takes it again
+            # Not to hold the others up for good; the complaints keep the names they show.
+            log.error(
+                "directory_names_settle_skipped", entry=kept["_id"], error=redacted_error(exc)
+            )
+        # Unless a newer name was applied meanwhile: its own look-over is still to come.
+        await db[DIRECTORY_NAMES].update_one(
+            {"_id": kept["_id"], SETTLE_AT: kept[SETTLE_AT]}, {"$unset": {SETTLE_AT: ""}}
+        )
+        settled += 1
+    return settled
+
+
+async def run_settling(runtime: Runtime) -> None:
+    """The background job: the names due looked over every ``SETTLE_POLL_S`` (any replica;
+    a rename is conditional on the complaint's version, so two doing it are harmless)."""
+    while not runtime.stopping.is_set():
+        try:
+            settled = await settle(db=runtime.db, now=runtime.clock.now())
+            if settled:
+                log.info("directory_names_settled", names=settled)
+        except Exception as exc:  # the database away: the names stay due for the next poll
+            log.warning("directory_names_settle_failed", error=redacted_error(exc))
+        await wait_event(runtime.stopping, timeout_s=SETTLE_POLL_S)
 
 
 async def _showing(
@@ -229,22 +397,34 @@ async def correct(
     departments: Mapping[str | None, str | None],
     staff: Mapping[str | None, str | None],
     now: datetime,
+    settings: IntakeSettings,
 ) -> None:
     """After an event wrote names onto a complaint (``departments`` and ``staff``: id -> the
-    name it wrote), show the announced ones instead where they differ. Reads the complaint
-    only then: mostly the announcement is the name the event carried, or there is none."""
+    name it wrote), show the announced ones instead where they differ. Mostly the
+    announcement is the name the event carried, or there is none: the process's copy says
+    so without a read. Where it differs, the announcements are read (the copy may be older
+    than the event), then the complaint."""
     written_departments = {key: name for key, name in departments.items() if key}
     written_staff = {key: name for key, name in staff.items() if key}
+    copy = await COPIES.names(db=db, org=org, fresh_s=settings.directory_names_fresh_s)
+    if not _differ(copy, written_departments, written_staff):
+        return
     names = await announced(
         db=db, org=org, department_ids=list(written_departments), staff_ids=list(written_staff)
     )
-    stale = any(
-        names.departments.get(key, name) != name for key, name in written_departments.items()
-    ) or any(names.staff.get(key, name) != name for key, name in written_staff.items())
-    if not stale:
+    if not _differ(names, written_departments, written_staff):
         return
     complaint = await db[store.COMPLAINTS].find_one(
         {"_id": complaint_id, "org": org}, projection=NAME_FIELDS
     )
     if complaint is not None:
         await _rename(db=db, complaint=complaint, names=names, now=now)
+
+
+def _differ(
+    names: Names, departments: Mapping[str, str | None], staff: Mapping[str, str | None]
+) -> bool:
+    """Whether ``names`` says otherwise of any of these departments and people."""
+    return any(
+        names.departments.get(key, name) != name for key, name in departments.items()
+    ) or any(names.staff.get(key, name) != name for key, name in staff.items())

@@ -12,7 +12,16 @@ from complaints_shared.clock import Clock
 from complaints_shared.events import Topic
 from complaints_shared.http import build_app
 from complaints_shared.runtime import service_runtime
-from intake import api, idempotency, postings, repair, rollup, store, submissions
+from intake import (
+    api,
+    directory_names,
+    idempotency,
+    postings,
+    repair,
+    rollup,
+    store,
+    submissions,
+)
 from intake.handlers import build_handlers
 from intake.settings import IntakeSettings
 
@@ -23,6 +32,7 @@ async def ensure_indexes(*, db: AsyncDatabase) -> None:
     await submissions.ensure_indexes(db=db)
     await idempotency.ensure_indexes(db=db)
     await rollup.ensure_indexes(db=db)
+    await directory_names.ensure_indexes(db=db)
     await repair.at_start(db=db)
 
 
@@ -39,7 +49,7 @@ def create_app(settings: IntakeSettings | None = None, *, clock: Clock | None = 
             consumed_topics=[Topic.ROUTING, Topic.FOLLOWUP],
             handlers=build_handlers,
             ensure_indexes=ensure_indexes,
-            background_jobs=[rollup.run_rollup],
+            background_jobs=[rollup.run_rollup, directory_names.run_settling],
             clock=clock,
         ):
             yield

@@ -337,6 +337,7 @@ async def apply_assigned(
         departments={data.department: data.department_name},
         staff={data.owner_id: data.owner_name},
         now=now,
+        settings=settings,
     )
 
 
@@ -391,6 +392,7 @@ async def apply_queued(
         departments={data.department: data.department_name},
         staff={},
         now=now,
+        settings=settings,
     )
 
 
@@ -475,6 +477,7 @@ async def apply_reassigned(
         departments={data.department: data.department_name},
         staff={data.owner_id: data.owner_name},
         now=now,
+        settings=settings,
     )
 
 
@@ -516,6 +519,7 @@ async def apply_escalated(
         departments={},
         staff={data.escalated_to_id: data.escalated_to_name},
         now=now,
+        settings=settings,
     )
 
 
@@ -724,6 +728,7 @@ async def apply_sla_breach_withdrawn(
             departments={},
             staff={data.escalation.escalated_to_id: data.escalation.escalated_to_name},
             now=now,
+            settings=settings,
         )
 
 
@@ -973,7 +978,7 @@ async def apply_department_updated(
     """Routing's directory owns departments: the complaints not finished for good show the
     department's newest name (``directory_names``). Not a change of any complaint's story:
     nothing goes on a timeline."""
-    await directory_names.record_department(db=db, department=data, now=now)
+    await directory_names.record_department(db=db, department=data, now=now, settings=settings)
 
 
 async def apply_staff_updated(
@@ -986,4 +991,4 @@ async def apply_staff_updated(
 ) -> None:
     """Routing's directory owns staff: the complaints not finished for good that a person
     owns or was escalated to show their newest name (``directory_names``)."""
-    await directory_names.record_staff(db=db, person=data, now=now)
+    await directory_names.record_staff(db=db, person=data, now=now, settings=settings)

@@ -46,6 +46,20 @@ class IntakeSettings(ServiceSettings):
         default_factory=lambda: list(DEFAULT_SUGGESTION_RULES),
         description="Keyword rules suggesting severity and flags (JSON list).",
     )
+    directory_names_fresh_s: float = Field(
+        5.0,
+        gt=0,
+        description="How long a replica trusts its copy of the department and staff names "
+        "routing announced before it checks for a new one (one read); each rename's complaints "
+        "are looked over again this long (and directory_names_clock_skew_s) after it, for "
+        "what other replicas wrote meanwhile with an older copy.",
+    )
+    directory_names_clock_skew_s: float = Field(
+        30.0,
+        ge=0,
+        description="The most the replicas' clocks may differ: a rename's complaints are "
+        "looked over again directory_names_fresh_s and this long after it.",
+    )
     report_rollup_interval_s: float = Field(
         15.0,
         gt=0,
