@@ -24,6 +24,7 @@ from complaints_shared.events import (
 )
 from complaints_shared.mongo import create_mongo_client, service_database
 from intake import directory_names, projections
+from intake.main import create_app as create_intake_app
 from tests.support.http import command, complaint_of, complaint_when, create_complaint, token
 from tests.support.kafka import handled_count, publish, short_type
 from tests.support.system import System, SystemFactory
@@ -230,6 +231,59 @@ async def test_a_replica_whose_copy_of_the_names_was_older_is_corrected_when_the
     assert settled["assignment"]["owner_id"] == before["owner_id"]
     kept = await _intake_db(system).directory_names.find_one({"_id": "department:demo:LZ:BILLING"})
     assert "settle_at" not in kept
+
+
+async def test_a_rename_applied_by_the_version_before_is_looked_over_at_the_next_start(
+    system_factory: SystemFactory,
+) -> None:
+    """A rolling upgrade: a replica of the version before applied a rename with no look-over
+    planned (no ``settle_at``), while a replica of this version, its copy older, wrote the
+    old name onto a complaint. The next start of a replica plans the look-over of every
+    name no look-over has shown yet, and the complaint shows the new name."""
+    system = await system_factory(
+        intake={"directory_names_fresh_s": 0.5, "directory_names_clock_skew_s": 0.5}
+    )
+    supervisor = token(system.intake_settings, roles=("supervisor",))
+    complaint = await _assigned(system, supervisor)
+    old_name = complaint["assignment"]["department_name"]
+    # What the version before left: the announcement applied, nothing planned.
+    await _intake_db(system).directory_names.update_one(
+        {"_id": "department:demo:LZ:BILLING"},
+        {
+            "$set": {
+                "kind": "department",
+                "org": "demo",
+                "id": "LZ:BILLING",
+                "name": "账务中心",
+                "version": 99,
+                "applied_name": "账务中心",
+            },
+            "$unset": {"settle_at": "", "settled_name": ""},
+        },
+        upsert=True,
+    )
+    await asyncio.sleep(1.5)  # the running replica's pass has nothing to look over
+    shown = await complaint_of(system, complaint["id"], supervisor)
+    assert shown["assignment"]["department_name"] == old_name
+
+    async with AsyncExitStack() as stack:
+        await system.serve_extra(stack, create_intake_app(system.intake_settings))
+        await complaint_when(
+            system,
+            complaint["id"],
+            supervisor,
+            lambda c: c["assignment"]["department_name"] == "账务中心",
+            what="the new name once the next start looked it over",
+            timeout_s=20,
+        )
+
+    async def settled() -> dict | None:
+        kept = await _intake_db(system).directory_names.find_one(
+            {"_id": "department:demo:LZ:BILLING"}
+        )
+        return kept if kept.get("settled_name") == "账务中心" and "settle_at" not in kept else None
+
+    await eventually(settled, what="the look-over recorded")
 
 
 async def test_a_renamed_escalation_target_shows_on_the_escalated_complaint(

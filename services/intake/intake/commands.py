@@ -171,12 +171,12 @@ def standing_still(document: dict[str, Any], *, since: datetime) -> list[str]:
         and document.get(store.ACKNOWLEDGE_STOPPED_AT) is None
     ):
         names.insert(0, "acknowledge_due_at")
-    # To the millisecond, as ``since`` is stored: a due time that passed in the wait's
-    # millisecond, before it began, stays.
+    # To the millisecond, as ``since`` is stored and as routing judges the pause: one in the
+    # due time's millisecond is in time, and that clock moves by the wait.
     return [
         name
         for name in names
-        if (due := document.get(name)) is not None and bson_time(due) > bson_time(since)
+        if (due := document.get(name)) is not None and bson_time(due) >= bson_time(since)
     ]
 
 

@@ -34,6 +34,7 @@ never holds the complaints' write lock for long (docs/mongodb-compatibility.md).
 
 from __future__ import annotations
 
+import asyncio
 import time
 import weakref
 from collections.abc import Mapping
@@ -73,6 +74,8 @@ GENERATION = "generation"
 # that did not hold it has been checked again, give or take the replicas' clocks
 # (``settle_delay``). Real time, as the copies' age is: not the business clock.
 SETTLE_AT = "settle_at"
+# The name a look-over last showed (an entry applied before there were look-overs has none).
+SETTLED_NAME = "settled_name"
 SETTLE_POLL_S = 5.0
 SETTLE_BATCH = 100
 
@@ -111,44 +114,61 @@ class _Copy:
     checked_at: float  # time.monotonic() before the counter read it agrees with
 
 
+@dataclass
+class _ClientCopies:
+    copies: dict[tuple[str, str], _Copy] = field(default_factory=dict)
+    # One check at a time per organisation: the consumer's partitions share it.
+    checks: dict[tuple[str, str], asyncio.Lock] = field(default_factory=dict)
+
+
 class Copies:
     """The announced names of each organisation as this process last read them, per client
     (a replica's own; several share a process in tests)."""
 
     def __init__(self) -> None:
         # By the client's identity: two clients of one server compare equal.
-        self._copies: dict[int, dict[tuple[str, str], _Copy]] = {}
+        self._clients: dict[int, _ClientCopies] = {}
 
-    def _of(self, client: AsyncMongoClient) -> dict[tuple[str, str], _Copy]:
+    def _of(self, client: AsyncMongoClient) -> _ClientCopies:
         key = id(client)
-        if key not in self._copies:
-            self._copies[key] = {}
-            weakref.finalize(client, self._copies.pop, key, None)
-        return self._copies[key]
+        if key not in self._clients:
+            self._clients[key] = _ClientCopies()
+            weakref.finalize(client, self._clients.pop, key, None)
+        return self._clients[key]
 
     def forget(self, *, db: AsyncDatabase, org: str) -> None:
-        self._of(db.client).pop((db.name, org), None)
+        self._of(db.client).copies.pop((db.name, org), None)
 
     async def names(self, *, db: AsyncDatabase, org: str, fresh_s: float) -> Names:
         """The organisation's announced names: the copy if checked within ``fresh_s``, else
         after a read of the counter (and of every name, when it moved)."""
-        copies = self._of(db.client)
-        copy = copies.get((db.name, org))
-        checked_at = time.monotonic()
-        if copy is not None and checked_at - copy.checked_at < fresh_s:
+        kept, key = self._of(db.client), (db.name, org)
+        copy = kept.copies.get(key)
+        if copy is not None and time.monotonic() - copy.checked_at < fresh_s:
             return copy.names
-        counter = await db[DIRECTORY_NAMES].find_one({"_id": generation_key(org)}, {"n": 1})
-        generation = counter["n"] if counter else 0
-        if copy is None or copy.generation != generation:
-            names = Names()
-            query = {"org": org, "kind": {"$in": [DEPARTMENT, STAFF]}}
-            async for entry in db[DIRECTORY_NAMES].find(query, {"kind": 1, "id": 1, "name": 1}):
-                kept = names.departments if entry["kind"] == DEPARTMENT else names.staff
-                kept[entry["id"]] = entry["name"]
-            copy = _Copy(generation=generation, names=names, checked_at=checked_at)
-        copy.checked_at = checked_at
-        copies[(db.name, org)] = copy
-        return copy.names
+        async with kept.checks.setdefault(key, asyncio.Lock()):
+            copy = kept.copies.get(key)  # checked by another caller meanwhile
+            checked_at = time.monotonic()
+            if copy is not None and checked_at - copy.checked_at < fresh_s:
+                return copy.names
+            counter = await db[DIRECTORY_NAMES].find_one({"_id": generation_key(org)}, {"n": 1})
+            generation = counter["n"] if counter else 0
+            if copy is None or copy.generation != generation:
+                copy = _Copy(
+                    generation=generation, names=await _all_names(db=db, org=org), checked_at=0
+                )
+            copy.checked_at = checked_at
+            kept.copies[key] = copy
+            return copy.names
+
+
+async def _all_names(*, db: AsyncDatabase, org: str) -> Names:
+    names = Names()
+    query = {"org": org, "kind": {"$in": [DEPARTMENT, STAFF]}}
+    async for entry in db[DIRECTORY_NAMES].find(query, {"kind": 1, "id": 1, "name": 1}):
+        kept = names.departments if entry["kind"] == DEPARTMENT else names.staff
+        kept[entry["id"]] = entry["name"]
+    return names
 
 
 COPIES = Copies()
@@ -223,17 +243,25 @@ async def _apply_newest(
     kept = await db[DIRECTORY_NAMES].find_one({"_id": key})
     if kept is None or kept.get("applied_name") == kept["name"]:
         return
-    name = kept["name"]
     # Before the complaints are read: a copy checked after this holds the name.
-    await db[DIRECTORY_NAMES].update_one(
-        {"_id": generation_key(org)}, {"$inc": {"n": 1}, "$set": {"kind": GENERATION}}, upsert=True
-    )
+    await _count_new_name(db=db, org=org)
+    name = await _show_newest(db=db, key=key, now=now)
+    if name is not None:
+        await db[DIRECTORY_NAMES].update_one(
+            {"_id": key, "name": name},
+            {"$set": {"applied_name": name, SETTLE_AT: datetime.now(UTC) + settle_delay(settings)}},
+        )
+
+
+async def _count_new_name(*, db: AsyncDatabase, org: str) -> None:
+    """Move the organisation's announcement counter (created by the first new name; two
+    creating it at once on a server that does not retry the upsert: the loser moves it)."""
+    counter, move = {"_id": generation_key(org)}, {"$inc": {"n": 1}, "$set": {"kind": GENERATION}}
+    try:
+        await db[DIRECTORY_NAMES].update_one(counter, move, upsert=True)
+    except DuplicateKeyError:
+        await db[DIRECTORY_NAMES].update_one(counter, move)
     COPIES.forget(db=db, org=org)
-    await _show(db=db, kind=kind, org=org, entry_id=entry_id, name=name, now=now)
-    await db[DIRECTORY_NAMES].update_one(
-        {"_id": key, "name": name},
-        {"$set": {"applied_name": name, SETTLE_AT: datetime.now(UTC) + settle_delay(settings)}},
-    )
 
 
 def settle_delay(settings: IntakeSettings) -> timedelta:
@@ -242,15 +270,24 @@ def settle_delay(settings: IntakeSettings) -> timedelta:
     )
 
 
-async def _show(
-    *, db: AsyncDatabase, kind: str, org: str, entry_id: str, name: str, now: datetime
-) -> None:
-    """Show ``name`` on the complaints showing the entry."""
-    names = (
-        Names(departments={entry_id: name}) if kind == DEPARTMENT else Names(staff={entry_id: name})
-    )
-    for complaint in await _showing(db=db, kind=kind, org=org, entry_id=entry_id):
-        await _rename(db=db, complaint=complaint, names=names, now=now)
+async def _show_newest(*, db: AsyncDatabase, key: str, now: datetime) -> str | None:
+    """Show the entry's kept name on the complaints showing it, then read it again: a newer
+    name kept meanwhile, whose own look may have come before these writes, is shown too.
+    The name shown last (None: the entry is gone)."""
+    shown = None
+    while (kept := await db[DIRECTORY_NAMES].find_one({"_id": key})) is not None:
+        if kept["name"] == shown:
+            return shown
+        shown = kept["name"]
+        kind, org, entry_id = kept["kind"], kept["org"], kept["id"]
+        names = (
+            Names(departments={entry_id: shown})
+            if kind == DEPARTMENT
+            else Names(staff={entry_id: shown})
+        )
+        for complaint in await _showing(db=db, kind=kind, org=org, entry_id=entry_id):
+            await _rename(db=db, complaint=complaint, names=names, now=now)
+    return None
 
 
 async def settle(*, db: AsyncDatabase, now: datetime) -> int:
@@ -258,29 +295,50 @@ async def settle(*, db: AsyncDatabase, now: datetime) -> int:
     did: what a replica with an older copy wrote since is renamed. How many names."""
     due = {SETTLE_AT: {"$lte": datetime.now(UTC)}}
     settled = 0
-    async for kept in db[DIRECTORY_NAMES].find(due).limit(SETTLE_BATCH):
+    entries = db[DIRECTORY_NAMES].find(due, {SETTLE_AT: 1}).limit(SETTLE_BATCH)
+    for entry in await entries.to_list(None):
+        when = {"_id": entry["_id"], SETTLE_AT: entry[SETTLE_AT]}
         try:
-            await _show(
-                db=db,
-                kind=kept["kind"],
-                org=kept["org"],
-                entry_id=kept["id"],
-                name=kept["name"],
-                now=now,
-            )
+            shown = await _show_newest(db=db, key=entry["_id"], now=now)
         except Exception as exc:
-            if is_transient(exc):
-                raise  # the next poll takes it again
-            # Not to hold the others up for good; the complaints keep the names they show.
-            log.error(
-                "directory_names_settle_skipped", entry=kept["_id"], error=redacted_error(exc)
-            )
+            if not is_transient(exc):
+                # Not to hold the others up for good; its complaints keep what they show.
+                log.error(
+                    "directory_names_settle_skipped", entry=entry["_id"], error=redacted_error(exc)
+                )
+            else:  # a busy complaint, the database away: again after the others' turn
+                log.warning(
+                    "directory_names_settle_deferred", entry=entry["_id"], error=redacted_error(exc)
+                )
+                later = datetime.now(UTC) + timedelta(seconds=SETTLE_POLL_S)
+                await db[DIRECTORY_NAMES].update_one(when, {"$set": {SETTLE_AT: later}})
+                continue
+            shown = None
         # Unless a newer name was applied meanwhile: its own look-over is still to come.
         await db[DIRECTORY_NAMES].update_one(
-            {"_id": kept["_id"], SETTLE_AT: kept[SETTLE_AT]}, {"$unset": {SETTLE_AT: ""}}
+            when, {"$set": {SETTLED_NAME: shown}, "$unset": {SETTLE_AT: ""}}
         )
         settled += 1
     return settled
+
+
+async def at_start(*, db: AsyncDatabase, settings: IntakeSettings) -> int:
+    """Names applied by a version before the settle pass (a rolling upgrade: applied with no
+    counter moved, nor a look-over planned) are looked over once this start's copies
+    elsewhere may have missed them; how many. One read of the collection."""
+    query = {"kind": {"$in": [DEPARTMENT, STAFF]}, "applied_name": {"$exists": True}}
+    fields = {"name": 1, "applied_name": 1, SETTLED_NAME: 1, SETTLE_AT: 1}
+    unsettled = [
+        entry["_id"]
+        async for entry in db[DIRECTORY_NAMES].find(query, fields)
+        if entry.get(SETTLE_AT) is None and entry.get(SETTLED_NAME) != entry["name"]
+    ]
+    if unsettled:
+        await db[DIRECTORY_NAMES].update_many(
+            {"_id": {"$in": unsettled}, SETTLE_AT: None},
+            {"$set": {SETTLE_AT: datetime.now(UTC) + settle_delay(settings)}},
+        )
+    return len(unsettled)
 
 
 async def run_settling(runtime: Runtime) -> None:
@@ -306,10 +364,12 @@ async def _showing(
     complaints = db[store.COMPLAINTS]
     prefix = "ds" if kind == DEPARTMENT else "os"
     found: dict[str, dict[str, Any]] = {}
-    for status in RENAMED_STATUSES:
-        query = {"org": org, FILTER_KEYS: f"{prefix}:{entry_id}|{status}"}
-        async for complaint in complaints.find(query, projection=NAME_FIELDS):
-            found[complaint["_id"]] = complaint
+    # One read for every status: a complaint moving from one status to another meanwhile is
+    # not left between two reads.
+    keys = [f"{prefix}:{entry_id}|{status}" for status in RENAMED_STATUSES]
+    query = {"org": org, FILTER_KEYS: {"$in": keys}}
+    async for complaint in complaints.find(query, projection=NAME_FIELDS):
+        found[complaint["_id"]] = complaint
     if kind == STAFF:
         escalated = {"org": org, FILTER_KEYS: "e:escalated"}
         async for complaint in complaints.find(escalated, projection=NAME_FIELDS):
@@ -409,16 +469,25 @@ async def correct(
     copy = await COPIES.names(db=db, org=org, fresh_s=settings.directory_names_fresh_s)
     if not _differ(copy, written_departments, written_staff):
         return
-    names = await announced(
-        db=db, org=org, department_ids=list(written_departments), staff_ids=list(written_staff)
-    )
-    if not _differ(names, written_departments, written_staff):
-        return
-    complaint = await db[store.COMPLAINTS].find_one(
-        {"_id": complaint_id, "org": org}, projection=NAME_FIELDS
-    )
-    if complaint is not None:
+    # Shown, then read again: a newer name kept meanwhile, whose look at the complaints may
+    # have come before this write, is shown too.
+    while _differ(
+        names := await announced(
+            db=db, org=org, department_ids=list(written_departments), staff_ids=list(written_staff)
+        ),
+        written_departments,
+        written_staff,
+    ):
+        complaint = await db[store.COMPLAINTS].find_one(
+            {"_id": complaint_id, "org": org}, projection=NAME_FIELDS
+        )
+        if complaint is None:
+            return
         await _rename(db=db, complaint=complaint, names=names, now=now)
+        written_departments = {
+            key: names.departments.get(key, name) for key, name in written_departments.items()
+        }
+        written_staff = {key: names.staff.get(key, name) for key, name in written_staff.items()}
 
 
 def _differ(

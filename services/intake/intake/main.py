@@ -40,6 +40,10 @@ def create_app(settings: IntakeSettings | None = None, *, clock: Clock | None = 
     """The ASGI app; ``clock`` lets tests move time instead of sleeping."""
     settings = settings or IntakeSettings()
 
+    async def prepare(*, db: AsyncDatabase) -> None:
+        await ensure_indexes(db=db)
+        await directory_names.at_start(db=db, settings=settings)
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with service_runtime(
@@ -48,7 +52,7 @@ def create_app(settings: IntakeSettings | None = None, *, clock: Clock | None = 
             outbox_collections=[store.COMPLAINTS],
             consumed_topics=[Topic.ROUTING, Topic.FOLLOWUP],
             handlers=build_handlers,
-            ensure_indexes=ensure_indexes,
+            ensure_indexes=prepare,
             background_jobs=[rollup.run_rollup, directory_names.run_settling],
             clock=clock,
         ):
