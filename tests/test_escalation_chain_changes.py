@@ -105,34 +105,51 @@ async def test_a_major_incident_reaches_the_head_who_replaced_the_one_its_chain_
     assert document["escalation_level"] == escalation["level"] == 2
 
 
-async def test_a_vacant_head_post_uses_up_no_rung_and_is_climbed_once_filled(
-    system: System,
+async def test_a_major_incident_without_a_head_goes_to_the_most_senior_then_to_the_new_head(
+    system_factory: SystemFactory,
 ) -> None:
-    """While the hospital has no head, a major incident escalates to nobody rather than
-    to an empty rung, a manual escalation stops below the vacancy (a 409 saying nobody is
-    available), and the head appointed later is reached by the next escalation."""
+    """While the hospital has no head, a medical error goes at once to the most senior
+    person its chain finds (周科长, the department head), a manual escalation stops below
+    the vacancy (a 409 saying nobody is available), and the head appointed later is given
+    it by routing itself, not by whoever thinks of escalating again. Until 5 December such
+    an incident escalated to nobody, then and after the appointment."""
+    system = await system_factory(routing=FAST_TIMERS)
     admin = _admin(system)
     await _ok(await system.routing.post("/v1/directory/staff/hosp-head/deactivate", headers=admin))
     simulated = await _ok(
         await system.routing.post("/v1/routing/simulate", json=MEDICAL_ERROR, headers=admin)
     )
-    assert (simulated["escalation_level"], simulated["escalated_to_id"]) == (0, None)
-    incident = received(**MEDICAL_ERROR)
-    async with intake_producer(system) as publish:
-        await publish(EventType.COMPLAINT_RECEIVED, incident)
-    cid = incident.complaint_id
+    assert (simulated["escalation_level"], simulated["escalated_to_id"]) == (1, "hosp-zhou")
+    supervisor = token(system.intake_settings, roles=("supervisor",))
+    cid = (await create_complaint(system, supervisor, **MEDICAL_ERROR))["id"]
     document = await assignment_when(system, cid, lambda d: d.get("owner_id"))
-    assert (document["major_incident"], document["escalations"]) == (True, [])
-
-    first = await _ok(await _escalate(system, cid, "家属要求院方答复"))
-    assert _reached(first) == [(1, "department_head", "hosp-zhou")]
+    assert document["major_incident"]
+    [at_once] = document["escalations"]
+    assert (at_once["level"], at_once["escalated_to_id"], at_once["reason"]) == (
+        1,
+        "hosp-zhou",
+        "critical_incident",
+    )
     vacant = await _escalate(system, cid, "仍未答复")
     assert vacant.status_code == 409, vacant.text
     assert "nobody above it" in vacant.json()["detail"]
 
     await _ok(await system.routing.post("/v1/directory/staff", json=NEW_HEAD, headers=admin))
-    filled = await _ok(await _escalate(system, cid, "仍未答复"))
-    assert _reached(filled)[-1] == (2, "branch_head", "hosp-head2")
+    reached = await assignment_when(
+        system, cid, lambda d: len(d["escalations"]) == 2, what="the new head reached"
+    )
+    assert _reached(reached)[-1] == (2, "branch_head", "hosp-head2")
+    assert reached["escalations"][-1]["reason"] == "critical_incident"
+    assert reached["escalation_level"] == 2
+    assert "awaiting_branch_head" not in reached
+    shown = await complaint_when(
+        system,
+        cid,
+        supervisor,
+        lambda c: (c.get("escalation") or {}).get("escalated_to_id") == "hosp-head2",
+        what="intake's record at the new head",
+    )
+    assert shown["escalation_level"] == 2
 
 
 async def test_an_escalation_passes_over_a_team_lead_on_leave_to_the_next_person_up(

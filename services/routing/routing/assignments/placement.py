@@ -18,7 +18,15 @@ from complaints_shared.logs import get_logger
 from complaints_shared.mongo import is_id_clash
 from complaints_shared.outbox import outbox_entry, outbox_fields
 from complaints_shared.problems import ConcurrentUpdate
-from routing.assignments import lifecycle, owed_drains, owners, planning, routing_context, store
+from routing.assignments import (
+    lifecycle,
+    major_incidents,
+    owed_drains,
+    owners,
+    planning,
+    routing_context,
+    store,
+)
 from routing.assignments.models import AssignmentStatus
 from routing.context_cache import ContextCache
 from routing.directory import store as directory_store
@@ -82,6 +90,7 @@ def new_document(
         "clock_starts_at": plan.clock_starts_at,
         "duty_officer": plan.duty_officer is not None,
         "major_incident": plan.major_incident,
+        **major_incidents.awaiting(plan.major_incident, plan.escalation_targets),
         **lifecycle.clock_fields(plan.clocks),
         store.CALENDAR_VERSION: plan.calendar_version,
         **fresh_fields(now=now),

@@ -18,8 +18,8 @@ from routing.assignments.models import NotifyTarget
 from routing.directory.escalation import (
     EscalationTarget,
     Reached,
-    branch_head_target,
     chain_targets,
+    major_incident_target,
 )
 from routing.directory.models import DepartmentRead, StaffRead, StaffRole, StaffStatus
 from routing.rules.matching import complaint_flags, matching_rules, severity_at_least
@@ -266,8 +266,9 @@ def plan_route(
     targets = chain_targets(
         department.escalation_chain, department_code=department.code, branch_staff=department_staff
     )
-    # A major incident goes to the branch head at once: none while the branch has no head.
-    head = branch_head_target(targets, reached=Reached()) if major else None
+    # A major incident goes to the branch head at once; without one, to the most senior
+    # person the chain finds (and to the head once there is one: ``major_incidents``).
+    head = major_incident_target(targets, reached=Reached()) if major else None
     return RoutePlan(
         rule=rule,
         skipped_rules=skipped,

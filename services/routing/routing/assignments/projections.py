@@ -46,6 +46,7 @@ from complaints_shared.mongo import merge_updates
 from routing.assignments import (
     calendar_changes,
     lifecycle,
+    major_incidents,
     owed_drains,
     owners,
     planning,
@@ -57,7 +58,7 @@ from routing.assignments.lifecycle import Command
 from routing.assignments.models import AssignmentStatus, ClockState
 from routing.directory import calendar_history
 from routing.directory import store as directory_store
-from routing.directory.escalation import branch_head_target
+from routing.directory.escalation import major_incident_target
 from routing.directory.models import DepartmentRead, StaffStatus
 from routing.rules.models import RuleFlag
 from routing.settings import RoutingSettings
@@ -863,18 +864,15 @@ async def _to_branch_head(
     db: AsyncDatabase, document: dict[str, Any], *, now: datetime
 ) -> tuple[dict[str, Any], Events]:
     """A complaint found a major incident goes at once to its chain's branch-head rung
-    (reason ``critical_incident``), unless it stands there or higher already."""
+    (reason ``critical_incident``), unless it stands there or higher already; without a
+    head, to the most senior person the chain finds, and to the head once there is one."""
     targets = await routing_context.escalation_targets(
         db=db, org=document["org"], department_id=document["department"]
     )
-    target = branch_head_target(targets, reached=lifecycle.reached(document))
+    flag = major_incidents.awaiting(True, targets)
+    awaiting = {"$set": flag} if flag else {}
+    target = major_incident_target(targets, reached=lifecycle.reached(document))
     if target is None:
-        return {}, []
-    record = lifecycle.escalation_record(target, reason="critical_incident", by="routing", at=now)
-    escalated = lifecycle.escalated_event(
-        document, record, regulatory_due=document.get("regulatory_report_due_at")
-    )
-    return (
-        {"$set": {"escalation_level": target.level}, "$push": {"escalations": record}},
-        [(EventType.COMPLAINT_ESCALATED, escalated)],
-    )
+        return awaiting, []
+    update, events = major_incidents.escalation(document, target, now=now)
+    return merge_updates(update, awaiting), events

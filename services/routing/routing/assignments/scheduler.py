@@ -36,6 +36,7 @@ from routing import context_cache
 from routing.assignments import (
     calendar_changes,
     lifecycle,
+    major_incidents,
     owed_drains,
     owners,
     queue,
@@ -103,6 +104,12 @@ class SlaScheduler:
                 await self.apply_calendar_changes(runtime)
             except Exception as exc:
                 log.error("calendar_change_sweep_failed", error=repr(exc))
+            try:
+                await major_incidents.follow_up(
+                    db=runtime.db, settings=self._settings, now=runtime.clock.now()
+                )
+            except Exception as exc:
+                log.error("major_incident_follow_up_failed", error=repr(exc))
             await wait_event(runtime.stopping, timeout_s=self._settings.queue_sweep_interval_s)
 
     async def run_load_hint_reconciler(self, runtime: Runtime) -> None:

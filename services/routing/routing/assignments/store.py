@@ -78,6 +78,10 @@ def skill_rule_version(document: dict[str, Any]) -> int | None:
     return document.get("rule_version") if document.get("required_skill") else None
 
 
+# A major incident that could not reach the branch head (the branch has none active): true
+# until it does, or is finished (``major_incidents``).
+AWAITING_BRANCH_HEAD = "awaiting_branch_head"
+
 ASSIGNMENT = Aggregate(collection=ASSIGNMENTS, what="assignment", applied_events_kept=200)
 HISTORY_KEPT = 200
 MAX_PAGE_SIZE = 200
@@ -96,6 +100,8 @@ async def ensure_indexes(*, db: AsyncDatabase) -> None:
     # collection for a range on a partial index (124 ms at 6,000 assignments, against 1 ms
     # here; docs/mongodb-compatibility.md). This replaces the partial index of that name.
     await ensure_index(assignments, "next_timer_at", name="timers_due")
+    # The major incidents still to reach a branch head: few, found by an equality on true.
+    await ensure_index(assignments, AWAITING_BRANCH_HEAD, name="awaiting_branch_head")
     await assignments.create_index(
         [("org", ASCENDING), ("owner_id", ASCENDING), ("status", ASCENDING)],
         name="org_owner_status",

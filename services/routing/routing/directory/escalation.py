@@ -157,10 +157,33 @@ def vacant_above(targets: list[EscalationTarget], *, reached: Reached) -> bool:
 def branch_head_target(
     targets: list[EscalationTarget], *, reached: Reached
 ) -> EscalationTarget | None:
-    """Where a major incident goes at once: the chain's branch-head rung with a person,
-    unless what was reached stands there or higher already (None also while the branch
-    has no active head)."""
+    """The chain's branch-head rung with a person, unless what was reached stands there or
+    higher already (None also while the branch has no active head)."""
     for target in targets[_climbed_past(targets, reached) :]:
         if target.role is StaffRole.BRANCH_HEAD and target.staff_id is not None:
             return _climbed_to(target, reached)
     return None
+
+
+def has_branch_head(targets: list[EscalationTarget]) -> bool:
+    """Whether the chain's branch-head rung finds a person."""
+    return any(
+        target.role is StaffRole.BRANCH_HEAD and target.staff_id is not None for target in targets
+    )
+
+
+def major_incident_target(
+    targets: list[EscalationTarget], *, reached: Reached
+) -> EscalationTarget | None:
+    """Where a major incident goes at once: the branch head; while the branch has none
+    active, the most senior person the chain finds above what was reached (until 5
+    December nobody: a medical error in a hospital without a head reached no one). None
+    when what was reached stands there already."""
+    if has_branch_head(targets):
+        return branch_head_target(targets, reached=reached)
+    staffed = [
+        target
+        for target in targets[_climbed_past(targets, reached) :]
+        if target.staff_id is not None
+    ]
+    return _climbed_to(staffed[-1], reached) if staffed else None
