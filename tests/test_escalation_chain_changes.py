@@ -152,6 +152,50 @@ async def test_a_major_incident_without_a_head_goes_to_the_most_senior_then_to_t
     assert shown["escalation_level"] == 2
 
 
+async def test_a_major_incident_nobody_could_take_climbs_as_the_posts_above_it_are_filled(
+    system_factory: SystemFactory,
+) -> None:
+    """The medical-affairs chain names 周科长 and 王院长; both have left, and nobody else holds
+    either role: a medical error reaches nobody at once. The department head appointed next
+    is given it (still awaiting a head), then the hospital head appointed after her."""
+    system = await system_factory(routing=FAST_TIMERS)
+    admin = _admin(system)
+    for person in ("hosp-head", "hosp-zhou"):
+        await _ok(
+            await system.routing.post(f"/v1/directory/staff/{person}/deactivate", headers=admin)
+        )
+    supervisor = token(system.intake_settings, roles=("supervisor",))
+    cid = (await create_complaint(system, supervisor, **MEDICAL_ERROR))["id"]
+    document = await assignment_when(system, cid, lambda d: d.get("owner_id"))
+    assert (document["major_incident"], document["escalations"]) == (True, [])
+    assert document["awaiting_branch_head"] is True
+
+    new_department_head = {
+        "id": "hosp-wu",
+        "branch": "HOSP",
+        "department": "MED",
+        "name": "吴科长",
+        "role": "department_head",
+        "capacity": 0,
+    }
+    await _ok(
+        await system.routing.post("/v1/directory/staff", json=new_department_head, headers=admin)
+    )
+    stand_in = await assignment_when(
+        system, cid, lambda d: len(d["escalations"]) == 1, what="the new department head"
+    )
+    assert _reached(stand_in) == [(1, "department_head", "hosp-wu")]
+    assert stand_in["awaiting_branch_head"] is True
+
+    await _ok(await system.routing.post("/v1/directory/staff", json=NEW_HEAD, headers=admin))
+    head = await assignment_when(
+        system, cid, lambda d: len(d["escalations"]) == 2, what="the new hospital head"
+    )
+    assert _reached(head)[-1] == (2, "branch_head", "hosp-head2")
+    assert [record["reason"] for record in head["escalations"]] == ["critical_incident"] * 2
+    assert "awaiting_branch_head" not in head
+
+
 async def test_an_escalation_passes_over_a_team_lead_on_leave_to_the_next_person_up(
     system: System,
 ) -> None:

@@ -3,11 +3,13 @@
 A major incident goes to its chain's branch head at once (``planning``, and
 ``projections`` for one found major later). While the branch has no active head (the post
 vacant, the head on leave) it goes to the most senior person the chain finds instead, and
-the assignment is marked ``awaiting_branch_head``. The queue sweep looks at the marked ones
-(``follow_up``) and escalates each to the head as soon as the chain finds one (a head
-appointed, or back from leave), reason ``critical_incident``; one finished, no longer a
-major incident, or standing at the head already is unmarked. Until 5 December a major
-incident in a branch without a head reached nobody, and nobody once a head came.
+the assignment is marked ``awaiting_branch_head`` (again at a reopen, while the branch still
+has none). The queue sweep looks at every marked one (``follow_up``) and escalates it, reason
+``critical_incident``, to someone more senior as soon as the chain finds one: the head
+(appointed, or back from leave), which ends the mark, or while there is none a more senior
+stand-in than the one reached. One finished, no longer a major incident, or standing at the
+head already is unmarked. Until 5 December such an incident reached nobody at once, and the
+head only at its next climb (a breach, a reopen, a supervisor's escalation).
 """
 
 from __future__ import annotations
@@ -24,15 +26,19 @@ from complaints_shared.logs import get_logger
 from complaints_shared.mongo import merge_updates
 from routing.assignments import lifecycle, routing_context, store
 from routing.assignments.lifecycle import Command
-from routing.directory.escalation import EscalationTarget, branch_head_target, has_branch_head
+from routing.directory.escalation import (
+    EscalationTarget,
+    has_branch_head,
+    major_incident_target,
+)
 from routing.settings import RoutingSettings
 
 log = get_logger(__name__)
 
 AWAITING = store.AWAITING_BRANCH_HEAD
-# Marked assignments looked at per sweep (the oldest marks first come again next time).
-BATCH = 100
 REASON = "critical_incident"
+# What the sweep reads of a marked assignment to tell whether there is anything to do.
+MARKED_FIELDS = {"org": 1, "department": 1, "escalation_level": 1, "escalations": 1}
 
 
 def awaiting(major_incident: bool, targets: list[EscalationTarget]) -> dict[str, bool]:
@@ -55,14 +61,26 @@ def escalation(
 
 
 async def follow_up(*, db: AsyncDatabase, settings: RoutingSettings, now: datetime) -> int:
-    """Escalate the marked major incidents whose chain finds a branch head now; how many."""
-    marked = db[store.ASSIGNMENTS].find(
-        {AWAITING: True}, projection={"_id": 1, "org": 1, "department": 1}
-    )
+    """Escalate the marked major incidents whose chain finds someone more senior now (the
+    head, else a stand-in above the one reached); how many. Every marked one, each chain
+    read once; one with nobody more senior costs no further read."""
+    chains: dict[tuple[str, str], list[EscalationTarget]] = {}
     escalated = 0
-    for document in await marked.limit(BATCH).to_list(None):
+    async for document in db[store.ASSIGNMENTS].find({AWAITING: True}, projection=MARKED_FIELDS):
+        key = (document["org"], document["department"])
+        if key not in chains:
+            chains[key] = await routing_context.escalation_targets(
+                db=db, org=key[0], department_id=key[1]
+            )
+        targets = chains[key]
+        if not has_branch_head(targets) and (
+            major_incident_target(targets, reached=lifecycle.reached(document)) is None
+        ):
+            continue  # nobody more senior yet: still awaiting
         try:
-            escalated += await _to_head(db=db, settings=settings, marked=document, now=now)
+            escalated += await _escalate_marked(
+                db=db, settings=settings, marked=document, targets=targets, now=now
+            )
         except Exception as exc:
             if is_transient(exc):  # the database away: the next sweep tries again
                 raise
@@ -77,12 +95,14 @@ async def follow_up(*, db: AsyncDatabase, settings: RoutingSettings, now: dateti
     return escalated
 
 
-async def _to_head(
-    *, db: AsyncDatabase, settings: RoutingSettings, marked: dict[str, Any], now: datetime
+async def _escalate_marked(
+    *,
+    db: AsyncDatabase,
+    settings: RoutingSettings,
+    marked: dict[str, Any],
+    targets: list[EscalationTarget],
+    now: datetime,
 ) -> int:
-    targets = await routing_context.escalation_targets(
-        db=db, org=marked["org"], department_id=marked["department"]
-    )
     climbed = {"to_head": False}  # by the decision written (it may be taken again)
 
     def decide(current: dict[str, Any]) -> Decision | None:
@@ -93,15 +113,15 @@ async def _to_head(
             return None  # moved since it was read: the next sweep reads its new chain
         unmark = {"$unset": {AWAITING: ""}}
         if not current.get("major_incident") or not lifecycle.applies(current, Command.ESCALATE):
-            return Decision(unmark, [])
-        if not has_branch_head(targets):
-            return None  # still no head: it stays marked
-        target = branch_head_target(targets, reached=lifecycle.reached(current))
+            return Decision(unmark, [])  # marked again should it be reopened
+        head = has_branch_head(targets)
+        target = major_incident_target(targets, reached=lifecycle.reached(current))
         if target is None:
-            return Decision(unmark, [])  # at the head or above already
+            # At the head or above already; without a head, nobody more senior yet.
+            return Decision(unmark, []) if head else None
         update, events = escalation(current, target, now=now)
         climbed["to_head"] = True
-        return Decision(merge_updates(update, unmark), events)
+        return Decision(merge_updates(update, unmark) if head else update, events)
 
     await store.change(db=db, settings=settings, complaint_id=marked["_id"], decide=decide, now=now)
     return int(climbed["to_head"])

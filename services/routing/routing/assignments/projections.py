@@ -573,6 +573,8 @@ async def reopen(
             "reopen_count": data.reopen_count,
             store.CALENDAR_VERSION: calendars.version,
             **lifecycle.numbered(current),
+            # Unmarked when it was finished: a major incident still without a head waits again.
+            **major_incidents.awaiting(bool(current.get("major_incident")), targets),
         }
         if moving:
             assert moved_to is not None
