@@ -186,6 +186,8 @@ async def test_a_major_incident_nobody_could_take_climbs_as_the_posts_above_it_a
     )
     assert _reached(stand_in) == [(1, "department_head", "hosp-wu")]
     assert stand_in["awaiting_branch_head"] is True
+    shown = await system.routing.get(f"/v1/assignments/{cid}", headers=admin)
+    assert (shown.json()["awaiting_branch_head"], shown.json()["escalation_level"]) == (True, 1)
 
     await _ok(await system.routing.post("/v1/directory/staff", json=NEW_HEAD, headers=admin))
     head = await assignment_when(

@@ -120,6 +120,11 @@ class AssignmentRead(BaseModel):
     regulatory_report_due_at: datetime | None = None
     duty_officer: bool = False
     major_incident: bool = False
+    awaiting_branch_head: bool = Field(
+        False,
+        description="A major incident its branch had no active head for: escalated to the most "
+        "senior person its chain found, and to the head once there is one.",
+    )
     paused: bool = False
     breached: bool = False
     escalation_level: int = 0
