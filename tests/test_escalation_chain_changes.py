@@ -112,7 +112,8 @@ async def test_a_major_incident_without_a_head_goes_to_the_most_senior_then_to_t
     person its chain finds (周科长, the department head), a manual escalation stops below
     the vacancy (a 409 saying nobody is available), and the head appointed later is given
     it by routing itself, not by whoever thinks of escalating again. Until 5 December such
-    an incident escalated to nobody, then and after the appointment."""
+    an incident was escalated to nobody at once, and reached the new head only if someone
+    escalated it by hand (or a breach climbed) after the appointment."""
     system = await system_factory(routing=FAST_TIMERS)
     admin = _admin(system)
     await _ok(await system.routing.post("/v1/directory/staff/hosp-head/deactivate", headers=admin))

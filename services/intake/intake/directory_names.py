@@ -112,6 +112,12 @@ class _Copy:
     generation: int
     names: Names
     checked_at: float  # time.monotonic() before the counter read it agrees with
+    loaded_at: float  # ...and before the names were read
+
+
+# A copy is read whole again this often whatever the counter says: a rename applied by a
+# replica of the version before the counter (a rolling upgrade) moves none.
+COPY_MAX_AGE_S = 60.0
 
 
 @dataclass
@@ -153,18 +159,22 @@ class Copies:
                 return copy.names
             counter = await db[DIRECTORY_NAMES].find_one({"_id": generation_key(org)}, {"n": 1})
             generation = counter["n"] if counter else 0
-            if copy is None or copy.generation != generation:
-                copy = _Copy(
-                    generation=generation, names=await _all_names(db=db, org=org), checked_at=0
-                )
+            if (
+                copy is None
+                or copy.generation != generation
+                or checked_at - copy.loaded_at >= COPY_MAX_AGE_S
+            ):
+                query = {"org": org, "kind": {"$in": [DEPARTMENT, STAFF]}}
+                names = await _names(db=db, query=query)
+                copy = _Copy(generation=generation, names=names, checked_at=0, loaded_at=checked_at)
             copy.checked_at = checked_at
             kept.copies[key] = copy
             return copy.names
 
 
-async def _all_names(*, db: AsyncDatabase, org: str) -> Names:
+async def _names(*, db: AsyncDatabase, query: dict[str, Any]) -> Names:
+    """The names of the announcements ``query`` selects."""
     names = Names()
-    query = {"org": org, "kind": {"$in": [DEPARTMENT, STAFF]}}
     async for entry in db[DIRECTORY_NAMES].find(query, {"kind": 1, "id": 1, "name": 1}):
         kept = names.departments if entry["kind"] == DEPARTMENT else names.staff
         kept[entry["id"]] = entry["name"]
@@ -439,14 +449,7 @@ async def announced(
     keys = [entry_key(DEPARTMENT, org, entry_id) for entry_id in department_ids] + [
         entry_key(STAFF, org, entry_id) for entry_id in staff_ids
     ]
-    names = Names()
-    if not keys:
-        return names
-    query = {"_id": {"$in": keys}}
-    async for entry in db[DIRECTORY_NAMES].find(query, projection={"kind": 1, "id": 1, "name": 1}):
-        kept = names.departments if entry["kind"] == DEPARTMENT else names.staff
-        kept[entry["id"]] = entry["name"]
-    return names
+    return await _names(db=db, query={"_id": {"$in": keys}}) if keys else Names()
 
 
 async def correct(

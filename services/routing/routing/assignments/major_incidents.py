@@ -8,8 +8,9 @@ has none). The queue sweep looks at every marked one (``follow_up``) and escalat
 ``critical_incident``, to someone more senior as soon as the chain finds one: the head
 (appointed, or back from leave), which ends the mark, or while there is none a more senior
 stand-in than the one reached. One finished, no longer a major incident, or standing at the
-head already is unmarked. Until 5 December such an incident reached nobody at once, and the
-head only at its next climb (a breach, a reopen, a supervisor's escalation).
+head already is unmarked. Until 5 December such an incident was escalated to nobody at
+once, and reached the head only by a later climb (a breach, a reopen, a supervisor's
+escalation) once there was one.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 
 from complaints_shared.aggregate import Decision, Events
 from complaints_shared.events import EventType
-from complaints_shared.failures import is_transient, redacted_error
+from complaints_shared.failures import is_dependency_unavailable, redacted_error
 from complaints_shared.logs import get_logger
 from complaints_shared.mongo import merge_updates
 from routing.assignments import lifecycle, routing_context, store
@@ -38,10 +39,17 @@ log = get_logger(__name__)
 AWAITING = store.AWAITING_BRANCH_HEAD
 REASON = "critical_incident"
 # What the sweep reads of a marked assignment to tell whether there is anything to do.
-MARKED_FIELDS = {"org": 1, "department": 1, "escalation_level": 1, "escalations": 1}
+MARKED_FIELDS = {
+    "org": 1,
+    "department": 1,
+    "status": 1,
+    "major_incident": 1,
+    "escalation_level": 1,
+    "escalations": 1,
+}
 
 
-def awaiting(major_incident: bool, targets: list[EscalationTarget]) -> dict[str, bool]:
+def awaiting(targets: list[EscalationTarget], *, major_incident: bool) -> dict[str, bool]:
     """The mark of a major incident whose chain finds no branch head (else nothing)."""
     return {AWAITING: True} if major_incident and not has_branch_head(targets) else {}
 
@@ -73,8 +81,10 @@ async def follow_up(*, db: AsyncDatabase, settings: RoutingSettings, now: dateti
                 db=db, org=key[0], department_id=key[1]
             )
         targets = chains[key]
-        if not has_branch_head(targets) and (
-            major_incident_target(targets, reached=lifecycle.reached(document)) is None
+        if (
+            _still_awaiting(document)
+            and not has_branch_head(targets)
+            and major_incident_target(targets, reached=lifecycle.reached(document)) is None
         ):
             continue  # nobody more senior yet: still awaiting
         try:
@@ -82,17 +92,24 @@ async def follow_up(*, db: AsyncDatabase, settings: RoutingSettings, now: dateti
                 db=db, settings=settings, marked=document, targets=targets, now=now
             )
         except Exception as exc:
-            if is_transient(exc):  # the database away: the next sweep tries again
+            if is_dependency_unavailable(exc):  # the database away: the next sweep tries again
                 raise
-            # This complaint's own fault: logged, the others go on (it stays marked).
+            # This complaint's own (a conflict, a fault): logged, the others go on (it stays
+            # marked for the next sweep).
             log.error(
-                "major_incident_head_not_reached",
+                "major_incident_not_escalated",
                 complaint_id=document["_id"],
                 error=redacted_error(exc),
             )
     if escalated:
-        log.info("major_incidents_reached_branch_head", complaints=escalated)
+        log.info("major_incidents_escalated", complaints=escalated)
     return escalated
+
+
+def _still_awaiting(document: dict[str, Any]) -> bool:
+    """Whether a marked assignment is a major incident still being worked (else unmarked:
+    marked again should it be reopened)."""
+    return bool(document.get("major_incident")) and lifecycle.applies(document, Command.ESCALATE)
 
 
 async def _escalate_marked(
@@ -103,25 +120,25 @@ async def _escalate_marked(
     targets: list[EscalationTarget],
     now: datetime,
 ) -> int:
-    climbed = {"to_head": False}  # by the decision written (it may be taken again)
+    escalated = {"written": False}  # by the decision written (it may be taken again)
 
     def decide(current: dict[str, Any]) -> Decision | None:
-        climbed["to_head"] = False
+        escalated["written"] = False
         if current.get(AWAITING) is not True:
             return None
         if current["department"] != marked["department"]:
             return None  # moved since it was read: the next sweep reads its new chain
         unmark = {"$unset": {AWAITING: ""}}
-        if not current.get("major_incident") or not lifecycle.applies(current, Command.ESCALATE):
-            return Decision(unmark, [])  # marked again should it be reopened
+        if not _still_awaiting(current):
+            return Decision(unmark, [])
         head = has_branch_head(targets)
         target = major_incident_target(targets, reached=lifecycle.reached(current))
         if target is None:
             # At the head or above already; without a head, nobody more senior yet.
             return Decision(unmark, []) if head else None
         update, events = escalation(current, target, now=now)
-        climbed["to_head"] = True
+        escalated["written"] = True
         return Decision(merge_updates(update, unmark) if head else update, events)
 
     await store.change(db=db, settings=settings, complaint_id=marked["_id"], decide=decide, now=now)
-    return int(climbed["to_head"])
+    return int(escalated["written"])

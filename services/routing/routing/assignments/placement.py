@@ -90,7 +90,7 @@ def new_document(
         "clock_starts_at": plan.clock_starts_at,
         "duty_officer": plan.duty_officer is not None,
         "major_incident": plan.major_incident,
-        **major_incidents.awaiting(plan.major_incident, plan.escalation_targets),
+        **major_incidents.awaiting(plan.escalation_targets, major_incident=plan.major_incident),
         **lifecycle.clock_fields(plan.clocks),
         store.CALENDAR_VERSION: plan.calendar_version,
         **fresh_fields(now=now),

@@ -574,7 +574,7 @@ async def reopen(
             store.CALENDAR_VERSION: calendars.version,
             **lifecycle.numbered(current),
             # Unmarked when it was finished: a major incident still without a head waits again.
-            **major_incidents.awaiting(bool(current.get("major_incident")), targets),
+            **major_incidents.awaiting(targets, major_incident=bool(current.get("major_incident"))),
         }
         if moving:
             assert moved_to is not None
@@ -848,7 +848,9 @@ async def reclassify(
         escalation_update: dict[str, Any] = {}
         escalation_events: Events = []
         if planned.became_major:
-            escalation_update, escalation_events = await _to_branch_head(db, after, now=now)
+            escalation_update, escalation_events = await _major_incident_escalation(
+                db, after, now=now
+            )
             after["escalation_level"] = escalation_update.get("$set", {}).get(
                 "escalation_level", after.get("escalation_level", 0)
             )
@@ -862,7 +864,7 @@ async def reclassify(
     await _apply(db, settings, event, data.complaint_id, decide, now)
 
 
-async def _to_branch_head(
+async def _major_incident_escalation(
     db: AsyncDatabase, document: dict[str, Any], *, now: datetime
 ) -> tuple[dict[str, Any], Events]:
     """A complaint found a major incident goes at once to its chain's branch-head rung
@@ -871,7 +873,7 @@ async def _to_branch_head(
     targets = await routing_context.escalation_targets(
         db=db, org=document["org"], department_id=document["department"]
     )
-    flag = major_incidents.awaiting(True, targets)
+    flag = major_incidents.awaiting(targets, major_incident=True)
     awaiting = {"$set": flag} if flag else {}
     target = major_incident_target(targets, reached=lifecycle.reached(document))
     if target is None:

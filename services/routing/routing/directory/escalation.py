@@ -177,8 +177,8 @@ def major_incident_target(
 ) -> EscalationTarget | None:
     """Where a major incident goes at once: the branch head; while the branch has none
     active, the most senior person the chain finds above what was reached (until 5
-    December nobody: a medical error in a hospital without a head reached no one). None
-    when what was reached stands there already."""
+    December nobody: a medical error in a hospital without a head was escalated to no one
+    at once). None when what was reached stands there already."""
     if has_branch_head(targets):
         return branch_head_target(targets, reached=reached)
     staffed = [
