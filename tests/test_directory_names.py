@@ -61,6 +61,26 @@ async def _applied(system: System, key: str, name: str) -> dict:
     return await eventually(probe, what=f"{key} renamed to {name} in intake")
 
 
+def _published_before_the_rename(
+    complaint_id: str, before: dict, stored: dict
+) -> ComplaintAssigned:
+    """Routing's next assignment of the complaint with the names it had before the rename
+    (``before``: its assignment as intake showed it; ``stored``: intake's document)."""
+    return ComplaintAssigned(
+        complaint_id=complaint_id,
+        org="demo",
+        branch="LZ",
+        department="LZ:BILLING",
+        department_name=before["department_name"],
+        owner_id=before["owner_id"],
+        owner_name=before["owner_name"],
+        rule_id=before["rule_id"],
+        rule_version=before["rule_version"],
+        assigned_at=datetime.now(UTC),
+        assignment_sequence=stored["assignment_sequence"] + 1,
+    )
+
+
 async def test_a_renamed_department_and_owner_show_on_the_open_complaint_not_the_withdrawn(
     system: System,
 ) -> None:
@@ -138,19 +158,7 @@ async def test_an_older_announcement_or_assignment_delivered_late_brings_no_old_
     # An assignment routing published before the rename, delivered after it (a complaint's
     # events ride another partition than its department's).
     stored = await _intake_db(system).complaints.find_one({"_id": complaint["id"]})
-    late = ComplaintAssigned(
-        complaint_id=complaint["id"],
-        org="demo",
-        branch="LZ",
-        department="LZ:BILLING",
-        department_name=before["department_name"],
-        owner_id=before["owner_id"],
-        owner_name=before["owner_name"],
-        rule_id=before["rule_id"],
-        rule_version=before["rule_version"],
-        assigned_at=datetime.now(UTC),
-        assignment_sequence=stored["assignment_sequence"] + 1,
-    )
+    late = _published_before_the_rename(complaint["id"], before, stored)
     await publish(system, (EventType.COMPLAINT_ASSIGNED, late), service="routing")
 
     async def applied() -> dict | None:
@@ -194,19 +202,7 @@ async def test_a_replica_whose_copy_of_the_names_was_older_is_corrected_when_the
         kept = await _applied(system, "department:demo:LZ:BILLING", "账务中心")
         assert kept["settle_at"] > datetime.now(UTC)
         stored = await _intake_db(system).complaints.find_one({"_id": complaint["id"]})
-        late = ComplaintAssigned(
-            complaint_id=complaint["id"],
-            org="demo",
-            branch="LZ",
-            department="LZ:BILLING",
-            department_name=before["department_name"],
-            owner_id=before["owner_id"],
-            owner_name=before["owner_name"],
-            rule_id=before["rule_id"],
-            rule_version=before["rule_version"],
-            assigned_at=datetime.now(UTC),
-            assignment_sequence=stored["assignment_sequence"] + 1,
-        )
+        late = _published_before_the_rename(complaint["id"], before, stored)
         event = CloudEvent.new(event_type=EventType.COMPLAINT_ASSIGNED, source="routing", data=late)
         await projections.apply_assigned(
             db=other_db,

@@ -46,6 +46,19 @@ def _unsatisfied_answer(complaint_id: str, *, answered_at: datetime) -> Followup
     )
 
 
+async def _once_consumed(system: System, outcome: FollowupCompleted, headers: dict) -> dict:
+    """Publish follow-up's ``outcome``; the complaint of record once intake consumed it."""
+    before = handled_count("intake", EventType.FOLLOWUP_COMPLETED)
+    await publish(system, (EventType.FOLLOWUP_COMPLETED, outcome), service="followup")
+    await eventually(
+        lambda: handled_count("intake", EventType.FOLLOWUP_COMPLETED) > before,
+        what="the outcome consumed",
+    )
+    return (
+        await system.intake.get(f"/v1/complaints/{outcome.complaint_id}", headers=headers)
+    ).json()
+
+
 async def test_late_and_repeated_routing_events_leave_the_newest_state(system: System) -> None:
     admin = token(system.intake_settings)
     created = (
@@ -347,13 +360,7 @@ async def test_an_unsatisfied_answer_consumed_after_an_administrators_close_is_r
     answered_at = datetime.now(UTC)
     await command(system, f"/v1/complaints/{cid}/close", {"reason": "已电话确认"}, admin)
     late = _unsatisfied_answer(cid, answered_at=answered_at)
-    before = handled_count("intake", EventType.FOLLOWUP_COMPLETED)
-    await publish(system, (EventType.FOLLOWUP_COMPLETED, late), service="followup")
-    await eventually(
-        lambda: handled_count("intake", EventType.FOLLOWUP_COMPLETED) > before,
-        what="the late outcome consumed",
-    )
-    document = (await system.intake.get(f"/v1/complaints/{cid}", headers=admin)).json()
+    document = await _once_consumed(system, late, admin)
     assert (document["status"], document["reopen_count"]) == ("closed", 0)
     assert document["satisfaction"]["outcome"] == "unsatisfied"
 
@@ -372,13 +379,7 @@ async def test_an_answer_in_the_millisecond_of_an_administrators_close_does_not_
     closed_at = at(closed["closed_at"])
     assert closed_at.microsecond % 1000 == 0  # as stored
     late = _unsatisfied_answer(cid, answered_at=closed_at + timedelta(microseconds=500))
-    before = handled_count("intake", EventType.FOLLOWUP_COMPLETED)
-    await publish(system, (EventType.FOLLOWUP_COMPLETED, late), service="followup")
-    await eventually(
-        lambda: handled_count("intake", EventType.FOLLOWUP_COMPLETED) > before,
-        what="the answer consumed",
-    )
-    document = (await system.intake.get(f"/v1/complaints/{cid}", headers=admin)).json()
+    document = await _once_consumed(system, late, admin)
     assert (document["status"], document["reopen_count"]) == ("closed", 0)
     assert document["satisfaction"]["outcome"] == "unsatisfied"
 
