@@ -75,19 +75,19 @@ async def follow_up(*, db: AsyncDatabase, settings: RoutingSettings, now: dateti
     chains: dict[tuple[str, str], list[EscalationTarget]] = {}
     escalated = 0
     async for document in db[store.ASSIGNMENTS].find({AWAITING: True}, projection=MARKED_FIELDS):
-        key = (document["org"], document["department"])
-        if key not in chains:
-            chains[key] = await routing_context.escalation_targets(
-                db=db, org=key[0], department_id=key[1]
-            )
-        targets = chains[key]
-        if (
-            _still_awaiting(document)
-            and not has_branch_head(targets)
-            and major_incident_target(targets, reached=lifecycle.reached(document)) is None
-        ):
-            continue  # nobody more senior yet: still awaiting
         try:
+            key = (document["org"], document["department"])
+            if key not in chains:
+                chains[key] = await routing_context.escalation_targets(
+                    db=db, org=key[0], department_id=key[1]
+                )
+            targets = chains[key]
+            if (
+                _still_awaiting(document)
+                and not has_branch_head(targets)
+                and major_incident_target(targets, reached=lifecycle.reached(document)) is None
+            ):
+                continue  # nobody more senior yet: still awaiting
             escalated += await _escalate_marked(
                 db=db, settings=settings, marked=document, targets=targets, now=now
             )
