@@ -12,8 +12,11 @@ from __future__ import annotations
 import pytest
 
 from complaints_shared.clock import ManualClock
+from complaints_shared.events import Category, CustomerContact
+from routing.assignments import placement, routing_context
+from tests.support.events import received
 from tests.support.http import create_complaint, token
-from tests.support.routing import MONDAY_10_SHANGHAI, assignment_when, routing_db
+from tests.support.routing import FAST_TIMERS, MONDAY_10_SHANGHAI, assignment_when, routing_db
 from tests.support.system import System, SystemFactory
 
 pytestmark = pytest.mark.integration
@@ -152,3 +155,73 @@ async def test_a_rules_new_skill_and_its_deactivation_reach_its_queue_not_work_m
         None,
     ]
     assert (await routing_db(system).assignments.find_one({"_id": moved}))["status"] == "queued"
+
+
+class _CachedBeforeTheChange:
+    """Another replica's routing contexts, cached before the administrator's change and not
+    renewed yet (for up to ``ROUTING_CONTEXT_MAX_AGE_S``)."""
+
+    def __init__(self, context: routing_context.RoutingContext) -> None:
+        self._context = context
+
+    async def get(self, **_: object) -> routing_context.RoutingContext:
+        return self._context
+
+
+async def test_work_a_replica_placed_with_its_older_copy_of_the_rule_follows_the_rule_later(
+    system_factory: SystemFactory,
+) -> None:
+    """The administrator drops the VIP rule's skill, and nobody active has it any more; another
+    replica, its cached rules older than the change, places a VIP complaint with the old
+    skill just after. Until 5 December it waited in LZ:CS's queue for the skill for good (the
+    rule's change had looked its work over before that complaint existed). The rule's work is
+    now looked over again once every replica's copy is renewed, and 李强 takes it."""
+    max_age_s, skew_s = 3.0, 0.5
+    system = await system_factory(
+        clock=ManualClock(MONDAY_10_SHANGHAI),
+        routing={
+            **FAST_TIMERS,
+            "routing_context_max_age_s": max_age_s,
+            "replica_clock_skew_s": skew_s,
+        },
+    )
+    admin = token(system.routing_settings)
+    left = await system.routing.post("/v1/directory/staff/lz-wang/deactivate", headers=admin)
+    assert left.status_code == 200, left.text
+    vip = received(
+        category=Category.OTHER,
+        subject="营业员态度差",
+        description="营业厅营业员态度恶劣，拒绝解释收费。",
+        customer=CustomerContact(name="王女士", phone="+86 139-0000-4444", vip=True),
+        received_at=MONDAY_10_SHANGHAI,
+    )
+    db = routing_db(system)
+    cached = await routing_context.load_context(db=db, complaint=vip)
+
+    body = {"action": await _vip_rule_action(system, admin, required_skill=None)}
+    changed = await system.routing.patch(f"/v1/routing/rules/{VIP_RULE}", json=body, headers=admin)
+    assert changed.status_code == 200, changed.text
+
+    # The other replica places the complaint with the rule as it had it.
+    await placement.route_received(
+        db=db,
+        settings=system.routing_settings,
+        complaint=vip,
+        now=MONDAY_10_SHANGHAI,
+        contexts=_CachedBeforeTheChange(cached),  # type: ignore[arg-type]
+    )
+    placed = await db.assignments.find_one({"_id": vip.complaint_id})
+    assert (placed["status"], placed["required_skill"]) == ("queued", "vip")
+    assert placed["skill_rule_version"] < changed.json()["version"]
+
+    taken = await assignment_when(
+        system,
+        vip.complaint_id,
+        lambda d: d["status"] == "open",
+        what="the complaint given to 李强 once the rule's work was looked over again",
+        timeout_s=max_age_s + skew_s + 15,
+    )
+    assert (taken["owner_id"], taken["required_skill"]) == ("lz-li", None)
+    [applied] = _skill_changes(taken)
+    assert applied["actor"] == "routing"
+    assert "look_over_at" not in await db.rules.find_one({"_id": VIP_RULE})

@@ -41,6 +41,13 @@ class RoutingSettings(ServiceSettings):
         "routing_directory_check_s). Also the longest between two tries of an organisation's "
         "unroutable complaints by the queue sweep, whatever its directory version says.",
     )
+    replica_clock_skew_s: float = Field(
+        30.0,
+        ge=0,
+        description="The most the replicas' clocks may differ: a changed rule's work is looked "
+        "over again routing_context_max_age_s and this long after the change, for what a "
+        "replica placed meanwhile with its cached copy of the rule.",
+    )
     routing_directory_check_s: float = Field(
         1.0,
         ge=0,

@@ -14,12 +14,14 @@ newer ones the changed rule sent straight to an owner, until its clocks breached
 
 Run by the rule's ``PATCH`` and ``DELETE`` after the rule is saved; an error midway is the
 request's answer, and the same request again (which leaves the rule as it is) applies
-the rest.
+the rest. Another replica may still place work with its cached copy of the rule for up to
+``routing_context_max_age_s``: the rule's work is looked over once more after that, give or
+take the replicas' clocks (``look_over_at`` on the rule, ``look_over``, by the queue sweep).
 """
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pymongo.asynchronous.database import AsyncDatabase
@@ -28,12 +30,17 @@ from complaints_shared.aggregate import Decision
 from complaints_shared.failures import is_transient, redacted_error
 from complaints_shared.logs import get_logger
 from complaints_shared.mongo import merge_updates
+from complaints_shared.stored import from_stored
 from routing.assignments import lifecycle, owed_drains, queue, store
 from routing.assignments.models import AssignmentStatus
+from routing.rules import store as rules_store
 from routing.rules.models import RoutingRule
 from routing.settings import RoutingSettings
 
 log = get_logger(__name__)
+
+# When a changed rule's work is looked over again (real time, as the caches' age is).
+LOOK_OVER_AT = "look_over_at"
 
 
 def skill_now(rule: RoutingRule) -> str | None:
@@ -122,3 +129,37 @@ async def _apply(
 
     await store.change(db=db, settings=settings, complaint_id=complaint_id, decide=decide, now=now)
     return applied[0] if applied else None
+
+
+async def plan_look_over(
+    *, db: AsyncDatabase, settings: RoutingSettings, rule: RoutingRule
+) -> None:
+    """Look ``rule``'s work over again once every replica's cached copy of it is renewed."""
+    delay = timedelta(seconds=settings.routing_context_max_age_s + settings.replica_clock_skew_s)
+    await db[rules_store.RULES].update_one(
+        {"_id": rule.id}, {"$set": {LOOK_OVER_AT: datetime.now(UTC) + delay}}
+    )
+
+
+async def look_over(*, db: AsyncDatabase, settings: RoutingSettings, now: datetime) -> int:
+    """Follow each rule due a look-over again (``follow_rule``, the rule as stored now): work
+    a replica placed with its older copy takes the skill the rule has. How many changed."""
+    due = {LOOK_OVER_AT: {"$lte": datetime.now(UTC)}}
+    changed = 0
+    for document in await db[rules_store.RULES].find(due).to_list(None):
+        rule = from_stored(RoutingRule, {**document, "id": document["_id"]})
+        try:
+            changed += await follow_rule(
+                db=db, settings=settings, rule=rule, actor="routing", now=now
+            )
+        except Exception as exc:
+            if is_transient(exc):  # the next sweep tries again: the look-over stays due
+                log.warning("rule_look_over_deferred", rule=rule.id, error=redacted_error(exc))
+                continue
+            log.error("rule_look_over_failed", rule=rule.id, error=redacted_error(exc))
+        # Unless the rule changed again meanwhile: its own look-over is still to come.
+        await db[rules_store.RULES].update_one(
+            {"_id": rule.id, LOOK_OVER_AT: document[LOOK_OVER_AT]},
+            {"$unset": {LOOK_OVER_AT: ""}},
+        )
+    return changed

@@ -41,6 +41,7 @@ from routing.assignments import (
     owners,
     queue,
     routing_context,
+    rule_changes,
     store,
     unroutable,
 )
@@ -104,6 +105,12 @@ class SlaScheduler:
                 await self.apply_calendar_changes(runtime)
             except Exception as exc:
                 log.error("calendar_change_sweep_failed", error=repr(exc))
+            try:
+                await rule_changes.look_over(
+                    db=runtime.db, settings=self._settings, now=runtime.clock.now()
+                )
+            except Exception as exc:
+                log.error("rule_look_over_pass_failed", error=repr(exc))
             try:
                 await major_incidents.follow_up(
                     db=runtime.db, settings=self._settings, now=runtime.clock.now()

@@ -42,6 +42,7 @@ async def _follow(runtime: Runtime, *, rule: RuleRead, actor: str) -> None:
     await rule_changes.follow_rule(
         db=runtime.db, settings=runtime.settings, rule=rule, actor=actor, now=runtime.clock.now()
     )
+    await rule_changes.plan_look_over(db=runtime.db, settings=runtime.settings, rule=rule)
 
 
 @router.get("/rules", response_model=list[RuleRead], summary="The rules in matching order")
