@@ -179,24 +179,28 @@ async def test_dead_letter_topics_keep_their_records_until_deleted(infrastructur
     await ensure_topics(settings=settings, topics=[topic])
     ledger = dead_letter_topic(topic) + dlq.REPLAYED_SUFFIX
     await dlq._ensure_topics(settings=settings, topics=[ledger])
+    names = (topic, dead_letter_topic(topic), ledger)
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
     await admin.start()
-    try:
+
+    async def retention_of_each() -> dict[str, str] | None:
+        # A topic just created may be described without its configuration for a moment.
         described = await admin.describe_configs(
-            [
-                ConfigResource(ConfigResourceType.TOPIC, name)
-                for name in (topic, dead_letter_topic(topic), ledger)
-            ]
+            [ConfigResource(ConfigResourceType.TOPIC, name) for name in names]
         )
+        found = {
+            name: value
+            for response in described
+            for _, _, _, name, entries in response.resources
+            for key, value, *_ in entries
+            if key == "retention.ms"
+        }
+        return found if set(names) <= set(found) else None
+
+    try:
+        retention = await eventually(retention_of_each, what="the topics' retention")
     finally:
         await admin.close()
-    retention = {
-        name: value
-        for response in described
-        for _, _, _, name, entries in response.resources
-        for key, value, *_ in entries
-        if key == "retention.ms"
-    }
     assert retention[dead_letter_topic(topic)] == "-1"
     assert retention[ledger] == "-1"
     assert retention[topic] != "-1", "the service's own topics keep the broker's retention"
