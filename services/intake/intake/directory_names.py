@@ -197,42 +197,29 @@ async def _keep_newest(
         )
 
 
-async def record_department(
-    *, db: AsyncDatabase, department: DepartmentUpdated, now: datetime, settings: IntakeSettings
+async def record(
+    *,
+    db: AsyncDatabase,
+    announcement: DepartmentUpdated | StaffUpdated,
+    now: datetime,
+    settings: IntakeSettings,
 ) -> None:
-    """Keep the department's newest announcement and show its name on the complaints."""
+    """Keep the department's or person's newest announcement and show its name on the
+    complaints."""
+    if isinstance(announcement, DepartmentUpdated):
+        kind, entry_id = DEPARTMENT, announcement.department
+    else:
+        kind, entry_id = STAFF, announcement.staff_id
     await _keep_newest(
         db=db,
-        kind=DEPARTMENT,
-        org=department.org,
-        entry_id=department.department,
-        fields={"name": department.name, "updated_at": department.updated_at},
-        version=department.version,
+        kind=kind,
+        org=announcement.org,
+        entry_id=entry_id,
+        fields={"name": announcement.name, "updated_at": announcement.updated_at},
+        version=announcement.version,
     )
     await _apply_newest(
-        db=db,
-        kind=DEPARTMENT,
-        org=department.org,
-        entry_id=department.department,
-        now=now,
-        settings=settings,
-    )
-
-
-async def record_staff(
-    *, db: AsyncDatabase, person: StaffUpdated, now: datetime, settings: IntakeSettings
-) -> None:
-    """Keep the person's newest announcement and show their name on the complaints."""
-    await _keep_newest(
-        db=db,
-        kind=STAFF,
-        org=person.org,
-        entry_id=person.staff_id,
-        fields={"name": person.name, "updated_at": person.updated_at},
-        version=person.version,
-    )
-    await _apply_newest(
-        db=db, kind=STAFF, org=person.org, entry_id=person.staff_id, now=now, settings=settings
+        db=db, kind=kind, org=announcement.org, entry_id=entry_id, now=now, settings=settings
     )
 
 

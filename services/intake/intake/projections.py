@@ -978,7 +978,7 @@ async def apply_department_updated(
     """Routing's directory owns departments: the complaints not finished for good show the
     department's newest name (``directory_names``). Not a change of any complaint's story:
     nothing goes on a timeline."""
-    await directory_names.record_department(db=db, department=data, now=now, settings=settings)
+    await directory_names.record(db=db, announcement=data, now=now, settings=settings)
 
 
 async def apply_staff_updated(
@@ -991,4 +991,4 @@ async def apply_staff_updated(
 ) -> None:
     """Routing's directory owns staff: the complaints not finished for good that a person
     owns or was escalated to show their newest name (``directory_names``)."""
-    await directory_names.record_staff(db=db, person=data, now=now, settings=settings)
+    await directory_names.record(db=db, announcement=data, now=now, settings=settings)
