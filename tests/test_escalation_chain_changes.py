@@ -14,11 +14,12 @@ from datetime import timedelta
 import pytest
 
 from complaints_shared.clock import ManualClock
-from complaints_shared.events import EventType
-from tests.support.events import received
+from complaints_shared.events import ComplaintAcknowledged, EventType
+from routing.assignments import major_incidents
+from tests.support.events import base, received
 from tests.support.http import command, complaint_when, create_complaint, token
 from tests.support.kafka import intake_producer
-from tests.support.routing import FAST_TIMERS, MONDAY_10_SHANGHAI, assignment_when
+from tests.support.routing import FAST_TIMERS, MONDAY_10_SHANGHAI, assignment_when, routing_db
 from tests.support.system import System, SystemFactory
 
 pytestmark = pytest.mark.integration
@@ -196,6 +197,63 @@ async def test_a_major_incident_nobody_could_take_climbs_as_the_posts_above_it_a
     )
     assert _reached(head)[-1] == (2, "branch_head", "hosp-head2")
     assert [record["reason"] for record in head["escalations"]] == ["critical_incident"] * 2
+    assert "awaiting_branch_head" not in head
+
+
+async def test_a_major_incident_whose_breach_to_the_head_is_withdrawn_goes_back_up_to_the_head(
+    system_factory: SystemFactory,
+) -> None:
+    """Without a head, a medical error stood with 周科长 awaiting one. The new head was
+    reached by the acknowledge clock's breach before the sweep came (which then ended the
+    mark), and the breach was withdrawn: the acknowledgement had been made in time. The
+    incident fell back to 周科长 and stayed there, the head told of a breach and its
+    withdrawal only. Now the withdrawal marks it again and the sweep takes it to the head,
+    reason ``critical_incident``."""
+    clock = ManualClock(MONDAY_10_SHANGHAI)
+    # The sweep is run by the test, between the breach and the acknowledgement's news.
+    system = await system_factory(
+        clock=clock, routing={**FAST_TIMERS, "queue_sweep_interval_s": 3600}
+    )
+    admin = _admin(system)
+    db = routing_db(system)
+    await _ok(await system.routing.post("/v1/directory/staff/hosp-head/deactivate", headers=admin))
+    incident = received(**MEDICAL_ERROR, received_at=clock.now())
+    cid = incident.complaint_id
+    async with intake_producer(system) as publish:
+        await publish(EventType.COMPLAINT_RECEIVED, incident)
+        document = await assignment_when(system, cid, lambda d: d.get("escalations"))
+        assert _reached(document) == [(1, "department_head", "hosp-zhou")]
+        assert document["awaiting_branch_head"] is True
+
+        await _ok(await system.routing.post("/v1/directory/staff", json=NEW_HEAD, headers=admin))
+        due = document["acknowledge_due_at"]
+        clock.set(due + MINUTE)
+        breached = await assignment_when(
+            system, cid, lambda d: len(d["escalations"]) == 2, what="the breach's climb"
+        )
+        assert _reached(breached)[-1] == (2, "branch_head", "hosp-head2")
+        assert breached["escalations"][-1]["reason"] == "sla_breach"
+        await major_incidents.follow_up(db=db, settings=system.routing_settings, now=clock.now())
+        assert "awaiting_branch_head" not in await assignment_when(system, cid)
+
+        acknowledged = ComplaintAcknowledged(
+            **base(incident), acknowledged_by="hosp-zhou", acknowledged_at=due - MINUTE
+        )
+        await publish(EventType.COMPLAINT_ACKNOWLEDGED, acknowledged)
+        withdrawn = await assignment_when(
+            system, cid, lambda d: d["escalation_level"] == 1, what="the breach withdrawn"
+        )
+    assert withdrawn["escalations"][-1]["withdrawn_reason"] == "acknowledged_on_time"
+    assert withdrawn.get("awaiting_branch_head") is True
+
+    escalated = await major_incidents.follow_up(
+        db=db, settings=system.routing_settings, now=clock.now()
+    )
+    assert escalated == 1
+    head = await assignment_when(system, cid)
+    assert _reached(head)[-1] == (2, "branch_head", "hosp-head2")
+    assert head["escalations"][-1]["reason"] == "critical_incident"
+    assert head["escalation_level"] == 2
     assert "awaiting_branch_head" not in head
 
 

@@ -4,7 +4,8 @@ A major incident goes to its chain's branch head at once (``planning``, and
 ``projections`` for one found major later). While the branch has no active head (the post
 vacant, the head on leave) it goes to the most senior person the chain finds instead, and
 the assignment is marked ``awaiting_branch_head`` (again at a reopen, while the branch still
-has none). The queue sweep looks at every marked one (``follow_up``) and escalates it, reason
+has none, and when a withdrawn breach takes back an escalation: ``after_withdrawal``).
+The queue sweep looks at every marked one (``follow_up``) and escalates it, reason
 ``critical_incident``, to someone more senior as soon as the chain finds one: the head
 (appointed, or back from leave), which ends the mark, or while there is none a more senior
 stand-in than the one reached. One finished, no longer a major incident, or standing at the
@@ -52,6 +53,19 @@ MARKED_FIELDS = {
 def awaiting(targets: list[EscalationTarget], *, major_incident: bool) -> dict[str, bool]:
     """The mark of a major incident whose chain finds no branch head (else nothing)."""
     return {AWAITING: True} if major_incident and not has_branch_head(targets) else {}
+
+
+def after_withdrawal(current: dict[str, Any], withdrawals: Events, command: Command) -> dict:
+    """The mark again for a major incident still being worked whose escalations a withdrawn
+    breach took back: it may stand below the head now, and the sweep takes it up again (to
+    the head, reason ``critical_incident``) or unmarks it. Until 6 December a breach that
+    climbed to the head before the sweep did ended the mark; withdrawn, it left the
+    incident below the head for good, the head told of a breach and its withdrawal only."""
+    took_back = any(data.withdrawn_escalations for _, data in withdrawals)
+    still_worked = lifecycle.transition(current=lifecycle.status_of(current), command=command)
+    if took_back and current.get("major_incident") and still_worked in lifecycle.ACTIVE:
+        return {"$set": {AWAITING: True}}
+    return {}
 
 
 def escalation(

@@ -158,6 +158,7 @@ def _withdrawn_breaches(
     update, events = lifecycle.withdraw_breaches(
         current, clocks, names=touched, command=command, at=at, now=now
     )
+    update = merge_updates(update, major_incidents.after_withdrawal(current, events, command))
     entries = [
         store.history_entry(
             at=now,
