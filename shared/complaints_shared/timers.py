@@ -7,11 +7,15 @@ takes the next due document and this one is tried again after a capped, growing
 delay. A transient failure (concurrent change) only postpones it briefly, uncounted;
 a dependency that is away ends the pass (every document would fail alike) and marks
 nothing: the leases run out by themselves.
+
+A look-over (:func:`look_over_due`) is a lighter timer: a due time on a document that a
+later pass of any replica acts on once, then unsets unless it was moved meanwhile.
 """
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pymongo.asynchronous.collection import AsyncCollection
@@ -85,3 +89,45 @@ async def record_timer_failure(
         retry_at=retry_at.isoformat(),
         error=error,
     )
+
+
+async def look_over_due(
+    collection: AsyncCollection,
+    *,
+    field: str,
+    look: Callable[[dict[str, Any]], Awaitable[dict[str, Any] | None]],
+    what: str,
+    defer_s: float,
+    limit: int,
+) -> int:
+    """Act once on the documents of ``collection`` whose look-over time ``field`` has
+    passed (at most ``limit``, the earliest first), then unset it; how many were looked over.
+
+    ``look`` gets the document and returns fields to set with the unset (or None). The
+    unset is conditional on the time read: a document planned again meanwhile keeps its
+    next look-over. A transient failure (a busy document, the database away) moves the
+    look-over ``defer_s`` on, after the others' turn; a permanent one is logged and the
+    look-over dropped, so one document cannot hold the rest up for good. The times are
+    the database's wall clock (``datetime.now``), never a test's clock: they are set so.
+    """
+    due = collection.find({field: {"$lte": datetime.now(UTC)}}).sort(field, 1).limit(limit)
+    looked = 0
+    for document in await due.to_list(None):
+        planned = {"_id": document["_id"], field: document[field]}
+        try:
+            fields = await look(document) or {}
+        except Exception as exc:
+            error = redacted_error(exc)
+            if is_transient(exc):
+                log.warning("look_over_deferred", what=what, id=document["_id"], error=error)
+                later = datetime.now(UTC) + timedelta(seconds=defer_s)
+                await collection.update_one(planned, {"$set": {field: later}})
+                continue
+            log.error("look_over_dropped", what=what, id=document["_id"], error=error)
+            fields = {}
+        update: dict[str, Any] = {"$unset": {field: ""}}
+        if fields:
+            update["$set"] = fields
+        await collection.update_one(planned, update)
+        looked += 1
+    return looked

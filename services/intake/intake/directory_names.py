@@ -48,11 +48,12 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
 from complaints_shared.events import DepartmentUpdated, StaffUpdated
-from complaints_shared.failures import is_transient, redacted_error
+from complaints_shared.failures import redacted_error
 from complaints_shared.logs import get_logger
 from complaints_shared.mongo import ensure_index
 from complaints_shared.problems import ConcurrentUpdate
 from complaints_shared.runtime import Runtime
+from complaints_shared.timers import look_over_due
 from complaints_shared.timing import wait_event
 from intake import store
 from intake.filter_keys import FIELD as FILTER_KEYS
@@ -289,34 +290,21 @@ async def _show_newest(*, db: AsyncDatabase, key: str, now: datetime) -> str | N
 
 async def settle(*, db: AsyncDatabase, now: datetime) -> int:
     """Look the complaints of the names due (``settle_at``) over again, as ``_apply_newest``
-    did: what a replica with an older copy wrote since is renamed. How many names."""
-    due = {SETTLE_AT: {"$lte": datetime.now(UTC)}}
-    settled = 0
-    entries = db[DIRECTORY_NAMES].find(due, {SETTLE_AT: 1}).limit(SETTLE_BATCH)
-    for entry in await entries.to_list(None):
-        when = {"_id": entry["_id"], SETTLE_AT: entry[SETTLE_AT]}
-        try:
-            shown = await _show_newest(db=db, key=entry["_id"], now=now)
-        except Exception as exc:
-            if not is_transient(exc):
-                # Not to hold the others up for good; its complaints keep what they show.
-                log.error(
-                    "directory_names_settle_skipped", entry=entry["_id"], error=redacted_error(exc)
-                )
-            else:  # a busy complaint, the database away: again after the others' turn
-                log.warning(
-                    "directory_names_settle_deferred", entry=entry["_id"], error=redacted_error(exc)
-                )
-                later = datetime.now(UTC) + timedelta(seconds=SETTLE_POLL_S)
-                await db[DIRECTORY_NAMES].update_one(when, {"$set": {SETTLE_AT: later}})
-                continue
-            shown = None
-        # Unless a newer name was applied meanwhile: its own look-over is still to come.
-        await db[DIRECTORY_NAMES].update_one(
-            when, {"$set": {SETTLED_NAME: shown}, "$unset": {SETTLE_AT: ""}}
-        )
-        settled += 1
-    return settled
+    did: what a replica with an older copy wrote since is renamed. How many names. One
+    that keeps failing is dropped (its complaints keep what they show), not to hold the
+    others up for good; a busy complaint or the database away defers it a poll."""
+
+    async def look(entry: dict[str, Any]) -> dict[str, Any]:
+        return {SETTLED_NAME: await _show_newest(db=db, key=entry["_id"], now=now)}
+
+    return await look_over_due(
+        db[DIRECTORY_NAMES],
+        field=SETTLE_AT,
+        look=look,
+        what="directory_name",
+        defer_s=SETTLE_POLL_S,
+        limit=SETTLE_BATCH,
+    )
 
 
 async def at_start(*, db: AsyncDatabase, settings: IntakeSettings) -> int:

@@ -31,6 +31,7 @@ from complaints_shared.failures import is_transient, redacted_error
 from complaints_shared.logs import get_logger
 from complaints_shared.mongo import merge_updates
 from complaints_shared.stored import from_stored
+from complaints_shared.timers import look_over_due
 from routing.assignments import lifecycle, owed_drains, queue, store
 from routing.assignments.models import AssignmentStatus
 from routing.rules import store as rules_store
@@ -41,6 +42,8 @@ log = get_logger(__name__)
 
 # When a changed rule's work is looked over again (real time, as the caches' age is).
 LOOK_OVER_AT = "look_over_at"
+# Rules one sweep looks over at the most (the earliest due first).
+LOOK_OVER_BATCH = 100
 
 
 def skill_now(rule: RoutingRule) -> str | None:
@@ -144,22 +147,19 @@ async def plan_look_over(
 async def look_over(*, db: AsyncDatabase, settings: RoutingSettings, now: datetime) -> int:
     """Follow each rule due a look-over again (``follow_rule``, the rule as stored now): work
     a replica placed with its older copy takes the skill the rule has. How many changed."""
-    due = {LOOK_OVER_AT: {"$lte": datetime.now(UTC)}}
     changed = 0
-    for document in await db[rules_store.RULES].find(due).to_list(None):
+
+    async def look(document: dict[str, Any]) -> None:
+        nonlocal changed
         rule = from_stored(RoutingRule, {**document, "id": document["_id"]})
-        try:
-            changed += await follow_rule(
-                db=db, settings=settings, rule=rule, actor="routing", now=now
-            )
-        except Exception as exc:
-            if is_transient(exc):  # the next sweep tries again: the look-over stays due
-                log.warning("rule_look_over_deferred", rule=rule.id, error=redacted_error(exc))
-                continue
-            log.error("rule_look_over_failed", rule=rule.id, error=redacted_error(exc))
-        # Unless the rule changed again meanwhile: its own look-over is still to come.
-        await db[rules_store.RULES].update_one(
-            {"_id": rule.id, LOOK_OVER_AT: document[LOOK_OVER_AT]},
-            {"$unset": {LOOK_OVER_AT: ""}},
-        )
+        changed += await follow_rule(db=db, settings=settings, rule=rule, actor="routing", now=now)
+
+    await look_over_due(
+        db[rules_store.RULES],
+        field=LOOK_OVER_AT,
+        look=look,
+        what="routing_rule",
+        defer_s=settings.queue_sweep_interval_s,
+        limit=LOOK_OVER_BATCH,
+    )
     return changed
