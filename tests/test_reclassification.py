@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 import pytest
 
 from complaints_shared.clock import ManualClock
-from complaints_shared.events import ComplaintReclassified, EventType
+from complaints_shared.events import ComplaintAssigned, ComplaintReclassified, EventType
 from tests.support.http import command, complaint_when, create_complaint, token
 from tests.support.kafka import handled_count, of_type, publish, republish, service_events
 from tests.support.routing import (
@@ -408,3 +408,45 @@ async def test_a_category_change_that_moves_no_due_time_is_announced_by_nobody(
     found = await eventually(actions, what="the severity's due times on the timeline")
     # The severity moved the due times: announced once; the category change: not at all.
     assert found.count("reclassified") == 2 and found.count("due_times_updated") == 1
+
+
+async def test_an_announcement_from_before_a_reclassification_leaves_the_new_flags_standing(
+    system: System,
+) -> None:
+    """Routing's ``complaint.assigned`` already on its way (a queue's drain, a resume) when a
+    supervisor added a flag reached intake after the reclassification; routing, applying a
+    change of flags that moves no due time, announced nothing after it. Intake took the
+    announcement's flags: the record and its filter keys lost the new flag for good, while
+    its timeline said reclassified and routing held it."""
+    head = _supervisor(system, "LZ")
+    cid = (await create_complaint(system, head, severity="normal", category="billing"))["id"]
+    routed = await _routed(system, cid, head)
+    assert routed["flags"] == []
+    assigned_type = EventType.COMPLAINT_ASSIGNED
+    events = await service_events(
+        system, "routing", until=lambda events: bool(of_type(events, assigned_type, cid))
+    )
+    [assigned] = of_type(events, assigned_type, cid)
+    before = ComplaintAssigned.model_validate(assigned.data)
+    assert before.reclassification_number == 0
+
+    await _reclassify(system, cid, {"flags": ["media_risk"], "reason": "客户称将联系媒体"}, head)
+    await assignment_when(
+        system, cid, lambda doc: doc.get("reclassification_number") == 1, what="applied"
+    )
+    # The announcement made before routing applied it, numbered after the one intake holds.
+    late = before.model_copy(update={"assignment_sequence": before.assignment_sequence + 1})
+    await publish(system, (EventType.COMPLAINT_ASSIGNED, late), service="routing")
+
+    async def taken() -> dict | None:
+        timeline = await system.intake.get(f"/v1/complaints/{cid}/timeline", headers=head)
+        actions = [entry["action"] for entry in timeline.json()["entries"]]
+        return timeline.json() if "due_times_updated" in actions else None
+
+    await eventually(taken, what="the late announcement applied")
+    record = (await system.intake.get(f"/v1/complaints/{cid}", headers=head)).json()
+    assert (record["flags"], record["reclassification_count"]) == (["media_risk"], 1)
+    listed = await system.intake.get(
+        "/v1/complaints", params={"flag": "media_risk", "branch": "LZ"}, headers=head
+    )
+    assert cid in [item["id"] for item in listed.json()["items"]]

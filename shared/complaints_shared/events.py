@@ -415,6 +415,12 @@ class ComplaintAssigned(AssignmentAnnounced):
     )
     flags: list[str] | None = Field(None, description="The flags routing applied")
     major_incident: bool = False
+    reclassification_number: int | None = Field(
+        None,
+        description="The complaint's last reclassification routing had applied when it "
+        "announced this (0: none): severity and flags from before a later one are not "
+        "the complaint's any more (None from earlier routing versions)",
+    )
 
 
 QUEUED_DUE_DESCRIPTION = (
@@ -436,6 +442,12 @@ class ComplaintQueued(AssignmentAnnounced):
     )
     flags: list[str] | None = Field(None, description="The flags routing applied")
     major_incident: bool = False
+    reclassification_number: int | None = Field(
+        None,
+        description="The complaint's last reclassification routing had applied when it "
+        "announced this (0: none): severity and flags from before a later one are not "
+        "the complaint's any more (None from earlier routing versions)",
+    )
     # The clocks run while the complaint waits in the queue.
     acknowledge_due_at: EventDatetime | None = Field(None, description=QUEUED_DUE_DESCRIPTION)
     resolve_due_at: EventDatetime | None = Field(None, description=QUEUED_DUE_DESCRIPTION)

@@ -113,9 +113,18 @@ def _status_after(current: dict[str, Any], command: Command) -> Status | None:
     return transition(current=status, command=command)
 
 
-def _classification(data: ComplaintAssigned | ComplaintQueued) -> dict[str, Any]:
-    """Severity and flags as routing applies them (a rule may have raised the severity)."""
+def _classification(
+    current: dict[str, Any], data: ComplaintAssigned | ComplaintQueued
+) -> dict[str, Any]:
+    """Severity and flags as routing applies them (a rule may have raised the severity),
+    unless they are from before a reclassification made here since: routing announces a
+    reclassification only when it moves a due time or makes a major incident, and until 6
+    December an announcement already on its way when a supervisor reclassified (a queue's
+    drain, a resume) put the old flags back on the record for good. An announcement from
+    an earlier routing version (no number) counts as from before any reclassification."""
     fields: dict[str, Any] = {"major_incident": data.major_incident}
+    if (data.reclassification_number or 0) < current.get("reclassification_count", 0):
+        return fields
     if data.severity is not None:
         fields["severity"] = data.severity.value
     if data.flags is not None:
@@ -303,7 +312,7 @@ async def apply_assigned(
             "assignment": {**assignment, "queued": False},
             "acknowledge_due_at": data.acknowledge_due_at,
             "resolve_due_at": data.resolve_due_at,
-            **_classification(data),
+            **_classification(current, data),
         }
         if data.regulatory_report_due_at is not None:
             fields["regulatory_report_due_at"] = data.regulatory_report_due_at
@@ -367,7 +376,7 @@ async def apply_queued(
             for name in ("acknowledge_due_at", "resolve_due_at", "regulatory_report_due_at")
             if (value := getattr(data, name)) is not None
         }
-        fields = {"assignment": queued, **_classification(data), **due_times}
+        fields = {"assignment": queued, **_classification(current, data), **due_times}
         update = _with_due_times(current, fields, {"$unset": ROUTED})
         return store.Decision(
             update,

@@ -51,6 +51,7 @@ from complaints_shared.events import (
 )
 from complaints_shared.transitions import TransitionTable
 from routing.assignments.models import AssignmentStatus, ClockState
+from routing.assignments.store import RECLASSIFICATION_NUMBER
 from routing.directory.escalation import EscalationTarget, Reached, next_target
 from routing.directory.models import StaffRole
 from routing.sla import clocks as sla_clocks
@@ -196,11 +197,13 @@ def assigned_event(document: dict[str, Any]) -> ComplaintAssigned:
 
 
 def _applied_classification(document: dict[str, Any]) -> dict[str, Any]:
-    """Severity and flags as routing applies them, so intake's record tells the same."""
+    """Severity and flags as routing applies them, so intake's record tells the same, with
+    the reclassification they follow (intake keeps a later one of its own)."""
     return {
         "severity": document.get("severity"),
         "flags": document.get("flags"),
         "major_incident": document.get("major_incident", False),
+        "reclassification_number": document.get(RECLASSIFICATION_NUMBER, 0),
     }
 
 
