@@ -374,3 +374,35 @@ async def test_routing_leaves_a_wait_or_a_cycle_that_later_events_ended_when_rep
         )
         document = await assignment_when(system, cycled.complaint_id)
         assert (document["status"], document["reopen_count"]) == ("open", 2)
+
+
+async def test_a_reopen_replayed_after_a_resolution_routing_took_while_resolved_changes_nothing(
+    system: System,
+) -> None:
+    """The reopen alone dead-lettered: routing, still resolved, took the second resolution
+    for nothing to do and dropped it, and the reopen's replay then reopened for good (owner,
+    fresh clock, a rung up) a complaint intake had resolved again. Now the resolution's
+    number is noted, and the replay finds its cycle ended."""
+    now = datetime.now(UTC)
+    complaint = received()
+    cid = complaint.complaint_id
+    first = resolved(complaint, resolved_at=now)
+    lost = reopened(first, reopened_at=now + timedelta(minutes=1), resolution_count=1)
+    second = resolved(complaint, resolution_number=2, resolved_at=now + timedelta(minutes=2))
+    async with intake_producer(system) as publish_intake:
+        await publish_intake(EventType.COMPLAINT_RECEIVED, complaint)
+        await assignment_when(system, cid, lambda doc: doc["status"] == "open")
+        await publish_intake(EventType.COMPLAINT_RESOLVED, first)
+        resolved_once = await assignment_when(system, cid, lambda doc: doc["status"] == "resolved")
+        await _handled_late(
+            publish_intake, EventType.COMPLAINT_RESOLVED, second, what="resolution 2 handled"
+        )
+        await _handled_late(
+            publish_intake, EventType.COMPLAINT_REOPENED, lost, what="the late reopen handled"
+        )
+    document = await assignment_when(system, cid)
+    assert (document["status"], document.get("reopen_count", 0)) == ("resolved", 0)
+    assert document["resolution_number"] == 2
+    assert document["escalations"] == resolved_once["escalations"] == []
+    assert document["clocks"] == resolved_once["clocks"]
+    assert [entry["action"] for entry in document["history"]].count("reopened") == 0

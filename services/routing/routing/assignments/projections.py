@@ -377,6 +377,13 @@ async def finish(
             # after a later one): it finished an open cycle it never belonged to.
             return None
         if not _applies(current, command, event):
+            if resolved is not None and current["status"] in lifecycle.FINISHED:
+                # A later resolution, whose reopen never reached this finished assignment
+                # (dead-lettered): noted, so the reopen's replay finds its cycle ended. Until
+                # 6 December it was dropped, and that replay reopened for good (owner, clock,
+                # a rung up) a complaint intake had resolved again and closed.
+                number = resolved.resolution_number
+                return Decision({"$set": {RESOLUTION_NUMBER: number}}, [])
             return None
         before = sla_clocks.load_clocks(current.get("clocks"))
         # Paused clocks are laid out again to the stop (no waiting time counts): the hours.
