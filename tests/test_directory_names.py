@@ -354,3 +354,53 @@ async def test_a_branch_subscription_gets_its_own_branchs_directory_announcement
     assert not {"capacity", "skills", "status", "languages"} & set(person), "names only"
     [theirs] = hospital.bodies()
     assert (short_type(theirs["type"]), theirs["data"]["staff_id"]) == ("staff.updated", "hosp-sun")
+
+
+async def test_a_complaint_reopened_after_it_was_closed_shows_the_names_of_now(
+    system: System,
+) -> None:
+    """Closed, a complaint keeps the names it ended with; reopened, it is worked again and
+    shows the directory's newest. Routing's announcements after the reopen brought the
+    owner's and department's back, but a rung of the escalation none re-announced (the team
+    lead climbed past) kept the name renamed while it was closed."""
+    admin = token(system.routing_settings)
+    supervisor = token(system.intake_settings, roles=("supervisor",))
+    complaint = await _assigned(system, supervisor, subject="账单多扣三")
+    cid = complaint["id"]
+    escalated = await system.routing.post(
+        f"/v1/assignments/{cid}/escalate", json={"reason": "客户要求主管处理"}, headers=admin
+    )
+    assert escalated.status_code == 200, escalated.text
+    await complaint_when(
+        system,
+        cid,
+        supervisor,
+        lambda c: (c.get("escalation") or {}).get("escalated_to_id") == "lz-gao",
+        what="the escalation to the team lead",
+    )
+    base = f"/v1/complaints/{cid}"
+    await command(system, f"{base}/resolve", {"summary": "已退还多收费用"}, supervisor)
+    await command(system, f"{base}/close", {"reason": "客户电话确认满意"}, supervisor)
+
+    await _renamed(system, "/v1/directory/staff/lz-gao", "高组长(已改名)", admin)
+    await _applied(system, "staff:demo:lz-gao", "高组长(已改名)")
+    closed = await _intake_db(system).complaints.find_one({"_id": cid})
+    assert closed["status"] == "closed"
+    assert [step["escalated_to_name"] for step in closed["escalation_steps"]] == ["高组长"]
+
+    reopened = await command(system, f"{base}/reopen", {"reason": "客户仍被扣费"}, supervisor)
+    assert reopened["escalation"]["escalated_to_name"] == "高组长(已改名)"
+    # Routing's reopen climbs a rung (the department head); the team lead's stays renamed.
+    climbed = await complaint_when(
+        system,
+        cid,
+        supervisor,
+        lambda c: (c.get("escalation") or {}).get("escalated_to_id") == "lz-xie",
+        what="the reopen's climb",
+    )
+    assert climbed["escalation_level"] == 2
+    stored = await _intake_db(system).complaints.find_one({"_id": cid})
+    names = {
+        step["escalated_to_id"]: step["escalated_to_name"] for step in stored["escalation_steps"]
+    }
+    assert names["lz-gao"] == "高组长(已改名)"

@@ -26,11 +26,13 @@ from complaints_shared.events import (
     EventType,
     Remedy,
 )
+from complaints_shared.failures import redacted_error
 from complaints_shared.idempotency import CommandKey
+from complaints_shared.logs import get_logger
 from complaints_shared.mongo import bson_time, merge_updates
 from complaints_shared.problems import invalid, invalid_fields, not_found
 from complaints_shared.transitions import InvalidTransition
-from intake import store
+from intake import directory_names, store
 from intake.lifecycle import (
     COMMAND_ACTIONS,
     Command,
@@ -59,6 +61,8 @@ from intake.models import (
     WithdrawRequest,
 )
 from intake.settings import IntakeSettings
+
+log = get_logger(__name__)
 
 # Who may run which command (admins may run all). Documented in docs/intake.md.
 COMMAND_ROLES: dict[Command, tuple[Role, ...]] = {
@@ -150,7 +154,25 @@ async def run_command(
         raise exc.about(what="complaint", identifier=complaint_id) from None
     if document is None:
         raise not_found(what="complaint", identifier=complaint_id)
+    if command is Command.REOPEN:
+        document = await _names_shown_again(db=db, settings=settings, document=document, now=now)
     return document
+
+
+async def _names_shown_again(
+    *, db: AsyncDatabase, settings: IntakeSettings, document: dict[str, Any], now: datetime
+) -> dict[str, Any]:
+    """The reopened complaint with the directory's newest names (closed, it kept those it
+    ended with). After the reopen is committed: a failure here is logged, not the answer
+    (a 503 would invite a retry), and the names wait for the next rename of their own."""
+    try:
+        renamed = await directory_names.shown_again(
+            db=db, complaint=document, now=now, settings=settings
+        )
+    except Exception as exc:
+        log.warning("names_not_shown_after_reopen", error=redacted_error(exc))
+        return document
+    return renamed or document
 
 
 def _work_started(now: datetime) -> dict[str, Any]:

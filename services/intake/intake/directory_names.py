@@ -468,6 +468,29 @@ async def correct(
         written_staff = {key: names.staff.get(key, name) for key, name in written_staff.items()}
 
 
+async def shown_again(
+    *, db: AsyncDatabase, complaint: dict[str, Any], now: datetime, settings: IntakeSettings
+) -> dict[str, Any] | None:
+    """A complaint reopened after it was closed shows the newest names again (closed, it kept
+    those it ended with): the department, the owner and every rung of its escalation. Until
+    6 December a rung no later event re-announced kept a name renamed while it was closed.
+    The complaint as renamed; None when the process's copy says nothing changed."""
+    copy = await COPIES.names(db=db, org=complaint["org"], fresh_s=settings.directory_names_fresh_s)
+    if not renamed_fields(complaint, copy):
+        return None
+    assignment = complaint.get("assignment") or {}
+    department = assignment.get("department")
+    names = await announced(
+        db=db,
+        org=complaint["org"],
+        department_ids=[department] if department else [],
+        staff_ids=sorted({*_escalated_to(complaint), assignment.get("owner_id")} - {None}),
+    )
+    shown = {field: complaint.get(field) for field in ("_id", *NAME_FIELDS)}
+    await _rename(db=db, complaint=shown, names=names, now=now)
+    return await db[store.COMPLAINTS].find_one({"_id": complaint["_id"]})
+
+
 def _differ(
     names: Names, departments: Mapping[str, str | None], staff: Mapping[str, str | None]
 ) -> bool:
