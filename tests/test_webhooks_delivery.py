@@ -922,9 +922,13 @@ async def test_a_branch_change_is_delivered_as_the_branchs_own_event(
     assert body["data"]["name"] == "西安分公司" and body["data"]["time_zone"] == "Asia/Shanghai"
 
 
-async def test_a_subscription_stored_with_a_malformed_host_fails_its_attempts_and_goes_on(
+async def test_a_subscription_stored_with_a_malformed_host_fails_its_attempts_and_pauses(
     system_factory: SystemFactory,
 ) -> None:
+    """Each attempt to a malformed host is the target's failure (not a stuck timer); once the
+    complaint's first delivery has spent its attempts with nothing but failures the
+    subscription is paused, and its events wait (until 6 December each delivery was failed
+    in turn, the complaint's later events sent after the first one given up)."""
     system = await system_factory()
     admin = token(system.intake_settings)
     malformed = ["https://a..example.com/h", f"https://{'a' * 64}.example.com/h"]
@@ -945,21 +949,22 @@ async def test_a_subscription_stored_with_a_malformed_host_fails_its_attempts_an
         await _complaint(system, admin)
         attempts = len(webhooks.settings.retry_schedule_s) + 1
 
-        async def received_and_assigned_failed(subscription_id: str) -> list[dict] | NotYet:
+        async def paused_with_both_waiting(subscription_id: str) -> list[dict] | NotYet:
             log = await _deliveries(webhooks, admin, subscription_id)
             seen = [(e["event_type"], e["status"], e["attempts"], e["last_error"]) for e in log]
-            types = {short_type(entry["event_type"]) for entry in log}
-            finished = {"complaint.received", "complaint.assigned"} <= types
-            finished = finished and all(entry["status"] == "failed" for entry in log)
-            return log if finished else NotYet(f"deliveries {seen}")
+            by_type = {short_type(entry["event_type"]): entry for entry in log}
+            received = by_type.get("complaint.received")
+            waiting = {"complaint.received", "complaint.assigned"} <= set(by_type)
+            waiting = waiting and all(entry["status"] == "pending" for entry in log)
+            spent = received is not None and received["attempts"] == attempts
+            held = spent and received["next_attempt_at"] is None
+            return log if waiting and held else NotYet(f"deliveries {seen}")
 
         logs = [
             await eventually(
-                lambda subscription_id=subscription_id: received_and_assigned_failed(
-                    subscription_id
-                ),
+                lambda subscription_id=subscription_id: paused_with_both_waiting(subscription_id),
                 timeout_s=20,
-                what="every delivery to the malformed host failed",
+                what="the first delivery spent and held, the subscription paused",
             )
             for subscription_id in subscription_ids
         ]
@@ -971,12 +976,14 @@ async def test_a_subscription_stored_with_a_malformed_host_fails_its_attempts_an
             {"subscription_id": {"$in": subscription_ids}, "timer_failures": {"$exists": True}}
         )
     for log, subscription in zip(logs, shown, strict=True):
-        assert all(entry["attempts"] == attempts for entry in log), log
-        for entry in log:
-            assert entry["last_error"].startswith("target refused: the host name"), entry
-            assert all(attempt["error"] for attempt in entry["attempt_log"]), entry
-        assert subscription["failure_streak"] == attempts * len(log), subscription
-        assert subscription["status"] == "active"
+        [received] = [e for e in log if short_type(e["event_type"]) == "complaint.received"]
+        assert received["last_error"].startswith("target refused: the host name"), received
+        assert all(attempt["error"] for attempt in received["attempt_log"]), received
+        later = [e for e in log if e is not received]
+        assert all(entry["attempts"] == 0 for entry in later), "they wait behind it"
+        assert subscription["failure_streak"] == attempts, subscription
+        assert subscription["status"] == "paused"
+        assert f"failed all its {attempts} attempts" in subscription["status_reason"]
     assert postponed == 0, "a malformed host is the target's failure, not a stuck timer"
 
 

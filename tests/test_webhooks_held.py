@@ -391,3 +391,88 @@ async def test_deliveries_the_database_left_unacknowledged_are_not_taken_for_rec
         assert await _stored(db, missing["_id"])
     finally:
         await mongo.close()
+
+
+async def test_a_retry_waiting_at_the_resume_starts_its_attempts_afresh_too(
+    alone: Isolation,
+) -> None:
+    """Only the held deliveries started afresh at a resume: one whose retry timer fell after
+    it kept the attempts the outage had spent, and a single 503 of a receiver still warming
+    up failed it for good while its complaint's later event went out without it."""
+    async with AsyncExitStack() as stack:
+        hooks = await stack.enter_async_context(receiver(lambda n: 503 if n == 0 else 200))
+        webhooks = await serve_webhooks(stack, alone, retry_schedule_s=[0.2] * 7)
+        admin = token(webhooks.settings)
+        db = webhooks.app.state.runtime.db
+        subscription_id = (await subscribe(webhooks, admin, url=hooks.url))["id"]
+        assert (await _set_status(webhooks, admin, subscription_id, "paused")).status_code == 200
+        retry_at = datetime.now(UTC) + timedelta(seconds=1.5)
+        waiting = pending_delivery(
+            subscription_id, chain="cmp_1", order_key="1", next_attempt_at=retry_at
+        )
+        waiting["retry_index"] = len(webhooks.settings.retry_schedule_s)  # its last attempt left
+        later = pending_delivery(
+            subscription_id, chain="cmp_1", order_key="2", next_attempt_at=None
+        )
+        first, second = await _insert(db, waiting, later)
+
+        assert (await _set_status(webhooks, admin, subscription_id, "active")).status_code == 200
+        released = await _stored(db, first)
+        assert released["retry_index"] == 0
+        assert abs(released["next_attempt_at"] - retry_at) < timedelta(milliseconds=1)
+        await eventually(
+            lambda: asyncio.sleep(0, {first, second} <= hooks.delivered_ids()),
+            what="both delivered after the resume",
+        )
+    assert [(r.webhook_id, r.status) for r in hooks.requests] == [
+        (first, 503),
+        (first, 200),
+        (second, 200),
+    ]
+
+
+async def test_a_delivery_that_spent_its_attempts_on_an_outage_pauses_its_subscription(
+    alone: Isolation,
+) -> None:
+    """A quiet subscription (fewer failures than the auto-pause's ten) whose receiver was
+    down longer than a delivery's retries: the delivery was failed for good, and its
+    complaint's next event went out without it once the receiver answered. Now the
+    subscription is paused, both wait, and the resume sends them in order."""
+    answers = {"status": 503}
+    async with AsyncExitStack() as stack:
+        hooks = await stack.enter_async_context(receiver(lambda n: answers["status"]))
+        webhooks = await serve_webhooks(stack, alone, retry_schedule_s=[0.2] * 3)
+        admin = token(webhooks.settings)
+        db = webhooks.app.state.runtime.db
+        subscription_id = (await subscribe(webhooks, admin, url=hooks.url))["id"]
+        first, second = await _insert(
+            db,
+            pending_delivery(
+                subscription_id, chain="cmp_1", order_key="1", next_attempt_at=datetime.now(UTC)
+            ),
+            pending_delivery(
+                subscription_id, chain="cmp_1", order_key="2", next_attempt_at=datetime.now(UTC)
+            ),
+        )
+
+        async def held() -> dict | None:
+            stored = await _stored(db, first)
+            return stored if stored.get("next_attempt_at") is None else None
+
+        spent = await eventually(held, what="the delivery held")
+        shown = await webhooks.client.get(
+            f"/v1/webhooks/subscriptions/{subscription_id}", headers=admin
+        )
+        assert shown.json()["status"] == "paused"
+        assert "failed all its 4 attempts" in shown.json()["status_reason"]
+        assert (spent["status"], spent["attempts"]) == ("pending", 4)
+        assert (await _stored(db, second))["status"] == "pending"
+        assert [r.webhook_id for r in hooks.requests] == [first] * 4
+
+        answers["status"] = 200
+        assert (await _set_status(webhooks, admin, subscription_id, "active")).status_code == 200
+        await eventually(
+            lambda: asyncio.sleep(0, {first, second} <= hooks.delivered_ids()),
+            what="both delivered after the resume",
+        )
+    assert [(r.webhook_id, r.status) for r in hooks.requests][4:] == [(first, 200), (second, 200)]

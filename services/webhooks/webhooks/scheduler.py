@@ -562,6 +562,12 @@ class Dispatcher:
             delay_s = retry_delay_s(settings=settings, retry_index=retry_index, rng=self._rng)
             status, next_at = DeliveryStatus.PENDING, now + timedelta(seconds=delay_s)
             retry_index += 1
+        elif not is_ping and await self._held_for_the_outage(
+            runtime, subscription, delivery, now=now
+        ):
+            # Due now: its next claim finds the subscription paused and holds it, as after
+            # a 410 (a crash between the writes leaves it with a timer, never stranded).
+            status, next_at = DeliveryStatus.PENDING, now
         else:
             status, next_at = DeliveryStatus.FAILED, None
         recorded = await store.finish_attempt(
@@ -611,6 +617,46 @@ class Dispatcher:
                 target_url=subscription["target_url"],
                 now=now,
             )
+
+    async def _held_for_the_outage(
+        self,
+        runtime: Runtime,
+        subscription: dict[str, Any],
+        delivery: dict[str, Any],
+        *,
+        now: datetime,
+    ) -> bool:
+        """Whether a delivery whose last attempt failed is held instead of failed: when the
+        subscription has failed every attempt since this delivery's first (the receiver is
+        down, not refusing this one event) it is paused, and resumed the delivery starts its
+        schedule afresh; so is one whose subscription is paused or disabled already. Until 6
+        December it failed for good after its eighth attempt (about 28 h) and its subject's
+        later events went out without it: a quiet subscription's never reached the
+        auto-pause's ten failures, and a busy one's could fail just before it paused."""
+        subscription_id = subscription["_id"]
+        attempts = len(self._settings.retry_schedule_s) + 1
+        # The attempts of this schedule are the log's last ones (a resume starts afresh).
+        log_of = delivery.get("attempt_log") or []
+        earlier = log_of[-delivery.get("retry_index", 0) :] if delivery.get("retry_index") else []
+        first_at = earlier[0]["at"] if earlier else now
+        paused = await store.pause_if_failing(
+            db=runtime.db,
+            subscription_id=subscription_id,
+            min_failures=1,
+            # Failing since then at the latest: no attempt of the subscription succeeded since.
+            failing_since_before=first_at,
+            reason=f"paused automatically: a delivery failed all its {attempts} attempts, "
+            "and no attempt succeeded meanwhile; resume once the receiver answers",
+            now=now,
+        )
+        if paused:
+            SUBSCRIPTIONS_PAUSED.labels("auto_paused").inc()
+            log.warning("webhook_subscription_auto_paused", failures=attempts, retries="spent")
+            return True
+        current = await store.get_subscription(
+            db=runtime.db, scope={}, subscription_id=subscription_id
+        )
+        return current is not None and current["status"] != SubscriptionStatus.ACTIVE.value
 
     async def _wake_chain(self, runtime: Runtime, delivery: dict[str, Any]) -> None:
         """The delivery is done with: the later ones of its chain are due now, if any."""

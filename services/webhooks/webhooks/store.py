@@ -867,9 +867,11 @@ async def release_held(*, db: AsyncDatabase, subscription_id: str, now: datetime
     Called once the status is active. First its deliveries with a timer, which include every
     one under a lease, are marked woken, so a dispatcher that read the subscription as
     paused and is about to hold one makes it due instead (``hold_while_off``); then the held
-    ones get their timer. Retries waiting for their backoff keep their time. Harmless to
-    repeat: asking again (or the repair pass) completes a release that a failure or a
-    crash cut short.
+    ones get their timer. Retries waiting for their backoff keep their time but start their
+    schedule afresh, as the held ones do: until 6 December one whose timer fell after the
+    re-activation kept the attempts the outage had spent, and a single 503 of a receiver
+    still warming up failed it for good. Harmless to repeat: asking again (or the repair
+    pass) completes a release that a failure or a crash cut short.
     """
     await db[DELIVERIES].update_many(
         {
@@ -877,7 +879,7 @@ async def release_held(*, db: AsyncDatabase, subscription_id: str, now: datetime
             "status": DeliveryStatus.PENDING.value,
             "next_attempt_at": any_date(),
         },
-        {"$inc": {"wakes": 1}},
+        {"$inc": {"wakes": 1}, "$set": {"retry_index": 0}},
     )
     return await make_held_due(db=db, subscription_id=subscription_id, now=now)
 
