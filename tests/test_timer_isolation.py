@@ -175,3 +175,45 @@ async def test_a_claim_that_cannot_expire_does_not_hold_up_the_other_claims(
     assert recorded["status"] == "in_progress"
     assert recorded["claim_lease_until"] == recorded["timer_retry_at"]  # postponed, not lost
     assert _failures("followup", "followup_claim") > failures_before
+
+
+async def test_a_backlog_of_timers_that_fire_no_event_drains_without_waiting_per_batch(
+    system_factory: SystemFactory,
+) -> None:
+    """A pass that claimed a full batch whose documents announced nothing (a re-lay, a breach
+    with no rung left, clocks stopped meanwhile) waited the poll interval before the next,
+    so after an outage such a backlog drained one batch per poll interval, the timers due
+    behind it waiting as long."""
+    routing = {"scheduler_poll_interval_s": 4.0, "scheduler_batch_size": 2}
+    system = await system_factory(routing=routing)
+    complaints = [received() for _ in range(6)]
+    async with intake_producer(system) as publish_events:
+        for complaint in complaints:
+            await publish_events(EventType.COMPLAINT_RECEIVED, complaint)
+            await assignment_when(system, complaint.complaint_id)
+            await publish_events(EventType.COMPLAINT_RESOLVED, resolved(complaint))
+    ids = [complaint.complaint_id for complaint in complaints]
+    for cid in ids:
+        await assignment_when(system, cid, lambda doc: doc["status"] == "resolved")
+    assignments = routing_db(system).assignments
+    # Due, with nothing left to fire: the clocks were stopped by the resolution.
+    await assignments.update_many(
+        {"_id": {"$in": ids}}, {"$set": {"next_timer_at": MONDAY_10_SHANGHAI}}
+    )
+
+    async def cleared() -> int:
+        return await assignments.count_documents(
+            {"_id": {"$in": ids}, "next_timer_at": {"$type": "date"}}
+        )
+
+    await eventually(
+        lambda: _below(cleared, 6), timeout_s=10, what="the first of the backlog looked at"
+    )
+    started = time.monotonic()
+    await eventually(lambda: _below(cleared, 1), timeout_s=15, what="the whole backlog")
+    # Three batches: at once, not one every poll interval (4 s).
+    assert time.monotonic() - started < 2.0
+
+
+async def _below(count, limit: int) -> bool:
+    return await count() < limit

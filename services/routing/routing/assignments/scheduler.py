@@ -86,11 +86,11 @@ class SlaScheduler:
     async def run_sla_timers(self, runtime: Runtime) -> None:
         while not runtime.stopping.is_set():
             try:
-                fired = await self.fire_due_timers(runtime)
+                claimed = await self.fire_due_timers(runtime)
             except Exception as exc:  # Mongo away or similar: keep the loop alive
                 log.error("sla_timer_pass_failed", error=repr(exc))
-                fired = 0
-            if not fired:
+                claimed = 0
+            if not claimed:
                 await wait_event(
                     runtime.stopping, timeout_s=self._settings.scheduler_poll_interval_s
                 )
@@ -133,8 +133,12 @@ class SlaScheduler:
                 log.error("load_hint_reconcile_failed", error=repr(exc))
 
     async def fire_due_timers(self, runtime: Runtime) -> int:
-        """One pass: claim and fire due documents until none is due or the batch is full."""
-        fired = 0
+        """One pass: claim and fire due documents until none is due or the batch is full;
+        how many were claimed. The loop goes on at once after a pass that claimed any: until
+        6 December it waited its poll interval after one whose documents fired no event (a
+        calendar re-lay, a breach with no rung left, one finished meanwhile), so a backlog
+        after an outage drained a batch per poll interval."""
+        handled = 0
         for _ in range(self._settings.scheduler_batch_size):
             if runtime.stopping.is_set():
                 break
@@ -142,9 +146,12 @@ class SlaScheduler:
             if claimed is None:
                 break
             try:
-                fired += await self._fire(runtime, claimed)
+                if not await self._fire(runtime, claimed):
+                    break  # given back untouched (still due): the next poll's
+                handled += 1
             except Exception as exc:
                 # Recorded and postponed, so the next due document fires in this pass.
+                handled += 1
                 await record_timer_failure(
                     runtime.db[store.ASSIGNMENTS],
                     document_id=claimed["_id"],
@@ -155,7 +162,7 @@ class SlaScheduler:
                     settings=self._settings,
                     timer="sla",
                 )
-        return fired
+        return handled
 
     async def sweep_queues(self, runtime: Runtime) -> int:
         """Offer each department with a queue its queue again: the repair for a drain a
@@ -283,7 +290,9 @@ class SlaScheduler:
             lease=(LEASE_UNTIL, wall_now),
         )
 
-    async def _fire(self, runtime: Runtime, claimed: dict[str, Any]) -> int:
+    async def _fire(self, runtime: Runtime, claimed: dict[str, Any]) -> bool:
+        """Fire the claimed document's due timers (or re-lay its clocks first); False when it
+        was given back untouched (finished or gone meanwhile)."""
         db = runtime.db
         calendars = await calendar_history.branch_calendars(
             db=db, org=claimed["org"], code=claimed["branch"]
@@ -330,13 +339,13 @@ class SlaScheduler:
             now=runtime.clock.now(),
         )
         if not released:  # finished or gone meanwhile: nothing fired, give the lease back
-            fired.clear()
             await self._release(runtime, claimed["_id"])
+            return False
         for _, data in fired:
             kind = "warning" if isinstance(data, ComplaintSlaWarning) else "breach"
             if isinstance(data, ComplaintSlaWarning | ComplaintSlaBreached):
                 TIMERS_FIRED.labels(data.clock.value, kind).inc()
-        return len(fired)
+        return True
 
     async def _release(self, runtime: Runtime, complaint_id: str) -> None:
         await runtime.db[store.ASSIGNMENTS].update_one(
