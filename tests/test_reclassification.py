@@ -10,12 +10,14 @@ reclassification event changes nothing more.
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from complaints_shared.clock import ManualClock
 from complaints_shared.events import ComplaintAssigned, ComplaintReclassified, EventType
+from routing.assignments import routing_context, unroutable
+from routing.directory import store as directory_store
 from tests.support.http import command, complaint_when, create_complaint, token
 from tests.support.kafka import handled_count, of_type, publish, republish, service_events
 from tests.support.routing import (
@@ -23,6 +25,7 @@ from tests.support.routing import (
     MONDAY_10_SHANGHAI,
     assignment_when,
     hangzhou_service_desk,
+    routing_db,
 )
 from tests.support.system import System, SystemFactory
 from tests.support.waits import eventually
@@ -450,3 +453,50 @@ async def test_an_announcement_from_before_a_reclassification_leaves_the_new_fla
         "/v1/complaints", params={"flag": "media_risk", "branch": "LZ"}, headers=head
     )
     assert cid in [item["id"] for item in listed.json()["items"]]
+
+
+async def test_a_reclassification_applied_while_an_unroutable_complaint_is_routed_stands(
+    system: System, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The routing of an unroutable complaint plans from the document it read first; a
+    reclassification routing applied before its write (normal → high, here while the
+    branch's context is read) was written over with the plan's old severity, and nothing
+    brought it back (a redelivered reclassification is one applied already)."""
+    org = "acme"
+    admin = token(system.routing_settings, org=org)
+    head = token(
+        system.intake_settings, org=org, branches=["HZ"], roles=("supervisor",), subject="hz-head"
+    )
+    await hangzhou_service_desk(system, admin)
+    cid = (await create_complaint(system, head, branch="HZ", severity="normal"))["id"]
+    await assignment_when(system, cid, lambda doc: doc["status"] == "unroutable", what="unroutable")
+    db = routing_db(system)
+    desk = await directory_store.find_department(db=db, org=org, department_id="HZ:SVC")
+    assert desk is not None and desk.active
+    load_context = routing_context.load_context
+    raced: list[bool] = []
+
+    async def reclassified_meanwhile(*, db, complaint):
+        if complaint.complaint_id == cid and not raced:
+            raced.append(True)
+            await _reclassify(system, cid, {"severity": "high", "reason": "客户多次投诉未果"}, head)
+            await assignment_when(
+                system, cid, lambda doc: doc["severity"] == "high", what="reclassified"
+            )
+        return await load_context(db=db, complaint=complaint)
+
+    monkeypatch.setattr(routing_context, "load_context", reclassified_meanwhile)
+    routed = await unroutable.leave(
+        db=db,
+        settings=system.routing_settings,
+        complaint_id=cid,
+        now=datetime.now(UTC),
+        actor="hz-head",
+        reason="转杭州门店客服",
+        department=desk,
+    )
+    assert raced == [True]
+    assert routed is not None and routed["status"] in ("open", "queued")
+    assert (routed["severity"], routed["received_severity"]) == ("high", "high")
+    stored = await db.assignments.find_one({"_id": cid})
+    assert (stored["severity"], stored["reclassification_number"]) == ("high", 1)

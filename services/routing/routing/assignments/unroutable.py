@@ -31,6 +31,7 @@ from complaints_shared.idempotency import CommandKey
 from complaints_shared.logs import get_logger
 from complaints_shared.mongo import is_id_clash, merge_updates
 from complaints_shared.outbox import outbox_entry, outbox_fields
+from complaints_shared.problems import ConcurrentUpdate
 from complaints_shared.runtime import Runtime
 from complaints_shared.stored import from_stored
 from routing.assignments import (
@@ -129,6 +130,14 @@ def supervisor_rule(*, org: str, department: DepartmentRead) -> RoutingRule:
     )
 
 
+# Plans made again for one routing of an unroutable complaint reclassified meanwhile.
+PLAN_ATTEMPTS = 5
+
+
+class _Reclassified(Exception):
+    """The complaint was reclassified between its plan and the write: plan again."""
+
+
 async def leave(
     *,
     db: AsyncDatabase,
@@ -148,8 +157,44 @@ async def leave(
     Returns the routed assignment, or None when it is not unroutable (any more) or
     still no rule routes it. The same plan as a complaint routed on arrival: SLA
     policy, clocks from its receipt, major-incident escalation, owner by turn; the clocks
-    moved by what it remembered while unroutable (:func:`_clocks_of`).
+    moved by what it remembered while unroutable (:func:`_clocks_of`). A reclassification
+    applied between the plan and its write makes a new plan (until 6 December the write
+    put the old severity, category and flags back, for good).
     """
+    for _ in range(PLAN_ATTEMPTS):
+        try:
+            return await _leave_once(
+                db=db,
+                settings=settings,
+                complaint_id=complaint_id,
+                now=now,
+                actor=actor,
+                reason=reason,
+                department=department,
+                owner=owner,
+                contexts=contexts,
+                command_key=command_key,
+            )
+        except _Reclassified:
+            continue
+    raise ConcurrentUpdate(
+        detail=f"complaint {complaint_id} kept being reclassified while it was routed; retry"
+    )
+
+
+async def _leave_once(
+    *,
+    db: AsyncDatabase,
+    settings: RoutingSettings,
+    complaint_id: str,
+    now: datetime,
+    actor: str,
+    reason: str | None,
+    department: DepartmentRead | None,
+    owner: StaffRead | None,
+    contexts: dict[str, routing_context.RoutingContext] | None,
+    command_key: CommandKey | None,
+) -> dict[str, Any] | None:
     current = await db[store.ASSIGNMENTS].find_one({"_id": complaint_id, "status": STATE})
     if current is None:
         return None
@@ -180,9 +225,13 @@ async def leave(
         plan = dataclasses.replace(plan, duty_officer=None)
     routed: list[dict[str, Any]] = []
 
+    planned_from = current.get(store.RECLASSIFICATION_NUMBER, 0)
+
     async def decide(current: dict[str, Any]) -> Decision | None:
         if current["status"] != STATE:
             return None  # routed meanwhile, by another replica or a supervisor
+        if current.get(store.RECLASSIFICATION_NUMBER, 0) != planned_from:
+            raise _Reclassified
         if owner is not None:
             choice, how = await owners.forced_owner(db=db, org=complaint.org, staff=owner), "manual"
         else:
