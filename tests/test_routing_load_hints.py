@@ -1097,3 +1097,27 @@ async def test_a_reassignment_whose_drain_fails_is_answered_once_and_the_sweep_d
     await scheduler.sweep_queues(runtime)
     taken = await db.assignments.find_one({"_id": waiting.complaint_id})
     assert (taken["status"], taken["owner_id"]) == ("open", "hotel-ma")
+
+
+async def test_room_freed_by_an_owner_of_another_department_is_owed_before_anything_is_written(
+    system: System, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A duty officer of the front desk finished a billing complaint: both departments may
+    take queued work. The owner's own was noted only once the overflow's writes were done,
+    so an error there (the database away) left its room unused until the census."""
+    db = routing_db(system)
+    monkeypatch.setattr(owed_drains, "_owed", {})
+    monkeypatch.setattr(owners, "fill_from_overflow", FailsFirst(owners.fill_from_overflow))
+    finished_here = {
+        "_id": "cmp-duty-officer",
+        "org": "demo",
+        "department": "LZ:BILLING",
+        "owner_id": "hotel-ma",
+        "owner_slot_no": 1,
+        "status": "open",
+    }
+    with pytest.raises(AutoReconnect):
+        await queue.offer_freed_capacity(
+            db=db, settings=system.routing_settings, previous=finished_here, now=datetime.now(UTC)
+        )
+    assert owed_drains.departments(db=db) == [("demo", "HOTEL:FRONT"), ("demo", "LZ:BILLING")]

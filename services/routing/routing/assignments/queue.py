@@ -262,7 +262,10 @@ async def offer_freed_capacity(
             db=db, org=previous["org"], staff_id=owner_id
         )
         if owner is not None:
+            # Owed before the overflow's writes too (a duty officer of another department:
+            # until 6 December an error there left that department's room to the census).
             departments.add(owner.department_id)
+            owed_drains.owe(db=db, org=previous["org"], department_id=owner.department_id)
             slot = previous.get("owner_slot_no")
             if previous["status"] == AssignmentStatus.OPEN.value and slot is not None:
                 await owners.fill_from_overflow(
