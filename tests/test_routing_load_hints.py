@@ -1121,3 +1121,43 @@ async def test_room_freed_by_an_owner_of_another_department_is_owed_before_anyth
             db=db, settings=system.routing_settings, previous=finished_here, now=datetime.now(UTC)
         )
     assert owed_drains.departments(db=db) == [("demo", "HOTEL:FRONT"), ("demo", "LZ:BILLING")]
+
+
+async def test_a_drain_goes_on_past_a_complaint_moved_to_a_full_department_meanwhile(
+    system: System, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The drain read the front desk's queue; a supervisor then moved its first complaint to
+    a department with nobody free. Its owner was looked for there, none was found, and the
+    drain took that for the front desk being full: the complaint behind it stayed queued
+    beside room, until the census."""
+    db = routing_db(system)
+    admin = token(system.routing_settings)
+    nobody = {"branch": "HOTEL", "code": "SPA", "name": "水疗中心", "kind": "spa"}
+    made = await system.routing.post("/v1/directory/departments", json=nobody, headers=admin)
+    assert made.status_code == 201, made.text
+    moved, behind = await _queued_behind_a_full_desk(system, "房间没有打扫", "早餐太差")
+    await db.staff.update_one({"_id": "demo:hotel-ma"}, {"$set": {"capacity": 3}})
+    directory_store.forget_desks()
+    queued_in_department = queue.store.queued_in_department
+
+    async def read_then_moved(**arguments: Any) -> list[dict[str, Any]]:
+        read = await queued_in_department(**arguments)
+        # The supervisor's move, written between the drain's read and its turn.
+        await db.assignments.update_one(
+            {"_id": moved.complaint_id}, {"$set": {"department": "HOTEL:SPA"}}
+        )
+        return read
+
+    monkeypatch.setattr(queue.store, "queued_in_department", read_then_moved)
+    assigned = await queue.drain_queue(
+        db=db,
+        settings=system.routing_settings,
+        org="demo",
+        department_id="HOTEL:FRONT",
+        now=datetime.now(UTC),
+    )
+    assert assigned == 1
+    taken = await db.assignments.find_one({"_id": behind.complaint_id})
+    assert (taken["status"], taken["owner_id"]) == ("open", "hotel-ma")
+    left = await db.assignments.find_one({"_id": moved.complaint_id})
+    assert (left["status"], left["department"]) == ("queued", "HOTEL:SPA")

@@ -52,10 +52,17 @@ class Served(Enum):
 
 
 async def assign_from_queue(
-    *, db: AsyncDatabase, settings: RoutingSettings, complaint_id: str, now: datetime
+    *,
+    db: AsyncDatabase,
+    settings: RoutingSettings,
+    complaint_id: str,
+    now: datetime,
+    department_id: str | None = None,
 ) -> Served:
-    """Give a queued complaint to whoever has capacity now."""
-    served = [Served.GONE]  # stays so when the complaint is gone
+    """Give a queued complaint to whoever has capacity now; with ``department_id``, only
+    while it still waits there (one moved to another department since a drain read it is
+    that department's: until 6 December a full one there ended the drain of this one)."""
+    served = [Served.GONE]  # stays so when the complaint is gone or moved
 
     async def after(document: dict[str, Any]) -> None:
         served[0] = Served.ASSIGNED
@@ -64,7 +71,8 @@ async def assign_from_queue(
 
     async def decide(current: dict[str, Any]) -> Decision | None:
         # Decided again on the new version after a lost race, so each decision says anew.
-        if not lifecycle.applies(current, lifecycle.Command.ASSIGN):
+        moved = department_id is not None and current["department"] != department_id
+        if moved or not lifecycle.applies(current, lifecycle.Command.ASSIGN):
             served[0] = Served.GONE
             return None
         excluded = frozenset({store.not_for_owner(current)} - {None})
@@ -161,7 +169,11 @@ async def _drain(
         for waiting in queued:
             try:
                 served = await assign_from_queue(
-                    db=db, settings=settings, complaint_id=waiting["_id"], now=now
+                    db=db,
+                    settings=settings,
+                    complaint_id=waiting["_id"],
+                    now=now,
+                    department_id=department_id,
                 )
             except Exception as exc:
                 if is_transient(exc):  # the database away, a race lost time after time
@@ -312,7 +324,11 @@ async def offer_to_duty_officer(
         for waiting in urgent:
             try:
                 served = await assign_from_queue(
-                    db=db, settings=settings, complaint_id=waiting["_id"], now=now
+                    db=db,
+                    settings=settings,
+                    complaint_id=waiting["_id"],
+                    now=now,
+                    department_id=department_id,
                 )
             except Exception as exc:
                 if is_transient(exc):
