@@ -500,3 +500,10 @@ async def test_a_reclassification_applied_while_an_unroutable_complaint_is_route
     assert (routed["severity"], routed["received_severity"]) == ("high", "high")
     stored = await db.assignments.find_one({"_id": cid})
     assert (stored["severity"], stored["reclassification_number"]) == ("high", 1)
+    # Announced with the reclassification it was planned with: intake takes its classification.
+    assigned_type = EventType.COMPLAINT_ASSIGNED
+    events = await service_events(
+        system, "routing", until=lambda events: bool(of_type(events, assigned_type, cid))
+    )
+    [announced] = of_type(events, assigned_type, cid)
+    assert (announced.data["severity"], announced.data["reclassification_number"]) == ("high", 1)

@@ -27,6 +27,7 @@ from complaints_shared.events import (
     ComplaintPendingCustomer,
     ComplaintReceived,
     ComplaintResumed,
+    ComplaintWithdrawn,
     EventType,
     Topic,
     dead_letter_topic,
@@ -767,3 +768,56 @@ async def test_a_reopen_whose_finish_never_reached_routing_is_dead_lettered_not_
         system, complaint.complaint_id, lambda d: d.get("reopen_count") == 1
     )
     assert reopened_here["status"] == "open"
+
+
+@integration
+async def test_a_withdrawal_whose_reopen_never_reached_routing_is_dead_lettered_not_dropped(
+    system: System,
+) -> None:
+    """The reopen was dead-lettered in routing, then the customer withdrew the reopened
+    complaint. Routing, still resolved, took the withdrawal for nothing to do and dropped it;
+    the reopen's replay then reopened for good (owner, clock, a rung up) a complaint intake
+    held withdrawn. Now the withdrawal is refused too, and both replayed in order agree."""
+    complaint = received()
+    cid = complaint.complaint_id
+    finish = resolved(complaint)
+    lost_reopen = reopened(finish, reopened_at=finish.resolved_at + timedelta(hours=1))
+    withdrawal = ComplaintWithdrawn(
+        **base(complaint),
+        reason="客户已自行解决",
+        withdrawn_by="lz-sup",
+        withdrawn_at=finish.resolved_at + timedelta(hours=2),
+    )
+    async with intake_producer(system) as publish:
+        await publish(EventType.COMPLAINT_RECEIVED, complaint)
+        await assignment_when(system, cid, lambda d: d["status"] == "open")
+        await publish(EventType.COMPLAINT_RESOLVED, finish)
+        await assignment_when(system, cid, lambda d: d["status"] == "resolved")
+        await publish(EventType.COMPLAINT_WITHDRAWN, withdrawal)
+    group = system.routing_settings.consumer_group()
+
+    async def refused() -> list:
+        letters = await read_dead_letters(
+            settings=system.routing_settings,
+            dlq_topic=dead_letter_topic(system.topic(Topic.INTAKE)),
+        )
+        return [
+            letter
+            for letter in letters
+            if letter.header("dlq_consumer_group") == group and letter.complaint_id == cid
+        ]
+
+    [letter] = await eventually(refused, timeout_s=20, what="the withdrawal dead-lettered")
+    assert (letter.event_type, letter.header("dlq_reason")) == (
+        EventType.COMPLAINT_WITHDRAWN.value,
+        "rejected",
+    )
+    assert "the reopen this withdraw follows was not applied" in letter.header("dlq_error")
+
+    # The reopen replayed (here: sent again), then the withdrawal: routing agrees with intake.
+    async with intake_producer(system) as publish:
+        await publish(EventType.COMPLAINT_REOPENED, lost_reopen)
+    await assignment_when(system, cid, lambda d: d.get("reopen_count") == 1)
+    await replay(settings=system.routing_settings, letters=[letter], operator="test")
+    ended = await assignment_when(system, cid, lambda d: d["status"] == "withdrawn")
+    assert ended["reopen_count"] == 1

@@ -347,6 +347,7 @@ def _responsibility(current: dict[str, Any], department: str | None) -> str | No
 
 # The number of the latest resolution applied to the assignment (intake numbers them).
 RESOLUTION_NUMBER = "resolution_number"
+RESOLVED, CLOSED = AssignmentStatus.RESOLVED.value, AssignmentStatus.CLOSED.value
 
 
 async def finish(
@@ -376,6 +377,16 @@ async def finish(
             # A resolution older than one applied here (replayed from the dead-letter topic
             # after a later one): it finished an open cycle it never belonged to.
             return None
+        resolved_here = current["status"] in (RESOLVED, CLOSED)
+        if resolved_here and command in (Command.REJECT, Command.WITHDRAW):
+            # Intake rejects or withdraws work still open: this one was reopened there, and
+            # that reopen never reached this assignment (dead-lettered). Dropped as not
+            # applicable, the reopen's replay then reopened for good a complaint intake
+            # had withdrawn; refused too, both are replayed in order.
+            raise Rejected(
+                f"complaint {complaint_id} is {current['status']} here: the reopen this "
+                f"{command.value} follows was not applied; replay it, then this"
+            )
         if not _applies(current, command, event):
             if resolved is not None and current["status"] in lifecycle.FINISHED:
                 # A later resolution, whose reopen never reached this finished assignment

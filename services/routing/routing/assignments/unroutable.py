@@ -247,6 +247,9 @@ async def _leave_once(
             fresh[store.SKILL_RULE_VERSION] = None
         # Numbered after whatever the assignment announced before it was found unroutable.
         fresh["assignment_sequence"] = current.get("assignment_sequence", 0)
+        # Its announcement tells the reclassification it was planned with (intake keeps a
+        # classification only from one as new as its own).
+        fresh[store.RECLASSIFICATION_NUMBER] = planned_from
         planned, events = placement.initial_events(
             {**fresh, **caught_up.paused}, routed_plan, now=now
         )
@@ -475,6 +478,10 @@ async def retry_org(
                     contexts=contexts,
                 ):
                     routed += 1
+            except ConcurrentUpdate as exc:
+                # This complaint kept changing (reclassified again and again): the next
+                # retry routes it; the others go on, and an edit's request is not failed.
+                log.warning("unroutable_retry_deferred", error=redacted_error(exc))
             except Exception as exc:
                 if is_transient(exc):
                     raise
