@@ -406,11 +406,12 @@ async def test_a_retry_waiting_at_the_resume_starts_its_attempts_afresh_too(
         db = webhooks.app.state.runtime.db
         subscription_id = (await subscribe(webhooks, admin, url=hooks.url))["id"]
         assert (await _set_status(webhooks, admin, subscription_id, "paused")).status_code == 200
-        retry_at = datetime.now(UTC) + timedelta(seconds=1.5)
+        retry_at = datetime.now(UTC) + timedelta(hours=1)
         waiting = pending_delivery(
             subscription_id, chain="cmp_1", order_key="1", next_attempt_at=retry_at
         )
-        waiting["retry_index"] = len(webhooks.settings.retry_schedule_s)  # its last attempt left
+        last = len(webhooks.settings.retry_schedule_s)
+        waiting["retry_index"] = last  # its last attempt left
         later = pending_delivery(
             subscription_id, chain="cmp_1", order_key="2", next_attempt_at=None
         )
@@ -420,6 +421,19 @@ async def test_a_retry_waiting_at_the_resume_starts_its_attempts_afresh_too(
         released = await _stored(db, first)
         assert released["retry_index"] == 0
         assert abs(released["next_attempt_at"] - retry_at) < timedelta(milliseconds=1)
+        # Asked again once active (a client's routine check): nothing starts afresh again.
+        await db[store.DELIVERIES].update_one({"_id": first}, {"$set": {"retry_index": 3}})
+        assert (await _set_status(webhooks, admin, subscription_id, "active")).status_code == 200
+        assert (await _stored(db, first))["retry_index"] == 3
+        await db[store.DELIVERIES].update_one(
+            {"_id": first}, {"$set": {"retry_index": last, "next_attempt_at": retry_at}}
+        )
+        await _set_status(webhooks, admin, subscription_id, "paused")
+        assert (await _set_status(webhooks, admin, subscription_id, "active")).status_code == 200
+        # The backoff it kept runs out (its hour, moved here to now).
+        await db[store.DELIVERIES].update_one(
+            {"_id": first}, {"$set": {"next_attempt_at": datetime.now(UTC)}}
+        )
         await eventually(
             lambda: asyncio.sleep(0, {first, second} <= hooks.delivered_ids()),
             what="both delivered after the resume",
@@ -476,3 +490,32 @@ async def test_a_delivery_that_spent_its_attempts_on_an_outage_pauses_its_subscr
             what="both delivered after the resume",
         )
     assert [(r.webhook_id, r.status) for r in hooks.requests][4:] == [(first, 200), (second, 200)]
+
+
+async def test_an_event_the_receiver_refuses_on_a_quiet_subscription_fails_and_the_chain_goes_on(
+    alone: Isolation,
+) -> None:
+    """A 4xx other than 408 and 429 is the receiver refusing this one event, not being away:
+    the delivery is failed after its attempts, as before, and its subject's next event is
+    sent; the subscription stays active (paused, it would be held again at every resume)."""
+    async with AsyncExitStack() as stack:
+        hooks = await stack.enter_async_context(receiver(lambda n: 422 if n < 4 else 200))
+        webhooks = await serve_webhooks(stack, alone, retry_schedule_s=[0.2] * 3)
+        admin = token(webhooks.settings)
+        db = webhooks.app.state.runtime.db
+        subscription_id = (await subscribe(webhooks, admin, url=hooks.url))["id"]
+        first, second = await _insert(
+            db,
+            pending_delivery(
+                subscription_id, chain="cmp_1", order_key="1", next_attempt_at=datetime.now(UTC)
+            ),
+            pending_delivery(
+                subscription_id, chain="cmp_1", order_key="2", next_attempt_at=datetime.now(UTC)
+            ),
+        )
+        await eventually(
+            lambda: asyncio.sleep(0, second in hooks.delivered_ids()), what="the next event sent"
+        )
+        refused = await _stored(db, first)
+        assert (refused["status"], refused["attempts"]) == ("failed", 4)
+        assert await _status(webhooks, admin, subscription_id) == "active"

@@ -312,8 +312,13 @@ async def update_subscription(
         )
     if body.status is SubscriptionStatus.ACTIVE:
         # Also when it was active already: a retry completes a release that a failure or a
-        # crash after the status was written cut short (retries keep their backoff).
-        await store.release_held(db=runtime.db, subscription_id=subscription_id, now=now)
+        # crash after the status was written cut short. Retries keep their backoff; only a
+        # resume (paused or disabled before) starts their schedules afresh, so a client
+        # repeating the request does not keep a refused delivery retrying for good.
+        resumed = current["status"] != SubscriptionStatus.ACTIVE.value
+        await store.release_held(
+            db=runtime.db, subscription_id=subscription_id, now=now, afresh=resumed
+        )
         _dispatcher(request).deliveries_due(subscription_ids=[subscription_id], at=now)
     tag(response, updated.get("version", 0))
     return from_stored(SubscriptionRead, store.public(updated))

@@ -92,6 +92,13 @@ def retry_delay_s(*, settings: WebhooksSettings, retry_index: int, rng: random.R
     return base * (1 + rng.uniform(-jitter, jitter)) if jitter else base
 
 
+def _receiver_down(result: AttemptResult) -> bool:
+    """Whether a failed attempt says the receiver is away (no answer, a 5xx, 408, 429) rather
+    than refusing this one delivery (another 4xx: failed as before, the chain goes on)."""
+    code = result.response_code
+    return code is None or code >= 500 or code in (408, 429)
+
+
 class Dispatcher:
     """One replica's dispatcher loop; at shutdown it lets attempts in flight finish within
     the grace and releases the leases of those it cuts off."""
@@ -562,8 +569,10 @@ class Dispatcher:
             delay_s = retry_delay_s(settings=settings, retry_index=retry_index, rng=self._rng)
             status, next_at = DeliveryStatus.PENDING, now + timedelta(seconds=delay_s)
             retry_index += 1
-        elif not is_ping and await self._held_for_the_outage(
-            runtime, subscription, delivery, now=now
+        elif (
+            not is_ping
+            and _receiver_down(result)
+            and await self._held_for_the_outage(runtime, subscription, delivery, now=now)
         ):
             # Due now: its next claim finds the subscription paused and holds it, as after
             # a 410 (a crash between the writes leaves it with a timer, never stranded).

@@ -861,17 +861,20 @@ async def wake_chain(*, db: AsyncDatabase, delivery: dict[str, Any], now: dateti
     return True
 
 
-async def release_held(*, db: AsyncDatabase, subscription_id: str, now: datetime) -> int:
+async def release_held(
+    *, db: AsyncDatabase, subscription_id: str, now: datetime, afresh: bool = True
+) -> int:
     """A re-activated subscription's held backlog becomes due (order is kept by the chains).
 
     Called once the status is active. First its deliveries with a timer, which include every
     one under a lease, are marked woken, so a dispatcher that read the subscription as
     paused and is about to hold one makes it due instead (``hold_while_off``); then the held
-    ones get their timer. Retries waiting for their backoff keep their time but start their
-    schedule afresh, as the held ones do: until 6 December one whose timer fell after the
-    re-activation kept the attempts the outage had spent, and a single 503 of a receiver
-    still warming up failed it for good. Harmless to repeat: asking again (or the repair
-    pass) completes a release that a failure or a crash cut short.
+    ones get their timer. Retries waiting for their backoff keep their time; ``afresh`` (a
+    resume: the subscription was paused or disabled) starts their schedule afresh, as the
+    held ones': until 6 December one whose timer fell after the resume kept the attempts the
+    outage had spent, and a single 503 of a receiver still warming up failed it for good.
+    Harmless to repeat: asking again (or the repair pass) completes a release that a
+    failure or a crash cut short.
     """
     await db[DELIVERIES].update_many(
         {
@@ -879,7 +882,7 @@ async def release_held(*, db: AsyncDatabase, subscription_id: str, now: datetime
             "status": DeliveryStatus.PENDING.value,
             "next_attempt_at": any_date(),
         },
-        {"$inc": {"wakes": 1}, "$set": {"retry_index": 0}},
+        {"$inc": {"wakes": 1}, **({"$set": {"retry_index": 0}} if afresh else {})},
     )
     return await make_held_due(db=db, subscription_id=subscription_id, now=now)
 
