@@ -21,6 +21,8 @@ from complaints_shared.events import (
     ComplaintEscalated,
     DepartmentUpdated,
     EventType,
+    FollowupCompleted,
+    FollowupOutcome,
 )
 from complaints_shared.mongo import create_mongo_client, service_database
 from intake import directory_names, projections
@@ -404,3 +406,70 @@ async def test_a_complaint_reopened_after_it_was_closed_shows_the_names_of_now(
         step["escalated_to_id"]: step["escalated_to_name"] for step in stored["escalation_steps"]
     }
     assert names["lz-gao"] == "高组长(已改名)"
+
+
+async def test_a_complaint_an_unsatisfied_answer_reopens_after_it_was_closed_shows_the_names_of_now(
+    system: System,
+) -> None:
+    """The same through follow-up: closed when the first call reached nobody, reopened by
+    the week-later call's "unsatisfied"; the team lead renamed meanwhile."""
+    admin = token(system.routing_settings)
+    supervisor = token(system.intake_settings, roles=("supervisor",))
+    complaint = await _assigned(system, supervisor, subject="账单多扣四")
+    cid = complaint["id"]
+    escalated = await system.routing.post(
+        f"/v1/assignments/{cid}/escalate", json={"reason": "客户要求主管处理"}, headers=admin
+    )
+    assert escalated.status_code == 200, escalated.text
+    await complaint_when(
+        system,
+        cid,
+        supervisor,
+        lambda c: (c.get("escalation") or {}).get("escalated_to_id") == "lz-gao",
+        what="the escalation to the team lead",
+    )
+    await command(system, f"/v1/complaints/{cid}/resolve", {"summary": "已退还"}, supervisor)
+
+    def call(sequence: int, outcome: FollowupOutcome) -> FollowupCompleted:
+        answered = outcome is FollowupOutcome.UNSATISFIED
+        return FollowupCompleted(
+            complaint_id=cid,
+            org="demo",
+            branch="LZ",
+            followup_id=f"{cid}:r1:{sequence}",
+            resolution_number=1,
+            sequence=sequence,
+            outcome=outcome,
+            score=2 if answered else None,
+            problem_solved=False if answered else None,
+            completed_at=datetime.now(UTC),
+        )
+
+    await publish(
+        system,
+        (EventType.FOLLOWUP_COMPLETED, call(1, FollowupOutcome.NO_RESPONSE)),
+        service="followup",
+    )
+    await complaint_when(system, cid, supervisor, lambda c: c["status"] == "closed", what="closed")
+    await _renamed(system, "/v1/directory/staff/lz-gao", "高组长(回访后改名)", admin)
+    await _applied(system, "staff:demo:lz-gao", "高组长(回访后改名)")
+
+    await publish(
+        system,
+        (EventType.FOLLOWUP_COMPLETED, call(2, FollowupOutcome.UNSATISFIED)),
+        service="followup",
+    )
+    reopened = await complaint_when(
+        system, cid, supervisor, lambda c: c["status"] == "reopened", what="reopened"
+    )
+    assert reopened["reopen_count"] == 1
+
+    async def renamed() -> dict | None:
+        stored = await _intake_db(system).complaints.find_one({"_id": cid})
+        names = {
+            step["escalated_to_id"]: step["escalated_to_name"]
+            for step in stored["escalation_steps"]
+        }
+        return stored if names.get("lz-gao") == "高组长(回访后改名)" else None
+
+    await eventually(renamed, what="the team lead's rung renamed")

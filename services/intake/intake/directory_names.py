@@ -468,6 +468,17 @@ async def correct(
         written_staff = {key: names.staff.get(key, name) for key, name in written_staff.items()}
 
 
+async def shown_again_by_id(
+    *, db: AsyncDatabase, complaint_id: str, now: datetime, settings: IntakeSettings
+) -> None:
+    """``shown_again`` for a complaint reopened by an event (an unsatisfied follow-up)."""
+    complaint = await db[store.COMPLAINTS].find_one(
+        {"_id": complaint_id}, projection={**NAME_FIELDS, "org": 1}
+    )
+    if complaint is not None:
+        await shown_again(db=db, complaint=complaint, now=now, settings=settings)
+
+
 async def shown_again(
     *, db: AsyncDatabase, complaint: dict[str, Any], now: datetime, settings: IntakeSettings
 ) -> dict[str, Any] | None:

@@ -961,6 +961,11 @@ async def apply_followup_completed(
             "attempts": data.attempts,
         },
     )
+    if data.outcome is FollowupOutcome.UNSATISFIED:
+        # Reopened (maybe from closed): the newest names again, as for a supervisor's reopen.
+        await directory_names.shown_again_by_id(
+            db=db, complaint_id=data.complaint_id, now=now, settings=settings
+        )
 
 
 async def apply_branch_updated(

@@ -259,8 +259,9 @@ async def offer_freed_capacity(
     """The assignment left ``previous``: release its owner's slot (if it held one) in the load
     hint, then the department (and the owner's own one) may take queued work.
 
-    The department is owed its drain before anything is written, so that an error in any
-    step leaves it to the next queue sweep (``owed_drains``)."""
+    The department is owed its drain before anything is written, and the owner's own as soon
+    as it is read, so that an error in a later step leaves them to the next queue sweep
+    (``owed_drains``); one in the owner's read leaves theirs to the census."""
     departments = {previous["department"]} - {None}  # an unroutable one had none
     for department in departments:
         owed_drains.owe(db=db, org=previous["org"], department_id=department)
