@@ -496,7 +496,7 @@ async def test_a_reclassification_applied_while_an_unroutable_complaint_is_route
         department=desk,
     )
     assert raced == [True]
-    assert routed is not None and routed["status"] in ("open", "queued")
+    assert routed is not None and routed["status"] == "open"  # hz-li had room
     assert (routed["severity"], routed["received_severity"]) == ("high", "high")
     stored = await db.assignments.find_one({"_id": cid})
     assert (stored["severity"], stored["reclassification_number"]) == ("high", 1)

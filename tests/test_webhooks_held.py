@@ -128,7 +128,9 @@ async def test_a_hold_racing_a_reactivation_leaves_the_delivery_due_and_its_chai
             assert await store.update_subscription(
                 db=db, scope={}, subscription_id=subscription_id, changes={"status": "active"}
             )
-            await store.release_held(db=db, subscription_id=subscription_id, now=datetime.now(UTC))
+            await store.release_held(
+                db=db, subscription_id=subscription_id, now=datetime.now(UTC), resumed_at=None
+            )
             await store.hold_while_off(
                 db=db, delivery=claimed, owner="dispatcher-a", now=datetime.now(UTC)
             )
@@ -421,8 +423,11 @@ async def test_a_retry_waiting_at_the_resume_starts_its_attempts_afresh_too(
         released = await _stored(db, first)
         assert released["retry_index"] == 0
         assert abs(released["next_attempt_at"] - retry_at) < timedelta(milliseconds=1)
-        # Asked again once active (a client's routine check): nothing starts afresh again.
-        await db[store.DELIVERIES].update_one({"_id": first}, {"$set": {"retry_index": 3}})
+        # Tried since the resume, then asked again once active (a client's routine check):
+        # its schedule is not started afresh again.
+        await db[store.DELIVERIES].update_one(
+            {"_id": first}, {"$set": {"retry_index": 3, "last_attempt_at": datetime.now(UTC)}}
+        )
         assert (await _set_status(webhooks, admin, subscription_id, "active")).status_code == 200
         assert (await _stored(db, first))["retry_index"] == 3
         await db[store.DELIVERIES].update_one(

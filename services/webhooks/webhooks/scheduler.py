@@ -92,11 +92,15 @@ def retry_delay_s(*, settings: WebhooksSettings, retry_index: int, rng: random.R
     return base * (1 + rng.uniform(-jitter, jitter)) if jitter else base
 
 
+# Answers refusing the delivery's content: the receiver is there, this one event is not for it.
+REFUSED_CONTENT = frozenset({400, 409, 413, 415, 422})
+
+
 def _receiver_down(result: AttemptResult) -> bool:
-    """Whether a failed attempt says the receiver is away (no answer, a 5xx, 408, 429) rather
-    than refusing this one delivery (another 4xx: failed as before, the chain goes on)."""
-    code = result.response_code
-    return code is None or code >= 500 or code in (408, 429)
+    """Whether a failed attempt says the receiver is away or misconfigured (no answer, a 5xx,
+    a redirect, 401, 403, 404, 408, 429...) rather than refusing this one delivery's content
+    (``REFUSED_CONTENT``: failed after its attempts as before, and the chain goes on)."""
+    return result.response_code not in REFUSED_CONTENT
 
 
 class Dispatcher:
@@ -635,10 +639,10 @@ class Dispatcher:
         *,
         now: datetime,
     ) -> bool:
-        """Whether a delivery whose last attempt failed is held instead of failed: when the
-        subscription has failed every attempt since this delivery's first (the receiver is
-        down, not refusing this one event) it is paused, and resumed the delivery starts its
-        schedule afresh; so is one whose subscription is paused or disabled already. Until 6
+        """Whether a delivery whose last attempt found the receiver away is held instead of
+        failed: when the subscription has failed every attempt since this delivery's first
+        it is paused, and resumed the delivery starts its schedule afresh; one whose
+        subscription is paused or disabled already is held too. Until 6
         December it failed for good after its eighth attempt (about 28 h) and its subject's
         later events went out without it: a quiet subscription's never reached the
         auto-pause's ten failures, and a busy one's could fail just before it paused."""

@@ -787,6 +787,7 @@ def _attempt_update(
             "last_response_code": attempt.get("response_code"),
             "last_latency_ms": attempt.get("latency_ms"),
             "last_error": attempt.get("error"),
+            "last_attempt_at": attempt["at"],
             **set_fields,
         },
         "$unset": {**_RELEASE, "blocked": "", **unset},
@@ -862,28 +863,32 @@ async def wake_chain(*, db: AsyncDatabase, delivery: dict[str, Any], now: dateti
 
 
 async def release_held(
-    *, db: AsyncDatabase, subscription_id: str, now: datetime, afresh: bool = True
+    *, db: AsyncDatabase, subscription_id: str, now: datetime, resumed_at: datetime | None
 ) -> int:
     """A re-activated subscription's held backlog becomes due (order is kept by the chains).
 
     Called once the status is active. First its deliveries with a timer, which include every
     one under a lease, are marked woken, so a dispatcher that read the subscription as
     paused and is about to hold one makes it due instead (``hold_while_off``); then the held
-    ones get their timer. Retries waiting for their backoff keep their time; ``afresh`` (a
-    resume: the subscription was paused or disabled) starts their schedule afresh, as the
-    held ones': until 6 December one whose timer fell after the resume kept the attempts the
-    outage had spent, and a single 503 of a receiver still warming up failed it for good.
-    Harmless to repeat: asking again (or the repair pass) completes a release that a
-    failure or a crash cut short.
+    ones get their timer. Retries waiting for their backoff keep their time; those not
+    attempted since the subscription's last resume (``resumed_at``, from paused or disabled)
+    start their schedule afresh, as the held ones: until 6 December one whose timer fell
+    after the resume kept the attempts the outage had spent, and a single 503 of a receiver
+    still warming up failed it for good. Harmless to repeat: asking again (or the repair
+    pass) completes a release that a failure or a crash cut short, and restarts no schedule
+    of a delivery tried since the resume.
     """
-    await db[DELIVERIES].update_many(
-        {
-            "subscription_id": subscription_id,
-            "status": DeliveryStatus.PENDING.value,
-            "next_attempt_at": any_date(),
-        },
-        {"$inc": {"wakes": 1}, **({"$set": {"retry_index": 0}} if afresh else {})},
-    )
+    waiting = {
+        "subscription_id": subscription_id,
+        "status": DeliveryStatus.PENDING.value,
+        "next_attempt_at": any_date(),
+    }
+    await db[DELIVERIES].update_many(waiting, {"$inc": {"wakes": 1}})
+    if resumed_at is not None:
+        await db[DELIVERIES].update_many(
+            {**waiting, "last_attempt_at": {"$not": {"$gte": resumed_at}}},
+            {"$set": {"retry_index": 0}},
+        )
     return await make_held_due(db=db, subscription_id=subscription_id, now=now)
 
 
