@@ -642,10 +642,10 @@ class Dispatcher:
         """Whether a delivery whose last attempt found the receiver away is held instead of
         failed: when the subscription has failed every attempt since this delivery's first
         it is paused, and resumed the delivery starts its schedule afresh; one whose
-        subscription is paused or disabled already is held too. Until 6
-        December it failed for good after its eighth attempt (about 28 h) and its subject's
-        later events went out without it: a quiet subscription's never reached the
-        auto-pause's ten failures, and a busy one's could fail just before it paused."""
+        subscription is paused or disabled already is held too. Until 6 December it failed
+        for good after its eighth attempt (about 28 h) and its subject's later events went
+        out without it: a quiet subscription's never reached the auto-pause's ten failures,
+        and a busy one's could fail just before it paused."""
         subscription_id = subscription["_id"]
         attempts = len(self._settings.retry_schedule_s) + 1
         # The attempts of this schedule are the log's last ones (a resume starts afresh).

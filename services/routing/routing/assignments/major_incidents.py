@@ -62,10 +62,10 @@ def after_withdrawal(current: dict[str, Any], withdrawals: Events, command: Comm
     climbed to the head before the sweep did ended the mark; withdrawn, it left the
     incident below the head for good, the head told of a breach and its withdrawal only."""
     took_back = any(data.withdrawn_escalations for _, data in withdrawals)
+    if not (took_back and current.get("major_incident")):
+        return {}
     still_worked = lifecycle.transition(current=lifecycle.status_of(current), command=command)
-    if took_back and current.get("major_incident") and still_worked in lifecycle.ACTIVE:
-        return {"$set": {AWAITING: True}}
-    return {}
+    return {"$set": {AWAITING: True}} if still_worked in lifecycle.ACTIVE else {}
 
 
 def escalation(
