@@ -358,17 +358,11 @@ async def test_a_branch_subscription_gets_its_own_branchs_directory_announcement
     assert (short_type(theirs["type"]), theirs["data"]["staff_id"]) == ("staff.updated", "hosp-sun")
 
 
-async def test_a_complaint_reopened_after_it_was_closed_shows_the_names_of_now(
-    system: System,
-) -> None:
-    """Closed, a complaint keeps the names it ended with; reopened, it is worked again and
-    shows the directory's newest. Routing's announcements after the reopen brought the
-    owner's and department's back, but a rung of the escalation none re-announced (the team
-    lead climbed past) kept the name renamed while it was closed."""
-    admin = token(system.routing_settings)
-    supervisor = token(system.intake_settings, roles=("supervisor",))
-    complaint = await _assigned(system, supervisor, subject="账单多扣三")
-    cid = complaint["id"]
+async def _escalated_to_the_team_lead(
+    system: System, supervisor: dict, admin: dict, *, subject: str
+) -> str:
+    """A billing complaint in LZ escalated by hand to its team lead, 高组长 (lz-gao); its id."""
+    cid = (await _assigned(system, supervisor, subject=subject))["id"]
     escalated = await system.routing.post(
         f"/v1/assignments/{cid}/escalate", json={"reason": "客户要求主管处理"}, headers=admin
     )
@@ -380,6 +374,19 @@ async def test_a_complaint_reopened_after_it_was_closed_shows_the_names_of_now(
         lambda c: (c.get("escalation") or {}).get("escalated_to_id") == "lz-gao",
         what="the escalation to the team lead",
     )
+    return cid
+
+
+async def test_a_complaint_reopened_after_it_was_closed_shows_the_names_of_now(
+    system: System,
+) -> None:
+    """Closed, a complaint keeps the names it ended with; reopened, it is worked again and
+    shows the directory's newest. Routing's announcements after the reopen brought the
+    owner's and department's back, but a rung of the escalation none re-announced (the team
+    lead climbed past) kept the name renamed while it was closed."""
+    admin = token(system.routing_settings)
+    supervisor = token(system.intake_settings, roles=("supervisor",))
+    cid = await _escalated_to_the_team_lead(system, supervisor, admin, subject="账单多扣三")
     base = f"/v1/complaints/{cid}"
     await command(system, f"{base}/resolve", {"summary": "已退还多收费用"}, supervisor)
     await command(system, f"{base}/close", {"reason": "客户电话确认满意"}, supervisor)
@@ -415,19 +422,7 @@ async def test_a_complaint_an_unsatisfied_answer_reopens_after_it_was_closed_sho
     the week-later call's "unsatisfied"; the team lead renamed meanwhile."""
     admin = token(system.routing_settings)
     supervisor = token(system.intake_settings, roles=("supervisor",))
-    complaint = await _assigned(system, supervisor, subject="账单多扣四")
-    cid = complaint["id"]
-    escalated = await system.routing.post(
-        f"/v1/assignments/{cid}/escalate", json={"reason": "客户要求主管处理"}, headers=admin
-    )
-    assert escalated.status_code == 200, escalated.text
-    await complaint_when(
-        system,
-        cid,
-        supervisor,
-        lambda c: (c.get("escalation") or {}).get("escalated_to_id") == "lz-gao",
-        what="the escalation to the team lead",
-    )
+    cid = await _escalated_to_the_team_lead(system, supervisor, admin, subject="账单多扣四")
     await command(system, f"/v1/complaints/{cid}/resolve", {"summary": "已退还"}, supervisor)
 
     def call(sequence: int, outcome: FollowupOutcome) -> FollowupCompleted:

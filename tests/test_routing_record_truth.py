@@ -721,6 +721,20 @@ async def test_a_manual_escalation_racing_a_reassignment_climbs_the_new_departme
     assert body["escalations"][-1]["escalated_to_id"] == "lz-hu"  # CS's team lead
 
 
+async def _refused_by_routing(system: System, complaint_id: str) -> list:
+    """Routing's dead letters of ``complaint_id``'s intake events."""
+    group = system.routing_settings.consumer_group()
+    letters = await read_dead_letters(
+        settings=system.routing_settings,
+        dlq_topic=dead_letter_topic(system.topic(Topic.INTAKE)),
+    )
+    return [
+        letter
+        for letter in letters
+        if letter.header("dlq_consumer_group") == group and letter.complaint_id == complaint_id
+    ]
+
+
 async def test_a_reopen_whose_finish_never_reached_routing_is_dead_lettered_not_dropped(
     system: System,
 ) -> None:
@@ -736,21 +750,11 @@ async def test_a_reopen_whose_finish_never_reached_routing_is_dead_lettered_not_
         finish = resolved(complaint)
         again = reopened(finish, reopened_at=finish.resolved_at + timedelta(hours=1))
         await publish(EventType.COMPLAINT_REOPENED, again)
-    group = system.routing_settings.consumer_group()
-
-    async def refused() -> list:
-        letters = await read_dead_letters(
-            settings=system.routing_settings,
-            dlq_topic=dead_letter_topic(system.topic(Topic.INTAKE)),
-        )
-        return [
-            letter
-            for letter in letters
-            if letter.header("dlq_consumer_group") == group
-            and letter.complaint_id == complaint.complaint_id
-        ]
-
-    [letter] = await eventually(refused, timeout_s=20, what="the reopen dead-lettered")
+    [letter] = await eventually(
+        lambda: _refused_by_routing(system, complaint.complaint_id),
+        timeout_s=20,
+        what="the reopen dead-lettered",
+    )
     assert (letter.event_type, letter.header("dlq_reason")) == (
         EventType.COMPLAINT_REOPENED.value,
         "rejected",
@@ -794,20 +798,9 @@ async def test_a_withdrawal_whose_reopen_never_reached_routing_is_dead_lettered_
         await publish(EventType.COMPLAINT_RESOLVED, finish)
         await assignment_when(system, cid, lambda d: d["status"] == "resolved")
         await publish(EventType.COMPLAINT_WITHDRAWN, withdrawal)
-    group = system.routing_settings.consumer_group()
-
-    async def refused() -> list:
-        letters = await read_dead_letters(
-            settings=system.routing_settings,
-            dlq_topic=dead_letter_topic(system.topic(Topic.INTAKE)),
-        )
-        return [
-            letter
-            for letter in letters
-            if letter.header("dlq_consumer_group") == group and letter.complaint_id == cid
-        ]
-
-    [letter] = await eventually(refused, timeout_s=20, what="the withdrawal dead-lettered")
+    [letter] = await eventually(
+        lambda: _refused_by_routing(system, cid), timeout_s=20, what="the withdrawal dead-lettered"
+    )
     assert (letter.event_type, letter.header("dlq_reason")) == (
         EventType.COMPLAINT_WITHDRAWN.value,
         "rejected",
