@@ -359,17 +359,27 @@ async def test_a_billing_complaint_found_a_medical_error_is_a_major_incident_und
     assert record["regulatory_report_due_at"] is not None
 
 
-async def test_a_severity_set_while_unroutable_stands_over_a_rules_override(system: System) -> None:
-    """A supervisor raised an unroutable complaint to high; the rule that routed it later
-    lowered it to its ``severity_override`` (low), the supervisor's judgement undone."""
-    org = "acme"
-    admin = token(system.routing_settings, org=org)
+async def _unroutable_in_hangzhou(system: System) -> tuple[dict, dict, str]:
+    """acme's Hangzhou shop, which no rule leads to, and a normal complaint there left
+    unroutable: acme's administrator's token, the shop's supervisor's, the complaint's id."""
+    admin = token(system.routing_settings, org="acme")
     head = token(
-        system.intake_settings, org=org, branches=["HZ"], roles=("supervisor",), subject="hz-head"
+        system.intake_settings,
+        org="acme",
+        branches=["HZ"],
+        roles=("supervisor",),
+        subject="hz-head",
     )
     await hangzhou_service_desk(system, admin)
     cid = (await create_complaint(system, head, branch="HZ", severity="normal"))["id"]
     await assignment_when(system, cid, lambda doc: doc["status"] == "unroutable", what="unroutable")
+    return admin, head, cid
+
+
+async def test_a_severity_set_while_unroutable_stands_over_a_rules_override(system: System) -> None:
+    """A supervisor raised an unroutable complaint to high; the rule that routed it later
+    lowered it to its ``severity_override`` (low), the supervisor's judgement undone."""
+    admin, head, cid = await _unroutable_in_hangzhou(system)
     await _reclassify(system, cid, {"severity": "high", "reason": "客户多次投诉未果"}, head)
     await assignment_when(system, cid, lambda doc: doc["severity"] == "high", what="reclassified")
 
@@ -462,16 +472,9 @@ async def test_a_reclassification_applied_while_an_unroutable_complaint_is_route
     reclassification routing applied before its write (normal → high, here while the
     branch's context is read) was written over with the plan's old severity, and nothing
     brought it back (a redelivered reclassification is one applied already)."""
-    org = "acme"
-    admin = token(system.routing_settings, org=org)
-    head = token(
-        system.intake_settings, org=org, branches=["HZ"], roles=("supervisor",), subject="hz-head"
-    )
-    await hangzhou_service_desk(system, admin)
-    cid = (await create_complaint(system, head, branch="HZ", severity="normal"))["id"]
-    await assignment_when(system, cid, lambda doc: doc["status"] == "unroutable", what="unroutable")
+    _, head, cid = await _unroutable_in_hangzhou(system)
     db = routing_db(system)
-    desk = await directory_store.find_department(db=db, org=org, department_id="HZ:SVC")
+    desk = await directory_store.find_department(db=db, org="acme", department_id="HZ:SVC")
     assert desk is not None and desk.active
     load_context = routing_context.load_context
     raced: list[bool] = []

@@ -450,6 +450,16 @@ async def test_a_retry_waiting_at_the_resume_starts_its_attempts_afresh_too(
     ]
 
 
+async def _two_due_of_one_chain(db: AsyncDatabase, subscription_id: str) -> list[str]:
+    """Two deliveries of one complaint (``cmp_1``), due now, in order; their ids."""
+    now = datetime.now(UTC)
+    return await _insert(
+        db,
+        pending_delivery(subscription_id, chain="cmp_1", order_key="1", next_attempt_at=now),
+        pending_delivery(subscription_id, chain="cmp_1", order_key="2", next_attempt_at=now),
+    )
+
+
 async def test_a_delivery_that_spent_its_attempts_on_an_outage_pauses_its_subscription(
     alone: Isolation,
 ) -> None:
@@ -464,15 +474,7 @@ async def test_a_delivery_that_spent_its_attempts_on_an_outage_pauses_its_subscr
         admin = token(webhooks.settings)
         db = webhooks.app.state.runtime.db
         subscription_id = (await subscribe(webhooks, admin, url=hooks.url))["id"]
-        first, second = await _insert(
-            db,
-            pending_delivery(
-                subscription_id, chain="cmp_1", order_key="1", next_attempt_at=datetime.now(UTC)
-            ),
-            pending_delivery(
-                subscription_id, chain="cmp_1", order_key="2", next_attempt_at=datetime.now(UTC)
-            ),
-        )
+        first, second = await _two_due_of_one_chain(db, subscription_id)
 
         async def held() -> dict | None:
             stored = await _stored(db, first)
@@ -509,15 +511,7 @@ async def test_an_event_the_receiver_refuses_on_a_quiet_subscription_fails_and_t
         admin = token(webhooks.settings)
         db = webhooks.app.state.runtime.db
         subscription_id = (await subscribe(webhooks, admin, url=hooks.url))["id"]
-        first, second = await _insert(
-            db,
-            pending_delivery(
-                subscription_id, chain="cmp_1", order_key="1", next_attempt_at=datetime.now(UTC)
-            ),
-            pending_delivery(
-                subscription_id, chain="cmp_1", order_key="2", next_attempt_at=datetime.now(UTC)
-            ),
-        )
+        first, second = await _two_due_of_one_chain(db, subscription_id)
         await eventually(
             lambda: asyncio.sleep(0, second in hooks.delivered_ids()), what="the next event sent"
         )
