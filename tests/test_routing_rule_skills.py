@@ -18,6 +18,7 @@ from tests.support.events import received
 from tests.support.http import create_complaint, token
 from tests.support.routing import FAST_TIMERS, MONDAY_10_SHANGHAI, assignment_when, routing_db
 from tests.support.system import System, SystemFactory
+from tests.support.waits import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -224,4 +225,9 @@ async def test_work_a_replica_placed_with_its_older_copy_of_the_rule_follows_the
     assert (taken["owner_id"], taken["required_skill"]) == ("lz-li", None)
     [applied] = _skill_changes(taken)
     assert applied["actor"] == "routing"
-    assert "look_over_at" not in await db.rules.find_one({"_id": VIP_RULE})
+
+    # The look-over is unset after its work (the drain that gave it to 李强): once, not again.
+    async def looked_over() -> bool:
+        return "look_over_at" not in await db.rules.find_one({"_id": VIP_RULE})
+
+    await eventually(looked_over, what="the rule's look-over unset after its work")
