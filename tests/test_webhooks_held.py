@@ -518,3 +518,56 @@ async def test_an_event_the_receiver_refuses_on_a_quiet_subscription_fails_and_t
         refused = await _stored(db, first)
         assert (refused["status"], refused["attempts"]) == ("failed", 4)
         assert await _status(webhooks, admin, subscription_id) == "active"
+
+
+async def test_a_delivery_whose_receiver_answered_others_meanwhile_fails_though_its_log_kept_less(
+    alone: Isolation,
+) -> None:
+    """A receiver that chokes on one event (500) while it takes the others is not away: the
+    delivery fails after its attempts and its chain goes on. With ``ATTEMPTS_KEPT`` below
+    the schedule's length the check read the schedule's first attempt from the log, which
+    had dropped it, took a later one for it, missed the success in between and paused the
+    whole subscription."""
+    choked: set[str] = set()
+    async with AsyncExitStack() as stack:
+        hooks = await stack.enter_async_context(
+            receiver(lambda n: 500 if hooks.requests[n].webhook_id in choked else 200)
+        )
+        webhooks = await serve_webhooks(
+            stack,
+            alone,
+            retry_schedule_s=[3.0, 0.2, 0.2],
+            attempts_kept=1,
+            due_discovery_interval_s=0.2,
+        )
+        admin = token(webhooks.settings)
+        db = webhooks.app.state.runtime.db
+        subscription_id = (await subscribe(webhooks, admin, url=hooks.url))["id"]
+        first, after_it = await _two_due_of_one_chain(db, subscription_id)
+        choked.add(first)
+        await eventually(
+            lambda: asyncio.sleep(0, any(r.webhook_id == first for r in hooks.requests)),
+            what="the first attempt refused",
+        )
+        # While the first waits for its retry, the receiver takes another complaint's event.
+        [other] = await _insert(
+            db,
+            pending_delivery(
+                subscription_id, chain="cmp_2", order_key="1", next_attempt_at=datetime.now(UTC)
+            ),
+        )
+        await eventually(
+            lambda: asyncio.sleep(0, after_it in hooks.delivered_ids()),
+            timeout_s=20,
+            what="the complaint's next event sent after the choked one failed",
+        )
+        failed = await _stored(db, first)
+        assert (failed["status"], failed["attempts"], len(failed["attempt_log"])) == (
+            "failed",
+            4,
+            1,
+        )
+        assert await _status(webhooks, admin, subscription_id) == "active"
+    sent = [r.webhook_id for r in hooks.requests]
+    tries = [at for at, webhook_id in enumerate(sent) if webhook_id == first]
+    assert tries[0] < sent.index(other) < tries[-1]  # taken between its first and last

@@ -103,6 +103,21 @@ def _receiver_down(result: AttemptResult) -> bool:
     return result.response_code not in REFUSED_CONTENT
 
 
+def _schedule_started_at(delivery: dict[str, Any], *, now: datetime) -> datetime:
+    """When the first attempt of the delivery's current retry schedule was made: ``now``
+    when this attempt is it. A delivery recorded before ``SCHEDULE_STARTED_AT`` was kept
+    takes its log's earliest attempt of the schedule (the log keeps ``ATTEMPTS_KEPT``)."""
+    retry_index = delivery.get("retry_index", 0)
+    if not retry_index:
+        return now
+    started = delivery.get(store.SCHEDULE_STARTED_AT)
+    if started is not None:
+        return started
+    log_of = delivery.get("attempt_log") or []
+    earlier = log_of[-retry_index:]
+    return earlier[0]["at"] if earlier else now
+
+
 class Dispatcher:
     """One replica's dispatcher loop; at shutdown it lets attempts in flight finish within
     the grace and releases the leases of those it cuts off."""
@@ -648,10 +663,7 @@ class Dispatcher:
         and a busy one's could fail just before it paused."""
         subscription_id = subscription["_id"]
         attempts = len(self._settings.retry_schedule_s) + 1
-        # The attempts of this schedule are the log's last ones (a resume starts afresh).
-        log_of = delivery.get("attempt_log") or []
-        earlier = log_of[-delivery.get("retry_index", 0) :] if delivery.get("retry_index") else []
-        first_at = earlier[0]["at"] if earlier else now
+        first_at = _schedule_started_at(delivery, now=now)
         paused = await store.pause_if_failing(
             db=runtime.db,
             subscription_id=subscription_id,

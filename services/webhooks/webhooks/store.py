@@ -66,11 +66,14 @@ REDELIVERY_KEYS = "redelivery_keys"
 KEYED_REDELIVERIES = "keyed_redeliveries"
 REDELIVERY_KEYS_KEPT = 20
 # The delivery log never needs the body.
+# When the first attempt of a delivery's current retry schedule was made.
+SCHEDULE_STARTED_AT = "schedule_started_at"
 PUBLIC_DELIVERY = {
     "body": 0,
     "lease_owner": 0,
     "lease_until": 0,
     "wakes": 0,
+    SCHEDULE_STARTED_AT: 0,
     REDELIVERY_KEYS: 0,
 }
 # A subscription being deleted (``delete_subscription``) is gone for every reader; a missing
@@ -808,8 +811,14 @@ async def finish_attempt(
     retry_index: int,
     now: datetime,
 ) -> bool:
-    """Record an attempt's outcome; False when the lease was lost (another replica repeats it)."""
+    """Record an attempt's outcome; False when the lease was lost (another replica repeats it).
+
+    The first attempt of a retry schedule (``retry_index`` 0 before it: new, resumed or
+    sent again) is noted as ``SCHEDULE_STARTED_AT``; the attempt log may have dropped it.
+    """
     set_fields: dict[str, Any] = {"status": status.value, "retry_index": retry_index}
+    if delivery.get("retry_index", 0) == 0:
+        set_fields[SCHEDULE_STARTED_AT] = attempt["at"]
     unset: dict[str, Any] = {}
     if status is DeliveryStatus.DELIVERED:
         set_fields["delivered_at"] = now
