@@ -18,6 +18,7 @@ import pytest
 
 from complaints_shared.clock import ManualClock, SystemClock
 from complaints_shared.events import ComplaintUnroutable, EventType, Topic, dead_letter_topic
+from complaints_shared.problems import ConcurrentUpdate
 from routing import context_cache
 from routing.assignments import unroutable
 from routing.assignments.scheduler import SlaScheduler
@@ -635,3 +636,43 @@ async def test_a_complaint_routed_in_the_morning_goes_to_the_department_not_the_
     # The clocks still count from the receipt, the night's part of them running (urgent).
     started = datetime.fromisoformat(read.json()["clock_starts_at"])
     assert started == clock.now() - timedelta(hours=7, minutes=30)
+
+
+async def test_a_complaint_that_kept_changing_under_the_sweep_is_tried_at_the_next_sweep(
+    system_factory: SystemFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A complaint reclassified again and again while a sweep routes it is deferred (a
+    conflict, transient). The sweep noted the organisation as tried all the same, so the
+    complaint waited ``routing_context_max_age_s`` (a minute by default) for the next try;
+    now the next sweep tries it."""
+    system = await system_factory(
+        routing={"queue_sweep_interval_s": 3600, "routing_context_max_age_s": 600}
+    )
+    admin = token(system.routing_settings, org=ORG)
+    acme_admin = token(system.intake_settings, org=ORG)
+    await hangzhou_service_desk(system, admin)
+    complaint_id = (
+        await create_complaint(system, acme_admin, branch="HZ", subject="门店服务态度差")
+    )["id"]
+    await _visibly_unroutable(system, complaint_id)
+    changing = {"now": True}
+    leave = unroutable.leave
+
+    async def leave_unless_changing(**keywords: object) -> bool:
+        if changing["now"]:
+            raise ConcurrentUpdate(detail="the complaint changed while it was routed (the test)")
+        return await leave(**keywords)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(unroutable, "leave", leave_unless_changing)
+    rule = await system.routing.post("/v1/routing/rules", json=DEFAULT_RULE, headers=admin)
+    assert rule.status_code == 201, rule.text
+    scheduler = SlaScheduler(settings=system.routing_settings)
+    runtime = SimpleNamespace(db=routing_db(system), clock=SystemClock())
+    assert await scheduler.sweep_queues(runtime) == 0
+    db = routing_db(system)
+    assert (await db.assignments.find_one({"_id": complaint_id}))["status"] == "unroutable"
+
+    changing["now"] = False
+    assert await scheduler.sweep_queues(runtime) == 1
+    assert (await db.assignments.find_one({"_id": complaint_id}))["status"] == "open"
+    assert (await _routed(system, complaint_id))["assignment"]["department"] == "HZ:SVC"

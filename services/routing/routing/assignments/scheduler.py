@@ -261,7 +261,7 @@ class SlaScheduler:
             ):
                 continue
             try:
-                routed += await unroutable.retry_org(
+                outcome = await unroutable.retry_org(
                     db=runtime.db, settings=self._settings, org=org, now=runtime.clock.now()
                 )
             except Exception as exc:
@@ -269,6 +269,11 @@ class SlaScheduler:
                     raise
                 # Tried again at the next sweep (the try is not noted); other orgs go on.
                 log.error("unroutable_retry_failed", org=org, error=redacted_error(exc))
+                continue
+            routed += outcome.routed
+            if outcome.deferred:
+                # Not noted either: the complaints that kept changing under the try are
+                # tried at the next sweep, not ``routing_context_max_age_s`` later.
                 continue
             self._directory_seen[org] = version
             self._unroutable_tried_at[org] = started

@@ -441,6 +441,15 @@ def _caught_up(
     return caught
 
 
+@dataclasses.dataclass(frozen=True)
+class RetryOutcome:
+    """What a retry of an organisation's unroutable complaints did: ``routed`` left the
+    state; ``deferred`` kept changing under it (a transient conflict), to try again soon."""
+
+    routed: int
+    deferred: int
+
+
 async def retry_org(
     *,
     db: AsyncDatabase,
@@ -448,9 +457,9 @@ async def retry_org(
     org: str,
     now: datetime,
     limit: int | None = None,
-) -> int:
+) -> RetryOutcome:
     """Route what the organisation's rules and departments now allow, oldest first: every
-    unroutable complaint of it, or the first ``limit``; the number routed.
+    unroutable complaint of it, or the first ``limit``; how many were routed and deferred.
 
     Every one, not a batch of the oldest: those may stay unroutable (a category no rule
     covers yet) while newer ones are covered now, and a sweep that tried only them found
@@ -464,7 +473,7 @@ async def retry_org(
     )
     if limit is not None:
         waiting = waiting.limit(limit)
-    routed = 0
+    routed = deferred = 0
     # Read once per branch for this try, not per complaint: the sweep tries every one.
     contexts: dict[str, routing_context.RoutingContext] = {}
     async with waiting:
@@ -482,12 +491,13 @@ async def retry_org(
                 # This complaint kept changing (reclassified again and again): the next
                 # retry routes it; the others go on, and an edit's request is not failed.
                 log.warning("unroutable_retry_deferred", error=redacted_error(exc))
+                deferred += 1
             except Exception as exc:
                 if is_transient(exc):
                     raise
                 # This complaint's own fault: it stays unroutable, the others go on.
                 log.error("unroutable_retry_failed", error=redacted_error(exc))
-    return routed
+    return RetryOutcome(routed=routed, deferred=deferred)
 
 
 async def retry_after_change(runtime: Runtime, *, org: str) -> None:
