@@ -13,7 +13,7 @@ from datetime import timedelta
 
 import pytest
 
-from complaints_shared.clock import ManualClock
+from complaints_shared.clock import ManualClock, SystemClock
 from complaints_shared.events import ComplaintAcknowledged, EventType
 from routing.assignments import major_incidents
 from tests.support.events import base, received
@@ -38,6 +38,14 @@ NEW_HEAD = {
     "department": "PRO",
     "name": "李新院长",
     "role": "branch_head",
+    "capacity": 0,
+}
+NEW_DEPARTMENT_HEAD = {
+    "id": "hosp-wu",
+    "branch": "HOSP",
+    "department": "MED",
+    "name": "吴科长",
+    "role": "department_head",
     "capacity": 0,
 }
 SHORT_CHAIN = {"escalation_chain": [{"role": "department_head"}]}
@@ -172,16 +180,8 @@ async def test_a_major_incident_nobody_could_take_climbs_as_the_posts_above_it_a
     assert (document["major_incident"], document["escalations"]) == (True, [])
     assert document["awaiting_branch_head"] is True
 
-    new_department_head = {
-        "id": "hosp-wu",
-        "branch": "HOSP",
-        "department": "MED",
-        "name": "吴科长",
-        "role": "department_head",
-        "capacity": 0,
-    }
     await _ok(
-        await system.routing.post("/v1/directory/staff", json=new_department_head, headers=admin)
+        await system.routing.post("/v1/directory/staff", json=NEW_DEPARTMENT_HEAD, headers=admin)
     )
     stand_in = await assignment_when(
         system, cid, lambda d: len(d["escalations"]) == 1, what="the new department head"
@@ -397,3 +397,53 @@ async def test_a_major_incident_found_after_the_chain_was_shortened_still_reache
         timeout_s=20,
     )
     assert record["escalation"]["escalated_to_id"] == "lz-gm"
+
+
+async def test_a_major_incident_reopened_below_the_head_goes_to_the_head_at_once(
+    system_factory: SystemFactory,
+) -> None:
+    """A medical error the hospital resolved while nobody above the ward could take it (both
+    posts vacant) is reopened once a department head and a hospital head are appointed. The
+    reopen climbed one rung, to the new department head, and the incident stayed below the
+    head for good (the branch had one, so nothing marked it to wait for one). Now the reopen
+    takes it to the head at once."""
+    # The sweep is run by the test, once the posts are filled.
+    system = await system_factory(routing={**FAST_TIMERS, "queue_sweep_interval_s": 3600})
+    admin = _admin(system)
+    db = routing_db(system)
+    for person in ("hosp-head", "hosp-zhou"):
+        await _ok(
+            await system.routing.post(f"/v1/directory/staff/{person}/deactivate", headers=admin)
+        )
+    supervisor = token(system.intake_settings, roles=("supervisor",))
+    cid = (await create_complaint(system, supervisor, **MEDICAL_ERROR))["id"]
+    document = await assignment_when(system, cid, lambda d: d.get("owner_id"))
+    assert (document["major_incident"], document["escalations"]) == (True, [])
+    await command(system, f"/v1/complaints/{cid}/acknowledge", {}, supervisor)
+    await command(system, f"/v1/complaints/{cid}/resolve", {"summary": "已致歉并赔偿"}, supervisor)
+    await assignment_when(system, cid, lambda d: d["status"] == "resolved", what="resolved")
+
+    await _ok(
+        await system.routing.post("/v1/directory/staff", json=NEW_DEPARTMENT_HEAD, headers=admin)
+    )
+    await _ok(await system.routing.post("/v1/directory/staff", json=NEW_HEAD, headers=admin))
+    await major_incidents.follow_up(
+        db=db, settings=system.routing_settings, now=SystemClock().now()
+    )
+    finished = await assignment_when(system, cid)
+    assert ("awaiting_branch_head" not in finished, finished["escalations"]) == (True, [])
+
+    await command(system, f"/v1/complaints/{cid}/reopen", {"reason": "家属仍不满意"}, supervisor)
+    reopened = await assignment_when(
+        system, cid, lambda d: d["status"] == "open" and d["escalations"], what="reopened"
+    )
+    assert _reached(reopened) == [(2, "branch_head", "hosp-head2")]
+    assert reopened["escalations"][-1]["reason"] == "reopened"
+    assert "awaiting_branch_head" not in reopened
+    await complaint_when(
+        system,
+        cid,
+        supervisor,
+        lambda c: (c.get("escalation") or {}).get("escalated_to_id") == "hosp-head2",
+        what="intake's record at the head",
+    )

@@ -30,6 +30,7 @@ from routing.assignments import lifecycle, routing_context, store
 from routing.assignments.lifecycle import Command
 from routing.directory.escalation import (
     EscalationTarget,
+    branch_head_target,
     has_branch_head,
     major_incident_target,
 )
@@ -69,10 +70,16 @@ def after_withdrawal(current: dict[str, Any], withdrawals: Events, command: Comm
 
 
 def escalation(
-    document: dict[str, Any], target: EscalationTarget, *, now: datetime
+    document: dict[str, Any],
+    target: EscalationTarget,
+    *,
+    now: datetime,
+    reason: str = REASON,
+    by: str = "routing",
 ) -> tuple[dict[str, Any], Events]:
-    """The update and event taking a major incident to ``target`` (reason ``critical_incident``)."""
-    record = lifecycle.escalation_record(target, reason=REASON, by="routing", at=now)
+    """The update and event taking a major incident to ``target`` (reason ``critical_incident``
+    unless said)."""
+    record = lifecycle.escalation_record(target, reason=reason, by=by, at=now)
     escalated = lifecycle.escalated_event(
         document, record, regulatory_due=document.get("regulatory_report_due_at")
     )
@@ -80,6 +87,20 @@ def escalation(
         {"$set": {"escalation_level": target.level}, "$push": {"escalations": record}},
         [(EventType.COMPLAINT_ESCALATED, escalated)],
     )
+
+
+def reopen_escalation(
+    document: dict[str, Any], *, targets: list[EscalationTarget], by: str, at: datetime
+) -> tuple[dict[str, Any], Events]:
+    """A reopen's climb: one rung up the chain, and for a major incident standing below a
+    head its chain finds, to the head at once. Until 6 December it was one rung for every
+    complaint: a major incident finished below the head (nobody above it then, or its
+    rungs taken back) went back to a team lead, unmarked since the branch had a head."""
+    if document.get("major_incident"):
+        head = branch_head_target(targets, reached=lifecycle.reached(document))
+        if head is not None:
+            return escalation(document, head, now=at, reason="reopened", by=by)
+    return lifecycle.escalate_one_level(document, targets=targets, reason="reopened", by=by, at=at)
 
 
 async def follow_up(*, db: AsyncDatabase, settings: RoutingSettings, now: datetime) -> int:

@@ -617,8 +617,8 @@ async def reopen(
             if owner.staff.id != current.get("owner_id"):
                 set_fields["assigned_at"] = now
         reopened = {**current, **set_fields}
-        escalation_update, escalation_events = lifecycle.escalate_one_level(
-            reopened, targets=targets, reason="reopened", by=data.reopened_by, at=now
+        escalation_update, escalation_events = major_incidents.reopen_escalation(
+            reopened, targets=targets, by=data.reopened_by, at=now
         )
         reopened["escalation_level"] = escalation_update.get("$set", {}).get(
             "escalation_level", reopened.get("escalation_level", 0)

@@ -36,6 +36,7 @@ from complaints_shared.runtime import Runtime
 from complaints_shared.stored import from_stored
 from routing.assignments import (
     lifecycle,
+    major_incidents,
     owners,
     placement,
     planning,
@@ -390,12 +391,8 @@ def _caught_up(
         # A new cycle, one rung up, as ``projections.reopen`` takes a routed complaint.
         document["reopen_count"] += 1
         caught.breached = False
-        update, escalation = lifecycle.escalate_one_level(
-            document,
-            targets=targets,
-            reason="reopened",
-            by=entry.get("by") or "routing",
-            at=entry["at"],
+        update, escalation = major_incidents.reopen_escalation(
+            document, targets=targets, by=entry.get("by") or "routing", at=entry["at"]
         )
         if escalation:
             document.update(lifecycle.climbed(document, update))
