@@ -131,6 +131,15 @@ async def _queued_behind_a_full_desk(system: System, *descriptions: str) -> list
     return waiting
 
 
+async def _owed_a_drain(system: System) -> None:
+    """Wait for the front desk owed a drain: noted just after a complaint is stored queued
+    (and taken by the service's own sweeper unless it waits, as ``ONLY_THE_TESTS_SWEEPS``)."""
+    db = routing_db(system)
+    await eventually(
+        lambda: ("demo", "HOTEL:FRONT") in owed_drains.departments(db=db), what="a drain owed"
+    )
+
+
 async def _hint_becomes(system: System, staff_id: str, expected: int) -> None:
     async def reached() -> bool:
         return await _hint(system, staff_id) == expected
@@ -231,6 +240,7 @@ async def test_a_hint_stuck_high_does_not_queue_work_someone_has_room_for(
         await publish(EventType.COMPLAINT_RECEIVED, complaint)
         document = await assignment_when(system, complaint.complaint_id)
     assert (document["status"], document["owner_id"]) == ("open", "hotel-ma")
+    await _hint_becomes(system, "hotel-ma", 6)  # counted just after the assignment is stored
     assert await owners.reconcile_load_hints(db=routing_db(system)) == 1
     assert await _hint(system, "hotel-ma") == 1
 
@@ -242,6 +252,7 @@ async def test_a_hint_stuck_low_does_not_overfill_an_owner(system_factory: Syste
     async with intake_producer(system) as publish:
         await publish(EventType.COMPLAINT_RECEIVED, first)
         await assignment_when(system, first.complaint_id, lambda d: d["status"] == "open")
+        await _hint_becomes(system, "hotel-ma", 1)
         # As if the count of the first assignment had been lost.
         await routing_db(system).staff.update_one(
             {"_id": "demo:hotel-ma"}, {"$set": {"load_hint": 0}}
@@ -786,6 +797,10 @@ async def test_a_drain_passes_over_complaints_another_drain_took_since_it_read_t
     assert held == {"demo:hotel-ma#1", "demo:hotel-ma#2"}
 
 
+# The service's own queue sweeper waits an hour: only the test's sweeps look.
+ONLY_THE_TESTS_SWEEPS = {"queue_sweep_interval_s": 3600}
+
+
 async def _swept_before_any_queue(system: System) -> tuple[SlaScheduler, SimpleNamespace]:
     """A queue sweeper of the system's database whose census (one an hour) found no queue."""
     settings = system.routing_settings.model_copy(update={"queue_census_interval_s": 3600.0})
@@ -801,7 +816,7 @@ async def test_a_drain_an_error_cut_short_is_offered_again_at_the_next_sweep(
     """A finish's drain that fails (the database away) is not run again with its event,
     whose change is already stored. The next sweep of the process offers that department
     again, though the census, which last looked before the queue formed, does not know it."""
-    system = await system_factory()
+    system = await system_factory(routing=ONLY_THE_TESTS_SWEEPS)
     db = routing_db(system)
     scheduler, runtime = await _swept_before_any_queue(system)
     (waiting,) = await _queued_behind_a_full_desk(system, "房间没有打扫")
@@ -835,11 +850,11 @@ async def test_a_complaint_queued_after_a_drain_looked_is_offered_at_the_next_sw
     """Owner choice found the department full, and a slot freed (on another replica) was
     drained a moment before the complaint was stored as queued: nothing else would offer
     it before the next census. The process that queued it owes the department a drain."""
-    system = await system_factory()
+    system = await system_factory(routing=ONLY_THE_TESTS_SWEEPS)
     db = routing_db(system)
     scheduler, runtime = await _swept_before_any_queue(system)
     (waiting,) = await _queued_behind_a_full_desk(system, "房间没有打扫")
-    assert ("demo", "HOTEL:FRONT") in owed_drains.departments(db=db)
+    await _owed_a_drain(system)
     # The room the other replica's drain found nothing to fill with.
     await db.staff.update_one({"_id": "demo:hotel-ma"}, {"$set": {"capacity": 2}})
     directory_store.forget_desks()
@@ -858,7 +873,7 @@ async def test_a_finish_redelivered_after_the_slot_was_freed_but_not_offered_owe
     redelivered to another process, is found applied and does nothing more: the queue
     waited beside the free slot for the next census of queues (a minute). Now a finish
     found applied owes its department a drain, which the next sweep runs."""
-    system = await system_factory()
+    system = await system_factory(routing=ONLY_THE_TESTS_SWEEPS)
     db = routing_db(system)
     scheduler, runtime = await _swept_before_any_queue(system)
     await _set_capacity(system, "hotel-ma", 1)
@@ -868,14 +883,21 @@ async def test_a_finish_redelivered_after_the_slot_was_freed_but_not_offered_owe
         await assignment_when(system, first.complaint_id, lambda d: d["status"] == "open")
         await publish(EventType.COMPLAINT_RECEIVED, waiting)
         await assignment_when(system, waiting.complaint_id, lambda d: d["status"] == "queued")
+        await _owed_a_drain(system)
         monkeypatch.setattr(owed_drains, "_owed", {})  # as if queued by another replica
 
         async def died_before_offering(**_: Any) -> None:
             return None
 
         monkeypatch.setattr(queue, "offer_freed_capacity", died_before_offering)
+        applied = handled_count("routing", EventType.COMPLAINT_RESOLVED)
         finished = await publish(EventType.COMPLAINT_RESOLVED, resolved(first))
-        await assignment_when(system, first.complaint_id, lambda d: d["status"] == "resolved")
+        # Handled to the end (the offer comes after the write), then the process "dies".
+        await eventually(
+            lambda: handled_count("routing", EventType.COMPLAINT_RESOLVED) > applied,
+            what="the finish handled",
+        )
+        assert (await db.assignments.find_one({"_id": first.complaint_id}))["status"] == "resolved"
         monkeypatch.undo()
         monkeypatch.setattr(owed_drains, "_owed", {})  # the ledger died with the process
         before = handled_count("routing", EventType.COMPLAINT_RESOLVED)

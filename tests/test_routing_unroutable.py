@@ -325,11 +325,13 @@ async def test_a_report_filed_while_unroutable_is_on_the_record_and_judged_once_
 
 
 async def test_the_sweep_retries_every_unroutable_complaint_not_only_the_oldest(
-    system: System, monkeypatch: pytest.MonkeyPatch
+    system_factory: SystemFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """An edit's own request retries the oldest few; those may stay unroutable (a category
     the new rule does not cover) while a newer one is covered now. The queue sweep goes
     through every one after the change."""
+    # The service's own sweeper waits an hour: only the test's sweeps look.
+    system = await system_factory(routing={"queue_sweep_interval_s": 3600})
     monkeypatch.setattr(unroutable, "RETRY_BATCH", 2)
     admin = token(system.routing_settings, org=ORG)
     acme_admin = token(system.intake_settings, org=ORG)
@@ -363,7 +365,7 @@ async def test_the_sweep_retries_every_unroutable_complaint_not_only_the_oldest(
     db = routing_db(system)
     assert (await db.assignments.find_one({"_id": newer}))["status"] == "unroutable"
 
-    await scheduler.sweep_queues(runtime)  # (or the service's own sweep, whichever first)
+    await scheduler.sweep_queues(runtime)
     assert (await db.assignments.find_one({"_id": newer}))["status"] == "open"
     routed = await _routed(system, newer)
     assert routed["assignment"]["department"] == "HZ:SVC"

@@ -31,6 +31,13 @@ def _failures(service: str, timer: str) -> float:
     return TIMER_FAILURES.labels(service, timer)._value.get()
 
 
+async def _failures_counted(service: str, timer: str, *, above: float) -> None:
+    """The metric counts a failure just after the document records it."""
+    await eventually(
+        lambda: _failures(service, timer) > above, what=f"{service}'s {timer} failure counted"
+    )
+
+
 async def test_a_malformed_assignment_does_not_delay_other_sla_deadlines(
     system_factory: SystemFactory,
 ) -> None:
@@ -72,7 +79,7 @@ async def test_a_malformed_assignment_does_not_delay_other_sla_deadlines(
     assert "due_at: datetime_from_date_parsing" in recorded["timer_last_error"]
     assert "not a date" not in recorded["timer_last_error"]
     assert recorded["timer_lease_until"] == recorded["timer_retry_at"]  # postponed, not lost
-    assert _failures("routing", "sla") > failures_before
+    await _failures_counted("routing", "sla", above=failures_before)
 
     # Repaired, it fires at its next retry and carries no failure any more.
     await assignments.update_one({"_id": broken.complaint_id}, {"$set": {"clocks": good_clocks}})
@@ -127,7 +134,7 @@ async def test_a_malformed_followup_check_does_not_delay_other_checks(
     assert recorded["status"] == "scheduled"
     assert recorded["timer_last_error"].startswith("WriteError code=")
     assert recorded["timer_lease_until"] == recorded["timer_retry_at"]
-    assert _failures("followup", "followup_check") > failures_before
+    await _failures_counted("followup", "followup_check", above=failures_before)
 
 
 async def test_a_claim_that_cannot_expire_does_not_hold_up_the_other_claims(
@@ -174,7 +181,7 @@ async def test_a_claim_that_cannot_expire_does_not_hold_up_the_other_claims(
     recorded = await eventually(broken_recorded, what="failure recorded")
     assert recorded["status"] == "in_progress"
     assert recorded["claim_lease_until"] == recorded["timer_retry_at"]  # postponed, not lost
-    assert _failures("followup", "followup_claim") > failures_before
+    await _failures_counted("followup", "followup_claim", above=failures_before)
 
 
 async def test_a_backlog_of_timers_that_fire_no_event_drains_without_waiting_per_batch(

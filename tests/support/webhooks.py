@@ -107,14 +107,16 @@ async def receiver(behaviour: Behaviour = lambda n: 200) -> AsyncIterator[Receiv
 
 
 @asynccontextmanager
-async def silent_target() -> AsyncIterator[str]:
-    """A target that accepts connections and never answers (requests time out)."""
+async def silent_target(received: list[bytes] | None = None) -> AsyncIterator[str]:
+    """A target that accepts connections and never answers (requests time out); what it
+    reads is appended to ``received``, if given (a request has reached it)."""
     connections: list[asyncio.StreamWriter] = []
 
     async def swallow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         connections.append(writer)
-        while await reader.read(65536):
-            pass
+        while chunk := await reader.read(65536):
+            if received is not None:
+                received.append(chunk)
 
     server = await asyncio.start_server(swallow, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
