@@ -150,6 +150,8 @@ async def test_assignment_events_apply_in_routing_order_whatever_the_replicas_cl
     for good as "older" than the queueing. A dead letter replayed afterwards (an earlier
     assignment intake never applied) still changes nothing."""
     admin = token(system.intake_settings)
+    # Counted once handled to the end, a moment after the record shows the assignment.
+    before = handled_count("intake", EventType.COMPLAINT_ASSIGNED)
     cid = (await create_complaint(system, admin))["id"]
     routed = await complaint_when(
         system, cid, admin, lambda c: c["assignment"] is not None, what="routing's assignment"
@@ -191,7 +193,6 @@ async def test_assignment_events_apply_in_routing_order_whatever_the_replicas_cl
         assigned_at=ahead,
         assignment_sequence=2,
     )
-    before = handled_count("intake", EventType.COMPLAINT_ASSIGNED)
     await publish(
         system,
         (EventType.COMPLAINT_QUEUED, queued),
@@ -201,8 +202,8 @@ async def test_assignment_events_apply_in_routing_order_whatever_the_replicas_cl
         service="routing",
     )
     await eventually(
-        lambda: handled_count("intake", EventType.COMPLAINT_ASSIGNED) >= before + 2,
-        what="the drain and the replayed dead letter consumed",
+        lambda: handled_count("intake", EventType.COMPLAINT_ASSIGNED) >= before + 3,
+        what="routing's assignment, the drain and the replayed dead letter consumed",
     )
     # One partition, in order: the reassignment between them was applied too.
     final = (await system.intake.get(f"/v1/complaints/{cid}", headers=admin)).json()
@@ -434,6 +435,8 @@ async def test_a_late_responsibility_setting_leaves_the_newer_one_on_record(
     admin = token(system.intake_settings)
     cid = (await create_complaint(system, admin))["id"]
     await complaint_when(system, cid, admin, lambda c: c["assignment"], what="assigned")
+    # Routing announces the resolution's responsibility too: both are counted below.
+    before = handled_count("intake", EventType.COMPLAINT_RESPONSIBILITY_SET)
     await command(
         system,
         f"/v1/complaints/{cid}/resolve",
@@ -452,12 +455,11 @@ async def test_a_late_responsibility_setting_leaves_the_newer_one_on_record(
             set_at=set_at,
         )
 
-    before = handled_count("intake", EventType.COMPLAINT_RESPONSIBILITY_SET)
     older = setting(datetime.now(UTC) - timedelta(days=2))
     await publish(system, (EventType.COMPLAINT_RESPONSIBILITY_SET, older), service="routing")
     await eventually(
-        lambda: handled_count("intake", EventType.COMPLAINT_RESPONSIBILITY_SET) > before,
-        what="the late setting consumed",
+        lambda: handled_count("intake", EventType.COMPLAINT_RESPONSIBILITY_SET) >= before + 2,
+        what="routing's announcement and the late setting consumed",
     )
     kept = (await system.intake.get(f"/v1/complaints/{cid}", headers=admin)).json()
     assert (kept["responsible_department"], kept["responsible_party"]) == ("LZ:BILLING", "staff")
