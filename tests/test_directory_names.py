@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from contextlib import AsyncExitStack
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -469,3 +469,45 @@ async def test_a_complaint_an_unsatisfied_answer_reopens_after_it_was_closed_sho
         return stored if names.get("lz-gao") == "高组长(回访后改名)" else None
 
     await eventually(renamed, what="the team lead's rung renamed")
+
+
+async def test_a_name_shown_late_does_not_move_the_complaints_change_time_back(
+    system: System,
+) -> None:
+    """A rename reaches a complaint with the time its pass (or the change it follows)
+    started. A resolution written meanwhile had stamped the complaint later; the rename
+    stamped it back, and the report's rollup, which reads what changed since its last pass,
+    never counted that resolution. The change time now only moves forward."""
+    admin = token(system.routing_settings)
+    supervisor = token(system.intake_settings, roles=("supervisor",))
+    complaint = await _assigned(system, supervisor)
+    await _renamed(system, "/v1/directory/departments/LZ:BILLING", "账务中心", admin)
+    await complaint_when(
+        system,
+        complaint["id"],
+        supervisor,
+        lambda c: c["assignment"]["department_name"] == "账务中心",
+        what="the department's new name",
+    )
+    complaints = _intake_db(system).complaints
+    changed_at = datetime.now(UTC).replace(microsecond=0)
+    # As a complaint still showing the old name, written by a change made just now.
+    await complaints.update_one(
+        {"_id": complaint["id"]},
+        {
+            "$set": {
+                "assignment.department_name": complaint["assignment"]["department_name"],
+                "updated_at": changed_at,
+            },
+            "$inc": {"version": 1},
+        },
+    )
+    await directory_names.shown_again_by_id(
+        db=_intake_db(system),
+        complaint_id=complaint["id"],
+        now=changed_at - timedelta(minutes=1),  # when the renaming work began
+        settings=system.intake_settings,
+    )
+    shown = await complaints.find_one({"_id": complaint["id"]})
+    assert shown["assignment"]["department_name"] == "账务中心"
+    assert shown["updated_at"] == changed_at

@@ -395,7 +395,10 @@ async def _rename(
     *, db: AsyncDatabase, complaint: dict[str, Any], names: Names, now: datetime
 ) -> None:
     """Show ``names`` on the complaint (as read, ``NAME_FIELDS``), conditional on its version
-    and moving it; read again after a lost race."""
+    and moving it; read again after a lost race. ``now`` (when the renaming work began)
+    moves the change time only forward: until 6 December a change written meanwhile (a
+    resolution) was stamped back to it, and the report's rollup, which reads what changed
+    since its last pass, never counted that change."""
     complaints = db[store.COMPLAINTS]
     for _ in range(RENAME_ATTEMPTS):
         fields = renamed_fields(complaint, names)
@@ -403,7 +406,7 @@ async def _rename(
             return
         result = await complaints.update_one(
             {"_id": complaint["_id"], "version": complaint.get("version")},
-            {"$set": {**fields, "updated_at": now}, "$inc": {"version": 1}},
+            {"$set": fields, "$max": {"updated_at": now}, "$inc": {"version": 1}},
         )
         if result.matched_count:
             return
