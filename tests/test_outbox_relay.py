@@ -472,6 +472,34 @@ async def test_idle_polls_back_off_yet_find_an_unannounced_event(system: System)
         await client.close()
 
 
+async def test_an_event_stamped_by_a_replica_whose_clock_runs_ahead_goes_out_at_the_next_poll(
+    system: System,
+) -> None:
+    """Each writer stamps its pending documents with its own clock, and its relay, a standby,
+    drops its announcements. The leader polled for documents pending since its own now at
+    the latest: those of a replica two minutes ahead waited two minutes."""
+    probe = await _probe(system)
+    producer = EventProducer(settings=probe.settings)
+    relay = OutboxRelay(
+        db=probe.db, collections=[probe.collection.name], producer=producer, settings=probe.settings
+    )
+    task = asyncio.create_task(relay.run())
+    try:
+        ahead = _entry(probe.settings)
+        await probe.collection.insert_one(
+            {
+                "_id": str(uuid.uuid4()),
+                **outbox_fields([ahead]),
+                PENDING_SINCE_FIELD: datetime.now(UTC) + timedelta(minutes=2),
+            }
+        )
+        assert await _published_ids(probe.settings, probe.topic, expected=1) == [ahead["id"]]
+    finally:
+        await relay.stop()
+        await task
+        await producer.stop()
+
+
 async def test_only_events_pending_a_while_make_the_polls_hurry(
     system: System, counted_relay: CountedRelay
 ) -> None:

@@ -35,7 +35,7 @@ from complaints_shared.metrics import (
     OUTBOX_DOCUMENTS_RELEASED,
     OUTBOX_PUBLISH_FAILURES,
 )
-from complaints_shared.mongo import as_utc, by_ids
+from complaints_shared.mongo import any_date, as_utc, by_ids
 from complaints_shared.settings import ServiceSettings
 from complaints_shared.stored import from_stored
 from complaints_shared.timing import wait_event
@@ -543,7 +543,10 @@ class OutboxRelay:
         if not await self._lead(collection):
             return 0
         pending = self._db[collection]
-        query: dict[str, Any] = {PENDING_SINCE_FIELD: {"$lte": _relay_time()}}
+        # Every pending document, whatever its stamp: a replica whose clock runs ahead of
+        # this one's stamps its writes in this relay's future, and until 6 December they
+        # waited that far behind (its own relay, a standby, drops its announcements).
+        query: dict[str, Any] = {PENDING_SINCE_FIELD: any_date()}
         batch = self._settings.outbox_batch_size
         # Documents published already (their removal still to come) are left out here, not
         # by a ``$nin`` of hundreds of ids (the local server compares every document with
