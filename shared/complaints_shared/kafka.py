@@ -541,10 +541,17 @@ class EventConsumer:
         consumer = self._consumer
         assert consumer is not None
         tasks = [self._in_flight.pop(tp) for tp in partitions]
+        for task in tasks:
+            if task.cancelled():
+                # Not by this consumer (a revoke or a stop takes its tasks out first): a
+                # handler let a cancellation out, the rest of its batch unhandled. Resumed,
+                # the partition fetched past them, and later commits passed over them. A
+                # fault of the loop instead: it starts again from the offsets handled.
+                raise RuntimeError("a partition's handling was cancelled midway")
         assigned = consumer.assignment()
         consumer.resume(*(tp for tp in partitions if tp in assigned))
         for task in tasks:
-            if not task.cancelled() and task.exception() is not None:
+            if task.exception() is not None:
                 raise task.exception()  # type: ignore[misc]
 
     async def _commit_handled(self) -> None:
