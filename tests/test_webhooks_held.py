@@ -536,7 +536,7 @@ async def test_a_delivery_whose_receiver_answered_others_meanwhile_fails_though_
         webhooks = await serve_webhooks(
             stack,
             alone,
-            retry_schedule_s=[3.0, 0.2, 0.2],
+            retry_schedule_s=[5.0, 0.2, 0.2],
             attempts_kept=1,
             due_discovery_interval_s=0.2,
         )
