@@ -600,11 +600,11 @@ async def test_a_fault_of_the_consumer_loop_itself_restarts_it_instead_of_ending
 async def test_records_after_one_whose_handling_let_a_cancellation_out_are_not_passed_over(
     infrastructure,
 ) -> None:
-    """A handler that lets a cancellation out (one it did not ask for: an await whose
-    task someone else cancelled) ended its partition's task "cancelled", which the loop
+    """A handler that lets a cancellation out (one its task was not asked for: an await of
+    a future another task cancelled) ended its partition's task "cancelled", which the loop
     took as finished: the partition was resumed past the rest of the batch it had fetched,
-    and those records were never handled. Now the loop starts again from what was
-    handled, and all three are."""
+    and those records were never handled. Now it is an error of that record, retried as any
+    other, and all three are handled in order."""
     settings = settings_for_test(IntakeSettings, infra=infrastructure, run_id=uuid.uuid4().hex[:10])
     topic = settings.topic(Topic.ROUTING.value)
     await ensure_topics(settings=settings, topics=[topic])

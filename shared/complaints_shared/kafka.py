@@ -339,6 +339,24 @@ class _DeadLetter(Exception):
         self.attempts = attempts
 
 
+class HandlerCancelled(Exception):
+    """A handler let out a cancellation nobody asked of its task (an await of a future
+    another task cancelled): an error of its record, retried and counted as any other."""
+
+
+async def _cancellation_as_error(handling: Awaitable[None]) -> None:
+    """Await ``handling``; a cancellation of it that its task was not asked for is
+    ``HandlerCancelled``. Until 6 December it ended the partition's task as if the consumer
+    had cancelled it, and the rest of the fetched batch was passed over."""
+    try:
+        await handling
+    except asyncio.CancelledError as exc:
+        task = asyncio.current_task()
+        if task is None or task.cancelling():
+            raise  # the consumer's own: a revoke or a stop
+        raise HandlerCancelled("the handler was cancelled from elsewhere") from exc
+
+
 class EventConsumer:
     """Consumes topics in a consumer group and dispatches to one handler per event type.
 
@@ -543,10 +561,11 @@ class EventConsumer:
         tasks = [self._in_flight.pop(tp) for tp in partitions]
         for task in tasks:
             if task.cancelled():
-                # Not by this consumer (a revoke or a stop takes its tasks out first): a
-                # handler let a cancellation out, the rest of its batch unhandled. Resumed,
-                # the partition fetched past them, and later commits passed over them. A
-                # fault of the loop instead: it starts again from the offsets handled.
+                # Not by this consumer (a revoke or a stop takes its tasks out first), nor
+                # a handler's (an error of its record, ``_handle_until_done``): the rest of
+                # its batch is unhandled. Resumed, the partition fetched past them and later
+                # commits passed over them; a fault of the loop starts again from the
+                # offsets handled.
                 raise RuntimeError("a partition's handling was cancelled midway")
         assigned = consumer.assignment()
         consumer.resume(*(tp for tp in partitions if tp in assigned))
@@ -604,7 +623,8 @@ class EventConsumer:
 
     async def _finish_partitions(self, partitions: set[TopicPartition]) -> None:
         """Let the tasks of ``partitions`` end, then commit what was handled on them."""
-        tasks = [self._in_flight[tp] for tp in partitions if tp in self._in_flight]
+        # Taken out before they are cancelled: the loop must not meet them cancelled.
+        tasks = [self._in_flight.pop(tp) for tp in partitions if tp in self._in_flight]
         if not self._stopping.is_set():
             # Leaving these partitions (rebalance, broker error): a stalled task stops
             # retrying; its record is redelivered to whoever owns the partition next.
@@ -614,8 +634,6 @@ class EventConsumer:
         await asyncio.gather(*tasks, return_exceptions=True)
         consumer = self._consumer
         offsets = {tp: self._progress.pop(tp) for tp in partitions if tp in self._progress}
-        for tp in partitions:
-            self._in_flight.pop(tp, None)
         if consumer is None or not offsets:
             return
         try:
@@ -719,7 +737,7 @@ class EventConsumer:
         while True:
             attempts += 1
             try:
-                await handler(event, data)
+                await _cancellation_as_error(handler(event, data))
             except Rejected as exc:
                 raise _DeadLetter(DeadLetterReason.REJECTED, redacted_error(exc), attempts) from exc
             except Exception as exc:
