@@ -75,6 +75,8 @@ class SlaScheduler:
         # and when (monotonic).
         self._directory_seen: dict[str, int] = {}
         self._unroutable_tried_at: dict[str, float] = {}
+        # Unroutable complaints per organisation the last try deferred (a conflict).
+        self._unroutable_deferred: dict[str, list[str]] = {}
         # The departments the last census found with a queue (each with the branches whose
         # urgent complaints wait there), and when (monotonic).
         self._queued_departments: dict[tuple[str, str], frozenset[str]] = {}
@@ -255,29 +257,43 @@ class SlaScheduler:
             version = await context_cache.directory_version(db=runtime.db, org=org)
             started = time.monotonic()
             tried_at = self._unroutable_tried_at.get(org, float("-inf"))
-            if (
-                self._directory_seen.get(org) == version
-                and started - tried_at < self._settings.routing_context_max_age_s
-            ):
-                continue
+            # Those that kept changing under the last try are tried again at this sweep,
+            # alone (until 6 December they waited ``routing_context_max_age_s``).
+            deferred = self._unroutable_deferred.pop(org, [])
             try:
+                if (
+                    self._directory_seen.get(org) == version
+                    and started - tried_at < self._settings.routing_context_max_age_s
+                ):
+                    if deferred:
+                        outcome = await unroutable.retry_deferred(
+                            db=runtime.db,
+                            settings=self._settings,
+                            complaint_ids=deferred,
+                            now=runtime.clock.now(),
+                        )
+                        routed += self._note_deferred(org, outcome)
+                    continue
                 outcome = await unroutable.retry_org(
                     db=runtime.db, settings=self._settings, org=org, now=runtime.clock.now()
                 )
             except Exception as exc:
                 if is_dependency_unavailable(exc):
+                    self._unroutable_deferred.setdefault(org, deferred)
                     raise
                 # Tried again at the next sweep (the try is not noted); other orgs go on.
                 log.error("unroutable_retry_failed", org=org, error=redacted_error(exc))
                 continue
-            routed += outcome.routed
-            if outcome.deferred:
-                # Not noted either: the complaints that kept changing under the try are
-                # tried at the next sweep, not ``routing_context_max_age_s`` later.
-                continue
+            routed += self._note_deferred(org, outcome)
             self._directory_seen[org] = version
             self._unroutable_tried_at[org] = started
         return routed
+
+    def _note_deferred(self, org: str, outcome: unroutable.RetryOutcome) -> int:
+        """Keep the complaints ``outcome`` deferred for the next sweep; how many it routed."""
+        if outcome.deferred:
+            self._unroutable_deferred[org] = outcome.deferred
+        return outcome.routed
 
     async def _claim(self, runtime: Runtime, *, now: datetime) -> dict[str, Any] | None:
         wall_now = _wall_now()

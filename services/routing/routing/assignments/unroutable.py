@@ -17,6 +17,7 @@ already filed.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Any
 
@@ -345,6 +346,7 @@ def _caught_up(
             else []
         ),
         "reopen_count": current.get("reopen_count", 0) - reopens,
+        "major_incident": plan.major_incident,  # a reopen takes one below its head there
     }
     caught = _CaughtUp(
         clocks=clocks,
@@ -440,11 +442,12 @@ def _caught_up(
 
 @dataclasses.dataclass(frozen=True)
 class RetryOutcome:
-    """What a retry of an organisation's unroutable complaints did: ``routed`` left the
-    state; ``deferred`` kept changing under it (a transient conflict), to try again soon."""
+    """What a retry of unroutable complaints did: how many it ``routed``, and the ids of
+    those it ``deferred`` (they kept changing under it: a transient conflict, tried again
+    at the next sweep)."""
 
     routed: int
-    deferred: int
+    deferred: list[str]
 
 
 async def retry_org(
@@ -456,7 +459,7 @@ async def retry_org(
     limit: int | None = None,
 ) -> RetryOutcome:
     """Route what the organisation's rules and departments now allow, oldest first: every
-    unroutable complaint of it, or the first ``limit``; how many were routed and deferred.
+    unroutable complaint of it, or the first ``limit``.
 
     Every one, not a batch of the oldest: those may stay unroutable (a category no rule
     covers yet) while newer ones are covered now, and a sweep that tried only them found
@@ -470,30 +473,50 @@ async def retry_org(
     )
     if limit is not None:
         waiting = waiting.limit(limit)
-    routed = deferred = 0
+    async with waiting:
+        ids = (document["_id"] async for document in waiting)
+        return await _retry_each(ids, db=db, settings=settings, now=now)
+
+
+async def retry_deferred(
+    *, db: AsyncDatabase, settings: RoutingSettings, complaint_ids: list[str], now: datetime
+) -> RetryOutcome:
+    """Route the complaints a retry deferred, those still unroutable (alone: the rest of
+    their organisation was tried, and is tried again at its next change)."""
+
+    async def ids() -> AsyncIterator[str]:
+        for complaint_id in complaint_ids:
+            yield complaint_id
+
+    return await _retry_each(ids(), db=db, settings=settings, now=now)
+
+
+async def _retry_each(
+    complaint_ids: AsyncIterator[str],
+    *,
+    db: AsyncDatabase,
+    settings: RoutingSettings,
+    now: datetime,
+) -> RetryOutcome:
+    routed, deferred = 0, []
     # Read once per branch for this try, not per complaint: the sweep tries every one.
     contexts: dict[str, routing_context.RoutingContext] = {}
-    async with waiting:
-        async for document in waiting:
-            try:
-                if await leave(
-                    db=db,
-                    settings=settings,
-                    complaint_id=document["_id"],
-                    now=now,
-                    contexts=contexts,
-                ):
-                    routed += 1
-            except ConcurrentUpdate as exc:
-                # This complaint kept changing (reclassified again and again): the next
-                # retry routes it; the others go on, and an edit's request is not failed.
-                log.warning("unroutable_retry_deferred", error=redacted_error(exc))
-                deferred += 1
-            except Exception as exc:
-                if is_transient(exc):
-                    raise
-                # This complaint's own fault: it stays unroutable, the others go on.
-                log.error("unroutable_retry_failed", error=redacted_error(exc))
+    async for complaint_id in complaint_ids:
+        try:
+            if await leave(
+                db=db, settings=settings, complaint_id=complaint_id, now=now, contexts=contexts
+            ):
+                routed += 1
+        except ConcurrentUpdate as exc:
+            # This complaint kept changing (reclassified again and again): the next sweep
+            # routes it; the others go on, and an edit's request is not failed.
+            log.warning("unroutable_retry_deferred", error=redacted_error(exc))
+            deferred.append(complaint_id)
+        except Exception as exc:
+            if is_transient(exc):
+                raise
+            # This complaint's own fault: it stays unroutable, the others go on.
+            log.error("unroutable_retry_failed", error=redacted_error(exc))
     return RetryOutcome(routed=routed, deferred=deferred)
 
 
