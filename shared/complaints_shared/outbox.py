@@ -168,6 +168,14 @@ def record_stored(collection: str, *, database: str, document: dict[str, Any]) -
         )
 
 
+def _pending_a_while(document: dict[str, Any], *, now: datetime) -> bool:
+    """Whether a pending document's stamp says it waits for a poll, not for the
+    announcement of a write in flight: stamped ``IN_FLIGHT_S`` before ``now`` or more, or
+    as far after it (by a replica whose clock runs ahead: never in flight that long)."""
+    stamped = as_utc(document[PENDING_SINCE_FIELD])
+    return abs(now - stamped) >= timedelta(seconds=IN_FLIGHT_S)
+
+
 def _relay_time() -> datetime:
     # Outbox bookkeeping runs on the wall clock the relay polls with, never a service's
     # business clock: a test clock set days ahead would otherwise hide events from the relay.
@@ -585,9 +593,8 @@ class OutboxRelay:
                 for document_id in ids
                 if document_id in by_id
             ]
-        settled = _relay_time() - timedelta(seconds=IN_FLIGHT_S)
         self._surprises[collection] = sum(
-            1 for document in documents if as_utc(document[PENDING_SINCE_FIELD]) <= settled
+            1 for document in documents if _pending_a_while(document, now=_relay_time())
         )
         await self._publish(collection=collection, documents=documents)
         return len(documents)
