@@ -65,9 +65,10 @@ PUBLIC_SUBSCRIPTION = {
 REDELIVERY_KEYS = "redelivery_keys"
 KEYED_REDELIVERIES = "keyed_redeliveries"
 REDELIVERY_KEYS_KEPT = 20
-# The delivery log never needs the body.
-# When the first attempt of a delivery's current retry schedule was made.
+# When the first attempt of a delivery's current retry schedule was made (unset when the
+# schedule starts afresh: the next attempt notes it again).
 SCHEDULE_STARTED_AT = "schedule_started_at"
+# The delivery log never needs the body.
 PUBLIC_DELIVERY = {
     "body": 0,
     "lease_owner": 0,
@@ -896,7 +897,7 @@ async def release_held(
     if resumed_at is not None:
         await db[DELIVERIES].update_many(
             {**waiting, "last_attempt_at": {"$not": {"$gte": resumed_at}}},
-            {"$set": {"retry_index": 0}},
+            {"$set": {"retry_index": 0}, "$unset": {SCHEDULE_STARTED_AT: ""}},
         )
     return await make_held_due(db=db, subscription_id=subscription_id, now=now)
 
@@ -915,7 +916,7 @@ async def make_held_due(*, db: AsyncDatabase, subscription_id: str, now: datetim
             "status": DeliveryStatus.PENDING.value,
             "next_attempt_at": None,  # null or missing: a held delivery has it unset
         },
-        {"$set": {"next_attempt_at": now, "retry_index": 0}},
+        {"$set": {"next_attempt_at": now, "retry_index": 0}, "$unset": {SCHEDULE_STARTED_AT: ""}},
     )
     return result.modified_count
 
@@ -973,7 +974,7 @@ def _requeue(now: datetime, key: CommandKey | None) -> dict[str, Any]:
     # gone) instead of overwriting the request to send again.
     update: dict[str, Any] = {
         "$set": {"status": DeliveryStatus.PENDING.value, "next_attempt_at": now, "retry_index": 0},
-        "$unset": {"blocked": "", FINISHED_AT: "", **_RELEASE},
+        "$unset": {"blocked": "", FINISHED_AT: "", SCHEDULE_STARTED_AT: "", **_RELEASE},
         "$inc": {"redeliveries": 1},
     }
     if key is not None:
