@@ -563,7 +563,9 @@ async def test_a_fault_of_the_consumer_loop_itself_restarts_it_instead_of_ending
         producer=producer,
     )
     fetch = EventConsumer._fetch
+    sleep = EventConsumer._sleep_unless_stopping
     faults: list[float] = []
+    pauses: list[float] = []
     failing_seen: list[bool] = []
 
     async def fails_thrice(self: EventConsumer, kafka_consumer: Any) -> dict:
@@ -574,7 +576,12 @@ async def test_a_fault_of_the_consumer_loop_itself_restarts_it_instead_of_ending
         failing_seen.append(self.failing)
         return await fetch(self, kafka_consumer)
 
+    async def noted(self: EventConsumer, delay_s: float) -> bool:
+        pauses.append(delay_s)
+        return await sleep(self, delay_s)
+
     monkeypatch.setattr(EventConsumer, "_fetch", fails_thrice)
+    monkeypatch.setattr(EventConsumer, "_sleep_unless_stopping", noted)
     running = asyncio.create_task(consumer.run())
     try:
         key, value, headers = to_kafka_record(event)
@@ -589,10 +596,10 @@ async def test_a_fault_of_the_consumer_loop_itself_restarts_it_instead_of_ending
         await consumer.stop()
         await asyncio.wait_for(running, timeout=30)
         await producer.stop()
-    pauses = [later - earlier for earlier, later in itertools.pairwise(faults)]
-    # 0.5 s, then 1 s, each with the consumer's stop and start (compared as a difference,
-    # which those take out, not a ratio).
-    assert len(faults) == 3 and pauses[1] - pauses[0] > 0.3, pauses
+    # The pauses the loop asked for (the consumer's stop and start come on top of them).
+    assert len(faults) == 3 and pauses[:3] == [0.5, 1.0, 2.0], pauses
+    waited = [later - earlier for earlier, later in itertools.pairwise(faults)]
+    assert all(took >= asked for took, asked in zip(waited, pauses, strict=False)), waited
     assert failing_seen[:3] == [False, False, False] and failing_seen[3] is True
     assert failing_after is False, "a record handled: no longer failing"
 

@@ -22,11 +22,11 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import AutoReconnect
 
 from complaints_shared import aggregate
+from complaints_shared import outbox as outbox_module
 from complaints_shared.aggregate import Aggregate, Decision
 from complaints_shared.events import EventType, Topic
 from complaints_shared.kafka import EventProducer, ensure_topics
 from complaints_shared.outbox import (
-    IN_FLIGHT_S,
     LEASES,
     OUTBOX_FIELD,
     PENDING_SINCE_FIELD,
@@ -501,11 +501,13 @@ async def test_an_event_stamped_by_a_replica_whose_clock_runs_ahead_goes_out_at_
 
 
 async def test_only_events_pending_a_while_make_the_polls_hurry(
-    system: System, counted_relay: CountedRelay
+    system: System, counted_relay: CountedRelay, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A poll that finds a document written a moment ago (under load mostly a write of this
     process whose announcement is on its way) publishes it and keeps backing off; one pending
     for longer than ``IN_FLIGHT_S`` was left by someone else, and the polls hurry."""
+    # Long enough for the next poll to find the young one within it on a busy machine.
+    monkeypatch.setattr(outbox_module, "IN_FLIGHT_S", 4.0)
     probe = await _probe(system)
     relay, _ = await counted_relay(probe, outbox_idle_poll_interval_s=0.5)
     name = probe.collection.name
@@ -520,7 +522,8 @@ async def test_only_events_pending_a_while_make_the_polls_hurry(
         left = _entry(probe.settings)
         fields = {
             **outbox_fields([left]),
-            PENDING_SINCE_FIELD: datetime.now(UTC) - timedelta(seconds=IN_FLIGHT_S + 5),
+            PENDING_SINCE_FIELD: datetime.now(UTC)
+            - timedelta(seconds=outbox_module.IN_FLIGHT_S + 5),
         }
         await probe.collection.insert_one({"_id": str(uuid.uuid4()), **fields})
         shortest = probe.settings.outbox_poll_interval_s
@@ -540,7 +543,8 @@ async def test_published_events_are_released_together_and_before_stopping(
     """Events published within ``outbox_release_delay_s`` leave their documents in one
     write; a relay that stops releases what it published first."""
     probe = await _probe(system)
-    relay, counter = await counted_relay(probe, outbox_release_delay_s=3.0)
+    # Long enough for the six, published one by one, to fall within one release.
+    relay, counter = await counted_relay(probe, outbox_release_delay_s=8.0)
     task = asyncio.create_task(relay.run())
     try:
         entries = [_entry(probe.settings) for _ in range(6)]
@@ -550,7 +554,7 @@ async def test_published_events_are_released_together_and_before_stopping(
             await asyncio.sleep(0.05)
         published = await _published_ids(probe.settings, probe.topic, expected=len(entries))
         assert sorted(published) == sorted(entry["id"] for entry in entries)  # once each
-        await eventually(lambda: outbox_sent(probe.collection), what="all released")
+        await eventually(lambda: outbox_sent(probe.collection), timeout_s=20, what="all released")
         assert counter.updates == 1  # one write released the six documents
 
         last = _entry(probe.settings)
@@ -575,7 +579,7 @@ async def test_each_document_waits_the_release_delay_from_its_own_publication(
     complaint) keeps the whole delay to take its events out itself. The relay's polls
     meanwhile send none of the owed events again."""
     probe = await _probe(system)
-    relay, counter = await counted_relay(probe, outbox_release_delay_s=2.0)
+    relay, counter = await counted_relay(probe, outbox_release_delay_s=4.0)
     task = asyncio.create_task(relay.run())
     name = probe.collection.name
 
@@ -589,15 +593,15 @@ async def test_each_document_waits_the_release_delay_from_its_own_publication(
         await probe.collection.insert_one({"_id": older, **outbox_fields([entries[0]])})
         relay.notify()
         await eventually(lambda: relay.owed(collection=name) == 1, what="the older published")
-        await asyncio.sleep(1.2)
+        await asyncio.sleep(3.0)
         await probe.collection.insert_one({"_id": younger, **outbox_fields([entries[1]])})
         relay.notify()
         await eventually(lambda: relay.owed(collection=name) == 2, what="the younger published")
 
-        await eventually(lambda: released(older), timeout_s=5, what="the older released")
-        assert not await released(younger)  # out for about 1.3 s of its 2
+        await eventually(lambda: released(older), timeout_s=10, what="the older released")
+        assert not await released(younger)  # out for about 1 s of its 4
         assert counter.updates == 1 and relay.owed(collection=name) == 1
-        await eventually(lambda: released(younger), timeout_s=5, what="the younger released")
+        await eventually(lambda: released(younger), timeout_s=10, what="the younger released")
         assert counter.updates == 2
         published = await _published_ids(probe.settings, probe.topic, expected=2)
         assert sorted(published) == sorted(entry["id"] for entry in entries)  # once each

@@ -30,8 +30,9 @@ async def test_steps_and_pauses_keep_to_the_share() -> None:
         await asyncio.sleep(0.04)  # a step: a read the database answers in 40 ms
         await pacer.pause()
     elapsed = time.monotonic() - started
-    # 3 × (40 ms of work + 120 ms of rest); the loop's own latency only adds.
-    assert 0.45 <= elapsed < 1.2, elapsed
+    # 3 × (40 ms of work + 120 ms of rest); the loop's own latency only adds (a stall in a
+    # step counts four times: the rest follows the step's measured time).
+    assert 0.45 <= elapsed < 2.5, elapsed
 
 
 async def test_a_pause_ends_at_once_when_the_job_stops() -> None:
@@ -41,4 +42,4 @@ async def test_a_pause_ends_at_once_when_the_job_stops() -> None:
     stopping.set()
     started = time.monotonic()
     await pacer.pause()
-    assert time.monotonic() - started < 0.5
+    assert time.monotonic() - started < 2.5  # not the ~5 s owed

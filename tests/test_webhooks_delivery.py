@@ -226,6 +226,11 @@ async def _has_complaint_received(system, headers, complaint_id: str) -> bool:
     return bool(body.get("assignment"))
 
 
+# How long a silent target holds each attempt (the request timeout): long beside the
+# deliveries to a healthy receiver, so that waiting for a slot would show.
+DEAD_HOLDS_S = 6.0
+
+
 async def test_a_dead_target_does_not_delay_a_healthy_one(system_factory: SystemFactory) -> None:
     system = await system_factory()
     admin = token(system.intake_settings)
@@ -236,7 +241,7 @@ async def test_a_dead_target_does_not_delay_a_healthy_one(system_factory: System
         webhooks = await serve_webhooks(
             stack,
             system,
-            request_timeout_s=2.0,
+            request_timeout_s=DEAD_HOLDS_S,
             max_concurrent_per_subscription=2,
             retry_schedule_s=[0.1] * 20,
         )
@@ -265,21 +270,22 @@ async def test_a_dead_target_does_not_delay_a_healthy_one(system_factory: System
             log = await _deliveries(webhooks, admin, dead["id"])
             return [entry for entry in log if entry["attempts"] > 0]
 
-        failed = await eventually(timed_out, timeout_s=10, what="dead target attempts")
+        failed = await eventually(timed_out, timeout_s=20, what="dead target attempts")
         dead_log = await _deliveries(webhooks, admin, dead["id"])
     assert len(dead_log) == 12 and all(entry["status"] == "pending" for entry in dead_log)
-    assert all("no answer within 2 s" in entry["last_error"] for entry in failed)
+    assert all("no answer within 6 s" in entry["last_error"] for entry in failed)
     normal = max(statistics.quantiles(baseline, n=10)[-1], 0.2)
-    # Each dead attempt holds its slot for 2 s; the healthy receiver must not notice.
-    assert max(beside_dead) < normal * 3 + 0.5, (baseline, beside_dead)
-    assert max(beside_dead) < 1.5, beside_dead
+    # Each dead attempt holds its slot for 6 s; the healthy receiver must not notice (a
+    # busy machine may slow one delivery, not by the seconds of waiting for a slot).
+    assert statistics.median(beside_dead) < normal * 3 + 0.5, (baseline, beside_dead)
+    assert max(beside_dead) < DEAD_HOLDS_S / 2, beside_dead
 
 
 async def test_dead_targets_enough_to_fill_every_slot_leave_the_healthy_ones_theirs(
     system_factory: SystemFactory,
 ) -> None:
     """Two dead targets with backlogs, each allowed 2 of the replica's 4 slots: before,
-    they held all 4 (every slot 2 s on a silent connection, their retries due again at
+    they held all 4 (every slot seconds on a silent connection, their retries due again at
     once), and the healthy receiver's deliveries waited behind them, seconds each. Now a
     failing subscription has one attempt in flight and the failing ones half the slots."""
     system = await system_factory()
@@ -291,7 +297,7 @@ async def test_dead_targets_enough_to_fill_every_slot_leave_the_healthy_ones_the
         webhooks = await serve_webhooks(
             stack,
             system,
-            request_timeout_s=2.0,
+            request_timeout_s=DEAD_HOLDS_S,
             max_concurrent_deliveries=4,
             max_concurrent_per_subscription=2,
             retry_schedule_s=[0.1] * 50,
@@ -308,7 +314,7 @@ async def test_dead_targets_enough_to_fill_every_slot_leave_the_healthy_ones_the
             logs = [await _deliveries(webhooks, admin, each["id"]) for each in dead]
             return all(any(entry["attempts"] > 0 for entry in log) for log in logs)
 
-        await eventually(timed_out, timeout_s=20, what="both dead targets failing")
+        await eventually(timed_out, timeout_s=30, what="both dead targets failing")
         await subscribe(webhooks, admin, url=healthy.url, event_types=received_only)
         for _ in range(6):
             await _complaint(system, admin)
@@ -327,8 +333,8 @@ async def test_dead_targets_enough_to_fill_every_slot_leave_the_healthy_ones_the
             for entry in await _deliveries(webhooks, admin, each["id"])
         ]
     assert len(still_pending) == 24 and set(still_pending) == {"pending"}
-    # A dead attempt holds its slot for 2 s: waiting for one would show.
-    assert max(beside_dead) < 1.5, beside_dead
+    # A dead attempt holds its slot for 6 s: waiting for one would show.
+    assert max(beside_dead) < DEAD_HOLDS_S / 2, beside_dead
 
 
 def _event_time(body: bytes) -> float:
