@@ -221,6 +221,41 @@ def default_of(value: Any) -> str:
     return re.sub(r"\$\{\w+:?-([^}]*)\}", r"\1", str(value))
 
 
+IDENTITY_SETTINGS = (
+    "JWT_ISSUER",
+    "JWT_AUDIENCE",
+    "JWT_JWKS_URL",
+    "JWT_OIDC_DISCOVERY",
+    "JWT_ALGORITHMS",
+    "JWT_LEEWAY_S",
+    "JWT_CLAIM_SUBJECT",
+    "JWT_CLAIM_ORG",
+    "JWT_CLAIM_BRANCHES",
+    "JWT_CLAIM_ROLES",
+    "JWT_ROLE_MAP",
+)
+
+
+def test_the_identity_providers_settings_reach_every_service_alike() -> None:
+    """docs/security.md has operators set the provider's claims and role map in .env: until
+    6 December compose passed none of them, and every provider's token had no roles (403)."""
+    given = {
+        name: tuple(environment_of(SERVICES[name]).get(key) for key in IDENTITY_SETTINGS)
+        for name in SERVERS
+    }
+    assert len(set(given.values())) == 1, f"identity settings differ between services: {given}"
+    values = dict(zip(IDENTITY_SETTINGS, next(iter(given.values())), strict=True))
+    for key, value in values.items():
+        assert value is not None and f"${{{key}:-" in value, f"{key} is not taken from .env"
+    # Unset, each is what the code defaults to (an empty role map is none).
+    defaults = {key: default_of(value) for key, value in values.items()}
+    settings = ServiceSettings(**{"jwt_secret": "s" * 32, **defaults})
+    for key in IDENTITY_SETTINGS:
+        field = ServiceSettings.model_fields[key.lower()]
+        expected = field.default_factory() if field.default_factory else field.default
+        assert getattr(settings, key.lower()) == expected, key
+
+
 def test_kafka_image_is_the_version_pinned_in_versions_env() -> None:
     pins = dict(
         line.split("=", 1)

@@ -300,6 +300,18 @@ def test_default_policy_settings_the_policy_refuses_stop_the_service_naming_them
     assert why in str(refused.value)
 
 
+@pytest.mark.parametrize("given", ["", "none", "None"])
+def test_no_public_holidays_can_be_set_from_the_environment(
+    given: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A deployment outside China turns the default holidays off: the environment cannot
+    give None, and until 6 December an empty value or ``none`` stopped follow-up at start."""
+    monkeypatch.setenv("CONTACT_HOLIDAY_COUNTRY", given)
+    assert FollowupSettings().contact_holiday_country is None
+    monkeypatch.setenv("CONTACT_HOLIDAY_COUNTRY", "DE")
+    assert FollowupSettings().contact_holiday_country == "DE"
+
+
 async def test_contact_hours_that_would_break_scheduling_are_422s_naming_the_field(
     system_factory: SystemFactory,
 ) -> None:

@@ -7,11 +7,17 @@ classes subclass :class:`ServiceSettings` and add their own fields.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 MIN_DEAD_LETTER_RETENTION_MS = 86_400_000
 # Fields the environment does not set (``ServiceSettings.service_name``).
@@ -227,10 +233,10 @@ class ServiceSettings(BaseSettings):
         description="Claim with the roles; a dotted path reaches nested claims "
         "(`realm_access.roles`).",
     )
-    jwt_role_map: dict[str, str] = Field(
+    jwt_role_map: Annotated[dict[str, str], NoDecode] = Field(
         default_factory=dict,
-        description="Identity-provider role → our role (JSON); when set, roles not in the map "
-        "are ignored instead of refused.",
+        description="Identity-provider role → our role (JSON; empty: none); when set, roles "
+        "not in the map are ignored instead of refused.",
     )
     log_level: str = Field("INFO", description="Root log level.")
     max_body_bytes: int = Field(
@@ -242,6 +248,15 @@ class ServiceSettings(BaseSettings):
         description="`Retry-After` of the 503 answered while MongoDB or Kafka is unreachable.",
     )
     readiness_timeout_s: float = Field(2.0, gt=0, description="Timeout of each /readyz probe.")
+
+    @field_validator("jwt_role_map", mode="before")
+    @classmethod
+    def _role_map_from_json(cls, value: Any) -> Any:
+        """The environment's JSON object; an empty value (compose's default, the variable
+        not given) is no map, where it refused to start."""
+        if isinstance(value, str | bytes):
+            return json.loads(value) if value.strip() else {}
+        return value
 
     @field_validator("dead_letter_retention_ms")
     @classmethod

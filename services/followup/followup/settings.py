@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from datetime import time
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from complaints_shared.business_calendar import ConfiguredTimeZone
 from complaints_shared.events import Severity
@@ -76,8 +76,19 @@ class FollowupSettings(ServiceSettings):
         description="Days customers may be called (mon..sun; JSON list in the environment).",
     )
     contact_holiday_country: str | None = Field(
-        "CN", description="Public holidays (and 调休 working days) of this country are respected."
+        "CN",
+        description="Public holidays (and 调休 working days) of this country are respected; "
+        "empty or `none`: no public holidays.",
     )
+
+    @field_validator("contact_holiday_country", mode="before")
+    @classmethod
+    def _no_holiday_country(cls, value: object) -> object:
+        """Empty or ``none`` in the environment: no country's holidays (the environment
+        cannot give None; until 6 December follow-up refused to start on either)."""
+        if isinstance(value, str) and value.strip().lower() in {"", "none"}:
+            return None
+        return value
 
     # -- working the checks -------------------------------------------------------
     claim_lease_s: float = Field(
