@@ -424,6 +424,50 @@ async def test_responsible_department_from_resolution_and_from_a_supervisor(
     ]
 
 
+async def test_a_setting_made_after_a_resolution_routing_had_not_applied_yet_stands(
+    system: System,
+) -> None:
+    """An agent resolved in intake naming Sales; routing, behind on its events, had not
+    applied the resolution when a supervisor set Network through routing a moment later.
+    Intake keeps the responsibility set latest (Network). Routing kept the last one it
+    wrote, the older resolution's Sales, and the two disagreed for good; now routing keeps
+    Network too, and announces nothing older."""
+    complaint = received()
+    supervisor = token(system.routing_settings, roles=("supervisor",))
+    path = f"/v1/assignments/{complaint.complaint_id}/responsibility"
+    async with intake_producer(system) as publish:
+        await publish(EventType.COMPLAINT_RECEIVED, complaint)
+        await assignment_when(system, complaint.complaint_id)
+        resolved_at = datetime.now(UTC) - timedelta(seconds=30)
+        changed = await system.routing.post(
+            path, json={"responsible_department": "LZ:NETWORK"}, headers=supervisor
+        )
+        assert changed.status_code == 200, changed.text
+        resolution = resolved(
+            complaint,
+            responsible_department="SALES",
+            responsible_party=ResponsibleParty.STAFF,
+            resolved_at=resolved_at,
+        )
+        await publish(EventType.COMPLAINT_RESOLVED, resolution)
+        document = await assignment_when(
+            system, complaint.complaint_id, lambda d: d["status"] == "resolved"
+        )
+    assert (document["responsible_department"], document["responsible_party"]) == (
+        "LZ:NETWORK",
+        None,
+    )
+    # The finish's clock verdicts are announced before any responsibility it would set.
+    events = await routing_events(
+        system,
+        until=lambda events: bool(
+            of_type(events, EventType.COMPLAINT_SLA_STOPPED, complaint.complaint_id)
+        ),
+    )
+    sets = of_type(events, EventType.COMPLAINT_RESPONSIBILITY_SET, complaint.complaint_id)
+    assert [e.data["responsible_department"] for e in sets] == ["LZ:NETWORK"]
+
+
 async def test_deactivated_person_gets_no_new_work_and_their_open_work_is_reported(
     system: System,
 ) -> None:

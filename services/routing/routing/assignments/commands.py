@@ -346,6 +346,7 @@ async def set_responsibility(
     async def decide(current: dict[str, Any]) -> Decision:
         status = lifecycle.moved(current, Command.SET_RESPONSIBILITY)
         party = request.responsible_party
+        set_at = store.setting_stamp(current, now=now)
         event = ComplaintResponsibilitySet(
             complaint_id=current["_id"],
             org=current["org"],
@@ -353,7 +354,7 @@ async def set_responsibility(
             responsible_department=department.id,
             responsible_party=party,
             set_by=principal.subject,
-            set_at=now,
+            set_at=set_at,
         )
         update = merge_updates(
             status,
@@ -361,6 +362,7 @@ async def set_responsibility(
                 "$set": {
                     "responsible_department": department.id,
                     "responsible_party": party.value if party else None,
+                    store.RESPONSIBILITY_SET_AT: set_at,
                 }
             },
             store.history(

@@ -427,9 +427,14 @@ async def finish(
             resolution_number=resolved.resolution_number if resolved is not None else None,
         )
         # Either half named at resolution sets the responsibility, the other half as it
-        # stood (a party named alone was left off the assignment). Announced when there is a
-        # department to name.
-        if resolved is not None and (resolved.responsible_department or resolved.responsible_party):
+        # stood (a party named alone was left off the assignment), unless a supervisor set it
+        # after the resolution (a setting made while this event waited here): intake keeps
+        # that one too. Announced when there is a department to name.
+        named = resolved is not None and bool(
+            resolved.responsible_department or resolved.responsible_party
+        )
+        stamp = store.responsibility_stamp(current, at=at) if named else None
+        if resolved is not None and stamp is not None:
             department = _responsibility(current, resolved.responsible_department) or current.get(
                 "responsible_department"
             )
@@ -438,8 +443,12 @@ async def finish(
                 if resolved.responsible_party
                 else current.get("responsible_party")
             )
-            set_fields.update(responsible_department=department, responsible_party=party)
-        if resolved is not None and set_fields.get("responsible_department"):
+            set_fields.update(
+                responsible_department=department,
+                responsible_party=party,
+                **{store.RESPONSIBILITY_SET_AT: stamp},
+            )
+        if resolved is not None and stamp is not None and set_fields.get("responsible_department"):
             responsibility = ComplaintResponsibilitySet(
                 complaint_id=current["_id"],
                 org=current["org"],
@@ -447,7 +456,7 @@ async def finish(
                 responsible_department=set_fields["responsible_department"],
                 responsible_party=set_fields["responsible_party"],
                 set_by=resolved.resolved_by or _actor(event),
-                set_at=at,
+                set_at=stamp,
             )
             events.append((EventType.COMPLAINT_RESPONSIBILITY_SET, responsibility))
         finished = store.history_entry(at=now, action=FINISHING[command].value, actor=_actor(event))

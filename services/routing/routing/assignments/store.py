@@ -8,7 +8,7 @@ write conditionally on the version read, together with the events.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from pymongo import ASCENDING, DESCENDING
@@ -19,7 +19,7 @@ from complaints_shared.aggregate import Aggregate, Decide
 from complaints_shared.auth import Principal
 from complaints_shared.events import SEVERITY_ORDER, Severity
 from complaints_shared.idempotency import CommandKey
-from complaints_shared.mongo import count_each, ensure_index, insert_batched
+from complaints_shared.mongo import as_utc, bson_time, count_each, ensure_index, insert_batched
 from complaints_shared.pagination import Page
 from complaints_shared.problems import not_found
 from complaints_shared.stored import from_stored
@@ -76,6 +76,31 @@ def skill_rule_version(document: dict[str, Any]) -> int | None:
         return document[SKILL_RULE_VERSION]
     # Stored before 5 December: only placement set a skill, and every move cleared it.
     return document.get("rule_version") if document.get("required_skill") else None
+
+
+# When the responsibility on the assignment was set (to the millisecond, as announced): a
+# supervisor's setting, or a resolution naming it. Intake keeps the responsibility set
+# latest; routing keeps to the same order (``responsibility_stamp``), not to the order of
+# its writes: until 6 December a setting made while routing was behind on the resolution
+# was overwritten by the older resolution's here and kept in intake, for good.
+RESPONSIBILITY_SET_AT = "responsibility_set_at"
+_ONE_MS = timedelta(milliseconds=1)
+
+
+def responsibility_stamp(document: dict[str, Any], *, at: datetime) -> datetime | None:
+    """The time a responsibility set at ``at`` is stamped with (to the millisecond), None
+    when one set later stands on ``document`` already."""
+    stamp = bson_time(at)
+    stored = document.get(RESPONSIBILITY_SET_AT)
+    return None if stored is not None and as_utc(stored) > stamp else stamp
+
+
+def setting_stamp(document: dict[str, Any], *, now: datetime) -> datetime:
+    """The time a supervisor's setting written now is stamped with: after the one it
+    overwrites (a request that began first and commits last is the newest)."""
+    stamp = bson_time(now)
+    stored = document.get(RESPONSIBILITY_SET_AT)
+    return max(stamp, as_utc(stored) + _ONE_MS) if stored is not None else stamp
 
 
 # A major incident that could not reach the branch head (the branch has none active): true
