@@ -17,11 +17,19 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from complaints_shared.clock import ManualClock
+from complaints_shared.events import Severity
+from routing.assignments import placement, routing_context
 from routing.assignments.scheduler import SlaScheduler
 from routing.directory import store as directory_store
 from tests.support.clock import at
+from tests.support.events import received
 from tests.support.http import command, complaint_when, create_complaint, token
-from tests.support.routing import FAST_TIMERS, assignment_when, routing_db
+from tests.support.routing import (
+    FAST_TIMERS,
+    CachedBeforeTheChange,
+    assignment_when,
+    routing_db,
+)
 from tests.support.system import System, SystemFactory
 from tests.support.waits import eventually
 
@@ -30,6 +38,8 @@ pytestmark = pytest.mark.integration
 SHANGHAI = ZoneInfo("Asia/Shanghai")
 MINUTE = timedelta(minutes=1)
 TYPHOON = {"holidays": {"country": "CN", "closed_days": ["2026-12-08"]}}
+# A branch's mark goes once every replica's cached calendar is renewed: soon, here.
+SETTLES_SOON = {"routing_context_max_age_s": 0.5, "replica_clock_skew_s": 0.1}
 
 
 def shanghai(day: int, hour: int, minute: int = 0) -> datetime:
@@ -203,7 +213,12 @@ async def test_a_re_lay_cut_short_is_completed_by_the_next_sweep_once_per_compla
     marked; a replica that died holding the branch does not hold it up; two replicas
     sweeping at once re-lay the third once."""
     clock = ManualClock(shanghai(7, 10))
-    settings = {**FAST_TIMERS, "queue_sweep_interval_s": 3600, "calendar_change_batch_size": 2}
+    settings = {
+        **FAST_TIMERS,
+        **SETTLES_SOON,
+        "queue_sweep_interval_s": 3600,
+        "calendar_change_batch_size": 2,
+    }
     system = await system_factory(clock=clock, routing=settings)
     agent = token(system.intake_settings, branches=["LZ"], roles=("agent",))
     complaints = [
@@ -236,6 +251,7 @@ async def test_a_re_lay_cut_short_is_completed_by_the_next_sweep_once_per_compla
     assert sum(counts) == 1
 
     async def settled() -> dict | None:
+        await replicas[0].apply_calendar_changes(runtime)  # nothing behind: once caches renew
         found = await db.branches.find_one({"_id": "demo:LZ"})
         return found if directory_store.CALENDAR_CHANGE_PENDING not in found else None
 
@@ -255,7 +271,7 @@ async def test_a_complaint_finished_before_the_change_reopens_on_the_new_calenda
     open work: until 6 December the fresh resolve clock ran on the old calendar (Thursday,
     not Friday) until its first timer."""
     clock = ManualClock(shanghai(7, 10))
-    system = await system_factory(clock=clock, routing=FAST_TIMERS)
+    system = await system_factory(clock=clock, routing={**FAST_TIMERS, **SETTLES_SOON})
     agent = token(system.intake_settings, branches=["LZ"], roles=("agent",))
     supervisor = token(system.intake_settings, branches=["LZ"], roles=("supervisor",))
     cid = await _complaint(system, agent, severity="high")
@@ -288,3 +304,45 @@ async def test_a_complaint_finished_before_the_change_reopens_on_the_new_calenda
         what="the record's due time after the reopen",
         timeout_s=20,
     )
+
+
+async def test_work_a_replica_placed_with_its_older_calendar_is_re_laid_before_the_mark_goes(
+    system_factory: SystemFactory,
+) -> None:
+    """Another replica, its branch context cached before the typhoon closure, places a
+    complaint on the old calendar just after the sweep found the branch's open work re-laid.
+    The mark went at that pass, and the complaint kept Thursday until its first timer. Now
+    the mark stays until every replica's copy is renewed, and a pass meanwhile re-lays it."""
+    clock = ManualClock(shanghai(7, 10))
+    renewed = {"routing_context_max_age_s": 2.0, "replica_clock_skew_s": 0.5}
+    # The sweep is run by the test.
+    routing = {**FAST_TIMERS, **renewed, "queue_sweep_interval_s": 3600}
+    system = await system_factory(clock=clock, routing=routing)
+    db = routing_db(system)
+    complaint = received(severity=Severity.HIGH, received_at=clock.now())
+    cached = await routing_context.load_context(db=db, complaint=complaint)
+    await _change_branch(system, TYPHOON)
+    scheduler = SlaScheduler(settings=system.routing_settings)
+    runtime = SimpleNamespace(db=db, clock=clock)
+    assert await scheduler.apply_calendar_changes(runtime) == 0  # no open work yet
+
+    await placement.route_received(
+        db=db,
+        settings=system.routing_settings,
+        complaint=complaint,
+        now=clock.now(),
+        contexts=CachedBeforeTheChange(cached),  # type: ignore[arg-type]
+    )
+    placed = await db.assignments.find_one({"_id": complaint.complaint_id})
+    assert (placed.get("calendar_version", 0), placed["resolve_due_at"]) == (0, shanghai(10, 10))
+
+    assert await scheduler.apply_calendar_changes(runtime) == 1
+    relaid = await db.assignments.find_one({"_id": complaint.complaint_id})
+    assert (relaid["calendar_version"], relaid["resolve_due_at"]) == (1, shanghai(11, 10))
+
+    async def settled() -> bool:
+        await scheduler.apply_calendar_changes(runtime)
+        branch = await db.branches.find_one({"_id": "demo:LZ"})
+        return directory_store.CALENDAR_CHANGE_PENDING not in branch
+
+    await eventually(settled, timeout_s=10, what="the mark gone once the caches renewed")

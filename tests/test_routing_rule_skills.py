@@ -16,7 +16,13 @@ from complaints_shared.events import Category, CustomerContact
 from routing.assignments import placement, routing_context
 from tests.support.events import received
 from tests.support.http import create_complaint, token
-from tests.support.routing import FAST_TIMERS, MONDAY_10_SHANGHAI, assignment_when, routing_db
+from tests.support.routing import (
+    FAST_TIMERS,
+    MONDAY_10_SHANGHAI,
+    CachedBeforeTheChange,
+    assignment_when,
+    routing_db,
+)
 from tests.support.system import System, SystemFactory
 from tests.support.waits import eventually
 
@@ -158,17 +164,6 @@ async def test_a_rules_new_skill_and_its_deactivation_reach_its_queue_not_work_m
     assert (await routing_db(system).assignments.find_one({"_id": moved}))["status"] == "queued"
 
 
-class _CachedBeforeTheChange:
-    """Another replica's routing contexts, cached before the administrator's change and not
-    renewed yet (for up to ``ROUTING_CONTEXT_MAX_AGE_S``)."""
-
-    def __init__(self, context: routing_context.RoutingContext) -> None:
-        self._context = context
-
-    async def get(self, **_: object) -> routing_context.RoutingContext:
-        return self._context
-
-
 async def test_work_a_replica_placed_with_its_older_copy_of_the_rule_follows_the_rule_later(
     system_factory: SystemFactory,
 ) -> None:
@@ -209,7 +204,7 @@ async def test_work_a_replica_placed_with_its_older_copy_of_the_rule_follows_the
         settings=system.routing_settings,
         complaint=vip,
         now=MONDAY_10_SHANGHAI,
-        contexts=_CachedBeforeTheChange(cached),  # type: ignore[arg-type]
+        contexts=CachedBeforeTheChange(cached),  # type: ignore[arg-type]
     )
     placed = await db.assignments.find_one({"_id": vip.complaint_id})
     assert (placed["status"], placed["required_skill"]) == ("queued", "vip")

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import UTC, datetime
 
+from routing.assignments import routing_context
 from tests.support.system import System
 from tests.support.waits import eventually
 
@@ -71,3 +72,15 @@ async def outbox_drained(system: System, complaint_id: str) -> dict:
     return await assignment_when(
         system, complaint_id, lambda doc: not doc.get("outbox"), what="outbox drained"
     )
+
+
+class CachedBeforeTheChange:
+    """Another replica's routing contexts (``placement.route_received``'s ``contexts``),
+    cached before an administrator's change and not renewed yet (for up to
+    ``ROUTING_CONTEXT_MAX_AGE_S``)."""
+
+    def __init__(self, context: routing_context.RoutingContext) -> None:
+        self._context = context
+
+    async def get(self, **_: object) -> routing_context.RoutingContext:
+        return self._context

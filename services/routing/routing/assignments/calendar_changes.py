@@ -13,10 +13,15 @@ takes the branch under a lease (replicas take different branches), re-lays up to
 ``calendar_change_batch_size`` of its open and queued assignments behind the branch's
 version, each through the aggregate kernel and only while it is still behind (a
 concurrent change decides again, a second replica finds nothing to do), and clears the
-mark once none is left. A crash leaves the mark and the assignments not yet re-laid for
-the next sweep. The SLA timer pass re-lays an assignment that is behind before it fires
-anything (``scheduler``), so no timer fires on a calendar the branch replaced. Finished work
-is not re-laid: a reopen lays its fresh cycle out on the calendar in force (``projections``).
+mark once none is left and every replica's cached copy of the branch is renewed: another
+replica may place work with the calendar it cached for up to ``routing_context_max_age_s``
+(give or take the replicas' clocks), and that work is re-laid by the passes until then.
+Until 6 December the mark went at the first pass finding none, and such work kept the old
+calendar until its first timer (a correction to an earlier deadline, hours late). A crash
+leaves the mark and the assignments not yet re-laid for the next sweep. The SLA timer pass
+re-lays an assignment that is behind before it fires anything (``scheduler``), so no timer
+fires on a calendar the branch replaced. Finished work is not re-laid: a reopen lays its
+fresh cycle out on the calendar in force (``projections``).
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ from complaints_shared.aggregate import Decision, Events
 from complaints_shared.events import EventType
 from complaints_shared.failures import is_dependency_unavailable, redacted_error
 from complaints_shared.logs import get_logger
-from complaints_shared.mongo import claim_first, merge_updates
+from complaints_shared.mongo import as_utc, claim_first, merge_updates
 from routing.assignments import lifecycle, store
 from routing.assignments.lifecycle import Command
 from routing.assignments.models import AssignmentStatus
@@ -204,14 +209,40 @@ class CalendarChangeSweep:
         return relaid_count
 
     async def _settled(self, db: AsyncDatabase, branch: dict[str, Any], *, version: int) -> None:
+        """No work behind: the mark goes once every replica's cached calendar is renewed
+        (``CALENDAR_SETTLE_AT``, set by the first pass that finds none); until then the
+        passes look again, for work a replica placed with its older copy."""
         # Only at the version re-laid: a change made meanwhile keeps the branch marked.
+        at_version = {
+            "_id": branch["_id"],
+            directory_store.CALENDAR_VERSION: version,
+            directory_store.CALENDAR_LEASE_OWNER: self._owner,
+        }
+        wall_now = datetime.now(UTC)  # caches age in real time, whatever the business clock
+        settle_at = branch.get(directory_store.CALENDAR_SETTLE_AT)
+        if settle_at is None:
+            renewed_s = (
+                self._settings.routing_context_max_age_s + self._settings.replica_clock_skew_s
+            )
+            await db[directory_store.BRANCHES].update_one(
+                at_version,
+                {
+                    "$set": {
+                        directory_store.CALENDAR_SETTLE_AT: wall_now + timedelta(seconds=renewed_s)
+                    }
+                },
+            )
+            return
+        if as_utc(settle_at) > wall_now:
+            return
         await db[directory_store.BRANCHES].update_one(
+            at_version,
             {
-                "_id": branch["_id"],
-                directory_store.CALENDAR_VERSION: version,
-                directory_store.CALENDAR_LEASE_OWNER: self._owner,
+                "$unset": {
+                    directory_store.CALENDAR_CHANGE_PENDING: "",
+                    directory_store.CALENDAR_SETTLE_AT: "",
+                }
             },
-            {"$unset": {directory_store.CALENDAR_CHANGE_PENDING: ""}},
         )
 
     async def _release(self, db: AsyncDatabase, branch_id: str) -> None:

@@ -44,6 +44,7 @@ def recorded_change(
     record = {"version": version, "changed_at": now, "previous": previous}
     return {
         "$set": {store.CALENDAR_VERSION: version, store.CALENDAR_CHANGE_PENDING: True},
+        "$unset": {store.CALENDAR_SETTLE_AT: ""},  # the wait starts again for this change
         "$push": {store.CALENDAR_CHANGES: {"$each": [record], "$slice": -CHANGES_KEPT}},
     }
 

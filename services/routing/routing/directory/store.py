@@ -48,6 +48,9 @@ FREED_SLOTS_KEPT = 16
 CALENDAR_VERSION = "calendar_version"
 CALENDAR_CHANGES = "calendar_changes"
 CALENDAR_CHANGE_PENDING = "calendar_change_pending"
+# When (wall clock) the mark may go, once a pass finds no work behind: every replica's cached
+# copy of the branch renewed by then (``calendar_changes``).
+CALENDAR_SETTLE_AT = "calendar_settle_at"
 CALENDAR_LEASE_UNTIL = "calendar_lease_until"
 CALENDAR_LEASE_OWNER = "calendar_lease_owner"
 # Fields routing keeps on an entry beside what the administrator wrote: outside the audit
@@ -61,6 +64,7 @@ BOOKKEEPING = frozenset(
         sole_roles.ROLE_FIELD,
         CALENDAR_CHANGES,
         CALENDAR_CHANGE_PENDING,
+        CALENDAR_SETTLE_AT,
         CALENDAR_LEASE_UNTIL,
         CALENDAR_LEASE_OWNER,
     }
