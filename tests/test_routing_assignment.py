@@ -19,7 +19,7 @@ from routing.assignments import placement, queue
 from routing.directory.models import BranchRead
 from routing.sla import clocks as sla
 from tests.support.events import base, received, reopened, resolved
-from tests.support.http import BROADBAND_COMPLAINT, token
+from tests.support.http import BROADBAND_COMPLAINT, complaint_when, token
 from tests.support.kafka import intake_producer, of_type, routing_events
 from tests.support.routing import (
     FAST_TIMERS,
@@ -466,6 +466,49 @@ async def test_a_setting_made_after_a_resolution_routing_had_not_applied_yet_sta
     )
     sets = of_type(events, EventType.COMPLAINT_RESPONSIBILITY_SET, complaint.complaint_id)
     assert [e.data["responsible_department"] for e in sets] == ["LZ:NETWORK"]
+
+
+async def test_a_resolution_after_a_setting_stands_in_both_services_whatever_their_clocks(
+    system_factory: SystemFactory,
+) -> None:
+    """A supervisor sets Network in routing; an agent then resolves in intake naming Sales,
+    on a clock five seconds behind routing's (``REPLICA_CLOCK_SKEW_S`` allows thirty).
+    Ordered by each service's own clock, routing kept the setting and intake the resolution;
+    intake now stamps the resolution's responsibility after the one on record, and routing
+    orders by that stamp: both keep Sales."""
+    clock = ManualClock(datetime.now(UTC))
+    system = await system_factory(clock=clock)
+    agent = token(system.intake_settings)
+    supervisor = token(system.routing_settings, roles=("supervisor",))
+    created = await system.intake.post("/v1/complaints", json=BROADBAND_COMPLAINT, headers=agent)
+    assert created.status_code == 201, created.text
+    cid = created.json()["id"]
+    await complaint_when(system, cid, agent, lambda c: c["assignment"], what="assigned")
+    path = f"/v1/assignments/{cid}/responsibility"
+    changed = await system.routing.post(
+        path, json={"responsible_department": "LZ:NETWORK"}, headers=supervisor
+    )
+    assert changed.status_code == 200, changed.text
+    await complaint_when(
+        system, cid, agent, lambda c: c["responsible_department"] == "LZ:NETWORK", what="set"
+    )
+
+    clock.advance(timedelta(seconds=-5))  # intake's clock, behind routing's
+    resolve = {"summary": "已退费", "responsible_department": "LZ:SALES"}
+    answered = await system.intake.post(
+        f"/v1/complaints/{cid}/resolve", json=resolve, headers=agent
+    )
+    assert answered.status_code == 200, answered.text
+    document = await assignment_when(system, cid, lambda d: d["status"] == "resolved")
+    assert document["responsible_department"] == "LZ:SALES"
+    record = await complaint_when(
+        system,
+        cid,
+        agent,
+        lambda c: c["status"] == "resolved" and c["responsible_department"] == "LZ:SALES",
+        what="intake's record",
+    )
+    assert record["responsibility"]["department"] == "LZ:SALES"
 
 
 async def test_deactivated_person_gets_no_new_work_and_their_open_work_is_reported(

@@ -301,6 +301,12 @@ class ComplaintResolved(EventData):
     customer: CustomerContact
     subject: str | None = None
     resolved_at: EventDatetime
+    responsibility_set_at: EventDatetime | None = Field(
+        None,
+        description="When the responsibility named here is set (after the one on record): "
+        "routing keeps the responsibility set latest by this, as intake does; none from "
+        "producers before 6 December (then resolved_at)",
+    )
 
 
 class ComplaintReopened(EventData):

@@ -372,6 +372,7 @@ def resolve(request: ResolveRequest, principal: Principal) -> Build:
             "on_time": None if due is None else bson_time(now) <= bson_time(due),
         }
         assignment = current.get("assignment") or {}
+        named = bool(request.responsible_department or request.responsible_party)
         event = ComplaintResolved(
             **event_base(current),
             reference=current["reference"],
@@ -390,6 +391,7 @@ def resolve(request: ResolveRequest, principal: Principal) -> Build:
             customer=customer_contact(current),
             subject=current["subject"],
             resolved_at=now,
+            responsibility_set_at=_responsibility_stamp(current, now=now) if named else None,
         )
         fields: dict[str, Any] = {
             "resolution": resolution,
@@ -401,7 +403,7 @@ def resolve(request: ResolveRequest, principal: Principal) -> Build:
         # Either half given sets it whole, the other half as it stood: a party named alone
         # left ``responsibility`` telling routing's earlier party, by routing, against the
         # ``responsible_party`` the reports count.
-        if request.responsible_department or request.responsible_party:
+        if named:
             department = request.responsible_department or current.get("responsible_department")
             party = (
                 request.responsible_party.value
@@ -415,7 +417,7 @@ def resolve(request: ResolveRequest, principal: Principal) -> Build:
                     "department": department,
                     "party": party,
                     "set_by": principal.subject,
-                    "set_at": now,
+                    "set_at": event.responsibility_set_at,
                 }
         update = merge_updates(
             {
@@ -429,6 +431,19 @@ def resolve(request: ResolveRequest, principal: Principal) -> Build:
         return update, [(EventType.COMPLAINT_RESOLVED, event)]
 
     return build
+
+
+def _responsibility_stamp(current: dict[str, Any], *, now: datetime) -> datetime:
+    """When a responsibility named at resolution now is set: after the one on record (a
+    supervisor's in routing, stamped by routing's clock), which it overwrites here. Routing
+    orders them by these stamps too (``responsibility_set_at``), so both keep the same one
+    whatever their clocks; ``now`` alone, behind routing's clock, left routing on the
+    setting and intake on the resolution."""
+    stamp = bson_time(now)
+    known = (current.get("responsibility") or {}).get("set_at")
+    if known is None:
+        return stamp
+    return max(stamp, bson_time(known) + timedelta(milliseconds=1))
 
 
 def record_remedy(request: RemedyIn, principal: Principal) -> Build:

@@ -433,7 +433,11 @@ async def finish(
         named = resolved is not None and bool(
             resolved.responsible_department or resolved.responsible_party
         )
-        stamp = store.responsibility_stamp(current, at=at) if named else None
+        stamp = (
+            store.responsibility_stamp(current, at=resolved.responsibility_set_at or at)
+            if resolved is not None and named
+            else None
+        )
         if resolved is not None and stamp is not None:
             department = _responsibility(current, resolved.responsible_department) or current.get(
                 "responsible_department"
