@@ -15,7 +15,7 @@ version, each through the aggregate kernel and only while it is still behind (a
 concurrent change decides again, a second replica finds nothing to do), and clears the
 mark once none is left and every replica's cached copy of the branch is renewed: another
 replica may place work with the calendar it cached for up to ``routing_context_max_age_s``
-(give or take the replicas' clocks), and that work is re-laid by the passes until then.
+(give or take the replicas' clocks), and a pass after that looks once more and re-lays it.
 Until 6 December the mark went at the first pass finding none, and such work kept the old
 calendar until its first timer (a correction to an earlier deadline, hours late). A crash
 leaves the mark and the assignments not yet re-laid for the next sweep. The SLA timer pass
@@ -176,6 +176,10 @@ class CalendarChangeSweep:
     async def _relay_branch(
         self, db: AsyncDatabase, branch: dict[str, Any], *, now: datetime
     ) -> int:
+        scanned_at = datetime.now(UTC)  # caches age in real time, whatever the business clock
+        settle_at = branch.get(directory_store.CALENDAR_SETTLE_AT)
+        if settle_at is not None and as_utc(settle_at) > scanned_at:
+            return 0  # re-laid; one more look once every replica's copy is renewed
         calendars = calendar_history.calendars_of(branch)
         batch = self._settings.calendar_change_batch_size
         ids = await store.behind_calendar(
@@ -199,7 +203,7 @@ class CalendarChangeSweep:
                     "calendar_relay_failed", complaint_id=complaint_id, error=redacted_error(exc)
                 )
         if len(ids) < batch and not failed:
-            await self._settled(db, branch, version=calendars.version)
+            await self._settled(db, branch, version=calendars.version, scanned_at=scanned_at)
         log.info(
             "calendar_change_applied",
             branch=branch["_id"],
@@ -208,33 +212,28 @@ class CalendarChangeSweep:
         )
         return relaid_count
 
-    async def _settled(self, db: AsyncDatabase, branch: dict[str, Any], *, version: int) -> None:
-        """No work behind: the mark goes once every replica's cached calendar is renewed
-        (``CALENDAR_SETTLE_AT``, set by the first pass that finds none); until then the
-        passes look again, for work a replica placed with its older copy."""
+    async def _settled(
+        self, db: AsyncDatabase, branch: dict[str, Any], *, version: int, scanned_at: datetime
+    ) -> None:
+        """No work behind at ``scanned_at``: the mark goes once every replica's cached
+        calendar is renewed (``CALENDAR_SETTLE_AT``, set by the first pass that finds none);
+        a pass after that time looks once more, for work a replica placed with its older
+        copy, and clears it."""
         # Only at the version re-laid: a change made meanwhile keeps the branch marked.
         at_version = {
             "_id": branch["_id"],
             directory_store.CALENDAR_VERSION: version,
             directory_store.CALENDAR_LEASE_OWNER: self._owner,
         }
-        wall_now = datetime.now(UTC)  # caches age in real time, whatever the business clock
-        settle_at = branch.get(directory_store.CALENDAR_SETTLE_AT)
-        if settle_at is None:
-            renewed_s = (
-                self._settings.routing_context_max_age_s + self._settings.replica_clock_skew_s
+        if branch.get(directory_store.CALENDAR_SETTLE_AT) is None:
+            renewed = timedelta(
+                seconds=self._settings.routing_context_max_age_s
+                + self._settings.replica_clock_skew_s
             )
-            await db[directory_store.BRANCHES].update_one(
-                at_version,
-                {
-                    "$set": {
-                        directory_store.CALENDAR_SETTLE_AT: wall_now + timedelta(seconds=renewed_s)
-                    }
-                },
-            )
+            settle_at = {directory_store.CALENDAR_SETTLE_AT: scanned_at + renewed}
+            await db[directory_store.BRANCHES].update_one(at_version, {"$set": settle_at})
             return
-        if as_utc(settle_at) > wall_now:
-            return
+        # Its time had come at the scan (``_relay_branch`` looks only then).
         await db[directory_store.BRANCHES].update_one(
             at_version,
             {
