@@ -281,7 +281,9 @@ class SlaScheduler:
                 if is_dependency_unavailable(exc):
                     self._unroutable_deferred.setdefault(org, deferred)
                     raise
-                # Tried again at the next sweep (the try is not noted); other orgs go on.
+                # Tried again at the next sweep (the try is not noted, what it deferred is
+                # kept); other orgs go on.
+                self._unroutable_deferred.setdefault(org, deferred)
                 log.error("unroutable_retry_failed", org=org, error=redacted_error(exc))
                 continue
             routed += self._note_deferred(org, outcome)
