@@ -65,8 +65,9 @@ PUBLIC_SUBSCRIPTION = {
 REDELIVERY_KEYS = "redelivery_keys"
 KEYED_REDELIVERIES = "keyed_redeliveries"
 REDELIVERY_KEYS_KEPT = 20
-# When the first attempt of a delivery's current retry schedule was made (unset when the
-# schedule starts afresh: the next attempt notes it again).
+# When the first attempt of a delivery's current retry schedule was made: noted by every
+# attempt made at the schedule's start (``retry_index`` 0), unset when a held or redelivered
+# one starts afresh.
 SCHEDULE_STARTED_AT = "schedule_started_at"
 # The delivery log never needs the body.
 PUBLIC_DELIVERY = {
@@ -897,7 +898,7 @@ async def release_held(
     if resumed_at is not None:
         await db[DELIVERIES].update_many(
             {**waiting, "last_attempt_at": {"$not": {"$gte": resumed_at}}},
-            {"$set": {"retry_index": 0}, "$unset": {SCHEDULE_STARTED_AT: ""}},
+            {"$set": {"retry_index": 0}},
         )
     return await make_held_due(db=db, subscription_id=subscription_id, now=now)
 
