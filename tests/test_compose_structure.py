@@ -256,6 +256,25 @@ def test_the_identity_providers_settings_reach_every_service_alike() -> None:
         assert getattr(settings, key.lower()) == expected, key
 
 
+def test_an_empty_role_map_in_the_environment_is_none_and_json_is_read(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Compose passes ``JWT_ROLE_MAP`` empty when .env does not set it: until 6 December an
+    empty value stopped every service at start-up (not JSON)."""
+    monkeypatch.setenv("JWT_SECRET", "s" * 32)
+    monkeypatch.setenv("JWT_ROLE_MAP", "")
+    assert ServiceSettings().jwt_role_map == {}
+    monkeypatch.setenv("JWT_ROLE_MAP", '{"realm-agent": "agent"}')
+    assert ServiceSettings().jwt_role_map == {"realm-agent": "agent"}
+
+
+def test_an_empty_holiday_country_in_env_reaches_follow_up() -> None:
+    """``${VAR-default}``, not ``${VAR:-default}``: an empty value in .env (no public
+    holidays) is passed on, not replaced by CN."""
+    value = environment_of(SERVICES["followup"])["CONTACT_HOLIDAY_COUNTRY"]
+    assert value == "${CONTACT_HOLIDAY_COUNTRY-CN}", value
+
+
 def test_kafka_image_is_the_version_pinned_in_versions_env() -> None:
     pins = dict(
         line.split("=", 1)

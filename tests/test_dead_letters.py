@@ -605,7 +605,7 @@ async def test_a_fault_of_the_consumer_loop_itself_restarts_it_instead_of_ending
 
 
 async def test_records_after_one_whose_handling_let_a_cancellation_out_are_not_passed_over(
-    infrastructure,
+    infrastructure, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A handler that lets a cancellation out (one its task was not asked for: an await of
     a future another task cancelled) ended its partition's task "cancelled", which the loop
@@ -639,6 +639,14 @@ async def test_records_after_one_whose_handling_let_a_cancellation_out_are_not_p
         handlers={EventType.COMPLAINT_RECEIVED: handle},
         producer=producer,
     )
+    start = EventConsumer._start_consumer
+    starts: list[float] = []
+
+    async def counted(self: EventConsumer) -> None:
+        starts.append(time.monotonic())
+        await start(self)
+
+    monkeypatch.setattr(EventConsumer, "_start_consumer", counted)
     running = asyncio.create_task(consumer.run())
     try:
         await eventually(
@@ -652,6 +660,8 @@ async def test_records_after_one_whose_handling_let_a_cancellation_out_are_not_p
         await producer.stop()
     assert cancelled == [events[0].id]
     assert handled == [event.id for event in events]
+    # Retried as the record's error, not by a restart of the consumer (a rebalance).
+    assert len(starts) == 1
 
 
 async def test_a_broker_error_right_after_each_start_lengthens_the_pause(
