@@ -53,6 +53,21 @@ async def _renamed(system: System, path: str, name: str, admin: dict) -> dict:
     return response.json()
 
 
+async def _billing_renamed_on(system: System, complaint_id: str, headers: dict) -> dict:
+    """LZ:BILLING renamed 账务中心 by routing's administrator, once the complaint shows it;
+    the department as routing answered."""
+    admin = token(system.routing_settings)
+    renamed = await _renamed(system, "/v1/directory/departments/LZ:BILLING", "账务中心", admin)
+    await complaint_when(
+        system,
+        complaint_id,
+        headers,
+        lambda c: c["assignment"]["department_name"] == "账务中心",
+        what="the department's new name",
+    )
+    return renamed
+
+
 async def _applied(system: System, key: str, name: str) -> dict:
     """Intake's announcement of ``key`` once the complaints were renamed to ``name``."""
 
@@ -123,20 +138,12 @@ async def test_a_renamed_department_and_owner_show_on_the_open_complaint_not_the
 async def test_an_older_announcement_or_assignment_delivered_late_brings_no_old_name_back(
     system: System,
 ) -> None:
-    admin = token(system.routing_settings)
     supervisor = token(system.intake_settings, roles=("supervisor",))
     complaint = await _assigned(system, supervisor)
     before = complaint["assignment"]
     # The rename's announcement is counted once handled to the end, after the record shows it.
     handled = handled_count("intake", EventType.DEPARTMENT_UPDATED)
-    renamed = await _renamed(system, "/v1/directory/departments/LZ:BILLING", "账务中心", admin)
-    await complaint_when(
-        system,
-        complaint["id"],
-        supervisor,
-        lambda c: c["assignment"]["department_name"] == "账务中心",
-        what="the department's new name",
-    )
+    renamed = await _billing_renamed_on(system, complaint["id"], supervisor)
 
     # The announcement of the version before, delivered again after the rename.
     older = DepartmentUpdated(
@@ -478,17 +485,9 @@ async def test_a_name_shown_late_does_not_move_the_complaints_change_time_back(
     started. A resolution written meanwhile had stamped the complaint later; the rename
     stamped it back, and the report's rollup, which reads what changed since its last pass,
     never counted that resolution. The change time now only moves forward."""
-    admin = token(system.routing_settings)
     supervisor = token(system.intake_settings, roles=("supervisor",))
     complaint = await _assigned(system, supervisor)
-    await _renamed(system, "/v1/directory/departments/LZ:BILLING", "账务中心", admin)
-    await complaint_when(
-        system,
-        complaint["id"],
-        supervisor,
-        lambda c: c["assignment"]["department_name"] == "账务中心",
-        what="the department's new name",
-    )
+    await _billing_renamed_on(system, complaint["id"], supervisor)
     complaints = _intake_db(system).complaints
     changed_at = datetime.now(UTC).replace(microsecond=0)
     # As a complaint still showing the old name, written by a change made just now.

@@ -77,6 +77,23 @@ async def _escalate(system: System, cid: str, reason: str = "客户要求主管�
     )
 
 
+async def _medical_error_nobody_above_can_take(system: System) -> tuple[str, dict]:
+    """A medical error registered once 周科长 and 王院长, the medical-affairs chain's
+    department and hospital heads, have left: a major incident that reached nobody at once.
+    Its id and routing's assignment."""
+    for person in ("hosp-head", "hosp-zhou"):
+        await _ok(
+            await system.routing.post(
+                f"/v1/directory/staff/{person}/deactivate", headers=_admin(system)
+            )
+        )
+    supervisor = token(system.intake_settings, roles=("supervisor",))
+    cid = (await create_complaint(system, supervisor, **MEDICAL_ERROR))["id"]
+    document = await assignment_when(system, cid, lambda d: d.get("owner_id"))
+    assert (document["major_incident"], document["escalations"]) == (True, [])
+    return cid, document
+
+
 async def _billing_complaint(system: System, **overrides) -> str:
     """An LZ billing complaint (chain: team lead lz-gao, head lz-xie, branch head lz-gm)."""
     complaint = received(**overrides)
@@ -170,14 +187,7 @@ async def test_a_major_incident_nobody_could_take_climbs_as_the_posts_above_it_a
     is given it (still awaiting a head), then the hospital head appointed after her."""
     system = await system_factory(routing=FAST_TIMERS)
     admin = _admin(system)
-    for person in ("hosp-head", "hosp-zhou"):
-        await _ok(
-            await system.routing.post(f"/v1/directory/staff/{person}/deactivate", headers=admin)
-        )
-    supervisor = token(system.intake_settings, roles=("supervisor",))
-    cid = (await create_complaint(system, supervisor, **MEDICAL_ERROR))["id"]
-    document = await assignment_when(system, cid, lambda d: d.get("owner_id"))
-    assert (document["major_incident"], document["escalations"]) == (True, [])
+    cid, document = await _medical_error_nobody_above_can_take(system)
     assert document["awaiting_branch_head"] is True
 
     await _ok(
@@ -411,14 +421,8 @@ async def test_a_major_incident_reopened_below_the_head_goes_to_the_head_at_once
     system = await system_factory(routing={**FAST_TIMERS, "queue_sweep_interval_s": 3600})
     admin = _admin(system)
     db = routing_db(system)
-    for person in ("hosp-head", "hosp-zhou"):
-        await _ok(
-            await system.routing.post(f"/v1/directory/staff/{person}/deactivate", headers=admin)
-        )
+    cid, _ = await _medical_error_nobody_above_can_take(system)
     supervisor = token(system.intake_settings, roles=("supervisor",))
-    cid = (await create_complaint(system, supervisor, **MEDICAL_ERROR))["id"]
-    document = await assignment_when(system, cid, lambda d: d.get("owner_id"))
-    assert (document["major_incident"], document["escalations"]) == (True, [])
     await command(system, f"/v1/complaints/{cid}/acknowledge", {}, supervisor)
     await command(system, f"/v1/complaints/{cid}/resolve", {"summary": "已致歉并赔偿"}, supervisor)
     await assignment_when(system, cid, lambda d: d["status"] == "resolved", what="resolved")

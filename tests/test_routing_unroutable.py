@@ -81,6 +81,16 @@ async def _visibly_unroutable(system: System, complaint_id: str) -> dict:
     return await eventually(unroutable, timeout_s=10, what="the record showing unroutable")
 
 
+async def _unroutable_beside_the_desk(system: System) -> str:
+    """Acme's Hangzhou service desk (no rule leads there yet) and a complaint of the shop,
+    shown unroutable; its id."""
+    await hangzhou_service_desk(system, token(system.routing_settings, org=ORG))
+    acme_admin = token(system.intake_settings, org=ORG)
+    created = await create_complaint(system, acme_admin, branch="HZ", subject="门店服务态度差")
+    await _visibly_unroutable(system, created["id"])
+    return created["id"]
+
+
 async def _routed(system: System, complaint_id: str) -> dict:
     async def routed() -> dict | None:
         record = await _record(system, complaint_id)
@@ -414,12 +424,7 @@ async def test_a_rule_whose_directory_bump_failed_routes_once_its_creation_is_re
     creation answers with the stored rule and bumps the version, so the complaint that no
     rule covered is routed (a 409 there left it unroutable until some other edit)."""
     admin = token(system.routing_settings, org=ORG)
-    acme_admin = token(system.intake_settings, org=ORG)
-    await hangzhou_service_desk(system, admin)
-    complaint_id = (
-        await create_complaint(system, acme_admin, branch="HZ", subject="门店服务态度差")
-    )["id"]
-    await _visibly_unroutable(system, complaint_id)
+    complaint_id = await _unroutable_beside_the_desk(system)
     await _created_once_its_bump_failed(
         system, monkeypatch, "/v1/routing/rules", DEFAULT_RULE, headers=admin
     )
@@ -541,13 +546,7 @@ async def test_the_sweep_routes_an_unroutable_complaint_after_the_context_max_ag
     complaint is routed; before, it waited for the next edit made through the API."""
     # The service's own sweeper waits an hour: only the test's sweeps look.
     system = await system_factory(routing={"queue_sweep_interval_s": 3600})
-    admin = token(system.routing_settings, org=ORG)
-    acme_admin = token(system.intake_settings, org=ORG)
-    await hangzhou_service_desk(system, admin)
-    complaint_id = (
-        await create_complaint(system, acme_admin, branch="HZ", subject="门店服务态度差")
-    )["id"]
-    await _visibly_unroutable(system, complaint_id)
+    complaint_id = await _unroutable_beside_the_desk(system)
     settings = system.routing_settings.model_copy(update={"routing_context_max_age_s": 0.3})
     scheduler = SlaScheduler(settings=settings)
     runtime = SimpleNamespace(db=routing_db(system), clock=SystemClock())
@@ -651,12 +650,7 @@ async def test_a_complaint_that_kept_changing_under_the_sweep_is_tried_at_the_ne
         routing={"queue_sweep_interval_s": 3600, "routing_context_max_age_s": 600}
     )
     admin = token(system.routing_settings, org=ORG)
-    acme_admin = token(system.intake_settings, org=ORG)
-    await hangzhou_service_desk(system, admin)
-    complaint_id = (
-        await create_complaint(system, acme_admin, branch="HZ", subject="门店服务态度差")
-    )["id"]
-    await _visibly_unroutable(system, complaint_id)
+    complaint_id = await _unroutable_beside_the_desk(system)
     changing = {"now": True}
     leave = unroutable.leave
 
