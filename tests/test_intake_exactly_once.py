@@ -216,3 +216,26 @@ async def test_a_keyed_retry_leaves_the_stored_complaints_search_posting_alone(
     retried = await system.intake.post("/v1/complaints", json=body, headers=keyed)
     assert (retried.status_code, retried.json()["id"]) == (201, stored["_id"]), retried.text
     assert await complaint_count(system) == 1
+
+
+async def test_a_keyed_retry_finds_its_complaint_stored_under_another_fingerprint(
+    system: System, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first request stores the complaint, then recording its answer fails. Its
+    fingerprint was computed by an older release (or before there was one): the retry
+    compared it with its own and failed with a 500, every time, though the complaint
+    under its key's id can only be its own."""
+    keyed = {"Idempotency-Key": "upgrade-retry-1", **token(system.intake_settings)}
+    body = complaint_body(subject="升级前登记的投诉", description="客服电话一直占线")
+    monkeypatch.setattr(idempotency, "complete", FailsFirst(idempotency.complete))
+    first = await system.intake.post("/v1/complaints", json=body, headers=keyed)
+    assert first.status_code == 503, first.text
+    complaints = system.mongo[system.intake_settings.database_name()].complaints
+    [stored] = await complaints.find({"subject": "升级前登记的投诉"}).to_list()
+    await complaints.update_one(
+        {"_id": stored["_id"]}, {"$set": {"submission_fingerprint": "an-older-release"}}
+    )
+    retried = await system.intake.post("/v1/complaints", json=body, headers=keyed)
+    assert (retried.status_code, retried.json()["id"]) == (201, stored["_id"]), retried.text
+    assert retried.json()["reference"] == stored["reference"]
+    assert await complaint_count(system) == 1

@@ -74,7 +74,6 @@ async def create_complaint(
     """
     entered = time.monotonic()  # with ``now``: a late insert is stamped again
     body = request.model_dump(mode="json", exclude={"severity", "flags"})
-    fingerprint = submission_of(principal=principal, request=request, body=body).fingerprint
 
     async def prepared() -> dict[str, Any]:
         """The document to insert, its search posting written already."""
@@ -91,8 +90,12 @@ async def create_complaint(
         return document
 
     if taken_over:
+        # The id is this request's alone: drawn for it, and handed on only to retries under
+        # its key with the same body. So a complaint stored under it is this request's, even
+        # one stored before its fingerprint was computed as it is now (until 6 December a
+        # retry compared them, and such a complaint failed its retries with a 500).
         existing = await store.find(db=db, complaint_id=complaint_id)
-        if existing is not None and existing.get("submission_fingerprint") == fingerprint:
+        if existing is not None:
             await postings.write(db=db, document=existing)
             return await store.stamped_if_late(db=db, document=existing, entered=entered), True
     document = await prepared()
@@ -106,9 +109,12 @@ async def create_complaint(
             # for an earlier submission, it answered the complaint as its own resubmission and
             # dropped its search posting.
             existing = await store.find(db=db, complaint_id=complaint_id)
-            if existing is not None or is_id_clash(exc):
-                if (existing or {}).get("submission_fingerprint") != fingerprint:
-                    raise
+            if existing is None and is_id_clash(exc):
+                # Refused for an id no complaint holds now: it was taken away in between.
+                raise ConcurrentUpdate(
+                    detail="the complaint changed while it was stored; retry it"
+                ) from exc
+            if existing is not None:
                 # This attempt's posting (another reference, another time) gave way to
                 # the stored complaint's.
                 await postings.write(db=db, document=existing)
