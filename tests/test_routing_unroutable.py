@@ -25,7 +25,7 @@ from routing.assignments.scheduler import SlaScheduler
 from routing.rules.models import RuleCreate
 from tests.support.faults import FailsFirst
 from tests.support.http import create_complaint, token
-from tests.support.kafka import events_of, publish, read_topic
+from tests.support.kafka import events_of, of_type, publish, read_topic, routing_events
 from tests.support.routing import (
     HANGZHOU_AGENT,
     HANGZHOU_BRANCH,
@@ -253,7 +253,9 @@ async def test_a_supervisor_reassigning_an_unroutable_complaint_routes_it(system
     ]
     await _visibly_unroutable(system, complaint_id)
 
-    supervisor = token(system.routing_settings, org=ORG, roles=("supervisor",))
+    supervisor = token(
+        system.routing_settings, org=ORG, roles=("supervisor",), subject="supervisor-zhou"
+    )
     escalated = await system.routing.post(
         f"/v1/assignments/{complaint_id}/escalate", json={"reason": "没人处理"}, headers=supervisor
     )
@@ -268,6 +270,19 @@ async def test_a_supervisor_reassigning_an_unroutable_complaint_routes_it(system
     assert moved.json()["resolve_due_at"] is not None
     routed = await _routed(system, complaint_id)
     assert routed["assignment"]["department"] == "HZ:SVC"
+    # The record says who routed it and why, as it does of a reassignment (until 6 December
+    # it showed a rule's assignment, by nobody, for no reason).
+    timeline = await system.intake.get(
+        f"/v1/complaints/{complaint_id}/timeline", headers=acme_admin
+    )
+    [assigned] = [entry for entry in timeline.json()["entries"] if entry["action"] == "assigned"]
+    by_hand = ("supervisor-zhou", "宁波暂由杭州客服处理")
+    assert (assigned["details"]["by"], assigned["details"]["reason"]) == by_hand
+    events = await routing_events(
+        system, until=lambda events: bool(of_type(events, EventType.COMPLAINT_ASSIGNED))
+    )
+    [announced] = of_type(events, EventType.COMPLAINT_ASSIGNED, complaint_id)
+    assert (announced.data["routed_by"], announced.data["routed_reason"]) == by_hand
 
 
 async def test_a_report_filed_while_unroutable_is_on_the_record_and_judged_once_routed(

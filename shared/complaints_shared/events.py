@@ -399,6 +399,13 @@ class AssignmentAnnounced(EventData):
     )
 
 
+ROUTED_BY_DESCRIPTION = (
+    "The supervisor who routed the complaint by hand, when no rule could (an unroutable "
+    "complaint); None when a rule routed it, and on later announcements of the same assignment"
+)
+ROUTED_REASON_DESCRIPTION = "The supervisor's reason, with ``routed_by``"
+
+
 class ComplaintAssigned(AssignmentAnnounced):
     """Routing chose the handling department and owner and set the due times."""
 
@@ -416,6 +423,8 @@ class ComplaintAssigned(AssignmentAnnounced):
     sla_policy: str | None = None
     clock_starts_at: EventDatetime | None = None
     duty_officer: bool = Field(False, description="Assigned out of hours to the duty officer")
+    routed_by: str | None = Field(None, description=ROUTED_BY_DESCRIPTION)
+    routed_reason: str | None = Field(None, description=ROUTED_REASON_DESCRIPTION)
     severity: Severity | None = Field(
         None, description="The severity routing works to (a rule may have raised it)"
     )
@@ -443,6 +452,8 @@ class ComplaintQueued(AssignmentAnnounced):
     rule_id: str
     rule_version: int
     queued_at: EventDatetime
+    routed_by: str | None = Field(None, description=ROUTED_BY_DESCRIPTION)
+    routed_reason: str | None = Field(None, description=ROUTED_REASON_DESCRIPTION)
     severity: Severity | None = Field(
         None, description="The severity routing works to (a rule may have raised it)"
     )

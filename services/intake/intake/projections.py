@@ -287,6 +287,14 @@ def _announced_again(
     return {"action": Action.DUE_TIMES_UPDATED}
 
 
+def _routed_by_hand(data: ComplaintAssigned | ComplaintQueued) -> dict[str, Any]:
+    """Who routed an unroutable complaint by hand, and why, as the timeline says of a
+    reassignment (``by``, ``reason``); nothing when a rule routed it."""
+    if data.routed_by is None:
+        return {}
+    return {"by": data.routed_by, "reason": data.routed_reason}
+
+
 async def apply_assigned(
     *,
     db: AsyncDatabase,
@@ -337,6 +345,7 @@ async def apply_assigned(
             "owner_id": data.owner_id,
             "rule_id": data.rule_id,
             "rule_version": data.rule_version,
+            **_routed_by_hand(data),
         },
     )
     await directory_names.correct(
@@ -392,7 +401,7 @@ async def apply_queued(
         data=data,
         action=Action.QUEUED,
         decide=_in_assignment_order(data, decide),
-        details={"department": data.department},
+        details={"department": data.department, **_routed_by_hand(data)},
     )
     await directory_names.correct(
         db=db,

@@ -255,6 +255,14 @@ async def _leave_once(
         planned, events = placement.initial_events(
             {**fresh, **caught_up.paused}, routed_plan, now=now
         )
+        if department is not None:
+            # Its announcement names the supervisor and the reason (until 6 December intake's
+            # timeline showed a rule's assignment, by nobody, for no reason).
+            kind, announced = events[0]
+            events[0] = (
+                kind,
+                announced.model_copy(update={"routed_by": actor, "routed_reason": reason}),
+            )
         # What the timers and reopens of its time unroutable did, after its major-incident
         # escalation (which a complaint routed on arrival gets first).
         planned["escalations"] = [*planned.get("escalations", []), *caught_up.records]
