@@ -13,8 +13,9 @@ import pytest
 
 from complaints_shared.clock import ManualClock
 from complaints_shared.events import Category, CustomerContact
-from routing.assignments import placement, routing_context
+from routing.assignments import placement, routing_context, rule_changes
 from tests.support.events import received
+from tests.support.faults import FailsFirst
 from tests.support.http import create_complaint, token
 from tests.support.routing import (
     FAST_TIMERS,
@@ -226,3 +227,45 @@ async def test_work_a_replica_placed_with_its_older_copy_of_the_rule_follows_the
         return "look_over_at" not in await db.rules.find_one({"_id": VIP_RULE})
 
     await eventually(looked_over, what="the rule's look-over unset after its work")
+
+
+async def test_a_rule_change_cut_short_after_its_save_still_reaches_the_queued_work(
+    system_factory: SystemFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The administrator drops the VIP rule's skill; the new version is saved, then the
+    request's own pass over the rule's work meets the database away (a 503), and nobody
+    repeats the request (its process was killed in the same way). Until 6 December the
+    look-over was planned after that pass, so nothing planned it: the VIP complaint waited
+    in LZ:CS's queue for a skill nobody active has, for good. The save plans it now."""
+    max_age_s, skew_s = 2.0, 0.5
+    system = await system_factory(
+        clock=ManualClock(MONDAY_10_SHANGHAI),
+        routing={
+            **FAST_TIMERS,
+            "routing_context_max_age_s": max_age_s,
+            "replica_clock_skew_s": skew_s,
+        },
+    )
+    admin = token(system.routing_settings)
+    left = await system.routing.post("/v1/directory/staff/lz-wang/deactivate", headers=admin)
+    assert left.status_code == 200, left.text
+    complaint_id = await _vip_complaint(system, "+86 139-0000-5555")
+    await assignment_when(system, complaint_id, lambda d: d["status"] == "queued")
+
+    monkeypatch.setattr(rule_changes, "follow_rule", FailsFirst(rule_changes.follow_rule))
+    body = {"action": await _vip_rule_action(system, admin, required_skill=None)}
+    changed = await system.routing.patch(f"/v1/routing/rules/{VIP_RULE}", json=body, headers=admin)
+    assert changed.status_code == 503, changed.text
+    saved = await routing_db(system).rules.find_one({"_id": VIP_RULE})
+    assert saved["action"]["required_skill"] is None
+
+    taken = await assignment_when(
+        system,
+        complaint_id,
+        lambda d: d["status"] == "open",
+        what="the complaint given to 李强 by the look-over the saved change planned",
+        timeout_s=max_age_s + skew_s + 15,
+    )
+    assert (taken["owner_id"], taken["required_skill"]) == ("lz-li", None)
+    [applied] = _skill_changes(taken)
+    assert (applied["actor"], applied["details"]["rule_version"]) == ("routing", saved["version"])

@@ -16,7 +16,11 @@ Run by the rule's ``PATCH`` and ``DELETE`` after the rule is saved; an error mid
 request's answer, and the same request again (which leaves the rule as it is) applies
 the rest. Another replica may still place work with its cached copy of the rule for up to
 ``routing_context_max_age_s``: the rule's work is looked over once more after that, give or
-take the replicas' clocks (``look_over_at`` on the rule, ``look_over``, by the queue sweep).
+take the replicas' clocks (``look_over_at``, ``look_over``, by the queue sweep). The write
+that saves the version sets that time (``look_over_time``), so the work is followed even when
+the request ends right after it, its process killed or the database away, and nobody repeats
+it: until 6 December the request set it after its own pass, and such a fault left the work
+on the old skill for good.
 """
 
 from __future__ import annotations
@@ -41,7 +45,7 @@ from routing.settings import RoutingSettings
 log = get_logger(__name__)
 
 # When a changed rule's work is looked over again (real time, as the caches' age is).
-LOOK_OVER_AT = "look_over_at"
+LOOK_OVER_AT = rules_store.LOOK_OVER_AT
 # Rules one sweep looks over at the most (the earliest due first).
 LOOK_OVER_BATCH = 100
 
@@ -134,14 +138,11 @@ async def _apply(
     return applied[0] if applied else None
 
 
-async def plan_look_over(
-    *, db: AsyncDatabase, settings: RoutingSettings, rule: RoutingRule
-) -> None:
-    """Look ``rule``'s work over again once every replica's cached copy of it is renewed."""
+def look_over_time(*, settings: RoutingSettings) -> datetime:
+    """When a rule changed now has its work looked over again: once every replica's cached
+    copy of it is renewed."""
     delay = timedelta(seconds=settings.routing_context_max_age_s + settings.replica_clock_skew_s)
-    await db[rules_store.RULES].update_one(
-        {"_id": rule.id}, {"$set": {LOOK_OVER_AT: datetime.now(UTC) + delay}}
-    )
+    return datetime.now(UTC) + delay
 
 
 async def look_over(*, db: AsyncDatabase, settings: RoutingSettings, now: datetime) -> int:

@@ -38,11 +38,11 @@ Simulator = allow(Role.SUPERVISOR, scope=Scope.BRANCH, action="simulating routin
 async def _follow(runtime: Runtime, *, rule: RuleRead, actor: str) -> None:
     """The work the rule placed takes its required skill as it is now (none once it is
     deactivated), and the queues where such work waits are offered it at once. Also after a
-    change that made no new version: a repeat of a request an error cut short finishes it."""
+    change that made no new version: a repeat of a request an error cut short finishes it.
+    (Without a repeat, the look-over the saved version is due does.)"""
     await rule_changes.follow_rule(
         db=runtime.db, settings=runtime.settings, rule=rule, actor=actor, now=runtime.clock.now()
     )
-    await rule_changes.plan_look_over(db=runtime.db, settings=runtime.settings, rule=rule)
 
 
 @router.get("/rules", response_model=list[RuleRead], summary="The rules in matching order")
@@ -95,6 +95,7 @@ async def update_rule(
         body=body,
         if_match=if_match,
         now=runtime.clock.now(),
+        look_over_at=rule_changes.look_over_time(settings=runtime.settings),
     )
     await unroutable.retry_after_change(runtime, org=principal.org)
     await _follow(runtime, rule=updated, actor=principal.subject)
@@ -117,6 +118,7 @@ async def deactivate_rule(
         rule_id=rule_id,
         if_match=if_match,
         now=runtime.clock.now(),
+        look_over_at=rule_changes.look_over_time(settings=runtime.settings),
     )
     await _follow(runtime, rule=deactivated, actor=principal.subject)
     tag(response, deactivated.version)

@@ -44,6 +44,9 @@ from routing.sla import store as policy_store
 
 RULES = "rules"
 RULE_VERSIONS = "rule_versions"
+# When the work a changed rule placed is looked over (``assignments.rule_changes``): set in
+# the write that saves the version, so no fault after it leaves the work unfollowed.
+LOOK_OVER_AT = "look_over_at"
 POSITION_STEP = 10
 # The largest integer BSON stores (64 bits, signed).
 MAX_BSON_INT = 2**63 - 1
@@ -196,7 +199,9 @@ async def _record_version(
 ) -> None:
     # As the administrator wrote it: not its claim of the default's role.
     rule = {
-        key: value for key, value in document.items() if key not in ("_id", sole_roles.ROLE_FIELD)
+        key: value
+        for key, value in document.items()
+        if key not in ("_id", sole_roles.ROLE_FIELD, LOOK_OVER_AT)
     }
     # Recorded already by the first attempt of a repeated creation (``create_rule``).
     with contextlib.suppress(DuplicateKeyError):
@@ -291,6 +296,7 @@ async def _save_version(
     actor: str,
     if_match: IfMatch | None,
     now: datetime,
+    look_over_at: datetime,
     validate: Callable[[], Awaitable[None]] | None = None,
 ) -> dict[str, Any]:
     """Apply ``changes`` as a new version and record it; the version ``current`` is at is
@@ -298,7 +304,7 @@ async def _save_version(
 
     Changes the rule already shows make no version and are not checked again (what they
     refer to may have changed since); others are held to ``if_match``, then
-    ``validate``d."""
+    ``validate``d. A new version is due a look-over of its work at ``look_over_at``."""
     settled = await _settle_version(db=db, document=current)
     if not await preconditions.change_needed(
         if_match,
@@ -311,7 +317,13 @@ async def _save_version(
     recorded = audit.unrecorded(action=change, actor=actor, at=now)
     update = merge_updates(
         {
-            "$set": {**changes, "updated_at": now, "updated_by": actor, **recorded},
+            "$set": {
+                **changes,
+                "updated_at": now,
+                "updated_by": actor,
+                LOOK_OVER_AT: look_over_at,
+                **recorded,
+            },
             "$inc": {"version": 1},
         },
         sole_roles.claim_update(role=_default_rule_role({**current, **changes})),
@@ -356,6 +368,7 @@ async def update_rule(
     body: RuleUpdate,
     if_match: IfMatch | None,
     now: datetime,
+    look_over_at: datetime,
 ) -> RuleRead:
     current = await _rule_document(db=db, principal=principal, rule_id=rule_id)
     # Each field set whole as stored (a nested object with its defaults).
@@ -376,6 +389,7 @@ async def update_rule(
         actor=principal.subject,
         if_match=if_match,
         now=now,
+        look_over_at=look_over_at,
         validate=validate,
     )
     return rule_read(updated)
@@ -388,6 +402,7 @@ async def deactivate_rule(
     rule_id: str,
     if_match: IfMatch | None,
     now: datetime,
+    look_over_at: datetime,
 ) -> RuleRead:
     current = await _rule_document(db=db, principal=principal, rule_id=rule_id)
     if current.get("is_default") and current.get("active", True):
@@ -400,6 +415,7 @@ async def deactivate_rule(
         actor=principal.subject,
         if_match=if_match,
         now=now,
+        look_over_at=look_over_at,
     )
     return rule_read(updated)
 
