@@ -510,3 +510,48 @@ async def test_a_reclassification_applied_while_an_unroutable_complaint_is_route
     )
     [announced] = of_type(events, assigned_type, cid)
     assert (announced.data["severity"], announced.data["reclassification_number"]) == ("high", 1)
+
+
+async def test_a_report_filed_while_unroutable_is_judged_when_a_reclassification_makes_it_major(
+    system: System,
+) -> None:
+    """A supervisor files the regulatory report while no rule routes the complaint (no
+    deadline known: ``on_time`` unknown); a rule routes it as an ordinary complaint, then a
+    reclassification to critical makes it a major incident, whose report deadline the earlier
+    filing met. Routing stopped the deadline at the filing, but until 6 December told intake
+    only the deadline, so the record kept ``on_time`` unknown for good."""
+    admin, head, cid = await _unroutable_in_hangzhou(system)
+    routing_head = token(
+        system.routing_settings, org="acme", branches=["HZ"], roles=("supervisor",)
+    )
+    filed = await system.routing.post(
+        f"/v1/assignments/{cid}/regulatory-report",
+        json={"reference": "市监局-2026-17"},
+        headers=routing_head,
+    )
+    assert filed.status_code == 200, filed.text
+    record = await complaint_when(
+        system, cid, head, lambda c: c["regulatory_report"], what="the filing on the record"
+    )
+    assert record["regulatory_report"]["on_time"] is None
+    rule = {"id": "everything", "name": "其余投诉", "is_default": True}
+    rule["action"] = {"department_id": "HZ:SVC"}
+    assert (await system.routing.post("/v1/routing/rules", json=rule, headers=admin)).is_success
+    await complaint_when(
+        system, cid, head, lambda c: c["assignment"], what="routed on record", timeout_s=30
+    )
+
+    await _reclassify(system, cid, {"severity": "critical", "reason": "涉及人身安全"}, head)
+    record = await complaint_when(
+        system,
+        cid,
+        head,
+        lambda c: c["major_incident"] and c["regulatory_report"]["on_time"] is not None,
+        what="the filing judged on the record",
+        timeout_s=20,
+    )
+    assert record["regulatory_report"]["on_time"] is True
+    assert record["regulatory_report_due_at"] is not None
+    assert record["sla"]["regulatory_report_breached"] is False
+    assignment = await routing_db(system).assignments.find_one({"_id": cid})
+    assert assignment["clocks"]["regulatory_report"]["state"] == "stopped"

@@ -108,7 +108,7 @@ async def test_complaint_from_intake_is_assigned_with_rule_version_and_business_
     await command("resume", {})
     resumed = await assignment_when(system, complaint_id, lambda d: not d["paused"])
     assert resumed["resolve_due_at"] == document["resolve_due_at"] + timedelta(hours=1)
-    supervisor = token(system.routing_settings, roles=("supervisor",))
+    supervisor = token(system.routing_settings, roles=("supervisor",), subject="lz-zhao")
     escalated = await system.routing.post(
         f"/v1/assignments/{complaint_id}/escalate",
         json={"reason": "客户情绪激动"},
@@ -133,6 +133,18 @@ async def test_complaint_from_intake_is_assigned_with_rule_version_and_business_
     record = await eventually(recorded, timeout_s=15, what="intake record updated by routing")
     assert record["assignment"]["owner_id"] == document["owner_id"]
     assert record["responsible_department"] == "LZ:SALES"
+    # The supervisor and their words, on the record and the timeline (until 6 December both
+    # said routing escalated it, "manual", and nothing of why).
+    escalation = record["escalation"]
+    assert (escalation["escalated_by"], escalation["note"]) == ("lz-zhao", "客户情绪激动")
+    timeline = await system.intake.get(f"/v1/complaints/{complaint_id}/timeline", headers=admin)
+    [entry] = [entry for entry in timeline.json()["entries"] if entry["action"] == "escalated"]
+    details = entry["details"]
+    assert (details["reason"], details["by"], details["note"]) == (
+        "manual",
+        "lz-zhao",
+        "客户情绪激动",
+    )
 
 
 @pytest.mark.parametrize("finish", ["resolve", "reject", "withdraw"])

@@ -28,8 +28,11 @@ PRODUCERS = {Topic.INTAKE: "intake", Topic.ROUTING: "routing", Topic.FOLLOWUP: "
 # deadline a filing made while unroutable stopped; 1.5.0: complaint.sla_stopped of the
 # acknowledge clock a finish stopped before any acknowledgement; 1.6.0:
 # complaint.reclassified; 1.7.0: followup.rescheduled; 1.8.0: department.updated and
-# staff.updated); a breaking change is a new event type (a `.v2` suffix).
-CONTRACT_VERSION = "1.8.0"
+# staff.updated; 1.9.0: responsibility_set_at on complaint.resolved, routed_by and
+# routed_reason on complaint.assigned / queued, the note of a manual escalation, and
+# complaint.sla_stopped of a report filed while unroutable when a reclassification makes the
+# complaint major); a breaking change is a new event type (a `.v2` suffix).
+CONTRACT_VERSION = "1.9.0"
 
 
 def _message_name(event_type: EventType) -> str:

@@ -498,6 +498,12 @@ class ComplaintReassigned(AssignmentAnnounced):
     reassigned_at: EventDatetime
 
 
+ESCALATION_NOTE_DESCRIPTION = (
+    "The words of the person who escalated it by hand (reason ``manual``); None for routing's "
+    "own rungs, and in events published before contract 1.9.0"
+)
+
+
 class ComplaintEscalated(EventData):
     """The complaint went one (or more) levels up the escalation chain."""
 
@@ -508,6 +514,7 @@ class ComplaintEscalated(EventData):
     reason: str = Field(description="sla_breach, manual, reopened, critical_incident ...")
     escalated_by: str = "routing"
     escalated_at: EventDatetime
+    note: str | None = Field(None, description=ESCALATION_NOTE_DESCRIPTION)
     regulatory_report_due_at: EventDatetime | None = None
 
 
@@ -544,8 +551,9 @@ class ComplaintSlaStopped(EventData):
     Judged on routing's clock: business hours, and no time counted while the complaint
     waited on the customer. For the
     regulatory report deadline only when a report filed while the complaint was unroutable
-    stops the deadline routing lays out on routing it (since contract 1.4.0; any other
-    filing carries its verdict in ``complaint.regulatory_report_filed``).
+    stops the deadline routing lays out on routing it (since contract 1.4.0), or when a
+    reclassification makes such a complaint, routed since, a major incident (since contract
+    1.9.0); any other filing carries its verdict in ``complaint.regulatory_report_filed``.
     """
 
     clock: SlaClock
@@ -573,6 +581,7 @@ class EscalationStep(BaseModel):
     reason: str
     escalated_by: str = "routing"
     escalated_at: EventDatetime
+    note: str | None = Field(None, description=ESCALATION_NOTE_DESCRIPTION)
 
 
 class ComplaintSlaBreachWithdrawn(EventData):

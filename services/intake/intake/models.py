@@ -288,6 +288,9 @@ class Escalation(BaseModel):
     reason: str
     escalated_by: str
     escalated_at: datetime
+    note: str | None = Field(
+        None, description="The words of the person who escalated it by hand (reason `manual`)"
+    )
 
 
 class Responsibility(BaseModel):

@@ -200,6 +200,7 @@ STEP_FIELDS = (
     "reason",
     "escalated_by",
     "escalated_at",
+    "note",
 )
 
 
@@ -526,6 +527,10 @@ async def apply_escalated(
             "level": data.level,
             "to": data.escalated_to_id or data.escalated_to_role,
             "reason": data.reason,
+            # Who climbed it, in their words when by hand (until 6 December a supervisor's
+            # escalation showed as routing's, with no word of why).
+            "by": data.escalated_by,
+            **({"note": data.note} if data.note is not None else {}),
             # What a withdrawal of the breach that caused it names it by.
             "escalated_at": data.escalated_at,
         },

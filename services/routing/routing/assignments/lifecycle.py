@@ -335,6 +335,7 @@ def escalated_event(
         reason=record["reason"],
         escalated_by=record["escalated_by"],
         escalated_at=record["escalated_at"],
+        note=record.get("note"),
         regulatory_report_due_at=regulatory_due,
     )
 

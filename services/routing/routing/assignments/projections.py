@@ -864,7 +864,7 @@ async def reclassify(
             major_before=current.get("major_incident", False),
             reclassified_at=data.reclassified_at,
         )
-        clocks = planned.clocks
+        clocks = dict(planned.clocks)
         filed_at = current.get("regulatory_report_filed_at")
         report = clocks.get(SlaClock.REGULATORY_REPORT.value)
         if planned.became_major and filed_at is not None and report is not None:
@@ -891,7 +891,12 @@ async def reclassify(
         # from its own command): due times moved, or a major incident.
         moved = any(set_fields[name] != current.get(name) for name in lifecycle.DUE_TIME_FIELDS)
         announced = _announced(after) if moved or planned.became_major else []
-        return Decision(update, [*announced, *escalation_events])
+        # The verdict on that filing, after the deadline it is judged by (until 6 December
+        # intake's record kept ``on_time`` unknown for good).
+        verdict = lifecycle.sla_stopped_events(
+            after, name=SlaClock.REGULATORY_REPORT.value, before=planned.clocks, after=clocks
+        )
+        return Decision(update, [*announced, *escalation_events, *verdict])
 
     await _apply(db, settings, event, data.complaint_id, decide, now)
 
