@@ -571,3 +571,45 @@ async def test_a_delivery_whose_receiver_answered_others_meanwhile_fails_though_
     sent = [r.webhook_id for r in hooks.requests]
     tries = [at for at, webhook_id in enumerate(sent) if webhook_id == first]
     assert tries[0] < sent.index(other) < tries[-1]  # taken between its first and last
+
+
+async def test_a_resume_cut_short_after_its_status_is_released_whole_by_the_repair_pass(
+    alone: Isolation, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The resume's status is written, then its release fails (the database away; the
+    process could as well have died) and nobody asks to resume again. The repair pass made
+    the held deliveries due, but a retry waiting at the resume kept the attempts the outage
+    had spent (the last one here), so one 503 of a receiver still warming up would have
+    failed it for good. The release is owed from the status's write now, and the repair
+    pass runs it whole."""
+    async with AsyncExitStack() as stack:
+        hooks = await stack.enter_async_context(receiver())
+        webhooks = await serve_webhooks(stack, alone, stranded_repair_interval_s=0.3)
+        admin = token(webhooks.settings)
+        db = webhooks.app.state.runtime.db
+        subscription_id = (await subscribe(webhooks, admin, url=hooks.url))["id"]
+        assert (await _set_status(webhooks, admin, subscription_id, "paused")).status_code == 200
+        retry_at = datetime.now(UTC).replace(microsecond=0) + timedelta(hours=1)
+        waiting = pending_delivery(
+            subscription_id, chain="cmp_1", order_key="1", next_attempt_at=retry_at
+        )
+        waiting["retry_index"] = len(webhooks.settings.retry_schedule_s)  # its last attempt left
+        held = pending_delivery(subscription_id, chain="cmp_2", order_key="1", next_attempt_at=None)
+        first, second = await _insert(db, waiting, held)
+        monkeypatch.setattr(store, "release_held", FailsFirst(store.release_held))
+        failed = await _set_status(webhooks, admin, subscription_id, "active")
+        assert failed.status_code == 503, failed.text
+
+        async def released() -> dict | None:
+            found = await _stored(db, first)
+            return found if found["retry_index"] == 0 else None
+
+        restarted = await eventually(released, what="the waiting retry's schedule afresh")
+        assert restarted["next_attempt_at"] == retry_at, "a retry keeps its backoff"
+        await eventually(lambda: asyncio.sleep(0, second in hooks.delivered_ids()), what="held")
+
+        async def settled() -> bool:
+            subscription = await db[store.SUBSCRIPTIONS].find_one({"_id": subscription_id})
+            return store.RELEASE_OWED not in subscription
+
+        await eventually(settled, what="the owed release settled")

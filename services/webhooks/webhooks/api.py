@@ -286,7 +286,7 @@ async def update_subscription(
             )
             if body.status is SubscriptionStatus.ACTIVE:
                 changes["failure_streak"] = 0
-                changes["resumed_at"] = now
+                changes["resumed_at"] = changes[store.RELEASE_OWED] = now
                 unset["failing_since"] = ""
         updated = await store.update_subscription(
             db=runtime.db,
@@ -313,14 +313,18 @@ async def update_subscription(
         )
     if body.status is SubscriptionStatus.ACTIVE:
         # Also when it was active already: a retry completes a release that a failure or a
-        # crash after the status was written cut short. Retries keep their backoff, and
-        # those not tried since the last resume start their schedules afresh (a client
-        # repeating the request keeps no refused delivery retrying for good).
+        # crash after the status was written cut short (so does the repair pass, without a
+        # retry: the release is owed from the write of the status). Retries keep their
+        # backoff, and those not tried since the last resume start their schedules afresh
+        # (a client repeating the request keeps no refused delivery retrying for good).
         await store.release_held(
             db=runtime.db,
             subscription_id=subscription_id,
             now=now,
             resumed_at=updated.get("resumed_at"),
+        )
+        await store.release_settled(
+            db=runtime.db, subscription_id=subscription_id, resumed_at=updated.get("resumed_at")
         )
         _dispatcher(request).deliveries_due(subscription_ids=[subscription_id], at=now)
     tag(response, updated.get("version", 0))

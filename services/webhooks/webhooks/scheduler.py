@@ -271,16 +271,17 @@ class Dispatcher:
         None should exist: a re-activation releases its held deliveries, and a hold racing
         with it makes the delivery due instead. This heals what a crash or a database error
         between two writes leaves (a re-activation whose release never ran), within one
-        interval. One index probe per active subscription, which finds nothing normally;
-        a subscription that fails is logged and the others go on.
+        interval: a release still owed runs whole (``store.release_held``, retries waiting
+        at the resume start afresh too), then every active subscription is probed for held
+        deliveries, one index probe each, which finds nothing normally. A subscription that
+        fails is logged and the others go on.
         """
         pacer = pacer or Pacer(share=1)
         repaired = 0
+        owed = dict(await store.releases_owed(db=runtime.db))
         for subscription_id in await store.active_subscription_ids(db=runtime.db):
             try:
-                released = await store.make_held_due(
-                    db=runtime.db, subscription_id=subscription_id, now=runtime.clock.now()
-                )
+                released = await self._repair_one(runtime, subscription_id, owed=owed)
             except Exception as exc:
                 if is_dependency_unavailable(exc):
                     raise  # every subscription would fail alike: the next pass repairs
@@ -302,6 +303,26 @@ class Dispatcher:
                 repaired += released
                 self.deliveries_due(subscription_ids=[subscription_id], at=runtime.clock.now())
         return repaired
+
+    @staticmethod
+    async def _repair_one(
+        runtime: Runtime, subscription_id: str, *, owed: dict[str, datetime]
+    ) -> int:
+        """The subscription's owed release run whole, or its held deliveries made due."""
+        now = runtime.clock.now()
+        if subscription_id not in owed:
+            return await store.make_held_due(
+                db=runtime.db, subscription_id=subscription_id, now=now
+            )
+        resumed_at = owed[subscription_id]
+        released = await store.release_held(
+            db=runtime.db, subscription_id=subscription_id, now=now, resumed_at=resumed_at
+        )
+        await store.release_settled(
+            db=runtime.db, subscription_id=subscription_id, resumed_at=resumed_at
+        )
+        log.warning("webhook_owed_release_completed", subscription_id=subscription_id)
+        return released
 
     async def _claim_and_start(self, runtime: Runtime) -> None:
         """Claim and start due deliveries while there are free slots: one delivery of the

@@ -873,6 +873,34 @@ async def wake_chain(*, db: AsyncDatabase, delivery: dict[str, Any], now: dateti
     return True
 
 
+# A resume's release still owed (``release_held``): its ``resumed_at``, written with the
+# status and unset once the release ran, so the repair pass finishes a release a fault cut
+# short (until 6 December it only made held deliveries due: retries waiting at the resume
+# kept the attempts the outage had spent when nobody asked to resume again).
+RELEASE_OWED = "release_owed_since"
+
+
+async def releases_owed(*, db: AsyncDatabase) -> list[tuple[str, datetime]]:
+    """Active subscriptions whose resume's release is owed: (id, ``resumed_at``)."""
+    found = db[SUBSCRIPTIONS].find(
+        {"status": SubscriptionStatus.ACTIVE.value, RELEASE_OWED: {"$ne": None}, **NOT_DELETED},
+        projection={RELEASE_OWED: 1},
+    )
+    return [(document["_id"], document[RELEASE_OWED]) async for document in found]
+
+
+async def release_settled(
+    *, db: AsyncDatabase, subscription_id: str, resumed_at: datetime | None
+) -> None:
+    """The release of the resume at ``resumed_at`` ran: nothing is owed for it (a later
+    resume owes its own)."""
+    if resumed_at is None:
+        return
+    await db[SUBSCRIPTIONS].update_one(
+        {"_id": subscription_id, RELEASE_OWED: resumed_at}, {"$unset": {RELEASE_OWED: ""}}
+    )
+
+
 async def release_held(
     *, db: AsyncDatabase, subscription_id: str, now: datetime, resumed_at: datetime | None
 ) -> int:
