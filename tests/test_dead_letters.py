@@ -30,7 +30,7 @@ from complaints_shared.dlq import (
     run_command,
 )
 from complaints_shared.envelope import CloudEvent, to_kafka_record
-from complaints_shared.events import EventType, Topic, dead_letter_topic
+from complaints_shared.events import EVENT_TYPE_PREFIX, EventType, Topic, dead_letter_topic
 from complaints_shared.failures import Rejected
 from complaints_shared.kafka import (
     EVENTS_CONSUMED,
@@ -870,6 +870,50 @@ async def test_another_version_of_a_handled_event_type_is_dead_lettered_not_skip
     assert dead.header("dlq_reason") == "invalid_data"
     assert EventType.COMPLAINT_RECEIVED.value in dead.header("dlq_error")
     assert await routing_db.assignments.find_one({"_id": complaint_id}) is None
+
+
+async def test_an_event_type_of_a_newer_release_is_dead_lettered_not_skipped(
+    system: System,
+) -> None:
+    """A newer intake publishes a type this routing's contract does not know (as
+    ``complaint.reclassified`` was to routing before 5 December) while this replica still
+    runs: compose recreates services in no set order. It was skipped and committed, so the
+    upgraded replica sharing the group never saw it. It is now a dead letter naming the
+    type, to replay once the service is upgraded; the partition goes on."""
+    complaint_id = str(uuid.uuid4())
+    newer = CloudEvent.new(
+        event_type=EventType.COMPLAINT_RECEIVED,
+        source="intake",
+        data=received(complaint_id=complaint_id, **NETWORK_DROPOUTS),
+    )
+    newer.type = f"{EVENT_TYPE_PREFIX}complaint.merged.v1"
+    good = CloudEvent.new(
+        event_type=EventType.COMPLAINT_RECEIVED,
+        source="intake",
+        data=received(**NETWORK_DROPOUTS),
+    )
+    topic = system.topic(Topic.INTAKE)
+    producer = EventProducer(settings=system.intake_settings)
+    try:
+        for event in (newer, good):
+            _, value, headers = to_kafka_record(event)
+            await producer.publish_raw(
+                topic=topic, key=complaint_id.encode(), value=value, headers=headers
+            )
+    finally:
+        await producer.stop()
+
+    routing_db = system.mongo[system.routing_settings.database_name()]
+    await eventually(
+        lambda: routing_db.assignments.find_one({"_id": good.subject}), what="the one after routed"
+    )
+    [dead] = await eventually(
+        lambda: group_dead_letters(system.routing_settings, topic=topic, event_id=newer.id),
+        what="the newer type dead-lettered",
+    )
+    assert dead.header("dlq_reason") == "invalid_data"
+    assert "complaint.merged.v1" in dead.header("dlq_error")
+    assert "upgraded" in dead.header("dlq_error")
 
 
 async def test_a_ledger_record_hides_only_its_own_dead_letter_once_the_dlq_topic_is_recreated(
