@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
+from pymongo.errors import AutoReconnect
 
 from complaints_shared.clock import ManualClock
 from complaints_shared.events import EventType
@@ -24,8 +26,9 @@ from tests.support.faults import FailsFirst, HeldFirst
 from tests.support.followup import FAST_SCHEDULER, checks_of, make_due, wait_status
 from tests.support.http import agent, token
 from tests.support.kafka import intake_producer, publish
-from tests.support.routing import assignment_when, routing_db
+from tests.support.routing import FAST_TIMERS, assignment_when, routing_db
 from tests.support.system import System, SystemFactory
+from tests.support.waits import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -341,6 +344,60 @@ async def test_a_deletion_broken_off_is_gone_for_readers_and_completed_with_its_
         ("retired", "admin-zhao"),
         ("saved", "admin-zhao"),
     ]
+
+
+async def test_changes_cut_short_after_their_write_are_recorded_and_finished_without_a_retry(
+    system_factory: SystemFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A person deactivated and a policy deleted, each request cut short after its write
+    (the audit write meets a dropped connection; the process could as well have died), and
+    nobody asks again: until 6 December only the entity's next change (or the DELETE
+    repeated) wrote the record, so the deactivation was never in the audit trail, and the
+    policy stayed marked, hidden from every reader, its deletion never recorded. The queue
+    sweep now finishes both, each as its administrator's."""
+    system = await system_factory(routing=FAST_TIMERS)
+    admin = token(system.routing_settings, subject="admin-zhao")
+    api = system.routing
+    path = "/v1/routing/sla-policies/unused"
+    assert (await api.put(path, json=BILLING_FAST, headers=admin)).status_code == 200
+    assert (await api.post(f"{path}/retire", headers=admin)).status_code == 200
+    # Each change's first record fails: the request's own.
+    record = audit.record
+    failed: set[str] = set()
+
+    async def fails_first_of_each(**arguments: Any) -> None:
+        if arguments["entity_id"] not in failed:
+            failed.add(arguments["entity_id"])
+            raise AutoReconnect("connection closed (injected)")
+        await record(**arguments)
+
+    monkeypatch.setattr(audit, "record", fails_first_of_each)
+    left = await api.post("/v1/directory/staff/lz-wang/deactivate", headers=admin)
+    assert left.status_code == 503, left.text
+    deleted = await api.delete(path, headers=admin)
+    assert deleted.status_code == 503, deleted.text
+
+    async def trail(entity: str, entity_id: str) -> list[tuple[str, str]]:
+        found = await api.get(
+            "/v1/directory/audit", params={"entity": entity, "entity_id": entity_id}, headers=admin
+        )
+        return [(entry["action"], entry["actor"]) for entry in found.json()]
+
+    async def finished() -> bool:
+        staff = await trail("staff", "lz-wang")
+        policy = await trail("sla_policy", "unused")
+        return (
+            bool(staff)
+            and staff[0] == ("deactivated", "admin-zhao")
+            and bool(policy)
+            and (policy[0] == ("deleted", "admin-zhao"))
+        )
+
+    await eventually(finished, what="both changes recorded by the sweep")
+    db = routing_db(system)
+    assert await db.sla_policies.find_one({"id": "unused"}) is None
+    person = await db.staff.find_one({"id": "lz-wang"})
+    assert person["status"] == "inactive" and audit.UNRECORDED not in person
 
 
 async def test_a_save_overtaken_by_a_deletion_is_refused_not_answered_and_lost(

@@ -7,8 +7,10 @@ then the client's retry) finds its record there and adds none.
 A change's record is decided with its write: the write leaves it on the entity
 (:func:`unrecorded`) until it is recorded (:func:`settle`). A writer that fails or dies
 between the two leaves it to the entity's next change (and a rule's to the next read of its
-versions) to record; before, a later change went ahead and the version it superseded was
-never recorded.
+versions) to record, or to the queue sweep (:func:`left_unrecorded`), whichever comes first:
+until 6 December only the next change did, and a person deactivated by a request cut short
+there was never deactivated in the audit trail (nobody changes them again). Before that, a
+later change went ahead and the version it superseded was never recorded.
 """
 
 from __future__ import annotations
@@ -71,6 +73,30 @@ async def settle(
         {"$unset": {UNRECORDED: ""}},
     )
     return entity
+
+
+# Entities carrying a record one sweep writes at the most, per collection.
+SETTLE_BATCH = 100
+
+
+async def ensure_unrecorded_index(*, db: AsyncDatabase, collection: str) -> None:
+    """The entities of ``collection`` carrying an unrecorded change, found without a scan."""
+    await db[collection].create_index(f"{UNRECORDED}.at", name=UNRECORDED, sparse=True)
+
+
+async def left_unrecorded(*, db: AsyncDatabase, collection: str) -> list[dict[str, Any]]:
+    """Entities of ``collection`` whose change's record is still on them (its writer failed
+    or died after the change): the oldest changes first."""
+    found = db[collection].find({f"{UNRECORDED}.at": {"$exists": True}})
+    return await found.sort(f"{UNRECORDED}.at", ASCENDING).limit(SETTLE_BATCH).to_list(None)
+
+
+def recorder(document: dict[str, Any]) -> Principal:
+    """Who records an entity's change left unrecorded: written as its own actor's."""
+    change = document.get(UNRECORDED) or {}
+    return Principal(
+        subject=change.get("actor") or "routing", org=document["org"], branches="*", roles=()
+    )
 
 
 async def ensure_indexes(*, db: AsyncDatabase) -> None:

@@ -51,8 +51,10 @@ from routing.directory import store as directory_store
 from routing.directory.escalation import EscalationTarget
 from routing.directory.models import DepartmentRead
 from routing.metrics import TIMERS_FIRED
+from routing.rules import store as rules_store
 from routing.settings import RoutingSettings
 from routing.sla import clocks as sla_clocks
+from routing.sla import store as sla_store
 
 log = get_logger(__name__)
 
@@ -119,7 +121,22 @@ class SlaScheduler:
                 )
             except Exception as exc:
                 log.error("major_incident_follow_up_failed", error=repr(exc))
+            try:
+                await self.finish_left_changes(runtime)
+            except Exception as exc:
+                log.error("left_changes_pass_failed", error=repr(exc))
             await wait_event(runtime.stopping, timeout_s=self._settings.queue_sweep_interval_s)
+
+    @staticmethod
+    async def finish_left_changes(runtime: Runtime) -> int:
+        """Finish the administrators' changes whose requests were cut short after their write
+        (the audit records of directory entries, rules and policies, a policy's deletion):
+        one index probe per collection, which finds nothing normally; how many."""
+        return (
+            await directory_store.settle_left_unrecorded(db=runtime.db)
+            + await rules_store.settle_left_unrecorded(db=runtime.db)
+            + await sla_store.finish_left_changes(db=runtime.db)
+        )
 
     async def run_load_hint_reconciler(self, runtime: Runtime) -> None:
         while not runtime.stopping.is_set():

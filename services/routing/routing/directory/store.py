@@ -24,6 +24,8 @@ from pymongo.errors import DuplicateKeyError
 
 from complaints_shared import preconditions
 from complaints_shared.auth import Principal
+from complaints_shared.failures import is_transient, redacted_error
+from complaints_shared.logs import get_logger
 from complaints_shared.mongo import as_stored, merge_updates
 from complaints_shared.outbox import OUTBOX_FIELD, PENDING_SINCE_FIELD, record_stored
 from complaints_shared.preconditions import IfMatch
@@ -31,6 +33,8 @@ from complaints_shared.problems import conflict, invalid
 from complaints_shared.stored import from_stored
 from routing import audit, context_cache, sole_roles
 from routing.directory.models import BranchRead, DepartmentRead, StaffRead
+
+log = get_logger(__name__)
 
 BRANCHES = "branches"
 DEPARTMENTS = "departments"
@@ -95,6 +99,8 @@ async def ensure_indexes(*, db: AsyncDatabase) -> None:
         [("org", ASCENDING), ("department_id", ASCENDING), ("_id", ASCENDING)],
         name="org_department_desk",
     )
+    for entry in ENTRIES:
+        await audit.ensure_unrecorded_index(db=db, collection=entry.collection)
 
 
 def branch_key(org: str, code: str) -> str:
@@ -146,6 +152,7 @@ DEPARTMENT = Entry(
     sole_role=_department_kind_role,
 )
 STAFF_MEMBER = Entry(collection=STAFF, id_field="id", entity="staff", what="staff member")
+ENTRIES = (BRANCH, DEPARTMENT, STAFF_MEMBER)
 
 
 def new_entry(*, key: str, fields: dict[str, Any], now: datetime) -> dict[str, Any]:
@@ -307,6 +314,28 @@ async def settle_audit(
     entry without the record it carried."""
     write = audit.as_recorded_by(partial(_audit, db=db, entry=entry), principal=principal)
     return await audit.settle(db=db, collection=entry.collection, document=document, write=write)
+
+
+async def settle_left_unrecorded(*, db: AsyncDatabase) -> int:
+    """Record the changes of branches, departments and people whose writers failed or died
+    before recording them (the queue sweep's); how many. One entry's failure is logged and
+    the others go on."""
+    settled = 0
+    for entry in ENTRIES:
+        for document in await audit.left_unrecorded(db=db, collection=entry.collection):
+            try:
+                await settle_audit(
+                    db=db, principal=audit.recorder(document), entry=entry, document=document
+                )
+            except Exception as exc:
+                if is_transient(exc):
+                    raise
+                log.error(
+                    "audit_record_not_settled", entity=entry.entity, error=redacted_error(exc)
+                )
+                continue
+            settled += 1
+    return settled
 
 
 def patch_fields(body: BaseModel, *, nullable: set[str]) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from pymongo.errors import DuplicateKeyError
 
 from complaints_shared import preconditions
 from complaints_shared.auth import Principal
+from complaints_shared.failures import is_transient, redacted_error
 from complaints_shared.logs import get_logger
 from complaints_shared.mongo import as_stored, merge_updates
 from complaints_shared.preconditions import IfMatch
@@ -56,6 +57,7 @@ log = get_logger(__name__)
 
 async def ensure_indexes(*, db: AsyncDatabase) -> None:
     await db[RULES].create_index([("org", ASCENDING), ("position", ASCENDING)], name="org_pos")
+    await audit.ensure_unrecorded_index(db=db, collection=RULES)
     await sole_roles.ensure_role_index(
         db=db,
         collection=RULES,
@@ -347,6 +349,23 @@ async def _save_version(
             otherwise=conflict(f"routing rule {current['_id']!r} changed concurrently; retry"),
         )
     return await _settle_version(db=db, document=updated)
+
+
+async def settle_left_unrecorded(*, db: AsyncDatabase) -> int:
+    """Record the rule versions whose writers failed or died before recording them (the
+    queue sweep's; a read of the rule's versions does too); how many. One rule's failure is
+    logged and the others go on."""
+    settled = 0
+    for document in await audit.left_unrecorded(db=db, collection=RULES):
+        try:
+            await _settle_version(db=db, document=document)
+        except Exception as exc:
+            if is_transient(exc):
+                raise
+            log.error("rule_version_not_settled", rule=document["_id"], error=redacted_error(exc))
+            continue
+        settled += 1
+    return settled
 
 
 async def _settle_version(*, db: AsyncDatabase, document: dict[str, Any]) -> dict[str, Any]:

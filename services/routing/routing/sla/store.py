@@ -6,8 +6,9 @@ assignments that name it, and deleting asks the assignments and the rules first.
 A deletion is decided, recorded, then done: the policy is marked (``DELETING``) and is gone
 for every reader from then on, its audit record is written and the routing contexts reload,
 and only then is the document removed. A deletion broken off after the mark (a 503) is
-completed by the client's retry of the DELETE, or by the next save under the policy's id,
-so no policy disappears without its audit record.
+completed by the client's retry of the DELETE, by the next save under the policy's id, or
+by the queue sweep (:func:`finish_left_changes`), so no policy disappears without its audit
+record (until 6 December a deletion nobody asked again stayed marked, hidden and unrecorded).
 """
 
 from __future__ import annotations
@@ -22,12 +23,16 @@ from pymongo.errors import DuplicateKeyError
 
 from complaints_shared import preconditions
 from complaints_shared.auth import Principal
+from complaints_shared.failures import is_transient, redacted_error
+from complaints_shared.logs import get_logger
 from complaints_shared.mongo import as_stored, merge_updates
 from complaints_shared.preconditions import IfMatch
 from complaints_shared.problems import ProblemError, conflict, invalid, invalid_fields, not_found
 from complaints_shared.stored import from_stored
 from routing import audit, sole_roles
 from routing.sla.models import SlaPolicy, SlaPolicyWrite
+
+log = get_logger(__name__)
 
 SLA_POLICIES = "sla_policies"
 # The audit trail's name for a policy.
@@ -50,6 +55,8 @@ async def ensure_indexes(*, db: AsyncDatabase) -> None:
         holders={"is_default": True, "retired_at": None, **LIVE},
         role_of=_default_policy_role,
     )
+    await audit.ensure_unrecorded_index(db=db, collection=SLA_POLICIES)
+    await db[SLA_POLICIES].create_index(DELETING, name=DELETING, sparse=True)
     # Deleting a policy asks whether any assignment still refers to it.
     await db[ASSIGNMENTS].create_index(
         [("org", ASCENDING), ("sla_policy", ASCENDING)], name="org_sla_policy"
@@ -420,6 +427,42 @@ async def delete_policy(
             )
         current = {**current, DELETING: now, "deleting_by": principal.subject}
     await _complete_deletion(db=db, principal=principal, policy_id=policy_id, current=current)
+
+
+async def finish_left_changes(*, db: AsyncDatabase) -> int:
+    """Record the policy changes whose writers failed or died before recording them, and
+    complete the deletions decided whose requests were cut short after the mark (the queue
+    sweep's); how many. One policy's failure is logged and the others go on."""
+    finished = 0
+    unrecorded = await audit.left_unrecorded(db=db, collection=SLA_POLICIES)
+    deleting = (
+        await db[SLA_POLICIES]
+        .find({DELETING: {"$ne": None}})
+        .sort(DELETING, ASCENDING)
+        .limit(audit.SETTLE_BATCH)
+        .to_list(None)
+    )
+    # A policy both unrecorded and marked is completed once: its deletion records both.
+    left = {document["_id"]: document for document in [*unrecorded, *deleting]}
+    for document in left.values():
+        principal = audit.recorder(document)
+        policy_id = document["_id"].removeprefix(f"{document['org']}:")
+        try:
+            if document.get(DELETING) is None:
+                await _settle_audit(
+                    db=db, principal=principal, policy_id=policy_id, document=document
+                )
+            else:
+                await _complete_deletion(
+                    db=db, principal=principal, policy_id=policy_id, current=document
+                )
+        except Exception as exc:
+            if is_transient(exc):
+                raise
+            log.error("policy_change_not_finished", policy=policy_id, error=redacted_error(exc))
+            continue
+        finished += 1
+    return finished
 
 
 async def _deleted_last(*, db: AsyncDatabase, org: str, policy_id: str) -> bool:
