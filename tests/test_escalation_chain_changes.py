@@ -9,6 +9,7 @@ the branch now (DESIGN §1 step 4: a major medical error goes to the hospital he
 
 from __future__ import annotations
 
+from contextlib import AsyncExitStack
 from datetime import timedelta
 
 import pytest
@@ -16,6 +17,7 @@ import pytest
 from complaints_shared.clock import ManualClock, SystemClock
 from complaints_shared.events import ComplaintAcknowledged, EventType
 from routing.assignments import major_incidents
+from routing.main import create_app as create_routing_app
 from tests.support.events import base, received
 from tests.support.http import command, complaint_when, create_complaint, token
 from tests.support.kafka import intake_producer
@@ -207,6 +209,32 @@ async def test_a_major_incident_nobody_could_take_climbs_as_the_posts_above_it_a
     )
     assert _reached(head)[-1] == (2, "branch_head", "hosp-head2")
     assert [record["reason"] for record in head["escalations"]] == ["critical_incident"] * 2
+    assert "awaiting_branch_head" not in head
+
+
+async def test_a_major_incident_an_older_release_left_unmarked_reaches_the_head_after_a_restart(
+    system_factory: SystemFactory,
+) -> None:
+    """Until 5 December a medical error whose branch had no head was escalated to nobody
+    and marked nothing; the release after it marks such work and the queue sweep takes it
+    to the head once there is one, but only work it placed itself: the incidents stored
+    before it stayed below the head for good. Routing marks them at start now."""
+    system = await system_factory(routing=FAST_TIMERS)
+    admin = _admin(system)
+    cid, _ = await _medical_error_nobody_above_can_take(system)
+    db = routing_db(system)
+    # As a release before 5 December stored it.
+    await db.assignments.update_one({"_id": cid}, {"$unset": {"awaiting_branch_head": ""}})
+    await _ok(await system.routing.post("/v1/directory/staff", json=NEW_HEAD, headers=admin))
+
+    async with AsyncExitStack() as stack:
+        # The upgraded routing starts beside the one running.
+        await system.serve_extra(stack, create_routing_app(system.routing_settings))
+        head = await assignment_when(
+            system, cid, lambda d: d["escalations"], what="the new hospital head", timeout_s=20
+        )
+    assert _reached(head) == [(2, "branch_head", "hosp-head2")]
+    assert head["escalations"][0]["reason"] == "critical_incident"
     assert "awaiting_branch_head" not in head
 
 

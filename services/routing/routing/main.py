@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 
 from fastapi import FastAPI
+from pymongo.asynchronous.database import AsyncDatabase
 
 from complaints_shared import business_calendar
 from complaints_shared.clock import Clock
@@ -15,7 +16,7 @@ from complaints_shared.events import Topic
 from complaints_shared.http import build_app
 from complaints_shared.runtime import service_runtime
 from routing.assignments import api as assignment_api
-from routing.assignments import store
+from routing.assignments import major_incidents, store
 from routing.assignments.scheduler import SlaScheduler
 from routing.directory import api as directory_api
 from routing.directory import store as directory_store
@@ -23,6 +24,12 @@ from routing.handlers import build_handlers
 from routing.rules import api as rules_api
 from routing.settings import RoutingSettings
 from routing.sla import api as policy_api
+
+
+async def prepare(*, db: AsyncDatabase) -> None:
+    """The indexes, then the start-up repair of work older releases left."""
+    await store.ensure_indexes(db=db)
+    await major_incidents.mark_unmarked(db=db)
 
 
 def create_app(settings: RoutingSettings | None = None, *, clock: Clock | None = None) -> FastAPI:
@@ -45,7 +52,7 @@ def create_app(settings: RoutingSettings | None = None, *, clock: Clock | None =
             ],
             consumed_topics=[Topic.INTAKE],
             handlers=build_handlers,
-            ensure_indexes=store.ensure_indexes,
+            ensure_indexes=prepare,
             background_jobs=[
                 scheduler.run_sla_timers,
                 scheduler.run_queue_sweeper,

@@ -141,6 +141,21 @@ async def follow_up(*, db: AsyncDatabase, settings: RoutingSettings, now: dateti
     return escalated
 
 
+async def mark_unmarked(*, db: AsyncDatabase) -> int:
+    """At start: mark the major incidents being worked that carry no mark, for the sweep to
+    judge (``follow_up``); how many. A release before 5 December escalated one whose branch
+    had no head to nobody and marked nothing, so it stayed below the head once there was
+    one; so may an older replica still running beside this one. One standing at the head
+    already is unmarked by the sweep's first look. One read of the work being done."""
+    marked = await db[store.ASSIGNMENTS].update_many(
+        {"status": {"$in": list(lifecycle.ACTIVE)}, "major_incident": True, AWAITING: None},
+        {"$set": {AWAITING: True}},
+    )
+    if marked.modified_count:
+        log.info("major_incidents_marked_at_start", complaints=marked.modified_count)
+    return marked.modified_count
+
+
 def _still_awaiting(document: dict[str, Any]) -> bool:
     """Whether a marked assignment is a major incident still being worked (else unmarked:
     marked again should it be reopened)."""
