@@ -19,7 +19,7 @@ import pytest
 from pymongo import AsyncMongoClient
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import BulkWriteError, OperationFailure, PyMongoError
+from pymongo.errors import AutoReconnect, BulkWriteError, OperationFailure, PyMongoError
 
 from complaints_shared.failures import is_transient
 from complaints_shared.mongo import STORED_CODEC
@@ -596,9 +596,19 @@ async def test_a_resume_cut_short_after_its_status_is_released_whole_by_the_repa
         waiting["retry_index"] = len(webhooks.settings.retry_schedule_s)  # its last attempt left
         held = pending_delivery(subscription_id, chain="cmp_2", order_key="1", next_attempt_at=None)
         first, second = await _insert(db, waiting, held)
-        monkeypatch.setattr(store, "release_held", FailsFirst(store.release_held))
+        # The release fails until the request has answered (the repair pass's meanwhile too).
+        release_held = store.release_held
+        failing = True
+
+        async def fails_until_answered(**arguments: Any) -> int:
+            if failing:
+                raise AutoReconnect("connection closed (injected)")
+            return await release_held(**arguments)
+
+        monkeypatch.setattr(store, "release_held", fails_until_answered)
         failed = await _set_status(webhooks, admin, subscription_id, "active")
         assert failed.status_code == 503, failed.text
+        failing = False
 
         async def released() -> dict | None:
             found = await _stored(db, first)

@@ -17,15 +17,15 @@ request's answer, and the same request again (which leaves the rule as it is) ap
 the rest. Another replica may still place work with its cached copy of the rule for up to
 ``routing_context_max_age_s``: the rule's work is looked over once more after that, give or
 take the replicas' clocks (``look_over_at``, ``look_over``, by the queue sweep). The write
-that saves the version sets that time (``look_over_time``), so the work is followed even when
-the request ends right after it, its process killed or the database away, and nobody repeats
-it: until 6 December the request set it after its own pass, and such a fault left the work
-on the old skill for good.
+that saves the version sets that time (``look_over_delay`` after it), so the work is
+followed even when the request ends right after it, its process killed or the database
+away, and nobody repeats it: until 6 December the request set it after its own pass, and
+such a fault left the work on the old skill for good.
 """
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from pymongo.asynchronous.database import AsyncDatabase
@@ -138,11 +138,10 @@ async def _apply(
     return applied[0] if applied else None
 
 
-def look_over_time(*, settings: RoutingSettings) -> datetime:
-    """When a rule changed now has its work looked over again: once every replica's cached
-    copy of it is renewed."""
-    delay = timedelta(seconds=settings.routing_context_max_age_s + settings.replica_clock_skew_s)
-    return datetime.now(UTC) + delay
+def look_over_delay(*, settings: RoutingSettings) -> timedelta:
+    """How long after its change a rule has its work looked over again: once every
+    replica's cached copy of it is renewed."""
+    return timedelta(seconds=settings.routing_context_max_age_s + settings.replica_clock_skew_s)
 
 
 async def look_over(*, db: AsyncDatabase, settings: RoutingSettings, now: datetime) -> int:

@@ -95,7 +95,7 @@ async def update_rule(
         body=body,
         if_match=if_match,
         now=runtime.clock.now(),
-        look_over_at=rule_changes.look_over_time(settings=runtime.settings),
+        look_over_after=rule_changes.look_over_delay(settings=runtime.settings),
     )
     await unroutable.retry_after_change(runtime, org=principal.org)
     await _follow(runtime, rule=updated, actor=principal.subject)
@@ -118,7 +118,7 @@ async def deactivate_rule(
         rule_id=rule_id,
         if_match=if_match,
         now=runtime.clock.now(),
-        look_over_at=rule_changes.look_over_time(settings=runtime.settings),
+        look_over_after=rule_changes.look_over_delay(settings=runtime.settings),
     )
     await _follow(runtime, rule=deactivated, actor=principal.subject)
     tag(response, deactivated.version)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Awaitable, Callable
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pymongo import ASCENDING, DESCENDING, ReturnDocument
@@ -298,15 +298,16 @@ async def _save_version(
     actor: str,
     if_match: IfMatch | None,
     now: datetime,
-    look_over_at: datetime,
+    look_over_after: timedelta,
     validate: Callable[[], Awaitable[None]] | None = None,
 ) -> dict[str, Any]:
     """Apply ``changes`` as a new version and record it; the version ``current`` is at is
-    recorded first if the change that made it could not be (``audit.settle``).
+        recorded first if the change that made it could not be (``audit.settle``).
 
-    Changes the rule already shows make no version and are not checked again (what they
-    refer to may have changed since); others are held to ``if_match``, then
-    ``validate``d. A new version is due a look-over of its work at ``look_over_at``."""
+        Changes the rule already shows make no version and are not checked again (what they
+        refer to may have changed since); others are held to ``if_match``, then
+        ``validate``d. A new version is due a look-over of its work ``look_over_after`` its write
+    (real time, as the caches' age is)."""
     settled = await _settle_version(db=db, document=current)
     if not await preconditions.change_needed(
         if_match,
@@ -323,7 +324,7 @@ async def _save_version(
                 **changes,
                 "updated_at": now,
                 "updated_by": actor,
-                LOOK_OVER_AT: look_over_at,
+                LOOK_OVER_AT: datetime.now(UTC) + look_over_after,
                 **recorded,
             },
             "$inc": {"version": 1},
@@ -387,7 +388,7 @@ async def update_rule(
     body: RuleUpdate,
     if_match: IfMatch | None,
     now: datetime,
-    look_over_at: datetime,
+    look_over_after: timedelta,
 ) -> RuleRead:
     current = await _rule_document(db=db, principal=principal, rule_id=rule_id)
     # Each field set whole as stored (a nested object with its defaults).
@@ -408,7 +409,7 @@ async def update_rule(
         actor=principal.subject,
         if_match=if_match,
         now=now,
-        look_over_at=look_over_at,
+        look_over_after=look_over_after,
         validate=validate,
     )
     return rule_read(updated)
@@ -421,7 +422,7 @@ async def deactivate_rule(
     rule_id: str,
     if_match: IfMatch | None,
     now: datetime,
-    look_over_at: datetime,
+    look_over_after: timedelta,
 ) -> RuleRead:
     current = await _rule_document(db=db, principal=principal, rule_id=rule_id)
     if current.get("is_default") and current.get("active", True):
@@ -434,7 +435,7 @@ async def deactivate_rule(
         actor=principal.subject,
         if_match=if_match,
         now=now,
-        look_over_at=look_over_at,
+        look_over_after=look_over_after,
     )
     return rule_read(updated)
 
