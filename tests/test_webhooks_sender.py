@@ -87,6 +87,8 @@ def receiver(tmp_path: Path) -> Iterator[tuple[int, ssl.SSLContext, list[str]]]:
     client_tls = ssl.create_default_context(
         cadata=ca.public_bytes(serialization.Encoding.PEM).decode()
     )
+    # The internal CA as an operator hands it to the service (``TARGET_CA_FILE``).
+    (tmp_path / "internal-ca.pem").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
     try:
         yield server.server_address[1], client_tls, seen
     finally:
@@ -149,3 +151,54 @@ async def test_clients_of_hosts_no_longer_sent_to_are_closed(
     finally:
         await sender.close()
     assert sender.pooled_hosts == 0
+
+
+async def test_a_receiver_whose_certificate_an_internal_ca_issued_is_trusted_once_configured(
+    receiver: tuple[int, ssl.SSLContext, list[str]],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    """An on-premise receiver's certificate comes from the organisation's own CA. The
+    sender trusted certifi's public CAs only, and nothing could add another: every attempt
+    failed its certificate check. ``TARGET_CA_FILE`` adds that CA beside the public ones."""
+    port, _, seen = receiver
+
+    async def same_address(target, **_) -> str:
+        return "127.0.0.1"
+
+    monkeypatch.setattr(sender_module, "resolve_checked", same_address)
+    url = f"https://a.test:{port}/hook"
+    public_only = Sender(settings=LOCAL)
+    try:
+        refused = await public_only.send(url=url, headers={}, body="{}")
+    finally:
+        await public_only.close()
+    assert refused.response_code is None
+    assert "CERTIFICATE_VERIFY_FAILED" in (refused.error or "")
+
+    monkeypatch.setenv("DEPLOYMENT_ENVIRONMENT", "development")
+    monkeypatch.setenv("ALLOW_LOOPBACK_TARGETS", "true")
+    monkeypatch.setenv("TARGET_CA_FILE", str(tmp_path / "internal-ca.pem"))
+    internal = Sender(settings=WebhooksSettings())
+    try:
+        trusted = await internal.send(url=url, headers={}, body="{}")
+    finally:
+        await internal.close()
+    assert trusted.response_code == 204, trusted.error
+    assert seen == [f"a.test:{port}"]
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"), [("", None), ("  ", None), ("/nowhere/ca.pem", ValueError)]
+)
+def test_the_internal_ca_file_is_none_when_empty_and_must_be_readable(
+    value: str, expected: type[Exception] | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Compose passes an unset ``TARGET_CA_FILE`` as an empty string: no internal CA. A path
+    that holds no certificates stops the service at start, naming the variable."""
+    monkeypatch.setenv("TARGET_CA_FILE", value)
+    if expected is None:
+        assert WebhooksSettings().target_ca_file is None
+        return
+    with pytest.raises(ValueError, match="target_ca_file"):
+        WebhooksSettings()

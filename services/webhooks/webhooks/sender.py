@@ -60,6 +60,15 @@ class _HostPool:
     retired: bool = False
 
 
+def target_tls(settings: WebhooksSettings) -> ssl.SSLContext:
+    """What a target's certificate is verified against: the public CAs (certifi's bundle)
+    and an internal CA's certificates (``TARGET_CA_FILE``), if any."""
+    context = ssl.create_default_context(cafile=certifi.where())
+    if settings.target_ca_file is not None:
+        context.load_verify_locations(cafile=str(settings.target_ca_file))
+    return context
+
+
 class Sender:
     """Sends attempts over a pooled client per target host name.
 
@@ -75,7 +84,7 @@ class Sender:
     ) -> None:
         self._settings = settings
         # One context for every client (loading the CA bundle per host would cost each one).
-        self._tls = tls_context or ssl.create_default_context(cafile=certifi.where())
+        self._tls = tls_context or target_tls(settings)
         self._pools: OrderedDict[str, _HostPool] = OrderedDict()
         self._retired: set[_HostPool] = set()
         self._resolver = HostResolver(

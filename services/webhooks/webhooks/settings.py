@@ -6,9 +6,11 @@ documented in ``docs/webhooks.md``; change them there too.
 
 from __future__ import annotations
 
+import ssl
 from enum import StrEnum
+from pathlib import Path
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from complaints_shared.settings import ServiceSettings
 
@@ -39,6 +41,13 @@ class WebhooksSettings(ServiceSettings):
         description="Deliver to private and shared address ranges (10/8, 172.16/12, "
         "192.168/16, 100.64/10, fc00::/7): on-premise receivers. Link-local and cloud "
         "metadata addresses stay refused.",
+    )
+
+    target_ca_file: Path | None = Field(
+        None,
+        description="A PEM file of CA certificates trusted beside the public ones (certifi's "
+        "bundle), for receivers whose certificates an internal CA issued. Read at start: a "
+        "missing or unreadable file stops the service. Empty: none.",
     )
 
     # -- how deliveries are made ---------------------------------------------------
@@ -159,6 +168,22 @@ class WebhooksSettings(ServiceSettings):
         "and makes them due: one index probe per active subscription; it also completes "
         "subscription deletions a failure cut short.",
     )
+
+    @field_validator("target_ca_file", mode="before")
+    @classmethod
+    def _empty_ca_file_is_none(cls, value: object) -> object:
+        # Compose passes an unset variable as "" (no internal CA).
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("target_ca_file")
+    @classmethod
+    def _readable_ca_file(cls, value: Path | None) -> Path | None:
+        if value is not None:
+            try:
+                ssl.create_default_context().load_verify_locations(cafile=str(value))
+            except (OSError, ssl.SSLError) as exc:
+                raise ValueError(f"no CA certificates could be read from {value}: {exc}") from None
+        return value
 
     @model_validator(mode="after")
     def _loopback_only_in_development(self) -> WebhooksSettings:
