@@ -20,6 +20,10 @@
 #                                (default: ${XDG_CACHE_HOME:-~/.cache}/complaint-desk)
 #   LOCAL_KAFKA_PORT             broker port            (default 9092)
 #   LOCAL_KAFKA_CONTROLLER_PORT  KRaft controller port  (default 9093)
+#   LOCAL_KAFKA_SASL_PORT        broker port asking for SASL PLAIN credentials
+#                                (user "complaints"; default 9094), for the tests
+#                                of the clients' SASL settings
+#   LOCAL_KAFKA_SASL_PASSWORD    that user's password (default local-only-secret)
 #   LOCAL_MONGO_PORT             SecantusDB port        (default 27017)
 #   LOCAL_MONGO_CACHE_SIZE       SecantusDB's WiredTiger cache (default as mongod
 #                                sizes its own: half of (RAM - 1 GB), at least 256M)
@@ -41,6 +45,9 @@ STATE=${LOCAL_STATE_DIR:-$ROOT/.local}
 CACHE=${COMPLAINTS_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/complaint-desk}
 KAFKA_PORT=${LOCAL_KAFKA_PORT:-9092}
 KAFKA_CONTROLLER_PORT=${LOCAL_KAFKA_CONTROLLER_PORT:-9093}
+KAFKA_SASL_PORT=${LOCAL_KAFKA_SASL_PORT:-9094}
+KAFKA_SASL_USER=complaints
+KAFKA_SASL_PASSWORD=${LOCAL_KAFKA_SASL_PASSWORD:-local-only-secret}
 MONGO_PORT=${LOCAL_MONGO_PORT:-27017}
 # mongod's own default for its WiredTiger cache: half of (RAM - 1 GB), at least 256 MB.
 # A cache too small for what a run writes makes the server evict all the time: with 256M
@@ -82,7 +89,7 @@ die() {
 # on the caller's cwd.
 resolve_dirs() {
     local v
-    for v in KAFKA_PORT KAFKA_CONTROLLER_PORT MONGO_PORT KAFKA_READY_TIMEOUT MONGO_READY_TIMEOUT STOP_TIMEOUT; do
+    for v in KAFKA_PORT KAFKA_CONTROLLER_PORT KAFKA_SASL_PORT MONGO_PORT KAFKA_READY_TIMEOUT MONGO_READY_TIMEOUT STOP_TIMEOUT; do
         [[ ${!v} =~ ^[0-9]+$ ]] || die "$v must be a whole number, got '${!v}'"
     done
     mkdir -p "$STATE" "$CACHE"
@@ -385,11 +392,16 @@ write_kafka_config() {
 process.roles=broker,controller
 node.id=1
 controller.quorum.bootstrap.servers=$HOST:$KAFKA_CONTROLLER_PORT
-listeners=PLAINTEXT://$HOST:$KAFKA_PORT,CONTROLLER://$HOST:$KAFKA_CONTROLLER_PORT
-advertised.listeners=PLAINTEXT://$HOST:$KAFKA_PORT
+listeners=PLAINTEXT://$HOST:$KAFKA_PORT,CONTROLLER://$HOST:$KAFKA_CONTROLLER_PORT,SASL_PLAINTEXT://$HOST:$KAFKA_SASL_PORT
+advertised.listeners=PLAINTEXT://$HOST:$KAFKA_PORT,SASL_PLAINTEXT://$HOST:$KAFKA_SASL_PORT
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
-listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT
+
+# A second door asking for credentials (SASL PLAIN), as a managed cluster does: the
+# tests of the clients' KAFKA_SECURITY_PROTOCOL / KAFKA_SASL_* settings use it.
+sasl.enabled.mechanisms=PLAIN
+listener.name.sasl_plaintext.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required user_$KAFKA_SASL_USER="$KAFKA_SASL_PASSWORD";
 log.dirs=$KAFKA_DIR/data
 
 # Topics are created explicitly by the app/tests, never by a typo'd producer.
@@ -658,6 +670,9 @@ write_env_file() {
     cat >"$STATE/infra.env" <<EOF
 KAFKA_BOOTSTRAP_SERVERS=$HOST:$KAFKA_PORT
 MONGODB_URI=mongodb://$HOST:$MONGO_PORT/?retryWrites=false
+LOCAL_KAFKA_SASL_BOOTSTRAP_SERVERS=$HOST:$KAFKA_SASL_PORT
+LOCAL_KAFKA_SASL_USERNAME=$KAFKA_SASL_USER
+LOCAL_KAFKA_SASL_PASSWORD=$KAFKA_SASL_PASSWORD
 EOF
 }
 

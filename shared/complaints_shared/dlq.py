@@ -42,6 +42,7 @@ from complaints_shared.kafka import (
     PRODUCER_STOP_S,
     REPLAY_FOR_HEADER,
     DeadLetterReason,
+    connection_options,
     create_missing_topics,
     dead_letter_ledger_topic,
 )
@@ -391,7 +392,7 @@ async def replay(
         settings=settings, topics={letter.dlq_topic + REPLAYED_SUFFIX for letter in pending}
     )
     producer = AIOKafkaProducer(
-        bootstrap_servers=settings.kafka_bootstrap_servers,
+        **connection_options(settings),
         acks="all",
         enable_idempotence=True,
         client_id="complaints-dlq",
@@ -454,7 +455,7 @@ async def dismiss(
         settings=settings, topics={letter.dlq_topic + REPLAYED_SUFFIX for letter in pending}
     )
     producer = AIOKafkaProducer(
-        bootstrap_servers=settings.kafka_bootstrap_servers,
+        **connection_options(settings),
         acks="all",
         enable_idempotence=True,
         client_id="complaints-dlq",
@@ -496,7 +497,7 @@ async def read_original(*, settings: ServiceSettings, letter: DeadLetter) -> Dea
     if position is None or offset is None:
         return None
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka_bootstrap_servers,
+        **connection_options(settings),
         enable_auto_commit=False,
         client_id="complaints-dlq",
         # The original may exceed the default fetch size of one partition.
@@ -620,7 +621,7 @@ def _shape(value: Any) -> Any:
 async def _read_whole_topic(*, settings: ServiceSettings, topic: str) -> list:
     """Records of ``topic`` from the beginning to its end as of now; none when it is absent."""
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka_bootstrap_servers,
+        **connection_options(settings),
         enable_auto_commit=False,
         client_id="complaints-dlq",
     )

@@ -43,6 +43,7 @@ from aiokafka.errors import (
     UnknownProducerId,
     for_code,
 )
+from aiokafka.helpers import create_ssl_context
 from pydantic import ValidationError
 
 from complaints_shared.envelope import CloudEvent, EnvelopeError, from_kafka_record, to_kafka_record
@@ -148,6 +149,26 @@ def dead_letter_ledger_topic(name: str, *, settings: ServiceSettings) -> NewTopi
     return _new_topic(name, settings=settings, partitions=1, kept_for_replay=True)
 
 
+def connection_options(settings: ServiceSettings) -> dict[str, Any]:
+    """How each client of a service reaches the brokers: their addresses and the security
+    the cluster asks for (``KAFKA_SECURITY_PROTOCOL``, SASL credentials, the brokers' CA).
+    Every producer, consumer and admin client is made with these, the dead-letter tool's
+    too: until 6 December they all connected in plaintext, and a cluster that asks for
+    credentials (a managed one) could not be used."""
+    protocol = settings.kafka_security_protocol
+    options: dict[str, Any] = {
+        "bootstrap_servers": settings.kafka_bootstrap_servers,
+        "security_protocol": protocol,
+    }
+    if protocol in ("SSL", "SASL_SSL"):
+        options["ssl_context"] = create_ssl_context(cafile=settings.kafka_ssl_cafile or None)
+    if protocol in ("SASL_PLAINTEXT", "SASL_SSL"):
+        options["sasl_mechanism"] = settings.kafka_sasl_mechanism
+        options["sasl_plain_username"] = settings.kafka_sasl_username
+        options["sasl_plain_password"] = settings.kafka_sasl_password.get_secret_value()
+    return options
+
+
 class TopicsNotCreated(KafkaError):
     """The broker refused to create topics (a replication factor above its brokers, a
     configuration it does not take): the service cannot run on them."""
@@ -159,7 +180,7 @@ async def create_missing_topics(*, settings: ServiceSettings, topics: list[NewTo
     """Create those of ``topics`` the broker lacks. The broker answers a refusal per topic
     (aiokafka does not raise it): any but "exists already" (another replica was first)
     raises ``TopicsNotCreated`` naming the topic and the broker's reason."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
+    admin = AIOKafkaAdminClient(**connection_options(settings))
     await admin.start()
     try:
         existing = set(await admin.list_topics())
@@ -210,7 +231,7 @@ class EventProducer:
         async with self._lock:
             if self._producer is None:
                 producer = AIOKafkaProducer(
-                    bootstrap_servers=self._settings.kafka_bootstrap_servers,
+                    **connection_options(self._settings),
                     acks="all",
                     enable_idempotence=True,
                     linger_ms=2,
@@ -479,7 +500,7 @@ class EventConsumer:
         if self._consumer is not None:
             return
         consumer = AIOKafkaConsumer(
-            bootstrap_servers=self._settings.kafka_bootstrap_servers,
+            **connection_options(self._settings),
             group_id=self._group_id,
             client_id=self._settings.service_name,
             enable_auto_commit=False,

@@ -8,10 +8,11 @@ classes subclass :class:`ServiceSettings` and add their own fields.
 from __future__ import annotations
 
 import json
+import ssl
 from collections.abc import Callable
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -50,6 +51,24 @@ class ServiceSettings(BaseSettings):
 
     kafka_bootstrap_servers: str = Field(
         "127.0.0.1:9092", description="Comma-separated Kafka bootstrap servers."
+    )
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT",
+        description="How the clients reach the brokers: `SASL_SSL` for a managed cluster "
+        "that asks for credentials over TLS, `SSL` for TLS alone, `SASL_PLAINTEXT` for "
+        "credentials on a private network.",
+    )
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = Field(
+        "PLAIN", description="The SASL mechanism the brokers ask for (with `SASL_*` only)."
+    )
+    kafka_sasl_username: str = Field("", description="The SASL user (with `SASL_*` only).")
+    kafka_sasl_password: SecretStr = Field(
+        SecretStr(""), description="The SASL user's password (with `SASL_*` only)."
+    )
+    kafka_ssl_cafile: str = Field(
+        "",
+        description="A PEM file of the CA certificates that signed the brokers' certificates "
+        "(with `SSL` / `SASL_SSL`); empty: the system's CAs. Read at start.",
     )
     mongodb_uri: str = Field("mongodb://127.0.0.1:27017", description="MongoDB connection URI.")
     mongodb_max_idle_time_ms: int = Field(
@@ -248,6 +267,27 @@ class ServiceSettings(BaseSettings):
         description="`Retry-After` of the 503 answered while MongoDB or Kafka is unreachable.",
     )
     readiness_timeout_s: float = Field(2.0, gt=0, description="Timeout of each /readyz probe.")
+
+    @model_validator(mode="after")
+    def _kafka_security_complete(self) -> ServiceSettings:
+        """Credentials for a SASL protocol, and a CA file that can be read: a service that
+        cannot reach the brokers says why at start, not as retries of refused connections."""
+        protocol = self.kafka_security_protocol
+        if protocol.startswith("SASL") and not (
+            self.kafka_sasl_username and self.kafka_sasl_password.get_secret_value()
+        ):
+            raise ValueError(
+                f"kafka_sasl_username and kafka_sasl_password are needed with {protocol}"
+            )
+        if self.kafka_ssl_cafile and protocol.endswith("SSL"):
+            try:
+                ssl.create_default_context(cafile=self.kafka_ssl_cafile)
+            except (OSError, ssl.SSLError) as exc:
+                raise ValueError(
+                    f"kafka_ssl_cafile: no CA certificates could be read from "
+                    f"{self.kafka_ssl_cafile}: {exc}"
+                ) from None
+        return self
 
     @field_validator("jwt_role_map", mode="before")
     @classmethod

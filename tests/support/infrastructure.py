@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -34,6 +35,27 @@ class BrokerControl(Protocol):
     def start(self) -> None: ...
 
 
+@dataclass(frozen=True)
+class SaslDoor:
+    """A listener of the same broker that asks for SASL PLAIN credentials."""
+
+    bootstrap_servers: str
+    username: str
+    password: str
+
+
+def _sasl_door(values: Mapping[str, str]) -> SaslDoor | None:
+    """The local infrastructure's SASL listener, as its env file names it (none elsewhere)."""
+    servers = values.get("LOCAL_KAFKA_SASL_BOOTSTRAP_SERVERS")
+    if not servers:
+        return None
+    return SaslDoor(
+        bootstrap_servers=servers,
+        username=values["LOCAL_KAFKA_SASL_USERNAME"],
+        password=values["LOCAL_KAFKA_SASL_PASSWORD"],
+    )
+
+
 @dataclass
 class Infrastructure:
     kafka_bootstrap_servers: str
@@ -41,6 +63,7 @@ class Infrastructure:
     source: str
     broker: BrokerControl | None
     closers: list
+    kafka_sasl: SaslDoor | None = None
 
 
 class LocalBroker:
@@ -106,6 +129,7 @@ def _from_local_scripts() -> Infrastructure:
         source="local",
         broker=LocalBroker(),
         closers=[],
+        kafka_sasl=_sasl_door(values),
     )
 
 
@@ -119,6 +143,7 @@ def provide_infrastructure() -> Infrastructure:
             source="environment",
             broker=None,
             closers=[],
+            kafka_sasl=_sasl_door(os.environ),
         )
     if _docker_available():
         return _from_containers()

@@ -27,6 +27,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from complaints_shared.events import Topic
+from complaints_shared.kafka import connection_options
 from complaints_shared.logs import get_logger
 from complaints_shared.runtime import Runtime
 from complaints_shared.timing import wait_event
@@ -123,10 +124,10 @@ class ConsumedWatermark:
             await _close(admin, offsets)
 
     async def _connect(self) -> tuple[AIOKafkaAdminClient, AIOKafkaConsumer]:
-        servers = self._settings.kafka_bootstrap_servers
-        admin = AIOKafkaAdminClient(bootstrap_servers=servers)
+        options = connection_options(self._settings)
+        admin = AIOKafkaAdminClient(**options)
         # No group: it only reads end offsets and never joins the service's group.
-        offsets = AIOKafkaConsumer(bootstrap_servers=servers, enable_auto_commit=False)
+        offsets = AIOKafkaConsumer(**options, enable_auto_commit=False)
         try:
             await admin.start()
             await offsets.start()
