@@ -68,6 +68,10 @@ async def test_a_wrong_password_is_refused_by_the_broker(infrastructure: Infrast
     """The credentials are the broker's to check: with another password the service's
     admin client cannot create its topics (the service is not ready, the refusal in its log)."""
     door = _door(infrastructure)
+    host, port = door.bootstrap_servers.rsplit(":", 1)
+    # The listener answers: a refusal below is the credentials', not a closed port's.
+    _, writer = await asyncio.open_connection(host, int(port))
+    writer.close()
     settings = settings_for_test(
         IntakeSettings,
         infra=infrastructure,
@@ -119,3 +123,7 @@ def test_every_client_gets_the_security_the_settings_ask_for() -> None:
     }
     shown = repr(IntakeSettings(kafka_sasl_password="s3cret-密码"))
     assert "s3cret" not in shown
+    # Refused settings name the field, never quote the input.
+    with pytest.raises(ValidationError) as refused:
+        IntakeSettings(kafka_security_protocol="SASL_SSL", kafka_sasl_password="s3cret-密码")
+    assert "s3cret" not in str(refused.value)

@@ -500,9 +500,12 @@ format_kafka_storage() {
 
 launch_kafka() {
     # A foreign process on our port would make readiness checks lie.
-    if port_open "$KAFKA_PORT"; then
-        die "port $KAFKA_PORT is already in use by a process this script did not start"
-    fi
+    local port
+    for port in "$KAFKA_PORT" "$KAFKA_SASL_PORT"; do
+        if port_open "$port"; then
+            die "port $port is already in use by a process this script did not start"
+        fi
+    done
     write_kafka_config
     format_kafka_storage
     log "kafka: starting $KAFKA_VERSION on $HOST:$KAFKA_PORT"
@@ -670,10 +673,16 @@ write_env_file() {
     cat >"$STATE/infra.env" <<EOF
 KAFKA_BOOTSTRAP_SERVERS=$HOST:$KAFKA_PORT
 MONGODB_URI=mongodb://$HOST:$MONGO_PORT/?retryWrites=false
+EOF
+    # The SASL listener only when the running broker has one (one started by an older
+    # version of this script has not, until it is restarted).
+    if grep -q "SASL_PLAINTEXT://$HOST:$KAFKA_SASL_PORT" "$KAFKA_DIR/config/server.properties" 2>/dev/null; then
+        cat >>"$STATE/infra.env" <<EOF
 LOCAL_KAFKA_SASL_BOOTSTRAP_SERVERS=$HOST:$KAFKA_SASL_PORT
 LOCAL_KAFKA_SASL_USERNAME=$KAFKA_SASL_USER
 LOCAL_KAFKA_SASL_PASSWORD=$KAFKA_SASL_PASSWORD
 EOF
+    fi
 }
 
 cmd_up() {

@@ -28,7 +28,14 @@ FIXED = frozenset({"service_name"})
 class ServiceSettings(BaseSettings):
     """Settings every service needs: infrastructure, auth, consumer tuning."""
 
-    model_config = SettingsConfigDict(env_file=None, extra="ignore", case_sensitive=False)
+    model_config = SettingsConfigDict(
+        env_file=None,
+        extra="ignore",
+        case_sensitive=False,
+        # A refused setting is named, never quoted: the error of a whole-settings check
+        # quoted the input's tail, a Kafka password among it.
+        hide_input_in_errors=True,
+    )
 
     # Fixed by each service's class, never read from the environment: it names the consumer
     # group and the default database, and a platform that sets ``SERVICE_NAME`` on every

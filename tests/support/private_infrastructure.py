@@ -37,6 +37,7 @@ class PrivateInfrastructure:
     state_dir: Path
     kafka_port: int = field(default_factory=free_port)
     controller_port: int = field(default_factory=free_port)
+    sasl_port: int = field(default_factory=free_port)
     mongo_port: int = field(default_factory=free_port)
 
     @property
@@ -59,6 +60,7 @@ class PrivateInfrastructure:
             "LOCAL_STATE_DIR": str(self.state_dir),
             "LOCAL_KAFKA_PORT": str(self.kafka_port),
             "LOCAL_KAFKA_CONTROLLER_PORT": str(self.controller_port),
+            "LOCAL_KAFKA_SASL_PORT": str(self.sasl_port),
             "LOCAL_MONGO_PORT": str(self.mongo_port),
             "KAFKA_HEAP": os.environ.get("PRIVATE_KAFKA_HEAP", PRIVATE_KAFKA_HEAP),
         }

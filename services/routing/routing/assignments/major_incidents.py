@@ -34,6 +34,7 @@ from routing.directory.escalation import (
     has_branch_head,
     major_incident_target,
 )
+from routing.directory.models import StaffRole
 from routing.settings import RoutingSettings
 
 log = get_logger(__name__)
@@ -142,13 +143,20 @@ async def follow_up(*, db: AsyncDatabase, settings: RoutingSettings, now: dateti
 
 
 async def mark_unmarked(*, db: AsyncDatabase) -> int:
-    """At start: mark the major incidents being worked that carry no mark, for the sweep to
-    judge (``follow_up``); how many. A release before 5 December escalated one whose branch
-    had no head to nobody and marked nothing, so it stayed below the head once there was
-    one; so may an older replica still running beside this one. One standing at the head
-    already is unmarked by the sweep's first look. One read of the work being done."""
+    """At start: mark the major incidents being worked that never reached a branch head and
+    carry no mark, for the sweep to judge (``follow_up``); how many. A release before 5
+    December escalated one whose branch had no head to nobody and marked nothing, so it
+    stayed below the head once there was one; so may an older replica that stopped before
+    this one started. One read of the work being done."""
     marked = await db[store.ASSIGNMENTS].update_many(
-        {"status": {"$in": list(lifecycle.ACTIVE)}, "major_incident": True, AWAITING: None},
+        {
+            "status": {"$in": list(lifecycle.ACTIVE)},
+            "major_incident": True,
+            AWAITING: None,
+            # No rung at the head (those reached it; one withdrawn since is marked by the
+            # withdrawal, ``after_withdrawal``).
+            "escalations.escalated_to_role": {"$ne": StaffRole.BRANCH_HEAD.value},
+        },
         {"$set": {AWAITING: True}},
     )
     if marked.modified_count:
