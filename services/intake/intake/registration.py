@@ -20,7 +20,7 @@ from complaints_shared.mongo import clashes_on, is_id_clash
 from complaints_shared.outbox import outbox_entry, outbox_fields
 from complaints_shared.problems import ConcurrentUpdate, invalid
 from intake import filter_keys, postings, reference_numbers, store, submissions
-from intake.identity import Submission, customer_keys, submission
+from intake.identity import Submission, customer_keys, submission, submission_fingerprint
 from intake.lifecycle import Action, Status, customer_contact, event_base
 from intake.models import ComplaintCreate
 from intake.repeats import MAX_REPEAT_LINKS, repeat_keys
@@ -74,6 +74,7 @@ async def create_complaint(
     """
     entered = time.monotonic()  # with ``now``: a late insert is stamped again
     body = request.model_dump(mode="json", exclude={"severity", "flags"})
+    fingerprint = submission_of(principal=principal, request=request, body=body).fingerprint
 
     async def prepared() -> dict[str, Any]:
         """The document to insert, its search posting written already."""
@@ -90,12 +91,8 @@ async def create_complaint(
         return document
 
     if taken_over:
-        # The id is this request's alone: drawn for it, and handed on only to retries under
-        # its key with the same body. So a complaint stored under it is this request's, even
-        # one stored before its fingerprint was computed as it is now (until 6 December a
-        # retry compared them, and such a complaint failed its retries with a 500).
         existing = await store.find(db=db, complaint_id=complaint_id)
-        if existing is not None:
+        if existing is not None and _submitted_as(existing, fingerprint):
             await postings.write(db=db, document=existing)
             return await store.stamped_if_late(db=db, document=existing, entered=entered), True
     document = await prepared()
@@ -115,6 +112,8 @@ async def create_complaint(
                     detail="the complaint changed while it was stored; retry it"
                 ) from exc
             if existing is not None:
+                if not _submitted_as(existing, fingerprint):
+                    raise
                 # This attempt's posting (another reference, another time) gave way to
                 # the stored complaint's.
                 await postings.write(db=db, document=existing)
@@ -135,6 +134,26 @@ async def create_complaint(
             return earlier, False
     raise ConcurrentUpdate(
         detail="identical submissions of this customer kept racing each other; retry it"
+    )
+
+
+def _submitted_as(existing: dict[str, Any], fingerprint: str) -> bool:
+    """Whether the complaint stored under the request's id is the submission ``fingerprint``
+    names: by the fingerprint stored with it or, stored by a release that computed it
+    otherwise (or before there was one), by the fingerprint of what it holds, computed as
+    now. Until 6 December only the stored one counted, and a keyed retry of a complaint an
+    older release stored failed every time with a 500."""
+    if existing.get("submission_fingerprint") == fingerprint:
+        return True
+    return (
+        submission_fingerprint(
+            org=existing["org"],
+            branch=existing["branch"],
+            customer=existing["customer"],
+            subject=existing["subject"],
+            description=existing["description"],
+        )
+        == fingerprint
     )
 
 
