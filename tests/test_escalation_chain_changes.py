@@ -212,29 +212,49 @@ async def test_a_major_incident_nobody_could_take_climbs_as_the_posts_above_it_a
     assert "awaiting_branch_head" not in head
 
 
+@pytest.mark.parametrize("left", ["escalated to nobody", "its head rung withdrawn"])
 async def test_a_major_incident_an_older_release_left_unmarked_reaches_the_head_after_a_restart(
-    system_factory: SystemFactory,
+    system_factory: SystemFactory, left: str
 ) -> None:
     """Until 5 December a medical error whose branch had no head was escalated to nobody
-    and marked nothing; the release after it marks such work and the queue sweep takes it
-    to the head once there is one, but only work it placed itself: the incidents stored
-    before it stayed below the head for good. Routing marks them at start now."""
+    and marked nothing, and until that evening one whose breach to the head was withdrawn
+    went back below it unmarked; the releases after mark such work and the queue sweep
+    takes it to the head once there is one, but only work they handled themselves: the
+    incidents stored before stayed below the head for good. Routing marks them at start."""
     system = await system_factory(routing=FAST_TIMERS)
     admin = _admin(system)
-    cid, _ = await _medical_error_nobody_above_can_take(system)
+    cid, document = await _medical_error_nobody_above_can_take(system)
     db = routing_db(system)
-    # As a release before 5 December stored it.
-    await db.assignments.update_one({"_id": cid}, {"$unset": {"awaiting_branch_head": ""}})
+    # As an older release stored it.
+    stored: dict = {"$unset": {"awaiting_branch_head": ""}}
+    if left == "its head rung withdrawn":
+        taken_back = {
+            "level": 2,
+            "escalated_to_id": "hosp-head",
+            "escalated_to_name": "王院长",
+            "escalated_to_role": "branch_head",
+            "reason": "sla_breach",
+            "escalated_by": "routing",
+            "escalated_at": document["created_at"],
+            "withdrawn_at": document["created_at"],
+            "withdrawn_reason": "acknowledged_on_time",
+        }
+        stored["$set"] = {"escalations": [taken_back], "escalation_level": 0}
+    await db.assignments.update_one({"_id": cid}, stored)
     await _ok(await system.routing.post("/v1/directory/staff", json=NEW_HEAD, headers=admin))
 
     async with AsyncExitStack() as stack:
         # The upgraded routing starts beside the one running.
         await system.serve_extra(stack, create_routing_app(system.routing_settings))
         head = await assignment_when(
-            system, cid, lambda d: d["escalations"], what="the new hospital head", timeout_s=20
+            system,
+            cid,
+            lambda d: d["escalation_level"] == 2,
+            what="the new hospital head",
+            timeout_s=20,
         )
-    assert _reached(head) == [(2, "branch_head", "hosp-head2")]
-    assert head["escalations"][0]["reason"] == "critical_incident"
+    assert _reached(head)[-1] == (2, "branch_head", "hosp-head2")
+    assert head["escalations"][-1]["reason"] == "critical_incident"
     assert "awaiting_branch_head" not in head
 
 

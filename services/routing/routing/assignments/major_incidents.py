@@ -143,24 +143,27 @@ async def follow_up(*, db: AsyncDatabase, settings: RoutingSettings, now: dateti
 
 
 async def mark_unmarked(*, db: AsyncDatabase) -> int:
-    """At start: mark the major incidents being worked that never reached a branch head and
+    """At start: mark the major incidents being worked that stand below a branch head and
     carry no mark, for the sweep to judge (``follow_up``); how many. A release before 5
-    December escalated one whose branch had no head to nobody and marked nothing, so it
-    stayed below the head once there was one; so may an older replica that stopped before
-    this one started. One read of the work being done."""
-    marked = await db[store.ASSIGNMENTS].update_many(
-        {
-            "status": {"$in": list(lifecycle.ACTIVE)},
-            "major_incident": True,
-            AWAITING: None,
-            # No rung at the head (those reached it; one withdrawn since is marked by the
-            # withdrawal, ``after_withdrawal``).
-            "escalations.escalated_to_role": {"$ne": StaffRole.BRANCH_HEAD.value},
-        },
-        {"$set": {AWAITING: True}},
+    December escalated one whose branch had no head to nobody and marked nothing, and one
+    before the evening of 5 December left one whose head rung a withdrawn breach took back
+    unmarked: each stayed below the head. So may an older replica that stopped before this
+    one started. One read of the work being done (its escalations), one write."""
+    found = db[store.ASSIGNMENTS].find(
+        {"status": {"$in": list(lifecycle.ACTIVE)}, "major_incident": True, AWAITING: None},
+        projection={"escalation_level": 1, "escalations": 1},
     )
-    if marked.modified_count:
-        log.info("major_incidents_marked_at_start", complaints=marked.modified_count)
+    below = [
+        document["_id"]
+        async for document in found
+        if lifecycle.reached(document).role is not StaffRole.BRANCH_HEAD
+    ]
+    if not below:
+        return 0
+    marked = await db[store.ASSIGNMENTS].update_many(
+        {"_id": {"$in": below}, AWAITING: None}, {"$set": {AWAITING: True}}
+    )
+    log.info("major_incidents_marked_at_start", complaints=marked.modified_count)
     return marked.modified_count
 
 
