@@ -302,12 +302,12 @@ async def _save_version(
     validate: Callable[[], Awaitable[None]] | None = None,
 ) -> dict[str, Any]:
     """Apply ``changes`` as a new version and record it; the version ``current`` is at is
-        recorded first if the change that made it could not be (``audit.settle``).
+    recorded first if the change that made it could not be (``audit.settle``).
 
-        Changes the rule already shows make no version and are not checked again (what they
-        refer to may have changed since); others are held to ``if_match``, then
-        ``validate``d. A new version is due a look-over of its work ``look_over_after`` its write
-    (real time, as the caches' age is)."""
+    Changes the rule already shows make no version and are not checked again (what they
+    refer to may have changed since); others are held to ``if_match``, then ``validate``d.
+    A new version is due a look-over of its work ``look_over_after`` its write (real time,
+    as the caches' age is)."""
     settled = await _settle_version(db=db, document=current)
     if not await preconditions.change_needed(
         if_match,
