@@ -827,21 +827,16 @@ async def test_a_pointer_whose_original_is_past_retention_is_reported_not_replay
     assert await replayed_refs(settings=settings, dlq_topic=letter.dlq_topic) == set()
 
 
-async def test_another_version_of_a_handled_event_type_is_dead_lettered_not_skipped(
-    system: System,
-) -> None:
-    """A breaking change is a new type version (``...complaint.received.v2``). A consumer
-    with no handler for it skipped it and committed, as it does types it does not care
-    about: a producer upgraded first left its complaints unrouted with no trace but a
-    metric. It is now a dead letter ``invalid_data`` naming the version handled, to replay
-    once the consumer is upgraded; the partition goes on."""
+async def _dead_lettered_before_a_routed_one(system: System, *, event_type: str):
+    """A complaint.received published as ``event_type``, then a good one on the same key:
+    the good one is routed, and the first is routing's dead letter (returned), not routed."""
     complaint_id = str(uuid.uuid4())
     newer = CloudEvent.new(
         event_type=EventType.COMPLAINT_RECEIVED,
         source="intake",
         data=received(complaint_id=complaint_id, **NETWORK_DROPOUTS),
     )
-    newer.type = EventType.COMPLAINT_RECEIVED.value.removesuffix(".v1") + ".v2"
+    newer.type = event_type
     good = CloudEvent.new(
         event_type=EventType.COMPLAINT_RECEIVED,
         source="intake",
@@ -862,14 +857,26 @@ async def test_another_version_of_a_handled_event_type_is_dead_lettered_not_skip
     await eventually(
         lambda: routing_db.assignments.find_one({"_id": good.subject}), what="the one after routed"
     )
-
     [dead] = await eventually(
         lambda: group_dead_letters(system.routing_settings, topic=topic, event_id=newer.id),
-        what="the v2 record dead-lettered",
+        what=f"the {event_type} record dead-lettered",
     )
+    assert await routing_db.assignments.find_one({"_id": complaint_id}) is None
+    return dead
+
+
+async def test_another_version_of_a_handled_event_type_is_dead_lettered_not_skipped(
+    system: System,
+) -> None:
+    """A breaking change is a new type version (``...complaint.received.v2``). A consumer
+    with no handler for it skipped it and committed, as it does types it does not care
+    about: a producer upgraded first left its complaints unrouted with no trace but a
+    metric. It is now a dead letter ``invalid_data`` naming the version handled, to replay
+    once the consumer is upgraded; the partition goes on."""
+    newer = EventType.COMPLAINT_RECEIVED.value.removesuffix(".v1") + ".v2"
+    dead = await _dead_lettered_before_a_routed_one(system, event_type=newer)
     assert dead.header("dlq_reason") == "invalid_data"
     assert EventType.COMPLAINT_RECEIVED.value in dead.header("dlq_error")
-    assert await routing_db.assignments.find_one({"_id": complaint_id}) is None
 
 
 async def test_an_event_type_of_a_newer_release_is_dead_lettered_not_skipped(
@@ -880,37 +887,8 @@ async def test_an_event_type_of_a_newer_release_is_dead_lettered_not_skipped(
     runs: compose recreates services in no set order. It was skipped and committed, so the
     upgraded replica sharing the group never saw it. It is now a dead letter naming the
     type, to replay once the service is upgraded; the partition goes on."""
-    complaint_id = str(uuid.uuid4())
-    newer = CloudEvent.new(
-        event_type=EventType.COMPLAINT_RECEIVED,
-        source="intake",
-        data=received(complaint_id=complaint_id, **NETWORK_DROPOUTS),
-    )
-    newer.type = f"{EVENT_TYPE_PREFIX}complaint.merged.v1"
-    good = CloudEvent.new(
-        event_type=EventType.COMPLAINT_RECEIVED,
-        source="intake",
-        data=received(**NETWORK_DROPOUTS),
-    )
-    topic = system.topic(Topic.INTAKE)
-    producer = EventProducer(settings=system.intake_settings)
-    try:
-        for event in (newer, good):
-            _, value, headers = to_kafka_record(event)
-            await producer.publish_raw(
-                topic=topic, key=complaint_id.encode(), value=value, headers=headers
-            )
-    finally:
-        await producer.stop()
-
-    routing_db = system.mongo[system.routing_settings.database_name()]
-    await eventually(
-        lambda: routing_db.assignments.find_one({"_id": good.subject}), what="the one after routed"
-    )
-    [dead] = await eventually(
-        lambda: group_dead_letters(system.routing_settings, topic=topic, event_id=newer.id),
-        what="the newer type dead-lettered",
-    )
+    newer = f"{EVENT_TYPE_PREFIX}complaint.merged.v1"
+    dead = await _dead_lettered_before_a_routed_one(system, event_type=newer)
     assert dead.header("dlq_reason") == "invalid_data"
     assert "complaint.merged.v1" in dead.header("dlq_error")
     assert "upgraded" in dead.header("dlq_error")
